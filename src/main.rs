@@ -1,1 +1,380 @@
-fn main(){}
+//! The `rackwatch` command: server, agent, demo and administration in one binary.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rand::Rng;
+use tokio::sync::watch;
+
+use rackwatch::app;
+use rackwatch::collect::agent;
+use rackwatch::config::{Config, Secret};
+use rackwatch::jobs;
+use rackwatch::store::auth::Role as UserRole;
+use rackwatch::store::{Database, Role};
+
+#[derive(Parser)]
+#[command(
+    name = "rackwatch",
+    version,
+    about = "Monitoring and capacity planning for GPU fleets"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (TOML; see config/default.toml). RACKWATCH_* variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// State directory (managed Postgres, agent spool); overrides `data_dir`.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server: ingest, dashboard, API and periodic jobs.
+    Serve {
+        /// Address to listen on (overrides server.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Run the collector agent on this host.
+    Agent {
+        /// Server base URL (overrides agent.server).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Agent token (overrides agent.token).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+    },
+    /// Everything on one machine: managed Postgres, server, a local agent and a
+    /// simulated fleet. Prints the dashboard URL and a login.
+    Demo {
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Password of the `admin` user; a random one is printed when omitted.
+        #[arg(long, value_name = "PW")]
+        admin_password: Option<String>,
+        /// Do not run the agent for this machine (simulated fleet only).
+        #[arg(long)]
+        no_local_agent: bool,
+    },
+    /// Apply database migrations and create partitions, then exit.
+    Migrate,
+    /// Manage dashboard users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage agent tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user or reset their password and role.
+    Add {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Password; read from stdin when omitted.
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Mint a token for one host's agent; the token is the last line printed.
+    Create {
+        #[arg(long, value_name = "NAME")]
+        host: String,
+        /// A note shown next to the token in listings.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: i64 },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RACKWATCH_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(c: &Common) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(c.config.as_deref())?;
+    if let Some(d) = &c.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+/// A watch channel that turns true on SIGINT or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut cfg = load_config(&cli.common)?;
+    match cli.cmd {
+        Cmd::Serve { listen } => {
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            serve(cfg).await
+        }
+        Cmd::Agent { server, token } => {
+            if let Some(s) = server {
+                cfg.agent.server = s;
+            }
+            if let Some(t) = token {
+                cfg.agent.token = Secret::new(t);
+            }
+            run_agent(cfg).await
+        }
+        Cmd::Demo {
+            listen,
+            admin_password,
+            no_local_agent,
+        } => {
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            demo(cfg, admin_password, !no_local_agent).await
+        }
+        Cmd::Migrate => {
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            println!("database is up to date");
+            db.close().await;
+            Ok(())
+        }
+        Cmd::User(UserCmd::Add {
+            name,
+            role,
+            password,
+        }) => {
+            let role: UserRole = role.parse().map_err(anyhow::Error::msg)?;
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .lock()
+                        .read_line(&mut line)
+                        .context("reading the password from stdin")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let r = db.store.upsert_user(&name, role, &password).await;
+            db.close().await;
+            r?;
+            println!("user {name} ({}) saved", role.as_str());
+            Ok(())
+        }
+        Cmd::Token(t) => {
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let r = token_cmd(&db, t).await;
+            db.close().await;
+            r
+        }
+    }
+}
+
+async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
+    match t {
+        TokenCmd::Create { host, note } => {
+            rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
+                name: host.clone(),
+                ..Default::default()
+            })
+            .map_err(anyhow::Error::msg)?;
+            let token = db.store.create_agent_token(&host, &note).await?;
+            eprintln!("agent token for host {host} (shown once; store it in the agent's config as agent.token):");
+            println!("{token}");
+        }
+        TokenCmd::List => {
+            println!(
+                "{:>5}  {:<30} {:<10} {:<25} {:<25} revoked",
+                "id", "host", "note", "created", "last used"
+            );
+            for t in db.store.list_tokens().await? {
+                let fmt = |d: Option<chrono::DateTime<chrono::Utc>>| {
+                    d.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or("-".into())
+                };
+                println!(
+                    "{:>5}  {:<30} {:<10} {:<25} {:<25} {}",
+                    t.id,
+                    t.host_name,
+                    t.note,
+                    fmt(Some(t.created_at)),
+                    fmt(t.last_used_at),
+                    fmt(t.revoked_at)
+                );
+            }
+        }
+        TokenCmd::Revoke { id } => {
+            if db.store.revoke_token(id).await? {
+                println!("token {id} revoked");
+            } else {
+                anyhow::bail!("no active token with id {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let db = Database::open(&cfg, Role::Owner).await?;
+    let cfg = Arc::new(cfg);
+    let jobs = jobs::spawn(
+        db.store.clone(),
+        db.url.clone(),
+        cfg.clone(),
+        shutdown.clone(),
+    );
+    let server = app::start_server(cfg.clone(), db.store.clone(), shutdown).await?;
+    tracing::info!(addr = %server.addr, "serving");
+    let r = server.task.await;
+    let _ = jobs.await;
+    db.close().await;
+    r??;
+    Ok(())
+}
+
+async fn run_agent(cfg: Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let token = app::agent_token(&cfg)?;
+    let identity = app::local_identity(&cfg);
+    rackwatch::model::validate::validate_host(&identity)
+        .map_err(|e| anyhow::anyhow!("agent.host: {e}"))?;
+    let sources = app::local_sources(&cfg)?;
+    let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &cfg.spool_dir())?;
+    let shipper = agent::run(identity, sources, shipper, app::timing(&cfg), shutdown).await;
+    if shipper.pending() {
+        tracing::info!(
+            batches = shipper.spool.len(),
+            "undelivered batches stay in the spool for the next start"
+        );
+    }
+    Ok(())
+}
+
+fn random_password() -> String {
+    const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::thread_rng();
+    (0..16)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+async fn demo(
+    cfg: Config,
+    admin_password: Option<String>,
+    local_agent: bool,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
+    let db = Database::open(&cfg, Role::Owner).await?;
+    let password = admin_password.unwrap_or_else(random_password);
+    db.store
+        .upsert_user("admin", UserRole::Admin, &password)
+        .await?;
+    db.store.revoke_tokens_with_note("demo").await?;
+    let cfg = Arc::new(cfg);
+    let jobs = jobs::spawn(
+        db.store.clone(),
+        db.url.clone(),
+        cfg.clone(),
+        shutdown.clone(),
+    );
+    // The server stops after the agents have flushed; it has its own stop signal.
+    let (server_stop_tx, server_stop) = watch::channel(false);
+    let server = app::start_server(cfg.clone(), db.store.clone(), server_stop).await?;
+    let base = format!("http://{}", server.addr);
+
+    let mut agents = app::start_simulator(&cfg, &db.store, &base, shutdown.clone()).await?;
+    if local_agent {
+        let identity = app::local_identity(&cfg);
+        let token = db.store.create_agent_token(&identity.name, "demo").await?;
+        let shipper = app::shipper(&cfg, &base, &token, &cfg.spool_dir().join("local"))?;
+        let sources = app::local_sources(&cfg)?;
+        agents.push(tokio::spawn(agent::run(
+            identity,
+            sources,
+            shipper,
+            app::timing(&cfg),
+            shutdown.clone(),
+        )));
+    }
+    let url = if cfg.server.public_url.is_empty() {
+        base.clone()
+    } else {
+        cfg.public_url()
+    };
+    println!();
+    println!(
+        "Rackwatch demo is running ({} simulated hosts{}).",
+        cfg.simulator.hosts,
+        if local_agent { " + this machine" } else { "" }
+    );
+    println!("  Dashboard:  {url}/");
+    println!("  Log in as:  admin / {password}");
+    println!("  Data:       {}", cfg.data_dir.display());
+    println!("Press Ctrl-C to stop.");
+    println!();
+
+    let mut sd = shutdown.clone();
+    while !*sd.borrow() {
+        if sd.changed().await.is_err() {
+            break;
+        }
+    }
+    for a in agents {
+        let _ = a.await;
+    }
+    let _ = server_stop_tx.send(true);
+    let _ = server.task.await;
+    let _ = jobs.await;
+    db.close().await;
+    Ok(())
+}

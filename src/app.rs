@@ -1,0 +1,179 @@
+//! Starting the pieces: the HTTP server, the jobs, the local agent and the simulated
+//! fleet. `serve`, `demo` and the tests all start them through here.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::collect::agent::{self, Timing};
+use crate::collect::nvml::NvmlSource;
+use crate::collect::shipper::Shipper;
+use crate::collect::simulator::SimulatedHost;
+use crate::collect::spool::Spool;
+use crate::collect::system::SystemSource;
+use crate::collect::Source;
+use crate::config::Config;
+use crate::model::{Batch, HostInfo};
+use crate::store::Store;
+use crate::web::{self, metrics::Metrics, AppState};
+
+/// A running HTTP server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Bind `cfg.server.listen` (port 0 picks a free port) and serve until `shutdown`.
+pub async fn start_server(
+    cfg: Arc<Config>,
+    store: Store,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunningServer> {
+    let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState {
+        store,
+        cfg,
+        metrics: Arc::new(Metrics::default()),
+    };
+    let app = web::router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                while !*shutdown.borrow() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await
+    });
+    Ok(RunningServer { addr, task })
+}
+
+/// The identity of this machine's agent, from config with the hostname as default.
+pub fn local_identity(cfg: &Config) -> HostInfo {
+    let h = &cfg.agent.host;
+    HostInfo {
+        name: if h.name.is_empty() {
+            SystemSource::host_name()
+        } else {
+            h.name.clone()
+        },
+        site: h.site.clone(),
+        rack: h.rack.clone(),
+        pool: h.pool.clone(),
+        labels: h.labels.clone(),
+    }
+}
+
+/// The agent token from config (`agent.token` or `agent.token_file`).
+pub fn agent_token(cfg: &Config) -> anyhow::Result<String> {
+    if !cfg.agent.token.is_empty() {
+        return Ok(cfg.agent.token.expose().to_string());
+    }
+    if !cfg.agent.token_file.is_empty() {
+        let t = std::fs::read_to_string(&cfg.agent.token_file)
+            .with_context(|| format!("reading agent.token_file {}", cfg.agent.token_file))?;
+        let t = t.lines().next().unwrap_or("").trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    anyhow::bail!("no agent token: set agent.token (RACKWATCH_AGENT__TOKEN), agent.token_file, or pass --token; mint one with `rackwatch token create --host NAME`")
+}
+
+/// Build a shipper with its spool.
+pub fn shipper(
+    cfg: &Config,
+    server: &str,
+    token: &str,
+    spool_dir: &Path,
+) -> anyhow::Result<Shipper> {
+    let spool = Spool::open(spool_dir, cfg.agent.spool_max_bytes)
+        .with_context(|| format!("opening spool {}", spool_dir.display()))?;
+    if !spool.is_empty() {
+        tracing::info!(
+            batches = spool.len(),
+            bytes = spool.bytes(),
+            "replaying spooled batches"
+        );
+    }
+    Shipper::new(
+        server,
+        token,
+        spool,
+        Duration::from_secs(cfg.agent.request_timeout_secs),
+        Duration::from_secs(cfg.agent.ship_interval_secs.min(5)),
+    )
+}
+
+/// The sources of a real agent on this machine: the OS, and NVML when present.
+pub fn local_sources(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Source>>> {
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(SystemSource::new()?)];
+    if let Some(n) = NvmlSource::open(&cfg.agent.nvml_lib_path) {
+        sources.push(Box::new(n));
+    }
+    Ok(sources)
+}
+
+/// Timing from config.
+pub fn timing(cfg: &Config) -> Timing {
+    Timing {
+        interval: Duration::from_secs(cfg.agent.interval_secs),
+        ship_interval: Duration::from_secs(cfg.agent.ship_interval_secs),
+    }
+}
+
+/// Start the simulated fleet: back-fill history, then run every simulated host as an
+/// agent shipping to `server` with its own token.
+pub async fn start_simulator(
+    cfg: &Config,
+    store: &Store,
+    server: &str,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<Shipper>>> {
+    let mut tasks = Vec::new();
+    let fleet = SimulatedHost::fleet(cfg.simulator.hosts, cfg.simulator.gpus_per_host);
+    for mut host in fleet {
+        let token = store.create_agent_token(&host.info.name, "demo").await?;
+        let spool_dir = cfg.spool_dir().join(format!("sim-{}", host.info.name));
+        let mut shipper = shipper(cfg, server, &token, &spool_dir)?;
+        let now = Utc::now();
+        let minutes = i64::from(cfg.simulator.backfill_minutes);
+        if minutes > 0 {
+            let from = now - chrono::Duration::minutes(minutes);
+            let c = host.history(
+                from,
+                now,
+                chrono::Duration::seconds(cfg.agent.interval_secs as i64),
+            );
+            let batch = Batch {
+                host: host.info.clone(),
+                gpus: c.gpus,
+                host_samples: c.host_samples,
+                gpu_samples: c.gpu_samples,
+                events: c.events,
+                agent: None,
+            };
+            shipper.ship(batch).await;
+        }
+        let identity = host.info.clone();
+        tasks.push(tokio::spawn(agent::run(
+            identity,
+            vec![Box::new(host)],
+            shipper,
+            timing(cfg),
+            shutdown.clone(),
+        )));
+    }
+    Ok(tasks)
+}

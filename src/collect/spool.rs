@@ -1,0 +1,212 @@
+//! The agent's disk spool: batches the server has not acknowledged wait here, one
+//! file each, and are replayed oldest-first. Writes are atomic (temp file, fsync,
+//! rename), so a crash leaves either the whole batch or nothing. The spool is bounded;
+//! past the limit the oldest batches are dropped and counted.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::model::Batch;
+
+/// A bounded on-disk queue of batches.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// (sequence number, size in bytes), oldest first.
+    files: VecDeque<(u64, u64)>,
+    bytes: u64,
+    next_seq: u64,
+    /// Batches dropped because the spool was full.
+    pub dropped_total: u64,
+}
+
+/// A spooled batch that cannot be read back (e.g. a damaged file).
+#[derive(Debug, thiserror::Error)]
+#[error("spool file {path} is unreadable ({reason}); moved to {quarantine}")]
+pub struct CorruptEntry {
+    pub path: String,
+    pub reason: String,
+    pub quarantine: String,
+}
+
+impl Spool {
+    /// Open (or create) a spool directory and index what is already there.
+    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        let mut files = Vec::new();
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                // An interrupted write: the batch was still in memory and never acknowledged as spooled.
+                let _ = fs::remove_file(e.path());
+                continue;
+            }
+            if let Some(seq) = name
+                .strip_suffix(".json")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                files.push((seq, e.metadata()?.len()));
+            }
+        }
+        files.sort_unstable();
+        let bytes = files.iter().map(|f| f.1).sum();
+        let next_seq = files.last().map_or(1, |f| f.0 + 1);
+        Ok(Spool {
+            dir: dir.to_owned(),
+            max_bytes,
+            files: files.into(),
+            bytes,
+            next_seq,
+            dropped_total: 0,
+        })
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.json"))
+    }
+
+    /// Batches waiting.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+    /// Bytes waiting.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Append a batch durably and return its sequence number. Drops the oldest
+    /// batches when over the size limit.
+    pub fn push(&mut self, batch: &Batch) -> std::io::Result<u64> {
+        let data = serde_json::to_vec(batch).map_err(std::io::Error::other)?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let path = self.path(seq);
+        let tmp = path.with_extension("json.tmp");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.files.push_back((seq, data.len() as u64));
+        self.bytes += data.len() as u64;
+        while self.bytes > self.max_bytes && self.files.len() > 1 {
+            let (old, size) = self.files.pop_front().expect("non-empty");
+            let _ = fs::remove_file(self.path(old));
+            self.bytes -= size;
+            self.dropped_total += 1;
+            tracing::warn!(spool = %self.dir.display(), "spool over {} bytes: dropped its oldest batch", self.max_bytes);
+        }
+        Ok(seq)
+    }
+
+    /// The oldest batch, without removing it. A damaged file is moved to
+    /// `rejected/` and reported; the next call returns the batch after it.
+    pub fn oldest(&mut self) -> Option<Result<(u64, Batch), CorruptEntry>> {
+        let &(seq, _) = self.files.front()?;
+        let path = self.path(seq);
+        let parsed = fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|d| serde_json::from_slice::<Batch>(&d).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(b) => Some(Ok((seq, b))),
+            Err(reason) => {
+                let q = self.quarantine(seq);
+                Some(Err(CorruptEntry {
+                    path: path.display().to_string(),
+                    reason,
+                    quarantine: q,
+                }))
+            }
+        }
+    }
+
+    /// Forget a delivered batch.
+    pub fn remove(&mut self, seq: u64) {
+        if let Some(pos) = self.files.iter().position(|f| f.0 == seq) {
+            let (_, size) = self.files.remove(pos).expect("position is valid");
+            self.bytes -= size;
+            let _ = fs::remove_file(self.path(seq));
+        }
+    }
+
+    /// Move a batch the server refuses for good into `rejected/` for an operator to
+    /// inspect. Returns where it went.
+    pub fn quarantine(&mut self, seq: u64) -> String {
+        let rej = self.dir.join("rejected");
+        let _ = fs::create_dir_all(&rej);
+        let to = rej.join(format!("{seq:020}.json"));
+        let _ = fs::rename(self.path(seq), &to);
+        if let Some(pos) = self.files.iter().position(|f| f.0 == seq) {
+            let (_, size) = self.files.remove(pos).expect("position is valid");
+            self.bytes -= size;
+        }
+        to.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HostInfo, HostSample};
+
+    fn batch(n: i64) -> Batch {
+        Batch {
+            host: HostInfo {
+                name: "h".into(),
+                ..Default::default()
+            },
+            host_samples: vec![HostSample {
+                ts: chrono::DateTime::from_timestamp(1_700_000_000 + n, 0).unwrap(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fifo_survives_reopen_and_skips_damaged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..3 {
+            s.push(&batch(i)).unwrap();
+        }
+        // A crash mid-write leaves a temp file; a disk error leaves garbage.
+        fs::write(dir.path().join("00000000000000000099.json.tmp"), b"{half").unwrap();
+        fs::write(s.path(2), b"{not json").unwrap();
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.len(), 3);
+        let (seq, b) = s.oldest().unwrap().unwrap();
+        assert_eq!(b, batch(0));
+        s.remove(seq);
+        let err = s.oldest().unwrap().unwrap_err();
+        assert!(err.to_string().contains("rejected"), "{err}");
+        let (_, b) = s.oldest().unwrap().unwrap();
+        assert_eq!(b, batch(2));
+        assert!(!dir.path().join("00000000000000000099.json.tmp").exists());
+    }
+
+    #[test]
+    fn bounded_by_bytes_dropping_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = serde_json::to_vec(&batch(0)).unwrap().len() as u64;
+        let mut s = Spool::open(dir.path(), one * 3 + one / 2).unwrap();
+        for i in 0..5 {
+            s.push(&batch(i)).unwrap();
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.dropped_total, 2);
+        assert_eq!(s.oldest().unwrap().unwrap().1, batch(2));
+    }
+}

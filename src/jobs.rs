@@ -1,0 +1,109 @@
+//! Periodic work (rollups, partitions, retention, session cleanup) on exactly one
+//! server of a cluster: the one holding a Postgres advisory lock. If that server dies,
+//! its connection closes, the lock is released and another replica takes over within
+//! one tick.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Advisory lock key of the job leader ("rackwatch" in ASCII, truncated to 63 bits).
+pub const LEADER_LOCK: i64 = 0x7261_636b_7761_7463;
+/// How often the scheduler wakes up.
+const TICK: Duration = Duration::from_secs(5);
+const ROLLUP_EVERY: Duration = Duration::from_secs(60);
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Start the scheduler; it stops when `shutdown` turns true.
+pub fn spawn(
+    store: Store,
+    db_url: String,
+    cfg: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut leader: Option<PgConnection> = None;
+        let mut last_rollup: Option<Instant> = None;
+        let mut last_maintenance: Option<Instant> = None;
+        loop {
+            if leader.is_none() {
+                leader = try_lead(&db_url).await;
+                if leader.is_some() {
+                    tracing::info!("this server runs the periodic jobs (leader)");
+                    last_rollup = None;
+                    last_maintenance = None;
+                }
+            } else if let Some(conn) = leader.as_mut() {
+                if sqlx::query("SELECT 1").execute(&mut *conn).await.is_err() {
+                    tracing::warn!(
+                        "lost the leader connection; periodic jobs pause until re-elected"
+                    );
+                    leader = None;
+                }
+            }
+            if leader.is_some() {
+                if last_maintenance.is_none_or(|t| t.elapsed() >= MAINTENANCE_EVERY) {
+                    maintenance(&store, &cfg).await;
+                    last_maintenance = Some(Instant::now());
+                }
+                if last_rollup.is_none_or(|t| t.elapsed() >= ROLLUP_EVERY) {
+                    match store.run_rollups(Utc::now()).await {
+                        Ok(r) => tracing::debug!(?r, "rollups"),
+                        Err(e) => tracing::warn!("rollup job: {e}"),
+                    }
+                    last_rollup = Some(Instant::now());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
+            }
+        }
+        if let Some(conn) = leader {
+            let _ = conn.close().await;
+        }
+    })
+}
+
+async fn try_lead(db_url: &str) -> Option<PgConnection> {
+    let mut conn = PgConnection::connect(db_url).await.ok()?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LEADER_LOCK)
+        .fetch_one(&mut conn)
+        .await
+        .ok()?;
+    got.then_some(conn)
+}
+
+async fn maintenance(store: &Store, cfg: &Config) {
+    let now = Utc::now();
+    if let Err(e) = store
+        .ensure_partitions(
+            now,
+            cfg.retention.raw_days,
+            cfg.retention.partitions_ahead_days,
+        )
+        .await
+    {
+        tracing::warn!("partition job: {e:#}");
+    }
+    match store
+        .drop_expired_partitions(now, cfg.retention.raw_days, cfg.retention.rollup_1m_days)
+        .await
+    {
+        Ok(d) if !d.is_empty() => tracing::info!(dropped = ?d, "retention dropped partitions"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("retention job: {e:#}"),
+    }
+    if let Err(e) = store.delete_expired_sessions().await {
+        tracing::warn!("session cleanup: {e}");
+    }
+}

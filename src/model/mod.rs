@@ -1,0 +1,189 @@
+//! Domain types shared by every stage: what an agent sends, what the server stores.
+//!
+//! The wire format (ingest body v1) is these structs serialized as JSON. Field names
+//! carry their units. Every sample field except `ts` (and a GPU's `index`) is optional:
+//! a source that cannot measure something leaves it out.
+
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Who is sending: the host's identity and placement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub site: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rack: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One GPU of the host's inventory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub index: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_limit_watts: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_version: Option<String>,
+}
+
+/// One host-level sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostSample {
+    pub ts: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_util_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_read_bytes_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_write_bytes_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes_per_s: Option<f64>,
+}
+
+/// One GPU sample.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuSample {
+    pub ts: DateTime<Utc>,
+    pub index: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub util_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_util_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_total_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_watts: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_joules_total: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_celsius: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_temp_celsius: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_clock_mhz: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_clock_mhz: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_pct: Option<f64>,
+    /// NVML clocks-event (throttle) reason bit mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_reasons: Option<u64>,
+}
+
+/// Kinds of hardware event. Unknown kinds are rejected at ingest.
+pub const EVENT_KINDS: &[&str] = &[
+    "xid",
+    "ecc_dbe",
+    "ecc_sbe",
+    "row_remap_failure",
+    "row_remap_pending",
+    "thermal_throttle",
+    "power_brake",
+    "gpu_lost",
+];
+
+/// A hardware event: an XID, an ECC error, a GPU that fell off the bus.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HardwareEvent {
+    pub ts: DateTime<Utc>,
+    /// GPU index; absent for host-wide events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u8>,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    #[serde(default)]
+    pub message: String,
+    /// Occurrences collapsed into this event (a burst of the same code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+/// The agent's own health, reported with each batch and exposed on `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub spool_batches: u64,
+    #[serde(default)]
+    pub spool_bytes: u64,
+    #[serde(default)]
+    pub replayed_batches_total: u64,
+    #[serde(default)]
+    pub dropped_batches_total: u64,
+}
+
+/// One POST to `/api/v1/ingest`, as the agent builds it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub host: HostInfo,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_samples: Vec<HostSample>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_samples: Vec<GpuSample>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<HardwareEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStats>,
+}
+
+impl Batch {
+    /// Samples and events in the batch.
+    pub fn len(&self) -> usize {
+        self.host_samples.len() + self.gpu_samples.len() + self.events.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The ingest answer: how many samples were accepted, which were not and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IngestResponse {
+    /// Samples and events that passed validation.
+    pub accepted: usize,
+    /// Of those, how many were new (the rest were already stored: a replay).
+    pub stored: usize,
+    pub rejected: usize,
+    pub errors: Vec<Rejection>,
+}
+
+/// Why one sample of a batch was not accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// `host_samples`, `gpu_samples`, `events` or `gpus`.
+    pub section: String,
+    /// Position of the item in its section.
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub reason: String,
+}

@@ -1,0 +1,270 @@
+//! Users (argon2id), login sessions and agent tokens.
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use super::Store;
+
+/// A user's role: what they may do in the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role {s:?}; use viewer, operator or admin")),
+        }
+    }
+}
+
+/// A logged-in user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+}
+
+/// A random secret: 32 bytes, hex.
+pub fn random_secret() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn sha256(s: &str) -> Vec<u8> {
+    Sha256::digest(s.as_bytes()).to_vec()
+}
+
+/// Hash a password with argon2id (default parameters: 19 MiB, 2 passes). Blocking.
+pub fn hash_password(pw: &str) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .expect("argon2 hashing with default parameters")
+        .to_string()
+}
+
+/// Check a password against a stored hash. Blocking.
+pub fn verify_password(pw: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .is_ok_and(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
+}
+
+/// A syntactically acceptable user name.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "user name {name:?} must be 1–64 characters of letters, digits, _ . - @"
+        ))
+    }
+}
+
+impl Store {
+    /// Create a user, or set the password and role of an existing one.
+    pub async fn upsert_user(&self, name: &str, role: Role, password: &str) -> anyhow::Result<()> {
+        check_user_name(name).map_err(anyhow::Error::msg)?;
+        if password.chars().count() < 8 {
+            anyhow::bail!("password must be at least 8 characters");
+        }
+        let pw = password.to_string();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&pw)).await?;
+        sqlx::query(
+            "INSERT INTO users (name, role, password_hash) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash",
+        )
+        .bind(name)
+        .bind(role.as_str())
+        .bind(hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Check a user's password; `None` for an unknown user or a wrong password.
+    pub async fn authenticate(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<User>, sqlx::Error> {
+        let row: Option<(i64, String, String)> =
+            sqlx::query_as("SELECT id, role, password_hash FROM users WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        let pw = password.to_string();
+        let Some((id, role, hash)) = row else {
+            // Spend the same time as a real check so user names cannot be probed by timing.
+            let _ = tokio::task::spawn_blocking(move || verify_password(&pw, DUMMY_HASH)).await;
+            return Ok(None);
+        };
+        let ok = tokio::task::spawn_blocking(move || verify_password(&pw, &hash))
+            .await
+            .unwrap_or(false);
+        Ok(ok.then(|| User {
+            id,
+            name: name.to_string(),
+            role: role.parse().unwrap_or(Role::Viewer),
+        }))
+    }
+
+    /// Start a session; returns the cookie secret.
+    pub async fn create_session(&self, user_id: i64, ttl: Duration) -> Result<String, sqlx::Error> {
+        let secret = random_secret();
+        sqlx::query("INSERT INTO sessions (token_sha256, user_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(sha256(&secret))
+            .bind(user_id)
+            .bind(Utc::now() + ttl)
+            .execute(&self.pool)
+            .await?;
+        Ok(secret)
+    }
+
+    /// The user of a live session.
+    pub async fn session_user(&self, secret: &str) -> Result<Option<User>, sqlx::Error> {
+        let row: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT u.id, u.name, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+              WHERE s.token_sha256 = $1 AND s.expires_at > now()",
+        )
+        .bind(sha256(secret))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id, name, role)| User {
+            id,
+            name,
+            role: role.parse().unwrap_or(Role::Viewer),
+        }))
+    }
+
+    pub async fn delete_session(&self, secret: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM sessions WHERE token_sha256 = $1")
+            .bind(sha256(secret))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_expired_sessions(&self) -> Result<u64, sqlx::Error> {
+        Ok(
+            sqlx::query("DELETE FROM sessions WHERE expires_at <= now()")
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Mint an agent token for `host_name`; only its hash is stored. Returns the token.
+    pub async fn create_agent_token(
+        &self,
+        host_name: &str,
+        note: &str,
+    ) -> Result<String, sqlx::Error> {
+        let token = format!("rwa_{}", random_secret());
+        sqlx::query("INSERT INTO agent_tokens (host_name, token_sha256, note) VALUES ($1, $2, $3)")
+            .bind(host_name)
+            .bind(sha256(&token))
+            .bind(note)
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// The host name a live agent token is scoped to.
+    pub async fn token_host(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
+        let hash = sha256(token);
+        let host: Option<String> = sqlx::query_scalar(
+            "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+        )
+        .bind(&hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        if host.is_some() {
+            // Last use is shown to admins; a minute of precision saves a write per batch.
+            sqlx::query(
+                "UPDATE agent_tokens SET last_used_at = now()
+                  WHERE token_sha256 = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+            )
+            .bind(&hash)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(host)
+    }
+
+    /// Revoke every token minted with `note` for these hosts (the demo's own tokens).
+    pub async fn revoke_tokens_with_note(&self, note: &str) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "UPDATE agent_tokens SET revoked_at = now() WHERE note = $1 AND revoked_at IS NULL",
+        )
+        .bind(note)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Agent tokens (without secrets) for the admin page and CLI.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT id, host_name, note, created_at, last_used_at, revoked_at FROM agent_tokens ORDER BY host_name, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Revoke a token by id.
+    pub async fn revoke_token(&self, id: i64) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query(
+            "UPDATE agent_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+}
+
+/// An agent token as listed (never the secret).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub host_name: String,
+    pub note: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// An argon2id hash of a random password, verified against when a user does not exist.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0o4nEBr3EHR8Ow3q1LiZ0dLWbvbIcV1SQX4/FNR66cQ";

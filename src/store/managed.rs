@@ -1,0 +1,420 @@
+//! The embedded default: a Postgres cluster that Rackwatch runs itself.
+//!
+//! With no `database.url`, Rackwatch runs `initdb` once and `pg_ctl start` in
+//! `data_dir/postgres`, listening only on a unix socket in a private directory (no TCP
+//! port to collide with or expose), reuses the cluster on the next start and stops it
+//! on exit. As root, the cluster runs as an unprivileged user (`postgres` by default),
+//! because Postgres refuses to run as root.
+
+use std::ffi::CString;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What went wrong starting or stopping the managed cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagedError {
+    #[error(
+        "no PostgreSQL server binaries found (looked for initdb and pg_ctl {looked}). \
+         Install the server (Debian/Ubuntu: `apt-get install postgresql`; Fedora: `dnf install postgresql-server`), \
+         set database.managed_bin_dir to the directory holding initdb, \
+         or set database.url (RACKWATCH_DATABASE__URL) to use an existing server"
+    )]
+    NoBinaries { looked: String },
+    #[error(
+        "Rackwatch runs as root and must start Postgres as an unprivileged user, but user {0:?} does not exist. \
+         Create it (`useradd --system postgres`) or set database.managed_user"
+    )]
+    NoUser(String),
+    #[error("{step} failed ({status}); its output:\n{output}")]
+    Step {
+        step: String,
+        status: String,
+        output: String,
+    },
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// How to run the managed cluster.
+#[derive(Debug, Clone)]
+pub struct ManagedOptions {
+    /// Directory that holds `data/`, the socket directory and the log.
+    pub root: PathBuf,
+    /// Where initdb/pg_ctl live; empty: search.
+    pub bin_dir: String,
+    /// User to run as when we are root.
+    pub user: String,
+    /// Extra `-c name=value` server settings (tests use `fsync=off`).
+    pub settings: Vec<String>,
+    /// Stop on exit a cluster that was already running when we started (long-running
+    /// `serve`/`demo` take ownership of one left by a killed process; one-shot
+    /// commands leave it to its owner).
+    pub own_adopted: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+}
+
+/// A running managed cluster.
+#[derive(Debug)]
+pub struct ManagedPostgres {
+    bin_dir: PathBuf,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    log: PathBuf,
+    run_as: Option<RunAs>,
+    running: bool,
+    /// Whether `stop`/drop shuts the cluster down. False for a cluster adopted by a
+    /// one-shot command (e.g. `token create` next to a running `demo`).
+    owned: bool,
+}
+
+/// Socket file names are `.s.PGSQL.<port>` inside our private socket directory, so the
+/// port number only names the file and never collides with another server.
+const PORT: u16 = 5432;
+
+impl ManagedPostgres {
+    /// Find the server binaries: the configured directory, then PATH, then
+    /// `/usr/lib/postgresql/<version>/bin` (highest version first).
+    pub fn locate_binaries(configured: &str) -> Result<PathBuf, ManagedError> {
+        let has = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+        if !configured.is_empty() {
+            let d = PathBuf::from(configured);
+            return if has(&d) {
+                Ok(d)
+            } else {
+                Err(ManagedError::NoBinaries {
+                    looked: format!("in database.managed_bin_dir = {configured}"),
+                })
+            };
+        }
+        if let Some(path) = std::env::var_os("PATH") {
+            for d in std::env::split_paths(&path) {
+                if has(&d) {
+                    return Ok(d);
+                }
+            }
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                Some((v, e.path().join("bin")))
+            })
+            .filter(|(_, d)| has(d))
+            .collect();
+        versions.sort();
+        versions
+            .pop()
+            .map(|(_, d)| d)
+            .ok_or_else(|| ManagedError::NoBinaries {
+                looked: "on PATH and under /usr/lib/postgresql/*/bin".into(),
+            })
+    }
+
+    /// Initialize (first time) and start the cluster; adopts one already running in
+    /// the same directory (e.g. left behind by a killed process). Blocking.
+    pub fn start(opts: &ManagedOptions) -> Result<ManagedPostgres, ManagedError> {
+        let bin_dir = Self::locate_binaries(&opts.bin_dir)?;
+        let run_as = if unsafe { libc::geteuid() } == 0 {
+            Some(lookup_user(&opts.user)?)
+        } else {
+            None
+        };
+        let root = if run_as.is_some() {
+            reachable_root(&opts.root)?
+        } else {
+            opts.root.clone()
+        };
+        let io = |what: &str, p: &Path| {
+            let what = format!("{what} {}", p.display());
+            move |e| ManagedError::Io(what, e)
+        };
+        std::fs::create_dir_all(&root).map_err(io("cannot create", &root))?;
+        let root = root.canonicalize().map_err(io("cannot resolve", &root))?;
+        let data = root.join("data");
+        let mut socket_dir = root.join("run");
+        // Unix socket paths are limited to 107 bytes; fall back to a short private path.
+        if socket_dir.as_os_str().len() > 90 {
+            socket_dir = PathBuf::from(format!(
+                "/tmp/rackwatch-pg-{:016x}",
+                fnv1a(root.as_os_str().as_encoded_bytes())
+            ));
+        }
+        std::fs::create_dir_all(&socket_dir).map_err(io("cannot create", &socket_dir))?;
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("cannot set permissions on", &socket_dir))?;
+        if let Some(u) = run_as {
+            std::os::unix::fs::chown(&root, Some(u.uid), Some(u.gid))
+                .map_err(io("cannot chown", &root))?;
+            std::os::unix::fs::chown(&socket_dir, Some(u.uid), Some(u.gid))
+                .map_err(io("cannot chown", &socket_dir))?;
+        }
+        let log = root.join("postgres.log");
+        let mut pg = ManagedPostgres {
+            bin_dir,
+            data,
+            socket_dir,
+            log,
+            run_as,
+            running: false,
+            owned: true,
+        };
+
+        if !pg.data.join("PG_VERSION").is_file() {
+            // A half-finished initdb leaves a data dir without PG_VERSION: start over.
+            if pg.data.exists() {
+                std::fs::remove_dir_all(&pg.data)
+                    .map_err(io("cannot remove incomplete", &pg.data))?;
+            }
+            let data = pg.data.to_string_lossy().into_owned();
+            pg.run(
+                "initdb",
+                &[
+                    "-D",
+                    &data,
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                ],
+            )?;
+        }
+        if pg.status_running() {
+            tracing::info!(data = %pg.data.display(), "managed Postgres already running; adopting it");
+            pg.owned = opts.own_adopted;
+        } else {
+            let mut server_opts = format!(
+                "-k {} -c listen_addresses='' -p {PORT} -c unix_socket_permissions=0700",
+                pg.socket_dir.display()
+            );
+            for s in &opts.settings {
+                server_opts.push_str(" -c ");
+                server_opts.push_str(s);
+            }
+            let (data, log) = (
+                pg.data.to_string_lossy().into_owned(),
+                pg.log.to_string_lossy().into_owned(),
+            );
+            pg.run(
+                "pg_ctl start",
+                &[
+                    "-D",
+                    &data,
+                    "-l",
+                    &log,
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    &server_opts,
+                    "start",
+                ],
+            )
+            .map_err(|e| match e {
+                ManagedError::Step {
+                    step,
+                    status,
+                    output,
+                } => {
+                    let tail = std::fs::read_to_string(&pg.log).unwrap_or_default();
+                    let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    ManagedError::Step {
+                        step,
+                        status,
+                        output: format!(
+                            "{output}\n--- {} ---\n{}",
+                            pg.log.display(),
+                            tail.join("\n")
+                        ),
+                    }
+                }
+                other => other,
+            })?;
+        }
+        pg.running = true;
+        Ok(pg)
+    }
+
+    /// URL of the cluster's `postgres` maintenance database.
+    pub fn admin_url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    /// URL of a database in this cluster.
+    pub fn url_for(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@localhost:{PORT}/{db}?host={}",
+            self.socket_dir.display()
+        )
+    }
+
+    /// Data directory of the cluster.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// Stop the cluster (fast shutdown: running transactions are rolled back, committed
+    /// data is safe). Blocking.
+    pub fn stop(&mut self) -> Result<(), ManagedError> {
+        if !self.running || !self.owned {
+            return Ok(());
+        }
+        let data = self.data.to_string_lossy().into_owned();
+        self.run(
+            "pg_ctl stop",
+            &["-D", &data, "-m", "fast", "-w", "-t", "60", "stop"],
+        )?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Stop without waiting for clients (used when the process exits abruptly).
+    pub fn stop_immediate(&mut self) {
+        if self.running {
+            let data = self.data.to_string_lossy().into_owned();
+            let _ = self.run(
+                "pg_ctl stop",
+                &["-D", &data, "-m", "immediate", "-w", "stop"],
+            );
+            self.running = false;
+        }
+    }
+
+    fn status_running(&self) -> bool {
+        let data = self.data.to_string_lossy().into_owned();
+        let mut cmd = self.command("pg_ctl");
+        cmd.args(["-D", &data, "status"]);
+        cmd.output().map(|o| o.status.success()).unwrap_or(false)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(program));
+        if let Some(u) = self.run_as {
+            cmd.uid(u.uid).gid(u.gid);
+            // std drops root's supplementary groups (setgroups) when a uid is set.
+        }
+        cmd.current_dir(self.data.parent().unwrap_or(Path::new("/")));
+        cmd.env("LC_ALL", "C");
+        cmd
+    }
+
+    fn run(&self, step: &str, args: &[&str]) -> Result<(), ManagedError> {
+        let program = step.split_whitespace().next().unwrap_or(step);
+        let out = self
+            .command(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                ManagedError::Io(
+                    format!("cannot run {}", self.bin_dir.join(program).display()),
+                    e,
+                )
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(ManagedError::Step {
+            step: step.to_string(),
+            status: out.status.to_string(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        })
+    }
+}
+
+impl Drop for ManagedPostgres {
+    fn drop(&mut self) {
+        if self.running && self.owned {
+            if let Err(e) = self.stop() {
+                tracing::warn!("stopping managed Postgres: {e}");
+            }
+        }
+    }
+}
+
+fn lookup_user(name: &str) -> Result<RunAs, ManagedError> {
+    let c = CString::new(name).map_err(|_| ManagedError::NoUser(name.to_string()))?;
+    // getpwnam is not thread-safe; it runs once at startup before other threads use it.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(ManagedError::NoUser(name.to_string()));
+    }
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    Ok(RunAs { uid, gid })
+}
+
+/// The unprivileged user must be able to reach the cluster directory. When a parent
+/// (e.g. `/root`) is closed to others, keep the cluster under `/var/lib/rackwatch`
+/// instead, named after the configured path so the next start finds it again.
+fn reachable_root(root: &Path) -> Result<PathBuf, ManagedError> {
+    let abs = if root.is_absolute() {
+        root.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| ManagedError::Io("cannot read current dir".into(), e))?
+            .join(root)
+    };
+    let mut ok = true;
+    for anc in abs.ancestors().skip(1) {
+        if let Ok(meta) = std::fs::metadata(anc) {
+            if meta.permissions().mode() & 0o001 == 0 {
+                ok = false;
+                break;
+            }
+        }
+    }
+    if ok {
+        return Ok(abs);
+    }
+    let alt = PathBuf::from("/var/lib/rackwatch").join(format!(
+        "pg-{:016x}",
+        fnv1a(abs.as_os_str().as_encoded_bytes())
+    ));
+    tracing::info!(
+        wanted = %abs.display(), using = %alt.display(),
+        "a parent of the data dir is closed to the unprivileged Postgres user; keeping the cluster elsewhere"
+    );
+    std::fs::create_dir_all("/var/lib/rackwatch")
+        .map_err(|e| ManagedError::Io("cannot create /var/lib/rackwatch".into(), e))?;
+    std::fs::set_permissions("/var/lib/rackwatch", std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| ManagedError::Io("cannot set permissions on /var/lib/rackwatch".into(), e))?;
+    Ok(alt)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_message_names_the_fix() {
+        let err = ManagedPostgres::locate_binaries("/nonexistent/pg/bin")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apt-get install postgresql"), "{err}");
+        assert!(err.contains("database.url"), "{err}");
+        assert!(err.contains("/nonexistent/pg/bin"), "{err}");
+    }
+}

@@ -1,0 +1,249 @@
+//! Postgres: the only store. Pool, migrations, the managed local cluster, partitions,
+//! rollups, retention and the queries the other stages use.
+
+pub mod auth;
+pub mod managed;
+pub mod queries;
+pub mod rollup;
+pub mod samples;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+
+use crate::config::Config;
+use managed::{ManagedOptions, ManagedPostgres};
+
+/// Name of the database inside the managed cluster.
+pub const MANAGED_DB: &str = "rackwatch";
+
+/// The database handle every stage shares.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub pool: PgPool,
+}
+
+/// A connected store plus the managed cluster it may own.
+pub struct Database {
+    pub store: Store,
+    pub managed: Option<ManagedPostgres>,
+    pub url: String,
+}
+
+/// How an opened database is used: long-running owners stop the managed cluster on
+/// exit, one-shot commands leave a running one alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Owner,
+    OneShot,
+}
+
+impl Database {
+    /// Connect to `database.url`, or start the managed cluster when it is empty; then
+    /// run migrations and create partitions.
+    pub async fn open(cfg: &Config, role: Role) -> anyhow::Result<Database> {
+        let (url, managed) = if cfg.database.url.is_empty() {
+            let opts = ManagedOptions {
+                root: cfg.data_dir.join("postgres"),
+                bin_dir: cfg.database.managed_bin_dir.clone(),
+                user: cfg.database.managed_user.clone(),
+                settings: Vec::new(),
+                own_adopted: role == Role::Owner,
+            };
+            let pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts)).await??;
+            create_database_if_missing(&pg.admin_url(), MANAGED_DB).await?;
+            (pg.url_for(MANAGED_DB), Some(pg))
+        } else {
+            (cfg.database.url.expose().to_string(), None)
+        };
+        let store = Store::connect(
+            &url,
+            cfg.database.max_connections,
+            cfg.database.acquire_timeout_secs,
+        )
+        .await?;
+        store.migrate().await?;
+        store
+            .ensure_partitions(
+                Utc::now(),
+                cfg.retention.raw_days,
+                cfg.retention.partitions_ahead_days,
+            )
+            .await?;
+        Ok(Database {
+            store,
+            managed,
+            url,
+        })
+    }
+
+    /// Close the pool and stop the managed cluster (if we own it).
+    pub async fn close(self) {
+        self.store.pool.close().await;
+        if let Some(mut pg) = self.managed {
+            let r = tokio::task::spawn_blocking(move || pg.stop()).await;
+            match r {
+                Ok(Ok(())) => tracing::info!("managed Postgres stopped"),
+                Ok(Err(e)) => tracing::warn!("stopping managed Postgres: {e}"),
+                Err(e) => tracing::warn!("stopping managed Postgres: {e}"),
+            }
+        }
+    }
+}
+
+/// `CREATE DATABASE` unless it exists (connects to the maintenance database).
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let opts: PgConnectOptions = admin_url.parse()?;
+    let mut conn = sqlx::PgConnection::connect_with(&opts)
+        .await
+        .context("connecting to the maintenance database")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        // Identifiers cannot be bound; `name` is ours and quoted.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{}\"",
+            name.replace('"', "\"\"")
+        )))
+        .execute(&mut conn)
+        .await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+impl Store {
+    /// Open a pool. Connections are made lazily, so a server can start while the
+    /// database is still down and answer 503 until it is back.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout_secs: u64,
+    ) -> anyhow::Result<Store> {
+        let opts: PgConnectOptions = url
+            .parse()
+            .context("database.url is not a valid Postgres URL")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(acquire_timeout_secs.max(1)))
+            .connect_with(opts)
+            .await
+            .context("connecting to Postgres")?;
+        Ok(Store { pool })
+    }
+
+    /// Apply the numbered migrations in `migrations/`.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::migrate!("./migrations")
+            .run(&self.pool)
+            .await
+            .context("running database migrations")?;
+        Ok(())
+    }
+
+    /// Create the daily partitions from the oldest accepted day to `ahead` days ahead.
+    pub async fn ensure_partitions(
+        &self,
+        now: DateTime<Utc>,
+        raw_days: u32,
+        ahead: u32,
+    ) -> anyhow::Result<()> {
+        let first = (now - chrono::Duration::days(i64::from(raw_days))).date_naive();
+        let last = now.date_naive() + chrono::Duration::days(i64::from(ahead));
+        let mut day = first;
+        while day <= last {
+            for parent in PARTITIONED {
+                sqlx::query("SELECT rackwatch_ensure_partition($1, $2)")
+                    .bind(parent)
+                    .bind(day)
+                    .execute(&self.pool)
+                    .await
+                    .with_context(|| format!("creating partition of {parent} for {day}"))?;
+            }
+            day = day.succ_opt().expect("date in range");
+        }
+        Ok(())
+    }
+
+    /// Drop daily partitions past retention. Returns the dropped partition names.
+    pub async fn drop_expired_partitions(
+        &self,
+        now: DateTime<Utc>,
+        raw_days: u32,
+        rollup_days: u32,
+    ) -> anyhow::Result<Vec<String>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT p.relname::text, c.relname::text FROM pg_inherits i
+               JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+              WHERE p.relname = ANY($1)",
+        )
+        .bind(
+            PARTITIONED
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut dropped = Vec::new();
+        for (parent, child) in rows {
+            let keep_days = if parent.ends_with("_1m") {
+                rollup_days
+            } else {
+                raw_days
+            };
+            let cutoff = (now - chrono::Duration::days(i64::from(keep_days))).date_naive();
+            let Some(day) = child
+                .rsplit('_')
+                .next()
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
+            else {
+                continue;
+            };
+            if day < cutoff {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP TABLE IF EXISTS \"{child}\""
+                )))
+                .execute(&self.pool)
+                .await?;
+                dropped.push(child);
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+/// Tables partitioned by day.
+pub const PARTITIONED: [&str; 4] = [
+    "host_samples",
+    "gpu_samples",
+    "host_samples_1m",
+    "gpu_samples_1m",
+];
+
+/// True when an error means "the database is not reachable right now" (answer 503
+/// and let the client retry) rather than a bug.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            // 08: connection exception; 57P0x: shutting down / cannot connect now;
+            // 3D000: database does not exist (dropped or not yet created); 53: resources.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "3D000"
+                || code.starts_with("53")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,204 @@
+//! Read queries for pages and the JSON API.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Store;
+
+/// A host with its latest sample (if any in the last 15 minutes).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct HostLatest {
+    pub name: String,
+    pub site: String,
+    pub rack: String,
+    pub pool: String,
+    pub labels: serde_json::Value,
+    pub agent_version: String,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub gpu_count: i64,
+    pub ts: Option<DateTime<Utc>>,
+    pub cpu_util_pct: Option<f32>,
+    pub load1: Option<f32>,
+    pub mem_used_bytes: Option<i64>,
+    pub mem_total_bytes: Option<i64>,
+    pub disk_read_bytes_per_s: Option<f64>,
+    pub disk_write_bytes_per_s: Option<f64>,
+    pub net_rx_bytes_per_s: Option<f64>,
+    pub net_tx_bytes_per_s: Option<f64>,
+}
+
+/// A GPU with its inventory and latest sample.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct GpuLatest {
+    pub host_name: String,
+    pub index: i16,
+    pub uuid: Option<String>,
+    pub model: Option<String>,
+    pub memory_total_bytes: Option<i64>,
+    pub power_limit_watts: Option<f64>,
+    pub ts: Option<DateTime<Utc>>,
+    pub util_pct: Option<f32>,
+    pub mem_util_pct: Option<f32>,
+    pub mem_used_bytes: Option<i64>,
+    pub power_watts: Option<f32>,
+    pub temp_celsius: Option<f32>,
+    pub sm_clock_mhz: Option<f32>,
+}
+
+/// A raw host sample as the API returns it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct HostSampleRow {
+    pub ts: DateTime<Utc>,
+    pub cpu_util_pct: Option<f32>,
+    pub load1: Option<f32>,
+    pub mem_used_bytes: Option<i64>,
+    pub mem_total_bytes: Option<i64>,
+    pub disk_read_bytes_per_s: Option<f64>,
+    pub disk_write_bytes_per_s: Option<f64>,
+    pub net_rx_bytes_per_s: Option<f64>,
+    pub net_tx_bytes_per_s: Option<f64>,
+}
+
+/// A raw GPU sample as the API returns it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct GpuSampleRow {
+    pub ts: DateTime<Utc>,
+    pub index: i16,
+    pub util_pct: Option<f32>,
+    pub mem_util_pct: Option<f32>,
+    pub mem_used_bytes: Option<i64>,
+    pub mem_total_bytes: Option<i64>,
+    pub power_watts: Option<f32>,
+    pub energy_joules_total: Option<f64>,
+    pub temp_celsius: Option<f32>,
+    pub mem_temp_celsius: Option<f32>,
+    pub sm_clock_mhz: Option<f32>,
+    pub mem_clock_mhz: Option<f32>,
+    pub fan_pct: Option<f32>,
+    pub throttle_reasons: Option<i64>,
+}
+
+/// A hardware event as shown and returned.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub host_name: String,
+    pub index: Option<i16>,
+    pub ts: DateTime<Utc>,
+    pub kind: String,
+    pub code: i64,
+    pub message: String,
+    pub count: i32,
+}
+
+/// Most rows one samples request returns.
+pub const MAX_SAMPLE_ROWS: i64 = 200_000;
+
+impl Store {
+    /// Every host with its latest sample, ordered by site, rack, name.
+    pub async fn hosts_latest(&self) -> Result<Vec<HostLatest>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
+                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
+                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
+                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
+               FROM hosts h
+               LEFT JOIN LATERAL (
+                    SELECT * FROM host_samples s WHERE s.host_id = h.id AND s.ts > now() - interval '15 minutes'
+                     ORDER BY s.ts DESC LIMIT 1) s ON true
+              ORDER BY h.site, h.rack, h.name",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Every GPU (optionally of one host) with its latest sample.
+    pub async fn gpus_latest(&self, host: Option<&str>) -> Result<Vec<GpuLatest>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT h.name AS host_name, g.gpu_index AS index, g.uuid, g.model, g.memory_total_bytes, g.power_limit_watts,
+                    s.ts, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.power_watts, s.temp_celsius, s.sm_clock_mhz
+               FROM gpus g JOIN hosts h ON h.id = g.host_id
+               LEFT JOIN LATERAL (
+                    SELECT * FROM gpu_samples s
+                     WHERE s.host_id = g.host_id AND s.gpu_index = g.gpu_index AND s.ts > now() - interval '15 minutes'
+                     ORDER BY s.ts DESC LIMIT 1) s ON true
+              WHERE $1::text IS NULL OR h.name = $1
+              ORDER BY h.site, h.rack, h.name, g.gpu_index",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// One host's inventory row and latest sample.
+    pub async fn host_latest(&self, name: &str) -> Result<Option<HostLatest>, sqlx::Error> {
+        Ok(self
+            .hosts_latest()
+            .await?
+            .into_iter()
+            .find(|h| h.name == name))
+    }
+
+    /// Raw samples of one host in `[from, to)`, oldest first.
+    pub async fn host_samples(
+        &self,
+        host: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(Vec<HostSampleRow>, Vec<GpuSampleRow>), sqlx::Error> {
+        let hs = sqlx::query_as(
+            "SELECT s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
+                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
+               FROM host_samples s JOIN hosts h ON h.id = s.host_id
+              WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3 ORDER BY s.ts LIMIT $4",
+        )
+        .bind(host)
+        .bind(from)
+        .bind(to)
+        .bind(MAX_SAMPLE_ROWS)
+        .fetch_all(&self.pool)
+        .await?;
+        let gs = sqlx::query_as(
+            "SELECT s.ts, s.gpu_index AS index, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.mem_total_bytes,
+                    s.power_watts, s.energy_joules_total, s.temp_celsius, s.mem_temp_celsius, s.sm_clock_mhz,
+                    s.mem_clock_mhz, s.fan_pct, s.throttle_reasons
+               FROM gpu_samples s JOIN hosts h ON h.id = s.host_id
+              WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3 ORDER BY s.gpu_index, s.ts LIMIT $4",
+        )
+        .bind(host)
+        .bind(from)
+        .bind(to)
+        .bind(MAX_SAMPLE_ROWS)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((hs, gs))
+    }
+
+    /// Hardware events, newest first, optionally of one host.
+    pub async fn events(
+        &self,
+        host: Option<&str>,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT h.name AS host_name, NULLIF(e.gpu_index, -1) AS index, e.ts, e.kind, e.code, e.message, e.count
+               FROM hardware_events e JOIN hosts h ON h.id = e.host_id
+              WHERE ($1::text IS NULL OR h.name = $1) AND e.ts >= $2
+              ORDER BY e.ts DESC LIMIT $3",
+        )
+        .bind(host)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Agents' spool state, for `/metrics`.
+    pub async fn agent_stats(&self) -> Result<Vec<(String, serde_json::Value)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT name, agent_stats FROM hosts WHERE agent_stats <> '{}'::jsonb ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+}

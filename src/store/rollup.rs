@@ -1,0 +1,133 @@
+//! 1-minute rollups, kept by the rollup job. Dashboards and analytics read these
+//! instead of scanning raw history.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+
+use super::Store;
+
+/// Recent minutes recomputed on every run, to absorb samples that arrive a little late
+/// (batching delays the newest samples by up to one ship interval).
+const REDO_MINUTES: i64 = 5;
+/// A first run (empty watermark) starts this far back.
+const FIRST_RUN_LOOKBACK_HOURS: i64 = 24;
+
+const HOST_ROLLUP: &str = "
+INSERT INTO host_samples_1m (host_id, bucket, samples, cpu_util_pct, cpu_util_pct_max, load1, mem_used_bytes,
+    mem_total_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s)
+SELECT host_id, date_trunc('minute', ts), count(*)::int, avg(cpu_util_pct), max(cpu_util_pct), avg(load1),
+       avg(mem_used_bytes)::bigint, max(mem_total_bytes), avg(disk_read_bytes_per_s), avg(disk_write_bytes_per_s),
+       avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s)
+  FROM host_samples
+ WHERE ts >= $1 AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
+ GROUP BY 1, 2
+ON CONFLICT (host_id, bucket) DO UPDATE SET samples = EXCLUDED.samples, cpu_util_pct = EXCLUDED.cpu_util_pct,
+    cpu_util_pct_max = EXCLUDED.cpu_util_pct_max, load1 = EXCLUDED.load1, mem_used_bytes = EXCLUDED.mem_used_bytes,
+    mem_total_bytes = EXCLUDED.mem_total_bytes, disk_read_bytes_per_s = EXCLUDED.disk_read_bytes_per_s,
+    disk_write_bytes_per_s = EXCLUDED.disk_write_bytes_per_s, net_rx_bytes_per_s = EXCLUDED.net_rx_bytes_per_s,
+    net_tx_bytes_per_s = EXCLUDED.net_tx_bytes_per_s";
+
+const GPU_ROLLUP: &str = "
+INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, util_pct_max, mem_util_pct,
+    mem_used_bytes, power_watts, power_watts_max, energy_joules_total, temp_celsius, temp_celsius_max, sm_clock_mhz)
+SELECT host_id, gpu_index, date_trunc('minute', ts), count(*)::int, avg(util_pct), max(util_pct), avg(mem_util_pct),
+       avg(mem_used_bytes)::bigint, avg(power_watts), max(power_watts),
+       (array_agg(energy_joules_total ORDER BY ts DESC) FILTER (WHERE energy_joules_total IS NOT NULL))[1],
+       avg(temp_celsius), max(temp_celsius), avg(sm_clock_mhz)
+  FROM gpu_samples
+ WHERE ts >= $1 AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
+ GROUP BY 1, 2, 3
+ON CONFLICT (host_id, gpu_index, bucket) DO UPDATE SET samples = EXCLUDED.samples, util_pct = EXCLUDED.util_pct,
+    util_pct_max = EXCLUDED.util_pct_max, mem_util_pct = EXCLUDED.mem_util_pct, mem_used_bytes = EXCLUDED.mem_used_bytes,
+    power_watts = EXCLUDED.power_watts, power_watts_max = EXCLUDED.power_watts_max,
+    energy_joules_total = EXCLUDED.energy_joules_total, temp_celsius = EXCLUDED.temp_celsius,
+    temp_celsius_max = EXCLUDED.temp_celsius_max, sm_clock_mhz = EXCLUDED.sm_clock_mhz";
+
+/// What one rollup run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RollupRun {
+    pub host_rows: u64,
+    pub gpu_rows: u64,
+    pub dirty_buckets: u64,
+}
+
+impl Store {
+    /// Roll up every minute completed since the last run (plus a few recent ones again)
+    /// and every minute marked dirty by late samples.
+    pub async fn run_rollups(&self, now: DateTime<Utc>) -> Result<RollupRun, sqlx::Error> {
+        let end = now
+            .duration_trunc(Duration::minutes(1))
+            .expect("minute truncation");
+        let watermark: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        let start = match watermark {
+            Some(w) => (w - Duration::minutes(REDO_MINUTES)).min(end),
+            None => end - Duration::hours(FIRST_RUN_LOOKBACK_HOURS),
+        };
+        let mut run = RollupRun::default();
+        // One hour per statement keeps transactions short after a long pause.
+        let mut from = start;
+        while from < end {
+            let to = (from + Duration::hours(1)).min(end);
+            let (h, g) = self.rollup_range(from, to, None).await?;
+            run.host_rows += h;
+            run.gpu_rows += g;
+            from = to;
+        }
+        sqlx::query(
+            "INSERT INTO job_state (name, watermark, updated_at) VALUES ('rollup_1m', $1, now())
+             ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+        )
+        .bind(end)
+        .execute(&self.pool)
+        .await?;
+
+        // Late minutes: recompute per host, in bounded chunks.
+        loop {
+            let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+                "DELETE FROM rollup_dirty WHERE (host_id, bucket) IN
+                    (SELECT host_id, bucket FROM rollup_dirty ORDER BY host_id, bucket LIMIT 1000)
+                 RETURNING host_id, bucket",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            if dirty.is_empty() {
+                break;
+            }
+            run.dirty_buckets += dirty.len() as u64;
+            for (host, bucket) in dirty {
+                let (h, g) = self
+                    .rollup_range(bucket, bucket + Duration::minutes(1), Some(vec![host]))
+                    .await?;
+                run.host_rows += h;
+                run.gpu_rows += g;
+            }
+        }
+        Ok(run)
+    }
+
+    async fn rollup_range(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        hosts: Option<Vec<i64>>,
+    ) -> Result<(u64, u64), sqlx::Error> {
+        let h = sqlx::query(HOST_ROLLUP)
+            .bind(from)
+            .bind(to)
+            .bind(hosts.clone())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let g = sqlx::query(GPU_ROLLUP)
+            .bind(from)
+            .bind(to)
+            .bind(hosts)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok((h, g))
+    }
+}

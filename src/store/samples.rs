@@ -1,0 +1,359 @@
+//! Writing validated batches: host upsert, inventory, samples, events — one transaction.
+//!
+//! Samples go in with `COPY`, the fastest path Postgres has. A replayed batch hits the
+//! primary key; then the transaction is retried through a temporary table with
+//! `INSERT … ON CONFLICT DO NOTHING`, so a replay is stored once and costs a little
+//! more, while the common case runs at COPY speed.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Duration, Utc};
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use super::Store;
+use crate::model::{Batch, GpuSample, HostSample};
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    pub host_id: i64,
+    /// Samples and events newly stored (the rest of the accepted ones were duplicates).
+    pub stored: usize,
+}
+
+pub const HOST_COLUMNS: &str =
+    "host_id, ts, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes, \
+     disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s";
+pub const GPU_COLUMNS: &str = "host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, mem_total_bytes, \
+     power_watts, energy_joules_total, temp_celsius, mem_temp_celsius, sm_clock_mhz, mem_clock_mhz, fan_pct, throttle_reasons";
+
+/// Samples older than this relative to now were probably replayed from a spool after
+/// the rollup job passed their minute: mark those minutes for recomputation.
+const ROLLUP_LATE_AFTER: i64 = 240;
+
+impl Store {
+    /// Store a validated batch for the host it names.
+    pub async fn write_batch(
+        &self,
+        batch: &Batch,
+        now: DateTime<Utc>,
+    ) -> Result<WriteOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let host_id = upsert_host(&mut tx, batch, now).await?;
+        let copied = copy_samples(&mut tx, host_id, batch).await;
+        let (mut tx, stored_samples) = match copied {
+            Ok(n) => (tx, n),
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                let mut tx = self.pool.begin().await?;
+                upsert_host(&mut tx, batch, now).await?;
+                let n = insert_samples_idempotent(&mut tx, host_id, batch).await?;
+                (tx, n)
+            }
+            Err(e) => return Err(e),
+        };
+        let stored_events = insert_events(&mut tx, host_id, batch).await?;
+        upsert_gpus(&mut tx, host_id, batch, now).await?;
+        mark_late_minutes(&mut tx, host_id, batch, now).await?;
+        tx.commit().await?;
+        Ok(WriteOutcome {
+            host_id,
+            stored: stored_samples + stored_events,
+        })
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+async fn upsert_host(
+    tx: &mut Transaction<'_, Postgres>,
+    b: &Batch,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let labels = serde_json::to_value(&b.host.labels).unwrap_or_default();
+    let (version, stats) = match &b.agent {
+        Some(a) => (
+            a.version.clone(),
+            serde_json::to_value(a).unwrap_or_default(),
+        ),
+        None => (String::new(), serde_json::json!({})),
+    };
+    let last_seen = b
+        .host_samples
+        .iter()
+        .map(|s| s.ts)
+        .chain(b.gpu_samples.iter().map(|s| s.ts))
+        .max()
+        .map(|t| t.min(now));
+    sqlx::query_scalar(
+        "INSERT INTO hosts (name, site, rack, pool, labels, agent_version, agent_stats, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (name) DO UPDATE SET
+            site = EXCLUDED.site, rack = EXCLUDED.rack, pool = EXCLUDED.pool, labels = EXCLUDED.labels,
+            agent_version = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_version ELSE EXCLUDED.agent_version END,
+            agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
+            last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen)
+         RETURNING id",
+    )
+    .bind(&b.host.name)
+    .bind(&b.host.site)
+    .bind(&b.host.rack)
+    .bind(&b.host.pool)
+    .bind(labels)
+    .bind(version)
+    .bind(stats)
+    .bind(last_seen)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// COPY text-format encoding of the sample rows.
+pub fn encode_host_rows(host_id: i64, rows: &[HostSample], out: &mut String) {
+    for s in rows {
+        let _ = write!(out, "{host_id}\t");
+        ts(out, s.ts);
+        opt(out, s.cpu_util_pct);
+        opt(out, s.load1);
+        opt(out, s.mem_used_bytes);
+        opt(out, s.mem_total_bytes);
+        opt(out, s.disk_read_bytes_per_s);
+        opt(out, s.disk_write_bytes_per_s);
+        opt(out, s.net_rx_bytes_per_s);
+        opt(out, s.net_tx_bytes_per_s);
+        out.push('\n');
+    }
+}
+
+/// COPY text-format encoding of GPU sample rows.
+pub fn encode_gpu_rows(host_id: i64, rows: &[GpuSample], out: &mut String) {
+    for s in rows {
+        let _ = write!(out, "{host_id}\t{}\t", s.index);
+        ts(out, s.ts);
+        opt(out, s.util_pct);
+        opt(out, s.mem_util_pct);
+        opt(out, s.mem_used_bytes);
+        opt(out, s.mem_total_bytes);
+        opt(out, s.power_watts);
+        opt(out, s.energy_joules_total);
+        opt(out, s.temp_celsius);
+        opt(out, s.mem_temp_celsius);
+        opt(out, s.sm_clock_mhz);
+        opt(out, s.mem_clock_mhz);
+        opt(out, s.fan_pct);
+        opt(out, s.throttle_reasons.map(|v| v as i64));
+        out.push('\n');
+    }
+}
+
+fn ts(out: &mut String, t: DateTime<Utc>) {
+    let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+}
+
+fn opt<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
+    match v {
+        Some(v) => {
+            let _ = write!(out, "\t{v}");
+        }
+        None => out.push_str("\t\\N"),
+    }
+}
+
+async fn copy_into(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &str,
+    data: String,
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
+        .await?;
+    if let Err(e) = copy.send(data.into_bytes()).await {
+        let _ = copy.abort("send failed").await;
+        return Err(e);
+    }
+    copy.finish().await
+}
+
+async fn copy_samples(
+    tx: &mut Transaction<'_, Postgres>,
+    host_id: i64,
+    b: &Batch,
+) -> Result<usize, sqlx::Error> {
+    let mut n = 0;
+    if !b.host_samples.is_empty() {
+        let mut data = String::with_capacity(b.host_samples.len() * 96);
+        encode_host_rows(host_id, &b.host_samples, &mut data);
+        n += copy_into(tx, "host_samples", HOST_COLUMNS, data).await? as usize;
+    }
+    if !b.gpu_samples.is_empty() {
+        let mut data = String::with_capacity(b.gpu_samples.len() * 128);
+        encode_gpu_rows(host_id, &b.gpu_samples, &mut data);
+        n += copy_into(tx, "gpu_samples", GPU_COLUMNS, data).await? as usize;
+    }
+    Ok(n)
+}
+
+async fn insert_samples_idempotent(
+    tx: &mut Transaction<'_, Postgres>,
+    host_id: i64,
+    b: &Batch,
+) -> Result<usize, sqlx::Error> {
+    let mut n = 0;
+    if !b.host_samples.is_empty() {
+        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS replay_host_samples (LIKE host_samples) ON COMMIT DELETE ROWS")
+            .execute(&mut **tx)
+            .await?;
+        let mut data = String::new();
+        encode_host_rows(host_id, &b.host_samples, &mut data);
+        copy_into(tx, "replay_host_samples", HOST_COLUMNS, data).await?;
+        n += sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO host_samples ({HOST_COLUMNS}) SELECT {HOST_COLUMNS} FROM replay_host_samples ON CONFLICT DO NOTHING"
+        )))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected() as usize;
+    }
+    if !b.gpu_samples.is_empty() {
+        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS replay_gpu_samples (LIKE gpu_samples) ON COMMIT DELETE ROWS")
+            .execute(&mut **tx)
+            .await?;
+        let mut data = String::new();
+        encode_gpu_rows(host_id, &b.gpu_samples, &mut data);
+        copy_into(tx, "replay_gpu_samples", GPU_COLUMNS, data).await?;
+        n += sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO gpu_samples ({GPU_COLUMNS}) SELECT {GPU_COLUMNS} FROM replay_gpu_samples ON CONFLICT DO NOTHING"
+        )))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected() as usize;
+    }
+    Ok(n)
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    host_id: i64,
+    b: &Batch,
+) -> Result<usize, sqlx::Error> {
+    if b.events.is_empty() {
+        return Ok(0);
+    }
+    let idx: Vec<i16> = b
+        .events
+        .iter()
+        .map(|e| e.index.map_or(-1, i16::from))
+        .collect();
+    let ts: Vec<DateTime<Utc>> = b.events.iter().map(|e| e.ts).collect();
+    let kind: Vec<String> = b.events.iter().map(|e| e.kind.clone()).collect();
+    let code: Vec<i64> = b.events.iter().map(|e| e.code.unwrap_or(0)).collect();
+    let msg: Vec<String> = b.events.iter().map(|e| e.message.clone()).collect();
+    let count: Vec<i32> = b
+        .events
+        .iter()
+        .map(|e| e.count.unwrap_or(1).min(i32::MAX as u32) as i32)
+        .collect();
+    let r = sqlx::query(
+        "INSERT INTO hardware_events (host_id, gpu_index, ts, kind, code, message, count)
+         SELECT $1, * FROM UNNEST($2::int2[], $3::timestamptz[], $4::text[], $5::int8[], $6::text[], $7::int4[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(host_id)
+    .bind(idx)
+    .bind(ts)
+    .bind(kind)
+    .bind(code)
+    .bind(msg)
+    .bind(count)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() as usize)
+}
+
+async fn upsert_gpus(
+    tx: &mut Transaction<'_, Postgres>,
+    host_id: i64,
+    b: &Batch,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if b.gpus.is_empty() {
+        if !b.gpu_samples.is_empty() {
+            // GPUs seen only through samples still belong in the inventory.
+            let mut idx: Vec<i16> = b.gpu_samples.iter().map(|s| i16::from(s.index)).collect();
+            idx.sort_unstable();
+            idx.dedup();
+            sqlx::query(
+                "INSERT INTO gpus (host_id, gpu_index, last_seen) SELECT $1, i, $3 FROM UNNEST($2::int2[]) i
+                 ON CONFLICT (host_id, gpu_index) DO UPDATE SET last_seen = EXCLUDED.last_seen",
+            )
+            .bind(host_id)
+            .bind(idx)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        return Ok(());
+    }
+    let idx: Vec<i16> = b.gpus.iter().map(|g| i16::from(g.index)).collect();
+    let uuid: Vec<Option<String>> = b.gpus.iter().map(|g| g.uuid.clone()).collect();
+    let model: Vec<Option<String>> = b.gpus.iter().map(|g| g.model.clone()).collect();
+    let mem: Vec<Option<i64>> = b
+        .gpus
+        .iter()
+        .map(|g| g.memory_total_bytes.map(|v| v as i64))
+        .collect();
+    let plim: Vec<Option<f64>> = b.gpus.iter().map(|g| g.power_limit_watts).collect();
+    let drv: Vec<Option<String>> = b.gpus.iter().map(|g| g.driver_version.clone()).collect();
+    sqlx::query(
+        "INSERT INTO gpus (host_id, gpu_index, uuid, model, memory_total_bytes, power_limit_watts, driver_version, last_seen)
+         SELECT $1, * , $8 FROM UNNEST($2::int2[], $3::text[], $4::text[], $5::int8[], $6::float8[], $7::text[])
+         ON CONFLICT (host_id, gpu_index) DO UPDATE SET
+            uuid = COALESCE(EXCLUDED.uuid, gpus.uuid), model = COALESCE(EXCLUDED.model, gpus.model),
+            memory_total_bytes = COALESCE(EXCLUDED.memory_total_bytes, gpus.memory_total_bytes),
+            power_limit_watts = COALESCE(EXCLUDED.power_limit_watts, gpus.power_limit_watts),
+            driver_version = COALESCE(EXCLUDED.driver_version, gpus.driver_version),
+            last_seen = EXCLUDED.last_seen",
+    )
+    .bind(host_id)
+    .bind(idx)
+    .bind(uuid)
+    .bind(model)
+    .bind(mem)
+    .bind(plim)
+    .bind(drv)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn mark_late_minutes(
+    tx: &mut Transaction<'_, Postgres>,
+    host_id: i64,
+    b: &Batch,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let cutoff = now - Duration::seconds(ROLLUP_LATE_AFTER);
+    let mut late: Vec<DateTime<Utc>> = b
+        .host_samples
+        .iter()
+        .map(|s| s.ts)
+        .chain(b.gpu_samples.iter().map(|s| s.ts))
+        .filter(|t| *t < cutoff)
+        .collect();
+    if late.is_empty() {
+        return Ok(());
+    }
+    late.sort_unstable();
+    late.dedup();
+    sqlx::query(
+        "INSERT INTO rollup_dirty (host_id, bucket)
+         SELECT DISTINCT $1::int8, date_trunc('minute', t) FROM UNNEST($2::timestamptz[]) t ON CONFLICT DO NOTHING",
+    )
+    .bind(host_id)
+    .bind(late)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! JSON read API. Accepts a session cookie or HTTP Basic credentials.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+
+use super::auth::ApiUser;
+use super::error::ApiError;
+use super::AppState;
+use crate::store::queries::{EventRow, HostLatest};
+
+pub async fn hosts(
+    State(st): State<AppState>,
+    _u: ApiUser,
+) -> Result<Json<Vec<HostLatest>>, ApiError> {
+    Ok(Json(st.store.hosts_latest().await?))
+}
+
+#[derive(Deserialize)]
+pub struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// Longest range the raw-samples endpoint serves in one request.
+const MAX_RAW_RANGE_HOURS: i64 = 24;
+
+fn parse_time(
+    field: &str,
+    v: Option<&str>,
+    default: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
+    match v {
+        None | Some("") => Ok(default),
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "`{field}` = {s:?} is not an RFC 3339 time (like 2026-11-23T12:00:00Z): {e}"
+                ))
+            }),
+    }
+}
+
+pub async fn host_samples(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Path(name): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = Utc::now();
+    let to = parse_time("to", q.to.as_deref(), now)?;
+    let from = parse_time("from", q.from.as_deref(), to - Duration::hours(1))?;
+    if from >= to {
+        return Err(ApiError::BadRequest("`from` must be before `to`".into()));
+    }
+    if to - from > Duration::hours(MAX_RAW_RANGE_HOURS) {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_RAW_RANGE_HOURS} h of raw samples per request; split the range"
+        )));
+    }
+    if st.store.host_latest(&name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no host named {name:?}")));
+    }
+    let (hs, gs) = st.store.host_samples(&name, from, to).await?;
+    Ok(Json(
+        serde_json::json!({ "host": name, "from": from, "to": to, "host_samples": hs, "gpu_samples": gs }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    host: Option<String>,
+    since: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn events(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<EventRow>>, ApiError> {
+    let since = parse_time("since", q.since.as_deref(), Utc::now() - Duration::days(7))?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    Ok(Json(
+        st.store.events(q.host.as_deref(), since, limit).await?,
+    ))
+}

@@ -1,0 +1,239 @@
+//! Line charts rendered on the server as SVG: axes, grid, one polyline per series,
+//! down-sampled to the pixel width (mean per pixel column), gaps left open.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+/// Okabe–Ito palette: distinguishable with the common color-vision deficiencies.
+pub const PALETTE: [&str; 8] = [
+    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
+];
+
+/// One line of a chart.
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(DateTime<Utc>, f64)>,
+}
+
+/// How values are shown on the y axis.
+#[derive(Clone, Copy)]
+pub enum Axis {
+    /// 0–100 %.
+    Percent,
+    /// From 0 to the data's maximum, labels formatted by the function.
+    Auto(fn(f64) -> String),
+}
+
+const W: f64 = 640.0;
+const H: f64 = 180.0;
+const ML: f64 = 64.0; // left margin (y labels)
+const MR: f64 = 8.0;
+const MT: f64 = 8.0;
+const MB: f64 = 22.0; // bottom margin (time labels)
+
+/// Render a chart. `gap` is the longest time between two points drawn as connected.
+pub fn line_chart(
+    title: &str,
+    series: &[Series],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    axis: Axis,
+    gap_secs: i64,
+) -> String {
+    let pw = W - ML - MR;
+    let ph = H - MT - MB;
+    let span = (to - from).num_milliseconds().max(1) as f64;
+    let ymax = match axis {
+        Axis::Percent => 100.0,
+        Axis::Auto(_) => {
+            let m = series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.1))
+                .fold(0.0f64, f64::max);
+            nice_ceiling(m)
+        }
+    };
+    let fmt_y = |v: f64| match axis {
+        Axis::Percent => format!("{v:.0} %"),
+        Axis::Auto(f) => f(v),
+    };
+    let mut svg = String::with_capacity(4096);
+    let _ = write!(
+        svg,
+        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
+        escape(title)
+    );
+    let _ = write!(svg, "<title>{}</title>", escape(title));
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        let y = MT + ph - ph * f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{ML}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="ylab" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            W - MR,
+            ML - 6.0,
+            y + 4.0,
+            escape(&fmt_y(v))
+        );
+    }
+    for i in 0..=4 {
+        let t = from + chrono::Duration::milliseconds((span * f64::from(i) / 4.0) as i64);
+        let x = ML + pw * f64::from(i) / 4.0;
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            svg,
+            r#"<text class="xlab" x="{x:.1}" y="{}" text-anchor="{anchor}"><tspan data-utc="{}">{} UTC</tspan></text>"#,
+            H - 6.0,
+            t.to_rfc3339(),
+            t.format("%H:%M")
+        );
+    }
+    for (si, s) in series.iter().enumerate() {
+        let color = PALETTE[si % PALETTE.len()];
+        let cols = downsample(&s.points, from, span, pw as usize);
+        let mut path = String::new();
+        let mut prev: Option<(usize, DateTime<Utc>)> = None;
+        for (col, t, v) in cols {
+            let x = ML + col as f64 + 0.5;
+            let y = MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
+            let connect = prev.is_some_and(|(_, pt)| (t - pt).num_seconds() <= gap_secs);
+            let _ = write!(path, "{}{x:.1},{y:.1} ", if connect { "L" } else { "M" });
+            prev = Some((col, t));
+        }
+        if !path.is_empty() {
+            let _ = write!(
+                svg,
+                r#"<path d="{}" fill="none" stroke="{color}" stroke-width="1.5"><title>{}</title></path>"#,
+                path.trim_end(),
+                escape(&s.label)
+            );
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Mean of the points falling in each pixel column: (column, last time, mean value).
+fn downsample(
+    points: &[(DateTime<Utc>, f64)],
+    from: DateTime<Utc>,
+    span_ms: f64,
+    width: usize,
+) -> Vec<(usize, DateTime<Utc>, f64)> {
+    let mut out: Vec<(usize, DateTime<Utc>, f64, u32)> = Vec::new();
+    for &(t, v) in points {
+        if !v.is_finite() {
+            continue;
+        }
+        let frac = (t - from).num_milliseconds() as f64 / span_ms;
+        if !(0.0..=1.0).contains(&frac) {
+            continue;
+        }
+        let col = ((frac * width as f64) as usize).min(width.saturating_sub(1));
+        match out.last_mut() {
+            Some(last) if last.0 == col => {
+                last.1 = t;
+                last.2 += v;
+                last.3 += 1;
+            }
+            _ => out.push((col, t, v, 1)),
+        }
+    }
+    out.into_iter()
+        .map(|(c, t, s, n)| (c, t, s / f64::from(n)))
+        .collect()
+}
+
+/// 1, 2, 2.5 or 5 × 10^k at or above `v` (and at least 1).
+pub fn nice_ceiling(v: f64) -> f64 {
+    if v <= 1.0 || !v.is_finite() {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if m * p >= v {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downsampling_averages_per_column_and_titles_are_escaped() {
+        let from: DateTime<Utc> = "2026-11-23T11:00:00Z".parse().unwrap();
+        let to = from + chrono::Duration::hours(1);
+        let pts: Vec<_> = (0..720)
+            .map(|i| {
+                (
+                    from + chrono::Duration::seconds(i * 5),
+                    (i % 2) as f64 * 100.0,
+                )
+            })
+            .collect();
+        let cols = downsample(&pts, from, 3_600_000.0, 568);
+        assert!(cols.len() <= 568);
+        // Two samples per column on average: the mean of 0 and 100 shows up.
+        assert!(cols.iter().any(|c| (c.2 - 50.0).abs() < 1e-9));
+        let svg = line_chart(
+            "<b>cpu</b>",
+            &[Series {
+                label: "x\"y".into(),
+                points: pts,
+            }],
+            from,
+            to,
+            Axis::Percent,
+            30,
+        );
+        assert!(svg.contains("&lt;b&gt;cpu"));
+        assert!(!svg.contains("<b>"));
+        assert!(svg.contains("x&quot;y"));
+        assert_eq!(nice_ceiling(730.0), 1000.0);
+        assert_eq!(nice_ceiling(180.0), 200.0);
+        assert_eq!(nice_ceiling(0.3), 1.0);
+    }
+
+    #[test]
+    fn gaps_break_the_line() {
+        let from: DateTime<Utc> = "2026-11-23T11:00:00Z".parse().unwrap();
+        let to = from + chrono::Duration::hours(1);
+        let pts = vec![
+            (from + chrono::Duration::seconds(60), 10.0),
+            (from + chrono::Duration::seconds(65), 10.0),
+            (from + chrono::Duration::seconds(1800), 10.0),
+        ];
+        let svg = line_chart(
+            "t",
+            &[Series {
+                label: "a".into(),
+                points: pts,
+            }],
+            from,
+            to,
+            Axis::Percent,
+            30,
+        );
+        assert_eq!(
+            svg.matches(" M").count() + svg.matches("\"M").count(),
+            2,
+            "{svg}"
+        );
+    }
+}

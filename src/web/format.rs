@@ -1,0 +1,78 @@
+//! Numbers with units, for pages. Binary prefixes for memory, decimal for rates.
+
+use chrono::{DateTime, Utc};
+
+/// `12.3 GiB`
+pub fn bytes(v: Option<f64>) -> String {
+    let Some(v) = v else { return "–".into() };
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut x = v;
+    let mut i = 0;
+    while x >= 1024.0 && i < U.len() - 1 {
+        x /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{x:.0} {}", U[i])
+    } else {
+        format!("{x:.1} {}", U[i])
+    }
+}
+
+/// `12.3 MB/s`
+pub fn rate(v: Option<f64>) -> String {
+    let Some(v) = v else { return "–".into() };
+    const U: [&str; 5] = ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"];
+    let mut x = v;
+    let mut i = 0;
+    while x >= 1000.0 && i < U.len() - 1 {
+        x /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{x:.0} {}", U[i])
+    } else {
+        format!("{x:.1} {}", U[i])
+    }
+}
+
+/// A number with a unit and fixed decimals, or a dash.
+pub fn num(v: Option<f64>, decimals: usize, unit: &str) -> String {
+    match v {
+        Some(x) if unit.is_empty() => format!("{x:.decimals$}"),
+        Some(x) => format!("{x:.decimals$} {unit}"),
+        None => "–".into(),
+    }
+}
+
+/// `42 s ago`, `3 min ago`, `never`.
+pub fn age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    let Some(t) = t else { return "never".into() };
+    let s = (now - t).num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        7200..=172_799 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(bytes(Some(85_899_345_920.0)), "80.0 GiB");
+        assert_eq!(bytes(Some(512.0)), "512 B");
+        assert_eq!(rate(Some(12_345_678.0)), "12.3 MB/s");
+        assert_eq!(num(Some(650.46), 0, "W"), "650 W");
+        assert_eq!(num(None, 0, "W"), "–");
+        let now: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            age(Some(now - chrono::Duration::seconds(42)), now),
+            "42 s ago"
+        );
+        assert_eq!(age(Some(now - chrono::Duration::hours(3)), now), "3 h ago");
+    }
+}

@@ -1,0 +1,192 @@
+//! `GET /metrics`: Prometheus text exposition of the server's own counters, the
+//! database pool and the agents' spool state.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// Counters updated by handlers; all monotonic.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub ingest_requests: AtomicU64,
+    pub ingest_bytes: AtomicU64,
+    pub ingest_micros: AtomicU64,
+    pub samples_accepted: AtomicU64,
+    pub samples_stored: AtomicU64,
+    pub samples_rejected: AtomicU64,
+    pub events_received: AtomicU64,
+    pub err_bad_request: AtomicU64,
+    pub err_unauthorized: AtomicU64,
+    pub err_forbidden: AtomicU64,
+    pub err_too_large: AtomicU64,
+    pub err_unavailable: AtomicU64,
+    pub err_internal: AtomicU64,
+    pub logins_failed: AtomicU64,
+}
+
+impl Metrics {
+    /// Count a failed ingest request by its kind.
+    pub fn count_ingest_error(&self, e: &ApiError) {
+        let c = match e {
+            ApiError::BadRequest(_) | ApiError::UnsupportedMedia(_) | ApiError::NotFound(_) => {
+                &self.err_bad_request
+            }
+            ApiError::Unauthorized(_) => &self.err_unauthorized,
+            ApiError::Forbidden(_) => &self.err_forbidden,
+            ApiError::TooLarge(_) => &self.err_too_large,
+            ApiError::Unavailable => &self.err_unavailable,
+            ApiError::Internal(_) => &self.err_internal,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
+fn gauge_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// Escape a label value per the exposition format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let m = &st.metrics;
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::new();
+    counter(
+        &mut out,
+        "rackwatch_ingest_requests_total",
+        "Ingest requests received.",
+        l(&m.ingest_requests),
+    );
+    counter(
+        &mut out,
+        "rackwatch_ingest_bytes_total",
+        "Ingest body bytes received (on the wire).",
+        l(&m.ingest_bytes),
+    );
+    counter(
+        &mut out,
+        "rackwatch_ingest_seconds_total",
+        "Time spent handling ingest requests.",
+        l(&m.ingest_micros) as f64 / 1e6,
+    );
+    counter(
+        &mut out,
+        "rackwatch_samples_accepted_total",
+        "Samples and events that passed validation.",
+        l(&m.samples_accepted),
+    );
+    counter(
+        &mut out,
+        "rackwatch_samples_stored_total",
+        "Accepted samples that were new (not replays).",
+        l(&m.samples_stored),
+    );
+    counter(
+        &mut out,
+        "rackwatch_samples_rejected_total",
+        "Samples rejected by validation.",
+        l(&m.samples_rejected),
+    );
+    counter(
+        &mut out,
+        "rackwatch_hardware_events_received_total",
+        "Hardware events received.",
+        l(&m.events_received),
+    );
+    let _ = writeln!(out, "# HELP rackwatch_ingest_errors_total Ingest requests refused, by reason.\n# TYPE rackwatch_ingest_errors_total counter");
+    for (reason, v) in [
+        ("bad_request", l(&m.err_bad_request)),
+        ("unauthorized", l(&m.err_unauthorized)),
+        ("forbidden", l(&m.err_forbidden)),
+        ("too_large", l(&m.err_too_large)),
+        ("db_unavailable", l(&m.err_unavailable)),
+        ("internal", l(&m.err_internal)),
+    ] {
+        let _ = writeln!(
+            out,
+            "rackwatch_ingest_errors_total{{reason=\"{reason}\"}} {v}"
+        );
+    }
+    counter(
+        &mut out,
+        "rackwatch_logins_failed_total",
+        "Failed dashboard logins.",
+        l(&m.logins_failed),
+    );
+    gauge_header(
+        &mut out,
+        "rackwatch_db_pool_connections",
+        "Database pool connections by state.",
+    );
+    let size = st.store.pool.size();
+    let idle = st.store.pool.num_idle() as u32;
+    let _ = writeln!(
+        out,
+        "rackwatch_db_pool_connections{{state=\"idle\"}} {idle}"
+    );
+    let _ = writeln!(
+        out,
+        "rackwatch_db_pool_connections{{state=\"busy\"}} {}",
+        size.saturating_sub(idle)
+    );
+    let _ = writeln!(
+        out,
+        "rackwatch_db_pool_max_connections {}",
+        st.cfg.database.max_connections
+    );
+    if let Ok(agents) = st.store.agent_stats().await {
+        for (name, key, help) in [
+            (
+                "rackwatch_agent_spool_batches",
+                "spool_batches",
+                "Batches waiting in the agent's disk spool.",
+            ),
+            (
+                "rackwatch_agent_spool_bytes",
+                "spool_bytes",
+                "Bytes in the agent's disk spool.",
+            ),
+            (
+                "rackwatch_agent_replayed_batches_total",
+                "replayed_batches_total",
+                "Spooled batches the agent delivered later.",
+            ),
+            (
+                "rackwatch_agent_dropped_batches_total",
+                "dropped_batches_total",
+                "Batches the agent dropped because its spool was full.",
+            ),
+        ] {
+            gauge_header(&mut out, name, help);
+            for (host, stats) in &agents {
+                let v = stats.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+                let _ = writeln!(out, "{name}{{host=\"{}\"}} {v}", label(host));
+            }
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}

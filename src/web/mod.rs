@@ -1,0 +1,56 @@
+//! The HTTP surface: dashboard pages, the JSON API, ingest, health and metrics.
+
+pub mod api;
+pub mod auth;
+pub mod charts;
+pub mod error;
+pub mod format;
+pub mod metrics;
+pub mod pages;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::config::Config;
+use crate::store::Store;
+use metrics::Metrics;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// All routes in one readable list.
+pub fn router(state: AppState) -> Router {
+    let ingest_limit = state.cfg.server.max_body_bytes;
+    Router::new()
+        .route("/", get(pages::fleet))
+        .route("/hosts/{name}", get(pages::host))
+        .route("/login", get(auth::login_form).post(auth::login_submit))
+        .route("/logout", post(auth::logout))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/api/v1/ingest",
+            post(crate::ingest::ingest).layer(DefaultBodyLimit::max(ingest_limit)),
+        )
+        .route("/api/v1/hosts", get(api::hosts))
+        .route("/api/v1/hosts/{name}/samples", get(api::host_samples))
+        .route("/api/v1/events", get(api::events))
+        .with_state(state)
+}
+
+/// 200 when the database answers, 503 otherwise.
+async fn healthz(State(st): State<AppState>) -> (StatusCode, &'static str) {
+    match sqlx::query("SELECT 1").execute(&st.store.pool).await {
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
+    }
+}
