@@ -1,0 +1,238 @@
+//! CPU backend: plain Rust, cache-blocked, two threads, AVX2 when the CPU has it.
+
+use super::{Backend, LagWeights};
+
+/// Lanes per packed weight column block.
+const LANES: usize = 8;
+
+/// The default backend. `threads` = worker threads for large batches (default: available
+/// parallelism, at most 8).
+#[derive(Clone, Debug)]
+pub struct CpuBackend {
+    pub threads: usize,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        Self { threads }
+    }
+}
+
+impl CpuBackend {
+    pub fn single_threaded() -> Self {
+        Self { threads: 1 }
+    }
+
+    fn split(&self, n: usize, min_chunk: usize) -> usize {
+        self.threads.max(1).min(n / min_chunk.max(1)).max(1)
+    }
+}
+
+/// Weights repacked column-block-major: block `c`, feature `f`, lane `k` at `(c * fx + f) * 8 + k`.
+fn pack(w: &[f32], fx: usize, d: usize) -> (Vec<f32>, usize) {
+    let blocks = d.div_ceil(LANES);
+    let mut p = vec![0.0f32; blocks * fx * LANES];
+    for f in 0..fx {
+        for j in 0..d {
+            let (c, k) = (j / LANES, j % LANES);
+            p[(c * fx + f) * LANES + k] = w[f * d + j];
+        }
+    }
+    (p, blocks)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn energy_rows(
+    zpad: &[f32],
+    rows: std::ops::Range<usize>,
+    d: usize,
+    lags: usize,
+    packed: &[f32],
+    blocks: usize,
+    bias: &[f32],
+    inv_scale: &[f32],
+    clip: f32,
+    out: &mut [f32],
+) {
+    let fx = lags * d;
+    let start = rows.start;
+    for t in rows {
+        let x = &zpad[t * d..t * d + fx];
+        let target = &zpad[(t + lags) * d..(t + lags + 1) * d];
+        let o = &mut out[(t - start) * d..(t - start + 1) * d];
+        for c in 0..blocks {
+            let mut acc = [0.0f32; LANES];
+            let wb = &packed[c * fx * LANES..(c + 1) * fx * LANES];
+            for (xv, w) in x.iter().zip(wb.chunks_exact(LANES)) {
+                for k in 0..LANES {
+                    acc[k] += xv * w[k];
+                }
+            }
+            let j0 = c * LANES;
+            for k in 0..LANES.min(d - j0) {
+                let j = j0 + k;
+                let r = ((target[j] - acc[k] - bias[j]).abs() * inv_scale[j]).min(clip);
+                o[j] = r * r;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn energy_rows_avx2(
+    zpad: &[f32],
+    rows: std::ops::Range<usize>,
+    d: usize,
+    lags: usize,
+    packed: &[f32],
+    blocks: usize,
+    bias: &[f32],
+    inv_scale: &[f32],
+    clip: f32,
+    out: &mut [f32],
+) {
+    energy_rows(
+        zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn energy_dispatch(
+    zpad: &[f32],
+    rows: std::ops::Range<usize>,
+    d: usize,
+    lags: usize,
+    packed: &[f32],
+    blocks: usize,
+    bias: &[f32],
+    inv_scale: &[f32],
+    clip: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the enabled target features (checked just above).
+            unsafe {
+                energy_rows_avx2(
+                    zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
+                )
+            };
+            return;
+        }
+    }
+    energy_rows(
+        zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
+    )
+}
+
+fn cross_rows(
+    zpad: &[f32],
+    rows: std::ops::Range<usize>,
+    d: usize,
+    lags: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let fx = lags * d;
+    let f = fx + 1;
+    let mut xtx = vec![0.0f64; f * f];
+    let mut xty = vec![0.0f64; f * d];
+    let mut x = vec![0.0f64; f];
+    for t in rows {
+        for (a, v) in x.iter_mut().zip(&zpad[t * d..t * d + fx]) {
+            *a = *v as f64;
+        }
+        x[fx] = 1.0;
+        let y = &zpad[(t + lags) * d..(t + lags + 1) * d];
+        for a in 0..f {
+            let xa = x[a];
+            // upper triangle only; mirrored below
+            let row = &mut xtx[a * f + a..(a + 1) * f];
+            for (g, xb) in row.iter_mut().zip(&x[a..]) {
+                *g += xa * xb;
+            }
+            let ry = &mut xty[a * d..(a + 1) * d];
+            for (g, yb) in ry.iter_mut().zip(y) {
+                *g += xa * *yb as f64;
+            }
+        }
+    }
+    (xtx, xty)
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+
+    fn cross_products(
+        &self,
+        zpad: &[f32],
+        n: usize,
+        d: usize,
+        lags: usize,
+    ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+        anyhow::ensure!(zpad.len() >= (n + lags) * d, "zpad too short");
+        let f = lags * d + 1;
+        let parts = self.split(n, 4096);
+        let chunk = n.div_ceil(parts);
+        let results: Vec<(Vec<f64>, Vec<f64>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..parts)
+                .map(|p| {
+                    let r = (p * chunk).min(n)..((p + 1) * chunk).min(n);
+                    s.spawn(move || cross_rows(zpad, r, d, lags))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("worker")).collect()
+        });
+        let mut xtx = vec![0.0f64; f * f];
+        let mut xty = vec![0.0f64; f * d];
+        for (a, b) in results {
+            xtx.iter_mut().zip(a).for_each(|(s, v)| *s += v);
+            xty.iter_mut().zip(b).for_each(|(s, v)| *s += v);
+        }
+        for a in 0..f {
+            for b in 0..a {
+                xtx[a * f + b] = xtx[b * f + a];
+            }
+        }
+        Ok((xtx, xty))
+    }
+
+    fn residual_energy(
+        &self,
+        zpad: &[f32],
+        n: usize,
+        d: usize,
+        lags: usize,
+        w: LagWeights<'_>,
+        inv_scale: &[f32],
+        clip: f32,
+    ) -> anyhow::Result<Vec<f32>> {
+        anyhow::ensure!(zpad.len() >= (n + lags) * d, "zpad too short");
+        anyhow::ensure!(w.weights.len() == lags * d * d && w.bias.len() == d);
+        let (packed, blocks) = pack(w.weights, lags * d, d);
+        let mut out = vec![0.0f32; n * d];
+        let parts = self.split(n, 2048);
+        let chunk = n.div_ceil(parts).max(1);
+        let packed = &packed;
+        std::thread::scope(|s| {
+            for (p, o) in out.chunks_mut(chunk * d).enumerate() {
+                let r = p * chunk..(p * chunk + o.len() / d.max(1));
+                s.spawn(move || {
+                    energy_dispatch(
+                        zpad, r, d, lags, packed, blocks, w.bias, inv_scale, clip, o,
+                    )
+                });
+            }
+        });
+        Ok(out)
+    }
+}

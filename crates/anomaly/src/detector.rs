@@ -1,0 +1,351 @@
+//! The multivariate detector: standardize, predict each row from the `lags` rows before it
+//! with a ridge-regularized linear model trained by minimizing the prediction MSE on normal
+//! history, score the clipped squared residuals scaled per metric by their training spread,
+//! smooth them causally (per-metric EMA), alert above a peaks-over-threshold level.
+
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, CpuBackend, LagWeights};
+use crate::pot::PotThreshold;
+use crate::Matrix;
+
+/// Hyper-parameters. Defaults were chosen once on the dev split and apply to every series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectorConfig {
+    /// Past rows the predictor sees.
+    pub lags: usize,
+    /// Ridge penalty on the normal equations (`XᵀX + ridge·I`).
+    pub ridge: f64,
+    /// Floor on a metric's training standard deviation (raw units).
+    pub std_floor: f32,
+    /// Floor on a metric's residual scale (standardized units).
+    pub resid_floor: f32,
+    /// Clip of a scaled residual before squaring.
+    pub clip: f32,
+    /// Span of the causal exponential moving average over residual energy (α = 2/(span+1)).
+    pub ema_span: f32,
+    /// Quantile of training scores where the peaks-over-threshold fit starts.
+    pub pot_init_quantile: f64,
+    /// Target exceedance probability of the alert threshold.
+    pub pot_risk: f64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            lags: 3,
+            ridge: 1.0,
+            std_floor: 0.01,
+            resid_floor: 0.2,
+            clip: 100.0,
+            ema_span: 10.0,
+            pot_init_quantile: 0.98,
+            pot_risk: 1e-3,
+        }
+    }
+}
+
+/// One metric's share of a row's anomaly score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    /// 0-based metric (column) index.
+    pub metric: usize,
+    /// Share of the score, in `[0, 1]`.
+    pub share: f32,
+}
+
+/// A scored row with its explanation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoredRow {
+    pub score: f32,
+    pub alert: bool,
+    /// Top contributing metrics, largest first.
+    pub top: Vec<Contribution>,
+}
+
+/// Streaming state: the last `lags` standardized rows and the per-metric EMA.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamState {
+    pub history: Vec<f32>,
+    pub ema: Vec<f32>,
+    pub started: bool,
+}
+
+/// A trained detector (serde-serializable, including its streaming state).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Detector {
+    pub config: DetectorConfig,
+    pub dim: usize,
+    pub mean: Vec<f32>,
+    pub inv_std: Vec<f32>,
+    /// `(lags * dim) x dim` predictor weights and `dim` intercepts (standardized units).
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// 1 / per-metric residual scale.
+    pub inv_resid_scale: Vec<f32>,
+    pub threshold: PotThreshold,
+    pub train_rows: usize,
+    pub state: StreamState,
+}
+
+/// Solve `A x = B` (A `f x f` symmetric positive definite, B `f x m`) by Cholesky, in place.
+fn cholesky_solve(a: &mut [f64], b: &mut [f64], f: usize, m: usize) -> Result<()> {
+    for j in 0..f {
+        let mut s = a[j * f + j];
+        for k in 0..j {
+            s -= a[j * f + k] * a[j * f + k];
+        }
+        ensure!(s > 0.0, "normal equations not positive definite");
+        let l = s.sqrt();
+        a[j * f + j] = l;
+        for i in j + 1..f {
+            let mut s = a[i * f + j];
+            for k in 0..j {
+                s -= a[i * f + k] * a[j * f + k];
+            }
+            a[i * f + j] = s / l;
+        }
+    }
+    for c in 0..m {
+        for i in 0..f {
+            let mut s = b[i * m + c];
+            for k in 0..i {
+                s -= a[i * f + k] * b[k * m + c];
+            }
+            b[i * m + c] = s / a[i * f + i];
+        }
+        for i in (0..f).rev() {
+            let mut s = b[i * m + c];
+            for k in i + 1..f {
+                s -= a[k * f + i] * b[k * m + c];
+            }
+            b[i * m + c] = s / a[i * f + i];
+        }
+    }
+    Ok(())
+}
+
+impl Detector {
+    /// Train on normal history with the default CPU backend.
+    pub fn fit(train: &Matrix, config: DetectorConfig) -> Result<Self> {
+        Self::fit_with(&CpuBackend::default(), train, config)
+    }
+
+    /// Train on normal history (rows = time steps, cols = metrics) on `backend`.
+    pub fn fit_with(backend: &dyn Backend, train: &Matrix, config: DetectorConfig) -> Result<Self> {
+        let (n, d) = (train.rows, train.cols);
+        let lags = config.lags;
+        ensure!(d > 0 && lags > 0, "need at least one metric and one lag");
+        ensure!(n > lags + 1, "need more than {} training rows", lags + 1);
+        let mut mean = vec![0.0f64; d];
+        for r in 0..n {
+            for (m, v) in mean.iter_mut().zip(train.row(r)) {
+                *m += *v as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f64);
+        let mut var = vec![0.0f64; d];
+        for r in 0..n {
+            for ((s, v), m) in var.iter_mut().zip(train.row(r)).zip(&mean) {
+                *s += (*v as f64 - m).powi(2);
+            }
+        }
+        let inv_std: Vec<f32> = var
+            .iter()
+            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(config.std_floor))
+            .collect();
+        let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        let mut det = Detector {
+            dim: d,
+            mean,
+            inv_std,
+            weights: vec![0.0; lags * d * d],
+            bias: vec![0.0; d],
+            inv_resid_scale: vec![1.0; d],
+            threshold: PotThreshold::fit(&[], 0.98, 1e-3),
+            train_rows: n,
+            state: StreamState {
+                history: Vec::new(),
+                ema: vec![0.0; d],
+                started: false,
+            },
+            config,
+        };
+        let z = det.standardize(train);
+        // Pad the start with the first row (the predictor has no earlier history).
+        let mut zpad = Vec::with_capacity((n + lags) * d);
+        for _ in 0..lags {
+            zpad.extend_from_slice(&z[..d]);
+        }
+        zpad.extend_from_slice(&z);
+        let (mut xtx, mut xty) = backend.cross_products(&zpad, n, d, lags)?;
+        let f = lags * d + 1;
+        for i in 0..f - 1 {
+            xtx[i * f + i] += det.config.ridge;
+        }
+        xtx[(f - 1) * f + f - 1] += 1e-9 * n as f64;
+        cholesky_solve(&mut xtx, &mut xty, f, d)?;
+        det.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
+        det.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
+        // Residual scales from the training residuals.
+        let ones = vec![1.0f32; d];
+        let e = backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?;
+        let mut ms = vec![0.0f64; d];
+        for r in e.chunks_exact(d) {
+            ms.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
+        }
+        det.inv_resid_scale = ms
+            .iter()
+            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(det.config.resid_floor))
+            .collect();
+        // Calibration scores on the training data, which also leaves the stream at its end.
+        det.state.history = zpad[..lags * d].to_vec();
+        let scores = det.score_standardized(backend, &z, n, |_, _, _| {})?;
+        det.threshold = PotThreshold::fit(
+            &scores,
+            det.config.pot_init_quantile,
+            det.config.pot_risk,
+        );
+        Ok(det)
+    }
+
+    fn lag_weights(&self) -> LagWeights<'_> {
+        LagWeights {
+            weights: &self.weights,
+            bias: &self.bias,
+        }
+    }
+
+    fn standardize(&self, rows: &Matrix) -> Vec<f32> {
+        let d = self.dim;
+        let mut z = Vec::with_capacity(rows.data.len());
+        for r in rows.data.chunks_exact(d) {
+            for ((v, m), s) in r.iter().zip(&self.mean).zip(&self.inv_std) {
+                z.push((v - m) * s);
+            }
+        }
+        z
+    }
+
+    /// The alert threshold on scores.
+    pub fn alert_threshold(&self) -> f32 {
+        self.threshold.threshold as f32
+    }
+
+    /// Forget the stream (the next row is treated as the first one ever seen).
+    pub fn reset_stream(&mut self) {
+        self.state.history.clear();
+        self.state.ema.iter_mut().for_each(|v| *v = 0.0);
+        self.state.started = false;
+    }
+
+    /// Core streaming pass over standardized rows; calls `visit(t, per-metric EMA, score)`.
+    fn score_standardized(
+        &mut self,
+        backend: &dyn Backend,
+        z: &[f32],
+        n: usize,
+        mut visit: impl FnMut(usize, &[f32], f32),
+    ) -> Result<Vec<f32>> {
+        let d = self.dim;
+        let lags = self.config.lags;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut zpad = Vec::with_capacity((n + lags) * d);
+        if self.state.history.len() == lags * d {
+            zpad.extend_from_slice(&self.state.history);
+        } else {
+            for _ in 0..lags {
+                zpad.extend_from_slice(&z[..d]);
+            }
+        }
+        zpad.extend_from_slice(z);
+        let e = backend.residual_energy(
+            &zpad,
+            n,
+            d,
+            lags,
+            self.lag_weights(),
+            &self.inv_resid_scale,
+            self.config.clip,
+        )?;
+        let alpha = 2.0 / (self.config.ema_span + 1.0);
+        let inv_d = 1.0 / d as f32;
+        let mut scores = Vec::with_capacity(n);
+        let ema = &mut self.state.ema;
+        for (t, row) in e.chunks_exact(d).enumerate() {
+            if !self.state.started {
+                ema.copy_from_slice(row);
+                self.state.started = true;
+            } else {
+                for (m, v) in ema.iter_mut().zip(row) {
+                    *m += alpha * (v - *m);
+                }
+            }
+            let s = ema.iter().sum::<f32>() * inv_d;
+            visit(t, ema, s);
+            scores.push(s);
+        }
+        self.state.history = zpad[n * d..].to_vec();
+        Ok(scores)
+    }
+
+    fn check(&self, rows: &Matrix) -> Result<()> {
+        ensure!(
+            rows.cols == self.dim,
+            "rows have {} metrics, detector was trained on {}",
+            rows.cols,
+            self.dim
+        );
+        Ok(())
+    }
+
+    /// Score new rows causally (continuing the stream), CPU backend. Higher = more anomalous.
+    pub fn score(&mut self, rows: &Matrix) -> Result<Vec<f32>> {
+        self.score_with(&CpuBackend::default(), rows)
+    }
+
+    /// Score new rows causally on `backend`.
+    pub fn score_with(&mut self, backend: &dyn Backend, rows: &Matrix) -> Result<Vec<f32>> {
+        self.check(rows)?;
+        let z = self.standardize(rows);
+        self.score_standardized(backend, &z, rows.rows, |_, _, _| {})
+    }
+
+    /// Score new rows causally with alerts and the `top_k` contributing metrics of each row.
+    pub fn score_explained(
+        &mut self,
+        backend: &dyn Backend,
+        rows: &Matrix,
+        top_k: usize,
+    ) -> Result<Vec<ScoredRow>> {
+        self.check(rows)?;
+        let z = self.standardize(rows);
+        let thr = self.alert_threshold();
+        let mut out = Vec::with_capacity(rows.rows);
+        self.score_standardized(backend, &z, rows.rows, |_, ema, s| {
+            out.push(ScoredRow {
+                score: s,
+                alert: s > thr,
+                top: top_contributions(ema, top_k),
+            });
+        })?;
+        Ok(out)
+    }
+}
+
+/// The `k` largest entries of per-metric energy, as shares of their sum.
+pub fn top_contributions(energy: &[f32], k: usize) -> Vec<Contribution> {
+    let total: f32 = energy.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+    let mut idx: Vec<usize> = (0..energy.len()).collect();
+    idx.sort_by(|&a, &b| energy[b].total_cmp(&energy[a]));
+    idx.into_iter()
+        .take(k)
+        .map(|metric| Contribution {
+            metric,
+            share: energy[metric] / total,
+        })
+        .collect()
+}

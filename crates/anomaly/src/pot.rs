@@ -1,0 +1,96 @@
+//! Label-free alert threshold: peaks over threshold (extreme value theory).
+//!
+//! The excesses of the training scores over a high empirical quantile `u` are fitted with a
+//! generalized Pareto distribution (probability-weighted moments, Hosking & Wallis 1987); the
+//! alert threshold is the score exceeded with probability `risk` under that fit.
+
+use serde::{Deserialize, Serialize};
+
+/// A fitted peaks-over-threshold model and the threshold it implies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PotThreshold {
+    /// Initial threshold `u` (empirical quantile of the calibration scores).
+    pub init: f64,
+    /// GPD scale.
+    pub sigma: f64,
+    /// GPD shape (ξ > 0: heavy tail, ξ < 0: bounded tail).
+    pub xi: f64,
+    /// Calibration scores seen and how many exceeded `u`.
+    pub n: usize,
+    pub n_peaks: usize,
+    /// Target exceedance probability.
+    pub risk: f64,
+    /// The alert threshold.
+    pub threshold: f64,
+}
+
+fn quantile_sorted(s: &[f64], q: f64) -> f64 {
+    if s.is_empty() {
+        return 0.0;
+    }
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+impl PotThreshold {
+    /// Fit on calibration scores (typically the detector's scores on its training data).
+    /// `init_quantile` (e.g. 0.98) sets `u`, `risk` (e.g. 1e-3) the target exceedance rate.
+    pub fn fit(scores: &[f32], init_quantile: f64, risk: f64) -> Self {
+        let mut s: Vec<f64> = scores
+            .iter()
+            .filter(|v| v.is_finite())
+            .map(|&v| v as f64)
+            .collect();
+        s.sort_by(|a, b| a.total_cmp(b));
+        let n = s.len();
+        let u = quantile_sorted(&s, init_quantile);
+        let peaks: Vec<f64> = s.iter().filter(|&&v| v > u).map(|v| v - u).collect();
+        let np = peaks.len();
+        let (mut sigma, mut xi) = (0.0, 0.0);
+        if np >= 3 {
+            // PWM: a0 = mean, a1 = mean((1 - p_i) y_(i)), p_i = (i - 0.35) / n, y ascending.
+            let m = np as f64;
+            let a0 = peaks.iter().sum::<f64>() / m;
+            let a1 = peaks
+                .iter()
+                .enumerate()
+                .map(|(i, y)| (1.0 - (i as f64 + 1.0 - 0.35) / m) * y)
+                .sum::<f64>()
+                / m;
+            let den = a0 - 2.0 * a1;
+            if den > 1e-12 {
+                let k = a0 / den - 2.0; // Hosking's k = -xi
+                xi = (-k).clamp(-0.9, 0.9);
+                sigma = 2.0 * a0 * a1 / den;
+            } else {
+                sigma = a0;
+            }
+            if !(sigma.is_finite() && sigma > 0.0) {
+                sigma = a0.max(1e-12);
+                xi = 0.0;
+            }
+        } else if np > 0 {
+            sigma = peaks.iter().sum::<f64>() / np as f64;
+        }
+        let threshold = if np == 0 || n == 0 {
+            s.last().copied().unwrap_or(0.0)
+        } else {
+            let r = (risk * n as f64 / np as f64).min(1.0);
+            if xi.abs() < 1e-6 {
+                u - sigma * r.ln()
+            } else {
+                u + sigma / xi * (r.powf(-xi) - 1.0)
+            }
+        };
+        Self {
+            init: u,
+            sigma,
+            xi,
+            n,
+            n_peaks: np,
+            risk,
+            threshold,
+        }
+    }
+}

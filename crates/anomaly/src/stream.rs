@@ -1,0 +1,98 @@
+//! Univariate streaming detection (NAB protocol): learn only from the probationary prefix and
+//! from the past, emit a score in `[0, 1]` that means the same in every series.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::detector::{Detector, DetectorConfig};
+use crate::Matrix;
+
+/// Settings of the univariate stream scorer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamConfig {
+    /// Detector settings for the window predictor on the single metric.
+    pub detector: DetectorConfig,
+    /// After a score ≥ `fire_level`, later scores within `suppress_frac · n_probation` rows are
+    /// damped by `suppress_factor` (one alarm per event instead of a burst of false positives).
+    pub fire_level: f32,
+    pub suppress_frac: f32,
+    pub suppress_factor: f32,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            detector: DetectorConfig {
+                lags: 6,
+                ridge: 1.0,
+                std_floor: 1e-6,
+                resid_floor: 1e-3,
+                clip: 100.0,
+                ema_span: 3.0,
+                pot_init_quantile: 0.98,
+                pot_risk: 1e-3,
+            },
+            fire_level: 0.999,
+            suppress_frac: 0.0,
+            suppress_factor: 1.0,
+        }
+    }
+}
+
+/// NAB's probationary length for a series of `n` rows.
+pub fn probation_len(n: usize) -> usize {
+    ((0.15 * n as f64).floor() as usize).min(750)
+}
+
+/// Causal empirical CDF: share of earlier raw values below `raw[t]` (ties count one half).
+pub fn causal_cdf(raw: &[f32]) -> Vec<f32> {
+    let mut seen: Vec<f32> = Vec::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
+    for &r in raw {
+        let r = if r.is_finite() { r } else { f32::MAX };
+        if seen.is_empty() {
+            out.push(0.0);
+        } else {
+            let lo = seen.partition_point(|&v| v < r);
+            let hi = seen.partition_point(|&v| v <= r);
+            out.push((lo as f32 + 0.5 * (hi - lo) as f32) / seen.len() as f32);
+        }
+        let pos = seen.partition_point(|&v| v < r);
+        seen.insert(pos, r);
+    }
+    out
+}
+
+/// Score one univariate series causally: scores in `[0, 1]` and 0/1 alerts.
+pub fn score_series(
+    backend: &dyn Backend,
+    values: &[f32],
+    cfg: &StreamConfig,
+) -> Result<(Vec<f32>, Vec<bool>)> {
+    let n = values.len();
+    let k = probation_len(n).max(cfg.detector.lags + 8).min(n);
+    if n < cfg.detector.lags + 8 {
+        return Ok((vec![0.0; n], vec![false; n]));
+    }
+    let all = Matrix::new(n, 1, values.to_vec());
+    let mut det = Detector::fit_with(backend, &all.slice_rows(0, k), cfg.detector.clone())?;
+    // Raw scores: replay the probationary rows from a fresh stream, then continue.
+    det.reset_stream();
+    let raw = det.score_with(backend, &all)?;
+    let p = causal_cdf(&raw);
+    let win = (cfg.suppress_frac * k as f32).round() as usize;
+    let mut last_fire: Option<usize> = None;
+    let mut score = Vec::with_capacity(n);
+    let mut alert = Vec::with_capacity(n);
+    for (t, &pt) in p.iter().enumerate() {
+        let suppressed = last_fire.is_some_and(|f| t - f <= win) && win > 0;
+        let s = if suppressed { pt * cfg.suppress_factor } else { pt };
+        if t >= k && pt >= cfg.fire_level && !suppressed {
+            last_fire = Some(t);
+        }
+        score.push(s);
+        alert.push(t >= k && s >= cfg.fire_level);
+    }
+    Ok((score, alert))
+}
