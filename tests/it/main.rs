@@ -1,1 +1,8 @@
-mod x {}
+//! Integration tests: the real server, a real Postgres, real HTTP.
+
+mod agent;
+mod ingest;
+mod managed_pg;
+mod pages;
+mod rollups;
+mod support;

@@ -1,0 +1,194 @@
+//! The agent pipeline end to end: collector thread, shipper, disk spool, real server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rackwatch::collect::agent::{self, Timing};
+use rackwatch::collect::simulator::SimulatedHost;
+use rackwatch::collect::{Collected, Source};
+use tokio::sync::watch;
+
+use crate::support::{fresh_database, TestApp};
+
+/// A simulated host that remembers every timestamp it produced.
+struct Recording {
+    inner: SimulatedHost,
+    seen: Arc<Mutex<Vec<DateTime<Utc>>>>,
+}
+
+impl Source for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn collect(&mut self, now: DateTime<Utc>, out: &mut Collected) {
+        self.seen.lock().unwrap().push(now);
+        self.inner.collect(now, out);
+    }
+}
+
+#[tokio::test]
+async fn agent_spools_while_the_server_is_down_and_delivers_everything_once() {
+    let db_url = fresh_database().await;
+    // Reserve a port, then leave it closed: the server is "down".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = rackwatch::store::Store::connect(&db_url, 2, 5)
+        .await
+        .unwrap();
+    let mut host = SimulatedHost::fleet(1, 2).pop().unwrap();
+    host.info.name = "spool-test".into();
+    let token = store
+        .create_agent_token("spool-test", "test")
+        .await
+        .unwrap();
+    let spool_dir = tempfile::tempdir().unwrap();
+    let cfg = crate::support::test_config(&db_url);
+    let shipper = rackwatch::app::shipper(
+        &cfg,
+        &format!("http://127.0.0.1:{port}"),
+        &token,
+        spool_dir.path(),
+    )
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let source = Recording {
+        inner: host,
+        seen: seen.clone(),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let timing = Timing {
+        interval: Duration::from_millis(100),
+        ship_interval: Duration::from_millis(200),
+    };
+    let identity = source.inner.info.clone();
+    let agent = tokio::spawn(agent::run(
+        identity,
+        vec![Box::new(source)],
+        shipper,
+        timing,
+        stop_rx,
+    ));
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spooled = std::fs::read_dir(spool_dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert!(
+        spooled >= 3,
+        "expected batches in the spool while the server is down, found {spooled}"
+    );
+
+    // The server comes up on that port.
+    let app = TestApp::spawn_on(db_url.clone(), |c| {
+        c.server.listen = format!("127.0.0.1:{port}")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    stop.send(true).unwrap();
+    let shipper = agent.await.unwrap();
+    assert!(
+        !shipper.pending(),
+        "spool should be drained, {} batches left",
+        shipper.spool.len()
+    );
+    assert!(
+        shipper.replayed_total >= 3,
+        "replayed {}",
+        shipper.replayed_total
+    );
+
+    let produced = seen.lock().unwrap().clone();
+    let stored: Vec<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT s.ts FROM host_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = 'spool-test' ORDER BY s.ts",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, produced, "every sample stored exactly once");
+    let gpu_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(gpu_rows, produced.len() as i64 * 2);
+    // The agent's spool state reached the server.
+    let stats: serde_json::Value =
+        sqlx::query_scalar("SELECT agent_stats FROM hosts WHERE name = 'spool-test'")
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap();
+    assert!(
+        stats["replayed_batches_total"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_spool_after_a_crash_does_not_duplicate() {
+    // A crash between delivery and deleting the spool file replays a delivered batch.
+    let app = TestApp::spawn().await;
+    let token = app.token("crashy").await;
+    let mut host = SimulatedHost::fleet(1, 1).pop().unwrap();
+    host.info.name = "crashy".into();
+    let now = Utc::now();
+    let c = host.history(
+        now - chrono::Duration::seconds(60),
+        now,
+        chrono::Duration::seconds(5),
+    );
+    let batch = rackwatch::model::Batch {
+        host: host.info.clone(),
+        host_samples: c.host_samples,
+        gpu_samples: c.gpu_samples,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &token, dir.path()).unwrap();
+    shipper.ship(batch.clone()).await;
+    shipper.spool.push(&batch).unwrap();
+    assert!(shipper.drain().await);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM host_samples")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 12);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_kept_for_inspection_not_retried_forever() {
+    let app = TestApp::spawn().await;
+    let token = app.token("odd").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &token, dir.path()).unwrap();
+    // A host name with a control character is refused as a whole (400).
+    let bad = rackwatch::model::Batch {
+        host: rackwatch::model::HostInfo {
+            name: "odd\u{7}".into(),
+            ..Default::default()
+        },
+        host_samples: vec![rackwatch::model::HostSample {
+            ts: Utc::now(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    shipper.ship(bad).await;
+    assert!(!shipper.pending());
+    let kept = std::fs::read_dir(dir.path().join("rejected"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1);
+    app.stop().await;
+}

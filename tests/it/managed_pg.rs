@@ -1,0 +1,145 @@
+//! The embedded default: Rackwatch starting, reusing and stopping its own Postgres.
+
+use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::support::{cluster_root, fast_settings, recent, TestApp};
+
+fn opts(root: std::path::PathBuf, own_adopted: bool) -> ManagedOptions {
+    ManagedOptions {
+        root,
+        bin_dir: String::new(),
+        user: "postgres".into(),
+        settings: fast_settings(),
+        own_adopted,
+    }
+}
+
+async fn is_up(url: &str) -> bool {
+    sqlx::PgConnection::connect(url).await.is_ok()
+}
+
+#[tokio::test]
+async fn start_stop_restart_keeps_data_and_one_shot_commands_leave_it_running() {
+    let root = cluster_root("managed");
+    let _ = std::fs::remove_dir_all(&root);
+    let o = opts(root.clone(), true);
+    let mut pg = tokio::task::spawn_blocking({
+        let o = o.clone();
+        move || ManagedPostgres::start(&o)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let url = pg.admin_url();
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("CREATE TABLE kept (v int)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO kept VALUES (42)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+
+    // A one-shot command adopts the running cluster and leaves it running.
+    let one_shot = tokio::task::spawn_blocking({
+        let o = opts(root.clone(), false);
+        move || ManagedPostgres::start(&o)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    drop(one_shot);
+    assert!(
+        is_up(&url).await,
+        "a one-shot command must not stop the cluster"
+    );
+
+    pg = tokio::task::spawn_blocking(move || {
+        pg.stop().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    assert!(!is_up(&url).await, "stopped cluster still answers");
+    drop(pg);
+
+    // Restart reuses the data directory (no second initdb).
+    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&o))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut c = sqlx::PgConnection::connect(&pg.admin_url()).await.unwrap();
+    let v: i32 = sqlx::query_scalar("SELECT v FROM kept")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 42);
+    c.close().await.unwrap();
+    tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test]
+async fn ingest_survives_a_database_restart() {
+    let root = cluster_root("restart");
+    let _ = std::fs::remove_dir_all(&root);
+    let o = opts(root.clone(), true);
+    let pg = tokio::task::spawn_blocking({
+        let o = o.clone();
+        move || ManagedPostgres::start(&o)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    rackwatch::store::create_database_if_missing(&pg.admin_url(), "rw")
+        .await
+        .unwrap();
+    let url = pg.url_for("rw");
+    let store = rackwatch::store::Store::connect(&url, 2, 5).await.unwrap();
+    store.migrate().await.unwrap();
+    store.pool.close().await;
+    let app = TestApp::spawn_on(url, |_| {}).await;
+    let token = app.token("r").await;
+    let body = |i: usize| json!({"host": {"name": "r"}, "host_samples": [{"ts": recent(3, 1, 1)[i], "cpu_util_pct": 5.0}]});
+    assert_eq!(app.ingest(&token, &body(0)).await.status(), 200);
+
+    let mut pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.stop().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    let r = app.ingest(&token, &body(1)).await;
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+
+    pg = tokio::task::spawn_blocking(move || {
+        drop(pg);
+        ManagedPostgres::start(&o).unwrap()
+    })
+    .await
+    .unwrap();
+    let mut ok = false;
+    for _ in 0..20 {
+        if app.ingest(&token, &body(2)).await.status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(ok, "ingest did not recover after the database came back");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM host_samples")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    app.stop().await;
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -1,0 +1,225 @@
+//! Dashboard pages and the JSON read API, as a browser and a script see them.
+
+use serde_json::json;
+
+use crate::support::{recent, TestApp};
+
+async fn seed(app: &TestApp, host: &str) {
+    let token = app.token(host).await;
+    let ts = recent(60, 5, 5);
+    let body = json!({
+        "host": {"name": host, "site": "fra1", "rack": "r07", "pool": "train-a"},
+        "gpus": [{"index": 0, "uuid": "GPU-1111", "model": "NVIDIA H100 80GB HBM3"}, {"index": 1, "uuid": "GPU-2222", "model": "NVIDIA H100 80GB HBM3"}],
+        "host_samples": ts.iter().enumerate().map(|(i, t)| json!({"ts": t, "cpu_util_pct": 40.0 + (i % 10) as f64,
+            "mem_used_bytes": 8u64 << 30, "mem_total_bytes": 64u64 << 30, "disk_read_bytes_per_s": 1.5e6, "disk_write_bytes_per_s": 2e5,
+            "net_rx_bytes_per_s": 1.25e8, "net_tx_bytes_per_s": 3e7})).collect::<Vec<_>>(),
+        "gpu_samples": ts.iter().flat_map(|t| (0..2).map(move |g| json!({"ts": t, "index": g, "util_pct": 97.0, "power_watts": 612.0,
+            "temp_celsius": 66.0 + g as f64 * 25.0, "mem_used_bytes": 60u64 << 30}))).collect::<Vec<_>>(),
+        "events": [{"ts": ts[30], "index": 1, "kind": "xid", "code": 79, "message": "GPU has fallen off the bus"}]
+    });
+    let r = app.ingest(&token, &body).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn login_then_fleet_and_host_pages_show_the_data() {
+    let app = TestApp::spawn().await;
+    seed(&app, "gpu-node-7").await;
+
+    // Anonymous visitors are sent to the login form.
+    let r = app.http.get(format!("{}/", app.base)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login?next=/");
+    // Wrong password: 401 and a message.
+    let r = app
+        .http
+        .post(format!("{}/login", app.base))
+        .form(&[("username", "nobody"), ("password", "wrongwrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("Wrong user name or password"));
+
+    let cookie = app.login("ops", "correct horse").await;
+    let fleet = app
+        .http
+        .get(format!("{}/", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fleet.status(), 200);
+    let html = fleet.text().await.unwrap();
+    assert!(html.contains("href=\"/hosts/gpu-node-7\""), "{html}");
+    assert!(html.contains("fra1 / r07"));
+    assert!(html.contains("125.0 MB/s"), "network rx with units");
+    assert!(html.contains("8.0 GiB / 64.0 GiB"), "memory with units");
+    assert!(
+        html.contains("#1 97 % · 60.0 GiB · 612 W · 91 °C"),
+        "GPU cell: {html}"
+    );
+    assert!(html.contains("chip hot"), "a 91 °C GPU is outlined");
+    assert!(html.contains("<b>2 / 2</b>"), "GPUs reporting");
+
+    let host = app
+        .http
+        .get(format!("{}/hosts/gpu-node-7", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(host.status(), 200);
+    let html = host.text().await.unwrap();
+    assert_eq!(
+        html.matches("<svg class=\"chart\"").count(),
+        8,
+        "4 host charts + 4 GPU charts"
+    );
+    assert!(html.contains("GPU-2222"));
+    assert!(html.contains("GPU has fallen off the bus"));
+    let missing = app
+        .http
+        .get(format!("{}/hosts/nope", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // Logging out ends the session.
+    let r = app
+        .http
+        .post(format!("{}/logout", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = app
+        .http
+        .get(format!("{}/", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_host_names_are_escaped() {
+    let app = TestApp::spawn().await;
+    let evil = "<script>alert('x')</script>\"><img src=x onerror=alert(1)>";
+    let token = app.token(evil).await;
+    let body = json!({"host": {"name": evil, "site": "<b>s</b>"}, "host_samples": [{"ts": recent(1, 1, 2)[0], "cpu_util_pct": 1.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let cookie = app.login("ops", "correct horse").await;
+    let html = app
+        .http
+        .get(format!("{}/", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("<script>alert"), "raw script tag in page");
+    assert!(!html.contains("<img src=x"), "raw img tag in page");
+    assert!(!html.contains("<b>s</b>"));
+    assert!(
+        html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),
+        "escaped name shown: {html}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn json_api_with_basic_auth() {
+    let app = TestApp::spawn().await;
+    seed(&app, "api-host").await;
+    app.store
+        .upsert_user(
+            "script",
+            rackwatch::store::auth::Role::Viewer,
+            "s3cret-pass",
+        )
+        .await
+        .unwrap();
+    let r = app
+        .http
+        .get(format!("{}/api/v1/hosts", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app
+        .http
+        .get(format!("{}/api/v1/hosts", app.base))
+        .basic_auth("script", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let hosts: serde_json::Value = app
+        .http
+        .get(format!("{}/api/v1/hosts", app.base))
+        .basic_auth("script", Some("s3cret-pass"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hosts[0]["name"], "api-host");
+    assert_eq!(hosts[0]["gpu_count"], 2);
+    assert_eq!(hosts[0]["net_rx_bytes_per_s"], 1.25e8);
+
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(30)).to_rfc3339();
+    let to = chrono::Utc::now().to_rfc3339();
+    let r = app
+        .http
+        .get(format!("{}/api/v1/hosts/api-host/samples", app.base))
+        .query(&[("from", from.as_str()), ("to", to.as_str())])
+        .basic_auth("script", Some("s3cret-pass"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["host_samples"].as_array().unwrap().len(), 60);
+    assert_eq!(v["gpu_samples"].as_array().unwrap().len(), 120);
+    assert_eq!(v["gpu_samples"][0]["power_watts"], 612.0);
+
+    let r = app
+        .http
+        .get(format!(
+            "{}/api/v1/hosts/api-host/samples?from=yesterday",
+            app.base
+        ))
+        .basic_auth("script", Some("s3cret-pass"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("RFC 3339"));
+
+    let events: serde_json::Value = app
+        .http
+        .get(format!("{}/api/v1/events", app.base))
+        .basic_auth("script", Some("s3cret-pass"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events[0]["code"], 79);
+    assert_eq!(events[0]["index"], 1);
+    app.stop().await;
+}

@@ -1,0 +1,116 @@
+//! 1-minute rollups, late data, partitions and retention.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde_json::json;
+
+use crate::support::TestApp;
+
+#[tokio::test]
+async fn rollups_average_each_minute_and_recompute_late_minutes() {
+    let app = TestApp::spawn().await;
+    let token = app.token("r").await;
+    let now = Utc::now();
+    let minute = (now - Duration::minutes(3))
+        .duration_trunc(Duration::minutes(1))
+        .unwrap();
+    // 12 samples in one minute: util 0, 10, …, 110 → clamp-free values 0..=100 only.
+    let ts: Vec<DateTime<Utc>> = (0..12).map(|i| minute + Duration::seconds(i * 5)).collect();
+    let body = json!({"host": {"name": "r"},
+        "host_samples": ts.iter().enumerate().map(|(i, t)| json!({"ts": t, "cpu_util_pct": (i * 5) as f64})).collect::<Vec<_>>(),
+        "gpu_samples": ts.iter().enumerate().map(|(i, t)| json!({"ts": t, "index": 0, "util_pct": (i * 5) as f64,
+            "power_watts": 100.0 + i as f64, "energy_joules_total": 1000.0 + i as f64 * 500.0})).collect::<Vec<_>>()});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let run = app.store.run_rollups(now).await.unwrap();
+    assert!(run.host_rows >= 1 && run.gpu_rows >= 1, "{run:?}");
+    let (n, avg, max): (i32, f32, f32) = sqlx::query_as(
+        "SELECT samples, cpu_util_pct, cpu_util_pct_max FROM host_samples_1m WHERE bucket = $1",
+    )
+    .bind(minute)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!((n, avg, max), (12, 27.5, 55.0));
+    let (pavg, pmax, energy): (f32, f32, f64) = sqlx::query_as("SELECT power_watts, power_watts_max, energy_joules_total FROM gpu_samples_1m WHERE bucket = $1")
+        .bind(minute)
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (pavg, pmax, energy),
+        (105.5, 111.0, 6500.0),
+        "energy counter = last value of the minute"
+    );
+
+    // A spool replay delivers an older minute after the job passed it.
+    let old = (now - Duration::minutes(30))
+        .duration_trunc(Duration::minutes(1))
+        .unwrap();
+    let late = json!({"host": {"name": "r"}, "host_samples": [{"ts": old, "cpu_util_pct": 10.0}, {"ts": old + Duration::seconds(30), "cpu_util_pct": 30.0}]});
+    assert_eq!(app.ingest(&token, &late).await.status(), 200);
+    let dirty: i64 = sqlx::query_scalar("SELECT count(*) FROM rollup_dirty")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(dirty, 1);
+    let run = app
+        .store
+        .run_rollups(now + Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(run.dirty_buckets, 1);
+    let avg: f32 = sqlx::query_scalar("SELECT cpu_util_pct FROM host_samples_1m WHERE bucket = $1")
+        .bind(old)
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(avg, 20.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn partitions_are_made_ahead_and_dropped_past_retention() {
+    let app = TestApp::spawn().await;
+    let now: DateTime<Utc> = Utc::now();
+    let parts = |app: &TestApp| {
+        let pool = app.store.pool.clone();
+        async move {
+            let v: Vec<String> = sqlx::query_scalar(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                  JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'host_samples' ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            v
+        }
+    };
+    let before = parts(&app).await;
+    let ahead = format!(
+        "host_samples_{}",
+        (now + Duration::days(3)).format("%Y%m%d")
+    );
+    assert!(before.contains(&ahead), "{before:?}");
+    // Ten days later: partitions older than raw_days (7) go, rollups (90 days) stay.
+    let later = now + Duration::days(10);
+    app.store.ensure_partitions(later, 7, 3).await.unwrap();
+    let dropped = app
+        .store
+        .drop_expired_partitions(later, 7, 90)
+        .await
+        .unwrap();
+    let oldest_kept = (later - Duration::days(7)).date_naive();
+    assert!(!dropped.is_empty());
+    assert!(dropped.iter().all(|p| !p.contains("_1m_")), "{dropped:?}");
+    let after = parts(&app).await;
+    assert!(
+        after.iter().all(
+            |p| p.as_str() >= format!("host_samples_{}", oldest_kept.format("%Y%m%d")).as_str()
+        ),
+        "{after:?}"
+    );
+    assert!(after.contains(&format!(
+        "host_samples_{}",
+        (later + Duration::days(3)).format("%Y%m%d")
+    )));
+    app.stop().await;
+}

@@ -1,0 +1,237 @@
+//! Test harness: one real Postgres cluster per test run (started with Rackwatch's own
+//! managed-Postgres code), a fresh database per test cloned from a migrated template,
+//! and the real server on a random port.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{DateTime, Utc};
+use rackwatch::config::{Config, Secret};
+use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
+use rackwatch::store::{create_database_if_missing, Store};
+use sqlx::Connection;
+use tokio::sync::watch;
+
+static CLUSTER: OnceLock<Mutex<Option<ManagedPostgres>>> = OnceLock::new();
+static ADMIN_URL: OnceLock<String> = OnceLock::new();
+static TEMPLATE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn stop_cluster_at_exit() {
+    if let Some(m) = CLUSTER.get() {
+        if let Ok(mut g) = m.lock() {
+            if let Some(pg) = g.as_mut() {
+                pg.stop_immediate();
+            }
+        }
+    }
+}
+
+/// Settings for throwaway clusters: durability off, they hold nothing of value.
+pub fn fast_settings() -> Vec<String> {
+    vec![
+        "fsync=off".into(),
+        "synchronous_commit=off".into(),
+        "full_page_writes=off".into(),
+        "max_connections=300".into(),
+    ]
+}
+
+/// A directory for test clusters that the unprivileged Postgres user can reach.
+pub fn cluster_root(name: &str) -> std::path::PathBuf {
+    let base = std::env::var("RACKWATCH_TEST_DIR").unwrap_or_else(|_| "/tmp".into());
+    std::path::PathBuf::from(base).join(format!("rackwatch-test-{}-{name}", std::process::id()))
+}
+
+fn admin_url() -> &'static str {
+    ADMIN_URL.get_or_init(|| {
+        let root = cluster_root("shared");
+        let _ = std::fs::remove_dir_all(&root);
+        let opts = ManagedOptions {
+            root,
+            bin_dir: String::new(),
+            user: "postgres".into(),
+            settings: fast_settings(),
+            own_adopted: true,
+        };
+        let pg = ManagedPostgres::start(&opts).expect("starting the test Postgres cluster");
+        let url = pg.admin_url();
+        CLUSTER.get_or_init(|| Mutex::new(Some(pg)));
+        unsafe { libc::atexit(stop_cluster_at_exit) };
+        url
+    })
+}
+
+/// A fresh, migrated database; returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = tokio::task::spawn_blocking(admin_url)
+        .await
+        .unwrap()
+        .to_string();
+    TEMPLATE
+        .get_or_init(|| async {
+            create_database_if_missing(&admin, "rw_template")
+                .await
+                .unwrap();
+            let url = admin.replace("/postgres?", "/rw_template?");
+            let store = Store::connect(&url, 2, 10).await.unwrap();
+            store.migrate().await.unwrap();
+            store.pool.close().await;
+        })
+        .await;
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE rw_template"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    admin.replace("/postgres?", &format!("/{name}?"))
+}
+
+/// Drop a database, disconnecting its users (simulates the database going away).
+pub async fn drop_database(url: &str) {
+    let name = url
+        .split('/')
+        .nth(3)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut conn = sqlx::PgConnection::connect(admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+/// A configuration for tests: random port, the given database.
+pub fn test_config(db_url: &str) -> Config {
+    let mut cfg = Config::default();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.database.url = Secret::new(db_url);
+    cfg.database.max_connections = 8;
+    cfg.database.acquire_timeout_secs = 2;
+    cfg
+}
+
+/// The real server, running.
+pub struct TestApp {
+    pub base: String,
+    pub store: Store,
+    pub cfg: Arc<Config>,
+    pub db_url: String,
+    pub http: reqwest::Client,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(f: impl FnOnce(&mut Config)) -> TestApp {
+        let db_url = fresh_database().await;
+        Self::spawn_on(db_url, f).await
+    }
+
+    pub async fn spawn_on(db_url: String, f: impl FnOnce(&mut Config)) -> TestApp {
+        let mut cfg = test_config(&db_url);
+        f(&mut cfg);
+        let store = Store::connect(
+            &db_url,
+            cfg.database.max_connections,
+            cfg.database.acquire_timeout_secs,
+        )
+        .await
+        .unwrap();
+        store
+            .ensure_partitions(
+                Utc::now(),
+                cfg.retention.raw_days,
+                cfg.retention.partitions_ahead_days,
+            )
+            .await
+            .unwrap();
+        let cfg = Arc::new(cfg);
+        let (stop, rx) = watch::channel(false);
+        let server = rackwatch::app::start_server(cfg.clone(), store.clone(), rx)
+            .await
+            .unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        TestApp {
+            base: format!("http://{}", server.addr),
+            store,
+            cfg,
+            db_url,
+            http,
+            stop,
+            task: Some(server.task),
+        }
+    }
+
+    /// Mint an agent token for `host`.
+    pub async fn token(&self, host: &str) -> String {
+        self.store.create_agent_token(host, "test").await.unwrap()
+    }
+
+    /// POST a JSON body to ingest with a token.
+    pub async fn ingest(&self, token: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/ingest", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Create a user and return a session cookie header value for it.
+    pub async fn login(&self, user: &str, password: &str) -> String {
+        self.store
+            .upsert_user(user, rackwatch::store::auth::Role::Admin, password)
+            .await
+            .unwrap();
+        let r = self
+            .http
+            .post(format!("{}/login", self.base))
+            .form(&[("username", user), ("password", password), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "login should redirect");
+        let set = r.headers().get("set-cookie").unwrap().to_str().unwrap();
+        assert!(set.contains("HttpOnly"), "{set}");
+        set.split(';').next().unwrap().to_string()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.store.pool.close().await;
+    }
+}
+
+/// Timestamps a few seconds apart ending `secs_ago` seconds before now (whole ms).
+pub fn recent(n: usize, step_secs: i64, secs_ago: i64) -> Vec<DateTime<Utc>> {
+    let end = Utc::now() - chrono::Duration::seconds(secs_ago);
+    let end = DateTime::from_timestamp_millis(end.timestamp_millis()).unwrap();
+    (0..n)
+        .rev()
+        .map(|i| end - chrono::Duration::seconds(i as i64 * step_secs))
+        .collect()
+}
