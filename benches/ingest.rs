@@ -1,1 +1,188 @@
-fn main() {}
+//! Ingest throughput: GPU rows per second through the real HTTP ingest path (gzip JSON,
+//! token auth, validation, idempotent write) into Postgres, next to a raw `COPY` of the
+//! same rows into the same tables, in one run on the same cluster.
+//!
+//! Run with `./scripts/bench ingest`. Sizes can be changed with BENCH_HOSTS,
+//! BENCH_SAMPLES (per GPU per batch), BENCH_ROUNDS and BENCH_CLIENTS.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DurationRound, Utc};
+use rackwatch::collect::simulator::SimulatedHost;
+use rackwatch::config::{Config, Secret};
+use rackwatch::model::Batch;
+use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
+use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, GPU_COLUMNS, HOST_COLUMNS};
+use rackwatch::store::{create_database_if_missing, Store};
+use tokio::sync::{watch, Semaphore};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+async fn truncate(store: &Store) {
+    sqlx::query("TRUNCATE host_samples, gpu_samples, hardware_events").execute(&store.pool).await.unwrap();
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let hosts = env("BENCH_HOSTS", 100);
+    let samples = env("BENCH_SAMPLES", 60);
+    let rounds = env("BENCH_ROUNDS", 3);
+    let clients = env("BENCH_CLIENTS", 4);
+    let gpus = 8;
+
+    let root = std::env::temp_dir().join(format!("rackwatch-bench-{}", std::process::id()));
+    let opts = ManagedOptions { root: root.clone(), bin_dir: String::new(), user: "postgres".into(), settings: vec![], own_adopted: true };
+    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts)).await.unwrap().expect("starting Postgres");
+    create_database_if_missing(&pg.admin_url(), "bench").await.unwrap();
+    let url = pg.url_for("bench");
+    let store = Store::connect(&url, 16, 30).await.unwrap();
+    store.migrate().await.unwrap();
+    store.ensure_partitions(Utc::now(), 7, 3).await.unwrap();
+
+    // Data: `rounds` windows of `samples` 5-second steps for every host, oldest first.
+    let mut fleet = SimulatedHost::fleet(hosts as u32, gpus as u32);
+    let end = Utc::now().duration_trunc(chrono::Duration::seconds(5)).unwrap() - chrono::Duration::seconds(5);
+    let step = chrono::Duration::seconds(5);
+    let span = step * samples as i32;
+    let mut batches: Vec<Batch> = Vec::new();
+    for r in 0..rounds {
+        let from = end - span * (rounds - r) as i32;
+        for h in &mut fleet {
+            let c = h.history(from, from + span, step);
+            batches.push(Batch {
+                host: h.info.clone(),
+                gpus: c.gpus,
+                host_samples: c.host_samples,
+                gpu_samples: c.gpu_samples,
+                events: vec![],
+                agent: None,
+            });
+        }
+    }
+    let gpu_rows: usize = batches.iter().map(|b| b.gpu_samples.len()).sum();
+    let host_rows: usize = batches.iter().map(|b| b.host_samples.len()).sum();
+    println!(
+        "data: {} batches ({hosts} hosts × {rounds} rounds), each {samples} samples × ({gpus} GPUs + host): {gpu_rows} GPU rows + {host_rows} host rows",
+        batches.len()
+    );
+
+    // --- HTTP ingest -------------------------------------------------------------
+    let mut cfg = Config::default();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.database.url = Secret::new(url.clone());
+    let cfg = Arc::new(cfg);
+    let (_stop, stop_rx) = watch::channel(false);
+    let server = rackwatch::app::start_server(cfg.clone(), store.clone(), stop_rx).await.unwrap();
+    let endpoint = format!("http://{}/api/v1/ingest", server.addr);
+    let mut tokens = std::collections::HashMap::new();
+    for h in &fleet {
+        tokens.insert(h.info.name.clone(), store.create_agent_token(&h.info.name, "bench").await.unwrap());
+    }
+    // Bodies are encoded before the clock starts: this measures the server, not the client.
+    let bodies: Vec<(String, Vec<u8>)> =
+        batches.iter().map(|b| (tokens[&b.host.name].clone(), gzip(&serde_json::to_vec(b).unwrap()))).collect();
+    let wire: usize = bodies.iter().map(|b| b.1.len()).sum();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    // Warm-up: one small request (connection, token cache of the pool).
+    let _ = client.get(format!("http://{}/healthz", server.addr)).send().await;
+
+    let sem = Arc::new(Semaphore::new(clients));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (token, body) in bodies.into_iter() {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (client, endpoint) = (client.clone(), endpoint.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(&endpoint)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            drop(permit);
+            v["stored"].as_u64().unwrap()
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        stored += t.await.unwrap();
+    }
+    let ingest_s = t0.elapsed().as_secs_f64();
+    assert_eq!(stored as usize, gpu_rows + host_rows, "every row stored");
+    let ingest_rps = gpu_rows as f64 / ingest_s;
+    println!(
+        "http ingest: {clients} concurrent clients, {:.1} MB gzip on the wire, {ingest_s:.2} s → {ingest_rps:.0} GPU rows/s ({:.0} per core on {} cores)",
+        wire as f64 / 1e6,
+        ingest_rps / cores(),
+        cores()
+    );
+
+    // --- raw COPY of the same rows ---------------------------------------------------
+    truncate(&store).await;
+    let host_ids: std::collections::HashMap<String, i64> =
+        sqlx::query_as("SELECT name, id FROM hosts").fetch_all(&store.pool).await.unwrap().into_iter().collect();
+    let encoded: Vec<(String, String)> = batches
+        .iter()
+        .map(|b| {
+            let id = host_ids[&b.host.name];
+            let (mut h, mut g) = (String::new(), String::new());
+            encode_host_rows(id, &b.host_samples, &mut h);
+            encode_gpu_rows(id, &b.gpu_samples, &mut g);
+            (h, g)
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (h, g) in encoded {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let pool = store.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            for (table, cols, data) in [("host_samples", HOST_COLUMNS, h), ("gpu_samples", GPU_COLUMNS, g)] {
+                let mut copy = tx.copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN")).await.unwrap();
+                copy.send(data.into_bytes()).await.unwrap();
+                copy.finish().await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let copy_s = t0.elapsed().as_secs_f64();
+    let copy_rps = gpu_rows as f64 / copy_s;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples").fetch_one(&store.pool).await.unwrap();
+    assert_eq!(n as usize, gpu_rows);
+    println!("raw COPY:    {clients} concurrent connections, {copy_s:.2} s → {copy_rps:.0} GPU rows/s");
+    let ratio = ingest_rps / copy_rps;
+    println!("ratio http ingest / raw COPY = {ratio:.2} (goal ≥ 0.75)");
+
+    store.pool.close().await;
+    tokio::task::spawn_blocking(move || pg.stop().unwrap()).await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    println!("BENCH ingest rows_per_s={ingest_rps:.0} copy_rows_per_s={copy_rps:.0} ratio_vs_copy={ratio:.2}");
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+}
