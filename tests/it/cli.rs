@@ -1,0 +1,129 @@
+//! The `rackwatch` binary as an admin uses it.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::support::{recent, TestApp};
+
+fn rackwatch(db_url: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(args)
+        .env("RACKWATCH_DATABASE__URL", db_url)
+        .env("RACKWATCH_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn token_create_and_user_add_work_against_the_database() {
+    let app = TestApp::spawn().await;
+    let url = app.db_url.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        rackwatch(&url, &["token", "create", "--host", "cli-host"], "")
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let token = out.lines().last().unwrap().trim().to_string();
+    assert!(token.starts_with("rwa_") && token.len() > 60, "{out}");
+    let body = json!({"host": {"name": "cli-host"}, "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 2.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+
+    let url = app.db_url.clone();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        rackwatch(
+            &url,
+            &["user", "add", "bob", "--role", "operator"],
+            "bobs password\n",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let user = app
+        .store
+        .authenticate("bob", "bobs password")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.role, rackwatch::store::auth::Role::Operator);
+
+    let url = app.db_url.clone();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        rackwatch(
+            &url,
+            &[
+                "user",
+                "add",
+                "eve",
+                "--role",
+                "wizard",
+                "--password",
+                "xxxxxxxxxx",
+            ],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(err.contains("unknown role \"wizard\""), "{err}");
+
+    let url = app.db_url.clone();
+    let (ok, out, _) = tokio::task::spawn_blocking(move || rackwatch(&url, &["token", "list"], ""))
+        .await
+        .unwrap();
+    assert!(ok);
+    assert!(out.contains("cli-host") && !out.contains(&token), "{out}");
+    app.stop().await;
+}
+
+#[test]
+fn configuration_and_setup_errors_say_what_to_do() {
+    let (ok, _, err) = rackwatch(
+        "",
+        &["--config", "/nonexistent/rackwatch.toml", "migrate"],
+        "",
+    );
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/rackwatch.toml"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(["migrate", "--data-dir", dir.path().to_str().unwrap()])
+        .env("RACKWATCH_DATABASE__MANAGED_BIN_DIR", "/nonexistent/bin")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("apt-get install postgresql") && err.contains("database.url"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(["agent"])
+        .env("RACKWATCH_AGENT__INTERVAL_SECS", "soon")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("interval_secs"), "{err}");
+}
