@@ -43,7 +43,12 @@ pub fn read_matrix(path: &Path) -> Result<Matrix> {
         if rows == 0 {
             cols = c;
         } else {
-            anyhow::ensure!(c == cols, "{}:{}: {c} columns, expected {cols}", path.display(), i + 1);
+            anyhow::ensure!(
+                c == cols,
+                "{}:{}: {c} columns, expected {cols}",
+                path.display(),
+                i + 1
+            );
         }
         rows += 1;
     }

@@ -12,6 +12,7 @@ use crate::Matrix;
 
 /// Hyper-parameters. Defaults were chosen once on the dev split and apply to every series.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DetectorConfig {
     /// Past rows the predictor sees.
     pub lags: usize,
@@ -29,6 +30,9 @@ pub struct DetectorConfig {
     pub pot_init_quantile: f64,
     /// Target exceedance probability of the alert threshold.
     pub pot_risk: f64,
+    /// Share of the training rows (the most recent) held out to calibrate the threshold on
+    /// out-of-sample scores (0 = calibrate on in-sample scores).
+    pub calib_frac: f64,
 }
 
 impl Default for DetectorConfig {
@@ -41,7 +45,8 @@ impl Default for DetectorConfig {
             clip: 100.0,
             ema_span: 10.0,
             pot_init_quantile: 0.98,
-            pot_risk: 1e-3,
+            pot_risk: 1e-4,
+            calib_frac: 0.2,
         }
     }
 }
@@ -134,6 +139,24 @@ impl Detector {
 
     /// Train on normal history (rows = time steps, cols = metrics) on `backend`.
     pub fn fit_with(backend: &dyn Backend, train: &Matrix, config: DetectorConfig) -> Result<Self> {
+        let n = train.rows;
+        let hold = (n as f64 * config.calib_frac.clamp(0.0, 0.9)) as usize;
+        let mut det = Self::fit_in_sample(backend, train, config.clone())?;
+        if hold >= 100 && n - hold > 10 * (config.lags * train.cols + 1) {
+            // Threshold from out-of-sample scores of a model fitted without the held-out tail.
+            let mut early = Self::fit_in_sample(backend, &train.slice_rows(0, n - hold), config)?;
+            let scores = early.score_with(backend, &train.slice_rows(n - hold, n))?;
+            det.threshold =
+                PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
+        }
+        Ok(det)
+    }
+
+    fn fit_in_sample(
+        backend: &dyn Backend,
+        train: &Matrix,
+        config: DetectorConfig,
+    ) -> Result<Self> {
         let (n, d) = (train.rows, train.cols);
         let lags = config.lags;
         ensure!(d > 0 && lags > 0, "need at least one metric and one lag");
@@ -202,11 +225,8 @@ impl Detector {
         // Calibration scores on the training data, which also leaves the stream at its end.
         det.state.history = zpad[..lags * d].to_vec();
         let scores = det.score_standardized(backend, &z, n, |_, _, _| {})?;
-        det.threshold = PotThreshold::fit(
-            &scores,
-            det.config.pot_init_quantile,
-            det.config.pot_risk,
-        );
+        det.threshold =
+            PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
         Ok(det)
     }
 

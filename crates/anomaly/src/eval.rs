@@ -14,6 +14,7 @@ use crate::stream::{score_series, StreamConfig};
 
 /// Settings for [`eval_with`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EvalOptions {
     pub detector: DetectorConfig,
     pub stream: StreamConfig,
@@ -138,7 +139,10 @@ pub fn eval_with(
 }
 
 /// Interpretation labels: `(start, end_exclusive, metrics 0-based)`.
-fn read_interpretation(path: &Path, end_inclusive: bool) -> Result<Vec<(usize, usize, Vec<usize>)>> {
+fn read_interpretation(
+    path: &Path,
+    end_inclusive: bool,
+) -> Result<Vec<(usize, usize, Vec<usize>)>> {
     let mut out = Vec::new();
     for line in read_text(path)?.lines() {
         let Some((range, dims)) = line.trim().split_once(':') else {
@@ -173,7 +177,11 @@ fn eval_multivariate(
     let mut tests = Vec::new();
     list_series(&data_dir.join("test"), &mut tests)?;
     tests.sort();
-    anyhow::ensure!(!tests.is_empty(), "no test series under {}", data_dir.display());
+    anyhow::ensure!(
+        !tests.is_empty(),
+        "no test series under {}",
+        data_dir.display()
+    );
     let (mut alerts, mut hits100, mut hits150, mut hit_rows) = (0usize, 0.0f64, 0.0f64, 0usize);
     for test_path in &tests {
         let name = stem(test_path);
@@ -194,7 +202,13 @@ fn eval_multivariate(
         write_scores(&out_dir.join(format!("{name}.csv")), &scores, &alert)?;
         // Explanations against the interpretation labels, when shipped.
         if let Some(ip) = find_file(&data_dir.join("interpretation_label"), &name)
-            .or_else(|| Some(data_dir.join("interpretation_label").join(format!("{name}.txt"))))
+            .or_else(|| {
+                Some(
+                    data_dir
+                        .join("interpretation_label")
+                        .join(format!("{name}.txt")),
+                )
+            })
             .filter(|p| p.exists())
         {
             let segs = read_interpretation(&ip, ds == "asd")?;
@@ -208,8 +222,9 @@ fn eval_multivariate(
                     let g = dims.len();
                     let k150 = (g * 3).div_ceil(2);
                     let h = |k: usize| {
-                        dims.iter().filter(|m| ranked[..k.min(ranked.len())].contains(m)).count()
-                            as f64
+                        dims.iter()
+                            .filter(|m| ranked[..k.min(ranked.len())].contains(m))
+                            .count() as f64
                             / g as f64
                     };
                     hits100 += h(g);
@@ -250,7 +265,9 @@ fn eval_nab(
         let (score, alert) = score_series(backend, &values, &opts.stream)?;
         sum.score_seconds += t0.elapsed().as_secs_f64();
         alerts += alert.iter().filter(|&&a| a).count();
-        let out = out_dir.join(rel.parent().unwrap_or(Path::new(""))).join(format!("{}.csv", stem(p)));
+        let out = out_dir
+            .join(rel.parent().unwrap_or(Path::new("")))
+            .join(format!("{}.csv", stem(p)));
         write_scores(&out, &score, &alert)?;
         sum.series += 1;
         sum.rows_scored += values.len();

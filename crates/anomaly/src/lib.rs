@@ -18,9 +18,9 @@ mod matrix;
 pub mod pot;
 pub mod stream;
 
-pub use backend::{Backend, CpuBackend};
 #[cfg(feature = "gpu")]
 pub use backend::GpuBackend;
+pub use backend::{Backend, CpuBackend};
 pub use detector::{Contribution, Detector, DetectorConfig, ScoredRow};
 pub use eval::{eval, eval_with, EvalOptions, EvalSummary};
 pub use matrix::Matrix;

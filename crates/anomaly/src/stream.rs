@@ -10,6 +10,7 @@ use crate::Matrix;
 
 /// Settings of the univariate stream scorer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StreamConfig {
     /// Detector settings for the window predictor on the single metric.
     pub detector: DetectorConfig,
@@ -32,6 +33,7 @@ impl Default for StreamConfig {
                 ema_span: 3.0,
                 pot_init_quantile: 0.98,
                 pot_risk: 1e-3,
+                calib_frac: 0.0,
             },
             fire_level: 0.999,
             suppress_frac: 0.0,
@@ -87,7 +89,11 @@ pub fn score_series(
     let mut alert = Vec::with_capacity(n);
     for (t, &pt) in p.iter().enumerate() {
         let suppressed = last_fire.is_some_and(|f| t - f <= win) && win > 0;
-        let s = if suppressed { pt * cfg.suppress_factor } else { pt };
+        let s = if suppressed {
+            pt * cfg.suppress_factor
+        } else {
+            pt
+        };
         if t >= k && pt >= cfg.fire_level && !suppressed {
             last_fire = Some(t);
         }

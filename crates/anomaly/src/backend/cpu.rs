@@ -47,6 +47,7 @@ fn pack(w: &[f32], fx: usize, d: usize) -> (Vec<f32>, usize) {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 fn energy_rows(
     zpad: &[f32],
     rows: std::ops::Range<usize>,
@@ -227,9 +228,7 @@ impl Backend for CpuBackend {
             for (p, o) in out.chunks_mut(chunk * d).enumerate() {
                 let r = p * chunk..(p * chunk + o.len() / d.max(1));
                 s.spawn(move || {
-                    energy_dispatch(
-                        zpad, r, d, lags, packed, blocks, w.bias, inv_scale, clip, o,
-                    )
+                    energy_dispatch(zpad, r, d, lags, packed, blocks, w.bias, inv_scale, clip, o)
                 });
             }
         });

@@ -1,0 +1,118 @@
+mod common;
+use common::{synthetic, Rng};
+use rackwatch_anomaly::{CpuBackend, Detector, DetectorConfig, PotThreshold};
+
+const D: usize = 6;
+
+fn trained() -> Detector {
+    let mut rng = Rng::new(7);
+    let train = synthetic(3000, D, 0, &mut rng);
+    Detector::fit(&train, DetectorConfig::default()).unwrap()
+}
+
+#[test]
+fn ranks_injected_anomaly_above_normal_and_explains_it() {
+    let det = trained();
+    let mut rng = Rng::new(11);
+    let mut test = synthetic(2000, D, 3000, &mut rng);
+    // Metric 2 decouples from the others for 30 rows.
+    for r in 1000..1030 {
+        test.row_mut(r)[2] += 0.25;
+    }
+    let mut s = det.clone();
+    let rows = s.score_explained(&CpuBackend::default(), &test, 3).unwrap();
+    let mut normal: Vec<f32> = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(990..1080).contains(i))
+        .map(|(_, r)| r.score)
+        .collect();
+    normal.sort_by(|a, b| a.total_cmp(b));
+    let p999 = normal[(normal.len() as f64 * 0.999) as usize];
+    let anomalous: Vec<f32> = rows[1003..1030].iter().map(|r| r.score).collect();
+    let min_anom = anomalous.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(
+        min_anom > 2.0 * p999,
+        "anomaly {min_anom} vs normal p99.9 {p999}"
+    );
+    // Explanations name metric 2 during the anomaly.
+    for r in &rows[1003..1030] {
+        assert_eq!(r.top[0].metric, 2, "{:?}", r.top);
+        assert!(r.top[0].share > 0.5);
+    }
+    // The label-free threshold alerts during the anomaly and rarely elsewhere.
+    let alerts_in = rows[1003..1030].iter().filter(|r| r.alert).count();
+    let alerts_out = rows
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| !(990..1080).contains(i) && r.alert)
+        .count();
+    assert!(alerts_in >= 20, "alerts in anomaly: {alerts_in}");
+    assert!(alerts_out <= 20, "false alerts: {alerts_out}");
+}
+
+#[test]
+fn scores_are_causal() {
+    let det = trained();
+    let mut rng = Rng::new(3);
+    let test = synthetic(500, D, 3000, &mut rng);
+    let mut changed = test.clone();
+    for r in 300..500 {
+        for v in changed.row_mut(r) {
+            *v = 5.0 - *v;
+        }
+    }
+    let a = det.clone().score(&test).unwrap();
+    let b = det.clone().score(&changed).unwrap();
+    assert_eq!(a[..300], b[..300]);
+    assert_ne!(a[300..], b[300..]);
+    // Streaming in pieces gives the same scores as one batch.
+    let mut s = det.clone();
+    let mut pieces = s.score(&test.slice_rows(0, 123)).unwrap();
+    pieces.extend(s.score(&test.slice_rows(123, 124)).unwrap());
+    pieces.extend(s.score(&test.slice_rows(124, 500)).unwrap());
+    for (x, y) in a.iter().zip(&pieces) {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn pot_threshold_matches_known_tails() {
+    let mut rng = Rng::new(5);
+    // Exponential(1): P(X > x) = e^-x, so the 1e-3 level is ln 1000 = 6.91.
+    let exp: Vec<f32> = (0..200_000).map(|_| -(rng.uniform().ln()) as f32).collect();
+    let t = PotThreshold::fit(&exp, 0.98, 1e-3);
+    assert!((t.threshold - 1000f64.ln()).abs() < 0.4, "{t:?}");
+    assert!(t.xi.abs() < 0.1, "{t:?}");
+    // Uniform(0,1): bounded tail (ξ ≈ -1 clamps to -0.9), level 0.999.
+    let uni: Vec<f32> = (0..200_000).map(|_| rng.uniform() as f32).collect();
+    let t = PotThreshold::fit(&uni, 0.98, 1e-3);
+    assert!((t.threshold - 0.999).abs() < 0.01, "{t:?}");
+    // Pareto with α = 2 (ξ = 0.5): P(X > x) = x^-2, level 1e-3 at sqrt(1000) = 31.6.
+    let par: Vec<f32> = (0..200_000)
+        .map(|_| rng.uniform().powf(-0.5) as f32)
+        .collect();
+    let t = PotThreshold::fit(&par, 0.98, 1e-3);
+    assert!((t.threshold / 1000f64.sqrt() - 1.0).abs() < 0.2, "{t:?}");
+}
+
+#[test]
+fn serde_round_trip_keeps_model_and_stream() {
+    let mut det = trained();
+    let mut rng = Rng::new(9);
+    let test = synthetic(400, D, 3000, &mut rng);
+    det.score(&test.slice_rows(0, 200)).unwrap();
+    let json = serde_json::to_string(&det).unwrap();
+    let mut back: Detector = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, det);
+    let a = det.score(&test.slice_rows(200, 400)).unwrap();
+    let b = back.score(&test.slice_rows(200, 400)).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn rejects_wrong_width() {
+    let mut det = trained();
+    let mut rng = Rng::new(1);
+    assert!(det.score(&synthetic(10, D + 1, 0, &mut rng)).is_err());
+}
