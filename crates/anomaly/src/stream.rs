@@ -19,6 +19,9 @@ pub struct StreamConfig {
     pub fire_level: f32,
     pub suppress_frac: f32,
     pub suppress_factor: f32,
+    /// Map raw scores through their causal empirical CDF (else: `raw / (1 + raw)`, raw being
+    /// residual energy in units of the probationary residual variance).
+    pub use_cdf: bool,
 }
 
 impl Default for StreamConfig {
@@ -30,7 +33,7 @@ impl Default for StreamConfig {
                 std_floor: 1e-6,
                 resid_floor: 1e-3,
                 clip: 100.0,
-                ema_span: 3.0,
+                ema_span: 1.0,
                 pot_init_quantile: 0.98,
                 pot_risk: 1e-3,
                 calib_frac: 0.0,
@@ -38,6 +41,7 @@ impl Default for StreamConfig {
             fire_level: 0.999,
             suppress_frac: 0.0,
             suppress_factor: 1.0,
+            use_cdf: true,
         }
     }
 }
@@ -82,7 +86,11 @@ pub fn score_series(
     // Raw scores: replay the probationary rows from a fresh stream, then continue.
     det.reset_stream();
     let raw = det.score_with(backend, &all)?;
-    let p = causal_cdf(&raw);
+    let p = if cfg.use_cdf {
+        causal_cdf(&raw)
+    } else {
+        raw.iter().map(|r| r / (1.0 + r)).collect()
+    };
     let win = (cfg.suppress_frac * k as f32).round() as usize;
     let mut last_fire: Option<usize> = None;
     let mut score = Vec::with_capacity(n);
