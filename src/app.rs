@@ -33,6 +33,16 @@ pub struct RunningServer {
 pub async fn start_server(
     cfg: Arc<Config>,
     store: Store,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunningServer> {
+    start_server_with(cfg, store, Arc::new(tokio::sync::Notify::new()), shutdown).await
+}
+
+/// As [`start_server`], sharing the alert evaluator's wake-up signal.
+pub async fn start_server_with(
+    cfg: Arc<Config>,
+    store: Store,
+    alert_wakeup: Arc<tokio::sync::Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
@@ -43,6 +53,7 @@ pub async fn start_server(
         store,
         cfg,
         metrics: Arc::new(Metrics::default()),
+        alert_wakeup,
     };
     let app = web::router(state);
     let task = tokio::spawn(async move {
@@ -176,4 +187,22 @@ pub async fn start_simulator(
         )));
     }
     Ok(tasks)
+}
+
+/// Everything a server process runs besides HTTP: the job scheduler and the alerting
+/// loops (both act only on the leader).
+pub struct Background {
+    pub jobs: JoinHandle<()>,
+    pub alerts: JoinHandle<()>,
+    pub alert_wakeup: Arc<tokio::sync::Notify>,
+}
+
+/// Start the scheduler and alerting. Fails on an invalid rules file.
+pub fn start_background(cfg: Arc<Config>, store: Store, db_url: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<Background> {
+    let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let alert_wakeup = Arc::new(tokio::sync::Notify::new());
+    let alerts = crate::alert::spawn(store.clone(), cfg.clone(), leader.clone(), alert_wakeup.clone(), shutdown.clone())
+        .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
+    let jobs = crate::jobs::spawn(store, db_url, cfg, leader, shutdown);
+    Ok(Background { jobs, alerts, alert_wakeup })
 }

@@ -49,6 +49,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub agent: AgentConfig,
     pub simulator: SimulatorConfig,
+    pub alerting: AlertingConfig,
 }
 
 impl Default for Config {
@@ -61,6 +62,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             agent: AgentConfig::default(),
             simulator: SimulatorConfig::default(),
+            alerting: AlertingConfig::default(),
         }
     }
 }
@@ -236,6 +238,68 @@ impl Default for SimulatorConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// Alert rules and routes (TOML). Empty: no rules (alerting off).
+    pub rules_file: String,
+    /// Seconds between evaluations of threshold and absence rules. Hardware events are
+    /// evaluated as soon as they arrive.
+    pub eval_interval_secs: u64,
+    /// Seconds a new group of notifications waits for more alerts of the same group
+    /// before the first mail (Alertmanager's group_wait, default 30 s there).
+    pub group_wait_secs: u64,
+    /// Seconds between two mails of the same group about new alerts.
+    pub group_interval_secs: u64,
+    /// Seconds before a mail about a still-firing alert is repeated.
+    pub repeat_interval_secs: u64,
+    pub smtp: SmtpConfig,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            rules_file: String::new(),
+            eval_interval_secs: 5,
+            group_wait_secs: 1,
+            group_interval_secs: 60,
+            repeat_interval_secs: 4 * 3600,
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// SMTP server host name. Empty: mails are not sent (they wait in the outbox).
+    pub host: String,
+    pub port: u16,
+    /// "starttls" (port 587), "tls" (implicit TLS, port 465) or "plain" (no encryption;
+    /// only for a relay on the same host or a test server).
+    pub security: String,
+    pub username: String,
+    pub password: Secret,
+    /// Sender address, e.g. "Rackwatch <rackwatch@example.com>".
+    pub from: String,
+    /// Seconds to wait for the SMTP server.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            host: String::new(),
+            port: 587,
+            security: "starttls".into(),
+            username: String::new(),
+            password: Secret::default(),
+            from: "Rackwatch <rackwatch@localhost>".into(),
+            timeout_secs: 10,
+        }
+    }
+}
+
 /// What went wrong reading the configuration, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -335,6 +399,12 @@ impl Config {
                 "server.listen = {:?} is not an address like 127.0.0.1:8080",
                 self.server.listen
             ));
+        }
+        if !matches!(self.alerting.smtp.security.as_str(), "starttls" | "tls" | "plain") {
+            return Err(format!("alerting.smtp.security = {:?}: use starttls, tls or plain", self.alerting.smtp.security));
+        }
+        if self.alerting.eval_interval_secs == 0 {
+            return Err("alerting.eval_interval_secs must be at least 1".into());
         }
         if self.simulator.gpus_per_host > 64 {
             return Err("simulator.gpus_per_host must be at most 64".into());

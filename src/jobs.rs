@@ -3,6 +3,7 @@
 //! its connection closes, the lock is released and another replica takes over within
 //! one tick.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,11 +23,13 @@ const TICK: Duration = Duration::from_secs(5);
 const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Start the scheduler; it stops when `shutdown` turns true.
+/// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
+/// other leader-only loops (alerting) whether this server holds the lock.
 pub fn spawn(
     store: Store,
     db_url: String,
     cfg: Arc<Config>,
+    leader_flag: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -49,6 +52,7 @@ pub fn spawn(
                     leader = None;
                 }
             }
+            leader_flag.store(leader.is_some(), Ordering::Relaxed);
             if leader.is_some() {
                 if last_maintenance.is_none_or(|t| t.elapsed() >= MAINTENANCE_EVERY) {
                     maintenance(&store, &cfg).await;
@@ -67,6 +71,7 @@ pub fn spawn(
                 r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
             }
         }
+        leader_flag.store(false, Ordering::Relaxed);
         if let Some(conn) = leader {
             let _ = conn.close().await;
         }

@@ -4,6 +4,7 @@
 //! (Postgres) → `analytics` → `web` / alerts / reports. Each stage only calls the one
 //! to its right through a small interface.
 
+pub mod alert;
 pub mod app;
 pub mod collect;
 pub mod config;

@@ -12,7 +12,6 @@ use tokio::sync::watch;
 use rackwatch::app;
 use rackwatch::collect::agent;
 use rackwatch::config::{Config, Secret};
-use rackwatch::jobs;
 use rackwatch::store::auth::Role as UserRole;
 use rackwatch::store::{Database, Role};
 
@@ -77,6 +76,36 @@ enum Cmd {
     /// Manage agent tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Alerts: silences, rule checks, a test mail.
+    #[command(subcommand)]
+    Alerts(AlertsCmd),
+}
+
+#[derive(Subcommand)]
+enum AlertsCmd {
+    /// Send one test mail through the configured SMTP server.
+    TestEmail { to: String },
+    /// Validate a rules file and print what it contains.
+    CheckRules { file: PathBuf },
+    /// Current alerts (pending and firing).
+    List,
+    /// Mute notifications of matching alerts for a while (maintenance).
+    Silence {
+        /// Label matcher, repeatable: host=gpu-17, rack=r12, rule=gpu-xid, gpu=3 …
+        #[arg(long = "match", value_name = "LABEL=VALUE", required = true)]
+        matchers: Vec<String>,
+        /// How long: 30m, 2h, 1d.
+        #[arg(long, default_value = "2h")]
+        duration: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[arg(long, env = "USER", default_value = "cli")]
+        author: String,
+    },
+    /// Active and future silences.
+    Silences,
+    /// End a silence now.
+    Expire { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("user {name} ({}) saved", role.as_str());
             Ok(())
         }
+        Cmd::Alerts(a) => alerts_cmd(&cfg, a).await,
         Cmd::Token(t) => {
             let db = Database::open(&cfg, Role::OneShot).await?;
             let r = token_cmd(&db, t).await;
@@ -263,20 +293,100 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `30s`, `15m`, `2h`, `1d`.
+fn parse_duration(s: &str) -> anyhow::Result<chrono::Duration> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: i64 = num.parse().map_err(|_| anyhow::anyhow!("duration {s:?}: use a number and a unit, like 30m, 2h or 1d"))?;
+    Ok(match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" | "" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => anyhow::bail!("duration {s:?}: unit must be s, m, h or d"),
+    })
+}
+
+async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
+    match a {
+        AlertsCmd::TestEmail { to } => {
+            rackwatch::alert::notify::send_test(cfg, &to).await?;
+            println!("test mail to {to} accepted by {}:{}", cfg.alerting.smtp.host, cfg.alerting.smtp.port);
+            Ok(())
+        }
+        AlertsCmd::CheckRules { file } => {
+            let set = rackwatch::alert::rules::RuleSet::load(&file).map_err(anyhow::Error::msg)?;
+            for r in &set.rules {
+                println!("rule {:<24} {:?} severity={}", r.name, r.kind, r.severity);
+            }
+            println!("{} rules, {} routes: OK", set.rules.len(), set.routes.len());
+            Ok(())
+        }
+        other => {
+            let db = Database::open(cfg, Role::OneShot).await?;
+            let r = alerts_db_cmd(&db, other).await;
+            db.close().await;
+            r
+        }
+    }
+}
+
+async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    match a {
+        AlertsCmd::List => {
+            let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>, String)> = sqlx::query_as(
+                "SELECT state, severity, fingerprint, started_at, summary FROM alerts
+                  WHERE state IN ('pending', 'firing') ORDER BY state, severity, started_at",
+            )
+            .fetch_all(&db.store.pool)
+            .await?;
+            for (state, sev, fp, since, summary) in &rows {
+                println!("{state:<8} {sev:<9} since {}  {summary}  [{fp}]", since.format("%Y-%m-%d %H:%M:%S UTC"));
+            }
+            println!("{} alerts", rows.len());
+        }
+        AlertsCmd::Silence { matchers, duration, comment, author } => {
+            let m = rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
+            let until = now + parse_duration(&duration)?;
+            let id = db.store.create_silence(&m, now, until, &author, &comment).await?;
+            println!("silence {id} until {}", until.format("%Y-%m-%d %H:%M:%S UTC"));
+        }
+        AlertsCmd::Silences => {
+            for s in db.store.active_silences(now).await? {
+                let m: Vec<String> = s.matchers.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "{:>4}  {} → {}  {}  by {}: {}",
+                    s.id,
+                    s.starts_at.format("%Y-%m-%d %H:%M UTC"),
+                    s.ends_at.format("%Y-%m-%d %H:%M UTC"),
+                    m.join(","),
+                    s.author,
+                    s.comment
+                );
+            }
+        }
+        AlertsCmd::Expire { id } => {
+            if !db.store.expire_silence(id).await? {
+                anyhow::bail!("no active silence with id {id}");
+            }
+            println!("silence {id} ended");
+        }
+        AlertsCmd::TestEmail { .. } | AlertsCmd::CheckRules { .. } => unreachable!("handled without a database"),
+    }
+    Ok(())
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let db = Database::open(&cfg, Role::Owner).await?;
     let cfg = Arc::new(cfg);
-    let jobs = jobs::spawn(
-        db.store.clone(),
-        db.url.clone(),
-        cfg.clone(),
-        shutdown.clone(),
-    );
-    let server = app::start_server(cfg.clone(), db.store.clone(), shutdown).await?;
+    let bg = app::start_background(cfg.clone(), db.store.clone(), db.url.clone(), shutdown.clone())?;
+    let server =
+        app::start_server_with(cfg.clone(), db.store.clone(), bg.alert_wakeup.clone(), shutdown).await?;
     tracing::info!(addr = %server.addr, "serving");
     let r = server.task.await;
-    let _ = jobs.await;
+    let _ = bg.jobs.await;
+    let _ = bg.alerts.await;
     db.close().await;
     r??;
     Ok(())
@@ -321,15 +431,11 @@ async fn demo(
         .await?;
     db.store.revoke_tokens_with_note("demo").await?;
     let cfg = Arc::new(cfg);
-    let jobs = jobs::spawn(
-        db.store.clone(),
-        db.url.clone(),
-        cfg.clone(),
-        shutdown.clone(),
-    );
+    let bg = app::start_background(cfg.clone(), db.store.clone(), db.url.clone(), shutdown.clone())?;
     // The server stops after the agents have flushed; it has its own stop signal.
     let (server_stop_tx, server_stop) = watch::channel(false);
-    let server = app::start_server(cfg.clone(), db.store.clone(), server_stop).await?;
+    let server =
+        app::start_server_with(cfg.clone(), db.store.clone(), bg.alert_wakeup.clone(), server_stop).await?;
     let base = format!("http://{}", server.addr);
 
     let mut agents = app::start_simulator(&cfg, &db.store, &base, shutdown.clone()).await?;
@@ -374,7 +480,8 @@ async fn demo(
     }
     let _ = server_stop_tx.send(true);
     let _ = server.task.await;
-    let _ = jobs.await;
+    let _ = bg.jobs.await;
+    let _ = bg.alerts.await;
     db.close().await;
     Ok(())
 }

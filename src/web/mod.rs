@@ -25,6 +25,8 @@ pub struct AppState {
     pub store: Store,
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// Wakes the alert evaluator when hardware events arrive (the fast lane).
+    pub alert_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// All routes in one readable list.

@@ -1,6 +1,7 @@
 //! Integration tests: the real server, a real Postgres, real HTTP.
 
 mod agent;
+mod alerts;
 mod cli;
 mod ingest;
 mod managed_pg;

@@ -132,6 +132,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    background: Option<rackwatch::app::Background>,
 }
 
 impl TestApp {
@@ -145,32 +146,33 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db_url: String, f: impl FnOnce(&mut Config)) -> TestApp {
+        Self::launch(db_url, f, false).await
+    }
+
+    /// The server plus its background work (jobs, alert evaluator and mail sender), as
+    /// `rackwatch serve` runs it.
+    pub async fn spawn_full(db_url: String, f: impl FnOnce(&mut Config)) -> TestApp {
+        Self::launch(db_url, f, true).await
+    }
+
+    async fn launch(db_url: String, f: impl FnOnce(&mut Config), full: bool) -> TestApp {
         let mut cfg = test_config(&db_url);
         f(&mut cfg);
-        let store = Store::connect(
-            &db_url,
-            cfg.database.max_connections,
-            cfg.database.acquire_timeout_secs,
-        )
-        .await
-        .unwrap();
-        store
-            .ensure_partitions(
-                Utc::now(),
-                cfg.retention.raw_days,
-                cfg.retention.partitions_ahead_days,
-            )
-            .await
-            .unwrap();
+        let (max, timeout) = (cfg.database.max_connections, cfg.database.acquire_timeout_secs);
+        let store = Store::connect(&db_url, max, timeout).await.unwrap();
+        let (raw, ahead) = (cfg.retention.raw_days, cfg.retention.partitions_ahead_days);
+        store.ensure_partitions(Utc::now(), raw, ahead).await.unwrap();
         let cfg = Arc::new(cfg);
         let (stop, rx) = watch::channel(false);
-        let server = rackwatch::app::start_server(cfg.clone(), store.clone(), rx)
-            .await
-            .unwrap();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let (background, wakeup) = if full {
+            let bg = rackwatch::app::start_background(cfg.clone(), store.clone(), db_url.clone(), rx.clone()).unwrap();
+            let w = bg.alert_wakeup.clone();
+            (Some(bg), w)
+        } else {
+            (None, Arc::new(tokio::sync::Notify::new()))
+        };
+        let server = rackwatch::app::start_server_with(cfg.clone(), store.clone(), wakeup, rx).await.unwrap();
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         TestApp {
             base: format!("http://{}", server.addr),
             store,
@@ -179,6 +181,7 @@ impl TestApp {
             http,
             stop,
             task: Some(server.task),
+            background,
         }
     }
 
@@ -222,6 +225,10 @@ impl TestApp {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        if let Some(bg) = self.background.take() {
+            let _ = bg.jobs.await;
+            let _ = bg.alerts.await;
+        }
         self.store.pool.close().await;
     }
 }
@@ -234,4 +241,102 @@ pub fn recent(n: usize, step_secs: i64, secs_ago: i64) -> Vec<DateTime<Utc>> {
         .rev()
         .map(|i| end - chrono::Duration::seconds(i as i64 * step_secs))
         .collect()
+}
+
+/// A real SMTP server (Python aiosmtpd) on loopback, storing mail in a Maildir.
+pub struct SmtpServer {
+    pub port: u16,
+    pub maildir: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    child: Option<std::process::Child>,
+}
+
+/// Python with aiosmtpd: `RACKWATCH_TEST_PYTHON` (set by scripts/test) or python3.
+fn python() -> String {
+    std::env::var("RACKWATCH_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+impl SmtpServer {
+    /// Start on a free port.
+    pub async fn start() -> SmtpServer {
+        let port = free_port();
+        let mut s = SmtpServer::stopped(port);
+        s.run().await;
+        s
+    }
+
+    /// Reserve a port and a Maildir, but do not start yet (an SMTP outage).
+    pub fn stopped(port: u16) -> SmtpServer {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("mail");
+        SmtpServer { port, maildir, _dir: Some(dir), child: None }
+    }
+
+    /// Start (or restart) the server and wait until it accepts connections.
+    pub async fn run(&mut self) {
+        let child = std::process::Command::new(python())
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&self.maildir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting aiosmtpd: run ./scripts/test, which installs it (pip install aiosmtpd)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let out = c.wait_with_output().unwrap();
+        panic!("aiosmtpd did not start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Every mail received so far, raw (quoted-printable soft breaks undone).
+    pub fn mails(&self) -> Vec<String> {
+        let mut files: Vec<_> = ["new", "cur"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(self.maildir.join(d)).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .collect();
+        files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|m| m.replace("=\r\n", "").replace("=\n", "").replace("=3D", "="))
+            .collect()
+    }
+
+    /// Wait until at least `n` mails arrived (or `secs` passed); returns all mails.
+    pub async fn wait_for(&self, n: usize, secs: u64) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let m = self.mails();
+            if m.len() >= n || std::time::Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The subject line of a raw mail.
+pub fn subject(mail: &str) -> String {
+    mail.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or("").to_string()
 }

@@ -1,0 +1,529 @@
+//! The evaluator: turns rules and data into alert state changes, and state changes into
+//! outbox notifications, in one transaction each.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use sqlx::{Postgres, Transaction};
+
+use super::rules::{Rule, RuleKind, RuleSet};
+use super::{fingerprint, Labels};
+use crate::config::Config;
+use crate::store::Store;
+
+/// Re-firing this many times within an hour marks an alert flapping: its state is kept
+/// current but no more mails go out until it settles.
+const FLAP_LIMIT: i32 = 3;
+
+/// What a rule observed for one series this round.
+#[derive(Debug, Clone)]
+struct Observation {
+    labels: Labels,
+    value: Option<f64>,
+    /// The condition holds.
+    active: bool,
+    /// For threshold rules: the value is past the resolve threshold (safe side).
+    clear: bool,
+    at: DateTime<Utc>,
+    occurrences: i32,
+    description: String,
+}
+
+/// The snapshot of an alert that travels in a notification.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AlertSnapshot {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: String,
+    pub labels: Labels,
+    pub summary: String,
+    pub description: String,
+    pub value: Option<f64>,
+    pub started_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub occurrences: i32,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct AlertRow {
+    fingerprint: String,
+    state: String,
+    started_at: DateTime<Utc>,
+    resolved_at: Option<DateTime<Utc>>,
+    occurrences: i32,
+    flaps: i32,
+    labels: sqlx::types::Json<Labels>,
+    rule: String,
+}
+
+/// One evaluation round. `full`: also threshold and absence rules (hardware events are
+/// checked every round).
+pub async fn evaluate(store: &Store, rules: &RuleSet, cfg: &Config, now: DateTime<Utc>, full: bool) -> anyhow::Result<()> {
+    if rules.rules.is_empty() {
+        return Ok(());
+    }
+    hardware(store, rules, now).await?;
+    if full {
+        for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Threshold) {
+            let obs = threshold_observations(store, rule, now).await?;
+            apply(store, rules, rule, obs, now, cfg, true).await?;
+        }
+        for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Absent) {
+            let obs = absent_observations(store, rule, now).await?;
+            apply(store, rules, rule, obs, now, cfg, true).await?;
+        }
+        for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Hardware) {
+            resolve_quiet_hardware(store, rules, rule, now, cfg).await?;
+        }
+        repeat_reminders(store, rules, cfg, now).await?;
+    }
+    Ok(())
+}
+
+async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
+    let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as("SELECT id, name, site, rack, pool FROM hosts").fetch_all(&store.pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, site, rack, pool)| {
+            let mut l = Labels::new();
+            l.insert("host".into(), name);
+            for (k, v) in [("site", site), ("rack", rack), ("pool", pool)] {
+                if !v.is_empty() {
+                    l.insert(k.into(), v);
+                }
+            }
+            (id, l)
+        })
+        .collect())
+}
+
+/// New hardware events since the watermark → firing alerts (one per rule, host, GPU,
+/// kind and code; recurrences count up on the same alert).
+async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let hw: Vec<&Rule> = rules.rules.iter().filter(|r| r.kind == RuleKind::Hardware).collect();
+    if hw.is_empty() {
+        return Ok(());
+    }
+    let watermark: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'alert_events'").fetch_optional(&store.pool).await?.flatten();
+    // First run: look back a little, not at all history.
+    let since = watermark.unwrap_or(now - Duration::minutes(10));
+    #[allow(clippy::type_complexity)]
+    let events: Vec<(i64, i16, DateTime<Utc>, String, i64, String, i32, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT host_id, gpu_index, ts, kind, code, message, count, received_at FROM hardware_events
+          WHERE received_at > $1 ORDER BY received_at, ts LIMIT 5000",
+    )
+    .bind(since)
+    .fetch_all(&store.pool)
+    .await?;
+    let Some(last) = events.last().map(|e| e.7) else { return Ok(()) };
+    let labels = host_labels(store).await?;
+    let mut by_rule: HashMap<&str, (Vec<Observation>, &Rule)> = HashMap::new();
+    for (host_id, gpu, ts, kind, code, message, count, _) in &events {
+        let Some(base) = labels.get(host_id) else { continue };
+        let mut l = base.clone();
+        if *gpu >= 0 {
+            l.insert("gpu".into(), gpu.to_string());
+        }
+        l.insert("event".into(), kind.clone());
+        if kind == "xid" {
+            l.insert("xid".into(), code.to_string());
+        }
+        for rule in &hw {
+            let kind_ok = rule.events.is_empty() || rule.events.iter().any(|k| k == kind);
+            let code_ok = rule.xid_codes.is_empty() || rule.xid_codes.contains(code);
+            if kind_ok && code_ok && rule.selects(&l) {
+                let entry = by_rule.entry(rule.name.as_str()).or_insert_with(|| (Vec::new(), rule));
+                // Same alert twice in one round (a burst): count occurrences on one observation.
+                if let Some(o) = entry.0.iter_mut().find(|o| o.labels == l) {
+                    o.occurrences += *count;
+                    o.at = o.at.max(*ts);
+                } else {
+                    entry.0.push(Observation {
+                        labels: l.clone(),
+                        value: Some(*code as f64),
+                        active: true,
+                        clear: false,
+                        at: *ts,
+                        occurrences: *count,
+                        description: event_description(kind, *code, message),
+                    });
+                }
+            }
+        }
+    }
+    for (_, (obs, rule)) in by_rule {
+        apply_with_rules(store, rules, rule, obs, now, false).await?;
+    }
+    sqlx::query(
+        "INSERT INTO job_state (name, watermark) VALUES ('alert_events', $1)
+         ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+    )
+    .bind(last)
+    .execute(&store.pool)
+    .await?;
+    Ok(())
+}
+
+/// What an event means, for the mail.
+pub fn event_description(kind: &str, code: i64, message: &str) -> String {
+    match kind {
+        "xid" => format!("XID {code}: {message}"),
+        _ => message.to_string(),
+    }
+}
+
+async fn threshold_observations(store: &Store, rule: &Rule, now: DateTime<Utc>) -> anyhow::Result<Vec<Observation>> {
+    let (table, field) = rule.metric.split_once('.').expect("validated metric");
+    let threshold = rule.value.expect("validated value");
+    let resolve = rule.resolve_value.unwrap_or(threshold);
+    let above = rule.op == ">";
+    // `field` comes from a fixed list (validated), never from user text.
+    let sql = if table == "gpu" {
+        format!(
+            "SELECT DISTINCT ON (host_id, gpu_index) host_id, gpu_index, ts, {field}::float8 FROM gpu_samples
+              WHERE ts > $1 AND {field} IS NOT NULL ORDER BY host_id, gpu_index, ts DESC"
+        )
+    } else {
+        format!(
+            "SELECT DISTINCT ON (host_id) host_id, -1::int2, ts, {field}::float8 FROM host_samples
+              WHERE ts > $1 AND {field} IS NOT NULL ORDER BY host_id, ts DESC"
+        )
+    };
+    let rows: Vec<(i64, i16, DateTime<Utc>, f64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now - Duration::minutes(2)).fetch_all(&store.pool).await?;
+    let labels = host_labels(store).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(host, gpu, ts, v)| {
+            let mut l = labels.get(&host)?.clone();
+            if gpu >= 0 {
+                l.insert("gpu".into(), gpu.to_string());
+            }
+            rule.selects(&l).then(|| Observation {
+                labels: l,
+                value: Some(v),
+                active: if above { v > threshold } else { v < threshold },
+                clear: if above { v <= resolve } else { v >= resolve },
+                at: ts,
+                occurrences: 1,
+                description: format!("{} = {v:.1} ({} {threshold})", rule.metric, rule.op),
+            })
+        })
+        .collect())
+}
+
+async fn absent_observations(store: &Store, rule: &Rule, now: DateTime<Utc>) -> anyhow::Result<Vec<Observation>> {
+    let rows: Vec<(i64, Option<DateTime<Utc>>)> = sqlx::query_as("SELECT id, last_seen FROM hosts").fetch_all(&store.pool).await?;
+    let labels = host_labels(store).await?;
+    let after = Duration::seconds(rule.after_secs as i64);
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, last)| {
+            let last = last?;
+            let l = labels.get(&id)?.clone();
+            let silent = now - last;
+            rule.selects(&l).then(|| Observation {
+                labels: l,
+                value: Some(silent.num_seconds() as f64),
+                active: silent > after,
+                clear: silent <= after,
+                at: now,
+                occurrences: 1,
+                description: format!("no data since {} ({} s)", last.format("%Y-%m-%d %H:%M:%S UTC"), silent.num_seconds()),
+            })
+        })
+        .collect())
+}
+
+async fn apply(
+    store: &Store,
+    rules: &RuleSet,
+    rule: &Rule,
+    obs: Vec<Observation>,
+    now: DateTime<Utc>,
+    _cfg: &Config,
+    resolve_missing: bool,
+) -> anyhow::Result<()> {
+    apply_with_rules(store, rules, rule, obs, now, resolve_missing).await
+}
+
+/// Move alerts of `rule` through their states given this round's observations.
+async fn apply_with_rules(
+    store: &Store,
+    rules: &RuleSet,
+    rule: &Rule,
+    obs: Vec<Observation>,
+    now: DateTime<Utc>,
+    _resolve_missing: bool,
+) -> anyhow::Result<()> {
+    let existing: Vec<AlertRow> = sqlx::query_as(
+        "SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels, rule FROM alerts WHERE rule = $1",
+    )
+    .bind(&rule.name)
+    .fetch_all(&store.pool)
+    .await?;
+    let existing: HashMap<String, AlertRow> = existing.into_iter().map(|a| (a.fingerprint.clone(), a)).collect();
+    let for_ = Duration::seconds(rule.for_secs as i64);
+    let mut tx = store.pool.begin().await?;
+    for o in obs {
+        let fp = fingerprint(&rule.name, &o.labels);
+        let cur = existing.get(&fp);
+        let state = cur.map(|a| a.state.as_str()).unwrap_or("none");
+        match (state, o.active) {
+            ("firing", true) => {
+                sqlx::query(
+                    "UPDATE alerts SET last_active_at = $2, occurrences = occurrences + $3, value = $4, description = $5, updated_at = now()
+                      WHERE fingerprint = $1",
+                )
+                .bind(&fp)
+                .bind(now)
+                .bind(if rule.kind == RuleKind::Hardware { o.occurrences } else { 0 })
+                .bind(o.value)
+                .bind(&o.description)
+                .execute(&mut *tx)
+                .await?;
+            }
+            ("firing", false) if o.clear => {
+                resolve(&mut tx, rules, rule, cur.expect("firing row"), now).await?;
+            }
+            ("firing", false) => {} // between the thresholds: hysteresis keeps it firing
+            ("pending", true) => {
+                let since = cur.expect("pending row").started_at;
+                if now - since >= for_ {
+                    fire(&mut tx, rules, rule, &fp, &o, since, now, cur).await?;
+                }
+            }
+            ("pending", false) => {
+                sqlx::query("DELETE FROM alerts WHERE fingerprint = $1 AND state = 'pending'").bind(&fp).execute(&mut *tx).await?;
+            }
+            (_, true) => {
+                if for_ > Duration::zero() {
+                    sqlx::query(
+                        "INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description, started_at, last_active_at)
+                         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8)
+                         ON CONFLICT (fingerprint) DO UPDATE SET state = 'pending', started_at = $8, last_active_at = $8,
+                            value = $5, description = $7, resolved_at = NULL, updated_at = now()",
+                    )
+                    .bind(&fp)
+                    .bind(&rule.name)
+                    .bind(&rule.severity)
+                    .bind(sqlx::types::Json(&o.labels))
+                    .bind(o.value)
+                    .bind(summary(rule))
+                    .bind(&o.description)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                } else {
+                    fire(&mut tx, rules, rule, &fp, &o, o.at.min(now), now, cur).await?;
+                }
+            }
+            (_, false) => {}
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn summary(rule: &Rule) -> String {
+    if rule.summary.is_empty() {
+        rule.name.clone()
+    } else {
+        rule.summary.clone()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fire(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RuleSet,
+    rule: &Rule,
+    fp: &str,
+    o: &Observation,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    prev: Option<&AlertRow>,
+) -> anyhow::Result<()> {
+    // Flapping: it resolved within the last hour and fires again.
+    let flaps = match prev {
+        Some(p) if p.resolved_at.is_some_and(|r| now - r < Duration::hours(1)) => p.flaps + 1,
+        _ => 0,
+    };
+    sqlx::query(
+        "INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description, started_at, fired_at,
+                             last_active_at, occurrences, flaps)
+         VALUES ($1, $2, $3, $4, 'firing', $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (fingerprint) DO UPDATE SET state = 'firing', severity = $3, labels = $4, value = $5, summary = $6,
+            description = $7, started_at = $8, fired_at = $9, last_active_at = $10, occurrences = $11, flaps = $12,
+            resolved_at = NULL, acknowledged_by = NULL, acknowledged_at = NULL, updated_at = now()",
+    )
+    .bind(fp)
+    .bind(&rule.name)
+    .bind(&rule.severity)
+    .bind(sqlx::types::Json(&o.labels))
+    .bind(o.value)
+    .bind(summary(rule))
+    .bind(&o.description)
+    .bind(since)
+    .bind(now)
+    .bind(now)
+    .bind(o.occurrences.max(1))
+    .bind(flaps)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(fp)
+        .bind(&rule.name)
+        .bind(&rule.severity)
+        .bind(sqlx::types::Json(&o.labels))
+        .bind(summary(rule))
+        .bind(since)
+        .execute(&mut **tx)
+        .await?;
+    if flaps >= FLAP_LIMIT {
+        tracing::info!(alert = fp, flaps, "alert is flapping; not mailing until it settles");
+        return Ok(());
+    }
+    let snap = AlertSnapshot {
+        fingerprint: fp.to_string(),
+        rule: rule.name.clone(),
+        severity: rule.severity.clone(),
+        labels: o.labels.clone(),
+        summary: summary(rule),
+        description: o.description.clone(),
+        value: o.value,
+        started_at: since,
+        resolved_at: None,
+        occurrences: o.occurrences.max(1),
+    };
+    enqueue(tx, rules, &snap, "firing", now).await
+}
+
+async fn resolve(tx: &mut Transaction<'_, Postgres>, rules: &RuleSet, rule: &Rule, a: &AlertRow, now: DateTime<Utc>) -> anyhow::Result<()> {
+    sqlx::query("UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now() WHERE fingerprint = $1")
+        .bind(&a.fingerprint)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE fingerprint = $1 AND resolved_at IS NULL")
+        .bind(&a.fingerprint)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    if a.flaps >= FLAP_LIMIT {
+        return Ok(());
+    }
+    let snap = AlertSnapshot {
+        fingerprint: a.fingerprint.clone(),
+        rule: a.rule.clone(),
+        severity: rule.severity.clone(),
+        labels: a.labels.0.clone(),
+        summary: summary(rule),
+        description: String::new(),
+        value: None,
+        started_at: a.started_at,
+        resolved_at: Some(now),
+        occurrences: a.occurrences,
+    };
+    enqueue(tx, rules, &snap, "resolved", now).await
+}
+
+/// Hardware alerts resolve after a quiet period without recurrences.
+async fn resolve_quiet_hardware(store: &Store, rules: &RuleSet, rule: &Rule, now: DateTime<Utc>, _cfg: &Config) -> anyhow::Result<()> {
+    let quiet: Vec<AlertRow> = sqlx::query_as(
+        "SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels, rule FROM alerts
+          WHERE rule = $1 AND state = 'firing' AND last_active_at < $2",
+    )
+    .bind(&rule.name)
+    .bind(now - Duration::seconds(rule.resolve_after_secs as i64))
+    .fetch_all(&store.pool)
+    .await?;
+    if quiet.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.pool.begin().await?;
+    for a in &quiet {
+        resolve(&mut tx, rules, rule, a, now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Still firing, not acknowledged, last mailed longer than `repeat_interval` ago.
+async fn repeat_reminders(store: &Store, rules: &RuleSet, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let due: Vec<(String, String, String, sqlx::types::Json<Labels>, String, String, Option<f64>, DateTime<Utc>, i32)> = sqlx::query_as(
+        "SELECT fingerprint, rule, severity, labels, summary, description, value, started_at, occurrences FROM alerts
+          WHERE state = 'firing' AND acknowledged_at IS NULL AND flaps < $2
+            AND last_notified_at IS NOT NULL AND last_notified_at < $1",
+    )
+    .bind(now - Duration::seconds(cfg.alerting.repeat_interval_secs as i64))
+    .bind(FLAP_LIMIT)
+    .fetch_all(&store.pool)
+    .await?;
+    if due.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.pool.begin().await?;
+    for (fp, rule, severity, labels, summary, description, value, started_at, occurrences) in due {
+        let snap = AlertSnapshot {
+            fingerprint: fp,
+            rule,
+            severity,
+            labels: labels.0,
+            summary,
+            description,
+            value,
+            started_at,
+            resolved_at: None,
+            occurrences,
+        };
+        enqueue(&mut tx, rules, &snap, "firing", now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Queue a notification unless silenced or inhibited (a down host mutes its GPUs).
+async fn enqueue(tx: &mut Transaction<'_, Postgres>, rules: &RuleSet, a: &AlertSnapshot, kind: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let mut routing: BTreeMap<String, String> = a.labels.clone();
+    routing.insert("rule".into(), a.rule.clone());
+    routing.insert("severity".into(), a.severity.clone());
+    if super::silence::silenced(&mut **tx, &routing, now).await? {
+        tracing::info!(alert = %a.fingerprint, kind, "silenced; no notification");
+        return Ok(());
+    }
+    if a.labels.contains_key("gpu") {
+        if let Some(host) = a.labels.get("host") {
+            let host_down: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM alerts a WHERE a.state = 'firing' AND a.labels->>'host' = $1
+                   AND NOT (a.labels ? 'gpu') AND a.rule IN (SELECT unnest($2::text[])))",
+            )
+            .bind(host)
+            .bind(rules.rules.iter().filter(|r| r.kind == RuleKind::Absent).map(|r| r.name.clone()).collect::<Vec<_>>())
+            .fetch_one(&mut **tx)
+            .await?;
+            if host_down {
+                tracing::info!(alert = %a.fingerprint, "inhibited: its host is down");
+                return Ok(());
+            }
+        }
+    }
+    let to = rules.recipients(&routing);
+    if to.is_empty() {
+        tracing::warn!(alert = %a.fingerprint, "no route matches; add a [[route]] without `match` as a default");
+        return Ok(());
+    }
+    let group_key = format!("{}|{}", a.rule, to.join(","));
+    sqlx::query("INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert) VALUES ($1, $2, $3, $4, $5)")
+        .bind(group_key)
+        .bind(&a.fingerprint)
+        .bind(kind)
+        .bind(&to)
+        .bind(sqlx::types::Json(a))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE fingerprint = $1").bind(&a.fingerprint).bind(now).execute(&mut **tx).await?;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Alerting: rules → evaluator (pending → firing → resolved) → outbox → email.
+//!
+//! Runs on the job leader only (Postgres advisory lock), so two server replicas never
+//! send the same mail. Hardware events wake the evaluator the moment they are stored.
+
+pub mod eval;
+pub mod notify;
+pub mod rules;
+pub mod silence;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::store::Store;
+use rules::RuleSet;
+
+/// Labels of an alert: site, rack, pool, host, gpu (as present), plus rule and severity.
+pub type Labels = BTreeMap<String, String>;
+
+/// Stable identity of an alert: rule + labels.
+pub fn fingerprint(rule: &str, labels: &Labels) -> String {
+    let mut s = String::from(rule);
+    for (k, v) in labels {
+        if k != "rule" && k != "severity" {
+            s.push('|');
+            s.push_str(k);
+            s.push('=');
+            s.push_str(v);
+        }
+    }
+    s
+}
+
+/// Rules from `alerting.rules_file`, re-read when the file changes. A broken file is
+/// reported and the last good rules stay in force.
+pub struct RuleSource {
+    path: String,
+    loaded_mtime: Option<SystemTime>,
+    pub rules: Arc<RuleSet>,
+}
+
+impl RuleSource {
+    pub fn new(path: &str) -> Result<RuleSource, String> {
+        let mut s = RuleSource { path: path.to_string(), loaded_mtime: None, rules: Arc::new(RuleSet::default()) };
+        if !path.is_empty() {
+            s.rules = Arc::new(RuleSet::load(std::path::Path::new(path))?);
+            s.loaded_mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        }
+        Ok(s)
+    }
+
+    /// Reload if the file changed. Returns true when new rules were loaded.
+    pub fn refresh(&mut self) -> bool {
+        if self.path.is_empty() {
+            return false;
+        }
+        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        if mtime == self.loaded_mtime {
+            return false;
+        }
+        self.loaded_mtime = mtime;
+        match RuleSet::load(std::path::Path::new(&self.path)) {
+            Ok(r) => {
+                tracing::info!(rules = r.rules.len(), routes = r.routes.len(), "alert rules reloaded");
+                self.rules = Arc::new(r);
+                true
+            }
+            Err(e) => {
+                tracing::error!("alert rules not reloaded, keeping the previous ones: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Start the evaluator and the mail sender. They act only while `leader` is true.
+pub fn spawn(
+    store: Store,
+    cfg: Arc<Config>,
+    leader: Arc<AtomicBool>,
+    wakeup: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, String> {
+    let mut source = RuleSource::new(&cfg.alerting.rules_file)?;
+    Ok(tokio::spawn(async move {
+        let mut sender = notify::Sender::new(&cfg);
+        let eval_every = Duration::from_secs(cfg.alerting.eval_interval_secs);
+        let mut last_full = Instant::now() - eval_every;
+        loop {
+            if leader.load(Ordering::Relaxed) {
+                source.refresh();
+                let rules = source.rules.clone();
+                let full = last_full.elapsed() >= eval_every;
+                if full {
+                    last_full = Instant::now();
+                }
+                if let Err(e) = eval::evaluate(&store, &rules, &cfg, chrono::Utc::now(), full).await {
+                    tracing::warn!("alert evaluation: {e:#}");
+                }
+                if let Err(e) = sender.send_due(&store, chrono::Utc::now()).await {
+                    tracing::warn!("alert notifications: {e:#}");
+                }
+            }
+            tokio::select! {
+                _ = wakeup.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
+            }
+        }
+    }))
+}

@@ -1,0 +1,300 @@
+//! The outbox sender: groups due notifications and mails them over SMTP (lettre),
+//! retrying with backoff. A row is marked sent only after the SMTP server accepted the
+//! mail, in the same transaction that locked it, so a crash re-sends at most the mail
+//! in flight and never loses one. Message-IDs are derived from the outbox ids, so a
+//! re-send of the same group carries the same Message-ID.
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use askama::Template;
+use chrono::{DateTime, Duration, Utc};
+use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use super::eval::AlertSnapshot;
+use crate::config::{Config, SmtpConfig};
+use crate::store::Store;
+
+/// Build the SMTP transport from configuration.
+pub fn transport(smtp: &SmtpConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let builder = match smtp.security.as_str() {
+        "plain" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+        "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host).map_err(|e| format!("alerting.smtp: {e}"))?,
+        _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host).map_err(|e| format!("alerting.smtp: {e}"))?,
+    };
+    let mut builder = builder.port(smtp.port).timeout(Some(StdDuration::from_secs(smtp.timeout_secs.max(1))));
+    if !smtp.username.is_empty() {
+        builder = builder.credentials(Credentials::new(smtp.username.clone(), smtp.password.expose().to_string()));
+    }
+    Ok(builder.build())
+}
+
+/// One alert as shown in a mail.
+pub struct MailItem {
+    pub status: &'static str,
+    pub summary: String,
+    pub severity: String,
+    pub location: String,
+    pub since: String,
+    pub resolved: String,
+    pub description: String,
+    pub occurrences: i32,
+    pub link: String,
+}
+
+#[derive(Template)]
+#[template(path = "email/alert.txt")]
+pub struct AlertText<'a> {
+    pub headline: &'a str,
+    pub items: &'a [MailItem],
+    pub dashboard: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "email/alert.html")]
+pub struct AlertHtml<'a> {
+    pub headline: &'a str,
+    pub items: &'a [MailItem],
+    pub dashboard: &'a str,
+}
+
+fn location(labels: &BTreeMap<String, String>) -> String {
+    let mut parts = Vec::new();
+    for k in ["site", "rack", "host"] {
+        if let Some(v) = labels.get(k) {
+            parts.push(v.clone());
+        }
+    }
+    if let Some(g) = labels.get("gpu") {
+        parts.push(format!("GPU {g}"));
+    }
+    parts.join(" / ")
+}
+
+fn urlpath(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Subject line, headline and items of one grouped mail.
+pub fn compose(rows: &[(String, AlertSnapshot)], public_url: &str) -> (String, String, Vec<MailItem>) {
+    let items: Vec<MailItem> = rows
+        .iter()
+        .map(|(kind, a)| MailItem {
+            status: if kind == "resolved" { "RESOLVED" } else { "FIRING" },
+            summary: a.summary.clone(),
+            severity: a.severity.clone(),
+            location: location(&a.labels),
+            since: a.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            resolved: a.resolved_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default(),
+            description: a.description.clone(),
+            occurrences: a.occurrences,
+            link: a.labels.get("host").map(|h| format!("{public_url}/hosts/{}", urlpath(h))).unwrap_or_else(|| format!("{public_url}/")),
+        })
+        .collect();
+    let firing = items.iter().filter(|i| i.status == "FIRING").count();
+    let resolved = items.len() - firing;
+    let first = &rows[0].1;
+    let status = if firing > 0 { "FIRING" } else { "RESOLVED" };
+    let what = if items.len() == 1 {
+        format!("{} — {}", first.summary, items[0].location)
+    } else {
+        let mut counts = Vec::new();
+        if firing > 0 {
+            counts.push(format!("{firing} firing"));
+        }
+        if resolved > 0 {
+            counts.push(format!("{resolved} resolved"));
+        }
+        format!("{}: {} ({} and {} more)", first.summary, counts.join(", "), items[0].location, items.len() - 1)
+    };
+    let subject = format!("[{status}:{}] {what}", first.severity.to_uppercase());
+    (subject, what, items)
+}
+
+/// Delivers the outbox.
+pub struct Sender {
+    transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    from: Option<Mailbox>,
+    group_wait: Duration,
+    group_interval: Duration,
+    public_url: String,
+    warned_unconfigured: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    group_key: String,
+    kind: String,
+    recipients: Vec<String>,
+    alert: sqlx::types::Json<AlertSnapshot>,
+    created_at: DateTime<Utc>,
+    attempts: i32,
+}
+
+impl Sender {
+    pub fn new(cfg: &Config) -> Sender {
+        let smtp = &cfg.alerting.smtp;
+        let transport = if smtp.host.is_empty() {
+            None
+        } else {
+            match transport(smtp) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    None
+                }
+            }
+        };
+        let from = smtp.from.parse::<Mailbox>().map_err(|e| tracing::error!("alerting.smtp.from {:?}: {e}", smtp.from)).ok();
+        Sender {
+            transport,
+            from,
+            group_wait: Duration::seconds(cfg.alerting.group_wait_secs as i64),
+            group_interval: Duration::seconds(cfg.alerting.group_interval_secs as i64),
+            public_url: cfg.public_url(),
+            warned_unconfigured: false,
+        }
+    }
+
+    /// Send every due group. Returns the number of mails sent.
+    pub async fn send_due(&mut self, store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let (Some(transport), Some(from)) = (self.transport.clone(), self.from.clone()) else {
+            if !self.warned_unconfigured {
+                let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL").fetch_one(&store.pool).await?;
+                if waiting > 0 {
+                    tracing::warn!(waiting, "alert mails are waiting in the outbox: configure alerting.smtp.host to send them");
+                    self.warned_unconfigured = true;
+                }
+            }
+            return Ok(0);
+        };
+        let mut tx = store.pool.begin().await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT id, group_key, kind, recipients, alert, created_at, attempts FROM notification_outbox
+              WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT 2000 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut groups: BTreeMap<(String, Vec<String>), Vec<OutboxRow>> = BTreeMap::new();
+        for r in rows {
+            groups.entry((r.group_key.clone(), r.recipients.clone())).or_default().push(r);
+        }
+        let mut sent = 0;
+        for ((group_key, recipients), rows) in groups {
+            let oldest = rows.iter().map(|r| r.created_at).min().expect("non-empty group");
+            if now - oldest < self.group_wait {
+                continue; // wait for the rest of the group
+            }
+            let last_sent: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT max(sent_at) FROM notification_outbox WHERE group_key = $1 AND message_id IS NOT NULL")
+                    .bind(&group_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if last_sent.is_some_and(|t| now - t < self.group_interval) {
+                continue;
+            }
+            // A silence created after queueing still applies.
+            let mut live = Vec::new();
+            for r in rows {
+                let mut l = r.alert.labels.clone();
+                l.insert("rule".into(), r.alert.rule.clone());
+                l.insert("severity".into(), r.alert.severity.clone());
+                if super::silence::silenced(&mut *tx, &l, now).await? {
+                    sqlx::query("UPDATE notification_outbox SET sent_at = $2, last_error = 'silenced before sending' WHERE id = $1")
+                        .bind(r.id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    live.push(r);
+                }
+            }
+            if live.is_empty() {
+                continue;
+            }
+            let ids: Vec<i64> = live.iter().map(|r| r.id).collect();
+            let snaps: Vec<(String, AlertSnapshot)> = live.iter().map(|r| (r.kind.clone(), r.alert.0.clone())).collect();
+            let message_id = format!("<rackwatch-outbox-{}-{}@rackwatch>", ids[0], ids[ids.len() - 1]);
+            let result = match build_message(&from, &recipients, &snaps, &self.public_url, &message_id) {
+                Ok(m) => transport.send(m).await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    sqlx::query("UPDATE notification_outbox SET sent_at = $2, message_id = $3, last_error = NULL WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .bind(Utc::now())
+                        .bind(&message_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sent += 1;
+                    tracing::info!(group = %group_key, alerts = ids.len(), "alert mail sent");
+                }
+                Err(e) => {
+                    let attempts = live.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
+                    let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
+                    tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert mail not sent: {e}");
+                    sqlx::query("UPDATE notification_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .bind(attempts)
+                        .bind(now + backoff)
+                        .bind(&e)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(sent)
+    }
+}
+
+fn build_message(from: &Mailbox, to: &[String], rows: &[(String, AlertSnapshot)], public_url: &str, message_id: &str) -> Result<Message, String> {
+    let (subject, headline, items) = compose(rows, public_url);
+    let text = AlertText { headline: &headline, items: &items, dashboard: public_url }.render().map_err(|e| e.to_string())?;
+    let html = AlertHtml { headline: &headline, items: &items, dashboard: public_url }.render().map_err(|e| e.to_string())?;
+    let mut b = Message::builder().from(from.clone()).subject(subject).message_id(Some(message_id.to_string()));
+    for t in to {
+        b = b.to(t.parse::<Mailbox>().map_err(|e| format!("recipient {t:?}: {e}"))?);
+    }
+    b.multipart(
+        MultiPart::alternative()
+            .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
+            .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html)),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// `rackwatch alerts test-email TO`: one mail through the configured SMTP server.
+pub async fn send_test(cfg: &Config, to: &str) -> anyhow::Result<()> {
+    let smtp = &cfg.alerting.smtp;
+    if smtp.host.is_empty() {
+        anyhow::bail!("alerting.smtp.host is not set");
+    }
+    let t = transport(smtp).map_err(anyhow::Error::msg)?;
+    let from: Mailbox = smtp.from.parse().map_err(|e| anyhow::anyhow!("alerting.smtp.from {:?}: {e}", smtp.from))?;
+    let to: Mailbox = to.parse().map_err(|e| anyhow::anyhow!("{to:?} is not an email address: {e}"))?;
+    let msg = Message::builder()
+        .from(from)
+        .to(to)
+        .subject("Rackwatch test mail")
+        .header(ContentType::TEXT_PLAIN)
+        .body(format!(
+            "This is a test from Rackwatch. SMTP settings work: {}:{} ({}).\nDashboard: {}\n",
+            smtp.host,
+            smtp.port,
+            smtp.security,
+            cfg.public_url()
+        ))?;
+    t.send(msg).await.map_err(|e| anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security))?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Silences: label matchers with a start and an end, an author and a comment.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Labels;
+use crate::store::Store;
+
+/// A silence as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Silence {
+    pub id: i64,
+    pub matchers: sqlx::types::Json<Labels>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub author: String,
+    pub comment: String,
+}
+
+/// Whether an active silence matches these labels (all of a silence's matchers equal).
+pub async fn silenced<'e, E: sqlx::PgExecutor<'e>>(db: E, labels: &Labels, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM silences WHERE starts_at <= $2 AND ends_at > $2 AND $1::jsonb @> matchers)")
+        .bind(sqlx::types::Json(labels))
+        .bind(now)
+        .fetch_one(db)
+        .await
+}
+
+/// Parse `key=value` matchers.
+pub fn parse_matchers(items: &[String]) -> Result<Labels, String> {
+    let mut m = Labels::new();
+    for it in items {
+        let (k, v) = it.split_once('=').ok_or_else(|| format!("matcher {it:?} must look like host=gpu-17"))?;
+        if !["site", "rack", "pool", "host", "gpu", "rule", "severity", "event", "xid"].contains(&k) {
+            return Err(format!("matcher {it:?}: unknown label {k:?}"));
+        }
+        m.insert(k.to_string(), v.to_string());
+    }
+    if m.is_empty() {
+        return Err("a silence needs at least one matcher (it would mute everything)".into());
+    }
+    Ok(m)
+}
+
+impl Store {
+    /// Create a silence; returns its id.
+    pub async fn create_silence(
+        &self,
+        matchers: &Labels,
+        starts_at: DateTime<Utc>,
+        ends_at: DateTime<Utc>,
+        author: &str,
+        comment: &str,
+    ) -> anyhow::Result<i64> {
+        if ends_at <= starts_at {
+            anyhow::bail!("a silence must end after it starts");
+        }
+        Ok(sqlx::query_scalar("INSERT INTO silences (matchers, starts_at, ends_at, author, comment) VALUES ($1, $2, $3, $4, $5) RETURNING id")
+            .bind(sqlx::types::Json(matchers))
+            .bind(starts_at)
+            .bind(ends_at)
+            .bind(author)
+            .bind(comment)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Silences not yet over.
+    pub async fn active_silences(&self, now: DateTime<Utc>) -> Result<Vec<Silence>, sqlx::Error> {
+        sqlx::query_as("SELECT id, matchers, starts_at, ends_at, author, comment FROM silences WHERE ends_at > $1 ORDER BY starts_at")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// End a silence now.
+    pub async fn expire_silence(&self, id: i64) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query("UPDATE silences SET ends_at = now() WHERE id = $1 AND ends_at > now()").bind(id).execute(&self.pool).await?.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matchers_parse_and_refuse_nonsense() {
+        let m = parse_matchers(&["host=gpu-17".into(), "rule=gpu-xid".into()]).unwrap();
+        assert_eq!(m.get("host").unwrap(), "gpu-17");
+        assert!(parse_matchers(&[]).unwrap_err().contains("at least one"));
+        assert!(parse_matchers(&["hostgpu".into()]).unwrap_err().contains("host=gpu-17"));
+        assert!(parse_matchers(&["colour=red".into()]).unwrap_err().contains("unknown label"));
+    }
+}

@@ -1,0 +1,289 @@
+//! Alerting end to end: ingest → evaluator → outbox → a real SMTP server (aiosmtpd).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::support::{fresh_database, recent, subject, SmtpServer, TestApp};
+
+const RULES: &str = r#"
+[[rule]]
+name = "gpu-xid"
+kind = "hardware"
+events = ["xid", "gpu_lost"]
+severity = "critical"
+summary = "GPU reported an XID error"
+resolve_after_secs = 3
+
+[[rule]]
+name = "gpu-hot"
+kind = "threshold"
+metric = "gpu.temp_celsius"
+op = ">"
+value = 85
+resolve_value = 80
+for_secs = 2
+severity = "warning"
+summary = "GPU temperature high"
+
+[[rule]]
+name = "host-down"
+kind = "absent"
+after_secs = 5
+severity = "critical"
+summary = "Host stopped reporting"
+
+[[route]]
+match = { severity = "critical" }
+to = ["oncall@example.com"]
+
+[[route]]
+to = ["ops@example.com"]
+"#;
+
+struct Rig {
+    app: TestApp,
+    smtp: SmtpServer,
+    _rules: tempfile::TempDir,
+}
+
+async fn rig_with(smtp: SmtpServer, db_url: Option<String>) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let db_url = match db_url {
+        Some(u) => u,
+        None => fresh_database().await,
+    };
+    let port = smtp.port;
+    let app = TestApp::spawn_full(db_url, |c| {
+        c.alerting.rules_file = rules.to_string_lossy().into_owned();
+        c.alerting.eval_interval_secs = 1;
+        c.alerting.group_wait_secs = 1;
+        c.alerting.group_interval_secs = 0;
+        c.alerting.smtp.host = "127.0.0.1".into();
+        c.alerting.smtp.port = port;
+        c.alerting.smtp.security = "plain".into();
+        c.server.public_url = "https://rackwatch.example".into();
+    })
+    .await;
+    Rig { app, smtp, _rules: dir }
+}
+
+async fn rig() -> Rig {
+    rig_with(SmtpServer::start().await, None).await
+}
+
+fn xid(host: &str, gpu: u8, code: i64, ts: chrono::DateTime<Utc>) -> serde_json::Value {
+    json!({"host": {"name": host, "site": "fra1", "rack": "r12"},
+           "host_samples": [{"ts": ts, "cpu_util_pct": 10.0}],
+           "events": [{"ts": ts, "index": gpu, "kind": "xid", "code": code,
+                       "message": format!("NVRM: Xid (PCI:0000:3b:00): {code}, pid=1234, GPU has fallen off the bus.")}]})
+}
+
+#[tokio::test]
+async fn a_fault_mails_once_and_resolved_mails_when_it_ends() {
+    let r = rig().await;
+    let token = r.app.token("gpu-17").await;
+    let t0 = Utc::now() - chrono::Duration::seconds(1);
+    let sent = std::time::Instant::now();
+    assert_eq!(r.app.ingest(&token, &xid("gpu-17", 3, 79, t0)).await.status(), 200);
+    let mails = r.smtp.wait_for(1, 15).await;
+    let latency = sent.elapsed();
+    assert_eq!(mails.len(), 1);
+    let m = &mails[0];
+    assert!(subject(m).starts_with("[FIRING:CRITICAL] GPU reported an XID error"), "{}", subject(m));
+    assert!(m.contains("To: oncall@example.com"), "{m}");
+    assert!(m.contains("fra1 / r12 / gpu-17 / GPU 3"), "{m}");
+    assert!(m.contains("XID 79"), "{m}");
+    assert!(m.contains("https://rackwatch.example/hosts/gpu-17"), "{m}");
+    assert!(latency < Duration::from_secs(5), "fault to mail took {latency:?}");
+
+    // The same event replayed, and a recurrence: still one incident, no new mail.
+    assert_eq!(r.app.ingest(&token, &xid("gpu-17", 3, 79, t0)).await.status(), 200);
+    let t1 = Utc::now();
+    assert_eq!(r.app.ingest(&token, &xid("gpu-17", 3, 79, t1)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.smtp.mails().len(), 1, "a recurrence must not mail again");
+    let occ: i32 = sqlx::query_scalar("SELECT occurrences FROM alerts WHERE rule = 'gpu-xid'").fetch_one(&r.app.store.pool).await.unwrap();
+    assert_eq!(occ, 2);
+
+    // Quiet for resolve_after_secs → one "resolved" mail.
+    let mails = r.smtp.wait_for(2, 15).await;
+    assert_eq!(mails.len(), 2);
+    assert!(subject(&mails[1]).starts_with("[RESOLVED:CRITICAL]"), "{}", subject(&mails[1]));
+    let incidents: (i64, i64) = sqlx::query_as("SELECT count(*), count(resolved_at) FROM incidents WHERE rule = 'gpu-xid'").fetch_one(&r.app.store.pool).await.unwrap();
+    assert_eq!(incidents, (1, 1));
+    r.app.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_simultaneous_xids_arrive_as_one_mail() {
+    let r = rig().await;
+    let t = Utc::now() - chrono::Duration::seconds(1);
+    let mut n = 0;
+    for h in 0..7 {
+        let host = format!("node-{h:02}");
+        let token = r.app.token(&host).await;
+        let events: Vec<_> = (0..8u8)
+            .filter(|_| {
+                n += 1;
+                n <= 50
+            })
+            .map(|g| json!({"ts": t, "index": g, "kind": "xid", "code": 48, "message": "DBE (double bit error) ECC error"}))
+            .collect();
+        let body = json!({"host": {"name": host}, "events": events});
+        assert_eq!(r.app.ingest(&token, &body).await.status(), 200);
+    }
+    r.smtp.wait_for(1, 15).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // (They resolve 3 s later: only the firing mails count here.)
+    let mails: Vec<String> = r.smtp.mails().into_iter().filter(|m| subject(m).starts_with("[FIRING")).collect();
+    assert_eq!(mails.len(), 1, "one grouped mail, got {}", mails.len());
+    assert!(subject(&mails[0]).contains("50 firing"), "{}", subject(&mails[0]));
+    assert_eq!(mails[0].matches("[FIRING]").count(), 50);
+    let fired: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE fired_at IS NOT NULL").fetch_one(&r.app.store.pool).await.unwrap();
+    assert_eq!(fired, 50);
+    r.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_silence_suppresses_matching_alerts_only() {
+    let r = rig().await;
+    let now = Utc::now();
+    let mut m = rackwatch::alert::Labels::new();
+    m.insert("host".into(), "maint-1".into());
+    r.app.store.create_silence(&m, now - chrono::Duration::minutes(1), now + chrono::Duration::hours(1), "ops", "firmware update").await.unwrap();
+    let ta = r.app.token("maint-1").await;
+    let tb = r.app.token("prod-1").await;
+    assert_eq!(r.app.ingest(&ta, &xid("maint-1", 0, 79, now)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.app.ingest(&tb, &xid("prod-1", 0, 79, now)).await.status(), 200);
+    let mails = r.smtp.wait_for(1, 15).await;
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains("prod-1") && !mails[0].contains("maint-1"), "{}", mails[0]);
+    // The silenced alert still fires (visible on the alerts page), it just does not
+    // mail: neither when it fires nor when it resolves.
+    let fired: bool = sqlx::query_scalar("SELECT fired_at IS NOT NULL FROM alerts WHERE labels->>'host' = 'maint-1'").fetch_one(&r.app.store.pool).await.unwrap();
+    assert!(fired);
+    let mails = r.smtp.wait_for(2, 15).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(mails.len(), 2, "prod-1 firing + resolved");
+    assert!(r.smtp.mails().iter().all(|m| !m.contains("maint-1")));
+    r.app.stop().await;
+}
+
+#[tokio::test]
+async fn mail_survives_an_smtp_outage_and_is_delivered_once() {
+    let port = crate::support::free_port();
+    let mut smtp = SmtpServer::stopped(port);
+    let r = rig_with(SmtpServer::stopped(port), None).await;
+    let token = r.app.token("h").await;
+    assert_eq!(r.app.ingest(&token, &xid("h", 1, 79, Utc::now())).await.status(), 200);
+    // The sender tries and fails while the SMTP server is down.
+    let mut attempts = 0;
+    for _ in 0..50 {
+        attempts = sqlx::query_scalar::<_, i32>("SELECT coalesce(max(attempts), 0) FROM notification_outbox").fetch_one(&r.app.store.pool).await.unwrap();
+        if attempts >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(attempts >= 1, "no delivery attempt was recorded");
+    let err: Option<String> = sqlx::query_scalar("SELECT last_error FROM notification_outbox").fetch_one(&r.app.store.pool).await.unwrap();
+    assert!(err.is_some());
+    // SMTP comes back (same Maildir the test reads).
+    smtp.maildir = r.smtp.maildir.clone();
+    smtp.run().await;
+    let mails = r.smtp.wait_for(1, 30).await;
+    assert_eq!(mails.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.smtp.mails().len(), 1, "delivered exactly once");
+    r.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_killed_before_sending_sends_after_restart() {
+    let db_url = fresh_database().await;
+    let smtp = SmtpServer::start().await;
+    // First server: no SMTP configured (as if it died before sending): the mail waits.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let rules_path = rules.to_string_lossy().into_owned();
+    let first = TestApp::spawn_full(db_url.clone(), |c| {
+        c.alerting.rules_file = rules_path.clone();
+        c.alerting.eval_interval_secs = 1;
+    })
+    .await;
+    let token = first.token("h").await;
+    assert_eq!(first.ingest(&token, &xid("h", 2, 79, Utc::now())).await.status(), 200);
+    let mut queued = 0;
+    for _ in 0..50 {
+        queued = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL").fetch_one(&first.store.pool).await.unwrap();
+        if queued > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(queued, 1);
+    first.stop().await;
+    assert!(smtp.mails().is_empty());
+    // Second server on the same database, SMTP configured: sends the queued mail once.
+    let second = rig_with(smtp, Some(db_url)).await;
+    let mails = second.smtp.wait_for(1, 15).await;
+    assert_eq!(mails.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(second.smtp.mails().len(), 1);
+    assert!(mails[0].contains("GPU 2"));
+    second.app.stop().await;
+}
+
+#[tokio::test]
+async fn thresholds_wait_for_their_duration_and_resolve_with_hysteresis() {
+    let r = rig().await;
+    let token = r.app.token("warm").await;
+    let temp = |c: f64| json!({"host": {"name": "warm"}, "gpu_samples": [{"ts": Utc::now(), "index": 0, "temp_celsius": c}]});
+    assert_eq!(r.app.ingest(&token, &temp(90.0)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let state: String = sqlx::query_scalar("SELECT state FROM alerts WHERE rule = 'gpu-hot'").fetch_one(&r.app.store.pool).await.unwrap();
+    assert_eq!(state, "pending");
+    assert!(r.smtp.mails().is_empty());
+    // Still hot after for_secs → firing, mailed to the warning route.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.app.ingest(&token, &temp(91.0)).await.status(), 200);
+    let mails = r.smtp.wait_for(1, 15).await;
+    assert_eq!(mails.len(), 1);
+    assert!(subject(&mails[0]).starts_with("[FIRING:WARNING] GPU temperature high"), "{}", subject(&mails[0]));
+    assert!(mails[0].contains("To: ops@example.com"));
+    // 83 °C is below the threshold but above the resolve value: still firing.
+    assert_eq!(r.app.ingest(&token, &temp(83.0)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(r.smtp.mails().len(), 1);
+    assert_eq!(r.app.ingest(&token, &temp(79.0)).await.status(), 200);
+    let mails = r.smtp.wait_for(2, 15).await;
+    assert_eq!(mails.len(), 2);
+    assert!(subject(&mails[1]).starts_with("[RESOLVED:WARNING]"), "{}", subject(&mails[1]));
+    r.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
+    let r = rig().await;
+    let token = r.app.token("quiet").await;
+    // Last heard of 10 s ago: past after_secs = 5.
+    let ts = recent(1, 1, 10)[0];
+    assert_eq!(r.app.ingest(&token, &json!({"host": {"name": "quiet"}, "host_samples": [{"ts": ts, "cpu_util_pct": 1.0}]})).await.status(), 200);
+    let mails = r.smtp.wait_for(1, 15).await;
+    assert_eq!(mails.len(), 1);
+    assert!(subject(&mails[0]).contains("Host stopped reporting"), "{}", subject(&mails[0]));
+    // A GPU fault on the down host (e.g. a delayed event) is recorded but not mailed.
+    let late = json!({"host": {"name": "quiet"}, "events": [{"ts": Utc::now(), "index": 0, "kind": "gpu_lost", "message": "GPU lost"}]});
+    assert_eq!(r.app.ingest(&token, &late).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(r.smtp.mails().len(), 1, "GPU alert of a down host must be inhibited");
+    let firing: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'").fetch_one(&r.app.store.pool).await.unwrap();
+    assert_eq!(firing, 2);
+    r.app.stop().await;
+}
