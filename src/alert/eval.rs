@@ -59,7 +59,13 @@ struct AlertRow {
 
 /// One evaluation round. `full`: also threshold and absence rules (hardware events are
 /// checked every round).
-pub async fn evaluate(store: &Store, rules: &RuleSet, cfg: &Config, now: DateTime<Utc>, full: bool) -> anyhow::Result<()> {
+pub async fn evaluate(
+    store: &Store,
+    rules: &RuleSet,
+    cfg: &Config,
+    now: DateTime<Utc>,
+    full: bool,
+) -> anyhow::Result<()> {
     if rules.rules.is_empty() {
         return Ok(());
     }
@@ -82,7 +88,10 @@ pub async fn evaluate(store: &Store, rules: &RuleSet, cfg: &Config, now: DateTim
 }
 
 async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
-    let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as("SELECT id, name, site, rack, pool FROM hosts").fetch_all(&store.pool).await?;
+    let rows: Vec<(i64, String, String, String, String)> =
+        sqlx::query_as("SELECT id, name, site, rack, pool FROM hosts")
+            .fetch_all(&store.pool)
+            .await?;
     Ok(rows
         .into_iter()
         .map(|(id, name, site, rack, pool)| {
@@ -101,12 +110,19 @@ async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
 /// New hardware events since the watermark → firing alerts (one per rule, host, GPU,
 /// kind and code; recurrences count up on the same alert).
 async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow::Result<()> {
-    let hw: Vec<&Rule> = rules.rules.iter().filter(|r| r.kind == RuleKind::Hardware).collect();
+    let hw: Vec<&Rule> = rules
+        .rules
+        .iter()
+        .filter(|r| r.kind == RuleKind::Hardware)
+        .collect();
     if hw.is_empty() {
         return Ok(());
     }
     let watermark: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'alert_events'").fetch_optional(&store.pool).await?.flatten();
+        sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'alert_events'")
+            .fetch_optional(&store.pool)
+            .await?
+            .flatten();
     // First run: look back a little, not at all history.
     let since = watermark.unwrap_or(now - Duration::minutes(10));
     #[allow(clippy::type_complexity)]
@@ -117,11 +133,15 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
     .bind(since)
     .fetch_all(&store.pool)
     .await?;
-    let Some(last) = events.last().map(|e| e.7) else { return Ok(()) };
+    let Some(last) = events.last().map(|e| e.7) else {
+        return Ok(());
+    };
     let labels = host_labels(store).await?;
     let mut by_rule: HashMap<&str, (Vec<Observation>, &Rule)> = HashMap::new();
     for (host_id, gpu, ts, kind, code, message, count, _) in &events {
-        let Some(base) = labels.get(host_id) else { continue };
+        let Some(base) = labels.get(host_id) else {
+            continue;
+        };
         let mut l = base.clone();
         if *gpu >= 0 {
             l.insert("gpu".into(), gpu.to_string());
@@ -134,7 +154,9 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
             let kind_ok = rule.events.is_empty() || rule.events.iter().any(|k| k == kind);
             let code_ok = rule.xid_codes.is_empty() || rule.xid_codes.contains(code);
             if kind_ok && code_ok && rule.selects(&l) {
-                let entry = by_rule.entry(rule.name.as_str()).or_insert_with(|| (Vec::new(), rule));
+                let entry = by_rule
+                    .entry(rule.name.as_str())
+                    .or_insert_with(|| (Vec::new(), rule));
                 // Same alert twice in one round (a burst): count occurrences on one observation.
                 if let Some(o) = entry.0.iter_mut().find(|o| o.labels == l) {
                     o.occurrences += *count;
@@ -174,7 +196,11 @@ pub fn event_description(kind: &str, code: i64, message: &str) -> String {
     }
 }
 
-async fn threshold_observations(store: &Store, rule: &Rule, now: DateTime<Utc>) -> anyhow::Result<Vec<Observation>> {
+async fn threshold_observations(
+    store: &Store,
+    rule: &Rule,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Observation>> {
     let (table, field) = rule.metric.split_once('.').expect("validated metric");
     let threshold = rule.value.expect("validated value");
     let resolve = rule.resolve_value.unwrap_or(threshold);
@@ -191,8 +217,10 @@ async fn threshold_observations(store: &Store, rule: &Rule, now: DateTime<Utc>) 
               WHERE ts > $1 AND {field} IS NOT NULL ORDER BY host_id, ts DESC"
         )
     };
-    let rows: Vec<(i64, i16, DateTime<Utc>, f64)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now - Duration::minutes(2)).fetch_all(&store.pool).await?;
+    let rows: Vec<(i64, i16, DateTime<Utc>, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(now - Duration::minutes(2))
+        .fetch_all(&store.pool)
+        .await?;
     let labels = host_labels(store).await?;
     Ok(rows
         .into_iter()
@@ -214,8 +242,14 @@ async fn threshold_observations(store: &Store, rule: &Rule, now: DateTime<Utc>) 
         .collect())
 }
 
-async fn absent_observations(store: &Store, rule: &Rule, now: DateTime<Utc>) -> anyhow::Result<Vec<Observation>> {
-    let rows: Vec<(i64, Option<DateTime<Utc>>)> = sqlx::query_as("SELECT id, last_seen FROM hosts").fetch_all(&store.pool).await?;
+async fn absent_observations(
+    store: &Store,
+    rule: &Rule,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Observation>> {
+    let rows: Vec<(i64, Option<DateTime<Utc>>)> = sqlx::query_as("SELECT id, last_seen FROM hosts")
+        .fetch_all(&store.pool)
+        .await?;
     let labels = host_labels(store).await?;
     let after = Duration::seconds(rule.after_secs as i64);
     Ok(rows
@@ -231,7 +265,11 @@ async fn absent_observations(store: &Store, rule: &Rule, now: DateTime<Utc>) -> 
                 clear: silent <= after,
                 at: now,
                 occurrences: 1,
-                description: format!("no data since {} ({} s)", last.format("%Y-%m-%d %H:%M:%S UTC"), silent.num_seconds()),
+                description: format!(
+                    "no data since {} ({} s)",
+                    last.format("%Y-%m-%d %H:%M:%S UTC"),
+                    silent.num_seconds()
+                ),
             })
         })
         .collect())
@@ -264,7 +302,10 @@ async fn apply_with_rules(
     .bind(&rule.name)
     .fetch_all(&store.pool)
     .await?;
-    let existing: HashMap<String, AlertRow> = existing.into_iter().map(|a| (a.fingerprint.clone(), a)).collect();
+    let existing: HashMap<String, AlertRow> = existing
+        .into_iter()
+        .map(|a| (a.fingerprint.clone(), a))
+        .collect();
     let for_ = Duration::seconds(rule.for_secs as i64);
     let mut tx = store.pool.begin().await?;
     for o in obs {
@@ -296,7 +337,10 @@ async fn apply_with_rules(
                 }
             }
             ("pending", false) => {
-                sqlx::query("DELETE FROM alerts WHERE fingerprint = $1 AND state = 'pending'").bind(&fp).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM alerts WHERE fingerprint = $1 AND state = 'pending'")
+                    .bind(&fp)
+                    .execute(&mut *tx)
+                    .await?;
             }
             (_, true) => {
                 if for_ > Duration::zero() {
@@ -383,7 +427,11 @@ async fn fire(
         .execute(&mut **tx)
         .await?;
     if flaps >= FLAP_LIMIT {
-        tracing::info!(alert = fp, flaps, "alert is flapping; not mailing until it settles");
+        tracing::info!(
+            alert = fp,
+            flaps,
+            "alert is flapping; not mailing until it settles"
+        );
         return Ok(());
     }
     let snap = AlertSnapshot {
@@ -401,17 +449,25 @@ async fn fire(
     enqueue(tx, rules, &snap, "firing", now).await
 }
 
-async fn resolve(tx: &mut Transaction<'_, Postgres>, rules: &RuleSet, rule: &Rule, a: &AlertRow, now: DateTime<Utc>) -> anyhow::Result<()> {
+async fn resolve(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RuleSet,
+    rule: &Rule,
+    a: &AlertRow,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     sqlx::query("UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now() WHERE fingerprint = $1")
         .bind(&a.fingerprint)
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE fingerprint = $1 AND resolved_at IS NULL")
-        .bind(&a.fingerprint)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE incidents SET resolved_at = $2 WHERE fingerprint = $1 AND resolved_at IS NULL",
+    )
+    .bind(&a.fingerprint)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     if a.flaps >= FLAP_LIMIT {
         return Ok(());
     }
@@ -431,7 +487,13 @@ async fn resolve(tx: &mut Transaction<'_, Postgres>, rules: &RuleSet, rule: &Rul
 }
 
 /// Hardware alerts resolve after a quiet period without recurrences.
-async fn resolve_quiet_hardware(store: &Store, rules: &RuleSet, rule: &Rule, now: DateTime<Utc>, _cfg: &Config) -> anyhow::Result<()> {
+async fn resolve_quiet_hardware(
+    store: &Store,
+    rules: &RuleSet,
+    rule: &Rule,
+    now: DateTime<Utc>,
+    _cfg: &Config,
+) -> anyhow::Result<()> {
     let quiet: Vec<AlertRow> = sqlx::query_as(
         "SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels, rule FROM alerts
           WHERE rule = $1 AND state = 'firing' AND last_active_at < $2",
@@ -452,7 +514,12 @@ async fn resolve_quiet_hardware(store: &Store, rules: &RuleSet, rule: &Rule, now
 }
 
 /// Still firing, not acknowledged, last mailed longer than `repeat_interval` ago.
-async fn repeat_reminders(store: &Store, rules: &RuleSet, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<()> {
+async fn repeat_reminders(
+    store: &Store,
+    rules: &RuleSet,
+    cfg: &Config,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let due: Vec<(String, String, String, sqlx::types::Json<Labels>, String, String, Option<f64>, DateTime<Utc>, i32)> = sqlx::query_as(
         "SELECT fingerprint, rule, severity, labels, summary, description, value, started_at, occurrences FROM alerts
           WHERE state = 'firing' AND acknowledged_at IS NULL AND flaps < $2
@@ -486,7 +553,13 @@ async fn repeat_reminders(store: &Store, rules: &RuleSet, cfg: &Config, now: Dat
 }
 
 /// Queue a notification unless silenced or inhibited (a down host mutes its GPUs).
-async fn enqueue(tx: &mut Transaction<'_, Postgres>, rules: &RuleSet, a: &AlertSnapshot, kind: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RuleSet,
+    a: &AlertSnapshot,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let mut routing: BTreeMap<String, String> = a.labels.clone();
     routing.insert("rule".into(), a.rule.clone());
     routing.insert("severity".into(), a.severity.clone());
@@ -524,6 +597,10 @@ async fn enqueue(tx: &mut Transaction<'_, Postgres>, rules: &RuleSet, a: &AlertS
         .bind(sqlx::types::Json(a))
         .execute(&mut **tx)
         .await?;
-    sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE fingerprint = $1").bind(&a.fingerprint).bind(now).execute(&mut **tx).await?;
+    sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE fingerprint = $1")
+        .bind(&a.fingerprint)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

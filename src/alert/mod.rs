@@ -47,7 +47,11 @@ pub struct RuleSource {
 
 impl RuleSource {
     pub fn new(path: &str) -> Result<RuleSource, String> {
-        let mut s = RuleSource { path: path.to_string(), loaded_mtime: None, rules: Arc::new(RuleSet::default()) };
+        let mut s = RuleSource {
+            path: path.to_string(),
+            loaded_mtime: None,
+            rules: Arc::new(RuleSet::default()),
+        };
         if !path.is_empty() {
             s.rules = Arc::new(RuleSet::load(std::path::Path::new(path))?);
             s.loaded_mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -60,14 +64,20 @@ impl RuleSource {
         if self.path.is_empty() {
             return false;
         }
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         if mtime == self.loaded_mtime {
             return false;
         }
         self.loaded_mtime = mtime;
         match RuleSet::load(std::path::Path::new(&self.path)) {
             Ok(r) => {
-                tracing::info!(rules = r.rules.len(), routes = r.routes.len(), "alert rules reloaded");
+                tracing::info!(
+                    rules = r.rules.len(),
+                    routes = r.routes.len(),
+                    "alert rules reloaded"
+                );
                 self.rules = Arc::new(r);
                 true
             }
@@ -100,7 +110,8 @@ pub fn spawn(
                 if full {
                     last_full = Instant::now();
                 }
-                if let Err(e) = eval::evaluate(&store, &rules, &cfg, chrono::Utc::now(), full).await {
+                if let Err(e) = eval::evaluate(&store, &rules, &cfg, chrono::Utc::now(), full).await
+                {
                     tracing::warn!("alert evaluation: {e:#}");
                 }
                 if let Err(e) = sender.send_due(&store, chrono::Utc::now()).await {

@@ -21,12 +21,19 @@ use crate::store::Store;
 pub fn transport(smtp: &SmtpConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let builder = match smtp.security.as_str() {
         "plain" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
-        "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host).map_err(|e| format!("alerting.smtp: {e}"))?,
-        _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host).map_err(|e| format!("alerting.smtp: {e}"))?,
+        "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
+            .map_err(|e| format!("alerting.smtp: {e}"))?,
+        _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+            .map_err(|e| format!("alerting.smtp: {e}"))?,
     };
-    let mut builder = builder.port(smtp.port).timeout(Some(StdDuration::from_secs(smtp.timeout_secs.max(1))));
+    let mut builder = builder
+        .port(smtp.port)
+        .timeout(Some(StdDuration::from_secs(smtp.timeout_secs.max(1))));
     if !smtp.username.is_empty() {
-        builder = builder.credentials(Credentials::new(smtp.username.clone(), smtp.password.expose().to_string()));
+        builder = builder.credentials(Credentials::new(
+            smtp.username.clone(),
+            smtp.password.expose().to_string(),
+        ));
     }
     Ok(builder.build())
 }
@@ -76,26 +83,42 @@ fn location(labels: &BTreeMap<String, String>) -> String {
 fn urlpath(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
 /// Subject line, headline and items of one grouped mail.
-pub fn compose(rows: &[(String, AlertSnapshot)], public_url: &str) -> (String, String, Vec<MailItem>) {
+pub fn compose(
+    rows: &[(String, AlertSnapshot)],
+    public_url: &str,
+) -> (String, String, Vec<MailItem>) {
     let items: Vec<MailItem> = rows
         .iter()
         .map(|(kind, a)| MailItem {
-            status: if kind == "resolved" { "RESOLVED" } else { "FIRING" },
+            status: if kind == "resolved" {
+                "RESOLVED"
+            } else {
+                "FIRING"
+            },
             summary: a.summary.clone(),
             severity: a.severity.clone(),
             location: location(&a.labels),
             since: a.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            resolved: a.resolved_at.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default(),
+            resolved: a
+                .resolved_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_default(),
             description: a.description.clone(),
             occurrences: a.occurrences,
-            link: a.labels.get("host").map(|h| format!("{public_url}/hosts/{}", urlpath(h))).unwrap_or_else(|| format!("{public_url}/")),
+            link: a
+                .labels
+                .get("host")
+                .map(|h| format!("{public_url}/hosts/{}", urlpath(h)))
+                .unwrap_or_else(|| format!("{public_url}/")),
         })
         .collect();
     let firing = items.iter().filter(|i| i.status == "FIRING").count();
@@ -112,7 +135,13 @@ pub fn compose(rows: &[(String, AlertSnapshot)], public_url: &str) -> (String, S
         if resolved > 0 {
             counts.push(format!("{resolved} resolved"));
         }
-        format!("{}: {} ({} and {} more)", first.summary, counts.join(", "), items[0].location, items.len() - 1)
+        format!(
+            "{}: {} ({} and {} more)",
+            first.summary,
+            counts.join(", "),
+            items[0].location,
+            items.len() - 1
+        )
     };
     let subject = format!("[{status}:{}] {what}", first.severity.to_uppercase());
     (subject, what, items)
@@ -153,7 +182,11 @@ impl Sender {
                 }
             }
         };
-        let from = smtp.from.parse::<Mailbox>().map_err(|e| tracing::error!("alerting.smtp.from {:?}: {e}", smtp.from)).ok();
+        let from = smtp
+            .from
+            .parse::<Mailbox>()
+            .map_err(|e| tracing::error!("alerting.smtp.from {:?}: {e}", smtp.from))
+            .ok();
         Sender {
             transport,
             from,
@@ -168,7 +201,11 @@ impl Sender {
     pub async fn send_due(&mut self, store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
         let (Some(transport), Some(from)) = (self.transport.clone(), self.from.clone()) else {
             if !self.warned_unconfigured {
-                let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL").fetch_one(&store.pool).await?;
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL",
+                )
+                .fetch_one(&store.pool)
+                .await?;
                 if waiting > 0 {
                     tracing::warn!(waiting, "alert mails are waiting in the outbox: configure alerting.smtp.host to send them");
                     self.warned_unconfigured = true;
@@ -186,11 +223,18 @@ impl Sender {
         .await?;
         let mut groups: BTreeMap<(String, Vec<String>), Vec<OutboxRow>> = BTreeMap::new();
         for r in rows {
-            groups.entry((r.group_key.clone(), r.recipients.clone())).or_default().push(r);
+            groups
+                .entry((r.group_key.clone(), r.recipients.clone()))
+                .or_default()
+                .push(r);
         }
         let mut sent = 0;
         for ((group_key, recipients), rows) in groups {
-            let oldest = rows.iter().map(|r| r.created_at).min().expect("non-empty group");
+            let oldest = rows
+                .iter()
+                .map(|r| r.created_at)
+                .min()
+                .expect("non-empty group");
             if now - oldest < self.group_wait {
                 continue; // wait for the rest of the group
             }
@@ -222,12 +266,24 @@ impl Sender {
                 continue;
             }
             let ids: Vec<i64> = live.iter().map(|r| r.id).collect();
-            let snaps: Vec<(String, AlertSnapshot)> = live.iter().map(|r| (r.kind.clone(), r.alert.0.clone())).collect();
-            let message_id = format!("<rackwatch-outbox-{}-{}@rackwatch>", ids[0], ids[ids.len() - 1]);
-            let result = match build_message(&from, &recipients, &snaps, &self.public_url, &message_id) {
-                Ok(m) => transport.send(m).await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
+            let snaps: Vec<(String, AlertSnapshot)> = live
+                .iter()
+                .map(|r| (r.kind.clone(), r.alert.0.clone()))
+                .collect();
+            let message_id = format!(
+                "<rackwatch-outbox-{}-{}@rackwatch>",
+                ids[0],
+                ids[ids.len() - 1]
+            );
+            let result =
+                match build_message(&from, &recipients, &snaps, &self.public_url, &message_id) {
+                    Ok(m) => transport
+                        .send(m)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
             match result {
                 Ok(()) => {
                     sqlx::query("UPDATE notification_outbox SET sent_at = $2, message_id = $3, last_error = NULL WHERE id = ANY($1)")
@@ -258,18 +314,49 @@ impl Sender {
     }
 }
 
-fn build_message(from: &Mailbox, to: &[String], rows: &[(String, AlertSnapshot)], public_url: &str, message_id: &str) -> Result<Message, String> {
+fn build_message(
+    from: &Mailbox,
+    to: &[String],
+    rows: &[(String, AlertSnapshot)],
+    public_url: &str,
+    message_id: &str,
+) -> Result<Message, String> {
     let (subject, headline, items) = compose(rows, public_url);
-    let text = AlertText { headline: &headline, items: &items, dashboard: public_url }.render().map_err(|e| e.to_string())?;
-    let html = AlertHtml { headline: &headline, items: &items, dashboard: public_url }.render().map_err(|e| e.to_string())?;
-    let mut b = Message::builder().from(from.clone()).subject(subject).message_id(Some(message_id.to_string()));
+    let text = AlertText {
+        headline: &headline,
+        items: &items,
+        dashboard: public_url,
+    }
+    .render()
+    .map_err(|e| e.to_string())?;
+    let html = AlertHtml {
+        headline: &headline,
+        items: &items,
+        dashboard: public_url,
+    }
+    .render()
+    .map_err(|e| e.to_string())?;
+    let mut b = Message::builder()
+        .from(from.clone())
+        .subject(subject)
+        .message_id(Some(message_id.to_string()));
     for t in to {
-        b = b.to(t.parse::<Mailbox>().map_err(|e| format!("recipient {t:?}: {e}"))?);
+        b = b.to(t
+            .parse::<Mailbox>()
+            .map_err(|e| format!("recipient {t:?}: {e}"))?);
     }
     b.multipart(
         MultiPart::alternative()
-            .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text))
-            .singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(html)),
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(text),
+            )
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_HTML)
+                    .body(html),
+            ),
     )
     .map_err(|e| e.to_string())
 }
@@ -281,8 +368,13 @@ pub async fn send_test(cfg: &Config, to: &str) -> anyhow::Result<()> {
         anyhow::bail!("alerting.smtp.host is not set");
     }
     let t = transport(smtp).map_err(anyhow::Error::msg)?;
-    let from: Mailbox = smtp.from.parse().map_err(|e| anyhow::anyhow!("alerting.smtp.from {:?}: {e}", smtp.from))?;
-    let to: Mailbox = to.parse().map_err(|e| anyhow::anyhow!("{to:?} is not an email address: {e}"))?;
+    let from: Mailbox = smtp
+        .from
+        .parse()
+        .map_err(|e| anyhow::anyhow!("alerting.smtp.from {:?}: {e}", smtp.from))?;
+    let to: Mailbox = to
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{to:?} is not an email address: {e}"))?;
     let msg = Message::builder()
         .from(from)
         .to(to)
@@ -295,6 +387,8 @@ pub async fn send_test(cfg: &Config, to: &str) -> anyhow::Result<()> {
             smtp.security,
             cfg.public_url()
         ))?;
-    t.send(msg).await.map_err(|e| anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security))?;
+    t.send(msg).await.map_err(|e| {
+        anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security)
+    })?;
     Ok(())
 }

@@ -112,7 +112,8 @@ const LABELS: &[&str] = &["site", "rack", "pool", "host", "gpu", "rule", "severi
 impl RuleSet {
     /// Read and validate a rules file.
     pub fn load(path: &Path) -> Result<RuleSet, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read alert rules {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read alert rules {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -121,19 +122,34 @@ impl RuleSet {
         let set: RuleSet = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut names = std::collections::HashSet::new();
         for r in &set.rules {
-            let at = |field: &str, msg: String| format!("rule {:?}, field `{field}`: {msg}", r.name);
-            if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-                return Err(at("name", "must be non-empty letters, digits, - _ .".into()));
+            let at =
+                |field: &str, msg: String| format!("rule {:?}, field `{field}`: {msg}", r.name);
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(at(
+                    "name",
+                    "must be non-empty letters, digits, - _ .".into(),
+                ));
             }
             if !names.insert(r.name.clone()) {
                 return Err(at("name", "defined twice".into()));
             }
             if !SEVERITIES.contains(&r.severity.as_str()) {
-                return Err(at("severity", format!("{:?} is not one of {}", r.severity, SEVERITIES.join(", "))));
+                return Err(at(
+                    "severity",
+                    format!("{:?} is not one of {}", r.severity, SEVERITIES.join(", ")),
+                ));
             }
             for k in r.matchers.keys() {
                 if !LABELS.contains(&k.as_str()) {
-                    return Err(at("match", format!("unknown label {k:?}; use {}", LABELS.join(", "))));
+                    return Err(at(
+                        "match",
+                        format!("unknown label {k:?}; use {}", LABELS.join(", ")),
+                    ));
                 }
             }
             match r.kind {
@@ -147,24 +163,40 @@ impl RuleSet {
                     if !ok {
                         return Err(at(
                             "metric",
-                            format!("{:?} is not host.<{}> or gpu.<{}>", r.metric, HOST_FIELDS.join("|"), GPU_FIELDS.join("|")),
+                            format!(
+                                "{:?} is not host.<{}> or gpu.<{}>",
+                                r.metric,
+                                HOST_FIELDS.join("|"),
+                                GPU_FIELDS.join("|")
+                            ),
                         ));
                     }
                     if r.op != ">" && r.op != "<" {
                         return Err(at("op", format!("{:?}: use \">\" or \"<\"", r.op)));
                     }
-                    let v = r.value.ok_or_else(|| at("value", "a threshold rule needs a value".into()))?;
+                    let v = r
+                        .value
+                        .ok_or_else(|| at("value", "a threshold rule needs a value".into()))?;
                     if let Some(rv) = r.resolve_value {
                         let wrong = if r.op == ">" { rv > v } else { rv < v };
                         if wrong {
-                            return Err(at("resolve_value", format!("{rv} must be on the safe side of value {v} (hysteresis)")));
+                            return Err(at(
+                                "resolve_value",
+                                format!("{rv} must be on the safe side of value {v} (hysteresis)"),
+                            ));
                         }
                     }
                 }
                 RuleKind::Hardware => {
                     for e in &r.events {
                         if !crate::model::EVENT_KINDS.contains(&e.as_str()) {
-                            return Err(at("events", format!("unknown event kind {e:?}; use {}", crate::model::EVENT_KINDS.join(", "))));
+                            return Err(at(
+                                "events",
+                                format!(
+                                    "unknown event kind {e:?}; use {}",
+                                    crate::model::EVENT_KINDS.join(", ")
+                                ),
+                            ));
                         }
                     }
                     if r.resolve_after_secs == 0 {
@@ -184,7 +216,10 @@ impl RuleSet {
             }
             for addr in &route.to {
                 if addr.parse::<lettre::message::Mailbox>().is_err() {
-                    return Err(format!("route #{}: {addr:?} is not an email address", i + 1));
+                    return Err(format!(
+                        "route #{}: {addr:?} is not an email address",
+                        i + 1
+                    ));
                 }
             }
         }
@@ -227,11 +262,14 @@ mod tests {
         assert!(e.contains("\"hot\"") && e.contains("`metric`"), "{e}");
         let e = RuleSet::parse("[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.temp_celsius\"\nop = \">\"\nvalue = 85\nresolve_value = 90\n").unwrap_err();
         assert!(e.contains("resolve_value"), "{e}");
-        let e = RuleSet::parse("[[rule]]\nname = \"x\"\nkind = \"hardware\"\nseverity = \"fatal\"\n").unwrap_err();
+        let e =
+            RuleSet::parse("[[rule]]\nname = \"x\"\nkind = \"hardware\"\nseverity = \"fatal\"\n")
+                .unwrap_err();
         assert!(e.contains("severity"), "{e}");
         let e = RuleSet::parse("[[route]]\nto = [\"not an address\"]\n").unwrap_err();
         assert!(e.contains("route #1"), "{e}");
-        let e = RuleSet::parse("[[rule]]\nname = \"x\"\nkind = \"magic\"\nseverity = \"info\"\n").unwrap_err();
+        let e = RuleSet::parse("[[rule]]\nname = \"x\"\nkind = \"magic\"\nseverity = \"info\"\n")
+            .unwrap_err();
         assert!(e.contains("magic"), "{e}");
     }
 
@@ -242,9 +280,23 @@ mod tests {
              [[route]]\nmatch = { severity = \"critical\" }\nto = [\"oncall@example.com\"]\n[[route]]\nto = [\"ops@example.com\"]\n",
         )
         .unwrap();
-        let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
-        assert_eq!(set.recipients(&l(&[("severity", "critical"), ("site", "fra1")])), vec!["fra-oncall@example.com"]);
-        assert_eq!(set.recipients(&l(&[("severity", "critical"), ("site", "ams2")])), vec!["oncall@example.com"]);
-        assert_eq!(set.recipients(&l(&[("severity", "info")])), vec!["ops@example.com"]);
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            set.recipients(&l(&[("severity", "critical"), ("site", "fra1")])),
+            vec!["fra-oncall@example.com"]
+        );
+        assert_eq!(
+            set.recipients(&l(&[("severity", "critical"), ("site", "ams2")])),
+            vec!["oncall@example.com"]
+        );
+        assert_eq!(
+            set.recipients(&l(&[("severity", "info")])),
+            vec!["ops@example.com"]
+        );
     }
 }

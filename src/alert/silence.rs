@@ -18,7 +18,11 @@ pub struct Silence {
 }
 
 /// Whether an active silence matches these labels (all of a silence's matchers equal).
-pub async fn silenced<'e, E: sqlx::PgExecutor<'e>>(db: E, labels: &Labels, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+pub async fn silenced<'e, E: sqlx::PgExecutor<'e>>(
+    db: E,
+    labels: &Labels,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM silences WHERE starts_at <= $2 AND ends_at > $2 AND $1::jsonb @> matchers)")
         .bind(sqlx::types::Json(labels))
         .bind(now)
@@ -30,8 +34,14 @@ pub async fn silenced<'e, E: sqlx::PgExecutor<'e>>(db: E, labels: &Labels, now: 
 pub fn parse_matchers(items: &[String]) -> Result<Labels, String> {
     let mut m = Labels::new();
     for it in items {
-        let (k, v) = it.split_once('=').ok_or_else(|| format!("matcher {it:?} must look like host=gpu-17"))?;
-        if !["site", "rack", "pool", "host", "gpu", "rule", "severity", "event", "xid"].contains(&k) {
+        let (k, v) = it
+            .split_once('=')
+            .ok_or_else(|| format!("matcher {it:?} must look like host=gpu-17"))?;
+        if ![
+            "site", "rack", "pool", "host", "gpu", "rule", "severity", "event", "xid",
+        ]
+        .contains(&k)
+        {
             return Err(format!("matcher {it:?}: unknown label {k:?}"));
         }
         m.insert(k.to_string(), v.to_string());
@@ -75,7 +85,14 @@ impl Store {
 
     /// End a silence now.
     pub async fn expire_silence(&self, id: i64) -> Result<bool, sqlx::Error> {
-        Ok(sqlx::query("UPDATE silences SET ends_at = now() WHERE id = $1 AND ends_at > now()").bind(id).execute(&self.pool).await?.rows_affected() == 1)
+        Ok(
+            sqlx::query("UPDATE silences SET ends_at = now() WHERE id = $1 AND ends_at > now()")
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                == 1,
+        )
     }
 }
 
@@ -88,7 +105,11 @@ mod tests {
         let m = parse_matchers(&["host=gpu-17".into(), "rule=gpu-xid".into()]).unwrap();
         assert_eq!(m.get("host").unwrap(), "gpu-17");
         assert!(parse_matchers(&[]).unwrap_err().contains("at least one"));
-        assert!(parse_matchers(&["hostgpu".into()]).unwrap_err().contains("host=gpu-17"));
-        assert!(parse_matchers(&["colour=red".into()]).unwrap_err().contains("unknown label"));
+        assert!(parse_matchers(&["hostgpu".into()])
+            .unwrap_err()
+            .contains("host=gpu-17"));
+        assert!(parse_matchers(&["colour=red".into()])
+            .unwrap_err()
+            .contains("unknown label"));
     }
 }

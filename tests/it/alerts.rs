@@ -68,7 +68,11 @@ async fn rig_with(smtp: SmtpServer, db_url: Option<String>) -> Rig {
         c.server.public_url = "https://rackwatch.example".into();
     })
     .await;
-    Rig { app, smtp, _rules: dir }
+    Rig {
+        app,
+        smtp,
+        _rules: dir,
+    }
 }
 
 async fn rig() -> Rig {
@@ -88,32 +92,68 @@ async fn a_fault_mails_once_and_resolved_mails_when_it_ends() {
     let token = r.app.token("gpu-17").await;
     let t0 = Utc::now() - chrono::Duration::seconds(1);
     let sent = std::time::Instant::now();
-    assert_eq!(r.app.ingest(&token, &xid("gpu-17", 3, 79, t0)).await.status(), 200);
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("gpu-17", 3, 79, t0))
+            .await
+            .status(),
+        200
+    );
     let mails = r.smtp.wait_for(1, 15).await;
     let latency = sent.elapsed();
     assert_eq!(mails.len(), 1);
     let m = &mails[0];
-    assert!(subject(m).starts_with("[FIRING:CRITICAL] GPU reported an XID error"), "{}", subject(m));
+    assert!(
+        subject(m).starts_with("[FIRING:CRITICAL] GPU reported an XID error"),
+        "{}",
+        subject(m)
+    );
     assert!(m.contains("To: oncall@example.com"), "{m}");
     assert!(m.contains("fra1 / r12 / gpu-17 / GPU 3"), "{m}");
     assert!(m.contains("XID 79"), "{m}");
     assert!(m.contains("https://rackwatch.example/hosts/gpu-17"), "{m}");
-    assert!(latency < Duration::from_secs(5), "fault to mail took {latency:?}");
+    assert!(
+        latency < Duration::from_secs(5),
+        "fault to mail took {latency:?}"
+    );
 
     // The same event replayed, and a recurrence: still one incident, no new mail.
-    assert_eq!(r.app.ingest(&token, &xid("gpu-17", 3, 79, t0)).await.status(), 200);
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("gpu-17", 3, 79, t0))
+            .await
+            .status(),
+        200
+    );
     let t1 = Utc::now();
-    assert_eq!(r.app.ingest(&token, &xid("gpu-17", 3, 79, t1)).await.status(), 200);
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("gpu-17", 3, 79, t1))
+            .await
+            .status(),
+        200
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(r.smtp.mails().len(), 1, "a recurrence must not mail again");
-    let occ: i32 = sqlx::query_scalar("SELECT occurrences FROM alerts WHERE rule = 'gpu-xid'").fetch_one(&r.app.store.pool).await.unwrap();
+    let occ: i32 = sqlx::query_scalar("SELECT occurrences FROM alerts WHERE rule = 'gpu-xid'")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
     assert_eq!(occ, 2);
 
     // Quiet for resolve_after_secs → one "resolved" mail.
     let mails = r.smtp.wait_for(2, 15).await;
     assert_eq!(mails.len(), 2);
-    assert!(subject(&mails[1]).starts_with("[RESOLVED:CRITICAL]"), "{}", subject(&mails[1]));
-    let incidents: (i64, i64) = sqlx::query_as("SELECT count(*), count(resolved_at) FROM incidents WHERE rule = 'gpu-xid'").fetch_one(&r.app.store.pool).await.unwrap();
+    assert!(
+        subject(&mails[1]).starts_with("[RESOLVED:CRITICAL]"),
+        "{}",
+        subject(&mails[1])
+    );
+    let incidents: (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(resolved_at) FROM incidents WHERE rule = 'gpu-xid'")
+            .fetch_one(&r.app.store.pool)
+            .await
+            .unwrap();
     assert_eq!(incidents, (1, 1));
     r.app.stop().await;
 }
@@ -139,11 +179,23 @@ async fn fifty_simultaneous_xids_arrive_as_one_mail() {
     r.smtp.wait_for(1, 15).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // (They resolve 3 s later: only the firing mails count here.)
-    let mails: Vec<String> = r.smtp.mails().into_iter().filter(|m| subject(m).starts_with("[FIRING")).collect();
+    let mails: Vec<String> = r
+        .smtp
+        .mails()
+        .into_iter()
+        .filter(|m| subject(m).starts_with("[FIRING"))
+        .collect();
     assert_eq!(mails.len(), 1, "one grouped mail, got {}", mails.len());
-    assert!(subject(&mails[0]).contains("50 firing"), "{}", subject(&mails[0]));
+    assert!(
+        subject(&mails[0]).contains("50 firing"),
+        "{}",
+        subject(&mails[0])
+    );
     assert_eq!(mails[0].matches("[FIRING]").count(), 50);
-    let fired: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE fired_at IS NOT NULL").fetch_one(&r.app.store.pool).await.unwrap();
+    let fired: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE fired_at IS NOT NULL")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
     assert_eq!(fired, 50);
     r.app.stop().await;
 }
@@ -154,18 +206,46 @@ async fn a_silence_suppresses_matching_alerts_only() {
     let now = Utc::now();
     let mut m = rackwatch::alert::Labels::new();
     m.insert("host".into(), "maint-1".into());
-    r.app.store.create_silence(&m, now - chrono::Duration::minutes(1), now + chrono::Duration::hours(1), "ops", "firmware update").await.unwrap();
+    r.app
+        .store
+        .create_silence(
+            &m,
+            now - chrono::Duration::minutes(1),
+            now + chrono::Duration::hours(1),
+            "ops",
+            "firmware update",
+        )
+        .await
+        .unwrap();
     let ta = r.app.token("maint-1").await;
     let tb = r.app.token("prod-1").await;
-    assert_eq!(r.app.ingest(&ta, &xid("maint-1", 0, 79, now)).await.status(), 200);
+    assert_eq!(
+        r.app
+            .ingest(&ta, &xid("maint-1", 0, 79, now))
+            .await
+            .status(),
+        200
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.app.ingest(&tb, &xid("prod-1", 0, 79, now)).await.status(), 200);
+    assert_eq!(
+        r.app.ingest(&tb, &xid("prod-1", 0, 79, now)).await.status(),
+        200
+    );
     let mails = r.smtp.wait_for(1, 15).await;
     assert_eq!(mails.len(), 1);
-    assert!(mails[0].contains("prod-1") && !mails[0].contains("maint-1"), "{}", mails[0]);
+    assert!(
+        mails[0].contains("prod-1") && !mails[0].contains("maint-1"),
+        "{}",
+        mails[0]
+    );
     // The silenced alert still fires (visible on the alerts page), it just does not
     // mail: neither when it fires nor when it resolves.
-    let fired: bool = sqlx::query_scalar("SELECT fired_at IS NOT NULL FROM alerts WHERE labels->>'host' = 'maint-1'").fetch_one(&r.app.store.pool).await.unwrap();
+    let fired: bool = sqlx::query_scalar(
+        "SELECT fired_at IS NOT NULL FROM alerts WHERE labels->>'host' = 'maint-1'",
+    )
+    .fetch_one(&r.app.store.pool)
+    .await
+    .unwrap();
     assert!(fired);
     let mails = r.smtp.wait_for(2, 15).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -180,18 +260,32 @@ async fn mail_survives_an_smtp_outage_and_is_delivered_once() {
     let mut smtp = SmtpServer::stopped(port);
     let r = rig_with(SmtpServer::stopped(port), None).await;
     let token = r.app.token("h").await;
-    assert_eq!(r.app.ingest(&token, &xid("h", 1, 79, Utc::now())).await.status(), 200);
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("h", 1, 79, Utc::now()))
+            .await
+            .status(),
+        200
+    );
     // The sender tries and fails while the SMTP server is down.
     let mut attempts = 0;
     for _ in 0..50 {
-        attempts = sqlx::query_scalar::<_, i32>("SELECT coalesce(max(attempts), 0) FROM notification_outbox").fetch_one(&r.app.store.pool).await.unwrap();
+        attempts = sqlx::query_scalar::<_, i32>(
+            "SELECT coalesce(max(attempts), 0) FROM notification_outbox",
+        )
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
         if attempts >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(attempts >= 1, "no delivery attempt was recorded");
-    let err: Option<String> = sqlx::query_scalar("SELECT last_error FROM notification_outbox").fetch_one(&r.app.store.pool).await.unwrap();
+    let err: Option<String> = sqlx::query_scalar("SELECT last_error FROM notification_outbox")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
     assert!(err.is_some());
     // SMTP comes back (same Maildir the test reads).
     smtp.maildir = r.smtp.maildir.clone();
@@ -218,10 +312,21 @@ async fn a_server_killed_before_sending_sends_after_restart() {
     })
     .await;
     let token = first.token("h").await;
-    assert_eq!(first.ingest(&token, &xid("h", 2, 79, Utc::now())).await.status(), 200);
+    assert_eq!(
+        first
+            .ingest(&token, &xid("h", 2, 79, Utc::now()))
+            .await
+            .status(),
+        200
+    );
     let mut queued = 0;
     for _ in 0..50 {
-        queued = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL").fetch_one(&first.store.pool).await.unwrap();
+        queued = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&first.store.pool)
+        .await
+        .unwrap();
         if queued > 0 {
             break;
         }
@@ -247,7 +352,10 @@ async fn thresholds_wait_for_their_duration_and_resolve_with_hysteresis() {
     let temp = |c: f64| json!({"host": {"name": "warm"}, "gpu_samples": [{"ts": Utc::now(), "index": 0, "temp_celsius": c}]});
     assert_eq!(r.app.ingest(&token, &temp(90.0)).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let state: String = sqlx::query_scalar("SELECT state FROM alerts WHERE rule = 'gpu-hot'").fetch_one(&r.app.store.pool).await.unwrap();
+    let state: String = sqlx::query_scalar("SELECT state FROM alerts WHERE rule = 'gpu-hot'")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
     assert_eq!(state, "pending");
     assert!(r.smtp.mails().is_empty());
     // Still hot after for_secs → firing, mailed to the warning route.
@@ -255,7 +363,11 @@ async fn thresholds_wait_for_their_duration_and_resolve_with_hysteresis() {
     assert_eq!(r.app.ingest(&token, &temp(91.0)).await.status(), 200);
     let mails = r.smtp.wait_for(1, 15).await;
     assert_eq!(mails.len(), 1);
-    assert!(subject(&mails[0]).starts_with("[FIRING:WARNING] GPU temperature high"), "{}", subject(&mails[0]));
+    assert!(
+        subject(&mails[0]).starts_with("[FIRING:WARNING] GPU temperature high"),
+        "{}",
+        subject(&mails[0])
+    );
     assert!(mails[0].contains("To: ops@example.com"));
     // 83 °C is below the threshold but above the resolve value: still firing.
     assert_eq!(r.app.ingest(&token, &temp(83.0)).await.status(), 200);
@@ -264,7 +376,11 @@ async fn thresholds_wait_for_their_duration_and_resolve_with_hysteresis() {
     assert_eq!(r.app.ingest(&token, &temp(79.0)).await.status(), 200);
     let mails = r.smtp.wait_for(2, 15).await;
     assert_eq!(mails.len(), 2);
-    assert!(subject(&mails[1]).starts_with("[RESOLVED:WARNING]"), "{}", subject(&mails[1]));
+    assert!(
+        subject(&mails[1]).starts_with("[RESOLVED:WARNING]"),
+        "{}",
+        subject(&mails[1])
+    );
     r.app.stop().await;
 }
 
@@ -277,13 +393,24 @@ async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
     assert_eq!(r.app.ingest(&token, &json!({"host": {"name": "quiet"}, "host_samples": [{"ts": ts, "cpu_util_pct": 1.0}]})).await.status(), 200);
     let mails = r.smtp.wait_for(1, 15).await;
     assert_eq!(mails.len(), 1);
-    assert!(subject(&mails[0]).contains("Host stopped reporting"), "{}", subject(&mails[0]));
+    assert!(
+        subject(&mails[0]).contains("Host stopped reporting"),
+        "{}",
+        subject(&mails[0])
+    );
     // A GPU fault on the down host (e.g. a delayed event) is recorded but not mailed.
     let late = json!({"host": {"name": "quiet"}, "events": [{"ts": Utc::now(), "index": 0, "kind": "gpu_lost", "message": "GPU lost"}]});
     assert_eq!(r.app.ingest(&token, &late).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    assert_eq!(r.smtp.mails().len(), 1, "GPU alert of a down host must be inhibited");
-    let firing: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'").fetch_one(&r.app.store.pool).await.unwrap();
+    assert_eq!(
+        r.smtp.mails().len(),
+        1,
+        "GPU alert of a down host must be inhibited"
+    );
+    let firing: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
     assert_eq!(firing, 2);
     r.app.stop().await;
 }
