@@ -130,8 +130,15 @@ pub fn shipper(
 /// The sources of a real agent on this machine: the OS, and NVML when present.
 pub fn local_sources(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Source>>> {
     let mut sources: Vec<Box<dyn Source>> = vec![Box::new(SystemSource::new()?)];
-    if let Some(n) = NvmlSource::open(&cfg.agent.nvml_lib_path) {
+    // NVML first: it tells the kernel-log source which GPU sits at which PCI address.
+    let ledger = crate::collect::kernel_log::XidLedger::shared();
+    if let Some(n) = NvmlSource::open_with(&cfg.agent.nvml_lib_path, ledger.clone()) {
         sources.push(Box::new(n));
+    }
+    if let Some(k) =
+        crate::collect::kernel_log::KernelLogSource::open(&cfg.agent.kernel_log, ledger)
+    {
+        sources.push(Box::new(k));
     }
     Ok(sources)
 }
@@ -198,11 +205,26 @@ pub struct Background {
 }
 
 /// Start the scheduler and alerting. Fails on an invalid rules file.
-pub fn start_background(cfg: Arc<Config>, store: Store, db_url: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<Background> {
+pub fn start_background(
+    cfg: Arc<Config>,
+    store: Store,
+    db_url: String,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Background> {
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let alert_wakeup = Arc::new(tokio::sync::Notify::new());
-    let alerts = crate::alert::spawn(store.clone(), cfg.clone(), leader.clone(), alert_wakeup.clone(), shutdown.clone())
-        .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
+    let alerts = crate::alert::spawn(
+        store.clone(),
+        cfg.clone(),
+        leader.clone(),
+        alert_wakeup.clone(),
+        shutdown.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
     let jobs = crate::jobs::spawn(store, db_url, cfg, leader, shutdown);
-    Ok(Background { jobs, alerts, alert_wakeup })
+    Ok(Background {
+        jobs,
+        alerts,
+        alert_wakeup,
+    })
 }

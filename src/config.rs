@@ -185,6 +185,9 @@ pub struct AgentConfig {
     pub request_timeout_secs: u64,
     /// Path of libnvidia-ml.so. Empty: the system default (`libnvidia-ml.so.1`).
     pub nvml_lib_path: String,
+    /// Kernel log read for XIDs NVML does not report: empty = `/dev/kmsg`, `off`, or
+    /// the path of a text file the kernel log is written to (tailed from its end).
+    pub kernel_log: String,
     /// Identity of this host as shown in the dashboard.
     pub host: HostIdentity,
 }
@@ -201,6 +204,7 @@ impl Default for AgentConfig {
             spool_max_bytes: 256 << 20,
             request_timeout_secs: 10,
             nvml_lib_path: String::new(),
+            kernel_log: String::new(),
             host: HostIdentity::default(),
         }
     }
@@ -400,8 +404,14 @@ impl Config {
                 self.server.listen
             ));
         }
-        if !matches!(self.alerting.smtp.security.as_str(), "starttls" | "tls" | "plain") {
-            return Err(format!("alerting.smtp.security = {:?}: use starttls, tls or plain", self.alerting.smtp.security));
+        if !matches!(
+            self.alerting.smtp.security.as_str(),
+            "starttls" | "tls" | "plain"
+        ) {
+            return Err(format!(
+                "alerting.smtp.security = {:?}: use starttls, tls or plain",
+                self.alerting.smtp.security
+            ));
         }
         if self.alerting.eval_interval_secs == 0 {
             return Err("alerting.eval_interval_secs must be at least 1".into());

@@ -7,6 +7,7 @@
 //! ```
 
 pub mod agent;
+pub mod kernel_log;
 pub mod nvml;
 pub mod shipper;
 pub mod simulator;

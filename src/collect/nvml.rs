@@ -1,34 +1,164 @@
-//! GPU metrics from NVML (libnvidia-ml, through nvml-wrapper).
+//! GPU metrics and faults from NVML (libnvidia-ml, through nvml-wrapper).
 //!
-//! No NVML on a machine is normal: the source says so once and reports nothing. A
-//! function a device does not support is remembered per GPU and not asked again.
-//! Energy comes from the total-energy counter (mJ), not from integrating power.
+//! - No NVML on a machine is normal: the source says so once and reports nothing.
+//! - A function a device does not support (or a driver does not export) is remembered
+//!   per GPU and never asked again; that is not an error.
+//! - Energy comes from the total-energy counter (mJ): each sample carries the counter
+//!   (`energy_joules_total`) and the energy since the GPU's previous sample
+//!   (`energy_joules`, see [`energy_delta`]), so server-side sums need no counter
+//!   arithmetic and survive driver reloads.
+//! - MIG: only physical GPUs are enumerated (`nvmlDeviceGetCount` never lists MIG
+//!   instances), so a partitioned board's energy is counted once, on the board.
+//!   Utilization is not asked while MIG is on (NVML has none for a MIG parent).
+//! - Faults become hardware events: XIDs from the event API (de-duplicated against the
+//!   kernel log through a shared [`XidLedger`]), new double-bit ECC errors, a row-remap
+//!   failure or pending remap, thermal / power-brake throttling starting, and a GPU
+//!   lost (`GPU_IS_LOST`, or gone from the device list).
+//! - GPU indexes are kept per UUID: if a GPU vanishes and NVML renumbers the rest, each
+//!   remaining GPU keeps the index it was first seen with.
 
-use std::collections::HashSet;
-use std::ffi::OsStr;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{c_void, OsStr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enum_wrappers::device::{
+    Clock, EccCounter, MemoryError, PcieUtilCounter, TemperatureSensor,
+};
+use nvml_wrapper::enums::device::SampleValue;
+use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::structs::device::FieldId;
+use nvml_wrapper::sys_exports::field_id as fid;
+use nvml_wrapper::{Device, EventSet, Nvml};
 
+use super::kernel_log::{collapse, PciAddr, XidLedger, XidOccurrence, XidOrigin};
 use super::{Collected, Source};
+use crate::model::throttle;
 use crate::model::{GpuInfo, GpuSample, HardwareEvent};
+
+/// Energy since the previous reading of a total-energy counter, in joules.
+///
+/// `None` for the first reading. A counter lower than before was reset (driver
+/// reload, GPU reset): it counts from zero since then, so its value is the energy
+/// since the reset; what was used between the previous reading and the reset is not
+/// known and not counted.
+pub fn energy_delta(prev_mj: Option<u64>, now_mj: u64) -> Option<f64> {
+    let prev = prev_mj?;
+    let mj = if now_mj >= prev {
+        now_mj - prev
+    } else {
+        now_mj
+    };
+    Some(mj as f64 / 1000.0)
+}
+
+/// Field values read in one `nvmlDeviceGetFieldValues` call: (name, field ID).
+const FIELDS: &[(&str, u32)] = &[
+    ("mem_temp", fid::NVML_FI_DEV_MEMORY_TEMP),
+    ("retired_sbe", fid::NVML_FI_DEV_RETIRED_SBE),
+    ("retired_dbe", fid::NVML_FI_DEV_RETIRED_DBE),
+    ("retired_pending", fid::NVML_FI_DEV_RETIRED_PENDING),
+    ("remapped_cor", fid::NVML_FI_DEV_REMAPPED_COR),
+    ("remapped_unc", fid::NVML_FI_DEV_REMAPPED_UNC),
+    ("remapped_pending", fid::NVML_FI_DEV_REMAPPED_PENDING),
+    ("remapped_failure", fid::NVML_FI_DEV_REMAPPED_FAILURE),
+];
+
+/// What the source remembers of one GPU between rounds.
+#[derive(Debug, Default)]
+struct GpuState {
+    index: u8,
+    pci: Option<PciAddr>,
+    energy_mj: Option<u64>,
+    ecc_dbe: Option<u64>,
+    throttle: Option<u64>,
+    remap_failure: bool,
+    remap_pending: bool,
+    lost: bool,
+}
+
+/// An NVML event set's raw handle, kept across rounds (the wrapper's `EventSet`
+/// borrows the `Nvml`, which this struct owns).
+struct RawSet(*mut c_void);
+// SAFETY: an NVML event set handle may be used from any thread; only the collector
+// thread touches it.
+unsafe impl Send for RawSet {}
 
 /// NVML as a source.
 pub struct NvmlSource {
-    nvml: Nvml,
     driver: Option<String>,
-    /// (GPU index, function) pairs the device answered NotSupported for.
+    /// (NVML index, what) pairs the device answered NotSupported for.
     unsupported: HashSet<(u32, &'static str)>,
-    /// GPUs already reported lost (one event per loss).
-    lost: HashSet<u32>,
+    /// Per UUID.
+    gpus: HashMap<String, GpuState>,
+    /// NVML index → UUID, as last enumerated.
+    uuid_at: HashMap<u32, String>,
+    /// Device handle (address) → UUID, for events.
+    uuid_of_handle: HashMap<usize, String>,
+    events: Option<RawSet>,
+    registered: HashSet<String>,
+    ledger: Arc<Mutex<XidLedger>>,
+    last_count: Option<u32>,
+    // Declared last: dropped after the event set is freed (see Drop).
+    nvml: Nvml,
+}
+
+impl Drop for NvmlSource {
+    fn drop(&mut self) {
+        if let Some(raw) = self.events.take() {
+            // SAFETY: the handle came from `create_event_set` on this `Nvml` and was
+            // not freed; dropping the rebuilt set frees it once.
+            drop(unsafe { EventSet::new(raw.0.cast(), &self.nvml) });
+        }
+    }
+}
+
+/// Ask NVML once per (GPU, function): NotSupported and a missing symbol are
+/// remembered and not asked again; GPU_IS_LOST sets `lost`.
+fn ask<T>(
+    unsupported: &mut HashSet<(u32, &'static str)>,
+    lost: &mut bool,
+    gpu: u32,
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, NvmlError>,
+) -> Option<T> {
+    if *lost || unsupported.contains(&(gpu, what)) {
+        return None;
+    }
+    match f() {
+        Ok(v) => Some(v),
+        Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => {
+            tracing::info!(
+                gpu,
+                what,
+                "not supported by this GPU or driver; not asked again"
+            );
+            unsupported.insert((gpu, what));
+            None
+        }
+        Err(NvmlError::GpuLost) => {
+            *lost = true;
+            None
+        }
+        Err(e) => {
+            tracing::debug!(gpu, what, "NVML: {e}");
+            None
+        }
+    }
 }
 
 impl NvmlSource {
     /// Load NVML from `lib_path` (empty: the system library). `None` when there is no
     /// NVML here, logged once.
     pub fn open(lib_path: &str) -> Option<NvmlSource> {
+        Self::open_with(lib_path, XidLedger::shared())
+    }
+
+    /// Like [`open`](Self::open), sharing XID de-duplication with a kernel-log source.
+    pub fn open_with(lib_path: &str, ledger: Arc<Mutex<XidLedger>>) -> Option<NvmlSource> {
         let init = if lib_path.is_empty() {
             Nvml::init()
         } else {
@@ -37,17 +167,32 @@ impl NvmlSource {
         match init {
             Ok(nvml) => {
                 let driver = nvml.sys_driver_version().ok();
-                let count = nvml.device_count().unwrap_or(0);
-                tracing::info!(
-                    gpus = count,
-                    driver = driver.as_deref().unwrap_or("?"),
-                    "NVML loaded"
-                );
+                tracing::info!(driver = driver.as_deref().unwrap_or("?"), "NVML loaded");
+                let events = match nvml.create_event_set() {
+                    Ok(set) => {
+                        // SAFETY: the handle is kept and freed once, in Drop.
+                        let raw = unsafe { set.handle() };
+                        std::mem::forget(set);
+                        Some(RawSet(raw.cast()))
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            "NVML events unavailable ({e}); XIDs come from the kernel log only"
+                        );
+                        None
+                    }
+                };
                 Some(NvmlSource {
-                    nvml,
                     driver,
                     unsupported: HashSet::new(),
-                    lost: HashSet::new(),
+                    gpus: HashMap::new(),
+                    uuid_at: HashMap::new(),
+                    uuid_of_handle: HashMap::new(),
+                    events,
+                    registered: HashSet::new(),
+                    ledger,
+                    last_count: None,
+                    nvml,
                 })
             }
             Err(e) => {
@@ -57,32 +202,120 @@ impl NvmlSource {
         }
     }
 
-    /// Call `f`, remembering NotSupported so the call is skipped next time.
-    fn ask<T>(
-        &mut self,
-        gpu: u32,
-        what: &'static str,
-        f: impl FnOnce() -> Result<T, NvmlError>,
-    ) -> Option<T> {
-        if self.unsupported.contains(&(gpu, what)) {
-            return None;
+    /// The stable index for a UUID first seen at NVML index `i`.
+    fn index_for(&mut self, uuid: &str, i: u32) -> u8 {
+        if let Some(g) = self.gpus.get(uuid) {
+            return g.index;
         }
-        match f() {
-            Ok(v) => Some(v),
-            Err(NvmlError::NotSupported) | Err(NvmlError::FailedToLoadSymbol(_)) => {
-                tracing::info!(
-                    gpu,
-                    what,
-                    "not supported by this GPU or driver; not asked again"
-                );
-                self.unsupported.insert((gpu, what));
-                None
+        let taken: HashSet<u8> = self.gpus.values().map(|g| g.index).collect();
+        let mut index = i.min(255) as u8;
+        while taken.contains(&index) && index < 255 {
+            index += 1;
+        }
+        self.gpus.insert(
+            uuid.to_string(),
+            GpuState {
+                index,
+                ..Default::default()
+            },
+        );
+        index
+    }
+
+    fn lost_event(&mut self, uuid: &str, now: DateTime<Utc>, why: &str, out: &mut Collected) {
+        if let Some(g) = self.gpus.get_mut(uuid) {
+            if !g.lost {
+                g.lost = true;
+                out.events.push(HardwareEvent {
+                    ts: now,
+                    index: Some(g.index),
+                    kind: "gpu_lost".into(),
+                    code: None,
+                    message: format!("GPU {uuid} {why}"),
+                    count: None,
+                });
+            }
+        }
+    }
+
+    /// Register a device for XID events (`events` is `self.events`; on failure the
+    /// wrapper frees the set and it is dropped).
+    fn register(nvml: &Nvml, events: &mut Option<RawSet>, dev: &Device, uuid: &str) {
+        let Some(raw) = events.as_ref().map(|r| r.0) else {
+            return;
+        };
+        match dev.supported_event_types() {
+            Ok(t) if t.contains(EventTypes::CRITICAL_XID_ERROR) => {}
+            Ok(_) | Err(_) => {
+                tracing::info!(uuid, "no XID events from NVML for this GPU");
+                return;
+            }
+        }
+        // SAFETY: the raw handle is live (see Drop); ownership stays with `events`.
+        let set = unsafe { EventSet::new(raw.cast(), nvml) };
+        match dev.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+            Ok(set) => {
+                // SAFETY: keep the (same) handle; freed once in Drop.
+                std::mem::forget(set);
             }
             Err(e) => {
-                tracing::debug!(gpu, what, "NVML: {e}");
-                None
+                *events = None;
+                tracing::warn!("registering for NVML XID events failed ({e:?}); XIDs come from the kernel log only");
             }
         }
+    }
+
+    /// Read the pending NVML events (no waiting).
+    fn drain_events(&mut self, now: DateTime<Utc>, out: &mut Collected) {
+        let Some(raw) = self.events.as_ref().map(|r| r.0) else {
+            return;
+        };
+        // SAFETY: as in `register`.
+        let set = unsafe { EventSet::new(raw.cast(), &self.nvml) };
+        let mut occ = Vec::new();
+        let at = Instant::now();
+        for _ in 0..10_000 {
+            let data = match set.wait(0) {
+                Ok(d) => d,
+                Err(NvmlError::Timeout) => break,
+                Err(e) => {
+                    tracing::debug!("NVML event wait: {e}");
+                    break;
+                }
+            };
+            if !data.event_type.contains(EventTypes::CRITICAL_XID_ERROR) {
+                continue;
+            }
+            let code = match data.event_data {
+                Some(XidError::Value(v)) => v.min(u64::from(u32::MAX)) as u32,
+                _ => continue,
+            };
+            // SAFETY: only the handle's address is used, as a map key.
+            let handle = unsafe { data.device.handle() } as usize;
+            let (index, pci) = match self
+                .uuid_of_handle
+                .get(&handle)
+                .and_then(|u| self.gpus.get(u))
+            {
+                Some(g) => (Some(g.index), g.pci),
+                None => (None, None),
+            };
+            let admitted = {
+                let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                l.admit(XidOrigin::Nvml, pci, index, code, at)
+            };
+            if admitted {
+                occ.push(XidOccurrence {
+                    ts: now,
+                    index,
+                    pci,
+                    code,
+                    detail: String::new(),
+                });
+            }
+        }
+        std::mem::forget(set);
+        out.events.extend(collapse(occ, XidOrigin::Nvml));
     }
 }
 
@@ -99,22 +332,24 @@ impl Source for NvmlSource {
                 return;
             }
         };
+        if self.last_count != Some(count) {
+            tracing::info!(gpus = count, previously = ?self.last_count, "NVML GPU count");
+        }
+        let previous_count = self.last_count.replace(count);
+        let mut seen: HashSet<String> = HashSet::new();
         for i in 0..count.min(256) {
-            let index = i as u8;
-            // Device handles borrow `self.nvml`; take the readings first, then record.
             let nvml = &self.nvml;
             let dev = match nvml.device_by_index(i) {
                 Ok(d) => d,
                 Err(NvmlError::GpuLost) => {
-                    if self.lost.insert(i) {
-                        out.events.push(HardwareEvent {
-                            ts: now,
-                            index: Some(index),
-                            kind: "gpu_lost".into(),
-                            code: None,
-                            message: "GPU has fallen off the bus (NVML_ERROR_GPU_IS_LOST)".into(),
-                            count: None,
-                        });
+                    if let Some(u) = self.uuid_at.get(&i).cloned() {
+                        seen.insert(u.clone());
+                        self.lost_event(
+                            &u,
+                            now,
+                            "has fallen off the bus (NVML_ERROR_GPU_IS_LOST)",
+                            out,
+                        );
                     }
                     continue;
                 }
@@ -123,55 +358,314 @@ impl Source for NvmlSource {
                     continue;
                 }
             };
-            let util = dev.utilization_rates();
-            let mem = dev.memory_info();
-            let power = dev.power_usage();
-            let energy = dev.total_energy_consumption();
-            let temp = dev.temperature(TemperatureSensor::Gpu);
-            let sm = dev.clock_info(Clock::SM);
-            let memclk = dev.clock_info(Clock::Memory);
-            let fan = dev.fan_speed(0);
-            let throttle = dev.current_throttle_reasons();
-            let uuid = dev.uuid().ok();
-            let model = dev.name().ok();
-            let plimit = dev.enforced_power_limit();
-            drop(dev);
-            self.lost.remove(&i);
-            let util = self.ask(i, "utilization", || util);
-            let mem = self.ask(i, "memory", || mem);
-            let s = GpuSample {
+            let mut lost = false;
+            let unsup = &mut self.unsupported;
+            let uuid = match ask(unsup, &mut lost, i, "uuid", || dev.uuid()) {
+                Some(u) => u,
+                None => {
+                    if lost {
+                        if let Some(u) = self.uuid_at.get(&i).cloned() {
+                            seen.insert(u.clone());
+                            self.lost_event(
+                                &u,
+                                now,
+                                "has fallen off the bus (NVML_ERROR_GPU_IS_LOST)",
+                                out,
+                            );
+                        }
+                    }
+                    continue;
+                }
+            };
+            let model = ask(unsup, &mut lost, i, "name", || dev.name());
+            let pci = ask(unsup, &mut lost, i, "pci_info", || dev.pci_info())
+                .and_then(|p| PciAddr::parse(&p.bus_id));
+            let mig = ask(unsup, &mut lost, i, "mig_mode", || dev.mig_mode());
+            let mig_enabled = mig.as_ref().map(|m| m.current == 1);
+            let util = if mig_enabled == Some(true) {
+                None
+            } else {
+                ask(unsup, &mut lost, i, "utilization", || {
+                    dev.utilization_rates()
+                })
+            };
+            let mem = ask(unsup, &mut lost, i, "memory", || dev.memory_info());
+            let power = ask(unsup, &mut lost, i, "power", || dev.power_usage());
+            let plimit = ask(unsup, &mut lost, i, "power_limit", || {
+                dev.enforced_power_limit()
+            });
+            let energy = ask(unsup, &mut lost, i, "energy", || {
+                dev.total_energy_consumption()
+            });
+            let temp = ask(unsup, &mut lost, i, "temperature", || {
+                dev.temperature(TemperatureSensor::Gpu)
+            });
+            let sm = ask(unsup, &mut lost, i, "sm_clock", || {
+                dev.clock_info(Clock::SM)
+            });
+            let memclk = ask(unsup, &mut lost, i, "mem_clock", || {
+                dev.clock_info(Clock::Memory)
+            });
+            let fan = ask(unsup, &mut lost, i, "fan", || dev.fan_speed(0));
+            let pcie_rx = ask(unsup, &mut lost, i, "pcie_rx", || {
+                dev.pcie_throughput(PcieUtilCounter::Receive)
+            });
+            let pcie_tx = ask(unsup, &mut lost, i, "pcie_tx", || {
+                dev.pcie_throughput(PcieUtilCounter::Send)
+            });
+            let replay = ask(unsup, &mut lost, i, "pcie_replay", || {
+                dev.pcie_replay_counter()
+            });
+            let throttle_bits = ask(unsup, &mut lost, i, "throttle_reasons", || {
+                dev.current_throttle_reasons().map(|t| t.bits())
+            });
+            let ecc_sbe = ask(unsup, &mut lost, i, "ecc_sbe", || {
+                dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Aggregate)
+            });
+            let ecc_dbe = ask(unsup, &mut lost, i, "ecc_dbe", || {
+                dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Aggregate)
+            });
+            // Field values: one call for those not known to be unsupported.
+            let wanted: Vec<(&'static str, u32)> = FIELDS
+                .iter()
+                .copied()
+                .filter(|(n, _)| !unsup.contains(&(i, *n)))
+                .collect();
+            let mut fields: HashMap<&'static str, u64> = HashMap::new();
+            if !wanted.is_empty() {
+                let ids: Vec<FieldId> = wanted.iter().map(|(_, id)| FieldId(*id)).collect();
+                let res = ask(unsup, &mut lost, i, "field_values", || {
+                    dev.field_values_for(&ids)
+                });
+                match res {
+                    Some(values) => {
+                        for ((name, _), v) in wanted.iter().zip(values) {
+                            match v.and_then(|s| s.value) {
+                                Ok(SampleValue::U32(x)) => {
+                                    fields.insert(name, u64::from(x));
+                                }
+                                Ok(SampleValue::U64(x)) => {
+                                    fields.insert(name, x);
+                                }
+                                Ok(SampleValue::I64(x)) => {
+                                    fields.insert(name, x.max(0) as u64);
+                                }
+                                Ok(SampleValue::F64(x)) => {
+                                    fields.insert(name, x.max(0.0) as u64);
+                                }
+                                Err(NvmlError::NotSupported) => {
+                                    tracing::info!(
+                                        gpu = i,
+                                        what = name,
+                                        "not supported by this GPU or driver; not asked again"
+                                    );
+                                    unsup.insert((i, name));
+                                }
+                                Err(NvmlError::GpuLost) => lost = true,
+                                Err(e) => tracing::debug!(gpu = i, what = name, "NVML: {e}"),
+                            }
+                        }
+                    }
+                    None if unsup.contains(&(i, "field_values")) => {
+                        for (n, _) in &wanted {
+                            unsup.insert((i, n));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            // SAFETY: only the handle's address is used, as a map key.
+            let handle = unsafe { dev.handle() } as usize;
+            if !lost && self.events.is_some() && self.registered.insert(uuid.clone()) {
+                Self::register(nvml, &mut self.events, &dev, &uuid);
+            }
+
+            seen.insert(uuid.clone());
+            self.uuid_at.insert(i, uuid.clone());
+            self.uuid_of_handle.insert(handle, uuid.clone());
+            let index = self.index_for(&uuid, i);
+            if lost {
+                self.lost_event(
+                    &uuid,
+                    now,
+                    "has fallen off the bus (NVML_ERROR_GPU_IS_LOST)",
+                    out,
+                );
+                continue;
+            }
+            if let Some(p) = pci {
+                self.ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_gpu(p, index);
+            }
+            let g = self.gpus.get_mut(&uuid).expect("just inserted");
+            if g.lost {
+                tracing::info!(uuid, index, "GPU is back");
+                g.lost = false;
+            }
+            g.pci = pci.or(g.pci);
+            let energy_joules = energy.and_then(|e| energy_delta(g.energy_mj, e));
+            if let (Some(prev), Some(e)) = (g.energy_mj, energy) {
+                if e < prev {
+                    tracing::info!(
+                        uuid,
+                        index,
+                        prev_mj = prev,
+                        now_mj = e,
+                        "energy counter was reset"
+                    );
+                }
+            }
+            g.energy_mj = energy.or(g.energy_mj);
+
+            // Events from state changes.
+            let ev = |kind: &str, code: Option<i64>, message: String, count: Option<u32>| {
+                HardwareEvent {
+                    ts: now,
+                    index: Some(index),
+                    kind: kind.into(),
+                    code,
+                    message,
+                    count,
+                }
+            };
+            if let Some(d) = ecc_dbe {
+                if let Some(prev) = g.ecc_dbe {
+                    if d > prev {
+                        out.events.push(ev(
+                            "ecc_dbe",
+                            None,
+                            format!(
+                                "{} new uncorrectable (double-bit) ECC errors; lifetime total {d}",
+                                d - prev
+                            ),
+                            Some((d - prev).min(u64::from(u32::MAX)) as u32),
+                        ));
+                    }
+                }
+                g.ecc_dbe = Some(d);
+            }
+            let remap_failure = fields.get("remapped_failure").map(|v| *v != 0);
+            if let Some(f) = remap_failure {
+                if f && !g.remap_failure {
+                    out.events.push(ev(
+                        "row_remap_failure",
+                        None,
+                        format!(
+                            "row remapping failed ({} rows remapped for uncorrectable errors)",
+                            fields.get("remapped_unc").copied().unwrap_or(0)
+                        ),
+                        None,
+                    ));
+                }
+                g.remap_failure = f;
+            }
+            let remap_pending = fields.get("remapped_pending").map(|v| *v != 0);
+            if let Some(p) = remap_pending {
+                if p && !g.remap_pending {
+                    out.events.push(ev(
+                        "row_remap_pending",
+                        None,
+                        "a row remap is pending; it takes effect at the next GPU reset".into(),
+                        None,
+                    ));
+                }
+                g.remap_pending = p;
+            }
+            if let Some(bits) = throttle_bits {
+                let before = g.throttle.unwrap_or(0);
+                let names = throttle::decode(bits).join(", ");
+                if bits & throttle::THERMAL != 0 && before & throttle::THERMAL == 0 {
+                    out.events.push(ev(
+                        "thermal_throttle",
+                        Some((bits & throttle::THERMAL) as i64),
+                        format!("thermal slowdown started (clock reasons: {names})"),
+                        None,
+                    ));
+                }
+                if bits & throttle::HW_POWER_BRAKE_SLOWDOWN != 0
+                    && before & throttle::HW_POWER_BRAKE_SLOWDOWN == 0
+                {
+                    out.events.push(ev(
+                        "power_brake",
+                        Some(throttle::HW_POWER_BRAKE_SLOWDOWN as i64),
+                        format!("power brake slowdown started (clock reasons: {names})"),
+                        None,
+                    ));
+                }
+                g.throttle = Some(bits);
+            }
+
+            out.gpu_samples.push(GpuSample {
                 ts: now,
                 index,
                 util_pct: util.as_ref().map(|u| f64::from(u.gpu)),
                 mem_util_pct: util.as_ref().map(|u| f64::from(u.memory)),
                 mem_used_bytes: mem.as_ref().map(|m| m.used),
                 mem_total_bytes: mem.as_ref().map(|m| m.total),
-                power_watts: self
-                    .ask(i, "power", || power)
-                    .map(|mw| f64::from(mw) / 1000.0),
-                energy_joules_total: self
-                    .ask(i, "energy", || energy)
-                    .map(|mj| mj as f64 / 1000.0),
-                temp_celsius: self.ask(i, "temperature", || temp).map(f64::from),
-                sm_clock_mhz: self.ask(i, "sm_clock", || sm).map(f64::from),
-                mem_clock_mhz: self.ask(i, "mem_clock", || memclk).map(f64::from),
-                fan_pct: self.ask(i, "fan", || fan).map(f64::from),
-                throttle_reasons: self
-                    .ask(i, "throttle_reasons", || throttle)
-                    .map(|t| t.bits()),
-                mem_temp_celsius: None,
-            };
-            out.gpu_samples.push(s);
+                power_watts: power.map(|mw| f64::from(mw) / 1000.0),
+                energy_joules_total: energy.map(|mj| mj as f64 / 1000.0),
+                temp_celsius: temp.map(f64::from),
+                mem_temp_celsius: fields.get("mem_temp").map(|v| *v as f64),
+                sm_clock_mhz: sm.map(f64::from),
+                mem_clock_mhz: memclk.map(f64::from),
+                fan_pct: fan.map(f64::from),
+                throttle_reasons: throttle_bits,
+                power_limit_watts: plimit.map(|mw| f64::from(mw) / 1000.0),
+                energy_joules,
+                // NVML counts PCIe throughput in KB/s.
+                pcie_rx_bytes_per_s: pcie_rx.map(|k| f64::from(k) * 1024.0),
+                pcie_tx_bytes_per_s: pcie_tx.map(|k| f64::from(k) * 1024.0),
+                pcie_replay_total: replay.map(u64::from),
+                ecc_sbe_total: ecc_sbe,
+                ecc_dbe_total: ecc_dbe,
+                retired_pages_sbe: fields.get("retired_sbe").copied(),
+                retired_pages_dbe: fields.get("retired_dbe").copied(),
+                retired_pages_pending: fields.get("retired_pending").map(|v| *v != 0),
+                remapped_rows_correctable: fields.get("remapped_cor").copied(),
+                remapped_rows_uncorrectable: fields.get("remapped_unc").copied(),
+                remapped_rows_pending: remap_pending,
+                remapped_rows_failure: remap_failure,
+                mig_enabled,
+            });
             out.gpus.push(GpuInfo {
                 index,
-                uuid,
+                uuid: Some(uuid.clone()),
                 model,
                 memory_total_bytes: mem.map(|m| m.total),
-                power_limit_watts: self
-                    .ask(i, "power_limit", || plimit)
-                    .map(|mw| f64::from(mw) / 1000.0),
+                power_limit_watts: plimit.map(|mw| f64::from(mw) / 1000.0),
                 driver_version: self.driver.clone(),
             });
         }
+        // GPUs gone from the device list (the count dropped).
+        let gone: Vec<String> = self
+            .gpus
+            .iter()
+            .filter(|(u, g)| !g.lost && !seen.contains(*u))
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in gone {
+            let why = format!(
+                "is gone from NVML's device list (GPU count {} → {count})",
+                previous_count.map_or("?".to_string(), |c| c.to_string())
+            );
+            self.lost_event(&u, now, &why, out);
+        }
+        self.drain_events(now, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::energy_delta;
+
+    #[test]
+    fn energy_delta_is_reset_safe() {
+        assert_eq!(energy_delta(None, 5_000), None);
+        assert_eq!(energy_delta(Some(5_000), 8_000), Some(3.0));
+        assert_eq!(energy_delta(Some(8_000), 8_000), Some(0.0));
+        // Driver reload: the counter restarted from zero and is at 1.5 J now.
+        assert_eq!(energy_delta(Some(9_000_000), 1_500), Some(1.5));
     }
 }

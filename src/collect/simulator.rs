@@ -182,6 +182,7 @@ impl SimulatedHost {
                 mem_clock_mhz: Some(2619.0),
                 fan_pct: Some(fan.round().min(100.0)),
                 throttle_reasons: Some(throttle),
+                ..Default::default()
             });
             out.gpus.push(GpuInfo {
                 index: g,

@@ -4,7 +4,9 @@
 //! carry their units. Every sample field except `ts` (and a GPU's `index`) is optional:
 //! a source that cannot measure something leaves it out.
 
+pub mod throttle;
 pub mod validate;
+pub mod xid;
 
 use std::collections::BTreeMap;
 
@@ -93,6 +95,50 @@ pub struct GpuSample {
     /// NVML clocks-event (throttle) reason bit mask.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle_reasons: Option<u64>,
+    /// Enforced power limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_limit_watts: Option<f64>,
+    /// Energy used since this GPU's previous sample, from the total-energy counter
+    /// (`energy_joules_total`), computed by the agent and safe across counter resets
+    /// (see `collect::nvml::energy_delta`). Sum it for kWh; never difference the counter
+    /// on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_joules: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie_rx_bytes_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie_tx_bytes_per_s: Option<f64>,
+    /// PCIe replay counter (link-level retries), as NVML counts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie_replay_total: Option<u64>,
+    /// ECC corrected (single-bit) errors, lifetime (aggregate) count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecc_sbe_total: Option<u64>,
+    /// ECC uncorrected (double-bit) errors, lifetime (aggregate) count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecc_dbe_total: Option<u64>,
+    /// Pages retired for single-bit / double-bit errors (pre-Ampere GPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_pages_sbe: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_pages_dbe: Option<u64>,
+    /// A page retirement waits for the next GPU reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_pages_pending: Option<bool>,
+    /// Rows remapped for correctable / uncorrectable errors (Ampere and newer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remapped_rows_correctable: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remapped_rows_uncorrectable: Option<u64>,
+    /// A row remap waits for the next GPU reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remapped_rows_pending: Option<bool>,
+    /// A row remap failed: the GPU needs service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remapped_rows_failure: Option<bool>,
+    /// MIG mode is on (the GPU is partitioned; its samples cover the whole board).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_enabled: Option<bool>,
 }
 
 /// Kinds of hardware event. Unknown kinds are rejected at ingest.

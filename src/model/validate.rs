@@ -318,6 +318,36 @@ fn check_gpu_sample(s: &GpuSample, l: &Limits) -> Check {
     range("sm_clock_mhz", s.sm_clock_mhz, 0.0, 10_000.0, "MHz")?;
     range("mem_clock_mhz", s.mem_clock_mhz, 0.0, 20_000.0, "MHz")?;
     range("fan_pct", s.fan_pct, 0.0, 100.0, "%")?;
+    range("power_limit_watts", s.power_limit_watts, 0.0, 5_000.0, "W")?;
+    // 5 kW for a day: far above one sample's energy, catches mJ sent as J.
+    range("energy_joules", s.energy_joules, 0.0, 4.32e8, "J")?;
+    // PCIe 6.0 x16 moves ~128 GB/s per direction.
+    range(
+        "pcie_rx_bytes_per_s",
+        s.pcie_rx_bytes_per_s,
+        0.0,
+        1e12,
+        "B/s",
+    )?;
+    range(
+        "pcie_tx_bytes_per_s",
+        s.pcie_tx_bytes_per_s,
+        0.0,
+        1e12,
+        "B/s",
+    )?;
+    for (field, v) in [
+        ("pcie_replay_total", s.pcie_replay_total),
+        ("ecc_sbe_total", s.ecc_sbe_total),
+        ("ecc_dbe_total", s.ecc_dbe_total),
+        ("retired_pages_sbe", s.retired_pages_sbe),
+        ("retired_pages_dbe", s.retired_pages_dbe),
+        ("remapped_rows_correctable", s.remapped_rows_correctable),
+        ("remapped_rows_uncorrectable", s.remapped_rows_uncorrectable),
+    ] {
+        // Stored as BIGINT.
+        range(field, v.map(|v| v as f64), 0.0, i64::MAX as f64, "")?;
+    }
     Ok(())
 }
 

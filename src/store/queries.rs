@@ -76,6 +76,21 @@ pub struct GpuSampleRow {
     pub mem_clock_mhz: Option<f32>,
     pub fan_pct: Option<f32>,
     pub throttle_reasons: Option<i64>,
+    pub power_limit_watts: Option<f32>,
+    pub energy_joules: Option<f64>,
+    pub pcie_rx_bytes_per_s: Option<f64>,
+    pub pcie_tx_bytes_per_s: Option<f64>,
+    pub pcie_replay_total: Option<i64>,
+    pub ecc_sbe_total: Option<i64>,
+    pub ecc_dbe_total: Option<i64>,
+    pub retired_pages_sbe: Option<i64>,
+    pub retired_pages_dbe: Option<i64>,
+    pub retired_pages_pending: Option<bool>,
+    pub remapped_rows_correctable: Option<i64>,
+    pub remapped_rows_uncorrectable: Option<i64>,
+    pub remapped_rows_pending: Option<bool>,
+    pub remapped_rows_failure: Option<bool>,
+    pub mig_enabled: Option<bool>,
 }
 
 /// A hardware event as shown and returned.
@@ -88,6 +103,12 @@ pub struct EventRow {
     pub code: i64,
     pub message: String,
     pub count: i32,
+    /// What the event means (XID catalog or event kind), filled after the query.
+    #[sqlx(skip)]
+    pub meaning: String,
+    /// NVIDIA's recommended action, filled after the query.
+    #[sqlx(skip)]
+    pub action: String,
 }
 
 /// Most rows one samples request returns.
@@ -160,7 +181,11 @@ impl Store {
         let gs = sqlx::query_as(
             "SELECT s.ts, s.gpu_index AS index, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.mem_total_bytes,
                     s.power_watts, s.energy_joules_total, s.temp_celsius, s.mem_temp_celsius, s.sm_clock_mhz,
-                    s.mem_clock_mhz, s.fan_pct, s.throttle_reasons
+                    s.mem_clock_mhz, s.fan_pct, s.throttle_reasons, s.power_limit_watts, s.energy_joules,
+                    s.pcie_rx_bytes_per_s, s.pcie_tx_bytes_per_s, s.pcie_replay_total, s.ecc_sbe_total,
+                    s.ecc_dbe_total, s.retired_pages_sbe, s.retired_pages_dbe, s.retired_pages_pending,
+                    s.remapped_rows_correctable, s.remapped_rows_uncorrectable, s.remapped_rows_pending,
+                    s.remapped_rows_failure, s.mig_enabled
                FROM gpu_samples s JOIN hosts h ON h.id = s.host_id
               WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3 ORDER BY s.gpu_index, s.ts LIMIT $4",
         )
@@ -191,6 +216,14 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
+        .map(|mut rows: Vec<EventRow>| {
+            for r in &mut rows {
+                let d = crate::model::xid::describe_event(&r.kind, r.code);
+                r.meaning = d.meaning.to_string();
+                r.action = d.action.to_string();
+            }
+            rows
+        })
     }
 
     /// Agents' spool state, for `/metrics`.

@@ -25,7 +25,10 @@ pub const HOST_COLUMNS: &str =
     "host_id, ts, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes, \
      disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s";
 pub const GPU_COLUMNS: &str = "host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, mem_total_bytes, \
-     power_watts, energy_joules_total, temp_celsius, mem_temp_celsius, sm_clock_mhz, mem_clock_mhz, fan_pct, throttle_reasons";
+     power_watts, energy_joules_total, temp_celsius, mem_temp_celsius, sm_clock_mhz, mem_clock_mhz, fan_pct, throttle_reasons, \
+     power_limit_watts, energy_joules, pcie_rx_bytes_per_s, pcie_tx_bytes_per_s, pcie_replay_total, \
+     ecc_sbe_total, ecc_dbe_total, retired_pages_sbe, retired_pages_dbe, retired_pages_pending, \
+     remapped_rows_correctable, remapped_rows_uncorrectable, remapped_rows_pending, remapped_rows_failure, mig_enabled";
 
 /// Samples older than this relative to now were probably replayed from a spool after
 /// the rollup job passed their minute: mark those minutes for recomputation.
@@ -143,6 +146,21 @@ pub fn encode_gpu_rows(host_id: i64, rows: &[GpuSample], out: &mut String) {
         opt(out, s.mem_clock_mhz);
         opt(out, s.fan_pct);
         opt(out, s.throttle_reasons.map(|v| v as i64));
+        opt(out, s.power_limit_watts);
+        opt(out, s.energy_joules);
+        opt(out, s.pcie_rx_bytes_per_s);
+        opt(out, s.pcie_tx_bytes_per_s);
+        opt(out, s.pcie_replay_total);
+        opt(out, s.ecc_sbe_total);
+        opt(out, s.ecc_dbe_total);
+        opt(out, s.retired_pages_sbe);
+        opt(out, s.retired_pages_dbe);
+        opt(out, s.retired_pages_pending);
+        opt(out, s.remapped_rows_correctable);
+        opt(out, s.remapped_rows_uncorrectable);
+        opt(out, s.remapped_rows_pending);
+        opt(out, s.remapped_rows_failure);
+        opt(out, s.mig_enabled);
         out.push('\n');
     }
 }

@@ -177,6 +177,9 @@ pub struct EventView {
     pub code: i64,
     pub count: i32,
     pub message: String,
+    /// What it means and NVIDIA's recommended action (`model::xid`).
+    pub meaning: String,
+    pub action: String,
 }
 
 #[derive(Template)]
@@ -356,6 +359,8 @@ pub async fn host(
             code: e.code,
             count: e.count,
             message: e.message,
+            meaning: e.meaning,
+            action: e.action,
         })
         .collect();
     let page = HostPage {

@@ -5,6 +5,7 @@ mod alerts;
 mod cli;
 mod ingest;
 mod managed_pg;
+mod nvml;
 mod pages;
 mod rollups;
 mod support;
