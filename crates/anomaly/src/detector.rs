@@ -33,20 +33,26 @@ pub struct DetectorConfig {
     /// Share of the training rows (the most recent) held out to calibrate the threshold on
     /// out-of-sample scores (0 = calibrate on in-sample scores).
     pub calib_frac: f64,
+    /// Drift-adaptive part of the alert level: a row alerts only if its score also exceeds
+    /// `adapt_factor ×` the median of the last `adapt_window` scores (0 = off).
+    pub adapt_factor: f32,
+    pub adapt_window: usize,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
             lags: 3,
-            ridge: 1.0,
-            std_floor: 0.01,
+            ridge: 10.0,
+            std_floor: 0.03,
             resid_floor: 0.2,
             clip: 100.0,
-            ema_span: 10.0,
-            pot_init_quantile: 0.98,
-            pot_risk: 1e-4,
-            calib_frac: 0.2,
+            ema_span: 12.0,
+            pot_init_quantile: 0.9,
+            pot_risk: 0.05,
+            calib_frac: 0.0,
+            adapt_factor: 5.0,
+            adapt_window: 1440,
         }
     }
 }
@@ -75,7 +81,18 @@ pub struct StreamState {
     pub history: Vec<f32>,
     pub ema: Vec<f32>,
     pub started: bool,
+    /// Last `adapt_window` scores in arrival order (ring) and sorted (for the median).
+    #[serde(default)]
+    pub recent: std::collections::VecDeque<f32>,
+    #[serde(default)]
+    pub recent_sorted: Vec<f32>,
+    /// Rows seen by the adaptive level (every `ADAPT_STRIDE`-th score enters the ring).
+    #[serde(default)]
+    pub recent_count: u64,
 }
+
+/// The drift-adaptive median keeps every 8th score (a day of 1-minute rows = 180 samples).
+const ADAPT_STRIDE: u64 = 8;
 
 /// A trained detector (serde-serializable, including its streaming state).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -192,6 +209,9 @@ impl Detector {
                 history: Vec::new(),
                 ema: vec![0.0; d],
                 started: false,
+                recent: Default::default(),
+                recent_sorted: Vec::new(),
+                recent_count: 0,
             },
             config,
         };
@@ -224,7 +244,7 @@ impl Detector {
             .collect();
         // Calibration scores on the training data, which also leaves the stream at its end.
         det.state.history = zpad[..lags * d].to_vec();
-        let scores = det.score_standardized(backend, &z, n, |_, _, _| {})?;
+        let scores = det.score_standardized(backend, &z, n, |_, _, _, _| {})?;
         det.threshold =
             PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
         Ok(det)
@@ -258,6 +278,9 @@ impl Detector {
         self.state.history.clear();
         self.state.ema.iter_mut().for_each(|v| *v = 0.0);
         self.state.started = false;
+        self.state.recent.clear();
+        self.state.recent_sorted.clear();
+        self.state.recent_count = 0;
     }
 
     /// Core streaming pass over standardized rows; calls `visit(t, per-metric EMA, score)`.
@@ -266,7 +289,7 @@ impl Detector {
         backend: &dyn Backend,
         z: &[f32],
         n: usize,
-        mut visit: impl FnMut(usize, &[f32], f32),
+        mut visit: impl FnMut(usize, &[f32], f32, bool),
     ) -> Result<Vec<f32>> {
         let d = self.dim;
         let lags = self.config.lags;
@@ -294,21 +317,59 @@ impl Detector {
         let alpha = 2.0 / (self.config.ema_span + 1.0);
         let inv_d = 1.0 / d as f32;
         let mut scores = Vec::with_capacity(n);
-        let ema = &mut self.state.ema;
+        let thr = self.threshold.threshold as f32;
+        let (factor, window) = (self.config.adapt_factor, self.config.adapt_window);
+        let adapt = factor > 0.0 && window > 0;
+        let cap = (window as u64).div_ceil(ADAPT_STRIDE).max(1) as usize;
+        let state = &mut self.state;
+        let ema = &mut state.ema;
         for (t, row) in e.chunks_exact(d).enumerate() {
-            if !self.state.started {
+            if !state.started {
                 ema.copy_from_slice(row);
-                self.state.started = true;
+                state.started = true;
             } else {
                 for (m, v) in ema.iter_mut().zip(row) {
                     *m += alpha * (v - *m);
                 }
             }
             let s = ema.iter().sum::<f32>() * inv_d;
-            visit(t, ema, s);
+            let mut alert = s > thr;
+            if adapt {
+                let med = if state.recent_sorted.is_empty() {
+                    0.0
+                } else {
+                    let n = state.recent_sorted.len();
+                    if n % 2 == 1 {
+                        state.recent_sorted[n / 2]
+                    } else {
+                        0.5 * (state.recent_sorted[n / 2 - 1] + state.recent_sorted[n / 2])
+                    }
+                };
+                alert = alert && s > factor * med;
+                state.recent_count += 1;
+                if state.recent_count % ADAPT_STRIDE != 1 {
+                    visit(t, ema, s, alert);
+                    scores.push(s);
+                    continue;
+                }
+                let (ring, sorted) = (&mut state.recent, &mut state.recent_sorted);
+                let v = if s.is_finite() { s } else { f32::MAX };
+                if ring.len() >= cap {
+                    if let Some(old) = ring.pop_front() {
+                        let i = sorted.partition_point(|&x| x < old);
+                        if i < sorted.len() {
+                            sorted.remove(i);
+                        }
+                    }
+                }
+                ring.push_back(v);
+                let i = sorted.partition_point(|&x| x < v);
+                sorted.insert(i, v);
+            }
+            visit(t, ema, s, alert);
             scores.push(s);
         }
-        self.state.history = zpad[n * d..].to_vec();
+        state.history = zpad[n * d..].to_vec();
         Ok(scores)
     }
 
@@ -331,7 +392,21 @@ impl Detector {
     pub fn score_with(&mut self, backend: &dyn Backend, rows: &Matrix) -> Result<Vec<f32>> {
         self.check(rows)?;
         let z = self.standardize(rows);
-        self.score_standardized(backend, &z, rows.rows, |_, _, _| {})
+        self.score_standardized(backend, &z, rows.rows, |_, _, _, _| {})
+    }
+
+    /// Score new rows causally on `backend`, with the detector's own alert decisions.
+    pub fn score_alerts(
+        &mut self,
+        backend: &dyn Backend,
+        rows: &Matrix,
+    ) -> Result<(Vec<f32>, Vec<bool>)> {
+        self.check(rows)?;
+        let z = self.standardize(rows);
+        let mut alerts = Vec::with_capacity(rows.rows);
+        let scores =
+            self.score_standardized(backend, &z, rows.rows, |_, _, _, a| alerts.push(a))?;
+        Ok((scores, alerts))
     }
 
     /// Score new rows causally with alerts and the `top_k` contributing metrics of each row.
@@ -343,12 +418,11 @@ impl Detector {
     ) -> Result<Vec<ScoredRow>> {
         self.check(rows)?;
         let z = self.standardize(rows);
-        let thr = self.alert_threshold();
         let mut out = Vec::with_capacity(rows.rows);
-        self.score_standardized(backend, &z, rows.rows, |_, ema, s| {
+        self.score_standardized(backend, &z, rows.rows, |_, ema, s, alert| {
             out.push(ScoredRow {
                 score: s,
-                alert: s > thr,
+                alert,
                 top: top_contributions(ema, top_k),
             });
         })?;

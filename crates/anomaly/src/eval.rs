@@ -193,11 +193,9 @@ fn eval_multivariate(
         let mut det = Detector::fit_with(backend, &train, opts.detector.clone())?;
         let t1 = Instant::now();
         let mut det_scoring = det.clone();
-        let scores = det_scoring.score_with(backend, &test)?;
+        let (scores, alert) = det_scoring.score_alerts(backend, &test)?;
         sum.score_seconds += t1.elapsed().as_secs_f64();
         sum.train_seconds += (t1 - t0).as_secs_f64();
-        let thr = det.alert_threshold();
-        let alert: Vec<bool> = scores.iter().map(|&s| s > thr).collect();
         alerts += alert.iter().filter(|&&a| a).count();
         write_scores(&out_dir.join(format!("{name}.csv")), &scores, &alert)?;
         // Explanations against the interpretation labels, when shipped.

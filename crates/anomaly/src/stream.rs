@@ -37,6 +37,8 @@ impl Default for StreamConfig {
                 pot_init_quantile: 0.98,
                 pot_risk: 1e-3,
                 calib_frac: 0.0,
+                adapt_factor: 0.0,
+                adapt_window: 0,
             },
             fire_level: 0.999,
             suppress_frac: 0.0,
