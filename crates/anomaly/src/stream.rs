@@ -22,6 +22,10 @@ pub struct StreamConfig {
     /// Map raw scores through their causal empirical CDF (else: `raw / (1 + raw)`, raw being
     /// residual energy in units of the probationary residual variance).
     pub use_cdf: bool,
+    /// Level-shift signal: |mean of the last `level_short` values − mean of the `level_long`
+    /// values before them| / their standard deviation, CDF-mapped and max-combined (0 = off).
+    pub level_short: usize,
+    pub level_long: usize,
 }
 
 impl Default for StreamConfig {
@@ -40,10 +44,12 @@ impl Default for StreamConfig {
                 adapt_factor: 0.0,
                 adapt_window: 0,
             },
-            fire_level: 0.999,
-            suppress_frac: 0.0,
-            suppress_factor: 1.0,
+            fire_level: 0.9985,
+            suppress_frac: 0.2,
+            suppress_factor: 0.0,
             use_cdf: true,
+            level_short: 5,
+            level_long: 300,
         }
     }
 }
@@ -88,11 +94,17 @@ pub fn score_series(
     // Raw scores: replay the probationary rows from a fresh stream, then continue.
     det.reset_stream();
     let raw = det.score_with(backend, &all)?;
-    let p = if cfg.use_cdf {
+    let mut p = if cfg.use_cdf {
         causal_cdf(&raw)
     } else {
         raw.iter().map(|r| r / (1.0 + r)).collect()
     };
+    if cfg.level_short > 0 && cfg.level_long > 1 {
+        let lv = level_shift(values, cfg.level_short, cfg.level_long);
+        for (a, b) in p.iter_mut().zip(causal_cdf(&lv)) {
+            *a = a.max(b);
+        }
+    }
     let win = (cfg.suppress_frac * k as f32).round() as usize;
     let mut last_fire: Option<usize> = None;
     let mut score = Vec::with_capacity(n);
@@ -111,4 +123,31 @@ pub fn score_series(
         alert.push(t >= k && s >= cfg.fire_level);
     }
     Ok((score, alert))
+}
+
+/// Causal level-shift statistic (see [`StreamConfig::level_short`]).
+pub fn level_shift(v: &[f32], short: usize, long: usize) -> Vec<f32> {
+    let n = v.len();
+    let mut c1 = vec![0.0f64; n + 1];
+    let mut c2 = vec![0.0f64; n + 1];
+    for (i, &x) in v.iter().enumerate() {
+        c1[i + 1] = c1[i] + x as f64;
+        c2[i + 1] = c2[i] + (x as f64) * (x as f64);
+    }
+    (0..n)
+        .map(|t| {
+            let e = t + 1; // window ends after t
+            let s0 = e.saturating_sub(short);
+            let l0 = s0.saturating_sub(long);
+            if s0 - l0 < 2 || e - s0 == 0 {
+                return 0.0;
+            }
+            let ms = (c1[e] - c1[s0]) / (e - s0) as f64;
+            let nl = (s0 - l0) as f64;
+            let ml = (c1[s0] - c1[l0]) / nl;
+            let var = ((c2[s0] - c2[l0]) / nl - ml * ml).max(0.0);
+            let floor = 1e-3 * ml.abs() + 1e-6;
+            ((ms - ml).abs() / (var.sqrt() + floor)) as f32
+        })
+        .collect()
 }
