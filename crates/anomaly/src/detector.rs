@@ -244,7 +244,7 @@ impl Detector {
             .collect();
         // Calibration scores on the training data, which also leaves the stream at its end.
         det.state.history = zpad[..lags * d].to_vec();
-        let scores = det.score_standardized(backend, &z, n, |_, _, _, _| {})?;
+        let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _| {})?;
         det.threshold =
             PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
         Ok(det)
@@ -258,14 +258,44 @@ impl Detector {
     }
 
     fn standardize(&self, rows: &Matrix) -> Vec<f32> {
-        let d = self.dim;
         let mut z = Vec::with_capacity(rows.data.len());
-        for r in rows.data.chunks_exact(d) {
-            for ((v, m), s) in r.iter().zip(&self.mean).zip(&self.inv_std) {
-                z.push((v - m) * s);
+        self.standardize_into(rows, &mut z);
+        z
+    }
+
+    /// Append the standardized rows to `out`.
+    fn standardize_into(&self, rows: &Matrix, out: &mut Vec<f32>) {
+        let d = self.dim;
+        let start = out.len();
+        out.resize(start + rows.data.len(), 0.0);
+        for (o, r) in out[start..]
+            .chunks_exact_mut(d)
+            .zip(rows.data.chunks_exact(d))
+        {
+            for (((o, v), m), s) in o.iter_mut().zip(r).zip(&self.mean).zip(&self.inv_std) {
+                *o = (v - m) * s;
             }
         }
-        z
+    }
+
+    /// History rows (or the first row repeated) followed by the standardized `rows`.
+    fn padded(&self, rows: &Matrix) -> Vec<f32> {
+        let (d, lags) = (self.dim, self.config.lags);
+        let mut zpad = Vec::with_capacity((rows.rows + lags) * d);
+        if self.state.history.len() == lags * d {
+            zpad.extend_from_slice(&self.state.history);
+            self.standardize_into(rows, &mut zpad);
+        } else {
+            self.standardize_into(rows, &mut zpad);
+            let first: Vec<f32> = zpad[..d.min(zpad.len())].to_vec();
+            let mut pre = Vec::with_capacity(lags * d + zpad.len());
+            for _ in 0..lags {
+                pre.extend_from_slice(&first);
+            }
+            pre.extend_from_slice(&zpad);
+            zpad = pre;
+        }
+        zpad
     }
 
     /// The alert threshold on scores.
@@ -287,7 +317,7 @@ impl Detector {
     fn score_standardized(
         &mut self,
         backend: &dyn Backend,
-        z: &[f32],
+        zpad: &[f32],
         n: usize,
         mut visit: impl FnMut(usize, &[f32], f32, bool),
     ) -> Result<Vec<f32>> {
@@ -296,17 +326,8 @@ impl Detector {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut zpad = Vec::with_capacity((n + lags) * d);
-        if self.state.history.len() == lags * d {
-            zpad.extend_from_slice(&self.state.history);
-        } else {
-            for _ in 0..lags {
-                zpad.extend_from_slice(&z[..d]);
-            }
-        }
-        zpad.extend_from_slice(z);
         let e = backend.residual_energy(
-            &zpad,
+            zpad,
             n,
             d,
             lags,
@@ -391,8 +412,8 @@ impl Detector {
     /// Score new rows causally on `backend`.
     pub fn score_with(&mut self, backend: &dyn Backend, rows: &Matrix) -> Result<Vec<f32>> {
         self.check(rows)?;
-        let z = self.standardize(rows);
-        self.score_standardized(backend, &z, rows.rows, |_, _, _, _| {})
+        let zpad = self.padded(rows);
+        self.score_standardized(backend, &zpad, rows.rows, |_, _, _, _| {})
     }
 
     /// Score new rows causally on `backend`, with the detector's own alert decisions.
@@ -402,10 +423,10 @@ impl Detector {
         rows: &Matrix,
     ) -> Result<(Vec<f32>, Vec<bool>)> {
         self.check(rows)?;
-        let z = self.standardize(rows);
+        let zpad = self.padded(rows);
         let mut alerts = Vec::with_capacity(rows.rows);
         let scores =
-            self.score_standardized(backend, &z, rows.rows, |_, _, _, a| alerts.push(a))?;
+            self.score_standardized(backend, &zpad, rows.rows, |_, _, _, a| alerts.push(a))?;
         Ok((scores, alerts))
     }
 
@@ -417,9 +438,9 @@ impl Detector {
         top_k: usize,
     ) -> Result<Vec<ScoredRow>> {
         self.check(rows)?;
-        let z = self.standardize(rows);
+        let zpad = self.padded(rows);
         let mut out = Vec::with_capacity(rows.rows);
-        self.score_standardized(backend, &z, rows.rows, |_, ema, s, alert| {
+        self.score_standardized(backend, &zpad, rows.rows, |_, ema, s, alert| {
             out.push(ScoredRow {
                 score: s,
                 alert,
