@@ -1,5 +1,6 @@
 //! The HTTP surface: dashboard pages, the JSON API, ingest, health and metrics.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod charts;
@@ -35,6 +36,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(pages::fleet))
         .route("/hosts/{name}", get(pages::host))
+        .route("/alerts", get(alerts::page))
+        .route("/alerts/ack", post(alerts::acknowledge))
+        .route("/silences", post(alerts::silence))
+        .route("/silences/expire", post(alerts::expire))
+        .route("/api/v1/alerts", get(alerts::api))
         .route("/login", get(auth::login_form).post(auth::login_submit))
         .route("/logout", post(auth::logout))
         .route("/healthz", get(healthz))

@@ -414,3 +414,157 @@ async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
     assert_eq!(firing, 2);
     r.app.stop().await;
 }
+
+#[tokio::test]
+async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
+    let r = rig_with(SmtpServer::stopped(crate::support::free_port()), None).await;
+    let token = r.app.token("pg-host").await;
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("pg-host", 5, 79, Utc::now()))
+            .await
+            .status(),
+        200
+    );
+    let mut fired = false;
+    for _ in 0..50 {
+        fired = sqlx::query_scalar("SELECT count(*) > 0 FROM alerts WHERE state = 'firing'")
+            .fetch_one(&r.app.store.pool)
+            .await
+            .unwrap();
+        if fired {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fired);
+    // Keep it firing for the rest of the test, as a fault that keeps recurring would
+    // (the test rules resolve hardware alerts after 3 quiet seconds).
+    sqlx::query("UPDATE alerts SET last_active_at = now() + interval '1 hour'").execute(&r.app.store.pool).await.unwrap();
+    r.app
+        .store
+        .upsert_user(
+            "viewer1",
+            rackwatch::store::auth::Role::Viewer,
+            "viewer-pass",
+        )
+        .await
+        .unwrap();
+    let vr = r
+        .app
+        .http
+        .post(format!("{}/login", r.app.base))
+        .form(&[("username", "viewer1"), ("password", "viewer-pass")])
+        .send()
+        .await
+        .unwrap();
+    let viewer = vr.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = r
+        .app
+        .http
+        .get(format!("{}/alerts", r.app.base))
+        .header("cookie", &viewer)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("GPU reported an XID error") && html.contains("fra1 / r12 / pg-host / GPU 5"),
+        "{html}"
+    );
+    assert!(!html.contains("Acknowledge"), "viewers cannot acknowledge");
+    let fp: String = sqlx::query_scalar("SELECT fingerprint FROM alerts")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
+    let denied = r
+        .app
+        .http
+        .post(format!("{}/alerts/ack", r.app.base))
+        .header("cookie", &viewer)
+        .form(&[("fingerprint", fp.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+
+    let op = r.app.login("oper", "operator-pass").await;
+    let ok = r
+        .app
+        .http
+        .post(format!("{}/alerts/ack", r.app.base))
+        .header("cookie", &op)
+        .form(&[("fingerprint", fp.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 303);
+    let by: Option<String> = sqlx::query_scalar("SELECT acknowledged_by FROM alerts")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(by.as_deref(), Some("oper"));
+    let s = r
+        .app
+        .http
+        .post(format!("{}/silences", r.app.base))
+        .header("cookie", &op)
+        .form(&[
+            ("matchers", "host=pg-host, rule=gpu-xid"),
+            ("hours", "2"),
+            ("comment", "reseating the GPU"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.status(), 303);
+    let bad = r
+        .app
+        .http
+        .post(format!("{}/silences", r.app.base))
+        .header("cookie", &op)
+        .form(&[("matchers", "colour=red"), ("hours", "2")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let api: serde_json::Value = r
+        .app
+        .http
+        .get(format!("{}/api/v1/alerts", r.app.base))
+        .header("cookie", &op)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api[0]["silenced"], true);
+    assert_eq!(api[0]["acknowledged_by"], "oper");
+    let html = r
+        .app
+        .http
+        .get(format!("{}/alerts", r.app.base))
+        .header("cookie", &op)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("reseating the GPU")
+            && html.contains("silenced")
+            && html.contains("acknowledged by oper"),
+        "{html}"
+    );
+    r.app.stop().await;
+}

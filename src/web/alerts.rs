@@ -1,0 +1,304 @@
+//! The alerts page: firing, pending and silenced alerts, silences and incident history;
+//! operators acknowledge and silence from here.
+
+use askama::Template;
+use axum::extract::State;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Form, Json};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{ApiUser, PageUser};
+use super::error::ApiError;
+use super::pages::render;
+use super::AppState;
+use crate::alert::Labels;
+use crate::store::auth::{Role, User};
+
+/// An alert as listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AlertRow {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: String,
+    pub state: String,
+    pub labels: sqlx::types::Json<Labels>,
+    pub summary: String,
+    pub description: String,
+    pub value: Option<f64>,
+    pub started_at: DateTime<Utc>,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub occurrences: i32,
+    pub flaps: i32,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+/// An incident (one firing period).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct IncidentRow {
+    pub rule: String,
+    pub severity: String,
+    pub labels: sqlx::types::Json<Labels>,
+    pub summary: String,
+    pub started_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+async fn current(st: &AppState) -> Result<Vec<(AlertRow, bool)>, ApiError> {
+    let rows: Vec<AlertRow> = sqlx::query_as(
+        "SELECT fingerprint, rule, severity, state, labels, summary, description, value, started_at, fired_at,
+                occurrences, flaps, acknowledged_by, acknowledged_at
+           FROM alerts WHERE state IN ('pending', 'firing')
+          ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, started_at",
+    )
+    .fetch_all(&st.store.pool)
+    .await?;
+    let now = Utc::now();
+    let mut out = Vec::with_capacity(rows.len());
+    for a in rows {
+        let mut l = a.labels.0.clone();
+        l.insert("rule".into(), a.rule.clone());
+        l.insert("severity".into(), a.severity.clone());
+        let silenced = crate::alert::silence::silenced(&st.store.pool, &l, now).await?;
+        out.push((a, silenced));
+    }
+    Ok(out)
+}
+
+/// An alert row for the template.
+pub struct AlertView {
+    pub fingerprint: String,
+    pub severity: String,
+    pub state: String,
+    pub summary: String,
+    pub location: String,
+    pub host: String,
+    pub description: String,
+    pub since: String,
+    pub occurrences: i32,
+    pub flapping: bool,
+    pub silenced: bool,
+    pub acked: String,
+}
+
+pub struct SilenceView {
+    pub id: i64,
+    pub matchers: String,
+    pub until: String,
+    pub author: String,
+    pub comment: String,
+}
+
+pub struct IncidentView {
+    pub summary: String,
+    pub severity: String,
+    pub location: String,
+    pub started: String,
+    pub ended: String,
+}
+
+#[derive(Template)]
+#[template(path = "alerts.html")]
+pub struct AlertsPage {
+    pub user_name: String,
+    pub user_role: &'static str,
+    pub can_act: bool,
+    pub firing: Vec<AlertView>,
+    pub pending: Vec<AlertView>,
+    pub silences: Vec<SilenceView>,
+    pub history: Vec<IncidentView>,
+}
+
+fn location(l: &Labels) -> String {
+    let mut p: Vec<String> = ["site", "rack", "host"]
+        .iter()
+        .filter_map(|k| l.get(*k).cloned())
+        .collect();
+    if let Some(g) = l.get("gpu") {
+        p.push(format!("GPU {g}"));
+    }
+    p.join(" / ")
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339()
+}
+
+pub async fn page(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+) -> Result<Response, ApiError> {
+    let cur = current(&st).await?;
+    let view = |(a, silenced): &(AlertRow, bool)| AlertView {
+        fingerprint: a.fingerprint.clone(),
+        severity: a.severity.clone(),
+        state: a.state.clone(),
+        summary: a.summary.clone(),
+        location: location(&a.labels.0),
+        host: a.labels.0.get("host").cloned().unwrap_or_default(),
+        description: a.description.clone(),
+        since: ts(a.started_at),
+        occurrences: a.occurrences,
+        flapping: a.flaps >= 3,
+        silenced: *silenced,
+        acked: a.acknowledged_by.clone().unwrap_or_default(),
+    };
+    let firing = cur
+        .iter()
+        .filter(|(a, _)| a.state == "firing")
+        .map(view)
+        .collect();
+    let pending = cur
+        .iter()
+        .filter(|(a, _)| a.state == "pending")
+        .map(view)
+        .collect();
+    let silences = st
+        .store
+        .active_silences(Utc::now())
+        .await?
+        .into_iter()
+        .map(|s| SilenceView {
+            id: s.id,
+            matchers: s
+                .matchers
+                .0
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            until: ts(s.ends_at),
+            author: s.author,
+            comment: s.comment,
+        })
+        .collect();
+    let history: Vec<IncidentRow> = sqlx::query_as(
+        "SELECT rule, severity, labels, summary, started_at, resolved_at FROM incidents ORDER BY started_at DESC LIMIT 100",
+    )
+    .fetch_all(&st.store.pool)
+    .await?;
+    let history = history
+        .into_iter()
+        .map(|i| IncidentView {
+            summary: i.summary,
+            severity: i.severity,
+            location: location(&i.labels.0),
+            started: ts(i.started_at),
+            ended: i.resolved_at.map(ts).unwrap_or_default(),
+        })
+        .collect();
+    Ok(render(&AlertsPage {
+        user_name: user.name.clone(),
+        user_role: user.role.as_str(),
+        can_act: user.role >= Role::Operator,
+        firing,
+        pending,
+        silences,
+        history,
+    }))
+}
+
+fn require_operator(user: &User) -> Result<(), ApiError> {
+    if user.role >= Role::Operator {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "acknowledging and silencing need the operator or admin role".into(),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AckForm {
+    fingerprint: String,
+}
+
+pub async fn acknowledge(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    Form(f): Form<AckForm>,
+) -> Result<Response, ApiError> {
+    require_operator(&user)?;
+    let n = sqlx::query("UPDATE alerts SET acknowledged_by = $2, acknowledged_at = now() WHERE fingerprint = $1 AND state = 'firing'")
+        .bind(&f.fingerprint)
+        .bind(&user.name)
+        .execute(&st.store.pool)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::NotFound(
+            "no firing alert with that fingerprint".into(),
+        ));
+    }
+    Ok(Redirect::to("/alerts").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct SilenceForm {
+    /// `host=gpu-17, rule=gpu-xid`
+    matchers: String,
+    /// Hours.
+    hours: f64,
+    #[serde(default)]
+    comment: String,
+}
+
+pub async fn silence(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    Form(f): Form<SilenceForm>,
+) -> Result<Response, ApiError> {
+    require_operator(&user)?;
+    let items: Vec<String> = f
+        .matchers
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let m = crate::alert::silence::parse_matchers(&items).map_err(ApiError::BadRequest)?;
+    if !(f.hours > 0.0 && f.hours <= 24.0 * 90.0) {
+        return Err(ApiError::BadRequest(
+            "hours must be between 0 and 2160 (90 days)".into(),
+        ));
+    }
+    let now = Utc::now();
+    let end = now + Duration::seconds((f.hours * 3600.0) as i64);
+    st.store
+        .create_silence(&m, now, end, &user.name, &f.comment)
+        .await
+        .map_err(ApiError::Internal)?;
+    Ok(Redirect::to("/alerts").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ExpireForm {
+    id: i64,
+}
+
+pub async fn expire(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    Form(f): Form<ExpireForm>,
+) -> Result<Response, ApiError> {
+    require_operator(&user)?;
+    st.store.expire_silence(f.id).await?;
+    Ok(Redirect::to("/alerts").into_response())
+}
+
+/// `GET /api/v1/alerts`: pending and firing alerts, each with whether a silence mutes it.
+pub async fn api(
+    State(st): State<AppState>,
+    _u: ApiUser,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let cur = current(&st).await?;
+    let list: Vec<serde_json::Value> = cur
+        .into_iter()
+        .map(|(a, silenced)| {
+            let mut v = serde_json::to_value(&a).unwrap_or_default();
+            v["silenced"] = serde_json::Value::Bool(silenced);
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::Value::Array(list)))
+}
