@@ -22,6 +22,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = env("FC_PAIRS") {
         cfg.pairs_per_target = v as usize;
     }
+    if let Some(v) = env("FC_STRIDE") {
+        cfg.backtest_stride = v as usize;
+    }
+    if let Some(v) = env("FC_GROWTH") {
+        cfg.interval_growth = v;
+    }
+    if let Some(v) = env("FC_DECAY") {
+        cfg.selection_decay = v;
+    }
     if let Some(v) = env("FC_INFL") {
         cfg.interval_inflation = v;
     }

@@ -271,6 +271,14 @@ pub fn eval_with(data_dir: &Path, tasks: &Path, out: &Path, cfg: &Config) -> Res
             sum.total_fit_ms += cpu_ms() - c0;
             sum.fits += 1;
             *sum.models.entry(fc.model.clone()).or_default() += 1;
+            if std::env::var_os("FC_DEBUG").is_some() {
+                eprintln!(
+                    "{sid} {ct} n={} {} bt={:?}",
+                    history.len(),
+                    fc.model,
+                    fc.backtest_mase
+                );
+            }
             if let Some(m) = fc.backtest_mase {
                 bt_sum += m;
                 bt_n += 1;

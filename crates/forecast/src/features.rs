@@ -81,9 +81,17 @@ pub fn build(y: &[f64], scale: f64, phase0: i64, horizon: usize) -> Result<Frame
     let mut yv: Vec<Option<f64>> = y.iter().map(|&v| Some(v)).collect();
     yv.resize(len, None);
     let t: Vec<f64> = (0..len as i64).map(|i| (i + phase0) as f64).collect();
+    // number of same-hour terms inside the history for the 7-day / 3-week profiles
+    let n24: Vec<f64> = (0..len).map(|i| (i / 24 + 1).min(7) as f64).collect();
+    let n168: Vec<f64> = (0..len).map(|i| (i / 168 + 1).min(3) as f64).collect();
     let df = DataFrame::new(
         len,
-        vec![Column::new("y".into(), yv), Column::new("t".into(), t)],
+        vec![
+            Column::new("y".into(), yv),
+            Column::new("t".into(), t),
+            Column::new("n24".into(), n24),
+            Column::new("n168".into(), n168),
+        ],
     )?;
 
     let roll = |e: Expr, w: usize, minp: usize| {
@@ -93,31 +101,38 @@ pub fn build(y: &[f64], scale: f64, phase0: i64, horizon: usize) -> Result<Frame
             ..Default::default()
         })
     };
-    // mean of e, e.shift(step), ..., e.shift((k-1) step), ignoring missing terms
+    // mean of e, e.shift(step), ..., e.shift((k-1) step) over the terms inside the history:
+    // the history has no gaps (filled before), so the count only depends on the row index
     let lag_mean = |e: &Expr, step: i64, k: i64| {
-        let mut sum = e.clone().fill_null(lit(0.0));
-        let mut cnt = e.clone().is_not_null().cast(DataType::Float64);
+        let mut sum = e.clone();
         for i in 1..k {
-            let s = e.clone().shift(lit(step * i));
-            sum = sum + s.clone().fill_null(lit(0.0));
-            cnt = cnt + s.is_not_null().cast(DataType::Float64);
+            sum = sum + e.clone().shift_and_fill(lit(step * i), lit(0.0));
         }
-        sum / cnt
+        sum / col(format!("n{step}"))
     };
 
+    // stage 1: the two target spaces and the Fourier terms
+    let mut stage1: Vec<Expr> = vec![
+        (col("y") / lit(scale)).alias("z_raw"),
+        (when(col("y").gt(lit(0.0)))
+            .then(col("y"))
+            .otherwise(lit(0.0))
+            / lit(scale))
+        .log1p()
+        .alias("z_log"),
+    ];
+    let tau = std::f64::consts::TAU;
+    for (period, harmonics) in [(24.0, 3), (168.0, 2)] {
+        for k in 1..=harmonics {
+            let arg = col("t") * lit(tau * k as f64 / period);
+            stage1.push(arg.clone().sin().alias(format!("s{period}_{k}")));
+            stage1.push(arg.cos().alias(format!("c{period}_{k}")));
+        }
+    }
+    // stage 2: levels, rolling means and same-hour profiles per space
     let mut exprs: Vec<Expr> = Vec::new();
-    for (name, z) in [
-        ("raw", col("y") / lit(scale)),
-        (
-            "log",
-            (when(col("y").gt(lit(0.0)))
-                .then(col("y"))
-                .otherwise(lit(0.0))
-                / lit(scale))
-            .log1p(),
-        ),
-    ] {
-        exprs.push(z.clone().alias(format!("z_{name}")));
+    for name in ["raw", "log"] {
+        let z = col(format!("z_{name}"));
         exprs.push(
             z.clone()
                 .rolling_median(RollingOptionsFixedWindow {
@@ -132,15 +147,12 @@ pub fn build(y: &[f64], scale: f64, phase0: i64, horizon: usize) -> Result<Frame
         exprs.push(lag_mean(&z, 24, 7).alias(format!("dp_{name}")));
         exprs.push(lag_mean(&z, 168, 3).alias(format!("wp_{name}")));
     }
-    let tau = std::f64::consts::TAU;
-    for (period, harmonics) in [(24.0, 3), (168.0, 2)] {
-        for k in 1..=harmonics {
-            let arg = col("t") * lit(tau * k as f64 / period);
-            exprs.push(arg.clone().sin().alias(format!("s{period}_{k}")));
-            exprs.push(arg.cos().alias(format!("c{period}_{k}")));
-        }
-    }
-    let out = df.lazy().with_columns(exprs).collect()?;
+    let out = df
+        .lazy()
+        .with_columns(stage1)
+        .with_columns(exprs)
+        .without_optimizations()
+        .collect()?;
 
     let space = |name: &str| -> Result<SpaceCols> {
         Ok(SpaceCols {

@@ -22,7 +22,7 @@ mod model;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 pub use eval::{eval, eval_with, EvalSummary};
 pub use features::Space;
-use model::{predict_candidate, quantile, Linear};
+use model::{conformal_quantile, predict_candidate, quantile, Linear};
 pub use model::{Candidate, Config};
 
 /// A forecast for the `horizon` hours after the last value of a series.
@@ -218,14 +218,22 @@ fn full(
     // ---- rolling-origin backtest: models fitted on data up to the earliest origin ----
     let bdays = cfg.backtest_days.min(n.saturating_sub(96) / 24);
     // (h, abs error, log residual) per candidate
-    let mut errs: Vec<Vec<(usize, f64, f64)>> = vec![Vec::new(); nc];
+    let mut errs: Vec<Vec<(usize, f64, f64, usize)>> = vec![Vec::new(); nc];
     if bdays > 0 {
         let bt_end = n - 1 - 24 * bdays;
         let lin: Vec<[Option<Linear>; 2]> = blocks
             .iter()
             .map(|&b| {
-                [Space::Raw, Space::Log]
-                    .map(|sp| Linear::fit(&fr, observed, sp, weekly, b, bt_end, cfg))
+                [Space::Raw, Space::Log].map(|sp| {
+                    Linear::fit(
+                        (&fr, observed),
+                        (sp, weekly),
+                        b,
+                        bt_end,
+                        cfg.backtest_stride,
+                        cfg,
+                    )
+                })
             })
             .collect();
         for i in 1..=bdays {
@@ -254,7 +262,7 @@ fn full(
                 let gy = g(y[t]);
                 for (ci, p) in preds.iter().enumerate() {
                     if let Some(p) = p {
-                        errs[ci].push((h, (y[t] - p).abs(), gy - g(*p)));
+                        errs[ci].push((h, (y[t] - p).abs(), gy - g(*p), i));
                     }
                 }
             }
@@ -271,14 +279,18 @@ fn full(
             .max()
             .unwrap_or(0);
         for (ci, &cand) in CANDIDATES.iter().enumerate() {
-            let (s, c) = errs[ci]
-                .iter()
-                .filter(|x| x.0 >= lo && x.0 <= hi)
-                .fold((0.0, 0usize), |(s, c), x| (s + x.1, c + 1));
+            // recency-weighted MAE: level shifts make the latest days the most telling
+            let (s, wsum, c) = errs[ci].iter().filter(|x| x.0 >= lo && x.0 <= hi).fold(
+                (0.0, 0.0, 0usize),
+                |(s, ws, c), x| {
+                    let w = cfg.selection_decay.powi(x.3 as i32 - 1);
+                    (s + w * x.1, ws + w, c + 1)
+                },
+            );
             if c == 0 || c < maxcnt {
                 continue;
             }
-            let mae = s / c as f64;
+            let mae = s / wsum;
             if best.is_none_or(|(b, _)| mae < b) {
                 best = Some((mae, cand));
             }
@@ -295,7 +307,7 @@ fn full(
     let mut finals: Vec<[Option<Linear>; 2]> = vec![[None, None]; nb];
     for (bi, &b) in blocks.iter().enumerate() {
         if let Candidate::Linear(sp) = chosen[bi] {
-            let m = Linear::fit(&fr, observed, sp, weekly, b, n - 1, cfg);
+            let m = Linear::fit((&fr, observed), (sp, weekly), b, n - 1, 1, cfg);
             if m.is_none() {
                 chosen[bi] = Candidate::SNaive24;
             }
@@ -340,13 +352,13 @@ fn full(
             &sn_resid
         };
         let gp = g(p);
-        let inf = cfg.interval_inflation;
+        let inf = cfg.interval_inflation * (1.0 + cfg.interval_growth * (h - 1) as f64 / 168.0);
         let back = |q: f64| Space::Log.inverse(gp + inf * q, scale).max(0.0);
         f.point[h - 1] = p;
-        f.lo80[h - 1] = back(quantile(r, 0.10));
-        f.hi80[h - 1] = back(quantile(r, 0.90));
-        f.lo95[h - 1] = back(quantile(r, 0.025)).min(f.lo80[h - 1]);
-        f.hi95[h - 1] = back(quantile(r, 0.975)).max(f.hi80[h - 1]);
+        f.lo80[h - 1] = back(conformal_quantile(r, 0.10));
+        f.hi80[h - 1] = back(conformal_quantile(r, 0.90));
+        f.lo95[h - 1] = back(conformal_quantile(r, 0.025)).min(f.lo80[h - 1]);
+        f.hi95[h - 1] = back(conformal_quantile(r, 0.975)).max(f.hi80[h - 1]);
     }
 
     // ---- model name and backtest MASE ----

@@ -16,18 +16,30 @@ pub struct Config {
     pub lambda: f64,
     /// Training pairs drawn per target hour and horizon block.
     pub pairs_per_target: usize,
+    /// Backtest models train on every `backtest_stride`-th target hour (cheaper; the final
+    /// models use every hour).
+    pub backtest_stride: usize,
+    /// Weight of backtest origin i (days before the cutoff) in the model choice is
+    /// `selection_decay^(i-1)`; 1.0 weighs all backtest days equally.
+    pub selection_decay: f64,
     /// Multiplier on the backtest residual quantiles (1.0 = use them as measured).
     pub interval_inflation: f64,
+    /// Extra widening per week of horizon: step h uses
+    /// `interval_inflation * (1 + interval_growth * (h - 1) / 168)`.
+    pub interval_growth: f64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            window: 1344,
+            window: 1008,
             backtest_days: 14,
             lambda: 2.0,
             pairs_per_target: 1,
-            interval_inflation: 1.0,
+            backtest_stride: 2,
+            selection_decay: 0.85,
+            interval_inflation: 1.1,
+            interval_growth: 1.0,
         }
     }
 }
@@ -118,17 +130,18 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Fits on targets `t <= fit_end` (trailing `cfg.window` hours), steps in `block`,
-    /// minimizing squared error plus a ridge penalty with linfa's least squares.
+    /// Fits on targets `t <= fit_end` (trailing `cfg.window` hours, every `stride`-th),
+    /// steps in `block`, minimizing squared error plus a ridge penalty with linfa's least
+    /// squares. `data` is the frame and the mask of observed (not gap-filled) hours.
     pub fn fit(
-        fr: &Frame,
-        observed: &[bool],
-        sp: Space,
-        weekly: bool,
+        data: (&Frame, &[bool]),
+        (sp, weekly): (Space, bool),
         block: (usize, usize),
         fit_end: usize,
+        stride: usize,
         cfg: &Config,
     ) -> Option<Linear> {
+        let (fr, observed) = data;
         let (hlo, hhi) = block;
         let span = (hhi - hlo + 1) as u64;
         let t0 = (fit_end + 1).saturating_sub(cfg.window);
@@ -137,7 +150,7 @@ impl Linear {
         let mut buf = Vec::with_capacity(24);
         let mut p = 0;
         let zc = &fr.cols[sp as usize].z;
-        for t in t0..=fit_end {
+        for t in (t0..=fit_end).rev().step_by(stride.max(1)) {
             if !observed[t] {
                 continue;
             }
@@ -253,6 +266,19 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let hi = pos.ceil() as usize;
     let w = pos - lo as f64;
     sorted[lo] * (1.0 - w) + sorted[hi] * w
+}
+
+/// Split-conformal quantile of a sorted sample: the order statistic at rank
+/// ceil((n + 1) p) for upper and floor((n + 1) p) for lower quantiles, clamped to the sample.
+/// Wider than the plain empirical quantile for small samples, as it should be.
+pub fn conformal_quantile(sorted: &[f64], p: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let r = (n + 1) as f64 * p;
+    let k = if p >= 0.5 { r.ceil() } else { r.floor() } as isize;
+    sorted[(k - 1).clamp(0, n as isize - 1) as usize]
 }
 
 /// Builds the frame for a history (used by `forecast`).
