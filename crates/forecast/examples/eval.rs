@@ -31,6 +31,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = env("FC_DECAY") {
         cfg.selection_decay = v;
     }
+    if let Some(v) = env("FC_COMBINE") {
+        cfg.combine = v != 0.0;
+    }
     if let Some(v) = env("FC_INFL") {
         cfg.interval_inflation = v;
     }

@@ -211,14 +211,14 @@ fn full(
     let blocks = model::blocks(horizon);
     let block_of = |h: usize| if h <= 24 { 0 } else { 1 };
     let nb = blocks.len();
-    let nc = CANDIDATES.len();
     let g = |v: f64| Space::Log.forward(v, scale);
     let mut buf = Vec::with_capacity(32);
 
     // ---- rolling-origin backtest: models fitted on data up to the earliest origin ----
     let bdays = cfg.backtest_days.min(n.saturating_sub(96) / 24);
-    // (h, abs error, log residual) per candidate
-    let mut errs: Vec<Vec<(usize, f64, f64, usize)>> = vec![Vec::new(); nc];
+    // avail[block][candidate]: the candidate could be fitted for the backtest
+    let mut avail = vec![[true; NC]; nb];
+    let mut points: Vec<BtPoint> = Vec::new();
     if bdays > 0 {
         let bt_end = n - 1 - 24 * bdays;
         let lin: Vec<[Option<Linear>; 2]> = blocks
@@ -236,6 +236,13 @@ fn full(
                 })
             })
             .collect();
+        for (bi, a) in avail.iter_mut().enumerate() {
+            for (ci, c) in CANDIDATES.iter().enumerate() {
+                if let Candidate::Linear(sp) = c {
+                    a[ci] = lin[bi][*sp as usize].is_some();
+                }
+            }
+        }
         for i in 1..=bdays {
             let o = n - 1 - 24 * i;
             for h in 1..=horizon.min(24 * i) {
@@ -243,62 +250,57 @@ fn full(
                 if !observed[t] {
                     continue;
                 }
-                let preds: Vec<Option<f64>> = CANDIDATES
-                    .iter()
-                    .map(|&c| predict_candidate(c, &lin[block_of(h)], &fr, y, o, h, &mut buf))
-                    .collect();
-                // compare candidates on the same points: skip a point that a fitted model
-                // cannot predict
-                let missing = CANDIDATES.iter().zip(&preds).any(|(c, p)| {
-                    p.is_none()
-                        && match c {
-                            Candidate::Linear(sp) => lin[block_of(h)][*sp as usize].is_some(),
-                            _ => true,
+                let bi = block_of(h);
+                let mut p = [f64::NAN; NC];
+                // compare candidates on the same points: skip a point that an available
+                // candidate cannot predict
+                let mut missing = false;
+                for (ci, &c) in CANDIDATES.iter().enumerate() {
+                    if avail[bi][ci] {
+                        match predict_candidate(c, &lin[bi], &fr, y, o, h, &mut buf) {
+                            Some(v) => p[ci] = v,
+                            None => missing = true,
                         }
-                });
-                if missing {
-                    continue;
-                }
-                let gy = g(y[t]);
-                for (ci, p) in preds.iter().enumerate() {
-                    if let Some(p) = p {
-                        errs[ci].push((h, (y[t] - p).abs(), gy - g(*p), i));
                     }
+                }
+                if !missing {
+                    points.push(BtPoint { h, i, y: y[t], p });
                 }
             }
         }
     }
 
-    // ---- per-block choice by backtest MAE ----
-    let mut chosen: Vec<Candidate> = Vec::with_capacity(nb);
+    // ---- per-block choice by recency-weighted backtest MAE (level shifts make the latest
+    // days the most telling): single candidates, then the mean of the best two ----
+    let wmae = |m: Method, lo: usize, hi: usize| -> Option<f64> {
+        let (s, ws) =
+            points
+                .iter()
+                .filter(|x| x.h >= lo && x.h <= hi)
+                .fold((0.0, 0.0), |(s, ws), x| {
+                    let w = cfg.selection_decay.powi(x.i as i32 - 1);
+                    (s + w * (x.y - m.of(&x.p)).abs(), ws + w)
+                });
+        (ws > 0.0).then(|| s / ws)
+    };
+    let mut chosen: Vec<Method> = Vec::with_capacity(nb);
     for (bi, &(lo, hi)) in blocks.iter().enumerate() {
-        let mut best: Option<(f64, Candidate)> = None;
-        let maxcnt = errs
-            .iter()
-            .map(|e| e.iter().filter(|x| x.0 >= lo && x.0 <= hi).count())
-            .max()
-            .unwrap_or(0);
-        for (ci, &cand) in CANDIDATES.iter().enumerate() {
-            // recency-weighted MAE: level shifts make the latest days the most telling
-            let (s, wsum, c) = errs[ci].iter().filter(|x| x.0 >= lo && x.0 <= hi).fold(
-                (0.0, 0.0, 0usize),
-                |(s, ws, c), x| {
-                    let w = cfg.selection_decay.powi(x.3 as i32 - 1);
-                    (s + w * x.1, ws + w, c + 1)
-                },
-            );
-            if c == 0 || c < maxcnt {
-                continue;
+        let mut singles: Vec<(f64, usize)> = (0..NC)
+            .filter(|&ci| avail[bi][ci])
+            .filter_map(|ci| wmae(Method(ci, ci), lo, hi).map(|e| (e, ci)))
+            .collect();
+        singles.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let pick = match singles.as_slice() {
+            [] if bi > 0 => chosen[0],
+            [] => Method(0, 0),
+            [(_, a)] => Method(*a, *a),
+            [(ea, a), (_, b), ..] => {
+                let pair = Method(*a.min(b), *a.max(b));
+                match wmae(pair, lo, hi) {
+                    Some(e) if cfg.combine && e < *ea => pair,
+                    _ => Method(*a, *a),
+                }
             }
-            let mae = s / wsum;
-            if best.is_none_or(|(b, _)| mae < b) {
-                best = Some((mae, cand));
-            }
-        }
-        let pick = match best {
-            Some((_, c)) => c,
-            None if bi > 0 => chosen[0],
-            None => Candidate::SNaive24,
         };
         chosen.push(pick);
     }
@@ -306,12 +308,17 @@ fn full(
     // ---- final fits for the chosen linear models ----
     let mut finals: Vec<[Option<Linear>; 2]> = vec![[None, None]; nb];
     for (bi, &b) in blocks.iter().enumerate() {
-        if let Candidate::Linear(sp) = chosen[bi] {
-            let m = Linear::fit((&fr, observed), (sp, weekly), b, n - 1, 1, cfg);
-            if m.is_none() {
-                chosen[bi] = Candidate::SNaive24;
+        for ci in [chosen[bi].0, chosen[bi].1] {
+            if let Candidate::Linear(sp) = CANDIDATES[ci] {
+                if finals[bi][sp as usize].is_none() {
+                    finals[bi][sp as usize] =
+                        Linear::fit((&fr, observed), (sp, weekly), b, n - 1, 1, cfg);
+                }
+                if finals[bi][sp as usize].is_none() {
+                    // safe fallback: the seasonal naive forecast
+                    chosen[bi] = Method(0, 0);
+                }
             }
-            finals[bi][sp as usize] = m;
         }
     }
 
@@ -326,19 +333,25 @@ fn full(
     let mut resid: Vec<f64> = Vec::new();
     for h in 1..=horizon {
         let bi = block_of(h);
-        let cand = chosen[bi];
-        let ci = CANDIDATES.iter().position(|&c| c == cand).unwrap_or(0);
-        let p = predict_candidate(cand, &finals[bi], &fr, y, n - 1, h, &mut buf)
-            .unwrap_or_else(|| model::snaive(y, 24, n - 1, h).max(0.0));
+        let m = chosen[bi];
+        let mut pred = |ci: usize| {
+            predict_candidate(CANDIDATES[ci], &finals[bi], &fr, y, n - 1, h, &mut buf)
+                .unwrap_or_else(|| model::snaive(y, 24, n - 1, h).max(0.0))
+        };
+        let p = if m.0 == m.1 {
+            pred(m.0)
+        } else {
+            0.5 * (pred(m.0) + pred(m.1))
+        };
         // residuals of the chosen candidate at nearby steps
         let mut w = (h / 8).max(1);
         loop {
             resid.clear();
             resid.extend(
-                errs[ci]
+                points
                     .iter()
-                    .filter(|x| x.0 + w >= h && x.0 <= h + w)
-                    .map(|x| x.2),
+                    .filter(|x| x.h + w >= h && x.h <= h + w && block_of(x.h) == bi)
+                    .map(|x| g(x.y) - g(m.of(&x.p))),
             );
             if resid.len() >= 30 || w >= horizon {
                 break;
@@ -363,7 +376,7 @@ fn full(
 
     // ---- model name and backtest MASE ----
     f.model = if nb == 1 {
-        chosen[0].name().to_string()
+        chosen[0].name()
     } else {
         format!(
             "h1-24:{} h25-{}:{}",
@@ -377,21 +390,46 @@ fn full(
         .fold((0.0, 0usize), |(s, c), t| {
             (s + (y[t] - y[t - 24]).abs(), c + 1)
         });
-    let (e_sum, e_cnt) = blocks
-        .iter()
-        .enumerate()
-        .fold((0.0, 0usize), |acc, (bi, &(lo, hi))| {
-            let ci = CANDIDATES
-                .iter()
-                .position(|&c| c == chosen[bi])
-                .unwrap_or(0);
-            errs[ci]
-                .iter()
-                .filter(|x| x.0 >= lo && x.0 <= hi)
-                .fold(acc, |(s, c), x| (s + x.1, c + 1))
-        });
+    let (e_sum, e_cnt) = points.iter().fold((0.0, 0usize), |(s, c), x| {
+        (s + (x.y - chosen[block_of(x.h)].of(&x.p)).abs(), c + 1)
+    });
     if sn_cnt > 0 && e_cnt > 0 && sn_sum > 0.0 {
         f.backtest_mase = Some((e_sum / e_cnt as f64) / (sn_sum / sn_cnt as f64));
     }
     Ok(f)
+}
+
+const NC: usize = CANDIDATES.len();
+
+/// One backtest forecast: step, origin (days before the cutoff), truth, candidates' values.
+struct BtPoint {
+    h: usize,
+    i: usize,
+    y: f64,
+    p: [f64; NC],
+}
+
+/// A forecasting method: one candidate (`Method(a, a)`) or the mean of two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Method(usize, usize);
+
+impl Method {
+    fn of(self, p: &[f64; NC]) -> f64 {
+        if self.0 == self.1 {
+            p[self.0]
+        } else {
+            0.5 * (p[self.0] + p[self.1])
+        }
+    }
+    fn name(self) -> String {
+        if self.0 == self.1 {
+            CANDIDATES[self.0].name().to_string()
+        } else {
+            format!(
+                "{}+{}",
+                CANDIDATES[self.0].name(),
+                CANDIDATES[self.1].name()
+            )
+        }
+    }
 }

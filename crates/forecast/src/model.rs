@@ -22,6 +22,8 @@ pub struct Config {
     /// Weight of backtest origin i (days before the cutoff) in the model choice is
     /// `selection_decay^(i-1)`; 1.0 weighs all backtest days equally.
     pub selection_decay: f64,
+    /// Also consider the mean of the two best candidates (forecast combination).
+    pub combine: bool,
     /// Multiplier on the backtest residual quantiles (1.0 = use them as measured).
     pub interval_inflation: f64,
     /// Extra widening per week of horizon: step h uses
@@ -38,6 +40,7 @@ impl Default for Config {
             pairs_per_target: 1,
             backtest_stride: 2,
             selection_decay: 0.85,
+            combine: true,
             interval_inflation: 1.1,
             interval_growth: 1.0,
         }
