@@ -2,13 +2,16 @@
 //!
 //! Hourly series (GPU utilization, power, disk, CPU, memory, network) are forecast by
 //! MSE-trained direct linear models (linfa least squares with a ridge penalty) on features
-//! built with polars: the last value and its decaying deviation from the daily mean, rolling
-//! 24 h / 168 h means, same-hour-yesterday and same-hour-last-week lags, 7-day and 3-week
-//! same-hour profiles, daily and weekly Fourier terms. Each series gets its own choice per
-//! horizon block (steps 1-24 and 25-H) among seasonal-naive 24 h, seasonal-naive 168 h, the
-//! linear model on the raw scale and the linear model on a log scale, by a rolling-origin
-//! backtest over the last days before the forecast origin. 80 % and 95 % intervals are
-//! empirical quantiles of the chosen model's backtest residuals per horizon step.
+//! built with polars: the current level (median of the last 3 h) and its decaying deviation
+//! from the daily mean, rolling 24 h / 168 h means, same-hour-yesterday and
+//! same-hour-last-week lags, 7-day and 3-week same-hour profiles, daily and weekly Fourier
+//! terms. One pooled model per horizon block (steps 1-24 and 25-H), on the raw scale and on
+//! a log scale. Each series gets its own choice per block among seasonal-naive 24 h,
+//! seasonal-naive 168 h, the flat current level and the two linear models (or the mean of
+//! the best two), by a recency-weighted rolling-origin backtest over the last days before
+//! the forecast origin. 80 % and 95 % intervals are split-conformal quantiles of the chosen
+//! method's backtest residuals around each horizon step (log scale, so they are asymmetric
+//! and never negative).
 //!
 //! * [`forecast`] is the product API (one series, one origin).
 //! * [`eval`] runs the benchmark tasks and writes the scorer's CSV.
