@@ -45,6 +45,10 @@ fn pack(w: &[f32], fx: usize, d: usize) -> (Vec<f32>, usize) {
     (p, blocks)
 }
 
+/// Rows computed together: independent accumulator chains hide the add latency and each
+/// weight block is loaded once per group.
+const ROWS: usize = 4;
+
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
@@ -62,10 +66,38 @@ fn energy_rows(
 ) {
     let fx = lags * d;
     let start = rows.start;
-    for t in rows {
-        let x = &zpad[t * d..t * d + fx];
+    let mut t = rows.start;
+    let finish = |t: usize, c: usize, acc: &[f32; LANES], out: &mut [f32]| {
         let target = &zpad[(t + lags) * d..(t + lags + 1) * d];
         let o = &mut out[(t - start) * d..(t - start + 1) * d];
+        let j0 = c * LANES;
+        for k in 0..LANES.min(d - j0) {
+            let j = j0 + k;
+            let r = ((target[j] - acc[k] - bias[j]).abs() * inv_scale[j]).min(clip);
+            o[j] = r * r;
+        }
+    };
+    while t + ROWS <= rows.end {
+        let xs: [&[f32]; ROWS] = std::array::from_fn(|r| &zpad[(t + r) * d..(t + r) * d + fx]);
+        for c in 0..blocks {
+            let mut acc = [[0.0f32; LANES]; ROWS];
+            let wb = &packed[c * fx * LANES..(c + 1) * fx * LANES];
+            for (f, w) in wb.chunks_exact(LANES).enumerate() {
+                for r in 0..ROWS {
+                    let xv = xs[r][f];
+                    for k in 0..LANES {
+                        acc[r][k] += xv * w[k];
+                    }
+                }
+            }
+            for r in 0..ROWS {
+                finish(t + r, c, &acc[r], out);
+            }
+        }
+        t += ROWS;
+    }
+    while t < rows.end {
+        let x = &zpad[t * d..t * d + fx];
         for c in 0..blocks {
             let mut acc = [0.0f32; LANES];
             let wb = &packed[c * fx * LANES..(c + 1) * fx * LANES];
@@ -74,13 +106,9 @@ fn energy_rows(
                     acc[k] += xv * w[k];
                 }
             }
-            let j0 = c * LANES;
-            for k in 0..LANES.min(d - j0) {
-                let j = j0 + k;
-                let r = ((target[j] - acc[k] - bias[j]).abs() * inv_scale[j]).min(clip);
-                o[j] = r * r;
-            }
+            finish(t, c, &acc, out);
         }
+        t += 1;
     }
 }
 
