@@ -332,6 +332,11 @@ fn full(
         .collect();
     sn_resid.sort_by(f64::total_cmp);
 
+    // log-scale residual of the chosen method at every backtest point
+    let pt_resid: Vec<f64> = points
+        .iter()
+        .map(|x| g(x.y) - g(chosen[block_of(x.h)].of(&x.p)))
+        .collect();
     let mut f = constant(horizon, 0.0, "");
     let mut resid: Vec<f64> = Vec::new();
     for h in 1..=horizon {
@@ -353,8 +358,9 @@ fn full(
             resid.extend(
                 points
                     .iter()
-                    .filter(|x| x.h + w >= h && x.h <= h + w && block_of(x.h) == bi)
-                    .map(|x| g(x.y) - g(m.of(&x.p))),
+                    .zip(&pt_resid)
+                    .filter(|(x, _)| x.h + w >= h && x.h <= h + w && block_of(x.h) == bi)
+                    .map(|(_, r)| *r),
             );
             if resid.len() >= 30 || w >= horizon {
                 break;
@@ -396,7 +402,8 @@ fn full(
     let (e_sum, e_cnt) = points.iter().fold((0.0, 0usize), |(s, c), x| {
         (s + (x.y - chosen[block_of(x.h)].of(&x.p)).abs(), c + 1)
     });
-    if sn_cnt > 0 && e_cnt > 0 && sn_sum > 0.0 {
+    // undefined when the seasonal-naive forecast is (numerically) exact
+    if sn_cnt > 0 && e_cnt > 0 && sn_sum / sn_cnt as f64 > 1e-9 * scale {
         f.backtest_mase = Some((e_sum / e_cnt as f64) / (sn_sum / sn_cnt as f64));
     }
     Ok(f)
@@ -434,5 +441,29 @@ impl Method {
                 CANDIDATES[self.1].name()
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_gaps_interpolates_short_and_copies_long_gaps() {
+        let mut s: Vec<Option<f64>> = (0..400).map(|t| Some((t % 24) as f64)).collect();
+        s[10] = None;
+        s[11] = None; // 2 h gap between 9 and 12: linear
+        for v in s.iter_mut().take(300).skip(200) {
+            *v = None; // 100 h gap: a week earlier
+        }
+        s[0] = None; // leading gap: first value
+        let y = fill_gaps(&s);
+        assert_eq!(y[10], 10.0);
+        assert_eq!(y[11], 11.0);
+        for t in 200..300 {
+            assert_eq!(y[t], (t % 24) as f64, "hour {t}");
+        }
+        assert_eq!(y[0], 1.0);
+        assert!(y.iter().all(|v| v.is_finite()));
     }
 }

@@ -288,3 +288,37 @@ pub fn conformal_quantile(sorted: &[f64], p: f64) -> f64 {
 pub fn frame(y: &[f64], scale: f64, phase0: i64, horizon: usize) -> anyhow::Result<Frame> {
     features::build(y, scale, phase0, horizon)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformal_quantile_uses_finite_sample_ranks() {
+        let s: Vec<f64> = (1..=9).map(f64::from).collect();
+        // n = 9: upper 90 % -> rank ceil(10 * 0.9) = 9, lower 10 % -> rank floor(1.0) = 1
+        assert_eq!(conformal_quantile(&s, 0.90), 9.0);
+        assert_eq!(conformal_quantile(&s, 0.10), 1.0);
+        // 75 % -> rank ceil(7.5) = 8; 25 % -> rank floor(2.5) = 2
+        assert_eq!(conformal_quantile(&s, 0.75), 8.0);
+        assert_eq!(conformal_quantile(&s, 0.25), 2.0);
+        // beyond the sample: clamped to its extremes
+        assert_eq!(conformal_quantile(&s, 0.999), 9.0);
+        assert_eq!(conformal_quantile(&s, 0.001), 1.0);
+        assert_eq!(conformal_quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn seasonal_naive_and_level_look_back_correctly() {
+        let y: Vec<f64> = (0..400).map(f64::from).collect();
+        // origin 399, step 1 -> target 400 -> same hour yesterday = 376, last week = 232
+        assert_eq!(snaive(&y, 24, 399, 1), 376.0);
+        assert_eq!(snaive(&y, 24, 399, 25), 376.0);
+        assert_eq!(snaive(&y, 168, 399, 1), 232.0);
+        // not enough history for a week: falls back to the daily lag
+        assert_eq!(snaive(&y[..100], 168, 99, 1), 76.0);
+        let spiky = [5.0, 5.0, 1000.0, 5.0, 5.0];
+        assert_eq!(level(&spiky, 2), 5.0);
+        assert_eq!(level(&spiky, 4), 5.0);
+    }
+}

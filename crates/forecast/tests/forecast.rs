@@ -69,7 +69,8 @@ fn pure_daily_sinusoid_is_forecast_almost_exactly() {
         "max abs error {max_err} (values ~50±25), model {}",
         f.model
     );
-    assert!(f.backtest_mase.unwrap() < 0.01, "{:?}", f.backtest_mase);
+    // "same hour yesterday" is exact too, so MASE is undefined
+    assert_eq!(f.backtest_mase, None);
 }
 
 #[test]
@@ -86,6 +87,10 @@ fn intervals_cover_at_the_claimed_rate_on_noisy_data() {
         let hist: Vec<Option<f64>> = y[..c].iter().map(|&v| Some(v)).collect();
         let f = forecast(&hist, Some(start), 24);
         check_shape(&f, 24);
+        // the noise is the only error left; seasonal naive doubles its variance, so a good
+        // model scores about 1/sqrt(2) = 0.71 on the backtest
+        let m = f.backtest_mase.unwrap();
+        assert!(m < 0.85, "backtest MASE {m}, model {}", f.model);
         for h in 0..24 {
             let a = y[c + h];
             in80 += (f.lo80[h] <= a && a <= f.hi80[h]) as usize;
