@@ -93,6 +93,23 @@ fn measure_throughput(data: &std::path::Path) -> Result<()> {
         kbest = kbest.max(e.len() as f64 / dd as f64 / t.elapsed().as_secs_f64());
     }
     eprintln!("kernel only: {kbest:.0} rows/s");
+    if std::env::var("RW_PROFILE").is_ok() {
+        let one = CpuBackend::single_threaded();
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            one.residual_energy(&zpad, n, dd, lags, w, &det.inv_resid_scale, 100.0)?;
+            let k1 = t.elapsed().as_secs_f64();
+            let mut d1 = det.clone();
+            let t = std::time::Instant::now();
+            d1.score_alerts(&one, &big)?;
+            let a1 = t.elapsed().as_secs_f64();
+            eprintln!(
+                "1 thread: kernel {:.0} ns/row, full {:.0} ns/row",
+                k1 / n as f64 * 1e9,
+                a1 / n as f64 * 1e9
+            );
+        }
+    }
     println!(
         "throughput: {best:.0} rows/s ({} metrics, {} rows per batch, {})",
         big.cols,

@@ -45,6 +45,16 @@ fn pack(w: &[f32], fx: usize, d: usize) -> (Vec<f32>, usize) {
     (p, blocks)
 }
 
+/// `a * b + c`, fused where the caller was compiled with FMA (a libm call otherwise).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// Rows computed together: independent accumulator chains hide the add latency and each
 /// weight block is loaded once per group.
 const ROWS: usize = 4;
@@ -52,7 +62,7 @@ const ROWS: usize = 4;
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn energy_rows(
+fn energy_rows<const FMA: bool>(
     zpad: &[f32],
     rows: std::ops::Range<usize>,
     d: usize,
@@ -86,7 +96,7 @@ fn energy_rows(
                 for r in 0..ROWS {
                     let xv = xs[r][f];
                     for k in 0..LANES {
-                        acc[r][k] += xv * w[k];
+                        acc[r][k] = madd::<FMA>(xv, w[k], acc[r][k]);
                     }
                 }
             }
@@ -103,7 +113,7 @@ fn energy_rows(
             let wb = &packed[c * fx * LANES..(c + 1) * fx * LANES];
             for (xv, w) in x.iter().zip(wb.chunks_exact(LANES)) {
                 for k in 0..LANES {
-                    acc[k] += xv * w[k];
+                    acc[k] = madd::<FMA>(*xv, w[k], acc[k]);
                 }
             }
             finish(t, c, &acc, out);
@@ -127,7 +137,7 @@ unsafe fn energy_rows_avx2(
     clip: f32,
     out: &mut [f32],
 ) {
-    energy_rows(
+    energy_rows::<true>(
         zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
     )
 }
@@ -158,7 +168,7 @@ fn energy_dispatch(
             return;
         }
     }
-    energy_rows(
+    energy_rows::<false>(
         zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
     )
 }
