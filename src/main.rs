@@ -79,6 +79,45 @@ enum Cmd {
     /// Alerts: silences, rule checks, a test mail.
     #[command(subcommand)]
     Alerts(AlertsCmd),
+    /// Forecasting engine: evaluate on a benchmark data set.
+    #[command(subcommand)]
+    Forecast(ForecastCmd),
+    /// Anomaly detector: evaluate on a labelled benchmark data set.
+    #[command(subcommand)]
+    Anomaly(AnomalyCmd),
+}
+
+#[derive(Subcommand)]
+enum ForecastCmd {
+    /// Forecast every task of a rolling-origin task file; writes the scorer's CSV.
+    Eval {
+        /// Directory with `hourly/<series>.csv`.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Task file (series, track, cutoff, horizon).
+        #[arg(long, value_name = "FILE")]
+        tasks: PathBuf,
+        /// Predictions CSV to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AnomalyCmd {
+    /// Train on each series' normal part and score its test part causally; writes
+    /// score files (score, alert) in the scorer's format.
+    Eval {
+        /// smd, asd or nab.
+        #[arg(long)]
+        dataset: String,
+        /// Directory laid out like the data set (train/, test/, …; .csv or .csv.gz).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Output directory for score files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -240,6 +279,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Alerts(a) => alerts_cmd(&cfg, a).await,
+        Cmd::Forecast(ForecastCmd::Eval { data, tasks, out }) => {
+            let summary = tokio::task::spawn_blocking(move || rackwatch_forecast::eval(&data, &tasks, &out)).await??;
+            println!("{summary}");
+            Ok(())
+        }
+        Cmd::Anomaly(AnomalyCmd::Eval { dataset, data, out }) => {
+            let summary =
+                tokio::task::spawn_blocking(move || rackwatch_anomaly::eval(&dataset, &data, &out)).await??;
+            println!("{summary}");
+            Ok(())
+        }
         Cmd::Token(t) => {
             let db = Database::open(&cfg, Role::OneShot).await?;
             let r = token_cmd(&db, t).await;
@@ -295,8 +345,14 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
 
 /// `30s`, `15m`, `2h`, `1d`.
 fn parse_duration(s: &str) -> anyhow::Result<chrono::Duration> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
-    let n: i64 = num.parse().map_err(|_| anyhow::anyhow!("duration {s:?}: use a number and a unit, like 30m, 2h or 1d"))?;
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: i64 = num.parse().map_err(|_| {
+        anyhow::anyhow!("duration {s:?}: use a number and a unit, like 30m, 2h or 1d")
+    })?;
     Ok(match unit {
         "s" => chrono::Duration::seconds(n),
         "m" => chrono::Duration::minutes(n),
@@ -310,7 +366,10 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
     match a {
         AlertsCmd::TestEmail { to } => {
             rackwatch::alert::notify::send_test(cfg, &to).await?;
-            println!("test mail to {to} accepted by {}:{}", cfg.alerting.smtp.host, cfg.alerting.smtp.port);
+            println!(
+                "test mail to {to} accepted by {}:{}",
+                cfg.alerting.smtp.host, cfg.alerting.smtp.port
+            );
             Ok(())
         }
         AlertsCmd::CheckRules { file } => {
@@ -334,26 +393,52 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     match a {
         AlertsCmd::List => {
-            let rows: Vec<(String, String, String, chrono::DateTime<chrono::Utc>, String)> = sqlx::query_as(
+            let rows: Vec<(
+                String,
+                String,
+                String,
+                chrono::DateTime<chrono::Utc>,
+                String,
+            )> = sqlx::query_as(
                 "SELECT state, severity, fingerprint, started_at, summary FROM alerts
                   WHERE state IN ('pending', 'firing') ORDER BY state, severity, started_at",
             )
             .fetch_all(&db.store.pool)
             .await?;
             for (state, sev, fp, since, summary) in &rows {
-                println!("{state:<8} {sev:<9} since {}  {summary}  [{fp}]", since.format("%Y-%m-%d %H:%M:%S UTC"));
+                println!(
+                    "{state:<8} {sev:<9} since {}  {summary}  [{fp}]",
+                    since.format("%Y-%m-%d %H:%M:%S UTC")
+                );
             }
             println!("{} alerts", rows.len());
         }
-        AlertsCmd::Silence { matchers, duration, comment, author } => {
-            let m = rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
+        AlertsCmd::Silence {
+            matchers,
+            duration,
+            comment,
+            author,
+        } => {
+            let m =
+                rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
             let until = now + parse_duration(&duration)?;
-            let id = db.store.create_silence(&m, now, until, &author, &comment).await?;
-            println!("silence {id} until {}", until.format("%Y-%m-%d %H:%M:%S UTC"));
+            let id = db
+                .store
+                .create_silence(&m, now, until, &author, &comment)
+                .await?;
+            println!(
+                "silence {id} until {}",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            );
         }
         AlertsCmd::Silences => {
             for s in db.store.active_silences(now).await? {
-                let m: Vec<String> = s.matchers.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let m: Vec<String> = s
+                    .matchers
+                    .0
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 println!(
                     "{:>4}  {} → {}  {}  by {}: {}",
                     s.id,
@@ -371,7 +456,9 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             }
             println!("silence {id} ended");
         }
-        AlertsCmd::TestEmail { .. } | AlertsCmd::CheckRules { .. } => unreachable!("handled without a database"),
+        AlertsCmd::TestEmail { .. } | AlertsCmd::CheckRules { .. } => {
+            unreachable!("handled without a database")
+        }
     }
     Ok(())
 }
@@ -380,9 +467,19 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let db = Database::open(&cfg, Role::Owner).await?;
     let cfg = Arc::new(cfg);
-    let bg = app::start_background(cfg.clone(), db.store.clone(), db.url.clone(), shutdown.clone())?;
-    let server =
-        app::start_server_with(cfg.clone(), db.store.clone(), bg.alert_wakeup.clone(), shutdown).await?;
+    let bg = app::start_background(
+        cfg.clone(),
+        db.store.clone(),
+        db.url.clone(),
+        shutdown.clone(),
+    )?;
+    let server = app::start_server_with(
+        cfg.clone(),
+        db.store.clone(),
+        bg.alert_wakeup.clone(),
+        shutdown,
+    )
+    .await?;
     tracing::info!(addr = %server.addr, "serving");
     let r = server.task.await;
     let _ = bg.jobs.await;
@@ -431,11 +528,21 @@ async fn demo(
         .await?;
     db.store.revoke_tokens_with_note("demo").await?;
     let cfg = Arc::new(cfg);
-    let bg = app::start_background(cfg.clone(), db.store.clone(), db.url.clone(), shutdown.clone())?;
+    let bg = app::start_background(
+        cfg.clone(),
+        db.store.clone(),
+        db.url.clone(),
+        shutdown.clone(),
+    )?;
     // The server stops after the agents have flushed; it has its own stop signal.
     let (server_stop_tx, server_stop) = watch::channel(false);
-    let server =
-        app::start_server_with(cfg.clone(), db.store.clone(), bg.alert_wakeup.clone(), server_stop).await?;
+    let server = app::start_server_with(
+        cfg.clone(),
+        db.store.clone(),
+        bg.alert_wakeup.clone(),
+        server_stop,
+    )
+    .await?;
     let base = format!("http://{}", server.addr);
 
     let mut agents = app::start_simulator(&cfg, &db.store, &base, shutdown.clone()).await?;
