@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         cfg.pairs_per_target = v as usize;
     }
     if let Some(v) = env("FC_STRIDE") {
-        cfg.backtest_stride = v as usize;
+        cfg.long_block_stride = v as usize;
     }
     if let Some(v) = env("FC_GROWTH") {
         cfg.interval_growth = v;

@@ -233,7 +233,7 @@ fn full(
                         (sp, weekly),
                         b,
                         bt_end,
-                        cfg.backtest_stride,
+                        if b.0 == 1 { 1 } else { cfg.long_block_stride },
                         cfg,
                     )
                 })
@@ -314,8 +314,14 @@ fn full(
         for ci in [chosen[bi].0, chosen[bi].1] {
             if let Candidate::Linear(sp) = CANDIDATES[ci] {
                 if finals[bi][sp as usize].is_none() {
-                    finals[bi][sp as usize] =
-                        Linear::fit((&fr, observed), (sp, weekly), b, n - 1, 1, cfg);
+                    finals[bi][sp as usize] = Linear::fit(
+                        (&fr, observed),
+                        (sp, weekly),
+                        b,
+                        n - 1,
+                        if b.0 == 1 { 1 } else { cfg.long_block_stride },
+                        cfg,
+                    );
                 }
                 if finals[bi][sp as usize].is_none() {
                     // safe fallback: the seasonal naive forecast
@@ -362,7 +368,7 @@ fn full(
                     .filter(|(x, _)| x.h + w >= h && x.h <= h + w && block_of(x.h) == bi)
                     .map(|(_, r)| *r),
             );
-            if resid.len() >= 30 || w >= horizon {
+            if resid.len() >= 60 || w >= horizon {
                 break;
             }
             w *= 2;

@@ -16,9 +16,9 @@ pub struct Config {
     pub lambda: f64,
     /// Training pairs drawn per target hour and horizon block.
     pub pairs_per_target: usize,
-    /// Backtest models train on every `backtest_stride`-th target hour (cheaper; the final
-    /// models use every hour).
-    pub backtest_stride: usize,
+    /// Models of the long-horizon block (steps 25-H) train on every
+    /// `long_block_stride`-th target hour (cheaper, as accurate); the 1-24 block uses every hour.
+    pub long_block_stride: usize,
     /// Weight of backtest origin i (days before the cutoff) in the model choice is
     /// `selection_decay^(i-1)`; 1.0 weighs all backtest days equally.
     pub selection_decay: f64,
@@ -34,14 +34,14 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            window: 1008,
+            window: 840,
             backtest_days: 14,
             lambda: 2.0,
             pairs_per_target: 1,
-            backtest_stride: 2,
+            long_block_stride: 2,
             selection_decay: 0.85,
             combine: true,
-            interval_inflation: 1.1,
+            interval_inflation: 1.05,
             interval_growth: 1.0,
         }
     }
