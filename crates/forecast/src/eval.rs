@@ -77,7 +77,8 @@ impl fmt::Display for EvalSummary {
 /// `method,series_id,track,cutoff,h,yhat,lo80,hi80,lo95,hi95`.
 ///
 /// Only values at or before each task's cutoff are used. Hours listed in
-/// `data_dir/imputed_hours.csv` (if present) are treated as gaps.
+/// `data_dir/imputed_hours.csv` (if present) are treated as gaps. With the environment
+/// variable `FC_DEBUG` set, the model chosen at every cutoff is printed to stderr.
 pub fn eval(data_dir: &Path, tasks: &Path, out: &Path) -> Result<EvalSummary> {
     eval_with(data_dir, tasks, out, &Config::default())
 }

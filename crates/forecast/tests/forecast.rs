@@ -156,13 +156,21 @@ fn constant_series_and_long_horizons() {
     check_shape(&f, 24);
     for i in 0..24 {
         assert!((f.point[i] - 42.0).abs() < 1e-6, "{}", f.point[i]);
-        assert!(f.lo95[i] > 41.9 && f.hi95[i] < 42.1, "{} {}", f.lo95[i], f.hi95[i]);
+        assert!(
+            f.lo95[i] > 41.9 && f.hi95[i] < 42.1,
+            "{} {}",
+            f.lo95[i],
+            f.hi95[i]
+        );
     }
     // two weeks ahead: beyond the weekly lag, still the daily shape
     let y: Vec<Option<f64>> = (0..900).map(|t| Some(daily(t))).collect();
     let f = forecast(&y, None, 336);
     check_shape(&f, 336);
-    let mae = (0..336).map(|h| (f.point[h] - daily(900 + h)).abs()).sum::<f64>() / 336.0;
+    let mae = (0..336)
+        .map(|h| (f.point[h] - daily(900 + h)).abs())
+        .sum::<f64>()
+        / 336.0;
     assert!(mae < 0.1, "mae {mae}, model {}", f.model);
 }
 
