@@ -380,7 +380,15 @@ impl KernelLogSource {
                 for _ in 0..10_000 {
                     match f.read(&mut buf) {
                         Ok(0) => break,
-                        Ok(n) => lines.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                        // One record per read; continuation lines (" SUBSYSTEM=…")
+                        // follow the message after a newline.
+                        Ok(n) => lines.push(
+                            String::from_utf8_lossy(&buf[..n])
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                                .to_string(),
+                        ),
                         // A record was overwritten before we read it: go on.
                         Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

@@ -17,25 +17,28 @@ use tokio::sync::watch;
 use crate::support::TestApp;
 
 /// `libnvml_double.so` next to this test binary's profile dir (respects
-/// CARGO_TARGET_DIR); built on the spot if the test script did not build it.
+/// CARGO_TARGET_DIR). Cargo cannot depend on a cdylib, so it is (re)built here; a no-op
+/// when `scripts/test` already built it.
 fn double_path() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/it-HASH
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let so = profile_dir.join("libnvml_double.so");
-    if !so.exists() {
-        let target_dir = profile_dir.parent().unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "nvml-double"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("running cargo build -p nvml-double");
-        assert!(st.success(), "cargo build -p nvml-double failed");
+    let target_dir = profile_dir.parent().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "nvml-double"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
     }
-    assert!(so.exists(), "{} missing", so.display());
+    let built = cmd.status().map(|s| s.success()).unwrap_or(false);
+    assert!(
+        so.exists(),
+        "{} missing (cargo build -p nvml-double {})",
+        so.display(),
+        if built { "succeeded" } else { "failed" }
+    );
     so
 }
 
