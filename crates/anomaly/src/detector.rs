@@ -298,7 +298,9 @@ impl Detector {
         zpad
     }
 
-    /// The alert threshold on scores.
+    /// The static (peaks-over-threshold) alert level on scores. A row alerts when its score
+    /// exceeds this level and, when `adapt_factor > 0`, also `adapt_factor ×` the median of the
+    /// recent scores (see [`Detector::score_alerts`]).
     pub fn alert_threshold(&self) -> f32 {
         self.threshold.threshold as f32
     }
