@@ -34,13 +34,19 @@ impl Source for FaultSource {
     }
     fn collect(&mut self, now: DateTime<Utc>, out: &mut Collected) {
         while let Ok((gpu, code)) = self.rx.try_recv() {
-            self.seen.lock().unwrap().insert((gpu, code), Instant::now());
+            self.seen
+                .lock()
+                .unwrap()
+                .insert((gpu, code), Instant::now());
             out.events.push(HardwareEvent {
                 ts: now,
                 index: Some(gpu),
                 kind: "xid".into(),
                 code: Some(code),
-                message: format!("NVRM: Xid (PCI:0000:{:02x}:00): {code}, pid=4242", 0x18 + gpu),
+                message: format!(
+                    "NVRM: Xid (PCI:0000:{:02x}:00): {code}, pid=4242",
+                    0x18 + gpu
+                ),
                 count: None,
             });
         }
@@ -53,21 +59,39 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(run());
 }
 
 async fn run() {
-    let faults = std::env::var("BENCH_FAULTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50usize);
+    let faults = std::env::var("BENCH_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50usize);
     let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let work = std::env::temp_dir().join(format!("rackwatch-bench-alert-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
 
     // A real SMTP server.
-    let smtp_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let smtp_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let maildir = work.join("mail");
     let mut smtp = std::process::Command::new(&python)
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{smtp_port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
         .arg(&maildir)
         .spawn()
         .expect("starting aiosmtpd (set BENCH_PYTHON to a python with aiosmtpd)");
@@ -80,9 +104,20 @@ async fn run() {
 
     // Postgres, server, alerting.
     let pg_root = work.join("pg");
-    let opts = ManagedOptions { root: pg_root, bin_dir: String::new(), user: "postgres".into(), settings: vec![], own_adopted: true };
-    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts)).await.unwrap().expect("starting Postgres");
-    create_database_if_missing(&pg.admin_url(), "bench").await.unwrap();
+    let opts = ManagedOptions {
+        root: pg_root,
+        bin_dir: String::new(),
+        user: "postgres".into(),
+        settings: vec![],
+        own_adopted: true,
+    };
+    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
+        .await
+        .unwrap()
+        .expect("starting Postgres");
+    create_database_if_missing(&pg.admin_url(), "bench")
+        .await
+        .unwrap();
     let url = pg.url_for("bench");
     let store = Store::connect(&url, 8, 30).await.unwrap();
     store.migrate().await.unwrap();
@@ -107,21 +142,51 @@ async fn run() {
     let group_wait = cfg.alerting.group_wait_secs;
     let cfg = Arc::new(cfg);
     let (stop, stop_rx) = watch::channel(false);
-    let bg = rackwatch::app::start_background(cfg.clone(), store.clone(), url.clone(), stop_rx.clone()).unwrap();
-    let server = rackwatch::app::start_server_with(cfg.clone(), store.clone(), bg.alert_wakeup.clone(), stop_rx.clone()).await.unwrap();
+    let bg =
+        rackwatch::app::start_background(cfg.clone(), store.clone(), url.clone(), stop_rx.clone())
+            .unwrap();
+    let server = rackwatch::app::start_server_with(
+        cfg.clone(),
+        store.clone(),
+        bg.alert_wakeup.clone(),
+        stop_rx.clone(),
+    )
+    .await
+    .unwrap();
     // Wait until this server leads (the alert loop only acts on the leader).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A real agent pipeline with a fault-injecting source, sampling every second.
-    let token = store.create_agent_token("bench-gpu-node", "bench").await.unwrap();
+    let token = store
+        .create_agent_token("bench-gpu-node", "bench")
+        .await
+        .unwrap();
     let spool = work.join("spool");
-    let shipper = rackwatch::app::shipper(&cfg, &format!("http://{}", server.addr), &token, &spool).unwrap();
+    let shipper =
+        rackwatch::app::shipper(&cfg, &format!("http://{}", server.addr), &token, &spool).unwrap();
     let (tx, rx) = mpsc::channel();
     let seen = Arc::new(Mutex::new(HashMap::new()));
-    let source = FaultSource { rx, seen: seen.clone() };
-    let identity = HostInfo { name: "bench-gpu-node".into(), site: "fra1".into(), rack: "r01".into(), ..Default::default() };
-    let timing = Timing { interval: Duration::from_secs(1), ship_interval: Duration::from_secs(10) };
-    let agent_task = tokio::spawn(agent::run(identity, vec![Box::new(source)], shipper, timing, stop_rx.clone()));
+    let source = FaultSource {
+        rx,
+        seen: seen.clone(),
+    };
+    let identity = HostInfo {
+        name: "bench-gpu-node".into(),
+        site: "fra1".into(),
+        rack: "r01".into(),
+        ..Default::default()
+    };
+    let timing = Timing {
+        interval: Duration::from_secs(1),
+        ship_interval: Duration::from_secs(10),
+    };
+    let agent_task = tokio::spawn(agent::run(
+        identity,
+        vec![Box::new(source)],
+        shipper,
+        timing,
+        stop_rx.clone(),
+    ));
 
     let mut detect_to_mail = Vec::new();
     let mut inject_to_mail = Vec::new();
@@ -136,12 +201,19 @@ async fn run() {
         let xid = format!("XID {code}:");
         let arrived = loop {
             let mut found = None;
-            for e in std::fs::read_dir(maildir.join("new")).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(maildir.join("new"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let p = e.path();
                 if known.contains(&p) {
                     continue;
                 }
-                let text = std::fs::read_to_string(&p).unwrap_or_default().replace("=\n", "").replace("=\r\n", "");
+                let text = std::fs::read_to_string(&p)
+                    .unwrap_or_default()
+                    .replace("=\n", "")
+                    .replace("=\r\n", "");
                 if text.contains(&needle) && text.contains(&xid) {
                     found = Some(p);
                     break;
@@ -171,15 +243,23 @@ async fn run() {
     store.pool.close().await;
     let _ = smtp.kill();
     let _ = smtp.wait();
-    tokio::task::spawn_blocking(move || pg.stop().unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        .await
+        .unwrap();
     let _ = std::fs::remove_dir_all(&work);
 
     detect_to_mail.sort_by(f64::total_cmp);
     inject_to_mail.sort_by(f64::total_cmp);
-    let (p50, p95) = (percentile(&detect_to_mail, 0.5), percentile(&detect_to_mail, 0.95));
+    let (p50, p95) = (
+        percentile(&detect_to_mail, 0.5),
+        percentile(&detect_to_mail, 0.95),
+    );
     println!("{faults} XID faults, one mail each, group_wait = {group_wait} s (shipped default)");
     println!("fault reported by the agent's source → mail in the SMTP server's Maildir:");
-    println!("  p50 {p50:.2} s, p95 {p95:.2} s, max {:.2} s", detect_to_mail[detect_to_mail.len() - 1]);
+    println!(
+        "  p50 {p50:.2} s, p95 {p95:.2} s, max {:.2} s",
+        detect_to_mail[detect_to_mail.len() - 1]
+    );
     println!(
         "including the wait for the agent's next 1 s sampling tick: p50 {:.2} s, p95 {:.2} s",
         percentile(&inject_to_mail, 0.5),

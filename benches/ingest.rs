@@ -19,7 +19,10 @@ use rackwatch::store::{create_database_if_missing, Store};
 use tokio::sync::{watch, Semaphore};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn gzip(b: &[u8]) -> Vec<u8> {
@@ -29,11 +32,17 @@ fn gzip(b: &[u8]) -> Vec<u8> {
 }
 
 async fn truncate(store: &Store) {
-    sqlx::query("TRUNCATE host_samples, gpu_samples, hardware_events").execute(&store.pool).await.unwrap();
+    sqlx::query("TRUNCATE host_samples, gpu_samples, hardware_events")
+        .execute(&store.pool)
+        .await
+        .unwrap();
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(run());
 }
 
@@ -45,9 +54,20 @@ async fn run() {
     let gpus = 8;
 
     let root = std::env::temp_dir().join(format!("rackwatch-bench-{}", std::process::id()));
-    let opts = ManagedOptions { root: root.clone(), bin_dir: String::new(), user: "postgres".into(), settings: vec![], own_adopted: true };
-    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts)).await.unwrap().expect("starting Postgres");
-    create_database_if_missing(&pg.admin_url(), "bench").await.unwrap();
+    let opts = ManagedOptions {
+        root: root.clone(),
+        bin_dir: String::new(),
+        user: "postgres".into(),
+        settings: vec![],
+        own_adopted: true,
+    };
+    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
+        .await
+        .unwrap()
+        .expect("starting Postgres");
+    create_database_if_missing(&pg.admin_url(), "bench")
+        .await
+        .unwrap();
     let url = pg.url_for("bench");
     let store = Store::connect(&url, 16, 30).await.unwrap();
     store.migrate().await.unwrap();
@@ -55,7 +75,10 @@ async fn run() {
 
     // Data: `rounds` windows of `samples` 5-second steps for every host, oldest first.
     let mut fleet = SimulatedHost::fleet(hosts as u32, gpus as u32);
-    let end = Utc::now().duration_trunc(chrono::Duration::seconds(5)).unwrap() - chrono::Duration::seconds(5);
+    let end = Utc::now()
+        .duration_trunc(chrono::Duration::seconds(5))
+        .unwrap()
+        - chrono::Duration::seconds(5);
     let step = chrono::Duration::seconds(5);
     let span = step * samples as i32;
     let mut batches: Vec<Batch> = Vec::new();
@@ -86,19 +109,40 @@ async fn run() {
     cfg.database.url = Secret::new(url.clone());
     let cfg = Arc::new(cfg);
     let (_stop, stop_rx) = watch::channel(false);
-    let server = rackwatch::app::start_server(cfg.clone(), store.clone(), stop_rx).await.unwrap();
+    let server = rackwatch::app::start_server(cfg.clone(), store.clone(), stop_rx)
+        .await
+        .unwrap();
     let endpoint = format!("http://{}/api/v1/ingest", server.addr);
     let mut tokens = std::collections::HashMap::new();
     for h in &fleet {
-        tokens.insert(h.info.name.clone(), store.create_agent_token(&h.info.name, "bench").await.unwrap());
+        tokens.insert(
+            h.info.name.clone(),
+            store
+                .create_agent_token(&h.info.name, "bench")
+                .await
+                .unwrap(),
+        );
     }
     // Bodies are encoded before the clock starts: this measures the server, not the client.
-    let bodies: Vec<(String, Vec<u8>)> =
-        batches.iter().map(|b| (tokens[&b.host.name].clone(), gzip(&serde_json::to_vec(b).unwrap()))).collect();
+    let bodies: Vec<(String, Vec<u8>)> = batches
+        .iter()
+        .map(|b| {
+            (
+                tokens[&b.host.name].clone(),
+                gzip(&serde_json::to_vec(b).unwrap()),
+            )
+        })
+        .collect();
     let wire: usize = bodies.iter().map(|b| b.1.len()).sum();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
     // Warm-up: one small request (connection, token cache of the pool).
-    let _ = client.get(format!("http://{}/healthz", server.addr)).send().await;
+    let _ = client
+        .get(format!("http://{}/healthz", server.addr))
+        .send()
+        .await;
 
     let sem = Arc::new(Semaphore::new(clients));
     let t0 = Instant::now();
@@ -139,7 +183,12 @@ async fn run() {
     // --- raw COPY of the same rows ---------------------------------------------------
     truncate(&store).await;
     let host_ids: std::collections::HashMap<String, i64> =
-        sqlx::query_as("SELECT name, id FROM hosts").fetch_all(&store.pool).await.unwrap().into_iter().collect();
+        sqlx::query_as("SELECT name, id FROM hosts")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
     let encoded: Vec<(String, String)> = batches
         .iter()
         .map(|b| {
@@ -157,8 +206,14 @@ async fn run() {
         let pool = store.pool.clone();
         tasks.push(tokio::spawn(async move {
             let mut tx = pool.begin().await.unwrap();
-            for (table, cols, data) in [("host_samples", HOST_COLUMNS, h), ("gpu_samples", GPU_COLUMNS, g)] {
-                let mut copy = tx.copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN")).await.unwrap();
+            for (table, cols, data) in [
+                ("host_samples", HOST_COLUMNS, h),
+                ("gpu_samples", GPU_COLUMNS, g),
+            ] {
+                let mut copy = tx
+                    .copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN"))
+                    .await
+                    .unwrap();
                 copy.send(data.into_bytes()).await.unwrap();
                 copy.finish().await.unwrap();
             }
@@ -171,18 +226,27 @@ async fn run() {
     }
     let copy_s = t0.elapsed().as_secs_f64();
     let copy_rps = gpu_rows as f64 / copy_s;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples").fetch_one(&store.pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
     assert_eq!(n as usize, gpu_rows);
-    println!("raw COPY:    {clients} concurrent connections, {copy_s:.2} s → {copy_rps:.0} GPU rows/s");
+    println!(
+        "raw COPY:    {clients} concurrent connections, {copy_s:.2} s → {copy_rps:.0} GPU rows/s"
+    );
     let ratio = ingest_rps / copy_rps;
     println!("ratio http ingest / raw COPY = {ratio:.2} (goal ≥ 0.75)");
 
     store.pool.close().await;
-    tokio::task::spawn_blocking(move || pg.stop().unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        .await
+        .unwrap();
     let _ = std::fs::remove_dir_all(&root);
     println!("BENCH ingest rows_per_s={ingest_rps:.0} copy_rows_per_s={copy_rps:.0} ratio_vs_copy={ratio:.2}");
 }
 
 fn cores() -> f64 {
-    std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0)
 }

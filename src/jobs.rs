@@ -22,6 +22,7 @@ pub const LEADER_LOCK: i64 = 0x7261_636b_7761_7463;
 const TICK: Duration = Duration::from_secs(5);
 const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+const FORECAST_EVERY: Duration = Duration::from_secs(3600);
 
 /// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
 /// other leader-only loops (alerting) whether this server holds the lock.
@@ -36,6 +37,7 @@ pub fn spawn(
         let mut leader: Option<PgConnection> = None;
         let mut last_rollup: Option<Instant> = None;
         let mut last_maintenance: Option<Instant> = None;
+        let mut last_forecast: Option<Instant> = None;
         loop {
             if leader.is_none() {
                 leader = try_lead(&db_url).await;
@@ -64,6 +66,13 @@ pub fn spawn(
                         Err(e) => tracing::warn!("rollup job: {e}"),
                     }
                     last_rollup = Some(Instant::now());
+                }
+                if last_forecast.is_none_or(|t| t.elapsed() >= FORECAST_EVERY) {
+                    match crate::analytics::forecast::run(&store, Utc::now()).await {
+                        Ok(n) => tracing::info!(forecasts = n, "forecast job"),
+                        Err(e) => tracing::warn!("forecast job: {e:#}"),
+                    }
+                    last_forecast = Some(Instant::now());
                 }
             }
             tokio::select! {

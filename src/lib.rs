@@ -5,6 +5,7 @@
 //! to its right through a small interface.
 
 pub mod alert;
+pub mod analytics;
 pub mod app;
 pub mod collect;
 pub mod config;

@@ -280,13 +280,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Alerts(a) => alerts_cmd(&cfg, a).await,
         Cmd::Forecast(ForecastCmd::Eval { data, tasks, out }) => {
-            let summary = tokio::task::spawn_blocking(move || rackwatch_forecast::eval(&data, &tasks, &out)).await??;
+            let summary =
+                tokio::task::spawn_blocking(move || rackwatch_forecast::eval(&data, &tasks, &out))
+                    .await??;
             println!("{summary}");
             Ok(())
         }
         Cmd::Anomaly(AnomalyCmd::Eval { dataset, data, out }) => {
             let summary =
-                tokio::task::spawn_blocking(move || rackwatch_anomaly::eval(&dataset, &data, &out)).await??;
+                tokio::task::spawn_blocking(move || rackwatch_anomaly::eval(&dataset, &data, &out))
+                    .await??;
             println!("{summary}");
             Ok(())
         }

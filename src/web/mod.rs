@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/silences", post(alerts::silence))
         .route("/silences/expire", post(alerts::expire))
         .route("/api/v1/alerts", get(alerts::api))
+        .route("/api/v1/forecasts", get(api::forecasts))
         .route("/login", get(auth::login_form).post(auth::login_submit))
         .route("/logout", post(auth::logout))
         .route("/healthz", get(healthz))

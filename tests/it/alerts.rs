@@ -440,7 +440,10 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     assert!(fired);
     // Keep it firing for the rest of the test, as a fault that keeps recurring would
     // (the test rules resolve hardware alerts after 3 quiet seconds).
-    sqlx::query("UPDATE alerts SET last_active_at = now() + interval '1 hour'").execute(&r.app.store.pool).await.unwrap();
+    sqlx::query("UPDATE alerts SET last_active_at = now() + interval '1 hour'")
+        .execute(&r.app.store.pool)
+        .await
+        .unwrap();
     r.app
         .store
         .upsert_user(

@@ -3,6 +3,7 @@
 mod agent;
 mod alerts;
 mod cli;
+mod forecasts;
 mod ingest;
 mod managed_pg;
 mod nvml;

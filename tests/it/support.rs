@@ -158,21 +158,38 @@ impl TestApp {
     async fn launch(db_url: String, f: impl FnOnce(&mut Config), full: bool) -> TestApp {
         let mut cfg = test_config(&db_url);
         f(&mut cfg);
-        let (max, timeout) = (cfg.database.max_connections, cfg.database.acquire_timeout_secs);
+        let (max, timeout) = (
+            cfg.database.max_connections,
+            cfg.database.acquire_timeout_secs,
+        );
         let store = Store::connect(&db_url, max, timeout).await.unwrap();
         let (raw, ahead) = (cfg.retention.raw_days, cfg.retention.partitions_ahead_days);
-        store.ensure_partitions(Utc::now(), raw, ahead).await.unwrap();
+        store
+            .ensure_partitions(Utc::now(), raw, ahead)
+            .await
+            .unwrap();
         let cfg = Arc::new(cfg);
         let (stop, rx) = watch::channel(false);
         let (background, wakeup) = if full {
-            let bg = rackwatch::app::start_background(cfg.clone(), store.clone(), db_url.clone(), rx.clone()).unwrap();
+            let bg = rackwatch::app::start_background(
+                cfg.clone(),
+                store.clone(),
+                db_url.clone(),
+                rx.clone(),
+            )
+            .unwrap();
             let w = bg.alert_wakeup.clone();
             (Some(bg), w)
         } else {
             (None, Arc::new(tokio::sync::Notify::new()))
         };
-        let server = rackwatch::app::start_server_with(cfg.clone(), store.clone(), wakeup, rx).await.unwrap();
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let server = rackwatch::app::start_server_with(cfg.clone(), store.clone(), wakeup, rx)
+            .await
+            .unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         TestApp {
             base: format!("http://{}", server.addr),
             store,
@@ -269,21 +286,39 @@ impl SmtpServer {
     pub fn stopped(port: u16) -> SmtpServer {
         let dir = tempfile::tempdir().unwrap();
         let maildir = dir.path().join("mail");
-        SmtpServer { port, maildir, _dir: Some(dir), child: None }
+        SmtpServer {
+            port,
+            maildir,
+            _dir: Some(dir),
+            child: None,
+        }
     }
 
     /// Start (or restart) the server and wait until it accepts connections.
     pub async fn run(&mut self) {
         let child = std::process::Command::new(python())
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port), "-c", "aiosmtpd.handlers.Mailbox"])
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{}", self.port),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
             .arg(&self.maildir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .expect("starting aiosmtpd: run ./scripts/test, which installs it (pip install aiosmtpd)");
+            .expect(
+                "starting aiosmtpd: run ./scripts/test, which installs it (pip install aiosmtpd)",
+            );
         self.child = Some(child);
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -291,21 +326,33 @@ impl SmtpServer {
         let mut c = self.child.take().unwrap();
         let _ = c.kill();
         let out = c.wait_with_output().unwrap();
-        panic!("aiosmtpd did not start: {}", String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "aiosmtpd did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Every mail received so far, raw (quoted-printable soft breaks undone).
     pub fn mails(&self) -> Vec<String> {
         let mut files: Vec<_> = ["new", "cur"]
             .iter()
-            .flat_map(|d| std::fs::read_dir(self.maildir.join(d)).into_iter().flatten().flatten())
+            .flat_map(|d| {
+                std::fs::read_dir(self.maildir.join(d))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
             .map(|e| e.path())
             .collect();
         files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
         files
             .iter()
             .filter_map(|p| std::fs::read_to_string(p).ok())
-            .map(|m| m.replace("=\r\n", "").replace("=\n", "").replace("=3D", "="))
+            .map(|m| {
+                m.replace("=\r\n", "")
+                    .replace("=\n", "")
+                    .replace("=3D", "=")
+            })
             .collect()
     }
 
@@ -333,10 +380,17 @@ impl Drop for SmtpServer {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The subject line of a raw mail.
 pub fn subject(mail: &str) -> String {
-    mail.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or("").to_string()
+    mail.lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap_or("")
+        .to_string()
 }

@@ -1,0 +1,163 @@
+//! The hourly forecast job: per pool and per host, GPU utilization (mean over GPUs)
+//! and GPU power (sum over GPUs) for the next 7 days, from hourly means of the 1-minute
+//! rollups over the last 28 days, with 80 % / 95 % intervals and the chosen model's
+//! backtest error (rackwatch-forecast).
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde::Serialize;
+
+use crate::store::Store;
+
+/// Hours of history fed to the models.
+pub const HISTORY_HOURS: i64 = 28 * 24;
+/// Hours forecast.
+pub const HORIZON_HOURS: usize = 168;
+/// Series with fewer hours than this are not forecast (the engine needs a day).
+pub const MIN_HOURS: usize = 24;
+
+/// The metrics forecast.
+pub const METRICS: [&str; 2] = ["gpu_util_pct", "gpu_power_watts"];
+
+/// One stored forecast.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StoredForecast {
+    pub scope: String,
+    pub key: String,
+    pub metric: String,
+    pub generated_at: DateTime<Utc>,
+    pub start_at: DateTime<Utc>,
+    pub history_hours: i32,
+    pub model: String,
+    pub backtest_mase: Option<f64>,
+    pub point: Vec<f64>,
+    pub lo80: Vec<f64>,
+    pub hi80: Vec<f64>,
+    pub lo95: Vec<f64>,
+    pub hi95: Vec<f64>,
+}
+
+/// Hourly series per (scope, key, metric) ending at `end` (exclusive, whole hour).
+async fn hourly_series(
+    store: &Store,
+    end: DateTime<Utc>,
+) -> Result<Vec<(String, String, String, Vec<(DateTime<Utc>, f64)>)>, sqlx::Error> {
+    let start = end - Duration::hours(HISTORY_HOURS);
+    // Per GPU and hour first, then per host / pool and hour.
+    let rows: Vec<(String, String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
+        "WITH g AS (
+            SELECT h.name AS host, h.pool, date_trunc('hour', r.bucket) AS hour, r.gpu_index,
+                   avg(r.util_pct)::float8 AS util, avg(r.power_watts)::float8 AS power
+              FROM gpu_samples_1m r JOIN hosts h ON h.id = r.host_id
+             WHERE r.bucket >= $1 AND r.bucket < $2
+             GROUP BY 1, 2, 3, 4)
+         SELECT 'host', host, hour, avg(util), sum(power) FROM g GROUP BY host, hour
+         UNION ALL
+         SELECT 'pool', pool, hour, avg(util), sum(power) FROM g WHERE pool <> '' GROUP BY pool, hour
+         ORDER BY 1, 2, 3",
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(&store.pool)
+    .await?;
+    let mut out: Vec<(String, String, String, Vec<(DateTime<Utc>, f64)>)> = Vec::new();
+    for (scope, key, hour, util, power) in rows {
+        for (metric, v) in [("gpu_util_pct", util), ("gpu_power_watts", power)] {
+            match out
+                .iter_mut()
+                .find(|s| s.0 == scope && s.1 == key && s.2 == metric)
+            {
+                Some(s) => s.3.push((hour, v)),
+                None => out.push((
+                    scope.clone(),
+                    key.clone(),
+                    metric.to_string(),
+                    vec![(hour, v)],
+                )),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Regular hourly grid from the first hour seen to `end`, gaps as None.
+fn to_grid(
+    points: &[(DateTime<Utc>, f64)],
+    end: DateTime<Utc>,
+) -> (DateTime<Utc>, Vec<Option<f64>>) {
+    let first = points[0].0;
+    let n = ((end - first).num_hours()).max(0) as usize;
+    let mut grid = vec![None; n];
+    for (t, v) in points {
+        let i = (*t - first).num_hours() as usize;
+        if i < n && v.is_finite() {
+            grid[i] = Some(*v);
+        }
+    }
+    (first, grid)
+}
+
+/// Forecast everything and store it. Returns how many forecasts were written.
+pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let end = now.duration_trunc(Duration::hours(1))?;
+    let series = hourly_series(store, end).await?;
+    let mut written = 0;
+    for (scope, key, metric, points) in series {
+        let (first, grid) = to_grid(&points, end);
+        if grid.iter().filter(|v| v.is_some()).count() < MIN_HOURS {
+            continue;
+        }
+        let f = tokio::task::spawn_blocking(move || {
+            rackwatch_forecast::forecast(&grid, Some(first), HORIZON_HOURS)
+        })
+        .await?;
+        sqlx::query(
+            "INSERT INTO forecasts (scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
+                                    point, lo80, hi80, lo95, hi95)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (scope, key, metric) DO UPDATE SET generated_at = EXCLUDED.generated_at,
+                start_at = EXCLUDED.start_at, history_hours = EXCLUDED.history_hours, model = EXCLUDED.model,
+                backtest_mase = EXCLUDED.backtest_mase, point = EXCLUDED.point, lo80 = EXCLUDED.lo80,
+                hi80 = EXCLUDED.hi80, lo95 = EXCLUDED.lo95, hi95 = EXCLUDED.hi95",
+        )
+        .bind(&scope)
+        .bind(&key)
+        .bind(&metric)
+        .bind(now)
+        .bind(end)
+        .bind(((end - first).num_hours()) as i32)
+        .bind(&f.model)
+        .bind(f.backtest_mase)
+        .bind(&f.point)
+        .bind(&f.lo80)
+        .bind(&f.hi80)
+        .bind(&f.lo95)
+        .bind(&f.hi95)
+        .execute(&store.pool)
+        .await?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+impl Store {
+    /// Stored forecasts, optionally filtered.
+    pub async fn forecasts(
+        &self,
+        scope: Option<&str>,
+        key: Option<&str>,
+        metric: Option<&str>,
+    ) -> Result<Vec<StoredForecast>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
+                    point, lo80, hi80, lo95, hi95
+               FROM forecasts
+              WHERE ($1::text IS NULL OR scope = $1) AND ($2::text IS NULL OR key = $2) AND ($3::text IS NULL OR metric = $3)
+              ORDER BY scope, key, metric",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(metric)
+        .fetch_all(&self.pool)
+        .await
+    }
+}

@@ -1,0 +1,102 @@
+//! The hourly forecast job on rollups, and GET /api/v1/forecasts.
+
+use chrono::{Duration, DurationRound, Timelike, Utc};
+use serde_json::json;
+
+use crate::support::{recent, TestApp};
+
+#[tokio::test]
+async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
+    let app = TestApp::spawn().await;
+    let token = app.token("f1").await;
+    let body = json!({"host": {"name": "f1", "pool": "train"}, "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 1.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'f1'")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let end = now.duration_trunc(Duration::hours(1)).unwrap();
+    // Rollups are kept longer than raw samples: make their partitions for three weeks.
+    app.store.ensure_partitions(now, 22, 3).await.unwrap();
+    // Three weeks of a daily cycle on two GPUs (util 50 ± 40 %, power 300 ± 200 W) with a
+    // small irregular wobble, so that "same hour yesterday" is not a perfect forecast.
+    sqlx::query(
+        "INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, power_watts)
+         SELECT $1, g, b, 12, 50 + 40 * sin(2 * pi() * extract(hour FROM b) / 24) + 2 * sin(extract(epoch FROM b) / 7919),
+                300 + 200 * sin(2 * pi() * extract(hour FROM b) / 24) + 10 * sin(extract(epoch FROM b) / 7919)
+           FROM generate_series($2::timestamptz, $3::timestamptz - interval '1 minute', interval '1 minute') b,
+                generate_series(0, 1) g",
+    )
+    .bind(host_id)
+    .bind(end - Duration::days(21))
+    .bind(end)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let n = rackwatch::analytics::forecast::run(&app.store, now)
+        .await
+        .unwrap();
+    assert_eq!(n, 4, "host and pool × utilization and power");
+
+    let cookie = app.login("planner", "planner-pass").await;
+    let r = app
+        .http
+        .get(format!(
+            "{}/api/v1/forecasts?scope=pool&key=train&metric=gpu_power_watts",
+            app.base
+        ))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let f = &v[0];
+    assert_eq!(f["history_hours"], 504);
+    let point: Vec<f64> = serde_json::from_value(f["point"].clone()).unwrap();
+    let lo95: Vec<f64> = serde_json::from_value(f["lo95"].clone()).unwrap();
+    let hi95: Vec<f64> = serde_json::from_value(f["hi95"].clone()).unwrap();
+    let lo80: Vec<f64> = serde_json::from_value(f["lo80"].clone()).unwrap();
+    let hi80: Vec<f64> = serde_json::from_value(f["hi80"].clone()).unwrap();
+    assert_eq!(point.len(), 168);
+    assert!(!f["model"].as_str().unwrap().is_empty());
+    assert!(f["backtest_mase"].as_f64().is_some());
+    for i in 0..168 {
+        assert!(
+            lo95[i] <= lo80[i] + 1e-9
+                && lo80[i] <= point[i] + 1e-9
+                && point[i] <= hi80[i] + 1e-9
+                && hi80[i] <= hi95[i] + 1e-9,
+            "intervals nest at {i}"
+        );
+        // The pool's power is the sum of its two GPUs: 600 ± 400 W on the daily cycle.
+        let hour = (end + Duration::hours(i as i64)).hour() as f64;
+        let expected = 2.0 * (300.0 + 200.0 * (2.0 * std::f64::consts::PI * hour / 24.0).sin());
+        assert!(
+            (point[i] - expected).abs() < 40.0,
+            "hour {i}: forecast {} W, expected {expected} W",
+            point[i]
+        );
+    }
+    let bad = app
+        .http
+        .get(format!("{}/api/v1/forecasts?metric=cpu", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let all: serde_json::Value = app
+        .http
+        .get(format!("{}/api/v1/forecasts", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 4);
+    app.stop().await;
+}
