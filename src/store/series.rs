@@ -83,7 +83,7 @@ SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.ts, $3) AS ts
        avg(s.sm_clock_mhz)::float8 AS sm_clock_mhz, avg(s.mem_clock_mhz)::float8 AS mem_clock_mhz,
        avg(s.fan_pct)::float8 AS fan_pct, bool_or(s.throttle_reasons & $6 <> 0) AS throttled
   FROM gpu_samples s
- WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND ($2::int2 IS NULL OR s.gpu_index = $2)
+ WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index BETWEEN $2 AND $7
    AND s.ts >= $3 AND s.ts < $4
  GROUP BY 1, 2 ORDER BY 1, 2";
 
@@ -96,7 +96,7 @@ SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.bucket, $3) A
        avg(s.sm_clock_mhz)::float8 AS sm_clock_mhz, NULL::float8 AS mem_clock_mhz,
        NULL::float8 AS fan_pct, NULL::bool AS throttled
   FROM gpu_samples_1m s
- WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND ($2::int2 IS NULL OR s.gpu_index = $2)
+ WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index BETWEEN $2 AND $7
    AND s.bucket >= $3 AND s.bucket < $4 AND $6::int8 IS NOT NULL
  GROUP BY 1, 2 ORDER BY 1, 2";
 
@@ -170,13 +170,17 @@ impl Store {
             Source::Raw => GPU_RAW,
             Source::Rollup1m => GPU_1M,
         };
+        // An index range rather than `$2 IS NULL OR …`, so that the cached generic plan
+        // still uses the primary key for one GPU.
+        let (lo, hi) = index.map_or((0, i16::MAX), |i| (i, i));
         sqlx::query_as(sql)
             .bind(host)
-            .bind(index)
+            .bind(lo)
             .bind(from)
             .bind(to)
             .bind(bucket_secs as f64)
             .bind(THROTTLE_MASK)
+            .bind(hi)
             .fetch_all(&self.pool)
             .await
     }

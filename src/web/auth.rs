@@ -196,6 +196,14 @@ impl LoginLimiter {
 
     pub fn failed(&self, user: &str, ip: Option<std::net::IpAddr>) {
         let mut m = self.failures.lock().expect("limiter lock");
+        // Sprayed user names must not grow the map without bound: drop expired entries.
+        if m.len() > 10_000 {
+            let now = Instant::now();
+            m.retain(|_, v| {
+                v.retain(|t| now.duration_since(*t) < LOGIN_WINDOW);
+                !v.is_empty()
+            });
+        }
         for (k, _) in Self::keys(user, ip) {
             m.entry(k).or_default().push(Instant::now());
         }

@@ -515,3 +515,18 @@ pub async fn inventory(st: &AppState, q: &str) -> Result<InventoryData, ApiError
         rows: st.store.inventory(q.trim()).await?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_throttled_buckets_merge_into_one_span() {
+        let t0: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        let b = |s: i64| t0 + Duration::seconds(s);
+        let s = spans(&[b(0), b(7), b(14), b(70)], 7);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].from, s[0].to), (b(0), b(21)));
+        assert_eq!((s[1].from, s[1].to), (b(70), b(77)));
+    }
+}

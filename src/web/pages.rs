@@ -163,6 +163,9 @@ pub struct Picker {
     pub source_label: String,
     pub live: bool,
     pub query: String,
+    /// RFC 3339 ends, shown in the viewer's zone by the page script.
+    pub from_iso: String,
+    pub to_iso: String,
 }
 
 fn picker(path: String, r: &TimeRange, keep: String) -> Picker {
@@ -176,6 +179,8 @@ fn picker(path: String, r: &TimeRange, keep: String) -> Picker {
         source_label: r.source_label(),
         live: r.is_live(),
         query: r.query(),
+        from_iso: r.from.to_rfc3339(),
+        to_iso: r.to.to_rfc3339(),
     }
 }
 
