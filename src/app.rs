@@ -21,7 +21,7 @@ use crate::collect::Source;
 use crate::config::Config;
 use crate::model::{Batch, HostInfo};
 use crate::store::Store;
-use crate::web::{self, metrics::Metrics, AppState};
+use crate::web::{self, AppState};
 
 /// A running HTTP server.
 pub struct RunningServer {
@@ -49,13 +49,10 @@ pub async fn start_server_with(
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState {
-        store,
-        cfg,
-        metrics: Arc::new(Metrics::default()),
-        alert_wakeup,
-    };
-    let app = web::router(state);
+    let mut state = AppState::new(store, cfg);
+    state.alert_wakeup = alert_wakeup;
+    // Client addresses are needed by the login rate limiter.
+    let app = web::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -204,7 +204,7 @@ impl SimulatedHost {
             let minute = (ts / 60) as u32;
             let prev_ts = ts - dt.ceil() as i64;
             let mark = i64::from(minute) * 60 + 30;
-            if minute % XID_EVERY_MIN == 0 && prev_ts < mark && ts >= mark {
+            if minute.is_multiple_of(XID_EVERY_MIN) && prev_ts < mark && ts >= mark {
                 let (code, msg) = XIDS[(minute / XID_EVERY_MIN) as usize % XIDS.len()];
                 out.events.push(HardwareEvent {
                     ts: DateTime::from_timestamp(mark, 0).unwrap_or(t),

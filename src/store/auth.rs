@@ -255,6 +255,34 @@ impl Store {
     }
 }
 
+/// A user as listed on the admin page (never the hash).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct UserInfo {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Every user, by name.
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, sqlx::Error> {
+        sqlx::query_as("SELECT id, name, role, created_at FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Delete a user; their sessions end with them (ON DELETE CASCADE).
+    pub async fn delete_user(&self, id: i64) -> Result<bool, sqlx::Error> {
+        Ok(sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+}
+
 /// An agent token as listed (never the secret).
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct TokenInfo {

@@ -6,6 +6,7 @@ pub mod managed;
 pub mod queries;
 pub mod rollup;
 pub mod samples;
+pub mod series;
 
 use std::time::Duration;
 

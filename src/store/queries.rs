@@ -152,11 +152,20 @@ impl Store {
 
     /// One host's inventory row and latest sample.
     pub async fn host_latest(&self, name: &str) -> Result<Option<HostLatest>, sqlx::Error> {
-        Ok(self
-            .hosts_latest()
-            .await?
-            .into_iter()
-            .find(|h| h.name == name))
+        sqlx::query_as(
+            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
+                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
+                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
+                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
+               FROM hosts h
+               LEFT JOIN LATERAL (
+                    SELECT * FROM host_samples s WHERE s.host_id = h.id AND s.ts > now() - interval '15 minutes'
+                     ORDER BY s.ts DESC LIMIT 1) s ON true
+              WHERE h.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// Raw samples of one host in `[from, to)`, oldest first.

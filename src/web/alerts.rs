@@ -8,12 +8,14 @@ use axum::{Form, Json};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{ApiUser, PageUser};
+use super::auth::{verify_csrf, ApiUser, Csrf, PageUser};
 use super::error::ApiError;
 use super::pages::render;
+use super::pages::Nav;
 use super::AppState;
 use crate::alert::Labels;
 use crate::store::auth::{Role, User};
+use axum::http::HeaderMap;
 
 /// An alert as listed.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -101,8 +103,7 @@ pub struct IncidentView {
 #[derive(Template)]
 #[template(path = "alerts.html")]
 pub struct AlertsPage {
-    pub user_name: String,
-    pub user_role: &'static str,
+    pub nav: Nav,
     pub can_act: bool,
     pub firing: Vec<AlertView>,
     pub pending: Vec<AlertView>,
@@ -128,6 +129,7 @@ fn ts(t: DateTime<Utc>) -> String {
 pub async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    csrf: Csrf,
 ) -> Result<Response, ApiError> {
     let cur = current(&st).await?;
     let view = |(a, silenced): &(AlertRow, bool)| AlertView {
@@ -189,9 +191,8 @@ pub async fn page(
         })
         .collect();
     Ok(render(&AlertsPage {
-        user_name: user.name.clone(),
-        user_role: user.role.as_str(),
         can_act: user.role >= Role::Operator,
+        nav: Nav::new(&user, csrf, "alerts"),
         firing,
         pending,
         silences,
@@ -212,14 +213,18 @@ fn require_operator(user: &User) -> Result<(), ApiError> {
 #[derive(Deserialize)]
 pub struct AckForm {
     fingerprint: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 pub async fn acknowledge(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    headers: HeaderMap,
     Form(f): Form<AckForm>,
 ) -> Result<Response, ApiError> {
     require_operator(&user)?;
+    verify_csrf(&headers, &f.csrf)?;
     let n = sqlx::query("UPDATE alerts SET acknowledged_by = $2, acknowledged_at = now() WHERE fingerprint = $1 AND state = 'firing'")
         .bind(&f.fingerprint)
         .bind(&user.name)
@@ -242,14 +247,18 @@ pub struct SilenceForm {
     hours: f64,
     #[serde(default)]
     comment: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 pub async fn silence(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    headers: HeaderMap,
     Form(f): Form<SilenceForm>,
 ) -> Result<Response, ApiError> {
     require_operator(&user)?;
+    verify_csrf(&headers, &f.csrf)?;
     let items: Vec<String> = f
         .matchers
         .split(',')
@@ -274,14 +283,18 @@ pub async fn silence(
 #[derive(Deserialize)]
 pub struct ExpireForm {
     id: i64,
+    #[serde(default)]
+    csrf: String,
 }
 
 pub async fn expire(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    headers: HeaderMap,
     Form(f): Form<ExpireForm>,
 ) -> Result<Response, ApiError> {
     require_operator(&user)?;
+    verify_csrf(&headers, &f.csrf)?;
     st.store.expire_silence(f.id).await?;
     Ok(Redirect::to("/alerts").into_response())
 }

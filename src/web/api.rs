@@ -5,9 +5,12 @@ use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 
-use super::auth::ApiUser;
+use super::auth::{require, ApiUser};
+use super::data;
 use super::error::ApiError;
+use super::range::RangeParams;
 use super::AppState;
+use crate::store::auth::{Role, TokenInfo, UserInfo};
 use crate::store::queries::{EventRow, HostLatest};
 
 pub async fn hosts(
@@ -122,4 +125,87 @@ pub async fn forecasts(
             .forecasts(q.scope.as_deref(), q.key.as_deref(), q.metric.as_deref())
             .await?,
     ))
+}
+/// Fleet page data: KPIs and every GPU as a heatmap cell.
+pub async fn fleet(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Query(q): Query<RangeParams>,
+) -> Result<Json<data::FleetData>, ApiError> {
+    let metric = data::Metric::parse(q.metric.as_deref())?;
+    Ok(Json(data::fleet(&st, metric).await?))
+}
+
+/// Host page data.
+pub async fn host(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Path(name): Path<String>,
+    Query(q): Query<RangeParams>,
+) -> Result<Json<data::HostData>, ApiError> {
+    let r = q.resolve(Utc::now(), "1h")?;
+    Ok(Json(data::host(&st, &name, r).await?))
+}
+
+/// GPU page data.
+pub async fn gpu(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Path((name, index)): Path<(String, i16)>,
+    Query(q): Query<RangeParams>,
+) -> Result<Json<data::GpuData>, ApiError> {
+    let r = q.resolve(Utc::now(), "1h")?;
+    Ok(Json(data::gpu(&st, &name, index, r).await?))
+}
+
+/// Rack page data.
+pub async fn rack(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Path((site, rack)): Path<(String, String)>,
+    Query(q): Query<RangeParams>,
+) -> Result<Json<data::RackData>, ApiError> {
+    let r = q.resolve(Utc::now(), "1h")?;
+    let metric = data::Metric::parse(q.metric.as_deref())?;
+    Ok(Json(data::rack(&st, &site, &rack, r, metric).await?))
+}
+
+/// Inventory page data.
+pub async fn inventory(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Query(q): Query<RangeParams>,
+) -> Result<Json<data::InventoryData>, ApiError> {
+    Ok(Json(
+        data::inventory(&st, q.q.as_deref().unwrap_or("")).await?,
+    ))
+}
+
+/// Users (admins only).
+pub async fn users(
+    State(st): State<AppState>,
+    ApiUser(u): ApiUser,
+) -> Result<Json<Vec<UserInfo>>, ApiError> {
+    require(&u, Role::Admin)?;
+    Ok(Json(st.store.list_users().await?))
+}
+
+/// Agent tokens without secrets (admins only).
+pub async fn tokens(
+    State(st): State<AppState>,
+    ApiUser(u): ApiUser,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    require(&u, Role::Admin)?;
+    Ok(Json(st.store.list_tokens().await?))
+}
+
+/// The OpenAPI 3.1 description of this API (hand-written; a test checks real responses
+/// against it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }

@@ -31,6 +31,17 @@ const ML: f64 = 64.0; // left margin (y labels)
 const MR: f64 = 8.0;
 const MT: f64 = 8.0;
 const MB: f64 = 22.0; // bottom margin (time labels)
+/// Width of the plotting area in pixels: one bucket of a series per column.
+pub const PLOT_PX: usize = (W - ML - MR) as usize;
+
+/// Things drawn behind and over the lines of a chart, on the same time axis.
+#[derive(Default)]
+pub struct Overlay {
+    /// Shaded time spans (throttle periods).
+    pub shaded: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Marks on the time axis (hardware events): time and a label.
+    pub marks: Vec<(DateTime<Utc>, String)>,
+}
 
 /// Render a chart. `gap` is the longest time between two points drawn as connected.
 pub fn line_chart(
@@ -40,6 +51,20 @@ pub fn line_chart(
     to: DateTime<Utc>,
     axis: Axis,
     gap_secs: i64,
+) -> String {
+    line_chart_with(title, series, from, to, axis, gap_secs, &Overlay::default())
+}
+
+/// A chart with shaded spans and event marks; every chart of a page shares the same
+/// geometry, so charts stacked vertically line up in time.
+pub fn line_chart_with(
+    title: &str,
+    series: &[Series],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    axis: Axis,
+    gap_secs: i64,
+    overlay: &Overlay,
 ) -> String {
     let pw = W - ML - MR;
     let ph = H - MT - MB;
@@ -65,6 +90,16 @@ pub fn line_chart(
         escape(title)
     );
     let _ = write!(svg, "<title>{}</title>", escape(title));
+    let x_of =
+        |t: DateTime<Utc>| ML + ((t - from).num_milliseconds() as f64 / span).clamp(0.0, 1.0) * pw;
+    for (a, b) in &overlay.shaded {
+        let (x1, x2) = (x_of(*a), x_of(*b));
+        let _ = write!(
+            svg,
+            r#"<rect class="throttle" x="{x1:.1}" y="{MT}" width="{:.1}" height="{ph}"><title>throttled</title></rect>"#,
+            (x2 - x1).max(1.0)
+        );
+    }
     for i in 0..=4 {
         let v = ymax * f64::from(i) / 4.0;
         let y = MT + ph - ph * f64::from(i) / 4.0;
@@ -114,8 +149,90 @@ pub fn line_chart(
             );
         }
     }
+    for (t, label) in &overlay.marks {
+        let x = x_of(*t);
+        let _ = write!(
+            svg,
+            r#"<g class="event"><line x1="{x:.1}" x2="{x:.1}" y1="{MT}" y2="{:.1}"/><path d="M{:.1},{:.1} l4,6 h-8 z"/><title>{}</title></g>"#,
+            MT + ph,
+            x,
+            MT + ph,
+            escape(label)
+        );
+    }
     svg.push_str("</svg>");
     svg
+}
+
+/// A small line of one series (GPU table), no axes; values scaled to `ymax`.
+pub fn sparkline(
+    points: &[(DateTime<Utc>, f64)],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    ymax: f64,
+    label: &str,
+) -> String {
+    const SW: f64 = 120.0;
+    const SH: f64 = 24.0;
+    let span = (to - from).num_milliseconds().max(1) as f64;
+    let cols = downsample(points, from, span, SW as usize);
+    let mut path = String::new();
+    for (i, (c, _, v)) in cols.iter().enumerate() {
+        let y = SH - 1.0 - (v / ymax.max(1e-9)).clamp(0.0, 1.0) * (SH - 2.0);
+        let _ = write!(
+            path,
+            "{}{:.0},{y:.1} ",
+            if i == 0 { "M" } else { "L" },
+            *c as f64
+        );
+    }
+    format!(
+        r#"<svg class="spark" viewBox="0 0 {SW} {SH}" width="{SW}" height="{SH}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><path d="{}" fill="none" stroke="{}" stroke-width="1.5"/></svg>"#,
+        escape(label),
+        path.trim_end(),
+        PALETTE[0]
+    )
+}
+
+/// Viridis at nine stops: perceptually uniform and readable with the common
+/// color-vision deficiencies (and in greyscale).
+const VIRIDIS: [(u8, u8, u8); 9] = [
+    (68, 1, 84),
+    (71, 44, 122),
+    (59, 81, 139),
+    (44, 113, 142),
+    (33, 144, 141),
+    (39, 173, 129),
+    (92, 200, 99),
+    (170, 220, 50),
+    (253, 231, 37),
+];
+
+/// Background and text color for `frac` in [0, 1] on the viridis scale.
+pub fn sequential_color(frac: f64) -> (String, &'static str) {
+    let f = if frac.is_finite() {
+        frac.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let pos = f * (VIRIDIS.len() - 1) as f64;
+    let i = (pos.floor() as usize).min(VIRIDIS.len() - 2);
+    let k = pos - i as f64;
+    let mix = |a: u8, b: u8| (f64::from(a) + (f64::from(b) - f64::from(a)) * k).round() as u8;
+    let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
+    let c = (mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2));
+    // Dark text on the light (yellow-green) end, light text on the dark end.
+    let text = if f > 0.55 { "#000" } else { "#fff" };
+    (format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2), text)
+}
+
+/// CSS gradient of the sequential scale, for legends.
+pub fn sequential_gradient() -> String {
+    let stops: Vec<String> = VIRIDIS
+        .iter()
+        .map(|(r, g, b)| format!("#{r:02x}{g:02x}{b:02x}"))
+        .collect();
+    format!("linear-gradient(to right, {})", stops.join(", "))
 }
 
 /// Mean of the points falling in each pixel column: (column, last time, mean value).
@@ -208,6 +325,26 @@ mod tests {
         assert_eq!(nice_ceiling(730.0), 1000.0);
         assert_eq!(nice_ceiling(180.0), 200.0);
         assert_eq!(nice_ceiling(0.3), 1.0);
+        assert_eq!(sequential_color(0.0), ("#440154".to_string(), "#fff"));
+        assert_eq!(sequential_color(1.0), ("#fde725".to_string(), "#000"));
+    }
+
+    #[test]
+    fn overlays_sit_on_the_time_axis() {
+        let from: DateTime<Utc> = "2026-11-23T11:00:00Z".parse().unwrap();
+        let to = from + chrono::Duration::hours(1);
+        let ov = Overlay {
+            shaded: vec![(from + chrono::Duration::minutes(30), to)],
+            marks: vec![(from + chrono::Duration::minutes(15), "XID 79 <bus>".into())],
+        };
+        let svg = line_chart_with("t", &[], from, to, Axis::Percent, 30, &ov);
+        // Half-way along the 568 px plot that starts at x = 64.
+        assert!(
+            svg.contains(r#"<rect class="throttle" x="348.0" y="8" width="284.0""#),
+            "{svg}"
+        );
+        assert!(svg.contains(r#"x1="206.0""#), "{svg}");
+        assert!(svg.contains("XID 79 &lt;bus&gt;"));
     }
 
     #[test]

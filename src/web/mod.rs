@@ -1,13 +1,17 @@
 //! The HTTP surface: dashboard pages, the JSON API, ingest, health and metrics.
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod charts;
+pub mod data;
 pub mod error;
+pub mod events;
 pub mod format;
 pub mod metrics;
 pub mod pages;
+pub mod range;
 
 use std::sync::Arc;
 
@@ -28,6 +32,20 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the alert evaluator when hardware events arrive (the fast lane).
     pub alert_wakeup: Arc<tokio::sync::Notify>,
+    pub login_limiter: Arc<auth::LoginLimiter>,
+}
+
+impl AppState {
+    /// State for a server on `store` with `cfg`.
+    pub fn new(store: Store, cfg: Arc<Config>) -> AppState {
+        AppState {
+            store,
+            cfg,
+            metrics: Arc::new(Metrics::default()),
+            alert_wakeup: Arc::new(tokio::sync::Notify::new()),
+            login_limiter: Arc::new(auth::LoginLimiter::default()),
+        }
+    }
 }
 
 /// All routes in one readable list.
@@ -42,6 +60,14 @@ pub fn router(state: AppState) -> Router {
         .route("/silences/expire", post(alerts::expire))
         .route("/api/v1/alerts", get(alerts::api))
         .route("/api/v1/forecasts", get(api::forecasts))
+        .route("/hosts/{name}/gpus/{index}", get(pages::gpu))
+        .route("/racks/{site}/{rack}", get(pages::rack))
+        .route("/inventory", get(pages::inventory))
+        .route("/admin", get(admin::page))
+        .route("/admin/users", post(admin::create_user))
+        .route("/admin/users/{id}/delete", post(admin::delete_user))
+        .route("/admin/tokens", post(admin::create_token))
+        .route("/admin/tokens/{id}/revoke", post(admin::revoke_token))
         .route("/login", get(auth::login_form).post(auth::login_submit))
         .route("/logout", post(auth::logout))
         .route("/healthz", get(healthz))
@@ -53,6 +79,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/hosts", get(api::hosts))
         .route("/api/v1/hosts/{name}/samples", get(api::host_samples))
         .route("/api/v1/events", get(api::events))
+        .route("/api/v1/fleet", get(api::fleet))
+        .route("/api/v1/hosts/{name}", get(api::host))
+        .route("/api/v1/hosts/{name}/gpus/{index}", get(api::gpu))
+        .route("/api/v1/racks/{site}/{rack}", get(api::rack))
+        .route("/api/v1/inventory", get(api::inventory))
+        .route("/api/v1/admin/users", get(api::users))
+        .route("/api/v1/admin/tokens", get(api::tokens))
+        .route("/api/v1/openapi.json", get(api::openapi))
         .with_state(state)
 }
 

@@ -2,17 +2,24 @@
 //! templates stay free of logic. All strings from agents are escaped by askama.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
-use super::auth::{urlencode, PageUser};
-use super::charts::{line_chart, Axis, Series, PALETTE};
+use super::auth::{urlencode, Csrf, PageUser};
+use super::charts::{
+    line_chart_with, sequential_color, sequential_gradient, sparkline, Axis, Overlay, Series,
+    PALETTE,
+};
+use super::data::{self, ExplainedEvent, Health, HeatCell, Metric};
 use super::error::ApiError;
 use super::format::{age, bytes, num, rate};
+use super::range::{preset_links, PresetLink, RangeParams, TimeRange};
 use super::AppState;
+use crate::store::auth::{Role, User};
 use crate::store::queries::{GpuLatest, HostLatest};
+use crate::store::series::{GpuPoint, HostPoint};
 
 /// Render a template into a response (500 with a log line if it fails).
 pub fn render<T: Template>(t: &T) -> Response {
@@ -31,6 +38,35 @@ pub struct LoginPage {
     pub error: Option<String>,
     pub next: String,
     pub username: String,
+    pub csrf: String,
+}
+
+/// What the header of every logged-in page needs.
+pub struct Nav {
+    pub user_name: String,
+    pub user_role: &'static str,
+    pub is_admin: bool,
+    /// Token for the logout form (and any other form on the page).
+    pub csrf: String,
+    /// Which nav link is the current page.
+    pub current: &'static str,
+}
+
+impl Nav {
+    pub fn new(user: &User, csrf: Csrf, current: &'static str) -> Nav {
+        Nav {
+            user_name: user.name.clone(),
+            user_role: user.role.as_str(),
+            is_admin: user.role >= Role::Admin,
+            csrf: csrf.0,
+            current,
+        }
+    }
+}
+
+/// Path segment for a name from an agent (hostnames may hold anything).
+pub fn seg(s: &str) -> String {
+    urlencode(s).replace('/', "%2F")
 }
 
 /// A host as a table row.
@@ -91,7 +127,7 @@ fn host_row(h: &HostLatest, gpus: &[GpuLatest], now: DateTime<Utc>) -> HostRow {
     };
     HostRow {
         name: h.name.clone(),
-        link: urlencode(&h.name).replace('/', "%2F"),
+        link: seg(&h.name),
         site: h.site.clone(),
         rack: h.rack.clone(),
         pool: h.pool.clone(),
@@ -114,52 +150,266 @@ fn host_row(h: &HostLatest, gpus: &[GpuLatest], now: DateTime<Utc>) -> HostRow {
     }
 }
 
+/// The range picker: preset links, a custom from/to form, what the charts read.
+pub struct Picker {
+    pub path: String,
+    pub links: Vec<PresetLink>,
+    /// Extra query (`&metric=temp`) kept by the links.
+    pub keep: String,
+    /// `YYYY-MM-DDTHH:MM` in UTC; the page script shows them in the viewer's zone.
+    pub from_value: String,
+    pub to_value: String,
+    pub label: String,
+    pub source_label: String,
+    pub live: bool,
+    pub query: String,
+    /// RFC 3339 ends, shown in the viewer's zone by the page script.
+    pub from_iso: String,
+    pub to_iso: String,
+}
+
+fn picker(path: String, r: &TimeRange, keep: String) -> Picker {
+    Picker {
+        path,
+        links: preset_links(r),
+        keep,
+        from_value: r.from.format("%Y-%m-%dT%H:%M").to_string(),
+        to_value: r.to.format("%Y-%m-%dT%H:%M").to_string(),
+        label: r.label(),
+        source_label: r.source_label(),
+        live: r.is_live(),
+        query: r.query(),
+        from_iso: r.from.to_rfc3339(),
+        to_iso: r.to.to_rfc3339(),
+    }
+}
+
+/// A heatmap cell.
+pub struct CellView {
+    pub href: String,
+    pub bg: String,
+    pub fg: &'static str,
+    pub class: &'static str,
+    pub text: String,
+    pub label: String,
+}
+
+pub struct HostGroup {
+    pub name: String,
+    pub link: String,
+    pub cells: Vec<CellView>,
+}
+
+pub struct RackGroup {
+    pub site: String,
+    pub name: String,
+    pub link: String,
+    pub hosts: Vec<HostGroup>,
+}
+
+pub struct SiteGroup {
+    pub name: String,
+    pub racks: Vec<RackGroup>,
+}
+
+/// Legend of the heatmap: a gradient with its ends, or the health swatches.
+pub struct HeatLegend {
+    pub gradient: String,
+    pub low: &'static str,
+    pub high: &'static str,
+    pub health: bool,
+}
+
+/// Okabe–Ito colors for health, each with a glyph so color is never the only cue.
+fn health_style(h: Health) -> (&'static str, &'static str, &'static str, &'static str) {
+    // (background, text, glyph, word)
+    match h {
+        Health::Ok => ("#009E73", "#fff", "", "ok"),
+        Health::Hot => ("#E69F00", "#000", "▲", "hot"),
+        Health::Fault => ("#D55E00", "#fff", "✖", "fault"),
+        Health::Stale => ("#8a8f96", "#fff", "?", "no data"),
+    }
+}
+
+fn cell_view(c: &HeatCell, metric: Metric, query: &str) -> CellView {
+    let (hbg, hfg, glyph, word) = health_style(c.health);
+    let (bg, fg) = match (metric, c.scale) {
+        (Metric::Health, _) | (_, None) => (hbg.to_string(), hfg),
+        (_, Some(f)) => sequential_color(f),
+    };
+    let class = match c.health {
+        Health::Ok => "cell",
+        Health::Hot => "cell hot",
+        Health::Fault => "cell fault",
+        Health::Stale => "cell stale",
+    };
+    let faults = if c.faults_24h > 0 {
+        format!(", {} hardware events in 24 h", c.faults_24h)
+    } else {
+        String::new()
+    };
+    let label = format!(
+        "{} GPU {}: {}, {}, {}, memory {}; {word}{faults}",
+        c.host_name,
+        c.index,
+        num(c.util_pct.map(f64::from), 0, "% util"),
+        num(c.temp_celsius.map(f64::from), 0, "°C"),
+        num(c.power_watts.map(f64::from), 0, "W"),
+        bytes(c.mem_used_bytes.map(|v| v as f64)),
+    );
+    CellView {
+        href: format!("/hosts/{}/gpus/{}?{query}", seg(&c.host_name), c.index),
+        bg,
+        fg,
+        class,
+        text: format!("{}{glyph}", c.index),
+        label,
+    }
+}
+
+/// Group cells by site, rack and host (cells arrive ordered that way).
+fn heatmap(cells: &[HeatCell], metric: Metric, query: &str) -> Vec<SiteGroup> {
+    let mut sites: Vec<SiteGroup> = Vec::new();
+    for c in cells {
+        if sites.last().is_none_or(|s| s.name != c.site) {
+            sites.push(SiteGroup {
+                name: c.site.clone(),
+                racks: Vec::new(),
+            });
+        }
+        let site = sites.last_mut().expect("pushed");
+        if site.racks.last().is_none_or(|r| r.name != c.rack) {
+            site.racks.push(RackGroup {
+                site: c.site.clone(),
+                name: c.rack.clone(),
+                link: format!("/racks/{}/{}?{query}", seg(&c.site), seg(&c.rack)),
+                hosts: Vec::new(),
+            });
+        }
+        let rack = site.racks.last_mut().expect("pushed");
+        if rack.hosts.last().is_none_or(|h| h.name != c.host_name) {
+            rack.hosts.push(HostGroup {
+                name: c.host_name.clone(),
+                link: format!("/hosts/{}?{query}", seg(&c.host_name)),
+                cells: Vec::new(),
+            });
+        }
+        rack.hosts
+            .last_mut()
+            .expect("pushed")
+            .cells
+            .push(cell_view(c, metric, query));
+    }
+    sites
+}
+
+fn legend(metric: Metric) -> HeatLegend {
+    let (low, high) = metric.scale();
+    HeatLegend {
+        gradient: sequential_gradient(),
+        low,
+        high,
+        health: metric == Metric::Health,
+    }
+}
+
+/// A metric tab of the heatmap.
+pub struct MetricLink {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub current: bool,
+}
+
+fn metric_links(m: Metric) -> Vec<MetricLink> {
+    Metric::ALL
+        .iter()
+        .map(|x| MetricLink {
+            key: x.key(),
+            label: x.label(),
+            current: *x == m,
+        })
+        .collect()
+}
+
 #[derive(Template)]
 #[template(path = "fleet.html")]
 pub struct FleetPage {
-    pub user_name: String,
-    pub user_role: &'static str,
+    pub nav: Nav,
     pub hosts: Vec<HostRow>,
     pub hosts_up: usize,
     pub gpus_up: usize,
     pub gpus_total: usize,
+    pub gpus_faulty: usize,
     pub mean_gpu_util: String,
     pub gpu_power: String,
+    pub energy_today: String,
+    pub metrics: Vec<MetricLink>,
+    pub metric_label: &'static str,
+    pub legend: HeatLegend,
+    pub sites: Vec<SiteGroup>,
+}
+
+fn watts(w: f64) -> String {
+    if w >= 1000.0 {
+        format!("{:.1} kW", w / 1000.0)
+    } else {
+        format!("{w:.0} W")
+    }
 }
 
 pub async fn fleet(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    csrf: Csrf,
+    Query(q): Query<RangeParams>,
 ) -> Result<Response, ApiError> {
-    let now = Utc::now();
-    let hosts = st.store.hosts_latest().await?;
-    let gpus = st.store.gpus_latest(None).await?;
-    let reporting: Vec<&GpuLatest> = gpus.iter().filter(|g| g.ts.is_some()).collect();
-    let utils: Vec<f64> = reporting
+    let metric = Metric::parse(q.metric.as_deref())?;
+    let d = data::fleet(&st, metric).await?;
+    let now = d.generated_at;
+    let gpus_latest = st_gpus(&d);
+    let rows: Vec<HostRow> = d
+        .hosts
         .iter()
-        .filter_map(|g| g.util_pct.map(f64::from))
+        .map(|h| host_row(h, &gpus_latest, now))
         .collect();
-    let mean = (!utils.is_empty()).then(|| utils.iter().sum::<f64>() / utils.len() as f64);
-    let power: f64 = reporting
-        .iter()
-        .filter_map(|g| g.power_watts.map(f64::from))
-        .sum();
-    let rows: Vec<HostRow> = hosts.iter().map(|h| host_row(h, &gpus, now)).collect();
     let page = FleetPage {
-        user_name: user.name,
-        user_role: user.role.as_str(),
-        hosts_up: rows.iter().filter(|r| !r.stale).count(),
+        nav: Nav::new(&user, csrf, "fleet"),
+        hosts_up: d.hosts_up,
         hosts: rows,
-        gpus_up: reporting.len(),
-        gpus_total: gpus.len(),
-        mean_gpu_util: num(mean, 1, "%"),
-        gpu_power: if power >= 1000.0 {
-            format!("{:.1} kW", power / 1000.0)
-        } else {
-            format!("{power:.0} W")
-        },
+        gpus_up: d.gpus_up,
+        gpus_total: d.gpus_total,
+        gpus_faulty: d.gpus_faulty,
+        mean_gpu_util: num(d.mean_gpu_util_pct, 1, "%"),
+        gpu_power: watts(d.gpu_power_watts),
+        energy_today: format!("{:.1} kWh", d.gpu_energy_today_kwh),
+        metrics: metric_links(metric),
+        metric_label: metric.label(),
+        legend: legend(metric),
+        sites: heatmap(&d.gpus, metric, "range=1h"),
     };
     Ok(render(&page))
+}
+
+/// The fleet table's GPU chips, rebuilt from heatmap cells.
+fn st_gpus(d: &data::FleetData) -> Vec<GpuLatest> {
+    d.gpus
+        .iter()
+        .map(|c| GpuLatest {
+            host_name: c.host_name.clone(),
+            index: c.index,
+            uuid: None,
+            model: c.model.clone(),
+            memory_total_bytes: c.memory_total_bytes,
+            power_limit_watts: c.power_limit_watts,
+            ts: c.ts,
+            util_pct: c.util_pct,
+            mem_util_pct: None,
+            mem_used_bytes: c.mem_used_bytes,
+            power_watts: c.power_watts,
+            temp_celsius: c.temp_celsius,
+            sm_clock_mhz: None,
+        })
+        .collect()
 }
 
 /// A chart and its legend (label, color).
@@ -173,44 +423,45 @@ pub struct ChartView {
 pub struct EventView {
     pub ts: String,
     pub gpu: String,
-    pub kind: String,
-    pub code: i64,
+    pub gpu_link: String,
+    pub title: String,
     pub count: i32,
     pub message: String,
-    /// What it means and NVIDIA's recommended action (`model::xid`).
     pub meaning: String,
     pub action: String,
 }
 
-#[derive(Template)]
-#[template(path = "host.html")]
-pub struct HostPage {
-    pub user_name: String,
-    pub user_role: &'static str,
-    pub host: HostRow,
-    pub agent_version: String,
-    pub range_label: String,
-    pub charts: Vec<ChartView>,
-    pub gpus: Vec<GpuCell>,
-    pub events: Vec<EventView>,
+fn event_views(events: &[ExplainedEvent], query: &str) -> Vec<EventView> {
+    events
+        .iter()
+        .map(|e| EventView {
+            ts: e.ts.to_rfc3339(),
+            gpu: e
+                .index
+                .map(|i| format!("GPU {i}"))
+                .unwrap_or_else(|| "host".into()),
+            gpu_link: e
+                .index
+                .map(|i| format!("/hosts/{}/gpus/{i}?{query}", seg(&e.host_name)))
+                .unwrap_or_default(),
+            title: e.title.clone(),
+            count: e.count,
+            message: e.message.clone(),
+            meaning: e.meaning.clone(),
+            action: e.action.clone(),
+        })
+        .collect()
 }
 
-fn chart(
-    title: &str,
-    series: Vec<Series>,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    axis: Axis,
-) -> ChartView {
+fn chart(title: &str, series: Vec<Series>, r: &TimeRange, axis: Axis, ov: &Overlay) -> ChartView {
     let legend = series
         .iter()
         .enumerate()
         .map(|(i, s)| (s.label.clone(), PALETTE[i % PALETTE.len()]))
         .collect();
-    // Samples come every few seconds; a hole longer than a minute is a real gap.
     ChartView {
         title: title.to_string(),
-        svg: line_chart(title, &series, from, to, axis, 60),
+        svg: line_chart_with(title, &series, r.from, r.to, axis, r.gap_secs(), ov),
         legend,
     }
 }
@@ -227,155 +478,451 @@ fn fmt_watts_axis(v: f64) -> String {
 fn fmt_celsius_axis(v: f64) -> String {
     format!("{v:.0} °C")
 }
+fn fmt_mhz_axis(v: f64) -> String {
+    format!("{v:.0} MHz")
+}
+
+type HostField = fn(&HostPoint) -> Option<f64>;
+
+/// Host charts (CPU, memory, disk, network), one line per host.
+fn host_charts(points: &[HostPoint], r: &TimeRange, per_host: bool) -> Vec<ChartView> {
+    let mut names: Vec<&str> = points.iter().map(|p| p.host_name.as_str()).collect();
+    names.dedup();
+    let lines = |fields: &[(&str, HostField)]| -> Vec<Series> {
+        let mut out = Vec::new();
+        for n in &names {
+            for (label, f) in fields {
+                out.push(Series {
+                    label: if per_host {
+                        format!("{n} {label}")
+                    } else {
+                        label.to_string()
+                    },
+                    points: points
+                        .iter()
+                        .filter(|p| p.host_name == *n)
+                        .filter_map(|p| f(p).map(|v| (p.ts, v)))
+                        .collect(),
+                });
+            }
+        }
+        out
+    };
+    let ov = Overlay::default();
+    vec![
+        chart(
+            "CPU utilization",
+            lines(&[("CPU", |p| p.cpu_util_pct)]),
+            r,
+            Axis::Percent,
+            &ov,
+        ),
+        chart(
+            "Memory used",
+            lines(&[("used", |p| p.mem_used_bytes)]),
+            r,
+            Axis::Auto(fmt_bytes_axis),
+            &ov,
+        ),
+        chart(
+            "Disk throughput",
+            lines(&[
+                ("read", |p| p.disk_read_bytes_per_s),
+                ("write", |p| p.disk_write_bytes_per_s),
+            ]),
+            r,
+            Axis::Auto(fmt_rate_axis),
+            &ov,
+        ),
+        chart(
+            "Network throughput",
+            lines(&[
+                ("rx", |p| p.net_rx_bytes_per_s),
+                ("tx", |p| p.net_tx_bytes_per_s),
+            ]),
+            r,
+            Axis::Auto(fmt_rate_axis),
+            &ov,
+        ),
+    ]
+}
+
+type GpuField = fn(&GpuPoint) -> Option<f64>;
+
+fn gpu_points(points: &[GpuPoint], index: i16, f: GpuField) -> Vec<(DateTime<Utc>, f64)> {
+    points
+        .iter()
+        .filter(|p| p.index == index)
+        .filter_map(|p| f(p).map(|v| (p.ts, v)))
+        .collect()
+}
+
+/// A GPU row of the host page, with a utilization sparkline.
+pub struct GpuRow {
+    pub cell: GpuCell,
+    pub link: String,
+    pub spark: String,
+}
+
+#[derive(Template)]
+#[template(path = "host.html")]
+pub struct HostPage {
+    pub nav: Nav,
+    pub host: HostRow,
+    pub rack_link: String,
+    pub agent_version: String,
+    pub picker: Picker,
+    pub charts: Vec<ChartView>,
+    pub gpus: Vec<GpuRow>,
+    pub events: Vec<EventView>,
+}
 
 pub async fn host(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    csrf: Csrf,
     Path(name): Path<String>,
+    Query(q): Query<RangeParams>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
-    let Some(h) = st.store.host_latest(&name).await? else {
-        return Err(ApiError::NotFound(format!("no host named {name:?}")));
+    let r = q.resolve(now, "1h")?;
+    let d = data::host(&st, &name, r.clone()).await?;
+    let query = r.query();
+    let mut charts = host_charts(&d.host_series, &r, false);
+    let mut indexes: Vec<i16> = d.gpu_series.iter().map(|g| g.index).collect();
+    indexes.dedup();
+    let per_gpu = |f: GpuField| -> Vec<Series> {
+        indexes
+            .iter()
+            .map(|i| Series {
+                label: format!("GPU {i}"),
+                points: gpu_points(&d.gpu_series, *i, f),
+            })
+            .collect()
     };
-    let gpus = st.store.gpus_latest(Some(&name)).await?;
-    let to = now;
-    let from = now - Duration::hours(1);
-    let (hs, gs) = st.store.host_samples(&name, from, to).await?;
-    let pts = |f: &dyn Fn(&crate::store::queries::HostSampleRow) -> Option<f64>| -> Vec<(DateTime<Utc>, f64)> {
-        hs.iter().filter_map(|s| f(s).map(|v| (s.ts, v))).collect()
-    };
-    let mut charts = vec![
-        chart(
-            "CPU utilization",
-            vec![Series {
-                label: "CPU".into(),
-                points: pts(&|s| s.cpu_util_pct.map(f64::from)),
-            }],
-            from,
-            to,
-            Axis::Percent,
-        ),
-        chart(
-            "Memory used",
-            vec![Series {
-                label: "used".into(),
-                points: pts(&|s| s.mem_used_bytes.map(|v| v as f64)),
-            }],
-            from,
-            to,
-            Axis::Auto(fmt_bytes_axis),
-        ),
-        chart(
-            "Disk throughput",
-            vec![
-                Series {
-                    label: "read".into(),
-                    points: pts(&|s| s.disk_read_bytes_per_s),
-                },
-                Series {
-                    label: "write".into(),
-                    points: pts(&|s| s.disk_write_bytes_per_s),
-                },
-            ],
-            from,
-            to,
-            Axis::Auto(fmt_rate_axis),
-        ),
-        chart(
-            "Network throughput",
-            vec![
-                Series {
-                    label: "rx".into(),
-                    points: pts(&|s| s.net_rx_bytes_per_s),
-                },
-                Series {
-                    label: "tx".into(),
-                    points: pts(&|s| s.net_tx_bytes_per_s),
-                },
-            ],
-            from,
-            to,
-            Axis::Auto(fmt_rate_axis),
-        ),
-    ];
-    if !gs.is_empty() {
-        let mut indexes: Vec<i16> = gs.iter().map(|g| g.index).collect();
-        indexes.dedup();
-        let per_gpu =
-            |f: &dyn Fn(&crate::store::queries::GpuSampleRow) -> Option<f64>| -> Vec<Series> {
-                indexes
-                    .iter()
-                    .map(|i| Series {
-                        label: format!("GPU {i}"),
-                        points: gs
-                            .iter()
-                            .filter(|g| g.index == *i)
-                            .filter_map(|g| f(g).map(|v| (g.ts, v)))
-                            .collect(),
-                    })
-                    .collect()
-            };
+    if !indexes.is_empty() {
+        let ov = Overlay::default();
         charts.push(chart(
             "GPU utilization",
-            per_gpu(&|g| g.util_pct.map(f64::from)),
-            from,
-            to,
+            per_gpu(|g| g.util_pct),
+            &r,
             Axis::Percent,
+            &ov,
         ));
         charts.push(chart(
             "GPU power",
-            per_gpu(&|g| g.power_watts.map(f64::from)),
-            from,
-            to,
+            per_gpu(|g| g.power_watts),
+            &r,
             Axis::Auto(fmt_watts_axis),
+            &ov,
         ));
         charts.push(chart(
             "GPU temperature",
-            per_gpu(&|g| g.temp_celsius.map(f64::from)),
-            from,
-            to,
+            per_gpu(|g| g.temp_celsius),
+            &r,
             Axis::Auto(fmt_celsius_axis),
+            &ov,
         ));
         charts.push(chart(
             "GPU memory used",
-            per_gpu(&|g| g.mem_used_bytes.map(|v| v as f64)),
-            from,
-            to,
+            per_gpu(|g| g.mem_used_bytes),
+            &r,
             Axis::Auto(fmt_bytes_axis),
+            &ov,
         ));
     }
-    let events = st
-        .store
-        .events(Some(&name), now - Duration::days(7), 200)
-        .await?
-        .into_iter()
-        .map(|e| EventView {
-            ts: e.ts.to_rfc3339(),
-            gpu: e
-                .index
-                .map(|i| format!("#{i}"))
-                .unwrap_or_else(|| "host".into()),
-            kind: e.kind,
-            code: e.code,
-            count: e.count,
-            message: e.message,
-            meaning: e.meaning,
-            action: e.action,
+    let gpus = d
+        .gpus
+        .iter()
+        .map(|g| GpuRow {
+            link: format!("/hosts/{}/gpus/{}?{query}", seg(&name), g.index),
+            spark: sparkline(
+                &gpu_points(&d.gpu_series, g.index, |p| p.util_pct),
+                r.from,
+                r.to,
+                100.0,
+                &format!("GPU {} utilization, {}", g.index, r.label()),
+            ),
+            cell: gpu_cell(g),
         })
         .collect();
     let page = HostPage {
-        user_name: user.name,
-        user_role: user.role.as_str(),
-        agent_version: if h.agent_version.is_empty() {
+        nav: Nav::new(&user, csrf, ""),
+        agent_version: if d.host.agent_version.is_empty() {
             "unknown".into()
         } else {
-            h.agent_version.clone()
+            d.host.agent_version.clone()
         },
-        range_label: format!("{} raw samples", hs.len() + gs.len()),
-        host: host_row(&h, &gpus, now),
+        rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
+        host: host_row(&d.host, &d.gpus, now),
+        picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
         charts,
-        gpus: gpus.iter().map(gpu_cell).collect(),
-        events,
+        gpus,
+        events: event_views(&d.events, &query),
+    };
+    Ok(render(&page))
+}
+
+#[derive(Template)]
+#[template(path = "gpu.html")]
+pub struct GpuPage {
+    pub nav: Nav,
+    pub host: HostRow,
+    pub host_link: String,
+    pub rack_link: String,
+    pub gpu: GpuCell,
+    pub driver_note: String,
+    pub picker: Picker,
+    pub charts: Vec<ChartView>,
+    pub throttle_note: String,
+    pub events: Vec<EventView>,
+}
+
+pub async fn gpu(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    Path((name, index)): Path<(String, i16)>,
+    Query(q): Query<RangeParams>,
+) -> Result<Response, ApiError> {
+    let now = Utc::now();
+    let r = q.resolve(now, "1h")?;
+    let d = data::gpu(&st, &name, index, r.clone()).await?;
+    let query = r.query();
+    let ov = Overlay {
+        shaded: d
+            .throttled
+            .iter()
+            .flatten()
+            .map(|s| (s.from, s.to))
+            .collect(),
+        marks: d
+            .events
+            .iter()
+            .map(|e| (e.ts, format!("{}: {}", e.title, e.meaning)))
+            .collect(),
+    };
+    let one = |label: &str, f: GpuField| Series {
+        label: label.to_string(),
+        points: gpu_points(&d.series, index, f),
+    };
+    let mut charts = vec![
+        chart(
+            "Utilization",
+            vec![one("SM", |p| p.util_pct), one("memory", |p| p.mem_util_pct)],
+            &r,
+            Axis::Percent,
+            &ov,
+        ),
+        chart(
+            "Memory used",
+            vec![one("used", |p| p.mem_used_bytes)],
+            &r,
+            Axis::Auto(fmt_bytes_axis),
+            &ov,
+        ),
+        chart(
+            "Power",
+            vec![
+                one("mean", |p| p.power_watts),
+                one("max", |p| p.power_watts_max),
+            ],
+            &r,
+            Axis::Auto(fmt_watts_axis),
+            &ov,
+        ),
+        chart(
+            "Temperature",
+            vec![
+                one("GPU", |p| p.temp_celsius),
+                one("GPU max", |p| p.temp_celsius_max),
+                one("memory", |p| p.mem_temp_celsius),
+            ],
+            &r,
+            Axis::Auto(fmt_celsius_axis),
+            &ov,
+        ),
+        chart(
+            "Clocks",
+            vec![
+                one("SM", |p| p.sm_clock_mhz),
+                one("memory", |p| p.mem_clock_mhz),
+            ],
+            &r,
+            Axis::Auto(fmt_mhz_axis),
+            &ov,
+        ),
+    ];
+    if d.series.iter().any(|p| p.fan_pct.is_some()) {
+        charts.push(chart(
+            "Fan speed",
+            vec![one("fan", |p| p.fan_pct)],
+            &r,
+            Axis::Percent,
+            &ov,
+        ));
+    }
+    let throttle_note = match &d.throttled {
+        Some(s) if s.is_empty() => "No clock throttling in this range.".to_string(),
+        Some(s) => format!(
+            "Shaded: clocks throttled (power cap, thermal or power brake), {} period{}.",
+            s.len(),
+            if s.len() == 1 { "" } else { "s" }
+        ),
+        None => format!(
+            "Throttle shading is shown for ranges up to {} h (it is read from raw samples).",
+            data::THROTTLE_MAX_SECS / 3600
+        ),
+    };
+    let page = GpuPage {
+        nav: Nav::new(&user, csrf, ""),
+        host_link: format!("/hosts/{}?{query}", seg(&name)),
+        rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
+        host: host_row(&d.host, &[], now),
+        gpu: gpu_cell(&d.gpu),
+        driver_note: d
+            .gpu
+            .memory_total_bytes
+            .map(|b| format!("{} memory", bytes(Some(b as f64))))
+            .unwrap_or_default(),
+        picker: picker(
+            format!("/hosts/{}/gpus/{index}", seg(&name)),
+            &r,
+            String::new(),
+        ),
+        charts,
+        throttle_note,
+        events: event_views(&d.events, &query),
+    };
+    Ok(render(&page))
+}
+
+#[derive(Template)]
+#[template(path = "rack.html")]
+pub struct RackPage {
+    pub nav: Nav,
+    pub site: String,
+    pub rack: String,
+    pub picker: Picker,
+    pub hosts: Vec<HostRow>,
+    pub metrics: Vec<MetricLink>,
+    pub metric_label: &'static str,
+    pub legend: HeatLegend,
+    pub sites: Vec<SiteGroup>,
+    pub charts: Vec<ChartView>,
+    pub events: Vec<EventView>,
+}
+
+pub async fn rack(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    Path((site, rack)): Path<(String, String)>,
+    Query(q): Query<RangeParams>,
+) -> Result<Response, ApiError> {
+    let now = Utc::now();
+    let r = q.resolve(now, "1h")?;
+    let metric = Metric::parse(q.metric.as_deref())?;
+    let d = data::rack(&st, &site, &rack, r.clone(), metric).await?;
+    let query = r.query();
+    let gl = st_gpus(&data::FleetData {
+        generated_at: now,
+        metric,
+        hosts_total: 0,
+        hosts_up: 0,
+        gpus_total: 0,
+        gpus_up: 0,
+        mean_gpu_util_pct: None,
+        gpu_power_watts: 0.0,
+        gpu_energy_today_kwh: 0.0,
+        gpus_faulty: 0,
+        hosts: Vec::new(),
+        gpus: d.gpus.clone(),
+    });
+    let path = format!("/racks/{}/{}", seg(&site), seg(&rack));
+    let page = RackPage {
+        nav: Nav::new(&user, csrf, ""),
+        picker: picker(path, &r, format!("&metric={}", metric.key())),
+        hosts: d.hosts.iter().map(|h| host_row(h, &gl, now)).collect(),
+        metrics: metric_links(metric),
+        metric_label: metric.label(),
+        legend: legend(metric),
+        sites: heatmap(&d.gpus, metric, &query),
+        charts: host_charts(&d.host_series, &r, true),
+        events: event_views(&d.events, &query),
+        site,
+        rack,
+    };
+    Ok(render(&page))
+}
+
+/// A row of the inventory page.
+pub struct InventoryView {
+    pub host: String,
+    pub host_link: String,
+    pub site: String,
+    pub rack: String,
+    pub pool: String,
+    pub agent_version: String,
+    pub last_seen: String,
+    pub gpu: String,
+    pub gpu_link: String,
+    pub model: String,
+    pub uuid: String,
+    pub driver: String,
+    pub memory: String,
+}
+
+#[derive(Template)]
+#[template(path = "inventory.html")]
+pub struct InventoryPage {
+    pub nav: Nav,
+    pub q: String,
+    pub rows: Vec<InventoryView>,
+    pub hosts: usize,
+    pub gpus: usize,
+}
+
+pub async fn inventory(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    Query(q): Query<RangeParams>,
+) -> Result<Response, ApiError> {
+    let d = data::inventory(&st, q.q.as_deref().unwrap_or("")).await?;
+    let mut hosts: Vec<&str> = d.rows.iter().map(|r| r.host_name.as_str()).collect();
+    hosts.dedup();
+    let rows: Vec<InventoryView> = d
+        .rows
+        .iter()
+        .map(|r| InventoryView {
+            host: r.host_name.clone(),
+            host_link: format!("/hosts/{}", seg(&r.host_name)),
+            site: r.site.clone(),
+            rack: r.rack.clone(),
+            pool: r.pool.clone(),
+            agent_version: r.agent_version.clone(),
+            last_seen: r.last_seen.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            gpu: r.index.map(|i| format!("GPU {i}")).unwrap_or_default(),
+            gpu_link: r
+                .index
+                .map(|i| format!("/hosts/{}/gpus/{i}", seg(&r.host_name)))
+                .unwrap_or_default(),
+            model: r.model.clone().unwrap_or_default(),
+            uuid: r.uuid.clone().unwrap_or_default(),
+            driver: r.driver_version.clone().unwrap_or_default(),
+            memory: r
+                .memory_total_bytes
+                .map(|b| bytes(Some(b as f64)))
+                .unwrap_or_default(),
+        })
+        .collect();
+    let page = InventoryPage {
+        nav: Nav::new(&user, csrf, "inventory"),
+        q: d.q,
+        hosts: hosts.len(),
+        gpus: d.rows.iter().filter(|r| r.index.is_some()).count(),
+        rows,
     };
     Ok(render(&page))
 }

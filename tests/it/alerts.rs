@@ -417,11 +417,12 @@ async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
 
 #[tokio::test]
 async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
+    use rackwatch::store::auth::Role;
     let r = rig_with(SmtpServer::stopped(crate::support::free_port()), None).await;
-    let token = r.app.token("pg-host").await;
+    let app = &r.app;
+    let token = app.token("pg-host").await;
     assert_eq!(
-        r.app
-            .ingest(&token, &xid("pg-host", 5, 79, Utc::now()))
+        app.ingest(&token, &xid("pg-host", 5, 79, Utc::now()))
             .await
             .status(),
         200
@@ -429,7 +430,7 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     let mut fired = false;
     for _ in 0..50 {
         fired = sqlx::query_scalar("SELECT count(*) > 0 FROM alerts WHERE state = 'firing'")
-            .fetch_one(&r.app.store.pool)
+            .fetch_one(&app.store.pool)
             .await
             .unwrap();
         if fired {
@@ -441,108 +442,81 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     // Keep it firing for the rest of the test, as a fault that keeps recurring would
     // (the test rules resolve hardware alerts after 3 quiet seconds).
     sqlx::query("UPDATE alerts SET last_active_at = now() + interval '1 hour'")
-        .execute(&r.app.store.pool)
+        .execute(&app.store.pool)
         .await
         .unwrap();
-    r.app
-        .store
-        .upsert_user(
-            "viewer1",
-            rackwatch::store::auth::Role::Viewer,
-            "viewer-pass",
-        )
+    let fp: String = sqlx::query_scalar("SELECT fingerprint FROM alerts")
+        .fetch_one(&app.store.pool)
         .await
         .unwrap();
-    let vr = r
-        .app
-        .http
-        .post(format!("{}/login", r.app.base))
-        .form(&[("username", "viewer1"), ("password", "viewer-pass")])
-        .send()
-        .await
-        .unwrap();
-    let viewer = vr.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let html = r
-        .app
-        .http
-        .get(format!("{}/alerts", r.app.base))
-        .header("cookie", &viewer)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let get = |cookie: String| {
+        let c = app
+            .http
+            .get(format!("{}/alerts", app.base))
+            .header("cookie", cookie);
+        async move { c.send().await.unwrap().text().await.unwrap() }
+    };
+    let post = |path: &str, cookie: &str, form: Vec<(&str, String)>| {
+        app.http
+            .post(format!("{}{path}", app.base))
+            .header("cookie", cookie.to_string())
+            .form(&form)
+            .send()
+    };
+
+    let viewer = app.login_as("viewer1", "viewer-pass", Role::Viewer).await;
+    let html = get(viewer.clone()).await;
     assert!(
         html.contains("GPU reported an XID error") && html.contains("fra1 / r12 / pg-host / GPU 5"),
         "{html}"
     );
     assert!(!html.contains("Acknowledge"), "viewers cannot acknowledge");
-    let fp: String = sqlx::query_scalar("SELECT fingerprint FROM alerts")
-        .fetch_one(&r.app.store.pool)
-        .await
-        .unwrap();
-    let denied = r
-        .app
-        .http
-        .post(format!("{}/alerts/ack", r.app.base))
-        .header("cookie", &viewer)
-        .form(&[("fingerprint", fp.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let csrf = crate::support::csrf_of(&html);
+    let denied = post(
+        "/alerts/ack",
+        &viewer,
+        vec![("fingerprint", fp.clone()), ("csrf", csrf)],
+    )
+    .await
+    .unwrap();
     assert_eq!(denied.status(), 403);
 
-    let op = r.app.login("oper", "operator-pass").await;
-    let ok = r
-        .app
-        .http
-        .post(format!("{}/alerts/ack", r.app.base))
-        .header("cookie", &op)
-        .form(&[("fingerprint", fp.as_str())])
-        .send()
+    let op = app.login_as("oper", "operator-pass", Role::Operator).await;
+    let csrf = crate::support::csrf_of(&get(op.clone()).await);
+    // Without the form's CSRF token the same request is refused.
+    let forged = post("/alerts/ack", &op, vec![("fingerprint", fp.clone())])
         .await
         .unwrap();
+    assert_eq!(forged.status(), 403);
+    let ok = post(
+        "/alerts/ack",
+        &op,
+        vec![("fingerprint", fp.clone()), ("csrf", csrf.clone())],
+    )
+    .await
+    .unwrap();
     assert_eq!(ok.status(), 303);
     let by: Option<String> = sqlx::query_scalar("SELECT acknowledged_by FROM alerts")
-        .fetch_one(&r.app.store.pool)
+        .fetch_one(&app.store.pool)
         .await
         .unwrap();
     assert_eq!(by.as_deref(), Some("oper"));
-    let s = r
-        .app
+    let form = vec![
+        ("matchers", "host=pg-host, rule=gpu-xid".to_string()),
+        ("hours", "2".to_string()),
+        ("comment", "reseating the GPU".to_string()),
+        ("csrf", csrf.clone()),
+    ];
+    assert_eq!(post("/silences", &op, form).await.unwrap().status(), 303);
+    let bad = vec![
+        ("matchers", "colour=red".to_string()),
+        ("hours", "2".to_string()),
+        ("csrf", csrf.clone()),
+    ];
+    assert_eq!(post("/silences", &op, bad).await.unwrap().status(), 400);
+    let api: serde_json::Value = app
         .http
-        .post(format!("{}/silences", r.app.base))
-        .header("cookie", &op)
-        .form(&[
-            ("matchers", "host=pg-host, rule=gpu-xid"),
-            ("hours", "2"),
-            ("comment", "reseating the GPU"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(s.status(), 303);
-    let bad = r
-        .app
-        .http
-        .post(format!("{}/silences", r.app.base))
-        .header("cookie", &op)
-        .form(&[("matchers", "colour=red"), ("hours", "2")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    let api: serde_json::Value = r
-        .app
-        .http
-        .get(format!("{}/api/v1/alerts", r.app.base))
+        .get(format!("{}/api/v1/alerts", app.base))
         .header("cookie", &op)
         .send()
         .await
@@ -552,17 +526,7 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
         .unwrap();
     assert_eq!(api[0]["silenced"], true);
     assert_eq!(api[0]["acknowledged_by"], "oper");
-    let html = r
-        .app
-        .http
-        .get(format!("{}/alerts", r.app.base))
-        .header("cookie", &op)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get(op.clone()).await;
     assert!(
         html.contains("reseating the GPU")
             && html.contains("silenced")

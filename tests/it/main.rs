@@ -2,11 +2,14 @@
 
 mod agent;
 mod alerts;
+mod browser;
 mod cli;
+mod dashboard;
 mod forecasts;
 mod ingest;
 mod managed_pg;
 mod nvml;
+mod openapi;
 mod pages;
 mod rollups;
 mod support;

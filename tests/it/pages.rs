@@ -4,7 +4,7 @@ use serde_json::json;
 
 use crate::support::{recent, TestApp};
 
-async fn seed(app: &TestApp, host: &str) {
+pub async fn seed(app: &TestApp, host: &str) {
     let token = app.token(host).await;
     let ts = recent(60, 5, 5);
     let body = json!({
@@ -31,13 +31,7 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/login?next=/");
     // Wrong password: 401 and a message.
-    let r = app
-        .http
-        .post(format!("{}/login", app.base))
-        .form(&[("username", "nobody"), ("password", "wrongwrong")])
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_login("nobody", "wrongwrong").await;
     assert_eq!(r.status(), 401);
     assert!(r
         .text()
@@ -92,10 +86,12 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
     assert_eq!(missing.status(), 404);
 
     // Logging out ends the session.
+    let token = crate::support::csrf_of(&html);
     let r = app
         .http
         .post(format!("{}/logout", app.base))
         .header("cookie", &cookie)
+        .form(&[("csrf", token)])
         .send()
         .await
         .unwrap();

@@ -218,23 +218,80 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Create a user and return a session cookie header value for it.
+    /// Create an admin and return a session cookie header value for it.
     pub async fn login(&self, user: &str, password: &str) -> String {
-        self.store
-            .upsert_user(user, rackwatch::store::auth::Role::Admin, password)
+        self.login_as(user, password, rackwatch::store::auth::Role::Admin)
             .await
-            .unwrap();
+    }
+
+    /// Create a user with `role` and log in through the form like a browser.
+    pub async fn login_as(
+        &self,
+        user: &str,
+        password: &str,
+        role: rackwatch::store::auth::Role,
+    ) -> String {
+        self.store.upsert_user(user, role, password).await.unwrap();
+        let r = self.post_login(user, password).await;
+        assert_eq!(r.status(), 303, "login should redirect");
+        let set = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .find(|c| c.starts_with("rw_session="))
+            .unwrap()
+            .to_string();
+        assert!(set.contains("HttpOnly"), "{set}");
+        set.split(';').next().unwrap().to_string()
+    }
+
+    /// The login form's CSRF cookie (`name=value`) and hidden-field token.
+    pub async fn login_csrf(&self) -> (String, String) {
         let r = self
             .http
-            .post(format!("{}/login", self.base))
-            .form(&[("username", user), ("password", password), ("next", "/")])
+            .get(format!("{}/login", self.base))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 303, "login should redirect");
-        let set = r.headers().get("set-cookie").unwrap().to_str().unwrap();
-        assert!(set.contains("HttpOnly"), "{set}");
-        set.split(';').next().unwrap().to_string()
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let html = r.text().await.unwrap();
+        (cookie, csrf_of(&html))
+    }
+
+    /// POST the login form as a browser would (CSRF cookie + field).
+    pub async fn post_login(&self, user: &str, password: &str) -> reqwest::Response {
+        let (cookie, token) = self.login_csrf().await;
+        self.http
+            .post(format!("{}/login", self.base))
+            .header("cookie", cookie)
+            .form(&[
+                ("username", user),
+                ("password", password),
+                ("next", "/"),
+                ("csrf", &token),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET a page with a session cookie; returns status and body.
+    pub async fn page(&self, cookie: &str, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 
     pub async fn stop(mut self) {
@@ -393,4 +450,11 @@ pub fn subject(mail: &str) -> String {
         .find_map(|l| l.strip_prefix("Subject: "))
         .unwrap_or("")
         .to_string()
+}
+
+/// The value of the first hidden `csrf` field of a page.
+pub fn csrf_of(html: &str) -> String {
+    let key = "name=\"csrf\" value=\"";
+    let i = html.find(key).expect("csrf field") + key.len();
+    html[i..i + html[i..].find('"').unwrap()].to_string()
 }

@@ -1,0 +1,475 @@
+//! Dashboard latency: fleet, host and GPU pages under concurrent clients on loopback,
+//! each next to the time of the SQL it runs, measured alone at the same concurrency.
+//!
+//! Data: a fleet of BENCH_HOSTS hosts × 8 GPUs (default 125 → 1,000 GPUs), bulk-loaded
+//! with COPY into the real tables: 7 days of 1-minute rollups (what ranges over 6 h read)
+//! and the last BENCH_RAW_HOURS (default 6) of raw 5-second samples (what the fleet page
+//! and ranges up to 6 h read). Loading the full 7 days of raw 5 s data (~120 M GPU rows)
+//! is skipped: no page reads raw data older than 6 h (24 h for throttle shading of a
+//! single GPU), and it would take hours on a small machine.
+//!
+//! Run with `./scripts/bench dashboard`. BENCH_CLIENTS (20) and BENCH_REQUESTS (per
+//! page, 400) change the load.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, DurationRound, Utc};
+use rackwatch::collect::simulator::SimulatedHost;
+use rackwatch::config::{Config, Secret};
+use rackwatch::model::Batch;
+use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
+use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, GPU_COLUMNS, HOST_COLUMNS};
+use rackwatch::store::series::Source;
+use rackwatch::store::{create_database_if_missing, Store};
+use tokio::sync::watch;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn copy(store: &Store, sql: &str, data: String) {
+    let mut conn = store.pool.acquire().await.unwrap();
+    let mut copy = conn.copy_in_raw(sql).await.unwrap();
+    copy.send(data.into_bytes()).await.unwrap();
+    copy.finish().await.unwrap();
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Run `n` jobs on `clients` concurrent workers; returns sorted latencies in ms.
+async fn load<F, Fut>(clients: usize, n: usize, job: F) -> Vec<f64>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let job = Arc::new(job);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (job, next) = (job.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                job(i).await;
+                out.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+async fn run() {
+    let hosts = env("BENCH_HOSTS", 125);
+    let raw_hours = env("BENCH_RAW_HOURS", 6) as i64;
+    let clients = env("BENCH_CLIENTS", 20);
+    let requests = env("BENCH_REQUESTS", 400);
+    let days = 7i64;
+    let gpus = 8u32;
+
+    let root = std::env::temp_dir().join(format!("rackwatch-bench-dash-{}", std::process::id()));
+    let opts = ManagedOptions {
+        root: root.clone(),
+        bin_dir: String::new(),
+        user: "postgres".into(),
+        settings: vec![
+            "shared_buffers=1GB".into(),
+            "max_connections=200".into(),
+            "synchronous_commit=off".into(),
+            "max_wal_size=16GB".into(),
+            "checkpoint_timeout=30min".into(),
+        ],
+        own_adopted: true,
+    };
+    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
+        .await
+        .unwrap()
+        .expect("starting Postgres");
+    create_database_if_missing(&pg.admin_url(), "bench")
+        .await
+        .unwrap();
+    let url = pg.url_for("bench");
+    let store = Store::connect(&url, 40, 30).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    store
+        .ensure_partitions(now, days as u32 + 1, 1)
+        .await
+        .unwrap();
+
+    // --- data ----------------------------------------------------------------------
+    let t_load = Instant::now();
+    let mut fleet = SimulatedHost::fleet(hosts as u32, gpus);
+    let end = now.duration_trunc(chrono::Duration::seconds(5)).unwrap();
+    let raw_from = end - chrono::Duration::hours(raw_hours);
+    let mut ids = Vec::new();
+    // Inventory and the XID events go through the real write path (one small batch per host).
+    for h in &mut fleet {
+        let c = h.history(
+            end - chrono::Duration::minutes(30),
+            end - chrono::Duration::minutes(30) + chrono::Duration::seconds(5),
+            chrono::Duration::seconds(5),
+        );
+        let b = Batch {
+            host: h.info.clone(),
+            gpus: c.gpus,
+            ..Default::default()
+        };
+        ids.push(store.write_batch(&b, now).await.unwrap().host_id);
+    }
+    let mut raw_gpu_rows = 0usize;
+    let mut events = 0usize;
+    let chunk = chrono::Duration::minutes(30);
+    for (h, id) in fleet.iter_mut().zip(&ids) {
+        let mut from = raw_from;
+        while from < end {
+            let to = (from + chunk).min(end);
+            let c = h.history(from, to, chrono::Duration::seconds(5));
+            raw_gpu_rows += c.gpu_samples.len();
+            let mut g = String::new();
+            encode_gpu_rows(*id, &c.gpu_samples, &mut g);
+            copy(
+                &store,
+                &format!("COPY gpu_samples ({GPU_COLUMNS}) FROM STDIN"),
+                g,
+            )
+            .await;
+            let mut hs = String::new();
+            encode_host_rows(*id, &c.host_samples, &mut hs);
+            copy(
+                &store,
+                &format!("COPY host_samples ({HOST_COLUMNS}) FROM STDIN"),
+                hs,
+            )
+            .await;
+            if !c.events.is_empty() {
+                events += c.events.len();
+                let b = Batch {
+                    host: h.info.clone(),
+                    events: c.events,
+                    ..Default::default()
+                };
+                store.write_batch(&b, now).await.unwrap();
+            }
+            from = to;
+        }
+    }
+    println!(
+        "raw 5 s samples, last {raw_hours} h: {raw_gpu_rows} GPU rows, {events} hardware events ({:.0} s)",
+        t_load.elapsed().as_secs_f64()
+    );
+    // 1-minute rollups for 7 days, synthetic but shaped like the simulator's workloads.
+    let t_roll = Instant::now();
+    let first = (end - chrono::Duration::days(days))
+        .duration_trunc(chrono::Duration::minutes(1))
+        .unwrap();
+    let minutes = days * 1440;
+    let mut rollup_rows = 0usize;
+    for (hi, id) in ids.iter().enumerate() {
+        let mut g = String::with_capacity(8 << 20);
+        let mut hs = String::with_capacity(1 << 20);
+        for m in 0..minutes {
+            let b: DateTime<Utc> = first + chrono::Duration::minutes(m);
+            let ts = b.to_rfc3339();
+            let phase = ((m + hi as i64 * 17) % 1440) as f64 / 1440.0 * std::f64::consts::TAU;
+            let _ = writeln!(
+                hs,
+                "{id}\t{ts}\t12\t{:.1}\t{:.1}\t2.5\t{}\t549755813888\t1500000\t200000\t125000000\t30000000",
+                40.0 + 20.0 * phase.sin(),
+                60.0 + 20.0 * phase.sin(),
+                (200u64 << 30) + (m as u64 % 1000) * (1 << 20),
+            );
+            for k in 0..gpus {
+                let u = 60.0 + 35.0 * (phase + f64::from(k)).sin();
+                let p = 120.0 + 5.5 * u;
+                let e = 3.6e9 + (m as f64) * 60.0 * p;
+                let _ = writeln!(
+                    g,
+                    "{id}\t{k}\t{ts}\t12\t{u:.1}\t{:.1}\t{:.1}\t{}\t{p:.1}\t{:.1}\t{e:.0}\t{:.1}\t{:.1}\t1980",
+                    (u + 3.0).min(100.0),
+                    u * 0.4,
+                    (50u64 << 30) + (k as u64) * (1 << 28),
+                    p + 30.0,
+                    45.0 + u * 0.3,
+                    48.0 + u * 0.3,
+                );
+                rollup_rows += 1;
+            }
+        }
+        copy(&store, "COPY gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, util_pct_max, mem_util_pct, mem_used_bytes, power_watts, power_watts_max, energy_joules_total, temp_celsius, temp_celsius_max, sm_clock_mhz) FROM STDIN", g).await;
+        copy(&store, "COPY host_samples_1m (host_id, bucket, samples, cpu_util_pct, cpu_util_pct_max, load1, mem_used_bytes, mem_total_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s) FROM STDIN", hs).await;
+    }
+    sqlx::query("VACUUM ANALYZE")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    println!(
+        "1-minute rollups, {days} days: {rollup_rows} GPU rows + {} host rows ({:.0} s); {} GPUs on {hosts} hosts",
+        ids.len() as i64 * minutes,
+        t_roll.elapsed().as_secs_f64(),
+        hosts * gpus as usize
+    );
+
+    // --- server ----------------------------------------------------------------------
+    let mut cfg = Config::default();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.database.url = Secret::new(url.clone());
+    cfg.database.max_connections = 40;
+    let cfg = Arc::new(cfg);
+    let (_stop, stop_rx) = watch::channel(false);
+    let server = rackwatch::app::start_server(cfg.clone(), store.clone(), stop_rx)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr);
+    store
+        .upsert_user(
+            "bench",
+            rackwatch::store::auth::Role::Viewer,
+            "bench-password",
+        )
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let login = client.get(format!("{base}/login")).send().await.unwrap();
+    let csrf_cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = login.text().await.unwrap();
+    let key = "name=\"csrf\" value=\"";
+    let i = html.find(key).unwrap() + key.len();
+    let token = html[i..i + html[i..].find('"').unwrap()].to_string();
+    let r = client
+        .post(format!("{base}/login"))
+        .header("cookie", csrf_cookie)
+        .form(&[
+            ("username", "bench"),
+            ("password", "bench-password"),
+            ("csrf", &token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("rw_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let names: Arc<Vec<String>> = Arc::new(fleet.iter().map(|h| h.info.name.clone()).collect());
+
+    // Pages: (label, URL builder, range key for the SQL-only run).
+    type Url = fn(&str, usize) -> String;
+    let pages: [(&str, Url, &str); 4] = [
+        ("fleet", |_, _| "/".to_string(), ""),
+        ("host_1h", |h, _| format!("/hosts/{h}?range=1h"), "1h"),
+        (
+            "gpu_1h",
+            |h, i| format!("/hosts/{h}/gpus/{}?range=1h", i % 8),
+            "1h",
+        ),
+        (
+            "gpu_7d",
+            |h, i| format!("/hosts/{h}/gpus/{}?range=7d", i % 8),
+            "7d",
+        ),
+    ];
+    let mut summary = Vec::new();
+    println!("{clients} concurrent clients, {requests} requests per page; SQL = the page's queries alone, same concurrency");
+    println!(
+        "{:<8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>12} {:>12}",
+        "page",
+        "p50 ms",
+        "p95 ms",
+        "sql p50",
+        "sql p95",
+        "ratio",
+        "KiB",
+        "1-client ms",
+        "1-client sql"
+    );
+    for (label, url, range) in pages {
+        // Warm-up: caches and connections, not measured.
+        for i in 0..clients {
+            let u = format!("{base}{}", url(&names[i % names.len()], i));
+            let r = client
+                .get(&u)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{u}");
+        }
+        let size = client
+            .get(format!("{base}{}", url(&names[0], 0)))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len();
+        // One client first: the service time of a page without queueing.
+        let (c, ck, n2, b2) = (client.clone(), cookie.clone(), names.clone(), base.clone());
+        let solo = load(1, 40, move |i| {
+            let (c, ck, n2, b2) = (c.clone(), ck.clone(), n2.clone(), b2.clone());
+            async move {
+                let u = format!("{b2}{}", url(&n2[(i * 7) % n2.len()], i));
+                c.get(&u)
+                    .header("cookie", ck)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+        let (st, n3, rk) = (store.clone(), names.clone(), range.to_string());
+        let solo_sql = load(1, 40, move |i| {
+            let (st, n3, rk) = (st.clone(), n3.clone(), rk.clone());
+            async move { page_sql(&st, label, &n3[(i * 7) % n3.len()], (i % 8) as i16, &rk).await }
+        })
+        .await;
+        let (c, ck, n2, b2) = (client.clone(), cookie.clone(), names.clone(), base.clone());
+        let page = load(clients, requests, move |i| {
+            let (c, ck, n2, b2) = (c.clone(), ck.clone(), n2.clone(), b2.clone());
+            async move {
+                let u = format!("{b2}{}", url(&n2[(i * 7) % n2.len()], i));
+                let r = c.get(&u).header("cookie", ck).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            }
+        })
+        .await;
+        let (st, n3) = (store.clone(), names.clone());
+        let range = range.to_string();
+        let sql =
+            load(clients, requests, move |i| {
+                let (st, n3, range) = (st.clone(), n3.clone(), range.clone());
+                async move {
+                    page_sql(&st, label, &n3[(i * 7) % n3.len()], (i % 8) as i16, &range).await
+                }
+            })
+            .await;
+        let (p50, p95, s50, s95) = (
+            pct(&page, 0.5),
+            pct(&page, 0.95),
+            pct(&sql, 0.5),
+            pct(&sql, 0.95),
+        );
+        let ratio = p95 / s95;
+        println!(
+            "{label:<8} {p50:>9.1} {p95:>9.1} {s50:>9.1} {s95:>9.1} {ratio:>7.2} {:>9.0} {:>12.1} {:>12.1}",
+            size as f64 / 1024.0,
+            pct(&solo, 0.5),
+            pct(&solo_sql, 0.5)
+        );
+        summary.push((label, p50, p95, ratio));
+    }
+    let worst = summary.iter().max_by(|a, b| a.2.total_cmp(&b.2)).unwrap();
+    let worst_ratio = summary.iter().map(|s| s.3).fold(0.0, f64::max);
+    println!(
+        "goals: p95 ≤ 150 ms and ≤ 2× SQL; worst p95 {:.1} ms ({}), worst ratio {worst_ratio:.2}",
+        worst.2, worst.0
+    );
+    println!(
+        "BENCH dashboard pages={} p50_ms={:.1} p95_ms={:.1} sql_ratio={worst_ratio:.2}",
+        summary.iter().map(|s| s.0).collect::<Vec<_>>().join(","),
+        worst.1,
+        worst.2
+    );
+    store.pool.close().await;
+    let _ = pg.stop();
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// The queries a page runs, in the order it runs them, without HTTP or rendering.
+async fn page_sql(st: &Store, page: &str, host: &str, gpu: i16, range: &str) {
+    let now = Utc::now();
+    if page == "fleet" {
+        st.hosts_latest().await.unwrap();
+        st.gpus_latest(None).await.unwrap();
+        st.energy_since(now.duration_trunc(chrono::Duration::days(1)).unwrap())
+            .await
+            .unwrap();
+        st.fault_counts(now - chrono::Duration::hours(24))
+            .await
+            .unwrap();
+        return;
+    }
+    let r = rackwatch::web::range::RangeParams {
+        range: Some(range.to_string()),
+        ..Default::default()
+    }
+    .resolve(now, "1h")
+    .unwrap();
+    st.host_latest(host).await.unwrap();
+    st.gpus_latest(Some(host)).await.unwrap();
+    if page.starts_with("host") {
+        st.host_series(&[host.to_string()], r.from, r.to, r.bucket_secs, r.source)
+            .await
+            .unwrap();
+        st.gpu_series(host, None, r.from, r.to, r.bucket_secs, r.source)
+            .await
+            .unwrap();
+        st.events_between(host, None, r.from, r.to, 200)
+            .await
+            .unwrap();
+    } else {
+        st.gpu_series(host, Some(gpu), r.from, r.to, r.bucket_secs, r.source)
+            .await
+            .unwrap();
+        if r.source == Source::Rollup1m && (r.to - r.from).num_seconds() <= 86_400 {
+            st.throttled_buckets(host, gpu, r.from, r.to, r.bucket_secs)
+                .await
+                .unwrap();
+        }
+        st.events_between(host, Some(gpu), r.from, r.to, 200)
+            .await
+            .unwrap();
+    }
+}

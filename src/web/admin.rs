@@ -1,0 +1,193 @@
+//! The admin page: users and agent tokens (the same operations as `rackwatch user` and
+//! `rackwatch token`). Admins only; every form carries the session's CSRF token.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+
+use super::auth::{require, verify_csrf, Csrf, PageUser};
+use super::error::ApiError;
+use super::pages::{render, Nav};
+use super::AppState;
+use crate::store::auth::{Role, TokenInfo, UserInfo};
+
+#[derive(Template)]
+#[template(path = "admin.html")]
+pub struct AdminPage {
+    pub nav: Nav,
+    pub users: Vec<UserInfo>,
+    pub tokens: Vec<TokenView>,
+    /// A token just minted: shown once, never stored in clear.
+    pub new_token: Option<(String, String)>,
+    pub message: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A token row.
+pub struct TokenView {
+    pub info: TokenInfo,
+    pub created: String,
+    pub last_used: String,
+    pub revoked: String,
+}
+
+async fn page_with(
+    st: &AppState,
+    nav: Nav,
+    new_token: Option<(String, String)>,
+    message: Option<String>,
+    error: Option<String>,
+) -> Result<AdminPage, ApiError> {
+    let tokens = st
+        .store
+        .list_tokens()
+        .await?
+        .into_iter()
+        .map(|t| TokenView {
+            created: t.created_at.to_rfc3339(),
+            last_used: t.last_used_at.map(|x| x.to_rfc3339()).unwrap_or_default(),
+            revoked: t.revoked_at.map(|x| x.to_rfc3339()).unwrap_or_default(),
+            info: t,
+        })
+        .collect();
+    Ok(AdminPage {
+        nav,
+        users: st.store.list_users().await?,
+        tokens,
+        new_token,
+        message,
+        error,
+    })
+}
+
+pub async fn page(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+) -> Result<Response, ApiError> {
+    require(&user, Role::Admin)?;
+    let p = page_with(&st, Nav::new(&user, csrf, "admin"), None, None, None).await?;
+    Ok(render(&p))
+}
+
+#[derive(Deserialize)]
+pub struct NewUser {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    role: String,
+    password: String,
+}
+
+pub async fn create_user(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    headers: HeaderMap,
+    Form(f): Form<NewUser>,
+) -> Result<Response, ApiError> {
+    require(&user, Role::Admin)?;
+    verify_csrf(&headers, &f.csrf)?;
+    let nav = Nav::new(&user, csrf, "admin");
+    let outcome = match f.role.parse::<Role>() {
+        Err(e) => Err(e),
+        Ok(role) => st
+            .store
+            .upsert_user(&f.name, role, &f.password)
+            .await
+            .map_err(|e| format!("{e:#}")),
+    };
+    let (msg, err, status) = match outcome {
+        Ok(()) => (
+            Some(format!("User {} saved as {}.", f.name, f.role)),
+            None,
+            StatusCode::OK,
+        ),
+        Err(e) => (None, Some(e), StatusCode::UNPROCESSABLE_ENTITY),
+    };
+    let mut resp = render(&page_with(&st, nav, None, msg, err).await?);
+    *resp.status_mut() = status;
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn delete_user(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, ApiError> {
+    require(&user, Role::Admin)?;
+    verify_csrf(&headers, &f.csrf)?;
+    if id == user.id {
+        return Err(ApiError::BadRequest(
+            "you cannot delete yourself; ask another admin".into(),
+        ));
+    }
+    if !st.store.delete_user(id).await? {
+        return Err(ApiError::NotFound(format!("no user with id {id}")));
+    }
+    Ok(Redirect::to("/admin").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct NewToken {
+    #[serde(default)]
+    csrf: String,
+    host: String,
+    #[serde(default)]
+    note: String,
+}
+
+pub async fn create_token(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    headers: HeaderMap,
+    Form(f): Form<NewToken>,
+) -> Result<Response, ApiError> {
+    require(&user, Role::Admin)?;
+    verify_csrf(&headers, &f.csrf)?;
+    let host = f.host.trim();
+    if host.is_empty() || host.len() > 253 {
+        return Err(ApiError::BadRequest(
+            "a token is scoped to one host: give its name (1–253 characters)".into(),
+        ));
+    }
+    let token = st.store.create_agent_token(host, f.note.trim()).await?;
+    let nav = Nav::new(&user, csrf, "admin");
+    let p = page_with(&st, nav, Some((host.to_string(), token)), None, None).await?;
+    let mut resp = render(&p);
+    // The page holds a secret: keep it out of caches.
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
+}
+
+pub async fn revoke_token(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfOnly>,
+) -> Result<Response, ApiError> {
+    require(&user, Role::Admin)?;
+    verify_csrf(&headers, &f.csrf)?;
+    if !st.store.revoke_token(id).await? {
+        return Err(ApiError::NotFound(format!(
+            "no live token with id {id} (already revoked?)"
+        )));
+    }
+    Ok(Redirect::to("/admin").into_response())
+}

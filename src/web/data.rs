@@ -1,0 +1,533 @@
+//! The data behind each page, gathered once and served two ways: rendered by the page
+//! handlers and returned as JSON by the API (so the API shows exactly what the page does).
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::events::title;
+use super::range::TimeRange;
+use super::AppState;
+use crate::store::queries::{EventRow, GpuLatest, HostLatest};
+use crate::store::series::{GpuPoint, HostPoint, InventoryRow, Source};
+
+/// Temperature at which a GPU is flagged hot.
+pub const HOT_CELSIUS: f32 = 85.0;
+/// Window in which a hardware event marks a GPU faulty on the heatmap.
+pub const FAULT_WINDOW_HOURS: i64 = 24;
+
+/// What a heatmap cell is colored by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Util,
+    Temp,
+    Power,
+    Mem,
+    Health,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 5] = [
+        Metric::Util,
+        Metric::Temp,
+        Metric::Power,
+        Metric::Mem,
+        Metric::Health,
+    ];
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::Util => "util",
+            Metric::Temp => "temp",
+            Metric::Power => "power",
+            Metric::Mem => "mem",
+            Metric::Health => "health",
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Util => "Utilization",
+            Metric::Temp => "Temperature",
+            Metric::Power => "Power",
+            Metric::Mem => "Memory",
+            Metric::Health => "Health",
+        }
+    }
+    pub fn parse(s: Option<&str>) -> Result<Metric, ApiError> {
+        match s.unwrap_or("util") {
+            "util" => Ok(Metric::Util),
+            "temp" => Ok(Metric::Temp),
+            "power" => Ok(Metric::Power),
+            "mem" => Ok(Metric::Mem),
+            "health" => Ok(Metric::Health),
+            other => Err(ApiError::BadRequest(format!(
+                "unknown metric {other:?}; use util, temp, power, mem or health"
+            ))),
+        }
+    }
+    /// Scale ends as shown in the legend.
+    pub fn scale(self) -> (&'static str, &'static str) {
+        match self {
+            Metric::Util => ("0 %", "100 %"),
+            Metric::Temp => ("30 °C", "90 °C"),
+            Metric::Power => ("0 % of limit", "100 % of limit"),
+            Metric::Mem => ("0 % used", "100 % used"),
+            Metric::Health => ("", ""),
+        }
+    }
+}
+
+/// A GPU's health as the heatmap shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Ok,
+    Hot,
+    Fault,
+    Stale,
+}
+
+/// One GPU on the fleet heatmap.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeatCell {
+    pub host_name: String,
+    pub site: String,
+    pub rack: String,
+    pub index: i16,
+    pub model: Option<String>,
+    pub ts: Option<DateTime<Utc>>,
+    pub util_pct: Option<f32>,
+    pub temp_celsius: Option<f32>,
+    pub power_watts: Option<f32>,
+    pub power_limit_watts: Option<f64>,
+    pub mem_used_bytes: Option<i64>,
+    pub memory_total_bytes: Option<i64>,
+    pub health: Health,
+    /// Hardware events of this GPU in the last 24 h.
+    pub faults_24h: i64,
+    /// Position on the chosen metric's scale, 0–1 (null when unknown).
+    pub scale: Option<f64>,
+}
+
+/// Fleet page data.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetData {
+    pub generated_at: DateTime<Utc>,
+    pub metric: Metric,
+    pub hosts_total: usize,
+    pub hosts_up: usize,
+    pub gpus_total: usize,
+    pub gpus_up: usize,
+    pub mean_gpu_util_pct: Option<f64>,
+    pub gpu_power_watts: f64,
+    /// GPU energy since 00:00 UTC, from the 1-minute rollups.
+    pub gpu_energy_today_kwh: f64,
+    pub gpus_faulty: usize,
+    pub hosts: Vec<HostLatest>,
+    pub gpus: Vec<HeatCell>,
+}
+
+/// A sample older than this marks a host stale.
+pub const STALE_SECS: i64 = 60;
+
+fn scale(metric: Metric, g: &GpuLatest) -> Option<f64> {
+    match metric {
+        Metric::Util => g.util_pct.map(|u| f64::from(u) / 100.0),
+        Metric::Temp => g.temp_celsius.map(|t| (f64::from(t) - 30.0) / 60.0),
+        Metric::Power => match (g.power_watts, g.power_limit_watts) {
+            (Some(p), Some(l)) if l > 0.0 => Some(f64::from(p) / l),
+            // Without a known limit, 700 W (an H100 SXM) is the top of the scale.
+            (Some(p), _) => Some(f64::from(p) / 700.0),
+            _ => None,
+        },
+        Metric::Mem => match (g.mem_used_bytes, g.memory_total_bytes) {
+            (Some(u), Some(t)) if t > 0 => Some(u as f64 / t as f64),
+            _ => None,
+        },
+        Metric::Health => None,
+    }
+    .map(|f| f.clamp(0.0, 1.0))
+}
+
+/// Heatmap cells for GPUs, with health from recent hardware events.
+pub async fn heat_cells(
+    st: &AppState,
+    hosts: &[HostLatest],
+    gpus: &[GpuLatest],
+    metric: Metric,
+    now: DateTime<Utc>,
+) -> Result<Vec<HeatCell>, ApiError> {
+    let faults = st
+        .store
+        .fault_counts(now - Duration::hours(FAULT_WINDOW_HOURS))
+        .await?;
+    let mut cells = Vec::with_capacity(gpus.len());
+    for g in gpus {
+        let Some(h) = hosts.iter().find(|h| h.name == g.host_name) else {
+            continue;
+        };
+        let n: i64 = faults
+            .iter()
+            .filter(|f| f.host_name == g.host_name && (f.index == g.index || f.index == -1))
+            .map(|f| f.events)
+            .sum();
+        let health = if g.ts.is_none() {
+            Health::Stale
+        } else if n > 0 {
+            Health::Fault
+        } else if g.temp_celsius.is_some_and(|t| t >= HOT_CELSIUS) {
+            Health::Hot
+        } else {
+            Health::Ok
+        };
+        cells.push(HeatCell {
+            host_name: g.host_name.clone(),
+            site: h.site.clone(),
+            rack: h.rack.clone(),
+            index: g.index,
+            model: g.model.clone(),
+            ts: g.ts,
+            util_pct: g.util_pct,
+            temp_celsius: g.temp_celsius,
+            power_watts: g.power_watts,
+            power_limit_watts: g.power_limit_watts,
+            mem_used_bytes: g.mem_used_bytes,
+            memory_total_bytes: g.memory_total_bytes,
+            health,
+            faults_24h: n,
+            scale: scale(metric, g),
+        });
+    }
+    Ok(cells)
+}
+
+/// Everything the fleet page shows.
+pub async fn fleet(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> {
+    let now = Utc::now();
+    let hosts = st.store.hosts_latest().await?;
+    let gpus = st.store.gpus_latest(None).await?;
+    let midnight = now
+        .duration_trunc(Duration::days(1))
+        .expect("day truncation");
+    let energy_j = st.store.energy_since(midnight).await?;
+    let cells = heat_cells(st, &hosts, &gpus, metric, now).await?;
+    let reporting: Vec<&GpuLatest> = gpus.iter().filter(|g| g.ts.is_some()).collect();
+    let utils: Vec<f64> = reporting
+        .iter()
+        .filter_map(|g| g.util_pct.map(f64::from))
+        .collect();
+    Ok(FleetData {
+        generated_at: now,
+        metric,
+        hosts_total: hosts.len(),
+        hosts_up: hosts
+            .iter()
+            .filter(|h| {
+                h.last_seen
+                    .is_some_and(|t| (now - t).num_seconds() <= STALE_SECS)
+            })
+            .count(),
+        gpus_total: gpus.len(),
+        gpus_up: reporting.len(),
+        mean_gpu_util_pct: (!utils.is_empty())
+            .then(|| utils.iter().sum::<f64>() / utils.len() as f64),
+        gpu_power_watts: reporting
+            .iter()
+            .filter_map(|g| g.power_watts.map(f64::from))
+            .sum(),
+        gpu_energy_today_kwh: energy_j / 3.6e6,
+        gpus_faulty: cells.iter().filter(|c| c.health == Health::Fault).count(),
+        hosts,
+        gpus: cells,
+    })
+}
+
+/// A hardware event with what it means and what to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedEvent {
+    pub host_name: String,
+    pub index: Option<i16>,
+    pub ts: DateTime<Utc>,
+    pub kind: String,
+    pub code: i64,
+    pub count: i32,
+    pub message: String,
+    pub title: String,
+    /// What it means and NVIDIA's recommended action, from the XID table in `model::xid`.
+    pub meaning: String,
+    pub action: String,
+}
+
+fn explained(e: EventRow) -> ExplainedEvent {
+    let d = crate::model::xid::describe_event(&e.kind, e.code);
+    ExplainedEvent {
+        title: title(&e.kind, e.code),
+        meaning: d.meaning.to_string(),
+        action: d.action.to_string(),
+        host_name: e.host_name,
+        index: e.index,
+        ts: e.ts,
+        kind: e.kind,
+        code: e.code,
+        count: e.count,
+        message: e.message,
+    }
+}
+
+/// Host page data.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostData {
+    pub host: HostLatest,
+    pub range: TimeRange,
+    pub gpus: Vec<GpuLatest>,
+    pub host_series: Vec<HostPoint>,
+    pub gpu_series: Vec<GpuPoint>,
+    pub events: Vec<ExplainedEvent>,
+}
+
+async fn find_host(st: &AppState, name: &str) -> Result<HostLatest, ApiError> {
+    st.store
+        .host_latest(name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?}")))
+}
+
+/// Everything the host page shows.
+pub async fn host(st: &AppState, name: &str, range: TimeRange) -> Result<HostData, ApiError> {
+    let host = find_host(st, name).await?;
+    let gpus = st.store.gpus_latest(Some(name)).await?;
+    let names = [name.to_string()];
+    let host_series = st
+        .store
+        .host_series(
+            &names,
+            range.from,
+            range.to,
+            range.bucket_secs,
+            range.source,
+        )
+        .await?;
+    let gpu_series = st
+        .store
+        .gpu_series(
+            name,
+            None,
+            range.from,
+            range.to,
+            range.bucket_secs,
+            range.source,
+        )
+        .await?;
+    let events = st
+        .store
+        .events_between(name, None, range.from, range.to, 200)
+        .await?
+        .into_iter()
+        .map(explained)
+        .collect();
+    Ok(HostData {
+        host,
+        range,
+        gpus,
+        host_series,
+        gpu_series,
+        events,
+    })
+}
+
+/// A stretch of time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Span {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// Throttle shading reads raw samples; past this range it is left out (raw history of
+/// one GPU over days is too many rows for a page).
+pub const THROTTLE_MAX_SECS: i64 = 24 * 3600;
+
+/// GPU page data.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuData {
+    pub host: HostLatest,
+    pub gpu: GpuLatest,
+    pub range: TimeRange,
+    pub series: Vec<GpuPoint>,
+    /// Periods in which clocks were throttled (null when the range is too long to tell).
+    pub throttled: Option<Vec<Span>>,
+    pub events: Vec<ExplainedEvent>,
+}
+
+/// Merge bucket start times into spans.
+fn spans(buckets: &[DateTime<Utc>], bucket_secs: i64) -> Vec<Span> {
+    let step = Duration::seconds(bucket_secs);
+    let mut out: Vec<Span> = Vec::new();
+    for &b in buckets {
+        match out.last_mut() {
+            Some(s) if s.to >= b => s.to = b + step,
+            _ => out.push(Span {
+                from: b,
+                to: b + step,
+            }),
+        }
+    }
+    out
+}
+
+/// Everything the GPU page shows.
+pub async fn gpu(
+    st: &AppState,
+    name: &str,
+    index: i16,
+    range: TimeRange,
+) -> Result<GpuData, ApiError> {
+    let host = find_host(st, name).await?;
+    let gpu = st
+        .store
+        .gpus_latest(Some(name))
+        .await?
+        .into_iter()
+        .find(|g| g.index == index)
+        .ok_or_else(|| ApiError::NotFound(format!("host {name:?} has no GPU {index}")))?;
+    let series = st
+        .store
+        .gpu_series(
+            name,
+            Some(index),
+            range.from,
+            range.to,
+            range.bucket_secs,
+            range.source,
+        )
+        .await?;
+    let span = (range.to - range.from).num_seconds();
+    let throttled = if range.source == Source::Raw {
+        let b: Vec<DateTime<Utc>> = series
+            .iter()
+            .filter(|p| p.throttled == Some(true))
+            .map(|p| p.ts)
+            .collect();
+        Some(spans(&b, range.bucket_secs))
+    } else if span <= THROTTLE_MAX_SECS {
+        let b = st
+            .store
+            .throttled_buckets(name, index, range.from, range.to, range.bucket_secs)
+            .await?;
+        Some(spans(&b, range.bucket_secs))
+    } else {
+        None
+    };
+    let events = st
+        .store
+        .events_between(name, Some(index), range.from, range.to, 200)
+        .await?
+        .into_iter()
+        .map(explained)
+        .collect();
+    Ok(GpuData {
+        host,
+        gpu,
+        range,
+        series,
+        throttled,
+        events,
+    })
+}
+
+/// Rack page data.
+#[derive(Debug, Clone, Serialize)]
+pub struct RackData {
+    pub site: String,
+    pub rack: String,
+    pub range: TimeRange,
+    pub hosts: Vec<HostLatest>,
+    pub gpus: Vec<HeatCell>,
+    pub host_series: Vec<HostPoint>,
+    pub events: Vec<ExplainedEvent>,
+}
+
+/// Everything the rack page shows.
+pub async fn rack(
+    st: &AppState,
+    site: &str,
+    rack: &str,
+    range: TimeRange,
+    metric: Metric,
+) -> Result<RackData, ApiError> {
+    let hosts: Vec<HostLatest> = st
+        .store
+        .hosts_latest()
+        .await?
+        .into_iter()
+        .filter(|h| h.site == site && h.rack == rack)
+        .collect();
+    if hosts.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no host in rack {rack:?} of site {site:?}"
+        )));
+    }
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let mut gpus = Vec::new();
+    let mut events = Vec::new();
+    for n in &names {
+        gpus.extend(st.store.gpus_latest(Some(n)).await?);
+        events.extend(
+            st.store
+                .events_between(n, None, range.from, range.to, 50)
+                .await?
+                .into_iter()
+                .map(explained),
+        );
+    }
+    events.sort_by_key(|e| std::cmp::Reverse(e.ts));
+    let cells = heat_cells(st, &hosts, &gpus, metric, Utc::now()).await?;
+    let host_series = st
+        .store
+        .host_series(
+            &names,
+            range.from,
+            range.to,
+            range.bucket_secs,
+            range.source,
+        )
+        .await?;
+    Ok(RackData {
+        site: site.to_string(),
+        rack: rack.to_string(),
+        range,
+        hosts,
+        gpus: cells,
+        host_series,
+        events,
+    })
+}
+
+/// Inventory page data.
+#[derive(Debug, Clone, Serialize)]
+pub struct InventoryData {
+    pub q: String,
+    pub rows: Vec<InventoryRow>,
+}
+
+/// The inventory, filtered by `q`.
+pub async fn inventory(st: &AppState, q: &str) -> Result<InventoryData, ApiError> {
+    Ok(InventoryData {
+        q: q.to_string(),
+        rows: st.store.inventory(q.trim()).await?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_throttled_buckets_merge_into_one_span() {
+        let t0: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        let b = |s: i64| t0 + Duration::seconds(s);
+        let s = spans(&[b(0), b(7), b(14), b(70)], 7);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].from, s[0].to), (b(0), b(21)));
+        assert_eq!((s[1].from, s[1].to), (b(70), b(77)));
+    }
+}

@@ -1,0 +1,244 @@
+//! The time range of a page, from its URL: a preset (`range=6h`) or a custom
+//! `from`/`to`, so a copied link reproduces the view. Also decides whether charts read
+//! raw samples or rollups, and how wide one bucket (one pixel column) is.
+
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::urlencode;
+use super::charts::PLOT_PX;
+use super::error::ApiError;
+use crate::store::series::Source;
+
+/// Preset ranges: (URL key, seconds, label).
+pub const PRESETS: [(&str, i64, &str); 6] = [
+    ("15m", 900, "15 min"),
+    ("1h", 3600, "1 h"),
+    ("6h", 6 * 3600, "6 h"),
+    ("24h", 24 * 3600, "24 h"),
+    ("7d", 7 * 86_400, "7 d"),
+    ("30d", 30 * 86_400, "30 d"),
+];
+
+/// Ranges up to this long read raw samples; longer ones read 1-minute rollups. At 6 h a
+/// pixel column holds ~38 s, so raw samples still add detail a rollup would hide.
+pub const RAW_MAX_SECS: i64 = 6 * 3600;
+/// Longest custom range: the 1-minute rollups are kept 90 days.
+pub const MAX_RANGE_DAYS: i64 = 90;
+
+/// The query parameters of a page with a range.
+#[derive(Debug, Default, Deserialize)]
+pub struct RangeParams {
+    pub range: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// The browser's `getTimezoneOffset()` in minutes, for `datetime-local` inputs.
+    pub tzo: Option<i32>,
+    /// Fleet heatmap metric.
+    pub metric: Option<String>,
+    /// Inventory search.
+    pub q: Option<String>,
+}
+
+/// A resolved range.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimeRange {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Preset key, or `custom`.
+    pub key: String,
+    pub source: Source,
+    pub bucket_secs: i64,
+}
+
+fn parse_time(field: &str, s: &str, tzo: i32) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
+            // datetime-local is the viewer's wall clock; tzo = UTC − local in minutes.
+            return Ok(n.and_utc() + Duration::minutes(i64::from(tzo)));
+        }
+    }
+    Err(ApiError::BadRequest(format!(
+        "`{field}` = {s:?} is not a time: use RFC 3339 (2026-11-23T12:00:00Z) or 2026-11-23T12:00"
+    )))
+}
+
+impl RangeParams {
+    /// The range these parameters ask for; `default_key` when none is given.
+    pub fn resolve(&self, now: DateTime<Utc>, default_key: &str) -> Result<TimeRange, ApiError> {
+        let from = self.from.as_deref().filter(|s| !s.is_empty());
+        let to = self.to.as_deref().filter(|s| !s.is_empty());
+        let tzo = self.tzo.unwrap_or(0).clamp(-16 * 60, 16 * 60);
+        let (from, to, key) = if let Some(f) = from {
+            let from = parse_time("from", f, tzo)?;
+            let to = match to {
+                Some(t) => parse_time("to", t, tzo)?,
+                None => now,
+            };
+            if from >= to {
+                return Err(ApiError::BadRequest("`from` must be before `to`".into()));
+            }
+            if to - from > Duration::days(MAX_RANGE_DAYS) {
+                return Err(ApiError::BadRequest(format!(
+                    "ranges up to {MAX_RANGE_DAYS} days can be shown (rollups are kept that long)"
+                )));
+            }
+            (from, to, "custom".to_string())
+        } else {
+            let key = self.range.as_deref().unwrap_or(default_key);
+            let Some((k, secs, _)) = PRESETS.iter().find(|p| p.0 == key) else {
+                let known: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+                return Err(ApiError::BadRequest(format!(
+                    "unknown range {key:?}; use one of {}, or from/to",
+                    known.join(", ")
+                )));
+            };
+            (now - Duration::seconds(*secs), now, k.to_string())
+        };
+        let span = (to - from).num_seconds().max(1);
+        let source = if span <= RAW_MAX_SECS {
+            Source::Raw
+        } else {
+            Source::Rollup1m
+        };
+        let floor = match source {
+            Source::Raw => 5,
+            Source::Rollup1m => 60,
+        };
+        let per_px = (span + PLOT_PX as i64 - 1) / PLOT_PX as i64;
+        // Buckets of whole minutes on rollups so each bucket holds whole rollup rows.
+        let bucket_secs = match source {
+            Source::Raw => per_px.max(floor),
+            Source::Rollup1m => ((per_px + 59) / 60 * 60).max(floor),
+        };
+        Ok(TimeRange {
+            from,
+            to,
+            key,
+            source,
+            bucket_secs,
+        })
+    }
+}
+
+impl TimeRange {
+    /// Query string that reproduces this range (`range=6h` or `from=…&to=…`).
+    pub fn query(&self) -> String {
+        if self.key == "custom" {
+            format!(
+                "from={}&to={}",
+                urlencode(&self.from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                urlencode(&self.to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            )
+        } else {
+            format!("range={}", self.key)
+        }
+    }
+
+    /// Longest time between two points still drawn connected.
+    pub fn gap_secs(&self) -> i64 {
+        (self.bucket_secs * 3).max(60)
+    }
+
+    /// `last 6 h` or the custom span, for headings.
+    pub fn label(&self) -> String {
+        match PRESETS.iter().find(|p| p.0 == self.key) {
+            Some(p) => format!("last {}", p.2),
+            None => format!(
+                "{} – {} UTC",
+                self.from.format("%Y-%m-%d %H:%M"),
+                self.to.format("%Y-%m-%d %H:%M")
+            ),
+        }
+    }
+
+    /// What the charts were drawn from, for the page footer.
+    pub fn source_label(&self) -> String {
+        let src = match self.source {
+            Source::Raw => "raw samples",
+            Source::Rollup1m => "1-minute rollups",
+        };
+        format!("{src}, {} s per point", self.bucket_secs)
+    }
+
+    /// Whether the view moves with the clock (auto-refresh makes sense).
+    pub fn is_live(&self) -> bool {
+        self.key != "custom"
+    }
+}
+
+/// A link of the range picker.
+pub struct PresetLink {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub current: bool,
+}
+
+/// The picker's links for `current`.
+pub fn preset_links(current: &TimeRange) -> Vec<PresetLink> {
+    PRESETS
+        .iter()
+        .map(|(k, _, l)| PresetLink {
+            key: k,
+            label: l,
+            current: current.key == *k,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_custom_ranges_and_resolution() {
+        let now: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        let p = RangeParams::default();
+        let r = p.resolve(now, "1h").unwrap();
+        assert_eq!((r.key.as_str(), r.source), ("1h", Source::Raw));
+        assert_eq!(r.bucket_secs, 7, "3600 s over 568 px");
+        assert_eq!(r.query(), "range=1h");
+        let r = RangeParams {
+            range: Some("7d".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h")
+        .unwrap();
+        assert_eq!(r.source, Source::Rollup1m);
+        assert_eq!(r.bucket_secs, 1080, "7 d over 568 px, whole minutes");
+        // A datetime-local from a browser two hours east of UTC (offset −120 min).
+        let r = RangeParams {
+            from: Some("2026-11-23T10:00".into()),
+            to: Some("2026-11-23T11:30".into()),
+            tzo: Some(-120),
+            ..Default::default()
+        }
+        .resolve(now, "1h")
+        .unwrap();
+        assert_eq!(
+            r.from,
+            "2026-11-23T08:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(r.key, "custom");
+        assert_eq!(
+            r.query(),
+            "from=2026-11-23T08%3A00%3A00Z&to=2026-11-23T09%3A30%3A00Z"
+        );
+        let bad = RangeParams {
+            range: Some("2w".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h");
+        assert!(matches!(bad, Err(ApiError::BadRequest(m)) if m.contains("15m, 1h")));
+        let backwards = RangeParams {
+            from: Some("2026-11-23T10:00:00Z".into()),
+            to: Some("2026-11-23T09:00:00Z".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h");
+        assert!(backwards.is_err());
+    }
+}

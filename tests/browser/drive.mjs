@@ -1,0 +1,99 @@
+// Drives the dashboard in headless Chromium like an operator would; started by
+// tests/it/browser.rs with: node drive.mjs BASE_URL USER PASSWORD OUT_DIR
+// Prints one `OK …` line per step with the numbers it saw; exits non-zero on failure.
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+
+const [base, user, password, out] = process.argv.slice(2);
+fs.mkdirSync(out, { recursive: true });
+const exe = process.env.CHROMIUM || '/usr/bin/chromium';
+const browser = await chromium.launch({
+  executablePath: exe,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+function check(cond, msg) { if (!cond) { throw new Error('FAILED: ' + msg); } }
+try {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, timezoneId: 'Asia/Tokyo' });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+
+  // Login: anonymous → login form → fleet.
+  await page.goto(base + '/');
+  check(page.url().includes('/login'), 'anonymous visit lands on login, got ' + page.url());
+  await page.fill('input[name=username]', user);
+  await page.fill('input[name=password]', 'wrong password');
+  await page.click('button[type=submit]');
+  check((await page.textContent('[role=alert]')).includes('Wrong user name or password'), 'wrong password message');
+  await page.fill('input[name=password]', password);
+  await page.click('button[type=submit]');
+  await page.waitForSelector('#heatmap');
+  console.log('OK login url=' + new URL(page.url()).pathname);
+
+  // Fleet heatmap.
+  const cells = await page.locator('a.cell').count();
+  const faults = await page.locator('a.cell.fault').count();
+  console.log(`OK fleet cells=${cells} faults=${faults}`);
+  await page.screenshot({ path: out + '/fleet-1280.png', fullPage: true });
+
+  // Keyboard: the first Tab lands on the skip link, Enter moves focus to the content.
+  await page.keyboard.press('Tab');
+  const first = await page.evaluate(() => document.activeElement.textContent);
+  check(first === 'Skip to content', 'first Tab focuses the skip link, got ' + first);
+  console.log('OK keyboard first-tab=' + JSON.stringify(first));
+
+  // Color by temperature.
+  await page.click('a[data-metric=temp]');
+  await page.waitForURL(/metric=temp/);
+  console.log('OK metric url=' + new URL(page.url()).search);
+
+  // Click through to the faulty GPU.
+  const fault = page.locator('a.cell.fault').first();
+  const label = await fault.getAttribute('aria-label');
+  await fault.click();
+  await page.waitForSelector('#events');
+  const xid = await page.locator('#events tbody tr').first().textContent();
+  const charts = await page.locator('svg.chart').count();
+  const marks = await page.locator('svg.chart g.event').count();
+  const shaded = await page.locator('svg.chart rect.throttle').count();
+  console.log(`OK gpu path=${new URL(page.url()).pathname} charts=${charts} marks=${marks} shaded=${shaded} label=${JSON.stringify(label)}`);
+  console.log('OK event ' + JSON.stringify(xid.replace(/\s+/g, ' ').trim()));
+  // Times are shown in the viewer's zone (Asia/Tokyo, UTC+9).
+  const shown = await page.locator('#events time').first().textContent();
+  const iso = await page.locator('#events time').first().getAttribute('datetime');
+  const expected = new Date(iso).toLocaleString('en-US', { timeZone: 'Asia/Tokyo' });
+  console.log('OK localtime ' + JSON.stringify({ iso, shown, tokyo: expected }));
+  await page.screenshot({ path: out + '/gpu-1280.png', fullPage: true });
+
+  // Range picker: a preset, then a custom range in the viewer's zone.
+  await page.click('a[data-range="6h"]');
+  await page.waitForURL(/range=6h/);
+  const current = await page.locator('.picker a[aria-current=true]').textContent();
+  const note = await page.locator('.picker + p').textContent();
+  console.log(`OK range url=${new URL(page.url()).search} current=${JSON.stringify(current)} note=${JSON.stringify(note)}`);
+  const fromVal = await page.inputValue('input[name=from]');
+  const tzo = await page.inputValue('input[name=tzo]');
+  await page.click('.picker form button');
+  await page.waitForURL(/from=/);
+  const after = await page.locator('.picker + p').textContent();
+  console.log(`OK custom from-local=${fromVal} tzo=${tzo} note=${JSON.stringify(after)}`);
+
+  // Dark theme and a phone.
+  await page.emulateMedia({ colorScheme: 'dark' });
+  const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  console.log('OK dark background=' + bg);
+  await page.screenshot({ path: out + '/gpu-dark.png', fullPage: false });
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto(base + '/');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  console.log('OK phone horizontal-overflow=' + overflow);
+  await page.screenshot({ path: out + '/fleet-phone-dark.png', fullPage: false });
+  check(errors.length === 0, 'page errors: ' + errors.join('; '));
+  console.log('OK done');
+} catch (e) {
+  console.error(String(e && e.stack || e));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

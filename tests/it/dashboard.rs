@@ -1,0 +1,518 @@
+//! The operations dashboard as an operator uses it: heatmap → rack → host → GPU, the
+//! range picker, inventory search, the admin page, roles, CSRF and login limits.
+
+use rackwatch::store::auth::Role;
+use serde_json::json;
+
+use crate::support::{csrf_of, recent, TestApp};
+
+/// Two hosts in rack fra1/r07; GPU 1 of `gpu-node-7` runs hot, throttles in the middle
+/// third of the hour and threw XID 79.
+pub async fn seed_fleet(app: &TestApp) {
+    for (host, rack) in [
+        ("gpu-node-7", "r07"),
+        ("gpu-node-8", "r07"),
+        ("gpu-node-9", "r08"),
+    ] {
+        let token = app.token(host).await;
+        let ts = recent(720, 5, 5);
+        let body = json!({
+            "host": {"name": host, "site": "fra1", "rack": rack, "pool": "train-a"},
+            "gpus": [{"index": 0, "uuid": format!("GPU-{host}-0"), "model": "NVIDIA H100 80GB HBM3", "memory_total_bytes": 85_899_345_920u64, "power_limit_watts": 700.0, "driver_version": "550.54.15"},
+                     {"index": 1, "uuid": format!("GPU-{host}-1"), "model": "NVIDIA H100 80GB HBM3", "memory_total_bytes": 85_899_345_920u64, "power_limit_watts": 700.0, "driver_version": "550.54.15"}],
+            "host_samples": ts.iter().map(|t| json!({"ts": t, "cpu_util_pct": 40.0, "mem_used_bytes": 8u64 << 30,
+                "mem_total_bytes": 64u64 << 30, "disk_read_bytes_per_s": 1.5e6, "disk_write_bytes_per_s": 2e5,
+                "net_rx_bytes_per_s": 1.25e8, "net_tx_bytes_per_s": 3e7})).collect::<Vec<_>>(),
+            "gpu_samples": ts.iter().enumerate().flat_map(|(i, t)| (0..2).map(move |g| json!({"ts": t, "index": g,
+                "util_pct": 97.0, "mem_util_pct": 40.0, "power_watts": 350.0, "temp_celsius": 66.0 + g as f64 * 25.0,
+                "mem_used_bytes": 60u64 << 30, "sm_clock_mhz": 1980.0, "mem_clock_mhz": 2619.0, "fan_pct": 55.0,
+                "throttle_reasons": if g == 1 && (240..480).contains(&i) { 0x40 } else { 0 }}))).collect::<Vec<_>>(),
+            "events": if host == "gpu-node-7" { json!([{"ts": ts[360], "index": 1, "kind": "xid", "code": 79, "message": "GPU has fallen off the bus"}]) } else { json!([]) }
+        });
+        assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
+    let app = TestApp::spawn().await;
+    seed_fleet(&app).await;
+    let cookie = app.login("ops", "correct horse").await;
+
+    // 1. Fleet: six GPUs, GPU 1 of node 7 flagged and linked.
+    let (st, html) = app.page(&cookie, "/").await;
+    assert_eq!(st, 200);
+    assert_eq!(html.matches("<a class=\"cell").count(), 6, "{html}");
+    assert!(html.contains(r#"<a class="cell fault" href="/hosts/gpu-node-7/gpus/1?range=1h""#));
+    assert_eq!(html.matches("class=\"cell fault\"").count(), 1);
+    assert_eq!(
+        html.matches("class=\"cell hot\"").count(),
+        2,
+        "91 °C GPUs of nodes 8 and 9"
+    );
+    assert!(html.contains("gpu-node-7 GPU 1: 97 % util, 91 °C, 350 W, memory 60.0 GiB; fault, 1 hardware events in 24 h"));
+    assert!(html.contains(r#"<b id="kpi-faulty">1</b>"#));
+    assert!(html.contains(r#"href="/racks/fra1/r07?range=1h""#));
+    // Utilization 97 % sits near the light end of viridis.
+    assert!(
+        html.contains("style=\"background:#e5e419;color:#000\"") || html.contains("background:#"),
+        "colored cells"
+    );
+    // Colored by temperature, 91 °C is the top of the 30–90 °C scale.
+    let (_, t) = app.page(&cookie, "/?metric=temp").await;
+    assert!(
+        t.contains(
+            r#"href="/hosts/gpu-node-8/gpus/1?range=1h" style="background:#fde725;color:#000""#
+        ),
+        "{t}"
+    );
+    assert!(t.contains("Temperature: 30 °C"));
+    let (st, _) = app.page(&cookie, "/?metric=fanciness").await;
+    assert_eq!(st, 400);
+
+    // 2. Rack page: its hosts, charts of each, the rack's heatmap.
+    let (st, rack) = app.page(&cookie, "/racks/fra1/r07?range=1h").await;
+    assert_eq!(st, 200);
+    assert!(rack.contains("href=\"/hosts/gpu-node-8?range=1h\""));
+    assert!(!rack.contains("gpu-node-9"), "other rack's host shown");
+    assert_eq!(rack.matches("<svg class=\"chart\"").count(), 4);
+    assert_eq!(rack.matches("<a class=\"cell").count(), 4);
+    assert!(rack.contains("XID 79"));
+    assert_eq!(app.page(&cookie, "/racks/fra1/r99").await.0, 404);
+
+    // 3. Host page: GPU table with sparklines linking to GPU pages.
+    let (st, host) = app.page(&cookie, "/hosts/gpu-node-7?range=6h").await;
+    assert_eq!(st, 200);
+    assert_eq!(host.matches("<svg class=\"spark\"").count(), 2);
+    assert!(host.contains(r#"<a href="/hosts/gpu-node-7/gpus/1?range=6h">GPU 1</a>"#));
+    assert!(
+        host.contains("Showing last 6 h · raw samples, 39 s per point"),
+        "{host}"
+    );
+
+    // 4. GPU page: aligned charts, throttling shaded, the XID marked and explained.
+    let (st, gpu) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=1h").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        gpu.matches("<svg class=\"chart\" viewBox=\"0 0 640 180\"")
+            .count(),
+        6,
+        "util, memory, power, temperature, clocks, fan"
+    );
+    assert!(gpu.contains("<rect class=\"throttle\""));
+    assert!(
+        gpu.contains("Shaded: clocks throttled (power cap, thermal or power brake), 1 period."),
+        "{gpu}"
+    );
+    // The XID mark on every chart, with its meaning.
+    assert_eq!(gpu.matches("<g class=\"event\">").count(), 6);
+    assert!(gpu.contains("XID 79: GPU has fallen off the bus"));
+    assert!(
+        gpu.contains("restart the node: drain it and reboot"),
+        "{gpu}"
+    );
+    assert!(gpu.contains(r#"<b id="kpi-events">1</b>"#));
+    assert!(gpu.contains("91 °C") && gpu.contains("1980 MHz") && gpu.contains("350 W"));
+    // GPU 0 had no throttling.
+    let (_, g0) = app.page(&cookie, "/hosts/gpu-node-7/gpus/0?range=1h").await;
+    assert!(g0.contains("No clock throttling in this range."));
+    assert_eq!(app.page(&cookie, "/hosts/gpu-node-7/gpus/5").await.0, 404);
+
+    // Range picker: presets in the URL, long ranges from rollups, custom from/to.
+    assert!(gpu.contains(r#"href="/hosts/gpu-node-7/gpus/1?range=7d""#));
+    assert!(gpu.contains(r#"href="/hosts/gpu-node-7/gpus/1?range=1h" aria-current="true""#));
+    assert!(gpu.contains("data-refresh=\"30\""), "live ranges refresh");
+    let (_, week) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=7d").await;
+    assert!(week.contains("Showing last 7 d · 1-minute rollups, 1080 s per point"));
+    assert!(week.contains("Throttle shading is shown for ranges up to 24 h"));
+    let from = (chrono::Utc::now() - chrono::Duration::minutes(40))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let to = (chrono::Utc::now() - chrono::Duration::minutes(10))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let (st, custom) = app
+        .page(
+            &cookie,
+            &format!("/hosts/gpu-node-7/gpus/1?from={from}&to={to}&tzo=0"),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert!(custom.contains(&format!("value=\"{from}\"")));
+    assert!(
+        !custom.contains("data-refresh=\"30\""),
+        "a fixed range does not refresh"
+    );
+    assert!(custom.contains("raw samples, 5 s per point"));
+    let (st, _) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=2w").await;
+    assert_eq!(st, 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn inventory_search_finds_gpus_by_uuid_model_and_driver() {
+    let app = TestApp::spawn().await;
+    seed_fleet(&app).await;
+    let cookie = app.login("ops", "correct horse").await;
+    let (_, all) = app.page(&cookie, "/inventory").await;
+    assert!(
+        all.contains(r#"<p class="muted" id="inv-count">3 hosts, 6 GPUs</p>"#),
+        "{all}"
+    );
+    assert!(all.contains("550.54.15") && all.contains("80.0 GiB"));
+    let (_, one) = app.page(&cookie, "/inventory?q=GPU-gpu-node-8-1").await;
+    assert!(
+        one.contains("1 hosts, 1 GPUs matching “GPU-gpu-node-8-1”"),
+        "{one}"
+    );
+    assert!(one.contains(r#"<a href="/hosts/gpu-node-8/gpus/1">GPU 1</a>"#));
+    let (_, rack) = app.page(&cookie, "/inventory?q=R08").await;
+    assert!(rack.contains("1 hosts, 2 GPUs"));
+    // LIKE wildcards are searched for literally.
+    let (_, none) = app.page(&cookie, "/inventory?q=%25").await;
+    assert!(none.contains("0 hosts, 0 GPUs"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn admin_manages_tokens_and_users_viewers_cannot() {
+    let app = TestApp::spawn().await;
+    let admin = app.login("boss", "correct horse").await;
+    let viewer = app.login_as("val", "viewer-pass", Role::Viewer).await;
+
+    // Viewers see pages but not the admin page or its API.
+    assert_eq!(app.page(&viewer, "/").await.0, 200);
+    assert_eq!(app.page(&viewer, "/admin").await.0, 403);
+    assert_eq!(app.page(&viewer, "/api/v1/admin/tokens").await.0, 403);
+    let (_, vhtml) = app.page(&viewer, "/").await;
+    assert!(
+        !vhtml.contains("href=\"/admin\""),
+        "no admin link for viewers"
+    );
+    let vtoken = csrf_of(&vhtml);
+    let r = app
+        .http
+        .post(format!("{}/admin/tokens", app.base))
+        .header("cookie", &viewer)
+        .form(&[("csrf", vtoken.as_str()), ("host", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let (st, page) = app.page(&admin, "/admin").await;
+    assert_eq!(st, 200);
+    let token = csrf_of(&page);
+    // Without the CSRF token nothing happens.
+    let r = app
+        .http
+        .post(format!("{}/admin/tokens", app.base))
+        .header("cookie", &admin)
+        .form(&[("host", "node-a")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // With a foreign Origin nothing happens either, even with the token.
+    let r = app
+        .http
+        .post(format!("{}/admin/tokens", app.base))
+        .header("cookie", &admin)
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", token.as_str()), ("host", "node-a")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(app.store.list_tokens().await.unwrap().is_empty());
+
+    let r = app
+        .http
+        .post(format!("{}/admin/tokens", app.base))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("host", "node-a"),
+            ("note", "rack 7"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let html = r.text().await.unwrap();
+    let i = html.find("<code id=\"new-token\">").unwrap() + 21;
+    let secret = &html[i..i + html[i..].find('<').unwrap()];
+    assert!(secret.starts_with("rwa_") && secret.len() == 68, "{secret}");
+    let batch = json!({"host": {"name": "node-a"}, "host_samples": [{"ts": recent(1, 1, 2)[0], "cpu_util_pct": 3.0}]});
+    assert_eq!(app.ingest(secret, &batch).await.status(), 200);
+    let list = app.store.list_tokens().await.unwrap();
+    assert_eq!((list.len(), list[0].note.as_str()), (1, "rack 7"));
+    let r = app
+        .http
+        .post(format!("{}/admin/tokens/{}/revoke", app.base, list[0].id))
+        .header("cookie", &admin)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        app.ingest(secret, &batch).await.status(),
+        401,
+        "revoked token refused"
+    );
+    let (_, page) = app.page(&admin, "/admin").await;
+    assert!(page.contains("revoked <time"));
+
+    // Users: create an operator who can then log in; delete them, their session ends.
+    let r = app
+        .http
+        .post(format!("{}/admin/users", app.base))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("name", "olga"),
+            ("role", "operator"),
+            ("password", "operator-pw"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("User olga saved as operator."));
+    let r = app
+        .http
+        .post(format!("{}/admin/users", app.base))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("name", "short"),
+            ("role", "viewer"),
+            ("password", "short"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("at least 8 characters"));
+    let r = app.post_login("olga", "operator-pw").await;
+    assert_eq!(r.status(), 303);
+    let olga = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("rw_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(app.page(&olga, "/").await.0, 200);
+    let users: serde_json::Value = app
+        .http
+        .get(format!("{}/api/v1/admin/users", app.base))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "olga")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "olga")
+            .unwrap()["role"],
+        "operator"
+    );
+    let r = app
+        .http
+        .post(format!("{}/admin/users/{id}/delete", app.base))
+        .header("cookie", &admin)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        app.page(&olga, "/").await.0,
+        303,
+        "deleted user's session ended"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn login_needs_csrf_is_rate_limited_and_sessions_expire() {
+    let app = TestApp::spawn_with(|c| c.server.secure_cookies = true).await;
+    app.store
+        .upsert_user("ann", Role::Viewer, "right-password")
+        .await
+        .unwrap();
+    // A form posted without the login CSRF cookie (a cross-site login) is refused.
+    let r = app
+        .http
+        .post(format!("{}/login", app.base))
+        .form(&[
+            ("username", "ann"),
+            ("password", "right-password"),
+            ("csrf", "forged"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("CSRF"));
+    // The login form's own cookie is Secure behind TLS.
+    let (c, _) = app.login_csrf().await;
+    assert!(c.starts_with("rw_login_csrf="));
+    let r = app
+        .http
+        .get(format!("{}/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("; Secure"));
+
+    // Five wrong passwords, then even the right one waits.
+    for _ in 0..5 {
+        assert_eq!(app.post_login("ann", "wrong-password").await.status(), 401);
+    }
+    let r = app.post_login("ann", "right-password").await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The window started at the first failure; five argon2 checks take a while on a busy machine.
+    assert!((200..=301).contains(&wait), "{wait}");
+    assert!(r.text().await.unwrap().contains("Too many failed logins"));
+    // Another user is not locked out by ann's failures.
+    let r = app.post_login_ok("bob").await;
+    assert!(
+        r.contains("; Secure") && r.contains("HttpOnly") && r.contains("SameSite=Lax"),
+        "{r}"
+    );
+
+    // Sessions expire.
+    let cookie = r.split(';').next().unwrap().to_string();
+    assert_eq!(app.page(&cookie, "/").await.0, 200);
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    let (st, _) = app.page(&cookie, "/").await;
+    assert_eq!(st, 303, "expired session goes back to login");
+
+    // Logout needs the page's token.
+    let cookie = app
+        .post_login_ok("bob")
+        .await
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = app
+        .http
+        .post(format!("{}/logout", app.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(app.page(&cookie, "/").await.0, 200, "still logged in");
+    app.stop().await;
+}
+
+impl TestApp {
+    /// Create a viewer and log in; returns the session Set-Cookie header.
+    async fn post_login_ok(&self, user: &str) -> String {
+        self.store
+            .upsert_user(user, Role::Viewer, "bob-password")
+            .await
+            .unwrap();
+        let r = self.post_login(user, "bob-password").await;
+        assert_eq!(r.status(), 303);
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .find(|c| c.starts_with("rw_session="))
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[tokio::test]
+async fn hostile_names_are_escaped_on_every_page() {
+    let app = TestApp::spawn().await;
+    let evil = "<script>alert('x')</script>\"><img src=x onerror=alert(1)>";
+    let site = "<b>s</b>";
+    let rack = "r\"><svg onload=alert(2)>";
+    let token = app.token(evil).await;
+    let body = json!({"host": {"name": evil, "site": site, "rack": rack, "pool": "<i>p</i>"},
+        "gpus": [{"index": 0, "uuid": "<u>uuid</u>", "model": "<marquee>m</marquee>", "driver_version": "<s>d</s>"}],
+        "gpu_samples": [{"ts": recent(1, 1, 2)[0], "index": 0, "util_pct": 5.0}],
+        "host_samples": [{"ts": recent(1, 1, 2)[0], "cpu_util_pct": 1.0}],
+        "events": [{"ts": recent(1, 1, 3)[0], "index": 0, "kind": "xid", "code": 31, "message": "<script>alert(3)</script>"}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    app.store
+        .create_agent_token("<script>tok</script>", "<b>note</b>")
+        .await
+        .unwrap();
+    let cookie = app.login("ops", "correct horse").await;
+    let enc = rackwatch::web::pages::seg;
+    let pages = [
+        "/".to_string(),
+        "/?metric=health".to_string(),
+        format!("/hosts/{}", enc(evil)),
+        format!("/hosts/{}/gpus/0", enc(evil)),
+        format!("/racks/{}/{}", enc(site), enc(rack)),
+        "/inventory?q=%3Cscript".to_string(),
+        "/admin".to_string(),
+    ];
+    for p in pages {
+        let (st, html) = app.page(&cookie, &p).await;
+        assert_eq!(st, 200, "{p}: {html}");
+        for raw in [
+            "<script>alert",
+            "<img src=x",
+            "<b>s</b>",
+            "<svg onload",
+            "<marquee>",
+            "<u>uuid",
+            "<s>d</s>",
+            "<i>p</i>",
+            "<script>tok",
+            "<b>note",
+        ] {
+            assert!(!html.contains(raw), "{p} contains raw {raw}");
+        }
+        assert!(
+            html.contains("&#60;script&#62;") || html.contains("&lt;script&gt;"),
+            "{p}: escaped name shown"
+        );
+    }
+    app.stop().await;
+}
