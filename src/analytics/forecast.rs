@@ -1,5 +1,5 @@
-//! The hourly forecast job: per pool and per host, GPU utilization (mean over GPUs)
-//! and GPU power (sum over GPUs) for the next 7 days, from hourly means of the 1-minute
+//! The hourly forecast job: per pool and per host, GPU utilization (mean over GPUs),
+//! GPU power (sum over GPUs) and filesystem space used (sum over hosts) for the next 7 days, from hourly means of the 1-minute
 //! rollups over the last 28 days, with 80 % / 95 % intervals and the chosen model's
 //! backtest error (rackwatch-forecast).
 
@@ -16,7 +16,7 @@ pub const HORIZON_HOURS: usize = 168;
 pub const MIN_HOURS: usize = 24;
 
 /// The metrics forecast.
-pub const METRICS: [&str; 2] = ["gpu_util_pct", "gpu_power_watts"];
+pub const METRICS: [&str; 3] = ["gpu_util_pct", "gpu_power_watts", "disk_used_bytes"];
 
 /// One stored forecast.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -74,6 +74,35 @@ async fn hourly_series(
                     vec![(hour, v)],
                 )),
             }
+        }
+    }
+    let disks: Vec<(String, String, DateTime<Utc>, f64)> = sqlx::query_as(
+        "WITH d AS (
+            SELECT h.name AS host, h.pool, date_trunc('hour', r.bucket) AS hour, avg(r.disk_used_bytes)::float8 AS used
+              FROM host_samples_1m r JOIN hosts h ON h.id = r.host_id
+             WHERE r.bucket >= $1 AND r.bucket < $2 AND r.disk_used_bytes IS NOT NULL
+             GROUP BY 1, 2, 3)
+         SELECT 'host', host, hour, used FROM d
+         UNION ALL
+         SELECT 'pool', pool, hour, sum(used) FROM d WHERE pool <> '' GROUP BY pool, hour
+         ORDER BY 1, 2, 3",
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(&store.pool)
+    .await?;
+    for (scope, key, hour, used) in disks {
+        match out
+            .iter_mut()
+            .find(|s| s.0 == scope && s.1 == key && s.2 == "disk_used_bytes")
+        {
+            Some(s) => s.3.push((hour, used)),
+            None => out.push((
+                scope,
+                key,
+                "disk_used_bytes".to_string(),
+                vec![(hour, used)],
+            )),
         }
     }
     Ok(out)

@@ -233,6 +233,12 @@ impl SimulatedHost {
             disk_write_bytes_per_s: Some((gpu_mean * 0.8e6 * (1.0 - 0.5 * n)).max(0.0)),
             net_rx_bytes_per_s: Some((gpu_mean * 2.5e7 * (1.0 + 0.3 * n)).max(0.0)),
             net_tx_bytes_per_s: Some((gpu_mean * 1.2e7 * (1.0 - 0.3 * n)).max(0.0)),
+            // 30 TB of scratch filling by ~1 GB per hour of busy GPUs, from 40 %.
+            disk_used_bytes: Some(
+                (12e12 + (ts.rem_euclid(86_400 * 90)) as f64 / 3600.0 * gpu_mean / 100.0 * 1e9)
+                    as u64,
+            ),
+            disk_total_bytes: Some(30_000_000_000_000),
         });
         out
     }

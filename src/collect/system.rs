@@ -78,6 +78,18 @@ impl Source for SystemSource {
                     w += u.written_bytes;
                 }
             }
+            let (mut used, mut total) = (0u64, 0u64);
+            let mut seen_space = HashSet::new();
+            for d in disks.iter() {
+                if seen_space.insert(d.name().to_owned()) {
+                    total += d.total_space();
+                    used += d.total_space().saturating_sub(d.available_space());
+                }
+            }
+            if total > 0 {
+                s.disk_used_bytes = Some(used);
+                s.disk_total_bytes = Some(total);
+            }
             s.disk_read_bytes_per_s = Some(r as f64 / elapsed);
             s.disk_write_bytes_per_s = Some(w as f64 / elapsed);
         }

@@ -63,6 +63,11 @@ pub struct HostSample {
     pub net_rx_bytes_per_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_tx_bytes_per_s: Option<f64>,
+    /// Filesystem space used, summed over local disks (each device once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_total_bytes: Option<u64>,
 }
 
 /// One GPU sample.

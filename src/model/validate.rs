@@ -280,6 +280,28 @@ fn check_host_sample(s: &HostSample, l: &Limits) -> Check {
         MAX_BYTES,
         "B/s",
     )?;
+    range(
+        "disk_used_bytes",
+        s.disk_used_bytes.map(|v| v as f64),
+        0.0,
+        MAX_BYTES,
+        "B",
+    )?;
+    range(
+        "disk_total_bytes",
+        s.disk_total_bytes.map(|v| v as f64),
+        0.0,
+        MAX_BYTES,
+        "B",
+    )?;
+    if let (Some(u), Some(t)) = (s.disk_used_bytes, s.disk_total_bytes) {
+        if u > t {
+            return Err((
+                Some("disk_used_bytes"),
+                format!("{u} B used is more than the {t} B total"),
+            ));
+        }
+    }
     Ok(())
 }
 

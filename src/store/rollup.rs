@@ -13,10 +13,11 @@ const FIRST_RUN_LOOKBACK_HOURS: i64 = 24;
 
 const HOST_ROLLUP: &str = "
 INSERT INTO host_samples_1m (host_id, bucket, samples, cpu_util_pct, cpu_util_pct_max, load1, mem_used_bytes,
-    mem_total_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s)
+    mem_total_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s,
+    disk_used_bytes, disk_total_bytes)
 SELECT host_id, date_trunc('minute', ts), count(*)::int, avg(cpu_util_pct), max(cpu_util_pct), avg(load1),
        avg(mem_used_bytes)::bigint, max(mem_total_bytes), avg(disk_read_bytes_per_s), avg(disk_write_bytes_per_s),
-       avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s)
+       avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s), avg(disk_used_bytes)::bigint, max(disk_total_bytes)
   FROM host_samples
  WHERE ts >= $1 AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
  GROUP BY 1, 2
@@ -24,7 +25,8 @@ ON CONFLICT (host_id, bucket) DO UPDATE SET samples = EXCLUDED.samples, cpu_util
     cpu_util_pct_max = EXCLUDED.cpu_util_pct_max, load1 = EXCLUDED.load1, mem_used_bytes = EXCLUDED.mem_used_bytes,
     mem_total_bytes = EXCLUDED.mem_total_bytes, disk_read_bytes_per_s = EXCLUDED.disk_read_bytes_per_s,
     disk_write_bytes_per_s = EXCLUDED.disk_write_bytes_per_s, net_rx_bytes_per_s = EXCLUDED.net_rx_bytes_per_s,
-    net_tx_bytes_per_s = EXCLUDED.net_tx_bytes_per_s";
+    net_tx_bytes_per_s = EXCLUDED.net_tx_bytes_per_s, disk_used_bytes = EXCLUDED.disk_used_bytes,
+    disk_total_bytes = EXCLUDED.disk_total_bytes";
 
 const GPU_ROLLUP: &str = "
 INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, util_pct_max, mem_util_pct,

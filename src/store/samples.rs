@@ -23,7 +23,8 @@ pub struct WriteOutcome {
 
 pub const HOST_COLUMNS: &str =
     "host_id, ts, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes, \
-     disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s";
+     disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s, \
+     disk_used_bytes, disk_total_bytes";
 pub const GPU_COLUMNS: &str = "host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, mem_total_bytes, \
      power_watts, energy_joules_total, temp_celsius, mem_temp_celsius, sm_clock_mhz, mem_clock_mhz, fan_pct, throttle_reasons, \
      power_limit_watts, energy_joules, pcie_rx_bytes_per_s, pcie_tx_bytes_per_s, pcie_replay_total, \
@@ -125,6 +126,8 @@ pub fn encode_host_rows(host_id: i64, rows: &[HostSample], out: &mut String) {
         opt(out, s.disk_write_bytes_per_s);
         opt(out, s.net_rx_bytes_per_s);
         opt(out, s.net_tx_bytes_per_s);
+        opt(out, s.disk_used_bytes);
+        opt(out, s.disk_total_bytes);
         out.push('\n');
     }
 }
