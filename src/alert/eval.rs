@@ -520,6 +520,7 @@ async fn repeat_reminders(
     cfg: &Config,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
+    #[allow(clippy::type_complexity)]
     let due: Vec<(String, String, String, sqlx::types::Json<Labels>, String, String, Option<f64>, DateTime<Utc>, i32)> = sqlx::query_as(
         "SELECT fingerprint, rule, severity, labels, summary, description, value, started_at, occurrences FROM alerts
           WHERE state = 'firing' AND acknowledged_at IS NULL AND flaps < $2

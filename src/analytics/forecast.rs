@@ -37,10 +37,10 @@ pub struct StoredForecast {
 }
 
 /// Hourly series per (scope, key, metric) ending at `end` (exclusive, whole hour).
-async fn hourly_series(
-    store: &Store,
-    end: DateTime<Utc>,
-) -> Result<Vec<(String, String, String, Vec<(DateTime<Utc>, f64)>)>, sqlx::Error> {
+/// (scope, key, metric, hourly points).
+type Series = (String, String, String, Vec<(DateTime<Utc>, f64)>);
+
+async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>, sqlx::Error> {
     let start = end - Duration::hours(HISTORY_HOURS);
     // Per GPU and hour first, then per host / pool and hour.
     let rows: Vec<(String, String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
@@ -59,7 +59,7 @@ async fn hourly_series(
     .bind(end)
     .fetch_all(&store.pool)
     .await?;
-    let mut out: Vec<(String, String, String, Vec<(DateTime<Utc>, f64)>)> = Vec::new();
+    let mut out: Vec<Series> = Vec::new();
     for (scope, key, hour, util, power) in rows {
         for (metric, v) in [("gpu_util_pct", util), ("gpu_power_watts", power)] {
             match out
