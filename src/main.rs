@@ -524,6 +524,12 @@ async fn demo(
     local_agent: bool,
 ) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
+    let mut cfg = cfg;
+    // The demo shows alerting with the shipped example rules (mails wait in the outbox
+    // until alerting.smtp is configured).
+    if cfg.alerting.rules_file.is_empty() && std::path::Path::new("config/alerts.toml").is_file() {
+        cfg.alerting.rules_file = "config/alerts.toml".into();
+    }
     let db = Database::open(&cfg, Role::Owner).await?;
     let password = admin_password.unwrap_or_else(random_password);
     db.store

@@ -67,16 +67,21 @@ fn section<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Vec<&'a RawValue
 
 /// Parse and validate an ingest body.
 pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<ValidBatch, BatchError> {
-    let text = std::str::from_utf8(body).map_err(|e| BatchError::Json(format!("body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| BatchError::Json(format!("body is not UTF-8: {e}")))?;
     if !text.trim_start().starts_with('{') {
         // Still report syntax errors as such.
         serde_json::from_str::<&RawValue>(text).map_err(|e| BatchError::Json(e.to_string()))?;
-        return Err(BatchError::Shape("body must be a JSON object with a `host` field".into()));
+        return Err(BatchError::Shape(
+            "body must be a JSON object with a `host` field".into(),
+        ));
     }
     let raw: RawBatch = serde_json::from_str(text).map_err(|e| BatchError::Json(e.to_string()))?;
-    let host_v = raw.host.ok_or_else(|| BatchError::Shape("missing field `host`".into()))?;
-    let host: HostInfo =
-        serde_json::from_str(host_v.get()).map_err(|e| BatchError::Shape(format!("field `host`: {e}")))?;
+    let host_v = raw
+        .host
+        .ok_or_else(|| BatchError::Shape("missing field `host`".into()))?;
+    let host: HostInfo = serde_json::from_str(host_v.get())
+        .map_err(|e| BatchError::Shape(format!("field `host`: {e}")))?;
     validate_host(&host).map_err(BatchError::Shape)?;
 
     let mut out = ValidBatch::default();
