@@ -203,13 +203,18 @@ impl Store {
     /// The host name a live agent token is scoped to.
     pub async fn token_host(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
         let hash = sha256(token);
+        if let Some((host, at)) = self.cache.tokens.lock().expect("token cache").get(&hash) {
+            if at.elapsed() < super::TOKEN_TTL {
+                return Ok(Some(host.clone()));
+            }
+        }
         let host: Option<String> = sqlx::query_scalar(
             "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
         )
         .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
-        if host.is_some() {
+        if let Some(h) = &host {
             // Last use is shown to admins; a minute of precision saves a write per batch.
             sqlx::query(
                 "UPDATE agent_tokens SET last_used_at = now()
@@ -218,19 +223,28 @@ impl Store {
             .bind(&hash)
             .execute(&self.pool)
             .await?;
+            self.cache
+                .tokens
+                .lock()
+                .expect("token cache")
+                .insert(hash, (h.clone(), std::time::Instant::now()));
         }
         Ok(host)
     }
 
     /// Revoke every token minted with `note` for these hosts (the demo's own tokens).
     pub async fn revoke_tokens_with_note(&self, note: &str) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
+        self.cache.tokens.lock().expect("token cache").clear();
+        let r = sqlx::query(
             "UPDATE agent_tokens SET revoked_at = now() WHERE note = $1 AND revoked_at IS NULL",
         )
         .bind(note)
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected();
+        // Clear again: a lookup racing the UPDATE may have cached the token.
+        self.cache.tokens.lock().expect("token cache").clear();
+        Ok(r)
     }
 
     /// Agent tokens (without secrets) for the admin page and CLI.
@@ -244,14 +258,18 @@ impl Store {
 
     /// Revoke a token by id.
     pub async fn revoke_token(&self, id: i64) -> Result<bool, sqlx::Error> {
-        Ok(sqlx::query(
+        self.cache.tokens.lock().expect("token cache").clear();
+        let r = sqlx::query(
             "UPDATE agent_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
         .execute(&self.pool)
         .await?
         .rows_affected()
-            == 1)
+            == 1;
+        // Clear again: a lookup racing the UPDATE may have cached the token.
+        self.cache.tokens.lock().expect("token cache").clear();
+        Ok(r)
     }
 }
 

@@ -25,7 +25,24 @@ pub const MANAGED_DB: &str = "rackwatch";
 #[derive(Clone, Debug)]
 pub struct Store {
     pub pool: PgPool,
+    /// Small read caches on the ingest path, shared by all clones of this store.
+    pub(crate) cache: std::sync::Arc<Cache>,
 }
+
+/// What ingest would otherwise ask Postgres on every batch.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    /// Token SHA-256 → (host name, when looked up). Revocation through this process
+    /// takes effect at once; through another replica within `TOKEN_TTL`.
+    pub tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (String, std::time::Instant)>>,
+    /// Host id → (hash of the GPU inventory last written, when).
+    pub inventory: std::sync::Mutex<std::collections::HashMap<i64, (u64, std::time::Instant)>>,
+}
+
+/// How long a token lookup is trusted.
+pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// How long an unchanged GPU inventory is not rewritten (its `last_seen` has this resolution).
+pub(crate) const INVENTORY_TTL: Duration = Duration::from_secs(60);
 
 /// A connected store plus the managed cluster it may own.
 pub struct Database {
@@ -136,7 +153,10 @@ impl Store {
             .connect_with(opts)
             .await
             .context("connecting to Postgres")?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            cache: Default::default(),
+        })
     }
 
     /// Apply the numbered migrations in `migrations/`.

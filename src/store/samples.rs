@@ -57,9 +57,23 @@ impl Store {
             Err(e) => return Err(e),
         };
         let stored_events = insert_events(&mut tx, host_id, batch).await?;
-        upsert_gpus(&mut tx, host_id, batch, now).await?;
+        let inventory = inventory_hash(batch);
+        let unchanged = self
+            .cache
+            .inventory
+            .lock()
+            .expect("inventory cache")
+            .get(&host_id)
+            .is_some_and(|(h, at)| *h == inventory && at.elapsed() < super::INVENTORY_TTL);
+        if !unchanged {
+            upsert_gpus(&mut tx, host_id, batch, now).await?;
+        }
         mark_late_minutes(&mut tx, host_id, batch, now).await?;
         tx.commit().await?;
+        if !unchanged {
+            let mut c = self.cache.inventory.lock().expect("inventory cache");
+            c.insert(host_id, (inventory, std::time::Instant::now()));
+        }
         Ok(WriteOutcome {
             host_id,
             stored: stored_samples + stored_events,
@@ -290,6 +304,21 @@ async fn insert_events(
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected() as usize)
+}
+
+/// Identity of a batch's GPU inventory (or of the GPU indexes it samples), so an
+/// unchanged inventory is not rewritten on every batch.
+fn inventory_hash(b: &Batch) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&b.gpus).unwrap_or_default().hash(&mut h);
+    if b.gpus.is_empty() {
+        let mut idx: Vec<u8> = b.gpu_samples.iter().map(|s| s.index).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.hash(&mut h);
+    }
+    h.finish()
 }
 
 async fn upsert_gpus(
