@@ -182,8 +182,21 @@ pub fn encode_gpu_rows(host_id: i64, rows: &[GpuSample], out: &mut String) {
     }
 }
 
+/// `2026-11-23 12:00:00.123456+00`. Written field by field: chrono's `format` re-parses
+/// its pattern on every call, which showed up in ingest profiles.
 fn ts(out: &mut String, t: DateTime<Utc>) {
-    let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+    use chrono::{Datelike, Timelike};
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_micros().min(999_999)
+    );
 }
 
 fn opt<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
@@ -406,4 +419,17 @@ async fn mark_late_minutes(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn copy_timestamps_are_postgres_text() {
+        let mut s = String::new();
+        super::ts(&mut s, "2026-11-23T07:05:09.123456789Z".parse().unwrap());
+        assert_eq!(s, "2026-11-23 07:05:09.123456+00");
+        let mut s = String::new();
+        super::ts(&mut s, "0999-01-02T00:00:00Z".parse().unwrap());
+        assert_eq!(s, "0999-01-02 00:00:00.000000+00");
+    }
 }
