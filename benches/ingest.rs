@@ -49,7 +49,7 @@ fn main() {
 async fn run() {
     let hosts = env("BENCH_HOSTS", 100);
     let samples = env("BENCH_SAMPLES", 60);
-    let rounds = env("BENCH_ROUNDS", 3);
+    let rounds = env("BENCH_ROUNDS", 10);
     let clients = env("BENCH_CLIENTS", 4);
     let gpus = 8;
 
