@@ -123,6 +123,8 @@ pub struct FleetData {
     /// GPU energy since 00:00 UTC, from the 1-minute rollups.
     pub gpu_energy_today_kwh: f64,
     pub gpus_faulty: usize,
+    /// Alerts firing now (any rule).
+    pub alerts_firing: i64,
     pub hosts: Vec<HostLatest>,
     pub gpus: Vec<HeatCell>,
 }
@@ -237,6 +239,9 @@ pub async fn fleet(st: &AppState, metric: Metric) -> Result<FleetData, ApiError>
             .sum(),
         gpu_energy_today_kwh: energy_j / 3.6e6,
         gpus_faulty: cells.iter().filter(|c| c.health == Health::Fault).count(),
+        alerts_firing: sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'")
+            .fetch_one(&st.store.pool)
+            .await?,
         hosts,
         gpus: cells,
     })

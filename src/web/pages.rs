@@ -340,6 +340,7 @@ pub struct FleetPage {
     pub gpus_up: usize,
     pub gpus_total: usize,
     pub gpus_faulty: usize,
+    pub alerts_firing: i64,
     pub mean_gpu_util: String,
     pub gpu_power: String,
     pub energy_today: String,
@@ -379,6 +380,7 @@ pub async fn fleet(
         gpus_up: d.gpus_up,
         gpus_total: d.gpus_total,
         gpus_faulty: d.gpus_faulty,
+        alerts_firing: d.alerts_firing,
         mean_gpu_util: num(d.mean_gpu_util_pct, 1, "%"),
         gpu_power: watts(d.gpu_power_watts),
         energy_today: format!("{:.1} kWh", d.gpu_energy_today_kwh),
@@ -836,6 +838,7 @@ pub async fn rack(
         gpu_power_watts: 0.0,
         gpu_energy_today_kwh: 0.0,
         gpus_faulty: 0,
+        alerts_firing: 0,
         hosts: Vec::new(),
         gpus: d.gpus.clone(),
     });

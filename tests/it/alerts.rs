@@ -526,6 +526,20 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
         .unwrap();
     assert_eq!(api[0]["silenced"], true);
     assert_eq!(api[0]["acknowledged_by"], "oper");
+    let fleet = app
+        .http
+        .get(format!("{}/", app.base))
+        .header("cookie", &op)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        fleet.contains(r#"<b id="kpi-alerts"><a href="/alerts">1</a></b>"#),
+        "{fleet}"
+    );
     let html = get(op.clone()).await;
     assert!(
         html.contains("reseating the GPU")
