@@ -245,32 +245,36 @@ fn range(field: &'static str, v: Option<f64>, lo: f64, hi: f64, unit: &str) -> C
 /// Bytes and rates: 2^53 is where f64 stops counting exactly, far above any real value.
 const MAX_BYTES: f64 = 9.007_199_254_740_992e15;
 
-fn check_host_sample(s: &HostSample, l: &Limits) -> Check {
-    check_ts(s.ts, l)?;
-    range("cpu_util_pct", s.cpu_util_pct, 0.0, 100.0, "%")?;
-    range("load1", s.load1, 0.0, 1e6, "")?;
-    range(
-        "mem_used_bytes",
-        s.mem_used_bytes.map(|v| v as f64),
-        0.0,
-        MAX_BYTES,
-        "B",
-    )?;
-    range(
-        "mem_total_bytes",
-        s.mem_total_bytes.map(|v| v as f64),
-        0.0,
-        MAX_BYTES,
-        "B",
-    )?;
-    if let (Some(u), Some(t)) = (s.mem_used_bytes, s.mem_total_bytes) {
+/// A used/total pair of byte counts: each in range, and used not above total.
+fn used_of_total(
+    used_field: &'static str,
+    used: Option<u64>,
+    total_field: &'static str,
+    total: Option<u64>,
+) -> Check {
+    range(used_field, used.map(|v| v as f64), 0.0, MAX_BYTES, "B")?;
+    range(total_field, total.map(|v| v as f64), 0.0, MAX_BYTES, "B")?;
+    if let (Some(u), Some(t)) = (used, total) {
         if u > t {
             return Err((
-                Some("mem_used_bytes"),
+                Some(used_field),
                 format!("{u} B used is more than the {t} B total"),
             ));
         }
     }
+    Ok(())
+}
+
+fn check_host_sample(s: &HostSample, l: &Limits) -> Check {
+    check_ts(s.ts, l)?;
+    range("cpu_util_pct", s.cpu_util_pct, 0.0, 100.0, "%")?;
+    range("load1", s.load1, 0.0, 1e6, "")?;
+    used_of_total(
+        "mem_used_bytes",
+        s.mem_used_bytes,
+        "mem_total_bytes",
+        s.mem_total_bytes,
+    )?;
     range(
         "disk_read_bytes_per_s",
         s.disk_read_bytes_per_s,
@@ -299,28 +303,12 @@ fn check_host_sample(s: &HostSample, l: &Limits) -> Check {
         MAX_BYTES,
         "B/s",
     )?;
-    range(
+    used_of_total(
         "disk_used_bytes",
-        s.disk_used_bytes.map(|v| v as f64),
-        0.0,
-        MAX_BYTES,
-        "B",
-    )?;
-    range(
+        s.disk_used_bytes,
         "disk_total_bytes",
-        s.disk_total_bytes.map(|v| v as f64),
-        0.0,
-        MAX_BYTES,
-        "B",
+        s.disk_total_bytes,
     )?;
-    if let (Some(u), Some(t)) = (s.disk_used_bytes, s.disk_total_bytes) {
-        if u > t {
-            return Err((
-                Some("disk_used_bytes"),
-                format!("{u} B used is more than the {t} B total"),
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -328,28 +316,12 @@ fn check_gpu_sample(s: &GpuSample, l: &Limits) -> Check {
     check_ts(s.ts, l)?;
     range("util_pct", s.util_pct, 0.0, 100.0, "%")?;
     range("mem_util_pct", s.mem_util_pct, 0.0, 100.0, "%")?;
-    range(
+    used_of_total(
         "mem_used_bytes",
-        s.mem_used_bytes.map(|v| v as f64),
-        0.0,
-        MAX_BYTES,
-        "B",
-    )?;
-    range(
+        s.mem_used_bytes,
         "mem_total_bytes",
-        s.mem_total_bytes.map(|v| v as f64),
-        0.0,
-        MAX_BYTES,
-        "B",
+        s.mem_total_bytes,
     )?;
-    if let (Some(u), Some(t)) = (s.mem_used_bytes, s.mem_total_bytes) {
-        if u > t {
-            return Err((
-                Some("mem_used_bytes"),
-                format!("{u} B used is more than the {t} B total"),
-            ));
-        }
-    }
     // The largest accelerator boards draw ~1.2 kW; 5 kW leaves room without letting
     // unit mistakes (mW sent as W) through.
     range("power_watts", s.power_watts, 0.0, 5_000.0, "W")?;
