@@ -73,14 +73,14 @@ pub async fn evaluate(
     if full {
         for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Threshold) {
             let obs = threshold_observations(store, rule, now).await?;
-            apply(store, rules, rule, obs, now, cfg, true).await?;
+            apply(store, rules, rule, obs, now).await?;
         }
         for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Absent) {
             let obs = absent_observations(store, rule, now).await?;
-            apply(store, rules, rule, obs, now, cfg, true).await?;
+            apply(store, rules, rule, obs, now).await?;
         }
         for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Hardware) {
-            resolve_quiet_hardware(store, rules, rule, now, cfg).await?;
+            resolve_quiet_hardware(store, rules, rule, now).await?;
         }
         repeat_reminders(store, rules, cfg, now).await?;
     }
@@ -176,7 +176,7 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
         }
     }
     for (_, (obs, rule)) in by_rule {
-        apply_with_rules(store, rules, rule, obs, now, false).await?;
+        apply(store, rules, rule, obs, now).await?;
     }
     sqlx::query(
         "INSERT INTO job_state (name, watermark) VALUES ('alert_events', $1)
@@ -275,26 +275,13 @@ async fn absent_observations(
         .collect())
 }
 
+/// Move alerts of `rule` through their states given this round's observations.
 async fn apply(
     store: &Store,
     rules: &RuleSet,
     rule: &Rule,
     obs: Vec<Observation>,
     now: DateTime<Utc>,
-    _cfg: &Config,
-    resolve_missing: bool,
-) -> anyhow::Result<()> {
-    apply_with_rules(store, rules, rule, obs, now, resolve_missing).await
-}
-
-/// Move alerts of `rule` through their states given this round's observations.
-async fn apply_with_rules(
-    store: &Store,
-    rules: &RuleSet,
-    rule: &Rule,
-    obs: Vec<Observation>,
-    now: DateTime<Utc>,
-    _resolve_missing: bool,
 ) -> anyhow::Result<()> {
     let existing: Vec<AlertRow> = sqlx::query_as(
         "SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels, rule FROM alerts WHERE rule = $1",
@@ -492,7 +479,6 @@ async fn resolve_quiet_hardware(
     rules: &RuleSet,
     rule: &Rule,
     now: DateTime<Utc>,
-    _cfg: &Config,
 ) -> anyhow::Result<()> {
     let quiet: Vec<AlertRow> = sqlx::query_as(
         "SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels, rule FROM alerts

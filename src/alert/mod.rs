@@ -23,6 +23,18 @@ use rules::RuleSet;
 /// Labels of an alert: site, rack, pool, host, gpu (as present), plus rule and severity.
 pub type Labels = BTreeMap<String, String>;
 
+/// Where an alert is, for people: `fra1 / r12 / gpu-17 / GPU 3`.
+pub fn location(labels: &Labels) -> String {
+    let mut parts: Vec<String> = ["site", "rack", "host"]
+        .iter()
+        .filter_map(|k| labels.get(*k).cloned())
+        .collect();
+    if let Some(g) = labels.get("gpu") {
+        parts.push(format!("GPU {g}"));
+    }
+    parts.join(" / ")
+}
+
 /// Stable identity of an alert: rule + labels.
 pub fn fingerprint(rule: &str, labels: &Labels) -> String {
     let mut s = String::from(rule);

@@ -14,6 +14,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::eval::AlertSnapshot;
+use super::location;
 use crate::config::{Config, SmtpConfig};
 use crate::store::Store;
 
@@ -65,19 +66,6 @@ pub struct AlertHtml<'a> {
     pub headline: &'a str,
     pub items: &'a [MailItem],
     pub dashboard: &'a str,
-}
-
-fn location(labels: &BTreeMap<String, String>) -> String {
-    let mut parts = Vec::new();
-    for k in ["site", "rack", "host"] {
-        if let Some(v) = labels.get(k) {
-            parts.push(v.clone());
-        }
-    }
-    if let Some(g) = labels.get("gpu") {
-        parts.push(format!("GPU {g}"));
-    }
-    parts.join(" / ")
 }
 
 fn urlpath(s: &str) -> String {

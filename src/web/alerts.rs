@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::pages::render;
 use super::pages::Nav;
 use super::AppState;
-use crate::alert::Labels;
+use crate::alert::{location, Labels};
 use crate::store::auth::{Role, User};
 use axum::http::HeaderMap;
 
@@ -109,17 +109,6 @@ pub struct AlertsPage {
     pub pending: Vec<AlertView>,
     pub silences: Vec<SilenceView>,
     pub history: Vec<IncidentView>,
-}
-
-fn location(l: &Labels) -> String {
-    let mut p: Vec<String> = ["site", "rack", "host"]
-        .iter()
-        .filter_map(|k| l.get(*k).cloned())
-        .collect();
-    if let Some(g) = l.get("gpu") {
-        p.push(format!("GPU {g}"));
-    }
-    p.join(" / ")
 }
 
 fn ts(t: DateTime<Utc>) -> String {
