@@ -50,6 +50,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub simulator: SimulatorConfig,
     pub alerting: AlertingConfig,
+    pub energy: EnergyConfig,
 }
 
 impl Default for Config {
@@ -63,6 +64,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             simulator: SimulatorConfig::default(),
             alerting: AlertingConfig::default(),
+            energy: EnergyConfig::default(),
         }
     }
 }
@@ -304,6 +306,228 @@ impl Default for SmtpConfig {
     }
 }
 
+/// Energy accounting and the weekly energy-efficiency report.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnergyConfig {
+    /// IANA time zone of report weeks (ISO weeks start Monday 00:00 there) and of
+    /// time-of-use tariff hours, e.g. "Europe/Berlin".
+    pub time_zone: String,
+    /// GPU minutes whose mean utilization is below this (percent) count as idle.
+    pub idle_util_pct: f64,
+    /// Sites without their own `[energy.sites.NAME]` section use these values.
+    pub default_site: SiteEnergy,
+    /// Per-site PUE, grid carbon intensity and tariff, keyed by site name.
+    pub sites: BTreeMap<String, SiteEnergy>,
+    /// Power model of a host's non-GPU parts (CPUs, memory, fans, disks, NICs) for
+    /// hosts that do not measure their own energy (RAPL).
+    pub default_host_model: HostPowerModel,
+    /// Power models keyed by the host label `model` (e.g. labels = { model = "dgx-h100" }).
+    pub host_models: BTreeMap<String, HostPowerModel>,
+    pub report: ReportMailConfig,
+}
+
+impl Default for EnergyConfig {
+    fn default() -> Self {
+        EnergyConfig {
+            time_zone: "UTC".into(),
+            idle_util_pct: 5.0,
+            default_site: SiteEnergy::default(),
+            sites: BTreeMap::new(),
+            default_host_model: HostPowerModel::default(),
+            host_models: BTreeMap::new(),
+            report: ReportMailConfig::default(),
+        }
+    }
+}
+
+/// Facility figures of one site.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteEnergy {
+    /// Power usage effectiveness: facility energy / IT energy. Used when the site sends
+    /// no facility meter readings.
+    pub pue: f64,
+    /// Grid carbon intensity in g CO2e per kWh, for hours without an imported value.
+    pub carbon_g_per_kwh: f64,
+    /// Flat tariff per kWh, for hours no time-of-use period covers.
+    pub price_per_kwh: f64,
+    /// Currency of prices (ISO 4217 code), printed in reports.
+    pub currency: String,
+    /// Time-of-use periods; the first that matches an hour sets its price.
+    pub time_of_use: Vec<TouPeriod>,
+}
+
+impl Default for SiteEnergy {
+    fn default() -> Self {
+        SiteEnergy {
+            pue: 1.4,
+            carbon_g_per_kwh: 400.0,
+            price_per_kwh: 0.15,
+            currency: "USD".into(),
+            time_of_use: Vec::new(),
+        }
+    }
+}
+
+/// A tariff period in local time: `days` (mon … sun; empty = every day) and hours
+/// `[start_hour, end_hour)` (0–24).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TouPeriod {
+    #[serde(default)]
+    pub days: Vec<String>,
+    pub start_hour: u32,
+    pub end_hour: u32,
+    pub price_per_kwh: f64,
+}
+
+/// Idle and full-load power of a host's non-GPU parts, in watts; power in between
+/// follows CPU utilization linearly.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostPowerModel {
+    pub idle_watts: f64,
+    pub max_watts: f64,
+}
+
+impl Default for HostPowerModel {
+    fn default() -> Self {
+        HostPowerModel {
+            idle_watts: 250.0,
+            max_watts: 800.0,
+        }
+    }
+}
+
+/// The scheduled weekly report mail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportMailConfig {
+    /// Addresses that receive the weekly report. Empty: no mail.
+    pub recipients: Vec<String>,
+    /// Local weekday (mon … sun) and hour (0–23) after which last week's report is sent.
+    pub send_weekday: String,
+    pub send_hour: u32,
+}
+
+impl Default for ReportMailConfig {
+    fn default() -> Self {
+        ReportMailConfig {
+            recipients: Vec::new(),
+            send_weekday: "mon".into(),
+            send_hour: 6,
+        }
+    }
+}
+
+/// Weekday from its three-letter English name (mon … sun), case-insensitive.
+pub fn parse_weekday(s: &str) -> Option<chrono::Weekday> {
+    use chrono::Weekday::*;
+    Some(match s.to_ascii_lowercase().as_str() {
+        "mon" => Mon,
+        "tue" => Tue,
+        "wed" => Wed,
+        "thu" => Thu,
+        "fri" => Fri,
+        "sat" => Sat,
+        "sun" => Sun,
+        _ => return None,
+    })
+}
+
+impl EnergyConfig {
+    /// The configured time zone.
+    pub fn tz(&self) -> chrono_tz::Tz {
+        self.time_zone.parse().unwrap_or(chrono_tz::UTC)
+    }
+
+    /// Figures of `site` (its own section, else the defaults).
+    pub fn site(&self, site: &str) -> &SiteEnergy {
+        self.sites.get(site).unwrap_or(&self.default_site)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(format!(
+                "energy.time_zone = {:?} is not an IANA time zone such as \"Europe/Berlin\"",
+                self.time_zone
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.idle_util_pct) {
+            return Err("energy.idle_util_pct must be between 0 and 100".into());
+        }
+        let sites = std::iter::once(("default_site".to_string(), &self.default_site))
+            .chain(self.sites.iter().map(|(k, v)| (format!("sites.{k}"), v)));
+        for (name, s) in sites {
+            if !(1.0..=5.0).contains(&s.pue) {
+                return Err(format!(
+                    "energy.{name}.pue = {} must be between 1.0 and 5.0",
+                    s.pue
+                ));
+            }
+            if !(0.0..=5000.0).contains(&s.carbon_g_per_kwh) {
+                return Err(format!(
+                    "energy.{name}.carbon_g_per_kwh = {} must be between 0 and 5000",
+                    s.carbon_g_per_kwh
+                ));
+            }
+            if s.price_per_kwh < 0.0 || !s.price_per_kwh.is_finite() {
+                return Err(format!("energy.{name}.price_per_kwh must not be negative"));
+            }
+            for (i, p) in s.time_of_use.iter().enumerate() {
+                let at = format!("energy.{name}.time_of_use[{i}]");
+                if p.start_hour >= p.end_hour || p.end_hour > 24 {
+                    return Err(format!(
+                        "{at}: start_hour {} .. end_hour {} must satisfy 0 <= start < end <= 24",
+                        p.start_hour, p.end_hour
+                    ));
+                }
+                if let Some(d) = p.days.iter().find(|d| parse_weekday(d).is_none()) {
+                    return Err(format!("{at}: unknown day {d:?}; use mon, tue, … sun"));
+                }
+                if p.price_per_kwh < 0.0 || !p.price_per_kwh.is_finite() {
+                    return Err(format!("{at}: price_per_kwh must not be negative"));
+                }
+            }
+        }
+        let models = std::iter::once(("default_host_model".to_string(), &self.default_host_model))
+            .chain(
+                self.host_models
+                    .iter()
+                    .map(|(k, v)| (format!("host_models.{k}"), v)),
+            );
+        for (name, m) in models {
+            if m.idle_watts < 0.0 || m.max_watts < m.idle_watts || m.max_watts > 100_000.0 {
+                return Err(format!(
+                    "energy.{name}: need 0 <= idle_watts ({}) <= max_watts ({}) <= 100000",
+                    m.idle_watts, m.max_watts
+                ));
+            }
+        }
+        if parse_weekday(&self.report.send_weekday).is_none() {
+            return Err(format!(
+                "energy.report.send_weekday = {:?}: use mon, tue, … sun",
+                self.report.send_weekday
+            ));
+        }
+        if self.report.send_hour > 23 {
+            return Err("energy.report.send_hour must be between 0 and 23".into());
+        }
+        if let Some(r) = self
+            .report
+            .recipients
+            .iter()
+            .find(|r| r.parse::<lettre::message::Mailbox>().is_err())
+        {
+            return Err(format!(
+                "energy.report.recipients: {r:?} is not an e-mail address"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What went wrong reading the configuration, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -419,6 +643,7 @@ impl Config {
         if self.simulator.gpus_per_host > 64 {
             return Err("simulator.gpus_per_host must be at most 64".into());
         }
+        self.energy.validate()?;
         Ok(())
     }
 

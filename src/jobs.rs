@@ -23,6 +23,9 @@ const TICK: Duration = Duration::from_secs(5);
 const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 const FORECAST_EVERY: Duration = Duration::from_secs(3600);
+/// Energy accounting redoes the last hour each run, so running more often than hourly
+/// keeps the energy page fresh; it also checks whether the weekly report mail is due.
+const ENERGY_EVERY: Duration = Duration::from_secs(900);
 
 /// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
 /// other leader-only loops (alerting) whether this server holds the lock.
@@ -38,6 +41,7 @@ pub fn spawn(
         let mut last_rollup: Option<Instant> = None;
         let mut last_maintenance: Option<Instant> = None;
         let mut last_forecast: Option<Instant> = None;
+        let mut last_energy: Option<Instant> = None;
         loop {
             if leader.is_none() {
                 leader = try_lead(&db_url).await;
@@ -74,6 +78,10 @@ pub fn spawn(
                     }
                     last_forecast = Some(Instant::now());
                 }
+                if last_energy.is_none_or(|t| t.elapsed() >= ENERGY_EVERY) {
+                    energy(&store, &cfg).await;
+                    last_energy = Some(Instant::now());
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
@@ -95,6 +103,16 @@ async fn try_lead(db_url: &str) -> Option<PgConnection> {
         .await
         .ok()?;
     got.then_some(conn)
+}
+
+async fn energy(store: &Store, cfg: &Config) {
+    match crate::analytics::energy::run(store, &cfg.energy, Utc::now()).await {
+        Ok(r) => tracing::debug!(?r, "energy accounting"),
+        Err(e) => tracing::warn!("energy accounting: {e}"),
+    }
+    if let Err(e) = crate::report::mail::send_due(store, cfg, Utc::now()).await {
+        tracing::warn!("weekly energy report mail: {e:#}");
+    }
 }
 
 async fn maintenance(store: &Store, cfg: &Config) {

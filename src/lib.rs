@@ -12,5 +12,6 @@ pub mod config;
 pub mod ingest;
 pub mod jobs;
 pub mod model;
+pub mod report;
 pub mod store;
 pub mod web;

@@ -85,6 +85,51 @@ enum Cmd {
     /// Anomaly detector: evaluate on a labelled benchmark data set.
     #[command(subcommand)]
     Anomaly(AnomalyCmd),
+    /// Reports: the weekly energy-efficiency report and its facility inputs.
+    #[command(subcommand)]
+    Report(ReportCmd),
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Write the energy-efficiency report of one ISO week (accounts new hours first).
+    Energy {
+        /// ISO week in energy.time_zone, e.g. 2026-W47. Default: last week.
+        #[arg(long, value_name = "YYYY-Www")]
+        week: Option<String>,
+        /// Only this site.
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+        /// csv, parquet or html.
+        #[arg(long, default_value = "html")]
+        format: String,
+        /// File to write; "-" writes to standard output.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Also mail the report to energy.report.recipients.
+        #[arg(long)]
+        mail: bool,
+    },
+    /// Import hourly grid carbon intensity of a site from a CSV file with the columns
+    /// `hour` (RFC 3339 start of the hour) and `g_co2_per_kwh`.
+    ImportCarbon {
+        #[arg(long, value_name = "SITE")]
+        site: String,
+        file: PathBuf,
+    },
+    /// Record a facility meter reading: energy the site drew over an interval.
+    FacilityReading {
+        #[arg(long, value_name = "SITE")]
+        site: String,
+        /// RFC 3339 start of the interval.
+        #[arg(long)]
+        start: String,
+        /// RFC 3339 end of the interval.
+        #[arg(long)]
+        end: String,
+        #[arg(long)]
+        energy_kwh: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -298,6 +343,99 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = token_cmd(&db, t).await;
             db.close().await;
             r
+        }
+        Cmd::Report(r) => {
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let res = report_cmd(&cfg, &db, r).await;
+            db.close().await;
+            res
+        }
+    }
+}
+
+async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result<()> {
+    use rackwatch::report::{energy, export, inputs, mail, IsoWeek};
+    let now = chrono::Utc::now();
+    match r {
+        ReportCmd::Energy {
+            week,
+            site,
+            format,
+            out,
+            mail: send_mail,
+        } => {
+            let format: export::Format = format.parse().map_err(anyhow::Error::msg)?;
+            let week: IsoWeek = match week {
+                Some(w) => w.parse().map_err(anyhow::Error::msg)?,
+                None => IsoWeek::containing(now, cfg.energy.tz()).prev(),
+            };
+            rackwatch::analytics::energy::run(&db.store, &cfg.energy, now).await?;
+            let report = energy::build(&db.store, &cfg.energy, week, site.as_deref(), now).await?;
+            let bytes = export::render(&report, format)?;
+            if out.as_os_str() == "-" {
+                use std::io::Write;
+                std::io::stdout().write_all(&bytes)?;
+            } else {
+                std::fs::write(&out, &bytes)
+                    .with_context(|| format!("writing {}", out.display()))?;
+            }
+            let t = report.total();
+            eprintln!(
+                "{week}: IT {:.1} kWh, facility {:.1} kWh, {:.1} kg CO2e{}, idle GPU {:.1} kWh; {} lines{}",
+                t.it_energy_kwh,
+                t.facility_energy_kwh,
+                t.carbon_kg,
+                t.cost.map(|c| format!(", {c:.2} {}", t.currency)).unwrap_or_default(),
+                t.idle_gpu_energy_kwh,
+                report.rows.len(),
+                if report.partial() { " (partial week)" } else { "" }
+            );
+            if send_mail {
+                if cfg.energy.report.recipients.is_empty() {
+                    anyhow::bail!("energy.report.recipients is empty: nobody to mail");
+                }
+                mail::send(cfg, &report, &cfg.energy.report.recipients).await?;
+                eprintln!("mailed to {}", cfg.energy.report.recipients.join(", "));
+            }
+            Ok(())
+        }
+        ReportCmd::ImportCarbon { site, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let (good, bad) = inputs::parse_carbon_csv(&text);
+            let n = inputs::store_carbon(&db.store, &site, &good).await?;
+            println!("{n} hours of carbon intensity stored for site {site}");
+            if !bad.is_empty() {
+                for (line, why) in &bad {
+                    eprintln!("{}:{line}: {why}", file.display());
+                }
+                anyhow::bail!("{} lines of {} were rejected", bad.len(), file.display());
+            }
+            Ok(())
+        }
+        ReportCmd::FacilityReading {
+            site,
+            start,
+            end,
+            energy_kwh,
+        } => {
+            let t = |s: &str| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| anyhow::anyhow!("{s:?} is not an RFC 3339 time: {e}"))
+            };
+            let reading = inputs::FacilityReading {
+                site,
+                start: t(&start)?,
+                end: t(&end)?,
+                energy_kwh,
+            };
+            let (_, bad) = inputs::store_readings(&db.store, &[reading], now).await?;
+            if let Some((_, why)) = bad.first() {
+                anyhow::bail!("reading rejected: {why}");
+            }
+            println!("reading stored");
+            Ok(())
         }
     }
 }

@@ -223,9 +223,10 @@ impl SimulatedHost {
         };
         let n = noise(self.seed, 999, ts / 5);
         let mem_total: u64 = 1 << 40;
+        let cpu = (8.0 + gpu_mean * 0.35 + 5.0 * n).clamp(0.0, 100.0);
         out.host_samples.push(HostSample {
             ts: t,
-            cpu_util_pct: Some((8.0 + gpu_mean * 0.35 + 5.0 * n).clamp(0.0, 100.0)),
+            cpu_util_pct: Some(cpu),
             load1: Some((2.0 + gpu_mean / 100.0 * 24.0 + n).max(0.0)),
             mem_used_bytes: Some(((0.2 + gpu_mean / 100.0 * 0.5) * mem_total as f64) as u64),
             mem_total_bytes: Some(mem_total),
@@ -239,6 +240,8 @@ impl SimulatedHost {
                     as u64,
             ),
             disk_total_bytes: Some(30_000_000_000_000),
+            // Every other host exposes RAPL: two 350 W CPU packages.
+            energy_joules: (self.seed % 2 == 0).then(|| (2.0 * (90.0 + 2.6 * cpu)) * dt),
         });
         out
     }

@@ -1,7 +1,9 @@
 //! Host metrics from the operating system (sysinfo): CPU, load, memory, per-disk and
-//! per-interface throughput summed per host.
+//! per-interface throughput summed per host, and host energy from RAPL (powercap) where
+//! the kernel exposes it.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -15,6 +17,7 @@ pub struct SystemSource {
     sys: System,
     disks: Option<Disks>,
     nets: Option<Networks>,
+    rapl: Rapl,
     last: Instant,
 }
 
@@ -35,6 +38,7 @@ impl SystemSource {
             sys,
             disks,
             nets,
+            rapl: Rapl::discover(Path::new(POWERCAP)),
             last: Instant::now(),
         })
     }
@@ -106,8 +110,91 @@ impl Source for SystemSource {
             s.net_rx_bytes_per_s = Some(rx as f64 / elapsed);
             s.net_tx_bytes_per_s = Some(tx as f64 / elapsed);
         }
+        s.energy_joules = self.rapl.read();
         out.host_samples.push(s);
     }
+}
+
+/// Where Linux exposes RAPL energy counters.
+const POWERCAP: &str = "/sys/class/powercap";
+
+/// RAPL package domains (`intel-rapl:N`, also used for AMD CPUs). Sub-domains
+/// (`intel-rapl:N:M`: cores, uncore, DRAM inside a package) are part of their package
+/// and not added again.
+pub struct Rapl {
+    domains: Vec<RaplDomain>,
+}
+
+struct RaplDomain {
+    energy_uj: PathBuf,
+    /// The counter wraps to zero after this many µJ.
+    max_uj: u64,
+    prev_uj: Option<u64>,
+}
+
+impl Rapl {
+    /// Find the package domains under `root`; none (no RAPL, no permission) is fine.
+    pub fn discover(root: &Path) -> Rapl {
+        let mut domains = Vec::new();
+        let Ok(dir) = std::fs::read_dir(root) else {
+            return Rapl { domains };
+        };
+        let mut names: Vec<String> = dir
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.strip_prefix("intel-rapl:")
+                    .is_some_and(|r| !r.contains(':'))
+            })
+            .collect();
+        names.sort();
+        for n in names {
+            let d = root.join(&n);
+            let max = read_u64(&d.join("max_energy_range_uj"));
+            let now = read_u64(&d.join("energy_uj"));
+            match (max, now) {
+                (Some(max_uj), Some(now)) if max_uj > 0 => domains.push(RaplDomain {
+                    energy_uj: d.join("energy_uj"),
+                    max_uj,
+                    prev_uj: Some(now),
+                }),
+                _ => tracing::info!(
+                    domain = %d.display(),
+                    "RAPL energy counter not readable (needs root on recent kernels); host energy will be modeled"
+                ),
+            }
+        }
+        Rapl { domains }
+    }
+
+    /// Joules used by all packages since the previous call; None without RAPL.
+    pub fn read(&mut self) -> Option<f64> {
+        if self.domains.is_empty() {
+            return None;
+        }
+        let mut total_uj = 0u64;
+        for d in &mut self.domains {
+            let now = read_u64(&d.energy_uj)?;
+            if let Some(prev) = d.prev_uj {
+                total_uj += rapl_delta(prev, now, d.max_uj);
+            }
+            d.prev_uj = Some(now);
+        }
+        Some(total_uj as f64 / 1e6)
+    }
+}
+
+/// Energy between two readings of a RAPL counter that wraps at `max_uj`.
+pub fn rapl_delta(prev_uj: u64, now_uj: u64, max_uj: u64) -> u64 {
+    if now_uj >= prev_uj {
+        now_uj - prev_uj
+    } else {
+        max_uj.saturating_sub(prev_uj) + now_uj
+    }
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -129,5 +216,27 @@ mod tests {
         let cpu = s.cpu_util_pct.unwrap();
         assert!((0.0..=100.0).contains(&cpu));
         assert!(s.load1.unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn rapl_packages_are_summed_and_wrap_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |name: &str, energy: u64, max: u64| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("energy_uj"), format!("{energy}\n")).unwrap();
+            std::fs::write(d.join("max_energy_range_uj"), format!("{max}\n")).unwrap();
+        };
+        mk("intel-rapl:0", 1_000_000, 10_000_000);
+        mk("intel-rapl:1", 9_500_000, 10_000_000);
+        // A sub-domain of package 0: already inside its package's counter.
+        mk("intel-rapl:0:0", 5_000_000, 10_000_000);
+        let mut rapl = Rapl::discover(dir.path());
+        assert_eq!(rapl.domains.len(), 2);
+        mk("intel-rapl:0", 3_000_000, 10_000_000); // +2 J
+        mk("intel-rapl:1", 500_000, 10_000_000); // wrapped: +0.5 J +0.5 J
+        mk("intel-rapl:0:0", 9_000_000, 10_000_000);
+        assert_eq!(rapl.read(), Some(3.0));
+        assert_eq!(Rapl::discover(&dir.path().join("missing")).read(), None);
     }
 }

@@ -68,6 +68,11 @@ pub struct HostSample {
     pub disk_used_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_total_bytes: Option<u64>,
+    /// Energy the host measured itself (RAPL: CPU packages and DRAM) since its previous
+    /// sample, computed by the agent and safe across counter wrap-around. GPUs are
+    /// counted separately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_joules: Option<f64>,
 }
 
 /// One GPU sample.

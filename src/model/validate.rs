@@ -309,6 +309,8 @@ fn check_host_sample(s: &HostSample, l: &Limits) -> Check {
         "disk_total_bytes",
         s.disk_total_bytes,
     )?;
+    // 20 kW for a day: far above one sample's host energy, catches µJ sent as J.
+    range("energy_joules", s.energy_joules, 0.0, 1.728e9, "J")?;
     Ok(())
 }
 

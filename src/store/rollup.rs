@@ -14,10 +14,11 @@ const FIRST_RUN_LOOKBACK_HOURS: i64 = 24;
 const HOST_ROLLUP: &str = "
 INSERT INTO host_samples_1m (host_id, bucket, samples, cpu_util_pct, cpu_util_pct_max, load1, mem_used_bytes,
     mem_total_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s,
-    disk_used_bytes, disk_total_bytes)
+    disk_used_bytes, disk_total_bytes, energy_joules, energy_samples)
 SELECT host_id, date_trunc('minute', ts), count(*)::int, avg(cpu_util_pct), max(cpu_util_pct), avg(load1),
        avg(mem_used_bytes)::bigint, max(mem_total_bytes), avg(disk_read_bytes_per_s), avg(disk_write_bytes_per_s),
-       avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s), avg(disk_used_bytes)::bigint, max(disk_total_bytes)
+       avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s), avg(disk_used_bytes)::bigint, max(disk_total_bytes),
+       sum(energy_joules), count(energy_joules)::int
   FROM host_samples
  WHERE ts >= $1 AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
  GROUP BY 1, 2
@@ -26,23 +27,51 @@ ON CONFLICT (host_id, bucket) DO UPDATE SET samples = EXCLUDED.samples, cpu_util
     mem_total_bytes = EXCLUDED.mem_total_bytes, disk_read_bytes_per_s = EXCLUDED.disk_read_bytes_per_s,
     disk_write_bytes_per_s = EXCLUDED.disk_write_bytes_per_s, net_rx_bytes_per_s = EXCLUDED.net_rx_bytes_per_s,
     net_tx_bytes_per_s = EXCLUDED.net_tx_bytes_per_s, disk_used_bytes = EXCLUDED.disk_used_bytes,
-    disk_total_bytes = EXCLUDED.disk_total_bytes";
+    disk_total_bytes = EXCLUDED.disk_total_bytes, energy_joules = EXCLUDED.energy_joules,
+    energy_samples = EXCLUDED.energy_samples";
 
+/// GPU minutes. Energy per sample is the agent's reset-safe delta (`energy_joules`);
+/// for agents that send only the counter, the difference to the GPU's previous sample
+/// (within `COUNTER_LOOKBACK`), where a counter that went backwards counts from zero.
+/// Throttle bits: power = software power cap (0x4) | hardware power brake (0x80);
+/// thermal = software (0x20) | hardware (0x40) thermal slowdown.
 const GPU_ROLLUP: &str = "
+WITH s AS (
+  SELECT host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, power_watts, energy_joules_total,
+         temp_celsius, sm_clock_mhz, throttle_reasons, energy_joules,
+         lag(energy_joules_total) OVER (PARTITION BY host_id, gpu_index ORDER BY ts) AS prev_total
+    FROM gpu_samples
+   WHERE ts >= $1 - $4::interval AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
+)
 INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, util_pct_max, mem_util_pct,
-    mem_used_bytes, power_watts, power_watts_max, energy_joules_total, temp_celsius, temp_celsius_max, sm_clock_mhz)
+    mem_used_bytes, power_watts, power_watts_max, energy_joules_total, temp_celsius, temp_celsius_max, sm_clock_mhz,
+    energy_joules, energy_samples, power_samples, counter_resets, power_throttle_samples, thermal_throttle_samples)
 SELECT host_id, gpu_index, date_trunc('minute', ts), count(*)::int, avg(util_pct), max(util_pct), avg(mem_util_pct),
        avg(mem_used_bytes)::bigint, avg(power_watts), max(power_watts),
        (array_agg(energy_joules_total ORDER BY ts DESC) FILTER (WHERE energy_joules_total IS NOT NULL))[1],
-       avg(temp_celsius), max(temp_celsius), avg(sm_clock_mhz)
-  FROM gpu_samples
- WHERE ts >= $1 AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
+       avg(temp_celsius), max(temp_celsius), avg(sm_clock_mhz),
+       sum(e), count(e)::int, count(power_watts)::int,
+       count(*) FILTER (WHERE energy_joules_total < prev_total)::int,
+       count(*) FILTER (WHERE throttle_reasons & 132 <> 0)::int,
+       count(*) FILTER (WHERE throttle_reasons & 96 <> 0)::int
+  FROM (SELECT *, CASE WHEN energy_joules IS NOT NULL THEN energy_joules
+                       WHEN energy_joules_total IS NULL OR prev_total IS NULL THEN NULL
+                       WHEN energy_joules_total >= prev_total THEN energy_joules_total - prev_total
+                       ELSE energy_joules_total END AS e
+          FROM s WHERE ts >= $1) m
  GROUP BY 1, 2, 3
 ON CONFLICT (host_id, gpu_index, bucket) DO UPDATE SET samples = EXCLUDED.samples, util_pct = EXCLUDED.util_pct,
     util_pct_max = EXCLUDED.util_pct_max, mem_util_pct = EXCLUDED.mem_util_pct, mem_used_bytes = EXCLUDED.mem_used_bytes,
     power_watts = EXCLUDED.power_watts, power_watts_max = EXCLUDED.power_watts_max,
     energy_joules_total = EXCLUDED.energy_joules_total, temp_celsius = EXCLUDED.temp_celsius,
-    temp_celsius_max = EXCLUDED.temp_celsius_max, sm_clock_mhz = EXCLUDED.sm_clock_mhz";
+    temp_celsius_max = EXCLUDED.temp_celsius_max, sm_clock_mhz = EXCLUDED.sm_clock_mhz,
+    energy_joules = EXCLUDED.energy_joules, energy_samples = EXCLUDED.energy_samples,
+    power_samples = EXCLUDED.power_samples, counter_resets = EXCLUDED.counter_resets,
+    power_throttle_samples = EXCLUDED.power_throttle_samples,
+    thermal_throttle_samples = EXCLUDED.thermal_throttle_samples";
+
+/// How far back a counter-only GPU sample looks for its predecessor.
+const COUNTER_LOOKBACK: &str = "10 minutes";
 
 /// What one rollup run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +117,14 @@ impl Store {
 
         // Late minutes: recompute per host, in bounded chunks.
         loop {
+            // The hours of recomputed minutes need their energy accounted again.
             let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
-                "DELETE FROM rollup_dirty WHERE (host_id, bucket) IN
+                "WITH d AS (DELETE FROM rollup_dirty WHERE (host_id, bucket) IN
                     (SELECT host_id, bucket FROM rollup_dirty ORDER BY host_id, bucket LIMIT 1000)
-                 RETURNING host_id, bucket",
+                    RETURNING host_id, bucket),
+                 e AS (INSERT INTO energy_dirty (host_id, hour)
+                       SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM d ON CONFLICT DO NOTHING)
+                 SELECT host_id, bucket FROM d",
             )
             .fetch_all(&self.pool)
             .await?;
@@ -110,7 +143,9 @@ impl Store {
         Ok(run)
     }
 
-    async fn rollup_range(
+    /// Roll up the minutes in `[from, to)` (of `hosts`, or all); returns host and GPU
+    /// rows written. Used by the job and to rebuild history after a bulk import.
+    pub async fn rollup_range(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
@@ -127,6 +162,7 @@ impl Store {
             .bind(from)
             .bind(to)
             .bind(hosts)
+            .bind(COUNTER_LOOKBACK)
             .execute(&self.pool)
             .await?
             .rows_affected();

@@ -24,7 +24,7 @@ pub struct WriteOutcome {
 pub const HOST_COLUMNS: &str =
     "host_id, ts, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes, \
      disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s, \
-     disk_used_bytes, disk_total_bytes";
+     disk_used_bytes, disk_total_bytes, energy_joules";
 pub const GPU_COLUMNS: &str = "host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, mem_total_bytes, \
      power_watts, energy_joules_total, temp_celsius, mem_temp_celsius, sm_clock_mhz, mem_clock_mhz, fan_pct, throttle_reasons, \
      power_limit_watts, energy_joules, pcie_rx_bytes_per_s, pcie_tx_bytes_per_s, pcie_replay_total, \
@@ -142,6 +142,7 @@ pub fn encode_host_rows(host_id: i64, rows: &[HostSample], out: &mut String) {
         opt(out, s.net_tx_bytes_per_s);
         opt(out, s.disk_used_bytes);
         opt(out, s.disk_total_bytes);
+        opt(out, s.energy_joules);
         out.push('\n');
     }
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod charts;
 pub mod data;
+pub mod energy;
 pub mod error;
 pub mod events;
 pub mod format;
@@ -63,6 +64,10 @@ pub fn router(state: AppState) -> Router {
         .route("/hosts/{name}/gpus/{index}", get(pages::gpu))
         .route("/racks/{site}/{rack}", get(pages::rack))
         .route("/inventory", get(pages::inventory))
+        .route("/energy", get(energy::page))
+        .route("/energy/reports/{file}", get(energy::file))
+        .route("/api/v1/energy/weekly", get(energy::api))
+        .route("/api/v1/facility/readings", post(energy::readings))
         .route("/admin", get(admin::page))
         .route("/admin/users", post(admin::create_user))
         .route("/admin/users/{id}/delete", post(admin::delete_user))

@@ -1,0 +1,196 @@
+//! Energy accounting: the hourly job that turns 1-minute rollups into `energy_hourly`,
+//! per GPU and per host (its non-GPU parts), which the weekly report sums up.
+//!
+//! - GPU energy is measured from the total-energy counter (the sum of the agent's
+//!   reset-safe per-sample deltas, see `store::rollup`). Minutes of a GPU without a
+//!   counter reading are estimated from sampled power: mean power × 60 s per sampled
+//!   minute. Energy of a gap in sampling is in the first counter delta after it (the
+//!   counter kept counting), so measured GPUs lose nothing to gaps; estimated ones do.
+//! - Host (non-GPU) energy is measured where the host reports RAPL, otherwise modeled:
+//!   `idle + (max − idle) × CPU utilization` watts of the host's power model (chosen by
+//!   its label `model`) × 60 s per sampled minute.
+//! - A GPU minute whose mean utilization is below `energy.idle_util_pct` is idle: its
+//!   energy counts as idle energy.
+//!
+//! Hours are UTC hours. The job redoes the last hour on every run and any hour whose
+//! rollups were recomputed after late samples (`energy_dirty`).
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+
+use crate::config::EnergyConfig;
+use crate::store::Store;
+
+/// Hours are accounted once their last minute's rollups are settled.
+const SETTLE: i64 = 5;
+/// A first run accounts this far back, so last week's report is complete.
+const FIRST_RUN_LOOKBACK_DAYS: i64 = 8;
+/// Hours per statement.
+const CHUNK_HOURS: i64 = 24;
+
+const GPU_HOURS: &str = "
+INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, estimated_j, modeled_j, idle_j,
+    covered_minutes, idle_minutes, busy_minutes, util_sum, power_max_w, counter_resets,
+    power_throttle_s, thermal_throttle_s)
+SELECT host_id, gpu_index, date_trunc('hour', bucket, 'UTC'),
+       COALESCE(sum(energy_joules) FILTER (WHERE energy_samples > 0), 0),
+       COALESCE(sum(power_watts * 60) FILTER (WHERE COALESCE(energy_samples, 0) = 0), 0),
+       0,
+       COALESCE(sum(CASE WHEN energy_samples > 0 THEN energy_joules ELSE power_watts * 60 END)
+                FILTER (WHERE util_pct < $3), 0),
+       count(*)::int, (count(*) FILTER (WHERE util_pct < $3))::int, (count(*) FILTER (WHERE util_pct >= $3))::int,
+       COALESCE(sum(util_pct), 0), max(power_watts_max), COALESCE(sum(counter_resets), 0)::int,
+       COALESCE(sum(60.0 * power_throttle_samples / samples), 0),
+       COALESCE(sum(60.0 * thermal_throttle_samples / samples), 0)
+  FROM gpu_samples_1m
+ WHERE bucket >= $1 AND bucket < $2 AND ($4::int8[] IS NULL OR host_id = ANY($4))
+ GROUP BY 1, 2, 3
+ON CONFLICT (hour, host_id, gpu_index) DO UPDATE SET measured_j = EXCLUDED.measured_j,
+    estimated_j = EXCLUDED.estimated_j, modeled_j = EXCLUDED.modeled_j, idle_j = EXCLUDED.idle_j,
+    covered_minutes = EXCLUDED.covered_minutes, idle_minutes = EXCLUDED.idle_minutes,
+    busy_minutes = EXCLUDED.busy_minutes, util_sum = EXCLUDED.util_sum, power_max_w = EXCLUDED.power_max_w,
+    counter_resets = EXCLUDED.counter_resets, power_throttle_s = EXCLUDED.power_throttle_s,
+    thermal_throttle_s = EXCLUDED.thermal_throttle_s";
+
+/// Host rows: `$3`, `$4`, `$5` are parallel arrays of host id, idle watts, max watts.
+const HOST_HOURS: &str = "
+INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, modeled_j, covered_minutes, util_sum)
+SELECT r.host_id, -1, date_trunc('hour', r.bucket, 'UTC'),
+       COALESCE(sum(r.energy_joules) FILTER (WHERE r.energy_samples > 0), 0),
+       COALESCE(sum(60 * (m.idle_w + (m.max_w - m.idle_w) * r.cpu_util_pct / 100))
+                FILTER (WHERE COALESCE(r.energy_samples, 0) = 0), 0),
+       count(*)::int, COALESCE(sum(r.cpu_util_pct), 0)
+  FROM host_samples_1m r
+  JOIN unnest($3::int8[], $4::float8[], $5::float8[]) AS m (host_id, idle_w, max_w) ON m.host_id = r.host_id
+ WHERE r.bucket >= $1 AND r.bucket < $2
+ GROUP BY 1, 2, 3
+ON CONFLICT (hour, host_id, gpu_index) DO UPDATE SET measured_j = EXCLUDED.measured_j,
+    modeled_j = EXCLUDED.modeled_j, covered_minutes = EXCLUDED.covered_minutes, util_sum = EXCLUDED.util_sum";
+
+/// What one accounting run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AccountingRun {
+    pub rows: u64,
+    pub dirty_hours: u64,
+    /// Hours are accounted up to (excluding) this time.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Account every settled hour since the last run (plus the last one again) and every
+/// hour marked dirty by late samples.
+pub async fn run(
+    store: &Store,
+    cfg: &EnergyConfig,
+    now: DateTime<Utc>,
+) -> Result<AccountingRun, sqlx::Error> {
+    let end = (now - Duration::minutes(SETTLE))
+        .duration_trunc(Duration::hours(1))
+        .expect("hour truncation");
+    let watermark = watermark(store).await?;
+    let start = match watermark {
+        Some(w) => (w - Duration::hours(1)).min(end),
+        None => end - Duration::days(FIRST_RUN_LOOKBACK_DAYS),
+    };
+    let mut run = AccountingRun::default();
+    let mut from = start;
+    while from < end {
+        let to = (from + Duration::hours(CHUNK_HOURS)).min(end);
+        run.rows += account_range(store, cfg, from, to, None).await?;
+        from = to;
+    }
+    sqlx::query(
+        "INSERT INTO job_state (name, watermark, updated_at) VALUES ('energy_hourly', $1, now())
+         ON CONFLICT (name) DO UPDATE SET watermark = GREATEST(job_state.watermark, EXCLUDED.watermark),
+                                          updated_at = now()",
+    )
+    .bind(end)
+    .execute(&store.pool)
+    .await?;
+    run.until = Some(end.max(watermark.unwrap_or(end)));
+
+    loop {
+        let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+            "DELETE FROM energy_dirty WHERE (host_id, hour) IN
+                (SELECT host_id, hour FROM energy_dirty ORDER BY hour, host_id LIMIT 500)
+             RETURNING host_id, hour",
+        )
+        .fetch_all(&store.pool)
+        .await?;
+        if dirty.is_empty() {
+            break;
+        }
+        run.dirty_hours += dirty.len() as u64;
+        let mut by_hour: std::collections::BTreeMap<DateTime<Utc>, Vec<i64>> = Default::default();
+        for (host, hour) in dirty {
+            by_hour.entry(hour).or_default().push(host);
+        }
+        for (hour, hosts) in by_hour {
+            run.rows +=
+                account_range(store, cfg, hour, hour + Duration::hours(1), Some(hosts)).await?;
+        }
+    }
+    Ok(run)
+}
+
+/// Where the job has accounted up to.
+pub async fn watermark(store: &Store) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'energy_hourly'")
+            .fetch_optional(&store.pool)
+            .await?
+            .flatten(),
+    )
+}
+
+/// (Re)compute the hours in `[from, to)` (whole UTC hours) of `hosts`, or of all hosts.
+pub async fn account_range(
+    store: &Store,
+    cfg: &EnergyConfig,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    hosts: Option<Vec<i64>>,
+) -> Result<u64, sqlx::Error> {
+    let models: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT id, labels->>'model' FROM hosts WHERE ($1::int8[] IS NULL OR id = ANY($1))",
+    )
+    .bind(hosts.clone())
+    .fetch_all(&store.pool)
+    .await?;
+    let (mut ids, mut idle, mut max) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, model) in models {
+        let m = model
+            .and_then(|m| cfg.host_models.get(&m))
+            .unwrap_or(&cfg.default_host_model);
+        ids.push(id);
+        idle.push(m.idle_watts);
+        max.push(m.max_watts);
+    }
+    let mut tx = store.pool.begin().await?;
+    // Recomputed hours replace what was there, including rows of GPUs that are gone.
+    sqlx::query(
+        "DELETE FROM energy_hourly WHERE hour >= $1 AND hour < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(hosts.clone())
+    .execute(&mut *tx)
+    .await?;
+    let g = sqlx::query(GPU_HOURS)
+        .bind(from)
+        .bind(to)
+        .bind(cfg.idle_util_pct)
+        .bind(hosts)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let h = sqlx::query(HOST_HOURS)
+        .bind(from)
+        .bind(to)
+        .bind(ids)
+        .bind(idle)
+        .bind(max)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(g + h)
+}

@@ -1,0 +1,857 @@
+//! The weekly energy-efficiency report: energy, PUE, carbon, cost and idle waste per
+//! GPU, host, rack, pool, site and the fleet, from the hourly energy accounting.
+//!
+//! Definitions (also in docs/energy.md):
+//! - IT energy = GPU energy + host (non-GPU) energy.
+//! - Facility energy = IT energy × PUE. Where a site sends facility meter readings, the
+//!   hours they cover use the metered energy (PUE measured); other hours of that site
+//!   use the PUE measured over the metered hours of the week, else the configured PUE.
+//! - Carbon and cost are charged on facility energy, hour by hour, with the site's grid
+//!   intensity (imported hourly values, else the configured constant) and tariff
+//!   (time-of-use period of the local hour, else the flat price).
+//! - CUE = carbon (kg CO2e) / IT energy (kWh).
+//! - Idle GPU energy: energy of GPU minutes below the idle threshold; its cost and
+//!   carbon include the facility overhead (× PUE) of the hour.
+//! - Energy per busy GPU-hour = GPU energy / busy GPU-hours (idle energy included, so
+//!   idle waste makes it worse).
+//! - Coverage = minutes with samples / minutes expected. A GPU or host is expected from
+//!   the week's start if it reported in the previous week, else from its first hour this
+//!   week, until the end of the week or of the accounted hours.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Datelike, Duration, DurationRound, Timelike, Utc};
+use chrono_tz::Tz;
+
+use super::IsoWeek;
+use crate::config::{parse_weekday, EnergyConfig, SiteEnergy};
+use crate::store::Store;
+
+const J_PER_KWH: f64 = 3.6e6;
+
+/// One line of the report: a GPU, a host, a rack, a pool, a site or the fleet.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReportRow {
+    /// fleet, site, rack, pool, host or gpu.
+    pub level: &'static str,
+    pub site: String,
+    pub rack: String,
+    pub pool: String,
+    pub host: String,
+    pub gpu_index: Option<i32>,
+    pub gpu_uuid: String,
+    pub gpu_model: String,
+    /// GPUs in this line.
+    pub gpus: u32,
+    pub it_energy_kwh: f64,
+    pub gpu_energy_kwh: f64,
+    /// Hosts' energy outside their GPUs.
+    pub host_energy_kwh: f64,
+    pub measured_energy_kwh: f64,
+    pub estimated_energy_kwh: f64,
+    pub modeled_energy_kwh: f64,
+    pub facility_energy_kwh: f64,
+    pub pue: Option<f64>,
+    /// configured, measured or partly measured.
+    pub pue_source: &'static str,
+    pub carbon_kg: f64,
+    pub cue_kg_per_kwh: Option<f64>,
+    /// None where the line mixes currencies.
+    pub cost: Option<f64>,
+    pub currency: String,
+    pub idle_gpu_energy_kwh: f64,
+    pub idle_gpu_cost: Option<f64>,
+    pub idle_gpu_carbon_kg: f64,
+    pub idle_gpu_hours: f64,
+    pub busy_gpu_hours: f64,
+    pub energy_per_busy_gpu_hour_kwh: Option<f64>,
+    pub gpu_util_mean_pct: Option<f64>,
+    pub power_throttled_hours: f64,
+    pub thermal_throttled_hours: f64,
+    pub coverage_pct: Option<f64>,
+    pub counter_resets: i64,
+    pub prev_week_it_energy_kwh: f64,
+    pub wow_change_pct: Option<f64>,
+}
+
+/// Energy of one local day, for the daily chart.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct DayTotals {
+    /// Local date, YYYY-MM-DD.
+    pub date: String,
+    pub gpu_busy_kwh: f64,
+    pub gpu_idle_kwh: f64,
+    pub host_kwh: f64,
+    /// Facility energy beyond IT (cooling, power distribution).
+    pub overhead_kwh: f64,
+}
+
+/// A recommended action with the figures behind it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Action {
+    pub title: String,
+    pub detail: String,
+}
+
+/// The report of one week.
+#[derive(Debug, Clone)]
+pub struct EnergyReport {
+    pub week: IsoWeek,
+    pub time_zone: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub site: Option<String>,
+    pub generated_at: DateTime<Utc>,
+    /// Hours are accounted up to here; a running week is partial.
+    pub accounted_until: Option<DateTime<Utc>>,
+    pub idle_util_pct: f64,
+    /// Fleet (or the site when one is chosen) first, then sites, racks, pools, hosts, GPUs.
+    pub rows: Vec<ReportRow>,
+    pub days: Vec<DayTotals>,
+    pub actions: Vec<Action>,
+    pub notes: Vec<String>,
+}
+
+impl EnergyReport {
+    /// The headline line: the fleet, or the chosen site.
+    pub fn total(&self) -> &ReportRow {
+        &self.rows[0]
+    }
+
+    /// Lines of one level.
+    pub fn level<'a>(&'a self, level: &'a str) -> impl Iterator<Item = &'a ReportRow> + 'a {
+        self.rows.iter().filter(move |r| r.level == level)
+    }
+
+    /// The `n` lines of `level` with the largest `key`, largest first, zeros left out.
+    pub fn top<'a>(
+        &'a self,
+        level: &'a str,
+        n: usize,
+        key: fn(&ReportRow) -> f64,
+    ) -> Vec<&'a ReportRow> {
+        let mut v: Vec<&ReportRow> = self.level(level).filter(|r| key(r) > 0.0).collect();
+        v.sort_by(|a, b| key(b).total_cmp(&key(a)));
+        v.truncate(n);
+        v
+    }
+
+    /// True when the week is not fully accounted yet.
+    pub fn partial(&self) -> bool {
+        self.accounted_until.is_none_or(|t| t < self.end)
+    }
+}
+
+/// One row of `energy_hourly`.
+#[derive(sqlx::FromRow)]
+struct Hourly {
+    host_id: i64,
+    gpu_index: i16,
+    hour: DateTime<Utc>,
+    measured_j: f64,
+    estimated_j: f64,
+    modeled_j: f64,
+    idle_j: f64,
+    covered_minutes: i32,
+    idle_minutes: i32,
+    busy_minutes: i32,
+    util_sum: f64,
+    power_max_w: Option<f64>,
+    counter_resets: i32,
+    power_throttle_s: f64,
+    thermal_throttle_s: f64,
+}
+
+#[derive(sqlx::FromRow)]
+struct HostInfo {
+    id: i64,
+    name: String,
+    site: String,
+    rack: String,
+    pool: String,
+}
+
+#[derive(Default, Clone)]
+struct Acc {
+    gpu_j: f64,
+    host_j: f64,
+    measured_j: f64,
+    estimated_j: f64,
+    modeled_j: f64,
+    facility_j: f64,
+    carbon_g: f64,
+    cost: f64,
+    idle_j: f64,
+    idle_cost: f64,
+    idle_carbon_g: f64,
+    idle_minutes: f64,
+    busy_minutes: f64,
+    gpu_util_sum: f64,
+    gpu_covered: f64,
+    covered: f64,
+    expected: f64,
+    power_throttle_s: f64,
+    thermal_throttle_s: f64,
+    resets: i64,
+    metered_hours: u32,
+    hours: u32,
+    prev_it_j: f64,
+    gpus: u32,
+    currencies: Vec<String>,
+}
+
+impl Acc {
+    fn add(&mut self, o: &Acc) {
+        self.gpu_j += o.gpu_j;
+        self.host_j += o.host_j;
+        self.measured_j += o.measured_j;
+        self.estimated_j += o.estimated_j;
+        self.modeled_j += o.modeled_j;
+        self.facility_j += o.facility_j;
+        self.carbon_g += o.carbon_g;
+        self.cost += o.cost;
+        self.idle_j += o.idle_j;
+        self.idle_cost += o.idle_cost;
+        self.idle_carbon_g += o.idle_carbon_g;
+        self.idle_minutes += o.idle_minutes;
+        self.busy_minutes += o.busy_minutes;
+        self.gpu_util_sum += o.gpu_util_sum;
+        self.gpu_covered += o.gpu_covered;
+        self.covered += o.covered;
+        self.expected += o.expected;
+        self.power_throttle_s += o.power_throttle_s;
+        self.thermal_throttle_s += o.thermal_throttle_s;
+        self.resets += o.resets;
+        self.metered_hours += o.metered_hours;
+        self.hours += o.hours;
+        self.prev_it_j += o.prev_it_j;
+        self.gpus += o.gpus;
+        for c in &o.currencies {
+            if !self.currencies.contains(c) {
+                self.currencies.push(c.clone());
+            }
+        }
+    }
+}
+
+/// A GPU (index ≥ 0) or a host's non-GPU part (index −1).
+type Entity = (i64, i16);
+
+/// Per-site, per-hour factors.
+struct SiteHours {
+    cfg: SiteEnergy,
+    /// Metered facility joules per hour offset, where readings cover the hour.
+    meter_j: HashMap<i64, f64>,
+    carbon: HashMap<i64, f64>,
+    it_j: HashMap<i64, f64>,
+    /// PUE for hours without meter readings.
+    fallback_pue: f64,
+}
+
+impl SiteHours {
+    fn pue(&self, h: i64) -> (f64, bool) {
+        match (self.meter_j.get(&h), self.it_j.get(&h)) {
+            (Some(m), Some(it)) if *it > 0.0 => (m / it, true),
+            _ => (self.fallback_pue, false),
+        }
+    }
+}
+
+fn tou_price(site: &SiteEnergy, local: DateTime<Tz>) -> f64 {
+    for p in &site.time_of_use {
+        let day_ok = p.days.is_empty()
+            || p.days
+                .iter()
+                .any(|d| parse_weekday(d) == Some(local.weekday()));
+        if day_ok && (p.start_hour..p.end_hour).contains(&local.hour()) {
+            return p.price_per_kwh;
+        }
+    }
+    site.price_per_kwh
+}
+
+fn hour_floor(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(Duration::hours(1))
+        .expect("hour truncation")
+}
+
+/// Build the report of `week` (all sites, or `site`).
+pub async fn build(
+    store: &Store,
+    cfg: &EnergyConfig,
+    week: IsoWeek,
+    site: Option<&str>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<EnergyReport> {
+    let tz = cfg.tz();
+    let start = week.start(tz);
+    let end = week.end(tz);
+    // Accounting hours are UTC hours; weeks in zones with a half-hour offset are shifted
+    // to whole hours.
+    let (h0, h1) = (hour_floor(start), hour_floor(end));
+    let (p0, p1) = (hour_floor(week.prev().start(tz)), h0);
+    let accounted_until = crate::analytics::energy::watermark(store).await?;
+
+    let hosts: Vec<HostInfo> = sqlx::query_as(
+        "SELECT id, name, site, rack, pool FROM hosts WHERE ($1::text IS NULL OR site = $1) ORDER BY name",
+    )
+    .bind(site)
+    .fetch_all(&store.pool)
+    .await?;
+    if let (Some(s), true) = (site, hosts.is_empty()) {
+        anyhow::bail!("no host belongs to site {s:?}");
+    }
+    let host_ids: Vec<i64> = hosts.iter().map(|h| h.id).collect();
+    let host_by_id: HashMap<i64, &HostInfo> = hosts.iter().map(|h| (h.id, h)).collect();
+    let gpu_info: HashMap<Entity, (String, String)> =
+        sqlx::query_as::<_, (i64, i16, Option<String>, Option<String>)>(
+            "SELECT host_id, gpu_index, uuid, model FROM gpus WHERE host_id = ANY($1)",
+        )
+        .bind(&host_ids)
+        .fetch_all(&store.pool)
+        .await?
+        .into_iter()
+        .map(|(h, i, u, m)| ((h, i), (u.unwrap_or_default(), m.unwrap_or_default())))
+        .collect();
+    let power_limit: HashMap<Entity, f64> = sqlx::query_as::<_, (i64, i16, Option<f64>)>(
+        "SELECT host_id, gpu_index, power_limit_watts FROM gpus WHERE host_id = ANY($1)",
+    )
+    .bind(&host_ids)
+    .fetch_all(&store.pool)
+    .await?
+    .into_iter()
+    .filter_map(|(h, i, p)| p.map(|p| ((h, i), p)))
+    .collect();
+
+    let rows: Vec<Hourly> = sqlx::query_as(
+        "SELECT host_id, gpu_index, hour, measured_j, estimated_j, modeled_j, idle_j, covered_minutes,
+                idle_minutes, busy_minutes, util_sum, power_max_w, counter_resets, power_throttle_s,
+                thermal_throttle_s
+           FROM energy_hourly WHERE hour >= $1 AND hour < $2 AND host_id = ANY($3)",
+    )
+    .bind(h0)
+    .bind(h1)
+    .bind(&host_ids)
+    .fetch_all(&store.pool)
+    .await?;
+    let prev: HashMap<Entity, f64> = sqlx::query_as::<_, (i64, i16, f64)>(
+        "SELECT host_id, gpu_index, sum(measured_j + estimated_j + modeled_j)
+           FROM energy_hourly WHERE hour >= $1 AND hour < $2 AND host_id = ANY($3) GROUP BY 1, 2",
+    )
+    .bind(p0)
+    .bind(p1)
+    .bind(&host_ids)
+    .fetch_all(&store.pool)
+    .await?
+    .into_iter()
+    .map(|(h, i, j)| ((h, i), j))
+    .collect();
+
+    let sites: Vec<String> = {
+        let mut s: Vec<String> = hosts.iter().map(|h| h.site.clone()).collect();
+        s.sort();
+        s.dedup();
+        s
+    };
+    let hour_ix = |t: DateTime<Utc>| (t - h0).num_hours();
+
+    // Site factors: meter readings spread over the hours they cover, carbon by hour.
+    let mut site_hours: HashMap<String, SiteHours> = HashMap::new();
+    for s in &sites {
+        site_hours.insert(
+            s.clone(),
+            SiteHours {
+                cfg: cfg.site(s).clone(),
+                meter_j: HashMap::new(),
+                carbon: HashMap::new(),
+                it_j: HashMap::new(),
+                fallback_pue: cfg.site(s).pue,
+            },
+        );
+    }
+    let readings: Vec<(String, DateTime<Utc>, DateTime<Utc>, f64)> = sqlx::query_as(
+        "SELECT site, start_ts, end_ts, energy_kwh FROM facility_readings
+          WHERE site = ANY($1) AND end_ts > $2 AND start_ts < $3",
+    )
+    .bind(&sites)
+    .bind(h0)
+    .bind(h1)
+    .fetch_all(&store.pool)
+    .await?;
+    for (s, a, b, kwh) in readings {
+        let Some(sh) = site_hours.get_mut(&s) else {
+            continue;
+        };
+        let dur = (b - a).num_milliseconds() as f64;
+        let mut h = hour_floor(a).max(h0);
+        while h < b.min(h1) {
+            let lo = a.max(h);
+            let hi = b.min(h + Duration::hours(1));
+            if hi > lo {
+                *sh.meter_j.entry(hour_ix(h)).or_default() +=
+                    kwh * J_PER_KWH * (hi - lo).num_milliseconds() as f64 / dur;
+            }
+            h += Duration::hours(1);
+        }
+    }
+    let carbon: Vec<(String, DateTime<Utc>, f64)> = sqlx::query_as(
+        "SELECT site, hour, g_co2_per_kwh FROM grid_intensity WHERE site = ANY($1) AND hour >= $2 AND hour < $3",
+    )
+    .bind(&sites)
+    .bind(h0)
+    .bind(h1)
+    .fetch_all(&store.pool)
+    .await?;
+    for (s, h, g) in carbon {
+        if let Some(sh) = site_hours.get_mut(&s) {
+            sh.carbon.insert(hour_ix(hour_floor(h)), g);
+        }
+    }
+
+    // Pass 1: IT energy per site and hour (for metered PUE); first hour per entity.
+    let mut first_hour: HashMap<Entity, i64> = HashMap::new();
+    for r in &rows {
+        let Some(host) = host_by_id.get(&r.host_id) else {
+            continue;
+        };
+        let j = r.measured_j + r.estimated_j + r.modeled_j;
+        let sh = site_hours.get_mut(&host.site).expect("site of host");
+        *sh.it_j.entry(hour_ix(r.hour)).or_default() += j;
+        let f = first_hour
+            .entry((r.host_id, r.gpu_index))
+            .or_insert(i64::MAX);
+        *f = (*f).min(hour_ix(r.hour));
+    }
+    for sh in site_hours.values_mut() {
+        let (mut m, mut it) = (0.0, 0.0);
+        for (h, mj) in &sh.meter_j {
+            if let Some(i) = sh.it_j.get(h).filter(|i| **i > 0.0) {
+                m += mj;
+                it += i;
+            }
+        }
+        if it > 0.0 {
+            sh.fallback_pue = m / it;
+        }
+    }
+
+    // Pass 2: per entity, with hourly factors.
+    let days_n = 7usize;
+    let mut days: Vec<DayTotals> = (0..days_n)
+        .map(|d| DayTotals {
+            date: (week.monday() + Duration::days(d as i64)).to_string(),
+            ..Default::default()
+        })
+        .collect();
+    let mut ent: HashMap<Entity, Acc> = HashMap::new();
+    let mut power_max: HashMap<Entity, f64> = HashMap::new();
+    for r in &rows {
+        let Some(host) = host_by_id.get(&r.host_id) else {
+            continue;
+        };
+        let sh = &site_hours[&host.site];
+        let hx = hour_ix(r.hour);
+        let (pue, metered) = sh.pue(hx);
+        let local = r.hour.with_timezone(&tz);
+        let price = tou_price(&sh.cfg, local);
+        let g_per_kwh = sh
+            .carbon
+            .get(&hx)
+            .copied()
+            .unwrap_or(sh.cfg.carbon_g_per_kwh);
+        let it = r.measured_j + r.estimated_j + r.modeled_j;
+        let fac_kwh = it * pue / J_PER_KWH;
+        let a = ent.entry((r.host_id, r.gpu_index)).or_default();
+        if r.gpu_index >= 0 {
+            a.gpu_j += it;
+            a.idle_j += r.idle_j;
+            a.idle_cost += r.idle_j * pue / J_PER_KWH * price;
+            a.idle_carbon_g += r.idle_j * pue / J_PER_KWH * g_per_kwh;
+            a.idle_minutes += f64::from(r.idle_minutes);
+            a.busy_minutes += f64::from(r.busy_minutes);
+            a.gpu_util_sum += r.util_sum;
+            a.gpu_covered += f64::from(r.idle_minutes + r.busy_minutes);
+            a.power_throttle_s += r.power_throttle_s;
+            a.thermal_throttle_s += r.thermal_throttle_s;
+            a.resets += i64::from(r.counter_resets);
+            if let Some(p) = r.power_max_w {
+                let m = power_max.entry((r.host_id, r.gpu_index)).or_insert(0.0);
+                *m = m.max(p);
+            }
+        } else {
+            a.host_j += it;
+        }
+        a.measured_j += r.measured_j;
+        a.estimated_j += r.estimated_j;
+        a.modeled_j += r.modeled_j;
+        a.facility_j += fac_kwh * J_PER_KWH;
+        a.cost += fac_kwh * price;
+        a.carbon_g += fac_kwh * g_per_kwh;
+        a.covered += f64::from(r.covered_minutes);
+        a.hours += 1;
+        a.metered_hours += u32::from(metered);
+        let day = (local.date_naive() - week.monday()).num_days();
+        if let Some(d) = usize::try_from(day).ok().and_then(|d| days.get_mut(d)) {
+            if r.gpu_index >= 0 {
+                d.gpu_idle_kwh += r.idle_j / J_PER_KWH;
+                d.gpu_busy_kwh += (it - r.idle_j) / J_PER_KWH;
+            } else {
+                d.host_kwh += it / J_PER_KWH;
+            }
+            d.overhead_kwh += fac_kwh - it / J_PER_KWH;
+        }
+    }
+    // Expected minutes and last week's energy.
+    let horizon = accounted_until.map_or(h1, |t| t.min(h1)).max(h0);
+    let total_minutes = (horizon - h0).num_minutes() as f64;
+    for (e, j) in &prev {
+        if host_by_id.contains_key(&e.0) && !ent.contains_key(e) {
+            ent.insert(*e, Acc::default());
+        }
+        if let Some(a) = ent.get_mut(e) {
+            a.prev_it_j = *j;
+        }
+    }
+    for (e, a) in ent.iter_mut() {
+        a.expected = if prev.contains_key(e) {
+            total_minutes
+        } else {
+            let f = first_hour.get(e).copied().unwrap_or(0);
+            (total_minutes - 60.0 * f as f64).max(a.covered)
+        };
+        a.gpus = u32::from(e.1 >= 0);
+        let host = host_by_id[&e.0];
+        a.currencies = vec![site_hours[&host.site].cfg.currency.clone()];
+    }
+
+    // Roll entities up the hierarchy.
+    let mut levels: BTreeMap<(u8, String, String, String, String, i32), Acc> = BTreeMap::new();
+    for (e, a) in &ent {
+        let h = host_by_id[&e.0];
+        let keys = [
+            (
+                0u8,
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                -2,
+            ),
+            (
+                1,
+                h.site.clone(),
+                String::new(),
+                String::new(),
+                String::new(),
+                -2,
+            ),
+            (
+                2,
+                h.site.clone(),
+                h.rack.clone(),
+                String::new(),
+                String::new(),
+                -2,
+            ),
+            (
+                3,
+                String::new(),
+                String::new(),
+                h.pool.clone(),
+                String::new(),
+                -2,
+            ),
+            (
+                4,
+                h.site.clone(),
+                h.rack.clone(),
+                h.pool.clone(),
+                h.name.clone(),
+                -2,
+            ),
+        ];
+        for k in keys {
+            levels.entry(k).or_default().add(a);
+        }
+        if e.1 >= 0 {
+            let k = (
+                5,
+                h.site.clone(),
+                h.rack.clone(),
+                h.pool.clone(),
+                h.name.clone(),
+                i32::from(e.1),
+            );
+            levels.entry(k).or_default().add(a);
+        }
+    }
+    let names = ["fleet", "site", "rack", "pool", "host", "gpu"];
+    let mut out: Vec<ReportRow> = Vec::new();
+    for ((lvl, s, rk, pl, hn, gi), a) in &levels {
+        if site.is_some() && *lvl == 0 {
+            continue;
+        }
+        let host_id = hosts.iter().find(|h| &h.name == hn).map(|h| h.id);
+        let (uuid, model) = host_id
+            .and_then(|id| gpu_info.get(&(id, *gi as i16)))
+            .cloned()
+            .unwrap_or_default();
+        out.push(row_of(
+            names[*lvl as usize],
+            s,
+            rk,
+            pl,
+            hn,
+            (*gi >= 0).then_some(*gi),
+            uuid,
+            model,
+            a,
+        ));
+    }
+    if out.is_empty() {
+        out.push(row_of(
+            if site.is_some() { "site" } else { "fleet" },
+            site.unwrap_or(""),
+            "",
+            "",
+            "",
+            None,
+            String::new(),
+            String::new(),
+            &Acc::default(),
+        ));
+    }
+
+    let mut report = EnergyReport {
+        week,
+        time_zone: cfg.time_zone.clone(),
+        start,
+        end,
+        site: site.map(str::to_string),
+        generated_at: now,
+        accounted_until,
+        idle_util_pct: cfg.idle_util_pct,
+        rows: out,
+        days,
+        actions: Vec::new(),
+        notes: Vec::new(),
+    };
+    recommend(&mut report, &power_max, &power_limit, &hosts);
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row_of(
+    level: &'static str,
+    site: &str,
+    rack: &str,
+    pool: &str,
+    host: &str,
+    gpu_index: Option<i32>,
+    gpu_uuid: String,
+    gpu_model: String,
+    a: &Acc,
+) -> ReportRow {
+    let kwh = |j: f64| j / J_PER_KWH;
+    let it = kwh(a.gpu_j + a.host_j);
+    let facility = kwh(a.facility_j);
+    let one_currency = a.currencies.len() <= 1;
+    let busy_h = a.busy_minutes / 60.0;
+    ReportRow {
+        level,
+        site: site.into(),
+        rack: rack.into(),
+        pool: pool.into(),
+        host: host.into(),
+        gpu_index,
+        gpu_uuid,
+        gpu_model,
+        gpus: a.gpus,
+        it_energy_kwh: it,
+        gpu_energy_kwh: kwh(a.gpu_j),
+        host_energy_kwh: kwh(a.host_j),
+        measured_energy_kwh: kwh(a.measured_j),
+        estimated_energy_kwh: kwh(a.estimated_j),
+        modeled_energy_kwh: kwh(a.modeled_j),
+        facility_energy_kwh: facility,
+        pue: (it > 0.0).then(|| facility / it),
+        pue_source: if a.metered_hours == 0 {
+            "configured"
+        } else if a.metered_hours == a.hours {
+            "measured"
+        } else {
+            "partly measured"
+        },
+        carbon_kg: a.carbon_g / 1000.0,
+        cue_kg_per_kwh: (it > 0.0).then(|| a.carbon_g / 1000.0 / it),
+        cost: one_currency.then_some(a.cost),
+        currency: if one_currency {
+            a.currencies.first().cloned().unwrap_or_default()
+        } else {
+            "mixed".into()
+        },
+        idle_gpu_energy_kwh: kwh(a.idle_j),
+        idle_gpu_cost: one_currency.then_some(a.idle_cost),
+        idle_gpu_carbon_kg: a.idle_carbon_g / 1000.0,
+        idle_gpu_hours: a.idle_minutes / 60.0,
+        busy_gpu_hours: busy_h,
+        energy_per_busy_gpu_hour_kwh: (busy_h > 0.0).then(|| kwh(a.gpu_j) / busy_h),
+        gpu_util_mean_pct: (a.gpu_covered > 0.0).then(|| a.gpu_util_sum / a.gpu_covered),
+        power_throttled_hours: a.power_throttle_s / 3600.0,
+        thermal_throttled_hours: a.thermal_throttle_s / 3600.0,
+        coverage_pct: (a.expected > 0.0).then(|| (100.0 * a.covered / a.expected).min(100.0)),
+        counter_resets: a.resets,
+        prev_week_it_energy_kwh: kwh(a.prev_it_j),
+        wow_change_pct: (a.prev_it_j > 0.0)
+            .then(|| 100.0 * (it - kwh(a.prev_it_j)) / kwh(a.prev_it_j)),
+    }
+}
+
+/// Idle share above which a GPU is a consolidation candidate.
+const IDLE_SHARE: f64 = 0.5;
+/// Power-cap candidates: low mean utilization, yet peaks near the power limit.
+const CAP_UTIL_PCT: f64 = 40.0;
+const CAP_PEAK_SHARE: f64 = 0.8;
+const CAP_SUGGESTED_SHARE: f64 = 0.7;
+
+fn recommend(
+    r: &mut EnergyReport,
+    power_max: &HashMap<Entity, f64>,
+    power_limit: &HashMap<Entity, f64>,
+    hosts: &[HostInfo],
+) {
+    let total = r.total().clone();
+    let money = |v: Option<f64>| match v {
+        Some(c) => format!("{c:.2} {}", total.currency),
+        None => "cost in several currencies".into(),
+    };
+    // Consolidation, per pool.
+    let mut by_pool: BTreeMap<String, (u32, u32, f64, f64)> = BTreeMap::new();
+    for g in r.level("gpu") {
+        let e = by_pool.entry(g.pool.clone()).or_default();
+        e.1 += 1;
+        let covered = g.idle_gpu_hours + g.busy_gpu_hours;
+        if covered > 0.0 && g.idle_gpu_hours / covered >= IDLE_SHARE {
+            e.0 += 1;
+            e.2 += g.idle_gpu_energy_kwh;
+            e.3 += g.idle_gpu_cost.unwrap_or(0.0);
+        }
+    }
+    for (pool, (idle, n, kwh, cost)) in &by_pool {
+        if *idle > 0 {
+            let pool = if pool.is_empty() { "(no pool)" } else { pool };
+            r.actions.push(Action {
+                title: format!("Consolidate idle GPUs in pool {pool}"),
+                detail: format!(
+                    "{idle} of {n} GPUs were idle (below {}% utilization) more than half of the time they reported, using {kwh:.1} kWh while idle ({}). Pack work onto fewer GPUs and release or power down the rest.",
+                    r.idle_util_pct,
+                    money(Some(*cost)),
+                ),
+            });
+        }
+    }
+    // Power caps.
+    let mut caps = Vec::new();
+    for g in r.level("gpu") {
+        let Some(i) = g.gpu_index else { continue };
+        let Some(h) = hosts.iter().find(|h| h.name == g.host) else {
+            continue;
+        };
+        let e = (h.id, i as i16);
+        if let (Some(peak), Some(limit), Some(util)) =
+            (power_max.get(&e), power_limit.get(&e), g.gpu_util_mean_pct)
+        {
+            if util < CAP_UTIL_PCT && g.busy_gpu_hours > 1.0 && *peak >= CAP_PEAK_SHARE * limit {
+                caps.push(format!(
+                    "{} GPU {i} (mean {util:.0}% utilization, peak {peak:.0} W of {limit:.0} W: try {:.0} W)",
+                    g.host,
+                    CAP_SUGGESTED_SHARE * limit
+                ));
+            }
+        }
+    }
+    if !caps.is_empty() {
+        let n = caps.len();
+        caps.truncate(10);
+        r.actions.push(Action {
+            title: format!("Lower the power cap of {n} lightly used GPUs"),
+            detail: format!(
+                "These GPUs averaged under {CAP_UTIL_PCT:.0}% utilization yet drew close to their power limit: {}{}. A cap at about {:.0}% of the limit trims their peaks; compare job throughput before and after.",
+                caps.join("; "),
+                if n > 10 { "; …" } else { "" },
+                CAP_SUGGESTED_SHARE * 100.0
+            ),
+        });
+    }
+    // Heat.
+    let hot: Vec<String> = r
+        .level("gpu")
+        .filter(|g| g.thermal_throttled_hours >= 1.0)
+        .map(|g| {
+            format!(
+                "{} GPU {} ({:.1} h)",
+                g.host,
+                g.gpu_index.unwrap_or(-1),
+                g.thermal_throttled_hours
+            )
+        })
+        .collect();
+    if !hot.is_empty() {
+        r.actions.push(Action {
+            title: format!("Check cooling of {} GPUs throttled by heat", hot.len()),
+            detail: format!(
+                "Thermal slowdown for an hour or more this week: {}. Heat throttling wastes energy per unit of work; check fans, airflow and inlet temperature.",
+                hot.join(", ")
+            ),
+        });
+    }
+    // Notes on how far to trust the figures.
+    if let Some(c) = total.coverage_pct {
+        if c < 99.5 {
+            let low: Vec<String> = r
+                .level("host")
+                .filter(|h| h.coverage_pct.is_some_and(|c| c < 95.0))
+                .map(|h| h.host.clone())
+                .collect();
+            r.notes.push(format!(
+                "Coverage {c:.1}% of expected samples.{}",
+                if low.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " Below 95%: {} (their estimated and modeled energy undercounts; counter-measured GPU energy does not).",
+                        low.join(", ")
+                    )
+                }
+            ));
+        }
+    }
+    if total.counter_resets > 0 {
+        r.notes.push(format!(
+            "{} energy counter resets (driver reloads, GPU resets) were seen and counted from zero.",
+            total.counter_resets
+        ));
+    }
+    if total.estimated_energy_kwh > 0.0 {
+        r.notes.push(format!(
+            "{:.1} kWh are estimated from sampled power for GPUs without an energy counter.",
+            total.estimated_energy_kwh
+        ));
+    }
+    if total.modeled_energy_kwh > 0.0 {
+        r.notes.push(format!(
+            "{:.1} kWh of host (non-GPU) energy are modeled from CPU utilization; hosts that expose RAPL are measured.",
+            total.modeled_energy_kwh
+        ));
+    }
+    if r.partial() {
+        r.notes.push(match r.accounted_until {
+            Some(t) if t > r.start => format!(
+                "Partial week: accounted up to {}.",
+                t.with_timezone(&r.time_zone.parse::<Tz>().unwrap_or(chrono_tz::UTC))
+                    .format("%Y-%m-%d %H:%M %Z")
+            ),
+            _ => "No accounted hours in this week yet.".into(),
+        });
+    }
+}

@@ -1,0 +1,444 @@
+//! The report as files: CSV and Parquet (one table, every level, written with polars)
+//! and a printable HTML page (askama) with charts and tables.
+//!
+//! Columns carry their unit in the name (`_kwh`, `_kg`, `_pct`, `_hours`); money is in
+//! the `currency` column's currency. docs/energy.md describes every column.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use askama::Template;
+use polars::prelude::{Column, DataFrame};
+use polars_io::prelude::{CsvWriter, ParquetWriter, SerWriter};
+
+use super::energy::{EnergyReport, ReportRow};
+
+/// File formats of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Parquet,
+    Html,
+}
+
+impl Format {
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+            Format::Html => "html",
+        }
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Parquet => "application/vnd.apache.parquet",
+            Format::Html => "text/html; charset=utf-8",
+        }
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "csv" => Ok(Format::Csv),
+            "parquet" => Ok(Format::Parquet),
+            "html" => Ok(Format::Html),
+            _ => Err(format!("format {s:?}: use csv, parquet or html")),
+        }
+    }
+}
+
+/// Render the report in `format`.
+pub fn render(report: &EnergyReport, format: Format) -> anyhow::Result<Vec<u8>> {
+    Ok(match format {
+        Format::Csv => to_csv(report)?,
+        Format::Parquet => to_parquet(report)?,
+        Format::Html => to_html(report)?.into_bytes(),
+    })
+}
+
+/// Suggested file name, e.g. `rackwatch-energy-2026-W47.csv` (or `…-W47-site.csv`).
+pub fn file_name(report: &EnergyReport, format: Format) -> String {
+    let site: String = report
+        .site
+        .as_deref()
+        .map(|s| {
+            let s: String = s
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("-{s}")
+        })
+        .unwrap_or_default();
+    format!(
+        "rackwatch-energy-{}{site}.{}",
+        report.week,
+        format.extension()
+    )
+}
+
+/// The report as one table: every line of every level.
+pub fn dataframe(report: &EnergyReport) -> anyhow::Result<DataFrame> {
+    let rows = &report.rows;
+    let n = rows.len();
+    let s = |f: fn(&ReportRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let f = |f: fn(&ReportRow) -> f64| rows.iter().map(f).collect::<Vec<f64>>();
+    let o = |f: fn(&ReportRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<Option<f64>>>();
+    let week = report.week.to_string();
+    let tz = report.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let start = report.start.with_timezone(&tz).to_rfc3339();
+    let end = report.end.with_timezone(&tz).to_rfc3339();
+    let columns = vec![
+        Column::new("week".into(), vec![week.as_str(); n]),
+        Column::new("period_start".into(), vec![start.as_str(); n]),
+        Column::new("period_end".into(), vec![end.as_str(); n]),
+        Column::new(
+            "level".into(),
+            rows.iter().map(|r| r.level).collect::<Vec<_>>(),
+        ),
+        Column::new("site".into(), s(|r| r.site.clone())),
+        Column::new("rack".into(), s(|r| r.rack.clone())),
+        Column::new("pool".into(), s(|r| r.pool.clone())),
+        Column::new("host".into(), s(|r| r.host.clone())),
+        Column::new(
+            "gpu_index".into(),
+            rows.iter().map(|r| r.gpu_index).collect::<Vec<_>>(),
+        ),
+        Column::new("gpu_uuid".into(), s(|r| r.gpu_uuid.clone())),
+        Column::new("gpu_model".into(), s(|r| r.gpu_model.clone())),
+        Column::new(
+            "gpus".into(),
+            rows.iter().map(|r| r.gpus).collect::<Vec<_>>(),
+        ),
+        Column::new("it_energy_kwh".into(), f(|r| r.it_energy_kwh)),
+        Column::new("gpu_energy_kwh".into(), f(|r| r.gpu_energy_kwh)),
+        Column::new("host_energy_kwh".into(), f(|r| r.host_energy_kwh)),
+        Column::new("measured_energy_kwh".into(), f(|r| r.measured_energy_kwh)),
+        Column::new("estimated_energy_kwh".into(), f(|r| r.estimated_energy_kwh)),
+        Column::new("modeled_energy_kwh".into(), f(|r| r.modeled_energy_kwh)),
+        Column::new("facility_energy_kwh".into(), f(|r| r.facility_energy_kwh)),
+        Column::new("pue".into(), o(|r| r.pue)),
+        Column::new(
+            "pue_source".into(),
+            rows.iter().map(|r| r.pue_source).collect::<Vec<_>>(),
+        ),
+        Column::new("carbon_kg".into(), f(|r| r.carbon_kg)),
+        Column::new("cue_kg_per_kwh".into(), o(|r| r.cue_kg_per_kwh)),
+        Column::new("cost".into(), o(|r| r.cost)),
+        Column::new("currency".into(), s(|r| r.currency.clone())),
+        Column::new("idle_gpu_energy_kwh".into(), f(|r| r.idle_gpu_energy_kwh)),
+        Column::new("idle_gpu_cost".into(), o(|r| r.idle_gpu_cost)),
+        Column::new("idle_gpu_carbon_kg".into(), f(|r| r.idle_gpu_carbon_kg)),
+        Column::new("idle_gpu_hours".into(), f(|r| r.idle_gpu_hours)),
+        Column::new("busy_gpu_hours".into(), f(|r| r.busy_gpu_hours)),
+        Column::new(
+            "energy_per_busy_gpu_hour_kwh".into(),
+            o(|r| r.energy_per_busy_gpu_hour_kwh),
+        ),
+        Column::new("gpu_util_mean_pct".into(), o(|r| r.gpu_util_mean_pct)),
+        Column::new(
+            "power_throttled_hours".into(),
+            f(|r| r.power_throttled_hours),
+        ),
+        Column::new(
+            "thermal_throttled_hours".into(),
+            f(|r| r.thermal_throttled_hours),
+        ),
+        Column::new("coverage_pct".into(), o(|r| r.coverage_pct)),
+        Column::new(
+            "counter_resets".into(),
+            rows.iter().map(|r| r.counter_resets).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "prev_week_it_energy_kwh".into(),
+            f(|r| r.prev_week_it_energy_kwh),
+        ),
+        Column::new("wow_change_pct".into(), o(|r| r.wow_change_pct)),
+    ];
+    Ok(DataFrame::new(n, columns)?)
+}
+
+pub fn to_csv(report: &EnergyReport) -> anyhow::Result<Vec<u8>> {
+    let mut df = dataframe(report)?;
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf)
+        .include_header(true)
+        .finish(&mut df)?;
+    Ok(buf)
+}
+
+pub fn to_parquet(report: &EnergyReport) -> anyhow::Result<Vec<u8>> {
+    let mut df = dataframe(report)?;
+    let mut buf = Vec::new();
+    ParquetWriter::new(&mut buf).finish(&mut df)?;
+    Ok(buf)
+}
+
+/// A table line as display strings.
+pub struct LineView {
+    pub name: String,
+    pub it_kwh: String,
+    pub facility_kwh: String,
+    pub cost: String,
+    pub carbon: String,
+    pub idle_kwh: String,
+    pub idle_cost: String,
+    pub util: String,
+    pub per_busy_hour: String,
+    pub coverage: String,
+    pub wow: String,
+}
+
+/// What the report page and the dashboard's energy page show.
+pub struct ReportView {
+    pub title: String,
+    pub period: String,
+    pub kpis: Vec<(String, String, String)>,
+    pub chart: String,
+    pub sites: Vec<LineView>,
+    pub top_energy: Vec<LineView>,
+    pub top_idle: Vec<LineView>,
+    pub pools: Vec<LineView>,
+    pub generated: String,
+}
+
+#[derive(Template)]
+#[template(path = "report/energy.html")]
+pub struct ReportHtml<'a> {
+    pub r: &'a EnergyReport,
+    pub v: ReportView,
+}
+
+fn fmt_kwh(v: f64) -> String {
+    if v.abs() >= 10_000.0 {
+        format!("{:.1} MWh", v / 1000.0)
+    } else {
+        format!("{v:.1} kWh")
+    }
+}
+
+fn fmt_money(v: Option<f64>, cur: &str) -> String {
+    v.map_or("—".into(), |v| format!("{v:.2} {cur}"))
+}
+
+fn fmt_opt(v: Option<f64>, unit: &str, digits: usize) -> String {
+    v.map_or("—".into(), |v| format!("{v:.digits$}{unit}"))
+}
+
+fn line(r: &ReportRow) -> LineView {
+    let name = match r.level {
+        "fleet" => "Fleet".to_string(),
+        "site" => {
+            if r.site.is_empty() {
+                "(no site)".into()
+            } else {
+                r.site.clone()
+            }
+        }
+        "rack" => format!("{} / {}", r.site, r.rack),
+        "pool" => {
+            if r.pool.is_empty() {
+                "(no pool)".into()
+            } else {
+                r.pool.clone()
+            }
+        }
+        "host" => r.host.clone(),
+        _ => format!("{} GPU {}", r.host, r.gpu_index.unwrap_or(-1)),
+    };
+    LineView {
+        name,
+        it_kwh: fmt_kwh(r.it_energy_kwh),
+        facility_kwh: fmt_kwh(r.facility_energy_kwh),
+        cost: fmt_money(r.cost, &r.currency),
+        carbon: format!("{:.1} kg", r.carbon_kg),
+        idle_kwh: fmt_kwh(r.idle_gpu_energy_kwh),
+        idle_cost: fmt_money(r.idle_gpu_cost, &r.currency),
+        util: fmt_opt(r.gpu_util_mean_pct, " %", 0),
+        per_busy_hour: fmt_opt(r.energy_per_busy_gpu_hour_kwh, " kWh", 3),
+        coverage: fmt_opt(r.coverage_pct, " %", 1),
+        wow: r
+            .wow_change_pct
+            .map_or("—".into(), |v| format!("{v:+.1} %")),
+    }
+}
+
+/// The printable HTML report (also the body of the weekly mail).
+pub fn to_html(report: &EnergyReport) -> anyhow::Result<String> {
+    Ok(ReportHtml {
+        r: report,
+        v: view(report),
+    }
+    .render()?)
+}
+
+/// Display strings of the report.
+pub fn view(report: &EnergyReport) -> ReportView {
+    let t = &report.total();
+    let tz: chrono_tz::Tz = report.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let title = match &report.site {
+        Some(s) => format!("Energy report {} · site {s}", report.week),
+        None => format!("Energy report {}", report.week),
+    };
+    let period = format!(
+        "{} – {} ({})",
+        report.start.with_timezone(&tz).format("%a %Y-%m-%d %H:%M"),
+        report.end.with_timezone(&tz).format("%a %Y-%m-%d %H:%M"),
+        report.time_zone
+    );
+    let kpis = vec![
+        (
+            "IT energy".into(),
+            fmt_kwh(t.it_energy_kwh),
+            format!(
+                "GPU {} · hosts {}",
+                fmt_kwh(t.gpu_energy_kwh),
+                fmt_kwh(t.host_energy_kwh)
+            ),
+        ),
+        (
+            "Facility energy".into(),
+            fmt_kwh(t.facility_energy_kwh),
+            format!("PUE {} ({})", fmt_opt(t.pue, "", 2), t.pue_source),
+        ),
+        ("Cost".into(), fmt_money(t.cost, &t.currency), String::new()),
+        (
+            "Carbon".into(),
+            format!("{:.1} kg CO2e", t.carbon_kg),
+            format!("CUE {}", fmt_opt(t.cue_kg_per_kwh, " kg/kWh", 3)),
+        ),
+        (
+            "Idle GPU energy".into(),
+            fmt_kwh(t.idle_gpu_energy_kwh),
+            format!(
+                "{} · {:.1} kg CO2e",
+                fmt_money(t.idle_gpu_cost, &t.currency),
+                t.idle_gpu_carbon_kg
+            ),
+        ),
+        (
+            "Energy per busy GPU-hour".into(),
+            fmt_opt(t.energy_per_busy_gpu_hour_kwh, " kWh", 3),
+            format!(
+                "{:.0} busy GPU-hours, mean utilization {}",
+                t.busy_gpu_hours,
+                fmt_opt(t.gpu_util_mean_pct, " %", 0)
+            ),
+        ),
+        (
+            "Throttled".into(),
+            format!("{:.1} h power", t.power_throttled_hours),
+            format!("{:.1} h heat", t.thermal_throttled_hours),
+        ),
+        (
+            "Week over week".into(),
+            t.wow_change_pct
+                .map_or("—".into(), |v| format!("{v:+.1} %")),
+            format!("last week {}", fmt_kwh(t.prev_week_it_energy_kwh)),
+        ),
+        (
+            "Coverage".into(),
+            fmt_opt(t.coverage_pct, " %", 1),
+            format!("{} counter resets", t.counter_resets),
+        ),
+    ];
+    ReportView {
+        title,
+        period,
+        kpis,
+        chart: day_chart(report),
+        sites: report.level("site").map(line).collect(),
+        top_energy: report
+            .top("host", 10, |r| r.it_energy_kwh)
+            .into_iter()
+            .map(line)
+            .collect(),
+        top_idle: report
+            .top("host", 10, |r| r.idle_gpu_energy_kwh)
+            .into_iter()
+            .map(line)
+            .collect(),
+        pools: report.level("pool").map(line).collect(),
+        generated: report
+            .generated_at
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string(),
+    }
+}
+
+/// Stacked daily bars: busy GPU, idle GPU, host, facility overhead (Okabe–Ito colors).
+fn day_chart(r: &EnergyReport) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 220.0;
+    const L: f64 = 56.0;
+    const B: f64 = 28.0;
+    let parts: [(&str, &str, fn(&super::energy::DayTotals) -> f64); 4] = [
+        ("GPU busy", "#0072B2", |d| d.gpu_busy_kwh),
+        ("GPU idle", "#D55E00", |d| d.gpu_idle_kwh),
+        ("Hosts", "#009E73", |d| d.host_kwh),
+        ("Facility overhead", "#999999", |d| d.overhead_kwh),
+    ];
+    let max = r
+        .days
+        .iter()
+        .map(|d| parts.iter().map(|p| (p.2)(d).max(0.0)).sum::<f64>())
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let mut s = format!(
+        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="Energy per day, stacked: GPU busy, GPU idle, hosts, facility overhead"><title>Energy per day</title>"#
+    );
+    let plot_h = H - B - 10.0;
+    for i in 0..=4 {
+        let v = max * f64::from(i) / 4.0;
+        let y = 10.0 + plot_h * (1.0 - f64::from(i) / 4.0);
+        let _ = write!(
+            s,
+            r#"<line class="grid" x1="{L}" x2="{W}" y1="{y:.1}" y2="{y:.1}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{v:.0} kWh</text>"#,
+            L - 4.0,
+            y + 4.0
+        );
+    }
+    let n = r.days.len().max(1) as f64;
+    let bw = (W - L) / n;
+    for (i, d) in r.days.iter().enumerate() {
+        let x = L + bw * i as f64 + bw * 0.15;
+        let mut y = 10.0 + plot_h;
+        for (name, color, get) in &parts {
+            let v = get(d).max(0.0);
+            let h = plot_h * v / max;
+            y -= h;
+            let _ = write!(
+                s,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{color}"><title>{} {name}: {v:.1} kWh</title></rect>"#,
+                bw * 0.7,
+                d.date
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            x + bw * 0.35,
+            H - 10.0,
+            d.date.get(5..).unwrap_or(&d.date)
+        );
+    }
+    s.push_str("</svg><p class=\"legend\">");
+    for (name, color, _) in &parts {
+        let _ = write!(
+            s,
+            r#"<span><i style="background:{color}"></i>{name}</span> "#
+        );
+    }
+    s.push_str("</p>");
+    s
+}

@@ -1,0 +1,214 @@
+//! Facility inputs of the energy report: meter readings (API and CLI) and hourly grid
+//! carbon intensity (CSV import). Every value is validated; a bad line is reported with
+//! its position and never stops the good ones.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde::Deserialize;
+
+use crate::store::Store;
+
+/// Energy a site drew from the grid over `[start, end)`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FacilityReading {
+    pub site: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub energy_kwh: f64,
+}
+
+/// Longest interval one reading may cover.
+const MAX_READING_DAYS: i64 = 31;
+
+impl FacilityReading {
+    /// Why this reading cannot be stored, if it cannot.
+    pub fn check(&self, now: DateTime<Utc>) -> Result<(), String> {
+        if self.site.trim().is_empty() || self.site.len() > 128 {
+            return Err("site must be 1 to 128 characters".into());
+        }
+        if self.end <= self.start {
+            return Err(format!(
+                "end {} is not after start {}",
+                self.end, self.start
+            ));
+        }
+        if self.end - self.start > Duration::days(MAX_READING_DAYS) {
+            return Err(format!("interval longer than {MAX_READING_DAYS} days"));
+        }
+        if self.end > now + Duration::minutes(5) {
+            return Err(format!("end {} is in the future", self.end));
+        }
+        if !self.energy_kwh.is_finite() || self.energy_kwh < 0.0 {
+            return Err(format!(
+                "energy_kwh {} must be a non-negative number",
+                self.energy_kwh
+            ));
+        }
+        // 1 GW for the whole interval: far above any site, catches Wh sent as kWh.
+        let hours = (self.end - self.start).num_seconds() as f64 / 3600.0;
+        if self.energy_kwh > 1e6 * hours {
+            return Err(format!(
+                "energy_kwh {} over {hours:.2} h is more than 1 GW: check the unit (kWh)",
+                self.energy_kwh
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Store the valid readings (a reading for the same site and start replaces the old
+/// one); returns how many were stored and, for the others, their position and reason.
+pub async fn store_readings(
+    store: &Store,
+    readings: &[FacilityReading],
+    now: DateTime<Utc>,
+) -> Result<(usize, Vec<(usize, String)>), sqlx::Error> {
+    let mut rejected = Vec::new();
+    let mut stored = 0;
+    for (i, r) in readings.iter().enumerate() {
+        if let Err(e) = r.check(now) {
+            rejected.push((i, e));
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO facility_readings (site, start_ts, end_ts, energy_kwh) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (site, start_ts) DO UPDATE SET end_ts = EXCLUDED.end_ts,
+                 energy_kwh = EXCLUDED.energy_kwh, received_at = now()",
+        )
+        .bind(&r.site)
+        .bind(r.start)
+        .bind(r.end)
+        .bind(r.energy_kwh)
+        .execute(&store.pool)
+        .await?;
+        stored += 1;
+    }
+    Ok((stored, rejected))
+}
+
+/// Parse a carbon-intensity CSV: a header naming `hour` (RFC 3339, the start of the
+/// hour) and `g_co2_per_kwh`, then one line per hour. Returns the good rows and the bad
+/// lines (1-based line number, reason).
+pub fn parse_carbon_csv(text: &str) -> (Vec<(DateTime<Utc>, f64)>, Vec<(usize, String)>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((_, header)) = lines.next() else {
+        bad.push((
+            1,
+            "empty file: expected a header `hour,g_co2_per_kwh`".into(),
+        ));
+        return (good, bad);
+    };
+    let cols: Vec<String> = header
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
+    let (Some(hi), Some(gi)) = (
+        cols.iter().position(|c| c == "hour"),
+        cols.iter().position(|c| c == "g_co2_per_kwh"),
+    ) else {
+        bad.push((
+            1,
+            format!("header {header:?} must name the columns `hour` and `g_co2_per_kwh`"),
+        ));
+        return (good, bad);
+    };
+    for (i, line) in lines {
+        let n = i + 1;
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let (Some(h), Some(g)) = (f.get(hi), f.get(gi)) else {
+            bad.push((
+                n,
+                format!("expected {} fields, found {}", cols.len(), f.len()),
+            ));
+            continue;
+        };
+        let hour = match DateTime::parse_from_rfc3339(h) {
+            Ok(t) => t.with_timezone(&Utc),
+            Err(e) => {
+                bad.push((n, format!("hour {h:?} is not an RFC 3339 time: {e}")));
+                continue;
+            }
+        };
+        if hour.duration_trunc(Duration::hours(1)).ok() != Some(hour) {
+            bad.push((n, format!("hour {h:?} is not the start of an hour")));
+            continue;
+        }
+        match g.parse::<f64>() {
+            Ok(v) if v.is_finite() && (0.0..=5000.0).contains(&v) => good.push((hour, v)),
+            _ => bad.push((
+                n,
+                format!("g_co2_per_kwh {g:?} must be a number between 0 and 5000"),
+            )),
+        }
+    }
+    (good, bad)
+}
+
+/// Store hourly intensities of `site` (replacing values of the same hours).
+pub async fn store_carbon(
+    store: &Store,
+    site: &str,
+    rows: &[(DateTime<Utc>, f64)],
+) -> Result<u64, sqlx::Error> {
+    let (hours, values): (Vec<DateTime<Utc>>, Vec<f64>) = rows.iter().copied().unzip();
+    Ok(sqlx::query(
+        "INSERT INTO grid_intensity (site, hour, g_co2_per_kwh)
+         SELECT $1, h, g FROM unnest($2::timestamptz[], $3::float8[]) AS t (h, g)
+         ON CONFLICT (site, hour) DO UPDATE SET g_co2_per_kwh = EXCLUDED.g_co2_per_kwh",
+    )
+    .bind(site)
+    .bind(hours)
+    .bind(values)
+    .execute(&store.pool)
+    .await?
+    .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carbon_csv_reports_bad_lines_and_keeps_good_ones() {
+        let (good, bad) = parse_carbon_csv(
+            "hour,g_co2_per_kwh\n2026-11-16T00:00:00Z,320\n2026-11-16T01:00:00+01:00,abc\n\
+             2026-11-16T01:30:00Z,300\nyesterday,1\n2026-11-16T02:00:00Z,-5\n2026-11-16T03:00:00Z,280.5\n",
+        );
+        assert_eq!(good.len(), 2);
+        assert_eq!(good[1].1, 280.5);
+        let lines: Vec<usize> = bad.iter().map(|b| b.0).collect();
+        assert_eq!(lines, vec![3, 4, 5, 6]);
+        assert!(bad[1].1.contains("start of an hour"), "{bad:?}");
+        let (_, bad) = parse_carbon_csv("time,value\n");
+        assert!(bad[0].1.contains("hour"), "{bad:?}");
+    }
+
+    #[test]
+    fn readings_are_checked() {
+        let now = Utc::now();
+        let r = FacilityReading {
+            site: "fra1".into(),
+            start: now - Duration::hours(2),
+            end: now - Duration::hours(1),
+            energy_kwh: 500.0,
+        };
+        assert!(r.check(now).is_ok());
+        let mut b = r.clone();
+        b.end = b.start;
+        assert!(b.check(now).unwrap_err().contains("not after"));
+        let mut b = r.clone();
+        b.energy_kwh = f64::NAN;
+        assert!(b.check(now).is_err());
+        let mut b = r.clone();
+        b.energy_kwh = 5e6;
+        assert!(b.check(now).unwrap_err().contains("1 GW"));
+        let mut b = r;
+        b.site = " ".into();
+        assert!(b.check(now).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! The weekly energy report mail: after the configured local weekday and hour, last
+//! week's report goes to `energy.report.recipients` with the HTML summary as the body
+//! and the CSV, Parquet and HTML files attached. A row in `report_deliveries` is written
+//! only after the SMTP server accepted the mail, so a week is sent once; a failure is
+//! retried on the next run.
+
+use chrono::{DateTime, Duration, Utc};
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::{AsyncTransport, Message};
+
+use super::energy::EnergyReport;
+use super::export::{self, Format};
+use super::IsoWeek;
+use crate::alert::notify::transport;
+use crate::config::{parse_weekday, Config};
+use crate::store::Store;
+
+const KIND: &str = "energy_weekly";
+
+/// When the report of the week before `week` is due: `week`'s configured weekday and
+/// hour, local time.
+pub fn due_at(cfg: &Config, week: IsoWeek) -> DateTime<Utc> {
+    let r = &cfg.energy.report;
+    let days = parse_weekday(&r.send_weekday).map_or(0, |d| d.num_days_from_monday());
+    let day = week.monday() + Duration::days(i64::from(days));
+    super::local_midnight(day, cfg.energy.tz()) + Duration::hours(i64::from(r.send_hour))
+}
+
+/// Send last week's report if it is due and not sent yet. Returns the week sent.
+pub async fn send_due(
+    store: &Store,
+    cfg: &Config,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<IsoWeek>> {
+    if cfg.energy.report.recipients.is_empty() || cfg.alerting.smtp.host.is_empty() {
+        return Ok(None);
+    }
+    let this = IsoWeek::containing(now, cfg.energy.tz());
+    if now < due_at(cfg, this) {
+        return Ok(None);
+    }
+    let week = this.prev();
+    let sent: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM report_deliveries WHERE kind = $1 AND period = $2)",
+    )
+    .bind(KIND)
+    .bind(week.to_string())
+    .fetch_one(&store.pool)
+    .await?;
+    if sent {
+        return Ok(None);
+    }
+    crate::analytics::energy::run(store, &cfg.energy, now).await?;
+    let report = super::energy::build(store, &cfg.energy, week, None, now).await?;
+    send(cfg, &report, &cfg.energy.report.recipients).await?;
+    sqlx::query(
+        "INSERT INTO report_deliveries (kind, period, recipients) VALUES ($1, $2, $3)
+         ON CONFLICT (kind, period) DO NOTHING",
+    )
+    .bind(KIND)
+    .bind(week.to_string())
+    .bind(cfg.energy.report.recipients.join(", "))
+    .execute(&store.pool)
+    .await?;
+    tracing::info!(%week, recipients = cfg.energy.report.recipients.len(), "weekly energy report mailed");
+    Ok(Some(week))
+}
+
+/// Mail `report` to `to` through the configured SMTP server.
+pub async fn send(cfg: &Config, report: &EnergyReport, to: &[String]) -> anyhow::Result<()> {
+    let smtp = &cfg.alerting.smtp;
+    if smtp.host.is_empty() {
+        anyhow::bail!("alerting.smtp.host is not set: the report cannot be mailed");
+    }
+    let msg = message(cfg, report, to)?;
+    let t = transport(smtp).map_err(anyhow::Error::msg)?;
+    t.send(msg).await.map_err(|e| {
+        anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security)
+    })?;
+    Ok(())
+}
+
+/// The mail: text and HTML summary, the three files attached.
+pub fn message(cfg: &Config, report: &EnergyReport, to: &[String]) -> anyhow::Result<Message> {
+    let from: Mailbox = cfg
+        .alerting
+        .smtp
+        .from
+        .parse()
+        .map_err(|e| anyhow::anyhow!("alerting.smtp.from {:?}: {e}", cfg.alerting.smtp.from))?;
+    let t = report.total();
+    let cost = t
+        .cost
+        .map(|c| format!(", {c:.2} {}", t.currency))
+        .unwrap_or_default();
+    let subject = format!(
+        "Rackwatch energy report {}: {:.1} kWh IT, {:.1} kWh facility{cost}, {:.1} kg CO2e",
+        report.week, t.it_energy_kwh, t.facility_energy_kwh, t.carbon_kg
+    );
+    let html = export::to_html(report)?;
+    let mut text = format!(
+        "{subject}\n\nIdle GPU energy: {:.1} kWh. Week over week: {}.\n",
+        t.idle_gpu_energy_kwh,
+        t.wow_change_pct
+            .map_or("no data last week".into(), |v| format!("{v:+.1} %"))
+    );
+    for a in &report.actions {
+        text.push_str(&format!("\n* {}. {}\n", a.title, a.detail));
+    }
+    text.push_str(&format!(
+        "\nThe full report is attached (HTML, CSV, Parquet) and in the dashboard: {}/energy\n",
+        cfg.public_url()
+    ));
+    let mut b = Message::builder().from(from).subject(subject);
+    for r in to {
+        b = b.to(r
+            .parse::<Mailbox>()
+            .map_err(|e| anyhow::anyhow!("recipient {r:?}: {e}"))?);
+    }
+    let mut mixed = MultiPart::mixed().multipart(
+        MultiPart::alternative()
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(text),
+            )
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_HTML)
+                    .body(html.clone()),
+            ),
+    );
+    for f in [Format::Csv, Format::Parquet, Format::Html] {
+        let body = match f {
+            Format::Html => html.clone().into_bytes(),
+            _ => export::render(report, f)?,
+        };
+        let ct = ContentType::parse(f.content_type())
+            .map_err(|e| anyhow::anyhow!("content type: {e}"))?;
+        mixed = mixed.singlepart(Attachment::new(export::file_name(report, f)).body(body, ct));
+    }
+    Ok(b.multipart(mixed)?)
+}

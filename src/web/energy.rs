@@ -1,0 +1,253 @@
+//! The energy page (weekly energy-efficiency reports, past weeks to download), the
+//! report files, the report as JSON, and facility meter readings sent by site systems.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::auth::{require, urlencode, ApiUser, Csrf, PageUser};
+use super::error::ApiError;
+use super::pages::{render, Nav};
+use super::AppState;
+use crate::report::energy::{self, EnergyReport};
+use crate::report::export::{self, Format, ReportView};
+use crate::report::inputs::{self, FacilityReading};
+use crate::report::IsoWeek;
+use crate::store::auth::Role;
+
+/// Weeks listed on the energy page.
+const PAST_WEEKS: usize = 12;
+
+#[derive(Deserialize)]
+pub struct ReportQuery {
+    week: Option<String>,
+    site: Option<String>,
+}
+
+impl ReportQuery {
+    fn week(&self, st: &AppState, now: DateTime<Utc>) -> Result<IsoWeek, ApiError> {
+        match self.week.as_deref().filter(|w| !w.is_empty()) {
+            Some(w) => w.parse().map_err(ApiError::BadRequest),
+            None => Ok(IsoWeek::containing(now, st.cfg.energy.tz()).prev()),
+        }
+    }
+
+    fn site(&self) -> Option<&str> {
+        self.site.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
+async fn build(
+    st: &AppState,
+    week: IsoWeek,
+    site: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<EnergyReport, ApiError> {
+    if week > IsoWeek::containing(now, st.cfg.energy.tz()) {
+        return Err(ApiError::BadRequest(format!(
+            "week {week} has not started yet"
+        )));
+    }
+    energy::build(&st.store, &st.cfg.energy, week, site, now)
+        .await
+        .map_err(|e| match e.downcast::<sqlx::Error>() {
+            Ok(e) => ApiError::from(e),
+            Err(e) if e.to_string().starts_with("no host belongs") => {
+                ApiError::NotFound(e.to_string())
+            }
+            Err(e) => ApiError::Internal(e),
+        })
+}
+
+fn file_link(week: IsoWeek, site: Option<&str>, f: Format) -> String {
+    let q = site
+        .map(|s| format!("?site={}", urlencode(s)))
+        .unwrap_or_default();
+    format!("/energy/reports/{week}.{}{q}", f.extension())
+}
+
+pub struct WeekLine {
+    pub week: String,
+    pub selected: bool,
+    pub link: String,
+    pub it_kwh: String,
+    pub gpu_kwh: String,
+    pub idle_kwh: String,
+    pub csv: String,
+    pub parquet: String,
+    pub html: String,
+}
+
+#[derive(Template)]
+#[template(path = "energy.html")]
+pub struct EnergyPage<'a> {
+    pub nav: Nav,
+    pub r: &'a EnergyReport,
+    pub v: ReportView,
+    pub weeks: Vec<WeekLine>,
+    pub sites: Vec<(String, bool)>,
+    pub links: (String, String, String),
+}
+
+/// `GET /energy?week=2026-W47&site=S`
+pub async fn page(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let now = Utc::now();
+    let week = q.week(&st, now)?;
+    let site = q.site();
+    let report = build(&st, week, site, now).await?;
+    let tz = st.cfg.energy.tz();
+    let mut weeks = vec![IsoWeek::containing(now, tz)];
+    while weeks.len() < PAST_WEEKS {
+        let w = weeks.last().expect("non-empty").prev();
+        weeks.push(w);
+    }
+    let bounds: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+        weeks.iter().map(|w| (w.start(tz), w.end(tz))).collect();
+    let totals: Vec<(i64, f64, f64, f64)> = sqlx::query_as(
+        "SELECT w.i, sum(e.measured_j + e.estimated_j + e.modeled_j),
+                COALESCE(sum(e.measured_j + e.estimated_j + e.modeled_j) FILTER (WHERE e.gpu_index >= 0), 0),
+                sum(e.idle_j)
+           FROM unnest($1::timestamptz[], $2::timestamptz[]) WITH ORDINALITY AS w (s, e, i)
+           JOIN energy_hourly e ON e.hour >= w.s AND e.hour < w.e
+           JOIN hosts h ON h.id = e.host_id AND ($3::text IS NULL OR h.site = $3)
+          GROUP BY w.i",
+    )
+    .bind(bounds.iter().map(|b| b.0).collect::<Vec<_>>())
+    .bind(bounds.iter().map(|b| b.1).collect::<Vec<_>>())
+    .bind(site)
+    .fetch_all(&st.store.pool)
+    .await?;
+    let kwh = |j: f64| format!("{:.1} kWh", j / 3.6e6);
+    let lines = weeks
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let t = totals.iter().find(|t| t.0 == i as i64 + 1);
+            let site_q = site
+                .map(|s| format!("&site={}", urlencode(s)))
+                .unwrap_or_default();
+            WeekLine {
+                week: w.to_string(),
+                selected: *w == week,
+                link: format!("/energy?week={w}{site_q}"),
+                it_kwh: t.map_or("—".into(), |t| kwh(t.1)),
+                gpu_kwh: t.map_or("—".into(), |t| kwh(t.2)),
+                idle_kwh: t.map_or("—".into(), |t| kwh(t.3)),
+                csv: file_link(*w, site, Format::Csv),
+                parquet: file_link(*w, site, Format::Parquet),
+                html: file_link(*w, site, Format::Html),
+            }
+        })
+        .collect();
+    let all_sites: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT site FROM hosts WHERE site <> '' ORDER BY 1")
+            .fetch_all(&st.store.pool)
+            .await?;
+    let p = EnergyPage {
+        nav: Nav::new(&user, csrf, "energy"),
+        v: export::view(&report),
+        r: &report,
+        weeks: lines,
+        sites: all_sites
+            .into_iter()
+            .map(|s| {
+                let sel = Some(s.as_str()) == site;
+                (s, sel)
+            })
+            .collect(),
+        links: (
+            file_link(week, site, Format::Csv),
+            file_link(week, site, Format::Parquet),
+            file_link(week, site, Format::Html),
+        ),
+    };
+    Ok(render(&p))
+}
+
+/// `GET /energy/reports/2026-W47.csv?site=S` (also `.parquet`, `.html`).
+pub async fn file(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Path(file): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let (week, ext) = file.rsplit_once('.').ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "{file:?}: expected WEEK.csv, WEEK.parquet or WEEK.html"
+        ))
+    })?;
+    let format: Format = ext.parse().map_err(ApiError::NotFound)?;
+    let week: IsoWeek = week.parse().map_err(ApiError::BadRequest)?;
+    let now = Utc::now();
+    let report = build(&st, week, q.site(), now).await?;
+    let body = export::render(&report, format).map_err(ApiError::Internal)?;
+    let name = export::file_name(&report, format);
+    let disposition = if format == Format::Html {
+        format!("inline; filename=\"{name}\"")
+    } else {
+        format!("attachment; filename=\"{name}\"")
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/energy/weekly?week=2026-W47&site=S`: the report as JSON.
+pub async fn api(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = Utc::now();
+    let week = q.week(&st, now)?;
+    let r = build(&st, week, q.site(), now).await?;
+    Ok(Json(serde_json::json!({
+        "week": r.week.to_string(),
+        "time_zone": r.time_zone,
+        "start": r.start,
+        "end": r.end,
+        "site": r.site,
+        "partial": r.partial(),
+        "accounted_until": r.accounted_until,
+        "idle_util_pct": r.idle_util_pct,
+        "rows": r.rows,
+        "days": r.days,
+        "actions": r.actions,
+        "notes": r.notes,
+    })))
+}
+
+/// `POST /api/v1/facility/readings`: `[{site, start, end, energy_kwh}, …]` (operators).
+pub async fn readings(
+    State(st): State<AppState>,
+    ApiUser(user): ApiUser,
+    body: Result<Json<Vec<FacilityReading>>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require(&user, Role::Operator)?;
+    let Json(readings) = body.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected a JSON array of {{site, start, end, energy_kwh}}: {}",
+            e.body_text()
+        ))
+    })?;
+    let (stored, rejected) = inputs::store_readings(&st.store, &readings, Utc::now()).await?;
+    Ok(Json(serde_json::json!({
+        "stored": stored,
+        "rejected": rejected.len(),
+        "errors": rejected.iter().map(|(i, why)| serde_json::json!({"index": i, "reason": why})).collect::<Vec<_>>(),
+    })))
+}
