@@ -755,5 +755,32 @@ mod tests {
         assert_eq!(cfg.agent.interval_secs, d.agent.interval_secs);
         assert_eq!(cfg.retention.raw_days, d.retention.raw_days);
         assert_eq!(cfg.simulator.hosts, d.simulator.hosts);
+        assert_eq!(cfg.energy.default_site, d.energy.default_site);
+        assert_eq!(cfg.energy.default_host_model, d.energy.default_host_model);
+        assert_eq!(cfg.energy.time_zone, d.energy.time_zone);
+        assert_eq!(cfg.energy.report.send_hour, d.energy.report.send_hour);
+    }
+
+    #[test]
+    fn energy_settings_are_validated_with_their_key() {
+        let bad = |toml: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, toml).unwrap();
+            Config::load_with_env(Some(&p), Vec::new())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("[energy]\ntime_zone = \"Mars/Olympus\"\n").contains("energy.time_zone"));
+        assert!(bad("[energy.sites.fra1]\npue = 0.8\n").contains("energy.sites.fra1.pue"));
+        let e = bad("[energy.default_site]\ntime_of_use = [{ days = [\"mon\"], start_hour = 20, end_hour = 8, price_per_kwh = 0.2 }]\n");
+        assert!(e.contains("time_of_use[0]"), "{e}");
+        let e = bad("[energy.default_site]\ntime_of_use = [{ days = [\"monday\"], start_hour = 8, end_hour = 20, price_per_kwh = 0.2 }]\n");
+        assert!(e.contains("unknown day"), "{e}");
+        assert!(
+            bad("[energy.host_models.x]\nidle_watts = 900.0\nmax_watts = 100.0\n")
+                .contains("host_models.x")
+        );
+        assert!(bad("[energy.report]\nrecipients = [\"not an address\"]\n").contains("recipients"));
     }
 }

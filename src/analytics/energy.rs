@@ -33,12 +33,12 @@ INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, estimated_j, mo
     power_throttle_s, thermal_throttle_s)
 SELECT host_id, gpu_index, date_trunc('hour', bucket, 'UTC'),
        COALESCE(sum(energy_joules) FILTER (WHERE energy_samples > 0), 0),
-       COALESCE(sum(power_watts * 60) FILTER (WHERE COALESCE(energy_samples, 0) = 0), 0),
+       COALESCE(sum(power_watts::float8 * 60) FILTER (WHERE COALESCE(energy_samples, 0) = 0), 0),
        0,
-       COALESCE(sum(CASE WHEN energy_samples > 0 THEN energy_joules ELSE power_watts * 60 END)
+       COALESCE(sum(CASE WHEN energy_samples > 0 THEN energy_joules ELSE power_watts::float8 * 60 END)
                 FILTER (WHERE util_pct < $3), 0),
        count(*)::int, (count(*) FILTER (WHERE util_pct < $3))::int, (count(*) FILTER (WHERE util_pct >= $3))::int,
-       COALESCE(sum(util_pct), 0), max(power_watts_max), COALESCE(sum(counter_resets), 0)::int,
+       COALESCE(sum(util_pct::float8), 0), max(power_watts_max), COALESCE(sum(counter_resets), 0)::int,
        COALESCE(sum(60.0 * power_throttle_samples / samples), 0),
        COALESCE(sum(60.0 * thermal_throttle_samples / samples), 0)
   FROM gpu_samples_1m
@@ -56,9 +56,9 @@ const HOST_HOURS: &str = "
 INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, modeled_j, covered_minutes, util_sum)
 SELECT r.host_id, -1, date_trunc('hour', r.bucket, 'UTC'),
        COALESCE(sum(r.energy_joules) FILTER (WHERE r.energy_samples > 0), 0),
-       COALESCE(sum(60 * (m.idle_w + (m.max_w - m.idle_w) * r.cpu_util_pct / 100))
+       COALESCE(sum(60 * (m.idle_w + (m.max_w - m.idle_w) * r.cpu_util_pct::float8 / 100))
                 FILTER (WHERE COALESCE(r.energy_samples, 0) = 0), 0),
-       count(*)::int, COALESCE(sum(r.cpu_util_pct), 0)
+       count(*)::int, COALESCE(sum(r.cpu_util_pct::float8), 0)
   FROM host_samples_1m r
   JOIN unnest($3::int8[], $4::float8[], $5::float8[]) AS m (host_id, idle_w, max_w) ON m.host_id = r.host_id
  WHERE r.bucket >= $1 AND r.bucket < $2

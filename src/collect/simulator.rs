@@ -241,7 +241,10 @@ impl SimulatedHost {
             ),
             disk_total_bytes: Some(30_000_000_000_000),
             // Every other host exposes RAPL: two 350 W CPU packages.
-            energy_joules: (self.seed % 2 == 0).then(|| (2.0 * (90.0 + 2.6 * cpu)) * dt),
+            energy_joules: self
+                .seed
+                .is_multiple_of(2)
+                .then_some((2.0 * (90.0 + 2.6 * cpu)) * dt),
         });
         out
     }

@@ -382,7 +382,12 @@ fn day_chart(r: &EnergyReport) -> String {
     const H: f64 = 220.0;
     const L: f64 = 56.0;
     const B: f64 = 28.0;
-    let parts: [(&str, &str, fn(&super::energy::DayTotals) -> f64); 4] = [
+    type Part = (
+        &'static str,
+        &'static str,
+        fn(&super::energy::DayTotals) -> f64,
+    );
+    let parts: [Part; 4] = [
         ("GPU busy", "#0072B2", |d| d.gpu_busy_kwh),
         ("GPU idle", "#D55E00", |d| d.gpu_idle_kwh),
         ("Hosts", "#009E73", |d| d.host_kwh),

@@ -86,10 +86,15 @@ pub async fn store_readings(
     Ok((stored, rejected))
 }
 
+/// An hour and its value.
+pub type HourValue = (DateTime<Utc>, f64);
+/// A 1-based line number and what is wrong with the line.
+pub type LineError = (usize, String);
+
 /// Parse a carbon-intensity CSV: a header naming `hour` (RFC 3339, the start of the
 /// hour) and `g_co2_per_kwh`, then one line per hour. Returns the good rows and the bad
 /// lines (1-based line number, reason).
-pub fn parse_carbon_csv(text: &str) -> (Vec<(DateTime<Utc>, f64)>, Vec<(usize, String)>) {
+pub fn parse_carbon_csv(text: &str) -> (Vec<HourValue>, Vec<LineError>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     let mut lines = text

@@ -5,6 +5,7 @@ mod alerts;
 mod browser;
 mod cli;
 mod dashboard;
+mod energy;
 mod forecasts;
 mod ingest;
 mod managed_pg;

@@ -282,6 +282,32 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GET `path` with a session cookie.
+    pub async fn get(&self, cookie: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POST a JSON body to `path` with a session cookie.
+    pub async fn post_json(
+        &self,
+        cookie: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// GET a page with a session cookie; returns status and body.
     pub async fn page(&self, cookie: &str, path: &str) -> (u16, String) {
         let r = self

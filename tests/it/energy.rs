@@ -1,0 +1,636 @@
+//! The weekly energy report end to end: samples → rollups → hourly accounting → report,
+//! with exact expected kWh, cost and carbon (counter reset, sampling gap, a GPU without
+//! an energy counter, a modeled host, a DST week in Europe/Berlin, ISO-week edges),
+//! files read back by pandas/pyarrow, the energy page, facility meter readings, and the
+//! weekly mail with its attachments at a real SMTP server.
+
+use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+use serde_json::{json, Value};
+
+use rackwatch::config::{Config, HostPowerModel, SiteEnergy, TouPeriod};
+use rackwatch::model::{Batch, GpuSample, HostInfo, HostSample};
+use rackwatch::report::{energy, export, IsoWeek};
+use rackwatch::store::Store;
+
+use crate::support::{SmtpServer, TestApp};
+
+const J_PER_KWH: f64 = 3.6e6;
+
+fn configure(cfg: &mut Config) {
+    cfg.energy.time_zone = "Europe/Berlin".into();
+    cfg.energy.idle_util_pct = 5.0;
+    cfg.energy.default_host_model = HostPowerModel {
+        idle_watts: 100.0,
+        max_watts: 300.0,
+    };
+    cfg.energy.sites.insert(
+        "fra1".into(),
+        SiteEnergy {
+            pue: 1.5,
+            carbon_g_per_kwh: 400.0,
+            price_per_kwh: 0.20,
+            currency: "EUR".into(),
+            time_of_use: vec![TouPeriod {
+                days: ["mon", "tue", "wed", "thu", "fri"]
+                    .map(String::from)
+                    .to_vec(),
+                start_hour: 8,
+                end_hour: 20,
+                price_per_kwh: 0.30,
+            }],
+        },
+    );
+}
+
+/// What the test expects, accumulated independently of the accounting code: energy per
+/// sample, priced and weighted by the local hour of the sample.
+#[derive(Default, Debug)]
+struct Expected {
+    gpu0_j: f64,
+    gpu1_j: f64,
+    host_j: f64,
+    cost: f64,
+    carbon_g: f64,
+    idle_j: f64,
+}
+
+impl Expected {
+    fn add(&mut self, ts: DateTime<Utc>, j: f64, low_carbon_until: DateTime<Utc>, tz: Tz) {
+        let local = ts.with_timezone(&tz);
+        let weekday = local.weekday().num_days_from_monday() < 5;
+        let price = if weekday && (8..20).contains(&local.hour()) {
+            0.30
+        } else {
+            0.20
+        };
+        let g = if ts < low_carbon_until { 100.0 } else { 400.0 };
+        let fac_kwh = j * 1.5 / J_PER_KWH;
+        self.cost += fac_kwh * price;
+        self.carbon_g += fac_kwh * g;
+    }
+}
+
+async fn write(store: &Store, host: &HostInfo, hs: Vec<HostSample>, gs: Vec<GpuSample>) {
+    let batch = Batch {
+        host: host.clone(),
+        host_samples: hs,
+        gpu_samples: gs,
+        ..Default::default()
+    };
+    store.write_batch(&batch, Utc::now()).await.unwrap();
+}
+
+/// One week of 1-minute samples for host h1 (fra1/r1/train), sampled at second 30:
+/// GPU 0 has the energy counter (400 W, 50 % busy) with a 2-hour sampling gap and a
+/// counter reset; GPU 1 has no counter (200 W, idle); the host has no RAPL (CPU 50 %:
+/// 200 W with the 100/300 W model). Plus samples just outside the week on both sides.
+async fn load_week(app: &TestApp, week: IsoWeek, tz: Tz) -> Expected {
+    let start = week.start(tz);
+    let end = week.end(tz);
+    app.store
+        .ensure_partitions(end + Duration::days(1), 10, 1)
+        .await
+        .unwrap();
+    let host = HostInfo {
+        name: "h1".into(),
+        site: "fra1".into(),
+        rack: "r1".into(),
+        pool: "train".into(),
+        ..Default::default()
+    };
+    let gap_from = start + Duration::hours(34); // Tuesday 10:00 local
+    let gap_to = gap_from + Duration::hours(2);
+    let reset_at = start + Duration::hours(60) + Duration::seconds(30);
+    let low_carbon_until = start + Duration::hours(24);
+    let mut exp = Expected::default();
+    let mut counter = 5.0e9; // joules since the driver loaded
+    let (mut hs, mut gs) = (Vec::new(), Vec::new());
+    let mut t = start + Duration::seconds(30);
+    let mut last_gpu0: Option<DateTime<Utc>> = None;
+    while t < end {
+        // Host: every minute.
+        hs.push(HostSample {
+            ts: t,
+            cpu_util_pct: Some(50.0),
+            ..Default::default()
+        });
+        exp.host_j += 200.0 * 60.0;
+        exp.add(t, 200.0 * 60.0, low_carbon_until, tz);
+        // GPU 1: power only.
+        gs.push(GpuSample {
+            ts: t,
+            index: 1,
+            util_pct: Some(0.0),
+            power_watts: Some(200.0),
+            ..Default::default()
+        });
+        exp.gpu1_j += 200.0 * 60.0;
+        exp.idle_j += 200.0 * 60.0;
+        exp.add(t, 200.0 * 60.0, low_carbon_until, tz);
+        // GPU 0: counter deltas; nothing sampled in the gap, the counter keeps counting.
+        if t < gap_from || t >= gap_to {
+            let since = last_gpu0.map_or(60.0, |p| (t - p).num_seconds() as f64);
+            let mut delta = 400.0 * since;
+            counter += delta;
+            if t == reset_at {
+                // Driver reload 30 s before this sample: the counter restarts at zero.
+                counter = 400.0 * 30.0;
+                delta = counter;
+            }
+            gs.push(GpuSample {
+                ts: t,
+                index: 0,
+                util_pct: Some(50.0),
+                power_watts: Some(400.0),
+                energy_joules_total: Some(counter),
+                energy_joules: Some(delta),
+                ..Default::default()
+            });
+            exp.gpu0_j += delta;
+            exp.add(t, delta, low_carbon_until, tz);
+            last_gpu0 = Some(t);
+        }
+        if gs.len() >= 20_000 {
+            write(
+                &app.store,
+                &host,
+                std::mem::take(&mut hs),
+                std::mem::take(&mut gs),
+            )
+            .await;
+        }
+        t += Duration::minutes(1);
+    }
+    // Outside the week: Sunday 23:30 local before, Monday 00:30 local after. Their
+    // energy must not count in this week (the first is last week's).
+    for ts in [start - Duration::minutes(30), end + Duration::minutes(30)] {
+        gs.push(GpuSample {
+            ts,
+            index: 0,
+            util_pct: Some(50.0),
+            power_watts: Some(400.0),
+            energy_joules_total: Some(1e9),
+            energy_joules: Some(1_000_000.0),
+            ..Default::default()
+        });
+    }
+    write(&app.store, &host, hs, gs).await;
+    app.store
+        .rollup_range(start - Duration::hours(2), end + Duration::hours(2), None)
+        .await
+        .unwrap();
+    exp
+}
+
+fn close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+        "{what}: got {a}, expected {b}"
+    );
+}
+
+#[tokio::test]
+async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
+    let app = TestApp::spawn_with(configure).await;
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    // 2026-W43: daylight saving time ends on Sunday 25 October, so the week has 169 hours.
+    let week: IsoWeek = "2026-W43".parse().unwrap();
+    let exp = load_week(&app, week, tz).await;
+    // Hourly carbon intensity for the first day (100 g/kWh), from CSV.
+    let mut csv = String::from("hour,g_co2_per_kwh\n");
+    for h in 0..24 {
+        csv.push_str(&format!(
+            "{},100\n",
+            (week.start(tz) + Duration::hours(h)).to_rfc3339()
+        ));
+    }
+    let (good, bad) = rackwatch::report::inputs::parse_carbon_csv(&csv);
+    assert!(bad.is_empty(), "{bad:?}");
+    rackwatch::report::inputs::store_carbon(&app.store, "fra1", &good)
+        .await
+        .unwrap();
+
+    let now = week.end(tz) + Duration::hours(12);
+    let run = rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    assert!(run.rows > 0, "{run:?}");
+    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
+        .await
+        .unwrap();
+    assert!(
+        !r.partial(),
+        "the whole week is accounted: {:?}",
+        r.accounted_until
+    );
+    assert_eq!((r.end - r.start).num_hours(), 169);
+
+    let fleet = r.total();
+    assert_eq!(fleet.level, "fleet");
+    assert_eq!(fleet.gpus, 2);
+    let kwh = |j: f64| j / J_PER_KWH;
+    let it = kwh(exp.gpu0_j + exp.gpu1_j + exp.host_j);
+    close(
+        fleet.measured_energy_kwh,
+        kwh(exp.gpu0_j),
+        "measured (GPU 0 counter)",
+    );
+    close(
+        fleet.estimated_energy_kwh,
+        kwh(exp.gpu1_j),
+        "estimated (GPU 1 power)",
+    );
+    close(fleet.modeled_energy_kwh, kwh(exp.host_j), "modeled (host)");
+    close(fleet.it_energy_kwh, it, "IT energy");
+    close(
+        fleet.gpu_energy_kwh,
+        kwh(exp.gpu0_j + exp.gpu1_j),
+        "GPU energy",
+    );
+    close(fleet.facility_energy_kwh, it * 1.5, "facility energy");
+    close(fleet.pue.unwrap(), 1.5, "PUE");
+    assert_eq!(fleet.pue_source, "configured");
+    close(
+        fleet.cost.unwrap(),
+        exp.cost,
+        "cost with time-of-use tariff",
+    );
+    assert_eq!(fleet.currency, "EUR");
+    close(
+        fleet.carbon_kg,
+        exp.carbon_g / 1000.0,
+        "carbon with hourly intensity",
+    );
+    close(
+        fleet.idle_gpu_energy_kwh,
+        kwh(exp.idle_j),
+        "idle GPU energy",
+    );
+    assert_eq!(fleet.counter_resets, 1);
+    // The gap (2 h of GPU 0) is the only missing data: 3 entities × 10,140 minutes.
+    let coverage = 100.0 * (3.0 * 10_140.0 - 120.0) / (3.0 * 10_140.0);
+    close(fleet.coverage_pct.unwrap(), coverage, "coverage");
+    close(
+        fleet.idle_gpu_hours,
+        169.0,
+        "idle GPU-hours (GPU 1 all week)",
+    );
+    close(
+        fleet.busy_gpu_hours,
+        (10_140.0 - 120.0) / 60.0,
+        "busy GPU-hours",
+    );
+    // Last week holds only the sample at Sunday 23:30 local: 1 MJ.
+    close(
+        fleet.prev_week_it_energy_kwh,
+        kwh(1_000_000.0),
+        "last week's energy",
+    );
+
+    let gpu0 = r
+        .level("gpu")
+        .find(|g| g.gpu_index == Some(0))
+        .expect("GPU 0 line");
+    close(gpu0.it_energy_kwh, kwh(exp.gpu0_j), "GPU 0 line");
+    assert_eq!(gpu0.counter_resets, 1);
+    assert_eq!(gpu0.estimated_energy_kwh, 0.0);
+    let host = r.level("host").next().expect("host line");
+    close(host.host_energy_kwh, kwh(exp.host_j), "host non-GPU energy");
+    assert!(r.level("site").any(|s| s.site == "fra1"));
+    assert!(r.level("rack").any(|s| s.rack == "r1"));
+    assert!(r.level("pool").any(|s| s.pool == "train"));
+    // GPU 1 idled all week: consolidation is recommended.
+    assert!(
+        r.actions
+            .iter()
+            .any(|a| a.title.contains("Consolidate idle GPUs in pool train")),
+        "{:?}",
+        r.actions
+    );
+    // Daily figures add up to the week (IT + overhead = facility).
+    let days: f64 = r
+        .days
+        .iter()
+        .map(|d| d.gpu_busy_kwh + d.gpu_idle_kwh + d.host_kwh + d.overhead_kwh)
+        .sum();
+    close(days, it * 1.5, "days add up to facility energy");
+
+    // CSV and Parquet, read back by pandas and pyarrow.
+    let dir = tempfile::tempdir().unwrap();
+    for f in [export::Format::Csv, export::Format::Parquet] {
+        let p = dir.path().join(export::file_name(&r, f));
+        std::fs::write(&p, export::render(&r, f).unwrap()).unwrap();
+        let sums = read_back(&p);
+        close(
+            sums["fleet_it_kwh"].as_f64().unwrap(),
+            it,
+            "file: fleet IT energy",
+        );
+        close(
+            sums["gpu_lines_kwh"].as_f64().unwrap(),
+            kwh(exp.gpu0_j + exp.gpu1_j),
+            "file: sum of GPU lines",
+        );
+        close(sums["fleet_cost"].as_f64().unwrap(), exp.cost, "file: cost");
+        close(
+            sums["fleet_carbon_kg"].as_f64().unwrap(),
+            exp.carbon_g / 1000.0,
+            "file: carbon",
+        );
+        assert_eq!(
+            sums["levels"],
+            json!(["fleet", "gpu", "host", "pool", "rack", "site"])
+        );
+        assert_eq!(sums["week"], "2026-W43");
+    }
+
+    // The energy page, the files and the JSON API.
+    let cookie = app.login("ops", "correct horse").await;
+    let (status, html) = app.page(&cookie, "/energy?week=2026-W43").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("Energy report 2026-W43"), "{html}");
+    assert!(html.contains("/energy/reports/2026-W43.parquet"));
+    assert!(html.contains("Consolidate idle GPUs"));
+    let resp = app.get(&cookie, "/energy/reports/2026-W43.csv").await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("rackwatch-energy-2026-W43.csv"));
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.starts_with("week,period_start,period_end,level,"),
+        "{body}"
+    );
+    let api: Value = app
+        .get(&cookie, "/api/v1/energy/weekly?week=2026-W43&site=fra1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["rows"][0]["level"], "site");
+    close(
+        api["rows"][0]["it_energy_kwh"].as_f64().unwrap(),
+        it,
+        "API site line",
+    );
+    for (url, status) in [
+        ("/api/v1/energy/weekly?week=2026-43", 400),
+        ("/api/v1/energy/weekly?week=2026-W43&site=nowhere", 404),
+        ("/api/v1/energy/weekly?week=2099-W01", 400),
+        ("/energy/reports/2026-W43.xlsx", 404),
+    ] {
+        let r = app.get(&cookie, url).await;
+        assert_eq!(r.status().as_u16(), status, "{url}");
+    }
+    app.stop().await;
+}
+
+/// Sums over a report file, computed by pandas (CSV) or pyarrow (Parquet).
+fn read_back(path: &std::path::Path) -> Value {
+    let script = r#"
+import json, sys
+import pandas as pd
+p = sys.argv[1]
+df = pd.read_parquet(p, engine="pyarrow") if p.endswith(".parquet") else pd.read_csv(p)
+fleet = df[df.level == "fleet"].iloc[0]
+print(json.dumps({
+    "week": str(fleet.week),
+    "fleet_it_kwh": float(fleet.it_energy_kwh),
+    "fleet_cost": float(fleet.cost),
+    "fleet_carbon_kg": float(fleet.carbon_kg),
+    "gpu_lines_kwh": float(df[df.level == "gpu"].gpu_energy_kwh.sum()),
+    "levels": sorted(df.level.unique().tolist()),
+}))
+"#;
+    let py = std::env::var("RACKWATCH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(py)
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .expect("python with pandas and pyarrow (scripts/test installs them)");
+    assert!(
+        out.status.success(),
+        "pandas could not read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn facility_meter_readings_make_the_pue_measured() {
+    let app = TestApp::spawn_with(|c| {
+        c.energy.sites.insert(
+            "ams2".into(),
+            SiteEnergy {
+                pue: 1.6,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let token = app.token("m1").await;
+    let tz = app.cfg.energy.tz();
+    let now = Utc::now();
+    // Two whole hours of the current week, or of last week early on a Monday.
+    let h0 = (now - Duration::hours(3))
+        .with_minute(0)
+        .unwrap()
+        .with_second(0)
+        .unwrap()
+        .with_nanosecond(0)
+        .unwrap();
+    let week = IsoWeek::containing(h0, tz);
+    let samples: Vec<Value> = (0..120)
+        .map(|m| {
+            json!({"ts": h0 + Duration::minutes(m) + Duration::seconds(10), "index": 0,
+            "util_pct": 90.0, "power_watts": 500.0, "energy_joules": 30000.0})
+        })
+        .collect();
+    let host: Vec<Value> = (0..120)
+        .map(|m| {
+            json!({"ts": h0 + Duration::minutes(m) + Duration::seconds(10), "cpu_util_pct": 10.0,
+            "energy_joules": 6000.0})
+        })
+        .collect();
+    let body = json!({"host": {"name": "m1", "site": "ams2"}, "gpu_samples": samples, "host_samples": host});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    app.store
+        .rollup_range(h0, h0 + Duration::hours(2), None)
+        .await
+        .unwrap();
+    rackwatch::analytics::energy::account_range(
+        &app.store,
+        &app.cfg.energy,
+        h0,
+        h0 + Duration::hours(2),
+        None,
+    )
+    .await
+    .unwrap();
+    // IT: GPU 500 W + host RAPL 100 W for 2 h = 1.2 kWh. The meter says 1.56 kWh.
+    let admin = app.login("ops", "correct horse").await;
+    let readings = json!([
+        {"site": "ams2", "start": h0, "end": h0 + Duration::hours(2), "energy_kwh": 1.56},
+        {"site": "ams2", "start": h0, "end": h0 - Duration::hours(1), "energy_kwh": 1.0},
+        {"site": "ams2", "start": h0 - Duration::hours(5), "end": h0 - Duration::hours(4), "energy_kwh": -3.0}
+    ]);
+    let resp: Value = app
+        .post_json(&admin, "/api/v1/facility/readings", &readings)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["stored"], 1, "{resp}");
+    assert_eq!(resp["rejected"], 2);
+    assert_eq!(resp["errors"][0]["index"], 1);
+    assert!(resp["errors"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not after"));
+    // Not JSON of the right shape: a clear 400.
+    let r = app
+        .post_json(
+            &admin,
+            "/api/v1/facility/readings",
+            &json!({"site": "ams2"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("JSON array"));
+    // Viewers may read reports but not send meter readings.
+    let viewer = app
+        .login_as(
+            "vera",
+            "pw-vera-viewer",
+            rackwatch::store::auth::Role::Viewer,
+        )
+        .await;
+    let r = app
+        .post_json(&viewer, "/api/v1/facility/readings", &readings)
+        .await;
+    assert_eq!(r.status(), 403);
+
+    let r = energy::build(&app.store, &app.cfg.energy, week, Some("ams2"), now)
+        .await
+        .unwrap();
+    let site = r.total();
+    assert_eq!(site.level, "site");
+    close(site.it_energy_kwh, 1.2, "IT energy");
+    close(
+        site.measured_energy_kwh,
+        1.2,
+        "GPU counter + host RAPL are measured",
+    );
+    close(
+        site.facility_energy_kwh,
+        1.56,
+        "facility energy from the meter",
+    );
+    close(site.pue.unwrap(), 1.3, "measured PUE");
+    assert_eq!(site.pue_source, "measured");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
+    let smtp = SmtpServer::start().await;
+    let port = smtp.port;
+    let app = TestApp::spawn_with(move |c| {
+        configure(c);
+        c.alerting.smtp.host = "127.0.0.1".into();
+        c.alerting.smtp.port = port;
+        c.alerting.smtp.security = "plain".into();
+        c.energy.report.recipients = vec!["energy@example.com".into()];
+        c.energy.report.send_weekday = "mon".into();
+        c.energy.report.send_hour = 6;
+    })
+    .await;
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    let week: IsoWeek = "2026-W47".parse().unwrap();
+    let exp = load_week(&app, week, tz).await;
+    let it = (exp.gpu0_j + exp.gpu1_j + exp.host_j) / J_PER_KWH;
+
+    // Monday 05:59 local of the next week: not due yet.
+    let monday = tz
+        .with_ymd_and_hms(2026, 11, 23, 5, 59, 0)
+        .unwrap()
+        .with_timezone(&Utc);
+    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, monday)
+        .await
+        .unwrap();
+    assert_eq!(sent, None);
+    let due = monday + Duration::minutes(2);
+    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, due)
+        .await
+        .unwrap();
+    assert_eq!(sent, Some(week));
+    let mails = smtp.wait_for(1, 10).await;
+    assert_eq!(mails.len(), 1);
+    let subject = crate::support::subject(&mails[0]);
+    assert!(subject.contains("energy report 2026-W47"), "{subject}");
+    // Sent once: a later run (or a restarted server) does not mail it again.
+    let again = rackwatch::report::mail::send_due(&app.store, &app.cfg, due + Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(smtp.mails().len(), 1);
+
+    // The attachments, taken apart by Python's mail parser and read by pandas/pyarrow.
+    let script = r#"
+import email, io, json, sys
+import pandas as pd
+msg = email.message_from_binary_file(open(sys.argv[1], "rb"))
+out = {"to": msg["To"], "files": {}}
+for part in msg.walk():
+    name = part.get_filename()
+    if not name:
+        continue
+    data = part.get_payload(decode=True)
+    if name.endswith(".csv"):
+        df = pd.read_csv(io.BytesIO(data))
+    elif name.endswith(".parquet"):
+        df = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+    else:
+        out["files"][name] = {"html": b"Energy report 2026-W47" in data}
+        continue
+    out["files"][name] = {"it_kwh": float(df[df.level == "fleet"].it_energy_kwh.iloc[0]), "rows": len(df)}
+print(json.dumps(out))
+"#;
+    let file = ["new", "cur"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(smtp.maildir.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .next()
+        .expect("mail file");
+    let py = std::env::var("RACKWATCH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(py)
+        .args(["-c", script])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["to"], "energy@example.com");
+    let files = v["files"].as_object().unwrap();
+    assert_eq!(files.len(), 3, "{v}");
+    for ext in ["csv", "parquet"] {
+        let f = &files[&format!("rackwatch-energy-2026-W47.{ext}")];
+        close(f["it_kwh"].as_f64().unwrap(), it, ext);
+        assert!(f["rows"].as_u64().unwrap() >= 7, "{f}");
+    }
+    assert_eq!(files["rackwatch-energy-2026-W47.html"]["html"], true);
+    app.stop().await;
+}
