@@ -177,6 +177,12 @@ async fn real_responses_match_the_openapi_document() {
         ("/api/v1/events", "/api/v1/events", 200),
         ("/api/v1/admin/users", "/api/v1/admin/users", 200),
         ("/api/v1/admin/tokens", "/api/v1/admin/tokens", 200),
+        ("/api/v1/energy/weekly", "/api/v1/energy/weekly", 200),
+        (
+            "/api/v1/energy/weekly",
+            "/api/v1/energy/weekly?week=2026-W99",
+            400,
+        ),
     ];
     let mut covered = BTreeSet::new();
     let mut errs = Vec::new();
@@ -212,6 +218,30 @@ async fn real_responses_match_the_openapi_document() {
         "responses differ from the OpenAPI document:\n{}",
         errs.join("\n")
     );
+    // The one write endpoint: facility meter readings, one good and one bad.
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(2);
+    let readings = serde_json::json!([
+        {"site": "fra1", "start": t0, "end": t0 + chrono::Duration::hours(1), "energy_kwh": 12.5},
+        {"site": "fra1", "start": t0, "end": t0, "energy_kwh": 1.0}
+    ]);
+    let r = app
+        .post_json(&cookie, "/api/v1/facility/readings", &readings)
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["stored"].as_u64(), body["rejected"].as_u64()),
+        (Some(1), Some(1))
+    );
+    check(
+        &doc,
+        &doc["paths"]["/api/v1/facility/readings"]["post"]["responses"]["200"]["content"]
+            ["application/json"]["schema"],
+        &body,
+        "/api/v1/facility/readings",
+        &mut errs,
+    );
+    covered.insert("/api/v1/facility/readings");
     let documented: BTreeSet<&str> = doc["paths"]
         .as_object()
         .unwrap()
