@@ -136,6 +136,8 @@ pub struct RetentionConfig {
     pub rollup_1m_days: u32,
     /// Daily partitions created ahead of today.
     pub partitions_ahead_days: u32,
+    /// Days of hourly energy accounting kept (what weekly energy reports read).
+    pub energy_hourly_days: u32,
 }
 
 impl Default for RetentionConfig {
@@ -144,6 +146,7 @@ impl Default for RetentionConfig {
             raw_days: 7,
             rollup_1m_days: 90,
             partitions_ahead_days: 3,
+            energy_hourly_days: 800,
         }
     }
 }

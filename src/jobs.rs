@@ -135,6 +135,13 @@ async fn maintenance(store: &Store, cfg: &Config) {
         Ok(_) => {}
         Err(e) => tracing::warn!("retention job: {e:#}"),
     }
+    if let Err(e) = sqlx::query("DELETE FROM energy_hourly WHERE hour < $1")
+        .bind(now - chrono::Duration::days(i64::from(cfg.retention.energy_hourly_days)))
+        .execute(&store.pool)
+        .await
+    {
+        tracing::warn!("energy retention: {e}");
+    }
     if let Err(e) = store.delete_expired_sessions().await {
         tracing::warn!("session cleanup: {e}");
     }

@@ -101,9 +101,7 @@ pub async fn page(
     Query(q): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
-    let week = q.week(&st, now)?;
     let site = q.site();
-    let report = build(&st, week, site, now).await?;
     let tz = st.cfg.energy.tz();
     let mut weeks = vec![IsoWeek::containing(now, tz)];
     while weeks.len() < PAST_WEEKS {
@@ -126,6 +124,13 @@ pub async fn page(
     .bind(site)
     .fetch_all(&st.store.pool)
     .await?;
+    // Last week by default; the running week while last week has no data (a new install).
+    let week = match q.week.as_deref().filter(|w| !w.is_empty()) {
+        Some(_) => q.week(&st, now)?,
+        None if totals.iter().any(|t| t.0 == 2 && t.1 > 0.0) => weeks[1],
+        None => weeks[0],
+    };
+    let report = build(&st, week, site, now).await?;
     let kwh = |j: f64| format!("{:.1} kWh", j / 3.6e6);
     let lines = weeks
         .iter()
