@@ -50,6 +50,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub simulator: SimulatorConfig,
     pub alerting: AlertingConfig,
+    pub anomaly: AnomalyConfig,
 }
 
 impl Default for Config {
@@ -63,6 +64,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             simulator: SimulatorConfig::default(),
             alerting: AlertingConfig::default(),
+            anomaly: AnomalyConfig::default(),
         }
     }
 }
@@ -134,6 +136,8 @@ pub struct RetentionConfig {
     pub rollup_1m_days: u32,
     /// Daily partitions created ahead of today.
     pub partitions_ahead_days: u32,
+    /// Days of per-minute anomaly scores kept.
+    pub anomaly_scores_days: u32,
 }
 
 impl Default for RetentionConfig {
@@ -142,6 +146,7 @@ impl Default for RetentionConfig {
             raw_days: 7,
             rollup_1m_days: 90,
             partitions_ahead_days: 3,
+            anomaly_scores_days: 30,
         }
     }
 }
@@ -304,6 +309,41 @@ impl Default for SmtpConfig {
     }
 }
 
+/// The anomaly job: per-host models trained on 1-minute rollups, scoring every minute.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// Run the job (on the job leader).
+    pub enabled: bool,
+    /// Days of 1-minute rollups a host's model is trained on.
+    pub train_days: u32,
+    /// Hours after which a host's model is retrained.
+    pub retrain_hours: u32,
+    /// Hosts with fewer minutes of rollups in the training window get no model (yet).
+    pub min_train_minutes: u32,
+    /// Most models trained in one run (once a minute); the rest wait for the next runs,
+    /// so a first start on a large fleet does not stall the other jobs.
+    pub max_trains_per_run: u32,
+    /// Contributing metrics stored with every score.
+    pub top_k: u32,
+    /// Target exceedance probability of the models' peaks-over-threshold alert level.
+    pub pot_risk: f64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            enabled: true,
+            train_days: 7,
+            retrain_hours: 24,
+            min_train_minutes: 1440,
+            max_trains_per_run: 50,
+            top_k: 3,
+            pot_risk: 0.05,
+        }
+    }
+}
+
 /// What went wrong reading the configuration, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -415,6 +455,38 @@ impl Config {
         }
         if self.alerting.eval_interval_secs == 0 {
             return Err("alerting.eval_interval_secs must be at least 1".into());
+        }
+        let a = &self.anomaly;
+        if a.train_days == 0 || a.train_days > self.retention.rollup_1m_days {
+            return Err(format!(
+                "anomaly.train_days = {} must be between 1 and retention.rollup_1m_days ({})",
+                a.train_days, self.retention.rollup_1m_days
+            ));
+        }
+        if a.retrain_hours == 0 {
+            return Err("anomaly.retrain_hours must be at least 1".into());
+        }
+        if a.min_train_minutes < 60 || a.min_train_minutes > a.train_days * 1440 {
+            return Err(format!(
+                "anomaly.min_train_minutes = {} must be between 60 and train_days × 1440 ({})",
+                a.min_train_minutes,
+                a.train_days * 1440
+            ));
+        }
+        if a.max_trains_per_run == 0 {
+            return Err("anomaly.max_trains_per_run must be at least 1".into());
+        }
+        if a.top_k == 0 || a.top_k > 16 {
+            return Err("anomaly.top_k must be between 1 and 16".into());
+        }
+        if !(a.pot_risk > 0.0 && a.pot_risk < 0.5) {
+            return Err(format!(
+                "anomaly.pot_risk = {} must be above 0 and below 0.5",
+                a.pot_risk
+            ));
+        }
+        if self.retention.anomaly_scores_days == 0 {
+            return Err("retention.anomaly_scores_days must be at least 1".into());
         }
         if self.simulator.gpus_per_host > 64 {
             return Err("simulator.gpus_per_host must be at most 64".into());
@@ -530,5 +602,25 @@ mod tests {
         assert_eq!(cfg.agent.interval_secs, d.agent.interval_secs);
         assert_eq!(cfg.retention.raw_days, d.retention.raw_days);
         assert_eq!(cfg.simulator.hosts, d.simulator.hosts);
+        assert_eq!(cfg.anomaly.train_days, d.anomaly.train_days);
+        assert_eq!(cfg.anomaly.min_train_minutes, d.anomaly.min_train_minutes);
+        assert_eq!(cfg.anomaly.pot_risk, d.anomaly.pot_risk);
+        assert_eq!(
+            cfg.retention.anomaly_scores_days,
+            d.retention.anomaly_scores_days
+        );
+    }
+
+    #[test]
+    fn anomaly_settings_are_checked() {
+        let env = vec![(
+            "RACKWATCH_ANOMALY__MIN_TRAIN_MINUTES".to_string(),
+            "20000".to_string(),
+        )];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(err.contains("anomaly.min_train_minutes"), "{err}");
+        let env = vec![("RACKWATCH_ANOMALY__POT_RISK".to_string(), "0.9".to_string())];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(err.contains("anomaly.pot_risk"), "{err}");
     }
 }

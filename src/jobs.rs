@@ -1,4 +1,5 @@
-//! Periodic work (rollups, partitions, retention, session cleanup) on exactly one
+//! Periodic work (rollups, partitions, retention, session cleanup, forecasts, anomaly
+//! scores) on exactly one
 //! server of a cluster: the one holding a Postgres advisory lock. If that server dies,
 //! its connection closes, the lock is released and another replica takes over within
 //! one tick.
@@ -23,6 +24,7 @@ const TICK: Duration = Duration::from_secs(5);
 const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 const FORECAST_EVERY: Duration = Duration::from_secs(3600);
+const ANOMALY_EVERY: Duration = Duration::from_secs(60);
 
 /// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
 /// other leader-only loops (alerting) whether this server holds the lock.
@@ -38,6 +40,8 @@ pub fn spawn(
         let mut last_rollup: Option<Instant> = None;
         let mut last_maintenance: Option<Instant> = None;
         let mut last_forecast: Option<Instant> = None;
+        let mut last_anomaly: Option<Instant> = None;
+        let mut anomaly = crate::analytics::anomaly::AnomalyJob::default();
         loop {
             if leader.is_none() {
                 leader = try_lead(&db_url).await;
@@ -73,6 +77,18 @@ pub fn spawn(
                         Err(e) => tracing::warn!("forecast job: {e:#}"),
                     }
                     last_forecast = Some(Instant::now());
+                }
+                // After the rollups of the same tick, so the minutes it scores are rolled up.
+                if cfg.anomaly.enabled && last_anomaly.is_none_or(|t| t.elapsed() >= ANOMALY_EVERY)
+                {
+                    match anomaly.run(&store, &cfg.anomaly, Utc::now()).await {
+                        Ok(r) if r.trained + r.skipped > 0 || r.anomalous_minutes > 0 => {
+                            tracing::info!(?r, "anomaly job")
+                        }
+                        Ok(r) => tracing::debug!(?r, "anomaly job"),
+                        Err(e) => tracing::warn!("anomaly job: {e:#}"),
+                    }
+                    last_anomaly = Some(Instant::now());
                 }
             }
             tokio::select! {
@@ -110,7 +126,12 @@ async fn maintenance(store: &Store, cfg: &Config) {
         tracing::warn!("partition job: {e:#}");
     }
     match store
-        .drop_expired_partitions(now, cfg.retention.raw_days, cfg.retention.rollup_1m_days)
+        .drop_expired_partitions(
+            now,
+            cfg.retention.raw_days,
+            cfg.retention.rollup_1m_days,
+            cfg.retention.anomaly_scores_days,
+        )
         .await
     {
         Ok(d) if !d.is_empty() => tracing::info!(dropped = ?d, "retention dropped partitions"),
