@@ -1015,6 +1015,19 @@ mod tests {
         assert_eq!(model.last_ts, Some(back.ts));
     }
 
+    #[test]
+    fn the_api_document_lists_every_feature() {
+        let doc: serde_json::Value = serde_json::from_str(crate::web::api::OPENAPI).unwrap();
+        let names: Vec<&str> = doc["components"]["schemas"]["AnomalyExplanation"]["properties"]
+            ["metric"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(names, FEATURES.iter().map(|f| f.name).collect::<Vec<_>>());
+    }
+
     fn gap_ts() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
