@@ -9,7 +9,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::rules::{Rule, RuleKind, RuleSet};
 use super::{fingerprint, Labels};
-use crate::analytics::anomaly::{feature_named, Explanation, Unit};
+use crate::analytics::anomaly::Explanation;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -374,40 +374,11 @@ pub fn anomaly_description(
     if let Some(h) = held {
         s.push_str(&format!(" for {} min", h.num_minutes()));
     }
-    let parts: Vec<String> = top
-        .iter()
-        .map(|e| {
-            let unit = feature_named(&e.metric).map(|f| f.unit);
-            let gpu = e.gpu.map(|g| format!(" on GPU {g}")).unwrap_or_default();
-            format!(
-                "{} {}{gpu} (typical {}, {:.0} % of the score)",
-                e.metric,
-                show(unit, e.value),
-                show(unit, e.typical),
-                e.share * 100.0
-            )
-        })
-        .collect();
-    if !parts.is_empty() {
+    if !top.is_empty() {
         s.push_str("; most unusual: ");
-        s.push_str(&parts.join(", "));
+        s.push_str(&crate::web::format::anomaly_explanation(top));
     }
     s
-}
-
-/// A feature value with its unit.
-fn show(unit: Option<Unit>, v: f64) -> String {
-    use crate::web::format;
-    match unit {
-        Some(Unit::Percent) => format::num(Some(v), 0, "%"),
-        Some(Unit::Load) => format::num(Some(v), 1, ""),
-        Some(Unit::Bytes) => format::bytes(Some(v)),
-        Some(Unit::BytesPerSec) => format::rate(Some(v)),
-        Some(Unit::Watts) => format::num(Some(v), 0, "W"),
-        Some(Unit::Celsius) => format::num(Some(v), 0, "°C"),
-        Some(Unit::Megahertz) => format::num(Some(v), 0, "MHz"),
-        None => format::num(Some(v), 2, ""),
-    }
 }
 
 /// Move alerts of `rule` through their states given this round's observations.

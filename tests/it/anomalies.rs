@@ -334,6 +334,30 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
     let note = body["models"][0]["note"].as_str().unwrap();
     assert!(note.contains("100 of the 1440 minutes"), "{note}");
 
+    // The host page lists the anomalous minutes with what drove them, and the model.
+    let (code, html) = app.page(&cookie, "/hosts/gpu-a?range=6h").await;
+    assert_eq!(code, 200);
+    let section = &html[html.find("<h2>Anomalies</h2>").expect("anomaly section")..];
+    let section = &section[..section.find("<h2>Hardware events</h2>").unwrap()];
+    assert!(
+        section.contains("trained") && section.contains("10080 minutes of 16 metrics"),
+        "{section}"
+    );
+    assert_eq!(
+        section.matches("<tr><td><time").count(),
+        30,
+        "capped at 30 rows"
+    );
+    assert!(
+        section.contains("gpu_temp_max_celsius") && section.contains("on GPU 2"),
+        "{section}"
+    );
+    let (_, html) = app.page(&cookie, "/hosts/gpu-new").await;
+    assert!(
+        html.contains("No anomaly model yet: 100 of the 1440 minutes"),
+        "{html}"
+    );
+
     // Bad parameters: 400 with the parameter named; unknown host 404; no login 401.
     let reversed = format!("?from={}&to={}", rfc(t.at(10)), rfc(t.e));
     let too_long = format!("?from={}&to={}", rfc(t.e - Duration::days(40)), rfc(t.e));
