@@ -509,8 +509,9 @@ impl AnomalyJob {
                 _ => true,
             })
             .collect();
-        // Hosts without any model first, then the oldest models.
-        due.sort_by_key(|h| (h.status.as_deref() == Some("trained"), h.trained_at));
+        // Hosts never tried first, then the oldest attempts: hosts still short of history
+        // cannot starve the retraining of the others.
+        due.sort_by_key(|h| h.trained_at);
         due.truncate(cfg.max_trains_per_run as usize);
         for h in due {
             if self.train_host(store, cfg, h, end, now).await? {
