@@ -51,6 +51,7 @@ pub struct Config {
     pub simulator: SimulatorConfig,
     pub alerting: AlertingConfig,
     pub energy: EnergyConfig,
+    pub anomaly: AnomalyConfig,
 }
 
 impl Default for Config {
@@ -65,6 +66,7 @@ impl Default for Config {
             simulator: SimulatorConfig::default(),
             alerting: AlertingConfig::default(),
             energy: EnergyConfig::default(),
+            anomaly: AnomalyConfig::default(),
         }
     }
 }
@@ -138,6 +140,8 @@ pub struct RetentionConfig {
     pub partitions_ahead_days: u32,
     /// Days of hourly energy accounting kept (what weekly energy reports read).
     pub energy_hourly_days: u32,
+    /// Days of per-minute anomaly scores kept.
+    pub anomaly_scores_days: u32,
 }
 
 impl Default for RetentionConfig {
@@ -147,6 +151,7 @@ impl Default for RetentionConfig {
             rollup_1m_days: 90,
             partitions_ahead_days: 3,
             energy_hourly_days: 800,
+            anomaly_scores_days: 30,
         }
     }
 }
@@ -340,6 +345,41 @@ impl Default for EnergyConfig {
             default_host_model: HostPowerModel::default(),
             host_models: BTreeMap::new(),
             report: ReportMailConfig::default(),
+        }
+    }
+}
+
+/// The anomaly job: per-host models trained on 1-minute rollups, scoring every minute.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// Run the job (on the job leader).
+    pub enabled: bool,
+    /// Days of 1-minute rollups a host's model is trained on.
+    pub train_days: u32,
+    /// Hours after which a host's model is retrained.
+    pub retrain_hours: u32,
+    /// Hosts with fewer minutes of rollups in the training window get no model (yet).
+    pub min_train_minutes: u32,
+    /// Most models trained in one run (once a minute); the rest wait for the next runs,
+    /// so a first start on a large fleet does not stall the other jobs.
+    pub max_trains_per_run: u32,
+    /// Contributing metrics stored with every score.
+    pub top_k: u32,
+    /// Target exceedance probability of the models' peaks-over-threshold alert level.
+    pub pot_risk: f64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            enabled: true,
+            train_days: 7,
+            retrain_hours: 24,
+            min_train_minutes: 1440,
+            max_trains_per_run: 50,
+            top_k: 3,
+            pot_risk: 0.05,
         }
     }
 }
@@ -643,6 +683,38 @@ impl Config {
         if self.alerting.eval_interval_secs == 0 {
             return Err("alerting.eval_interval_secs must be at least 1".into());
         }
+        let a = &self.anomaly;
+        if a.train_days == 0 || a.train_days > self.retention.rollup_1m_days {
+            return Err(format!(
+                "anomaly.train_days = {} must be between 1 and retention.rollup_1m_days ({})",
+                a.train_days, self.retention.rollup_1m_days
+            ));
+        }
+        if a.retrain_hours == 0 {
+            return Err("anomaly.retrain_hours must be at least 1".into());
+        }
+        if a.min_train_minutes < 60 || a.min_train_minutes > a.train_days * 1440 {
+            return Err(format!(
+                "anomaly.min_train_minutes = {} must be between 60 and train_days × 1440 ({})",
+                a.min_train_minutes,
+                a.train_days * 1440
+            ));
+        }
+        if a.max_trains_per_run == 0 {
+            return Err("anomaly.max_trains_per_run must be at least 1".into());
+        }
+        if a.top_k == 0 || a.top_k > 16 {
+            return Err("anomaly.top_k must be between 1 and 16".into());
+        }
+        if !(a.pot_risk > 0.0 && a.pot_risk < 0.5) {
+            return Err(format!(
+                "anomaly.pot_risk = {} must be above 0 and below 0.5",
+                a.pot_risk
+            ));
+        }
+        if self.retention.anomaly_scores_days == 0 {
+            return Err("retention.anomaly_scores_days must be at least 1".into());
+        }
         if self.simulator.gpus_per_host > 64 {
             return Err("simulator.gpus_per_host must be at most 64".into());
         }
@@ -762,6 +834,17 @@ mod tests {
         assert_eq!(cfg.energy.default_host_model, d.energy.default_host_model);
         assert_eq!(cfg.energy.time_zone, d.energy.time_zone);
         assert_eq!(cfg.energy.report.send_hour, d.energy.report.send_hour);
+        assert_eq!(
+            cfg.retention.energy_hourly_days,
+            d.retention.energy_hourly_days
+        );
+        assert_eq!(cfg.anomaly.train_days, d.anomaly.train_days);
+        assert_eq!(cfg.anomaly.min_train_minutes, d.anomaly.min_train_minutes);
+        assert_eq!(cfg.anomaly.pot_risk, d.anomaly.pot_risk);
+        assert_eq!(
+            cfg.retention.anomaly_scores_days,
+            d.retention.anomaly_scores_days
+        );
     }
 
     #[test]
@@ -785,5 +868,18 @@ mod tests {
                 .contains("host_models.x")
         );
         assert!(bad("[energy.report]\nrecipients = [\"not an address\"]\n").contains("recipients"));
+    }
+
+    #[test]
+    fn anomaly_settings_are_checked() {
+        let env = vec![(
+            "RACKWATCH_ANOMALY__MIN_TRAIN_MINUTES".to_string(),
+            "20000".to_string(),
+        )];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(err.contains("anomaly.min_train_minutes"), "{err}");
+        let env = vec![("RACKWATCH_ANOMALY__POT_RISK".to_string(), "0.9".to_string())];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(err.contains("anomaly.pot_risk"), "{err}");
     }
 }

@@ -1,4 +1,5 @@
-//! Periodic work (rollups, partitions, retention, session cleanup) on exactly one
+//! Periodic work (rollups, partitions, retention, session cleanup, forecasts, anomaly
+//! scores) on exactly one
 //! server of a cluster: the one holding a Postgres advisory lock. If that server dies,
 //! its connection closes, the lock is released and another replica takes over within
 //! one tick.
@@ -26,6 +27,7 @@ const FORECAST_EVERY: Duration = Duration::from_secs(3600);
 /// Energy accounting redoes the last hour each run, so running more often than hourly
 /// keeps the energy page fresh; it also checks whether the weekly report mail is due.
 const ENERGY_EVERY: Duration = Duration::from_secs(900);
+const ANOMALY_EVERY: Duration = Duration::from_secs(60);
 
 /// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
 /// other leader-only loops (alerting) whether this server holds the lock.
@@ -42,6 +44,8 @@ pub fn spawn(
         let mut last_maintenance: Option<Instant> = None;
         let mut last_forecast: Option<Instant> = None;
         let mut last_energy: Option<Instant> = None;
+        let mut last_anomaly: Option<Instant> = None;
+        let mut anomaly = crate::analytics::anomaly::AnomalyJob::default();
         loop {
             if leader.is_none() {
                 leader = try_lead(&db_url).await;
@@ -81,6 +85,18 @@ pub fn spawn(
                 if last_energy.is_none_or(|t| t.elapsed() >= ENERGY_EVERY) {
                     energy(&store, &cfg).await;
                     last_energy = Some(Instant::now());
+                }
+                // After the rollups of the same tick, so the minutes it scores are rolled up.
+                if cfg.anomaly.enabled && last_anomaly.is_none_or(|t| t.elapsed() >= ANOMALY_EVERY)
+                {
+                    match anomaly.run(&store, &cfg.anomaly, Utc::now()).await {
+                        Ok(r) if r.trained + r.skipped > 0 || r.anomalous_minutes > 0 => {
+                            tracing::info!(?r, "anomaly job")
+                        }
+                        Ok(r) => tracing::debug!(?r, "anomaly job"),
+                        Err(e) => tracing::warn!("anomaly job: {e:#}"),
+                    }
+                    last_anomaly = Some(Instant::now());
                 }
             }
             tokio::select! {
@@ -128,7 +144,12 @@ async fn maintenance(store: &Store, cfg: &Config) {
         tracing::warn!("partition job: {e:#}");
     }
     match store
-        .drop_expired_partitions(now, cfg.retention.raw_days, cfg.retention.rollup_1m_days)
+        .drop_expired_partitions(
+            now,
+            cfg.retention.raw_days,
+            cfg.retention.rollup_1m_days,
+            cfg.retention.anomaly_scores_days,
+        )
         .await
     {
         Ok(d) if !d.is_empty() => tracing::info!(dropped = ?d, "retention dropped partitions"),

@@ -9,6 +9,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::rules::{Rule, RuleKind, RuleSet};
 use super::{fingerprint, Labels};
+use crate::analytics::anomaly::Explanation;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -28,6 +29,9 @@ struct Observation {
     at: DateTime<Utc>,
     occurrences: i32,
     description: String,
+    /// For rules that judge `for` on stored data (anomaly): since when the condition has
+    /// held and for how long, in data time. None: `for` counts evaluation rounds.
+    held: Option<(DateTime<Utc>, Duration)>,
 }
 
 /// The snapshot of an alert that travels in a notification.
@@ -77,6 +81,10 @@ pub async fn evaluate(
         }
         for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Absent) {
             let obs = absent_observations(store, rule, now).await?;
+            apply(store, rules, rule, obs, now).await?;
+        }
+        for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Anomaly) {
+            let obs = anomaly_observations(store, rule, now).await?;
             apply(store, rules, rule, obs, now).await?;
         }
         for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Hardware) {
@@ -170,6 +178,7 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
                         at: *ts,
                         occurrences: *count,
                         description: event_description(kind, *code, message),
+                        held: None,
                     });
                 }
             }
@@ -237,6 +246,7 @@ async fn threshold_observations(
                 at: ts,
                 occurrences: 1,
                 description: format!("{} = {v:.1} ({} {threshold})", rule.metric, rule.op),
+                held: None,
             })
         })
         .collect())
@@ -270,9 +280,105 @@ async fn absent_observations(
                     last.format("%Y-%m-%d %H:%M:%S UTC"),
                     silent.num_seconds()
                 ),
+                held: None,
             })
         })
         .collect())
+}
+
+/// A host whose newest score is older than this is not judged (its scoring stopped, e.g.
+/// no data): its anomaly alert stays as it is, like a threshold alert without samples.
+const ANOMALY_STALE: Duration = Duration::minutes(10);
+/// Missing minutes up to this long do not break a run of high scores (a late batch).
+const ANOMALY_MAX_GAP: Duration = Duration::minutes(3);
+
+#[derive(sqlx::FromRow)]
+struct ScoreRow {
+    host_id: i64,
+    ts: DateTime<Utc>,
+    score: f32,
+    threshold: f32,
+    top: sqlx::types::Json<Vec<Explanation>>,
+}
+
+/// Per host: is the newest anomaly score above the level (the rule's `min_score`, else the
+/// level stored with each score), since which minute has every score been above it, and
+/// what drove the newest one.
+async fn anomaly_observations(
+    store: &Store,
+    rule: &Rule,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Observation>> {
+    let for_ = Duration::seconds(rule.for_secs as i64);
+    let ratio = rule
+        .resolve_ratio
+        .unwrap_or(super::rules::DEFAULT_RESOLVE_RATIO);
+    // Newest first per host; `ts <= now` so a past instant can be evaluated.
+    let rows: Vec<ScoreRow> = sqlx::query_as(
+        "SELECT host_id, ts, score, threshold, top FROM anomaly_scores
+              WHERE ts > $1 AND ts <= $2 ORDER BY host_id, ts DESC",
+    )
+    .bind(now - for_ - ANOMALY_STALE)
+    .bind(now)
+    .fetch_all(&store.pool)
+    .await?;
+    let labels = host_labels(store).await?;
+    let level = |threshold: f32| rule.min_score.unwrap_or(f64::from(threshold));
+    let mut out = Vec::new();
+    for host_rows in rows.chunk_by(|a, b| a.host_id == b.host_id) {
+        let newest = &host_rows[0];
+        let Some(l) = labels.get(&newest.host_id) else {
+            continue;
+        };
+        if newest.ts < now - ANOMALY_STALE || !rule.selects(l) {
+            continue;
+        }
+        let (score, lvl) = (f64::from(newest.score), level(newest.threshold));
+        let active = score > lvl;
+        // The run of minutes above the level that ends with the newest one.
+        let mut since = newest.ts;
+        for w in host_rows.windows(2) {
+            let (newer, older) = (&w[0], &w[1]);
+            if f64::from(older.score) <= level(older.threshold)
+                || newer.ts - older.ts > ANOMALY_MAX_GAP
+            {
+                break;
+            }
+            since = older.ts;
+        }
+        // A score stands for its whole minute.
+        let held = active.then(|| (since, newest.ts - since + Duration::minutes(1)));
+        out.push(Observation {
+            labels: l.clone(),
+            value: Some(score),
+            active,
+            clear: score < ratio * lvl,
+            at: newest.ts,
+            occurrences: 1,
+            description: anomaly_description(score, lvl, held.map(|h| h.1), &newest.top),
+            held,
+        });
+    }
+    Ok(out)
+}
+
+/// "anomaly score 14.2 (level 2.1) for 12 min; most unusual: gpu_temp_max_celsius 91 °C
+/// on GPU 3 (typical 66 °C, 48 % of the score), …"
+pub fn anomaly_description(
+    score: f64,
+    level: f64,
+    held: Option<Duration>,
+    top: &[Explanation],
+) -> String {
+    let mut s = format!("anomaly score {score:.1} (level {level:.1})");
+    if let Some(h) = held {
+        s.push_str(&format!(" for {} min", h.num_minutes()));
+    }
+    if !top.is_empty() {
+        s.push_str("; most unusual: ");
+        s.push_str(&crate::web::format::anomaly_explanation(top));
+    }
+    s
 }
 
 /// Move alerts of `rule` through their states given this round's observations.
@@ -318,8 +424,14 @@ async fn apply(
             }
             ("firing", false) => {} // between the thresholds: hysteresis keeps it firing
             ("pending", true) => {
-                let since = cur.expect("pending row").started_at;
-                if now - since >= for_ {
+                let (since, held) = match o.held {
+                    Some(h) => h,
+                    None => {
+                        let since = cur.expect("pending row").started_at;
+                        (since, now - since)
+                    }
+                };
+                if held >= for_ {
                     fire(&mut tx, rules, rule, &fp, &o, since, now, cur).await?;
                 }
             }
@@ -330,11 +442,16 @@ async fn apply(
                     .await?;
             }
             (_, true) => {
-                if for_ > Duration::zero() {
+                // Rules judged on stored data know how long the condition has held already.
+                let (since, held) = o.held.unwrap_or((o.at.min(now), Duration::zero()));
+                if held >= for_ {
+                    fire(&mut tx, rules, rule, &fp, &o, since, now, cur).await?;
+                } else {
+                    let started = if o.held.is_some() { since } else { now };
                     sqlx::query(
                         "INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description, started_at, last_active_at)
-                         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $8)
-                         ON CONFLICT (fingerprint) DO UPDATE SET state = 'pending', started_at = $8, last_active_at = $8,
+                         VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9)
+                         ON CONFLICT (fingerprint) DO UPDATE SET state = 'pending', started_at = $8, last_active_at = $9,
                             value = $5, description = $7, resolved_at = NULL, updated_at = now()",
                     )
                     .bind(&fp)
@@ -344,11 +461,10 @@ async fn apply(
                     .bind(o.value)
                     .bind(summary(rule))
                     .bind(&o.description)
+                    .bind(started)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                } else {
-                    fire(&mut tx, rules, rule, &fp, &o, o.at.min(now), now, cur).await?;
                 }
             }
             (_, false) => {}

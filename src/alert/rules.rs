@@ -50,9 +50,16 @@ pub struct Rule {
     /// threshold: the value that ends the alert (hysteresis); default `value`.
     #[serde(default)]
     pub resolve_value: Option<f64>,
-    /// threshold: seconds the condition must hold before firing.
+    /// threshold, anomaly: seconds the condition must hold before firing.
     #[serde(default)]
     pub for_secs: u64,
+    /// anomaly: fire above this score instead of each host model's own alert level.
+    #[serde(default)]
+    pub min_score: Option<f64>,
+    /// anomaly: the alert resolves when the score falls below this share of the level it
+    /// fired above (hysteresis); default [`DEFAULT_RESOLVE_RATIO`].
+    #[serde(default)]
+    pub resolve_ratio: Option<f64>,
     /// hardware: event kinds (xid, ecc_dbe, row_remap_failure, thermal_throttle,
     /// power_brake, gpu_lost…). Empty: all kinds.
     #[serde(default)]
@@ -71,6 +78,9 @@ pub struct Rule {
     pub summary: String,
 }
 
+/// anomaly: share of the firing level below which an anomaly alert resolves.
+pub const DEFAULT_RESOLVE_RATIO: f64 = 0.75;
+
 fn default_quiet() -> u64 {
     900
 }
@@ -84,6 +94,7 @@ pub enum RuleKind {
     Threshold,
     Hardware,
     Absent,
+    Anomaly,
 }
 
 /// Sample fields a threshold rule may watch.
@@ -208,6 +219,50 @@ impl RuleSet {
                         return Err(at("after_secs", "must be at least 5".into()));
                     }
                 }
+                RuleKind::Anomaly => {
+                    if r.for_secs < 60 {
+                        return Err(at(
+                            "for_secs",
+                            format!(
+                                "{} s: an anomaly rule needs at least 60 (scores are per minute); \
+                                 600 rides out a single-minute glitch",
+                                r.for_secs
+                            ),
+                        ));
+                    }
+                    if let Some(v) = r.min_score {
+                        if !(v.is_finite() && v > 0.0) {
+                            return Err(at("min_score", format!("{v} must be a positive number")));
+                        }
+                    }
+                    if let Some(v) = r.resolve_ratio {
+                        if !(v > 0.0 && v <= 1.0) {
+                            return Err(at(
+                                "resolve_ratio",
+                                format!("{v} must be above 0 and at most 1 (hysteresis)"),
+                            ));
+                        }
+                    }
+                    if r.matchers.contains_key("gpu") {
+                        return Err(at(
+                            "match",
+                            "anomaly alerts are per host; `gpu` cannot be matched".into(),
+                        ));
+                    }
+                    for (field, set) in [
+                        ("metric", !r.metric.is_empty()),
+                        ("op", !r.op.is_empty()),
+                        ("value", r.value.is_some()),
+                        ("resolve_value", r.resolve_value.is_some()),
+                    ] {
+                        if set {
+                            return Err(at(
+                                field,
+                                "not used by anomaly rules (use min_score / resolve_ratio)".into(),
+                            ));
+                        }
+                    }
+                }
             }
         }
         for (i, route) in set.routes.iter().enumerate() {
@@ -254,6 +309,56 @@ mod tests {
         assert!(set.rules.iter().any(|r| r.kind == RuleKind::Hardware));
         assert!(set.rules.iter().any(|r| r.kind == RuleKind::Threshold));
         assert!(set.rules.iter().any(|r| r.kind == RuleKind::Absent));
+        assert!(set.rules.iter().any(|r| r.kind == RuleKind::Anomaly));
+    }
+
+    fn anomaly_rule(extra: &str) -> Result<RuleSet, String> {
+        RuleSet::parse(&format!(
+            "[[rule]]\nname = \"odd\"\nkind = \"anomaly\"\nseverity = \"warning\"\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn anomaly_rules_parse_with_their_options() {
+        let set = anomaly_rule(
+            "for_secs = 900\nmin_score = 4.5\nresolve_ratio = 0.5\nmatch = { pool = \"train-a\" }\n",
+        )
+        .unwrap();
+        let r = &set.rules[0];
+        assert_eq!(r.kind, RuleKind::Anomaly);
+        assert_eq!(r.for_secs, 900);
+        assert_eq!(r.min_score, Some(4.5));
+        assert_eq!(r.resolve_ratio, Some(0.5));
+        assert_eq!(r.matchers["pool"], "train-a");
+        // The model's own level and the default hysteresis when not given.
+        let r = &anomaly_rule("for_secs = 600\n").unwrap().rules[0];
+        assert_eq!((r.min_score, r.resolve_ratio), (None, None));
+    }
+
+    #[test]
+    fn anomaly_rule_errors_name_rule_and_field() {
+        for (extra, field) in [
+            ("", "`for_secs`"),
+            ("for_secs = 30\n", "`for_secs`"),
+            ("for_secs = 600\nmin_score = -1\n", "`min_score`"),
+            ("for_secs = 600\nmin_score = nan\n", "`min_score`"),
+            ("for_secs = 600\nresolve_ratio = 1.5\n", "`resolve_ratio`"),
+            ("for_secs = 600\nresolve_ratio = 0\n", "`resolve_ratio`"),
+            ("for_secs = 600\nmatch = { gpu = \"3\" }\n", "`match`"),
+            ("for_secs = 600\nvalue = 3\n", "`value`"),
+            (
+                "for_secs = 600\nmetric = \"gpu.temp_celsius\"\n",
+                "`metric`",
+            ),
+        ] {
+            let e = anomaly_rule(extra).unwrap_err();
+            assert!(
+                e.contains("rule \"odd\"") && e.contains(field),
+                "{extra:?}: {e}"
+            );
+        }
+        let e = anomaly_rule("for_secs = 600\nmin_scor = 3\n").unwrap_err();
+        assert!(e.contains("min_scor"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The analytics layer: jobs that turn rollups into forecasts (and, later, anomaly
-//! scores and capacity recommendations). The models live in workspace crates.
+//! The analytics layer: jobs that turn rollups into forecasts, anomaly scores and energy
+//! accounting (and, later, capacity recommendations). The models live in workspace crates.
 
+pub mod anomaly;
 pub mod energy;
 pub mod forecast;

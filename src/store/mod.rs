@@ -192,12 +192,15 @@ impl Store {
         Ok(())
     }
 
-    /// Drop daily partitions past retention. Returns the dropped partition names.
+    /// Drop daily partitions past retention: raw samples after `raw_days`, 1-minute
+    /// rollups after `rollup_days`, anomaly scores after `score_days`. Returns the dropped
+    /// partition names.
     pub async fn drop_expired_partitions(
         &self,
         now: DateTime<Utc>,
         raw_days: u32,
         rollup_days: u32,
+        score_days: u32,
     ) -> anyhow::Result<Vec<String>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT p.relname::text, c.relname::text FROM pg_inherits i
@@ -214,7 +217,9 @@ impl Store {
         .await?;
         let mut dropped = Vec::new();
         for (parent, child) in rows {
-            let keep_days = if parent.ends_with("_1m") {
+            let keep_days = if parent == "anomaly_scores" {
+                score_days
+            } else if parent.ends_with("_1m") {
                 rollup_days
             } else {
                 raw_days
@@ -241,11 +246,12 @@ impl Store {
 }
 
 /// Tables partitioned by day.
-pub const PARTITIONED: [&str; 4] = [
+pub const PARTITIONED: [&str; 5] = [
     "host_samples",
     "gpu_samples",
     "host_samples_1m",
     "gpu_samples_1m",
+    "anomaly_scores",
 ];
 
 /// True when an error means "the database is not reachable right now" (answer 503

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::events::title;
 use super::range::TimeRange;
 use super::AppState;
+use crate::analytics::anomaly::{ModelInfo, ScoreFilter, StoredScore};
 use crate::store::queries::{EventRow, GpuLatest, HostLatest};
 use crate::store::series::{GpuPoint, HostPoint, InventoryRow, Source};
 
@@ -288,7 +289,14 @@ pub struct HostData {
     pub host_series: Vec<HostPoint>,
     pub gpu_series: Vec<GpuPoint>,
     pub events: Vec<ExplainedEvent>,
+    /// Anomalous minutes in the range, newest first (at most [`HOST_PAGE_ANOMALIES`]).
+    pub anomalies: Vec<StoredScore>,
+    /// The host's anomaly model, or why it has none (empty before the job saw the host).
+    pub anomaly_models: Vec<ModelInfo>,
 }
+
+/// Anomalous minutes listed on a host page; the API has them all.
+pub const HOST_PAGE_ANOMALIES: i64 = 30;
 
 async fn find_host(st: &AppState, name: &str) -> Result<HostLatest, ApiError> {
     st.store
@@ -330,6 +338,18 @@ pub async fn host(st: &AppState, name: &str, range: TimeRange) -> Result<HostDat
         .into_iter()
         .map(explained)
         .collect();
+    let anomalies = st
+        .store
+        .anomaly_scores(&ScoreFilter {
+            host: Some(name),
+            from: range.from,
+            to: range.to,
+            min_score: None,
+            anomalous: Some(true),
+            limit: HOST_PAGE_ANOMALIES,
+        })
+        .await?;
+    let anomaly_models = st.store.anomaly_models(Some(name)).await?;
     Ok(HostData {
         host,
         range,
@@ -337,6 +357,8 @@ pub async fn host(st: &AppState, name: &str, range: TimeRange) -> Result<HostDat
         host_series,
         gpu_series,
         events,
+        anomalies,
+        anomaly_models,
     })
 }
 

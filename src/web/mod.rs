@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/silences/expire", post(alerts::expire))
         .route("/api/v1/alerts", get(alerts::api))
         .route("/api/v1/forecasts", get(api::forecasts))
+        .route("/api/v1/anomalies", get(api::anomalies))
         .route("/hosts/{name}/gpus/{index}", get(pages::gpu))
         .route("/racks/{site}/{rack}", get(pages::rack))
         .route("/inventory", get(pages::inventory))

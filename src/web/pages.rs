@@ -577,6 +577,36 @@ pub struct HostPage {
     pub charts: Vec<ChartView>,
     pub gpus: Vec<GpuRow>,
     pub events: Vec<EventView>,
+    /// The host's anomaly model in a sentence.
+    pub anomaly_note: String,
+    pub anomalies: Vec<AnomalyView>,
+    /// The API query with every anomalous minute of the range.
+    pub anomalies_link: String,
+    pub anomalies_max: i64,
+}
+
+/// An anomalous minute on the host page.
+pub struct AnomalyView {
+    pub ts: String,
+    pub score: String,
+    pub level: String,
+    pub detail: String,
+}
+
+/// The host's anomaly model, or why it has none, for people.
+fn anomaly_note(models: &[crate::analytics::anomaly::ModelInfo], now: DateTime<Utc>) -> String {
+    match models.first() {
+        None => "No anomaly model yet: the anomaly job has not looked at this host.".into(),
+        Some(m) if m.status == "trained" => format!(
+            "Scored every minute against a model of this host's normal behaviour, trained {} on \
+             {} minutes of {} metrics; alert level {:.2}.",
+            age(Some(m.trained_at), now),
+            m.train_minutes,
+            m.metrics.len(),
+            m.threshold.unwrap_or_default()
+        ),
+        Some(m) => format!("No anomaly model yet: {}.", m.note),
+    }
 }
 
 pub async fn host(
@@ -661,6 +691,24 @@ pub async fn host(
         charts,
         gpus,
         events: event_views(&d.events, &query),
+        anomaly_note: anomaly_note(&d.anomaly_models, now),
+        anomalies: d
+            .anomalies
+            .iter()
+            .map(|a| AnomalyView {
+                ts: a.ts.to_rfc3339(),
+                score: format!("{:.1}", a.score),
+                level: format!("{:.1}", a.threshold),
+                detail: crate::web::format::anomaly_explanation(&a.top),
+            })
+            .collect(),
+        anomalies_link: format!(
+            "/api/v1/anomalies?host={}&anomalous=true&from={}&to={}",
+            urlencode(&name),
+            urlencode(&r.from.to_rfc3339()),
+            urlencode(&r.to.to_rfc3339())
+        ),
+        anomalies_max: data::HOST_PAGE_ANOMALIES,
     };
     Ok(render(&page))
 }

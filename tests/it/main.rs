@@ -2,6 +2,7 @@
 
 mod agent;
 mod alerts;
+mod anomalies;
 mod browser;
 mod cli;
 mod dashboard;

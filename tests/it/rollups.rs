@@ -95,7 +95,7 @@ async fn partitions_are_made_ahead_and_dropped_past_retention() {
     app.store.ensure_partitions(later, 7, 3).await.unwrap();
     let dropped = app
         .store
-        .drop_expired_partitions(later, 7, 90)
+        .drop_expired_partitions(later, 7, 90, 30)
         .await
         .unwrap();
     let oldest_kept = (later - Duration::days(7)).date_naive();

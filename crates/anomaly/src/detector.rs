@@ -70,6 +70,9 @@ pub struct Contribution {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScoredRow {
     pub score: f32,
+    /// The alert level this row's score was held to: the peaks-over-threshold level, raised
+    /// by the drift guard when that is higher. `alert == (score > level)`.
+    pub level: f32,
     pub alert: bool,
     /// Top contributing metrics, largest first.
     pub top: Vec<Contribution>,
@@ -244,7 +247,7 @@ impl Detector {
             .collect();
         // Calibration scores on the training data, which also leaves the stream at its end.
         det.state.history = zpad[..lags * d].to_vec();
-        let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _| {})?;
+        let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _, _| {})?;
         det.threshold =
             PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
         Ok(det)
@@ -315,13 +318,14 @@ impl Detector {
         self.state.recent_count = 0;
     }
 
-    /// Core streaming pass over standardized rows; calls `visit(t, per-metric EMA, score)`.
+    /// Core streaming pass over standardized rows; calls
+    /// `visit(t, per-metric EMA, score, alert level, alert)`.
     fn score_standardized(
         &mut self,
         backend: &dyn Backend,
         zpad: &[f32],
         n: usize,
-        mut visit: impl FnMut(usize, &[f32], f32, bool),
+        mut visit: impl FnMut(usize, &[f32], f32, f32, bool),
     ) -> Result<Vec<f32>> {
         let d = self.dim;
         let lags = self.config.lags;
@@ -356,7 +360,7 @@ impl Detector {
                 }
             }
             let s = ema.iter().sum::<f32>() * inv_d;
-            let mut alert = s > thr;
+            let mut level = thr;
             if adapt {
                 let med = if state.recent_sorted.is_empty() {
                     0.0
@@ -368,10 +372,10 @@ impl Detector {
                         0.5 * (state.recent_sorted[n / 2 - 1] + state.recent_sorted[n / 2])
                     }
                 };
-                alert = alert && s > factor * med;
+                level = level.max(factor * med);
                 state.recent_count += 1;
                 if state.recent_count % ADAPT_STRIDE != 1 {
-                    visit(t, ema, s, alert);
+                    visit(t, ema, s, level, s > level);
                     scores.push(s);
                     continue;
                 }
@@ -389,7 +393,7 @@ impl Detector {
                 let i = sorted.partition_point(|&x| x < v);
                 sorted.insert(i, v);
             }
-            visit(t, ema, s, alert);
+            visit(t, ema, s, level, s > level);
             scores.push(s);
         }
         state.history = zpad[n * d..].to_vec();
@@ -415,7 +419,7 @@ impl Detector {
     pub fn score_with(&mut self, backend: &dyn Backend, rows: &Matrix) -> Result<Vec<f32>> {
         self.check(rows)?;
         let zpad = self.padded(rows);
-        self.score_standardized(backend, &zpad, rows.rows, |_, _, _, _| {})
+        self.score_standardized(backend, &zpad, rows.rows, |_, _, _, _, _| {})
     }
 
     /// Score new rows causally on `backend`, with the detector's own alert decisions.
@@ -428,7 +432,7 @@ impl Detector {
         let zpad = self.padded(rows);
         let mut alerts = Vec::with_capacity(rows.rows);
         let scores =
-            self.score_standardized(backend, &zpad, rows.rows, |_, _, _, a| alerts.push(a))?;
+            self.score_standardized(backend, &zpad, rows.rows, |_, _, _, _, a| alerts.push(a))?;
         Ok((scores, alerts))
     }
 
@@ -442,9 +446,10 @@ impl Detector {
         self.check(rows)?;
         let zpad = self.padded(rows);
         let mut out = Vec::with_capacity(rows.rows);
-        self.score_standardized(backend, &zpad, rows.rows, |_, ema, s, alert| {
+        self.score_standardized(backend, &zpad, rows.rows, |_, ema, s, level, alert| {
             out.push(ScoredRow {
                 score: s,
+                level,
                 alert,
                 top: top_contributions(ema, top_k),
             });

@@ -116,3 +116,27 @@ fn rejects_wrong_width() {
     let mut rng = Rng::new(1);
     assert!(det.score(&synthetic(10, D + 1, 0, &mut rng)).is_err());
 }
+
+#[test]
+fn level_is_the_alert_boundary_and_never_below_the_pot_threshold() {
+    let det = trained();
+    let mut rng = Rng::new(5);
+    let mut test = synthetic(1500, D, 3000, &mut rng);
+    for r in 700..760 {
+        test.row_mut(r)[4] += 0.4;
+    }
+    let rows = det
+        .clone()
+        .score_explained(&CpuBackend::default(), &test, 2)
+        .unwrap();
+    let pot = det.alert_threshold();
+    assert!(rows.iter().all(|r| r.level >= pot));
+    assert!(rows.iter().all(|r| r.alert == (r.score > r.level)));
+    // Same decisions as the plain alert API.
+    let (_, alerts) = det
+        .clone()
+        .score_alerts(&CpuBackend::default(), &test)
+        .unwrap();
+    assert_eq!(alerts, rows.iter().map(|r| r.alert).collect::<Vec<_>>());
+    assert!(rows[710..760].iter().filter(|r| r.alert).count() >= 40);
+}

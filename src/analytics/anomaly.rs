@@ -1,0 +1,1035 @@
+//! The anomaly job (issue 7): once a minute on the job leader, every host's new minutes of
+//! 1-minute rollups are scored against a model of that host's own normal behaviour
+//! (`rackwatch-anomaly`), and stored with the metrics that drove each score.
+//!
+//! * Features: a fixed list ([`FEATURES`]) of host metrics and per-host GPU aggregates,
+//!   built in SQL from `host_samples_1m` and `gpu_samples_1m`.
+//! * Training: per host, on the last `anomaly.train_days` of rollups (minutes the previous
+//!   model called anomalous are left out), again after `anomaly.retrain_hours`. A host with
+//!   fewer than `anomaly.min_train_minutes` minutes gets no model; it is retried hourly and
+//!   listed with the reason by `GET /api/v1/anomalies`.
+//! * Scoring: causal, from a per-host watermark (`anomaly_models.scored_until`). The
+//!   detector's streaming state is stored after every run, so scoring minute by minute
+//!   equals scoring in one pass.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use rackwatch_anomaly::detector::StreamState;
+use rackwatch_anomaly::{CpuBackend, Detector, DetectorConfig, Matrix};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+
+use crate::config::AnomalyConfig;
+use crate::store::Store;
+
+/// How a feature's value is shown to people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Percent,
+    Load,
+    Bytes,
+    BytesPerSec,
+    Watts,
+    Celsius,
+    Megahertz,
+}
+
+/// One input of the per-host models.
+#[derive(Debug)]
+pub struct Feature {
+    /// Name in explanations, alerts and the API; the unit is part of it.
+    pub name: &'static str,
+    pub unit: Unit,
+    /// The smallest change that matters, in the feature's unit (in ln units for `log`).
+    /// Features enter the detector in multiples of their step, and a metric that was flat
+    /// in training counts as varying by [`STD_FLOOR_STEPS`] steps, so that a one-step
+    /// change of a flat metric weighs like a one-sigma residual, not like a fault.
+    step: f64,
+    /// Heavy-tailed byte rates enter as ln(1 + x).
+    log: bool,
+    /// Aggregates taken at one GPU (max or min over the host's GPUs) remember which GPU:
+    /// the slot of its index in the query's `gpus` column.
+    gpu_slot: Option<usize>,
+}
+
+const fn feature(name: &'static str, unit: Unit, step: f64) -> Feature {
+    Feature {
+        name,
+        unit,
+        step,
+        log: false,
+        gpu_slot: None,
+    }
+}
+
+const fn log_rate(name: &'static str) -> Feature {
+    Feature {
+        name,
+        unit: Unit::BytesPerSec,
+        step: 0.1,
+        log: true,
+        gpu_slot: None,
+    }
+}
+
+const fn at_gpu(name: &'static str, unit: Unit, step: f64, slot: usize) -> Feature {
+    Feature {
+        name,
+        unit,
+        step,
+        log: false,
+        gpu_slot: Some(slot),
+    }
+}
+
+/// The fixed feature list, in the column order of [`FEATURE_SQL`]'s `vals`. GPU aggregates
+/// are over the GPUs that reported in that minute, each GPU's 1-minute mean first.
+pub const FEATURES: [Feature; 16] = [
+    feature("cpu_util_pct", Unit::Percent, 1.0),
+    feature("load1", Unit::Load, 0.1),
+    feature("mem_used_pct", Unit::Percent, 0.5),
+    log_rate("disk_read_bytes_per_s"),
+    log_rate("disk_write_bytes_per_s"),
+    log_rate("net_rx_bytes_per_s"),
+    log_rate("net_tx_bytes_per_s"),
+    feature("gpu_util_mean_pct", Unit::Percent, 1.0),
+    at_gpu("gpu_util_max_pct", Unit::Percent, 1.0, 0),
+    feature("gpu_mem_util_mean_pct", Unit::Percent, 1.0),
+    at_gpu("gpu_mem_used_max_bytes", Unit::Bytes, 268_435_456.0, 1),
+    feature("gpu_power_mean_watts", Unit::Watts, 5.0),
+    at_gpu("gpu_power_max_watts", Unit::Watts, 5.0, 2),
+    feature("gpu_temp_mean_celsius", Unit::Celsius, 1.0),
+    at_gpu("gpu_temp_max_celsius", Unit::Celsius, 1.0, 3),
+    at_gpu("gpu_sm_clock_min_mhz", Unit::Megahertz, 15.0, 4),
+];
+
+/// GPU index columns of [`FEATURE_SQL`] (util, memory used, power, temperature, clock).
+const GPU_SLOTS: usize = 5;
+
+/// Feature rows per host and minute: `$1` host ids, `[$2, $3)` buckets; `$4` leaves out
+/// minutes already scored anomalous (training). Column i of `vals` is `FEATURES[i]`.
+const FEATURE_SQL: &str = "
+WITH h AS (
+    SELECT host_id, bucket, cpu_util_pct::float8 AS cpu, load1::float8 AS load1,
+           mem_used_bytes::float8 / nullif(mem_total_bytes, 0)::float8 * 100 AS mem,
+           disk_read_bytes_per_s AS dr, disk_write_bytes_per_s AS dw,
+           net_rx_bytes_per_s AS nr, net_tx_bytes_per_s AS nt
+      FROM host_samples_1m
+     WHERE host_id = ANY($1) AND bucket >= $2 AND bucket < $3),
+g AS (
+    SELECT host_id, bucket,
+           avg(util_pct)::float8 AS util_mean, max(util_pct)::float8 AS util_max,
+           avg(mem_util_pct)::float8 AS mem_util_mean, max(mem_used_bytes)::float8 AS mem_used_max,
+           avg(power_watts)::float8 AS power_mean, max(power_watts)::float8 AS power_max,
+           avg(temp_celsius)::float8 AS temp_mean, max(temp_celsius)::float8 AS temp_max,
+           min(sm_clock_mhz)::float8 AS clock_min,
+           (array_agg(gpu_index ORDER BY util_pct DESC NULLS LAST))[1] AS util_gpu,
+           (array_agg(gpu_index ORDER BY mem_used_bytes DESC NULLS LAST))[1] AS mem_gpu,
+           (array_agg(gpu_index ORDER BY power_watts DESC NULLS LAST))[1] AS power_gpu,
+           (array_agg(gpu_index ORDER BY temp_celsius DESC NULLS LAST))[1] AS temp_gpu,
+           (array_agg(gpu_index ORDER BY sm_clock_mhz ASC NULLS LAST))[1] AS clock_gpu
+      FROM gpu_samples_1m
+     WHERE host_id = ANY($1) AND bucket >= $2 AND bucket < $3
+     GROUP BY host_id, bucket),
+r AS (
+    SELECT host_id, bucket,
+           ARRAY[cpu, load1, mem, dr, dw, nr, nt, util_mean, util_max, mem_util_mean, mem_used_max,
+                 power_mean, power_max, temp_mean, temp_max, clock_min] AS vals,
+           ARRAY[util_gpu, mem_gpu, power_gpu, temp_gpu, clock_gpu] AS gpus
+      FROM h FULL JOIN g USING (host_id, bucket))
+SELECT host_id, bucket, vals, gpus FROM r
+ WHERE NOT ($4 AND EXISTS (SELECT 1 FROM anomaly_scores s
+                            WHERE s.host_id = r.host_id AND s.ts = r.bucket AND s.is_anomalous))
+ ORDER BY host_id, bucket";
+
+/// A flat training metric counts as varying by this many steps (see [`Feature::step`]):
+/// the detector floors a metric's residual scale at 0.2 of its standard deviation, so a
+/// floor of 5 steps makes a one-step residual of a flat metric score 1.
+pub const STD_FLOOR_STEPS: f32 = 5.0;
+/// Scaled residuals are clipped at 10 (energy 100) before squaring, not at the detector's
+/// benchmark default 100: a single minute far off (a reading glitch) then lifts the
+/// smoothed score for a few minutes instead of a quarter of an hour, so an `anomaly`
+/// alert rule with `for_secs` ≥ 600 needs a sustained deviation, while one metric pinned
+/// at the clip still scores 100 / 16 ≈ 6, several times the usual alert level.
+pub const CLIP: f32 = 10.0;
+/// A feature enters a host's model when present in at least this share of its training
+/// minutes (hosts without GPUs get host metrics only).
+const MIN_COVERAGE: f64 = 0.5;
+/// Minutes younger than this are left for the next run: their rollups can still change
+/// (samples arrive up to a ship interval late; the rollup job runs once a minute).
+pub const SETTLE_MINUTES: i64 = 2;
+/// After a longer pause, older unscored minutes are skipped.
+const MAX_CATCHUP_MINUTES: i64 = 24 * 60;
+/// Most minutes scored per host in one run (catching up after a pause takes a few runs).
+const MAX_MINUTES_PER_RUN: i64 = 180;
+/// Hosts scored per query and transaction.
+const HOST_BATCH: usize = 500;
+/// After this long without data a host's stream restarts (see [`HostModel::score`]).
+pub const RESTART_GAP_MINUTES: i64 = 10;
+/// A host without a model is tried again after this long.
+const RETRY_MINUTES: i64 = 60;
+
+/// One minute of one host: raw feature values in [`FEATURES`] order and, for per-GPU
+/// aggregates, the GPU they were taken at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Minute {
+    pub ts: DateTime<Utc>,
+    pub values: Vec<Option<f64>>,
+    pub gpus: Vec<Option<i16>>,
+}
+
+impl Feature {
+    fn input_of(&self, v: f64) -> f32 {
+        let v = if self.log { v.max(0.0).ln_1p() } else { v };
+        (v / self.step) as f32
+    }
+
+    fn value_of(&self, x: f32) -> f64 {
+        let v = f64::from(x) * self.step;
+        if self.log {
+            v.exp_m1()
+        } else {
+            v
+        }
+    }
+}
+
+/// The feature called `name`.
+pub fn feature_named(name: &str) -> Option<&'static Feature> {
+    FEATURES.iter().find(|f| f.name == name)
+}
+
+/// One metric's part in a minute's score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// A [`FEATURES`] name.
+    pub metric: String,
+    /// Share of the score, 0–1.
+    pub share: f32,
+    /// The metric's value in that minute (the last value seen when it was missing).
+    pub value: f64,
+    /// Its mean over the training window.
+    pub typical: f64,
+    /// For max/min over GPUs: the GPU it was taken at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<i16>,
+}
+
+/// One scored minute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredMinute {
+    pub ts: DateTime<Utc>,
+    pub score: f32,
+    /// The level the score was held to; `anomalous == (score > threshold)`.
+    pub threshold: f32,
+    pub anomalous: bool,
+    pub top: Vec<Explanation>,
+}
+
+/// A host's model: the detector, the features it reads (indices into [`FEATURES`]), the
+/// last input of each (it fills a feature missing from a minute) and the last minute seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostModel {
+    pub detector: Detector,
+    pub features: Vec<usize>,
+    pub last: Vec<f32>,
+    pub last_ts: Option<DateTime<Utc>>,
+}
+
+/// What is stored in `anomaly_models.state` after every run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredState {
+    stream: StreamState,
+    last: Vec<f32>,
+    #[serde(default)]
+    last_ts: Option<DateTime<Utc>>,
+}
+
+/// Why a host got no model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Skip {
+    /// Fewer minutes with data than required.
+    TooFewMinutes { have: usize },
+    /// Training itself failed.
+    Failed(String),
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+impl HostModel {
+    /// Train on a host's minutes (oldest first). Needs `min_minutes` minutes with data.
+    pub fn train(minutes: &[Minute], min_minutes: usize, pot_risk: f64) -> Result<Self, Skip> {
+        let rows: Vec<&Minute> = minutes
+            .iter()
+            .filter(|m| m.values.iter().any(Option::is_some))
+            .collect();
+        if rows.len() < min_minutes.max(1) {
+            return Err(Skip::TooFewMinutes { have: rows.len() });
+        }
+        let features: Vec<usize> = (0..FEATURES.len())
+            .filter(|&j| {
+                let present = rows.iter().filter(|m| m.values[j].is_some()).count();
+                present as f64 >= MIN_COVERAGE * rows.len() as f64
+            })
+            .collect();
+        if features.is_empty() {
+            return Err(Skip::Failed(
+                "no metric is reported in half of the training minutes".into(),
+            ));
+        }
+        // Leading gaps take the first value seen.
+        let mut last: Vec<f32> = features
+            .iter()
+            .map(|&j| {
+                rows.iter()
+                    .find_map(|m| m.values[j])
+                    .map_or(0.0, |v| FEATURES[j].input_of(v))
+            })
+            .collect();
+        let (matrix, used) = inputs(&features, &mut last, &rows);
+        let last_ts = used.last().map(|m| m.ts);
+        let config = DetectorConfig {
+            std_floor: STD_FLOOR_STEPS,
+            clip: CLIP,
+            pot_risk,
+            ..DetectorConfig::default()
+        };
+        let detector = Detector::fit_with(&CpuBackend::single_threaded(), &matrix, config)
+            .map_err(|e| Skip::Failed(format!("{e:#}")))?;
+        Ok(HostModel {
+            detector,
+            features,
+            last,
+            last_ts,
+        })
+    }
+
+    /// Names of the model's features, in column order.
+    pub fn metric_names(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .map(|&j| FEATURES[j].name.to_string())
+            .collect()
+    }
+
+    /// Score minutes that follow the last one scored (oldest first), continuing the stream.
+    /// Minutes without any of the model's features are not scored. After more than
+    /// [`RESTART_GAP_MINUTES`] without data the stream restarts: the first minute back is
+    /// not predicted from the minutes before the gap (the smoothed score starts afresh;
+    /// the drift guard's memory of recent scores is kept).
+    pub fn score(&mut self, minutes: &[Minute], top_k: usize) -> anyhow::Result<Vec<ScoredMinute>> {
+        let refs: Vec<&Minute> = minutes
+            .iter()
+            .filter(|m| self.features.iter().any(|&j| m.values[j].is_some()))
+            .collect();
+        let mut out = Vec::with_capacity(refs.len());
+        let gap = Duration::minutes(RESTART_GAP_MINUTES);
+        for segment in refs.chunk_by(|a, b| b.ts - a.ts <= gap) {
+            if self.last_ts.is_some_and(|t| segment[0].ts - t > gap) {
+                self.detector.state.history.clear();
+                self.detector.state.started = false;
+            }
+            out.extend(self.score_run(segment, top_k)?);
+            self.last_ts = segment.last().map(|m| m.ts);
+        }
+        Ok(out)
+    }
+
+    /// Score consecutive minutes (no gap that restarts the stream).
+    fn score_run(&mut self, refs: &[&Minute], top_k: usize) -> anyhow::Result<Vec<ScoredMinute>> {
+        let (matrix, used) = inputs(&self.features, &mut self.last, refs);
+        if matrix.rows == 0 {
+            return Ok(Vec::new());
+        }
+        // Values as the detector saw them (gaps filled), to explain with.
+        let seen: Vec<f32> = matrix.data.clone();
+        let rows = self.detector.score_explained(
+            &CpuBackend::single_threaded(),
+            &matrix,
+            top_k.min(self.features.len()),
+        )?;
+        let d = self.features.len();
+        Ok(rows
+            .into_iter()
+            .zip(used)
+            .enumerate()
+            .map(|(i, (r, m))| ScoredMinute {
+                ts: m.ts,
+                score: r.score,
+                threshold: r.level,
+                anomalous: r.alert,
+                top: r
+                    .top
+                    .iter()
+                    .map(|c| {
+                        let f = &FEATURES[self.features[c.metric]];
+                        Explanation {
+                            metric: f.name.to_string(),
+                            share: (c.share * 1000.0).round() / 1000.0,
+                            value: round3(f.value_of(seen[i * d + c.metric])),
+                            typical: round3(f.value_of(self.detector.mean[c.metric])),
+                            gpu: f.gpu_slot.and_then(|s| m.gpus.get(s).copied().flatten()),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+
+    fn stored_state(&self) -> StoredState {
+        StoredState {
+            stream: self.detector.state.clone(),
+            last: self.last.clone(),
+            last_ts: self.last_ts,
+        }
+    }
+}
+
+/// Detector inputs of the minutes that have any of `features`, a missing value filled with
+/// the last one seen (kept in `last`); also which minutes those rows are.
+fn inputs<'a>(
+    features: &[usize],
+    last: &mut [f32],
+    minutes: &[&'a Minute],
+) -> (Matrix, Vec<&'a Minute>) {
+    let d = features.len();
+    let mut data = Vec::with_capacity(minutes.len() * d);
+    let mut used = Vec::with_capacity(minutes.len());
+    for m in minutes {
+        if !features.iter().any(|&j| m.values[j].is_some()) {
+            continue;
+        }
+        for (k, &j) in features.iter().enumerate() {
+            if let Some(v) = m.values[j] {
+                last[k] = FEATURES[j].input_of(v);
+            }
+            data.push(last[k]);
+        }
+        used.push(*m);
+    }
+    (Matrix::new(used.len(), d, data), used)
+}
+
+/// Feature rows of `hosts` for buckets in `[from, to)`, per host, oldest first.
+async fn feature_rows(
+    store: &Store,
+    hosts: &[i64],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    skip_anomalous: bool,
+) -> Result<HashMap<i64, Vec<Minute>>, sqlx::Error> {
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(i64, DateTime<Utc>, Vec<Option<f64>>, Vec<Option<i16>>)> =
+        sqlx::query_as(FEATURE_SQL)
+            .bind(hosts)
+            .bind(from)
+            .bind(to)
+            .bind(skip_anomalous)
+            .fetch_all(&store.pool)
+            .await?;
+    let mut out: HashMap<i64, Vec<Minute>> = HashMap::new();
+    for (host, ts, values, gpus) in rows {
+        debug_assert_eq!(values.len(), FEATURES.len());
+        debug_assert_eq!(gpus.len(), GPU_SLOTS);
+        // Non-finite values cannot pass ingest validation; be safe anyway.
+        let values = values
+            .into_iter()
+            .map(|v| v.filter(|x| x.is_finite()))
+            .collect();
+        out.entry(host)
+            .or_default()
+            .push(Minute { ts, values, gpus });
+    }
+    Ok(out)
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunSummary {
+    pub trained: usize,
+    /// Hosts left without a model this run (too little history, or training failed).
+    pub skipped: usize,
+    pub scored_minutes: usize,
+    pub anomalous_minutes: usize,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ModelMeta {
+    host_id: i64,
+    name: String,
+    status: Option<String>,
+    trained_at: Option<DateTime<Utc>>,
+    metrics: Option<Vec<String>>,
+    scored_until: Option<DateTime<Utc>>,
+}
+
+/// The job, with the trained detectors of the hosts it scores cached between runs (they
+/// only change when a host is retrained; the small streaming state is read every run, so
+/// another leader's progress is never lost).
+#[derive(Debug, Default)]
+pub struct AnomalyJob {
+    models: HashMap<i64, (DateTime<Utc>, Detector)>,
+}
+
+impl AnomalyJob {
+    /// Train what is due, then score every trained host's minutes up to `now` less
+    /// [`SETTLE_MINUTES`].
+    pub async fn run(
+        &mut self,
+        store: &Store,
+        cfg: &AnomalyConfig,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<RunSummary> {
+        let end = now.duration_trunc(Duration::minutes(1))? - Duration::minutes(SETTLE_MINUTES);
+        // As Postgres stores it, so the cache of trained detectors recognizes its own.
+        let now = now.duration_trunc(Duration::microseconds(1))?;
+        let hosts: Vec<ModelMeta> = sqlx::query_as(
+            "SELECT h.id AS host_id, h.name, m.status, m.trained_at, m.metrics, m.scored_until
+               FROM hosts h LEFT JOIN anomaly_models m ON m.host_id = h.id ORDER BY h.id",
+        )
+        .fetch_all(&store.pool)
+        .await?;
+        let mut summary = RunSummary::default();
+        let retrain = Duration::hours(i64::from(cfg.retrain_hours));
+        let mut due: Vec<&ModelMeta> = hosts
+            .iter()
+            .filter(|h| match (h.status.as_deref(), h.trained_at) {
+                (Some("trained"), Some(t)) => {
+                    now - t >= retrain
+                        || h.metrics
+                            .as_deref()
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|m| feature_named(m).is_none())
+                }
+                (Some(_), Some(t)) => now - t >= Duration::minutes(RETRY_MINUTES),
+                _ => true,
+            })
+            .collect();
+        // Hosts never tried first, then the oldest attempts: hosts still short of history
+        // cannot starve the retraining of the others.
+        due.sort_by_key(|h| h.trained_at);
+        due.truncate(cfg.max_trains_per_run as usize);
+        for h in due {
+            if self.train_host(store, cfg, h, end, now).await? {
+                summary.trained += 1;
+            } else {
+                summary.skipped += 1;
+            }
+        }
+        // Score every host with a model (re-read: training just changed some).
+        let scoring: Vec<(i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT host_id, trained_at, scored_until FROM anomaly_models
+              WHERE status = 'trained' AND scored_until < $1 ORDER BY host_id",
+        )
+        .bind(end)
+        .fetch_all(&store.pool)
+        .await?;
+        for batch in scoring.chunks(HOST_BATCH) {
+            let (n, a) = self.score_batch(store, cfg, batch, end).await?;
+            summary.scored_minutes += n;
+            summary.anomalous_minutes += a;
+        }
+        Ok(summary)
+    }
+
+    /// Train (or skip) one host and store the outcome. Returns whether it got a model.
+    async fn train_host(
+        &mut self,
+        store: &Store,
+        cfg: &AnomalyConfig,
+        h: &ModelMeta,
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
+        // A retrained model continues from the old one's watermark, so no minute is
+        // skipped or scored twice.
+        let to = h
+            .scored_until
+            .filter(|_| h.status.as_deref() == Some("trained"))
+            .map_or(end, |w| w.min(end));
+        let from = to - Duration::days(i64::from(cfg.train_days));
+        let mut rows = feature_rows(store, &[h.host_id], from, to, true).await?;
+        let minutes = rows.remove(&h.host_id).unwrap_or_default();
+        let (min_minutes, risk) = (cfg.min_train_minutes as usize, cfg.pot_risk);
+        let outcome =
+            tokio::task::spawn_blocking(move || HostModel::train(&minutes, min_minutes, risk))
+                .await?;
+        match outcome {
+            Ok(model) => {
+                let threshold = f64::from(model.detector.alert_threshold());
+                let train_rows = model.detector.train_rows;
+                let names = model.metric_names();
+                let note = format!("trained on {train_rows} minutes of {} metrics", names.len());
+                sqlx::query(
+                    "INSERT INTO anomaly_models (host_id, status, note, trained_at, train_from, train_to, train_minutes,
+                                                metrics, threshold, params, state, scored_until)
+                     VALUES ($1, 'trained', $2, $3, $4, $5, $6, $7, $8, $9, $10, $5)
+                     ON CONFLICT (host_id) DO UPDATE SET status = 'trained', note = $2, trained_at = $3,
+                        train_from = $4, train_to = $5, train_minutes = $6, metrics = $7, threshold = $8,
+                        params = $9, state = $10, scored_until = $5",
+                )
+                .bind(h.host_id)
+                .bind(&note)
+                .bind(now)
+                .bind(from)
+                .bind(to)
+                .bind(train_rows as i32)
+                .bind(&names)
+                .bind(threshold)
+                .bind(Json(&model.detector))
+                .bind(Json(model.stored_state()))
+                .execute(&store.pool)
+                .await?;
+                tracing::info!(
+                    host = %h.name,
+                    minutes = train_rows,
+                    metrics = names.len(),
+                    threshold,
+                    "anomaly model trained"
+                );
+                self.models.insert(h.host_id, (now, model.detector));
+                Ok(true)
+            }
+            Err(skip) => {
+                let (status, note) = match skip {
+                    Skip::TooFewMinutes { have } => (
+                        "insufficient_history",
+                        format!(
+                            "{have} of the {} minutes of 1-minute rollups needed in the last {} days; retried hourly",
+                            cfg.min_train_minutes, cfg.train_days
+                        ),
+                    ),
+                    Skip::Failed(e) => ("failed", format!("training failed: {e}")),
+                };
+                self.models.remove(&h.host_id);
+                if status == "failed" {
+                    tracing::warn!(host = %h.name, "anomaly model not trained: {note}");
+                } else {
+                    tracing::info!(host = %h.name, "anomaly model not trained: {note}");
+                }
+                sqlx::query(
+                    "INSERT INTO anomaly_models (host_id, status, note, trained_at, train_from, train_to)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (host_id) DO UPDATE SET status = $2, note = $3, trained_at = $4, train_from = $5,
+                        train_to = $6, train_minutes = 0, metrics = '{}', threshold = NULL, params = NULL,
+                        state = NULL, scored_until = NULL",
+                )
+                .bind(h.host_id)
+                .bind(status)
+                .bind(&note)
+                .bind(now)
+                .bind(from)
+                .bind(to)
+                .execute(&store.pool)
+                .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Score a batch of hosts `(id, trained_at, scored_until)` up to `end`; one query for
+    /// their rollups, one transaction for their scores and states.
+    async fn score_batch(
+        &mut self,
+        store: &Store,
+        cfg: &AnomalyConfig,
+        batch: &[(i64, DateTime<Utc>, DateTime<Utc>)],
+        end: DateTime<Utc>,
+    ) -> anyhow::Result<(usize, usize)> {
+        let ids: Vec<i64> = batch.iter().map(|b| b.0).collect();
+        let missing: Vec<i64> = batch
+            .iter()
+            .filter(|(id, t, _)| self.models.get(id).is_none_or(|(ct, _)| ct != t))
+            .map(|b| b.0)
+            .collect();
+        if !missing.is_empty() {
+            let params: Vec<(i64, DateTime<Utc>, Json<Detector>)> = sqlx::query_as(
+                "SELECT host_id, trained_at, params FROM anomaly_models WHERE host_id = ANY($1) AND params IS NOT NULL",
+            )
+            .bind(&missing)
+            .fetch_all(&store.pool)
+            .await?;
+            for (id, t, det) in params {
+                self.models.insert(id, (t, det.0));
+            }
+        }
+        let states: Vec<(i64, Vec<String>, Json<StoredState>)> = sqlx::query_as(
+            "SELECT host_id, metrics, state FROM anomaly_models WHERE host_id = ANY($1) AND state IS NOT NULL",
+        )
+        .bind(&ids)
+        .fetch_all(&store.pool)
+        .await?;
+        let states: HashMap<i64, (Vec<String>, StoredState)> = states
+            .into_iter()
+            .map(|(id, m, s)| (id, (m, s.0)))
+            .collect();
+        // Each host from its watermark, at most MAX_MINUTES_PER_RUN, nothing older than a day.
+        let window = |w: DateTime<Utc>| {
+            let from = w.max(end - Duration::minutes(MAX_CATCHUP_MINUTES));
+            (
+                from,
+                (from + Duration::minutes(MAX_MINUTES_PER_RUN)).min(end),
+            )
+        };
+        let first = batch.iter().map(|b| window(b.2).0).min().unwrap_or(end);
+        let last = batch.iter().map(|b| window(b.2).1).max().unwrap_or(end);
+        let mut rows = feature_rows(store, &ids, first, last, false).await?;
+        let mut work = Vec::with_capacity(batch.len());
+        for &(id, _, watermark) in batch {
+            let (Some((_, det)), Some((metrics, state))) = (self.models.get(&id), states.get(&id))
+            else {
+                continue;
+            };
+            let Some(features) = metrics
+                .iter()
+                .map(|m| FEATURES.iter().position(|f| f.name == m))
+                .collect::<Option<Vec<usize>>>()
+            else {
+                continue; // an old feature set: retrained on the next run
+            };
+            let mut detector = det.clone();
+            detector.state = state.stream.clone();
+            let model = HostModel {
+                detector,
+                features,
+                last: state.last.clone(),
+                last_ts: state.last_ts,
+            };
+            let (from, to) = window(watermark);
+            let minutes: Vec<Minute> = rows
+                .remove(&id)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.ts >= from && m.ts < to)
+                .collect();
+            work.push((id, model, minutes, to));
+        }
+        let top_k = cfg.top_k as usize;
+        let scored = tokio::task::spawn_blocking(move || {
+            work.into_iter()
+                .map(|(id, mut model, minutes, to)| {
+                    let scores = model.score(&minutes, top_k);
+                    (id, model, scores, to)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let mut s = ScoreColumns::default();
+        let (mut u_ids, mut u_states, mut u_until) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, model, scores, to) in scored {
+            match scores {
+                Ok(scores) => {
+                    for m in scores {
+                        s.push(id, m);
+                    }
+                    u_ids.push(id);
+                    u_states.push(Json(model.stored_state()));
+                    u_until.push(to);
+                }
+                // The watermark stays: the next run tries these minutes again.
+                Err(e) => tracing::warn!(host_id = id, "anomaly scoring failed: {e:#}"),
+            }
+        }
+        let counts = (s.hosts.len(), s.anomalous.iter().filter(|a| **a).count());
+        let mut tx = store.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO anomaly_scores (host_id, ts, score, threshold, is_anomalous, top)
+             SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::float4[], $4::float4[], $5::bool[], $6::jsonb[])
+             ON CONFLICT (host_id, ts) DO NOTHING",
+        )
+        .bind(&s.hosts)
+        .bind(&s.ts)
+        .bind(&s.score)
+        .bind(&s.threshold)
+        .bind(&s.anomalous)
+        .bind(&s.top)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE anomaly_models m SET state = u.state, scored_until = u.until
+               FROM UNNEST($1::int8[], $2::jsonb[], $3::timestamptz[]) AS u(host_id, state, until)
+              WHERE m.host_id = u.host_id",
+        )
+        .bind(&u_ids)
+        .bind(&u_states)
+        .bind(&u_until)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(counts)
+    }
+}
+
+/// Scores as columns, for one `UNNEST` insert.
+#[derive(Default)]
+struct ScoreColumns {
+    hosts: Vec<i64>,
+    ts: Vec<DateTime<Utc>>,
+    score: Vec<f32>,
+    threshold: Vec<f32>,
+    anomalous: Vec<bool>,
+    top: Vec<Json<Vec<Explanation>>>,
+}
+
+impl ScoreColumns {
+    fn push(&mut self, host: i64, m: ScoredMinute) {
+        self.hosts.push(host);
+        self.ts.push(m.ts);
+        // Non-finite scores cannot be stored as JSON numbers; the detector clips, so
+        // this only guards against a broken model.
+        self.score.push(if m.score.is_finite() {
+            m.score
+        } else {
+            f32::MAX
+        });
+        self.threshold.push(m.threshold);
+        self.anomalous.push(m.anomalous);
+        self.top.push(Json(m.top));
+    }
+}
+
+/// A stored score, as the API returns it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StoredScore {
+    pub host: String,
+    pub ts: DateTime<Utc>,
+    pub score: f32,
+    pub threshold: f32,
+    pub anomalous: bool,
+    pub top: Json<Vec<Explanation>>,
+}
+
+/// A host's model (or why it has none), as the API returns it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ModelInfo {
+    pub host: String,
+    pub status: String,
+    pub note: String,
+    pub trained_at: DateTime<Utc>,
+    pub train_from: DateTime<Utc>,
+    pub train_to: DateTime<Utc>,
+    pub train_minutes: i32,
+    pub metrics: Vec<String>,
+    pub threshold: Option<f64>,
+    pub scored_until: Option<DateTime<Utc>>,
+}
+
+/// Which scores [`Store::anomaly_scores`] returns.
+#[derive(Debug, Clone)]
+pub struct ScoreFilter<'a> {
+    pub host: Option<&'a str>,
+    /// Minutes in `[from, to)`.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub min_score: Option<f32>,
+    pub anomalous: Option<bool>,
+    pub limit: i64,
+}
+
+impl Store {
+    /// Stored scores, newest first (then by host name).
+    pub async fn anomaly_scores(
+        &self,
+        f: &ScoreFilter<'_>,
+    ) -> Result<Vec<StoredScore>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT h.name AS host, s.ts, s.score, s.threshold, s.is_anomalous AS anomalous, s.top
+               FROM anomaly_scores s JOIN hosts h ON h.id = s.host_id
+              WHERE s.ts >= $1 AND s.ts < $2 AND ($3::text IS NULL OR h.name = $3)
+                AND ($4::float4 IS NULL OR s.score >= $4) AND ($5::bool IS NULL OR s.is_anomalous = $5)
+              ORDER BY s.ts DESC, h.name
+              LIMIT $6",
+        )
+        .bind(f.from)
+        .bind(f.to)
+        .bind(f.host)
+        .bind(f.min_score)
+        .bind(f.anomalous)
+        .bind(f.limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Every host's model status (or one host's), by host name.
+    pub async fn anomaly_models(&self, host: Option<&str>) -> Result<Vec<ModelInfo>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT h.name AS host, m.status, m.note, m.trained_at, m.train_from, m.train_to, m.train_minutes,
+                    m.metrics, m.threshold, m.scored_until
+               FROM anomaly_models m JOIN hosts h ON h.id = m.host_id
+              WHERE $1::text IS NULL OR h.name = $1
+              ORDER BY h.name",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host with 4 GPUs on a daily cycle plus deterministic noise, one row per minute.
+    fn minute(i: i64, hot: f64) -> Minute {
+        let t = DateTime::from_timestamp(1_700_000_000 + i * 60, 0).unwrap();
+        let day = (i as f64 / 1440.0 * std::f64::consts::TAU).sin();
+        let n = |k: i64| ((i * 7919 + k * 104_729) % 1000) as f64 / 1000.0 - 0.5;
+        let util = 60.0 + 30.0 * day + 4.0 * n(1);
+        let mut values = vec![None; FEATURES.len()];
+        values[0] = Some(20.0 + 10.0 * day + 2.0 * n(2));
+        values[1] = Some(8.0 + 3.0 * day + 0.3 * n(3));
+        values[2] = Some(40.0 + 0.5 * n(4));
+        values[3] = Some(1e6 * (2.0 + n(5)));
+        values[7] = Some(util);
+        values[8] = Some(util + 5.0 + 2.0 * n(6));
+        values[11] = Some(100.0 + 5.0 * util + 10.0 * n(7));
+        values[12] = Some(110.0 + 5.0 * util + 12.0 * n(8) + 8.0 * hot);
+        values[13] = Some(35.0 + 0.4 * util + n(9));
+        values[14] = Some(38.0 + 0.4 * util + n(10) + hot);
+        Minute {
+            ts: t,
+            values,
+            gpus: vec![
+                Some(0),
+                None,
+                Some(if hot > 0.0 { 2 } else { 1 }),
+                Some(2),
+                None,
+            ],
+        }
+    }
+
+    #[test]
+    fn features_are_unique_and_gpu_slots_in_range() {
+        for (i, f) in FEATURES.iter().enumerate() {
+            assert_eq!(feature_named(f.name).map(|g| g.name), Some(f.name));
+            assert!(FEATURES[..i].iter().all(|g| g.name != f.name));
+            assert!(f.gpu_slot.is_none_or(|s| s < GPU_SLOTS));
+            let x = f.input_of(1234.5);
+            assert!((f.value_of(x) - 1234.5).abs() < 1e-3 * 1234.5, "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn too_little_history_is_refused_with_the_count() {
+        let m: Vec<Minute> = (0..100).map(|i| minute(i, 0.0)).collect();
+        assert_eq!(
+            HostModel::train(&m, 1440, 0.05).unwrap_err(),
+            Skip::TooFewMinutes { have: 100 }
+        );
+    }
+
+    #[test]
+    fn a_hot_gpu_is_explained_and_streaming_state_survives_storage() {
+        let train: Vec<Minute> = (0..4 * 1440).map(|i| minute(i, 0.0)).collect();
+        let model = HostModel::train(&train, 1440, 0.05).unwrap();
+        // Host metrics without data (net, disk write, GPU memory) are not in the model.
+        assert_eq!(model.features, vec![0, 1, 2, 3, 7, 8, 11, 12, 13, 14]);
+        let test: Vec<Minute> = (4 * 1440..4 * 1440 + 120)
+            .map(|i| {
+                minute(
+                    i,
+                    if (4 * 1440 + 60..4 * 1440 + 90).contains(&i) {
+                        20.0
+                    } else {
+                        0.0
+                    },
+                )
+            })
+            .collect();
+        let mut a = model.clone();
+        let whole = a.score(&test, 3).unwrap();
+        assert_eq!(whole.len(), 120);
+        assert!(whole[..60].iter().all(|s| !s.anomalous), "normal minutes");
+        let hot = &whole[65..90];
+        assert!(hot
+            .iter()
+            .all(|s| s.anomalous && s.score > 3.0 * s.threshold));
+        for s in hot {
+            assert_eq!(s.top[0].metric, "gpu_temp_max_celsius");
+            assert_eq!(s.top[0].gpu, Some(2));
+            assert!(s.top[0].value > s.top[0].typical + 15.0, "{:?}", s.top[0]);
+            assert!(s.top.iter().any(|e| e.metric == "gpu_power_max_watts"));
+        }
+        // Minute by minute through a JSON round trip of the stored state = one pass.
+        let mut b = model.clone();
+        let mut pieces = Vec::new();
+        for m in test.chunks(1) {
+            let state = serde_json::to_string(&b.stored_state()).unwrap();
+            let back: StoredState = serde_json::from_str(&state).unwrap();
+            b.detector.state = back.stream;
+            b.last = back.last;
+            b.last_ts = back.last_ts;
+            pieces.extend(b.score(m, 3).unwrap());
+        }
+        for (x, y) in whole.iter().zip(&pieces) {
+            assert!((x.score - y.score).abs() <= 1e-4 * x.score.max(1.0));
+            assert_eq!(x.anomalous, y.anomalous);
+        }
+    }
+
+    #[test]
+    fn a_missing_feature_carries_the_last_value() {
+        let train: Vec<Minute> = (0..1440).map(|i| minute(i, 0.0)).collect();
+        let mut model = HostModel::train(&train, 1440, 0.05).unwrap();
+        let mut gap = minute(1440, 0.0);
+        let before = minute(1439, 0.0).values[14].unwrap();
+        gap.values[14] = None;
+        let s = model.score(&[gap], 16).unwrap();
+        let temp = s[0]
+            .top
+            .iter()
+            .find(|e| e.metric == "gpu_temp_max_celsius")
+            .unwrap();
+        assert!((temp.value - before).abs() < 1e-3, "{temp:?} vs {before}");
+        // A minute with none of the model's features is not scored.
+        let empty = Minute {
+            ts: gap_ts(),
+            values: vec![None; FEATURES.len()],
+            gpus: vec![None; GPU_SLOTS],
+        };
+        assert!(model.score(&[empty], 3).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_stream_restarts_after_a_gap_in_the_data() {
+        let train: Vec<Minute> = (0..2 * 1440).map(|i| minute(i, 0.0)).collect();
+        let mut model = HostModel::train(&train, 1440, 0.05).unwrap();
+        model.score(&[minute(2 * 1440, 0.0)], 3).unwrap();
+        // Back after four hours, the daily cycle has moved on.
+        let back = minute(2 * 1440 + 240, 0.0);
+        let mut stale = model.clone();
+        stale.last_ts = None; // as if the minutes before the gap were just before
+        let fresh = model.score(std::slice::from_ref(&back), 3).unwrap();
+        let old = stale.score(std::slice::from_ref(&back), 3).unwrap();
+        assert!(!fresh[0].anomalous, "{fresh:?}");
+        assert!(
+            fresh[0].score < old[0].score / 3.0,
+            "{} vs {}",
+            fresh[0].score,
+            old[0].score
+        );
+        assert_eq!(model.last_ts, Some(back.ts));
+    }
+
+    #[test]
+    fn the_api_document_lists_every_feature() {
+        let doc: serde_json::Value = serde_json::from_str(crate::web::api::OPENAPI).unwrap();
+        let names: Vec<&str> = doc["components"]["schemas"]["AnomalyExplanation"]["properties"]
+            ["metric"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(names, FEATURES.iter().map(|f| f.name).collect::<Vec<_>>());
+    }
+
+    fn gap_ts() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+}

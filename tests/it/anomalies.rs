@@ -1,0 +1,499 @@
+//! The anomaly job on real rollups, `GET /api/v1/anomalies` and the `anomaly` alert rule:
+//! a week of normal history, a one-minute glitch, then a GPU whose temperature and power
+//! jump for half an hour.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use rackwatch::alert::rules::RuleSet;
+use rackwatch::analytics::anomaly::{AnomalyJob, RunSummary};
+use serde_json::{json, Value};
+
+use crate::support::{recent, subject, SmtpServer, TestApp};
+
+/// The timeline, in minutes after the end of training (`e`).
+const SPIKE_AT: i64 = 20;
+const FAULT: std::ops::Range<i64> = 45..75;
+/// Data ends this long after `e`.
+const AFTER: i64 = 150;
+/// The GPU that misbehaves.
+const BAD_GPU: i16 = 2;
+
+/// Normal host rollups for `$1` over `[$2, $3)`.
+const HOST_ROLLUPS: &str = "
+INSERT INTO host_samples_1m (host_id, bucket, samples, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes,
+    disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s)
+SELECT $1, b, 12, 30 + 15 * d + 3 * (random() + random() - 1), 6 + 2 * d + 0.4 * (random() - 0.5),
+       ((0.4 + 0.01 * (random() - 0.5)) * 549755813888)::bigint, 549755813888,
+       5e6 * exp(0.3 * (random() - 0.5)), 2e6 * exp(0.3 * (random() - 0.5)),
+       1e8 * (1 + 0.3 * d) * exp(0.2 * (random() - 0.5)), 4e7 * (1 + 0.3 * d) * exp(0.2 * (random() - 0.5))
+  FROM (SELECT b, sin(2 * pi() * extract(epoch FROM b - $2::timestamptz) / 86400) AS d
+          FROM generate_series($2::timestamptz, $3::timestamptz - interval '1 minute', interval '1 minute') b) t";
+
+/// Normal rollups of 4 GPUs whose power and temperature follow their utilization.
+const GPU_ROLLUPS: &str = "
+INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, util_pct_max, mem_util_pct, mem_used_bytes,
+    power_watts, power_watts_max, temp_celsius, temp_celsius_max, sm_clock_mhz)
+SELECT $1, g, b, 12, u, u, 0.6 * u, ((0.05 + 0.85 * u / 100) * 85899345920)::bigint,
+       100 + 5 * u + 15 * (random() + random() - 1), 100 + 5 * u,
+       35 + 0.4 * u + 1.5 * (random() + random() - 1), 35 + 0.4 * u, 1980
+  FROM (SELECT g, b, least(100, greatest(0, 60 + 30 * sin(2 * pi() * extract(epoch FROM b - $2::timestamptz) / 86400 + 0.3 * g)
+                                            + 8 * (random() + random() - 1))) AS u
+          FROM generate_series($2::timestamptz, $3::timestamptz - interval '1 minute', interval '1 minute') b,
+               generate_series(0, 3) g) t";
+
+struct Timeline {
+    /// End of the training window: minutes before it are normal history.
+    e: DateTime<Utc>,
+    host_id: i64,
+}
+
+impl Timeline {
+    fn at(&self, minute: i64) -> DateTime<Utc> {
+        self.e + Duration::minutes(minute)
+    }
+}
+
+/// Register `host` through ingest and give it `minutes` of normal 1-minute rollups (4 GPUs)
+/// up to the current minute; with `faults`, the glitch and the fault after `e`, which is
+/// `AFTER` minutes back.
+async fn seed(app: &TestApp, host: &str, minutes: i64, faults: bool) -> Timeline {
+    let token = app.token(host).await;
+    let body = json!({"host": {"name": host, "site": "fra1", "rack": "r12", "pool": "train-a"},
+                      "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 1.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1")
+        .bind(host)
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    let end = Utc::now().duration_trunc(Duration::minutes(1)).unwrap();
+    let e = end - Duration::minutes(AFTER);
+    let start = end - Duration::minutes(minutes);
+    app.store
+        .ensure_partitions(Utc::now(), (minutes / 1440 + 2) as u32, 3)
+        .await
+        .unwrap();
+    // One connection, so the seeded random() is reproducible.
+    let mut conn = app.store.pool.acquire().await.unwrap();
+    sqlx::query("SELECT setseed(0.42)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // A daily cycle plus noise (sums of uniforms); 1-minute means as the rollup job writes.
+    for sql in [HOST_ROLLUPS, GPU_ROLLUPS] {
+        sqlx::query(sql)
+            .bind(host_id)
+            .bind(start)
+            .bind(end)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let t = Timeline { e, host_id };
+    if faults {
+        // A one-minute glitch, then half an hour of a GPU running hot and drawing more.
+        for (from, to, temp, power) in [
+            (SPIKE_AT, SPIKE_AT + 1, 25.0, 250.0),
+            (FAULT.start, FAULT.end, 20.0, 200.0),
+        ] {
+            sqlx::query(
+                "UPDATE gpu_samples_1m SET temp_celsius = temp_celsius + $5, power_watts = least(700, power_watts + $6)
+                  WHERE host_id = $1 AND gpu_index = $2 AND bucket >= $3 AND bucket < $4",
+            )
+            .bind(host_id)
+            .bind(BAD_GPU)
+            .bind(t.at(from))
+            .bind(t.at(to))
+            .bind(temp)
+            .bind(power)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+    }
+    t
+}
+
+/// Train at the end of the history, then score everything after it.
+async fn train_and_score(app: &TestApp, t: &Timeline) -> (RunSummary, RunSummary) {
+    let mut job = AnomalyJob::default();
+    let settle = Duration::minutes(rackwatch::analytics::anomaly::SETTLE_MINUTES);
+    let trained = job
+        .run(&app.store, &app.cfg.anomaly, t.e + settle)
+        .await
+        .unwrap();
+    let scored = job
+        .run(&app.store, &app.cfg.anomaly, t.at(AFTER) + settle)
+        .await
+        .unwrap();
+    (trained, scored)
+}
+
+#[derive(Debug)]
+struct Score {
+    minute: i64,
+    score: f32,
+    threshold: f32,
+    anomalous: bool,
+    top: Value,
+}
+
+async fn scores(app: &TestApp, t: &Timeline) -> Vec<Score> {
+    let rows: Vec<(DateTime<Utc>, f32, f32, bool, Value)> = sqlx::query_as(
+        "SELECT ts, score, threshold, is_anomalous, top FROM anomaly_scores WHERE host_id = $1 ORDER BY ts",
+    )
+    .bind(t.host_id)
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(ts, score, threshold, anomalous, top)| Score {
+            minute: (ts - t.e).num_minutes(),
+            score,
+            threshold,
+            anomalous,
+            top,
+        })
+        .collect()
+}
+
+/// Minutes that must look normal: before the glitch, between its echo and the fault, and
+/// once the fault's smoothed score has decayed.
+fn normal(minute: i64) -> bool {
+    (0..SPIKE_AT).contains(&minute)
+        || (SPIKE_AT + 15..FAULT.start).contains(&minute)
+        || (FAULT.end + 30..AFTER).contains(&minute)
+}
+
+async fn get(app: &TestApp, cookie: &str, query: &str) -> (u16, Value) {
+    let r = app
+        .http
+        .get(format!("{}/api/v1/anomalies{query}", app.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[tokio::test]
+async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
+    let app = TestApp::spawn().await;
+    let t = seed(&app, "gpu-a", 7 * 1440 + AFTER, true).await;
+    // A host that reports for 100 minutes only: no model, and the API says why.
+    seed(&app, "gpu-new", 100, false).await;
+    let (trained, scored) = train_and_score(&app, &t).await;
+    assert_eq!((trained.trained, trained.skipped), (1, 1), "{trained:?}");
+    assert_eq!(trained.scored_minutes, 0, "training ends at the watermark");
+    assert_eq!(scored.scored_minutes, AFTER as usize, "{scored:?}");
+    let (status, minutes, metrics, threshold): (String, i32, Vec<String>, f64) = sqlx::query_as(
+        "SELECT status, train_minutes, metrics, threshold FROM anomaly_models WHERE host_id = $1",
+    )
+    .bind(t.host_id)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "trained");
+    assert_eq!(minutes, 7 * 1440, "a week of minutes before the watermark");
+    assert_eq!(
+        metrics.len(),
+        16,
+        "host and GPU metrics all reported: {metrics:?}"
+    );
+    assert!(threshold > 0.0);
+
+    let s = scores(&app, &t).await;
+    assert_eq!(s.len(), AFTER as usize);
+    assert_eq!(s[0].minute, 0, "scoring starts where training stopped");
+    let normal_max = s
+        .iter()
+        .filter(|x| normal(x.minute))
+        .map(|x| x.score)
+        .fold(0.0f32, f32::max);
+    for x in s.iter().filter(|x| normal(x.minute)) {
+        assert!(!x.anomalous, "normal minute {x:?}");
+        assert!(x.threshold as f64 >= threshold - 1e-6);
+    }
+    // The fault, after the smoothed score has had three minutes to rise.
+    let fault: Vec<&Score> = s
+        .iter()
+        .filter(|x| (FAULT.start + 3..FAULT.end).contains(&x.minute))
+        .collect();
+    assert_eq!(fault.len(), 27);
+    for x in &fault {
+        assert!(x.anomalous, "fault minute {x:?}");
+        assert!(
+            x.score > 4.0 * normal_max && x.score > 2.0 * x.threshold,
+            "fault {x:?} vs normal max {normal_max}"
+        );
+        let top = x.top.as_array().unwrap();
+        let names: Vec<&str> = top.iter().map(|e| e["metric"].as_str().unwrap()).collect();
+        assert!(
+            names[..2].contains(&"gpu_temp_max_celsius")
+                && names[..2].contains(&"gpu_power_max_watts"),
+            "minute {}: {names:?}",
+            x.minute
+        );
+        let temp = top
+            .iter()
+            .find(|e| e["metric"] == "gpu_temp_max_celsius")
+            .unwrap();
+        assert_eq!(temp["gpu"], BAD_GPU, "{temp}");
+        assert!(
+            temp["value"].as_f64().unwrap() > temp["typical"].as_f64().unwrap() + 10.0,
+            "{temp}"
+        );
+        assert!(top[0]["share"].as_f64().unwrap() > 0.3);
+    }
+    // Running again at the same instant scores nothing twice.
+    let again = AnomalyJob::default()
+        .run(
+            &app.store,
+            &app.cfg.anomaly,
+            t.at(AFTER) + Duration::minutes(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, RunSummary::default());
+
+    // The API, with a session and with Basic credentials.
+    let cookie = app.login("ops", "correct horse").await;
+    let range = format!("from={}&to={}", rfc(t.e), rfc(t.at(AFTER)));
+    let (code, body) = get(
+        &app,
+        &cookie,
+        &format!("?host=gpu-a&{range}&anomalous=true"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let flagged = s.iter().filter(|x| x.anomalous).count();
+    let api = body["scores"].as_array().unwrap();
+    assert_eq!(api.len(), flagged);
+    assert!(api
+        .iter()
+        .all(|x| x["anomalous"] == true && x["host"] == "gpu-a"));
+    assert!(
+        api.windows(2)
+            .all(|w| w[0]["ts"].as_str() > w[1]["ts"].as_str()),
+        "newest first"
+    );
+    let mid = rfc(t.at(FAULT.start + 15));
+    let at_mid = api
+        .iter()
+        .find(|x| x["ts"].as_str().map(|s| s.starts_with(&mid[..16])) == Some(true));
+    let at_mid = at_mid.unwrap_or_else(|| panic!("{mid} not in {api:?}"));
+    assert_eq!(at_mid["top"][0]["gpu"], BAD_GPU);
+    assert_eq!(body["truncated"], false);
+    assert_eq!(body["models"][0]["status"], "trained");
+    let doc: Value = serde_json::from_str(rackwatch::web::api::OPENAPI).unwrap();
+    let schema = &doc["paths"]["/api/v1/anomalies"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    let mut errs = Vec::new();
+    crate::openapi::check(&doc, schema, &body, "$", &mut errs);
+    assert!(errs.is_empty(), "{errs:?}");
+
+    let min = fault[10].score;
+    let (_, body) = get(
+        &app,
+        &cookie,
+        &format!("?host=gpu-a&{range}&min_score={min}"),
+    )
+    .await;
+    let api = body["scores"].as_array().unwrap();
+    assert_eq!(api.len(), s.iter().filter(|x| x.score >= min).count());
+    assert!(
+        !api.is_empty()
+            && api
+                .iter()
+                .all(|x| x["score"].as_f64().unwrap() as f32 >= min)
+    );
+    let (_, body) = get(&app, &cookie, &format!("?{range}&anomalous=false&limit=5")).await;
+    assert_eq!(body["scores"].as_array().unwrap().len(), 5);
+    assert_eq!(body["truncated"], true);
+    assert!(body["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["anomalous"] == false));
+    // Both hosts' models are listed when no host is named.
+    assert_eq!(body["models"].as_array().unwrap().len(), 2);
+    let r = app
+        .http
+        .get(format!("{}/api/v1/anomalies?host=gpu-new", app.base))
+        .basic_auth("ops", Some("correct horse"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["scores"], json!([]));
+    assert_eq!(body["models"][0]["status"], "insufficient_history");
+    let note = body["models"][0]["note"].as_str().unwrap();
+    assert!(note.contains("100 of the 1440 minutes"), "{note}");
+
+    // The host page lists the anomalous minutes with what drove them, and the model.
+    let (code, html) = app.page(&cookie, "/hosts/gpu-a?range=6h").await;
+    assert_eq!(code, 200);
+    let section = &html[html.find("<h2>Anomalies</h2>").expect("anomaly section")..];
+    let section = &section[..section.find("<h2>Hardware events</h2>").unwrap()];
+    assert!(
+        section.contains("trained") && section.contains("10080 minutes of 16 metrics"),
+        "{section}"
+    );
+    assert_eq!(
+        section.matches("<tr><td><time").count(),
+        30,
+        "capped at 30 rows"
+    );
+    assert!(
+        section.contains("gpu_temp_max_celsius") && section.contains("on GPU 2"),
+        "{section}"
+    );
+    let (_, html) = app.page(&cookie, "/hosts/gpu-new").await;
+    assert!(
+        html.contains("No anomaly model yet: 100 of the 1440 minutes"),
+        "{html}"
+    );
+
+    // Bad parameters: 400 with the parameter named; unknown host 404; no login 401.
+    let reversed = format!("?from={}&to={}", rfc(t.at(10)), rfc(t.e));
+    let too_long = format!("?from={}&to={}", rfc(t.e - Duration::days(40)), rfc(t.e));
+    for (query, needle) in [
+        ("?from=yesterday", "`from`"),
+        ("?to=2026-13-01T00:00:00Z", "`to`"),
+        (reversed.as_str(), "before"),
+        (too_long.as_str(), "31 days"),
+        ("?min_score=-1", "`min_score`"),
+        ("?min_score=lots", "`min_score`"),
+        ("?anomalous=maybe", "`anomalous`"),
+        ("?limit=0", "`limit`"),
+        ("?limit=100000", "`limit`"),
+    ] {
+        let (code, body) = get(&app, &cookie, query).await;
+        assert_eq!(code, 400, "{query}: {body}");
+        let msg = body["error"].as_str().unwrap();
+        assert!(msg.contains(needle), "{query}: {msg}");
+    }
+    let (code, body) = get(&app, &cookie, "?host=nope").await;
+    assert_eq!(code, 404, "{body}");
+    let r = app
+        .http
+        .get(format!("{}/api/v1/anomalies", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    app.stop().await;
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "host-anomaly"
+kind = "anomaly"
+for_secs = 600
+severity = "warning"
+summary = "Host behaves unusually"
+
+[[route]]
+to = ["ops@example.com"]
+"#;
+
+/// The alert state of the rule for gpu-a, if any.
+async fn alert_state(app: &TestApp) -> Option<(String, String)> {
+    sqlx::query_as("SELECT state, description FROM alerts WHERE rule = 'host-anomaly'")
+        .fetch_optional(&app.store.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn anomaly_rule_fires_on_a_sustained_fault_not_on_a_glitch_and_mails_the_metrics() {
+    let smtp = SmtpServer::start().await;
+    let port = smtp.port;
+    let app = TestApp::spawn_with(|c| {
+        c.alerting.group_wait_secs = 0;
+        c.alerting.group_interval_secs = 0;
+        c.alerting.smtp.host = "127.0.0.1".into();
+        c.alerting.smtp.port = port;
+        c.alerting.smtp.security = "plain".into();
+    })
+    .await;
+    let t = seed(&app, "gpu-a", 7 * 1440 + AFTER, true).await;
+    train_and_score(&app, &t).await;
+    let rules = RuleSet::parse(RULES).unwrap();
+    let mut sender = rackwatch::alert::notify::Sender::new(&app.cfg);
+    // Evaluate as the evaluator would have, half a minute after each scored minute.
+    let mut states = Vec::new();
+    let mut fired_mail = Vec::new();
+    for minute in 0..AFTER {
+        let now = t.at(minute) + Duration::seconds(30);
+        rackwatch::alert::eval::evaluate(&app.store, &rules, &app.cfg, now, true)
+            .await
+            .unwrap();
+        let state = alert_state(&app).await;
+        if state.as_ref().map(|s| s.0.as_str()) == Some("firing") && fired_mail.is_empty() {
+            assert_eq!(sender.send_due(&app.store, Utc::now()).await.unwrap(), 1);
+            fired_mail = smtp.wait_for(1, 10).await;
+        }
+        states.push((minute, state));
+    }
+    let state_at = |m: i64| states[m as usize].1.as_ref().map(|s| s.0.clone());
+    // The glitch raised the score above the level for a few minutes: pending, never firing.
+    assert!(
+        (SPIKE_AT..FAULT.start).any(|m| state_at(m).as_deref() == Some("pending")),
+        "{states:?}"
+    );
+    assert!(
+        (0..FAULT.start + 9).all(|m| state_at(m).as_deref() != Some("firing")),
+        "{states:?}"
+    );
+    // Ten minutes into the fault it fires, and stays firing while the score is high.
+    let first_firing = states
+        .iter()
+        .find(|(_, s)| s.as_ref().map(|s| s.0.as_str()) == Some("firing"))
+        .map(|(m, _)| *m)
+        .expect("the fault fires");
+    assert!(
+        (FAULT.start + 9..=FAULT.start + 11).contains(&first_firing),
+        "fired at minute {first_firing}: {states:?}"
+    );
+    assert!((first_firing..FAULT.end).all(|m| state_at(m).as_deref() == Some("firing")));
+    // It resolves once the score has fallen well below the level (hysteresis), and stays so.
+    let resolved = (FAULT.end..AFTER)
+        .find(|&m| state_at(m).as_deref() == Some("resolved"))
+        .expect("resolves after the fault");
+    assert!(resolved < FAULT.end + 30, "resolved at {resolved}");
+    assert!((resolved..AFTER).all(|m| state_at(m).as_deref() == Some("resolved")));
+    let incidents: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM incidents WHERE rule = 'host-anomaly'")
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(incidents, 1, "one incident for one fault");
+    // The firing mail says what looked wrong and where.
+    assert_eq!(fired_mail.len(), 1);
+    let m = &fired_mail[0];
+    assert!(
+        subject(m).contains("Host behaves unusually"),
+        "{}",
+        subject(m)
+    );
+    assert!(m.contains("fra1 / r12 / gpu-a"), "{m}");
+    assert!(m.contains("anomaly score"), "{m}");
+    assert!(m.contains("gpu_temp_max_celsius"), "{m}");
+    assert!(m.contains("gpu_power_max_watts"), "{m}");
+    assert!(m.contains(&format!("on GPU {BAD_GPU}")), "{m}");
+    assert!(m.contains("for 10 min"), "{m}");
+    // And the resolved mail follows.
+    assert_eq!(sender.send_due(&app.store, Utc::now()).await.unwrap(), 1);
+    let mails = smtp.wait_for(2, 10).await;
+    assert!(
+        subject(&mails[1]).starts_with("[RESOLVED"),
+        "{}",
+        subject(&mails[1])
+    );
+    app.stop().await;
+}
