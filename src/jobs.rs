@@ -26,7 +26,7 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 const FORECAST_EVERY: Duration = Duration::from_secs(3600);
 /// Energy accounting redoes the last hour each run, so running more often than hourly
 /// keeps the energy page fresh; it also checks whether the weekly report mail is due.
-const ENERGY_EVERY: Duration = Duration::from_secs(900);
+const ENERGY_EVERY: Duration = Duration::from_secs(300);
 const ANOMALY_EVERY: Duration = Duration::from_secs(60);
 
 /// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
