@@ -207,7 +207,9 @@ pub struct ReportView {
     pub sites: Vec<LineView>,
     pub top_energy: Vec<LineView>,
     pub top_idle: Vec<LineView>,
+    /// Pools by energy, largest first.
     pub pools: Vec<LineView>,
+    pub pools_idle: Vec<LineView>,
     pub generated: String,
 }
 
@@ -367,7 +369,16 @@ pub fn view(report: &EnergyReport) -> ReportView {
             .into_iter()
             .map(line)
             .collect(),
-        pools: report.level("pool").map(line).collect(),
+        pools: report
+            .top("pool", usize::MAX, |r| r.it_energy_kwh)
+            .into_iter()
+            .map(line)
+            .collect(),
+        pools_idle: report
+            .top("pool", 10, |r| r.idle_gpu_energy_kwh)
+            .into_iter()
+            .map(line)
+            .collect(),
         generated: report
             .generated_at
             .with_timezone(&tz)

@@ -352,6 +352,10 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
     assert!(html.contains("Energy report 2026-W43"), "{html}");
     assert!(html.contains("/energy/reports/2026-W43.parquet"));
     assert!(html.contains("Consolidate idle GPUs"));
+    let idle_pools = &html[html
+        .find("Top pools by idle GPU waste")
+        .expect("idle pools table")..];
+    assert!(idle_pools[..idle_pools.find("</table>").unwrap()].contains("<td>train</td>"));
     let resp = app.get(&cookie, "/energy/reports/2026-W43.csv").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-disposition"]
