@@ -90,6 +90,9 @@ pub async fn run(
         Some(w) => (w - Duration::hours(1)).min(end),
         None => end - Duration::days(FIRST_RUN_LOOKBACK_DAYS),
     };
+    if watermark.is_none() {
+        set_state(store, "energy_hourly_from", start).await?;
+    }
     let mut run = AccountingRun::default();
     let mut from = start;
     while from < end {
@@ -129,6 +132,53 @@ pub async fn run(
         }
     }
     Ok(run)
+}
+
+async fn set_state(store: &Store, name: &str, t: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO job_state (name, watermark, updated_at) VALUES ($1, $2, now())
+         ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+    )
+    .bind(name)
+    .bind(t)
+    .execute(&store.pool)
+    .await?;
+    Ok(())
+}
+
+/// Make sure the hours in `[from, to)` are accounted: the job accounts forward from its
+/// first run, so a report of an older week (rollups imported, a server that was down
+/// when the job started) accounts the missing hours first, once. Returns rows written.
+pub async fn ensure_accounted(
+    store: &Store,
+    cfg: &EnergyConfig,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let from = from.duration_trunc(Duration::hours(1)).expect("hour truncation");
+    let first: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'energy_hourly_from'")
+            .fetch_optional(&store.pool)
+            .await?
+            .flatten();
+    let Some(first) = first else {
+        return Ok(0); // the job has not run yet; its first run covers recent weeks
+    };
+    if from >= first {
+        return Ok(0);
+    }
+    let until = first.min(to.duration_trunc(Duration::hours(1)).expect("hour truncation"));
+    let mut rows = 0;
+    let mut t = from;
+    while t < until {
+        let next = (t + Duration::hours(CHUNK_HOURS)).min(until);
+        rows += account_range(store, cfg, t, next, None).await?;
+        t = next;
+    }
+    if until == first {
+        set_state(store, "energy_hourly_from", from).await?;
+    }
+    Ok(rows)
 }
 
 /// Where the job has accounted up to.

@@ -290,6 +290,8 @@ pub async fn build(
     // to whole hours.
     let (h0, h1) = (hour_floor(start), hour_floor(end));
     let (p0, p1) = (hour_floor(week.prev().start(tz)), h0);
+    crate::analytics::energy::ensure_accounted(store, cfg, hour_floor(week.prev().start(tz)), h1)
+        .await?;
     let accounted_until = crate::analytics::energy::watermark(store).await?;
 
     let hosts: Vec<HostInfo> = sqlx::query_as(

@@ -638,3 +638,102 @@ print(json.dumps(out))
     assert_eq!(files["rackwatch-energy-2026-W47.html"]["html"], true);
     app.stop().await;
 }
+
+fn rackwatch(db_url: &str, args: &[&str]) -> (bool, Vec<u8>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(args)
+        .env("RACKWATCH_DATABASE__URL", db_url)
+        .env("RACKWATCH_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn report_commands_write_files_and_check_their_inputs() {
+    let app = TestApp::spawn().await;
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    // The CLI reads weeks in its own configuration's zone (UTC by default): a week of
+    // Berlin data spans two UTC weeks' edges by an hour, which is fine for this test.
+    let week: IsoWeek = "2026-W45".parse().unwrap();
+    load_week(&app, week, tz).await;
+    let url = app.db_url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("carbon.csv");
+    std::fs::write(
+        &csv,
+        "hour,g_co2_per_kwh\n2026-11-02T00:00:00Z,250\n2026-11-02T01:00:00Z,not-a-number\n2026-11-02T02:00:00Z,260\n",
+    )
+    .unwrap();
+    let out_file = dir.path().join("w45.parquet");
+    let (csv_s, out_s) = (
+        csv.to_string_lossy().into_owned(),
+        out_file.to_string_lossy().into_owned(),
+    );
+    let (import, report, reading, bad_week) = tokio::task::spawn_blocking(move || {
+        (
+            rackwatch(&url, &["report", "import-carbon", "--site", "fra1", &csv_s]),
+            rackwatch(
+                &url,
+                &[
+                    "report", "energy", "--week", "2026-W45", "--format", "parquet", "--out",
+                    &out_s,
+                ],
+            ),
+            rackwatch(
+                &url,
+                &[
+                    "report",
+                    "facility-reading",
+                    "--site",
+                    "fra1",
+                    "--start",
+                    "2026-11-02T02:00:00Z",
+                    "--end",
+                    "2026-11-02T01:00:00Z",
+                    "--energy-kwh",
+                    "10",
+                ],
+            ),
+            rackwatch(
+                &url,
+                &["report", "energy", "--week", "2026-W60", "--out", "-"],
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    // The import stores the good lines and names the bad one.
+    assert!(!import.0, "a bad line makes the import fail");
+    assert!(String::from_utf8_lossy(&import.1).contains("2 hours of carbon intensity stored"));
+    assert!(
+        import.2.contains("carbon.csv:3: g_co2_per_kwh"),
+        "{}",
+        import.2
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM grid_intensity WHERE site = 'fra1'")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+    // The report file is written and readable by pyarrow.
+    assert!(report.0, "{}", report.2);
+    assert!(report.2.contains("2026-W45: IT "), "{}", report.2);
+    let sums = read_back(&out_file);
+    assert_eq!(sums["week"], "2026-W45");
+    assert!(sums["fleet_it_kwh"].as_f64().unwrap() > 100.0, "{sums}");
+    // Bad inputs are refused with the reason.
+    assert!(!reading.0);
+    assert!(reading.2.contains("is not after start"), "{}", reading.2);
+    assert!(!bad_week.0);
+    assert!(
+        bad_week.2.contains("2026 has no ISO week 60"),
+        "{}",
+        bad_week.2
+    );
+    app.stop().await;
+}
