@@ -164,6 +164,18 @@ pub async fn ensure_accounted(
     let Some(first) = first else {
         return Ok(0); // the job has not run yet; its first run covers recent weeks
     };
+    // Nothing to account before the oldest day of rollups still kept.
+    let oldest: Option<chrono::NaiveDate> = sqlx::query_scalar(
+        "SELECT min(to_date(right(c.relname, 8), 'YYYYMMDD')) FROM pg_inherits i
+           JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+          WHERE p.relname = 'gpu_samples_1m'",
+    )
+    .fetch_one(&store.pool)
+    .await?;
+    let from = match oldest.and_then(|d| d.and_hms_opt(0, 0, 0)) {
+        Some(d) => from.max(d.and_utc()),
+        None => return Ok(0),
+    };
     if from >= first {
         return Ok(0);
     }
