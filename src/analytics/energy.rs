@@ -155,7 +155,9 @@ pub async fn ensure_accounted(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let from = from.duration_trunc(Duration::hours(1)).expect("hour truncation");
+    let from = from
+        .duration_trunc(Duration::hours(1))
+        .expect("hour truncation");
     let first: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'energy_hourly_from'")
             .fetch_optional(&store.pool)
@@ -179,7 +181,10 @@ pub async fn ensure_accounted(
     if from >= first {
         return Ok(0);
     }
-    let until = first.min(to.duration_trunc(Duration::hours(1)).expect("hour truncation"));
+    let until = first.min(
+        to.duration_trunc(Duration::hours(1))
+            .expect("hour truncation"),
+    );
     let mut rows = 0;
     let mut t = from;
     while t < until {

@@ -709,6 +709,15 @@ fn row_of(
     }
 }
 
+/// "1 GPU", "3 GPUs".
+fn gpus(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// Idle share above which a GPU is a consolidation candidate.
 const IDLE_SHARE: f64 = 0.5;
 /// Power-cap candidates: low mean utilization, yet peaks near the power limit.
@@ -776,7 +785,7 @@ fn recommend(
         let n = caps.len();
         caps.truncate(10);
         r.actions.push(Action {
-            title: format!("Lower the power cap of {n} lightly used GPUs"),
+            title: format!("Lower the power cap of {}", gpus(n, "lightly used GPU")),
             detail: format!(
                 "These GPUs averaged under {CAP_UTIL_PCT:.0}% utilization yet drew close to their power limit: {}{}. A cap at about {:.0}% of the limit trims their peaks; compare job throughput before and after.",
                 caps.join("; "),
@@ -800,7 +809,7 @@ fn recommend(
         .collect();
     if !hot.is_empty() {
         r.actions.push(Action {
-            title: format!("Check cooling of {} GPUs throttled by heat", hot.len()),
+            title: format!("Check cooling of {} throttled by heat", gpus(hot.len(), "GPU")),
             detail: format!(
                 "Thermal slowdown for an hour or more this week: {}. Heat throttling wastes energy per unit of work; check fans, airflow and inlet temperature.",
                 hot.join(", ")
