@@ -111,61 +111,100 @@ pub struct EventRow {
     pub action: String,
 }
 
+/// Hosts with their latest sample, from `host_latest` (kept by ingest). Samples older
+/// than 15 minutes are not shown as current values.
+macro_rules! host_latest_sql {
+    ($where:literal) => {
+        concat!(
+            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
+                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
+                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
+                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
+               FROM hosts h
+               LEFT JOIN host_latest s ON s.host_id = h.id AND s.ts > now() - interval '15 minutes' ",
+            $where
+        )
+    };
+}
+
+/// GPU inventory with the latest sample (from `gpu_latest`, kept by ingest).
+macro_rules! gpus_latest_sql {
+    ($where:literal) => {
+        concat!(
+            "SELECT h.name AS host_name, g.gpu_index AS index, g.uuid, g.model, g.memory_total_bytes, g.power_limit_watts,
+                    s.ts, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.power_watts, s.temp_celsius, s.sm_clock_mhz
+               FROM gpus g JOIN hosts h ON h.id = g.host_id
+               LEFT JOIN gpu_latest s ON s.host_id = g.host_id AND s.gpu_index = g.gpu_index
+                     AND s.ts > now() - interval '15 minutes' ",
+            $where,
+            " ORDER BY h.site, h.rack, h.name, g.gpu_index"
+        )
+    };
+}
+
+const HOSTS_LATEST: &str = host_latest_sql!("ORDER BY h.site, h.rack, h.name");
+const HOST_LATEST: &str = host_latest_sql!("WHERE h.name = $1");
+const HOSTS_IN_RACK: &str = host_latest_sql!("WHERE h.site = $1 AND h.rack = $2 ORDER BY h.name");
+const GPUS_LATEST: &str = gpus_latest_sql!("");
+const HOST_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = $1");
+const HOSTS_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = ANY($1)");
+
 /// Most rows one samples request returns.
 pub const MAX_SAMPLE_ROWS: i64 = 200_000;
 
 impl Store {
     /// Every host with its latest sample, ordered by site, rack, name.
     pub async fn hosts_latest(&self) -> Result<Vec<HostLatest>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
-                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
-                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
-                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
-               FROM hosts h
-               LEFT JOIN LATERAL (
-                    SELECT * FROM host_samples s WHERE s.host_id = h.id AND s.ts > now() - interval '15 minutes'
-                     ORDER BY s.ts DESC LIMIT 1) s ON true
-              ORDER BY h.site, h.rack, h.name",
-        )
-        .fetch_all(&self.pool)
-        .await
+        sqlx::query_as(HOSTS_LATEST).fetch_all(&self.pool).await
     }
 
     /// Every GPU (optionally of one host) with its latest sample.
     pub async fn gpus_latest(&self, host: Option<&str>) -> Result<Vec<GpuLatest>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name AS host_name, g.gpu_index AS index, g.uuid, g.model, g.memory_total_bytes, g.power_limit_watts,
-                    s.ts, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.power_watts, s.temp_celsius, s.sm_clock_mhz
-               FROM gpus g JOIN hosts h ON h.id = g.host_id
-               LEFT JOIN LATERAL (
-                    SELECT * FROM gpu_samples s
-                     WHERE s.host_id = g.host_id AND s.gpu_index = g.gpu_index AND s.ts > now() - interval '15 minutes'
-                     ORDER BY s.ts DESC LIMIT 1) s ON true
-              WHERE $1::text IS NULL OR h.name = $1
-              ORDER BY h.site, h.rack, h.name, g.gpu_index",
-        )
-        .bind(host)
-        .fetch_all(&self.pool)
-        .await
+        match host {
+            None => sqlx::query_as(GPUS_LATEST).fetch_all(&self.pool).await,
+            Some(h) => {
+                sqlx::query_as(HOST_GPUS_LATEST)
+                    .bind(h)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+    }
+
+    /// The GPUs of the hosts named, with their latest samples.
+    pub async fn gpus_latest_of(&self, hosts: &[String]) -> Result<Vec<GpuLatest>, sqlx::Error> {
+        sqlx::query_as(HOSTS_GPUS_LATEST)
+            .bind(hosts)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// One host's inventory row and latest sample.
     pub async fn host_latest(&self, name: &str) -> Result<Option<HostLatest>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
-                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
-                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
-                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
-               FROM hosts h
-               LEFT JOIN LATERAL (
-                    SELECT * FROM host_samples s WHERE s.host_id = h.id AND s.ts > now() - interval '15 minutes'
-                     ORDER BY s.ts DESC LIMIT 1) s ON true
-              WHERE h.name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
+        sqlx::query_as(HOST_LATEST)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// The hosts of one rack with their latest samples, by name.
+    pub async fn hosts_in_rack(
+        &self,
+        site: &str,
+        rack: &str,
+    ) -> Result<Vec<HostLatest>, sqlx::Error> {
+        sqlx::query_as(HOSTS_IN_RACK)
+            .bind(site)
+            .bind(rack)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// How many alerts are firing now.
+    pub async fn alerts_firing(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'")
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Raw samples of one host in `[from, to)`, oldest first.

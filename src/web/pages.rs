@@ -367,7 +367,7 @@ pub async fn fleet(
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = data::fleet(&st, metric).await?;
     let now = d.generated_at;
-    let gpus_latest = st_gpus(&d);
+    let gpus_latest = st_gpus(&d.gpus);
     let rows: Vec<HostRow> = d
         .hosts
         .iter()
@@ -393,8 +393,8 @@ pub async fn fleet(
 }
 
 /// The fleet table's GPU chips, rebuilt from heatmap cells.
-fn st_gpus(d: &data::FleetData) -> Vec<GpuLatest> {
-    d.gpus
+fn st_gpus(cells: &[HeatCell]) -> Vec<GpuLatest> {
+    cells
         .iter()
         .map(|c| GpuLatest {
             host_name: c.host_name.clone(),
@@ -587,7 +587,7 @@ pub async fn host(
     Query(q): Query<RangeParams>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
-    let r = q.resolve(now, "1h")?;
+    let r = q.resolve_overview(now, "1h")?;
     let d = data::host(&st, &name, r.clone()).await?;
     let query = r.query();
     let mut charts = host_charts(&d.host_series, &r, false);
@@ -823,25 +823,11 @@ pub async fn rack(
     Query(q): Query<RangeParams>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
-    let r = q.resolve(now, "1h")?;
+    let r = q.resolve_overview(now, "1h")?;
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = data::rack(&st, &site, &rack, r.clone(), metric).await?;
     let query = r.query();
-    let gl = st_gpus(&data::FleetData {
-        generated_at: now,
-        metric,
-        hosts_total: 0,
-        hosts_up: 0,
-        gpus_total: 0,
-        gpus_up: 0,
-        mean_gpu_util_pct: None,
-        gpu_power_watts: 0.0,
-        gpu_energy_today_kwh: 0.0,
-        gpus_faulty: 0,
-        alerts_firing: 0,
-        hosts: Vec::new(),
-        gpus: d.gpus.clone(),
-    });
+    let gl = st_gpus(&d.gpus);
     let path = format!("/racks/{}/{}", seg(&site), seg(&rack));
     let page = RackPage {
         nav: Nav::new(&user, csrf, ""),

@@ -204,6 +204,9 @@ async fn real_responses_match_the_openapi_document() {
                 assert!(!body["series"].as_array().unwrap().is_empty() || url.contains("30d"));
             }
             "/api/v1/inventory" => assert_eq!(body["rows"].as_array().unwrap().len(), 2),
+            "/api/v1/hosts/{name}" if status == 200 => {
+                assert!(!body["gpu_series"].as_array().unwrap().is_empty() || url.contains("7d"));
+            }
             _ => {}
         }
     }

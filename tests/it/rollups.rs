@@ -114,3 +114,64 @@ async fn partitions_are_made_ahead_and_dropped_past_retention() {
     )));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn charts_over_rollups_reach_now_through_the_raw_tail() {
+    use rackwatch::store::series::Source;
+    let app = TestApp::spawn().await;
+    let token = app.token("t").await;
+    let base = (Utc::now() - Duration::minutes(11))
+        .duration_trunc(Duration::minutes(1))
+        .unwrap();
+    // Ten minutes of 5 s samples: GPU 0 at 10 × the minute's number, GPU 1 at 50 %.
+    let ts: Vec<DateTime<Utc>> = (0..120).map(|i| base + Duration::seconds(i * 5)).collect();
+    let minute = |t: &DateTime<Utc>| ((*t - base).num_minutes()) as f64;
+    let body = json!({"host": {"name": "t"},
+        "host_samples": ts.iter().map(|t| json!({"ts": t, "cpu_util_pct": minute(t)})).collect::<Vec<_>>(),
+        "gpu_samples": ts.iter().flat_map(|t| [json!({"ts": t, "index": 0, "util_pct": minute(t) * 10.0}),
+                                              json!({"ts": t, "index": 1, "util_pct": 50.0})]).collect::<Vec<_>>()});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    // The rollup job last ran six minutes in: minutes 0–5 are rolled up, 6–9 are not.
+    let watermark = base + Duration::minutes(6);
+    app.store.run_rollups(watermark).await.unwrap();
+    // Mark the rolled-up minutes so the test sees which source each point came from.
+    sqlx::query("UPDATE gpu_samples_1m SET util_pct = util_pct + 1000")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE host_samples_1m SET cpu_util_pct = cpu_util_pct + 1000")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    let to = base + Duration::minutes(10);
+    let gpus = app
+        .store
+        .gpu_series("t", None, base, to, 60, Source::Rollup1m)
+        .await
+        .unwrap();
+    assert_eq!(gpus.len(), 20, "ten minutes of two GPUs: {gpus:?}");
+    for p in &gpus {
+        let m = (p.ts - base).num_minutes();
+        let raw = if p.index == 0 { m as f64 * 10.0 } else { 50.0 };
+        let want = if m < 6 { raw + 1000.0 } else { raw };
+        assert_eq!(p.util_pct, Some(want), "GPU {} minute {m}", p.index);
+    }
+    let one = app
+        .store
+        .gpu_series("t", Some(1), base, to, 120, Source::Rollup1m)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 5);
+    assert!(one.iter().all(|p| p.index == 1));
+    let hosts = app
+        .store
+        .host_series(&["t".to_string()], base, to, 60, Source::Rollup1m)
+        .await
+        .unwrap();
+    let cpu: Vec<f64> = hosts.iter().map(|p| p.cpu_util_pct.unwrap()).collect();
+    assert_eq!(
+        cpu,
+        [1000.0, 1001.0, 1002.0, 1003.0, 1004.0, 1005.0, 6.0, 7.0, 8.0, 9.0]
+    );
+    app.stop().await;
+}
