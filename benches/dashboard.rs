@@ -479,7 +479,7 @@ async fn page_sql(st: &Store, page: &str, host: &str, gpu: i16, range: &str) {
     };
     if page.starts_with("host") {
         let r = params.resolve_overview(now, "1h").unwrap();
-        data::host_rows(st, host, &r).await.unwrap();
+        data::host_rows(st, host, &r, now).await.unwrap();
     } else {
         let r = params.resolve(now, "1h").unwrap();
         data::gpu_rows(st, host, gpu, &r).await.unwrap();

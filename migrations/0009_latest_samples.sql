@@ -71,3 +71,6 @@ ALTER TABLE host_samples_1m DROP CONSTRAINT host_samples_1m_pkey,
     ADD PRIMARY KEY (host_id, bucket)
         INCLUDE (cpu_util_pct, mem_used_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s,
                  net_rx_bytes_per_s, net_tx_bytes_per_s);
+
+-- Host and rack pages list the alerts touching their hosts.
+CREATE INDEX alerts_host ON alerts ((labels->>'host'));

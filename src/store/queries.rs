@@ -149,6 +149,28 @@ const GPUS_LATEST: &str = gpus_latest_sql!("");
 const HOST_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = $1");
 const HOSTS_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = ANY($1)");
 
+/// An alert touching a host (or one of its GPUs), as host and rack pages list it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AlertTouching {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: String,
+    /// pending, firing or resolved.
+    pub state: String,
+    pub host: String,
+    /// The GPU, for GPU-level alerts.
+    pub gpu: Option<i16>,
+    pub summary: String,
+    pub description: String,
+    pub started_at: DateTime<Utc>,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub occurrences: i32,
+    pub acknowledged_by: Option<String>,
+    /// An active silence mutes its notifications.
+    pub silenced: bool,
+}
+
 /// Most rows one samples request returns.
 pub const MAX_SAMPLE_ROWS: i64 = 200_000;
 
@@ -205,6 +227,36 @@ impl Store {
         sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'")
             .fetch_one(&self.pool)
             .await
+    }
+
+    /// Firing and pending alerts whose host is one of `hosts` (GPU-level alerts
+    /// included), and those resolved since `resolved_since`: firing first, then pending,
+    /// then resolved, most severe and newest first.
+    pub async fn alerts_touching(
+        &self,
+        hosts: &[String],
+        resolved_since: DateTime<Utc>,
+    ) -> Result<Vec<AlertTouching>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT a.fingerprint, a.rule, a.severity, a.state, a.labels->>'host' AS host,
+                    CASE WHEN a.labels->>'gpu' ~ '^[0-9]{1,4}$' THEN (a.labels->>'gpu')::int2 END AS gpu,
+                    a.summary, a.description, a.started_at, a.fired_at, a.resolved_at, a.occurrences,
+                    a.acknowledged_by,
+                    EXISTS (SELECT 1 FROM silences s WHERE s.starts_at <= now() AND s.ends_at > now()
+                              AND (a.labels || jsonb_build_object('rule', a.rule, 'severity', a.severity)) @> s.matchers
+                           ) AS silenced
+               FROM alerts a
+              WHERE a.labels->>'host' = ANY($1)
+                AND (a.state IN ('pending', 'firing') OR a.resolved_at >= $2)
+              ORDER BY CASE a.state WHEN 'firing' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,
+                       CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
+                       COALESCE(a.resolved_at, a.started_at) DESC
+              LIMIT 200",
+        )
+        .bind(hosts)
+        .bind(resolved_since)
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Raw samples of one host in `[from, to)`, oldest first.

@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::events::title;
 use super::range::TimeRange;
 use super::AppState;
-use crate::store::queries::{EventRow, GpuLatest, HostLatest};
+use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
 use crate::store::series::{FaultCount, GpuPoint, HostPoint, InventoryRow, Source};
 use crate::store::Store;
 
@@ -313,6 +313,9 @@ fn explained(e: EventRow) -> ExplainedEvent {
     }
 }
 
+/// Alerts resolved this recently still show on host and rack pages.
+pub const RESOLVED_RECENT_HOURS: i64 = 24;
+
 /// Host page data.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostData {
@@ -322,6 +325,8 @@ pub struct HostData {
     pub host_series: Vec<HostPoint>,
     pub gpu_series: Vec<GpuPoint>,
     pub events: Vec<ExplainedEvent>,
+    /// Firing, pending and recently resolved alerts of the host and its GPUs.
+    pub alerts: Vec<AlertTouching>,
 }
 
 /// What the host page reads from the database, queried concurrently.
@@ -331,6 +336,7 @@ pub struct HostRows {
     pub host_series: Vec<HostPoint>,
     pub gpu_series: Vec<GpuPoint>,
     pub events: Vec<EventRow>,
+    pub alerts: Vec<AlertTouching>,
 }
 
 /// The host page's queries (the dashboard benchmark times exactly these).
@@ -338,9 +344,10 @@ pub async fn host_rows(
     store: &Store,
     name: &str,
     range: &TimeRange,
+    now: DateTime<Utc>,
 ) -> Result<HostRows, sqlx::Error> {
     let names = [name.to_string()];
-    let (host, gpus, host_series, gpu_series, events) = tokio::try_join!(
+    let (host, gpus, host_series, gpu_series, events, alerts) = tokio::try_join!(
         store.host_latest(name),
         store.gpus_latest(Some(name)),
         store.host_series(
@@ -359,6 +366,7 @@ pub async fn host_rows(
             range.source,
         ),
         store.events_between(&names, None, range.from, range.to, 200),
+        store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
     )?;
     Ok(HostRows {
         host,
@@ -366,12 +374,13 @@ pub async fn host_rows(
         host_series,
         gpu_series,
         events,
+        alerts,
     })
 }
 
 /// Everything the host page shows.
 pub async fn host(st: &AppState, name: &str, range: TimeRange) -> Result<HostData, ApiError> {
-    let r = host_rows(&st.store, name, &range).await?;
+    let r = host_rows(&st.store, name, &range, Utc::now()).await?;
     let host = r
         .host
         .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?}")))?;
@@ -382,6 +391,7 @@ pub async fn host(st: &AppState, name: &str, range: TimeRange) -> Result<HostDat
         host_series: r.host_series,
         gpu_series: r.gpu_series,
         events: r.events.into_iter().map(explained).collect(),
+        alerts: r.alerts,
     })
 }
 
@@ -525,6 +535,8 @@ pub struct RackData {
     pub gpus: Vec<HeatCell>,
     pub host_series: Vec<HostPoint>,
     pub events: Vec<ExplainedEvent>,
+    /// Firing, pending and recently resolved alerts of the rack's hosts and their GPUs.
+    pub alerts: Vec<AlertTouching>,
 }
 
 /// What the rack page reads from the database: its hosts, then the rest concurrently.
@@ -534,6 +546,7 @@ pub struct RackRows {
     pub faults: Vec<FaultCount>,
     pub host_series: Vec<HostPoint>,
     pub events: Vec<EventRow>,
+    pub alerts: Vec<AlertTouching>,
 }
 
 /// The rack page's queries.
@@ -553,9 +566,10 @@ pub async fn rack_rows(
             faults: Vec::new(),
             host_series: Vec::new(),
             events: Vec::new(),
+            alerts: Vec::new(),
         });
     }
-    let (gpus, faults, host_series, events) = tokio::try_join!(
+    let (gpus, faults, host_series, events, alerts) = tokio::try_join!(
         store.gpus_latest_of(&names),
         store.fault_counts(now - Duration::hours(FAULT_WINDOW_HOURS), Some(&names)),
         store.host_series(
@@ -566,6 +580,7 @@ pub async fn rack_rows(
             range.source
         ),
         store.events_between(&names, None, range.from, range.to, 200),
+        store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
     )?;
     Ok(RackRows {
         hosts,
@@ -573,6 +588,7 @@ pub async fn rack_rows(
         faults,
         host_series,
         events,
+        alerts,
     })
 }
 
@@ -599,6 +615,7 @@ pub async fn rack(
         gpus: cells,
         host_series: r.host_series,
         events: r.events.into_iter().map(explained).collect(),
+        alerts: r.alerts,
     })
 }
 

@@ -18,7 +18,7 @@ use super::format::{age, bytes, num, rate};
 use super::range::{preset_links, PresetLink, RangeParams, TimeRange};
 use super::AppState;
 use crate::store::auth::{Role, User};
-use crate::store::queries::{GpuLatest, HostLatest};
+use crate::store::queries::{AlertTouching, GpuLatest, HostLatest};
 use crate::store::series::{GpuPoint, HostPoint};
 
 /// Render a template into a response (500 with a log line if it fails).
@@ -455,6 +455,59 @@ fn event_views(events: &[ExplainedEvent], query: &str) -> Vec<EventView> {
         .collect()
 }
 
+/// An alert touching the page's host (or a host of the rack), for the alerts section.
+pub struct AlertTouchView {
+    pub state: String,
+    pub severity: String,
+    pub summary: String,
+    pub description: String,
+    /// `GPU 1` / `host` on a host page, `gpu-node-7 / GPU 1` on a rack page.
+    pub location: String,
+    pub location_link: String,
+    pub since: String,
+    pub resolved: String,
+    pub note: String,
+}
+
+fn alert_views(alerts: &[AlertTouching], with_host: bool, query: &str) -> Vec<AlertTouchView> {
+    alerts
+        .iter()
+        .map(|a| {
+            let what = a
+                .gpu
+                .map_or_else(|| "host".to_string(), |i| format!("GPU {i}"));
+            let mut note = Vec::new();
+            if a.silenced {
+                note.push("silenced".to_string());
+            }
+            if let Some(by) = &a.acknowledged_by {
+                note.push(format!("acknowledged by {by}"));
+            }
+            if a.occurrences > 1 {
+                note.push(format!("{} occurrences", a.occurrences));
+            }
+            AlertTouchView {
+                state: a.state.clone(),
+                severity: a.severity.clone(),
+                summary: a.summary.clone(),
+                description: a.description.clone(),
+                location: if with_host {
+                    format!("{} / {what}", a.host)
+                } else {
+                    what
+                },
+                location_link: match a.gpu {
+                    Some(i) => format!("/hosts/{}/gpus/{i}?{query}", seg(&a.host)),
+                    None => format!("/hosts/{}?{query}", seg(&a.host)),
+                },
+                since: a.started_at.to_rfc3339(),
+                resolved: a.resolved_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                note: note.join(", "),
+            }
+        })
+        .collect()
+}
+
 fn chart(title: &str, series: Vec<Series>, r: &TimeRange, axis: Axis, ov: &Overlay) -> ChartView {
     let legend = series
         .iter()
@@ -577,6 +630,7 @@ pub struct HostPage {
     pub charts: Vec<ChartView>,
     pub gpus: Vec<GpuRow>,
     pub events: Vec<EventView>,
+    pub alerts: Vec<AlertTouchView>,
 }
 
 pub async fn host(
@@ -661,6 +715,7 @@ pub async fn host(
         charts,
         gpus,
         events: event_views(&d.events, &query),
+        alerts: alert_views(&d.alerts, false, &query),
     };
     Ok(render(&page))
 }
@@ -813,6 +868,7 @@ pub struct RackPage {
     pub sites: Vec<SiteGroup>,
     pub charts: Vec<ChartView>,
     pub events: Vec<EventView>,
+    pub alerts: Vec<AlertTouchView>,
 }
 
 pub async fn rack(
@@ -839,6 +895,7 @@ pub async fn rack(
         sites: heatmap(&d.gpus, metric, &query),
         charts: host_charts(&d.host_series, &r, true),
         events: event_views(&d.events, &query),
+        alerts: alert_views(&d.alerts, true, &query),
         site,
         rack,
     };

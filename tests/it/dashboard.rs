@@ -79,11 +79,6 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert_eq!(rack.matches("<svg class=\"chart\"").count(), 4);
     assert_eq!(rack.matches("<a class=\"cell").count(), 4);
     assert!(rack.contains("XID 79"));
-    // The heatmap's metric tabs keep the rack page's range.
-    assert!(
-        rack.contains(r#"href="?metric=temp&#38;range=1h""#),
-        "{rack}"
-    );
     assert_eq!(app.page(&cookie, "/racks/fra1/r99").await.0, 404);
 
     // 3. Host page: GPU table with sparklines linking to GPU pages.
@@ -524,6 +519,129 @@ async fn hostile_names_are_escaped_on_every_page() {
             "{p}: escaped name shown"
         );
     }
+    app.stop().await;
+}
+
+const ALERT_RULES: &str = r#"
+[[rule]]
+name = "gpu-xid"
+kind = "hardware"
+events = ["xid"]
+severity = "critical"
+summary = "GPU reported an XID error"
+resolve_after_secs = 86400
+
+[[rule]]
+name = "gpu-throttling"
+kind = "hardware"
+events = ["thermal_throttle"]
+severity = "warning"
+summary = "GPU is being throttled"
+resolve_after_secs = 2
+"#;
+
+/// The `<section id="alerts">` of a page.
+fn alerts_section(html: &str) -> &str {
+    let i = html
+        .find("<section id=\"alerts\"")
+        .unwrap_or_else(|| panic!("no alerts section: {html}"));
+    &html[i..i + html[i..].find("</section>").unwrap()]
+}
+
+#[tokio::test]
+async fn alerts_touching_a_host_show_on_its_host_and_rack_pages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(&rules, ALERT_RULES).unwrap();
+    let db = crate::support::fresh_database().await;
+    let app = TestApp::spawn_full(db, |c| {
+        c.alerting.rules_file = rules.to_string_lossy().into_owned();
+        c.alerting.eval_interval_secs = 1;
+    })
+    .await;
+    // XID 79 on GPU 1 of gpu-node-7 (rack r07) stays firing; a thermal throttle on
+    // GPU 0 of gpu-node-8 (same rack) fires and resolves after 2 quiet seconds.
+    seed_fleet(&app).await;
+    let token = app.token("gpu-node-8").await;
+    let ten_min_ago = recent(1, 1, 600)[0];
+    let body = json!({"host": {"name": "gpu-node-8", "site": "fra1", "rack": "r07", "pool": "train-a"},
+        "events": [{"ts": ten_min_ago, "index": 0, "kind": "thermal_throttle", "message": "HW thermal slowdown"}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let states: Vec<(String, String)> =
+            sqlx::query_as("SELECT rule, state FROM alerts ORDER BY rule")
+                .fetch_all(&app.store.pool)
+                .await
+                .unwrap();
+        if states
+            == [
+                ("gpu-throttling".to_string(), "resolved".to_string()),
+                ("gpu-xid".to_string(), "firing".to_string()),
+            ]
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alerts did not settle: {states:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let cookie = app.login("ops", "correct horse").await;
+    let xid = "GPU reported an XID error";
+    let throttle = "GPU is being throttled";
+
+    // The host with the faulty GPU: its firing GPU alert, linked to the alerts page.
+    let (st, html) = app.page(&cookie, "/hosts/gpu-node-7?range=1h").await;
+    assert_eq!(st, 200);
+    let s = alerts_section(&html);
+    assert!(
+        s.contains(xid) && s.contains("GPU 1") && s.contains("firing"),
+        "{s}"
+    );
+    assert!(s.contains("href=\"/alerts\""), "{s}");
+    assert!(!s.contains(throttle), "another host's alert: {s}");
+    // Its neighbour in the rack: only its own (resolved) alert.
+    let (_, html) = app.page(&cookie, "/hosts/gpu-node-8").await;
+    let s = alerts_section(&html);
+    assert!(s.contains(throttle) && s.contains("resolved"), "{s}");
+    assert!(
+        !s.contains(xid),
+        "gpu-node-7's alert on gpu-node-8's page: {s}"
+    );
+    // A host in another rack: none.
+    let (_, html) = app.page(&cookie, "/hosts/gpu-node-9").await;
+    let s = alerts_section(&html);
+    assert!(!s.contains(xid) && !s.contains(throttle), "{s}");
+    assert!(
+        s.contains("No firing, pending or recently resolved alerts"),
+        "{s}"
+    );
+    // The rack page shows the alerts of every host in it, and no other rack's.
+    let (_, html) = app.page(&cookie, "/racks/fra1/r07?range=1h").await;
+    let s = alerts_section(&html);
+    assert!(s.contains(xid) && s.contains(throttle), "{s}");
+    assert!(s.contains("gpu-node-7") && s.contains("gpu-node-8"), "{s}");
+    let (_, html) = app.page(&cookie, "/racks/fra1/r08").await;
+    assert!(!alerts_section(&html).contains(xid));
+    // The JSON API carries the same list.
+    let v = app.json(&cookie, "/api/v1/hosts/gpu-node-7").await;
+    let alerts = v["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{v}");
+    assert_eq!(
+        (&alerts[0]["rule"], &alerts[0]["state"], &alerts[0]["gpu"]),
+        (&json!("gpu-xid"), &json!("firing"), &json!(1))
+    );
+    // Resolved long ago: no longer "recent".
+    sqlx::query(
+        "UPDATE alerts SET resolved_at = now() - interval '2 days' WHERE state = 'resolved'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let (_, html) = app.page(&cookie, "/hosts/gpu-node-8").await;
+    assert!(!alerts_section(&html).contains(throttle));
     app.stop().await;
 }
 
