@@ -318,15 +318,21 @@ pub struct MetricLink {
     pub key: &'static str,
     pub label: &'static str,
     pub current: bool,
+    /// `?metric=temp`, plus the page's range where it has one.
+    pub href: String,
 }
 
-fn metric_links(m: Metric) -> Vec<MetricLink> {
+fn metric_links(m: Metric, range_query: Option<&str>) -> Vec<MetricLink> {
     Metric::ALL
         .iter()
         .map(|x| MetricLink {
             key: x.key(),
             label: x.label(),
             current: *x == m,
+            href: match range_query {
+                Some(q) => format!("?metric={}&{q}", x.key()),
+                None => format!("?metric={}", x.key()),
+            },
         })
         .collect()
 }
@@ -384,7 +390,7 @@ pub async fn fleet(
         mean_gpu_util: num(d.mean_gpu_util_pct, 1, "%"),
         gpu_power: watts(d.gpu_power_watts),
         energy_today: format!("{:.1} kWh", d.gpu_energy_today_kwh),
-        metrics: metric_links(metric),
+        metrics: metric_links(metric, None),
         metric_label: metric.label(),
         legend: legend(metric),
         sites: heatmap(&d.gpus, metric, "range=1h"),
@@ -889,7 +895,7 @@ pub async fn rack(
         nav: Nav::new(&user, csrf, ""),
         picker: picker(path, &r, format!("&metric={}", metric.key())),
         hosts: d.hosts.iter().map(|h| host_row(h, &gl, now)).collect(),
-        metrics: metric_links(metric),
+        metrics: metric_links(metric, Some(&query)),
         metric_label: metric.label(),
         legend: legend(metric),
         sites: heatmap(&d.gpus, metric, &query),

@@ -79,6 +79,11 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert_eq!(rack.matches("<svg class=\"chart\"").count(), 4);
     assert_eq!(rack.matches("<a class=\"cell").count(), 4);
     assert!(rack.contains("XID 79"));
+    // The heatmap's metric tabs keep the rack page's range.
+    assert!(
+        rack.contains(r#"href="?metric=temp&#38;range=1h""#),
+        "{rack}"
+    );
     assert_eq!(app.page(&cookie, "/racks/fra1/r99").await.0, 404);
 
     // 3. Host page: GPU table with sparklines linking to GPU pages.

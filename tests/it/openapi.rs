@@ -187,6 +187,7 @@ async fn real_responses_match_the_openapi_document() {
         ),
         ("/api/v1/inventory", "/api/v1/inventory?q=h100", 200),
         ("/api/v1/events", "/api/v1/events", 200),
+        ("/api/v1/alerts", "/api/v1/alerts", 200),
         ("/api/v1/admin/users", "/api/v1/admin/users", 200),
         ("/api/v1/admin/tokens", "/api/v1/admin/tokens", 200),
     ];
@@ -216,6 +217,7 @@ async fn real_responses_match_the_openapi_document() {
                 assert!(!body["series"].as_array().unwrap().is_empty() || url.contains("30d"));
             }
             "/api/v1/inventory" => assert_eq!(body["rows"].as_array().unwrap().len(), 2),
+            "/api/v1/alerts" => assert_eq!(body[0]["labels"]["gpu"], "1"),
             "/api/v1/hosts/{name}" if status == 200 => {
                 assert_eq!(body["alerts"][0]["gpu"], 1);
                 assert!(!body["gpu_series"].as_array().unwrap().is_empty() || url.contains("7d"));
