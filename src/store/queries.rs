@@ -129,15 +129,14 @@ macro_rules! host_latest_sql {
 
 /// GPU inventory with the latest sample (from `gpu_latest`, kept by ingest).
 macro_rules! gpus_latest_sql {
-    ($where:literal) => {
+    ($rest:literal) => {
         concat!(
             "SELECT h.name AS host_name, g.gpu_index AS index, g.uuid, g.model, g.memory_total_bytes, g.power_limit_watts,
                     s.ts, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.power_watts, s.temp_celsius, s.sm_clock_mhz
                FROM gpus g JOIN hosts h ON h.id = g.host_id
                LEFT JOIN gpu_latest s ON s.host_id = g.host_id AND s.gpu_index = g.gpu_index
                      AND s.ts > now() - interval '15 minutes' ",
-            $where,
-            " ORDER BY h.site, h.rack, h.name, g.gpu_index"
+            $rest
         )
     };
 }
@@ -145,9 +144,12 @@ macro_rules! gpus_latest_sql {
 const HOSTS_LATEST: &str = host_latest_sql!("ORDER BY h.site, h.rack, h.name");
 const HOST_LATEST: &str = host_latest_sql!("WHERE h.name = $1");
 const HOSTS_IN_RACK: &str = host_latest_sql!("WHERE h.site = $1 AND h.rack = $2 ORDER BY h.name");
+// Unordered: sorting a fleet's GPUs by three text keys took Postgres longer than the
+// join itself (the keys sit behind variable-width columns); callers order them.
 const GPUS_LATEST: &str = gpus_latest_sql!("");
-const HOST_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = $1");
-const HOSTS_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = ANY($1)");
+const HOST_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = $1 ORDER BY g.gpu_index");
+const HOSTS_GPUS_LATEST: &str =
+    gpus_latest_sql!("WHERE h.name = ANY($1) ORDER BY h.name, g.gpu_index");
 
 /// An alert touching a host (or one of its GPUs), as host and rack pages list it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -180,7 +182,8 @@ impl Store {
         sqlx::query_as(HOSTS_LATEST).fetch_all(&self.pool).await
     }
 
-    /// Every GPU (optionally of one host) with its latest sample.
+    /// Every GPU (in no particular order) or the GPUs of one host (by index), with
+    /// their latest samples.
     pub async fn gpus_latest(&self, host: Option<&str>) -> Result<Vec<GpuLatest>, sqlx::Error> {
         match host {
             None => sqlx::query_as(GPUS_LATEST).fetch_all(&self.pool).await,
@@ -193,7 +196,7 @@ impl Store {
         }
     }
 
-    /// The GPUs of the hosts named, with their latest samples.
+    /// The GPUs of the hosts named, with their latest samples, by host name and index.
     pub async fn gpus_latest_of(&self, hosts: &[String]) -> Result<Vec<GpuLatest>, sqlx::Error> {
         sqlx::query_as(HOSTS_GPUS_LATEST)
             .bind(hosts)

@@ -222,13 +222,20 @@ pub struct FleetRows {
 
 /// The fleet page's queries (the dashboard benchmark times exactly these).
 pub async fn fleet_rows(store: &Store, now: DateTime<Utc>) -> Result<FleetRows, sqlx::Error> {
-    let (hosts, gpus, energy_today_j, faults, alerts_firing) = tokio::try_join!(
+    let (hosts, mut gpus, energy_today_j, faults, alerts_firing) = tokio::try_join!(
         store.hosts_latest(),
         store.gpus_latest(None),
         store.energy_today(now),
         store.fault_counts(now - Duration::hours(FAULT_WINDOW_HOURS), None),
         store.alerts_firing(),
     )?;
+    // GPUs in the hosts' order (site, rack, name), then by index.
+    let pos: HashMap<&str, usize> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.name.as_str(), i))
+        .collect();
+    gpus.sort_unstable_by_key(|g| (pos.get(g.host_name.as_str()).copied(), g.index));
     Ok(FleetRows {
         hosts,
         gpus,
