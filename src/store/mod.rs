@@ -214,7 +214,7 @@ impl Store {
         .await?;
         let mut dropped = Vec::new();
         for (parent, child) in rows {
-            let keep_days = if parent.ends_with("_1m") {
+            let keep_days = if parent.ends_with("_1m") || parent.ends_with("_15m") {
                 rollup_days
             } else {
                 raw_days
@@ -240,12 +240,15 @@ impl Store {
     }
 }
 
-/// Tables partitioned by day.
-pub const PARTITIONED: [&str; 4] = [
+/// Tables partitioned by day. Rollups (`_1m`, and `_15m` made from them) are kept
+/// `retention.rollup_1m_days`, raw samples `retention.raw_days`.
+pub const PARTITIONED: [&str; 6] = [
     "host_samples",
     "gpu_samples",
     "host_samples_1m",
     "gpu_samples_1m",
+    "host_samples_15m",
+    "gpu_samples_15m",
 ];
 
 /// True when an error means "the database is not reachable right now" (answer 503

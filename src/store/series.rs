@@ -18,6 +18,8 @@ pub enum Source {
     /// 1-minute rollups (the minutes after the rollup job's watermark rolled up from raw
     /// samples in the query).
     Rollup1m,
+    /// 15-minute rollups, then 1-minute rollups and raw samples for the newest minutes.
+    Rollup15m,
 }
 
 /// One bucket of a host's metrics (means over the bucket).
@@ -94,15 +96,43 @@ SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.ts, $3) AS ts
  GROUP BY 1, 2 ORDER BY 1, 2"
 );
 
-/// Where rollups end and raw samples take over in a rollup query over `[$from, $to)`:
-/// the rollup job's watermark (every minute before it is rolled up), kept inside the
-/// range, and never more than 6 hours before `to`, so a stalled job cannot make a page
-/// read days of raw samples.
-macro_rules! rollup_cut {
-    ($from:literal, $to:literal) => {
+/// Where each source of a rollup query over `[$from, $to)` ends, and where its points
+/// start. With `$q` (a 15-minute range) the quarter-hours from the first whole one
+/// in the range up to the rollup job's watermark come from 15-minute rollups; then
+/// 1-minute rollups up to the watermark (every minute before it is rolled up); then
+/// raw samples, rolled up to minutes in the query, up to `$to`. The watermark is kept
+/// inside the range and never more than 6 hours before `$to`, so a stalled job cannot
+/// make a page read days of raw samples. Points start at the range's start, or at its
+/// first quarter-hour, so that every 15-minute row falls inside one point.
+macro_rules! rollup_cuts {
+    ($from:literal, $to:literal, $q:literal) => {
         concat!(
-            "(SELECT LEAST(", $to, "::timestamptz, GREATEST(", $from, "::timestamptz, ", $to,
-            "::timestamptz - interval '6 hours', COALESCE((SELECT watermark FROM job_state WHERE name = 'rollup_1m'), '-infinity'))))"
+            "w AS (SELECT (SELECT watermark FROM job_state WHERE name = 'rollup_1m') AS w),
+     c AS (SELECT LEAST(",
+            $to,
+            "::timestamptz, GREATEST(",
+            $from,
+            "::timestamptz, ",
+            $to,
+            "::timestamptz - interval '6 hours',
+                         COALESCE(w.w, '-infinity'))) AS c1,
+                  CASE WHEN ",
+            $q,
+            "::bool THEN rackwatch_quarter(",
+            $from,
+            "::timestamptz - interval '1 microsecond') + interval '15 minutes'
+                       ELSE ",
+            $from,
+            "::timestamptz END AS origin
+             FROM w),
+     cuts AS (SELECT c1, origin,
+                     CASE WHEN ",
+            $q,
+            "::bool THEN GREATEST(origin, LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)))
+                          ELSE ",
+            $from,
+            "::timestamptz END AS c15
+                FROM c, w)"
         )
     };
 }
@@ -123,52 +153,75 @@ macro_rules! mean {
     };
 }
 
-const HOST_1M: &str = concat!(
+/// Host rollup rows of table `$t` from `$lo` to `$hi`, as float8.
+macro_rules! host_rollup_rows {
+    ($t:literal, $lo:literal, $hi:literal) => {
+        concat!(
+            "SELECT host_id, bucket, cpu_util_pct::float8, mem_used_bytes::float8, disk_read_bytes_per_s,
+               disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s
+          FROM ", $t, "
+         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
+           AND bucket >= ", $lo, " AND bucket < ", $hi
+        )
+    };
+}
+
+const HOST_ROLLUP: &str = concat!(
     "
-WITH cut AS ", rollup_cut!("$2", "$3"), "
-SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.bucket, $2) AS ts,
+WITH ", rollup_cuts!("$2", "$3", "$5"), "
+SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.bucket, (SELECT origin FROM cuts)) AS ts,
        ", mean!("cpu_util_pct"), ", ", mean!("mem_used_bytes"), ",
        ", mean!("disk_read_bytes_per_s"), ", ", mean!("disk_write_bytes_per_s"), ",
        ", mean!("net_rx_bytes_per_s"), ", ", mean!("net_tx_bytes_per_s"), "
-  FROM (SELECT host_id, bucket, cpu_util_pct::float8, mem_used_bytes::float8, disk_read_bytes_per_s,
-               disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s
-          FROM host_samples_1m
-         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
-           AND bucket >= $2 AND bucket < (SELECT * FROM cut)
+  FROM (", host_rollup_rows!("host_samples_15m", "(SELECT origin FROM cuts)", "(SELECT c15 FROM cuts)"), "
+        UNION ALL
+        ", host_rollup_rows!("host_samples_1m", "(SELECT c15 FROM cuts)", "(SELECT c1 FROM cuts)"), "
         UNION ALL
         SELECT host_id, date_trunc('minute', ts), avg(cpu_util_pct), avg(mem_used_bytes)::float8,
                avg(disk_read_bytes_per_s), avg(disk_write_bytes_per_s), avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s)
           FROM host_samples
          WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
-           AND ts >= (SELECT * FROM cut) AND ts < $3
+           AND ts >= (SELECT c1 FROM cuts) AND ts < $3
          GROUP BY 1, 2) s
   JOIN hosts h ON h.id = s.host_id
  GROUP BY 1, 2 ORDER BY 1, 2"
 );
 
-const GPU_1M: &str = concat!(
+/// GPU rollup rows of table `$t` from `$lo` to `$hi`, as float8.
+macro_rules! gpu_rollup_rows {
+    ($t:literal, $lo:literal, $hi:literal) => {
+        concat!(
+            "SELECT s.gpu_index, s.bucket, s.util_pct::float8, s.mem_util_pct::float8, s.mem_used_bytes::float8,
+               s.power_watts::float8, s.power_watts_max::float8, s.temp_celsius::float8,
+               s.temp_celsius_max::float8, s.sm_clock_mhz::float8
+          FROM ", $t, " s
+         WHERE ", gpu_indexes!(), "
+           AND s.bucket >= ", $lo, " AND s.bucket < ", $hi
+        )
+    };
+}
+
+const GPU_ROLLUP: &str = concat!(
     "
-WITH cut AS ", rollup_cut!("$3", "$4"), "
-SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.bucket, $3) AS ts,
+WITH ", rollup_cuts!("$3", "$4", "$7"), "
+SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.bucket, (SELECT origin FROM cuts)) AS ts,
        ", mean!("util_pct"), ", ", mean!("mem_util_pct"), ",
        ", mean!("mem_used_bytes"), ", ", mean!("power_watts"), ",
        max(s.power_watts_max) AS power_watts_max, ", mean!("temp_celsius"), ",
        max(s.temp_celsius_max) AS temp_celsius_max, NULL::float8 AS mem_temp_celsius,
        ", mean!("sm_clock_mhz"), ", NULL::float8 AS mem_clock_mhz,
        NULL::float8 AS fan_pct, NULL::bool AS throttled
-  FROM (SELECT s.gpu_index, s.bucket, s.util_pct::float8, s.mem_util_pct::float8, s.mem_used_bytes::float8,
-               s.power_watts::float8, s.power_watts_max::float8, s.temp_celsius::float8,
-               s.temp_celsius_max::float8, s.sm_clock_mhz::float8
-          FROM gpu_samples_1m s
-         WHERE ", gpu_indexes!(), "
-           AND s.bucket >= $3 AND s.bucket < (SELECT * FROM cut) AND $6::int8 IS NOT NULL
+  FROM (", gpu_rollup_rows!("gpu_samples_15m", "(SELECT origin FROM cuts)", "(SELECT c15 FROM cuts)"), "
+        UNION ALL
+        ", gpu_rollup_rows!("gpu_samples_1m", "(SELECT c15 FROM cuts)", "(SELECT c1 FROM cuts)"), "
+           AND $6::int8 IS NOT NULL
         UNION ALL
         SELECT s.gpu_index, date_trunc('minute', s.ts), avg(s.util_pct), avg(s.mem_util_pct),
                avg(s.mem_used_bytes)::float8, avg(s.power_watts), max(s.power_watts), avg(s.temp_celsius),
                max(s.temp_celsius), avg(s.sm_clock_mhz)
           FROM gpu_samples s
          WHERE ", gpu_indexes!(), "
-           AND s.ts >= (SELECT * FROM cut) AND s.ts < $4
+           AND s.ts >= (SELECT c1 FROM cuts) AND s.ts < $4
          GROUP BY 1, 2) s
  GROUP BY 1, 2 ORDER BY 1, 2"
 );
@@ -216,17 +269,20 @@ impl Store {
         bucket_secs: i64,
         source: Source,
     ) -> Result<Vec<HostPoint>, sqlx::Error> {
-        let sql = match source {
-            Source::Raw => HOST_RAW,
-            Source::Rollup1m => HOST_1M,
+        let q = sqlx::query_as(if source == Source::Raw {
+            HOST_RAW
+        } else {
+            HOST_ROLLUP
+        })
+        .bind(hosts)
+        .bind(from)
+        .bind(to)
+        .bind(bucket_secs as f64);
+        let q = match source {
+            Source::Raw => q,
+            _ => q.bind(source == Source::Rollup15m),
         };
-        sqlx::query_as(sql)
-            .bind(hosts)
-            .bind(from)
-            .bind(to)
-            .bind(bucket_secs as f64)
-            .fetch_all(&self.pool)
-            .await
+        q.fetch_all(&self.pool).await
     }
 
     /// GPU metrics of one host (one GPU if `index` is set), one point per bucket.
@@ -239,19 +295,22 @@ impl Store {
         bucket_secs: i64,
         source: Source,
     ) -> Result<Vec<GpuPoint>, sqlx::Error> {
-        let sql = match source {
-            Source::Raw => GPU_RAW,
-            Source::Rollup1m => GPU_1M,
+        let q = sqlx::query_as(if source == Source::Raw {
+            GPU_RAW
+        } else {
+            GPU_ROLLUP
+        })
+        .bind(host)
+        .bind(index.map(|i| vec![i]))
+        .bind(from)
+        .bind(to)
+        .bind(bucket_secs as f64)
+        .bind(THROTTLE_MASK);
+        let q = match source {
+            Source::Raw => q,
+            _ => q.bind(source == Source::Rollup15m),
         };
-        sqlx::query_as(sql)
-            .bind(host)
-            .bind(index.map(|i| vec![i]))
-            .bind(from)
-            .bind(to)
-            .bind(bucket_secs as f64)
-            .bind(THROTTLE_MASK)
-            .fetch_all(&self.pool)
-            .await
+        q.fetch_all(&self.pool).await
     }
 
     /// Buckets of `bucket_secs` in which the GPU was throttled (read from raw samples).

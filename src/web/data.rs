@@ -460,7 +460,7 @@ pub async fn gpu_rows(
 ) -> Result<GpuRows, sqlx::Error> {
     let span = (range.to - range.from).num_seconds();
     let throttle = async {
-        if range.source == Source::Rollup1m && span <= THROTTLE_MAX_SECS {
+        if range.source != Source::Raw && span <= THROTTLE_MAX_SECS {
             store
                 .throttled_buckets(name, index, range.from, range.to, range.bucket_secs)
                 .await
@@ -519,8 +519,8 @@ pub async fn gpu(
                 .collect();
             Some(spans(&b, range.bucket_secs))
         }
-        (Source::Rollup1m, Some(b)) => Some(spans(&b, range.bucket_secs)),
-        (Source::Rollup1m, None) => None,
+        (_, Some(b)) => Some(spans(&b, range.bucket_secs)),
+        (_, None) => None,
     };
     Ok(GpuData {
         host,

@@ -28,6 +28,9 @@ pub const RAW_MAX_SECS: i64 = 6 * 3600;
 /// samples only up to this range: from 1 h on, one point per minute (60 per hour) is as
 /// much as eight overlaid lines can show, and reads 12× fewer rows.
 pub const OVERVIEW_RAW_MAX_SECS: i64 = 30 * 60;
+/// From this many seconds per pixel column (ranges over ~6 days), charts read the
+/// 15-minute rollups.
+pub const QUARTER_SECS: i64 = 900;
 /// Longest custom range: the 1-minute rollups are kept 90 days.
 pub const MAX_RANGE_DAYS: i64 = 90;
 
@@ -122,20 +125,20 @@ impl RangeParams {
             (now - Duration::seconds(*secs), now, k.to_string())
         };
         let span = (to - from).num_seconds().max(1);
+        let per_px = (span + PLOT_PX as i64 - 1) / PLOT_PX as i64;
         let source = if span <= raw_max_secs {
             Source::Raw
-        } else {
+        } else if per_px < QUARTER_SECS {
             Source::Rollup1m
+        } else {
+            Source::Rollup15m
         };
-        let floor = match source {
-            Source::Raw => 5,
-            Source::Rollup1m => 60,
-        };
-        let per_px = (span + PLOT_PX as i64 - 1) / PLOT_PX as i64;
-        // Buckets of whole minutes on rollups so each bucket holds whole rollup rows.
+        // Rollup buckets hold whole rollup rows: whole minutes (rounded up), or whole
+        // quarter-hours no wider than a pixel column (so at least one point per column).
         let bucket_secs = match source {
-            Source::Raw => per_px.max(floor),
-            Source::Rollup1m => ((per_px + 59) / 60 * 60).max(floor),
+            Source::Raw => per_px.max(5),
+            Source::Rollup1m => (per_px + 59) / 60 * 60,
+            Source::Rollup15m => per_px / QUARTER_SECS * QUARTER_SECS,
         };
         Ok(TimeRange {
             from,
@@ -183,6 +186,7 @@ impl TimeRange {
         let src = match self.source {
             Source::Raw => "raw samples",
             Source::Rollup1m => "1-minute rollups",
+            Source::Rollup15m => "15-minute rollups",
         };
         format!("{src}, {} s per point", self.bucket_secs)
     }
@@ -230,8 +234,25 @@ mod tests {
         }
         .resolve(now, "1h")
         .unwrap();
-        assert_eq!(r.source, Source::Rollup1m);
-        assert_eq!(r.bucket_secs, 1080, "7 d over 568 px, whole minutes");
+        assert_eq!(r.source, Source::Rollup15m);
+        assert_eq!(
+            r.bucket_secs, 900,
+            "7 d over 568 px: 1,065 s, whole quarter-hours"
+        );
+        let r = RangeParams {
+            range: Some("30d".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h")
+        .unwrap();
+        assert_eq!((r.source, r.bucket_secs), (Source::Rollup15m, 4500));
+        let r = RangeParams {
+            range: Some("24h".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h")
+        .unwrap();
+        assert_eq!((r.source, r.bucket_secs), (Source::Rollup1m, 180));
         // Host and rack pages read rollups from 1 h on, one point per minute.
         let r = p.resolve_overview(now, "1h").unwrap();
         assert_eq!((r.source, r.bucket_secs), (Source::Rollup1m, 60));
