@@ -2,14 +2,16 @@
 //! each next to the time of the SQL it runs, measured alone at the same concurrency.
 //!
 //! Data: a fleet of BENCH_HOSTS hosts × 8 GPUs (default 125 → 1,000 GPUs), bulk-loaded
-//! with COPY into the real tables: 7 days of 1-minute rollups (what ranges over 6 h read)
-//! and the last BENCH_RAW_HOURS (default 6) of raw 5-second samples (what the fleet page
-//! and ranges up to 6 h read). Loading the full 7 days of raw 5 s data (~120 M GPU rows)
+//! with COPY into the real tables: 7 days of 1-minute rollups (what ranges over 6 h read;
+//! the 15-minute rollups that ranges over ~6 days read are made from them by the rollup
+//! job's code) and the last BENCH_RAW_HOURS (default 6) of raw 5-second samples (what the
+//! fleet page and ranges up to 6 h read). Loading the full 7 days of raw 5 s data (~120 M GPU rows)
 //! is skipped: no page reads raw data older than 6 h (24 h for throttle shading of a
 //! single GPU), and it would take hours on a small machine.
 //!
 //! Run with `./scripts/bench dashboard`. BENCH_CLIENTS (20) and BENCH_REQUESTS (per
-//! page, 400) change the load.
+//! page, 400) change the load; BENCH_PAGES (a comma-separated subset) and
+//! BENCH_HOLD_SECS (keep the loaded database up before measuring) help investigations.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -20,8 +22,8 @@ use rackwatch::collect::simulator::SimulatedHost;
 use rackwatch::config::{Config, Secret};
 use rackwatch::model::Batch;
 use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
+use rackwatch::store::rollup::quarter;
 use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, GPU_COLUMNS, HOST_COLUMNS};
-use rackwatch::store::series::Source;
 use rackwatch::store::{create_database_if_missing, Store};
 use tokio::sync::watch;
 
@@ -171,6 +173,21 @@ async fn run() {
                 hs,
             )
             .await;
+            if to == end {
+                // The newest minute once more through the real ingest path, as an agent's
+                // replayed batch: nothing is stored twice, and host_latest / gpu_latest
+                // move to the newest samples as they do during live ingest.
+                let b = Batch {
+                    host: h.info.clone(),
+                    host_samples: c.host_samples[c.host_samples.len().saturating_sub(12)..]
+                        .to_vec(),
+                    gpu_samples: c.gpu_samples
+                        [c.gpu_samples.len().saturating_sub(12 * gpus as usize)..]
+                        .to_vec(),
+                    ..Default::default()
+                };
+                assert_eq!(store.write_batch(&b, now).await.unwrap().stored, 0);
+            }
             if !c.events.is_empty() {
                 events += c.events.len();
                 let b = Batch {
@@ -228,14 +245,28 @@ async fn run() {
         copy(&store, "COPY gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, util_pct_max, mem_util_pct, mem_used_bytes, power_watts, power_watts_max, energy_joules_total, temp_celsius, temp_celsius_max, sm_clock_mhz) FROM STDIN", g).await;
         copy(&store, "COPY host_samples_1m (host_id, bucket, samples, cpu_util_pct, cpu_util_pct_max, load1, mem_used_bytes, mem_total_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s) FROM STDIN", hs).await;
     }
+    // The 15-minute rollups, made from those by the rollup job's own code, and the
+    // watermark the job records after its run: every minute before this one is rolled up.
+    let watermark = end.duration_trunc(chrono::Duration::minutes(1)).unwrap();
+    let t_quarters = Instant::now();
+    let quarter_rows = store
+        .rollup_quarters(quarter(first), quarter(watermark), None)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO job_state (name, watermark) VALUES ('rollup_1m', $1)")
+        .bind(watermark)
+        .execute(&store.pool)
+        .await
+        .unwrap();
     sqlx::query("VACUUM ANALYZE")
         .execute(&store.pool)
         .await
         .unwrap();
     println!(
-        "1-minute rollups, {days} days: {rollup_rows} GPU rows + {} host rows ({:.0} s); {} GPUs on {hosts} hosts",
+        "1-minute rollups, {days} days: {rollup_rows} GPU rows + {} host rows ({:.0} s); 15-minute rollups: {quarter_rows} rows ({:.0} s); {} GPUs on {hosts} hosts",
         ids.len() as i64 * minutes,
-        t_roll.elapsed().as_secs_f64(),
+        (t_quarters - t_roll).as_secs_f64(),
+        t_quarters.elapsed().as_secs_f64(),
         hosts * gpus as usize
     );
 
@@ -298,6 +329,19 @@ async fn run() {
         .unwrap()
         .to_string();
     let names: Arc<Vec<String>> = Arc::new(fleet.iter().map(|h| h.info.name.clone()).collect());
+    // BENCH_HOLD_SECS: keep the loaded database up that long before measuring (to
+    // EXPLAIN the page queries by hand); BENCH_PAGES=fleet,gpu_7d measures only those.
+    let hold = env("BENCH_HOLD_SECS", 0);
+    if hold > 0 {
+        println!(
+            "holding {hold} s: database {url}, server {base}, hosts like {}",
+            names[0]
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(hold as u64)).await;
+    }
+    let only: Option<Vec<String>> = std::env::var("BENCH_PAGES")
+        .ok()
+        .map(|v| v.split(',').map(str::to_string).collect());
 
     // Pages: (label, URL builder, range key for the SQL-only run).
     type Url = fn(&str, usize) -> String;
@@ -330,6 +374,9 @@ async fn run() {
         "1-client sql"
     );
     for (label, url, range) in pages {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|p| p == label)) {
+            continue;
+        }
         // Warm-up: caches and connections, not measured.
         for i in 0..clients {
             let u = format!("{base}{}", url(&names[i % names.len()], i));
@@ -427,49 +474,24 @@ async fn run() {
     let _ = std::fs::remove_dir_all(root);
 }
 
-/// The queries a page runs, in the order it runs them, without HTTP or rendering.
+/// The queries a page runs (the same functions the page handlers call, run the same
+/// way: concurrently), without HTTP, sessions or rendering.
 async fn page_sql(st: &Store, page: &str, host: &str, gpu: i16, range: &str) {
+    use rackwatch::web::data;
     let now = Utc::now();
     if page == "fleet" {
-        st.hosts_latest().await.unwrap();
-        st.gpus_latest(None).await.unwrap();
-        st.energy_since(now.duration_trunc(chrono::Duration::days(1)).unwrap())
-            .await
-            .unwrap();
-        st.fault_counts(now - chrono::Duration::hours(24))
-            .await
-            .unwrap();
+        data::fleet_rows(st, now).await.unwrap();
         return;
     }
-    let r = rackwatch::web::range::RangeParams {
+    let params = rackwatch::web::range::RangeParams {
         range: Some(range.to_string()),
         ..Default::default()
-    }
-    .resolve(now, "1h")
-    .unwrap();
-    st.host_latest(host).await.unwrap();
-    st.gpus_latest(Some(host)).await.unwrap();
+    };
     if page.starts_with("host") {
-        st.host_series(&[host.to_string()], r.from, r.to, r.bucket_secs, r.source)
-            .await
-            .unwrap();
-        st.gpu_series(host, None, r.from, r.to, r.bucket_secs, r.source)
-            .await
-            .unwrap();
-        st.events_between(host, None, r.from, r.to, 200)
-            .await
-            .unwrap();
+        let r = params.resolve_overview(now, "1h").unwrap();
+        data::host_rows(st, host, &r, now).await.unwrap();
     } else {
-        st.gpu_series(host, Some(gpu), r.from, r.to, r.bucket_secs, r.source)
-            .await
-            .unwrap();
-        if r.source == Source::Rollup1m && (r.to - r.from).num_seconds() <= 86_400 {
-            st.throttled_buckets(host, gpu, r.from, r.to, r.bucket_secs)
-                .await
-                .unwrap();
-        }
-        st.events_between(host, Some(gpu), r.from, r.to, 200)
-            .await
-            .unwrap();
+        let r = params.resolve(now, "1h").unwrap();
+        data::gpu_rows(st, host, gpu, &r).await.unwrap();
     }
 }

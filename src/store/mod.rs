@@ -219,7 +219,7 @@ impl Store {
         for (parent, child) in rows {
             let keep_days = if parent == "anomaly_scores" {
                 score_days
-            } else if parent.ends_with("_1m") {
+            } else if parent.ends_with("_1m") || parent.ends_with("_15m") {
                 rollup_days
             } else {
                 raw_days
@@ -245,12 +245,16 @@ impl Store {
     }
 }
 
-/// Tables partitioned by day.
-pub const PARTITIONED: [&str; 5] = [
+/// Tables partitioned by day. Rollups (`_1m`, and `_15m` made from them) are kept
+/// `retention.rollup_1m_days`, raw samples `retention.raw_days`, anomaly scores
+/// `retention.anomaly_scores_days`.
+pub const PARTITIONED: [&str; 7] = [
     "host_samples",
     "gpu_samples",
     "host_samples_1m",
     "gpu_samples_1m",
+    "host_samples_15m",
+    "gpu_samples_15m",
     "anomaly_scores",
 ];
 

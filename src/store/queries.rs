@@ -111,60 +111,154 @@ pub struct EventRow {
     pub action: String,
 }
 
+/// Hosts with their latest sample, from `host_latest` (kept by ingest). Samples older
+/// than 15 minutes are not shown as current values.
+macro_rules! host_latest_sql {
+    ($where:literal) => {
+        concat!(
+            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
+                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
+                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
+                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
+               FROM hosts h
+               LEFT JOIN host_latest s ON s.host_id = h.id AND s.ts > now() - interval '15 minutes' ",
+            $where
+        )
+    };
+}
+
+/// GPU inventory with the latest sample (from `gpu_latest`, kept by ingest).
+macro_rules! gpus_latest_sql {
+    ($rest:literal) => {
+        concat!(
+            "SELECT h.name AS host_name, g.gpu_index AS index, g.uuid, g.model, g.memory_total_bytes, g.power_limit_watts,
+                    s.ts, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.power_watts, s.temp_celsius, s.sm_clock_mhz
+               FROM gpus g JOIN hosts h ON h.id = g.host_id
+               LEFT JOIN gpu_latest s ON s.host_id = g.host_id AND s.gpu_index = g.gpu_index
+                     AND s.ts > now() - interval '15 minutes' ",
+            $rest
+        )
+    };
+}
+
+const HOSTS_LATEST: &str = host_latest_sql!("ORDER BY h.site, h.rack, h.name");
+const HOST_LATEST: &str = host_latest_sql!("WHERE h.name = $1");
+const HOSTS_IN_RACK: &str = host_latest_sql!("WHERE h.site = $1 AND h.rack = $2 ORDER BY h.name");
+// Unordered: sorting a fleet's GPUs by three text keys took Postgres longer than the
+// join itself (the keys sit behind variable-width columns); callers order them.
+const GPUS_LATEST: &str = gpus_latest_sql!("");
+const HOST_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = $1 ORDER BY g.gpu_index");
+const HOSTS_GPUS_LATEST: &str =
+    gpus_latest_sql!("WHERE h.name = ANY($1) ORDER BY h.name, g.gpu_index");
+
+/// An alert touching a host (or one of its GPUs), as host and rack pages list it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AlertTouching {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: String,
+    /// pending, firing or resolved.
+    pub state: String,
+    pub host: String,
+    /// The GPU, for GPU-level alerts.
+    pub gpu: Option<i16>,
+    pub summary: String,
+    pub description: String,
+    pub started_at: DateTime<Utc>,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub occurrences: i32,
+    pub acknowledged_by: Option<String>,
+    /// An active silence mutes its notifications.
+    pub silenced: bool,
+}
+
 /// Most rows one samples request returns.
 pub const MAX_SAMPLE_ROWS: i64 = 200_000;
 
 impl Store {
     /// Every host with its latest sample, ordered by site, rack, name.
     pub async fn hosts_latest(&self) -> Result<Vec<HostLatest>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
-                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
-                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
-                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
-               FROM hosts h
-               LEFT JOIN LATERAL (
-                    SELECT * FROM host_samples s WHERE s.host_id = h.id AND s.ts > now() - interval '15 minutes'
-                     ORDER BY s.ts DESC LIMIT 1) s ON true
-              ORDER BY h.site, h.rack, h.name",
-        )
-        .fetch_all(&self.pool)
-        .await
+        sqlx::query_as(HOSTS_LATEST).fetch_all(&self.pool).await
     }
 
-    /// Every GPU (optionally of one host) with its latest sample.
+    /// Every GPU (in no particular order) or the GPUs of one host (by index), with
+    /// their latest samples.
     pub async fn gpus_latest(&self, host: Option<&str>) -> Result<Vec<GpuLatest>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name AS host_name, g.gpu_index AS index, g.uuid, g.model, g.memory_total_bytes, g.power_limit_watts,
-                    s.ts, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.power_watts, s.temp_celsius, s.sm_clock_mhz
-               FROM gpus g JOIN hosts h ON h.id = g.host_id
-               LEFT JOIN LATERAL (
-                    SELECT * FROM gpu_samples s
-                     WHERE s.host_id = g.host_id AND s.gpu_index = g.gpu_index AND s.ts > now() - interval '15 minutes'
-                     ORDER BY s.ts DESC LIMIT 1) s ON true
-              WHERE $1::text IS NULL OR h.name = $1
-              ORDER BY h.site, h.rack, h.name, g.gpu_index",
-        )
-        .bind(host)
-        .fetch_all(&self.pool)
-        .await
+        match host {
+            None => sqlx::query_as(GPUS_LATEST).fetch_all(&self.pool).await,
+            Some(h) => {
+                sqlx::query_as(HOST_GPUS_LATEST)
+                    .bind(h)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+    }
+
+    /// The GPUs of the hosts named, with their latest samples, by host name and index.
+    pub async fn gpus_latest_of(&self, hosts: &[String]) -> Result<Vec<GpuLatest>, sqlx::Error> {
+        sqlx::query_as(HOSTS_GPUS_LATEST)
+            .bind(hosts)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// One host's inventory row and latest sample.
     pub async fn host_latest(&self, name: &str) -> Result<Option<HostLatest>, sqlx::Error> {
+        sqlx::query_as(HOST_LATEST)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// The hosts of one rack with their latest samples, by name.
+    pub async fn hosts_in_rack(
+        &self,
+        site: &str,
+        rack: &str,
+    ) -> Result<Vec<HostLatest>, sqlx::Error> {
+        sqlx::query_as(HOSTS_IN_RACK)
+            .bind(site)
+            .bind(rack)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// How many alerts are firing now.
+    pub async fn alerts_firing(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Firing and pending alerts whose host is one of `hosts` (GPU-level alerts
+    /// included), and those resolved since `resolved_since`: firing first, then pending,
+    /// then resolved, most severe and newest first.
+    pub async fn alerts_touching(
+        &self,
+        hosts: &[String],
+        resolved_since: DateTime<Utc>,
+    ) -> Result<Vec<AlertTouching>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
-                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
-                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
-                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
-               FROM hosts h
-               LEFT JOIN LATERAL (
-                    SELECT * FROM host_samples s WHERE s.host_id = h.id AND s.ts > now() - interval '15 minutes'
-                     ORDER BY s.ts DESC LIMIT 1) s ON true
-              WHERE h.name = $1",
+            "SELECT a.fingerprint, a.rule, a.severity, a.state, a.labels->>'host' AS host,
+                    CASE WHEN a.labels->>'gpu' ~ '^[0-9]{1,4}$' THEN (a.labels->>'gpu')::int2 END AS gpu,
+                    a.summary, a.description, a.started_at, a.fired_at, a.resolved_at, a.occurrences,
+                    a.acknowledged_by,
+                    EXISTS (SELECT 1 FROM silences s WHERE s.starts_at <= now() AND s.ends_at > now()
+                              AND (a.labels || jsonb_build_object('rule', a.rule, 'severity', a.severity)) @> s.matchers
+                           ) AS silenced
+               FROM alerts a
+              WHERE a.labels->>'host' = ANY($1)
+                AND (a.state IN ('pending', 'firing') OR a.resolved_at >= $2)
+              ORDER BY CASE a.state WHEN 'firing' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,
+                       CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
+                       COALESCE(a.resolved_at, a.started_at) DESC
+              LIMIT 200",
         )
-        .bind(name)
-        .fetch_optional(&self.pool)
+        .bind(hosts)
+        .bind(resolved_since)
+        .fetch_all(&self.pool)
         .await
     }
 

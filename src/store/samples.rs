@@ -1,4 +1,5 @@
-//! Writing validated batches: host upsert, inventory, samples, events — one transaction.
+//! Writing validated batches: host upsert (with the host's latest-sample rows),
+//! inventory, samples, events — one transaction.
 //!
 //! Samples go in with `COPY`, the fastest path Postgres has. A replayed batch hits the
 //! primary key; then the transaction is retried through a temporary table with
@@ -85,6 +86,26 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+/// The newest host sample and the newest sample of each GPU in a batch (agents may
+/// send them in any order), GPUs sorted by index so that concurrent batches of one
+/// host lock `gpu_latest` rows in the same order.
+fn newest(b: &Batch) -> (Option<&HostSample>, Vec<&GpuSample>) {
+    let host = b.host_samples.iter().max_by_key(|s| s.ts);
+    let mut gpus: Vec<&GpuSample> = Vec::new();
+    for s in &b.gpu_samples {
+        match gpus.iter_mut().find(|g| g.index == s.index) {
+            Some(g) if g.ts < s.ts => *g = s,
+            Some(_) => {}
+            None => gpus.push(s),
+        }
+    }
+    gpus.sort_by_key(|g| g.index);
+    (host, gpus)
+}
+
+/// Upsert the host (returning its id) and, in the same statement, move its
+/// `host_latest` / `gpu_latest` rows forward to the batch's newest samples: only where
+/// the batch's sample is newer, so late or replayed samples never move them back.
 async fn upsert_host(
     tx: &mut Transaction<'_, Postgres>,
     b: &Batch,
@@ -105,15 +126,55 @@ async fn upsert_host(
         .chain(b.gpu_samples.iter().map(|s| s.ts))
         .max()
         .map(|t| t.min(now));
+    let (h, gpus) = newest(b);
+    let f32s = |f: fn(&GpuSample) -> Option<f64>| -> Vec<Option<f32>> {
+        gpus.iter().map(|g| f(g).map(|v| v as f32)).collect()
+    };
     sqlx::query_scalar(
-        "INSERT INTO hosts (name, site, rack, pool, labels, agent_version, agent_stats, last_seen)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (name) DO UPDATE SET
-            site = EXCLUDED.site, rack = EXCLUDED.rack, pool = EXCLUDED.pool, labels = EXCLUDED.labels,
-            agent_version = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_version ELSE EXCLUDED.agent_version END,
-            agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
-            last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen)
-         RETURNING id",
+        "WITH h AS (
+            INSERT INTO hosts (name, site, rack, pool, labels, agent_version, agent_stats, last_seen)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (name) DO UPDATE SET
+               site = EXCLUDED.site, rack = EXCLUDED.rack, pool = EXCLUDED.pool, labels = EXCLUDED.labels,
+               agent_version = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_version ELSE EXCLUDED.agent_version END,
+               agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
+               last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen)
+            RETURNING id
+         ), host_latest_up AS (
+            INSERT INTO host_latest (host_id, ts, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes,
+                disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s)
+            SELECT h.id, $9, $10, $11, $12, $13, $14, $15, $16, $17 FROM h WHERE $9::timestamptz IS NOT NULL
+            ON CONFLICT (host_id) DO UPDATE SET ts = EXCLUDED.ts, cpu_util_pct = EXCLUDED.cpu_util_pct,
+               load1 = EXCLUDED.load1, mem_used_bytes = EXCLUDED.mem_used_bytes,
+               mem_total_bytes = EXCLUDED.mem_total_bytes, disk_read_bytes_per_s = EXCLUDED.disk_read_bytes_per_s,
+               disk_write_bytes_per_s = EXCLUDED.disk_write_bytes_per_s,
+               net_rx_bytes_per_s = EXCLUDED.net_rx_bytes_per_s, net_tx_bytes_per_s = EXCLUDED.net_tx_bytes_per_s
+             WHERE host_latest.ts < EXCLUDED.ts
+         ), gpu_latest_up AS (
+            INSERT INTO gpu_latest (host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, power_watts,
+                temp_celsius, sm_clock_mhz, energy_joules_total, energy_day_start)
+            SELECT h.id, g.*, g.e FROM h, UNNEST($18::int2[], $19::timestamptz[], $20::float4[], $21::float4[],
+                $22::int8[], $23::float4[], $24::float4[], $25::float4[], $26::float8[]) AS g(i, t, u, mu, m, p, tc, c, e)
+            ON CONFLICT (host_id, gpu_index) DO UPDATE SET ts = EXCLUDED.ts, util_pct = EXCLUDED.util_pct,
+               mem_util_pct = EXCLUDED.mem_util_pct, mem_used_bytes = EXCLUDED.mem_used_bytes,
+               power_watts = EXCLUDED.power_watts, temp_celsius = EXCLUDED.temp_celsius,
+               sm_clock_mhz = EXCLUDED.sm_clock_mhz,
+               -- A new UTC day starts counting at its first sample; within a day a
+               -- counter that went backwards (driver reload) keeps what was counted.
+               energy_joules_total = CASE WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts)
+                  THEN EXCLUDED.energy_joules_total
+                  ELSE COALESCE(EXCLUDED.energy_joules_total, gpu_latest.energy_joules_total) END,
+               energy_day_start = CASE
+                  WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN EXCLUDED.energy_joules_total
+                  WHEN EXCLUDED.energy_joules_total IS NULL THEN gpu_latest.energy_day_start
+                  WHEN gpu_latest.energy_day_start IS NULL OR gpu_latest.energy_joules_total IS NULL
+                       THEN EXCLUDED.energy_joules_total
+                  WHEN EXCLUDED.energy_joules_total < gpu_latest.energy_joules_total
+                       THEN EXCLUDED.energy_joules_total - (gpu_latest.energy_joules_total - gpu_latest.energy_day_start)
+                  ELSE gpu_latest.energy_day_start END
+             WHERE gpu_latest.ts < EXCLUDED.ts
+         )
+         SELECT id FROM h",
     )
     .bind(&b.host.name)
     .bind(&b.host.site)
@@ -123,6 +184,32 @@ async fn upsert_host(
     .bind(version)
     .bind(stats)
     .bind(last_seen)
+    .bind(h.map(|s| s.ts))
+    .bind(h.and_then(|s| s.cpu_util_pct).map(|v| v as f32))
+    .bind(h.and_then(|s| s.load1).map(|v| v as f32))
+    .bind(h.and_then(|s| s.mem_used_bytes).map(|v| v as i64))
+    .bind(h.and_then(|s| s.mem_total_bytes).map(|v| v as i64))
+    .bind(h.and_then(|s| s.disk_read_bytes_per_s))
+    .bind(h.and_then(|s| s.disk_write_bytes_per_s))
+    .bind(h.and_then(|s| s.net_rx_bytes_per_s))
+    .bind(h.and_then(|s| s.net_tx_bytes_per_s))
+    .bind(gpus.iter().map(|g| i16::from(g.index)).collect::<Vec<_>>())
+    .bind(gpus.iter().map(|g| g.ts).collect::<Vec<_>>())
+    .bind(f32s(|g| g.util_pct))
+    .bind(f32s(|g| g.mem_util_pct))
+    .bind(
+        gpus.iter()
+            .map(|g| g.mem_used_bytes.map(|v| v as i64))
+            .collect::<Vec<_>>(),
+    )
+    .bind(f32s(|g| g.power_watts))
+    .bind(f32s(|g| g.temp_celsius))
+    .bind(f32s(|g| g.sm_clock_mhz))
+    .bind(
+        gpus.iter()
+            .map(|g| g.energy_joules_total)
+            .collect::<Vec<_>>(),
+    )
     .fetch_one(&mut **tx)
     .await
 }

@@ -1,6 +1,8 @@
 //! Time series for charts, already reduced to one point per bucket (a bucket is about
 //! one pixel column of a chart), so pages never pull more rows than they can draw.
-//! Short ranges read raw samples; longer ones read the 1-minute rollups.
+//! Short ranges read raw samples; longer ones read the 1-minute rollups, plus the
+//! newest minutes the rollup job has not reached yet, rolled up from raw samples on
+//! the fly, so a chart over rollups still reaches "now".
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -13,8 +15,11 @@ use super::Store;
 pub enum Source {
     /// Raw samples (5–10 s apart).
     Raw,
-    /// 1-minute rollups.
+    /// 1-minute rollups (the minutes after the rollup job's watermark rolled up from raw
+    /// samples in the query).
     Rollup1m,
+    /// 15-minute rollups, then 1-minute rollups and raw samples for the newest minutes.
+    Rollup15m,
 }
 
 /// One bucket of a host's metrics (means over the bucket).
@@ -65,16 +70,19 @@ SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.ts, $2) AS ts,
  WHERE h.name = ANY($1) AND s.ts >= $2 AND s.ts < $3
  GROUP BY 1, 2 ORDER BY 1, 2";
 
-const HOST_1M: &str = "
-SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.bucket, $2) AS ts,
-       avg(s.cpu_util_pct)::float8 AS cpu_util_pct, avg(s.mem_used_bytes)::float8 AS mem_used_bytes,
-       avg(s.disk_read_bytes_per_s) AS disk_read_bytes_per_s, avg(s.disk_write_bytes_per_s) AS disk_write_bytes_per_s,
-       avg(s.net_rx_bytes_per_s) AS net_rx_bytes_per_s, avg(s.net_tx_bytes_per_s) AS net_tx_bytes_per_s
-  FROM host_samples_1m s JOIN hosts h ON h.id = s.host_id
- WHERE h.name = ANY($1) AND s.bucket >= $2 AND s.bucket < $3
- GROUP BY 1, 2 ORDER BY 1, 2";
+/// The GPUs a GPU query reads: `$2` (one GPU), or every GPU of the host. An index array
+/// rather than a range, so that the primary key (host, GPU, time) is searched once per
+/// GPU for the time range instead of scanning all of the host's rows.
+macro_rules! gpu_indexes {
+    () => {
+        "s.host_id = (SELECT id FROM hosts WHERE name = $1)
+   AND s.gpu_index = ANY(COALESCE($2::int2[], ARRAY(SELECT gpu_index FROM gpus
+                                                   WHERE host_id = (SELECT id FROM hosts WHERE name = $1))))"
+    };
+}
 
-const GPU_RAW: &str = "
+const GPU_RAW: &str = concat!(
+    "
 SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.ts, $3) AS ts,
        avg(s.util_pct)::float8 AS util_pct, avg(s.mem_util_pct)::float8 AS mem_util_pct,
        avg(s.mem_used_bytes)::float8 AS mem_used_bytes, avg(s.power_watts)::float8 AS power_watts,
@@ -83,22 +91,140 @@ SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.ts, $3) AS ts
        avg(s.sm_clock_mhz)::float8 AS sm_clock_mhz, avg(s.mem_clock_mhz)::float8 AS mem_clock_mhz,
        avg(s.fan_pct)::float8 AS fan_pct, bool_or(s.throttle_reasons & $6 <> 0) AS throttled
   FROM gpu_samples s
- WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index BETWEEN $2 AND $7
+ WHERE ", gpu_indexes!(), "
    AND s.ts >= $3 AND s.ts < $4
- GROUP BY 1, 2 ORDER BY 1, 2";
+ GROUP BY 1, 2 ORDER BY 1, 2"
+);
 
-const GPU_1M: &str = "
-SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.bucket, $3) AS ts,
-       avg(s.util_pct)::float8 AS util_pct, avg(s.mem_util_pct)::float8 AS mem_util_pct,
-       avg(s.mem_used_bytes)::float8 AS mem_used_bytes, avg(s.power_watts)::float8 AS power_watts,
-       max(s.power_watts_max)::float8 AS power_watts_max, avg(s.temp_celsius)::float8 AS temp_celsius,
-       max(s.temp_celsius_max)::float8 AS temp_celsius_max, NULL::float8 AS mem_temp_celsius,
-       avg(s.sm_clock_mhz)::float8 AS sm_clock_mhz, NULL::float8 AS mem_clock_mhz,
+/// Where each source of a rollup query over `[$from, $to)` ends, and where its points
+/// start. With `$q` (a 15-minute range) the quarter-hours from the first whole one
+/// in the range up to the rollup job's watermark come from 15-minute rollups; then
+/// 1-minute rollups up to the watermark (every minute before it is rolled up); then
+/// raw samples, rolled up to minutes in the query, up to `$to`. The watermark is kept
+/// inside the range and never more than 6 hours before `$to`, so a stalled job cannot
+/// make a page read days of raw samples. Points start at the range's start, or at its
+/// first quarter-hour, so that every 15-minute row falls inside one point.
+macro_rules! rollup_cuts {
+    ($from:literal, $to:literal, $q:literal) => {
+        concat!(
+            "w AS (SELECT (SELECT watermark FROM job_state WHERE name = 'rollup_1m') AS w),
+     c AS (SELECT LEAST(",
+            $to,
+            "::timestamptz, GREATEST(",
+            $from,
+            "::timestamptz, ",
+            $to,
+            "::timestamptz - interval '6 hours',
+                         COALESCE(w.w, '-infinity'))) AS c1,
+                  CASE WHEN ",
+            $q,
+            "::bool THEN rackwatch_quarter(",
+            $from,
+            "::timestamptz - interval '1 microsecond') + interval '15 minutes'
+                       ELSE ",
+            $from,
+            "::timestamptz END AS origin
+             FROM w),
+     cuts AS (SELECT c1, origin,
+                     CASE WHEN ",
+            $q,
+            "::bool THEN GREATEST(origin, LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)))
+                          ELSE ",
+            $from,
+            "::timestamptz END AS c15
+                FROM c, w)"
+        )
+    };
+}
+
+/// The mean of a float8 column of minute rows `s`, named after it: sum over count is
+/// about half the work of `avg(float8)`, which also keeps a sum of squares per group,
+/// and rollup charts aggregate thousands of rows.
+macro_rules! mean {
+    ($col:literal) => {
+        concat!(
+            "sum(s.",
+            $col,
+            ") / nullif(count(s.",
+            $col,
+            "), 0) AS ",
+            $col
+        )
+    };
+}
+
+/// Host rollup rows of table `$t` from `$lo` to `$hi`, as float8.
+macro_rules! host_rollup_rows {
+    ($t:literal, $lo:literal, $hi:literal) => {
+        concat!(
+            "SELECT host_id, bucket, cpu_util_pct::float8, mem_used_bytes::float8, disk_read_bytes_per_s,
+               disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s
+          FROM ", $t, "
+         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
+           AND bucket >= ", $lo, " AND bucket < ", $hi
+        )
+    };
+}
+
+const HOST_ROLLUP: &str = concat!(
+    "
+WITH ", rollup_cuts!("$2", "$3", "$5"), "
+SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.bucket, (SELECT origin FROM cuts)) AS ts,
+       ", mean!("cpu_util_pct"), ", ", mean!("mem_used_bytes"), ",
+       ", mean!("disk_read_bytes_per_s"), ", ", mean!("disk_write_bytes_per_s"), ",
+       ", mean!("net_rx_bytes_per_s"), ", ", mean!("net_tx_bytes_per_s"), "
+  FROM (", host_rollup_rows!("host_samples_15m", "(SELECT origin FROM cuts)", "(SELECT c15 FROM cuts)"), "
+        UNION ALL
+        ", host_rollup_rows!("host_samples_1m", "(SELECT c15 FROM cuts)", "(SELECT c1 FROM cuts)"), "
+        UNION ALL
+        SELECT host_id, date_trunc('minute', ts), avg(cpu_util_pct), avg(mem_used_bytes)::float8,
+               avg(disk_read_bytes_per_s), avg(disk_write_bytes_per_s), avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s)
+          FROM host_samples
+         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
+           AND ts >= (SELECT c1 FROM cuts) AND ts < $3
+         GROUP BY 1, 2) s
+  JOIN hosts h ON h.id = s.host_id
+ GROUP BY 1, 2 ORDER BY 1, 2"
+);
+
+/// GPU rollup rows of table `$t` from `$lo` to `$hi`, as float8.
+macro_rules! gpu_rollup_rows {
+    ($t:literal, $lo:literal, $hi:literal) => {
+        concat!(
+            "SELECT s.gpu_index, s.bucket, s.util_pct::float8, s.mem_util_pct::float8, s.mem_used_bytes::float8,
+               s.power_watts::float8, s.power_watts_max::float8, s.temp_celsius::float8,
+               s.temp_celsius_max::float8, s.sm_clock_mhz::float8
+          FROM ", $t, " s
+         WHERE ", gpu_indexes!(), "
+           AND s.bucket >= ", $lo, " AND s.bucket < ", $hi
+        )
+    };
+}
+
+const GPU_ROLLUP: &str = concat!(
+    "
+WITH ", rollup_cuts!("$3", "$4", "$7"), "
+SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.bucket, (SELECT origin FROM cuts)) AS ts,
+       ", mean!("util_pct"), ", ", mean!("mem_util_pct"), ",
+       ", mean!("mem_used_bytes"), ", ", mean!("power_watts"), ",
+       max(s.power_watts_max) AS power_watts_max, ", mean!("temp_celsius"), ",
+       max(s.temp_celsius_max) AS temp_celsius_max, NULL::float8 AS mem_temp_celsius,
+       ", mean!("sm_clock_mhz"), ", NULL::float8 AS mem_clock_mhz,
        NULL::float8 AS fan_pct, NULL::bool AS throttled
-  FROM gpu_samples_1m s
- WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index BETWEEN $2 AND $7
-   AND s.bucket >= $3 AND s.bucket < $4 AND $6::int8 IS NOT NULL
- GROUP BY 1, 2 ORDER BY 1, 2";
+  FROM (", gpu_rollup_rows!("gpu_samples_15m", "(SELECT origin FROM cuts)", "(SELECT c15 FROM cuts)"), "
+        UNION ALL
+        ", gpu_rollup_rows!("gpu_samples_1m", "(SELECT c15 FROM cuts)", "(SELECT c1 FROM cuts)"), "
+           AND $6::int8 IS NOT NULL
+        UNION ALL
+        SELECT s.gpu_index, date_trunc('minute', s.ts), avg(s.util_pct), avg(s.mem_util_pct),
+               avg(s.mem_used_bytes)::float8, avg(s.power_watts), max(s.power_watts), avg(s.temp_celsius),
+               max(s.temp_celsius), avg(s.sm_clock_mhz)
+          FROM gpu_samples s
+         WHERE ", gpu_indexes!(), "
+           AND s.ts >= (SELECT c1 FROM cuts) AND s.ts < $4
+         GROUP BY 1, 2) s
+ GROUP BY 1, 2 ORDER BY 1, 2"
+);
 
 /// Throttled stretches of one GPU from raw samples, as (start, end) bucket times.
 const THROTTLE_RAW: &str = "
@@ -143,17 +269,20 @@ impl Store {
         bucket_secs: i64,
         source: Source,
     ) -> Result<Vec<HostPoint>, sqlx::Error> {
-        let sql = match source {
-            Source::Raw => HOST_RAW,
-            Source::Rollup1m => HOST_1M,
+        let q = sqlx::query_as(if source == Source::Raw {
+            HOST_RAW
+        } else {
+            HOST_ROLLUP
+        })
+        .bind(hosts)
+        .bind(from)
+        .bind(to)
+        .bind(bucket_secs as f64);
+        let q = match source {
+            Source::Raw => q,
+            _ => q.bind(source == Source::Rollup15m),
         };
-        sqlx::query_as(sql)
-            .bind(hosts)
-            .bind(from)
-            .bind(to)
-            .bind(bucket_secs as f64)
-            .fetch_all(&self.pool)
-            .await
+        q.fetch_all(&self.pool).await
     }
 
     /// GPU metrics of one host (one GPU if `index` is set), one point per bucket.
@@ -166,23 +295,22 @@ impl Store {
         bucket_secs: i64,
         source: Source,
     ) -> Result<Vec<GpuPoint>, sqlx::Error> {
-        let sql = match source {
-            Source::Raw => GPU_RAW,
-            Source::Rollup1m => GPU_1M,
+        let q = sqlx::query_as(if source == Source::Raw {
+            GPU_RAW
+        } else {
+            GPU_ROLLUP
+        })
+        .bind(host)
+        .bind(index.map(|i| vec![i]))
+        .bind(from)
+        .bind(to)
+        .bind(bucket_secs as f64)
+        .bind(THROTTLE_MASK);
+        let q = match source {
+            Source::Raw => q,
+            _ => q.bind(source == Source::Rollup15m),
         };
-        // An index range rather than `$2 IS NULL OR …`, so that the cached generic plan
-        // still uses the primary key for one GPU.
-        let (lo, hi) = index.map_or((0, i16::MAX), |i| (i, i));
-        sqlx::query_as(sql)
-            .bind(host)
-            .bind(lo)
-            .bind(from)
-            .bind(to)
-            .bind(bucket_secs as f64)
-            .bind(THROTTLE_MASK)
-            .bind(hi)
-            .fetch_all(&self.pool)
-            .await
+        q.fetch_all(&self.pool).await
     }
 
     /// Buckets of `bucket_secs` in which the GPU was throttled (read from raw samples).
@@ -205,10 +333,11 @@ impl Store {
             .await
     }
 
-    /// Hardware events of a host (one GPU, or all) in `[from, to)`, newest first.
+    /// Hardware events of the hosts named in `[from, to)`, newest first: all of them,
+    /// or with `index`, those of that GPU and the host-wide ones.
     pub async fn events_between(
         &self,
-        host: &str,
+        hosts: &[String],
         index: Option<i16>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
@@ -217,11 +346,11 @@ impl Store {
         sqlx::query_as(
             "SELECT h.name AS host_name, NULLIF(e.gpu_index, -1) AS index, e.ts, e.kind, e.code, e.message, e.count
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
-              WHERE h.name = $1 AND ($2::int2 IS NULL OR e.gpu_index = $2 OR e.gpu_index = -1)
+              WHERE h.name = ANY($1) AND ($2::int2 IS NULL OR e.gpu_index = $2 OR e.gpu_index = -1)
                 AND e.ts >= $3 AND e.ts < $4
               ORDER BY e.ts DESC LIMIT $5",
         )
-        .bind(host)
+        .bind(hosts)
         .bind(index)
         .bind(from)
         .bind(to)
@@ -230,31 +359,32 @@ impl Store {
         .await
     }
 
-    /// Hardware events per GPU since `since`.
-    pub async fn fault_counts(&self, since: DateTime<Utc>) -> Result<Vec<FaultCount>, sqlx::Error> {
+    /// Hardware events per GPU since `since` (of every host, or of the hosts named).
+    pub async fn fault_counts(
+        &self,
+        since: DateTime<Utc>,
+        hosts: Option<&[String]>,
+    ) -> Result<Vec<FaultCount>, sqlx::Error> {
         sqlx::query_as(
             "SELECT h.name AS host_name, e.gpu_index AS index, sum(e.count)::int8 AS events
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
-              WHERE e.ts >= $1 GROUP BY 1, 2",
+              WHERE e.ts >= $1 AND ($2::text[] IS NULL OR h.name = ANY($2)) GROUP BY 1, 2",
         )
         .bind(since)
+        .bind(hosts)
         .fetch_all(&self.pool)
         .await
     }
 
-    /// GPU energy since `since` in joules, from the rollups' energy counters (last minus
-    /// first per GPU; a counter reset only makes it an underestimate).
-    pub async fn energy_since(&self, since: DateTime<Utc>) -> Result<f64, sqlx::Error> {
+    /// GPU energy since 00:00 UTC in joules, summed over the GPUs that reported today:
+    /// each GPU's energy counter minus its value at the first sample of the day, both
+    /// kept in `gpu_latest` by ingest (a counter reset does not lose what was counted).
+    pub async fn energy_today(&self, now: DateTime<Utc>) -> Result<f64, sqlx::Error> {
         let j: Option<f64> = sqlx::query_scalar(
-            "SELECT sum(greatest(l.e - f.e, 0)) FROM gpus g
-               JOIN LATERAL (SELECT energy_joules_total e FROM gpu_samples_1m s
-                              WHERE s.host_id = g.host_id AND s.gpu_index = g.gpu_index AND s.bucket >= $1
-                                AND s.energy_joules_total IS NOT NULL ORDER BY s.bucket LIMIT 1) f ON true
-               JOIN LATERAL (SELECT energy_joules_total e FROM gpu_samples_1m s
-                              WHERE s.host_id = g.host_id AND s.gpu_index = g.gpu_index AND s.bucket >= $1
-                                AND s.energy_joules_total IS NOT NULL ORDER BY s.bucket DESC LIMIT 1) l ON true",
+            "SELECT sum(greatest(energy_joules_total - energy_day_start, 0)) FROM gpu_latest
+              WHERE rackwatch_utc_day(ts) = rackwatch_utc_day($1)",
         )
-        .bind(since)
+        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         Ok(j.unwrap_or(0.0))

@@ -240,7 +240,7 @@ pub async fn host(
     Path(name): Path<String>,
     Query(q): Query<RangeParams>,
 ) -> Result<Json<data::HostData>, ApiError> {
-    let r = q.resolve(Utc::now(), "1h")?;
+    let r = q.resolve_overview(Utc::now(), "1h")?;
     Ok(Json(data::host(&st, &name, r).await?))
 }
 
@@ -262,7 +262,7 @@ pub async fn rack(
     Path((site, rack)): Path<(String, String)>,
     Query(q): Query<RangeParams>,
 ) -> Result<Json<data::RackData>, ApiError> {
-    let r = q.resolve(Utc::now(), "1h")?;
+    let r = q.resolve_overview(Utc::now(), "1h")?;
     let metric = data::Metric::parse(q.metric.as_deref())?;
     Ok(Json(data::rack(&st, &site, &rack, r, metric).await?))
 }

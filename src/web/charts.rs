@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
+use super::format::push_fixed;
+
 /// Okabe–Ito palette: distinguishable with the common color-vision deficiencies.
 pub const PALETTE: [&str; 8] = [
     "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
@@ -137,7 +139,11 @@ pub fn line_chart_with(
             let x = ML + col as f64 + 0.5;
             let y = MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
             let connect = prev.is_some_and(|(_, pt)| (t - pt).num_seconds() <= gap_secs);
-            let _ = write!(path, "{}{x:.1},{y:.1} ", if connect { "L" } else { "M" });
+            path.push(if connect { 'L' } else { 'M' });
+            push_fixed(&mut path, x, 1);
+            path.push(',');
+            push_fixed(&mut path, y, 1);
+            path.push(' ');
             prev = Some((col, t));
         }
         if !path.is_empty() {
@@ -179,12 +185,11 @@ pub fn sparkline(
     let mut path = String::new();
     for (i, (c, _, v)) in cols.iter().enumerate() {
         let y = SH - 1.0 - (v / ymax.max(1e-9)).clamp(0.0, 1.0) * (SH - 2.0);
-        let _ = write!(
-            path,
-            "{}{:.0},{y:.1} ",
-            if i == 0 { "M" } else { "L" },
-            *c as f64
-        );
+        path.push(if i == 0 { 'M' } else { 'L' });
+        push_fixed(&mut path, *c as f64, 0);
+        path.push(',');
+        push_fixed(&mut path, y, 1);
+        path.push(' ');
     }
     format!(
         r#"<svg class="spark" viewBox="0 0 {SW} {SH}" width="{SW}" height="{SH}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><path d="{}" fill="none" stroke="{}" stroke-width="1.5"/></svg>"#,

@@ -1,7 +1,9 @@
 //! The data behind each page, gathered once and served two ways: rendered by the page
 //! handlers and returned as JSON by the API (so the API shows exactly what the page does).
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -9,8 +11,9 @@ use super::events::title;
 use super::range::TimeRange;
 use super::AppState;
 use crate::analytics::anomaly::{ModelInfo, ScoreFilter, StoredScore};
-use crate::store::queries::{EventRow, GpuLatest, HostLatest};
-use crate::store::series::{GpuPoint, HostPoint, InventoryRow, Source};
+use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
+use crate::store::series::{FaultCount, GpuPoint, HostPoint, InventoryRow, Source};
+use crate::store::Store;
 
 /// Temperature at which a GPU is flagged hot.
 pub const HOT_CELSIUS: f32 = 85.0;
@@ -121,7 +124,7 @@ pub struct FleetData {
     pub gpus_up: usize,
     pub mean_gpu_util_pct: Option<f64>,
     pub gpu_power_watts: f64,
-    /// GPU energy since 00:00 UTC, from the 1-minute rollups.
+    /// GPU energy since 00:00 UTC (energy counters, kept by ingest in `gpu_latest`).
     pub gpu_energy_today_kwh: f64,
     pub gpus_faulty: usize,
     /// Alerts firing now (any rule).
@@ -152,28 +155,33 @@ fn scale(metric: Metric, g: &GpuLatest) -> Option<f64> {
     .map(|f| f.clamp(0.0, 1.0))
 }
 
-/// Heatmap cells for GPUs, with health from recent hardware events.
-pub async fn heat_cells(
-    st: &AppState,
+/// Heatmap cells for GPUs, with health from recent hardware events (`faults`, counted
+/// since `FAULT_WINDOW_HOURS` ago).
+pub fn heat_cells(
     hosts: &[HostLatest],
     gpus: &[GpuLatest],
+    faults: &[FaultCount],
     metric: Metric,
-    now: DateTime<Utc>,
-) -> Result<Vec<HeatCell>, ApiError> {
-    let faults = st
-        .store
-        .fault_counts(now - Duration::hours(FAULT_WINDOW_HOURS))
-        .await?;
+) -> Vec<HeatCell> {
+    let by_name: HashMap<&str, &HostLatest> = hosts.iter().map(|h| (h.name.as_str(), h)).collect();
+    let mut events: HashMap<(&str, i16), i64> = HashMap::new();
+    for f in faults {
+        *events.entry((f.host_name.as_str(), f.index)).or_default() += f.events;
+    }
     let mut cells = Vec::with_capacity(gpus.len());
     for g in gpus {
-        let Some(h) = hosts.iter().find(|h| h.name == g.host_name) else {
+        let Some(h) = by_name.get(g.host_name.as_str()) else {
             continue;
         };
-        let n: i64 = faults
-            .iter()
-            .filter(|f| f.host_name == g.host_name && (f.index == g.index || f.index == -1))
-            .map(|f| f.events)
-            .sum();
+        // Host-wide events (index -1) count against every GPU of the host.
+        let n = events
+            .get(&(g.host_name.as_str(), g.index))
+            .copied()
+            .unwrap_or(0)
+            + events
+                .get(&(g.host_name.as_str(), -1))
+                .copied()
+                .unwrap_or(0);
         let health = if g.ts.is_none() {
             Health::Stale
         } else if n > 0 {
@@ -201,19 +209,54 @@ pub async fn heat_cells(
             scale: scale(metric, g),
         });
     }
-    Ok(cells)
+    cells
+}
+
+/// What the fleet page reads from the database: every query it runs, run concurrently.
+pub struct FleetRows {
+    pub hosts: Vec<HostLatest>,
+    pub gpus: Vec<GpuLatest>,
+    pub energy_today_j: f64,
+    pub faults: Vec<FaultCount>,
+    pub alerts_firing: i64,
+}
+
+/// The fleet page's queries (the dashboard benchmark times exactly these).
+pub async fn fleet_rows(store: &Store, now: DateTime<Utc>) -> Result<FleetRows, sqlx::Error> {
+    let (hosts, mut gpus, energy_today_j, faults, alerts_firing) = tokio::try_join!(
+        store.hosts_latest(),
+        store.gpus_latest(None),
+        store.energy_today(now),
+        store.fault_counts(now - Duration::hours(FAULT_WINDOW_HOURS), None),
+        store.alerts_firing(),
+    )?;
+    // GPUs in the hosts' order (site, rack, name), then by index.
+    let pos: HashMap<&str, usize> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.name.as_str(), i))
+        .collect();
+    gpus.sort_unstable_by_key(|g| (pos.get(g.host_name.as_str()).copied(), g.index));
+    Ok(FleetRows {
+        hosts,
+        gpus,
+        energy_today_j,
+        faults,
+        alerts_firing,
+    })
 }
 
 /// Everything the fleet page shows.
 pub async fn fleet(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> {
     let now = Utc::now();
-    let hosts = st.store.hosts_latest().await?;
-    let gpus = st.store.gpus_latest(None).await?;
-    let midnight = now
-        .duration_trunc(Duration::days(1))
-        .expect("day truncation");
-    let energy_j = st.store.energy_since(midnight).await?;
-    let cells = heat_cells(st, &hosts, &gpus, metric, now).await?;
+    let FleetRows {
+        hosts,
+        gpus,
+        energy_today_j,
+        faults,
+        alerts_firing,
+    } = fleet_rows(&st.store, now).await?;
+    let cells = heat_cells(&hosts, &gpus, &faults, metric);
     let reporting: Vec<&GpuLatest> = gpus.iter().filter(|g| g.ts.is_some()).collect();
     let utils: Vec<f64> = reporting
         .iter()
@@ -238,11 +281,9 @@ pub async fn fleet(st: &AppState, metric: Metric) -> Result<FleetData, ApiError>
             .iter()
             .filter_map(|g| g.power_watts.map(f64::from))
             .sum(),
-        gpu_energy_today_kwh: energy_j / 3.6e6,
+        gpu_energy_today_kwh: energy_today_j / 3.6e6,
         gpus_faulty: cells.iter().filter(|c| c.health == Health::Fault).count(),
-        alerts_firing: sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'")
-            .fetch_one(&st.store.pool)
-            .await?,
+        alerts_firing,
         hosts,
         gpus: cells,
     })
@@ -280,6 +321,9 @@ fn explained(e: EventRow) -> ExplainedEvent {
     }
 }
 
+/// Alerts resolved this recently still show on host and rack pages.
+pub const RESOLVED_RECENT_HOURS: i64 = 24;
+
 /// Host page data.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostData {
@@ -289,6 +333,8 @@ pub struct HostData {
     pub host_series: Vec<HostPoint>,
     pub gpu_series: Vec<GpuPoint>,
     pub events: Vec<ExplainedEvent>,
+    /// Firing, pending and recently resolved alerts of the host and its GPUs.
+    pub alerts: Vec<AlertTouching>,
     /// Anomalous minutes in the range, newest first (at most [`HOST_PAGE_ANOMALIES`]).
     pub anomalies: Vec<StoredScore>,
     /// The host's anomaly model, or why it has none (empty before the job saw the host).
@@ -298,67 +344,85 @@ pub struct HostData {
 /// Anomalous minutes listed on a host page; the API has them all.
 pub const HOST_PAGE_ANOMALIES: i64 = 30;
 
-async fn find_host(st: &AppState, name: &str) -> Result<HostLatest, ApiError> {
-    st.store
-        .host_latest(name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?}")))
+/// What the host page reads from the database, queried concurrently.
+pub struct HostRows {
+    pub host: Option<HostLatest>,
+    pub gpus: Vec<GpuLatest>,
+    pub host_series: Vec<HostPoint>,
+    pub gpu_series: Vec<GpuPoint>,
+    pub events: Vec<EventRow>,
+    pub alerts: Vec<AlertTouching>,
+    pub anomalies: Vec<StoredScore>,
+    pub anomaly_models: Vec<ModelInfo>,
 }
 
-/// Everything the host page shows.
-pub async fn host(st: &AppState, name: &str, range: TimeRange) -> Result<HostData, ApiError> {
-    let host = find_host(st, name).await?;
-    let gpus = st.store.gpus_latest(Some(name)).await?;
+/// The host page's queries (the dashboard benchmark times exactly these).
+pub async fn host_rows(
+    store: &Store,
+    name: &str,
+    range: &TimeRange,
+    now: DateTime<Utc>,
+) -> Result<HostRows, sqlx::Error> {
     let names = [name.to_string()];
-    let host_series = st
-        .store
-        .host_series(
+    let filter = ScoreFilter {
+        host: Some(name),
+        from: range.from,
+        to: range.to,
+        min_score: None,
+        anomalous: Some(true),
+        limit: HOST_PAGE_ANOMALIES,
+    };
+    let (host, gpus, host_series, gpu_series, events, alerts, anomalies, anomaly_models) = tokio::try_join!(
+        store.host_latest(name),
+        store.gpus_latest(Some(name)),
+        store.host_series(
             &names,
             range.from,
             range.to,
             range.bucket_secs,
-            range.source,
-        )
-        .await?;
-    let gpu_series = st
-        .store
-        .gpu_series(
+            range.source
+        ),
+        store.gpu_series(
             name,
             None,
             range.from,
             range.to,
             range.bucket_secs,
             range.source,
-        )
-        .await?;
-    let events = st
-        .store
-        .events_between(name, None, range.from, range.to, 200)
-        .await?
-        .into_iter()
-        .map(explained)
-        .collect();
-    let anomalies = st
-        .store
-        .anomaly_scores(&ScoreFilter {
-            host: Some(name),
-            from: range.from,
-            to: range.to,
-            min_score: None,
-            anomalous: Some(true),
-            limit: HOST_PAGE_ANOMALIES,
-        })
-        .await?;
-    let anomaly_models = st.store.anomaly_models(Some(name)).await?;
-    Ok(HostData {
+        ),
+        store.events_between(&names, None, range.from, range.to, 200),
+        store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
+        store.anomaly_scores(&filter),
+        store.anomaly_models(Some(name)),
+    )?;
+    Ok(HostRows {
         host,
-        range,
         gpus,
         host_series,
         gpu_series,
         events,
+        alerts,
         anomalies,
         anomaly_models,
+    })
+}
+
+/// Everything the host page shows.
+pub async fn host(st: &AppState, name: &str, range: TimeRange) -> Result<HostData, ApiError> {
+    let r = host_rows(&st.store, name, &range, Utc::now()).await?;
+    let host = r
+        .host
+        .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?}")))?;
+    Ok(HostData {
+        host,
+        range,
+        gpus: r.gpus,
+        host_series: r.host_series,
+        gpu_series: r.gpu_series,
+        events: r.events.into_iter().map(explained).collect(),
+        alerts: r.alerts,
+        anomalies: r.anomalies,
+        anomaly_models: r.anomaly_models,
     })
 }
 
@@ -401,6 +465,58 @@ fn spans(buckets: &[DateTime<Utc>], bucket_secs: i64) -> Vec<Span> {
     out
 }
 
+/// What the GPU page reads from the database, queried concurrently.
+pub struct GpuRows {
+    pub host: Option<HostLatest>,
+    pub gpus: Vec<GpuLatest>,
+    pub series: Vec<GpuPoint>,
+    /// Throttled buckets from raw samples, for rollup ranges up to `THROTTLE_MAX_SECS`.
+    pub throttled: Option<Vec<DateTime<Utc>>>,
+    pub events: Vec<EventRow>,
+}
+
+/// The GPU page's queries (the dashboard benchmark times exactly these).
+pub async fn gpu_rows(
+    store: &Store,
+    name: &str,
+    index: i16,
+    range: &TimeRange,
+) -> Result<GpuRows, sqlx::Error> {
+    let span = (range.to - range.from).num_seconds();
+    let throttle = async {
+        if range.source != Source::Raw && span <= THROTTLE_MAX_SECS {
+            store
+                .throttled_buckets(name, index, range.from, range.to, range.bucket_secs)
+                .await
+                .map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let names = [name.to_string()];
+    let (host, gpus, series, throttled, events) = tokio::try_join!(
+        store.host_latest(name),
+        store.gpus_latest(Some(name)),
+        store.gpu_series(
+            name,
+            Some(index),
+            range.from,
+            range.to,
+            range.bucket_secs,
+            range.source,
+        ),
+        throttle,
+        store.events_between(&names, Some(index), range.from, range.to, 200),
+    )?;
+    Ok(GpuRows {
+        host,
+        gpus,
+        series,
+        throttled,
+        events,
+    })
+}
+
 /// Everything the GPU page shows.
 pub async fn gpu(
     st: &AppState,
@@ -408,56 +524,35 @@ pub async fn gpu(
     index: i16,
     range: TimeRange,
 ) -> Result<GpuData, ApiError> {
-    let host = find_host(st, name).await?;
-    let gpu = st
-        .store
-        .gpus_latest(Some(name))
-        .await?
+    let r = gpu_rows(&st.store, name, index, &range).await?;
+    let host = r
+        .host
+        .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?}")))?;
+    let gpu = r
+        .gpus
         .into_iter()
         .find(|g| g.index == index)
         .ok_or_else(|| ApiError::NotFound(format!("host {name:?} has no GPU {index}")))?;
-    let series = st
-        .store
-        .gpu_series(
-            name,
-            Some(index),
-            range.from,
-            range.to,
-            range.bucket_secs,
-            range.source,
-        )
-        .await?;
-    let span = (range.to - range.from).num_seconds();
-    let throttled = if range.source == Source::Raw {
-        let b: Vec<DateTime<Utc>> = series
-            .iter()
-            .filter(|p| p.throttled == Some(true))
-            .map(|p| p.ts)
-            .collect();
-        Some(spans(&b, range.bucket_secs))
-    } else if span <= THROTTLE_MAX_SECS {
-        let b = st
-            .store
-            .throttled_buckets(name, index, range.from, range.to, range.bucket_secs)
-            .await?;
-        Some(spans(&b, range.bucket_secs))
-    } else {
-        None
+    let throttled = match (range.source, r.throttled) {
+        (Source::Raw, _) => {
+            let b: Vec<DateTime<Utc>> = r
+                .series
+                .iter()
+                .filter(|p| p.throttled == Some(true))
+                .map(|p| p.ts)
+                .collect();
+            Some(spans(&b, range.bucket_secs))
+        }
+        (_, Some(b)) => Some(spans(&b, range.bucket_secs)),
+        (_, None) => None,
     };
-    let events = st
-        .store
-        .events_between(name, Some(index), range.from, range.to, 200)
-        .await?
-        .into_iter()
-        .map(explained)
-        .collect();
     Ok(GpuData {
         host,
         gpu,
         range,
-        series,
+        series: r.series,
         throttled,
-        events,
+        events: r.events.into_iter().map(explained).collect(),
     })
 }
 
@@ -471,6 +566,61 @@ pub struct RackData {
     pub gpus: Vec<HeatCell>,
     pub host_series: Vec<HostPoint>,
     pub events: Vec<ExplainedEvent>,
+    /// Firing, pending and recently resolved alerts of the rack's hosts and their GPUs.
+    pub alerts: Vec<AlertTouching>,
+}
+
+/// What the rack page reads from the database: its hosts, then the rest concurrently.
+pub struct RackRows {
+    pub hosts: Vec<HostLatest>,
+    pub gpus: Vec<GpuLatest>,
+    pub faults: Vec<FaultCount>,
+    pub host_series: Vec<HostPoint>,
+    pub events: Vec<EventRow>,
+    pub alerts: Vec<AlertTouching>,
+}
+
+/// The rack page's queries.
+pub async fn rack_rows(
+    store: &Store,
+    site: &str,
+    rack: &str,
+    range: &TimeRange,
+    now: DateTime<Utc>,
+) -> Result<RackRows, sqlx::Error> {
+    let hosts = store.hosts_in_rack(site, rack).await?;
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    if names.is_empty() {
+        return Ok(RackRows {
+            hosts,
+            gpus: Vec::new(),
+            faults: Vec::new(),
+            host_series: Vec::new(),
+            events: Vec::new(),
+            alerts: Vec::new(),
+        });
+    }
+    let (gpus, faults, host_series, events, alerts) = tokio::try_join!(
+        store.gpus_latest_of(&names),
+        store.fault_counts(now - Duration::hours(FAULT_WINDOW_HOURS), Some(&names)),
+        store.host_series(
+            &names,
+            range.from,
+            range.to,
+            range.bucket_secs,
+            range.source
+        ),
+        store.events_between(&names, None, range.from, range.to, 200),
+        store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
+    )?;
+    Ok(RackRows {
+        hosts,
+        gpus,
+        faults,
+        host_series,
+        events,
+        alerts,
+    })
 }
 
 /// Everything the rack page shows.
@@ -481,51 +631,22 @@ pub async fn rack(
     range: TimeRange,
     metric: Metric,
 ) -> Result<RackData, ApiError> {
-    let hosts: Vec<HostLatest> = st
-        .store
-        .hosts_latest()
-        .await?
-        .into_iter()
-        .filter(|h| h.site == site && h.rack == rack)
-        .collect();
-    if hosts.is_empty() {
+    let r = rack_rows(&st.store, site, rack, &range, Utc::now()).await?;
+    if r.hosts.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no host in rack {rack:?} of site {site:?}"
         )));
     }
-    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
-    let mut gpus = Vec::new();
-    let mut events = Vec::new();
-    for n in &names {
-        gpus.extend(st.store.gpus_latest(Some(n)).await?);
-        events.extend(
-            st.store
-                .events_between(n, None, range.from, range.to, 50)
-                .await?
-                .into_iter()
-                .map(explained),
-        );
-    }
-    events.sort_by_key(|e| std::cmp::Reverse(e.ts));
-    let cells = heat_cells(st, &hosts, &gpus, metric, Utc::now()).await?;
-    let host_series = st
-        .store
-        .host_series(
-            &names,
-            range.from,
-            range.to,
-            range.bucket_secs,
-            range.source,
-        )
-        .await?;
+    let cells = heat_cells(&r.hosts, &r.gpus, &r.faults, metric);
     Ok(RackData {
         site: site.to_string(),
         rack: rack.to_string(),
         range,
-        hosts,
+        hosts: r.hosts,
         gpus: cells,
-        host_series,
-        events,
+        host_series: r.host_series,
+        events: r.events.into_iter().map(explained).collect(),
+        alerts: r.alerts,
     })
 }
 

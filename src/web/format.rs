@@ -1,8 +1,34 @@
 //! Numbers with units, for pages. Binary prefixes for memory, decimal for rates.
 
+use std::fmt::Write as _;
+
 use chrono::{DateTime, Utc};
 
 use crate::analytics::anomaly::{feature_named, Explanation, Unit};
+
+/// Append `v` with `decimals` digits after the point, exactly as `format!("{v:.N}")`
+/// would. Pages print thousands of numbers (chart coordinates, heatmap labels), and the
+/// standard exact formatting often falls back to a slow bignum algorithm; away from a
+/// rounding tie, rounding the scaled value as an integer gives the same digits.
+pub fn push_fixed(out: &mut String, v: f64, decimals: usize) {
+    const SCALE: [f64; 3] = [1.0, 10.0, 100.0];
+    if decimals < SCALE.len() && v.is_finite() && v.abs() < 1e12 {
+        let t = v.abs() * SCALE[decimals];
+        if (t - t.floor() - 0.5).abs() > 1e-6 {
+            let r = t.round() as u64;
+            let p = SCALE[decimals] as u64;
+            if v.is_sign_negative() {
+                out.push('-');
+            }
+            let _ = write!(out, "{}", r / p);
+            if decimals > 0 {
+                let _ = write!(out, ".{:0w$}", r % p, w = decimals);
+            }
+            return;
+        }
+    }
+    let _ = write!(out, "{v:.decimals$}");
+}
 
 /// `12.3 GiB`
 pub fn bytes(v: Option<f64>) -> String {
@@ -14,11 +40,7 @@ pub fn bytes(v: Option<f64>) -> String {
         x /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{x:.0} {}", U[i])
-    } else {
-        format!("{x:.1} {}", U[i])
-    }
+    num(Some(x), usize::from(i > 0), U[i])
 }
 
 /// `12.3 MB/s`
@@ -31,20 +53,19 @@ pub fn rate(v: Option<f64>) -> String {
         x /= 1000.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{x:.0} {}", U[i])
-    } else {
-        format!("{x:.1} {}", U[i])
-    }
+    num(Some(x), usize::from(i > 0), U[i])
 }
 
 /// A number with a unit and fixed decimals, or a dash.
 pub fn num(v: Option<f64>, decimals: usize, unit: &str) -> String {
-    match v {
-        Some(x) if unit.is_empty() => format!("{x:.decimals$}"),
-        Some(x) => format!("{x:.decimals$} {unit}"),
-        None => "–".into(),
+    let Some(x) = v else { return "–".into() };
+    let mut s = String::with_capacity(8 + unit.len());
+    push_fixed(&mut s, x, decimals);
+    if !unit.is_empty() {
+        s.push(' ');
+        s.push_str(unit);
     }
+    s
 }
 
 /// `42 s ago`, `3 min ago`, `never`.
@@ -127,5 +148,44 @@ mod tests {
             "gpu_temp_max_celsius 91 °C on GPU 3 (typical 66 °C, 48 % of the score), \
              net_rx_bytes_per_s 2.5 MB/s (typical 125.0 MB/s, 48 % of the score)"
         );
+    }
+
+    #[test]
+    fn fixed_formatting_matches_the_standard_library() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.05,
+            0.15,
+            0.25,
+            0.5,
+            1.5,
+            2.5,
+            -0.4,
+            -1.25,
+            2.675,
+            153.5,
+            64.5,
+            99.95,
+            1e11,
+            -3.25159,
+            1e13,
+            f64::NAN,
+            f64::INFINITY,
+            1.0 / 3.0,
+        ];
+        let mut x = 0.123_456_7_f64;
+        for _ in 0..2000 {
+            x = (x * 7919.0 + 0.618).fract() * 1000.0 - 200.0;
+            values.push(x);
+            values.push((x * 10.0).round() / 10.0 + 0.05);
+        }
+        for v in values {
+            for d in 0..4 {
+                let mut s = String::new();
+                push_fixed(&mut s, v, d);
+                assert_eq!(s, format!("{v:.d$}"), "{v} with {d} decimals");
+            }
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! Server-rendered pages (askama). View models hold display strings with units, so
 //! templates stay free of logic. All strings from agents are escaped by askama.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,11 +17,11 @@ use super::charts::{
 };
 use super::data::{self, ExplainedEvent, Health, HeatCell, Metric};
 use super::error::ApiError;
-use super::format::{age, bytes, num, rate};
+use super::format::{age, bytes, num, push_fixed, rate};
 use super::range::{preset_links, PresetLink, RangeParams, TimeRange};
 use super::AppState;
 use crate::store::auth::{Role, User};
-use crate::store::queries::{GpuLatest, HostLatest};
+use crate::store::queries::{AlertTouching, GpuLatest, HostLatest};
 use crate::store::series::{GpuPoint, HostPoint};
 
 /// Render a template into a response (500 with a log line if it fails).
@@ -119,7 +122,8 @@ fn gpu_cell(g: &GpuLatest) -> GpuCell {
     }
 }
 
-fn host_row(h: &HostLatest, gpus: &[GpuLatest], now: DateTime<Utc>) -> HostRow {
+/// A host as a table row, with its GPUs' chips.
+fn host_row(h: &HostLatest, gpus: Vec<GpuCell>, now: DateTime<Utc>) -> HostRow {
     let mem = match (h.mem_used_bytes, h.mem_total_bytes) {
         (Some(u), Some(t)) => format!("{} / {}", bytes(Some(u as f64)), bytes(Some(t as f64))),
         (Some(u), None) => bytes(Some(u as f64)),
@@ -142,12 +146,23 @@ fn host_row(h: &HostLatest, gpus: &[GpuLatest], now: DateTime<Utc>) -> HostRow {
         disk_write: rate(h.disk_write_bytes_per_s),
         net_rx: rate(h.net_rx_bytes_per_s),
         net_tx: rate(h.net_tx_bytes_per_s),
-        gpus: gpus
-            .iter()
-            .filter(|g| g.host_name == h.name)
-            .map(gpu_cell)
-            .collect(),
+        gpus,
     }
+}
+
+/// Host rows with the chips of their GPUs (heatmap cells, grouped by host once).
+fn host_rows(hosts: &[HostLatest], cells: &[HeatCell], now: DateTime<Utc>) -> Vec<HostRow> {
+    let mut chips: HashMap<&str, Vec<GpuCell>> = HashMap::new();
+    for c in cells {
+        chips
+            .entry(c.host_name.as_str())
+            .or_default()
+            .push(cell_chip(c));
+    }
+    hosts
+        .iter()
+        .map(|h| host_row(h, chips.remove(h.name.as_str()).unwrap_or_default(), now))
+        .collect()
 }
 
 /// The range picker: preset links, a custom from/to form, what the charts read.
@@ -197,6 +212,8 @@ pub struct CellView {
 pub struct HostGroup {
     pub name: String,
     pub link: String,
+    /// The host's URL segment, for its cells' links.
+    host_seg: String,
     pub cells: Vec<CellView>,
 }
 
@@ -231,7 +248,8 @@ fn health_style(h: Health) -> (&'static str, &'static str, &'static str, &'stati
     }
 }
 
-fn cell_view(c: &HeatCell, metric: Metric, query: &str) -> CellView {
+/// One heatmap cell; `host_seg` is the host's URL segment (computed once per host).
+fn cell_view(c: &HeatCell, metric: Metric, query: &str, host_seg: &str) -> CellView {
     let (hbg, hfg, glyph, word) = health_style(c.health);
     let (bg, fg) = match (metric, c.scale) {
         (Metric::Health, _) | (_, None) => (hbg.to_string(), hfg),
@@ -243,22 +261,32 @@ fn cell_view(c: &HeatCell, metric: Metric, query: &str) -> CellView {
         Health::Fault => "cell fault",
         Health::Stale => "cell stale",
     };
-    let faults = if c.faults_24h > 0 {
-        format!(", {} hardware events in 24 h", c.faults_24h)
-    } else {
-        String::new()
+    // `gpu-7 GPU 1: 97 % util, 91 °C, 350 W, memory 60.0 GiB; hot`, written in place:
+    // the fleet page has a thousand of these.
+    let mut label = String::with_capacity(c.host_name.len() + 96);
+    let value = |label: &mut String, v: Option<f32>, unit: &str| match v {
+        Some(v) => {
+            push_fixed(label, f64::from(v), 0);
+            label.push_str(unit);
+        }
+        None => label.push('–'),
     };
-    let label = format!(
-        "{} GPU {}: {}, {}, {}, memory {}; {word}{faults}",
-        c.host_name,
-        c.index,
-        num(c.util_pct.map(f64::from), 0, "% util"),
-        num(c.temp_celsius.map(f64::from), 0, "°C"),
-        num(c.power_watts.map(f64::from), 0, "W"),
-        bytes(c.mem_used_bytes.map(|v| v as f64)),
+    let _ = write!(label, "{} GPU {}: ", c.host_name, c.index);
+    value(&mut label, c.util_pct, " % util");
+    label.push_str(", ");
+    value(&mut label, c.temp_celsius, " °C");
+    label.push_str(", ");
+    value(&mut label, c.power_watts, " W");
+    let _ = write!(
+        label,
+        ", memory {}; {word}",
+        bytes(c.mem_used_bytes.map(|v| v as f64))
     );
+    if c.faults_24h > 0 {
+        let _ = write!(label, ", {} hardware events in 24 h", c.faults_24h);
+    }
     CellView {
-        href: format!("/hosts/{}/gpus/{}?{query}", seg(&c.host_name), c.index),
+        href: format!("/hosts/{host_seg}/gpus/{}?{query}", c.index),
         bg,
         fg,
         class,
@@ -288,17 +316,17 @@ fn heatmap(cells: &[HeatCell], metric: Metric, query: &str) -> Vec<SiteGroup> {
         }
         let rack = site.racks.last_mut().expect("pushed");
         if rack.hosts.last().is_none_or(|h| h.name != c.host_name) {
+            let host_seg = seg(&c.host_name);
             rack.hosts.push(HostGroup {
                 name: c.host_name.clone(),
-                link: format!("/hosts/{}?{query}", seg(&c.host_name)),
+                link: format!("/hosts/{host_seg}?{query}"),
+                host_seg,
                 cells: Vec::new(),
             });
         }
-        rack.hosts
-            .last_mut()
-            .expect("pushed")
-            .cells
-            .push(cell_view(c, metric, query));
+        let host = rack.hosts.last_mut().expect("pushed");
+        let cell = cell_view(c, metric, query, &host.host_seg);
+        host.cells.push(cell);
     }
     sites
 }
@@ -318,15 +346,21 @@ pub struct MetricLink {
     pub key: &'static str,
     pub label: &'static str,
     pub current: bool,
+    /// `?metric=temp`, plus the page's range where it has one.
+    pub href: String,
 }
 
-fn metric_links(m: Metric) -> Vec<MetricLink> {
+fn metric_links(m: Metric, range_query: Option<&str>) -> Vec<MetricLink> {
     Metric::ALL
         .iter()
         .map(|x| MetricLink {
             key: x.key(),
             label: x.label(),
             current: *x == m,
+            href: match range_query {
+                Some(q) => format!("?metric={}&{q}", x.key()),
+                None => format!("?metric={}", x.key()),
+            },
         })
         .collect()
 }
@@ -367,12 +401,7 @@ pub async fn fleet(
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = data::fleet(&st, metric).await?;
     let now = d.generated_at;
-    let gpus_latest = st_gpus(&d);
-    let rows: Vec<HostRow> = d
-        .hosts
-        .iter()
-        .map(|h| host_row(h, &gpus_latest, now))
-        .collect();
+    let rows = host_rows(&d.hosts, &d.gpus, now);
     let page = FleetPage {
         nav: Nav::new(&user, csrf, "fleet"),
         hosts_up: d.hosts_up,
@@ -384,7 +413,7 @@ pub async fn fleet(
         mean_gpu_util: num(d.mean_gpu_util_pct, 1, "%"),
         gpu_power: watts(d.gpu_power_watts),
         energy_today: format!("{:.1} kWh", d.gpu_energy_today_kwh),
-        metrics: metric_links(metric),
+        metrics: metric_links(metric, None),
         metric_label: metric.label(),
         legend: legend(metric),
         sites: heatmap(&d.gpus, metric, "range=1h"),
@@ -392,26 +421,19 @@ pub async fn fleet(
     Ok(render(&page))
 }
 
-/// The fleet table's GPU chips, rebuilt from heatmap cells.
-fn st_gpus(d: &data::FleetData) -> Vec<GpuLatest> {
-    d.gpus
-        .iter()
-        .map(|c| GpuLatest {
-            host_name: c.host_name.clone(),
-            index: c.index,
-            uuid: None,
-            model: c.model.clone(),
-            memory_total_bytes: c.memory_total_bytes,
-            power_limit_watts: c.power_limit_watts,
-            ts: c.ts,
-            util_pct: c.util_pct,
-            mem_util_pct: None,
-            mem_used_bytes: c.mem_used_bytes,
-            power_watts: c.power_watts,
-            temp_celsius: c.temp_celsius,
-            sm_clock_mhz: None,
-        })
-        .collect()
+/// A GPU chip of the host tables, from its heatmap cell.
+fn cell_chip(c: &HeatCell) -> GpuCell {
+    GpuCell {
+        index: c.index,
+        model: c.model.clone().unwrap_or_default(),
+        uuid: String::new(),
+        util: num(c.util_pct.map(f64::from), 0, "%"),
+        mem: bytes(c.mem_used_bytes.map(|v| v as f64)),
+        power: num(c.power_watts.map(f64::from), 0, "W"),
+        temp: num(c.temp_celsius.map(f64::from), 0, "°C"),
+        clock: "–".into(),
+        hot: c.temp_celsius.is_some_and(|t| t >= data::HOT_CELSIUS),
+    }
 }
 
 /// A chart and its legend (label, color).
@@ -451,6 +473,59 @@ fn event_views(events: &[ExplainedEvent], query: &str) -> Vec<EventView> {
             message: e.message.clone(),
             meaning: e.meaning.clone(),
             action: e.action.clone(),
+        })
+        .collect()
+}
+
+/// An alert touching the page's host (or a host of the rack), for the alerts section.
+pub struct AlertTouchView {
+    pub state: String,
+    pub severity: String,
+    pub summary: String,
+    pub description: String,
+    /// `GPU 1` / `host` on a host page, `gpu-node-7 / GPU 1` on a rack page.
+    pub location: String,
+    pub location_link: String,
+    pub since: String,
+    pub resolved: String,
+    pub note: String,
+}
+
+fn alert_views(alerts: &[AlertTouching], with_host: bool, query: &str) -> Vec<AlertTouchView> {
+    alerts
+        .iter()
+        .map(|a| {
+            let what = a
+                .gpu
+                .map_or_else(|| "host".to_string(), |i| format!("GPU {i}"));
+            let mut note = Vec::new();
+            if a.silenced {
+                note.push("silenced".to_string());
+            }
+            if let Some(by) = &a.acknowledged_by {
+                note.push(format!("acknowledged by {by}"));
+            }
+            if a.occurrences > 1 {
+                note.push(format!("{} occurrences", a.occurrences));
+            }
+            AlertTouchView {
+                state: a.state.clone(),
+                severity: a.severity.clone(),
+                summary: a.summary.clone(),
+                description: a.description.clone(),
+                location: if with_host {
+                    format!("{} / {what}", a.host)
+                } else {
+                    what
+                },
+                location_link: match a.gpu {
+                    Some(i) => format!("/hosts/{}/gpus/{i}?{query}", seg(&a.host)),
+                    None => format!("/hosts/{}?{query}", seg(&a.host)),
+                },
+                since: a.started_at.to_rfc3339(),
+                resolved: a.resolved_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                note: note.join(", "),
+            }
         })
         .collect()
 }
@@ -577,6 +652,7 @@ pub struct HostPage {
     pub charts: Vec<ChartView>,
     pub gpus: Vec<GpuRow>,
     pub events: Vec<EventView>,
+    pub alerts: Vec<AlertTouchView>,
     /// The host's anomaly model in a sentence.
     pub anomaly_note: String,
     pub anomalies: Vec<AnomalyView>,
@@ -617,7 +693,7 @@ pub async fn host(
     Query(q): Query<RangeParams>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
-    let r = q.resolve(now, "1h")?;
+    let r = q.resolve_overview(now, "1h")?;
     let d = data::host(&st, &name, r.clone()).await?;
     let query = r.query();
     let mut charts = host_charts(&d.host_series, &r, false);
@@ -686,11 +762,12 @@ pub async fn host(
             d.host.agent_version.clone()
         },
         rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
-        host: host_row(&d.host, &d.gpus, now),
+        host: host_row(&d.host, d.gpus.iter().map(gpu_cell).collect(), now),
         picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
         charts,
         gpus,
         events: event_views(&d.events, &query),
+        alerts: alert_views(&d.alerts, false, &query),
         anomaly_note: anomaly_note(&d.anomaly_models, now),
         anomalies: d
             .anomalies
@@ -828,7 +905,7 @@ pub async fn gpu(
         nav: Nav::new(&user, csrf, ""),
         host_link: format!("/hosts/{}?{query}", seg(&name)),
         rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
-        host: host_row(&d.host, &[], now),
+        host: host_row(&d.host, Vec::new(), now),
         gpu: gpu_cell(&d.gpu),
         driver_note: d
             .gpu
@@ -861,6 +938,7 @@ pub struct RackPage {
     pub sites: Vec<SiteGroup>,
     pub charts: Vec<ChartView>,
     pub events: Vec<EventView>,
+    pub alerts: Vec<AlertTouchView>,
 }
 
 pub async fn rack(
@@ -871,36 +949,22 @@ pub async fn rack(
     Query(q): Query<RangeParams>,
 ) -> Result<Response, ApiError> {
     let now = Utc::now();
-    let r = q.resolve(now, "1h")?;
+    let r = q.resolve_overview(now, "1h")?;
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = data::rack(&st, &site, &rack, r.clone(), metric).await?;
     let query = r.query();
-    let gl = st_gpus(&data::FleetData {
-        generated_at: now,
-        metric,
-        hosts_total: 0,
-        hosts_up: 0,
-        gpus_total: 0,
-        gpus_up: 0,
-        mean_gpu_util_pct: None,
-        gpu_power_watts: 0.0,
-        gpu_energy_today_kwh: 0.0,
-        gpus_faulty: 0,
-        alerts_firing: 0,
-        hosts: Vec::new(),
-        gpus: d.gpus.clone(),
-    });
     let path = format!("/racks/{}/{}", seg(&site), seg(&rack));
     let page = RackPage {
         nav: Nav::new(&user, csrf, ""),
         picker: picker(path, &r, format!("&metric={}", metric.key())),
-        hosts: d.hosts.iter().map(|h| host_row(h, &gl, now)).collect(),
-        metrics: metric_links(metric),
+        hosts: host_rows(&d.hosts, &d.gpus, now),
+        metrics: metric_links(metric, Some(&query)),
         metric_label: metric.label(),
         legend: legend(metric),
         sites: heatmap(&d.gpus, metric, &query),
         charts: host_charts(&d.host_series, &r, true),
         events: event_views(&d.events, &query),
+        alerts: alert_views(&d.alerts, true, &query),
         site,
         rack,
     };

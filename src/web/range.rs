@@ -20,9 +20,17 @@ pub const PRESETS: [(&str, i64, &str); 6] = [
     ("30d", 30 * 86_400, "30 d"),
 ];
 
-/// Ranges up to this long read raw samples; longer ones read 1-minute rollups. At 6 h a
-/// pixel column holds ~38 s, so raw samples still add detail a rollup would hide.
+/// On a GPU's page, ranges up to this long read raw samples; longer ones read 1-minute
+/// rollups. At 6 h a pixel column holds ~38 s, so raw samples still add detail a rollup
+/// would hide.
 pub const RAW_MAX_SECS: i64 = 6 * 3600;
+/// Host and rack pages draw every GPU or host of the page on one chart, and read raw
+/// samples only up to this range: from 1 h on, one point per minute (60 per hour) is as
+/// much as eight overlaid lines can show, and reads 12× fewer rows.
+pub const OVERVIEW_RAW_MAX_SECS: i64 = 30 * 60;
+/// From this many seconds per pixel column (ranges over ~6 days), charts read the
+/// 15-minute rollups.
+pub const QUARTER_SECS: i64 = 900;
 /// Longest custom range: the 1-minute rollups are kept 90 days.
 pub const MAX_RANGE_DAYS: i64 = 90;
 
@@ -67,8 +75,26 @@ fn parse_time(field: &str, s: &str, tzo: i32) -> Result<DateTime<Utc>, ApiError>
 }
 
 impl RangeParams {
-    /// The range these parameters ask for; `default_key` when none is given.
+    /// The range these parameters ask for on a GPU page; `default_key` when none is given.
     pub fn resolve(&self, now: DateTime<Utc>, default_key: &str) -> Result<TimeRange, ApiError> {
+        self.resolve_with(now, default_key, RAW_MAX_SECS)
+    }
+
+    /// The range for a host or rack page (rollups from `OVERVIEW_RAW_MAX_SECS` on).
+    pub fn resolve_overview(
+        &self,
+        now: DateTime<Utc>,
+        default_key: &str,
+    ) -> Result<TimeRange, ApiError> {
+        self.resolve_with(now, default_key, OVERVIEW_RAW_MAX_SECS)
+    }
+
+    fn resolve_with(
+        &self,
+        now: DateTime<Utc>,
+        default_key: &str,
+        raw_max_secs: i64,
+    ) -> Result<TimeRange, ApiError> {
         let from = self.from.as_deref().filter(|s| !s.is_empty());
         let to = self.to.as_deref().filter(|s| !s.is_empty());
         let tzo = self.tzo.unwrap_or(0).clamp(-16 * 60, 16 * 60);
@@ -99,20 +125,20 @@ impl RangeParams {
             (now - Duration::seconds(*secs), now, k.to_string())
         };
         let span = (to - from).num_seconds().max(1);
-        let source = if span <= RAW_MAX_SECS {
-            Source::Raw
-        } else {
-            Source::Rollup1m
-        };
-        let floor = match source {
-            Source::Raw => 5,
-            Source::Rollup1m => 60,
-        };
         let per_px = (span + PLOT_PX as i64 - 1) / PLOT_PX as i64;
-        // Buckets of whole minutes on rollups so each bucket holds whole rollup rows.
+        let source = if span <= raw_max_secs {
+            Source::Raw
+        } else if per_px < QUARTER_SECS {
+            Source::Rollup1m
+        } else {
+            Source::Rollup15m
+        };
+        // Rollup buckets hold whole rollup rows: whole minutes (rounded up), or whole
+        // quarter-hours no wider than a pixel column (so at least one point per column).
         let bucket_secs = match source {
-            Source::Raw => per_px.max(floor),
-            Source::Rollup1m => ((per_px + 59) / 60 * 60).max(floor),
+            Source::Raw => per_px.max(5),
+            Source::Rollup1m => (per_px + 59) / 60 * 60,
+            Source::Rollup15m => per_px / QUARTER_SECS * QUARTER_SECS,
         };
         Ok(TimeRange {
             from,
@@ -160,6 +186,7 @@ impl TimeRange {
         let src = match self.source {
             Source::Raw => "raw samples",
             Source::Rollup1m => "1-minute rollups",
+            Source::Rollup15m => "15-minute rollups",
         };
         format!("{src}, {} s per point", self.bucket_secs)
     }
@@ -207,8 +234,35 @@ mod tests {
         }
         .resolve(now, "1h")
         .unwrap();
-        assert_eq!(r.source, Source::Rollup1m);
-        assert_eq!(r.bucket_secs, 1080, "7 d over 568 px, whole minutes");
+        assert_eq!(r.source, Source::Rollup15m);
+        assert_eq!(
+            r.bucket_secs, 900,
+            "7 d over 568 px: 1,065 s, whole quarter-hours"
+        );
+        let r = RangeParams {
+            range: Some("30d".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h")
+        .unwrap();
+        assert_eq!((r.source, r.bucket_secs), (Source::Rollup15m, 4500));
+        let r = RangeParams {
+            range: Some("24h".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h")
+        .unwrap();
+        assert_eq!((r.source, r.bucket_secs), (Source::Rollup1m, 180));
+        // Host and rack pages read rollups from 1 h on, one point per minute.
+        let r = p.resolve_overview(now, "1h").unwrap();
+        assert_eq!((r.source, r.bucket_secs), (Source::Rollup1m, 60));
+        let r = RangeParams {
+            range: Some("15m".into()),
+            ..Default::default()
+        }
+        .resolve_overview(now, "1h")
+        .unwrap();
+        assert_eq!((r.source, r.bucket_secs), (Source::Raw, 5));
         // A datetime-local from a browser two hours east of UTC (offset −120 min).
         let r = RangeParams {
             from: Some("2026-11-23T10:00".into()),

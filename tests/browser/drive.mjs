@@ -48,6 +48,12 @@ try {
   await page.waitForURL(/metric=temp/);
   console.log('OK metric url=' + new URL(page.url()).search);
 
+  // Hovering a cell shows its label (a CSS tooltip drawn from aria-label).
+  const hovered = page.locator('a.cell.fault').first();
+  await hovered.hover();
+  const tip = await hovered.evaluate((el) => getComputedStyle(el, '::after').content);
+  console.log('OK tooltip ' + tip);
+
   // Click through to the faulty GPU.
   const fault = page.locator('a.cell.fault').first();
   const label = await fault.getAttribute('aria-label');

@@ -72,6 +72,8 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         "OK keyboard first-tab=\"Skip to content\""
     );
     assert_eq!(line(&stdout, "OK metric"), "OK metric url=?metric=temp");
+    let tip = line(&stdout, "OK tooltip");
+    assert!(tip.contains("gpu-node-7 GPU 1: 97 % util, 91 °C"), "{tip}");
     let gpu = line(&stdout, "OK gpu");
     assert!(
         gpu.starts_with("OK gpu path=/hosts/gpu-node-7/gpus/1 charts=6 marks=6 shaded=6 "),

@@ -1,6 +1,7 @@
 //! The operations dashboard as an operator uses it: heatmap → rack → host → GPU, the
 //! range picker, inventory search, the admin page, roles, CSRF and login limits.
 
+use chrono::{DateTime, Utc};
 use rackwatch::store::auth::Role;
 use serde_json::json;
 
@@ -78,6 +79,11 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert_eq!(rack.matches("<svg class=\"chart\"").count(), 4);
     assert_eq!(rack.matches("<a class=\"cell").count(), 4);
     assert!(rack.contains("XID 79"));
+    // The heatmap's metric tabs keep the rack page's range.
+    assert!(
+        rack.contains(r#"href="?metric=temp&#38;range=1h""#),
+        "{rack}"
+    );
     assert_eq!(app.page(&cookie, "/racks/fra1/r99").await.0, 404);
 
     // 3. Host page: GPU table with sparklines linking to GPU pages.
@@ -85,10 +91,14 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert_eq!(st, 200);
     assert_eq!(host.matches("<svg class=\"spark\"").count(), 2);
     assert!(host.contains(r#"<a href="/hosts/gpu-node-7/gpus/1?range=6h">GPU 1</a>"#));
+    // Host pages read 1-minute rollups from 1 h on; without a rollup job (none runs
+    // here) the newest 6 h come from raw samples rolled up on the fly.
     assert!(
-        host.contains("Showing last 6 h · raw samples, 39 s per point"),
+        host.contains("Showing last 6 h · 1-minute rollups, 60 s per point"),
         "{host}"
     );
+    let (_, spark) = app.page(&cookie, "/hosts/gpu-node-7?range=15m").await;
+    assert!(spark.contains("raw samples, 5 s per point"), "{spark}");
 
     // 4. GPU page: aligned charts, throttling shaded, the XID marked and explained.
     let (st, gpu) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=1h").await;
@@ -123,7 +133,7 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert!(gpu.contains(r#"href="/hosts/gpu-node-7/gpus/1?range=1h" aria-current="true""#));
     assert!(gpu.contains("data-refresh=\"30\""), "live ranges refresh");
     let (_, week) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=7d").await;
-    assert!(week.contains("Showing last 7 d · 1-minute rollups, 1080 s per point"));
+    assert!(week.contains("Showing last 7 d · 15-minute rollups, 900 s per point"));
     assert!(week.contains("Throttle shading is shown for ranges up to 24 h"));
     let from = (chrono::Utc::now() - chrono::Duration::minutes(40))
         .format("%Y-%m-%dT%H:%M")
@@ -514,5 +524,284 @@ async fn hostile_names_are_escaped_on_every_page() {
             "{p}: escaped name shown"
         );
     }
+    app.stop().await;
+}
+
+const ALERT_RULES: &str = r#"
+[[rule]]
+name = "gpu-xid"
+kind = "hardware"
+events = ["xid"]
+severity = "critical"
+summary = "GPU reported an XID error"
+resolve_after_secs = 86400
+
+[[rule]]
+name = "gpu-throttling"
+kind = "hardware"
+events = ["thermal_throttle"]
+severity = "warning"
+summary = "GPU is being throttled"
+resolve_after_secs = 2
+"#;
+
+/// The `<section id="alerts">` of a page.
+fn alerts_section(html: &str) -> &str {
+    let i = html
+        .find("<section id=\"alerts\"")
+        .unwrap_or_else(|| panic!("no alerts section: {html}"));
+    &html[i..i + html[i..].find("</section>").unwrap()]
+}
+
+#[tokio::test]
+async fn alerts_touching_a_host_show_on_its_host_and_rack_pages_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(&rules, ALERT_RULES).unwrap();
+    let db = crate::support::fresh_database().await;
+    let app = TestApp::spawn_full(db, |c| {
+        c.alerting.rules_file = rules.to_string_lossy().into_owned();
+        c.alerting.eval_interval_secs = 1;
+    })
+    .await;
+    // XID 79 on GPU 1 of gpu-node-7 (rack r07) stays firing; a thermal throttle on
+    // GPU 0 of gpu-node-8 (same rack) fires and resolves after 2 quiet seconds.
+    seed_fleet(&app).await;
+    let token = app.token("gpu-node-8").await;
+    let ten_min_ago = recent(1, 1, 600)[0];
+    let body = json!({"host": {"name": "gpu-node-8", "site": "fra1", "rack": "r07", "pool": "train-a"},
+        "events": [{"ts": ten_min_ago, "index": 0, "kind": "thermal_throttle", "message": "HW thermal slowdown"}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let states: Vec<(String, String)> =
+            sqlx::query_as("SELECT rule, state FROM alerts ORDER BY rule")
+                .fetch_all(&app.store.pool)
+                .await
+                .unwrap();
+        if states
+            == [
+                ("gpu-throttling".to_string(), "resolved".to_string()),
+                ("gpu-xid".to_string(), "firing".to_string()),
+            ]
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alerts did not settle: {states:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let cookie = app.login("ops", "correct horse").await;
+    let xid = "GPU reported an XID error";
+    let throttle = "GPU is being throttled";
+
+    // The host with the faulty GPU: its firing GPU alert, linked to the alerts page.
+    let (st, html) = app.page(&cookie, "/hosts/gpu-node-7?range=1h").await;
+    assert_eq!(st, 200);
+    let s = alerts_section(&html);
+    assert!(
+        s.contains(xid) && s.contains("GPU 1") && s.contains("firing"),
+        "{s}"
+    );
+    assert!(s.contains("href=\"/alerts\""), "{s}");
+    assert!(!s.contains(throttle), "another host's alert: {s}");
+    // Its neighbour in the rack: only its own (resolved) alert.
+    let (_, html) = app.page(&cookie, "/hosts/gpu-node-8").await;
+    let s = alerts_section(&html);
+    assert!(s.contains(throttle) && s.contains("resolved"), "{s}");
+    assert!(
+        !s.contains(xid),
+        "gpu-node-7's alert on gpu-node-8's page: {s}"
+    );
+    // A host in another rack: none.
+    let (_, html) = app.page(&cookie, "/hosts/gpu-node-9").await;
+    let s = alerts_section(&html);
+    assert!(!s.contains(xid) && !s.contains(throttle), "{s}");
+    assert!(
+        s.contains("No firing, pending or recently resolved alerts"),
+        "{s}"
+    );
+    // The rack page shows the alerts of every host in it, and no other rack's.
+    let (_, html) = app.page(&cookie, "/racks/fra1/r07?range=1h").await;
+    let s = alerts_section(&html);
+    assert!(s.contains(xid) && s.contains(throttle), "{s}");
+    assert!(s.contains("gpu-node-7") && s.contains("gpu-node-8"), "{s}");
+    let (_, html) = app.page(&cookie, "/racks/fra1/r08").await;
+    assert!(!alerts_section(&html).contains(xid));
+    // The JSON API carries the same list.
+    let v = app.json(&cookie, "/api/v1/hosts/gpu-node-7").await;
+    let alerts = v["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{v}");
+    assert_eq!(
+        (&alerts[0]["rule"], &alerts[0]["state"], &alerts[0]["gpu"]),
+        (&json!("gpu-xid"), &json!("firing"), &json!(1))
+    );
+    // Resolved long ago: no longer "recent".
+    sqlx::query(
+        "UPDATE alerts SET resolved_at = now() - interval '2 days' WHERE state = 'resolved'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let (_, html) = app.page(&cookie, "/hosts/gpu-node-8").await;
+    assert!(!alerts_section(&html).contains(throttle));
+    app.stop().await;
+}
+
+/// The latest sample of every host and GPU, straight from the raw tables.
+async fn latest_from_raw(app: &TestApp) -> Vec<(String, i16, DateTime<Utc>, Option<f32>)> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (h.name, s.gpu_index) h.name, s.gpu_index, s.ts, s.util_pct
+           FROM gpu_samples s JOIN hosts h ON h.id = s.host_id ORDER BY h.name, s.gpu_index, s.ts DESC",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn latest_samples_never_go_back_in_time() {
+    let app = TestApp::spawn().await;
+    let token = app.token("n1").await;
+    let host = json!({"name": "n1", "site": "s", "rack": "r"});
+    let gpus = |ts: &[DateTime<Utc>], util: f64| -> Vec<serde_json::Value> {
+        ts.iter()
+            .flat_map(|t| {
+                (0..2).map(move |g| json!({"ts": t, "index": g, "util_pct": util + g as f64}))
+            })
+            .collect()
+    };
+    let hosts = |ts: &[DateTime<Utc>], cpu: f64| -> Vec<serde_json::Value> {
+        ts.iter()
+            .map(|t| json!({"ts": t, "cpu_util_pct": cpu}))
+            .collect()
+    };
+    let now_ts = recent(6, 5, 10);
+    let batch = json!({"host": host, "host_samples": hosts(&now_ts, 40.0), "gpu_samples": gpus(&now_ts, 50.0)});
+    assert_eq!(app.ingest(&token, &batch).await.status(), 200);
+    let newest = *now_ts.last().unwrap();
+    let check = |hs: Vec<rackwatch::store::queries::GpuLatest>, ts: DateTime<Utc>, util: f32| {
+        assert_eq!(hs.len(), 2);
+        for g in &hs {
+            assert_eq!(g.ts, Some(ts), "GPU {}", g.index);
+            assert_eq!(g.util_pct, Some(util + g.index as f32), "GPU {}", g.index);
+        }
+    };
+    check(
+        app.store.gpus_latest(Some("n1")).await.unwrap(),
+        newest,
+        50.0,
+    );
+
+    // A spool replay of older samples (late data) does not replace the newer ones.
+    let old = recent(6, 5, 600);
+    let late =
+        json!({"host": host, "host_samples": hosts(&old, 99.0), "gpu_samples": gpus(&old, 90.0)});
+    assert_eq!(app.ingest(&token, &late).await.status(), 200);
+    check(
+        app.store.gpus_latest(Some("n1")).await.unwrap(),
+        newest,
+        50.0,
+    );
+    let h = app.store.host_latest("n1").await.unwrap().unwrap();
+    assert_eq!((h.ts, h.cpu_util_pct), (Some(newest), Some(40.0)));
+    // Replaying the same batch again stores nothing and changes nothing.
+    let r: serde_json::Value = app.ingest(&token, &batch).await.json().await.unwrap();
+    assert_eq!(r["stored"], 0, "{r}");
+    check(
+        app.store.gpus_latest(Some("n1")).await.unwrap(),
+        newest,
+        50.0,
+    );
+
+    // Out of order within one batch: the newest sample wins, not the last one listed.
+    let t = recent(2, 2, 2);
+    let mixed = json!({"host": host,
+        "host_samples": [{"ts": t[1], "cpu_util_pct": 7.0}, {"ts": t[0], "cpu_util_pct": 8.0}],
+        "gpu_samples": [{"ts": t[1], "index": 0, "util_pct": 20.0}, {"ts": t[1], "index": 1, "util_pct": 21.0},
+                        {"ts": t[0], "index": 0, "util_pct": 30.0}, {"ts": t[0], "index": 1, "util_pct": 31.0}]});
+    assert_eq!(app.ingest(&token, &mixed).await.status(), 200);
+    check(app.store.gpus_latest(Some("n1")).await.unwrap(), t[1], 20.0);
+    let h = app.store.host_latest("n1").await.unwrap().unwrap();
+    assert_eq!((h.ts, h.cpu_util_pct), (Some(t[1]), Some(7.0)));
+    // One GPU moving on alone leaves the other where it was.
+    let t2 = recent(1, 1, 0)[0];
+    let one = json!({"host": host, "gpu_samples": [{"ts": t2, "index": 1, "util_pct": 5.0}]});
+    assert_eq!(app.ingest(&token, &one).await.status(), 200);
+    let g = app.store.gpus_latest(Some("n1")).await.unwrap();
+    assert_eq!((g[0].ts, g[0].util_pct), (Some(t[1]), Some(20.0)));
+    assert_eq!((g[1].ts, g[1].util_pct), (Some(t2), Some(5.0)));
+    // Always what the raw samples say is newest.
+    let truth = latest_from_raw(&app).await;
+    let table: Vec<(String, i16, DateTime<Utc>, Option<f32>)> = sqlx::query_as(
+        "SELECT h.name, l.gpu_index, l.ts, l.util_pct FROM gpu_latest l JOIN hosts h ON h.id = l.host_id ORDER BY 1, 2",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(table, truth);
+    // And the pages show it.
+    let cookie = app.login("ops", "correct horse").await;
+    let v = app.json(&cookie, "/api/v1/hosts/n1").await;
+    assert_eq!(v["gpus"][1]["util_pct"], 5.0, "{v}");
+    assert_eq!(v["host"]["cpu_util_pct"], 7.0, "{v}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn energy_since_midnight_survives_late_samples_and_counter_resets() {
+    let now = Utc::now();
+    let midnight = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    if now - midnight < chrono::Duration::minutes(2) {
+        return; // the samples below would straddle midnight
+    }
+    let app = TestApp::spawn().await;
+    let token = app.token("e1").await;
+    let send = |ts: DateTime<Utc>, joules: f64| json!({"host": {"name": "e1"}, "gpu_samples": [{"ts": ts, "index": 0, "util_pct": 50.0, "energy_joules_total": joules}]});
+    let kwh = || async {
+        let rows = rackwatch::web::data::fleet_rows(&app.store, Utc::now())
+            .await
+            .unwrap();
+        rows.energy_today_j / 3.6e6
+    };
+    // Yesterday's last sample, then today's first: today counts from the latter.
+    let t = recent(4, 5, 30);
+    assert_eq!(
+        app.ingest(
+            &token,
+            &send(midnight - chrono::Duration::seconds(10), 1.0e6)
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(app.ingest(&token, &send(t[0], 9.0e6)).await.status(), 200);
+    assert_eq!(kwh().await, 0.0);
+    assert_eq!(
+        app.ingest(&token, &send(t[1], 9.0e6 + 3.6e6))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(kwh().await, 1.0);
+    // A late sample from before (a spool replay) changes nothing.
+    assert_eq!(
+        app.ingest(&token, &send(t[0] - chrono::Duration::seconds(20), 2.0e6))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(kwh().await, 1.0);
+    // The driver reloads: the counter restarts near zero, today's kWh are kept.
+    assert_eq!(app.ingest(&token, &send(t[2], 0.0)).await.status(), 200);
+    assert_eq!(kwh().await, 1.0);
+    assert_eq!(app.ingest(&token, &send(t[3], 1.8e6)).await.status(), 200);
+    assert_eq!(kwh().await, 1.5);
+    // The fleet page shows it.
+    let cookie = app.login("ops", "correct horse").await;
+    let (_, html) = app.page(&cookie, "/").await;
+    assert!(html.contains("<b>1.5 kWh</b>"), "{html}");
     app.stop().await;
 }

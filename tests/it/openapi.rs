@@ -141,6 +141,18 @@ async fn real_responses_match_the_openapi_document() {
         .await
         .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
+    // A firing GPU alert, as the evaluator writes it (the hardware rule is not loaded here).
+    sqlx::query(
+        r#"INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description,
+                               started_at, fired_at, last_active_at)
+           VALUES ('gpu-xid|event=xid|gpu=1|host=api-host|rack=r07|site=fra1|xid=79', 'gpu-xid', 'critical',
+                   '{"event": "xid", "gpu": "1", "host": "api-host", "rack": "r07", "site": "fra1", "xid": "79"}',
+                   'firing', 79, 'GPU reported an XID error', 'XID 79: GPU has fallen off the bus',
+                   now(), now(), now())"#,
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
     let calls = [
         ("/api/v1/fleet", "/api/v1/fleet?metric=temp", 200),
         ("/api/v1/hosts", "/api/v1/hosts", 200),
@@ -182,6 +194,7 @@ async fn real_responses_match_the_openapi_document() {
         ),
         ("/api/v1/inventory", "/api/v1/inventory?q=h100", 200),
         ("/api/v1/events", "/api/v1/events", 200),
+        ("/api/v1/alerts", "/api/v1/alerts", 200),
         ("/api/v1/admin/users", "/api/v1/admin/users", 200),
         ("/api/v1/admin/tokens", "/api/v1/admin/tokens", 200),
         ("/api/v1/energy/weekly", "/api/v1/energy/weekly", 200),
@@ -228,6 +241,12 @@ async fn real_responses_match_the_openapi_document() {
             "/api/v1/anomalies" if status == 200 => {
                 assert_eq!(body["models"][0]["status"], "insufficient_history")
             }
+            "/api/v1/alerts" => assert_eq!(body[0]["labels"]["gpu"], "1"),
+            "/api/v1/hosts/{name}" if status == 200 => {
+                assert_eq!(body["alerts"][0]["gpu"], 1);
+                assert!(!body["gpu_series"].as_array().unwrap().is_empty() || url.contains("7d"));
+            }
+            "/api/v1/racks/{site}/{rack}" => assert_eq!(body["alerts"][0]["host"], "api-host"),
             _ => {}
         }
     }

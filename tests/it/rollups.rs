@@ -114,3 +114,164 @@ async fn partitions_are_made_ahead_and_dropped_past_retention() {
     )));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn charts_over_rollups_reach_now_through_the_raw_tail() {
+    use rackwatch::store::series::Source;
+    let app = TestApp::spawn().await;
+    let token = app.token("t").await;
+    let base = (Utc::now() - Duration::minutes(11))
+        .duration_trunc(Duration::minutes(1))
+        .unwrap();
+    // Ten minutes of 5 s samples: GPU 0 at 10 × the minute's number, GPU 1 at 50 %.
+    let ts: Vec<DateTime<Utc>> = (0..120).map(|i| base + Duration::seconds(i * 5)).collect();
+    let minute = |t: &DateTime<Utc>| ((*t - base).num_minutes()) as f64;
+    let body = json!({"host": {"name": "t"},
+        "host_samples": ts.iter().map(|t| json!({"ts": t, "cpu_util_pct": minute(t)})).collect::<Vec<_>>(),
+        "gpu_samples": ts.iter().flat_map(|t| [json!({"ts": t, "index": 0, "util_pct": minute(t) * 10.0}),
+                                              json!({"ts": t, "index": 1, "util_pct": 50.0})]).collect::<Vec<_>>()});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    // The rollup job last ran six minutes in: minutes 0–5 are rolled up, 6–9 are not.
+    let watermark = base + Duration::minutes(6);
+    app.store.run_rollups(watermark).await.unwrap();
+    // Mark the rolled-up minutes so the test sees which source each point came from.
+    sqlx::query("UPDATE gpu_samples_1m SET util_pct = util_pct + 1000")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE host_samples_1m SET cpu_util_pct = cpu_util_pct + 1000")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    let to = base + Duration::minutes(10);
+    let gpus = app
+        .store
+        .gpu_series("t", None, base, to, 60, Source::Rollup1m)
+        .await
+        .unwrap();
+    assert_eq!(gpus.len(), 20, "ten minutes of two GPUs: {gpus:?}");
+    for p in &gpus {
+        let m = (p.ts - base).num_minutes();
+        let raw = if p.index == 0 { m as f64 * 10.0 } else { 50.0 };
+        let want = if m < 6 { raw + 1000.0 } else { raw };
+        assert_eq!(p.util_pct, Some(want), "GPU {} minute {m}", p.index);
+    }
+    let one = app
+        .store
+        .gpu_series("t", Some(1), base, to, 120, Source::Rollup1m)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 5);
+    assert!(one.iter().all(|p| p.index == 1));
+    let hosts = app
+        .store
+        .host_series(&["t".to_string()], base, to, 60, Source::Rollup1m)
+        .await
+        .unwrap();
+    let cpu: Vec<f64> = hosts.iter().map(|p| p.cpu_util_pct.unwrap()).collect();
+    assert_eq!(
+        cpu,
+        [1000.0, 1001.0, 1002.0, 1003.0, 1004.0, 1005.0, 6.0, 7.0, 8.0, 9.0]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn quarter_hour_rollups_follow_the_minutes_and_feed_long_charts() {
+    use rackwatch::store::rollup::quarter;
+    use rackwatch::store::series::Source;
+    let app = TestApp::spawn().await;
+    let token = app.token("q").await;
+    let base = quarter(Utc::now() - Duration::minutes(50));
+    // 45 minutes of 5 s samples: GPU 0 (and the host's CPU) at 1 %, 11 %, 21 % in the
+    // three quarter-hours.
+    let ts: Vec<DateTime<Utc>> = (0..540).map(|i| base + Duration::seconds(i * 5)).collect();
+    let level = |t: &DateTime<Utc>| ((*t - base).num_minutes() / 15) as f64 * 10.0 + 1.0;
+    let body = json!({"host": {"name": "q"},
+        "host_samples": ts.iter().map(|t| json!({"ts": t, "cpu_util_pct": level(t)})).collect::<Vec<_>>(),
+        "gpu_samples": ts.iter().map(|t| json!({"ts": t, "index": 0, "util_pct": level(t)})).collect::<Vec<_>>()});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    // The job last ran 40 minutes in: quarter-hours 0 and 1 are complete.
+    let run = app
+        .store
+        .run_rollups(base + Duration::minutes(40))
+        .await
+        .unwrap();
+    assert!(run.quarter_rows >= 4, "{run:?}");
+    let quarters: Vec<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT bucket FROM gpu_samples_15m ORDER BY 1")
+            .fetch_all(&app.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        quarters,
+        [base, base + Duration::minutes(15)],
+        "the third is not complete"
+    );
+    let q0 = || async {
+        let r: (i32, f32, f32) = sqlx::query_as(
+            "SELECT samples, util_pct, util_pct_max FROM gpu_samples_15m WHERE bucket = $1",
+        )
+        .bind(base)
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+        r
+    };
+    assert_eq!(q0().await, (180, 1.0, 1.0));
+    // A late sample in minute 3: that minute and its quarter-hour are recomputed.
+    let late = json!({"host": {"name": "q"},
+        "gpu_samples": [{"ts": base + Duration::seconds(182), "index": 0, "util_pct": 97.0}]});
+    assert_eq!(app.ingest(&token, &late).await.status(), 200);
+    let run = app
+        .store
+        .run_rollups(base + Duration::minutes(41))
+        .await
+        .unwrap();
+    assert_eq!(run.dirty_buckets, 1);
+    let (n, mean, max) = q0().await;
+    assert_eq!((n, max), (181, 97.0));
+    assert!((mean - (14.0 + 109.0 / 13.0) / 15.0).abs() < 1e-4, "{mean}");
+
+    // A long chart: quarter-hours from the 15-minute rows, then minutes from the
+    // 1-minute rows up to the watermark (41 min), then raw samples. Marked so the test
+    // sees which source each value came from.
+    for sql in [
+        "UPDATE gpu_samples_15m SET util_pct = util_pct + 1000",
+        "UPDATE gpu_samples_1m SET util_pct = util_pct + 100",
+        "UPDATE host_samples_15m SET cpu_util_pct = cpu_util_pct + 1000",
+        "UPDATE host_samples_1m SET cpu_util_pct = cpu_util_pct + 100",
+    ] {
+        sqlx::query(sql).execute(&app.store.pool).await.unwrap();
+    }
+    let to = base + Duration::minutes(45);
+    let g = app
+        .store
+        .gpu_series("q", Some(0), base, to, 900, Source::Rollup15m)
+        .await
+        .unwrap();
+    let got: Vec<(i64, f64)> = g
+        .iter()
+        .map(|p| ((p.ts - base).num_minutes(), p.util_pct.unwrap()))
+        .collect();
+    // Third quarter: 11 minutes of rollups (121 %) and 4 minutes of raw samples (21 %).
+    let third = (11.0 * 121.0 + 4.0 * 21.0) / 15.0;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!((got[0].0, got[1].0, got[2].0), (0, 15, 30));
+    assert!(
+        (got[0].1 - (1000.0 + f64::from(mean))).abs() < 1e-3,
+        "{got:?}"
+    );
+    assert!((got[1].1 - 1011.0).abs() < 1e-9, "{got:?}");
+    assert!((got[2].1 - third).abs() < 1e-9, "{got:?}");
+    let h = app
+        .store
+        .host_series(&["q".to_string()], base, to, 900, Source::Rollup15m)
+        .await
+        .unwrap();
+    let cpu: Vec<f64> = h.iter().map(|p| p.cpu_util_pct.unwrap()).collect();
+    assert_eq!(cpu.len(), 3);
+    assert!((cpu[0] - 1001.0).abs() < 1e-9 && (cpu[1] - 1011.0).abs() < 1e-9);
+    assert!((cpu[2] - third).abs() < 1e-9, "{cpu:?}");
+    app.stop().await;
+}

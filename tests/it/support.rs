@@ -320,6 +320,19 @@ impl TestApp {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// GET a JSON API path with a session cookie.
+    pub async fn json(&self, cookie: &str, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
