@@ -123,7 +123,7 @@ async fn run() {
             let _ = writeln!(hs, "{id}\t{ts}\t12\t{:.1}\t0", 30.0 + 20.0 * phase.sin());
             for k in 0..gpus {
                 // Some GPUs idle all week, the rest follow a daily cycle.
-                let u = if (hi + k as usize) % 7 == 0 {
+                let u = if (hi + k as usize).is_multiple_of(7) {
                     0.0
                 } else {
                     (60.0 + 45.0 * (phase + f64::from(k)).sin()).clamp(0.0, 100.0)
