@@ -1,7 +1,7 @@
 //! Ingest throughput: GPU rows per second through the real HTTP ingest path (gzip JSON,
 //! token auth, validation, idempotent write) into Postgres, next to a raw `COPY` of the
 //! same rows into the same tables, in one run on the same cluster: text-format COPY (the
-//! reference the goal is stated against) and binary-format COPY (what ingest writes).
+//! reference the goal is stated against) and binary-format COPY encoded as ingest does.
 //!
 //! Run with `./scripts/bench ingest`. Sizes can be changed with BENCH_HOSTS,
 //! BENCH_SAMPLES (per GPU per batch), BENCH_ROUNDS and BENCH_CLIENTS.
@@ -185,9 +185,10 @@ async fn run() {
     );
 
     // --- raw COPY of the same rows ---------------------------------------------------
-    // The reference is the issue's: a text-format COPY, each batch's host and GPU rows in
-    // one transaction. Ingest writes binary COPY, so a binary COPY of the same rows is
-    // measured too: that is the floor ingest itself cannot go below.
+    // The reference is the issue's: a text-format COPY of every column, each batch's host
+    // and GPU rows in one transaction. Ingest writes binary COPY of the columns a batch
+    // has, so that COPY of the same rows, encoded by ingest's own encoder, is measured
+    // too: the floor ingest itself cannot go below.
     let host_ids: std::collections::HashMap<String, i64> =
         sqlx::query_as("SELECT name, id FROM hosts")
             .fetch_all(&store.pool)
@@ -195,7 +196,8 @@ async fn run() {
             .unwrap()
             .into_iter()
             .collect();
-    type Rows = (Vec<u8>, Vec<u8>);
+    // (host columns, host rows, GPU columns, GPU rows) per batch.
+    type Rows = (String, Vec<u8>, String, Vec<u8>);
     let (text, binary): (Vec<Rows>, Vec<Rows>) = batches
         .iter()
         .map(|b| {
@@ -204,9 +206,17 @@ async fn run() {
             encode_host_rows(id, &b.host_samples, &mut h);
             encode_gpu_rows(id, &b.gpu_samples, &mut g);
             let (mut hb, mut gb) = (Vec::new(), Vec::new());
-            encode_host_rows_binary(id, &b.host_samples, &mut hb);
-            encode_gpu_rows_binary(id, &b.gpu_samples, &mut gb);
-            ((h.into_bytes(), g.into_bytes()), (hb, gb))
+            let hc = encode_host_rows_binary(id, &b.host_samples, &mut hb);
+            let gc = encode_gpu_rows_binary(id, &b.gpu_samples, &mut gb);
+            (
+                (
+                    HOST_COLUMNS.to_string(),
+                    h.into_bytes(),
+                    GPU_COLUMNS.to_string(),
+                    g.into_bytes(),
+                ),
+                (hc, hb, gc, gb),
+            )
         })
         .unzip();
     truncate(&store).await;
@@ -238,25 +248,22 @@ async fn run() {
     println!("BENCH ingest rows_per_s={ingest_rps:.0} copy_rows_per_s={copy_rps:.0} ratio_vs_copy={ratio:.2} binary_copy_rows_per_s={bin_rps:.0} ratio_vs_binary_copy={ratio_bin:.2}");
 }
 
-/// COPY pre-encoded (host rows, GPU rows) pairs, one transaction per batch, as many at
-/// once as the ingest clients were; returns the seconds it took.
+/// COPY pre-encoded host and GPU rows (each with its column list), one transaction per
+/// batch, as many at once as the ingest clients were; returns the seconds it took.
 async fn raw_copy(
     store: &Store,
     sem: &Arc<Semaphore>,
-    data: Vec<(Vec<u8>, Vec<u8>)>,
+    data: Vec<(String, Vec<u8>, String, Vec<u8>)>,
     format: &'static str,
 ) -> f64 {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for (h, g) in data {
+    for (hc, h, gc, g) in data {
         let permit = sem.clone().acquire_owned().await.unwrap();
         let pool = store.pool.clone();
         tasks.push(tokio::spawn(async move {
             let mut tx = pool.begin().await.unwrap();
-            for (table, cols, data) in [
-                ("host_samples", HOST_COLUMNS, h),
-                ("gpu_samples", GPU_COLUMNS, g),
-            ] {
+            for (table, cols, data) in [("host_samples", hc, h), ("gpu_samples", gc, g)] {
                 let mut copy = tx
                     .copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN{format}"))
                     .await

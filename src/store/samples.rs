@@ -260,6 +260,13 @@ impl<'a> BinaryRows<'a> {
             None => self.null(),
         }
     }
+    /// A bit mask: stored as the signed 64-bit value with the same bits.
+    fn opt_bits(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => self.int8(v as i64),
+            None => self.null(),
+        }
+    }
     fn opt_real(&mut self, v: Option<f64>) {
         match v {
             Some(v) => self.field(&real(v).to_bits().to_be_bytes()),
@@ -301,71 +308,106 @@ fn real(x: f64) -> f32 {
     f
 }
 
-/// Binary `COPY` stream of host sample rows (columns as [`HOST_COLUMNS`]).
-pub fn encode_host_rows_binary(host_id: i64, rows: &[HostSample], out: &mut Vec<u8>) {
-    out.reserve(19 + rows.len() * 150 + 2);
-    let mut w = BinaryRows::start(out);
-    for s in rows {
-        w.row(13);
-        w.int8(host_id);
-        w.ts(s.ts);
-        w.opt_real(s.cpu_util_pct);
-        w.opt_real(s.load1);
-        w.opt_int8(s.mem_used_bytes);
-        w.opt_int8(s.mem_total_bytes);
-        w.opt_double(s.disk_read_bytes_per_s);
-        w.opt_double(s.disk_write_bytes_per_s);
-        w.opt_double(s.net_rx_bytes_per_s);
-        w.opt_double(s.net_tx_bytes_per_s);
-        w.opt_int8(s.disk_used_bytes);
-        w.opt_int8(s.disk_total_bytes);
-        w.opt_double(s.energy_joules);
-    }
-    w.finish();
+/// Binary `COPY` rows of the optional sample columns that at least one row of the
+/// batch has: a column every row leaves out is not sent (it is NULL either way: the
+/// sample tables have no column defaults, which a test checks), so Postgres reads
+/// fewer fields per row. Expands to the column list, appended to `$columns`.
+macro_rules! encode_present {
+    ($w:ident, $rows:ident, $columns:ident, $fixed:literal, |$s:ident| $prefix:block,
+     [$($field:ident: $write:ident),* $(,)?]) => {{
+        let has = [$($rows.iter().any(|s| s.$field.is_some())),*];
+        $columns.push_str($fixed);
+        let mut k = 0;
+        $(
+            if has[k] {
+                $columns.push_str(concat!(", ", stringify!($field)));
+            }
+            k += 1;
+        )*
+        let _ = k;
+        let fields = $fixed.split(',').count() as i16 + has.iter().filter(|h| **h).count() as i16;
+        for $s in $rows {
+            $w.row(fields);
+            $prefix
+            let mut k = 0;
+            $(
+                if has[k] {
+                    $w.$write($s.$field);
+                }
+                k += 1;
+            )*
+            let _ = k;
+        }
+    }};
 }
 
-/// Binary `COPY` stream of GPU sample rows (columns as [`GPU_COLUMNS`]).
-pub fn encode_gpu_rows_binary(host_id: i64, rows: &[GpuSample], out: &mut Vec<u8>) {
-    out.reserve(19 + rows.len() * 300 + 2);
+/// Binary `COPY` stream of host sample rows into `out`; returns its column list (those
+/// of [`HOST_COLUMNS`] that some row has).
+pub fn encode_host_rows_binary(host_id: i64, rows: &[HostSample], out: &mut Vec<u8>) -> String {
+    out.reserve(19 + rows.len() * 150 + 2);
+    let mut columns = String::with_capacity(HOST_COLUMNS.len());
     let mut w = BinaryRows::start(out);
-    for s in rows {
-        w.row(30);
+    encode_present!(w, rows, columns, "host_id, ts", |s| {
+        w.int8(host_id);
+        w.ts(s.ts);
+    }, [
+        cpu_util_pct: opt_real,
+        load1: opt_real,
+        mem_used_bytes: opt_int8,
+        mem_total_bytes: opt_int8,
+        disk_read_bytes_per_s: opt_double,
+        disk_write_bytes_per_s: opt_double,
+        net_rx_bytes_per_s: opt_double,
+        net_tx_bytes_per_s: opt_double,
+        disk_used_bytes: opt_int8,
+        disk_total_bytes: opt_int8,
+        energy_joules: opt_double,
+    ]);
+    w.finish();
+    columns
+}
+
+/// Binary `COPY` stream of GPU sample rows into `out`; returns its column list (those
+/// of [`GPU_COLUMNS`] that some row has).
+pub fn encode_gpu_rows_binary(host_id: i64, rows: &[GpuSample], out: &mut Vec<u8>) -> String {
+    out.reserve(19 + rows.len() * 300 + 2);
+    let mut columns = String::with_capacity(GPU_COLUMNS.len());
+    let mut w = BinaryRows::start(out);
+    encode_present!(w, rows, columns, "host_id, gpu_index, ts", |s| {
         w.int8(host_id);
         w.int2(i16::from(s.index));
         w.ts(s.ts);
-        w.opt_real(s.util_pct);
-        w.opt_real(s.mem_util_pct);
-        w.opt_int8(s.mem_used_bytes);
-        w.opt_int8(s.mem_total_bytes);
-        w.opt_real(s.power_watts);
-        w.opt_double(s.energy_joules_total);
-        w.opt_real(s.temp_celsius);
-        w.opt_real(s.mem_temp_celsius);
-        w.opt_real(s.sm_clock_mhz);
-        w.opt_real(s.mem_clock_mhz);
-        w.opt_real(s.fan_pct);
-        // A bit mask: stored as the signed 64-bit value with the same bits.
-        match s.throttle_reasons {
-            Some(v) => w.int8(v as i64),
-            None => w.null(),
-        }
-        w.opt_real(s.power_limit_watts);
-        w.opt_double(s.energy_joules);
-        w.opt_double(s.pcie_rx_bytes_per_s);
-        w.opt_double(s.pcie_tx_bytes_per_s);
-        w.opt_int8(s.pcie_replay_total);
-        w.opt_int8(s.ecc_sbe_total);
-        w.opt_int8(s.ecc_dbe_total);
-        w.opt_int8(s.retired_pages_sbe);
-        w.opt_int8(s.retired_pages_dbe);
-        w.opt_bool(s.retired_pages_pending);
-        w.opt_int8(s.remapped_rows_correctable);
-        w.opt_int8(s.remapped_rows_uncorrectable);
-        w.opt_bool(s.remapped_rows_pending);
-        w.opt_bool(s.remapped_rows_failure);
-        w.opt_bool(s.mig_enabled);
-    }
+    }, [
+        util_pct: opt_real,
+        mem_util_pct: opt_real,
+        mem_used_bytes: opt_int8,
+        mem_total_bytes: opt_int8,
+        power_watts: opt_real,
+        energy_joules_total: opt_double,
+        temp_celsius: opt_real,
+        mem_temp_celsius: opt_real,
+        sm_clock_mhz: opt_real,
+        mem_clock_mhz: opt_real,
+        fan_pct: opt_real,
+        throttle_reasons: opt_bits,
+        power_limit_watts: opt_real,
+        energy_joules: opt_double,
+        pcie_rx_bytes_per_s: opt_double,
+        pcie_tx_bytes_per_s: opt_double,
+        pcie_replay_total: opt_int8,
+        ecc_sbe_total: opt_int8,
+        ecc_dbe_total: opt_int8,
+        retired_pages_sbe: opt_int8,
+        retired_pages_dbe: opt_int8,
+        retired_pages_pending: opt_bool,
+        remapped_rows_correctable: opt_int8,
+        remapped_rows_uncorrectable: opt_int8,
+        remapped_rows_pending: opt_bool,
+        remapped_rows_failure: opt_bool,
+        mig_enabled: opt_bool,
+    ]);
     w.finish();
+    columns
 }
 
 /// `COPY … FROM STDIN` of one binary stream.
@@ -395,13 +437,13 @@ async fn copy_samples(
     let mut n = 0;
     if !b.host_samples.is_empty() {
         let mut data = Vec::new();
-        encode_host_rows_binary(host_id, &b.host_samples, &mut data);
-        n += copy_into(tx, "host_samples", HOST_COLUMNS, data).await? as usize;
+        let columns = encode_host_rows_binary(host_id, &b.host_samples, &mut data);
+        n += copy_into(tx, "host_samples", &columns, data).await? as usize;
     }
     if !b.gpu_samples.is_empty() {
         let mut data = Vec::new();
-        encode_gpu_rows_binary(host_id, &b.gpu_samples, &mut data);
-        n += copy_into(tx, "gpu_samples", GPU_COLUMNS, data).await? as usize;
+        let columns = encode_gpu_rows_binary(host_id, &b.gpu_samples, &mut data);
+        n += copy_into(tx, "gpu_samples", &columns, data).await? as usize;
     }
     Ok(n)
 }
@@ -417,8 +459,8 @@ async fn insert_samples_idempotent(
             .execute(&mut **tx)
             .await?;
         let mut data = Vec::new();
-        encode_host_rows_binary(host_id, &b.host_samples, &mut data);
-        copy_into(tx, "replay_host_samples", HOST_COLUMNS, data).await?;
+        let columns = encode_host_rows_binary(host_id, &b.host_samples, &mut data);
+        copy_into(tx, "replay_host_samples", &columns, data).await?;
         n += sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO host_samples ({HOST_COLUMNS}) SELECT {HOST_COLUMNS} FROM replay_host_samples ON CONFLICT DO NOTHING"
         )))
@@ -431,8 +473,8 @@ async fn insert_samples_idempotent(
             .execute(&mut **tx)
             .await?;
         let mut data = Vec::new();
-        encode_gpu_rows_binary(host_id, &b.gpu_samples, &mut data);
-        copy_into(tx, "replay_gpu_samples", GPU_COLUMNS, data).await?;
+        let columns = encode_gpu_rows_binary(host_id, &b.gpu_samples, &mut data);
+        copy_into(tx, "replay_gpu_samples", &columns, data).await?;
         n += sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO gpu_samples ({GPU_COLUMNS}) SELECT {GPU_COLUMNS} FROM replay_gpu_samples ON CONFLICT DO NOTHING"
         )))

@@ -368,33 +368,54 @@ async fn binary_copy_stores_exactly_what_text_copy_stores() {
     let gpu = extreme_gpu_samples(&ts);
     let host = extreme_host_samples(&ts);
     let mut conn = app.store.pool.acquire().await.unwrap();
-    // Host 1 through the text format, host 2 through the binary one.
-    let (mut gt, mut ht) = (String::new(), String::new());
-    encode_gpu_rows(1, &gpu, &mut gt);
-    encode_host_rows(1, &host, &mut ht);
-    let (mut gb, mut hb) = (Vec::new(), Vec::new());
-    encode_gpu_rows_binary(2, &gpu, &mut gb);
-    encode_host_rows_binary(2, &host, &mut hb);
-    for (table, cols, data, format) in [
-        ("gpu_samples", GPU_COLUMNS, gt.into_bytes(), ""),
-        ("host_samples", HOST_COLUMNS, ht.into_bytes(), ""),
-        ("gpu_samples", GPU_COLUMNS, gb, " (FORMAT binary)"),
-        ("host_samples", HOST_COLUMNS, hb, " (FORMAT binary)"),
-    ] {
-        let mut copy = conn
-            .copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN{format}"))
-            .await
-            .unwrap();
-        copy.send(data).await.unwrap();
-        assert!(copy.finish().await.unwrap() > 0);
+    // Each set of rows through the text format (odd host ids) and the binary one (the
+    // next even id): all rows (every column present), only the all-NULL row (no
+    // optional column sent), only the partly filled row (some columns sent).
+    let sets: [(std::ops::Range<usize>, std::ops::Range<usize>); 3] =
+        [(0..3, 0..2), (0..1, 0..1), (2..3, 1..2)];
+    for (k, (g, h)) in sets.iter().enumerate() {
+        let (text_id, binary_id) = (2 * k as i64 + 1, 2 * k as i64 + 2);
+        let (gpu, host) = (&gpu[g.clone()], &host[h.clone()]);
+        let (mut gt, mut ht) = (String::new(), String::new());
+        encode_gpu_rows(text_id, gpu, &mut gt);
+        encode_host_rows(text_id, host, &mut ht);
+        let (mut gb, mut hb) = (Vec::new(), Vec::new());
+        let gpu_cols = encode_gpu_rows_binary(binary_id, gpu, &mut gb);
+        let host_cols = encode_host_rows_binary(binary_id, host, &mut hb);
+        if k == 1 {
+            assert_eq!(gpu_cols, "host_id, gpu_index, ts");
+        }
+        for (table, cols, data, format) in [
+            ("gpu_samples", GPU_COLUMNS, gt.into_bytes(), ""),
+            ("host_samples", HOST_COLUMNS, ht.into_bytes(), ""),
+            ("gpu_samples", gpu_cols.as_str(), gb, " (FORMAT binary)"),
+            ("host_samples", host_cols.as_str(), hb, " (FORMAT binary)"),
+        ] {
+            let mut copy = conn
+                .copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN{format}"))
+                .await
+                .unwrap();
+            copy.send(data).await.unwrap();
+            assert!(copy.finish().await.unwrap() > 0);
+        }
+        for (table, n) in [("gpu_samples", gpu.len()), ("host_samples", host.len())] {
+            let text = stored_rows(&app, table, text_id).await;
+            let binary = stored_rows(&app, table, binary_id).await;
+            assert_eq!(text.len(), n);
+            assert_eq!(text, binary, "{table}, rows {k}");
+        }
     }
     drop(conn);
-    for table in ["gpu_samples", "host_samples"] {
-        let text = stored_rows(&app, table, 1).await;
-        let binary = stored_rows(&app, table, 2).await;
-        assert_eq!(text.len(), if table == "gpu_samples" { 3 } else { 2 });
-        assert_eq!(text, binary, "{table}");
-    }
+    // Columns a batch leaves out are not sent and so take the column default: there
+    // must be none, so that they are NULL as the text format stores them.
+    let defaults: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name || '.' || column_name FROM information_schema.columns
+          WHERE table_name IN ('gpu_samples', 'host_samples') AND column_default IS NOT NULL",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(defaults, Vec::<String>::new());
     app.stop().await;
 }
 
