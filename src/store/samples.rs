@@ -213,9 +213,10 @@ fn opt<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
     }
 }
 
-/// A binary-format `COPY` stream (header, rows, trailer) into a reused buffer. The
-/// encoders write each column in the exact type of its table column (see the
-/// `binary_copy_matches_the_table_columns` test): binary `COPY` has no casts.
+/// A binary-format `COPY` stream (header, rows, trailer) appended to a buffer. The
+/// encoders write each column in the exact type of its table column (binary `COPY` has
+/// no casts; the `binary_copy_stores_exactly_what_text_copy_stores` test covers every
+/// column).
 struct BinaryRows<'a> {
     out: &'a mut Vec<u8>,
 }
@@ -311,7 +312,8 @@ fn real(x: f64) -> f32 {
 /// Binary `COPY` rows of the optional sample columns that at least one row of the
 /// batch has: a column every row leaves out is not sent (it is NULL either way: the
 /// sample tables have no column defaults, which a test checks), so Postgres reads
-/// fewer fields per row. Expands to the column list, appended to `$columns`.
+/// fewer fields per row. Writes the rows through `$w` and the column list they fill to
+/// `$columns`.
 macro_rules! encode_present {
     ($w:ident, $rows:ident, $columns:ident, $fixed:literal, |$s:ident| $prefix:block,
      [$($field:ident: $write:ident),* $(,)?]) => {{
