@@ -140,7 +140,15 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u
     match enc.as_str() {
         "identity" | "" => Ok(body.to_vec()),
         "gzip" | "x-gzip" => {
-            let mut out = Vec::with_capacity(body.len() * 4);
+            // The gzip trailer's last four bytes give the inflated size (mod 2^32, and a
+            // client can lie): a hint, capped by the limit, so the buffer is not regrown
+            // and copied several times.
+            let hint = body
+                .len()
+                .checked_sub(4)
+                .map(|i| u32::from_le_bytes(body[i..].try_into().expect("4 bytes")) as usize)
+                .unwrap_or(0);
+            let mut out = Vec::with_capacity(hint.max(body.len() * 4).min(max) + 1);
             let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
             dec.read_to_end(&mut out)
                 .map_err(|e| ApiError::BadRequest(format!("body is not valid gzip: {e}")))?;

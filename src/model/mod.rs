@@ -46,6 +46,7 @@ pub struct GpuInfo {
 /// One host-level sample.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostSample {
+    #[serde(deserialize_with = "ts_serde::deserialize")]
     pub ts: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_util_pct: Option<f64>,
@@ -78,6 +79,7 @@ pub struct HostSample {
 /// One GPU sample.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuSample {
+    #[serde(deserialize_with = "ts_serde::deserialize")]
     pub ts: DateTime<Utc>,
     pub index: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,4 +244,163 @@ pub struct Rejection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     pub reason: String,
+}
+
+/// Sample timestamps: the common `2026-11-23T12:00:05.123Z` form read directly, anything
+/// else (offsets, spaces, leap seconds, errors) by chrono, exactly as before. chrono's
+/// general RFC 3339 parser showed up in ingest profiles.
+pub(crate) mod ts_serde {
+    use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+    use serde::de::{self, Visitor};
+
+    pub fn deserialize<'de, D: de::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        d.deserialize_str(TsVisitor)
+    }
+
+    struct TsVisitor;
+
+    impl Visitor<'_> for TsVisitor {
+        type Value = DateTime<Utc>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            // chrono's words, so that errors read the same.
+            f.write_str("an RFC 3339 formatted date and time string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if let Some(t) = parse_utc(v) {
+                return Ok(t);
+            }
+            v.parse::<DateTime<FixedOffset>>()
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(E::custom)
+        }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS[.1 to 9 digits]Z`, or `None`.
+    pub fn parse_utc(s: &str) -> Option<DateTime<Utc>> {
+        let b = s.as_bytes();
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+            return None;
+        }
+        if b[13] != b':' || b[16] != b':' || *b.last()? != b'Z' {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| -> Option<u32> {
+            b[r].iter().try_fold(0u32, |n, c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        let frac = &b[19..b.len() - 1];
+        let nanos = match frac {
+            [] => 0,
+            [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+                let n = num(20..20 + digits.len())?;
+                n * 10u32.pow(9 - digits.len() as u32)
+            }
+            _ => return None,
+        };
+        if sec > 59 {
+            return None;
+        }
+        let t = NaiveDate::from_ymd_opt(year as i32, month, day)?
+            .and_hms_nano_opt(hour, min, sec, nanos)?;
+        Some(t.and_utc())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use rand::{Rng, SeedableRng};
+
+        fn chrono(s: &str) -> Option<DateTime<Utc>> {
+            s.parse::<DateTime<FixedOffset>>()
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        }
+
+        #[test]
+        fn the_direct_reader_agrees_with_chrono() {
+            for s in [
+                "2026-11-23T12:00:05Z",
+                "2026-11-23T12:00:05.1Z",
+                "2026-11-23T12:00:05.123456789Z",
+                "2024-02-29T23:59:59.999999999Z",
+                "0000-01-01T00:00:00Z",
+                "9999-12-31T23:59:59Z",
+            ] {
+                assert_eq!(parse_utc(s), chrono(s), "{s}");
+                assert!(parse_utc(s).is_some(), "{s}");
+            }
+            // Everything else is left to chrono (and still parses where chrono does).
+            for s in [
+                "2026-11-23T12:00:05.1234567891Z",
+                "2026-11-23T12:00:05.Z",
+                "2026-11-23T12:00:60Z",
+                "2026-11-23T24:00:00Z",
+                "2025-02-29T00:00:00Z",
+                "2026-13-01T00:00:00Z",
+                "2026-11-23 12:00:05Z",
+                "2026-11-23t12:00:05z",
+                "2026-11-23T12:00:05+00:00",
+                "2026-11-23T12:00:05+02:00",
+                "+2026-11-23T12:00:05Z",
+                "2026-11-23T12:00:05",
+                "2026-11-23T1:00:05Z",
+                "2026-11-23T12:00:05.-1Z",
+                "２026-11-23T12:00:05Z",
+                "",
+            ] {
+                assert_eq!(parse_utc(s), None, "{s}");
+            }
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            for _ in 0..20_000 {
+                let secs = rng.gen_range(-62_000_000_000i64..253_000_000_000);
+                let nanos = rng.gen_range(0..1_000_000_000u32);
+                let t = DateTime::from_timestamp(secs, nanos).unwrap();
+                let digits = rng.gen_range(0..=9usize);
+                let mut s = t.format("%Y-%m-%dT%H:%M:%S").to_string();
+                if digits > 0 {
+                    s.push('.');
+                    s.push_str(&format!("{:09}", nanos)[..digits]);
+                }
+                s.push('Z');
+                assert_eq!(parse_utc(&s), chrono(&s), "{s}");
+                // Damaged forms: whatever chrono makes of them, the reader makes nothing
+                // different.
+                let mut b = s.clone().into_bytes();
+                let i = rng.gen_range(0..b.len());
+                b[i] = rng.gen_range(b' '..=b'~');
+                let d = String::from_utf8(b).unwrap();
+                if let Some(t) = parse_utc(&d) {
+                    assert_eq!(Some(t), chrono(&d), "{d}");
+                }
+            }
+        }
+
+        #[test]
+        fn errors_read_as_chrono_wrote_them() {
+            #[derive(serde::Deserialize)]
+            struct A {
+                #[allow(dead_code)]
+                ts: DateTime<Utc>,
+            }
+            #[derive(serde::Deserialize)]
+            struct B {
+                #[allow(dead_code)]
+                #[serde(deserialize_with = "deserialize")]
+                ts: DateTime<Utc>,
+            }
+            for body in [
+                r#"{"ts": "not a time"}"#,
+                r#"{"ts": 17}"#,
+                r#"{"ts": null}"#,
+                r#"{"ts": "2026-11-23T12:00:05"}"#,
+            ] {
+                let a = serde_json::from_str::<A>(body).err().unwrap().to_string();
+                let b = serde_json::from_str::<B>(body).err().unwrap().to_string();
+                assert_eq!(a, b);
+            }
+        }
+    }
 }

@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use super::{
-    Batch, GpuInfo, GpuSample, HardwareEvent, HostInfo, HostSample, Rejection, EVENT_KINDS,
+    AgentStats, Batch, GpuInfo, GpuSample, HardwareEvent, HostInfo, HostSample, Rejection,
+    EVENT_KINDS,
 };
 
 /// Limits a sample must respect.
@@ -22,7 +23,7 @@ pub struct Limits {
 }
 
 /// A batch whose every item passed validation; `host` is checked too.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ValidBatch {
     pub batch: Batch,
     pub rejections: Vec<Rejection>,
@@ -66,9 +67,23 @@ fn section<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Vec<&'a RawValue
 }
 
 /// Parse and validate an ingest body.
+///
+/// Two routes give the same answer. The fast one reads the body once, typing and
+/// checking each item as the parser reaches it. It gives up on anything unusual (an item
+/// of the wrong JSON type, a duplicate or missing top-level field, a bad host); the body
+/// is then read again section by section, each item on its own, which is what names a
+/// malformed item without losing the others.
 pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<ValidBatch, BatchError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| BatchError::Json(format!("body is not UTF-8: {e}")))?;
+    if let Some(v) = fast::parse(text, limits) {
+        return Ok(v);
+    }
+    parse_sections(text, limits)
+}
+
+/// The item-by-item route: each sample is typed from its own raw JSON text.
+fn parse_sections(text: &str, limits: &Limits) -> Result<ValidBatch, BatchError> {
     if !text.trim_start().starts_with('{') {
         // Still report syntax errors as such.
         serde_json::from_str::<&RawValue>(text).map_err(|e| BatchError::Json(e.to_string()))?;
@@ -84,45 +99,117 @@ pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<ValidBatch, BatchErro
         .map_err(|e| BatchError::Shape(format!("field `host`: {e}")))?;
     validate_host(&host).map_err(BatchError::Shape)?;
 
-    let mut out = ValidBatch::default();
-    out.batch.host = host;
-    out.batch.agent = raw.agent.and_then(|a| serde_json::from_str(a.get()).ok());
+    let agent = raw.agent.and_then(|a| serde_json::from_str(a.get()).ok());
     let gpus = section(raw.gpus, "gpus")?;
     let host_samples = section(raw.host_samples, "host_samples")?;
     let gpu_samples = section(raw.gpu_samples, "gpu_samples")?;
     let events = section(raw.events, "events")?;
 
-    let mut seen_gpu = HashSet::new();
+    let mut b = Builder::new(limits, text.len());
     for (i, v) in gpus.into_iter().enumerate() {
-        match typed::<GpuInfo>(v).and_then(|g| check_gpu_info(&g).map(|_| g)) {
-            Ok(g) if !seen_gpu.insert(g.index) => out.reject(
-                "gpus",
+        b.gpu(i, typed(v));
+    }
+    for (i, v) in host_samples.into_iter().enumerate() {
+        b.host_sample(i, typed(v));
+    }
+    for (i, v) in gpu_samples.into_iter().enumerate() {
+        b.gpu_sample(i, typed(v));
+    }
+    for (i, v) in events.into_iter().enumerate() {
+        b.event(i, typed(v));
+    }
+    Ok(b.finish(host, agent))
+}
+
+type Item<T> = Result<T, (Option<&'static str>, String)>;
+
+/// Checks typed items one by one and keeps the valid ones; both routes feed it, so they
+/// accept, reject and explain alike.
+struct Builder<'l> {
+    limits: &'l Limits,
+    batch: Batch,
+    /// Rejections per section, in the order the sections are listed in answers.
+    rejected: [Vec<Rejection>; 4],
+    seen_gpu: HashSet<u8>,
+    seen_ts: HashSet<u128>,
+    seen_gpu_ts: HashSet<u128>,
+    /// Body length: room for this many samples is made at the first one, not grown
+    /// step by step.
+    body_len: usize,
+}
+
+/// A sample's identity as one number (one hash write instead of four).
+fn sample_key(index: u8, ts: DateTime<Utc>) -> u128 {
+    (u128::from(index) << 96)
+        | (u128::from(ts.timestamp() as u64) << 32)
+        | u128::from(ts.timestamp_subsec_nanos())
+}
+
+/// Expected samples in a body of `len` bytes (a GPU sample is about 300 bytes of JSON),
+/// bounded so that a large body cannot make a large allocation up front.
+fn expected_samples(len: usize) -> usize {
+    (len / 300).min(4096)
+}
+
+const SECTIONS: [&str; 4] = ["gpus", "host_samples", "gpu_samples", "events"];
+
+impl<'l> Builder<'l> {
+    fn new(limits: &'l Limits, body_len: usize) -> Self {
+        Builder {
+            limits,
+            batch: Batch::default(),
+            rejected: Default::default(),
+            seen_gpu: HashSet::new(),
+            seen_ts: HashSet::new(),
+            seen_gpu_ts: HashSet::new(),
+            body_len,
+        }
+    }
+
+    fn reject(&mut self, section: usize, index: usize, field: Option<&str>, reason: String) {
+        self.rejected[section].push(Rejection {
+            section: SECTIONS[section].to_string(),
+            index,
+            field: field.map(str::to_string),
+            reason,
+        });
+    }
+
+    fn gpu(&mut self, i: usize, g: Item<GpuInfo>) {
+        match g.and_then(|g| check_gpu_info(&g).map(|_| g)) {
+            Ok(g) if !self.seen_gpu.insert(g.index) => self.reject(
+                0,
                 i,
                 Some("index"),
                 format!("GPU index {} listed twice", g.index),
             ),
-            Ok(g) => out.batch.gpus.push(g),
-            Err((field, reason)) => out.reject("gpus", i, field, reason),
+            Ok(g) => self.batch.gpus.push(g),
+            Err((field, reason)) => self.reject(0, i, field, reason),
         }
     }
-    let mut seen_ts = HashSet::new();
-    for (i, v) in host_samples.into_iter().enumerate() {
-        match typed::<HostSample>(v).and_then(|s| check_host_sample(&s, limits).map(|_| s)) {
-            Ok(s) if !seen_ts.insert(s.ts) => out.reject(
-                "host_samples",
+
+    fn host_sample(&mut self, i: usize, s: Item<HostSample>) {
+        match s.and_then(|s| check_host_sample(&s, self.limits).map(|_| s)) {
+            Ok(s) if !self.seen_ts.insert(sample_key(0, s.ts)) => self.reject(
+                1,
                 i,
                 Some("ts"),
                 format!("duplicate of an earlier sample at {}", s.ts.to_rfc3339()),
             ),
-            Ok(s) => out.batch.host_samples.push(s),
-            Err((field, reason)) => out.reject("host_samples", i, field, reason),
+            Ok(s) => self.batch.host_samples.push(s),
+            Err((field, reason)) => self.reject(1, i, field, reason),
         }
     }
-    let mut seen_gpu_ts = HashSet::new();
-    for (i, v) in gpu_samples.into_iter().enumerate() {
-        match typed::<GpuSample>(v).and_then(|s| check_gpu_sample(&s, limits).map(|_| s)) {
-            Ok(s) if !seen_gpu_ts.insert((s.index, s.ts)) => out.reject(
-                "gpu_samples",
+
+    fn gpu_sample(&mut self, i: usize, s: Item<GpuSample>) {
+        if self.seen_gpu_ts.capacity() == 0 {
+            let n = expected_samples(self.body_len);
+            self.seen_gpu_ts.reserve(n);
+            self.batch.gpu_samples.reserve(n);
+        }
+        match s.and_then(|s| check_gpu_sample(&s, self.limits).map(|_| s)) {
+            Ok(s) if !self.seen_gpu_ts.insert(sample_key(s.index, s.ts)) => self.reject(
+                2,
                 i,
                 Some("ts"),
                 format!(
@@ -131,33 +218,148 @@ pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<ValidBatch, BatchErro
                     s.ts.to_rfc3339()
                 ),
             ),
-            Ok(s) => out.batch.gpu_samples.push(s),
-            Err((field, reason)) => out.reject("gpu_samples", i, field, reason),
+            Ok(s) => self.batch.gpu_samples.push(s),
+            Err((field, reason)) => self.reject(2, i, field, reason),
         }
     }
-    for (i, v) in events.into_iter().enumerate() {
-        match typed::<HardwareEvent>(v).and_then(|e| check_event(&e, limits).map(|_| e)) {
-            Ok(e) => out.batch.events.push(e),
-            Err((field, reason)) => out.reject("events", i, field, reason),
+
+    fn event(&mut self, i: usize, e: Item<HardwareEvent>) {
+        match e.and_then(|e| check_event(&e, self.limits).map(|_| e)) {
+            Ok(e) => self.batch.events.push(e),
+            Err((field, reason)) => self.reject(3, i, field, reason),
         }
     }
-    Ok(out)
+
+    fn finish(mut self, host: HostInfo, agent: Option<AgentStats>) -> ValidBatch {
+        self.batch.host = host;
+        self.batch.agent = agent;
+        ValidBatch {
+            batch: self.batch,
+            rejections: self.rejected.into_iter().flatten().collect(),
+        }
+    }
 }
 
-impl ValidBatch {
-    fn reject(&mut self, section: &str, index: usize, field: Option<&str>, reason: String) {
-        self.rejections.push(Rejection {
-            section: section.to_string(),
-            index,
-            field: field.map(str::to_string),
-            reason,
-        });
+/// The one-pass route: a streaming parse of the whole body that types and checks each
+/// item where it stands. `None` means "take the item-by-item route", never "invalid".
+mod fast {
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::{validate_host, AgentStats, Builder, HostInfo, Item, Limits, ValidBatch};
+
+    pub(super) fn parse(text: &str, limits: &Limits) -> Option<ValidBatch> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let (host, agent, b) = Body(Builder::new(limits, text.len()))
+            .deserialize(&mut de)
+            .ok()?;
+        de.end().ok()?;
+        let host = host?;
+        validate_host(&host).ok()?;
+        Some(b.finish(host, agent))
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(field_identifier, rename_all = "snake_case")]
+    enum Key {
+        Host,
+        Agent,
+        Gpus,
+        HostSamples,
+        GpuSamples,
+        Events,
+        #[serde(other)]
+        Other,
+    }
+
+    struct Body<'l>(Builder<'l>);
+
+    type Parsed<'l> = (Option<HostInfo>, Option<AgentStats>, Builder<'l>);
+
+    impl<'de, 'l> DeserializeSeed<'de> for Body<'l> {
+        type Value = Parsed<'l>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de, 'l> Visitor<'de> for Body<'l> {
+        type Value = Parsed<'l>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an ingest body")
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut host, mut agent) = (None, None);
+            let mut seen = [false; 6];
+            while let Some(key) = map.next_key::<Key>()? {
+                let slot = match key {
+                    Key::Host => 0,
+                    Key::Agent => 1,
+                    Key::Gpus => 2,
+                    Key::HostSamples => 3,
+                    Key::GpuSamples => 4,
+                    Key::Events => 5,
+                    Key::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                };
+                if std::mem::replace(&mut seen[slot], true) {
+                    return Err(de::Error::custom("duplicate field"));
+                }
+                let b = &mut self.0;
+                match key {
+                    Key::Host => host = Some(map.next_value::<HostInfo>()?),
+                    Key::Agent => agent = map.next_value::<Option<AgentStats>>()?,
+                    Key::Gpus => map.next_value_seed(items(|i, v| b.gpu(i, v)))?,
+                    Key::HostSamples => map.next_value_seed(items(|i, v| b.host_sample(i, v)))?,
+                    Key::GpuSamples => map.next_value_seed(items(|i, v| b.gpu_sample(i, v)))?,
+                    Key::Events => map.next_value_seed(items(|i, v| b.event(i, v)))?,
+                    Key::Other => unreachable!(),
+                }
+            }
+            Ok((host, agent, self.0))
+        }
+    }
+
+    /// A section: an array (or null) whose items go to the builder as they are parsed.
+    struct Items<T, F>(F, PhantomData<fn() -> T>);
+
+    fn items<T, F: FnMut(usize, Item<T>)>(f: F) -> Items<T, F> {
+        Items(f, PhantomData)
+    }
+
+    impl<'de, T: de::Deserialize<'de>, F: FnMut(usize, Item<T>)> DeserializeSeed<'de> for Items<T, F> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de, T: de::Deserialize<'de>, F: FnMut(usize, Item<T>)> Visitor<'de> for Items<T, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while let Some(v) = seq.next_element::<T>()? {
+                (self.0)(i, Ok(v));
+                i += 1;
+            }
+            Ok(())
+        }
     }
 }
 
 type Check = Result<(), (Option<&'static str>, String)>;
 
-fn typed<T: DeserializeOwned>(v: &RawValue) -> Result<T, (Option<&'static str>, String)> {
+fn typed<T: DeserializeOwned>(v: &RawValue) -> Item<T> {
     serde_json::from_str(v.get()).map_err(|e| (None, e.to_string()))
 }
 
@@ -360,8 +562,17 @@ fn check_gpu_sample(s: &GpuSample, l: &Limits) -> Check {
         ("remapped_rows_correctable", s.remapped_rows_correctable),
         ("remapped_rows_uncorrectable", s.remapped_rows_uncorrectable),
     ] {
-        // Stored as BIGINT.
-        range(field, v.map(|v| v as f64), 0.0, i64::MAX as f64, "")?;
+        // Stored as BIGINT. (Compared as integers: as f64, values just above i64::MAX
+        // round down to it and would pass.)
+        if let Some(v) = v.filter(|v| *v > i64::MAX as u64) {
+            return Err((
+                Some(field),
+                format!(
+                    "{v} is above the maximum {} (a 64-bit signed count)",
+                    i64::MAX
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -467,6 +678,106 @@ mod tests {
             .find(|r| r.index == 2 && r.section == "host_samples")
             .unwrap();
         assert!(future.reason.contains("future"), "{}", future.reason);
+    }
+
+    /// Both routes on one body: the fast one must give the item-by-item answer or none.
+    fn both_routes(body: &str) -> Option<ValidBatch> {
+        let slow = parse_sections(body, &limits());
+        let fast = fast::parse(body, &limits());
+        if let Some(f) = &fast {
+            assert_eq!(Ok(f), slow.as_ref().map_err(|e| e.to_string()), "{body}");
+        }
+        fast
+    }
+
+    #[test]
+    fn the_one_pass_route_answers_like_the_item_by_item_route() {
+        let t = "2026-11-23T11:59:00Z";
+        let full_gpu = json!({"ts": "2026-11-23T11:58:00.123456789Z", "index": 3, "util_pct": 99.5,
+            "mem_util_pct": 0.1, "mem_used_bytes": 1u64 << 40, "mem_total_bytes": 1u64 << 41,
+            "power_watts": 650.25, "energy_joules_total": 1e17, "temp_celsius": -12.5,
+            "mem_temp_celsius": 80, "sm_clock_mhz": 1980, "mem_clock_mhz": 2619, "fan_pct": 0,
+            "throttle_reasons": u64::MAX, "power_limit_watts": 700, "energy_joules": 5e-324,
+            "pcie_rx_bytes_per_s": 1e12, "pcie_tx_bytes_per_s": 0.0, "pcie_replay_total": i64::MAX,
+            "ecc_sbe_total": 0, "ecc_dbe_total": 1, "retired_pages_sbe": 2, "retired_pages_dbe": 3,
+            "retired_pages_pending": false, "remapped_rows_correctable": 4,
+            "remapped_rows_uncorrectable": 5, "remapped_rows_pending": true,
+            "remapped_rows_failure": false, "mig_enabled": true, "future_field": {"x": [1, 2]}});
+        let fast_ones = [
+            json!({"host": {"name": "a"}}),
+            json!({"gpu_samples": [full_gpu], "host": {"name": "a", "labels": {"k": "v"}}, "extra": 1}),
+            json!({"host": {"name": "a"}, "gpus": null, "host_samples": null, "gpu_samples": [], "events": []}),
+            json!({"host": {"name": "a"}, "agent": {"version": "1.2", "spool_batches": 3}}),
+            json!({"host": {"name": "a"}, "agent": null}),
+            // Checks that fail leave the fast route on it, with the same reasons.
+            json!({
+                "host": {"name": "gpu-1"},
+                "gpus": [{"index": 0, "model": "H100"}, {"index": 0}, {"index": 1, "power_limit_watts": -1}],
+                "host_samples": [
+                    {"ts": t, "cpu_util_pct": 50.0},
+                    {"ts": "2026-11-23T11:59:05Z", "cpu_util_pct": 150.0},
+                    {"ts": "2027-01-01T00:00:00Z"},
+                    {"ts": "2020-01-01T00:00:00Z"},
+                    {"ts": t, "cpu_util_pct": 1.0},
+                    {"ts": "2026-11-23T11:59:10+00:00", "mem_used_bytes": 10, "mem_total_bytes": 5}
+                ],
+                "gpu_samples": [
+                    {"ts": t, "index": 0, "power_watts": -3.0},
+                    {"ts": t, "index": 0, "power_watts": 300.0},
+                    {"ts": t, "index": 0, "power_watts": 301.0},
+                    {"ts": t, "index": 1, "ecc_sbe_total": 9223372036854775808u64}
+                ],
+                "events": [{"ts": t, "kind": "meteor"}, {"ts": t, "kind": "xid", "code": 79}]
+            }),
+        ];
+        for body in &fast_ones {
+            let body = body.to_string();
+            assert!(both_routes(&body).is_some(), "{body}");
+        }
+        // Anything unusual goes the item-by-item way, which names the problem.
+        let slow_ones = [
+            r#"{"host": {"name": "a"}, "gpu_samples": [{"ts": "x", "index": 0}]}"#.to_string(),
+            r#"{"host": {"name": "a"}, "host_samples": [{"ts": "2026-11-23T11:59:00Z", "load1": "high"}]}"#.into(),
+            r#"{"host": {"name": "a"}, "gpu_samples": 3}"#.into(),
+            r#"{"host": {"name": "a"}, "host": {"name": "b"}}"#.into(),
+            r#"{"host": {"name": ""}}"#.into(),
+            r#"{"host": null}"#.into(),
+            r#"{"gpus": []}"#.into(),
+            r#"[1, 2]"#.into(),
+            r#"{"host": {"name": "a"}} x"#.into(),
+            r#"{"host": {"name": "a"}, "agent": {"version": 3}}"#.into(),
+            r#"{"host": {"name": "a"}, "#.into(),
+        ];
+        for body in &slow_ones {
+            assert!(both_routes(body).is_none(), "{body}");
+            // And parse_batch still answers (or refuses) as the item-by-item route does.
+            let a = parse_batch(body.as_bytes(), &limits()).map_err(|e| e.to_string());
+            let b = parse_sections(body, &limits()).map_err(|e| e.to_string());
+            assert_eq!(a, b, "{body}");
+        }
+        let v = parse_batch(slow_ones[0].as_bytes(), &limits()).unwrap();
+        assert_eq!(v.rejections.len(), 1);
+        assert!(
+            v.rejections[0].reason.contains("line 1"),
+            "{:?}",
+            v.rejections
+        );
+        // An agent block that does not parse is ignored, as before.
+        let v = parse_batch(slow_ones[9].as_bytes(), &limits()).unwrap();
+        assert_eq!(v.batch.agent, None);
+    }
+
+    #[test]
+    fn counts_above_the_bigint_range_are_rejected_exactly() {
+        let body = json!({"host": {"name": "a"}, "gpu_samples": [
+            {"ts": "2026-11-23T11:59:00Z", "index": 0, "ecc_sbe_total": i64::MAX},
+            {"ts": "2026-11-23T11:59:05Z", "index": 0, "ecc_sbe_total": 1u64 << 63},
+        ]});
+        let v = parse_batch(body.to_string().as_bytes(), &limits()).unwrap();
+        assert_eq!(v.batch.gpu_samples.len(), 1);
+        assert_eq!(v.rejections.len(), 1);
+        assert_eq!(v.rejections[0].field.as_deref(), Some("ecc_sbe_total"));
+        assert_eq!(v.rejections[0].index, 1);
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Writing validated batches: host upsert (with the host's latest-sample rows),
 //! inventory, samples, events — one transaction.
 //!
-//! Samples go in with `COPY`, the fastest path Postgres has. A replayed batch hits the
+//! Samples go in with `COPY` in its binary format, the fastest path Postgres has: no
+//! number or timestamp is printed here and parsed again there. A replayed batch hits the
 //! primary key; then the transaction is retried through a temporary table with
 //! `INSERT … ON CONFLICT DO NOTHING`, so a replay is stored once and costs a little
 //! more, while the common case runs at COPY speed.
+//!
+//! The text-format encoders are kept: the ingest benchmark's reference peer is a text
+//! `COPY`, and a test checks that both formats store exactly the same values.
 
 use std::fmt::Write as _;
 
@@ -111,13 +115,13 @@ async fn upsert_host(
     b: &Batch,
     now: DateTime<Utc>,
 ) -> Result<i64, sqlx::Error> {
-    let labels = serde_json::to_value(&b.host.labels).unwrap_or_default();
+    let labels = sqlx::types::Json(&b.host.labels);
     let (version, stats) = match &b.agent {
         Some(a) => (
-            a.version.clone(),
+            a.version.as_str(),
             serde_json::to_value(a).unwrap_or_default(),
         ),
-        None => (String::new(), serde_json::json!({})),
+        None => ("", serde_json::json!({})),
     };
     let last_seen = b
         .host_samples
@@ -296,16 +300,218 @@ fn opt<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
     }
 }
 
+/// A binary-format `COPY` stream (header, rows, trailer) appended to a buffer. The
+/// encoders write each column in the exact type of its table column (binary `COPY` has
+/// no casts; the `binary_copy_stores_exactly_what_text_copy_stores` test covers every
+/// column).
+struct BinaryRows<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+/// `PGCOPY\n\377\r\n\0`, no flags, no header extension.
+const BINARY_HEADER: &[u8; 19] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// Seconds from the Unix epoch to Postgres' (2000-01-01).
+const PG_EPOCH_SECS: i64 = 946_684_800;
+
+impl<'a> BinaryRows<'a> {
+    fn start(out: &'a mut Vec<u8>) -> Self {
+        out.extend_from_slice(BINARY_HEADER);
+        BinaryRows { out }
+    }
+    fn row(&mut self, fields: i16) {
+        self.out.extend_from_slice(&fields.to_be_bytes());
+    }
+    fn null(&mut self) {
+        self.out.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+    fn field(&mut self, bytes: &[u8]) {
+        self.out
+            .extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        self.out.extend_from_slice(bytes);
+    }
+    fn int8(&mut self, v: i64) {
+        self.field(&v.to_be_bytes());
+    }
+    fn int2(&mut self, v: i16) {
+        self.field(&v.to_be_bytes());
+    }
+    fn ts(&mut self, t: DateTime<Utc>) {
+        // Microseconds, truncated like the text form (a leap second's nanoseconds past
+        // 1e9 stay in their second).
+        let micros = i64::from(t.timestamp_subsec_micros().min(999_999));
+        self.int8((t.timestamp() - PG_EPOCH_SECS) * 1_000_000 + micros);
+    }
+    fn opt_int8(&mut self, v: Option<u64>) {
+        // Validation keeps every stored count at or below i64::MAX.
+        match v {
+            Some(v) => self.int8(v as i64),
+            None => self.null(),
+        }
+    }
+    /// A bit mask: stored as the signed 64-bit value with the same bits.
+    fn opt_bits(&mut self, v: Option<u64>) {
+        match v {
+            Some(v) => self.int8(v as i64),
+            None => self.null(),
+        }
+    }
+    fn opt_real(&mut self, v: Option<f64>) {
+        match v {
+            Some(v) => self.field(&real(v).to_bits().to_be_bytes()),
+            None => self.null(),
+        }
+    }
+    fn opt_double(&mut self, v: Option<f64>) {
+        match v {
+            Some(v) => self.field(&v.to_bits().to_be_bytes()),
+            None => self.null(),
+        }
+    }
+    fn opt_bool(&mut self, v: Option<bool>) {
+        match v {
+            Some(v) => self.field(&[u8::from(v)]),
+            None => self.null(),
+        }
+    }
+    fn finish(self) {
+        self.out.extend_from_slice(&(-1i16).to_be_bytes());
+    }
+}
+
+/// The `REAL` a text `COPY` of `x` stores: Postgres parses the shortest decimal of `x`
+/// with `strtof`, which rounds that decimal to the nearest `f32`. Rounding the double
+/// itself gives the same `f32` except where `x` lies exactly halfway between two of them
+/// (the decimal may not), or where the result is subnormal; those take the text route.
+/// A nonzero value below the smallest `f32` becomes 0 (text `COPY` refused it, and with
+/// it the whole batch).
+fn real(x: f64) -> f32 {
+    let f = x as f32;
+    let halfway = x.to_bits() & 0x1fff_ffff == 0x1000_0000;
+    if halfway || f.abs() < f32::MIN_POSITIVE {
+        if x == 0.0 {
+            return f;
+        }
+        return x.to_string().parse::<f32>().unwrap_or(f);
+    }
+    f
+}
+
+/// Binary `COPY` rows of the optional sample columns that at least one row of the
+/// batch has: a column every row leaves out is not sent (it is NULL either way: the
+/// sample tables have no column defaults, which a test checks), so Postgres reads
+/// fewer fields per row. Writes the rows through `$w` and the column list they fill to
+/// `$columns`.
+macro_rules! encode_present {
+    ($w:ident, $rows:ident, $columns:ident, $fixed:literal, |$s:ident| $prefix:block,
+     [$($field:ident: $write:ident),* $(,)?]) => {{
+        let has = [$($rows.iter().any(|s| s.$field.is_some())),*];
+        $columns.push_str($fixed);
+        let mut k = 0;
+        $(
+            if has[k] {
+                $columns.push_str(concat!(", ", stringify!($field)));
+            }
+            k += 1;
+        )*
+        let _ = k;
+        let fields = $fixed.split(',').count() as i16 + has.iter().filter(|h| **h).count() as i16;
+        for $s in $rows {
+            $w.row(fields);
+            $prefix
+            let mut k = 0;
+            $(
+                if has[k] {
+                    $w.$write($s.$field);
+                }
+                k += 1;
+            )*
+            let _ = k;
+        }
+    }};
+}
+
+/// Binary `COPY` stream of host sample rows into `out`; returns its column list (those
+/// of [`HOST_COLUMNS`] that some row has).
+pub fn encode_host_rows_binary(host_id: i64, rows: &[HostSample], out: &mut Vec<u8>) -> String {
+    out.reserve(19 + rows.len() * 150 + 2);
+    let mut columns = String::with_capacity(HOST_COLUMNS.len());
+    let mut w = BinaryRows::start(out);
+    encode_present!(w, rows, columns, "host_id, ts", |s| {
+        w.int8(host_id);
+        w.ts(s.ts);
+    }, [
+        cpu_util_pct: opt_real,
+        load1: opt_real,
+        mem_used_bytes: opt_int8,
+        mem_total_bytes: opt_int8,
+        disk_read_bytes_per_s: opt_double,
+        disk_write_bytes_per_s: opt_double,
+        net_rx_bytes_per_s: opt_double,
+        net_tx_bytes_per_s: opt_double,
+        disk_used_bytes: opt_int8,
+        disk_total_bytes: opt_int8,
+        energy_joules: opt_double,
+    ]);
+    w.finish();
+    columns
+}
+
+/// Binary `COPY` stream of GPU sample rows into `out`; returns its column list (those
+/// of [`GPU_COLUMNS`] that some row has).
+pub fn encode_gpu_rows_binary(host_id: i64, rows: &[GpuSample], out: &mut Vec<u8>) -> String {
+    out.reserve(19 + rows.len() * 300 + 2);
+    let mut columns = String::with_capacity(GPU_COLUMNS.len());
+    let mut w = BinaryRows::start(out);
+    encode_present!(w, rows, columns, "host_id, gpu_index, ts", |s| {
+        w.int8(host_id);
+        w.int2(i16::from(s.index));
+        w.ts(s.ts);
+    }, [
+        util_pct: opt_real,
+        mem_util_pct: opt_real,
+        mem_used_bytes: opt_int8,
+        mem_total_bytes: opt_int8,
+        power_watts: opt_real,
+        energy_joules_total: opt_double,
+        temp_celsius: opt_real,
+        mem_temp_celsius: opt_real,
+        sm_clock_mhz: opt_real,
+        mem_clock_mhz: opt_real,
+        fan_pct: opt_real,
+        throttle_reasons: opt_bits,
+        power_limit_watts: opt_real,
+        energy_joules: opt_double,
+        pcie_rx_bytes_per_s: opt_double,
+        pcie_tx_bytes_per_s: opt_double,
+        pcie_replay_total: opt_int8,
+        ecc_sbe_total: opt_int8,
+        ecc_dbe_total: opt_int8,
+        retired_pages_sbe: opt_int8,
+        retired_pages_dbe: opt_int8,
+        retired_pages_pending: opt_bool,
+        remapped_rows_correctable: opt_int8,
+        remapped_rows_uncorrectable: opt_int8,
+        remapped_rows_pending: opt_bool,
+        remapped_rows_failure: opt_bool,
+        mig_enabled: opt_bool,
+    ]);
+    w.finish();
+    columns
+}
+
+/// `COPY … FROM STDIN` of one binary stream.
 async fn copy_into(
     conn: &mut PgConnection,
     table: &str,
     columns: &str,
-    data: String,
+    data: Vec<u8>,
 ) -> Result<u64, sqlx::Error> {
     let mut copy = conn
-        .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
+        .copy_in_raw(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
         .await?;
-    if let Err(e) = copy.send(data.into_bytes()).await {
+    if let Err(e) = copy.send(data).await {
         let _ = copy.abort("send failed").await;
         return Err(e);
     }
@@ -319,14 +525,14 @@ async fn copy_samples(
 ) -> Result<usize, sqlx::Error> {
     let mut n = 0;
     if !b.host_samples.is_empty() {
-        let mut data = String::with_capacity(b.host_samples.len() * 96);
-        encode_host_rows(host_id, &b.host_samples, &mut data);
-        n += copy_into(tx, "host_samples", HOST_COLUMNS, data).await? as usize;
+        let mut data = Vec::new();
+        let columns = encode_host_rows_binary(host_id, &b.host_samples, &mut data);
+        n += copy_into(tx, "host_samples", &columns, data).await? as usize;
     }
     if !b.gpu_samples.is_empty() {
-        let mut data = String::with_capacity(b.gpu_samples.len() * 128);
-        encode_gpu_rows(host_id, &b.gpu_samples, &mut data);
-        n += copy_into(tx, "gpu_samples", GPU_COLUMNS, data).await? as usize;
+        let mut data = Vec::new();
+        let columns = encode_gpu_rows_binary(host_id, &b.gpu_samples, &mut data);
+        n += copy_into(tx, "gpu_samples", &columns, data).await? as usize;
     }
     Ok(n)
 }
@@ -341,9 +547,9 @@ async fn insert_samples_idempotent(
         sqlx::query("CREATE TEMP TABLE IF NOT EXISTS replay_host_samples (LIKE host_samples) ON COMMIT DELETE ROWS")
             .execute(&mut **tx)
             .await?;
-        let mut data = String::new();
-        encode_host_rows(host_id, &b.host_samples, &mut data);
-        copy_into(tx, "replay_host_samples", HOST_COLUMNS, data).await?;
+        let mut data = Vec::new();
+        let columns = encode_host_rows_binary(host_id, &b.host_samples, &mut data);
+        copy_into(tx, "replay_host_samples", &columns, data).await?;
         n += sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO host_samples ({HOST_COLUMNS}) SELECT {HOST_COLUMNS} FROM replay_host_samples ON CONFLICT DO NOTHING"
         )))
@@ -355,9 +561,9 @@ async fn insert_samples_idempotent(
         sqlx::query("CREATE TEMP TABLE IF NOT EXISTS replay_gpu_samples (LIKE gpu_samples) ON COMMIT DELETE ROWS")
             .execute(&mut **tx)
             .await?;
-        let mut data = String::new();
-        encode_gpu_rows(host_id, &b.gpu_samples, &mut data);
-        copy_into(tx, "replay_gpu_samples", GPU_COLUMNS, data).await?;
+        let mut data = Vec::new();
+        let columns = encode_gpu_rows_binary(host_id, &b.gpu_samples, &mut data);
+        copy_into(tx, "replay_gpu_samples", &columns, data).await?;
         n += sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO gpu_samples ({GPU_COLUMNS}) SELECT {GPU_COLUMNS} FROM replay_gpu_samples ON CONFLICT DO NOTHING"
         )))
@@ -485,19 +691,10 @@ async fn mark_late_minutes(
     b: &Batch,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let cutoff = now - Duration::seconds(ROLLUP_LATE_AFTER);
-    let mut late: Vec<DateTime<Utc>> = b
-        .host_samples
-        .iter()
-        .map(|s| s.ts)
-        .chain(b.gpu_samples.iter().map(|s| s.ts))
-        .filter(|t| *t < cutoff)
-        .collect();
+    let late = late_minute_marks(b, now - Duration::seconds(ROLLUP_LATE_AFTER));
     if late.is_empty() {
         return Ok(());
     }
-    late.sort_unstable();
-    late.dedup();
     sqlx::query(
         "INSERT INTO rollup_dirty (host_id, bucket)
          SELECT DISTINCT $1::int8, date_trunc('minute', t) FROM UNNEST($2::timestamptz[]) t ON CONFLICT DO NOTHING",
@@ -509,8 +706,146 @@ async fn mark_late_minutes(
     Ok(())
 }
 
+/// The earliest and latest sample time before `cutoff` in each UTC minute: enough for
+/// Postgres to find every rollup minute the late samples fall in (in any session time
+/// zone a UTC minute overlaps at most two local minutes), without sending every
+/// timestamp of the batch.
+fn late_minute_marks(b: &Batch, cutoff: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let mut minutes: std::collections::BTreeMap<i64, (DateTime<Utc>, DateTime<Utc>)> =
+        Default::default();
+    let mut last: Option<(i64, DateTime<Utc>, DateTime<Utc>)> = None;
+    let times = b
+        .host_samples
+        .iter()
+        .map(|s| s.ts)
+        .chain(b.gpu_samples.iter().map(|s| s.ts));
+    for t in times.filter(|t| *t < cutoff) {
+        let m = t.timestamp().div_euclid(60);
+        match &mut last {
+            Some((lm, lo, hi)) if *lm == m => {
+                *lo = (*lo).min(t);
+                *hi = (*hi).max(t);
+            }
+            _ => {
+                if let Some((lm, lo, hi)) = last.take() {
+                    let e = minutes.entry(lm).or_insert((lo, hi));
+                    *e = (e.0.min(lo), e.1.max(hi));
+                }
+                last = Some((m, t, t));
+            }
+        }
+    }
+    if let Some((lm, lo, hi)) = last {
+        let e = minutes.entry(lm).or_insert((lo, hi));
+        *e = (e.0.min(lo), e.1.max(hi));
+    }
+    let mut out = Vec::with_capacity(minutes.len() * 2);
+    for (lo, hi) in minutes.into_values() {
+        out.push(lo);
+        if hi != lo {
+            out.push(hi);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use rand::{Rng, SeedableRng};
+
+    /// What Postgres stores for a text `COPY` of `x` into a `REAL` column: the shortest
+    /// decimal of `x`, rounded to the nearest `f32` (strtof).
+    fn via_text(x: f64) -> f32 {
+        x.to_string().parse().unwrap()
+    }
+
+    #[test]
+    fn binary_reals_are_what_text_copy_stored() {
+        let tie = 1.0 + f64::from(f32::EPSILON) / 2.0; // halfway between two f32
+        for x in [
+            0.0,
+            -0.0,
+            0.1,
+            71.3,
+            100.0,
+            650.5,
+            1e6,
+            tie,
+            -tie,
+            1.0 + f64::from(f32::EPSILON) * 1.5,
+            f64::from(f32::MIN_POSITIVE),
+            1e-40,
+            1e-45,
+            7e-46,
+            1e-300,
+            5e-324,
+        ] {
+            assert_eq!(super::real(x).to_bits(), via_text(x).to_bits(), "{x:e}");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for i in 0..200_000 {
+            let x: f64 = match i % 4 {
+                0 => rng.gen_range(0.0..100.0),
+                1 => rng.gen_range(-40.0..5000.0),
+                // Halfway cases: an f32 plus half its last place.
+                2 => {
+                    let f = rng.gen_range(-1e6f32..1e6);
+                    let up = f32::from_bits(f.to_bits() + 1);
+                    (f64::from(f) + f64::from(up)) / 2.0
+                }
+                _ => f64::from_bits(rng.gen::<u64>() & 0x7fff_ffff_ffff_ffff) % 1e7,
+            };
+            if x.is_finite() {
+                assert_eq!(super::real(x).to_bits(), via_text(x).to_bits(), "{x:e}");
+            }
+        }
+    }
+    #[test]
+    fn late_minutes_keep_each_minutes_first_and_last_sample() {
+        use crate::model::{Batch, GpuSample, HostSample};
+        let t = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let b = Batch {
+            host_samples: vec![
+                HostSample {
+                    ts: t("2026-11-23T11:00:50Z"),
+                    ..Default::default()
+                },
+                HostSample {
+                    ts: t("2026-11-23T11:01:05Z"),
+                    ..Default::default()
+                },
+            ],
+            gpu_samples: [
+                "2026-11-23T11:00:10Z",
+                "2026-11-23T11:00:55.5Z",
+                "2026-11-23T11:01:00Z",
+                "2026-11-23T10:59:59Z",
+                "2026-11-23T11:00:30Z",
+                "2026-11-23T11:58:00Z",
+            ]
+            .iter()
+            .map(|s| GpuSample {
+                ts: t(s),
+                ..Default::default()
+            })
+            .collect(),
+            ..Default::default()
+        };
+        let marks = super::late_minute_marks(&b, t("2026-11-23T11:30:00Z"));
+        assert_eq!(
+            marks,
+            [
+                "2026-11-23T10:59:59Z",
+                "2026-11-23T11:00:10Z",
+                "2026-11-23T11:00:55.5Z",
+                "2026-11-23T11:01:00Z",
+                "2026-11-23T11:01:05Z",
+            ]
+            .map(t)
+        );
+        assert!(super::late_minute_marks(&b, t("2026-11-23T10:00:00Z")).is_empty());
+    }
+
     #[test]
     fn copy_timestamps_are_postgres_text() {
         let mut s = String::new();

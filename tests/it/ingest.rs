@@ -262,3 +262,312 @@ async fn metrics_count_what_ingest_did() {
     );
     app.stop().await;
 }
+
+/// GPU samples that reach every column: NULLs, range ends, values a `REAL` cannot hold
+/// exactly (halfway between two, subnormal), the largest counts, sub-microsecond times.
+fn extreme_gpu_samples(ts: &[chrono::DateTime<chrono::Utc>]) -> Vec<rackwatch::model::GpuSample> {
+    use rackwatch::model::GpuSample;
+    let halfway = 1.0 + f64::from(f32::EPSILON) / 2.0;
+    vec![
+        GpuSample {
+            ts: ts[0] + chrono::Duration::nanoseconds(123_456_789),
+            index: 0,
+            ..Default::default()
+        },
+        GpuSample {
+            ts: ts[1] + chrono::Duration::nanoseconds(999_999_999),
+            index: 255,
+            util_pct: Some(100.0),
+            mem_util_pct: Some(1e-40),
+            mem_used_bytes: Some(1 << 53),
+            mem_total_bytes: Some(1 << 53),
+            power_watts: Some(halfway),
+            energy_joules_total: Some(1e18),
+            temp_celsius: Some(-40.0),
+            mem_temp_celsius: Some(150.0),
+            sm_clock_mhz: Some(0.1),
+            mem_clock_mhz: Some(19_999.99),
+            fan_pct: Some(-0.0),
+            throttle_reasons: Some(u64::MAX),
+            power_limit_watts: Some(5_000.0),
+            energy_joules: Some(5e-324),
+            pcie_rx_bytes_per_s: Some(1e12),
+            pcie_tx_bytes_per_s: Some(0.1 + 0.2),
+            pcie_replay_total: Some(i64::MAX as u64),
+            ecc_sbe_total: Some(0),
+            ecc_dbe_total: Some(1),
+            retired_pages_sbe: Some(2),
+            retired_pages_dbe: Some(3),
+            retired_pages_pending: Some(true),
+            remapped_rows_correctable: Some(4),
+            remapped_rows_uncorrectable: Some(5),
+            remapped_rows_pending: Some(false),
+            remapped_rows_failure: Some(true),
+            mig_enabled: Some(false),
+        },
+        GpuSample {
+            ts: ts[2],
+            index: 7,
+            util_pct: Some(33.333333333333336),
+            power_watts: Some(f64::from(f32::MIN_POSITIVE)),
+            temp_celsius: Some(71.3),
+            throttle_reasons: Some(1 << 63),
+            energy_joules: Some(0.0),
+            ..Default::default()
+        },
+    ]
+}
+
+fn extreme_host_samples(ts: &[chrono::DateTime<chrono::Utc>]) -> Vec<rackwatch::model::HostSample> {
+    use rackwatch::model::HostSample;
+    vec![
+        HostSample {
+            ts: ts[0] + chrono::Duration::nanoseconds(1_999),
+            ..Default::default()
+        },
+        HostSample {
+            ts: ts[1],
+            cpu_util_pct: Some(99.99999999),
+            load1: Some(1e6),
+            mem_used_bytes: Some(0),
+            mem_total_bytes: Some(1 << 53),
+            disk_read_bytes_per_s: Some(9e15),
+            disk_write_bytes_per_s: Some(1e-310),
+            net_rx_bytes_per_s: Some(0.1),
+            net_tx_bytes_per_s: Some(-0.0),
+            disk_used_bytes: Some(12_345),
+            disk_total_bytes: Some(67_890),
+            energy_joules: Some(1.728e9),
+        },
+    ]
+}
+
+/// Every stored column of a host's rows as Postgres prints them (floats exactly).
+async fn stored_rows(app: &TestApp, table: &str, host_id: i64) -> Vec<String> {
+    use rackwatch::store::samples::{GPU_COLUMNS, HOST_COLUMNS};
+    let (cols, order) = if table == "gpu_samples" {
+        (GPU_COLUMNS, "gpu_index, ts")
+    } else {
+        (HOST_COLUMNS, "ts")
+    };
+    let cols = cols.trim_start_matches("host_id, ");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT ROW({cols})::text FROM {table} WHERE host_id = $1 ORDER BY {order}"
+    )))
+    .bind(host_id)
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn binary_copy_stores_exactly_what_text_copy_stores() {
+    use rackwatch::store::samples::*;
+    let app = TestApp::spawn().await;
+    let ts = recent(3, 5, 10);
+    let gpu = extreme_gpu_samples(&ts);
+    let host = extreme_host_samples(&ts);
+    let mut conn = app.store.pool.acquire().await.unwrap();
+    // Each set of rows through the text format (odd host ids) and the binary one (the
+    // next even id): all rows (every column present), only the all-NULL row (no
+    // optional column sent), only the partly filled row (some columns sent).
+    let sets: [(std::ops::Range<usize>, std::ops::Range<usize>); 3] =
+        [(0..3, 0..2), (0..1, 0..1), (2..3, 1..2)];
+    for (k, (g, h)) in sets.iter().enumerate() {
+        let (text_id, binary_id) = (2 * k as i64 + 1, 2 * k as i64 + 2);
+        let (gpu, host) = (&gpu[g.clone()], &host[h.clone()]);
+        let (mut gt, mut ht) = (String::new(), String::new());
+        encode_gpu_rows(text_id, gpu, &mut gt);
+        encode_host_rows(text_id, host, &mut ht);
+        let (mut gb, mut hb) = (Vec::new(), Vec::new());
+        let gpu_cols = encode_gpu_rows_binary(binary_id, gpu, &mut gb);
+        let host_cols = encode_host_rows_binary(binary_id, host, &mut hb);
+        if k == 1 {
+            assert_eq!(gpu_cols, "host_id, gpu_index, ts");
+        }
+        for (table, cols, data, format) in [
+            ("gpu_samples", GPU_COLUMNS, gt.into_bytes(), ""),
+            ("host_samples", HOST_COLUMNS, ht.into_bytes(), ""),
+            ("gpu_samples", gpu_cols.as_str(), gb, " (FORMAT binary)"),
+            ("host_samples", host_cols.as_str(), hb, " (FORMAT binary)"),
+        ] {
+            let mut copy = conn
+                .copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN{format}"))
+                .await
+                .unwrap();
+            copy.send(data).await.unwrap();
+            assert!(copy.finish().await.unwrap() > 0);
+        }
+        for (table, n) in [("gpu_samples", gpu.len()), ("host_samples", host.len())] {
+            let text = stored_rows(&app, table, text_id).await;
+            let binary = stored_rows(&app, table, binary_id).await;
+            assert_eq!(text.len(), n);
+            assert_eq!(text, binary, "{table}, rows {k}");
+        }
+    }
+    drop(conn);
+    // Columns a batch leaves out are not sent and so take the column default: there
+    // must be none, so that they are NULL as the text format stores them.
+    let defaults: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name || '.' || column_name FROM information_schema.columns
+          WHERE table_name IN ('gpu_samples', 'host_samples') AND column_default IS NOT NULL",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(defaults, Vec::<String>::new());
+    app.stop().await;
+}
+
+type GpuRow = (
+    i16,
+    chrono::DateTime<chrono::Utc>,
+    Option<f32>,
+    Option<f32>,
+    Option<i64>,
+    Option<f32>,
+    Option<f64>,
+    Option<f32>,
+    Option<i64>,
+    Option<f64>,
+    Option<i64>,
+    Option<bool>,
+    Option<bool>,
+);
+
+#[tokio::test]
+async fn a_batch_reaching_every_column_round_trips_exactly_and_its_replay_is_stored_once() {
+    let app = TestApp::spawn().await;
+    let token = app.token("x1").await;
+    let ts = recent(4, 5, 10);
+    let mut gpu = extreme_gpu_samples(&ts);
+    let host = extreme_host_samples(&ts);
+    let batch = rackwatch::model::Batch {
+        host: rackwatch::model::HostInfo {
+            name: "x1".into(),
+            ..Default::default()
+        },
+        gpu_samples: gpu.clone(),
+        host_samples: host.clone(),
+        ..Default::default()
+    };
+    let body = serde_json::to_value(&batch).unwrap();
+    let v: serde_json::Value = app.ingest(&token, &body).await.json().await.unwrap();
+    assert_eq!(v["stored"], 5, "{v}");
+    let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'x1'")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+
+    // Read back typed: what was sent, at the columns' precision.
+    let real = |x: f64| -> f32 { x.to_string().parse().unwrap() };
+    let r: GpuRow = sqlx::query_as(
+        "SELECT gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, power_watts, energy_joules_total,
+                fan_pct, throttle_reasons, energy_joules, pcie_replay_total, retired_pages_pending, mig_enabled
+           FROM gpu_samples WHERE host_id = $1 AND gpu_index = 255",
+    )
+    .bind(host_id)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    let s = &gpu[1];
+    assert_eq!(r.0, 255);
+    assert_eq!(r.1, ts[1] + chrono::Duration::microseconds(999_999));
+    assert_eq!(r.2, Some(100.0));
+    assert_eq!(r.3.map(f32::to_bits), Some(real(1e-40).to_bits()));
+    assert_ne!(r.3, Some(0.0));
+    assert_eq!(r.4, Some(1 << 53));
+    assert_eq!(r.5, Some(real(s.power_watts.unwrap())));
+    assert_ne!(
+        r.5,
+        Some(s.power_watts.unwrap() as f32),
+        "rounded as the decimal is"
+    );
+    assert_eq!(r.6, Some(1e18));
+    assert_eq!(r.7.map(f32::to_bits), Some((-0.0f32).to_bits()));
+    assert_eq!(r.8, Some(-1));
+    assert_eq!(r.9.map(f64::to_bits), Some(5e-324f64.to_bits()));
+    assert_eq!(r.10, Some(i64::MAX));
+    assert_eq!((r.11, r.12), (Some(true), Some(false)));
+    let nulls: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM gpu_samples WHERE host_id = $1 AND gpu_index = 0
+            AND util_pct IS NULL AND mem_used_bytes IS NULL AND energy_joules_total IS NULL
+            AND throttle_reasons IS NULL AND retired_pages_pending IS NULL AND mig_enabled IS NULL
+            AND ts = $2",
+    )
+    .bind(host_id)
+    .bind(ts[0] + chrono::Duration::microseconds(123_456))
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(nulls, 1);
+    let h: (Option<f32>, Option<f32>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT cpu_util_pct, load1, disk_write_bytes_per_s, energy_joules FROM host_samples
+          WHERE host_id = $1 AND cpu_util_pct IS NOT NULL",
+    )
+    .bind(host_id)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        h,
+        (
+            Some(real(99.99999999)),
+            Some(1e6),
+            Some(1e-310),
+            Some(1.728e9)
+        )
+    );
+    let before_gpu = stored_rows(&app, "gpu_samples", host_id).await;
+    let before_host = stored_rows(&app, "host_samples", host_id).await;
+
+    // The same batch again: nothing new. With one new sample: that one only, through
+    // the replay path, and the stored rows stay exactly as they were.
+    let v: serde_json::Value = app.ingest(&token, &body).await.json().await.unwrap();
+    assert_eq!(
+        (v["accepted"].as_u64(), v["stored"].as_u64()),
+        (Some(5), Some(0)),
+        "{v}"
+    );
+    gpu.push(rackwatch::model::GpuSample {
+        ts: ts[3],
+        index: 1,
+        power_watts: Some(1.0 + f64::from(f32::EPSILON) * 1.5),
+        mem_temp_celsius: Some(1e-300),
+        ..gpu[1].clone()
+    });
+    let overlap = serde_json::to_value(rackwatch::model::Batch {
+        gpu_samples: gpu.clone(),
+        ..batch.clone()
+    })
+    .unwrap();
+    let v: serde_json::Value = app.ingest(&token, &overlap).await.json().await.unwrap();
+    assert_eq!(
+        (v["accepted"].as_u64(), v["stored"].as_u64()),
+        (Some(6), Some(1)),
+        "{v}"
+    );
+    let after_gpu = stored_rows(&app, "gpu_samples", host_id).await;
+    assert_eq!(after_gpu.len(), 4);
+    assert_eq!(
+        after_gpu.iter().filter(|r| !before_gpu.contains(r)).count(),
+        1,
+        "{after_gpu:?}"
+    );
+    assert!(before_gpu.iter().all(|r| after_gpu.contains(r)));
+    assert_eq!(
+        stored_rows(&app, "host_samples", host_id).await,
+        before_host
+    );
+    // A value below the smallest REAL is stored as 0 (a text COPY refused the batch).
+    let (p, m): (Option<f32>, Option<f32>) = sqlx::query_as(
+        "SELECT power_watts, mem_temp_celsius FROM gpu_samples WHERE host_id = $1 AND gpu_index = 1",
+    )
+    .bind(host_id)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(p, Some(real(1.0 + f64::from(f32::EPSILON) * 1.5)));
+    assert_eq!(m, Some(0.0));
+    app.stop().await;
+}
