@@ -156,32 +156,41 @@ fn scale(metric: Metric, g: &GpuLatest) -> Option<f64> {
 }
 
 /// Heatmap cells for GPUs, with health from recent hardware events (`faults`, counted
-/// since `FAULT_WINDOW_HOURS` ago).
+/// since `FAULT_WINDOW_HOURS` ago). GPUs come grouped by host, in the hosts' order.
 pub fn heat_cells(
     hosts: &[HostLatest],
     gpus: &[GpuLatest],
     faults: &[FaultCount],
     metric: Metric,
 ) -> Vec<HeatCell> {
-    let by_name: HashMap<&str, &HostLatest> = hosts.iter().map(|h| (h.name.as_str(), h)).collect();
     let mut events: HashMap<(&str, i16), i64> = HashMap::new();
     for f in faults {
         *events.entry((f.host_name.as_str(), f.index)).or_default() += f.events;
     }
+    let count = |host: &str, index: i16| {
+        if events.is_empty() {
+            0
+        } else {
+            events.get(&(host, index)).copied().unwrap_or(0)
+        }
+    };
     let mut cells = Vec::with_capacity(gpus.len());
+    // Hosts and GPUs come in the same order: walk both, searching only out of step.
+    let mut hi = 0;
     for g in gpus {
-        let Some(h) = by_name.get(g.host_name.as_str()) else {
-            continue;
-        };
+        let name = g.host_name.as_str();
+        if hosts.get(hi).is_none_or(|h| h.name != name) {
+            if hosts.get(hi + 1).is_some_and(|h| h.name == name) {
+                hi += 1;
+            } else if let Some(i) = hosts.iter().position(|h| h.name == name) {
+                hi = i;
+            } else {
+                continue;
+            }
+        }
+        let h = &hosts[hi];
         // Host-wide events (index -1) count against every GPU of the host.
-        let n = events
-            .get(&(g.host_name.as_str(), g.index))
-            .copied()
-            .unwrap_or(0)
-            + events
-                .get(&(g.host_name.as_str(), -1))
-                .copied()
-                .unwrap_or(0);
+        let n = count(name, g.index) + count(name, -1);
         let health = if g.ts.is_none() {
             Health::Stale
         } else if n > 0 {
@@ -236,7 +245,7 @@ pub async fn fleet_rows(store: &Store, now: DateTime<Utc>) -> Result<FleetRows, 
         .enumerate()
         .map(|(i, h)| (h.name.as_str(), i))
         .collect();
-    gpus.sort_unstable_by_key(|g| (pos.get(g.host_name.as_str()).copied(), g.index));
+    gpus.sort_by_cached_key(|g| (pos.get(g.host_name.as_str()).copied(), g.index));
     Ok(FleetRows {
         hosts,
         gpus,

@@ -26,13 +26,25 @@ use crate::store::series::{GpuPoint, HostPoint};
 
 /// Render a template into a response (500 with a log line if it fails).
 pub fn render<T: Template>(t: &T) -> Response {
-    match t.render() {
-        Ok(s) => Html(s).into_response(),
+    render_sized(t, T::SIZE_HINT)
+}
+
+/// Render into a buffer of `capacity` bytes: pages that grow with the fleet say how
+/// big they will be, instead of being copied on every doubling of the buffer.
+pub fn render_sized<T: Template>(t: &T, capacity: usize) -> Response {
+    let mut s = String::with_capacity(capacity);
+    match t.render_into(&mut s) {
+        Ok(()) => Html(s).into_response(),
         Err(e) => {
             tracing::error!("template: {e}");
             (StatusCode::INTERNAL_SERVER_ERROR, "template error").into_response()
         }
     }
+}
+
+/// About what a page with this many heatmap cells (and host-table chips) weighs.
+fn heatmap_page_size(cells: usize) -> usize {
+    32 * 1024 + 400 * cells
 }
 
 #[derive(Template)]
@@ -88,7 +100,7 @@ pub struct HostRow {
     pub disk_write: String,
     pub net_rx: String,
     pub net_tx: String,
-    pub gpus: Vec<GpuCell>,
+    pub gpus: Vec<Chip>,
 }
 
 /// A GPU's latest values.
@@ -122,8 +134,17 @@ fn gpu_cell(g: &GpuLatest) -> GpuCell {
     }
 }
 
+/// A GPU's latest values in one line of the fleet's host table.
+pub struct Chip {
+    pub title: String,
+    /// `#1 97 % · 60.0 GiB · 612 W · 91 °C`
+    pub text: String,
+    /// Hot (≥ 85 °C): outlined.
+    pub hot: bool,
+}
+
 /// A host as a table row, with its GPUs' chips.
-fn host_row(h: &HostLatest, gpus: Vec<GpuCell>, now: DateTime<Utc>) -> HostRow {
+fn host_row(h: &HostLatest, gpus: Vec<Chip>, now: DateTime<Utc>) -> HostRow {
     let mem = match (h.mem_used_bytes, h.mem_total_bytes) {
         (Some(u), Some(t)) => format!("{} / {}", bytes(Some(u as f64)), bytes(Some(t as f64))),
         (Some(u), None) => bytes(Some(u as f64)),
@@ -152,7 +173,7 @@ fn host_row(h: &HostLatest, gpus: Vec<GpuCell>, now: DateTime<Utc>) -> HostRow {
 
 /// Host rows with the chips of their GPUs (heatmap cells, grouped by host once).
 fn host_rows(hosts: &[HostLatest], cells: &[HeatCell], now: DateTime<Utc>) -> Vec<HostRow> {
-    let mut chips: HashMap<&str, Vec<GpuCell>> = HashMap::new();
+    let mut chips: HashMap<&str, Vec<Chip>> = HashMap::new();
     for c in cells {
         chips
             .entry(c.host_name.as_str())
@@ -418,20 +439,29 @@ pub async fn fleet(
         legend: legend(metric),
         sites: heatmap(&d.gpus, metric, "range=1h"),
     };
-    Ok(render(&page))
+    Ok(render_sized(&page, heatmap_page_size(d.gpus.len())))
 }
 
-/// A GPU chip of the host tables, from its heatmap cell.
-fn cell_chip(c: &HeatCell) -> GpuCell {
-    GpuCell {
-        index: c.index,
-        model: c.model.clone().unwrap_or_default(),
-        uuid: String::new(),
-        util: num(c.util_pct.map(f64::from), 0, "%"),
-        mem: bytes(c.mem_used_bytes.map(|v| v as f64)),
-        power: num(c.power_watts.map(f64::from), 0, "W"),
-        temp: num(c.temp_celsius.map(f64::from), 0, "°C"),
-        clock: "–".into(),
+/// A GPU chip of the fleet's host table, from its heatmap cell (written in place: a
+/// fleet has a thousand).
+fn cell_chip(c: &HeatCell) -> Chip {
+    let mut text = String::with_capacity(48);
+    let _ = write!(text, "#{} ", c.index);
+    let value = |text: &mut String, v: Option<f32>, unit: &str| match v {
+        Some(v) => {
+            push_fixed(text, f64::from(v), 0);
+            text.push_str(unit);
+        }
+        None => text.push('–'),
+    };
+    value(&mut text, c.util_pct, " %");
+    let _ = write!(text, " · {} · ", bytes(c.mem_used_bytes.map(|v| v as f64)));
+    value(&mut text, c.power_watts, " W");
+    text.push_str(" · ");
+    value(&mut text, c.temp_celsius, " °C");
+    Chip {
+        title: format!("GPU {} {}", c.index, c.model.as_deref().unwrap_or("")),
+        text,
         hot: c.temp_celsius.is_some_and(|t| t >= data::HOT_CELSIUS),
     }
 }
@@ -762,7 +792,7 @@ pub async fn host(
             d.host.agent_version.clone()
         },
         rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
-        host: host_row(&d.host, d.gpus.iter().map(gpu_cell).collect(), now),
+        host: host_row(&d.host, Vec::new(), now),
         picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
         charts,
         gpus,
@@ -968,7 +998,10 @@ pub async fn rack(
         site,
         rack,
     };
-    Ok(render(&page))
+    Ok(render_sized(
+        &page,
+        heatmap_page_size(d.gpus.len()) + 64 * 1024,
+    ))
 }
 
 /// A row of the inventory page.
