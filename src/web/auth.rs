@@ -2,6 +2,7 @@
 //! the login form; the JSON API answers 401.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
@@ -253,14 +254,18 @@ impl FromRequestParts<AppState> for ApiUser {
 
 /// Percent-encode for a query value.
 pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
+                out.push(char::from(b))
             }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
 }
 
 /// Only same-site paths are followed after login (no open redirect).

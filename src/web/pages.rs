@@ -42,6 +42,18 @@ pub fn render_sized<T: Template>(t: &T, capacity: usize) -> Response {
     }
 }
 
+/// Build and render a page on the blocking pool: a fleet's page takes milliseconds of
+/// CPU, which on an async worker would stall every other connection it serves (other
+/// pages, ingest) for that long.
+async fn render_off<F>(f: F) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Response + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering a page: {e}")))
+}
+
 /// About what a page with this many heatmap cells (and host-table chips) weighs.
 fn heatmap_page_size(cells: usize) -> usize {
     32 * 1024 + 400 * cells
@@ -421,25 +433,28 @@ pub async fn fleet(
 ) -> Result<Response, ApiError> {
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = data::fleet(&st, metric).await?;
-    let now = d.generated_at;
-    let rows = host_rows(&d.hosts, &d.gpus, now);
-    let page = FleetPage {
-        nav: Nav::new(&user, csrf, "fleet"),
-        hosts_up: d.hosts_up,
-        hosts: rows,
-        gpus_up: d.gpus_up,
-        gpus_total: d.gpus_total,
-        gpus_faulty: d.gpus_faulty,
-        alerts_firing: d.alerts_firing,
-        mean_gpu_util: num(d.mean_gpu_util_pct, 1, "%"),
-        gpu_power: watts(d.gpu_power_watts),
-        energy_today: format!("{:.1} kWh", d.gpu_energy_today_kwh),
-        metrics: metric_links(metric, None),
-        metric_label: metric.label(),
-        legend: legend(metric),
-        sites: heatmap(&d.gpus, metric, "range=1h"),
-    };
-    Ok(render_sized(&page, heatmap_page_size(d.gpus.len())))
+    render_off(move || {
+        let now = d.generated_at;
+        let rows = host_rows(&d.hosts, &d.gpus, now);
+        let page = FleetPage {
+            nav: Nav::new(&user, csrf, "fleet"),
+            hosts_up: d.hosts_up,
+            hosts: rows,
+            gpus_up: d.gpus_up,
+            gpus_total: d.gpus_total,
+            gpus_faulty: d.gpus_faulty,
+            alerts_firing: d.alerts_firing,
+            mean_gpu_util: num(d.mean_gpu_util_pct, 1, "%"),
+            gpu_power: watts(d.gpu_power_watts),
+            energy_today: format!("{:.1} kWh", d.gpu_energy_today_kwh),
+            metrics: metric_links(metric, None),
+            metric_label: metric.label(),
+            legend: legend(metric),
+            sites: heatmap(&d.gpus, metric, "range=1h"),
+        };
+        render_sized(&page, heatmap_page_size(d.gpus.len()))
+    })
+    .await
 }
 
 /// A GPU chip of the fleet's host table, from its heatmap cell (written in place: a
@@ -725,99 +740,102 @@ pub async fn host(
     let now = Utc::now();
     let r = q.resolve_overview(now, "1h")?;
     let d = data::host(&st, &name, r.clone()).await?;
-    let query = r.query();
-    let mut charts = host_charts(&d.host_series, &r, false);
-    let mut indexes: Vec<i16> = d.gpu_series.iter().map(|g| g.index).collect();
-    indexes.dedup();
-    let per_gpu = |f: GpuField| -> Vec<Series> {
-        indexes
+    render_off(move || {
+        let query = r.query();
+        let mut charts = host_charts(&d.host_series, &r, false);
+        let mut indexes: Vec<i16> = d.gpu_series.iter().map(|g| g.index).collect();
+        indexes.dedup();
+        let per_gpu = |f: GpuField| -> Vec<Series> {
+            indexes
+                .iter()
+                .map(|i| Series {
+                    label: format!("GPU {i}"),
+                    points: gpu_points(&d.gpu_series, *i, f),
+                })
+                .collect()
+        };
+        if !indexes.is_empty() {
+            let ov = Overlay::default();
+            charts.push(chart(
+                "GPU utilization",
+                per_gpu(|g| g.util_pct),
+                &r,
+                Axis::Percent,
+                &ov,
+            ));
+            charts.push(chart(
+                "GPU power",
+                per_gpu(|g| g.power_watts),
+                &r,
+                Axis::Auto(fmt_watts_axis),
+                &ov,
+            ));
+            charts.push(chart(
+                "GPU temperature",
+                per_gpu(|g| g.temp_celsius),
+                &r,
+                Axis::Auto(fmt_celsius_axis),
+                &ov,
+            ));
+            charts.push(chart(
+                "GPU memory used",
+                per_gpu(|g| g.mem_used_bytes),
+                &r,
+                Axis::Auto(fmt_bytes_axis),
+                &ov,
+            ));
+        }
+        let gpus = d
+            .gpus
             .iter()
-            .map(|i| Series {
-                label: format!("GPU {i}"),
-                points: gpu_points(&d.gpu_series, *i, f),
+            .map(|g| GpuRow {
+                link: format!("/hosts/{}/gpus/{}?{query}", seg(&name), g.index),
+                spark: sparkline(
+                    &gpu_points(&d.gpu_series, g.index, |p| p.util_pct),
+                    r.from,
+                    r.to,
+                    100.0,
+                    &format!("GPU {} utilization, {}", g.index, r.label()),
+                ),
+                cell: gpu_cell(g),
             })
-            .collect()
-    };
-    if !indexes.is_empty() {
-        let ov = Overlay::default();
-        charts.push(chart(
-            "GPU utilization",
-            per_gpu(|g| g.util_pct),
-            &r,
-            Axis::Percent,
-            &ov,
-        ));
-        charts.push(chart(
-            "GPU power",
-            per_gpu(|g| g.power_watts),
-            &r,
-            Axis::Auto(fmt_watts_axis),
-            &ov,
-        ));
-        charts.push(chart(
-            "GPU temperature",
-            per_gpu(|g| g.temp_celsius),
-            &r,
-            Axis::Auto(fmt_celsius_axis),
-            &ov,
-        ));
-        charts.push(chart(
-            "GPU memory used",
-            per_gpu(|g| g.mem_used_bytes),
-            &r,
-            Axis::Auto(fmt_bytes_axis),
-            &ov,
-        ));
-    }
-    let gpus = d
-        .gpus
-        .iter()
-        .map(|g| GpuRow {
-            link: format!("/hosts/{}/gpus/{}?{query}", seg(&name), g.index),
-            spark: sparkline(
-                &gpu_points(&d.gpu_series, g.index, |p| p.util_pct),
-                r.from,
-                r.to,
-                100.0,
-                &format!("GPU {} utilization, {}", g.index, r.label()),
+            .collect();
+        let page = HostPage {
+            nav: Nav::new(&user, csrf, ""),
+            agent_version: if d.host.agent_version.is_empty() {
+                "unknown".into()
+            } else {
+                d.host.agent_version.clone()
+            },
+            rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
+            host: host_row(&d.host, Vec::new(), now),
+            picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
+            charts,
+            gpus,
+            events: event_views(&d.events, &query),
+            alerts: alert_views(&d.alerts, false, &query),
+            anomaly_note: anomaly_note(&d.anomaly_models, now),
+            anomalies: d
+                .anomalies
+                .iter()
+                .map(|a| AnomalyView {
+                    ts: a.ts.to_rfc3339(),
+                    score: format!("{:.1}", a.score),
+                    level: format!("{:.1}", a.threshold),
+                    detail: crate::web::format::anomaly_explanation(&a.top),
+                })
+                .collect(),
+            anomalies_link: format!(
+                "/api/v1/anomalies?host={}&anomalous=true&from={}&to={}",
+                urlencode(&name),
+                urlencode(&r.from.to_rfc3339()),
+                urlencode(&r.to.to_rfc3339())
             ),
-            cell: gpu_cell(g),
-        })
-        .collect();
-    let page = HostPage {
-        nav: Nav::new(&user, csrf, ""),
-        agent_version: if d.host.agent_version.is_empty() {
-            "unknown".into()
-        } else {
-            d.host.agent_version.clone()
-        },
-        rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
-        host: host_row(&d.host, Vec::new(), now),
-        picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
-        charts,
-        gpus,
-        events: event_views(&d.events, &query),
-        alerts: alert_views(&d.alerts, false, &query),
-        anomaly_note: anomaly_note(&d.anomaly_models, now),
-        anomalies: d
-            .anomalies
-            .iter()
-            .map(|a| AnomalyView {
-                ts: a.ts.to_rfc3339(),
-                score: format!("{:.1}", a.score),
-                level: format!("{:.1}", a.threshold),
-                detail: crate::web::format::anomaly_explanation(&a.top),
-            })
-            .collect(),
-        anomalies_link: format!(
-            "/api/v1/anomalies?host={}&anomalous=true&from={}&to={}",
-            urlencode(&name),
-            urlencode(&r.from.to_rfc3339()),
-            urlencode(&r.to.to_rfc3339())
-        ),
-        anomalies_max: data::HOST_PAGE_ANOMALIES,
-    };
-    Ok(render(&page))
+            anomalies_max: data::HOST_PAGE_ANOMALIES,
+        };
+        render(&page)
+    })
+    .await
 }
 
 #[derive(Template)]
@@ -845,113 +863,116 @@ pub async fn gpu(
     let now = Utc::now();
     let r = q.resolve(now, "1h")?;
     let d = data::gpu(&st, &name, index, r.clone()).await?;
-    let query = r.query();
-    let ov = Overlay {
-        shaded: d
-            .throttled
-            .iter()
-            .flatten()
-            .map(|s| (s.from, s.to))
-            .collect(),
-        marks: d
-            .events
-            .iter()
-            .map(|e| (e.ts, format!("{}: {}", e.title, e.meaning)))
-            .collect(),
-    };
-    let one = |label: &str, f: GpuField| Series {
-        label: label.to_string(),
-        points: gpu_points(&d.series, index, f),
-    };
-    let mut charts = vec![
-        chart(
-            "Utilization",
-            vec![one("SM", |p| p.util_pct), one("memory", |p| p.mem_util_pct)],
-            &r,
-            Axis::Percent,
-            &ov,
-        ),
-        chart(
-            "Memory used",
-            vec![one("used", |p| p.mem_used_bytes)],
-            &r,
-            Axis::Auto(fmt_bytes_axis),
-            &ov,
-        ),
-        chart(
-            "Power",
-            vec![
-                one("mean", |p| p.power_watts),
-                one("max", |p| p.power_watts_max),
-            ],
-            &r,
-            Axis::Auto(fmt_watts_axis),
-            &ov,
-        ),
-        chart(
-            "Temperature",
-            vec![
-                one("GPU", |p| p.temp_celsius),
-                one("GPU max", |p| p.temp_celsius_max),
-                one("memory", |p| p.mem_temp_celsius),
-            ],
-            &r,
-            Axis::Auto(fmt_celsius_axis),
-            &ov,
-        ),
-        chart(
-            "Clocks",
-            vec![
-                one("SM", |p| p.sm_clock_mhz),
-                one("memory", |p| p.mem_clock_mhz),
-            ],
-            &r,
-            Axis::Auto(fmt_mhz_axis),
-            &ov,
-        ),
-    ];
-    if d.series.iter().any(|p| p.fan_pct.is_some()) {
-        charts.push(chart(
-            "Fan speed",
-            vec![one("fan", |p| p.fan_pct)],
-            &r,
-            Axis::Percent,
-            &ov,
-        ));
-    }
-    let throttle_note = match &d.throttled {
-        Some(s) if s.is_empty() => "No clock throttling in this range.".to_string(),
-        Some(s) => format!(
-            "Shaded: clocks throttled (power cap, thermal or power brake), {} period{}.",
-            s.len(),
-            if s.len() == 1 { "" } else { "s" }
-        ),
-        None => format!(
-            "Throttle shading is shown for ranges up to {} h (it is read from raw samples).",
-            data::THROTTLE_MAX_SECS / 3600
-        ),
-    };
-    let page = GpuPage {
-        nav: Nav::new(&user, csrf, ""),
-        host_link: format!("/hosts/{}?{query}", seg(&name)),
-        rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
-        host: host_row(&d.host, Vec::new(), now),
-        gpu: gpu_cell(&d.gpu),
-        driver_note: d
-            .gpu
-            .memory_total_bytes
-            .map(|b| format!("{} memory", bytes(Some(b as f64))))
-            .unwrap_or_default(),
-        picker: picker(
-            format!("/hosts/{}/gpus/{index}", seg(&name)),
-            &r,
-            String::new(),
-        ),
-        charts,
-        throttle_note,
-        events: event_views(&d.events, &query),
-    };
-    Ok(render(&page))
+    render_off(move || {
+        let query = r.query();
+        let ov = Overlay {
+            shaded: d
+                .throttled
+                .iter()
+                .flatten()
+                .map(|s| (s.from, s.to))
+                .collect(),
+            marks: d
+                .events
+                .iter()
+                .map(|e| (e.ts, format!("{}: {}", e.title, e.meaning)))
+                .collect(),
+        };
+        let one = |label: &str, f: GpuField| Series {
+            label: label.to_string(),
+            points: gpu_points(&d.series, index, f),
+        };
+        let mut charts = vec![
+            chart(
+                "Utilization",
+                vec![one("SM", |p| p.util_pct), one("memory", |p| p.mem_util_pct)],
+                &r,
+                Axis::Percent,
+                &ov,
+            ),
+            chart(
+                "Memory used",
+                vec![one("used", |p| p.mem_used_bytes)],
+                &r,
+                Axis::Auto(fmt_bytes_axis),
+                &ov,
+            ),
+            chart(
+                "Power",
+                vec![
+                    one("mean", |p| p.power_watts),
+                    one("max", |p| p.power_watts_max),
+                ],
+                &r,
+                Axis::Auto(fmt_watts_axis),
+                &ov,
+            ),
+            chart(
+                "Temperature",
+                vec![
+                    one("GPU", |p| p.temp_celsius),
+                    one("GPU max", |p| p.temp_celsius_max),
+                    one("memory", |p| p.mem_temp_celsius),
+                ],
+                &r,
+                Axis::Auto(fmt_celsius_axis),
+                &ov,
+            ),
+            chart(
+                "Clocks",
+                vec![
+                    one("SM", |p| p.sm_clock_mhz),
+                    one("memory", |p| p.mem_clock_mhz),
+                ],
+                &r,
+                Axis::Auto(fmt_mhz_axis),
+                &ov,
+            ),
+        ];
+        if d.series.iter().any(|p| p.fan_pct.is_some()) {
+            charts.push(chart(
+                "Fan speed",
+                vec![one("fan", |p| p.fan_pct)],
+                &r,
+                Axis::Percent,
+                &ov,
+            ));
+        }
+        let throttle_note = match &d.throttled {
+            Some(s) if s.is_empty() => "No clock throttling in this range.".to_string(),
+            Some(s) => format!(
+                "Shaded: clocks throttled (power cap, thermal or power brake), {} period{}.",
+                s.len(),
+                if s.len() == 1 { "" } else { "s" }
+            ),
+            None => format!(
+                "Throttle shading is shown for ranges up to {} h (it is read from raw samples).",
+                data::THROTTLE_MAX_SECS / 3600
+            ),
+        };
+        let page = GpuPage {
+            nav: Nav::new(&user, csrf, ""),
+            host_link: format!("/hosts/{}?{query}", seg(&name)),
+            rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
+            host: host_row(&d.host, Vec::new(), now),
+            gpu: gpu_cell(&d.gpu),
+            driver_note: d
+                .gpu
+                .memory_total_bytes
+                .map(|b| format!("{} memory", bytes(Some(b as f64))))
+                .unwrap_or_default(),
+            picker: picker(
+                format!("/hosts/{}/gpus/{index}", seg(&name)),
+                &r,
+                String::new(),
+            ),
+            charts,
+            throttle_note,
+            events: event_views(&d.events, &query),
+        };
+        render(&page)
+    })
+    .await
 }
 
 #[derive(Template)]
@@ -982,26 +1003,26 @@ pub async fn rack(
     let r = q.resolve_overview(now, "1h")?;
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = data::rack(&st, &site, &rack, r.clone(), metric).await?;
-    let query = r.query();
-    let path = format!("/racks/{}/{}", seg(&site), seg(&rack));
-    let page = RackPage {
-        nav: Nav::new(&user, csrf, ""),
-        picker: picker(path, &r, format!("&metric={}", metric.key())),
-        hosts: host_rows(&d.hosts, &d.gpus, now),
-        metrics: metric_links(metric, Some(&query)),
-        metric_label: metric.label(),
-        legend: legend(metric),
-        sites: heatmap(&d.gpus, metric, &query),
-        charts: host_charts(&d.host_series, &r, true),
-        events: event_views(&d.events, &query),
-        alerts: alert_views(&d.alerts, true, &query),
-        site,
-        rack,
-    };
-    Ok(render_sized(
-        &page,
-        heatmap_page_size(d.gpus.len()) + 64 * 1024,
-    ))
+    render_off(move || {
+        let query = r.query();
+        let path = format!("/racks/{}/{}", seg(&site), seg(&rack));
+        let page = RackPage {
+            nav: Nav::new(&user, csrf, ""),
+            picker: picker(path, &r, format!("&metric={}", metric.key())),
+            hosts: host_rows(&d.hosts, &d.gpus, now),
+            metrics: metric_links(metric, Some(&query)),
+            metric_label: metric.label(),
+            legend: legend(metric),
+            sites: heatmap(&d.gpus, metric, &query),
+            charts: host_charts(&d.host_series, &r, true),
+            events: event_views(&d.events, &query),
+            alerts: alert_views(&d.alerts, true, &query),
+            site,
+            rack,
+        };
+        render_sized(&page, heatmap_page_size(d.gpus.len()) + 64 * 1024)
+    })
+    .await
 }
 
 /// A row of the inventory page.
