@@ -9,8 +9,9 @@
 //! is skipped: no page reads raw data older than 6 h (24 h for throttle shading of a
 //! single GPU), and it would take hours on a small machine.
 //!
-//! Run with `./scripts/bench dashboard`. BENCH_CLIENTS (20) and BENCH_REQUESTS (per
-//! page, 400) change the load; BENCH_PAGES (a comma-separated subset) and
+//! Run with `./scripts/bench dashboard`. BENCH_CLIENTS (20), BENCH_REQUESTS (per page
+//! and round, 400) and BENCH_ROUNDS (5: page and SQL alternate, latencies pooled)
+//! change the load; BENCH_PAGES (a comma-separated subset) and
 //! BENCH_HOLD_SECS (keep the loaded database up before measuring) help investigations.
 
 use std::fmt::Write as _;
@@ -95,6 +96,7 @@ async fn run() {
     let raw_hours = env("BENCH_RAW_HOURS", 6) as i64;
     let clients = env("BENCH_CLIENTS", 20);
     let requests = env("BENCH_REQUESTS", 400);
+    let rounds = env("BENCH_ROUNDS", 5).max(1);
     let days = 7i64;
     let gpus = 8u32;
 
@@ -362,7 +364,10 @@ async fn run() {
         ),
     ];
     let mut summary = Vec::new();
-    println!("{clients} concurrent clients, {requests} requests per page; SQL = the page's queries alone, same concurrency");
+    println!(
+        "{clients} concurrent clients, {rounds} rounds of {requests} requests per page, each \
+         round followed by the page's queries alone (SQL) at the same concurrency"
+    );
     println!(
         "{:<8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>12} {:>12}",
         "page",
@@ -428,27 +433,40 @@ async fn run() {
             async move { page_sql(&st, label, &n3[(i * 7) % n3.len()], (i % 8) as i16, &rk).await }
         })
         .await;
-        let (c, ck, n2, b2) = (client.clone(), cookie.clone(), names.clone(), base.clone());
-        let page = load(clients, requests, move |i| {
-            let (c, ck, n2, b2) = (c.clone(), ck.clone(), n2.clone(), b2.clone());
-            async move {
-                let u = format!("{b2}{}", url(&n2[(i * 7) % n2.len()], i));
-                let r = c.get(&u).header("cookie", ck).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                r.bytes().await.unwrap();
-            }
-        })
-        .await;
-        let (st, n3) = (store.clone(), names.clone());
-        let range = range.to_string();
-        let sql =
-            load(clients, requests, move |i| {
-                let (st, n3, range) = (st.clone(), n3.clone(), range.clone());
-                async move {
-                    page_sql(&st, label, &n3[(i * 7) % n3.len()], (i % 8) as i16, &range).await
-                }
-            })
-            .await;
+        // Page and SQL alternate in rounds, so a burst of other work on the machine
+        // lands on both sides of the ratio instead of on one of them; the latencies of
+        // all rounds are pooled before taking percentiles.
+        let (mut page, mut sql) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (c, ck, n2, b2) = (client.clone(), cookie.clone(), names.clone(), base.clone());
+            let off = round * requests;
+            page.extend(
+                load(clients, requests, move |i| {
+                    let (c, ck, n2, b2) = (c.clone(), ck.clone(), n2.clone(), b2.clone());
+                    let i = i + off;
+                    async move {
+                        let u = format!("{b2}{}", url(&n2[(i * 7) % n2.len()], i));
+                        let r = c.get(&u).header("cookie", ck).send().await.unwrap();
+                        assert_eq!(r.status(), 200);
+                        r.bytes().await.unwrap();
+                    }
+                })
+                .await,
+            );
+            let (st, n3, range) = (store.clone(), names.clone(), range.to_string());
+            sql.extend(
+                load(clients, requests, move |i| {
+                    let (st, n3, range) = (st.clone(), n3.clone(), range.clone());
+                    let i = i + off;
+                    async move {
+                        page_sql(&st, label, &n3[(i * 7) % n3.len()], (i % 8) as i16, &range).await
+                    }
+                })
+                .await,
+            );
+        }
+        page.sort_by(f64::total_cmp);
+        sql.sort_by(f64::total_cmp);
         let (p50, p95, s50, s95) = (
             pct(&page, 0.5),
             pct(&page, 0.95),

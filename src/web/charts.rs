@@ -231,6 +231,41 @@ pub fn sequential_color(frac: f64) -> (String, &'static str) {
     (format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2), text)
 }
 
+/// Steps of the heatmap's color scale. Cells carry a class (`q0` … `q32`) with one CSS
+/// rule per step instead of an inline color: on a thousand-GPU fleet page that is about
+/// 40 KB less to build, send and parse, and 33 steps of viridis read as continuous.
+pub const HEAT_STEPS: usize = 33;
+
+/// Class names of the heatmap steps, low to high.
+pub const HEAT_STEP_CLASS: [&str; HEAT_STEPS] = [
+    "q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8", "q9", "q10", "q11", "q12", "q13", "q14",
+    "q15", "q16", "q17", "q18", "q19", "q20", "q21", "q22", "q23", "q24", "q25", "q26", "q27",
+    "q28", "q29", "q30", "q31", "q32",
+];
+
+/// The heatmap step of `frac` in [0, 1] (nearest; non-finite is the low end).
+pub fn sequential_step(frac: f64) -> usize {
+    let f = if frac.is_finite() {
+        frac.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    (f * (HEAT_STEPS - 1) as f64).round() as usize
+}
+
+/// The CSS rules of the heatmap steps (`.heat .q7{background:…;color:…}`), built once.
+pub fn heat_step_css() -> &'static str {
+    static CSS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSS.get_or_init(|| {
+        let mut css = String::with_capacity(HEAT_STEPS * 48);
+        for (i, class) in HEAT_STEP_CLASS.iter().enumerate() {
+            let (bg, fg) = sequential_color(i as f64 / (HEAT_STEPS - 1) as f64);
+            css.push_str(&format!(".heat .{class}{{background:{bg};color:{fg}}}"));
+        }
+        css
+    })
+}
+
 /// CSS gradient of the sequential scale, for legends.
 pub fn sequential_gradient() -> String {
     let stops: Vec<String> = VIRIDIS
@@ -332,6 +367,20 @@ mod tests {
         assert_eq!(nice_ceiling(0.3), 1.0);
         assert_eq!(sequential_color(0.0), ("#440154".to_string(), "#fff"));
         assert_eq!(sequential_color(1.0), ("#fde725".to_string(), "#000"));
+        assert_eq!(sequential_step(0.0), 0);
+        assert_eq!(sequential_step(1.0), HEAT_STEPS - 1);
+        assert_eq!(sequential_step(f64::NAN), 0);
+        assert_eq!(sequential_step(0.5), 16);
+        let css = heat_step_css();
+        assert!(
+            css.starts_with(".heat .q0{background:#440154;color:#fff}"),
+            "{css}"
+        );
+        assert!(
+            css.ends_with(".heat .q32{background:#fde725;color:#000}"),
+            "{css}"
+        );
+        assert_eq!(css.matches("background:").count(), HEAT_STEPS);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 
 use super::auth::{urlencode, Csrf, PageUser};
 use super::charts::{
-    line_chart_with, sequential_color, sequential_gradient, sparkline, Axis, Overlay, Series,
-    PALETTE,
+    heat_step_css, line_chart_with, sequential_gradient, sequential_step, sparkline, Axis, Overlay,
+    Series, HEAT_STEP_CLASS, PALETTE,
 };
 use super::data::{self, ExplainedEvent, Health, HeatCell, Metric};
 use super::error::ApiError;
@@ -112,7 +112,7 @@ pub struct HostRow {
     pub disk_write: String,
     pub net_rx: String,
     pub net_tx: String,
-    pub gpus: Vec<Chip>,
+    pub gpus: GpuSummary,
 }
 
 /// A GPU's latest values.
@@ -146,17 +146,19 @@ fn gpu_cell(g: &GpuLatest) -> GpuCell {
     }
 }
 
-/// A GPU's latest values in one line of the fleet's host table.
-pub struct Chip {
-    pub title: String,
-    /// `#1 97 % · 60.0 GiB · 612 W · 91 °C`
+/// A host's GPUs in one cell of the fleet's host table: count, utilization (mean and
+/// max), power and the hottest GPU. Each GPU's own values are one hover away in the
+/// heatmap above; one summary per host keeps a thousand-GPU page small.
+#[derive(Default)]
+pub struct GpuSummary {
+    /// `8 GPUs · util 45 % (max 97 %) · 2.4 kW · max 91 °C · ▲ 1 hot`
     pub text: String,
-    /// Hot (≥ 85 °C): outlined.
+    /// At least one GPU ≥ 85 °C: outlined.
     pub hot: bool,
 }
 
-/// A host as a table row, with its GPUs' chips.
-fn host_row(h: &HostLatest, gpus: Vec<Chip>, now: DateTime<Utc>) -> HostRow {
+/// A host as a table row, with its GPUs' summary.
+fn host_row(h: &HostLatest, gpus: GpuSummary, now: DateTime<Utc>) -> HostRow {
     let mem = match (h.mem_used_bytes, h.mem_total_bytes) {
         (Some(u), Some(t)) => format!("{} / {}", bytes(Some(u as f64)), bytes(Some(t as f64))),
         (Some(u), None) => bytes(Some(u as f64)),
@@ -183,18 +185,21 @@ fn host_row(h: &HostLatest, gpus: Vec<Chip>, now: DateTime<Utc>) -> HostRow {
     }
 }
 
-/// Host rows with the chips of their GPUs (heatmap cells, grouped by host once).
+/// Host rows with their GPUs' summaries (heatmap cells, grouped by host once).
 fn host_rows(hosts: &[HostLatest], cells: &[HeatCell], now: DateTime<Utc>) -> Vec<HostRow> {
-    let mut chips: HashMap<&str, Vec<Chip>> = HashMap::new();
+    let mut by_host: HashMap<&str, Vec<&HeatCell>> = HashMap::new();
     for c in cells {
-        chips
-            .entry(c.host_name.as_str())
-            .or_default()
-            .push(cell_chip(c));
+        by_host.entry(c.host_name.as_str()).or_default().push(c);
     }
     hosts
         .iter()
-        .map(|h| host_row(h, chips.remove(h.name.as_str()).unwrap_or_default(), now))
+        .map(|h| {
+            let gpus = by_host
+                .remove(h.name.as_str())
+                .map(|g| gpu_summary(&g))
+                .unwrap_or_default();
+            host_row(h, gpus, now)
+        })
         .collect()
 }
 
@@ -235,8 +240,8 @@ fn picker(path: String, r: &TimeRange, keep: String) -> Picker {
 /// A heatmap cell.
 pub struct CellView {
     pub href: String,
-    pub bg: String,
-    pub fg: &'static str,
+    /// Color class: a heatmap step (`q0` … `q32`) or a health color (`h-ok`, …).
+    pub tone: &'static str,
     pub class: &'static str,
     pub text: String,
     pub label: String,
@@ -265,28 +270,30 @@ pub struct SiteGroup {
 /// Legend of the heatmap: a gradient with its ends, or the health swatches.
 pub struct HeatLegend {
     pub gradient: String,
+    /// CSS of the color steps the cells' classes name (see `heat_step_css`).
+    pub step_css: &'static str,
     pub low: &'static str,
     pub high: &'static str,
     pub health: bool,
 }
 
 /// Okabe–Ito colors for health, each with a glyph so color is never the only cue.
-fn health_style(h: Health) -> (&'static str, &'static str, &'static str, &'static str) {
-    // (background, text, glyph, word)
+fn health_style(h: Health) -> (&'static str, &'static str, &'static str) {
+    // (class with the health colors (see heatmap.html), glyph, word)
     match h {
-        Health::Ok => ("#009E73", "#fff", "", "ok"),
-        Health::Hot => ("#E69F00", "#000", "▲", "hot"),
-        Health::Fault => ("#D55E00", "#fff", "✖", "fault"),
-        Health::Stale => ("#8a8f96", "#fff", "?", "no data"),
+        Health::Ok => ("h-ok", "", "ok"),
+        Health::Hot => ("h-hot", "▲", "hot"),
+        Health::Fault => ("h-fault", "✖", "fault"),
+        Health::Stale => ("h-stale", "?", "no data"),
     }
 }
 
 /// One heatmap cell; `host_seg` is the host's URL segment (computed once per host).
 fn cell_view(c: &HeatCell, metric: Metric, query: &str, host_seg: &str) -> CellView {
-    let (hbg, hfg, glyph, word) = health_style(c.health);
-    let (bg, fg) = match (metric, c.scale) {
-        (Metric::Health, _) | (_, None) => (hbg.to_string(), hfg),
-        (_, Some(f)) => sequential_color(f),
+    let (health_tone, glyph, word) = health_style(c.health);
+    let tone = match (metric, c.scale) {
+        (Metric::Health, _) | (_, None) => health_tone,
+        (_, Some(f)) => HEAT_STEP_CLASS[sequential_step(f)],
     };
     let class = match c.health {
         Health::Ok => "cell",
@@ -320,8 +327,7 @@ fn cell_view(c: &HeatCell, metric: Metric, query: &str, host_seg: &str) -> CellV
     }
     CellView {
         href: format!("/hosts/{host_seg}/gpus/{}?{query}", c.index),
-        bg,
-        fg,
+        tone,
         class,
         text: format!("{}{glyph}", c.index),
         label,
@@ -368,6 +374,7 @@ fn legend(metric: Metric) -> HeatLegend {
     let (low, high) = metric.scale();
     HeatLegend {
         gradient: sequential_gradient(),
+        step_css: heat_step_css(),
         low,
         high,
         health: metric == Metric::Health,
@@ -457,28 +464,55 @@ pub async fn fleet(
     .await
 }
 
-/// A GPU chip of the fleet's host table, from its heatmap cell (written in place: a
-/// fleet has a thousand).
-fn cell_chip(c: &HeatCell) -> Chip {
-    let mut text = String::with_capacity(48);
-    let _ = write!(text, "#{} ", c.index);
-    let value = |text: &mut String, v: Option<f32>, unit: &str| match v {
-        Some(v) => {
-            push_fixed(text, f64::from(v), 0);
-            text.push_str(unit);
-        }
-        None => text.push('–'),
+/// The fleet host table's summary of one host's GPUs.
+fn gpu_summary(cells: &[&HeatCell]) -> GpuSummary {
+    let utils: Vec<f64> = cells
+        .iter()
+        .filter_map(|c| c.util_pct.map(f64::from))
+        .collect();
+    let max_of = |v: &mut dyn Iterator<Item = f64>| {
+        v.fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
     };
-    value(&mut text, c.util_pct, " %");
-    let _ = write!(text, " · {} · ", bytes(c.mem_used_bytes.map(|v| v as f64)));
-    value(&mut text, c.power_watts, " W");
-    text.push_str(" · ");
-    value(&mut text, c.temp_celsius, " °C");
-    Chip {
-        title: format!("GPU {} {}", c.index, c.model.as_deref().unwrap_or("")),
+    let max_util = max_of(&mut utils.iter().copied());
+    let max_temp = max_of(&mut cells.iter().filter_map(|c| c.temp_celsius.map(f64::from)));
+    let powers: Vec<f64> = cells
+        .iter()
+        .filter_map(|c| c.power_watts.map(f64::from))
+        .collect();
+    let hot = cells
+        .iter()
+        .filter(|c| c.temp_celsius.is_some_and(|t| t >= data::HOT_CELSIUS))
+        .count();
+    let faulty = cells.iter().filter(|c| c.health == Health::Fault).count();
+    let mut text = String::with_capacity(64);
+    let _ = write!(
         text,
-        hot: c.temp_celsius.is_some_and(|t| t >= data::HOT_CELSIUS),
+        "{} GPU{}",
+        cells.len(),
+        if cells.len() == 1 { "" } else { "s" }
+    );
+    if let Some(max) = max_util {
+        text.push_str(" · util ");
+        push_fixed(&mut text, utils.iter().sum::<f64>() / utils.len() as f64, 0);
+        text.push_str(" % (max ");
+        push_fixed(&mut text, max, 0);
+        text.push_str(" %)");
     }
+    if !powers.is_empty() {
+        let _ = write!(text, " · {}", watts(powers.iter().sum()));
+    }
+    if let Some(t) = max_temp {
+        text.push_str(" · max ");
+        push_fixed(&mut text, t, 0);
+        text.push_str(" °C");
+    }
+    if hot > 0 {
+        let _ = write!(text, " · ▲ {hot} hot");
+    }
+    if faulty > 0 {
+        let _ = write!(text, " · ✖ {faulty} with hardware events");
+    }
+    GpuSummary { text, hot: hot > 0 }
 }
 
 /// A chart and its legend (label, color).
@@ -808,7 +842,7 @@ pub async fn host(
                 d.host.agent_version.clone()
             },
             rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
-            host: host_row(&d.host, Vec::new(), now),
+            host: host_row(&d.host, GpuSummary::default(), now),
             picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
             charts,
             gpus,
@@ -954,7 +988,7 @@ pub async fn gpu(
             nav: Nav::new(&user, csrf, ""),
             host_link: format!("/hosts/{}?{query}", seg(&name)),
             rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
-            host: host_row(&d.host, Vec::new(), now),
+            host: host_row(&d.host, GpuSummary::default(), now),
             gpu: gpu_cell(&d.gpu),
             driver_note: d
                 .gpu

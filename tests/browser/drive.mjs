@@ -47,6 +47,9 @@ try {
   await page.click('a[data-metric=temp]');
   await page.waitForURL(/metric=temp/);
   console.log('OK metric url=' + new URL(page.url()).search);
+  // Cells are colored by class (one CSS rule per scale step): a 91 °C GPU is the top step.
+  const hotBg = await page.locator('a.cell.hot').first().evaluate((el) => getComputedStyle(el).backgroundColor);
+  console.log('OK hot color=' + hotBg);
 
   // Hovering a cell shows its label (a CSS tooltip drawn from aria-label).
   const hovered = page.locator('a.cell.fault').first();

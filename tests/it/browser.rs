@@ -72,6 +72,11 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         "OK keyboard first-tab=\"Skip to content\""
     );
     assert_eq!(line(&stdout, "OK metric"), "OK metric url=?metric=temp");
+    assert_eq!(
+        line(&stdout, "OK hot color"),
+        "OK hot color=rgb(253, 231, 37)",
+        "a 91 °C GPU takes the top of the viridis scale"
+    );
     let tip = line(&stdout, "OK tooltip");
     assert!(tip.contains("gpu-node-7 GPU 1: 97 % util, 91 °C"), "{tip}");
     let gpu = line(&stdout, "OK gpu");

@@ -44,29 +44,31 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     let (st, html) = app.page(&cookie, "/").await;
     assert_eq!(st, 200);
     assert_eq!(html.matches("<a class=\"cell").count(), 6, "{html}");
-    assert!(html.contains(r#"<a class="cell fault" href="/hosts/gpu-node-7/gpus/1?range=1h""#));
-    assert_eq!(html.matches("class=\"cell fault\"").count(), 1);
+    assert!(html.contains(r#"<a class="cell fault q31" href="/hosts/gpu-node-7/gpus/1?range=1h""#));
+    assert_eq!(html.matches("class=\"cell fault ").count(), 1);
     assert_eq!(
-        html.matches("class=\"cell hot\"").count(),
+        html.matches("class=\"cell hot ").count(),
         2,
         "91 °C GPUs of nodes 8 and 9"
     );
     assert!(html.contains("gpu-node-7 GPU 1: 97 % util, 91 °C, 350 W, memory 60.0 GiB; fault, 1 hardware events in 24 h"));
     assert!(html.contains(r#"<b id="kpi-faulty">1</b>"#));
     assert!(html.contains(r#"href="/racks/fra1/r07?range=1h""#));
-    // Utilization 97 % sits near the light end of viridis.
-    assert!(
-        html.contains("style=\"background:#e5e419;color:#000\"") || html.contains("background:#"),
-        "colored cells"
+    // Utilization 97 % is step 31 of 0–32 (near the light end of viridis); the page
+    // carries the rule of every step once.
+    assert_eq!(html.matches(" q31\" href=").count(), 6, "colored cells");
+    assert_eq!(
+        html.matches("{background:#").count(),
+        33 + 4,
+        "step and health rules"
     );
     // Colored by temperature, 91 °C is the top of the 30–90 °C scale.
     let (_, t) = app.page(&cookie, "/?metric=temp").await;
     assert!(
-        t.contains(
-            r#"href="/hosts/gpu-node-8/gpus/1?range=1h" style="background:#fde725;color:#000""#
-        ),
+        t.contains(r#"<a class="cell hot q32" href="/hosts/gpu-node-8/gpus/1?range=1h""#),
         "{t}"
     );
+    assert!(t.contains(".heat .q32{background:#fde725;color:#000}"));
     assert!(t.contains("Temperature: 30 °C"));
     let (st, _) = app.page(&cookie, "/?metric=fanciness").await;
     assert_eq!(st, 400);

@@ -54,10 +54,15 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
     assert!(html.contains("125.0 MB/s"), "network rx with units");
     assert!(html.contains("8.0 GiB / 64.0 GiB"), "memory with units");
     assert!(
-        html.contains("#1 97 % · 60.0 GiB · 612 W · 91 °C"),
-        "GPU cell: {html}"
+        html.contains(
+            "2 GPUs · util 97 % (max 97 %) · 1.2 kW · max 91 °C · ▲ 1 hot · ✖ 1 with hardware events"
+        ),
+        "GPU summary: {html}"
     );
-    assert!(html.contains("chip hot"), "a 91 °C GPU is outlined");
+    assert!(
+        html.contains("chip hot"),
+        "a host with a 91 °C GPU is outlined"
+    );
     assert!(html.contains("<b>2 / 2</b>"), "GPUs reporting");
 
     let host = app
