@@ -1,5 +1,22 @@
 //! Univariate streaming detection (NAB protocol): learn only from the probationary prefix and
 //! from the past, emit a score in `[0, 1]` that means the same in every series.
+//!
+//! Pipeline of [`score_series`] (every step causal: row *t* uses rows ≤ *t* and the
+//! probationary prefix only):
+//!
+//! 1. **Seasonality** ([`season_period`]): if the probationary rows repeat with a strong period
+//!    `P` (autocorrelation ≥ 0.7), the series is replaced by its seasonal difference
+//!    `x_t − x_{t−P}`. A regular daily/weekly cycle (its edges and peaks) then stops looking
+//!    like a surprise, and a changed cycle (a missing peak, a lower plateau) stands out.
+//! 2. **Two signals** on that series: the residual energy of a ridge AR predictor (the
+//!    multivariate [`Detector`] with one metric, fitted on the probationary rows) catches spikes
+//!    and broken dynamics; the [`level_shift`] statistic catches a sustained change of level
+//!    that the AR model would follow after a few rows.
+//! 3. **Calibration** ([`causal_cdf`]): each signal is mapped to its empirical CDF among the
+//!    file's earlier values and the two are max-combined, so a score means "as unusual as the
+//!    top x % of this file so far", the same in every file.
+//! 4. **Suppression**: after a fire, the next `suppress_frac · probation` rows are zeroed (NAB
+//!    credits one detection per window and charges every flagged row outside one).
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -131,6 +148,7 @@ pub fn score_series(
     Ok((score, alert))
 }
 
+/// The two calibrated signals of step 2–3 (module docs), max-combined; `k` = probationary rows.
 fn combined_signals(
     backend: &dyn Backend,
     values: &[f32],
