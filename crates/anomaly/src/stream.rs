@@ -1,5 +1,22 @@
 //! Univariate streaming detection (NAB protocol): learn only from the probationary prefix and
 //! from the past, emit a score in `[0, 1]` that means the same in every series.
+//!
+//! Pipeline of [`score_series`] (every step causal: row *t* uses rows ≤ *t* and the
+//! probationary prefix only):
+//!
+//! 1. **Seasonality** ([`season_period`]): if the probationary rows repeat with a strong period
+//!    `P` (autocorrelation ≥ 0.7), the series is replaced by its seasonal difference
+//!    `x_t − x_{t−P}`. A regular daily/weekly cycle (its edges and peaks) then stops looking
+//!    like a surprise, and a changed cycle (a missing peak, a lower plateau) stands out.
+//! 2. **Two signals** on that series: the residual energy of a ridge AR predictor (the
+//!    multivariate [`Detector`] with one metric, fitted on the probationary rows) catches spikes
+//!    and broken dynamics; the [`level_shift`] statistic catches a sustained change of level
+//!    that the AR model would follow after a few rows.
+//! 3. **Calibration** ([`causal_cdf`]): each signal is mapped to its empirical CDF among the
+//!    file's earlier values and the two are max-combined, so a score means "as unusual as the
+//!    top x % of this file so far", the same in every file.
+//! 4. **Suppression**: after a fire, the next `suppress_frac · probation` rows are zeroed (NAB
+//!    credits one detection per window and charges every flagged row outside one).
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -26,6 +43,11 @@ pub struct StreamConfig {
     /// values before them| / their standard deviation, CDF-mapped and max-combined (0 = off).
     pub level_short: usize,
     pub level_long: usize,
+    /// Seasonality: if the probationary rows have an autocorrelation ≥ `season_min_acf` at some
+    /// lag `P` (the highest local peak between 4 and half the probation; see [`season_period`]),
+    /// all signals are computed on the seasonal difference `x_t − x_{t−P}` instead of `x_t`
+    /// (0 = off).
+    pub season_min_acf: f32,
 }
 
 impl Default for StreamConfig {
@@ -50,6 +72,7 @@ impl Default for StreamConfig {
             use_cdf: true,
             level_short: 5,
             level_long: 300,
+            season_min_acf: 0.7,
         }
     }
 }
@@ -89,22 +112,22 @@ pub fn score_series(
     if n < cfg.detector.lags + 8 {
         return Ok((vec![0.0; n], vec![false; n]));
     }
-    let all = Matrix::new(n, 1, values.to_vec());
-    let mut det = Detector::fit_with(backend, &all.slice_rows(0, k), cfg.detector.clone())?;
-    // Raw scores: replay the probationary rows from a fresh stream, then continue.
-    det.reset_stream();
-    let raw = det.score_with(backend, &all)?;
-    let mut p = if cfg.use_cdf {
-        causal_cdf(&raw)
+    let period = if cfg.season_min_acf > 0.0 {
+        season_period(&values[..k], cfg.season_min_acf)
     } else {
-        raw.iter().map(|r| r / (1.0 + r)).collect()
+        None
     };
-    if cfg.level_short > 0 && cfg.level_long > 1 {
-        let lv = level_shift(values, cfg.level_short, cfg.level_long);
-        for (a, b) in p.iter_mut().zip(causal_cdf(&lv)) {
-            *a = a.max(b);
+    let p = match period {
+        // Strongly seasonal series: every signal runs on the seasonal difference, so the
+        // regular daily/weekly pattern (its edges, peaks) is no surprise, a changed cycle is.
+        Some(pd) if k >= pd + cfg.detector.lags + 8 => {
+            let d: Vec<f32> = (pd..n).map(|t| values[t] - values[t - pd]).collect();
+            let mut p = vec![0.0; pd];
+            p.extend(combined_signals(backend, &d, k - pd, cfg)?);
+            p
         }
-    }
+        _ => combined_signals(backend, values, k, cfg)?,
+    };
     let win = (cfg.suppress_frac * k as f32).round() as usize;
     let mut last_fire: Option<usize> = None;
     let mut score = Vec::with_capacity(n);
@@ -123,6 +146,33 @@ pub fn score_series(
         alert.push(t >= k && s >= cfg.fire_level);
     }
     Ok((score, alert))
+}
+
+/// The two calibrated signals of step 2–3 (module docs), max-combined; `k` = probationary rows.
+fn combined_signals(
+    backend: &dyn Backend,
+    values: &[f32],
+    k: usize,
+    cfg: &StreamConfig,
+) -> Result<Vec<f32>> {
+    let n = values.len();
+    let all = Matrix::new(n, 1, values.to_vec());
+    let mut det = Detector::fit_with(backend, &all.slice_rows(0, k), cfg.detector.clone())?;
+    // Raw scores: replay the probationary rows from a fresh stream, then continue.
+    det.reset_stream();
+    let raw = det.score_with(backend, &all)?;
+    let mut p = if cfg.use_cdf {
+        causal_cdf(&raw)
+    } else {
+        raw.iter().map(|r| r / (1.0 + r)).collect()
+    };
+    if cfg.level_short > 0 && cfg.level_long > 1 {
+        let lv = level_shift(values, cfg.level_short, cfg.level_long);
+        for (a, b) in p.iter_mut().zip(causal_cdf(&lv)) {
+            *a = a.max(b);
+        }
+    }
+    Ok(p)
 }
 
 /// Causal level-shift statistic (see [`StreamConfig::level_short`]).
@@ -150,4 +200,36 @@ pub fn level_shift(v: &[f32], short: usize, long: usize) -> Vec<f32> {
             ((ms - ml).abs() / (var.sqrt() + floor)) as f32
         })
         .collect()
+}
+
+/// Dominant period of `v`: the lag in `[4, len/2]` with the highest autocorrelation among local
+/// peaks, if that autocorrelation is at least `min_acf`.
+pub fn season_period(v: &[f32], min_acf: f32) -> Option<usize> {
+    let n = v.len();
+    if n < 16 {
+        return None;
+    }
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+    let c: Vec<f64> = v.iter().map(|&x| x as f64 - mean).collect();
+    let var = c.iter().map(|x| x * x).sum::<f64>() / n as f64;
+    if var <= 0.0 {
+        return None;
+    }
+    let acf: Vec<f64> = (0..=n / 2 + 1)
+        .map(|l| {
+            c[..n - l]
+                .iter()
+                .zip(&c[l..])
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+                / ((n - l) as f64 * var)
+        })
+        .collect();
+    let mut best: Option<(usize, f64)> = None;
+    for l in 4..=n / 2 {
+        if acf[l] > acf[l - 1] && acf[l] >= acf[l + 1] && best.is_none_or(|(_, a)| acf[l] > a) {
+            best = Some((l, acf[l]));
+        }
+    }
+    best.filter(|&(_, a)| a >= min_acf as f64).map(|(l, _)| l)
 }

@@ -1,12 +1,33 @@
 mod common;
 use common::Rng;
-use rackwatch_anomaly::stream::{causal_cdf, probation_len, score_series, StreamConfig};
+use rackwatch_anomaly::stream::{
+    causal_cdf, probation_len, score_series, season_period, StreamConfig,
+};
 use rackwatch_anomaly::CpuBackend;
 
 fn series(n: usize, rng: &mut Rng) -> Vec<f32> {
     (0..n)
         .map(|i| (10.0 + (i as f64 / 40.0).sin() + 0.1 * rng.normal()) as f32)
         .collect()
+}
+
+/// A "daily" square-ish cycle of `period` rows (low night, high day with sharp edges) + noise.
+fn seasonal(n: usize, period: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let phase = i % period;
+            let day = if (period / 4..3 * period / 4).contains(&phase) {
+                5.0
+            } else {
+                1.0
+            };
+            (day + 0.1 * rng.normal()) as f32
+        })
+        .collect()
+}
+
+fn alerts_in(alert: &[bool], lo: usize, hi: usize) -> usize {
+    alert[lo..hi].iter().filter(|&&a| a).count()
 }
 
 #[test]
@@ -21,7 +42,7 @@ fn stream_scores_are_causal_and_flag_a_spike() {
     assert!(s.iter().all(|x| (0.0..=1.0).contains(x)));
     assert!(alert[2000] && s[2000] > 0.999, "{}", s[2000]);
     let k = probation_len(v.len());
-    let false_alerts = alert[k..1990].iter().filter(|&&a| a).count();
+    let false_alerts = alerts_in(&alert, k, 1990);
     assert!(false_alerts <= 5, "{false_alerts}");
     let mut w = v.clone();
     for x in &mut w[2500..] {
@@ -29,6 +50,84 @@ fn stream_scores_are_causal_and_flag_a_spike() {
     }
     let (s2, _) = score_series(&cpu, &w, &cfg).unwrap();
     assert_eq!(s[..2500], s2[..2500]);
+}
+
+#[test]
+fn scoring_a_prefix_equals_the_prefix_of_the_full_run() {
+    // Both lengths have the same (capped) probation, so the prefix must score identically.
+    let mut rng = Rng::new(9);
+    let v = series(6000, &mut rng);
+    let m = 5200;
+    assert_eq!(probation_len(v.len()), probation_len(m));
+    let cpu = CpuBackend::default();
+    let cfg = StreamConfig::default();
+    let (full, full_alert) = score_series(&cpu, &v, &cfg).unwrap();
+    let (pre, pre_alert) = score_series(&cpu, &v[..m], &cfg).unwrap();
+    assert_eq!(full[..m], pre[..]);
+    assert_eq!(full_alert[..m], pre_alert[..]);
+}
+
+#[test]
+fn a_level_shift_is_flagged_once_early() {
+    let mut rng = Rng::new(5);
+    let mut v = series(4000, &mut rng);
+    for x in &mut v[3000..] {
+        *x += 1.0; // ten noise standard deviations, but gentle next to the sine's range
+    }
+    let cpu = CpuBackend::default();
+    // Without suppression (a chance alarm just before the shift would otherwise hide it).
+    let no_sup = StreamConfig {
+        suppress_frac: 0.0,
+        ..StreamConfig::default()
+    };
+    let (s, alert) = score_series(&cpu, &v, &no_sup).unwrap();
+    assert!(s.iter().all(|x| (0.0..=1.0).contains(x)));
+    let first = (3000..4000)
+        .find(|&t| alert[t])
+        .expect("level shift not flagged");
+    assert!(first < 3010, "flagged late, at {first}");
+    // With suppression: at most one alarm for the event, not a burst.
+    let (_, alert) = score_series(&cpu, &v, &StreamConfig::default()).unwrap();
+    assert!(alerts_in(&alert, 3000, 3100) <= 1);
+}
+
+#[test]
+fn seasonal_series_is_differenced_and_a_changed_cycle_is_flagged() {
+    let mut rng = Rng::new(6);
+    let period = 96;
+    let mut v = seasonal(4000, period, &mut rng);
+    let k = probation_len(v.len());
+    assert_eq!(season_period(&v[..k], 0.7), Some(period));
+    // One "day" whose high plateau is missing (looks normal to a model of a single cycle's
+    // shape: low values do occur every night).
+    let day = 30 * period;
+    for x in &mut v[day + period / 4..day + 3 * period / 4] {
+        *x -= 4.0;
+    }
+    let cpu = CpuBackend::default();
+    let no_sup = StreamConfig {
+        suppress_frac: 0.0,
+        ..StreamConfig::default()
+    };
+    let (s, alert) = score_series(&cpu, &v, &no_sup).unwrap();
+    assert!(s.iter().all(|x| (0.0..=1.0).contains(x)));
+    let onset = day + period / 4;
+    assert!(
+        (onset..onset + 10).any(|t| alert[t]),
+        "missing plateau not flagged near {onset}"
+    );
+    // The regular edges (two per cycle, 56 before the anomaly) are not alarms once the series
+    // is differenced: what remains is the rank calibration's floor (~0.3 % of rows in noise).
+    let (_, alert) = score_series(&cpu, &v, &StreamConfig::default()).unwrap();
+    let false_alerts = alerts_in(&alert, k, day);
+    assert!(false_alerts <= 5, "{false_alerts}");
+}
+
+#[test]
+fn no_period_is_claimed_for_noise() {
+    let mut rng = Rng::new(7);
+    let v: Vec<f32> = (0..600).map(|_| rng.normal() as f32).collect();
+    assert_eq!(season_period(&v, 0.7), None);
 }
 
 #[test]
