@@ -18,6 +18,8 @@ try {
   const page = await ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
+  // A script or style the Content-Security-Policy blocks is a failure too.
+  page.on('console', (m) => { if (m.text().includes('Content Security Policy')) errors.push(m.text()); });
 
   // Login: anonymous → login form → fleet.
   await page.goto(base + '/');

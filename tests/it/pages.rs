@@ -224,3 +224,49 @@ async fn json_api_with_basic_auth() {
     assert_eq!(events[0]["index"], 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers_and_the_script_is_external() {
+    let app = TestApp::spawn().await;
+    seed(&app, "gpu-node-7").await;
+    let cookie = app.login("ops", "correct horse").await;
+    for (path, with_cookie) in [
+        ("/login", false),
+        ("/", false),
+        ("/", true),
+        ("/hosts/gpu-node-7", true),
+        ("/api/v1/fleet", true),
+        ("/no/such/page", true),
+        ("/assets/app.js", false),
+    ] {
+        let mut req = app.http.get(format!("{}{path}", app.base));
+        if with_cookie {
+            req = req.header("cookie", &cookie);
+        }
+        let r = req.send().await.unwrap();
+        let h = r.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "same-origin", "{path}");
+    }
+    // Pages load their one script from the server; none is inline (the policy would
+    // block it).
+    let (_, html) = app.page(&cookie, "/").await;
+    assert_eq!(html.matches("<script").count(), 1);
+    assert!(html.contains(r#"<script src="/assets/app.js"></script>"#));
+    let js = app
+        .http
+        .get(format!("{}/assets/app.js", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    assert_eq!(
+        js.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(js.text().await.unwrap().contains("visibilitychange"));
+}
