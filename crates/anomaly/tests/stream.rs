@@ -1,7 +1,7 @@
 mod common;
 use common::Rng;
 use rackwatch_anomaly::stream::{
-    causal_cdf, probation_len, score_series, season_period, StreamConfig,
+    causal_cdf, probation_len, record_gate, score_series, season_period, StreamConfig,
 };
 use rackwatch_anomaly::CpuBackend;
 
@@ -134,4 +134,42 @@ fn no_period_is_claimed_for_noise() {
 fn causal_cdf_counts_earlier_values_only() {
     let p = causal_cdf(&[1.0, 2.0, 0.5, 2.0, 3.0]);
     assert_eq!(p, vec![0.0, 1.0, 0.0, (2.0 + 0.5) / 3.0, 1.0]);
+}
+
+#[test]
+fn record_gate_damps_values_below_the_recent_maximum() {
+    let raw = [1.0, 3.0, 2.0, 2.0, 1.0, 0.5, 4.0];
+    let mut p = vec![1.0f32; raw.len()];
+    record_gate(&mut p, &raw, 2);
+    // Rows 2 and 3 (2 < 3 within the last two rows), 4 (1 < 2) and 5 (0.5 < 2) are damped;
+    // row 6 (4) is a record.
+    assert_eq!(p, vec![1.0, 1.0, 0.99, 0.99, 0.99, 0.99, 1.0]);
+    let mut q = vec![1.0f32; raw.len()];
+    record_gate(&mut q, &raw, 0);
+    assert!(q.iter().all(|&x| x == 1.0));
+}
+
+#[test]
+fn record_gate_keeps_a_record_spike_and_causality() {
+    let mut rng = Rng::new(11);
+    let mut v = series(4000, &mut rng);
+    v[3000] += 5.0;
+    let cpu = CpuBackend::default();
+    let gated = StreamConfig {
+        record_window_frac: 1.0,
+        ..StreamConfig::default()
+    };
+    let (s, alert) = score_series(&cpu, &v, &gated).unwrap();
+    assert!(s.iter().all(|x| (0.0..=1.0).contains(x)));
+    assert!(alert[3000], "record spike not flagged: {}", s[3000]);
+    let k = probation_len(v.len());
+    let (_, plain) = score_series(&cpu, &v, &StreamConfig::default()).unwrap();
+    assert!(alerts_in(&alert, k, 2990) <= alerts_in(&plain, k, 2990));
+    // Changing the future does not change the past.
+    let mut w = v.clone();
+    for x in &mut w[3500..] {
+        *x *= 3.0;
+    }
+    let (s2, _) = score_series(&cpu, &w, &gated).unwrap();
+    assert_eq!(s[..3500], s2[..3500]);
 }
