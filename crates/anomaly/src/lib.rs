@@ -11,6 +11,7 @@
 //! `shared/eval/anomaly/score.py`.
 
 pub mod backend;
+pub mod cad;
 pub mod data;
 pub mod detector;
 pub mod eval;

@@ -1,5 +1,6 @@
 mod common;
 use common::Rng;
+use rackwatch_anomaly::cad::{contextual_novelty, NoveltyConfig};
 use rackwatch_anomaly::stream::{
     causal_cdf, probation_len, record_gate, score_series, season_period, StreamConfig,
 };
@@ -172,4 +173,86 @@ fn record_gate_keeps_a_record_spike_and_causality() {
     }
     let (s2, _) = score_series(&cpu, &w, &gated).unwrap();
     assert_eq!(s[..3500], s2[..3500]);
+}
+
+/// A fixed 8-step pattern (values 0..8 in a scrambled order) repeated.
+fn repeated_pattern(n: usize) -> Vec<f32> {
+    const PAT: [f32; 8] = [0.0, 5.0, 2.0, 7.0, 1.0, 6.0, 3.0, 4.0];
+    (0..n).map(|i| PAT[i % 8]).collect()
+}
+
+#[test]
+fn novelty_is_low_on_a_repeated_pattern_and_high_on_a_new_one() {
+    let mut v = repeated_pattern(2000);
+    let k = probation_len(v.len());
+    let cfg = NoveltyConfig::default();
+    let nov = contextual_novelty(&v, k, &cfg);
+    assert!(nov.iter().all(|x| (0.0..=1.0).contains(x)));
+    // Once the pattern has been seen, nothing is new.
+    assert!(nov[k..].iter().all(|&x| x == 0.0), "{:?}", &nov[k..k + 16]);
+    // The same values in a new order: familiar buckets, unseen contexts.
+    for (i, x) in v[1500..1508].iter_mut().enumerate() {
+        *x = i as f32;
+    }
+    let nov = contextual_novelty(&v, k, &cfg);
+    let peak = nov[1500..1508].iter().cloned().fold(0.0, f32::max);
+    assert!(peak >= 0.5, "{peak}");
+    assert!(nov[1500..1508].iter().all(|&x| x < 1.0), "no bucket is new");
+    // A value far outside everything seen: every context is new.
+    v[1800] = 30.0;
+    let nov = contextual_novelty(&v, k, &cfg);
+    assert_eq!(nov[1800], 1.0);
+    // The bounded (CAD OSE-like) grid sees the same.
+    let bounded = NoveltyConfig {
+        grid_unbounded: false,
+        ..NoveltyConfig::default()
+    };
+    let nb = contextual_novelty(&v, k, &bounded);
+    assert!(nb[1500..1508].iter().cloned().fold(0.0, f32::max) >= 0.5);
+    assert!(nb[k..1500].iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn novelty_is_causal() {
+    let mut rng = Rng::new(13);
+    let v = series(6000, &mut rng);
+    let m = 5200;
+    let k = probation_len(v.len());
+    assert_eq!(k, probation_len(m));
+    let cfg = NoveltyConfig::default();
+    let full = contextual_novelty(&v, k, &cfg);
+    let pre = contextual_novelty(&v[..m], k, &cfg);
+    assert_eq!(full[..m], pre[..]);
+    // The same through the stream scorer with the novelty max-combined.
+    let cpu = CpuBackend::default();
+    let with = StreamConfig {
+        novelty_max: true,
+        ..StreamConfig::default()
+    };
+    let (full, _) = score_series(&cpu, &v, &with).unwrap();
+    let (pre, _) = score_series(&cpu, &v[..m], &with).unwrap();
+    assert_eq!(full[..m], pre[..]);
+}
+
+#[test]
+fn novelty_max_flags_a_first_visit_to_a_new_level() {
+    let mut rng = Rng::new(14);
+    let mut v = series(4000, &mut rng);
+    // A slow drift to a level the series never had: no single row is a large residual or a
+    // sharp shift, but the first rows in the new region are novel.
+    for (i, x) in v[3000..].iter_mut().enumerate() {
+        *x += (i as f32 / 100.0).min(4.0);
+    }
+    let cpu = CpuBackend::default();
+    let with = StreamConfig {
+        novelty_max: true,
+        ..StreamConfig::default()
+    };
+    let (s, alert) = score_series(&cpu, &v, &with).unwrap();
+    assert!(s.iter().all(|x| (0.0..=1.0).contains(x)));
+    assert!(alerts_in(&alert, 3000, 3400) >= 1);
+    // In stationary noise it adds (almost) nothing to the rank score's alarms.
+    let k = probation_len(v.len());
+    let (_, plain) = score_series(&cpu, &v, &StreamConfig::default()).unwrap();
+    assert!(alerts_in(&alert, k, 3000) <= alerts_in(&plain, k, 3000) + 1);
 }
