@@ -140,3 +140,104 @@ fn level_is_the_alert_boundary_and_never_below_the_pot_threshold() {
     assert_eq!(alerts, rows.iter().map(|r| r.alert).collect::<Vec<_>>());
     assert!(rows[710..760].iter().filter(|r| r.alert).count() >= 40);
 }
+
+/// Runs of consecutive `true` in `a`.
+fn runs(a: &[bool]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, &x) in a.iter().chain(std::iter::once(&false)).enumerate() {
+        match (x, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                out.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn drifting_normal_series_does_not_alert_all_along() {
+    // From row 300 on, every metric gets extra independent noise for good (a noisier but normal
+    // regime): the static POT level alone would alert on most of the rest, the drift guard
+    // (score must also exceed 5 x the median of the last 1440 scores) stops that within about
+    // half its window.
+    let det = trained();
+    let mut rng = Rng::new(21);
+    let mut test = synthetic(4000, D, 3000, &mut rng);
+    for r in 300..4000 {
+        for j in 0..D {
+            test.row_mut(r)[j] += (0.05 * rng.normal()) as f32;
+        }
+    }
+    let rate = |a: &[bool]| a.iter().filter(|&&x| x).count() as f64 / a.len() as f64;
+    let cpu = CpuBackend::default();
+    let (_, guarded) = det.clone().score_alerts(&cpu, &test).unwrap();
+    let mut off = det.clone();
+    off.config.adapt_factor = 0.0;
+    let (_, static_only) = off.score_alerts(&cpu, &test).unwrap();
+    assert!(
+        rate(&static_only[300..]) > 0.5,
+        "static level alone: {}",
+        rate(&static_only[300..])
+    );
+    assert!(
+        rate(&guarded[300..]) < 0.3,
+        "guarded: {}",
+        rate(&guarded[300..])
+    );
+    assert!(
+        rate(&guarded[1500..]) < 0.02,
+        "guarded, after adapting: {}",
+        rate(&guarded[1500..])
+    );
+}
+
+#[test]
+fn sustained_fault_shorter_than_half_the_guard_window_is_one_alert() {
+    // A 200-row fault (well under half of the guard's 1440-row window) is alerted as one
+    // contiguous event from shortly after its start to its end: the recent median is not yet
+    // contaminated, so the guard does not cut it into pieces.
+    let det = trained();
+    let mut rng = Rng::new(23);
+    let mut test = synthetic(1500, D, 3000, &mut rng);
+    for r in 800..1000 {
+        test.row_mut(r)[1] += 0.3;
+    }
+    let (_, alerts) = det
+        .clone()
+        .score_alerts(&CpuBackend::default(), &test)
+        .unwrap();
+    let inside: Vec<(usize, usize)> = runs(&alerts)
+        .into_iter()
+        .filter(|&(s, e)| s < 1000 && e > 800)
+        .collect();
+    assert_eq!(inside.len(), 1, "alert runs over the fault: {inside:?}");
+    let (s, e) = inside[0];
+    assert!(s <= 805 && e >= 1000, "event alerted over {s}..{e}");
+}
+
+#[test]
+fn detector_json_without_drift_guard_fields_still_loads() {
+    // Models stored before the drift guard existed have neither its config fields nor its
+    // ring of recent scores; they must load (serde defaults) and score.
+    let det = trained();
+    let mut v: serde_json::Value = serde_json::to_value(&det).unwrap();
+    let cfg = v["config"].as_object_mut().unwrap();
+    cfg.remove("adapt_factor").unwrap();
+    cfg.remove("adapt_window").unwrap();
+    let st = v["state"].as_object_mut().unwrap();
+    for k in ["recent", "recent_sorted", "recent_count"] {
+        st.remove(k).unwrap();
+    }
+    let mut back: Detector = serde_json::from_value(v).unwrap();
+    assert_eq!(back.config, DetectorConfig::default());
+    assert!(back.state.recent.is_empty() && back.state.recent_count == 0);
+    let mut rng = Rng::new(2);
+    let test = synthetic(100, D, 3000, &mut rng);
+    let s = back.score(&test).unwrap();
+    assert_eq!(s.len(), 100);
+    assert!(s.iter().all(|x| x.is_finite()));
+}
