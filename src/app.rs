@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DurationRound, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -148,16 +148,122 @@ pub fn timing(cfg: &Config) -> Timing {
     }
 }
 
-/// Start the simulated fleet: back-fill history, then run every simulated host as an
-/// agent shipping to `server` with its own token.
+/// What [`backfill_history`] wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Backfill {
+    /// Host and GPU samples stored.
+    pub samples: u64,
+    /// 1-minute rollup rows (host + GPU) made from them.
+    pub rollup_rows: u64,
+}
+
+/// Deep history for the simulated fleet: `simulator.history_days` days up to
+/// `backfill_minutes` ago, one sample per minute, written through the store's batch path
+/// and rolled up range by range (not minute by minute as late samples would be), so
+/// forecasts, anomaly models and the energy report have data from the first minute of a
+/// demo. Skipped when the fleet already has rollups older than a day (a restarted demo).
+/// Simulated hardware events start with the recent back-fill, so old XIDs do not reach
+/// the alerting engine as new ones. The hosts keep their state (energy counters run on).
+pub async fn backfill_history(
+    cfg: &Config,
+    store: &Store,
+    fleet: &mut [SimulatedHost],
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<Backfill> {
+    let mut out = Backfill::default();
+    let days = i64::from(cfg.simulator.history_days);
+    if days == 0 || fleet.is_empty() {
+        return Ok(out);
+    }
+    let day = chrono::Duration::days(1);
+    let older: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT min(bucket) FROM host_samples_1m")
+            .fetch_one(&store.pool)
+            .await
+            .context("looking for earlier history")?;
+    if older.is_some_and(|t| t < now - day) {
+        return Ok(out);
+    }
+    tracing::info!(
+        days,
+        hosts = fleet.len(),
+        "writing the simulated fleet's history (first start only)"
+    );
+    let hour = chrono::Duration::hours(1);
+    let step = chrono::Duration::minutes(1);
+    let from = (now - chrono::Duration::days(days))
+        .duration_trunc(hour)
+        .context("hour")?;
+    let to = (now - chrono::Duration::minutes(i64::from(cfg.simulator.backfill_minutes)))
+        .duration_trunc(step)
+        .context("minute")?;
+    // Six hours per batch: about 3,000 GPU rows for an 8-GPU host.
+    let chunk = chrono::Duration::hours(6);
+    for host in fleet.iter_mut() {
+        let mut t = from;
+        while t < to {
+            let end = (t + chunk).min(to);
+            let c = host.history(t, end, step);
+            let batch = Batch {
+                host: host.info.clone(),
+                gpus: c.gpus,
+                host_samples: c.host_samples,
+                gpu_samples: c.gpu_samples,
+                events: Vec::new(),
+                agent: None,
+            };
+            let w = store
+                .write_batch(&batch, end)
+                .await
+                .with_context(|| format!("back-filling {}", host.info.name))?;
+            out.samples += w.stored as u64;
+            t = end;
+        }
+    }
+    let mut t = from;
+    while t < to {
+        let end = (t + hour).min(to);
+        let (h, g) = store.rollup_range(t, end, None).await?;
+        out.rollup_rows += h + g;
+        t = end;
+    }
+    store
+        .rollup_quarters(
+            crate::store::rollup::quarter(from),
+            crate::store::rollup::quarter(to),
+            None,
+        )
+        .await?;
+    // The minutes were marked as late ones for the rollup job; they are rolled up now.
+    sqlx::query("DELETE FROM rollup_dirty WHERE bucket >= $1 AND bucket < $2")
+        .bind(from)
+        .bind(to)
+        .execute(&store.pool)
+        .await?;
+    // The energy job accounts the hours it is told about.
+    sqlx::query(
+        "INSERT INTO energy_dirty (host_id, hour)
+         SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM host_samples_1m
+          WHERE bucket >= $1 AND bucket < $2 ON CONFLICT DO NOTHING",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&store.pool)
+    .await?;
+    Ok(out)
+}
+
+/// Start the simulated fleet: back-fill the last `backfill_minutes` at the agent interval
+/// through the real ingest path, then run every simulated host as an agent shipping to
+/// `server` with its own token.
 pub async fn start_simulator(
     cfg: &Config,
     store: &Store,
     server: &str,
+    fleet: Vec<SimulatedHost>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<Shipper>>> {
     let mut tasks = Vec::new();
-    let fleet = SimulatedHost::fleet(cfg.simulator.hosts, cfg.simulator.gpus_per_host);
     for mut host in fleet {
         let token = store.create_agent_token(&host.info.name, "demo").await?;
         let spool_dir = cfg.spool_dir().join(format!("sim-{}", host.info.name));

@@ -240,6 +240,9 @@ pub struct SimulatorConfig {
     pub gpus_per_host: u32,
     /// Minutes of history the simulator back-fills at start so charts have data.
     pub backfill_minutes: u32,
+    /// Days of older history, one sample per minute, written at the first start so
+    /// forecasts, anomaly models and energy reports have data at once (0: none).
+    pub history_days: u32,
 }
 
 impl Default for SimulatorConfig {
@@ -248,6 +251,7 @@ impl Default for SimulatorConfig {
             hosts: 12,
             gpus_per_host: 8,
             backfill_minutes: 60,
+            history_days: 6,
         }
     }
 }
@@ -717,6 +721,13 @@ impl Config {
         }
         if self.simulator.gpus_per_host > 64 {
             return Err("simulator.gpus_per_host must be at most 64".into());
+        }
+        if self.simulator.history_days >= self.retention.raw_days {
+            return Err(format!(
+                "simulator.history_days = {} must be below retention.raw_days = {} (older \
+                 samples would be dropped at once)",
+                self.simulator.history_days, self.retention.raw_days
+            ));
         }
         self.energy.validate()?;
         Ok(())

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use rackwatch::app;
 use rackwatch::collect::agent;
+use rackwatch::collect::simulator::SimulatedHost;
 use rackwatch::config::{Config, Secret};
 use rackwatch::store::auth::Role as UserRole;
 use rackwatch::store::{Database, Role};
@@ -675,6 +676,18 @@ async fn demo(
         .await?;
     db.store.revoke_tokens_with_note("demo").await?;
     let cfg = Arc::new(cfg);
+    let mut fleet = SimulatedHost::fleet(cfg.simulator.hosts, cfg.simulator.gpus_per_host);
+    let t0 = std::time::Instant::now();
+    let filled = app::backfill_history(&cfg, &db.store, &mut fleet, chrono::Utc::now()).await?;
+    if filled.samples > 0 {
+        tracing::info!(
+            samples = filled.samples,
+            rollup_rows = filled.rollup_rows,
+            days = cfg.simulator.history_days,
+            secs = format!("{:.1}", t0.elapsed().as_secs_f64()),
+            "simulated fleet history back-filled"
+        );
+    }
     let bg = app::start_background(
         cfg.clone(),
         db.store.clone(),
@@ -692,7 +705,7 @@ async fn demo(
     .await?;
     let base = format!("http://{}", server.addr);
 
-    let mut agents = app::start_simulator(&cfg, &db.store, &base, shutdown.clone()).await?;
+    let mut agents = app::start_simulator(&cfg, &db.store, &base, fleet, shutdown.clone()).await?;
     if local_agent {
         let identity = app::local_identity(&cfg);
         let token = db.store.create_agent_token(&identity.name, "demo").await?;

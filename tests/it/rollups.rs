@@ -275,3 +275,88 @@ async fn quarter_hour_rollups_follow_the_minutes_and_feed_long_charts() {
     assert!((cpu[2] - third).abs() < 1e-9, "{cpu:?}");
     app.stop().await;
 }
+
+/// `rackwatch demo`'s first start: days of simulated history written and rolled up range
+/// by range, so the analytics have data at once; a restart does not write it again.
+#[tokio::test]
+async fn demo_history_is_rolled_up_and_feeds_the_analytics_at_once() {
+    use rackwatch::analytics::anomaly::AnomalyJob;
+    use rackwatch::collect::simulator::SimulatedHost;
+
+    let app = TestApp::spawn_with(|c| {
+        c.simulator.hosts = 2;
+        c.simulator.gpus_per_host = 2;
+        c.simulator.history_days = 2;
+    })
+    .await;
+    let cfg = app.cfg.clone();
+    let now = Utc::now();
+    let mut fleet = SimulatedHost::fleet(2, 2);
+    let filled = rackwatch::app::backfill_history(&cfg, &app.store, &mut fleet, now)
+        .await
+        .unwrap();
+    let from = (now - Duration::days(2))
+        .duration_trunc(Duration::hours(1))
+        .unwrap();
+    let to = (now - Duration::minutes(60))
+        .duration_trunc(Duration::minutes(1))
+        .unwrap();
+    let minutes = (to - from).num_minutes() as u64;
+    // Per host and minute: one host sample and two GPU samples.
+    assert_eq!(filled.samples, 2 * minutes * 3);
+    assert_eq!(filled.rollup_rows, 2 * minutes * 3);
+    let count = |sql: &'static str| {
+        let pool = app.store.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM gpu_samples_1m").await as u64,
+        4 * minutes
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM host_samples_1m").await as u64,
+        2 * minutes
+    );
+    assert!(count("SELECT count(*) FROM gpu_samples_15m").await > 0);
+    assert_eq!(
+        count("SELECT count(*) FROM rollup_dirty").await,
+        0,
+        "no minute is left for the rollup job to redo one by one"
+    );
+    assert!(count("SELECT count(*) FROM energy_dirty").await >= 2 * 47);
+    // Old simulated XIDs are not replayed into alerting.
+    assert_eq!(count("SELECT count(*) FROM hardware_events").await, 0);
+
+    // The analytics find enough history on their first run.
+    let settle = Duration::minutes(rackwatch::analytics::anomaly::SETTLE_MINUTES);
+    let run = AnomalyJob::default()
+        .run(&app.store, &cfg.anomaly, to + settle)
+        .await
+        .unwrap();
+    assert_eq!(run.trained, 2, "{run:?}");
+    assert!(
+        rackwatch::analytics::forecast::run(&app.store, now)
+            .await
+            .unwrap()
+            > 0
+    );
+    rackwatch::analytics::energy::run(&app.store, &cfg.energy, now)
+        .await
+        .unwrap();
+    assert!(
+        count("SELECT count(*) FROM energy_hourly WHERE measured_j > 0 AND hour < now() - interval '1 day'").await
+            > 0
+    );
+
+    // A restarted demo finds the history and leaves it.
+    let mut again = SimulatedHost::fleet(2, 2);
+    let second = rackwatch::app::backfill_history(&cfg, &app.store, &mut again, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(second, rackwatch::app::Backfill::default());
+}
