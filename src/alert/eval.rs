@@ -298,7 +298,8 @@ struct ScoreRow {
     ts: DateTime<Utc>,
     score: f32,
     threshold: f32,
-    top: sqlx::types::Json<Vec<Explanation>>,
+    /// Only on each host's newest row: the others are judged by score alone.
+    top: Option<sqlx::types::Json<Vec<Explanation>>>,
 }
 
 /// Per host: is the newest anomaly score above the level (the rule's `min_score`, else the
@@ -315,8 +316,9 @@ async fn anomaly_observations(
         .unwrap_or(super::rules::DEFAULT_RESOLVE_RATIO);
     // Newest first per host; `ts <= now` so a past instant can be evaluated.
     let rows: Vec<ScoreRow> = sqlx::query_as(
-        "SELECT host_id, ts, score, threshold, top FROM anomaly_scores
-              WHERE ts > $1 AND ts <= $2 ORDER BY host_id, ts DESC",
+        "SELECT host_id, ts, score, threshold,
+                CASE WHEN ts = max(ts) OVER (PARTITION BY host_id) THEN top END AS top
+           FROM anomaly_scores WHERE ts > $1 AND ts <= $2 ORDER BY host_id, ts DESC",
     )
     .bind(now - for_ - ANOMALY_STALE)
     .bind(now)
@@ -355,7 +357,12 @@ async fn anomaly_observations(
             clear: score < ratio * lvl,
             at: newest.ts,
             occurrences: 1,
-            description: anomaly_description(score, lvl, held.map(|h| h.1), &newest.top),
+            description: anomaly_description(
+                score,
+                lvl,
+                held.map(|h| h.1),
+                newest.top.as_ref().map_or(&[][..], |t| t.0.as_slice()),
+            ),
             held,
         });
     }
