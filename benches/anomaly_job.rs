@@ -1,0 +1,140 @@
+//! The product's per-host anomaly job at fleet scale: how long training every host takes
+//! on a first start, and how long the once-a-minute scoring run takes for the whole
+//! fleet, against the minute it has.
+//!
+//! Data: BENCH_HOSTS simulated hosts × 8 GPUs (default 125 → 1,000 GPUs), BENCH_DAYS (6)
+//! days of one-minute samples written through the store's batch path and rolled up, the
+//! same way `rackwatch demo` back-fills its fleet. Then, with the clock set 30 minutes
+//! before the end of the data: the job runs until every host has a model (at most
+//! `anomaly.max_trains_per_run` per run, as in production), and then scores minute by
+//! minute for BENCH_MINUTES (20) minutes.
+//!
+//! Run with `./scripts/bench anomaly-job`.
+
+use std::time::Instant;
+
+use chrono::{Duration, Utc};
+use rackwatch::analytics::anomaly::{AnomalyJob, SETTLE_MINUTES};
+use rackwatch::collect::simulator::SimulatedHost;
+use rackwatch::config::Config;
+use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
+use rackwatch::store::{create_database_if_missing, Store};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let hosts = env("BENCH_HOSTS", 125);
+    let days = env("BENCH_DAYS", 6);
+    let minutes = env("BENCH_MINUTES", 20);
+    let gpus = 8u32;
+
+    let root = std::env::temp_dir().join(format!("rackwatch-bench-anom-{}", std::process::id()));
+    let opts = ManagedOptions {
+        root: root.clone(),
+        bin_dir: String::new(),
+        user: "postgres".into(),
+        settings: vec![
+            "shared_buffers=1GB".into(),
+            "synchronous_commit=off".into(),
+            "max_wal_size=2GB".into(),
+            "checkpoint_timeout=30min".into(),
+        ],
+        own_adopted: true,
+    };
+    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
+        .await
+        .unwrap()
+        .expect("starting Postgres");
+    create_database_if_missing(&pg.admin_url(), "bench")
+        .await
+        .unwrap();
+    let store = Store::connect(&pg.url_for("bench"), 10, 30).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let mut cfg = Config::default();
+    cfg.simulator.history_days = days as u32;
+    cfg.simulator.backfill_minutes = 0;
+    store
+        .ensure_partitions(now, cfg.retention.raw_days, 1)
+        .await
+        .unwrap();
+
+    let t = Instant::now();
+    let mut fleet = SimulatedHost::fleet(hosts as u32, gpus);
+    let filled = rackwatch::app::backfill_history(&cfg, &store, &mut fleet, now)
+        .await
+        .unwrap();
+    for sql in ["VACUUM ANALYZE", "CHECKPOINT"] {
+        sqlx::query(sql).execute(&store.pool).await.unwrap();
+    }
+    println!(
+        "{hosts} hosts × {gpus} GPUs, {days} days: {} samples, {} 1-minute rollup rows ({:.0} s)",
+        filled.samples,
+        filled.rollup_rows,
+        t.elapsed().as_secs_f64()
+    );
+
+    // Train: the clock stands 30 minutes before the end of the data.
+    let end = now - Duration::minutes(30);
+    let mut job = AnomalyJob::default();
+    let (mut trained, mut runs) = (0, 0);
+    let t = Instant::now();
+    while trained < hosts {
+        let s = job.run(&store, &cfg.anomaly, end).await.unwrap();
+        assert!(s.trained > 0, "no progress: {s:?}");
+        trained += s.trained;
+        runs += 1;
+    }
+    let train_s = t.elapsed().as_secs_f64();
+    println!(
+        "training: {hosts} models in {runs} runs, {train_s:.1} s ({:.0} ms per host; at most {} per run)",
+        train_s * 1e3 / hosts as f64,
+        cfg.anomaly.max_trains_per_run
+    );
+
+    // Score minute by minute, as the job runs in production (once a minute).
+    let mut runs_ms = Vec::new();
+    let mut scored = 0;
+    for k in 1..=minutes as i64 {
+        let t = Instant::now();
+        let s = job
+            .run(&store, &cfg.anomaly, end + Duration::minutes(k))
+            .await
+            .unwrap();
+        runs_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        scored += s.scored_minutes;
+    }
+    assert!(
+        scored >= hosts * (minutes - 1),
+        "every host scored about once a run: {scored} host-minutes"
+    );
+    let mut sorted = runs_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p50 = sorted[sorted.len() / 2];
+    let max = sorted[sorted.len() - 1];
+    println!(
+        "scoring: {minutes} runs of one minute each, {scored} host-minutes; per run p50 {p50:.0} ms, max {max:.0} ms (settle {SETTLE_MINUTES} min)"
+    );
+    println!(
+        "BENCH anomaly-job hosts={hosts} gpus={} train_ms_per_host={:.0} score_run_ms_p50={p50:.0} score_run_ms_max={max:.0} ratio_vs_minute={:.4}",
+        hosts * gpus as usize,
+        train_s * 1e3 / hosts as f64,
+        max / 60_000.0
+    );
+    store.pool.close().await;
+    let _ = pg.stop();
+    let _ = std::fs::remove_dir_all(root);
+}
