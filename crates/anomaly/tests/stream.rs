@@ -2,7 +2,8 @@ mod common;
 use common::Rng;
 use rackwatch_anomaly::cad::{contextual_novelty, NoveltyConfig};
 use rackwatch_anomaly::stream::{
-    causal_cdf, probation_len, record_gate, score_series, season_period, StreamConfig,
+    causal_cdf, causal_tail_cdf, probation_len, record_gate, score_series, season_period,
+    StreamConfig,
 };
 use rackwatch_anomaly::CpuBackend;
 
@@ -255,4 +256,51 @@ fn novelty_max_flags_a_first_visit_to_a_new_level() {
     let k = probation_len(v.len());
     let (_, plain) = score_series(&cpu, &v, &StreamConfig::default()).unwrap();
     assert!(alerts_in(&alert, k, 3000) <= alerts_in(&plain, k, 3000) + 1);
+}
+
+#[test]
+fn tail_cdf_ranks_below_the_tail_and_grades_magnitude_above_it() {
+    let mut rng = Rng::new(11);
+    let mut raw: Vec<f32> = (0..2000).map(|_| rng.normal().abs() as f32).collect();
+    // Two later records of very different size: rank sees both as "above everything",
+    // the tail model keeps them apart.
+    raw[1500] = 3.6;
+    raw[1800] = 4.4;
+    let tail = causal_tail_cdf(&raw, 0.98);
+    let rank = causal_cdf(&raw);
+    assert!(tail.iter().all(|p| (0.0..=1.0).contains(p)));
+    // Below the 98th percentile the two calibrations agree.
+    let agree = (100..2000)
+        .filter(|&t| rank[t] < 0.95)
+        .all(|t| tail[t] == rank[t]);
+    assert!(agree);
+    assert!(tail[1800] > tail[1500], "{} {}", tail[1800], tail[1500]);
+    assert!(1.0 - tail[1800] < 1e-4, "{}", tail[1800]);
+    // Causal: a prefix equals the prefix of the full run.
+    assert_eq!(causal_tail_cdf(&raw[..1600], 0.98), tail[..1600].to_vec());
+    // Too few excesses for a tail model: plain ranks.
+    assert_eq!(causal_tail_cdf(&raw[..200], 0.98), rank[..200].to_vec());
+}
+
+#[test]
+fn tail_calibrated_scoring_is_causal() {
+    let mut rng = Rng::new(12);
+    let mut v = series(3000, &mut rng);
+    v[2200] += 5.0;
+    let cpu = CpuBackend::default();
+    let cfg = StreamConfig {
+        tail_quantile: 0.98,
+        ..StreamConfig::default()
+    };
+    let (full, alert) = score_series(&cpu, &v, &cfg).unwrap();
+    assert!(alert[2200], "spike not flagged: {}", full[2200]);
+    // Both lengths have the same (capped) probation, so the prefix must score identically.
+    let mut long = series(6000, &mut rng);
+    long[5000] += 5.0;
+    let m = 5200;
+    assert_eq!(probation_len(long.len()), probation_len(m));
+    let (a, a_alert) = score_series(&cpu, &long, &cfg).unwrap();
+    let (b, b_alert) = score_series(&cpu, &long[..m], &cfg).unwrap();
+    assert_eq!(a[..m], b[..]);
+    assert_eq!(a_alert[..m], b_alert[..]);
 }
