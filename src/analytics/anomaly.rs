@@ -793,6 +793,14 @@ impl ScoreColumns {
 }
 
 /// A stored score, as the API returns it.
+/// A point of a host's anomaly-score chart.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ScorePoint {
+    pub ts: DateTime<Utc>,
+    pub score: f32,
+    pub level: f32,
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StoredScore {
     pub host: String,
@@ -850,6 +858,30 @@ impl Store {
         .bind(f.min_score)
         .bind(f.anomalous)
         .bind(f.limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// One host's scores in `[from, to)`, reduced to one point per `bucket_secs`: the
+    /// highest score of the bucket and the level it was held to (the host page's chart).
+    pub async fn anomaly_score_series(
+        &self,
+        host: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        bucket_secs: i64,
+    ) -> Result<Vec<ScorePoint>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT to_timestamp(floor(extract(epoch FROM s.ts) / $4) * $4) AS ts,
+                    max(s.score) AS score, max(s.threshold) AS level
+               FROM anomaly_scores s JOIN hosts h ON h.id = s.host_id
+              WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3
+              GROUP BY 1 ORDER BY 1",
+        )
+        .bind(host)
+        .bind(from)
+        .bind(to)
+        .bind(bucket_secs.max(60) as f64)
         .fetch_all(&self.pool)
         .await
     }

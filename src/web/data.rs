@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::events::title;
 use super::range::TimeRange;
 use super::AppState;
-use crate::analytics::anomaly::{ModelInfo, ScoreFilter, StoredScore};
+use crate::analytics::anomaly::{ModelInfo, ScoreFilter, ScorePoint, StoredScore};
 use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
 use crate::store::series::{FaultCount, GpuPoint, HostPoint, InventoryRow, Source};
 use crate::store::Store;
@@ -348,6 +348,9 @@ pub struct HostData {
     pub anomalies: Vec<StoredScore>,
     /// The host's anomaly model, or why it has none (empty before the job saw the host).
     pub anomaly_models: Vec<ModelInfo>,
+    /// Anomaly score and level over the range, one point per pixel column (at most one
+    /// per minute: scores are per minute).
+    pub anomaly_series: Vec<ScorePoint>,
 }
 
 /// Anomalous minutes listed on a host page; the API has them all.
@@ -363,6 +366,7 @@ pub struct HostRows {
     pub alerts: Vec<AlertTouching>,
     pub anomalies: Vec<StoredScore>,
     pub anomaly_models: Vec<ModelInfo>,
+    pub anomaly_series: Vec<ScorePoint>,
 }
 
 /// The host page's queries (the dashboard benchmark times exactly these).
@@ -381,7 +385,17 @@ pub async fn host_rows(
         anomalous: Some(true),
         limit: HOST_PAGE_ANOMALIES,
     };
-    let (host, gpus, host_series, gpu_series, events, alerts, anomalies, anomaly_models) = tokio::try_join!(
+    let (
+        host,
+        gpus,
+        host_series,
+        gpu_series,
+        events,
+        alerts,
+        anomalies,
+        anomaly_models,
+        anomaly_series,
+    ) = tokio::try_join!(
         store.host_latest(name),
         store.gpus_latest(Some(name)),
         store.host_series(
@@ -403,6 +417,7 @@ pub async fn host_rows(
         store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
         store.anomaly_scores(&filter),
         store.anomaly_models(Some(name)),
+        store.anomaly_score_series(name, range.from, range.to, range.bucket_secs),
     )?;
     Ok(HostRows {
         host,
@@ -413,6 +428,7 @@ pub async fn host_rows(
         alerts,
         anomalies,
         anomaly_models,
+        anomaly_series,
     })
 }
 
@@ -432,6 +448,7 @@ pub async fn host(st: &AppState, name: &str, range: TimeRange) -> Result<HostDat
         alerts: r.alerts,
         anomalies: r.anomalies,
         anomaly_models: r.anomaly_models,
+        anomaly_series: r.anomaly_series,
     })
 }
 

@@ -637,6 +637,9 @@ fn fmt_celsius_axis(v: f64) -> String {
 fn fmt_mhz_axis(v: f64) -> String {
     format!("{v:.0} MHz")
 }
+fn fmt_score_axis(v: f64) -> String {
+    format!("{v:.1}")
+}
 
 type HostField = fn(&HostPoint) -> Option<f64>;
 
@@ -817,6 +820,32 @@ pub async fn host(
                 &r,
                 Axis::Auto(fmt_bytes_axis),
                 &ov,
+            ));
+        }
+        // The anomaly score next to the level it must stay above to alert: where the
+        // host left its usual behaviour, on the same time axis as the metrics above.
+        if !d.anomaly_series.is_empty() {
+            let line = |f: fn(&crate::analytics::anomaly::ScorePoint) -> f32| -> Vec<_> {
+                d.anomaly_series
+                    .iter()
+                    .map(|p| (p.ts, f64::from(f(p))))
+                    .collect()
+            };
+            charts.push(chart(
+                "Anomaly score",
+                vec![
+                    Series {
+                        label: "score (highest per point)".into(),
+                        points: line(|p| p.score),
+                    },
+                    Series {
+                        label: "alert level".into(),
+                        points: line(|p| p.level),
+                    },
+                ],
+                &r,
+                Axis::Auto(fmt_score_axis),
+                &Overlay::default(),
             ));
         }
         let gpus = d

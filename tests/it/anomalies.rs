@@ -352,11 +352,33 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
         section.contains("gpu_temp_max_celsius") && section.contains("on GPU 2"),
         "{section}"
     );
+    // The score is charted against its level, on the page and in the page's JSON.
+    assert!(html.contains("Anomaly score") && html.contains("alert level"));
+    let host: Value = app
+        .http
+        .get(format!("{}/api/v1/hosts/gpu-a?range=6h", app.base))
+        .basic_auth("ops", Some("correct horse"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let series = host["anomaly_series"].as_array().expect("anomaly_series");
+    let max = |k: &str| {
+        series
+            .iter()
+            .map(|p| p[k].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    assert!(series.len() > 100, "{} points", series.len());
+    assert!(max("score") > 4.0 * max("level"), "the fault stands out");
     let (_, html) = app.page(&cookie, "/hosts/gpu-new").await;
     assert!(
         html.contains("No anomaly model yet: 100 of the 1440 minutes"),
         "{html}"
     );
+    assert!(!html.contains("Anomaly score"), "no chart without scores");
 
     // Bad parameters: 400 with the parameter named; unknown host 404; no login 401.
     let reversed = format!("?from={}&to={}", rfc(t.at(10)), rfc(t.e));
