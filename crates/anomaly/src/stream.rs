@@ -102,6 +102,10 @@ pub struct StreamConfig {
     pub art_gate_factor: f32,
     /// Exponent α of [`ArtMode::Boost`].
     pub art_boost_alpha: f32,
+    /// `Max` / `Boost` / `Alone` use the live window's deficit on every row
+    /// ([`crate::art::ArtSignal::live_deficit`], calibrated among all rows after the probation)
+    /// instead of the completed windows' (default `false`).
+    pub art_live: bool,
 }
 
 /// How the adaptive-resonance signal ([`crate::art`]) enters the stream score. All modes were
@@ -168,6 +172,7 @@ impl Default for StreamConfig {
             art_raw: false,
             art_gate_factor: 0.99,
             art_boost_alpha: 0.25,
+            art_live: false,
         }
     }
 }
@@ -325,12 +330,12 @@ pub fn score_series(
         let (art_p, sig) = match period {
             Some(pd) if k >= pd + cfg.detector.lags + 8 && !cfg.art_raw => {
                 let d: Vec<f32> = (pd..n).map(|t| values[t] - values[t - pd]).collect();
-                let (mut a, mut sig) = art_calibrated(&d, k - pd, &cfg.art);
+                let (mut a, mut sig) = art_calibrated(&d, k - pd, &cfg.art, cfg.art_live);
                 a.splice(0..0, std::iter::repeat_n(0.0, pd));
                 sig.pad_front(pd);
                 (a, sig)
             }
-            _ => art_calibrated(values, k, &cfg.art),
+            _ => art_calibrated(values, k, &cfg.art, cfg.art_live),
         };
         apply_art(&mut p, &art_p, &sig, cfg);
     }
@@ -409,15 +414,27 @@ pub fn apply_novelty(p: &mut [f32], nov: &[f32], cfg: &StreamConfig) {
 }
 
 /// The ART signal of `values` ([`art_signal`]) and its deficit rank-calibrated among the rows
-/// that complete a window after the probation ([`causal_cdf`]; other rows stay 0). Causal.
-pub fn art_calibrated(values: &[f32], k: usize, cfg: &ArtConfig) -> (Vec<f32>, ArtSignal) {
+/// that complete a window after the probation ([`causal_cdf`]; other rows stay 0), or with
+/// `live` the live deficit among all rows after the probation. Causal.
+pub fn art_calibrated(
+    values: &[f32],
+    k: usize,
+    cfg: &ArtConfig,
+    live: bool,
+) -> (Vec<f32>, ArtSignal) {
     let sig = art_signal(values, k, cfg);
     let block = block_len(k.min(values.len()), cfg);
-    // Rows that complete a block after the probation: exactly where `deficit` is emitted.
+    // Rows that complete a block after the probation: exactly where `deficit` is emitted
+    // (with `live`: every row after the probation, calibrating `live_deficit`).
     let rows: Vec<usize> = (k..values.len())
-        .filter(|&t| (t + 1) % block == 0)
+        .filter(|&t| live || (t + 1) % block == 0)
         .collect();
-    let raw: Vec<f32> = rows.iter().map(|&t| sig.deficit[t]).collect();
+    let src = if live {
+        &sig.live_deficit
+    } else {
+        &sig.deficit
+    };
+    let raw: Vec<f32> = rows.iter().map(|&t| src[t]).collect();
     let mut out = vec![0.0f32; values.len()];
     for (&t, c) in rows.iter().zip(causal_cdf(&raw)) {
         out[t] = c;
