@@ -10,6 +10,7 @@
 //! [`eval`] scores benchmark directories (SMD / ASD / NAB layout) into score files for
 //! `shared/eval/anomaly/score.py`.
 
+pub mod art;
 pub mod backend;
 pub mod cad;
 pub mod data;

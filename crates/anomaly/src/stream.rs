@@ -17,12 +17,15 @@
 //!    top x % of this file so far", the same in every file.
 //! 4. Optional, off by default: **contextual novelty** ([`crate::cad`]), max-combined
 //!    ([`StreamConfig::novelty_max`]) or as a gate ([`StreamConfig::novelty_gate`]).
-//! 5. **Suppression**: after a fire, the next `suppress_frac · probation` rows are zeroed (NAB
+//! 5. Optional, off by default: an **adaptive-resonance** signal ([`crate::art`], ARTime-like),
+//!    see [`StreamConfig::art_mode`].
+//! 6. **Suppression**: after a fire, the next `suppress_frac · probation` rows are zeroed (NAB
 //!    credits one detection per window and charges every flagged row outside one).
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::art::{art_signal, block_len, ArtConfig, ArtSignal};
 use crate::backend::Backend;
 use crate::cad::{contextual_novelty, NoveltyConfig};
 use crate::detector::{Detector, DetectorConfig};
@@ -85,6 +88,54 @@ pub struct StreamConfig {
     /// chance fires in stationary noise below the fire level; measured 65.2 (fire level
     /// 0.9985) on the dev split, below the rank calibration, so off (docs/anomaly.md, round 5).
     pub tail_quantile: f32,
+    /// Adaptive-resonance signal ([`crate::art`], ARTime-like; computed on the same series as
+    /// the other signals): how it enters the score, see [`ArtMode`]. Off by default: the best
+    /// mode (`Boost`, 72.3 on dev) and `Max` (71.2) gain on average but not on both halves of
+    /// the files nor at neighbouring settings (docs/anomaly.md, round 6).
+    pub art_mode: ArtMode,
+    /// Settings of the adaptive-resonance signal (used when `art_mode` is not `Off`).
+    pub art: ArtConfig,
+    /// Run the ART signal on the raw values even when the other signals use the seasonal
+    /// difference (default `false`: the same series as the other signals).
+    pub art_raw: bool,
+    /// Factor applied to the score of a resonating row in [`ArtMode::LiveGate`].
+    pub art_gate_factor: f32,
+    /// Exponent α of [`ArtMode::Boost`].
+    pub art_boost_alpha: f32,
+    /// `Max` / `Boost` / `Alone` use the live window's deficit on every row
+    /// ([`crate::art::ArtSignal::live_deficit`], calibrated among all rows after the probation)
+    /// instead of the completed windows' (default `false`).
+    pub art_live: bool,
+}
+
+/// How the adaptive-resonance signal ([`crate::art`]) enters the stream score. All modes were
+/// measured on the dev split (docs/anomaly.md, round 6); none is a robust gain, so `Off` is the
+/// default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtMode {
+    /// Not computed (default).
+    #[default]
+    Off,
+    /// The resonance deficit `1 − best match` of each completed window, rank-calibrated among
+    /// the file's earlier windows ([`causal_cdf`]), max-combined with the score (a third
+    /// signal; only the row that completes a window can carry it).
+    Max,
+    /// Evidence boost `1 − (1 − score)(1 − a)^α`, `a` the calibrated deficit of `Max` and `α`
+    /// = [`StreamConfig::art_boost_alpha`]: an unfamiliar window pushes a high score over the
+    /// fire level, a familiar one adds nothing.
+    Boost,
+    /// The calibrated deficit of `Max` alone.
+    Alone,
+    /// ARTime-like events ([`crate::art::ArtSignal::event`], in `[0.999, 1]`: a new category
+    /// after a calm stretch of resonating windows), max-combined with the score.
+    Event,
+    /// The events alone.
+    EventAlone,
+    /// Gate on the live window ([`crate::art::ArtSignal::live_novel`]): the score is scaled by
+    /// [`StreamConfig::art_gate_factor`] unless the window ending at this row resonates with no
+    /// learned category ("large *and* unfamiliar").
+    LiveGate,
 }
 
 impl Default for StreamConfig {
@@ -116,6 +167,12 @@ impl Default for StreamConfig {
             novelty_window: 0,
             novelty_max: false,
             tail_quantile: 0.0,
+            art_mode: ArtMode::Off,
+            art: ArtConfig::default(),
+            art_raw: false,
+            art_gate_factor: 0.99,
+            art_boost_alpha: 0.25,
+            art_live: false,
         }
     }
 }
@@ -267,6 +324,21 @@ pub fn score_series(
         }
         _ => (combined_signals(backend, values, k, record, cfg)?, None),
     };
+    if cfg.art_mode != ArtMode::Off {
+        // Same series as the other signals (the seasonal difference when there is one), unless
+        // `art_raw`; on the difference, the first `pd` rows carry no signal.
+        let (art_p, sig) = match period {
+            Some(pd) if k >= pd + cfg.detector.lags + 8 && !cfg.art_raw => {
+                let d: Vec<f32> = (pd..n).map(|t| values[t] - values[t - pd]).collect();
+                let (mut a, mut sig) = art_calibrated(&d, k - pd, &cfg.art, cfg.art_live);
+                a.splice(0..0, std::iter::repeat_n(0.0, pd));
+                sig.pad_front(pd);
+                (a, sig)
+            }
+            _ => art_calibrated(values, k, &cfg.art, cfg.art_live),
+        };
+        apply_art(&mut p, &art_p, &sig, cfg);
+    }
     if use_novelty {
         let nov = nov.unwrap_or_else(|| contextual_novelty(values, k, &cfg.novelty));
         apply_novelty(&mut p, &nov, cfg);
@@ -337,6 +409,58 @@ pub fn apply_novelty(p: &mut [f32], nov: &[f32], cfg: &StreamConfig) {
         }
         if cfg.novelty_max {
             p[t] = p[t].max(nov[t]);
+        }
+    }
+}
+
+/// The ART signal of `values` ([`art_signal`]) and its deficit rank-calibrated among the rows
+/// that complete a window after the probation ([`causal_cdf`]; other rows stay 0), or with
+/// `live` the live deficit among all rows after the probation. Causal.
+pub fn art_calibrated(
+    values: &[f32],
+    k: usize,
+    cfg: &ArtConfig,
+    live: bool,
+) -> (Vec<f32>, ArtSignal) {
+    let sig = art_signal(values, k, cfg);
+    let block = block_len(k.min(values.len()), cfg);
+    // Rows that complete a block after the probation: exactly where `deficit` is emitted
+    // (with `live`: every row after the probation, calibrating `live_deficit`).
+    let rows: Vec<usize> = (k..values.len())
+        .filter(|&t| live || (t + 1) % block == 0)
+        .collect();
+    let src = if live {
+        &sig.live_deficit
+    } else {
+        &sig.deficit
+    };
+    let raw: Vec<f32> = rows.iter().map(|&t| src[t]).collect();
+    let mut out = vec![0.0f32; values.len()];
+    for (&t, c) in rows.iter().zip(causal_cdf(&raw)) {
+        out[t] = c;
+    }
+    (out, sig)
+}
+
+/// Combine the score `p` with the ART signal: `art` = the calibrated deficit of
+/// [`art_calibrated`], `sig` = the raw signal (see [`ArtMode`]). Row by row, so causal.
+pub fn apply_art(p: &mut [f32], art: &[f32], sig: &ArtSignal, cfg: &StreamConfig) {
+    for t in 0..p.len() {
+        match cfg.art_mode {
+            ArtMode::Off => {}
+            ArtMode::Max => p[t] = p[t].max(art[t]),
+            ArtMode::Boost => {
+                let a = art[t].min(0.999_999);
+                p[t] = 1.0 - (1.0 - p[t]) * (1.0 - a).powf(cfg.art_boost_alpha);
+            }
+            ArtMode::Alone => p[t] = art[t],
+            ArtMode::Event => p[t] = p[t].max(sig.event[t]),
+            ArtMode::EventAlone => p[t] = sig.event[t],
+            ArtMode::LiveGate => {
+                if !sig.live_novel[t] {
+                    p[t] *= cfg.art_gate_factor;
+                }
+            }
         }
     }
 }
