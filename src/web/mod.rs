@@ -94,7 +94,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/tokens", get(api::tokens))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/assets/app.js", get(app_js))
-        .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .with_state(state)
 }
 
@@ -119,7 +122,14 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
      form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-async fn security_headers(mut res: axum::response::Response) -> axum::response::Response {
+/// HSTS for deployments behind TLS (`server.secure_cookies`): browsers keep to HTTPS for a
+/// year. Never sent on plain HTTP setups, where it would lock browsers out.
+const STRICT_TRANSPORT_SECURITY: &str = "max-age=31536000";
+
+async fn security_headers(
+    State(st): State<AppState>,
+    mut res: axum::response::Response,
+) -> axum::response::Response {
     let h = res.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, k: header::HeaderName, v: &'static str| {
         h.entry(k)
@@ -129,6 +139,13 @@ async fn security_headers(mut res: axum::response::Response) -> axum::response::
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::REFERRER_POLICY, "same-origin");
+    if st.cfg.server.secure_cookies {
+        set(
+            h,
+            header::STRICT_TRANSPORT_SECURITY,
+            STRICT_TRANSPORT_SECURITY,
+        );
+    }
     res
 }
 

@@ -390,6 +390,8 @@ async fn login_needs_csrf_is_rate_limited_and_sessions_expire() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // Behind TLS every response also pins browsers to HTTPS.
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
     assert!(r.text().await.unwrap().contains("CSRF"));
     // The login form's own cookie is Secure behind TLS.
     let (c, _) = app.login_csrf().await;

@@ -251,6 +251,10 @@ async fn every_response_carries_the_security_headers_and_the_script_is_external(
         assert_eq!(h["x-frame-options"], "DENY", "{path}");
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["referrer-policy"], "same-origin", "{path}");
+        assert!(
+            h.get("strict-transport-security").is_none(),
+            "{path}: no HSTS on plain HTTP"
+        );
     }
     // Pages load their one script from the server; none is inline (the policy would
     // block it).
