@@ -6,6 +6,8 @@
 //! Run with `./scripts/bench alert-latency` (needs BENCH_PYTHON with aiosmtpd; the
 //! script sets it up). BENCH_FAULTS changes the number of faults (default 50).
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,8 +17,6 @@ use rackwatch::collect::agent::{self, Timing};
 use rackwatch::collect::{Collected, Source};
 use rackwatch::config::{Config, Secret};
 use rackwatch::model::{HardwareEvent, HostInfo};
-use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
-use rackwatch::store::{create_database_if_missing, Store};
 use tokio::sync::watch;
 
 /// XID codes used to tell the faults apart (each (GPU, code) is its own alert).
@@ -59,11 +59,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {
@@ -104,23 +100,7 @@ async fn run() {
 
     // Postgres, server, alerting.
     let pg_root = work.join("pg");
-    let opts = ManagedOptions {
-        root: pg_root,
-        bin_dir: String::new(),
-        user: "postgres".into(),
-        settings: vec![],
-        own_adopted: true,
-    };
-    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
-        .await
-        .unwrap()
-        .expect("starting Postgres");
-    create_database_if_missing(&pg.admin_url(), "bench")
-        .await
-        .unwrap();
-    let url = pg.url_for("bench");
-    let store = Store::connect(&url, 8, 30).await.unwrap();
-    store.migrate().await.unwrap();
+    let common::BenchDb { mut pg, store, url } = common::start_db(pg_root, &[], 8).await;
     store.ensure_partitions(Utc::now(), 7, 3).await.unwrap();
     let rules = work.join("alerts.toml");
     std::fs::write(

@@ -11,28 +11,18 @@
 //!
 //! Run with `./scripts/bench anomaly-job`.
 
+mod common;
+use common::env;
+
 use std::time::Instant;
 
 use chrono::{Duration, Utc};
 use rackwatch::analytics::anomaly::{AnomalyJob, SETTLE_MINUTES};
 use rackwatch::collect::simulator::SimulatedHost;
 use rackwatch::config::Config;
-use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
-use rackwatch::store::{create_database_if_missing, Store};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {
@@ -42,27 +32,17 @@ async fn run() {
     let gpus = 8u32;
 
     let root = std::env::temp_dir().join(format!("rackwatch-bench-anom-{}", std::process::id()));
-    let opts = ManagedOptions {
-        root: root.clone(),
-        bin_dir: String::new(),
-        user: "postgres".into(),
-        settings: vec![
-            "shared_buffers=1GB".into(),
-            "synchronous_commit=off".into(),
-            "max_wal_size=2GB".into(),
-            "checkpoint_timeout=30min".into(),
+    let common::BenchDb { mut pg, store, .. } = common::start_db(
+        root.clone(),
+        &[
+            "shared_buffers=1GB",
+            "synchronous_commit=off",
+            "max_wal_size=2GB",
+            "checkpoint_timeout=30min",
         ],
-        own_adopted: true,
-    };
-    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
-        .await
-        .unwrap()
-        .expect("starting Postgres");
-    create_database_if_missing(&pg.admin_url(), "bench")
-        .await
-        .unwrap();
-    let store = Store::connect(&pg.url_for("bench"), 10, 30).await.unwrap();
-    store.migrate().await.unwrap();
+        10,
+    )
+    .await;
     let now = Utc::now();
     let mut cfg = Config::default();
     cfg.simulator.history_days = days as u32;

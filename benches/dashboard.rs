@@ -14,6 +14,9 @@
 //! change the load; BENCH_PAGES (a comma-separated subset) and
 //! BENCH_HOLD_SECS (keep the loaded database up before measuring) help investigations.
 
+mod common;
+use common::env;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,25 +25,13 @@ use chrono::{DateTime, DurationRound, Utc};
 use rackwatch::collect::simulator::SimulatedHost;
 use rackwatch::config::{Config, Secret};
 use rackwatch::model::Batch;
-use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
 use rackwatch::store::rollup::quarter;
 use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, GPU_COLUMNS, HOST_COLUMNS};
-use rackwatch::store::{create_database_if_missing, Store};
+use rackwatch::store::Store;
 use tokio::sync::watch;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    common::block_on(run());
 }
 
 async fn copy(store: &Store, sql: &str, data: String) {
@@ -101,29 +92,18 @@ async fn run() {
     let gpus = 8u32;
 
     let root = std::env::temp_dir().join(format!("rackwatch-bench-dash-{}", std::process::id()));
-    let opts = ManagedOptions {
-        root: root.clone(),
-        bin_dir: String::new(),
-        user: "postgres".into(),
-        settings: vec![
-            "shared_buffers=1GB".into(),
-            "max_connections=200".into(),
-            "synchronous_commit=off".into(),
-            "max_wal_size=2GB".into(),
-            "checkpoint_timeout=30min".into(),
+    let common::BenchDb { mut pg, store, url } = common::start_db(
+        root.clone(),
+        &[
+            "shared_buffers=1GB",
+            "max_connections=200",
+            "synchronous_commit=off",
+            "max_wal_size=2GB",
+            "checkpoint_timeout=30min",
         ],
-        own_adopted: true,
-    };
-    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
-        .await
-        .unwrap()
-        .expect("starting Postgres");
-    create_database_if_missing(&pg.admin_url(), "bench")
-        .await
-        .unwrap();
-    let url = pg.url_for("bench");
-    let store = Store::connect(&url, 40, 30).await.unwrap();
-    store.migrate().await.unwrap();
+        40,
+    )
+    .await;
     let now = Utc::now();
     store
         .ensure_partitions(now, days as u32 + 1, 1)

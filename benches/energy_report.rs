@@ -6,6 +6,9 @@
 //! Starts its own Postgres cluster (needs the PostgreSQL server binaries).
 //! `BENCH_HOSTS` (default 125, 8 GPUs each), `BENCH_RUNS` (default 5).
 
+mod common;
+use common::env;
+
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -13,24 +16,12 @@ use chrono::{Duration, Utc};
 use rackwatch::config::Config;
 use rackwatch::model::{Batch, GpuInfo, HostInfo};
 use rackwatch::report::{energy, export, IsoWeek};
-use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
-use rackwatch::store::{create_database_if_missing, Store};
+use rackwatch::store::Store;
 
 const LIMIT_S: f64 = 3.0;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    common::block_on(run());
 }
 
 async fn copy(store: &Store, sql: &str, data: String) {
@@ -46,27 +37,17 @@ async fn run() {
     let gpus = 8u32;
 
     let root = std::env::temp_dir().join(format!("rackwatch-bench-energy-{}", std::process::id()));
-    let opts = ManagedOptions {
-        root: root.clone(),
-        bin_dir: String::new(),
-        user: "postgres".into(),
-        settings: vec![
-            "shared_buffers=1GB".into(),
-            "synchronous_commit=off".into(),
-            "max_wal_size=16GB".into(),
-            "checkpoint_timeout=30min".into(),
+    let common::BenchDb { mut pg, store, .. } = common::start_db(
+        root.clone(),
+        &[
+            "shared_buffers=1GB",
+            "synchronous_commit=off",
+            "max_wal_size=16GB",
+            "checkpoint_timeout=30min",
         ],
-        own_adopted: true,
-    };
-    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
-        .await
-        .unwrap()
-        .expect("starting Postgres");
-    create_database_if_missing(&pg.admin_url(), "bench")
-        .await
-        .unwrap();
-    let store = Store::connect(&pg.url_for("bench"), 8, 30).await.unwrap();
-    store.migrate().await.unwrap();
+        8,
+    )
+    .await;
 
     let mut cfg = Config::default();
     for (site, pue) in [("fra1", 1.3), ("ams2", 1.5)] {

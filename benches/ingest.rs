@@ -6,6 +6,9 @@
 //! Run with `./scripts/bench ingest`. Sizes can be changed with BENCH_HOSTS,
 //! BENCH_SAMPLES (per GPU per batch), BENCH_ROUNDS and BENCH_CLIENTS.
 
+mod common;
+use common::env;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,20 +17,12 @@ use chrono::{DurationRound, Utc};
 use rackwatch::collect::simulator::SimulatedHost;
 use rackwatch::config::{Config, Secret};
 use rackwatch::model::Batch;
-use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
 use rackwatch::store::samples::{
     encode_gpu_rows, encode_gpu_rows_binary, encode_host_rows, encode_host_rows_binary,
     GPU_COLUMNS, HOST_COLUMNS,
 };
-use rackwatch::store::{create_database_if_missing, Store};
+use rackwatch::store::Store;
 use tokio::sync::{watch, Semaphore};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn gzip(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -43,11 +38,7 @@ async fn truncate(store: &Store) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    common::block_on(run());
 }
 
 async fn run() {
@@ -58,23 +49,7 @@ async fn run() {
     let gpus = 8;
 
     let root = std::env::temp_dir().join(format!("rackwatch-bench-{}", std::process::id()));
-    let opts = ManagedOptions {
-        root: root.clone(),
-        bin_dir: String::new(),
-        user: "postgres".into(),
-        settings: vec![],
-        own_adopted: true,
-    };
-    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
-        .await
-        .unwrap()
-        .expect("starting Postgres");
-    create_database_if_missing(&pg.admin_url(), "bench")
-        .await
-        .unwrap();
-    let url = pg.url_for("bench");
-    let store = Store::connect(&url, 16, 30).await.unwrap();
-    store.migrate().await.unwrap();
+    let common::BenchDb { mut pg, store, url } = common::start_db(root.clone(), &[], 16).await;
     store.ensure_partitions(Utc::now(), 7, 3).await.unwrap();
 
     // Data: `rounds` windows of `samples` 5-second steps for every host, oldest first.

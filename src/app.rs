@@ -176,12 +176,13 @@ pub async fn backfill_history(
         return Ok(out);
     }
     let day = chrono::Duration::days(1);
-    let older: Option<chrono::DateTime<Utc>> =
-        sqlx::query_scalar("SELECT min(bucket) FROM host_samples_1m")
+    let older: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM host_samples_1m WHERE bucket < $1)")
+            .bind(now - day)
             .fetch_one(&store.pool)
             .await
             .context("looking for earlier history")?;
-    if older.is_some_and(|t| t < now - day) {
+    if older {
         return Ok(out);
     }
     tracing::info!(

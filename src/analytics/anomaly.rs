@@ -862,8 +862,9 @@ impl Store {
         .await
     }
 
-    /// One host's scores in `[from, to)`, reduced to one point per `bucket_secs`: the
-    /// highest score of the bucket and the level it was held to (the host page's chart).
+    /// One host's scores in `[from, to)`, reduced to one point per `bucket_secs` (binned
+    /// from `from`, like the page's other charts): the highest score of the bucket and the
+    /// level it was held to (the host page's chart).
     pub async fn anomaly_score_series(
         &self,
         host: &str,
@@ -872,7 +873,7 @@ impl Store {
         bucket_secs: i64,
     ) -> Result<Vec<ScorePoint>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT to_timestamp(floor(extract(epoch FROM s.ts) / $4) * $4) AS ts,
+            "SELECT date_bin(make_interval(secs => $4), s.ts, $2) AS ts,
                     max(s.score) AS score, max(s.threshold) AS level
                FROM anomaly_scores s JOIN hosts h ON h.id = s.host_id
               WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3
