@@ -394,7 +394,7 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
 /// Sums over a report file, computed by pandas (CSV) or pyarrow (Parquet).
 fn read_back(path: &std::path::Path) -> Value {
     let script = r#"
-import json, sys
+import json, os, sys
 import pandas as pd
 p = sys.argv[1]
 df = pd.read_parquet(p, engine="pyarrow") if p.endswith(".parquet") else pd.read_csv(p)
@@ -407,6 +407,10 @@ print(json.dumps({
     "gpu_lines_kwh": float(df[df.level == "gpu"].gpu_energy_kwh.sum()),
     "levels": sorted(df.level.unique().tolist()),
 }))
+# Leave without interpreter teardown: pyarrow 26's thread pools can abort it
+# ("terminate called without an active exception") after the answer is printed.
+sys.stdout.flush()
+os._exit(0)
 "#;
     let py = std::env::var("RACKWATCH_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(py)
@@ -585,7 +589,7 @@ async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
 
     // The attachments, taken apart by Python's mail parser and read by pandas/pyarrow.
     let script = r#"
-import email, io, json, sys
+import email, io, json, os, sys
 import pandas as pd
 msg = email.message_from_binary_file(open(sys.argv[1], "rb"))
 out = {"to": msg["To"], "files": {}}
@@ -603,6 +607,8 @@ for part in msg.walk():
         continue
     out["files"][name] = {"it_kwh": float(df[df.level == "fleet"].it_energy_kwh.iloc[0]), "rows": len(df)}
 print(json.dumps(out))
+sys.stdout.flush()
+os._exit(0)  # no teardown: see read_back
 "#;
     let file = ["new", "cur"]
         .iter()
