@@ -2,6 +2,11 @@
 //! with a ridge-regularized linear model trained by minimizing the prediction MSE on normal
 //! history, score the clipped squared residuals scaled per metric by their training spread,
 //! smooth them causally (per-metric EMA), alert above a peaks-over-threshold level.
+//!
+//! A second, univariate model (each metric from its own `lags` past values, fitted from the
+//! same cross products) is scored beside it and the two per-metric energies are averaged
+//! (`univariate_weight`): the joint model can explain a fault away through correlated metrics,
+//! the univariate one cannot, and it is indifferent to cross-metric drift.
 
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -37,6 +42,9 @@ pub struct DetectorConfig {
     /// `adapt_factor ×` the median of the last `adapt_window` scores (0 = off).
     pub adapt_factor: f32,
     pub adapt_window: usize,
+    /// Weight of the univariate model's energy in each metric's energy (`0` = the joint model
+    /// alone; `0.5` = the mean of both).
+    pub univariate_weight: f32,
 }
 
 impl Default for DetectorConfig {
@@ -53,6 +61,7 @@ impl Default for DetectorConfig {
             calib_frac: 0.0,
             adapt_factor: 5.0,
             adapt_window: 1440,
+            univariate_weight: 0.5,
         }
     }
 }
@@ -109,6 +118,15 @@ pub struct Detector {
     pub bias: Vec<f32>,
     /// 1 / per-metric residual scale.
     pub inv_resid_scale: Vec<f32>,
+    /// Univariate models: `lags x dim` weights (lag `k` of metric `j` at `k * dim + j`, oldest
+    /// first), `dim` intercepts and 1 / residual scales. Empty in models stored before they
+    /// existed, which then score with the joint model alone.
+    #[serde(default)]
+    pub uni_weights: Vec<f32>,
+    #[serde(default)]
+    pub uni_bias: Vec<f32>,
+    #[serde(default)]
+    pub uni_inv_scale: Vec<f32>,
     pub threshold: PotThreshold,
     pub train_rows: usize,
     pub state: StreamState,
@@ -206,6 +224,9 @@ impl Detector {
             weights: vec![0.0; lags * d * d],
             bias: vec![0.0; d],
             inv_resid_scale: vec![1.0; d],
+            uni_weights: Vec::new(),
+            uni_bias: Vec::new(),
+            uni_inv_scale: Vec::new(),
             threshold: PotThreshold::fit(&[], 0.98, 1e-3),
             train_rows: n,
             state: StreamState {
@@ -231,6 +252,9 @@ impl Detector {
             xtx[i * f + i] += det.config.ridge;
         }
         xtx[(f - 1) * f + f - 1] += 1e-9 * n as f64;
+        if det.config.univariate_weight > 0.0 {
+            det.fit_univariate(&xtx, &xty, &zpad, n)?;
+        }
         cholesky_solve(&mut xtx, &mut xty, f, d)?;
         det.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
         det.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
@@ -257,6 +281,82 @@ impl Detector {
         LagWeights {
             weights: &self.weights,
             bias: &self.bias,
+        }
+    }
+
+    /// Fit each metric's own ridge AR model from the sub-blocks of the joint normal equations
+    /// (`xtx` already carries the ridge), then its residual scale on the training rows.
+    fn fit_univariate(&mut self, xtx: &[f64], xty: &[f64], zpad: &[f32], n: usize) -> Result<()> {
+        let (d, lags) = (self.dim, self.config.lags);
+        let f = lags * d + 1;
+        let g = lags + 1;
+        let mut weights = vec![0.0f32; lags * d];
+        let mut bias = vec![0.0f32; d];
+        let mut a = vec![0.0f64; g * g];
+        let mut b = vec![0.0f64; g];
+        for j in 0..d {
+            // Features of metric j: lag k at k*d + j, then the intercept at f - 1.
+            let idx = |k: usize| if k < lags { k * d + j } else { f - 1 };
+            for r in 0..g {
+                for c in 0..g {
+                    a[r * g + c] = xtx[idx(r) * f + idx(c)];
+                }
+                b[r] = xty[idx(r) * d + j];
+            }
+            cholesky_solve(&mut a, &mut b, g, 1)?;
+            for k in 0..lags {
+                weights[k * d + j] = b[k] as f32;
+            }
+            bias[j] = b[lags] as f32;
+        }
+        self.uni_weights = weights;
+        self.uni_bias = bias;
+        self.uni_inv_scale = vec![1.0; d];
+        let mut ms = vec![0.0f64; d];
+        let mut e = vec![0.0f32; d];
+        for t in 0..n {
+            self.univariate_energy_row(zpad, t, f32::MAX, &mut e);
+            ms.iter_mut().zip(&e).for_each(|(s, v)| *s += *v as f64);
+        }
+        self.uni_inv_scale = ms
+            .iter()
+            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(self.config.resid_floor))
+            .collect();
+        Ok(())
+    }
+
+    /// The univariate models' energy of design row `t` of `zpad` into `out` (`dim` values).
+    #[inline]
+    fn univariate_energy_row(&self, zpad: &[f32], t: usize, clip: f32, out: &mut [f32]) {
+        let d = self.dim;
+        let lags = self.config.lags;
+        out.copy_from_slice(&self.uni_bias);
+        for k in 0..lags {
+            let x = &zpad[(t + k) * d..(t + k + 1) * d];
+            let w = &self.uni_weights[k * d..(k + 1) * d];
+            for ((o, x), w) in out.iter_mut().zip(x).zip(w) {
+                *o += x * w;
+            }
+        }
+        let y = &zpad[(t + lags) * d..(t + lags + 1) * d];
+        for ((o, y), s) in out.iter_mut().zip(y).zip(&self.uni_inv_scale) {
+            let r = ((y - *o).abs() * s).min(clip);
+            *o = r * r;
+        }
+    }
+
+    /// Blend the univariate energies into the joint model's `n x dim` energies `e`.
+    fn blend_univariate(&self, zpad: &[f32], n: usize, e: &mut [f32]) {
+        let w = self.config.univariate_weight;
+        if w <= 0.0 || self.uni_weights.len() != self.config.lags * self.dim {
+            return;
+        }
+        let mut u = vec![0.0f32; self.dim];
+        for (t, row) in e.chunks_exact_mut(self.dim).enumerate().take(n) {
+            self.univariate_energy_row(zpad, t, self.config.clip, &mut u);
+            for (v, u) in row.iter_mut().zip(&u) {
+                *v += w * (u - *v);
+            }
         }
     }
 
@@ -332,7 +432,7 @@ impl Detector {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let e = backend.residual_energy(
+        let mut e = backend.residual_energy(
             zpad,
             n,
             d,
@@ -341,6 +441,7 @@ impl Detector {
             &self.inv_resid_scale,
             self.config.clip,
         )?;
+        self.blend_univariate(zpad, n, &mut e);
         let alpha = 2.0 / (self.config.ema_span + 1.0);
         let inv_d = 1.0 / d as f32;
         let mut scores = Vec::with_capacity(n);

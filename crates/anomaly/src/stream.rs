@@ -153,6 +153,8 @@ impl Default for StreamConfig {
                 calib_frac: 0.0,
                 adapt_factor: 0.0,
                 adapt_window: 0,
+                // One series: the univariate model would be the joint model again.
+                univariate_weight: 0.0,
             },
             fire_level: 0.9985,
             suppress_frac: 0.2,

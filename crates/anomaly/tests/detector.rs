@@ -31,8 +31,10 @@ fn ranks_injected_anomaly_above_normal_and_explains_it() {
     let p999 = normal[(normal.len() as f64 * 0.999) as usize];
     let anomalous: Vec<f32> = rows[1003..1030].iter().map(|r| r.score).collect();
     let min_anom = anomalous.iter().cloned().fold(f32::MAX, f32::min);
+    // Only the joint model sees a decoupling (the univariate model sees its two edges), so the
+    // blended energy is about half of the joint model's: 4.2 vs a normal p99.9 of 2.1 here.
     assert!(
-        min_anom > 2.0 * p999,
+        min_anom > 1.8 * p999,
         "anomaly {min_anom} vs normal p99.9 {p999}"
     );
     // Explanations name metric 2 during the anomaly.
@@ -240,4 +242,113 @@ fn detector_json_without_drift_guard_fields_still_loads() {
     let s = back.score(&test).unwrap();
     assert_eq!(s.len(), 100);
     assert!(s.iter().all(|x| x.is_finite()));
+}
+
+/// Solve a small dense system `A x = b` by Gaussian elimination with partial pivoting.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
+    let n = b.len();
+    for c in 0..n {
+        let p = (c..n)
+            .max_by(|&i, &j| a[i][c].abs().total_cmp(&a[j][c].abs()))
+            .unwrap();
+        a.swap(c, p);
+        b.swap(c, p);
+        for r in c + 1..n {
+            let f = a[r][c] / a[c][c];
+            let pivot = a[c].clone();
+            for (x, p) in a[r].iter_mut().zip(&pivot).skip(c) {
+                *x -= f * p;
+            }
+            b[r] -= f * b[c];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for r in (0..n).rev() {
+        let s: f64 = (r + 1..n).map(|k| a[r][k] * x[k]).sum();
+        x[r] = (b[r] - s) / a[r][r];
+    }
+    x
+}
+
+#[test]
+fn univariate_models_are_each_metrics_own_ridge_fit() {
+    let mut rng = Rng::new(7);
+    let train = synthetic(3000, D, 0, &mut rng);
+    let det = Detector::fit(&train, DetectorConfig::default()).unwrap();
+    let (lags, ridge) = (det.config.lags, det.config.ridge);
+    assert_eq!(det.uni_weights.len(), lags * D);
+    for j in 0..D {
+        // Standardized series of metric j, the first value repeated `lags` times in front.
+        let z: Vec<f64> = (0..train.rows)
+            .map(|r| ((train.get(r, j) - det.mean[j]) * det.inv_std[j]) as f64)
+            .collect();
+        let mut zp = vec![z[0]; lags];
+        zp.extend_from_slice(&z);
+        let g = lags + 1;
+        let (mut a, mut b) = (vec![vec![0.0; g]; g], vec![0.0; g]);
+        for t in 0..train.rows {
+            let mut x: Vec<f64> = zp[t..t + lags].to_vec();
+            x.push(1.0);
+            for r in 0..g {
+                for c in 0..g {
+                    a[r][c] += x[r] * x[c];
+                }
+                b[r] += x[r] * zp[t + lags];
+            }
+        }
+        for (k, row) in a.iter_mut().enumerate().take(lags) {
+            row[k] += ridge;
+        }
+        let w = solve(a, b);
+        for (k, want) in w.iter().enumerate().take(lags) {
+            let got = det.uni_weights[k * D + j] as f64;
+            assert!(
+                (got - want).abs() < 1e-3,
+                "metric {j} lag {k}: {got} vs {want}"
+            );
+        }
+        assert!((det.uni_bias[j] as f64 - w[lags]).abs() < 1e-3);
+    }
+    // The series are smooth, so each metric's own past predicts it: the lag weights are far
+    // from zero and the residual scale is finite.
+    assert!(det.uni_weights.iter().map(|w| w.abs()).sum::<f32>() > 0.5 * D as f32);
+    assert!(det.uni_inv_scale.iter().all(|s| s.is_finite() && *s > 0.0));
+}
+
+#[test]
+fn models_stored_without_univariate_fields_score_with_the_joint_model_alone() {
+    let det = trained();
+    let mut rng = Rng::new(7);
+    let train = synthetic(3000, D, 0, &mut rng);
+    let joint_cfg = DetectorConfig {
+        univariate_weight: 0.0,
+        ..DetectorConfig::default()
+    };
+    let mut joint = Detector::fit(&train, joint_cfg).unwrap();
+    assert!(joint.uni_weights.is_empty());
+    let mut v: serde_json::Value = serde_json::to_value(&det).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    for k in ["uni_weights", "uni_bias", "uni_inv_scale"] {
+        obj.remove(k).unwrap();
+    }
+    let mut old: Detector = serde_json::from_value(v).unwrap();
+    let mut blended = det.clone();
+    let mut rng = Rng::new(5);
+    let mut test = synthetic(300, D, 3000, &mut rng);
+    for r in 100..130 {
+        test.row_mut(r)[4] += 0.3;
+    }
+    for d in [&mut old, &mut joint, &mut blended] {
+        d.reset_stream();
+    }
+    let (a, b, c) = (
+        old.score(&test).unwrap(),
+        joint.score(&test).unwrap(),
+        blended.score(&test).unwrap(),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} vs {y}");
+    }
+    // The current model does blend: its scores differ from the joint model's.
+    assert!(a.iter().zip(&c).any(|(x, y)| (x - y).abs() > 0.1 * y.abs()));
 }
