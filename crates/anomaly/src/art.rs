@@ -4,13 +4,15 @@
 //! default, see [`crate::stream::ArtMode::DualMax`]).
 //!
 //! **Dual-vigilance detector** (round 7; after reading ARTime's published Julia code, written
-//! anew; every step causal with the default [`DvNorm::Probation`]):
+//! anew; every step causal except with the labelled diagnostic [`DvNorm::FileRangeNonCausal`]):
 //!
 //! 1. Blocks of `s = ⌊k / (window · windows_per_probation)⌋` rows (`k` = probation); a block's
 //!    value is its maximum or minimum, whichever is farther from a running average of block
 //!    means, replaced by the block mean unless it differs from it by ≥ `spike_frac · |mean|`.
-//! 2. Normalized (the probation's range with a margin), quantized to `levels` levels, and
-//!    snapped to the running median level of all earlier blocks when within `chomp` of it.
+//! 2. Normalized (default [`DvNorm::Expanding`]: the probation's range with a margin, widened to
+//!    the range of all rows so far when they leave it, everything learned being mapped to the
+//!    new scale), quantized to `levels` levels, and snapped to the running median level of all
+//!    earlier blocks when within `chomp` of it.
 //! 3. Features of the last `window` blocks: the Haar wavelet transform of the window min–max
 //!    rescaled (then rescaled again) and the levels themselves; complement-coded.
 //! 4. [`DualArt`]: similarity `M = (|I ∧ W|/|W|)³ · E²` with `E` the similarity of the latest
@@ -402,10 +404,15 @@ pub fn art_signal(values: &[f32], k: usize, cfg: &ArtConfig) -> ArtSignal {
 pub enum DvNorm {
     /// The probation's range `[lo, hi]` with a margin `m` on each side
     /// ([`DualVigilanceConfig::margin`]): `u = (m + (x − lo)/(hi − lo)) / (1 + 2m)`, clamped.
-    #[default]
     Probation,
     /// The running range of all rows so far (rows ≤ *t*), clamped by construction.
     Running,
+    /// The range of [`DvNorm::Probation`] (with its margin), widened to the running range of
+    /// all rows so far when they leave it; on each widening the learned prototypes, the feature
+    /// window and the level histogram are mapped to the new scale, so that what was learned
+    /// keeps its meaning (a causal stand-in for ARTime's whole-file range; default).
+    #[default]
+    Expanding,
     /// **Not causal — a diagnostic only, never for use**: the whole file's range, as ARTime
     /// gets it from NAB (`inputMin` / `inputMax`). Kept only so the cost of causality can be
     /// measured (docs/anomaly.md, round 7).
@@ -461,7 +468,7 @@ impl Default for DualVigilanceConfig {
         Self {
             window: 8,
             windows_per_probation: 13,
-            norm: DvNorm::Probation,
+            norm: DvNorm::Expanding,
             margin: 0.5,
             spike_frac: 0.1,
             levels: 80,
@@ -697,6 +704,8 @@ pub fn dual_vigilance_score(values: &[f32], k: usize, cfg: &DualVigilanceConfig)
         calm: 0,
     };
     let mut dsi = 0usize; // blocks closed so far
+                          // Current scale `(lo, hi)` of [`DvNorm::Expanding`].
+    let mut scale: Option<(f32, f32)> = None;
     for t in 0..n {
         rlo = rlo.min(values[t]);
         rhi = rhi.max(values[t]);
@@ -722,6 +731,18 @@ pub fn dual_vigilance_score(values: &[f32], k: usize, cfg: &DualVigilanceConfig)
             DvNorm::Probation => (plo, phi, cfg.margin.max(0.0)),
             DvNorm::Running => (rlo, rhi, 0.0),
             DvNorm::FileRangeNonCausal => (flo, fhi, 0.0),
+            DvNorm::Expanding => {
+                let pspan = if phi > plo { phi - plo } else { 1.0 };
+                let mg = cfg.margin.max(0.0) * pspan;
+                let (l1, h1) = ((plo - mg).min(rlo), (phi + mg).max(rhi));
+                if let Some((l0, h0)) = scale.filter(|&(l0, h0)| (l0, h0) != (l1, h1)) {
+                    let a = (h0 - l0) / (h1 - l1);
+                    let b = (l0 - l1) / (h1 - l1);
+                    rescale_levels(&mut art, &mut fwin, &mut hist, w, a, b);
+                }
+                scale = Some((l1, h1));
+                (l1, h1, 0.0)
+            }
         };
         let span = if hi > lo { hi - lo } else { 1.0 };
         let mut u = ((m + (ds - lo) / span) / (1.0 + 2.0 * m)).clamp(0.0, 1.0);
@@ -787,6 +808,41 @@ pub fn dual_vigilance_score(values: &[f32], k: usize, cfg: &DualVigilanceConfig)
         }
     }
     out
+}
+
+/// Map everything learned in normalized units by `u ← a u + b` ([`DvNorm::Expanding`]): the
+/// level part of every prototype (a box `[f, 1 − c]` maps to `[a f + b, a (1 − c) + b]`), the
+/// feature window's levels and the level histogram (re-binned).
+fn rescale_levels(
+    art: &mut DualArt,
+    fwin: &mut std::collections::VecDeque<f32>,
+    hist: &mut [usize],
+    w: usize,
+    a: f32,
+    b: f32,
+) {
+    let d = 2 * w;
+    for p in &mut art.weights {
+        for j in w..d {
+            p[j] = (a * p[j] + b).clamp(0.0, 1.0);
+            p[d + j] = (1.0 - (a * (1.0 - p[d + j]) + b)).clamp(0.0, 1.0);
+        }
+    }
+    let levels = hist.len().saturating_sub(1);
+    for u in fwin.iter_mut() {
+        *u = a * *u + b;
+        if levels > 0 {
+            *u = (*u * levels as f32).round() / levels as f32;
+        }
+    }
+    if levels > 0 {
+        let old = hist.to_vec();
+        hist.iter_mut().for_each(|c| *c = 0);
+        for (bin, &c) in old.iter().enumerate() {
+            let u = a * bin as f32 / levels as f32 + b;
+            hist[((u * levels as f32).round() as usize).min(levels)] += c;
+        }
+    }
 }
 
 /// One window of the dual-vigilance detector (`i` = 1-based block index, `tw` = probation

@@ -43,6 +43,9 @@ pub struct StreamConfig {
     pub detector: DetectorConfig,
     /// After a score ≥ `fire_level`, later scores within `suppress_frac · n_probation` rows are
     /// damped by `suppress_factor` (one alarm per event instead of a burst of false positives).
+    /// 0.9995 since round 7 (0.9985 before): with the dual-vigilance events detecting most
+    /// windows, only the rank score's strongest rows are needed, and fewer of its moderate
+    /// peaks start a suppression that hides an event.
     pub fire_level: f32,
     pub suppress_frac: f32,
     pub suppress_factor: f32,
@@ -93,8 +96,9 @@ pub struct StreamConfig {
     /// 0.9985) on the dev split, below the rank calibration, so off (docs/anomaly.md, round 5).
     pub tail_quantile: f32,
     /// Adaptive resonance ([`crate::art`]): which signal and how it enters the score, see
-    /// [`ArtMode`]. Default [`ArtMode::DualMax`] (round 7: 73.9 on dev vs 70.5 without, both
-    /// halves up, every neighbouring setting above 71.5; docs/anomaly.md). The round-6 modes
+    /// [`ArtMode`]. Default [`ArtMode::DualMax`] with the fire level 0.9995 (round 7: 78.5 on
+    /// dev vs 70.5 before, both halves up, neighbouring settings 73.3–78.9; docs/anomaly.md).
+    /// The round-6 modes
     /// (`Boost` 72.3, `Max` 71.2) gain on average but not on both halves nor at neighbouring
     /// settings, so they stay opt-in.
     pub art_mode: ArtMode,
@@ -115,8 +119,8 @@ pub struct StreamConfig {
     /// [`ArtMode`] ([`crate::art::dual_vigilance_score`]).
     pub dual: DualVigilanceConfig,
     /// [`ArtMode::DualMax`]: an event of confidence `c` becomes `floor + (1 − floor) · c`
-    /// before the max (0 = the raw confidence). With the default 0.997 and `fire_level`
-    /// 0.9985, an event fires when `c ≥ 0.5`.
+    /// before the max (0 = the raw confidence). With the default 0.999 and `fire_level`
+    /// 0.9995, an event fires when `c ≥ 0.5`.
     pub dual_floor: f32,
     /// The `dual*` modes run on the raw values, as ARTime does (default `true`); `false` = on
     /// the same series as the other signals (the seasonal difference when there is one).
@@ -130,7 +134,7 @@ pub struct StreamConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtMode {
-    /// Not computed (the default up to round 6: 70.54 on dev).
+    /// Not computed (the default up to round 6, then with `fire_level` 0.9985: 70.54 on dev).
     Off,
     /// The resonance deficit `1 − best match` of each completed window, rank-calibrated among
     /// the file's earlier windows ([`causal_cdf`]), max-combined with the score (a third
@@ -178,7 +182,7 @@ impl Default for StreamConfig {
                 adapt_factor: 0.0,
                 adapt_window: 0,
             },
-            fire_level: 0.9985,
+            fire_level: 0.9995,
             suppress_frac: 0.2,
             suppress_factor: 0.0,
             use_cdf: true,
@@ -198,7 +202,7 @@ impl Default for StreamConfig {
             art_boost_alpha: 0.25,
             art_live: false,
             dual: DualVigilanceConfig::default(),
-            dual_floor: 0.997,
+            dual_floor: 0.999,
             dual_raw: true,
         }
     }

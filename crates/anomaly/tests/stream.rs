@@ -501,7 +501,7 @@ fn dual_vigilance_is_causal_except_the_labelled_file_range_diagnostic() {
     for x in &mut w[m..] {
         *x *= 3.0;
     }
-    for norm in [DvNorm::Probation, DvNorm::Running] {
+    for norm in [DvNorm::Probation, DvNorm::Running, DvNorm::Expanding] {
         let cfg = DualVigilanceConfig {
             norm,
             ..DualVigilanceConfig::default()
@@ -521,4 +521,29 @@ fn dual_vigilance_is_causal_except_the_labelled_file_range_diagnostic() {
     let a = dual_vigilance_score(&long, k, &cfg);
     let b = dual_vigilance_score(&far, k, &cfg);
     assert_ne!(a[..m], b[..m]);
+}
+
+#[test]
+fn expanding_range_keeps_a_learned_pattern_familiar_after_a_new_extreme() {
+    let n = 8000;
+    let mut v = sawtooth(n);
+    // A short excursion far beyond the probation's range (and its margin) widens the scale.
+    for x in &mut v[4000..4014] {
+        *x = 6.0;
+    }
+    let k = probation_len(n);
+    let count = |s: &[f32]| s.iter().filter(|&&x| x > 0.0).count();
+    let run = |norm| {
+        let cfg = DualVigilanceConfig {
+            norm,
+            ..DualVigilanceConfig::default()
+        };
+        dual_vigilance_score(&v, k, &cfg)
+    };
+    let s = run(DvNorm::Expanding);
+    assert!(count(&s[4000..4100]) >= 1, "the excursion is an event");
+    // The sawtooth, now at a compressed scale, still resonates with what was learned before.
+    assert_eq!(count(&s[4400..]), 0);
+    // A running range without that mapping makes the familiar pattern look new again.
+    assert!(count(&run(DvNorm::Running)[4400..]) >= 1);
 }
