@@ -17,15 +17,19 @@
 //!    top x % of this file so far", the same in every file.
 //! 4. Optional, off by default: **contextual novelty** ([`crate::cad`]), max-combined
 //!    ([`StreamConfig::novelty_max`]) or as a gate ([`StreamConfig::novelty_gate`]).
-//! 5. Optional, off by default: an **adaptive-resonance** signal ([`crate::art`], ARTime-like),
-//!    see [`StreamConfig::art_mode`].
+//! 5. **Adaptive resonance** ([`crate::art`]): by default the dual-vigilance detector (ARTime's
+//!    mechanism rebuilt, on the raw values) adds its events, max-combined
+//!    ([`ArtMode::DualMax`]); the round-6 signal's modes are opt-in. See
+//!    [`StreamConfig::art_mode`].
 //! 6. **Suppression**: after a fire, the next `suppress_frac · probation` rows are zeroed (NAB
 //!    credits one detection per window and charges every flagged row outside one).
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::art::{art_signal, block_len, ArtConfig, ArtSignal};
+use crate::art::{
+    art_signal, block_len, dual_vigilance_score, ArtConfig, ArtSignal, DualVigilanceConfig,
+};
 use crate::backend::Backend;
 use crate::cad::{contextual_novelty, NoveltyConfig};
 use crate::detector::{Detector, DetectorConfig};
@@ -39,6 +43,9 @@ pub struct StreamConfig {
     pub detector: DetectorConfig,
     /// After a score ≥ `fire_level`, later scores within `suppress_frac · n_probation` rows are
     /// damped by `suppress_factor` (one alarm per event instead of a burst of false positives).
+    /// 0.9995 since round 7 (0.9985 before): with the dual-vigilance events detecting most
+    /// windows, only the rank score's strongest rows are needed, and fewer of its moderate
+    /// peaks start a suppression that hides an event.
     pub fire_level: f32,
     pub suppress_frac: f32,
     pub suppress_factor: f32,
@@ -88,10 +95,12 @@ pub struct StreamConfig {
     /// chance fires in stationary noise below the fire level; measured 65.2 (fire level
     /// 0.9985) on the dev split, below the rank calibration, so off (docs/anomaly.md, round 5).
     pub tail_quantile: f32,
-    /// Adaptive-resonance signal ([`crate::art`], ARTime-like; computed on the same series as
-    /// the other signals): how it enters the score, see [`ArtMode`]. Off by default: the best
-    /// mode (`Boost`, 72.3 on dev) and `Max` (71.2) gain on average but not on both halves of
-    /// the files nor at neighbouring settings (docs/anomaly.md, round 6).
+    /// Adaptive resonance ([`crate::art`]): which signal and how it enters the score, see
+    /// [`ArtMode`]. Default [`ArtMode::DualMax`] with the fire level 0.9995 (round 7: 78.5 on
+    /// dev vs 70.5 before, both halves up, neighbouring settings 73.3–78.9; docs/anomaly.md).
+    /// The round-6 modes
+    /// (`Boost` 72.3, `Max` 71.2) gain on average but not on both halves nor at neighbouring
+    /// settings, so they stay opt-in.
     pub art_mode: ArtMode,
     /// Settings of the adaptive-resonance signal (used when `art_mode` is not `Off`).
     pub art: ArtConfig,
@@ -106,16 +115,26 @@ pub struct StreamConfig {
     /// ([`crate::art::ArtSignal::live_deficit`], calibrated among all rows after the probation)
     /// instead of the completed windows' (default `false`).
     pub art_live: bool,
+    /// Settings of the dual-vigilance (ARTime-like) detector of the `dual*` modes of
+    /// [`ArtMode`] ([`crate::art::dual_vigilance_score`]).
+    pub dual: DualVigilanceConfig,
+    /// [`ArtMode::DualMax`]: an event of confidence `c` becomes `floor + (1 − floor) · c`
+    /// before the max (0 = the raw confidence). With the default 0.999 and `fire_level`
+    /// 0.9995, an event fires when `c ≥ 0.5`.
+    pub dual_floor: f32,
+    /// The `dual*` modes run on the raw values, as ARTime does (default `true`); `false` = on
+    /// the same series as the other signals (the seasonal difference when there is one).
+    pub dual_raw: bool,
 }
 
-/// How the adaptive-resonance signal ([`crate::art`]) enters the stream score. All modes were
-/// measured on the dev split (docs/anomaly.md, round 6); none is a robust gain, so `Off` is the
-/// default.
+/// How adaptive resonance ([`crate::art`]) enters the stream score. The round-6 modes (`Max` …
+/// `LiveGate`, the [`crate::art::art_signal`] signal) were measured in round 6, none is a robust
+/// gain; the `Dual*` modes (the [`crate::art::dual_vigilance_score`] detector) in round 7, where
+/// `DualMax` became the default (docs/anomaly.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtMode {
-    /// Not computed (default).
-    #[default]
+    /// Not computed (the default up to round 6, then with `fire_level` 0.9985: 70.54 on dev).
     Off,
     /// The resonance deficit `1 − best match` of each completed window, rank-calibrated among
     /// the file's earlier windows ([`causal_cdf`]), max-combined with the score (a third
@@ -136,6 +155,15 @@ pub enum ArtMode {
     /// [`StreamConfig::art_gate_factor`] unless the window ending at this row resonates with no
     /// learned category ("large *and* unfamiliar").
     LiveGate,
+    /// The dual-vigilance detector's score alone ([`crate::art::dual_vigilance_score`],
+    /// round 7: ARTime's mechanism rebuilt).
+    Dual,
+    /// The dual-vigilance score (mapped by [`StreamConfig::dual_floor`]) max-combined with the
+    /// score (default).
+    #[default]
+    DualMax,
+    /// Evidence boost `1 − (1 − score)(1 − c)^α` with the dual-vigilance confidence `c`.
+    DualBoost,
 }
 
 impl Default for StreamConfig {
@@ -156,7 +184,7 @@ impl Default for StreamConfig {
                 // One series: the univariate model would be the joint model again.
                 univariate_weight: 0.0,
             },
-            fire_level: 0.9985,
+            fire_level: 0.9995,
             suppress_frac: 0.2,
             suppress_factor: 0.0,
             use_cdf: true,
@@ -169,12 +197,15 @@ impl Default for StreamConfig {
             novelty_window: 0,
             novelty_max: false,
             tail_quantile: 0.0,
-            art_mode: ArtMode::Off,
+            art_mode: ArtMode::DualMax,
             art: ArtConfig::default(),
             art_raw: false,
             art_gate_factor: 0.99,
             art_boost_alpha: 0.25,
             art_live: false,
+            dual: DualVigilanceConfig::default(),
+            dual_floor: 0.999,
+            dual_raw: true,
         }
     }
 }
@@ -326,7 +357,22 @@ pub fn score_series(
         }
         _ => (combined_signals(backend, values, k, record, cfg)?, None),
     };
-    if cfg.art_mode != ArtMode::Off {
+    let dual_modes = [ArtMode::Dual, ArtMode::DualMax, ArtMode::DualBoost];
+    if dual_modes.contains(&cfg.art_mode) {
+        // The raw values (as ARTime), unless `dual_raw` is off: then the same series as the
+        // other signals (the seasonal difference when there is one; its first `pd` rows carry
+        // no signal).
+        let c = match period {
+            Some(pd) if k >= pd + cfg.detector.lags + 8 && !cfg.dual_raw => {
+                let d: Vec<f32> = (pd..n).map(|t| values[t] - values[t - pd]).collect();
+                let mut c = vec![0.0; pd];
+                c.extend(dual_vigilance_score(&d, k - pd, &cfg.dual));
+                c
+            }
+            _ => dual_vigilance_score(values, k, &cfg.dual),
+        };
+        apply_dual(&mut p, &c, cfg);
+    } else if cfg.art_mode != ArtMode::Off {
         // Same series as the other signals (the seasonal difference when there is one), unless
         // `art_raw`; on the difference, the first `pd` rows carry no signal.
         let (art_p, sig) = match period {
@@ -449,7 +495,7 @@ pub fn art_calibrated(
 pub fn apply_art(p: &mut [f32], art: &[f32], sig: &ArtSignal, cfg: &StreamConfig) {
     for t in 0..p.len() {
         match cfg.art_mode {
-            ArtMode::Off => {}
+            ArtMode::Off | ArtMode::Dual | ArtMode::DualMax | ArtMode::DualBoost => {}
             ArtMode::Max => p[t] = p[t].max(art[t]),
             ArtMode::Boost => {
                 let a = art[t].min(0.999_999);
@@ -463,6 +509,24 @@ pub fn apply_art(p: &mut [f32], art: &[f32], sig: &ArtSignal, cfg: &StreamConfig
                     p[t] *= cfg.art_gate_factor;
                 }
             }
+        }
+    }
+}
+
+/// Combine the score `p` with the dual-vigilance confidence `c` (0 = no event) according to
+/// the `dual*` modes of [`ArtMode`]. Row by row, so causal.
+pub fn apply_dual(p: &mut [f32], c: &[f32], cfg: &StreamConfig) {
+    for (pt, &ct) in p.iter_mut().zip(c) {
+        match cfg.art_mode {
+            ArtMode::Dual => *pt = ct,
+            ArtMode::DualMax if ct > 0.0 => {
+                *pt = pt.max(cfg.dual_floor + (1.0 - cfg.dual_floor) * ct)
+            }
+            ArtMode::DualBoost => {
+                let a = ct.min(0.999_999);
+                *pt = 1.0 - (1.0 - *pt) * (1.0 - a).powf(cfg.art_boost_alpha);
+            }
+            _ => {}
         }
     }
 }

@@ -1,6 +1,9 @@
 mod common;
 use common::Rng;
-use rackwatch_anomaly::art::{art_signal, ArtConfig, FuzzyArt};
+use rackwatch_anomaly::art::{
+    art_signal, dual_vigilance_score, haar, ArtConfig, DualArt, DualVigilanceConfig, DvNorm,
+    FuzzyArt,
+};
 use rackwatch_anomaly::cad::{contextual_novelty, NoveltyConfig};
 use rackwatch_anomaly::stream::{
     causal_cdf, causal_tail_cdf, probation_len, record_gate, score_series, season_period, ArtMode,
@@ -399,6 +402,8 @@ fn art_signal_and_art_scores_are_causal() {
         ArtMode::Boost,
         ArtMode::Event,
         ArtMode::LiveGate,
+        ArtMode::Dual,
+        ArtMode::DualMax,
     ] {
         let cfg = StreamConfig {
             art_mode: mode,
@@ -415,4 +420,130 @@ fn art_signal_and_art_scores_are_causal() {
         let (s_w, _) = score_series(&cpu, &w, &cfg).unwrap();
         assert_eq!(s_w[..m], s_full[..m], "{mode:?}");
     }
+}
+
+#[test]
+fn dual_art_resonates_founds_a_familiar_category_between_the_vigilances_and_flags_below() {
+    let mut art = DualArt::new(0.9);
+    let a = [0.2, 0.8, 0.5, 0.5];
+    let r = art.train(&a);
+    assert!(r.novel && r.sim == 0.0, "{r:?}");
+    let r = art.train(&a);
+    assert!(!r.novel && (r.sim - 1.0).abs() < 1e-6 && (r.energy - 1.0).abs() < 1e-6);
+    assert_eq!(art.weights.len(), 1);
+    // Close enough (M ≈ 0.963 ≥ ρ_ub): resonates and the prototype shrinks (fast learning).
+    let r = art.train(&[0.25, 0.8, 0.5, 0.5]);
+    assert!(!r.novel && r.sim > 0.95 && r.sim < 0.97, "{r:?}");
+    assert_eq!(art.weights.len(), 1);
+    assert!((art.weights[0][4] - 0.75).abs() < 1e-6);
+    // Same shape, other latest level: M = 0.95³ · 0.8² ≈ 0.55, between ρ_lb = 0.3 and ρ_ub: a
+    // new category that is not novel (not an event).
+    art.rho_lb = 0.3;
+    let r = art.train(&[0.2, 0.8, 0.5, 0.3]);
+    assert!(!r.novel && (r.sim - 0.5487).abs() < 0.01 && (r.energy - 0.8).abs() < 1e-3);
+    assert_eq!(art.weights.len(), 2);
+    // Far from both: below ρ_lb, a new cluster (novel).
+    let r = art.train(&[0.9, 0.1, 0.9, 0.95]);
+    assert!(r.novel && r.sim < 0.1, "{r:?}");
+    assert_eq!(art.weights.len(), 3);
+}
+
+#[test]
+fn haar_transform_orders_coefficients_coarse_to_fine_and_keeps_energy() {
+    let h = haar(&[1.0, 1.0, 1.0, 1.0]);
+    assert!(
+        (h[0] - 2.0).abs() < 1e-6 && h[1..].iter().all(|&d| d == 0.0),
+        "{h:?}"
+    );
+    let x = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    let h = haar(&x);
+    let r = std::f32::consts::FRAC_1_SQRT_2;
+    let want = [0.5 * r, 0.5 * r, 0.5, 0.0, r, 0.0, 0.0, 0.0];
+    for (a, b) in h.iter().zip(want) {
+        assert!((a - b).abs() < 1e-6, "{h:?}");
+    }
+    let v: Vec<f32> = (0..8).map(|i| (i * i % 5) as f32).collect();
+    let e0: f32 = v.iter().map(|x| x * x).sum();
+    let e1: f32 = haar(&v).iter().map(|x| x * x).sum();
+    assert!((e0 - e1).abs() < 1e-4);
+}
+
+#[test]
+fn dual_vigilance_learns_a_repeated_pattern_and_flags_a_novel_stretch() {
+    let n = 6000;
+    let mut v = sawtooth(n);
+    for x in &mut v[5000..5060] {
+        *x = 1.3;
+    }
+    let k = probation_len(n);
+    let s = dual_vigilance_score(&v, k, &DualVigilanceConfig::default());
+    assert!(s.iter().all(|x| (0.0..=1.0).contains(x)));
+    assert!(s[..k].iter().all(|&x| x == 0.0));
+    // Once the repeated pattern is learned, no events; the novel stretch is one.
+    let quiet = s[k + 700..5000].iter().filter(|&&x| x > 0.0).count();
+    assert_eq!(quiet, 0);
+    let hit = s[5000..5100].iter().cloned().fold(0.0f32, f32::max);
+    assert!(hit >= 0.5, "{hit}");
+    // As the default stream score (max-combined), the stretch fires.
+    let cpu = CpuBackend::default();
+    let (_, alert) = score_series(&cpu, &v, &StreamConfig::default()).unwrap();
+    assert!(alerts_in(&alert, 5000, 5100) >= 1);
+}
+
+#[test]
+fn dual_vigilance_is_causal_except_the_labelled_file_range_diagnostic() {
+    let mut rng = Rng::new(33);
+    let mut long = series(6000, &mut rng);
+    long[5500] += 4.0;
+    let m = 5300;
+    let k = probation_len(m);
+    let mut w = long.clone();
+    for x in &mut w[m..] {
+        *x *= 3.0;
+    }
+    for norm in [DvNorm::Probation, DvNorm::Running, DvNorm::Expanding] {
+        let cfg = DualVigilanceConfig {
+            norm,
+            ..DualVigilanceConfig::default()
+        };
+        let full = dual_vigilance_score(&long, k, &cfg);
+        assert_eq!(dual_vigilance_score(&long[..m], k, &cfg), full[..m]);
+        assert_eq!(dual_vigilance_score(&w, k, &cfg)[..m], full[..m]);
+    }
+    // The whole-file range (ARTime's, from NAB) lets the future change the past: that is why
+    // it is only a diagnostic.
+    let cfg = DualVigilanceConfig {
+        norm: DvNorm::FileRangeNonCausal,
+        ..DualVigilanceConfig::default()
+    };
+    let mut far = long.clone();
+    far[5900] = 1e3;
+    let a = dual_vigilance_score(&long, k, &cfg);
+    let b = dual_vigilance_score(&far, k, &cfg);
+    assert_ne!(a[..m], b[..m]);
+}
+
+#[test]
+fn expanding_range_keeps_a_learned_pattern_familiar_after_a_new_extreme() {
+    let n = 8000;
+    let mut v = sawtooth(n);
+    // A short excursion far beyond the probation's range (and its margin) widens the scale.
+    for x in &mut v[4000..4014] {
+        *x = 6.0;
+    }
+    let k = probation_len(n);
+    let count = |s: &[f32]| s.iter().filter(|&&x| x > 0.0).count();
+    let run = |norm| {
+        let cfg = DualVigilanceConfig {
+            norm,
+            ..DualVigilanceConfig::default()
+        };
+        dual_vigilance_score(&v, k, &cfg)
+    };
+    let s = run(DvNorm::Expanding);
+    assert!(count(&s[4000..4100]) >= 1, "the excursion is an event");
+    // The sawtooth, now at a compressed scale, still resonates with what was learned before.
+    assert_eq!(count(&s[4400..]), 0);
+    // A running range without that mapping makes the familiar pattern look new again.
+    assert!(count(&run(DvNorm::Running)[4400..]) >= 1);
 }
