@@ -37,6 +37,12 @@ pub fn read_matrix(path: &Path) -> Result<Matrix> {
                 .trim()
                 .parse()
                 .with_context(|| format!("{}:{}: bad number {f:?}", path.display(), i + 1))?;
+            anyhow::ensure!(
+                v.is_finite(),
+                "{}:{}: value {f:?} is not a finite number",
+                path.display(),
+                i + 1
+            );
             data.push(v);
         }
         let c = data.len() - before;
@@ -66,6 +72,13 @@ pub fn read_nab_values(path: &Path) -> Result<Vec<f32>> {
         }
         let val = line.rsplit(',').next().unwrap_or("");
         match val.trim().parse::<f32>() {
+            Ok(v) if !v.is_finite() => {
+                anyhow::bail!(
+                    "{}:{}: value {val:?} is not a finite number",
+                    path.display(),
+                    i + 1
+                )
+            }
             Ok(v) => out.push(v),
             Err(_) if i == 0 => continue, // header
             Err(_) => anyhow::bail!("{}:{}: bad value {val:?}", path.display(), i + 1),
@@ -87,4 +100,41 @@ pub fn write_scores(path: &Path, score: &[f32], alert: &[bool]) -> Result<()> {
         let _ = writeln!(s, "{v:e},{}", u8::from(*a));
     }
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("rw-anomaly-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn non_finite_values_are_rejected_with_their_line() {
+        let p = write("m.csv", "1,2\n3,nan\n");
+        let e = format!("{:#}", read_matrix(&p).unwrap_err());
+        assert!(
+            e.contains("m.csv:2") && e.contains("not a finite number"),
+            "{e}"
+        );
+        let p = write(
+            "n.csv",
+            "timestamp,value\n2020-01-01 00:00:00,1\n2020-01-01 00:05:00,inf\n",
+        );
+        let e = format!("{:#}", read_nab_values(&p).unwrap_err());
+        assert!(
+            e.contains("n.csv:3") && e.contains("not a finite number"),
+            "{e}"
+        );
+        let p = write("ok.csv", "1,2\n3,4\n");
+        assert_eq!(read_matrix(&p).unwrap().data, vec![1.0, 2.0, 3.0, 4.0]);
+        let p = write("bad.csv", "1,2\n3,x\n");
+        let e = format!("{:#}", read_matrix(&p).unwrap_err());
+        assert!(e.contains("bad.csv:2") && e.contains("bad number"), "{e}");
+    }
 }

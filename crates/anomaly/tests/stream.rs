@@ -547,3 +547,38 @@ fn expanding_range_keeps_a_learned_pattern_familiar_after_a_new_extreme() {
     // A running range without that mapping makes the familiar pattern look new again.
     assert!(count(&run(DvNorm::Running)[4400..]) >= 1);
 }
+
+#[test]
+fn degenerate_series_score_without_panics_or_nans() {
+    let cpu = CpuBackend::default();
+    let cfg = StreamConfig::default();
+    let mut rng = Rng::new(9);
+    // Constant, constant then a step, a few rows, mostly zeros with one spike, huge values.
+    let mut step = vec![5.0f32; 2000];
+    step[1500..].iter_mut().for_each(|x| *x = 7.0);
+    let mut spike = vec![0.0f32; 1500];
+    spike[1200] = 1.0;
+    let huge: Vec<f32> = series(1500, &mut rng).iter().map(|x| 1e30 * x).collect();
+    for (name, v) in [
+        ("constant", vec![3.0f32; 1500]),
+        ("step", step),
+        ("short", vec![1.0, 2.0, 3.0]),
+        ("spike", spike),
+        ("huge", huge),
+    ] {
+        let (s, a) = score_series(&cpu, &v, &cfg).unwrap();
+        assert_eq!((s.len(), a.len()), (v.len(), v.len()), "{name}");
+        assert!(
+            s.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)),
+            "{name}: {:?}",
+            s.iter()
+                .find(|x| !x.is_finite() || !(0.0..=1.0).contains(*x))
+        );
+        if name == "step" {
+            assert!(a[1500..1600].iter().any(|&x| x), "the step is flagged");
+        }
+        if name == "constant" {
+            assert!(!a.iter().any(|&x| x), "a constant series never alerts");
+        }
+    }
+}
