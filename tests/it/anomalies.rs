@@ -354,16 +354,7 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
     );
     // The score is charted against its level, on the page and in the page's JSON.
     assert!(html.contains("Anomaly score") && html.contains("alert level"));
-    let host: Value = app
-        .http
-        .get(format!("{}/api/v1/hosts/gpu-a?range=6h", app.base))
-        .basic_auth("ops", Some("correct horse"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let host = app.json(&cookie, "/api/v1/hosts/gpu-a?range=6h").await;
     let series = host["anomaly_series"].as_array().expect("anomaly_series");
     let max = |k: &str| {
         series

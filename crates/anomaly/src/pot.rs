@@ -49,27 +49,7 @@ impl PotThreshold {
         let np = peaks.len();
         let (mut sigma, mut xi) = (0.0, 0.0);
         if np >= 3 {
-            // PWM: a0 = mean, a1 = mean((1 - p_i) y_(i)), p_i = (i - 0.35) / n, y ascending.
-            let m = np as f64;
-            let a0 = peaks.iter().sum::<f64>() / m;
-            let a1 = peaks
-                .iter()
-                .enumerate()
-                .map(|(i, y)| (1.0 - (i as f64 + 1.0 - 0.35) / m) * y)
-                .sum::<f64>()
-                / m;
-            let den = a0 - 2.0 * a1;
-            if den > 1e-12 {
-                let k = a0 / den - 2.0; // Hosking's k = -xi
-                xi = (-k).clamp(-0.9, 0.9);
-                sigma = 2.0 * a0 * a1 / den;
-            } else {
-                sigma = a0;
-            }
-            if !(sigma.is_finite() && sigma > 0.0) {
-                sigma = a0.max(1e-12);
-                xi = 0.0;
-            }
+            (sigma, xi) = gpd_pwm(&peaks);
         } else if np > 0 {
             sigma = peaks.iter().sum::<f64>() / np as f64;
         }
@@ -93,4 +73,28 @@ impl PotThreshold {
             threshold,
         }
     }
+}
+
+/// Generalized Pareto fit by probability-weighted moments (Hosking & Wallis 1987) to excesses
+/// sorted ascending: `(sigma, xi)`, `xi` clamped to [−0.9, 0.9].
+pub(crate) fn gpd_pwm(peaks: &[f64]) -> (f64, f64) {
+    let m = peaks.len() as f64;
+    let a0 = peaks.iter().sum::<f64>() / m;
+    let a1 = peaks
+        .iter()
+        .enumerate()
+        .map(|(i, y)| (1.0 - (i as f64 + 1.0 - 0.35) / m) * y)
+        .sum::<f64>()
+        / m;
+    let den = a0 - 2.0 * a1;
+    let (mut sigma, mut xi) = if den > 1e-12 {
+        (2.0 * a0 * a1 / den, (2.0 - a0 / den).clamp(-0.9, 0.9))
+    } else {
+        (a0, 0.0)
+    };
+    if !(sigma.is_finite() && sigma > 0.0) {
+        sigma = a0.max(1e-12);
+        xi = 0.0;
+    }
+    (sigma, xi)
 }

@@ -240,30 +240,6 @@ pub const TAIL_REFIT: usize = 25;
 /// Fewest excesses over the tail quantile for a tail model; with fewer, values are ranked.
 const TAIL_MIN_PEAKS: usize = 10;
 
-/// Generalized Pareto fit by probability-weighted moments (Hosking & Wallis 1987) to excesses
-/// sorted ascending: `(sigma, xi)`, `xi` clamped to [−0.9, 0.9] (as [`crate::PotThreshold`]).
-fn gpd_pwm(peaks: &[f64]) -> (f64, f64) {
-    let m = peaks.len() as f64;
-    let a0 = peaks.iter().sum::<f64>() / m;
-    let a1 = peaks
-        .iter()
-        .enumerate()
-        .map(|(i, y)| (1.0 - (i as f64 + 1.0 - 0.35) / m) * y)
-        .sum::<f64>()
-        / m;
-    let den = a0 - 2.0 * a1;
-    let (mut sigma, mut xi) = if den > 1e-12 {
-        (2.0 * a0 * a1 / den, (2.0 - a0 / den).clamp(-0.9, 0.9))
-    } else {
-        (a0, 0.0)
-    };
-    if !(sigma.is_finite() && sigma > 0.0) {
-        sigma = a0.max(1e-12);
-        xi = 0.0;
-    }
-    (sigma, xi)
-}
-
 /// Causal magnitude-aware CDF (see [`StreamConfig::tail_quantile`]): like [`causal_cdf`] up to
 /// the `q0` quantile `u` of the earlier values; above it `1 − (N_u / N) · S(x − u)`, `S` the
 /// survival function of a generalized Pareto distribution fitted to the earlier excesses over
@@ -290,7 +266,7 @@ pub fn causal_tail_cdf(raw: &[f32], q0: f32) -> Vec<f32> {
                     .collect();
                 let zu = peaks.len() as f64 / n as f64;
                 fit = Some(if peaks.len() >= TAIL_MIN_PEAKS {
-                    let (sigma, xi) = gpd_pwm(&peaks);
+                    let (sigma, xi) = crate::pot::gpd_pwm(&peaks);
                     (u, sigma, xi, zu)
                 } else {
                     (u, 0.0, 0.0, zu)

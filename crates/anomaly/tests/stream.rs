@@ -32,6 +32,13 @@ fn seasonal(n: usize, period: usize, rng: &mut Rng) -> Vec<f32> {
         .collect()
 }
 
+/// `v` with every value from row `from` on tripled: a changed future for causality checks.
+fn future_changed(v: &[f32], from: usize) -> Vec<f32> {
+    let mut w = v.to_vec();
+    w[from..].iter_mut().for_each(|x| *x *= 3.0);
+    w
+}
+
 fn alerts_in(alert: &[bool], lo: usize, hi: usize) -> usize {
     alert[lo..hi].iter().filter(|&&a| a).count()
 }
@@ -50,11 +57,7 @@ fn stream_scores_are_causal_and_flag_a_spike() {
     let k = probation_len(v.len());
     let false_alerts = alerts_in(&alert, k, 1990);
     assert!(false_alerts <= 5, "{false_alerts}");
-    let mut w = v.clone();
-    for x in &mut w[2500..] {
-        *x *= 3.0;
-    }
-    let (s2, _) = score_series(&cpu, &w, &cfg).unwrap();
+    let (s2, _) = score_series(&cpu, &future_changed(&v, 2500), &cfg).unwrap();
     assert_eq!(s[..2500], s2[..2500]);
 }
 
@@ -172,11 +175,7 @@ fn record_gate_keeps_a_record_spike_and_causality() {
     let (_, plain) = score_series(&cpu, &v, &StreamConfig::default()).unwrap();
     assert!(alerts_in(&alert, k, 2990) <= alerts_in(&plain, k, 2990));
     // Changing the future does not change the past.
-    let mut w = v.clone();
-    for x in &mut w[3500..] {
-        *x *= 3.0;
-    }
-    let (s2, _) = score_series(&cpu, &w, &gated).unwrap();
+    let (s2, _) = score_series(&cpu, &future_changed(&v, 3500), &gated).unwrap();
     assert_eq!(s[..3500], s2[..3500]);
 }
 
@@ -413,11 +412,7 @@ fn art_signal_and_art_scores_are_causal() {
         let (s_pre, _) = score_series(&cpu, &long[..m], &cfg).unwrap();
         assert_eq!(s_pre, s_full[..m], "{mode:?}");
         // A changed future does not change the past.
-        let mut w = long.clone();
-        for x in &mut w[m..] {
-            *x *= 3.0;
-        }
-        let (s_w, _) = score_series(&cpu, &w, &cfg).unwrap();
+        let (s_w, _) = score_series(&cpu, &future_changed(&long, m), &cfg).unwrap();
         assert_eq!(s_w[..m], s_full[..m], "{mode:?}");
     }
 }
@@ -497,10 +492,7 @@ fn dual_vigilance_is_causal_except_the_labelled_file_range_diagnostic() {
     long[5500] += 4.0;
     let m = 5300;
     let k = probation_len(m);
-    let mut w = long.clone();
-    for x in &mut w[m..] {
-        *x *= 3.0;
-    }
+    let w = future_changed(&long, m);
     for norm in [DvNorm::Probation, DvNorm::Running, DvNorm::Expanding] {
         let cfg = DualVigilanceConfig {
             norm,
