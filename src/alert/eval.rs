@@ -383,7 +383,7 @@ pub fn anomaly_description(
     }
     if !top.is_empty() {
         s.push_str("; most unusual: ");
-        s.push_str(&crate::web::format::anomaly_explanation(top));
+        s.push_str(&crate::analytics::anomaly::anomaly_explanation(top));
     }
     s
 }

@@ -4,6 +4,7 @@
 //! carry their units. Every sample field except `ts` (and a GPU's `index`) is optional:
 //! a source that cannot measure something leaves it out.
 
+pub mod format;
 pub mod throttle;
 pub mod validate;
 pub mod xid;

@@ -46,6 +46,14 @@ impl Store {
         &self,
         batch: &Batch,
         now: DateTime<Utc>,
+    ) -> Result<WriteOutcome, super::StoreError> {
+        Ok(self.write_batch_tx(batch, now).await?)
+    }
+
+    async fn write_batch_tx(
+        &self,
+        batch: &Batch,
+        now: DateTime<Utc>,
     ) -> Result<WriteOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let host_id = upsert_host(&mut tx, batch, now).await?;

@@ -306,3 +306,25 @@ pub async fn openapi() -> impl axum::response::IntoResponse {
         OPENAPI,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_api_document_lists_every_feature() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let names: Vec<&str> = doc["components"]["schemas"]["AnomalyExplanation"]["properties"]
+            ["metric"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            crate::analytics::anomaly::FEATURES
+                .iter()
+                .map(|f| f.name)
+                .collect::<Vec<_>>()
+        );
+    }
+}

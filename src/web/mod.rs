@@ -9,14 +9,14 @@ pub mod data;
 pub mod energy;
 pub mod error;
 pub mod events;
-pub mod format;
+pub mod ingest;
 pub mod metrics;
 pub mod pages;
 pub mod range;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
@@ -78,10 +78,6 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(auth::logout))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
-        .route(
-            "/api/v1/ingest",
-            post(crate::ingest::ingest).layer(DefaultBodyLimit::max(ingest_limit)),
-        )
         .route("/api/v1/hosts", get(api::hosts))
         .route("/api/v1/hosts/{name}/samples", get(api::host_samples))
         .route("/api/v1/events", get(api::events))
@@ -94,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/tokens", get(api::tokens))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/assets/app.js", get(app_js))
+        .merge(ingest::api(ingest_limit))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             security_headers,

@@ -17,9 +17,9 @@ use super::charts::{
 };
 use super::data::{self, ExplainedEvent, Health, HeatCell, Metric};
 use super::error::ApiError;
-use super::format::{age, bytes, num, push_fixed, rate};
 use super::range::{preset_links, PresetLink, RangeParams, TimeRange};
 use super::AppState;
+use crate::model::format::{age, bytes, num, push_fixed, rate};
 use crate::store::auth::{Role, User};
 use crate::store::queries::{AlertTouching, GpuLatest, HostLatest};
 use crate::store::series::{GpuPoint, HostPoint};
@@ -886,7 +886,7 @@ pub async fn host(
                     ts: a.ts.to_rfc3339(),
                     score: format!("{:.1}", a.score),
                     level: format!("{:.1}", a.threshold),
-                    detail: crate::web::format::anomaly_explanation(&a.top),
+                    detail: crate::analytics::anomaly::anomaly_explanation(&a.top),
                 })
                 .collect(),
             anomalies_link: format!(
