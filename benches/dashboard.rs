@@ -26,7 +26,7 @@ use rackwatch::collect::simulator::SimulatedHost;
 use rackwatch::config::{Config, Secret};
 use rackwatch::model::Batch;
 use rackwatch::store::rollup::quarter;
-use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, GPU_COLUMNS, HOST_COLUMNS};
+use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, gpu_columns, host_columns};
 use rackwatch::store::Store;
 use tokio::sync::watch;
 
@@ -143,7 +143,7 @@ async fn run() {
             encode_gpu_rows(*id, &c.gpu_samples, &mut g);
             copy(
                 &store,
-                &format!("COPY gpu_samples ({GPU_COLUMNS}) FROM STDIN"),
+                &format!("COPY gpu_samples ({}) FROM STDIN", gpu_columns()),
                 g,
             )
             .await;
@@ -151,7 +151,7 @@ async fn run() {
             encode_host_rows(*id, &c.host_samples, &mut hs);
             copy(
                 &store,
-                &format!("COPY host_samples ({HOST_COLUMNS}) FROM STDIN"),
+                &format!("COPY host_samples ({}) FROM STDIN", host_columns()),
                 hs,
             )
             .await;

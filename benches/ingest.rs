@@ -19,7 +19,7 @@ use rackwatch::config::{Config, Secret};
 use rackwatch::model::Batch;
 use rackwatch::store::samples::{
     encode_gpu_rows, encode_gpu_rows_binary, encode_host_rows, encode_host_rows_binary,
-    GPU_COLUMNS, HOST_COLUMNS,
+    gpu_columns, host_columns,
 };
 use rackwatch::store::Store;
 use tokio::sync::{watch, Semaphore};
@@ -185,9 +185,9 @@ async fn run() {
             let gc = encode_gpu_rows_binary(id, &b.gpu_samples, &mut gb);
             (
                 (
-                    HOST_COLUMNS.to_string(),
+                    host_columns().to_string(),
                     h.into_bytes(),
-                    GPU_COLUMNS.to_string(),
+                    gpu_columns().to_string(),
                     g.into_bytes(),
                 ),
                 (hc, hb, gc, gb),
