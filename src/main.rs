@@ -515,9 +515,14 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AlertsCmd::CheckRules { file } => {
-            let set = rackwatch::alert::rules::RuleSet::load(&file).map_err(anyhow::Error::msg)?;
+            let set = rackwatch::alert::rules::RuleSet::load(&file)?;
             for r in &set.rules {
-                println!("rule {:<24} {:?} severity={}", r.name, r.kind, r.severity);
+                println!(
+                    "rule {:<24} {:<9} severity={}",
+                    r.name,
+                    r.kind.name(),
+                    r.severity
+                );
             }
             println!("{} rules, {} routes: OK", set.rules.len(), set.routes.len());
             Ok(())

@@ -58,7 +58,7 @@ pub struct RuleSource {
 }
 
 impl RuleSource {
-    pub fn new(path: &str) -> Result<RuleSource, String> {
+    pub fn new(path: &str) -> Result<RuleSource, rules::RuleError> {
         let mut s = RuleSource {
             path: path.to_string(),
             loaded_mtime: None,
@@ -108,7 +108,7 @@ pub fn spawn(
     leader: Arc<AtomicBool>,
     wakeup: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<JoinHandle<()>, rules::RuleError> {
     let mut source = RuleSource::new(&cfg.alerting.rules_file)?;
     Ok(tokio::spawn(async move {
         let mut sender = notify::Sender::new(&cfg);
