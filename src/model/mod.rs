@@ -5,6 +5,7 @@
 //! a source that cannot measure something leaves it out.
 
 pub mod format;
+pub mod jobs;
 pub mod metrics;
 pub mod throttle;
 pub mod validate;

@@ -395,3 +395,57 @@ impl Store {
         Ok((h, g))
     }
 }
+
+impl Store {
+    /// Whether any 1-minute host rollup is older than `t` (history was written before).
+    pub async fn has_rollups_before(&self, t: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM host_samples_1m WHERE bucket < $1)")
+            .bind(t)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Drop the late-minute marks in `[from, to)`: those minutes were rolled up in bulk.
+    pub async fn forget_late_minutes(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM rollup_dirty WHERE bucket >= $1 AND bucket < $2")
+            .bind(from)
+            .bind(to)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Tell the energy job to account every host hour with rollups in `[from, to)`.
+    pub async fn mark_energy_hours(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO energy_dirty (host_id, hour)
+             SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM host_samples_1m
+              WHERE bucket >= $1 AND bucket < $2 ON CONFLICT DO NOTHING",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Energy accounting rows older than `cutoff` (retention).
+    pub async fn drop_energy_hours_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query("DELETE FROM energy_hourly WHERE hour < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+}

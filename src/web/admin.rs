@@ -42,6 +42,43 @@ pub struct AdminPage {
     pub new_token: Option<(String, String)>,
     pub message: Option<String>,
     pub error: Option<String>,
+    pub jobs: Vec<JobView>,
+    /// Whether this server runs the periodic jobs.
+    pub leader: bool,
+}
+
+/// A periodic job's last run on this server.
+pub struct JobView {
+    pub name: &'static str,
+    pub every: String,
+    pub last_success: String,
+    pub duration: String,
+    pub runs: u64,
+    pub failures: u64,
+    pub error: String,
+    pub summary: String,
+}
+
+fn job_views(jobs: &[crate::model::jobs::JobStatus]) -> Vec<JobView> {
+    jobs.iter()
+        .map(|j| JobView {
+            name: j.name,
+            every: match j.every.as_secs() {
+                s if s % 3600 == 0 => format!("{} h", s / 3600),
+                s if s % 60 == 0 => format!("{} min", s / 60),
+                s => format!("{s} s"),
+            },
+            last_success: j.last_success.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            duration: j
+                .last_duration
+                .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+                .unwrap_or_default(),
+            runs: j.runs,
+            failures: j.failures,
+            error: j.last_error.clone().unwrap_or_default(),
+            summary: j.last_summary.clone(),
+        })
+        .collect()
 }
 
 /// A token row.
@@ -78,6 +115,8 @@ async fn page_with(
         new_token,
         message,
         error,
+        jobs: job_views(&st.jobs.snapshot()),
+        leader: st.jobs.is_leader(),
     })
 }
 

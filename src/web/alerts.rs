@@ -13,7 +13,7 @@ use super::auth::{verify_csrf, ApiUser, Csrf, PageUser};
 use super::error::{ApiError, PageError};
 use super::page::{render, Nav};
 use super::AppState;
-use crate::alert::{location, Labels};
+use crate::alert::{location, AlertRow, Labels};
 use crate::store::auth::{Role, User};
 use axum::http::HeaderMap;
 
@@ -31,25 +31,6 @@ pub fn api_routes() -> Router<AppState> {
     Router::new().route("/api/v1/alerts", get(api))
 }
 
-/// An alert as listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct AlertRow {
-    pub fingerprint: String,
-    pub rule: String,
-    pub severity: String,
-    pub state: String,
-    pub labels: sqlx::types::Json<Labels>,
-    pub summary: String,
-    pub description: String,
-    pub value: Option<f64>,
-    pub started_at: DateTime<Utc>,
-    pub fired_at: Option<DateTime<Utc>>,
-    pub occurrences: i32,
-    pub flaps: i32,
-    pub acknowledged_by: Option<String>,
-    pub acknowledged_at: Option<DateTime<Utc>>,
-}
-
 /// An incident (one firing period).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct IncidentRow {
@@ -62,14 +43,7 @@ pub struct IncidentRow {
 }
 
 async fn current(st: &AppState) -> Result<Vec<(AlertRow, bool)>, ApiError> {
-    let rows: Vec<AlertRow> = sqlx::query_as(
-        "SELECT fingerprint, rule, severity, state, labels, summary, description, value, started_at, fired_at,
-                occurrences, flaps, acknowledged_by, acknowledged_at
-           FROM alerts WHERE state IN ('pending', 'firing')
-          ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, started_at",
-    )
-    .fetch_all(&st.store.pool)
-    .await?;
+    let rows = st.store.current_alerts().await?;
     let now = Utc::now();
     let mut out = Vec::with_capacity(rows.len());
     for a in rows {

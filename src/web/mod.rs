@@ -41,6 +41,8 @@ pub struct AppState {
     /// Wakes the alert evaluator when hardware events arrive (the fast lane).
     pub alert_wakeup: Arc<tokio::sync::Notify>,
     pub login_limiter: Arc<auth::LoginLimiter>,
+    /// The periodic jobs' last runs (filled on the job leader).
+    pub jobs: Arc<crate::model::jobs::JobBoard>,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             alert_wakeup: Arc::new(tokio::sync::Notify::new()),
             login_limiter: Arc::new(auth::LoginLimiter::default()),
+            jobs: Default::default(),
         }
     }
 }
