@@ -160,7 +160,7 @@ async fn run() {
     );
 
     // --- raw COPY of the same rows ---------------------------------------------------
-    // The reference is the issue's: a text-format COPY of every column, each batch's host
+    // The reference peer: a text-format COPY of every column, each batch's host
     // and GPU rows in one transaction. Ingest writes binary COPY of the columns a batch
     // has, so that COPY of the same rows, encoded by ingest's own encoder, is measured
     // too: the floor ingest itself cannot go below.

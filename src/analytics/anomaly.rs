@@ -1,4 +1,4 @@
-//! The anomaly job (issue 7): once a minute on the job leader, every host's new minutes of
+//! The anomaly job: once a minute on the job leader, every host's new minutes of
 //! 1-minute rollups are scored against a model of that host's own normal behaviour
 //! (`rackwatch-anomaly`), and stored with the metrics that drove each score.
 //!
