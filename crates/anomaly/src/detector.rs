@@ -11,7 +11,11 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, CpuBackend, LagWeights};
+use crate::backend::parallel::par_map;
+use crate::backend::{
+    energy_from_abs, Backend, BackendError, CpuBackend, CrossProducts, LagWeights, ResidualJob,
+    Series,
+};
 use crate::pot::PotThreshold;
 use crate::Matrix;
 
@@ -195,6 +199,25 @@ impl Detector {
         train: &Matrix,
         config: DetectorConfig,
     ) -> Result<Self> {
+        let (mut det, zpad) = Self::prepare(train, config)?;
+        let (n, d, lags) = (train.rows, det.dim, det.config.lags);
+        let (xtx, xty) = backend.cross_products(&zpad, n, d, lags)?;
+        det.solve(CrossProducts { xtx, xty }, &zpad, n)?;
+        // Residual scales from the training residuals.
+        let ones = vec![1.0f32; d];
+        let e = backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?;
+        det.set_resid_scale(&e, n);
+        // Calibration scores on the training data, which also leaves the stream at its end.
+        det.state.history = zpad[..lags * d].to_vec();
+        let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _, _| {})?;
+        det.threshold =
+            PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
+        Ok(det)
+    }
+
+    /// Training, step 1: the standardization and an untrained detector, and the padded
+    /// standardized series (the first row repeated `lags` times in front).
+    fn prepare(train: &Matrix, config: DetectorConfig) -> Result<(Self, Vec<f32>)> {
         let (n, d) = (train.rows, train.cols);
         let lags = config.lags;
         ensure!(d > 0 && lags > 0, "need at least one metric and one lag");
@@ -217,7 +240,7 @@ impl Detector {
             .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(config.std_floor))
             .collect();
         let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-        let mut det = Detector {
+        let det = Detector {
             dim: d,
             mean,
             inv_std,
@@ -246,35 +269,209 @@ impl Detector {
             zpad.extend_from_slice(&z[..d]);
         }
         zpad.extend_from_slice(&z);
-        let (mut xtx, mut xty) = backend.cross_products(&zpad, n, d, lags)?;
+        Ok((det, zpad))
+    }
+
+    /// Training, step 2: the ridge-regularized normal equations solved for the joint (and
+    /// univariate) predictor weights.
+    fn solve(&mut self, cross: CrossProducts, zpad: &[f32], n: usize) -> Result<()> {
+        let CrossProducts { mut xtx, mut xty } = cross;
+        let (d, lags) = (self.dim, self.config.lags);
         let f = lags * d + 1;
+        ensure!(
+            xtx.len() == f * f && xty.len() == f * d,
+            "cross products of the wrong shape"
+        );
         for i in 0..f - 1 {
-            xtx[i * f + i] += det.config.ridge;
+            xtx[i * f + i] += self.config.ridge;
         }
         xtx[(f - 1) * f + f - 1] += 1e-9 * n as f64;
-        if det.config.univariate_weight > 0.0 {
-            det.fit_univariate(&xtx, &xty, &zpad, n)?;
+        if self.config.univariate_weight > 0.0 {
+            self.fit_univariate(&xtx, &xty, zpad, n)?;
         }
         cholesky_solve(&mut xtx, &mut xty, f, d)?;
-        det.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
-        det.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
-        // Residual scales from the training residuals.
-        let ones = vec![1.0f32; d];
-        let e = backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?;
+        self.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
+        self.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
+        Ok(())
+    }
+
+    /// Training, step 3: per-metric residual scales from the unscaled training energies
+    /// (`n x dim`, squared residuals).
+    fn set_resid_scale(&mut self, e: &[f32], n: usize) {
+        let d = self.dim;
         let mut ms = vec![0.0f64; d];
         for r in e.chunks_exact(d) {
             ms.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
         }
-        det.inv_resid_scale = ms
+        self.inv_resid_scale = ms
             .iter()
-            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(det.config.resid_floor))
+            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(self.config.resid_floor))
             .collect();
-        // Calibration scores on the training data, which also leaves the stream at its end.
-        det.state.history = zpad[..lags * d].to_vec();
-        let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _, _| {})?;
-        det.threshold =
-            PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
-        Ok(det)
+    }
+
+    /// Training, steps 3 and 4 from the absolute training residuals: residual scales, then
+    /// the calibration scores and the alert threshold (the batched path; the same
+    /// operations as [`Detector::fit_in_sample`]'s two energy calls).
+    fn finish_training(&mut self, zpad: &[f32], n: usize, abs: &[f32]) {
+        let (d, lags) = (self.dim, self.config.lags);
+        let sq: Vec<f32> = abs.iter().map(|a| a * a).collect();
+        self.set_resid_scale(&sq, n);
+        self.state.history = zpad[..lags * d].to_vec();
+        let mut e = energy_from_abs(abs, &self.inv_resid_scale, self.config.clip);
+        self.blend_univariate(zpad, n, &mut e);
+        let scores = self.stream(zpad, n, &e, |_, _, _, _, _| {});
+        self.threshold =
+            PotThreshold::fit(&scores, self.config.pot_init_quantile, self.config.pot_risk);
+    }
+
+    /// Train one detector per host, batched: the cross products of all hosts in one backend
+    /// call, the residuals of all hosts in another, the host-side steps (standardizing,
+    /// solving, calibrating) spread over [`Backend::threads`]. Equal to [`Detector::fit_with`]
+    /// host by host (bit for bit on the CPU backend); one result per host, in order, so a
+    /// host with bad or oversized data fails alone. Backend failures carry a
+    /// [`BackendError`] (`err.downcast_ref::<BackendError>()`).
+    pub fn fit_batch(backend: &dyn Backend, hosts: &[TrainInput<'_>]) -> Vec<Result<Self>> {
+        let threads = backend.threads();
+        let inputs: Vec<(&Matrix, &DetectorConfig)> =
+            hosts.iter().map(|h| (h.rows, h.config)).collect();
+        let mut out = Self::fit_in_sample_batch(backend, &inputs);
+        // Hosts that calibrate their threshold on a held-out tail (`calib_frac`): a model
+        // fitted without the tail scores it, batched the same way.
+        let held: Vec<(usize, usize)> = hosts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| out[*i].is_ok())
+            .filter_map(|(i, h)| {
+                let (n, c) = (h.rows.rows, h.config);
+                let hold = (n as f64 * c.calib_frac.clamp(0.0, 0.9)) as usize;
+                (hold >= 100 && n - hold > 10 * (c.lags * h.rows.cols + 1)).then_some((i, hold))
+            })
+            .collect();
+        if held.is_empty() {
+            return out;
+        }
+        let heads: Vec<Matrix> = par_map(threads, held.clone(), |_, (i, hold)| {
+            hosts[i].rows.slice_rows(0, hosts[i].rows.rows - hold)
+        });
+        let tails: Vec<Matrix> = par_map(threads, held.clone(), |_, (i, hold)| {
+            hosts[i]
+                .rows
+                .slice_rows(hosts[i].rows.rows - hold, hosts[i].rows.rows)
+        });
+        let early_in: Vec<(&Matrix, &DetectorConfig)> = held
+            .iter()
+            .zip(&heads)
+            .map(|((i, _), m)| (m, hosts[*i].config))
+            .collect();
+        let early = Self::fit_in_sample_batch(backend, &early_in);
+        let mut ok_early = Vec::new();
+        for ((i, _), e) in held.iter().zip(early) {
+            match e {
+                Ok(det) => ok_early.push((*i, det)),
+                Err(e) => out[*i] = Err(e),
+            }
+        }
+        let mut jobs: Vec<ScoreInput<'_>> = ok_early
+            .iter_mut()
+            .zip(
+                held.iter()
+                    .zip(&tails)
+                    .filter(|((i, _), _)| out[*i].is_ok()),
+            )
+            .map(|((_, det), (_, tail))| ScoreInput {
+                detector: det,
+                rows: tail,
+            })
+            .collect();
+        let scored = Self::score_explained_batch(backend, &mut jobs, 0);
+        for ((i, _), s) in ok_early.iter().zip(scored) {
+            let r = s.map(|rows| rows.iter().map(|r| r.score).collect::<Vec<f32>>());
+            match (&mut out[*i], r) {
+                (Ok(det), Ok(scores)) => {
+                    det.threshold = PotThreshold::fit(
+                        &scores,
+                        det.config.pot_init_quantile,
+                        det.config.pot_risk,
+                    )
+                }
+                (slot, Err(e)) => *slot = Err(e),
+                (Err(_), Ok(_)) => {}
+            }
+        }
+        out
+    }
+
+    fn fit_in_sample_batch(
+        backend: &dyn Backend,
+        inputs: &[(&Matrix, &DetectorConfig)],
+    ) -> Vec<Result<Self>> {
+        let threads = backend.threads();
+        let mut prepared: Vec<Result<(Self, Vec<f32>)>> =
+            par_map(threads, inputs.to_vec(), |_, (m, c)| {
+                Self::prepare(m, c.clone())
+            });
+        // Cross products of every prepared host in one call.
+        let ok: Vec<usize> = (0..inputs.len()).filter(|&i| prepared[i].is_ok()).collect();
+        let cross = {
+            let series: Vec<Series<'_>> = ok
+                .iter()
+                .map(|&i| {
+                    let (det, zpad) = prepared[i].as_ref().expect("filtered");
+                    Series {
+                        zpad,
+                        n: inputs[i].0.rows,
+                        d: det.dim,
+                        lags: det.config.lags,
+                    }
+                })
+                .collect();
+            backend.cross_products_batch(&series)
+        };
+        let mut cross_of: Vec<Option<std::result::Result<CrossProducts, BackendError>>> =
+            (0..inputs.len()).map(|_| None).collect();
+        for (&i, c) in ok.iter().zip(cross) {
+            cross_of[i] = Some(c);
+        }
+        // Solve every host's normal equations.
+        let work: Vec<_> = prepared.drain(..).zip(cross_of).collect();
+        let solved: Vec<Result<(Self, Vec<f32>)>> = par_map(threads, work, |i, (p, c)| {
+            let (mut det, zpad) = p?;
+            let c = c.expect("prepared hosts have cross products")?;
+            det.solve(c, &zpad, inputs[i].0.rows)?;
+            Ok((det, zpad))
+        });
+        // Residuals of every solved host in one call.
+        let ok: Vec<usize> = (0..inputs.len()).filter(|&i| solved[i].is_ok()).collect();
+        let resid = {
+            let jobs: Vec<ResidualJob<'_>> = ok
+                .iter()
+                .map(|&i| {
+                    let (det, zpad) = solved[i].as_ref().expect("filtered");
+                    ResidualJob {
+                        series: Series {
+                            zpad,
+                            n: inputs[i].0.rows,
+                            d: det.dim,
+                            lags: det.config.lags,
+                        },
+                        weights: det.lag_weights(),
+                    }
+                })
+                .collect();
+            backend.abs_residuals_batch(&jobs)
+        };
+        let mut resid_of: Vec<Option<std::result::Result<Vec<f32>, BackendError>>> =
+            (0..inputs.len()).map(|_| None).collect();
+        for (&i, r) in ok.iter().zip(resid) {
+            resid_of[i] = Some(r);
+        }
+        let work: Vec<_> = solved.into_iter().zip(resid_of).collect();
+        par_map(threads, work, |i, (s, r)| {
+            let (mut det, zpad) = s?;
+            let abs = r.expect("solved hosts have residuals")?;
+            det.finish_training(&zpad, inputs[i].0.rows, &abs);
+            Ok(det)
+        })
     }
 
     fn lag_weights(&self) -> LagWeights<'_> {
@@ -425,7 +622,7 @@ impl Detector {
         backend: &dyn Backend,
         zpad: &[f32],
         n: usize,
-        mut visit: impl FnMut(usize, &[f32], f32, f32, bool),
+        visit: impl FnMut(usize, &[f32], f32, f32, bool),
     ) -> Result<Vec<f32>> {
         let d = self.dim;
         let lags = self.config.lags;
@@ -442,6 +639,19 @@ impl Detector {
             self.config.clip,
         )?;
         self.blend_univariate(zpad, n, &mut e);
+        Ok(self.stream(zpad, n, &e, visit))
+    }
+
+    /// The streaming pass over per-metric energies `e` (`n x dim`) of the standardized rows
+    /// `zpad`: EMA, score, alert level; leaves the stream after the last row.
+    fn stream(
+        &mut self,
+        zpad: &[f32],
+        n: usize,
+        e: &[f32],
+        mut visit: impl FnMut(usize, &[f32], f32, f32, bool),
+    ) -> Vec<f32> {
+        let d = self.dim;
         let alpha = 2.0 / (self.config.ema_span + 1.0);
         let inv_d = 1.0 / d as f32;
         let mut scores = Vec::with_capacity(n);
@@ -498,7 +708,7 @@ impl Detector {
             scores.push(s);
         }
         state.history = zpad[n * d..].to_vec();
-        Ok(scores)
+        scores
     }
 
     fn check(&self, rows: &Matrix) -> Result<()> {
@@ -556,6 +766,87 @@ impl Detector {
             });
         })?;
         Ok(out)
+    }
+}
+
+/// One host's training data for [`Detector::fit_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct TrainInput<'a> {
+    /// Normal history, rows = time steps (oldest first), cols = metrics.
+    pub rows: &'a Matrix,
+    pub config: &'a DetectorConfig,
+}
+
+/// One host's new rows for [`Detector::score_explained_batch`], and its detector (whose
+/// stream continues).
+#[derive(Debug)]
+pub struct ScoreInput<'a> {
+    pub detector: &'a mut Detector,
+    pub rows: &'a Matrix,
+}
+
+impl Detector {
+    /// Score many hosts' new rows causally, each continuing its own stream, with alerts and
+    /// the `top_k` contributing metrics of every row: the residuals of all hosts in one
+    /// backend call (one GPU dispatch), the streaming steps spread over
+    /// [`Backend::threads`]. Equal to [`Detector::score_explained`] host by host (bit for
+    /// bit on the CPU backend); one result per host, in order. A host whose scoring fails
+    /// keeps its stream unchanged.
+    pub fn score_explained_batch(
+        backend: &dyn Backend,
+        jobs: &mut [ScoreInput<'_>],
+        top_k: usize,
+    ) -> Vec<Result<Vec<ScoredRow>>> {
+        let threads = backend.threads();
+        let padded: Vec<Result<Vec<f32>>> = par_map(threads, jobs.iter().collect(), |_, j| {
+            j.detector.check(j.rows)?;
+            Ok(j.detector.padded(j.rows))
+        });
+        let run: Vec<usize> = (0..jobs.len())
+            .filter(|&i| padded[i].is_ok() && jobs[i].rows.rows > 0)
+            .collect();
+        let resid = {
+            let rjobs: Vec<ResidualJob<'_>> = run
+                .iter()
+                .map(|&i| ResidualJob {
+                    series: Series {
+                        zpad: padded[i].as_ref().expect("filtered"),
+                        n: jobs[i].rows.rows,
+                        d: jobs[i].detector.dim,
+                        lags: jobs[i].detector.config.lags,
+                    },
+                    weights: jobs[i].detector.lag_weights(),
+                })
+                .collect();
+            backend.abs_residuals_batch(&rjobs)
+        };
+        let mut resid_of: Vec<Option<std::result::Result<Vec<f32>, BackendError>>> =
+            (0..jobs.len()).map(|_| None).collect();
+        for (&i, r) in run.iter().zip(resid) {
+            resid_of[i] = Some(r);
+        }
+        let work: Vec<_> = jobs.iter_mut().zip(padded).zip(resid_of).collect();
+        par_map(threads, work, |_, ((job, zpad), abs)| {
+            let zpad = zpad?;
+            let Some(abs) = abs else {
+                return Ok(Vec::new()); // no rows
+            };
+            let abs = abs?;
+            let det = &mut *job.detector;
+            let n = job.rows.rows;
+            let mut e = energy_from_abs(&abs, &det.inv_resid_scale, det.config.clip);
+            det.blend_univariate(&zpad, n, &mut e);
+            let mut out = Vec::with_capacity(n);
+            det.stream(&zpad, n, &e, |_, ema, s, level, alert| {
+                out.push(ScoredRow {
+                    score: s,
+                    level,
+                    alert,
+                    top: top_contributions(ema, top_k),
+                })
+            });
+            Ok(out)
+        })
     }
 }
 
