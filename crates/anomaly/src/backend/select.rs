@@ -218,7 +218,8 @@ impl SelectedBackend {
         self.info.kind
     }
 
-    /// Hosts of batched calls that a GPU could not take and the CPU computed instead.
+    /// Host computations a GPU could not take and the CPU did instead (one per host and
+    /// backend call: training makes two calls, scoring one).
     pub fn cpu_fallback_hosts(&self) -> u64 {
         self.cpu_hosts.load(Ordering::Relaxed)
     }
