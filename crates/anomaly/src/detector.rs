@@ -262,13 +262,15 @@ impl Detector {
             },
             config,
         };
-        let z = det.standardize(train);
-        // Pad the start with the first row (the predictor has no earlier history).
+        // Pad the start with the first row (the predictor has no earlier history):
+        // standardized in place after `lags` rows left for the padding.
         let mut zpad = Vec::with_capacity((n + lags) * d);
-        for _ in 0..lags {
-            zpad.extend_from_slice(&z[..d]);
+        zpad.resize(lags * d, 0.0);
+        det.standardize_into(train, &mut zpad);
+        let (pad, z) = zpad.split_at_mut(lags * d);
+        for row in pad.chunks_exact_mut(d) {
+            row.copy_from_slice(&z[..d]);
         }
-        zpad.extend_from_slice(&z);
         Ok((det, zpad))
     }
 
@@ -303,6 +305,11 @@ impl Detector {
         for r in e.chunks_exact(d) {
             ms.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
         }
+        self.set_resid_scale_from(&ms, n);
+    }
+
+    /// Residual scales from the per-metric sums of squared training residuals.
+    fn set_resid_scale_from(&mut self, ms: &[f64], n: usize) {
         self.inv_resid_scale = ms
             .iter()
             .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(self.config.resid_floor))
@@ -314,8 +321,12 @@ impl Detector {
     /// operations as [`Detector::fit_in_sample`]'s two energy calls).
     fn finish_training(&mut self, zpad: &[f32], n: usize, abs: &[f32]) {
         let (d, lags) = (self.dim, self.config.lags);
-        let sq: Vec<f32> = abs.iter().map(|a| a * a).collect();
-        self.set_resid_scale(&sq, n);
+        // The squared residuals' column sums, as `set_resid_scale` adds them.
+        let mut ms = vec![0.0f64; d];
+        for r in abs.chunks_exact(d) {
+            ms.iter_mut().zip(r).for_each(|(s, a)| *s += (a * a) as f64);
+        }
+        self.set_resid_scale_from(&ms, n);
         self.state.history = zpad[..lags * d].to_vec();
         let mut e = energy_from_abs(abs, &self.inv_resid_scale, self.config.clip);
         self.blend_univariate(zpad, n, &mut e);
@@ -555,12 +566,6 @@ impl Detector {
                 *v += w * (u - *v);
             }
         }
-    }
-
-    fn standardize(&self, rows: &Matrix) -> Vec<f32> {
-        let mut z = Vec::with_capacity(rows.data.len());
-        self.standardize_into(rows, &mut z);
-        z
     }
 
     /// Append the standardized rows to `out`.
