@@ -148,7 +148,7 @@ fn host_minutes(
     seed: u64,
     hot_from: Option<usize>,
 ) -> Vec<f32> {
-    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (h as u64 + 1) * 0x2545_F491);
+    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((h as u64 + 1) * 0x2545_F491));
     for _ in 0..4 {
         r.uniform();
     }
@@ -489,17 +489,18 @@ fn main() {
 
     // Today's path in the product: one host at a time, single-threaded CPU backend.
     let base = a.baseline_hosts.min(a.hosts);
-    if base > 0 {
+    let today = (base > 0).then(|| {
         let one = CpuBackend::single_threaded();
         let t = Instant::now();
         for rows in &fleet.train[..base] {
             Detector::fit_with(&one, rows, config()).expect("training");
         }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / base as f64;
         println!(
-            "cpu, per host, 1 thread (the job today): training {:.2} ms per host ({base} hosts)",
-            t.elapsed().as_secs_f64() * 1e3 / base as f64
+            "cpu, per host, 1 thread (the job today): training {ms:.2} ms per host ({base} hosts)"
         );
-    }
+        ms
+    });
 
     let cpu = CpuBackend { threads: a.threads };
     let c = measure(
@@ -637,6 +638,9 @@ fn main() {
             "failed"
         }
     );
+    if let Some(ms) = today {
+        line += &format!(" today_train_ms_per_host={ms:.3}");
+    }
     println!("total {:.1} s", total.elapsed().as_secs_f64());
     println!("{line}");
     if !ok {
