@@ -5,8 +5,8 @@
 // of W the constant feature's row. One workgroup computes one 64 x 64 tile (ti <= tj) of
 // W^T W over one chunk of `chunk_rows` rows, staging 16 rows of both column ranges in
 // workgroup memory at a time (2 x 4 KiB); each of its 16 x 16 threads accumulates a 4 x 4 block
-// in f32 registers. It also writes the column sums of the tile's row range. The chunk partials
-// are summed by cross_reduce.wgsl.
+// in f32 registers, block by block (16 rows, then into the chunk sum). It also writes the
+// column sums of the tile's row range. The chunk partials are summed by cross_reduce.wgsl.
 //
 // Work items (job, ti, tj, chunk) come from a table, so hosts of any size share one dispatch;
 // the dispatch is 2-D (x wraps at `nx`) to stay under 65535 workgroups per dimension.
@@ -71,15 +71,27 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         As[li] = a;
         Bs[li] = b;
         workgroupBarrier();
+        // Blocked summation: the 16 staged rows are summed in fresh registers, then added to
+        // the chunk sums, so a chunk's rounding bound is (16 + 16) ulps instead of 256.
+        var b0 = vec4<f32>(0.0);
+        var b1 = vec4<f32>(0.0);
+        var b2 = vec4<f32>(0.0);
+        var b3 = vec4<f32>(0.0);
+        var bs = vec4<f32>(0.0);
         for (var k = 0u; k < K; k = k + 1u) {
             let av = As[k * 16u + ty];
             let bv = Bs[k * 16u + tx];
-            acc0 = fma(vec4<f32>(av.x), bv, acc0);
-            acc1 = fma(vec4<f32>(av.y), bv, acc1);
-            acc2 = fma(vec4<f32>(av.z), bv, acc2);
-            acc3 = fma(vec4<f32>(av.w), bv, acc3);
-            cs = cs + av;
+            b0 = fma(vec4<f32>(av.x), bv, b0);
+            b1 = fma(vec4<f32>(av.y), bv, b1);
+            b2 = fma(vec4<f32>(av.z), bv, b2);
+            b3 = fma(vec4<f32>(av.w), bv, b3);
+            bs = bs + av;
         }
+        acc0 = acc0 + b0;
+        acc1 = acc1 + b1;
+        acc2 = acc2 + b2;
+        acc3 = acc3 + b3;
+        cs = cs + bs;
         workgroupBarrier();
     }
     let slot = w * ENTRY;
