@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::parallel::par_map;
 use crate::backend::{
-    energy_from_abs, Backend, BackendError, CpuBackend, CrossProducts, LagWeights, ResidualJob,
-    Series,
+    energy_from_abs, Backend, BackendError, Calibration, CpuBackend, CrossProducts, LagWeights,
+    ResidualJob, Series, TrainJob,
 };
 use crate::pot::PotThreshold;
 use crate::Matrix;
@@ -134,6 +134,54 @@ pub struct Detector {
     pub threshold: PotThreshold,
     pub train_rows: usize,
     pub state: StreamState,
+}
+
+/// The alert level of score `s` (the static level `thr`, raised by the drift guard to
+/// `factor ×` the median of the recent scores), then `s` enters the guard's memory (every
+/// `ADAPT_STRIDE`-th score, at most `cap` kept).
+#[allow(clippy::too_many_arguments)]
+fn adapt_level(
+    ring: &mut std::collections::VecDeque<f32>,
+    sorted: &mut Vec<f32>,
+    count: &mut u64,
+    s: f32,
+    thr: f32,
+    factor: f32,
+    cap: usize,
+    adapt: bool,
+) -> f32 {
+    let mut level = thr;
+    if !adapt {
+        return level;
+    }
+    let med = if sorted.is_empty() {
+        0.0
+    } else {
+        let n = sorted.len();
+        if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+        }
+    };
+    level = level.max(factor * med);
+    *count += 1;
+    if *count % ADAPT_STRIDE != 1 {
+        return level;
+    }
+    let v = if s.is_finite() { s } else { f32::MAX };
+    if ring.len() >= cap {
+        if let Some(old) = ring.pop_front() {
+            let i = sorted.partition_point(|&x| x < old);
+            if i < sorted.len() {
+                sorted.remove(i);
+            }
+        }
+    }
+    ring.push_back(v);
+    let i = sorted.partition_point(|&x| x < v);
+    sorted.insert(i, v);
+    level
 }
 
 /// Solve `A x = B` (A `f x f` symmetric positive definite, B `f x m`) by Cholesky, in place.
@@ -417,72 +465,181 @@ impl Detector {
         inputs: &[(&Matrix, &DetectorConfig)],
     ) -> Vec<Result<Self>> {
         let threads = backend.threads();
-        let mut prepared: Vec<Result<(Self, Vec<f32>)>> =
+        let prepared: Vec<Result<(Self, Vec<f32>)>> =
             par_map(threads, inputs.to_vec(), |_, (m, c)| {
                 Self::prepare(m, c.clone())
             });
-        // Cross products of every prepared host in one call.
-        let ok: Vec<usize> = (0..inputs.len()).filter(|&i| prepared[i].is_ok()).collect();
-        let cross = {
-            let series: Vec<Series<'_>> = ok
-                .iter()
-                .map(|&i| {
-                    let (det, zpad) = prepared[i].as_ref().expect("filtered");
-                    Series {
-                        zpad,
+        let mut dets: Vec<Option<std::sync::Mutex<Self>>> = Vec::with_capacity(inputs.len());
+        let mut zpads: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
+        let mut errs: Vec<Option<anyhow::Error>> = Vec::with_capacity(inputs.len());
+        for p in prepared {
+            match p {
+                Ok((det, zpad)) => {
+                    dets.push(Some(std::sync::Mutex::new(det)));
+                    zpads.push(zpad);
+                    errs.push(None);
+                }
+                Err(e) => {
+                    dets.push(None);
+                    zpads.push(Vec::new());
+                    errs.push(Some(e));
+                }
+            }
+        }
+        let lock = |i: usize| {
+            dets[i]
+                .as_ref()
+                .expect("prepared")
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        // Cross products, solves and training residuals of every prepared host, batched.
+        let ok: Vec<usize> = (0..inputs.len()).filter(|&i| dets[i].is_some()).collect();
+        let jobs: Vec<TrainJob<'_>> = ok
+            .iter()
+            .map(|&i| {
+                let det = lock(i);
+                TrainJob {
+                    series: Series {
+                        zpad: &zpads[i],
                         n: inputs[i].0.rows,
                         d: det.dim,
                         lags: det.config.lags,
-                    }
-                })
-                .collect();
-            backend.cross_products_batch(&series)
+                    },
+                    resid_floor: det.config.resid_floor,
+                    clip: det.config.clip,
+                    full: det.config.univariate_weight > 0.0,
+                }
+            })
+            .collect();
+        let solve = |k: usize, c: CrossProducts| -> Result<(Vec<f32>, Vec<f32>)> {
+            let i = ok[k];
+            let mut det = lock(i);
+            det.solve(c, &zpads[i], inputs[i].0.rows)?;
+            Ok((det.weights.clone(), det.bias.clone()))
         };
-        let mut cross_of: Vec<Option<std::result::Result<CrossProducts, BackendError>>> =
+        let calibrations = backend.train_kernels(&jobs, &solve);
+        drop(jobs);
+        let mut calib_of: Vec<Option<Result<Calibration>>> =
             (0..inputs.len()).map(|_| None).collect();
-        for (&i, c) in ok.iter().zip(cross) {
-            cross_of[i] = Some(c);
+        for (&i, c) in ok.iter().zip(calibrations) {
+            calib_of[i] = Some(c);
         }
-        // Solve every host's normal equations.
-        let work: Vec<_> = prepared.drain(..).zip(cross_of).collect();
-        let solved: Vec<Result<(Self, Vec<f32>)>> = par_map(threads, work, |i, (p, c)| {
-            let (mut det, zpad) = p?;
-            let c = c.expect("prepared hosts have cross products")?;
-            det.solve(c, &zpad, inputs[i].0.rows)?;
-            Ok((det, zpad))
-        });
-        // Residuals of every solved host in one call.
-        let ok: Vec<usize> = (0..inputs.len()).filter(|&i| solved[i].is_ok()).collect();
-        let resid = {
-            let jobs: Vec<ResidualJob<'_>> = ok
-                .iter()
-                .map(|&i| {
-                    let (det, zpad) = solved[i].as_ref().expect("filtered");
-                    ResidualJob {
-                        series: Series {
-                            zpad,
-                            n: inputs[i].0.rows,
-                            d: det.dim,
-                            lags: det.config.lags,
-                        },
-                        weights: det.lag_weights(),
-                    }
-                })
-                .collect();
-            backend.abs_residuals_batch(&jobs)
-        };
-        let mut resid_of: Vec<Option<std::result::Result<Vec<f32>, BackendError>>> =
-            (0..inputs.len()).map(|_| None).collect();
-        for (&i, r) in ok.iter().zip(resid) {
-            resid_of[i] = Some(r);
-        }
-        let work: Vec<_> = solved.into_iter().zip(resid_of).collect();
-        par_map(threads, work, |i, (s, r)| {
-            let (mut det, zpad) = s?;
-            let abs = r.expect("solved hosts have residuals")?;
-            det.finish_training(&zpad, inputs[i].0.rows, &abs);
+        let work: Vec<_> = dets
+            .into_iter()
+            .zip(zpads)
+            .zip(errs)
+            .zip(calib_of)
+            .collect();
+        par_map(threads, work, |i, (((det, zpad), err), cal)| {
+            if let Some(e) = err {
+                return Err(e);
+            }
+            let mut det = det
+                .expect("prepared")
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
+            let n = inputs[i].0.rows;
+            match cal.expect("prepared hosts are calibrated")? {
+                Calibration::Full(abs) => det.finish_training(&zpad, n, &abs),
+                Calibration::Summary {
+                    inv_scale,
+                    row_sums,
+                    tail_abs,
+                } => det.finish_from_summary(&zpad, n, inv_scale, &row_sums, &tail_abs)?,
+            }
             Ok(det)
         })
+    }
+
+    /// Training, steps 3 and 4 from a device-side [`Calibration::Summary`]: the residual
+    /// scales as computed there, the calibration scores from the row energy sums, the
+    /// stream's per-metric state from the last rows.
+    fn finish_from_summary(
+        &mut self,
+        zpad: &[f32],
+        n: usize,
+        inv_scale: Vec<f32>,
+        row_sums: &[f32],
+        tail_abs: &[f32],
+    ) -> Result<()> {
+        let d = self.dim;
+        ensure!(
+            inv_scale.len() == d
+                && row_sums.len() == n
+                && tail_abs.len().is_multiple_of(d)
+                && tail_abs.len() / d <= n,
+            "calibration summary of the wrong shape"
+        );
+        ensure!(
+            self.config.univariate_weight <= 0.0,
+            "the univariate blend needs every training residual"
+        );
+        self.inv_resid_scale = inv_scale;
+        let e_tail = energy_from_abs(tail_abs, &self.inv_resid_scale, self.config.clip);
+        let scores = self.stream_sums(zpad, n, row_sums, &e_tail);
+        self.threshold =
+            PotThreshold::fit(&scores, self.config.pot_init_quantile, self.config.pot_risk);
+        Ok(())
+    }
+
+    /// The streaming pass from per-row energy sums: the moving average is linear and the
+    /// same for every metric, so the mean of the per-metric averages is the average of the
+    /// row sums over `dim` (equal to [`Detector::stream`] up to f32 rounding). The per-metric
+    /// averages the stream continues from are rebuilt from the energies of the last rows
+    /// (`e_tail`, starting at row `n − tail`); earlier rows weigh less than f32 resolution.
+    fn stream_sums(
+        &mut self,
+        zpad: &[f32],
+        n: usize,
+        row_sums: &[f32],
+        e_tail: &[f32],
+    ) -> Vec<f32> {
+        let d = self.dim;
+        let alpha = 2.0 / (self.config.ema_span + 1.0);
+        let inv_d = 1.0 / d as f32;
+        let thr = self.threshold.threshold as f32;
+        let (factor, window) = (self.config.adapt_factor, self.config.adapt_window);
+        let adapt = factor > 0.0 && window > 0;
+        let cap = (window as u64).div_ceil(ADAPT_STRIDE).max(1) as usize;
+        let state = &mut self.state;
+        let was_started = state.started;
+        let mut sum: f32 = state.ema.iter().sum();
+        let mut scores = Vec::with_capacity(n);
+        for &r in row_sums {
+            if !state.started {
+                sum = r;
+                state.started = true;
+            } else {
+                sum += alpha * (r - sum);
+            }
+            let s = sum * inv_d;
+            adapt_level(
+                &mut state.recent,
+                &mut state.recent_sorted,
+                &mut state.recent_count,
+                s,
+                thr,
+                factor,
+                cap,
+                adapt,
+            );
+            scores.push(s);
+        }
+        let tail = e_tail.len() / d;
+        let mut rows = e_tail.chunks_exact(d);
+        if tail > 0 && (tail < n || !was_started) {
+            if let Some(first) = rows.next() {
+                state.ema.copy_from_slice(first);
+            }
+        }
+        for row in rows {
+            for (m, v) in state.ema.iter_mut().zip(row) {
+                *m += alpha * (v - *m);
+            }
+        }
+        state.history = zpad[n * d..].to_vec();
+        scores
     }
 
     fn lag_weights(&self) -> LagWeights<'_> {
@@ -676,39 +833,16 @@ impl Detector {
                 }
             }
             let s = ema.iter().sum::<f32>() * inv_d;
-            let mut level = thr;
-            if adapt {
-                let med = if state.recent_sorted.is_empty() {
-                    0.0
-                } else {
-                    let n = state.recent_sorted.len();
-                    if n % 2 == 1 {
-                        state.recent_sorted[n / 2]
-                    } else {
-                        0.5 * (state.recent_sorted[n / 2 - 1] + state.recent_sorted[n / 2])
-                    }
-                };
-                level = level.max(factor * med);
-                state.recent_count += 1;
-                if state.recent_count % ADAPT_STRIDE != 1 {
-                    visit(t, ema, s, level, s > level);
-                    scores.push(s);
-                    continue;
-                }
-                let (ring, sorted) = (&mut state.recent, &mut state.recent_sorted);
-                let v = if s.is_finite() { s } else { f32::MAX };
-                if ring.len() >= cap {
-                    if let Some(old) = ring.pop_front() {
-                        let i = sorted.partition_point(|&x| x < old);
-                        if i < sorted.len() {
-                            sorted.remove(i);
-                        }
-                    }
-                }
-                ring.push_back(v);
-                let i = sorted.partition_point(|&x| x < v);
-                sorted.insert(i, v);
-            }
+            let level = adapt_level(
+                &mut state.recent,
+                &mut state.recent_sorted,
+                &mut state.recent_count,
+                s,
+                thr,
+                factor,
+                cap,
+                adapt,
+            );
             visit(t, ema, s, level, s > level);
             scores.push(s);
         }

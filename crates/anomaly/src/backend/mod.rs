@@ -28,6 +28,8 @@ pub use error::{BackendError, MAX_FEATURES};
 pub use gpu::{GpuBackend, GpuOptions, GpuStats};
 pub use select::{BackendChoice, BackendInfo, BackendKind, SelectOptions, SelectedBackend};
 
+// `train_kernels_default` is defined below and public for other backends' overrides.
+
 /// Linear lag-window predictor weights, as the backends consume them.
 #[derive(Clone, Copy, Debug)]
 pub struct LagWeights<'a> {
@@ -136,6 +138,42 @@ impl ResidualJob<'_> {
     }
 }
 
+/// One host's input to [`Backend::train_kernels`].
+#[derive(Clone, Copy, Debug)]
+pub struct TrainJob<'a> {
+    pub series: Series<'a>,
+    /// Floor on a metric's residual scale and the clip of a scaled residual (the detector's
+    /// `resid_floor` and `clip`), for a backend that calibrates on the device.
+    pub resid_floor: f32,
+    pub clip: f32,
+    /// Whether the caller needs every row's residuals (e.g. for the univariate blend), not
+    /// only a [`Calibration::Summary`].
+    pub full: bool,
+}
+
+/// What the detector needs of one host's training residuals to calibrate its alert level.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Calibration {
+    /// Absolute residuals `|z − ŷ|` of every row, `n x d`.
+    Full(Vec<f32>),
+    /// A device-side summary: the residual scales (`1 / max(rms, floor)`, `d`), each row's
+    /// sum of clipped scaled energies `Σ_j min(a·inv_j, clip)²` (`n`), and the absolute
+    /// residuals of the last `tail_abs.len() / d` rows (the stream's final state).
+    Summary {
+        inv_scale: Vec<f32>,
+        row_sums: Vec<f32>,
+        tail_abs: Vec<f32>,
+    },
+}
+
+/// Rows of residuals a [`Calibration::Summary`] keeps: the moving average forgets a row's
+/// weight by (1 − 2/13)²⁵⁶ ≈ 1e-19 after this many, far below f32 resolution.
+pub const CALIBRATION_TAIL: usize = 256;
+
+/// Turns host `i`'s cross products into its joint predictor `(weights, bias)`.
+pub type SolveFn<'s> =
+    dyn Fn(usize, CrossProducts) -> anyhow::Result<(Vec<f32>, Vec<f32>)> + Sync + 's;
+
 /// Energies `min(a · inv_scale[j], clip)²` of absolute residuals `a` (`n x d`): the same
 /// operations, in the same order, as the CPU energy kernel, so CPU results are bit-identical
 /// whichever way they are computed.
@@ -208,6 +246,20 @@ pub trait Backend: Send + Sync {
             .collect()
     }
 
+    /// The training kernels of many hosts: their cross products, `solve` (host side, called
+    /// from several threads) for each host's weights, then the residuals the detector
+    /// calibrates on. One result per host, in order; a backend failure is a
+    /// [`BackendError`] inside the error. The default runs [`Backend::cross_products_batch`]
+    /// and [`Backend::abs_residuals_batch`] and returns [`Calibration::Full`]; a GPU keeps the
+    /// series on the device between the two steps and returns a summary.
+    fn train_kernels(
+        &self,
+        jobs: &[TrainJob<'_>],
+        solve: &SolveFn<'_>,
+    ) -> Vec<anyhow::Result<Calibration>> {
+        train_kernels_default(self, jobs, solve)
+    }
+
     /// Absolute residuals `|z_t - ŷ_t|` (`n x d` per host, f32) of many hosts; one result
     /// per host, in order. Scaled energies follow with [`energy_from_abs`]. The default
     /// takes the square root of [`Backend::residual_energy`] with unit scales.
@@ -223,4 +275,43 @@ pub trait Backend: Send + Sync {
             })
             .collect()
     }
+}
+
+/// [`Backend::train_kernels`] from the two batched kernels.
+pub fn train_kernels_default<B: Backend + ?Sized>(
+    backend: &B,
+    jobs: &[TrainJob<'_>],
+    solve: &SolveFn<'_>,
+) -> Vec<anyhow::Result<Calibration>> {
+    let series: Vec<Series<'_>> = jobs.iter().map(|j| j.series).collect();
+    let cross = backend.cross_products_batch(&series);
+    let solved: Vec<anyhow::Result<(Vec<f32>, Vec<f32>)>> =
+        parallel::par_map(backend.threads(), cross, |i, c| solve(i, c?));
+    let ok: Vec<usize> = (0..jobs.len()).filter(|&i| solved[i].is_ok()).collect();
+    let rjobs: Vec<ResidualJob<'_>> = ok
+        .iter()
+        .map(|&i| {
+            let (w, b) = solved[i].as_ref().expect("filtered");
+            ResidualJob {
+                series: series[i],
+                weights: LagWeights {
+                    weights: w,
+                    bias: b,
+                },
+            }
+        })
+        .collect();
+    let mut resid = backend.abs_residuals_batch(&rjobs).into_iter();
+    let mut out: Vec<anyhow::Result<Calibration>> = Vec::with_capacity(jobs.len());
+    for s in solved {
+        out.push(match s {
+            Err(e) => Err(e),
+            Ok(_) => resid
+                .next()
+                .expect("one result per solved host")
+                .map(Calibration::Full)
+                .map_err(anyhow::Error::from),
+        });
+    }
+    out
 }

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::parallel::available_threads;
-use super::{Backend, BackendError, CpuBackend, CrossProducts, LagWeights, ResidualJob, Series};
+use super::{
+    train_kernels_default, Backend, BackendError, Calibration, CpuBackend, CrossProducts,
+    LagWeights, ResidualJob, Series, SolveFn, TrainJob,
+};
 
 /// Which backend the configuration asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,7 +222,7 @@ impl SelectedBackend {
     }
 
     /// Host computations a GPU could not take and the CPU did instead (one per host and
-    /// backend call: training makes two calls, scoring one).
+    /// batched call: a training batch or a scoring run).
     pub fn cpu_fallback_hosts(&self) -> u64 {
         self.cpu_hosts.load(Ordering::Relaxed)
     }
@@ -329,6 +332,39 @@ impl Backend for SelectedBackend {
     ) -> Vec<Result<CrossProducts, BackendError>> {
         let out = self.primary().cross_products_batch(series);
         self.with_fallback(series, out, |again| self.cpu.cross_products_batch(again))
+    }
+
+    fn train_kernels(
+        &self,
+        jobs: &[TrainJob<'_>],
+        solve: &SolveFn<'_>,
+    ) -> Vec<anyhow::Result<Calibration>> {
+        let mut out = self.primary().train_kernels(jobs, solve);
+        if matches!(self.inner, Inner::Cpu) {
+            return out;
+        }
+        let redo: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.as_ref().err().is_some_and(|e| {
+                    e.downcast_ref::<BackendError>()
+                        .is_some_and(BackendError::is_capacity)
+                })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if redo.is_empty() {
+            return out;
+        }
+        self.cpu_hosts
+            .fetch_add(redo.len() as u64, Ordering::Relaxed);
+        let again: Vec<TrainJob<'_>> = redo.iter().map(|&i| jobs[i]).collect();
+        let r = train_kernels_default(&self.cpu, &again, &|k, c| solve(redo[k], c));
+        for (&i, r) in redo.iter().zip(r) {
+            out[i] = r;
+        }
+        out
     }
 
     fn abs_residuals_batch(&self, jobs: &[ResidualJob<'_>]) -> Vec<Result<Vec<f32>, BackendError>> {

@@ -27,14 +27,16 @@ use std::time::Instant;
 
 use super::parallel::{available_threads, par_map};
 use super::{
-    energy_from_abs, Backend, BackendError, BackendInfo, BackendKind, CrossProducts, LagWeights,
-    ResidualJob, Series,
+    energy_from_abs, Backend, BackendError, BackendInfo, BackendKind, Calibration, CrossProducts,
+    LagWeights, ResidualJob, Series, SolveFn, TrainJob,
 };
 use plan::{align, CrossShape, Limits, Need, ALIGN, CHUNK_ROWS, ENTRY, REDUCE_GROUP};
 
 const CROSS_WGSL: &str = include_str!("shaders/cross_products.wgsl");
 const REDUCE_WGSL: &str = include_str!("shaders/cross_reduce.wgsl");
 const RESID_WGSL: &str = include_str!("shaders/residuals.wgsl");
+const SCALES_WGSL: &str = include_str!("shaders/scales.wgsl");
+const ROWSUM_WGSL: &str = include_str!("shaders/rowsum.wgsl");
 
 /// Below this many bytes a copy runs on the calling thread: spawning threads costs ~0.1 ms,
 /// copying 2 MiB about as much. (A scoring run of 1,250 hosts uploads ~4 MB, mostly weights.)
@@ -89,6 +91,8 @@ struct Pipelines {
     cross: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     resid: wgpu::ComputePipeline,
+    scales: wgpu::ComputePipeline,
+    rowsum: wgpu::ComputePipeline,
 }
 
 /// A device buffer that only grows (geometrically), reused across calls.
@@ -141,11 +145,14 @@ struct Buffers {
     jobs: Grow,
     items: Grow,
     pairs: Grow,
+    items2: Grow,
     part: Grow,
+    resid: Grow,
     out: Grow,
     readback: Grow,
-    /// Parameter blocks of the cross, reduce and residual passes (16 bytes each).
-    params: [wgpu::Buffer; 3],
+    /// Parameter blocks (16 bytes each) of the passes: cross, reduce, residuals, and the
+    /// training calibration's residuals, scales and row sums.
+    params: [wgpu::Buffer; 6],
 }
 
 impl Buffers {
@@ -167,7 +174,9 @@ impl Buffers {
             jobs: Grow::new("jobs", storage),
             items: Grow::new("items", storage),
             pairs: Grow::new("pairs", storage),
+            items2: Grow::new("items2", storage),
             part: Grow::new("partials", U::STORAGE),
+            resid: Grow::new("training residuals", U::STORAGE),
             out: Grow::new("results", U::STORAGE | U::COPY_SRC),
             readback: Grow::new("readback", U::MAP_READ | U::COPY_DST),
             params,
@@ -399,6 +408,8 @@ impl GpuBackend {
             cross: pipeline(CROSS_WGSL, "cross_products"),
             reduce: pipeline(REDUCE_WGSL, "cross_reduce"),
             resid: pipeline(RESID_WGSL, "residuals"),
+            scales: pipeline(SCALES_WGSL, "scales"),
+            rowsum: pipeline(ROWSUM_WGSL, "rowsum"),
         };
         if let Some(e) = pollster::block_on(device.pop_error_scope()) {
             return Err(BackendError::Device(format!("compiling the kernels: {e}")));
@@ -553,7 +564,9 @@ impl GpuBackend {
         bufs.jobs.ensure(d, need.jobs, cap, a);
         bufs.items.ensure(d, need.items, cap, a);
         bufs.pairs.ensure(d, need.pairs, cap, a);
+        bufs.items2.ensure(d, need.items, cap, a);
         bufs.part.ensure(d, need.part, cap, a);
+        bufs.resid.ensure(d, need.resid, cap, a);
         bufs.out.ensure(d, out, cap, a);
         bufs.readback.ensure(d, out, cap, a);
     }
@@ -591,6 +604,27 @@ impl GpuBackend {
 
     /// Cross products of one sub-batch (every series checked, non-empty, within limits).
     fn run_cross(&self, series: &[&Series<'_>]) -> Result<Vec<CrossProducts>, BackendError> {
+        let mut need = Need::default();
+        for s in series {
+            need.add(&CrossShape::of(s).need(s));
+        }
+        let mut guard = lock(&self.bufs);
+        let bufs = &mut *guard;
+        self.scoped(|| {
+            self.ensure(bufs, &need, need.out);
+            Ok(())
+        })?;
+        Ok(self.cross_step(bufs, series)?.0)
+    }
+
+    /// Upload the series of `series` and compute their cross products (buffers ensured).
+    /// Returns the products and each series' offset (floats) in the series buffer, where it
+    /// stays for a following calibration step.
+    fn cross_step(
+        &self,
+        bufs: &mut Buffers,
+        series: &[&Series<'_>],
+    ) -> Result<(Vec<CrossProducts>, Vec<usize>), BackendError> {
         let shapes: Vec<CrossShape> = series.iter().map(|s| CrossShape::of(s)).collect();
         let mut need = Need::default();
         let (mut zoffs, mut jobs, mut items, mut pairs) = (vec![], vec![], vec![], vec![]);
@@ -622,11 +656,8 @@ impl GpuBackend {
         let pc = words([u32s(n_items as usize), cx, CHUNK_ROWS as u32, 0]);
         let pr = words([u32s(reduce_count), rx, 0, 0]);
         let layout = Layout::new(&[need.z, need.jobs, need.items, need.pairs, 16, 16]);
-        let mut guard = lock(&self.bufs);
-        let bufs = &mut *guard;
         let o = &layout.offsets;
         let started = self.scoped(|| {
-            self.ensure(bufs, &need, need.out);
             self.upload(bufs, &layout, |dst| {
                 let (zdst, tables) = dst.split_at_mut(o[1] as usize);
                 scatter(
@@ -698,7 +729,7 @@ impl GpuBackend {
             self.queue.submit([enc.finish()]);
             Ok(started)
         })?;
-        self.finish(bufs, started, need.out, |bytes| {
+        let products = self.finish(bufs, started, need.out, |bytes| {
             let work: Vec<usize> = (0..series.len()).collect();
             let threads = if bytes.len() < PARALLEL_COPY_BYTES {
                 1
@@ -712,7 +743,215 @@ impl GpuBackend {
                 let (xtx, xty) = plan::assemble_cross(sh, &tiles, s.n, s.d, s.lags);
                 CrossProducts { xtx, xty }
             })
-        })
+        })?;
+        Ok((products, zoffs))
+    }
+
+    /// Device-side training of one sub-batch (every job checked, non-empty, summary
+    /// wanted, within limits): cross products; the solves on the host; then, with the
+    /// series still on the device, residuals, residual scales and row energy sums, and only
+    /// those (plus the last rows) read back.
+    fn run_train(
+        &self,
+        tjobs: &[&TrainJob<'_>],
+        solve: &(dyn Fn(usize, CrossProducts) -> anyhow::Result<(Vec<f32>, Vec<f32>)> + Sync),
+    ) -> Result<Vec<anyhow::Result<Calibration>>, BackendError> {
+        let series: Vec<&Series<'_>> = tjobs.iter().map(|j| &j.series).collect();
+        let mut need = Need::default();
+        for s in &series {
+            need.add(&plan::train_need(s));
+        }
+        let mut guard = lock(&self.bufs);
+        let bufs = &mut *guard;
+        self.scoped(|| {
+            self.ensure(bufs, &need, need.out);
+            Ok(())
+        })?;
+        let (products, zoffs) = self.cross_step(bufs, &series)?;
+        let solved: Vec<anyhow::Result<(Vec<f32>, Vec<f32>)>> =
+            par_map(self.threads, products, solve);
+        // Calibration tables of the solved hosts.
+        let ok: Vec<usize> = (0..tjobs.len()).filter(|&k| solved[k].is_ok()).collect();
+        let (mut rjobs, mut ritems, mut hosts, mut mitems) = (vec![], vec![], vec![], vec![]);
+        let (mut wdata, mut coffs) = (Vec::new(), Vec::new());
+        let (mut wat, mut rat, mut cat) = (0usize, 0usize, 0usize);
+        let mut cneed = Need::default();
+        for (h, &k) in ok.iter().enumerate() {
+            let (j, s) = (tjobs[k], series[k]);
+            let (w, b) = solved[k].as_ref().expect("filtered");
+            if w.len() != s.lags * s.d * s.d || b.len() != s.d {
+                return Err(BackendError::Invalid(
+                    "solved weights of the wrong shape".into(),
+                ));
+            }
+            rjobs.extend([
+                u32s(zoffs[k]),
+                u32s(s.n),
+                u32s(s.d),
+                u32s(s.lags),
+                u32s(wat),
+                u32s(rat),
+                0,
+                0,
+            ]);
+            for rb in 0..s.n.div_ceil(plan::RES_ROWS) {
+                for mb in 0..s.d.div_ceil(plan::RES_METRICS) {
+                    ritems.extend([u32s(h), u32s(rb), u32s(mb), 0]);
+                }
+            }
+            let tail = s.n.min(super::CALIBRATION_TAIL);
+            hosts.extend([
+                u32s(rat),
+                u32s(s.n),
+                u32s(s.d),
+                u32s(cat),
+                j.resid_floor.to_bits(),
+                j.clip.to_bits(),
+                u32s(tail),
+                0,
+            ]);
+            for rb in 0..s.n.div_ceil(plan::ROWSUM_ROWS) {
+                mitems.extend([u32s(h), u32s(rb)]);
+            }
+            wdata.push((wat, w.as_slice(), b.as_slice()));
+            coffs.push(cat);
+            let wlen = align((w.len() + b.len()) as u64, 4) as usize;
+            wat += wlen;
+            rat += align((s.n * s.d) as u64, 4) as usize;
+            cat += align(plan::summary_len(s) as u64, 4) as usize;
+            cneed.w += wlen as u64 * 4;
+        }
+        if ok.is_empty() {
+            return Ok(solved
+                .into_iter()
+                .map(|r| r.map(|_| Calibration::Full(Vec::new())))
+                .collect());
+        }
+        let out_bytes = cat as u64 * 4;
+        let n_ritems = (ritems.len() / 4) as u64;
+        let n_hosts = ok.len() as u64;
+        let n_mitems = (mitems.len() / 2) as u64;
+        let (rx, _) = plan::dispatch_dims(n_ritems, &self.limits);
+        let (sx, _) = plan::dispatch_dims(n_hosts, &self.limits);
+        let (mx, _) = plan::dispatch_dims(n_mitems, &self.limits);
+        let (b_rjobs, b_ritems, b_hosts, b_mitems) = (
+            rjobs.len() as u64 * 4,
+            ritems.len() as u64 * 4,
+            hosts.len() as u64 * 4,
+            mitems.len() as u64 * 4,
+        );
+        let params = [
+            words([u32s(n_ritems as usize), rx, 0, 0]),
+            words([u32s(n_hosts as usize), sx, 0, 0]),
+            words([u32s(n_mitems as usize), mx, 0, 0]),
+        ];
+        let layout = Layout::new(&[cneed.w, b_rjobs, b_ritems, b_hosts, b_mitems, 16, 16, 16]);
+        let o = &layout.offsets;
+        let resid_bytes = rat as u64 * 4;
+        let started = self.scoped(|| {
+            self.upload(bufs, &layout, |dst| {
+                let (wdst, tables) = dst.split_at_mut(o[1] as usize);
+                let mut parts = Vec::with_capacity(2 * wdata.len());
+                for (at, w, b) in &wdata {
+                    parts.push((*at as u64 * 4, *w));
+                    parts.push(((at + w.len()) as u64 * 4, *b));
+                }
+                scatter(self.threads, wdst, parts);
+                let base = o[1] as usize;
+                for (i, bytes) in [
+                    bytemuck::cast_slice::<u32, u8>(&rjobs),
+                    bytemuck::cast_slice(&ritems),
+                    bytemuck::cast_slice(&hosts),
+                    bytemuck::cast_slice(&mitems),
+                    &params[0],
+                    &params[1],
+                    &params[2],
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let at = o[i + 1] as usize - base;
+                    tables[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+            })?;
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let up = bufs.upload.get();
+            for (i, (dst, size)) in [
+                (bufs.w.get(), cneed.w),
+                (bufs.jobs.get(), b_rjobs),
+                (bufs.items.get(), b_ritems),
+                (bufs.pairs.get(), b_hosts),
+                (bufs.items2.get(), b_mitems),
+                (&bufs.params[3], 16),
+                (&bufs.params[4], 16),
+                (&bufs.params[5], 16),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                enc.copy_buffer_to_buffer(up, o[i], dst, 0, size);
+            }
+            self.pass(
+                &mut enc,
+                &self.pipes.resid,
+                &[
+                    (bufs.z.get(), need.z),
+                    (bufs.w.get(), cneed.w),
+                    (bufs.jobs.get(), b_rjobs),
+                    (bufs.items.get(), b_ritems),
+                    (&bufs.params[3], 16),
+                    (bufs.resid.get(), resid_bytes),
+                ],
+                n_ritems,
+            );
+            self.pass(
+                &mut enc,
+                &self.pipes.scales,
+                &[
+                    (bufs.resid.get(), resid_bytes),
+                    (bufs.pairs.get(), b_hosts),
+                    (&bufs.params[4], 16),
+                    (bufs.out.get(), out_bytes),
+                ],
+                n_hosts,
+            );
+            self.pass(
+                &mut enc,
+                &self.pipes.rowsum,
+                &[
+                    (bufs.resid.get(), resid_bytes),
+                    (bufs.pairs.get(), b_hosts),
+                    (bufs.items2.get(), b_mitems),
+                    (&bufs.params[5], 16),
+                    (bufs.out.get(), out_bytes),
+                ],
+                n_mitems,
+            );
+            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback.get(), 0, out_bytes);
+            let started = Instant::now();
+            self.queue.submit([enc.finish()]);
+            Ok(started)
+        })?;
+        let summaries = self.finish(bufs, started, out_bytes, |bytes| {
+            par_map(1, (0..ok.len()).collect(), |_, h| {
+                let s = series[ok[h]];
+                let c = coffs[h];
+                let tail = s.n.min(super::CALIBRATION_TAIL);
+                Calibration::Summary {
+                    inv_scale: floats(bytes, c, c + s.d),
+                    row_sums: floats(bytes, c + s.d, c + s.d + s.n),
+                    tail_abs: floats(bytes, c + s.d + s.n, c + s.d + s.n + tail * s.d),
+                }
+            })
+        })?;
+        drop(wdata);
+        let mut summaries = summaries.into_iter();
+        Ok(solved
+            .into_iter()
+            .map(|r| r.map(|_| summaries.next().expect("one summary per solved host")))
+            .collect())
     }
 
     /// Absolute residuals of one sub-batch (every job checked, non-empty, within limits).
@@ -953,6 +1192,64 @@ impl Backend for GpuBackend {
             }
         }
         self.batched(series.len(), needs, out, series, |b| self.run_cross(b))
+    }
+
+    fn train_kernels(
+        &self,
+        jobs: &[TrainJob<'_>],
+        solve: &SolveFn<'_>,
+    ) -> Vec<anyhow::Result<Calibration>> {
+        let mut out: Vec<Option<anyhow::Result<Calibration>>> =
+            (0..jobs.len()).map(|_| None).collect();
+        // Hosts that need every residual (the univariate blend) take the two-kernel path.
+        let full: Vec<usize> = (0..jobs.len())
+            .filter(|&i| jobs[i].full || jobs[i].series.n == 0)
+            .collect();
+        if !full.is_empty() {
+            let sub: Vec<TrainJob<'_>> = full.iter().map(|&i| jobs[i]).collect();
+            let r = super::train_kernels_default(self, &sub, &|k, c| solve(full[k], c));
+            for (&i, r) in full.iter().zip(r) {
+                out[i] = Some(r);
+            }
+        }
+        let mut needs: Vec<Option<Need>> = vec![None; jobs.len()];
+        for (i, j) in jobs.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            match j.series.check_trainable() {
+                Err(e) => out[i] = Some(Err(e.into())),
+                Ok(()) => needs[i] = Some(plan::train_need(&j.series)),
+            }
+        }
+        let (batches, rejected) = plan::split(&needs, &self.limits);
+        for (i, e) in rejected {
+            out[i] = Some(Err(e.into()));
+        }
+        lock(&self.stats).calls += 1;
+        for b in batches {
+            let refs: Vec<&TrainJob<'_>> = b.iter().map(|&i| &jobs[i]).collect();
+            let r = self
+                .check_fault()
+                .and_then(|_| self.run_train(&refs, &|k, c| solve(b[k], c)));
+            match r {
+                Ok(v) => {
+                    for (&i, x) in b.iter().zip(v) {
+                        out[i] = Some(x);
+                    }
+                }
+                Err(e) => {
+                    for &i in &b {
+                        out[i] = Some(Err(e.clone().into()));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(BackendError::Invalid("host not planned".into()).into()))
+            })
+            .collect()
     }
 
     fn abs_residuals_batch(&self, jobs: &[ResidualJob<'_>]) -> Vec<Result<Vec<f32>, BackendError>> {

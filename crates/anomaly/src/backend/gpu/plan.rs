@@ -2,7 +2,7 @@
 //! host batch into sub-batches that respect the device limits. Pure CPU code (tested without
 //! a device).
 
-use crate::backend::{BackendError, ResidualJob, Series};
+use crate::backend::{BackendError, ResidualJob, Series, CALIBRATION_TAIL};
 
 /// Edge of a cross-product tile (`cross_products.wgsl`: `T`).
 pub const TILE: usize = 64;
@@ -65,6 +65,8 @@ pub struct Need {
     pub z: u64,
     pub w: u64,
     pub part: u64,
+    /// Residuals kept on the device (training calibration).
+    pub resid: u64,
     pub out: u64,
     pub jobs: u64,
     pub items: u64,
@@ -80,6 +82,7 @@ impl Need {
         self.z += o.z;
         self.w += o.w;
         self.part += o.part;
+        self.resid += o.resid;
         self.out += o.out;
         self.jobs += o.jobs;
         self.items += o.items;
@@ -103,6 +106,7 @@ impl Need {
             ("lag-window series", self.z, lim.binding),
             ("predictor weights", self.w, lim.binding),
             ("partial cross products", self.part, lim.binding),
+            ("training residuals", self.resid, lim.binding),
             ("results", self.out, lim.binding),
             ("work-item table", self.items, lim.binding),
             ("upload staging", self.upload(), lim.buffer),
@@ -176,6 +180,42 @@ pub fn residual_need(j: &ResidualJob<'_>) -> Need {
         items: groups * 16,
         groups,
         ..Need::default()
+    }
+}
+
+/// Rows per workgroup of the row-sum pass (`rowsum.wgsl`).
+pub const ROWSUM_ROWS: usize = 256;
+
+/// Floats of one host's calibration summary: scales, row sums, tail rows.
+pub fn summary_len(s: &Series<'_>) -> usize {
+    s.d + s.n + s.n.min(CALIBRATION_TAIL) * s.d
+}
+
+/// What one host needs for device-side training ([`crate::backend::Backend::train_kernels`]):
+/// the cross-product step and the calibration step, which share the series. Tables of both
+/// steps are counted together (conservative).
+pub fn train_need(s: &Series<'_>) -> Need {
+    let shape = CrossShape::of(s);
+    let cross = shape.need(s);
+    let resid = residual_need(&ResidualJob {
+        series: *s,
+        weights: crate::backend::LagWeights {
+            weights: &[],
+            bias: &[],
+        },
+    });
+    let rows = s.n.div_ceil(ROWSUM_ROWS) as u64;
+    Need {
+        z: cross.z,
+        w: floats4(s.lags * s.d * s.d + s.d) * 4,
+        part: cross.part,
+        resid: floats4(s.n * s.d) * 4,
+        out: cross.out.max(floats4(summary_len(s)) * 4),
+        jobs: cross.jobs + resid.jobs + 32,
+        items: cross.items + resid.items + rows * 8,
+        pairs: cross.pairs,
+        groups: cross.groups.max(resid.groups).max(rows),
+        reduce_groups: cross.reduce_groups,
     }
 }
 
