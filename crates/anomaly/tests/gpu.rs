@@ -489,3 +489,34 @@ fn buffers_are_reused_across_calls() {
         assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap(), "deterministic");
     }
 }
+
+#[test]
+fn many_small_hosts_train_in_one_device_batch_on_a_fresh_backend() {
+    // 60 single-tile hosts configured like the product, on a backend whose buffers have
+    // never grown: every table of the device-side training must be sized from the plan.
+    let gpu = gpu();
+    let mut rng = Rng::new(29);
+    let rows: Vec<Matrix> = (0..60)
+        .map(|i| synthetic(300 + 7 * i, 16, i * 100, &mut rng))
+        .collect();
+    let config = DetectorConfig {
+        univariate_weight: 0.0,
+        clip: 10.0,
+        ..DetectorConfig::default()
+    };
+    let inputs: Vec<TrainInput<'_>> = rows
+        .iter()
+        .map(|rows| TrainInput {
+            rows,
+            config: &config,
+        })
+        .collect();
+    let g = Detector::fit_batch(&gpu, &inputs);
+    let c = Detector::fit_batch(&CpuBackend::default(), &inputs);
+    for (i, (g, c)) in g.iter().zip(&c).enumerate() {
+        let (g, c) = (g.as_ref().unwrap(), c.as_ref().unwrap());
+        let (a, b) = (c.alert_threshold(), g.alert_threshold());
+        assert!(rel(a, b) <= 1e-3, "host {i}: threshold cpu {a} gpu {b}");
+    }
+    assert_eq!(gpu.stats().submits, 2, "one sub-batch: {:?}", gpu.stats());
+}

@@ -213,7 +213,9 @@ pub fn train_need(s: &Series<'_>) -> Need {
         out: cross.out.max(floats4(summary_len(s)) * 4),
         jobs: cross.jobs + resid.jobs + 32,
         items: cross.items + resid.items + rows * 8,
-        pairs: cross.pairs,
+        // The pairs buffer holds the cross step's pair table, then the calibration's
+        // per-host table (32 bytes).
+        pairs: cross.pairs.max(32),
         groups: cross.groups.max(resid.groups).max(rows),
         reduce_groups: cross.reduce_groups,
     }
