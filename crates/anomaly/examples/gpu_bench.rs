@@ -13,7 +13,7 @@
 //! `cargo build --release -p rackwatch-anomaly --features gpu --example gpu_bench`
 //!
 //! Run: `gpu_bench [--quick] [--hosts N] [--gpus N] [--days N] [--metrics N] [--runs N]
-//! [--catchup N] [--train-batch N] [--threads N] [--max-buffer-mb N] [--adapter NAME]
+//! [--catchup N] [--train-batch N] [--train-passes N] [--threads N] [--max-buffer-mb N] [--adapter NAME]
 //! [--cpu-only] [--no-software] [--seed N]`.
 
 use std::time::Instant;
@@ -34,6 +34,7 @@ struct Args {
     runs: usize,
     catchup: usize,
     train_batch: usize,
+    train_passes: usize,
     threads: usize,
     max_buffer_mb: u64,
     adapter: Option<String>,
@@ -46,7 +47,7 @@ struct Args {
 fn usage() -> ! {
     eprintln!(
         "usage: gpu_bench [--quick] [--hosts N] [--gpus N per host] [--days N] [--metrics N] \
-         [--runs N] [--catchup MINUTES] [--train-batch N] [--threads N] [--max-buffer-mb N] \
+         [--runs N] [--catchup MINUTES] [--train-batch N] [--train-passes N] [--threads N] [--max-buffer-mb N] \
          [--adapter NAME] [--cpu-only] [--no-software] [--baseline-hosts N] [--seed N]"
     );
     std::process::exit(2)
@@ -62,6 +63,7 @@ fn parse() -> Args {
         runs: 20,
         catchup: 180,
         train_batch: 250,
+        train_passes: 2,
         threads,
         max_buffer_mb: 512,
         adapter: None,
@@ -80,6 +82,7 @@ fn parse() -> Args {
         };
         match flag.as_str() {
             "--quick" => {
+                a.train_passes = 1;
                 a.hosts = 40;
                 a.days = 2;
                 a.runs = 5;
@@ -93,6 +96,7 @@ fn parse() -> Args {
             "--runs" => a.runs = num("--runs") as usize,
             "--catchup" => a.catchup = num("--catchup") as usize,
             "--train-batch" => a.train_batch = num("--train-batch") as usize,
+            "--train-passes" => a.train_passes = (num("--train-passes") as usize).max(1),
             "--threads" => a.threads = num("--threads") as usize,
             "--max-buffer-mb" => a.max_buffer_mb = num("--max-buffer-mb"),
             "--baseline-hosts" => a.baseline_hosts = num("--baseline-hosts") as usize,
@@ -401,15 +405,26 @@ fn measure(
     a: &Args,
     stats: &dyn Fn() -> Option<GpuStats>,
 ) -> Figures {
-    let before = stats();
-    let (train_ms_per_host, mut models) = train(b, fleet, a.train_batch);
-    println!(
-        "{name}: training {} hosts: {train_ms_per_host:.3} ms per host ({:.2} s, {} hosts per batch)",
-        fleet.train.len(),
-        train_ms_per_host * fleet.train.len() as f64 / 1e3,
-        a.train_batch
-    );
-    if let (Some(x), Some(y)) = (before, stats()) {
+    // The best of `passes` trainings: the first pays one-off costs (buffer growth, first
+    // touch of fresh memory) that a running server has behind it.
+    let mut best: Option<(f64, Vec<Detector>)> = None;
+    let (mut before, mut after) = (None, None);
+    for pass in 1..=a.train_passes {
+        let x = stats();
+        let (ms, models) = train(b, fleet, a.train_batch);
+        println!(
+            "{name}: training {} hosts, pass {pass}: {ms:.3} ms per host ({:.2} s, {} hosts per batch)",
+            fleet.train.len(),
+            ms * fleet.train.len() as f64 / 1e3,
+            a.train_batch
+        );
+        if best.as_ref().is_none_or(|(b, _)| ms < *b) {
+            best = Some((ms, models));
+            (before, after) = (x, stats());
+        }
+    }
+    let (train_ms_per_host, mut models) = best.expect("at least one pass");
+    if let (Some(x), Some(y)) = (before, after) {
         let total = train_ms_per_host * fleet.train.len() as f64;
         let (fill, wait, read) = (
             (y.fill_s - x.fill_s) * 1e3,
