@@ -5,7 +5,9 @@
 //! standardized metrics; it scores new rows causally, alerts above a label-free
 //! peaks-over-threshold level ([`PotThreshold`]) and names the metrics behind a score
 //! ([`Detector::score_explained`]). The heavy math runs on a [`Backend`]: [`CpuBackend`] by
-//! default, `GpuBackend` (wgpu + WGSL) with the `gpu` feature.
+//! default, `GpuBackend` (wgpu + WGSL) with the `gpu` feature; [`SelectedBackend`] picks one
+//! from a [`BackendChoice`] (`auto | cpu | gpu`). A fleet trains and scores in batches:
+//! [`Detector::fit_batch`] and [`Detector::score_explained_batch`].
 //!
 //! [`eval`] scores benchmark directories (SMD / ASD / NAB layout) into score files for
 //! `shared/eval/anomaly/score.py`.
@@ -20,10 +22,13 @@ mod matrix;
 pub mod pot;
 pub mod stream;
 
+pub use backend::{
+    Backend, BackendChoice, BackendError, BackendInfo, BackendKind, CpuBackend, SelectOptions,
+    SelectedBackend,
+};
 #[cfg(feature = "gpu")]
-pub use backend::GpuBackend;
-pub use backend::{Backend, CpuBackend};
-pub use detector::{Contribution, Detector, DetectorConfig, ScoredRow};
+pub use backend::{GpuBackend, GpuOptions, GpuStats};
+pub use detector::{Contribution, Detector, DetectorConfig, ScoreInput, ScoredRow, TrainInput};
 pub use eval::{eval, eval_with, EvalOptions, EvalSummary};
 pub use matrix::Matrix;
 pub use pot::PotThreshold;
