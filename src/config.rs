@@ -86,6 +86,26 @@ pub struct ServerConfig {
     pub secure_cookies: bool,
     /// How long a login session lasts, in seconds.
     pub session_ttl_secs: i64,
+    /// A session unused this long ends, in seconds.
+    pub session_idle_secs: i64,
+    /// Most connections open at once; one more is closed on accept.
+    pub max_connections: usize,
+    /// Request headers must arrive within this many seconds (also the keep-alive idle
+    /// timeout).
+    pub header_read_timeout_secs: u64,
+    /// A request body that sends nothing for this many seconds is cut off.
+    pub body_timeout_secs: u64,
+    /// A whole request (body and handler) must finish within this many seconds (408).
+    pub request_timeout_secs: u64,
+    /// Ingest requests processed at once; more wait up to `request_timeout_secs`, then
+    /// get 503 with Retry-After. Bounds the memory that bodies and their parsing hold.
+    pub ingest_concurrency: usize,
+    /// Password checks (argon2id, 19 MiB each) run at once. More are answered 503 at once.
+    pub password_checks: usize,
+    /// Serve `/metrics` without credentials. Off: it needs `metrics_token` or a user.
+    pub metrics_public: bool,
+    /// Bearer token that may read `/metrics` (a Prometheus scrape).
+    pub metrics_token: Secret,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +117,15 @@ impl Default for ServerConfig {
             max_decompressed_bytes: 64 << 20,
             secure_cookies: false,
             session_ttl_secs: 12 * 3600,
+            session_idle_secs: 3600,
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
+            body_timeout_secs: 10,
+            request_timeout_secs: 60,
+            ingest_concurrency: 8,
+            password_checks: 2,
+            metrics_public: false,
+            metrics_token: Secret::default(),
         }
     }
 }
@@ -668,6 +697,31 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return Err("server.max_body_bytes must be at least 1024".into());
+        }
+        for (key, v) in [
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+            ),
+            (
+                "server.ingest_concurrency",
+                self.server.ingest_concurrency as u64,
+            ),
+            ("server.password_checks", self.server.password_checks as u64),
+            (
+                "server.session_idle_secs",
+                self.server.session_idle_secs.max(0) as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!(

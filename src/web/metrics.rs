@@ -27,6 +27,8 @@ pub struct Metrics {
     pub err_too_large: AtomicU64,
     pub err_unavailable: AtomicU64,
     pub err_internal: AtomicU64,
+    pub err_busy: AtomicU64,
+    pub err_rate_limited: AtomicU64,
     pub logins_failed: AtomicU64,
 }
 
@@ -34,13 +36,16 @@ impl Metrics {
     /// Count a failed ingest request by its kind.
     pub fn count_ingest_error(&self, e: &ApiError) {
         let c = match e {
-            ApiError::BadRequest(_) | ApiError::UnsupportedMedia(_) | ApiError::NotFound(_) => {
-                &self.err_bad_request
-            }
+            ApiError::BadRequest(_)
+            | ApiError::UnsupportedMedia(_)
+            | ApiError::NotFound(_)
+            | ApiError::RequestTimeout(_) => &self.err_bad_request,
             ApiError::Unauthorized(_) => &self.err_unauthorized,
             ApiError::Forbidden(_) => &self.err_forbidden,
             ApiError::TooLarge(_) => &self.err_too_large,
             ApiError::Unavailable => &self.err_unavailable,
+            ApiError::Busy(_) => &self.err_busy,
+            ApiError::TooMany { .. } => &self.err_rate_limited,
             ApiError::Internal(_) => &self.err_internal,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -119,7 +124,10 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(
+    State(st): State<AppState>,
+    _r: super::auth::MetricsReader,
+) -> impl IntoResponse {
     let m = &st.metrics;
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::new();
@@ -173,6 +181,8 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         ("too_large", l(&m.err_too_large)),
         ("db_unavailable", l(&m.err_unavailable)),
         ("internal", l(&m.err_internal)),
+        ("busy", l(&m.err_busy)),
+        ("rate_limited", l(&m.err_rate_limited)),
     ] {
         let _ = writeln!(
             out,

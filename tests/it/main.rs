@@ -1,5 +1,6 @@
 //! Integration tests: the real server, a real Postgres, real HTTP.
 
+mod abuse;
 mod agent;
 mod alerts;
 mod anomalies;
