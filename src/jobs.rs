@@ -224,7 +224,7 @@ async fn energy(c: &JobContext) -> anyhow::Result<String> {
     ))
 }
 
-/// Partitions ahead, retention behind, expired sessions. Every step runs; the errors are
+/// Partitions ahead, retention behind, expired sessions and login throttles. Every step runs; the errors are
 /// reported together.
 async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
     let (store, cfg) = (&c.store, &c.cfg);
@@ -255,6 +255,12 @@ async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
     }
     if let Err(e) = store.delete_expired_sessions().await {
         errors.push(format!("session cleanup: {e}"));
+    }
+    if let Err(e) = store
+        .delete_stale_login_throttles(chrono::Duration::hours(1))
+        .await
+    {
+        errors.push(format!("login throttle cleanup: {e}"));
     }
     if errors.is_empty() {
         Ok(done.join(", "))
