@@ -87,7 +87,14 @@ pub(crate) fn theil_sen(pts: &[(f64, f64)], min: usize) -> Option<(f64, f64)> {
     (b.is_finite() && a.is_finite()).then_some((b, a))
 }
 
-/// Per clock hour, the quantile of the samples within ±1 h of it over the last `days`.
+/// Clock hours either side of an hour that share its hour-of-day quantile. With 1 a
+/// diurnal pool's plan holds the day level one hour early and one hour late (a guard band
+/// against shifted start times); with 0 the quantiles are noisier and the plans cost more
+/// (mean over 11 pseudo-weeks 0.782 vs 0.770, dev-week median 0.507 vs 0.330).
+const HOD_HALF_WIDTH: usize = 1;
+
+/// Per clock hour, the quantile of the samples within ±HOD_HALF_WIDTH h of it over the
+/// last `days`.
 fn hod_profile(g: &Grid, t: usize, q: f64, days: u32) -> [f64; 24] {
     let lo = t.saturating_sub(days as usize * 24);
     let mut by: [Vec<f64>; 24] = std::array::from_fn(|_| Vec::new());
@@ -98,8 +105,8 @@ fn hod_profile(g: &Grid, t: usize, q: f64, days: u32) -> [f64; 24] {
     let mut scratch = Vec::new();
     for (c, o) in out.iter_mut().enumerate() {
         scratch.clear();
-        for d in [23, 0, 1] {
-            scratch.extend_from_slice(&by[(c + d) % 24]);
+        for d in 0..=2 * HOD_HALF_WIDTH {
+            scratch.extend_from_slice(&by[(c + 24 + d - HOD_HALF_WIDTH) % 24]);
         }
         *o = quantile(&mut scratch, q);
     }
@@ -124,6 +131,7 @@ fn schedule(
             window_days,
         } => flat(decayed(g, t, q, half_life_hours, window_days)),
         PlanMethod::Window { days } => flat(window_q(g, t, q, days)),
+        PlanMethod::Peak { days } => flat(window_q(g, t, 1.0, days)),
         PlanMethod::HourOfDay { days } => {
             let lvl = base(t);
             if !lvl.is_finite() {
@@ -135,7 +143,7 @@ fn schedule(
                     .map(|k| {
                         let p = prof[g.hod(t + lead + k)];
                         if p.is_finite() {
-                            0.5 * (p + lvl)
+                            p
                         } else {
                             lvl
                         }

@@ -8,7 +8,7 @@
 //!   --lead-margin F         extra margin per week of lead
 //!   --ensemble K            next-hour candidates averaged
 //!   --window-days D         next-hour calibration window
-//!   --plan-methods LIST     comma list of dec:HL:DAYS | win:DAYS | hod:DAYS | trend:DAYS
+//!   --plan-methods LIST     comma list of dec:HL:DAYS | win:DAYS | peak:DAYS | hod:DAYS | trend:DAYS
 //!   --host-size N           GPUs per host
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -32,6 +32,9 @@ fn parse_methods(s: &str) -> Result<Vec<PlanMethod>> {
                     window_days: num(2)? as u32,
                 },
                 "win" => PlanMethod::Window {
+                    days: num(1)? as u32,
+                },
+                "peak" => PlanMethod::Peak {
                     days: num(1)? as u32,
                 },
                 "hod" => PlanMethod::HourOfDay {
