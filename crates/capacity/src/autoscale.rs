@@ -210,12 +210,19 @@ impl Calibrated {
     }
 }
 
-/// Calibrates every candidate on hours `[lo, hi)` and scores it there.
-fn calibrate_all(g: &Grid, bv: &BaseValues, lo: usize, hi: usize, s: &Settings) -> Vec<Calibrated> {
+/// Calibrates the candidates of `bases` on hours `[lo, hi)` and scores them there, best first.
+fn calibrate(
+    g: &Grid,
+    bv: &BaseValues,
+    bases: &[Base],
+    lo: usize,
+    hi: usize,
+    s: &Settings,
+) -> Vec<Calibrated> {
     let q = s.quantile();
     let mut scratch = Vec::with_capacity((hi - lo) * g.sph);
-    let mut out = Vec::with_capacity(2 * BASES.len());
-    for &base in BASES.iter() {
+    let mut out = Vec::with_capacity(2 * bases.len());
+    for &base in bases {
         let (res, hours) = Residuals::collect(g, bv, base, lo, hi);
         if hours < MIN_WINDOW_HOURS.min(hi - lo) || res.all.is_empty() {
             continue;
@@ -288,7 +295,7 @@ pub(crate) fn decide(g: &Grid, bv: &BaseValues, s: &Settings) -> (u32, String, V
         let cap = round_up(recent_max(g, t, 24), s.host_size);
         return (cap, "fallback:max24h".to_string(), Vec::new());
     }
-    let ranked = calibrate_all(g, bv, lo, t, s);
+    let ranked = calibrate(g, bv, &BASES, lo, t, s);
     let members: Vec<Calibrated> = ranked
         .into_iter()
         .filter(|c| !bv.value(c.base, t).is_nan())
@@ -333,7 +340,13 @@ pub(crate) fn evidence(
             let recal: Vec<Calibrated> = if members.is_empty() {
                 Vec::new()
             } else {
-                let all = calibrate_all(g, bv, lo, block_start, s);
+                let mut bases: Vec<Base> = Vec::new();
+                for m in members {
+                    if !bases.contains(&m.base) {
+                        bases.push(m.base);
+                    }
+                }
+                let all = calibrate(g, bv, &bases, lo, block_start, s);
                 members
                     .iter()
                     .filter_map(|m| {

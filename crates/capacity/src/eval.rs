@@ -251,7 +251,7 @@ fn read_series(dir: &Path, sid: &str, imputed: Option<&HashSet<DateTime<Utc>>>) 
     Ok(Series { start, values })
 }
 
-/// CPU time of the calling thread, milliseconds.
+/// CPU time of the process, milliseconds (the recommender runs on one thread).
 fn cpu_ms() -> f64 {
     #[cfg(unix)]
     {
@@ -260,7 +260,7 @@ fn cpu_ms() -> f64 {
             tv_nsec: 0,
         };
         // SAFETY: clock_gettime writes into the timespec we own; the clock id is valid.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
         if rc == 0 {
             return ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6;
         }
