@@ -5,14 +5,14 @@
 //! towards the peak of the last 24 h (λ = 0.1, 0.25, 0.5, 0.75) or 6 h (λ = 0.25, 0.5).
 //! Each base becomes two candidates by adding an offset *recalibrated for the price*: the
 //! P/(P+1) quantile of the pool's own residuals (sample − base) over the last week, either
-//! one offset for all hours or one per hour of day (hours within ±3 h of the same clock
+//! one offset for all hours or one per hour of day (hours within ±5 h of the same clock
 //! hour). That quantile is exactly the offset that minimizes idle + P × unserved on those
 //! residuals. The 18 candidates are ranked by what they would have cost on the same week
-//! (whole GPUs or hosts, price P) and the best three are averaged.
+//! (whole GPUs or hosts, price P) and the best four are averaged.
 //!
 //! Why these and not one: on the 15 dev pools a single base with a recalibrated offset
 //! costs 0.191 / 0.232 (dev week / week before), the hindsight-best constant offset on the
-//! best single base 0.183 / 0.225, and the per-pool ranked top-3 0.17 / 0.22
+//! best single base 0.183 / 0.225, and the per-pool ranked top-4 0.170 / 0.215
 //! (`docs/capacity.md`).
 
 use crate::cost::{hour_cost, CostAcc};
@@ -71,8 +71,10 @@ pub(crate) const BASES: [Base; 9] = [
     },
 ];
 
-/// Hours either side of a clock hour whose residuals calibrate that hour's offset.
-const HOD_HALF_WIDTH: usize = 3;
+/// Hours either side of a clock hour whose residuals calibrate that hour's offset (5: an
+/// 11-hour band, day or night; dev / week before at ±1, 3, 5, 7, 10 h: 0.174 / 0.228,
+/// 0.170 / 0.220, 0.170 / 0.216, 0.173 / 0.217, 0.175 / 0.220; both weeks pick 5).
+const HOD_HALF_WIDTH: usize = 5;
 /// Hours of history a window hour needs before it (the longest base looks back 24 h).
 const MIN_LOOKBACK: usize = 24;
 /// Fewest calibration hours for a recalibrated candidate; below it the fallback is used.
