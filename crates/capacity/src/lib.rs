@@ -15,6 +15,8 @@
 //!
 //! Method and measured costs: `docs/capacity.md`.
 
+#![warn(missing_docs)]
+
 mod autoscale;
 mod cost;
 mod error;
