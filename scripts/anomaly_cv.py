@@ -90,13 +90,14 @@ NAB_GRID = [
 ]
 
 def _mv_score_grid():
-    """The score's time scale (EMA span), sensitivity floor (residual floor) and model blend
-    (univariate weight), each at half / the default / double, as a factorial; then the
-    predictor's lags, ridge and the residual clip one step from the default."""
+    """The score's time scale (EMA span) and sensitivity floor (residual floor), each at half /
+    the default / double, and the model blend (univariate weight: the joint model alone, the
+    mean, the univariate models alone), as a factorial (27 points); then the predictor's lags,
+    ridge and the residual clip one step from the default."""
     grid = []
     for ema in (12.0, 6.0, 24.0):
         for floor in (0.2, 0.1, 0.4):
-            for uni in (0.5, 0.0):
+            for uni in (0.5, 0.0, 1.0):
                 name = f"EMA span {ema:g}, residual floor {floor:g}, univariate weight {uni:g}"
                 grid.append((name, _d(ema_span=ema, resid_floor=floor, univariate_weight=uni)))
     grid += [
@@ -361,6 +362,9 @@ def main(argv=None):
     ap.add_argument("--work", default=os.path.join(ROOT, "target", "anomaly-cv"))
     ap.add_argument("--datasets", default="smd,asd,nab")
     ap.add_argument("--variant", default="{}", help="JSON settings merged into every grid point")
+    ap.add_argument("--extra", default="{}",
+                    help='JSON {"mv": [[name, settings], ...], "nab": [...]}: grid points added for a '
+                         'variant (e.g. its own settings), merged like the others')
     ap.add_argument("--tag", default="base", help="name of this run (output folder)")
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--quiet", action="store_true")
@@ -375,10 +379,15 @@ def main(argv=None):
     defaults = json.loads(subprocess.run([a.eval, "--print-defaults"], capture_output=True, text=True,
                                          check=True).stdout)
     variant = json.loads(a.variant)
+    extra = json.loads(a.extra)
+    for k, v in extra.items():
+        grids = {"mv": [GRIDS["SMD"], GRIDS["ASD"]], "nab": [GRIDS["NAB"]]}[k]
+        for g in grids:
+            g["score"] = g["score"] + [tuple(p) for p in v]
     runner = Runner(os.path.abspath(a.eval), labels, a.work, defaults, log)
     out_root = os.path.join(a.work, "cv", a.tag)
     shutil.rmtree(out_root, ignore_errors=True)
-    report = {"variant": variant, "tag": a.tag, "datasets": {}}
+    report = {"variant": variant, "extra": extra, "tag": a.tag, "datasets": {}}
     t0 = time.time()
     lines = []
     wanted = [x.strip().upper() for x in a.datasets.split(",") if x.strip()]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, CpuBackend, LagWeights};
 use crate::pot::PotThreshold;
+use crate::vae::{windows, Vae, VaeConfig};
 use crate::Matrix;
 
 /// Hyper-parameters. Defaults were chosen once on the dev split and apply to every series.
@@ -38,6 +39,11 @@ pub struct DetectorConfig {
     /// Share of the training rows (the most recent) held out to calibrate the threshold on
     /// out-of-sample scores (0 = calibrate on in-sample scores).
     pub calib_frac: f64,
+    /// Share of the training rows (the most recent) on which each metric's residual scale is
+    /// measured out of sample, by a model fitted on the rows before them (0 = the in-sample
+    /// residual RMS). A metric that only looks predictable in sample, or drifts, then gets the
+    /// scale it shows on new rows instead of one that makes small changes look large.
+    pub scale_holdout: f64,
     /// Drift-adaptive part of the alert level: a row alerts only if its score also exceeds
     /// `adapt_factor ×` the median of the last `adapt_window` scores (0 = off).
     pub adapt_factor: f32,
@@ -45,6 +51,22 @@ pub struct DetectorConfig {
     /// Weight of the univariate model's energy in each metric's energy (`0` = the joint model
     /// alone; `0.5` = the mean of both).
     pub univariate_weight: f32,
+    /// The joint model: the linear predictor (default) or a variational autoencoder over the
+    /// same windows ([`crate::vae`]; measured as a candidate, see docs/anomaly.md).
+    pub model: Model,
+    /// Settings of the VAE (used when `model` is [`Model::Vae`]).
+    pub vae: VaeConfig,
+}
+
+/// The joint model of a [`Detector`]: what turns a window of rows into per-metric errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    /// Ridge-regularized linear prediction of row *t* from the `lags` rows before it.
+    #[default]
+    Linear,
+    /// Reconstruction of the window of rows *t − lags ..= t* by a VAE ([`crate::vae`]).
+    Vae,
 }
 
 impl Default for DetectorConfig {
@@ -59,9 +81,12 @@ impl Default for DetectorConfig {
             pot_init_quantile: 0.9,
             pot_risk: 0.05,
             calib_frac: 0.0,
+            scale_holdout: 0.0,
             adapt_factor: 5.0,
             adapt_window: 1440,
             univariate_weight: 0.5,
+            model: Model::Linear,
+            vae: VaeConfig::default(),
         }
     }
 }
@@ -127,9 +152,20 @@ pub struct Detector {
     pub uni_bias: Vec<f32>,
     #[serde(default)]
     pub uni_inv_scale: Vec<f32>,
+    /// The VAE when `config.model` is [`Model::Vae`] (then `weights` and `bias` stay zero and
+    /// `inv_resid_scale` holds the VAE's per-metric scales).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<Vae>,
     pub threshold: PotThreshold,
     pub train_rows: usize,
     pub state: StreamState,
+}
+
+/// Per-metric residual RMS of the joint and the univariate models in raw units (see
+/// [`DetectorConfig::scale_holdout`]).
+struct RawScales {
+    joint: Vec<f32>,
+    uni: Vec<f32>,
 }
 
 /// Solve `A x = B` (A `f x f` symmetric positive definite, B `f x m`) by Cholesky, in place.
@@ -178,11 +214,21 @@ impl Detector {
     /// Train on normal history (rows = time steps, cols = metrics) on `backend`.
     pub fn fit_with(backend: &dyn Backend, train: &Matrix, config: DetectorConfig) -> Result<Self> {
         let n = train.rows;
+        let min_rows = 10 * (config.lags * train.cols + 1);
+        let sh = (n as f64 * config.scale_holdout.clamp(0.0, 0.9)) as usize;
+        let scales = if sh >= 100 && n - sh > min_rows {
+            let head = train.slice_rows(0, n - sh);
+            let early = Self::fit_in_sample(backend, &head, config.clone(), None)?;
+            Some(early.raw_residual_rms(backend, &train.slice_rows(n - sh, n))?)
+        } else {
+            None
+        };
+        let mut det = Self::fit_in_sample(backend, train, config.clone(), scales.as_ref())?;
         let hold = (n as f64 * config.calib_frac.clamp(0.0, 0.9)) as usize;
-        let mut det = Self::fit_in_sample(backend, train, config.clone())?;
-        if hold >= 100 && n - hold > 10 * (config.lags * train.cols + 1) {
+        if hold >= 100 && n - hold > min_rows {
             // Threshold from out-of-sample scores of a model fitted without the held-out tail.
-            let mut early = Self::fit_in_sample(backend, &train.slice_rows(0, n - hold), config)?;
+            let head = train.slice_rows(0, n - hold);
+            let mut early = Self::fit_in_sample(backend, &head, config, scales.as_ref())?;
             let scores = early.score_with(backend, &train.slice_rows(n - hold, n))?;
             det.threshold =
                 PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
@@ -190,10 +236,57 @@ impl Detector {
         Ok(det)
     }
 
+    /// Per-metric RMS residuals of the joint and the univariate models on `rows` (continuing the
+    /// stream), in raw units.
+    fn raw_residual_rms(&self, backend: &dyn Backend, rows: &Matrix) -> Result<RawScales> {
+        let (n, d) = (rows.rows, self.dim);
+        let mut unit = self.clone();
+        unit.inv_resid_scale = vec![1.0; d];
+        unit.uni_inv_scale = vec![1.0; self.uni_inv_scale.len()];
+        unit.config.clip = f32::MAX;
+        let zpad = unit.padded(rows);
+        let joint = match &unit.vae {
+            Some(vae) => unit.vae_energy(vae, &zpad, n),
+            None => backend.residual_energy(
+                &zpad,
+                n,
+                d,
+                unit.config.lags,
+                unit.lag_weights(),
+                &unit.inv_resid_scale,
+                f32::MAX,
+            )?,
+        };
+        let rms = |e: &[f32]| -> Vec<f32> {
+            let mut ms = vec![0.0f64; d];
+            for r in e.chunks_exact(d) {
+                ms.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
+            }
+            ms.iter()
+                .zip(&self.inv_std)
+                .map(|(s, is)| (s / n.max(1) as f64).sqrt() as f32 / is)
+                .collect()
+        };
+        let uni = if unit.uni_weights.is_empty() {
+            Vec::new()
+        } else {
+            let mut e = vec![0.0f32; n * d];
+            for (t, row) in e.chunks_exact_mut(d).enumerate() {
+                unit.univariate_energy_row(&zpad, t, f32::MAX, row);
+            }
+            rms(&e)
+        };
+        Ok(RawScales {
+            joint: rms(&joint),
+            uni,
+        })
+    }
+
     fn fit_in_sample(
         backend: &dyn Backend,
         train: &Matrix,
         config: DetectorConfig,
+        scales: Option<&RawScales>,
     ) -> Result<Self> {
         let (n, d) = (train.rows, train.cols);
         let lags = config.lags;
@@ -227,6 +320,7 @@ impl Detector {
             uni_weights: Vec::new(),
             uni_bias: Vec::new(),
             uni_inv_scale: Vec::new(),
+            vae: None,
             threshold: PotThreshold::fit(&[], 0.98, 1e-3),
             train_rows: n,
             state: StreamState {
@@ -255,12 +349,20 @@ impl Detector {
         if det.config.univariate_weight > 0.0 {
             det.fit_univariate(&xtx, &xty, &zpad, n)?;
         }
-        cholesky_solve(&mut xtx, &mut xty, f, d)?;
-        det.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
-        det.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
+        let e = if det.config.model == Model::Vae {
+            let win = windows(&zpad, n, d, lags);
+            let vae = Vae::fit(&win, (lags + 1) * d, d, det.config.vae.clone());
+            let e = vae.row_errors(&win);
+            det.vae = Some(vae);
+            e
+        } else {
+            cholesky_solve(&mut xtx, &mut xty, f, d)?;
+            det.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
+            det.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
+            let ones = vec![1.0f32; d];
+            backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?
+        };
         // Residual scales from the training residuals.
-        let ones = vec![1.0f32; d];
-        let e = backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?;
         let mut ms = vec![0.0f64; d];
         for r in e.chunks_exact(d) {
             ms.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
@@ -269,6 +371,21 @@ impl Detector {
             .iter()
             .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(det.config.resid_floor))
             .collect();
+        if let Some(raw) = scales {
+            // Out-of-sample scales (`scale_holdout`), converted to this model's standardized
+            // units.
+            let floor = det.config.resid_floor;
+            let to_inv = |r: &[f32], is: &[f32]| -> Vec<f32> {
+                r.iter()
+                    .zip(is)
+                    .map(|(r, is)| 1.0 / (r * is).max(floor))
+                    .collect()
+            };
+            det.inv_resid_scale = to_inv(&raw.joint, &det.inv_std);
+            if raw.uni.len() == d && det.uni_inv_scale.len() == d {
+                det.uni_inv_scale = to_inv(&raw.uni, &det.inv_std);
+            }
+        }
         // Calibration scores on the training data, which also leaves the stream at its end.
         det.state.history = zpad[..lags * d].to_vec();
         let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _, _| {})?;
@@ -343,6 +460,20 @@ impl Detector {
             let r = ((y - *o).abs() * s).min(clip);
             *o = r * r;
         }
+    }
+
+    /// The VAE's per-metric energies of the `n` windows of `zpad`, scaled and clipped like the
+    /// predictor's residuals.
+    fn vae_energy(&self, vae: &Vae, zpad: &[f32], n: usize) -> Vec<f32> {
+        let (d, clip) = (self.dim, self.config.clip);
+        let mut e = vae.row_errors(&windows(zpad, n, d, self.config.lags));
+        for row in e.chunks_exact_mut(d) {
+            for (v, s) in row.iter_mut().zip(&self.inv_resid_scale) {
+                let r = (v.sqrt() * s).min(clip);
+                *v = r * r;
+            }
+        }
+        e
     }
 
     /// Blend the univariate energies into the joint model's `n x dim` energies `e`.
@@ -432,15 +563,18 @@ impl Detector {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut e = backend.residual_energy(
-            zpad,
-            n,
-            d,
-            lags,
-            self.lag_weights(),
-            &self.inv_resid_scale,
-            self.config.clip,
-        )?;
+        let mut e = match &self.vae {
+            Some(vae) => self.vae_energy(vae, zpad, n),
+            None => backend.residual_energy(
+                zpad,
+                n,
+                d,
+                lags,
+                self.lag_weights(),
+                &self.inv_resid_scale,
+                self.config.clip,
+            )?,
+        };
         self.blend_univariate(zpad, n, &mut e);
         let alpha = 2.0 / (self.config.ema_span + 1.0);
         let inv_d = 1.0 / d as f32;

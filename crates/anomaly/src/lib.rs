@@ -19,11 +19,12 @@ pub mod eval;
 mod matrix;
 pub mod pot;
 pub mod stream;
+pub mod vae;
 
 #[cfg(feature = "gpu")]
 pub use backend::GpuBackend;
 pub use backend::{Backend, CpuBackend};
-pub use detector::{Contribution, Detector, DetectorConfig, ScoredRow};
+pub use detector::{Contribution, Detector, DetectorConfig, Model, ScoredRow};
 pub use eval::{eval, eval_with, EvalOptions, EvalSummary};
 pub use matrix::Matrix;
 pub use pot::PotThreshold;
