@@ -81,9 +81,9 @@ NAB_GRID = [
     # level-shift windows
     ("level windows 3/150", _s(level_short=3, level_long=150)),
     ("level windows 10/600", _s(level_short=10, level_long=600)),
-    # AR predictor
-    ("AR lags 3", _s(detector={"lags": 3})),
-    ("AR lags 12", _s(detector={"lags": 12})),
+    # window model (VAE or AR predictor) length
+    ("window model lags 3", _s(detector={"lags": 3})),
+    ("window model lags 12", _s(detector={"lags": 12})),
     # event detector's scale
     ("dual window 6", _s(dual={"window": 6})),
     ("dual 16 windows per probation", _s(dual={"windows_per_probation": 16})),
