@@ -2,12 +2,14 @@
 //!
 //! A [`Detector`] is trained on normal history (rows = time steps, cols = metrics) by
 //! minimizing the MSE of a ridge-regularized linear predictor over a sliding window of
-//! standardized metrics; it scores new rows causally, alerts above a label-free
+//! standardized metrics (or, opt-in, a variational autoencoder over the same windows:
+//! [`vae`], [`Model`]); it scores new rows causally, alerts above a label-free
 //! peaks-over-threshold level ([`PotThreshold`]) and names the metrics behind a score
-//! ([`Detector::score_explained`]). The heavy math runs on a [`Backend`]: [`CpuBackend`] by
+//! ([`Detector::score_explained`]). [`stream`] scores univariate series (NAB protocol) with a
+//! VAE window model, a level-shift signal and adaptive-resonance events. The heavy math runs on a [`Backend`]: [`CpuBackend`] by
 //! default, `GpuBackend` (wgpu + WGSL) with the `gpu` feature.
 //!
-//! [`eval`] scores benchmark directories (SMD / ASD / NAB layout) into score files for
+//! [`eval`](mod@eval) scores benchmark directories (SMD / ASD / NAB layout) into score files for
 //! `shared/eval/anomaly/score.py`.
 
 pub mod art;
