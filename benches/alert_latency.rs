@@ -128,7 +128,7 @@ async fn run() {
     let server = rackwatch::app::start_server_with(
         cfg.clone(),
         store.clone(),
-        bg.alert_wakeup.clone(),
+        bg.shared.clone(),
         stop_rx.clone(),
     )
     .await

@@ -26,7 +26,7 @@ use rackwatch::collect::simulator::SimulatedHost;
 use rackwatch::config::{Config, Secret};
 use rackwatch::model::Batch;
 use rackwatch::store::rollup::quarter;
-use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, GPU_COLUMNS, HOST_COLUMNS};
+use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, gpu_columns, host_columns};
 use rackwatch::store::Store;
 use tokio::sync::watch;
 
@@ -143,7 +143,7 @@ async fn run() {
             encode_gpu_rows(*id, &c.gpu_samples, &mut g);
             copy(
                 &store,
-                &format!("COPY gpu_samples ({GPU_COLUMNS}) FROM STDIN"),
+                &format!("COPY gpu_samples ({}) FROM STDIN", gpu_columns()),
                 g,
             )
             .await;
@@ -151,7 +151,7 @@ async fn run() {
             encode_host_rows(*id, &c.host_samples, &mut hs);
             copy(
                 &store,
-                &format!("COPY host_samples ({HOST_COLUMNS}) FROM STDIN"),
+                &format!("COPY host_samples ({}) FROM STDIN", host_columns()),
                 hs,
             )
             .await;
@@ -482,10 +482,10 @@ async fn run() {
 /// The queries a page runs (the same functions the page handlers call, run the same
 /// way: concurrently), without HTTP, sessions or rendering.
 async fn page_sql(st: &Store, page: &str, host: &str, gpu: i16, range: &str) {
-    use rackwatch::web::data;
+    use rackwatch::web::{fleet, gpu, host};
     let now = Utc::now();
     if page == "fleet" {
-        data::fleet_rows(st, now).await.unwrap();
+        fleet::rows(st, now).await.unwrap();
         return;
     }
     let params = rackwatch::web::range::RangeParams {
@@ -494,9 +494,9 @@ async fn page_sql(st: &Store, page: &str, host: &str, gpu: i16, range: &str) {
     };
     if page.starts_with("host") {
         let r = params.resolve_overview(now, "1h").unwrap();
-        data::host_rows(st, host, &r, now).await.unwrap();
+        host::rows(st, host, &r, now).await.unwrap();
     } else {
         let r = params.resolve(now, "1h").unwrap();
-        data::gpu_rows(st, host, gpu, &r).await.unwrap();
+        gpu::rows(st, host, gpu, &r).await.unwrap();
     }
 }

@@ -19,7 +19,7 @@ use rackwatch::config::{Config, Secret};
 use rackwatch::model::Batch;
 use rackwatch::store::samples::{
     encode_gpu_rows, encode_gpu_rows_binary, encode_host_rows, encode_host_rows_binary,
-    GPU_COLUMNS, HOST_COLUMNS,
+    gpu_columns, host_columns,
 };
 use rackwatch::store::Store;
 use tokio::sync::{watch, Semaphore};
@@ -160,7 +160,7 @@ async fn run() {
     );
 
     // --- raw COPY of the same rows ---------------------------------------------------
-    // The reference is the issue's: a text-format COPY of every column, each batch's host
+    // The reference peer: a text-format COPY of every column, each batch's host
     // and GPU rows in one transaction. Ingest writes binary COPY of the columns a batch
     // has, so that COPY of the same rows, encoded by ingest's own encoder, is measured
     // too: the floor ingest itself cannot go below.
@@ -185,9 +185,9 @@ async fn run() {
             let gc = encode_gpu_rows_binary(id, &b.gpu_samples, &mut gb);
             (
                 (
-                    HOST_COLUMNS.to_string(),
+                    host_columns().to_string(),
                     h.into_bytes(),
-                    GPU_COLUMNS.to_string(),
+                    gpu_columns().to_string(),
                     g.into_bytes(),
                 ),
                 (hc, hb, gc, gb),

@@ -19,6 +19,7 @@ use crate::collect::spool::Spool;
 use crate::collect::system::SystemSource;
 use crate::collect::Source;
 use crate::config::Config;
+use crate::model::jobs::JobBoard;
 use crate::model::{Batch, HostInfo};
 use crate::store::Store;
 use crate::web::{self, AppState};
@@ -29,20 +30,28 @@ pub struct RunningServer {
     pub task: JoinHandle<std::io::Result<()>>,
 }
 
+/// What the HTTP server shares with the background work of the same process: the alert
+/// evaluator's wake-up signal and the job board.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub alert_wakeup: Arc<tokio::sync::Notify>,
+    pub jobs: Arc<JobBoard>,
+}
+
 /// Bind `cfg.server.listen` (port 0 picks a free port) and serve until `shutdown`.
 pub async fn start_server(
     cfg: Arc<Config>,
     store: Store,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningServer> {
-    start_server_with(cfg, store, Arc::new(tokio::sync::Notify::new()), shutdown).await
+    start_server_with(cfg, store, Shared::default(), shutdown).await
 }
 
-/// As [`start_server`], sharing the alert evaluator's wake-up signal.
+/// As [`start_server`], sharing signals and state with the background work.
 pub async fn start_server_with(
     cfg: Arc<Config>,
     store: Store,
-    alert_wakeup: Arc<tokio::sync::Notify>,
+    shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
@@ -50,7 +59,8 @@ pub async fn start_server_with(
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
     let addr = listener.local_addr()?;
     let mut state = AppState::new(store, cfg);
-    state.alert_wakeup = alert_wakeup;
+    state.alert_wakeup = shared.alert_wakeup;
+    state.jobs = shared.jobs;
     // Client addresses are needed by the login rate limiter.
     let app = web::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
@@ -176,13 +186,11 @@ pub async fn backfill_history(
         return Ok(out);
     }
     let day = chrono::Duration::days(1);
-    let older: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM host_samples_1m WHERE bucket < $1)")
-            .bind(now - day)
-            .fetch_one(&store.pool)
-            .await
-            .context("looking for earlier history")?;
-    if older {
+    if store
+        .has_rollups_before(now - day)
+        .await
+        .context("looking for earlier history")?
+    {
         return Ok(out);
     }
     tracing::info!(
@@ -236,21 +244,9 @@ pub async fn backfill_history(
         )
         .await?;
     // The minutes were marked as late ones for the rollup job; they are rolled up now.
-    sqlx::query("DELETE FROM rollup_dirty WHERE bucket >= $1 AND bucket < $2")
-        .bind(from)
-        .bind(to)
-        .execute(&store.pool)
-        .await?;
+    store.forget_late_minutes(from, to).await?;
     // The energy job accounts the hours it is told about.
-    sqlx::query(
-        "INSERT INTO energy_dirty (host_id, hour)
-         SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM host_samples_1m
-          WHERE bucket >= $1 AND bucket < $2 ON CONFLICT DO NOTHING",
-    )
-    .bind(from)
-    .bind(to)
-    .execute(&store.pool)
-    .await?;
+    store.mark_energy_hours(from, to).await?;
     Ok(out)
 }
 
@@ -305,7 +301,7 @@ pub async fn start_simulator(
 pub struct Background {
     pub jobs: JoinHandle<()>,
     pub alerts: JoinHandle<()>,
-    pub alert_wakeup: Arc<tokio::sync::Notify>,
+    pub shared: Shared,
 }
 
 /// Start the scheduler and alerting. Fails on an invalid rules file.
@@ -316,7 +312,8 @@ pub fn start_background(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Background> {
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let alert_wakeup = Arc::new(tokio::sync::Notify::new());
+    let shared = Shared::default();
+    let alert_wakeup = shared.alert_wakeup.clone();
     let alerts = crate::alert::spawn(
         store.clone(),
         cfg.clone(),
@@ -325,10 +322,10 @@ pub fn start_background(
         shutdown.clone(),
     )
     .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
-    let jobs = crate::jobs::spawn(store, db_url, cfg, leader, shutdown);
+    let jobs = crate::jobs::spawn(store, db_url, cfg, leader, shared.jobs.clone(), shutdown);
     Ok(Background {
         jobs,
         alerts,
-        alert_wakeup,
+        shared,
     })
 }

@@ -1,9 +1,14 @@
-//! Periodic work (rollups, partitions, retention, session cleanup, forecasts, anomaly
-//! scores) on exactly one
-//! server of a cluster: the one holding a Postgres advisory lock. If that server dies,
-//! its connection closes, the lock is released and another replica takes over within
-//! one tick.
+//! Periodic work on exactly one server of a cluster: the one holding a Postgres advisory
+//! lock. If that server dies, its connection closes, the lock is released and another
+//! replica takes over within one tick.
+//!
+//! The jobs are one table ([`JOBS`]): a name, how often, and what to run. Within a tick
+//! they run in table order, so a job can rely on the ones above it (the anomaly job scores
+//! minutes the rollup job has just made). Each run is recorded on the server's
+//! [`JobBoard`]: last success, duration and error show on `/metrics` and the admin page.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,45 +19,114 @@ use sqlx::Connection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::analytics::anomaly::AnomalyJob;
 use crate::config::Config;
+use crate::model::jobs::JobBoard;
 use crate::store::Store;
 
 /// Advisory lock key of the job leader ("rackwatch" in ASCII, truncated to 63 bits).
 pub const LEADER_LOCK: i64 = 0x7261_636b_7761_7463;
 /// How often the scheduler wakes up.
 const TICK: Duration = Duration::from_secs(5);
-const ROLLUP_EVERY: Duration = Duration::from_secs(60);
-const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
-const FORECAST_EVERY: Duration = Duration::from_secs(3600);
-/// Energy accounting redoes the last hour each run, so running more often than hourly
-/// keeps the energy page fresh; it also checks whether the weekly report mail is due.
-const ENERGY_EVERY: Duration = Duration::from_secs(300);
-const ANOMALY_EVERY: Duration = Duration::from_secs(60);
+
+/// What a job runs with.
+pub struct JobContext {
+    pub store: Store,
+    pub cfg: Arc<Config>,
+    /// The anomaly job's models, kept between runs.
+    anomaly: tokio::sync::Mutex<AnomalyJob>,
+}
+
+/// A job's run: a few words on what it did, or why it failed.
+pub type Run<'a> = Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send + 'a>>;
+
+/// One periodic job.
+pub struct Job {
+    pub name: &'static str,
+    pub every: Duration,
+    /// Whether the configuration turns it on.
+    pub enabled: fn(&Config) -> bool,
+    pub run: for<'a> fn(&'a JobContext) -> Run<'a>,
+    /// Log successful runs at debug level only (frequent, routine work).
+    pub quiet: bool,
+}
+
+fn always(_: &Config) -> bool {
+    true
+}
+
+/// Every periodic job, in the order they run within a tick.
+pub const JOBS: &[Job] = &[
+    Job {
+        name: "maintenance",
+        every: Duration::from_secs(3600),
+        enabled: always,
+        run: |c| Box::pin(maintenance(c)),
+        quiet: true,
+    },
+    Job {
+        name: "rollups",
+        every: Duration::from_secs(60),
+        enabled: always,
+        run: |c| Box::pin(rollups(c)),
+        quiet: true,
+    },
+    Job {
+        name: "forecasts",
+        every: Duration::from_secs(3600),
+        enabled: always,
+        run: |c| Box::pin(forecasts(c)),
+        quiet: false,
+    },
+    // Energy accounting redoes the last hour each run, so running more often than hourly
+    // keeps the energy page fresh; it also mails the weekly report when due.
+    Job {
+        name: "energy",
+        every: Duration::from_secs(300),
+        enabled: always,
+        run: |c| Box::pin(energy(c)),
+        quiet: true,
+    },
+    // After the rollups of the same tick, so the minutes it scores are rolled up.
+    Job {
+        name: "anomaly",
+        every: Duration::from_secs(60),
+        enabled: |cfg| cfg.anomaly.enabled,
+        run: |c| Box::pin(anomaly(c)),
+        quiet: true,
+    },
+];
 
 /// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
-/// other leader-only loops (alerting) whether this server holds the lock.
+/// other leader-only loops (alerting) whether this server holds the lock; `board`
+/// records every run.
 pub fn spawn(
     store: Store,
     db_url: String,
     cfg: Arc<Config>,
     leader_flag: Arc<AtomicBool>,
+    board: Arc<JobBoard>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    for j in JOBS.iter().filter(|j| (j.enabled)(&cfg)) {
+        board.register(j.name, j.every);
+    }
+    let ctx = JobContext {
+        store,
+        cfg,
+        anomaly: Default::default(),
+    };
     tokio::spawn(async move {
         let mut leader: Option<PgConnection> = None;
-        let mut last_rollup: Option<Instant> = None;
-        let mut last_maintenance: Option<Instant> = None;
-        let mut last_forecast: Option<Instant> = None;
-        let mut last_energy: Option<Instant> = None;
-        let mut last_anomaly: Option<Instant> = None;
-        let mut anomaly = crate::analytics::anomaly::AnomalyJob::default();
+        let mut last: Vec<Option<Instant>> = vec![None; JOBS.len()];
         loop {
             if leader.is_none() {
                 leader = try_lead(&db_url).await;
                 if leader.is_some() {
                     tracing::info!("this server runs the periodic jobs (leader)");
-                    last_rollup = None;
-                    last_maintenance = None;
+                    // A new leader runs every job at once: the old one may have died
+                    // mid-period.
+                    last.iter_mut().for_each(|l| *l = None);
                 }
             } else if let Some(conn) = leader.as_mut() {
                 if sqlx::query("SELECT 1").execute(&mut *conn).await.is_err() {
@@ -63,40 +137,14 @@ pub fn spawn(
                 }
             }
             leader_flag.store(leader.is_some(), Ordering::Relaxed);
+            board.set_leader(leader.is_some());
             if leader.is_some() {
-                if last_maintenance.is_none_or(|t| t.elapsed() >= MAINTENANCE_EVERY) {
-                    maintenance(&store, &cfg).await;
-                    last_maintenance = Some(Instant::now());
-                }
-                if last_rollup.is_none_or(|t| t.elapsed() >= ROLLUP_EVERY) {
-                    match store.run_rollups(Utc::now()).await {
-                        Ok(r) => tracing::debug!(?r, "rollups"),
-                        Err(e) => tracing::warn!("rollup job: {e}"),
+                for (job, last) in JOBS.iter().zip(last.iter_mut()) {
+                    if !(job.enabled)(&ctx.cfg) || last.is_some_and(|t| t.elapsed() < job.every) {
+                        continue;
                     }
-                    last_rollup = Some(Instant::now());
-                }
-                if last_forecast.is_none_or(|t| t.elapsed() >= FORECAST_EVERY) {
-                    match crate::analytics::forecast::run(&store, Utc::now()).await {
-                        Ok(n) => tracing::info!(forecasts = n, "forecast job"),
-                        Err(e) => tracing::warn!("forecast job: {e:#}"),
-                    }
-                    last_forecast = Some(Instant::now());
-                }
-                if last_energy.is_none_or(|t| t.elapsed() >= ENERGY_EVERY) {
-                    energy(&store, &cfg).await;
-                    last_energy = Some(Instant::now());
-                }
-                // After the rollups of the same tick, so the minutes it scores are rolled up.
-                if cfg.anomaly.enabled && last_anomaly.is_none_or(|t| t.elapsed() >= ANOMALY_EVERY)
-                {
-                    match anomaly.run(&store, &cfg.anomaly, Utc::now()).await {
-                        Ok(r) if r.trained + r.skipped > 0 || r.anomalous_minutes > 0 => {
-                            tracing::info!(?r, "anomaly job")
-                        }
-                        Ok(r) => tracing::debug!(?r, "anomaly job"),
-                        Err(e) => tracing::warn!("anomaly job: {e:#}"),
-                    }
-                    last_anomaly = Some(Instant::now());
+                    run_one(job, &ctx, &board).await;
+                    *last = Some(Instant::now());
                 }
             }
             tokio::select! {
@@ -105,10 +153,27 @@ pub fn spawn(
             }
         }
         leader_flag.store(false, Ordering::Relaxed);
+        board.set_leader(false);
         if let Some(conn) = leader {
             let _ = conn.close().await;
         }
     })
+}
+
+/// Run a job once, log and record the outcome.
+async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) {
+    let start = Utc::now();
+    let t = Instant::now();
+    let result = (job.run)(ctx).await;
+    let took = t.elapsed();
+    match &result {
+        Ok(summary) if job.quiet => {
+            tracing::debug!(job = job.name, ms = took.as_millis() as u64, "{summary}")
+        }
+        Ok(summary) => tracing::info!(job = job.name, ms = took.as_millis() as u64, "{summary}"),
+        Err(e) => tracing::warn!(job = job.name, "job failed: {e:#}"),
+    }
+    board.record(job.name, start, took, result.map_err(|e| format!("{e:#}")));
 }
 
 async fn try_lead(db_url: &str) -> Option<PgConnection> {
@@ -121,49 +186,79 @@ async fn try_lead(db_url: &str) -> Option<PgConnection> {
     got.then_some(conn)
 }
 
-async fn energy(store: &Store, cfg: &Config) {
-    match crate::analytics::energy::run(store, &cfg.energy, Utc::now()).await {
-        Ok(r) => tracing::debug!(?r, "energy accounting"),
-        Err(e) => tracing::warn!("energy accounting: {e}"),
-    }
-    if let Err(e) = crate::report::mail::send_due(store, cfg, Utc::now()).await {
-        tracing::warn!("weekly energy report mail: {e:#}");
-    }
+async fn rollups(c: &JobContext) -> anyhow::Result<String> {
+    let r = c.store.run_rollups(Utc::now()).await?;
+    Ok(format!(
+        "{} host and {} GPU minutes, {} quarter-hours, {} late minutes",
+        r.host_rows, r.gpu_rows, r.quarter_rows, r.dirty_buckets
+    ))
 }
 
-async fn maintenance(store: &Store, cfg: &Config) {
+async fn forecasts(c: &JobContext) -> anyhow::Result<String> {
+    let n = crate::analytics::forecast::run(&c.store, Utc::now()).await?;
+    Ok(format!("{n} forecasts"))
+}
+
+async fn anomaly(c: &JobContext) -> anyhow::Result<String> {
+    let mut job = c.anomaly.lock().await;
+    let r = job.run(&c.store, &c.cfg.anomaly, Utc::now()).await?;
+    if r.trained + r.skipped > 0 || r.anomalous_minutes > 0 {
+        tracing::info!(?r, "anomaly job");
+    }
+    Ok(format!(
+        "{} minutes scored ({} anomalous), {} models trained, {} hosts without a model",
+        r.scored_minutes, r.anomalous_minutes, r.trained, r.skipped
+    ))
+}
+
+/// Energy accounting, then the weekly report mail when it is due. Both run; either
+/// failing fails the job.
+async fn energy(c: &JobContext) -> anyhow::Result<String> {
+    let accounting = crate::analytics::energy::run(&c.store, &c.cfg.energy, Utc::now()).await;
+    let mail = crate::report::mail::send_due(&c.store, &c.cfg, Utc::now()).await;
+    let r = accounting.map_err(|e| anyhow::anyhow!("energy accounting: {e}"))?;
+    mail.map_err(|e| anyhow::anyhow!("weekly energy report mail: {e:#}"))?;
+    Ok(format!(
+        "{} GPU hours accounted ({} redone after late data)",
+        r.rows, r.dirty_hours
+    ))
+}
+
+/// Partitions ahead, retention behind, expired sessions. Every step runs; the errors are
+/// reported together.
+async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
+    let (store, cfg) = (&c.store, &c.cfg);
     let now = Utc::now();
+    let r = &cfg.retention;
+    let mut errors = Vec::new();
+    let mut done = Vec::new();
     if let Err(e) = store
-        .ensure_partitions(
-            now,
-            cfg.retention.raw_days,
-            cfg.retention.partitions_ahead_days,
-        )
+        .ensure_partitions(now, r.raw_days, r.partitions_ahead_days)
         .await
     {
-        tracing::warn!("partition job: {e:#}");
+        errors.push(format!("partitions: {e}"));
     }
     match store
-        .drop_expired_partitions(
-            now,
-            cfg.retention.raw_days,
-            cfg.retention.rollup_1m_days,
-            cfg.retention.anomaly_scores_days,
-        )
+        .drop_expired_partitions(now, r.raw_days, r.rollup_1m_days, r.anomaly_scores_days)
         .await
     {
-        Ok(d) if !d.is_empty() => tracing::info!(dropped = ?d, "retention dropped partitions"),
+        Ok(d) if !d.is_empty() => {
+            tracing::info!(dropped = ?d, "retention dropped partitions");
+            done.push(format!("{} partitions dropped", d.len()));
+        }
         Ok(_) => {}
-        Err(e) => tracing::warn!("retention job: {e:#}"),
+        Err(e) => errors.push(format!("retention: {e:#}")),
     }
-    if let Err(e) = sqlx::query("DELETE FROM energy_hourly WHERE hour < $1")
-        .bind(now - chrono::Duration::days(i64::from(cfg.retention.energy_hourly_days)))
-        .execute(&store.pool)
-        .await
-    {
-        tracing::warn!("energy retention: {e}");
+    let cutoff = now - chrono::Duration::days(i64::from(r.energy_hourly_days));
+    if let Err(e) = store.drop_energy_hours_before(cutoff).await {
+        errors.push(format!("energy retention: {e}"));
     }
     if let Err(e) = store.delete_expired_sessions().await {
-        tracing::warn!("session cleanup: {e}");
+        errors.push(format!("session cleanup: {e}"));
+    }
+    if errors.is_empty() {
+        Ok(done.join(", "))
+    } else {
+        anyhow::bail!("{}", errors.join("; "))
     }
 }

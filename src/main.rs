@@ -515,9 +515,14 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AlertsCmd::CheckRules { file } => {
-            let set = rackwatch::alert::rules::RuleSet::load(&file).map_err(anyhow::Error::msg)?;
+            let set = rackwatch::alert::rules::RuleSet::load(&file)?;
             for r in &set.rules {
-                println!("rule {:<24} {:?} severity={}", r.name, r.kind, r.severity);
+                println!(
+                    "rule {:<24} {:<9} severity={}",
+                    r.name,
+                    r.kind.name(),
+                    r.severity
+                );
             }
             println!("{} rules, {} routes: OK", set.rules.len(), set.routes.len());
             Ok(())
@@ -535,22 +540,15 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     match a {
         AlertsCmd::List => {
-            let rows: Vec<(
-                String,
-                String,
-                String,
-                chrono::DateTime<chrono::Utc>,
-                String,
-            )> = sqlx::query_as(
-                "SELECT state, severity, fingerprint, started_at, summary FROM alerts
-                  WHERE state IN ('pending', 'firing') ORDER BY state, severity, started_at",
-            )
-            .fetch_all(&db.store.pool)
-            .await?;
-            for (state, sev, fp, since, summary) in &rows {
+            let rows = db.store.current_alerts().await?;
+            for a in &rows {
                 println!(
-                    "{state:<8} {sev:<9} since {}  {summary}  [{fp}]",
-                    since.format("%Y-%m-%d %H:%M:%S UTC")
+                    "{:<8} {:<9} since {}  {}  [{}]",
+                    a.state,
+                    a.severity,
+                    a.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    a.summary,
+                    a.fingerprint
                 );
             }
             println!("{} alerts", rows.len());
@@ -615,13 +613,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         db.url.clone(),
         shutdown.clone(),
     )?;
-    let server = app::start_server_with(
-        cfg.clone(),
-        db.store.clone(),
-        bg.alert_wakeup.clone(),
-        shutdown,
-    )
-    .await?;
+    let server =
+        app::start_server_with(cfg.clone(), db.store.clone(), bg.shared.clone(), shutdown).await?;
     tracing::info!(addr = %server.addr, "serving");
     let r = server.task.await;
     let _ = bg.jobs.await;
@@ -699,7 +692,7 @@ async fn demo(
     let server = app::start_server_with(
         cfg.clone(),
         db.store.clone(),
-        bg.alert_wakeup.clone(),
+        bg.shared.clone(),
         server_stop,
     )
     .await?;

@@ -7,7 +7,9 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::{Postgres, Transaction};
 
-use super::rules::{Rule, RuleKind, RuleSet};
+use super::rules::{
+    AbsentRule, AnomalyRule, HardwareRule, Op, Rule, RuleKind, RuleSet, ThresholdRule,
+};
 use super::{fingerprint, Labels};
 use crate::analytics::anomaly::Explanation;
 use crate::config::Config;
@@ -75,20 +77,17 @@ pub async fn evaluate(
     }
     hardware(store, rules, now).await?;
     if full {
-        for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Threshold) {
-            let obs = threshold_observations(store, rule, now).await?;
+        for rule in &rules.rules {
+            let obs = match &rule.kind {
+                RuleKind::Threshold(t) => threshold_observations(store, rule, t, now).await?,
+                RuleKind::Absent(a) => absent_observations(store, rule, a, now).await?,
+                RuleKind::Anomaly(a) => anomaly_observations(store, rule, a, now).await?,
+                RuleKind::Hardware(h) => {
+                    resolve_quiet_hardware(store, rules, rule, h, now).await?;
+                    continue;
+                }
+            };
             apply(store, rules, rule, obs, now).await?;
-        }
-        for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Absent) {
-            let obs = absent_observations(store, rule, now).await?;
-            apply(store, rules, rule, obs, now).await?;
-        }
-        for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Anomaly) {
-            let obs = anomaly_observations(store, rule, now).await?;
-            apply(store, rules, rule, obs, now).await?;
-        }
-        for rule in rules.rules.iter().filter(|r| r.kind == RuleKind::Hardware) {
-            resolve_quiet_hardware(store, rules, rule, now).await?;
         }
         repeat_reminders(store, rules, cfg, now).await?;
     }
@@ -118,10 +117,11 @@ async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
 /// New hardware events since the watermark → firing alerts (one per rule, host, GPU,
 /// kind and code; recurrences count up on the same alert).
 async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow::Result<()> {
-    let hw: Vec<&Rule> = rules
-        .rules
-        .iter()
-        .filter(|r| r.kind == RuleKind::Hardware)
+    let hw: Vec<(&Rule, &HardwareRule)> = rules
+        .of_kind(|k| match k {
+            RuleKind::Hardware(h) => Some(h),
+            _ => None,
+        })
         .collect();
     if hw.is_empty() {
         return Ok(());
@@ -158,9 +158,9 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
         if kind == "xid" {
             l.insert("xid".into(), code.to_string());
         }
-        for rule in &hw {
-            let kind_ok = rule.events.is_empty() || rule.events.iter().any(|k| k == kind);
-            let code_ok = rule.xid_codes.is_empty() || rule.xid_codes.contains(code);
+        for (rule, h) in &hw {
+            let kind_ok = h.events.is_empty() || h.events.iter().any(|k| k == kind);
+            let code_ok = h.xid_codes.is_empty() || h.xid_codes.contains(code);
             if kind_ok && code_ok && rule.selects(&l) {
                 let entry = by_rule
                     .entry(rule.name.as_str())
@@ -208,14 +208,15 @@ pub fn event_description(kind: &str, code: i64, message: &str) -> String {
 async fn threshold_observations(
     store: &Store,
     rule: &Rule,
+    t: &ThresholdRule,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Observation>> {
-    let (table, field) = rule.metric.split_once('.').expect("validated metric");
-    let threshold = rule.value.expect("validated value");
-    let resolve = rule.resolve_value.unwrap_or(threshold);
-    let above = rule.op == ">";
-    // `field` comes from a fixed list (validated), never from user text.
-    let sql = if table == "gpu" {
+    let field = t.metric.metric.name;
+    let threshold = t.value;
+    let resolve = t.resolve_value.unwrap_or(threshold);
+    let above = t.op == Op::Above;
+    // `field` is a name from the metric table, never text from the rules file.
+    let sql = if t.metric.gpu {
         format!(
             "SELECT DISTINCT ON (host_id, gpu_index) host_id, gpu_index, ts, {field}::float8 FROM gpu_samples
               WHERE ts > $1 AND {field} IS NOT NULL ORDER BY host_id, gpu_index, ts DESC"
@@ -245,7 +246,7 @@ async fn threshold_observations(
                 clear: if above { v <= resolve } else { v >= resolve },
                 at: ts,
                 occurrences: 1,
-                description: format!("{} = {v:.1} ({} {threshold})", rule.metric, rule.op),
+                description: format!("{} = {v:.1} ({} {threshold})", t.metric, t.op.as_str()),
                 held: None,
             })
         })
@@ -255,13 +256,14 @@ async fn threshold_observations(
 async fn absent_observations(
     store: &Store,
     rule: &Rule,
+    a: &AbsentRule,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Observation>> {
     let rows: Vec<(i64, Option<DateTime<Utc>>)> = sqlx::query_as("SELECT id, last_seen FROM hosts")
         .fetch_all(&store.pool)
         .await?;
     let labels = host_labels(store).await?;
-    let after = Duration::seconds(rule.after_secs as i64);
+    let after = Duration::seconds(a.after_secs as i64);
     Ok(rows
         .into_iter()
         .filter_map(|(id, last)| {
@@ -308,12 +310,10 @@ struct ScoreRow {
 async fn anomaly_observations(
     store: &Store,
     rule: &Rule,
+    a: &AnomalyRule,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Observation>> {
-    let for_ = Duration::seconds(rule.for_secs as i64);
-    let ratio = rule
-        .resolve_ratio
-        .unwrap_or(super::rules::DEFAULT_RESOLVE_RATIO);
+    let for_ = Duration::seconds(a.for_secs as i64);
     // Newest first per host; `ts <= now` so a past instant can be evaluated.
     let rows: Vec<ScoreRow> = sqlx::query_as(
         "SELECT host_id, ts, score, threshold,
@@ -325,7 +325,7 @@ async fn anomaly_observations(
     .fetch_all(&store.pool)
     .await?;
     let labels = host_labels(store).await?;
-    let level = |threshold: f32| rule.min_score.unwrap_or(f64::from(threshold));
+    let level = |threshold: f32| a.level(threshold);
     let mut out = Vec::new();
     for host_rows in rows.chunk_by(|a, b| a.host_id == b.host_id) {
         let newest = &host_rows[0];
@@ -354,7 +354,7 @@ async fn anomaly_observations(
             labels: l.clone(),
             value: Some(score),
             active,
-            clear: score < ratio * lvl,
+            clear: score < a.resolve_below(lvl),
             at: newest.ts,
             occurrences: 1,
             description: anomaly_description(
@@ -383,7 +383,7 @@ pub fn anomaly_description(
     }
     if !top.is_empty() {
         s.push_str("; most unusual: ");
-        s.push_str(&crate::web::format::anomaly_explanation(top));
+        s.push_str(&crate::analytics::anomaly::anomaly_explanation(top));
     }
     s
 }
@@ -406,7 +406,7 @@ async fn apply(
         .into_iter()
         .map(|a| (a.fingerprint.clone(), a))
         .collect();
-    let for_ = Duration::seconds(rule.for_secs as i64);
+    let for_ = Duration::seconds(rule.for_secs() as i64);
     let mut tx = store.pool.begin().await?;
     for o in obs {
         let fp = fingerprint(&rule.name, &o.labels);
@@ -420,7 +420,7 @@ async fn apply(
                 )
                 .bind(&fp)
                 .bind(now)
-                .bind(if rule.kind == RuleKind::Hardware { o.occurrences } else { 0 })
+                .bind(if matches!(rule.kind, RuleKind::Hardware(_)) { o.occurrences } else { 0 })
                 .bind(o.value)
                 .bind(&o.description)
                 .execute(&mut *tx)
@@ -601,6 +601,7 @@ async fn resolve_quiet_hardware(
     store: &Store,
     rules: &RuleSet,
     rule: &Rule,
+    h: &HardwareRule,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let quiet: Vec<AlertRow> = sqlx::query_as(
@@ -608,7 +609,7 @@ async fn resolve_quiet_hardware(
           WHERE rule = $1 AND state = 'firing' AND last_active_at < $2",
     )
     .bind(&rule.name)
-    .bind(now - Duration::seconds(rule.resolve_after_secs as i64))
+    .bind(now - Duration::seconds(h.resolve_after_secs as i64))
     .fetch_all(&store.pool)
     .await?;
     if quiet.is_empty() {
@@ -684,7 +685,7 @@ async fn enqueue(
                    AND NOT (a.labels ? 'gpu') AND a.rule IN (SELECT unnest($2::text[])))",
             )
             .bind(host)
-            .bind(rules.rules.iter().filter(|r| r.kind == RuleKind::Absent).map(|r| r.name.clone()).collect::<Vec<_>>())
+            .bind(rules.rules.iter().filter(|r| matches!(r.kind, RuleKind::Absent(_))).map(|r| r.name.clone()).collect::<Vec<_>>())
             .fetch_one(&mut **tx)
             .await?;
             if host_down {

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
 use crate::config::Config;
 use crate::store::Store;
 use rules::RuleSet;
@@ -49,6 +52,39 @@ pub fn fingerprint(rule: &str, labels: &Labels) -> String {
     s
 }
 
+/// An alert as listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AlertRow {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: String,
+    pub state: String,
+    pub labels: sqlx::types::Json<Labels>,
+    pub summary: String,
+    pub description: String,
+    pub value: Option<f64>,
+    pub started_at: DateTime<Utc>,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub occurrences: i32,
+    pub flaps: i32,
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Pending and firing alerts, most severe first, then oldest first.
+    pub async fn current_alerts(&self) -> Result<Vec<AlertRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT fingerprint, rule, severity, state, labels, summary, description, value, started_at, fired_at,
+                    occurrences, flaps, acknowledged_by, acknowledged_at
+               FROM alerts WHERE state IN ('pending', 'firing')
+              ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, started_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
 /// Rules from `alerting.rules_file`, re-read when the file changes. A broken file is
 /// reported and the last good rules stay in force.
 pub struct RuleSource {
@@ -58,7 +94,7 @@ pub struct RuleSource {
 }
 
 impl RuleSource {
-    pub fn new(path: &str) -> Result<RuleSource, String> {
+    pub fn new(path: &str) -> Result<RuleSource, rules::RuleError> {
         let mut s = RuleSource {
             path: path.to_string(),
             loaded_mtime: None,
@@ -108,7 +144,7 @@ pub fn spawn(
     leader: Arc<AtomicBool>,
     wakeup: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, String> {
+) -> Result<JoinHandle<()>, rules::RuleError> {
     let mut source = RuleSource::new(&cfg.alerting.rules_file)?;
     Ok(tokio::spawn(async move {
         let mut sender = notify::Sender::new(&cfg);

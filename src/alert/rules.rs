@@ -1,21 +1,47 @@
 //! Alert rules and routes from `alerts.toml`, validated with the file, rule and field
 //! named in every error.
+//!
+//! Each rule kind is its own type ([`RuleKind`]); what a kind needs is required, and a
+//! field another kind uses is refused. The evaluator has one function per kind.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::model::metrics::{Metric, SqlType, GPU_METRICS, HOST_METRICS};
+
 /// Severities, most urgent first.
 pub const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
 
+/// Why a rules file was refused: where, and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("cannot read alert rules {path}: {io}")]
+    Read { path: String, io: std::io::Error },
+    /// Not TOML, or a top-level key other than `rule` and `route`.
+    #[error("{0}")]
+    Syntax(String),
+    #[error("rule {rule:?}, field `{field}`: {message}")]
+    Field {
+        rule: String,
+        field: String,
+        message: String,
+    },
+    /// A rule the field-level checks could not pin to one field (serde's own words, which
+    /// name the field).
+    #[error("rule {rule:?}: {message}")]
+    Rule { rule: String, message: String },
+    #[error("route #{number}: {message}")]
+    Route { number: usize, message: String },
+    #[error("{path}: {error}")]
+    InFile { path: String, error: Box<RuleError> },
+}
+
 /// The whole rules file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct RuleSet {
-    #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
-    #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
 }
 
@@ -29,57 +55,175 @@ pub struct Route {
     pub to: Vec<String>,
 }
 
-/// One rule.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One rule: what every kind has, and its kind.
+#[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
-    pub kind: RuleKind,
     pub severity: String,
-    /// Label selectors: site, rack, pool, host (exact match).
-    #[serde(default, rename = "match")]
+    /// Label selectors: site, rack, pool, host, gpu (exact match).
     pub matchers: BTreeMap<String, String>,
-    /// threshold: `host.<field>` or `gpu.<field>` of the sample tables.
-    #[serde(default)]
-    pub metric: String,
-    /// threshold: ">" or "<".
-    #[serde(default)]
-    pub op: String,
-    #[serde(default)]
-    pub value: Option<f64>,
-    /// threshold: the value that ends the alert (hysteresis); default `value`.
+    /// Free text for the mail.
+    pub summary: String,
+    pub kind: RuleKind,
+}
+
+/// The rule kinds, each with the fields it needs (`kind = "…"` in the file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RuleKind {
+    Threshold(ThresholdRule),
+    Hardware(HardwareRule),
+    Absent(AbsentRule),
+    Anomaly(AnomalyRule),
+}
+
+/// A sample field above (`op = ">"`) or below (`"<"`) `value` for `for_secs`; resolves
+/// only past `resolve_value` (hysteresis).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdRule {
+    /// `host.<field>` or `gpu.<field>`: a numeric metric of the sample tables.
+    pub metric: MetricRef,
+    pub op: Op,
+    pub value: f64,
+    /// The value that ends the alert; default `value`.
     #[serde(default)]
     pub resolve_value: Option<f64>,
-    /// threshold, anomaly: seconds the condition must hold before firing.
+    /// Seconds the condition must hold before firing.
     #[serde(default)]
     pub for_secs: u64,
-    /// anomaly: fire above this score instead of each host model's own alert level.
-    #[serde(default)]
-    pub min_score: Option<f64>,
-    /// anomaly: the alert resolves when the score falls below this share of the level it
-    /// fired above (hysteresis); default [`DEFAULT_RESOLVE_RATIO`].
-    #[serde(default)]
-    pub resolve_ratio: Option<f64>,
-    /// hardware: event kinds (xid, ecc_dbe, row_remap_failure, thermal_throttle,
-    /// power_brake, gpu_lost…). Empty: all kinds.
+}
+
+/// Fires the moment a matching hardware event arrives; resolves after
+/// `resolve_after_secs` without a recurrence.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareRule {
+    /// Event kinds (xid, ecc_dbe, row_remap_failure, thermal_throttle, power_brake,
+    /// gpu_lost…). Empty: all kinds.
     #[serde(default)]
     pub events: Vec<String>,
-    /// hardware: only these XID codes (empty: all).
+    /// Only these XID codes (empty: all).
     #[serde(default)]
     pub xid_codes: Vec<i64>,
-    /// hardware: the alert resolves after this many seconds without a recurrence.
     #[serde(default = "default_quiet")]
     pub resolve_after_secs: u64,
-    /// absent: seconds without data before a host is declared down.
+}
+
+/// A host that sent nothing for `after_secs`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbsentRule {
     #[serde(default = "default_absent")]
     pub after_secs: u64,
-    /// Free text for the mail.
+}
+
+/// A host whose anomaly score stays above its level for `for_secs`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyRule {
+    /// At least 60: scores are per minute.
+    pub for_secs: u64,
+    /// Fire above this score instead of each host model's own alert level.
     #[serde(default)]
-    pub summary: String,
+    pub min_score: Option<f64>,
+    /// The alert resolves when the score falls below this share of the level it fired
+    /// above (hysteresis); default [`DEFAULT_RESOLVE_RATIO`].
+    #[serde(default)]
+    pub resolve_ratio: Option<f64>,
 }
 
 /// anomaly: share of the firing level below which an anomaly alert resolves.
 pub const DEFAULT_RESOLVE_RATIO: f64 = 0.75;
+
+impl AnomalyRule {
+    /// The level a host's score must exceed to alert: the rule's `min_score`, else the
+    /// level the host's model published with the score. The one place that decides it.
+    pub fn level(&self, model_level: f32) -> f64 {
+        self.min_score.unwrap_or(f64::from(model_level))
+    }
+
+    /// The score below which a firing alert at `level` resolves.
+    pub fn resolve_below(&self, level: f64) -> f64 {
+        self.resolve_ratio.unwrap_or(DEFAULT_RESOLVE_RATIO) * level
+    }
+}
+
+/// `>` or `<`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Op {
+    #[serde(rename = ">")]
+    Above,
+    #[serde(rename = "<")]
+    Below,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Above => ">",
+            Op::Below => "<",
+        }
+    }
+}
+
+/// A metric of the host or GPU sample table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricRef {
+    pub gpu: bool,
+    pub metric: &'static Metric,
+}
+
+impl MetricRef {
+    /// Metrics a threshold can watch: the numeric ones (not flags or bit masks).
+    fn watchable(m: &Metric) -> bool {
+        !matches!(m.sql, SqlType::Boolean | SqlType::Bits)
+    }
+
+    pub fn parse(s: &str) -> Result<MetricRef, String> {
+        let (table, field) = s.split_once('.').unwrap_or(("", ""));
+        let (gpu, list) = match table {
+            "host" => (false, HOST_METRICS),
+            "gpu" => (true, GPU_METRICS),
+            _ => (false, &[][..]),
+        };
+        list.iter()
+            .find(|m| m.name == field && Self::watchable(m))
+            .map(|metric| MetricRef { gpu, metric })
+            .ok_or_else(|| {
+                let names = |l: &[Metric]| {
+                    l.iter()
+                        .filter(|m| Self::watchable(m))
+                        .map(|m| m.name)
+                        .collect::<Vec<_>>()
+                        .join("|")
+                };
+                format!(
+                    "{s:?} is not host.<{}> or gpu.<{}>",
+                    names(HOST_METRICS),
+                    names(GPU_METRICS)
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for MetricRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{}",
+            if self.gpu { "gpu" } else { "host" },
+            self.metric.name
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        MetricRef::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 fn default_quiet() -> u64 {
     900
@@ -88,197 +232,270 @@ fn default_absent() -> u64 {
     60
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleKind {
-    Threshold,
-    Hardware,
-    Absent,
-    Anomaly,
+const LABELS: &[&str] = &["site", "rack", "pool", "host", "gpu", "rule", "severity"];
+
+/// The file as TOML reads it, before each rule is typed by its kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    rule: Vec<toml::Table>,
+    #[serde(default)]
+    route: Vec<Route>,
 }
 
-/// Sample fields a threshold rule may watch.
-pub const HOST_FIELDS: &[&str] = &[
-    "cpu_util_pct",
-    "load1",
-    "mem_used_bytes",
-    "disk_read_bytes_per_s",
-    "disk_write_bytes_per_s",
-    "net_rx_bytes_per_s",
-    "net_tx_bytes_per_s",
-];
-pub const GPU_FIELDS: &[&str] = &[
-    "util_pct",
-    "mem_util_pct",
-    "mem_used_bytes",
-    "power_watts",
-    "temp_celsius",
-    "mem_temp_celsius",
-    "sm_clock_mhz",
-    "fan_pct",
-];
+/// The fields every rule kind has.
+#[derive(Deserialize)]
+struct Common {
+    name: String,
+    severity: String,
+    #[serde(default, rename = "match")]
+    matchers: BTreeMap<String, String>,
+    #[serde(default)]
+    summary: String,
+}
 
-const LABELS: &[&str] = &["site", "rack", "pool", "host", "gpu", "rule", "severity"];
+impl Rule {
+    /// Whether the rule's selectors accept these labels.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matchers.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// How long the condition must hold before the alert fires (0 for kinds that fire at
+    /// once).
+    pub fn for_secs(&self) -> u64 {
+        match &self.kind {
+            RuleKind::Threshold(t) => t.for_secs,
+            RuleKind::Anomaly(a) => a.for_secs,
+            RuleKind::Hardware(_) | RuleKind::Absent(_) => 0,
+        }
+    }
+
+    /// One `[[rule]]` table, typed and checked.
+    fn from_table(mut t: toml::Table) -> Result<Rule, RuleError> {
+        let name = t
+            .get("name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let field = |field: &str, message: String| RuleError::Field {
+            rule: name.clone(),
+            field: field.into(),
+            message,
+        };
+        let whole = |e: toml::de::Error| {
+            let mut message = e.message().trim_end().to_string();
+            if message.starts_with("unknown field") {
+                message
+                    .push_str(" (every rule also takes name, kind, severity, match and summary)");
+            }
+            RuleError::Rule {
+                rule: name.clone(),
+                message,
+            }
+        };
+        let mut common_t = toml::Table::new();
+        for k in ["name", "severity", "match", "summary"] {
+            if let Some(v) = t.remove(k) {
+                common_t.insert(k.into(), v);
+            }
+        }
+        let c: Common = common_t.try_into().map_err(whole)?;
+        if c.name.is_empty()
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+        {
+            return Err(field(
+                "name",
+                "must be non-empty letters, digits, - _ .".into(),
+            ));
+        }
+        if !SEVERITIES.contains(&c.severity.as_str()) {
+            return Err(field(
+                "severity",
+                format!("{:?} is not one of {}", c.severity, SEVERITIES.join(", ")),
+            ));
+        }
+        for k in c.matchers.keys() {
+            if !LABELS.contains(&k.as_str()) {
+                return Err(field(
+                    "match",
+                    format!("unknown label {k:?}; use {}", LABELS.join(", ")),
+                ));
+            }
+        }
+        if !t.contains_key("kind") {
+            return Err(field(
+                "kind",
+                "missing; use threshold, hardware, absent or anomaly".into(),
+            ));
+        }
+        // Typed fields whose own errors would not name them.
+        if t.get("kind").and_then(|k| k.as_str()) == Some("threshold") {
+            if let Some(m) = t.get("metric").and_then(|m| m.as_str()) {
+                MetricRef::parse(m).map_err(|e| field("metric", e))?;
+            }
+            if let Some(op) = t.get("op").and_then(|o| o.as_str()) {
+                if op != ">" && op != "<" {
+                    return Err(field("op", format!("{op:?}: use \">\" or \"<\"")));
+                }
+            }
+        }
+        let kind: RuleKind = toml::Value::Table(t).try_into().map_err(whole)?;
+        kind.check(&c.matchers).map_err(|(f, m)| field(f, m))?;
+        Ok(Rule {
+            name: c.name,
+            severity: c.severity,
+            matchers: c.matchers,
+            summary: c.summary,
+            kind,
+        })
+    }
+}
+
+impl RuleKind {
+    /// The checks serde cannot express, as (field, message).
+    fn check(&self, matchers: &BTreeMap<String, String>) -> Result<(), (&'static str, String)> {
+        match self {
+            RuleKind::Threshold(t) => {
+                if !t.value.is_finite() {
+                    return Err(("value", format!("{} is not a number", t.value)));
+                }
+                if let Some(rv) = t.resolve_value {
+                    let wrong = match t.op {
+                        Op::Above => rv > t.value,
+                        Op::Below => rv < t.value,
+                    };
+                    if wrong || !rv.is_finite() {
+                        return Err((
+                            "resolve_value",
+                            format!(
+                                "{rv} must be on the safe side of value {} (hysteresis)",
+                                t.value
+                            ),
+                        ));
+                    }
+                }
+            }
+            RuleKind::Hardware(h) => {
+                for e in &h.events {
+                    if !crate::model::EVENT_KINDS.contains(&e.as_str()) {
+                        return Err((
+                            "events",
+                            format!(
+                                "unknown event kind {e:?}; use {}",
+                                crate::model::EVENT_KINDS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                if h.resolve_after_secs == 0 {
+                    return Err(("resolve_after_secs", "must be at least 1".into()));
+                }
+            }
+            RuleKind::Absent(a) => {
+                if a.after_secs < 5 {
+                    return Err(("after_secs", "must be at least 5".into()));
+                }
+            }
+            RuleKind::Anomaly(a) => {
+                if a.for_secs < 60 {
+                    return Err((
+                        "for_secs",
+                        format!(
+                            "{} s: an anomaly rule needs at least 60 (scores are per minute); \
+                             600 rides out a single-minute glitch",
+                            a.for_secs
+                        ),
+                    ));
+                }
+                if let Some(v) = a.min_score {
+                    if !(v.is_finite() && v > 0.0) {
+                        return Err(("min_score", format!("{v} must be a positive number")));
+                    }
+                }
+                if let Some(v) = a.resolve_ratio {
+                    if !(v > 0.0 && v <= 1.0) {
+                        return Err((
+                            "resolve_ratio",
+                            format!("{v} must be above 0 and at most 1 (hysteresis)"),
+                        ));
+                    }
+                }
+                if matchers.contains_key("gpu") {
+                    return Err((
+                        "match",
+                        "anomaly alerts are per host; `gpu` cannot be matched".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The kind's name as the file spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuleKind::Threshold(_) => "threshold",
+            RuleKind::Hardware(_) => "hardware",
+            RuleKind::Absent(_) => "absent",
+            RuleKind::Anomaly(_) => "anomaly",
+        }
+    }
+}
 
 impl RuleSet {
     /// Read and validate a rules file.
-    pub fn load(path: &Path) -> Result<RuleSet, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read alert rules {}: {e}", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<RuleSet, RuleError> {
+        let text = std::fs::read_to_string(path).map_err(|io| RuleError::Read {
+            path: path.display().to_string(),
+            io,
+        })?;
+        Self::parse(&text).map_err(|e| RuleError::InFile {
+            path: path.display().to_string(),
+            error: Box::new(e),
+        })
     }
 
     /// Parse and validate rules from TOML text.
-    pub fn parse(text: &str) -> Result<RuleSet, String> {
-        let set: RuleSet = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<RuleSet, RuleError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| RuleError::Syntax(e.to_string()))?;
+        let mut rules = Vec::with_capacity(raw.rule.len());
         let mut names = std::collections::HashSet::new();
-        for r in &set.rules {
-            let at =
-                |field: &str, msg: String| format!("rule {:?}, field `{field}`: {msg}", r.name);
-            if r.name.is_empty()
-                || !r
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                return Err(at(
-                    "name",
-                    "must be non-empty letters, digits, - _ .".into(),
-                ));
-            }
+        for t in raw.rule {
+            let r = Rule::from_table(t)?;
             if !names.insert(r.name.clone()) {
-                return Err(at("name", "defined twice".into()));
+                return Err(RuleError::Field {
+                    rule: r.name,
+                    field: "name".into(),
+                    message: "defined twice".into(),
+                });
             }
-            if !SEVERITIES.contains(&r.severity.as_str()) {
-                return Err(at(
-                    "severity",
-                    format!("{:?} is not one of {}", r.severity, SEVERITIES.join(", ")),
-                ));
-            }
-            for k in r.matchers.keys() {
-                if !LABELS.contains(&k.as_str()) {
-                    return Err(at(
-                        "match",
-                        format!("unknown label {k:?}; use {}", LABELS.join(", ")),
-                    ));
-                }
-            }
-            match r.kind {
-                RuleKind::Threshold => {
-                    let (table, field) = r.metric.split_once('.').unwrap_or(("", ""));
-                    let ok = match table {
-                        "host" => HOST_FIELDS.contains(&field),
-                        "gpu" => GPU_FIELDS.contains(&field),
-                        _ => false,
-                    };
-                    if !ok {
-                        return Err(at(
-                            "metric",
-                            format!(
-                                "{:?} is not host.<{}> or gpu.<{}>",
-                                r.metric,
-                                HOST_FIELDS.join("|"),
-                                GPU_FIELDS.join("|")
-                            ),
-                        ));
-                    }
-                    if r.op != ">" && r.op != "<" {
-                        return Err(at("op", format!("{:?}: use \">\" or \"<\"", r.op)));
-                    }
-                    let v = r
-                        .value
-                        .ok_or_else(|| at("value", "a threshold rule needs a value".into()))?;
-                    if let Some(rv) = r.resolve_value {
-                        let wrong = if r.op == ">" { rv > v } else { rv < v };
-                        if wrong {
-                            return Err(at(
-                                "resolve_value",
-                                format!("{rv} must be on the safe side of value {v} (hysteresis)"),
-                            ));
-                        }
-                    }
-                }
-                RuleKind::Hardware => {
-                    for e in &r.events {
-                        if !crate::model::EVENT_KINDS.contains(&e.as_str()) {
-                            return Err(at(
-                                "events",
-                                format!(
-                                    "unknown event kind {e:?}; use {}",
-                                    crate::model::EVENT_KINDS.join(", ")
-                                ),
-                            ));
-                        }
-                    }
-                    if r.resolve_after_secs == 0 {
-                        return Err(at("resolve_after_secs", "must be at least 1".into()));
-                    }
-                }
-                RuleKind::Absent => {
-                    if r.after_secs < 5 {
-                        return Err(at("after_secs", "must be at least 5".into()));
-                    }
-                }
-                RuleKind::Anomaly => {
-                    if r.for_secs < 60 {
-                        return Err(at(
-                            "for_secs",
-                            format!(
-                                "{} s: an anomaly rule needs at least 60 (scores are per minute); \
-                                 600 rides out a single-minute glitch",
-                                r.for_secs
-                            ),
-                        ));
-                    }
-                    if let Some(v) = r.min_score {
-                        if !(v.is_finite() && v > 0.0) {
-                            return Err(at("min_score", format!("{v} must be a positive number")));
-                        }
-                    }
-                    if let Some(v) = r.resolve_ratio {
-                        if !(v > 0.0 && v <= 1.0) {
-                            return Err(at(
-                                "resolve_ratio",
-                                format!("{v} must be above 0 and at most 1 (hysteresis)"),
-                            ));
-                        }
-                    }
-                    if r.matchers.contains_key("gpu") {
-                        return Err(at(
-                            "match",
-                            "anomaly alerts are per host; `gpu` cannot be matched".into(),
-                        ));
-                    }
-                    for (field, set) in [
-                        ("metric", !r.metric.is_empty()),
-                        ("op", !r.op.is_empty()),
-                        ("value", r.value.is_some()),
-                        ("resolve_value", r.resolve_value.is_some()),
-                    ] {
-                        if set {
-                            return Err(at(
-                                field,
-                                "not used by anomaly rules (use min_score / resolve_ratio)".into(),
-                            ));
-                        }
-                    }
-                }
-            }
+            rules.push(r);
         }
-        for (i, route) in set.routes.iter().enumerate() {
+        for (i, route) in raw.route.iter().enumerate() {
+            let number = i + 1;
             if route.to.is_empty() {
-                return Err(format!("route #{}: `to` needs at least one address", i + 1));
+                return Err(RuleError::Route {
+                    number,
+                    message: "`to` needs at least one address".into(),
+                });
             }
             for addr in &route.to {
                 if addr.parse::<lettre::message::Mailbox>().is_err() {
-                    return Err(format!(
-                        "route #{}: {addr:?} is not an email address",
-                        i + 1
-                    ));
+                    return Err(RuleError::Route {
+                        number,
+                        message: format!("{addr:?} is not an email address"),
+                    });
                 }
             }
         }
-        Ok(set)
+        Ok(RuleSet {
+            rules,
+            routes: raw.route,
+        })
     }
 
     /// Recipients for an alert with these labels.
@@ -289,12 +506,15 @@ impl RuleSet {
             .map(|r| r.to.clone())
             .unwrap_or_default()
     }
-}
 
-impl Rule {
-    /// Whether the rule's selectors accept these labels.
-    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.matchers.iter().all(|(k, v)| labels.get(k) == Some(v))
+    /// The rules of one kind, with their kind's fields.
+    pub fn of_kind<'a, T: 'a>(
+        &'a self,
+        pick: impl Fn(&'a RuleKind) -> Option<&'a T> + 'a,
+    ) -> impl Iterator<Item = (&'a Rule, &'a T)> + 'a {
+        self.rules
+            .iter()
+            .filter_map(move |r| pick(&r.kind).map(|k| (r, k)))
     }
 }
 
@@ -302,18 +522,21 @@ impl Rule {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<RuleSet, String> {
+        RuleSet::parse(text).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn shipped_example_rules_are_valid() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/alerts.toml");
         let set = RuleSet::load(&p).unwrap();
-        assert!(set.rules.iter().any(|r| r.kind == RuleKind::Hardware));
-        assert!(set.rules.iter().any(|r| r.kind == RuleKind::Threshold));
-        assert!(set.rules.iter().any(|r| r.kind == RuleKind::Absent));
-        assert!(set.rules.iter().any(|r| r.kind == RuleKind::Anomaly));
+        for kind in ["hardware", "threshold", "absent", "anomaly"] {
+            assert!(set.rules.iter().any(|r| r.kind.name() == kind), "{kind}");
+        }
     }
 
     fn anomaly_rule(extra: &str) -> Result<RuleSet, String> {
-        RuleSet::parse(&format!(
+        parse(&format!(
             "[[rule]]\nname = \"odd\"\nkind = \"anomaly\"\nseverity = \"warning\"\n{extra}"
         ))
     }
@@ -325,14 +548,26 @@ mod tests {
         )
         .unwrap();
         let r = &set.rules[0];
-        assert_eq!(r.kind, RuleKind::Anomaly);
-        assert_eq!(r.for_secs, 900);
-        assert_eq!(r.min_score, Some(4.5));
-        assert_eq!(r.resolve_ratio, Some(0.5));
+        assert_eq!(
+            r.kind,
+            RuleKind::Anomaly(AnomalyRule {
+                for_secs: 900,
+                min_score: Some(4.5),
+                resolve_ratio: Some(0.5)
+            })
+        );
         assert_eq!(r.matchers["pool"], "train-a");
+        let RuleKind::Anomaly(a) = &r.kind else {
+            unreachable!()
+        };
+        assert_eq!((a.level(9.0), a.resolve_below(4.5)), (4.5, 2.25));
         // The model's own level and the default hysteresis when not given.
         let r = &anomaly_rule("for_secs = 600\n").unwrap().rules[0];
-        assert_eq!((r.min_score, r.resolve_ratio), (None, None));
+        let RuleKind::Anomaly(a) = &r.kind else {
+            unreachable!()
+        };
+        assert_eq!((a.min_score, a.resolve_ratio), (None, None));
+        assert_eq!((a.level(2.0), a.resolve_below(2.0)), (2.0, 1.5));
     }
 
     #[test]
@@ -363,24 +598,84 @@ mod tests {
 
     #[test]
     fn errors_name_rule_and_field() {
-        let e = RuleSet::parse("[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.tmp\"\nop = \">\"\nvalue = 1\n").unwrap_err();
+        let e = parse("[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.tmp\"\nop = \">\"\nvalue = 1\n").unwrap_err();
         assert!(e.contains("\"hot\"") && e.contains("`metric`"), "{e}");
-        let e = RuleSet::parse("[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.temp_celsius\"\nop = \">\"\nvalue = 85\nresolve_value = 90\n").unwrap_err();
+        let e = parse("[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.temp_celsius\"\nop = \">\"\nvalue = 85\nresolve_value = 90\n").unwrap_err();
         assert!(e.contains("resolve_value"), "{e}");
-        let e =
-            RuleSet::parse("[[rule]]\nname = \"x\"\nkind = \"hardware\"\nseverity = \"fatal\"\n")
-                .unwrap_err();
-        assert!(e.contains("severity"), "{e}");
-        let e = RuleSet::parse("[[route]]\nto = [\"not an address\"]\n").unwrap_err();
-        assert!(e.contains("route #1"), "{e}");
-        let e = RuleSet::parse("[[rule]]\nname = \"x\"\nkind = \"magic\"\nseverity = \"info\"\n")
+        let e = parse("[[rule]]\nname = \"x\"\nkind = \"hardware\"\nseverity = \"fatal\"\n")
             .unwrap_err();
+        assert!(e.contains("severity"), "{e}");
+        let e = parse("[[route]]\nto = [\"not an address\"]\n").unwrap_err();
+        assert!(e.contains("route #1"), "{e}");
+        let e =
+            parse("[[rule]]\nname = \"x\"\nkind = \"magic\"\nseverity = \"info\"\n").unwrap_err();
         assert!(e.contains("magic"), "{e}");
     }
 
     #[test]
+    fn each_kind_takes_only_its_own_fields() {
+        let rule = |kind: &str, extra: &str| {
+            parse(&format!(
+                "[[rule]]\nname = \"r\"\nkind = \"{kind}\"\nseverity = \"info\"\n{extra}"
+            ))
+        };
+        // Fields of another kind are refused, naming the field.
+        for (kind, extra, field) in [
+            ("hardware", "for_secs = 60\n", "for_secs"),
+            ("absent", "events = [\"xid\"]\n", "events"),
+            (
+                "threshold",
+                "metric = \"gpu.util_pct\"\nop = \">\"\nvalue = 1\nmin_score = 2\n",
+                "min_score",
+            ),
+            ("anomaly", "for_secs = 600\nafter_secs = 60\n", "after_secs"),
+        ] {
+            let e = rule(kind, extra).unwrap_err();
+            assert!(
+                e.contains(&format!("`{field}`")) && e.contains("rule \"r\""),
+                "{kind}: {e}"
+            );
+        }
+        // What a kind needs is required.
+        let e = rule("threshold", "metric = \"gpu.util_pct\"\nop = \">\"\n").unwrap_err();
+        assert!(e.contains("`value`"), "{e}");
+        let e = rule(
+            "threshold",
+            "metric = \"gpu.util_pct\"\nop = \">=\"\nvalue = 1\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("field `op`"), "{e}");
+        let e = parse("[[rule]]\nname = \"r\"\nseverity = \"info\"\n").unwrap_err();
+        assert!(e.contains("field `kind`"), "{e}");
+        // Every numeric metric of the table can be watched; flags and bit masks cannot.
+        let set = rule(
+            "threshold",
+            "metric = \"gpu.ecc_dbe_total\"\nop = \">\"\nvalue = 0\n",
+        )
+        .unwrap();
+        let RuleKind::Threshold(t) = &set.rules[0].kind else {
+            unreachable!()
+        };
+        assert_eq!(t.metric.to_string(), "gpu.ecc_dbe_total");
+        assert_eq!((t.op, t.for_secs, t.resolve_value), (Op::Above, 0, None));
+        for bad in [
+            "gpu.throttle_reasons",
+            "gpu.mig_enabled",
+            "host.util_pct",
+            "util_pct",
+        ] {
+            let e = rule(
+                "threshold",
+                &format!("metric = \"{bad}\"\nop = \">\"\nvalue = 0\n"),
+            )
+            .unwrap_err();
+            assert!(e.contains("field `metric`"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn first_matching_route_wins() {
-        let set = RuleSet::parse(
+        let set = parse(
             "[[route]]\nmatch = { severity = \"critical\", site = \"fra1\" }\nto = [\"fra-oncall@example.com\"]\n\
              [[route]]\nmatch = { severity = \"critical\" }\nto = [\"oncall@example.com\"]\n[[route]]\nto = [\"ops@example.com\"]\n",
         )

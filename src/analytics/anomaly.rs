@@ -1,4 +1,4 @@
-//! The anomaly job (issue 7): once a minute on the job leader, every host's new minutes of
+//! The anomaly job: once a minute on the job leader, every host's new minutes of
 //! 1-minute rollups are scored against a model of that host's own normal behaviour
 //! (`rackwatch-anomaly`), and stored with the metrics that drove each score.
 //!
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 use crate::config::AnomalyConfig;
+use crate::model::format;
 use crate::store::Store;
 
 /// How a feature's value is shown to people.
@@ -222,6 +223,38 @@ pub struct Explanation {
     /// For max/min over GPUs: the GPU it was taken at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<i16>,
+}
+
+/// An anomaly feature's value with its unit.
+pub fn feature_value(unit: Option<Unit>, v: f64) -> String {
+    match unit {
+        Some(Unit::Percent) => format::num(Some(v), 0, "%"),
+        Some(Unit::Load) => format::num(Some(v), 1, ""),
+        Some(Unit::Bytes) => format::bytes(Some(v)),
+        Some(Unit::BytesPerSec) => format::rate(Some(v)),
+        Some(Unit::Watts) => format::num(Some(v), 0, "W"),
+        Some(Unit::Celsius) => format::num(Some(v), 0, "°C"),
+        Some(Unit::Megahertz) => format::num(Some(v), 0, "MHz"),
+        None => format::num(Some(v), 2, ""),
+    }
+}
+
+/// `gpu_temp_max_celsius 91 °C on GPU 3 (typical 66 °C, 48 % of the score), …`
+pub fn anomaly_explanation(top: &[Explanation]) -> String {
+    top.iter()
+        .map(|e| {
+            let unit = feature_named(&e.metric).map(|f| f.unit);
+            let gpu = e.gpu.map(|g| format!(" on GPU {g}")).unwrap_or_default();
+            format!(
+                "{} {}{gpu} (typical {}, {:.0} % of the score)",
+                e.metric,
+                feature_value(unit, e.value),
+                feature_value(unit, e.typical),
+                e.share * 100.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One scored minute.
@@ -1059,16 +1092,22 @@ mod tests {
     }
 
     #[test]
-    fn the_api_document_lists_every_feature() {
-        let doc: serde_json::Value = serde_json::from_str(crate::web::api::OPENAPI).unwrap();
-        let names: Vec<&str> = doc["components"]["schemas"]["AnomalyExplanation"]["properties"]
-            ["metric"]["enum"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
-        assert_eq!(names, FEATURES.iter().map(|f| f.name).collect::<Vec<_>>());
+    fn anomaly_explanations_read_with_units() {
+        let e = |metric: &str, value, typical, gpu| Explanation {
+            metric: metric.into(),
+            share: 0.482,
+            value,
+            typical,
+            gpu,
+        };
+        assert_eq!(
+            anomaly_explanation(&[
+                e("gpu_temp_max_celsius", 91.2, 66.0, Some(3)),
+                e("net_rx_bytes_per_s", 2.5e6, 1.25e8, None),
+            ]),
+            "gpu_temp_max_celsius 91 °C on GPU 3 (typical 66 °C, 48 % of the score), \
+             net_rx_bytes_per_s 2.5 MB/s (typical 125.0 MB/s, 48 % of the score)"
+        );
     }
 
     fn gap_ts() -> DateTime<Utc> {

@@ -319,6 +319,375 @@ impl NvmlSource {
     }
 }
 
+/// One device's readings in one round: everything asked of NVML, before any state.
+#[derive(Default)]
+struct Reading {
+    model: Option<String>,
+    pci: Option<PciAddr>,
+    mig_enabled: Option<bool>,
+    util: Option<nvml_wrapper::struct_wrappers::device::Utilization>,
+    mem: Option<nvml_wrapper::struct_wrappers::device::MemoryInfo>,
+    /// Milliwatts.
+    power: Option<u32>,
+    power_limit: Option<u32>,
+    /// Millijoules since the driver loaded.
+    energy: Option<u64>,
+    temp: Option<u32>,
+    sm_clock: Option<u32>,
+    mem_clock: Option<u32>,
+    fan: Option<u32>,
+    /// KB/s.
+    pcie_rx: Option<u32>,
+    pcie_tx: Option<u32>,
+    pcie_replay: Option<u32>,
+    throttle_bits: Option<u64>,
+    ecc_sbe: Option<u64>,
+    ecc_dbe: Option<u64>,
+    /// Field values by [`FIELDS`] name.
+    fields: HashMap<&'static str, u64>,
+    /// The device answered GPU_IS_LOST to some call.
+    lost: bool,
+}
+
+impl Reading {
+    /// Ask device `i` for everything not known to be unsupported.
+    fn read(unsup: &mut HashSet<(u32, &'static str)>, i: u32, dev: &Device) -> Reading {
+        let mut lost = false;
+        let l = &mut lost;
+        let model = ask(unsup, l, i, "name", || dev.name());
+        let pci =
+            ask(unsup, l, i, "pci_info", || dev.pci_info()).and_then(|p| PciAddr::parse(&p.bus_id));
+        let mig_enabled = ask(unsup, l, i, "mig_mode", || dev.mig_mode()).map(|m| m.current == 1);
+        // NVML has no utilization for a MIG parent.
+        let util = if mig_enabled == Some(true) {
+            None
+        } else {
+            ask(unsup, l, i, "utilization", || dev.utilization_rates())
+        };
+        let mut r = Reading {
+            model,
+            pci,
+            mig_enabled,
+            util,
+            mem: ask(unsup, l, i, "memory", || dev.memory_info()),
+            power: ask(unsup, l, i, "power", || dev.power_usage()),
+            power_limit: ask(unsup, l, i, "power_limit", || dev.enforced_power_limit()),
+            energy: ask(unsup, l, i, "energy", || dev.total_energy_consumption()),
+            temp: ask(unsup, l, i, "temperature", || {
+                dev.temperature(TemperatureSensor::Gpu)
+            }),
+            sm_clock: ask(unsup, l, i, "sm_clock", || dev.clock_info(Clock::SM)),
+            mem_clock: ask(unsup, l, i, "mem_clock", || dev.clock_info(Clock::Memory)),
+            fan: ask(unsup, l, i, "fan", || dev.fan_speed(0)),
+            pcie_rx: ask(unsup, l, i, "pcie_rx", || {
+                dev.pcie_throughput(PcieUtilCounter::Receive)
+            }),
+            pcie_tx: ask(unsup, l, i, "pcie_tx", || {
+                dev.pcie_throughput(PcieUtilCounter::Send)
+            }),
+            pcie_replay: ask(unsup, l, i, "pcie_replay", || dev.pcie_replay_counter()),
+            throttle_bits: ask(unsup, l, i, "throttle_reasons", || {
+                dev.current_throttle_reasons().map(|t| t.bits())
+            }),
+            ecc_sbe: ask(unsup, l, i, "ecc_sbe", || {
+                dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Aggregate)
+            }),
+            ecc_dbe: ask(unsup, l, i, "ecc_dbe", || {
+                dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Aggregate)
+            }),
+            fields: HashMap::new(),
+            lost: false,
+        };
+        r.fields = read_fields(unsup, l, i, dev);
+        r.lost = lost;
+        r
+    }
+
+    /// The sample this reading makes, with the energy since the GPU's previous one.
+    fn sample(&self, now: DateTime<Utc>, index: u8, energy_joules: Option<f64>) -> GpuSample {
+        let f = &self.fields;
+        GpuSample {
+            ts: now,
+            index,
+            util_pct: self.util.as_ref().map(|u| f64::from(u.gpu)),
+            mem_util_pct: self.util.as_ref().map(|u| f64::from(u.memory)),
+            mem_used_bytes: self.mem.as_ref().map(|m| m.used),
+            mem_total_bytes: self.mem.as_ref().map(|m| m.total),
+            power_watts: self.power.map(|mw| f64::from(mw) / 1000.0),
+            energy_joules_total: self.energy.map(|mj| mj as f64 / 1000.0),
+            temp_celsius: self.temp.map(f64::from),
+            mem_temp_celsius: f.get("mem_temp").map(|v| *v as f64),
+            sm_clock_mhz: self.sm_clock.map(f64::from),
+            mem_clock_mhz: self.mem_clock.map(f64::from),
+            fan_pct: self.fan.map(f64::from),
+            throttle_reasons: self.throttle_bits,
+            power_limit_watts: self.power_limit.map(|mw| f64::from(mw) / 1000.0),
+            energy_joules,
+            // NVML counts PCIe throughput in KB/s.
+            pcie_rx_bytes_per_s: self.pcie_rx.map(|k| f64::from(k) * 1024.0),
+            pcie_tx_bytes_per_s: self.pcie_tx.map(|k| f64::from(k) * 1024.0),
+            pcie_replay_total: self.pcie_replay.map(u64::from),
+            ecc_sbe_total: self.ecc_sbe,
+            ecc_dbe_total: self.ecc_dbe,
+            retired_pages_sbe: f.get("retired_sbe").copied(),
+            retired_pages_dbe: f.get("retired_dbe").copied(),
+            retired_pages_pending: f.get("retired_pending").map(|v| *v != 0),
+            remapped_rows_correctable: f.get("remapped_cor").copied(),
+            remapped_rows_uncorrectable: f.get("remapped_unc").copied(),
+            remapped_rows_pending: self.remap_pending(),
+            remapped_rows_failure: self.remap_failure(),
+            mig_enabled: self.mig_enabled,
+        }
+    }
+
+    fn remap_failure(&self) -> Option<bool> {
+        self.fields.get("remapped_failure").map(|v| *v != 0)
+    }
+
+    fn remap_pending(&self) -> Option<bool> {
+        self.fields.get("remapped_pending").map(|v| *v != 0)
+    }
+}
+
+/// The [`FIELDS`] values of device `i`, in one call for those not known to be
+/// unsupported.
+fn read_fields(
+    unsup: &mut HashSet<(u32, &'static str)>,
+    lost: &mut bool,
+    i: u32,
+    dev: &Device,
+) -> HashMap<&'static str, u64> {
+    let wanted: Vec<(&'static str, u32)> = FIELDS
+        .iter()
+        .copied()
+        .filter(|(n, _)| !unsup.contains(&(i, *n)))
+        .collect();
+    let mut fields = HashMap::new();
+    if wanted.is_empty() {
+        return fields;
+    }
+    let ids: Vec<FieldId> = wanted.iter().map(|(_, id)| FieldId(*id)).collect();
+    match ask(unsup, lost, i, "field_values", || {
+        dev.field_values_for(&ids)
+    }) {
+        Some(values) => {
+            for ((name, _), v) in wanted.iter().zip(values) {
+                match v.and_then(|s| s.value) {
+                    Ok(SampleValue::U32(x)) => {
+                        fields.insert(*name, u64::from(x));
+                    }
+                    Ok(SampleValue::U64(x)) => {
+                        fields.insert(*name, x);
+                    }
+                    Ok(SampleValue::I64(x)) => {
+                        fields.insert(*name, x.max(0) as u64);
+                    }
+                    Ok(SampleValue::F64(x)) => {
+                        fields.insert(*name, x.max(0.0) as u64);
+                    }
+                    Err(NvmlError::NotSupported) => {
+                        tracing::info!(
+                            gpu = i,
+                            what = name,
+                            "not supported by this GPU or driver; not asked again"
+                        );
+                        unsup.insert((i, name));
+                    }
+                    Err(NvmlError::GpuLost) => *lost = true,
+                    Err(e) => tracing::debug!(gpu = i, what = name, "NVML: {e}"),
+                }
+            }
+        }
+        None if unsup.contains(&(i, "field_values")) => {
+            for (n, _) in &wanted {
+                unsup.insert((i, n));
+            }
+        }
+        None => {}
+    }
+    fields
+}
+
+impl GpuState {
+    /// Hardware events from what changed since the previous reading: new double-bit ECC
+    /// errors, a row-remap failure or pending remap, thermal or power-brake slowdown
+    /// starting. Updates the remembered state.
+    fn events_from(&mut self, r: &Reading, now: DateTime<Utc>, index: u8, out: &mut Collected) {
+        let ev =
+            |kind: &str, code: Option<i64>, message: String, count: Option<u32>| HardwareEvent {
+                ts: now,
+                index: Some(index),
+                kind: kind.into(),
+                code,
+                message,
+                count,
+            };
+        if let Some(d) = r.ecc_dbe {
+            if let Some(prev) = self.ecc_dbe {
+                if d > prev {
+                    out.events.push(ev(
+                        "ecc_dbe",
+                        None,
+                        format!(
+                            "{} new uncorrectable (double-bit) ECC errors; lifetime total {d}",
+                            d - prev
+                        ),
+                        Some((d - prev).min(u64::from(u32::MAX)) as u32),
+                    ));
+                }
+            }
+            self.ecc_dbe = Some(d);
+        }
+        if let Some(f) = r.remap_failure() {
+            if f && !self.remap_failure {
+                out.events.push(ev(
+                    "row_remap_failure",
+                    None,
+                    format!(
+                        "row remapping failed ({} rows remapped for uncorrectable errors)",
+                        r.fields.get("remapped_unc").copied().unwrap_or(0)
+                    ),
+                    None,
+                ));
+            }
+            self.remap_failure = f;
+        }
+        if let Some(p) = r.remap_pending() {
+            if p && !self.remap_pending {
+                out.events.push(ev(
+                    "row_remap_pending",
+                    None,
+                    "a row remap is pending; it takes effect at the next GPU reset".into(),
+                    None,
+                ));
+            }
+            self.remap_pending = p;
+        }
+        if let Some(bits) = r.throttle_bits {
+            let before = self.throttle.unwrap_or(0);
+            let names = throttle::decode(bits).join(", ");
+            if bits & throttle::THERMAL != 0 && before & throttle::THERMAL == 0 {
+                out.events.push(ev(
+                    "thermal_throttle",
+                    Some((bits & throttle::THERMAL) as i64),
+                    format!("thermal slowdown started (clock reasons: {names})"),
+                    None,
+                ));
+            }
+            if bits & throttle::HW_POWER_BRAKE_SLOWDOWN != 0
+                && before & throttle::HW_POWER_BRAKE_SLOWDOWN == 0
+            {
+                out.events.push(ev(
+                    "power_brake",
+                    Some(throttle::HW_POWER_BRAKE_SLOWDOWN as i64),
+                    format!("power brake slowdown started (clock reasons: {names})"),
+                    None,
+                ));
+            }
+            self.throttle = Some(bits);
+        }
+    }
+
+    /// The energy since the previous reading (reset-safe), remembering this one.
+    fn energy_since(&mut self, energy_mj: Option<u64>, uuid: &str) -> Option<f64> {
+        let joules = energy_mj.and_then(|e| energy_delta(self.energy_mj, e));
+        if let (Some(prev), Some(e)) = (self.energy_mj, energy_mj) {
+            if e < prev {
+                tracing::info!(
+                    uuid,
+                    index = self.index,
+                    prev_mj = prev,
+                    now_mj = e,
+                    "energy counter was reset"
+                );
+            }
+        }
+        self.energy_mj = energy_mj.or(self.energy_mj);
+        joules
+    }
+}
+
+const FELL_OFF: &str = "has fallen off the bus (NVML_ERROR_GPU_IS_LOST)";
+
+impl NvmlSource {
+    /// A lost GPU at NVML index `i`, if it was seen there before.
+    fn lost_at(
+        &mut self,
+        i: u32,
+        now: DateTime<Utc>,
+        seen: &mut HashSet<String>,
+        out: &mut Collected,
+    ) {
+        if let Some(u) = self.uuid_at.get(&i).cloned() {
+            seen.insert(u.clone());
+            self.lost_event(&u, now, FELL_OFF, out);
+        }
+    }
+
+    /// One device's round: read it, keep its identity, and add its sample, inventory
+    /// entry and events to `out`.
+    fn collect_device(
+        &mut self,
+        i: u32,
+        now: DateTime<Utc>,
+        seen: &mut HashSet<String>,
+        out: &mut Collected,
+    ) {
+        let nvml = &self.nvml;
+        let dev = match nvml.device_by_index(i) {
+            Ok(d) => d,
+            Err(NvmlError::GpuLost) => return self.lost_at(i, now, seen, out),
+            Err(e) => {
+                tracing::debug!(gpu = i, "NVML device handle: {e}");
+                return;
+            }
+        };
+        let mut lost = false;
+        let Some(uuid) = ask(&mut self.unsupported, &mut lost, i, "uuid", || dev.uuid()) else {
+            if lost {
+                self.lost_at(i, now, seen, out);
+            }
+            return;
+        };
+        let r = Reading::read(&mut self.unsupported, i, &dev);
+        // SAFETY: only the handle's address is used, as a map key.
+        let handle = unsafe { dev.handle() } as usize;
+        if !r.lost && self.events.is_some() && self.registered.insert(uuid.clone()) {
+            Self::register(nvml, &mut self.events, &dev, &uuid);
+        }
+        seen.insert(uuid.clone());
+        self.uuid_at.insert(i, uuid.clone());
+        self.uuid_of_handle.insert(handle, uuid.clone());
+        let index = self.index_for(&uuid, i);
+        if r.lost {
+            return self.lost_event(&uuid, now, FELL_OFF, out);
+        }
+        if let Some(p) = r.pci {
+            self.ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_gpu(p, index);
+        }
+        let g = self.gpus.get_mut(&uuid).expect("index_for inserted it");
+        if g.lost {
+            tracing::info!(uuid, index, "GPU is back");
+            g.lost = false;
+        }
+        g.pci = r.pci.or(g.pci);
+        let energy_joules = g.energy_since(r.energy, &uuid);
+        g.events_from(&r, now, index, out);
+        out.gpu_samples.push(r.sample(now, index, energy_joules));
+        out.gpus.push(GpuInfo {
+            index,
+            uuid: Some(uuid),
+            model: r.model,
+            memory_total_bytes: r.mem.map(|m| m.total),
+            power_limit_watts: r.power_limit.map(|mw| f64::from(mw) / 1000.0),
+            driver_version: self.driver.clone(),
+        });
+    }
+}
+
 impl Source for NvmlSource {
     fn name(&self) -> &'static str {
         "nvml"
@@ -338,305 +707,7 @@ impl Source for NvmlSource {
         let previous_count = self.last_count.replace(count);
         let mut seen: HashSet<String> = HashSet::new();
         for i in 0..count.min(256) {
-            let nvml = &self.nvml;
-            let dev = match nvml.device_by_index(i) {
-                Ok(d) => d,
-                Err(NvmlError::GpuLost) => {
-                    if let Some(u) = self.uuid_at.get(&i).cloned() {
-                        seen.insert(u.clone());
-                        self.lost_event(
-                            &u,
-                            now,
-                            "has fallen off the bus (NVML_ERROR_GPU_IS_LOST)",
-                            out,
-                        );
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(gpu = i, "NVML device handle: {e}");
-                    continue;
-                }
-            };
-            let mut lost = false;
-            let unsup = &mut self.unsupported;
-            let uuid = match ask(unsup, &mut lost, i, "uuid", || dev.uuid()) {
-                Some(u) => u,
-                None => {
-                    if lost {
-                        if let Some(u) = self.uuid_at.get(&i).cloned() {
-                            seen.insert(u.clone());
-                            self.lost_event(
-                                &u,
-                                now,
-                                "has fallen off the bus (NVML_ERROR_GPU_IS_LOST)",
-                                out,
-                            );
-                        }
-                    }
-                    continue;
-                }
-            };
-            let model = ask(unsup, &mut lost, i, "name", || dev.name());
-            let pci = ask(unsup, &mut lost, i, "pci_info", || dev.pci_info())
-                .and_then(|p| PciAddr::parse(&p.bus_id));
-            let mig = ask(unsup, &mut lost, i, "mig_mode", || dev.mig_mode());
-            let mig_enabled = mig.as_ref().map(|m| m.current == 1);
-            let util = if mig_enabled == Some(true) {
-                None
-            } else {
-                ask(unsup, &mut lost, i, "utilization", || {
-                    dev.utilization_rates()
-                })
-            };
-            let mem = ask(unsup, &mut lost, i, "memory", || dev.memory_info());
-            let power = ask(unsup, &mut lost, i, "power", || dev.power_usage());
-            let plimit = ask(unsup, &mut lost, i, "power_limit", || {
-                dev.enforced_power_limit()
-            });
-            let energy = ask(unsup, &mut lost, i, "energy", || {
-                dev.total_energy_consumption()
-            });
-            let temp = ask(unsup, &mut lost, i, "temperature", || {
-                dev.temperature(TemperatureSensor::Gpu)
-            });
-            let sm = ask(unsup, &mut lost, i, "sm_clock", || {
-                dev.clock_info(Clock::SM)
-            });
-            let memclk = ask(unsup, &mut lost, i, "mem_clock", || {
-                dev.clock_info(Clock::Memory)
-            });
-            let fan = ask(unsup, &mut lost, i, "fan", || dev.fan_speed(0));
-            let pcie_rx = ask(unsup, &mut lost, i, "pcie_rx", || {
-                dev.pcie_throughput(PcieUtilCounter::Receive)
-            });
-            let pcie_tx = ask(unsup, &mut lost, i, "pcie_tx", || {
-                dev.pcie_throughput(PcieUtilCounter::Send)
-            });
-            let replay = ask(unsup, &mut lost, i, "pcie_replay", || {
-                dev.pcie_replay_counter()
-            });
-            let throttle_bits = ask(unsup, &mut lost, i, "throttle_reasons", || {
-                dev.current_throttle_reasons().map(|t| t.bits())
-            });
-            let ecc_sbe = ask(unsup, &mut lost, i, "ecc_sbe", || {
-                dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Aggregate)
-            });
-            let ecc_dbe = ask(unsup, &mut lost, i, "ecc_dbe", || {
-                dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Aggregate)
-            });
-            // Field values: one call for those not known to be unsupported.
-            let wanted: Vec<(&'static str, u32)> = FIELDS
-                .iter()
-                .copied()
-                .filter(|(n, _)| !unsup.contains(&(i, *n)))
-                .collect();
-            let mut fields: HashMap<&'static str, u64> = HashMap::new();
-            if !wanted.is_empty() {
-                let ids: Vec<FieldId> = wanted.iter().map(|(_, id)| FieldId(*id)).collect();
-                let res = ask(unsup, &mut lost, i, "field_values", || {
-                    dev.field_values_for(&ids)
-                });
-                match res {
-                    Some(values) => {
-                        for ((name, _), v) in wanted.iter().zip(values) {
-                            match v.and_then(|s| s.value) {
-                                Ok(SampleValue::U32(x)) => {
-                                    fields.insert(name, u64::from(x));
-                                }
-                                Ok(SampleValue::U64(x)) => {
-                                    fields.insert(name, x);
-                                }
-                                Ok(SampleValue::I64(x)) => {
-                                    fields.insert(name, x.max(0) as u64);
-                                }
-                                Ok(SampleValue::F64(x)) => {
-                                    fields.insert(name, x.max(0.0) as u64);
-                                }
-                                Err(NvmlError::NotSupported) => {
-                                    tracing::info!(
-                                        gpu = i,
-                                        what = name,
-                                        "not supported by this GPU or driver; not asked again"
-                                    );
-                                    unsup.insert((i, name));
-                                }
-                                Err(NvmlError::GpuLost) => lost = true,
-                                Err(e) => tracing::debug!(gpu = i, what = name, "NVML: {e}"),
-                            }
-                        }
-                    }
-                    None if unsup.contains(&(i, "field_values")) => {
-                        for (n, _) in &wanted {
-                            unsup.insert((i, n));
-                        }
-                    }
-                    None => {}
-                }
-            }
-            // SAFETY: only the handle's address is used, as a map key.
-            let handle = unsafe { dev.handle() } as usize;
-            if !lost && self.events.is_some() && self.registered.insert(uuid.clone()) {
-                Self::register(nvml, &mut self.events, &dev, &uuid);
-            }
-
-            seen.insert(uuid.clone());
-            self.uuid_at.insert(i, uuid.clone());
-            self.uuid_of_handle.insert(handle, uuid.clone());
-            let index = self.index_for(&uuid, i);
-            if lost {
-                self.lost_event(
-                    &uuid,
-                    now,
-                    "has fallen off the bus (NVML_ERROR_GPU_IS_LOST)",
-                    out,
-                );
-                continue;
-            }
-            if let Some(p) = pci {
-                self.ledger
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .set_gpu(p, index);
-            }
-            let g = self.gpus.get_mut(&uuid).expect("just inserted");
-            if g.lost {
-                tracing::info!(uuid, index, "GPU is back");
-                g.lost = false;
-            }
-            g.pci = pci.or(g.pci);
-            let energy_joules = energy.and_then(|e| energy_delta(g.energy_mj, e));
-            if let (Some(prev), Some(e)) = (g.energy_mj, energy) {
-                if e < prev {
-                    tracing::info!(
-                        uuid,
-                        index,
-                        prev_mj = prev,
-                        now_mj = e,
-                        "energy counter was reset"
-                    );
-                }
-            }
-            g.energy_mj = energy.or(g.energy_mj);
-
-            // Events from state changes.
-            let ev = |kind: &str, code: Option<i64>, message: String, count: Option<u32>| {
-                HardwareEvent {
-                    ts: now,
-                    index: Some(index),
-                    kind: kind.into(),
-                    code,
-                    message,
-                    count,
-                }
-            };
-            if let Some(d) = ecc_dbe {
-                if let Some(prev) = g.ecc_dbe {
-                    if d > prev {
-                        out.events.push(ev(
-                            "ecc_dbe",
-                            None,
-                            format!(
-                                "{} new uncorrectable (double-bit) ECC errors; lifetime total {d}",
-                                d - prev
-                            ),
-                            Some((d - prev).min(u64::from(u32::MAX)) as u32),
-                        ));
-                    }
-                }
-                g.ecc_dbe = Some(d);
-            }
-            let remap_failure = fields.get("remapped_failure").map(|v| *v != 0);
-            if let Some(f) = remap_failure {
-                if f && !g.remap_failure {
-                    out.events.push(ev(
-                        "row_remap_failure",
-                        None,
-                        format!(
-                            "row remapping failed ({} rows remapped for uncorrectable errors)",
-                            fields.get("remapped_unc").copied().unwrap_or(0)
-                        ),
-                        None,
-                    ));
-                }
-                g.remap_failure = f;
-            }
-            let remap_pending = fields.get("remapped_pending").map(|v| *v != 0);
-            if let Some(p) = remap_pending {
-                if p && !g.remap_pending {
-                    out.events.push(ev(
-                        "row_remap_pending",
-                        None,
-                        "a row remap is pending; it takes effect at the next GPU reset".into(),
-                        None,
-                    ));
-                }
-                g.remap_pending = p;
-            }
-            if let Some(bits) = throttle_bits {
-                let before = g.throttle.unwrap_or(0);
-                let names = throttle::decode(bits).join(", ");
-                if bits & throttle::THERMAL != 0 && before & throttle::THERMAL == 0 {
-                    out.events.push(ev(
-                        "thermal_throttle",
-                        Some((bits & throttle::THERMAL) as i64),
-                        format!("thermal slowdown started (clock reasons: {names})"),
-                        None,
-                    ));
-                }
-                if bits & throttle::HW_POWER_BRAKE_SLOWDOWN != 0
-                    && before & throttle::HW_POWER_BRAKE_SLOWDOWN == 0
-                {
-                    out.events.push(ev(
-                        "power_brake",
-                        Some(throttle::HW_POWER_BRAKE_SLOWDOWN as i64),
-                        format!("power brake slowdown started (clock reasons: {names})"),
-                        None,
-                    ));
-                }
-                g.throttle = Some(bits);
-            }
-
-            out.gpu_samples.push(GpuSample {
-                ts: now,
-                index,
-                util_pct: util.as_ref().map(|u| f64::from(u.gpu)),
-                mem_util_pct: util.as_ref().map(|u| f64::from(u.memory)),
-                mem_used_bytes: mem.as_ref().map(|m| m.used),
-                mem_total_bytes: mem.as_ref().map(|m| m.total),
-                power_watts: power.map(|mw| f64::from(mw) / 1000.0),
-                energy_joules_total: energy.map(|mj| mj as f64 / 1000.0),
-                temp_celsius: temp.map(f64::from),
-                mem_temp_celsius: fields.get("mem_temp").map(|v| *v as f64),
-                sm_clock_mhz: sm.map(f64::from),
-                mem_clock_mhz: memclk.map(f64::from),
-                fan_pct: fan.map(f64::from),
-                throttle_reasons: throttle_bits,
-                power_limit_watts: plimit.map(|mw| f64::from(mw) / 1000.0),
-                energy_joules,
-                // NVML counts PCIe throughput in KB/s.
-                pcie_rx_bytes_per_s: pcie_rx.map(|k| f64::from(k) * 1024.0),
-                pcie_tx_bytes_per_s: pcie_tx.map(|k| f64::from(k) * 1024.0),
-                pcie_replay_total: replay.map(u64::from),
-                ecc_sbe_total: ecc_sbe,
-                ecc_dbe_total: ecc_dbe,
-                retired_pages_sbe: fields.get("retired_sbe").copied(),
-                retired_pages_dbe: fields.get("retired_dbe").copied(),
-                retired_pages_pending: fields.get("retired_pending").map(|v| *v != 0),
-                remapped_rows_correctable: fields.get("remapped_cor").copied(),
-                remapped_rows_uncorrectable: fields.get("remapped_unc").copied(),
-                remapped_rows_pending: remap_pending,
-                remapped_rows_failure: remap_failure,
-                mig_enabled,
-            });
-            out.gpus.push(GpuInfo {
-                index,
-                uuid: Some(uuid.clone()),
-                model,
-                memory_total_bytes: mem.map(|m| m.total),
-                power_limit_watts: plimit.map(|mw| f64::from(mw) / 1000.0),
-                driver_version: self.driver.clone(),
-            });
+            self.collect_device(i, now, &mut seen, out);
         }
         // GPUs gone from the device list (the count dropped).
         let gone: Vec<String> = self

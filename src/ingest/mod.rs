@@ -1,144 +1,68 @@
-//! `POST /api/v1/ingest`: token auth, size limits, gzip, per-sample validation and an
-//! idempotent write. The answer says how many samples were accepted and why the others
-//! were not.
+//! The ingest pipeline: an agent's batch from token to stored rows, in four stages with
+//! no HTTP in them (the handler is `web::ingest`):
+//!
+//! 1. [`authenticate`]: the agent token names the one host it may write for;
+//! 2. [`decode`]: undo the content encoding, refusing to inflate past the limit;
+//! 3. [`accept`]: parse and validate every sample on its own (one bad sample never sinks
+//!    the good ones), check the batch against the token's host and the size cap, and write
+//!    the valid part idempotently;
+//! 4. the answer ([`IngestResponse`]) says what was accepted, stored and refused, and why.
 
+use std::borrow::Cow;
 use std::io::Read;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::Json;
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 
+use crate::config::Config;
 use crate::model::validate::{parse_batch, BatchError, Limits};
 use crate::model::IngestResponse;
-use crate::web::error::ApiError;
-use crate::web::AppState;
+use crate::store::{Store, StoreError};
 
-/// The handler. The body arrives as bytes (the router caps its size) so that gzip and
-/// JSON errors can be reported precisely.
-pub async fn ingest(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<IngestResponse>, ApiError> {
-    let started = Instant::now();
-    let m = &st.metrics;
-    m.ingest_requests.fetch_add(1, Ordering::Relaxed);
-    m.ingest_bytes
-        .fetch_add(body.len() as u64, Ordering::Relaxed);
-    let result = ingest_inner(&st, &headers, body).await;
-    m.ingest_micros
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    match &result {
-        Ok(r) => {
-            m.samples_accepted
-                .fetch_add(r.accepted as u64, Ordering::Relaxed);
-            m.samples_stored
-                .fetch_add(r.stored as u64, Ordering::Relaxed);
-            m.samples_rejected
-                .fetch_add(r.rejected as u64, Ordering::Relaxed);
-        }
-        Err(e) => m.count_ingest_error(e),
-    }
-    result.map(Json)
+/// Why a whole batch was refused. Each variant says what the agent should change.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No token, or one the server does not know (or revoked).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token of another host.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The body is not an ingest batch (not JSON, wrong shape, bad gzip).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body or the batch is over a limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A content encoding the server does not speak.
+    #[error("{0}")]
+    UnsupportedEncoding(String),
+    /// The database refused or is unreachable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-async fn ingest_inner(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<IngestResponse, ApiError> {
-    let token = bearer(headers).ok_or_else(|| {
-        ApiError::Unauthorized("missing `Authorization: Bearer <agent token>` header".into())
+/// Stage 1: the host an agent token may write for.
+pub async fn authenticate(store: &Store, token: Option<&str>) -> Result<String, IngestError> {
+    let token = token.ok_or_else(|| {
+        IngestError::Unauthorized("missing `Authorization: Bearer <agent token>` header".into())
     })?;
-    let scoped_host = st
-        .store
+    store
         .token_host(token)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked agent token".into()))?;
-
-    let raw = decode_body(headers, &body, st.cfg.server.max_decompressed_bytes)?;
-    let now = Utc::now();
-    let limits = Limits {
-        now,
-        max_age: Duration::days(i64::from(st.cfg.retention.raw_days)),
-        max_future: Duration::seconds(st.cfg.ingest.max_future_secs),
-    };
-    let valid = parse_batch(&raw, &limits).map_err(|e| match e {
-        BatchError::Json(m) | BatchError::Shape(m) => ApiError::BadRequest(m),
-    })?;
-    if valid.batch.host.name != scoped_host {
-        return Err(ApiError::Forbidden(format!(
-            "this token belongs to host {scoped_host:?}; the batch names host {:?}",
-            valid.batch.host.name
-        )));
-    }
-    let total = valid.batch.len() + valid.rejections.len();
-    if total > st.cfg.ingest.max_samples_per_batch {
-        return Err(ApiError::TooLarge(format!(
-            "batch holds {total} samples; at most {} (ingest.max_samples_per_batch) are accepted, split it",
-            st.cfg.ingest.max_samples_per_batch
-        )));
-    }
-    let accepted = valid.batch.len();
-    let outcome = match st.store.write_batch(&valid.batch, now).await {
-        Ok(o) => o,
-        Err(e) if is_missing_partition(&e) => {
-            // A clock jump past the partitions made ahead: create them and retry once.
-            st.store
-                .ensure_partitions(
-                    now,
-                    st.cfg.retention.raw_days,
-                    st.cfg.retention.partitions_ahead_days,
-                )
-                .await
-                .map_err(ApiError::Internal)?;
-            st.store.write_batch(&valid.batch, now).await?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !valid.batch.events.is_empty() {
-        st.metrics
-            .events_received
-            .fetch_add(valid.batch.events.len() as u64, Ordering::Relaxed);
-    }
-    Ok(IngestResponse {
-        accepted,
-        stored: outcome.stored,
-        rejected: valid.rejections.len(),
-        errors: valid.rejections,
-    })
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| IngestError::Unauthorized("unknown or revoked agent token".into()))
 }
 
-fn is_missing_partition(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23514") && db.message().contains("no partition"))
-}
-
-/// The bearer token of a request.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Undo `Content-Encoding: gzip`, refusing to inflate past `max` bytes (a small body
-/// can expand to gigabytes).
-pub fn decode_body(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u8>, ApiError> {
-    let enc = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase();
+/// Stage 2: undo `Content-Encoding` (none or gzip), refusing to inflate past `max` bytes
+/// (a small body can expand to gigabytes).
+pub fn decode<'a>(
+    encoding: Option<&str>,
+    body: &'a [u8],
+    max: usize,
+) -> Result<Cow<'a, [u8]>, IngestError> {
+    let enc = encoding.unwrap_or("identity").trim().to_ascii_lowercase();
     match enc.as_str() {
-        "identity" | "" => Ok(body.to_vec()),
+        "identity" | "" => Ok(Cow::Borrowed(body)),
         "gzip" | "x-gzip" => {
             // The gzip trailer's last four bytes give the inflated size (mod 2^32, and a
             // client can lie): a hint, capped by the limit, so the buffer is not regrown
@@ -146,21 +70,86 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8], max: usize) -> Result<Vec<u
             let hint = body
                 .len()
                 .checked_sub(4)
-                .map(|i| u32::from_le_bytes(body[i..].try_into().expect("4 bytes")) as usize)
+                .and_then(|i| body[i..].try_into().ok())
+                .map(|b: [u8; 4]| u32::from_le_bytes(b) as usize)
                 .unwrap_or(0);
             let mut out = Vec::with_capacity(hint.max(body.len() * 4).min(max) + 1);
             let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
             dec.read_to_end(&mut out)
-                .map_err(|e| ApiError::BadRequest(format!("body is not valid gzip: {e}")))?;
+                .map_err(|e| IngestError::BadRequest(format!("body is not valid gzip: {e}")))?;
             if out.len() > max {
-                return Err(ApiError::TooLarge(format!(
+                return Err(IngestError::TooLarge(format!(
                     "body inflates past {max} bytes (server.max_decompressed_bytes); send smaller batches"
                 )));
             }
-            Ok(out)
+            Ok(Cow::Owned(out))
         }
-        other => Err(ApiError::UnsupportedMedia(format!(
+        other => Err(IngestError::UnsupportedEncoding(format!(
             "Content-Encoding {other:?} is not supported; use gzip or none"
         ))),
     }
+}
+
+/// What [`accept`] did: the answer for the agent, and the hardware events it stored
+/// (they wake the alert evaluator).
+#[derive(Debug)]
+pub struct Ingested {
+    pub response: IngestResponse,
+    pub events: usize,
+}
+
+/// Stage 3: validate a decoded batch for `host` (the token's) and store its valid part.
+pub async fn accept(
+    store: &Store,
+    cfg: &Config,
+    host: &str,
+    raw: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Ingested, IngestError> {
+    let limits = Limits {
+        now,
+        max_age: Duration::days(i64::from(cfg.retention.raw_days)),
+        max_future: Duration::seconds(cfg.ingest.max_future_secs),
+    };
+    let valid = parse_batch(raw, &limits).map_err(|e| match e {
+        BatchError::Json(m) | BatchError::Shape(m) => IngestError::BadRequest(m),
+    })?;
+    if valid.batch.host.name != host {
+        return Err(IngestError::Forbidden(format!(
+            "this token belongs to host {host:?}; the batch names host {:?}",
+            valid.batch.host.name
+        )));
+    }
+    let total = valid.batch.len() + valid.rejections.len();
+    if total > cfg.ingest.max_samples_per_batch {
+        return Err(IngestError::TooLarge(format!(
+            "batch holds {total} samples; at most {} (ingest.max_samples_per_batch) are accepted, split it",
+            cfg.ingest.max_samples_per_batch
+        )));
+    }
+    let accepted = valid.batch.len();
+    let outcome = match store.write_batch(&valid.batch, now).await {
+        Ok(o) => o,
+        Err(StoreError::MissingPartition) => {
+            // A clock jump past the partitions made ahead: create them and retry once.
+            store
+                .ensure_partitions(
+                    now,
+                    cfg.retention.raw_days,
+                    cfg.retention.partitions_ahead_days,
+                )
+                .await?;
+            store.write_batch(&valid.batch, now).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Ingested {
+        events: valid.batch.events.len(),
+        response: IngestResponse {
+            accepted,
+            stored: outcome.stored,
+            rejected: valid.rejections.len(),
+            errors: valid.rejections,
+        },
+    })
 }

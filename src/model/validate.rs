@@ -7,6 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
+use super::metrics::{self, Bounds, Sample, Value, MAX_BYTES};
 use super::{
     AgentStats, Batch, GpuInfo, GpuSample, HardwareEvent, HostInfo, HostSample, Rejection,
     EVENT_KINDS,
@@ -189,7 +190,7 @@ impl<'l> Builder<'l> {
     }
 
     fn host_sample(&mut self, i: usize, s: Item<HostSample>) {
-        match s.and_then(|s| check_host_sample(&s, self.limits).map(|_| s)) {
+        match s.and_then(|s| check_metrics(&s, self.limits).map(|_| s)) {
             Ok(s) if !self.seen_ts.insert(sample_key(0, s.ts)) => self.reject(
                 1,
                 i,
@@ -207,7 +208,7 @@ impl<'l> Builder<'l> {
             self.seen_gpu_ts.reserve(n);
             self.batch.gpu_samples.reserve(n);
         }
-        match s.and_then(|s| check_gpu_sample(&s, self.limits).map(|_| s)) {
+        match s.and_then(|s| check_metrics(&s, self.limits).map(|_| s)) {
             Ok(s) if !self.seen_gpu_ts.insert(sample_key(s.index, s.ts)) => self.reject(
                 2,
                 i,
@@ -444,137 +445,43 @@ fn range(field: &'static str, v: Option<f64>, lo: f64, hi: f64, unit: &str) -> C
     }
 }
 
-/// Bytes and rates: 2^53 is where f64 stops counting exactly, far above any real value.
-const MAX_BYTES: f64 = 9.007_199_254_740_992e15;
-
-/// A used/total pair of byte counts: each in range, and used not above total.
-fn used_of_total(
-    used_field: &'static str,
-    used: Option<u64>,
-    total_field: &'static str,
-    total: Option<u64>,
-) -> Check {
-    range(used_field, used.map(|v| v as f64), 0.0, MAX_BYTES, "B")?;
-    range(total_field, total.map(|v| v as f64), 0.0, MAX_BYTES, "B")?;
-    if let (Some(u), Some(t)) = (used, total) {
-        if u > t {
-            return Err((
-                Some(used_field),
-                format!("{u} B used is more than the {t} B total"),
-            ));
+/// A sample's metrics against their bounds in the metric table, in table order (the first
+/// bad field is the one reported).
+fn check_metrics<S: Sample>(s: &S, l: &Limits) -> Check {
+    check_ts(s.ts(), l)?;
+    s.try_for_each_value(|_, m, v| {
+        match m.bounds {
+            Bounds::Any => {}
+            Bounds::Range { lo, hi } => range(m.name, v.as_f64(), lo, hi, m.unit)?,
+            Bounds::Bytes => range(m.name, v.as_f64(), 0.0, MAX_BYTES, m.unit)?,
+            Bounds::TotalOf(used) => {
+                range(m.name, v.as_f64(), 0.0, MAX_BYTES, m.unit)?;
+                let u = metrics::index_of(S::METRICS, used).map(|k| s.value(k));
+                if let (Some(Value::U64(Some(u))), Value::U64(Some(t))) = (u, v) {
+                    if u > t {
+                        return Err((
+                            Some(used),
+                            format!("{u} B used is more than the {t} B total"),
+                        ));
+                    }
+                }
+            }
+            Bounds::Count => {
+                // Stored as BIGINT. (Compared as integers: as f64, values just above
+                // i64::MAX round down to it and would pass.)
+                if let Value::U64(Some(v)) = v.filter_above(i64::MAX as u64) {
+                    return Err((
+                        Some(m.name),
+                        format!(
+                            "{v} is above the maximum {} (a 64-bit signed count)",
+                            i64::MAX
+                        ),
+                    ));
+                }
+            }
         }
-    }
-    Ok(())
-}
-
-fn check_host_sample(s: &HostSample, l: &Limits) -> Check {
-    check_ts(s.ts, l)?;
-    range("cpu_util_pct", s.cpu_util_pct, 0.0, 100.0, "%")?;
-    range("load1", s.load1, 0.0, 1e6, "")?;
-    used_of_total(
-        "mem_used_bytes",
-        s.mem_used_bytes,
-        "mem_total_bytes",
-        s.mem_total_bytes,
-    )?;
-    range(
-        "disk_read_bytes_per_s",
-        s.disk_read_bytes_per_s,
-        0.0,
-        MAX_BYTES,
-        "B/s",
-    )?;
-    range(
-        "disk_write_bytes_per_s",
-        s.disk_write_bytes_per_s,
-        0.0,
-        MAX_BYTES,
-        "B/s",
-    )?;
-    range(
-        "net_rx_bytes_per_s",
-        s.net_rx_bytes_per_s,
-        0.0,
-        MAX_BYTES,
-        "B/s",
-    )?;
-    range(
-        "net_tx_bytes_per_s",
-        s.net_tx_bytes_per_s,
-        0.0,
-        MAX_BYTES,
-        "B/s",
-    )?;
-    used_of_total(
-        "disk_used_bytes",
-        s.disk_used_bytes,
-        "disk_total_bytes",
-        s.disk_total_bytes,
-    )?;
-    // 20 kW for a day: far above one sample's host energy, catches µJ sent as J.
-    range("energy_joules", s.energy_joules, 0.0, 1.728e9, "J")?;
-    Ok(())
-}
-
-fn check_gpu_sample(s: &GpuSample, l: &Limits) -> Check {
-    check_ts(s.ts, l)?;
-    range("util_pct", s.util_pct, 0.0, 100.0, "%")?;
-    range("mem_util_pct", s.mem_util_pct, 0.0, 100.0, "%")?;
-    used_of_total(
-        "mem_used_bytes",
-        s.mem_used_bytes,
-        "mem_total_bytes",
-        s.mem_total_bytes,
-    )?;
-    // The largest accelerator boards draw ~1.2 kW; 5 kW leaves room without letting
-    // unit mistakes (mW sent as W) through.
-    range("power_watts", s.power_watts, 0.0, 5_000.0, "W")?;
-    range("energy_joules_total", s.energy_joules_total, 0.0, 1e18, "J")?;
-    range("temp_celsius", s.temp_celsius, -40.0, 150.0, "°C")?;
-    range("mem_temp_celsius", s.mem_temp_celsius, -40.0, 150.0, "°C")?;
-    range("sm_clock_mhz", s.sm_clock_mhz, 0.0, 10_000.0, "MHz")?;
-    range("mem_clock_mhz", s.mem_clock_mhz, 0.0, 20_000.0, "MHz")?;
-    range("fan_pct", s.fan_pct, 0.0, 100.0, "%")?;
-    range("power_limit_watts", s.power_limit_watts, 0.0, 5_000.0, "W")?;
-    // 5 kW for a day: far above one sample's energy, catches mJ sent as J.
-    range("energy_joules", s.energy_joules, 0.0, 4.32e8, "J")?;
-    // PCIe 6.0 x16 moves ~128 GB/s per direction.
-    range(
-        "pcie_rx_bytes_per_s",
-        s.pcie_rx_bytes_per_s,
-        0.0,
-        1e12,
-        "B/s",
-    )?;
-    range(
-        "pcie_tx_bytes_per_s",
-        s.pcie_tx_bytes_per_s,
-        0.0,
-        1e12,
-        "B/s",
-    )?;
-    for (field, v) in [
-        ("pcie_replay_total", s.pcie_replay_total),
-        ("ecc_sbe_total", s.ecc_sbe_total),
-        ("ecc_dbe_total", s.ecc_dbe_total),
-        ("retired_pages_sbe", s.retired_pages_sbe),
-        ("retired_pages_dbe", s.retired_pages_dbe),
-        ("remapped_rows_correctable", s.remapped_rows_correctable),
-        ("remapped_rows_uncorrectable", s.remapped_rows_uncorrectable),
-    ] {
-        // Stored as BIGINT. (Compared as integers: as f64, values just above i64::MAX
-        // round down to it and would pass.)
-        if let Some(v) = v.filter(|v| *v > i64::MAX as u64) {
-            return Err((
-                Some(field),
-                format!(
-                    "{v} is above the maximum {} (a 64-bit signed count)",
-                    i64::MAX
-                ),
-            ));
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn check_gpu_info(g: &GpuInfo) -> Check {

@@ -275,23 +275,46 @@ fn hour_floor(t: DateTime<Utc>) -> DateTime<Utc> {
         .expect("hour truncation")
 }
 
-/// Build the report of `week` (all sites, or `site`).
-pub async fn build(
+/// What the report reads from the database for one week.
+struct Inputs {
+    hosts: Vec<HostInfo>,
+    /// UUID and model per GPU.
+    gpu_info: HashMap<Entity, (String, String)>,
+    power_limit: HashMap<Entity, f64>,
+    /// The week's accounting rows.
+    rows: Vec<Hourly>,
+    /// Last week's IT energy per entity.
+    prev: HashMap<Entity, f64>,
+    /// Facility meter readings and carbon intensity per site, by hour of the week.
+    site_hours: HashMap<String, SiteHours>,
+    accounted_until: Option<DateTime<Utc>>,
+}
+
+/// The week's hours as offsets from its first hour.
+#[derive(Clone, Copy)]
+struct Hours {
+    /// First hour of the week (UTC), and the hour after its last.
+    h0: DateTime<Utc>,
+    h1: DateTime<Utc>,
+}
+
+impl Hours {
+    fn ix(&self, t: DateTime<Utc>) -> i64 {
+        (t - self.h0).num_hours()
+    }
+}
+
+async fn load_inputs(
     store: &Store,
     cfg: &EnergyConfig,
     week: IsoWeek,
     site: Option<&str>,
-    now: DateTime<Utc>,
-) -> anyhow::Result<EnergyReport> {
+    hours: Hours,
+) -> anyhow::Result<Inputs> {
     let tz = cfg.tz();
-    let start = week.start(tz);
-    let end = week.end(tz);
-    // Accounting hours are UTC hours; weeks in zones with a half-hour offset are shifted
-    // to whole hours.
-    let (h0, h1) = (hour_floor(start), hour_floor(end));
+    let Hours { h0, h1 } = hours;
     let (p0, p1) = (hour_floor(week.prev().start(tz)), h0);
-    crate::analytics::energy::ensure_accounted(store, cfg, hour_floor(week.prev().start(tz)), h1)
-        .await?;
+    crate::analytics::energy::ensure_accounted(store, cfg, p0, h1).await?;
     let accounted_until = crate::analytics::energy::watermark(store).await?;
 
     let hosts: Vec<HostInfo> = sqlx::query_as(
@@ -304,27 +327,27 @@ pub async fn build(
         anyhow::bail!("no host belongs to site {s:?}");
     }
     let host_ids: Vec<i64> = hosts.iter().map(|h| h.id).collect();
-    let host_by_id: HashMap<i64, &HostInfo> = hosts.iter().map(|h| (h.id, h)).collect();
-    let gpu_info: HashMap<Entity, (String, String)> =
-        sqlx::query_as::<_, (i64, i16, Option<String>, Option<String>)>(
-            "SELECT host_id, gpu_index, uuid, model FROM gpus WHERE host_id = ANY($1)",
-        )
-        .bind(&host_ids)
-        .fetch_all(&store.pool)
-        .await?
-        .into_iter()
-        .map(|(h, i, u, m)| ((h, i), (u.unwrap_or_default(), m.unwrap_or_default())))
-        .collect();
-    let power_limit: HashMap<Entity, f64> = sqlx::query_as::<_, (i64, i16, Option<f64>)>(
-        "SELECT host_id, gpu_index, power_limit_watts FROM gpus WHERE host_id = ANY($1)",
+    /// host id, GPU index, UUID, model, power limit
+    type GpuRow = (i64, i16, Option<String>, Option<String>, Option<f64>);
+    let gpus: Vec<GpuRow> = sqlx::query_as(
+        "SELECT host_id, gpu_index, uuid, model, power_limit_watts FROM gpus WHERE host_id = ANY($1)",
     )
     .bind(&host_ids)
     .fetch_all(&store.pool)
-    .await?
-    .into_iter()
-    .filter_map(|(h, i, p)| p.map(|p| ((h, i), p)))
-    .collect();
-
+    .await?;
+    let gpu_info = gpus
+        .iter()
+        .map(|(h, i, u, m, _)| {
+            (
+                (*h, *i),
+                (u.clone().unwrap_or_default(), m.clone().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let power_limit = gpus
+        .iter()
+        .filter_map(|(h, i, _, _, p)| p.map(|p| ((*h, *i), p)))
+        .collect();
     let rows: Vec<Hourly> = sqlx::query_as(
         "SELECT host_id, gpu_index, hour, measured_j, estimated_j, modeled_j, idle_j, covered_minutes,
                 idle_minutes, busy_minutes, util_sum, power_max_w, counter_resets, power_throttle_s,
@@ -348,29 +371,45 @@ pub async fn build(
     .into_iter()
     .map(|(h, i, j)| ((h, i), j))
     .collect();
+    let site_hours = load_site_hours(store, cfg, &hosts, hours).await?;
+    Ok(Inputs {
+        hosts,
+        gpu_info,
+        power_limit,
+        rows,
+        prev,
+        site_hours,
+        accounted_until,
+    })
+}
 
-    let sites: Vec<String> = {
-        let mut s: Vec<String> = hosts.iter().map(|h| h.site.clone()).collect();
-        s.sort();
-        s.dedup();
-        s
-    };
-    let hour_ix = |t: DateTime<Utc>| (t - h0).num_hours();
-
-    // Site factors: meter readings spread over the hours they cover, carbon by hour.
-    let mut site_hours: HashMap<String, SiteHours> = HashMap::new();
-    for s in &sites {
-        site_hours.insert(
-            s.clone(),
-            SiteHours {
-                cfg: cfg.site(s).clone(),
-                meter_j: HashMap::new(),
-                carbon: HashMap::new(),
-                it_j: HashMap::new(),
-                fallback_pue: cfg.site(s).pue,
-            },
-        );
-    }
+/// Site factors: facility meter readings spread over the hours they cover, grid carbon
+/// intensity by hour.
+async fn load_site_hours(
+    store: &Store,
+    cfg: &EnergyConfig,
+    hosts: &[HostInfo],
+    hours: Hours,
+) -> anyhow::Result<HashMap<String, SiteHours>> {
+    let Hours { h0, h1 } = hours;
+    let mut sites: Vec<String> = hosts.iter().map(|h| h.site.clone()).collect();
+    sites.sort();
+    sites.dedup();
+    let mut site_hours: HashMap<String, SiteHours> = sites
+        .iter()
+        .map(|s| {
+            (
+                s.clone(),
+                SiteHours {
+                    cfg: cfg.site(s).clone(),
+                    meter_j: HashMap::new(),
+                    carbon: HashMap::new(),
+                    it_j: HashMap::new(),
+                    fallback_pue: cfg.site(s).pue,
+                },
+            )
+        })
+        .collect();
     let readings: Vec<(String, DateTime<Utc>, DateTime<Utc>, f64)> = sqlx::query_as(
         "SELECT site, start_ts, end_ts, energy_kwh FROM facility_readings
           WHERE site = ANY($1) AND end_ts > $2 AND start_ts < $3",
@@ -390,7 +429,7 @@ pub async fn build(
             let lo = a.max(h);
             let hi = b.min(h + Duration::hours(1));
             if hi > lo {
-                *sh.meter_j.entry(hour_ix(h)).or_default() +=
+                *sh.meter_j.entry(hours.ix(h)).or_default() +=
                     kwh * J_PER_KWH * (hi - lo).num_milliseconds() as f64 / dur;
             }
             h += Duration::hours(1);
@@ -406,23 +445,32 @@ pub async fn build(
     .await?;
     for (s, h, g) in carbon {
         if let Some(sh) = site_hours.get_mut(&s) {
-            sh.carbon.insert(hour_ix(hour_floor(h)), g);
+            sh.carbon.insert(hours.ix(hour_floor(h)), g);
         }
     }
+    Ok(site_hours)
+}
 
-    // Pass 1: IT energy per site and hour (for metered PUE); first hour per entity.
+/// IT energy per site and hour, and from it the metered PUE of each site's hours with
+/// meter readings (the fallback for the others). Returns each entity's first hour.
+fn metered_pue(
+    rows: &[Hourly],
+    host_by_id: &HashMap<i64, &HostInfo>,
+    site_hours: &mut HashMap<String, SiteHours>,
+    hours: Hours,
+) -> HashMap<Entity, i64> {
     let mut first_hour: HashMap<Entity, i64> = HashMap::new();
-    for r in &rows {
+    for r in rows {
         let Some(host) = host_by_id.get(&r.host_id) else {
             continue;
         };
         let j = r.measured_j + r.estimated_j + r.modeled_j;
         let sh = site_hours.get_mut(&host.site).expect("site of host");
-        *sh.it_j.entry(hour_ix(r.hour)).or_default() += j;
+        *sh.it_j.entry(hours.ix(r.hour)).or_default() += j;
         let f = first_hour
             .entry((r.host_id, r.gpu_index))
             .or_insert(i64::MAX);
-        *f = (*f).min(hour_ix(r.hour));
+        *f = (*f).min(hours.ix(r.hour));
     }
     for sh in site_hours.values_mut() {
         let (mut m, mut it) = (0.0, 0.0);
@@ -436,23 +484,37 @@ pub async fn build(
             sh.fallback_pue = m / it;
         }
     }
+    first_hour
+}
 
-    // Pass 2: per entity, with hourly factors.
-    let days_n = 7usize;
-    let mut days: Vec<DayTotals> = (0..days_n)
+/// Per entity and per day: energy with its hour's PUE, price and carbon.
+struct Accumulated {
+    ent: HashMap<Entity, Acc>,
+    power_max: HashMap<Entity, f64>,
+    days: Vec<DayTotals>,
+}
+
+fn accumulate(
+    inp: &Inputs,
+    host_by_id: &HashMap<i64, &HostInfo>,
+    week: IsoWeek,
+    tz: Tz,
+    hours: Hours,
+) -> Accumulated {
+    let mut days: Vec<DayTotals> = (0..7)
         .map(|d| DayTotals {
-            date: (week.monday() + Duration::days(d as i64)).to_string(),
+            date: (week.monday() + Duration::days(d)).to_string(),
             ..Default::default()
         })
         .collect();
     let mut ent: HashMap<Entity, Acc> = HashMap::new();
     let mut power_max: HashMap<Entity, f64> = HashMap::new();
-    for r in &rows {
+    for r in &inp.rows {
         let Some(host) = host_by_id.get(&r.host_id) else {
             continue;
         };
-        let sh = &site_hours[&host.site];
-        let hx = hour_ix(r.hour);
+        let sh = &inp.site_hours[&host.site];
+        let hx = hours.ix(r.hour);
         let (pue, metered) = sh.pue(hx);
         let local = r.hour.with_timezone(&tz);
         let price = tou_price(&sh.cfg, local);
@@ -503,10 +565,28 @@ pub async fn build(
             d.overhead_kwh += fac_kwh - it / J_PER_KWH;
         }
     }
-    // Expected minutes and last week's energy.
-    let horizon = accounted_until.map_or(h1, |t| t.min(h1)).max(h0);
-    let total_minutes = (horizon - h0).num_minutes() as f64;
-    for (e, j) in &prev {
+    Accumulated {
+        ent,
+        power_max,
+        days,
+    }
+}
+
+/// Each entity's expected minutes (for coverage: the whole week so far, or since its
+/// first hour when it is new this week), last week's energy and its site's currency.
+fn complete_entities(
+    ent: &mut HashMap<Entity, Acc>,
+    inp: &Inputs,
+    host_by_id: &HashMap<i64, &HostInfo>,
+    first_hour: &HashMap<Entity, i64>,
+    hours: Hours,
+) {
+    let horizon = inp
+        .accounted_until
+        .map_or(hours.h1, |t| t.min(hours.h1))
+        .max(hours.h0);
+    let total_minutes = (horizon - hours.h0).num_minutes() as f64;
+    for (e, j) in &inp.prev {
         if host_by_id.contains_key(&e.0) && !ent.contains_key(e) {
             ent.insert(*e, Acc::default());
         }
@@ -515,7 +595,7 @@ pub async fn build(
         }
     }
     for (e, a) in ent.iter_mut() {
-        a.expected = if prev.contains_key(e) {
+        a.expected = if inp.prev.contains_key(e) {
             total_minutes
         } else {
             let f = first_hour.get(e).copied().unwrap_or(0);
@@ -523,46 +603,29 @@ pub async fn build(
         };
         a.gpus = u32::from(e.1 >= 0);
         let host = host_by_id[&e.0];
-        a.currencies = vec![site_hours[&host.site].cfg.currency.clone()];
+        a.currencies = vec![inp.site_hours[&host.site].cfg.currency.clone()];
     }
+}
 
-    // Roll entities up the hierarchy.
-    let mut levels: BTreeMap<(u8, String, String, String, String, i32), Acc> = BTreeMap::new();
-    for (e, a) in &ent {
+/// A report row's place: (level, site, rack, pool, host, GPU index or −2).
+type LevelKey = (u8, String, String, String, String, i32);
+
+/// Entities rolled up the hierarchy (fleet, site, rack, pool, host, GPU) into rows.
+fn roll_up(
+    ent: &HashMap<Entity, Acc>,
+    inp: &Inputs,
+    host_by_id: &HashMap<i64, &HostInfo>,
+    site: Option<&str>,
+) -> Vec<ReportRow> {
+    let mut levels: BTreeMap<LevelKey, Acc> = BTreeMap::new();
+    for (e, a) in ent {
         let h = host_by_id[&e.0];
-        let keys = [
-            (
-                0u8,
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                -2,
-            ),
-            (
-                1,
-                h.site.clone(),
-                String::new(),
-                String::new(),
-                String::new(),
-                -2,
-            ),
-            (
-                2,
-                h.site.clone(),
-                h.rack.clone(),
-                String::new(),
-                String::new(),
-                -2,
-            ),
-            (
-                3,
-                String::new(),
-                String::new(),
-                h.pool.clone(),
-                String::new(),
-                -2,
-            ),
+        let none = String::new;
+        let keys: [LevelKey; 5] = [
+            (0, none(), none(), none(), none(), -2),
+            (1, h.site.clone(), none(), none(), none(), -2),
+            (2, h.site.clone(), h.rack.clone(), none(), none(), -2),
+            (3, none(), none(), h.pool.clone(), none(), -2),
             (
                 4,
                 h.site.clone(),
@@ -593,9 +656,9 @@ pub async fn build(
         if site.is_some() && *lvl == 0 {
             continue;
         }
-        let host_id = hosts.iter().find(|h| &h.name == hn).map(|h| h.id);
+        let host_id = inp.hosts.iter().find(|h| &h.name == hn).map(|h| h.id);
         let (uuid, model) = host_id
-            .and_then(|id| gpu_info.get(&(id, *gi as i16)))
+            .and_then(|id| inp.gpu_info.get(&(id, *gi as i16)))
             .cloned()
             .unwrap_or_default();
         out.push(row_of(
@@ -623,7 +686,35 @@ pub async fn build(
             &Acc::default(),
         ));
     }
+    out
+}
 
+pub async fn build(
+    store: &Store,
+    cfg: &EnergyConfig,
+    week: IsoWeek,
+    site: Option<&str>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<EnergyReport> {
+    let tz = cfg.tz();
+    let start = week.start(tz);
+    let end = week.end(tz);
+    // Accounting hours are UTC hours; weeks in zones with a half-hour offset are shifted
+    // to whole hours.
+    let hours = Hours {
+        h0: hour_floor(start),
+        h1: hour_floor(end),
+    };
+    let mut inp = load_inputs(store, cfg, week, site, hours).await?;
+    let host_by_id: HashMap<i64, &HostInfo> = inp.hosts.iter().map(|h| (h.id, h)).collect();
+    let first_hour = metered_pue(&inp.rows, &host_by_id, &mut inp.site_hours, hours);
+    let Accumulated {
+        mut ent,
+        power_max,
+        days,
+    } = accumulate(&inp, &host_by_id, week, tz, hours);
+    complete_entities(&mut ent, &inp, &host_by_id, &first_hour, hours);
+    let rows = roll_up(&ent, &inp, &host_by_id, site);
     let mut report = EnergyReport {
         week,
         time_zone: cfg.time_zone.clone(),
@@ -631,14 +722,14 @@ pub async fn build(
         end,
         site: site.map(str::to_string),
         generated_at: now,
-        accounted_until,
+        accounted_until: inp.accounted_until,
         idle_util_pct: cfg.idle_util_pct,
-        rows: out,
+        rows,
         days,
         actions: Vec::new(),
         notes: Vec::new(),
     };
-    recommend(&mut report, &power_max, &power_limit, &hosts);
+    recommend(&mut report, &power_max, &inp.power_limit, &inp.hosts);
     Ok(report)
 }
 

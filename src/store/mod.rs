@@ -174,7 +174,7 @@ impl Store {
         now: DateTime<Utc>,
         raw_days: u32,
         ahead: u32,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StoreError> {
         let first = (now - chrono::Duration::days(i64::from(raw_days))).date_naive();
         let last = now.date_naive() + chrono::Duration::days(i64::from(ahead));
         let mut day = first;
@@ -184,8 +184,7 @@ impl Store {
                     .bind(parent)
                     .bind(day)
                     .execute(&self.pool)
-                    .await
-                    .with_context(|| format!("creating partition of {parent} for {day}"))?;
+                    .await?;
             }
             day = day.succ_opt().expect("date in range");
         }
@@ -257,6 +256,37 @@ pub const PARTITIONED: [&str; 7] = [
     "gpu_samples_15m",
     "anomaly_scores",
 ];
+
+/// What went wrong in the store, as the stages above it must tell apart: retry later,
+/// create a partition, or report a bug.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached right now (connection lost, shutting down, pool
+    /// exhausted): answer 503 and let the client retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A row's time falls outside every partition of its table (SQLSTATE 23514 without a
+    /// constraint name: the sample tables have no CHECK constraints of their own).
+    #[error("no partition holds the row's time")]
+    MissingPartition,
+    /// Any other database error: a bug or a broken database, never the client's fault.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            return StoreError::Unavailable(e);
+        }
+        if let sqlx::Error::Database(db) = &e {
+            if db.code().as_deref() == Some("23514") && db.constraint().is_none() {
+                return StoreError::MissingPartition;
+            }
+        }
+        StoreError::Database(e)
+    }
+}
 
 /// True when an error means "the database is not reachable right now" (answer 503
 /// and let the client retry) rather than a bug.

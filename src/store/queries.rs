@@ -3,7 +3,12 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
 use super::Store;
+use crate::model::metrics::{Metric, Sample, SqlType, Value, GPU_METRICS, HOST_METRICS};
+use crate::model::{GpuSample, HostSample};
 
 /// A host with its latest sample (if any in the last 15 minutes).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -43,54 +48,6 @@ pub struct GpuLatest {
     pub power_watts: Option<f32>,
     pub temp_celsius: Option<f32>,
     pub sm_clock_mhz: Option<f32>,
-}
-
-/// A raw host sample as the API returns it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct HostSampleRow {
-    pub ts: DateTime<Utc>,
-    pub cpu_util_pct: Option<f32>,
-    pub load1: Option<f32>,
-    pub mem_used_bytes: Option<i64>,
-    pub mem_total_bytes: Option<i64>,
-    pub disk_read_bytes_per_s: Option<f64>,
-    pub disk_write_bytes_per_s: Option<f64>,
-    pub net_rx_bytes_per_s: Option<f64>,
-    pub net_tx_bytes_per_s: Option<f64>,
-}
-
-/// A raw GPU sample as the API returns it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct GpuSampleRow {
-    pub ts: DateTime<Utc>,
-    pub index: i16,
-    pub util_pct: Option<f32>,
-    pub mem_util_pct: Option<f32>,
-    pub mem_used_bytes: Option<i64>,
-    pub mem_total_bytes: Option<i64>,
-    pub power_watts: Option<f32>,
-    pub energy_joules_total: Option<f64>,
-    pub temp_celsius: Option<f32>,
-    pub mem_temp_celsius: Option<f32>,
-    pub sm_clock_mhz: Option<f32>,
-    pub mem_clock_mhz: Option<f32>,
-    pub fan_pct: Option<f32>,
-    pub throttle_reasons: Option<i64>,
-    pub power_limit_watts: Option<f32>,
-    pub energy_joules: Option<f64>,
-    pub pcie_rx_bytes_per_s: Option<f64>,
-    pub pcie_tx_bytes_per_s: Option<f64>,
-    pub pcie_replay_total: Option<i64>,
-    pub ecc_sbe_total: Option<i64>,
-    pub ecc_dbe_total: Option<i64>,
-    pub retired_pages_sbe: Option<i64>,
-    pub retired_pages_dbe: Option<i64>,
-    pub retired_pages_pending: Option<bool>,
-    pub remapped_rows_correctable: Option<i64>,
-    pub remapped_rows_uncorrectable: Option<i64>,
-    pub remapped_rows_pending: Option<bool>,
-    pub remapped_rows_failure: Option<bool>,
-    pub mig_enabled: Option<bool>,
 }
 
 /// A hardware event as shown and returned.
@@ -262,42 +219,53 @@ impl Store {
         .await
     }
 
-    /// Raw samples of one host in `[from, to)`, oldest first.
+    /// Raw samples of one host in `[from, to)`, oldest first (GPU samples by GPU).
     pub async fn host_samples(
         &self,
         host: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<(Vec<HostSampleRow>, Vec<GpuSampleRow>), sqlx::Error> {
-        let hs = sqlx::query_as(
-            "SELECT s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
-                    s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
-               FROM host_samples s JOIN hosts h ON h.id = s.host_id
-              WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3 ORDER BY s.ts LIMIT $4",
-        )
-        .bind(host)
-        .bind(from)
-        .bind(to)
-        .bind(MAX_SAMPLE_ROWS)
-        .fetch_all(&self.pool)
-        .await?;
-        let gs = sqlx::query_as(
-            "SELECT s.ts, s.gpu_index AS index, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.mem_total_bytes,
-                    s.power_watts, s.energy_joules_total, s.temp_celsius, s.mem_temp_celsius, s.sm_clock_mhz,
-                    s.mem_clock_mhz, s.fan_pct, s.throttle_reasons, s.power_limit_watts, s.energy_joules,
-                    s.pcie_rx_bytes_per_s, s.pcie_tx_bytes_per_s, s.pcie_replay_total, s.ecc_sbe_total,
-                    s.ecc_dbe_total, s.retired_pages_sbe, s.retired_pages_dbe, s.retired_pages_pending,
-                    s.remapped_rows_correctable, s.remapped_rows_uncorrectable, s.remapped_rows_pending,
-                    s.remapped_rows_failure, s.mig_enabled
-               FROM gpu_samples s JOIN hosts h ON h.id = s.host_id
-              WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3 ORDER BY s.gpu_index, s.ts LIMIT $4",
-        )
-        .bind(host)
-        .bind(from)
-        .bind(to)
-        .bind(MAX_SAMPLE_ROWS)
-        .fetch_all(&self.pool)
-        .await?;
+    ) -> Result<(Vec<SampleRow<HostSample>>, Vec<SampleRow<GpuSample>>), sqlx::Error> {
+        static HOST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT s.ts, {} FROM host_samples s JOIN hosts h ON h.id = s.host_id
+                  WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3 ORDER BY s.ts LIMIT $4",
+                select_list(HOST_METRICS)
+            )
+        });
+        static GPU_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT s.ts, s.gpu_index, {} FROM gpu_samples s JOIN hosts h ON h.id = s.host_id
+                  WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3 ORDER BY s.gpu_index, s.ts LIMIT $4",
+                select_list(GPU_METRICS)
+            )
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(HOST_SQL.as_str()))
+            .bind(host)
+            .bind(from)
+            .bind(to)
+            .bind(MAX_SAMPLE_ROWS)
+            .fetch_all(&self.pool)
+            .await?;
+        let hs = rows
+            .iter()
+            .map(|r| decode::<HostSample>(r).map(SampleRow))
+            .collect::<Result<_, _>>()?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(GPU_SQL.as_str()))
+            .bind(host)
+            .bind(from)
+            .bind(to)
+            .bind(MAX_SAMPLE_ROWS)
+            .fetch_all(&self.pool)
+            .await?;
+        let gs = rows
+            .iter()
+            .map(|r| {
+                let mut g = decode::<GpuSample>(r)?;
+                g.index = u8::try_from(r.try_get::<i16, _>("gpu_index")?).unwrap_or(u8::MAX);
+                Ok(SampleRow(g))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
         Ok((hs, gs))
     }
 
@@ -336,5 +304,74 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await
+    }
+}
+
+/// `s.<metric>, …` of every metric of a table.
+fn select_list(table: &[Metric]) -> String {
+    table
+        .iter()
+        .map(|m| format!("s.{}", m.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A sample from a row that has `ts` and every metric of the sample's table, each read
+/// in its column's type.
+fn decode<S: Sample + Default>(row: &PgRow) -> Result<S, sqlx::Error> {
+    let mut s = S::default();
+    s.set_ts(row.try_get("ts")?);
+    for (i, m) in S::METRICS.iter().enumerate() {
+        let v = match m.sql {
+            SqlType::Real => Value::F64(row.try_get::<Option<f32>, _>(m.name)?.map(f64::from)),
+            SqlType::Double => Value::F64(row.try_get(m.name)?),
+            // Counts are never negative; a bit mask takes back its 64 bits.
+            SqlType::BigInt | SqlType::Bits => {
+                Value::U64(row.try_get::<Option<i64>, _>(m.name)?.map(|v| v as u64))
+            }
+            SqlType::Boolean => Value::Bool(row.try_get(m.name)?),
+        };
+        s.set(i, v);
+    }
+    Ok(s)
+}
+
+/// A raw sample as the API returns it: the key, then every metric of its table in table
+/// order, null when not measured. `REAL` columns print as the `f32` they are (`71.3`,
+/// not `71.30000305175781`).
+#[derive(Debug, Clone)]
+pub struct SampleRow<S>(pub S);
+
+fn serialize_metrics<S: Sample, M: serde::ser::SerializeMap>(
+    s: &S,
+    map: &mut M,
+) -> Result<(), M::Error> {
+    s.try_for_each_value(|_, m, v| match (m.sql, v) {
+        (SqlType::Real, Value::F64(x)) => map.serialize_entry(m.name, &x.map(|x| x as f32)),
+        (SqlType::Bits, Value::U64(x)) => map.serialize_entry(m.name, &x.map(|x| x as i64)),
+        (_, Value::F64(x)) => map.serialize_entry(m.name, &x),
+        (_, Value::U64(x)) => map.serialize_entry(m.name, &x),
+        (_, Value::Bool(x)) => map.serialize_entry(m.name, &x),
+    })
+}
+
+impl Serialize for SampleRow<HostSample> {
+    fn serialize<Z: serde::Serializer>(&self, ser: Z) -> Result<Z::Ok, Z::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = ser.serialize_map(Some(1 + HOST_METRICS.len()))?;
+        map.serialize_entry("ts", &self.0.ts)?;
+        serialize_metrics(&self.0, &mut map)?;
+        map.end()
+    }
+}
+
+impl Serialize for SampleRow<GpuSample> {
+    fn serialize<Z: serde::Serializer>(&self, ser: Z) -> Result<Z::Ok, Z::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = ser.serialize_map(Some(2 + GPU_METRICS.len()))?;
+        map.serialize_entry("ts", &self.0.ts)?;
+        map.serialize_entry("index", &self.0.index)?;
+        serialize_metrics(&self.0, &mut map)?;
+        map.end()
     }
 }

@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
+use std::sync::LazyLock;
+
 use super::Store;
+use crate::model::metrics::{Metric, Rollup, SqlType, GPU_METRICS, HOST_METRICS};
 
 /// Recent minutes recomputed on every run, to absorb samples that arrive a little late
 /// (batching delays the newest samples by up to one ship interval).
@@ -11,126 +14,237 @@ const REDO_MINUTES: i64 = 5;
 /// A first run (empty watermark) starts this far back.
 const FIRST_RUN_LOOKBACK_HOURS: i64 = 24;
 
-/// `INSERT INTO <table> (columns) … ON CONFLICT DO UPDATE` around a SELECT of host rollup
-/// rows, for the 15-minute rows (the 1-minute rows below also carry energy columns).
-macro_rules! host_rollup_upsert {
-    ($table:literal, $select:literal) => {
-        concat!(
-            "INSERT INTO ", $table, " (host_id, bucket, samples, cpu_util_pct, cpu_util_pct_max, load1,
-    mem_used_bytes, mem_total_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s,
-    net_tx_bytes_per_s, disk_used_bytes, disk_total_bytes)
-", $select, "
-ON CONFLICT (host_id, bucket) DO UPDATE SET samples = EXCLUDED.samples, cpu_util_pct = EXCLUDED.cpu_util_pct,
-    cpu_util_pct_max = EXCLUDED.cpu_util_pct_max, load1 = EXCLUDED.load1, mem_used_bytes = EXCLUDED.mem_used_bytes,
-    mem_total_bytes = EXCLUDED.mem_total_bytes, disk_read_bytes_per_s = EXCLUDED.disk_read_bytes_per_s,
-    disk_write_bytes_per_s = EXCLUDED.disk_write_bytes_per_s, net_rx_bytes_per_s = EXCLUDED.net_rx_bytes_per_s,
-    net_tx_bytes_per_s = EXCLUDED.net_tx_bytes_per_s, disk_used_bytes = EXCLUDED.disk_used_bytes,
-    disk_total_bytes = EXCLUDED.disk_total_bytes"
-        )
-    };
+/// The rollup columns of a metric table: (column, aggregate over raw samples, aggregate
+/// over 1-minute rows), from each metric's [`Rollup`].
+fn rollup_columns(table: &[Metric]) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for m in table {
+        let n = m.name;
+        // Means of integer columns are stored as integers.
+        let cast = if m.sql == SqlType::BigInt {
+            "::bigint"
+        } else {
+            ""
+        };
+        match m.rollup {
+            Rollup::Mean => out.push((
+                n.into(),
+                format!("avg({n}){cast}"),
+                format!("avg({n}){cast}"),
+            )),
+            Rollup::MeanMax => {
+                out.push((
+                    n.into(),
+                    format!("avg({n}){cast}"),
+                    format!("avg({n}){cast}"),
+                ));
+                out.push((
+                    format!("{n}_max"),
+                    format!("max({n})"),
+                    format!("max({n}_max)"),
+                ));
+            }
+            Rollup::Max => out.push((n.into(), format!("max({n})"), format!("max({n})"))),
+            Rollup::Last => {
+                let last = |order: &str| {
+                    format!(
+                        "(array_agg({n} ORDER BY {order} DESC) FILTER (WHERE {n} IS NOT NULL))[1]"
+                    )
+                };
+                out.push((n.into(), last("ts"), last("bucket")));
+            }
+            Rollup::No | Rollup::Custom => {}
+        }
+    }
+    out
 }
 
-/// The same for GPU rollup rows.
-macro_rules! gpu_rollup_upsert {
-    ($table:literal, $select:literal) => {
-        concat!(
-            "INSERT INTO ", $table, " (host_id, gpu_index, bucket, samples, util_pct, util_pct_max, mem_util_pct,
-    mem_used_bytes, power_watts, power_watts_max, energy_joules_total, temp_celsius, temp_celsius_max, sm_clock_mhz)
-", $select, "
-ON CONFLICT (host_id, gpu_index, bucket) DO UPDATE SET samples = EXCLUDED.samples, util_pct = EXCLUDED.util_pct,
-    util_pct_max = EXCLUDED.util_pct_max, mem_util_pct = EXCLUDED.mem_util_pct, mem_used_bytes = EXCLUDED.mem_used_bytes,
-    power_watts = EXCLUDED.power_watts, power_watts_max = EXCLUDED.power_watts_max,
-    energy_joules_total = EXCLUDED.energy_joules_total, temp_celsius = EXCLUDED.temp_celsius,
-    temp_celsius_max = EXCLUDED.temp_celsius_max, sm_clock_mhz = EXCLUDED.sm_clock_mhz"
-        )
-    };
+/// `INSERT INTO table (key, samples, columns…) SELECT … ON CONFLICT (key) DO UPDATE` of
+/// rollup rows: `select` yields the key, the sample count and `columns` in order.
+fn upsert(table: &str, key: &[&str], columns: &[String], select: &str) -> String {
+    let mut cols: Vec<&str> = key.to_vec();
+    cols.push("samples");
+    cols.extend(columns.iter().map(String::as_str));
+    let set: Vec<String> = cols[key.len()..]
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({})\n{select}\nON CONFLICT ({}) DO UPDATE SET {}",
+        cols.join(", "),
+        key.join(", "),
+        set.join(", ")
+    )
 }
 
-const HOST_ROLLUP: &str = "
-INSERT INTO host_samples_1m (host_id, bucket, samples, cpu_util_pct, cpu_util_pct_max, load1, mem_used_bytes,
-    mem_total_bytes, disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s,
-    disk_used_bytes, disk_total_bytes, energy_joules, energy_samples)
-SELECT host_id, date_trunc('minute', ts), count(*)::int, avg(cpu_util_pct), max(cpu_util_pct), avg(load1),
-       avg(mem_used_bytes)::bigint, max(mem_total_bytes), avg(disk_read_bytes_per_s), avg(disk_write_bytes_per_s),
-       avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s), avg(disk_used_bytes)::bigint, max(disk_total_bytes),
-       sum(energy_joules), count(energy_joules)::int
+/// Host energy in the 1-minute rows: the agent's per-sample energy summed, and how many
+/// samples carried it (the energy job scales partial minutes by it).
+const HOST_CUSTOM: [(&str, &str); 2] = [
+    ("energy_joules", "sum(energy_joules)"),
+    ("energy_samples", "count(energy_joules)::int"),
+];
+
+/// GPU minutes' hand-made columns. Energy per sample is the agent's reset-safe delta
+/// (`energy_joules`); for agents that send only the counter, the difference to the GPU's
+/// previous sample (within `COUNTER_LOOKBACK`), where a counter that went backwards
+/// counts from zero (`e`, computed below). Throttle bits: power = software power cap
+/// (0x4) | hardware power brake (0x80); thermal = software (0x20) | hardware (0x40)
+/// thermal slowdown.
+const GPU_CUSTOM: [(&str, &str); 6] = [
+    ("energy_joules", "sum(e)"),
+    ("energy_samples", "count(e)::int"),
+    ("power_samples", "count(power_watts)::int"),
+    (
+        "counter_resets",
+        "count(*) FILTER (WHERE energy_joules_total < prev_total)::int",
+    ),
+    (
+        "power_throttle_samples",
+        "count(*) FILTER (WHERE throttle_reasons & 132 <> 0)::int",
+    ),
+    (
+        "thermal_throttle_samples",
+        "count(*) FILTER (WHERE throttle_reasons & 96 <> 0)::int",
+    ),
+];
+
+/// Raw GPU columns the custom columns read besides the rolled-up ones.
+const GPU_CUSTOM_INPUTS: [&str; 3] = ["energy_joules_total", "throttle_reasons", "energy_joules"];
+
+/// Host minutes from raw samples: `$1..$2`, of hosts `$3` (all when NULL).
+static HOST_ROLLUP: LazyLock<String> = LazyLock::new(|| {
+    let cols = rollup_columns(HOST_METRICS);
+    let mut names: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
+    let mut aggs: Vec<String> = cols.iter().map(|c| c.1.clone()).collect();
+    for (c, a) in HOST_CUSTOM {
+        names.push(c.into());
+        aggs.push(a.into());
+    }
+    upsert(
+        "host_samples_1m",
+        &["host_id", "bucket"],
+        &names,
+        &format!(
+            "SELECT host_id, date_trunc('minute', ts), count(*)::int, {}
   FROM host_samples
  WHERE ts >= $1 AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
- GROUP BY 1, 2
-ON CONFLICT (host_id, bucket) DO UPDATE SET samples = EXCLUDED.samples, cpu_util_pct = EXCLUDED.cpu_util_pct,
-    cpu_util_pct_max = EXCLUDED.cpu_util_pct_max, load1 = EXCLUDED.load1, mem_used_bytes = EXCLUDED.mem_used_bytes,
-    mem_total_bytes = EXCLUDED.mem_total_bytes, disk_read_bytes_per_s = EXCLUDED.disk_read_bytes_per_s,
-    disk_write_bytes_per_s = EXCLUDED.disk_write_bytes_per_s, net_rx_bytes_per_s = EXCLUDED.net_rx_bytes_per_s,
-    net_tx_bytes_per_s = EXCLUDED.net_tx_bytes_per_s, disk_used_bytes = EXCLUDED.disk_used_bytes,
-    disk_total_bytes = EXCLUDED.disk_total_bytes, energy_joules = EXCLUDED.energy_joules,
-    energy_samples = EXCLUDED.energy_samples";
+ GROUP BY 1, 2",
+            aggs.join(", ")
+        ),
+    )
+});
 
-/// GPU minutes. Energy per sample is the agent's reset-safe delta (`energy_joules`);
-/// for agents that send only the counter, the difference to the GPU's previous sample
-/// (within `COUNTER_LOOKBACK`), where a counter that went backwards counts from zero.
-/// Throttle bits: power = software power cap (0x4) | hardware power brake (0x80);
-/// thermal = software (0x20) | hardware (0x40) thermal slowdown.
-const GPU_ROLLUP: &str = "
-WITH s AS (
-  SELECT host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, power_watts, energy_joules_total,
-         temp_celsius, sm_clock_mhz, throttle_reasons, energy_joules,
-         lag(energy_joules_total) OVER (PARTITION BY host_id, gpu_index ORDER BY ts) AS prev_total
-    FROM gpu_samples
-   WHERE ts >= $1 - $4::interval AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
-)
-INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, util_pct_max, mem_util_pct,
-    mem_used_bytes, power_watts, power_watts_max, energy_joules_total, temp_celsius, temp_celsius_max, sm_clock_mhz,
-    energy_joules, energy_samples, power_samples, counter_resets, power_throttle_samples, thermal_throttle_samples)
-SELECT host_id, gpu_index, date_trunc('minute', ts), count(*)::int, avg(util_pct), max(util_pct), avg(mem_util_pct),
-       avg(mem_used_bytes)::bigint, avg(power_watts), max(power_watts),
-       (array_agg(energy_joules_total ORDER BY ts DESC) FILTER (WHERE energy_joules_total IS NOT NULL))[1],
-       avg(temp_celsius), max(temp_celsius), avg(sm_clock_mhz),
-       sum(e), count(e)::int, count(power_watts)::int,
-       count(*) FILTER (WHERE energy_joules_total < prev_total)::int,
-       count(*) FILTER (WHERE throttle_reasons & 132 <> 0)::int,
-       count(*) FILTER (WHERE throttle_reasons & 96 <> 0)::int
+/// GPU minutes from raw samples: `$1..$2`, of hosts `$3`, counters looking back `$4`.
+static GPU_ROLLUP: LazyLock<String> = LazyLock::new(|| {
+    let cols = rollup_columns(GPU_METRICS);
+    let mut inputs: Vec<&str> = GPU_METRICS
+        .iter()
+        .filter(|m| !matches!(m.rollup, Rollup::No | Rollup::Custom))
+        .map(|m| m.name)
+        .collect();
+    for c in GPU_CUSTOM_INPUTS {
+        if !inputs.contains(&c) {
+            inputs.push(c);
+        }
+    }
+    let mut names: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
+    let mut aggs: Vec<String> = cols.iter().map(|c| c.1.clone()).collect();
+    for (c, a) in GPU_CUSTOM {
+        names.push(c.into());
+        aggs.push(a.into());
+    }
+    let select = format!(
+        "SELECT host_id, gpu_index, date_trunc('minute', ts), count(*)::int, {}
   FROM (SELECT *, CASE WHEN energy_joules IS NOT NULL THEN energy_joules
                        WHEN energy_joules_total IS NULL OR prev_total IS NULL THEN NULL
                        WHEN energy_joules_total >= prev_total THEN energy_joules_total - prev_total
                        ELSE energy_joules_total END AS e
           FROM s WHERE ts >= $1) m
- GROUP BY 1, 2, 3
-ON CONFLICT (host_id, gpu_index, bucket) DO UPDATE SET samples = EXCLUDED.samples, util_pct = EXCLUDED.util_pct,
-    util_pct_max = EXCLUDED.util_pct_max, mem_util_pct = EXCLUDED.mem_util_pct, mem_used_bytes = EXCLUDED.mem_used_bytes,
-    power_watts = EXCLUDED.power_watts, power_watts_max = EXCLUDED.power_watts_max,
-    energy_joules_total = EXCLUDED.energy_joules_total, temp_celsius = EXCLUDED.temp_celsius,
-    temp_celsius_max = EXCLUDED.temp_celsius_max, sm_clock_mhz = EXCLUDED.sm_clock_mhz,
-    energy_joules = EXCLUDED.energy_joules, energy_samples = EXCLUDED.energy_samples,
-    power_samples = EXCLUDED.power_samples, counter_resets = EXCLUDED.counter_resets,
-    power_throttle_samples = EXCLUDED.power_throttle_samples,
-    thermal_throttle_samples = EXCLUDED.thermal_throttle_samples";
+ GROUP BY 1, 2, 3",
+        aggs.join(", ")
+    );
+    format!(
+        "WITH s AS (
+  SELECT host_id, gpu_index, ts, {},
+         lag(energy_joules_total) OVER (PARTITION BY host_id, gpu_index ORDER BY ts) AS prev_total
+    FROM gpu_samples
+   WHERE ts >= $1 - $4::interval AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
+)
+{}",
+        inputs.join(", "),
+        upsert(
+            "gpu_samples_1m",
+            &["host_id", "gpu_index", "bucket"],
+            &names,
+            &select
+        )
+    )
+});
 
 /// How far back a counter-only GPU sample looks for its predecessor.
 const COUNTER_LOOKBACK: &str = "10 minutes";
 
-// Quarter-hours from minutes: the mean of the minutes (as charts average them), the
-// maximum of their maxima, the last energy counter.
-const HOST_ROLLUP_15M: &str = host_rollup_upsert!(
-    "host_samples_15m",
-    "SELECT host_id, rackwatch_quarter(bucket), sum(samples)::int, avg(cpu_util_pct), max(cpu_util_pct_max),
-       avg(load1), avg(mem_used_bytes)::bigint, max(mem_total_bytes), avg(disk_read_bytes_per_s),
-       avg(disk_write_bytes_per_s), avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s), avg(disk_used_bytes)::bigint,
-       max(disk_total_bytes)
-  FROM host_samples_1m
+/// Quarter-hours from minutes (`$1..$2`, hosts `$3`): the mean of the minutes (as charts
+/// average them), the maximum of their maxima, the last counter.
+fn quarter_rollup(table: &[Metric], from: &str, to: &str, key: &[&str]) -> String {
+    let cols = rollup_columns(table);
+    let names: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
+    let aggs: Vec<&str> = cols.iter().map(|c| c.2.as_str()).collect();
+    let group: Vec<String> = (1..=key.len()).map(|i| i.to_string()).collect();
+    let key_sel = key[..key.len() - 1].join(", ");
+    upsert(
+        to,
+        key,
+        &names,
+        &format!(
+            "SELECT {key_sel}, rackwatch_quarter(bucket), sum(samples)::int, {}
+  FROM {from}
  WHERE bucket >= $1 AND bucket < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
- GROUP BY 1, 2"
-);
+ GROUP BY {}",
+            aggs.join(", "),
+            group.join(", ")
+        ),
+    )
+}
 
-const GPU_ROLLUP_15M: &str = gpu_rollup_upsert!(
-    "gpu_samples_15m",
-    "SELECT host_id, gpu_index, rackwatch_quarter(bucket), sum(samples)::int, avg(util_pct), max(util_pct_max),
-       avg(mem_util_pct), avg(mem_used_bytes)::bigint, avg(power_watts), max(power_watts_max),
-       (array_agg(energy_joules_total ORDER BY bucket DESC) FILTER (WHERE energy_joules_total IS NOT NULL))[1],
-       avg(temp_celsius), max(temp_celsius_max), avg(sm_clock_mhz)
-  FROM gpu_samples_1m
- WHERE bucket >= $1 AND bucket < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
- GROUP BY 1, 2, 3"
-);
+static HOST_ROLLUP_15M: LazyLock<String> = LazyLock::new(|| {
+    quarter_rollup(
+        HOST_METRICS,
+        "host_samples_1m",
+        "host_samples_15m",
+        &["host_id", "bucket"],
+    )
+});
+
+static GPU_ROLLUP_15M: LazyLock<String> = LazyLock::new(|| {
+    quarter_rollup(
+        GPU_METRICS,
+        "gpu_samples_1m",
+        "gpu_samples_15m",
+        &["host_id", "gpu_index", "bucket"],
+    )
+});
+
+/// The rollup columns of the host (`gpu = false`) or GPU table, custom ones included,
+/// as they appear in the 1-minute table.
+pub fn minute_columns(gpu: bool) -> Vec<String> {
+    let (table, custom): (&[Metric], &[(&str, &str)]) = if gpu {
+        (GPU_METRICS, &GPU_CUSTOM)
+    } else {
+        (HOST_METRICS, &HOST_CUSTOM)
+    };
+    let mut v: Vec<String> = rollup_columns(table).into_iter().map(|c| c.0).collect();
+    v.extend(custom.iter().map(|c| c.0.to_string()));
+    v
+}
+
+/// The rollup columns that 15-minute rows carry.
+pub fn quarter_columns(gpu: bool) -> Vec<String> {
+    rollup_columns(if gpu { GPU_METRICS } else { HOST_METRICS })
+        .into_iter()
+        .map(|c| c.0)
+        .collect()
+}
 
 /// A quarter-hour, the unit of the 15-minute rollups.
 pub const QUARTER: Duration = Duration::minutes(15);
@@ -241,8 +355,8 @@ impl Store {
         // A day per statement keeps transactions short (and backfills bounded).
         while q < to {
             let next = (q + Duration::days(1)).min(to);
-            for sql in [HOST_ROLLUP_15M, GPU_ROLLUP_15M] {
-                n += sqlx::query(sql)
+            for sql in [&*HOST_ROLLUP_15M, &*GPU_ROLLUP_15M] {
+                n += sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                     .bind(q)
                     .bind(next)
                     .bind(hosts.clone())
@@ -263,14 +377,14 @@ impl Store {
         to: DateTime<Utc>,
         hosts: Option<Vec<i64>>,
     ) -> Result<(u64, u64), sqlx::Error> {
-        let h = sqlx::query(HOST_ROLLUP)
+        let h = sqlx::query(sqlx::AssertSqlSafe(HOST_ROLLUP.as_str()))
             .bind(from)
             .bind(to)
             .bind(hosts.clone())
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let g = sqlx::query(GPU_ROLLUP)
+        let g = sqlx::query(sqlx::AssertSqlSafe(GPU_ROLLUP.as_str()))
             .bind(from)
             .bind(to)
             .bind(hosts)
@@ -279,5 +393,59 @@ impl Store {
             .await?
             .rows_affected();
         Ok((h, g))
+    }
+}
+
+impl Store {
+    /// Whether any 1-minute host rollup is older than `t` (history was written before).
+    pub async fn has_rollups_before(&self, t: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM host_samples_1m WHERE bucket < $1)")
+            .bind(t)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Drop the late-minute marks in `[from, to)`: those minutes were rolled up in bulk.
+    pub async fn forget_late_minutes(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM rollup_dirty WHERE bucket >= $1 AND bucket < $2")
+            .bind(from)
+            .bind(to)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Tell the energy job to account every host hour with rollups in `[from, to)`.
+    pub async fn mark_energy_hours(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO energy_dirty (host_id, hour)
+             SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM host_samples_1m
+              WHERE bucket >= $1 AND bucket < $2 ON CONFLICT DO NOTHING",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Energy accounting rows older than `cutoff` (retention).
+    pub async fn drop_energy_hours_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query("DELETE FROM energy_hourly WHERE hour < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }

@@ -16,6 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::Store;
+use crate::model::metrics::{Metric, Sample, SqlType, Value, GPU_METRICS, HOST_METRICS};
 use crate::model::{Batch, GpuSample, HostSample};
 
 /// What a write did.
@@ -26,15 +27,28 @@ pub struct WriteOutcome {
     pub stored: usize,
 }
 
-pub const HOST_COLUMNS: &str =
-    "host_id, ts, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes, \
-     disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s, \
-     disk_used_bytes, disk_total_bytes, energy_joules";
-pub const GPU_COLUMNS: &str = "host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, mem_total_bytes, \
-     power_watts, energy_joules_total, temp_celsius, mem_temp_celsius, sm_clock_mhz, mem_clock_mhz, fan_pct, throttle_reasons, \
-     power_limit_watts, energy_joules, pcie_rx_bytes_per_s, pcie_tx_bytes_per_s, pcie_replay_total, \
-     ecc_sbe_total, ecc_dbe_total, retired_pages_sbe, retired_pages_dbe, retired_pages_pending, \
-     remapped_rows_correctable, remapped_rows_uncorrectable, remapped_rows_pending, remapped_rows_failure, mig_enabled";
+/// `host_samples`' columns in COPY order: the key, then every metric of the table.
+pub fn host_columns() -> &'static str {
+    static COLUMNS: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| columns("host_id, ts", HOST_METRICS));
+    &COLUMNS
+}
+
+/// `gpu_samples`' columns in COPY order.
+pub fn gpu_columns() -> &'static str {
+    static COLUMNS: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| columns("host_id, gpu_index, ts", GPU_METRICS));
+    &COLUMNS
+}
+
+fn columns(key: &str, table: &[Metric]) -> String {
+    let mut s = key.to_string();
+    for m in table {
+        s.push_str(", ");
+        s.push_str(m.name);
+    }
+    s
+}
 
 /// Samples older than this relative to now were probably replayed from a spool after
 /// the rollup job passed their minute: mark those minutes for recomputation.
@@ -43,6 +57,14 @@ const ROLLUP_LATE_AFTER: i64 = 240;
 impl Store {
     /// Store a validated batch for the host it names.
     pub async fn write_batch(
+        &self,
+        batch: &Batch,
+        now: DateTime<Utc>,
+    ) -> Result<WriteOutcome, super::StoreError> {
+        Ok(self.write_batch_tx(batch, now).await?)
+    }
+
+    async fn write_batch_tx(
         &self,
         batch: &Batch,
         now: DateTime<Utc>,
@@ -107,6 +129,139 @@ fn newest(b: &Batch) -> (Option<&HostSample>, Vec<&GpuSample>) {
     (host, gpus)
 }
 
+/// The host upsert with its latest-sample rows: `$1..$8` the host, `$9` the newest host
+/// sample's time and then its `latest` metrics, then the newest GPU samples as arrays
+/// (index, time, then their `latest` metrics). Built once from the metric table.
+static UPSERT_HOST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let host: Vec<&Metric> = HOST_METRICS.iter().filter(|m| m.latest).collect();
+    let gpu: Vec<&Metric> = GPU_METRICS.iter().filter(|m| m.latest).collect();
+    let mut n = 9;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    let host_cols: Vec<&str> = host.iter().map(|m| m.name).collect();
+    let host_params: Vec<String> = host.iter().map(|_| format!("${}", next())).collect();
+    let host_set: Vec<String> = host_cols
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    let (gi, gt) = (next(), next());
+    let gpu_cols: Vec<&str> = gpu.iter().map(|m| m.name).collect();
+    let gpu_arrays: Vec<String> = gpu
+        .iter()
+        .map(|m| format!("${}::{}[]", next(), pg_array_type(m.sql)))
+        .collect();
+    let aliases: Vec<String> = (0..gpu.len()).map(|k| format!("c{k}")).collect();
+    // The energy counter also starts the day's count (energy_day_start), below.
+    let energy = gpu_cols.iter().position(|c| *c == "energy_joules_total");
+    let gpu_set: Vec<String> = gpu_cols
+        .iter()
+        .filter(|c| **c != "energy_joules_total")
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    let (day_col, day_val, day_set) = match energy {
+        Some(k) => (
+            ", energy_day_start",
+            format!(", g.c{k}"),
+            ",
+               -- A new UTC day starts counting at its first sample; within a day a
+               -- counter that went backwards (driver reload) keeps what was counted.
+               energy_joules_total = CASE WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts)
+                  THEN EXCLUDED.energy_joules_total
+                  ELSE COALESCE(EXCLUDED.energy_joules_total, gpu_latest.energy_joules_total) END,
+               energy_day_start = CASE
+                  WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN EXCLUDED.energy_joules_total
+                  WHEN EXCLUDED.energy_joules_total IS NULL THEN gpu_latest.energy_day_start
+                  WHEN gpu_latest.energy_day_start IS NULL OR gpu_latest.energy_joules_total IS NULL
+                       THEN EXCLUDED.energy_joules_total
+                  WHEN EXCLUDED.energy_joules_total < gpu_latest.energy_joules_total
+                       THEN EXCLUDED.energy_joules_total - (gpu_latest.energy_joules_total - gpu_latest.energy_day_start)
+                  ELSE gpu_latest.energy_day_start END",
+        ),
+        None => ("", String::new(), ""),
+    };
+    format!(
+        "WITH h AS (
+            INSERT INTO hosts (name, site, rack, pool, labels, agent_version, agent_stats, last_seen)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (name) DO UPDATE SET
+               site = EXCLUDED.site, rack = EXCLUDED.rack, pool = EXCLUDED.pool, labels = EXCLUDED.labels,
+               agent_version = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_version ELSE EXCLUDED.agent_version END,
+               agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
+               last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen)
+            RETURNING id
+         ), host_latest_up AS (
+            INSERT INTO host_latest (host_id, ts, {hc})
+            SELECT h.id, $9, {hp} FROM h WHERE $9::timestamptz IS NOT NULL
+            ON CONFLICT (host_id) DO UPDATE SET ts = EXCLUDED.ts, {hs}
+             WHERE host_latest.ts < EXCLUDED.ts
+         ), gpu_latest_up AS (
+            INSERT INTO gpu_latest (host_id, gpu_index, ts, {gc}{day_col})
+            SELECT h.id, g.*{day_val} FROM h, UNNEST(${gi}::int2[], ${gt}::timestamptz[], {ga}) AS g(i, t, {al})
+            ON CONFLICT (host_id, gpu_index) DO UPDATE SET ts = EXCLUDED.ts, {gs}{day_set}
+             WHERE gpu_latest.ts < EXCLUDED.ts
+         )
+         SELECT id FROM h",
+        hc = host_cols.join(", "),
+        hp = host_params.join(", "),
+        hs = host_set.join(", "),
+        gc = gpu_cols.join(", "),
+        ga = gpu_arrays.join(", "),
+        al = aliases.join(", "),
+        gs = gpu_set.join(", "),
+    )
+});
+
+/// The Postgres element type of a metric's array parameter.
+fn pg_array_type(sql: SqlType) -> &'static str {
+    match sql {
+        SqlType::Real => "float4",
+        SqlType::Double => "float8",
+        SqlType::BigInt | SqlType::Bits => "int8",
+        SqlType::Boolean => "bool",
+    }
+}
+
+type Query<'q> = sqlx::query::QueryScalar<'q, Postgres, i64, sqlx::postgres::PgArguments>;
+
+/// Bind one metric value in its column's type.
+fn bind_value<'q>(q: Query<'q>, sql: SqlType, v: Value) -> Query<'q> {
+    match (sql, v) {
+        (SqlType::Real, v) => q.bind(v.as_f64().map(|x| x as f32)),
+        (SqlType::Double, v) => q.bind(v.as_f64()),
+        (SqlType::BigInt | SqlType::Bits, Value::U64(x)) => q.bind(x.map(|x| x as i64)),
+        (SqlType::Boolean, Value::Bool(x)) => q.bind(x),
+        (sql, v) => unreachable!("{sql:?} column for a {v:?} field"),
+    }
+}
+
+/// Bind one metric of several samples as an array in its column's type.
+fn bind_array<'q, S: Sample>(q: Query<'q>, m: &Metric, i: usize, rows: &[&S]) -> Query<'q> {
+    let vals = rows.iter().map(|r| r.value(i));
+    match m.sql {
+        SqlType::Real => q.bind(
+            vals.map(|v| v.as_f64().map(|x| x as f32))
+                .collect::<Vec<_>>(),
+        ),
+        SqlType::Double => q.bind(vals.map(|v| v.as_f64()).collect::<Vec<_>>()),
+        SqlType::BigInt | SqlType::Bits => q.bind(
+            vals.map(|v| match v {
+                Value::U64(x) => x.map(|x| x as i64),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        ),
+        SqlType::Boolean => q.bind(
+            vals.map(|v| match v {
+                Value::Bool(x) => x,
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        ),
+    }
+}
+
 /// Upsert the host (returning its id) and, in the same statement, move its
 /// `host_latest` / `gpu_latest` rows forward to the batch's newest samples: only where
 /// the batch's sample is newer, so late or replayed samples never move them back.
@@ -131,147 +286,33 @@ async fn upsert_host(
         .max()
         .map(|t| t.min(now));
     let (h, gpus) = newest(b);
-    let f32s = |f: fn(&GpuSample) -> Option<f64>| -> Vec<Option<f32>> {
-        gpus.iter().map(|g| f(g).map(|v| v as f32)).collect()
-    };
-    sqlx::query_scalar(
-        "WITH h AS (
-            INSERT INTO hosts (name, site, rack, pool, labels, agent_version, agent_stats, last_seen)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            ON CONFLICT (name) DO UPDATE SET
-               site = EXCLUDED.site, rack = EXCLUDED.rack, pool = EXCLUDED.pool, labels = EXCLUDED.labels,
-               agent_version = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_version ELSE EXCLUDED.agent_version END,
-               agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
-               last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen)
-            RETURNING id
-         ), host_latest_up AS (
-            INSERT INTO host_latest (host_id, ts, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes,
-                disk_read_bytes_per_s, disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s)
-            SELECT h.id, $9, $10, $11, $12, $13, $14, $15, $16, $17 FROM h WHERE $9::timestamptz IS NOT NULL
-            ON CONFLICT (host_id) DO UPDATE SET ts = EXCLUDED.ts, cpu_util_pct = EXCLUDED.cpu_util_pct,
-               load1 = EXCLUDED.load1, mem_used_bytes = EXCLUDED.mem_used_bytes,
-               mem_total_bytes = EXCLUDED.mem_total_bytes, disk_read_bytes_per_s = EXCLUDED.disk_read_bytes_per_s,
-               disk_write_bytes_per_s = EXCLUDED.disk_write_bytes_per_s,
-               net_rx_bytes_per_s = EXCLUDED.net_rx_bytes_per_s, net_tx_bytes_per_s = EXCLUDED.net_tx_bytes_per_s
-             WHERE host_latest.ts < EXCLUDED.ts
-         ), gpu_latest_up AS (
-            INSERT INTO gpu_latest (host_id, gpu_index, ts, util_pct, mem_util_pct, mem_used_bytes, power_watts,
-                temp_celsius, sm_clock_mhz, energy_joules_total, energy_day_start)
-            SELECT h.id, g.*, g.e FROM h, UNNEST($18::int2[], $19::timestamptz[], $20::float4[], $21::float4[],
-                $22::int8[], $23::float4[], $24::float4[], $25::float4[], $26::float8[]) AS g(i, t, u, mu, m, p, tc, c, e)
-            ON CONFLICT (host_id, gpu_index) DO UPDATE SET ts = EXCLUDED.ts, util_pct = EXCLUDED.util_pct,
-               mem_util_pct = EXCLUDED.mem_util_pct, mem_used_bytes = EXCLUDED.mem_used_bytes,
-               power_watts = EXCLUDED.power_watts, temp_celsius = EXCLUDED.temp_celsius,
-               sm_clock_mhz = EXCLUDED.sm_clock_mhz,
-               -- A new UTC day starts counting at its first sample; within a day a
-               -- counter that went backwards (driver reload) keeps what was counted.
-               energy_joules_total = CASE WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts)
-                  THEN EXCLUDED.energy_joules_total
-                  ELSE COALESCE(EXCLUDED.energy_joules_total, gpu_latest.energy_joules_total) END,
-               energy_day_start = CASE
-                  WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN EXCLUDED.energy_joules_total
-                  WHEN EXCLUDED.energy_joules_total IS NULL THEN gpu_latest.energy_day_start
-                  WHEN gpu_latest.energy_day_start IS NULL OR gpu_latest.energy_joules_total IS NULL
-                       THEN EXCLUDED.energy_joules_total
-                  WHEN EXCLUDED.energy_joules_total < gpu_latest.energy_joules_total
-                       THEN EXCLUDED.energy_joules_total - (gpu_latest.energy_joules_total - gpu_latest.energy_day_start)
-                  ELSE gpu_latest.energy_day_start END
-             WHERE gpu_latest.ts < EXCLUDED.ts
-         )
-         SELECT id FROM h",
-    )
-    .bind(&b.host.name)
-    .bind(&b.host.site)
-    .bind(&b.host.rack)
-    .bind(&b.host.pool)
-    .bind(labels)
-    .bind(version)
-    .bind(stats)
-    .bind(last_seen)
-    .bind(h.map(|s| s.ts))
-    .bind(h.and_then(|s| s.cpu_util_pct).map(|v| v as f32))
-    .bind(h.and_then(|s| s.load1).map(|v| v as f32))
-    .bind(h.and_then(|s| s.mem_used_bytes).map(|v| v as i64))
-    .bind(h.and_then(|s| s.mem_total_bytes).map(|v| v as i64))
-    .bind(h.and_then(|s| s.disk_read_bytes_per_s))
-    .bind(h.and_then(|s| s.disk_write_bytes_per_s))
-    .bind(h.and_then(|s| s.net_rx_bytes_per_s))
-    .bind(h.and_then(|s| s.net_tx_bytes_per_s))
-    .bind(gpus.iter().map(|g| i16::from(g.index)).collect::<Vec<_>>())
-    .bind(gpus.iter().map(|g| g.ts).collect::<Vec<_>>())
-    .bind(f32s(|g| g.util_pct))
-    .bind(f32s(|g| g.mem_util_pct))
-    .bind(
-        gpus.iter()
-            .map(|g| g.mem_used_bytes.map(|v| v as i64))
-            .collect::<Vec<_>>(),
-    )
-    .bind(f32s(|g| g.power_watts))
-    .bind(f32s(|g| g.temp_celsius))
-    .bind(f32s(|g| g.sm_clock_mhz))
-    .bind(
-        gpus.iter()
-            .map(|g| g.energy_joules_total)
-            .collect::<Vec<_>>(),
-    )
-    .fetch_one(&mut **tx)
-    .await
-}
-
-/// COPY text-format encoding of the sample rows.
-pub fn encode_host_rows(host_id: i64, rows: &[HostSample], out: &mut String) {
-    for s in rows {
-        let _ = write!(out, "{host_id}\t");
-        ts(out, s.ts);
-        opt(out, s.cpu_util_pct);
-        opt(out, s.load1);
-        opt(out, s.mem_used_bytes);
-        opt(out, s.mem_total_bytes);
-        opt(out, s.disk_read_bytes_per_s);
-        opt(out, s.disk_write_bytes_per_s);
-        opt(out, s.net_rx_bytes_per_s);
-        opt(out, s.net_tx_bytes_per_s);
-        opt(out, s.disk_used_bytes);
-        opt(out, s.disk_total_bytes);
-        opt(out, s.energy_joules);
-        out.push('\n');
+    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(UPSERT_HOST.as_str()))
+        .bind(&b.host.name)
+        .bind(&b.host.site)
+        .bind(&b.host.rack)
+        .bind(&b.host.pool)
+        .bind(labels)
+        .bind(version)
+        .bind(stats)
+        .bind(last_seen)
+        .bind(h.map(|s| s.ts));
+    for (i, m) in HOST_METRICS.iter().enumerate().filter(|(_, m)| m.latest) {
+        let v = h.map_or(Value::F64(None), |s| s.value(i));
+        // A missing host sample binds NULLs of the column's type.
+        let v = match (h, m.sql) {
+            (None, SqlType::BigInt | SqlType::Bits) => Value::U64(None),
+            (None, SqlType::Boolean) => Value::Bool(None),
+            _ => v,
+        };
+        q = bind_value(q, m.sql, v);
     }
-}
-
-/// COPY text-format encoding of GPU sample rows.
-pub fn encode_gpu_rows(host_id: i64, rows: &[GpuSample], out: &mut String) {
-    for s in rows {
-        let _ = write!(out, "{host_id}\t{}\t", s.index);
-        ts(out, s.ts);
-        opt(out, s.util_pct);
-        opt(out, s.mem_util_pct);
-        opt(out, s.mem_used_bytes);
-        opt(out, s.mem_total_bytes);
-        opt(out, s.power_watts);
-        opt(out, s.energy_joules_total);
-        opt(out, s.temp_celsius);
-        opt(out, s.mem_temp_celsius);
-        opt(out, s.sm_clock_mhz);
-        opt(out, s.mem_clock_mhz);
-        opt(out, s.fan_pct);
-        opt(out, s.throttle_reasons.map(|v| v as i64));
-        opt(out, s.power_limit_watts);
-        opt(out, s.energy_joules);
-        opt(out, s.pcie_rx_bytes_per_s);
-        opt(out, s.pcie_tx_bytes_per_s);
-        opt(out, s.pcie_replay_total);
-        opt(out, s.ecc_sbe_total);
-        opt(out, s.ecc_dbe_total);
-        opt(out, s.retired_pages_sbe);
-        opt(out, s.retired_pages_dbe);
-        opt(out, s.retired_pages_pending);
-        opt(out, s.remapped_rows_correctable);
-        opt(out, s.remapped_rows_uncorrectable);
-        opt(out, s.remapped_rows_pending);
-        opt(out, s.remapped_rows_failure);
-        opt(out, s.mig_enabled);
-        out.push('\n');
+    q = q
+        .bind(gpus.iter().map(|g| i16::from(g.index)).collect::<Vec<_>>())
+        .bind(gpus.iter().map(|g| g.ts).collect::<Vec<_>>());
+    for (i, m) in GPU_METRICS.iter().enumerate().filter(|(_, m)| m.latest) {
+        q = bind_array(q, m, i, &gpus);
     }
+    q.fetch_one(&mut **tx).await
 }
 
 /// `2026-11-23 12:00:00.123456+00`. Written field by field: chrono's `format` re-parses
@@ -291,13 +332,42 @@ fn ts(out: &mut String, t: DateTime<Utc>) {
     );
 }
 
-fn opt<T: std::fmt::Display>(out: &mut String, v: Option<T>) {
-    match v {
-        Some(v) => {
-            let _ = write!(out, "\t{v}");
-        }
-        None => out.push_str("\t\\N"),
+/// COPY text-format encoding of host sample rows (every column of [`host_columns`]).
+pub fn encode_host_rows(host_id: i64, rows: &[HostSample], out: &mut String) {
+    for s in rows {
+        let _ = write!(out, "{host_id}\t");
+        ts(out, s.ts);
+        text_values(s, out);
+        out.push('\n');
     }
+}
+
+/// COPY text-format encoding of GPU sample rows (every column of [`gpu_columns`]).
+pub fn encode_gpu_rows(host_id: i64, rows: &[GpuSample], out: &mut String) {
+    for s in rows {
+        let _ = write!(out, "{host_id}\t{}\t", s.index);
+        ts(out, s.ts);
+        text_values(s, out);
+        out.push('\n');
+    }
+}
+
+/// The metrics of a row, tab-separated, `\N` for missing ones.
+fn text_values<S: Sample>(s: &S, out: &mut String) {
+    let _ = s.try_for_each_value(|_, m, v| {
+        let _ = match (m.sql, v) {
+            (_, Value::F64(Some(x))) => write!(out, "\t{x}"),
+            // A bit mask is stored as the signed value with the same bits.
+            (SqlType::Bits, Value::U64(Some(x))) => write!(out, "\t{}", x as i64),
+            (_, Value::U64(Some(x))) => write!(out, "\t{x}"),
+            (_, Value::Bool(Some(x))) => write!(out, "\t{x}"),
+            _ => {
+                out.push_str("\t\\N");
+                Ok(())
+            }
+        };
+        Ok::<(), std::convert::Infallible>(())
+    });
 }
 
 /// A binary-format `COPY` stream (header, rows, trailer) appended to a buffer. The
@@ -373,6 +443,18 @@ impl<'a> BinaryRows<'a> {
             None => self.null(),
         }
     }
+    /// A metric in the exact type of its column (binary `COPY` has no casts).
+    fn value(&mut self, sql: SqlType, v: Value) {
+        match (sql, v) {
+            (SqlType::Real, Value::F64(x)) => self.opt_real(x),
+            (SqlType::Double, Value::F64(x)) => self.opt_double(x),
+            (SqlType::BigInt, Value::U64(x)) => self.opt_int8(x),
+            (SqlType::Bits, Value::U64(x)) => self.opt_bits(x),
+            (SqlType::Boolean, Value::Bool(x)) => self.opt_bool(x),
+            // The metric table test checks every column type against its field's type.
+            (sql, v) => unreachable!("{sql:?} column for a {v:?} field"),
+        }
+    }
     fn finish(self) {
         self.out.extend_from_slice(&(-1i16).to_be_bytes());
     }
@@ -396,107 +478,74 @@ fn real(x: f64) -> f32 {
     f
 }
 
-/// Binary `COPY` rows of the optional sample columns that at least one row of the
-/// batch has: a column every row leaves out is not sent (it is NULL either way: the
-/// sample tables have no column defaults, which a test checks), so Postgres reads
-/// fewer fields per row. Writes the rows through `$w` and the column list they fill to
-/// `$columns`.
-macro_rules! encode_present {
-    ($w:ident, $rows:ident, $columns:ident, $fixed:literal, |$s:ident| $prefix:block,
-     [$($field:ident: $write:ident),* $(,)?]) => {{
-        let has = [$($rows.iter().any(|s| s.$field.is_some())),*];
-        $columns.push_str($fixed);
-        let mut k = 0;
-        $(
-            if has[k] {
-                $columns.push_str(concat!(", ", stringify!($field)));
+/// Binary `COPY` rows of the sample columns that at least one row of the batch has: a
+/// column every row leaves out is not sent (it is NULL either way: the sample tables have
+/// no column defaults, which a test checks), so Postgres reads fewer fields per row.
+/// `key` names the leading key columns that `prefix` writes. Returns the column list.
+fn encode_binary<S: Sample>(
+    rows: &[S],
+    key: &str,
+    prefix: impl Fn(&mut BinaryRows<'_>, &S),
+    out: &mut Vec<u8>,
+) -> String {
+    let mut has = vec![false; S::METRICS.len()];
+    for r in rows {
+        let _ = r.try_for_each_value(|i, _, v| {
+            has[i] |= v.is_some();
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+    let mut columns = String::with_capacity(key.len() + 32 * S::METRICS.len());
+    columns.push_str(key);
+    for (m, _) in S::METRICS.iter().zip(&has).filter(|(_, h)| **h) {
+        columns.push_str(", ");
+        columns.push_str(m.name);
+    }
+    let fields = (key.split(',').count() + has.iter().filter(|h| **h).count()) as i16;
+    let mut w = BinaryRows::start(out);
+    for r in rows {
+        w.row(fields);
+        prefix(&mut w, r);
+        let _ = r.try_for_each_value(|i, m, v| {
+            if has[i] {
+                w.value(m.sql, v);
             }
-            k += 1;
-        )*
-        let _ = k;
-        let fields = $fixed.split(',').count() as i16 + has.iter().filter(|h| **h).count() as i16;
-        for $s in $rows {
-            $w.row(fields);
-            $prefix
-            let mut k = 0;
-            $(
-                if has[k] {
-                    $w.$write($s.$field);
-                }
-                k += 1;
-            )*
-            let _ = k;
-        }
-    }};
+            Ok::<(), std::convert::Infallible>(())
+        });
+    }
+    w.finish();
+    columns
 }
 
 /// Binary `COPY` stream of host sample rows into `out`; returns its column list (those
-/// of [`HOST_COLUMNS`] that some row has).
+/// of [`host_columns`] that some row has).
 pub fn encode_host_rows_binary(host_id: i64, rows: &[HostSample], out: &mut Vec<u8>) -> String {
     out.reserve(19 + rows.len() * 150 + 2);
-    let mut columns = String::with_capacity(HOST_COLUMNS.len());
-    let mut w = BinaryRows::start(out);
-    encode_present!(w, rows, columns, "host_id, ts", |s| {
-        w.int8(host_id);
-        w.ts(s.ts);
-    }, [
-        cpu_util_pct: opt_real,
-        load1: opt_real,
-        mem_used_bytes: opt_int8,
-        mem_total_bytes: opt_int8,
-        disk_read_bytes_per_s: opt_double,
-        disk_write_bytes_per_s: opt_double,
-        net_rx_bytes_per_s: opt_double,
-        net_tx_bytes_per_s: opt_double,
-        disk_used_bytes: opt_int8,
-        disk_total_bytes: opt_int8,
-        energy_joules: opt_double,
-    ]);
-    w.finish();
-    columns
+    encode_binary(
+        rows,
+        "host_id, ts",
+        |w, s| {
+            w.int8(host_id);
+            w.ts(s.ts);
+        },
+        out,
+    )
 }
 
 /// Binary `COPY` stream of GPU sample rows into `out`; returns its column list (those
-/// of [`GPU_COLUMNS`] that some row has).
+/// of [`gpu_columns`] that some row has).
 pub fn encode_gpu_rows_binary(host_id: i64, rows: &[GpuSample], out: &mut Vec<u8>) -> String {
     out.reserve(19 + rows.len() * 300 + 2);
-    let mut columns = String::with_capacity(GPU_COLUMNS.len());
-    let mut w = BinaryRows::start(out);
-    encode_present!(w, rows, columns, "host_id, gpu_index, ts", |s| {
-        w.int8(host_id);
-        w.int2(i16::from(s.index));
-        w.ts(s.ts);
-    }, [
-        util_pct: opt_real,
-        mem_util_pct: opt_real,
-        mem_used_bytes: opt_int8,
-        mem_total_bytes: opt_int8,
-        power_watts: opt_real,
-        energy_joules_total: opt_double,
-        temp_celsius: opt_real,
-        mem_temp_celsius: opt_real,
-        sm_clock_mhz: opt_real,
-        mem_clock_mhz: opt_real,
-        fan_pct: opt_real,
-        throttle_reasons: opt_bits,
-        power_limit_watts: opt_real,
-        energy_joules: opt_double,
-        pcie_rx_bytes_per_s: opt_double,
-        pcie_tx_bytes_per_s: opt_double,
-        pcie_replay_total: opt_int8,
-        ecc_sbe_total: opt_int8,
-        ecc_dbe_total: opt_int8,
-        retired_pages_sbe: opt_int8,
-        retired_pages_dbe: opt_int8,
-        retired_pages_pending: opt_bool,
-        remapped_rows_correctable: opt_int8,
-        remapped_rows_uncorrectable: opt_int8,
-        remapped_rows_pending: opt_bool,
-        remapped_rows_failure: opt_bool,
-        mig_enabled: opt_bool,
-    ]);
-    w.finish();
-    columns
+    encode_binary(
+        rows,
+        "host_id, gpu_index, ts",
+        |w, s| {
+            w.int8(host_id);
+            w.int2(i16::from(s.index));
+            w.ts(s.ts);
+        },
+        out,
+    )
 }
 
 /// `COPY … FROM STDIN` of one binary stream.
@@ -551,7 +600,8 @@ async fn insert_samples_idempotent(
         let columns = encode_host_rows_binary(host_id, &b.host_samples, &mut data);
         copy_into(tx, "replay_host_samples", &columns, data).await?;
         n += sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO host_samples ({HOST_COLUMNS}) SELECT {HOST_COLUMNS} FROM replay_host_samples ON CONFLICT DO NOTHING"
+            "INSERT INTO host_samples ({c}) SELECT {c} FROM replay_host_samples ON CONFLICT DO NOTHING",
+            c = host_columns()
         )))
         .execute(&mut **tx)
         .await?
@@ -565,7 +615,8 @@ async fn insert_samples_idempotent(
         let columns = encode_gpu_rows_binary(host_id, &b.gpu_samples, &mut data);
         copy_into(tx, "replay_gpu_samples", &columns, data).await?;
         n += sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO gpu_samples ({GPU_COLUMNS}) SELECT {GPU_COLUMNS} FROM replay_gpu_samples ON CONFLICT DO NOTHING"
+            "INSERT INTO gpu_samples ({c}) SELECT {c} FROM replay_gpu_samples ON CONFLICT DO NOTHING",
+            c = gpu_columns()
         )))
         .execute(&mut **tx)
         .await?

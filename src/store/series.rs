@@ -61,6 +61,19 @@ pub struct GpuPoint {
 /// application clocks (0x2) are not faults.
 pub const THROTTLE_MASK: i64 = 0x4 | 0x8 | 0x20 | 0x40 | 0x80;
 
+/// GPU metrics the chart queries read from rollups on long ranges (`GPU_ROLLUP` below).
+pub const GPU_ROLLUP_CHART: &[&str] = &[
+    "util_pct",
+    "mem_util_pct",
+    "mem_used_bytes",
+    "power_watts",
+    "temp_celsius",
+    "sm_clock_mhz",
+];
+
+/// GPU metrics the charts show from raw samples only (null on rollup ranges).
+pub const GPU_RAW_ONLY: &[&str] = &["mem_temp_celsius", "mem_clock_mhz", "fan_pct"];
+
 const HOST_RAW: &str = "
 SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.ts, $2) AS ts,
        avg(s.cpu_util_pct)::float8 AS cpu_util_pct, avg(s.mem_used_bytes)::float8 AS mem_used_bytes,

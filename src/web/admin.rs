@@ -5,14 +5,32 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
 use serde::Deserialize;
 
-use super::auth::{require, verify_csrf, Csrf, PageUser};
-use super::error::ApiError;
-use super::pages::{render, Nav};
+use super::auth::{require, verify_csrf, ApiUser, Csrf, PageUser};
+use super::error::{ApiError, PageError};
+use super::page::{render, Nav};
 use super::AppState;
 use crate::store::auth::{Role, TokenInfo, UserInfo};
+
+/// The admin page and its forms (users, agent tokens).
+pub fn page_routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(page))
+        .route("/admin/users", post(create_user))
+        .route("/admin/users/{id}/delete", post(delete_user))
+        .route("/admin/tokens", post(create_token))
+        .route("/admin/tokens/{id}/revoke", post(revoke_token))
+}
+
+/// Users and agent tokens as JSON (admins only).
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/admin/users", get(users))
+        .route("/api/v1/admin/tokens", get(tokens))
+}
 
 #[derive(Template)]
 #[template(path = "admin.html")]
@@ -24,6 +42,43 @@ pub struct AdminPage {
     pub new_token: Option<(String, String)>,
     pub message: Option<String>,
     pub error: Option<String>,
+    pub jobs: Vec<JobView>,
+    /// Whether this server runs the periodic jobs.
+    pub leader: bool,
+}
+
+/// A periodic job's last run on this server.
+pub struct JobView {
+    pub name: &'static str,
+    pub every: String,
+    pub last_success: String,
+    pub duration: String,
+    pub runs: u64,
+    pub failures: u64,
+    pub error: String,
+    pub summary: String,
+}
+
+fn job_views(jobs: &[crate::model::jobs::JobStatus]) -> Vec<JobView> {
+    jobs.iter()
+        .map(|j| JobView {
+            name: j.name,
+            every: match j.every.as_secs() {
+                s if s % 3600 == 0 => format!("{} h", s / 3600),
+                s if s % 60 == 0 => format!("{} min", s / 60),
+                s => format!("{s} s"),
+            },
+            last_success: j.last_success.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            duration: j
+                .last_duration
+                .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+                .unwrap_or_default(),
+            runs: j.runs,
+            failures: j.failures,
+            error: j.last_error.clone().unwrap_or_default(),
+            summary: j.last_summary.clone(),
+        })
+        .collect()
 }
 
 /// A token row.
@@ -60,6 +115,8 @@ async fn page_with(
         new_token,
         message,
         error,
+        jobs: job_views(&st.jobs.snapshot()),
+        leader: st.jobs.is_leader(),
     })
 }
 
@@ -67,7 +124,7 @@ pub async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     let p = page_with(&st, Nav::new(&user, csrf, "admin"), None, None, None).await?;
     Ok(render(&p))
@@ -88,7 +145,7 @@ pub async fn create_user(
     csrf: Csrf,
     headers: HeaderMap,
     Form(f): Form<NewUser>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     let nav = Nav::new(&user, csrf, "admin");
@@ -125,16 +182,16 @@ pub async fn delete_user(
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     if id == user.id {
-        return Err(ApiError::BadRequest(
-            "you cannot delete yourself; ask another admin".into(),
-        ));
+        return Err(
+            ApiError::BadRequest("you cannot delete yourself; ask another admin".into()).into(),
+        );
     }
     if !st.store.delete_user(id).await? {
-        return Err(ApiError::NotFound(format!("no user with id {id}")));
+        return Err(ApiError::NotFound(format!("no user with id {id}")).into());
     }
     Ok(Redirect::to("/admin").into_response())
 }
@@ -154,14 +211,15 @@ pub async fn create_token(
     csrf: Csrf,
     headers: HeaderMap,
     Form(f): Form<NewToken>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     let host = f.host.trim();
     if host.is_empty() || host.len() > 253 {
         return Err(ApiError::BadRequest(
             "a token is scoped to one host: give its name (1–253 characters)".into(),
-        ));
+        )
+        .into());
     }
     let token = st.store.create_agent_token(host, f.note.trim()).await?;
     let nav = Nav::new(&user, csrf, "admin");
@@ -181,13 +239,31 @@ pub async fn revoke_token(
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     if !st.store.revoke_token(id).await? {
-        return Err(ApiError::NotFound(format!(
-            "no live token with id {id} (already revoked?)"
-        )));
+        return Err(
+            ApiError::NotFound(format!("no live token with id {id} (already revoked?)")).into(),
+        );
     }
     Ok(Redirect::to("/admin").into_response())
+}
+
+/// Users (admins only).
+pub async fn users(
+    State(st): State<AppState>,
+    ApiUser(u): ApiUser,
+) -> Result<Json<Vec<UserInfo>>, ApiError> {
+    require(&u, Role::Admin)?;
+    Ok(Json(st.store.list_users().await?))
+}
+
+/// Agent tokens without secrets (admins only).
+pub async fn tokens(
+    State(st): State<AppState>,
+    ApiUser(u): ApiUser,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    require(&u, Role::Admin)?;
+    Ok(Json(st.store.list_tokens().await?))
 }

@@ -4,36 +4,31 @@
 use askama::Template;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Json};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{verify_csrf, ApiUser, Csrf, PageUser};
-use super::error::ApiError;
-use super::pages::render;
-use super::pages::Nav;
+use super::error::{ApiError, PageError};
+use super::page::{render, Nav};
 use super::AppState;
-use crate::alert::{location, Labels};
+use crate::alert::{location, AlertRow, Labels};
 use crate::store::auth::{Role, User};
 use axum::http::HeaderMap;
 
-/// An alert as listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct AlertRow {
-    pub fingerprint: String,
-    pub rule: String,
-    pub severity: String,
-    pub state: String,
-    pub labels: sqlx::types::Json<Labels>,
-    pub summary: String,
-    pub description: String,
-    pub value: Option<f64>,
-    pub started_at: DateTime<Utc>,
-    pub fired_at: Option<DateTime<Utc>>,
-    pub occurrences: i32,
-    pub flaps: i32,
-    pub acknowledged_by: Option<String>,
-    pub acknowledged_at: Option<DateTime<Utc>>,
+/// The alerts page and its forms (acknowledge, silence, expire).
+pub fn page_routes() -> Router<AppState> {
+    Router::new()
+        .route("/alerts", get(page))
+        .route("/alerts/ack", post(acknowledge))
+        .route("/silences", post(silence))
+        .route("/silences/expire", post(expire))
+}
+
+/// `GET /api/v1/alerts`.
+pub fn api_routes() -> Router<AppState> {
+    Router::new().route("/api/v1/alerts", get(api))
 }
 
 /// An incident (one firing period).
@@ -48,14 +43,7 @@ pub struct IncidentRow {
 }
 
 async fn current(st: &AppState) -> Result<Vec<(AlertRow, bool)>, ApiError> {
-    let rows: Vec<AlertRow> = sqlx::query_as(
-        "SELECT fingerprint, rule, severity, state, labels, summary, description, value, started_at, fired_at,
-                occurrences, flaps, acknowledged_by, acknowledged_at
-           FROM alerts WHERE state IN ('pending', 'firing')
-          ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, started_at",
-    )
-    .fetch_all(&st.store.pool)
-    .await?;
+    let rows = st.store.current_alerts().await?;
     let now = Utc::now();
     let mut out = Vec::with_capacity(rows.len());
     for a in rows {
@@ -119,7 +107,7 @@ pub async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     let cur = current(&st).await?;
     let view = |(a, silenced): &(AlertRow, bool)| AlertView {
         fingerprint: a.fingerprint.clone(),
@@ -211,7 +199,7 @@ pub async fn acknowledge(
     PageUser(user): PageUser,
     headers: HeaderMap,
     Form(f): Form<AckForm>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
     let n = sqlx::query("UPDATE alerts SET acknowledged_by = $2, acknowledged_at = now() WHERE fingerprint = $1 AND state = 'firing'")
@@ -221,9 +209,7 @@ pub async fn acknowledge(
         .await?
         .rows_affected();
     if n == 0 {
-        return Err(ApiError::NotFound(
-            "no firing alert with that fingerprint".into(),
-        ));
+        return Err(ApiError::NotFound("no firing alert with that fingerprint".into()).into());
     }
     Ok(Redirect::to("/alerts").into_response())
 }
@@ -245,7 +231,7 @@ pub async fn silence(
     PageUser(user): PageUser,
     headers: HeaderMap,
     Form(f): Form<SilenceForm>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
     let items: Vec<String> = f
@@ -256,9 +242,9 @@ pub async fn silence(
         .collect();
     let m = crate::alert::silence::parse_matchers(&items).map_err(ApiError::BadRequest)?;
     if !(f.hours > 0.0 && f.hours <= 24.0 * 90.0) {
-        return Err(ApiError::BadRequest(
-            "hours must be between 0 and 2160 (90 days)".into(),
-        ));
+        return Err(
+            ApiError::BadRequest("hours must be between 0 and 2160 (90 days)".into()).into(),
+        );
     }
     let now = Utc::now();
     let end = now + Duration::seconds((f.hours * 3600.0) as i64);
@@ -281,7 +267,7 @@ pub async fn expire(
     PageUser(user): PageUser,
     headers: HeaderMap,
     Form(f): Form<ExpireForm>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
     st.store.expire_silence(f.id).await?;

@@ -12,14 +12,23 @@ use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
+use axum::routing::{get, post};
+use axum::{Form, Router};
 use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::error::ApiError;
-use super::{pages, AppState};
+use super::error::{ApiError, PageError};
+use super::page::render;
+use super::AppState;
 use crate::store::auth::{random_secret, Role, User};
+
+/// Logging in and out.
+pub fn page_routes() -> Router<AppState> {
+    Router::new()
+        .route("/login", get(login_form).post(login_submit))
+        .route("/logout", post(logout))
+}
 
 /// Cookie holding the login form's CSRF secret (there is no session yet to tie it to).
 pub const LOGIN_CSRF_COOKIE: &str = "rw_login_csrf";
@@ -292,7 +301,7 @@ fn cookie_flags(st: &AppState) -> &'static str {
 /// The login form, with a fresh CSRF secret in a cookie and in the form.
 pub async fn login_form(State(st): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
     let secret = random_secret();
-    let mut resp = pages::render(&pages::LoginPage {
+    let mut resp = render(&LoginPage {
         error: None,
         next: safe_next(q.next.as_deref()).to_string(),
         username: String::new(),
@@ -318,13 +327,13 @@ pub struct LoginForm {
 }
 
 fn login_error(f: LoginForm, next: String, status: StatusCode, msg: String) -> Response {
-    let page = pages::LoginPage {
+    let page = LoginPage {
         error: Some(msg),
         next,
         username: f.username,
         csrf: f.csrf,
     };
-    let mut resp = pages::render(&page);
+    let mut resp = render(&page);
     *resp.status_mut() = status;
     resp
 }
@@ -334,7 +343,7 @@ pub async fn login_submit(
     headers: HeaderMap,
     ext: Extensions,
     Form(f): Form<LoginForm>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     let next = safe_next(f.next.as_deref()).to_string();
     check_origin(&headers)?;
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
@@ -398,7 +407,7 @@ pub async fn logout(
     State(st): State<AppState>,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     verify_csrf(&headers, &f.csrf)?;
     if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
         st.store.delete_session(secret).await?;
@@ -408,4 +417,13 @@ pub async fn logout(
         cookie_flags(&st)
     );
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response())
+}
+
+#[derive(askama::Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub error: Option<String>,
+    pub next: String,
+    pub username: String,
+    pub csrf: String,
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use super::format::push_fixed;
+use crate::model::format::push_fixed;
 
 /// Okabe–Ito palette: distinguishable with the common color-vision deficiencies.
 pub const PALETTE: [&str; 8] = [

@@ -5,19 +5,34 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::auth::{require, urlencode, ApiUser, Csrf, PageUser};
-use super::error::ApiError;
-use super::pages::{render, Nav};
+use super::error::{ApiError, PageError};
+use super::page::{render, Nav};
 use super::AppState;
 use crate::report::energy::{self, EnergyReport};
 use crate::report::export::{self, Format, ReportView};
 use crate::report::inputs::{self, FacilityReading};
 use crate::report::IsoWeek;
 use crate::store::auth::Role;
+
+/// The energy page and its report downloads.
+pub fn page_routes() -> Router<AppState> {
+    Router::new()
+        .route("/energy", get(page))
+        .route("/energy/reports/{file}", get(file))
+}
+
+/// The weekly report as JSON, and facility meter readings in.
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/energy/weekly", get(api))
+        .route("/api/v1/facility/readings", post(readings))
+}
 
 /// Weeks listed on the energy page.
 const PAST_WEEKS: usize = 12;
@@ -99,7 +114,7 @@ pub async fn page(
     PageUser(user): PageUser,
     csrf: Csrf,
     Query(q): Query<ReportQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     let now = Utc::now();
     let site = q.site();
     let tz = st.cfg.energy.tz();
@@ -184,7 +199,7 @@ pub async fn file(
     _u: ApiUser,
     Path(file): Path<String>,
     Query(q): Query<ReportQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, PageError> {
     let (week, ext) = file.rsplit_once('.').ok_or_else(|| {
         ApiError::NotFound(format!(
             "{file:?}: expected WEEK.csv, WEEK.parquet or WEEK.html"

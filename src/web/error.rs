@@ -1,5 +1,6 @@
 //! One error type for every handler: each variant maps to a status code and a message a
-//! client can act on; internals are logged, never sent.
+//! client can act on; internals are logged, never sent. API handlers answer it as JSON
+//! ([`ApiError`]), page handlers as an HTML page ([`PageError`]).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +45,19 @@ impl ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Unavailable(e) => {
+                tracing::warn!("database unavailable: {e}");
+                ApiError::Unavailable
+            }
+            e => ApiError::Internal(e.into()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if crate::store::is_unavailable(&e) {
@@ -78,6 +92,59 @@ impl IntoResponse for ApiError {
                 );
             }
             _ => {}
+        }
+        resp
+    }
+}
+
+/// An error on a page a person is looking at: the status and message of the
+/// [`ApiError`] it wraps, as an HTML page with a way back.
+#[derive(Debug)]
+pub struct PageError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for PageError {
+    fn from(e: E) -> Self {
+        PageError(e.into())
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = e.status();
+        if let ApiError::Internal(err) = &e {
+            tracing::error!("internal error: {err:#}");
+        }
+        let title = match status {
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::BAD_REQUEST => "Bad request",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::UNAUTHORIZED => "Log in needed",
+            StatusCode::SERVICE_UNAVAILABLE => "Database unavailable",
+            _ => "Something went wrong",
+        };
+        let message = match &e {
+            ApiError::Unavailable => {
+                "The database cannot be reached right now; try again in a few seconds.".to_string()
+            }
+            other => other.to_string(),
+        };
+        let page = ErrorPage {
+            title,
+            message: &message,
+        };
+        let mut resp = super::page::render(&page);
+        *resp.status_mut() = status;
+        if matches!(e, ApiError::Unavailable) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         resp
     }

@@ -58,6 +58,60 @@ fn gauge_header(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 
+/// The periodic jobs as this server ran them (only the job leader runs them).
+fn job_metrics(out: &mut String, jobs: &[crate::model::jobs::JobStatus], leader: bool) {
+    gauge_header(
+        out,
+        "rackwatch_job_leader",
+        "1 when this server holds the job lock and runs the periodic jobs.",
+    );
+    let _ = writeln!(out, "rackwatch_job_leader {}", u8::from(leader));
+    gauge_header(
+        out,
+        "rackwatch_job_last_success_timestamp_seconds",
+        "When each periodic job last finished without error (Unix time).",
+    );
+    for j in jobs {
+        if let Some(t) = j.last_success {
+            let _ = writeln!(
+                out,
+                "rackwatch_job_last_success_timestamp_seconds{{job=\"{}\"}} {:.3}",
+                j.name,
+                t.timestamp_millis() as f64 / 1e3
+            );
+        }
+    }
+    gauge_header(
+        out,
+        "rackwatch_job_duration_seconds",
+        "How long each periodic job's last run took.",
+    );
+    for j in jobs {
+        if let Some(d) = j.last_duration {
+            let _ = writeln!(
+                out,
+                "rackwatch_job_duration_seconds{{job=\"{}\"}} {:.6}",
+                j.name,
+                d.as_secs_f64()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP rackwatch_job_runs_total Periodic job runs on this server, by outcome.\n# TYPE rackwatch_job_runs_total counter"
+    );
+    for j in jobs {
+        let _ = writeln!(
+            out,
+            "rackwatch_job_runs_total{{job=\"{}\",outcome=\"success\"}} {}\nrackwatch_job_runs_total{{job=\"{}\",outcome=\"error\"}} {}",
+            j.name,
+            j.runs - j.failures,
+            j.name,
+            j.failures
+        );
+    }
+}
+
 /// Escape a label value per the exposition format.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -152,6 +206,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         "rackwatch_db_pool_max_connections {}",
         st.cfg.database.max_connections
     );
+    job_metrics(&mut out, &st.jobs.snapshot(), st.jobs.is_leader());
     if let Ok(agents) = st.store.agent_stats().await {
         for (name, key, help) in [
             (

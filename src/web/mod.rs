@@ -2,23 +2,30 @@
 
 pub mod admin;
 pub mod alerts;
-pub mod api;
+pub mod anomalies;
 pub mod auth;
 pub mod charts;
-pub mod data;
 pub mod energy;
 pub mod error;
 pub mod events;
-pub mod format;
+pub mod fleet;
+pub mod forecasts;
+pub mod gpu;
+pub mod heatmap;
+pub mod host;
+pub mod ingest;
+pub mod inventory;
 pub mod metrics;
-pub mod pages;
+pub mod openapi;
+pub mod page;
+pub mod rack;
 pub mod range;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 
 use crate::config::Config;
@@ -34,6 +41,8 @@ pub struct AppState {
     /// Wakes the alert evaluator when hardware events arrive (the fast lane).
     pub alert_wakeup: Arc<tokio::sync::Notify>,
     pub login_limiter: Arc<auth::LoginLimiter>,
+    /// The periodic jobs' last runs (filled on the job leader).
+    pub jobs: Arc<crate::model::jobs::JobBoard>,
 }
 
 impl AppState {
@@ -45,60 +54,70 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             alert_wakeup: Arc::new(tokio::sync::Notify::new()),
             login_limiter: Arc::new(auth::LoginLimiter::default()),
+            jobs: Default::default(),
         }
     }
 }
 
-/// All routes in one readable list.
+/// Every route: the pages, the API, ingest and the server's own endpoints, behind the
+/// security headers. An unknown path answers 404 as a page, or as JSON under `/api/`.
 pub fn router(state: AppState) -> Router {
     let ingest_limit = state.cfg.server.max_body_bytes;
     Router::new()
-        .route("/", get(pages::fleet))
-        .route("/hosts/{name}", get(pages::host))
-        .route("/alerts", get(alerts::page))
-        .route("/alerts/ack", post(alerts::acknowledge))
-        .route("/silences", post(alerts::silence))
-        .route("/silences/expire", post(alerts::expire))
-        .route("/api/v1/alerts", get(alerts::api))
-        .route("/api/v1/forecasts", get(api::forecasts))
-        .route("/api/v1/anomalies", get(api::anomalies))
-        .route("/hosts/{name}/gpus/{index}", get(pages::gpu))
-        .route("/racks/{site}/{rack}", get(pages::rack))
-        .route("/inventory", get(pages::inventory))
-        .route("/energy", get(energy::page))
-        .route("/energy/reports/{file}", get(energy::file))
-        .route("/api/v1/energy/weekly", get(energy::api))
-        .route("/api/v1/facility/readings", post(energy::readings))
-        .route("/admin", get(admin::page))
-        .route("/admin/users", post(admin::create_user))
-        .route("/admin/users/{id}/delete", post(admin::delete_user))
-        .route("/admin/tokens", post(admin::create_token))
-        .route("/admin/tokens/{id}/revoke", post(admin::revoke_token))
-        .route("/login", get(auth::login_form).post(auth::login_submit))
-        .route("/logout", post(auth::logout))
+        .merge(page_router())
+        .merge(api_router())
+        .merge(ingest::api(ingest_limit))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
-        .route(
-            "/api/v1/ingest",
-            post(crate::ingest::ingest).layer(DefaultBodyLimit::max(ingest_limit)),
-        )
-        .route("/api/v1/hosts", get(api::hosts))
-        .route("/api/v1/hosts/{name}/samples", get(api::host_samples))
-        .route("/api/v1/events", get(api::events))
-        .route("/api/v1/fleet", get(api::fleet))
-        .route("/api/v1/hosts/{name}", get(api::host))
-        .route("/api/v1/hosts/{name}/gpus/{index}", get(api::gpu))
-        .route("/api/v1/racks/{site}/{rack}", get(api::rack))
-        .route("/api/v1/inventory", get(api::inventory))
-        .route("/api/v1/admin/users", get(api::users))
-        .route("/api/v1/admin/tokens", get(api::tokens))
-        .route("/api/v1/openapi.json", get(api::openapi))
         .route("/assets/app.js", get(app_js))
+        .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             security_headers,
         ))
         .with_state(state)
+}
+
+/// The pages people look at, by resource. Errors answer as HTML pages.
+fn page_router() -> Router<AppState> {
+    Router::new()
+        .merge(fleet::page_routes())
+        .merge(rack::page_routes())
+        .merge(host::page_routes())
+        .merge(gpu::page_routes())
+        .merge(inventory::page_routes())
+        .merge(alerts::page_routes())
+        .merge(energy::page_routes())
+        .merge(admin::page_routes())
+        .merge(auth::page_routes())
+}
+
+/// The JSON API (`/api/v1/…`), by resource. Errors answer as JSON.
+fn api_router() -> Router<AppState> {
+    Router::new()
+        .merge(fleet::api_routes())
+        .merge(rack::api_routes())
+        .merge(host::api_routes())
+        .merge(gpu::api_routes())
+        .merge(inventory::api_routes())
+        .merge(events::api_routes())
+        .merge(alerts::api_routes())
+        .merge(anomalies::api_routes())
+        .merge(forecasts::api_routes())
+        .merge(energy::api_routes())
+        .merge(admin::api_routes())
+        .merge(openapi::api_routes())
+}
+
+/// 404 for a path no route knows: JSON for API clients, a page for people.
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let e = error::ApiError::NotFound(format!("no such page or endpoint: {}", uri.path()));
+    if uri.path().starts_with("/api/") {
+        e.into_response()
+    } else {
+        error::PageError(e).into_response()
+    }
 }
 
 /// The pages' one script, compiled into the binary.

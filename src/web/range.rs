@@ -216,6 +216,24 @@ pub fn preset_links(current: &TimeRange) -> Vec<PresetLink> {
         .collect()
 }
 
+/// An optional RFC 3339 query parameter, `default` when absent or empty.
+pub fn parse_rfc3339(
+    field: &str,
+    v: Option<&str>,
+    default: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ApiError> {
+    match v {
+        None | Some("") => Ok(default),
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "`{field}` = {s:?} is not an RFC 3339 time (like 2026-11-23T12:00:00Z): {e}"
+                ))
+            }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,7 +288,7 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
     assert_eq!(at_mid["top"][0]["gpu"], BAD_GPU);
     assert_eq!(body["truncated"], false);
     assert_eq!(body["models"][0]["status"], "trained");
-    let doc: Value = serde_json::from_str(rackwatch::web::api::OPENAPI).unwrap();
+    let doc: Value = serde_json::from_str(rackwatch::web::openapi::OPENAPI).unwrap();
     let schema = &doc["paths"]["/api/v1/anomalies"]["get"]["responses"]["200"]["content"]
         ["application/json"]["schema"];
     let mut errs = Vec::new();

@@ -496,7 +496,7 @@ async fn hostile_names_are_escaped_on_every_page() {
         .await
         .unwrap();
     let cookie = app.login("ops", "correct horse").await;
-    let enc = rackwatch::web::pages::seg;
+    let enc = rackwatch::web::page::seg;
     let pages = [
         "/".to_string(),
         "/?metric=health".to_string(),
@@ -765,7 +765,7 @@ async fn energy_since_midnight_survives_late_samples_and_counter_resets() {
     let token = app.token("e1").await;
     let send = |ts: DateTime<Utc>, joules: f64| json!({"host": {"name": "e1"}, "gpu_samples": [{"ts": ts, "index": 0, "util_pct": 50.0, "energy_joules_total": joules}]});
     let kwh = || async {
-        let rows = rackwatch::web::data::fleet_rows(&app.store, Utc::now())
+        let rows = rackwatch::web::fleet::rows(&app.store, Utc::now())
             .await
             .unwrap();
         rows.energy_today_j / 3.6e6

@@ -344,11 +344,11 @@ fn extreme_host_samples(ts: &[chrono::DateTime<chrono::Utc>]) -> Vec<rackwatch::
 
 /// Every stored column of a host's rows as Postgres prints them (floats exactly).
 async fn stored_rows(app: &TestApp, table: &str, host_id: i64) -> Vec<String> {
-    use rackwatch::store::samples::{GPU_COLUMNS, HOST_COLUMNS};
+    use rackwatch::store::samples::{gpu_columns, host_columns};
     let (cols, order) = if table == "gpu_samples" {
-        (GPU_COLUMNS, "gpu_index, ts")
+        (gpu_columns(), "gpu_index, ts")
     } else {
-        (HOST_COLUMNS, "ts")
+        (host_columns(), "ts")
     };
     let cols = cols.trim_start_matches("host_id, ");
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -386,8 +386,8 @@ async fn binary_copy_stores_exactly_what_text_copy_stores() {
             assert_eq!(gpu_cols, "host_id, gpu_index, ts");
         }
         for (table, cols, data, format) in [
-            ("gpu_samples", GPU_COLUMNS, gt.into_bytes(), ""),
-            ("host_samples", HOST_COLUMNS, ht.into_bytes(), ""),
+            ("gpu_samples", gpu_columns(), gt.into_bytes(), ""),
+            ("host_samples", host_columns(), ht.into_bytes(), ""),
             ("gpu_samples", gpu_cols.as_str(), gb, " (FORMAT binary)"),
             ("host_samples", host_cols.as_str(), hb, " (FORMAT binary)"),
         ] {

@@ -10,6 +10,7 @@ mod energy;
 mod forecasts;
 mod ingest;
 mod managed_pg;
+mod metric_table;
 mod nvml;
 mod openapi;
 mod pages;

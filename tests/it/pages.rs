@@ -274,3 +274,41 @@ async fn every_response_carries_the_security_headers_and_the_script_is_external(
     );
     assert!(js.text().await.unwrap().contains("visibilitychange"));
 }
+
+#[tokio::test]
+async fn pages_answer_errors_as_pages_and_the_api_as_json() {
+    let app = TestApp::spawn().await;
+    seed(&app, "gpu-err").await;
+    let cookie = app.login("admin", "pw-for-errors").await;
+    let get = |path: &str| {
+        app.http
+            .get(format!("{}{path}", app.base))
+            .header("cookie", &cookie)
+            .send()
+    };
+    for path in [
+        "/hosts/no-such-host",
+        "/hosts/gpu-err/gpus/7",
+        "/racks/nowhere/r0",
+        "/no/such/page",
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/html"), "{path}: {ct}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("<h1>Not found</h1>"), "{path}: {body}");
+        assert!(body.contains("href=\"/\""), "{path}: a way back");
+    }
+    let r = get("/hosts/gpu-err?metric=bogus&range=nonsense")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("<h1>Bad request</h1>"));
+    for path in ["/api/v1/hosts/no-such-host", "/api/v1/no-such-endpoint"] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains("no"), "{path}: {v}");
+    }
+}

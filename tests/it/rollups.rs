@@ -360,3 +360,62 @@ async fn demo_history_is_rolled_up_and_feeds_the_analytics_at_once() {
         .unwrap();
     assert_eq!(second, rackwatch::app::Backfill::default());
 }
+
+#[tokio::test]
+async fn the_job_leader_reports_each_jobs_runs_on_metrics_and_the_admin_page() {
+    let db = crate::support::fresh_database().await;
+    let app = TestApp::spawn_full(db, |c| c.anomaly.enabled = false).await;
+    // The leader runs every job at its first tick.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let metrics = loop {
+        let m = app
+            .http
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("rackwatch_job_last_success_timestamp_seconds{job=\"energy\"}") {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "no job ran:\n{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(metrics.contains("rackwatch_job_leader 1"), "{metrics}");
+    for job in ["maintenance", "rollups", "forecasts", "energy"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "rackwatch_job_last_success_timestamp_seconds{{job=\"{job}\"}}"
+                ))
+            })
+            .unwrap_or_else(|| panic!("{job} missing:\n{metrics}"));
+        let t: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((Utc::now().timestamp() as f64 - t).abs() < 60.0, "{line}");
+        assert!(
+            metrics.contains(&format!("rackwatch_job_duration_seconds{{job=\"{job}\"}}")),
+            "{job}"
+        );
+        assert!(
+            metrics.contains(&format!(
+                "rackwatch_job_runs_total{{job=\"{job}\",outcome=\"error\"}} 0"
+            )),
+            "{job}"
+        );
+    }
+    // Turned off in the config: not registered, not run.
+    assert!(!metrics.contains("job=\"anomaly\""), "{metrics}");
+    let cookie = app.login("admin", "pw-for-jobs").await;
+    let (status, html) = app.page(&cookie, "/admin").await;
+    assert_eq!(status, 200);
+    let jobs = &html[html.find("id=\"jobs\"").expect("jobs table")..];
+    assert!(html.contains("holds the job lock"), "leader note");
+    for job in ["maintenance", "rollups", "forecasts", "energy"] {
+        assert!(jobs.contains(&format!("<td>{job}</td>")), "{job} row");
+    }
+    assert!(!jobs.contains("not yet</td>"), "every job ran");
+    app.stop().await;
+}

@@ -178,10 +178,10 @@ impl TestApp {
                 rx.clone(),
             )
             .unwrap();
-            let w = bg.alert_wakeup.clone();
+            let w = bg.shared.clone();
             (Some(bg), w)
         } else {
-            (None, Arc::new(tokio::sync::Notify::new()))
+            (None, rackwatch::app::Shared::default())
         };
         let server = rackwatch::app::start_server_with(cfg.clone(), store.clone(), wakeup, rx)
             .await

@@ -11,7 +11,11 @@
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, CpuBackend, LagWeights};
+use crate::backend::parallel::par_map;
+use crate::backend::{
+    energy_from_abs, Backend, BackendError, Calibration, CpuBackend, CrossProducts, LagWeights,
+    ResidualJob, Series, TrainJob,
+};
 use crate::pot::PotThreshold;
 use crate::vae::{windows, Vae, VaeConfig};
 use crate::Matrix;
@@ -161,6 +165,54 @@ pub struct Detector {
     pub state: StreamState,
 }
 
+/// The alert level of score `s` (the static level `thr`, raised by the drift guard to
+/// `factor ×` the median of the recent scores), then `s` enters the guard's memory (every
+/// `ADAPT_STRIDE`-th score, at most `cap` kept).
+#[allow(clippy::too_many_arguments)]
+fn adapt_level(
+    ring: &mut std::collections::VecDeque<f32>,
+    sorted: &mut Vec<f32>,
+    count: &mut u64,
+    s: f32,
+    thr: f32,
+    factor: f32,
+    cap: usize,
+    adapt: bool,
+) -> f32 {
+    let mut level = thr;
+    if !adapt {
+        return level;
+    }
+    let med = if sorted.is_empty() {
+        0.0
+    } else {
+        let n = sorted.len();
+        if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+        }
+    };
+    level = level.max(factor * med);
+    *count += 1;
+    if *count % ADAPT_STRIDE != 1 {
+        return level;
+    }
+    let v = if s.is_finite() { s } else { f32::MAX };
+    if ring.len() >= cap {
+        if let Some(old) = ring.pop_front() {
+            let i = sorted.partition_point(|&x| x < old);
+            if i < sorted.len() {
+                sorted.remove(i);
+            }
+        }
+    }
+    ring.push_back(v);
+    let i = sorted.partition_point(|&x| x < v);
+    sorted.insert(i, v);
+    level
+}
+
 /// Per-metric residual RMS of the joint and the univariate models in raw units (see
 /// [`DetectorConfig::scale_holdout`]).
 struct RawScales {
@@ -236,6 +288,161 @@ impl Detector {
         Ok(det)
     }
 
+    fn fit_in_sample(
+        backend: &dyn Backend,
+        train: &Matrix,
+        config: DetectorConfig,
+        scales: Option<&RawScales>,
+    ) -> Result<Self> {
+        let (mut det, zpad) = Self::prepare(train, config)?;
+        let (n, d, lags) = (train.rows, det.dim, det.config.lags);
+        let (xtx, xty) = backend.cross_products(&zpad, n, d, lags)?;
+        det.solve(CrossProducts { xtx, xty }, &zpad, n)?;
+        // Residual scales from the training residuals.
+        let e = if det.config.model == Model::Vae {
+            let win = windows(&zpad, n, d, lags);
+            let vae = Vae::fit(&win, (lags + 1) * d, d, det.config.vae.clone());
+            let e = vae.row_errors(&win);
+            det.vae = Some(vae);
+            e
+        } else {
+            let ones = vec![1.0f32; d];
+            backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?
+        };
+        det.set_resid_scale(&e, n);
+        if let Some(raw) = scales {
+            det.set_holdout_scales(raw);
+        }
+        // Calibration scores on the training data, which also leaves the stream at its end.
+        det.state.history = zpad[..lags * d].to_vec();
+        let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _, _| {})?;
+        det.threshold =
+            PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
+        Ok(det)
+    }
+
+    /// Training, step 1: the standardization and an untrained detector, and the padded
+    /// standardized series (the first row repeated `lags` times in front).
+    fn prepare(train: &Matrix, config: DetectorConfig) -> Result<(Self, Vec<f32>)> {
+        let (n, d) = (train.rows, train.cols);
+        let lags = config.lags;
+        ensure!(d > 0 && lags > 0, "need at least one metric and one lag");
+        ensure!(n > lags + 1, "need more than {} training rows", lags + 1);
+        let mut mean = vec![0.0f64; d];
+        for r in 0..n {
+            for (m, v) in mean.iter_mut().zip(train.row(r)) {
+                *m += *v as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f64);
+        let mut var = vec![0.0f64; d];
+        for r in 0..n {
+            for ((s, v), m) in var.iter_mut().zip(train.row(r)).zip(&mean) {
+                *s += (*v as f64 - m).powi(2);
+            }
+        }
+        let inv_std: Vec<f32> = var
+            .iter()
+            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(config.std_floor))
+            .collect();
+        let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        let det = Detector {
+            dim: d,
+            mean,
+            inv_std,
+            weights: vec![0.0; lags * d * d],
+            bias: vec![0.0; d],
+            inv_resid_scale: vec![1.0; d],
+            uni_weights: Vec::new(),
+            uni_bias: Vec::new(),
+            uni_inv_scale: Vec::new(),
+            vae: None,
+            threshold: PotThreshold::fit(&[], 0.98, 1e-3),
+            train_rows: n,
+            state: StreamState {
+                history: Vec::new(),
+                ema: vec![0.0; d],
+                started: false,
+                recent: Default::default(),
+                recent_sorted: Vec::new(),
+                recent_count: 0,
+            },
+            config,
+        };
+        // Pad the start with the first row (the predictor has no earlier history):
+        // standardized in place after `lags` rows left for the padding.
+        let mut zpad = Vec::with_capacity((n + lags) * d);
+        zpad.resize(lags * d, 0.0);
+        det.standardize_into(train, &mut zpad);
+        let (pad, z) = zpad.split_at_mut(lags * d);
+        for row in pad.chunks_exact_mut(d) {
+            row.copy_from_slice(&z[..d]);
+        }
+        Ok((det, zpad))
+    }
+
+    /// Training, step 2: the ridge-regularized normal equations solved for the joint (and
+    /// univariate) predictor weights.
+    fn solve(&mut self, cross: CrossProducts, zpad: &[f32], n: usize) -> Result<()> {
+        let CrossProducts { mut xtx, mut xty } = cross;
+        let (d, lags) = (self.dim, self.config.lags);
+        let f = lags * d + 1;
+        ensure!(
+            xtx.len() == f * f && xty.len() == f * d,
+            "cross products of the wrong shape"
+        );
+        for i in 0..f - 1 {
+            xtx[i * f + i] += self.config.ridge;
+        }
+        xtx[(f - 1) * f + f - 1] += 1e-9 * n as f64;
+        if self.config.univariate_weight > 0.0 {
+            self.fit_univariate(&xtx, &xty, zpad, n)?;
+        }
+        if self.config.model == Model::Vae {
+            // The VAE replaces the joint predictor (its weights stay zero).
+            return Ok(());
+        }
+        cholesky_solve(&mut xtx, &mut xty, f, d)?;
+        self.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
+        self.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
+        Ok(())
+    }
+
+    /// Training, step 3: per-metric residual scales from the unscaled training energies
+    /// (`n x dim`, squared residuals).
+    fn set_resid_scale(&mut self, e: &[f32], n: usize) {
+        let d = self.dim;
+        let mut ms = vec![0.0f64; d];
+        for r in e.chunks_exact(d) {
+            ms.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
+        }
+        self.set_resid_scale_from(&ms, n);
+    }
+
+    /// Residual scales from the per-metric sums of squared training residuals.
+    fn set_resid_scale_from(&mut self, ms: &[f64], n: usize) {
+        self.inv_resid_scale = ms
+            .iter()
+            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(self.config.resid_floor))
+            .collect();
+    }
+
+    /// Out-of-sample residual scales ([`DetectorConfig::scale_holdout`]), converted from raw
+    /// units to this model's standardized units, in place of the in-sample ones.
+    fn set_holdout_scales(&mut self, raw: &RawScales) {
+        let floor = self.config.resid_floor;
+        let to_inv = |r: &[f32], is: &[f32]| -> Vec<f32> {
+            r.iter()
+                .zip(is)
+                .map(|(r, is)| 1.0 / (r * is).max(floor))
+                .collect()
+        };
+        self.inv_resid_scale = to_inv(&raw.joint, &self.inv_std);
+        if raw.uni.len() == self.dim && self.uni_inv_scale.len() == self.dim {
+            self.uni_inv_scale = to_inv(&raw.uni, &self.inv_std);
+        }
+    }
+
     /// Per-metric RMS residuals of the joint and the univariate models on `rows` (continuing the
     /// stream), in raw units.
     fn raw_residual_rms(&self, backend: &dyn Backend, rows: &Matrix) -> Result<RawScales> {
@@ -282,116 +489,312 @@ impl Detector {
         })
     }
 
-    fn fit_in_sample(
-        backend: &dyn Backend,
-        train: &Matrix,
-        config: DetectorConfig,
-        scales: Option<&RawScales>,
-    ) -> Result<Self> {
-        let (n, d) = (train.rows, train.cols);
-        let lags = config.lags;
-        ensure!(d > 0 && lags > 0, "need at least one metric and one lag");
-        ensure!(n > lags + 1, "need more than {} training rows", lags + 1);
-        let mut mean = vec![0.0f64; d];
-        for r in 0..n {
-            for (m, v) in mean.iter_mut().zip(train.row(r)) {
-                *m += *v as f64;
+    /// The VAE's per-metric energies of the `n` windows of `zpad`, scaled and clipped like the
+    /// predictor's residuals.
+    fn vae_energy(&self, vae: &Vae, zpad: &[f32], n: usize) -> Vec<f32> {
+        let (d, clip) = (self.dim, self.config.clip);
+        let mut e = vae.row_errors(&windows(zpad, n, d, self.config.lags));
+        for row in e.chunks_exact_mut(d) {
+            for (v, s) in row.iter_mut().zip(&self.inv_resid_scale) {
+                let r = (v.sqrt() * s).min(clip);
+                *v = r * r;
             }
         }
-        mean.iter_mut().for_each(|m| *m /= n as f64);
-        let mut var = vec![0.0f64; d];
-        for r in 0..n {
-            for ((s, v), m) in var.iter_mut().zip(train.row(r)).zip(&mean) {
-                *s += (*v as f64 - m).powi(2);
-            }
-        }
-        let inv_std: Vec<f32> = var
-            .iter()
-            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(config.std_floor))
-            .collect();
-        let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-        let mut det = Detector {
-            dim: d,
-            mean,
-            inv_std,
-            weights: vec![0.0; lags * d * d],
-            bias: vec![0.0; d],
-            inv_resid_scale: vec![1.0; d],
-            uni_weights: Vec::new(),
-            uni_bias: Vec::new(),
-            uni_inv_scale: Vec::new(),
-            vae: None,
-            threshold: PotThreshold::fit(&[], 0.98, 1e-3),
-            train_rows: n,
-            state: StreamState {
-                history: Vec::new(),
-                ema: vec![0.0; d],
-                started: false,
-                recent: Default::default(),
-                recent_sorted: Vec::new(),
-                recent_count: 0,
-            },
-            config,
-        };
-        let z = det.standardize(train);
-        // Pad the start with the first row (the predictor has no earlier history).
-        let mut zpad = Vec::with_capacity((n + lags) * d);
-        for _ in 0..lags {
-            zpad.extend_from_slice(&z[..d]);
-        }
-        zpad.extend_from_slice(&z);
-        let (mut xtx, mut xty) = backend.cross_products(&zpad, n, d, lags)?;
-        let f = lags * d + 1;
-        for i in 0..f - 1 {
-            xtx[i * f + i] += det.config.ridge;
-        }
-        xtx[(f - 1) * f + f - 1] += 1e-9 * n as f64;
-        if det.config.univariate_weight > 0.0 {
-            det.fit_univariate(&xtx, &xty, &zpad, n)?;
-        }
-        let e = if det.config.model == Model::Vae {
-            let win = windows(&zpad, n, d, lags);
-            let vae = Vae::fit(&win, (lags + 1) * d, d, det.config.vae.clone());
-            let e = vae.row_errors(&win);
-            det.vae = Some(vae);
-            e
-        } else {
-            cholesky_solve(&mut xtx, &mut xty, f, d)?;
-            det.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
-            det.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
-            let ones = vec![1.0f32; d];
-            backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?
-        };
-        // Residual scales from the training residuals.
+        e
+    }
+
+    /// Training, steps 3 and 4 from the absolute training residuals: residual scales, then
+    /// the calibration scores and the alert threshold (the batched path; the same
+    /// operations as [`Detector::fit_in_sample`]'s two energy calls).
+    fn finish_training(&mut self, zpad: &[f32], n: usize, abs: &[f32]) {
+        let (d, lags) = (self.dim, self.config.lags);
+        // The squared residuals' column sums, as `set_resid_scale` adds them.
         let mut ms = vec![0.0f64; d];
-        for r in e.chunks_exact(d) {
-            ms.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
+        for r in abs.chunks_exact(d) {
+            ms.iter_mut().zip(r).for_each(|(s, a)| *s += (a * a) as f64);
         }
-        det.inv_resid_scale = ms
+        self.set_resid_scale_from(&ms, n);
+        self.state.history = zpad[..lags * d].to_vec();
+        let mut e = energy_from_abs(abs, &self.inv_resid_scale, self.config.clip);
+        self.blend_univariate(zpad, n, &mut e);
+        let scores = self.stream(zpad, n, &e, |_, _, _, _, _| {});
+        self.threshold =
+            PotThreshold::fit(&scores, self.config.pot_init_quantile, self.config.pot_risk);
+    }
+
+    /// Train one detector per host, batched: the cross products of all hosts in one backend
+    /// call, the residuals of all hosts in another, the host-side steps (standardizing,
+    /// solving, calibrating) spread over [`Backend::threads`]. Equal to [`Detector::fit_with`]
+    /// host by host (bit for bit on the CPU backend); one result per host, in order, so a
+    /// host with bad or oversized data fails alone. Backend failures carry a
+    /// [`BackendError`] (`err.downcast_ref::<BackendError>()`).
+    pub fn fit_batch(backend: &dyn Backend, hosts: &[TrainInput<'_>]) -> Vec<Result<Self>> {
+        // The VAE and out-of-sample scales have no batched kernels: those hosts train one by
+        // one ([`Detector::fit_with`]), the others in the batch.
+        let one_by_one =
+            |h: &TrainInput<'_>| h.config.model == Model::Vae || h.config.scale_holdout > 0.0;
+        if hosts.iter().any(one_by_one) {
+            let batched: Vec<TrainInput<'_>> =
+                hosts.iter().filter(|h| !one_by_one(h)).copied().collect();
+            let mut fitted = Self::fit_batch(backend, &batched).into_iter();
+            return hosts
+                .iter()
+                .map(|h| match one_by_one(h) {
+                    true => Self::fit_with(backend, h.rows, h.config.clone()),
+                    false => fitted.next().expect("one result per batched host"),
+                })
+                .collect();
+        }
+        let threads = backend.threads();
+        let inputs: Vec<(&Matrix, &DetectorConfig)> =
+            hosts.iter().map(|h| (h.rows, h.config)).collect();
+        let mut out = Self::fit_in_sample_batch(backend, &inputs);
+        // Hosts that calibrate their threshold on a held-out tail (`calib_frac`): a model
+        // fitted without the tail scores it, batched the same way.
+        let held: Vec<(usize, usize)> = hosts
             .iter()
-            .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(det.config.resid_floor))
+            .enumerate()
+            .filter(|(i, _)| out[*i].is_ok())
+            .filter_map(|(i, h)| {
+                let (n, c) = (h.rows.rows, h.config);
+                let hold = (n as f64 * c.calib_frac.clamp(0.0, 0.9)) as usize;
+                (hold >= 100 && n - hold > 10 * (c.lags * h.rows.cols + 1)).then_some((i, hold))
+            })
             .collect();
-        if let Some(raw) = scales {
-            // Out-of-sample scales (`scale_holdout`), converted to this model's standardized
-            // units.
-            let floor = det.config.resid_floor;
-            let to_inv = |r: &[f32], is: &[f32]| -> Vec<f32> {
-                r.iter()
-                    .zip(is)
-                    .map(|(r, is)| 1.0 / (r * is).max(floor))
-                    .collect()
-            };
-            det.inv_resid_scale = to_inv(&raw.joint, &det.inv_std);
-            if raw.uni.len() == d && det.uni_inv_scale.len() == d {
-                det.uni_inv_scale = to_inv(&raw.uni, &det.inv_std);
+        if held.is_empty() {
+            return out;
+        }
+        let heads: Vec<Matrix> = par_map(threads, held.clone(), |_, (i, hold)| {
+            hosts[i].rows.slice_rows(0, hosts[i].rows.rows - hold)
+        });
+        let tails: Vec<Matrix> = par_map(threads, held.clone(), |_, (i, hold)| {
+            hosts[i]
+                .rows
+                .slice_rows(hosts[i].rows.rows - hold, hosts[i].rows.rows)
+        });
+        let early_in: Vec<(&Matrix, &DetectorConfig)> = held
+            .iter()
+            .zip(&heads)
+            .map(|((i, _), m)| (m, hosts[*i].config))
+            .collect();
+        let early = Self::fit_in_sample_batch(backend, &early_in);
+        let mut ok_early = Vec::new();
+        for ((i, _), e) in held.iter().zip(early) {
+            match e {
+                Ok(det) => ok_early.push((*i, det)),
+                Err(e) => out[*i] = Err(e),
             }
         }
-        // Calibration scores on the training data, which also leaves the stream at its end.
-        det.state.history = zpad[..lags * d].to_vec();
-        let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _, _| {})?;
-        det.threshold =
-            PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
-        Ok(det)
+        let mut jobs: Vec<ScoreInput<'_>> = ok_early
+            .iter_mut()
+            .zip(
+                held.iter()
+                    .zip(&tails)
+                    .filter(|((i, _), _)| out[*i].is_ok()),
+            )
+            .map(|((_, det), (_, tail))| ScoreInput {
+                detector: det,
+                rows: tail,
+            })
+            .collect();
+        let scored = Self::score_explained_batch(backend, &mut jobs, 0);
+        for ((i, _), s) in ok_early.iter().zip(scored) {
+            let r = s.map(|rows| rows.iter().map(|r| r.score).collect::<Vec<f32>>());
+            match (&mut out[*i], r) {
+                (Ok(det), Ok(scores)) => {
+                    det.threshold = PotThreshold::fit(
+                        &scores,
+                        det.config.pot_init_quantile,
+                        det.config.pot_risk,
+                    )
+                }
+                (slot, Err(e)) => *slot = Err(e),
+                (Err(_), Ok(_)) => {}
+            }
+        }
+        out
+    }
+
+    fn fit_in_sample_batch(
+        backend: &dyn Backend,
+        inputs: &[(&Matrix, &DetectorConfig)],
+    ) -> Vec<Result<Self>> {
+        let threads = backend.threads();
+        let prepared: Vec<Result<(Self, Vec<f32>)>> =
+            par_map(threads, inputs.to_vec(), |_, (m, c)| {
+                Self::prepare(m, c.clone())
+            });
+        let mut dets: Vec<Option<std::sync::Mutex<Self>>> = Vec::with_capacity(inputs.len());
+        let mut zpads: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
+        let mut errs: Vec<Option<anyhow::Error>> = Vec::with_capacity(inputs.len());
+        for p in prepared {
+            match p {
+                Ok((det, zpad)) => {
+                    dets.push(Some(std::sync::Mutex::new(det)));
+                    zpads.push(zpad);
+                    errs.push(None);
+                }
+                Err(e) => {
+                    dets.push(None);
+                    zpads.push(Vec::new());
+                    errs.push(Some(e));
+                }
+            }
+        }
+        let lock = |i: usize| {
+            dets[i]
+                .as_ref()
+                .expect("prepared")
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        // Cross products, solves and training residuals of every prepared host, batched.
+        let ok: Vec<usize> = (0..inputs.len()).filter(|&i| dets[i].is_some()).collect();
+        let jobs: Vec<TrainJob<'_>> = ok
+            .iter()
+            .map(|&i| {
+                let det = lock(i);
+                TrainJob {
+                    series: Series {
+                        zpad: &zpads[i],
+                        n: inputs[i].0.rows,
+                        d: det.dim,
+                        lags: det.config.lags,
+                    },
+                    resid_floor: det.config.resid_floor,
+                    clip: det.config.clip,
+                    full: det.config.univariate_weight > 0.0,
+                }
+            })
+            .collect();
+        let solve = |k: usize, c: CrossProducts| -> Result<(Vec<f32>, Vec<f32>)> {
+            let i = ok[k];
+            let mut det = lock(i);
+            det.solve(c, &zpads[i], inputs[i].0.rows)?;
+            Ok((det.weights.clone(), det.bias.clone()))
+        };
+        let calibrations = backend.train_kernels(&jobs, &solve);
+        drop(jobs);
+        let mut calib_of: Vec<Option<Result<Calibration>>> =
+            (0..inputs.len()).map(|_| None).collect();
+        for (&i, c) in ok.iter().zip(calibrations) {
+            calib_of[i] = Some(c);
+        }
+        let work: Vec<_> = dets
+            .into_iter()
+            .zip(zpads)
+            .zip(errs)
+            .zip(calib_of)
+            .collect();
+        par_map(threads, work, |i, (((det, zpad), err), cal)| {
+            if let Some(e) = err {
+                return Err(e);
+            }
+            let mut det = det
+                .expect("prepared")
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner());
+            let n = inputs[i].0.rows;
+            match cal.expect("prepared hosts are calibrated")? {
+                Calibration::Full(abs) => det.finish_training(&zpad, n, &abs),
+                Calibration::Summary {
+                    inv_scale,
+                    row_sums,
+                    tail_abs,
+                } => det.finish_from_summary(&zpad, n, inv_scale, &row_sums, &tail_abs)?,
+            }
+            Ok(det)
+        })
+    }
+
+    /// Training, steps 3 and 4 from a device-side [`Calibration::Summary`]: the residual
+    /// scales as computed there, the calibration scores from the row energy sums, the
+    /// stream's per-metric state from the last rows.
+    fn finish_from_summary(
+        &mut self,
+        zpad: &[f32],
+        n: usize,
+        inv_scale: Vec<f32>,
+        row_sums: &[f32],
+        tail_abs: &[f32],
+    ) -> Result<()> {
+        let d = self.dim;
+        ensure!(
+            inv_scale.len() == d
+                && row_sums.len() == n
+                && tail_abs.len().is_multiple_of(d)
+                && tail_abs.len() / d <= n,
+            "calibration summary of the wrong shape"
+        );
+        ensure!(
+            self.config.univariate_weight <= 0.0,
+            "the univariate blend needs every training residual"
+        );
+        self.inv_resid_scale = inv_scale;
+        let e_tail = energy_from_abs(tail_abs, &self.inv_resid_scale, self.config.clip);
+        let scores = self.stream_sums(zpad, n, row_sums, &e_tail);
+        self.threshold =
+            PotThreshold::fit(&scores, self.config.pot_init_quantile, self.config.pot_risk);
+        Ok(())
+    }
+
+    /// The streaming pass from per-row energy sums: the moving average is linear and the
+    /// same for every metric, so the mean of the per-metric averages is the average of the
+    /// row sums over `dim` (equal to [`Detector::stream`] up to f32 rounding). The per-metric
+    /// averages the stream continues from are rebuilt from the energies of the last rows
+    /// (`e_tail`, starting at row `n − tail`); earlier rows weigh less than f32 resolution.
+    fn stream_sums(
+        &mut self,
+        zpad: &[f32],
+        n: usize,
+        row_sums: &[f32],
+        e_tail: &[f32],
+    ) -> Vec<f32> {
+        let d = self.dim;
+        let alpha = 2.0 / (self.config.ema_span + 1.0);
+        let inv_d = 1.0 / d as f32;
+        let thr = self.threshold.threshold as f32;
+        let (factor, window) = (self.config.adapt_factor, self.config.adapt_window);
+        let adapt = factor > 0.0 && window > 0;
+        let cap = (window as u64).div_ceil(ADAPT_STRIDE).max(1) as usize;
+        let state = &mut self.state;
+        let was_started = state.started;
+        let mut sum: f32 = state.ema.iter().sum();
+        let mut scores = Vec::with_capacity(n);
+        for &r in row_sums {
+            if !state.started {
+                sum = r;
+                state.started = true;
+            } else {
+                sum += alpha * (r - sum);
+            }
+            let s = sum * inv_d;
+            adapt_level(
+                &mut state.recent,
+                &mut state.recent_sorted,
+                &mut state.recent_count,
+                s,
+                thr,
+                factor,
+                cap,
+                adapt,
+            );
+            scores.push(s);
+        }
+        let tail = e_tail.len() / d;
+        let mut rows = e_tail.chunks_exact(d);
+        if tail > 0 && (tail < n || !was_started) {
+            if let Some(first) = rows.next() {
+                state.ema.copy_from_slice(first);
+            }
+        }
+        for row in rows {
+            for (m, v) in state.ema.iter_mut().zip(row) {
+                *m += alpha * (v - *m);
+            }
+        }
+        state.history = zpad[n * d..].to_vec();
+        scores
     }
 
     fn lag_weights(&self) -> LagWeights<'_> {
@@ -462,20 +865,6 @@ impl Detector {
         }
     }
 
-    /// The VAE's per-metric energies of the `n` windows of `zpad`, scaled and clipped like the
-    /// predictor's residuals.
-    fn vae_energy(&self, vae: &Vae, zpad: &[f32], n: usize) -> Vec<f32> {
-        let (d, clip) = (self.dim, self.config.clip);
-        let mut e = vae.row_errors(&windows(zpad, n, d, self.config.lags));
-        for row in e.chunks_exact_mut(d) {
-            for (v, s) in row.iter_mut().zip(&self.inv_resid_scale) {
-                let r = (v.sqrt() * s).min(clip);
-                *v = r * r;
-            }
-        }
-        e
-    }
-
     /// Blend the univariate energies into the joint model's `n x dim` energies `e`.
     fn blend_univariate(&self, zpad: &[f32], n: usize, e: &mut [f32]) {
         let w = self.config.univariate_weight;
@@ -489,12 +878,6 @@ impl Detector {
                 *v += w * (u - *v);
             }
         }
-    }
-
-    fn standardize(&self, rows: &Matrix) -> Vec<f32> {
-        let mut z = Vec::with_capacity(rows.data.len());
-        self.standardize_into(rows, &mut z);
-        z
     }
 
     /// Append the standardized rows to `out`.
@@ -556,7 +939,7 @@ impl Detector {
         backend: &dyn Backend,
         zpad: &[f32],
         n: usize,
-        mut visit: impl FnMut(usize, &[f32], f32, f32, bool),
+        visit: impl FnMut(usize, &[f32], f32, f32, bool),
     ) -> Result<Vec<f32>> {
         let d = self.dim;
         let lags = self.config.lags;
@@ -576,6 +959,19 @@ impl Detector {
             )?,
         };
         self.blend_univariate(zpad, n, &mut e);
+        Ok(self.stream(zpad, n, &e, visit))
+    }
+
+    /// The streaming pass over per-metric energies `e` (`n x dim`) of the standardized rows
+    /// `zpad`: EMA, score, alert level; leaves the stream after the last row.
+    fn stream(
+        &mut self,
+        zpad: &[f32],
+        n: usize,
+        e: &[f32],
+        mut visit: impl FnMut(usize, &[f32], f32, f32, bool),
+    ) -> Vec<f32> {
+        let d = self.dim;
         let alpha = 2.0 / (self.config.ema_span + 1.0);
         let inv_d = 1.0 / d as f32;
         let mut scores = Vec::with_capacity(n);
@@ -595,44 +991,21 @@ impl Detector {
                 }
             }
             let s = ema.iter().sum::<f32>() * inv_d;
-            let mut level = thr;
-            if adapt {
-                let med = if state.recent_sorted.is_empty() {
-                    0.0
-                } else {
-                    let n = state.recent_sorted.len();
-                    if n % 2 == 1 {
-                        state.recent_sorted[n / 2]
-                    } else {
-                        0.5 * (state.recent_sorted[n / 2 - 1] + state.recent_sorted[n / 2])
-                    }
-                };
-                level = level.max(factor * med);
-                state.recent_count += 1;
-                if state.recent_count % ADAPT_STRIDE != 1 {
-                    visit(t, ema, s, level, s > level);
-                    scores.push(s);
-                    continue;
-                }
-                let (ring, sorted) = (&mut state.recent, &mut state.recent_sorted);
-                let v = if s.is_finite() { s } else { f32::MAX };
-                if ring.len() >= cap {
-                    if let Some(old) = ring.pop_front() {
-                        let i = sorted.partition_point(|&x| x < old);
-                        if i < sorted.len() {
-                            sorted.remove(i);
-                        }
-                    }
-                }
-                ring.push_back(v);
-                let i = sorted.partition_point(|&x| x < v);
-                sorted.insert(i, v);
-            }
+            let level = adapt_level(
+                &mut state.recent,
+                &mut state.recent_sorted,
+                &mut state.recent_count,
+                s,
+                thr,
+                factor,
+                cap,
+                adapt,
+            );
             visit(t, ema, s, level, s > level);
             scores.push(s);
         }
         state.history = zpad[n * d..].to_vec();
-        Ok(scores)
+        scores
     }
 
     fn check(&self, rows: &Matrix) -> Result<()> {
@@ -690,6 +1063,90 @@ impl Detector {
             });
         })?;
         Ok(out)
+    }
+}
+
+/// One host's training data for [`Detector::fit_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct TrainInput<'a> {
+    /// Normal history, rows = time steps (oldest first), cols = metrics.
+    pub rows: &'a Matrix,
+    pub config: &'a DetectorConfig,
+}
+
+/// One host's new rows for [`Detector::score_explained_batch`], and its detector (whose
+/// stream continues).
+#[derive(Debug)]
+pub struct ScoreInput<'a> {
+    pub detector: &'a mut Detector,
+    pub rows: &'a Matrix,
+}
+
+impl Detector {
+    /// Score many hosts' new rows causally, each continuing its own stream, with alerts and
+    /// the `top_k` contributing metrics of every row: the residuals of all hosts in one
+    /// backend call (one GPU dispatch), the streaming steps spread over
+    /// [`Backend::threads`]. Equal to [`Detector::score_explained`] host by host (bit for
+    /// bit on the CPU backend); one result per host, in order. A host whose scoring fails
+    /// keeps its stream unchanged.
+    pub fn score_explained_batch(
+        backend: &dyn Backend,
+        jobs: &mut [ScoreInput<'_>],
+        top_k: usize,
+    ) -> Vec<Result<Vec<ScoredRow>>> {
+        let threads = backend.threads();
+        let padded: Vec<Result<Vec<f32>>> = par_map(threads, jobs.iter().collect(), |_, j| {
+            j.detector.check(j.rows)?;
+            Ok(j.detector.padded(j.rows))
+        });
+        // Detectors with a VAE score on the host (no batched kernel for it).
+        let run: Vec<usize> = (0..jobs.len())
+            .filter(|&i| {
+                padded[i].is_ok() && jobs[i].rows.rows > 0 && jobs[i].detector.vae.is_none()
+            })
+            .collect();
+        let resid = {
+            let rjobs: Vec<ResidualJob<'_>> = run
+                .iter()
+                .map(|&i| ResidualJob {
+                    series: Series {
+                        zpad: padded[i].as_ref().expect("filtered"),
+                        n: jobs[i].rows.rows,
+                        d: jobs[i].detector.dim,
+                        lags: jobs[i].detector.config.lags,
+                    },
+                    weights: jobs[i].detector.lag_weights(),
+                })
+                .collect();
+            backend.abs_residuals_batch(&rjobs)
+        };
+        let mut resid_of: Vec<Option<std::result::Result<Vec<f32>, BackendError>>> =
+            (0..jobs.len()).map(|_| None).collect();
+        for (&i, r) in run.iter().zip(resid) {
+            resid_of[i] = Some(r);
+        }
+        let work: Vec<_> = jobs.iter_mut().zip(padded).zip(resid_of).collect();
+        par_map(threads, work, |_, ((job, zpad), abs)| {
+            let zpad = zpad?;
+            let det = &mut *job.detector;
+            let n = job.rows.rows;
+            let mut e = match (&det.vae, abs) {
+                (Some(vae), _) if n > 0 => det.vae_energy(vae, &zpad, n),
+                (_, Some(abs)) => energy_from_abs(&abs?, &det.inv_resid_scale, det.config.clip),
+                _ => return Ok(Vec::new()), // no rows
+            };
+            det.blend_univariate(&zpad, n, &mut e);
+            let mut out = Vec::with_capacity(n);
+            det.stream(&zpad, n, &e, |_, ema, s, level, alert| {
+                out.push(ScoredRow {
+                    score: s,
+                    level,
+                    alert,
+                    top: top_contributions(ema, top_k),
+                })
+            });
+            Ok(out)
+        })
     }
 }
 

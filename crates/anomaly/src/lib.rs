@@ -6,8 +6,11 @@
 //! [`vae`], [`Model`]); it scores new rows causally, alerts above a label-free
 //! peaks-over-threshold level ([`PotThreshold`]) and names the metrics behind a score
 //! ([`Detector::score_explained`]). [`stream`] scores univariate series (NAB protocol) with a
-//! VAE window model, a level-shift signal and adaptive-resonance events. The heavy math runs on a [`Backend`]: [`CpuBackend`] by
-//! default, `GpuBackend` (wgpu + WGSL) with the `gpu` feature.
+//! VAE window model, a level-shift signal and adaptive-resonance events. The heavy math runs
+//! on a [`Backend`]: [`CpuBackend`] by default, `GpuBackend` (wgpu + WGSL) with the `gpu`
+//! feature; [`SelectedBackend`] picks one from a [`BackendChoice`] (`auto | cpu | gpu`). A
+//! fleet trains and scores in batches: [`Detector::fit_batch`] and
+//! [`Detector::score_explained_batch`] (the VAE trains and scores on the CPU, host by host).
 //!
 //! [`eval`](mod@eval) scores benchmark directories (SMD / ASD / NAB layout) into score files for
 //! `shared/eval/anomaly/score.py`.
@@ -23,10 +26,15 @@ pub mod pot;
 pub mod stream;
 pub mod vae;
 
+pub use backend::{
+    Backend, BackendChoice, BackendError, BackendInfo, BackendKind, CpuBackend, SelectOptions,
+    SelectedBackend,
+};
 #[cfg(feature = "gpu")]
-pub use backend::GpuBackend;
-pub use backend::{Backend, CpuBackend};
-pub use detector::{Contribution, Detector, DetectorConfig, Model, ScoredRow};
+pub use backend::{GpuBackend, GpuOptions, GpuStats};
+pub use detector::{
+    Contribution, Detector, DetectorConfig, Model, ScoreInput, ScoredRow, TrainInput,
+};
 pub use eval::{eval, eval_with, EvalOptions, EvalSummary};
 pub use matrix::Matrix;
 pub use pot::PotThreshold;

@@ -1,9 +1,34 @@
 //! GPU backend vs CPU backend (needs `--features gpu` and a wgpu adapter, e.g. lavapipe).
+//!
+//! Tolerances, and why:
+//! * cross products: |gpu − cpu| ≤ 1e-5 · √(G_aa · G_bb) (G = the Gram matrix of the lag
+//!   windows; Cauchy–Schwarz bounds every entry by that). The GPU sums 256-row chunks in
+//!   f32 and the chunks pairwise; the CPU sums in f64.
+//! * absolute residuals: |gpu − cpu| ≤ 2 · (F + 2) · 2⁻²⁴ · (|y| + |b| + Σ|x·w|), twice the
+//!   textbook bound of an f32 dot product of F + 2 terms (both backends round).
+//! * detectors: weights within 1e-3 absolute, residual scales and alert thresholds within
+//!   1e-3 relative; scores and levels within 1e-3 relative (1e-4 absolute near zero); alerts
+//!   equal except where score and level are within that tolerance; the top metric equal
+//!   except where the top two shares are within 1e-3.
+//!
+//! Each test prints the largest error it measured.
 #![cfg(feature = "gpu")]
 mod common;
+mod fleet;
+
 use common::{synthetic, Rng};
-use rackwatch_anomaly::backend::LagWeights;
-use rackwatch_anomaly::{Backend, CpuBackend, Detector, DetectorConfig, GpuBackend};
+use rackwatch_anomaly::backend::{LagWeights, ResidualJob, Series};
+use rackwatch_anomaly::{
+    Backend, BackendChoice, BackendError, BackendKind, CpuBackend, Detector, DetectorConfig,
+    GpuBackend, GpuOptions, Matrix, ScoreInput, ScoredRow, SelectOptions, SelectedBackend,
+    TrainInput,
+};
+
+fn gpu() -> GpuBackend {
+    let g = GpuBackend::new().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+    eprintln!("backend: {}", Backend::info(&g));
+    g
+}
 
 fn close(a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len());
@@ -17,8 +42,7 @@ fn close(a: &[f32], b: &[f32], tol: f32) {
 
 #[test]
 fn gpu_matches_cpu() {
-    let gpu = GpuBackend::new().expect("wgpu adapter");
-    eprintln!("backend: {}", gpu.name());
+    let gpu = gpu();
     let cpu = CpuBackend::default();
     let mut rng = Rng::new(21);
     let (d, lags, n) = (38usize, 3usize, 2500usize);
@@ -55,4 +79,444 @@ fn gpu_matches_cpu() {
     let sc = dc.score_with(&cpu, &test).unwrap();
     let sg = dg.score_with(&gpu, &test).unwrap();
     close(&sc, &sg, 2e-2);
+}
+
+/// Largest normalized cross-product error of one host (see the module doc).
+fn cross_error(s: &Series<'_>, c: &(Vec<f64>, Vec<f64>), g: &(Vec<f64>, Vec<f64>)) -> f64 {
+    let (d, lags, n) = (s.d, s.lags, s.n);
+    let (fx, f, m) = (lags * d, lags * d + 1, (lags + 1) * d);
+    // Diagonal of the full window Gram matrix (the constant column's is n).
+    let mut diag = vec![0.0f64; m];
+    for t in 0..n {
+        for (c, g) in diag.iter_mut().enumerate() {
+            let v = s.zpad[t * d + c] as f64;
+            *g += v * v;
+        }
+    }
+    let dg = |a: usize| if a < fx { diag[a] } else { n as f64 };
+    let mut worst = 0.0f64;
+    for a in 0..f {
+        for b in 0..f {
+            let e = (c.0[a * f + b] - g.0[a * f + b]).abs() / (dg(a) * dg(b)).sqrt().max(1e-30);
+            worst = worst.max(e);
+        }
+        for j in 0..d {
+            let e =
+                (c.1[a * d + j] - g.1[a * d + j]).abs() / (dg(a) * diag[fx + j]).sqrt().max(1e-30);
+            worst = worst.max(e);
+        }
+    }
+    worst
+}
+
+#[test]
+fn batched_cross_products_and_residuals_agree_on_a_fleet() {
+    let gpu = gpu();
+    let cpu = CpuBackend::default();
+    let fleet = fleet::fleet(3);
+    let zs: Vec<Vec<f32>> = fleet
+        .iter()
+        .map(|h| fleet::zpad(&h.train, h.config.lags))
+        .collect();
+    let series: Vec<Series<'_>> = fleet
+        .iter()
+        .zip(&zs)
+        .map(|(h, z)| Series {
+            zpad: z,
+            n: h.train.rows,
+            d: h.train.cols,
+            lags: h.config.lags,
+        })
+        .collect();
+    let c = cpu.cross_products_batch(&series);
+    let g = gpu.cross_products_batch(&series);
+    assert_eq!(g.len(), fleet.len());
+    let mut worst = 0.0f64;
+    for (i, ((s, c), g)) in series.iter().zip(&c).zip(&g).enumerate() {
+        let (c, g) = (c.as_ref().unwrap(), g.as_ref().unwrap());
+        let e = cross_error(
+            s,
+            &(c.xtx.clone(), c.xty.clone()),
+            &(g.xtx.clone(), g.xty.clone()),
+        );
+        assert!(e <= 1e-5, "host {i} (d {} n {}): {e:e}", s.d, s.n);
+        // The constant feature's diagonal is the row count, exactly.
+        let f = s.features();
+        assert_eq!(g.xtx[f * f - 1], s.n as f64);
+        worst = worst.max(e);
+    }
+    eprintln!(
+        "cross products: largest error {worst:.2e} of sqrt(G_aa G_bb) over {} hosts",
+        fleet.len()
+    );
+    // Residuals with random weights.
+    let mut rng = Rng::new(5);
+    let ws: Vec<(Vec<f32>, Vec<f32>)> = series
+        .iter()
+        .map(|s| {
+            let w = (0..s.lags * s.d * s.d)
+                .map(|_| (rng.normal() * 0.3 / s.d as f64) as f32)
+                .collect();
+            let b = (0..s.d).map(|_| (rng.normal() * 0.1) as f32).collect();
+            (w, b)
+        })
+        .collect();
+    let jobs: Vec<ResidualJob<'_>> = series
+        .iter()
+        .zip(&ws)
+        .map(|(s, (w, b))| ResidualJob {
+            series: *s,
+            weights: LagWeights {
+                weights: w,
+                bias: b,
+            },
+        })
+        .collect();
+    let c = cpu.abs_residuals_batch(&jobs);
+    let g = gpu.abs_residuals_batch(&jobs);
+    let mut worst = 0.0f64;
+    for (j, (c, g)) in jobs.iter().zip(c.iter().zip(&g)) {
+        let (c, g) = (c.as_ref().unwrap(), g.as_ref().unwrap());
+        let s = j.series;
+        let fx = s.lags * s.d;
+        assert_eq!(c.len(), s.n * s.d);
+        assert_eq!(g.len(), s.n * s.d);
+        let bound = 2.0 * (fx + 2) as f64 * (2.0f64).powi(-24);
+        for t in 0..s.n {
+            for k in 0..s.d {
+                let mut mag =
+                    (s.zpad[(t + s.lags) * s.d + k].abs() + j.weights.bias[k].abs()) as f64;
+                for f in 0..fx {
+                    mag += (s.zpad[t * s.d + f] * j.weights.weights[f * s.d + k]).abs() as f64;
+                }
+                let e = (c[t * s.d + k] - g[t * s.d + k]).abs() as f64 / mag;
+                assert!(
+                    e <= bound,
+                    "d {} t {t} k {k}: cpu {} gpu {}",
+                    s.d,
+                    c[t * s.d + k],
+                    g[t * s.d + k]
+                );
+                worst = worst.max(e / bound);
+            }
+        }
+    }
+    eprintln!("residuals: largest error {worst:.3} of the f32 dot-product bound");
+    let st = gpu.stats();
+    assert_eq!(st.calls, 2, "{st:?}");
+    assert_eq!(st.submits, 2, "one submit per batched call: {st:?}");
+}
+
+fn rel(a: f32, b: f32) -> f32 {
+    (a - b).abs() / a.abs().max(0.1)
+}
+
+/// Compare the scored windows of one host; returns (largest score error, largest level
+/// error, alerts compared, near-ties skipped).
+fn compare_rows(i: usize, c: &[ScoredRow], g: &[ScoredRow]) -> (f32, f32, usize, usize) {
+    assert_eq!(c.len(), g.len(), "host {i}");
+    let (mut es, mut el, mut n, mut ties) = (0.0f32, 0.0f32, 0, 0);
+    for (t, (c, g)) in c.iter().zip(g).enumerate() {
+        let (s, l) = (rel(c.score, g.score), rel(c.level, g.level));
+        assert!(
+            s <= 1e-3,
+            "host {i} row {t}: score cpu {} gpu {}",
+            c.score,
+            g.score
+        );
+        assert!(
+            l <= 1e-3,
+            "host {i} row {t}: level cpu {} gpu {}",
+            c.level,
+            g.level
+        );
+        es = es.max(s);
+        el = el.max(l);
+        if rel(c.score, c.level) <= 1e-3 {
+            ties += 1;
+        } else {
+            assert_eq!(c.alert, g.alert, "host {i} row {t}: {c:?} vs {g:?}");
+            n += 1;
+        }
+        assert_eq!(c.top.len(), g.top.len());
+        if c.top[0].metric != g.top[0].metric {
+            let gap = c.top[0].share - c.top.get(1).map_or(0.0, |x| x.share);
+            assert!(
+                gap <= 1e-3,
+                "host {i} row {t}: top cpu {:?} gpu {:?}",
+                c.top,
+                g.top
+            );
+            ties += 1;
+        } else {
+            assert!((c.top[0].share - g.top[0].share).abs() <= 1e-3);
+        }
+    }
+    (es, el, n, ties)
+}
+
+#[test]
+fn a_fleet_trains_and_scores_alike_on_gpu_and_cpu() {
+    let gpu = gpu();
+    let cpu = CpuBackend::default();
+    let fleet = fleet::fleet(11);
+    let inputs: Vec<TrainInput<'_>> = fleet
+        .iter()
+        .map(|h| TrainInput {
+            rows: &h.train,
+            config: &h.config,
+        })
+        .collect();
+    let mut mc: Vec<Detector> = Detector::fit_batch(&cpu, &inputs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut mg: Vec<Detector> = Detector::fit_batch(&gpu, &inputs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let (mut ew, mut es, mut et) = (0.0f32, 0.0f32, 0.0f32);
+    for (i, (c, g)) in mc.iter().zip(&mg).enumerate() {
+        for (a, b) in c
+            .weights
+            .iter()
+            .zip(&g.weights)
+            .chain(c.bias.iter().zip(&g.bias))
+        {
+            assert!((a - b).abs() <= 1e-3, "host {i}: weight cpu {a} gpu {b}");
+            ew = ew.max((a - b).abs());
+        }
+        for (a, b) in c.inv_resid_scale.iter().zip(&g.inv_resid_scale) {
+            assert!(rel(*a, *b) <= 1e-3, "host {i}: scale cpu {a} gpu {b}");
+            es = es.max(rel(*a, *b));
+        }
+        let (a, b) = (c.alert_threshold(), g.alert_threshold());
+        assert!(rel(a, b) <= 1e-3, "host {i}: threshold cpu {a} gpu {b}");
+        et = et.max(rel(a, b));
+        // The stream the model continues from (on the GPU rebuilt from a calibration
+        // summary for the hosts configured like the product, `univariate_weight = 0`).
+        assert_eq!(c.state.history, g.state.history, "host {i}");
+        assert_eq!(c.state.started, g.state.started);
+        assert_eq!(c.state.recent_count, g.state.recent_count);
+        assert_eq!(c.state.recent.len(), g.state.recent.len());
+        for (a, b) in c.state.ema.iter().zip(&g.state.ema) {
+            assert!(rel(*a, *b) <= 1e-3, "host {i}: ema cpu {a} gpu {b}");
+        }
+        for (a, b) in c.state.recent_sorted.iter().zip(&g.state.recent_sorted) {
+            assert!(
+                rel(*a, *b) <= 1e-3,
+                "host {i}: recent score cpu {a} gpu {b}"
+            );
+        }
+    }
+    eprintln!(
+        "models: weights {ew:.2e} abs, residual scales {es:.2e} rel, thresholds {et:.2e} rel"
+    );
+    let (mut wsc, mut wl, mut compared, mut ties, mut alerts) = (0.0f32, 0.0f32, 0, 0, 0);
+    for w in 0..3 {
+        let run = |models: &mut Vec<Detector>, b: &dyn Backend| {
+            let mut jobs: Vec<ScoreInput<'_>> = models
+                .iter_mut()
+                .zip(&fleet)
+                .map(|(d, h)| ScoreInput {
+                    detector: d,
+                    rows: &h.windows[w],
+                })
+                .collect();
+            Detector::score_explained_batch(b, &mut jobs, 3)
+        };
+        let sc = run(&mut mc, &cpu);
+        let sg = run(&mut mg, &gpu);
+        for (i, (c, g)) in sc.iter().zip(&sg).enumerate() {
+            let (c, g) = (c.as_ref().unwrap(), g.as_ref().unwrap());
+            let (a, b, n, t) = compare_rows(i, c, g);
+            wsc = wsc.max(a);
+            wl = wl.max(b);
+            compared += n;
+            ties += t;
+            alerts += c.iter().filter(|r| r.alert).count();
+        }
+    }
+    eprintln!(
+        "scores: {wsc:.2e} rel, levels {wl:.2e} rel; {compared} alert decisions equal, {ties} near-ties skipped, {alerts} alerts"
+    );
+    assert!(alerts > 20, "the injected faults alert: {alerts}");
+    assert!(ties * 100 <= compared, "{ties} near-ties of {compared}");
+}
+
+#[test]
+fn an_oversized_host_gets_a_typed_error_and_the_selected_backend_moves_it_to_the_cpu() {
+    // A 1 MiB cap stands in for a device limit: a host with 20,000 rows of 16 metrics
+    // (1.3 MB of series) cannot fit; the others can.
+    let opts = GpuOptions {
+        allow_software: true,
+        max_buffer_bytes: 1 << 20,
+        ..GpuOptions::default()
+    };
+    let gpu = GpuBackend::with_options(opts).unwrap();
+    assert_eq!(gpu.buffer_limits().0, 1 << 20);
+    let mut rng = Rng::new(17);
+    let small = synthetic(2000, 16, 0, &mut rng);
+    let big = synthetic(20_000, 16, 0, &mut rng);
+    let config = DetectorConfig::default();
+    let wide = Matrix::new(8, 700, (0..5600).map(|i| (i % 13) as f32).collect());
+    // Hosts 1 and 2 configured like the product (calibrated on the device), 0 and 3 with
+    // the univariate blend (every residual read back).
+    let product = DetectorConfig {
+        univariate_weight: 0.0,
+        ..DetectorConfig::default()
+    };
+    let inputs = [
+        (&small, &config),
+        (&big, &product),
+        (&small, &product),
+        (&wide, &config),
+    ]
+    .map(|(rows, config)| TrainInput { rows, config });
+    let out = Detector::fit_batch(&gpu, &inputs);
+    assert!(out[0].is_ok() && out[2].is_ok());
+    let e = out[1].as_ref().unwrap_err();
+    match e.downcast_ref::<BackendError>() {
+        Some(BackendError::TooLarge { what, bytes, limit }) => {
+            assert_eq!(*what, "lag-window series");
+            assert_eq!(*bytes, 20_003 * 16 * 4);
+            assert_eq!(*limit, 1 << 20);
+        }
+        other => panic!("expected TooLarge, got {other:?} ({e:#})"),
+    }
+    assert!(e.to_string().contains("too large"), "{e}");
+    assert!(matches!(
+        out[3].as_ref().unwrap_err().downcast_ref::<BackendError>(),
+        Some(BackendError::TooManyFeatures { features: 2101, .. })
+    ));
+    // The product's backend: the host the device cannot hold is trained on the CPU; the
+    // one that fits neither path keeps its error.
+    let sel = SelectedBackend::select(
+        BackendChoice::Gpu,
+        &SelectOptions {
+            allow_software_adapter: true,
+            max_buffer_bytes: Some(1 << 20),
+            ..SelectOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(sel.kind(), BackendKind::Gpu);
+    let out = Detector::fit_batch(&sel, &inputs);
+    let want = Detector::fit_with(&CpuBackend::single_threaded(), &big, product.clone()).unwrap();
+    assert_eq!(
+        out[1].as_ref().unwrap(),
+        &want,
+        "the CPU trained the big host"
+    );
+    // One training call (products, solve, calibration) moved to the CPU for that host.
+    assert_eq!(sel.cpu_fallback_hosts(), 1);
+    assert!(out[3].is_err());
+    // Scoring a long window of the big host also moves to the CPU.
+    let mut m = want.clone();
+    let mut c = want.clone();
+    let mut jobs = [ScoreInput {
+        detector: &mut m,
+        rows: &big,
+    }];
+    let got = Detector::score_explained_batch(&sel, &mut jobs, 2);
+    let exp = c.score_explained(&CpuBackend::default(), &big, 2).unwrap();
+    assert_eq!(got[0].as_ref().unwrap(), &exp);
+    assert_eq!(sel.cpu_fallback_hosts(), 2);
+}
+
+#[test]
+fn auto_without_a_usable_adapter_falls_back_to_the_cpu() {
+    // No adapter has this name: as on a machine without a GPU.
+    let none = SelectOptions {
+        adapter_name: Some("no-such-adapter-4711".into()),
+        allow_software_adapter: true,
+        ..SelectOptions::default()
+    };
+    let auto = SelectedBackend::select(BackendChoice::Auto, &none).unwrap();
+    assert_eq!(auto.kind(), BackendKind::Cpu);
+    let why = auto.fallback_reason().unwrap();
+    assert!(
+        why.contains("using the CPU") && why.contains("no usable GPU adapter"),
+        "{why}"
+    );
+    let e = SelectedBackend::select(BackendChoice::Gpu, &none)
+        .err()
+        .unwrap();
+    assert!(matches!(e, BackendError::NoAdapter { .. }), "{e:?}");
+    // A software adapter (lavapipe) is not taken for a GPU unless allowed.
+    let hw = SelectedBackend::select(BackendChoice::Auto, &SelectOptions::default()).unwrap();
+    if hw.kind() == BackendKind::Cpu {
+        let why = hw.fallback_reason().unwrap();
+        assert!(why.contains("not a software one"), "{why}");
+    } else {
+        assert!(!hw.info().software);
+    }
+    let sw = SelectedBackend::select(
+        BackendChoice::Auto,
+        &SelectOptions {
+            allow_software_adapter: true,
+            ..SelectOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(sw.kind(), BackendKind::Gpu);
+    assert_eq!(sw.fallback_reason(), None);
+    let info = sw.info();
+    assert!(info.api.is_some() && !info.device.is_empty(), "{info:?}");
+    eprintln!("selected: {info}");
+}
+
+#[test]
+fn buffers_are_reused_across_calls() {
+    let gpu = gpu();
+    let mut rng = Rng::new(23);
+    let train = synthetic(3000, 16, 0, &mut rng);
+    let config = DetectorConfig::default();
+    let inputs = [TrainInput {
+        rows: &train,
+        config: &config,
+    }; 4];
+    let first = Detector::fit_batch(&gpu, &inputs);
+    let allocated = gpu.stats().buffer_allocations;
+    let second = Detector::fit_batch(&gpu, &inputs);
+    let st = gpu.stats();
+    assert_eq!(st.buffer_allocations, allocated, "no new buffers: {st:?}");
+    assert_eq!(
+        st.submits, 4,
+        "two submits (products, residuals) per training batch"
+    );
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap(), "deterministic");
+    }
+}
+
+#[test]
+fn many_small_hosts_train_in_one_device_batch_on_a_fresh_backend() {
+    // 60 single-tile hosts configured like the product, on a backend whose buffers have
+    // never grown: every table of the device-side training must be sized from the plan.
+    let gpu = gpu();
+    let mut rng = Rng::new(29);
+    let rows: Vec<Matrix> = (0..60)
+        .map(|i| synthetic(300 + 7 * i, 16, i * 100, &mut rng))
+        .collect();
+    let config = DetectorConfig {
+        univariate_weight: 0.0,
+        clip: 10.0,
+        ..DetectorConfig::default()
+    };
+    let inputs: Vec<TrainInput<'_>> = rows
+        .iter()
+        .map(|rows| TrainInput {
+            rows,
+            config: &config,
+        })
+        .collect();
+    let g = Detector::fit_batch(&gpu, &inputs);
+    let c = Detector::fit_batch(&CpuBackend::default(), &inputs);
+    for (i, (g, c)) in g.iter().zip(&c).enumerate() {
+        let (g, c) = (g.as_ref().unwrap(), c.as_ref().unwrap());
+        let (a, b) = (c.alert_threshold(), g.alert_threshold());
+        assert!(rel(a, b) <= 1e-3, "host {i}: threshold cpu {a} gpu {b}");
+    }
+    assert_eq!(gpu.stats().submits, 2, "one sub-batch: {:?}", gpu.stats());
 }

@@ -147,3 +147,45 @@ fn holdout_scales_see_what_the_in_sample_fit_hides() {
     let r1 = plain.uni_inv_scale[1] / held.uni_inv_scale[1];
     assert!((0.7..1.4).contains(&r1), "metric 1 scale ratio {r1}");
 }
+
+/// Hosts with a VAE (no batched kernel) train and score one by one inside the batched API,
+/// among linear hosts that use the batch; every result equals the per-host path.
+#[test]
+fn batched_api_handles_vae_hosts_among_linear_ones() {
+    use rackwatch_anomaly::{ScoreInput, TrainInput};
+    let mut rng = Rng::new(23);
+    let trains: Vec<Matrix> = (0..3).map(|i| synthetic(900, 4, i * 7, &mut rng)).collect();
+    let tests: Vec<Matrix> = (0..3)
+        .map(|i| synthetic(120, 4, 900 + i * 7, &mut rng))
+        .collect();
+    let linear = DetectorConfig::default();
+    let vae = vae_config();
+    let configs = [&linear, &vae, &linear];
+    let inputs: Vec<TrainInput<'_>> = trains
+        .iter()
+        .zip(configs)
+        .map(|(rows, config)| TrainInput { rows, config })
+        .collect();
+    let cpu = CpuBackend::default();
+    let mut batch: Vec<Detector> = Detector::fit_batch(&cpu, &inputs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut single: Vec<Detector> = trains
+        .iter()
+        .zip(configs)
+        .map(|(t, c)| Detector::fit_with(&cpu, t, c.clone()).unwrap())
+        .collect();
+    assert_eq!(batch, single);
+    assert!(batch[1].vae.is_some() && batch[0].vae.is_none());
+    let mut jobs: Vec<ScoreInput<'_>> = batch
+        .iter_mut()
+        .zip(&tests)
+        .map(|(detector, rows)| ScoreInput { detector, rows })
+        .collect();
+    let got = Detector::score_explained_batch(&cpu, &mut jobs, 2);
+    for ((g, det), rows) in got.into_iter().zip(&mut single).zip(&tests) {
+        assert_eq!(g.unwrap(), det.score_explained(&cpu, rows, 2).unwrap());
+    }
+    assert_eq!(batch, single);
+}

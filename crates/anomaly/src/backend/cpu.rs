@@ -1,6 +1,8 @@
-//! CPU backend: plain Rust, cache-blocked, two threads, AVX2 when the CPU has it.
+//! CPU backend: plain Rust, cache-blocked, AVX2 when the CPU has it; one host's rows split
+//! over threads, or (batched) whole hosts spread over threads.
 
-use super::{Backend, LagWeights};
+use super::parallel::par_map;
+use super::{Backend, BackendError, CrossProducts, LagWeights, ResidualJob, Series};
 
 /// Lanes per packed weight column block.
 const LANES: usize = 8;
@@ -59,10 +61,11 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// weight block is loaded once per group.
 const ROWS: usize = 4;
 
+/// `RAW`: write the absolute residual `|z - ŷ|` instead of the clipped, scaled energy.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn energy_rows<const FMA: bool>(
+fn energy_rows<const FMA: bool, const RAW: bool>(
     zpad: &[f32],
     rows: std::ops::Range<usize>,
     d: usize,
@@ -83,8 +86,13 @@ fn energy_rows<const FMA: bool>(
         let j0 = c * LANES;
         for k in 0..LANES.min(d - j0) {
             let j = j0 + k;
-            let r = ((target[j] - acc[k] - bias[j]).abs() * inv_scale[j]).min(clip);
-            o[j] = r * r;
+            let a = (target[j] - acc[k] - bias[j]).abs();
+            o[j] = if RAW {
+                a
+            } else {
+                let r = (a * inv_scale[j]).min(clip);
+                r * r
+            };
         }
     };
     while t + ROWS <= rows.end {
@@ -125,7 +133,7 @@ fn energy_rows<const FMA: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn energy_rows_avx2(
+unsafe fn energy_rows_avx2<const RAW: bool>(
     zpad: &[f32],
     rows: std::ops::Range<usize>,
     d: usize,
@@ -137,13 +145,13 @@ unsafe fn energy_rows_avx2(
     clip: f32,
     out: &mut [f32],
 ) {
-    energy_rows::<true>(
+    energy_rows::<true, RAW>(
         zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
     )
 }
 
 #[allow(clippy::too_many_arguments)]
-fn energy_dispatch(
+fn energy_dispatch<const RAW: bool>(
     zpad: &[f32],
     rows: std::ops::Range<usize>,
     d: usize,
@@ -161,14 +169,14 @@ fn energy_dispatch(
         {
             // SAFETY: the CPU supports the enabled target features (checked just above).
             unsafe {
-                energy_rows_avx2(
+                energy_rows_avx2::<RAW>(
                     zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
                 )
             };
             return;
         }
     }
-    energy_rows::<false>(
+    energy_rows::<false, RAW>(
         zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
     )
 }
@@ -206,9 +214,71 @@ fn cross_rows(
     (xtx, xty)
 }
 
+/// Mirror the upper triangle of a `f x f` matrix into the lower one.
+fn mirror(xtx: &mut [f64], f: usize) {
+    for a in 0..f {
+        for b in 0..a {
+            xtx[a * f + b] = xtx[b * f + a];
+        }
+    }
+}
+
+/// One host's cross products on the calling thread (the batched path: hosts, not rows, are
+/// spread over threads). Equal, bit for bit, to `CpuBackend::single_threaded()`.
+fn cross_one(s: &Series<'_>) -> Result<CrossProducts, BackendError> {
+    s.check_trainable()?;
+    let (mut xtx, xty) = cross_rows(s.zpad, 0..s.n, s.d, s.lags);
+    mirror(&mut xtx, s.features());
+    Ok(CrossProducts { xtx, xty })
+}
+
+/// One host's absolute residuals on the calling thread.
+fn abs_one(j: &ResidualJob<'_>) -> Result<Vec<f32>, BackendError> {
+    j.check()?;
+    let s = j.series;
+    let (packed, blocks) = pack(j.weights.weights, s.lags * s.d, s.d);
+    let mut out = vec![0.0f32; s.n * s.d];
+    energy_dispatch::<true>(
+        s.zpad,
+        0..s.n,
+        s.d,
+        s.lags,
+        &packed,
+        blocks,
+        j.weights.bias,
+        &[],
+        0.0,
+        &mut out,
+    );
+    Ok(out)
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
+    }
+
+    fn info(&self) -> super::BackendInfo {
+        super::BackendInfo::cpu(format!("{} threads", self.threads))
+    }
+
+    fn threads(&self) -> usize {
+        self.threads.max(1)
+    }
+
+    fn cross_products_batch(
+        &self,
+        series: &[Series<'_>],
+    ) -> Vec<Result<CrossProducts, BackendError>> {
+        par_map(self.threads, series.iter().collect(), |_, s| cross_one(s))
+    }
+
+    fn abs_residuals_batch(&self, jobs: &[ResidualJob<'_>]) -> Vec<Result<Vec<f32>, BackendError>> {
+        // Scoring a minute is ~1k multiply-adds per host: below a few hundred hosts the
+        // threads cost more than they save.
+        let work: usize = jobs.iter().map(|j| j.series.n * j.series.d).sum();
+        let threads = if work < 1 << 16 { 1 } else { self.threads };
+        par_map(threads, jobs.iter().collect(), |_, j| abs_one(j))
     }
 
     fn cross_products(
@@ -218,7 +288,7 @@ impl Backend for CpuBackend {
         d: usize,
         lags: usize,
     ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-        anyhow::ensure!(zpad.len() >= (n + lags) * d, "zpad too short");
+        Series { zpad, n, d, lags }.check_trainable()?;
         let f = lags * d + 1;
         let parts = self.split(n, 4096);
         let chunk = n.div_ceil(parts);
@@ -237,11 +307,7 @@ impl Backend for CpuBackend {
             xtx.iter_mut().zip(a).for_each(|(s, v)| *s += v);
             xty.iter_mut().zip(b).for_each(|(s, v)| *s += v);
         }
-        for a in 0..f {
-            for b in 0..a {
-                xtx[a * f + b] = xtx[b * f + a];
-            }
-        }
+        mirror(&mut xtx, f);
         Ok((xtx, xty))
     }
 
@@ -266,7 +332,9 @@ impl Backend for CpuBackend {
             for (p, o) in out.chunks_mut(chunk * d).enumerate() {
                 let r = p * chunk..(p * chunk + o.len() / d.max(1));
                 s.spawn(move || {
-                    energy_dispatch(zpad, r, d, lags, packed, blocks, w.bias, inv_scale, clip, o)
+                    energy_dispatch::<false>(
+                        zpad, r, d, lags, packed, blocks, w.bias, inv_scale, clip, o,
+                    )
                 });
             }
         });

@@ -1,10 +1,9 @@
-//! Numbers with units, for pages. Binary prefixes for memory, decimal for rates.
+//! Numbers with units, for pages, mails and reports. Binary prefixes for memory, decimal
+//! for rates.
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-
-use crate::analytics::anomaly::{feature_named, Explanation, Unit};
 
 /// Append `v` with `decimals` digits after the point, exactly as `format!("{v:.N}")`
 /// would. Pages print thousands of numbers (chart coordinates, heatmap labels), and the
@@ -80,38 +79,6 @@ pub fn age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// An anomaly feature's value with its unit.
-pub fn feature_value(unit: Option<Unit>, v: f64) -> String {
-    match unit {
-        Some(Unit::Percent) => num(Some(v), 0, "%"),
-        Some(Unit::Load) => num(Some(v), 1, ""),
-        Some(Unit::Bytes) => bytes(Some(v)),
-        Some(Unit::BytesPerSec) => rate(Some(v)),
-        Some(Unit::Watts) => num(Some(v), 0, "W"),
-        Some(Unit::Celsius) => num(Some(v), 0, "°C"),
-        Some(Unit::Megahertz) => num(Some(v), 0, "MHz"),
-        None => num(Some(v), 2, ""),
-    }
-}
-
-/// `gpu_temp_max_celsius 91 °C on GPU 3 (typical 66 °C, 48 % of the score), …`
-pub fn anomaly_explanation(top: &[Explanation]) -> String {
-    top.iter()
-        .map(|e| {
-            let unit = feature_named(&e.metric).map(|f| f.unit);
-            let gpu = e.gpu.map(|g| format!(" on GPU {g}")).unwrap_or_default();
-            format!(
-                "{} {}{gpu} (typical {}, {:.0} % of the score)",
-                e.metric,
-                feature_value(unit, e.value),
-                feature_value(unit, e.typical),
-                e.share * 100.0
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,25 +96,6 @@ mod tests {
             "42 s ago"
         );
         assert_eq!(age(Some(now - chrono::Duration::hours(3)), now), "3 h ago");
-    }
-
-    #[test]
-    fn anomaly_explanations_read_with_units() {
-        let e = |metric: &str, value, typical, gpu| Explanation {
-            metric: metric.into(),
-            share: 0.482,
-            value,
-            typical,
-            gpu,
-        };
-        assert_eq!(
-            anomaly_explanation(&[
-                e("gpu_temp_max_celsius", 91.2, 66.0, Some(3)),
-                e("net_rx_bytes_per_s", 2.5e6, 1.25e8, None),
-            ]),
-            "gpu_temp_max_celsius 91 °C on GPU 3 (typical 66 °C, 48 % of the score), \
-             net_rx_bytes_per_s 2.5 MB/s (typical 125.0 MB/s, 48 % of the score)"
-        );
     }
 
     #[test]

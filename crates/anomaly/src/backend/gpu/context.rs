@@ -1,0 +1,194 @@
+//! Opening the device: adapter choice, limits, pipelines, error capture.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use super::buffers::Buffers;
+use super::plan::Limits;
+use super::{
+    lock, GpuBackend, GpuOptions, GpuStats, Pipelines, CROSS_WGSL, REDUCE_WGSL, RESID_WGSL,
+    ROWSUM_WGSL, SCALES_WGSL,
+};
+use crate::backend::{BackendError, BackendInfo, BackendKind};
+
+fn device_type(t: wgpu::DeviceType) -> &'static str {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => "discrete GPU",
+        wgpu::DeviceType::IntegratedGpu => "integrated GPU",
+        wgpu::DeviceType::VirtualGpu => "virtual GPU",
+        wgpu::DeviceType::Cpu => "software adapter (runs on the CPU)",
+        wgpu::DeviceType::Other => "other",
+    }
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn describe(i: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} ({}, {:?})",
+        i.name,
+        device_type(i.device_type),
+        i.backend
+    )
+}
+
+impl GpuBackend {
+    /// Open the best adapter wgpu finds, a software one (lavapipe) included.
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self::with_options(GpuOptions {
+            allow_software: true,
+            ..GpuOptions::default()
+        })?)
+    }
+
+    /// Open the best adapter that fits `opts` (discrete before integrated before virtual
+    /// GPUs; Vulkan, Metal or DX12). [`BackendError::NoAdapter`] says what was found instead.
+    pub fn with_options(opts: GpuOptions) -> Result<Self, BackendError> {
+        let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::PRIMARY,
+            flags: wgpu::InstanceFlags::default().with_env(),
+            ..Default::default()
+        });
+        let adapters = instance.enumerate_adapters(wgpu::Backends::PRIMARY);
+        let seen: Vec<String> = adapters.iter().map(|a| describe(&a.get_info())).collect();
+        let want = opts.adapter_name.as_deref().map(str::to_lowercase);
+        let mut usable: Vec<wgpu::Adapter> = adapters
+            .into_iter()
+            .filter(|a| {
+                let i = a.get_info();
+                (opts.allow_software || i.device_type != wgpu::DeviceType::Cpu)
+                    && want
+                        .as_deref()
+                        .is_none_or(|w| i.name.to_lowercase().contains(w))
+                    && a.get_downlevel_capabilities()
+                        .flags
+                        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+                    && a.limits().max_compute_invocations_per_workgroup >= 256
+                    && a.limits().max_compute_workgroup_size_x >= 256
+                    && a.limits().max_compute_workgroup_storage_size >= 8192
+            })
+            .collect();
+        usable.sort_by_key(|a| rank(a.get_info().device_type));
+        let Some(adapter) = usable.into_iter().next() else {
+            let reason = if seen.is_empty() {
+                "wgpu found no Vulkan, Metal or DX12 adapter (is a GPU driver with its Vulkan ICD \
+                 and libvulkan.so.1 installed?)"
+                    .to_string()
+            } else {
+                let mut wanted = vec!["a compute-capable adapter"];
+                if !opts.allow_software {
+                    wanted.push("not a software one");
+                }
+                if opts.adapter_name.is_some() {
+                    wanted.push("with the configured name");
+                }
+                format!("wanted {}; found: {}", wanted.join(", "), seen.join("; "))
+            };
+            return Err(BackendError::NoAdapter { reason });
+        };
+        let ainfo = adapter.get_info();
+        let alimits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(
+            &wgpu::DeviceDescriptor {
+                label: Some("rackwatch-anomaly"),
+                required_features: wgpu::Features::empty(),
+                required_limits: alimits.clone(),
+                memory_hints: wgpu::MemoryHints::Performance,
+            },
+            None,
+        ))
+        .map_err(|e| BackendError::NoAdapter {
+            reason: format!("opening {}: {e}", describe(&ainfo)),
+        })?;
+        let fault: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        {
+            let f = fault.clone();
+            device.on_uncaptured_error(Box::new(move |e| {
+                lock(&f).get_or_insert_with(|| e.to_string());
+            }));
+            let f = fault.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                lock(&f).get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+            });
+        }
+        device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let pipeline = |src: &str, label: &str| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(src)),
+            });
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let pipes = Pipelines {
+            cross: pipeline(CROSS_WGSL, "cross_products"),
+            reduce: pipeline(REDUCE_WGSL, "cross_reduce"),
+            resid: pipeline(RESID_WGSL, "residuals"),
+            scales: pipeline(SCALES_WGSL, "scales"),
+            rowsum: pipeline(ROWSUM_WGSL, "rowsum"),
+        };
+        if let Some(e) = pollster::block_on(device.pop_error_scope()) {
+            return Err(BackendError::Device(format!("compiling the kernels: {e}")));
+        }
+        let limits = Limits::new(
+            alimits.max_storage_buffer_binding_size as u64,
+            alimits.max_buffer_size,
+            alimits.max_compute_workgroups_per_dimension,
+            opts.max_buffer_bytes,
+        );
+        let info = BackendInfo {
+            kind: BackendKind::Gpu,
+            device: ainfo.name.clone(),
+            device_type: device_type(ainfo.device_type).to_string(),
+            api: Some(format!("{:?}", ainfo.backend)),
+            driver: Some(
+                format!("{} {}", ainfo.driver, ainfo.driver_info)
+                    .trim()
+                    .to_string(),
+            ),
+            software: ainfo.device_type == wgpu::DeviceType::Cpu,
+        };
+        let bufs = Mutex::new(Buffers::new(&device));
+        Ok(GpuBackend {
+            device,
+            queue,
+            pipes,
+            info,
+            adapter: ainfo,
+            limits,
+            threads: opts.host_threads.max(1),
+            bufs,
+            fault,
+            stats: Mutex::new(GpuStats::default()),
+        })
+    }
+
+    /// The adapter as wgpu reports it.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.adapter
+    }
+
+    /// Effective per-buffer limits `(largest storage binding, largest buffer)` in bytes.
+    pub fn buffer_limits(&self) -> (u64, u64) {
+        (self.limits.binding, self.limits.buffer)
+    }
+
+    /// Work counters so far.
+    pub fn stats(&self) -> GpuStats {
+        lock(&self.stats).clone()
+    }
+}

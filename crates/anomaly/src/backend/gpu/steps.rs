@@ -1,0 +1,667 @@
+//! The device steps of a batch: upload, dispatch, read back.
+
+use std::time::Instant;
+
+use super::buffers::{binding, floats, scatter, u32s, words, Buffers, Layout};
+use super::plan::{self, align, CrossShape, Need, CHUNK_ROWS, ENTRY, REDUCE_GROUP};
+use super::{lock, GpuBackend, PARALLEL_COPY_BYTES};
+use crate::backend::parallel::par_map;
+use crate::backend::{
+    BackendError, Calibration, CrossProducts, ResidualJob, Series, TrainJob, CALIBRATION_TAIL,
+};
+
+impl GpuBackend {
+    pub(super) fn check_fault(&self) -> Result<(), BackendError> {
+        match lock(&self.fault).as_ref() {
+            Some(e) => Err(BackendError::Device(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn map(&self, buf: &wgpu::Buffer, size: u64, mode: wgpu::MapMode) -> Result<(), BackendError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        buf.slice(..size).map_async(mode, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device.poll(wgpu::Maintain::Wait);
+        match rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BackendError::Device(format!("mapping a buffer: {e}"))),
+            Err(_) => Err(BackendError::Device(
+                "the device dropped a buffer mapping".into(),
+            )),
+        }
+    }
+
+    /// Map the upload buffer and let `fill` write the `layout.total` bytes.
+    fn upload(
+        &self,
+        bufs: &mut Buffers,
+        layout: &Layout,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), BackendError> {
+        let t = Instant::now();
+        let mut st = lock(&self.stats);
+        bufs.upload.ensure(
+            &self.device,
+            layout.total,
+            self.limits.buffer,
+            &mut st.buffer_allocations,
+        );
+        drop(st);
+        let up = bufs.upload.get();
+        self.map(up, layout.total, wgpu::MapMode::Write)?;
+        {
+            let mut view = up.slice(..layout.total).get_mapped_range_mut();
+            fill(&mut view);
+        }
+        up.unmap();
+        let mut st = lock(&self.stats);
+        st.upload_bytes += layout.total;
+        st.fill_s += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Run `f` (allocations, upload, encoding, submit) inside validation and out-of-memory
+    /// error scopes, so a device error becomes [`BackendError::Device`] instead of a panic.
+    fn scoped<T>(&self, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+        self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let r = f();
+        let oom = pollster::block_on(self.device.pop_error_scope());
+        let invalid = pollster::block_on(self.device.pop_error_scope());
+        if let Some(e) = oom.or(invalid) {
+            return Err(BackendError::Device(e.to_string()));
+        }
+        self.check_fault()?;
+        r
+    }
+
+    /// Wait for the submitted work (which ends by copying `bytes` of results into the
+    /// readback buffer) and hand the mapped result bytes to `read`.
+    fn finish<T>(
+        &self,
+        bufs: &Buffers,
+        started: Instant,
+        bytes: u64,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, BackendError> {
+        let t = started;
+        let rb = bufs.readback.get();
+        self.map(rb, bytes, wgpu::MapMode::Read)?;
+        let waited = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let out = {
+            let view = rb.slice(..bytes).get_mapped_range();
+            read(&view)
+        };
+        rb.unmap();
+        let mut st = lock(&self.stats);
+        st.submits += 1;
+        st.download_bytes += bytes;
+        st.wait_s += waited;
+        st.read_s += t.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    fn ensure(&self, bufs: &mut Buffers, need: &Need, out: u64) {
+        let mut st = lock(&self.stats);
+        let a = &mut st.buffer_allocations;
+        let (d, cap) = (&self.device, self.limits.buffer);
+        bufs.z.ensure(d, need.z, cap, a);
+        bufs.w.ensure(d, need.w, cap, a);
+        bufs.jobs.ensure(d, need.jobs, cap, a);
+        bufs.items.ensure(d, need.items, cap, a);
+        bufs.pairs.ensure(d, need.pairs, cap, a);
+        bufs.items2.ensure(d, need.items, cap, a);
+        bufs.part.ensure(d, need.part, cap, a);
+        bufs.resid.ensure(d, need.resid, cap, a);
+        bufs.out.ensure(d, out, cap, a);
+        bufs.readback.ensure(d, out, cap, a);
+    }
+
+    fn pass(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        pipe: &wgpu::ComputePipeline,
+        entries: &[(&wgpu::Buffer, u64)],
+        groups: u64,
+    ) {
+        let layout = pipe.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (b, size))| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: binding(b, *size),
+            })
+            .collect();
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        let (nx, ny) = plan::dispatch_dims(groups, &self.limits);
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(nx, ny, 1);
+    }
+
+    /// Cross products of one sub-batch (every series checked, non-empty, within limits).
+    pub(super) fn run_cross(
+        &self,
+        series: &[&Series<'_>],
+    ) -> Result<Vec<CrossProducts>, BackendError> {
+        let mut need = Need::default();
+        for s in series {
+            need.add(&CrossShape::of(s).need(s));
+        }
+        let mut guard = lock(&self.bufs);
+        let bufs = &mut *guard;
+        self.scoped(|| {
+            self.ensure(bufs, &need, need.out);
+            Ok(())
+        })?;
+        Ok(self.cross_step(bufs, series)?.0)
+    }
+
+    /// Upload the series of `series` and compute their cross products (buffers ensured).
+    /// Returns the products and each series' offset (floats) in the series buffer, where it
+    /// stays for a following calibration step.
+    fn cross_step(
+        &self,
+        bufs: &mut Buffers,
+        series: &[&Series<'_>],
+    ) -> Result<(Vec<CrossProducts>, Vec<usize>), BackendError> {
+        let shapes: Vec<CrossShape> = series.iter().map(|s| CrossShape::of(s)).collect();
+        let mut need = Need::default();
+        let (mut zoffs, mut jobs, mut items, mut pairs) = (vec![], vec![], vec![], vec![]);
+        let mut pair0 = Vec::with_capacity(series.len());
+        let (mut zat, mut item_at) = (0usize, 0usize);
+        for (k, (s, sh)) in series.iter().zip(&shapes).enumerate() {
+            let n = sh.need(s);
+            need.add(&n);
+            zoffs.push(zat);
+            jobs.extend([u32s(zat), u32s(s.n), u32s(s.d), u32s(sh.m)]);
+            pair0.push(pairs.len() / 4);
+            for ti in 0..sh.tiles {
+                for tj in ti..sh.tiles {
+                    pairs.extend([u32s(item_at), u32s(sh.chunks), 0, 0]);
+                    for c in 0..sh.chunks {
+                        items.extend([u32s(k), u32s(ti), u32s(tj), u32s(c)]);
+                    }
+                    item_at += sh.chunks;
+                }
+            }
+            zat += (n.z / 4) as usize;
+        }
+        let n_items = (items.len() / 4) as u64;
+        let n_pairs = pairs.len() / 4;
+        let reduce_count = n_pairs * ENTRY;
+        let reduce_groups = reduce_count.div_ceil(REDUCE_GROUP) as u64;
+        let (cx, _) = plan::dispatch_dims(n_items, &self.limits);
+        let (rx, _) = plan::dispatch_dims(reduce_groups, &self.limits);
+        let pc = words([u32s(n_items as usize), cx, CHUNK_ROWS as u32, 0]);
+        let pr = words([u32s(reduce_count), rx, 0, 0]);
+        let layout = Layout::new(&[need.z, need.jobs, need.items, need.pairs, 16, 16]);
+        let o = &layout.offsets;
+        let started = self.scoped(|| {
+            self.upload(bufs, &layout, |dst| {
+                let (zdst, tables) = dst.split_at_mut(o[1] as usize);
+                scatter(
+                    self.threads,
+                    zdst,
+                    series
+                        .iter()
+                        .zip(&zoffs)
+                        .map(|(s, &at)| (at as u64 * 4, &s.zpad[..s.len()]))
+                        .collect(),
+                );
+                let base = o[1] as usize;
+                for (i, bytes) in [
+                    bytemuck::cast_slice::<u32, u8>(&jobs),
+                    bytemuck::cast_slice(&items),
+                    bytemuck::cast_slice(&pairs),
+                    &pc,
+                    &pr,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let at = o[i + 1] as usize - base;
+                    tables[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+            })?;
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let up = bufs.upload.get();
+            for (i, (dst, size)) in [
+                (bufs.z.get(), need.z),
+                (bufs.jobs.get(), need.jobs),
+                (bufs.items.get(), need.items),
+                (bufs.pairs.get(), need.pairs),
+                (&bufs.params[0], 16),
+                (&bufs.params[1], 16),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                enc.copy_buffer_to_buffer(up, o[i], dst, 0, size);
+            }
+            self.pass(
+                &mut enc,
+                &self.pipes.cross,
+                &[
+                    (bufs.z.get(), need.z),
+                    (bufs.jobs.get(), need.jobs),
+                    (bufs.items.get(), need.items),
+                    (&bufs.params[0], 16),
+                    (bufs.part.get(), need.part),
+                ],
+                n_items,
+            );
+            self.pass(
+                &mut enc,
+                &self.pipes.reduce,
+                &[
+                    (bufs.part.get(), need.part),
+                    (bufs.pairs.get(), need.pairs),
+                    (&bufs.params[1], 16),
+                    (bufs.out.get(), need.out),
+                ],
+                reduce_groups,
+            );
+            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback.get(), 0, need.out);
+            let started = Instant::now();
+            self.queue.submit([enc.finish()]);
+            Ok(started)
+        })?;
+        let products = self.finish(bufs, started, need.out, |bytes| {
+            let work: Vec<usize> = (0..series.len()).collect();
+            let threads = if bytes.len() < PARALLEL_COPY_BYTES {
+                1
+            } else {
+                self.threads
+            };
+            par_map(threads, work, |_, k| {
+                let (s, sh) = (series[k], &shapes[k]);
+                let from = pair0[k] * ENTRY;
+                let tiles = floats(bytes, from, from + sh.pairs * ENTRY);
+                let (xtx, xty) = plan::assemble_cross(sh, &tiles, s.n, s.d, s.lags);
+                CrossProducts { xtx, xty }
+            })
+        })?;
+        Ok((products, zoffs))
+    }
+
+    /// Device-side training of one sub-batch (every job checked, non-empty, summary
+    /// wanted, within limits): cross products; the solves on the host; then, with the
+    /// series still on the device, residuals, residual scales and row energy sums, and only
+    /// those (plus the last rows) read back.
+    pub(super) fn run_train(
+        &self,
+        tjobs: &[&TrainJob<'_>],
+        solve: &(dyn Fn(usize, CrossProducts) -> anyhow::Result<(Vec<f32>, Vec<f32>)> + Sync),
+    ) -> Result<Vec<anyhow::Result<Calibration>>, BackendError> {
+        let series: Vec<&Series<'_>> = tjobs.iter().map(|j| &j.series).collect();
+        let mut need = Need::default();
+        for s in &series {
+            need.add(&plan::train_need(s));
+        }
+        let mut guard = lock(&self.bufs);
+        let bufs = &mut *guard;
+        self.scoped(|| {
+            self.ensure(bufs, &need, need.out);
+            Ok(())
+        })?;
+        let (products, zoffs) = self.cross_step(bufs, &series)?;
+        let solved: Vec<anyhow::Result<(Vec<f32>, Vec<f32>)>> =
+            par_map(self.threads, products, solve);
+        // Calibration tables of the solved hosts.
+        let ok: Vec<usize> = (0..tjobs.len()).filter(|&k| solved[k].is_ok()).collect();
+        let (mut rjobs, mut ritems, mut hosts, mut mitems) = (vec![], vec![], vec![], vec![]);
+        let (mut wdata, mut coffs) = (Vec::new(), Vec::new());
+        let (mut wat, mut rat, mut cat) = (0usize, 0usize, 0usize);
+        let mut cneed = Need::default();
+        for (h, &k) in ok.iter().enumerate() {
+            let (j, s) = (tjobs[k], series[k]);
+            let (w, b) = solved[k].as_ref().expect("filtered");
+            if w.len() != s.lags * s.d * s.d || b.len() != s.d {
+                return Err(BackendError::Invalid(
+                    "solved weights of the wrong shape".into(),
+                ));
+            }
+            rjobs.extend([
+                u32s(zoffs[k]),
+                u32s(s.n),
+                u32s(s.d),
+                u32s(s.lags),
+                u32s(wat),
+                u32s(rat),
+                0,
+                0,
+            ]);
+            for rb in 0..s.n.div_ceil(plan::RES_ROWS) {
+                for mb in 0..s.d.div_ceil(plan::RES_METRICS) {
+                    ritems.extend([u32s(h), u32s(rb), u32s(mb), 0]);
+                }
+            }
+            let tail = s.n.min(CALIBRATION_TAIL);
+            hosts.extend([
+                u32s(rat),
+                u32s(s.n),
+                u32s(s.d),
+                u32s(cat),
+                j.resid_floor.to_bits(),
+                j.clip.to_bits(),
+                u32s(tail),
+                0,
+            ]);
+            for rb in 0..s.n.div_ceil(plan::ROWSUM_ROWS) {
+                mitems.extend([u32s(h), u32s(rb)]);
+            }
+            wdata.push((wat, w.as_slice(), b.as_slice()));
+            coffs.push(cat);
+            let wlen = align((w.len() + b.len()) as u64, 4) as usize;
+            wat += wlen;
+            rat += align((s.n * s.d) as u64, 4) as usize;
+            cat += align(plan::summary_len(s) as u64, 4) as usize;
+            cneed.w += wlen as u64 * 4;
+        }
+        if ok.is_empty() {
+            return Ok(solved
+                .into_iter()
+                .map(|r| r.map(|_| Calibration::Full(Vec::new())))
+                .collect());
+        }
+        let out_bytes = cat as u64 * 4;
+        let n_ritems = (ritems.len() / 4) as u64;
+        let n_hosts = ok.len() as u64;
+        let n_mitems = (mitems.len() / 2) as u64;
+        let (rx, _) = plan::dispatch_dims(n_ritems, &self.limits);
+        let (sx, _) = plan::dispatch_dims(n_hosts, &self.limits);
+        let (mx, _) = plan::dispatch_dims(n_mitems, &self.limits);
+        let (b_rjobs, b_ritems, b_hosts, b_mitems) = (
+            rjobs.len() as u64 * 4,
+            ritems.len() as u64 * 4,
+            hosts.len() as u64 * 4,
+            mitems.len() as u64 * 4,
+        );
+        let params = [
+            words([u32s(n_ritems as usize), rx, 0, 0]),
+            words([u32s(n_hosts as usize), sx, 0, 0]),
+            words([u32s(n_mitems as usize), mx, 0, 0]),
+        ];
+        let layout = Layout::new(&[cneed.w, b_rjobs, b_ritems, b_hosts, b_mitems, 16, 16, 16]);
+        let o = &layout.offsets;
+        let resid_bytes = rat as u64 * 4;
+        let started = self.scoped(|| {
+            self.upload(bufs, &layout, |dst| {
+                let (wdst, tables) = dst.split_at_mut(o[1] as usize);
+                let mut parts = Vec::with_capacity(2 * wdata.len());
+                for (at, w, b) in &wdata {
+                    parts.push((*at as u64 * 4, *w));
+                    parts.push(((at + w.len()) as u64 * 4, *b));
+                }
+                scatter(self.threads, wdst, parts);
+                let base = o[1] as usize;
+                for (i, bytes) in [
+                    bytemuck::cast_slice::<u32, u8>(&rjobs),
+                    bytemuck::cast_slice(&ritems),
+                    bytemuck::cast_slice(&hosts),
+                    bytemuck::cast_slice(&mitems),
+                    &params[0],
+                    &params[1],
+                    &params[2],
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let at = o[i + 1] as usize - base;
+                    tables[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+            })?;
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let up = bufs.upload.get();
+            for (i, (dst, size)) in [
+                (bufs.w.get(), cneed.w),
+                (bufs.jobs.get(), b_rjobs),
+                (bufs.items.get(), b_ritems),
+                (bufs.pairs.get(), b_hosts),
+                (bufs.items2.get(), b_mitems),
+                (&bufs.params[3], 16),
+                (&bufs.params[4], 16),
+                (&bufs.params[5], 16),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                enc.copy_buffer_to_buffer(up, o[i], dst, 0, size);
+            }
+            self.pass(
+                &mut enc,
+                &self.pipes.resid,
+                &[
+                    (bufs.z.get(), need.z),
+                    (bufs.w.get(), cneed.w),
+                    (bufs.jobs.get(), b_rjobs),
+                    (bufs.items.get(), b_ritems),
+                    (&bufs.params[3], 16),
+                    (bufs.resid.get(), resid_bytes),
+                ],
+                n_ritems,
+            );
+            self.pass(
+                &mut enc,
+                &self.pipes.scales,
+                &[
+                    (bufs.resid.get(), resid_bytes),
+                    (bufs.pairs.get(), b_hosts),
+                    (&bufs.params[4], 16),
+                    (bufs.out.get(), out_bytes),
+                ],
+                n_hosts,
+            );
+            self.pass(
+                &mut enc,
+                &self.pipes.rowsum,
+                &[
+                    (bufs.resid.get(), resid_bytes),
+                    (bufs.pairs.get(), b_hosts),
+                    (bufs.items2.get(), b_mitems),
+                    (&bufs.params[5], 16),
+                    (bufs.out.get(), out_bytes),
+                ],
+                n_mitems,
+            );
+            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback.get(), 0, out_bytes);
+            let started = Instant::now();
+            self.queue.submit([enc.finish()]);
+            Ok(started)
+        })?;
+        let summaries = self.finish(bufs, started, out_bytes, |bytes| {
+            par_map(1, (0..ok.len()).collect(), |_, h| {
+                let s = series[ok[h]];
+                let c = coffs[h];
+                let tail = s.n.min(CALIBRATION_TAIL);
+                Calibration::Summary {
+                    inv_scale: floats(bytes, c, c + s.d),
+                    row_sums: floats(bytes, c + s.d, c + s.d + s.n),
+                    tail_abs: floats(bytes, c + s.d + s.n, c + s.d + s.n + tail * s.d),
+                }
+            })
+        })?;
+        drop(wdata);
+        let mut summaries = summaries.into_iter();
+        Ok(solved
+            .into_iter()
+            .map(|r| r.map(|_| summaries.next().expect("one summary per solved host")))
+            .collect())
+    }
+
+    /// Absolute residuals of one sub-batch (every job checked, non-empty, within limits).
+    pub(super) fn run_resid(
+        &self,
+        jobs_in: &[&ResidualJob<'_>],
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
+        let mut need = Need::default();
+        let (mut jobs, mut items) = (vec![], vec![]);
+        let (mut zoffs, mut woffs, mut roffs) = (vec![], vec![], vec![]);
+        let (mut zat, mut wat, mut rat) = (0usize, 0usize, 0usize);
+        for (k, j) in jobs_in.iter().enumerate() {
+            let n = plan::residual_need(j);
+            let s = j.series;
+            need.add(&n);
+            jobs.extend([
+                u32s(zat),
+                u32s(s.n),
+                u32s(s.d),
+                u32s(s.lags),
+                u32s(wat),
+                u32s(rat),
+                0,
+                0,
+            ]);
+            for rb in 0..s.n.div_ceil(plan::RES_ROWS) {
+                for mb in 0..s.d.div_ceil(plan::RES_METRICS) {
+                    items.extend([u32s(k), u32s(rb), u32s(mb), 0]);
+                }
+            }
+            zoffs.push(zat);
+            woffs.push(wat);
+            roffs.push(rat);
+            zat += (n.z / 4) as usize;
+            wat += (n.w / 4) as usize;
+            rat += (n.out / 4) as usize;
+        }
+        let n_items = (items.len() / 4) as u64;
+        let (nx, _) = plan::dispatch_dims(n_items, &self.limits);
+        let pp = words([u32s(n_items as usize), nx, 0, 0]);
+        let layout = Layout::new(&[need.z, need.w, need.jobs, need.items, 16]);
+        let mut guard = lock(&self.bufs);
+        let bufs = &mut *guard;
+        let o = &layout.offsets;
+        let started = self.scoped(|| {
+            self.ensure(bufs, &need, need.out);
+            self.upload(bufs, &layout, |dst| {
+                let (zdst, rest) = dst.split_at_mut(o[1] as usize);
+                scatter(
+                    self.threads,
+                    zdst,
+                    jobs_in
+                        .iter()
+                        .zip(&zoffs)
+                        .map(|(j, &at)| (at as u64 * 4, &j.series.zpad[..j.series.len()]))
+                        .collect(),
+                );
+                let (wdst, tables) = rest.split_at_mut((o[2] - o[1]) as usize);
+                let mut parts = Vec::with_capacity(2 * jobs_in.len());
+                for (j, &at) in jobs_in.iter().zip(&woffs) {
+                    let nw = j.weights.weights.len();
+                    parts.push((at as u64 * 4, j.weights.weights));
+                    parts.push(((at + nw) as u64 * 4, j.weights.bias));
+                }
+                scatter(self.threads, wdst, parts);
+                let base = o[2] as usize;
+                for (i, bytes) in [
+                    bytemuck::cast_slice::<u32, u8>(&jobs),
+                    bytemuck::cast_slice(&items),
+                    &pp,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let at = o[i + 2] as usize - base;
+                    tables[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+            })?;
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let up = bufs.upload.get();
+            for (i, (dst, size)) in [
+                (bufs.z.get(), need.z),
+                (bufs.w.get(), need.w),
+                (bufs.jobs.get(), need.jobs),
+                (bufs.items.get(), need.items),
+                (&bufs.params[2], 16),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                enc.copy_buffer_to_buffer(up, o[i], dst, 0, size);
+            }
+            self.pass(
+                &mut enc,
+                &self.pipes.resid,
+                &[
+                    (bufs.z.get(), need.z),
+                    (bufs.w.get(), need.w),
+                    (bufs.jobs.get(), need.jobs),
+                    (bufs.items.get(), need.items),
+                    (&bufs.params[2], 16),
+                    (bufs.out.get(), need.out),
+                ],
+                n_items,
+            );
+            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback.get(), 0, need.out);
+            let started = Instant::now();
+            self.queue.submit([enc.finish()]);
+            Ok(started)
+        })?;
+        self.finish(bufs, started, need.out, |bytes| {
+            let threads = if bytes.len() < PARALLEL_COPY_BYTES {
+                1
+            } else {
+                self.threads
+            };
+            par_map(threads, (0..jobs_in.len()).collect(), |_, k| {
+                let s = jobs_in[k].series;
+                floats(bytes, roffs[k], roffs[k] + s.n * s.d)
+            })
+        })
+    }
+
+    /// Run `jobs` (already split to fit) through `run`, spreading a sub-batch failure to
+    /// each of its hosts.
+    pub(super) fn batched<J, T: Clone>(
+        &self,
+        n: usize,
+        needs: Vec<Option<Need>>,
+        mut out: Vec<Option<Result<T, BackendError>>>,
+        jobs: &[J],
+        run: impl Fn(&[&J]) -> Result<Vec<T>, BackendError>,
+    ) -> Vec<Result<T, BackendError>> {
+        lock(&self.stats).calls += 1;
+        let (batches, rejected) = plan::split(&needs, &self.limits);
+        for (i, e) in rejected {
+            out[i] = Some(Err(e));
+        }
+        for b in batches {
+            let refs: Vec<&J> = b.iter().map(|&i| &jobs[i]).collect();
+            match self.check_fault().and_then(|_| run(&refs)) {
+                Ok(vals) => {
+                    for (&i, v) in b.iter().zip(vals) {
+                        out[i] = Some(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    for &i in &b {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        debug_assert_eq!(out.len(), n);
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BackendError::Invalid("host not planned".into()))))
+            .collect()
+    }
+}

@@ -1,0 +1,115 @@
+//! `GET /api/v1/anomalies`: per-minute anomaly scores with their explanations.
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+
+use super::auth::ApiUser;
+use super::error::ApiError;
+use super::range::parse_rfc3339;
+use super::AppState;
+
+/// `GET /api/v1/anomalies`.
+pub fn api_routes() -> Router<AppState> {
+    Router::new().route("/api/v1/anomalies", get(anomalies))
+}
+
+#[derive(Deserialize)]
+pub struct AnomalyQuery {
+    host: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    min_score: Option<String>,
+    anomalous: Option<String>,
+    limit: Option<String>,
+}
+
+/// Longest range of anomaly scores served in one request.
+const MAX_ANOMALY_RANGE_DAYS: i64 = 31;
+
+/// Most scores in one answer.
+const MAX_ANOMALY_ROWS: i64 = 10_000;
+
+/// The answer of `GET /api/v1/anomalies`.
+#[derive(serde::Serialize)]
+pub struct Anomalies {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// More scores matched than `limit`; narrow the range or raise `limit`.
+    truncated: bool,
+    scores: Vec<crate::analytics::anomaly::StoredScore>,
+    /// The models of the hosts asked about, so a host without scores says why.
+    models: Vec<crate::analytics::anomaly::ModelInfo>,
+}
+
+/// `GET /api/v1/anomalies?host=NAME&from=RFC3339&to=RFC3339&min_score=X&anomalous=true&limit=N`:
+/// per-minute anomaly scores with their explanations, newest first (default: the last 24 h).
+pub async fn anomalies(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Query(q): Query<AnomalyQuery>,
+) -> Result<Json<Anomalies>, ApiError> {
+    let bad = |m: String| Err(ApiError::BadRequest(m));
+    let to = parse_rfc3339("to", q.to.as_deref(), Utc::now())?;
+    let from = parse_rfc3339("from", q.from.as_deref(), to - Duration::hours(24))?;
+    if from >= to {
+        return bad("`from` must be before `to`".into());
+    }
+    if to - from > Duration::days(MAX_ANOMALY_RANGE_DAYS) {
+        return bad(format!(
+            "at most {MAX_ANOMALY_RANGE_DAYS} days of scores per request; split the range"
+        ));
+    }
+    let min_score = match q.min_score.as_deref() {
+        None | Some("") => None,
+        Some(s) => match s.parse::<f32>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
+            _ => return bad(format!("`min_score` = {s:?} is not a number ≥ 0")),
+        },
+    };
+    let anomalous = match q.anomalous.as_deref() {
+        None | Some("") => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(s) => return bad(format!("`anomalous` = {s:?}: use true or false")),
+    };
+    let limit = match q.limit.as_deref() {
+        None | Some("") => 1000,
+        Some(s) => match s.parse::<i64>() {
+            Ok(v) if (1..=MAX_ANOMALY_ROWS).contains(&v) => v,
+            _ => {
+                return bad(format!(
+                    "`limit` = {s:?} is not a whole number from 1 to {MAX_ANOMALY_ROWS}"
+                ))
+            }
+        },
+    };
+    let host = q.host.as_deref().filter(|h| !h.is_empty());
+    if let Some(h) = host {
+        if st.store.host_latest(h).await?.is_none() {
+            return Err(ApiError::NotFound(format!("no host named {h:?}")));
+        }
+    }
+    let mut scores = st
+        .store
+        .anomaly_scores(&crate::analytics::anomaly::ScoreFilter {
+            host,
+            from,
+            to,
+            min_score,
+            anomalous,
+            limit: limit + 1,
+        })
+        .await?;
+    let truncated = scores.len() as i64 > limit;
+    scores.truncate(limit as usize);
+    Ok(Json(Anomalies {
+        from,
+        to,
+        truncated,
+        scores,
+        models: st.store.anomaly_models(host).await?,
+    }))
+}

@@ -1,0 +1,122 @@
+//! The inventory: hosts and GPUs with models, UUIDs, drivers and agent versions, searchable
+//! (`/inventory`, `GET /api/v1/inventory`).
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::auth::{ApiUser, Csrf, PageUser};
+use super::error::{ApiError, PageError};
+use super::page::*;
+use super::range::RangeParams;
+use super::AppState;
+use crate::model::format::bytes;
+use crate::store::series::InventoryRow;
+
+/// `/inventory`.
+pub fn page_routes() -> Router<AppState> {
+    Router::new().route("/inventory", get(page))
+}
+
+/// `GET /api/v1/inventory`.
+pub fn api_routes() -> Router<AppState> {
+    Router::new().route("/api/v1/inventory", get(json))
+}
+
+/// Inventory page data.
+#[derive(Debug, Clone, Serialize)]
+pub struct InventoryData {
+    pub q: String,
+    pub rows: Vec<InventoryRow>,
+}
+
+/// The inventory, filtered by `q`.
+pub async fn load(st: &AppState, q: &str) -> Result<InventoryData, ApiError> {
+    Ok(InventoryData {
+        q: q.to_string(),
+        rows: st.store.inventory(q.trim()).await?,
+    })
+}
+
+/// A row of the inventory page.
+pub struct InventoryView {
+    pub host: String,
+    pub host_link: String,
+    pub site: String,
+    pub rack: String,
+    pub pool: String,
+    pub agent_version: String,
+    pub last_seen: String,
+    pub gpu: String,
+    pub gpu_link: String,
+    pub model: String,
+    pub uuid: String,
+    pub driver: String,
+    pub memory: String,
+}
+
+#[derive(Template)]
+#[template(path = "inventory.html")]
+pub struct InventoryPage {
+    pub nav: Nav,
+    pub q: String,
+    pub rows: Vec<InventoryView>,
+    pub hosts: usize,
+    pub gpus: usize,
+}
+
+async fn page(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    Query(q): Query<RangeParams>,
+) -> Result<Response, PageError> {
+    let d = load(&st, q.q.as_deref().unwrap_or("")).await?;
+    let mut hosts: Vec<&str> = d.rows.iter().map(|r| r.host_name.as_str()).collect();
+    hosts.dedup();
+    let rows: Vec<InventoryView> = d
+        .rows
+        .iter()
+        .map(|r| InventoryView {
+            host: r.host_name.clone(),
+            host_link: format!("/hosts/{}", seg(&r.host_name)),
+            site: r.site.clone(),
+            rack: r.rack.clone(),
+            pool: r.pool.clone(),
+            agent_version: r.agent_version.clone(),
+            last_seen: r.last_seen.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            gpu: r.index.map(|i| format!("GPU {i}")).unwrap_or_default(),
+            gpu_link: r
+                .index
+                .map(|i| format!("/hosts/{}/gpus/{i}", seg(&r.host_name)))
+                .unwrap_or_default(),
+            model: r.model.clone().unwrap_or_default(),
+            uuid: r.uuid.clone().unwrap_or_default(),
+            driver: r.driver_version.clone().unwrap_or_default(),
+            memory: r
+                .memory_total_bytes
+                .map(|b| bytes(Some(b as f64)))
+                .unwrap_or_default(),
+        })
+        .collect();
+    let page = InventoryPage {
+        nav: Nav::new(&user, csrf, "inventory"),
+        q: d.q,
+        hosts: hosts.len(),
+        gpus: d.rows.iter().filter(|r| r.index.is_some()).count(),
+        rows,
+    };
+    Ok(render(&page))
+}
+
+/// Inventory page data.
+async fn json(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Query(q): Query<RangeParams>,
+) -> Result<Json<InventoryData>, ApiError> {
+    Ok(Json(load(&st, q.q.as_deref().unwrap_or("")).await?))
+}

@@ -1,0 +1,459 @@
+//! What every page shares: rendering (off the async workers), the header, the range
+//! picker, charts, and the rows that several pages show (hosts, GPUs, events, alerts).
+//! Resource modules (`fleet`, `host`, `gpu`, `rack`, …) build their pages from these.
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::auth::{urlencode, Csrf};
+use super::charts::{line_chart_with, Axis, Overlay, Series, PALETTE};
+use super::error::ApiError;
+use super::events::title;
+use super::range::{preset_links, PresetLink, TimeRange};
+use crate::model::format::{age, bytes, num, rate};
+use crate::store::auth::{Role, User};
+use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
+use crate::store::series::{GpuPoint, HostPoint};
+
+/// Render a template into a response (500 with a log line if it fails).
+pub fn render<T: Template>(t: &T) -> Response {
+    render_sized(t, T::SIZE_HINT)
+}
+
+/// Render into a buffer of `capacity` bytes: pages that grow with the fleet say how
+/// big they will be, instead of being copied on every doubling of the buffer.
+pub fn render_sized<T: Template>(t: &T, capacity: usize) -> Response {
+    let mut s = String::with_capacity(capacity);
+    match t.render_into(&mut s) {
+        Ok(()) => Html(s).into_response(),
+        Err(e) => {
+            tracing::error!("template: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "template error").into_response()
+        }
+    }
+}
+
+/// Build and render a page on the blocking pool: a fleet's page takes milliseconds of
+/// CPU, which on an async worker would stall every other connection it serves (other
+/// pages, ingest) for that long.
+pub async fn render_off<F, E>(f: F) -> Result<Response, E>
+where
+    F: FnOnce() -> Response + Send + 'static,
+    E: From<ApiError>,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering a page: {e}")).into())
+}
+
+/// What the header of every logged-in page needs.
+pub struct Nav {
+    pub user_name: String,
+    pub user_role: &'static str,
+    pub is_admin: bool,
+    /// Token for the logout form (and any other form on the page).
+    pub csrf: String,
+    /// Which nav link is the current page.
+    pub current: &'static str,
+}
+
+impl Nav {
+    pub fn new(user: &User, csrf: Csrf, current: &'static str) -> Nav {
+        Nav {
+            user_name: user.name.clone(),
+            user_role: user.role.as_str(),
+            is_admin: user.role >= Role::Admin,
+            csrf: csrf.0,
+            current,
+        }
+    }
+}
+
+/// Path segment for a name from an agent (hostnames may hold anything).
+pub fn seg(s: &str) -> String {
+    urlencode(s).replace('/', "%2F")
+}
+
+/// A host as a table row.
+pub struct HostRow {
+    pub name: String,
+    pub link: String,
+    pub site: String,
+    pub rack: String,
+    pub pool: String,
+    pub age: String,
+    pub stale: bool,
+    pub cpu: String,
+    pub load: String,
+    pub mem: String,
+    pub disk_read: String,
+    pub disk_write: String,
+    pub net_rx: String,
+    pub net_tx: String,
+    pub gpus: GpuSummary,
+}
+
+/// A GPU's latest values.
+pub struct GpuCell {
+    pub index: i16,
+    pub model: String,
+    pub uuid: String,
+    pub util: String,
+    pub mem: String,
+    pub power: String,
+    pub temp: String,
+    pub clock: String,
+    /// Hot or throttling-prone (≥ 85 °C): outlined in the fleet table.
+    pub hot: bool,
+}
+
+pub fn gpu_cell(g: &GpuLatest) -> GpuCell {
+    GpuCell {
+        index: g.index,
+        model: g.model.clone().unwrap_or_default(),
+        uuid: g.uuid.clone().unwrap_or_default(),
+        util: num(g.util_pct.map(f64::from), 0, "%"),
+        mem: bytes(g.mem_used_bytes.map(|v| v as f64)),
+        power: num(g.power_watts.map(f64::from), 0, "W"),
+        temp: num(g.temp_celsius.map(f64::from), 0, "°C"),
+        clock: num(g.sm_clock_mhz.map(f64::from), 0, "MHz"),
+        hot: g.temp_celsius.is_some_and(|t| t >= 85.0),
+    }
+}
+
+/// A host's GPUs in one cell of the fleet's host table: count, utilization (mean and
+/// max), power and the hottest GPU. Each GPU's own values are one hover away in the
+/// heatmap above; one summary per host keeps a thousand-GPU page small.
+#[derive(Default)]
+pub struct GpuSummary {
+    /// `8 GPUs · util 45 % (max 97 %) · 2.4 kW · max 91 °C · ▲ 1 hot`
+    pub text: String,
+    /// At least one GPU ≥ 85 °C: outlined.
+    pub hot: bool,
+}
+
+/// A host as a table row, with its GPUs' summary.
+pub fn host_row(h: &HostLatest, gpus: GpuSummary, now: DateTime<Utc>) -> HostRow {
+    let mem = match (h.mem_used_bytes, h.mem_total_bytes) {
+        (Some(u), Some(t)) => format!("{} / {}", bytes(Some(u as f64)), bytes(Some(t as f64))),
+        (Some(u), None) => bytes(Some(u as f64)),
+        _ => "–".into(),
+    };
+    HostRow {
+        name: h.name.clone(),
+        link: seg(&h.name),
+        site: h.site.clone(),
+        rack: h.rack.clone(),
+        pool: h.pool.clone(),
+        age: age(h.last_seen, now),
+        stale: h
+            .last_seen
+            .is_none_or(|t| (now - t).num_seconds() > STALE_SECS),
+        cpu: num(h.cpu_util_pct.map(f64::from), 1, "%"),
+        load: num(h.load1.map(f64::from), 2, ""),
+        mem,
+        disk_read: rate(h.disk_read_bytes_per_s),
+        disk_write: rate(h.disk_write_bytes_per_s),
+        net_rx: rate(h.net_rx_bytes_per_s),
+        net_tx: rate(h.net_tx_bytes_per_s),
+        gpus,
+    }
+}
+
+/// The range picker: preset links, a custom from/to form, what the charts read.
+pub struct Picker {
+    pub path: String,
+    pub links: Vec<PresetLink>,
+    /// Extra query (`&metric=temp`) kept by the links.
+    pub keep: String,
+    /// `YYYY-MM-DDTHH:MM` in UTC; the page script shows them in the viewer's zone.
+    pub from_value: String,
+    pub to_value: String,
+    pub label: String,
+    pub source_label: String,
+    pub live: bool,
+    pub query: String,
+    /// RFC 3339 ends, shown in the viewer's zone by the page script.
+    pub from_iso: String,
+    pub to_iso: String,
+}
+
+pub fn picker(path: String, r: &TimeRange, keep: String) -> Picker {
+    Picker {
+        path,
+        links: preset_links(r),
+        keep,
+        from_value: r.from.format("%Y-%m-%dT%H:%M").to_string(),
+        to_value: r.to.format("%Y-%m-%dT%H:%M").to_string(),
+        label: r.label(),
+        source_label: r.source_label(),
+        live: r.is_live(),
+        query: r.query(),
+        from_iso: r.from.to_rfc3339(),
+        to_iso: r.to.to_rfc3339(),
+    }
+}
+
+/// A chart and its legend (label, color).
+pub struct ChartView {
+    pub title: String,
+    pub svg: String,
+    pub legend: Vec<(String, &'static str)>,
+}
+
+/// A hardware event row.
+pub struct EventView {
+    pub ts: String,
+    pub gpu: String,
+    pub gpu_link: String,
+    pub title: String,
+    pub count: i32,
+    pub message: String,
+    pub meaning: String,
+    pub action: String,
+}
+
+pub fn event_views(events: &[ExplainedEvent], query: &str) -> Vec<EventView> {
+    events
+        .iter()
+        .map(|e| EventView {
+            ts: e.ts.to_rfc3339(),
+            gpu: e
+                .index
+                .map(|i| format!("GPU {i}"))
+                .unwrap_or_else(|| "host".into()),
+            gpu_link: e
+                .index
+                .map(|i| format!("/hosts/{}/gpus/{i}?{query}", seg(&e.host_name)))
+                .unwrap_or_default(),
+            title: e.title.clone(),
+            count: e.count,
+            message: e.message.clone(),
+            meaning: e.meaning.clone(),
+            action: e.action.clone(),
+        })
+        .collect()
+}
+
+/// An alert touching the page's host (or a host of the rack), for the alerts section.
+pub struct AlertTouchView {
+    pub state: String,
+    pub severity: String,
+    pub summary: String,
+    pub description: String,
+    /// `GPU 1` / `host` on a host page, `gpu-node-7 / GPU 1` on a rack page.
+    pub location: String,
+    pub location_link: String,
+    pub since: String,
+    pub resolved: String,
+    pub note: String,
+}
+
+pub fn alert_views(alerts: &[AlertTouching], with_host: bool, query: &str) -> Vec<AlertTouchView> {
+    alerts
+        .iter()
+        .map(|a| {
+            let what = a
+                .gpu
+                .map_or_else(|| "host".to_string(), |i| format!("GPU {i}"));
+            let mut note = Vec::new();
+            if a.silenced {
+                note.push("silenced".to_string());
+            }
+            if let Some(by) = &a.acknowledged_by {
+                note.push(format!("acknowledged by {by}"));
+            }
+            if a.occurrences > 1 {
+                note.push(format!("{} occurrences", a.occurrences));
+            }
+            AlertTouchView {
+                state: a.state.clone(),
+                severity: a.severity.clone(),
+                summary: a.summary.clone(),
+                description: a.description.clone(),
+                location: if with_host {
+                    format!("{} / {what}", a.host)
+                } else {
+                    what
+                },
+                location_link: match a.gpu {
+                    Some(i) => format!("/hosts/{}/gpus/{i}?{query}", seg(&a.host)),
+                    None => format!("/hosts/{}?{query}", seg(&a.host)),
+                },
+                since: a.started_at.to_rfc3339(),
+                resolved: a.resolved_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                note: note.join(", "),
+            }
+        })
+        .collect()
+}
+
+pub fn chart(
+    title: &str,
+    series: Vec<Series>,
+    r: &TimeRange,
+    axis: Axis,
+    ov: &Overlay,
+) -> ChartView {
+    let legend = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.label.clone(), PALETTE[i % PALETTE.len()]))
+        .collect();
+    ChartView {
+        title: title.to_string(),
+        svg: line_chart_with(title, &series, r.from, r.to, axis, r.gap_secs(), ov),
+        legend,
+    }
+}
+
+pub fn fmt_bytes_axis(v: f64) -> String {
+    bytes(Some(v))
+}
+
+pub fn fmt_rate_axis(v: f64) -> String {
+    rate(Some(v))
+}
+
+pub fn fmt_watts_axis(v: f64) -> String {
+    format!("{v:.0} W")
+}
+
+pub fn fmt_celsius_axis(v: f64) -> String {
+    format!("{v:.0} °C")
+}
+
+pub fn fmt_mhz_axis(v: f64) -> String {
+    format!("{v:.0} MHz")
+}
+
+pub fn fmt_score_axis(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+pub type HostField = fn(&HostPoint) -> Option<f64>;
+
+/// Host charts (CPU, memory, disk, network), one line per host.
+pub fn host_charts(points: &[HostPoint], r: &TimeRange, per_host: bool) -> Vec<ChartView> {
+    let mut names: Vec<&str> = points.iter().map(|p| p.host_name.as_str()).collect();
+    names.dedup();
+    let lines = |fields: &[(&str, HostField)]| -> Vec<Series> {
+        let mut out = Vec::new();
+        for n in &names {
+            for (label, f) in fields {
+                out.push(Series {
+                    label: if per_host {
+                        format!("{n} {label}")
+                    } else {
+                        label.to_string()
+                    },
+                    points: points
+                        .iter()
+                        .filter(|p| p.host_name == *n)
+                        .filter_map(|p| f(p).map(|v| (p.ts, v)))
+                        .collect(),
+                });
+            }
+        }
+        out
+    };
+    let ov = Overlay::default();
+    vec![
+        chart(
+            "CPU utilization",
+            lines(&[("CPU", |p| p.cpu_util_pct)]),
+            r,
+            Axis::Percent,
+            &ov,
+        ),
+        chart(
+            "Memory used",
+            lines(&[("used", |p| p.mem_used_bytes)]),
+            r,
+            Axis::Auto(fmt_bytes_axis),
+            &ov,
+        ),
+        chart(
+            "Disk throughput",
+            lines(&[
+                ("read", |p| p.disk_read_bytes_per_s),
+                ("write", |p| p.disk_write_bytes_per_s),
+            ]),
+            r,
+            Axis::Auto(fmt_rate_axis),
+            &ov,
+        ),
+        chart(
+            "Network throughput",
+            lines(&[
+                ("rx", |p| p.net_rx_bytes_per_s),
+                ("tx", |p| p.net_tx_bytes_per_s),
+            ]),
+            r,
+            Axis::Auto(fmt_rate_axis),
+            &ov,
+        ),
+    ]
+}
+
+pub type GpuField = fn(&GpuPoint) -> Option<f64>;
+
+pub fn gpu_points(points: &[GpuPoint], index: i16, f: GpuField) -> Vec<(DateTime<Utc>, f64)> {
+    points
+        .iter()
+        .filter(|p| p.index == index)
+        .filter_map(|p| f(p).map(|v| (p.ts, v)))
+        .collect()
+}
+
+pub fn watts(w: f64) -> String {
+    if w >= 1000.0 {
+        format!("{:.1} kW", w / 1000.0)
+    } else {
+        format!("{w:.0} W")
+    }
+}
+
+/// Temperature at which a GPU is flagged hot.
+pub const HOT_CELSIUS: f32 = 85.0;
+
+/// A sample older than this marks a host stale.
+pub const STALE_SECS: i64 = 60;
+
+/// A hardware event with what it means and what to do.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExplainedEvent {
+    pub host_name: String,
+    pub index: Option<i16>,
+    pub ts: DateTime<Utc>,
+    pub kind: String,
+    pub code: i64,
+    pub count: i32,
+    pub message: String,
+    pub title: String,
+    /// What it means and NVIDIA's recommended action, from the XID table in `model::xid`.
+    pub meaning: String,
+    pub action: String,
+}
+
+pub fn explained(e: EventRow) -> ExplainedEvent {
+    let d = crate::model::xid::describe_event(&e.kind, e.code);
+    ExplainedEvent {
+        title: title(&e.kind, e.code),
+        meaning: d.meaning.to_string(),
+        action: d.action.to_string(),
+        host_name: e.host_name,
+        index: e.index,
+        ts: e.ts,
+        kind: e.kind,
+        code: e.code,
+        count: e.count,
+        message: e.message,
+    }
+}
+
+/// Alerts resolved this recently still show on host and rack pages.
+pub const RESOLVED_RECENT_HOURS: i64 = 24;

@@ -1,0 +1,186 @@
+//! One rack: its hosts, their GPUs as a heatmap, host charts, events and alerts
+//! (`/racks/{site}/{rack}`, `GET /api/v1/racks/{site}/{rack}`).
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use super::auth::{ApiUser, Csrf, PageUser};
+use super::error::{ApiError, PageError};
+use super::heatmap::*;
+use super::page::*;
+use super::range::{RangeParams, TimeRange};
+use super::AppState;
+use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
+use crate::store::series::{FaultCount, HostPoint};
+use crate::store::Store;
+
+/// `/racks/{site}/{rack}`.
+pub fn page_routes() -> Router<AppState> {
+    Router::new().route("/racks/{site}/{rack}", get(page))
+}
+
+/// `GET /api/v1/racks/{site}/{rack}`.
+pub fn api_routes() -> Router<AppState> {
+    Router::new().route("/api/v1/racks/{site}/{rack}", get(json))
+}
+
+/// Rack page data.
+#[derive(Debug, Clone, Serialize)]
+pub struct RackData {
+    pub site: String,
+    pub rack: String,
+    pub range: TimeRange,
+    pub hosts: Vec<HostLatest>,
+    pub gpus: Vec<HeatCell>,
+    pub host_series: Vec<HostPoint>,
+    pub events: Vec<ExplainedEvent>,
+    /// Firing, pending and recently resolved alerts of the rack's hosts and their GPUs.
+    pub alerts: Vec<AlertTouching>,
+}
+
+/// What the rack page reads from the database: its hosts, then the rest concurrently.
+pub struct RackRows {
+    pub hosts: Vec<HostLatest>,
+    pub gpus: Vec<GpuLatest>,
+    pub faults: Vec<FaultCount>,
+    pub host_series: Vec<HostPoint>,
+    pub events: Vec<EventRow>,
+    pub alerts: Vec<AlertTouching>,
+}
+
+/// The rack page's queries.
+pub async fn rows(
+    store: &Store,
+    site: &str,
+    rack: &str,
+    range: &TimeRange,
+    now: DateTime<Utc>,
+) -> Result<RackRows, sqlx::Error> {
+    let hosts = store.hosts_in_rack(site, rack).await?;
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    if names.is_empty() {
+        return Ok(RackRows {
+            hosts,
+            gpus: Vec::new(),
+            faults: Vec::new(),
+            host_series: Vec::new(),
+            events: Vec::new(),
+            alerts: Vec::new(),
+        });
+    }
+    let (gpus, faults, host_series, events, alerts) = tokio::try_join!(
+        store.gpus_latest_of(&names),
+        store.fault_counts(now - Duration::hours(FAULT_WINDOW_HOURS), Some(&names)),
+        store.host_series(
+            &names,
+            range.from,
+            range.to,
+            range.bucket_secs,
+            range.source
+        ),
+        store.events_between(&names, None, range.from, range.to, 200),
+        store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
+    )?;
+    Ok(RackRows {
+        hosts,
+        gpus,
+        faults,
+        host_series,
+        events,
+        alerts,
+    })
+}
+
+/// Everything the rack page shows.
+pub async fn load(
+    st: &AppState,
+    site: &str,
+    rack: &str,
+    range: TimeRange,
+    metric: Metric,
+) -> Result<RackData, ApiError> {
+    let r = rows(&st.store, site, rack, &range, Utc::now()).await?;
+    if r.hosts.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no host in rack {rack:?} of site {site:?}"
+        )));
+    }
+    let cells = heat_cells(&r.hosts, &r.gpus, &r.faults, metric);
+    Ok(RackData {
+        site: site.to_string(),
+        rack: rack.to_string(),
+        range,
+        hosts: r.hosts,
+        gpus: cells,
+        host_series: r.host_series,
+        events: r.events.into_iter().map(explained).collect(),
+        alerts: r.alerts,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "rack.html")]
+pub struct RackPage {
+    pub nav: Nav,
+    pub site: String,
+    pub rack: String,
+    pub picker: Picker,
+    pub hosts: Vec<HostRow>,
+    pub metrics: Vec<MetricLink>,
+    pub metric_label: &'static str,
+    pub legend: HeatLegend,
+    pub sites: Vec<SiteGroup>,
+    pub charts: Vec<ChartView>,
+    pub events: Vec<EventView>,
+    pub alerts: Vec<AlertTouchView>,
+}
+
+async fn page(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    Path((site, rack)): Path<(String, String)>,
+    Query(q): Query<RangeParams>,
+) -> Result<Response, PageError> {
+    let now = Utc::now();
+    let r = q.resolve_overview(now, "1h")?;
+    let metric = Metric::parse(q.metric.as_deref())?;
+    let d = load(&st, &site, &rack, r.clone(), metric).await?;
+    render_off(move || {
+        let query = r.query();
+        let path = format!("/racks/{}/{}", seg(&site), seg(&rack));
+        let page = RackPage {
+            nav: Nav::new(&user, csrf, ""),
+            picker: picker(path, &r, format!("&metric={}", metric.key())),
+            hosts: host_table_rows(&d.hosts, &d.gpus, now),
+            metrics: metric_links(metric, Some(&query)),
+            metric_label: metric.label(),
+            legend: legend(metric),
+            sites: heatmap(&d.gpus, metric, &query),
+            charts: host_charts(&d.host_series, &r, true),
+            events: event_views(&d.events, &query),
+            alerts: alert_views(&d.alerts, true, &query),
+            site,
+            rack,
+        };
+        render_sized(&page, heatmap_page_size(d.gpus.len()) + 64 * 1024)
+    })
+    .await
+}
+
+/// Rack page data.
+async fn json(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Path((site, rack)): Path<(String, String)>,
+    Query(q): Query<RangeParams>,
+) -> Result<Json<RackData>, ApiError> {
+    let r = q.resolve_overview(Utc::now(), "1h")?;
+    let metric = Metric::parse(q.metric.as_deref())?;
+    Ok(Json(load(&st, &site, &rack, r, metric).await?))
+}
