@@ -59,9 +59,33 @@ impl Step {
 pub enum ShortHistory {
     /// return [`CapacityError::LeadLongerThanHistory`] (the product default)
     Error,
-    /// plan anyway from the history there is, with the default candidate and the lead
-    /// margin (the benchmark's week-before tasks have 2-3 days of history for a 7-day lead)
+    /// plan anyway from the history there is: the level is the peak of that history (a
+    /// conservative level when no backtest is possible), plus the usual margin for the
+    /// lead (the benchmark's week-before tasks have 2-3 days of history for a 7-day lead)
     Extrapolate,
+}
+
+/// What a plan's safety margin is a fraction of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarginBasis {
+    /// the plan's own level: capacity = level × (1 + margin) (the first release's rule;
+    /// a bursty pool whose 95 % level is twice its mean pays twice the margin in GPUs)
+    Level,
+    /// the pool's mean demand over the 7 days before the decision: capacity = level +
+    /// margin × mean (the default). The mean is the unit the cost is counted in; a
+    /// steady service gets the same margin as with `Level`, a bursty training pool a
+    /// smaller one relative to its peaks
+    MeanDemand,
+}
+
+/// How a plan's margin grows with the distance from the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarginGrowth {
+    /// one margin for the whole plan: `plan_margin + lead_margin_per_week × lead / 168`
+    PerPlan,
+    /// each planned hour its own: `plan_margin + lead_margin_per_week × (hours from the
+    /// decision) / 168`, so the risk of a level shift grows through the week (the default)
+    PerHour,
 }
 
 /// How a weekly-plan candidate computes its level (always the P/(P+1) quantile of demand).
@@ -115,8 +139,9 @@ impl PlanMethod {
     }
 }
 
-/// Settings of the recommender. [`Settings::default`] holds the documented defaults; each
-/// was chosen by cross-validation across the two dev weeks (`docs/capacity.md`).
+/// Settings of the recommender. [`Settings::default`] holds the documented defaults; the
+/// next-hour ones were chosen across the two dev weeks, the plan ones over 11 pseudo-weeks
+/// (`docs/capacity.md`, "Cross-validation", with their held-out figures).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// price of one unserved GPU-hour in idle GPU-hours (> 0; default 20)
@@ -130,12 +155,23 @@ pub struct Settings {
     /// how many of the best-ranked next-hour candidates are averaged (default 4; both weeks
     /// pick 7 days × 4 from a 4 × 6 grid, every cell within 0.170-0.183 / 0.215-0.231)
     pub autoscale_ensemble: usize,
-    /// relative safety margin of a weekly plan decided now (default 0.20 = +20 %; chosen
-    /// across 11 overlapping pseudo-weeks: 0.10 → 0.789, 0.15 → 0.787, 0.20 → 0.770 mean cost)
+    /// safety margin of a plan at the decision time, a fraction of `margin_basis`
+    /// (default 0.20; chosen with `lead_margin_per_week` over 11 pseudo-weeks, see
+    /// `docs/capacity.md`)
     pub plan_margin: f64,
-    /// extra relative margin per week of lead time (default 0.20: a 7-day-ahead plan holds
-    /// +40 %; total 0.3 → 1.039, 0.4 → 0.979, 0.5 → 1.007 mean cost over 10 pseudo-weeks)
+    /// margin added per week of distance from the decision (default 0.10: the hours of a
+    /// weekly plan decided now hold +20 % … +30 % of the mean, those of a plan 7 days
+    /// ahead +30 % … +40 %; see `margin_growth`)
     pub lead_margin_per_week: f64,
+    /// what the margins are a fraction of (default [`MarginBasis::MeanDemand`])
+    pub margin_basis: MarginBasis,
+    /// whether the margin grows per planned hour or is fixed per plan (default
+    /// [`MarginGrowth::PerHour`])
+    pub margin_growth: MarginGrowth,
+    /// lead-time plans also choose their level by the backtest of plans decided at the
+    /// start of their week (lead 0), not only of plans with the same lead: a 7-day lead
+    /// from 10 days of history has one same-lead origin and eight lead-0 ones (default true)
+    pub lead_backtest_pooled: bool,
     /// plan candidates, the first is the default when no backtest is possible
     pub plan_methods: Vec<PlanMethod>,
     /// days of past replayed as evidence, and plan backtest origins (default 14)
@@ -153,7 +189,10 @@ impl Default for Settings {
             autoscale_window_days: 7,
             autoscale_ensemble: 4,
             plan_margin: 0.20,
-            lead_margin_per_week: 0.20,
+            lead_margin_per_week: 0.10,
+            margin_basis: MarginBasis::MeanDemand,
+            margin_growth: MarginGrowth::PerHour,
+            lead_backtest_pooled: true,
             plan_methods: vec![
                 PlanMethod::Decayed {
                     half_life_hours: 24.0,

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Duration, TimeZone, Timelike, Utc};
 use rackwatch_capacity::{
-    exhaustion, next_hour, plan, recommend, CapacityError, Settings, ShortHistory, Step, Trend,
+    exhaustion, next_hour, plan, recommend, CapacityError, MarginBasis, MarginGrowth, Settings,
+    ShortHistory, Step, Trend,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -96,15 +97,18 @@ fn diurnal_pool_gets_a_night_day_schedule() {
     let now = t0() + Duration::days(21);
     let d = plan(&v, Step::FIVE_MINUTES, t0(), now, 0, 168, &s).unwrap();
     assert!(d.method.starts_with("hour-of-day"), "chose {}", d.method);
-    let m = 1.0 + s.plan_margin;
+    // the margin is a fraction of the mean demand of the last week (12 h x 40 + 12 h x 24
+    // = 32 GPUs) and grows from plan_margin by lead_margin_per_week over the week
+    let mean = 32.0;
     for (k, &c) in d.capacities.iter().enumerate() {
         let h = (d.start + Duration::hours(k as i64)).hour() as usize;
-        // analytic: the hour's demand x (1 + margin); the hour-of-day quantile pools each
+        let m = s.plan_margin + s.lead_margin_per_week * k as f64 / 168.0;
+        // analytic: the hour's demand + margin x mean; the hour-of-day quantile pools each
         // clock hour with its neighbours, so 07:00 and 20:00 keep the day level (guard band)
         let analytic = if (7..21).contains(&h) {
-            40.0 * m
+            40.0 + m * mean
         } else {
-            24.0 * m
+            24.0 + m * mean
         };
         assert!(
             (f64::from(c) - analytic).abs() <= f64::from(s.host_size),
@@ -272,6 +276,15 @@ fn bad_input_gives_clear_errors() {
     let d = plan(&v, Step::FIVE_MINUTES, t0(), short, 168, 168, &x).unwrap();
     assert_eq!(d.capacities.len(), 168);
     assert_eq!(d.start, short + Duration::hours(168));
+    // with no backtest possible it holds the peak of the 3 days, plus the lead's margin
+    let seen: Vec<f64> = v[..slot(short)].iter().flatten().copied().collect();
+    let peak = seen.iter().copied().fold(0.0, f64::max);
+    let mean = seen.iter().sum::<f64>() / seen.len() as f64;
+    assert!(d.method.starts_with("peak(all history)"), "{}", d.method);
+    for (k, &c) in d.capacities.iter().enumerate() {
+        let m = ok.plan_margin + ok.lead_margin_per_week * (168 + k) as f64 / 168.0;
+        assert_eq!(c, hosts(peak + m * mean, 1), "hour {k}");
+    }
     assert!(matches!(
         plan(&v, Step::FIVE_MINUTES, t0(), now, 0, 0, &ok).unwrap_err(),
         CapacityError::BadHorizon(0)
@@ -302,20 +315,59 @@ fn bad_input_gives_clear_errors() {
     ));
 }
 
+/// Whole hosts of `host` GPUs holding at least `v` (a hair of tolerance, as the library).
+fn hosts(v: f64, host: u32) -> u32 {
+    ((v - 1e-6) / f64::from(host)).ceil() as u32 * host
+}
+
 #[test]
 fn capacities_round_up_to_whole_hosts() {
-    // a steady 13-GPU service: whole GPUs 13 next hour and 13 x 1.2 = 15.6 -> 16 per plan hour
+    // a steady 13-GPU service: whole GPUs 13 next hour; plan hour k holds
+    // 13 + 13 x (0.20 + 0.10 x k / 168): 15.6 -> 16 at first, 16.9 -> 17 at the end of the
+    // week; the 7-day-ahead plan 13 x (1.30 … 1.40): 16.9 -> 17 up to 18.2 -> 19
     let v = vec![Some(13.0); 15 * 288];
     let now = t0() + Duration::days(15);
-    let gpus = recommend(&v, Step::FIVE_MINUTES, t0(), now, &Settings::default()).unwrap();
+    let d = Settings::default();
+    let gpus = recommend(&v, Step::FIVE_MINUTES, t0(), now, &d).unwrap();
     assert_eq!(gpus.next_hour, 13);
+    assert_eq!((gpus.week_schedule[0], gpus.week_schedule[167]), (16, 17));
+    assert_eq!((gpus.lead_plan[0], gpus.lead_plan[167]), (17, 19));
+    for host in [1, 5, 8, 13] {
+        let s = Settings {
+            host_size: host,
+            ..d.clone()
+        };
+        let r = recommend(&v, Step::FIVE_MINUTES, t0(), now, &s).unwrap();
+        for k in 0..168 {
+            let m = |ahead: usize| 13.0 * (1.0 + 0.20 + 0.10 * ahead as f64 / 168.0);
+            assert_eq!(
+                r.week_schedule[k],
+                hosts(m(k), host),
+                "host {host} hour {k}"
+            );
+            assert_eq!(
+                r.lead_plan[k],
+                hosts(m(168 + k), host),
+                "host {host} hour {k}"
+            );
+        }
+    }
+    // the first release's rule: level x (1 + 0.2 + 0.2 per week of lead), one margin per plan
+    let first = Settings {
+        margin_basis: MarginBasis::Level,
+        margin_growth: MarginGrowth::PerPlan,
+        lead_backtest_pooled: false,
+        lead_margin_per_week: 0.20,
+        ..Settings::default()
+    };
+    let gpus = recommend(&v, Step::FIVE_MINUTES, t0(), now, &first).unwrap();
+    // 13 x 1.2 = 15.6 -> 16 per plan hour, 13 x 1.4 = 18.2 -> 19 for the 7-day-ahead plan
     assert!(gpus.week_schedule.iter().all(|&c| c == 16));
-    // 13 x 1.4 = 18.2 -> 19 for the 7-day-ahead plan
     assert!(gpus.lead_plan.iter().all(|&c| c == 19));
     for (host, next, week, lead) in [(8, 16, 16, 24), (5, 15, 20, 20), (13, 13, 26, 26)] {
         let s = Settings {
             host_size: host,
-            ..Settings::default()
+            ..first.clone()
         };
         let r = recommend(&v, Step::FIVE_MINUTES, t0(), now, &s).unwrap();
         assert_eq!(r.next_hour, next, "host {host}");
@@ -342,12 +394,17 @@ fn evidence_reports_real_backtests() {
     // steady pool: the recommender and the baselines cost nothing but the plan margin
     let v = vec![Some(13.0); 15 * 288];
     let now = t0() + Duration::days(15);
-    let r = recommend(&v, Step::FIVE_MINUTES, t0(), now, &Settings::default()).unwrap();
+    let flat_margin = Settings {
+        margin_growth: MarginGrowth::PerPlan,
+        ..Settings::default()
+    };
+    let r = recommend(&v, Step::FIVE_MINUTES, t0(), now, &flat_margin).unwrap();
     let a = &r.evidence.autoscale;
     // 15 days of history: the replay covers the last week (the week before it calibrates)
     assert_eq!(a.ours.hours, 168.0);
     assert_eq!((a.ours.cost, a.baseline_cost.cost), (0.0, 0.0));
-    // plan: 16 held for 13 demanded = 3 idle GPU-h per hour, cost 3/13 per hour
+    // plan: 13 + 0.2 x 13 = 15.6 -> 16 held for 13 demanded = 3 idle GPU-h per hour, cost
+    // 3/13 per hour
     assert!((r.evidence.plan.ours.cost - 3.0 / 13.0).abs() < 1e-9);
     assert!((r.evidence.plan.ours.slack_pct - 100.0 * 3.0 / 16.0).abs() < 1e-9);
     assert_eq!(r.evidence.plan.ours.unserved_gpu_hours, 0.0);
@@ -367,4 +424,46 @@ fn evidence_reports_real_backtests() {
         .collect();
     let h = next_hour(&hourly, Step::HOUR, t0(), now, &Settings::default()).unwrap();
     assert_eq!(h.capacities, vec![30]);
+}
+
+/// A lead-time plan is chosen by the backtest of its own lead and of plans decided at the
+/// start of their week: from 10 days of history a 7-day lead has one same-lead origin and
+/// eight lead-0 ones, and the evidence covers them all.
+#[test]
+fn lead_plans_are_backtested_from_both_leads() {
+    let v = bursty_pool(10);
+    let now = t0() + Duration::days(10);
+    let pooled = plan(
+        &v,
+        Step::FIVE_MINUTES,
+        t0(),
+        now,
+        168,
+        168,
+        &Settings::default(),
+    )
+    .unwrap();
+    let same = plan(
+        &v,
+        Step::FIVE_MINUTES,
+        t0(),
+        now,
+        168,
+        168,
+        &Settings {
+            lead_backtest_pooled: false,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    // same lead: one origin (day 2, its week cut at now after one day) = 24 h; pooled adds
+    // the lead-0 origins of days 2..9 (their weeks cut at now: 1 + 2 + … + 8 days)
+    assert_eq!(same.evidence.ours.hours, 24.0);
+    assert!(
+        pooled.evidence.ours.hours > 5.0 * same.evidence.ours.hours,
+        "{} vs {}",
+        pooled.evidence.ours.hours,
+        same.evidence.ours.hours
+    );
+    assert_eq!(pooled.capacities.len(), 168);
 }

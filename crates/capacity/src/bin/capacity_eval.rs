@@ -5,14 +5,19 @@
 //!   --score                 also print the scorer's headline cost per track (Rust copy)
 //!   --price P               price of an unserved GPU-hour (also used by --score)
 //!   --plan-margin F         relative plan margin
-//!   --lead-margin F         extra margin per week of lead
+//!   --lead-margin F         extra margin per week of distance from the decision
+//!   --margin-basis B        mean (margin x mean demand of 7 days) | level (x the level)
+//!   --margin-growth G       hour (grows per planned hour) | plan (one per plan)
+//!   --lead-backtest B       pooled (lead plans also backtested at lead 0) | same
 //!   --ensemble K            next-hour candidates averaged
 //!   --window-days D         next-hour calibration window
 //!   --plan-methods LIST     comma list of dec:HL:DAYS | win:DAYS | peak:DAYS | hod:DAYS | trend:DAYS
 //!   --host-size N           GPUs per host
 
 use anyhow::{anyhow, bail, Context, Result};
-use rackwatch_capacity::{eval_with, score_predictions, PlanMethod, Settings, ShortHistory};
+use rackwatch_capacity::{
+    eval_with, score_predictions, MarginBasis, MarginGrowth, PlanMethod, Settings, ShortHistory,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -77,6 +82,30 @@ fn main() -> Result<()> {
                 s.lead_margin_per_week = val(i)?.parse()?;
                 i += 1;
             }
+            "--margin-basis" => {
+                s.margin_basis = match val(i)?.as_str() {
+                    "mean" => MarginBasis::MeanDemand,
+                    "level" => MarginBasis::Level,
+                    o => bail!("--margin-basis {o:?}: mean or level"),
+                };
+                i += 1;
+            }
+            "--margin-growth" => {
+                s.margin_growth = match val(i)?.as_str() {
+                    "hour" => MarginGrowth::PerHour,
+                    "plan" => MarginGrowth::PerPlan,
+                    o => bail!("--margin-growth {o:?}: hour or plan"),
+                };
+                i += 1;
+            }
+            "--lead-backtest" => {
+                s.lead_backtest_pooled = match val(i)?.as_str() {
+                    "pooled" => true,
+                    "same" => false,
+                    o => bail!("--lead-backtest {o:?}: pooled or same"),
+                };
+                i += 1;
+            }
             "--ensemble" => {
                 s.autoscale_ensemble = val(i)?.parse()?;
                 i += 1;
@@ -94,7 +123,7 @@ fn main() -> Result<()> {
                 i += 1;
             }
             "-h" | "--help" => {
-                println!("usage: capacity-eval DATA_DIR TASKS OUT.csv [--score] [--price P] [--plan-margin F] [--lead-margin F] [--ensemble K] [--window-days D] [--plan-methods LIST] [--host-size N]");
+                println!("usage: capacity-eval DATA_DIR TASKS OUT.csv [--score] [--price P] [--plan-margin F] [--lead-margin F] [--margin-basis mean|level] [--margin-growth hour|plan] [--lead-backtest pooled|same] [--ensemble K] [--window-days D] [--plan-methods LIST] [--host-size N]");
                 return Ok(());
             }
             _ if a.starts_with("--") => bail!("unknown option {a}"),
