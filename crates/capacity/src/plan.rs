@@ -4,20 +4,23 @@
 //! Each candidate is a *level* (a P/(P+1) quantile of recent demand, computed one of
 //! several ways) plus a safety margin. The pool's own past chooses the level: every
 //! candidate is replayed from daily origins over the last `evidence_days` (the same lead,
-//! and for a lead-time plan also lead 0; the plan's hours cut at the decision time) and the
-//! one with the lowest mean window cost at price P wins; with no complete origin the first
+//! and for a lead-time plan also lead 0, with the margin the plan will hold; the plan's
+//! hours cut at the decision time) and the one with the lowest mean window cost at price P
+//! wins; with no complete origin the first
 //! candidate (VPA-style decayed p95.2, half-life 24 h) is used. A lead-time plan from less
 //! history than its lead (`ShortHistory::Extrapolate`) holds the peak of that history.
 //!
 //! The margin is a setting, not a per-pool fit: on these pools the week-to-week level
 //! shifts (replicas added, a burst of queued jobs) are not predictable from two or three
 //! weeks of one pool's past, and per-pool backtest margins made the plans worse
-//! (`docs/capacity.md`). By default it is a fraction of the pool's mean demand of the last
-//! 7 days and grows with each planned hour's distance from the decision.
+//! (`docs/capacity.md`). A plan decided now and a lead-time plan have their own rule
+//! (`Settings::plan_margin`, `Settings::lead_plan_margin`): by default the first holds
+//! level × 1.2 all week, the second a fraction of the pool's mean demand of the last 7 days
+//! that grows with each planned hour's distance from the decision.
 
 use crate::cost::CostAcc;
 use crate::grid::{quantile, round_up, weighted_quantile, Grid};
-use crate::{Backtest, MarginBasis, MarginGrowth, PlanMethod, Settings};
+use crate::{Backtest, LeadBacktest, MarginBasis, MarginRule, PlanMethod, Settings};
 
 /// Fewest hours of history before a backtest origin.
 const MIN_ORIGIN_HOURS: usize = 48;
@@ -189,20 +192,10 @@ fn recent_mean(g: &Grid, t: usize) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The margin fraction of the planned hour `k` (0-based) of a plan decided `lead` hours
-/// ahead of its first hour.
-pub(crate) fn margin(s: &Settings, lead: usize, k: usize) -> f64 {
-    let ahead = match s.margin_growth {
-        MarginGrowth::PerPlan => lead,
-        MarginGrowth::PerHour => lead + k,
-    };
-    s.plan_margin + s.lead_margin_per_week * ahead as f64 / 168.0
-}
-
-/// Rounded capacities of a schedule decided at hour `t`: level + margin, to whole GPUs or
-/// hosts.
-fn rounded(g: &Grid, t: usize, sched: &[f64], lead: usize, s: &Settings) -> Vec<u32> {
-    let mean = match s.margin_basis {
+/// Rounded capacities of a schedule decided at hour `t` whose first hour is `lead` hours
+/// ahead: level + margin, to whole GPUs or hosts.
+fn rounded(g: &Grid, t: usize, sched: &[f64], lead: usize, m: &MarginRule, host: u32) -> Vec<u32> {
+    let mean = match m.basis {
         MarginBasis::MeanDemand => recent_mean(g, t),
         MarginBasis::Level => 0.0,
     };
@@ -210,25 +203,28 @@ fn rounded(g: &Grid, t: usize, sched: &[f64], lead: usize, s: &Settings) -> Vec<
         .iter()
         .enumerate()
         .map(|(k, &v)| {
-            let m = margin(s, lead, k);
-            let c = match s.margin_basis {
-                MarginBasis::Level => v * (1.0 + m),
-                MarginBasis::MeanDemand => v + m * mean,
+            let f = m.fraction(lead, k);
+            let c = match m.basis {
+                MarginBasis::Level => v * (1.0 + f),
+                MarginBasis::MeanDemand => v + f * mean,
             };
-            round_up(c, s.host_size)
+            round_up(c, host)
         })
         .collect()
 }
 
-/// How a plan's margin reads in its method name, e.g. `+ 0.20..0.30 x mean 7d`.
-fn margin_name(s: &Settings, lead: usize, hours: usize) -> String {
-    let (a, b) = (margin(s, lead, 0), margin(s, lead, hours.saturating_sub(1)));
+/// How a plan's margin reads in its method name, e.g. `x(1+0.20)` or `+ 0.30..0.40 x mean 7d`.
+fn margin_name(m: &MarginRule, lead: usize, hours: usize) -> String {
+    let (a, b) = (
+        m.fraction(lead, 0),
+        m.fraction(lead, hours.saturating_sub(1)),
+    );
     let range = if (b - a).abs() < 5e-3 {
         format!("{a:.2}")
     } else {
         format!("{a:.2}..{b:.2}")
     };
-    match s.margin_basis {
+    match m.basis {
         MarginBasis::Level => format!("x(1+{range})"),
         MarginBasis::MeanDemand => format!("+ {range} x mean 7d"),
     }
@@ -251,6 +247,12 @@ pub(crate) fn decide(
     let t = g.hours;
     let q = s.quantile();
     let cands = &s.plan_methods;
+    let host = s.host_size;
+    let margin = if lead == 0 {
+        &s.plan_margin
+    } else {
+        &s.lead_plan_margin
+    };
     if lead > t {
         // less history than the lead (ShortHistory::Extrapolate): no backtest is possible;
         // hold the peak of the history
@@ -259,8 +261,8 @@ pub(crate) fn decide(
                 .copied()
                 .filter(|v| !v.is_nan())
                 .fold(0.0, f64::max);
-        let caps = rounded(g, t, &vec![peak; hours], lead, s);
-        let name = format!("peak(all history) {}", margin_name(s, lead, hours));
+        let caps = rounded(g, t, &vec![peak; hours], lead, margin, host);
+        let name = format!("peak(all history) {}", margin_name(margin, lead, hours));
         let ev = Backtest {
             method: name.clone(),
             baseline: "VPA p95 x1.15 (half-life 24 h)".to_string(),
@@ -268,14 +270,21 @@ pub(crate) fn decide(
         };
         return (caps, name, ev);
     }
-    // daily origins, newest first, whose plans would have started before the decision;
-    // with the same lead and, for a lead-time plan, also decided at their week's start
-    let mut leads = vec![lead];
-    if lead > 0 && s.lead_backtest_pooled {
-        leads.insert(0, 0);
+    // daily origins, newest first, whose plans would have started before the decision:
+    // (origin hour, its lead, the margin its candidates carry and the lead that margin is
+    // taken at); a lead-time plan may also be replayed from plans decided at the start of
+    // their week
+    let mut kinds: Vec<(usize, &MarginRule, usize)> = vec![(lead, margin, lead)];
+    if lead > 0 {
+        match s.lead_backtest {
+            LeadBacktest::SameLead => {}
+            LeadBacktest::PooledAsHeld => kinds.insert(0, (0, margin, lead)),
+            LeadBacktest::PooledAtOrigin => kinds.insert(0, (0, margin, 0)),
+            LeadBacktest::PooledAsDecided => kinds.insert(0, (0, &s.plan_margin, 0)),
+        }
     }
     let mut origins = Vec::new();
-    for &bl in &leads {
+    for &(bl, m, ml) in &kinds {
         for k in 1..=s.evidence_days as usize {
             let Some(o) = t.checked_sub(bl + 24 * k) else {
                 break;
@@ -283,14 +292,14 @@ pub(crate) fn decide(
             if o < MIN_ORIGIN_HOURS {
                 break;
             }
-            origins.push((o, bl));
+            origins.push((o, bl, m, ml));
         }
     }
     let mut accs: Vec<CostAcc> = vec![CostAcc::new(g.sph); cands.len()];
     let mut per_window: Vec<f64> = vec![0.0; cands.len()];
     let mut n_windows = vec![0usize; cands.len()];
     let mut base_acc = CostAcc::new(g.sph);
-    for &(o, bl) in &origins {
+    for &(o, bl, m, ml) in &origins {
         let w0 = o + bl;
         let w1 = (w0 + hours).min(t);
         if w1 <= w0 {
@@ -300,7 +309,7 @@ pub(crate) fn decide(
             let Some(sched) = schedule(g, o, bl, hours, c, q) else {
                 continue;
             };
-            let caps = rounded(g, o, &sched[..w1 - w0], bl, s);
+            let caps = rounded(g, o, &sched[..w1 - w0], ml, m, host);
             let mut acc = CostAcc::new(g.sph);
             for h in w0..w1 {
                 acc.add_hour(f64::from(caps[h - w0]), g.hour(h));
@@ -331,14 +340,14 @@ pub(crate) fn decide(
     order.extend((0..cands.len()).filter(|i| Some(*i) != best.map(|b| b.0)));
     for i in order {
         if let Some(sched) = schedule(g, t, lead, hours, &cands[i], q) {
-            let name = format!("{} {}", cands[i].name(), margin_name(s, lead, hours));
+            let name = format!("{} {}", cands[i].name(), margin_name(margin, lead, hours));
             let ev = Backtest {
                 method: name.clone(),
                 ours: accs[i].summary(s.price, g.mean),
                 baseline: "VPA p95 x1.15 (half-life 24 h)".to_string(),
                 baseline_cost: base_acc.summary(s.price, g.mean),
             };
-            return (rounded(g, t, &sched, lead, s), name, ev);
+            return (rounded(g, t, &sched, lead, margin, host), name, ev);
         }
     }
     // no candidate had data (cannot happen with an observation, kept as a safe answer)
@@ -347,7 +356,7 @@ pub(crate) fn decide(
             .copied()
             .filter(|v| !v.is_nan())
             .fold(0.0, f64::max);
-    let caps = rounded(g, t, &vec![peak; hours], lead, s);
+    let caps = rounded(g, t, &vec![peak; hours], lead, margin, host);
     let name = "fallback:peak".to_string();
     let ev = Backtest {
         method: name.clone(),
