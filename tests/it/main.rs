@@ -11,6 +11,7 @@ mod dashboard;
 mod energy;
 mod forecasts;
 mod ingest;
+mod layers;
 mod managed_pg;
 mod metric_table;
 mod nvml;
