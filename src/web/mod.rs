@@ -108,6 +108,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            s.request_timeout_secs,
+            timed_out,
+        ))
         // Outermost: credentials are marked sensitive before anything can print them
         // (a header marked so shows as "Sensitive" in debug output and traces).
         .layer(
@@ -145,6 +149,33 @@ fn compression() -> tower_http::compression::CompressionLayer<impl Predicate> {
             crate::report::export::Format::Parquet.content_type(),
         ));
     tower_http::compression::CompressionLayer::new().compress_when(when)
+}
+
+/// The timeout layer answers 408 with no body; an API client gets the error body the
+/// document promises, naming the limit.
+async fn timed_out(
+    State(secs): State<u64>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let api = req.uri().path().starts_with("/api/");
+    let res = next.run(req).await;
+    if api
+        && res.status() == StatusCode::REQUEST_TIMEOUT
+        && !res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(error::ErrorBody {
+                error: format!(
+                    "the request took longer than {secs} s (server.request_timeout_secs)"
+                ),
+            }),
+        )
+            .into_response();
+    }
+    res
 }
 
 /// Marks the answer to a request whose handler panicked.

@@ -76,6 +76,18 @@ async fn a_slow_handler_answers_408_at_the_request_timeout() {
     let t = std::time::Instant::now();
     let r = s.get("/api/v1/test/slow").await;
     assert_eq!(r.status(), 408);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "the request took longer than 1 s (server.request_timeout_secs)"
+    );
+    crate::openapi::assert_matches(
+        &crate::openapi::document(),
+        "post",
+        "/api/v1/ingest",
+        408,
+        &body,
+    );
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "answered after {:?}",
