@@ -960,6 +960,7 @@ mod tests {
             .to_string();
         assert!(err.contains("RACKWATCH_ALERTING__SMTP__PORT"), "{err}");
         assert!(err.contains("\"smtp\""), "{err}");
+        assert!(err.contains("(alerting.smtp.port)"), "{err}");
         // An override inside a section the file sets keeps the file's other keys.
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");

@@ -68,6 +68,16 @@ impl Node {
     }
 }
 
+/// The configuration key a variable sets: `RACKWATCH_AGENT__INTERVAL_SECS` →
+/// `agent.interval_secs`.
+fn key_of(var: &str) -> String {
+    var.trim_start_matches("RACKWATCH_")
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// What an override is taken to be where its field takes anything (an untagged value):
 /// the old guess from the text.
 fn guess(text: &str) -> toml::Value {
@@ -101,7 +111,8 @@ macro_rules! parse_as {
                 Node::Env { var, text } => match text.trim().parse::<$ty>() {
                     Ok(x) => visitor.$visit(x),
                     Err(_) => Err(Error::custom(format!(
-                        "{var}: {}",
+                        "{var} ({}): {}",
+                        key_of(&var),
                         Error::invalid_value(Unexpected::Str(&text), &visitor)
                     ))),
                 },
