@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{require, verify_csrf, ApiUser, Csrf, PageUser};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
 use super::AppState;
 use crate::store::auth::{Role, TokenInfo, UserInfo};
@@ -26,10 +27,10 @@ pub fn page_routes() -> Router<AppState> {
 }
 
 /// Users and agent tokens as JSON (admins only).
-pub fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/admin/users", get(users))
-        .route("/api/v1/admin/tokens", get(tokens))
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(users))
+        .routes(routes!(tokens))
 }
 
 #[derive(Template)]
@@ -251,6 +252,16 @@ pub async fn revoke_token(
 }
 
 /// Users (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Every user, by name.", body = Vec<UserInfo>),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+    )
+)]
 pub async fn users(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,
@@ -260,6 +271,16 @@ pub async fn users(
 }
 
 /// Agent tokens without secrets (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/tokens",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Every token, revoked ones included.", body = Vec<TokenInfo>),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+    )
+)]
 pub async fn tokens(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,

@@ -8,9 +8,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{ApiUser, Csrf, PageUser};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::heatmap::*;
 use super::page::*;
 use super::range::RangeParams;
@@ -27,12 +28,12 @@ pub fn page_routes() -> Router<AppState> {
 }
 
 /// `GET /api/v1/fleet`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/fleet", get(json))
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(json))
 }
 
-/// Fleet page data.
-#[derive(Debug, Clone, Serialize)]
+/// Fleet page data: KPIs and every GPU as a heatmap cell.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FleetData {
     pub generated_at: DateTime<Utc>,
     pub metric: Metric,
@@ -198,7 +199,18 @@ async fn page(
     .await
 }
 
-/// Fleet page data: KPIs and every GPU as a heatmap cell.
+/// Fleet page: KPIs and every GPU as a heatmap cell.
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet",
+    tag = "fleet",
+    params(("metric" = Option<Metric>, Query, description = "What the heatmap cells are colored by (default util).")),
+    responses(
+        (status = 200, body = FleetData),
+        (status = 400, description = "Unknown metric.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
