@@ -10,14 +10,15 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::auth::{ApiUser, Csrf, PageUser};
-use super::charts::{Axis, Overlay, Series};
+use super::charts::{Axis, Overlay, Series, Shade};
 use super::error::{ApiError, PageError};
 use super::page::*;
 use super::range::{RangeParams, TimeRange};
 use super::AppState;
 use crate::model::format::bytes;
 use crate::store::queries::{EventRow, GpuLatest, HostLatest};
-use crate::store::series::{GpuPoint, Source};
+use crate::model::throttle;
+use crate::store::series::{GpuPoint, GpuRawExtra};
 use crate::store::Store;
 
 /// `/hosts/{name}/gpus/{index}`.
@@ -30,16 +31,31 @@ pub fn api_routes() -> Router<AppState> {
     Router::new().route("/api/v1/hosts/{name}/gpus/{index}", get(json))
 }
 
-/// A stretch of time.
+/// A stretch of time in which clocks were slowed for one reason.
 #[derive(Debug, Clone, Serialize)]
 pub struct Span {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    /// `power cap`, `thermal` or `power brake or HW slowdown`.
+    pub reason: &'static str,
 }
 
-/// Throttle shading reads raw samples; past this range it is left out (raw history of
-/// one GPU over days is too many rows for a page).
-pub const THROTTLE_MAX_SECS: i64 = 24 * 3600;
+/// Throttle reasons as the GPU page shades them: (NVML bits, name, CSS class). Power
+/// capping is the GPU working as designed at its limit; thermal slowdown means cooling
+/// trouble; the power brake and HW slowdown are the board or the chassis pulling clocks.
+pub const THROTTLE_KINDS: [(u64, &str, &str); 3] = [
+    (throttle::SW_POWER_CAP, "power cap", "throttle power"),
+    (throttle::THERMAL, "thermal", "throttle thermal"),
+    (
+        throttle::HW_POWER_BRAKE_SLOWDOWN | throttle::HW_SLOWDOWN,
+        "power brake or HW slowdown",
+        "throttle brake",
+    ),
+];
+
+/// Throttle shading, fan speed and power limit read raw samples; past this range they
+/// are left out (raw history of one GPU over more than a week is too many rows for a page).
+pub const THROTTLE_MAX_SECS: i64 = 7 * 24 * 3600 + 3600;
 
 /// GPU page data.
 #[derive(Debug, Clone, Serialize)]
@@ -51,10 +67,12 @@ pub struct GpuData {
     /// Periods in which clocks were throttled (null when the range is too long to tell).
     pub throttled: Option<Vec<Span>>,
     pub events: Vec<ExplainedEvent>,
+    /// The enforced power limit (the inventory's, else the highest sampled in the range).
+    pub power_limit_watts: Option<f64>,
 }
 
-/// Merge bucket start times into spans.
-fn spans(buckets: &[DateTime<Utc>], bucket_secs: i64) -> Vec<Span> {
+/// Merge bucket start times into spans of one reason.
+fn spans(buckets: &[DateTime<Utc>], bucket_secs: i64, reason: &'static str) -> Vec<Span> {
     let step = Duration::seconds(bucket_secs);
     let mut out: Vec<Span> = Vec::new();
     for &b in buckets {
@@ -63,10 +81,51 @@ fn spans(buckets: &[DateTime<Utc>], bucket_secs: i64) -> Vec<Span> {
             _ => out.push(Span {
                 from: b,
                 to: b + step,
+                reason,
             }),
         }
     }
     out
+}
+
+/// Spans per throttle reason from per-bucket reason bits.
+fn reason_spans(extras: &[GpuRawExtra], bucket_secs: i64) -> Vec<Span> {
+    let mut out = Vec::new();
+    for (bits, name, _) in THROTTLE_KINDS {
+        let b: Vec<DateTime<Utc>> = extras
+            .iter()
+            .filter(|e| e.reasons.is_some_and(|r| r as u64 & bits != 0))
+            .map(|e| e.ts)
+            .collect();
+        out.extend(spans(&b, bucket_secs, name));
+    }
+    out
+}
+
+/// Fill the GPU's points that have no fan speed from raw buckets (both in time order).
+fn fill_fan(series: &mut [GpuPoint], index: i16, extras: &[GpuRawExtra]) {
+    let mut pts: Vec<&mut GpuPoint> = series.iter_mut().filter(|p| p.index == index).collect();
+    if pts.iter().any(|p| p.fan_pct.is_some()) {
+        return;
+    }
+    let mut j = 0;
+    for i in 0..pts.len() {
+        let end = pts.get(i + 1).map(|p| p.ts);
+        let (mut sum, mut n) = (0.0, 0u32);
+        while j < extras.len() && extras[j].ts < pts[i].ts {
+            j += 1;
+        }
+        while j < extras.len() && end.is_none_or(|e| extras[j].ts < e) {
+            if let Some(f) = extras[j].fan_pct {
+                sum += f;
+                n += 1;
+            }
+            j += 1;
+        }
+        if n > 0 {
+            pts[i].fan_pct = Some(sum / f64::from(n));
+        }
+    }
 }
 
 /// What the GPU page reads from the database, queried concurrently.
@@ -74,8 +133,9 @@ pub struct GpuRows {
     pub host: Option<HostLatest>,
     pub gpus: Vec<GpuLatest>,
     pub series: Vec<GpuPoint>,
-    /// Throttled buckets from raw samples, for rollup ranges up to `THROTTLE_MAX_SECS`.
-    pub throttled: Option<Vec<DateTime<Utc>>>,
+    /// Throttle reasons, fan and power limit from raw samples, for ranges up to
+    /// `THROTTLE_MAX_SECS`.
+    pub extras: Option<Vec<GpuRawExtra>>,
     pub events: Vec<EventRow>,
 }
 
@@ -88,9 +148,9 @@ pub async fn rows(
 ) -> Result<GpuRows, sqlx::Error> {
     let span = (range.to - range.from).num_seconds();
     let throttle = async {
-        if range.source != Source::Raw && span <= THROTTLE_MAX_SECS {
+        if span <= THROTTLE_MAX_SECS {
             store
-                .throttled_buckets(name, index, range.from, range.to, range.bucket_secs)
+                .gpu_raw_extras(name, index, range.from, range.to, range.bucket_secs)
                 .await
                 .map(Some)
         } else {
@@ -98,7 +158,7 @@ pub async fn rows(
         }
     };
     let names = [name.to_string()];
-    let (host, gpus, series, throttled, events) = tokio::try_join!(
+    let (host, gpus, series, extras, events) = tokio::try_join!(
         store.host_latest(name),
         store.gpus_latest(Some(name)),
         store.gpu_series(
@@ -116,7 +176,7 @@ pub async fn rows(
         host,
         gpus,
         series,
-        throttled,
+        extras,
         events,
     })
 }
@@ -137,26 +197,31 @@ pub async fn load(
         .into_iter()
         .find(|g| g.index == index)
         .ok_or_else(|| ApiError::NotFound(format!("host {name:?} has no GPU {index}")))?;
-    let throttled = match (range.source, r.throttled) {
-        (Source::Raw, _) => {
-            let b: Vec<DateTime<Utc>> = r
-                .series
-                .iter()
-                .filter(|p| p.throttled == Some(true))
-                .map(|p| p.ts)
-                .collect();
-            Some(spans(&b, range.bucket_secs))
-        }
-        (_, Some(b)) => Some(spans(&b, range.bucket_secs)),
-        (_, None) => None,
-    };
+    let throttled = r
+        .extras
+        .as_ref()
+        .map(|x| reason_spans(x, range.bucket_secs));
+    // Fan speed is kept in raw samples only: on rollup ranges each point takes the mean
+    // fan speed of the raw buckets from its time to the next point's.
+    let mut series = r.series;
+    if let Some(x) = &r.extras {
+        fill_fan(&mut series, index, x);
+    }
+    let power_limit = gpu.power_limit_watts.or_else(|| {
+        r.extras
+            .iter()
+            .flatten()
+            .filter_map(|e| e.power_limit_watts)
+            .reduce(f64::max)
+    });
     Ok(GpuData {
         host,
         gpu,
         range,
-        series: r.series,
+        series,
         throttled,
         events: r.events.into_iter().map(explained).collect(),
+        power_limit_watts: power_limit,
     })
 }
 
@@ -179,12 +244,14 @@ async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    Path((name, index)): Path<(String, i16)>,
+    Path((name, index)): Path<(String, String)>,
     Query(q): Query<RangeParams>,
 ) -> Result<Response, PageError> {
+    let index = gpu_index(&name, &index)?;
     let now = Utc::now();
     let r = q.resolve(now, "1h")?;
     let d = load(&st, &name, index, r.clone()).await?;
+    let temp_refs = temperature_rules(&st.cfg.alerting.rules_file);
     render_off(move || {
         let query = r.query();
         let ov = Overlay {
@@ -192,7 +259,15 @@ async fn page(
                 .throttled
                 .iter()
                 .flatten()
-                .map(|s| (s.from, s.to))
+                .map(|s| Shade {
+                    from: s.from,
+                    to: s.to,
+                    class: THROTTLE_KINDS
+                        .iter()
+                        .find(|k| k.1 == s.reason)
+                        .map_or("throttle", |k| k.2),
+                    label: format!("throttled: {}", s.reason),
+                })
                 .collect(),
             marks: d
                 .events
@@ -217,7 +292,7 @@ async fn page(
                 "Memory used",
                 vec![one("used", |p| p.mem_used_bytes)],
                 &r,
-                Axis::Auto(fmt_bytes_axis),
+                Axis::Bytes,
                 &ov,
             ),
             chart(
@@ -227,8 +302,15 @@ async fn page(
                     one("max", |p| p.power_watts_max),
                 ],
                 &r,
-                Axis::Auto(fmt_watts_axis),
-                &ov,
+                Axis::Unit("W"),
+                &Overlay {
+                    refs: d
+                        .power_limit_watts
+                        .map(|l| (l, format!("power limit {l:.0} W")))
+                        .into_iter()
+                        .collect(),
+                    ..ov.clone()
+                },
             ),
             chart(
                 "Temperature",
@@ -238,8 +320,11 @@ async fn page(
                     one("memory", |p| p.mem_temp_celsius),
                 ],
                 &r,
-                Axis::Auto(fmt_celsius_axis),
-                &ov,
+                Axis::Unit("°C"),
+                &Overlay {
+                    refs: temp_refs,
+                    ..ov.clone()
+                },
             ),
             chart(
                 "Clocks",
@@ -248,7 +333,7 @@ async fn page(
                     one("memory", |p| p.mem_clock_mhz),
                 ],
                 &r,
-                Axis::Auto(fmt_mhz_axis),
+                Axis::Unit("MHz"),
                 &ov,
             ),
         ];
@@ -263,15 +348,19 @@ async fn page(
         }
         let throttle_note = match &d.throttled {
             Some(s) if s.is_empty() => "No clock throttling in this range.".to_string(),
-            Some(s) => format!(
-                "Shaded: clocks throttled (power cap, thermal or power brake), {} period{}.",
-                s.len(),
-                if s.len() == 1 { "" } else { "s" }
-            ),
-            None => format!(
-                "Throttle shading is shown for ranges up to {} h (it is read from raw samples).",
-                THROTTLE_MAX_SECS / 3600
-            ),
+            Some(s) => {
+                let count = |k: &str| s.iter().filter(|x| x.reason == k).count();
+                let parts: Vec<String> = THROTTLE_KINDS
+                    .iter()
+                    .filter(|k| count(k.1) > 0)
+                    .map(|k| {
+                        let n = count(k.1);
+                        format!("{} ({n} period{})", k.1, if n == 1 { "" } else { "s" })
+                    })
+                    .collect();
+                format!("Clocks throttled by {}.", parts.join(", "))
+            }
+            None => "Throttle shading, fan speed and the power limit are shown for ranges up to 7 days (they are read from raw samples).".to_string(),
         };
         let page = GpuPage {
             nav: Nav::new(&user, csrf, ""),
@@ -298,13 +387,53 @@ async fn page(
     .await
 }
 
+/// A GPU index from the URL: a small whole number, else a 404 that says so (as a page
+/// for people, JSON for the API).
+fn gpu_index(host: &str, s: &str) -> Result<i16, ApiError> {
+    s.parse::<i16>()
+        .ok()
+        .filter(|i| *i >= 0)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "host {host:?} has no GPU {s:?}: GPUs are numbered 0, 1, 2, …"
+            ))
+        })
+}
+
+/// Reference lines for the temperature chart: the alert rules that watch a GPU's
+/// temperature from above (`gpu-hot alert > 87 °C`). NVML's slowdown temperature is not
+/// reported by the agent, so the alert threshold is the line an operator can act on.
+fn temperature_rules(path: &str) -> Vec<(f64, String)> {
+    if path.is_empty() {
+        return Vec::new();
+    }
+    let Ok(set) = crate::alert::rules::RuleSet::load(std::path::Path::new(path)) else {
+        return Vec::new();
+    };
+    set.rules
+        .iter()
+        .filter_map(|r| match &r.kind {
+            crate::alert::rules::RuleKind::Threshold(t)
+                if t.metric.gpu
+                    && t.metric.metric.name == "temp_celsius"
+                    && t.op == crate::alert::rules::Op::Above
+                    && r.matchers.is_empty() =>
+            {
+                Some((t.value, format!("{} alert > {:.0} °C", r.name, t.value)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// GPU page data.
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
-    Path((name, index)): Path<(String, i16)>,
+    Path((name, index)): Path<(String, String)>,
     Query(q): Query<RangeParams>,
 ) -> Result<Json<GpuData>, ApiError> {
+    let index = gpu_index(&name, &index)?;
     let r = q.resolve(Utc::now(), "1h")?;
     Ok(Json(load(&st, &name, index, r).await?))
 }
@@ -317,7 +446,7 @@ mod tests {
     fn adjacent_throttled_buckets_merge_into_one_span() {
         let t0: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
         let b = |s: i64| t0 + Duration::seconds(s);
-        let s = spans(&[b(0), b(7), b(14), b(70)], 7);
+        let s = spans(&[b(0), b(7), b(14), b(70)], 7, "thermal");
         assert_eq!(s.len(), 2);
         assert_eq!((s[0].from, s[0].to), (b(0), b(21)));
         assert_eq!((s[1].from, s[1].to), (b(70), b(77)));
