@@ -192,9 +192,15 @@ mod tick_tests {
 
     #[test]
     fn ticks_are_round_and_reach_the_maximum() {
-        assert_eq!(axis_ticks(1645.0).0, vec![0.0, 500.0, 1000.0, 1500.0, 2000.0]);
+        assert_eq!(
+            axis_ticks(1645.0).0,
+            vec![0.0, 500.0, 1000.0, 1500.0, 2000.0]
+        );
         assert_eq!(axis_ticks(1234.0).0, vec![0.0, 500.0, 1000.0, 1500.0]);
-        assert_eq!(axis_ticks(100.0).0, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
+        assert_eq!(
+            axis_ticks(100.0).0,
+            vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+        );
         assert_eq!(axis_ticks(7.3).0, vec![0.0, 2.0, 4.0, 6.0, 8.0]);
         let (t, d) = axis_ticks(0.9);
         assert_eq!((t.len(), d), (6, 1));

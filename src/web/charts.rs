@@ -384,13 +384,27 @@ pub fn strip_chart(
         let mut g = String::new();
         let (mut sum, mut peak) = (0.0, f64::MIN);
         let mut n = 0usize;
-        for (col, _, v) in downsample(&r.points, from, span, COLS) {
+        let cols = downsample(&r.points, from, span, COLS);
+        // Points sparser than the columns (1-minute rollups over an hour) fill the columns
+        // up to the next point, unless the next point is more than twice the usual step
+        // away (a gap in the data stays empty).
+        let mut steps: Vec<i64> = cols
+            .windows(2)
+            .map(|w| (w[1].1 - w[0].1).num_milliseconds())
+            .collect();
+        steps.sort_unstable();
+        let usual = steps.get(steps.len() / 2).copied().unwrap_or(0);
+        for (k, &(col, t, v)) in cols.iter().enumerate() {
             let (bg, _) = sequential_color((v - lo) / (hi - lo).max(1e-9));
+            let width_cols = match cols.get(k + 1) {
+                Some(&(next, nt, _)) if (nt - t).num_milliseconds() <= 2 * usual => next - col,
+                _ => 1,
+            };
             let _ = write!(
                 g,
                 r#"<rect x="{:.1}" y="{y:.1}" width="{:.2}" height="{:.1}" fill="{bg}"/>"#,
                 ml + col as f64 * cw,
-                cw + 0.3,
+                cw * width_cols as f64 + 0.3,
                 RH - 2.0
             );
             sum += v;
@@ -665,15 +679,7 @@ mod tests {
             }],
             ..Overlay::default()
         };
-        let svg = line_chart_with(
-            "t",
-            &[],
-            from,
-            to,
-            Axis::Unit(""),
-            3600,
-            &ov,
-        );
+        let svg = line_chart_with("t", &[], from, to, Axis::Unit(""), 3600, &ov);
         // The band sets the scale (0 to 40 in steps of 10) and is one closed path: the high
         // line out, the low line back.
         assert!(
@@ -772,7 +778,10 @@ mod tests {
             7200,
         );
         assert_eq!(idle.matches(r#"<text class="ylab""#).count(), 1, "{idle}");
-        assert!(idle.contains(">0 B/s<") && !idle.contains(">1 B/s<"), "{idle}");
+        assert!(
+            idle.contains(">0 B/s<") && !idle.contains(">1 B/s<"),
+            "{idle}"
+        );
         // Bytes in binary units, on round steps of that unit.
         let t = Axis::Bytes.ticks(80.0 * 1024f64.powi(3));
         assert_eq!(t.last().unwrap().1, "80 GiB");

@@ -150,7 +150,12 @@ pub async fn page(
     .fetch_all(&st.store.pool)
     .await?;
     // Days with data in week i (1 = the running week).
-    let days = |i: i64| totals.iter().find(|t| t.0 == i && t.1 > 0.0).map_or(0, |t| t.4);
+    let days = |i: i64| {
+        totals
+            .iter()
+            .find(|t| t.0 == i && t.1 > 0.0)
+            .map_or(0, |t| t.4)
+    };
     // Last week by default, unless the running week already holds more days of data (a new
     // install whose history starts late last week).
     let week = match q.week.as_deref().filter(|w| !w.is_empty()) {

@@ -122,7 +122,7 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
         gpu_power_watts: reporting
             .iter()
             .filter_map(|g| g.power_watts.map(f64::from))
-            .sum(),
+            .fold(0.0, |a, b| a + b),
         gpu_energy_today_kwh: energy_today_j / 3.6e6,
         gpus_faulty: cells.iter().filter(|c| c.health == Health::Fault).count(),
         alerts_firing: alerts_firing.0,

@@ -16,8 +16,8 @@ use super::page::*;
 use super::range::{RangeParams, TimeRange};
 use super::AppState;
 use crate::model::format::bytes;
-use crate::store::queries::{EventRow, GpuLatest, HostLatest};
 use crate::model::throttle;
+use crate::store::queries::{EventRow, GpuLatest, HostLatest};
 use crate::store::series::{GpuPoint, GpuRawExtra};
 use crate::store::Store;
 
@@ -71,33 +71,33 @@ pub struct GpuData {
     pub power_limit_watts: Option<f64>,
 }
 
-/// Merge bucket start times into spans of one reason.
-fn spans(buckets: &[DateTime<Utc>], bucket_secs: i64, reason: &'static str) -> Vec<Span> {
-    let step = Duration::seconds(bucket_secs);
-    let mut out: Vec<Span> = Vec::new();
-    for &b in buckets {
-        match out.last_mut() {
-            Some(s) if s.to >= b => s.to = b + step,
-            _ => out.push(Span {
-                from: b,
-                to: b + step,
-                reason,
-            }),
-        }
-    }
-    out
-}
-
-/// Spans per throttle reason from per-bucket reason bits.
+/// Spans per throttle reason from per-bucket reason bits: a span runs while the reason is
+/// set and ends at the first bucket whose samples show it cleared. Buckets without
+/// samples (agents sample every 5 to 30 s; narrow buckets fall between samples) neither
+/// extend nor end a span.
 fn reason_spans(extras: &[GpuRawExtra], bucket_secs: i64) -> Vec<Span> {
+    let step = Duration::seconds(bucket_secs);
     let mut out = Vec::new();
-    for (bits, name, _) in THROTTLE_KINDS {
-        let b: Vec<DateTime<Utc>> = extras
-            .iter()
-            .filter(|e| e.reasons.is_some_and(|r| r as u64 & bits != 0))
-            .map(|e| e.ts)
-            .collect();
-        out.extend(spans(&b, bucket_secs, name));
+    for (bits, reason, _) in THROTTLE_KINDS {
+        let mut cur: Option<Span> = None;
+        for e in extras {
+            let Some(r) = e.reasons else { continue };
+            if r as u64 & bits != 0 {
+                match &mut cur {
+                    Some(s) => s.to = e.ts + step,
+                    None => {
+                        cur = Some(Span {
+                            from: e.ts,
+                            to: e.ts + step,
+                            reason,
+                        })
+                    }
+                }
+            } else if let Some(s) = cur.take() {
+                out.push(s);
+            }
+        }
+        out.extend(cur);
     }
     out
 }
@@ -390,14 +390,11 @@ async fn page(
 /// A GPU index from the URL: a small whole number, else a 404 that says so (as a page
 /// for people, JSON for the API).
 fn gpu_index(host: &str, s: &str) -> Result<i16, ApiError> {
-    s.parse::<i16>()
-        .ok()
-        .filter(|i| *i >= 0)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "host {host:?} has no GPU {s:?}: GPUs are numbered 0, 1, 2, …"
-            ))
-        })
+    s.parse::<i16>().ok().filter(|i| *i >= 0).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "host {host:?} has no GPU {s:?}: GPUs are numbered 0, 1, 2, …"
+        ))
+    })
 }
 
 /// Reference lines for the temperature chart: the alert rules that watch a GPU's
@@ -443,12 +440,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn adjacent_throttled_buckets_merge_into_one_span() {
+    fn throttle_spans_run_until_a_sample_shows_the_reason_cleared() {
         let t0: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
-        let b = |s: i64| t0 + Duration::seconds(s);
-        let s = spans(&[b(0), b(7), b(14), b(70)], 7, "thermal");
-        assert_eq!(s.len(), 2);
-        assert_eq!((s[0].from, s[0].to), (b(0), b(21)));
-        assert_eq!((s[1].from, s[1].to), (b(70), b(77)));
+        let b = |s: i64, r: Option<i64>| GpuRawExtra {
+            ts: t0 + Duration::seconds(s),
+            reasons: r,
+            fan_pct: None,
+            power_limit_watts: None,
+        };
+        // Samples every 30 s in 7 s buckets: thermal (0x40) at 0, 30, 60, cleared at 90,
+        // power cap (0x4) from 120; a bucket without a reason reading ends nothing.
+        let x = [
+            b(0, Some(0x40)),
+            b(28, Some(0x40)),
+            b(56, None),
+            b(63, Some(0x40 | 0x4)),
+            b(91, Some(0)),
+            b(119, Some(0x4)),
+        ];
+        let s = reason_spans(&x, 7);
+        let got: Vec<_> = s
+            .iter()
+            .map(|s| {
+                (
+                    s.reason,
+                    (s.from - t0).num_seconds(),
+                    (s.to - t0).num_seconds(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("power cap", 63, 70),
+                ("power cap", 119, 126),
+                ("thermal", 0, 70)
+            ]
+        );
     }
 }

@@ -278,12 +278,7 @@ async fn page(
         };
         let mut strips = Vec::new();
         if !indexes.is_empty() {
-            let peak = |f: GpuField| {
-                d.gpu_series
-                    .iter()
-                    .filter_map(f)
-                    .fold(0.0f64, f64::max)
-            };
+            let peak = |f: GpuField| d.gpu_series.iter().filter_map(f).fold(0.0f64, f64::max);
             let power_top = d
                 .gpus
                 .iter()

@@ -10,13 +10,13 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use super::auth::{ApiUser, Csrf, PageUser};
+use super::charts::{strip_chart, Axis, Overlay, Series, StripRow};
 use super::error::{ApiError, PageError};
 use super::heatmap::*;
 use super::page::*;
 use super::range::{RangeParams, TimeRange};
 use super::AppState;
 use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
-use super::charts::{strip_chart, Axis, Overlay, Series, StripRow};
 use crate::store::series::{FaultCount, GpuPoint, HostPoint};
 use crate::store::Store;
 
@@ -98,7 +98,14 @@ pub async fn rows(
     let mut gpu_series = Vec::with_capacity(names.len());
     for n in &names {
         let s = store
-            .gpu_series(n, None, range.from, range.to, range.bucket_secs, range.source)
+            .gpu_series(
+                n,
+                None,
+                range.from,
+                range.to,
+                range.bucket_secs,
+                range.source,
+            )
             .await?;
         gpu_series.push((n.clone(), s));
     }
@@ -134,7 +141,7 @@ pub async fn load(
         .iter()
         .filter(|g| g.ts.is_some_and(|t| (now - t).num_seconds() <= STALE_SECS))
         .filter_map(|g| g.power_watts.map(f64::from))
-        .sum();
+        .fold(0.0, |a, b| a + b);
     Ok(RackData {
         gpu_power_watts,
         gpu_series: r.gpu_series,
@@ -250,7 +257,18 @@ fn rack_gpu_charts(
             .flat_map(|r| r.points.iter().map(|p| p.1))
             .fold(0.0f64, f64::max)
     };
-    let (ptop, ttop) = (peak(&power).max(1.0).ceil(), peak(&temp).max(90.0).ceil());
+    // Color scales end on round numbers (the power one at the next 1-2-5 step).
+    let round_up = |v: f64| {
+        crate::model::format::axis_ticks(v)
+            .0
+            .last()
+            .copied()
+            .unwrap_or(v)
+    };
+    let (ptop, ttop) = (
+        round_up(peak(&power).max(1.0)),
+        peak(&temp).max(90.0).ceil(),
+    );
     vec![
         chart(
             "Rack GPU power (all GPUs)",
@@ -269,7 +287,15 @@ fn rack_gpu_charts(
         },
         ChartView {
             title: format!("Hottest GPU per host (20–{ttop:.0} °C)"),
-            svg: strip_chart("Hottest GPU per host", &temp, r.from, r.to, 20.0, ttop, "°C"),
+            svg: strip_chart(
+                "Hottest GPU per host",
+                &temp,
+                r.from,
+                r.to,
+                20.0,
+                ttop,
+                "°C",
+            ),
             legend: Vec::new(),
         },
     ]

@@ -42,6 +42,10 @@ async fn seed_realistic(app: &TestApp) {
             .await;
         assert_eq!(resp.status(), 200, "{}", h.info.name);
     }
+    // The energy job accounts the back-filled hours, as it does in the demo.
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
     // A login node: no GPUs, an idle network.
     let token = app.token("login-01").await;
     let ts = crate::support::recent(120, 30, 30);
@@ -54,18 +58,55 @@ async fn seed_realistic(app: &TestApp) {
     assert_eq!(app.ingest(&token, &body).await.status(), 200);
     let xid = rackwatch::model::xid::describe_event("xid", 79);
     for (rule, sev, labels, summary, description, state, acked) in [
-        ("gpu-xid", "critical", serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n03", "gpu": "2", "xid": "79"}),
-         "GPU fell off the bus (XID 79)", format!("{} {}", xid.meaning, xid.action), "firing", None),
-        ("gpu-hot", "warning", serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n03", "gpu": "2"}),
-         "GPU temperature high", "gpu.temp_celsius 91.0 > 87 for 60 s".to_string(), "firing", None),
-        ("host-down", "critical", serde_json::json!({"site": "ams2", "rack": "r01", "host": "sim-ams2-r01-n04"}),
-         "Host stopped reporting", "no sample for 180 s; the agent or the host is down, or the network between them".to_string(), "firing", None),
-        ("gpu-ecc-dbe", "critical", serde_json::json!({"site": "ams2", "rack": "r01", "host": "sim-ams2-r01-n02", "gpu": "5"}),
-         "Uncorrectable ECC errors", "ecc_dbe_total rose by 2; drain the node and reset the GPU".to_string(), "firing", Some("omar")),
-        ("gpu-throttling", "warning", serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n01", "gpu": "0"}),
-         "GPU is being throttled", "thermal slowdown started (clock reasons: sw_thermal_slowdown)".to_string(), "pending", None),
+        (
+            "gpu-xid",
+            "critical",
+            serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n03", "gpu": "2", "xid": "79"}),
+            "GPU fell off the bus (XID 79)",
+            format!("{} {}", xid.meaning, xid.action),
+            "firing",
+            None,
+        ),
+        (
+            "gpu-hot",
+            "warning",
+            serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n03", "gpu": "2"}),
+            "GPU temperature high",
+            "gpu.temp_celsius 91.0 > 87 for 60 s".to_string(),
+            "firing",
+            None,
+        ),
+        (
+            "host-down",
+            "critical",
+            serde_json::json!({"site": "ams2", "rack": "r01", "host": "sim-ams2-r01-n04"}),
+            "Host stopped reporting",
+            "no sample for 180 s; the agent or the host is down, or the network between them"
+                .to_string(),
+            "firing",
+            None,
+        ),
+        (
+            "gpu-ecc-dbe",
+            "critical",
+            serde_json::json!({"site": "ams2", "rack": "r01", "host": "sim-ams2-r01-n02", "gpu": "5"}),
+            "Uncorrectable ECC errors",
+            "ecc_dbe_total rose by 2; drain the node and reset the GPU".to_string(),
+            "firing",
+            Some("omar"),
+        ),
+        (
+            "gpu-throttling",
+            "warning",
+            serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n01", "gpu": "0"}),
+            "GPU is being throttled",
+            "thermal slowdown started (clock reasons: sw_thermal_slowdown)".to_string(),
+            "pending",
+            None,
+        ),
     ] {
-        let labels_map: std::collections::BTreeMap<String, String> = serde_json::from_value(labels.clone()).unwrap();
+        let labels_map: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(labels.clone()).unwrap();
         let fp = rackwatch::alert::fingerprint(rule, &labels_map);
         sqlx::query(
             "INSERT INTO alerts (fingerprint, rule, severity, labels, state, summary, description, started_at, fired_at,
@@ -110,15 +151,24 @@ async fn pages_say_what_they_show(app: &TestApp) {
         .await;
     assert_eq!(st, 200);
     assert!(gpu.contains("<h3>Fan speed</h3>"), "fan chart on 7 days");
-    assert!(gpu.contains(">gpu-hot alert &gt; 87 °C<"), "temperature rule line");
+    assert!(
+        gpu.contains(">gpu-hot alert &gt; 87 °C<"),
+        "temperature rule line"
+    );
     assert!(gpu.contains("power limit "), "power limit line");
-    assert!(!gpu.contains("power cap, thermal or power brake"), "one shading for all reasons");
+    assert!(
+        !gpu.contains("power cap, thermal or power brake"),
+        "one shading for all reasons"
+    );
     // Round ticks only: every y label of every chart is a 1-2-5 multiple.
     for lab in gpu.split(r#"<text class="ylab" "#).skip(1) {
         let text = lab.split('>').nth(1).unwrap().split('<').next().unwrap();
         let v: f64 = text.split(' ').next().unwrap().parse().unwrap();
         assert!(
-            v == 0.0 || [1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+            v == 0.0
+                || [
+                    1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0
+                ]
                 .iter()
                 .any(|m| {
                     let r = (v / m).log10();
@@ -135,23 +185,38 @@ async fn pages_say_what_they_show(app: &TestApp) {
     let (_, login) = app.page(&cookie, "/hosts/login-01").await;
     assert!(login.contains("This host reports no GPUs."));
     assert!(!login.contains("<table id=\"gpus\">"));
-    assert!(!login.contains(">1 B/s<"), "an idle network's axis reads 0 B/s only, not 1 B/s, 1 B/s, 0 B/s");
+    assert!(
+        !login.contains(">1 B/s<"),
+        "an idle network's axis reads 0 B/s only, not 1 B/s, 1 B/s, 0 B/s"
+    );
     // The rack: its GPU power in kW now and over time, per-host power and temperature.
     let (_, rack) = app.page(&cookie, "/racks/fra1/r01").await;
-    assert!(rack.contains(r#"<b id="kpi-rack-power">"#) && rack.contains(" kW</b>"), "rack kW");
+    assert!(
+        rack.contains(r#"<b id="kpi-rack-power">"#) && rack.contains(" kW</b>"),
+        "rack kW"
+    );
     assert!(rack.contains("Rack GPU power (all GPUs)"));
     assert!(rack.contains("GPU power per host") && rack.contains("Hottest GPU per host"));
     // Energy: the week shown says it is partial; weeks without data offer no downloads;
     // the definitions are a link that works.
     let (_, energy) = app.page(&cookie, "/energy").await;
-    assert!(energy.contains("<strong>partial week</strong>"), "partial week");
-    assert!(energy.contains(">no data</td>"), "empty weeks without downloads");
+    assert!(
+        energy.contains("<strong>partial week</strong>"),
+        "partial week"
+    );
+    assert!(
+        energy.contains(">no data</td>"),
+        "empty weeks without downloads"
+    );
     assert!(energy.contains(r#"<a href="/docs/energy">docs/energy.md</a>"#));
     let (st, doc) = app.page(&cookie, "/docs/energy").await;
     assert!(st == 200 && doc.contains("<pre class=\"doc\">"), "{st}");
     // Browser routes answer errors as pages, the API as JSON.
     let (st, bad) = app.page(&cookie, "/hosts/sim-fra1-r01-n03/gpus/abc").await;
-    assert!(st == 404 && bad.contains("<h1>") && !bad.starts_with('{'), "{st} {bad}");
+    assert!(
+        st == 404 && bad.contains("<h1>") && !bad.starts_with('{'),
+        "{st} {bad}"
+    );
     let (st, icon) = app.page(&cookie, "/favicon.ico").await;
     assert!(st == 200 && icon.starts_with("<svg"), "favicon");
 }
@@ -226,7 +291,10 @@ async fn layout_check(app: &TestApp, chromium: &str) {
             "{l}"
         );
         let l = line(&stdout, &format!("OK layout gpu-7d@{w} "));
-        assert!(l.contains("charts=6 dated=6"), "fan speed over 7 days too: {l}");
+        assert!(
+            l.contains("charts=6 dated=6"),
+            "fan speed over 7 days too: {l}"
+        );
     }
     // Acknowledging and silencing change the rows and the fleet's count: 3 unhandled
     // alerts (the fourth was acknowledged by omar), then 2, then 1.
@@ -266,8 +334,8 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         "playwright-core missing: run `npm ci` in tests/browser (scripts/test does this)"
     );
     let rules = root.join("config/alerts.toml");
-    let app = TestApp::spawn_with(|c| c.alerting.rules_file = rules.to_string_lossy().into_owned())
-        .await;
+    let app =
+        TestApp::spawn_with(|c| c.alerting.rules_file = rules.to_string_lossy().into_owned()).await;
     seed_fleet(&app).await;
     // A diurnal pool of 5 hosts × 8 GPUs (40 more heatmap cells) with a recommendation,
     // for the capacity pages.

@@ -82,7 +82,10 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     // small multiples.
     assert_eq!(rack.matches("<svg class=\"chart\"").count(), 5);
     assert_eq!(rack.matches("<svg class=\"chart strip\"").count(), 2);
-    assert!(rack.contains(r#"<b id="kpi-rack-power">1.4 kW</b>"#), "{rack}");
+    assert!(
+        rack.contains(r#"<b id="kpi-rack-power">1.4 kW</b>"#),
+        "{rack}"
+    );
     assert_eq!(rack.matches("<a class=\"cell").count(), 4);
     assert!(rack.contains("XID 79"));
     // The heatmap's metric tabs keep the rack page's range.
