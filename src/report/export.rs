@@ -416,7 +416,7 @@ fn day_chart(r: &EnergyReport) -> String {
         .collect();
     let widest = labels
         .iter()
-        .map(|l| crate::model::format::text_px(l, 11.0))
+        .map(|l| crate::model::format::text_px(l, 14.0))
         .fold(0.0f64, f64::max);
     #[allow(non_snake_case)]
     let L = (widest + 10.0).max(56.0).ceil();

@@ -64,8 +64,10 @@ impl Axis {
 
 const W: f64 = 640.0;
 const H: f64 = 180.0;
-/// Font size of axis labels, in the chart's units (the stylesheet sets the same).
-const FONT: f64 = 11.0;
+/// Font size of axis labels, in the chart's units, that margins are measured for: the
+/// stylesheet draws them at 11 on wide screens and at 14 on phones (where a chart is
+/// scaled down to about 360 px), so room is made for 14.
+const FONT: f64 = 14.0;
 /// The narrowest left margin (y labels), and the margin when the labels are wider.
 const ML_MIN: f64 = 40.0;
 const ML: f64 = 64.0;
@@ -245,7 +247,8 @@ pub fn line_chart_with(
             r#"<line class="grid" x1="{ml}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="ylab" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             W - MR,
             ml - 6.0,
-            (y + 4.0).max(MT + 4.0),
+            // The top label stays inside the chart at the larger (phone) size too.
+            (y + 4.0).max(FONT + 1.0),
             escape(label)
         );
     }

@@ -148,10 +148,18 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     let (_, week) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=7d").await;
     assert!(week.contains("Showing last 7 d · 15-minute rollups, 900 s per point"));
     // Throttling by reason and the fan speed come from raw samples up to 7 days.
-    assert!(week.contains("Clocks throttled by thermal (1 period)."), "{week}");
+    assert!(
+        week.contains("Clocks throttled by thermal (1 period)."),
+        "{week}"
+    );
     assert!(week.contains("<h3>Fan speed</h3>"), "fan speed on 7 days");
-    let (_, month) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=30d").await;
-    assert!(month.contains("are shown for ranges up to 7 days"), "{month}");
+    let (_, month) = app
+        .page(&cookie, "/hosts/gpu-node-7/gpus/1?range=30d")
+        .await;
+    assert!(
+        month.contains("are shown for ranges up to 7 days"),
+        "{month}"
+    );
     let from = (chrono::Utc::now() - chrono::Duration::minutes(40))
         .format("%Y-%m-%dT%H:%M")
         .to_string();
