@@ -738,7 +738,7 @@ mod tests {
     fn ticks_are_round_labels_fit_and_lone_points_show() {
         let from: DateTime<Utc> = "2026-11-23T11:00:00Z".parse().unwrap();
         let to = from + chrono::Duration::days(7);
-        // 1645 kWh-like maxima get 0 / 500 / … / 2000, and the margin holds "500.0 MB/s".
+        // Round ticks (0 … 500 MB/s, not 411 / 823), and the margin holds the widest label.
         let svg = line_chart(
             "t",
             &[Series {
@@ -759,7 +759,7 @@ mod tests {
             .and_then(|x| x.parse().ok())
             .unwrap();
         assert!(
-            lab_x >= text_px("500.0 MB/s", FONT),
+            lab_x >= text_px("500 MB/s", FONT),
             "label right edge {lab_x} leaves room for the label"
         );
         // One point alone (joined to nothing) is a dot, not an invisible move.
