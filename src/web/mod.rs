@@ -31,15 +31,16 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::config::Config;
+use crate::model::telemetry::Telemetry;
 use crate::store::Store;
-use metrics::Metrics;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub cfg: Arc<Config>,
-    pub metrics: Arc<Metrics>,
+    /// The server's counters and histograms, exposed on `/metrics`.
+    pub metrics: Arc<Telemetry>,
     /// Wakes the alert evaluator when hardware events arrive (the fast lane).
     pub alert_wakeup: Arc<tokio::sync::Notify>,
     pub login_limiter: Arc<auth::LoginLimiter>,
@@ -60,7 +61,7 @@ impl AppState {
     pub fn new(store: Store, cfg: Arc<Config>) -> AppState {
         AppState {
             store,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Telemetry::new()),
             alert_wakeup: Arc::new(tokio::sync::Notify::new()),
             login_limiter: Arc::new(auth::LoginLimiter::default()),
             jobs: Default::default(),
@@ -82,7 +83,12 @@ pub fn router(state: AppState) -> Router {
     let body_timeout = std::time::Duration::from_secs(s.body_timeout_secs);
     let request_timeout = std::time::Duration::from_secs(s.request_timeout_secs);
     Router::new()
-        .merge(page_router())
+        .merge(
+            page_router().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                metrics::time_page,
+            )),
+        )
         .merge(api_router())
         .merge(ingest::api())
         .route("/healthz", get(healthz))

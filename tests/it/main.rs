@@ -13,6 +13,7 @@ mod forecasts;
 mod ingest;
 mod managed_pg;
 mod metric_table;
+mod metrics;
 mod nvml;
 mod openapi;
 mod pages;
