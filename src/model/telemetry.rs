@@ -3,7 +3,7 @@
 //! HTTP handlers through `AppState`, the jobs and mailers through what `app` hands them);
 //! `web::metrics` exposes it with the values read at scrape time (pool, jobs, agents).
 //!
-//! Histogram buckets are in seconds and listed in README.md (`GET /metrics`); change both.
+//! Histogram buckets are in seconds and listed in docs/metrics.md; change both.
 
 use std::sync::atomic::AtomicU64;
 
