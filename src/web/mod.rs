@@ -34,15 +34,16 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
+use crate::model::telemetry::Telemetry;
 use crate::store::Store;
-use metrics::Metrics;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub cfg: Arc<Config>,
-    pub metrics: Arc<Metrics>,
+    /// The server's counters and histograms, exposed on `/metrics`.
+    pub metrics: Arc<Telemetry>,
     /// Wakes the alert evaluator when hardware events arrive (the fast lane).
     pub alert_wakeup: Arc<tokio::sync::Notify>,
     pub login_limiter: Arc<auth::LoginLimiter>,
@@ -63,7 +64,7 @@ impl AppState {
     pub fn new(store: Store, cfg: Arc<Config>) -> AppState {
         AppState {
             store,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Telemetry::new()),
             alert_wakeup: Arc::new(tokio::sync::Notify::new()),
             login_limiter: Arc::new(auth::LoginLimiter::default()),
             jobs: Default::default(),
@@ -91,7 +92,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let s = &state.cfg.server;
     let body_timeout = std::time::Duration::from_secs(s.body_timeout_secs);
     let request_timeout = std::time::Duration::from_secs(s.request_timeout_secs);
-    routes()
+    routes(&state)
         .merge(extra)
         .fallback(not_found)
         // Innermost: a panicking handler becomes a 500 and the connection lives on.
@@ -126,10 +127,13 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 
 /// Every route, without the layers: the pages, the API (built with its document),
 /// ingest, and the server's own endpoints.
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     let (api, _document) = api_router().split_for_parts();
     Router::new()
-        .merge(page_router())
+        .merge(page_router().route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::time_page,
+        )))
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
