@@ -163,6 +163,52 @@ fn pool_metrics(out: &mut String, recs: &[crate::analytics::capacity::PoolRecomm
     }
 }
 
+/// Alert notifications by destination (`email`, `webhook:NAME`, `slack:NAME`,
+/// `pagerduty:NAME`), from the outbox.
+fn notification_metrics(out: &mut String, channels: &[crate::alert::notify::ChannelState]) {
+    let _ = writeln!(
+        out,
+        "# HELP rackwatch_notifications_delivered_total Alert notifications delivered, by channel.\n# TYPE rackwatch_notifications_delivered_total counter"
+    );
+    for c in channels {
+        let _ = writeln!(
+            out,
+            "rackwatch_notifications_delivered_total{{channel=\"{}\"}} {}",
+            label(&c.channel),
+            c.delivered
+        );
+    }
+    gauge_header(
+        out,
+        "rackwatch_notifications_pending",
+        "Alert notifications waiting in the outbox, by channel (failing: after a failed attempt).",
+    );
+    for c in channels {
+        let ch = label(&c.channel);
+        let _ = writeln!(
+            out,
+            "rackwatch_notifications_pending{{channel=\"{ch}\",state=\"waiting\"}} {}\nrackwatch_notifications_pending{{channel=\"{ch}\",state=\"failing\"}} {}",
+            c.pending - c.failing,
+            c.failing
+        );
+    }
+    gauge_header(
+        out,
+        "rackwatch_notifications_last_delivered_timestamp_seconds",
+        "When a channel last delivered a notification (Unix time).",
+    );
+    for c in channels {
+        if let Some(t) = c.last_delivered_at {
+            let _ = writeln!(
+                out,
+                "rackwatch_notifications_last_delivered_timestamp_seconds{{channel=\"{}\"}} {:.3}",
+                label(&c.channel),
+                t.timestamp_millis() as f64 / 1e3
+            );
+        }
+    }
+}
+
 /// Escape a label value per the exposition format.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -265,6 +311,9 @@ pub async fn metrics(
     job_metrics(&mut out, &st.jobs.snapshot(), st.jobs.is_leader());
     if let Ok(recs) = st.store.recommendations(None).await {
         pool_metrics(&mut out, &recs);
+    }
+    if let Ok(channels) = crate::alert::notify::channel_states(&st.store).await {
+        notification_metrics(&mut out, &channels);
     }
     if let Ok(agents) = st.store.agent_stats().await {
         for (name, key, help) in [

@@ -10,6 +10,7 @@ pub mod energy;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod fleet_metrics;
 pub mod forecasts;
 pub mod gpu;
 pub mod heatmap;
@@ -87,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ingest::api())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
+        .route("/metrics/fleet", get(fleet_metrics::fleet_metrics))
         .route("/assets/app.js", get(app_js))
         .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
