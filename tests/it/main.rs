@@ -9,6 +9,7 @@ mod capacity;
 mod channels;
 mod cli;
 mod dashboard;
+mod demo;
 mod energy;
 mod forecasts;
 mod ingest;
