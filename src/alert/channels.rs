@@ -33,7 +33,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 fn host_link(a: &AlertSnapshot, public_url: &str) -> String {
     match a.labels.get("host") {
-        Some(h) => format!("{public_url}/hosts/{}", crate::web::auth::urlencode(h)),
+        Some(h) => format!("{public_url}/hosts/{}", super::notify::urlpath(h)),
         None => format!("{public_url}/alerts"),
     }
 }

@@ -68,7 +68,7 @@ pub struct AlertHtml<'a> {
     pub dashboard: &'a str,
 }
 
-fn urlpath(s: &str) -> String {
+pub(crate) fn urlpath(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
