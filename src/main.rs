@@ -790,8 +790,16 @@ async fn run_agent(cfg: Config) -> anyhow::Result<()> {
     let identity = app::local_identity(&cfg);
     rackwatch::model::validate::validate_host(&identity)
         .map_err(|e| anyhow::anyhow!("agent.host: {e}"))?;
+    if cfg.agent.host.name.is_empty() {
+        tracing::warn!(
+            host = %identity.name,
+            "agent.host.name is not set: reporting as this machine's hostname; the token must be for that host"
+        );
+    }
     let sources = app::local_sources(&cfg)?;
-    let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &cfg.spool_dir())?;
+    let spool = std::path::absolute(cfg.spool_dir()).unwrap_or_else(|_| cfg.spool_dir());
+    tracing::info!(spool = %spool.display(), "undelivered batches wait in the spool");
+    let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &spool)?;
     let shipper = agent::run(identity, sources, shipper, app::timing(&cfg), shutdown).await;
     if shipper.pending() {
         tracing::info!(
