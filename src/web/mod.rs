@@ -10,6 +10,7 @@ pub mod energy;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod fleet_metrics;
 pub mod forecasts;
 pub mod gpu;
 pub mod heatmap;
@@ -130,13 +131,16 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 pub fn routes(state: &AppState) -> Router<AppState> {
     let (api, _document) = api_router().split_for_parts();
     Router::new()
-        .merge(page_router().route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::time_page,
-        )))
+        .merge(
+            page_router().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                metrics::time_page,
+            )),
+        )
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
+        .route("/metrics/fleet", get(fleet_metrics::fleet_metrics))
         .route("/assets/app.js", get(app_js))
         .route("/favicon.ico", get(icon))
         .route("/assets/icon.svg", get(icon))
