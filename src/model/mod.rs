@@ -90,6 +90,8 @@ pub struct AgentStats {
     pub replayed_batches_total: u64,
     #[serde(default)]
     pub dropped_batches_total: u64,
+    #[serde(default)]
+    pub corrupt_batches_total: u64,
 }
 
 /// One POST to `/api/v1/ingest`, as the agent builds it.

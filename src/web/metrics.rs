@@ -288,6 +288,11 @@ pub async fn metrics(
                 "dropped_batches_total",
                 "Batches the agent dropped because its spool was full.",
             ),
+            (
+                "rackwatch_agent_corrupt_batches_total",
+                "corrupt_batches_total",
+                "Spool files the agent could not read back (torn or damaged) and set aside.",
+            ),
         ] {
             gauge_header(&mut out, name, help);
             for (host, stats) in &agents {
