@@ -9,6 +9,7 @@ mod browser;
 mod capacity;
 mod cli;
 mod dashboard;
+mod demo;
 mod energy;
 mod faults;
 mod forecasts;
