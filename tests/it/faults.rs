@@ -442,7 +442,7 @@ pub(crate) fn serve(db_url: &str, port: u16, dir: &Path) -> std::process::Child 
 
 pub(crate) async fn wait_ready(base: &str) {
     let http = reqwest::Client::new();
-    for _ in 0..300 {
+    for _ in 0..900 {
         if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
             if r.status() == 200 {
                 return;
@@ -866,16 +866,12 @@ async fn leader_failover() -> Failover {
     std::fs::write(&rules, XID_RULES).unwrap();
     let ports = [free_port(), free_port()];
     let bases = ports.map(|p| format!("http://127.0.0.1:{p}"));
-    let mut children: Vec<std::process::Child> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let d = dir.path().join(format!("r{i}"));
-            replica(&db, *p, &d, &rules, smtp.port)
-        })
-        .collect();
-    for b in &bases {
-        wait_ready(b).await;
+    // One after the other, as a rolling deployment starts them.
+    let mut children = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let d = dir.path().join(format!("r{i}"));
+        children.push(replica(&db, *p, &d, &rules, smtp.port));
+        wait_ready(&bases[i]).await;
     }
     let http = reqwest::Client::new();
     let mut leader = None;

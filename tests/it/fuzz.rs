@@ -3,7 +3,7 @@
 //! A seeded generator (input `i` is made from `seed ^ i` alone, so any finding is
 //! replayed by its number) mutates valid ingest batches structure-aware (wrong types,
 //! bounds, NaN and huge numbers, unicode and control characters, HTML/JS in names and
-//! labels, duplicate keys, deep nesting, timestamps far off), truncates and corrupts
+//! labels, duplicate keys, nesting up to 100,000 deep, timestamps far off), truncates and corrupts
 //! them, gzips them (and sends gzip bombs and broken gzip), sends wrong content types and
 //! oversized bodies, fills the query and path parameters of every GET route of the
 //! OpenAPI document, posts login forms, pool demand and facility readings, and parses the
@@ -80,7 +80,9 @@ fn nasty(rng: &mut StdRng) -> Value {
         16 => json!([]),
         17 => json!({}),
         18 => {
-            let depth = rng.gen_range(16..3000);
+            // Kept under serde_json's recursion limit here (the generator's own walks
+            // recurse); deeper nesting is sent as raw text by `damage`.
+            let depth = rng.gen_range(16..120);
             let mut v = json!(1);
             for _ in 0..depth {
                 v = json!([v]);
@@ -195,10 +197,19 @@ fn mutate(rng: &mut StdRng, mut v: Value) -> Value {
 
 /// Byte-level damage: truncation, a flipped byte, a raw control character, a duplicated key.
 fn damage(rng: &mut StdRng, mut b: Vec<u8>) -> Vec<u8> {
-    match rng.gen_range(0..4) {
+    match rng.gen_range(0..5) {
         0 => {
             let n = rng.gen_range(0..=b.len());
             b.truncate(n);
+        }
+        4 => {
+            // Nesting far past any parser's recursion limit, as raw text.
+            let n = rng.gen_range(200..100_000);
+            let mut deep = br#"{"host":{"name":"fz-host"},"host_samples":"#.to_vec();
+            deep.extend(std::iter::repeat_n(b'[', n));
+            deep.extend(std::iter::repeat_n(b']', n));
+            deep.push(b'}');
+            b = deep;
         }
         1 if !b.is_empty() => {
             let i = rng.gen_range(0..b.len());
