@@ -561,6 +561,8 @@ fn parse_file(kind: FileKind, text: &str) -> bool {
 pub struct Findings {
     pub inputs: usize,
     pub crashes: usize,
+    /// Requests the server answered with a closed connection instead of a status.
+    pub dropped: usize,
     pub server_errors: usize,
     pub unexplained_rejections: usize,
     pub unavailable: usize,
@@ -758,7 +760,10 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
                             req = req.header("content-encoding", e);
                         }
                         match req.send().await {
-                            Err(e) => Some((0, format!("{method} {path}: no answer: {e}"))),
+                            // The server refused a connection or closed it early (an
+                            // oversized body is answered before it is read): counted, not
+                            // a crash unless the process is gone (checked at the end).
+                            Err(e) => Some((1, format!("{method} {path}: no answer: {e}"))),
                             Ok(r) => {
                                 let s = r.status().as_u16();
                                 let text = r.text().await.unwrap_or_default();
@@ -779,6 +784,7 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
                 if let Some((s, what)) = finding {
                     match s {
                         0 => f.crashes += 1,
+                        1 => f.dropped += 1,
                         400..=499 => f.unexplained_rejections += 1,
                         _ => f.server_errors += 1,
                     }
@@ -870,7 +876,7 @@ async fn fuzz_benchmark() {
         println!("finding at input {i}: {what}");
     }
     println!(
-        "BENCH fuzz inputs={} crashes={} server_errors={} unexplained_rejections={} rss_growth_mb={growth:.1}",
-        f.inputs, f.crashes, f.server_errors, f.unexplained_rejections
+        "BENCH fuzz inputs={} crashes={} server_errors={} unexplained_rejections={} dropped_connections={} rss_growth_mb={growth:.1}",
+        f.inputs, f.crashes, f.server_errors, f.unexplained_rejections, f.dropped
     );
 }
