@@ -144,6 +144,9 @@ pub struct DatabaseConfig {
     pub managed_bin_dir: String,
     /// Unix user that runs the managed cluster when Rackwatch runs as root.
     pub managed_user: String,
+    /// `url` is a Citus coordinator: at start, make the big tables distributed by host
+    /// and the inventory reference tables (see docs/scale.md). Idempotent.
+    pub distributed: bool,
 }
 
 impl Default for DatabaseConfig {
@@ -154,6 +157,7 @@ impl Default for DatabaseConfig {
             acquire_timeout_secs: 3,
             managed_bin_dir: String::new(),
             managed_user: "postgres".into(),
+            distributed: false,
         }
     }
 }
@@ -691,6 +695,9 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());
+        }
+        if self.database.distributed && self.database.url.is_empty() {
+            return Err("database.distributed = true needs database.url: the managed Postgres is a single node; point database.url at a Citus coordinator (scripts/citus starts one)".into());
         }
         if self.retention.raw_days == 0 {
             return Err("retention.raw_days must be at least 1".into());

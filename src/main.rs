@@ -70,7 +70,13 @@ enum Cmd {
         no_local_agent: bool,
     },
     /// Apply database migrations and create partitions, then exit.
-    Migrate,
+    Migrate {
+        /// database.url is a Citus coordinator with workers: also shard the big tables by
+        /// host and make the inventory reference tables (database.distributed = true
+        /// does this at every start). Existing rows move to the workers.
+        #[arg(long)]
+        citus: bool,
+    },
     /// Manage dashboard users.
     #[command(subcommand)]
     User(UserCmd),
@@ -294,8 +300,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             demo(cfg, admin_password, !no_local_agent).await
         }
-        Cmd::Migrate => {
+        Cmd::Migrate { citus } => {
+            if citus {
+                anyhow::ensure!(
+                    !cfg.database.url.is_empty(),
+                    "--citus needs database.url (RACKWATCH_DATABASE__URL) pointing at the Citus coordinator"
+                );
+                cfg.database.distributed = true;
+            }
             let db = Database::open(&cfg, Role::OneShot).await?;
+            if citus {
+                let d = rackwatch::store::citus::distribute(&db.store.pool).await?;
+                println!(
+                    "distributed by host_id over {} workers ({} tables already were)",
+                    d.workers, d.already
+                );
+            }
             println!("database is up to date");
             db.close().await;
             Ok(())

@@ -52,6 +52,24 @@ pub struct ManagedOptions {
     /// `serve`/`demo` take ownership of one left by a killed process; one-shot
     /// commands leave it to its owner).
     pub own_adopted: bool,
+    /// The server's port: it names the socket file (`.s.PGSQL.<port>`) in the private
+    /// socket directory, and is the TCP port when a setting turns `listen_addresses` on.
+    /// Clusters that talk to each other (a Citus coordinator and its workers) each get
+    /// their own.
+    pub port: u16,
+}
+
+impl Default for ManagedOptions {
+    fn default() -> Self {
+        ManagedOptions {
+            root: PathBuf::from("postgres"),
+            bin_dir: String::new(),
+            user: "postgres".into(),
+            settings: Vec::new(),
+            own_adopted: true,
+            port: DEFAULT_PORT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +84,7 @@ pub struct ManagedPostgres {
     bin_dir: PathBuf,
     data: PathBuf,
     socket_dir: PathBuf,
+    port: u16,
     log: PathBuf,
     run_as: Option<RunAs>,
     running: bool,
@@ -76,7 +95,7 @@ pub struct ManagedPostgres {
 
 /// Socket file names are `.s.PGSQL.<port>` inside our private socket directory, so the
 /// port number only names the file and never collides with another server.
-const PORT: u16 = 5432;
+pub const DEFAULT_PORT: u16 = 5432;
 
 impl ManagedPostgres {
     /// Find the server binaries: the configured directory, then PATH, then
@@ -162,6 +181,7 @@ impl ManagedPostgres {
             bin_dir,
             data,
             socket_dir,
+            port: opts.port,
             log,
             run_as,
             running: false,
@@ -196,8 +216,9 @@ impl ManagedPostgres {
             pg.owned = opts.own_adopted;
         } else {
             let mut server_opts = format!(
-                "-k {} -c listen_addresses='' -p {PORT} -c unix_socket_permissions=0700",
-                pg.socket_dir.display()
+                "-k {} -c listen_addresses='' -p {} -c unix_socket_permissions=0700",
+                pg.socket_dir.display(),
+                pg.port
             );
             for s in &opts.settings {
                 server_opts.push_str(" -c ");
@@ -256,7 +277,8 @@ impl ManagedPostgres {
     /// URL of a database in this cluster.
     pub fn url_for(&self, db: &str) -> String {
         format!(
-            "postgres://postgres@localhost:{PORT}/{db}?host={}",
+            "postgres://postgres@localhost:{}/{db}?host={}",
+            self.port,
             self.socket_dir.display()
         )
     }
@@ -264,6 +286,22 @@ impl ManagedPostgres {
     /// Data directory of the cluster.
     pub fn data_dir(&self) -> &Path {
         &self.data
+    }
+
+    /// The private directory holding the server's socket (a libpq `host`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The server's port (names the socket file; the TCP port where TCP is on).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Leave the cluster running when this handle is dropped (a launcher script that
+    /// exits while the cluster serves others; `pg_ctl stop` or a later owner stops it).
+    pub fn detach(mut self) {
+        self.owned = false;
     }
 
     /// Stop the cluster (fast shutdown: running transactions are rolled back, committed

@@ -2,6 +2,7 @@
 //! rollups, retention and the queries the other stages use.
 
 pub mod auth;
+pub mod citus;
 pub mod managed;
 pub mod queries;
 pub mod rollup;
@@ -70,6 +71,7 @@ impl Database {
                 user: cfg.database.managed_user.clone(),
                 settings: Vec::new(),
                 own_adopted: role == Role::Owner,
+                port: managed::DEFAULT_PORT,
             };
             let pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts)).await??;
             create_database_if_missing(&pg.admin_url(), MANAGED_DB).await?;
@@ -84,6 +86,12 @@ impl Database {
         )
         .await?;
         store.migrate().await?;
+        if cfg.database.distributed {
+            let d = citus::distribute(&store.pool).await?;
+            if !d.converted.is_empty() {
+                tracing::info!(workers = d.workers, tables = ?d.converted, "distributed the schema over the Citus workers");
+            }
+        }
         store
             .ensure_partitions(
                 Utc::now(),
