@@ -306,14 +306,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     !cfg.database.url.is_empty(),
                     "--citus needs database.url (RACKWATCH_DATABASE__URL) pointing at the Citus coordinator"
                 );
-                cfg.database.distributed = true;
             }
             let db = Database::open(&cfg, Role::OneShot).await?;
             if citus {
                 let d = rackwatch::store::citus::distribute(&db.store.pool).await?;
                 println!(
-                    "distributed by host_id over {} workers ({} tables already were)",
-                    d.workers, d.already
+                    "distributed by host_id over {} workers: {} tables now, {} already",
+                    d.workers,
+                    d.converted.len(),
+                    d.already
                 );
             }
             println!("database is up to date");
