@@ -39,7 +39,10 @@ async fn every_table_has_a_citus_placement_that_fits_it() {
         .map(|(t, _)| *t)
         .filter(|t| !tables.iter().any(|s| s == t))
         .collect();
-    assert!(gone.is_empty(), "TABLES lists tables the schema lacks: {gone:?}");
+    assert!(
+        gone.is_empty(),
+        "TABLES lists tables the schema lacks: {gone:?}"
+    );
 
     // What Citus requires of a distributed table: the distribution column, in every
     // primary key and unique constraint.
@@ -94,7 +97,10 @@ async fn every_table_has_a_citus_placement_that_fits_it() {
                 | (Some(Placement::Reference), Some(Placement::Reference))
                 | (Some(Placement::Local), Some(Placement::Local))
         );
-        assert!(ok, "foreign key {from} ({f:?}) → {to} ({t:?}) cannot be kept on Citus");
+        assert!(
+            ok,
+            "foreign key {from} ({f:?}) → {to} ({t:?}) cannot be kept on Citus"
+        );
     }
 
     if on_citus() {
@@ -127,7 +133,10 @@ async fn every_table_has_a_citus_placement_that_fits_it() {
 #[tokio::test]
 #[ignore = "needs the Citus cluster of ./scripts/test-citus"]
 async fn samples_land_on_both_workers_and_the_pages_read_them_back() {
-    assert!(on_citus(), "run through ./scripts/test-citus (RACKWATCH_TEST_CITUS=1)");
+    assert!(
+        on_citus(),
+        "run through ./scripts/test-citus (RACKWATCH_TEST_CITUS=1)"
+    );
     let app = TestApp::spawn().await;
     let hosts = 16;
     let gpus = 4;
@@ -172,12 +181,18 @@ async fn samples_land_on_both_workers_and_the_pages_read_them_back() {
                 .fetch_one(&app.store.pool)
                 .await
                 .unwrap();
-        assert_eq!(coordinator, total as i64, "{table} read through the coordinator");
+        assert_eq!(
+            coordinator, total as i64,
+            "{table} read through the coordinator"
+        );
     }
     let rollups = citus::rows_per_node(&app.store.pool, "gpu_samples_1m")
         .await
         .unwrap();
-    assert!(rollups.len() == 2 && rollups.iter().all(|r| r.2 > 0), "{rollups:?}");
+    assert!(
+        rollups.len() == 2 && rollups.iter().all(|r| r.2 > 0),
+        "{rollups:?}"
+    );
     // One host's rows all sit on one worker, with its latest rows (co-location).
     let placements: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT h.id, count(DISTINCT p.nodeport)
