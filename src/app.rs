@@ -306,7 +306,6 @@ pub struct Background {
 pub fn start_background(
     cfg: Arc<Config>,
     store: Store,
-    db_url: String,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Background> {
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -320,7 +319,7 @@ pub fn start_background(
         shutdown.clone(),
     )
     .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
-    let jobs = crate::jobs::spawn(store, db_url, cfg, leader, shared.jobs.clone(), shutdown);
+    let jobs = crate::jobs::spawn(store, cfg, leader, shared.jobs.clone(), shutdown);
     Ok(Background {
         jobs,
         alerts,

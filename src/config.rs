@@ -147,6 +147,12 @@ pub struct DatabaseConfig {
     /// `url` is a Citus coordinator: at start, make the big tables distributed by host
     /// and the inventory reference tables (see docs/scale.md). Idempotent.
     pub distributed: bool,
+    /// A streaming replica of `url` for history reads (charts, raw samples, events).
+    /// Empty: everything reads `url`.
+    pub read_url: Secret,
+    /// The replica serves history reads while its measured lag is at most this many
+    /// seconds; beyond it (or unreachable) they go to the primary.
+    pub read_max_lag_secs: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -158,6 +164,8 @@ impl Default for DatabaseConfig {
             managed_bin_dir: String::new(),
             managed_user: "postgres".into(),
             distributed: false,
+            read_url: Secret::default(),
+            read_max_lag_secs: 5,
         }
     }
 }

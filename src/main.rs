@@ -628,12 +628,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let db = Database::open(&cfg, Role::Owner).await?;
     let cfg = Arc::new(cfg);
-    let bg = app::start_background(
-        cfg.clone(),
-        db.store.clone(),
-        db.url.clone(),
-        shutdown.clone(),
-    )?;
+    let bg = app::start_background(cfg.clone(), db.store.clone(), shutdown.clone())?;
     let server =
         app::start_server_with(cfg.clone(), db.store.clone(), bg.shared.clone(), shutdown).await?;
     tracing::info!(addr = %server.addr, "serving");
@@ -702,12 +697,7 @@ async fn demo(
             "simulated fleet history back-filled"
         );
     }
-    let bg = app::start_background(
-        cfg.clone(),
-        db.store.clone(),
-        db.url.clone(),
-        shutdown.clone(),
-    )?;
+    let bg = app::start_background(cfg.clone(), db.store.clone(), shutdown.clone())?;
     // The server stops after the agents have flushed; it has its own stop signal.
     let (server_stop_tx, server_stop) = watch::channel(false);
     let server = app::start_server_with(

@@ -310,6 +310,7 @@ impl LocalCluster {
                 settings,
                 own_adopted: opts.own_adopted,
                 port,
+                standby_of: None,
             })
         };
         let coordinator = node("coordinator".into(), opts.port)?;

@@ -57,6 +57,11 @@ pub struct ManagedOptions {
     /// Clusters that talk to each other (a Citus coordinator and its workers) each get
     /// their own.
     pub port: u16,
+    /// Make the cluster a streaming replica of this primary (a libpq conninfo, e.g.
+    /// `host=/path/to/socketdir port=5432 user=postgres`) instead of running `initdb`:
+    /// `pg_basebackup -R` copies the primary on the first start. Tests and benchmarks of
+    /// read replicas and failover use it; production replicas are the operator's.
+    pub standby_of: Option<String>,
 }
 
 impl Default for ManagedOptions {
@@ -68,6 +73,7 @@ impl Default for ManagedOptions {
             settings: Vec::new(),
             own_adopted: true,
             port: DEFAULT_PORT,
+            standby_of: None,
         }
     }
 }
@@ -115,7 +121,15 @@ impl ManagedPostgres {
         if let Some(path) = std::env::var_os("PATH") {
             for d in std::env::split_paths(&path) {
                 if has(&d) {
-                    return Ok(d);
+                    // A directory of links (/usr/local/bin → /usr/lib/postgresql/15/bin):
+                    // the real one also holds pg_basebackup and the other tools.
+                    let real = d
+                        .join("initdb")
+                        .canonicalize()
+                        .ok()
+                        .and_then(|p| p.parent().map(Path::to_path_buf))
+                        .filter(|r| has(r));
+                    return Ok(real.unwrap_or(d));
                 }
             }
         }
@@ -195,21 +209,29 @@ impl ManagedPostgres {
                     .map_err(io("cannot remove incomplete", &pg.data))?;
             }
             let data = pg.data.to_string_lossy().into_owned();
-            pg.run(
-                "initdb",
-                &[
-                    "-D",
-                    &data,
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-instructions",
-                ],
-            )?;
+            match &opts.standby_of {
+                None => pg.run(
+                    "initdb",
+                    &[
+                        "-D",
+                        &data,
+                        "-U",
+                        "postgres",
+                        "-A",
+                        "trust",
+                        "-E",
+                        "UTF8",
+                        "--locale=C",
+                        "--no-instructions",
+                    ],
+                )?,
+                Some(primary) => pg.run(
+                    "pg_basebackup",
+                    &[
+                        "-D", &data, "-d", primary, "-R", "-X", "stream", "-c", "fast",
+                    ],
+                )?,
+            }
         }
         if pg.status_running() {
             tracing::info!(data = %pg.data.display(), "managed Postgres already running; adopting it");
@@ -317,6 +339,21 @@ impl ManagedPostgres {
         )?;
         self.running = false;
         Ok(())
+    }
+
+    /// Promote a streaming replica to primary (`pg_ctl promote`, waits until it is).
+    pub fn promote(&self) -> Result<(), ManagedError> {
+        let data = self.data.to_string_lossy().into_owned();
+        self.run("pg_ctl promote", &["-D", &data, "-w", "promote"])
+    }
+
+    /// A libpq conninfo of this cluster (what a replica's `standby_of` names).
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     /// Stop without waiting for clients (used when the process exits abruptly).

@@ -16,5 +16,6 @@ mod metric_table;
 mod nvml;
 mod openapi;
 mod pages;
+mod replication;
 mod rollups;
 mod support;

@@ -14,6 +14,7 @@ fn opts(root: std::path::PathBuf, own_adopted: bool) -> ManagedOptions {
         settings: fast_settings(),
         own_adopted,
         port: rackwatch::store::managed::DEFAULT_PORT,
+        standby_of: None,
     }
 }
 

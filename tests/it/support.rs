@@ -104,6 +104,7 @@ fn admin_url() -> &'static str {
             settings: fast_settings(),
             own_adopted: true,
             port: rackwatch::store::managed::DEFAULT_PORT,
+            standby_of: None,
         };
         let pg = ManagedPostgres::start(&opts).expect("starting the test Postgres cluster");
         let url = pg.admin_url();
@@ -273,7 +274,13 @@ impl TestApp {
             cfg.database.max_connections,
             cfg.database.acquire_timeout_secs,
         );
-        let store = Store::connect(&db_url, max, timeout).await.unwrap();
+        let mut store = Store::connect(&db_url, max, timeout).await.unwrap();
+        if !cfg.database.read_url.is_empty() {
+            let lag = std::time::Duration::from_secs(cfg.database.read_max_lag_secs);
+            store = store
+                .with_read_replica(cfg.database.read_url.expose(), max, lag)
+                .unwrap();
+        }
         let (raw, ahead) = (cfg.retention.raw_days, cfg.retention.partitions_ahead_days);
         store
             .ensure_partitions(Utc::now(), raw, ahead)
@@ -282,13 +289,8 @@ impl TestApp {
         let cfg = Arc::new(cfg);
         let (stop, rx) = watch::channel(false);
         let (background, wakeup) = if full {
-            let bg = rackwatch::app::start_background(
-                cfg.clone(),
-                store.clone(),
-                db_url.clone(),
-                rx.clone(),
-            )
-            .unwrap();
+            let bg =
+                rackwatch::app::start_background(cfg.clone(), store.clone(), rx.clone()).unwrap();
             let w = bg.shared.clone();
             (Some(bg), w)
         } else {
