@@ -78,6 +78,14 @@ pub const JOBS: &[Job] = &[
         run: |c| Box::pin(forecasts(c)),
         quiet: false,
     },
+    // After the forecasts: recommendations, exhaustion dates, consolidation.
+    Job {
+        name: "capacity",
+        every: Duration::from_secs(3600),
+        enabled: |cfg| cfg.capacity.enabled,
+        run: |c| Box::pin(capacity(c)),
+        quiet: false,
+    },
     // Energy accounting redoes the last hour each run, so running more often than hourly
     // keeps the energy page fresh; it also mails the weekly report when due.
     Job {
@@ -209,6 +217,14 @@ async fn anomaly(c: &JobContext) -> anyhow::Result<String> {
     Ok(format!(
         "{} minutes scored ({} anomalous), {} models trained, {} hosts without a model",
         r.scored_minutes, r.anomalous_minutes, r.trained, r.skipped
+    ))
+}
+
+async fn capacity(c: &JobContext) -> anyhow::Result<String> {
+    let r = crate::analytics::capacity::run(&c.store, &c.cfg, Utc::now()).await?;
+    Ok(format!(
+        "{} pools recommended ({} without a plan yet), {} racks and {} disks dated, {} demand slots",
+        r.pools, r.skipped, r.racks, r.disks, r.demand_slots
     ))
 }
 

@@ -401,6 +401,30 @@ impl Store {
         Ok(token)
     }
 
+    /// Mint a token a scheduler uses to report `pool`'s queue; only its hash is stored.
+    pub async fn create_pool_token(&self, pool: &str, note: &str) -> Result<String, sqlx::Error> {
+        let token = format!("rwp_{}", random_secret());
+        sqlx::query(
+            "INSERT INTO agent_tokens (host_name, pool, token_sha256, note) VALUES ('', $1, $2, $3)",
+        )
+        .bind(pool)
+        .bind(sha256(&token))
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// The pool a live scheduler token is scoped to.
+    pub async fn token_pool(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT pool FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NOT NULL",
+        )
+        .bind(sha256(token))
+        .fetch_optional(&self.pool)
+        .await
+    }
+
     /// The host name a live agent token is scoped to.
     pub async fn token_host(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
         let hash = sha256(token);
@@ -410,7 +434,7 @@ impl Store {
             }
         }
         let host: Option<String> = sqlx::query_scalar(
-            "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+            "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NULL",
         )
         .bind(&hash)
         .fetch_optional(&self.pool)
@@ -451,7 +475,9 @@ impl Store {
     /// Agent tokens (without secrets) for the admin page and CLI.
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT id, host_name, note, created_at, last_used_at, revoked_at FROM agent_tokens ORDER BY host_name, id",
+            "SELECT id, CASE WHEN pool IS NULL THEN host_name ELSE 'pool:' || pool END AS host_name, note, created_at,
+                    last_used_at, revoked_at
+               FROM agent_tokens ORDER BY 2, id",
         )
         .fetch_all(&self.pool)
         .await

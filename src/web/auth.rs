@@ -453,6 +453,17 @@ impl FromRequestParts<AppState> for PageUser {
     }
 }
 
+/// The user of a request, if it carries credentials (for routes that also take other
+/// credentials, like a scheduler's token).
+pub struct MaybeUser(pub Option<User>);
+
+impl FromRequestParts<AppState> for MaybeUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        Ok(MaybeUser(resolve(parts, st).await?))
+    }
+}
+
 /// A user of the JSON API (session or HTTP Basic).
 pub struct ApiUser(pub User);
 

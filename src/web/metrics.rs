@@ -117,6 +117,52 @@ fn job_metrics(out: &mut String, jobs: &[crate::model::jobs::JobStatus], leader:
     }
 }
 
+/// The capacity gauges an autoscaler reads (KEDA, HPA external metrics): the same
+/// numbers as `GET /api/v1/capacity/recommendations`.
+fn pool_metrics(out: &mut String, recs: &[crate::analytics::capacity::PoolRecommendation]) {
+    let views: Vec<_> = recs.iter().map(super::capacity::autoscaler_view).collect();
+    gauge_header(
+        out,
+        "rackwatch_pool_demand_gpus",
+        "A pool's demand in its last 5 minutes: GPU-equivalents of work plus GPUs queued.",
+    );
+    for v in &views {
+        if let Some(d) = v.demand_gpus {
+            let _ = writeln!(
+                out,
+                "rackwatch_pool_demand_gpus{{pool=\"{}\"}} {d:.3}",
+                label(&v.pool)
+            );
+        }
+    }
+    gauge_header(
+        out,
+        "rackwatch_pool_recommended_gpus",
+        "GPUs the capacity job recommends: for the next hour (1h) and the week's peak (7d).",
+    );
+    for v in &views {
+        let p = label(&v.pool);
+        let _ = writeln!(
+            out,
+            "rackwatch_pool_recommended_gpus{{pool=\"{p}\",horizon=\"1h\"}} {}\nrackwatch_pool_recommended_gpus{{pool=\"{p}\",horizon=\"7d\"}} {}",
+            v.recommended_1h, v.recommended_7d
+        );
+    }
+    gauge_header(
+        out,
+        "rackwatch_pool_installed_gpus",
+        "GPUs installed in a pool (seen in the last day).",
+    );
+    for v in &views {
+        let _ = writeln!(
+            out,
+            "rackwatch_pool_installed_gpus{{pool=\"{}\"}} {}",
+            label(&v.pool),
+            v.installed_gpus
+        );
+    }
+}
+
 /// Escape a label value per the exposition format.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -217,6 +263,9 @@ pub async fn metrics(
         st.cfg.database.max_connections
     );
     job_metrics(&mut out, &st.jobs.snapshot(), st.jobs.is_leader());
+    if let Ok(recs) = st.store.recommendations(None).await {
+        pool_metrics(&mut out, &recs);
+    }
     if let Ok(agents) = st.store.agent_stats().await {
         for (name, key, help) in [
             (

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod alerts;
 pub mod anomalies;
 pub mod auth;
+pub mod capacity;
 pub mod charts;
 pub mod energy;
 pub mod error;
@@ -111,6 +112,7 @@ fn page_router() -> Router<AppState> {
         .merge(host::page_routes())
         .merge(gpu::page_routes())
         .merge(inventory::page_routes())
+        .merge(capacity::page_routes())
         .merge(alerts::page_routes())
         .merge(energy::page_routes())
         .merge(admin::page_routes())
@@ -129,6 +131,7 @@ fn api_router() -> Router<AppState> {
         .merge(alerts::api_routes())
         .merge(anomalies::api_routes())
         .merge(forecasts::api_routes())
+        .merge(capacity::api_routes())
         .merge(energy::api_routes())
         .merge(admin::api_routes())
         .merge(openapi::api_routes())

@@ -5,6 +5,7 @@ mod agent;
 mod alerts;
 mod anomalies;
 mod browser;
+mod capacity;
 mod citus;
 mod cli;
 mod dashboard;
