@@ -241,6 +241,11 @@ impl Store {
     }
 
     /// Create the daily partitions from the oldest accepted day to `ahead` days ahead.
+    ///
+    /// Server replicas started together would race on the same `CREATE TABLE IF NOT
+    /// EXISTS` (Postgres reports "already exists" to the loser), so the work runs under an
+    /// advisory lock, on a connection of its own: should anything fail, closing that
+    /// connection releases the lock.
     pub async fn ensure_partitions(
         &self,
         now: DateTime<Utc>,
@@ -249,17 +254,23 @@ impl Store {
     ) -> Result<(), StoreError> {
         let first = (now - chrono::Duration::days(i64::from(raw_days))).date_naive();
         let last = now.date_naive() + chrono::Duration::days(i64::from(ahead));
+        let mut conn = self.dedicated_connection().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(PARTITION_LOCK)
+            .execute(&mut conn)
+            .await?;
         let mut day = first;
         while day <= last {
             for parent in PARTITIONED {
                 sqlx::query("SELECT rackwatch_ensure_partition($1, $2)")
                     .bind(parent)
                     .bind(day)
-                    .execute(&self.pool)
+                    .execute(&mut conn)
                     .await?;
             }
             day = day.succ_opt().expect("date in range");
         }
+        let _ = conn.close().await;
         Ok(())
     }
 
@@ -315,6 +326,9 @@ impl Store {
         Ok(dropped)
     }
 }
+
+/// The advisory lock key under which partitions are created ("rwpart").
+pub const PARTITION_LOCK: i64 = 0x7277_7061_7274;
 
 /// Tables partitioned by day. Rollups (`_1m`, and `_15m` made from them) are kept
 /// `retention.rollup_1m_days`, raw samples `retention.raw_days`, anomaly scores

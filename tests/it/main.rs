@@ -12,6 +12,7 @@ mod dashboard;
 mod energy;
 mod forecasts;
 mod ingest;
+mod load_balancer;
 mod managed_pg;
 mod metric_table;
 mod nvml;
