@@ -80,6 +80,12 @@ pub const TABLES: &[(&str, Placement)] = &[
     ("facility_readings", Placement::Local),
     ("grid_intensity", Placement::Local),
     ("report_deliveries", Placement::Local),
+    // Capacity: per pool (a pool spans hosts on every worker), written by the leader.
+    ("pool_demand", Placement::Local),
+    ("pool_queue", Placement::Local),
+    ("capacity_recommendations", Placement::Local),
+    ("capacity_exhaustion", Placement::Local),
+    ("capacity_history", Placement::Local),
 ];
 
 /// Where `table` lives, if it is listed.
