@@ -122,9 +122,7 @@ async fn run() {
     let group_wait = cfg.alerting.group_wait_secs;
     let cfg = Arc::new(cfg);
     let (stop, stop_rx) = watch::channel(false);
-    let bg =
-        rackwatch::app::start_background(cfg.clone(), store.clone(), url.clone(), stop_rx.clone())
-            .unwrap();
+    let bg = rackwatch::app::start_background(cfg.clone(), store.clone(), stop_rx.clone()).unwrap();
     let server = rackwatch::app::start_server_with(
         cfg.clone(),
         store.clone(),

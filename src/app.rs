@@ -355,10 +355,9 @@ pub struct Background {
 pub fn start_background(
     cfg: Arc<Config>,
     store: Store,
-    db_url: String,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Background> {
-    start_background_with(cfg, store, db_url, Shared::default(), shutdown)
+    start_background_with(cfg, store, Shared::default(), shutdown)
 }
 
 /// [`start_background`] with the state a server started earlier already shares (the
@@ -367,7 +366,6 @@ pub fn start_background(
 pub fn start_background_with(
     cfg: Arc<Config>,
     store: Store,
-    db_url: String,
     shared: Shared,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Background> {
@@ -384,7 +382,6 @@ pub fn start_background_with(
     .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
     let jobs = crate::jobs::spawn(
         store,
-        db_url,
         cfg,
         leader,
         shared.jobs.clone(),

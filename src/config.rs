@@ -154,6 +154,15 @@ pub struct DatabaseConfig {
     pub managed_bin_dir: String,
     /// Unix user that runs the managed cluster when Rackwatch runs as root.
     pub managed_user: String,
+    /// `url` is a Citus coordinator: at start, make the big tables distributed by host
+    /// and the inventory reference tables (see docs/scale.md). Idempotent.
+    pub distributed: bool,
+    /// A streaming replica of `url` for history reads (charts, raw samples, events).
+    /// Empty: everything reads `url`.
+    pub read_url: Secret,
+    /// The replica serves history reads while its measured lag is at most this many
+    /// seconds; beyond it (or unreachable) they go to the primary.
+    pub read_max_lag_secs: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -164,6 +173,9 @@ impl Default for DatabaseConfig {
             acquire_timeout_secs: 3,
             managed_bin_dir: String::new(),
             managed_user: "postgres".into(),
+            distributed: false,
+            read_url: Secret::default(),
+            read_max_lag_secs: 5,
         }
     }
 }
@@ -872,6 +884,9 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());
+        }
+        if self.database.distributed && self.database.url.is_empty() {
+            return Err("database.distributed = true needs database.url: the managed Postgres is a single node; point database.url at a Citus coordinator (scripts/citus starts one)".into());
         }
         if self.retention.raw_days == 0 {
             return Err("retention.raw_days must be at least 1".into());

@@ -113,7 +113,6 @@ pub const JOBS: &[Job] = &[
 /// records every run, `telemetry` times it.
 pub fn spawn(
     store: Store,
-    db_url: String,
     cfg: Arc<Config>,
     leader_flag: Arc<AtomicBool>,
     board: Arc<JobBoard>,
@@ -134,7 +133,7 @@ pub fn spawn(
         let mut last: Vec<Option<Instant>> = vec![None; JOBS.len()];
         loop {
             if leader.is_none() {
-                leader = try_lead(&db_url).await;
+                leader = try_lead(&ctx.store).await;
                 if leader.is_some() {
                     tracing::info!("this server runs the periodic jobs (leader)");
                     // A new leader runs every job at once: the old one may have died
@@ -190,8 +189,10 @@ async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) {
     board.record(job.name, start, took, result.map_err(|e| format!("{e:#}")));
 }
 
-async fn try_lead(db_url: &str) -> Option<PgConnection> {
-    let mut conn = PgConnection::connect(db_url).await.ok()?;
+/// The lock is held on a connection of its own to the current primary (after a failover,
+/// the new one: the old leader's connection died with the old primary).
+async fn try_lead(store: &Store) -> Option<PgConnection> {
+    let mut conn = store.dedicated_connection().await.ok()?;
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LEADER_LOCK)
         .fetch_one(&mut conn)

@@ -70,7 +70,13 @@ enum Cmd {
         no_local_agent: bool,
     },
     /// Apply database migrations and create partitions, then exit.
-    Migrate,
+    Migrate {
+        /// database.url is a Citus coordinator with workers: also shard the big tables by
+        /// host and make the inventory reference tables (database.distributed = true
+        /// does this at every start). Existing rows move to the workers.
+        #[arg(long)]
+        citus: bool,
+    },
     /// Write a consistent backup of the database (a pg_dump custom-format archive).
     Backup {
         /// Archive to write (replaced only once the new one is complete).
@@ -386,8 +392,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Migrate => {
+        Cmd::Migrate { citus } => {
+            if citus {
+                anyhow::ensure!(
+                    !cfg.database.url.is_empty(),
+                    "--citus needs database.url (RACKWATCH_DATABASE__URL) pointing at the Citus coordinator"
+                );
+            }
             let db = Database::open(&cfg, Role::OneShot).await?;
+            if citus {
+                let d = rackwatch::store::citus::distribute(&db.store.pool).await?;
+                println!(
+                    "distributed by host_id over {} workers: {} tables now, {} already",
+                    d.workers,
+                    d.converted.len(),
+                    d.already
+                );
+            }
             println!("database is up to date");
             db.close().await;
             Ok(())
@@ -832,12 +853,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let db = Database::open(&cfg, Role::Owner).await?;
     let cfg = Arc::new(cfg);
-    let bg = app::start_background(
-        cfg.clone(),
-        db.store.clone(),
-        db.url.clone(),
-        shutdown.clone(),
-    )?;
+    let bg = app::start_background(cfg.clone(), db.store.clone(), shutdown.clone())?;
     let server =
         app::start_server_with(cfg.clone(), db.store.clone(), bg.shared.clone(), shutdown).await?;
     tracing::info!(addr = %server.addr, "serving");
@@ -940,13 +956,7 @@ async fn demo(
     // The simulated agents ship their last `backfill_minutes` before alerting starts, so
     // no host looks silent in between.
     let mut agents = app::start_simulator(&cfg, &db.store, &base, fleet, shutdown.clone()).await?;
-    let bg = app::start_background_with(
-        cfg.clone(),
-        db.store.clone(),
-        db.url.clone(),
-        shared,
-        shutdown.clone(),
-    )?;
+    let bg = app::start_background_with(cfg.clone(), db.store.clone(), shared, shutdown.clone())?;
     if local_agent {
         let identity = app::local_identity(&cfg);
         let token = db.store.create_agent_token(&identity.name, "demo").await?;

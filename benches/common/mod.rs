@@ -64,6 +64,8 @@ pub async fn start_db(root: PathBuf, settings: &[&str], pool: u32) -> BenchDb {
         user: "postgres".into(),
         settings: settings.iter().map(|s| s.to_string()).collect(),
         own_adopted: true,
+        port: rackwatch::store::managed::DEFAULT_PORT,
+        standby_of: None,
     };
     let pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts))
         .await

@@ -139,10 +139,13 @@ r AS (
                  power_mean, power_max, temp_mean, temp_max, clock_min] AS vals,
            ARRAY[util_gpu, mem_gpu, power_gpu, temp_gpu, clock_gpu] AS gpus
       FROM h FULL JOIN g USING (host_id, bucket))
-SELECT host_id, bucket, vals, gpus FROM r
- WHERE NOT ($4 AND EXISTS (SELECT 1 FROM anomaly_scores s
-                            WHERE s.host_id = r.host_id AND s.ts = r.bucket AND s.is_anomalous))
- ORDER BY host_id, bucket";
+SELECT r.host_id, r.bucket, r.vals, r.gpus FROM r
+  -- A join, not a correlated EXISTS: Citus plans no correlated subquery over a CTE. The
+  -- bounds keep what it gathers from the workers to the minutes asked for.
+  LEFT JOIN anomaly_scores s ON $4 AND s.host_id = r.host_id AND s.ts = r.bucket AND s.is_anomalous
+        AND s.host_id = ANY($1) AND s.ts >= $2 AND s.ts < $3
+ WHERE s.host_id IS NULL
+ ORDER BY r.host_id, r.bucket";
 
 /// A flat training metric counts as varying by this many steps (see [`Feature::step`]):
 /// the detector floors a metric's residual scale at 0.2 of its standard deviation, so a

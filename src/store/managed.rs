@@ -52,6 +52,30 @@ pub struct ManagedOptions {
     /// `serve`/`demo` take ownership of one left by a killed process; one-shot
     /// commands leave it to its owner).
     pub own_adopted: bool,
+    /// The server's port: it names the socket file (`.s.PGSQL.<port>`) in the private
+    /// socket directory, and is the TCP port when a setting turns `listen_addresses` on.
+    /// Clusters that talk to each other (a Citus coordinator and its workers) each get
+    /// their own.
+    pub port: u16,
+    /// Make the cluster a streaming replica of this primary (a libpq conninfo, e.g.
+    /// `host=/path/to/socketdir port=5432 user=postgres`) instead of running `initdb`:
+    /// `pg_basebackup -R` copies the primary on the first start. Tests and benchmarks of
+    /// read replicas and failover use it; production replicas are the operator's.
+    pub standby_of: Option<String>,
+}
+
+impl Default for ManagedOptions {
+    fn default() -> Self {
+        ManagedOptions {
+            root: PathBuf::from("postgres"),
+            bin_dir: String::new(),
+            user: "postgres".into(),
+            settings: Vec::new(),
+            own_adopted: true,
+            port: DEFAULT_PORT,
+            standby_of: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +90,7 @@ pub struct ManagedPostgres {
     bin_dir: PathBuf,
     data: PathBuf,
     socket_dir: PathBuf,
+    port: u16,
     log: PathBuf,
     run_as: Option<RunAs>,
     running: bool,
@@ -76,7 +101,7 @@ pub struct ManagedPostgres {
 
 /// Socket file names are `.s.PGSQL.<port>` inside our private socket directory, so the
 /// port number only names the file and never collides with another server.
-const PORT: u16 = 5432;
+pub const DEFAULT_PORT: u16 = 5432;
 
 impl ManagedPostgres {
     /// Find the server binaries: the configured directory, then PATH, then
@@ -96,7 +121,15 @@ impl ManagedPostgres {
         if let Some(path) = std::env::var_os("PATH") {
             for d in std::env::split_paths(&path) {
                 if has(&d) {
-                    return Ok(d);
+                    // A directory of links (/usr/local/bin → /usr/lib/postgresql/15/bin):
+                    // the real one also holds pg_basebackup and the other tools.
+                    let real = d
+                        .join("initdb")
+                        .canonicalize()
+                        .ok()
+                        .and_then(|p| p.parent().map(Path::to_path_buf))
+                        .filter(|r| has(r));
+                    return Ok(real.unwrap_or(d));
                 }
             }
         }
@@ -162,6 +195,7 @@ impl ManagedPostgres {
             bin_dir,
             data,
             socket_dir,
+            port: opts.port,
             log,
             run_as,
             running: false,
@@ -175,29 +209,38 @@ impl ManagedPostgres {
                     .map_err(io("cannot remove incomplete", &pg.data))?;
             }
             let data = pg.data.to_string_lossy().into_owned();
-            pg.run(
-                "initdb",
-                &[
-                    "-D",
-                    &data,
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-instructions",
-                ],
-            )?;
+            match &opts.standby_of {
+                None => pg.run(
+                    "initdb",
+                    &[
+                        "-D",
+                        &data,
+                        "-U",
+                        "postgres",
+                        "-A",
+                        "trust",
+                        "-E",
+                        "UTF8",
+                        "--locale=C",
+                        "--no-instructions",
+                    ],
+                )?,
+                Some(primary) => pg.run(
+                    "pg_basebackup",
+                    &[
+                        "-D", &data, "-d", primary, "-R", "-X", "stream", "-c", "fast",
+                    ],
+                )?,
+            }
         }
         if pg.status_running() {
             tracing::info!(data = %pg.data.display(), "managed Postgres already running; adopting it");
             pg.owned = opts.own_adopted;
         } else {
             let mut server_opts = format!(
-                "-k {} -c listen_addresses='' -p {PORT} -c unix_socket_permissions=0700",
-                pg.socket_dir.display()
+                "-k {} -c listen_addresses='' -p {} -c unix_socket_permissions=0700",
+                pg.socket_dir.display(),
+                pg.port
             );
             for s in &opts.settings {
                 server_opts.push_str(" -c ");
@@ -256,7 +299,8 @@ impl ManagedPostgres {
     /// URL of a database in this cluster.
     pub fn url_for(&self, db: &str) -> String {
         format!(
-            "postgres://postgres@localhost:{PORT}/{db}?host={}",
+            "postgres://postgres@localhost:{}/{db}?host={}",
+            self.port,
             self.socket_dir.display()
         )
     }
@@ -272,6 +316,22 @@ impl ManagedPostgres {
         self.owned
     }
 
+    /// The private directory holding the server's socket (a libpq `host`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The server's port (names the socket file; the TCP port where TCP is on).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Leave the cluster running when this handle is dropped (a launcher script that
+    /// exits while the cluster serves others; `pg_ctl stop` or a later owner stops it).
+    pub fn detach(mut self) {
+        self.owned = false;
+    }
+
     /// Stop the cluster (fast shutdown: running transactions are rolled back, committed
     /// data is safe). Blocking.
     pub fn stop(&mut self) -> Result<(), ManagedError> {
@@ -285,6 +345,21 @@ impl ManagedPostgres {
         )?;
         self.running = false;
         Ok(())
+    }
+
+    /// Promote a streaming replica to primary (`pg_ctl promote`, waits until it is).
+    pub fn promote(&self) -> Result<(), ManagedError> {
+        let data = self.data.to_string_lossy().into_owned();
+        self.run("pg_ctl promote", &["-D", &data, "-w", "promote"])
+    }
+
+    /// A libpq conninfo of this cluster (what a replica's `standby_of` names).
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     /// Stop without waiting for clients (used when the process exits abruptly).

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod backup;
+pub mod citus;
+pub mod failover;
 pub mod managed;
 pub mod queries;
 pub mod rollup;
@@ -28,6 +30,10 @@ pub struct Store {
     pub pool: PgPool,
     /// Small read caches on the ingest path, shared by all clones of this store.
     pub(crate) cache: std::sync::Arc<Cache>,
+    /// Follows the primary when `database.url` names several hosts (None: one host).
+    pub router: Option<std::sync::Arc<failover::Router>>,
+    /// The streaming replica that serves history reads (`database.read_url`).
+    pub replica: Option<std::sync::Arc<failover::ReadReplica>>,
 }
 
 /// What ingest would otherwise ask Postgres on every batch.
@@ -66,6 +72,12 @@ impl Database {
     pub async fn open(cfg: &Config, role: Role) -> anyhow::Result<Database> {
         let db = Self::open_bare(cfg, role).await?;
         db.store.migrate().await?;
+        if cfg.database.distributed {
+            let d = citus::distribute(&db.store.pool).await?;
+            if !d.converted.is_empty() {
+                tracing::info!(workers = d.workers, tables = ?d.converted, "distributed the schema over the Citus workers");
+            }
+        }
         db.store
             .ensure_partitions(
                 Utc::now(),
@@ -86,6 +98,8 @@ impl Database {
                 user: cfg.database.managed_user.clone(),
                 settings: Vec::new(),
                 own_adopted: role == Role::Owner,
+                port: managed::DEFAULT_PORT,
+                standby_of: None,
             };
             let pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&opts)).await??;
             create_database_if_missing(&pg.admin_url(), MANAGED_DB).await?;
@@ -93,12 +107,19 @@ impl Database {
         } else {
             (cfg.database.url.expose().to_string(), None)
         };
-        let store = Store::connect(
+        let mut store = Store::connect(
             &url,
             cfg.database.max_connections,
             cfg.database.acquire_timeout_secs,
         )
         .await?;
+        if !cfg.database.read_url.is_empty() {
+            store = store.with_read_replica(
+                cfg.database.read_url.expose(),
+                cfg.database.max_connections,
+                Duration::from_secs(cfg.database.read_max_lag_secs),
+            )?;
+        }
         Ok(Database {
             store,
             managed,
@@ -147,24 +168,75 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::
 impl Store {
     /// Open a pool. Connections are made lazily, so a server can start while the
     /// database is still down and answer 503 until it is back.
+    ///
+    /// A URL with several hosts (`postgres://u@db1,db2/rackwatch?target_session_attrs=read-write`)
+    /// connects to the usable one and follows the primary across failovers
+    /// ([`failover::Router`]).
     pub async fn connect(
         url: &str,
         max_connections: u32,
         acquire_timeout_secs: u64,
     ) -> anyhow::Result<Store> {
+        let targets = failover::parse(url).map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+        let options = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(acquire_timeout_secs.max(1)));
+        if targets.routed() {
+            let router = failover::Router::start(targets).await;
+            let pool = router
+                .pool_options(options)
+                .connect_lazy_with(router.current());
+            router.clone().watch(pool.clone());
+            return Ok(Store {
+                pool,
+                cache: Default::default(),
+                router: Some(router),
+                replica: None,
+            });
+        }
         let opts: PgConnectOptions = url
             .parse()
             .context("database.url is not a valid Postgres URL")?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(acquire_timeout_secs.max(1)))
+        let pool = options
             .connect_with(opts)
             .await
             .context("connecting to Postgres")?;
         Ok(Store {
             pool,
             cache: Default::default(),
+            router: None,
+            replica: None,
         })
+    }
+
+    /// Send history reads (charts, raw samples, events) to the streaming replica at
+    /// `url` while it is at most `max_lag` behind (checked once a second).
+    pub fn with_read_replica(
+        mut self,
+        url: &str,
+        max_connections: u32,
+        max_lag: Duration,
+    ) -> anyhow::Result<Store> {
+        let replica = failover::ReadReplica::connect(url, max_connections, max_lag)
+            .map_err(anyhow::Error::msg)?;
+        replica.clone().watch(self.pool.clone());
+        self.replica = Some(replica);
+        Ok(self)
+    }
+
+    /// The pool for reads that may be up to `database.read_max_lag_secs` (+ 1 s) old:
+    /// the replica while it is that fresh, the primary otherwise. "Now" views (latest
+    /// samples, alerts, inventory) read the primary.
+    pub fn history(&self) -> &PgPool {
+        match &self.replica {
+            Some(r) if r.healthy() => &r.pool,
+            _ => &self.pool,
+        }
+    }
+
+    /// A connection outside the pool to the current primary (the job leader's lock).
+    pub async fn dedicated_connection(&self) -> Result<sqlx::PgConnection, sqlx::Error> {
+        sqlx::PgConnection::connect_with(&self.pool.connect_options()).await
     }
 
     /// Apply the numbered migrations in `migrations/`.
@@ -177,6 +249,11 @@ impl Store {
     }
 
     /// Create the daily partitions from the oldest accepted day to `ahead` days ahead.
+    ///
+    /// Server replicas started together would race on the same `CREATE TABLE IF NOT
+    /// EXISTS` (Postgres reports "already exists" to the loser), so the work runs under an
+    /// advisory lock, on a connection of its own: should anything fail, closing that
+    /// connection releases the lock.
     pub async fn ensure_partitions(
         &self,
         now: DateTime<Utc>,
@@ -185,17 +262,23 @@ impl Store {
     ) -> Result<(), StoreError> {
         let first = (now - chrono::Duration::days(i64::from(raw_days))).date_naive();
         let last = now.date_naive() + chrono::Duration::days(i64::from(ahead));
+        let mut conn = self.dedicated_connection().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(PARTITION_LOCK)
+            .execute(&mut conn)
+            .await?;
         let mut day = first;
         while day <= last {
             for parent in PARTITIONED {
                 sqlx::query("SELECT rackwatch_ensure_partition($1, $2)")
                     .bind(parent)
                     .bind(day)
-                    .execute(&self.pool)
+                    .execute(&mut conn)
                     .await?;
             }
             day = day.succ_opt().expect("date in range");
         }
+        let _ = conn.close().await;
         Ok(())
     }
 
@@ -252,6 +335,9 @@ impl Store {
     }
 }
 
+/// The advisory lock key under which partitions are created ("rwpart").
+pub const PARTITION_LOCK: i64 = 0x7277_7061_7274;
+
 /// Tables partitioned by day. Rollups (`_1m`, and `_15m` made from them) are kept
 /// `retention.rollup_1m_days`, raw samples `retention.raw_days`, anomaly scores
 /// `retention.anomaly_scores_days`.
@@ -307,11 +393,14 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             // 08: connection exception; 57P0x: shutting down / cannot connect now;
-            // 3D000: database does not exist (dropped or not yet created); 53: resources.
+            // 3D000: database does not exist (dropped or not yet created); 53: resources;
+            // 25006: read-only transaction (the host was demoted to a standby by a
+            // failover; the router moves to the new primary within a second).
             code.starts_with("08")
                 || code.starts_with("57P")
                 || code == "3D000"
                 || code.starts_with("53")
+                || code == "25006"
         }
         _ => false,
     }

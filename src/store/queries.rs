@@ -271,7 +271,7 @@ impl Store {
             .bind(from)
             .bind(to)
             .bind(MAX_SAMPLE_ROWS)
-            .fetch_all(&self.pool)
+            .fetch_all(self.history())
             .await?;
         let hs = rows
             .iter()
@@ -282,7 +282,7 @@ impl Store {
             .bind(from)
             .bind(to)
             .bind(MAX_SAMPLE_ROWS)
-            .fetch_all(&self.pool)
+            .fetch_all(self.history())
             .await?;
         let gs = rows
             .iter()
@@ -311,7 +311,7 @@ impl Store {
         .bind(host)
         .bind(since)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.history())
         .await
         .map(|mut rows: Vec<EventRow>| {
             for r in &mut rows {

@@ -74,7 +74,7 @@ impl Store {
         let copied = copy_samples(&mut tx, host_id, batch).await;
         let (mut tx, stored_samples) = match copied {
             Ok(n) => (tx, n),
-            Err(e) if is_unique_violation(&e) => {
+            Err(e) if is_unique_violation(&e) || is_citus_copy_error(&e) => {
                 tx.rollback().await?;
                 let mut tx = self.pool.begin().await?;
                 upsert_host(&mut tx, batch, now).await?;
@@ -110,6 +110,25 @@ impl Store {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// A `COPY` into a Citus distributed table that a worker refused. Citus re-raises the
+/// worker's error with SQLSTATE XX000 (`ReportCopyError` in its multi_copy.c), so a
+/// replayed batch's duplicate key is not told apart by its code there. The batch is
+/// then written again through `INSERT … ON CONFLICT DO NOTHING`, which stores the new
+/// rows of a replay and fails again, with the real SQLSTATE, for anything else (a
+/// missing partition included).
+fn is_citus_copy_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("XX000")
+                && db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|pg| pg.routine())
+                    == Some("ReportCopyError")
+        }
+        _ => false,
+    }
 }
 
 /// The newest host sample and the newest sample of each GPU in a batch (agents may
@@ -599,13 +618,14 @@ async fn insert_samples_idempotent(
         let mut data = Vec::new();
         let columns = encode_host_rows_binary(host_id, &b.host_samples, &mut data);
         copy_into(tx, "replay_host_samples", &columns, data).await?;
-        n += sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO host_samples ({c}) SELECT {c} FROM replay_host_samples ON CONFLICT DO NOTHING",
-            c = host_columns()
-        )))
-        .execute(&mut **tx)
-        .await?
-        .rows_affected() as usize;
+        n += count_inserted(
+            tx,
+            &format!(
+                "INSERT INTO host_samples ({c}) SELECT {c} FROM replay_host_samples ON CONFLICT DO NOTHING",
+                c = host_columns()
+            ),
+        )
+        .await?;
     }
     if !b.gpu_samples.is_empty() {
         sqlx::query("CREATE TEMP TABLE IF NOT EXISTS replay_gpu_samples (LIKE gpu_samples) ON COMMIT DELETE ROWS")
@@ -614,15 +634,31 @@ async fn insert_samples_idempotent(
         let mut data = Vec::new();
         let columns = encode_gpu_rows_binary(host_id, &b.gpu_samples, &mut data);
         copy_into(tx, "replay_gpu_samples", &columns, data).await?;
-        n += sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO gpu_samples ({c}) SELECT {c} FROM replay_gpu_samples ON CONFLICT DO NOTHING",
-            c = gpu_columns()
-        )))
-        .execute(&mut **tx)
-        .await?
-        .rows_affected() as usize;
+        n += count_inserted(
+            tx,
+            &format!(
+                "INSERT INTO gpu_samples ({c}) SELECT {c} FROM replay_gpu_samples ON CONFLICT DO NOTHING",
+                c = gpu_columns()
+            ),
+        )
+        .await?;
     }
     Ok(n)
+}
+
+/// Run `INSERT … SELECT … ON CONFLICT DO NOTHING` and count the rows it stored. The
+/// count comes from `RETURNING`, not the command tag: Citus answers an `INSERT … SELECT`
+/// it runs through the coordinator with the number of rows selected, duplicates included.
+async fn count_inserted(
+    tx: &mut Transaction<'_, Postgres>,
+    insert: &str,
+) -> Result<usize, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "WITH i AS ({insert} RETURNING 1) SELECT count(*) FROM i"
+    )))
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(n as usize)
 }
 
 async fn insert_events(
@@ -647,10 +683,13 @@ async fn insert_events(
         .iter()
         .map(|e| e.count.unwrap_or(1).min(i32::MAX as u32) as i32)
         .collect();
-    let r = sqlx::query(
-        "INSERT INTO hardware_events (host_id, gpu_index, ts, kind, code, message, count)
-         SELECT $1, * FROM UNNEST($2::int2[], $3::timestamptz[], $4::text[], $5::int8[], $6::text[], $7::int4[])
-         ON CONFLICT DO NOTHING",
+    // Counted through RETURNING, like the replayed samples (see `count_inserted`).
+    let n: i64 = sqlx::query_scalar(
+        "WITH i AS (
+            INSERT INTO hardware_events (host_id, gpu_index, ts, kind, code, message, count)
+            SELECT $1, * FROM UNNEST($2::int2[], $3::timestamptz[], $4::text[], $5::int8[], $6::text[], $7::int4[])
+            ON CONFLICT DO NOTHING RETURNING 1)
+         SELECT count(*) FROM i",
     )
     .bind(host_id)
     .bind(idx)
@@ -659,9 +698,9 @@ async fn insert_events(
     .bind(code)
     .bind(msg)
     .bind(count)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(r.rows_affected() as usize)
+    Ok(n as usize)
 }
 
 /// Identity of a batch's GPU inventory (or of the GPU indexes it samples), so an

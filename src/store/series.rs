@@ -315,7 +315,7 @@ impl Store {
             Source::Raw => q,
             _ => q.bind(source == Source::Rollup15m),
         };
-        q.fetch_all(&self.pool).await
+        q.fetch_all(self.history()).await
     }
 
     /// GPU metrics of one host (one GPU if `index` is set), one point per bucket.
@@ -343,7 +343,7 @@ impl Store {
             Source::Raw => q,
             _ => q.bind(source == Source::Rollup15m),
         };
-        q.fetch_all(&self.pool).await
+        q.fetch_all(self.history()).await
     }
 
     /// Buckets of `bucket_secs` in which the GPU was throttled (read from raw samples).
@@ -362,7 +362,7 @@ impl Store {
             .bind(to)
             .bind(bucket_secs as f64)
             .bind(THROTTLE_MASK)
-            .fetch_all(&self.pool)
+            .fetch_all(self.history())
             .await
     }
 
@@ -409,7 +409,7 @@ impl Store {
         .bind(from)
         .bind(to)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(self.history())
         .await
     }
 

@@ -311,6 +311,8 @@ pub(crate) fn own_cluster(name: &str) -> (ManagedOptions, ManagedPostgres) {
         user: "postgres".into(),
         settings: vec!["max_connections=200".into()],
         own_adopted: true,
+        port: rackwatch::store::managed::DEFAULT_PORT,
+        standby_of: None,
     };
     let pg = ManagedPostgres::start(&opts).expect("starting the fault test's cluster");
     (opts, pg)

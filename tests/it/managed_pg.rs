@@ -13,6 +13,8 @@ fn opts(root: std::path::PathBuf, own_adopted: bool) -> ManagedOptions {
         user: "postgres".into(),
         settings: fast_settings(),
         own_adopted,
+        port: rackwatch::store::managed::DEFAULT_PORT,
+        standby_of: None,
     }
 }
 

@@ -1,17 +1,27 @@
 //! Test harness: one real Postgres cluster per test run (started with Rackwatch's own
 //! managed-Postgres code), a fresh database per test cloned from a migrated template,
 //! and the real server on a random port.
+//!
+//! With `RACKWATCH_TEST_CITUS=1` (`./scripts/test-citus`) the cluster is a Citus
+//! coordinator with two workers instead, and the template is migrated and distributed
+//! by host once. A distributed database is the coordinator's metadata plus the workers'
+//! shards, each found by database name, so a test's database is the template copied
+//! under one new name on every node (`LocalCluster::clone_database`, about a second);
+//! making and distributing one per test would take several times as long.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::{DateTime, Utc};
 use rackwatch::config::{Config, Secret};
+use rackwatch::store::citus::{LocalCluster, LocalClusterOptions, Nodes};
 use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
 use rackwatch::store::{create_database_if_missing, Store};
 use sqlx::Connection;
 use tokio::sync::watch;
 
 static CLUSTER: OnceLock<Mutex<Option<ManagedPostgres>>> = OnceLock::new();
+static CITUS: OnceLock<Mutex<Option<LocalCluster>>> = OnceLock::new();
+static CITUS_NODES: OnceLock<Nodes> = OnceLock::new();
 static ADMIN_URL: OnceLock<String> = OnceLock::new();
 static TEMPLATE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -24,6 +34,44 @@ extern "C" fn stop_cluster_at_exit() {
             }
         }
     }
+    if let Some(m) = CITUS.get() {
+        if let Ok(mut g) = m.lock() {
+            if let Some(c) = g.as_mut() {
+                c.stop_immediate();
+            }
+        }
+    }
+}
+
+/// Whether this run's databases live on a Citus cluster (`./scripts/test-citus`).
+pub fn citus() -> bool {
+    std::env::var("RACKWATCH_TEST_CITUS").is_ok_and(|v| v == "1")
+}
+
+/// Shards per distributed table in the Citus run: two per worker keep the template small
+/// (every daily partition has this many shards) while still spreading hosts over both
+/// workers.
+const CITUS_TEST_SHARDS: u32 = 4;
+
+/// The Citus run's cluster (a coordinator and two workers), started on first use.
+pub fn citus_nodes() -> &'static Nodes {
+    CITUS_NODES.get_or_init(|| {
+        let root = cluster_root("citus");
+        let _ = std::fs::remove_dir_all(&root);
+        let mut opts = LocalClusterOptions::new(root, 2, 5432);
+        opts.settings = fast_settings();
+        opts.settings
+            .push(format!("citus.shard_count={CITUS_TEST_SHARDS}"));
+        // Every database with Citus has a maintenance daemon on every node, and each
+        // test has its own database.
+        opts.settings.push("max_worker_processes=256".into());
+        let c = LocalCluster::start(&opts)
+            .expect("starting the Citus test cluster (is Citus installed? ./scripts/citus build)");
+        let nodes = c.nodes();
+        CITUS.get_or_init(|| Mutex::new(Some(c)));
+        unsafe { libc::atexit(stop_cluster_at_exit) };
+        nodes
+    })
 }
 
 /// Settings for throwaway clusters: durability off, they hold nothing of value.
@@ -44,6 +92,9 @@ pub fn cluster_root(name: &str) -> std::path::PathBuf {
 
 fn admin_url() -> &'static str {
     ADMIN_URL.get_or_init(|| {
+        if citus() {
+            return citus_nodes().coordinator.admin_url();
+        }
         let root = cluster_root("shared");
         let _ = std::fs::remove_dir_all(&root);
         let opts = ManagedOptions {
@@ -52,6 +103,8 @@ fn admin_url() -> &'static str {
             user: "postgres".into(),
             settings: fast_settings(),
             own_adopted: true,
+            port: rackwatch::store::managed::DEFAULT_PORT,
+            standby_of: None,
         };
         let pg = ManagedPostgres::start(&opts).expect("starting the test Postgres cluster");
         let url = pg.admin_url();
@@ -67,6 +120,9 @@ pub async fn fresh_database() -> String {
         .await
         .unwrap()
         .to_string();
+    if citus() {
+        return fresh_citus_database(&admin).await;
+    }
     TEMPLATE
         .get_or_init(|| async {
             create_database_if_missing(&admin, "rw_template")
@@ -94,6 +150,42 @@ pub async fn fresh_database() -> String {
     admin.replace("/postgres?", &format!("/{name}?"))
 }
 
+/// A fresh database on the Citus cluster, copied from the distributed template.
+async fn fresh_citus_database(admin: &str) -> String {
+    let nodes = tokio::task::spawn_blocking(citus_nodes).await.unwrap();
+    TEMPLATE
+        .get_or_init(|| async {
+            nodes.create_database("rw_template").await.unwrap();
+            let url = nodes.url_for("rw_template");
+            let store = Store::connect(&url, 2, 30).await.unwrap();
+            store.migrate().await.unwrap();
+            let d = rackwatch::store::citus::distribute(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(d.workers, 2, "{d:?}");
+            assert!(d.unlisted.is_empty(), "tables without a placement: {d:?}");
+            let cfg = Config::default();
+            store
+                .ensure_partitions(
+                    Utc::now(),
+                    cfg.retention.raw_days,
+                    cfg.retention.partitions_ahead_days,
+                )
+                .await
+                .unwrap();
+            store.pool.close().await;
+            nodes.seal_template("rw_template").await.unwrap();
+        })
+        .await;
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    nodes.clone_database("rw_template", &name).await.unwrap();
+    admin.replace("/postgres?", &format!("/{name}?"))
+}
+
 /// Drop a database, disconnecting its users (simulates the database going away).
 pub async fn drop_database(url: &str) {
     let name = url
@@ -118,10 +210,25 @@ pub fn test_config(db_url: &str) -> Config {
     let mut cfg = Config::default();
     cfg.server.listen = "127.0.0.1:0".into();
     cfg.database.url = Secret::new(db_url);
+    cfg.database.distributed = citus();
     cfg.database.max_connections = 8;
     cfg.database.acquire_timeout_secs = 2;
     cfg.server.metrics_token = Secret::new(METRICS_TOKEN);
     cfg
+}
+
+/// With `RACKWATCH_TEST_LOG` set (a `RACKWATCH_LOG`-style filter, e.g. `warn`), the
+/// servers' logs go to the test's captured output, shown when it fails.
+fn test_log() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if let Ok(filter) = std::env::var("RACKWATCH_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// The scrape token of test servers.
@@ -160,13 +267,20 @@ impl TestApp {
     }
 
     async fn launch(db_url: String, f: impl FnOnce(&mut Config), full: bool) -> TestApp {
+        test_log();
         let mut cfg = test_config(&db_url);
         f(&mut cfg);
         let (max, timeout) = (
             cfg.database.max_connections,
             cfg.database.acquire_timeout_secs,
         );
-        let store = Store::connect(&db_url, max, timeout).await.unwrap();
+        let mut store = Store::connect(&db_url, max, timeout).await.unwrap();
+        if !cfg.database.read_url.is_empty() {
+            let lag = std::time::Duration::from_secs(cfg.database.read_max_lag_secs);
+            store = store
+                .with_read_replica(cfg.database.read_url.expose(), max, lag)
+                .unwrap();
+        }
         let (raw, ahead) = (cfg.retention.raw_days, cfg.retention.partitions_ahead_days);
         store
             .ensure_partitions(Utc::now(), raw, ahead)
@@ -175,13 +289,8 @@ impl TestApp {
         let cfg = Arc::new(cfg);
         let (stop, rx) = watch::channel(false);
         let (background, wakeup) = if full {
-            let bg = rackwatch::app::start_background(
-                cfg.clone(),
-                store.clone(),
-                db_url.clone(),
-                rx.clone(),
-            )
-            .unwrap();
+            let bg =
+                rackwatch::app::start_background(cfg.clone(), store.clone(), rx.clone()).unwrap();
             let w = bg.shared.clone();
             (Some(bg), w)
         } else {
