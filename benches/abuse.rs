@@ -1136,10 +1136,7 @@ fn make_bad_agent() -> [Bytes; 2] {
             .to_string(),
         )
     };
-    [
-        body("1.0\u{0}evil".into()),
-        body("v".repeat(7_000_000)),
-    ]
+    [body("1.0\u{0}evil".into()), body("v".repeat(7_000_000))]
 }
 
 fn free_port() -> u16 {
@@ -1224,7 +1221,11 @@ async fn form_login(base: &str, user: &str, pw: &str) -> Vec<String> {
     let a = answer(
         http.post(format!("{base}/login"))
             .header("cookie", cookie)
-            .form(&[("username", user), ("password", pw), ("csrf", csrf.as_str())])
+            .form(&[
+                ("username", user),
+                ("password", pw),
+                ("csrf", csrf.as_str()),
+            ])
             .send()
             .await,
     )
@@ -1456,7 +1457,11 @@ async fn run() {
             .map(|p| p.outcome.label())
             .collect();
         if !failed.is_empty() {
-            println!("    /healthz not 200: {} ({})", failed.len(), failed.join(" "));
+            println!(
+                "    /healthz not 200: {} ({})",
+                failed.len(),
+                failed.join(" ")
+            );
         }
         probe_fail += failed.len();
         bad_5xx += w.bad_5xx();

@@ -173,6 +173,8 @@ pub struct RetentionConfig {
     pub energy_hourly_days: u32,
     /// Days of per-minute anomaly scores kept.
     pub anomaly_scores_days: u32,
+    /// Days of audit trail kept (logins, user, token and silence changes).
+    pub audit_days: u32,
 }
 
 impl Default for RetentionConfig {
@@ -183,6 +185,7 @@ impl Default for RetentionConfig {
             partitions_ahead_days: 3,
             energy_hourly_days: 800,
             anomaly_scores_days: 30,
+            audit_days: 730,
         }
     }
 }
@@ -762,6 +765,10 @@ impl Config {
         } else {
             origin
         };
+        secrets_from_files(&mut root).map_err(|message| ConfigError::Invalid {
+            origin: origin.clone(),
+            message,
+        })?;
         let cfg: Config = toml::Value::Table(root)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid {
@@ -912,6 +919,114 @@ fn parse_env_value(v: &str) -> toml::Value {
         "false" => toml::Value::Boolean(false),
         _ => toml::Value::String(v.to_string()),
     }
+}
+
+/// Secrets that may be read from a file: `KEY_file = "/path"` (or
+/// `RACKWATCH_…__KEY_FILE`) instead of `KEY`. `agent.token_file` is read by the agent
+/// itself (see `app::agent_token`), with the same checks.
+pub const SECRET_FILE_KEYS: &[&str] = &[
+    "database.url",
+    "alerting.smtp.password",
+    "server.metrics_token",
+];
+
+/// Replace each `KEY_file` of [`SECRET_FILE_KEYS`] by `KEY` holding the file's content,
+/// and `database.password_file` by that password set in `database.url`.
+fn secrets_from_files(root: &mut toml::Table) -> Result<(), String> {
+    for key in SECRET_FILE_KEYS {
+        let parts: Vec<&str> = key.split('.').collect();
+        let (last, parents) = parts.split_last().expect("dotted key");
+        let Some(section) = section_mut(root, parents) else {
+            continue;
+        };
+        let file_key = format!("{last}_file");
+        let Some(path) = section.remove(&file_key) else {
+            continue;
+        };
+        let path = path
+            .as_str()
+            .ok_or_else(|| format!("{key}_file must be a path (a string)"))?
+            .to_string();
+        if section
+            .get(*last)
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| !v.is_empty())
+        {
+            return Err(format!(
+                "{key} and {key}_file are both set: keep one (the file is for keeping the secret out of the config)"
+            ));
+        }
+        let secret = read_secret_file(Path::new(&path), &format!("{key}_file"))?;
+        section.insert(last.to_string(), toml::Value::String(secret));
+    }
+    if let Some(db) = section_mut(root, &["database"]) {
+        if let Some(path) = db.remove("password_file") {
+            let path = path
+                .as_str()
+                .ok_or("database.password_file must be a path (a string)")?
+                .to_string();
+            let password = read_secret_file(Path::new(&path), "database.password_file")?;
+            let url = db.get("url").and_then(|v| v.as_str()).unwrap_or("");
+            if url.is_empty() {
+                return Err(
+                    "database.password_file is set but database.url is not: the password goes into that URL".into(),
+                );
+            }
+            let url = url_with_password(url, &password)
+                .map_err(|e| format!("database.url (with database.password_file): {e}"))?;
+            db.insert("url".into(), toml::Value::String(url));
+        }
+    }
+    Ok(())
+}
+
+fn section_mut<'a>(root: &'a mut toml::Table, keys: &[&str]) -> Option<&'a mut toml::Table> {
+    let mut cur = root;
+    for k in keys {
+        cur = cur.get_mut(*k)?.as_table_mut()?;
+    }
+    Some(cur)
+}
+
+/// Read a secret from `path` (named by config key `key` in errors): its first line,
+/// without the line end. Refused when others (not the owner or group) may read it, or
+/// when it is empty.
+pub fn read_secret_file(path: &Path, key: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("{key} = {}: cannot read it: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{key} = {}: not a file", path.display()));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{key} = {}: other users may access it (mode {:o}); it holds a secret: chmod o-rwx (e.g. 600 or 640)",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{key} = {}: cannot read it: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(format!("{key} = {}: the file is empty", path.display()));
+    }
+    Ok(line.to_string())
+}
+
+/// `url` with its password set to `password` (percent-encoded).
+fn url_with_password(url: &str, password: &str) -> Result<String, String> {
+    let mut u = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if u.username().is_empty() {
+        return Err("it names no user to go with the password".into());
+    }
+    let encoded: String = url::form_urlencoded::byte_serialize(password.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20");
+    u.set_password(Some(&encoded))
+        .map_err(|_| "it cannot carry a password".to_string())?;
+    Ok(u.to_string())
 }
 
 fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {

@@ -1,19 +1,19 @@
 //! `GET /api/v1/anomalies`: per-minute anomaly scores with their explanations.
 
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 
+use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::ApiError;
 use super::range::parse_rfc3339;
 use super::AppState;
 
 /// `GET /api/v1/anomalies`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/anomalies", get(anomalies))
+pub fn api_routes() -> Routes {
+    Routes::new().get("/api/v1/anomalies", anomalies)
 }
 
 #[derive(Deserialize)]

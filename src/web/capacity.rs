@@ -16,11 +16,11 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::access::Routes;
 use super::auth::{require, ApiUser, Csrf, MaybeUser, PageUser};
 use super::charts::{Axis, Band, Overlay, Series};
 use super::error::{ApiError, PageError};
@@ -33,19 +33,19 @@ use crate::model::format::{bytes, num};
 use crate::store::auth::Role;
 
 /// `/capacity` and one pool's page.
-pub fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/capacity", get(page))
-        .route("/capacity/pools/{pool}", get(pool_page))
+pub fn page_routes() -> Routes {
+    Routes::new()
+        .get("/capacity", page)
+        .get("/capacity/pools/{pool}", pool_page)
 }
 
 /// The capacity data as JSON, the autoscalers' view, and queue reports in.
-pub fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/capacity", get(json))
-        .route("/api/v1/capacity/pools/{pool}", get(pool_json))
-        .route("/api/v1/capacity/recommendations", get(recommendations))
-        .route("/api/v1/pools/{pool}/demand", post(demand))
+pub fn api_routes() -> Routes {
+    Routes::new()
+        .get("/api/v1/capacity", json)
+        .get("/api/v1/capacity/pools/{pool}", pool_json)
+        .get("/api/v1/capacity/recommendations", recommendations)
+        .post("/api/v1/pools/{pool}/demand", demand)
 }
 
 /// One pool on the capacity page.

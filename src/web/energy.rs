@@ -5,11 +5,11 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::access::Routes;
 use super::auth::{require, urlencode, ApiUser, Csrf, PageUser};
 use super::error::{ApiError, PageError};
 use super::page::{render, Nav};
@@ -21,17 +21,17 @@ use crate::report::IsoWeek;
 use crate::store::auth::Role;
 
 /// The energy page and its report downloads.
-pub fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/energy", get(page))
-        .route("/energy/reports/{file}", get(file))
+pub fn page_routes() -> Routes {
+    Routes::new()
+        .get("/energy", page)
+        .get("/energy/reports/{file}", file)
 }
 
 /// The weekly report as JSON, and facility meter readings in.
-pub fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/energy/weekly", get(api))
-        .route("/api/v1/facility/readings", post(readings))
+pub fn api_routes() -> Routes {
+    Routes::new()
+        .get("/api/v1/energy/weekly", api)
+        .post("/api/v1/facility/readings", readings)
 }
 
 /// Weeks listed on the energy page.

@@ -2,11 +2,11 @@
 //! them (their meaning and recommended action come from the XID table in `model::xid`).
 
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
 
+use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::ApiError;
 use super::range::parse_rfc3339;
@@ -14,8 +14,8 @@ use super::AppState;
 use crate::store::queries::EventRow;
 
 /// `GET /api/v1/events`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/events", get(events))
+pub fn api_routes() -> Routes {
+    Routes::new().get("/api/v1/events", events)
 }
 
 /// A short label: `XID 79`, `ECC (double-bit)`.

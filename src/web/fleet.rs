@@ -4,11 +4,11 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::error::{ApiError, PageError};
 use super::heatmap::*;
@@ -22,13 +22,13 @@ use crate::store::Store;
 use std::collections::HashMap;
 
 /// `/`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/", page)
 }
 
 /// `GET /api/v1/fleet`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/fleet", get(json))
+pub fn api_routes() -> Routes {
+    Routes::new().get("/api/v1/fleet", json)
 }
 
 /// Fleet page data.

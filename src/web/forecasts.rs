@@ -1,17 +1,17 @@
 //! `GET /api/v1/forecasts`: the latest hourly forecasts per pool and host.
 
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 
+use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::ApiError;
 use super::AppState;
 
 /// `GET /api/v1/forecasts`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/forecasts", get(forecasts))
+pub fn api_routes() -> Routes {
+    Routes::new().get("/api/v1/forecasts", forecasts)
 }
 
 #[derive(Deserialize)]

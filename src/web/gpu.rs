@@ -4,11 +4,11 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::charts::{Axis, Overlay, Series};
 use super::error::{ApiError, PageError};
@@ -21,13 +21,13 @@ use crate::store::series::{GpuPoint, Source};
 use crate::store::Store;
 
 /// `/hosts/{name}/gpus/{index}`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/hosts/{name}/gpus/{index}", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/hosts/{name}/gpus/{index}", page)
 }
 
 /// `GET /api/v1/hosts/{name}/gpus/{index}`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/hosts/{name}/gpus/{index}", get(json))
+pub fn api_routes() -> Routes {
+    Routes::new().get("/api/v1/hosts/{name}/gpus/{index}", json)
 }
 
 /// A stretch of time.

@@ -4,11 +4,11 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::access::Routes;
 use super::auth::urlencode;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::charts::{sparkline, Axis, Overlay, Series};
@@ -26,16 +26,16 @@ use crate::store::Store;
 use serde::Deserialize;
 
 /// `/hosts/{name}`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/hosts/{name}", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/hosts/{name}", page)
 }
 
 /// The host list, one host's page data and its raw samples.
-pub fn api_routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/hosts", get(list))
-        .route("/api/v1/hosts/{name}", get(json))
-        .route("/api/v1/hosts/{name}/samples", get(samples))
+pub fn api_routes() -> Routes {
+    Routes::new()
+        .get("/api/v1/hosts", list)
+        .get("/api/v1/hosts/{name}", json)
+        .get("/api/v1/hosts/{name}/samples", samples)
 }
 
 /// Host page data.

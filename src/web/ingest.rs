@@ -10,10 +10,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 
+use super::access::Routes;
 use super::error::ApiError;
 use super::AppState;
 use crate::ingest::{self, IngestError};
@@ -21,8 +21,8 @@ use crate::model::IngestResponse;
 
 /// The ingest route. Its body is read by the handler, after the token is checked, with
 /// the `server.max_body_bytes` cap.
-pub fn api() -> Router<AppState> {
-    Router::new().route("/api/v1/ingest", post(handle))
+pub fn api() -> Routes {
+    Routes::new().post("/api/v1/ingest", handle)
 }
 
 /// How long a request waits for an ingest slot before it is answered 503.

@@ -4,10 +4,10 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 
+use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::error::{ApiError, PageError};
 use super::page::*;
@@ -17,13 +17,13 @@ use crate::model::format::bytes;
 use crate::store::series::InventoryRow;
 
 /// `/inventory`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/inventory", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/inventory", page)
 }
 
 /// `GET /api/v1/inventory`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/inventory", get(json))
+pub fn api_routes() -> Routes {
+    Routes::new().get("/api/v1/inventory", json)
 }
 
 /// Inventory page data.

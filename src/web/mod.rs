@@ -1,5 +1,6 @@
 //! The HTTP surface: dashboard pages, the JSON API, ingest, health and metrics.
 
+pub mod access;
 pub mod admin;
 pub mod alerts;
 pub mod anomalies;
@@ -27,11 +28,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::routing::get;
 use axum::Router;
 
 use crate::config::Config;
 use crate::store::Store;
+use access::Routes;
 use metrics::Metrics;
 
 /// Shared state of every handler.
@@ -81,32 +82,38 @@ pub fn router(state: AppState) -> Router {
     let s = &state.cfg.server;
     let body_timeout = std::time::Duration::from_secs(s.body_timeout_secs);
     let request_timeout = std::time::Duration::from_secs(s.request_timeout_secs);
-    Router::new()
-        .merge(page_router())
-        .merge(api_router())
-        .merge(ingest::api())
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/assets/app.js", get(app_js))
-        .fallback(not_found)
-        .layer(axum::middleware::map_response_with_state(
-            state.clone(),
-            security_headers,
-        ))
-        // A body that stalls, or a request that takes too long in all, ends with 408.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            body_timeout,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
-        .with_state(state)
+    Router::<AppState>::from(
+        page_router()
+            .merge(api_router())
+            .merge(ingest::api())
+            .get("/healthz", healthz)
+            .get("/metrics", metrics::metrics)
+            .get("/assets/app.js", app_js),
+    )
+    // Who may call what: each route's row of the authorization table, before its handler.
+    .route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        access::enforce,
+    ))
+    .fallback(not_found)
+    .layer(axum::middleware::map_response_with_state(
+        state.clone(),
+        security_headers,
+    ))
+    // A body that stalls, or a request that takes too long in all, ends with 408.
+    .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        body_timeout,
+    ))
+    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        request_timeout,
+    ))
+    .with_state(state)
 }
 
 /// The pages people look at, by resource. Errors answer as HTML pages.
-fn page_router() -> Router<AppState> {
-    Router::new()
+fn page_router() -> Routes {
+    Routes::new()
         .merge(fleet::page_routes())
         .merge(rack::page_routes())
         .merge(host::page_routes())
@@ -120,8 +127,8 @@ fn page_router() -> Router<AppState> {
 }
 
 /// The JSON API (`/api/v1/…`), by resource. Errors answer as JSON.
-fn api_router() -> Router<AppState> {
-    Router::new()
+fn api_router() -> Routes {
+    Routes::new()
         .merge(fleet::api_routes())
         .merge(rack::api_routes())
         .merge(host::api_routes())

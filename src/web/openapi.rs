@@ -1,13 +1,10 @@
 //! `GET /api/v1/openapi.json`: the API's description.
 
-use axum::routing::get;
-use axum::Router;
-
-use super::AppState;
+use super::access::Routes;
 
 /// `GET /api/v1/openapi.json`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/openapi.json", get(openapi))
+pub fn api_routes() -> Routes {
+    Routes::new().get("/api/v1/openapi.json", openapi)
 }
 
 /// The OpenAPI 3.1 description of this API (hand-written; a test checks real responses

@@ -4,11 +4,11 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::error::{ApiError, PageError};
 use super::heatmap::*;
@@ -20,13 +20,13 @@ use crate::store::series::{FaultCount, HostPoint};
 use crate::store::Store;
 
 /// `/racks/{site}/{rack}`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/racks/{site}/{rack}", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/racks/{site}/{rack}", page)
 }
 
 /// `GET /api/v1/racks/{site}/{rack}`.
-pub fn api_routes() -> Router<AppState> {
-    Router::new().route("/api/v1/racks/{site}/{rack}", get(json))
+pub fn api_routes() -> Routes {
+    Routes::new().get("/api/v1/racks/{site}/{rack}", json)
 }
 
 /// Rack page data.

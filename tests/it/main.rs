@@ -17,4 +17,5 @@ mod nvml;
 mod openapi;
 mod pages;
 mod rollups;
+mod security;
 mod support;

@@ -197,6 +197,7 @@ async fn real_responses_match_the_openapi_document() {
         ("/api/v1/alerts", "/api/v1/alerts", 200),
         ("/api/v1/admin/users", "/api/v1/admin/users", 200),
         ("/api/v1/admin/tokens", "/api/v1/admin/tokens", 200),
+        ("/api/v1/audit", "/api/v1/audit?action=login&limit=5", 200),
         ("/api/v1/energy/weekly", "/api/v1/energy/weekly", 200),
         (
             "/api/v1/energy/weekly",
