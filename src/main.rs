@@ -93,7 +93,11 @@ enum Cmd {
     #[command(subcommand)]
     Capacity(CapacityCmd),
     /// Print every route of the server and who may call it (the authorization table).
-    Routes,
+    Routes {
+        /// Print the role × route matrix as Markdown (as in docs/security.md).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,13 +311,17 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Cmd::Routes = cli.cmd {
-        print!("{}", rackwatch::web::access::table());
+    if let Cmd::Routes { markdown } = cli.cmd {
+        if markdown {
+            print!("{}", rackwatch::web::access::markdown());
+        } else {
+            print!("{}", rackwatch::web::access::table());
+        }
         return Ok(());
     }
     let mut cfg = load_config(&cli.common)?;
     match cli.cmd {
-        Cmd::Routes => Ok(()),
+        Cmd::Routes { .. } => Ok(()),
         Cmd::Serve { listen } => {
             if let Some(l) = listen {
                 cfg.server.listen = l;

@@ -406,3 +406,51 @@ pub fn table() -> String {
     }
     out
 }
+
+/// The kinds of caller the matrix in docs/security.md has a column for.
+pub const CALLERS: [&str; 8] = [
+    "anonymous",
+    "viewer",
+    "operator",
+    "admin",
+    "agent token, its host",
+    "agent token, other host",
+    "pool token",
+    "scrape token",
+];
+
+/// Whether caller `CALLERS[i]` may call a route with `access`.
+fn may(access: Access, i: usize) -> bool {
+    let role = match i {
+        1 => Some(Role::Viewer),
+        2 => Some(Role::Operator),
+        3 => Some(Role::Admin),
+        _ => None,
+    };
+    match access {
+        Access::Public => true,
+        Access::User(need) => role.is_some_and(|r| r >= need),
+        Access::AgentToken => i == 4,
+        Access::PoolTokenOrOperator => i == 6 || role.is_some_and(|r| r >= Role::Operator),
+        Access::ScrapeTokenOrUser => i == 7 || role.is_some(),
+    }
+}
+
+/// The matrix as a Markdown table (docs/security.md holds it; a test checks it is the
+/// current one).
+pub fn markdown() -> String {
+    let mut out = format!("| route | {} |\n", CALLERS.join(" | "));
+    out.push_str(&format!("|---|{}\n", "---|".repeat(CALLERS.len())));
+    for r in ROUTES {
+        let cells: Vec<&str> = (0..CALLERS.len())
+            .map(|i| if may(r.access, i) { "yes" } else { "–" })
+            .collect();
+        out.push_str(&format!(
+            "| `{} {}` | {} |\n",
+            r.method,
+            r.path,
+            cells.join(" | ")
+        ));
+    }
+    out
+}

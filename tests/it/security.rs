@@ -797,3 +797,14 @@ fn secrets_come_from_files_that_only_their_owner_can_read() {
     cfg.agent.token_file = write("agent", "rwa_abc\n", 0o600);
     assert_eq!(rackwatch::app::agent_token(&cfg).unwrap(), "rwa_abc");
 }
+
+#[test]
+fn docs_show_the_current_matrix() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md")).unwrap();
+    assert!(
+        doc.contains(&access::markdown()),
+        "docs/security.md does not hold the current matrix; paste `rackwatch::web::access::markdown()`:\n{}",
+        access::markdown()
+    );
+}
