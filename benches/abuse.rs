@@ -1081,7 +1081,8 @@ fn start_prober(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<V
             for h in inflight {
                 let _ = h.await;
             }
-            std::mem::take(&mut *out.lock().unwrap())
+            let probes = std::mem::take(&mut *out.lock().unwrap());
+            probes
         })
     })
 }
