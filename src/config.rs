@@ -3,6 +3,7 @@
 //! Layers, later wins: built-in defaults → `--config FILE` (TOML) → `RACKWATCH_*`
 //! environment variables. Nested keys use a double underscore in the variable name:
 //! `RACKWATCH_DATABASE__URL`, `RACKWATCH_AGENT__INTERVAL_SECS`, `RACKWATCH_DATA_DIR`.
+//! A variable's text is read as its key's type (a password of digits stays a string).
 //! `config/default.toml` documents every key.
 
 use std::collections::BTreeMap;
@@ -10,6 +11,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+mod env;
 
 /// A string that never prints its value (passwords, tokens, database URLs with secrets).
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
@@ -747,6 +750,10 @@ impl Config {
             }
             None => "defaults".to_string(),
         };
+        // A `…_FILE` variable names a secret's file: it joins the file's values, so the
+        // secret is read the same way from either; the other overrides are typed by
+        // their field when the configuration is deserialized.
+        let mut overrides = Vec::new();
         let mut env_used = false;
         for (var, value) in env {
             let Some(rest) = var.strip_prefix("RACKWATCH_") else {
@@ -757,12 +764,12 @@ impl Config {
             }
             env_used = true;
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            set_path(&mut root, &keys, parse_env_value(&value)).map_err(|message| {
-                ConfigError::Env {
-                    var: var.clone(),
-                    message,
-                }
-            })?;
+            if keys.last().is_some_and(|k| k.ends_with("_file")) {
+                set_path(&mut root, &keys, toml::Value::String(value))
+                    .map_err(|message| ConfigError::Env { var, message })?;
+            } else {
+                overrides.push((var, keys, value));
+            }
         }
         let origin = if env_used {
             format!("{origin} + RACKWATCH_* environment")
@@ -773,12 +780,15 @@ impl Config {
             origin: origin.clone(),
             message,
         })?;
-        let cfg: Config = toml::Value::Table(root)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                origin: origin.clone(),
-                message: e.to_string(),
-            })?;
+        let mut tree = env::Node::from_file(root);
+        for (var, keys, value) in overrides {
+            tree.set(&keys, &var, &value)
+                .map_err(|message| ConfigError::Env { var, message })?;
+        }
+        let cfg = Config::deserialize(tree).map_err(|e: toml::de::Error| ConfigError::Invalid {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
         cfg.validate()
             .map_err(|message| ConfigError::Invalid { origin, message })?;
         Ok(cfg)
@@ -909,22 +919,6 @@ impl Config {
     }
 }
 
-fn parse_env_value(v: &str) -> toml::Value {
-    if let Ok(i) = v.parse::<i64>() {
-        return toml::Value::Integer(i);
-    }
-    if let Ok(f) = v.parse::<f64>() {
-        if f.is_finite() && v.contains('.') {
-            return toml::Value::Float(f);
-        }
-    }
-    match v {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(v.to_string()),
-    }
-}
-
 /// Secrets that may be read from a file: `KEY_file = "/path"` (or
 /// `RACKWATCH_…__KEY_FILE`) instead of `KEY`. `agent.token_file` is read by the agent
 /// itself (see `app::agent_token`), with the same checks.
@@ -1033,6 +1027,7 @@ fn url_with_password(url: &str, password: &str) -> Result<String, String> {
     Ok(u.to_string())
 }
 
+/// Set `keys` (sections, then a field) in `table` to `value`, adding sections as needed.
 fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
     let (last, parents) = keys.split_last().ok_or("empty key")?;
     let mut cur = table;
@@ -1044,8 +1039,6 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
             .as_table_mut()
             .ok_or_else(|| format!("`{k}` is not a section"))?;
     }
-    // Strings that look numeric stay strings where the key expects a string (e.g. a
-    // token made of digits); serde reports a type error otherwise, which is clear enough.
     cur.insert(last.clone(), value);
     Ok(())
 }
@@ -1073,6 +1066,67 @@ mod tests {
         assert_eq!(cfg.agent.interval_secs, 2);
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/rw"));
         assert_eq!(format!("{:?}", cfg.database.url), "\"[redacted]\"");
+    }
+
+    #[test]
+    fn env_overrides_take_the_type_of_their_key() {
+        let env = |pairs: &[(&str, &str)]| {
+            Config::load_with_env(
+                None,
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // Digits for string fields stay strings: a password, a token, a site name.
+        let cfg = env(&[
+            ("RACKWATCH_ALERTING__SMTP__PASSWORD", "123456"),
+            ("RACKWATCH_AGENT__TOKEN", "0042"),
+            ("RACKWATCH_AGENT__HOST__SITE", "7"),
+            // Numbers, a float written without a point, and a flag.
+            ("RACKWATCH_ALERTING__SMTP__PORT", "2525"),
+            ("RACKWATCH_ANOMALY__POT_RISK", "0.01"),
+            ("RACKWATCH_ENERGY__DEFAULT_SITE__PUE", "2"),
+            ("RACKWATCH_SERVER__SECURE_COOKIES", "true"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.alerting.smtp.password.expose(), "123456");
+        assert_eq!(cfg.agent.token.expose(), "0042");
+        assert_eq!(cfg.agent.host.site, "7");
+        assert_eq!(cfg.alerting.smtp.port, 2525);
+        assert_eq!(cfg.anomaly.pot_risk, 0.01);
+        assert_eq!(cfg.energy.default_site.pue, 2.0);
+        assert!(cfg.server.secure_cookies);
+        // Text where a number belongs names the variable.
+        let err = env(&[("RACKWATCH_ALERTING__SMTP__PORT", "smtp")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RACKWATCH_ALERTING__SMTP__PORT"), "{err}");
+        assert!(err.contains("\"smtp\""), "{err}");
+        assert!(err.contains("(alerting.smtp.port)"), "{err}");
+        // An override inside a section the file sets keeps the file's other keys.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[alerting.smtp]\nhost = \"mail\"\nport = 465\n").unwrap();
+        let cfg = Config::load_with_env(
+            Some(&p),
+            vec![(
+                "RACKWATCH_ALERTING__SMTP__PASSWORD".to_string(),
+                "987".to_string(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg.alerting.smtp.host.as_str(), cfg.alerting.smtp.port),
+            ("mail", 465)
+        );
+        assert_eq!(cfg.alerting.smtp.password.expose(), "987");
+        // A key below a value that is not a section is refused.
+        let err = env(&[("RACKWATCH_DATA_DIR", "/x"), ("RACKWATCH_DATA_DIR__X", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`data_dir` is not a section"), "{err}");
     }
 
     #[test]

@@ -137,9 +137,9 @@ enum ReportCmd {
         /// Only this site.
         #[arg(long, value_name = "SITE")]
         site: Option<String>,
-        /// csv, parquet or html.
-        #[arg(long, default_value = "html")]
-        format: String,
+        /// csv, parquet or html. Default: from the --out file's extension (html for "-").
+        #[arg(long)]
+        format: Option<String>,
         /// File to write; "-" writes to standard output.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -275,6 +275,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(cli)) {
@@ -439,11 +440,22 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
             out,
             mail: send_mail,
         } => {
-            let format: export::Format = format.parse().map_err(anyhow::Error::msg)?;
+            let format = export::Format::for_output(format.as_deref(), &out)?;
             let week: IsoWeek = match week {
                 Some(w) => w.parse().map_err(anyhow::Error::msg)?,
                 None => IsoWeek::containing(now, cfg.energy.tz()).prev(),
             };
+            let starts = week.start(cfg.energy.tz());
+            if starts > now {
+                anyhow::bail!(
+                    "week {week} has not started yet (it starts {} in {}); the latest week is {}",
+                    starts
+                        .with_timezone(&cfg.energy.tz())
+                        .format("%Y-%m-%d %H:%M"),
+                    cfg.energy.time_zone,
+                    IsoWeek::containing(now, cfg.energy.tz())
+                );
+            }
             rackwatch::analytics::energy::run(&db.store, &cfg.energy, now).await?;
             let report = energy::build(&db.store, &cfg.energy, week, site.as_deref(), now).await?;
             let bytes = export::render(&report, format)?;

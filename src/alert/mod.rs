@@ -38,6 +38,10 @@ pub fn location(labels: &Labels) -> String {
     parts.join(" / ")
 }
 
+fn alert_states() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&["pending", "firing"])
+}
+
 /// Stable identity of an alert: rule + labels.
 pub fn fingerprint(rule: &str, labels: &Labels) -> String {
     let mut s = String::from(rule);
@@ -53,19 +57,25 @@ pub fn fingerprint(rule: &str, labels: &Labels) -> String {
 }
 
 /// An alert as listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AlertRow {
+    /// The rule and the labels: one alert per rule and GPU, host, rack or pool.
     pub fingerprint: String,
     pub rule: String,
     pub severity: String,
+    #[schema(schema_with = alert_states)]
     pub state: String,
+    /// site, rack, pool, host, gpu, event, xid as present.
+    #[schema(value_type = BTreeMap<String, String>)]
     pub labels: sqlx::types::Json<Labels>,
     pub summary: String,
     pub description: String,
+    /// The observed value that crossed the rule's threshold.
     pub value: Option<f64>,
     pub started_at: DateTime<Utc>,
     pub fired_at: Option<DateTime<Utc>>,
     pub occurrences: i32,
+    /// Firing → resolved transitions in the last hour; 3 or more is flapping.
     pub flaps: i32,
     pub acknowledged_by: Option<String>,
     pub acknowledged_at: Option<DateTime<Utc>>,

@@ -210,17 +210,21 @@ pub fn feature_named(name: &str) -> Option<&'static Feature> {
 }
 
 /// One metric's part in a minute's score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = AnomalyExplanation)]
 pub struct Explanation {
-    /// A [`FEATURES`] name.
+    /// The metric (one of the anomaly features; the unit is in its name).
+    #[schema(schema_with = feature_names)]
     pub metric: String,
     /// Share of the score, 0–1.
+    #[schema(minimum = 0, maximum = 1)]
     pub share: f32,
-    /// The metric's value in that minute (the last value seen when it was missing).
+    /// The metric in that minute, in the unit of its name (the last value seen when it
+    /// was missing).
     pub value: f64,
-    /// Its mean over the training window.
+    /// The metric's mean over the training window.
     pub typical: f64,
-    /// For max/min over GPUs: the GPU it was taken at.
+    /// For max/min over GPUs: the GPU index it was taken at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<i16>,
 }
@@ -834,38 +838,72 @@ impl ScoreColumns {
     }
 }
 
-/// A stored score, as the API returns it.
 /// A point of a host's anomaly-score chart.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = AnomalyScorePoint)]
 pub struct ScorePoint {
+    /// Start of the point's bucket.
     pub ts: DateTime<Utc>,
+    /// Highest anomaly score of the bucket's minutes.
     pub score: f32,
+    /// The highest level those scores were held to (the model's POT level, or the drift
+    /// guard's when higher).
     pub level: f32,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A stored score, as the API returns it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = AnomalyScore)]
 pub struct StoredScore {
     pub host: String,
+    /// The scored minute (start of the 1-minute rollup bucket).
     pub ts: DateTime<Utc>,
+    /// Anomaly score: the mean over metrics of the smoothed squared prediction
+    /// residuals; about 1 or less when normal.
     pub score: f32,
+    /// The alert level this minute's score was held to: the model's
+    /// peaks-over-threshold level, raised by its drift guard.
     pub threshold: f32,
+    /// `score > threshold`.
     pub anomalous: bool,
+    /// Top contributing metrics, largest share first.
+    #[schema(value_type = Vec<Explanation>)]
     pub top: Json<Vec<Explanation>>,
 }
 
 /// A host's model (or why it has none), as the API returns it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = AnomalyModel)]
 pub struct ModelInfo {
     pub host: String,
+    #[schema(schema_with = model_states)]
     pub status: String,
+    /// What the training saw, or why the host has no model.
     pub note: String,
+    /// When training was last attempted.
     pub trained_at: DateTime<Utc>,
     pub train_from: DateTime<Utc>,
     pub train_to: DateTime<Utc>,
     pub train_minutes: i32,
+    /// The metrics the model reads.
+    #[schema(schema_with = feature_list)]
     pub metrics: Vec<String>,
+    /// The model's peaks-over-threshold alert level.
     pub threshold: Option<f64>,
+    /// Minutes before this are scored.
     pub scored_until: Option<DateTime<Utc>>,
+}
+
+fn feature_names() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&FEATURES.map(|f| f.name))
+}
+
+fn feature_list() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::Array::new(feature_names())
+}
+
+fn model_states() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&["trained", "insufficient_history", "failed"])
 }
 
 /// Which scores [`Store::anomaly_scores`] returns.

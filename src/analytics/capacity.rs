@@ -43,15 +43,20 @@ pub struct CapacityRun {
     pub skipped: usize,
 }
 
-/// A backtest, as stored and shown.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A backtest, as stored and shown: the chosen method replayed on the pool's own recent
+/// past, next to the best simple baseline on the same hours. Cost = idle GPU-hours +
+/// price × unserved GPU-hours.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BacktestView {
     pub method: String,
     pub cost: f64,
+    /// Capacity above demand, % of demand.
     pub slack_pct: f64,
+    /// Hours with demand above capacity, %.
     pub shortage_pct: f64,
     pub unserved_gpu_hours: f64,
     pub idle_gpu_hours: f64,
+    /// Hours the backtest covered.
     pub hours: f64,
     pub baseline: String,
     pub baseline_cost: f64,
@@ -82,7 +87,7 @@ fn round3(v: f64) -> f64 {
 }
 
 /// The evidence of a pool's three decisions.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EvidenceView {
     pub next_hour: BacktestView,
     pub week: BacktestView,
@@ -90,7 +95,7 @@ pub struct EvidenceView {
 }
 
 /// The methods the backtests chose.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Methods {
     pub next_hour: String,
     pub week: String,
@@ -98,7 +103,7 @@ pub struct Methods {
 }
 
 /// A host that could be drained, and what its idle GPUs cost now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DrainCandidate {
     pub host: String,
     pub gpus: i64,
@@ -136,24 +141,37 @@ pub struct PoolRecommendation {
 }
 
 /// A stored exhaustion date of a rack's power or a host's disk (or a pool's GPUs).
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ExhaustionRow {
+    #[schema(schema_with = exhaustion_kinds)]
     pub kind: String,
+    /// The pool, rack or host it is about.
     pub key: String,
     pub computed_at: DateTime<Utc>,
+    /// What there is, in `unit`.
     pub capacity: f64,
+    /// What is used now, in `unit`.
     pub level_now: f64,
+    /// The fitted trend, `unit` per day.
     pub growth_per_day: f64,
     pub unit: String,
+    /// When the trend reaches the capacity (null: not within the horizon).
     pub exhausted_at: Option<DateTime<Utc>>,
 }
 
-/// One slot of a pool's demand.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, sqlx::FromRow)]
+fn exhaustion_kinds() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&["pool", "rack", "disk"])
+}
+
+/// A pool's demand at one time (a 5-minute slot, or the highest slot of a longer point).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DemandPoint {
     pub bucket: DateTime<Utc>,
+    /// GPUs at or above `energy.idle_util_pct` (what schedulers call allocated).
     pub busy_gpus: f32,
+    /// Σ GPU utilization / 100 over the pool's GPUs: the GPUs' worth of work done.
     pub util_gpus: f32,
+    /// GPUs requested by work waiting in the pool's scheduler, 0 without one.
     pub queued_gpus: f32,
     pub installed_gpus: i32,
 }

@@ -18,22 +18,40 @@ pub const MIN_HOURS: usize = 24;
 /// The metrics forecast.
 pub const METRICS: [&str; 3] = ["gpu_util_pct", "gpu_power_watts", "disk_used_bytes"];
 
-/// One stored forecast.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// An hourly forecast of one metric of a pool or host, from `start_at` for
+/// `point.length` hours, with 80 % and 95 % intervals.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StoredForecast {
+    #[schema(schema_with = scopes)]
     pub scope: String,
+    /// Pool or host name.
     pub key: String,
+    #[schema(schema_with = metrics)]
     pub metric: String,
     pub generated_at: DateTime<Utc>,
+    /// The hour of `point[0]`.
     pub start_at: DateTime<Utc>,
+    /// Hours of history the model saw.
     pub history_hours: i32,
+    /// The model chosen by backtest, or the fallback for short or flat history.
     pub model: String,
+    /// Mean absolute scaled error on the last days, against repeating last week (below 1
+    /// is better).
     pub backtest_mase: Option<f64>,
+    /// The forecast, one value per hour, in the metric's unit.
     pub point: Vec<f64>,
     pub lo80: Vec<f64>,
     pub hi80: Vec<f64>,
     pub lo95: Vec<f64>,
     pub hi95: Vec<f64>,
+}
+
+fn scopes() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&["pool", "host"])
+}
+
+fn metrics() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&METRICS)
 }
 
 /// Hourly series per (scope, key, metric) ending at `end` (exclusive, whole hour).

@@ -197,7 +197,7 @@ pub fn index_of(table: &[Metric], name: &str) -> Option<usize> {
 /// the struct and a [`Metric`] of the table, in the same order.
 macro_rules! sample_table {
     (
-        $(#[$smeta:meta])*
+        $(#[doc = $sdoc:literal])*
         pub struct $name:ident / $table:ident {
             $( $(#[$fmeta:meta])* pub $fixed:ident: $fty:ty, )*
         }
@@ -208,7 +208,7 @@ macro_rules! sample_table {
             )*
         }
     ) => {
-        $(#[$smeta])*
+        $(#[doc = $sdoc])*
         #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
         pub struct $name {
             $( $(#[$fmeta])* pub $fixed: $fty, )*
@@ -233,6 +233,23 @@ macro_rules! sample_table {
                 },
             )*
         ];
+
+        // The schema an agent sends (`POST /api/v1/ingest`), from the table's lines.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                super::schema::sample(
+                    concat!($($sdoc),*).trim(),
+                    vec![$((
+                        stringify!($fixed),
+                        <$fty as super::schema::FieldSchema>::field_schema(),
+                    )),*],
+                    $table,
+                    super::schema::SampleUse::Ingest,
+                )
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl Sample for $name {
             const METRICS: &'static [Metric] = $table;

@@ -7,6 +7,7 @@
 pub mod format;
 pub mod jobs;
 pub mod metrics;
+pub mod schema;
 pub mod throttle;
 pub mod validate;
 pub mod xid;
@@ -19,8 +20,9 @@ use serde::{Deserialize, Serialize};
 pub use metrics::{GpuSample, HostSample};
 
 /// Who is sending: the host's identity and placement.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostInfo {
+    /// The host's name; an agent token is bound to it.
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub site: String,
@@ -28,12 +30,13 @@ pub struct HostInfo {
     pub rack: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pool: String,
+    /// Free-form labels, shown on the host page and matched by alert rules.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
 /// One GPU of the host's inventory.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuInfo {
     pub index: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,13 +64,15 @@ pub const EVENT_KINDS: &[&str] = &[
 ];
 
 /// A hardware event: an XID, an ECC error, a GPU that fell off the bus.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HardwareEvent {
     pub ts: DateTime<Utc>,
     /// GPU index; absent for host-wide events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u8>,
+    #[schema(schema_with = event_kinds)]
     pub kind: String,
+    /// The XID number for `xid` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i64>,
     #[serde(default)]
@@ -78,7 +83,7 @@ pub struct HardwareEvent {
 }
 
 /// The agent's own health, reported with each batch and exposed on `/metrics`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentStats {
     #[serde(default)]
     pub version: String,
@@ -92,8 +97,25 @@ pub struct AgentStats {
     pub dropped_batches_total: u64,
 }
 
+fn event_kinds() -> utoipa::openapi::schema::Object {
+    schema::one_of(EVENT_KINDS)
+}
+
 /// One POST to `/api/v1/ingest`, as the agent builds it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "host": {"name": "gpu-17", "site": "fra1", "rack": "r07", "pool": "train-a"},
+    "gpus": [{"index": 0, "uuid": "GPU-5c1e…", "model": "NVIDIA H100 80GB HBM3",
+              "memory_total_bytes": 85_899_345_920u64, "power_limit_watts": 700.0,
+              "driver_version": "570.124.06"}],
+    "host_samples": [{"ts": "2026-11-23T12:00:05Z", "cpu_util_pct": 41.5, "load1": 12.3,
+                      "mem_used_bytes": 412_316_860_416u64}],
+    "gpu_samples": [{"ts": "2026-11-23T12:00:05Z", "index": 0, "util_pct": 97.0,
+                     "power_watts": 612.4, "temp_celsius": 71.0}],
+    "events": [{"ts": "2026-11-23T11:59:58Z", "index": 0, "kind": "xid", "code": 79,
+                "message": "GPU has fallen off the bus"}],
+    "agent": {"version": "0.1.0", "spool_batches": 0}
+}))]
 pub struct Batch {
     pub host: HostInfo,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -119,18 +141,19 @@ impl Batch {
 }
 
 /// The ingest answer: how many samples were accepted, which were not and why.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IngestResponse {
     /// Samples and events that passed validation.
     pub accepted: usize,
     /// Of those, how many were new (the rest were already stored: a replay).
     pub stored: usize,
     pub rejected: usize,
+    /// Why items were rejected (the first thousand; `rejected` counts them all).
     pub errors: Vec<Rejection>,
 }
 
 /// Why one sample of a batch was not accepted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rejection {
     /// `host_samples`, `gpu_samples`, `events` or `gpus`.
     pub section: String,

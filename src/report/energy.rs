@@ -29,10 +29,12 @@ use crate::store::Store;
 
 const J_PER_KWH: f64 = 3.6e6;
 
-/// One line of the report: a GPU, a host, a rack, a pool, a site or the fleet.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// One line of the report: a GPU, a host, a rack, a pool, a site or the fleet;
+/// docs/energy.md defines every figure.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = EnergyReportRow)]
 pub struct ReportRow {
-    /// fleet, site, rack, pool, host or gpu.
+    #[schema(schema_with = levels)]
     pub level: &'static str,
     pub site: String,
     pub rack: String,
@@ -52,7 +54,7 @@ pub struct ReportRow {
     pub modeled_energy_kwh: f64,
     pub facility_energy_kwh: f64,
     pub pue: Option<f64>,
-    /// configured, measured or partly measured.
+    #[schema(schema_with = pue_sources)]
     pub pue_source: &'static str,
     pub carbon_kg: f64,
     pub cue_kg_per_kwh: Option<f64>,
@@ -74,8 +76,17 @@ pub struct ReportRow {
     pub wow_change_pct: Option<f64>,
 }
 
+fn levels() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&["fleet", "site", "rack", "pool", "host", "gpu"])
+}
+
+fn pue_sources() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&["configured", "measured", "partly measured"])
+}
+
 /// Energy of one local day, for the daily chart.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = EnergyDay)]
 pub struct DayTotals {
     /// Local date, YYYY-MM-DD.
     pub date: String,
@@ -87,7 +98,8 @@ pub struct DayTotals {
 }
 
 /// A recommended action with the figures behind it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = EnergyAction)]
 pub struct Action {
     pub title: String,
     pub detail: String,

@@ -51,6 +51,51 @@ impl FromStr for Format {
     }
 }
 
+impl Format {
+    /// The format to write to `out`: `given` (which must agree with the file's
+    /// extension), else the extension's (`.csv`, `.parquet`, `.html`/`.htm`), else HTML
+    /// for standard output ("-").
+    pub fn for_output(given: Option<&str>, out: &std::path::Path) -> anyhow::Result<Format> {
+        let given = given
+            .map(str::parse::<Format>)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let ext = out
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let by_ext = match ext.as_deref() {
+            Some("csv") => Some(Format::Csv),
+            Some("parquet") => Some(Format::Parquet),
+            Some("html" | "htm") => Some(Format::Html),
+            _ => None,
+        };
+        match (given, by_ext) {
+            (Some(g), Some(e)) if g != e => anyhow::bail!(
+                "--format {} but --out {} ends in .{}: use one format",
+                g.name(),
+                out.display(),
+                ext.unwrap_or_default()
+            ),
+            (Some(g), _) => Ok(g),
+            (None, Some(e)) => Ok(e),
+            (None, None) if out.as_os_str() == "-" => Ok(Format::Html),
+            (None, None) => anyhow::bail!(
+                "cannot tell the format from {}: pass --format csv, parquet or html",
+                out.display()
+            ),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+            Format::Html => "html",
+        }
+    }
+}
+
 /// Render the report in `format`.
 pub fn render(report: &EnergyReport, format: Format) -> anyhow::Result<Vec<u8>> {
     Ok(match format {

@@ -8,12 +8,17 @@ use serde::Deserialize;
 use crate::store::Store;
 
 /// Energy a site drew from the grid over `[start, end)`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"site": "fra1", "start": "2026-11-23T10:00:00Z",
+                          "end": "2026-11-23T11:00:00Z", "energy_kwh": 412.5}))]
 pub struct FacilityReading {
     pub site: String,
     pub start: DateTime<Utc>,
+    /// After `start`, at most 31 days later, not in the future.
     pub end: DateTime<Utc>,
+    /// Energy the site's meter counted over the interval.
+    #[schema(minimum = 0)]
     pub energy_kwh: f64,
 }
 

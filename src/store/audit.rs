@@ -74,15 +74,24 @@ impl<'a> Entry<'a> {
 }
 
 /// A recorded action.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditRow {
     pub id: i64,
     pub at: DateTime<Utc>,
+    /// A user name, `cli:USER`, an agent's host, or `system`.
     pub actor: String,
+    /// The client address, where there is one.
     pub source: Option<String>,
+    /// E.g. `login`, `user.role_changed`, `token.created`, `silence.created`.
+    #[schema(example = "login")]
     pub action: String,
+    /// What the action was done to (a user, a token, an alert…).
     pub target: String,
+    /// `ok`, `refused` or `failed`.
+    #[schema(pattern = "^(ok|refused|failed)$")]
     pub outcome: String,
+    /// What else the action recorded (never a secret).
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
 

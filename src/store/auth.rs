@@ -10,8 +10,11 @@ use sha2::{Digest, Sha256};
 
 use super::Store;
 
-/// A user's role: what they may do in the dashboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+/// A user's role: what they may do in the dashboard (viewers look, operators also
+/// acknowledge, silence and send readings, admins also manage users and tokens).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -501,10 +504,11 @@ impl Store {
 }
 
 /// A user as listed on the admin page (never the hash).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct UserInfo {
     pub id: i64,
     pub name: String,
+    #[schema(value_type = Role)]
     pub role: String,
     pub created_at: DateTime<Utc>,
 }
@@ -529,9 +533,10 @@ impl Store {
 }
 
 /// An agent token as listed (never the secret).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: i64,
+    /// The host an agent token is bound to, or `pool:NAME` for a pool's scheduler token.
     pub host_name: String,
     pub note: String,
     pub created_at: DateTime<Utc>,

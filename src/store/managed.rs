@@ -266,6 +266,12 @@ impl ManagedPostgres {
         &self.data
     }
 
+    /// Whether this process started the cluster (and so stops it); false for a cluster
+    /// another process runs, such as a demo's, that this one only adopted.
+    pub fn owns(&self) -> bool {
+        self.owned
+    }
+
     /// Stop the cluster (fast shutdown: running transactions are rolled back, committed
     /// data is safe). Blocking.
     pub fn stop(&mut self) -> Result<(), ManagedError> {

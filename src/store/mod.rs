@@ -102,7 +102,7 @@ impl Database {
     /// Close the pool and stop the managed cluster (if we own it).
     pub async fn close(self) {
         self.store.pool.close().await;
-        if let Some(mut pg) = self.managed {
+        if let Some(mut pg) = self.managed.filter(|pg| pg.owns()) {
             let r = tokio::task::spawn_blocking(move || pg.stop()).await;
             match r {
                 Ok(Ok(())) => tracing::info!("managed Postgres stopped"),

@@ -11,16 +11,20 @@ use crate::model::metrics::{Metric, Sample, SqlType, Value, GPU_METRICS, HOST_ME
 use crate::model::{GpuSample, HostSample};
 
 /// A host with its latest sample (if any in the last 15 minutes).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HostLatest {
     pub name: String,
     pub site: String,
     pub rack: String,
     pub pool: String,
+    /// The agent's free-form labels.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub labels: serde_json::Value,
     pub agent_version: String,
+    /// The host's last batch.
     pub last_seen: Option<DateTime<Utc>>,
     pub gpu_count: i64,
+    /// Time of the latest sample; null (and the values with it) when older than 15 min.
     pub ts: Option<DateTime<Utc>>,
     pub cpu_util_pct: Option<f32>,
     pub load1: Option<f32>,
@@ -32,8 +36,8 @@ pub struct HostLatest {
     pub net_tx_bytes_per_s: Option<f64>,
 }
 
-/// A GPU with its inventory and latest sample.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A GPU with its inventory and latest sample (values null when older than 15 min).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct GpuLatest {
     pub host_name: String,
     pub index: i16,
@@ -51,14 +55,18 @@ pub struct GpuLatest {
 }
 
 /// A hardware event as shown and returned.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub host_name: String,
+    /// The GPU; null for host-wide events.
     pub index: Option<i16>,
     pub ts: DateTime<Utc>,
+    #[schema(schema_with = event_kinds)]
     pub kind: String,
+    /// The XID number for `xid` events.
     pub code: i64,
     pub message: String,
+    /// Occurrences collapsed into this event (a burst of the same code).
     pub count: i32,
     /// What the event means (XID catalog or event kind), filled after the query.
     #[sqlx(skip)]
@@ -108,13 +116,14 @@ const HOST_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = $1 ORDER BY g.gp
 const HOSTS_GPUS_LATEST: &str =
     gpus_latest_sql!("WHERE h.name = ANY($1) ORDER BY h.name, g.gpu_index");
 
-/// An alert touching a host (or one of its GPUs), as host and rack pages list it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A pending, firing or recently resolved (24 h) alert whose host is the page's host (or
+/// a host of the rack), GPU-level alerts included.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AlertTouching {
     pub fingerprint: String,
     pub rule: String,
     pub severity: String,
-    /// pending, firing or resolved.
+    #[schema(schema_with = touching_states)]
     pub state: String,
     pub host: String,
     /// The GPU, for GPU-level alerts.
@@ -128,6 +137,14 @@ pub struct AlertTouching {
     pub acknowledged_by: Option<String>,
     /// An active silence mutes its notifications.
     pub silenced: bool,
+}
+
+fn event_kinds() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(crate::model::EVENT_KINDS)
+}
+
+fn touching_states() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&["pending", "firing", "resolved"])
 }
 
 /// Most rows one samples request returns.
@@ -342,6 +359,12 @@ fn decode<S: Sample + Default>(row: &PgRow) -> Result<S, sqlx::Error> {
 #[derive(Debug, Clone)]
 pub struct SampleRow<S>(pub S);
 
+/// A host sample as the API returns it (named for the OpenAPI document, whose derive
+/// reads a generic field type as one to compose).
+pub type HostSampleRow = SampleRow<HostSample>;
+/// A GPU sample as the API returns it.
+pub type GpuSampleRow = SampleRow<GpuSample>;
+
 fn serialize_metrics<S: Sample, M: serde::ser::SerializeMap>(
     s: &S,
     map: &mut M,
@@ -353,6 +376,45 @@ fn serialize_metrics<S: Sample, M: serde::ser::SerializeMap>(
         (_, Value::U64(x)) => map.serialize_entry(m.name, &x),
         (_, Value::Bool(x)) => map.serialize_entry(m.name, &x),
     })
+}
+
+impl utoipa::PartialSchema for SampleRow<HostSample> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use crate::model::schema::{sample, FieldSchema, SampleUse};
+        sample(
+            "A raw host sample: every metric, null when not measured.",
+            vec![("ts", DateTime::<Utc>::field_schema())],
+            HOST_METRICS,
+            SampleUse::Row,
+        )
+    }
+}
+
+impl utoipa::ToSchema for SampleRow<HostSample> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "HostSampleRow".into()
+    }
+}
+
+impl utoipa::PartialSchema for SampleRow<GpuSample> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use crate::model::schema::{sample, FieldSchema, SampleUse};
+        sample(
+            "A raw GPU sample: every metric, null when not measured.",
+            vec![
+                ("ts", DateTime::<Utc>::field_schema()),
+                ("index", u8::field_schema()),
+            ],
+            GPU_METRICS,
+            SampleUse::Row,
+        )
+    }
+}
+
+impl utoipa::ToSchema for SampleRow<GpuSample> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "GpuSampleRow".into()
+    }
 }
 
 impl Serialize for SampleRow<HostSample> {

@@ -10,8 +10,9 @@ use serde::Serialize;
 use super::Store;
 
 /// Where a series was read from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = SeriesSource)]
 pub enum Source {
     /// Raw samples (5–10 s apart).
     Raw,
@@ -23,7 +24,7 @@ pub enum Source {
 }
 
 /// One bucket of a host's metrics (means over the bucket).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct HostPoint {
     pub host_name: String,
     pub ts: DateTime<Utc>,
@@ -37,7 +38,7 @@ pub struct HostPoint {
 
 /// One bucket of a GPU's metrics (means, and maxima where kept). Metrics that the
 /// rollups do not keep are null on long ranges.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct GpuPoint {
     pub index: i16,
     pub ts: DateTime<Utc>,
@@ -247,8 +248,8 @@ SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS ts
    AND s.ts >= $3 AND s.ts < $4 AND s.throttle_reasons & $6 <> 0
  GROUP BY 1 ORDER BY 1";
 
-/// A row of the inventory.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A row of the inventory: a GPU with its host, or a host without GPUs (GPU fields null).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct InventoryRow {
     pub host_name: String,
     pub site: String,

@@ -16,6 +16,7 @@ use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Router;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
 use super::auth::{self, SESSION_COOKIE};
 use super::error::{ApiError, PageError};
@@ -249,12 +250,21 @@ pub fn rule(method: &str, path: &str) -> Option<&'static RouteRule> {
 }
 
 /// Routes registered against [`ROUTES`]: a handler without a row panics at start-up.
+/// API handlers are registered with `routes!(handler)` through [`Routes::routes`], which
+/// checks each method and path their `#[utoipa::path]` declares and adds them to the
+/// OpenAPI document; pages and the server's own endpoints through [`Routes::get`] and
+/// [`Routes::post`].
 #[derive(Default)]
-pub struct Routes(Router<AppState>);
+pub struct Routes(OpenApiRouter<AppState>);
 
 impl Routes {
     pub fn new() -> Routes {
-        Routes(Router::new())
+        Routes(OpenApiRouter::new())
+    }
+
+    /// Routes whose document starts from `doc` (the API's description as a whole).
+    pub fn with_openapi(doc: utoipa::openapi::OpenApi) -> Routes {
+        Routes(OpenApiRouter::with_openapi(doc))
     }
 
     pub fn get<H, T>(self, path: &'static str, h: H) -> Routes
@@ -275,14 +285,45 @@ impl Routes {
         Routes(self.0.route(path, axum::routing::post(h)))
     }
 
+    /// A documented handler, `routes!(handler)`: every operation it declares needs a row.
+    pub fn routes(self, r: UtoipaMethodRouter<AppState>) -> Routes {
+        for (path, item) in &r.1.paths {
+            for (method, op) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+                ("PATCH", &item.patch),
+                ("HEAD", &item.head),
+                ("OPTIONS", &item.options),
+                ("TRACE", &item.trace),
+            ] {
+                if op.is_some() {
+                    check(method, path);
+                }
+            }
+        }
+        Routes(self.0.routes(r))
+    }
+
     pub fn merge(self, other: Routes) -> Routes {
         Routes(self.0.merge(other.0))
+    }
+
+    /// The router and the OpenAPI document of the documented handlers.
+    pub fn split_for_parts(self) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+        self.0.split_for_parts()
+    }
+
+    /// The OpenAPI document of the documented handlers.
+    pub fn into_openapi(self) -> utoipa::openapi::OpenApi {
+        self.0.into_openapi()
     }
 }
 
 impl From<Routes> for Router<AppState> {
     fn from(r: Routes) -> Router<AppState> {
-        r.0
+        r.0.split_for_parts().0
     }
 }
 

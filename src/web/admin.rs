@@ -8,10 +8,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{require, verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
 use super::AppState;
 use crate::store::audit::{AuditRow, Entry, Filter};
@@ -31,9 +32,9 @@ pub fn page_routes() -> Routes {
 /// Users and agent tokens as JSON (admins only).
 pub fn api_routes() -> Routes {
     Routes::new()
-        .get("/api/v1/admin/users", users)
-        .get("/api/v1/admin/tokens", tokens)
-        .get("/api/v1/audit", audit_api)
+        .routes(routes!(users))
+        .routes(routes!(tokens))
+        .routes(routes!(audit_api))
 }
 
 #[derive(Template)]
@@ -284,6 +285,16 @@ pub async fn revoke_token(
 }
 
 /// Users (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Every user, by name.", body = Vec<UserInfo>),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+    )
+)]
 pub async fn users(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,
@@ -293,6 +304,16 @@ pub async fn users(
 }
 
 /// Agent tokens without secrets (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/tokens",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Every token, revoked ones included.", body = Vec<TokenInfo>),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+    )
+)]
 pub async fn tokens(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,
@@ -302,10 +323,14 @@ pub async fn tokens(
 }
 
 /// The audit trail's filter, from the query string (page and API alike).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// User name, `cli:USER` or `system` (exact; default: everyone).
     #[serde(default)]
     actor: String,
+    /// E.g. `login`, `user.role_changed`, `token.created`, `silence.created` (exact;
+    /// default: every action).
     #[serde(default)]
     action: String,
     /// RFC 3339.
@@ -423,7 +448,19 @@ pub async fn audit_page(
     Ok(resp)
 }
 
-/// `GET /api/v1/audit` (admins only): rows newest first.
+/// The audit trail, newest first (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "admin",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Matching rows, newest first.", body = Vec<AuditRow>),
+        (status = 400, description = "A bad parameter (e.g. a time that is not RFC 3339).", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+    )
+)]
 pub async fn audit_api(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,

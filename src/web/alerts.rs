@@ -7,10 +7,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
 use super::AppState;
 use crate::alert::{location, AlertRow, Labels};
@@ -29,7 +30,17 @@ pub fn page_routes() -> Routes {
 
 /// `GET /api/v1/alerts`.
 pub fn api_routes() -> Routes {
-    Routes::new().get("/api/v1/alerts", api)
+    Routes::new().routes(routes!(api))
+}
+
+/// A pending or firing alert, with whether a silence mutes it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Alert)]
+pub struct AlertEntry {
+    #[serde(flatten)]
+    pub alert: AlertRow,
+    /// An active silence mutes its notifications.
+    pub silenced: bool,
 }
 
 /// An incident (one firing period).
@@ -295,19 +306,25 @@ pub async fn expire(
     Ok(Redirect::to("/alerts").into_response())
 }
 
-/// `GET /api/v1/alerts`: pending and firing alerts, each with whether a silence mutes it.
+/// Pending and firing alerts (the alerts page), most severe first, each with whether a
+/// silence mutes it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "alerts",
+    responses(
+        (status = 200, description = "The alerts.", body = Vec<AlertEntry>),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
 pub async fn api(
     State(st): State<AppState>,
     _u: ApiUser,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<AlertEntry>>, ApiError> {
     let cur = current(&st).await?;
-    let list: Vec<serde_json::Value> = cur
-        .into_iter()
-        .map(|(a, silenced)| {
-            let mut v = serde_json::to_value(&a).unwrap_or_default();
-            v["silenced"] = serde_json::Value::Bool(silenced);
-            v
-        })
-        .collect();
-    Ok(Json(serde_json::Value::Array(list)))
+    Ok(Json(
+        cur.into_iter()
+            .map(|(alert, silenced)| AlertEntry { alert, silenced })
+            .collect(),
+    ))
 }

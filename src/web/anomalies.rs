@@ -4,25 +4,39 @@ use axum::extract::{Query, State};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::ApiUser;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::range::parse_rfc3339;
 use super::AppState;
 
 /// `GET /api/v1/anomalies`.
 pub fn api_routes() -> Routes {
-    Routes::new().get("/api/v1/anomalies", anomalies)
+    Routes::new().routes(routes!(anomalies))
 }
 
-#[derive(Deserialize)]
+/// Which scores to return. Read as text and checked here, so a bad value gets a message
+/// that names it.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AnomalyQuery {
+    /// Host name (default: all hosts).
     host: Option<String>,
+    /// RFC 3339 (default `to` − 24 h); minutes at or after it.
+    #[param(example = "2026-11-22T12:00:00Z")]
     from: Option<String>,
+    /// RFC 3339 (default now); minutes before it; at most 31 days after `from`.
     to: Option<String>,
+    /// Only scores at or above this.
+    #[param(value_type = Option<f32>, minimum = 0)]
     min_score: Option<String>,
+    /// true: only minutes above their alert level; false: only the others.
+    #[param(value_type = Option<bool>)]
     anomalous: Option<String>,
+    /// Most scores returned, 1–10000 (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
     limit: Option<String>,
 }
 
@@ -33,19 +47,36 @@ const MAX_ANOMALY_RANGE_DAYS: i64 = 31;
 const MAX_ANOMALY_ROWS: i64 = 10_000;
 
 /// The answer of `GET /api/v1/anomalies`.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Anomalies {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     /// More scores matched than `limit`; narrow the range or raise `limit`.
     truncated: bool,
+    /// Newest first.
     scores: Vec<crate::analytics::anomaly::StoredScore>,
     /// The models of the hosts asked about, so a host without scores says why.
     models: Vec<crate::analytics::anomaly::ModelInfo>,
 }
 
-/// `GET /api/v1/anomalies?host=NAME&from=RFC3339&to=RFC3339&min_score=X&anomalous=true&limit=N`:
-/// per-minute anomaly scores with their explanations, newest first (default: the last 24 h).
+/// Per-minute anomaly scores of hosts with their explanations, newest first, and the
+/// hosts' models.
+///
+/// Every host is scored once a minute against a model of its own normal behaviour
+/// (trained on its 1-minute rollups, retrained daily). A host without scores is listed in
+/// `models` with the reason (e.g. status `insufficient_history`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/anomalies",
+    tag = "anomalies",
+    params(AnomalyQuery),
+    responses(
+        (status = 200, description = "Scores and models.", body = Anomalies),
+        (status = 400, description = "A bad parameter, named in the message.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No such host.", body = ErrorBody),
+    )
+)]
 pub async fn anomalies(
     State(st): State<AppState>,
     _u: ApiUser,

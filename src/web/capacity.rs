@@ -19,11 +19,12 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{require, ApiUser, Csrf, MaybeUser, PageUser};
 use super::charts::{Axis, Band, Overlay, Series};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{chart, render, render_off, seg, ChartView, Nav};
 use super::AppState;
 use crate::analytics::capacity::{
@@ -42,33 +43,44 @@ pub fn page_routes() -> Routes {
 /// The capacity data as JSON, the autoscalers' view, and queue reports in.
 pub fn api_routes() -> Routes {
     Routes::new()
-        .get("/api/v1/capacity", json)
-        .get("/api/v1/capacity/pools/{pool}", pool_json)
-        .get("/api/v1/capacity/recommendations", recommendations)
-        .post("/api/v1/pools/{pool}/demand", demand)
+        .routes(routes!(json))
+        .routes(routes!(pool_json))
+        .routes(routes!(recommendations))
+        .routes(routes!(demand))
 }
 
 /// One pool on the capacity page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolSummary {
     pub pool: String,
     pub installed_gpus: i32,
+    /// GPUs per host: recommendations are whole hosts.
     pub host_size: i32,
     /// Demand (work + queue) in the last 5 minutes, GPUs.
     pub demand_now: Option<f64>,
+    /// GPUs to hold for the next hour.
     pub next_hour: i32,
+    /// The highest and lowest hour of the week's plan, GPUs.
     pub week_peak: i32,
     pub week_low: i32,
+    /// Start of the week planned ahead (now + `capacity.lead_days`).
     pub lead_start: DateTime<Utc>,
+    /// The highest hour of that week, GPUs.
     pub lead_peak: i32,
+    /// When the demand trend reaches the installed GPUs (null: not within the horizon).
     pub exhausted_at: Option<DateTime<Utc>>,
+    /// The demand trend, GPUs per day.
     pub growth_per_day: Option<f64>,
     /// What to do, in words, most urgent first.
     pub actions: Vec<String>,
+    /// The methods the backtests chose for the next hour, the week and the week ahead.
     pub methods: crate::analytics::capacity::Methods,
     pub evidence: EvidenceView,
+    /// Hosts that could be drained.
     pub consolidation: Vec<DrainCandidate>,
+    /// The decision time (end of the last 5-minute slot of demand).
     pub decided_at: DateTime<Utc>,
+    /// Why a part is missing (short history), for people.
     pub note: String,
 }
 
@@ -100,10 +112,12 @@ fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSu
 }
 
 /// Everything the capacity page shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CapacityData {
     pub generated_at: DateTime<Utc>,
+    /// `capacity.lead_days`: how far ahead the lead plan starts.
     pub lead_days: u32,
+    /// `capacity.price`: the cost of an unserved GPU-hour in idle GPU-hours.
     pub price: f64,
     pub pools: Vec<PoolSummary>,
     /// Racks with a power budget, soonest to run out first.
@@ -314,12 +328,23 @@ async fn page(
     }))
 }
 
+/// Capacity: every pool's recommendation with its backtest evidence, when racks' power
+/// budgets and hosts' disks run out, and hosts that could be drained.
+#[utoipa::path(
+    get,
+    path = "/api/v1/capacity",
+    tag = "capacity",
+    responses(
+        (status = 200, description = "The capacity page's data.", body = CapacityData),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
 async fn json(State(st): State<AppState>, _u: ApiUser) -> Result<Json<CapacityData>, ApiError> {
     Ok(Json(load(&st).await?))
 }
 
 /// One pool: its summary, 4 weeks of demand, the advice over them and the plans ahead.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolData {
     pub summary: PoolSummary,
     pub from: DateTime<Utc>,
@@ -546,6 +571,19 @@ async fn pool_page(
     .await
 }
 
+/// One pool: demand over 4 weeks, the recommended capacity over them and the next week,
+/// with the forecast's 80 / 95 % bands.
+#[utoipa::path(
+    get,
+    path = "/api/v1/capacity/pools/{pool}",
+    tag = "capacity",
+    params(("pool" = String, Path, description = "Pool name.")),
+    responses(
+        (status = 200, description = "The pool page's data.", body = PoolData),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No such pool, or the capacity job has not run since it appeared.", body = ErrorBody),
+    )
+)]
 async fn pool_json(
     State(st): State<AppState>,
     _u: ApiUser,
@@ -555,10 +593,11 @@ async fn pool_json(
 }
 
 /// What an autoscaler reads: per pool, the GPUs to hold next hour and the week's peak.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AutoscalerView {
     pub pool: String,
     pub installed_gpus: i32,
+    /// Demand (work + queue) in the last 5 minutes, GPUs.
     pub demand_gpus: Option<f64>,
     /// GPUs for the next hour.
     pub recommended_1h: i32,
@@ -569,11 +608,27 @@ pub struct AutoscalerView {
     pub decided_at: DateTime<Utc>,
 }
 
-#[derive(Deserialize)]
+/// Which pools.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PoolQuery {
+    /// One pool (default: all).
     pool: Option<String>,
 }
 
+/// What autoscalers read: per pool, the GPUs to hold next hour, the week's peak and the
+/// hourly schedule.
+#[utoipa::path(
+    get,
+    path = "/api/v1/capacity/recommendations",
+    tag = "capacity",
+    params(PoolQuery),
+    responses(
+        (status = 200, description = "The recommendations.", body = Vec<AutoscalerView>),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No recommendation for the pool asked for.", body = ErrorBody),
+    )
+)]
 async fn recommendations(
     State(st): State<AppState>,
     _u: ApiUser,
@@ -603,10 +658,12 @@ pub fn autoscaler_view(r: &PoolRecommendation) -> AutoscalerView {
 }
 
 /// A scheduler's report of a pool's queue.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"pending_gpus": 12, "source": "slurm"}))]
 pub struct DemandReport {
     /// GPUs requested by jobs or pods waiting to run.
+    #[schema(minimum = 0, maximum = 10_000_000)]
     pub pending_gpus: f64,
     /// When the queue was read (default: now).
     #[serde(default)]
@@ -616,15 +673,41 @@ pub struct DemandReport {
     pub source: String,
 }
 
-/// `POST /api/v1/pools/{pool}/demand`: the pool's scheduler token (Bearer) or a user with
-/// the operator role.
+/// The queue a report recorded.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DemandRecorded {
+    pub pool: String,
+    pub ts: DateTime<Utc>,
+    pub pending_gpus: f64,
+}
+
+/// A scheduler reports a pool's queue: GPUs requested by work waiting to run.
+///
+/// Demand is the work the GPUs did plus this queue, so a pool whose jobs wait is seen as
+/// short even while its GPUs are busy. Send the pool's scheduler token, or an operator's
+/// credentials.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pools/{pool}/demand",
+    tag = "capacity",
+    params(("pool" = String, Path, description = "Pool name.")),
+    request_body = DemandReport,
+    security(("scheduler_token" = []), ("basic" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Recorded.", body = DemandRecorded),
+        (status = 400, description = "Not the expected body, `pending_gpus` out of 0–10,000,000, a `ts` off the server's clock, or a bad `source`.", body = ErrorBody),
+        (status = 401, description = "No token or credentials.", body = ErrorBody),
+        (status = 403, description = "A token of another pool, or a user below operator.", body = ErrorBody),
+        (status = 404, description = "No host belongs to the pool.", body = ErrorBody),
+    )
+)]
 async fn demand(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(pool): Path<String>,
     MaybeUser(user): MaybeUser,
     body: Result<Json<DemandReport>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DemandRecorded>, ApiError> {
     let token_pool = match super::ingest::bearer(&headers) {
         Some(t) => st.store.token_pool(t).await?,
         None => None,
@@ -678,7 +761,9 @@ async fn demand(
     st.store
         .record_queue(&pool, ts, r.pending_gpus, &r.source)
         .await?;
-    Ok(Json(
-        serde_json::json!({"pool": pool, "ts": ts, "pending_gpus": r.pending_gpus}),
-    ))
+    Ok(Json(DemandRecorded {
+        pool,
+        ts,
+        pending_gpus: r.pending_gpus,
+    }))
 }

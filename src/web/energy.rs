@@ -7,11 +7,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{require, urlencode, ApiUser, Csrf, PageUser};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
 use super::AppState;
 use crate::report::energy::{self, EnergyReport};
@@ -29,17 +30,20 @@ pub fn page_routes() -> Routes {
 
 /// The weekly report as JSON, and facility meter readings in.
 pub fn api_routes() -> Routes {
-    Routes::new()
-        .get("/api/v1/energy/weekly", api)
-        .post("/api/v1/facility/readings", readings)
+    Routes::new().routes(routes!(api)).routes(routes!(readings))
 }
 
 /// Weeks listed on the energy page.
 const PAST_WEEKS: usize = 12;
 
-#[derive(Deserialize)]
+/// Which report.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReportQuery {
+    /// ISO week in `energy.time_zone` (default: last week).
+    #[param(example = "2026-W47")]
     week: Option<String>,
+    /// Only this site.
     site: Option<String>,
 }
 
@@ -226,37 +230,110 @@ pub async fn file(
         .into_response())
 }
 
-/// `GET /api/v1/energy/weekly?week=2026-W47&site=S`: the report as JSON.
+/// The weekly report as the API answers it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = EnergyReport)]
+pub struct WeeklyReport {
+    /// ISO week, e.g. 2026-W47.
+    pub week: String,
+    pub time_zone: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// The site asked for; null for the whole fleet.
+    pub site: Option<String>,
+    /// The week is not over, or not accounted to its end yet.
+    pub partial: bool,
+    /// Hours are accounted up to here.
+    pub accounted_until: Option<DateTime<Utc>>,
+    /// GPU minutes below this utilization count as idle.
+    pub idle_util_pct: f64,
+    /// The fleet (or the chosen site) first, then sites, racks, pools, hosts, GPUs.
+    pub rows: Vec<energy::ReportRow>,
+    pub days: Vec<energy::DayTotals>,
+    pub actions: Vec<energy::Action>,
+    pub notes: Vec<String>,
+}
+
+/// Weekly energy-efficiency report: energy, PUE, carbon, cost and idle waste per fleet,
+/// site, rack, pool, host and GPU.
+///
+/// The first row is the fleet, or the site when one is chosen. The same report as files:
+/// `/energy/reports/{week}.csv`, `.parquet` or `.html`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/energy/weekly",
+    tag = "energy",
+    params(ReportQuery),
+    responses(
+        (status = 200, description = "The report.", body = WeeklyReport),
+        (status = 400, description = "A bad week.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "Unknown site.", body = ErrorBody),
+    )
+)]
 pub async fn api(
     State(st): State<AppState>,
     _u: ApiUser,
     Query(q): Query<ReportQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<WeeklyReport>, ApiError> {
     let now = Utc::now();
     let week = q.week(&st, now)?;
     let r = build(&st, week, q.site(), now).await?;
-    Ok(Json(serde_json::json!({
-        "week": r.week.to_string(),
-        "time_zone": r.time_zone,
-        "start": r.start,
-        "end": r.end,
-        "site": r.site,
-        "partial": r.partial(),
-        "accounted_until": r.accounted_until,
-        "idle_util_pct": r.idle_util_pct,
-        "rows": r.rows,
-        "days": r.days,
-        "actions": r.actions,
-        "notes": r.notes,
-    })))
+    Ok(Json(WeeklyReport {
+        week: r.week.to_string(),
+        partial: r.partial(),
+        time_zone: r.time_zone,
+        start: r.start,
+        end: r.end,
+        site: r.site,
+        accounted_until: r.accounted_until,
+        idle_util_pct: r.idle_util_pct,
+        rows: r.rows,
+        days: r.days,
+        actions: r.actions,
+        notes: r.notes,
+    }))
 }
 
-/// `POST /api/v1/facility/readings`: `[{site, start, end, energy_kwh}, …]` (operators).
+/// What happened to a batch of facility readings.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReadingsStored {
+    pub stored: usize,
+    pub rejected: usize,
+    /// Why each rejected reading was refused, by its position in the batch.
+    pub errors: Vec<ReadingRejected>,
+}
+
+/// A reading that was not stored.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReadingRejected {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// Facility meter readings (operator or admin): energy each site drew from the grid over
+/// an interval.
+///
+/// Hours they cover use the metered energy, so the site's PUE is measured. A reading for
+/// the same site and start replaces the earlier one; invalid readings are reported by
+/// index while the valid ones are stored.
+#[utoipa::path(
+    post,
+    path = "/api/v1/facility/readings",
+    tag = "energy",
+    request_body = Vec<FacilityReading>,
+    responses(
+        (status = 200, description = "Stored and rejected counts.", body = ReadingsStored),
+        (status = 400, description = "Not a JSON array of readings.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Needs the operator role.", body = ErrorBody),
+    )
+)]
 pub async fn readings(
     State(st): State<AppState>,
     ApiUser(user): ApiUser,
     body: Result<Json<Vec<FacilityReading>>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReadingsStored>, ApiError> {
     require(&user, Role::Operator)?;
     let Json(readings) = body.map_err(|e| {
         ApiError::BadRequest(format!(
@@ -265,9 +342,12 @@ pub async fn readings(
         ))
     })?;
     let (stored, rejected) = inputs::store_readings(&st.store, &readings, Utc::now()).await?;
-    Ok(Json(serde_json::json!({
-        "stored": stored,
-        "rejected": rejected.len(),
-        "errors": rejected.iter().map(|(i, why)| serde_json::json!({"index": i, "reason": why})).collect::<Vec<_>>(),
-    })))
+    Ok(Json(ReadingsStored {
+        stored,
+        rejected: rejected.len(),
+        errors: rejected
+            .into_iter()
+            .map(|(index, reason)| ReadingRejected { index, reason })
+            .collect(),
+    }))
 }

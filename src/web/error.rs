@@ -37,6 +37,14 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// The body of every error answer of the API.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = Error, example = json!({"error": "no host named \"gpu-17\""}))]
+pub struct ErrorBody {
+    /// What went wrong and what to do about it.
+    pub error: String,
+}
+
 /// Seconds a client is asked to wait when the database is down.
 pub const RETRY_AFTER_SECS: u32 = 5;
 
@@ -89,7 +97,9 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
         )
             .into_response();
         match self {
@@ -133,43 +143,47 @@ struct ErrorPage<'a> {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let e = self.0;
-        let status = e.status();
-        if let ApiError::Internal(err) = &e {
+        if let ApiError::Internal(err) = &self.0 {
             tracing::error!("internal error: {err:#}");
         }
-        let title = match status {
-            StatusCode::NOT_FOUND => "Not found",
-            StatusCode::BAD_REQUEST => "Bad request",
-            StatusCode::FORBIDDEN => "Not allowed",
-            StatusCode::UNAUTHORIZED => "Log in needed",
-            StatusCode::SERVICE_UNAVAILABLE => "Try again shortly",
-            StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
-            _ => "Something went wrong",
-        };
-        let message = match &e {
-            ApiError::Unavailable => {
-                "The database cannot be reached right now; try again in a few seconds.".to_string()
-            }
-            other => other.to_string(),
-        };
-        let page = ErrorPage {
-            title,
-            message: &message,
-        };
-        let mut resp = super::page::render(&page);
-        *resp.status_mut() = status;
-        match e {
-            ApiError::Unavailable | ApiError::Busy(_) => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-            }
-            ApiError::TooMany { retry_after, .. } => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-            }
-            _ => {}
-        }
-        resp
+        error_page(self.0)
     }
+}
+
+/// The HTML page of an error (the caller logs what needs logging).
+pub fn error_page(e: ApiError) -> Response {
+    let status = e.status();
+    let title = match status {
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::BAD_REQUEST => "Bad request",
+        StatusCode::FORBIDDEN => "Not allowed",
+        StatusCode::UNAUTHORIZED => "Log in needed",
+        StatusCode::SERVICE_UNAVAILABLE => "Try again shortly",
+        StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
+        _ => "Something went wrong",
+    };
+    let message = match &e {
+        ApiError::Unavailable => {
+            "The database cannot be reached right now; try again in a few seconds.".to_string()
+        }
+        other => other.to_string(),
+    };
+    let page = ErrorPage {
+        title,
+        message: &message,
+    };
+    let mut resp = super::page::render(&page);
+    *resp.status_mut() = status;
+    match e {
+        ApiError::Unavailable | ApiError::Busy(_) => {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        ApiError::TooMany { retry_after, .. } => {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        _ => {}
+    }
+    resp
 }

@@ -5,17 +5,18 @@ use axum::extract::{Query, State};
 use axum::Json;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::ApiUser;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::range::parse_rfc3339;
 use super::AppState;
 use crate::store::queries::EventRow;
 
 /// `GET /api/v1/events`.
 pub fn api_routes() -> Routes {
-    Routes::new().get("/api/v1/events", events)
+    Routes::new().routes(routes!(events))
 }
 
 /// A short label: `XID 79`, `ECC (double-bit)`.
@@ -33,13 +34,31 @@ pub fn title(kind: &str, code: i64) -> String {
     }
 }
 
-#[derive(Deserialize)]
+/// Which events to return.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Host name (default: all hosts).
     host: Option<String>,
+    /// RFC 3339 (default 7 days ago).
+    #[param(example = "2026-11-16T00:00:00Z")]
     since: Option<String>,
+    /// Most events returned, 1–10000 (default 1000; larger values are capped).
     limit: Option<i64>,
 }
 
+/// Hardware events, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "The events.", body = Vec<EventRow>),
+        (status = 400, description = "A bad time or limit.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(st): State<AppState>,
     _u: ApiUser,

@@ -7,10 +7,11 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::heatmap::*;
 use super::page::*;
 use super::range::RangeParams;
@@ -28,11 +29,11 @@ pub fn page_routes() -> Routes {
 
 /// `GET /api/v1/fleet`.
 pub fn api_routes() -> Routes {
-    Routes::new().get("/api/v1/fleet", json)
+    Routes::new().routes(routes!(json))
 }
 
-/// Fleet page data.
-#[derive(Debug, Clone, Serialize)]
+/// Fleet page data: KPIs and every GPU as a heatmap cell.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FleetData {
     pub generated_at: DateTime<Utc>,
     pub metric: Metric,
@@ -198,7 +199,18 @@ async fn page(
     .await
 }
 
-/// Fleet page data: KPIs and every GPU as a heatmap cell.
+/// Fleet page: KPIs and every GPU as a heatmap cell.
+#[utoipa::path(
+    get,
+    path = "/api/v1/fleet",
+    tag = "fleet",
+    params(("metric" = Option<Metric>, Query, description = "What the heatmap cells are colored by (default util).")),
+    responses(
+        (status = 200, body = FleetData),
+        (status = 400, description = "Unknown metric.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,

@@ -3,31 +3,54 @@
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::ApiUser;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::analytics::forecast::StoredForecast;
 
 /// `GET /api/v1/forecasts`.
 pub fn api_routes() -> Routes {
-    Routes::new().get("/api/v1/forecasts", forecasts)
+    Routes::new().routes(routes!(forecasts))
 }
 
-#[derive(Deserialize)]
+/// Which forecasts to return (each filter optional).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ForecastQuery {
+    /// `pool` or `host`.
+    #[param(example = "pool")]
     scope: Option<String>,
+    /// Pool or host name.
     key: Option<String>,
+    /// `gpu_util_pct`, `gpu_power_watts` or `disk_used_bytes`.
+    #[param(example = "gpu_util_pct")]
     metric: Option<String>,
 }
 
-/// `GET /api/v1/forecasts?scope=pool|host&key=NAME&metric=gpu_util_pct|gpu_power_watts`:
-/// the latest hourly forecasts with 80 %/95 % intervals and the model's backtest MASE.
+/// The latest hourly forecasts per pool and host, next 7 days, with 80 % / 95 %
+/// intervals.
+///
+/// Refreshed hourly from up to 28 days of hourly history; each series gets the model that
+/// did best on a backtest of its own last days.
+#[utoipa::path(
+    get,
+    path = "/api/v1/forecasts",
+    tag = "forecasts",
+    params(ForecastQuery),
+    responses(
+        (status = 200, description = "The forecasts.", body = Vec<StoredForecast>),
+        (status = 400, description = "Unknown scope or metric.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
 pub async fn forecasts(
     State(st): State<AppState>,
     _u: ApiUser,
     Query(q): Query<ForecastQuery>,
-) -> Result<Json<Vec<crate::analytics::forecast::StoredForecast>>, ApiError> {
+) -> Result<Json<Vec<StoredForecast>>, ApiError> {
     if let Some(s) = q.scope.as_deref() {
         if s != "pool" && s != "host" {
             return Err(ApiError::BadRequest(format!(

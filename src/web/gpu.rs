@@ -7,13 +7,14 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::charts::{Axis, Overlay, Series};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
-use super::range::{RangeParams, TimeRange};
+use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
 use crate::model::format::bytes;
 use crate::store::queries::{EventRow, GpuLatest, HostLatest};
@@ -27,11 +28,11 @@ pub fn page_routes() -> Routes {
 
 /// `GET /api/v1/hosts/{name}/gpus/{index}`.
 pub fn api_routes() -> Routes {
-    Routes::new().get("/api/v1/hosts/{name}/gpus/{index}", json)
+    Routes::new().routes(routes!(json))
 }
 
 /// A stretch of time.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Span {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -41,14 +42,15 @@ pub struct Span {
 /// one GPU over days is too many rows for a page).
 pub const THROTTLE_MAX_SECS: i64 = 24 * 3600;
 
-/// GPU page data.
-#[derive(Debug, Clone, Serialize)]
+/// GPU page data: every metric over the range, throttle periods, events with meaning
+/// and action.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GpuData {
     pub host: HostLatest,
     pub gpu: GpuLatest,
     pub range: TimeRange,
     pub series: Vec<GpuPoint>,
-    /// Periods in which clocks were throttled (null when the range is too long to tell).
+    /// Periods in which clocks were throttled (null past 24 h: too long to tell).
     pub throttled: Option<Vec<Span>>,
     pub events: Vec<ExplainedEvent>,
 }
@@ -298,7 +300,24 @@ async fn page(
     .await
 }
 
-/// GPU page data.
+/// GPU page: every metric over the range, throttle periods, events with meaning and
+/// action.
+#[utoipa::path(
+    get,
+    path = "/api/v1/hosts/{name}/gpus/{index}",
+    tag = "hosts",
+    params(
+        ("name" = String, Path, description = "Host name."),
+        ("index" = i16, Path, description = "GPU index."),
+        RangeDoc,
+    ),
+    responses(
+        (status = 200, description = "The GPU page's data.", body = GpuData),
+        (status = 400, description = "A bad range or GPU index.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No such host or GPU.", body = ErrorBody),
+    )
+)]
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,

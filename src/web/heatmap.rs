@@ -18,8 +18,9 @@ use crate::store::series::FaultCount;
 pub const FAULT_WINDOW_HOURS: i64 = 24;
 
 /// What a heatmap cell is colored by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = HeatmapMetric)]
 pub enum Metric {
     Util,
     Temp,
@@ -78,8 +79,9 @@ impl Metric {
     }
 }
 
-/// A GPU's health as the heatmap shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A GPU's health as the heatmap shows it: a hardware fault in the last 24 h, hot, no
+/// sample for minutes (stale), or ok.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     Ok,
@@ -89,7 +91,7 @@ pub enum Health {
 }
 
 /// One GPU on the fleet heatmap.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HeatCell {
     pub host_name: String,
     pub site: String,

@@ -7,20 +7,23 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::urlencode;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::charts::{sparkline, Axis, Overlay, Series};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
 use super::range::parse_rfc3339;
-use super::range::{RangeParams, TimeRange};
+use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
 use crate::analytics::anomaly::{ModelInfo, ScoreFilter, ScorePoint, StoredScore};
 use crate::analytics::forecast::StoredForecast;
 use crate::model::format::age;
-use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
+use crate::store::queries::{
+    AlertTouching, EventRow, GpuLatest, GpuSampleRow, HostLatest, HostSampleRow,
+};
 use crate::store::series::{GpuPoint, HostPoint};
 use crate::store::Store;
 use serde::Deserialize;
@@ -33,13 +36,14 @@ pub fn page_routes() -> Routes {
 /// The host list, one host's page data and its raw samples.
 pub fn api_routes() -> Routes {
     Routes::new()
-        .get("/api/v1/hosts", list)
-        .get("/api/v1/hosts/{name}", json)
-        .get("/api/v1/hosts/{name}/samples", samples)
+        .routes(routes!(list))
+        .routes(routes!(json))
+        .routes(routes!(samples))
 }
 
-/// Host page data.
-#[derive(Debug, Clone, Serialize)]
+/// Host page data: latest values, series over the range, GPUs, hardware events, alerts,
+/// anomalies and forecasts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HostData {
     pub host: HostLatest,
     pub range: TimeRange,
@@ -49,7 +53,8 @@ pub struct HostData {
     pub events: Vec<ExplainedEvent>,
     /// Firing, pending and recently resolved alerts of the host and its GPUs.
     pub alerts: Vec<AlertTouching>,
-    /// Anomalous minutes in the range, newest first (at most [`HOST_PAGE_ANOMALIES`]).
+    /// Anomalous minutes in the range, newest first (at most 30, `HOST_PAGE_ANOMALIES`;
+    /// `GET /api/v1/anomalies` has them all).
     pub anomalies: Vec<StoredScore>,
     /// The host's anomaly model, or why it has none (empty before the job saw the host).
     pub anomaly_models: Vec<ModelInfo>,
@@ -357,25 +362,66 @@ async fn page(
     .await
 }
 
+/// Every host with its latest sample, by site, rack and name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/hosts",
+    tag = "hosts",
+    responses(
+        (status = 200, description = "The hosts.", body = Vec<HostLatest>),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
 async fn list(State(st): State<AppState>, _u: ApiUser) -> Result<Json<Vec<HostLatest>>, ApiError> {
     Ok(Json(st.store.hosts_latest().await?))
 }
 
-#[derive(Deserialize)]
+/// The range of a raw-samples request.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RangeQuery {
+    /// RFC 3339 (default: `to` − 1 h).
+    #[param(example = "2026-11-23T11:00:00Z")]
     from: Option<String>,
+    /// RFC 3339 (default: now); at most 24 h after `from`.
+    #[param(example = "2026-11-23T12:00:00Z")]
     to: Option<String>,
 }
 
 /// Longest range the raw-samples endpoint serves in one request.
 const MAX_RAW_RANGE_HOURS: i64 = 24;
 
+/// Raw samples of a host, as stored.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HostSamples {
+    pub host: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Host samples in time order.
+    pub host_samples: Vec<HostSampleRow>,
+    /// GPU samples by GPU, then in time order.
+    pub gpu_samples: Vec<GpuSampleRow>,
+}
+
+/// Raw samples of a host (at most 24 h per request), every metric as the agent sent it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/hosts/{name}/samples",
+    tag = "hosts",
+    params(("name" = String, Path, description = "Host name."), RangeQuery),
+    responses(
+        (status = 200, description = "The samples.", body = HostSamples),
+        (status = 400, description = "A bad time, `from` not before `to`, or more than 24 h.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No such host.", body = ErrorBody),
+    )
+)]
 async fn samples(
     State(st): State<AppState>,
     _u: ApiUser,
     Path(name): Path<String>,
     Query(q): Query<RangeQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<HostSamples>, ApiError> {
     let now = Utc::now();
     let to = parse_rfc3339("to", q.to.as_deref(), now)?;
     let from = parse_rfc3339("from", q.from.as_deref(), to - Duration::hours(1))?;
@@ -390,13 +436,30 @@ async fn samples(
     if st.store.host_latest(&name).await?.is_none() {
         return Err(ApiError::NotFound(format!("no host named {name:?}")));
     }
-    let (hs, gs) = st.store.host_samples(&name, from, to).await?;
-    Ok(Json(
-        serde_json::json!({ "host": name, "from": from, "to": to, "host_samples": hs, "gpu_samples": gs }),
-    ))
+    let (host_samples, gpu_samples) = st.store.host_samples(&name, from, to).await?;
+    Ok(Json(HostSamples {
+        host: name,
+        from,
+        to,
+        host_samples,
+        gpu_samples,
+    }))
 }
 
-/// Host page data.
+/// Host page: latest values, series over the range, GPUs, hardware events, alerts,
+/// anomalies and forecasts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/hosts/{name}",
+    tag = "hosts",
+    params(("name" = String, Path, description = "Host name."), RangeDoc),
+    responses(
+        (status = 200, description = "The host page's data.", body = HostData),
+        (status = 400, description = "A bad range.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No such host.", body = ErrorBody),
+    )
+)]
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,

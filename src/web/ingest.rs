@@ -12,17 +12,18 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use chrono::Utc;
+use utoipa_axum::routes;
 
 use super::access::Routes;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::ingest::{self, IngestError};
-use crate::model::IngestResponse;
+use crate::model::{Batch, IngestResponse};
 
 /// The ingest route. Its body is read by the handler, after the token is checked, with
 /// the `server.max_body_bytes` cap.
-pub fn api() -> Routes {
-    Routes::new().post("/api/v1/ingest", handle)
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(handle))
 }
 
 /// How long a request waits for an ingest slot before it is answered 503.
@@ -41,9 +42,32 @@ impl From<IngestError> for ApiError {
     }
 }
 
-/// The handler: token, content type and a free slot first, then the body (capped),
-/// then parsing and validation on the blocking pool (a batch takes milliseconds of CPU,
-/// which on an async worker would stall every other connection), then the write.
+/// An agent's batch of samples, hardware events and inventory.
+///
+/// Every sample is validated on its own: a bad one is listed in `errors` and the rest
+/// are stored (200). Samples already stored (a replay after an outage) count as
+/// accepted, not stored. The body may be sent with `Content-Encoding: gzip`; it is
+/// limited to `server.max_body_bytes` (and `server.max_decompressed_bytes` inflated).
+/// Retry 503 answers after their Retry-After seconds; 4xx answers mean the batch will not
+/// be accepted as it is.
+#[utoipa::path(
+    post,
+    path = "/api/v1/ingest",
+    tag = "ingest",
+    request_body = Batch,
+    params(("Content-Encoding" = Option<String>, Header, description = "`gzip` for a compressed body; none for plain JSON.")),
+    security(("agent_token" = [])),
+    responses(
+        (status = 200, description = "Accepted, stored and rejected counts, and why each rejected item was refused.", body = IngestResponse),
+        (status = 400, description = "Not a batch: bad JSON, or a body that could not be read or inflated.", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown or revoked one.", body = ErrorBody),
+        (status = 403, description = "The token belongs to another host than the batch names.", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving (`server.body_timeout_secs`).", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`, inflates past `server.max_decompressed_bytes`, or holds more items than `ingest.max_samples_per_batch`.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`, or an unknown `Content-Encoding`.", body = ErrorBody),
+        (status = 503, description = "The database cannot be reached, or the server is at its ingest concurrency limit; retry after Retry-After.", body = ErrorBody),
+    )
+)]
 async fn handle(
     State(st): State<AppState>,
     headers: HeaderMap,

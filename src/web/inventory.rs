@@ -6,10 +6,11 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
 use super::range::RangeParams;
 use super::AppState;
@@ -23,12 +24,13 @@ pub fn page_routes() -> Routes {
 
 /// `GET /api/v1/inventory`.
 pub fn api_routes() -> Routes {
-    Routes::new().get("/api/v1/inventory", json)
+    Routes::new().routes(routes!(json))
 }
 
 /// Inventory page data.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InventoryData {
+    /// The filter it was asked for.
     pub q: String,
     pub rows: Vec<InventoryRow>,
 }
@@ -112,7 +114,17 @@ async fn page(
     Ok(render(&page))
 }
 
-/// Inventory page data.
+/// Inventory: hosts and GPUs, filtered by a substring.
+#[utoipa::path(
+    get,
+    path = "/api/v1/inventory",
+    tag = "inventory",
+    params(("q" = Option<String>, Query, description = "Case-insensitive substring of host, site, rack, pool, model, UUID, driver or agent version.", example = "h100")),
+    responses(
+        (status = 200, description = "The matching rows.", body = InventoryData),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,

@@ -29,6 +29,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::Router;
+use tower_http::compression::Predicate;
+use utoipa::OpenApi as _;
 
 use crate::config::Config;
 use crate::store::Store;
@@ -77,38 +79,150 @@ impl AppState {
 }
 
 /// Every route: the pages, the API, ingest and the server's own endpoints, behind the
-/// security headers. An unknown path answers 404 as a page, or as JSON under `/api/`.
+/// standard layers. An unknown path answers 404 as a page, or as JSON under `/api/`.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] with `extra` routes behind the same layers. The server passes none; tests
+/// add handlers that stall or panic, to see what the layers make of them.
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+    use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
     let s = &state.cfg.server;
     let body_timeout = std::time::Duration::from_secs(s.body_timeout_secs);
     let request_timeout = std::time::Duration::from_secs(s.request_timeout_secs);
-    Router::<AppState>::from(
-        page_router()
-            .merge(api_router())
-            .merge(ingest::api())
-            .get("/healthz", healthz)
-            .get("/metrics", metrics::metrics)
-            .get("/assets/app.js", app_js),
+    routes()
+        .merge(extra)
+        // Who may call what: each route's row of the authorization table, before its
+        // handler (routes without a row, such as `extra`'s, pass through).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::enforce,
+        ))
+        .fallback(not_found)
+        // Innermost: a panicking handler becomes a 500 and the connection lives on.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn(panic_as_page))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            security_headers,
+        ))
+        .layer(compression())
+        // A body that stalls, or a request that takes too long in all, ends with 408.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            s.request_timeout_secs,
+            timed_out,
+        ))
+        // Outermost: credentials are marked sensitive before anything can print them
+        // (a header marked so shows as "Sensitive" in debug output and traces).
+        .layer(
+            tower_http::sensitive_headers::SetSensitiveHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::COOKIE,
+                header::SET_COOKIE,
+            ]),
+        )
+        .with_state(state)
+}
+
+/// Every route, without the layers: the pages, the API (built with its document),
+/// ingest, and the server's own endpoints.
+pub fn routes() -> Router<AppState> {
+    let (api, _document) = api_router().split_for_parts();
+    let own: Router<AppState> = Routes::new()
+        .get("/healthz", healthz)
+        .get("/metrics", metrics::metrics)
+        .get("/assets/app.js", app_js)
+        .into();
+    Router::new()
+        .merge(Router::<AppState>::from(page_router()))
+        .merge(api)
+        .merge(own)
+}
+
+/// gzip or brotli, as the client asks, for pages and JSON: the fleet page's HTML
+/// compresses about 10:1. Below 1 KiB a response fits one packet anyway, and Parquet
+/// files are compressed already.
+fn compression() -> tower_http::compression::CompressionLayer<impl Predicate> {
+    use tower_http::compression::predicate::{NotForContentType, SizeAbove};
+    let when = SizeAbove::new(1024)
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::SSE)
+        .and(NotForContentType::const_new(
+            crate::report::export::Format::Parquet.content_type(),
+        ));
+    tower_http::compression::CompressionLayer::new().compress_when(when)
+}
+
+/// The timeout layer answers 408 with no body; an API client gets the error body the
+/// document promises, naming the limit.
+async fn timed_out(
+    State(secs): State<u64>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let api = req.uri().path().starts_with("/api/");
+    let res = next.run(req).await;
+    if api
+        && res.status() == StatusCode::REQUEST_TIMEOUT
+        && !res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(error::ErrorBody {
+                error: format!(
+                    "the request took longer than {secs} s (server.request_timeout_secs)"
+                ),
+            }),
+        )
+            .into_response();
+    }
+    res
+}
+
+/// Marks the answer to a request whose handler panicked.
+#[derive(Clone, Copy)]
+struct Panicked;
+
+/// A handler panicked: one log line, and a 500 with the API's error body (people get
+/// the error page from [`panic_as_page`]).
+fn panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let what = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    tracing::error!("a handler panicked ({what}); answered 500");
+    let mut res = (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(error::ErrorBody {
+            error: "internal error".into(),
+        }),
     )
-    // Who may call what: each route's row of the authorization table, before its handler.
-    .route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        access::enforce,
-    ))
-    .fallback(not_found)
-    .layer(axum::middleware::map_response_with_state(
-        state.clone(),
-        security_headers,
-    ))
-    // A body that stalls, or a request that takes too long in all, ends with 408.
-    .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        body_timeout,
-    ))
-    .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        request_timeout,
-    ))
-    .with_state(state)
+        .into_response();
+    res.extensions_mut().insert(Panicked);
+    res
+}
+
+/// The error page, instead of JSON, for a panic outside `/api/`.
+async fn panic_as_page(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let api = req.uri().path().starts_with("/api/");
+    let res = next.run(req).await;
+    if !api && res.extensions().get::<Panicked>().is_some() {
+        return error::error_page(error::ApiError::Internal(anyhow::anyhow!("panic")));
+    }
+    res
 }
 
 /// The pages people look at, by resource. Errors answer as HTML pages.
@@ -126,9 +240,12 @@ fn page_router() -> Routes {
         .merge(auth::page_routes())
 }
 
-/// The JSON API (`/api/v1/…`), by resource. Errors answer as JSON.
-fn api_router() -> Routes {
-    Routes::new()
+/// The JSON API (`/api/v1/…`) by resource, ingest included: each route registered with
+/// its documented handler, so this one list builds the router and the OpenAPI document.
+/// Each is checked against its row of [`access::ROUTES`] as it is registered.
+/// Errors answer as JSON.
+pub fn api_router() -> Routes {
+    Routes::with_openapi(openapi::ApiDoc::openapi())
         .merge(fleet::api_routes())
         .merge(rack::api_routes())
         .merge(host::api_routes())
@@ -141,6 +258,7 @@ fn api_router() -> Routes {
         .merge(capacity::api_routes())
         .merge(energy::api_routes())
         .merge(admin::api_routes())
+        .merge(ingest::api_routes())
         .merge(openapi::api_routes())
 }
 

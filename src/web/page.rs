@@ -484,18 +484,21 @@ pub const HOT_CELSIUS: f32 = 85.0;
 pub const STALE_SECS: i64 = 60;
 
 /// A hardware event with what it means and what to do.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExplainedEvent {
     pub host_name: String,
+    /// The GPU; null for host-wide events.
     pub index: Option<i16>,
     pub ts: DateTime<Utc>,
     pub kind: String,
     pub code: i64,
     pub count: i32,
     pub message: String,
+    /// A short label: `XID 79`, `ECC double-bit`.
     pub title: String,
-    /// What it means and NVIDIA's recommended action, from the XID table in `model::xid`.
+    /// What it means, from the XID table in `model::xid`.
     pub meaning: String,
+    /// Recommended action for an operator (NVIDIA's, for XIDs).
     pub action: String,
 }
 

@@ -7,13 +7,14 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
-use super::error::{ApiError, PageError};
+use super::error::{ApiError, ErrorBody, PageError};
 use super::heatmap::*;
 use super::page::*;
-use super::range::{RangeParams, TimeRange};
+use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
 use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
 use crate::store::series::{FaultCount, HostPoint};
@@ -26,11 +27,11 @@ pub fn page_routes() -> Routes {
 
 /// `GET /api/v1/racks/{site}/{rack}`.
 pub fn api_routes() -> Routes {
-    Routes::new().get("/api/v1/racks/{site}/{rack}", json)
+    Routes::new().routes(routes!(json))
 }
 
-/// Rack page data.
-#[derive(Debug, Clone, Serialize)]
+/// Rack page data: hosts, heatmap cells, host series, events and alerts.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RackData {
     pub site: String,
     pub rack: String,
@@ -173,7 +174,24 @@ async fn page(
     .await
 }
 
-/// Rack page data.
+/// Rack page: hosts, heatmap cells, host series, events and alerts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/racks/{site}/{rack}",
+    tag = "racks",
+    params(
+        ("site" = String, Path, description = "Site name."),
+        ("rack" = String, Path, description = "Rack name."),
+        RangeDoc,
+        ("metric" = Option<Metric>, Query, description = "What the heatmap cells are colored by (default util)."),
+    ),
+    responses(
+        (status = 200, description = "The rack page's data.", body = RackData),
+        (status = 400, description = "A bad range or metric.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No such rack.", body = ErrorBody),
+    )
+)]
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,

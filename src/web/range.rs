@@ -48,15 +48,47 @@ pub struct RangeParams {
     pub q: Option<String>,
 }
 
+/// The range parameters of the host, GPU and rack endpoints as the API document lists
+/// them (they are read by [`RangeParams`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct RangeDoc {
+    /// Preset: 15m, 1h, 6h, 24h, 7d or 30d (default 1h).
+    #[param(example = "6h")]
+    range: Option<String>,
+    /// Custom start instead of a preset: RFC 3339, or YYYY-MM-DDTHH:MM in the viewer's
+    /// zone with `tzo`. At most 90 days before `to`.
+    #[param(example = "2026-11-23T06:00:00Z")]
+    from: Option<String>,
+    /// Custom end (default now).
+    to: Option<String>,
+    /// Minutes UTC − local, for YYYY-MM-DDTHH:MM times (a browser's
+    /// `getTimezoneOffset()`).
+    tzo: Option<i32>,
+}
+
 /// A resolved range.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TimeRange {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     /// Preset key, or `custom`.
+    #[schema(schema_with = range_keys)]
     pub key: String,
+    /// Raw samples; 1-minute rollups; or 15-minute rollups when a point spans a
+    /// quarter-hour or more (ranges over ~6 days). Rollup sources add the minutes the
+    /// rollup job has not reached yet, rolled up from finer data. GPU pages read raw
+    /// samples up to 6 h, host and rack pages up to 30 min.
     pub source: Source,
+    /// Seconds per point (about one pixel column).
     pub bucket_secs: i64,
+}
+
+fn range_keys() -> utoipa::openapi::schema::Object {
+    let mut keys: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+    keys.push("custom");
+    crate::model::schema::one_of(&keys)
 }
 
 fn parse_time(field: &str, s: &str, tzo: i32) -> Result<DateTime<Utc>, ApiError> {

@@ -288,12 +288,8 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
     assert_eq!(at_mid["top"][0]["gpu"], BAD_GPU);
     assert_eq!(body["truncated"], false);
     assert_eq!(body["models"][0]["status"], "trained");
-    let doc: Value = serde_json::from_str(rackwatch::web::openapi::OPENAPI).unwrap();
-    let schema = &doc["paths"]["/api/v1/anomalies"]["get"]["responses"]["200"]["content"]
-        ["application/json"]["schema"];
-    let mut errs = Vec::new();
-    crate::openapi::check(&doc, schema, &body, "$", &mut errs);
-    assert!(errs.is_empty(), "{errs:?}");
+    let doc = crate::openapi::document();
+    crate::openapi::assert_matches(&doc, "get", "/api/v1/anomalies", 200, &body);
 
     let min = fault[10].score;
     let (_, body) = get(

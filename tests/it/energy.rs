@@ -741,5 +741,70 @@ async fn report_commands_write_files_and_check_their_inputs() {
         "{}",
         bad_week.2
     );
+    // The file's extension picks the format; a contradiction and a week that has not
+    // started are errors, not an HTML file or an empty report.
+    let url = app.db_url.clone();
+    let csv_out = dir.path().join("w45.csv");
+    let csv_s = csv_out.to_string_lossy().into_owned();
+    let (by_ext, clash, future, unknown) = tokio::task::spawn_blocking(move || {
+        (
+            rackwatch(
+                &url,
+                &["report", "energy", "--week", "2026-W45", "--out", &csv_s],
+            ),
+            rackwatch(
+                &url,
+                &[
+                    "report", "energy", "--week", "2026-W45", "--format", "html", "--out", &csv_s,
+                ],
+            ),
+            rackwatch(
+                &url,
+                &["report", "energy", "--week", "2099-W01", "--out", "-"],
+            ),
+            rackwatch(
+                &url,
+                &["report", "energy", "--week", "2026-W45", "--out", "w45.txt"],
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(by_ext.0, "{}", by_ext.2);
+    let written = std::fs::read_to_string(&csv_out).unwrap();
+    assert!(
+        written.starts_with("week,") || written.lines().next().unwrap().contains(','),
+        "{}",
+        &written[..written.len().min(200)]
+    );
+    assert!(!written.contains("<html"), "a .csv file holds HTML");
+    assert!(!clash.0);
+    assert!(clash.2.contains("--format html but --out"), "{}", clash.2);
+    assert!(!future.0);
+    assert!(
+        future.2.contains("week 2099-W01 has not started yet"),
+        "{}",
+        future.2
+    );
+    assert!(!unknown.0);
+    assert!(
+        unknown.2.contains("cannot tell the format"),
+        "{}",
+        unknown.2
+    );
+    // Logs to a pipe carry no terminal colour codes.
+    let logged = std::process::Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(["report", "energy", "--week", "2026-W45", "--out"])
+        .arg(&csv_out)
+        .env("RACKWATCH_DATABASE__URL", &app.db_url)
+        .env("RACKWATCH_LOG", "info")
+        .output()
+        .unwrap();
+    let logged = String::from_utf8_lossy(&logged.stderr);
+    assert!(logged.contains("INFO"), "{logged}");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "escape codes in piped logs: {logged:?}"
+    );
     app.stop().await;
 }

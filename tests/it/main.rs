@@ -12,6 +12,7 @@ mod demo;
 mod energy;
 mod forecasts;
 mod ingest;
+mod layers;
 mod managed_pg;
 mod metric_table;
 mod nvml;

@@ -22,8 +22,10 @@ async fn is_up(url: &str) -> bool {
 
 #[tokio::test]
 async fn start_stop_restart_keeps_data_and_one_shot_commands_leave_it_running() {
-    let root = cluster_root("managed");
-    let _ = std::fs::remove_dir_all(&root);
+    // Laid out as a data_dir's cluster, so the CLI can adopt it below.
+    let data_dir = cluster_root("managed");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let root = data_dir.join("postgres");
     let o = opts(root.clone(), true);
     let mut pg = tokio::task::spawn_blocking({
         let o = o.clone();
@@ -57,6 +59,18 @@ async fn start_stop_restart_keeps_data_and_one_shot_commands_leave_it_running() 
         is_up(&url).await,
         "a one-shot command must not stop the cluster"
     );
+    // Nor does the CLI, which does not claim to have stopped it.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(["token", "create", "--host", "cli-host"])
+        .env_remove("RACKWATCH_DATABASE__URL")
+        .env("RACKWATCH_DATA_DIR", &data_dir)
+        .env("RACKWATCH_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&cli.stderr);
+    assert!(cli.status.success(), "{log}");
+    assert!(!log.contains("managed Postgres stopped"), "{log}");
+    assert!(is_up(&url).await, "the CLI stopped the cluster it adopted");
 
     pg = tokio::task::spawn_blocking(move || {
         pg.stop().unwrap();
@@ -82,7 +96,7 @@ async fn start_stop_restart_keeps_data_and_one_shot_commands_leave_it_running() 
     tokio::task::spawn_blocking(move || pg.stop().unwrap())
         .await
         .unwrap();
-    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 #[tokio::test]

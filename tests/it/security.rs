@@ -298,6 +298,22 @@ fn a_route_without_a_row_cannot_be_registered() {
     let msg = r.err().expect("registering an unknown route must panic");
     let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("no row in web::access::ROUTES"), "{msg}");
+    // The same for a documented API handler, registered with `routes!` (its path and
+    // method come from its `#[utoipa::path]`).
+    #[utoipa::path(post, path = "/api/v1/not-in-the-table", responses((status = 200)))]
+    async fn documented() -> &'static str {
+        "x"
+    }
+    let r =
+        std::panic::catch_unwind(|| access::Routes::new().routes(utoipa_axum::routes!(documented)));
+    let msg = r
+        .err()
+        .expect("registering an unknown API route must panic");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("POST /api/v1/not-in-the-table has no row in web::access::ROUTES"),
+        "{msg}"
+    );
     // Every row is unique, and the printed table lists them all.
     let table = access::table();
     for (i, r) in ROUTES.iter().enumerate() {
