@@ -750,9 +750,10 @@ impl Config {
             }
             None => "defaults".to_string(),
         };
-        // A `…_FILE` variable names a secret's file: it joins the file's values, so the
-        // secret is read the same way from either; the other overrides are typed by
-        // their field when the configuration is deserialized.
+        // A secret (`SECRET_FILE_KEYS`, all strings) and a `…_FILE` variable naming a
+        // secret's file join the file's values, so a secret and its file are checked
+        // together whichever way each was given; the other overrides are typed by their
+        // field when the configuration is deserialized.
         let mut overrides = Vec::new();
         let mut env_used = false;
         for (var, value) in env {
@@ -764,7 +765,8 @@ impl Config {
             }
             env_used = true;
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            if keys.last().is_some_and(|k| k.ends_with("_file")) {
+            let key = keys.join(".");
+            if key.ends_with("_file") || SECRET_FILE_KEYS.contains(&key.as_str()) {
                 set_path(&mut root, &keys, toml::Value::String(value))
                     .map_err(|message| ConfigError::Env { var, message })?;
             } else {
