@@ -13,6 +13,14 @@ document.querySelectorAll('tspan[data-utc]').forEach(function (el) {
     : f === 'datetime' ? d.toLocaleString([], {month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit'})
     : d.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'});
 });
+// Tables wider than their place scroll sideways; say so above them.
+function markOverflow() {
+  document.querySelectorAll('.scroll').forEach(function (el) {
+    el.classList.toggle('overflowing', el.scrollWidth > el.clientWidth + 1);
+  });
+}
+markOverflow();
+window.addEventListener('resize', markOverflow);
 // Custom-range inputs hold UTC; show them in the viewer's zone and send the offset.
 function pad(n) { return (n < 10 ? '0' : '') + n; }
 document.querySelectorAll('input[data-utc]').forEach(function (el) {

@@ -21,6 +21,7 @@ use crate::collect::system::SystemSource;
 use crate::collect::Source;
 use crate::config::Config;
 use crate::model::jobs::JobBoard;
+use crate::model::telemetry::Telemetry;
 use crate::model::{Batch, HostInfo};
 use crate::store::Store;
 use crate::web::{self, AppState};
@@ -32,11 +33,12 @@ pub struct RunningServer {
 }
 
 /// What the HTTP server shares with the background work of the same process: the alert
-/// evaluator's wake-up signal and the job board.
+/// evaluator's wake-up signal, the job board and the instruments `/metrics` exposes.
 #[derive(Clone, Default)]
 pub struct Shared {
     pub alert_wakeup: Arc<tokio::sync::Notify>,
     pub jobs: Arc<JobBoard>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Bind `cfg.server.listen` (port 0 picks a free port) and serve until `shutdown`.
@@ -85,6 +87,7 @@ pub async fn start_server_with(
     let mut state = AppState::new(store, cfg);
     state.alert_wakeup = shared.alert_wakeup;
     state.jobs = shared.jobs;
+    state.metrics = shared.telemetry;
     let stats = state.connections.clone();
     let app = web::router(state);
     let task =
@@ -393,10 +396,19 @@ pub fn start_background_with(
         cfg.clone(),
         leader.clone(),
         alert_wakeup.clone(),
+        shared.telemetry.clone(),
         shutdown.clone(),
     )
     .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
-    let jobs = crate::jobs::spawn(store, db_url, cfg, leader, shared.jobs.clone(), shutdown);
+    let jobs = crate::jobs::spawn(
+        store,
+        db_url,
+        cfg,
+        leader,
+        shared.jobs.clone(),
+        shared.telemetry.clone(),
+        shutdown,
+    );
     Ok(Background {
         jobs,
         alerts,

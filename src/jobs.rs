@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::analytics::anomaly::AnomalyJob;
 use crate::config::Config;
 use crate::model::jobs::JobBoard;
+use crate::model::telemetry::Telemetry;
 use crate::store::Store;
 
 /// Advisory lock key of the job leader ("rackwatch" in ASCII, truncated to 63 bits).
@@ -33,6 +34,8 @@ const TICK: Duration = Duration::from_secs(5);
 pub struct JobContext {
     pub store: Store,
     pub cfg: Arc<Config>,
+    /// Where runs and mails are timed, for `/metrics`.
+    pub telemetry: Arc<Telemetry>,
     /// The anomaly job's models, kept between runs.
     anomaly: tokio::sync::Mutex<AnomalyJob>,
 }
@@ -107,13 +110,14 @@ pub const JOBS: &[Job] = &[
 
 /// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
 /// other leader-only loops (alerting) whether this server holds the lock; `board`
-/// records every run.
+/// records every run, `telemetry` times it.
 pub fn spawn(
     store: Store,
     db_url: String,
     cfg: Arc<Config>,
     leader_flag: Arc<AtomicBool>,
     board: Arc<JobBoard>,
+    telemetry: Arc<Telemetry>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     for j in JOBS.iter().filter(|j| (j.enabled)(&cfg)) {
@@ -122,6 +126,7 @@ pub fn spawn(
     let ctx = JobContext {
         store,
         cfg,
+        telemetry,
         anomaly: Default::default(),
     };
     tokio::spawn(async move {
@@ -174,6 +179,7 @@ async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) {
     let t = Instant::now();
     let result = (job.run)(ctx).await;
     let took = t.elapsed();
+    ctx.telemetry.job_ran(job.name, took.as_secs_f64());
     match &result {
         Ok(summary) if job.quiet => {
             tracing::debug!(job = job.name, ms = took.as_millis() as u64, "{summary}")
@@ -231,7 +237,7 @@ async fn capacity(c: &JobContext) -> anyhow::Result<String> {
 /// failing fails the job.
 async fn energy(c: &JobContext) -> anyhow::Result<String> {
     let accounting = crate::analytics::energy::run(&c.store, &c.cfg.energy, Utc::now()).await;
-    let mail = crate::report::mail::send_due(&c.store, &c.cfg, Utc::now()).await;
+    let mail = crate::report::mail::send_due(&c.store, &c.cfg, Utc::now(), &c.telemetry).await;
     let r = accounting.map_err(|e| anyhow::anyhow!("energy accounting: {e}"))?;
     mail.map_err(|e| anyhow::anyhow!("weekly energy report mail: {e:#}"))?;
     Ok(format!(

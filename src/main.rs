@@ -482,7 +482,10 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                     anyhow::bail!("energy.report.recipients is empty: nobody to mail");
                 }
                 let capacity = mail::capacity_lines(&db.store, cfg, now).await?;
-                mail::send(cfg, &report, &cfg.energy.report.recipients, &capacity).await?;
+                // A one-off send: nothing scrapes this process's metrics.
+                let telemetry = rackwatch::model::telemetry::Telemetry::new();
+                let to = &cfg.energy.report.recipients;
+                mail::send(cfg, &report, to, &capacity, &telemetry).await?;
                 eprintln!("mailed to {}", cfg.energy.report.recipients.join(", "));
             }
             Ok(())

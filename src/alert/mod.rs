@@ -153,11 +153,12 @@ pub fn spawn(
     cfg: Arc<Config>,
     leader: Arc<AtomicBool>,
     wakeup: Arc<Notify>,
+    telemetry: Arc<crate::model::telemetry::Telemetry>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, rules::RuleError> {
     let mut source = RuleSource::new(&cfg.alerting.rules_file)?;
     Ok(tokio::spawn(async move {
-        let mut sender = notify::Sender::new(&cfg);
+        let mut sender = notify::Sender::new(&cfg, telemetry);
         let eval_every = Duration::from_secs(cfg.alerting.eval_interval_secs);
         let mut last_full = Instant::now() - eval_every;
         loop {

@@ -5,7 +5,8 @@
 //! re-send of the same group carries the same Message-ID.
 
 use std::collections::BTreeMap;
-use std::time::Duration as StdDuration;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
 
 use askama::Template;
 use chrono::{DateTime, Duration, Utc};
@@ -16,6 +17,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use super::eval::AlertSnapshot;
 use super::location;
 use crate::config::{Config, SmtpConfig};
+use crate::model::telemetry::{MailKind, Telemetry};
 use crate::store::Store;
 
 /// Build the SMTP transport from configuration.
@@ -135,6 +137,20 @@ pub fn compose(
     (subject, what, items)
 }
 
+/// Hand `msg` to the SMTP server, timed on `/metrics`
+/// (`rackwatch_smtp_send_duration_seconds`).
+pub async fn deliver(
+    t: &AsyncSmtpTransport<Tokio1Executor>,
+    msg: Message,
+    mail: MailKind,
+    telemetry: &Telemetry,
+) -> Result<(), lettre::transport::smtp::Error> {
+    let started = Instant::now();
+    let sent = t.send(msg).await.map(|_| ());
+    telemetry.mail_sent(mail, sent.is_ok(), started.elapsed().as_secs_f64());
+    sent
+}
+
 /// Delivers the outbox.
 pub struct Sender {
     transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
@@ -143,6 +159,7 @@ pub struct Sender {
     group_interval: Duration,
     public_url: String,
     warned_unconfigured: bool,
+    telemetry: Arc<Telemetry>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -157,7 +174,8 @@ struct OutboxRow {
 }
 
 impl Sender {
-    pub fn new(cfg: &Config) -> Sender {
+    /// A sender for `cfg`'s SMTP server that times its sends on `telemetry`.
+    pub fn new(cfg: &Config, telemetry: Arc<Telemetry>) -> Sender {
         let smtp = &cfg.alerting.smtp;
         let transport = if smtp.host.is_empty() {
             None
@@ -182,6 +200,7 @@ impl Sender {
             group_interval: Duration::seconds(cfg.alerting.group_interval_secs as i64),
             public_url: cfg.public_url(),
             warned_unconfigured: false,
+            telemetry,
         }
     }
 
@@ -265,10 +284,8 @@ impl Sender {
             );
             let result =
                 match build_message(&from, &recipients, &snaps, &self.public_url, &message_id) {
-                    Ok(m) => transport
-                        .send(m)
+                    Ok(m) => deliver(&transport, m, MailKind::Alert, &self.telemetry)
                         .await
-                        .map(|_| ())
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };

@@ -137,3 +137,86 @@ mod tests {
         }
     }
 }
+
+/// The tick step of an axis that reaches `max` in at most five steps: 1, 2 or 5 × 10^k.
+pub fn nice_step(max: f64) -> f64 {
+    if !(max.is_finite() && max > 0.0) {
+        return 1.0;
+    }
+    let raw = max / 5.0;
+    let p = 10f64.powf(raw.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if m * p >= raw * (1.0 - 1e-9) {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+/// Round ticks from 0 to at least `max` (1, 2 or 5 × 10^k apart, at most five steps), and
+/// the decimals that tell them apart.
+pub fn axis_ticks(max: f64) -> (Vec<f64>, usize) {
+    let step = nice_step(max);
+    let top = if max > 0.0 {
+        (max / step - 1e-9).ceil().max(1.0) * step
+    } else {
+        step
+    };
+    let n = (top / step).round() as usize;
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10().floor()) as usize
+    };
+    ((0..=n).map(|i| i as f64 * step).collect(), decimals)
+}
+
+/// About how wide `s` is in pixels at `font_px` in the dashboard's sans-serif font: digits
+/// and most letters are about 0.6 em, narrow ones less, wide ones more. Errs on the wide
+/// side so that labels placed with it are not clipped.
+pub fn text_px(s: &str, font_px: f64) -> f64 {
+    s.chars()
+        .map(|c| match c {
+            ' ' | '.' | ',' | ':' | 'i' | 'l' | 'I' | '1' | '|' | '\'' => 0.36,
+            'm' | 'w' | 'M' | 'W' | '%' | '°' => 0.9,
+            c if c.is_ascii_uppercase() => 0.7,
+            _ => 0.6,
+        })
+        .sum::<f64>()
+        * font_px
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_reach_the_maximum() {
+        assert_eq!(
+            axis_ticks(1645.0).0,
+            vec![0.0, 500.0, 1000.0, 1500.0, 2000.0]
+        );
+        assert_eq!(axis_ticks(1234.0).0, vec![0.0, 500.0, 1000.0, 1500.0]);
+        assert_eq!(
+            axis_ticks(100.0).0,
+            vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]
+        );
+        assert_eq!(axis_ticks(7.3).0, vec![0.0, 2.0, 4.0, 6.0, 8.0]);
+        let (t, d) = axis_ticks(0.9);
+        assert_eq!((t.len(), d), (6, 1));
+        assert!((t[5] - 1.0).abs() < 1e-9);
+        // Nothing to show: one step, no repeated labels.
+        assert_eq!(axis_ticks(0.0).0, vec![0.0, 1.0]);
+        for m in [0.03, 1.0, 3.7, 42.0, 411.0, 823.0, 4.55, 1e6] {
+            let (t, _) = axis_ticks(m);
+            let step = t[1];
+            let mant = step / 10f64.powf(step.log10().floor());
+            assert!(
+                [1.0, 2.0, 5.0].iter().any(|x| (mant - x).abs() < 1e-6),
+                "{m}: {t:?}"
+            );
+            assert!(*t.last().unwrap() >= m && t.len() <= 6, "{m}: {t:?}");
+        }
+        assert!(text_px("1645 kWh", 11.0) > text_px("164 kWh", 11.0));
+    }
+}

@@ -8,6 +8,7 @@ pub mod format;
 pub mod jobs;
 pub mod metrics;
 pub mod schema;
+pub mod telemetry;
 pub mod throttle;
 pub mod validate;
 pub mod xid;

@@ -436,7 +436,6 @@ pub fn view(report: &EnergyReport) -> ReportView {
 fn day_chart(r: &EnergyReport) -> String {
     const W: f64 = 640.0;
     const H: f64 = 220.0;
-    const L: f64 = 56.0;
     const B: f64 = 28.0;
     type Part = (
         &'static str,
@@ -453,18 +452,29 @@ fn day_chart(r: &EnergyReport) -> String {
         .days
         .iter()
         .map(|d| parts.iter().map(|p| (p.2)(d).max(0.0)).sum::<f64>())
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
+        .fold(0.0f64, f64::max);
+    // Round ticks (1, 2 or 5 × 10^k kWh apart) and a left margin that holds the widest.
+    let (ticks, decimals) = crate::model::format::axis_ticks(max);
+    let labels: Vec<String> = ticks
+        .iter()
+        .map(|v| crate::model::format::num(Some(*v), decimals, "kWh"))
+        .collect();
+    let widest = labels
+        .iter()
+        .map(|l| crate::model::format::text_px(l, 14.0))
+        .fold(0.0f64, f64::max);
+    #[allow(non_snake_case)]
+    let L = (widest + 10.0).max(56.0).ceil();
+    let max = ticks.last().copied().unwrap_or(1.0).max(1e-9);
     let mut s = format!(
         r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="Energy per day, stacked: GPU busy, GPU idle, hosts, facility overhead"><title>Energy per day</title>"#
     );
     let plot_h = H - B - 10.0;
-    for i in 0..=4 {
-        let v = max * f64::from(i) / 4.0;
-        let y = 10.0 + plot_h * (1.0 - f64::from(i) / 4.0);
+    for (v, label) in ticks.iter().zip(&labels) {
+        let y = 10.0 + plot_h * (1.0 - v / max);
         let _ = write!(
             s,
-            r#"<line class="grid" x1="{L}" x2="{W}" y1="{y:.1}" y2="{y:.1}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{v:.0} kWh</text>"#,
+            r#"<line class="grid" x1="{L}" x2="{W}" y1="{y:.1}" y2="{y:.1}"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"#,
             L - 4.0,
             y + 4.0
         );

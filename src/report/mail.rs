@@ -7,13 +7,14 @@
 use chrono::{DateTime, Duration, Utc};
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
-use lettre::{AsyncTransport, Message};
+use lettre::Message;
 
 use super::energy::EnergyReport;
 use super::export::{self, Format};
 use super::IsoWeek;
-use crate::alert::notify::transport;
+use crate::alert::notify::{deliver, transport};
 use crate::config::{parse_weekday, Config};
+use crate::model::telemetry::{MailKind, Telemetry};
 use crate::store::Store;
 
 const KIND: &str = "energy_weekly";
@@ -32,6 +33,7 @@ pub async fn send_due(
     store: &Store,
     cfg: &Config,
     now: DateTime<Utc>,
+    telemetry: &Telemetry,
 ) -> anyhow::Result<Option<IsoWeek>> {
     if cfg.energy.report.recipients.is_empty() || cfg.alerting.smtp.host.is_empty() {
         return Ok(None);
@@ -54,7 +56,14 @@ pub async fn send_due(
     crate::analytics::energy::run(store, &cfg.energy, now).await?;
     let report = super::energy::build(store, &cfg.energy, week, None, now).await?;
     let capacity = capacity_lines(store, cfg, now).await?;
-    send(cfg, &report, &cfg.energy.report.recipients, &capacity).await?;
+    send(
+        cfg,
+        &report,
+        &cfg.energy.report.recipients,
+        &capacity,
+        telemetry,
+    )
+    .await?;
     sqlx::query(
         "INSERT INTO report_deliveries (kind, period, recipients) VALUES ($1, $2, $3)
          ON CONFLICT (kind, period) DO NOTHING",
@@ -101,12 +110,14 @@ pub async fn capacity_lines(
     Ok(out)
 }
 
-/// Mail `report` (and the capacity lines) to `to` through the configured SMTP server.
+/// Mail `report` (and the capacity lines) to `to` through the configured SMTP server,
+/// timing the send on `telemetry`.
 pub async fn send(
     cfg: &Config,
     report: &EnergyReport,
     to: &[String],
     capacity: &[String],
+    telemetry: &Telemetry,
 ) -> anyhow::Result<()> {
     let smtp = &cfg.alerting.smtp;
     if smtp.host.is_empty() {
@@ -114,9 +125,11 @@ pub async fn send(
     }
     let msg = message(cfg, report, to, capacity)?;
     let t = transport(smtp).map_err(anyhow::Error::msg)?;
-    t.send(msg).await.map_err(|e| {
-        anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security)
-    })?;
+    deliver(&t, msg, MailKind::Report, telemetry)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security)
+        })?;
     Ok(())
 }
 

@@ -199,11 +199,20 @@ impl Store {
             .await
     }
 
-    /// How many alerts are firing now.
-    pub async fn alerts_firing(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM alerts WHERE state = 'firing'")
-            .fetch_one(&self.pool)
-            .await
+    /// Firing alerts that still need someone (neither acknowledged nor silenced), and
+    /// firing alerts that are acknowledged or silenced.
+    pub async fn alerts_firing(&self) -> Result<(i64, i64), sqlx::Error> {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE NOT handled), count(*) FILTER (WHERE handled)
+               FROM (SELECT a.acknowledged_by IS NOT NULL OR EXISTS (
+                            SELECT 1 FROM silences s
+                             WHERE s.starts_at <= now() AND s.ends_at > now()
+                               AND a.labels || jsonb_build_object('rule', a.rule, 'severity', a.severity)
+                                   @> s.matchers) AS handled
+                       FROM alerts a WHERE a.state = 'firing') x",
+        )
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Firing and pending alerts whose host is one of `hosts` (GPU-level alerts

@@ -248,6 +248,25 @@ SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS ts
    AND s.ts >= $3 AND s.ts < $4 AND s.throttle_reasons & $6 <> 0
  GROUP BY 1 ORDER BY 1";
 
+const GPU_RAW_EXTRA: &str = "
+SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS ts,
+       bit_or(s.throttle_reasons & $6) AS reasons, avg(s.fan_pct)::float8 AS fan_pct,
+       max(s.power_limit_watts)::float8 AS power_limit_watts
+  FROM gpu_samples s
+ WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
+   AND s.ts >= $3 AND s.ts < $4
+ GROUP BY 1 ORDER BY 1";
+
+/// What only raw GPU samples know, per bucket: the throttle reasons seen (slowdown bits
+/// of [`THROTTLE_MASK`] OR-ed), the mean fan speed and the enforced power limit.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct GpuRawExtra {
+    pub ts: DateTime<Utc>,
+    pub reasons: Option<i64>,
+    pub fan_pct: Option<f64>,
+    pub power_limit_watts: Option<f64>,
+}
+
 /// A row of the inventory: a GPU with its host, or a host without GPUs (GPU fields null).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct InventoryRow {
@@ -337,6 +356,27 @@ impl Store {
         bucket_secs: i64,
     ) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
         sqlx::query_scalar(THROTTLE_RAW)
+            .bind(host)
+            .bind(index)
+            .bind(from)
+            .bind(to)
+            .bind(bucket_secs as f64)
+            .bind(THROTTLE_MASK)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Throttle reasons, fan speed and power limit of one GPU per bucket of `bucket_secs`,
+    /// read from raw samples (rollups do not keep them).
+    pub async fn gpu_raw_extras(
+        &self,
+        host: &str,
+        index: i16,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        bucket_secs: i64,
+    ) -> Result<Vec<GpuRawExtra>, sqlx::Error> {
+        sqlx::query_as(GPU_RAW_EXTRA)
             .bind(host)
             .bind(index)
             .bind(from)

@@ -122,6 +122,8 @@ pub const ROUTES: &[RouteRule] = &[
     ),
     api("GET", "/healthz", Public, "200 when the database answers"),
     api("GET", "/assets/app.js", Public, "the pages' script"),
+    api("GET", "/favicon.ico", Public, "the site icon"),
+    api("GET", "/assets/icon.svg", Public, "the site icon"),
     api(
         "GET",
         "/api/v1/openapi.json",
@@ -147,6 +149,7 @@ pub const ROUTES: &[RouteRule] = &[
     form("/silences", Operator, "create a silence"),
     form("/silences/expire", Operator, "expire a silence"),
     page("/energy", Viewer, "energy report"),
+    page("/docs/energy", Viewer, "the energy report's definitions"),
     RouteRule {
         login_redirect: false,
         ..page(

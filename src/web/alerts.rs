@@ -82,6 +82,27 @@ pub struct AlertView {
     pub flapping: bool,
     pub silenced: bool,
     pub acked: String,
+    /// Matchers of a silence for exactly this alert (`rule=…, host=…, gpu=…`).
+    pub silence_matchers: String,
+}
+
+/// Matchers that silence this alert and its like on the same GPU or host: the rule and
+/// the alert's place (site, rack, host, gpu), never labels that vary (an XID code).
+pub fn silence_matchers(rule: &str, labels: &Labels) -> String {
+    let mut m = vec![format!("rule={rule}")];
+    for k in ["host", "gpu"] {
+        if let Some(v) = labels.get(k) {
+            m.push(format!("{k}={v}"));
+        }
+    }
+    if !labels.contains_key("host") {
+        for k in ["site", "rack", "pool"] {
+            if let Some(v) = labels.get(k) {
+                m.push(format!("{k}={v}"));
+            }
+        }
+    }
+    m.join(", ")
 }
 
 pub struct SilenceView {
@@ -134,6 +155,7 @@ pub async fn page(
         flapping: a.flaps >= 3,
         silenced: *silenced,
         acked: a.acknowledged_by.clone().unwrap_or_default(),
+        silence_matchers: silence_matchers(&a.rule, &a.labels.0),
     };
     let firing = cur
         .iter()

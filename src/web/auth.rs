@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -171,7 +170,7 @@ pub async fn check_password(
     };
     let pair_key = keys[0].clone();
     if let Some(wait) = st.store.login_blocked(&keys).await? {
-        st.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
+        st.metrics.logins_failed.inc();
         return Err(too_many(wait));
     }
     let Ok(Ok(_slot)) = tokio::time::timeout(
@@ -202,7 +201,7 @@ pub async fn check_password(
             Ok(Some(user(id, name, &role)))
         }
         _ => {
-            st.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
+            st.metrics.logins_failed.inc();
             let window = chrono::Duration::minutes(THROTTLE_WINDOW_MINUTES);
             st.store
                 .login_failed(&pair_key, window, pair_backoff)

@@ -431,10 +431,6 @@ pub struct PoolPage {
     pub evidence: Vec<(String, String, String, String)>,
 }
 
-fn gpus_axis(v: f64) -> String {
-    format!("{v:.0} GPUs")
-}
-
 async fn pool_page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
@@ -509,7 +505,7 @@ async fn pool_page(
             &format!("Pool {}: GPUs", s.pool),
             series,
             &range,
-            Axis::Auto(gpus_axis),
+            Axis::Unit("GPUs"),
             &ov,
         );
         let ev = |name: &str, b: &crate::analytics::capacity::BacktestView| {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::format::push_fixed;
+use crate::model::format::{axis_ticks, num, push_fixed, text_px};
 
 /// Okabe–Ito palette: distinguishable with the common color-vision deficiencies.
 pub const PALETTE: [&str; 8] = [
@@ -18,36 +18,104 @@ pub struct Series {
     pub points: Vec<(DateTime<Utc>, f64)>,
 }
 
-/// How values are shown on the y axis.
+/// How values are shown on the y axis. Ticks are round numbers (1, 2 or 5 × 10^k apart)
+/// in the unit the labels show.
 #[derive(Clone, Copy)]
 pub enum Axis {
     /// 0–100 %.
     Percent,
-    /// From 0 to the data's maximum, labels formatted by the function.
-    Auto(fn(f64) -> String),
+    /// From 0 to the data's maximum, in this unit (`W`, `°C`, `MHz`, `GPUs`, or none).
+    Unit(&'static str),
+    /// Bytes, in the binary unit of the maximum (`GiB`).
+    Bytes,
+    /// Bytes per second, in the decimal unit of the maximum (`MB/s`).
+    Rate,
+}
+
+impl Axis {
+    /// The tick values and their labels for data reaching `max`.
+    pub fn ticks(self, max: f64) -> Vec<(f64, String)> {
+        let scaled = |base: f64, units: &[&str]| {
+            let mut i = 0;
+            while max >= base.powi(i as i32 + 1) * 0.999 && i + 1 < units.len() {
+                i += 1;
+            }
+            let k = base.powi(i as i32);
+            let (t, d) = axis_ticks(max / k);
+            t.into_iter()
+                .map(|v| (v * k, num(Some(v), d, units[i])))
+                .collect()
+        };
+        match self {
+            Axis::Percent => axis_ticks(100.0)
+                .0
+                .into_iter()
+                .map(|v| (v, format!("{v:.0} %")))
+                .collect(),
+            Axis::Unit(u) => {
+                let (t, d) = axis_ticks(max);
+                t.into_iter().map(|v| (v, num(Some(v), d, u))).collect()
+            }
+            Axis::Bytes => scaled(1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"]),
+            Axis::Rate => scaled(1000.0, &["B/s", "kB/s", "MB/s", "GB/s", "TB/s"]),
+        }
+    }
 }
 
 const W: f64 = 640.0;
 const H: f64 = 180.0;
-const ML: f64 = 64.0; // left margin (y labels)
+/// Font size of axis labels, in the chart's units, that margins are measured for: the
+/// stylesheet draws them at 11 on wide screens and at 14 on phones (where a chart is
+/// scaled down to about 360 px), so room is made for 14.
+const FONT: f64 = 14.0;
+/// The narrowest left margin (y labels), and the margin when the labels are wider.
+const ML_MIN: f64 = 40.0;
+const ML: f64 = 64.0;
 const MR: f64 = 8.0;
 const MT: f64 = 8.0;
 const MB: f64 = 22.0; // bottom margin (time labels)
 /// Width of the plotting area in pixels: one bucket of a series per column.
 pub const PLOT_PX: usize = (W - ML - MR) as usize;
 
+/// The left margin that holds the widest y label: 64 (most charts, so that charts stacked
+/// on a page line up in time), wider in steps of 8 when a label needs it.
+fn left_margin(labels: &[String]) -> f64 {
+    let widest = labels
+        .iter()
+        .map(|l| text_px(l, FONT))
+        .fold(0.0f64, f64::max);
+    let need = widest + 10.0;
+    if need <= ML {
+        ML.max(ML_MIN)
+    } else {
+        (need / 8.0).ceil() * 8.0
+    }
+}
+
+/// A shaded time span behind the lines: its CSS class (`throttle power`) and what it is.
+#[derive(Clone)]
+pub struct Shade {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub class: &'static str,
+    pub label: String,
+}
+
 /// Things drawn behind and over the lines of a chart, on the same time axis.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Overlay {
-    /// Shaded time spans (throttle periods).
-    pub shaded: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Shaded time spans (throttle periods, one class per reason).
+    pub shaded: Vec<Shade>,
     /// Marks on the time axis (hardware events): time and a label.
     pub marks: Vec<(DateTime<Utc>, String)>,
     /// Shaded bands between a low and a high line (forecast intervals), drawn first.
     pub bands: Vec<Band>,
+    /// Horizontal reference lines (an alert threshold): value and label.
+    pub refs: Vec<(f64, String)>,
 }
 
 /// A band between two lines on the same times, e.g. a forecast's 80 % interval.
+#[derive(Clone)]
 pub struct Band {
     pub label: String,
     /// (time, low, high), in time order.
@@ -68,8 +136,21 @@ pub fn line_chart(
     line_chart_with(title, series, from, to, axis, gap_secs, &Overlay::default())
 }
 
-/// A chart with shaded spans and event marks; every chart of a page shares the same
-/// geometry, so charts stacked vertically line up in time.
+/// Time-axis labels: dates over two days or more (with the time of day up to four
+/// days), the time of day on shorter ranges.
+fn time_format(span_ms: f64) -> (&'static str, &'static str) {
+    if span_ms >= 4.0 * 86_400_000.0 {
+        ("%b %d", "date")
+    } else if span_ms >= 2.0 * 86_400_000.0 {
+        ("%b %d %H:%M", "datetime")
+    } else {
+        ("%H:%M", "time")
+    }
+}
+
+/// A chart with shaded spans and event marks; charts of a page share their geometry
+/// (unless a chart's labels need a wider margin), so charts stacked vertically line up
+/// in time.
 pub fn line_chart_with(
     title: &str,
     series: &[Series],
@@ -79,29 +160,34 @@ pub fn line_chart_with(
     gap_secs: i64,
     overlay: &Overlay,
 ) -> String {
-    let pw = W - ML - MR;
     let ph = H - MT - MB;
     let span = (to - from).num_milliseconds().max(1) as f64;
-    let ymax = match axis {
-        Axis::Percent => 100.0,
-        Axis::Auto(_) => {
-            let m = series
+    let data_max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .chain(
+            overlay
+                .bands
                 .iter()
-                .flat_map(|s| s.points.iter().map(|p| p.1))
-                .chain(
-                    overlay
-                        .bands
-                        .iter()
-                        .flat_map(|b| b.points.iter().map(|p| p.2)),
-                )
-                .fold(0.0f64, f64::max);
-            nice_ceiling(m)
-        }
+                .flat_map(|b| b.points.iter().map(|p| p.2)),
+        )
+        .chain(overlay.refs.iter().map(|r| r.0))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let has_data = series.iter().any(|s| !s.points.is_empty())
+        || overlay.bands.iter().any(|b| !b.points.is_empty());
+    // All zero (an idle network): one tick at 0 and the line along it, no made-up scale.
+    let ticks = if !has_data {
+        Vec::new()
+    } else if data_max <= 0.0 && !matches!(axis, Axis::Percent) {
+        axis.ticks(0.0).into_iter().take(1).collect()
+    } else {
+        axis.ticks(data_max)
     };
-    let fmt_y = |v: f64| match axis {
-        Axis::Percent => format!("{v:.0} %"),
-        Axis::Auto(f) => f(v),
-    };
+    let ymax = ticks.last().map_or(1.0, |t| t.0).max(1e-12);
+    let labels: Vec<String> = ticks.iter().map(|t| t.1.clone()).collect();
+    let ml = left_margin(&labels);
+    let pw = W - ml - MR;
     let mut svg = String::with_capacity(4096);
     let _ = write!(
         svg,
@@ -110,12 +196,12 @@ pub fn line_chart_with(
     );
     let _ = write!(svg, "<title>{}</title>", escape(title));
     let x_of =
-        |t: DateTime<Utc>| ML + ((t - from).num_milliseconds() as f64 / span).clamp(0.0, 1.0) * pw;
+        |t: DateTime<Utc>| ml + ((t - from).num_milliseconds() as f64 / span).clamp(0.0, 1.0) * pw;
+    let y_of = |v: f64| MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
     for b in &overlay.bands {
         if b.points.is_empty() {
             continue;
         }
-        let y_of = |v: f64| MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
         let mut d = String::new();
         for (i, (t, _, hi)) in b.points.iter().enumerate() {
             d.push(if i == 0 { 'M' } else { 'L' });
@@ -133,38 +219,43 @@ pub fn line_chart_with(
             escape(&b.label)
         );
     }
-    for (a, b) in &overlay.shaded {
-        let (x1, x2) = (x_of(*a), x_of(*b));
+    for s in &overlay.shaded {
+        let (x1, x2) = (x_of(s.from), x_of(s.to));
         let _ = write!(
             svg,
-            r#"<rect class="throttle" x="{x1:.1}" y="{MT}" width="{:.1}" height="{ph}"><title>throttled</title></rect>"#,
-            (x2 - x1).max(1.0)
+            r#"<rect class="{}" x="{x1:.1}" y="{MT}" width="{:.1}" height="{ph}"><title>{}</title></rect>"#,
+            s.class,
+            (x2 - x1).max(1.0),
+            escape(&s.label)
         );
     }
-    for i in 0..=4 {
-        let v = ymax * f64::from(i) / 4.0;
-        let y = MT + ph - ph * f64::from(i) / 4.0;
+    if ticks.is_empty() {
         let _ = write!(
             svg,
-            r#"<line class="grid" x1="{ML}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="ylab" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            r#"<line class="grid" x1="{ml}" x2="{}" y1="{:.1}" y2="{:.1}"/><text class="nodata" x="{:.1}" y="{:.1}" text-anchor="middle">no data in this range</text>"#,
             W - MR,
-            ML - 6.0,
-            y + 4.0,
-            escape(&fmt_y(v))
+            MT + ph,
+            MT + ph,
+            ml + pw / 2.0,
+            MT + ph / 2.0
         );
     }
-    // Ranges of four days or more say which day, two to four days the day and time,
-    // shorter ones the time of day.
-    let (fmt, kind) = if span >= 4.0 * 86_400_000.0 {
-        ("%b %d", "date")
-    } else if span >= 2.0 * 86_400_000.0 {
-        ("%b %d %H:%M", "datetime")
-    } else {
-        ("%H:%M", "time")
-    };
+    for (v, label) in &ticks {
+        let y = y_of(*v);
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{ml}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="ylab" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            W - MR,
+            ml - 6.0,
+            // The top label stays inside the chart at the larger (phone) size too.
+            (y + 4.0).max(FONT + 1.0),
+            escape(label)
+        );
+    }
+    let (fmt, kind) = time_format(span);
     for i in 0..=4 {
         let t = from + chrono::Duration::milliseconds((span * f64::from(i) / 4.0) as i64);
-        let x = ML + pw * f64::from(i) / 4.0;
+        let x = ml + pw * f64::from(i) / 4.0;
         let anchor = match i {
             0 => "start",
             4 => "end",
@@ -178,28 +269,55 @@ pub fn line_chart_with(
             t.format(fmt)
         );
     }
+    for (v, label) in &overlay.refs {
+        let y = y_of(*v);
+        let _ = write!(
+            svg,
+            r#"<g class="ref"><line x1="{ml}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text x="{}" y="{:.1}" text-anchor="end">{}</text><title>{}</title></g>"#,
+            W - MR,
+            W - MR - 2.0,
+            (y - 3.0).max(MT + 9.0),
+            escape(label),
+            escape(label)
+        );
+    }
     for (si, s) in series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
         let cols = downsample(&s.points, from, span, pw as usize);
         let mut path = String::new();
-        let mut prev: Option<(usize, DateTime<Utc>)> = None;
+        // A point joined to neither neighbour would be an invisible "M x,y": draw a dot.
+        let mut dots: Vec<(f64, f64)> = Vec::new();
+        let mut prev: Option<DateTime<Utc>> = None;
+        let mut alone: Option<(f64, f64)> = None;
         for (col, t, v) in cols {
-            let x = ML + col as f64 + 0.5;
-            let y = MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
-            let connect = prev.is_some_and(|(_, pt)| (t - pt).num_seconds() <= gap_secs);
+            let x = ml + col as f64 + 0.5;
+            let y = y_of(v);
+            let connect = prev.is_some_and(|pt| (t - pt).num_seconds() <= gap_secs);
+            if connect {
+                alone = None;
+            } else if let Some(d) = alone.replace((x, y)) {
+                dots.push(d);
+            }
             path.push(if connect { 'L' } else { 'M' });
             push_fixed(&mut path, x, 1);
             path.push(',');
             push_fixed(&mut path, y, 1);
             path.push(' ');
-            prev = Some((col, t));
+            prev = Some(t);
         }
+        dots.extend(alone);
         if !path.is_empty() {
             let _ = write!(
                 svg,
                 r#"<path d="{}" fill="none" stroke="{color}" stroke-width="1.5"><title>{}</title></path>"#,
                 path.trim_end(),
                 escape(&s.label)
+            );
+        }
+        for (x, y) in dots {
+            let _ = write!(
+                svg,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="1.6" fill="{color}"/>"#
             );
         }
     }
@@ -212,6 +330,127 @@ pub fn line_chart_with(
             x,
             MT + ph,
             escape(label)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// One row of a strip chart: a label and its points.
+pub struct StripRow {
+    pub label: String,
+    pub href: String,
+    pub points: Vec<(DateTime<Utc>, f64)>,
+}
+
+/// Small multiples in one picture: one row per GPU (or host), time across, each column
+/// colored on the viridis scale from `lo` to `hi`. Eight GPUs read at a glance where
+/// eight lines in one chart tangle.
+pub fn strip_chart(
+    title: &str,
+    rows: &[StripRow],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    lo: f64,
+    hi: f64,
+    unit: &str,
+) -> String {
+    const COLS: usize = 144;
+    const RH: f64 = 16.0;
+    let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+    let ml = labels
+        .iter()
+        .map(|l| text_px(l, FONT))
+        .fold(0.0f64, f64::max)
+        .max(30.0)
+        + 10.0;
+    let pw = W - ml - MR;
+    let h = MT + RH * rows.len() as f64 + MB;
+    let span = (to - from).num_milliseconds().max(1) as f64;
+    let cw = pw / COLS as f64;
+    let mut svg = String::with_capacity(8192);
+    let _ = write!(
+        svg,
+        r#"<svg class="chart strip" viewBox="0 0 {W} {h}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><title>{}</title>"#,
+        escape(title),
+        escape(title)
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let y = MT + RH * i as f64;
+        let _ = write!(
+            svg,
+            r#"<text class="ylab" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            ml - 6.0,
+            y + RH / 2.0 + 4.0,
+            escape(&r.label)
+        );
+        let mut g = String::new();
+        let (mut sum, mut peak) = (0.0, f64::MIN);
+        let mut n = 0usize;
+        let cols = downsample(&r.points, from, span, COLS);
+        // Points sparser than the columns (1-minute rollups over an hour) fill the columns
+        // up to the next point, unless the next point is more than twice the usual step
+        // away (a gap in the data stays empty).
+        let mut steps: Vec<i64> = cols
+            .windows(2)
+            .map(|w| (w[1].1 - w[0].1).num_milliseconds())
+            .collect();
+        steps.sort_unstable();
+        let usual = steps.get(steps.len() / 2).copied().unwrap_or(0);
+        for (k, &(col, t, v)) in cols.iter().enumerate() {
+            let (bg, _) = sequential_color((v - lo) / (hi - lo).max(1e-9));
+            let width_cols = match cols.get(k + 1) {
+                Some(&(next, nt, _)) if (nt - t).num_milliseconds() <= 2 * usual => next - col,
+                _ => 1,
+            };
+            let _ = write!(
+                g,
+                r#"<rect x="{:.1}" y="{y:.1}" width="{:.2}" height="{:.1}" fill="{bg}"/>"#,
+                ml + col as f64 * cw,
+                cw * width_cols as f64 + 0.3,
+                RH - 2.0
+            );
+            sum += v;
+            n += 1;
+            peak = peak.max(v);
+        }
+        let what = if n == 0 {
+            "no data".to_string()
+        } else {
+            format!(
+                "mean {}, highest {}",
+                num(Some(sum / n as f64), 0, unit),
+                num(Some(peak), 0, unit)
+            )
+        };
+        let (open, close) = if r.href.is_empty() {
+            (String::new(), "")
+        } else {
+            (format!(r#"<a href="{}">"#, escape(&r.href)), "</a>")
+        };
+        let _ = write!(
+            svg,
+            r#"{open}<g class="row"><title>{}: {}</title><rect class="rowbg" x="{ml:.1}" y="{y:.1}" width="{pw:.1}" height="{:.1}"/>{g}</g>{close}"#,
+            escape(&r.label),
+            escape(&what),
+            RH - 2.0
+        );
+    }
+    let (fmt, kind) = time_format(span);
+    for i in 0..=4 {
+        let t = from + chrono::Duration::milliseconds((span * f64::from(i) / 4.0) as i64);
+        let x = ml + pw * f64::from(i) / 4.0;
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            svg,
+            r#"<text class="xlab" x="{x:.1}" y="{:.1}" text-anchor="{anchor}"><tspan data-utc="{}" data-fmt="{kind}">{} UTC</tspan></text>"#,
+            h - 6.0,
+            t.to_rfc3339(),
+            t.format(fmt)
         );
     }
     svg.push_str("</svg>");
@@ -443,20 +682,12 @@ mod tests {
             }],
             ..Overlay::default()
         };
-        let svg = line_chart_with(
-            "t",
-            &[],
-            from,
-            to,
-            Axis::Auto(|v| format!("{v}")),
-            3600,
-            &ov,
-        );
-        // The band sets the scale (40 → 50) and is one closed path: the high line out, the low
-        // line back.
+        let svg = line_chart_with("t", &[], from, to, Axis::Unit(""), 3600, &ov);
+        // The band sets the scale (0 to 40 in steps of 10) and is one closed path: the high
+        // line out, the low line back.
         assert!(
             svg.contains(
-                r#"<path class="band" d="M64.0,68.0 L632.0,38.0 L632.0,98.0 L64.0,128.0 Z""#
+                r#"<path class="band" d="M64.0,45.5 L632.0,8.0 L632.0,83.0 L64.0,120.5 Z""#
             ),
             "{svg}"
         );
@@ -484,7 +715,12 @@ mod tests {
         let from: DateTime<Utc> = "2026-11-23T11:00:00Z".parse().unwrap();
         let to = from + chrono::Duration::hours(1);
         let ov = Overlay {
-            shaded: vec![(from + chrono::Duration::minutes(30), to)],
+            shaded: vec![Shade {
+                from: from + chrono::Duration::minutes(30),
+                to,
+                class: "throttle",
+                label: "throttled".into(),
+            }],
             marks: vec![(from + chrono::Duration::minutes(15), "XID 79 <bus>".into())],
             ..Overlay::default()
         };
@@ -496,6 +732,63 @@ mod tests {
         );
         assert!(svg.contains(r#"x1="206.0""#), "{svg}");
         assert!(svg.contains("XID 79 &lt;bus&gt;"));
+    }
+
+    #[test]
+    fn ticks_are_round_labels_fit_and_lone_points_show() {
+        let from: DateTime<Utc> = "2026-11-23T11:00:00Z".parse().unwrap();
+        let to = from + chrono::Duration::days(7);
+        // Round ticks (0 … 500 MB/s, not 411 / 823), and the margin holds the widest label.
+        let svg = line_chart(
+            "t",
+            &[Series {
+                label: "a".into(),
+                points: vec![(from + chrono::Duration::hours(1), 4.1e8)],
+            }],
+            from,
+            to,
+            Axis::Rate,
+            60,
+        );
+        assert!(svg.contains(">500 MB/s<"), "{svg}");
+        assert!(!svg.contains(">411"), "{svg}");
+        let lab_x: f64 = svg
+            .split(r#"<text class="ylab" x=""#)
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap();
+        assert!(
+            lab_x >= text_px("500 MB/s", FONT),
+            "label right edge {lab_x} leaves room for the label"
+        );
+        // One point alone (joined to nothing) is a dot, not an invisible move.
+        assert!(svg.contains("<circle "), "{svg}");
+        // Seven days: dates on the time axis.
+        assert!(svg.contains(r#"data-fmt="date""#) && svg.contains("Nov 23 UTC"));
+        // No data: no made-up axis ("1 B/s, 1 B/s, 0 B/s"), a note instead.
+        let empty = line_chart("t", &[], from, to, Axis::Rate, 60);
+        assert!(empty.contains("no data in this range") && !empty.contains("B/s"));
+        let idle = line_chart(
+            "t",
+            &[Series {
+                label: "rx".into(),
+                points: vec![(from, 0.0), (from + chrono::Duration::hours(1), 0.0)],
+            }],
+            from,
+            to,
+            Axis::Rate,
+            7200,
+        );
+        assert_eq!(idle.matches(r#"<text class="ylab""#).count(), 1, "{idle}");
+        assert!(
+            idle.contains(">0 B/s<") && !idle.contains(">1 B/s<"),
+            "{idle}"
+        );
+        // Bytes in binary units, on round steps of that unit.
+        let t = Axis::Bytes.ticks(80.0 * 1024f64.powi(3));
+        assert_eq!(t.last().unwrap().1, "80 GiB");
+        assert_eq!(t[1].1, "20 GiB");
     }
 
     #[test]

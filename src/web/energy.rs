@@ -25,6 +25,7 @@ use crate::store::auth::Role;
 pub fn page_routes() -> Routes {
     Routes::new()
         .get("/energy", page)
+        .get("/docs/energy", definitions)
         .get("/energy/reports/{file}", file)
 }
 
@@ -90,6 +91,10 @@ fn file_link(week: IsoWeek, site: Option<&str>, f: Format) -> String {
 }
 
 pub struct WeekLine {
+    /// Anything measured in the week (weeks without data offer no downloads).
+    pub has_data: bool,
+    /// Days of the week with data.
+    pub days: i64,
     pub week: String,
     pub selected: bool,
     pub link: String,
@@ -110,6 +115,9 @@ pub struct EnergyPage<'a> {
     pub weeks: Vec<WeekLine>,
     pub sites: Vec<(String, bool)>,
     pub links: (String, String, String),
+    /// Days of the shown week with data (of 7), and whether the week is still running.
+    pub data_days: i64,
+    pub running: bool,
 }
 
 /// `GET /energy?week=2026-W47&site=S`
@@ -129,10 +137,12 @@ pub async fn page(
     }
     let bounds: Vec<(DateTime<Utc>, DateTime<Utc>)> =
         weeks.iter().map(|w| (w.start(tz), w.end(tz))).collect();
-    let totals: Vec<(i64, f64, f64, f64)> = sqlx::query_as(
+    // Per week: energy, and on how many days of it anything was measured.
+    let totals: Vec<(i64, f64, f64, f64, i64)> = sqlx::query_as(
         "SELECT w.i, sum(e.measured_j + e.estimated_j + e.modeled_j),
                 COALESCE(sum(e.measured_j + e.estimated_j + e.modeled_j) FILTER (WHERE e.gpu_index >= 0), 0),
-                sum(e.idle_j)
+                sum(e.idle_j),
+                count(DISTINCT floor(extract(epoch FROM e.hour - w.s) / 86400))::int8
            FROM unnest($1::timestamptz[], $2::timestamptz[]) WITH ORDINALITY AS w (s, e, i)
            JOIN energy_hourly e ON e.hour >= w.s AND e.hour < w.e
            JOIN hosts h ON h.id = e.host_id AND ($3::text IS NULL OR h.site = $3)
@@ -143,12 +153,25 @@ pub async fn page(
     .bind(site)
     .fetch_all(&st.store.pool)
     .await?;
-    // Last week by default; the running week while last week has no data (a new install).
+    // Days with data in week i (1 = the running week).
+    let days = |i: i64| {
+        totals
+            .iter()
+            .find(|t| t.0 == i && t.1 > 0.0)
+            .map_or(0, |t| t.4)
+    };
+    // Last week by default, unless the running week already holds more days of data (a new
+    // install whose history starts late last week).
     let week = match q.week.as_deref().filter(|w| !w.is_empty()) {
         Some(_) => q.week(&st, now)?,
-        None if totals.iter().any(|t| t.0 == 2 && t.1 > 0.0) => weeks[1],
+        None if days(2) > 0 && days(2) >= days(1) => weeks[1],
         None => weeks[0],
     };
+    let shown_days = weeks
+        .iter()
+        .position(|w| *w == week)
+        .map_or(7, |i| days(i as i64 + 1));
+    let running = week == weeks[0];
     let report = build(&st, week, site, now).await?;
     let kwh = |j: f64| format!("{:.1} kWh", j / 3.6e6);
     let lines = weeks
@@ -160,6 +183,8 @@ pub async fn page(
                 .map(|s| format!("&site={}", urlencode(s)))
                 .unwrap_or_default();
             WeekLine {
+                has_data: t.is_some_and(|t| t.1 > 0.0),
+                days: t.map_or(0, |t| t.4),
                 week: w.to_string(),
                 selected: *w == week,
                 link: format!("/energy?week={w}{site_q}"),
@@ -188,6 +213,8 @@ pub async fn page(
                 (s, sel)
             })
             .collect(),
+        data_days: shown_days,
+        running,
         links: (
             file_link(week, site, Format::Csv),
             file_link(week, site, Format::Parquet),
@@ -198,6 +225,26 @@ pub async fn page(
 }
 
 /// `GET /energy/reports/2026-W47.csv?site=S` (also `.parquet`, `.html`).
+/// docs/energy.md, compiled in: what every figure of the report means.
+const ENERGY_DOC: &str = include_str!("../../docs/energy.md");
+
+#[derive(Template)]
+#[template(path = "doc.html")]
+pub struct DocPage {
+    pub nav: Nav,
+    pub title: &'static str,
+    pub text: &'static str,
+}
+
+/// `/docs/energy`: the definitions behind the energy report, as text.
+pub async fn definitions(PageUser(user): PageUser, csrf: Csrf) -> Response {
+    render(&DocPage {
+        nav: Nav::new(&user, csrf, "energy"),
+        title: "Energy report: definitions",
+        text: ENERGY_DOC,
+    })
+}
+
 pub async fn file(
     State(st): State<AppState>,
     _u: ApiUser,

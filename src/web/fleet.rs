@@ -46,8 +46,10 @@ pub struct FleetData {
     /// GPU energy since 00:00 UTC (energy counters, kept by ingest in `gpu_latest`).
     pub gpu_energy_today_kwh: f64,
     pub gpus_faulty: usize,
-    /// Alerts firing now (any rule).
+    /// Alerts firing now that nobody has acknowledged or silenced.
     pub alerts_firing: i64,
+    /// Alerts firing now that are acknowledged or silenced (shown apart).
+    pub alerts_handled: i64,
     pub hosts: Vec<HostLatest>,
     pub gpus: Vec<HeatCell>,
 }
@@ -58,7 +60,8 @@ pub struct FleetRows {
     pub gpus: Vec<GpuLatest>,
     pub energy_today_j: f64,
     pub faults: Vec<FaultCount>,
-    pub alerts_firing: i64,
+    /// (needing someone, acknowledged or silenced)
+    pub alerts_firing: (i64, i64),
 }
 
 /// The fleet page's queries (the dashboard benchmark times exactly these).
@@ -120,10 +123,11 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
         gpu_power_watts: reporting
             .iter()
             .filter_map(|g| g.power_watts.map(f64::from))
-            .sum(),
+            .fold(0.0, |a, b| a + b),
         gpu_energy_today_kwh: energy_today_j / 3.6e6,
         gpus_faulty: cells.iter().filter(|c| c.health == Health::Fault).count(),
-        alerts_firing,
+        alerts_firing: alerts_firing.0,
+        alerts_handled: alerts_firing.1,
         hosts,
         gpus: cells,
     })
@@ -139,6 +143,7 @@ pub struct FleetPage {
     pub gpus_total: usize,
     pub gpus_faulty: usize,
     pub alerts_firing: i64,
+    pub alerts_handled: i64,
     pub mean_gpu_util: String,
     pub gpu_power: String,
     pub energy_today: String,
@@ -183,6 +188,7 @@ async fn page(
             gpus_total: d.gpus_total,
             gpus_faulty: d.gpus_faulty,
             alerts_firing: d.alerts_firing,
+            alerts_handled: d.alerts_handled,
             mean_gpu_util: num(d.mean_gpu_util_pct, 1, "%"),
             gpu_power: watts(d.gpu_power_watts),
             energy_today: format!("{:.1} kWh", d.gpu_energy_today_kwh),

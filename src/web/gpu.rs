@@ -11,14 +11,15 @@ use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
-use super::charts::{Axis, Overlay, Series};
+use super::charts::{Axis, Overlay, Series, Shade};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
 use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
 use crate::model::format::bytes;
+use crate::model::throttle;
 use crate::store::queries::{EventRow, GpuLatest, HostLatest};
-use crate::store::series::{GpuPoint, Source};
+use crate::store::series::{GpuPoint, GpuRawExtra};
 use crate::store::Store;
 
 /// `/hosts/{name}/gpus/{index}`.
@@ -31,16 +32,31 @@ pub fn api_routes() -> Routes {
     Routes::new().routes(routes!(json))
 }
 
-/// A stretch of time.
+/// A stretch of time in which clocks were slowed for one reason.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Span {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    /// `power cap`, `thermal` or `power brake or HW slowdown`.
+    pub reason: &'static str,
 }
 
-/// Throttle shading reads raw samples; past this range it is left out (raw history of
-/// one GPU over days is too many rows for a page).
-pub const THROTTLE_MAX_SECS: i64 = 24 * 3600;
+/// Throttle reasons as the GPU page shades them: (NVML bits, name, CSS class). Power
+/// capping is the GPU working as designed at its limit; thermal slowdown means cooling
+/// trouble; the power brake and HW slowdown are the board or the chassis pulling clocks.
+pub const THROTTLE_KINDS: [(u64, &str, &str); 3] = [
+    (throttle::SW_POWER_CAP, "power cap", "throttle power"),
+    (throttle::THERMAL, "thermal", "throttle thermal"),
+    (
+        throttle::HW_POWER_BRAKE_SLOWDOWN | throttle::HW_SLOWDOWN,
+        "power brake or HW slowdown",
+        "throttle brake",
+    ),
+];
+
+/// Throttle shading, fan speed and power limit read raw samples; past this range they
+/// are left out (raw history of one GPU over more than a week is too many rows for a page).
+pub const THROTTLE_MAX_SECS: i64 = 7 * 24 * 3600 + 3600;
 
 /// GPU page data: every metric over the range, throttle periods, events with meaning
 /// and action.
@@ -53,22 +69,65 @@ pub struct GpuData {
     /// Periods in which clocks were throttled (null past 24 h: too long to tell).
     pub throttled: Option<Vec<Span>>,
     pub events: Vec<ExplainedEvent>,
+    /// The enforced power limit (the inventory's, else the highest sampled in the range).
+    pub power_limit_watts: Option<f64>,
 }
 
-/// Merge bucket start times into spans.
-fn spans(buckets: &[DateTime<Utc>], bucket_secs: i64) -> Vec<Span> {
+/// Spans per throttle reason from per-bucket reason bits: a span runs while the reason is
+/// set and ends at the first bucket whose samples show it cleared. Buckets without
+/// samples (agents sample every 5 to 30 s; narrow buckets fall between samples) neither
+/// extend nor end a span.
+fn reason_spans(extras: &[GpuRawExtra], bucket_secs: i64) -> Vec<Span> {
     let step = Duration::seconds(bucket_secs);
-    let mut out: Vec<Span> = Vec::new();
-    for &b in buckets {
-        match out.last_mut() {
-            Some(s) if s.to >= b => s.to = b + step,
-            _ => out.push(Span {
-                from: b,
-                to: b + step,
-            }),
+    let mut out = Vec::new();
+    for (bits, reason, _) in THROTTLE_KINDS {
+        let mut cur: Option<Span> = None;
+        for e in extras {
+            let Some(r) = e.reasons else { continue };
+            if r as u64 & bits != 0 {
+                match &mut cur {
+                    Some(s) => s.to = e.ts + step,
+                    None => {
+                        cur = Some(Span {
+                            from: e.ts,
+                            to: e.ts + step,
+                            reason,
+                        })
+                    }
+                }
+            } else if let Some(s) = cur.take() {
+                out.push(s);
+            }
         }
+        out.extend(cur);
     }
     out
+}
+
+/// Fill the GPU's points that have no fan speed from raw buckets (both in time order).
+fn fill_fan(series: &mut [GpuPoint], index: i16, extras: &[GpuRawExtra]) {
+    let mut pts: Vec<&mut GpuPoint> = series.iter_mut().filter(|p| p.index == index).collect();
+    if pts.iter().any(|p| p.fan_pct.is_some()) {
+        return;
+    }
+    let mut j = 0;
+    for i in 0..pts.len() {
+        let end = pts.get(i + 1).map(|p| p.ts);
+        let (mut sum, mut n) = (0.0, 0u32);
+        while j < extras.len() && extras[j].ts < pts[i].ts {
+            j += 1;
+        }
+        while j < extras.len() && end.is_none_or(|e| extras[j].ts < e) {
+            if let Some(f) = extras[j].fan_pct {
+                sum += f;
+                n += 1;
+            }
+            j += 1;
+        }
+        if n > 0 {
+            pts[i].fan_pct = Some(sum / f64::from(n));
+        }
+    }
 }
 
 /// What the GPU page reads from the database, queried concurrently.
@@ -76,8 +135,9 @@ pub struct GpuRows {
     pub host: Option<HostLatest>,
     pub gpus: Vec<GpuLatest>,
     pub series: Vec<GpuPoint>,
-    /// Throttled buckets from raw samples, for rollup ranges up to `THROTTLE_MAX_SECS`.
-    pub throttled: Option<Vec<DateTime<Utc>>>,
+    /// Throttle reasons, fan and power limit from raw samples, for ranges up to
+    /// `THROTTLE_MAX_SECS`.
+    pub extras: Option<Vec<GpuRawExtra>>,
     pub events: Vec<EventRow>,
 }
 
@@ -90,9 +150,9 @@ pub async fn rows(
 ) -> Result<GpuRows, sqlx::Error> {
     let span = (range.to - range.from).num_seconds();
     let throttle = async {
-        if range.source != Source::Raw && span <= THROTTLE_MAX_SECS {
+        if span <= THROTTLE_MAX_SECS {
             store
-                .throttled_buckets(name, index, range.from, range.to, range.bucket_secs)
+                .gpu_raw_extras(name, index, range.from, range.to, range.bucket_secs)
                 .await
                 .map(Some)
         } else {
@@ -100,7 +160,7 @@ pub async fn rows(
         }
     };
     let names = [name.to_string()];
-    let (host, gpus, series, throttled, events) = tokio::try_join!(
+    let (host, gpus, series, extras, events) = tokio::try_join!(
         store.host_latest(name),
         store.gpus_latest(Some(name)),
         store.gpu_series(
@@ -118,7 +178,7 @@ pub async fn rows(
         host,
         gpus,
         series,
-        throttled,
+        extras,
         events,
     })
 }
@@ -139,26 +199,31 @@ pub async fn load(
         .into_iter()
         .find(|g| g.index == index)
         .ok_or_else(|| ApiError::NotFound(format!("host {name:?} has no GPU {index}")))?;
-    let throttled = match (range.source, r.throttled) {
-        (Source::Raw, _) => {
-            let b: Vec<DateTime<Utc>> = r
-                .series
-                .iter()
-                .filter(|p| p.throttled == Some(true))
-                .map(|p| p.ts)
-                .collect();
-            Some(spans(&b, range.bucket_secs))
-        }
-        (_, Some(b)) => Some(spans(&b, range.bucket_secs)),
-        (_, None) => None,
-    };
+    let throttled = r
+        .extras
+        .as_ref()
+        .map(|x| reason_spans(x, range.bucket_secs));
+    // Fan speed is kept in raw samples only: on rollup ranges each point takes the mean
+    // fan speed of the raw buckets from its time to the next point's.
+    let mut series = r.series;
+    if let Some(x) = &r.extras {
+        fill_fan(&mut series, index, x);
+    }
+    let power_limit = gpu.power_limit_watts.or_else(|| {
+        r.extras
+            .iter()
+            .flatten()
+            .filter_map(|e| e.power_limit_watts)
+            .reduce(f64::max)
+    });
     Ok(GpuData {
         host,
         gpu,
         range,
-        series: r.series,
+        series,
         throttled,
         events: r.events.into_iter().map(explained).collect(),
+        power_limit_watts: power_limit,
     })
 }
 
@@ -181,12 +246,14 @@ async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    Path((name, index)): Path<(String, i16)>,
+    Path((name, index)): Path<(String, String)>,
     Query(q): Query<RangeParams>,
 ) -> Result<Response, PageError> {
+    let index = gpu_index(&name, &index)?;
     let now = Utc::now();
     let r = q.resolve(now, "1h")?;
     let d = load(&st, &name, index, r.clone()).await?;
+    let temp_refs = temperature_rules(&st.cfg.alerting.rules_file);
     render_off(move || {
         let query = r.query();
         let ov = Overlay {
@@ -194,7 +261,15 @@ async fn page(
                 .throttled
                 .iter()
                 .flatten()
-                .map(|s| (s.from, s.to))
+                .map(|s| Shade {
+                    from: s.from,
+                    to: s.to,
+                    class: THROTTLE_KINDS
+                        .iter()
+                        .find(|k| k.1 == s.reason)
+                        .map_or("throttle", |k| k.2),
+                    label: format!("throttled: {}", s.reason),
+                })
                 .collect(),
             marks: d
                 .events
@@ -219,7 +294,7 @@ async fn page(
                 "Memory used",
                 vec![one("used", |p| p.mem_used_bytes)],
                 &r,
-                Axis::Auto(fmt_bytes_axis),
+                Axis::Bytes,
                 &ov,
             ),
             chart(
@@ -229,8 +304,15 @@ async fn page(
                     one("max", |p| p.power_watts_max),
                 ],
                 &r,
-                Axis::Auto(fmt_watts_axis),
-                &ov,
+                Axis::Unit("W"),
+                &Overlay {
+                    refs: d
+                        .power_limit_watts
+                        .map(|l| (l, format!("power limit {l:.0} W")))
+                        .into_iter()
+                        .collect(),
+                    ..ov.clone()
+                },
             ),
             chart(
                 "Temperature",
@@ -240,8 +322,11 @@ async fn page(
                     one("memory", |p| p.mem_temp_celsius),
                 ],
                 &r,
-                Axis::Auto(fmt_celsius_axis),
-                &ov,
+                Axis::Unit("°C"),
+                &Overlay {
+                    refs: temp_refs,
+                    ..ov.clone()
+                },
             ),
             chart(
                 "Clocks",
@@ -250,7 +335,7 @@ async fn page(
                     one("memory", |p| p.mem_clock_mhz),
                 ],
                 &r,
-                Axis::Auto(fmt_mhz_axis),
+                Axis::Unit("MHz"),
                 &ov,
             ),
         ];
@@ -265,15 +350,19 @@ async fn page(
         }
         let throttle_note = match &d.throttled {
             Some(s) if s.is_empty() => "No clock throttling in this range.".to_string(),
-            Some(s) => format!(
-                "Shaded: clocks throttled (power cap, thermal or power brake), {} period{}.",
-                s.len(),
-                if s.len() == 1 { "" } else { "s" }
-            ),
-            None => format!(
-                "Throttle shading is shown for ranges up to {} h (it is read from raw samples).",
-                THROTTLE_MAX_SECS / 3600
-            ),
+            Some(s) => {
+                let count = |k: &str| s.iter().filter(|x| x.reason == k).count();
+                let parts: Vec<String> = THROTTLE_KINDS
+                    .iter()
+                    .filter(|k| count(k.1) > 0)
+                    .map(|k| {
+                        let n = count(k.1);
+                        format!("{} ({n} period{})", k.1, if n == 1 { "" } else { "s" })
+                    })
+                    .collect();
+                format!("Clocks throttled by {}.", parts.join(", "))
+            }
+            None => "Throttle shading, fan speed and the power limit are shown for ranges up to 7 days (they are read from raw samples).".to_string(),
         };
         let page = GpuPage {
             nav: Nav::new(&user, csrf, ""),
@@ -300,6 +389,42 @@ async fn page(
     .await
 }
 
+/// A GPU index from the URL: a small whole number, else a 404 that says so (as a page
+/// for people, JSON for the API).
+fn gpu_index(host: &str, s: &str) -> Result<i16, ApiError> {
+    s.parse::<i16>().ok().filter(|i| *i >= 0).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "host {host:?} has no GPU {s:?}: GPUs are numbered 0, 1, 2, …"
+        ))
+    })
+}
+
+/// Reference lines for the temperature chart: the alert rules that watch a GPU's
+/// temperature from above (`gpu-hot alert > 87 °C`). NVML's slowdown temperature is not
+/// reported by the agent, so the alert threshold is the line an operator can act on.
+fn temperature_rules(path: &str) -> Vec<(f64, String)> {
+    if path.is_empty() {
+        return Vec::new();
+    }
+    let Ok(set) = crate::alert::rules::RuleSet::load(std::path::Path::new(path)) else {
+        return Vec::new();
+    };
+    set.rules
+        .iter()
+        .filter_map(|r| match &r.kind {
+            crate::alert::rules::RuleKind::Threshold(t)
+                if t.metric.gpu
+                    && t.metric.metric.name == "temp_celsius"
+                    && t.op == crate::alert::rules::Op::Above
+                    && r.matchers.is_empty() =>
+            {
+                Some((t.value, format!("{} alert > {:.0} °C", r.name, t.value)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// GPU page: every metric over the range, throttle periods, events with meaning and
 /// action.
 #[utoipa::path(
@@ -321,9 +446,10 @@ async fn page(
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
-    Path((name, index)): Path<(String, i16)>,
+    Path((name, index)): Path<(String, String)>,
     Query(q): Query<RangeParams>,
 ) -> Result<Json<GpuData>, ApiError> {
+    let index = gpu_index(&name, &index)?;
     let r = q.resolve(Utc::now(), "1h")?;
     Ok(Json(load(&st, &name, index, r).await?))
 }
@@ -333,12 +459,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn adjacent_throttled_buckets_merge_into_one_span() {
+    fn throttle_spans_run_until_a_sample_shows_the_reason_cleared() {
         let t0: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
-        let b = |s: i64| t0 + Duration::seconds(s);
-        let s = spans(&[b(0), b(7), b(14), b(70)], 7);
-        assert_eq!(s.len(), 2);
-        assert_eq!((s[0].from, s[0].to), (b(0), b(21)));
-        assert_eq!((s[1].from, s[1].to), (b(70), b(77)));
+        let b = |s: i64, r: Option<i64>| GpuRawExtra {
+            ts: t0 + Duration::seconds(s),
+            reasons: r,
+            fan_pct: None,
+            power_limit_watts: None,
+        };
+        // Samples every 30 s in 7 s buckets: thermal (0x40) at 0, 30, 60, cleared at 90,
+        // power cap (0x4) from 120; a bucket without a reason reading ends nothing.
+        let x = [
+            b(0, Some(0x40)),
+            b(28, Some(0x40)),
+            b(56, None),
+            b(63, Some(0x40 | 0x4)),
+            b(91, Some(0)),
+            b(119, Some(0x4)),
+        ];
+        let s = reason_spans(&x, 7);
+        let got: Vec<_> = s
+            .iter()
+            .map(|s| {
+                (
+                    s.reason,
+                    (s.from - t0).num_seconds(),
+                    (s.to - t0).num_seconds(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("power cap", 63, 70),
+                ("power cap", 119, 126),
+                ("thermal", 0, 70)
+            ]
+        );
     }
 }

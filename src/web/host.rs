@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::access::Routes;
 use super::auth::urlencode;
 use super::auth::{ApiUser, Csrf, PageUser};
-use super::charts::{sparkline, Axis, Overlay, Series};
+use super::charts::{sequential_gradient, sparkline, strip_chart, Axis, Overlay, Series, StripRow};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
 use super::range::parse_rfc3339;
@@ -186,6 +186,10 @@ pub struct HostPage {
     pub agent_version: String,
     pub picker: Picker,
     pub charts: Vec<ChartView>,
+    /// GPU metrics as small multiples (one row per GPU).
+    pub strips: Vec<ChartView>,
+    /// CSS gradient of the strips' color scale.
+    pub strip_scale: String,
     pub gpus: Vec<GpuRow>,
     pub events: Vec<EventView>,
     pub alerts: Vec<AlertTouchView>,
@@ -208,16 +212,33 @@ pub struct AnomalyView {
 }
 
 /// The host's anomaly model, or why it has none, for people.
-fn anomaly_note(models: &[crate::analytics::anomaly::ModelInfo], now: DateTime<Utc>) -> String {
+/// The level is the one the scores were held to (the chart's line and the API's
+/// `threshold`): it follows the host's recent scores and never drops below the model's
+/// trained threshold, which the note gives as the floor.
+fn anomaly_note(
+    models: &[crate::analytics::anomaly::ModelInfo],
+    level_now: Option<f32>,
+    now: DateTime<Utc>,
+) -> String {
     match models.first() {
         None => "No anomaly model yet: the anomaly job has not looked at this host.".into(),
         Some(m) if m.status == "trained" => format!(
             "Scored every minute against a model of this host's normal behaviour, trained {} on \
-             {} minutes of {} metrics; alert level {:.2}.",
+             {} minutes of {} metrics; {}.",
             age(Some(m.trained_at), now),
             m.train_minutes,
             m.metrics.len(),
-            m.threshold.unwrap_or_default()
+            match level_now {
+                Some(l) => format!(
+                    "alert level {l:.2} at the end of this range (it follows the host's recent \
+                     scores; the model's floor is {:.2})",
+                    m.threshold.unwrap_or_default()
+                ),
+                None => format!(
+                    "alert level at least {:.2} (no score in this range)",
+                    m.threshold.unwrap_or_default()
+                ),
+            }
         ),
         Some(m) => format!("No anomaly model yet: {}.", m.note),
     }
@@ -238,44 +259,62 @@ async fn page(
         let mut charts = host_charts(&d.host_series, &r, false);
         let mut indexes: Vec<i16> = d.gpu_series.iter().map(|g| g.index).collect();
         indexes.dedup();
-        let per_gpu = |f: GpuField| -> Vec<Series> {
-            indexes
-                .iter()
-                .map(|i| Series {
-                    label: format!("GPU {i}"),
-                    points: gpu_points(&d.gpu_series, *i, f),
-                })
-                .collect()
+        // One row per GPU, time across: eight GPUs side by side read at a glance where
+        // eight lines in one chart tangle.
+        let strip = |title: &str, f: GpuField, lo: f64, hi: f64, unit: &str| ChartView {
+            title: format!("{title} ({lo:.0}–{hi:.0} {unit})"),
+            svg: strip_chart(
+                title,
+                &indexes
+                    .iter()
+                    .map(|i| StripRow {
+                        label: format!("GPU {i}"),
+                        href: format!("/hosts/{}/gpus/{i}?{query}", seg(&name)),
+                        points: gpu_points(&d.gpu_series, *i, f),
+                    })
+                    .collect::<Vec<_>>(),
+                r.from,
+                r.to,
+                lo,
+                hi,
+                unit,
+            ),
+            legend: Vec::new(),
         };
+        let mut strips = Vec::new();
         if !indexes.is_empty() {
-            let ov = Overlay::default();
-            charts.push(chart(
-                "GPU utilization",
-                per_gpu(|g| g.util_pct),
-                &r,
-                Axis::Percent,
-                &ov,
-            ));
-            charts.push(chart(
+            let peak = |f: GpuField| d.gpu_series.iter().filter_map(f).fold(0.0f64, f64::max);
+            let power_top = d
+                .gpus
+                .iter()
+                .filter_map(|g| g.power_limit_watts)
+                .fold(peak(|g| g.power_watts), f64::max);
+            let mem_top = d
+                .gpus
+                .iter()
+                .filter_map(|g| g.memory_total_bytes.map(|b| b as f64 / 1024f64.powi(3)))
+                .fold(peak(|g| g.mem_used_bytes) / 1024f64.powi(3), f64::max);
+            strips.push(strip("GPU utilization", |g| g.util_pct, 0.0, 100.0, "%"));
+            strips.push(strip(
                 "GPU power",
-                per_gpu(|g| g.power_watts),
-                &r,
-                Axis::Auto(fmt_watts_axis),
-                &ov,
+                |g| g.power_watts,
+                0.0,
+                power_top.max(1.0).ceil(),
+                "W",
             ));
-            charts.push(chart(
+            strips.push(strip(
                 "GPU temperature",
-                per_gpu(|g| g.temp_celsius),
-                &r,
-                Axis::Auto(fmt_celsius_axis),
-                &ov,
+                |g| g.temp_celsius,
+                20.0,
+                peak(|g| g.temp_celsius).max(90.0).ceil(),
+                "°C",
             ));
-            charts.push(chart(
+            strips.push(strip(
                 "GPU memory used",
-                per_gpu(|g| g.mem_used_bytes),
-                &r,
-                Axis::Auto(fmt_bytes_axis),
-                &ov,
+                |g| g.mem_used_bytes.map(|b| b / 1024f64.powi(3)),
+                0.0,
+                mem_top.max(1.0).ceil(),
+                "GiB",
             ));
         }
         // The anomaly score next to the level it must stay above to alert: where the
@@ -300,7 +339,7 @@ async fn page(
                     },
                 ],
                 &r,
-                Axis::Auto(fmt_score_axis),
+                Axis::Unit(""),
                 &Overlay::default(),
             ));
         }
@@ -321,6 +360,8 @@ async fn page(
             .collect();
         let page = HostPage {
             nav: Nav::new(&user, csrf, ""),
+            strips,
+            strip_scale: sequential_gradient(),
             agent_version: if d.host.agent_version.is_empty() {
                 "unknown".into()
             } else {
@@ -333,7 +374,11 @@ async fn page(
             gpus,
             events: event_views(&d.events, &query),
             alerts: alert_views(&d.alerts, false, &query),
-            anomaly_note: anomaly_note(&d.anomaly_models, now),
+            anomaly_note: anomaly_note(
+                &d.anomaly_models,
+                d.anomaly_series.last().map(|p| p.level),
+                now,
+            ),
             anomalies: d
                 .anomalies
                 .iter()

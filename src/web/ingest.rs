@@ -2,7 +2,6 @@
 //! the token and the encoding from the headers, runs the pipeline, counts what happened
 //! for `/metrics` and wakes the alert evaluator when hardware events arrived.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use std::time::Duration;
@@ -18,6 +17,7 @@ use super::access::Routes;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::ingest::{self, IngestError};
+use crate::model::telemetry::IngestOutcome;
 use crate::model::{Batch, IngestResponse};
 
 /// The ingest route. Its body is read by the handler, after the token is checked, with
@@ -74,28 +74,25 @@ async fn handle(
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let started = Instant::now();
-    let m = &st.metrics;
-    m.ingest_requests.fetch_add(1, Ordering::Relaxed);
+    let m = &st.metrics.ingest;
+    m.requests.inc();
     let result = run(&st, &headers, body).await;
-    m.ingest_micros
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    match &result {
+    let outcome = match &result {
         Ok(r) => {
-            m.samples_accepted
-                .fetch_add(r.response.accepted as u64, Ordering::Relaxed);
-            m.samples_stored
-                .fetch_add(r.response.stored as u64, Ordering::Relaxed);
-            m.samples_rejected
-                .fetch_add(r.response.rejected as u64, Ordering::Relaxed);
+            m.samples_accepted.inc_by(r.response.accepted as u64);
+            m.samples_stored.inc_by(r.response.stored as u64);
+            m.samples_rejected.inc_by(r.response.rejected as u64);
             if r.events > 0 {
-                m.events_received
-                    .fetch_add(r.events as u64, Ordering::Relaxed);
+                m.events_received.inc_by(r.events as u64);
                 // The fast lane: evaluate hardware rules now, not at the next poll.
                 st.alert_wakeup.notify_one();
             }
+            IngestOutcome::Ok
         }
-        Err(e) => m.count_ingest_error(e),
-    }
+        Err(e) => IngestOutcome::Refused(super::metrics::refusal(e)),
+    };
+    st.metrics
+        .ingest_answered(outcome, started.elapsed().as_secs_f64());
     result.map(|r| Json(r.response))
 }
 
@@ -128,9 +125,7 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<ingest::I
         }
         ApiError::BadRequest(format!("the body could not be read: {e}"))
     })?;
-    st.metrics
-        .ingest_bytes
-        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    st.metrics.ingest.bytes.inc_by(bytes.len() as u64);
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -1,306 +1,297 @@
-//! `GET /metrics`: Prometheus text exposition of the server's own counters, the
-//! database pool and the agents' spool state.
+//! `GET /metrics`: the server's own instruments (`model::telemetry`) and what is read at
+//! scrape time (database pool, connections, the job board, the capacity gauges, the
+//! agents' spools), in the Prometheus text format 0.0.4 that `promtool check metrics`
+//! lints. The exposition is prometheus-client's; nothing here writes the format.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::model::jobs::JobStatus;
+use crate::model::telemetry::{IngestRefusal, RouteLabel};
 
-/// Counters updated by handlers; all monotonic.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub ingest_requests: AtomicU64,
-    pub ingest_bytes: AtomicU64,
-    pub ingest_micros: AtomicU64,
-    pub samples_accepted: AtomicU64,
-    pub samples_stored: AtomicU64,
-    pub samples_rejected: AtomicU64,
-    pub events_received: AtomicU64,
-    pub err_bad_request: AtomicU64,
-    pub err_unauthorized: AtomicU64,
-    pub err_forbidden: AtomicU64,
-    pub err_too_large: AtomicU64,
-    pub err_unavailable: AtomicU64,
-    pub err_internal: AtomicU64,
-    pub err_busy: AtomicU64,
-    pub err_rate_limited: AtomicU64,
-    pub logins_failed: AtomicU64,
-}
-
-impl Metrics {
-    /// Count a failed ingest request by its kind.
-    pub fn count_ingest_error(&self, e: &ApiError) {
-        let c = match e {
-            ApiError::BadRequest(_)
-            | ApiError::UnsupportedMedia(_)
-            | ApiError::NotFound(_)
-            | ApiError::RequestTimeout(_) => &self.err_bad_request,
-            ApiError::Unauthorized(_) => &self.err_unauthorized,
-            ApiError::Forbidden(_) => &self.err_forbidden,
-            ApiError::TooLarge(_) => &self.err_too_large,
-            ApiError::Unavailable => &self.err_unavailable,
-            ApiError::Busy(_) => &self.err_busy,
-            ApiError::TooMany { .. } => &self.err_rate_limited,
-            ApiError::Internal(_) => &self.err_internal,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+/// The `reason` an ingest refusal is counted under.
+pub fn refusal(e: &ApiError) -> IngestRefusal {
+    match e {
+        ApiError::BadRequest(_)
+        | ApiError::UnsupportedMedia(_)
+        | ApiError::NotFound(_)
+        | ApiError::RequestTimeout(_) => IngestRefusal::BadRequest,
+        ApiError::Unauthorized(_) => IngestRefusal::Unauthorized,
+        ApiError::Forbidden(_) => IngestRefusal::Forbidden,
+        ApiError::TooLarge(_) => IngestRefusal::TooLarge,
+        ApiError::Unavailable => IngestRefusal::DbUnavailable,
+        ApiError::Busy(_) => IngestRefusal::Busy,
+        ApiError::TooMany { .. } => IngestRefusal::RateLimited,
+        ApiError::Internal(_) => IngestRefusal::Internal,
     }
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-    );
-}
-
-fn gauge_header(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-}
-
-/// The periodic jobs as this server ran them (only the job leader runs them).
-fn job_metrics(out: &mut String, jobs: &[crate::model::jobs::JobStatus], leader: bool) {
-    gauge_header(
-        out,
-        "rackwatch_job_leader",
-        "1 when this server holds the job lock and runs the periodic jobs.",
-    );
-    let _ = writeln!(out, "rackwatch_job_leader {}", u8::from(leader));
-    gauge_header(
-        out,
-        "rackwatch_job_last_success_timestamp_seconds",
-        "When each periodic job last finished without error (Unix time).",
-    );
-    for j in jobs {
-        if let Some(t) = j.last_success {
-            let _ = writeln!(
-                out,
-                "rackwatch_job_last_success_timestamp_seconds{{job=\"{}\"}} {:.3}",
-                j.name,
-                t.timestamp_millis() as f64 / 1e3
-            );
-        }
+/// Middleware on the page routes: times each page load (GET) under its route template.
+pub async fn time_page(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route = (req.method() == Method::GET)
+        .then(|| req.extensions().get::<MatchedPath>())
+        .flatten()
+        .map(|p| p.as_str().to_string());
+    let started = Instant::now();
+    let res = next.run(req).await;
+    if let Some(route) = route {
+        st.metrics
+            .page_duration
+            .get_or_create(&RouteLabel { route })
+            .observe(started.elapsed().as_secs_f64());
     }
-    gauge_header(
-        out,
-        "rackwatch_job_duration_seconds",
-        "How long each periodic job's last run took.",
-    );
-    for j in jobs {
-        if let Some(d) = j.last_duration {
-            let _ = writeln!(
-                out,
-                "rackwatch_job_duration_seconds{{job=\"{}\"}} {:.6}",
-                j.name,
-                d.as_secs_f64()
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP rackwatch_job_runs_total Periodic job runs on this server, by outcome.\n# TYPE rackwatch_job_runs_total counter"
-    );
-    for j in jobs {
-        let _ = writeln!(
-            out,
-            "rackwatch_job_runs_total{{job=\"{}\",outcome=\"success\"}} {}\nrackwatch_job_runs_total{{job=\"{}\",outcome=\"error\"}} {}",
-            j.name,
-            j.runs - j.failures,
-            j.name,
-            j.failures
-        );
-    }
-}
-
-/// The capacity gauges an autoscaler reads (KEDA, HPA external metrics): the same
-/// numbers as `GET /api/v1/capacity/recommendations`.
-fn pool_metrics(out: &mut String, recs: &[crate::analytics::capacity::PoolRecommendation]) {
-    let views: Vec<_> = recs.iter().map(super::capacity::autoscaler_view).collect();
-    gauge_header(
-        out,
-        "rackwatch_pool_demand_gpus",
-        "A pool's demand in its last 5 minutes: GPU-equivalents of work plus GPUs queued.",
-    );
-    for v in &views {
-        if let Some(d) = v.demand_gpus {
-            let _ = writeln!(
-                out,
-                "rackwatch_pool_demand_gpus{{pool=\"{}\"}} {d:.3}",
-                label(&v.pool)
-            );
-        }
-    }
-    gauge_header(
-        out,
-        "rackwatch_pool_recommended_gpus",
-        "GPUs the capacity job recommends: for the next hour (1h) and the week's peak (7d).",
-    );
-    for v in &views {
-        let p = label(&v.pool);
-        let _ = writeln!(
-            out,
-            "rackwatch_pool_recommended_gpus{{pool=\"{p}\",horizon=\"1h\"}} {}\nrackwatch_pool_recommended_gpus{{pool=\"{p}\",horizon=\"7d\"}} {}",
-            v.recommended_1h, v.recommended_7d
-        );
-    }
-    gauge_header(
-        out,
-        "rackwatch_pool_installed_gpus",
-        "GPUs installed in a pool (seen in the last day).",
-    );
-    for v in &views {
-        let _ = writeln!(
-            out,
-            "rackwatch_pool_installed_gpus{{pool=\"{}\"}} {}",
-            label(&v.pool),
-            v.installed_gpus
-        );
-    }
-}
-
-/// Escape a label value per the exposition format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    res
 }
 
 pub async fn metrics(
     State(st): State<AppState>,
     _r: super::auth::MetricsReader,
-) -> impl IntoResponse {
-    let m = &st.metrics;
-    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+) -> Result<Response, ApiError> {
+    let (recs, agents) = tokio::join!(st.store.recommendations(None), st.store.agent_stats());
+    let pool = &st.store.pool;
+    let idle = pool.num_idle() as u32;
+    let c = &st.connections;
+    let read = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let scraped = Scraped {
+        db_idle: idle,
+        db_busy: pool.size().saturating_sub(idle),
+        db_max: st.cfg.database.max_connections,
+        conns_accepted: read(&c.accepted),
+        conns_refused: read(&c.refused),
+        conns_open: read(&c.open),
+        leader: st.jobs.is_leader(),
+        jobs: st.jobs.snapshot(),
+        // A failed query leaves its series out of this scrape, as before.
+        pools: recs
+            .map(|r| r.iter().map(super::capacity::autoscaler_view).collect())
+            .unwrap_or_default(),
+        agents: agents.unwrap_or_default(),
+    };
+    let mut at_scrape = Registry::default();
+    at_scrape.register_collector(Box::new(scraped));
     let mut out = String::new();
-    counter(
-        &mut out,
-        "rackwatch_ingest_requests_total",
-        "Ingest requests received.",
-        l(&m.ingest_requests),
-    );
-    counter(
-        &mut out,
-        "rackwatch_ingest_bytes_total",
-        "Ingest body bytes received (on the wire).",
-        l(&m.ingest_bytes),
-    );
-    counter(
-        &mut out,
-        "rackwatch_ingest_seconds_total",
-        "Time spent handling ingest requests.",
-        l(&m.ingest_micros) as f64 / 1e6,
-    );
-    counter(
-        &mut out,
-        "rackwatch_samples_accepted_total",
-        "Samples and events that passed validation.",
-        l(&m.samples_accepted),
-    );
-    counter(
-        &mut out,
-        "rackwatch_samples_stored_total",
-        "Accepted samples that were new (not replays).",
-        l(&m.samples_stored),
-    );
-    counter(
-        &mut out,
-        "rackwatch_samples_rejected_total",
-        "Samples rejected by validation.",
-        l(&m.samples_rejected),
-    );
-    counter(
-        &mut out,
-        "rackwatch_hardware_events_received_total",
-        "Hardware events received.",
-        l(&m.events_received),
-    );
-    let _ = writeln!(out, "# HELP rackwatch_ingest_errors_total Ingest requests refused, by reason.\n# TYPE rackwatch_ingest_errors_total counter");
-    for (reason, v) in [
-        ("bad_request", l(&m.err_bad_request)),
-        ("unauthorized", l(&m.err_unauthorized)),
-        ("forbidden", l(&m.err_forbidden)),
-        ("too_large", l(&m.err_too_large)),
-        ("db_unavailable", l(&m.err_unavailable)),
-        ("internal", l(&m.err_internal)),
-        ("busy", l(&m.err_busy)),
-        ("rate_limited", l(&m.err_rate_limited)),
-    ] {
-        let _ = writeln!(
-            out,
-            "rackwatch_ingest_errors_total{{reason=\"{reason}\"}} {v}"
-        );
+    prometheus_text::encode(&mut out, st.metrics.registry())
+        .and_then(|()| prometheus_text::encode(&mut out, &at_scrape))
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding /metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], out).into_response())
+}
+
+/// What one scrape reads from the pool, the server loop, the job board and the database.
+#[derive(Debug)]
+struct Scraped {
+    db_idle: u32,
+    db_busy: u32,
+    db_max: u32,
+    conns_accepted: u64,
+    conns_refused: u64,
+    conns_open: u64,
+    leader: bool,
+    jobs: Vec<JobStatus>,
+    pools: Vec<super::capacity::AutoscalerView>,
+    agents: Vec<(String, serde_json::Value)>,
+}
+
+/// A gauge family read at scrape time: its descriptor, then one sample per label set.
+fn gauges<L: EncodeLabelSet, N: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, N)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in samples {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
     }
-    counter(
-        &mut out,
-        "rackwatch_logins_failed_total",
-        "Failed dashboard logins.",
-        l(&m.logins_failed),
-    );
-    gauge_header(
-        &mut out,
-        "rackwatch_db_pool_connections",
-        "Database pool connections by state.",
-    );
-    let size = st.store.pool.size();
-    let idle = st.store.pool.num_idle() as u32;
-    let _ = writeln!(
-        out,
-        "rackwatch_db_pool_connections{{state=\"idle\"}} {idle}"
-    );
-    let _ = writeln!(
-        out,
-        "rackwatch_db_pool_connections{{state=\"busy\"}} {}",
-        size.saturating_sub(idle)
-    );
-    let _ = writeln!(
-        out,
-        "rackwatch_db_pool_max_connections {}",
-        st.cfg.database.max_connections
-    );
-    job_metrics(&mut out, &st.jobs.snapshot(), st.jobs.is_leader());
-    if let Ok(recs) = st.store.recommendations(None).await {
-        pool_metrics(&mut out, &recs);
+    Ok(())
+}
+
+/// A counter family read at scrape time (`name` without the `_total` the format adds).
+fn counters<L: EncodeLabelSet, N: EncodeCounterValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, N)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in samples {
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
     }
-    if let Ok(agents) = st.store.agent_stats().await {
-        for (name, key, help) in [
-            (
-                "rackwatch_agent_spool_batches",
-                "spool_batches",
-                "Batches waiting in the agent's disk spool.",
-            ),
-            (
-                "rackwatch_agent_spool_bytes",
-                "spool_bytes",
-                "Bytes in the agent's disk spool.",
-            ),
-            (
-                "rackwatch_agent_replayed_batches_total",
-                "replayed_batches_total",
-                "Spooled batches the agent delivered later.",
-            ),
-            (
-                "rackwatch_agent_dropped_batches_total",
-                "dropped_batches_total",
-                "Batches the agent dropped because its spool was full.",
-            ),
-        ] {
-            gauge_header(&mut out, name, help);
-            for (host, stats) in &agents {
+    Ok(())
+}
+
+type NoLabels = [(&'static str, &'static str); 0];
+
+impl Collector for Scraped {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut enc;
+        gauges(
+            e,
+            "rackwatch_db_pool_connections",
+            "Database pool connections by state",
+            [
+                ([("state", "idle")], u64::from(self.db_idle)),
+                ([("state", "busy")], u64::from(self.db_busy)),
+            ],
+        )?;
+        gauges(
+            e,
+            "rackwatch_db_pool_max_connections",
+            "Database pool size limit (database.max_connections)",
+            [(NoLabels::default(), u64::from(self.db_max))],
+        )?;
+        counters(
+            e,
+            "rackwatch_http_connections_accepted",
+            "HTTP connections accepted by the server loop",
+            [(NoLabels::default(), self.conns_accepted)],
+        )?;
+        counters(
+            e,
+            "rackwatch_http_connections_refused",
+            "HTTP connections closed at once because server.max_connections were open",
+            [(NoLabels::default(), self.conns_refused)],
+        )?;
+        gauges(
+            e,
+            "rackwatch_http_connections_open",
+            "HTTP connections open now",
+            [(NoLabels::default(), self.conns_open)],
+        )?;
+        self.encode_jobs(e)?;
+        self.encode_pools(e)?;
+        self.encode_agents(e)
+    }
+}
+
+impl Scraped {
+    /// The periodic jobs as this server ran them (only the job leader runs them).
+    fn encode_jobs(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        gauges(
+            e,
+            "rackwatch_job_leader",
+            "1 when this server holds the job lock and runs the periodic jobs",
+            [(NoLabels::default(), u64::from(self.leader))],
+        )?;
+        let job = |j: &JobStatus| [("job", j.name)];
+        gauges(
+            e,
+            "rackwatch_job_last_success_timestamp_seconds",
+            "When each periodic job last finished without error (Unix time)",
+            self.jobs.iter().filter_map(|j| {
+                let t = j.last_success?;
+                Some((job(j), t.timestamp_millis() as f64 / 1e3))
+            }),
+        )?;
+        gauges(
+            e,
+            "rackwatch_job_duration_seconds",
+            "How long each periodic job's last run took",
+            self.jobs
+                .iter()
+                .filter_map(|j| Some((job(j), j.last_duration?.as_secs_f64()))),
+        )?;
+        counters(
+            e,
+            "rackwatch_job_runs",
+            "Periodic job runs on this server, by outcome",
+            self.jobs.iter().flat_map(|j| {
+                [
+                    (
+                        [("job", j.name), ("outcome", "success")],
+                        j.runs - j.failures,
+                    ),
+                    ([("job", j.name), ("outcome", "error")], j.failures),
+                ]
+            }),
+        )
+    }
+
+    /// The capacity gauges an autoscaler reads (KEDA, HPA external metrics): the same
+    /// numbers as `GET /api/v1/capacity/recommendations`.
+    fn encode_pools(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let pool = |v: &super::capacity::AutoscalerView| [("pool", v.pool.clone())];
+        gauges(
+            e,
+            "rackwatch_pool_demand_gpus",
+            "A pool's demand in its last 5 minutes: GPU-equivalents of work plus GPUs queued",
+            self.pools
+                .iter()
+                .filter_map(|v| Some((pool(v), v.demand_gpus?))),
+        )?;
+        gauges(
+            e,
+            "rackwatch_pool_recommended_gpus",
+            "GPUs the capacity job recommends: for the next hour (1h) and the week's peak (7d)",
+            self.pools.iter().flat_map(|v| {
+                [
+                    (
+                        [("pool", v.pool.clone()), ("horizon", "1h".into())],
+                        i64::from(v.recommended_1h),
+                    ),
+                    (
+                        [("pool", v.pool.clone()), ("horizon", "7d".into())],
+                        i64::from(v.recommended_7d),
+                    ),
+                ]
+            }),
+        )?;
+        gauges(
+            e,
+            "rackwatch_pool_installed_gpus",
+            "GPUs installed in a pool (seen in the last day)",
+            self.pools
+                .iter()
+                .map(|v| (pool(v), i64::from(v.installed_gpus))),
+        )
+    }
+
+    /// Each agent's spool, as it last reported it with a batch: sizes now, and its counts
+    /// since it started (counters: an agent's restart resets them).
+    fn encode_agents(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let stat = |key: &'static str| {
+            self.agents.iter().map(move |(host, stats)| {
                 let v = stats.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-                let _ = writeln!(out, "{name}{{host=\"{}\"}} {v}", label(host));
-            }
-        }
+                ([("host", host.as_str())], v)
+            })
+        };
+        gauges(
+            e,
+            "rackwatch_agent_spool_batches",
+            "Batches waiting in the agent's disk spool",
+            stat("spool_batches"),
+        )?;
+        gauges(
+            e,
+            "rackwatch_agent_spool_bytes",
+            "Bytes in the agent's disk spool",
+            stat("spool_bytes"),
+        )?;
+        counters(
+            e,
+            "rackwatch_agent_replayed_batches",
+            "Spooled batches the agent delivered later",
+            stat("replayed_batches_total"),
+        )?;
+        counters(
+            e,
+            "rackwatch_agent_dropped_batches",
+            "Batches the agent dropped because its spool was full",
+            stat("dropped_batches_total"),
+        )
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
 }

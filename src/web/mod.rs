@@ -33,16 +33,17 @@ use tower_http::compression::Predicate;
 use utoipa::OpenApi as _;
 
 use crate::config::Config;
+use crate::model::telemetry::Telemetry;
 use crate::store::Store;
 use access::Routes;
-use metrics::Metrics;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub cfg: Arc<Config>,
-    pub metrics: Arc<Metrics>,
+    /// The server's counters and histograms, exposed on `/metrics`.
+    pub metrics: Arc<Telemetry>,
     /// Wakes the alert evaluator when hardware events arrive (the fast lane).
     pub alert_wakeup: Arc<tokio::sync::Notify>,
     pub login_limiter: Arc<auth::LoginLimiter>,
@@ -63,7 +64,7 @@ impl AppState {
     pub fn new(store: Store, cfg: Arc<Config>) -> AppState {
         AppState {
             store,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Telemetry::new()),
             alert_wakeup: Arc::new(tokio::sync::Notify::new()),
             login_limiter: Arc::new(auth::LoginLimiter::default()),
             jobs: Default::default(),
@@ -91,7 +92,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let s = &state.cfg.server;
     let body_timeout = std::time::Duration::from_secs(s.body_timeout_secs);
     let request_timeout = std::time::Duration::from_secs(s.request_timeout_secs);
-    routes()
+    routes(&state)
         .merge(extra)
         // Who may call what: each route's row of the authorization table, before its
         // handler (routes without a row, such as `extra`'s, pass through).
@@ -132,15 +133,19 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 
 /// Every route, without the layers: the pages, the API (built with its document),
 /// ingest, and the server's own endpoints.
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: &AppState) -> Router<AppState> {
     let (api, _document) = api_router().split_for_parts();
     let own: Router<AppState> = Routes::new()
         .get("/healthz", healthz)
         .get("/metrics", metrics::metrics)
         .get("/assets/app.js", app_js)
+        .get("/favicon.ico", icon)
+        .get("/assets/icon.svg", icon)
         .into();
     Router::new()
-        .merge(Router::<AppState>::from(page_router()))
+        .merge(Router::<AppState>::from(page_router()).route_layer(
+            axum::middleware::from_fn_with_state(state.clone(), metrics::time_page),
+        ))
         .merge(api)
         .merge(own)
 }
@@ -283,6 +288,20 @@ async fn app_js() -> impl axum::response::IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
         APP_JS,
+    )
+}
+
+/// The tab icon: a rack of four GPUs, one of them hot (SVG; browsers take it for
+/// `/favicon.ico` as well, so no request of a page fails).
+const ICON_SVG: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#1b1f24"/><rect x="3" y="2.5" width="10" height="2" fill="#009E73"/><rect x="3" y="5.5" width="10" height="2" fill="#009E73"/><rect x="3" y="8.5" width="10" height="2" fill="#E69F00"/><rect x="3" y="11.5" width="10" height="2" fill="#009E73"/></svg>"##;
+
+async fn icon() -> impl axum::response::IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        ICON_SVG,
     )
 }
 

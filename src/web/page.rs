@@ -316,9 +316,9 @@ pub fn chart(
 pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartView {
     let (what, axis) = match f.metric.as_str() {
         "gpu_util_pct" => ("GPU utilization", Axis::Percent),
-        "gpu_power_watts" => ("GPU power", Axis::Auto(fmt_watts_axis)),
-        "disk_used_bytes" => ("Disk used", Axis::Auto(fmt_bytes_axis)),
-        other => (other, Axis::Auto(fmt_score_axis)),
+        "gpu_power_watts" => ("GPU power", Axis::Unit("W")),
+        "disk_used_bytes" => ("Disk used", Axis::Bytes),
+        other => (other, Axis::Unit("")),
     };
     let at = |i: usize| f.start_at + chrono::Duration::hours(i as i64);
     let to = at(f.point.len().max(1));
@@ -370,30 +370,6 @@ pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartVi
     view
 }
 
-pub fn fmt_bytes_axis(v: f64) -> String {
-    bytes(Some(v))
-}
-
-pub fn fmt_rate_axis(v: f64) -> String {
-    rate(Some(v))
-}
-
-pub fn fmt_watts_axis(v: f64) -> String {
-    format!("{v:.0} W")
-}
-
-pub fn fmt_celsius_axis(v: f64) -> String {
-    format!("{v:.0} °C")
-}
-
-pub fn fmt_mhz_axis(v: f64) -> String {
-    format!("{v:.0} MHz")
-}
-
-pub fn fmt_score_axis(v: f64) -> String {
-    format!("{v:.1}")
-}
-
 pub type HostField = fn(&HostPoint) -> Option<f64>;
 
 /// Host charts (CPU, memory, disk, network), one line per host.
@@ -433,7 +409,7 @@ pub fn host_charts(points: &[HostPoint], r: &TimeRange, per_host: bool) -> Vec<C
             "Memory used",
             lines(&[("used", |p| p.mem_used_bytes)]),
             r,
-            Axis::Auto(fmt_bytes_axis),
+            Axis::Bytes,
             &ov,
         ),
         chart(
@@ -443,7 +419,7 @@ pub fn host_charts(points: &[HostPoint], r: &TimeRange, per_host: bool) -> Vec<C
                 ("write", |p| p.disk_write_bytes_per_s),
             ]),
             r,
-            Axis::Auto(fmt_rate_axis),
+            Axis::Rate,
             &ov,
         ),
         chart(
@@ -453,7 +429,7 @@ pub fn host_charts(points: &[HostPoint], r: &TimeRange, per_host: bool) -> Vec<C
                 ("tx", |p| p.net_tx_bytes_per_s),
             ]),
             r,
-            Axis::Auto(fmt_rate_axis),
+            Axis::Rate,
             &ov,
         ),
     ]

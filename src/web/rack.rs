@@ -11,13 +11,14 @@ use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
+use super::charts::{strip_chart, Axis, Overlay, Series, StripRow};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::heatmap::*;
 use super::page::*;
 use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
 use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
-use crate::store::series::{FaultCount, HostPoint};
+use crate::store::series::{FaultCount, GpuPoint, HostPoint};
 use crate::store::Store;
 
 /// `/racks/{site}/{rack}`.
@@ -42,6 +43,11 @@ pub struct RackData {
     pub events: Vec<ExplainedEvent>,
     /// Firing, pending and recently resolved alerts of the rack's hosts and their GPUs.
     pub alerts: Vec<AlertTouching>,
+    /// Power the rack's GPUs draw now (latest sample of each).
+    pub gpu_power_watts: f64,
+    /// Each host's GPU series, for the page's power and temperature charts.
+    #[serde(skip)]
+    pub gpu_series: Vec<(String, Vec<GpuPoint>)>,
 }
 
 /// What the rack page reads from the database: its hosts, then the rest concurrently.
@@ -52,6 +58,7 @@ pub struct RackRows {
     pub host_series: Vec<HostPoint>,
     pub events: Vec<EventRow>,
     pub alerts: Vec<AlertTouching>,
+    pub gpu_series: Vec<(String, Vec<GpuPoint>)>,
 }
 
 /// The rack page's queries.
@@ -72,6 +79,7 @@ pub async fn rows(
             host_series: Vec::new(),
             events: Vec::new(),
             alerts: Vec::new(),
+            gpu_series: Vec::new(),
         });
     }
     let (gpus, faults, host_series, events, alerts) = tokio::try_join!(
@@ -87,6 +95,21 @@ pub async fn rows(
         store.events_between(&names, None, range.from, range.to, 200),
         store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
     )?;
+    // Each host's GPUs (a rack holds a handful of hosts).
+    let mut gpu_series = Vec::with_capacity(names.len());
+    for n in &names {
+        let s = store
+            .gpu_series(
+                n,
+                None,
+                range.from,
+                range.to,
+                range.bucket_secs,
+                range.source,
+            )
+            .await?;
+        gpu_series.push((n.clone(), s));
+    }
     Ok(RackRows {
         hosts,
         gpus,
@@ -94,6 +117,7 @@ pub async fn rows(
         host_series,
         events,
         alerts,
+        gpu_series,
     })
 }
 
@@ -112,7 +136,16 @@ pub async fn load(
         )));
     }
     let cells = heat_cells(&r.hosts, &r.gpus, &r.faults, metric);
+    let now = Utc::now();
+    let gpu_power_watts = r
+        .gpus
+        .iter()
+        .filter(|g| g.ts.is_some_and(|t| (now - t).num_seconds() <= STALE_SECS))
+        .filter_map(|g| g.power_watts.map(f64::from))
+        .fold(0.0, |a, b| a + b);
     Ok(RackData {
+        gpu_power_watts,
+        gpu_series: r.gpu_series,
         site: site.to_string(),
         rack: rack.to_string(),
         range,
@@ -137,6 +170,10 @@ pub struct RackPage {
     pub legend: HeatLegend,
     pub sites: Vec<SiteGroup>,
     pub charts: Vec<ChartView>,
+    /// Rack GPU power over time, and per host GPU power and temperature.
+    pub gpu_charts: Vec<ChartView>,
+    pub gpu_power: String,
+    pub gpus_reporting: usize,
     pub events: Vec<EventView>,
     pub alerts: Vec<AlertTouchView>,
 }
@@ -164,6 +201,9 @@ async fn page(
             legend: legend(metric),
             sites: heatmap(&d.gpus, metric, &query),
             charts: host_charts(&d.host_series, &r, true),
+            gpu_charts: rack_gpu_charts(&d.gpu_series, &r, &query),
+            gpu_power: watts(d.gpu_power_watts),
+            gpus_reporting: d.gpus.len(),
             events: event_views(&d.events, &query),
             alerts: alert_views(&d.alerts, true, &query),
             site,
@@ -172,6 +212,93 @@ async fn page(
         render_sized(&page, heatmap_page_size(d.gpus.len()) + 64 * 1024)
     })
     .await
+}
+
+/// The rack's GPU power summed over time (kW), and each host's GPU power (sum) and
+/// hottest GPU as small multiples, one row per host.
+fn rack_gpu_charts(
+    series: &[(String, Vec<GpuPoint>)],
+    r: &TimeRange,
+    query: &str,
+) -> Vec<ChartView> {
+    use std::collections::BTreeMap;
+    if series.iter().all(|(_, s)| s.is_empty()) {
+        return Vec::new();
+    }
+    let per_host = |f: fn(&GpuPoint) -> Option<f64>, sum: bool| -> Vec<StripRow> {
+        series
+            .iter()
+            .map(|(host, pts)| {
+                let mut by: BTreeMap<DateTime<Utc>, f64> = BTreeMap::new();
+                for p in pts {
+                    if let Some(v) = f(p) {
+                        let e = by.entry(p.ts).or_insert(if sum { 0.0 } else { f64::MIN });
+                        *e = if sum { *e + v } else { e.max(v) };
+                    }
+                }
+                StripRow {
+                    label: host.clone(),
+                    href: format!("/hosts/{}?{query}", seg(host)),
+                    points: by.into_iter().collect(),
+                }
+            })
+            .collect()
+    };
+    let power = per_host(|p| p.power_watts, true);
+    let temp = per_host(|p| p.temp_celsius, false);
+    let mut total: BTreeMap<DateTime<Utc>, f64> = BTreeMap::new();
+    for row in &power {
+        for (t, v) in &row.points {
+            *total.entry(*t).or_insert(0.0) += v / 1000.0;
+        }
+    }
+    let peak = |rows: &[StripRow]| {
+        rows.iter()
+            .flat_map(|r| r.points.iter().map(|p| p.1))
+            .fold(0.0f64, f64::max)
+    };
+    // Color scales end on round numbers (the power one at the next 1-2-5 step).
+    let round_up = |v: f64| {
+        crate::model::format::axis_ticks(v)
+            .0
+            .last()
+            .copied()
+            .unwrap_or(v)
+    };
+    let (ptop, ttop) = (
+        round_up(peak(&power).max(1.0)),
+        peak(&temp).max(90.0).ceil(),
+    );
+    vec![
+        chart(
+            "Rack GPU power (all GPUs)",
+            vec![Series {
+                label: "GPU power".into(),
+                points: total.into_iter().collect(),
+            }],
+            r,
+            Axis::Unit("kW"),
+            &Overlay::default(),
+        ),
+        ChartView {
+            title: format!("GPU power per host (0–{ptop:.0} W)"),
+            svg: strip_chart("GPU power per host", &power, r.from, r.to, 0.0, ptop, "W"),
+            legend: Vec::new(),
+        },
+        ChartView {
+            title: format!("Hottest GPU per host (20–{ttop:.0} °C)"),
+            svg: strip_chart(
+                "Hottest GPU per host",
+                &temp,
+                r.from,
+                r.to,
+                20.0,
+                ttop,
+                "°C",
+            ),
+            legend: Vec::new(),
+        },
+    ]
 }
 
 /// Rack page: hosts, heatmap cells, host series, events and alerts.

@@ -641,7 +641,7 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
         .await
         .unwrap();
     assert!(
-        fleet.contains(r#"<b id="kpi-alerts"><a href="/alerts">1</a></b>"#),
+        fleet.contains(r#"<b id="kpi-alerts"><a href="/alerts">0</a></b><small class="muted" id="kpi-alerts-handled">+ 1 acknowledged or silenced</small>"#),
         "{fleet}"
     );
     let html = get(op.clone()).await;

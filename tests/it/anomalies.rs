@@ -433,7 +433,7 @@ async fn anomaly_rule_fires_on_a_sustained_fault_not_on_a_glitch_and_mails_the_m
     let t = seed(&app, "gpu-a", 7 * 1440 + AFTER, true).await;
     train_and_score(&app, &t).await;
     let rules = RuleSet::parse(RULES).unwrap();
-    let mut sender = rackwatch::alert::notify::Sender::new(&app.cfg);
+    let mut sender = rackwatch::alert::notify::Sender::new(&app.cfg, Default::default());
     // Evaluate as the evaluator would have, half a minute after each scored minute.
     let mut states = Vec::new();
     let mut fired_mail = Vec::new();

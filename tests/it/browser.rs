@@ -10,6 +10,303 @@ use std::process::Command;
 use crate::dashboard::seed_fleet;
 use crate::support::TestApp;
 
+/// A realistic corner of a fleet for the layout check: four of the demo's simulated 8-GPU
+/// hosts with three days of history (the demo's own back-fill) and their last hour at the
+/// agent interval, a login node without GPUs, and alerts firing (one acknowledged by
+/// someone else), pending and resolved, with the product's texts.
+async fn seed_realistic(app: &TestApp) {
+    use chrono::{Duration, Utc};
+    let now = Utc::now();
+    app.store.ensure_partitions(now, 5, 2).await.unwrap();
+    let mut fleet = rackwatch::collect::simulator::SimulatedHost::fleet(4, 8);
+    let mut cfg = (*app.cfg).clone();
+    cfg.simulator.history_days = 3;
+    cfg.simulator.backfill_minutes = 60;
+    rackwatch::app::backfill_history(&cfg, &app.store, &mut fleet, now)
+        .await
+        .unwrap();
+    for h in fleet.iter_mut() {
+        let c = h.history(now - Duration::minutes(60), now, Duration::seconds(30));
+        let batch = rackwatch::model::Batch {
+            host: h.info.clone(),
+            gpus: c.gpus,
+            host_samples: c.host_samples,
+            gpu_samples: c.gpu_samples,
+            events: Vec::new(),
+            agent: None,
+        };
+        // Through ingest, as the agent sends it (latest tables, health and all).
+        let token = app.token(&h.info.name).await;
+        let resp = app
+            .ingest(&token, &serde_json::to_value(&batch).unwrap())
+            .await;
+        assert_eq!(resp.status(), 200, "{}", h.info.name);
+    }
+    // The energy job accounts the back-filled hours, as it does in the demo.
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    // A login node: no GPUs, an idle network.
+    let token = app.token("login-01").await;
+    let ts = crate::support::recent(120, 30, 30);
+    let body = serde_json::json!({
+        "host": {"name": "login-01", "site": "ams2", "rack": "r01", "pool": "infra"},
+        "host_samples": ts.iter().map(|t| serde_json::json!({"ts": t, "cpu_util_pct": 3.0, "mem_used_bytes": 2u64 << 30,
+            "mem_total_bytes": 16u64 << 30, "net_rx_bytes_per_s": 0.0, "net_tx_bytes_per_s": 0.0,
+            "disk_read_bytes_per_s": 0.0, "disk_write_bytes_per_s": 0.0})).collect::<Vec<_>>(),
+    });
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let xid = rackwatch::model::xid::describe_event("xid", 79);
+    for (rule, sev, labels, summary, description, state, acked) in [
+        (
+            "gpu-xid",
+            "critical",
+            serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n03", "gpu": "2", "xid": "79"}),
+            "GPU fell off the bus (XID 79)",
+            format!("{} {}", xid.meaning, xid.action),
+            "firing",
+            None,
+        ),
+        (
+            "gpu-hot",
+            "warning",
+            serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n03", "gpu": "2"}),
+            "GPU temperature high",
+            "gpu.temp_celsius 91.0 > 87 for 60 s".to_string(),
+            "firing",
+            None,
+        ),
+        (
+            "host-down",
+            "critical",
+            serde_json::json!({"site": "ams2", "rack": "r01", "host": "sim-ams2-r01-n04"}),
+            "Host stopped reporting",
+            "no sample for 180 s; the agent or the host is down, or the network between them"
+                .to_string(),
+            "firing",
+            None,
+        ),
+        (
+            "gpu-ecc-dbe",
+            "critical",
+            serde_json::json!({"site": "ams2", "rack": "r01", "host": "sim-ams2-r01-n02", "gpu": "5"}),
+            "Uncorrectable ECC errors",
+            "ecc_dbe_total rose by 2; drain the node and reset the GPU".to_string(),
+            "firing",
+            Some("omar"),
+        ),
+        (
+            "gpu-throttling",
+            "warning",
+            serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n01", "gpu": "0"}),
+            "GPU is being throttled",
+            "thermal slowdown started (clock reasons: sw_thermal_slowdown)".to_string(),
+            "pending",
+            None,
+        ),
+    ] {
+        let labels_map: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(labels.clone()).unwrap();
+        let fp = rackwatch::alert::fingerprint(rule, &labels_map);
+        sqlx::query(
+            "INSERT INTO alerts (fingerprint, rule, severity, labels, state, summary, description, started_at, fired_at,
+                                 last_active_at, occurrences, acknowledged_by, acknowledged_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now() - interval '25 minutes',
+                     CASE WHEN $5 = 'firing' THEN now() - interval '24 minutes' END, now(), 2, $8,
+                     CASE WHEN $8 IS NOT NULL THEN now() END)",
+        )
+        .bind(&fp)
+        .bind(rule)
+        .bind(sev)
+        .bind(&labels)
+        .bind(state)
+        .bind(summary)
+        .bind(&description)
+        .bind(acked)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at)
+             VALUES ($1, $2, $3, $4, $5, now() - interval '24 minutes')",
+        )
+        .bind(&fp)
+        .bind(rule)
+        .bind(sev)
+        .bind(&labels)
+        .bind(summary)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// What the pages say on the realistic fleet, read from their HTML.
+async fn pages_say_what_they_show(app: &TestApp) {
+    let cookie = app.login("erin", "erin-pass").await;
+    // A GPU over 7 days: fan speed (raw samples only) still charted, the power limit and
+    // the temperature alert drawn, throttling named by reason.
+    let (st, gpu) = app
+        .page(&cookie, "/hosts/sim-fra1-r01-n03/gpus/2?range=7d")
+        .await;
+    assert_eq!(st, 200);
+    assert!(gpu.contains("<h3>Fan speed</h3>"), "fan chart on 7 days");
+    assert!(
+        gpu.contains(">gpu-hot alert &gt; 87 °C<"),
+        "temperature rule line"
+    );
+    assert!(gpu.contains("power limit "), "power limit line");
+    assert!(
+        !gpu.contains("power cap, thermal or power brake"),
+        "one shading for all reasons"
+    );
+    // Round ticks only: every y label of every chart is a 1-2-5 multiple.
+    for lab in gpu.split(r#"<text class="ylab" "#).skip(1) {
+        let text = lab.split('>').nth(1).unwrap().split('<').next().unwrap();
+        let v: f64 = text.split(' ').next().unwrap().parse().unwrap();
+        assert!(
+            v == 0.0
+                || [
+                    1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0
+                ]
+                .iter()
+                .any(|m| {
+                    let r = (v / m).log10();
+                    (r - r.round()).abs() < 1e-9
+                }),
+            "tick {text}"
+        );
+    }
+    // A host: its 8 GPUs as small multiples, not 8 lines in one chart.
+    let (_, host) = app.page(&cookie, "/hosts/sim-fra1-r01-n03").await;
+    assert_eq!(host.matches(r#"<svg class="chart strip""#).count(), 4);
+    assert!(!host.contains("<h3>GPU utilization</h3>"));
+    // A host without GPUs says so, and its idle network has no made-up axis.
+    let (_, login) = app.page(&cookie, "/hosts/login-01").await;
+    assert!(login.contains("This host reports no GPUs."));
+    assert!(!login.contains("<table id=\"gpus\">"));
+    assert!(
+        !login.contains(">1 B/s<"),
+        "an idle network's axis reads 0 B/s only, not 1 B/s, 1 B/s, 0 B/s"
+    );
+    // The rack: its GPU power in kW now and over time, per-host power and temperature.
+    let (_, rack) = app.page(&cookie, "/racks/fra1/r01").await;
+    assert!(
+        rack.contains(r#"<b id="kpi-rack-power">"#) && rack.contains(" kW</b>"),
+        "rack kW"
+    );
+    assert!(rack.contains("Rack GPU power (all GPUs)"));
+    assert!(rack.contains("GPU power per host") && rack.contains("Hottest GPU per host"));
+    // Energy: the week shown says it is partial; weeks without data offer no downloads;
+    // the definitions are a link that works.
+    let (_, energy) = app.page(&cookie, "/energy").await;
+    assert!(
+        energy.contains("<strong>partial week</strong>"),
+        "partial week"
+    );
+    assert!(
+        energy.contains(">no data</td>"),
+        "empty weeks without downloads"
+    );
+    assert!(energy.contains(r#"<a href="/docs/energy">docs/energy.md</a>"#));
+    let (st, doc) = app.page(&cookie, "/docs/energy").await;
+    assert!(st == 200 && doc.contains("<pre class=\"doc\">"), "{st}");
+    // Browser routes answer errors as pages, the API as JSON.
+    let (st, bad) = app.page(&cookie, "/hosts/sim-fra1-r01-n03/gpus/abc").await;
+    assert!(
+        st == 404 && bad.contains("<h1>") && !bad.starts_with('{'),
+        "{st} {bad}"
+    );
+    let (st, icon) = app.page(&cookie, "/favicon.ico").await;
+    assert!(st == 200 && icon.starts_with("<svg"), "favicon");
+}
+
+/// Every page at 1,440 and 390 px on the realistic fleet: no sideways overflow, chart
+/// labels inside their charts, no console errors or failed requests, the alerts table's
+/// buttons on screen, dates on charts over days; then acknowledge and silence from the
+/// alerts table. Screenshots of every page at both widths go to test-artifacts/browser/.
+async fn layout_check(app: &TestApp, chromium: &str) {
+    seed_realistic(app).await;
+    app.store
+        .upsert_user("ada", rackwatch::store::auth::Role::Admin, "day-shift")
+        .await
+        .unwrap();
+    pages_say_what_they_show(app).await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let gpu = "/hosts/sim-fra1-r01-n03/gpus/2";
+    let pages = serde_json::json!([
+        ["fleet", "/", ""],
+        ["alerts", "/alerts", ""],
+        ["inventory", "/inventory", ""],
+        ["capacity", "/capacity", ""],
+        ["capacity-pool", "/capacity/pools/infer", ""],
+        ["energy", "/energy", ""],
+        ["energy-definitions", "/docs/energy", ""],
+        ["admin", "/admin", ""],
+        ["rack", "/racks/fra1/r01", ""],
+        ["rack-7d", "/racks/fra1/r01?range=7d", "days"],
+        ["host", "/hosts/sim-fra1-r01-n03", ""],
+        ["host-7d", "/hosts/sim-fra1-r01-n03?range=7d", "days"],
+        ["host-without-gpus", "/hosts/login-01", ""],
+        ["gpu", gpu, ""],
+        ["gpu-6h", format!("{gpu}?range=6h"), ""],
+        ["gpu-7d", format!("{gpu}?range=7d"), "days"],
+        ["no-such-host", "/hosts/no-such-host", "error"],
+        ["no-such-gpu", "/hosts/sim-fra1-r01-n03/gpus/abc", "error"],
+    ]);
+    let dir = root.join("tests/browser");
+    let out_dir = root.join("test-artifacts/browser");
+    let base = app.base.clone();
+    let chromium = chromium.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(dir.join("layout.mjs"))
+            .args([base.as_str(), "ada", "day-shift"])
+            .arg(&out_dir)
+            .arg(pages.to_string())
+            .env("CHROMIUM", chromium)
+            .output()
+            .expect("running node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success() && !stdout.contains("PROBLEM"),
+        "layout check failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(stdout.matches("OK layout ").count(), 18 * 2 + 1, "{stdout}");
+    // Both widths: the alerts table's actions are there (two rows not yet acknowledged
+    // get Acknowledge, every unsilenced row gets Silence).
+    for w in ["1440", "390"] {
+        let l = line(&stdout, &format!("OK layout alerts@{w} "));
+        let actions = l.split(" actions=").nth(1).unwrap_or_default();
+        assert_eq!(
+            (
+                actions.matches("\"Acknowledge\"").count(),
+                actions.matches("\"Silence 2 h\"").count()
+            ),
+            (3, 4),
+            "{l}"
+        );
+        let l = line(&stdout, &format!("OK layout gpu-7d@{w} "));
+        assert!(
+            l.contains("charts=6 dated=6"),
+            "fan speed over 7 days too: {l}"
+        );
+    }
+    // Acknowledging and silencing change the rows and the fleet's count: 3 unhandled
+    // alerts (the fourth was acknowledged by omar), then 2, then 1.
+    let acts = line(&stdout, "OK alerts-actions");
+    assert!(
+        acts.starts_with(
+            "OK alerts-actions open-rows=3->1 fleet-unhandled=3->2->1 ack-badges=2 silenced-badges=1 "
+        ) && acts.contains(r#"note="+ 3 acknowledged or silenced""#),
+        "{acts}"
+    );
+}
+
 fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
     out.lines()
         .find(|l| l.starts_with(prefix))
@@ -36,7 +333,9 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         dir.join("node_modules/playwright-core").exists(),
         "playwright-core missing: run `npm ci` in tests/browser (scripts/test does this)"
     );
-    let app = TestApp::spawn().await;
+    let rules = root.join("config/alerts.toml");
+    let app =
+        TestApp::spawn_with(|c| c.alerting.rules_file = rules.to_string_lossy().into_owned()).await;
     seed_fleet(&app).await;
     // A diurnal pool of 5 hosts × 8 GPUs (40 more heatmap cells) with a recommendation,
     // for the capacity pages.
@@ -82,12 +381,13 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         .unwrap();
     let out_dir = root.join("test-artifacts/browser");
     let base = app.base.clone();
+    let chromium_run = chromium.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(dir.join("drive.mjs"))
             .args([base.as_str(), "nina", "night-shift"])
             .arg(&out_dir)
-            .env("CHROMIUM", chromium)
+            .env("CHROMIUM", &chromium_run)
             .output()
             .expect("running node")
     })
@@ -165,7 +465,13 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         line(&stdout, "OK capacity-phone"),
         "OK capacity-phone horizontal-overflow=0 pool-overflow=0"
     );
+    layout_check(&app, &chromium).await;
     for shot in [
+        "layout-fleet-1440.png",
+        "layout-fleet-390.png",
+        "layout-alerts-390.png",
+        "layout-gpu-7d-1440.png",
+        "layout-host-390.png",
         "fleet-1280.png",
         "gpu-1280.png",
         "gpu-dark.png",

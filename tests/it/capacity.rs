@@ -253,9 +253,14 @@ async fn gauges_and_the_api_agree_with_the_page() {
             assert!(metrics.contains(&line), "{line} not in\n{metrics}");
         }
         let demand = p["demand_gpus"].as_f64().unwrap();
-        assert!(metrics.contains(&format!(
-            "rackwatch_pool_demand_gpus{{pool=\"{pool}\"}} {demand:.3}"
-        )));
+        let series = format!("rackwatch_pool_demand_gpus{{pool=\"{pool}\"}} ");
+        let exposed: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("{series} not in\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!((exposed - demand).abs() < 1e-9, "{exposed} vs {demand}");
         let card = &page[page.find(&format!("id=\"pool-{pool}\"")).unwrap()..];
         let card = &card[..card.find("</section>").unwrap()];
         assert!(card.contains(&format!("<dd>{h1} GPUs</dd>")), "{card}");
@@ -463,15 +468,10 @@ async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("alerts.toml");
     std::fs::write(&rules, RULES).unwrap();
-    let port = smtp.port;
     let app = TestApp::spawn_full(fresh_database().await, |c| {
-        c.alerting.rules_file = rules.to_string_lossy().into_owned();
-        c.alerting.eval_interval_secs = 1;
+        smtp.alert_through(c, &rules);
         c.alerting.group_wait_secs = 1;
         c.alerting.group_interval_secs = 0;
-        c.alerting.smtp.host = "127.0.0.1".into();
-        c.alerting.smtp.port = port;
-        c.alerting.smtp.security = "plain".into();
         c.anomaly.enabled = false;
     })
     .await;

@@ -78,7 +78,14 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert_eq!(st, 200);
     assert!(rack.contains("href=\"/hosts/gpu-node-8?range=1h\""));
     assert!(!rack.contains("gpu-node-9"), "other rack's host shown");
-    assert_eq!(rack.matches("<svg class=\"chart\"").count(), 4);
+    // Four host charts and the rack's GPU power; per-host GPU power and temperature as
+    // small multiples.
+    assert_eq!(rack.matches("<svg class=\"chart\"").count(), 5);
+    assert_eq!(rack.matches("<svg class=\"chart strip\"").count(), 2);
+    assert!(
+        rack.contains(r#"<b id="kpi-rack-power">1.4 kW</b>"#),
+        "{rack}"
+    );
     assert_eq!(rack.matches("<a class=\"cell").count(), 4);
     assert!(rack.contains("XID 79"));
     // The heatmap's metric tabs keep the rack page's range.
@@ -111,11 +118,15 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
         6,
         "util, memory, power, temperature, clocks, fan"
     );
-    assert!(gpu.contains("<rect class=\"throttle\""));
+    // Shaded by reason: HW thermal slowdown (0x40) is "thermal".
+    assert!(gpu.contains("<rect class=\"throttle thermal\""));
+    assert!(!gpu.contains("<rect class=\"throttle power\""));
     assert!(
-        gpu.contains("Shaded: clocks throttled (power cap, thermal or power brake), 1 period."),
+        gpu.contains("Clocks throttled by thermal (1 period)."),
         "{gpu}"
     );
+    // The H100's 700 W limit on the power chart.
+    assert!(gpu.contains(">power limit 700 W<"), "{gpu}");
     // The XID mark on every chart, with its meaning.
     assert_eq!(gpu.matches("<g class=\"event\">").count(), 6);
     assert!(gpu.contains("XID 79: GPU has fallen off the bus"));
@@ -136,7 +147,19 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert!(gpu.contains("data-refresh=\"30\""), "live ranges refresh");
     let (_, week) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=7d").await;
     assert!(week.contains("Showing last 7 d · 15-minute rollups, 900 s per point"));
-    assert!(week.contains("Throttle shading is shown for ranges up to 24 h"));
+    // Throttling by reason and the fan speed come from raw samples up to 7 days.
+    assert!(
+        week.contains("Clocks throttled by thermal (1 period)."),
+        "{week}"
+    );
+    assert!(week.contains("<h3>Fan speed</h3>"), "fan speed on 7 days");
+    let (_, month) = app
+        .page(&cookie, "/hosts/gpu-node-7/gpus/1?range=30d")
+        .await;
+    assert!(
+        month.contains("are shown for ranges up to 7 days"),
+        "{month}"
+    );
     let from = (chrono::Utc::now() - chrono::Duration::minutes(40))
         .format("%Y-%m-%dT%H:%M")
         .to_string();

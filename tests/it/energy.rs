@@ -566,12 +566,13 @@ async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
         .with_ymd_and_hms(2026, 11, 23, 5, 59, 0)
         .unwrap()
         .with_timezone(&Utc);
-    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, monday)
+    let telemetry = rackwatch::model::telemetry::Telemetry::new();
+    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, monday, &telemetry)
         .await
         .unwrap();
     assert_eq!(sent, None);
     let due = monday + Duration::minutes(2);
-    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, due)
+    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, due, &telemetry)
         .await
         .unwrap();
     assert_eq!(sent, Some(week));
@@ -580,10 +581,20 @@ async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
     let subject = crate::support::subject(&mails[0]);
     assert!(subject.contains("energy report 2026-W47"), "{subject}");
     // Sent once: a later run (or a restarted server) does not mail it again.
-    let again = rackwatch::report::mail::send_due(&app.store, &app.cfg, due + Duration::hours(1))
+    let later = due + Duration::hours(1);
+    let again = rackwatch::report::mail::send_due(&app.store, &app.cfg, later, &telemetry)
         .await
         .unwrap();
     assert_eq!(again, None);
+    // The one SMTP send was timed.
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, telemetry.registry()).unwrap();
+    assert!(
+        text.contains(
+            "rackwatch_smtp_send_duration_seconds_count{mail=\"report\",outcome=\"sent\"} 1\n"
+        ),
+        "{text}"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(smtp.mails().len(), 1);
 

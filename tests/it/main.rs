@@ -15,6 +15,7 @@ mod ingest;
 mod layers;
 mod managed_pg;
 mod metric_table;
+mod metrics;
 mod nvml;
 mod openapi;
 mod pages;

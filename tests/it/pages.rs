@@ -76,8 +76,13 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
     let html = host.text().await.unwrap();
     assert_eq!(
         html.matches("<svg class=\"chart\"").count(),
-        8,
-        "4 host charts + 4 GPU charts"
+        4,
+        "4 host charts"
+    );
+    assert_eq!(
+        html.matches("<svg class=\"chart strip\"").count(),
+        4,
+        "GPU utilization, power, temperature and memory, one row per GPU"
     );
     assert!(html.contains("GPU-2222"));
     assert!(html.contains("GPU has fallen off the bus"));

@@ -391,6 +391,17 @@ fn python() -> String {
 }
 
 impl SmtpServer {
+    /// Point `c`'s alerting at this server, with the rules in `rules` evaluated every
+    /// second (plain SMTP, no wait before a group's first mail).
+    pub fn alert_through(&self, c: &mut Config, rules: &std::path::Path) {
+        c.alerting.rules_file = rules.to_string_lossy().into_owned();
+        c.alerting.eval_interval_secs = 1;
+        c.alerting.group_wait_secs = 0;
+        c.alerting.smtp.host = "127.0.0.1".into();
+        c.alerting.smtp.port = self.port;
+        c.alerting.smtp.security = "plain".into();
+    }
+
     /// Start on a free port.
     pub async fn start() -> SmtpServer {
         let port = free_port();
