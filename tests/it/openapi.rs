@@ -160,6 +160,7 @@ fn the_document_is_generated_with_every_api_path() {
         "/api/v1/capacity/pools/{pool}",
         "/api/v1/capacity/recommendations",
         "/api/v1/pools/{pool}/demand",
+        "/api/v1/audit",
         "/api/v1/openapi.json",
     ] {
         assert!(paths.contains(p), "{p} is not in the document");
