@@ -111,6 +111,10 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// Bearer token that may read `/metrics` (a Prometheus scrape).
     pub metrics_token: Secret,
+    /// `/metrics/fleet` leaves out samples older than this many seconds (a host that
+    /// stopped reporting disappears from Prometheus instead of repeating its last value),
+    /// and counts XID errors over the same window.
+    pub fleet_metrics_stale_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -131,6 +135,7 @@ impl Default for ServerConfig {
             password_checks: 2,
             metrics_public: false,
             metrics_token: Secret::default(),
+            fleet_metrics_stale_secs: 300,
         }
     }
 }
@@ -313,6 +318,84 @@ pub struct AlertingConfig {
     /// Seconds before a mail about a still-firing alert is repeated.
     pub repeat_interval_secs: u64,
     pub smtp: SmtpConfig,
+    /// Notification channels besides email, by name; a route sends to one with
+    /// `to = ["webhook:NAME"]`, `"slack:NAME"` or `"pagerduty:NAME"` (the kind must
+    /// match the channel's).
+    pub channels: std::collections::BTreeMap<String, ChannelConfig>,
+}
+
+/// A notification channel: an HTTP receiver of alert notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// `webhook` (Alertmanager's webhook JSON, version 4), `slack` (incoming webhook)
+    /// or `pagerduty` (Events API v2).
+    pub kind: String,
+    /// Where to POST (a secret: Slack's URL is its credential). PagerDuty defaults to
+    /// https://events.pagerduty.com/v2/enqueue.
+    #[serde(default)]
+    pub url: Secret,
+    /// PagerDuty: the integration's routing key.
+    #[serde(default)]
+    pub routing_key: Secret,
+    /// Webhook: an `Authorization: Bearer` token sent with every request.
+    #[serde(default)]
+    pub bearer_token: Secret,
+    /// Seconds to wait for the receiver.
+    #[serde(default = "channel_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn channel_timeout() -> u64 {
+    10
+}
+
+/// PagerDuty's Events API v2 endpoint.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+impl ChannelConfig {
+    /// The URL to POST to.
+    pub fn endpoint(&self) -> &str {
+        if self.url.is_empty() && self.kind == "pagerduty" {
+            PAGERDUTY_EVENTS_URL
+        } else {
+            self.url.expose()
+        }
+    }
+
+    fn validate(&self, name: &str) -> Result<(), String> {
+        if !matches!(self.kind.as_str(), "webhook" | "slack" | "pagerduty") {
+            return Err(format!(
+                "alerting.channels.{name}.kind = {:?}: use webhook, slack or pagerduty",
+                self.kind
+            ));
+        }
+        if self.kind != "pagerduty" && self.url.is_empty() {
+            return Err(format!(
+                "alerting.channels.{name}.url is required for a {} channel",
+                self.kind
+            ));
+        }
+        match url::Url::parse(self.endpoint()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(format!(
+                    "alerting.channels.{name}.url is not an http(s) URL"
+                ))
+            }
+        }
+        if self.kind == "pagerduty" && self.routing_key.is_empty() {
+            return Err(format!(
+                "alerting.channels.{name}.routing_key is required for PagerDuty (the integration key of an Events API v2 service)"
+            ));
+        }
+        if self.timeout_secs == 0 {
+            return Err(format!(
+                "alerting.channels.{name}.timeout_secs must be at least 1"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AlertingConfig {
@@ -324,6 +407,7 @@ impl Default for AlertingConfig {
             group_interval_secs: 60,
             repeat_interval_secs: 4 * 3600,
             smtp: SmtpConfig::default(),
+            channels: Default::default(),
         }
     }
 }
@@ -830,6 +914,10 @@ impl Config {
             ),
             ("server.password_checks", self.server.password_checks as u64),
             (
+                "server.fleet_metrics_stale_secs",
+                self.server.fleet_metrics_stale_secs,
+            ),
+            (
                 "server.session_idle_secs",
                 self.server.session_idle_secs.max(0) as u64,
             ),
@@ -855,6 +943,9 @@ impl Config {
         }
         if self.alerting.eval_interval_secs == 0 {
             return Err("alerting.eval_interval_secs must be at least 1".into());
+        }
+        for (name, c) in &self.alerting.channels {
+            c.validate(name)?;
         }
         let a = &self.anomaly;
         if a.train_days == 0 || a.train_days > self.retention.rollup_1m_days {

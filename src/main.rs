@@ -206,6 +206,9 @@ enum AnomalyCmd {
 enum AlertsCmd {
     /// Send one test mail through the configured SMTP server.
     TestEmail { to: String },
+    /// Send one test notification to a channel of `alerting.channels` (webhook, Slack
+    /// or PagerDuty; PagerDuty gets a trigger and its resolve).
+    TestNotify { channel: String },
     /// Validate a rules file and print what it contains.
     CheckRules { file: PathBuf },
     /// Current alerts (pending and firing).
@@ -745,6 +748,11 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        AlertsCmd::TestNotify { channel } => {
+            let kind = rackwatch::alert::notify::send_test_channel(cfg, &channel).await?;
+            println!("test notification accepted by channel {channel} ({kind})");
+            Ok(())
+        }
         AlertsCmd::CheckRules { file } => {
             let set = rackwatch::alert::rules::RuleSet::load(&file)?;
             for r in &set.rules {
@@ -844,7 +852,9 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             .await?;
             println!("silence {id} ended");
         }
-        AlertsCmd::TestEmail { .. } | AlertsCmd::CheckRules { .. } => {
+        AlertsCmd::TestEmail { .. }
+        | AlertsCmd::TestNotify { .. }
+        | AlertsCmd::CheckRules { .. } => {
             unreachable!("handled without a database")
         }
     }

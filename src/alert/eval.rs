@@ -845,15 +845,26 @@ async fn enqueue(
         tracing::warn!(alert = %a.fingerprint, "no route matches; add a [[route]] without `match` as a default");
         return Ok(());
     }
-    let group_key = format!("{}|{}", a.rule, to.join(","));
-    sqlx::query("INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert) VALUES ($1, $2, $3, $4, $5)")
-        .bind(group_key)
-        .bind(&a.fingerprint)
-        .bind(kind)
-        .bind(&to)
-        .bind(sqlx::types::Json(a))
-        .execute(&mut **tx)
-        .await?;
+    // One outbox row per destination: the mail's addresses together, each channel on
+    // its own, so that each is delivered, retried and marked sent by itself.
+    let (channels, mails): (Vec<String>, Vec<String>) = to
+        .into_iter()
+        .partition(|t| super::rules::channel_of(t).is_some());
+    let mut destinations: Vec<Vec<String>> = channels.into_iter().map(|c| vec![c]).collect();
+    if !mails.is_empty() {
+        destinations.insert(0, mails);
+    }
+    for to in destinations {
+        let group_key = format!("{}|{}", a.rule, to.join(","));
+        sqlx::query("INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert) VALUES ($1, $2, $3, $4, $5)")
+            .bind(group_key)
+            .bind(&a.fingerprint)
+            .bind(kind)
+            .bind(&to)
+            .bind(sqlx::types::Json(a))
+            .execute(&mut **tx)
+            .await?;
+    }
     sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE fingerprint = $1")
         .bind(&a.fingerprint)
         .bind(now)

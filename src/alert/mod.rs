@@ -3,6 +3,7 @@
 //! Runs on the job leader only (Postgres advisory lock), so two server replicas never
 //! send the same mail. Hardware events wake the evaluator the moment they are stored.
 
+pub mod channels;
 pub mod eval;
 pub mod notify;
 pub mod rules;

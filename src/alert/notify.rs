@@ -70,7 +70,7 @@ pub struct AlertHtml<'a> {
     pub dashboard: &'a str,
 }
 
-fn urlpath(s: &str) -> String {
+pub(crate) fn urlpath(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -160,6 +160,8 @@ pub struct Sender {
     public_url: String,
     warned_unconfigured: bool,
     telemetry: Arc<Telemetry>,
+    channels: std::collections::BTreeMap<String, crate::config::ChannelConfig>,
+    http: reqwest::Client,
 }
 
 #[derive(sqlx::FromRow)]
@@ -201,25 +203,33 @@ impl Sender {
             public_url: cfg.public_url(),
             warned_unconfigured: false,
             telemetry,
+            channels: cfg.alerting.channels.clone(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         }
     }
 
-    /// Send every due group. Returns the number of mails sent.
+    /// Send every due group: mails over SMTP, channel groups over HTTP. Returns the
+    /// number of deliveries (a mail or a channel request) that succeeded.
     pub async fn send_due(&mut self, store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
-        let (Some(transport), Some(from)) = (self.transport.clone(), self.from.clone()) else {
-            if !self.warned_unconfigured {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL",
-                )
-                .fetch_one(&store.pool)
-                .await?;
-                if waiting > 0 {
-                    tracing::warn!(waiting, "alert mails are waiting in the outbox: configure alerting.smtp.host to send them");
-                    self.warned_unconfigured = true;
-                }
-            }
-            return Ok(0);
+        let smtp = match (self.transport.clone(), self.from.clone()) {
+            (Some(t), Some(f)) => Some((t, f)),
+            _ => None,
         };
+        if smtp.is_none() && !self.warned_unconfigured {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL
+                   AND NOT recipients[1] ~ '^(webhook|slack|pagerduty):'",
+            )
+            .fetch_one(&store.pool)
+            .await?;
+            if waiting > 0 {
+                tracing::warn!(waiting, "alert mails are waiting in the outbox: configure alerting.smtp.host to send them");
+                self.warned_unconfigured = true;
+            }
+        }
         let mut tx = store.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, group_key, kind, recipients, alert, created_at, attempts FROM notification_outbox
@@ -282,13 +292,39 @@ impl Sender {
                 ids[0],
                 ids[ids.len() - 1]
             );
-            let result =
-                match build_message(&from, &recipients, &snaps, &self.public_url, &message_id) {
-                    Ok(m) => deliver(&transport, m, MailKind::Alert, &self.telemetry)
+            let channel = recipients.first().and_then(|t| super::rules::channel_of(t));
+            let result = match (channel, &smtp) {
+                (Some((kind, name)), _) => match self.channels.get(name) {
+                    Some(c) if c.kind == kind => {
+                        super::channels::deliver(
+                            &self.http,
+                            name,
+                            c,
+                            &group_key,
+                            &snaps,
+                            &self.public_url,
+                        )
                         .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                };
+                    }
+                    Some(c) => Err(format!(
+                        "route names {kind}:{name}, but alerting.channels.{name} is a {} channel",
+                        c.kind
+                    )),
+                    None => Err(format!(
+                        "no channel {name:?} in alerting.channels (the route names {kind}:{name})"
+                    )),
+                },
+                (None, Some((transport, from))) => {
+                    match build_message(from, &recipients, &snaps, &self.public_url, &message_id) {
+                        Ok(m) => deliver(transport, m, MailKind::Alert, &self.telemetry)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    }
+                }
+                // Mail waits in the outbox until SMTP is configured (warned above).
+                (None, None) => continue,
+            };
             match result {
                 Ok(()) => {
                     sqlx::query("UPDATE notification_outbox SET sent_at = $2, message_id = $3, last_error = NULL WHERE id = ANY($1)")
@@ -298,12 +334,12 @@ impl Sender {
                         .execute(&mut *tx)
                         .await?;
                     sent += 1;
-                    tracing::info!(group = %group_key, alerts = ids.len(), "alert mail sent");
+                    tracing::info!(group = %group_key, alerts = ids.len(), "alert notification sent");
                 }
                 Err(e) => {
                     let attempts = live.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
                     let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
-                    tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert mail not sent: {e}");
+                    tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert notification not sent: {e}");
                     sqlx::query("UPDATE notification_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = ANY($1)")
                         .bind(&ids)
                         .bind(attempts)
@@ -396,4 +432,65 @@ pub async fn send_test(cfg: &Config, to: &str) -> anyhow::Result<()> {
         anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security)
     })?;
     Ok(())
+}
+
+/// `rackwatch alerts test-notify CHANNEL`: a made-up alert to one channel of
+/// `alerting.channels` (PagerDuty: trigger, then resolve). Returns the channel's kind.
+pub async fn send_test_channel(cfg: &Config, name: &str) -> anyhow::Result<String> {
+    let Some(c) = cfg.alerting.channels.get(name) else {
+        let known: Vec<&String> = cfg.alerting.channels.keys().collect();
+        anyhow::bail!("no channel {name:?} in alerting.channels (configured: {known:?})");
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let a = super::channels::test_alert();
+    let mut rows = vec![("firing".to_string(), a.clone())];
+    if c.kind == "pagerduty" {
+        let mut r = a;
+        r.resolved_at = Some(Utc::now());
+        rows.push(("resolved".to_string(), r));
+    }
+    super::channels::deliver(
+        &http,
+        name,
+        c,
+        "test-notification",
+        &rows,
+        &cfg.public_url(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("channel {name} ({}): {e}", c.kind))?;
+    Ok(c.kind.clone())
+}
+
+/// Delivery state of one destination kind: `email`, or a channel as routes name it
+/// (`webhook:am`).
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct ChannelState {
+    pub channel: String,
+    /// Notifications delivered (outbox rows, each an alert's firing or resolved notice).
+    pub delivered: i64,
+    /// Waiting to be sent.
+    pub pending: i64,
+    /// Waiting after at least one failed attempt.
+    pub failing: i64,
+    pub last_delivered_at: Option<DateTime<Utc>>,
+    /// The newest error of a waiting notification.
+    pub last_error: Option<String>,
+}
+
+/// The outbox by destination: what was delivered, what waits, what fails.
+pub async fn channel_states(store: &Store) -> Result<Vec<ChannelState>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT CASE WHEN recipients[1] ~ '^(webhook|slack|pagerduty):' THEN recipients[1] ELSE 'email' END AS channel,
+                count(*) FILTER (WHERE message_id IS NOT NULL) AS delivered,
+                count(*) FILTER (WHERE sent_at IS NULL) AS pending,
+                count(*) FILTER (WHERE sent_at IS NULL AND attempts > 0) AS failing,
+                max(sent_at) FILTER (WHERE message_id IS NOT NULL) AS last_delivered_at,
+                (array_agg(last_error ORDER BY id DESC) FILTER (WHERE sent_at IS NULL AND last_error IS NOT NULL))[1] AS last_error
+           FROM notification_outbox GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&store.pool)
+    .await
 }

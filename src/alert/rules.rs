@@ -38,6 +38,13 @@ pub enum RuleError {
     InFile { path: String, error: Box<RuleError> },
 }
 
+/// A route target that names a notification channel (`webhook:NAME`, `slack:NAME`,
+/// `pagerduty:NAME`): its kind and name. Anything else is an email address.
+pub fn channel_of(target: &str) -> Option<(&str, &str)> {
+    let (kind, name) = target.split_once(':')?;
+    matches!(kind, "webhook" | "slack" | "pagerduty").then_some((kind, name))
+}
+
 /// The whole rules file.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
@@ -532,10 +539,25 @@ impl RuleSet {
                 });
             }
             for addr in &route.to {
-                if addr.parse::<lettre::message::Mailbox>().is_err() {
+                if let Some((kind, name)) = channel_of(addr) {
+                    if name.is_empty()
+                        || !name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Err(RuleError::Route {
+                            number,
+                            message: format!(
+                                "{addr:?}: a {kind} channel is named by letters, digits, - and _ (as in [alerting.channels.NAME])"
+                            ),
+                        });
+                    }
+                } else if addr.parse::<lettre::message::Mailbox>().is_err() {
                     return Err(RuleError::Route {
                         number,
-                        message: format!("{addr:?} is not an email address"),
+                        message: format!(
+                            "{addr:?} is neither an email address nor a channel (webhook:NAME, slack:NAME, pagerduty:NAME)"
+                        ),
                     });
                 }
             }

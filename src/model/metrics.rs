@@ -360,7 +360,7 @@ sample_table! {
         /// SM clock.
         sm_clock_mhz: f64 = Real, "MHz", range(0.0, 10_000.0), Mean, true;
         /// Memory clock.
-        mem_clock_mhz: f64 = Real, "MHz", range(0.0, 20_000.0), No, false;
+        mem_clock_mhz: f64 = Real, "MHz", range(0.0, 20_000.0), No, true;
         /// Fan speed, of its maximum.
         fan_pct: f64 = Real, "%", range(0.0, 100.0), No, false;
         /// NVML clocks-event (throttle) reason bit mask.
@@ -396,6 +396,187 @@ sample_table! {
         /// MIG mode is on (the GPU is partitioned; its samples cover the whole board).
         mig_enabled: bool = Boolean, "", Bounds::Any, No, false;
     }
+}
+
+/// How a GPU metric appears among dcgm-exporter's series: its DCGM field name and the
+/// factor from the table's unit to DCGM's (bytes → MiB, J → mJ). `/metrics/fleet` names
+/// GPU series this way so that NVIDIA's dashboards and existing alert rules work
+/// unchanged; remote-write maps these names back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DcgmField {
+    pub name: &'static str,
+    /// Multiply the table's value by this to get DCGM's.
+    pub scale: f64,
+    /// A counter in dcgm-exporter's CSV (exposed as a gauge: the `_total` suffix rule
+    /// of Prometheus linters would reject its names as counters).
+    pub counter: bool,
+    /// dcgm-exporter's help text.
+    pub help: &'static str,
+}
+
+const MIB: f64 = 1.0 / 1_048_576.0;
+
+/// The DCGM field of a GPU metric, for those dcgm-exporter has.
+pub fn dcgm_field(metric: &str) -> Option<DcgmField> {
+    let f = |name, scale, counter, help| {
+        Some(DcgmField {
+            name,
+            scale,
+            counter,
+            help,
+        })
+    };
+    match metric {
+        "util_pct" => f(
+            "DCGM_FI_DEV_GPU_UTIL",
+            1.0,
+            false,
+            "GPU utilization (in %).",
+        ),
+        "mem_util_pct" => f(
+            "DCGM_FI_DEV_MEM_COPY_UTIL",
+            1.0,
+            false,
+            "Memory utilization (in %).",
+        ),
+        "mem_used_bytes" => f(
+            "DCGM_FI_DEV_FB_USED",
+            MIB,
+            false,
+            "Framebuffer memory used (in MiB).",
+        ),
+        "mem_total_bytes" => f(
+            "DCGM_FI_DEV_FB_TOTAL",
+            MIB,
+            false,
+            "Framebuffer memory total (in MiB).",
+        ),
+        "power_watts" => f("DCGM_FI_DEV_POWER_USAGE", 1.0, false, "Power draw (in W)."),
+        "energy_joules_total" => f(
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            1000.0,
+            true,
+            "Total energy consumption since boot (in mJ).",
+        ),
+        "temp_celsius" => f(
+            "DCGM_FI_DEV_GPU_TEMP",
+            1.0,
+            false,
+            "GPU temperature (in C).",
+        ),
+        "mem_temp_celsius" => f(
+            "DCGM_FI_DEV_MEMORY_TEMP",
+            1.0,
+            false,
+            "Memory temperature (in C).",
+        ),
+        "sm_clock_mhz" => f(
+            "DCGM_FI_DEV_SM_CLOCK",
+            1.0,
+            false,
+            "SM clock frequency (in MHz).",
+        ),
+        "mem_clock_mhz" => f(
+            "DCGM_FI_DEV_MEM_CLOCK",
+            1.0,
+            false,
+            "Memory clock frequency (in MHz).",
+        ),
+        "fan_pct" => f("DCGM_FI_DEV_FAN_SPEED", 1.0, false, "Fan speed (in %)."),
+        "throttle_reasons" => f(
+            "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS",
+            1.0,
+            false,
+            "Current clock throttle reasons (bit mask).",
+        ),
+        "power_limit_watts" => f(
+            "DCGM_FI_DEV_POWER_MGMT_LIMIT",
+            1.0,
+            false,
+            "Power management limit (in W).",
+        ),
+        "pcie_rx_bytes_per_s" => f(
+            "DCGM_FI_PROF_PCIE_RX_BYTES",
+            1.0,
+            false,
+            "The rate of data received over the PCIe bus (in B/s).",
+        ),
+        "pcie_tx_bytes_per_s" => f(
+            "DCGM_FI_PROF_PCIE_TX_BYTES",
+            1.0,
+            false,
+            "The rate of data transmitted over the PCIe bus (in B/s).",
+        ),
+        "pcie_replay_total" => f(
+            "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+            1.0,
+            true,
+            "Total number of PCIe retries.",
+        ),
+        "ecc_sbe_total" => f(
+            "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL",
+            1.0,
+            true,
+            "Total number of single-bit persistent ECC errors.",
+        ),
+        "ecc_dbe_total" => f(
+            "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
+            1.0,
+            true,
+            "Total number of double-bit persistent ECC errors.",
+        ),
+        "retired_pages_sbe" => f(
+            "DCGM_FI_DEV_RETIRED_SBE",
+            1.0,
+            true,
+            "Total number of retired pages due to single-bit errors.",
+        ),
+        "retired_pages_dbe" => f(
+            "DCGM_FI_DEV_RETIRED_DBE",
+            1.0,
+            true,
+            "Total number of retired pages due to double-bit errors.",
+        ),
+        "retired_pages_pending" => f(
+            "DCGM_FI_DEV_RETIRED_PENDING",
+            1.0,
+            false,
+            "Number of pages pending retirement.",
+        ),
+        "remapped_rows_correctable" => f(
+            "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+            1.0,
+            true,
+            "Number of remapped rows for correctable errors.",
+        ),
+        "remapped_rows_uncorrectable" => f(
+            "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+            1.0,
+            true,
+            "Number of remapped rows for uncorrectable errors.",
+        ),
+        "remapped_rows_failure" => f(
+            "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+            1.0,
+            false,
+            "Whether remapping of rows has failed.",
+        ),
+        _ => None,
+    }
+}
+
+/// The Prometheus name of a metric dcgm-exporter lacks (and of every host metric):
+/// `rackwatch_{gpu|host}_` and the column name, its unit spelled out (`_pct` →
+/// `_percent`, `_per_s` → `_per_second`).
+pub fn prometheus_name(prefix: &str, metric: &str) -> String {
+    let base = if let Some(b) = metric.strip_suffix("_pct") {
+        format!("{b}_percent")
+    } else if let Some(b) = metric.strip_suffix("_per_s") {
+        format!("{b}_per_second")
+    } else {
+        metric.to_string()
+    };
+    format!("rackwatch_{prefix}_{base}")
 }
 
 #[cfg(test)]
@@ -467,5 +648,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn dcgm_fields_are_distinct_and_name_table_metrics() {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in GPU_METRICS {
+            if let Some(f) = dcgm_field(m.name) {
+                assert!(seen.insert(f.name), "{} mapped twice", f.name);
+                assert!(f.name.starts_with("DCGM_FI_"), "{}", f.name);
+                assert!(f.scale > 0.0);
+            }
+        }
+        // Every metric the latest table keeps has a DCGM name (what dashboards read).
+        for m in GPU_METRICS.iter().filter(|m| m.latest) {
+            assert!(dcgm_field(m.name).is_some(), "{} has no DCGM field", m.name);
+        }
+        assert_eq!(
+            prometheus_name("host", "disk_read_bytes_per_s"),
+            "rackwatch_host_disk_read_bytes_per_second"
+        );
+        assert_eq!(
+            prometheus_name("host", "cpu_util_pct"),
+            "rackwatch_host_cpu_util_percent"
+        );
     }
 }

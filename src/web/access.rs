@@ -136,6 +136,12 @@ pub const ROUTES: &[RouteRule] = &[
         ScrapeTokenOrUser,
         "Prometheus metrics of the server",
     ),
+    api(
+        "GET",
+        "/metrics/fleet",
+        ScrapeTokenOrUser,
+        "every GPU's latest sample, in dcgm-exporter's names",
+    ),
     // Pages.
     page("/", Viewer, "fleet overview"),
     page("/racks/{site}/{rack}", Viewer, "rack page"),

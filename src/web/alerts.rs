@@ -130,6 +130,8 @@ pub struct AlertsPage {
     pub pending: Vec<AlertView>,
     pub silences: Vec<SilenceView>,
     pub history: Vec<IncidentView>,
+    /// Delivery state of each notification channel (email, webhooks, Slack, PagerDuty).
+    pub channels: Vec<crate::alert::notify::ChannelState>,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -201,7 +203,9 @@ pub async fn page(
             ended: i.resolved_at.map(ts).unwrap_or_default(),
         })
         .collect();
+    let channels = crate::alert::notify::channel_states(&st.store).await?;
     Ok(render(&AlertsPage {
+        channels,
         can_act: user.role >= Role::Operator,
         nav: Nav::new(&user, csrf, "alerts"),
         firing,

@@ -545,6 +545,29 @@ impl FromRequestParts<AppState> for MetricsReader {
     }
 }
 
+/// Someone allowed to read `/metrics/fleet` (every GPU and host of the fleet): the
+/// holder of `server.metrics_token` (a Prometheus bearer token) or a user (session or
+/// HTTP Basic, e.g. Prometheus's `basic_auth`), even when `server.metrics_public` is on.
+pub struct FleetMetricsReader;
+
+impl FromRequestParts<AppState> for FleetMetricsReader {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let token = st.cfg.server.metrics_token.expose();
+        let bearer = super::ingest::bearer(&parts.headers);
+        if !token.is_empty() && bearer.is_some_and(|b| same(b, token)) {
+            return Ok(FleetMetricsReader);
+        }
+        if resolve(parts, st).await?.is_some() {
+            return Ok(FleetMetricsReader);
+        }
+        Err(ApiError::Unauthorized(
+            "/metrics/fleet needs server.metrics_token (Authorization: Bearer) or a user's credentials (HTTP Basic)"
+                .into(),
+        ))
+    }
+}
+
 /// Percent-encode for a query value.
 pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

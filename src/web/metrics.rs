@@ -62,7 +62,11 @@ pub async fn metrics(
     State(st): State<AppState>,
     _r: super::auth::MetricsReader,
 ) -> Result<Response, ApiError> {
-    let (recs, agents) = tokio::join!(st.store.recommendations(None), st.store.agent_stats());
+    let (recs, agents, channels) = tokio::join!(
+        st.store.recommendations(None),
+        st.store.agent_stats(),
+        crate::alert::notify::channel_states(&st.store)
+    );
     let pool = &st.store.pool;
     let idle = pool.num_idle() as u32;
     let c = &st.connections;
@@ -81,6 +85,7 @@ pub async fn metrics(
             .map(|r| r.iter().map(super::capacity::autoscaler_view).collect())
             .unwrap_or_default(),
         agents: agents.unwrap_or_default(),
+        channels: channels.unwrap_or_default(),
     };
     let mut at_scrape = Registry::default();
     at_scrape.register_collector(Box::new(scraped));
@@ -104,6 +109,7 @@ struct Scraped {
     jobs: Vec<JobStatus>,
     pools: Vec<super::capacity::AutoscalerView>,
     agents: Vec<(String, serde_json::Value)>,
+    channels: Vec<crate::alert::notify::ChannelState>,
 }
 
 /// A gauge family read at scrape time: its descriptor, then one sample per label set.
@@ -174,6 +180,7 @@ impl Collector for Scraped {
         )?;
         self.encode_jobs(e)?;
         self.encode_pools(e)?;
+        self.encode_notifications(e)?;
         self.encode_agents(e)
     }
 }
@@ -262,6 +269,46 @@ impl Scraped {
 
     /// Each agent's spool, as it last reported it with a batch: sizes now, and its counts
     /// since it started (counters: an agent's restart resets them).
+    /// Alert notifications by destination (`email`, `webhook:NAME`, `slack:NAME`,
+    /// `pagerduty:NAME`), from the outbox.
+    fn encode_notifications(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let ch = |c: &crate::alert::notify::ChannelState| [("channel", c.channel.clone())];
+        counters(
+            e,
+            "rackwatch_notifications_delivered",
+            "Alert notifications delivered, by channel",
+            self.channels
+                .iter()
+                .map(|c| (ch(c), c.delivered.max(0) as u64)),
+        )?;
+        gauges(
+            e,
+            "rackwatch_notifications_pending",
+            "Alert notifications waiting in the outbox, by channel (failing: after a failed attempt)",
+            self.channels.iter().flat_map(|c| {
+                [
+                    (
+                        [("channel", c.channel.clone()), ("state", "waiting".into())],
+                        (c.pending - c.failing).max(0) as u64,
+                    ),
+                    (
+                        [("channel", c.channel.clone()), ("state", "failing".into())],
+                        c.failing.max(0) as u64,
+                    ),
+                ]
+            }),
+        )?;
+        gauges(
+            e,
+            "rackwatch_notifications_last_delivered_timestamp_seconds",
+            "When a channel last delivered a notification (Unix time)",
+            self.channels.iter().filter_map(|c| {
+                let t = c.last_delivered_at?;
+                Some((ch(c), t.timestamp_millis() as f64 / 1e3))
+            }),
+        )
+    }
+
     fn encode_agents(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
         let stat = |key: &'static str| {
             self.agents.iter().map(move |(host, stats)| {

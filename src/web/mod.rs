@@ -11,6 +11,7 @@ pub mod energy;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod fleet_metrics;
 pub mod forecasts;
 pub mod gpu;
 pub mod heatmap;
@@ -138,6 +139,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let own: Router<AppState> = Routes::new()
         .get("/healthz", healthz)
         .get("/metrics", metrics::metrics)
+        .get("/metrics/fleet", fleet_metrics::fleet_metrics)
         .get("/assets/app.js", app_js)
         .get("/favicon.ico", icon)
         .get("/assets/icon.svg", icon)

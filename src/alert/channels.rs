@@ -1,0 +1,292 @@
+//! Notification channels besides email, delivered from the same outbox: a generic
+//! webhook in Alertmanager's webhook format (version 4, so receivers written for
+//! Alertmanager work unchanged), Slack incoming webhooks (Block Kit) and PagerDuty's
+//! Events API v2 (trigger and resolve, `dedup_key` = the alert's fingerprint).
+//!
+//! A delivery succeeds on a 2xx answer; anything else (a refused connection, a timeout,
+//! any other status) leaves the group in the outbox to be retried with backoff.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::eval::AlertSnapshot;
+use super::location;
+use crate::config::ChannelConfig;
+
+/// The labels of an alert as Alertmanager sends them: `alertname`, `severity` and the
+/// alert's own.
+fn am_labels(a: &AlertSnapshot) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("alertname".into(), a.rule.clone().into());
+    m.insert("severity".into(), a.severity.clone().into());
+    for (k, v) in &a.labels {
+        m.insert(k.clone(), v.clone().into());
+    }
+    m
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn host_link(a: &AlertSnapshot, public_url: &str) -> String {
+    match a.labels.get("host") {
+        Some(h) => format!("{public_url}/hosts/{}", super::notify::urlpath(h)),
+        None => format!("{public_url}/alerts"),
+    }
+}
+
+/// Labels (or annotations) every alert of the group shares.
+fn common(maps: &[Map<String, Value>]) -> Map<String, Value> {
+    let mut out = maps.first().cloned().unwrap_or_default();
+    out.retain(|k, v| maps.iter().all(|m| m.get(k) == Some(v)));
+    out
+}
+
+/// Alertmanager's webhook payload (version 4) for one group.
+pub fn alertmanager_payload(
+    receiver: &str,
+    group_key: &str,
+    rows: &[(String, AlertSnapshot)],
+    public_url: &str,
+) -> Value {
+    let labels: Vec<Map<String, Value>> = rows.iter().map(|(_, a)| am_labels(a)).collect();
+    let annotations: Vec<Map<String, Value>> = rows
+        .iter()
+        .map(|(_, a)| {
+            let mut m = Map::new();
+            m.insert("summary".into(), a.summary.clone().into());
+            m.insert("description".into(), a.description.clone().into());
+            m
+        })
+        .collect();
+    let alerts: Vec<Value> = rows
+        .iter()
+        .zip(labels.iter().zip(&annotations))
+        .map(|((kind, a), (l, ann))| {
+            let resolved = kind == "resolved";
+            json!({
+                "status": if resolved { "resolved" } else { "firing" },
+                "labels": l,
+                "annotations": ann,
+                "startsAt": rfc3339(a.started_at),
+                "endsAt": match (resolved, a.resolved_at) {
+                    (true, Some(t)) => rfc3339(t),
+                    _ => "0001-01-01T00:00:00Z".to_string(),
+                },
+                "generatorURL": host_link(a, public_url),
+                "fingerprint": a.fingerprint,
+            })
+        })
+        .collect();
+    let firing = rows.iter().any(|(k, _)| k != "resolved");
+    json!({
+        "version": "4",
+        "groupKey": group_key,
+        "truncatedAlerts": 0,
+        "status": if firing { "firing" } else { "resolved" },
+        "receiver": receiver,
+        "groupLabels": {"alertname": rows[0].1.rule},
+        "commonLabels": common(&labels),
+        "commonAnnotations": common(&annotations),
+        "externalURL": public_url,
+        "alerts": alerts,
+    })
+}
+
+/// Slack's text fields: `&`, `<` and `>` escaped.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Most alerts listed one by one in a Slack message (Slack allows 50 blocks).
+const SLACK_ITEMS: usize = 20;
+
+/// A Slack incoming-webhook message: a header with the mail's subject, one section per
+/// alert (status, summary, place, since, link) and a context line.
+pub fn slack_payload(rows: &[(String, AlertSnapshot)], public_url: &str) -> Value {
+    let (subject, _, items) = super::notify::compose(rows, public_url);
+    let mut header: String = subject.chars().take(150).collect();
+    if header.len() < subject.len() {
+        header.pop();
+        header.push('…');
+    }
+    let mut blocks = vec![json!({
+        "type": "header",
+        "text": {"type": "plain_text", "text": header, "emoji": false}
+    })];
+    for i in items.iter().take(SLACK_ITEMS) {
+        let icon = if i.status == "FIRING" {
+            ":red_circle:"
+        } else {
+            ":large_green_circle:"
+        };
+        let mut text = format!(
+            "{icon} *{}* {} — {}\n*Severity:* {}   *Since:* {}",
+            i.status,
+            slack_escape(&i.summary),
+            slack_escape(&i.location),
+            slack_escape(&i.severity),
+            i.since
+        );
+        if !i.resolved.is_empty() {
+            text.push_str(&format!("   *Resolved:* {}", i.resolved));
+        }
+        if !i.description.is_empty() {
+            text.push_str(&format!("\n{}", slack_escape(&i.description)));
+        }
+        text.push_str(&format!("\n<{}|Open in Rackwatch>", i.link));
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
+    }
+    if items.len() > SLACK_ITEMS {
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn",
+            "text": format!("… and {} more", items.len() - SLACK_ITEMS)}]}));
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn",
+        "text": format!("Rackwatch · <{public_url}/alerts|all alerts>")}]}));
+    json!({"text": subject, "blocks": blocks})
+}
+
+/// PagerDuty's severities: critical, error, warning, info.
+fn pd_severity(s: &str) -> &'static str {
+    match s {
+        "critical" => "critical",
+        "warning" => "warning",
+        "info" => "info",
+        _ => "error",
+    }
+}
+
+/// One PagerDuty Events API v2 event per alert: `trigger` while firing, `resolve` when
+/// it ended, both with `dedup_key` = the fingerprint (PagerDuty folds repeats into one
+/// incident and closes it on resolve).
+pub fn pagerduty_events(
+    routing_key: &str,
+    rows: &[(String, AlertSnapshot)],
+    public_url: &str,
+) -> Vec<Value> {
+    rows.iter()
+        .map(|(kind, a)| {
+            if kind == "resolved" {
+                return json!({
+                    "routing_key": routing_key,
+                    "event_action": "resolve",
+                    "dedup_key": a.fingerprint,
+                });
+            }
+            let place = location(&a.labels);
+            let mut details = Map::new();
+            for (k, v) in &a.labels {
+                details.insert(k.clone(), v.clone().into());
+            }
+            details.insert("description".into(), a.description.clone().into());
+            details.insert("occurrences".into(), a.occurrences.into());
+            if let Some(v) = a.value {
+                details.insert("value".into(), v.into());
+            }
+            let summary: String = format!("{} — {place}", a.summary)
+                .chars()
+                .take(1024)
+                .collect();
+            json!({
+                "routing_key": routing_key,
+                "event_action": "trigger",
+                "dedup_key": a.fingerprint,
+                "payload": {
+                    "summary": summary,
+                    "source": a.labels.get("host").cloned().unwrap_or_else(|| "rackwatch".into()),
+                    "severity": pd_severity(&a.severity),
+                    "timestamp": rfc3339(a.started_at),
+                    "component": a.labels.get("gpu").map(|g| format!("GPU {g}")),
+                    "group": a.labels.get("pool").or(a.labels.get("rack")).cloned(),
+                    "class": a.rule,
+                    "custom_details": details,
+                },
+                "client": "Rackwatch",
+                "client_url": public_url,
+                "links": [{"href": host_link(a, public_url), "text": "Open in Rackwatch"}],
+            })
+        })
+        .collect()
+}
+
+/// POST one JSON body; Ok on 2xx.
+async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result<(), String> {
+    let mut req = http
+        .post(c.endpoint())
+        .timeout(StdDuration::from_secs(c.timeout_secs))
+        .json(body);
+    if !c.bearer_token.is_empty() {
+        req = req.bearer_auth(c.bearer_token.expose());
+    }
+    let r = req.send().await.map_err(|e| {
+        // reqwest's message names the URL, which may be a secret (Slack).
+        let what = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        format!("{what}: {}", e.without_url())
+    })?;
+    let status = r.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text: String = r
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    Err(format!("answered {status}: {text}"))
+}
+
+/// Deliver one group to channel `name`.
+pub async fn deliver(
+    http: &reqwest::Client,
+    name: &str,
+    c: &ChannelConfig,
+    group_key: &str,
+    rows: &[(String, AlertSnapshot)],
+    public_url: &str,
+) -> Result<(), String> {
+    match c.kind.as_str() {
+        "webhook" => {
+            let body = alertmanager_payload(name, group_key, rows, public_url);
+            post(http, c, &body).await
+        }
+        "slack" => post(http, c, &slack_payload(rows, public_url)).await,
+        "pagerduty" => {
+            for ev in pagerduty_events(c.routing_key.expose(), rows, public_url) {
+                post(http, c, &ev).await?;
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown channel kind {other:?}")),
+    }
+}
+
+/// A made-up firing alert for `rackwatch alerts test-notify`.
+pub fn test_alert() -> AlertSnapshot {
+    let mut labels = super::Labels::new();
+    labels.insert("host".into(), "rackwatch-test".into());
+    AlertSnapshot {
+        fingerprint: "rackwatch-test-notification".into(),
+        rule: "test-notification".into(),
+        severity: "info".into(),
+        labels,
+        summary: "Rackwatch test notification".into(),
+        description: "Sent by `rackwatch alerts test-notify`: the channel works.".into(),
+        value: None,
+        started_at: Utc::now(),
+        resolved_at: None,
+        occurrences: 1,
+    }
+}
