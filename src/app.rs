@@ -148,7 +148,6 @@ pub fn shipper(
         token,
         spool,
         Duration::from_secs(cfg.agent.request_timeout_secs),
-        Duration::from_secs(cfg.agent.ship_interval_secs.min(5)),
     )
 }
 

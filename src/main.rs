@@ -71,6 +71,21 @@ enum Cmd {
     },
     /// Apply database migrations and create partitions, then exit.
     Migrate,
+    /// Write a consistent backup of the database (a pg_dump custom-format archive).
+    Backup {
+        /// Archive to write (replaced only once the new one is complete).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore a backup into an empty database (database.url, or the managed cluster).
+    Restore {
+        /// Archive made by `rackwatch backup`.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Replace the contents of a database that is not empty.
+        #[arg(long)]
+        force: bool,
+    },
     /// Manage dashboard users.
     #[command(subcommand)]
     User(UserCmd),
@@ -350,6 +365,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.server.listen = l;
             }
             demo(cfg, admin_password, !no_local_agent).await
+        }
+        Cmd::Backup { out } => {
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let done =
+                rackwatch::store::backup::backup(&cfg.database.managed_bin_dir, &db.url, &out)
+                    .await;
+            db.close().await;
+            let done = done?;
+            println!(
+                "backup written to {} ({:.1} MB in {:.1} s)",
+                out.display(),
+                done.bytes as f64 / 1e6,
+                done.seconds
+            );
+            Ok(())
+        }
+        Cmd::Restore { file, force } => {
+            let db = Database::open_bare(&cfg, Role::OneShot).await?;
+            let done = rackwatch::store::backup::restore(
+                &cfg.database.managed_bin_dir,
+                &db.store,
+                &db.url,
+                &file,
+                force,
+            )
+            .await;
+            db.close().await;
+            let done = done?;
+            println!(
+                "restored {} ({:.1} MB in {:.1} s)",
+                file.display(),
+                done.bytes as f64 / 1e6,
+                done.seconds
+            );
+            Ok(())
         }
         Cmd::Migrate => {
             let db = Database::open(&cfg, Role::OneShot).await?;

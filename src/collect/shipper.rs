@@ -1,11 +1,14 @@
 //! Delivers batches to the server. New batches wait behind spooled ones, so the
-//! server sees each host's samples oldest-first. Failures back off exponentially.
+//! server sees each host's samples oldest-first. Failures back off with jitter, capped at
+//! a few seconds, and a server's `Retry-After` is honoured ([`Backoff`]).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::spool::Spool;
 use crate::model::{AgentStats, Batch, IngestResponse};
@@ -15,8 +18,12 @@ use crate::model::{AgentStats, Batch, IngestResponse};
 pub enum Delivery {
     /// The server stored the batch (some samples may have been rejected; see the answer).
     Delivered(IngestResponse),
-    /// Try again later (network error, 5xx, 429, wrong token).
-    Retry(String),
+    /// Try again later (network error, 5xx, 429, wrong token); `after` is the server's
+    /// `Retry-After`, when it sent one.
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
     /// The server refuses this batch for good (400, 413, 415, 422).
     Refused(String),
 }
@@ -29,13 +36,92 @@ pub struct Shipper {
     pub spool: Spool,
     failures: u32,
     retry_at: Option<Instant>,
-    base_backoff: Duration,
+    backoff: Backoff,
     pub replayed_total: u64,
     pub delivered_total: u64,
 }
 
-/// Longest wait between retries.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest wait between retries of our own choosing. A fleet that lost its server is
+/// back within this long of the server's return; Prometheus remote-write caps its
+/// backoff at 5 s for the same reason. (It was 60 s: after a 3-minute outage agents
+/// took up to 37 s to drain.)
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First wait after a failure, and the shortest.
+pub const BASE_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest `Retry-After` obeyed: a server asking for more is waited on for this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The wait between attempts while the server cannot take a batch.
+///
+/// Decorrelated jitter: each wait is drawn uniformly between `base` and three times the
+/// previous wait, capped at `cap` (the AWS architecture blog's "exponential backoff and
+/// jitter"). The waits grow quickly to the cap, never exceed it, and agents that failed
+/// together spread out instead of retrying in lockstep. When the server says when to come
+/// back (`Retry-After` on 503 and 429), the wait is never shorter than that: it is drawn
+/// between the server's figure and a fifth more (at most [`MAX_RETRY_AFTER`]), which
+/// spreads the agents it turned away at once.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    prev: Option<Duration>,
+    rng: StdRng,
+}
+
+impl Backoff {
+    /// A schedule from `base` up to `cap`, with its own random seed.
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Self::seeded(base, cap, rand::thread_rng().gen())
+    }
+
+    /// As [`Backoff::new`] with a fixed seed (tests).
+    pub fn seeded(base: Duration, cap: Duration, seed: u64) -> Backoff {
+        Backoff {
+            base: base.min(cap),
+            cap,
+            prev: None,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The wait after one more failure; `retry_after` is the server's request, if any.
+    pub fn next(&mut self, retry_after: Option<Duration>) -> Duration {
+        let base = self.base.as_secs_f64();
+        let hi = self.prev.map_or(base * 3.0, |p| p.as_secs_f64() * 3.0);
+        let own = self
+            .rng
+            .gen_range(base..=hi.max(base))
+            .min(self.cap.as_secs_f64());
+        let own = Duration::from_secs_f64(own);
+        self.prev = Some(own);
+        match retry_after {
+            Some(ra) => {
+                let ra = ra.min(MAX_RETRY_AFTER).as_secs_f64();
+                Duration::from_secs_f64(self.rng.gen_range(ra..=ra * 1.2)).max(own)
+            }
+            None => own,
+        }
+    }
+
+    /// The server answered: the next failure starts from `base` again.
+    pub fn reset(&mut self) {
+        self.prev = None;
+    }
+}
+
+/// The seconds of a `Retry-After` header: a number of seconds or an HTTP date.
+pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or_default(),
+    )
+}
 
 /// How long the agent keeps an idle connection to the server.
 pub const IDLE_CONNECTION: Duration = Duration::from_secs(4);
@@ -46,7 +132,6 @@ impl Shipper {
         token: &str,
         spool: Spool,
         timeout: Duration,
-        base_backoff: Duration,
     ) -> anyhow::Result<Shipper> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -63,7 +148,7 @@ impl Shipper {
             spool,
             failures: 0,
             retry_at: None,
-            base_backoff,
+            backoff: Backoff::new(BASE_BACKOFF, MAX_BACKOFF),
             replayed_total: 0,
             delivered_total: 0,
         })
@@ -76,6 +161,7 @@ impl Shipper {
             spool_bytes: self.spool.bytes(),
             replayed_batches_total: self.replayed_total,
             dropped_batches_total: self.spool.dropped_total,
+            corrupt_batches_total: self.spool.corrupt_total,
         }
     }
 
@@ -88,12 +174,9 @@ impl Shipper {
             Err(e) => return Delivery::Refused(format!("cannot encode batch: {e}")),
         };
         let mut gz = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
-        if let Err(e) = gz.write_all(&json) {
-            return Delivery::Retry(format!("gzip: {e}"));
-        }
-        let body = match gz.finish() {
+        let body = match gz.write_all(&json).and_then(|()| gz.finish()) {
             Ok(b) => b,
-            Err(e) => return Delivery::Retry(format!("gzip: {e}")),
+            Err(e) => return Delivery::Refused(format!("cannot compress batch: {e}")),
         };
         let resp = self
             .client
@@ -106,14 +189,25 @@ impl Shipper {
             .await;
         let resp = match resp {
             Ok(r) => r,
-            Err(e) => return Delivery::Retry(format!("cannot reach {}: {e}", self.url)),
+            Err(e) => {
+                return Delivery::Retry {
+                    why: format!("cannot reach {}: {e}", self.url),
+                    after: None,
+                }
+            }
         };
         let status = resp.status();
+        let after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         let text = resp.text().await.unwrap_or_default();
+        let retry = |why: String| Delivery::Retry { why, after };
         match status.as_u16() {
             200..=299 => match serde_json::from_str::<IngestResponse>(&text) {
                 Ok(r) => Delivery::Delivered(r),
-                Err(e) => Delivery::Retry(format!("unexpected answer from server ({e}): {text}")),
+                Err(e) => retry(format!("unexpected answer from server ({e}): {text}")),
             },
             400 | 413 | 415 | 422 => Delivery::Refused(format!("{status}: {text}")),
             // The token belongs to another host: this batch will never be accepted, so it
@@ -121,19 +215,16 @@ impl Shipper {
             403 => Delivery::Refused(format!(
                 "{status}: {text} (set agent.host.name to the token's host, or create a token for this host)"
             )),
-            401 => Delivery::Retry(format!(
+            401 => retry(format!(
                 "{status}: {text} (check agent.token; batches are kept in the spool)"
             )),
-            _ => Delivery::Retry(format!("{status}: {text}")),
+            _ => retry(format!("{status}: {text}")),
         }
     }
 
-    fn note_failure(&mut self, why: &str) {
+    fn note_failure(&mut self, why: &str, retry_after: Option<Duration>) {
         self.failures += 1;
-        let wait = self
-            .base_backoff
-            .saturating_mul(1 << self.failures.min(10).saturating_sub(1))
-            .min(MAX_BACKOFF);
+        let wait = self.backoff.next(retry_after);
         self.retry_at = Some(Instant::now() + wait);
         tracing::warn!(
             retry_in_s = wait.as_secs_f64(),
@@ -148,6 +239,7 @@ impl Shipper {
         }
         self.failures = 0;
         self.retry_at = None;
+        self.backoff.reset();
     }
 
     fn backing_off(&self) -> bool {
@@ -179,9 +271,9 @@ impl Shipper {
                 self.delivered_total += 1;
                 self.note_success();
             }
-            Delivery::Retry(why) => {
+            Delivery::Retry { why, after } => {
                 self.spool_batch(&batch);
-                self.note_failure(&why);
+                self.note_failure(&why, after);
             }
             Delivery::Refused(why) => {
                 // Keep it for inspection rather than dropping it.
@@ -200,7 +292,9 @@ impl Shipper {
 
     fn spool_batch(&mut self, batch: &Batch) {
         if let Err(e) = self.spool.push(batch) {
-            tracing::error!("cannot write to the spool: {e}; this batch is lost");
+            // A read-only or full disk: count the batch as dropped, keep collecting.
+            self.spool.dropped_total += 1;
+            tracing::error!("cannot write to the spool: {e}; this batch is dropped (counted in dropped_batches_total)");
         }
     }
 
@@ -226,8 +320,8 @@ impl Shipper {
                     self.delivered_total += 1;
                     self.note_success();
                 }
-                Delivery::Retry(why) => {
-                    self.note_failure(&why);
+                Delivery::Retry { why, after } => {
+                    self.note_failure(&why, after);
                     return false;
                 }
                 Delivery::Refused(why) => {
@@ -242,5 +336,128 @@ impl Shipper {
     /// Whether anything waits in the spool.
     pub fn pending(&self) -> bool {
         !self.spool.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(d: Duration) -> f64 {
+        d.as_secs_f64()
+    }
+
+    #[test]
+    fn waits_stay_between_the_base_and_the_cap_and_reach_the_cap_quickly() {
+        let mut b = Backoff::seeded(BASE_BACKOFF, MAX_BACKOFF, 1);
+        let waits: Vec<f64> = (0..10_000).map(|_| secs(b.next(None))).collect();
+        assert!(waits.iter().all(|&w| (0.5..=5.0).contains(&w)), "{waits:?}");
+        // Drawn up to 3× the previous wait: the first is at most 1.5 s.
+        let mut b = Backoff::seeded(BASE_BACKOFF, MAX_BACKOFF, 2);
+        assert!(secs(b.next(None)) <= 1.5);
+        // In the long run the waits sit near the cap but are not all equal to it.
+        let tail = &waits[100..];
+        let mean = tail.iter().sum::<f64>() / tail.len() as f64;
+        assert!((2.5..5.0).contains(&mean), "mean wait {mean:.2} s");
+        let at_cap = tail.iter().filter(|&&w| w >= 4.999).count();
+        assert!(
+            at_cap < tail.len() * 9 / 10,
+            "{at_cap} of {} at the cap",
+            tail.len()
+        );
+    }
+
+    #[test]
+    fn a_success_starts_the_schedule_over() {
+        let mut b = Backoff::seeded(BASE_BACKOFF, MAX_BACKOFF, 3);
+        for _ in 0..50 {
+            b.next(None);
+        }
+        b.reset();
+        for seed in 0..1000 {
+            let mut b = Backoff::seeded(BASE_BACKOFF, MAX_BACKOFF, seed);
+            for _ in 0..20 {
+                b.next(None);
+            }
+            b.reset();
+            assert!(secs(b.next(None)) <= 1.5);
+        }
+    }
+
+    #[test]
+    fn agents_that_fail_together_do_not_retry_in_lockstep() {
+        // 100 agents lose the server at the same instant; when does each retry?
+        let mut at: Vec<Vec<f64>> = (0..100)
+            .map(|seed| {
+                let mut b = Backoff::seeded(BASE_BACKOFF, MAX_BACKOFF, seed);
+                let mut t = 0.0;
+                (0..8)
+                    .map(|_| {
+                        t += secs(b.next(None));
+                        t
+                    })
+                    .collect()
+            })
+            .collect();
+        for k in [0, 3, 7] {
+            let mut ts: Vec<f64> = at.iter_mut().map(|a| a[k]).collect();
+            ts.sort_by(f64::total_cmp);
+            // Retries spread over seconds, not one instant.
+            assert!(
+                ts[89] - ts[10] > 1.0,
+                "attempt {k}: {:.2}..{:.2}",
+                ts[10],
+                ts[89]
+            );
+        }
+        // Within the cap of the server's return: no agent waits longer than 5 s between
+        // attempts, so each tries within 5 s of any moment.
+        for a in &at {
+            for w in a.windows(2) {
+                assert!(w[1] - w[0] <= 5.0 + 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_with_a_spread_and_a_ceiling() {
+        let mut b = Backoff::seeded(BASE_BACKOFF, MAX_BACKOFF, 4);
+        for _ in 0..1000 {
+            let w = secs(b.next(Some(Duration::from_secs(30))));
+            assert!((30.0..=36.0).contains(&w), "{w}");
+        }
+        // Shorter than our own wait: ours wins (the server asked for at least that).
+        let mut b = Backoff::seeded(BASE_BACKOFF, MAX_BACKOFF, 5);
+        for _ in 0..20 {
+            b.next(None);
+        }
+        for _ in 0..100 {
+            assert!(secs(b.next(Some(Duration::ZERO))) >= 0.5);
+        }
+        // A server asking for a day is waited on for MAX_RETRY_AFTER.
+        let w = b.next(Some(Duration::from_secs(86_400)));
+        assert!(w >= MAX_RETRY_AFTER && secs(w) <= secs(MAX_RETRY_AFTER) * 1.2);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T10:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("5", now), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 24 Nov 2026 10:00:07 GMT", now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 24 Nov 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
     }
 }

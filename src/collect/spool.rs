@@ -21,6 +21,10 @@ pub struct Spool {
     next_seq: u64,
     /// Batches dropped because the spool was full.
     pub dropped_total: u64,
+    /// Spool files that could not be read back (torn or damaged), set aside.
+    pub corrupt_total: u64,
+    /// Dropping for want of room since the last delivery: logged once per episode.
+    overflowing: bool,
 }
 
 /// A spooled batch that cannot be read back (e.g. a damaged file).
@@ -62,6 +66,8 @@ impl Spool {
             bytes,
             next_seq,
             dropped_total: 0,
+            corrupt_total: 0,
+            overflowing: false,
         })
     }
 
@@ -105,7 +111,10 @@ impl Spool {
             let _ = fs::remove_file(self.path(old));
             self.bytes -= size;
             self.dropped_total += 1;
-            tracing::warn!(spool = %self.dir.display(), "spool over {} bytes: dropped its oldest batch", self.max_bytes);
+            if !self.overflowing {
+                self.overflowing = true;
+                tracing::warn!(spool = %self.dir.display(), "spool over {} bytes: dropping the oldest batches until the server takes some (counted in dropped_batches_total)", self.max_bytes);
+            }
         }
         Ok(seq)
     }
@@ -121,6 +130,7 @@ impl Spool {
         match parsed {
             Ok(b) => Some(Ok((seq, b))),
             Err(reason) => {
+                self.corrupt_total += 1;
                 let q = self.quarantine(seq);
                 Some(Err(CorruptEntry {
                     path: path.display().to_string(),
@@ -137,6 +147,8 @@ impl Spool {
             let (_, size) = self.files.remove(pos).expect("position is valid");
             self.bytes -= size;
             let _ = fs::remove_file(self.path(seq));
+            // The server takes batches again: the next overflow is a new episode.
+            self.overflowing = false;
         }
     }
 
@@ -192,6 +204,7 @@ mod tests {
         s.remove(seq);
         let err = s.oldest().unwrap().unwrap_err();
         assert!(err.to_string().contains("rejected"), "{err}");
+        assert_eq!(s.corrupt_total, 1);
         let (_, b) = s.oldest().unwrap().unwrap();
         assert_eq!(b, batch(2));
         assert!(!dir.path().join("00000000000000000099.json.tmp").exists());

@@ -96,6 +96,8 @@ pub struct AgentStats {
     pub replayed_batches_total: u64,
     #[serde(default)]
     pub dropped_batches_total: u64,
+    #[serde(default)]
+    pub corrupt_batches_total: u64,
 }
 
 fn event_kinds() -> utoipa::openapi::schema::Object {

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod managed;
 pub mod queries;
 pub mod rollup;
@@ -64,6 +65,21 @@ impl Database {
     /// Connect to `database.url`, or start the managed cluster when it is empty; then
     /// run migrations and create partitions.
     pub async fn open(cfg: &Config, role: Role) -> anyhow::Result<Database> {
+        let db = Self::open_bare(cfg, role).await?;
+        db.store.migrate().await?;
+        db.store
+            .ensure_partitions(
+                Utc::now(),
+                cfg.retention.raw_days,
+                cfg.retention.partitions_ahead_days,
+            )
+            .await?;
+        Ok(db)
+    }
+
+    /// As [`Database::open`] without touching the schema (`restore` needs the database
+    /// as it is: empty, or to be replaced).
+    pub async fn open_bare(cfg: &Config, role: Role) -> anyhow::Result<Database> {
         let (url, managed) = if cfg.database.url.is_empty() {
             let opts = ManagedOptions {
                 root: cfg.data_dir.join("postgres"),
@@ -84,14 +100,6 @@ impl Database {
             cfg.database.acquire_timeout_secs,
         )
         .await?;
-        store.migrate().await?;
-        store
-            .ensure_partitions(
-                Utc::now(),
-                cfg.retention.raw_days,
-                cfg.retention.partitions_ahead_days,
-            )
-            .await?;
         Ok(Database {
             store,
             managed,

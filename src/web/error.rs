@@ -65,6 +65,18 @@ impl ApiError {
     }
 }
 
+/// Text Postgres cannot store (a NUL character, SQLSTATE 22021/22P05): the client's
+/// input, not a fault of the server.
+fn unstorable_text(e: &sqlx::Error) -> Option<ApiError> {
+    let db = e.as_database_error()?;
+    matches!(db.code().as_deref(), Some("22021" | "22P05")).then(|| {
+        ApiError::BadRequest(
+            "a text field contains a character that cannot be stored (NUL, \\u0000); remove it"
+                .into(),
+        )
+    })
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
@@ -72,6 +84,9 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::Unavailable(e) => {
                 tracing::warn!("database unavailable: {e}");
                 ApiError::Unavailable
+            }
+            StoreError::Database(e) => {
+                unstorable_text(&e).unwrap_or_else(|| ApiError::Internal(e.into()))
             }
             e => ApiError::Internal(e.into()),
         }
@@ -83,6 +98,8 @@ impl From<sqlx::Error> for ApiError {
         if crate::store::is_unavailable(&e) {
             tracing::warn!("database unavailable: {e}");
             ApiError::Unavailable
+        } else if let Some(bad) = unstorable_text(&e) {
+            bad
         } else {
             ApiError::Internal(e.into())
         }

@@ -339,6 +339,12 @@ impl Scraped {
             "rackwatch_agent_dropped_batches",
             "Batches the agent dropped because its spool was full",
             stat("dropped_batches_total"),
+        )?;
+        counters(
+            e,
+            "rackwatch_agent_corrupt_batches",
+            "Spool files the agent could not read back (torn or damaged) and set aside",
+            stat("corrupt_batches_total"),
         )
     }
 }

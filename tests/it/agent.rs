@@ -193,6 +193,106 @@ async fn a_refused_batch_is_kept_for_inspection_not_retried_forever() {
     app.stop().await;
 }
 
+/// A server that answers the first `busy` requests 503 with `Retry-After: 2`, then 200;
+/// it records when each request arrived.
+async fn busy_server(busy: usize) -> (u16, Arc<Mutex<Vec<std::time::Instant>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                // Read the headers and the body (Content-Length) of one request.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let n = {
+                    let mut l = log.lock().unwrap();
+                    l.push(std::time::Instant::now());
+                    l.len()
+                };
+                let resp = if n <= busy {
+                    let body = r#"{"error":"the server is at its ingest concurrency limit; retry shortly"}"#;
+                    format!("HTTP/1.1 503 Service Unavailable\r\nretry-after: 2\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                } else {
+                    let body = r#"{"accepted":1,"stored":1,"rejected":0,"errors":[]}"#;
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn the_shipper_waits_as_long_as_a_busy_server_asks_and_then_delivers() {
+    let (port, seen) = busy_server(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::support::test_config("postgres://unused@localhost/none");
+    let mut shipper = rackwatch::app::shipper(
+        &cfg,
+        &format!("http://127.0.0.1:{port}"),
+        "rwa_token",
+        dir.path(),
+    )
+    .unwrap();
+    let batch = |s: i64| rackwatch::model::Batch {
+        host: rackwatch::model::HostInfo {
+            name: "busy".into(),
+            ..Default::default()
+        },
+        host_samples: vec![rackwatch::model::HostSample {
+            ts: Utc::now() - chrono::Duration::seconds(s),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    shipper.ship(batch(2)).await;
+    assert!(shipper.pending(), "a 503 keeps the batch in the spool");
+    // Drain as the agent loop does (every 500 ms) until the spool is empty.
+    while shipper.pending() && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shipper.drain().await;
+    }
+    assert!(!shipper.pending());
+    let at = seen.lock().unwrap().clone();
+    assert_eq!(at.len(), 3, "two refused attempts and one delivery");
+    for w in at.windows(2) {
+        let gap = w[1] - w[0];
+        // Retry-After: 2 is honoured (plus up to a fifth, the drain tick and a loaded
+        // machine's scheduling; far from the backoff a 503 without it would cause).
+        assert!(
+            gap >= Duration::from_secs(2) && gap < Duration::from_millis(4000),
+            "{gap:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_batch_for_another_host_goes_to_rejected_and_does_not_block_the_spool() {
     let app = TestApp::spawn().await;

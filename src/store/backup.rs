@@ -1,0 +1,228 @@
+//! Backup and restore of the whole database with the Postgres tools.
+//!
+//! A backup is one `pg_dump` custom-format archive: a consistent snapshot (one
+//! repeatable-read transaction) that ingest and the jobs keep running through, compressed,
+//! restorable table by table with `pg_restore`. It is made with the binaries of the
+//! managed cluster (or `database.managed_bin_dir`, or PATH), against the managed cluster
+//! or `database.url`. A restore goes into an empty database (a non-empty one is refused
+//! unless forced), and then checks the schema version against this binary's migrations.
+//! For point-in-time recovery of production databases use continuous WAL archiving
+//! (docs/reliability.md).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+use super::managed::ManagedPostgres;
+use super::Store;
+
+/// What a backup or restore did.
+#[derive(Debug, Clone, Copy)]
+pub struct Done {
+    /// Size of the archive.
+    pub bytes: u64,
+    /// Wall time of the Postgres tool.
+    pub seconds: f64,
+}
+
+/// A Postgres client tool (`pg_dump`, `pg_restore`): next to the managed cluster's
+/// server binaries (or in `bin_dir` when set), else on PATH.
+pub fn pg_tool(bin_dir: &str, name: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = ManagedPostgres::locate_binaries(bin_dir) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let p = d.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "{name} not found next to the PostgreSQL server binaries or on PATH; install the \
+         PostgreSQL client tools (Debian/Ubuntu: `apt-get install postgresql-client`) or set \
+         database.managed_bin_dir"
+    )
+}
+
+async fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", tool.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            tool.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Write a consistent custom-format archive of the database at `url` to `out`. The
+/// archive is written next to `out` and renamed into place, so `out` is either the
+/// previous archive or the complete new one.
+pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done> {
+    let pg_dump = pg_tool(bin_dir, "pg_dump")?;
+    let tmp = out.with_extension("partial");
+    let started = Instant::now();
+    let dbname = format!("--dbname={url}");
+    let file = tmp.as_os_str();
+    run(
+        &pg_dump,
+        &[
+            "--format=custom".as_ref(),
+            "--compress=6".as_ref(),
+            "--file".as_ref(),
+            file,
+            dbname.as_ref(),
+        ],
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("moving the archive to {}", out.display()))?;
+    let bytes = std::fs::metadata(out)?.len();
+    Ok(Done { bytes, seconds })
+}
+
+/// Tables in the database's `public` schema (a fresh database has none).
+pub async fn table_count(store: &Store) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&store.pool)
+            .await?,
+    )
+}
+
+/// Restore the archive `file` into the database at `url`. Refuses a database that has
+/// tables unless `force` (then everything in its `public` schema is dropped first). After the
+/// restore the schema version is checked: an archive from a newer Rackwatch is an error,
+/// one from an older Rackwatch is migrated forward.
+pub async fn restore(
+    bin_dir: &str,
+    store: &Store,
+    url: &str,
+    file: &Path,
+    force: bool,
+) -> anyhow::Result<Done> {
+    let pg_restore = pg_tool(bin_dir, "pg_restore")?;
+    if !file.is_file() {
+        bail!("{} is not a file", file.display());
+    }
+    let tables = table_count(store).await?;
+    if tables > 0 && !force {
+        bail!(
+            "the target database is not empty ({tables} tables); restore into an empty \
+             database, or pass --force to replace its contents with the archive's"
+        );
+    }
+    // Read the archive's table of contents first: a file that is not an archive is
+    // refused before anything in the database is touched.
+    run(&pg_restore, &["--list".as_ref(), file.as_os_str()])
+        .await
+        .with_context(|| format!("{} is not a readable backup archive", file.display()))?;
+    let bytes = std::fs::metadata(file)?.len();
+    let started = Instant::now();
+    let dbname = format!("--dbname={url}");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--no-owner".as_ref(),
+        "--no-privileges".as_ref(),
+        "--exit-on-error".as_ref(),
+        "--single-transaction".as_ref(),
+        dbname.as_ref(),
+    ];
+    args.push(file.as_os_str());
+    if tables > 0 {
+        // `pg_restore --clean` cannot drop the daily partitions' inherited keys one by
+        // one; the schema goes as a whole instead.
+        tracing::warn!(
+            tables,
+            "--force: dropping everything in the public schema first"
+        );
+        sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            .execute(&store.pool)
+            .await
+            .context("emptying the target database")?;
+    }
+    run(&pg_restore, &args)
+        .await
+        .with_context(|| format!("restoring {}", file.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    check_schema_version(store).await?;
+    Ok(Done { bytes, seconds })
+}
+
+/// The restored schema's migration against this binary's: newer is refused, older is
+/// brought forward.
+async fn check_schema_version(store: &Store) -> anyhow::Result<()> {
+    let restored: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&store.pool)
+        .await
+        .context("the archive holds no Rackwatch schema (no _sqlx_migrations table)")?;
+    let ours = sqlx::migrate!("./migrations")
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    match restored {
+        Some(v) if v > ours => bail!(
+            "the archive's schema is at migration {v}, newer than this Rackwatch's {ours}; \
+             restore it with the Rackwatch version that made it (or newer)"
+        ),
+        Some(v) if v < ours => {
+            tracing::info!(from = v, to = ours, "migrating the restored schema forward");
+            store.migrate().await
+        }
+        Some(_) => Ok(()),
+        None => bail!("the archive's _sqlx_migrations table is empty"),
+    }
+}
+
+/// One table's rows: how many, and an order-independent checksum of their text form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSum {
+    pub table: String,
+    pub rows: i64,
+    pub checksum: String,
+}
+
+/// Every table of the `public` schema (partitioned tables as a whole, not their daily
+/// partitions) with its row count and checksum: two databases with equal lists hold the
+/// same rows.
+pub async fn fingerprint(store: &Store) -> anyhow::Result<Vec<TableSum>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+          ORDER BY 1",
+    )
+    .fetch_all(&store.pool)
+    .await?;
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        // The name comes from the catalog and is quoted.
+        let q = format!(
+            "SELECT count(*)::int8, coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text
+               FROM \"{}\" t",
+            t.replace('"', "\"\"")
+        );
+        let (rows, checksum): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(q))
+            .fetch_one(&store.pool)
+            .await?;
+        out.push(TableSum {
+            table: t,
+            rows,
+            checksum,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,287 @@
+//! `rackwatch backup` and `rackwatch restore`, as an operator runs them: the binary, the
+//! Postgres tools of the managed cluster, a real database with samples, events, users,
+//! tokens and sessions in it.
+
+use std::process::Command;
+
+use chrono::DurationRound;
+
+use rackwatch::store::backup::fingerprint;
+use rackwatch::store::{create_database_if_missing, Store};
+use serde_json::json;
+
+use crate::support::{recent, TestApp};
+
+fn rackwatch(db_url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(args)
+        .env("RACKWATCH_DATABASE__URL", db_url)
+        .env("RACKWATCH_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn blocking(db_url: String, args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rackwatch(&db_url, &args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_answers() {
+    let app = TestApp::spawn().await;
+    for host in ["bk-a", "bk-b"] {
+        let token = app.token(host).await;
+        let ts = recent(30, 5, 10);
+        let body = json!({
+            "host": {"name": host, "rack": "r1", "labels": {"team": "ml"}},
+            "gpus": [{"index": 0, "model": "H100"}, {"index": 1, "model": "H100"}],
+            "host_samples": ts.iter().map(|t| json!({"ts": t, "cpu_util_pct": 12.5})).collect::<Vec<_>>(),
+            "gpu_samples": ts.iter().flat_map(|t| (0..2).map(move |i| json!({"ts": t, "index": i, "util_pct": 80.0, "power_watts": 500.0}))).collect::<Vec<_>>(),
+            "events": [{"ts": ts[3], "index": 1, "kind": "xid", "code": 79, "message": "GPU has fallen off the bus"}],
+        });
+        let r = app.ingest(&token, &body).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let cookie = app.login("backup-admin", "a long enough password").await;
+    let before = fingerprint(&app.store).await.unwrap();
+    let rows: i64 = before.iter().map(|t| t.rows).sum();
+    assert!(rows > 150, "{before:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("rackwatch.dump");
+    let a = archive.to_string_lossy().into_owned();
+    let (ok, out) = blocking(
+        app.db_url.clone(),
+        vec!["backup".into(), "--out".into(), a.clone()],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("backup written to"), "{out}");
+    assert!(std::fs::metadata(&archive).unwrap().len() > 1000);
+
+    // An empty database in the same cluster.
+    let name = format!("restored_{}", std::process::id());
+    let (head, tail) = app.db_url.split_once('?').unwrap();
+    let (server, _) = head.rsplit_once('/').unwrap();
+    create_database_if_missing(&format!("{server}/postgres?{tail}"), &name)
+        .await
+        .unwrap();
+    let restored_url = format!("{server}/{name}?{tail}");
+    let (ok, out) = blocking(restored_url.clone(), vec!["restore".into(), a.clone()]).await;
+    assert!(ok, "{out}");
+    let restored = Store::connect(&restored_url, 2, 10).await.unwrap();
+    let after = fingerprint(&restored).await.unwrap();
+    assert_eq!(before, after, "every table's rows and checksum");
+
+    // A second restore finds the database in use and says what to do.
+    let (ok, out) = blocking(restored_url.clone(), vec!["restore".into(), a.clone()]).await;
+    assert!(!ok);
+    assert!(
+        out.contains("not empty") && out.contains("--force"),
+        "{out}"
+    );
+    let (ok, out) = blocking(
+        restored_url.clone(),
+        vec!["restore".into(), "--force".into(), a.clone()],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(fingerprint(&restored).await.unwrap(), before);
+
+    // A server on the restored database answers as the original does (the session
+    // cookie is in the restored sessions table too).
+    let copy = TestApp::spawn_on(restored_url.clone(), |_| {}).await;
+    let to = (chrono::Utc::now() + chrono::Duration::minutes(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let samples = format!("/api/v1/hosts/bk-a/samples?from=2000-01-01T00:00:00Z&to={to}");
+    let samples = samples.replace("2000-01-01T00:00:00Z", &{
+        (chrono::Utc::now() - chrono::Duration::hours(2))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    });
+    for path in [
+        "/api/v1/hosts",
+        "/api/v1/events",
+        "/api/v1/inventory",
+        samples.as_str(),
+    ] {
+        let a = app.json(&cookie, path).await;
+        let b = copy.json(&cookie, path).await;
+        assert!(a == b, "{path} differs on the restored database");
+    }
+    copy.stop().await;
+    restored.pool.close().await;
+
+    // A file that is not an archive is refused with pg_restore's reason.
+    let junk = dir.path().join("junk.dump");
+    std::fs::write(&junk, b"not an archive").unwrap();
+    let (ok, out) = blocking(
+        restored_url,
+        vec![
+            "restore".into(),
+            "--force".into(),
+            junk.to_string_lossy().into_owned(),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(out.contains("pg_restore"), "{out}");
+    app.stop().await;
+}
+
+/// `./scripts/bench backup`: `BENCH_BACKUP_GPUS` GPUs (default 1,000, 8 per host) with
+/// `BENCH_BACKUP_DAYS` days (default 7) of 1-minute rollups and 6 h of raw samples at
+/// 5 s, on a cluster with Postgres's durable defaults; backup, restore into an empty
+/// database, compare every table.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: ./scripts/bench backup"]
+async fn backup_benchmark() {
+    let knob = |k: &str, d: i64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let gpus = knob("BENCH_BACKUP_GPUS", 1000);
+    let days = knob("BENCH_BACKUP_DAYS", 7);
+    let hosts = (gpus / 8).max(1);
+    let (_opts, pg) = tokio::task::spawn_blocking(|| crate::faults::own_cluster("backup-bench"))
+        .await
+        .unwrap();
+    create_database_if_missing(&pg.admin_url(), "source")
+        .await
+        .unwrap();
+    create_database_if_missing(&pg.admin_url(), "restored")
+        .await
+        .unwrap();
+    let src_url = pg.url_for("source");
+    let dst_url = pg.url_for("restored");
+    let src = Store::connect(&src_url, 4, 30).await.unwrap();
+    src.migrate().await.unwrap();
+    let now = chrono::Utc::now();
+    src.ensure_partitions(now, days as u32 + 1, 1)
+        .await
+        .unwrap();
+    let load = std::time::Instant::now();
+    sqlx::query("INSERT INTO hosts (name, site, rack) SELECT 'bk-' || h, 'site', 'r' || (h / 20) FROM generate_series(1, $1) h")
+        .bind(hosts)
+        .execute(&src.pool)
+        .await
+        .unwrap();
+    let now_min = now.duration_trunc(chrono::Duration::minutes(1)).unwrap();
+    // One statement per day keeps each transaction and its WAL moderate.
+    for d in 0..days {
+        let end = now_min - chrono::Duration::days(d);
+        let start = end - chrono::Duration::days(1);
+        sqlx::query(
+            "INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct, util_pct_max,
+                    mem_util_pct, mem_used_bytes, power_watts, power_watts_max, energy_joules_total,
+                    temp_celsius, temp_celsius_max, sm_clock_mhz)
+             SELECT h.id, g, b, 12, 50 + 40 * sin(extract(epoch FROM b) / 3600 + g), 95, 30,
+                    40000000000, 400 + h.id % 200, 650, extract(epoch FROM b) * 500, 60, 70, 1700
+               FROM hosts h, generate_series(0, 7) g,
+                    generate_series($1::timestamptz, $2::timestamptz - interval '1 minute', interval '1 minute') b
+              WHERE h.name LIKE 'bk-%'",
+        )
+        .bind(start)
+        .bind(end)
+        .execute(&src.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO host_samples_1m (host_id, bucket, samples, cpu_util_pct, cpu_util_pct_max,
+                    load1, mem_used_bytes, mem_total_bytes)
+             SELECT h.id, b, 12, 20, 60, 8, 200000000000, 1000000000000
+               FROM hosts h, generate_series($1::timestamptz, $2::timestamptz - interval '1 minute', interval '1 minute') b
+              WHERE h.name LIKE 'bk-%'",
+        )
+        .bind(start)
+        .bind(end)
+        .execute(&src.pool)
+        .await
+        .unwrap();
+    }
+    for (table, cols, vals) in [
+        (
+            "gpu_samples",
+            "host_id, gpu_index, ts, util_pct, mem_used_bytes, power_watts, energy_joules_total, temp_celsius",
+            "h.id, g, t, 50 + 40 * sin(extract(epoch FROM t) / 600 + g), 40000000000, 500, extract(epoch FROM t) * 500, 61",
+        ),
+        (
+            "host_samples",
+            "host_id, ts, cpu_util_pct, load1, mem_used_bytes, mem_total_bytes",
+            "h.id, t, 20, 8, 200000000000, 1000000000000",
+        ),
+    ] {
+        let from_gpus = if table == "gpu_samples" { ", generate_series(0, 7) g" } else { "" };
+        let q = format!(
+            "INSERT INTO {table} ({cols}) SELECT {vals} FROM hosts h{from_gpus},
+                    generate_series($1::timestamptz - interval '6 hours', $1::timestamptz - interval '5 seconds', interval '5 seconds') t
+              WHERE h.name LIKE 'bk-%'"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(now_min)
+            .execute(&src.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("VACUUM ANALYZE")
+        .execute(&src.pool)
+        .await
+        .unwrap();
+    let before = fingerprint(&src).await.unwrap();
+    let rows: i64 = before.iter().map(|t| t.rows).sum();
+    println!(
+        "loaded {rows} rows ({hosts} hosts, {gpus} GPUs, {days} days of 1-minute rollups, 6 h raw at 5 s) in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("bench.dump");
+    let b = rackwatch::store::backup::backup("", &src_url, &archive)
+        .await
+        .unwrap();
+    let dst = Store::connect(&dst_url, 4, 30).await.unwrap();
+    let r = rackwatch::store::backup::restore("", &dst, &dst_url, &archive, false)
+        .await
+        .unwrap();
+    let after = fingerprint(&dst).await.unwrap();
+    let identical = before == after;
+    for (x, y) in before.iter().zip(&after) {
+        if x != y {
+            println!("differs: {x:?} vs {y:?}");
+        }
+    }
+    let mb = b.bytes as f64 / 1e6;
+    println!(
+        "pg_dump (custom format, one job): {:.1} s, {:.0} rows/s on one core; archive {mb:.1} MB ({:.1} bytes/row)",
+        b.seconds,
+        rows as f64 / b.seconds,
+        b.bytes as f64 / rows as f64
+    );
+    println!(
+        "pg_restore (one job, single transaction, indexes rebuilt): {:.1} s, {:.0} rows/s on one core",
+        r.seconds,
+        rows as f64 / r.seconds
+    );
+    println!(
+        "BENCH backup rows={rows} backup_s={:.1} restore_s={:.1} archive_mb={mb:.1} identical={}",
+        b.seconds,
+        r.seconds,
+        u8::from(identical)
+    );
+    src.pool.close().await;
+    dst.pool.close().await;
+    drop(pg);
+}
