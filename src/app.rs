@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DurationRound, Utc};
+use sha2::Digest as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -65,6 +66,24 @@ pub async fn start_server_with(
         header_read_timeout: Duration::from_secs(cfg.server.header_read_timeout_secs),
         drain: Duration::from_secs(10),
     };
+    // The audit trail notes each start with a hash of the configuration. Secrets are
+    // redacted in its Debug form, so the hash changes when settings change but cannot be
+    // used to test guesses of a password.
+    let config_sha256 = hex::encode(sha2::Sha256::digest(format!("{cfg:?}").as_bytes()));
+    store
+        .audit(
+            crate::store::audit::Entry::ok(
+                crate::store::audit::SYSTEM,
+                "server.started",
+                &addr.to_string(),
+            )
+            .details(serde_json::json!({
+                "config_sha256": config_sha256,
+                "version": env!("CARGO_PKG_VERSION"),
+            })),
+        )
+        .await
+        .context("recording the server start in the audit trail")?;
     let mut state = AppState::new(store, cfg);
     state.alert_wakeup = shared.alert_wakeup;
     state.jobs = shared.jobs;
@@ -100,12 +119,10 @@ pub fn agent_token(cfg: &Config) -> anyhow::Result<String> {
         return Ok(cfg.agent.token.expose().to_string());
     }
     if !cfg.agent.token_file.is_empty() {
-        let t = std::fs::read_to_string(&cfg.agent.token_file)
-            .with_context(|| format!("reading agent.token_file {}", cfg.agent.token_file))?;
-        let t = t.lines().next().unwrap_or("").trim().to_string();
-        if !t.is_empty() {
-            return Ok(t);
-        }
+        let t =
+            crate::config::read_secret_file(Path::new(&cfg.agent.token_file), "agent.token_file")
+                .map_err(anyhow::Error::msg)?;
+        return Ok(t.trim().to_string());
     }
     anyhow::bail!("no agent token: set agent.token (RACKWATCH_AGENT__TOKEN), agent.token_file, or pass --token; mint one with `rackwatch token create --host NAME`")
 }

@@ -193,6 +193,8 @@ pub struct RetentionConfig {
     pub energy_hourly_days: u32,
     /// Days of per-minute anomaly scores kept.
     pub anomaly_scores_days: u32,
+    /// Days of audit trail kept (logins, user, token and silence changes).
+    pub audit_days: u32,
 }
 
 impl Default for RetentionConfig {
@@ -203,6 +205,7 @@ impl Default for RetentionConfig {
             partitions_ahead_days: 3,
             energy_hourly_days: 800,
             anomaly_scores_days: 30,
+            audit_days: 730,
         }
     }
 }
@@ -843,7 +846,11 @@ impl Config {
             }
             None => "defaults".to_string(),
         };
-        let mut tree = env::Node::from_file(root);
+        // A secret (`SECRET_FILE_KEYS`, all strings) and a `…_FILE` variable naming a
+        // secret's file join the file's values, so a secret and its file are checked
+        // together whichever way each was given; the other overrides are typed by their
+        // field when the configuration is deserialized.
+        let mut overrides = Vec::new();
         let mut env_used = false;
         for (var, value) in env {
             let Some(rest) = var.strip_prefix("RACKWATCH_") else {
@@ -854,17 +861,28 @@ impl Config {
             }
             env_used = true;
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            tree.set(&keys, &var, &value)
-                .map_err(|message| ConfigError::Env {
-                    var: var.clone(),
-                    message,
-                })?;
+            let key = keys.join(".");
+            if key.ends_with("_file") || SECRET_FILE_KEYS.contains(&key.as_str()) {
+                set_path(&mut root, &keys, toml::Value::String(value))
+                    .map_err(|message| ConfigError::Env { var, message })?;
+            } else {
+                overrides.push((var, keys, value));
+            }
         }
         let origin = if env_used {
             format!("{origin} + RACKWATCH_* environment")
         } else {
             origin
         };
+        secrets_from_files(&mut root).map_err(|message| ConfigError::Invalid {
+            origin: origin.clone(),
+            message,
+        })?;
+        let mut tree = env::Node::from_file(root);
+        for (var, keys, value) in overrides {
+            tree.set(&keys, &var, &value)
+                .map_err(|message| ConfigError::Env { var, message })?;
+        }
         let cfg = Config::deserialize(tree).map_err(|e: toml::de::Error| ConfigError::Invalid {
             origin: origin.clone(),
             message: e.to_string(),
@@ -1007,6 +1025,130 @@ impl Config {
         let listen = self.server.listen.replace("0.0.0.0", "127.0.0.1");
         format!("http://{listen}")
     }
+}
+
+/// Secrets that may be read from a file: `KEY_file = "/path"` (or
+/// `RACKWATCH_…__KEY_FILE`) instead of `KEY`. `agent.token_file` is read by the agent
+/// itself (see `app::agent_token`), with the same checks.
+pub const SECRET_FILE_KEYS: &[&str] = &[
+    "database.url",
+    "alerting.smtp.password",
+    "server.metrics_token",
+];
+
+/// Replace each `KEY_file` of [`SECRET_FILE_KEYS`] by `KEY` holding the file's content,
+/// and `database.password_file` by that password set in `database.url`.
+fn secrets_from_files(root: &mut toml::Table) -> Result<(), String> {
+    for key in SECRET_FILE_KEYS {
+        let parts: Vec<&str> = key.split('.').collect();
+        let (last, parents) = parts.split_last().expect("dotted key");
+        let Some(section) = section_mut(root, parents) else {
+            continue;
+        };
+        let file_key = format!("{last}_file");
+        let Some(path) = section.remove(&file_key) else {
+            continue;
+        };
+        let path = path
+            .as_str()
+            .ok_or_else(|| format!("{key}_file must be a path (a string)"))?
+            .to_string();
+        if section
+            .get(*last)
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| !v.is_empty())
+        {
+            return Err(format!(
+                "{key} and {key}_file are both set: keep one (the file is for keeping the secret out of the config)"
+            ));
+        }
+        let secret = read_secret_file(Path::new(&path), &format!("{key}_file"))?;
+        section.insert(last.to_string(), toml::Value::String(secret));
+    }
+    if let Some(db) = section_mut(root, &["database"]) {
+        if let Some(path) = db.remove("password_file") {
+            let path = path
+                .as_str()
+                .ok_or("database.password_file must be a path (a string)")?
+                .to_string();
+            let password = read_secret_file(Path::new(&path), "database.password_file")?;
+            let url = db.get("url").and_then(|v| v.as_str()).unwrap_or("");
+            if url.is_empty() {
+                return Err(
+                    "database.password_file is set but database.url is not: the password goes into that URL".into(),
+                );
+            }
+            let url = url_with_password(url, &password)
+                .map_err(|e| format!("database.url (with database.password_file): {e}"))?;
+            db.insert("url".into(), toml::Value::String(url));
+        }
+    }
+    Ok(())
+}
+
+fn section_mut<'a>(root: &'a mut toml::Table, keys: &[&str]) -> Option<&'a mut toml::Table> {
+    let mut cur = root;
+    for k in keys {
+        cur = cur.get_mut(*k)?.as_table_mut()?;
+    }
+    Some(cur)
+}
+
+/// Read a secret from `path` (named by config key `key` in errors): its first line,
+/// without the line end. Refused when others (not the owner or group) may read it, or
+/// when it is empty.
+pub fn read_secret_file(path: &Path, key: &str) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("{key} = {}: cannot read it: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{key} = {}: not a file", path.display()));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{key} = {}: other users may access it (mode {:o}); it holds a secret: chmod o-rwx (e.g. 600 or 640)",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{key} = {}: cannot read it: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(format!("{key} = {}: the file is empty", path.display()));
+    }
+    Ok(line.to_string())
+}
+
+/// `url` with its password set to `password` (percent-encoded).
+fn url_with_password(url: &str, password: &str) -> Result<String, String> {
+    let mut u = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if u.username().is_empty() {
+        return Err("it names no user to go with the password".into());
+    }
+    let encoded: String = url::form_urlencoded::byte_serialize(password.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20");
+    u.set_password(Some(&encoded))
+        .map_err(|_| "it cannot carry a password".to_string())?;
+    Ok(u.to_string())
+}
+
+/// Set `keys` (sections, then a field) in `table` to `value`, adding sections as needed.
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for k in parents {
+        let entry = cur
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{k}` is not a section"))?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -276,6 +276,11 @@ async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
     if let Err(e) = store.drop_energy_hours_before(cutoff).await {
         errors.push(format!("energy retention: {e}"));
     }
+    match store.delete_old_audit(r.audit_days).await {
+        Ok(n) if n > 0 => done.push(format!("{n} audit rows past retention deleted")),
+        Ok(_) => {}
+        Err(e) => errors.push(format!("audit retention: {e}")),
+    }
     if let Err(e) = store.delete_expired_sessions().await {
         errors.push(format!("session cleanup: {e}"));
     }

@@ -113,6 +113,12 @@ enum Cmd {
     /// Capacity: the pools' plans, and the recommender's benchmark.
     #[command(subcommand)]
     Capacity(CapacityCmd),
+    /// Print every route of the server and who may call it (the authorization table).
+    Routes {
+        /// Print the role × route matrix as Markdown (as in docs/security.md).
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -330,8 +336,17 @@ fn shutdown_signal() -> watch::Receiver<bool> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Routes { markdown } = cli.cmd {
+        if markdown {
+            print!("{}", rackwatch::web::access::markdown());
+        } else {
+            print!("{}", rackwatch::web::access::table());
+        }
+        return Ok(());
+    }
     let mut cfg = load_config(&cli.common)?;
     match cli.cmd {
+        Cmd::Routes { .. } => Ok(()),
         Cmd::Serve { listen } => {
             if let Some(l) = listen {
                 cfg.server.listen = l;
@@ -431,7 +446,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let db = Database::open(&cfg, Role::OneShot).await?;
-            let r = db.store.upsert_user(&name, role, &password).await;
+            let r = async {
+                let before = db.store.password_row(&name).await?.map(|r| r.1);
+                db.store.upsert_user(&name, role, &password).await?;
+                db.store
+                    .audit_user_saved(&cli_actor(), None, &name, before, role)
+                    .await?;
+                anyhow::Ok(())
+            }
+            .await;
             db.close().await;
             r?;
             println!("user {name} ({}) saved", role.as_str());
@@ -667,6 +690,28 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// Who runs a command-line change, for the audit trail: `cli:` and the Unix user.
+fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Record a command-line change in the audit trail.
+async fn audit(
+    db: &Database,
+    action: &str,
+    target: &str,
+    details: serde_json::Value,
+) -> anyhow::Result<()> {
+    let actor = cli_actor();
+    db.store
+        .audit(rackwatch::store::audit::Entry::ok(&actor, action, target).details(details))
+        .await?;
+    Ok(())
+}
+
 async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
     match t {
         TokenCmd::Create { host, pool, note } => {
@@ -678,6 +723,13 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 })
                 .map_err(anyhow::Error::msg)?;
                 let token = db.store.create_pool_token(&pool, &note).await?;
+                audit(
+                    db,
+                    "token.created",
+                    &format!("pool:{pool}"),
+                    serde_json::json!({ "note": note }),
+                )
+                .await?;
                 eprintln!("scheduler token for pool {pool} (shown once; send it as Authorization: Bearer to POST /api/v1/pools/{pool}/demand):");
                 println!("{token}");
                 return Ok(());
@@ -689,6 +741,13 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
             })
             .map_err(anyhow::Error::msg)?;
             let token = db.store.create_agent_token(&host, &note).await?;
+            audit(
+                db,
+                "token.created",
+                &host,
+                serde_json::json!({ "note": note }),
+            )
+            .await?;
             eprintln!("agent token for host {host} (shown once; store it in the agent's config as agent.token):");
             println!("{token}");
         }
@@ -715,6 +774,13 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Revoke { id } => {
             if db.store.revoke_token(id).await? {
+                audit(
+                    db,
+                    "token.revoked",
+                    &format!("token {id}"),
+                    serde_json::json!({}),
+                )
+                .await?;
                 println!("token {id} revoked");
             } else {
                 anyhow::bail!("no active token with id {id}");
@@ -810,6 +876,16 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
                 .store
                 .create_silence(&m, now, until, &author, &comment)
                 .await?;
+            audit(
+                db,
+                "silence.created",
+                &format!("silence {id}"),
+                serde_json::json!({
+                    "matchers": matchers.join(", "), "until": until.to_rfc3339(),
+                    "comment": comment, "author": author,
+                }),
+            )
+            .await?;
             println!(
                 "silence {id} until {}",
                 until.format("%Y-%m-%d %H:%M:%S UTC")
@@ -838,6 +914,13 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             if !db.store.expire_silence(id).await? {
                 anyhow::bail!("no active silence with id {id}");
             }
+            audit(
+                db,
+                "silence.expired",
+                &format!("silence {id}"),
+                serde_json::json!({}),
+            )
+            .await?;
             println!("silence {id} ended");
         }
         AlertsCmd::TestEmail { .. }

@@ -1,6 +1,7 @@
 //! Postgres: the only store. Pool, migrations, the managed local cluster, partitions,
 //! rollups, retention and the queries the other stages use.
 
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod citus;

@@ -2,35 +2,39 @@
 //! `rackwatch token`). Admins only; every form carries the session's CSRF token.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Json};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
-use super::auth::{require, verify_csrf, ApiUser, Csrf, PageUser};
+use super::access::Routes;
+use super::auth::{require, verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
 use super::AppState;
+use crate::store::audit::{AuditRow, Entry, Filter};
 use crate::store::auth::{Role, TokenInfo, UserInfo};
 
 /// The admin page and its forms (users, agent tokens).
-pub fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/admin", get(page))
-        .route("/admin/users", post(create_user))
-        .route("/admin/users/{id}/delete", post(delete_user))
-        .route("/admin/tokens", post(create_token))
-        .route("/admin/tokens/{id}/revoke", post(revoke_token))
+pub fn page_routes() -> Routes {
+    Routes::new()
+        .get("/admin", page)
+        .get("/admin/audit", audit_page)
+        .post("/admin/users", create_user)
+        .post("/admin/users/{id}/delete", delete_user)
+        .post("/admin/tokens", create_token)
+        .post("/admin/tokens/{id}/revoke", revoke_token)
 }
 
 /// Users and agent tokens as JSON (admins only).
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+pub fn api_routes() -> Routes {
+    Routes::new()
         .routes(routes!(users))
         .routes(routes!(tokens))
+        .routes(routes!(audit_api))
 }
 
 #[derive(Template)]
@@ -144,19 +148,25 @@ pub async fn create_user(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Form(f): Form<NewUser>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     let nav = Nav::new(&user, csrf, "admin");
+    let before = st.store.password_row(&f.name).await?.map(|r| r.1);
     let outcome = match f.role.parse::<Role>() {
         Err(e) => Err(e),
-        Ok(role) => st
-            .store
-            .upsert_user(&f.name, role, &f.password)
-            .await
-            .map_err(|e| format!("{e:#}")),
+        Ok(role) => match st.store.upsert_user(&f.name, role, &f.password).await {
+            Ok(()) => {
+                st.store
+                    .audit_user_saved(&user.name, ip, &f.name, before, role)
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(format!("{e:#}")),
+        },
     };
     let (msg, err, status) = match outcome {
         Ok(()) => (
@@ -180,6 +190,7 @@ pub struct CsrfOnly {
 pub async fn delete_user(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
@@ -191,9 +202,19 @@ pub async fn delete_user(
             ApiError::BadRequest("you cannot delete yourself; ask another admin".into()).into(),
         );
     }
-    if !st.store.delete_user(id).await? {
+    let name = st
+        .store
+        .list_users()
+        .await?
+        .into_iter()
+        .find(|u| u.id == id)
+        .map(|u| u.name);
+    let (Some(name), true) = (name, st.store.delete_user(id).await?) else {
         return Err(ApiError::NotFound(format!("no user with id {id}")).into());
-    }
+    };
+    st.store
+        .audit(Entry::ok(&user.name, "user.deleted", &name).from(ip))
+        .await?;
     Ok(Redirect::to("/admin").into_response())
 }
 
@@ -210,6 +231,7 @@ pub async fn create_token(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Form(f): Form<NewToken>,
 ) -> Result<Response, PageError> {
@@ -223,6 +245,13 @@ pub async fn create_token(
         .into());
     }
     let token = st.store.create_agent_token(host, f.note.trim()).await?;
+    st.store
+        .audit(
+            Entry::ok(&user.name, "token.created", host)
+                .from(ip)
+                .details(serde_json::json!({ "note": f.note.trim() })),
+        )
+        .await?;
     let nav = Nav::new(&user, csrf, "admin");
     let p = page_with(&st, nav, Some((host.to_string(), token)), None, None).await?;
     let mut resp = render(&p);
@@ -237,6 +266,7 @@ pub async fn create_token(
 pub async fn revoke_token(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Path(id): Path<i64>,
     Form(f): Form<CsrfOnly>,
@@ -248,6 +278,9 @@ pub async fn revoke_token(
             ApiError::NotFound(format!("no live token with id {id} (already revoked?)")).into(),
         );
     }
+    st.store
+        .audit(Entry::ok(&user.name, "token.revoked", &format!("token {id}")).from(ip))
+        .await?;
     Ok(Redirect::to("/admin").into_response())
 }
 
@@ -287,4 +320,152 @@ pub async fn tokens(
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     require(&u, Role::Admin)?;
     Ok(Json(st.store.list_tokens().await?))
+}
+
+/// The audit trail's filter, from the query string (page and API alike).
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// User name, `cli:USER` or `system` (exact; default: everyone).
+    #[serde(default)]
+    actor: String,
+    /// E.g. `login`, `user.role_changed`, `token.created`, `silence.created` (exact;
+    /// default: every action).
+    #[serde(default)]
+    action: String,
+    /// RFC 3339.
+    #[serde(default)]
+    since: String,
+    /// RFC 3339.
+    #[serde(default)]
+    until: String,
+    /// Most rows (default 500, at most 10,000).
+    limit: Option<i64>,
+}
+
+impl AuditQuery {
+    fn filter(&self) -> Result<Filter, ApiError> {
+        let time = |key: &str, v: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
+            if v.trim().is_empty() {
+                return Ok(None);
+            }
+            super::range::parse_rfc3339(key, Some(v.trim()), Utc::now()).map(Some)
+        };
+        let text = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
+        Ok(Filter {
+            actor: text(&self.actor),
+            action: text(&self.action),
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            limit: self.limit.unwrap_or(500),
+        })
+    }
+}
+
+/// The actions the server records, for the filter's suggestions.
+pub const AUDIT_ACTIONS: &[&str] = &[
+    "login",
+    "logout",
+    "session.expired",
+    "user.created",
+    "user.password_reset",
+    "user.role_changed",
+    "user.deleted",
+    "token.created",
+    "token.revoked",
+    "silence.created",
+    "silence.expired",
+    "alert.acknowledged",
+    "server.started",
+];
+
+/// A row as the page shows it.
+pub struct AuditView {
+    pub at: String,
+    pub actor: String,
+    pub source: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub details: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin_audit.html")]
+pub struct AuditPage {
+    pub nav: Nav,
+    pub rows: Vec<AuditView>,
+    pub actor: String,
+    pub action: String,
+    pub since: String,
+    pub until: String,
+    pub actions: &'static [&'static str],
+    pub keep_days: u32,
+    pub error: Option<String>,
+}
+
+/// `GET /admin/audit`: the audit trail, filtered by actor, action and time.
+pub async fn audit_page(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, PageError> {
+    require(&user, Role::Admin)?;
+    let (rows, error) = match q.filter() {
+        Ok(f) => (st.store.audit_rows(&f).await?, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let rows = rows
+        .into_iter()
+        .map(|r| AuditView {
+            at: r.at.to_rfc3339(),
+            actor: r.actor,
+            source: r.source.unwrap_or_default(),
+            action: r.action,
+            target: r.target,
+            outcome: r.outcome,
+            details: r.details.to_string(),
+        })
+        .collect();
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = render(&AuditPage {
+        nav: Nav::new(&user, csrf, "admin"),
+        rows,
+        actor: q.actor,
+        action: q.action,
+        since: q.since,
+        until: q.until,
+        actions: AUDIT_ACTIONS,
+        keep_days: st.cfg.retention.audit_days,
+        error,
+    });
+    *resp.status_mut() = status;
+    Ok(resp)
+}
+
+/// The audit trail, newest first (admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "admin",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Matching rows, newest first.", body = Vec<AuditRow>),
+        (status = 400, description = "A bad parameter (e.g. a time that is not RFC 3339).", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Not an admin.", body = ErrorBody),
+    )
+)]
+pub async fn audit_api(
+    State(st): State<AppState>,
+    ApiUser(u): ApiUser,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditRow>>, ApiError> {
+    require(&u, Role::Admin)?;
+    Ok(Json(st.store.audit_rows(&q.filter()?).await?))
 }

@@ -4,32 +4,33 @@
 use askama::Template;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Form, Json};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
-use super::auth::{verify_csrf, ApiUser, Csrf, PageUser};
+use super::access::Routes;
+use super::auth::{verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
 use super::AppState;
 use crate::alert::{location, AlertRow, Labels};
+use crate::store::audit::Entry;
 use crate::store::auth::{Role, User};
 use axum::http::HeaderMap;
 
 /// The alerts page and its forms (acknowledge, silence, expire).
-pub fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/alerts", get(page))
-        .route("/alerts/ack", post(acknowledge))
-        .route("/silences", post(silence))
-        .route("/silences/expire", post(expire))
+pub fn page_routes() -> Routes {
+    Routes::new()
+        .get("/alerts", page)
+        .post("/alerts/ack", acknowledge)
+        .post("/silences", silence)
+        .post("/silences/expire", expire)
 }
 
 /// `GET /api/v1/alerts`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(api))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(api))
 }
 
 /// A pending or firing alert, with whether a silence mutes it.
@@ -234,6 +235,7 @@ pub struct AckForm {
 pub async fn acknowledge(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Form(f): Form<AckForm>,
 ) -> Result<Response, PageError> {
@@ -248,6 +250,9 @@ pub async fn acknowledge(
     if n == 0 {
         return Err(ApiError::NotFound("no firing alert with that fingerprint".into()).into());
     }
+    st.store
+        .audit(Entry::ok(&user.name, "alert.acknowledged", &f.fingerprint).from(ip))
+        .await?;
     Ok(Redirect::to("/alerts").into_response())
 }
 
@@ -266,6 +271,7 @@ pub struct SilenceForm {
 pub async fn silence(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Form(f): Form<SilenceForm>,
 ) -> Result<Response, PageError> {
@@ -285,10 +291,20 @@ pub async fn silence(
     }
     let now = Utc::now();
     let end = now + Duration::seconds((f.hours * 3600.0) as i64);
-    st.store
+    let id = st
+        .store
         .create_silence(&m, now, end, &user.name, &f.comment)
         .await
         .map_err(ApiError::Internal)?;
+    st.store
+        .audit(
+            Entry::ok(&user.name, "silence.created", &format!("silence {id}"))
+                .from(ip)
+                .details(serde_json::json!({
+                    "matchers": f.matchers, "until": end.to_rfc3339(), "comment": f.comment
+                })),
+        )
+        .await?;
     Ok(Redirect::to("/alerts").into_response())
 }
 
@@ -302,12 +318,17 @@ pub struct ExpireForm {
 pub async fn expire(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Form(f): Form<ExpireForm>,
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    st.store.expire_silence(f.id).await?;
+    if st.store.expire_silence(f.id).await? {
+        st.store
+            .audit(Entry::ok(&user.name, "silence.expired", &format!("silence {}", f.id)).from(ip))
+            .await?;
+    }
     Ok(Redirect::to("/alerts").into_response())
 }
 

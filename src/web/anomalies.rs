@@ -4,16 +4,17 @@ use axum::extract::{Query, State};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::{ApiError, ErrorBody};
 use super::range::parse_rfc3339;
 use super::AppState;
 
 /// `GET /api/v1/anomalies`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(anomalies))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(anomalies))
 }
 
 /// Which scores to return. Read as text and checked here, so a bad value gets a message

@@ -11,22 +11,24 @@ use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Form;
 use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::access::Routes;
 use super::error::{ApiError, PageError};
 use super::page::render;
 use super::AppState;
+use crate::store::audit::{Entry, Outcome};
 use crate::store::auth::{random_secret, Role, User};
 
 /// Logging in and out.
-pub fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/login", get(login_form).post(login_submit))
-        .route("/logout", post(logout))
+pub fn page_routes() -> Routes {
+    Routes::new()
+        .get("/login", login_form)
+        .post("/login", login_submit)
+        .post("/logout", logout)
 }
 
 /// Cookie holding the login form's CSRF secret (there is no session yet to tie it to).
@@ -37,7 +39,7 @@ pub const DEVICE_COOKIE: &str = "rw_device";
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "rw_session";
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -49,7 +51,10 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>, ApiError> {
+pub(crate) async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>, ApiError> {
+    if let Some(super::access::Resolved(u)) = parts.extensions.get() {
+        return Ok(Some(u.clone()));
+    }
     if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
         let idle = chrono::Duration::seconds(st.cfg.server.session_idle_secs);
         if let Some(u) = st.store.session_user(secret, idle).await? {
@@ -70,7 +75,19 @@ async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>, ApiError>
     if let Some(pair) = basic {
         if let Some((name, pw)) = pair.split_once(':') {
             let ip = super::serve::remote(&parts.extensions).map(|a| a.ip());
-            return check_password(st, name, pw, ip, None).await;
+            let r = check_password(st, name, pw, ip, None).await;
+            if let Ok(None) = r {
+                audit_login(
+                    st,
+                    name,
+                    ip,
+                    Outcome::Refused,
+                    "basic",
+                    "wrong user name or password",
+                )
+                .await?;
+            }
+            return r;
         }
     }
     Ok(None)
@@ -199,6 +216,32 @@ pub async fn check_password(
     }
 }
 
+/// Record a login attempt. The name is what was typed, cut to 64 characters (a refused
+/// attempt may carry anything); the password never appears.
+async fn audit_login(
+    st: &AppState,
+    name: &str,
+    ip: Option<IpAddr>,
+    outcome: Outcome,
+    method: &str,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let name: String = name.chars().take(64).collect();
+    let mut details = serde_json::json!({ "method": method });
+    if !reason.is_empty() {
+        details["reason"] = reason.into();
+    }
+    st.store
+        .audit(
+            Entry::ok(&name, "login", &name)
+                .from(ip)
+                .outcome(outcome)
+                .details(details),
+        )
+        .await?;
+    Ok(())
+}
+
 fn user(id: i64, name: &str, role: &str) -> User {
     User {
         id,
@@ -232,7 +275,7 @@ pub fn csrf_token(headers: &HeaderMap) -> String {
     }
 }
 
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     // Constant time in the length of the tokens.
     a.len() == b.len()
         && a.bytes()
@@ -242,7 +285,7 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 /// A cross-origin POST is refused even before the token is looked at.
-fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };
@@ -645,14 +688,32 @@ pub async fn login_submit(
     let user = match check_password(&st, &f.username, &f.password, ip, device).await {
         Ok(Some(u)) => u,
         Ok(None) => {
+            audit_login(
+                &st,
+                &f.username,
+                ip,
+                Outcome::Refused,
+                "form",
+                "wrong user name or password",
+            )
+            .await?;
             return Ok(login_error(
                 f,
                 next,
                 StatusCode::UNAUTHORIZED,
                 "Wrong user name or password.".into(),
-            ))
+            ));
         }
         Err(e @ (ApiError::TooMany { .. } | ApiError::Busy(_))) => {
+            audit_login(
+                &st,
+                &f.username,
+                ip,
+                Outcome::Refused,
+                "form",
+                &e.to_string(),
+            )
+            .await?;
             let status = e.status();
             let wait = match &e {
                 ApiError::TooMany { retry_after, .. } => *retry_after,
@@ -670,6 +731,7 @@ pub async fn login_submit(
         }
         Err(e) => return Err(e.into()),
     };
+    audit_login(&st, &user.name, ip, Outcome::Ok, "form", "").await?;
     let ttl = st.cfg.server.session_ttl_secs;
     let secret = st
         .store
@@ -702,6 +764,8 @@ pub struct CsrfForm {
 
 pub async fn logout(
     State(st): State<AppState>,
+    PageUser(user): PageUser,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
@@ -709,6 +773,9 @@ pub async fn logout(
     if let Some(secret) = cookie(&headers, SESSION_COOKIE) {
         st.store.delete_session(secret).await?;
     }
+    st.store
+        .audit(Entry::ok(&user.name, "logout", &user.name).from(ip))
+        .await?;
     let cookie = format!(
         "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
         cookie_flags(&st)
@@ -723,4 +790,16 @@ pub struct LoginPage {
     pub next: String,
     pub username: String,
     pub csrf: String,
+}
+
+/// The client's address (the connection's peer), for the audit trail.
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            super::serve::remote(&parts.extensions).map(|a| a.ip()),
+        ))
+    }
 }

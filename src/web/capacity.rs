@@ -16,12 +16,12 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::{require, ApiUser, Csrf, MaybeUser, PageUser};
 use super::charts::{Axis, Band, Overlay, Series};
 use super::error::{ApiError, ErrorBody, PageError};
@@ -34,15 +34,15 @@ use crate::model::format::{bytes, num};
 use crate::store::auth::Role;
 
 /// `/capacity` and one pool's page.
-pub fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/capacity", get(page))
-        .route("/capacity/pools/{pool}", get(pool_page))
+pub fn page_routes() -> Routes {
+    Routes::new()
+        .get("/capacity", page)
+        .get("/capacity/pools/{pool}", pool_page)
 }
 
 /// The capacity data as JSON, the autoscalers' view, and queue reports in.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+pub fn api_routes() -> Routes {
+    Routes::new()
         .routes(routes!(json))
         .routes(routes!(pool_json))
         .routes(routes!(recommendations))

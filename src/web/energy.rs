@@ -5,12 +5,12 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::{require, urlencode, ApiUser, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
@@ -22,18 +22,16 @@ use crate::report::IsoWeek;
 use crate::store::auth::Role;
 
 /// The energy page and its report downloads.
-pub fn page_routes() -> Router<AppState> {
-    Router::new()
-        .route("/energy", get(page))
-        .route("/docs/energy", get(definitions))
-        .route("/energy/reports/{file}", get(file))
+pub fn page_routes() -> Routes {
+    Routes::new()
+        .get("/energy", page)
+        .get("/docs/energy", definitions)
+        .get("/energy/reports/{file}", file)
 }
 
 /// The weekly report as JSON, and facility meter readings in.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(api))
-        .routes(routes!(readings))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(api)).routes(routes!(readings))
 }
 
 /// Weeks listed on the energy page.

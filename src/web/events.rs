@@ -5,8 +5,9 @@ use axum::extract::{Query, State};
 use axum::Json;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::{ApiError, ErrorBody};
 use super::range::parse_rfc3339;
@@ -14,8 +15,8 @@ use super::AppState;
 use crate::store::queries::EventRow;
 
 /// `GET /api/v1/events`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(events))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(events))
 }
 
 /// A short label: `XID 79`, `ECC (double-bit)`.

@@ -4,12 +4,12 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::heatmap::*;
@@ -23,13 +23,13 @@ use crate::store::Store;
 use std::collections::HashMap;
 
 /// `/`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/", page)
 }
 
 /// `GET /api/v1/fleet`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(json))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(json))
 }
 
 /// Fleet page data: KPIs and every GPU as a heatmap cell.

@@ -3,16 +3,17 @@
 use axum::extract::{Query, State};
 use axum::Json;
 use serde::Deserialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::analytics::forecast::StoredForecast;
 
 /// `GET /api/v1/forecasts`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(forecasts))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(forecasts))
 }
 
 /// Which forecasts to return (each filter optional).

@@ -4,12 +4,12 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::charts::{Axis, Overlay, Series, Shade};
 use super::error::{ApiError, ErrorBody, PageError};
@@ -23,13 +23,13 @@ use crate::store::series::{GpuPoint, GpuRawExtra};
 use crate::store::Store;
 
 /// `/hosts/{name}/gpus/{index}`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/hosts/{name}/gpus/{index}", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/hosts/{name}/gpus/{index}", page)
 }
 
 /// `GET /api/v1/hosts/{name}/gpus/{index}`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(json))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(json))
 }
 
 /// A stretch of time in which clocks were slowed for one reason.

@@ -4,12 +4,12 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::urlencode;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::charts::{sequential_gradient, sparkline, strip_chart, Axis, Overlay, Series, StripRow};
@@ -29,13 +29,13 @@ use crate::store::Store;
 use serde::Deserialize;
 
 /// `/hosts/{name}`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/hosts/{name}", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/hosts/{name}", page)
 }
 
 /// The host list, one host's page data and its raw samples.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+pub fn api_routes() -> Routes {
+    Routes::new()
         .routes(routes!(list))
         .routes(routes!(json))
         .routes(routes!(samples))

@@ -11,8 +11,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use chrono::Utc;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::ingest::{self, IngestError};
@@ -21,8 +22,8 @@ use crate::model::{Batch, IngestResponse};
 
 /// The ingest route. Its body is read by the handler, after the token is checked, with
 /// the `server.max_body_bytes` cap.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(handle))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(handle))
 }
 
 /// How long a request waits for an ingest slot before it is answered 503.

@@ -4,11 +4,11 @@
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
@@ -18,13 +18,13 @@ use crate::model::format::bytes;
 use crate::store::series::InventoryRow;
 
 /// `/inventory`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/inventory", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/inventory", page)
 }
 
 /// `GET /api/v1/inventory`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(json))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(json))
 }
 
 /// Inventory page data.

@@ -1,5 +1,6 @@
 //! The HTTP surface: dashboard pages, the JSON API, ingest, health and metrics.
 
+pub mod access;
 pub mod admin;
 pub mod alerts;
 pub mod anomalies;
@@ -28,15 +29,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::routing::get;
 use axum::Router;
 use tower_http::compression::Predicate;
 use utoipa::OpenApi as _;
-use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::model::telemetry::Telemetry;
 use crate::store::Store;
+use access::Routes;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -95,6 +95,12 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let request_timeout = std::time::Duration::from_secs(s.request_timeout_secs);
     routes(&state)
         .merge(extra)
+        // Who may call what: each route's row of the authorization table, before its
+        // handler (routes without a row, such as `extra`'s, pass through).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::enforce,
+        ))
         .fallback(not_found)
         // Innermost: a panicking handler becomes a 500 and the connection lives on.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
@@ -130,20 +136,20 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 /// ingest, and the server's own endpoints.
 pub fn routes(state: &AppState) -> Router<AppState> {
     let (api, _document) = api_router().split_for_parts();
+    let own: Router<AppState> = Routes::new()
+        .get("/healthz", healthz)
+        .get("/metrics", metrics::metrics)
+        .get("/metrics/fleet", fleet_metrics::fleet_metrics)
+        .get("/assets/app.js", app_js)
+        .get("/favicon.ico", icon)
+        .get("/assets/icon.svg", icon)
+        .into();
     Router::new()
-        .merge(
-            page_router().route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                metrics::time_page,
-            )),
-        )
+        .merge(Router::<AppState>::from(page_router()).route_layer(
+            axum::middleware::from_fn_with_state(state.clone(), metrics::time_page),
+        ))
         .merge(api)
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/metrics/fleet", get(fleet_metrics::fleet_metrics))
-        .route("/assets/app.js", get(app_js))
-        .route("/favicon.ico", get(icon))
-        .route("/assets/icon.svg", get(icon))
+        .merge(own)
 }
 
 /// gzip or brotli, as the client asks, for pages and JSON: the fleet page's HTML
@@ -227,8 +233,8 @@ async fn panic_as_page(
 }
 
 /// The pages people look at, by resource. Errors answer as HTML pages.
-fn page_router() -> Router<AppState> {
-    Router::new()
+fn page_router() -> Routes {
+    Routes::new()
         .merge(fleet::page_routes())
         .merge(rack::page_routes())
         .merge(host::page_routes())
@@ -243,9 +249,10 @@ fn page_router() -> Router<AppState> {
 
 /// The JSON API (`/api/v1/…`) by resource, ingest included: each route registered with
 /// its documented handler, so this one list builds the router and the OpenAPI document.
+/// Each is checked against its row of [`access::ROUTES`] as it is registered.
 /// Errors answer as JSON.
-pub fn api_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+pub fn api_router() -> Routes {
+    Routes::with_openapi(openapi::ApiDoc::openapi())
         .merge(fleet::api_routes())
         .merge(rack::api_routes())
         .merge(host::api_routes())

@@ -11,15 +11,14 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
-use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::error::ErrorBody;
-use super::AppState;
 
 /// `GET /api/v1/openapi.json`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(openapi))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(openapi))
 }
 
 /// What the document says about the API as a whole; the paths come from the router.

@@ -4,12 +4,12 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::routes;
 
+use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::charts::{strip_chart, Axis, Overlay, Series, StripRow};
 use super::error::{ApiError, ErrorBody, PageError};
@@ -22,13 +22,13 @@ use crate::store::series::{FaultCount, GpuPoint, HostPoint};
 use crate::store::Store;
 
 /// `/racks/{site}/{rack}`.
-pub fn page_routes() -> Router<AppState> {
-    Router::new().route("/racks/{site}/{rack}", get(page))
+pub fn page_routes() -> Routes {
+    Routes::new().get("/racks/{site}/{rack}", page)
 }
 
 /// `GET /api/v1/racks/{site}/{rack}`.
-pub fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(json))
+pub fn api_routes() -> Routes {
+    Routes::new().routes(routes!(json))
 }
 
 /// Rack page data: hosts, heatmap cells, host series, events and alerts.

@@ -28,5 +28,6 @@ mod pages;
 mod prometheus;
 mod replication;
 mod rollups;
+mod security;
 mod soak;
 mod support;

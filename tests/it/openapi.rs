@@ -160,6 +160,7 @@ fn the_document_is_generated_with_every_api_path() {
         "/api/v1/capacity/pools/{pool}",
         "/api/v1/capacity/recommendations",
         "/api/v1/pools/{pool}/demand",
+        "/api/v1/audit",
         "/api/v1/openapi.json",
     ] {
         assert!(paths.contains(p), "{p} is not in the document");
@@ -345,6 +346,7 @@ async fn real_responses_match_the_openapi_document() {
         ("/api/v1/alerts", "/api/v1/alerts", 200),
         ("/api/v1/admin/users", "/api/v1/admin/users", 200),
         ("/api/v1/admin/tokens", "/api/v1/admin/tokens", 200),
+        ("/api/v1/audit", "/api/v1/audit?action=login&limit=5", 200),
         ("/api/v1/energy/weekly", "/api/v1/energy/weekly", 200),
         (
             "/api/v1/energy/weekly",

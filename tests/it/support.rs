@@ -428,6 +428,10 @@ impl TestApp {
         self.http
             .post(format!("{}{path}", self.base))
             .header("cookie", cookie)
+            .header(
+                rackwatch::web::access::CSRF_HEADER,
+                rackwatch::web::access::csrf_for_cookie(cookie),
+            )
             .json(body)
             .send()
             .await

@@ -1,0 +1,826 @@
+//! Who may do what, and the record of it: the authorization table walked with every kind
+//! of caller against the real server, CSRF on every state-changing call made with a
+//! session cookie, the audit trail, and secrets read from files.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+
+use rackwatch::store::audit::Filter;
+use rackwatch::store::auth::Role;
+use rackwatch::web::access::{self, Access, RouteRule, ROUTES};
+use serde_json::json;
+
+use crate::support::{recent, TestApp, METRICS_TOKEN};
+
+/// A kind of caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Anonymous,
+    Viewer,
+    Operator,
+    Admin,
+    /// The agent token of host `host-a`, which the requests name.
+    AgentToken,
+    /// The agent token of another host.
+    OtherHostToken,
+    /// The scheduler token of pool `pool-a`, which the requests name.
+    PoolToken,
+    /// The Prometheus scrape token.
+    ScrapeToken,
+}
+
+const EVERYONE: [Who; 8] = [
+    Who::Anonymous,
+    Who::Viewer,
+    Who::Operator,
+    Who::Admin,
+    Who::AgentToken,
+    Who::OtherHostToken,
+    Who::PoolToken,
+    Who::ScrapeToken,
+];
+
+/// How to call a route, and what an allowed caller gets.
+struct Call {
+    path: String,
+    form: Option<Vec<(&'static str, String)>>,
+    json: Option<serde_json::Value>,
+    /// The status of an allowed call.
+    allowed: u16,
+}
+
+fn concrete(template: &str) -> String {
+    template
+        .replace("{site}", "fra1")
+        .replace("{rack}", "r1")
+        .replace("{name}", "host-a")
+        .replace("{index}", "0")
+        .replace("{pool}", "pool-a")
+        .replace("{file}", "none.html")
+        .replace("{id}", "999999")
+}
+
+/// The request for each row. A row without an entry here fails the test.
+fn call(r: &RouteRule) -> Call {
+    let path = concrete(r.path);
+    let page = |allowed| Call {
+        path: path.clone(),
+        form: None,
+        json: None,
+        allowed,
+    };
+    let form = |fields: Vec<(&'static str, String)>, allowed| Call {
+        path: path.clone(),
+        form: Some(fields),
+        json: None,
+        allowed,
+    };
+    let ts = recent(1, 1, 5)[0].to_rfc3339();
+    match (r.method, r.path) {
+        // The file name is not one of a report's: refused after the caller is let in.
+        ("GET", "/energy/reports/{file}") => page(400),
+        ("GET", "/hosts/{name}/gpus/{index}") | ("GET", "/api/v1/hosts/{name}/gpus/{index}") => {
+            page(200)
+        }
+        // The capacity job has not run here: the pool is not known yet.
+        ("GET", "/capacity/pools/{pool}") | ("GET", "/api/v1/capacity/pools/{pool}") => page(404),
+        ("GET", _) => page(200),
+        // A wrong password without the login form's cookie: refused the same for everyone.
+        ("POST", "/login") => form(
+            vec![("username", "nobody".into()), ("password", "x".into())],
+            403,
+        ),
+        ("POST", "/logout") => form(vec![], 303),
+        ("POST", "/alerts/ack") => form(vec![("fingerprint", "no-such-alert".into())], 404),
+        ("POST", "/silences") => form(
+            vec![
+                ("matchers", "host=host-a".into()),
+                ("hours", "1".into()),
+                ("comment", "matrix".into()),
+            ],
+            303,
+        ),
+        ("POST", "/silences/expire") => form(vec![("id", "999999".into())], 303),
+        ("POST", "/admin/users") => form(
+            vec![
+                ("name", "matrix-made".into()),
+                ("role", "viewer".into()),
+                ("password", "matrix-password".into()),
+            ],
+            200,
+        ),
+        ("POST", "/admin/users/{id}/delete") => form(vec![], 404),
+        ("POST", "/admin/tokens") => form(
+            vec![("host", "host-z".into()), ("note", "matrix".into())],
+            200,
+        ),
+        ("POST", "/admin/tokens/{id}/revoke") => form(vec![], 404),
+        ("POST", "/api/v1/facility/readings") => Call {
+            path,
+            form: None,
+            json: Some(json!([])),
+            allowed: 200,
+        },
+        ("POST", "/api/v1/pools/{pool}/demand") => Call {
+            path,
+            form: None,
+            json: Some(json!({"pending_gpus": 3, "source": "matrix"})),
+            allowed: 200,
+        },
+        ("POST", "/api/v1/ingest") => Call {
+            path,
+            form: None,
+            json: Some(json!({
+                "host": {"name": "host-a", "site": "fra1", "rack": "r1", "pool": "pool-a"},
+                "host_samples": [{"ts": ts, "cpu_util_pct": 12.0}],
+            })),
+            allowed: 200,
+        },
+        (m, p) => panic!("{m} {p} is in the authorization table but the matrix test has no request for it: add one to call()"),
+    }
+}
+
+/// What `who` must get from `row`, given an allowed call's status.
+fn expected(row: &RouteRule, who: Who, allowed: u16) -> u16 {
+    let anonymous = if row.login_redirect { 303 } else { 401 };
+    let user_role = match who {
+        Who::Viewer => Some(Role::Viewer),
+        Who::Operator => Some(Role::Operator),
+        Who::Admin => Some(Role::Admin),
+        _ => None,
+    };
+    match row.access {
+        Access::Public => allowed,
+        Access::User(need) => match user_role {
+            Some(r) if r >= need => allowed,
+            Some(_) => 403,
+            None => anonymous,
+        },
+        Access::AgentToken => match who {
+            Who::AgentToken => allowed,
+            Who::OtherHostToken => 403,
+            _ => 401,
+        },
+        Access::PoolTokenOrOperator => match (who, user_role) {
+            (Who::PoolToken, _) => allowed,
+            (_, Some(r)) if r >= Role::Operator => allowed,
+            (_, Some(_)) => 403,
+            _ => 401,
+        },
+        Access::ScrapeTokenOrUser => match (who, user_role) {
+            (Who::ScrapeToken, _) | (_, Some(_)) => allowed,
+            _ => 401,
+        },
+    }
+}
+
+struct Callers {
+    cookies: BTreeMap<Who, String>,
+    bearers: BTreeMap<Who, String>,
+}
+
+async fn callers(app: &TestApp) -> Callers {
+    let mut cookies = BTreeMap::new();
+    for (who, name, role) in [
+        (Who::Viewer, "vera", Role::Viewer),
+        (Who::Operator, "otto", Role::Operator),
+        (Who::Admin, "ada", Role::Admin),
+    ] {
+        cookies.insert(who, app.login_as(name, "correct-horse", role).await);
+    }
+    let mut bearers = BTreeMap::new();
+    bearers.insert(Who::AgentToken, app.token("host-a").await);
+    bearers.insert(Who::OtherHostToken, app.token("host-b").await);
+    bearers.insert(
+        Who::PoolToken,
+        app.store
+            .create_pool_token("pool-a", "matrix")
+            .await
+            .unwrap(),
+    );
+    bearers.insert(Who::ScrapeToken, METRICS_TOKEN.to_string());
+    Callers { cookies, bearers }
+}
+
+async fn send(app: &TestApp, row: &RouteRule, c: &Call, who: Who, cs: &Callers) -> u16 {
+    let url = format!("{}{}", app.base, c.path);
+    let mut req = if row.method == "GET" {
+        app.http.get(&url)
+    } else {
+        app.http.post(&url)
+    };
+    if let Some(cookie) = cs.cookies.get(&who) {
+        req = req.header("cookie", cookie);
+    }
+    if let Some(b) = cs.bearers.get(&who) {
+        req = req.bearer_auth(b);
+    }
+    let csrf = cs
+        .cookies
+        .get(&who)
+        .map(|c| access::csrf_for_cookie(c))
+        .unwrap_or_default();
+    if let Some(f) = &c.form {
+        let mut f = f.clone();
+        if row.path != "/login" {
+            f.push(("csrf", csrf.clone()));
+        }
+        req = req.form(&f);
+    }
+    if let Some(j) = &c.json {
+        if !csrf.is_empty() {
+            req = req.header(access::CSRF_HEADER, &csrf);
+        }
+        req = req.json(j);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn every_route_answers_every_kind_of_caller_as_the_table_says() {
+    let app = TestApp::spawn().await;
+    let cs = callers(&app).await;
+    // Host `host-a` in pool `pool-a` with one GPU, so that its pages exist.
+    let ts = recent(2, 5, 10);
+    let r = app
+        .ingest(
+            &cs.bearers[&Who::AgentToken],
+            &json!({
+                "host": {"name": "host-a", "site": "fra1", "rack": "r1", "pool": "pool-a"},
+                "gpus": [{"index": 0, "uuid": "GPU-a0", "model": "NVIDIA H100 80GB HBM3"}],
+                "host_samples": ts.iter().map(|t| json!({"ts": t, "cpu_util_pct": 10.0})).collect::<Vec<_>>(),
+                "gpu_samples": ts.iter().map(|t| json!({"ts": t, "index": 0, "util_pct": 50.0})).collect::<Vec<_>>(),
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let mut wrong = Vec::new();
+    let mut cells = 0;
+    // Log out last: it ends the caller's session.
+    let rows = ROUTES
+        .iter()
+        .filter(|r| r.path != "/logout")
+        .chain(ROUTES.iter().filter(|r| r.path == "/logout"));
+    for row in rows {
+        let c = call(row);
+        for who in EVERYONE {
+            let want = expected(row, who, c.allowed);
+            let got = send(&app, row, &c, who, &cs).await;
+            cells += 1;
+            if got != want {
+                wrong.push(format!(
+                    "{} {} as {who:?}: {got}, expected {want} ({})",
+                    row.method,
+                    c.path,
+                    row.access.label()
+                ));
+            }
+        }
+    }
+    assert_eq!(cells, ROUTES.len() * EVERYONE.len());
+    assert!(
+        wrong.is_empty(),
+        "{} of {cells} cells differ from the table:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    app.stop().await;
+}
+
+#[test]
+fn a_route_without_a_row_cannot_be_registered() {
+    async fn h() -> &'static str {
+        "x"
+    }
+    let r = std::panic::catch_unwind(|| access::Routes::new().get("/not-in-the-table", h));
+    let msg = r.err().expect("registering an unknown route must panic");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("no row in web::access::ROUTES"), "{msg}");
+    // The same for a documented API handler, registered with `routes!` (its path and
+    // method come from its `#[utoipa::path]`).
+    #[utoipa::path(post, path = "/api/v1/not-in-the-table", responses((status = 200)))]
+    async fn documented() -> &'static str {
+        "x"
+    }
+    let r =
+        std::panic::catch_unwind(|| access::Routes::new().routes(utoipa_axum::routes!(documented)));
+    let msg = r
+        .err()
+        .expect("registering an unknown API route must panic");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("POST /api/v1/not-in-the-table has no row in web::access::ROUTES"),
+        "{msg}"
+    );
+    // Every row is unique, and the printed table lists them all.
+    let table = access::table();
+    for (i, r) in ROUTES.iter().enumerate() {
+        assert!(
+            !ROUTES[..i]
+                .iter()
+                .any(|o| o.method == r.method && o.path == r.path),
+            "{} {} twice",
+            r.method,
+            r.path
+        );
+        assert!(table.contains(r.path), "{}", r.path);
+    }
+}
+
+#[tokio::test]
+async fn cookie_posts_need_the_csrf_token_and_this_origin() {
+    let app = TestApp::spawn().await;
+    let admin = app.login_as("ada", "correct-horse", Role::Admin).await;
+    let csrf = access::csrf_for_cookie(&admin);
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for row in ROUTES
+        .iter()
+        .filter(|r| r.method == "POST" && r.path != "/login")
+    {
+        let c = call(row);
+        for (case, with_token, origin) in [
+            ("no token", false, None),
+            ("foreign Origin", true, Some("https://evil.example")),
+            ("Origin null", true, Some("null")),
+        ] {
+            let mut req = app
+                .http
+                .post(format!("{}{}", app.base, c.path))
+                .header("cookie", &admin);
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            if let Some(f) = &c.form {
+                let mut f = f.clone();
+                if with_token {
+                    f.push(("csrf", csrf.clone()));
+                }
+                req = req.form(&f);
+            }
+            if let Some(j) = &c.json {
+                if with_token {
+                    req = req.header(access::CSRF_HEADER, &csrf);
+                }
+                req = req.json(j);
+            }
+            let got = req.send().await.unwrap().status().as_u16();
+            checked += 1;
+            if got != 403 {
+                wrong.push(format!("POST {} with {case}: {got}, expected 403", c.path));
+            }
+        }
+    }
+    assert!(checked >= 3 * 10, "{checked}");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The same request from this server's own page (same Origin, token) is accepted.
+    let host = app.base.trim_start_matches("http://").to_string();
+    let r = app
+        .http
+        .post(format!("{}/api/v1/facility/readings", app.base))
+        .header("cookie", &admin)
+        .header("origin", format!("http://{host}"))
+        .header(access::CSRF_HEADER, &csrf)
+        .json(&json!([]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // HTTP Basic is not a cookie: scripts need no CSRF token.
+    let r = app
+        .http
+        .post(format!("{}/api/v1/facility/readings", app.base))
+        .basic_auth("ada", Some("correct-horse"))
+        .json(&json!([]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+}
+
+/// The rows of `action`, as (actor, target, outcome).
+async fn rows(app: &TestApp, action: &str) -> Vec<(String, String, String)> {
+    app.store
+        .audit_rows(&Filter {
+            action: Some(action.into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.actor, r.target, r.outcome))
+        .collect()
+}
+
+fn one(v: &[(String, String, String)], actor: &str, target: &str, outcome: &str) -> bool {
+    v.len() == 1 && v[0] == (actor.into(), target.into(), outcome.into())
+}
+
+#[tokio::test]
+async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
+    let app = TestApp::spawn().await;
+    // The server's start, with a hash of its configuration and never a secret.
+    let started = app
+        .store
+        .audit_rows(&Filter {
+            action: Some("server.started".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].actor, "system");
+    let details = started[0].details.to_string();
+    assert_eq!(
+        started[0].details["config_sha256"].as_str().unwrap().len(),
+        64
+    );
+    assert!(!details.contains(METRICS_TOKEN), "{details}");
+
+    // Logins through the form: one refused, one good.
+    app.store
+        .upsert_user("ada", Role::Admin, "correct-horse")
+        .await
+        .unwrap();
+    assert_eq!(app.post_login("ada", "wrong-horse").await.status(), 401);
+    let logins = rows(&app, "login").await;
+    assert!(one(&logins, "ada", "ada", "refused"), "{logins:?}");
+    let admin = app.login_as("ada", "correct-horse", Role::Admin).await;
+    let logins = rows(&app, "login").await;
+    assert_eq!(logins.len(), 2);
+    assert_eq!(logins[0], ("ada".into(), "ada".into(), "ok".into()));
+    let row = &app
+        .store
+        .audit_rows(&Filter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0];
+    assert_eq!(row.source.as_deref(), Some("127.0.0.1"));
+    assert!(!row.details.to_string().contains("horse"));
+    // A wrong HTTP Basic password.
+    let r = app
+        .http
+        .get(format!("{}/api/v1/fleet", app.base))
+        .basic_auth("ada", Some("wrong-again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let logins = rows(&app, "login").await;
+    assert_eq!(logins.len(), 3);
+    assert_eq!(logins[0], ("ada".into(), "ada".into(), "refused".into()));
+
+    let csrf = access::csrf_for_cookie(&admin);
+    let post = |path: &'static str, mut f: Vec<(&'static str, String)>| {
+        f.push(("csrf", csrf.clone()));
+        app.http
+            .post(format!("{}{path}", app.base))
+            .header("cookie", &admin)
+            .form(&f)
+            .send()
+    };
+    // Users: created, then its role changed (which resets its password too), then deleted.
+    let r = post(
+        "/admin/users",
+        vec![
+            ("name", "bob".into()),
+            ("role", "viewer".into()),
+            ("password", "bob-password".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(one(&rows(&app, "user.created").await, "ada", "bob", "ok"));
+    let r = post(
+        "/admin/users",
+        vec![
+            ("name", "bob".into()),
+            ("role", "operator".into()),
+            ("password", "bob-password-2".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(one(
+        &rows(&app, "user.role_changed").await,
+        "ada",
+        "bob",
+        "ok"
+    ));
+    assert!(one(
+        &rows(&app, "user.password_reset").await,
+        "ada",
+        "bob",
+        "ok"
+    ));
+    assert_eq!(rows(&app, "user.created").await.len(), 1);
+    let bob_id = app
+        .store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|u| u.name == "bob")
+        .unwrap()
+        .id;
+    let r = app
+        .http
+        .post(format!("{}/admin/users/{bob_id}/delete", app.base))
+        .header("cookie", &admin)
+        .form(&[("csrf", csrf.clone())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(one(&rows(&app, "user.deleted").await, "ada", "bob", "ok"));
+
+    // Tokens: minted on the admin page, revoked there.
+    let r = post(
+        "/admin/tokens",
+        vec![("host", "gpu-9".into()), ("note", "rack 4".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(one(
+        &rows(&app, "token.created").await,
+        "ada",
+        "gpu-9",
+        "ok"
+    ));
+    let id = app.store.list_tokens().await.unwrap()[0].id;
+    let r = app
+        .http
+        .post(format!("{}/admin/tokens/{id}/revoke", app.base))
+        .header("cookie", &admin)
+        .form(&[("csrf", csrf.clone())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(one(
+        &rows(&app, "token.revoked").await,
+        "ada",
+        &format!("token {id}"),
+        "ok"
+    ));
+
+    // A silence, created and expired on the alerts page.
+    let r = post(
+        "/silences",
+        vec![
+            ("matchers", "host=gpu-9".into()),
+            ("hours", "2".into()),
+            ("comment", "swap".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    let sil = app.store.active_silences(chrono::Utc::now()).await.unwrap()[0].id;
+    assert!(one(
+        &rows(&app, "silence.created").await,
+        "ada",
+        &format!("silence {sil}"),
+        "ok"
+    ));
+    let r = post("/silences/expire", vec![("id", sil.to_string())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(one(
+        &rows(&app, "silence.expired").await,
+        "ada",
+        &format!("silence {sil}"),
+        "ok"
+    ));
+
+    // An acknowledgement of a firing alert.
+    sqlx::query(
+        r#"INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description,
+                               started_at, fired_at, last_active_at)
+           VALUES ('fp-audit', 'gpu-xid', 'critical', '{"host": "gpu-9"}', 'firing', 79,
+                   'XID', 'XID 79', now(), now(), now())"#,
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let r = post("/alerts/ack", vec![("fingerprint", "fp-audit".into())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(one(
+        &rows(&app, "alert.acknowledged").await,
+        "ada",
+        "fp-audit",
+        "ok"
+    ));
+
+    // The command line: a user and a token, by the Unix user who ran it.
+    let cli = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+            .args(args)
+            .env("RACKWATCH_DATABASE__URL", &app.db_url)
+            .env("RACKWATCH_LOG", "warn")
+            .env("USER", "ops-oncall")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    cli(
+        &["user", "add", "carol", "--role", "viewer"],
+        "carol-password\n",
+    );
+    cli(&["token", "create", "--host", "gpu-10"], "");
+    let created = rows(&app, "user.created").await;
+    assert_eq!(
+        created[0],
+        ("cli:ops-oncall".into(), "carol".into(), "ok".into())
+    );
+    let tokens = rows(&app, "token.created").await;
+    assert_eq!(
+        tokens[0],
+        ("cli:ops-oncall".into(), "gpu-10".into(), "ok".into())
+    );
+
+    // Logout, then the page and the API show the trail to admins, filtered.
+    let r = app
+        .http
+        .get(format!(
+            "{}/api/v1/audit?actor=ada&action=token.created",
+            app.base
+        ))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Vec<serde_json::Value> = r.json().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["target"], "gpu-9");
+    let (status, html) = app
+        .page(&admin, "/admin/audit?action=silence.created")
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("silence.created") && html.contains("host=gpu-9"),
+        "{html}"
+    );
+    assert!(!html.contains("user.deleted</td>"));
+    let (status, _) = app.page(&admin, "/admin/audit?since=yesterday").await;
+    assert_eq!(status, 400);
+    let r = app
+        .http
+        .post(format!("{}/logout", app.base))
+        .header("cookie", &admin)
+        .form(&[("csrf", csrf.clone())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(one(&rows(&app, "logout").await, "ada", "ada", "ok"));
+
+    // Rows cannot be changed.
+    let e = sqlx::query("UPDATE audit_log SET actor = 'someone-else'")
+        .execute(&app.store.pool)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    app.stop().await;
+}
+
+#[test]
+fn secrets_come_from_files_that_only_their_owner_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let smtp = write("smtp", "s3cret smtp\n", 0o600);
+    let scrape = write("scrape", "scrape-token\n", 0o640);
+    let dbpw = write("dbpw", "p@ss/word\n", 0o400);
+    let cfg_file = dir.path().join("rackwatch.toml");
+    std::fs::write(
+        &cfg_file,
+        format!(
+            "[database]\nurl = \"postgres://rackwatch@db.example:5432/rackwatch\"\npassword_file = \"{dbpw}\"\n\
+             [server]\nmetrics_token_file = \"{scrape}\"\n"
+        ),
+    )
+    .unwrap();
+    let cfg = rackwatch::config::Config::load_with_env(
+        Some(&cfg_file),
+        vec![(
+            "RACKWATCH_ALERTING__SMTP__PASSWORD_FILE".to_string(),
+            smtp.clone(),
+        )],
+    )
+    .unwrap();
+    assert_eq!(cfg.alerting.smtp.password.expose(), "s3cret smtp");
+    assert_eq!(cfg.server.metrics_token.expose(), "scrape-token");
+    assert_eq!(
+        cfg.database.url.expose(),
+        "postgres://rackwatch:p%40ss%2Fword@db.example:5432/rackwatch"
+    );
+    // Nothing of them shows when the configuration is printed.
+    let dbg = format!("{cfg:?}");
+    assert!(!dbg.contains("s3cret") && !dbg.contains("scrape-token") && !dbg.contains("p%40ss"));
+
+    // A file others may read is refused, naming the key, the file and the fix.
+    let open = write("open", "x\n", 0o644);
+    let e = rackwatch::config::Config::load_with_env(
+        None,
+        vec![(
+            "RACKWATCH_ALERTING__SMTP__PASSWORD_FILE".to_string(),
+            open.clone(),
+        )],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("alerting.smtp.password_file") && e.contains(&open) && e.contains("chmod"),
+        "{e}"
+    );
+    // Both the secret and its file: refused.
+    let e = rackwatch::config::Config::load_with_env(
+        None,
+        vec![
+            (
+                "RACKWATCH_SERVER__METRICS_TOKEN".to_string(),
+                "inline".to_string(),
+            ),
+            (
+                "RACKWATCH_SERVER__METRICS_TOKEN_FILE".to_string(),
+                scrape.clone(),
+            ),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("both set"), "{e}");
+    // A missing file and an empty one.
+    let e = rackwatch::config::Config::load_with_env(
+        None,
+        vec![(
+            "RACKWATCH_DATABASE__URL_FILE".to_string(),
+            "/nonexistent/db-url".to_string(),
+        )],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("database.url_file") && e.contains("/nonexistent/db-url"),
+        "{e}"
+    );
+    let empty = write("empty", "", 0o600);
+    let e = rackwatch::config::Config::load_with_env(
+        None,
+        vec![("RACKWATCH_DATABASE__URL_FILE".to_string(), empty)],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("empty"), "{e}");
+    // The agent's token file is held to the same rule.
+    let mut cfg = rackwatch::config::Config::default();
+    cfg.agent.token_file = open;
+    let e = rackwatch::app::agent_token(&cfg).unwrap_err().to_string();
+    assert!(e.contains("agent.token_file") && e.contains("chmod"), "{e}");
+    cfg.agent.token_file = write("agent", "rwa_abc\n", 0o600);
+    assert_eq!(rackwatch::app::agent_token(&cfg).unwrap(), "rwa_abc");
+}
+
+#[test]
+fn docs_show_the_current_matrix() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md")).unwrap();
+    assert!(
+        doc.contains(&access::markdown()),
+        "docs/security.md does not hold the current matrix; paste `rackwatch::web::access::markdown()`:\n{}",
+        access::markdown()
+    );
+}
