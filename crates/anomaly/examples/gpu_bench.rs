@@ -13,11 +13,18 @@
 //! `cargo build --release -p rackwatch-anomaly --features gpu --example gpu_bench`
 //!
 //! Run: `gpu_bench [--quick] [--hosts N] [--gpus N] [--days N] [--metrics N] [--runs N]
-//! [--catchup N] [--train-batch N] [--train-passes N] [--threads N] [--max-buffer-mb N] [--adapter NAME]
-//! [--cpu-only] [--no-software] [--seed N]`.
+//! [--catchup N] [--train-batch N] [--train-passes N] [--threads N] [--max-buffer-mb N]
+//! [--pipeline-mb N] [--adapter NAME] [--cpu-only] [--no-software] [--seed N]`.
+//!
+//! Fairness: both backends run the same code (`Detector::fit_batch`, then
+//! `Detector::score_explained_batch` with each host's model key) with the same host threads
+//! (`--threads`, default: the machine's), the same fleet and the same batches; each is warmed
+//! up the same way. The CPU backend keeps no device cache, so the key costs it nothing and
+//! gains it nothing.
 
 use std::time::Instant;
 
+use rackwatch_anomaly::backend::ModelKey;
 use rackwatch_anomaly::{
     Backend, CpuBackend, Detector, DetectorConfig, GpuBackend, GpuOptions, GpuStats, Matrix,
     ScoreInput, ScoredRow, TrainInput,
@@ -37,6 +44,7 @@ struct Args {
     train_passes: usize,
     threads: usize,
     max_buffer_mb: u64,
+    pipeline_mb: u64,
     adapter: Option<String>,
     cpu_only: bool,
     software: bool,
@@ -48,7 +56,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: gpu_bench [--quick] [--hosts N] [--gpus N per host] [--days N] [--metrics N] \
          [--runs N] [--catchup MINUTES] [--train-batch N] [--train-passes N] [--threads N] [--max-buffer-mb N] \
-         [--adapter NAME] [--cpu-only] [--no-software] [--baseline-hosts N] [--seed N]"
+         [--pipeline-mb N] [--adapter NAME] [--cpu-only] [--no-software] [--baseline-hosts N] [--seed N]"
     );
     std::process::exit(2)
 }
@@ -66,6 +74,7 @@ fn parse() -> Args {
         train_passes: 2,
         threads,
         max_buffer_mb: 512,
+        pipeline_mb: 0,
         adapter: None,
         cpu_only: false,
         software: true,
@@ -99,6 +108,7 @@ fn parse() -> Args {
             "--train-passes" => a.train_passes = (num("--train-passes") as usize).max(1),
             "--threads" => a.threads = num("--threads") as usize,
             "--max-buffer-mb" => a.max_buffer_mb = num("--max-buffer-mb"),
+            "--pipeline-mb" => a.pipeline_mb = num("--pipeline-mb"),
             "--baseline-hosts" => a.baseline_hosts = num("--baseline-hosts") as usize,
             "--seed" => a.seed = num("--seed"),
             "--adapter" => a.adapter = Some(it.next().unwrap_or_else(|| usage())),
@@ -289,10 +299,12 @@ fn train(b: &dyn Backend, fleet: &Fleet, batch: usize) -> (f64, Vec<Detector>) {
     )
 }
 
-/// One scoring run: rows `[from, to)` of every host's live minutes. Returns ms and rows.
+/// One scoring run: rows `[from, to)` of every host's live minutes, each model keyed by its
+/// host and `version` (the training it came from). Returns ms and rows.
 fn score_run(
     b: &dyn Backend,
     models: &mut [Detector],
+    version: u64,
     fleet: &Fleet,
     from: usize,
     to: usize,
@@ -301,7 +313,15 @@ fn score_run(
     let mut jobs: Vec<ScoreInput<'_>> = models
         .iter_mut()
         .zip(&windows)
-        .map(|(detector, rows)| ScoreInput { detector, rows })
+        .enumerate()
+        .map(|(h, (detector, rows))| ScoreInput {
+            detector,
+            rows,
+            model: Some(ModelKey {
+                host: h as u64,
+                version,
+            }),
+        })
         .collect();
     let t = Instant::now();
     let out = Detector::score_explained_batch(b, &mut jobs, 3);
@@ -432,7 +452,7 @@ fn measure(
             (y.read_s - x.read_s) * 1e3,
         );
         println!(
-            "{name}: training split: device wait {wait:.0} ms, upload fill {fill:.0} ms, result read {read:.0} ms, host-side work {:.0} ms (standardize, solve, calibrate; {} threads); {} submits, {:.0} MB up, {:.0} MB down",
+            "{name}: training split: device wait {wait:.0} ms (the host blocked on the device; pipelined sub-batches overlap the rest), upload fill {fill:.0} ms, result read {read:.0} ms, other host-side work {:.0} ms ({} threads); {} submits, {:.0} MB up, {:.0} MB down",
             total - fill - wait - read,
             b.threads(),
             y.submits - x.submits,
@@ -440,12 +460,27 @@ fn measure(
             (y.download_bytes - x.download_bytes) as f64 / 1e6,
         );
     }
+    // Version 1: the models of this training (the warm-up's are version 0).
     let mut ms = Vec::with_capacity(a.runs);
     let mut runs = Vec::with_capacity(a.runs);
+    let x = stats();
     for r in 0..a.runs {
-        let (t, rows) = score_run(b, &mut models, fleet, r, r + 1);
+        let (t, rows) = score_run(b, &mut models, 1, fleet, r, r + 1);
         ms.push(t);
         runs.push(rows);
+        if r == 0 {
+            println!("{name}: first scoring run (models not yet resident): {t:.3} ms");
+        }
+    }
+    if let (Some(x), Some(y)) = (x, stats()) {
+        println!(
+            "{name}: scoring runs: {} models uploaded, {} found resident; {} submits, {:.3} MB up, {:.3} MB down per run",
+            y.model_uploads - x.model_uploads,
+            y.model_hits - x.model_hits,
+            y.submits - x.submits,
+            (y.upload_bytes - x.upload_bytes) as f64 / 1e6 / a.runs as f64,
+            (y.download_bytes - x.download_bytes) as f64 / 1e6 / a.runs as f64,
+        );
     }
     let alerts: usize = runs
         .iter()
@@ -461,10 +496,15 @@ fn measure(
         ms.iter().cloned().fold(0.0, f64::max),
     );
     let catchup_ms = if a.catchup > 0 {
-        let (t, rows) = score_run(b, &mut models, fleet, a.runs, a.runs + a.catchup);
+        // A warm-up catch-up on copies of the models first (same keys): buffers of that size
+        // exist in a running server; then the measured one.
+        let mut copies = models.clone();
+        let (w, _) = score_run(b, &mut copies, 1, fleet, a.runs, a.runs + a.catchup);
+        drop(copies);
+        let (t, rows) = score_run(b, &mut models, 1, fleet, a.runs, a.runs + a.catchup);
         runs.push(rows);
         println!(
-            "{name}: catch-up run of {} minutes × {} hosts: {t:.1} ms",
+            "{name}: catch-up run of {} minutes × {} hosts: {t:.1} ms (warm-up on copies: {w:.1} ms)",
             a.catchup,
             fleet.train.len()
         );
@@ -537,6 +577,7 @@ fn main() {
             adapter_name: a.adapter.clone(),
             max_buffer_bytes: a.max_buffer_mb << 20,
             host_threads: a.threads,
+            pipeline_bytes: a.pipeline_mb << 20,
         }) {
             Ok(g) => {
                 let i = g.adapter_info();
@@ -554,6 +595,12 @@ fn main() {
                     buf >> 20,
                     bind >> 20
                 );
+                match g.device_training_unavailable() {
+                    None => {
+                        println!("gpu: whole trainings on the device (f64 statistics and solve)")
+                    }
+                    Some(why) => println!("gpu: trainings split between device and host: {why}"),
+                }
                 Some(g)
             }
             Err(e) => {
@@ -585,7 +632,7 @@ fn main() {
                 live: fleet.live[..a.hosts.min(4)].to_vec(),
             };
             let (_, mut wm) = train(g, &warm, 4);
-            score_run(g, &mut wm, &warm, 0, 1);
+            score_run(g, &mut wm, 0, &warm, 0, 1);
             println!("gpu: warm-up {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
             let before = g.stats();
             let label = if software {

@@ -39,6 +39,7 @@ fn batched_training_and_scoring_equal_the_per_host_path_bit_for_bit() {
             .map(|(d, h)| ScoreInput {
                 detector: d,
                 rows: &h.windows[w],
+                model: None,
             })
             .collect();
         let got = Detector::score_explained_batch(&cpu, &mut jobs, 3);
@@ -112,6 +113,7 @@ fn a_bad_host_fails_alone_with_a_clear_error() {
         .map(|(d, i)| ScoreInput {
             detector: d,
             rows: if i == 1 { &wrong } else { &fleet[i].windows[1] },
+            model: None,
         })
         .collect();
     let got = Detector::score_explained_batch(&cpu, &mut jobs, 2);

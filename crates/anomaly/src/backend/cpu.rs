@@ -2,7 +2,10 @@
 //! over threads, or (batched) whole hosts spread over threads.
 
 use super::parallel::par_map;
-use super::{Backend, BackendError, CrossProducts, LagWeights, ResidualJob, Series};
+use super::stream::stream_from_abs;
+use super::{
+    Backend, BackendError, CrossProducts, LagWeights, ResidualJob, Series, StreamJob, Streamed,
+};
 
 /// Lanes per packed weight column block.
 const LANES: usize = 8;
@@ -279,6 +282,21 @@ impl Backend for CpuBackend {
         let work: usize = jobs.iter().map(|j| j.series.n * j.series.d).sum();
         let threads = if work < 1 << 16 { 1 } else { self.threads };
         par_map(threads, jobs.iter().collect(), |_, j| abs_one(j))
+    }
+
+    /// Each host's residuals and stream on one thread, hosts spread over the threads (the
+    /// residuals too: unlike [`Backend::abs_residuals_batch`], whose whole batch runs on one
+    /// thread below 65,536 values).
+    fn score_stream(
+        &self,
+        jobs: &[StreamJob<'_>],
+        top_k: usize,
+    ) -> Vec<Result<Streamed, BackendError>> {
+        par_map(self.threads, jobs.iter().collect(), |_, j| {
+            j.check()?;
+            let abs = abs_one(&j.residual_job())?;
+            Ok(stream_from_abs(j, &abs, top_k))
+        })
     }
 
     fn cross_products(

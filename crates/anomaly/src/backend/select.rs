@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::parallel::available_threads;
 use super::{
-    train_kernels_default, Backend, BackendError, Calibration, CpuBackend, CrossProducts,
-    LagWeights, ResidualJob, Series, SolveFn, TrainJob,
+    train_kernels_default, Backend, BackendError, CpuBackend, CrossProducts, FitJob, FitOutput,
+    LagWeights, ResidualJob, Series, SolveFn, StreamJob, Streamed,
 };
 
 /// Which backend the configuration asks for.
@@ -194,6 +194,7 @@ impl SelectedBackend {
             adapter_name: opts.adapter_name.clone(),
             max_buffer_bytes: opts.max_buffer_bytes.unwrap_or(defaults.max_buffer_bytes),
             host_threads: opts.threads.unwrap_or_else(available_threads),
+            pipeline_bytes: defaults.pipeline_bytes,
         })?;
         let threads = opts.threads.unwrap_or_else(available_threads);
         Ok(SelectedBackend {
@@ -336,10 +337,10 @@ impl Backend for SelectedBackend {
 
     fn train_kernels(
         &self,
-        jobs: &[TrainJob<'_>],
+        series: &[Series<'_>],
         solve: &SolveFn<'_>,
-    ) -> Vec<anyhow::Result<Calibration>> {
-        let mut out = self.primary().train_kernels(jobs, solve);
+    ) -> Vec<anyhow::Result<Vec<f32>>> {
+        let mut out = self.primary().train_kernels(series, solve);
         if matches!(self.inner, Inner::Cpu) {
             return out;
         }
@@ -359,12 +360,27 @@ impl Backend for SelectedBackend {
         }
         self.cpu_hosts
             .fetch_add(redo.len() as u64, Ordering::Relaxed);
-        let again: Vec<TrainJob<'_>> = redo.iter().map(|&i| jobs[i]).collect();
+        let again: Vec<Series<'_>> = redo.iter().map(|&i| series[i]).collect();
         let r = train_kernels_default(&self.cpu, &again, &|k, c| solve(redo[k], c));
         for (&i, r) in redo.iter().zip(r) {
             out[i] = r;
         }
         out
+    }
+
+    /// The GPU's device training; hosts it cannot take come back with a capacity error and
+    /// the detector trains them through [`Backend::train_kernels`] (which falls back here).
+    fn fit_device(&self, jobs: &[FitJob<'_>]) -> Option<Vec<anyhow::Result<FitOutput>>> {
+        self.primary().fit_device(jobs)
+    }
+
+    fn score_stream(
+        &self,
+        jobs: &[StreamJob<'_>],
+        top_k: usize,
+    ) -> Vec<Result<Streamed, BackendError>> {
+        let out = self.primary().score_stream(jobs, top_k);
+        self.with_fallback(jobs, out, |again| self.cpu.score_stream(again, top_k))
     }
 
     fn abs_residuals_batch(&self, jobs: &[ResidualJob<'_>]) -> Vec<Result<Vec<f32>, BackendError>> {

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use super::buffers::Buffers;
 use super::plan::Limits;
 use super::{
-    lock, GpuBackend, GpuOptions, GpuStats, Pipelines, CROSS_WGSL, REDUCE_WGSL, RESID_WGSL,
-    ROWSUM_WGSL, SCALES_WGSL,
+    lock, FitPipelines, GpuBackend, GpuOptions, GpuStats, Pipelines, CALIBRATE_WGSL, CROSS_WGSL,
+    REDUCE_WGSL, RESID_WGSL, SOLVE_WGSL, STANDARDIZE_WGSL, STREAM_WGSL, TRAIN_COMMON_WGSL,
 };
 use crate::backend::{BackendError, BackendInfo, BackendKind};
 
@@ -96,10 +96,18 @@ impl GpuBackend {
         };
         let ainfo = adapter.get_info();
         let alimits = adapter.limits();
+        // f64 arithmetic in shaders: device-side training (statistics, solve, quantile) is
+        // written for it; without it training takes the host-side path.
+        let f64_ok = adapter.features().contains(wgpu::Features::SHADER_F64);
+        let features = if f64_ok {
+            wgpu::Features::SHADER_F64
+        } else {
+            wgpu::Features::empty()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(
             &wgpu::DeviceDescriptor {
                 label: Some("rackwatch-anomaly"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: alimits.clone(),
                 memory_hints: wgpu::MemoryHints::Performance,
             },
@@ -120,30 +128,57 @@ impl GpuBackend {
             });
         }
         device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = |src: &str, label: &str| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let module = |src: Cow<'static, str>, label: &str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(src)),
-            });
+                source: wgpu::ShaderSource::Wgsl(src),
+            })
+        };
+        let pipeline = |m: &wgpu::ShaderModule, entry: &str, label: &str| {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(label),
                 layout: None,
-                module: &module,
-                entry_point: Some("main"),
+                module: m,
+                entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
             })
         };
-        let pipes = Pipelines {
-            cross: pipeline(CROSS_WGSL, "cross_products"),
-            reduce: pipeline(REDUCE_WGSL, "cross_reduce"),
-            resid: pipeline(RESID_WGSL, "residuals"),
-            scales: pipeline(SCALES_WGSL, "scales"),
-            rowsum: pipeline(ROWSUM_WGSL, "rowsum"),
+        let one = |src: &'static str, label: &str| {
+            pipeline(&module(Cow::Borrowed(src), label), "main", label)
+        };
+        let mut pipes = Pipelines {
+            cross: one(CROSS_WGSL, "cross_products"),
+            reduce: one(REDUCE_WGSL, "cross_reduce"),
+            resid: one(RESID_WGSL, "residuals"),
+            stream: one(STREAM_WGSL, "score_stream"),
+            fit: None,
         };
         if let Some(e) = pollster::block_on(device.pop_error_scope()) {
             return Err(BackendError::Device(format!("compiling the kernels: {e}")));
         }
+        let fit_unavailable = if f64_ok {
+            device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let train = |src: &str, label: &str| {
+                module(Cow::Owned(format!("{TRAIN_COMMON_WGSL}\n{src}")), label)
+            };
+            let standardize = train(STANDARDIZE_WGSL, "standardize");
+            let fit = FitPipelines {
+                stats: pipeline(&standardize, "stats", "standardize stats"),
+                apply: pipeline(&standardize, "apply", "standardize apply"),
+                solve: pipeline(&train(SOLVE_WGSL, "solve"), "main", "solve"),
+                calibrate: pipeline(&train(CALIBRATE_WGSL, "calibrate"), "main", "calibrate"),
+            };
+            match pollster::block_on(device.pop_error_scope()) {
+                None => {
+                    pipes.fit = Some(fit);
+                    None
+                }
+                Some(e) => Some(format!("the f64 training kernels did not compile: {e}")),
+            }
+        } else {
+            Some("the adapter has no f64 shader arithmetic (SHADER_F64)".to_string())
+        };
         let limits = Limits::new(
             alimits.max_storage_buffer_binding_size as u64,
             alimits.max_buffer_size,
@@ -171,6 +206,8 @@ impl GpuBackend {
             adapter: ainfo,
             limits,
             threads: opts.host_threads.max(1),
+            pipeline_bytes: opts.pipeline_bytes,
+            fit_unavailable,
             bufs,
             fault,
             stats: Mutex::new(GpuStats::default()),
@@ -185,6 +222,12 @@ impl GpuBackend {
     /// Effective per-buffer limits `(largest storage binding, largest buffer)` in bytes.
     pub fn buffer_limits(&self) -> (u64, u64) {
         (self.limits.binding, self.limits.buffer)
+    }
+
+    /// Why whole trainings do not run on this device (`None`: they do). Without f64 shader
+    /// arithmetic the device computes the cross products and residuals and the host the rest.
+    pub fn device_training_unavailable(&self) -> Option<&str> {
+        self.fit_unavailable.as_deref()
     }
 
     /// Work counters so far.

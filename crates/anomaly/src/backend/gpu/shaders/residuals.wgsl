@@ -5,9 +5,12 @@
 // x 16 metrics of one host, staging 16 features of those rows (4 KiB) and the matching 16 x 16
 // weights (1 KiB) in workgroup memory per step; each thread accumulates 4 rows of one metric in
 // f32, in the CPU backend's order (features ascending from 0, then the intercept).
+//
+// In energy mode (`p.energy == 1`, scoring) it writes min(a * inv[j], clip)^2 instead, the CPU's
+// expression, with inv[j] read from wts at `ioff` (a resident model: weights, bias, scales).
 
-struct Job { zoff: u32, n: u32, d: u32, lags: u32, woff: u32, roff: u32, pad0: u32, pad1: u32 };
-struct Params { count: u32, nx: u32, pad0: u32, pad1: u32 };
+struct Job { zoff: u32, n: u32, d: u32, lags: u32, woff: u32, roff: u32, ioff: u32, clip: f32 };
+struct Params { count: u32, nx: u32, energy: u32, pad1: u32 };
 
 @group(0) @binding(0) var<storage, read> z: array<f32>;
 @group(0) @binding(1) var<storage, read> wts: array<f32>;
@@ -70,7 +73,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         let t = r0 + ty * 4u + r;
         if (t < job.n) {
             let y = z[job.zoff + (t + job.lags) * job.d + j];
-            out[job.roff + t * job.d + j] = abs(y - acc[r] - bias);
+            let a = abs(y - acc[r] - bias);
+            if (p.energy == 1u) {
+                let s = min(a * wts[job.ioff + j], job.clip);
+                out[job.roff + t * job.d + j] = s * s;
+            } else {
+                out[job.roff + t * job.d + j] = a;
+            }
         }
     }
 }

@@ -1,0 +1,588 @@
+//! Whole trainings on the device ([`crate::backend::Backend::fit_device`]).
+//!
+//! Per sub-batch of hosts, one upload (the raw rows and the work tables) and one submit with
+//! seven passes: statistics (f64) and standardizing in place, cross products and their
+//! pairwise reduction, the ridge solve (f64 Cholesky), residuals, and the calibration (scales,
+//! scores, drift-guard memory, stream state, sorted upper tail). About 9 KB per host come
+//! back. Sub-batches are pipelined over two upload and two read-back buffers: the host fills
+//! sub-batch k + 1 while the device runs k, and reads k's results while it runs k + 1.
+
+use std::time::Instant;
+
+use super::buffers::{floats, scatter, u32s, words, Buffers, Packer};
+use super::plan::{
+    self, CrossShape, Need, Summary, CHUNK_ROWS, ENTRY, REDUCE_GROUP, RES_METRICS, RES_ROWS,
+    STD_BLOCK,
+};
+use super::{lock, FitPipelines, GpuBackend, PARALLEL_COPY_BYTES};
+use crate::backend::parallel::par_map;
+use crate::backend::{BackendError, FitJob, FitOutput, NOT_POSITIVE_DEFINITE};
+
+/// Floats rounded up to a multiple of 4.
+fn f4(n: usize) -> usize {
+    n.div_ceil(4) * 4
+}
+
+/// A region of the tables buffer: offset and size in bytes.
+type Region = (u64, u64);
+
+/// One sub-batch laid out.
+struct FitBatch {
+    /// Job indices of its hosts.
+    hosts: Vec<usize>,
+    tables: Packer,
+    /// Host records, f64 settings, cross-product jobs, items and tile pairs, standardizing
+    /// blocks, residual jobs and items.
+    t_hosts: Region,
+    t_hostf: Region,
+    t_cjobs: Region,
+    t_citems: Region,
+    t_pairs: Region,
+    t_blocks: Region,
+    t_rjobs: Region,
+    t_ritems: Region,
+    /// Parameter blocks: stats, apply, cross, reduce, solve, residuals, calibrate.
+    params: [u64; 7],
+    /// Workgroups of those passes.
+    groups: [u64; 7],
+    /// Each host's series (floats) in the series buffer and summary (words) in the output.
+    zoffs: Vec<usize>,
+    ooffs: Vec<usize>,
+    summaries: Vec<Summary>,
+    /// Buffer sizes of this sub-batch (bytes).
+    z_bytes: u64,
+    w_bytes: u64,
+    part_bytes: u64,
+    red_bytes: u64,
+    solve_bytes: u64,
+    resid_bytes: u64,
+    sk_bytes: u64,
+    out_bytes: u64,
+}
+
+impl FitBatch {
+    fn new(jobs: &[FitJob<'_>], hosts: &[usize], lim: &plan::Limits) -> Self {
+        let (mut th, mut thf) = (Vec::<u32>::new(), Vec::<f64>::new());
+        let (mut cjobs, mut citems, mut pairs) = (Vec::<u32>::new(), Vec::<u32>::new(), vec![]);
+        let (mut blocks, mut rjobs, mut ritems) = (Vec::<u32>::new(), Vec::<u32>::new(), vec![]);
+        let (mut zat, mut wat, mut rat, mut oat, mut sat, mut aat) = (0, 0, 0, 0, 0, 0);
+        let (mut item_at, mut pair_at, mut part_floats) = (0usize, 0usize, 0usize);
+        let (mut zoffs, mut ooffs, mut summaries) = (vec![], vec![], vec![]);
+        for (k, &i) in hosts.iter().enumerate() {
+            let j = &jobs[i];
+            let (n, d, lags) = (j.n, j.d, j.lags);
+            let sh = CrossShape::new(n, d, lags);
+            let sm = Summary::of(j);
+            let f = j.features();
+            let sort_n = n.next_power_of_two();
+            let (stride, cap) = j.recent.unwrap_or((1, 0));
+            th.extend([
+                u32s(zat),
+                u32s(n),
+                u32s(d),
+                u32s(lags),
+                u32s(wat),
+                u32s(rat),
+                u32s(oat),
+                u32s(sat),
+                u32s(sat + f4(n)),
+                u32s(sort_n),
+                u32s(aat),
+                u32s(pair_at),
+                u32s(sh.tiles),
+                u32s(stride),
+                u32s(cap),
+                u32s(sm.ring_cap),
+                j.std_floor.to_bits(),
+                j.resid_floor.to_bits(),
+                j.clip.to_bits(),
+                j.alpha.to_bits(),
+                0,
+                0,
+                0,
+                0,
+            ]);
+            thf.extend([j.ridge, j.quantile.clamp(0.0, 1.0)]);
+            cjobs.extend([u32s(zat), u32s(n), u32s(d), u32s(sh.m)]);
+            for ti in 0..sh.tiles {
+                for tj in ti..sh.tiles {
+                    pairs.extend([u32s(item_at), u32s(sh.chunks), 0, 0]);
+                    for c in 0..sh.chunks {
+                        citems.extend([u32s(k), u32s(ti), u32s(tj), u32s(c)]);
+                    }
+                    item_at += sh.chunks;
+                }
+            }
+            part_floats += sh.items() * ENTRY;
+            pair_at += sh.pairs;
+            for b in 0..(n * d).div_ceil(STD_BLOCK) {
+                blocks.extend([u32s(k), u32s(b)]);
+            }
+            rjobs.extend([
+                u32s(zat),
+                u32s(n),
+                u32s(d),
+                u32s(lags),
+                u32s(wat),
+                u32s(rat),
+                0,
+                0,
+            ]);
+            for rb in 0..n.div_ceil(RES_ROWS) {
+                for mb in 0..d.div_ceil(RES_METRICS) {
+                    ritems.extend([u32s(k), u32s(rb), u32s(mb), 0]);
+                }
+            }
+            zoffs.push(zat);
+            ooffs.push(oat);
+            summaries.push(sm);
+            zat += f4((n + lags) * d);
+            wat += f4(lags * d * d + d);
+            rat += f4(n * d);
+            oat += f4(sm.words);
+            sat += f4(n) + f4(sort_n);
+            aat += f * f + f * d;
+        }
+        let nh = hosts.len() as u64;
+        let mut tables = Packer::default();
+        let mut put = |bytes: &[u8]| (tables.put(bytes), bytes.len() as u64);
+        let t_hosts = put(bytemuck::cast_slice(&th));
+        let t_hostf = put(bytemuck::cast_slice(&thf));
+        let t_cjobs = put(bytemuck::cast_slice(&cjobs));
+        let t_citems = put(bytemuck::cast_slice(&citems));
+        let t_pairs = put(bytemuck::cast_slice(&pairs));
+        let t_blocks = put(bytemuck::cast_slice(&blocks));
+        let t_rjobs = put(bytemuck::cast_slice(&rjobs));
+        let t_ritems = put(bytemuck::cast_slice(&ritems));
+        let n_citems = (citems.len() / 4) as u64;
+        let reduce_count = pair_at * ENTRY;
+        let groups = [
+            nh,
+            (blocks.len() / 2) as u64,
+            n_citems,
+            reduce_count.div_ceil(REDUCE_GROUP) as u64,
+            nh,
+            (ritems.len() / 4) as u64,
+            nh,
+        ];
+        let counts = [
+            nh,
+            groups[1],
+            n_citems,
+            reduce_count as u64,
+            nh,
+            groups[5],
+            nh,
+        ];
+        let mut params = [0u64; 7];
+        for (pass, p) in params.iter_mut().enumerate() {
+            let (nx, _) = plan::dispatch_dims(groups[pass], lim);
+            // The cross-product pass also reads its chunk length.
+            let third = if pass == 2 { CHUNK_ROWS as u32 } else { 0 };
+            *p = tables.put(&words([u32s(counts[pass] as usize), nx, third, 0]));
+        }
+        FitBatch {
+            hosts: hosts.to_vec(),
+            tables,
+            t_hosts,
+            t_hostf,
+            t_cjobs,
+            t_citems,
+            t_pairs,
+            t_blocks,
+            t_rjobs,
+            t_ritems,
+            params,
+            groups,
+            zoffs,
+            ooffs,
+            summaries,
+            z_bytes: zat as u64 * 4,
+            w_bytes: wat as u64 * 4,
+            part_bytes: part_floats as u64 * 4,
+            red_bytes: pair_at as u64 * ENTRY as u64 * 4,
+            solve_bytes: aat as u64 * 8,
+            resid_bytes: rat as u64 * 4,
+            sk_bytes: sat as u64 * 4,
+            out_bytes: oat as u64 * 4,
+        }
+    }
+
+    /// Bytes staged: the tables, then the series.
+    fn staged(&self) -> u64 {
+        self.tables.len() + self.z_bytes
+    }
+}
+
+/// A submitted sub-batch.
+struct Submitted {
+    index: wgpu::SubmissionIndex,
+}
+
+/// How long to wait before mapping a buffer.
+pub(super) enum After {
+    /// Until this submission is done.
+    Submission(wgpu::SubmissionIndex),
+    /// Not at all: the buffer is idle.
+    Idle,
+}
+
+impl GpuBackend {
+    /// Device training of every checked host that fits, in pipelined sub-batches; `None`
+    /// without the f64 kernels.
+    pub(super) fn fit_batch(&self, jobs: &[FitJob<'_>]) -> Option<Vec<anyhow::Result<FitOutput>>> {
+        let pipes = self.pipes.fit.as_ref()?;
+        let mut out: Vec<Option<anyhow::Result<FitOutput>>> =
+            (0..jobs.len()).map(|_| None).collect();
+        let mut needs: Vec<Option<Need>> = vec![None; jobs.len()];
+        for (i, j) in jobs.iter().enumerate() {
+            match j.check() {
+                Err(e) => out[i] = Some(Err(e.into())),
+                Ok(()) => needs[i] = Some(plan::fit_need(j)),
+            }
+        }
+        let total: u64 = needs.iter().flatten().map(|n| n.staged).sum();
+        let target = if self.pipeline_bytes > 0 {
+            self.pipeline_bytes
+        } else {
+            (total / 4).clamp(8 << 20, 64 << 20)
+        };
+        let (batches, rejected) = plan::split_target(&needs, &self.limits, target);
+        for (i, e) in rejected {
+            out[i] = Some(Err(e.into()));
+        }
+        lock(&self.stats).calls += 1;
+        if !batches.is_empty() {
+            let mut max = Need::default();
+            for b in &batches {
+                let mut sum = Need::default();
+                b.iter()
+                    .for_each(|&i| sum.add(needs[i].as_ref().expect("planned")));
+                max.max(&sum);
+            }
+            let mut guard = lock(&self.bufs);
+            let bufs = &mut *guard;
+            match self.scoped(|| {
+                self.ensure_fit(bufs, &max);
+                Ok(())
+            }) {
+                Ok(()) => self.pipeline(pipes, bufs, jobs, &batches, &mut out),
+                Err(e) => {
+                    for &i in batches.iter().flatten() {
+                        out[i] = Some(Err(e.clone().into()));
+                    }
+                }
+            }
+        }
+        Some(
+            out.into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(
+                        || Err(BackendError::Invalid("host not planned".into()).into()),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn ensure_fit(&self, bufs: &mut Buffers, need: &Need) {
+        let mut st = lock(&self.stats);
+        let a = &mut st.buffer_allocations;
+        let (d, cap) = (&self.device, self.limits.buffer);
+        bufs.z.ensure(d, need.z, cap, a);
+        bufs.w.ensure(d, need.w, cap, a);
+        bufs.part.ensure(d, need.part, cap, a);
+        bufs.red.ensure(d, need.red, cap, a);
+        bufs.solve.ensure(d, need.solve, cap, a);
+        bufs.resid.ensure(d, need.resid, cap, a);
+        bufs.sk.ensure(d, need.sk, cap, a);
+        bufs.out.ensure(d, need.out, cap, a);
+        bufs.tables
+            .ensure(d, need.tables + 16 * plan::ALIGN, cap, a);
+        for slot in 0..2 {
+            bufs.upload[slot].ensure(d, need.upload(), cap, a);
+            bufs.readback[slot].ensure(d, need.out, cap, a);
+        }
+    }
+
+    /// Sub-batch k is filled and submitted, then k − 1's results are read while k runs.
+    fn pipeline(
+        &self,
+        pipes: &FitPipelines,
+        bufs: &mut Buffers,
+        jobs: &[FitJob<'_>],
+        batches: &[Vec<usize>],
+        out: &mut [Option<anyhow::Result<FitOutput>>],
+    ) {
+        let mut pending: Option<(usize, FitBatch, Submitted)> = None;
+        let mut last_use: [Option<wgpu::SubmissionIndex>; 2] = [None, None];
+        for (k, hosts) in batches.iter().enumerate() {
+            let slot = k % 2;
+            let b = FitBatch::new(jobs, hosts, &self.limits);
+            let after = match last_use[slot].take() {
+                Some(i) => After::Submission(i),
+                None => After::Idle,
+            };
+            let sub = self
+                .check_fault()
+                .and_then(|_| self.scoped(|| self.submit_fit(pipes, bufs, slot, &b, jobs, after)));
+            if let Some((pk, pb, ps)) = pending.take() {
+                self.collect_fit(bufs, pk % 2, &pb, ps, jobs, out);
+            }
+            match sub {
+                Ok(s) => {
+                    last_use[slot] = Some(s.index.clone());
+                    pending = Some((k, b, s));
+                }
+                Err(e) => {
+                    for &i in &b.hosts {
+                        out[i] = Some(Err(e.clone().into()));
+                    }
+                }
+            }
+        }
+        if let Some((pk, pb, ps)) = pending {
+            self.collect_fit(bufs, pk % 2, &pb, ps, jobs, out);
+        }
+    }
+
+    /// Fill upload buffer `slot` with sub-batch `b`, encode its copies and passes, submit.
+    fn submit_fit(
+        &self,
+        pipes: &FitPipelines,
+        bufs: &mut Buffers,
+        slot: usize,
+        b: &FitBatch,
+        jobs: &[FitJob<'_>],
+        after: After,
+    ) -> Result<Submitted, BackendError> {
+        let t = Instant::now();
+        let total = b.staged();
+        let tlen = b.tables.len();
+        let up = bufs.upload[slot].get();
+        self.map_when(up, total, wgpu::MapMode::Write, after)?;
+        let waited = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        {
+            let mut view = up.slice(..total).get_mapped_range_mut();
+            let (tdst, zdst) = view.split_at_mut(tlen as usize);
+            tdst[..b.tables.bytes.len()].copy_from_slice(&b.tables.bytes);
+            scatter(
+                self.threads,
+                zdst,
+                b.hosts
+                    .iter()
+                    .zip(&b.zoffs)
+                    .map(|(&i, &at)| {
+                        let j = &jobs[i];
+                        ((at + j.lags * j.d) as u64 * 4, &j.rows[..j.n * j.d])
+                    })
+                    .collect(),
+            );
+        }
+        up.unmap();
+        let filled = t.elapsed().as_secs_f64();
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let tb = bufs.tables.get();
+        enc.copy_buffer_to_buffer(up, 0, tb, 0, tlen);
+        enc.copy_buffer_to_buffer(up, tlen, bufs.z.get(), 0, b.z_bytes);
+        let p = |i: usize| (tb, b.params[i], 16u64);
+        let t = |r: Region| (tb, r.0, r.1);
+        let whole = |buf, size| (buf, 0u64, size);
+        let (z, out) = (bufs.z.get(), bufs.out.get());
+        self.pass_ranges(
+            &mut enc,
+            &pipes.stats,
+            &[
+                whole(z, b.z_bytes),
+                t(b.t_hosts),
+                p(0),
+                whole(out, b.out_bytes),
+            ],
+            b.groups[0],
+        );
+        self.pass_ranges(
+            &mut enc,
+            &pipes.apply,
+            &[
+                whole(z, b.z_bytes),
+                t(b.t_hosts),
+                p(1),
+                whole(out, b.out_bytes),
+                t(b.t_blocks),
+            ],
+            b.groups[1],
+        );
+        self.pass_ranges(
+            &mut enc,
+            &self.pipes.cross,
+            &[
+                whole(z, b.z_bytes),
+                t(b.t_cjobs),
+                t(b.t_citems),
+                p(2),
+                whole(bufs.part.get(), b.part_bytes),
+            ],
+            b.groups[2],
+        );
+        self.pass_ranges(
+            &mut enc,
+            &self.pipes.reduce,
+            &[
+                whole(bufs.part.get(), b.part_bytes),
+                t(b.t_pairs),
+                p(3),
+                whole(bufs.red.get(), b.red_bytes),
+            ],
+            b.groups[3],
+        );
+        self.pass_ranges(
+            &mut enc,
+            &pipes.solve,
+            &[
+                whole(bufs.red.get(), b.red_bytes),
+                t(b.t_hosts),
+                t(b.t_hostf),
+                p(4),
+                whole(bufs.solve.get(), b.solve_bytes),
+                whole(bufs.w.get(), b.w_bytes),
+                whole(out, b.out_bytes),
+            ],
+            b.groups[4],
+        );
+        self.pass_ranges(
+            &mut enc,
+            &self.pipes.resid,
+            &[
+                whole(z, b.z_bytes),
+                whole(bufs.w.get(), b.w_bytes),
+                t(b.t_rjobs),
+                t(b.t_ritems),
+                p(5),
+                whole(bufs.resid.get(), b.resid_bytes),
+            ],
+            b.groups[5],
+        );
+        self.pass_ranges(
+            &mut enc,
+            &pipes.calibrate,
+            &[
+                whole(bufs.resid.get(), b.resid_bytes),
+                whole(z, b.z_bytes),
+                t(b.t_hosts),
+                t(b.t_hostf),
+                p(6),
+                whole(bufs.sk.get(), b.sk_bytes),
+                whole(out, b.out_bytes),
+            ],
+            b.groups[6],
+        );
+        enc.copy_buffer_to_buffer(out, 0, bufs.readback[slot].get(), 0, b.out_bytes);
+        let index = self.queue.submit([enc.finish()]);
+        let mut st = lock(&self.stats);
+        st.submits += 1;
+        st.upload_bytes += total;
+        st.fill_s += filled;
+        st.wait_s += waited;
+        Ok(Submitted { index })
+    }
+
+    /// Wait for sub-batch `b`'s results in read-back buffer `slot` and turn them into models.
+    fn collect_fit(
+        &self,
+        bufs: &Buffers,
+        slot: usize,
+        b: &FitBatch,
+        sub: Submitted,
+        jobs: &[FitJob<'_>],
+        out: &mut [Option<anyhow::Result<FitOutput>>],
+    ) {
+        let rb = bufs.readback[slot].get();
+        let t = Instant::now();
+        if let Err(e) = self.map_when(
+            rb,
+            b.out_bytes,
+            wgpu::MapMode::Read,
+            After::Submission(sub.index),
+        ) {
+            for &i in &b.hosts {
+                out[i] = Some(Err(e.clone().into()));
+            }
+            return;
+        }
+        let waited = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let models = {
+            let view = rb.slice(..b.out_bytes).get_mapped_range();
+            let bytes: &[u8] = &view;
+            let threads = if bytes.len() < PARALLEL_COPY_BYTES {
+                1
+            } else {
+                self.threads
+            };
+            par_map(threads, (0..b.hosts.len()).collect(), |_, k| {
+                read_model(bytes, b.ooffs[k], &b.summaries[k], &jobs[b.hosts[k]])
+            })
+        };
+        rb.unmap();
+        for (&i, m) in b.hosts.iter().zip(models) {
+            out[i] = Some(m);
+        }
+        let mut st = lock(&self.stats);
+        st.download_bytes += b.out_bytes;
+        st.wait_s += waited;
+        st.read_s += t.elapsed().as_secs_f64();
+    }
+
+    /// [`GpuBackend::map_after`] with the waits of the pipeline.
+    pub(super) fn map_when(
+        &self,
+        buf: &wgpu::Buffer,
+        size: u64,
+        mode: wgpu::MapMode,
+        after: After,
+    ) -> Result<(), BackendError> {
+        match after {
+            After::Submission(i) => self.map_after(buf, size, mode, Some(i)),
+            After::Idle => self.map_idle(buf, size, mode),
+        }
+    }
+}
+
+/// One host's model from its summary at word `o` of the results.
+fn read_model(bytes: &[u8], o: usize, sm: &Summary, j: &FitJob<'_>) -> anyhow::Result<FitOutput> {
+    let word = |i: usize| {
+        let at = (o + i) * 4;
+        u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+    };
+    let (status, finite, ring, upper) = (word(0), word(1), word(2), word(3));
+    if status != 0 {
+        anyhow::bail!(NOT_POSITIVE_DEFINITE);
+    }
+    if ring > sm.ring_cap
+        || upper > sm.upper_cap
+        || finite > j.n
+        || finite - upper != j.tail_start(finite)
+    {
+        return Err(BackendError::Device(format!(
+            "device training summary out of range (finite {finite}, ring {ring}, tail {upper})"
+        ))
+        .into());
+    }
+    let (d, lags) = (j.d, j.lags);
+    let part = |at: usize, len: usize| floats(bytes, o + at, o + at + len);
+    Ok(FitOutput {
+        mean: part(sm.mean, d),
+        inv_std: part(sm.inv_std, d),
+        weights: part(sm.weights, lags * d * d),
+        bias: part(sm.bias, d),
+        inv_scale: part(sm.inv_scale, d),
+        ema: part(sm.ema, d),
+        history: part(sm.history, lags * d),
+        recent: part(sm.ring, ring),
+        finite,
+        upper: part(sm.upper, upper),
+    })
+}
