@@ -446,14 +446,15 @@ fn measure(
     let (train_ms_per_host, mut models) = best.expect("at least one pass");
     if let (Some(x), Some(y)) = (before, after) {
         let total = train_ms_per_host * fleet.train.len() as f64;
-        let (fill, wait, read) = (
+        let (fill, wait, read, submit) = (
             (y.fill_s - x.fill_s) * 1e3,
             (y.wait_s - x.wait_s) * 1e3,
             (y.read_s - x.read_s) * 1e3,
+            (y.submit_s - x.submit_s) * 1e3,
         );
         println!(
-            "{name}: training split: device wait {wait:.0} ms (the host blocked on the device; pipelined sub-batches overlap the rest), upload fill {fill:.0} ms, result read {read:.0} ms, other host-side work {:.0} ms ({} threads); {} submits, {:.0} MB up, {:.0} MB down",
-            total - fill - wait - read,
+            "{name}: training split (host time): device wait {wait:.0} ms, in submit {submit:.0} ms, upload fill {fill:.0} ms, result read {read:.0} ms, other host-side work {:.0} ms ({} threads); {} submits, {:.0} MB up, {:.0} MB down",
+            total - fill - wait - read - submit,
             b.threads(),
             y.submits - x.submits,
             (y.upload_bytes - x.upload_bytes) as f64 / 1e6,
@@ -473,13 +474,18 @@ fn measure(
         }
     }
     if let (Some(x), Some(y)) = (x, stats()) {
+        let per = |v: f64| v * 1e3 / a.runs as f64;
         println!(
-            "{name}: scoring runs: {} models uploaded, {} found resident; {} submits, {:.3} MB up, {:.3} MB down per run",
+            "{name}: scoring runs: {} models uploaded, {} found resident; {} submits; per run {:.3} MB up, {:.3} MB down, host fill {:.3} ms, device wait {:.3} ms, in submit {:.3} ms, result read {:.3} ms",
             y.model_uploads - x.model_uploads,
             y.model_hits - x.model_hits,
             y.submits - x.submits,
             (y.upload_bytes - x.upload_bytes) as f64 / 1e6 / a.runs as f64,
             (y.download_bytes - x.download_bytes) as f64 / 1e6 / a.runs as f64,
+            per(y.fill_s - x.fill_s),
+            per(y.wait_s - x.wait_s),
+            per(y.submit_s - x.submit_s),
+            per(y.read_s - x.read_s),
         );
     }
     let alerts: usize = runs
@@ -643,13 +649,14 @@ fn main() {
             let f = measure(label, g, &fleet, &a, &|| Some(g.stats()));
             let st = g.stats();
             println!(
-                "gpu: {} submits, {:.0} MB up, {:.0} MB down, {} buffer allocations; host fill {:.0} ms, device wait {:.0} ms, result read {:.0} ms",
+                "gpu: {} submits, {:.0} MB up, {:.0} MB down, {} buffer allocations; host fill {:.0} ms, device wait {:.0} ms, in submit {:.0} ms, result read {:.0} ms",
                 st.submits - before.submits,
                 (st.upload_bytes - before.upload_bytes) as f64 / 1e6,
                 (st.download_bytes - before.download_bytes) as f64 / 1e6,
                 st.buffer_allocations,
                 (st.fill_s - before.fill_s) * 1e3,
                 (st.wait_s - before.wait_s) * 1e3,
+                (st.submit_s - before.submit_s) * 1e3,
                 (st.read_s - before.read_s) * 1e3,
             );
             let mut ag = Agreement::default();

@@ -1105,3 +1105,51 @@ pub fn top_contributions(energy: &[f32], k: usize) -> Vec<Contribution> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    /// `from_fit` rebuilds the alert level from the sorted upper tail alone: equal to the fit
+    /// on every score, for any quantile.
+    #[test]
+    fn the_upper_tail_gives_the_full_pot_fit() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for (n, q) in [(10_080, 0.9), (1000, 0.98), (37, 0.5), (5, 0.0), (64, 1.0)] {
+            let scores: Vec<f32> = (0..n).map(|_| next().powi(3) * 4.0).collect();
+            let mut sorted = scores.clone();
+            sorted.sort_by(f32::total_cmp);
+            let config = DetectorConfig {
+                pot_init_quantile: q,
+                univariate_weight: 0.0,
+                ..DetectorConfig::default()
+            };
+            let rows = Matrix::new(n, 1, vec![0.0; n]);
+            let lo = fit_job((&rows, &config)).tail_start(n);
+            let out = FitOutput {
+                mean: vec![0.0],
+                inv_std: vec![1.0],
+                weights: vec![0.0; config.lags],
+                bias: vec![0.0],
+                inv_scale: vec![1.0],
+                ema: vec![0.0],
+                history: vec![0.0; config.lags],
+                recent: vec![],
+                finite: n,
+                upper: sorted[lo..].to_vec(),
+            };
+            let det = Detector::from_fit(&rows, &config, out);
+            assert_eq!(
+                det.threshold,
+                PotThreshold::fit(&scores, q, config.pot_risk),
+                "n {n} q {q}"
+            );
+        }
+    }
+}

@@ -3,7 +3,7 @@
 mod common;
 mod fleet;
 
-use rackwatch_anomaly::backend::{ResidualJob, Series};
+use rackwatch_anomaly::backend::{ModelKey, ResidualJob, Series};
 use rackwatch_anomaly::{
     Backend, BackendChoice, BackendError, BackendKind, CpuBackend, Detector, DetectorConfig,
     Matrix, ScoreInput, SelectOptions, SelectedBackend, TrainInput,
@@ -33,13 +33,18 @@ fn batched_training_and_scoring_equal_the_per_host_path_bit_for_bit() {
     }
     let mut alerts = 0;
     for w in 0..3 {
+        // Half the hosts keyed: the CPU keeps no device cache, so keys change nothing.
         let mut jobs: Vec<ScoreInput<'_>> = batch
             .iter_mut()
             .zip(&fleet)
-            .map(|(d, h)| ScoreInput {
+            .enumerate()
+            .map(|(i, (d, h))| ScoreInput {
                 detector: d,
                 rows: &h.windows[w],
-                model: None,
+                model: (i % 2 == 0).then_some(ModelKey {
+                    host: i as u64,
+                    version: 1,
+                }),
             })
             .collect();
         let got = Detector::score_explained_batch(&cpu, &mut jobs, 3);

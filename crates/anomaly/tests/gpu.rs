@@ -17,7 +17,7 @@ mod common;
 mod fleet;
 
 use common::{synthetic, Rng};
-use rackwatch_anomaly::backend::{LagWeights, ResidualJob, Series};
+use rackwatch_anomaly::backend::{LagWeights, ModelKey, ResidualJob, Series};
 use rackwatch_anomaly::{
     Backend, BackendChoice, BackendError, BackendKind, CpuBackend, Detector, DetectorConfig,
     GpuBackend, GpuOptions, Matrix, ScoreInput, ScoredRow, SelectOptions, SelectedBackend,
@@ -522,4 +522,239 @@ fn many_small_hosts_train_in_one_device_batch_on_a_fresh_backend() {
     }
     // The whole training on the device: one submit for the one sub-batch.
     assert_eq!(gpu.stats().submits, 1, "one sub-batch: {:?}", gpu.stats());
+}
+
+/// The product's configuration: the joint model alone, so hosts train on the device.
+fn product() -> DetectorConfig {
+    DetectorConfig {
+        univariate_weight: 0.0,
+        clip: 10.0,
+        ..DetectorConfig::default()
+    }
+}
+
+#[test]
+fn device_training_standardizes_like_the_cpu_and_reports_a_singular_system() {
+    let gpu = gpu();
+    assert_eq!(gpu.device_training_unavailable(), None, "lavapipe has f64");
+    let mut rng = Rng::new(31);
+    let rows: Vec<Matrix> = (0..6)
+        .map(|i| synthetic(700 + 300 * i, 4 + 3 * i, i * 10, &mut rng))
+        .collect();
+    let config = product();
+    let inputs: Vec<TrainInput<'_>> = rows
+        .iter()
+        .map(|rows| TrainInput {
+            rows,
+            config: &config,
+        })
+        .collect();
+    let g = Detector::fit_batch(&gpu, &inputs);
+    let c = Detector::fit_batch(&CpuBackend::default(), &inputs);
+    assert_eq!(gpu.stats().submits, 1, "one device step: {:?}", gpu.stats());
+    for (i, (g, c)) in g.iter().zip(&c).enumerate() {
+        let (g, c) = (g.as_ref().unwrap(), c.as_ref().unwrap());
+        // f64 statistics on both: the same f32 mean and scale, so the same standardized rows.
+        assert_eq!(g.mean, c.mean, "host {i}");
+        assert_eq!(g.inv_std, c.inv_std, "host {i}");
+        assert_eq!(g.state.history, c.state.history, "host {i}");
+        assert_eq!(g.state.recent_count, c.state.recent_count);
+        assert_eq!(g.state.recent.len(), c.state.recent.len());
+        assert_eq!(g.threshold.n, c.threshold.n, "host {i}: calibration scores");
+        assert!(
+            g.threshold.n_peaks.abs_diff(c.threshold.n_peaks) <= 1,
+            "host {i}: peaks {} vs {}",
+            g.threshold.n_peaks,
+            c.threshold.n_peaks
+        );
+        let (a, b) = (c.alert_threshold(), g.alert_threshold());
+        assert!(rel(a, b) <= 1e-3, "host {i}: threshold cpu {a} gpu {b}");
+    }
+    // Without the ridge, a constant metric makes the normal equations singular: both paths
+    // refuse the host with the same message, the others train.
+    let mut flat = synthetic(500, 5, 0, &mut rng);
+    for r in 0..flat.rows {
+        flat.row_mut(r)[2] = 1.5;
+    }
+    let singular = DetectorConfig {
+        ridge: 0.0,
+        ..product()
+    };
+    let inputs = [
+        TrainInput {
+            rows: &rows[0],
+            config: &config,
+        },
+        TrainInput {
+            rows: &flat,
+            config: &singular,
+        },
+    ];
+    for b in [&gpu as &dyn Backend, &CpuBackend::default()] {
+        let out = Detector::fit_batch(b, &inputs);
+        assert!(out[0].is_ok());
+        let e = out[1].as_ref().unwrap_err().to_string();
+        assert!(e.contains("not positive definite"), "{}: {e}", b.name());
+    }
+}
+
+#[test]
+fn pipelined_sub_batches_train_the_same_models_as_one_batch() {
+    let mut rng = Rng::new(37);
+    let rows: Vec<Matrix> = (0..12)
+        .map(|i| synthetic(900 + 40 * i, 16, i * 50, &mut rng))
+        .collect();
+    let config = product();
+    let inputs: Vec<TrainInput<'_>> = rows
+        .iter()
+        .map(|rows| TrainInput {
+            rows,
+            config: &config,
+        })
+        .collect();
+    let one = gpu();
+    // About 60 KB of rows per host: 128 KiB sub-batches hold two hosts each.
+    let piped = GpuBackend::with_options(GpuOptions {
+        allow_software: true,
+        pipeline_bytes: 128 << 10,
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    let a = Detector::fit_batch(&one, &inputs);
+    let b = Detector::fit_batch(&piped, &inputs);
+    assert_eq!(one.stats().submits, 1);
+    let st = piped.stats();
+    assert!(st.submits >= 6, "pipelined: {st:?}");
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap(), "host {i}");
+    }
+    // Buffers were sized once for the largest sub-batch: a second call allocates nothing.
+    let before = piped.stats().buffer_allocations;
+    Detector::fit_batch(&piped, &inputs);
+    assert_eq!(piped.stats().buffer_allocations, before);
+}
+
+/// One scoring run of `models` on `rows[w]`, keyed by host index and `versions[h]` (`None`:
+/// no key).
+fn score_keyed(
+    b: &dyn Backend,
+    models: &mut [Detector],
+    rows: &[Matrix],
+    versions: &[Option<u64>],
+) -> Vec<Vec<ScoredRow>> {
+    let mut jobs: Vec<ScoreInput<'_>> = models
+        .iter_mut()
+        .zip(rows)
+        .zip(versions)
+        .enumerate()
+        .map(|(h, ((detector, rows), v))| ScoreInput {
+            detector,
+            rows,
+            model: v.map(|version| ModelKey {
+                host: h as u64,
+                version,
+            }),
+        })
+        .collect();
+    Detector::score_explained_batch(b, &mut jobs, 3)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn resident_models_are_uploaded_once_per_version_and_score_as_uploaded_ones() {
+    let gpu = gpu();
+    let mut rng = Rng::new(41);
+    let hosts = 20;
+    let all: Vec<Matrix> = (0..hosts)
+        .map(|i| synthetic(1300, 16, i * 100, &mut rng))
+        .collect();
+    let train: Vec<Matrix> = all.iter().map(|m| m.slice_rows(0, 1000)).collect();
+    let config = product();
+    let inputs: Vec<TrainInput<'_>> = train
+        .iter()
+        .map(|rows| TrainInput {
+            rows,
+            config: &config,
+        })
+        .collect();
+    let models: Vec<Detector> = Detector::fit_batch(&CpuBackend::default(), &inputs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let (mut keyed, mut plain, mut cpu) = (models.clone(), models.clone(), models.clone());
+    let uploads = |g: &GpuBackend| g.stats().model_uploads;
+    let v1 = vec![Some(1u64); hosts];
+    // Runs of one minute, then a catch-up of 200 minutes.
+    let windows: Vec<(usize, usize)> = vec![(1000, 1001), (1001, 1002), (1002, 1003), (1003, 1203)];
+    for (k, &(from, to)) in windows.iter().enumerate() {
+        let rows: Vec<Matrix> = all.iter().map(|m| m.slice_rows(from, to)).collect();
+        let before = uploads(&gpu);
+        let a = score_keyed(&gpu, &mut keyed, &rows, &v1);
+        assert_eq!(
+            uploads(&gpu) - before,
+            if k == 0 { hosts as u64 } else { 0 },
+            "run {k}: models go up once"
+        );
+        let b = score_keyed(&gpu, &mut plain, &rows, &vec![None; hosts]);
+        assert_eq!(a, b, "run {k}: resident and uploaded models score alike");
+        let c = score_keyed(&CpuBackend::default(), &mut cpu, &rows, &v1);
+        for (h, (c, g)) in c.iter().zip(&a).enumerate() {
+            compare_rows(h, c, g);
+        }
+    }
+    assert_eq!(keyed, plain, "streams continue alike");
+    // Host 3 retrained (another model, version 2) and host 5 changed without a new version
+    // (the fingerprint notices): two uploads; the others stay resident.
+    let rows: Vec<Matrix> = all.iter().map(|m| m.slice_rows(1203, 1204)).collect();
+    let retrained = Detector::fit_with(
+        &CpuBackend::default(),
+        &all[3].slice_rows(100, 1100),
+        config.clone(),
+    )
+    .unwrap();
+    for m in [&mut keyed, &mut cpu] {
+        let state = m[3].state.clone();
+        m[3] = retrained.clone();
+        m[3].state = state;
+        m[5].weights[0] += 0.25;
+    }
+    let mut v = v1.clone();
+    v[3] = Some(2);
+    let before = uploads(&gpu);
+    let a = score_keyed(&gpu, &mut keyed, &rows, &v);
+    assert_eq!(uploads(&gpu) - before, 2);
+    let c = score_keyed(&CpuBackend::default(), &mut cpu, &rows, &v);
+    for (h, (c, g)) in c.iter().zip(&a).enumerate() {
+        compare_rows(h, c, g);
+    }
+    // Many more hosts at once (1.3 MB of models, past the first 1 MiB buffer): the model
+    // buffer grows and keeps the resident ones.
+    let extra = 400;
+    let more: Vec<Detector> = (0..extra).map(|i| models[i % hosts].clone()).collect();
+    let mut big: Vec<Detector> = keyed.iter().cloned().chain(more).collect();
+    let mut big_cpu: Vec<Detector> = cpu
+        .iter()
+        .cloned()
+        .chain((0..extra).map(|i| models[i % hosts].clone()))
+        .collect();
+    let rows: Vec<Matrix> = (0..big.len())
+        .map(|h| all[h % hosts].slice_rows(1204, 1206))
+        .collect();
+    let mut vb: Vec<Option<u64>> = v.clone();
+    vb.extend(vec![Some(1); extra]);
+    let before = gpu.stats();
+    let a = score_keyed(&gpu, &mut big, &rows, &vb);
+    let after = gpu.stats();
+    assert_eq!(after.model_uploads - before.model_uploads, extra as u64);
+    assert_eq!(after.model_hits - before.model_hits, hosts as u64);
+    assert!(
+        after.buffer_allocations > before.buffer_allocations,
+        "the model buffer grew"
+    );
+    let c = score_keyed(&CpuBackend::default(), &mut big_cpu, &rows, &vb);
+    for (h, (c, g)) in c.iter().zip(&a).enumerate() {
+        compare_rows(h, c, g);
+    }
 }

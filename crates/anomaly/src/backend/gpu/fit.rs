@@ -480,8 +480,10 @@ impl GpuBackend {
             b.groups[6],
         );
         enc.copy_buffer_to_buffer(out, 0, bufs.readback[slot].get(), 0, b.out_bytes);
+        let t = Instant::now();
         let index = self.queue.submit([enc.finish()]);
         let mut st = lock(&self.stats);
+        st.submit_s += t.elapsed().as_secs_f64();
         st.submits += 1;
         st.upload_bytes += total;
         st.fill_s += filled;

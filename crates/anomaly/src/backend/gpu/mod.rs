@@ -105,6 +105,9 @@ pub struct GpuStats {
     pub fill_s: f64,
     pub wait_s: f64,
     pub read_s: f64,
+    /// Seconds inside `queue.submit` (a driver that runs one submission at a time, such as
+    /// lavapipe, blocks there until the previous one is done).
+    pub submit_s: f64,
     /// Scoring: models uploaded (new key, new version, changed or keyless) and models found
     /// resident.
     pub model_uploads: u64,

@@ -281,7 +281,11 @@ impl GpuBackend {
                 n_hosts,
             );
             enc.copy_buffer_to_buffer(out, 0, bufs.readback[0].get(), 0, out_bytes);
-            Ok(self.queue.submit([enc.finish()]))
+            let cmd = enc.finish();
+            let t = Instant::now();
+            let index = self.queue.submit([cmd]);
+            lock(&self.stats).submit_s += t.elapsed().as_secs_f64();
+            Ok(index)
         })?;
         drop(grown);
         let t_wait = Instant::now();
@@ -292,7 +296,8 @@ impl GpuBackend {
         let results = {
             let view = rb.slice(..out_bytes).get_mapped_range();
             let bytes: &[u8] = &view;
-            let threads = if bytes.len() < PARALLEL_COPY_BYTES {
+            // Each host's results are a few small vectors: worth threads from a few hundred.
+            let threads = if bytes.len() < PARALLEL_COPY_BYTES && jobs.len() < 256 {
                 1
             } else {
                 self.threads

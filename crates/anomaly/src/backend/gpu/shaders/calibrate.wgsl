@@ -6,8 +6,8 @@
 //    row lanes, blocked f32 sums of 64 rows, the lanes added in workgroup memory;
 // 2. each row's energy sum sum_j min(a[t, j] * inv[j], clip)^2;
 // 3. the calibration scores: the moving average of the row sums over d (the average is linear
-//    and the same for every metric, so this is the mean of the per-metric averages), on one
-//    thread in row order, 256 rows staged in workgroup memory at a time;
+//    and the same for every metric, so this is the mean of the per-metric averages), a blocked
+//    scan (each thread a run of rows, the runs' carries chained on one thread);
 // 4. the drift guard's memory (every `stride`-th score, the last `cap`);
 // 5. the per-metric moving averages the stream continues from, rebuilt from the last 256 rows
 //    (an older row's weight is (11/13)^256 ≈ 1e-19 for the job's span, far below f32
@@ -25,7 +25,7 @@
 @group(0) @binding(6) var<storage, read_write> out: array<u32>;
 
 var<workgroup> lanes: array<f32, 256>;
-var<workgroup> chunk: array<f32, 256>;
+var<workgroup> decays: array<f32, 256>;
 var<workgroup> finite: atomic<u32>;
 
 const NONE: u32 = 0xffffffffu;
@@ -99,30 +99,45 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     storageBarrier();
 
-    // 3. Calibration scores, in row order.
+    // 3. Calibration scores: s_0 = r_0, s_t = s_t-1 + alpha (r_t - s_t-1), as a blocked scan.
+    //    Each thread owns a run of rows; it folds its run from zero (the run's own part, and
+    //    the decay (1 - alpha)^len), thread 0 chains the 256 carries, then every thread redoes
+    //    its run from its carry with the sequential recurrence. Thread 0's run starts from r_0
+    //    itself, so a run's values differ from the one-thread recurrence only by the rounding
+    //    of its carry.
     let inv_d = 1.0 / f32(d);
+    let per = (n + 255u) / 256u;
+    let t0 = min(li * per, n);
+    let t1 = min(t0 + per, n);
+    var part = 0.0;
+    var decay = 1.0;
+    for (var t = t0; t < t1; t = t + 1u) {
+        let r = bitcast<f32>(sk[h.soff + t]);
+        if (t == 0u) { part = r; } else { part = part + h.alpha * (r - part); }
+        decay = decay * (1.0 - h.alpha);
+    }
+    lanes[li] = part;
+    decays[li] = decay;
+    workgroupBarrier();
+    if (li == 0u) {
+        // lanes[b] becomes the score at the end of run b (the carry into run b + 1).
+        var carry = lanes[0];
+        for (var b = 1u; b < 256u; b = b + 1u) {
+            carry = decays[b] * carry + lanes[b];
+            lanes[b] = carry;
+        }
+    }
+    workgroupBarrier();
     var sum = 0.0;
-    for (var c0 = 0u; c0 < n; c0 = c0 + 256u) {
-        let t = c0 + li;
-        if (t < n) { chunk[li] = bitcast<f32>(sk[h.soff + t]); }
-        workgroupBarrier();
-        if (li == 0u) {
-            let m = min(256u, n - c0);
-            for (var k = 0u; k < m; k = k + 1u) {
-                let r = chunk[k];
-                if (c0 + k == 0u) { sum = r; } else { sum = sum + h.alpha * (r - sum); }
-                chunk[k] = sum * inv_d;
-            }
-        }
-        workgroupBarrier();
-        if (t < n) {
-            let s = chunk[li];
-            let k = key_of(s);
-            sk[h.soff + t] = bitcast<u32>(s);
-            sk[h.koff + t] = k;
-            if (k != NONE) { atomicAdd(&finite, 1u); }
-        }
-        workgroupBarrier();
+    if (li > 0u) { sum = lanes[li - 1u]; }
+    for (var t = t0; t < t1; t = t + 1u) {
+        let r = bitcast<f32>(sk[h.soff + t]);
+        if (t == 0u) { sum = r; } else { sum = sum + h.alpha * (r - sum); }
+        let s = sum * inv_d;
+        let k = key_of(s);
+        sk[h.soff + t] = bitcast<u32>(s);
+        sk[h.koff + t] = k;
+        if (k != NONE) { atomicAdd(&finite, 1u); }
     }
     for (var t = n + li; t < h.sort_n; t = t + 256u) {
         sk[h.koff + t] = NONE;
