@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::buffers::{u32s, words, Buffers, Packer};
+use super::buffers::{scatter, u32s, words, Buffers, Packer};
 use super::fit::After;
 use super::models::fingerprint;
 use super::plan::{self, Need, RES_METRICS, RES_ROWS};
@@ -212,10 +212,13 @@ impl GpuBackend {
             let put = |dst: &mut [u8], at: usize, v: &[f32]| {
                 dst[at * 4..(at + v.len()) * 4].copy_from_slice(bytemuck::cast_slice(v));
             };
+            // Each host's rows, then its state (a catch-up run is megabytes: threads).
+            let mut parts = Vec::with_capacity(2 * jobs.len());
             for (k, j) in jobs.iter().enumerate() {
-                put(zdst, zoffs[k], &j.series.zpad[..j.series.len()]);
-                put(zdst, soffs[k], j.ema);
+                parts.push((zoffs[k] as u64 * 4, &j.series.zpad[..j.series.len()]));
+                parts.push((soffs[k] as u64 * 4, j.ema));
             }
+            scatter(self.threads, zdst, parts);
             let mut at = 0usize;
             for &k in &uploads {
                 let m = &jobs[k].model;
