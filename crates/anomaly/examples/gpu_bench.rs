@@ -601,6 +601,15 @@ fn main() {
                     buf >> 20,
                     bind >> 20
                 );
+                match g.upload_probe(256 << 20) {
+                    Ok((fill, copy)) => println!(
+                        "gpu: upload probe, 256 MiB: host fill {:.1} GB/s ({} threads), copy to the device {:.1} GB/s",
+                        268.435456e-3 / fill.max(1e-9),
+                        a.threads,
+                        268.435456e-3 / copy.max(1e-9)
+                    ),
+                    Err(e) => println!("gpu: upload probe failed: {e}"),
+                }
                 match g.device_training_unavailable() {
                     None => {
                         println!("gpu: whole trainings on the device (f64 statistics and solve)")

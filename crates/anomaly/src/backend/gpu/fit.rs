@@ -242,10 +242,12 @@ impl GpuBackend {
             }
         }
         let total: u64 = needs.iter().flatten().map(|n| n.staged).sum();
+        // Eight sub-batches a call: what does not overlap (the first fill, the last device
+        // sub-batch) is an eighth of the call; 8 MiB keeps the fixed cost of a submit small.
         let target = if self.pipeline_bytes > 0 {
             self.pipeline_bytes
         } else {
-            (total / 4).clamp(8 << 20, 64 << 20)
+            (total / 8).clamp(8 << 20, 64 << 20)
         };
         let (batches, rejected) = plan::split_target(&needs, &self.limits, target);
         for (i, e) in rejected {

@@ -71,7 +71,7 @@ pub struct GpuOptions {
     /// Threads for host-side copies (and, through [`Backend::threads`], the detector's
     /// host-side work in batched calls).
     pub host_threads: usize,
-    /// Upload bytes per device sub-batch of a training call; 0 = a quarter of the call,
+    /// Upload bytes per device sub-batch of a training call; 0 = an eighth of the call,
     /// between 8 and 64 MiB. Sub-batches are pipelined (the host fills the next while the
     /// device runs the previous one), so a call of several pays one fill and one device
     /// sub-batch that do not overlap.

@@ -484,6 +484,44 @@ impl GpuBackend {
         })
     }
 
+    /// Seconds to fill `bytes` of the upload buffer on the host threads and to copy them to a
+    /// device buffer (submit → done): the two rates a training's floor depends on.
+    pub fn upload_probe(&self, bytes: u64) -> Result<(f64, f64), BackendError> {
+        let bytes = plan::align(bytes.min(self.limits.binding), plan::ALIGN);
+        let src: Vec<f32> = vec![1.0; (bytes / 4) as usize];
+        let parts: Vec<(u64, &[f32])> = src
+            .chunks(1 << 20)
+            .enumerate()
+            .map(|(i, c)| ((i << 22) as u64, c))
+            .collect();
+        let mut guard = lock(&self.bufs);
+        let bufs = &mut *guard;
+        self.scoped(|| {
+            let mut st = lock(&self.stats);
+            let a = &mut st.buffer_allocations;
+            bufs.upload[0].ensure(&self.device, bytes, self.limits.buffer, a);
+            bufs.z.ensure(&self.device, bytes, self.limits.buffer, a);
+            Ok(())
+        })?;
+        let up = bufs.upload[0].get();
+        self.map(up, bytes, wgpu::MapMode::Write)?;
+        let t = Instant::now();
+        {
+            let mut view = up.slice(..bytes).get_mapped_range_mut();
+            scatter(self.threads, &mut view, parts);
+        }
+        let fill = t.elapsed().as_secs_f64();
+        up.unmap();
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.copy_buffer_to_buffer(up, 0, bufs.z.get(), 0, bytes);
+        let t = Instant::now();
+        self.queue.submit([enc.finish()]);
+        self.device.poll(wgpu::Maintain::Wait);
+        Ok((fill, t.elapsed().as_secs_f64()))
+    }
+
     /// Run `jobs` (already split to fit) through `run`, spreading a sub-batch failure to
     /// each of its hosts.
     pub(super) fn batched<J, T: Clone>(
