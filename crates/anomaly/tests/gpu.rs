@@ -17,7 +17,7 @@ mod common;
 mod fleet;
 
 use common::{synthetic, Rng};
-use rackwatch_anomaly::backend::{LagWeights, ModelKey, ResidualJob, Series};
+use rackwatch_anomaly::backend::{FitJob, LagWeights, ModelKey, ResidualJob, Series};
 use rackwatch_anomaly::{
     Backend, BackendChoice, BackendError, BackendKind, CpuBackend, Detector, DetectorConfig,
     GpuBackend, GpuOptions, Matrix, ScoreInput, ScoredRow, SelectOptions, SelectedBackend,
@@ -757,4 +757,104 @@ fn resident_models_are_uploaded_once_per_version_and_score_as_uploaded_ones() {
     for (h, (c, g)) in c.iter().zip(&a).enumerate() {
         compare_rows(h, c, g);
     }
+}
+
+/// Solve `(A + ridge·I) X = B` by Cholesky in f64 (the detector's ridge: not on the intercept,
+/// which gets `1e-9 · n`).
+fn ridge_solve(xtx: &[f64], xty: &[f64], f: usize, d: usize, ridge: f64, n: usize) -> Vec<f64> {
+    let mut a = xtx.to_vec();
+    let mut b = xty.to_vec();
+    for i in 0..f - 1 {
+        a[i * f + i] += ridge;
+    }
+    a[f * f - 1] += 1e-9 * n as f64;
+    for j in 0..f {
+        let mut s = a[j * f + j];
+        for k in 0..j {
+            s -= a[j * f + k] * a[j * f + k];
+        }
+        let l = s.sqrt();
+        a[j * f + j] = l;
+        for i in j + 1..f {
+            let mut s = a[i * f + j];
+            for k in 0..j {
+                s -= a[i * f + k] * a[j * f + k];
+            }
+            a[i * f + j] = s / l;
+        }
+    }
+    for c in 0..d {
+        for i in 0..f {
+            let mut s = b[i * d + c];
+            for k in 0..i {
+                s -= a[i * f + k] * b[k * d + c];
+            }
+            b[i * d + c] = s / a[i * f + i];
+        }
+        for i in (0..f).rev() {
+            let mut s = b[i * d + c];
+            for k in i + 1..f {
+                s -= a[k * f + i] * b[k * d + c];
+            }
+            b[i * d + c] = s / a[i * f + i];
+        }
+    }
+    b
+}
+
+#[test]
+fn the_device_solve_equals_a_host_f64_solve_of_the_same_sums() {
+    let gpu = gpu();
+    let mut rng = Rng::new(43);
+    let config = product();
+    let mut worst = 0.0f64;
+    for (n, d, lags) in [(2000, 16, 3), (900, 17, 3), (600, 5, 2), (1500, 38, 1)] {
+        let rows = synthetic(n, d, 0, &mut rng);
+        let job = FitJob {
+            rows: &rows.data,
+            n,
+            d,
+            lags,
+            std_floor: config.std_floor,
+            ridge: config.ridge,
+            resid_floor: config.resid_floor,
+            clip: config.clip,
+            alpha: 2.0 / (config.ema_span + 1.0),
+            quantile: config.pot_init_quantile,
+            recent: Some((8, 180)),
+        };
+        let fit = gpu.fit_device(&[job]).unwrap().pop().unwrap().unwrap();
+        // The series exactly as the device standardized it (its mean and scale equal the
+        // CPU's), and the device's own cross products of it.
+        let z: Vec<f32> = rows
+            .data
+            .chunks_exact(d)
+            .flat_map(|r| {
+                r.iter()
+                    .zip(&fit.mean)
+                    .zip(&fit.inv_std)
+                    .map(|((v, m), s)| (v - m) * s)
+                    .collect::<Vec<f32>>()
+            })
+            .collect();
+        let mut zpad: Vec<f32> = (0..lags).flat_map(|_| z[..d].to_vec()).collect();
+        zpad.extend_from_slice(&z);
+        assert_eq!(&zpad[n * d..], &fit.history[..], "history = the last rows");
+        let s = Series {
+            zpad: &zpad,
+            n,
+            d,
+            lags,
+        };
+        let c = gpu.cross_products_batch(&[s]).pop().unwrap().unwrap();
+        let f = lags * d + 1;
+        let want = ridge_solve(&c.xtx, &c.xty, f, d, config.ridge, n);
+        let got: Vec<f32> = fit.weights.iter().chain(&fit.bias).copied().collect();
+        for (w, g) in want.iter().zip(&got) {
+            let e = (w - *g as f64).abs() / w.abs().max(1e-3);
+            worst = worst.max(e);
+            assert!(e <= 1e-6, "n {n} d {d}: host {w} device {g}");
+        }
+    }
+    eprintln!("device solve vs host f64 solve of the same sums: {worst:.2e} relative");
 }
