@@ -52,28 +52,26 @@ pub async fn start_server_with(
     cfg: Arc<Config>,
     store: Store,
     shared: Shared,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningServer> {
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
     let addr = listener.local_addr()?;
+    let limits = web::serve::ServeLimits {
+        max_connections: cfg.server.max_connections,
+        header_read_timeout: Duration::from_secs(cfg.server.header_read_timeout_secs),
+        drain: Duration::from_secs(10),
+    };
     let mut state = AppState::new(store, cfg);
     state.alert_wakeup = shared.alert_wakeup;
     state.jobs = shared.jobs;
-    // Client addresses are needed by the login rate limiter.
-    let app = web::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                while !*shutdown.borrow() {
-                    if shutdown.changed().await.is_err() {
-                        break;
-                    }
-                }
-            })
-            .await
-    });
+    let stats = state.connections.clone();
+    let app = web::router(state);
+    let task =
+        tokio::spawn(
+            async move { web::serve::serve(listener, app, limits, stats, shutdown).await },
+        );
     Ok(RunningServer { addr, task })
 }
 

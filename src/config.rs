@@ -52,6 +52,7 @@ pub struct Config {
     pub alerting: AlertingConfig,
     pub energy: EnergyConfig,
     pub anomaly: AnomalyConfig,
+    pub capacity: CapacityConfig,
 }
 
 impl Default for Config {
@@ -67,6 +68,7 @@ impl Default for Config {
             alerting: AlertingConfig::default(),
             energy: EnergyConfig::default(),
             anomaly: AnomalyConfig::default(),
+            capacity: CapacityConfig::default(),
         }
     }
 }
@@ -86,6 +88,26 @@ pub struct ServerConfig {
     pub secure_cookies: bool,
     /// How long a login session lasts, in seconds.
     pub session_ttl_secs: i64,
+    /// A session unused this long ends, in seconds.
+    pub session_idle_secs: i64,
+    /// Most connections open at once; one more is closed on accept.
+    pub max_connections: usize,
+    /// Request headers must arrive within this many seconds (also the keep-alive idle
+    /// timeout).
+    pub header_read_timeout_secs: u64,
+    /// A request body that sends nothing for this many seconds is cut off.
+    pub body_timeout_secs: u64,
+    /// A whole request (body and handler) must finish within this many seconds (408).
+    pub request_timeout_secs: u64,
+    /// Ingest requests processed at once; more wait up to `request_timeout_secs`, then
+    /// get 503 with Retry-After. Bounds the memory that bodies and their parsing hold.
+    pub ingest_concurrency: usize,
+    /// Password checks (argon2id, 19 MiB each) run at once. More are answered 503 at once.
+    pub password_checks: usize,
+    /// Serve `/metrics` without credentials. Off: it needs `metrics_token` or a user.
+    pub metrics_public: bool,
+    /// Bearer token that may read `/metrics` (a Prometheus scrape).
+    pub metrics_token: Secret,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +119,15 @@ impl Default for ServerConfig {
             max_decompressed_bytes: 64 << 20,
             secure_cookies: false,
             session_ttl_secs: 12 * 3600,
+            session_idle_secs: 3600,
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
+            body_timeout_secs: 10,
+            request_timeout_secs: 60,
+            ingest_concurrency: 8,
+            password_checks: 2,
+            metrics_public: false,
+            metrics_token: Secret::default(),
         }
     }
 }
@@ -388,6 +419,95 @@ impl Default for AnomalyConfig {
     }
 }
 
+/// Capacity planning: the hourly capacity job, its recommendations and exhaustion dates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Run the job (on the job leader, hourly).
+    pub enabled: bool,
+    /// Price of one unserved GPU-hour, in idle GPU-hours. 20 makes the 95th percentile
+    /// of demand the best flat capacity.
+    pub price: f64,
+    /// Days of pool demand the recommender reads.
+    pub history_days: u32,
+    /// Lead time of the procurement plan (and of the capacity alert), days.
+    pub lead_days: u32,
+    /// How far ahead exhaustion dates are looked for, days.
+    pub horizon_days: u32,
+    /// GPUs per host, for whole-host recommendations. 0: each pool's most common host
+    /// size in the inventory.
+    pub host_size: u32,
+    /// A pool whose recommended peak for the week is below this share of its installed
+    /// GPUs is listed for consolidation.
+    pub consolidate_below: f64,
+    /// Power budget per rack in kW, keyed "site/rack" (a host label `rack_power_kw` on any
+    /// host of the rack also sets it).
+    pub racks: std::collections::BTreeMap<String, f64>,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        CapacityConfig {
+            enabled: true,
+            price: 20.0,
+            history_days: 28,
+            lead_days: 7,
+            horizon_days: 90,
+            host_size: 0,
+            consolidate_below: 0.7,
+            racks: Default::default(),
+        }
+    }
+}
+
+impl CapacityConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(self.price.is_finite() && self.price > 0.0) {
+            return Err(format!(
+                "capacity.price = {} must be a positive number (idle GPU-hours per unserved GPU-hour)",
+                self.price
+            ));
+        }
+        if !(1..=90).contains(&self.history_days) {
+            return Err(format!(
+                "capacity.history_days = {} must be 1 ..= 90",
+                self.history_days
+            ));
+        }
+        if self.lead_days >= self.history_days {
+            return Err(format!(
+                "capacity.lead_days = {} is not shorter than capacity.history_days = {}: a plan cannot look further ahead than the history it learns from",
+                self.lead_days, self.history_days
+            ));
+        }
+        if !(1..=365).contains(&self.horizon_days) {
+            return Err(format!(
+                "capacity.horizon_days = {} must be 1 ..= 365",
+                self.horizon_days
+            ));
+        }
+        if !(self.consolidate_below > 0.0 && self.consolidate_below <= 1.0) {
+            return Err(format!(
+                "capacity.consolidate_below = {} must be above 0 and at most 1",
+                self.consolidate_below
+            ));
+        }
+        for (rack, kw) in &self.racks {
+            if !rack.contains('/') {
+                return Err(format!(
+                    "capacity.racks: key {rack:?} must be \"site/rack\""
+                ));
+            }
+            if !(kw.is_finite() && *kw > 0.0) {
+                return Err(format!(
+                    "capacity.racks.\"{rack}\" = {kw}: a power budget must be a positive number of kW"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Facility figures of one site.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -654,6 +774,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.capacity.validate()?;
         if self.agent.interval_secs == 0 {
             return Err("agent.interval_secs must be at least 1".into());
         }
@@ -668,6 +789,31 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return Err("server.max_body_bytes must be at least 1024".into());
+        }
+        for (key, v) in [
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+            ),
+            (
+                "server.ingest_concurrency",
+                self.server.ingest_concurrency as u64,
+            ),
+            ("server.password_checks", self.server.password_checks as u64),
+            (
+                "server.session_idle_secs",
+                self.server.session_idle_secs.max(0) as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!(

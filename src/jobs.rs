@@ -78,6 +78,14 @@ pub const JOBS: &[Job] = &[
         run: |c| Box::pin(forecasts(c)),
         quiet: false,
     },
+    // After the forecasts: recommendations, exhaustion dates, consolidation.
+    Job {
+        name: "capacity",
+        every: Duration::from_secs(3600),
+        enabled: |cfg| cfg.capacity.enabled,
+        run: |c| Box::pin(capacity(c)),
+        quiet: false,
+    },
     // Energy accounting redoes the last hour each run, so running more often than hourly
     // keeps the energy page fresh; it also mails the weekly report when due.
     Job {
@@ -211,6 +219,14 @@ async fn anomaly(c: &JobContext) -> anyhow::Result<String> {
     ))
 }
 
+async fn capacity(c: &JobContext) -> anyhow::Result<String> {
+    let r = crate::analytics::capacity::run(&c.store, &c.cfg, Utc::now()).await?;
+    Ok(format!(
+        "{} pools recommended ({} without a plan yet), {} racks and {} disks dated, {} demand slots",
+        r.pools, r.skipped, r.racks, r.disks, r.demand_slots
+    ))
+}
+
 /// Energy accounting, then the weekly report mail when it is due. Both run; either
 /// failing fails the job.
 async fn energy(c: &JobContext) -> anyhow::Result<String> {
@@ -224,7 +240,7 @@ async fn energy(c: &JobContext) -> anyhow::Result<String> {
     ))
 }
 
-/// Partitions ahead, retention behind, expired sessions. Every step runs; the errors are
+/// Partitions ahead, retention behind, expired sessions and login throttles. Every step runs; the errors are
 /// reported together.
 async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
     let (store, cfg) = (&c.store, &c.cfg);
@@ -255,6 +271,12 @@ async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
     }
     if let Err(e) = store.delete_expired_sessions().await {
         errors.push(format!("session cleanup: {e}"));
+    }
+    if let Err(e) = store
+        .delete_stale_login_throttles(chrono::Duration::hours(1))
+        .await
+    {
+        errors.push(format!("login throttle cleanup: {e}"));
     }
     if errors.is_empty() {
         Ok(done.join(", "))

@@ -89,6 +89,36 @@ enum Cmd {
     /// Reports: the weekly energy-efficiency report and its facility inputs.
     #[command(subcommand)]
     Report(ReportCmd),
+    /// Capacity: the pools' plans, and the recommender's benchmark.
+    #[command(subcommand)]
+    Capacity(CapacityCmd),
+}
+
+#[derive(Subcommand)]
+enum CapacityCmd {
+    /// Every pool's latest recommendation (the capacity job's), for people or scripts
+    /// that resize partitions or order hardware.
+    Plan {
+        /// table, csv (one row per pool and hour of the week's schedule and the plan
+        /// ahead) or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Only this pool.
+        #[arg(long, value_name = "POOL")]
+        pool: Option<String>,
+    },
+    /// Decide every task of a capacity benchmark task file; writes the scorer's CSV.
+    Eval {
+        /// Directory with `5min/<series>.csv.gz` and `imputed.csv`.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Task file (series_id, track, decision_ts, start_ts, H).
+        #[arg(long, value_name = "FILE")]
+        tasks: PathBuf,
+        /// Predictions CSV to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,10 +239,18 @@ enum UserCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Mint a token for one host's agent; the token is the last line printed.
+    /// Mint a token for one host's agent (--host) or for a pool's scheduler to report its
+    /// queue (--pool); the token is the last line printed.
     Create {
-        #[arg(long, value_name = "NAME")]
-        host: String,
+        #[arg(
+            long,
+            value_name = "NAME",
+            required_unless_present = "pool",
+            conflicts_with = "pool"
+        )]
+        host: Option<String>,
+        #[arg(long, value_name = "POOL")]
+        pool: Option<String>,
         /// A note shown next to the token in listings.
         #[arg(long, default_value = "")]
         note: String,
@@ -339,6 +377,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        Cmd::Capacity(CapacityCmd::Eval { data, tasks, out }) => {
+            let summary =
+                tokio::task::spawn_blocking(move || rackwatch_capacity::eval(&data, &tasks, &out))
+                    .await??;
+            println!("{summary}");
+            Ok(())
+        }
+        Cmd::Capacity(CapacityCmd::Plan { format, pool }) => {
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let r = capacity_plan(&cfg, &db, &format, pool.as_deref()).await;
+            db.close().await;
+            r
+        }
         Cmd::Token(t) => {
             let db = Database::open(&cfg, Role::OneShot).await?;
             let r = token_cmd(&db, t).await;
@@ -395,7 +446,8 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                 if cfg.energy.report.recipients.is_empty() {
                     anyhow::bail!("energy.report.recipients is empty: nobody to mail");
                 }
-                mail::send(cfg, &report, &cfg.energy.report.recipients).await?;
+                let capacity = mail::capacity_lines(&db.store, cfg, now).await?;
+                mail::send(cfg, &report, &cfg.energy.report.recipients, &capacity).await?;
                 eprintln!("mailed to {}", cfg.energy.report.recipients.join(", "));
             }
             Ok(())
@@ -441,9 +493,107 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
     }
 }
 
+async fn capacity_plan(
+    cfg: &Config,
+    db: &Database,
+    format: &str,
+    pool: Option<&str>,
+) -> anyhow::Result<()> {
+    use rackwatch::analytics::capacity::actions;
+    let recs = db.store.recommendations(pool).await?;
+    if let (Some(p), true) = (pool, recs.is_empty()) {
+        anyhow::bail!("no recommendation for pool {p:?}: no such pool, or the capacity job has not run since it appeared");
+    }
+    let now = chrono::Utc::now();
+    let lead = cfg.capacity.lead_days;
+    match format {
+        "table" => {
+            println!(
+                "{:<20} {:>9} {:>8} {:>9} {:>11} {:>11}  action",
+                "pool", "installed", "demand", "next hour", "week", "plan ahead"
+            );
+            for r in &recs {
+                let peak = r.week_schedule.iter().max().copied().unwrap_or(0);
+                let low = r.week_schedule.iter().min().copied().unwrap_or(0);
+                let lead_peak = r.lead_plan.iter().max().copied().unwrap_or(0);
+                let act = if r.week_schedule.is_empty() {
+                    r.note.clone()
+                } else {
+                    actions(r, lead, now).join("; ")
+                };
+                println!(
+                    "{:<20} {:>9} {:>8} {:>9} {:>11} {:>11}  {}",
+                    r.pool,
+                    r.installed_gpus,
+                    r.demand_now.map_or("-".into(), |d| format!("{d:.1}")),
+                    r.next_hour,
+                    format!("{low}-{peak}"),
+                    lead_peak,
+                    act
+                );
+            }
+        }
+        "csv" => {
+            println!("pool,plan,hour,gpus,installed_gpus");
+            for r in &recs {
+                for (plan, start, values) in [
+                    ("week", r.decided_at, &r.week_schedule),
+                    ("ahead", r.lead_start, &r.lead_plan),
+                ] {
+                    for (i, g) in values.iter().enumerate() {
+                        let t = start + chrono::Duration::hours(i as i64);
+                        println!(
+                            "{},{plan},{},{g},{}",
+                            csv_field(&r.pool),
+                            t.format("%Y-%m-%dT%H:%M:%SZ"),
+                            r.installed_gpus
+                        );
+                    }
+                }
+            }
+        }
+        "json" => {
+            let v: Vec<serde_json::Value> = recs
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "recommendation": r,
+                        "actions": if r.week_schedule.is_empty() { vec![r.note.clone()] } else { actions(r, lead, now) },
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        other => anyhow::bail!("--format {other:?}: use table, csv or json"),
+    }
+    Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
     match t {
-        TokenCmd::Create { host, note } => {
+        TokenCmd::Create { host, pool, note } => {
+            if let Some(pool) = pool {
+                rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
+                    name: "x".into(),
+                    pool: pool.clone(),
+                    ..Default::default()
+                })
+                .map_err(anyhow::Error::msg)?;
+                let token = db.store.create_pool_token(&pool, &note).await?;
+                eprintln!("scheduler token for pool {pool} (shown once; send it as Authorization: Bearer to POST /api/v1/pools/{pool}/demand):");
+                println!("{token}");
+                return Ok(());
+            }
+            let host = host.unwrap_or_default();
             rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
                 name: host.clone(),
                 ..Default::default()

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::{Postgres, Transaction};
 
 use super::rules::{
-    AbsentRule, AnomalyRule, HardwareRule, Op, Rule, RuleKind, RuleSet, ThresholdRule,
+    AbsentRule, AnomalyRule, CapacityRule, HardwareRule, Op, Rule, RuleKind, RuleSet, ThresholdRule,
 };
 use super::{fingerprint, Labels};
 use crate::analytics::anomaly::Explanation;
@@ -82,6 +82,7 @@ pub async fn evaluate(
                 RuleKind::Threshold(t) => threshold_observations(store, rule, t, now).await?,
                 RuleKind::Absent(a) => absent_observations(store, rule, a, now).await?,
                 RuleKind::Anomaly(a) => anomaly_observations(store, rule, a, now).await?,
+                RuleKind::Capacity(c) => capacity_observations(store, cfg, rule, c, now).await?,
                 RuleKind::Hardware(h) => {
                     resolve_quiet_hardware(store, rules, rule, h, now).await?;
                     continue;
@@ -286,6 +287,79 @@ async fn absent_observations(
             })
         })
         .collect())
+}
+
+/// Pools whose plan a lead time ahead needs more GPUs than installed, or whose demand
+/// trend reaches them within the rule's lead; racks whose power budget runs out within it.
+/// Read from what the capacity job stored.
+async fn capacity_observations(
+    store: &Store,
+    cfg: &Config,
+    rule: &Rule,
+    c: &CapacityRule,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Observation>> {
+    let lead = Duration::days(i64::from(c.lead_days));
+    let mut out = Vec::new();
+    if c.pools {
+        for r in store.recommendations(None).await? {
+            if r.week_schedule.is_empty() {
+                continue;
+            }
+            let mut l = Labels::new();
+            l.insert("pool".into(), r.pool.clone());
+            if !rule.selects(&l) {
+                continue;
+            }
+            let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
+            let active = crate::analytics::capacity::short_within(&r, lead, now);
+            out.push(Observation {
+                labels: l,
+                value: Some(f64::from(lead_peak - r.installed_gpus)),
+                active,
+                clear: !active,
+                at: r.computed_at,
+                occurrences: 1,
+                description: format!(
+                    "pool {}: {}",
+                    r.pool,
+                    crate::analytics::capacity::actions(&r, cfg.capacity.lead_days, now).join("; ")
+                ),
+                held: None,
+            });
+        }
+    }
+    if c.racks {
+        for e in store.exhaustions(Some("rack")).await? {
+            let (site, rack) = e.key.split_once('/').unwrap_or(("", &e.key));
+            let mut l = Labels::new();
+            l.insert("site".into(), site.to_string());
+            l.insert("rack".into(), rack.to_string());
+            if !rule.selects(&l) {
+                continue;
+            }
+            let active = e.exhausted_at.is_some_and(|d| d <= now + lead);
+            out.push(Observation {
+                labels: l,
+                value: Some(e.level_now / 1000.0),
+                active,
+                clear: !active,
+                at: e.computed_at,
+                occurrences: 1,
+                description: format!(
+                    "rack {}: {:.1} kW of a {:.1} kW budget, growing {:+.2} %/day; the budget runs out on {}",
+                    e.key,
+                    e.level_now / 1000.0,
+                    e.capacity / 1000.0,
+                    e.growth_per_day * 100.0,
+                    e.exhausted_at
+                        .map_or("(not within the horizon)".to_string(), |d| d.format("%Y-%m-%d").to_string())
+                ),
+                held: None,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// A host whose newest score is older than this is not judged (its scoring stopped, e.g.

@@ -75,6 +75,7 @@ pub enum RuleKind {
     Hardware(HardwareRule),
     Absent(AbsentRule),
     Anomaly(AnomalyRule),
+    Capacity(CapacityRule),
 }
 
 /// A sample field above (`op = ">"`) or below (`"<"`) `value` for `for_secs`; resolves
@@ -131,6 +132,31 @@ pub struct AnomalyRule {
     /// above (hysteresis); default [`DEFAULT_RESOLVE_RATIO`].
     #[serde(default)]
     pub resolve_ratio: Option<f64>,
+}
+
+/// A pool whose demand will outgrow its installed GPUs within `lead_days` (the plan a lead
+/// time ahead needs more, or the demand trend reaches them), or a rack whose power budget
+/// runs out within it. Fires once with the plan; resolves when the plan no longer needs
+/// more.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityRule {
+    /// How far ahead to warn, days (at least 1).
+    #[serde(default = "default_capacity_lead")]
+    pub lead_days: u32,
+    /// Watch pools' GPUs.
+    #[serde(default = "yes")]
+    pub pools: bool,
+    /// Watch racks' power budgets.
+    #[serde(default = "yes")]
+    pub racks: bool,
+}
+
+fn default_capacity_lead() -> u32 {
+    7
+}
+fn yes() -> bool {
+    true
 }
 
 /// anomaly: share of the firing level below which an anomaly alert resolves.
@@ -267,7 +293,7 @@ impl Rule {
         match &self.kind {
             RuleKind::Threshold(t) => t.for_secs,
             RuleKind::Anomaly(a) => a.for_secs,
-            RuleKind::Hardware(_) | RuleKind::Absent(_) => 0,
+            RuleKind::Hardware(_) | RuleKind::Absent(_) | RuleKind::Capacity(_) => 0,
         }
     }
 
@@ -329,7 +355,7 @@ impl Rule {
         if !t.contains_key("kind") {
             return Err(field(
                 "kind",
-                "missing; use threshold, hardware, absent or anomaly".into(),
+                "missing; use threshold, hardware, absent, anomaly or capacity".into(),
             ));
         }
         // Typed fields whose own errors would not name them.
@@ -400,6 +426,23 @@ impl RuleKind {
                     return Err(("after_secs", "must be at least 5".into()));
                 }
             }
+            RuleKind::Capacity(c) => {
+                if !(1..=365).contains(&c.lead_days) {
+                    return Err(("lead_days", format!("{} days: use 1 ..= 365", c.lead_days)));
+                }
+                if !c.pools && !c.racks {
+                    return Err((
+                        "pools",
+                        "a capacity rule watches pools, racks or both; both are off".into(),
+                    ));
+                }
+                if matchers.contains_key("gpu") || matchers.contains_key("host") {
+                    return Err((
+                        "match",
+                        "capacity alerts are per pool or rack; match site, rack or pool".into(),
+                    ));
+                }
+            }
             RuleKind::Anomaly(a) => {
                 if a.for_secs < 60 {
                     return Err((
@@ -442,6 +485,7 @@ impl RuleKind {
             RuleKind::Hardware(_) => "hardware",
             RuleKind::Absent(_) => "absent",
             RuleKind::Anomaly(_) => "anomaly",
+            RuleKind::Capacity(_) => "capacity",
         }
     }
 }
@@ -530,7 +574,7 @@ mod tests {
     fn shipped_example_rules_are_valid() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/alerts.toml");
         let set = RuleSet::load(&p).unwrap();
-        for kind in ["hardware", "threshold", "absent", "anomaly"] {
+        for kind in ["hardware", "threshold", "absent", "anomaly", "capacity"] {
             assert!(set.rules.iter().any(|r| r.kind.name() == kind), "{kind}");
         }
     }

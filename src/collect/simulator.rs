@@ -292,6 +292,7 @@ mod tests {
             now,
             max_age: Duration::days(7),
             max_future: Duration::seconds(300),
+            max_items: 100_000,
         };
         let mut xids = 0;
         let mut hot = 0;

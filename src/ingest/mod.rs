@@ -14,7 +14,7 @@ use std::io::Read;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::config::Config;
-use crate::model::validate::{parse_batch, BatchError, Limits};
+use crate::model::validate::{parse_batch, quoted, BatchError, Limits, ValidBatch};
 use crate::model::IngestResponse;
 use crate::store::{Store, StoreError};
 
@@ -98,35 +98,49 @@ pub struct Ingested {
     pub events: usize,
 }
 
-/// Stage 3: validate a decoded batch for `host` (the token's) and store its valid part.
-pub async fn accept(
-    store: &Store,
+/// A batch that passed stage 3's checks, ready to write.
+#[derive(Debug)]
+pub struct Checked {
+    valid: ValidBatch,
+}
+
+/// Stage 3a (CPU only, no I/O; run it off the async workers): parse and validate a
+/// decoded batch for `host` (the token's). Work is bounded by
+/// `ingest.max_samples_per_batch`: parsing stops at the first item past it.
+pub fn check(
     cfg: &Config,
     host: &str,
     raw: &[u8],
     now: DateTime<Utc>,
-) -> Result<Ingested, IngestError> {
+) -> Result<Checked, IngestError> {
     let limits = Limits {
         now,
         max_age: Duration::days(i64::from(cfg.retention.raw_days)),
         max_future: Duration::seconds(cfg.ingest.max_future_secs),
+        max_items: cfg.ingest.max_samples_per_batch,
     };
     let valid = parse_batch(raw, &limits).map_err(|e| match e {
         BatchError::Json(m) | BatchError::Shape(m) => IngestError::BadRequest(m),
+        e @ BatchError::TooLarge { .. } => IngestError::TooLarge(e.to_string()),
     })?;
     if valid.batch.host.name != host {
         return Err(IngestError::Forbidden(format!(
-            "this token belongs to host {host:?}; the batch names host {:?}",
-            valid.batch.host.name
+            "this token belongs to host {}; the batch names host {}",
+            quoted(host),
+            quoted(&valid.batch.host.name)
         )));
     }
-    let total = valid.batch.len() + valid.rejections.len();
-    if total > cfg.ingest.max_samples_per_batch {
-        return Err(IngestError::TooLarge(format!(
-            "batch holds {total} samples; at most {} (ingest.max_samples_per_batch) are accepted, split it",
-            cfg.ingest.max_samples_per_batch
-        )));
-    }
+    Ok(Checked { valid })
+}
+
+/// Stage 3b: store a checked batch's valid part, idempotently.
+pub async fn write(
+    store: &Store,
+    cfg: &Config,
+    checked: Checked,
+    now: DateTime<Utc>,
+) -> Result<Ingested, IngestError> {
+    let valid = checked.valid;
     let accepted = valid.batch.len();
     let outcome = match store.write_batch(&valid.batch, now).await {
         Ok(o) => o,
@@ -148,8 +162,20 @@ pub async fn accept(
         response: IngestResponse {
             accepted,
             stored: outcome.stored,
-            rejected: valid.rejections.len(),
+            rejected: valid.rejected,
             errors: valid.rejections,
         },
     })
+}
+
+/// Stages 3a and 3b in one call (for callers already off the async workers' hot path).
+pub async fn accept(
+    store: &Store,
+    cfg: &Config,
+    host: &str,
+    raw: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Ingested, IngestError> {
+    let checked = check(cfg, host, raw, now)?;
+    write(store, cfg, checked, now).await
 }

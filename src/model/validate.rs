@@ -21,13 +21,25 @@ pub struct Limits {
     pub max_age: Duration,
     /// Furthest future timestamp accepted (clock skew).
     pub max_future: Duration,
+    /// Most items (samples, events, GPUs; valid or not) a batch may hold. Counted while
+    /// parsing: a batch past it is refused before more work is done.
+    pub max_items: usize,
 }
+
+/// Rejections listed in detail in an answer; the rest are only counted.
+pub const MAX_REJECTIONS_LISTED: usize = 1000;
+
+/// Longest reason given for one rejection.
+const MAX_REASON_CHARS: usize = 300;
 
 /// A batch whose every item passed validation; `host` is checked too.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ValidBatch {
     pub batch: Batch,
+    /// The first [`MAX_REJECTIONS_LISTED`] rejections.
     pub rejections: Vec<Rejection>,
+    /// All rejected items, listed or not.
+    pub rejected: usize,
 }
 
 /// Why a whole request is refused (as opposed to single samples).
@@ -37,6 +49,9 @@ pub enum BatchError {
     Json(String),
     #[error("{0}")]
     Shape(String),
+    /// More items than `Limits::max_items` (the count seen when parsing stopped).
+    #[error("batch holds more than {limit} samples; at most {limit} (ingest.max_samples_per_batch) are accepted, split it")]
+    TooLarge { limit: usize },
 }
 
 /// The top level of an ingest body, each part kept as raw JSON text: every sample is
@@ -58,12 +73,49 @@ struct RawBatch<'a> {
     events: Option<&'a RawValue>,
 }
 
-fn section<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Vec<&'a RawValue>, BatchError> {
+/// The items of a section, at most `max` of them (more is `TooLarge`, found without
+/// holding more than `max + 1` item references).
+fn section<'a>(
+    raw: Option<&'a RawValue>,
+    name: &str,
+    max: usize,
+) -> Result<Vec<&'a RawValue>, BatchError> {
+    const OVER: &str = "rackwatch: section over the item limit";
+    struct Bounded(usize);
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut v = Vec::new();
+            while let Some(item) = seq.next_element::<&RawValue>()? {
+                if v.len() == self.0 {
+                    return Err(serde::de::Error::custom(OVER));
+                }
+                v.push(item);
+            }
+            Ok(v)
+        }
+    }
     match raw {
         None => Ok(Vec::new()),
         Some(r) if r.get() == "null" => Ok(Vec::new()),
-        Some(r) => serde_json::from_str::<Vec<&RawValue>>(r.get())
-            .map_err(|_| BatchError::Shape(format!("field `{name}` must be an array"))),
+        Some(r) => {
+            let mut de = serde_json::Deserializer::from_str(r.get());
+            match serde::Deserializer::deserialize_seq(&mut de, Bounded(max)) {
+                Ok(v) => Ok(v),
+                Err(e) if e.to_string().starts_with(OVER) => {
+                    Err(BatchError::TooLarge { limit: max })
+                }
+                Err(_) => Err(BatchError::Shape(format!(
+                    "field `{name}` must be an array"
+                ))),
+            }
+        }
     }
 }
 
@@ -77,10 +129,13 @@ fn section<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Vec<&'a RawValue
 pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<ValidBatch, BatchError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| BatchError::Json(format!("body is not UTF-8: {e}")))?;
-    if let Some(v) = fast::parse(text, limits) {
-        return Ok(v);
+    match fast::parse(text, limits) {
+        fast::Outcome::Done(v) => Ok(*v),
+        fast::Outcome::TooLarge => Err(BatchError::TooLarge {
+            limit: limits.max_items,
+        }),
+        fast::Outcome::Fallback => parse_sections(text, limits),
     }
-    parse_sections(text, limits)
 }
 
 /// The item-by-item route: each sample is typed from its own raw JSON text.
@@ -101,10 +156,14 @@ fn parse_sections(text: &str, limits: &Limits) -> Result<ValidBatch, BatchError>
     validate_host(&host).map_err(BatchError::Shape)?;
 
     let agent = raw.agent.and_then(|a| serde_json::from_str(a.get()).ok());
-    let gpus = section(raw.gpus, "gpus")?;
-    let host_samples = section(raw.host_samples, "host_samples")?;
-    let gpu_samples = section(raw.gpu_samples, "gpu_samples")?;
-    let events = section(raw.events, "events")?;
+    let max = limits.max_items;
+    let gpus = section(raw.gpus, "gpus", max)?;
+    let host_samples = section(raw.host_samples, "host_samples", max)?;
+    let gpu_samples = section(raw.gpu_samples, "gpu_samples", max)?;
+    let events = section(raw.events, "events", max)?;
+    if gpus.len() + host_samples.len() + gpu_samples.len() + events.len() > max {
+        return Err(BatchError::TooLarge { limit: max });
+    }
 
     let mut b = Builder::new(limits, text.len());
     for (i, v) in gpus.into_iter().enumerate() {
@@ -130,13 +189,17 @@ struct Builder<'l> {
     limits: &'l Limits,
     batch: Batch,
     /// Rejections per section, in the order the sections are listed in answers.
-    rejected: [Vec<Rejection>; 4],
+    rejected: [Vec<Rejection>; 5],
     seen_gpu: HashSet<u8>,
     seen_ts: HashSet<u128>,
     seen_gpu_ts: HashSet<u128>,
     /// Body length: room for this many samples is made at the first one, not grown
     /// step by step.
     body_len: usize,
+    /// Items seen so far, valid or not.
+    items: usize,
+    /// Rejections seen so far, listed or not.
+    rejected_total: usize,
 }
 
 /// A sample's identity as one number (one hash write instead of four).
@@ -152,7 +215,23 @@ fn expected_samples(len: usize) -> usize {
     (len / 300).min(4096)
 }
 
-const SECTIONS: [&str; 4] = ["gpus", "host_samples", "gpu_samples", "events"];
+const SECTIONS: [&str; 5] = ["gpus", "host_samples", "gpu_samples", "events", "agent"];
+
+/// A reason cut to [`MAX_REASON_CHARS`] (a reason may quote what was sent).
+fn bounded(reason: String) -> String {
+    match reason.char_indices().nth(MAX_REASON_CHARS) {
+        Some((i, _)) => format!("{}… ({} bytes)", &reason[..i], reason.len()),
+        None => reason,
+    }
+}
+
+/// Text a client sent, quoted in an error: at most 40 characters of it.
+pub fn quoted(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{:?}… ({} bytes)", &s[..i], s.len()),
+        None => format!("{s:?}"),
+    }
+}
 
 impl<'l> Builder<'l> {
     fn new(limits: &'l Limits, body_len: usize) -> Self {
@@ -164,19 +243,34 @@ impl<'l> Builder<'l> {
             seen_ts: HashSet::new(),
             seen_gpu_ts: HashSet::new(),
             body_len,
+            items: 0,
+            rejected_total: 0,
         }
     }
 
+    /// Count one more item; false once the batch is past `max_items`.
+    fn admit(&mut self) -> bool {
+        self.items += 1;
+        self.items <= self.limits.max_items
+    }
+
     fn reject(&mut self, section: usize, index: usize, field: Option<&str>, reason: String) {
+        self.rejected_total += 1;
+        if self.rejected_total > MAX_REJECTIONS_LISTED {
+            return;
+        }
         self.rejected[section].push(Rejection {
             section: SECTIONS[section].to_string(),
             index,
             field: field.map(str::to_string),
-            reason,
+            reason: bounded(reason),
         });
     }
 
-    fn gpu(&mut self, i: usize, g: Item<GpuInfo>) {
+    fn gpu(&mut self, i: usize, g: Item<GpuInfo>) -> bool {
+        if !self.admit() {
+            return false;
+        }
         match g.and_then(|g| check_gpu_info(&g).map(|_| g)) {
             Ok(g) if !self.seen_gpu.insert(g.index) => self.reject(
                 0,
@@ -187,9 +281,13 @@ impl<'l> Builder<'l> {
             Ok(g) => self.batch.gpus.push(g),
             Err((field, reason)) => self.reject(0, i, field, reason),
         }
+        true
     }
 
-    fn host_sample(&mut self, i: usize, s: Item<HostSample>) {
+    fn host_sample(&mut self, i: usize, s: Item<HostSample>) -> bool {
+        if !self.admit() {
+            return false;
+        }
         match s.and_then(|s| check_metrics(&s, self.limits).map(|_| s)) {
             Ok(s) if !self.seen_ts.insert(sample_key(0, s.ts)) => self.reject(
                 1,
@@ -200,9 +298,13 @@ impl<'l> Builder<'l> {
             Ok(s) => self.batch.host_samples.push(s),
             Err((field, reason)) => self.reject(1, i, field, reason),
         }
+        true
     }
 
-    fn gpu_sample(&mut self, i: usize, s: Item<GpuSample>) {
+    fn gpu_sample(&mut self, i: usize, s: Item<GpuSample>) -> bool {
+        if !self.admit() {
+            return false;
+        }
         if self.seen_gpu_ts.capacity() == 0 {
             let n = expected_samples(self.body_len);
             self.seen_gpu_ts.reserve(n);
@@ -222,21 +324,38 @@ impl<'l> Builder<'l> {
             Ok(s) => self.batch.gpu_samples.push(s),
             Err((field, reason)) => self.reject(2, i, field, reason),
         }
+        true
     }
 
-    fn event(&mut self, i: usize, e: Item<HardwareEvent>) {
+    fn event(&mut self, i: usize, e: Item<HardwareEvent>) -> bool {
+        if !self.admit() {
+            return false;
+        }
         match e.and_then(|e| check_event(&e, self.limits).map(|_| e)) {
             Ok(e) => self.batch.events.push(e),
             Err((field, reason)) => self.reject(3, i, field, reason),
         }
+        true
     }
 
     fn finish(mut self, host: HostInfo, agent: Option<AgentStats>) -> ValidBatch {
         self.batch.host = host;
-        self.batch.agent = agent;
+        // The agent's own report: kept when its text is sane, else left out with a reason
+        // (the samples are not the agent's fault).
+        self.batch.agent = match agent {
+            Some(a) => match check_text("agent.version", &a.version, 0, 64) {
+                Ok(()) => Some(a),
+                Err(why) => {
+                    self.reject(4, 0, Some("version"), why);
+                    None
+                }
+            },
+            None => None,
+        };
         ValidBatch {
             batch: self.batch,
             rejections: self.rejected.into_iter().flatten().collect(),
+            rejected: self.rejected_total,
         }
     }
 }
@@ -251,15 +370,34 @@ mod fast {
 
     use super::{validate_host, AgentStats, Builder, HostInfo, Item, Limits, ValidBatch};
 
-    pub(super) fn parse(text: &str, limits: &Limits) -> Option<ValidBatch> {
+    /// How the one-pass route ended.
+    pub(super) enum Outcome {
+        Done(Box<ValidBatch>),
+        /// More items than the limit: stop, whatever the rest holds.
+        TooLarge,
+        /// Something unusual: take the item-by-item route.
+        Fallback,
+    }
+
+    /// The error the item callback raises to stop the parse at the item limit.
+    const OVER_LIMIT: &str = "rackwatch: over the item limit";
+
+    pub(super) fn parse(text: &str, limits: &Limits) -> Outcome {
         let mut de = serde_json::Deserializer::from_str(text);
-        let (host, agent, b) = Body(Builder::new(limits, text.len()))
-            .deserialize(&mut de)
-            .ok()?;
-        de.end().ok()?;
-        let host = host?;
-        validate_host(&host).ok()?;
-        Some(b.finish(host, agent))
+        let (host, agent, b) = match Body(Builder::new(limits, text.len())).deserialize(&mut de) {
+            Ok(r) => r,
+            Err(e) if e.to_string().starts_with(OVER_LIMIT) => return Outcome::TooLarge,
+            Err(_) => return Outcome::Fallback,
+        };
+        if de.end().is_err() {
+            return Outcome::Fallback;
+        }
+        match host {
+            Some(host) if validate_host(&host).is_ok() => {
+                Outcome::Done(Box::new(b.finish(host, agent)))
+            }
+            _ => Outcome::Fallback,
+        }
     }
 
     #[derive(serde::Deserialize)]
@@ -328,18 +466,20 @@ mod fast {
     /// A section: an array (or null) whose items go to the builder as they are parsed.
     struct Items<T, F>(F, PhantomData<fn() -> T>);
 
-    fn items<T, F: FnMut(usize, Item<T>)>(f: F) -> Items<T, F> {
+    fn items<T, F: FnMut(usize, Item<T>) -> bool>(f: F) -> Items<T, F> {
         Items(f, PhantomData)
     }
 
-    impl<'de, T: de::Deserialize<'de>, F: FnMut(usize, Item<T>)> DeserializeSeed<'de> for Items<T, F> {
+    impl<'de, T: de::Deserialize<'de>, F: FnMut(usize, Item<T>) -> bool> DeserializeSeed<'de>
+        for Items<T, F>
+    {
         type Value = ();
         fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_any(self)
         }
     }
 
-    impl<'de, T: de::Deserialize<'de>, F: FnMut(usize, Item<T>)> Visitor<'de> for Items<T, F> {
+    impl<'de, T: de::Deserialize<'de>, F: FnMut(usize, Item<T>) -> bool> Visitor<'de> for Items<T, F> {
         type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("an array")
@@ -350,7 +490,9 @@ mod fast {
         fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
             let mut i = 0;
             while let Some(v) = seq.next_element::<T>()? {
-                (self.0)(i, Ok(v));
+                if !(self.0)(i, Ok(v)) {
+                    return Err(de::Error::custom(OVER_LIMIT));
+                }
                 i += 1;
             }
             Ok(())
@@ -387,7 +529,8 @@ pub fn validate_host(h: &HostInfo) -> Result<(), String> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !ok_key {
             return Err(format!(
-                "host.labels key {k:?} must match [A-Za-z_][A-Za-z0-9_.-]* (≤ 64 chars)"
+                "host.labels key {} must match [A-Za-z_][A-Za-z0-9_.-]* (≤ 64 chars)",
+                quoted(k)
             ));
         }
         check_text(&format!("host.labels.{k}"), v, 0, 256)?;
@@ -511,8 +654,8 @@ fn check_event(e: &HardwareEvent, l: &Limits) -> Check {
         return Err((
             Some("kind"),
             format!(
-                "unknown event kind {:?}; known kinds: {}",
-                e.kind,
+                "unknown event kind {}; known kinds: {}",
+                quoted(&e.kind),
                 EVENT_KINDS.join(", ")
             ),
         ));
@@ -537,6 +680,7 @@ mod tests {
             now: "2026-11-23T12:00:00Z".parse().unwrap(),
             max_age: Duration::days(7),
             max_future: Duration::seconds(300),
+            max_items: 100_000,
         }
     }
 
@@ -590,7 +734,10 @@ mod tests {
     /// Both routes on one body: the fast one must give the item-by-item answer or none.
     fn both_routes(body: &str) -> Option<ValidBatch> {
         let slow = parse_sections(body, &limits());
-        let fast = fast::parse(body, &limits());
+        let fast = match fast::parse(body, &limits()) {
+            fast::Outcome::Done(v) => Some(*v),
+            _ => None,
+        };
         if let Some(f) = &fast {
             assert_eq!(Ok(f), slow.as_ref().map_err(|e| e.to_string()), "{body}");
         }

@@ -53,7 +53,8 @@ pub async fn send_due(
     }
     crate::analytics::energy::run(store, &cfg.energy, now).await?;
     let report = super::energy::build(store, &cfg.energy, week, None, now).await?;
-    send(cfg, &report, &cfg.energy.report.recipients).await?;
+    let capacity = capacity_lines(store, cfg, now).await?;
+    send(cfg, &report, &cfg.energy.report.recipients, &capacity).await?;
     sqlx::query(
         "INSERT INTO report_deliveries (kind, period, recipients) VALUES ($1, $2, $3)
          ON CONFLICT (kind, period) DO NOTHING",
@@ -67,13 +68,51 @@ pub async fn send_due(
     Ok(Some(week))
 }
 
-/// Mail `report` to `to` through the configured SMTP server.
-pub async fn send(cfg: &Config, report: &EnergyReport, to: &[String]) -> anyhow::Result<()> {
+/// The capacity section of the weekly mail: per pool, what to do (the capacity job's
+/// latest recommendation), then racks whose power budget runs out within the horizon.
+pub async fn capacity_lines(
+    store: &Store,
+    cfg: &Config,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for r in store.recommendations(None).await? {
+        let what = if r.week_schedule.is_empty() {
+            r.note.clone()
+        } else {
+            crate::analytics::capacity::actions(&r, cfg.capacity.lead_days, now).join("; ")
+        };
+        out.push(format!(
+            "Pool {} ({} GPUs): {what}",
+            r.pool, r.installed_gpus
+        ));
+    }
+    for e in store.exhaustions(Some("rack")).await? {
+        if let Some(d) = e.exhausted_at {
+            out.push(format!(
+                "Rack {}: {:.1} of {:.1} kW, the budget runs out on {}",
+                e.key,
+                e.level_now / 1000.0,
+                e.capacity / 1000.0,
+                d.format("%Y-%m-%d")
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Mail `report` (and the capacity lines) to `to` through the configured SMTP server.
+pub async fn send(
+    cfg: &Config,
+    report: &EnergyReport,
+    to: &[String],
+    capacity: &[String],
+) -> anyhow::Result<()> {
     let smtp = &cfg.alerting.smtp;
     if smtp.host.is_empty() {
         anyhow::bail!("alerting.smtp.host is not set: the report cannot be mailed");
     }
-    let msg = message(cfg, report, to)?;
+    let msg = message(cfg, report, to, capacity)?;
     let t = transport(smtp).map_err(anyhow::Error::msg)?;
     t.send(msg).await.map_err(|e| {
         anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security)
@@ -81,8 +120,13 @@ pub async fn send(cfg: &Config, report: &EnergyReport, to: &[String]) -> anyhow:
     Ok(())
 }
 
-/// The mail: text and HTML summary, the three files attached.
-pub fn message(cfg: &Config, report: &EnergyReport, to: &[String]) -> anyhow::Result<Message> {
+/// The mail: text and HTML summary with the capacity section, the three files attached.
+pub fn message(
+    cfg: &Config,
+    report: &EnergyReport,
+    to: &[String],
+    capacity: &[String],
+) -> anyhow::Result<Message> {
     let from: Mailbox = cfg
         .alerting
         .smtp
@@ -112,6 +156,27 @@ pub fn message(cfg: &Config, report: &EnergyReport, to: &[String]) -> anyhow::Re
         "\nThe full report is attached (HTML, CSV, Parquet) and in the dashboard: {}/energy\n",
         cfg.public_url()
     ));
+    let mut body_html = html.clone();
+    if !capacity.is_empty() {
+        text.push_str("\nCapacity\n");
+        let mut items = String::new();
+        for c in capacity {
+            text.push_str(&format!("* {c}\n"));
+            items.push_str(&format!("<li>{}</li>", html_escape(c)));
+        }
+        text.push_str(&format!(
+            "Plans and evidence: {}/capacity\n",
+            cfg.public_url()
+        ));
+        let section = format!(
+            "<section><h2>Capacity</h2><ul>{items}</ul><p><a href=\"{}/capacity\">Plans and evidence</a></p></section>",
+            cfg.public_url()
+        );
+        match body_html.rfind("</body>") {
+            Some(i) => body_html.insert_str(i, &section),
+            None => body_html.push_str(&section),
+        }
+    }
     let mut b = Message::builder().from(from).subject(subject);
     for r in to {
         b = b.to(r
@@ -128,7 +193,7 @@ pub fn message(cfg: &Config, report: &EnergyReport, to: &[String]) -> anyhow::Re
             .singlepart(
                 SinglePart::builder()
                     .header(ContentType::TEXT_HTML)
-                    .body(html.clone()),
+                    .body(body_html),
             ),
     );
     for f in [Format::Csv, Format::Parquet, Format::Html] {
@@ -141,4 +206,11 @@ pub fn message(cfg: &Config, report: &EnergyReport, to: &[String]) -> anyhow::Re
         mixed = mixed.singlepart(Attachment::new(export::file_name(report, f)).body(body, ct));
     }
     Ok(b.multipart(mixed)?)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

@@ -75,6 +75,87 @@ pub fn verify_password(pw: &str, phc: &str) -> bool {
         .is_ok_and(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok())
 }
 
+/// Password checks on a few dedicated threads, each keeping one argon2 work area (19 MiB
+/// with the default parameters) for good. Checking on the shared blocking pool instead
+/// left a work area behind in the allocator arena of every thread that ever checked one:
+/// hundreds of MiB after a burst of logins. Here the memory is `threads` × 19 MiB, always.
+pub struct PasswordPool {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<PasswordJob>>,
+}
+
+type PasswordJob = (String, String, tokio::sync::oneshot::Sender<bool>);
+
+impl PasswordPool {
+    /// Start `threads` checking threads.
+    pub fn new(threads: usize) -> PasswordPool {
+        let (tx, rx) = std::sync::mpsc::channel::<PasswordJob>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("rackwatch-password-{i}"))
+                .spawn(move || {
+                    let mut memory: Vec<argon2::Block> = Vec::new();
+                    loop {
+                        let job = rx.lock().map(|r| r.recv());
+                        let Ok(Ok((pw, phc, reply))) = job else {
+                            return;
+                        };
+                        let _ = reply.send(verify_reusing(&pw, &phc, &mut memory));
+                    }
+                });
+        }
+        PasswordPool {
+            tx: std::sync::Mutex::new(tx),
+        }
+    }
+
+    /// Check `pw` against a PHC string on the pool (callers bound how many wait).
+    pub async fn verify(&self, pw: &str, phc: &str) -> bool {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = self
+            .tx
+            .lock()
+            .map(|tx| tx.send((pw.to_string(), phc.to_string(), reply)).is_ok())
+            .unwrap_or(false);
+        sent && answer.await.unwrap_or(false)
+    }
+}
+
+/// [`verify_password`] with a caller-kept work area.
+fn verify_reusing(pw: &str, phc: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(alg), Ok(params), Some(expected), Some(salt)) = (
+        argon2::Algorithm::try_from(hash.algorithm),
+        argon2::Params::try_from(&hash),
+        hash.hash,
+        hash.salt,
+    ) else {
+        return false;
+    };
+    let version = hash
+        .version
+        .and_then(|v| argon2::Version::try_from(v).ok())
+        .unwrap_or_default();
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    memory.resize(params.block_count(), argon2::Block::default());
+    let mut out = vec![0u8; expected.len()];
+    let ok = Argon2::new(alg, version, params)
+        .hash_password_into_with_memory(pw.as_bytes(), salt, &mut out, &mut memory[..])
+        .is_ok();
+    ok && out.len() == expected.as_bytes().len()
+        && out
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// A syntactically acceptable user name.
 pub fn check_user_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -92,7 +173,8 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
 }
 
 impl Store {
-    /// Create a user, or set the password and role of an existing one.
+    /// Create a user, or set the password and role of an existing one. A changed password
+    /// or role ends the user's sessions (a reset locks out whoever held the old one).
     pub async fn upsert_user(&self, name: &str, role: Role, password: &str) -> anyhow::Result<()> {
         check_user_name(name).map_err(anyhow::Error::msg)?;
         if password.chars().count() < 8 {
@@ -100,19 +182,38 @@ impl Store {
         }
         let pw = password.to_string();
         let hash = tokio::task::spawn_blocking(move || hash_password(&pw)).await?;
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO users (name, role, password_hash) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash",
+             ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash
+             RETURNING id",
         )
         .bind(name)
         .bind(role.as_str())
         .bind(hash)
-        .execute(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Check a user's password; `None` for an unknown user or a wrong password.
+    /// A user's id, role and password hash (PHC string), for a password check.
+    pub async fn password_row(
+        &self,
+        name: &str,
+    ) -> Result<Option<(i64, String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT id, role, password_hash FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Check a user's password; `None` for an unknown user or a wrong password. Runs
+    /// argon2 with no limit: the HTTP layer calls its own guarded check instead.
     pub async fn authenticate(
         &self,
         name: &str,
@@ -151,20 +252,120 @@ impl Store {
         Ok(secret)
     }
 
-    /// The user of a live session.
-    pub async fn session_user(&self, secret: &str) -> Result<Option<User>, sqlx::Error> {
-        let row: Option<(i64, String, String)> = sqlx::query_as(
-            "SELECT u.id, u.name, u.role FROM sessions s JOIN users u ON u.id = s.user_id
-              WHERE s.token_sha256 = $1 AND s.expires_at > now()",
+    /// The user of a live session: not expired, and used within `idle`. Marks it used
+    /// (at most once a minute, so pages do not write on every request).
+    pub async fn session_user(
+        &self,
+        secret: &str,
+        idle: Duration,
+    ) -> Result<Option<User>, sqlx::Error> {
+        let key = sha256(secret);
+        let row: Option<(i64, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT u.id, u.name, u.role, s.last_seen_at FROM sessions s JOIN users u ON u.id = s.user_id
+              WHERE s.token_sha256 = $1 AND s.expires_at > now() AND s.last_seen_at > now() - $2::interval",
         )
-        .bind(sha256(secret))
+        .bind(&key)
+        .bind(format!("{} seconds", idle.num_seconds()))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, name, role)| User {
+        let Some((id, name, role, seen)) = row else {
+            return Ok(None);
+        };
+        if Utc::now() - seen > Duration::seconds(60) {
+            sqlx::query("UPDATE sessions SET last_seen_at = now() WHERE token_sha256 = $1")
+                .bind(&key)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(Some(User {
             id,
             name,
             role: role.parse().unwrap_or(Role::Viewer),
         }))
+    }
+
+    /// Whether attempts at `keys` are refused now: the longest wait, in seconds.
+    pub async fn login_blocked(&self, keys: &[String]) -> Result<Option<u64>, sqlx::Error> {
+        let until: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT max(blocked_until) FROM login_throttle WHERE key = ANY($1) AND blocked_until > now()",
+        )
+        .bind(keys)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(until.map(|t| {
+            ((t - Utc::now()).num_milliseconds().max(0) as u64)
+                .div_ceil(1000)
+                .max(1)
+        }))
+    }
+
+    /// Count a failed attempt at `key` (failures older than `window` are forgotten) and
+    /// block it for `backoff(failures)` seconds. Returns the failures now counted.
+    pub async fn login_failed(
+        &self,
+        key: &str,
+        window: Duration,
+        backoff: impl Fn(i32) -> i64,
+    ) -> Result<i32, sqlx::Error> {
+        let failures: i32 = sqlx::query_scalar(
+            "INSERT INTO login_throttle (key, failures, updated_at) VALUES ($1, 1, now())
+             ON CONFLICT (key) DO UPDATE SET
+                failures = CASE WHEN login_throttle.updated_at < now() - $2::interval THEN 1
+                                ELSE login_throttle.failures + 1 END,
+                updated_at = now()
+             RETURNING failures",
+        )
+        .bind(key)
+        .bind(format!("{} seconds", window.num_seconds()))
+        .fetch_one(&self.pool)
+        .await?;
+        let secs = backoff(failures);
+        if secs > 0 {
+            sqlx::query(
+                "UPDATE login_throttle SET blocked_until = now() + $2::interval WHERE key = $1",
+            )
+            .bind(key)
+            .bind(format!("{secs} seconds"))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(failures)
+    }
+
+    /// Forget the failures counted at `key` (a successful login).
+    pub async fn login_succeeded(&self, key: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Throttle rows past their window (maintenance).
+    pub async fn delete_stale_login_throttles(&self, window: Duration) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "DELETE FROM login_throttle WHERE updated_at < now() - $1::interval
+               AND (blocked_until IS NULL OR blocked_until < now())",
+        )
+        .bind(format!("{} seconds", window.num_seconds()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// A secret shared by the servers, made on first use (32 random bytes, hex).
+    pub async fn server_secret(&self, name: &str) -> Result<String, sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(random_secret())
+        .execute(&self.pool)
+        .await?;
+        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
     }
 
     pub async fn delete_session(&self, secret: &str) -> Result<(), sqlx::Error> {
@@ -200,6 +401,30 @@ impl Store {
         Ok(token)
     }
 
+    /// Mint a token a scheduler uses to report `pool`'s queue; only its hash is stored.
+    pub async fn create_pool_token(&self, pool: &str, note: &str) -> Result<String, sqlx::Error> {
+        let token = format!("rwp_{}", random_secret());
+        sqlx::query(
+            "INSERT INTO agent_tokens (host_name, pool, token_sha256, note) VALUES ('', $1, $2, $3)",
+        )
+        .bind(pool)
+        .bind(sha256(&token))
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// The pool a live scheduler token is scoped to.
+    pub async fn token_pool(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT pool FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NOT NULL",
+        )
+        .bind(sha256(token))
+        .fetch_optional(&self.pool)
+        .await
+    }
+
     /// The host name a live agent token is scoped to.
     pub async fn token_host(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
         let hash = sha256(token);
@@ -209,7 +434,7 @@ impl Store {
             }
         }
         let host: Option<String> = sqlx::query_scalar(
-            "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
+            "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NULL",
         )
         .bind(&hash)
         .fetch_optional(&self.pool)
@@ -250,7 +475,9 @@ impl Store {
     /// Agent tokens (without secrets) for the admin page and CLI.
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT id, host_name, note, created_at, last_used_at, revoked_at FROM agent_tokens ORDER BY host_name, id",
+            "SELECT id, CASE WHEN pool IS NULL THEN host_name ELSE 'pool:' || pool END AS host_name, note, created_at,
+                    last_used_at, revoked_at
+               FROM agent_tokens ORDER BY 2, id",
         )
         .fetch_all(&self.pool)
         .await
@@ -313,4 +540,23 @@ pub struct TokenInfo {
 }
 
 /// An argon2id hash of a random password, verified against when a user does not exist.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0o4nEBr3EHR8Ow3q1LiZ0dLWbvbIcV1SQX4/FNR66cQ";
+pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0o4nEBr3EHR8Ow3q1LiZ0dLWbvbIcV1SQX4/FNR66cQ";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pool_check_agrees_with_the_library_check() {
+        let phc = super::hash_password("correct horse");
+        let mut mem = Vec::new();
+        for (pw, want) in [
+            ("correct horse", true),
+            ("correct hors", false),
+            ("", false),
+        ] {
+            assert_eq!(super::verify_password(pw, &phc), want, "{pw}");
+            assert_eq!(super::verify_reusing(pw, &phc, &mut mem), want, "{pw}");
+        }
+        assert!(!super::verify_reusing("x", "not a phc string", &mut mem));
+        assert!(!super::verify_reusing("x", super::DUMMY_HASH, &mut mem));
+    }
+}

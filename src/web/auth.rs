@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -32,10 +32,8 @@ pub fn page_routes() -> Router<AppState> {
 
 /// Cookie holding the login form's CSRF secret (there is no session yet to tie it to).
 pub const LOGIN_CSRF_COOKIE: &str = "rw_login_csrf";
-/// Failed logins allowed per user name (and per client address, ×4) in the window.
-pub const LOGIN_FAILURES_ALLOWED: usize = 5;
-/// The rate-limit window.
-pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+/// Cookie that marks a browser as one a user has logged in from (see [`check_password`]).
+pub const DEVICE_COOKIE: &str = "rw_device";
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "rw_session";
@@ -54,7 +52,8 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>, ApiError> {
     if let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) {
-        if let Some(u) = st.store.session_user(secret).await? {
+        let idle = chrono::Duration::seconds(st.cfg.server.session_idle_secs);
+        if let Some(u) = st.store.session_user(secret, idle).await? {
             return Ok(Some(u));
         }
     }
@@ -71,14 +70,149 @@ async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>, ApiError>
         .and_then(|b| String::from_utf8(b).ok());
     if let Some(pair) = basic {
         if let Some((name, pw)) = pair.split_once(':') {
-            let u = st.store.authenticate(name, pw).await?;
-            if u.is_none() {
-                st.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
-            }
-            return Ok(u);
+            let ip = super::serve::remote(&parts.extensions).map(|a| a.ip());
+            return check_password(st, name, pw, ip, None).await;
         }
     }
     Ok(None)
+}
+
+/// Failed attempts at one user name from one address before each next one waits (1 s,
+/// doubling to 60 s): a guesser at one address is slowed to a crawl.
+const PAIR_FREE_FAILURES: i32 = 5;
+/// Failed attempts at one user name from anywhere before each next one waits (1 s,
+/// doubling every two failures to 30 s). A browser that has logged in as that user
+/// before (its device cookie) skips this wait, so a distributed guesser cannot lock the
+/// owner out.
+const USER_FREE_FAILURES: i32 = 10;
+/// Failures older than this are forgotten.
+const THROTTLE_WINDOW_MINUTES: i64 = 15;
+
+fn pair_backoff(failures: i32) -> i64 {
+    if failures < PAIR_FREE_FAILURES {
+        0
+    } else {
+        (1i64 << (failures - PAIR_FREE_FAILURES).min(6)).min(60)
+    }
+}
+
+fn user_backoff(failures: i32) -> i64 {
+    if failures < USER_FREE_FAILURES {
+        0
+    } else {
+        (1i64 << ((failures - USER_FREE_FAILURES) / 2).min(5)).min(30)
+    }
+}
+
+/// Check a user's password, for a form login or HTTP Basic, behind every guard:
+/// * a recently verified (name, password) pair is answered from memory, with no argon2;
+/// * each client address gets a bucket of attempts (30, refilled at one per 2 s);
+/// * per (name, address) and per name, failures make the next attempt wait (see
+///   [`PAIR_FREE_FAILURES`], [`USER_FREE_FAILURES`]); `device` is the browser's device
+///   cookie, which skips the per-name wait for the user it was issued to;
+/// * at most `server.password_checks` argon2 checks run at once; more answer 503.
+///
+/// A refused attempt costs the server a few microseconds and a database read; it costs
+/// the client a round trip and a wait.
+pub async fn check_password(
+    st: &AppState,
+    name: &str,
+    password: &str,
+    ip: Option<IpAddr>,
+    device: Option<&str>,
+) -> Result<Option<User>, ApiError> {
+    let limiter = &st.login_limiter;
+    let row = st.store.password_row(name).await?;
+    if let Some((id, role, phc)) = &row {
+        if limiter.is_verified(name, password, phc) {
+            return Ok(Some(user(*id, name, role)));
+        }
+    }
+    if let Some(wait) = ip.and_then(|ip| limiter.take(ip)) {
+        return Err(too_many(wait));
+    }
+    let lower = name.to_lowercase();
+    let trusted_device = match device {
+        Some(d) => limiter.device_ok(&st.store, &lower, d).await?,
+        None => false,
+    };
+    // A browser the user logged in from before is counted on its own: what others try
+    // against the name, or from its address, does not slow it down.
+    let keys = if trusted_device {
+        vec![format!(
+            "device:{lower}|{}",
+            hex::encode(&Sha256::digest(device.unwrap_or("").as_bytes())[..16])
+        )]
+    } else {
+        vec![
+            format!(
+                "pair:{lower}|{}",
+                ip.map(|i| i.to_string()).unwrap_or_default()
+            ),
+            format!("user:{lower}"),
+        ]
+    };
+    let pair_key = keys[0].clone();
+    if let Some(wait) = st.store.login_blocked(&keys).await? {
+        st.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
+        return Err(too_many(wait));
+    }
+    let Ok(Ok(_slot)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        st.password_slots.clone().acquire_owned(),
+    )
+    .await
+    else {
+        return Err(ApiError::Busy(
+            "too many password checks at once; retry in a few seconds".into(),
+        ));
+    };
+    let ok = match &row {
+        Some((_, _, phc)) => st.passwords.verify(password, phc).await,
+        None => {
+            // Spend the same time as a real check so user names cannot be probed by timing.
+            let _ = st
+                .passwords
+                .verify(password, crate::store::auth::DUMMY_HASH)
+                .await;
+            false
+        }
+    };
+    match (ok, row) {
+        (true, Some((id, role, phc))) => {
+            st.store.login_succeeded(&pair_key).await?;
+            limiter.remember(name, password, &phc);
+            Ok(Some(user(id, name, &role)))
+        }
+        _ => {
+            st.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
+            let window = chrono::Duration::minutes(THROTTLE_WINDOW_MINUTES);
+            st.store
+                .login_failed(&pair_key, window, pair_backoff)
+                .await?;
+            if let Some(user_key) = keys.get(1) {
+                st.store
+                    .login_failed(user_key, window, user_backoff)
+                    .await?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn user(id: i64, name: &str, role: &str) -> User {
+    User {
+        id,
+        name: name.to_string(),
+        role: role.parse().unwrap_or(Role::Viewer),
+    }
+}
+
+fn too_many(wait: u64) -> ApiError {
+    ApiError::TooMany {
+        message: format!("too many failed logins; try again in {wait} s"),
+        retry_after: wait,
+    }
 }
 
 /// The CSRF token of the requester's session: a hash of the session secret (or of the
@@ -162,67 +296,139 @@ pub fn require(user: &User, role: Role) -> Result<(), ApiError> {
     }
 }
 
-/// Failed logins per user name and per client address in a sliding window.
-#[derive(Default)]
+/// The in-memory part of login protection: per-address attempt buckets, recently
+/// verified credentials, and the device-cookie key (read once from the database).
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    addrs: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// SHA-256(salt, name, password) → (password hash it was checked against, when).
+    verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    salt: [u8; 32],
+    device_key: tokio::sync::OnceCell<Vec<u8>>,
 }
 
-impl LoginLimiter {
-    fn keys(user: &str, ip: Option<std::net::IpAddr>) -> [(String, usize); 2] {
-        [
-            (
-                format!("user:{}", user.to_lowercase()),
-                LOGIN_FAILURES_ALLOWED,
-            ),
-            (
-                format!("ip:{}", ip.map(|i| i.to_string()).unwrap_or_default()),
-                LOGIN_FAILURES_ALLOWED * 4,
-            ),
-        ]
-    }
-
-    /// Seconds to wait before the next attempt, if over the limit.
-    pub fn blocked(&self, user: &str, ip: Option<std::net::IpAddr>) -> Option<u64> {
-        let now = Instant::now();
-        let mut m = self.failures.lock().expect("limiter lock");
-        let mut wait = None;
-        for (k, allowed) in Self::keys(user, ip) {
-            if let Some(v) = m.get_mut(&k) {
-                v.retain(|t| now.duration_since(*t) < LOGIN_WINDOW);
-                if v.len() >= allowed {
-                    let oldest = v[v.len() - allowed];
-                    let w = LOGIN_WINDOW
-                        .saturating_sub(now.duration_since(oldest))
-                        .as_secs()
-                        + 1;
-                    wait = Some(wait.map_or(w, |x: u64| x.max(w)));
-                }
-            }
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        let mut salt = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
+        LoginLimiter {
+            addrs: Default::default(),
+            verified: Default::default(),
+            salt,
+            device_key: Default::default(),
         }
-        m.retain(|_, v| !v.is_empty());
-        wait
     }
+}
 
-    pub fn failed(&self, user: &str, ip: Option<std::net::IpAddr>) {
-        let mut m = self.failures.lock().expect("limiter lock");
-        // Sprayed user names must not grow the map without bound: drop expired entries.
-        if m.len() > 10_000 {
-            let now = Instant::now();
-            m.retain(|_, v| {
-                v.retain(|t| now.duration_since(*t) < LOGIN_WINDOW);
-                !v.is_empty()
+/// Attempts an address may make at once, and how fast its bucket refills (per second).
+const ADDR_BURST: f64 = 30.0;
+const ADDR_REFILL_PER_SEC: f64 = 0.5;
+/// How long a verified (name, password) pair is trusted without argon2.
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Entries kept in each map; past it, stale ones are dropped first, then all.
+const MAX_ENTRIES: usize = 10_000;
+
+impl LoginLimiter {
+    /// Take one attempt from `ip`'s bucket; the wait in seconds when it is empty.
+    fn take(&self, ip: IpAddr) -> Option<u64> {
+        let now = Instant::now();
+        let mut m = self.addrs.lock().expect("limiter lock");
+        if m.len() > MAX_ENTRIES {
+            m.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * ADDR_REFILL_PER_SEC < ADDR_BURST
             });
         }
-        for (k, _) in Self::keys(user, ip) {
-            m.entry(k).or_default().push(Instant::now());
+        let (tokens, at) = m.entry(ip).or_insert((ADDR_BURST, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * ADDR_REFILL_PER_SEC).min(ADDR_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(((1.0 - *tokens) / ADDR_REFILL_PER_SEC).ceil() as u64)
         }
     }
 
-    pub fn succeeded(&self, user: &str) {
-        let mut m = self.failures.lock().expect("limiter lock");
-        m.remove(&format!("user:{}", user.to_lowercase()));
+    fn key(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        h.finalize().into()
     }
+
+    /// Whether this pair was verified against this very password hash recently.
+    fn is_verified(&self, name: &str, password: &str, phc: &str) -> bool {
+        let k = self.key(name, password);
+        let m = self.verified.lock().expect("limiter lock");
+        m.get(&k)
+            .is_some_and(|(h, at)| h == phc && at.elapsed() < VERIFIED_TTL)
+    }
+
+    fn remember(&self, name: &str, password: &str, phc: &str) {
+        let k = self.key(name, password);
+        let mut m = self.verified.lock().expect("limiter lock");
+        if m.len() >= MAX_ENTRIES {
+            m.retain(|_, (_, at)| at.elapsed() < VERIFIED_TTL);
+            if m.len() >= MAX_ENTRIES {
+                m.clear();
+            }
+        }
+        m.insert(k, (phc.to_string(), Instant::now()));
+    }
+
+    async fn key_bytes(&self, store: &crate::store::Store) -> Result<&[u8], ApiError> {
+        let k = self
+            .device_key
+            .get_or_try_init(|| async {
+                let hex = store.server_secret("device_cookie").await?;
+                Ok::<_, sqlx::Error>(hex.into_bytes())
+            })
+            .await?;
+        Ok(k.as_slice())
+    }
+
+    /// The device cookie value for a user (lower-case name).
+    async fn device_cookie(
+        &self,
+        store: &crate::store::Store,
+        user: &str,
+    ) -> Result<String, ApiError> {
+        let key = self.key_bytes(store).await?;
+        Ok(format!(
+            "{}.{}",
+            urlencode(user),
+            hex::encode(hmac_sha256(key, user.as_bytes()))
+        ))
+    }
+
+    async fn device_ok(
+        &self,
+        store: &crate::store::Store,
+        user: &str,
+        cookie: &str,
+    ) -> Result<bool, ApiError> {
+        let want = self.device_cookie(store, user).await?;
+        Ok(same(&want, cookie))
+    }
+}
+
+/// HMAC-SHA-256 (RFC 2104).
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }
 
 /// A logged-in user of a page; anonymous visitors are sent to `/login`.
@@ -247,6 +453,17 @@ impl FromRequestParts<AppState> for PageUser {
     }
 }
 
+/// The user of a request, if it carries credentials (for routes that also take other
+/// credentials, like a scheduler's token).
+pub struct MaybeUser(pub Option<User>);
+
+impl FromRequestParts<AppState> for MaybeUser {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        Ok(MaybeUser(resolve(parts, st).await?))
+    }
+}
+
 /// A user of the JSON API (session or HTTP Basic).
 pub struct ApiUser(pub User);
 
@@ -258,6 +475,31 @@ impl FromRequestParts<AppState> for ApiUser {
                 "log in (session cookie) or send HTTP Basic credentials of a Rackwatch user".into(),
             )
         })
+    }
+}
+
+/// Someone allowed to read `/metrics`: anyone when `server.metrics_public`, else the
+/// holder of `server.metrics_token` (a Prometheus bearer token) or a user.
+pub struct MetricsReader;
+
+impl FromRequestParts<AppState> for MetricsReader {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        if st.cfg.server.metrics_public {
+            return Ok(MetricsReader);
+        }
+        let token = st.cfg.server.metrics_token.expose();
+        let bearer = super::ingest::bearer(&parts.headers);
+        if !token.is_empty() && bearer.is_some_and(|b| same(b, token)) {
+            return Ok(MetricsReader);
+        }
+        if resolve(parts, st).await?.is_some() {
+            return Ok(MetricsReader);
+        }
+        Err(ApiError::Unauthorized(
+            "/metrics needs server.metrics_token (Authorization: Bearer) or a user's credentials"
+                .into(),
+        ))
     }
 }
 
@@ -277,14 +519,35 @@ pub fn urlencode(s: &str) -> String {
     out
 }
 
-/// Only same-site paths are followed after login (no open redirect).
-fn safe_next(next: Option<&str>) -> &str {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
-        _ => "/",
+/// Only same-origin paths are followed after login (no open redirect): `next` is
+/// resolved as a URL against this server, and kept only when it stays here and reads
+/// back the same (no control characters, backslashes or protocol-relative tricks that a
+/// browser would resolve elsewhere).
+fn safe_next(next: Option<&str>) -> String {
+    let Some(n) = next else {
+        return "/".into();
+    };
+    let plain = n.starts_with('/')
+        && !n.starts_with("//")
+        && !n
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\\');
+    if !plain {
+        return "/".into();
+    }
+    let base = url::Url::parse("http://rackwatch.invalid/").expect("static URL");
+    match base.join(n) {
+        Ok(u) if u.origin() == base.origin() => {
+            let mut out = u.path().to_string();
+            if let Some(q) = u.query() {
+                out.push('?');
+                out.push_str(q);
+            }
+            out
+        }
+        _ => "/".into(),
     }
 }
-
 #[derive(Deserialize)]
 pub struct LoginQuery {
     next: Option<String>,
@@ -303,7 +566,7 @@ pub async fn login_form(State(st): State<AppState>, Query(q): Query<LoginQuery>)
     let secret = random_secret();
     let mut resp = render(&LoginPage {
         error: None,
-        next: safe_next(q.next.as_deref()).to_string(),
+        next: safe_next(q.next.as_deref()),
         username: String::new(),
         csrf: secret.clone(),
     });
@@ -344,7 +607,7 @@ pub async fn login_submit(
     ext: Extensions,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, PageError> {
-    let next = safe_next(f.next.as_deref()).to_string();
+    let next = safe_next(f.next.as_deref());
     check_origin(&headers)?;
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
     if expected.is_empty() || !same(expected, &f.csrf) {
@@ -355,30 +618,36 @@ pub async fn login_submit(
             "This login form expired (CSRF check). Reload the page and log in again.".into(),
         ));
     }
-    let ip = ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if let Some(wait) = st.login_limiter.blocked(&f.username, ip) {
-        st.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
-        let mut resp = login_error(
-            f,
-            next,
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("Too many failed logins. Try again in {wait} s."),
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        return Ok(resp);
-    }
-    let Some(user) = st.store.authenticate(&f.username, &f.password).await? else {
-        st.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
-        st.login_limiter.failed(&f.username, ip);
-        return Ok(login_error(
-            f,
-            next,
-            StatusCode::UNAUTHORIZED,
-            "Wrong user name or password.".into(),
-        ));
+    let ip = super::serve::remote(&ext).map(|a| a.ip());
+    let device = cookie(&headers, DEVICE_COOKIE);
+    let user = match check_password(&st, &f.username, &f.password, ip, device).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return Ok(login_error(
+                f,
+                next,
+                StatusCode::UNAUTHORIZED,
+                "Wrong user name or password.".into(),
+            ))
+        }
+        Err(e @ (ApiError::TooMany { .. } | ApiError::Busy(_))) => {
+            let status = e.status();
+            let wait = match &e {
+                ApiError::TooMany { retry_after, .. } => *retry_after,
+                _ => super::error::RETRY_AFTER_SECS.into(),
+            };
+            let mut resp = login_error(
+                f,
+                next,
+                status,
+                format!("Too many login attempts. Try again in {wait} s."),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return Ok(resp);
+        }
+        Err(e) => return Err(e.into()),
     };
-    st.login_limiter.succeeded(&f.username);
     let ttl = st.cfg.server.session_ttl_secs;
     let secret = st
         .store
@@ -388,8 +657,14 @@ pub async fn login_submit(
     let session =
         format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={ttl}{secure}");
     let clear = format!("{LOGIN_CSRF_COOKIE}=; Path=/login; HttpOnly; SameSite=Strict; Max-Age=0");
+    let device = format!(
+        "{DEVICE_COOKIE}={}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=31536000{secure}",
+        st.login_limiter
+            .device_cookie(&st.store, &user.name.to_lowercase())
+            .await?
+    );
     let mut resp = Redirect::to(&next).into_response();
-    for c in [session, clear] {
+    for c in [session, clear, device] {
         if let Ok(v) = HeaderValue::from_str(&c) {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }

@@ -43,6 +43,17 @@ pub struct Overlay {
     pub shaded: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     /// Marks on the time axis (hardware events): time and a label.
     pub marks: Vec<(DateTime<Utc>, String)>,
+    /// Shaded bands between a low and a high line (forecast intervals), drawn first.
+    pub bands: Vec<Band>,
+}
+
+/// A band between two lines on the same times, e.g. a forecast's 80 % interval.
+pub struct Band {
+    pub label: String,
+    /// (time, low, high), in time order.
+    pub points: Vec<(DateTime<Utc>, f64, f64)>,
+    /// Fill opacity (the wider interval lighter).
+    pub opacity: f64,
 }
 
 /// Render a chart. `gap` is the longest time between two points drawn as connected.
@@ -77,6 +88,12 @@ pub fn line_chart_with(
             let m = series
                 .iter()
                 .flat_map(|s| s.points.iter().map(|p| p.1))
+                .chain(
+                    overlay
+                        .bands
+                        .iter()
+                        .flat_map(|b| b.points.iter().map(|p| p.2)),
+                )
                 .fold(0.0f64, f64::max);
             nice_ceiling(m)
         }
@@ -94,6 +111,28 @@ pub fn line_chart_with(
     let _ = write!(svg, "<title>{}</title>", escape(title));
     let x_of =
         |t: DateTime<Utc>| ML + ((t - from).num_milliseconds() as f64 / span).clamp(0.0, 1.0) * pw;
+    for b in &overlay.bands {
+        if b.points.is_empty() {
+            continue;
+        }
+        let y_of = |v: f64| MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
+        let mut d = String::new();
+        for (i, (t, _, hi)) in b.points.iter().enumerate() {
+            d.push(if i == 0 { 'M' } else { 'L' });
+            let _ = write!(d, "{:.1},{:.1} ", x_of(*t), y_of(*hi));
+        }
+        for (t, lo, _) in b.points.iter().rev() {
+            let _ = write!(d, "L{:.1},{:.1} ", x_of(*t), y_of(*lo));
+        }
+        let _ = write!(
+            svg,
+            r#"<path class="band" d="{}Z" fill="{}" fill-opacity="{:.2}" stroke="none"><title>{}</title></path>"#,
+            d,
+            PALETTE[0],
+            b.opacity,
+            escape(&b.label)
+        );
+    }
     for (a, b) in &overlay.shaded {
         let (x1, x2) = (x_of(*a), x_of(*b));
         let _ = write!(
@@ -114,6 +153,13 @@ pub fn line_chart_with(
             escape(&fmt_y(v))
         );
     }
+    // Ranges of two days or more say which day; shorter ones the time of day.
+    let with_date = span >= 2.0 * 86_400_000.0;
+    let (fmt, kind) = if with_date {
+        ("%b %d %H:%M", "datetime")
+    } else {
+        ("%H:%M", "time")
+    };
     for i in 0..=4 {
         let t = from + chrono::Duration::milliseconds((span * f64::from(i) / 4.0) as i64);
         let x = ML + pw * f64::from(i) / 4.0;
@@ -124,10 +170,10 @@ pub fn line_chart_with(
         };
         let _ = write!(
             svg,
-            r#"<text class="xlab" x="{x:.1}" y="{}" text-anchor="{anchor}"><tspan data-utc="{}">{} UTC</tspan></text>"#,
+            r#"<text class="xlab" x="{x:.1}" y="{}" text-anchor="{anchor}"><tspan data-utc="{}" data-fmt="{kind}">{} UTC</tspan></text>"#,
             H - 6.0,
             t.to_rfc3339(),
-            t.format("%H:%M")
+            t.format(fmt)
         );
     }
     for (si, s) in series.iter().enumerate() {
@@ -384,12 +430,61 @@ mod tests {
     }
 
     #[test]
+    fn bands_are_filled_between_their_lines_and_long_ranges_show_dates() {
+        let from: DateTime<Utc> = "2026-11-23T00:00:00Z".parse().unwrap();
+        let to = from + chrono::Duration::days(7);
+        let ov = Overlay {
+            bands: vec![Band {
+                label: "80 %".into(),
+                points: vec![(from, 10.0, 30.0), (to, 20.0, 40.0)],
+                opacity: 0.2,
+            }],
+            ..Overlay::default()
+        };
+        let svg = line_chart_with(
+            "t",
+            &[],
+            from,
+            to,
+            Axis::Auto(|v| format!("{v}")),
+            3600,
+            &ov,
+        );
+        // The band sets the scale (40 → 50) and is one closed path: the high line out, the low
+        // line back.
+        assert!(
+            svg.contains(
+                r#"<path class="band" d="M64.0,68.0 L632.0,38.0 L632.0,98.0 L64.0,128.0 Z""#
+            ),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("Nov 23 00:00 UTC") && svg.contains(r#"data-fmt="datetime""#),
+            "{svg}"
+        );
+        let short = line_chart_with(
+            "t",
+            &[],
+            from,
+            from + chrono::Duration::hours(6),
+            Axis::Percent,
+            60,
+            &Overlay::default(),
+        );
+        assert!(
+            short.contains(">00:00 UTC<") && short.contains(r#"data-fmt="time""#),
+            "{short}"
+        );
+    }
+
+    #[test]
     fn overlays_sit_on_the_time_axis() {
         let from: DateTime<Utc> = "2026-11-23T11:00:00Z".parse().unwrap();
         let to = from + chrono::Duration::hours(1);
         let ov = Overlay {
             shaded: vec![(from + chrono::Duration::minutes(30), to)],
             marks: vec![(from + chrono::Duration::minutes(15), "XID 79 <bus>".into())],
+            ..Overlay::default()
         };
         let svg = line_chart_with("t", &[], from, to, Axis::Percent, 30, &ov);
         // Half-way along the 568 px plot that starts at x = 64.

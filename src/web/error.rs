@@ -18,11 +18,21 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The client stopped sending its request.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     UnsupportedMedia(String),
     /// The database cannot be reached: the client should retry later.
     #[error("database unavailable")]
     Unavailable,
+    /// The server is at a limit it keeps on purpose (concurrent ingest or password
+    /// checks): the client should retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// The client is over a rate limit: retry after this many seconds.
+    #[error("{message}")]
+    TooMany { message: String, retry_after: u64 },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -38,8 +48,10 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,9 +93,13 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         match self {
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::Busy(_) => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            ApiError::TooMany { retry_after, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             ApiError::Unauthorized(_) => {
                 resp.headers_mut().insert(
@@ -127,7 +143,8 @@ impl IntoResponse for PageError {
             StatusCode::BAD_REQUEST => "Bad request",
             StatusCode::FORBIDDEN => "Not allowed",
             StatusCode::UNAUTHORIZED => "Log in needed",
-            StatusCode::SERVICE_UNAVAILABLE => "Database unavailable",
+            StatusCode::SERVICE_UNAVAILABLE => "Try again shortly",
+            StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
             _ => "Something went wrong",
         };
         let message = match &e {
@@ -142,9 +159,16 @@ impl IntoResponse for PageError {
         };
         let mut resp = super::page::render(&page);
         *resp.status_mut() = status;
-        if matches!(e, ApiError::Unavailable) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        match e {
+            ApiError::Unavailable | ApiError::Busy(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            ApiError::TooMany { retry_after, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            _ => {}
         }
         resp
     }

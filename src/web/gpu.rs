@@ -199,6 +199,7 @@ async fn page(
                 .iter()
                 .map(|e| (e.ts, format!("{}: {}", e.title, e.meaning)))
                 .collect(),
+            ..Overlay::default()
         };
         let one = |label: &str, f: GpuField| Series {
             label: label.to_string(),

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub err_too_large: AtomicU64,
     pub err_unavailable: AtomicU64,
     pub err_internal: AtomicU64,
+    pub err_busy: AtomicU64,
+    pub err_rate_limited: AtomicU64,
     pub logins_failed: AtomicU64,
 }
 
@@ -34,13 +36,16 @@ impl Metrics {
     /// Count a failed ingest request by its kind.
     pub fn count_ingest_error(&self, e: &ApiError) {
         let c = match e {
-            ApiError::BadRequest(_) | ApiError::UnsupportedMedia(_) | ApiError::NotFound(_) => {
-                &self.err_bad_request
-            }
+            ApiError::BadRequest(_)
+            | ApiError::UnsupportedMedia(_)
+            | ApiError::NotFound(_)
+            | ApiError::RequestTimeout(_) => &self.err_bad_request,
             ApiError::Unauthorized(_) => &self.err_unauthorized,
             ApiError::Forbidden(_) => &self.err_forbidden,
             ApiError::TooLarge(_) => &self.err_too_large,
             ApiError::Unavailable => &self.err_unavailable,
+            ApiError::Busy(_) => &self.err_busy,
+            ApiError::TooMany { .. } => &self.err_rate_limited,
             ApiError::Internal(_) => &self.err_internal,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -112,6 +117,52 @@ fn job_metrics(out: &mut String, jobs: &[crate::model::jobs::JobStatus], leader:
     }
 }
 
+/// The capacity gauges an autoscaler reads (KEDA, HPA external metrics): the same
+/// numbers as `GET /api/v1/capacity/recommendations`.
+fn pool_metrics(out: &mut String, recs: &[crate::analytics::capacity::PoolRecommendation]) {
+    let views: Vec<_> = recs.iter().map(super::capacity::autoscaler_view).collect();
+    gauge_header(
+        out,
+        "rackwatch_pool_demand_gpus",
+        "A pool's demand in its last 5 minutes: GPU-equivalents of work plus GPUs queued.",
+    );
+    for v in &views {
+        if let Some(d) = v.demand_gpus {
+            let _ = writeln!(
+                out,
+                "rackwatch_pool_demand_gpus{{pool=\"{}\"}} {d:.3}",
+                label(&v.pool)
+            );
+        }
+    }
+    gauge_header(
+        out,
+        "rackwatch_pool_recommended_gpus",
+        "GPUs the capacity job recommends: for the next hour (1h) and the week's peak (7d).",
+    );
+    for v in &views {
+        let p = label(&v.pool);
+        let _ = writeln!(
+            out,
+            "rackwatch_pool_recommended_gpus{{pool=\"{p}\",horizon=\"1h\"}} {}\nrackwatch_pool_recommended_gpus{{pool=\"{p}\",horizon=\"7d\"}} {}",
+            v.recommended_1h, v.recommended_7d
+        );
+    }
+    gauge_header(
+        out,
+        "rackwatch_pool_installed_gpus",
+        "GPUs installed in a pool (seen in the last day).",
+    );
+    for v in &views {
+        let _ = writeln!(
+            out,
+            "rackwatch_pool_installed_gpus{{pool=\"{}\"}} {}",
+            label(&v.pool),
+            v.installed_gpus
+        );
+    }
+}
+
 /// Escape a label value per the exposition format.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -119,7 +170,10 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(
+    State(st): State<AppState>,
+    _r: super::auth::MetricsReader,
+) -> impl IntoResponse {
     let m = &st.metrics;
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::new();
@@ -173,6 +227,8 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         ("too_large", l(&m.err_too_large)),
         ("db_unavailable", l(&m.err_unavailable)),
         ("internal", l(&m.err_internal)),
+        ("busy", l(&m.err_busy)),
+        ("rate_limited", l(&m.err_rate_limited)),
     ] {
         let _ = writeln!(
             out,
@@ -207,6 +263,9 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         st.cfg.database.max_connections
     );
     job_metrics(&mut out, &st.jobs.snapshot(), st.jobs.is_leader());
+    if let Ok(recs) = st.store.recommendations(None).await {
+        pool_metrics(&mut out, &recs);
+    }
     if let Ok(agents) = st.store.agent_stats().await {
         for (name, key, help) in [
             (

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod alerts;
 pub mod anomalies;
 pub mod auth;
+pub mod capacity;
 pub mod charts;
 pub mod energy;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod page;
 pub mod rack;
 pub mod range;
+pub mod serve;
 
 use std::sync::Arc;
 
@@ -43,6 +45,14 @@ pub struct AppState {
     pub login_limiter: Arc<auth::LoginLimiter>,
     /// The periodic jobs' last runs (filled on the job leader).
     pub jobs: Arc<crate::model::jobs::JobBoard>,
+    /// Connection counters of the server loop.
+    pub connections: Arc<serve::ConnStats>,
+    /// Ingest requests being processed (`server.ingest_concurrency`).
+    pub ingest_slots: Arc<tokio::sync::Semaphore>,
+    /// Password checks running or waiting (`server.password_checks`).
+    pub password_slots: Arc<tokio::sync::Semaphore>,
+    /// The threads that run them.
+    pub passwords: Arc<crate::store::auth::PasswordPool>,
 }
 
 impl AppState {
@@ -50,11 +60,17 @@ impl AppState {
     pub fn new(store: Store, cfg: Arc<Config>) -> AppState {
         AppState {
             store,
-            cfg,
             metrics: Arc::new(Metrics::default()),
             alert_wakeup: Arc::new(tokio::sync::Notify::new()),
             login_limiter: Arc::new(auth::LoginLimiter::default()),
             jobs: Default::default(),
+            connections: Default::default(),
+            ingest_slots: Arc::new(tokio::sync::Semaphore::new(cfg.server.ingest_concurrency)),
+            password_slots: Arc::new(tokio::sync::Semaphore::new(cfg.server.password_checks)),
+            passwords: Arc::new(crate::store::auth::PasswordPool::new(
+                cfg.server.password_checks,
+            )),
+            cfg,
         }
     }
 }
@@ -62,11 +78,13 @@ impl AppState {
 /// Every route: the pages, the API, ingest and the server's own endpoints, behind the
 /// security headers. An unknown path answers 404 as a page, or as JSON under `/api/`.
 pub fn router(state: AppState) -> Router {
-    let ingest_limit = state.cfg.server.max_body_bytes;
+    let s = &state.cfg.server;
+    let body_timeout = std::time::Duration::from_secs(s.body_timeout_secs);
+    let request_timeout = std::time::Duration::from_secs(s.request_timeout_secs);
     Router::new()
         .merge(page_router())
         .merge(api_router())
-        .merge(ingest::api(ingest_limit))
+        .merge(ingest::api())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .route("/assets/app.js", get(app_js))
@@ -74,6 +92,14 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             security_headers,
+        ))
+        // A body that stalls, or a request that takes too long in all, ends with 408.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
         ))
         .with_state(state)
 }
@@ -86,6 +112,7 @@ fn page_router() -> Router<AppState> {
         .merge(host::page_routes())
         .merge(gpu::page_routes())
         .merge(inventory::page_routes())
+        .merge(capacity::page_routes())
         .merge(alerts::page_routes())
         .merge(energy::page_routes())
         .merge(admin::page_routes())
@@ -104,6 +131,7 @@ fn api_router() -> Router<AppState> {
         .merge(alerts::api_routes())
         .merge(anomalies::api_routes())
         .merge(forecasts::api_routes())
+        .merge(capacity::api_routes())
         .merge(energy::api_routes())
         .merge(admin::api_routes())
         .merge(openapi::api_routes())

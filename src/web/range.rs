@@ -165,6 +165,17 @@ impl TimeRange {
     }
 
     /// Longest time between two points still drawn connected.
+    /// A fixed span with points `bucket_secs` apart (pages that are not live ranges).
+    pub fn fixed(from: DateTime<Utc>, to: DateTime<Utc>, bucket_secs: i64) -> TimeRange {
+        TimeRange {
+            from,
+            to,
+            key: "custom".into(),
+            source: Source::Rollup15m,
+            bucket_secs,
+        }
+    }
+
     pub fn gap_secs(&self) -> i64 {
         (self.bucket_secs * 3).max(60)
     }

@@ -234,15 +234,7 @@ async fn metrics_count_what_ingest_did() {
         {"ts": ts[0], "cpu_util_pct": 1.0}, {"ts": ts[1], "cpu_util_pct": 1000.0}, {"ts": ts[2], "cpu_util_pct": 2.0}]});
     app.ingest(&token, &body).await;
     app.ingest("bad", &body).await;
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(text.contains("rackwatch_ingest_requests_total 2"), "{text}");
     assert!(
         text.contains("rackwatch_samples_accepted_total 2"),

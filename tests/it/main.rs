@@ -1,9 +1,11 @@
 //! Integration tests: the real server, a real Postgres, real HTTP.
 
+mod abuse;
 mod agent;
 mod alerts;
 mod anomalies;
 mod browser;
+mod capacity;
 mod cli;
 mod dashboard;
 mod energy;

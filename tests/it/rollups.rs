@@ -368,15 +368,7 @@ async fn the_job_leader_reports_each_jobs_runs_on_metrics_and_the_admin_page() {
     // The leader runs every job at its first tick.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let metrics = loop {
-        let m = app
-            .http
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = app.metrics().await;
         if m.contains("rackwatch_job_last_success_timestamp_seconds{job=\"energy\"}") {
             break m;
         }

@@ -120,8 +120,12 @@ pub fn test_config(db_url: &str) -> Config {
     cfg.database.url = Secret::new(db_url);
     cfg.database.max_connections = 8;
     cfg.database.acquire_timeout_secs = 2;
+    cfg.server.metrics_token = Secret::new(METRICS_TOKEN);
     cfg
 }
+
+/// The scrape token of test servers.
+pub const METRICS_TOKEN: &str = "test-scrape-token";
 
 /// The real server, running.
 pub struct TestApp {
@@ -200,6 +204,19 @@ impl TestApp {
             task: Some(server.task),
             background,
         }
+    }
+
+    /// `GET /metrics` as Prometheus would scrape it (with the scrape token).
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
     }
 
     /// Mint an agent token for `host`.

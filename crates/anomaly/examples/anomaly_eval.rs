@@ -1,6 +1,8 @@
 //! `anomaly-eval --dataset smd|asd|nab --data DIR --out DIR [--gpu]`
-//! Stand-in for `rackwatch anomaly eval` until the CLI is wired. `RW_ANOMALY_OPTS` may hold a
-//! JSON `EvalOptions` (for experiments; defaults otherwise).
+//! The benchmark runner behind `scripts/bench-anomaly` and the cross-validation driver
+//! `scripts/anomaly_cv.py`. `RW_ANOMALY_OPTS` may hold a JSON `EvalOptions` (defaults
+//! otherwise); `anomaly-eval --print-defaults` prints the defaults in that form, complete, so a
+//! driver can change one setting and pass everything else unchanged.
 
 use anyhow::{bail, Context, Result};
 use rackwatch_anomaly::{eval_with, Backend, CpuBackend, EvalOptions};
@@ -17,6 +19,10 @@ fn main() -> Result<()> {
             "--out" => out = args.next().map(PathBuf::from),
             "--gpu" => gpu = true,
             "--throughput" => throughput = true,
+            "--print-defaults" => {
+                println!("{}", serde_json::to_string_pretty(&EvalOptions::default())?);
+                return Ok(());
+            }
             _ => bail!("unknown argument {a}"),
         }
     }

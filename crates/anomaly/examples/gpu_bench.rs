@@ -17,7 +17,7 @@
 //! [--pipeline-mb N] [--adapter NAME] [--cpu-only] [--no-software] [--seed N]`.
 //!
 //! Fairness: both backends run the same code (`Detector::fit_batch`, then
-//! `Detector::score_explained_batch` with each host's model key) with the same host threads
+//! `Detector::score_explained_batch_keyed` with each host's model key) with the same host threads
 //! (`--threads`, default: the machine's), the same fleet and the same batches; each is warmed
 //! up the same way. The CPU backend keeps no device cache, so the key costs it nothing and
 //! gains it nothing.
@@ -313,18 +313,13 @@ fn score_run(
     let mut jobs: Vec<ScoreInput<'_>> = models
         .iter_mut()
         .zip(&windows)
-        .enumerate()
-        .map(|(h, (detector, rows))| ScoreInput {
-            detector,
-            rows,
-            model: Some(ModelKey {
-                host: h as u64,
-                version,
-            }),
-        })
+        .map(|(detector, rows)| ScoreInput { detector, rows })
+        .collect();
+    let keys: Vec<ModelKey> = (0..jobs.len() as u64)
+        .map(|host| ModelKey { host, version })
         .collect();
     let t = Instant::now();
-    let out = Detector::score_explained_batch(b, &mut jobs, 3);
+    let out = Detector::score_explained_batch_keyed(b, &mut jobs, &keys, 3);
     let ms = t.elapsed().as_secs_f64() * 1e3;
     (
         ms,

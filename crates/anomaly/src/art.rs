@@ -1,10 +1,9 @@
-//! Adaptive resonance: an ARTime-like novelty signal of round 6 ([`art_signal`], opt-in via
-//! [`crate::StreamConfig::art`]) and the dual-vigilance detector of round 7
-//! ([`dual_vigilance_score`], ARTime's mechanism rebuilt; max-combined with the stream score by
-//! default, see [`crate::stream::ArtMode::DualMax`]).
+//! Adaptive resonance: a simple ARTime-like novelty signal ([`art_signal`], opt-in via
+//! [`crate::StreamConfig::art`]) and the dual-vigilance detector ([`dual_vigilance_score`],
+//! ARTime's mechanism rebuilt; max-combined with the stream score by default, see
+//! [`crate::stream::ArtMode::DualMax`]).
 //!
-//! **Dual-vigilance detector** (round 7; after reading ARTime's published Julia code, written
-//! anew; every step causal except with the labelled diagnostic [`DvNorm::FileRangeNonCausal`]):
+//! **Dual-vigilance detector** (after reading ARTime's published Julia code, written anew; every step causal except with the labelled diagnostic [`DvNorm::FileRangeNonCausal`]):
 //!
 //! 1. Blocks of `s = ⌊k / (window · windows_per_probation)⌋` rows (`k` = probation); a block's
 //!    value is its maximum or minimum, whichever is farther from a running average of block
@@ -29,7 +28,7 @@
 //!    (× 0.9 / × 0.7). The score of an event is ARTime's confidence (see
 //!    [`dual_vigilance_score`]), 0 on all other rows.
 //!
-//! **Round-6 signal** ([`art_signal`]):
+//! **Simple ART signal** ([`art_signal`], opt-in):
 //!
 //! Idea (after ARTime, Hampton 2021, itself built on fuzzy ART by Carpenter & Grossberg): keep
 //! a growing set of *category prototypes* of short windows of the series; a window that
@@ -66,7 +65,7 @@
 //!    match of the *live* window (the block in progress included) without learning.
 //!
 //! How the signal enters the stream score is [`crate::stream::ArtMode`]; measured on the dev
-//! split in docs/anomaly.md (round 6), off by default.
+//! split in docs/anomaly.md (history), off by default.
 
 use serde::{Deserialize, Serialize};
 
@@ -395,7 +394,7 @@ pub fn art_signal(values: &[f32], k: usize, cfg: &ArtConfig) -> ArtSignal {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dual-vigilance detector (round 7): a re-build of ARTime's mechanism as a detector of its own.
+// Dual-vigilance detector: a re-build of ARTime's mechanism as a detector of its own.
 // ---------------------------------------------------------------------------------------------
 
 /// How [`dual_vigilance_score`] maps raw values to `[0, 1]`.
@@ -415,7 +414,7 @@ pub enum DvNorm {
     Expanding,
     /// **Not causal — a diagnostic only, never for use**: the whole file's range, as ARTime
     /// gets it from NAB (`inputMin` / `inputMax`). Kept only so the cost of causality can be
-    /// measured (docs/anomaly.md, round 7).
+    /// measured (docs/anomaly.md).
     FileRangeNonCausal,
 }
 
@@ -654,7 +653,7 @@ struct DvState {
     calm: usize,
 }
 
-/// ARTime-like detector score per row (module docs of [`crate::art`], round 7): non-zero only
+/// ARTime-like detector score per row (module docs of [`crate::art`]): non-zero only
 /// on the row that completes a block and holds an event, where it is ARTime's confidence
 /// `0.35 (ρ_ub − M)/(1 − M) + 0.65 (ρ_lb − M)/(1 − M) + 1.5 (1 − E)`, capped at 1. `k` =
 /// probationary rows (no score there). Causal unless `norm` is

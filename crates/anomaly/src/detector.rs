@@ -17,6 +17,7 @@ use crate::backend::{
     LagWeights, ModelKey, ResidualJob, Series, StreamJob, StreamModel, Streamed,
 };
 use crate::pot::PotThreshold;
+use crate::vae::{windows, Vae, VaeConfig};
 use crate::Matrix;
 
 /// Hyper-parameters. Defaults were chosen once on the dev split and apply to every series.
@@ -42,6 +43,11 @@ pub struct DetectorConfig {
     /// Share of the training rows (the most recent) held out to calibrate the threshold on
     /// out-of-sample scores (0 = calibrate on in-sample scores).
     pub calib_frac: f64,
+    /// Share of the training rows (the most recent) on which each metric's residual scale is
+    /// measured out of sample, by a model fitted on the rows before them (0 = the in-sample
+    /// residual RMS). A metric that only looks predictable in sample, or drifts, then gets the
+    /// scale it shows on new rows instead of one that makes small changes look large.
+    pub scale_holdout: f64,
     /// Drift-adaptive part of the alert level: a row alerts only if its score also exceeds
     /// `adapt_factor ×` the median of the last `adapt_window` scores (0 = off).
     pub adapt_factor: f32,
@@ -49,6 +55,22 @@ pub struct DetectorConfig {
     /// Weight of the univariate model's energy in each metric's energy (`0` = the joint model
     /// alone; `0.5` = the mean of both).
     pub univariate_weight: f32,
+    /// The joint model: the linear predictor (default) or a variational autoencoder over the
+    /// same windows ([`crate::vae`]; measured as a candidate, see docs/anomaly.md).
+    pub model: Model,
+    /// Settings of the VAE (used when `model` is [`Model::Vae`]).
+    pub vae: VaeConfig,
+}
+
+/// The joint model of a [`Detector`]: what turns a window of rows into per-metric errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    /// Ridge-regularized linear prediction of row *t* from the `lags` rows before it.
+    #[default]
+    Linear,
+    /// Reconstruction of the window of rows *t − lags ..= t* by a VAE ([`crate::vae`]).
+    Vae,
 }
 
 impl Default for DetectorConfig {
@@ -63,9 +85,12 @@ impl Default for DetectorConfig {
             pot_init_quantile: 0.9,
             pot_risk: 0.05,
             calib_frac: 0.0,
+            scale_holdout: 0.0,
             adapt_factor: 5.0,
             adapt_window: 1440,
             univariate_weight: 0.5,
+            model: Model::Linear,
+            vae: VaeConfig::default(),
         }
     }
 }
@@ -131,6 +156,10 @@ pub struct Detector {
     pub uni_bias: Vec<f32>,
     #[serde(default)]
     pub uni_inv_scale: Vec<f32>,
+    /// The VAE when `config.model` is [`Model::Vae`] (then `weights` and `bias` stay zero and
+    /// `inv_resid_scale` holds the VAE's per-metric scales).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<Vae>,
     pub threshold: PotThreshold,
     pub train_rows: usize,
     pub state: StreamState,
@@ -184,6 +213,13 @@ fn adapt_level(
     level
 }
 
+/// Per-metric residual RMS of the joint and the univariate models in raw units (see
+/// [`DetectorConfig::scale_holdout`]).
+struct RawScales {
+    joint: Vec<f32>,
+    uni: Vec<f32>,
+}
+
 /// Solve `A x = B` (A `f x f` symmetric positive definite, B `f x m`) by Cholesky, in place.
 fn cholesky_solve(a: &mut [f64], b: &mut [f64], f: usize, m: usize) -> Result<()> {
     for j in 0..f {
@@ -230,11 +266,21 @@ impl Detector {
     /// Train on normal history (rows = time steps, cols = metrics) on `backend`.
     pub fn fit_with(backend: &dyn Backend, train: &Matrix, config: DetectorConfig) -> Result<Self> {
         let n = train.rows;
+        let min_rows = 10 * (config.lags * train.cols + 1);
+        let sh = (n as f64 * config.scale_holdout.clamp(0.0, 0.9)) as usize;
+        let scales = if sh >= 100 && n - sh > min_rows {
+            let head = train.slice_rows(0, n - sh);
+            let early = Self::fit_in_sample(backend, &head, config.clone(), None)?;
+            Some(early.raw_residual_rms(backend, &train.slice_rows(n - sh, n))?)
+        } else {
+            None
+        };
+        let mut det = Self::fit_in_sample(backend, train, config.clone(), scales.as_ref())?;
         let hold = (n as f64 * config.calib_frac.clamp(0.0, 0.9)) as usize;
-        let mut det = Self::fit_in_sample(backend, train, config.clone())?;
-        if hold >= 100 && n - hold > 10 * (config.lags * train.cols + 1) {
+        if hold >= 100 && n - hold > min_rows {
             // Threshold from out-of-sample scores of a model fitted without the held-out tail.
-            let mut early = Self::fit_in_sample(backend, &train.slice_rows(0, n - hold), config)?;
+            let head = train.slice_rows(0, n - hold);
+            let mut early = Self::fit_in_sample(backend, &head, config, scales.as_ref())?;
             let scores = early.score_with(backend, &train.slice_rows(n - hold, n))?;
             det.threshold =
                 PotThreshold::fit(&scores, det.config.pot_init_quantile, det.config.pot_risk);
@@ -246,15 +292,27 @@ impl Detector {
         backend: &dyn Backend,
         train: &Matrix,
         config: DetectorConfig,
+        scales: Option<&RawScales>,
     ) -> Result<Self> {
         let (mut det, zpad) = Self::prepare(train, config)?;
         let (n, d, lags) = (train.rows, det.dim, det.config.lags);
         let (xtx, xty) = backend.cross_products(&zpad, n, d, lags)?;
         det.solve(CrossProducts { xtx, xty }, &zpad, n)?;
         // Residual scales from the training residuals.
-        let ones = vec![1.0f32; d];
-        let e = backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?;
+        let e = if det.config.model == Model::Vae {
+            let win = windows(&zpad, n, d, lags);
+            let vae = Vae::fit(&win, (lags + 1) * d, d, det.config.vae.clone());
+            let e = vae.row_errors(&win);
+            det.vae = Some(vae);
+            e
+        } else {
+            let ones = vec![1.0f32; d];
+            backend.residual_energy(&zpad, n, d, lags, det.lag_weights(), &ones, f32::MAX)?
+        };
         det.set_resid_scale(&e, n);
+        if let Some(raw) = scales {
+            det.set_holdout_scales(raw);
+        }
         // Calibration scores on the training data, which also leaves the stream at its end.
         det.state.history = zpad[..lags * d].to_vec();
         let scores = det.score_standardized(backend, &zpad, n, |_, _, _, _, _| {})?;
@@ -298,6 +356,7 @@ impl Detector {
             uni_weights: Vec::new(),
             uni_bias: Vec::new(),
             uni_inv_scale: Vec::new(),
+            vae: None,
             threshold: PotThreshold::fit(&[], 0.98, 1e-3),
             train_rows: n,
             state: StreamState {
@@ -339,6 +398,10 @@ impl Detector {
         if self.config.univariate_weight > 0.0 {
             self.fit_univariate(&xtx, &xty, zpad, n)?;
         }
+        if self.config.model == Model::Vae {
+            // The VAE replaces the joint predictor (its weights stay zero).
+            return Ok(());
+        }
         cholesky_solve(&mut xtx, &mut xty, f, d)?;
         self.weights = xty[..(f - 1) * d].iter().map(|&v| v as f32).collect();
         self.bias = xty[(f - 1) * d..].iter().map(|&v| v as f32).collect();
@@ -362,6 +425,82 @@ impl Detector {
             .iter()
             .map(|s| 1.0 / ((s / n as f64).sqrt() as f32).max(self.config.resid_floor))
             .collect();
+    }
+
+    /// Out-of-sample residual scales ([`DetectorConfig::scale_holdout`]), converted from raw
+    /// units to this model's standardized units, in place of the in-sample ones.
+    fn set_holdout_scales(&mut self, raw: &RawScales) {
+        let floor = self.config.resid_floor;
+        let to_inv = |r: &[f32], is: &[f32]| -> Vec<f32> {
+            r.iter()
+                .zip(is)
+                .map(|(r, is)| 1.0 / (r * is).max(floor))
+                .collect()
+        };
+        self.inv_resid_scale = to_inv(&raw.joint, &self.inv_std);
+        if raw.uni.len() == self.dim && self.uni_inv_scale.len() == self.dim {
+            self.uni_inv_scale = to_inv(&raw.uni, &self.inv_std);
+        }
+    }
+
+    /// Per-metric RMS residuals of the joint and the univariate models on `rows` (continuing the
+    /// stream), in raw units.
+    fn raw_residual_rms(&self, backend: &dyn Backend, rows: &Matrix) -> Result<RawScales> {
+        let (n, d) = (rows.rows, self.dim);
+        let mut unit = self.clone();
+        unit.inv_resid_scale = vec![1.0; d];
+        unit.uni_inv_scale = vec![1.0; self.uni_inv_scale.len()];
+        unit.config.clip = f32::MAX;
+        let zpad = unit.padded(rows);
+        let joint = match &unit.vae {
+            Some(vae) => unit.vae_energy(vae, &zpad, n),
+            None => backend.residual_energy(
+                &zpad,
+                n,
+                d,
+                unit.config.lags,
+                unit.lag_weights(),
+                &unit.inv_resid_scale,
+                f32::MAX,
+            )?,
+        };
+        let rms = |e: &[f32]| -> Vec<f32> {
+            let mut ms = vec![0.0f64; d];
+            for r in e.chunks_exact(d) {
+                ms.iter_mut().zip(r).for_each(|(s, v)| *s += *v as f64);
+            }
+            ms.iter()
+                .zip(&self.inv_std)
+                .map(|(s, is)| (s / n.max(1) as f64).sqrt() as f32 / is)
+                .collect()
+        };
+        let uni = if unit.uni_weights.is_empty() {
+            Vec::new()
+        } else {
+            let mut e = vec![0.0f32; n * d];
+            for (t, row) in e.chunks_exact_mut(d).enumerate() {
+                unit.univariate_energy_row(&zpad, t, f32::MAX, row);
+            }
+            rms(&e)
+        };
+        Ok(RawScales {
+            joint: rms(&joint),
+            uni,
+        })
+    }
+
+    /// The VAE's per-metric energies of the `n` windows of `zpad`, scaled and clipped like the
+    /// predictor's residuals.
+    fn vae_energy(&self, vae: &Vae, zpad: &[f32], n: usize) -> Vec<f32> {
+        let (d, clip) = (self.dim, self.config.clip);
+        let mut e = vae.row_errors(&windows(zpad, n, d, self.config.lags));
+        for row in e.chunks_exact_mut(d) {
+            for (v, s) in row.iter_mut().zip(&self.inv_resid_scale) {
+                let r = (v.sqrt() * s).min(clip);
+                *v = r * r;
+            }
+        }
+        e
     }
 
     /// Training, steps 3 and 4 from the absolute training residuals: residual scales, then
@@ -390,6 +529,22 @@ impl Detector {
     /// host with bad or oversized data fails alone. Backend failures carry a
     /// [`BackendError`] (`err.downcast_ref::<BackendError>()`).
     pub fn fit_batch(backend: &dyn Backend, hosts: &[TrainInput<'_>]) -> Vec<Result<Self>> {
+        // The VAE and out-of-sample scales have no batched kernels: those hosts train one by
+        // one ([`Detector::fit_with`]), the others in the batch.
+        let one_by_one =
+            |h: &TrainInput<'_>| h.config.model == Model::Vae || h.config.scale_holdout > 0.0;
+        if hosts.iter().any(one_by_one) {
+            let batched: Vec<TrainInput<'_>> =
+                hosts.iter().filter(|h| !one_by_one(h)).copied().collect();
+            let mut fitted = Self::fit_batch(backend, &batched).into_iter();
+            return hosts
+                .iter()
+                .map(|h| match one_by_one(h) {
+                    true => Self::fit_with(backend, h.rows, h.config.clone()),
+                    false => fitted.next().expect("one result per batched host"),
+                })
+                .collect();
+        }
         let threads = backend.threads();
         let inputs: Vec<(&Matrix, &DetectorConfig)> =
             hosts.iter().map(|h| (h.rows, h.config)).collect();
@@ -440,7 +595,6 @@ impl Detector {
             .map(|((_, det), (_, tail))| ScoreInput {
                 detector: det,
                 rows: tail,
-                model: None,
             })
             .collect();
         let scored = Self::score_explained_batch(backend, &mut jobs, 0);
@@ -462,8 +616,9 @@ impl Detector {
     }
 
     /// In-sample training of many hosts: on the device where the backend trains whole models
-    /// ([`Backend::fit_device`]; hosts without the univariate blend), else, and for the hosts
-    /// the device could not take, through the backend's kernels and host-side steps.
+    /// ([`Backend::fit_device`]; hosts with the linear joint model alone and in-sample
+    /// scales), else, and for the hosts the device could not take, through the backend's
+    /// kernels and host-side steps.
     fn fit_in_sample_batch(
         backend: &dyn Backend,
         inputs: &[(&Matrix, &DetectorConfig)],
@@ -472,7 +627,12 @@ impl Detector {
         let device: Vec<usize> = (0..inputs.len())
             .filter(|&i| {
                 let (m, c) = inputs[i];
-                c.univariate_weight <= 0.0 && c.lags > 0 && m.cols > 0 && m.rows > c.lags + 1
+                c.univariate_weight <= 0.0
+                    && c.model == Model::Linear
+                    && c.scale_holdout <= 0.0
+                    && c.lags > 0
+                    && m.cols > 0
+                    && m.rows > c.lags + 1
             })
             .collect();
         if !device.is_empty() {
@@ -539,6 +699,7 @@ impl Detector {
             uni_weights: Vec::new(),
             uni_bias: Vec::new(),
             uni_inv_scale: Vec::new(),
+            vae: None,
             threshold,
             train_rows: rows.rows,
             state: StreamState {
@@ -783,15 +944,18 @@ impl Detector {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut e = backend.residual_energy(
-            zpad,
-            n,
-            d,
-            lags,
-            self.lag_weights(),
-            &self.inv_resid_scale,
-            self.config.clip,
-        )?;
+        let mut e = match &self.vae {
+            Some(vae) => self.vae_energy(vae, zpad, n),
+            None => backend.residual_energy(
+                zpad,
+                n,
+                d,
+                lags,
+                self.lag_weights(),
+                &self.inv_resid_scale,
+                self.config.clip,
+            )?,
+        };
         self.blend_univariate(zpad, n, &mut e);
         Ok(self.stream(zpad, n, &e, visit))
     }
@@ -914,17 +1078,14 @@ pub struct TrainInput<'a> {
 pub struct ScoreInput<'a> {
     pub detector: &'a mut Detector,
     pub rows: &'a Matrix,
-    /// The model's key (host and version): a GPU keeps the model resident between runs
-    /// and uploads only the new rows and the stream's state. Bump the version whenever the
-    /// host is retrained. `None` sends the model with every run.
-    pub model: Option<ModelKey>,
 }
 
-/// What scoring one host took: the backend's stream step, or the residual path (univariate
-/// blend), or nothing (no rows, or a failed check).
+/// What scoring one host took: the backend's stream step, the residual path (univariate
+/// blend), the VAE on the host, or nothing (no rows, or a failed check).
 enum Scoring {
     Stream(std::result::Result<Streamed, BackendError>),
     Residuals(std::result::Result<Vec<f32>, BackendError>),
+    Vae,
     Nothing,
 }
 
@@ -932,16 +1093,42 @@ impl Detector {
     /// Score many hosts' new rows causally, each continuing its own stream, with alerts and
     /// the `top_k` contributing metrics of every row. One backend call does every host's
     /// residuals, moving averages, scores and top metrics ([`Backend::score_stream`]: one GPU
-    /// submit, models resident by [`ScoreInput::model`]); the drift guard's alert levels
-    /// follow on [`Backend::threads`] host threads. Hosts scored with the univariate blend
-    /// take the residual kernel and blend on the host. Equal to
-    /// [`Detector::score_explained`] host by host (bit for bit on the CPU backend); one
-    /// result per host, in order. A host whose scoring fails keeps its stream unchanged.
+    /// submit); the drift guard's alert levels follow on [`Backend::threads`] host threads.
+    /// Hosts scored with the univariate blend take the residual kernel and blend on the host;
+    /// hosts with a VAE score on the host. Equal to [`Detector::score_explained`] host by host
+    /// (bit for bit on the CPU backend); one result per host, in order. A host whose scoring
+    /// fails keeps its stream unchanged. A GPU uploads every model every run here; pass keys
+    /// with [`Detector::score_explained_batch_keyed`] to keep them resident.
     pub fn score_explained_batch(
         backend: &dyn Backend,
         jobs: &mut [ScoreInput<'_>],
         top_k: usize,
     ) -> Vec<Result<Vec<ScoredRow>>> {
+        Self::score_explained_batch_keyed(backend, jobs, &[], top_k)
+    }
+
+    /// [`Detector::score_explained_batch`] with each host's model key: `keys[i]` names
+    /// `jobs[i]`'s model (its host and version; bump the version whenever the host is
+    /// retrained), so a GPU keeps the models resident between runs and uploads only the new
+    /// rows and the streams' states. `keys` empty: no keys. Keys for another number of hosts
+    /// fail every host.
+    pub fn score_explained_batch_keyed(
+        backend: &dyn Backend,
+        jobs: &mut [ScoreInput<'_>],
+        keys: &[ModelKey],
+        top_k: usize,
+    ) -> Vec<Result<Vec<ScoredRow>>> {
+        if !keys.is_empty() && keys.len() != jobs.len() {
+            return (0..jobs.len())
+                .map(|_| {
+                    Err(anyhow::anyhow!(
+                        "{} model keys for {} hosts",
+                        keys.len(),
+                        jobs.len()
+                    ))
+                })
+                .collect();
+        }
         let threads = backend.threads();
         let padded: Vec<Result<Vec<f32>>> = par_map(threads, jobs.iter().collect(), |_, j| {
             j.detector.check(j.rows)?;
@@ -950,10 +1137,17 @@ impl Detector {
         let live: Vec<usize> = (0..jobs.len())
             .filter(|&i| padded[i].is_ok() && jobs[i].rows.rows > 0)
             .collect();
+        // Detectors with a VAE score on the host (no batched kernel for it).
+        let mut how: Vec<Scoring> = (0..jobs.len()).map(|_| Scoring::Nothing).collect();
+        let (vae, live): (Vec<usize>, Vec<usize>) = live
+            .into_iter()
+            .partition(|&i| jobs[i].detector.vae.is_some());
+        for i in vae {
+            how[i] = Scoring::Vae;
+        }
         let (blend, plain): (Vec<usize>, Vec<usize>) = live
             .into_iter()
             .partition(|&i| jobs[i].detector.blends_univariate());
-        let mut how: Vec<Scoring> = (0..jobs.len()).map(|_| Scoring::Nothing).collect();
         let series = |i: usize| Series {
             zpad: padded[i].as_ref().expect("checked"),
             n: jobs[i].rows.rows,
@@ -966,7 +1160,7 @@ impl Detector {
                 .map(|&i| {
                     let det = &*jobs[i].detector;
                     StreamJob {
-                        key: jobs[i].model,
+                        key: keys.get(i).copied(),
                         model: StreamModel {
                             weights: det.lag_weights(),
                             inv_scale: &det.inv_resid_scale,
@@ -1000,25 +1194,28 @@ impl Detector {
             let zpad = zpad?;
             let det = &mut *job.detector;
             let n = job.rows.rows;
-            match how {
-                Scoring::Nothing => Ok(Vec::new()), // no rows
-                Scoring::Stream(s) => det.finish_stream(&zpad, n, s?),
+            let mut e = match how {
+                Scoring::Nothing => return Ok(Vec::new()), // no rows
+                Scoring::Stream(s) => return det.finish_stream(&zpad, n, s?),
                 Scoring::Residuals(abs) => {
-                    let abs = abs?;
-                    let mut e = energy_from_abs(&abs, &det.inv_resid_scale, det.config.clip);
-                    det.blend_univariate(&zpad, n, &mut e);
-                    let mut out = Vec::with_capacity(n);
-                    det.stream(&zpad, n, &e, |_, ema, s, level, alert| {
-                        out.push(ScoredRow {
-                            score: s,
-                            level,
-                            alert,
-                            top: top_contributions(ema, top_k),
-                        })
-                    });
-                    Ok(out)
+                    energy_from_abs(&abs?, &det.inv_resid_scale, det.config.clip)
                 }
-            }
+                Scoring::Vae => {
+                    let vae = det.vae.as_ref().expect("a VAE host");
+                    det.vae_energy(vae, &zpad, n)
+                }
+            };
+            det.blend_univariate(&zpad, n, &mut e);
+            let mut out = Vec::with_capacity(n);
+            det.stream(&zpad, n, &e, |_, ema, s, level, alert| {
+                out.push(ScoredRow {
+                    score: s,
+                    level,
+                    alert,
+                    top: top_contributions(ema, top_k),
+                })
+            });
+            Ok(out)
         })
     }
 

@@ -8,10 +8,12 @@
 //!    `P` (autocorrelation ≥ 0.7), the series is replaced by its seasonal difference
 //!    `x_t − x_{t−P}`. A regular daily/weekly cycle (its edges and peaks) then stops looking
 //!    like a surprise, and a changed cycle (a missing peak, a lower plateau) stands out.
-//! 2. **Two signals** on that series: the residual energy of a ridge AR predictor (the
-//!    multivariate [`Detector`] with one metric, fitted on the probationary rows) catches spikes
-//!    and broken dynamics; the [`level_shift`] statistic catches a sustained change of level
-//!    that the AR model would follow after a few rows.
+//! 2. **Two signals** on that series: the window model's error — by default the reconstruction
+//!    error of a variational autoencoder over windows of 7 rows ([`crate::vae`], the
+//!    multivariate [`Detector`] with one metric and `model = vae`, trained on the probationary
+//!    rows), else the residual of a ridge AR predictor — catches spikes and broken dynamics; the
+//!    [`level_shift`] statistic catches a sustained change of level that the window model would
+//!    follow after a few rows.
 //! 3. **Calibration** ([`causal_cdf`]): each signal is mapped to its empirical CDF among the
 //!    file's earlier values and the two are max-combined, so a score means "as unusual as the
 //!    top x % of this file so far", the same in every file.
@@ -19,7 +21,7 @@
 //!    ([`StreamConfig::novelty_max`]) or as a gate ([`StreamConfig::novelty_gate`]).
 //! 5. **Adaptive resonance** ([`crate::art`]): by default the dual-vigilance detector (ARTime's
 //!    mechanism rebuilt, on the raw values) adds its events, max-combined
-//!    ([`ArtMode::DualMax`]); the round-6 signal's modes are opt-in. See
+//!    ([`ArtMode::DualMax`]); the simple ART signal's modes are opt-in. See
 //!    [`StreamConfig::art_mode`].
 //! 6. **Suppression**: after a fire, the next `suppress_frac · probation` rows are zeroed (NAB
 //!    credits one detection per window and charges every flagged row outside one).
@@ -32,20 +34,24 @@ use crate::art::{
 };
 use crate::backend::Backend;
 use crate::cad::{contextual_novelty, NoveltyConfig};
-use crate::detector::{Detector, DetectorConfig};
+use crate::detector::{Detector, DetectorConfig, Model};
+use crate::vae::VaeConfig;
 use crate::Matrix;
 
 /// Settings of the univariate stream scorer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StreamConfig {
-    /// Detector settings for the window predictor on the single metric.
+    /// Detector settings for the window model on the single metric. Default: a VAE over windows
+    /// of 7 rows (`lags` 6) with mini-batches of 64 (the probation holds at most ~750 windows).
+    /// Cross-validated (one NAB category out) 81.2 on the dev split against 78.5 for the ridge
+    /// AR predictor (`model = linear`); see docs/anomaly.md.
     pub detector: DetectorConfig,
     /// After a score ≥ `fire_level`, later scores within `suppress_frac · n_probation` rows are
     /// damped by `suppress_factor` (one alarm per event instead of a burst of false positives).
-    /// 0.9995 since round 7 (0.9985 before): with the dual-vigilance events detecting most
-    /// windows, only the rank score's strongest rows are needed, and fewer of its moderate
-    /// peaks start a suppression that hides an event.
+    /// 0.9995 (0.9985 before the dual-vigilance events): with the events detecting most windows,
+    /// only the rank score's strongest rows are needed, and fewer of its moderate peaks start a
+    /// suppression that hides an event.
     pub fire_level: f32,
     pub suppress_frac: f32,
     pub suppress_factor: f32,
@@ -93,12 +99,11 @@ pub struct StreamConfig {
     /// excesses over that quantile and refitted every [`TAIL_REFIT`] rows — SPOT-style
     /// ([`causal_tail_cdf`]). Meant to let a score keep "how far beyond the tail" and so push
     /// chance fires in stationary noise below the fire level; measured 65.2 (fire level
-    /// 0.9985) on the dev split, below the rank calibration, so off (docs/anomaly.md, round 5).
+    /// 0.9985) on the dev split, below the rank calibration, so off (docs/anomaly.md).
     pub tail_quantile: f32,
     /// Adaptive resonance ([`crate::art`]): which signal and how it enters the score, see
-    /// [`ArtMode`]. Default [`ArtMode::DualMax`] with the fire level 0.9995 (round 7: 78.5 on
-    /// dev vs 70.5 before, both halves up, neighbouring settings 73.3–78.9; docs/anomaly.md).
-    /// The round-6 modes
+    /// [`ArtMode`]. Default [`ArtMode::DualMax`] with the fire level 0.9995 (78.5 on dev vs 70.5
+    /// without events; one category out: 78.5; docs/anomaly.md). The simple signal's modes
     /// (`Boost` 72.3, `Max` 71.2) gain on average but not on both halves nor at neighbouring
     /// settings, so they stay opt-in.
     pub art_mode: ArtMode,
@@ -127,14 +132,14 @@ pub struct StreamConfig {
     pub dual_raw: bool,
 }
 
-/// How adaptive resonance ([`crate::art`]) enters the stream score. The round-6 modes (`Max` …
-/// `LiveGate`, the [`crate::art::art_signal`] signal) were measured in round 6, none is a robust
-/// gain; the `Dual*` modes (the [`crate::art::dual_vigilance_score`] detector) in round 7, where
-/// `DualMax` became the default (docs/anomaly.md).
+/// How adaptive resonance ([`crate::art`]) enters the stream score. The modes `Max` …
+/// `LiveGate` (the simple [`crate::art::art_signal`] signal) are no robust gain; of the `Dual*`
+/// modes (the [`crate::art::dual_vigilance_score`] detector) `DualMax` is the default
+/// (docs/anomaly.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtMode {
-    /// Not computed (the default up to round 6, then with `fire_level` 0.9985: 70.54 on dev).
+    /// Not computed (with `fire_level` 0.9985 and the AR predictor: 70.54 on dev).
     Off,
     /// The resonance deficit `1 − best match` of each completed window, rank-calibrated among
     /// the file's earlier windows ([`causal_cdf`]), max-combined with the score (a third
@@ -156,7 +161,7 @@ pub enum ArtMode {
     /// learned category ("large *and* unfamiliar").
     LiveGate,
     /// The dual-vigilance detector's score alone ([`crate::art::dual_vigilance_score`],
-    /// round 7: ARTime's mechanism rebuilt).
+    /// ARTime's mechanism rebuilt).
     Dual,
     /// The dual-vigilance score (mapped by [`StreamConfig::dual_floor`]) max-combined with the
     /// score (default).
@@ -183,6 +188,12 @@ impl Default for StreamConfig {
                 adapt_window: 0,
                 // One series: the univariate model would be the joint model again.
                 univariate_weight: 0.0,
+                model: Model::Vae,
+                vae: VaeConfig {
+                    batch: 64,
+                    ..VaeConfig::default()
+                },
+                ..DetectorConfig::default()
             },
             fire_level: 0.9995,
             suppress_frac: 0.2,
@@ -531,8 +542,9 @@ pub fn record_gate(p: &mut [f32], raw: &[f32], window: usize) {
     }
 }
 
-/// The raw (uncalibrated) signals of step 2 on `values`: the AR residual energy and, when
-/// enabled, the level-shift statistic. `k` = probationary rows (the AR fit uses only those).
+/// The raw (uncalibrated) signals of step 2 on `values`: the window model's energy (VAE
+/// reconstruction or AR residual, [`StreamConfig::detector`]) and, when enabled, the level-shift
+/// statistic. `k` = probationary rows (the window model is fitted on those only).
 pub fn raw_signals(
     backend: &dyn Backend,
     values: &[f32],

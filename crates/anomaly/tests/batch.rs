@@ -33,21 +33,20 @@ fn batched_training_and_scoring_equal_the_per_host_path_bit_for_bit() {
     }
     let mut alerts = 0;
     for w in 0..3 {
-        // Half the hosts keyed: the CPU keeps no device cache, so keys change nothing.
         let mut jobs: Vec<ScoreInput<'_>> = batch
             .iter_mut()
             .zip(&fleet)
-            .enumerate()
-            .map(|(i, (d, h))| ScoreInput {
+            .map(|(d, h)| ScoreInput {
                 detector: d,
                 rows: &h.windows[w],
-                model: (i % 2 == 0).then_some(ModelKey {
-                    host: i as u64,
-                    version: 1,
-                }),
             })
             .collect();
-        let got = Detector::score_explained_batch(&cpu, &mut jobs, 3);
+        // Keyed on odd windows: the CPU keeps no device cache, so keys change nothing.
+        let keys: Vec<ModelKey> = (0..jobs.len() as u64)
+            .map(|host| ModelKey { host, version: 1 })
+            .collect();
+        let keys = if w % 2 == 1 { &keys[..] } else { &[][..] };
+        let got = Detector::score_explained_batch_keyed(&cpu, &mut jobs, keys, 3);
         for (i, (g, (det, h))) in got
             .into_iter()
             .zip(single.iter_mut().zip(&fleet))
@@ -118,7 +117,6 @@ fn a_bad_host_fails_alone_with_a_clear_error() {
         .map(|(d, i)| ScoreInput {
             detector: d,
             rows: if i == 1 { &wrong } else { &fleet[i].windows[1] },
-            model: None,
         })
         .collect();
     let got = Detector::score_explained_batch(&cpu, &mut jobs, 2);

@@ -321,7 +321,6 @@ fn a_fleet_trains_and_scores_alike_on_gpu_and_cpu() {
                 .map(|(d, h)| ScoreInput {
                     detector: d,
                     rows: &h.windows[w],
-                    model: None,
                 })
                 .collect();
             Detector::score_explained_batch(b, &mut jobs, 3)
@@ -418,7 +417,6 @@ fn an_oversized_host_gets_a_typed_error_and_the_selected_backend_moves_it_to_the
     let mut jobs = [ScoreInput {
         detector: &mut m,
         rows: &big,
-        model: None,
     }];
     let got = Detector::score_explained_batch(&sel, &mut jobs, 2);
     let exp = c.score_explained(&CpuBackend::default(), &big, 2).unwrap();
@@ -634,8 +632,8 @@ fn pipelined_sub_batches_train_the_same_models_as_one_batch() {
     assert_eq!(piped.stats().buffer_allocations, before);
 }
 
-/// One scoring run of `models` on `rows[w]`, keyed by host index and `versions[h]` (`None`:
-/// no key).
+/// One scoring run of `models` on `rows`, keyed by host index and `versions[h]` (all `None`:
+/// no keys).
 fn score_keyed(
     b: &dyn Backend,
     models: &mut [Detector],
@@ -645,18 +643,23 @@ fn score_keyed(
     let mut jobs: Vec<ScoreInput<'_>> = models
         .iter_mut()
         .zip(rows)
-        .zip(versions)
+        .map(|(detector, rows)| ScoreInput { detector, rows })
+        .collect();
+    let keys: Vec<ModelKey> = versions
+        .iter()
         .enumerate()
-        .map(|(h, ((detector, rows), v))| ScoreInput {
-            detector,
-            rows,
-            model: v.map(|version| ModelKey {
+        .filter_map(|(h, v)| {
+            v.map(|version| ModelKey {
                 host: h as u64,
                 version,
-            }),
+            })
         })
         .collect();
-    Detector::score_explained_batch(b, &mut jobs, 3)
+    assert!(
+        keys.is_empty() || keys.len() == versions.len(),
+        "all keyed or none"
+    );
+    Detector::score_explained_batch_keyed(b, &mut jobs, &keys, 3)
         .into_iter()
         .map(Result::unwrap)
         .collect()
@@ -857,4 +860,91 @@ fn the_device_solve_equals_a_host_f64_solve_of_the_same_sums() {
         }
     }
     eprintln!("device solve vs host f64 solve of the same sums: {worst:.2e} relative");
+}
+
+#[test]
+fn hosts_the_device_does_not_train_take_their_own_paths_in_a_gpu_batch() {
+    let gpu = gpu();
+    let mut rng = Rng::new(47);
+    let all: Vec<Matrix> = (0..3)
+        .map(|i| synthetic(1300, 6, i * 10, &mut rng))
+        .collect();
+    let train: Vec<Matrix> = all.iter().map(|m| m.slice_rows(0, 1200)).collect();
+    let live: Vec<Matrix> = all.iter().map(|m| m.slice_rows(1200, 1300)).collect();
+    let holdout = DetectorConfig {
+        scale_holdout: 0.2,
+        ..product()
+    };
+    let vae = DetectorConfig {
+        model: rackwatch_anomaly::detector::Model::Vae,
+        vae: rackwatch_anomaly::vae::VaeConfig {
+            hidden: 16,
+            latent: 2,
+            batch: 64,
+            max_epochs: 5,
+            ..Default::default()
+        },
+        ..product()
+    };
+    let configs = [product(), holdout, vae];
+    let inputs: Vec<TrainInput<'_>> = train
+        .iter()
+        .zip(&configs)
+        .map(|(rows, config)| TrainInput { rows, config })
+        .collect();
+    let before = gpu.stats().submits;
+    let mut g: Vec<Detector> = Detector::fit_batch(&gpu, &inputs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut c: Vec<Detector> = Detector::fit_batch(&CpuBackend::default(), &inputs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(gpu.stats().submits > before);
+    assert!(g[2].vae.is_some() && g[0].vae.is_none());
+    // The VAE host trained on the host the same way on both backends (same seed).
+    assert_eq!(g[2].inv_resid_scale, c[2].inv_resid_scale);
+    for (i, (g, c)) in g.iter().zip(&c).enumerate().take(2) {
+        let (a, b) = (c.alert_threshold(), g.alert_threshold());
+        assert!(rel(a, b) <= 1e-3, "host {i}: threshold cpu {a} gpu {b}");
+    }
+    let run = |models: &mut Vec<Detector>, b: &dyn Backend| {
+        let mut jobs: Vec<ScoreInput<'_>> = models
+            .iter_mut()
+            .zip(&live)
+            .map(|(detector, rows)| ScoreInput { detector, rows })
+            .collect();
+        let keys: Vec<ModelKey> = (0..3).map(|host| ModelKey { host, version: 1 }).collect();
+        Detector::score_explained_batch_keyed(b, &mut jobs, &keys, 2)
+    };
+    let (sg, sc) = (run(&mut g, &gpu), run(&mut c, &CpuBackend::default()));
+    for (i, (g, c)) in sg.iter().zip(&sc).enumerate().take(2) {
+        compare_rows(i, c.as_ref().unwrap(), g.as_ref().unwrap());
+    }
+    assert_eq!(
+        sg[2].as_ref().unwrap(),
+        sc[2].as_ref().unwrap(),
+        "the VAE host scores on the host"
+    );
+    // Keys for another number of hosts are refused.
+    let mut jobs: Vec<ScoreInput<'_>> = g
+        .iter_mut()
+        .zip(&live)
+        .map(|(detector, rows)| ScoreInput { detector, rows })
+        .collect();
+    let r = Detector::score_explained_batch_keyed(
+        &gpu,
+        &mut jobs,
+        &[ModelKey {
+            host: 0,
+            version: 1,
+        }],
+        2,
+    );
+    assert!(r.iter().all(|r| r
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("1 model keys for 3 hosts")));
 }

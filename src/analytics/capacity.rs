@@ -1,0 +1,1161 @@
+//! The capacity job: hourly on the job leader, after the forecasts.
+//!
+//! 1. **Demand per pool**, every 5 minutes, from the 1-minute GPU rollups: GPU-equivalents
+//!    of work (the sum of utilization / 100), GPUs busy (above `energy.idle_util_pct`),
+//!    GPUs queued (the latest report of the pool's scheduler) and GPUs installed. Kept in
+//!    `pool_demand` from a watermark, so a run reads only the minutes since the last one.
+//! 2. **Recommendations** per pool from its demand (work + queue) of the last
+//!    `capacity.history_days` (`rackwatch-capacity`): the next hour, a schedule for the
+//!    week, a plan `capacity.lead_days` ahead, each chosen by backtest with its evidence;
+//!    the date the demand trend outgrows the installed GPUs; hosts that could be drained.
+//! 3. **Exhaustion dates** of racks' power budgets and hosts' disks.
+//!
+//! Everything is stored; pages, the API, the Prometheus gauges, the capacity alert and
+//! the weekly mail read the stored rows, so they agree.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
+use rackwatch_capacity as cap;
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// A 5-minute slot.
+const SLOT: Duration = Duration::minutes(5);
+/// Most 1-minute GPU rows one run turns into demand: about 10 s of work on 2 cores. A
+/// first start on a large fleet catches up over several runs instead of stalling the
+/// other jobs; a small one builds its whole history at once.
+const MAX_DEMAND_ROWS_PER_RUN: i64 = 20_000_000;
+/// Queue reports older than this do not count for a slot.
+const QUEUE_STALE_MINUTES: i64 = 15;
+
+/// What one run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityRun {
+    pub demand_slots: u64,
+    pub pools: usize,
+    pub racks: usize,
+    pub disks: usize,
+    /// Pools without a recommendation this run (too little history, no GPUs).
+    pub skipped: usize,
+}
+
+/// A backtest, as stored and shown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BacktestView {
+    pub method: String,
+    pub cost: f64,
+    pub slack_pct: f64,
+    pub shortage_pct: f64,
+    pub unserved_gpu_hours: f64,
+    pub idle_gpu_hours: f64,
+    pub hours: f64,
+    pub baseline: String,
+    pub baseline_cost: f64,
+    pub baseline_unserved_gpu_hours: f64,
+    pub baseline_idle_gpu_hours: f64,
+}
+
+impl From<&cap::Backtest> for BacktestView {
+    fn from(b: &cap::Backtest) -> Self {
+        BacktestView {
+            method: b.method.clone(),
+            cost: round3(b.ours.cost),
+            slack_pct: round3(b.ours.slack_pct),
+            shortage_pct: round3(b.ours.shortage_pct),
+            unserved_gpu_hours: round3(b.ours.unserved_gpu_hours),
+            idle_gpu_hours: round3(b.ours.idle_gpu_hours),
+            hours: b.ours.hours,
+            baseline: b.baseline.clone(),
+            baseline_cost: round3(b.baseline_cost.cost),
+            baseline_unserved_gpu_hours: round3(b.baseline_cost.unserved_gpu_hours),
+            baseline_idle_gpu_hours: round3(b.baseline_cost.idle_gpu_hours),
+        }
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// The evidence of a pool's three decisions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceView {
+    pub next_hour: BacktestView,
+    pub week: BacktestView,
+    pub lead: BacktestView,
+}
+
+/// The methods the backtests chose.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Methods {
+    pub next_hour: String,
+    pub week: String,
+    pub lead: String,
+}
+
+/// A host that could be drained, and what its idle GPUs cost now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainCandidate {
+    pub host: String,
+    pub gpus: i64,
+    /// Mean GPU utilization over the last 7 days, %.
+    pub util_pct: f64,
+    /// Energy its GPUs used while idle over the last 7 days.
+    pub idle_kwh_7d: f64,
+}
+
+/// A pool's stored recommendation.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct PoolRecommendation {
+    pub pool: String,
+    pub computed_at: DateTime<Utc>,
+    /// The decision time (end of the last 5-minute slot of demand).
+    pub decided_at: DateTime<Utc>,
+    pub installed_gpus: i32,
+    pub host_size: i32,
+    /// Demand (work + queue) in the last slot, GPUs.
+    pub demand_now: Option<f64>,
+    pub next_hour: i32,
+    /// GPUs for each of the 168 hours from `decided_at`.
+    pub week_schedule: Vec<i32>,
+    pub lead_start: DateTime<Utc>,
+    /// GPUs for each of the 168 hours from `lead_start`.
+    pub lead_plan: Vec<i32>,
+    pub methods: Json<Methods>,
+    pub evidence: Json<EvidenceView>,
+    /// When the demand trend reaches the installed GPUs (within `capacity.horizon_days`).
+    pub exhausted_at: Option<DateTime<Utc>>,
+    pub growth_per_day: Option<f64>,
+    pub consolidation: Json<Vec<DrainCandidate>>,
+    /// Why a part is missing (short history), for people.
+    pub note: String,
+}
+
+/// A stored exhaustion date of a rack's power or a host's disk (or a pool's GPUs).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct ExhaustionRow {
+    pub kind: String,
+    pub key: String,
+    pub computed_at: DateTime<Utc>,
+    pub capacity: f64,
+    pub level_now: f64,
+    pub growth_per_day: f64,
+    pub unit: String,
+    pub exhausted_at: Option<DateTime<Utc>>,
+}
+
+/// One slot of a pool's demand.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, sqlx::FromRow)]
+pub struct DemandPoint {
+    pub bucket: DateTime<Utc>,
+    pub busy_gpus: f32,
+    pub util_gpus: f32,
+    pub queued_gpus: f32,
+    pub installed_gpus: i32,
+}
+
+impl DemandPoint {
+    /// What the recommender plans for: the work the GPUs do, plus the work waiting.
+    pub fn demand(&self) -> f64 {
+        f64::from(self.util_gpus) + f64::from(self.queued_gpus)
+    }
+}
+
+/// Recommender settings from the configuration, for one pool.
+pub fn settings(cfg: &Config, host_size: u32) -> cap::Settings {
+    cap::Settings {
+        price: cfg.capacity.price,
+        host_size: host_size.max(1),
+        lead_hours: cfg.capacity.lead_days * 24,
+        ..cap::Settings::default()
+    }
+}
+
+/// The hourly run.
+pub async fn run(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<CapacityRun> {
+    let mut out = CapacityRun {
+        demand_slots: update_demand(store, cfg, now).await?,
+        ..Default::default()
+    };
+    let end = store.demand_watermark().await?.unwrap_or(now).min(now);
+    let (pools, skipped) = recommend_pools(store, cfg, end, now).await?;
+    out.pools = pools;
+    out.skipped = skipped;
+    out.racks = rack_power(store, cfg, now).await?;
+    out.disks = disks(store, cfg, now).await?;
+    Ok(out)
+}
+
+/// Step 1: pool demand for the 5-minute slots the 1-minute rollups complete since the
+/// last run. Returns the slots written.
+pub async fn update_demand(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<u64> {
+    let rolled = store.rollup_watermark().await?.unwrap_or(now).min(now);
+    let end = rolled.duration_trunc(SLOT)?;
+    let history = Duration::days(i64::from(cfg.capacity.history_days));
+    let from = match store.demand_watermark().await? {
+        // Redo the last slot: rollups of its minutes may have been late.
+        Some(w) => (w - SLOT).max(end - history),
+        None => end - history,
+    };
+    let gpus = store.gpu_count().await?.max(1);
+    let hours = (MAX_DEMAND_ROWS_PER_RUN / (gpus * 60)).clamp(1, history.num_hours());
+    let to = end.min(from + Duration::hours(hours));
+    if to <= from {
+        return Ok(0);
+    }
+    let mut written = 0;
+    let mut t = from;
+    while t < to {
+        let next = (t + Duration::hours(6)).min(to);
+        written += store
+            .write_pool_demand(t, next, cfg.energy.idle_util_pct)
+            .await?;
+        t = next;
+    }
+    store.set_demand_watermark(to).await?;
+    Ok(written)
+}
+
+/// Step 2: a recommendation per pool. Returns (pools recommended, pools skipped).
+async fn recommend_pools(
+    store: &Store,
+    cfg: &Config,
+    end: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<(usize, usize)> {
+    let start = end - Duration::days(i64::from(cfg.capacity.history_days));
+    let demand = store.pool_demand_since(start, end).await?;
+    let sizes = store.pool_host_sizes().await?;
+    let mut done = 0;
+    let mut skipped = 0;
+    for (pool, points) in demand {
+        let installed = points.last().map_or(0, |p| p.installed_gpus);
+        let host_size = if cfg.capacity.host_size > 0 {
+            cfg.capacity.host_size
+        } else {
+            sizes.get(&pool).copied().unwrap_or(1)
+        };
+        // The history starts at the pool's first observed slot: a pool a day old has a
+        // day of history, not 27 days of gaps (the recommender then says what it lacks).
+        let first = points.first().map_or(start, |p| p.bucket.max(start));
+        let series = grid(&points, first, end);
+        let start = first;
+        let s = settings(cfg, host_size);
+        let horizon = cfg.capacity.horizon_days;
+        let pool_name = pool.clone();
+        let computed = tokio::task::spawn_blocking(move || {
+            let rec = cap::recommend(&series, cap::Step::FIVE_MINUTES, start, end, &s);
+            let ex = cap::exhaustion(
+                &series,
+                cap::Step::FIVE_MINUTES,
+                start,
+                end,
+                f64::from(installed),
+                horizon,
+                &s,
+            );
+            (rec, ex)
+        })
+        .await?;
+        let (rec, ex) = computed;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                // A pool too new for a week plan still gets its next hour, when it can.
+                skipped += 1;
+                tracing::debug!(pool = pool_name, "no full recommendation: {e}");
+                store
+                    .save_partial_recommendation(
+                        &pool,
+                        now,
+                        end,
+                        installed,
+                        host_size,
+                        &e.to_string(),
+                    )
+                    .await?;
+                continue;
+            }
+        };
+        let (exhausted_at, growth) = match &ex {
+            Ok(x) => (x.date, Some(x.growth_per_day)),
+            Err(_) => (None, None),
+        };
+        if let Ok(x) = &ex {
+            store
+                .save_exhaustion(&ExhaustionRow {
+                    kind: "pool".into(),
+                    key: pool.clone(),
+                    computed_at: now,
+                    capacity: f64::from(installed),
+                    level_now: x.level_now,
+                    growth_per_day: x.growth_per_day,
+                    unit: "GPUs".into(),
+                    exhausted_at: x.date,
+                })
+                .await?;
+        }
+        let peak = rec.week_schedule.iter().copied().max().unwrap_or(0);
+        let consolidation = if installed > 0
+            && f64::from(peak) < cfg.capacity.consolidate_below * f64::from(installed)
+        {
+            let spare = (installed - peak as i32).max(0);
+            store
+                .drain_candidates(&pool, spare, host_size as i32, now)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let r = PoolRecommendation {
+            pool: pool.clone(),
+            computed_at: now,
+            decided_at: rec.now,
+            installed_gpus: installed,
+            host_size: host_size as i32,
+            demand_now: points.last().map(DemandPoint::demand),
+            next_hour: rec.next_hour as i32,
+            week_schedule: rec.week_schedule.iter().map(|v| *v as i32).collect(),
+            lead_start: rec.lead_start,
+            lead_plan: rec.lead_plan.iter().map(|v| *v as i32).collect(),
+            methods: Json(Methods {
+                next_hour: rec.chosen_method.autoscale.clone(),
+                week: rec.chosen_method.plan.clone(),
+                lead: rec.chosen_method.lead_plan.clone(),
+            }),
+            evidence: Json(EvidenceView {
+                next_hour: (&rec.evidence.autoscale).into(),
+                week: (&rec.evidence.plan).into(),
+                lead: (&rec.evidence.lead_plan).into(),
+            }),
+            exhausted_at,
+            growth_per_day: growth,
+            consolidation: Json(consolidation),
+            note: String::new(),
+        };
+        store.save_recommendation(&r).await?;
+        store
+            .record_history(&pool, r.decided_at, r.next_hour)
+            .await?;
+        done += 1;
+    }
+    Ok((done, skipped))
+}
+
+/// The demand samples of a pool on the 5-minute grid from `start` to `end`, gaps as None.
+pub fn grid(points: &[DemandPoint], start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<Option<f64>> {
+    let n = ((end - start).num_minutes() / 5).max(0) as usize;
+    let mut g = vec![None; n];
+    for p in points {
+        let i = (p.bucket - start).num_minutes() / 5;
+        if (0..n as i64).contains(&i) {
+            g[i as usize] = Some(p.demand());
+        }
+    }
+    g
+}
+
+/// Step 3a: when each rack with a power budget outgrows it (hourly mean power of its
+/// GPUs and hosts, from the energy accounting). Returns the racks looked at.
+async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let budgets = store.rack_budgets(&cfg.capacity.racks).await?;
+    if budgets.is_empty() {
+        return Ok(0);
+    }
+    let end = now.duration_trunc(Duration::hours(1))?;
+    let start = end - Duration::days(i64::from(cfg.capacity.history_days));
+    let power = store.rack_power_hourly(start, end).await?;
+    let mut n = 0;
+    for (rack, kw) in budgets {
+        let Some(points) = power.get(&rack) else {
+            continue;
+        };
+        let hours = (end - start).num_hours() as usize;
+        let mut series = vec![None; hours];
+        for (t, w) in points {
+            let i = (*t - start).num_hours();
+            if (0..hours as i64).contains(&i) {
+                series[i as usize] = Some(*w);
+            }
+        }
+        let s = settings(cfg, 1);
+        let horizon = cfg.capacity.horizon_days;
+        let ex = tokio::task::spawn_blocking(move || {
+            cap::exhaustion(
+                &series,
+                cap::Step::HOUR,
+                start,
+                end,
+                kw * 1000.0,
+                horizon,
+                &s,
+            )
+        })
+        .await?;
+        if let Ok(x) = ex {
+            store
+                .save_exhaustion(&ExhaustionRow {
+                    kind: "rack".into(),
+                    key: rack.clone(),
+                    computed_at: now,
+                    capacity: kw * 1000.0,
+                    level_now: x.level_now,
+                    growth_per_day: x.growth_per_day,
+                    unit: "W".into(),
+                    exhausted_at: x.date,
+                })
+                .await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Step 3b: when each host's disks fill, from the daily peak of space used (recomputed
+/// once a day). Returns the hosts looked at.
+async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    if store.disks_computed_today(now).await? {
+        return Ok(0);
+    }
+    let end = now.duration_trunc(Duration::days(1))?;
+    let start = end - Duration::days(i64::from(cfg.capacity.history_days));
+    let rows = store.disk_daily(start, end).await?;
+    let mut n = 0;
+    let s = settings(cfg, 1);
+    for (host, (total, points)) in rows {
+        let days = (end - start).num_days() as usize;
+        // The daily peak stands for every hour of its day.
+        let mut series = vec![None; days * 24];
+        for (t, used) in &points {
+            let d = (*t - start).num_days();
+            if (0..days as i64).contains(&d) {
+                for h in 0..24 {
+                    series[d as usize * 24 + h] = Some(*used);
+                }
+            }
+        }
+        let ex = cap::exhaustion(
+            &series,
+            cap::Step::HOUR,
+            start,
+            end,
+            total,
+            cfg.capacity.horizon_days,
+            &s,
+        );
+        if let Ok(x) = ex {
+            store
+                .save_exhaustion(&ExhaustionRow {
+                    kind: "disk".into(),
+                    key: host,
+                    computed_at: now,
+                    capacity: total,
+                    level_now: x.level_now,
+                    growth_per_day: x.growth_per_day,
+                    unit: "B".into(),
+                    exhausted_at: x.date,
+                })
+                .await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Demand growth below this is treated as flat: the plans' safety margins alone never
+/// make an order.
+pub const GROWING_PER_DAY: f64 = 0.005;
+
+/// Whether a pool runs short within `lead`: it grows (see [`actions`]) and the plan from
+/// its lead start needs more than is installed, or its demand trend reaches the installed
+/// GPUs by then. The capacity alert fires on this.
+pub fn short_within(r: &PoolRecommendation, lead: Duration, now: DateTime<Utc>) -> bool {
+    if r.week_schedule.is_empty() {
+        return false;
+    }
+    let growth = r.growth_per_day.unwrap_or(0.0);
+    let trend_hits = r.exhausted_at.is_some_and(|d| d <= now + lead);
+    let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
+    let plan_short = growth >= GROWING_PER_DAY
+        && lead_peak > r.installed_gpus
+        && r.lead_start <= now + lead;
+    trend_hits || plan_short
+}
+
+/// What a planner should do about a pool, in words, most urgent first.
+///
+/// * An order when the pool grows (at least [`GROWING_PER_DAY`], or its trend reaches the
+///   installed GPUs within twice the lead time) and the plan a lead time ahead needs more
+///   than is installed.
+/// * GPUs to release at night when the schedule's daily low leaves at least a host idle.
+/// * GPUs to release all week (with the hosts to drain) when the whole week's plan stays
+///   well below what is installed.
+pub fn actions(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> Vec<String> {
+    let mut out = Vec::new();
+    let hs = r.host_size.max(1);
+    let gpus_hosts = |g: i32| {
+        if hs > 1 {
+            let h = (g + hs - 1) / hs;
+            format!(
+                "{h} host{} ({} GPUs)",
+                if h == 1 { "" } else { "s" },
+                h * hs
+            )
+        } else {
+            format!("{g} GPU{}", if g == 1 { "" } else { "s" })
+        }
+    };
+    let growth = r.growth_per_day.unwrap_or(0.0);
+    let soon = r
+        .exhausted_at
+        .is_some_and(|d| d <= now + Duration::days(2 * i64::from(lead_days)));
+    let growing = growth >= GROWING_PER_DAY || soon;
+    let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
+    if growing && lead_peak > r.installed_gpus {
+        out.push(format!(
+            "add {} by {} (demand grows {:.1} %/day; the plan for the week from then needs {} GPUs, {} installed)",
+            gpus_hosts(lead_peak - r.installed_gpus),
+            r.lead_start.format("%Y-%m-%d"),
+            growth * 100.0,
+            lead_peak,
+            r.installed_gpus
+        ));
+    } else if let (true, Some(d)) = (growing, r.exhausted_at) {
+        out.push(format!(
+            "demand grows {:.1} %/day and reaches the {} installed GPUs on {}: order more before then",
+            growth * 100.0,
+            r.installed_gpus,
+            d.format("%Y-%m-%d")
+        ));
+    }
+    let week_peak = r.week_schedule.iter().copied().max().unwrap_or(0);
+    if r.installed_gpus > 0 {
+        if let Some((from, to, level)) = low_window(&r.week_schedule, r.decided_at) {
+            let spare = r.installed_gpus - level;
+            if spare >= hs {
+                out.push(format!(
+                    "release {} nights {:02}:00–{:02}:00 UTC (the schedule needs {} then, {} at the daily peak, {} installed)",
+                    gpus_hosts(spare),
+                    from,
+                    to,
+                    level,
+                    week_peak,
+                    r.installed_gpus
+                ));
+            }
+        }
+        let spare = r.installed_gpus - week_peak;
+        if spare >= hs && !r.consolidation.0.is_empty() {
+            out.push(format!(
+                "release {} all week: the recommended peak is {} of {} installed (drain {})",
+                gpus_hosts(spare),
+                week_peak,
+                r.installed_gpus,
+                r.consolidation
+                    .0
+                    .iter()
+                    .map(|d| d.host.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if out.is_empty() {
+        out.push(format!(
+            "no change: {} installed GPUs cover the plan (peak {} this week, {} from {})",
+            r.installed_gpus,
+            week_peak,
+            lead_peak,
+            r.lead_start.format("%Y-%m-%d")
+        ));
+    }
+    out
+}
+
+/// The longest run of clock hours (UTC) at the schedule's daily low: (first hour, hour
+/// after the last, GPUs), when the low is below the peak.
+pub fn low_window(schedule: &[i32], from: DateTime<Utc>) -> Option<(u32, u32, i32)> {
+    if schedule.len() < 24 {
+        return None;
+    }
+    // Per clock hour, the most the schedule asks for in the week.
+    let mut by_hour = [0i32; 24];
+    for (i, v) in schedule.iter().enumerate() {
+        let h = ((from + Duration::hours(i as i64)).hour()) as usize;
+        by_hour[h] = by_hour[h].max(*v);
+    }
+    let low = *by_hour.iter().min()?;
+    let high = *by_hour.iter().max()?;
+    if low >= high {
+        return None;
+    }
+    // Longest circular run of hours at the low.
+    let mut best = (0usize, 0usize);
+    for start in 0..24 {
+        if by_hour[start] != low || by_hour[(start + 23) % 24] == low {
+            continue;
+        }
+        let mut len = 0;
+        while len < 24 && by_hour[(start + len) % 24] == low {
+            len += 1;
+        }
+        if len > best.1 {
+            best = (start, len);
+        }
+    }
+    (best.1 > 0).then(|| (best.0 as u32, ((best.0 + best.1) % 24) as u32, low))
+}
+
+/// Everything the capacity page shows for one pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolCapacity {
+    pub recommendation: PoolRecommendation,
+    pub actions: Vec<String>,
+}
+
+impl Store {
+    /// Where pool demand has been computed up to.
+    pub async fn demand_watermark(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(
+            sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'pool_demand'")
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    async fn set_demand_watermark(&self, t: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO job_state (name, watermark, updated_at) VALUES ('pool_demand', $1, now())
+             ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+        )
+        .bind(t)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Where the 1-minute rollups are complete up to.
+    pub async fn rollup_watermark(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(
+            sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    /// GPUs in the inventory seen within a day.
+    async fn gpu_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM gpus WHERE last_seen > now() - interval '1 day'")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Pool demand of the 5-minute slots in `[from, to)` from the 1-minute rollups.
+    async fn write_pool_demand(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        idle_util_pct: f64,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "WITH installed AS (
+                SELECT h.pool, count(*)::int AS n FROM gpus g JOIN hosts h ON h.id = g.host_id
+                 WHERE h.pool <> '' AND g.last_seen > now() - interval '1 day' GROUP BY h.pool),
+             m AS (
+                SELECT h.pool, r.bucket,
+                       count(*) FILTER (WHERE r.util_pct >= $3) AS busy,
+                       coalesce(sum(r.util_pct), 0) / 100.0 AS util
+                  FROM gpu_samples_1m r JOIN hosts h ON h.id = r.host_id
+                 WHERE r.bucket >= $1 AND r.bucket < $2 AND h.pool <> ''
+                 GROUP BY h.pool, r.bucket),
+             s AS (
+                SELECT pool, date_bin('5 minutes', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS slot,
+                       avg(busy)::real AS busy, avg(util)::real AS util
+                  FROM m GROUP BY 1, 2)
+             INSERT INTO pool_demand (pool, bucket, busy_gpus, util_gpus, queued_gpus, installed_gpus)
+             SELECT s.pool, s.slot, s.busy, s.util,
+                    coalesce((SELECT q.pending_gpus FROM pool_queue q
+                               WHERE q.pool = s.pool AND q.ts < s.slot + interval '5 minutes'
+                                 AND q.ts >= s.slot - make_interval(mins => $4)
+                               ORDER BY q.ts DESC LIMIT 1), 0)::real,
+                    coalesce(i.n, 0)
+               FROM s LEFT JOIN installed i ON i.pool = s.pool
+             ON CONFLICT (pool, bucket) DO UPDATE SET busy_gpus = EXCLUDED.busy_gpus,
+                util_gpus = EXCLUDED.util_gpus, queued_gpus = EXCLUDED.queued_gpus,
+                installed_gpus = EXCLUDED.installed_gpus",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(idle_util_pct as f32)
+        .bind(QUEUE_STALE_MINUTES as i32)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Every pool's demand in `[from, to)`, oldest first.
+    pub async fn pool_demand_since(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, Vec<DemandPoint>>, sqlx::Error> {
+        let rows: Vec<(String, DateTime<Utc>, f32, f32, f32, i32)> = sqlx::query_as(
+            "SELECT pool, bucket, busy_gpus, util_gpus, queued_gpus, installed_gpus FROM pool_demand
+              WHERE bucket >= $1 AND bucket < $2 ORDER BY pool, bucket",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<String, Vec<DemandPoint>> = BTreeMap::new();
+        for (pool, bucket, busy, util, queued, installed) in rows {
+            out.entry(pool).or_default().push(DemandPoint {
+                bucket,
+                busy_gpus: busy,
+                util_gpus: util,
+                queued_gpus: queued,
+                installed_gpus: installed,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One pool's demand in `[from, to)`, one point per `bucket_secs` (the highest
+    /// demand of the slots in it).
+    pub async fn pool_demand_series(
+        &self,
+        pool: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        bucket_secs: i64,
+    ) -> Result<Vec<DemandPoint>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT date_bin(make_interval(secs => $4), bucket, $2) AS bucket,
+                    max(busy_gpus) AS busy_gpus, max(util_gpus) AS util_gpus,
+                    max(queued_gpus) AS queued_gpus, max(installed_gpus) AS installed_gpus
+               FROM pool_demand WHERE pool = $1 AND bucket >= $2 AND bucket < $3
+              GROUP BY 1 ORDER BY 1",
+        )
+        .bind(pool)
+        .bind(from)
+        .bind(to)
+        .bind(bucket_secs.max(300) as f64)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The most common GPUs-per-host of each pool.
+    async fn pool_host_sizes(&self) -> Result<HashMap<String, u32>, sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT DISTINCT ON (pool) pool, n FROM (
+                SELECT h.pool, count(*) AS n FROM gpus g JOIN hosts h ON h.id = g.host_id
+                 WHERE h.pool <> '' AND g.last_seen > now() - interval '1 day' GROUP BY h.id, h.pool) x
+              GROUP BY pool, n ORDER BY pool, count(*) DESC, n DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, n)| (p, n.clamp(1, 64) as u32))
+            .collect())
+    }
+
+    /// Up to `gpus` GPUs' worth of the pool's least busy hosts (whole hosts of
+    /// `host_size`), with their mean utilization and idle energy over 7 days.
+    async fn drain_candidates(
+        &self,
+        pool: &str,
+        gpus: i32,
+        host_size: i32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DrainCandidate>, sqlx::Error> {
+        let rows: Vec<(String, i64, Option<f64>, Option<f64>)> = sqlx::query_as(
+            "SELECT h.name, (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpus,
+                    sum(e.util_sum) / nullif(sum(e.idle_minutes + e.busy_minutes), 0) AS util,
+                    sum(e.idle_j) / 3.6e6 AS idle_kwh
+               FROM hosts h LEFT JOIN energy_hourly e ON e.host_id = h.id AND e.gpu_index >= 0 AND e.hour >= $2
+              WHERE h.pool = $1
+              GROUP BY h.id, h.name ORDER BY util NULLS FIRST, h.name",
+        )
+        .bind(pool)
+        .bind(now - Duration::days(7))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut left = gpus;
+        let mut out = Vec::new();
+        for (host, n, util, idle) in rows {
+            let n = n as i32;
+            if n == 0
+                || n > left
+                || (host_size > 1 && n < host_size && out.is_empty() && left < host_size)
+            {
+                continue;
+            }
+            left -= n;
+            out.push(DrainCandidate {
+                host,
+                gpus: i64::from(n),
+                util_pct: (util.unwrap_or(0.0) * 10.0).round() / 10.0,
+                idle_kwh_7d: (idle.unwrap_or(0.0) * 10.0).round() / 10.0,
+            });
+            if left <= 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save_recommendation(&self, r: &PoolRecommendation) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO capacity_recommendations (pool, computed_at, decided_at, installed_gpus, host_size,
+                demand_now, next_hour, week_schedule, lead_start, lead_plan, methods, evidence, exhausted_at,
+                growth_per_day, consolidation, note)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT (pool) DO UPDATE SET computed_at = EXCLUDED.computed_at, decided_at = EXCLUDED.decided_at,
+                installed_gpus = EXCLUDED.installed_gpus, host_size = EXCLUDED.host_size,
+                demand_now = EXCLUDED.demand_now, next_hour = EXCLUDED.next_hour,
+                week_schedule = EXCLUDED.week_schedule, lead_start = EXCLUDED.lead_start,
+                lead_plan = EXCLUDED.lead_plan, methods = EXCLUDED.methods, evidence = EXCLUDED.evidence,
+                exhausted_at = EXCLUDED.exhausted_at, growth_per_day = EXCLUDED.growth_per_day,
+                consolidation = EXCLUDED.consolidation, note = EXCLUDED.note",
+        )
+        .bind(&r.pool)
+        .bind(r.computed_at)
+        .bind(r.decided_at)
+        .bind(r.installed_gpus)
+        .bind(r.host_size)
+        .bind(r.demand_now)
+        .bind(r.next_hour)
+        .bind(&r.week_schedule)
+        .bind(r.lead_start)
+        .bind(&r.lead_plan)
+        .bind(&r.methods)
+        .bind(&r.evidence)
+        .bind(r.exhausted_at)
+        .bind(r.growth_per_day)
+        .bind(&r.consolidation)
+        .bind(&r.note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The next-hour capacity recommended for the hour starting at `hour`.
+    async fn record_history(
+        &self,
+        pool: &str,
+        hour: DateTime<Utc>,
+        gpus: i32,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO capacity_history (pool, hour, recommended) VALUES ($1, $2, $3)
+             ON CONFLICT (pool, hour) DO UPDATE SET recommended = EXCLUDED.recommended",
+        )
+        .bind(pool)
+        .bind(hour.duration_trunc(Duration::hours(1)).unwrap_or(hour))
+        .bind(gpus)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Past next-hour recommendations of a pool in `[from, to)`.
+    pub async fn capacity_history(
+        &self,
+        pool: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, i32)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT hour, recommended FROM capacity_history WHERE pool = $1 AND hour >= $2 AND hour < $3 ORDER BY hour",
+        )
+        .bind(pool)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// A pool without a full recommendation keeps its row with the reason (and no plan).
+    async fn save_partial_recommendation(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+        decided_at: DateTime<Utc>,
+        installed: i32,
+        host_size: u32,
+        why: &str,
+    ) -> Result<(), sqlx::Error> {
+        let r = PoolRecommendation {
+            pool: pool.into(),
+            computed_at: now,
+            decided_at,
+            installed_gpus: installed,
+            host_size: host_size as i32,
+            demand_now: None,
+            next_hour: installed,
+            week_schedule: Vec::new(),
+            lead_start: decided_at,
+            lead_plan: Vec::new(),
+            methods: Json(Methods::default()),
+            evidence: Json(EvidenceView::default()),
+            exhausted_at: None,
+            growth_per_day: None,
+            consolidation: Json(Vec::new()),
+            note: format!("no plan yet: {why}"),
+        };
+        self.save_recommendation(&r).await
+    }
+
+    async fn save_exhaustion(&self, e: &ExhaustionRow) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO capacity_exhaustion (kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (kind, key) DO UPDATE SET computed_at = EXCLUDED.computed_at, capacity = EXCLUDED.capacity,
+                level_now = EXCLUDED.level_now, growth_per_day = EXCLUDED.growth_per_day, unit = EXCLUDED.unit,
+                exhausted_at = EXCLUDED.exhausted_at",
+        )
+        .bind(&e.kind)
+        .bind(&e.key)
+        .bind(e.computed_at)
+        .bind(e.capacity)
+        .bind(e.level_now)
+        .bind(e.growth_per_day)
+        .bind(&e.unit)
+        .bind(e.exhausted_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every pool's recommendation (or one pool's), by pool.
+    pub async fn recommendations(
+        &self,
+        pool: Option<&str>,
+    ) -> Result<Vec<PoolRecommendation>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT pool, computed_at, decided_at, installed_gpus, host_size, demand_now, next_hour, week_schedule,
+                    lead_start, lead_plan, methods, evidence, exhausted_at, growth_per_day, consolidation, note
+               FROM capacity_recommendations WHERE ($1::text IS NULL OR pool = $1) ORDER BY pool",
+        )
+        .bind(pool)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Stored exhaustion dates of a kind (`pool`, `rack`, `disk`), soonest first.
+    pub async fn exhaustions(&self, kind: Option<&str>) -> Result<Vec<ExhaustionRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at
+               FROM capacity_exhaustion WHERE ($1::text IS NULL OR kind = $1)
+              ORDER BY exhausted_at NULLS LAST, kind, key",
+        )
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Power budgets per "site/rack" in W: the configured ones, then host labels
+    /// `rack_power_kw` (the configuration wins).
+    async fn rack_budgets(
+        &self,
+        configured: &BTreeMap<String, f64>,
+    ) -> Result<BTreeMap<String, f64>, sqlx::Error> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT site, rack, labels->>'rack_power_kw' FROM hosts
+              WHERE labels ? 'rack_power_kw' AND rack <> ''",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = BTreeMap::new();
+        for (site, rack, kw) in rows {
+            if let Ok(v) = kw.trim().parse::<f64>() {
+                if v.is_finite() && v > 0.0 {
+                    out.insert(format!("{site}/{rack}"), v);
+                }
+            }
+        }
+        out.extend(configured.iter().map(|(k, v)| (k.clone(), *v)));
+        Ok(out)
+    }
+
+    /// Mean power per "site/rack" and hour in `[from, to)`, W (GPUs and hosts).
+    async fn rack_power_hourly(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<HashMap<String, Vec<(DateTime<Utc>, f64)>>, sqlx::Error> {
+        let rows: Vec<(String, DateTime<Utc>, f64)> = sqlx::query_as(
+            "SELECT h.site || '/' || h.rack, e.hour, sum(e.measured_j + e.estimated_j + e.modeled_j) / 3600.0
+               FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
+              WHERE e.hour >= $1 AND e.hour < $2 AND h.rack <> ''
+              GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<String, Vec<(DateTime<Utc>, f64)>> = HashMap::new();
+        for (rack, hour, w) in rows {
+            out.entry(rack).or_default().push((hour, w));
+        }
+        Ok(out)
+    }
+
+    async fn disks_computed_today(&self, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM capacity_exhaustion WHERE kind = 'disk' AND computed_at >= $1)",
+        )
+        .bind(now.duration_trunc(Duration::days(1)).unwrap_or(now))
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Per host: disk size now, and the daily peak of space used in `[from, to)`.
+    #[allow(clippy::type_complexity)]
+    async fn disk_daily(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, (f64, Vec<(DateTime<Utc>, f64)>)>, sqlx::Error> {
+        let rows: Vec<(String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
+            "SELECT h.name, date_trunc('day', q.bucket, 'UTC'), max(q.disk_used_bytes)::float8,
+                    max(q.disk_total_bytes)::float8
+               FROM host_samples_15m q JOIN hosts h ON h.id = q.host_id
+              WHERE q.bucket >= $1 AND q.bucket < $2 AND q.disk_used_bytes IS NOT NULL
+                AND q.disk_total_bytes > 0
+              GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: BTreeMap<String, (f64, Vec<(DateTime<Utc>, f64)>)> = BTreeMap::new();
+        for (host, day, used, total) in rows {
+            let e = out.entry(host).or_insert((total, Vec::new()));
+            e.0 = total;
+            e.1.push((day, used));
+        }
+        Ok(out)
+    }
+
+    /// Record a scheduler's report of a pool's pending GPU requests.
+    pub async fn record_queue(
+        &self,
+        pool: &str,
+        ts: DateTime<Utc>,
+        pending_gpus: f64,
+        source: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO pool_queue (pool, ts, pending_gpus, source) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (pool, ts) DO UPDATE SET pending_gpus = EXCLUDED.pending_gpus, source = EXCLUDED.source",
+        )
+        .bind(pool)
+        .bind(ts)
+        .bind(pending_gpus)
+        .bind(source)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Pools with at least one host.
+    pub async fn pool_names(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT DISTINCT pool FROM hosts WHERE pool <> '' ORDER BY pool")
+            .fetch_all(&self.pool)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(
+        schedule: Vec<i32>,
+        lead: Vec<i32>,
+        installed: i32,
+        host_size: i32,
+    ) -> PoolRecommendation {
+        let t: DateTime<Utc> = "2026-12-07T00:00:00Z".parse().unwrap();
+        PoolRecommendation {
+            pool: "p".into(),
+            computed_at: t,
+            decided_at: t,
+            installed_gpus: installed,
+            host_size,
+            demand_now: Some(1.0),
+            next_hour: 1,
+            week_schedule: schedule,
+            lead_start: t + Duration::days(7),
+            lead_plan: lead,
+            methods: Json(Methods::default()),
+            evidence: Json(EvidenceView::default()),
+            exhausted_at: None,
+            growth_per_day: None,
+            consolidation: Json(Vec::new()),
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn actions_say_what_to_buy_and_what_to_release() {
+        let t: DateTime<Utc> = "2026-12-07T00:00:00Z".parse().unwrap();
+        // Growth: the plan a week ahead needs 40 on 32 installed, hosts of 8.
+        let mut r = rec(vec![30; 168], vec![40; 168], 32, 8);
+        r.growth_per_day = Some(0.02);
+        assert_eq!(
+            actions(&r, 7, t)[0],
+            "add 1 host (8 GPUs) by 2026-12-14 (demand grows 2.0 %/day; the plan for the week from then needs 40 GPUs, 32 installed)"
+        );
+        // The same plan for a flat pool is only its safety margin: no order.
+        r.growth_per_day = Some(0.0);
+        assert!(
+            actions(&r, 7, t)[0].starts_with("no change"),
+            "{:?}",
+            actions(&r, 7, t)
+        );
+        // A diurnal pool: 24 at night (22:00-07:00 UTC), 40 by day, 40 installed.
+        let day: Vec<i32> = (0..168)
+            .map(|i| if (7..22).contains(&(i % 24)) { 40 } else { 24 })
+            .collect();
+        let r = rec(day.clone(), day, 40, 1);
+        let a = actions(&r, 7, t);
+        assert_eq!(
+            a[0],
+            "release 16 GPUs nights 22:00–07:00 UTC (the schedule needs 24 then, 40 at the daily peak, 40 installed)"
+        );
+        assert_eq!(low_window(&r.week_schedule, t), Some((22, 7, 24)));
+        // Enough and no pattern: no change.
+        let r = rec(vec![10; 168], vec![10; 168], 10, 1);
+        assert!(
+            actions(&r, 7, t)[0].starts_with("no change"),
+            "{:?}",
+            actions(&r, 7, t)
+        );
+    }
+
+    #[test]
+    fn the_demand_grid_places_slots_and_leaves_gaps() {
+        let t: DateTime<Utc> = "2026-12-07T00:00:00Z".parse().unwrap();
+        let p = |m: i64, v: f32| DemandPoint {
+            bucket: t + Duration::minutes(m),
+            busy_gpus: v,
+            util_gpus: v,
+            queued_gpus: 1.0,
+            installed_gpus: 8,
+        };
+        let g = grid(
+            &[p(0, 2.0), p(10, 3.0), p(60, 9.0)],
+            t,
+            t + Duration::minutes(30),
+        );
+        assert_eq!(g, vec![Some(3.0), None, Some(4.0), None, None, None]);
+    }
+}

@@ -1,0 +1,659 @@
+//! Capacity: what each pool should hold and when things run out.
+//!
+//! * `/capacity` and `GET /api/v1/capacity`: every pool's recommendation in words, with
+//!   its backtest evidence; when pools, racks' power budgets and hosts' disks run out;
+//!   hosts that could be drained.
+//! * `/capacity/pools/{pool}` and `GET /api/v1/capacity/pools/{pool}`: one pool's demand
+//!   over 4 weeks and the recommended capacity over them and the next week, with the
+//!   forecast's 80 / 95 % bands.
+//! * `GET /api/v1/capacity/recommendations`: what an autoscaler reads.
+//! * `POST /api/v1/pools/{pool}/demand`: a scheduler reports its queue.
+//!
+//! Everything comes from the rows the capacity job stored, so the page, the API, the
+//! Prometheus gauges and the capacity alert agree.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{require, ApiUser, Csrf, MaybeUser, PageUser};
+use super::charts::{Axis, Band, Overlay, Series};
+use super::error::{ApiError, PageError};
+use super::page::{chart, render, render_off, seg, ChartView, Nav};
+use super::AppState;
+use crate::analytics::capacity::{
+    actions, DemandPoint, DrainCandidate, EvidenceView, ExhaustionRow, PoolRecommendation,
+};
+use crate::model::format::{bytes, num};
+use crate::store::auth::Role;
+
+/// `/capacity` and one pool's page.
+pub fn page_routes() -> Router<AppState> {
+    Router::new()
+        .route("/capacity", get(page))
+        .route("/capacity/pools/{pool}", get(pool_page))
+}
+
+/// The capacity data as JSON, the autoscalers' view, and queue reports in.
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/capacity", get(json))
+        .route("/api/v1/capacity/pools/{pool}", get(pool_json))
+        .route("/api/v1/capacity/recommendations", get(recommendations))
+        .route("/api/v1/pools/{pool}/demand", post(demand))
+}
+
+/// One pool on the capacity page.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolSummary {
+    pub pool: String,
+    pub installed_gpus: i32,
+    pub host_size: i32,
+    /// Demand (work + queue) in the last 5 minutes, GPUs.
+    pub demand_now: Option<f64>,
+    pub next_hour: i32,
+    pub week_peak: i32,
+    pub week_low: i32,
+    pub lead_start: DateTime<Utc>,
+    pub lead_peak: i32,
+    pub exhausted_at: Option<DateTime<Utc>>,
+    pub growth_per_day: Option<f64>,
+    /// What to do, in words, most urgent first.
+    pub actions: Vec<String>,
+    pub methods: crate::analytics::capacity::Methods,
+    pub evidence: EvidenceView,
+    pub consolidation: Vec<DrainCandidate>,
+    pub decided_at: DateTime<Utc>,
+    pub note: String,
+}
+
+fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSummary {
+    let has_plan = !r.week_schedule.is_empty();
+    PoolSummary {
+        pool: r.pool.clone(),
+        installed_gpus: r.installed_gpus,
+        host_size: r.host_size,
+        demand_now: r.demand_now,
+        next_hour: r.next_hour,
+        week_peak: r.week_schedule.iter().copied().max().unwrap_or(0),
+        week_low: r.week_schedule.iter().copied().min().unwrap_or(0),
+        lead_start: r.lead_start,
+        lead_peak: r.lead_plan.iter().copied().max().unwrap_or(0),
+        exhausted_at: r.exhausted_at,
+        growth_per_day: r.growth_per_day,
+        actions: if has_plan {
+            actions(r, lead_days, now)
+        } else {
+            vec![r.note.clone()]
+        },
+        methods: r.methods.0.clone(),
+        evidence: r.evidence.0.clone(),
+        consolidation: r.consolidation.0.clone(),
+        decided_at: r.decided_at,
+        note: r.note.clone(),
+    }
+}
+
+/// Everything the capacity page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityData {
+    pub generated_at: DateTime<Utc>,
+    pub lead_days: u32,
+    pub price: f64,
+    pub pools: Vec<PoolSummary>,
+    /// Racks with a power budget, soonest to run out first.
+    pub racks: Vec<ExhaustionRow>,
+    /// Hosts whose disks fill within the horizon, soonest first (at most 50).
+    pub disks: Vec<ExhaustionRow>,
+}
+
+/// Most disks listed.
+const MAX_DISKS: usize = 50;
+
+/// The capacity page's data.
+pub async fn load(st: &AppState) -> Result<CapacityData, ApiError> {
+    let now = Utc::now();
+    let (recs, racks, disks) = tokio::try_join!(
+        st.store.recommendations(None),
+        st.store.exhaustions(Some("rack")),
+        st.store.exhaustions(Some("disk")),
+    )?;
+    let lead = st.cfg.capacity.lead_days;
+    Ok(CapacityData {
+        generated_at: now,
+        lead_days: lead,
+        price: st.cfg.capacity.price,
+        pools: recs.iter().map(|r| summary(r, lead, now)).collect(),
+        racks,
+        disks: disks
+            .into_iter()
+            .filter(|d| d.exhausted_at.is_some())
+            .take(MAX_DISKS)
+            .collect(),
+    })
+}
+
+/// A pool row of the page.
+pub struct PoolView {
+    pub pool: String,
+    pub link: String,
+    pub installed: String,
+    pub demand_now: String,
+    pub next_hour: String,
+    pub week: String,
+    pub lead: String,
+    pub exhausted: String,
+    pub actions: Vec<String>,
+    pub evidence: String,
+    pub note: String,
+}
+
+/// A dated resource row (rack power, disk).
+pub struct DateView {
+    pub what: String,
+    pub link: String,
+    pub now: String,
+    pub capacity: String,
+    pub growth: String,
+    pub date: String,
+}
+
+/// A host to drain.
+pub struct DrainView {
+    pub pool: String,
+    pub host: String,
+    pub link: String,
+    pub gpus: i64,
+    pub util: String,
+    pub idle: String,
+}
+
+#[derive(Template)]
+#[template(path = "capacity.html")]
+pub struct CapacityPage {
+    pub nav: Nav,
+    pub pools: Vec<PoolView>,
+    pub racks: Vec<DateView>,
+    pub disks: Vec<DateView>,
+    pub drains: Vec<DrainView>,
+    pub lead_days: u32,
+    pub price: String,
+}
+
+fn date(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "not within the horizon".into())
+}
+
+fn evidence_text(e: &EvidenceView) -> String {
+    if e.next_hour.method.is_empty() {
+        return String::new();
+    }
+    format!(
+        "Over the last {:.0} days the next-hour advice cost {:.3} (slack {:.0} %, {:.1} GPU-h unserved) against {:.3} for the {}; the week plan {:.3} against {:.3} for {}.",
+        e.next_hour.hours / 24.0,
+        e.next_hour.cost,
+        e.next_hour.slack_pct,
+        e.next_hour.unserved_gpu_hours,
+        e.next_hour.baseline_cost,
+        e.next_hour.baseline,
+        e.week.cost,
+        e.week.baseline_cost,
+        e.week.baseline
+    )
+}
+
+fn date_view(e: &ExhaustionRow, link: String) -> DateView {
+    let fmt = |v: f64| match e.unit.as_str() {
+        "W" => format!("{:.1} kW", v / 1000.0),
+        "B" => bytes(Some(v)),
+        u => format!("{v:.1} {u}"),
+    };
+    DateView {
+        what: e.key.clone(),
+        link,
+        now: fmt(e.level_now),
+        capacity: fmt(e.capacity),
+        growth: format!("{:+.2} %/day", e.growth_per_day * 100.0),
+        date: date(e.exhausted_at),
+    }
+}
+
+async fn page(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+) -> Result<Response, PageError> {
+    let d = load(&st).await?;
+    let pools = d
+        .pools
+        .iter()
+        .map(|p| PoolView {
+            pool: p.pool.clone(),
+            link: format!("/capacity/pools/{}", seg(&p.pool)),
+            installed: format!("{} GPUs", p.installed_gpus),
+            demand_now: num(p.demand_now, 1, "GPUs"),
+            next_hour: format!("{} GPUs", p.next_hour),
+            week: if p.week_peak > 0 {
+                format!("{}–{} GPUs", p.week_low, p.week_peak)
+            } else {
+                "–".into()
+            },
+            lead: if p.lead_peak > 0 {
+                format!(
+                    "{} GPUs from {}",
+                    p.lead_peak,
+                    p.lead_start.format("%Y-%m-%d")
+                )
+            } else {
+                "–".into()
+            },
+            exhausted: date(p.exhausted_at),
+            actions: p.actions.clone(),
+            evidence: evidence_text(&p.evidence),
+            note: p.note.clone(),
+        })
+        .collect();
+    let racks = d
+        .racks
+        .iter()
+        .map(|r| {
+            let (site, rack) = r.key.split_once('/').unwrap_or(("", &r.key));
+            date_view(r, format!("/racks/{}/{}", seg(site), seg(rack)))
+        })
+        .collect();
+    let disks = d
+        .disks
+        .iter()
+        .map(|r| date_view(r, format!("/hosts/{}", seg(&r.key))))
+        .collect();
+    let drains = d
+        .pools
+        .iter()
+        .flat_map(|p| {
+            p.consolidation.iter().map(|c| DrainView {
+                pool: p.pool.clone(),
+                host: c.host.clone(),
+                link: format!("/hosts/{}", seg(&c.host)),
+                gpus: c.gpus,
+                util: format!("{:.1} %", c.util_pct),
+                idle: format!("{:.1} kWh", c.idle_kwh_7d),
+            })
+        })
+        .collect();
+    Ok(render(&CapacityPage {
+        nav: Nav::new(&user, csrf, "capacity"),
+        pools,
+        racks,
+        disks,
+        drains,
+        lead_days: d.lead_days,
+        price: format!("{}", d.price),
+    }))
+}
+
+async fn json(State(st): State<AppState>, _u: ApiUser) -> Result<Json<CapacityData>, ApiError> {
+    Ok(Json(load(&st).await?))
+}
+
+/// One pool: its summary, 4 weeks of demand, the advice over them and the plans ahead.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolData {
+    pub summary: PoolSummary,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Demand per point (the highest 5-minute demand in it).
+    pub demand: Vec<DemandPoint>,
+    /// The next-hour advice given for each past hour.
+    pub advised: Vec<(DateTime<Utc>, i32)>,
+    /// GPU-equivalents of work the forecast engine expects, with 80 / 95 % intervals:
+    /// (hour, point, lo80, hi80, lo95, hi95).
+    pub forecast: Vec<(DateTime<Utc>, f64, f64, f64, f64, f64)>,
+    /// The schedule for the week from `summary.decided_at` and the plan from
+    /// `summary.lead_start`, one value per hour.
+    pub week_schedule: Vec<i32>,
+    pub lead_plan: Vec<i32>,
+}
+
+/// Days of past shown on a pool's page.
+const PAST_DAYS: i64 = 28;
+
+async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
+    let now = Utc::now();
+    let rec = st
+        .store
+        .recommendations(Some(pool))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no pool named {} (or the capacity job has not run since it appeared)",
+                crate::model::validate::quoted(pool)
+            ))
+        })?;
+    let to = now + Duration::days(i64::from(st.cfg.capacity.lead_days) + 7);
+    let from = now - Duration::days(PAST_DAYS);
+    // About one point per pixel column over the past part of the chart.
+    let bucket = (PAST_DAYS * 86_400 / super::charts::PLOT_PX as i64).max(300);
+    let (demand, advised, forecasts) = tokio::try_join!(
+        st.store.pool_demand_series(pool, from, now, bucket),
+        st.store.capacity_history(pool, from, now),
+        st.store
+            .forecasts(Some("pool"), Some(pool), Some("gpu_util_pct")),
+    )?;
+    let installed = f64::from(rec.installed_gpus);
+    let forecast = forecasts
+        .first()
+        .map(|f| {
+            (0..f.point.len())
+                .map(|i| {
+                    let g = |v: &[f64]| v.get(i).copied().unwrap_or(0.0) * installed / 100.0;
+                    (
+                        f.start_at + Duration::hours(i as i64),
+                        g(&f.point),
+                        g(&f.lo80),
+                        g(&f.hi80),
+                        g(&f.lo95),
+                        g(&f.hi95),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(PoolData {
+        summary: summary(&rec, st.cfg.capacity.lead_days, now),
+        from,
+        to,
+        demand,
+        advised,
+        forecast,
+        week_schedule: rec.week_schedule.clone(),
+        lead_plan: rec.lead_plan.clone(),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "capacity_pool.html")]
+pub struct PoolPage {
+    pub nav: Nav,
+    pub pool: String,
+    pub summary: PoolView,
+    pub chart: ChartView,
+    pub methods: String,
+    pub evidence: Vec<(String, String, String, String)>,
+}
+
+fn gpus_axis(v: f64) -> String {
+    format!("{v:.0} GPUs")
+}
+
+async fn pool_page(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    Path(pool): Path<String>,
+) -> Result<Response, PageError> {
+    let d = load_pool(&st, &pool).await?;
+    render_off(move || {
+        let s = &d.summary;
+        let hourly = |start: DateTime<Utc>, v: &[i32]| -> Vec<(DateTime<Utc>, f64)> {
+            let start = start.duration_trunc(Duration::hours(1)).unwrap_or(start);
+            v.iter()
+                .enumerate()
+                .flat_map(|(i, g)| {
+                    let t = start + Duration::hours(i as i64);
+                    // Steps: the value holds for its whole hour.
+                    [
+                        (t, f64::from(*g)),
+                        (t + Duration::minutes(59), f64::from(*g)),
+                    ]
+                })
+                .collect()
+        };
+        let mut advised: Vec<(DateTime<Utc>, f64)> =
+            d.advised.iter().map(|(t, g)| (*t, f64::from(*g))).collect();
+        advised.extend(hourly(s.decided_at, &d.week_schedule));
+        let series = vec![
+            Series {
+                label: "demand (work + queue)".into(),
+                points: d.demand.iter().map(|p| (p.bucket, p.demand())).collect(),
+            },
+            Series {
+                label: "installed".into(),
+                points: d
+                    .demand
+                    .iter()
+                    .map(|p| (p.bucket, f64::from(p.installed_gpus)))
+                    .chain([(d.to, f64::from(s.installed_gpus))])
+                    .collect(),
+            },
+            Series {
+                label: "recommended (past advice, then the week's schedule)".into(),
+                points: advised,
+            },
+            Series {
+                label: format!("plan from {}", s.lead_start.format("%Y-%m-%d")),
+                points: hourly(s.lead_start, &d.lead_plan),
+            },
+            Series {
+                label: "forecast of work".into(),
+                points: d.forecast.iter().map(|f| (f.0, f.1)).collect(),
+            },
+        ];
+        let ov = Overlay {
+            bands: vec![
+                Band {
+                    label: "95 % interval".into(),
+                    points: d.forecast.iter().map(|f| (f.0, f.4, f.5)).collect(),
+                    opacity: 0.10,
+                },
+                Band {
+                    label: "80 % interval".into(),
+                    points: d.forecast.iter().map(|f| (f.0, f.2, f.3)).collect(),
+                    opacity: 0.18,
+                },
+            ],
+            marks: vec![(Utc::now(), "now".into())],
+            ..Overlay::default()
+        };
+        let range = super::range::TimeRange::fixed(d.from, d.to, 3600);
+        let chart = chart(
+            &format!("Pool {}: GPUs", s.pool),
+            series,
+            &range,
+            Axis::Auto(gpus_axis),
+            &ov,
+        );
+        let ev = |name: &str, b: &crate::analytics::capacity::BacktestView| {
+            (
+                name.to_string(),
+                b.method.clone(),
+                format!(
+                    "{:.3} (slack {:.0} %, short {:.1} %, {:.1} GPU-h unserved)",
+                    b.cost, b.slack_pct, b.shortage_pct, b.unserved_gpu_hours
+                ),
+                format!("{:.3} ({})", b.baseline_cost, b.baseline),
+            )
+        };
+        let page = PoolPage {
+            nav: Nav::new(&user, csrf, "capacity"),
+            pool: s.pool.clone(),
+            summary: PoolView {
+                pool: s.pool.clone(),
+                link: String::new(),
+                installed: format!("{} GPUs ({} per host)", s.installed_gpus, s.host_size),
+                demand_now: num(s.demand_now, 1, "GPUs"),
+                next_hour: format!("{} GPUs", s.next_hour),
+                week: format!("{}–{} GPUs", s.week_low, s.week_peak),
+                lead: format!(
+                    "{} GPUs from {}",
+                    s.lead_peak,
+                    s.lead_start.format("%Y-%m-%d")
+                ),
+                exhausted: date(s.exhausted_at),
+                actions: s.actions.clone(),
+                evidence: evidence_text(&s.evidence),
+                note: s.note.clone(),
+            },
+            chart,
+            methods: format!(
+                "next hour: {}; week: {}; plan ahead: {}",
+                s.methods.next_hour, s.methods.week, s.methods.lead
+            ),
+            evidence: if s.evidence.next_hour.method.is_empty() {
+                Vec::new()
+            } else {
+                vec![
+                    ev("next hour", &s.evidence.next_hour),
+                    ev("week schedule", &s.evidence.week),
+                    ev("plan ahead", &s.evidence.lead),
+                ]
+            },
+        };
+        render(&page)
+    })
+    .await
+}
+
+async fn pool_json(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Path(pool): Path<String>,
+) -> Result<Json<PoolData>, ApiError> {
+    Ok(Json(load_pool(&st, &pool).await?))
+}
+
+/// What an autoscaler reads: per pool, the GPUs to hold next hour and the week's peak.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoscalerView {
+    pub pool: String,
+    pub installed_gpus: i32,
+    pub demand_gpus: Option<f64>,
+    /// GPUs for the next hour.
+    pub recommended_1h: i32,
+    /// The peak of the week's schedule.
+    pub recommended_7d: i32,
+    /// GPUs for each of the next 168 hours, from `decided_at`.
+    pub schedule: Vec<i32>,
+    pub decided_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+pub struct PoolQuery {
+    pool: Option<String>,
+}
+
+async fn recommendations(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Query(q): Query<PoolQuery>,
+) -> Result<Json<Vec<AutoscalerView>>, ApiError> {
+    let recs = st.store.recommendations(q.pool.as_deref()).await?;
+    if let (Some(p), true) = (&q.pool, recs.is_empty()) {
+        return Err(ApiError::NotFound(format!(
+            "no recommendation for pool {}",
+            crate::model::validate::quoted(p)
+        )));
+    }
+    Ok(Json(recs.iter().map(autoscaler_view).collect()))
+}
+
+/// A recommendation as autoscalers and the Prometheus gauges see it.
+pub fn autoscaler_view(r: &PoolRecommendation) -> AutoscalerView {
+    AutoscalerView {
+        pool: r.pool.clone(),
+        installed_gpus: r.installed_gpus,
+        demand_gpus: r.demand_now,
+        recommended_1h: r.next_hour,
+        recommended_7d: r.week_schedule.iter().copied().max().unwrap_or(r.next_hour),
+        schedule: r.week_schedule.clone(),
+        decided_at: r.decided_at,
+    }
+}
+
+/// A scheduler's report of a pool's queue.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemandReport {
+    /// GPUs requested by jobs or pods waiting to run.
+    pub pending_gpus: f64,
+    /// When the queue was read (default: now).
+    #[serde(default)]
+    pub ts: Option<DateTime<Utc>>,
+    /// Who reports (`slurm`, `kubernetes`, …).
+    #[serde(default)]
+    pub source: String,
+}
+
+/// `POST /api/v1/pools/{pool}/demand`: the pool's scheduler token (Bearer) or a user with
+/// the operator role.
+async fn demand(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(pool): Path<String>,
+    MaybeUser(user): MaybeUser,
+    body: Result<Json<DemandReport>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let token_pool = match super::ingest::bearer(&headers) {
+        Some(t) => st.store.token_pool(t).await?,
+        None => None,
+    };
+    match (&token_pool, &user) {
+        (Some(p), _) if *p == pool => {}
+        (Some(p), _) => {
+            return Err(ApiError::Forbidden(format!(
+                "this token reports pool {}; the request names pool {}",
+                crate::model::validate::quoted(p),
+                crate::model::validate::quoted(&pool)
+            )))
+        }
+        (None, Some(u)) => require(u, Role::Operator)?,
+        (None, None) => return Err(ApiError::Unauthorized(
+            "send the pool's scheduler token (Authorization: Bearer) or an operator's credentials"
+                .into(),
+        )),
+    }
+    let Json(r) = body.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"pending_gpus\": N, \"ts\": RFC 3339 (optional), \"source\": \"…\" (optional)}}: {}",
+            e.body_text()
+        ))
+    })?;
+    if !st.store.pool_names().await?.contains(&pool) {
+        return Err(ApiError::NotFound(format!(
+            "no host belongs to pool {}",
+            crate::model::validate::quoted(&pool)
+        )));
+    }
+    if !(r.pending_gpus.is_finite() && (0.0..=1e7).contains(&r.pending_gpus)) {
+        return Err(ApiError::BadRequest(format!(
+            "pending_gpus = {} must be a number from 0 to 10,000,000",
+            r.pending_gpus
+        )));
+    }
+    let now = Utc::now();
+    let ts = r.ts.unwrap_or(now);
+    if ts > now + Duration::minutes(5) || ts < now - Duration::days(1) {
+        return Err(ApiError::BadRequest(format!(
+            "ts {} is more than 5 minutes ahead or a day behind the server's clock",
+            ts.to_rfc3339()
+        )));
+    }
+    if r.source.chars().count() > 64 || r.source.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "source must be at most 64 printable characters".into(),
+        ));
+    }
+    st.store
+        .record_queue(&pool, ts, r.pending_gpus, &r.source)
+        .await?;
+    Ok(Json(
+        serde_json::json!({"pool": pool, "ts": ts, "pending_gpus": r.pending_gpus}),
+    ))
+}

@@ -1,0 +1,506 @@
+//! Capacity: demand measured from what agents send, recommendations and exhaustion dates
+//! from the capacity job, and the page, API, gauges, alert and CLI that show them.
+
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use rackwatch::analytics::capacity;
+use serde_json::{json, Value};
+
+use crate::support::{fresh_database, recent, subject, SmtpServer, TestApp};
+
+/// Hosts of `pool` with `gpus` GPUs each, known to the inventory (one ingest each).
+async fn hosts(app: &TestApp, pool: &str, site: &str, rack: &str, n: usize, gpus: u8) {
+    for i in 0..n {
+        let name = format!("{pool}-{i}");
+        let token = app.token(&name).await;
+        let ts = recent(1, 1, 1)[0];
+        let body = json!({
+            "host": {"name": name, "site": site, "rack": rack, "pool": pool},
+            "gpus": (0..gpus).map(|g| json!({"index": g, "uuid": format!("GPU-{name}-{g}")})).collect::<Vec<_>>(),
+            "gpu_samples": (0..gpus).map(|g| json!({"ts": ts, "index": g, "util_pct": 50.0})).collect::<Vec<_>>(),
+        });
+        assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    }
+}
+
+/// Fill `pool_demand` for the last 28 days with `demand(days since start, hour of day)`.
+async fn demand_history(
+    app: &TestApp,
+    pool: &str,
+    installed: i32,
+    demand: impl Fn(f64, u32) -> f64,
+) -> DateTime<Utc> {
+    let end = Utc::now().duration_trunc(Duration::minutes(5)).unwrap();
+    let start = end - Duration::days(28);
+    let mut buckets = Vec::new();
+    let mut values = Vec::new();
+    let mut t = start;
+    while t < end {
+        let days = (t - start).num_seconds() as f64 / 86_400.0;
+        buckets.push(t);
+        values.push(demand(days, chrono::Timelike::hour(&t)) as f32);
+        t += Duration::minutes(5);
+    }
+    sqlx::query(
+        "INSERT INTO pool_demand (pool, bucket, busy_gpus, util_gpus, queued_gpus, installed_gpus)
+         SELECT $1, b, v, v, 0, $4 FROM UNNEST($2::timestamptz[], $3::real[]) AS x(b, v)",
+    )
+    .bind(pool)
+    .bind(&buckets)
+    .bind(&values)
+    .bind(installed)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    // The demand of these slots is final: the job does not rebuild it from rollups.
+    sqlx::query(
+        "INSERT INTO job_state (name, watermark) VALUES ('pool_demand', $1)
+         ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark",
+    )
+    .bind(end)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    start
+}
+
+async fn recommendation(app: &TestApp, pool: &str) -> capacity::PoolRecommendation {
+    app.store
+        .recommendations(Some(pool))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap_or_else(|| panic!("no recommendation for {pool}"))
+}
+
+#[tokio::test]
+async fn a_diurnal_pool_gets_a_night_day_schedule_within_one_host_of_the_answer() {
+    let app = TestApp::spawn().await;
+    hosts(&app, "infer", "fra1", "r1", 5, 8).await;
+    // 40 GPUs of work from 07:00 to 22:00 UTC, 16 at night: the cost-optimal schedule is
+    // exactly that, night and day.
+    demand_history(&app, "infer", 40, |_, h| {
+        if (7..22).contains(&h) {
+            40.0
+        } else {
+            16.0
+        }
+    })
+    .await;
+    let run = capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(run.pools, 1, "{run:?}");
+    let r = recommendation(&app, "infer").await;
+    assert_eq!((r.installed_gpus, r.host_size), (40, 8));
+    assert_eq!(r.week_schedule.len(), 168);
+    for (i, g) in r.week_schedule.iter().enumerate() {
+        let hour = chrono::Timelike::hour(&(r.decided_at + Duration::hours(i as i64)));
+        let (want, label) = if (7..22).contains(&hour) {
+            (40, "day")
+        } else {
+            (16, "night")
+        };
+        // Whole hosts of 8. The hour-of-day candidate reads each clock hour ±1 h, and the
+        // schedule's hours start at the decision time, so the hours next to a change of
+        // level may take either level.
+        let edge = [5, 6, 7, 21, 22, 23].contains(&hour);
+        if !edge {
+            assert!(
+                (want..=want + 8).contains(g),
+                "{label} hour {hour}: {g} GPUs, want {want} within one host: {:?}",
+                r.week_schedule
+            );
+        }
+        assert_eq!(g % 8, 0, "whole hosts");
+    }
+    let a = capacity::actions(&r, 7, Utc::now());
+    assert!(
+        a.iter()
+            .any(|a| a.starts_with("release") && a.contains("nights")),
+        "{a:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_growing_pool_gets_its_exhaustion_date_and_an_order_that_covers_it() {
+    let app = TestApp::spawn().await;
+    hosts(&app, "train", "fra1", "r2", 5, 4).await;
+    // 10 GPUs growing 2 %/day for 28 days (17.4 now) on 20 installed: 20 is reached
+    // ln 2 / ln 1.02 = 35.0 days after the start, 7 days from now.
+    let start = demand_history(&app, "train", 20, |d, _| 10.0 * 1.02f64.powf(d)).await;
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let r = recommendation(&app, "train").await;
+    let expected = start + Duration::seconds((2f64.ln() / 1.02f64.ln() * 86_400.0) as i64);
+    let got = r.exhausted_at.expect("an exhaustion date");
+    assert!(
+        (got - expected).num_hours().abs() <= 24,
+        "exhausted {got}, expected {expected}"
+    );
+    let growth = r.growth_per_day.unwrap();
+    assert!((growth - 0.02).abs() < 0.003, "{growth}");
+    // The plan from a week ahead covers the demand then (≈ 20 GPUs) and asks for more.
+    let lead_peak = *r.lead_plan.iter().max().unwrap();
+    assert!(lead_peak >= 20, "{lead_peak}");
+    let a = capacity::actions(&r, 7, Utc::now());
+    let add = a.iter().find(|a| a.starts_with("add ")).expect("an order");
+    assert!(
+        add.contains(&r.lead_start.format("%Y-%m-%d").to_string()),
+        "{add}"
+    );
+    assert!(add.contains("host"), "whole hosts of 4: {add}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
+    let app = TestApp::spawn_with(|c| {
+        c.capacity.racks.insert("fra1/r3".into(), 6.0);
+    })
+    .await;
+    hosts(&app, "rackpool", "fra1", "r3", 1, 1).await;
+    let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'rackpool-0'")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    // 4 kW growing 1 %/day: 6 kW after ln 1.5 / ln 1.01 = 40.7 days, 12.7 days from now.
+    let end = Utc::now().duration_trunc(Duration::hours(1)).unwrap();
+    let start = end - Duration::days(28);
+    let hours: Vec<DateTime<Utc>> = (0..28 * 24).map(|h| start + Duration::hours(h)).collect();
+    let joules: Vec<f64> = hours
+        .iter()
+        .map(|t| 4000.0 * 1.01f64.powf((*t - start).num_seconds() as f64 / 86_400.0) * 3600.0)
+        .collect();
+    sqlx::query(
+        "INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j)
+         SELECT $1, 0, h, j FROM UNNEST($2::timestamptz[], $3::float8[]) AS x(h, j)",
+    )
+    .bind(host_id)
+    .bind(&hours)
+    .bind(&joules)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let run = capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(run.racks, 1, "{run:?}");
+    let rack = app
+        .store
+        .exhaustions(Some("rack"))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(rack.key, "fra1/r3");
+    let expected = start + Duration::seconds((1.5f64.ln() / 1.01f64.ln() * 86_400.0) as i64);
+    let got = rack.exhausted_at.expect("a date");
+    assert!(
+        (got - expected).num_hours().abs() <= 24,
+        "{got} vs {expected}"
+    );
+    // The page lists it with its budget.
+    let cookie = app.login("admin", "pw-capacity").await;
+    let (status, html) = app.page(&cookie, "/capacity").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("fra1/r3") && html.contains("6.0 kW"),
+        "rack row"
+    );
+    assert!(html.contains(&got.format("%Y-%m-%d").to_string()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gauges_and_the_api_agree_with_the_page() {
+    let app = TestApp::spawn().await;
+    hosts(&app, "infer", "fra1", "r1", 5, 8).await;
+    hosts(&app, "train", "ams2", "r9", 5, 4).await;
+    demand_history(&app, "infer", 40, |_, h| {
+        if (7..22).contains(&h) {
+            30.0
+        } else {
+            10.0
+        }
+    })
+    .await;
+    demand_history(&app, "train", 20, |d, _| 10.0 * 1.02f64.powf(d)).await;
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let cookie = app.login("admin", "pw-capacity").await;
+    let api = app.json(&cookie, "/api/v1/capacity/recommendations").await;
+    let metrics = app.metrics().await;
+    let (_, page) = app.page(&cookie, "/capacity").await;
+    let pools = api.as_array().unwrap();
+    assert_eq!(pools.len(), 2);
+    for p in pools {
+        let pool = p["pool"].as_str().unwrap();
+        let (h1, d7, inst) = (
+            p["recommended_1h"].as_i64().unwrap(),
+            p["recommended_7d"].as_i64().unwrap(),
+            p["installed_gpus"].as_i64().unwrap(),
+        );
+        for line in [
+            format!("rackwatch_pool_recommended_gpus{{pool=\"{pool}\",horizon=\"1h\"}} {h1}"),
+            format!("rackwatch_pool_recommended_gpus{{pool=\"{pool}\",horizon=\"7d\"}} {d7}"),
+            format!("rackwatch_pool_installed_gpus{{pool=\"{pool}\"}} {inst}"),
+        ] {
+            assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+        }
+        let demand = p["demand_gpus"].as_f64().unwrap();
+        assert!(metrics.contains(&format!(
+            "rackwatch_pool_demand_gpus{{pool=\"{pool}\"}} {demand:.3}"
+        )));
+        let card = &page[page.find(&format!("id=\"pool-{pool}\"")).unwrap()..];
+        let card = &card[..card.find("</section>").unwrap()];
+        assert!(card.contains(&format!("<dd>{h1} GPUs</dd>")), "{card}");
+        assert!(card.contains(&format!("{d7} GPUs</dd>")), "{card}");
+        assert!(card.contains(&format!("<dd>{inst} GPUs</dd>")), "{card}");
+        // The pool's page draws its chart with the forecast-free plan lines.
+        let (status, html) = app.page(&cookie, &format!("/capacity/pools/{pool}")).await;
+        assert_eq!(status, 200);
+        assert!(html.contains("<svg class=\"chart\"") && html.contains("installed"));
+        let j = app
+            .json(&cookie, &format!("/api/v1/capacity/pools/{pool}"))
+            .await;
+        assert_eq!(j["summary"]["next_hour"].as_i64(), Some(h1));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn demand_is_measured_from_gpu_work_and_the_schedulers_queue() {
+    let app = TestApp::spawn().await;
+    let token = app.token("q-0").await;
+    let minute = (Utc::now() - Duration::minutes(15))
+        .duration_trunc(Duration::minutes(5))
+        .unwrap();
+    let ts: Vec<DateTime<Utc>> = (0..60).map(|i| minute + Duration::seconds(i * 5)).collect();
+    // 4 GPUs: two at 75 %, one at 50 %, one idle (2 %): 2.02 GPUs of work, 3 busy.
+    let utils = [75.0, 75.0, 50.0, 2.0];
+    let body = json!({"host": {"name": "q-0", "pool": "queued"},
+        "gpus": (0..4).map(|g| json!({"index": g})).collect::<Vec<_>>(),
+        "gpu_samples": ts.iter().flat_map(|t| (0..4).map(move |g| json!({"ts": t, "index": g, "util_pct": utils[g]}))).collect::<Vec<_>>()});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    // The pool's scheduler reports 6 GPUs waiting.
+    let sched = app
+        .store
+        .create_pool_token("queued", "slurm")
+        .await
+        .unwrap();
+    let r = app
+        .http
+        .post(format!("{}/api/v1/pools/queued/demand", app.base))
+        .bearer_auth(&sched)
+        .json(&json!({"pending_gpus": 6, "ts": minute + Duration::minutes(2), "source": "slurm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    app.store
+        .run_rollups(Utc::now() - Duration::minutes(1))
+        .await
+        .unwrap();
+    capacity::update_demand(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let (busy, util, queued, installed): (f32, f32, f32, i32) = sqlx::query_as(
+        "SELECT busy_gpus, util_gpus, queued_gpus, installed_gpus FROM pool_demand WHERE pool = 'queued' AND bucket = $1",
+    )
+    .bind(minute)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!((busy, queued, installed), (3.0, 6.0, 4));
+    assert!((util - 2.02).abs() < 1e-3, "{util}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_capacity_input_gets_a_clear_error() {
+    let app = TestApp::spawn().await;
+    hosts(&app, "p1", "fra1", "r1", 1, 2).await;
+    let url = |pool: &str| format!("{}/api/v1/pools/{pool}/demand", app.base);
+    let token = app.store.create_pool_token("p1", "").await.unwrap();
+    let post = |u: String, t: &str, body: Value| {
+        app.http
+            .post(u)
+            .bearer_auth(t.to_string())
+            .json(&body)
+            .send()
+    };
+    let r = post(url("p1"), &token, json!({"pending_gpus": -1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("pending_gpus"));
+    let r = post(url("p1"), &token, json!({"pending": 3}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("pending_gpus"));
+    let r = post(url("other"), &token, json!({"pending_gpus": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(url("p1"), "not-a-token", json!({"pending_gpus": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // An operator may report for any pool, but only for pools that exist.
+    let cookie = app
+        .login_as("op", "op-password", rackwatch::store::auth::Role::Operator)
+        .await;
+    let r = app
+        .post_json(
+            &cookie,
+            "/api/v1/pools/nope/demand",
+            &json!({"pending_gpus": 1}),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    let viewer = app
+        .login_as("v", "v-password", rackwatch::store::auth::Role::Viewer)
+        .await;
+    let r = app
+        .post_json(
+            &viewer,
+            "/api/v1/pools/p1/demand",
+            &json!({"pending_gpus": 1}),
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    // Unknown pools on the page and the API.
+    let (status, html) = app.page(&cookie, "/capacity/pools/nope").await;
+    assert_eq!(status, 404);
+    assert!(html.contains("no pool named"));
+    let r = app
+        .get(&cookie, "/api/v1/capacity/recommendations?pool=nope")
+        .await;
+    assert_eq!(r.status(), 404);
+    // Configuration: budgets and lead times that cannot be right are refused at start.
+    for (toml, want) in [
+        (
+            "[capacity.racks]\n\"fra1/r1\" = 0\n",
+            "positive number of kW",
+        ),
+        ("[capacity.racks]\n\"r1\" = 5\n", "site/rack"),
+        (
+            "[capacity]\nlead_days = 30\nhistory_days = 28\n",
+            "not shorter than capacity.history_days",
+        ),
+        ("[capacity]\nprice = -1\n", "capacity.price"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        let e = rackwatch::config::Config::load(Some(&p))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{toml}: {e}");
+    }
+    // A pool with a day of history gets its next hour, and says why there is no plan.
+    demand_history_short(&app, "p1").await;
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let r = recommendation(&app, "p1").await;
+    assert!(r.week_schedule.is_empty());
+    assert!(r.note.starts_with("no plan yet"), "{}", r.note);
+    app.stop().await;
+}
+
+async fn demand_history_short(app: &TestApp, pool: &str) {
+    let end = Utc::now().duration_trunc(Duration::minutes(5)).unwrap();
+    sqlx::query(
+        "INSERT INTO pool_demand (pool, bucket, busy_gpus, util_gpus, queued_gpus, installed_gpus)
+         SELECT $1, b, 1, 1, 0, 2 FROM generate_series($2 - interval '1 day', $2 - interval '5 minutes', interval '5 minutes') b
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(pool)
+    .bind(end)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO job_state (name, watermark) VALUES ('pool_demand', $1)
+         ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark",
+    )
+    .bind(end)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "capacity-short"
+kind = "capacity"
+lead_days = 10
+severity = "warning"
+summary = "Capacity runs short"
+
+[[route]]
+to = ["planners@example.com"]
+"#;
+
+#[tokio::test]
+async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes() {
+    let smtp = SmtpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let port = smtp.port;
+    let app = TestApp::spawn_full(fresh_database().await, |c| {
+        c.alerting.rules_file = rules.to_string_lossy().into_owned();
+        c.alerting.eval_interval_secs = 1;
+        c.alerting.group_wait_secs = 1;
+        c.alerting.group_interval_secs = 0;
+        c.alerting.smtp.host = "127.0.0.1".into();
+        c.alerting.smtp.port = port;
+        c.alerting.smtp.security = "plain".into();
+        c.anomaly.enabled = false;
+    })
+    .await;
+    hosts(&app, "train", "fra1", "r2", 5, 4).await;
+    demand_history(&app, "train", 20, |d, _| 10.0 * 1.02f64.powf(d)).await;
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let mails = smtp.wait_for(1, 20).await;
+    assert_eq!(mails.len(), 1);
+    assert!(
+        subject(&mails[0]).contains("Capacity runs short"),
+        "{}",
+        subject(&mails[0])
+    );
+    assert!(
+        mails[0].contains("pool train") && mails[0].contains("add "),
+        "the plan is in the mail"
+    );
+    // More rounds of evaluation do not mail again.
+    tokio::time::sleep(StdDuration::from_secs(3)).await;
+    assert_eq!(smtp.mails().len(), 1);
+    // The pool gets 5 more hosts of 4 GPUs: the plan no longer needs more, it resolves.
+    hosts(&app, "train", "fra1", "r2", 10, 4).await;
+    sqlx::query("UPDATE pool_demand SET installed_gpus = 40 WHERE pool = 'train'")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let mails = smtp.wait_for(2, 20).await;
+    assert_eq!(mails.len(), 2);
+    assert!(
+        subject(&mails[1]).to_lowercase().contains("resolved"),
+        "{}",
+        subject(&mails[1])
+    );
+    app.stop().await;
+}
