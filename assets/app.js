@@ -8,8 +8,9 @@ document.querySelectorAll('time[datetime]').forEach(function (el) {
 document.querySelectorAll('tspan[data-utc]').forEach(function (el) {
   var d = new Date(el.getAttribute('data-utc'));
   if (isNaN(d)) return;
-  el.textContent = el.getAttribute('data-fmt') === 'datetime'
-    ? d.toLocaleString([], {month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit'})
+  var f = el.getAttribute('data-fmt');
+  el.textContent = f === 'date' ? d.toLocaleDateString([], {month: 'short', day: 'numeric'})
+    : f === 'datetime' ? d.toLocaleString([], {month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit'})
     : d.toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'});
 });
 // Custom-range inputs hold UTC; show them in the viewer's zone and send the offset.

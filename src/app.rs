@@ -241,6 +241,19 @@ pub async fn backfill_history(
             None,
         )
         .await?;
+    // The training pool's scheduler queue over the same history, every 5 minutes.
+    let mut q = from;
+    while q < to {
+        store
+            .record_queue(
+                crate::collect::simulator::QUEUED_POOL,
+                q,
+                crate::collect::simulator::simulated_queue(q),
+                "simulator",
+            )
+            .await?;
+        q += chrono::Duration::minutes(5);
+    }
     // The minutes were marked as late ones for the rollup job; they are rolled up now.
     store.forget_late_minutes(from, to).await?;
     // The energy job accounts the hours it is told about.
@@ -291,7 +304,41 @@ pub async fn start_simulator(
             shutdown.clone(),
         )));
     }
+    let token = store
+        .create_pool_token(crate::collect::simulator::QUEUED_POOL, "demo")
+        .await?;
+    tokio::spawn(simulated_scheduler(
+        format!(
+            "{server}/api/v1/pools/{}/demand",
+            crate::collect::simulator::QUEUED_POOL
+        ),
+        token,
+        shutdown,
+    ));
     Ok(tasks)
+}
+
+/// The simulated fleet's scheduler: reports the training pool's queue once a minute, as
+/// a Slurm or Kubernetes exporter would (docs/capacity.md).
+async fn simulated_scheduler(url: String, token: String, mut shutdown: watch::Receiver<bool>) {
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout(crate::collect::shipper::IDLE_CONNECTION)
+        .build()
+        .unwrap_or_default();
+    loop {
+        let now = Utc::now();
+        let body = serde_json::json!({
+            "pending_gpus": crate::collect::simulator::simulated_queue(now),
+            "source": "simulator",
+        });
+        if let Err(e) = http.post(&url).bearer_auth(&token).json(&body).send().await {
+            tracing::debug!("simulated scheduler: {e}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
+        }
+    }
 }
 
 /// Everything a server process runs besides HTTP: the job scheduler and the alerting

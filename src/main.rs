@@ -812,6 +812,15 @@ async fn demo(
     if cfg.alerting.rules_file.is_empty() && std::path::Path::new("config/alerts.toml").is_file() {
         cfg.alerting.rules_file = "config/alerts.toml".into();
     }
+    // The simulated history is shorter than the week-ahead plan needs: plan as far ahead
+    // as the history reaches.
+    if cfg.simulator.history_days > 1 && cfg.capacity.lead_days >= cfg.simulator.history_days {
+        cfg.capacity.lead_days = cfg.simulator.history_days - 1;
+        tracing::info!(
+            lead_days = cfg.capacity.lead_days,
+            "demo: the capacity plan ahead uses a shorter lead than its 7-day default (simulator.history_days of history)"
+        );
+    }
     let db = Database::open(&cfg, Role::Owner).await?;
     let password = admin_password.unwrap_or_else(random_password);
     db.store

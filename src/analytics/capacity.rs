@@ -247,38 +247,41 @@ async fn recommend_pools(
         let s = settings(cfg, host_size);
         let horizon = cfg.capacity.horizon_days;
         let pool_name = pool.clone();
+        let lead_hours = s.lead_hours;
         let computed = tokio::task::spawn_blocking(move || {
-            let rec = cap::recommend(&series, cap::Step::FIVE_MINUTES, start, end, &s);
-            let ex = cap::exhaustion(
-                &series,
-                cap::Step::FIVE_MINUTES,
-                start,
-                end,
-                f64::from(installed),
-                horizon,
-                &s,
-            );
-            (rec, ex)
+            let step = cap::Step::FIVE_MINUTES;
+            let next = cap::next_hour(&series, step, start, end, &s);
+            let week = cap::plan(&series, step, start, end, 0, 168, &s);
+            let lead = cap::plan(&series, step, start, end, lead_hours, 168, &s);
+            let ex = cap::exhaustion(&series, step, start, end, f64::from(installed), horizon, &s);
+            (next, week, lead, ex)
         })
         .await?;
-        let (rec, ex) = computed;
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => {
-                // A pool too new for a week plan still gets its next hour, when it can.
+        let (next, week, lead, ex) = computed;
+        // Each part stands on its own: a pool with less history than the lead time still
+        // gets its next hour and its week, and says what the plan ahead waits for.
+        let (next, week) = match (next, week) {
+            (Ok(n), Ok(w)) => (n, w),
+            (n, w) => {
+                let why = n
+                    .err()
+                    .or(w.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
                 skipped += 1;
-                tracing::debug!(pool = pool_name, "no full recommendation: {e}");
+                tracing::debug!(pool = pool_name, "no recommendation: {why}");
                 store
-                    .save_partial_recommendation(
-                        &pool,
-                        now,
-                        end,
-                        installed,
-                        host_size,
-                        &e.to_string(),
-                    )
+                    .save_partial_recommendation(&pool, now, end, installed, host_size, &why)
                     .await?;
                 continue;
+            }
+        };
+        let mut note = String::new();
+        let lead = match lead {
+            Ok(l) => Some(l),
+            Err(e) => {
+                note = format!("no plan ahead yet: {e}");
+                None
             }
         };
         let (exhausted_at, growth) = match &ex {
@@ -299,7 +302,7 @@ async fn recommend_pools(
                 })
                 .await?;
         }
-        let peak = rec.week_schedule.iter().copied().max().unwrap_or(0);
+        let peak = week.capacities.iter().copied().max().unwrap_or(0);
         let consolidation = if installed > 0
             && f64::from(peak) < cfg.capacity.consolidate_below * f64::from(installed)
         {
@@ -310,31 +313,45 @@ async fn recommend_pools(
         } else {
             Vec::new()
         };
+        let (lead_start, lead_plan, lead_method, lead_evidence) = match &lead {
+            Some(l) => (
+                l.start,
+                l.capacities.iter().map(|v| *v as i32).collect(),
+                l.method.clone(),
+                (&l.evidence).into(),
+            ),
+            None => (
+                end + Duration::hours(i64::from(lead_hours)),
+                Vec::new(),
+                String::new(),
+                BacktestView::default(),
+            ),
+        };
         let r = PoolRecommendation {
             pool: pool.clone(),
             computed_at: now,
-            decided_at: rec.now,
+            decided_at: week.start,
             installed_gpus: installed,
             host_size: host_size as i32,
             demand_now: points.last().map(DemandPoint::demand),
-            next_hour: rec.next_hour as i32,
-            week_schedule: rec.week_schedule.iter().map(|v| *v as i32).collect(),
-            lead_start: rec.lead_start,
-            lead_plan: rec.lead_plan.iter().map(|v| *v as i32).collect(),
+            next_hour: next.capacities.first().copied().unwrap_or(0) as i32,
+            week_schedule: week.capacities.iter().map(|v| *v as i32).collect(),
+            lead_start,
+            lead_plan,
             methods: Json(Methods {
-                next_hour: rec.chosen_method.autoscale.clone(),
-                week: rec.chosen_method.plan.clone(),
-                lead: rec.chosen_method.lead_plan.clone(),
+                next_hour: next.method.clone(),
+                week: week.method.clone(),
+                lead: lead_method,
             }),
             evidence: Json(EvidenceView {
-                next_hour: (&rec.evidence.autoscale).into(),
-                week: (&rec.evidence.plan).into(),
-                lead: (&rec.evidence.lead_plan).into(),
+                next_hour: (&next.evidence).into(),
+                week: (&week.evidence).into(),
+                lead: lead_evidence,
             }),
             exhausted_at,
             growth_per_day: growth,
             consolidation: Json(consolidation),
-            note: String::new(),
+            note,
         };
         store.save_recommendation(&r).await?;
         store
@@ -479,9 +496,8 @@ pub fn short_within(r: &PoolRecommendation, lead: Duration, now: DateTime<Utc>) 
     let growth = r.growth_per_day.unwrap_or(0.0);
     let trend_hits = r.exhausted_at.is_some_and(|d| d <= now + lead);
     let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
-    let plan_short = growth >= GROWING_PER_DAY
-        && lead_peak > r.installed_gpus
-        && r.lead_start <= now + lead;
+    let plan_short =
+        growth >= GROWING_PER_DAY && lead_peak > r.installed_gpus && r.lead_start <= now + lead;
     trend_hits || plan_short
 }
 
@@ -514,12 +530,22 @@ pub fn actions(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> Ve
         .is_some_and(|d| d <= now + Duration::days(2 * i64::from(lead_days)));
     let growing = growth >= GROWING_PER_DAY || soon;
     let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
+    let short_now = r.exhausted_at.is_some_and(|d| d <= now);
     if growing && lead_peak > r.installed_gpus {
+        let why = if growth >= GROWING_PER_DAY {
+            format!("demand grows {:.1} %/day", growth * 100.0)
+        } else if short_now {
+            format!(
+                "demand (work + queue) already peaks above the {} installed GPUs",
+                r.installed_gpus
+            )
+        } else {
+            "demand reaches the installed GPUs before then".to_string()
+        };
         out.push(format!(
-            "add {} by {} (demand grows {:.1} %/day; the plan for the week from then needs {} GPUs, {} installed)",
+            "add {} by {} ({why}; the plan for the week from then needs {} GPUs, {} installed)",
             gpus_hosts(lead_peak - r.installed_gpus),
             r.lead_start.format("%Y-%m-%d"),
-            growth * 100.0,
             lead_peak,
             r.installed_gpus
         ));

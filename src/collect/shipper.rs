@@ -37,6 +37,9 @@ pub struct Shipper {
 /// Longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// How long the agent keeps an idle connection to the server.
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(4);
+
 impl Shipper {
     pub fn new(
         server: &str,
@@ -47,6 +50,10 @@ impl Shipper {
     ) -> anyhow::Result<Shipper> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            // Drop an idle connection well before the server does (it closes keep-alive
+            // connections idle for server.header_read_timeout_secs, 10 s by default):
+            // reusing one the server is closing fails the request.
+            .pool_idle_timeout(IDLE_CONNECTION)
             .user_agent(concat!("rackwatch-agent/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Shipper {

@@ -68,6 +68,18 @@ fn noise(seed: u64, stream: u64, t: i64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
 }
 
+/// The pool whose simulated scheduler reports a queue.
+pub const QUEUED_POOL: &str = "train-a";
+
+/// GPUs the simulated training scheduler has waiting at `t`: jobs pile up in the working
+/// day (up to about 14 GPUs at 14:00 UTC) and drain overnight, with some noise.
+pub fn simulated_queue(t: DateTime<Utc>) -> f64 {
+    let hour = f64::from(t.hour()) + f64::from(t.minute()) / 60.0;
+    let day = 7.0 + 7.0 * (2.0 * PI * (hour - 8.0) / 24.0).sin();
+    let n = noise(0x5eed, 99, t.timestamp() / 300);
+    (day + 2.0 * n).round().max(0.0)
+}
+
 impl SimulatedHost {
     /// A fleet of `hosts` hosts with `gpus` GPUs each across two sites and three pools.
     pub fn fleet(hosts: u32, gpus: u32) -> Vec<SimulatedHost> {

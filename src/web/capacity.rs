@@ -191,21 +191,33 @@ fn date(t: Option<DateTime<Utc>>) -> String {
 }
 
 fn evidence_text(e: &EvidenceView) -> String {
-    if e.next_hour.method.is_empty() {
-        return String::new();
+    let mut parts = Vec::new();
+    if e.next_hour.hours > 0.0 {
+        parts.push(format!(
+            "over the last {:.0} days the next-hour advice cost {:.3} (slack {:.0} %, {:.1} GPU-h unserved) against {:.3} for the {}",
+            e.next_hour.hours / 24.0,
+            e.next_hour.cost,
+            e.next_hour.slack_pct,
+            e.next_hour.unserved_gpu_hours,
+            e.next_hour.baseline_cost,
+            e.next_hour.baseline
+        ));
     }
-    format!(
-        "Over the last {:.0} days the next-hour advice cost {:.3} (slack {:.0} %, {:.1} GPU-h unserved) against {:.3} for the {}; the week plan {:.3} against {:.3} for {}.",
-        e.next_hour.hours / 24.0,
-        e.next_hour.cost,
-        e.next_hour.slack_pct,
-        e.next_hour.unserved_gpu_hours,
-        e.next_hour.baseline_cost,
-        e.next_hour.baseline,
-        e.week.cost,
-        e.week.baseline_cost,
-        e.week.baseline
-    )
+    if e.week.hours > 0.0 {
+        parts.push(format!(
+            "the week plan {:.3} against {:.3} for {}",
+            e.week.cost, e.week.baseline_cost, e.week.baseline
+        ));
+    }
+    match parts.len() {
+        0 => String::new(),
+        _ => {
+            let mut s = parts.join("; ");
+            s.replace_range(..1, &s[..1].to_uppercase());
+            s.push('.');
+            s
+        }
+    }
 }
 
 fn date_view(e: &ExhaustionRow, link: String) -> DateView {
@@ -256,7 +268,12 @@ async fn page(
             exhausted: date(p.exhausted_at),
             actions: p.actions.clone(),
             evidence: evidence_text(&p.evidence),
-            note: p.note.clone(),
+            // Without a week's plan the actions already say why.
+            note: if p.week_peak > 0 {
+                p.note.clone()
+            } else {
+                String::new()
+            },
         })
         .collect();
     let racks = d
@@ -471,12 +488,20 @@ async fn pool_page(
             &ov,
         );
         let ev = |name: &str, b: &crate::analytics::capacity::BacktestView| {
+            if b.hours == 0.0 {
+                return (
+                    name.to_string(),
+                    b.method.clone(),
+                    "not enough history yet to replay it".to_string(),
+                    String::new(),
+                );
+            }
             (
                 name.to_string(),
                 b.method.clone(),
                 format!(
-                    "{:.3} (slack {:.0} %, short {:.1} %, {:.1} GPU-h unserved)",
-                    b.cost, b.slack_pct, b.shortage_pct, b.unserved_gpu_hours
+                    "{:.3} over {:.0} h (slack {:.0} %, short {:.1} %, {:.1} GPU-h unserved)",
+                    b.cost, b.hours, b.slack_pct, b.shortage_pct, b.unserved_gpu_hours
                 ),
                 format!("{:.3} ({})", b.baseline_cost, b.baseline),
             )

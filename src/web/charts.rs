@@ -153,9 +153,11 @@ pub fn line_chart_with(
             escape(&fmt_y(v))
         );
     }
-    // Ranges of two days or more say which day; shorter ones the time of day.
-    let with_date = span >= 2.0 * 86_400_000.0;
-    let (fmt, kind) = if with_date {
+    // Ranges of four days or more say which day, two to four days the day and time,
+    // shorter ones the time of day.
+    let (fmt, kind) = if span >= 4.0 * 86_400_000.0 {
+        ("%b %d", "date")
+    } else if span >= 2.0 * 86_400_000.0 {
         ("%b %d %H:%M", "datetime")
     } else {
         ("%H:%M", "time")
@@ -459,7 +461,7 @@ mod tests {
             "{svg}"
         );
         assert!(
-            svg.contains("Nov 23 00:00 UTC") && svg.contains(r#"data-fmt="datetime""#),
+            svg.contains("Nov 23 UTC") && svg.contains(r#"data-fmt="date""#),
             "{svg}"
         );
         let short = line_chart_with(

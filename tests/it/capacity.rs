@@ -404,14 +404,22 @@ async fn bad_capacity_input_gets_a_clear_error() {
             .to_string();
         assert!(e.contains(want), "{toml}: {e}");
     }
-    // A pool with a day of history gets its next hour, and says why there is no plan.
+    // A pool with a day of history gets its next hour and week, and says why the plan a
+    // lead time ahead has to wait (the lead is longer than its history).
     demand_history_short(&app, "p1").await;
     capacity::run(&app.store, &app.cfg, Utc::now())
         .await
         .unwrap();
     let r = recommendation(&app, "p1").await;
-    assert!(r.week_schedule.is_empty());
-    assert!(r.note.starts_with("no plan yet"), "{}", r.note);
+    assert_eq!(r.week_schedule.len(), 168);
+    assert!(r.lead_plan.is_empty());
+    assert!(
+        r.note.starts_with("no plan ahead yet") && r.note.contains("168"),
+        "{}",
+        r.note
+    );
+    let (_, html) = app.page(&cookie, "/capacity").await;
+    assert!(html.contains("no plan ahead yet"), "the page says why");
     app.stop().await;
 }
 
