@@ -676,10 +676,8 @@ impl Detector {
         // and ⌈q·(n−1)⌉ and fits the values above it; scores below the first rank only count.
         // So that many copies of the lowest upper-tail score stand in for them: the same fit.
         let lo = m.finite - m.upper.len();
-        let mut scores = Vec::with_capacity(m.finite);
-        scores.resize(lo, m.upper.first().copied().unwrap_or(0.0));
-        scores.extend_from_slice(&m.upper);
-        let threshold = PotThreshold::fit(&scores, config.pot_init_quantile, config.pot_risk);
+        let threshold =
+            PotThreshold::fit_upper(lo, &m.upper, config.pot_init_quantile, config.pot_risk);
         let recent: std::collections::VecDeque<f32> = m
             .recent
             .iter()
