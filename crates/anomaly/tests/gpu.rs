@@ -396,6 +396,8 @@ fn an_oversized_host_gets_a_typed_error_and_the_selected_backend_moves_it_to_the
         &SelectOptions {
             allow_software_adapter: true,
             max_buffer_bytes: Some(1 << 20),
+            // Every scoring call on the device, whatever its size.
+            min_gpu_score_work: Some(0),
             ..SelectOptions::default()
         },
     )
@@ -593,6 +595,109 @@ fn device_training_standardizes_like_the_cpu_and_reports_a_singular_system() {
         assert!(out[0].is_ok());
         let e = out[1].as_ref().unwrap_err().to_string();
         assert!(e.contains("not positive definite"), "{}: {e}", b.name());
+    }
+}
+
+/// The device finds the upper tail by a radix select and sorts it in workgroup memory, or,
+/// for a low quantile (more than 2,048 scores above it), sorts every score in the scratch
+/// buffer: both give the CPU's calibration.
+#[test]
+fn the_upper_tail_is_selected_alike_at_a_high_and_a_low_quantile() {
+    let gpu = gpu();
+    let mut rng = Rng::new(33);
+    let rows: Vec<Matrix> = (0..3)
+        .map(|i| synthetic(6000 + 500 * i, 16, 200 * i, &mut rng))
+        .collect();
+    for q in [0.98, 0.9, 0.5, 0.0] {
+        let config = DetectorConfig {
+            pot_init_quantile: q,
+            ..product()
+        };
+        let inputs: Vec<TrainInput<'_>> = rows
+            .iter()
+            .map(|rows| TrainInput {
+                rows,
+                config: &config,
+            })
+            .collect();
+        let g = Detector::fit_batch(&gpu, &inputs);
+        let c = Detector::fit_batch(&CpuBackend::default(), &inputs);
+        for (i, (g, c)) in g.iter().zip(&c).enumerate() {
+            let (g, c) = (g.as_ref().unwrap(), c.as_ref().unwrap());
+            assert_eq!(g.threshold.n, c.threshold.n, "q {q} host {i}");
+            assert!(
+                g.threshold.n_peaks.abs_diff(c.threshold.n_peaks) <= 1,
+                "q {q} host {i}: peaks {} vs {}",
+                g.threshold.n_peaks,
+                c.threshold.n_peaks
+            );
+            let (a, b) = (c.alert_threshold(), g.alert_threshold());
+            assert!(
+                rel(a, b) <= 1e-3,
+                "q {q} host {i}: threshold cpu {a} gpu {b}"
+            );
+            eprintln!("q {q} host {i}: threshold cpu {a} gpu {b}");
+        }
+    }
+}
+
+/// The product's backend scores small calls (a one-minute run) on the CPU and large ones (a
+/// catch-up) on the device; the CPU's results are the CPU backend's, bit for bit.
+#[test]
+fn the_selected_backend_routes_small_scoring_calls_to_the_cpu() {
+    let mut rng = Rng::new(43);
+    let all: Vec<Matrix> = (0..6)
+        .map(|i| synthetic(1400, 16, i * 100, &mut rng))
+        .collect();
+    let train: Vec<Matrix> = all.iter().map(|m| m.slice_rows(0, 1000)).collect();
+    let config = product();
+    let inputs: Vec<TrainInput<'_>> = train
+        .iter()
+        .map(|rows| TrainInput {
+            rows,
+            config: &config,
+        })
+        .collect();
+    let models: Vec<Detector> = Detector::fit_batch(&CpuBackend::default(), &inputs)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // 6 hosts × 16 metrics × 49 features: 4,704 multiply-adds a minute; the line at 100
+    // minutes' worth.
+    let sel = SelectedBackend::select(
+        BackendChoice::Gpu,
+        &SelectOptions {
+            allow_software_adapter: true,
+            threads: Some(2),
+            min_gpu_score_work: Some(470_400),
+            ..SelectOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(sel.scores_on(470_399), BackendKind::Cpu);
+    assert_eq!(sel.scores_on(470_400), BackendKind::Gpu);
+    let (mut on_sel, mut on_cpu) = (models.clone(), models.clone());
+    let v1 = vec![Some(1u64); all.len()];
+    let cpu = CpuBackend { threads: 2 };
+    for (k, (from, to)) in [(1000, 1001), (1001, 1002), (1002, 1302)]
+        .into_iter()
+        .enumerate()
+    {
+        let rows: Vec<Matrix> = all.iter().map(|m| m.slice_rows(from, to)).collect();
+        let calls = sel.cpu_scoring_calls();
+        let a = score_keyed(&sel, &mut on_sel, &rows, &v1);
+        let b = score_keyed(&cpu, &mut on_cpu, &rows, &v1);
+        if k < 2 {
+            assert_eq!(sel.cpu_scoring_calls(), calls + 1, "one minute: the CPU");
+            assert_eq!(a, b, "the CPU backend's results");
+        } else {
+            assert_eq!(sel.cpu_scoring_calls(), calls, "300 minutes: the device");
+            assert_eq!(sel.gpu().unwrap().stats().model_uploads, all.len() as u64);
+            for (h, (a, b)) in a.iter().zip(&b).enumerate() {
+                let (s, l, _, _) = compare_rows(h, b, a);
+                assert!(s <= 1e-3 && l <= 1e-3, "host {h}: scores {s} levels {l}");
+            }
+        }
     }
 }
 

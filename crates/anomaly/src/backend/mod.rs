@@ -32,7 +32,10 @@ pub use error::{BackendError, MAX_FEATURES};
 pub use fit::{FitJob, FitOutput, EMA_TAIL, NOT_POSITIVE_DEFINITE};
 #[cfg(feature = "gpu")]
 pub use gpu::{GpuBackend, GpuOptions, GpuStats};
-pub use select::{BackendChoice, BackendInfo, BackendKind, SelectOptions, SelectedBackend};
+pub use select::{
+    score_work, BackendChoice, BackendInfo, BackendKind, SelectOptions, SelectedBackend,
+    MIN_GPU_SCORE_WORK_PER_THREAD,
+};
 pub use stream::{ModelKey, StreamJob, StreamModel, Streamed};
 
 // `train_kernels_default` is defined below and public for other backends' overrides.

@@ -78,6 +78,8 @@ pub(super) struct Buffers {
     pub(super) params: [wgpu::Buffer; 3],
     /// Models kept resident for scoring.
     pub(super) models: super::models::ModelCache,
+    /// Host memory a small upload is gathered in before it is written to the mapped buffer.
+    pub(super) stage: Vec<u8>,
 }
 
 impl Buffers {
@@ -116,6 +118,7 @@ impl Buffers {
             sk: Grow::new("calibration scores", U::STORAGE),
             params,
             models: super::models::ModelCache::default(),
+            stage: Vec::new(),
         }
     }
 }
@@ -176,7 +179,9 @@ pub(super) fn scatter(threads: usize, dst: &mut [u8], parts: Vec<(u64, &[f32])>)
         rest = tail;
         pos = off + src.len() as u64 * 4;
     }
-    let threads = if total < PARALLEL_COPY_BYTES {
+    // Threads for megabytes, or for thousands of pieces (a fleet's one-minute run reads
+    // each host's few rows from its own allocation).
+    let threads = if total < PARALLEL_COPY_BYTES && tasks.len() < 1024 {
         1
     } else {
         threads

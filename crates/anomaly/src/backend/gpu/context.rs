@@ -73,7 +73,7 @@ impl GpuBackend {
                         .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
                     && a.limits().max_compute_invocations_per_workgroup >= 256
                     && a.limits().max_compute_workgroup_size_x >= 256
-                    && a.limits().max_compute_workgroup_storage_size >= 8192
+                    && a.limits().max_compute_workgroup_storage_size >= 16384
             })
             .collect();
         usable.sort_by_key(|a| rank(a.get_info().device_type));
@@ -99,11 +99,16 @@ impl GpuBackend {
         // f64 arithmetic in shaders: device-side training (statistics, solve, quantile) is
         // written for it; without it training takes the host-side path.
         let f64_ok = adapter.features().contains(wgpu::Features::SHADER_F64);
-        let features = if f64_ok {
+        let mut features = if f64_ok {
             wgpu::Features::SHADER_F64
         } else {
             wgpu::Features::empty()
         };
+        let stamps =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        if opts.profile && adapter.features().contains(stamps) {
+            features |= stamps;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(
             &wgpu::DeviceDescriptor {
                 label: Some("rackwatch-anomaly"),
@@ -163,10 +168,25 @@ impl GpuBackend {
                 module(Cow::Owned(format!("{TRAIN_COMMON_WGSL}\n{src}")), label)
             };
             let standardize = train(STANDARDIZE_WGSL, "standardize");
+            // The workgroup-memory solve holds A and B (F · (F + d) f64s): as many as the
+            // device's workgroup memory allows, up to 48 KiB (the job's hosts need 25 KB).
+            let small_solve =
+                (alimits.max_compute_workgroup_storage_size as usize).min(48 << 10) / 8 - 16;
+            let small_solve = if small_solve >= 1024 { small_solve } else { 0 };
+            let solve = module(
+                Cow::Owned(format!(
+                    "const SMALL: u32 = {}u;\n{TRAIN_COMMON_WGSL}\n{SOLVE_WGSL}",
+                    small_solve.max(8)
+                )),
+                "solve",
+            );
             let fit = FitPipelines {
                 stats: pipeline(&standardize, "stats", "standardize stats"),
+                merge: pipeline(&standardize, "merge", "standardize merge"),
                 apply: pipeline(&standardize, "apply", "standardize apply"),
-                solve: pipeline(&train(SOLVE_WGSL, "solve"), "main", "solve"),
+                solve: pipeline(&solve, "main", "solve"),
+                solve_small: (small_solve > 0).then(|| pipeline(&solve, "small", "solve small")),
+                small_solve,
                 calibrate: pipeline(&train(CALIBRATE_WGSL, "calibrate"), "main", "calibrate"),
             };
             match pollster::block_on(device.pop_error_scope()) {
@@ -198,6 +218,7 @@ impl GpuBackend {
             software: ainfo.device_type == wgpu::DeviceType::Cpu,
         };
         let bufs = Mutex::new(Buffers::new(&device));
+        let prof = super::profile::Profiler::new(&device, &queue);
         Ok(GpuBackend {
             device,
             queue,
@@ -211,6 +232,7 @@ impl GpuBackend {
             bufs,
             fault,
             stats: Mutex::new(GpuStats::default()),
+            prof,
         })
     }
 
@@ -228,6 +250,12 @@ impl GpuBackend {
     /// arithmetic the device computes the cross products and residuals and the host the rest.
     pub fn device_training_unavailable(&self) -> Option<&str> {
         self.fit_unavailable.as_deref()
+    }
+
+    /// Whether steps are timed on the device ([`GpuOptions::profile`] on an adapter with
+    /// timestamp queries).
+    pub fn profiling(&self) -> bool {
+        self.prof.is_some()
     }
 
     /// Work counters so far.

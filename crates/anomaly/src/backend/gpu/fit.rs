@@ -12,8 +12,9 @@ use std::time::Instant;
 use super::buffers::{floats, scatter, u32s, words, Buffers, Packer};
 use super::plan::{
     self, CrossShape, Need, Summary, CHUNK_ROWS, ENTRY, REDUCE_GROUP, RES_METRICS, RES_ROWS,
-    STD_BLOCK,
+    STATS_ROWS, STD_BLOCK,
 };
+use super::profile::Marks;
 use super::{lock, FitPipelines, GpuBackend, PARALLEL_COPY_BYTES};
 use crate::backend::parallel::par_map;
 use crate::backend::{BackendError, FitJob, FitOutput, NOT_POSITIVE_DEFINITE};
@@ -25,6 +26,22 @@ fn f4(n: usize) -> usize {
 
 /// A region of the tables buffer: offset and size in bytes.
 type Region = (u64, u64);
+
+/// The passes of a training submit, in order.
+#[derive(Clone, Copy)]
+enum Pass {
+    Stats,
+    Merge,
+    Apply,
+    Cross,
+    Reduce,
+    SolveSmall,
+    Solve,
+    Residuals,
+    Calibrate,
+}
+
+const PASSES: usize = 9;
 
 /// One sub-batch laid out.
 struct FitBatch {
@@ -39,12 +56,15 @@ struct FitBatch {
     t_citems: Region,
     t_pairs: Region,
     t_blocks: Region,
+    t_chunks: Region,
     t_rjobs: Region,
     t_ritems: Region,
-    /// Parameter blocks: stats, apply, cross, reduce, solve, residuals, calibrate.
-    params: [u64; 7],
+    /// Parameter blocks of the passes (see [`Pass`]).
+    params: [u64; PASSES],
     /// Workgroups of those passes.
-    groups: [u64; 7],
+    groups: [u64; PASSES],
+    /// Whether some host needs the scratch-buffer solve (too large for workgroup memory).
+    large_solve: bool,
     /// Each host's series (floats) in the series buffer and summary (words) in the output.
     zoffs: Vec<usize>,
     ooffs: Vec<usize>,
@@ -61,8 +81,12 @@ struct FitBatch {
 }
 
 impl FitBatch {
-    fn new(jobs: &[FitJob<'_>], hosts: &[usize], lim: &plan::Limits) -> Self {
+    /// Sub-batch `hosts` of `jobs`; a host solves in workgroup memory when its system has at
+    /// most `small` f64s (0: never).
+    fn new(jobs: &[FitJob<'_>], hosts: &[usize], lim: &plan::Limits, small: usize) -> Self {
         let (mut th, mut thf) = (Vec::<u32>::new(), Vec::<f64>::new());
+        let mut chunks = Vec::<u32>::new();
+        let mut large_solve = false;
         let (mut cjobs, mut citems, mut pairs) = (Vec::<u32>::new(), Vec::<u32>::new(), vec![]);
         let (mut blocks, mut rjobs, mut ritems) = (Vec::<u32>::new(), Vec::<u32>::new(), vec![]);
         let (mut zat, mut wat, mut rat, mut oat, mut sat, mut aat) = (0, 0, 0, 0, 0, 0);
@@ -76,6 +100,10 @@ impl FitBatch {
             let f = j.features();
             let sort_n = n.next_power_of_two();
             let (stride, cap) = j.recent.unwrap_or((1, 0));
+            let nc = n.div_ceil(STATS_ROWS);
+            let poff = rat + f4(n * d);
+            let moff = aat + f * f + f * d;
+            large_solve |= f * (f + d) > small;
             th.extend([
                 u32s(zat),
                 u32s(n),
@@ -97,11 +125,14 @@ impl FitBatch {
                 j.resid_floor.to_bits(),
                 j.clip.to_bits(),
                 j.alpha.to_bits(),
-                0,
-                0,
+                u32s(poff),
+                u32s(moff),
                 0,
                 0,
             ]);
+            for c in 0..nc {
+                chunks.extend([u32s(k), u32s(c)]);
+            }
             thf.extend([j.ridge, j.quantile.clamp(0.0, 1.0)]);
             cjobs.extend([u32s(zat), u32s(n), u32s(d), u32s(sh.m)]);
             for ti in 0..sh.tiles {
@@ -125,7 +156,7 @@ impl FitBatch {
                 u32s(lags),
                 u32s(wat),
                 u32s(rat),
-                0,
+                u32s(poff),
                 0,
             ]);
             for rb in 0..n.div_ceil(RES_ROWS) {
@@ -138,10 +169,10 @@ impl FitBatch {
             summaries.push(sm);
             zat += f4((n + lags) * d);
             wat += f4(lags * d * d + d);
-            rat += f4(n * d);
+            rat += f4(n * d) + f4(n.div_ceil(RES_ROWS) * d);
             oat += f4(sm.words);
             sat += f4(n) + f4(sort_n);
-            aat += f * f + f * d;
+            aat += f * f + f * d + 2 * nc * d;
         }
         let nh = hosts.len() as u64;
         let mut tables = Packer::default();
@@ -152,33 +183,52 @@ impl FitBatch {
         let t_citems = put(bytemuck::cast_slice(&citems));
         let t_pairs = put(bytemuck::cast_slice(&pairs));
         let t_blocks = put(bytemuck::cast_slice(&blocks));
+        let t_chunks = put(bytemuck::cast_slice(&chunks));
         let t_rjobs = put(bytemuck::cast_slice(&rjobs));
         let t_ritems = put(bytemuck::cast_slice(&ritems));
         let n_citems = (citems.len() / 4) as u64;
         let reduce_count = pair_at * ENTRY;
-        let groups = [
-            nh,
-            (blocks.len() / 2) as u64,
-            n_citems,
-            reduce_count.div_ceil(REDUCE_GROUP) as u64,
-            nh,
-            (ritems.len() / 4) as u64,
-            nh,
-        ];
-        let counts = [
-            nh,
-            groups[1],
-            n_citems,
-            reduce_count as u64,
-            nh,
-            groups[5],
-            nh,
-        ];
-        let mut params = [0u64; 7];
+        let n_chunks = (chunks.len() / 2) as u64;
+        let mut groups = [0u64; PASSES];
+        let mut counts = [0u64; PASSES];
+        for (pass, g, c) in [
+            (Pass::Stats, n_chunks, n_chunks),
+            (Pass::Merge, nh, nh),
+            (
+                Pass::Apply,
+                (blocks.len() / 2) as u64,
+                (blocks.len() / 2) as u64,
+            ),
+            (Pass::Cross, n_citems, n_citems),
+            (
+                Pass::Reduce,
+                reduce_count.div_ceil(REDUCE_GROUP) as u64,
+                reduce_count as u64,
+            ),
+            (Pass::SolveSmall, nh, nh),
+            (Pass::Solve, nh, nh),
+            (
+                Pass::Residuals,
+                (ritems.len() / 4) as u64,
+                (ritems.len() / 4) as u64,
+            ),
+            (Pass::Calibrate, nh, nh),
+        ] {
+            groups[pass as usize] = g;
+            counts[pass as usize] = c;
+        }
+        let mut params = [0u64; PASSES];
         for (pass, p) in params.iter_mut().enumerate() {
             let (nx, _) = plan::dispatch_dims(groups[pass], lim);
-            // The cross-product pass also reads its chunk length.
-            let third = if pass == 2 { CHUNK_ROWS as u32 } else { 0 };
+            // The cross-product pass reads its chunk length, the residual pass its mode
+            // (2: training, with block sums of squares), the scratch-buffer solve whether the
+            // small hosts were solved in workgroup memory.
+            let third = match pass {
+                p if p == Pass::Cross as usize => CHUNK_ROWS as u32,
+                p if p == Pass::Residuals as usize => 2,
+                p if p == Pass::Solve as usize => u32::from(small > 0),
+                _ => 0,
+            };
             *p = tables.put(&words([u32s(counts[pass] as usize), nx, third, 0]));
         }
         FitBatch {
@@ -190,10 +240,12 @@ impl FitBatch {
             t_citems,
             t_pairs,
             t_blocks,
+            t_chunks,
             t_rjobs,
             t_ritems,
             params,
             groups,
+            large_solve: large_solve || small == 0,
             zoffs,
             ooffs,
             summaries,
@@ -217,6 +269,7 @@ impl FitBatch {
 /// A submitted sub-batch.
 struct Submitted {
     index: wgpu::SubmissionIndex,
+    marks: Marks,
 }
 
 /// How long to wait before mapping a buffer.
@@ -316,11 +369,17 @@ impl GpuBackend {
         batches: &[Vec<usize>],
         out: &mut [Option<anyhow::Result<FitOutput>>],
     ) {
+        // Every sub-batch's tables at once, on the pool's threads (on one thread they took
+        // about 0.17 ms a sub-batch on the H200 machine's host, time the device waited).
+        let planning = Instant::now();
+        let plans = par_map(self.threads, batches.to_vec(), |_, hosts| {
+            FitBatch::new(jobs, &hosts, &self.limits, pipes.small_solve)
+        });
+        lock(&self.stats).plan_s += planning.elapsed().as_secs_f64();
         let mut pending: Option<(usize, FitBatch, Submitted)> = None;
         let mut last_use: [Option<wgpu::SubmissionIndex>; 2] = [None, None];
-        for (k, hosts) in batches.iter().enumerate() {
+        for (k, b) in plans.into_iter().enumerate() {
             let slot = k % 2;
-            let b = FitBatch::new(jobs, hosts, &self.limits);
             let after = match last_use[slot].take() {
                 Some(i) => After::Submission(i),
                 None => After::Idle,
@@ -384,113 +443,183 @@ impl GpuBackend {
         }
         up.unmap();
         let filled = t.elapsed().as_secs_f64();
+        let encoding = Instant::now();
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let mut m = self.marks(&mut enc, slot);
         let tb = bufs.tables.get();
         enc.copy_buffer_to_buffer(up, 0, tb, 0, tlen);
         enc.copy_buffer_to_buffer(up, tlen, bufs.z.get(), 0, b.z_bytes);
-        let p = |i: usize| (tb, b.params[i], 16u64);
+        self.mark(&mut enc, &mut m, "upload copy");
+        let p = |pass: Pass| (tb, b.params[pass as usize], 16u64);
         let t = |r: Region| (tb, r.0, r.1);
         let whole = |buf, size| (buf, 0u64, size);
         let (z, out) = (bufs.z.get(), bufs.out.get());
-        self.pass_ranges(
+        let solve = bufs.solve.get();
+        let pass = |enc: &mut wgpu::CommandEncoder,
+                    m: &mut Marks,
+                    pipe: &wgpu::ComputePipeline,
+                    which: Pass,
+                    entries: &[(&wgpu::Buffer, u64, u64)],
+                    label: &'static str| {
+            self.pass_ranges(enc, pipe, entries, b.groups[which as usize]);
+            self.mark(enc, m, label);
+        };
+        // Standardizing: statistics per chunk, merged per host, applied in place. The three
+        // entry points share one module, so their bindings keep the module's numbers.
+        let stats: [(u32, &wgpu::Buffer, u64, u64); 5] = {
+            let (h, pp, ch) = (t(b.t_hosts), p(Pass::Stats), t(b.t_chunks));
+            [
+                (0, z, 0, b.z_bytes),
+                (1, h.0, h.1, h.2),
+                (2, pp.0, pp.1, pp.2),
+                (5, solve, 0, b.solve_bytes),
+                (6, ch.0, ch.1, ch.2),
+            ]
+        };
+        self.pass_bound(
             &mut enc,
             &pipes.stats,
-            &[
-                whole(z, b.z_bytes),
-                t(b.t_hosts),
-                p(0),
-                whole(out, b.out_bytes),
-            ],
-            b.groups[0],
+            &stats,
+            b.groups[Pass::Stats as usize],
         );
-        self.pass_ranges(
+        self.mark(&mut enc, &mut m, "standardize stats");
+        let merge: [(u32, &wgpu::Buffer, u64, u64); 4] = {
+            let (h, pp) = (t(b.t_hosts), p(Pass::Merge));
+            [
+                (1, h.0, h.1, h.2),
+                (2, pp.0, pp.1, pp.2),
+                (3, out, 0, b.out_bytes),
+                (5, solve, 0, b.solve_bytes),
+            ]
+        };
+        self.pass_bound(
             &mut enc,
+            &pipes.merge,
+            &merge,
+            b.groups[Pass::Merge as usize],
+        );
+        self.mark(&mut enc, &mut m, "standardize merge");
+        pass(
+            &mut enc,
+            &mut m,
             &pipes.apply,
+            Pass::Apply,
             &[
                 whole(z, b.z_bytes),
                 t(b.t_hosts),
-                p(1),
+                p(Pass::Apply),
                 whole(out, b.out_bytes),
                 t(b.t_blocks),
             ],
-            b.groups[1],
+            "standardize apply",
         );
-        self.pass_ranges(
+        pass(
             &mut enc,
+            &mut m,
             &self.pipes.cross,
+            Pass::Cross,
             &[
                 whole(z, b.z_bytes),
                 t(b.t_cjobs),
                 t(b.t_citems),
-                p(2),
+                p(Pass::Cross),
                 whole(bufs.part.get(), b.part_bytes),
             ],
-            b.groups[2],
+            "cross products",
         );
-        self.pass_ranges(
+        pass(
             &mut enc,
+            &mut m,
             &self.pipes.reduce,
+            Pass::Reduce,
             &[
                 whole(bufs.part.get(), b.part_bytes),
                 t(b.t_pairs),
-                p(3),
+                p(Pass::Reduce),
                 whole(bufs.red.get(), b.red_bytes),
             ],
-            b.groups[3],
+            "cross reduce",
         );
-        self.pass_ranges(
-            &mut enc,
-            &pipes.solve,
-            &[
+        let solve_entries = |which| {
+            [
                 whole(bufs.red.get(), b.red_bytes),
                 t(b.t_hosts),
                 t(b.t_hostf),
-                p(4),
-                whole(bufs.solve.get(), b.solve_bytes),
+                p(which),
+                whole(solve, b.solve_bytes),
                 whole(bufs.w.get(), b.w_bytes),
                 whole(out, b.out_bytes),
-            ],
-            b.groups[4],
-        );
-        self.pass_ranges(
+            ]
+        };
+        if let Some(small) = &pipes.solve_small {
+            // The workgroup-memory solve binds no scratch buffer (binding 4).
+            let e = solve_entries(Pass::SolveSmall);
+            let e: Vec<(u32, &wgpu::Buffer, u64, u64)> = e
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 4)
+                .map(|(i, &(buf, o, size))| (i as u32, buf, o, size))
+                .collect();
+            self.pass_bound(&mut enc, small, &e, b.groups[Pass::SolveSmall as usize]);
+            self.mark(&mut enc, &mut m, "solve");
+        }
+        if b.large_solve {
+            pass(
+                &mut enc,
+                &mut m,
+                &pipes.solve,
+                Pass::Solve,
+                &solve_entries(Pass::Solve),
+                "solve (scratch buffer)",
+            );
+        }
+        pass(
             &mut enc,
+            &mut m,
             &self.pipes.resid,
+            Pass::Residuals,
             &[
                 whole(z, b.z_bytes),
                 whole(bufs.w.get(), b.w_bytes),
                 t(b.t_rjobs),
                 t(b.t_ritems),
-                p(5),
+                p(Pass::Residuals),
                 whole(bufs.resid.get(), b.resid_bytes),
             ],
-            b.groups[5],
+            "residuals",
         );
-        self.pass_ranges(
+        pass(
             &mut enc,
+            &mut m,
             &pipes.calibrate,
+            Pass::Calibrate,
             &[
                 whole(bufs.resid.get(), b.resid_bytes),
                 whole(z, b.z_bytes),
                 t(b.t_hosts),
                 t(b.t_hostf),
-                p(6),
+                p(Pass::Calibrate),
                 whole(bufs.sk.get(), b.sk_bytes),
                 whole(out, b.out_bytes),
             ],
-            b.groups[6],
+            "calibrate",
         );
         enc.copy_buffer_to_buffer(out, 0, bufs.readback[slot].get(), 0, b.out_bytes);
+        self.mark(&mut enc, &mut m, "result copy");
+        self.end_marks(&mut enc, &m);
+        let cmd = enc.finish();
         let t = Instant::now();
-        let index = self.queue.submit([enc.finish()]);
+        let index = self.queue.submit([cmd]);
         let mut st = lock(&self.stats);
+        st.encode_s += t.duration_since(encoding).as_secs_f64();
         st.submit_s += t.elapsed().as_secs_f64();
         st.submits += 1;
         st.upload_bytes += total;
         st.fill_s += filled;
         st.wait_s += waited;
-        Ok(Submitted { index })
+        Ok(Submitted { index, marks: m })
     }
 
     /// Wait for sub-batch `b`'s results in read-back buffer `slot` and turn them into models.
@@ -531,6 +660,7 @@ impl GpuBackend {
             })
         };
         rb.unmap();
+        self.read_marks(sub.marks);
         for (&i, m) in b.hosts.iter().zip(models) {
             out[i] = Some(m);
         }

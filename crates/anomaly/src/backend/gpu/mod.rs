@@ -30,6 +30,7 @@ mod context;
 mod fit;
 mod models;
 mod plan;
+mod profile;
 mod score;
 mod steps;
 
@@ -76,6 +77,10 @@ pub struct GpuOptions {
     /// device runs the previous one), so a call of several pays one fill and one device
     /// sub-batch that do not overlap.
     pub pipeline_bytes: u64,
+    /// Time each step of a submit on the device with timestamp queries (where the adapter
+    /// has them inside encoders), into [`GpuStats::device_steps`]. For benchmarks: it costs
+    /// a mapping per submit.
+    pub profile: bool,
 }
 
 impl Default for GpuOptions {
@@ -86,6 +91,7 @@ impl Default for GpuOptions {
             max_buffer_bytes: 512 << 20,
             host_threads: available_threads(),
             pipeline_bytes: 0,
+            profile: false,
         }
     }
 }
@@ -112,6 +118,13 @@ pub struct GpuStats {
     /// resident.
     pub model_uploads: u64,
     pub model_hits: u64,
+    /// Seconds planning a call (tables, buffer sizes, model places) and encoding its commands
+    /// (bind groups, passes), and in all inside scoring calls.
+    pub plan_s: f64,
+    pub encode_s: f64,
+    pub score_call_s: f64,
+    /// Device seconds per step (`copy`, a pass's name), with [`GpuOptions::profile`].
+    pub device_steps: Vec<(&'static str, f64)>,
 }
 
 struct Pipelines {
@@ -125,8 +138,13 @@ struct Pipelines {
 
 struct FitPipelines {
     stats: wgpu::ComputePipeline,
+    merge: wgpu::ComputePipeline,
     apply: wgpu::ComputePipeline,
     solve: wgpu::ComputePipeline,
+    /// The solve in workgroup memory, for systems of at most `small_solve` f64s (`None` where
+    /// the device's workgroup memory holds none worth it).
+    solve_small: Option<wgpu::ComputePipeline>,
+    small_solve: usize,
     calibrate: wgpu::ComputePipeline,
 }
 
@@ -146,6 +164,7 @@ pub struct GpuBackend {
     /// The first uncaptured device error or device loss; every later call fails with it.
     fault: Arc<Mutex<Option<String>>>,
     stats: Mutex<GpuStats>,
+    prof: Option<profile::Profiler>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

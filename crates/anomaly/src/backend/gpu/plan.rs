@@ -228,6 +228,8 @@ pub fn residual_need(j: &ResidualJob<'_>) -> Need {
 
 /// Elements per workgroup of the standardizing pass (`standardize.wgsl`: 256 threads × 4).
 pub const STD_BLOCK: usize = 1024;
+/// Rows per chunk of the standardizing statistics (`standardize.wgsl`: `SROWS`).
+pub const STATS_ROWS: usize = 256;
 /// Words of a device-training host record (`train_common.wgsl`: `Host`) and its f64 settings.
 pub const HOST_WORDS: usize = 24;
 pub const HOSTF_BYTES: u64 = 16;
@@ -292,7 +294,9 @@ pub fn fit_need(j: &FitJob<'_>) -> Need {
     let items = shape.items() as u64;
     let f = j.features() as u64;
     let blocks = (n * d).div_ceil(STD_BLOCK) as u64;
-    let rgroups = (n.div_ceil(RES_ROWS) * d.div_ceil(RES_METRICS)) as u64;
+    let chunks = n.div_ceil(STATS_ROWS) as u64;
+    let rblocks = n.div_ceil(RES_ROWS);
+    let rgroups = (rblocks * d.div_ceil(RES_METRICS)) as u64;
     let z = floats4((n + lags) * d) * 4;
     let tables = HOST_WORDS as u64 * 4
         + HOSTF_BYTES
@@ -300,20 +304,23 @@ pub fn fit_need(j: &FitJob<'_>) -> Need {
         + items * 16
         + shape.pairs as u64 * 16
         + blocks * 8
+        + chunks * 8
         + 32
         + rgroups * 16;
     Need {
         z,
         w: floats4(lags * d * d + d) * 4,
         part: items * ENTRY as u64 * 4,
-        resid: floats4(n * d) * 4,
+        // The residuals, then their sums of squares per 64-row block.
+        resid: (floats4(n * d) + floats4(rblocks * d)) * 4,
         out: floats4(Summary::of(j).words) * 4,
         red: shape.pairs as u64 * ENTRY as u64 * 4,
-        solve: align((f * f + f * d as u64) * 8, 16),
+        // The scratch-buffer solve's A and B, then each chunk's mean and squared deviations.
+        solve: align((f * f + f * d as u64 + 2 * chunks * d as u64) * 8, 16),
         sk: floats4(n + n.next_power_of_two()) * 4,
         tables,
         staged: z + tables,
-        groups: items.max(blocks).max(rgroups).max(1),
+        groups: items.max(blocks).max(rgroups).max(chunks).max(1),
         reduce_groups: (shape.pairs * ENTRY).div_ceil(REDUCE_GROUP) as u64,
         ..Need::default()
     }

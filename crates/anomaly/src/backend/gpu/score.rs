@@ -28,6 +28,7 @@ impl GpuBackend {
         jobs: &[StreamJob<'_>],
         top_k: usize,
     ) -> Vec<Result<Streamed, BackendError>> {
+        let called = Instant::now();
         let mut out = Vec::with_capacity(jobs.len());
         let mut needs = Vec::with_capacity(jobs.len());
         for j in jobs {
@@ -51,7 +52,9 @@ impl GpuBackend {
                 }
             }
         }
-        self.batched(jobs.len(), needs, out, jobs, |b| self.run_stream(b, top_k))
+        let r = self.batched(jobs.len(), needs, out, jobs, |b| self.run_stream(b, top_k));
+        lock(&self.stats).score_call_s += called.elapsed().as_secs_f64();
+        r
     }
 
     /// One sub-batch (every job checked, non-empty, within limits).
@@ -76,15 +79,18 @@ impl GpuBackend {
         jobs: &[&StreamJob<'_>],
         top_k: usize,
     ) -> Result<Vec<Streamed>, BackendError> {
+        let planning = Instant::now();
         // Where each model lives this run, and which go up.
-        let models: Vec<_> = jobs
-            .iter()
-            .map(|j| {
-                let len = plan::model_len(j.series.d, j.series.lags) as u64;
-                (j.key, len, j.key.map_or(0, |_| fingerprint(&j.model)))
-            })
-            .collect();
+        // A fingerprint reads a few values spread over each model (cold cache lines): on the
+        // pool's threads for a fleet.
+        let threads = if jobs.len() < 256 { 1 } else { self.threads };
+        let models: Vec<_> = par_map(threads, jobs.to_vec(), |_, j| {
+            let len = plan::model_len(j.series.d, j.series.lags) as u64;
+            (j.key, len, j.key.map_or(0, |_| fingerprint(&j.model)))
+        });
+        let t_fp = planning.elapsed();
         let (mut places, mut placed) = bufs.models.place(&models);
+        let t_place = planning.elapsed();
         if placed.need * 4 > self.limits.binding {
             bufs.models.clear();
             (places, placed) = bufs.models.place(&models);
@@ -154,6 +160,7 @@ impl GpuBackend {
         let p_energy = tables.put(&words([u32s(n_items as usize), ex, 1, 0]));
         let p_stream = tables.put(&words([u32s(n_hosts as usize), sx, 0, 0]));
         let tlen = tables.len();
+        let t_tables = planning.elapsed();
         let z_bytes = zat as u64 * 4;
         let e_bytes = eat as u64 * 4;
         let out_bytes = oat as u64 * 4;
@@ -198,15 +205,24 @@ impl GpuBackend {
             m.size = buf.size();
             Ok(m.buf.replace(buf))
         })?;
+        let planned = planning.elapsed().as_secs_f64();
+        if jobs.len() > 1000 {
+            eprintln!(
+                "TIMING fp {:?} place {:?} tables {:?} total {:?}",
+                t_fp,
+                t_place,
+                t_tables,
+                planning.elapsed()
+            );
+        }
         let t = Instant::now();
         let up = bufs.upload[0].get();
         self.map_when(up, total, wgpu::MapMode::Write, After::Idle)?;
         let waited = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut copies: Vec<(u64, u64, u64)> = Vec::new(); // staging offset, model offset, bytes
-        {
-            let mut view = up.slice(..total).get_mapped_range_mut();
-            let (tdst, rest) = view.split_at_mut(tlen as usize);
+        let fill = |dst: &mut [u8], copies: &mut Vec<(u64, u64, u64)>, threads: usize| {
+            let (tdst, rest) = dst.split_at_mut(tlen as usize);
             tdst[..tables.bytes.len()].copy_from_slice(&tables.bytes);
             let (zdst, mdst) = rest.split_at_mut(z_bytes as usize);
             let put = |dst: &mut [u8], at: usize, v: &[f32]| {
@@ -218,7 +234,7 @@ impl GpuBackend {
                 parts.push((zoffs[k] as u64 * 4, &j.series.zpad[..j.series.len()]));
                 parts.push((soffs[k] as u64 * 4, j.ema));
             }
-            scatter(self.threads, zdst, parts);
+            scatter(threads, zdst, parts);
             let mut at = 0usize;
             for &k in &uploads {
                 let m = &jobs[k].model;
@@ -238,13 +254,30 @@ impl GpuBackend {
                     _ => copies.push((src, dst, bytes)),
                 }
             }
+        };
+        {
+            let mut view = up.slice(..total).get_mapped_range_mut();
+            if total < PARALLEL_COPY_BYTES as u64 {
+                // A one-minute run is thousands of small pieces: gathered in host memory, then
+                // written to the mapped buffer (write-combined on a discrete GPU) in one stream.
+                let stage = &mut bufs.stage;
+                stage.clear();
+                stage.resize(total as usize, 0);
+                fill(stage, &mut copies, self.threads);
+                view.copy_from_slice(stage);
+            } else {
+                fill(&mut view, &mut copies, self.threads);
+            }
         }
         up.unmap();
         let filled = t.elapsed().as_secs_f64();
+        let encoding = Instant::now();
+        let mut marks = None;
         let index = self.scoped(|| {
             let mut enc = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let mut m = self.marks(&mut enc, 0);
             let mbuf = bufs.models.buf.as_ref().expect("ensured");
             if let Some(old) = &grown {
                 if placed.keep > 0 {
@@ -257,6 +290,7 @@ impl GpuBackend {
             for &(src, dst, bytes) in &copies {
                 enc.copy_buffer_to_buffer(up, src, mbuf, dst, bytes);
             }
+            self.mark(&mut enc, &mut m, "upload copy");
             let (z, e, out) = (bufs.z.get(), bufs.resid.get(), bufs.out.get());
             self.pass_ranges(
                 &mut enc,
@@ -271,6 +305,7 @@ impl GpuBackend {
                 ],
                 n_items,
             );
+            self.mark(&mut enc, &mut m, "residual energies");
             self.pass_ranges(
                 &mut enc,
                 &self.pipes.stream,
@@ -283,11 +318,18 @@ impl GpuBackend {
                 ],
                 n_hosts,
             );
+            self.mark(&mut enc, &mut m, "score stream");
             enc.copy_buffer_to_buffer(out, 0, bufs.readback[0].get(), 0, out_bytes);
+            self.mark(&mut enc, &mut m, "result copy");
+            self.end_marks(&mut enc, &m);
+            marks = Some(m);
             let cmd = enc.finish();
             let t = Instant::now();
+            let encoded = t.duration_since(encoding).as_secs_f64();
             let index = self.queue.submit([cmd]);
-            lock(&self.stats).submit_s += t.elapsed().as_secs_f64();
+            let mut st = lock(&self.stats);
+            st.submit_s += t.elapsed().as_secs_f64();
+            st.encode_s += encoded;
             Ok(index)
         })?;
         drop(grown);
@@ -310,13 +352,18 @@ impl GpuBackend {
             })
         };
         rb.unmap();
+        let read = t.elapsed().as_secs_f64();
+        if let Some(m) = marks {
+            self.read_marks(m);
+        }
         let mut st = lock(&self.stats);
+        st.plan_s += planned;
         st.submits += 1;
         st.upload_bytes += total;
         st.download_bytes += out_bytes;
         st.fill_s += filled;
         st.wait_s += waited;
-        st.read_s += t.elapsed().as_secs_f64();
+        st.read_s += read;
         st.model_uploads += uploads.len() as u64;
         st.model_hits += places.iter().filter(|p| !p.upload).count() as u64;
         drop(st);

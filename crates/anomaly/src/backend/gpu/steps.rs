@@ -191,13 +191,29 @@ impl GpuBackend {
         entries: &[(&wgpu::Buffer, u64, u64)],
         groups: u64,
     ) {
+        let bound: Vec<(u32, &wgpu::Buffer, u64, u64)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, &(b, offset, size))| (i as u32, b, offset, size))
+            .collect();
+        self.pass_bound(enc, pipe, &bound, groups);
+    }
+
+    /// One compute pass of `groups` workgroups with the bindings named: `(binding, buffer,
+    /// offset, size)`.
+    pub(super) fn pass_bound(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        pipe: &wgpu::ComputePipeline,
+        entries: &[(u32, &wgpu::Buffer, u64, u64)],
+        groups: u64,
+    ) {
         let layout = pipe.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = entries
             .iter()
-            .enumerate()
-            .map(|(i, (b, offset, size))| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: binding(b, *offset, *size),
+            .map(|&(i, b, offset, size)| wgpu::BindGroupEntry {
+                binding: i,
+                resource: binding(b, offset, size),
             })
             .collect();
         let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
