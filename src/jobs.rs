@@ -122,7 +122,10 @@ pub fn spawn(
     let ctx = JobContext {
         store,
         cfg,
-        anomaly: Default::default(),
+        anomaly: tokio::sync::Mutex::new(match board.anomaly_backend() {
+            Some(backend) => AnomalyJob::new(backend),
+            None => AnomalyJob::default(),
+        }),
     };
     tokio::spawn(async move {
         let mut leader: Option<PgConnection> = None;

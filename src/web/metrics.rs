@@ -163,6 +163,38 @@ fn pool_metrics(out: &mut String, recs: &[crate::analytics::capacity::PoolRecomm
     }
 }
 
+/// Which backend the anomaly detector runs on, on which adapter, and the work a GPU left to
+/// the CPU.
+fn anomaly_backend_metrics(out: &mut String, b: &rackwatch_anomaly::SelectedBackend) {
+    use rackwatch_anomaly::Backend;
+    let info = b.info();
+    gauge_header(
+        out,
+        "rackwatch_anomaly_backend_info",
+        "The anomaly detector's backend on this server (cpu or gpu), its adapter and device type; always 1.",
+    );
+    let _ = writeln!(
+        out,
+        "rackwatch_anomaly_backend_info{{backend=\"{}\",adapter=\"{}\",device_type=\"{}\",api=\"{}\"}} 1",
+        info.kind.as_str(),
+        label(&info.device),
+        label(&info.device_type),
+        label(info.api.as_deref().unwrap_or(""))
+    );
+    counter(
+        out,
+        "rackwatch_anomaly_cpu_fallback_hosts_total",
+        "Host trainings or scorings the GPU could not take (too large for its buffers, a device fault) that ran on the CPU.",
+        b.cpu_fallback_hosts(),
+    );
+    counter(
+        out,
+        "rackwatch_anomaly_cpu_scoring_calls_total",
+        "Scoring runs a GPU backend left to the CPU because they were too small to gain from it.",
+        b.cpu_scoring_calls(),
+    );
+}
+
 /// Escape a label value per the exposition format.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -263,6 +295,9 @@ pub async fn metrics(
         st.cfg.database.max_connections
     );
     job_metrics(&mut out, &st.jobs.snapshot(), st.jobs.is_leader());
+    if let Some(b) = st.jobs.anomaly_backend() {
+        anomaly_backend_metrics(&mut out, &b);
+    }
     if let Ok(recs) = st.store.recommendations(None).await {
         pool_metrics(&mut out, &recs);
     }

@@ -171,8 +171,18 @@ pub struct SelectedBackend {
     fallback: Option<String>,
     cpu_hosts: AtomicU64,
     /// Scoring calls below this many multiply-adds run on the CPU (0 on the CPU backend).
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
     min_score_work: u64,
     cpu_scoring_calls: AtomicU64,
+}
+
+impl fmt::Debug for SelectedBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelectedBackend")
+            .field("info", &self.info)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SelectedBackend {
@@ -278,6 +288,8 @@ impl SelectedBackend {
     /// Where a scoring call of `work` multiply-adds runs ([`score_work`]): on a GPU, calls
     /// below [`SelectOptions::min_gpu_score_work`] run on the CPU.
     pub fn scores_on(&self, work: u64) -> BackendKind {
+        #[cfg(not(feature = "gpu"))]
+        let _ = work;
         match self.inner {
             Inner::Cpu => BackendKind::Cpu,
             #[cfg(feature = "gpu")]

@@ -83,12 +83,12 @@ impl GpuBackend {
                  and libvulkan.so.1 installed?)"
                     .to_string()
             } else {
-                let mut wanted = vec!["a compute-capable adapter"];
+                let mut wanted = vec!["a compute-capable adapter".to_string()];
                 if !opts.allow_software {
-                    wanted.push("not a software one");
+                    wanted.push("not a software one".into());
                 }
-                if opts.adapter_name.is_some() {
-                    wanted.push("with the configured name");
+                if let Some(name) = &opts.adapter_name {
+                    wanted.push(format!("with {name:?} in its name"));
                 }
                 format!("wanted {}; found: {}", wanted.join(", "), seen.join("; "))
             };
