@@ -15,7 +15,7 @@
 //! BENCH_HOLD_SECS (keep the loaded database up before measuring) help investigations.
 
 mod common;
-use common::env;
+use common::{env, load, pct};
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -23,12 +23,10 @@ use std::time::Instant;
 
 use chrono::{DateTime, DurationRound, Utc};
 use rackwatch::collect::simulator::SimulatedHost;
-use rackwatch::config::{Config, Secret};
 use rackwatch::model::Batch;
 use rackwatch::store::rollup::quarter;
 use rackwatch::store::samples::{encode_gpu_rows, encode_host_rows, gpu_columns, host_columns};
 use rackwatch::store::Store;
-use tokio::sync::watch;
 
 fn main() {
     common::block_on(run());
@@ -41,47 +39,6 @@ async fn copy(store: &Store, sql: &str, data: String) {
     copy.finish().await.unwrap();
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-/// Run `n` jobs on `clients` concurrent workers; returns sorted latencies in ms.
-async fn load<F, Fut>(clients: usize, n: usize, job: F) -> Vec<f64>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let job = Arc::new(job);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (job, next) = (job.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let t = Instant::now();
-                job(i).await;
-                out.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort_by(f64::total_cmp);
-    all
-}
-
 async fn run() {
     let hosts = env("BENCH_HOSTS", 125);
     let raw_hours = env("BENCH_RAW_HOURS", 6) as i64;
@@ -92,18 +49,8 @@ async fn run() {
     let gpus = 8u32;
 
     let root = std::env::temp_dir().join(format!("rackwatch-bench-dash-{}", std::process::id()));
-    let common::BenchDb { mut pg, store, url } = common::start_db(
-        root.clone(),
-        &[
-            "shared_buffers=1GB",
-            "max_connections=200",
-            "synchronous_commit=off",
-            "max_wal_size=2GB",
-            "checkpoint_timeout=30min",
-        ],
-        40,
-    )
-    .await;
+    let common::BenchDb { mut pg, store, url } =
+        common::start_db(root.clone(), common::BULK_LOAD, 40).await;
     let now = Utc::now();
     store
         .ensure_partitions(now, days as u32 + 1, 1)
@@ -254,63 +201,14 @@ async fn run() {
     );
 
     // --- server ----------------------------------------------------------------------
-    let mut cfg = Config::default();
-    cfg.server.listen = "127.0.0.1:0".into();
-    cfg.database.url = Secret::new(url.clone());
-    cfg.database.max_connections = 40;
+    let cfg = common::server_config(&url, 40);
     let cfg = Arc::new(cfg);
-    let (_stop, stop_rx) = watch::channel(false);
-    let server = rackwatch::app::start_server(cfg.clone(), store.clone(), stop_rx)
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.addr);
-    store
-        .upsert_user(
-            "bench",
-            rackwatch::store::auth::Role::Viewer,
-            "bench-password",
-        )
-        .await
-        .unwrap();
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(clients)
-        .build()
-        .unwrap();
-    let login = client.get(format!("{base}/login")).send().await.unwrap();
-    let csrf_cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let html = login.text().await.unwrap();
-    let key = "name=\"csrf\" value=\"";
-    let i = html.find(key).unwrap() + key.len();
-    let token = html[i..i + html[i..].find('"').unwrap()].to_string();
-    let r = client
-        .post(format!("{base}/login"))
-        .header("cookie", csrf_cookie)
-        .form(&[
-            ("username", "bench"),
-            ("password", "bench-password"),
-            ("csrf", &token),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let cookie = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .find(|c| c.starts_with("rw_session="))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let served = common::serve(cfg.clone(), &store, clients).await;
+    let (base, client, cookie) = (
+        served.base.clone(),
+        served.client.clone(),
+        served.cookie.clone(),
+    );
     let names: Arc<Vec<String>> = Arc::new(fleet.iter().map(|h| h.info.name.clone()).collect());
     // BENCH_HOLD_SECS: keep the loaded database up that long before measuring (to
     // EXPLAIN the page queries by hand); BENCH_PAGES=fleet,gpu_7d measures only those

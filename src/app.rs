@@ -356,8 +356,20 @@ pub fn start_background(
     db_url: String,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Background> {
+    start_background_with(cfg, store, db_url, Shared::default(), shutdown)
+}
+
+/// [`start_background`] with the state a server started earlier already shares (the
+/// demo starts its server first, so the simulated agents can ship their recent history
+/// before alerting looks at who is silent).
+pub fn start_background_with(
+    cfg: Arc<Config>,
+    store: Store,
+    db_url: String,
+    shared: Shared,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Background> {
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let shared = Shared::default();
     if cfg.anomaly.enabled {
         shared
             .jobs

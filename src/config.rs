@@ -275,6 +275,9 @@ pub struct SimulatorConfig {
     /// Days of older history, one sample per minute, written at the first start so
     /// forecasts, anomaly models and energy reports have data at once (0: none).
     pub history_days: u32,
+    /// Seconds after the demo starts when the failing fan starts to fail (its GPU
+    /// throttles within about a minute) and, two minutes later, a GPU falls off the bus.
+    pub faults_after_secs: u32,
 }
 
 impl Default for SimulatorConfig {
@@ -284,6 +287,7 @@ impl Default for SimulatorConfig {
             gpus_per_host: 8,
             backfill_minutes: 60,
             history_days: 6,
+            faults_after_secs: 180,
         }
     }
 }

@@ -780,8 +780,16 @@ async fn run_agent(cfg: Config) -> anyhow::Result<()> {
     let identity = app::local_identity(&cfg);
     rackwatch::model::validate::validate_host(&identity)
         .map_err(|e| anyhow::anyhow!("agent.host: {e}"))?;
+    if cfg.agent.host.name.is_empty() {
+        tracing::warn!(
+            host = %identity.name,
+            "agent.host.name is not set: reporting as this machine's hostname; the token must be for that host"
+        );
+    }
     let sources = app::local_sources(&cfg)?;
-    let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &cfg.spool_dir())?;
+    let spool = std::path::absolute(cfg.spool_dir()).unwrap_or_else(|_| cfg.spool_dir());
+    tracing::info!(spool = %spool.display(), "undelivered batches wait in the spool");
+    let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &spool)?;
     let shipper = agent::run(identity, sources, shipper, app::timing(&cfg), shutdown).await;
     if shipper.pending() {
         tracing::info!(
@@ -829,6 +837,13 @@ async fn demo(
     db.store.revoke_tokens_with_note("demo").await?;
     let cfg = Arc::new(cfg);
     let mut fleet = SimulatedHost::fleet(cfg.simulator.hosts, cfg.simulator.gpus_per_host);
+    // The fan fault and the lost GPU start a few minutes in: the history written now, and
+    // the anomaly models trained on it, know the fleet healthy.
+    let faults_at =
+        chrono::Utc::now() + chrono::Duration::seconds(i64::from(cfg.simulator.faults_after_secs));
+    for h in &mut fleet {
+        h.start_faults_at(faults_at);
+    }
     let t0 = std::time::Instant::now();
     let filled = app::backfill_history(&cfg, &db.store, &mut fleet, chrono::Utc::now()).await?;
     if filled.samples > 0 {
@@ -840,24 +855,23 @@ async fn demo(
             "simulated fleet history back-filled"
         );
     }
-    let bg = app::start_background(
+    // The server stops after the agents have flushed; it has its own stop signal.
+    let (server_stop_tx, server_stop) = watch::channel(false);
+    let shared = app::Shared::default();
+    let server =
+        app::start_server_with(cfg.clone(), db.store.clone(), shared.clone(), server_stop).await?;
+    let base = format!("http://{}", server.addr);
+
+    // The simulated agents ship their last `backfill_minutes` before alerting starts, so
+    // no host looks silent in between.
+    let mut agents = app::start_simulator(&cfg, &db.store, &base, fleet, shutdown.clone()).await?;
+    let bg = app::start_background_with(
         cfg.clone(),
         db.store.clone(),
         db.url.clone(),
+        shared,
         shutdown.clone(),
     )?;
-    // The server stops after the agents have flushed; it has its own stop signal.
-    let (server_stop_tx, server_stop) = watch::channel(false);
-    let server = app::start_server_with(
-        cfg.clone(),
-        db.store.clone(),
-        bg.shared.clone(),
-        server_stop,
-    )
-    .await?;
-    let base = format!("http://{}", server.addr);
-
-    let mut agents = app::start_simulator(&cfg, &db.store, &base, fleet, shutdown.clone()).await?;
     if local_agent {
         let identity = app::local_identity(&cfg);
         let token = db.store.create_agent_token(&identity.name, "demo").await?;

@@ -5,6 +5,9 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use rackwatch::store::managed::{ManagedOptions, ManagedPostgres};
 use rackwatch::store::{create_database_if_missing, Store};
@@ -24,6 +27,25 @@ pub fn block_on(f: impl Future<Output = ()>) {
         .build()
         .unwrap()
         .block_on(f);
+}
+
+/// Server settings for a cluster that is bulk-loaded and then read by many clients.
+pub const BULK_LOAD: &[&str] = &[
+    "shared_buffers=1GB",
+    "max_connections=200",
+    "synchronous_commit=off",
+    "max_wal_size=4GB",
+    "checkpoint_timeout=30min",
+];
+
+/// A server configuration on the benchmark's database: a random loopback port and a
+/// pool of `connections`.
+pub fn server_config(url: &str, connections: u32) -> rackwatch::config::Config {
+    let mut cfg = rackwatch::config::Config::default();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.database.url = rackwatch::config::Secret::new(url.to_string());
+    cfg.database.max_connections = connections;
+    cfg
 }
 
 /// A benchmark's own cluster and its migrated `bench` database.
@@ -54,4 +76,127 @@ pub async fn start_db(root: PathBuf, settings: &[&str], pool: u32) -> BenchDb {
     let store = Store::connect(&url, pool, 30).await.unwrap();
     store.migrate().await.unwrap();
     BenchDb { pg, store, url }
+}
+
+/// The `p` quantile (0–1) of sorted values, NaN for none.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Run `n` jobs on `clients` concurrent workers; returns sorted latencies in ms.
+pub async fn load<F, Fut>(clients: usize, n: usize, job: F) -> Vec<f64>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let job = Arc::new(job);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (job, next) = (job.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let t = Instant::now();
+                job(i).await;
+                out.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+/// Sign in through the login form like a browser (CSRF cookie and field); returns a
+/// client that keeps up to `clients` idle connections and the session cookie.
+pub async fn login(
+    base: &str,
+    user: &str,
+    password: &str,
+    clients: usize,
+) -> (reqwest::Client, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let login = client.get(format!("{base}/login")).send().await.unwrap();
+    let csrf_cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = login.text().await.unwrap();
+    let key = "name=\"csrf\" value=\"";
+    let i = html.find(key).unwrap() + key.len();
+    let token = html[i..i + html[i..].find('"').unwrap()].to_string();
+    let r = client
+        .post(format!("{base}/login"))
+        .header("cookie", csrf_cookie)
+        .form(&[("username", user), ("password", password), ("csrf", &token)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("rw_session="))
+        .expect("signed in")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (client, cookie)
+}
+
+/// The real server on a random loopback port with a viewer `bench` signed in.
+pub struct Served {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub cookie: String,
+    pub server: rackwatch::app::RunningServer,
+    /// Dropping it stops the server.
+    pub stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Start the server on `store` with `cfg` and sign a viewer in (see [`login`]).
+pub async fn serve(cfg: Arc<rackwatch::config::Config>, store: &Store, clients: usize) -> Served {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let server = rackwatch::app::start_server(cfg, store.clone(), stop_rx)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr);
+    store
+        .upsert_user(
+            "bench",
+            rackwatch::store::auth::Role::Viewer,
+            "bench-password",
+        )
+        .await
+        .unwrap();
+    let (client, cookie) = login(&base, "bench", "bench-password", clients).await;
+    Served {
+        base,
+        client,
+        cookie,
+        server,
+        stop,
+    }
 }

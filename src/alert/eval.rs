@@ -115,8 +115,10 @@ async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
         .collect())
 }
 
-/// New hardware events since the watermark → firing alerts (one per rule, host, GPU,
-/// kind and code; recurrences count up on the same alert).
+/// New hardware events since the watermark → firing alerts, one per rule and GPU (or
+/// host, for host-wide events); recurrences count up on the same alert, whose description
+/// lists every kind and code seen while it fires. A rule with `per_code` splits them into
+/// one alert per kind and XID code.
 async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow::Result<()> {
     let hw: Vec<(&Rule, &HardwareRule)> = rules
         .of_kind(|k| match k {
@@ -146,33 +148,44 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
         return Ok(());
     };
     let labels = host_labels(store).await?;
-    let mut by_rule: HashMap<&str, (Vec<Observation>, &Rule)> = HashMap::new();
+    // Per rule: observations, and for each the (host, GPU) its events came from.
+    #[allow(clippy::type_complexity)]
+    let mut by_rule: HashMap<&str, (Vec<Observation>, Vec<(i64, i16)>, &Rule, &HardwareRule)> =
+        HashMap::new();
     for (host_id, gpu, ts, kind, code, message, count, _) in &events {
         let Some(base) = labels.get(host_id) else {
             continue;
         };
-        let mut l = base.clone();
+        let mut at_gpu = base.clone();
         if *gpu >= 0 {
-            l.insert("gpu".into(), gpu.to_string());
-        }
-        l.insert("event".into(), kind.clone());
-        if kind == "xid" {
-            l.insert("xid".into(), code.to_string());
+            at_gpu.insert("gpu".into(), gpu.to_string());
         }
         for (rule, h) in &hw {
             let kind_ok = h.events.is_empty() || h.events.iter().any(|k| k == kind);
             let code_ok = h.xid_codes.is_empty() || h.xid_codes.contains(code);
+            let mut l = at_gpu.clone();
+            if h.per_code {
+                l.insert("event".into(), kind.clone());
+                if kind == "xid" {
+                    l.insert("xid".into(), code.to_string());
+                }
+            }
             if kind_ok && code_ok && rule.selects(&l) {
                 let entry = by_rule
                     .entry(rule.name.as_str())
-                    .or_insert_with(|| (Vec::new(), rule));
-                // Same alert twice in one round (a burst): count occurrences on one observation.
+                    .or_insert_with(|| (Vec::new(), Vec::new(), rule, h));
+                // Same alert twice in one round (a burst): count occurrences on one
+                // observation, which describes the latest event.
                 if let Some(o) = entry.0.iter_mut().find(|o| o.labels == l) {
                     o.occurrences += *count;
-                    o.at = o.at.max(*ts);
+                    if *ts >= o.at {
+                        o.at = *ts;
+                        o.value = Some(*code as f64);
+                        o.description = event_description(kind, *code, message);
+                    }
                 } else {
                     entry.0.push(Observation {
-                        labels: l.clone(),
+                        labels: l,
                         value: Some(*code as f64),
                         active: true,
                         clear: false,
@@ -181,11 +194,20 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
                         description: event_description(kind, *code, message),
                         held: None,
                     });
+                    entry.1.push((*host_id, *gpu));
                 }
             }
         }
     }
-    for (_, (obs, rule)) in by_rule {
+    for (_, (mut obs, at, rule, h)) in by_rule {
+        if !h.per_code {
+            for (o, (host_id, gpu)) in obs.iter_mut().zip(at) {
+                let seen = codes_seen(store, rule, h, &o.labels, host_id, gpu, o.at).await?;
+                if seen.len() > 1 || seen.first().is_some_and(|s| s.2 > 1) {
+                    o.description = format!("{}. Latest: {}", codes_text(&seen), o.description);
+                }
+            }
+        }
         apply(store, rules, rule, obs, now).await?;
     }
     sqlx::query(
@@ -196,6 +218,56 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
     .execute(&store.pool)
     .await?;
     Ok(())
+}
+
+/// Event kinds and codes of a GPU (or host) that a grouped hardware rule matched since
+/// its alert fired (or, for a new alert, in the last `resolve_after_secs`): (kind, code,
+/// occurrences), most frequent first.
+async fn codes_seen(
+    store: &Store,
+    rule: &Rule,
+    h: &HardwareRule,
+    labels: &Labels,
+    host_id: i64,
+    gpu: i16,
+    latest: DateTime<Utc>,
+) -> anyhow::Result<Vec<(String, i64, i64)>> {
+    let fp = crate::alert::fingerprint(&rule.name, labels);
+    let firing_since: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT started_at FROM alerts WHERE fingerprint = $1 AND state = 'firing'",
+    )
+    .bind(&fp)
+    .fetch_optional(&store.pool)
+    .await?;
+    let since =
+        firing_since.unwrap_or_else(|| latest - Duration::seconds(h.resolve_after_secs as i64));
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT kind, code, sum(count)::int8 FROM hardware_events
+          WHERE host_id = $1 AND gpu_index = $2 AND ts >= $3 AND ts <= $4
+            AND (cardinality($5::text[]) = 0 OR kind = ANY($5))
+            AND (cardinality($6::int8[]) = 0 OR code = ANY($6))
+          GROUP BY kind, code ORDER BY 3 DESC, 1, 2",
+    )
+    .bind(host_id)
+    .bind(gpu)
+    .bind(since)
+    .bind(latest)
+    .bind(&h.events)
+    .bind(&h.xid_codes)
+    .fetch_all(&store.pool)
+    .await?;
+    Ok(rows)
+}
+
+/// "XID 31 ×3, XID 13 ×2, thermal_throttle ×1".
+fn codes_text(seen: &[(String, i64, i64)]) -> String {
+    seen.iter()
+        .map(|(kind, code, n)| match kind.as_str() {
+            "xid" => format!("XID {code} ×{n}"),
+            k => format!("{k} ×{n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What an event means, for the mail.

@@ -109,6 +109,10 @@ pub struct HardwareRule {
     pub xid_codes: Vec<i64>,
     #[serde(default = "default_quiet")]
     pub resolve_after_secs: u64,
+    /// One alert per event kind and XID code instead of one per GPU (default false: a
+    /// GPU with repeated faults is one alert whose description lists the codes).
+    #[serde(default)]
+    pub per_code: bool,
 }
 
 /// A host that sent nothing for `after_secs`.

@@ -536,7 +536,7 @@ pub fn actions(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> Ve
             format!("demand grows {:.1} %/day", growth * 100.0)
         } else if short_now {
             format!(
-                "demand (work + queue) already peaks above the {} installed GPUs",
+                "demand (work + queue) already reaches the {} installed GPUs at its peak",
                 r.installed_gpus
             )
         } else {

@@ -116,7 +116,12 @@ impl Shipper {
                 Err(e) => Delivery::Retry(format!("unexpected answer from server ({e}): {text}")),
             },
             400 | 413 | 415 | 422 => Delivery::Refused(format!("{status}: {text}")),
-            401 | 403 => Delivery::Retry(format!(
+            // The token belongs to another host: this batch will never be accepted, so it
+            // must not block the ones behind it (a fixed config ships them).
+            403 => Delivery::Refused(format!(
+                "{status}: {text} (set agent.host.name to the token's host, or create a token for this host)"
+            )),
+            401 => Delivery::Retry(format!(
                 "{status}: {text} (check agent.token; batches are kept in the spool)"
             )),
             _ => Delivery::Retry(format!("{status}: {text}")),

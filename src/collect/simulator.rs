@@ -3,8 +3,12 @@
 //! time plus seeded noise, so back-filled history and live data join without seams.
 //!
 //! Scenarios: diurnal inference load, a training job pinning a pool's GPUs near their
-//! power limit, a GPU whose fan is failing (hot, thermally throttled), and a GPU that
-//! throws XIDs every few minutes.
+//! power limit, a GPU that throws XIDs every few minutes, and two faults that start at a
+//! set time ([`SimulatedHost::start_faults_at`]; the demo starts them a few minutes after
+//! it starts, so the back-filled history and the anomaly models trained on it are clean):
+//! a fan that fails (over a few minutes the temperature rises to the slowdown
+//! temperature, the GPU throttles thermally, its clocks and power drop) and a GPU that
+//! falls off the bus (XID 79, then it stops reporting).
 
 use std::f64::consts::PI;
 
@@ -30,10 +34,17 @@ pub struct SimulatedHost {
     workload: Workload,
     gpus: u8,
     seed: u64,
-    /// (GPU index) whose fan is failing.
+    /// (GPU index) whose fan fails from `faults_from`.
     failing_fan: Option<u8>,
+    /// (GPU index) that falls off the bus [`LOST_AFTER`] after `faults_from`.
+    lost_gpu: Option<u8>,
+    /// When the fan starts failing (the start of time by default: always failed).
+    faults_from: DateTime<Utc>,
     /// (GPU index) that throws XIDs.
     xid_gpu: Option<u8>,
+    /// Whether each GPU was thermally throttled at the previous sample (a new slowdown is
+    /// a `thermal_throttle` event, as the NVML collector reports it).
+    thermal: Vec<bool>,
     energy_j: Vec<f64>,
     last: Option<DateTime<Utc>>,
 }
@@ -50,6 +61,14 @@ const XIDS: [(i64, &str); 3] = [
 ];
 /// Minutes between two XIDs of the faulty GPU.
 const XID_EVERY_MIN: u32 = 7;
+/// How long a failing fan takes to stop cooling (its effect grows linearly).
+const FAN_FAILS_OVER_SECS: f64 = 90.0;
+/// Slowdown temperatures: software thermal slowdown holds the GPU near the first, the
+/// hardware slowdown engages above the second.
+const SLOWDOWN_CELSIUS: f64 = 87.0;
+const HW_SLOWDOWN_CELSIUS: f64 = 90.0;
+/// The GPU that falls off the bus does so this long after the faults start.
+pub const LOST_AFTER: Duration = Duration::seconds(120);
 
 fn hash(mut x: u64) -> u64 {
     x ^= x >> 33;
@@ -108,7 +127,10 @@ impl SimulatedHost {
                     workload,
                     gpus: g,
                     seed: hash(u64::from(i) + 1),
-                    failing_fan: (i == 2 && g > 2).then_some(2),
+                    failing_fan: (i == 0 && g > 2).then_some(2),
+                    lost_gpu: (i == 1 && g > 5).then_some(5),
+                    faults_from: DateTime::<Utc>::MIN_UTC,
+                    thermal: vec![false; usize::from(g)],
                     xid_gpu: (i == 4 && g > 6)
                         .then_some(6)
                         .or((i == 4 && g > 0).then_some(0)),
@@ -119,6 +141,23 @@ impl SimulatedHost {
                 }
             })
             .collect()
+    }
+
+    /// Start the failing fan at `t` and drop the lost GPU off the bus [`LOST_AFTER`]
+    /// later (before `t` both GPUs are healthy).
+    pub fn start_faults_at(&mut self, t: DateTime<Utc>) {
+        self.faults_from = t;
+    }
+
+    /// How far the failing fan has failed at `t`: 0 (cooling) to 1 (not cooling).
+    fn fan_failure(&self, gpu: u8, t: DateTime<Utc>) -> f64 {
+        if self.failing_fan != Some(gpu) || t < self.faults_from {
+            return 0.0;
+        }
+        if self.faults_from == DateTime::<Utc>::MIN_UTC {
+            return 1.0;
+        }
+        ((t - self.faults_from).num_milliseconds() as f64 / 1000.0 / FAN_FAILS_OVER_SECS).min(1.0)
     }
 
     fn gpu_util(&self, gpu: u8, t: DateTime<Utc>) -> f64 {
@@ -151,11 +190,15 @@ impl SimulatedHost {
         let ts = t.timestamp();
         let mut out = Collected::default();
         let mut util_sum = 0.0;
+        let prev_ts = ts - dt.ceil() as i64;
+        let lost_at = self
+            .lost_gpu
+            .filter(|_| self.faults_from > DateTime::<Utc>::MIN_UTC)
+            .map(|g| (g, self.faults_from + LOST_AFTER));
         for g in 0..self.gpus {
             let util = self.gpu_util(g, t);
-            util_sum += util;
             let n = noise(self.seed, 100 + u64::from(g), ts / 5);
-            let fan_failing = self.failing_fan == Some(g);
+            let failure = self.fan_failure(g, t);
             let limit = 700.0;
             let mut power = 90.0 + util / 100.0 * 580.0 + 10.0 * n;
             let mut throttle = 0;
@@ -165,17 +208,74 @@ impl SimulatedHost {
             let mut temp = 32.0 + util / 100.0 * 42.0 + 1.5 * n;
             let mut fan = 30.0 + util / 100.0 * 45.0;
             let mut sm = 1980.0;
-            if fan_failing {
-                // The fan spins at full speed but cannot keep up: hot and throttled.
-                fan = 100.0;
-                temp = (temp + 16.0).min(93.0);
-                throttle |= THROTTLE_SW_THERMAL | if temp > 90.0 { THROTTLE_HW_THERMAL } else { 0 };
-                sm = 1410.0;
-                power *= 0.85;
+            if failure > 0.0 {
+                // The controller drives the fan to full speed, but it no longer cools: the
+                // temperature the GPU would reach climbs; thermal slowdown holds it near
+                // the slowdown temperature by cutting clocks, and power falls with them.
+                fan += (100.0 - fan) * failure;
+                let unchecked = temp + failure * (22.0 + util / 100.0 * 12.0);
+                if unchecked > SLOWDOWN_CELSIUS {
+                    let excess = unchecked - SLOWDOWN_CELSIUS;
+                    temp = SLOWDOWN_CELSIUS + excess * 0.3 + 0.8 * n;
+                    sm = (1980.0 - excess * 45.0).max(1005.0);
+                    power *= sm / 1980.0;
+                    throttle |= THROTTLE_SW_THERMAL;
+                    if temp > HW_SLOWDOWN_CELSIUS {
+                        throttle |= THROTTLE_HW_THERMAL;
+                    }
+                } else {
+                    temp = unchecked;
+                }
             } else if throttle & THROTTLE_SW_POWER_CAP != 0 {
                 sm = 1830.0;
             }
+            let thermal = throttle & (THROTTLE_SW_THERMAL | THROTTLE_HW_THERMAL) != 0;
+            if thermal && !self.thermal[usize::from(g)] {
+                out.events.push(HardwareEvent {
+                    ts: t,
+                    index: Some(g),
+                    kind: "thermal_throttle".into(),
+                    code: Some((throttle & (THROTTLE_SW_THERMAL | THROTTLE_HW_THERMAL)) as i64),
+                    message: format!(
+                        "thermal slowdown started (clock reasons: {})",
+                        crate::model::throttle::decode(throttle).join(", ")
+                    ),
+                    count: None,
+                });
+            }
+            self.thermal[usize::from(g)] = thermal;
             power = power.clamp(60.0, limit);
+            if let Some((lost, at)) = lost_at.filter(|(lost, _)| *lost == g) {
+                if t >= at {
+                    let mark = at.timestamp();
+                    if prev_ts < mark {
+                        let pci = 0x18 + lost;
+                        out.events.push(HardwareEvent {
+                            ts: at,
+                            index: Some(lost),
+                            kind: "xid".into(),
+                            code: Some(79),
+                            message: format!("NVRM: Xid (PCI:0000:{pci:02x}:00): 79, pid=1912, name=python3, GPU has fallen off the bus."),
+                            count: Some(1),
+                        });
+                        out.events.push(HardwareEvent {
+                            ts: at,
+                            index: Some(lost),
+                            kind: "gpu_lost".into(),
+                            code: None,
+                            message: format!(
+                                "GPU at PCI 0000:{pci:02x}:00.0 is lost (NVML: GPU is lost)"
+                            ),
+                            count: None,
+                        });
+                    }
+                    // The driver no longer reaches it: no samples, and it stays listed in
+                    // the inventory below.
+                    out.gpus.push(self.gpu_info(g, limit));
+                    continue;
+                }
+            }
+            util_sum += util;
             self.energy_j[g as usize] += power * dt;
             let mem_total: u64 = 80 << 30;
             let mem_used = ((0.05 + util / 100.0 * 0.85) * mem_total as f64) as u64;
@@ -196,25 +296,11 @@ impl SimulatedHost {
                 throttle_reasons: Some(throttle),
                 ..Default::default()
             });
-            out.gpus.push(GpuInfo {
-                index: g,
-                uuid: Some(format!(
-                    "GPU-{:08x}-{:04x}-{:04x}-sim0-{:012x}",
-                    self.seed as u32,
-                    g,
-                    0x5a5a,
-                    self.seed >> 16 & 0xffff_ffff_ffff
-                )),
-                model: Some("NVIDIA H100 80GB HBM3".into()),
-                memory_total_bytes: Some(mem_total),
-                power_limit_watts: Some(limit),
-                driver_version: Some("550.90.07".into()),
-            });
+            out.gpus.push(self.gpu_info(g, limit));
         }
         if let Some(g) = self.xid_gpu {
             // One XID every XID_EVERY_MIN minutes, at second 30 of that minute.
             let minute = (ts / 60) as u32;
-            let prev_ts = ts - dt.ceil() as i64;
             let mark = i64::from(minute) * 60 + 30;
             if minute.is_multiple_of(XID_EVERY_MIN) && prev_ts < mark && ts >= mark {
                 let (code, msg) = XIDS[(minute / XID_EVERY_MIN) as usize % XIDS.len()];
@@ -259,6 +345,23 @@ impl SimulatedHost {
                 .then_some((2.0 * (90.0 + 2.6 * cpu)) * dt),
         });
         out
+    }
+
+    fn gpu_info(&self, g: u8, power_limit: f64) -> GpuInfo {
+        GpuInfo {
+            index: g,
+            uuid: Some(format!(
+                "GPU-{:08x}-{:04x}-{:04x}-sim0-{:012x}",
+                self.seed as u32,
+                g,
+                0x5a5a,
+                self.seed >> 16 & 0xffff_ffff_ffff
+            )),
+            model: Some("NVIDIA H100 80GB HBM3".into()),
+            memory_total_bytes: Some(80 << 30),
+            power_limit_watts: Some(power_limit),
+            driver_version: Some("550.90.07".into()),
+        }
     }
 
     /// History from `from` to `to` every `step`, as one collection (for back-fill).
@@ -348,5 +451,68 @@ mod tests {
         // One XID every 7 minutes on the faulty GPU: 8 or 9 in an hour.
         assert!((8..=9).contains(&xids), "{xids} XIDs");
         assert!(hot > 100, "{hot} hot samples from the failing fan");
+    }
+
+    #[test]
+    fn a_fan_fails_and_a_gpu_falls_off_the_bus_when_told() {
+        let onset: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        let mut fleet = SimulatedHost::fleet(2, 8);
+        for h in &mut fleet {
+            h.start_faults_at(onset);
+        }
+        let step = Duration::seconds(5);
+        let from = onset - Duration::minutes(10);
+        let to = onset + Duration::minutes(10);
+
+        // Host 0, GPU 2: healthy before, hot and throttled after, one throttle event.
+        let c = fleet[0].history(from, to, step);
+        let g2: Vec<_> = c.gpu_samples.iter().filter(|s| s.index == 2).collect();
+        assert_eq!(g2.len(), 240);
+        for s in g2.iter().filter(|s| s.ts < onset) {
+            assert!(s.temp_celsius.unwrap() < 80.0, "{s:?}");
+            assert_eq!(s.throttle_reasons.unwrap() & 0x60, 0, "{s:?}");
+        }
+        let throttled = g2
+            .iter()
+            .find(|s| s.throttle_reasons.unwrap() & 0x20 != 0)
+            .expect("thermal slowdown");
+        let after = (throttled.ts - onset).num_seconds();
+        assert!(
+            (20..=60).contains(&after),
+            "throttled {after} s after the onset"
+        );
+        for s in g2.iter().filter(|s| s.ts >= onset + Duration::minutes(2)) {
+            assert!(s.temp_celsius.unwrap() > 87.0, "{s:?}");
+            assert!(s.sm_clock_mhz.unwrap() < 1400.0, "{s:?}");
+            assert!(s.power_watts.unwrap() < 450.0, "{s:?}");
+            assert_eq!(s.fan_pct, Some(100.0));
+        }
+        let events: Vec<_> = c.events.iter().filter(|e| e.index == Some(2)).collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, "thermal_throttle");
+        assert_eq!(events[0].ts, throttled.ts);
+        // The other GPUs of the host are untouched.
+        assert!(c
+            .gpu_samples
+            .iter()
+            .filter(|s| s.index != 2)
+            .all(|s| s.temp_celsius.unwrap() < 80.0));
+
+        // Host 1, GPU 5: XID 79 and lost at onset + 2 min, then no samples; still listed.
+        let lost_at = onset + LOST_AFTER;
+        let c = fleet[1].history(from, to, step);
+        let g5: Vec<_> = c.gpu_samples.iter().filter(|s| s.index == 5).collect();
+        assert!(!g5.is_empty() && g5.iter().all(|s| s.ts < lost_at));
+        assert_eq!(g5.last().unwrap().ts, lost_at - step);
+        let kinds: Vec<_> = c
+            .events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.code, e.ts))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![("xid", Some(79), lost_at), ("gpu_lost", None, lost_at)]
+        );
+        assert_eq!(c.gpus.len(), 8);
     }
 }

@@ -145,6 +145,11 @@ pub struct FleetPage {
     pub metric_label: &'static str,
     pub legend: HeatLegend,
     pub sites: Vec<SiteGroup>,
+    /// Pools whose demand outgrows their GPUs within the capacity lead time, and pools
+    /// that could release hosts (links to /capacity).
+    pub pools_short: usize,
+    pub pools_spare: usize,
+    pub pools_total: usize,
 }
 
 async fn page(
@@ -154,9 +159,20 @@ async fn page(
     Query(q): Query<RangeParams>,
 ) -> Result<Response, PageError> {
     let metric = Metric::parse(q.metric.as_deref())?;
-    let d = load(&st, metric).await?;
+    let (d, recs) = tokio::try_join!(load(&st, metric), async {
+        Ok(st.store.recommendations(None).await?)
+    })?;
+    let lead = chrono::Duration::days(i64::from(st.cfg.capacity.lead_days));
     render_off(move || {
         let now = d.generated_at;
+        let pools_short = recs
+            .iter()
+            .filter(|r| crate::analytics::capacity::short_within(r, lead, now))
+            .count();
+        let pools_spare = recs
+            .iter()
+            .filter(|r| !r.consolidation.0.is_empty())
+            .count();
         let rows = host_table_rows(&d.hosts, &d.gpus, now);
         let page = FleetPage {
             nav: Nav::new(&user, csrf, "fleet"),
@@ -173,6 +189,9 @@ async fn page(
             metric_label: metric.label(),
             legend: legend(metric),
             sites: heatmap(&d.gpus, metric, "range=1h"),
+            pools_short,
+            pools_spare,
+            pools_total: recs.len(),
         };
         render_sized(&page, heatmap_page_size(d.gpus.len()))
     })

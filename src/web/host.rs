@@ -18,6 +18,7 @@ use super::range::parse_rfc3339;
 use super::range::{RangeParams, TimeRange};
 use super::AppState;
 use crate::analytics::anomaly::{ModelInfo, ScoreFilter, ScorePoint, StoredScore};
+use crate::analytics::forecast::StoredForecast;
 use crate::model::format::age;
 use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
 use crate::store::series::{GpuPoint, HostPoint};
@@ -55,6 +56,9 @@ pub struct HostData {
     /// Anomaly score and level over the range, one point per pixel column (at most one
     /// per minute: scores are per minute).
     pub anomaly_series: Vec<ScorePoint>,
+    /// The forecast engine's latest forecasts of the host (GPU utilization, GPU power,
+    /// disk space used) for the next 7 days, with 80 / 95 % intervals.
+    pub forecasts: Vec<StoredForecast>,
 }
 
 /// Anomalous minutes listed on a host page; the API has them all.
@@ -71,6 +75,7 @@ pub struct HostRows {
     pub anomalies: Vec<StoredScore>,
     pub anomaly_models: Vec<ModelInfo>,
     pub anomaly_series: Vec<ScorePoint>,
+    pub forecasts: Vec<StoredForecast>,
 }
 
 /// The host page's queries (the dashboard benchmark times exactly these).
@@ -99,6 +104,7 @@ pub async fn rows(
         anomalies,
         anomaly_models,
         anomaly_series,
+        forecasts,
     ) = tokio::try_join!(
         store.host_latest(name),
         store.gpus_latest(Some(name)),
@@ -122,6 +128,7 @@ pub async fn rows(
         store.anomaly_scores(&filter),
         store.anomaly_models(Some(name)),
         store.anomaly_score_series(name, range.from, range.to, range.bucket_secs),
+        store.forecasts(Some("host"), Some(name), None),
     )?;
     Ok(HostRows {
         host,
@@ -133,6 +140,7 @@ pub async fn rows(
         anomalies,
         anomaly_models,
         anomaly_series,
+        forecasts,
     })
 }
 
@@ -153,6 +161,7 @@ pub async fn load(st: &AppState, name: &str, range: TimeRange) -> Result<HostDat
         anomalies: r.anomalies,
         anomaly_models: r.anomaly_models,
         anomaly_series: r.anomaly_series,
+        forecasts: r.forecasts,
     })
 }
 
@@ -181,6 +190,8 @@ pub struct HostPage {
     /// The API query with every anomalous minute of the range.
     pub anomalies_link: String,
     pub anomalies_max: i64,
+    /// Forecasts of the next 7 days.
+    pub forecasts: Vec<ChartView>,
 }
 
 /// An anomalous minute on the host page.
@@ -335,6 +346,11 @@ async fn page(
                 urlencode(&r.to.to_rfc3339())
             ),
             anomalies_max: HOST_PAGE_ANOMALIES,
+            forecasts: d
+                .forecasts
+                .iter()
+                .map(super::page::forecast_chart)
+                .collect(),
         };
         render(&page)
     })

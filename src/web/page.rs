@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::auth::{urlencode, Csrf};
-use super::charts::{line_chart_with, Axis, Overlay, Series, PALETTE};
+use super::charts::{line_chart_with, Axis, Band, Overlay, Series, PALETTE};
 use super::error::ApiError;
 use super::events::title;
 use super::range::{preset_links, PresetLink, TimeRange};
@@ -308,6 +308,66 @@ pub fn chart(
         svg: line_chart_with(title, &series, r.from, r.to, axis, r.gap_secs(), ov),
         legend,
     }
+}
+
+/// A stored forecast as a chart: the hourly point forecast over its horizon, the 80 % and
+/// 95 % intervals as bands, and a mark at now. The title names the model and how well it
+/// did on its backtest (MASE below 1 beats repeating last week).
+pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartView {
+    let (what, axis) = match f.metric.as_str() {
+        "gpu_util_pct" => ("GPU utilization", Axis::Percent),
+        "gpu_power_watts" => ("GPU power", Axis::Auto(fmt_watts_axis)),
+        "disk_used_bytes" => ("Disk used", Axis::Auto(fmt_bytes_axis)),
+        other => (other, Axis::Auto(fmt_score_axis)),
+    };
+    let at = |i: usize| f.start_at + chrono::Duration::hours(i as i64);
+    let to = at(f.point.len().max(1));
+    let band = |lo: &[f64], hi: &[f64], label: &str, opacity: f64| Band {
+        label: label.into(),
+        points: lo
+            .iter()
+            .zip(hi)
+            .enumerate()
+            .map(|(i, (l, h))| (at(i), *l, *h))
+            .collect(),
+        opacity,
+    };
+    let ov = Overlay {
+        bands: vec![
+            band(&f.lo95, &f.hi95, "95 % interval", 0.10),
+            band(&f.lo80, &f.hi80, "80 % interval", 0.18),
+        ],
+        marks: vec![(f.generated_at, "forecast made".into())],
+        ..Overlay::default()
+    };
+    let mase = f
+        .backtest_mase
+        .map(|m| format!(", backtest MASE {m:.2}"))
+        .unwrap_or_default();
+    let title = format!(
+        "{what}, next {} days ({}{mase})",
+        f.point.len() / 24,
+        f.model
+    );
+    let series = vec![Series {
+        label: "forecast".into(),
+        points: f
+            .point
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (at(i), *v))
+            .collect(),
+    }];
+    let mut view = chart(
+        &title,
+        series,
+        &TimeRange::fixed(f.start_at, to, 3600),
+        axis,
+        &ov,
+    );
+    view.legend
+        .push(("80 % / 95 % intervals".into(), "#9ca3af"));
+    view
 }
 
 pub fn fmt_bytes_axis(v: f64) -> String {

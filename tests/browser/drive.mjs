@@ -100,6 +100,30 @@ try {
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   console.log('OK phone horizontal-overflow=' + overflow);
   await page.screenshot({ path: out + '/fleet-phone-dark.png', fullPage: false });
+
+  // Capacity: from the fleet's KPI to the pools, then one pool's chart with its bands.
+  await page.emulateMedia({ colorScheme: 'light' });
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.click('#kpi-capacity a');
+  await page.waitForSelector('section.pool');
+  const pools = await page.locator('section.pool').count();
+  const actions = await page.locator('section.pool .actions li').count();
+  const action = (await page.locator('section.pool .actions li').allTextContents()).map((t) => t.replace(/\s+/g, ' ').trim()).join(' | ');
+  console.log(`OK capacity path=${new URL(page.url()).pathname} pools=${pools} actions=${actions} said=${JSON.stringify(action)}`);
+  await page.screenshot({ path: out + '/capacity-1280.png', fullPage: true });
+  await page.click('section.pool h3 a');
+  await page.waitForSelector('#evidence');
+  const capCharts = await page.locator('svg.chart').count();
+  const bands = await page.locator('svg.chart path.band').count();
+  const evidence = await page.locator('#evidence tbody tr').count();
+  console.log(`OK capacity-pool path=${new URL(page.url()).pathname} charts=${capCharts} bands=${bands} evidence=${evidence}`);
+  await page.screenshot({ path: out + '/capacity-pool-1280.png', fullPage: true });
+  await page.setViewportSize({ width: 390, height: 844 });
+  const poolOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await page.goto(base + '/capacity');
+  const capOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  console.log(`OK capacity-phone horizontal-overflow=${capOverflow} pool-overflow=${poolOverflow}`);
+  await page.screenshot({ path: out + '/capacity-phone.png', fullPage: true });
   check(errors.length === 0, 'page errors: ' + errors.join('; '));
   console.log('OK done');
 } catch (e) {

@@ -192,3 +192,108 @@ async fn a_refused_batch_is_kept_for_inspection_not_retried_forever() {
     assert_eq!(kept, 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_for_another_host_goes_to_rejected_and_does_not_block_the_spool() {
+    let app = TestApp::spawn().await;
+    let token = app.token("gpu-17").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &token, dir.path()).unwrap();
+    let batch = |name: &str| rackwatch::model::Batch {
+        host: rackwatch::model::HostInfo {
+            name: name.into(),
+            ..Default::default()
+        },
+        host_samples: vec![rackwatch::model::HostSample {
+            ts: Utc::now(),
+            cpu_util_pct: Some(5.0),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // The agent reported the machine's hostname: 403, twice.
+    shipper.ship(batch("build-box-3")).await;
+    shipper.ship(batch("build-box-3")).await;
+    assert!(
+        !shipper.pending(),
+        "a refused batch must not wait at the spool's head"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("rejected"))
+            .unwrap()
+            .count(),
+        2
+    );
+    // With the host name fixed, the next batch is delivered at once.
+    shipper.ship(batch("gpu-17")).await;
+    assert!(!shipper.pending());
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM host_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = 'gpu-17'",
+    )
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 1);
+    app.stop().await;
+}
+
+/// The README's agent install, copied as written: the `agent.toml` block and the token
+/// file, with the server's URL and the paths under a temporary directory. The machine's
+/// hostname is not the token's host.
+#[tokio::test]
+async fn the_readme_agent_install_works_as_written() {
+    let app = TestApp::spawn().await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("## Installing the agent").unwrap()..];
+    let block = |start: &str, end: &str| {
+        let i = section.find(start).unwrap() + start.len();
+        section[i..i + section[i..].find(end).unwrap()].to_string()
+    };
+    let toml = block("cat > /etc/rackwatch/agent.toml <<'TOML'\n", "TOML\n");
+    let host = block("rackwatch token create --host ", " ");
+    assert_ne!(host, rackwatch::collect::system::SystemSource::host_name());
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().to_string_lossy().into_owned();
+    let toml = toml
+        .replace("https://rackwatch.example", &app.base)
+        .replace("/etc/rackwatch", &etc)
+        .replace("/var/lib/rackwatch", &etc);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, toml).unwrap();
+    std::fs::write(
+        dir.path().join("agent.token"),
+        app.token(&host).await + "\n",
+    )
+    .unwrap();
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("RACKWATCH_LOG", "warn")
+        .env("RACKWATCH_AGENT__INTERVAL_SECS", "1")
+        .env("RACKWATCH_AGENT__SHIP_INTERVAL_SECS", "1")
+        .spawn()
+        .unwrap();
+    let mut n = 0i64;
+    for _ in 0..100 {
+        n = sqlx::query_scalar(
+            "SELECT count(*) FROM host_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = $1",
+        )
+        .bind(&host)
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+        if n > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    assert!(n > 0, "no samples from {host}");
+    // The spool is where the config says, not under the working directory.
+    assert!(!dir.path().join("rackwatch-data").exists());
+    assert!(dir.path().join("spool").is_dir());
+    app.stop().await;
+}

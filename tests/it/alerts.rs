@@ -17,6 +17,16 @@ summary = "GPU reported an XID error"
 resolve_after_secs = 3
 
 [[rule]]
+name = "gpu-row-remap-xids"
+kind = "hardware"
+events = ["xid"]
+xid_codes = [63, 64]
+per_code = true
+severity = "warning"
+summary = "GPU row remapping event"
+resolve_after_secs = 3
+
+[[rule]]
 name = "gpu-hot"
 kind = "threshold"
 metric = "gpu.temp_celsius"
@@ -155,6 +165,100 @@ async fn a_fault_mails_once_and_resolved_mails_when_it_ends() {
             .await
             .unwrap();
     assert_eq!(incidents, (1, 1));
+    r.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_gpu_with_several_xid_codes_is_one_alert_that_lists_them() {
+    let r = rig().await;
+    let token = r.app.token("gpu-21").await;
+    let t = Utc::now() - chrono::Duration::seconds(3);
+    for (i, code) in [31, 13, 94, 31].into_iter().enumerate() {
+        let ts = t + chrono::Duration::milliseconds(500 * i as i64);
+        assert_eq!(
+            r.app
+                .ingest(&token, &xid("gpu-21", 2, code, ts))
+                .await
+                .status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Another GPU of the host is an alert of its own.
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("gpu-21", 5, 79, t))
+            .await
+            .status(),
+        200
+    );
+    let mut alerts: Vec<(serde_json::Value, i32, String)> = Vec::new();
+    for _ in 0..50 {
+        alerts = sqlx::query_as(
+            "SELECT labels, occurrences, description FROM alerts WHERE rule = 'gpu-xid' AND state = 'firing' ORDER BY labels->>'gpu'",
+        )
+        .fetch_all(&r.app.store.pool)
+        .await
+        .unwrap();
+        if alerts.len() == 2 && alerts[0].1 == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(alerts.len(), 2, "one alert per GPU: {alerts:?}");
+    let (labels, occurrences, description) = &alerts[0];
+    assert_eq!(labels["gpu"], "2");
+    assert!(labels.get("xid").is_none(), "{labels}");
+    assert_eq!(*occurrences, 4);
+    assert!(
+        description.starts_with("XID 31 ×2, XID 13 ×1, XID 94 ×1. Latest: XID 31: "),
+        "{description}"
+    );
+    assert!(alerts[1].2.starts_with("XID 79: "), "{}", alerts[1].2);
+    r.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rule_with_per_code_keeps_one_alert_per_code() {
+    let r = rig().await;
+    let token = r.app.token("gpu-22").await;
+    let t = Utc::now() - chrono::Duration::seconds(2);
+    for (i, code) in [63, 64, 63].into_iter().enumerate() {
+        let ts = t + chrono::Duration::milliseconds(400 * i as i64);
+        assert_eq!(
+            r.app
+                .ingest(&token, &xid("gpu-22", 1, code, ts))
+                .await
+                .status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut alerts: Vec<(Option<String>, i32)> = Vec::new();
+    for _ in 0..50 {
+        alerts = sqlx::query_as(
+            "SELECT labels->>'xid', occurrences FROM alerts WHERE rule = 'gpu-row-remap-xids' AND state = 'firing' ORDER BY labels->>'xid'",
+        )
+        .fetch_all(&r.app.store.pool)
+        .await
+        .unwrap();
+        if alerts.len() == 2 && alerts[0].1 == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        alerts,
+        vec![(Some("63".to_string()), 2), (Some("64".to_string()), 1)]
+    );
+    // The grouped rule watching the same GPU still holds one alert for all three.
+    let grouped: Vec<i32> = sqlx::query_scalar(
+        "SELECT occurrences FROM alerts WHERE rule = 'gpu-xid' AND labels->>'host' = 'gpu-22'",
+    )
+    .fetch_all(&r.app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(grouped, vec![3]);
     r.app.stop().await;
 }
 

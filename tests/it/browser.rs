@@ -38,6 +38,40 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
     );
     let app = TestApp::spawn().await;
     seed_fleet(&app).await;
+    // A diurnal pool of 5 hosts × 8 GPUs (40 more heatmap cells) with a recommendation,
+    // for the capacity pages.
+    crate::capacity::hosts(&app, "infer", "fra1", "r1", 5, 8).await;
+    crate::capacity::demand_history(&app, "infer", 40, |_, h| {
+        if (7..22).contains(&h) {
+            40.0
+        } else {
+            16.0
+        }
+    })
+    .await;
+    rackwatch::analytics::capacity::run(&app.store, &app.cfg, chrono::Utc::now())
+        .await
+        .unwrap();
+    // The forecast job's pool forecast (its own test is in forecasts.rs): 168 hours of
+    // 60 ± 10 / 20 % utilization.
+    let hour =
+        chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::Duration::hours(1))
+            .unwrap();
+    let v = |x: f64| vec![x; 168];
+    sqlx::query(
+        "INSERT INTO forecasts (scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
+                                point, lo80, hi80, lo95, hi95)
+         VALUES ('pool', 'infer', 'gpu_util_pct', now(), $1, 672, 'seasonal', 0.5, $2, $3, $4, $5, $6)",
+    )
+    .bind(hour)
+    .bind(v(60.0))
+    .bind(v(50.0))
+    .bind(v(70.0))
+    .bind(v(40.0))
+    .bind(v(80.0))
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
     app.store
         .upsert_user(
             "nina",
@@ -66,7 +100,7 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         "browser run failed:\n{stdout}\n{stderr}"
     );
     assert_eq!(line(&stdout, "OK login"), "OK login url=/");
-    assert_eq!(line(&stdout, "OK fleet"), "OK fleet cells=6 faults=1");
+    assert_eq!(line(&stdout, "OK fleet"), "OK fleet cells=46 faults=1");
     assert_eq!(
         line(&stdout, "OK keyboard"),
         "OK keyboard first-tab=\"Skip to content\""
@@ -117,11 +151,28 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         "OK dark background=rgb(17, 20, 24)"
     );
     assert_eq!(line(&stdout, "OK phone"), "OK phone horizontal-overflow=0");
+    let cap = line(&stdout, "OK capacity ");
+    assert!(
+        cap.starts_with("OK capacity path=/capacity pools=1 ") && cap.contains("release"),
+        "the diurnal pool is told to release GPUs at night: {cap}"
+    );
+    let pool = line(&stdout, "OK capacity-pool");
+    assert!(
+        pool.starts_with("OK capacity-pool path=/capacity/pools/infer charts=1 bands=2 "),
+        "{pool}"
+    );
+    assert_eq!(
+        line(&stdout, "OK capacity-phone"),
+        "OK capacity-phone horizontal-overflow=0 pool-overflow=0"
+    );
     for shot in [
         "fleet-1280.png",
         "gpu-1280.png",
         "gpu-dark.png",
         "fleet-phone-dark.png",
+        "capacity-1280.png",
+        "capacity-pool-1280.png",
+        "capacity-phone.png",
     ] {
         let p = root.join("test-artifacts/browser").join(shot);
         assert!(

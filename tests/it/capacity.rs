@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::support::{fresh_database, recent, subject, SmtpServer, TestApp};
 
 /// Hosts of `pool` with `gpus` GPUs each, known to the inventory (one ingest each).
-async fn hosts(app: &TestApp, pool: &str, site: &str, rack: &str, n: usize, gpus: u8) {
+pub(crate) async fn hosts(app: &TestApp, pool: &str, site: &str, rack: &str, n: usize, gpus: u8) {
     for i in 0..n {
         let name = format!("{pool}-{i}");
         let token = app.token(&name).await;
@@ -25,7 +25,7 @@ async fn hosts(app: &TestApp, pool: &str, site: &str, rack: &str, n: usize, gpus
 }
 
 /// Fill `pool_demand` for the last 28 days with `demand(days since start, hour of day)`.
-async fn demand_history(
+pub(crate) async fn demand_history(
     app: &TestApp,
     pool: &str,
     installed: i32,

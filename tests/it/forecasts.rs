@@ -139,5 +139,41 @@ async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
         .await
         .unwrap();
     assert_eq!(all.as_array().unwrap().len(), 6);
+    let doc: serde_json::Value = serde_json::from_str(rackwatch::web::openapi::OPENAPI).unwrap();
+    let schema = &doc["paths"]["/api/v1/forecasts"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    let mut errs = Vec::new();
+    crate::openapi::check(&doc, schema, &all, "$", &mut errs);
+    assert!(errs.is_empty(), "forecasts vs OpenAPI: {errs:?}");
+
+    // The host page draws the host's forecasts with their intervals; its JSON twin has them.
+    let (status, html) = app.page(&cookie, "/hosts/f1").await;
+    assert_eq!(status, 200);
+    let section = html
+        .split("<h2>Forecast</h2>")
+        .nth(1)
+        .unwrap()
+        .split("<h2>")
+        .next()
+        .unwrap();
+    for what in [
+        "GPU utilization, next 7 days",
+        "GPU power, next 7 days",
+        "Disk used, next 7 days",
+    ] {
+        assert!(section.contains(what), "host page forecast lacks {what}");
+    }
+    assert!(section.contains("95 % interval"), "no interval band drawn");
+    let host: serde_json::Value = app
+        .http
+        .get(format!("{}/api/v1/hosts/f1", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(host["forecasts"].as_array().unwrap().len(), 3);
     app.stop().await;
 }

@@ -8,6 +8,7 @@ mod browser;
 mod capacity;
 mod cli;
 mod dashboard;
+mod demo;
 mod energy;
 mod forecasts;
 mod ingest;

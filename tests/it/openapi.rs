@@ -211,6 +211,9 @@ async fn real_responses_match_the_openapi_document() {
         ),
         ("/api/v1/anomalies", "/api/v1/anomalies?limit=-3", 400),
         ("/api/v1/anomalies", "/api/v1/anomalies?host=nope", 404),
+        // Real forecasts are checked against the document in forecasts.rs.
+        ("/api/v1/forecasts", "/api/v1/forecasts?scope=host", 200),
+        ("/api/v1/forecasts", "/api/v1/forecasts?metric=cpu", 400),
     ];
     let mut covered = BTreeSet::new();
     let mut errs = Vec::new();

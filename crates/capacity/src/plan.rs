@@ -2,20 +2,25 @@
 //! `hours` hours that start `lead` hours after the decision.
 //!
 //! Each candidate is a *level* (a P/(P+1) quantile of recent demand, computed one of
-//! several ways) times a safety margin that grows with the lead time. The pool's own past
-//! chooses the level: every candidate is replayed from daily origins over the last
-//! `backtest_days` (the same lead, the plan's hours cut at the decision time) and the one
-//! with the lowest cost at price P wins; with no complete origin the first candidate
-//! (VPA-style decayed p95.2, half-life 24 h) is used.
+//! several ways) plus a safety margin. The pool's own past chooses the level: every
+//! candidate is replayed from daily origins over the last `evidence_days` (the same lead,
+//! and for a lead-time plan also lead 0, with the margin the plan will hold; the plan's
+//! hours cut at the decision time) and the one with the lowest mean window cost at price P
+//! wins; with no complete origin the first
+//! candidate (VPA-style decayed p95.2, half-life 24 h) is used. A lead-time plan from less
+//! history than its lead (`ShortHistory::Extrapolate`) holds the peak of that history.
 //!
 //! The margin is a setting, not a per-pool fit: on these pools the week-to-week level
 //! shifts (replicas added, a burst of queued jobs) are not predictable from two or three
-//! weeks of one pool's past, and a per-pool backtest margin made the plans worse on both
-//! weeks (dev 0.776 → 0.83-0.91, `docs/capacity.md`).
+//! weeks of one pool's past, and per-pool backtest margins made the plans worse
+//! (`docs/capacity.md`). A plan decided now and a lead-time plan have their own rule
+//! (`Settings::plan_margin`, `Settings::lead_plan_margin`): by default the first holds
+//! level × 1.2 all week, the second a fraction of the pool's mean demand of the last 7 days
+//! that grows with each planned hour's distance from the decision.
 
 use crate::cost::CostAcc;
 use crate::grid::{quantile, round_up, weighted_quantile, Grid};
-use crate::{Backtest, PlanMethod, Settings};
+use crate::{Backtest, LeadBacktest, MarginBasis, MarginRule, PlanMethod, Settings};
 
 /// Fewest hours of history before a backtest origin.
 const MIN_ORIGIN_HOURS: usize = 48;
@@ -166,14 +171,63 @@ fn schedule(
     }
 }
 
-/// Rounded capacities: schedule × margin, to whole GPUs or hosts.
-fn rounded(sched: &[f64], margin: f64, host: u32) -> Vec<u32> {
-    sched.iter().map(|&v| round_up(v * margin, host)).collect()
+/// Hours of history whose mean demand is the unit of a [`MarginBasis::MeanDemand`] margin.
+const MEAN_HOURS: usize = 168;
+
+/// Mean observed demand of the `MEAN_HOURS` before hour `t` (of all history before `t` if
+/// those are all gaps; 0 with none).
+fn recent_mean(g: &Grid, t: usize) -> f64 {
+    let mean = |lo: usize| {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for &v in &g.x[lo * g.sph..t * g.sph] {
+            if !v.is_nan() {
+                sum += v;
+                n += 1;
+            }
+        }
+        (n > 0).then(|| sum / n as f64)
+    };
+    mean(t.saturating_sub(MEAN_HOURS))
+        .or_else(|| mean(0))
+        .unwrap_or(0.0)
 }
 
-/// The margin applied to a plan decided `lead` hours ahead.
-pub(crate) fn margin(s: &Settings, lead: usize) -> f64 {
-    1.0 + s.plan_margin + s.lead_margin_per_week * lead as f64 / 168.0
+/// Rounded capacities of a schedule decided at hour `t` whose first hour is `lead` hours
+/// ahead: level + margin, to whole GPUs or hosts.
+fn rounded(g: &Grid, t: usize, sched: &[f64], lead: usize, m: &MarginRule, host: u32) -> Vec<u32> {
+    let mean = match m.basis {
+        MarginBasis::MeanDemand => recent_mean(g, t),
+        MarginBasis::Level => 0.0,
+    };
+    sched
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| {
+            let f = m.fraction(lead, k);
+            let c = match m.basis {
+                MarginBasis::Level => v * (1.0 + f),
+                MarginBasis::MeanDemand => v + f * mean,
+            };
+            round_up(c, host)
+        })
+        .collect()
+}
+
+/// How a plan's margin reads in its method name, e.g. `x(1+0.20)` or `+ 0.30..0.40 x mean 7d`.
+fn margin_name(m: &MarginRule, lead: usize, hours: usize) -> String {
+    let (a, b) = (
+        m.fraction(lead, 0),
+        m.fraction(lead, hours.saturating_sub(1)),
+    );
+    let range = if (b - a).abs() < 5e-3 {
+        format!("{a:.2}")
+    } else {
+        format!("{a:.2}..{b:.2}")
+    };
+    match m.basis {
+        MarginBasis::Level => format!("x(1+{range})"),
+        MarginBasis::MeanDemand => format!("+ {range} x mean 7d"),
+    }
 }
 
 /// The VPA-style reference plan: 1.15 × the p95 of a decaying histogram (half-life 24 h,
@@ -192,34 +246,70 @@ pub(crate) fn decide(
 ) -> (Vec<u32>, String, Backtest) {
     let t = g.hours;
     let q = s.quantile();
-    let m = margin(s, lead);
     let cands = &s.plan_methods;
-    // daily origins, newest first, whose plans would have started before the decision
-    let mut origins = Vec::new();
-    for k in 1..=s.evidence_days as usize {
-        let Some(o) = t.checked_sub(lead + 24 * k) else {
-            break;
+    let host = s.host_size;
+    let margin = if lead == 0 {
+        &s.plan_margin
+    } else {
+        &s.lead_plan_margin
+    };
+    if lead > t {
+        // less history than the lead (ShortHistory::Extrapolate): no backtest is possible;
+        // hold the peak of the history
+        let peak =
+            g.x.iter()
+                .copied()
+                .filter(|v| !v.is_nan())
+                .fold(0.0, f64::max);
+        let caps = rounded(g, t, &vec![peak; hours], lead, margin, host);
+        let name = format!("peak(all history) {}", margin_name(margin, lead, hours));
+        let ev = Backtest {
+            method: name.clone(),
+            baseline: "VPA p95 x1.15 (half-life 24 h)".to_string(),
+            ..Backtest::default()
         };
-        if o < MIN_ORIGIN_HOURS {
-            break;
+        return (caps, name, ev);
+    }
+    // daily origins, newest first, whose plans would have started before the decision:
+    // (origin hour, its lead, the margin its candidates carry and the lead that margin is
+    // taken at); a lead-time plan may also be replayed from plans decided at the start of
+    // their week
+    let mut kinds: Vec<(usize, &MarginRule, usize)> = vec![(lead, margin, lead)];
+    if lead > 0 {
+        match s.lead_backtest {
+            LeadBacktest::SameLead => {}
+            LeadBacktest::PooledAsHeld => kinds.insert(0, (0, margin, lead)),
+            LeadBacktest::PooledAtOrigin => kinds.insert(0, (0, margin, 0)),
+            LeadBacktest::PooledAsDecided => kinds.insert(0, (0, &s.plan_margin, 0)),
         }
-        origins.push(o);
+    }
+    let mut origins = Vec::new();
+    for &(bl, m, ml) in &kinds {
+        for k in 1..=s.evidence_days as usize {
+            let Some(o) = t.checked_sub(bl + 24 * k) else {
+                break;
+            };
+            if o < MIN_ORIGIN_HOURS {
+                break;
+            }
+            origins.push((o, bl, m, ml));
+        }
     }
     let mut accs: Vec<CostAcc> = vec![CostAcc::new(g.sph); cands.len()];
     let mut per_window: Vec<f64> = vec![0.0; cands.len()];
     let mut n_windows = vec![0usize; cands.len()];
     let mut base_acc = CostAcc::new(g.sph);
-    for &o in &origins {
-        let w0 = o + lead;
+    for &(o, bl, m, ml) in &origins {
+        let w0 = o + bl;
         let w1 = (w0 + hours).min(t);
         if w1 <= w0 {
             continue;
         }
         for (i, c) in cands.iter().enumerate() {
-            let Some(sched) = schedule(g, o, lead, hours, c, q) else {
+            let Some(sched) = schedule(g, o, bl, hours, c, q) else {
                 continue;
             };
-            let caps = rounded(&sched, m, s.host_size);
+            let caps = rounded(g, o, &sched[..w1 - w0], ml, m, host);
             let mut acc = CostAcc::new(g.sph);
             for h in w0..w1 {
                 acc.add_hour(f64::from(caps[h - w0]), g.hour(h));
@@ -250,14 +340,14 @@ pub(crate) fn decide(
     order.extend((0..cands.len()).filter(|i| Some(*i) != best.map(|b| b.0)));
     for i in order {
         if let Some(sched) = schedule(g, t, lead, hours, &cands[i], q) {
-            let name = format!("{} x{:.2}", cands[i].name(), m);
+            let name = format!("{} {}", cands[i].name(), margin_name(margin, lead, hours));
             let ev = Backtest {
                 method: name.clone(),
                 ours: accs[i].summary(s.price, g.mean),
                 baseline: "VPA p95 x1.15 (half-life 24 h)".to_string(),
                 baseline_cost: base_acc.summary(s.price, g.mean),
             };
-            return (rounded(&sched, m, s.host_size), name, ev);
+            return (rounded(g, t, &sched, lead, margin, host), name, ev);
         }
     }
     // no candidate had data (cannot happen with an observation, kept as a safe answer)
@@ -266,7 +356,7 @@ pub(crate) fn decide(
             .copied()
             .filter(|v| !v.is_nan())
             .fold(0.0, f64::max);
-    let caps = vec![round_up(peak * m, s.host_size); hours];
+    let caps = rounded(g, t, &vec![peak; hours], lead, margin, host);
     let name = "fallback:peak".to_string();
     let ev = Backtest {
         method: name.clone(),

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Duration, TimeZone, Timelike, Utc};
 use rackwatch_capacity::{
-    exhaustion, next_hour, plan, recommend, CapacityError, Settings, ShortHistory, Step, Trend,
+    exhaustion, next_hour, plan, recommend, CapacityError, LeadBacktest, MarginBasis, MarginGrowth,
+    MarginRule, Settings, ShortHistory, Step, Trend,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -96,21 +97,18 @@ fn diurnal_pool_gets_a_night_day_schedule() {
     let now = t0() + Duration::days(21);
     let d = plan(&v, Step::FIVE_MINUTES, t0(), now, 0, 168, &s).unwrap();
     assert!(d.method.starts_with("hour-of-day"), "chose {}", d.method);
-    let m = 1.0 + s.plan_margin;
+    assert!(d.method.ends_with("x(1+0.20)"), "{}", d.method);
     for (k, &c) in d.capacities.iter().enumerate() {
         let h = (d.start + Duration::hours(k as i64)).hour() as usize;
-        // analytic: the hour's demand x (1 + margin); the hour-of-day quantile pools each
-        // clock hour with its neighbours, so 07:00 and 20:00 keep the day level (guard band)
-        let analytic = if (7..21).contains(&h) {
-            40.0 * m
-        } else {
-            24.0 * m
-        };
-        assert!(
-            (f64::from(c) - analytic).abs() <= f64::from(s.host_size),
-            "hour {h:02}:00 holds {c}, analytic {analytic:.1}"
+        // analytic: the hour's demand x 1.2, the same margin all week; the hour-of-day
+        // quantile pools each clock hour with its neighbours, so 07:00 and 20:00 keep the
+        // day level (guard band)
+        let level = if (7..21).contains(&h) { 40.0 } else { 24.0 };
+        assert_eq!(
+            c,
+            hosts(level * 1.2, 4),
+            "hour {h:02}:00, hour {k} of the plan"
         );
-        assert_eq!(c % 4, 0);
     }
     let night = d.capacities[3]; // 03:00
     let day = d.capacities[12]; // 12:00
@@ -118,6 +116,67 @@ fn diurnal_pool_gets_a_night_day_schedule() {
     // the same pool's evidence: the hour-of-day plan beats the VPA-style flat plan
     assert!(d.evidence.ours.cost < d.evidence.baseline_cost.cost);
     assert!(d.evidence.ours.hours >= 14.0 * 24.0);
+}
+
+/// A perfectly regular pool gets a weekly plan within one host of its demand, every hour of
+/// the week: 40 GPUs 07:00-21:59 UTC and 16 at night on hosts of 8 GPUs, 28 days of
+/// 5-minute history (the pool of the product's capacity page test), decided at any time of
+/// day or week. A margin growing through the week in units of the mean demand (31 GPUs)
+/// would hold 56 GPUs by day and 32 at night in the week's last days.
+#[test]
+fn regular_pool_gets_a_weekly_plan_within_one_host_of_its_demand() {
+    let day = |h: u32| (7..22).contains(&h);
+    let start = t0() + Duration::minutes(35);
+    let v: Vec<Option<f64>> = (0..28 * 288)
+        .map(|i| {
+            let t = start + Duration::minutes(5 * i as i64);
+            Some(if day(t.hour()) { 40.0 } else { 16.0 })
+        })
+        .collect();
+    let s = Settings {
+        host_size: 8,
+        ..Settings::default()
+    };
+    for now_h in [0, 5, 9, 13, 22, 24 * 3 + 7, 24 * 5 + 18] {
+        let history = Duration::days(21) + Duration::hours(now_h);
+        let now = start + history;
+        let n = slot(now) - slot(start);
+        let d = plan(&v[..n], Step::FIVE_MINUTES, start, now, 0, 168, &s).unwrap();
+        assert_eq!(d.capacities.len(), 168);
+        for (k, &c) in d.capacities.iter().enumerate() {
+            let hour = (d.start + Duration::hours(k as i64)).hour();
+            assert_eq!(c % 8, 0, "whole hosts");
+            // the schedule's hours start at the decision time and the hour-of-day level
+            // reads each clock hour ±1 h, so the hours next to a change may take either level
+            if [5, 6, 7, 21, 22, 23].contains(&hour) {
+                assert!((16..=48).contains(&c), "edge hour {hour}: {c}");
+                continue;
+            }
+            let want = if day(hour) { 40 } else { 16 };
+            assert!(
+                (want..=want + 8).contains(&c),
+                "decided {now}: hour {k} ({hour:02}:00) holds {c}, demand {want}: {:?}",
+                d.capacities
+            );
+        }
+    }
+    // the lead-time rule as the margin of the week from now breaks it late in the week
+    let grown = Settings {
+        plan_margin: MarginRule::LEAD_PLAN,
+        ..s.clone()
+    };
+    let now = start + Duration::days(21);
+    let d = plan(
+        &v[..21 * 288],
+        Step::FIVE_MINUTES,
+        start,
+        now,
+        0,
+        168,
+        &grown,
+    )
+    .unwrap();
+    assert_eq!((d.capacities[12], d.capacities[160]), (48, 56));
 }
 
 /// Daily peak grows 2 % a day with a ±5 % daily wiggle; capacity 100 GPUs.
@@ -204,14 +263,35 @@ fn bad_input_gives_clear_errors() {
     );
     assert!(matches!(
         nh(&Settings {
-            plan_margin: -0.1,
+            plan_margin: MarginRule {
+                at_decision: -0.1,
+                ..MarginRule::PLAN
+            },
             ..ok.clone()
         }),
         CapacityError::BadSetting {
-            name: "plan_margin",
+            name: "plan_margin.at_decision",
             ..
         }
     ));
+    let e = nh(&Settings {
+        lead_plan_margin: MarginRule {
+            per_week: f64::NAN,
+            ..MarginRule::LEAD_PLAN
+        },
+        ..ok.clone()
+    });
+    assert!(
+        matches!(
+            e,
+            CapacityError::BadSetting {
+                name: "lead_plan_margin.per_week",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("0 ..= 2"), "{e}");
     assert!(matches!(
         nh(&Settings {
             plan_methods: vec![],
@@ -272,6 +352,15 @@ fn bad_input_gives_clear_errors() {
     let d = plan(&v, Step::FIVE_MINUTES, t0(), short, 168, 168, &x).unwrap();
     assert_eq!(d.capacities.len(), 168);
     assert_eq!(d.start, short + Duration::hours(168));
+    // with no backtest possible it holds the peak of the 3 days, plus the lead's margin
+    let seen: Vec<f64> = v[..slot(short)].iter().flatten().copied().collect();
+    let peak = seen.iter().copied().fold(0.0, f64::max);
+    let mean = seen.iter().sum::<f64>() / seen.len() as f64;
+    assert!(d.method.starts_with("peak(all history)"), "{}", d.method);
+    for (k, &c) in d.capacities.iter().enumerate() {
+        let m = ok.lead_plan_margin.fraction(168, k);
+        assert_eq!(c, hosts(peak + m * mean, 1), "hour {k}");
+    }
     assert!(matches!(
         plan(&v, Step::FIVE_MINUTES, t0(), now, 0, 0, &ok).unwrap_err(),
         CapacityError::BadHorizon(0)
@@ -302,20 +391,59 @@ fn bad_input_gives_clear_errors() {
     ));
 }
 
+/// Whole hosts of `host` GPUs holding at least `v` (a hair of tolerance, as the library).
+fn hosts(v: f64, host: u32) -> u32 {
+    ((v - 1e-6) / f64::from(host)).ceil() as u32 * host
+}
+
 #[test]
 fn capacities_round_up_to_whole_hosts() {
-    // a steady 13-GPU service: whole GPUs 13 next hour and 13 x 1.2 = 15.6 -> 16 per plan hour
+    // a steady 13-GPU service: whole GPUs 13 next hour; the week from now 13 x 1.2 = 15.6
+    // -> 16 every hour; the 7-day-ahead plan 13 + 13 x (0.20 + 0.10 x (168 + k) / 168):
+    // 16.9 -> 17 at its first hour up to 18.2 -> 19 at its last
     let v = vec![Some(13.0); 15 * 288];
     let now = t0() + Duration::days(15);
-    let gpus = recommend(&v, Step::FIVE_MINUTES, t0(), now, &Settings::default()).unwrap();
+    let d = Settings::default();
+    let gpus = recommend(&v, Step::FIVE_MINUTES, t0(), now, &d).unwrap();
     assert_eq!(gpus.next_hour, 13);
     assert!(gpus.week_schedule.iter().all(|&c| c == 16));
-    // 13 x 1.4 = 18.2 -> 19 for the 7-day-ahead plan
+    assert_eq!((gpus.lead_plan[0], gpus.lead_plan[167]), (17, 19));
+    for host in [1, 5, 8, 13] {
+        let s = Settings {
+            host_size: host,
+            ..d.clone()
+        };
+        let r = recommend(&v, Step::FIVE_MINUTES, t0(), now, &s).unwrap();
+        for k in 0..168 {
+            assert_eq!(
+                r.week_schedule[k],
+                hosts(13.0 * 1.2, host),
+                "host {host} hour {k}"
+            );
+            let lead = 13.0 * (1.0 + 0.20 + 0.10 * (168 + k) as f64 / 168.0);
+            assert_eq!(r.lead_plan[k], hosts(lead, host), "host {host} hour {k}");
+        }
+    }
+    // the first release's lead-time rule: level x (1 + 0.2 + 0.2 per week of lead), one
+    // margin per plan, backtested at its own lead only
+    let first = Settings {
+        lead_plan_margin: MarginRule {
+            basis: MarginBasis::Level,
+            growth: MarginGrowth::PerPlan,
+            at_decision: 0.20,
+            per_week: 0.20,
+        },
+        lead_backtest: LeadBacktest::SameLead,
+        ..Settings::default()
+    };
+    let gpus = recommend(&v, Step::FIVE_MINUTES, t0(), now, &first).unwrap();
+    // 13 x 1.2 = 15.6 -> 16 per plan hour, 13 x 1.4 = 18.2 -> 19 for the 7-day-ahead plan
+    assert!(gpus.week_schedule.iter().all(|&c| c == 16));
     assert!(gpus.lead_plan.iter().all(|&c| c == 19));
     for (host, next, week, lead) in [(8, 16, 16, 24), (5, 15, 20, 20), (13, 13, 26, 26)] {
         let s = Settings {
             host_size: host,
-            ..Settings::default()
+            ..first.clone()
         };
         let r = recommend(&v, Step::FIVE_MINUTES, t0(), now, &s).unwrap();
         assert_eq!(r.next_hour, next, "host {host}");
@@ -347,7 +475,8 @@ fn evidence_reports_real_backtests() {
     // 15 days of history: the replay covers the last week (the week before it calibrates)
     assert_eq!(a.ours.hours, 168.0);
     assert_eq!((a.ours.cost, a.baseline_cost.cost), (0.0, 0.0));
-    // plan: 16 held for 13 demanded = 3 idle GPU-h per hour, cost 3/13 per hour
+    // plan: 13 + 0.2 x 13 = 15.6 -> 16 held for 13 demanded = 3 idle GPU-h per hour, cost
+    // 3/13 per hour
     assert!((r.evidence.plan.ours.cost - 3.0 / 13.0).abs() < 1e-9);
     assert!((r.evidence.plan.ours.slack_pct - 100.0 * 3.0 / 16.0).abs() < 1e-9);
     assert_eq!(r.evidence.plan.ours.unserved_gpu_hours, 0.0);
@@ -367,4 +496,62 @@ fn evidence_reports_real_backtests() {
         .collect();
     let h = next_hour(&hourly, Step::HOUR, t0(), now, &Settings::default()).unwrap();
     assert_eq!(h.capacities, vec![30]);
+}
+
+/// A lead-time plan is chosen by the backtest of its own lead and of plans decided at the
+/// start of their week: from 10 days of history a 7-day lead has one same-lead origin and
+/// eight lead-0 ones, and the evidence covers them all.
+#[test]
+fn lead_plans_are_backtested_from_both_leads() {
+    let v = bursty_pool(10);
+    let now = t0() + Duration::days(10);
+    let lead_plan = |lead_backtest| {
+        let s = Settings {
+            lead_backtest,
+            ..Settings::default()
+        };
+        plan(&v, Step::FIVE_MINUTES, t0(), now, 168, 168, &s).unwrap()
+    };
+    let pooled = lead_plan(LeadBacktest::PooledAsHeld);
+    let same = lead_plan(LeadBacktest::SameLead);
+    assert_eq!(pooled, lead_plan(Settings::default().lead_backtest));
+    // same lead: one origin (day 2, its week cut at now after one day) = 24 h; pooled adds
+    // the lead-0 origins of days 2..9 (their weeks cut at now: 1 + 2 + … + 8 days)
+    assert_eq!(same.evidence.ours.hours, 24.0);
+    assert!(
+        pooled.evidence.ours.hours > 5.0 * same.evidence.ours.hours,
+        "{} vs {}",
+        pooled.evidence.ours.hours,
+        same.evidence.ours.hours
+    );
+    assert_eq!(pooled.capacities.len(), 168);
+}
+
+/// The lead-0 origins of a lead-time plan's backtest carry the margin the plan will hold
+/// (`PooledAsHeld`), not the one of a lead-0 plan: on a steady 13-GPU pool every replayed
+/// hour holds 13 + 13 x (0.30 … 0.40) = 17 … 19 GPUs, i.e. at least 4 idle.
+#[test]
+fn pooled_lead_origins_carry_the_lead_plans_margin() {
+    let v = vec![Some(13.0); 15 * 288];
+    let now = t0() + Duration::days(15);
+    let idle_per_hour = |lead_backtest| {
+        let s = Settings {
+            lead_backtest,
+            ..Settings::default()
+        };
+        let d = plan(&v, Step::FIVE_MINUTES, t0(), now, 168, 168, &s).unwrap();
+        let e = &d.evidence.ours;
+        assert_eq!(e.unserved_gpu_hours, 0.0);
+        e.idle_gpu_hours / e.hours
+    };
+    let as_held = idle_per_hour(LeadBacktest::PooledAsHeld);
+    assert!((4.0..=6.0).contains(&as_held), "{as_held}");
+    // at lead 0 the lead rule holds 13 + 13 x (0.20 … 0.30) = 16 … 17, the plan rule
+    // 13 x 1.2 = 15.6 -> 16: 3 … 4 idle on the lead-0 origins
+    for other in [LeadBacktest::PooledAtOrigin, LeadBacktest::PooledAsDecided] {
+        let idle = idle_per_hour(other);
+        assert!(idle < as_held - 0.3, "{other:?}: {idle} vs {as_held}");
+    }
+    // the same-lead origins alone: 17 … 19
+    assert!(idle_per_hour(LeadBacktest::SameLead) >= 4.0);
 }

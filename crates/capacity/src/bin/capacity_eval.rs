@@ -4,15 +4,22 @@
 //! Options (defaults = `Settings::default()`; used for cross-validation):
 //!   --score                 also print the scorer's headline cost per track (Rust copy)
 //!   --price P               price of an unserved GPU-hour (also used by --score)
-//!   --plan-margin F         relative plan margin
-//!   --lead-margin F         extra margin per week of lead
+//!   --plan-margin RULE      margin of weekly plans decided now, BASIS:GROWTH:AT:PER_WEEK with
+//!                           BASIS level|mean, GROWTH plan|hour (default level:plan:0.2:0)
+//!   --lead-margin RULE      margin of lead-time plans (default mean:hour:0.2:0.1)
+//!   --lead-backtest B       same | as-held | at-origin | as-decided (LeadBacktest: lead-0
+//!                           origins too, with the lead plan's margin at its lead, at lead 0,
+//!                           or with the plan margin; default as-held)
 //!   --ensemble K            next-hour candidates averaged
 //!   --window-days D         next-hour calibration window
 //!   --plan-methods LIST     comma list of dec:HL:DAYS | win:DAYS | peak:DAYS | hod:DAYS | trend:DAYS
 //!   --host-size N           GPUs per host
 
 use anyhow::{anyhow, bail, Context, Result};
-use rackwatch_capacity::{eval_with, score_predictions, PlanMethod, Settings, ShortHistory};
+use rackwatch_capacity::{
+    eval_with, score_predictions, LeadBacktest, MarginBasis, MarginGrowth, MarginRule, PlanMethod,
+    Settings, ShortHistory,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -49,6 +56,32 @@ fn parse_methods(s: &str) -> Result<Vec<PlanMethod>> {
         .collect()
 }
 
+/// `BASIS:GROWTH:AT:PER_WEEK`, e.g. `level:plan:0.2:0` or `mean:hour:0.2:0.1`.
+fn parse_margin(s: &str) -> Result<MarginRule> {
+    let p: Vec<&str> = s.split(':').collect();
+    let [basis, growth, at, per_week] = p[..] else {
+        bail!("margin {s:?}: want BASIS:GROWTH:AT:PER_WEEK, e.g. mean:hour:0.2:0.1");
+    };
+    Ok(MarginRule {
+        basis: match basis {
+            "level" => MarginBasis::Level,
+            "mean" => MarginBasis::MeanDemand,
+            o => bail!("margin basis {o:?}: level or mean"),
+        },
+        growth: match growth {
+            "plan" => MarginGrowth::PerPlan,
+            "hour" => MarginGrowth::PerHour,
+            o => bail!("margin growth {o:?}: plan or hour"),
+        },
+        at_decision: at
+            .parse()
+            .map_err(|_| anyhow!("margin {s:?}: bad number {at:?}"))?,
+        per_week: per_week
+            .parse()
+            .map_err(|_| anyhow!("margin {s:?}: bad number {per_week:?}"))?,
+    })
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut pos = Vec::new();
@@ -70,11 +103,21 @@ fn main() -> Result<()> {
                 i += 1;
             }
             "--plan-margin" => {
-                s.plan_margin = val(i)?.parse()?;
+                s.plan_margin = parse_margin(val(i)?)?;
                 i += 1;
             }
             "--lead-margin" => {
-                s.lead_margin_per_week = val(i)?.parse()?;
+                s.lead_plan_margin = parse_margin(val(i)?)?;
+                i += 1;
+            }
+            "--lead-backtest" => {
+                s.lead_backtest = match val(i)?.as_str() {
+                    "same" => LeadBacktest::SameLead,
+                    "as-held" => LeadBacktest::PooledAsHeld,
+                    "at-origin" => LeadBacktest::PooledAtOrigin,
+                    "as-decided" => LeadBacktest::PooledAsDecided,
+                    o => bail!("--lead-backtest {o:?}: same, as-held, at-origin or as-decided"),
+                };
                 i += 1;
             }
             "--ensemble" => {
@@ -94,7 +137,7 @@ fn main() -> Result<()> {
                 i += 1;
             }
             "-h" | "--help" => {
-                println!("usage: capacity-eval DATA_DIR TASKS OUT.csv [--score] [--price P] [--plan-margin F] [--lead-margin F] [--ensemble K] [--window-days D] [--plan-methods LIST] [--host-size N]");
+                println!("usage: capacity-eval DATA_DIR TASKS OUT.csv [--score] [--price P] [--plan-margin BASIS:GROWTH:AT:PER_WEEK] [--lead-margin BASIS:GROWTH:AT:PER_WEEK] [--lead-backtest same|as-held|at-origin|as-decided] [--ensemble K] [--window-days D] [--plan-methods LIST] [--host-size N]");
                 return Ok(());
             }
             _ if a.starts_with("--") => bail!("unknown option {a}"),
