@@ -387,6 +387,11 @@ pub fn start_background_with(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Background> {
     let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if cfg.anomaly.enabled {
+        shared
+            .jobs
+            .set_anomaly_backend(crate::analytics::anomaly::open_backend(&cfg.anomaly)?);
+    }
     let alert_wakeup = shared.alert_wakeup.clone();
     let alerts = crate::alert::spawn(
         store.clone(),

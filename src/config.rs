@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rackwatch_anomaly::BackendChoice;
 use serde::Deserialize;
 
 mod env;
@@ -509,6 +510,15 @@ pub struct AnomalyConfig {
     pub top_k: u32,
     /// Target exceedance probability of the models' peaks-over-threshold alert level.
     pub pot_risk: f64,
+    /// Where the models train and score: `auto` (a GPU when the build has GPU support and
+    /// a hardware adapter is present, else the CPU, said in one log line), `cpu`, or `gpu`
+    /// (a start-up error without one).
+    pub backend: BackendChoice,
+    /// Only GPU adapters whose name contains this (case-insensitive); empty: any.
+    pub adapter: String,
+    /// Accept a software adapter (Mesa's lavapipe) as the GPU. It runs the GPU code on the
+    /// CPU, slower than the CPU backend: for checking the GPU path where no GPU exists.
+    pub software_adapter: bool,
 }
 
 impl Default for AnomalyConfig {
@@ -521,6 +531,9 @@ impl Default for AnomalyConfig {
             max_trains_per_run: 50,
             top_k: 3,
             pot_risk: 0.05,
+            backend: BackendChoice::Auto,
+            adapter: String::new(),
+            software_adapter: false,
         }
     }
 }
@@ -1257,6 +1270,22 @@ mod tests {
         )];
         let err = Config::load_with_env(None, env).unwrap_err().to_string();
         assert!(err.contains("agent.interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn anomaly_backend_is_auto_by_default_and_a_wrong_one_is_named() {
+        assert_eq!(Config::default().anomaly.backend, BackendChoice::Auto);
+        let env = vec![("RACKWATCH_ANOMALY__BACKEND".to_string(), "gpu".to_string())];
+        let cfg = Config::load_with_env(None, env).unwrap();
+        assert_eq!(cfg.anomaly.backend, BackendChoice::Gpu);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[anomaly]\nbackend = \"tpu\"\n").unwrap();
+        let err = Config::load_with_env(Some(&p), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backend") && err.contains("tpu"), "{err}");
+        assert!(err.contains("auto") && err.contains("gpu"), "{err}");
     }
 
     #[test]

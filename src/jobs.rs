@@ -126,7 +126,10 @@ pub fn spawn(
         store,
         cfg,
         telemetry,
-        anomaly: Default::default(),
+        anomaly: tokio::sync::Mutex::new(match board.anomaly_backend() {
+            Some(backend) => AnomalyJob::new(backend),
+            None => AnomalyJob::default(),
+        }),
     };
     tokio::spawn(async move {
         let mut leader: Option<PgConnection> = None;

@@ -13,10 +13,15 @@
 //!   equals scoring in one pass.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
+use rackwatch_anomaly::backend::ModelKey;
 use rackwatch_anomaly::detector::StreamState;
-use rackwatch_anomaly::{CpuBackend, Detector, DetectorConfig, Matrix};
+use rackwatch_anomaly::{
+    Backend, CpuBackend, Detector, DetectorConfig, Matrix, ScoreInput, ScoredRow, SelectOptions,
+    SelectedBackend, TrainInput,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
@@ -307,9 +312,36 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
+/// A host's training set, ready for the detector: see [`HostModel::train_batch`].
+struct Prepared {
+    features: Vec<usize>,
+    last: Vec<f32>,
+    last_ts: Option<DateTime<Utc>>,
+    matrix: Matrix,
+}
+
+/// The product's detector settings (see the constants above).
+fn host_config(pot_risk: f64) -> DetectorConfig {
+    DetectorConfig {
+        std_floor: STD_FLOOR_STEPS,
+        clip: CLIP,
+        pot_risk,
+        univariate_weight: UNIVARIATE_WEIGHT,
+        ..DetectorConfig::default()
+    }
+}
+
 impl HostModel {
     /// Train on a host's minutes (oldest first). Needs `min_minutes` minutes with data.
     pub fn train(minutes: &[Minute], min_minutes: usize, pot_risk: f64) -> Result<Self, Skip> {
+        let prepared = Self::prepare(minutes, min_minutes);
+        Self::train_batch(&CpuBackend::single_threaded(), vec![prepared], pot_risk)
+            .pop()
+            .expect("one host")
+    }
+
+    /// The features a host's model reads and its training matrix, or why it gets none.
+    fn prepare(minutes: &[Minute], min_minutes: usize) -> Result<Prepared, Skip> {
         let rows: Vec<&Minute> = minutes
             .iter()
             .filter(|m| m.values.iter().any(Option::is_some))
@@ -339,21 +371,47 @@ impl HostModel {
             .collect();
         let (matrix, used) = inputs(&features, &mut last, &rows);
         let last_ts = used.last().map(|m| m.ts);
-        let config = DetectorConfig {
-            std_floor: STD_FLOOR_STEPS,
-            clip: CLIP,
-            pot_risk,
-            univariate_weight: UNIVARIATE_WEIGHT,
-            ..DetectorConfig::default()
-        };
-        let detector = Detector::fit_with(&CpuBackend::single_threaded(), &matrix, config)
-            .map_err(|e| Skip::Failed(format!("{e:#}")))?;
-        Ok(HostModel {
-            detector,
+        Ok(Prepared {
             features,
             last,
             last_ts,
+            matrix,
         })
+    }
+
+    /// Train many hosts in one batched backend call ([`Detector::fit_batch`]: on a GPU, one
+    /// device batch for all of them); one result per host, in order.
+    fn train_batch(
+        backend: &dyn Backend,
+        hosts: Vec<Result<Prepared, Skip>>,
+        pot_risk: f64,
+    ) -> Vec<Result<Self, Skip>> {
+        let config = host_config(pot_risk);
+        let ready: Vec<TrainInput<'_>> = hosts
+            .iter()
+            .filter_map(|h| h.as_ref().ok())
+            .map(|p| TrainInput {
+                rows: &p.matrix,
+                config: &config,
+            })
+            .collect();
+        let mut fitted = Detector::fit_batch(backend, &ready).into_iter();
+        hosts
+            .into_iter()
+            .map(|h| {
+                let p = h?;
+                let detector = fitted
+                    .next()
+                    .expect("one fit per prepared host")
+                    .map_err(|e| Skip::Failed(format!("{e:#}")))?;
+                Ok(HostModel {
+                    detector,
+                    features: p.features,
+                    last: p.last,
+                    last_ts: p.last_ts,
+                })
+            })
+            .collect()
     }
 
     /// Names of the model's features, in column order.
@@ -370,39 +428,20 @@ impl HostModel {
     /// not predicted from the minutes before the gap (the smoothed score starts afresh;
     /// the drift guard's memory of recent scores is kept).
     pub fn score(&mut self, minutes: &[Minute], top_k: usize) -> anyhow::Result<Vec<ScoredMinute>> {
-        let refs: Vec<&Minute> = minutes
-            .iter()
-            .filter(|m| self.features.iter().any(|&j| m.values[j].is_some()))
-            .collect();
-        let mut out = Vec::with_capacity(refs.len());
-        let gap = Duration::minutes(RESTART_GAP_MINUTES);
-        for segment in refs.chunk_by(|a, b| b.ts - a.ts <= gap) {
-            if self.last_ts.is_some_and(|t| segment[0].ts - t > gap) {
-                self.detector.state.history.clear();
-                self.detector.state.started = false;
-            }
-            out.extend(self.score_run(segment, top_k)?);
-            self.last_ts = segment.last().map(|m| m.ts);
-        }
-        Ok(out)
+        let mut hosts = [HostScoring {
+            model: self,
+            minutes,
+            key: None,
+        }];
+        score_hosts(&CpuBackend::single_threaded(), &mut hosts, top_k)
+            .pop()
+            .expect("one host")
     }
 
-    /// Score consecutive minutes (no gap that restarts the stream).
-    fn score_run(&mut self, refs: &[&Minute], top_k: usize) -> anyhow::Result<Vec<ScoredMinute>> {
-        let (matrix, used) = inputs(&self.features, &mut self.last, refs);
-        if matrix.rows == 0 {
-            return Ok(Vec::new());
-        }
-        // Values as the detector saw them (gaps filled), to explain with.
-        let seen: Vec<f32> = matrix.data.clone();
-        let rows = self.detector.score_explained(
-            &CpuBackend::single_threaded(),
-            &matrix,
-            top_k.min(self.features.len()),
-        )?;
+    /// Scored minutes of the detector's rows for `used` (the values it saw: `seen`).
+    fn scored(&self, rows: Vec<ScoredRow>, used: &[&Minute], seen: &[f32]) -> Vec<ScoredMinute> {
         let d = self.features.len();
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .zip(used)
             .enumerate()
             .map(|(i, (r, m))| ScoredMinute {
@@ -425,7 +464,7 @@ impl HostModel {
                     })
                     .collect(),
             })
-            .collect())
+            .collect()
     }
 
     fn stored_state(&self) -> StoredState {
@@ -435,6 +474,99 @@ impl HostModel {
             last_ts: self.last_ts,
         }
     }
+}
+
+/// One host's part in [`score_hosts`]: its model (whose stream continues), its new minutes
+/// (oldest first) and the key its model stays resident under on a GPU.
+pub struct HostScoring<'a> {
+    pub model: &'a mut HostModel,
+    pub minutes: &'a [Minute],
+    pub key: Option<ModelKey>,
+}
+
+/// [`HostModel::score`] for many hosts, batched: the hosts' first runs of minutes without a
+/// restarting gap go to the backend in one call ([`Detector::score_explained_batch_keyed`]:
+/// one GPU submit), their second runs (after a gap) in the next, and so on. Equal to scoring
+/// host by host (bit for bit on the CPU backend). A host whose scoring fails gets the error
+/// and its later minutes are not scored; its model is then not to be stored.
+pub fn score_hosts(
+    backend: &dyn Backend,
+    hosts: &mut [HostScoring<'_>],
+    top_k: usize,
+) -> Vec<anyhow::Result<Vec<ScoredMinute>>> {
+    let gap = Duration::minutes(RESTART_GAP_MINUTES);
+    // Each host's minutes with any of its features, cut at the gaps.
+    let segments: Vec<Vec<Vec<&Minute>>> = hosts
+        .iter()
+        .map(|h| {
+            let refs: Vec<&Minute> = h
+                .minutes
+                .iter()
+                .filter(|m| h.model.features.iter().any(|&j| m.values[j].is_some()))
+                .collect();
+            refs.chunk_by(|a, b| b.ts - a.ts <= gap)
+                .map(<[&Minute]>::to_vec)
+                .collect()
+        })
+        .collect();
+    let mut out: Vec<anyhow::Result<Vec<ScoredMinute>>> =
+        hosts.iter().map(|_| Ok(Vec::new())).collect();
+    let rounds = segments.iter().map(Vec::len).max().unwrap_or(0);
+    for r in 0..rounds {
+        // (host, matrix, minutes used, values seen) of the hosts with an r-th run.
+        let mut batch: Vec<(usize, Matrix, Vec<&Minute>)> = Vec::new();
+        for (i, h) in hosts.iter_mut().enumerate() {
+            let Some(segment) = segments[i].get(r) else {
+                continue;
+            };
+            if out[i].is_err() {
+                continue;
+            }
+            let model = &mut *h.model;
+            if model.last_ts.is_some_and(|t| segment[0].ts - t > gap) {
+                model.detector.state.history.clear();
+                model.detector.state.started = false;
+            }
+            let (matrix, used) = inputs(&model.features, &mut model.last, segment);
+            model.last_ts = segment.last().map(|m| m.ts);
+            if matrix.rows > 0 {
+                batch.push((i, matrix, used));
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let keyed = batch.iter().all(|(i, ..)| hosts[*i].key.is_some());
+        let keys: Vec<ModelKey> = if keyed {
+            batch.iter().filter_map(|(i, ..)| hosts[*i].key).collect()
+        } else {
+            Vec::new()
+        };
+        let mut jobs: Vec<ScoreInput<'_>> = Vec::with_capacity(batch.len());
+        let mut next = batch.iter().peekable();
+        for (i, h) in hosts.iter_mut().enumerate() {
+            if let Some((_, matrix, _)) = next.next_if(|(b, ..)| *b == i) {
+                jobs.push(ScoreInput {
+                    detector: &mut h.model.detector,
+                    rows: matrix,
+                });
+            }
+        }
+        let results = Detector::score_explained_batch_keyed(backend, &mut jobs, &keys, top_k);
+        drop(jobs);
+        for ((i, matrix, used), rows) in batch.iter().zip(results) {
+            match rows {
+                Ok(rows) => {
+                    let scored = hosts[*i].model.scored(rows, used, &matrix.data);
+                    if let Ok(v) = &mut out[*i] {
+                        v.extend(scored);
+                    }
+                }
+                Err(e) => out[*i] = Err(e),
+            }
+        }
+    }
+    out
 }
 
 /// Detector inputs of the minutes that have any of `features`, a missing value filled with
@@ -517,13 +649,70 @@ struct ModelMeta {
 
 /// The job, with the trained detectors of the hosts it scores cached between runs (they
 /// only change when a host is retrained; the small streaming state is read every run, so
-/// another leader's progress is never lost).
-#[derive(Debug, Default)]
+/// another leader's progress is never lost), and the backend they train and score on.
 pub struct AnomalyJob {
     models: HashMap<i64, (DateTime<Utc>, Detector)>,
+    backend: Arc<SelectedBackend>,
+}
+
+impl Default for AnomalyJob {
+    /// On the CPU backend.
+    fn default() -> Self {
+        Self::new(Arc::new(SelectedBackend::cpu(
+            CpuBackend::default().threads,
+        )))
+    }
+}
+
+impl std::fmt::Debug for AnomalyJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnomalyJob")
+            .field("models", &self.models.len())
+            .field("backend", &self.backend.info().to_string())
+            .finish()
+    }
+}
+
+/// The backend `anomaly.backend` asks for, opened once at start-up; logs one line saying
+/// which runs (and, for `auto` on the CPU, why). `gpu` without a usable adapter, or in a
+/// build without GPU support, is an error that says so.
+pub fn open_backend(cfg: &AnomalyConfig) -> anyhow::Result<Arc<SelectedBackend>> {
+    let opts = SelectOptions {
+        allow_software_adapter: cfg.software_adapter,
+        adapter_name: Some(cfg.adapter.trim().to_string()).filter(|a| !a.is_empty()),
+        ..SelectOptions::default()
+    };
+    let backend = SelectedBackend::select(cfg.backend, &opts)
+        .map_err(|e| anyhow::anyhow!("anomaly.backend = \"{}\": {e}", cfg.backend))?;
+    match backend.fallback_reason() {
+        Some(why) => tracing::info!("{why}"),
+        None => tracing::info!("anomaly detector runs on {}", backend.info()),
+    }
+    Ok(Arc::new(backend))
+}
+
+/// A model's key on a GPU that keeps models resident: the host and its training time.
+fn model_key(host: i64, trained_at: DateTime<Utc>) -> ModelKey {
+    ModelKey {
+        host: host as u64,
+        version: trained_at.timestamp_micros() as u64,
+    }
 }
 
 impl AnomalyJob {
+    /// A job training and scoring on `backend` (see [`open_backend`]).
+    pub fn new(backend: Arc<SelectedBackend>) -> Self {
+        AnomalyJob {
+            models: HashMap::new(),
+            backend,
+        }
+    }
+
+    /// The backend the job runs on.
+    pub fn backend(&self) -> &Arc<SelectedBackend> {
+        &self.backend
+    }
+
     /// Train what is due, then score every trained host's minutes up to `now` less
     /// [`SETTLE_MINUTES`].
     pub async fn run(
@@ -562,13 +751,9 @@ impl AnomalyJob {
         // cannot starve the retraining of the others.
         due.sort_by_key(|h| h.trained_at);
         due.truncate(cfg.max_trains_per_run as usize);
-        for h in due {
-            if self.train_host(store, cfg, h, end, now).await? {
-                summary.trained += 1;
-            } else {
-                summary.skipped += 1;
-            }
-        }
+        let trained = self.train_hosts(store, cfg, &due, end, now).await?;
+        summary.trained += trained;
+        summary.skipped += due.len() - trained;
         // Score every host with a model (re-read: training just changed some).
         let scoring: Vec<(i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT host_id, trained_at, scored_until FROM anomaly_models
@@ -585,28 +770,63 @@ impl AnomalyJob {
         Ok(summary)
     }
 
-    /// Train (or skip) one host and store the outcome. Returns whether it got a model.
-    async fn train_host(
+    /// Train (or skip) `due` hosts in one batched backend call and store the outcomes.
+    /// Returns how many got a model.
+    async fn train_hosts(
+        &mut self,
+        store: &Store,
+        cfg: &AnomalyConfig,
+        due: &[&ModelMeta],
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<usize> {
+        let min_minutes = cfg.min_train_minutes as usize;
+        let mut prepared = Vec::with_capacity(due.len());
+        let mut windows = Vec::with_capacity(due.len());
+        for h in due {
+            // A retrained model continues from the old one's watermark, so no minute is
+            // skipped or scored twice.
+            let to = h
+                .scored_until
+                .filter(|_| h.status.as_deref() == Some("trained"))
+                .map_or(end, |w| w.min(end));
+            let from = to - Duration::days(i64::from(cfg.train_days));
+            let mut rows = feature_rows(store, &[h.host_id], from, to, true).await?;
+            let minutes = rows.remove(&h.host_id).unwrap_or_default();
+            // Only the training matrix is kept: a week of minutes is ~0.6 MB as inputs.
+            prepared.push(
+                tokio::task::spawn_blocking(move || HostModel::prepare(&minutes, min_minutes))
+                    .await?,
+            );
+            windows.push((from, to));
+        }
+        let (backend, risk) = (self.backend.clone(), cfg.pot_risk);
+        let outcomes = tokio::task::spawn_blocking(move || {
+            HostModel::train_batch(backend.as_ref(), prepared, risk)
+        })
+        .await?;
+        let mut trained = 0;
+        for ((h, (from, to)), outcome) in due.iter().zip(windows).zip(outcomes) {
+            if self
+                .store_outcome(store, cfg, h, (from, to), now, outcome)
+                .await?
+            {
+                trained += 1;
+            }
+        }
+        Ok(trained)
+    }
+
+    /// Store a host's training outcome. Returns whether it got a model.
+    async fn store_outcome(
         &mut self,
         store: &Store,
         cfg: &AnomalyConfig,
         h: &ModelMeta,
-        end: DateTime<Utc>,
+        (from, to): (DateTime<Utc>, DateTime<Utc>),
         now: DateTime<Utc>,
+        outcome: Result<HostModel, Skip>,
     ) -> anyhow::Result<bool> {
-        // A retrained model continues from the old one's watermark, so no minute is
-        // skipped or scored twice.
-        let to = h
-            .scored_until
-            .filter(|_| h.status.as_deref() == Some("trained"))
-            .map_or(end, |w| w.min(end));
-        let from = to - Duration::days(i64::from(cfg.train_days));
-        let mut rows = feature_rows(store, &[h.host_id], from, to, true).await?;
-        let minutes = rows.remove(&h.host_id).unwrap_or_default();
-        let (min_minutes, risk) = (cfg.min_train_minutes as usize, cfg.pot_risk);
-        let outcome =
-            tokio::task::spawn_blocking(move || HostModel::train(&minutes, min_minutes, risk))
-                .await?;
         match outcome {
             Ok(model) => {
                 let threshold = f64::from(model.detector.alert_threshold());
@@ -728,7 +948,7 @@ impl AnomalyJob {
         let last = batch.iter().map(|b| window(b.2).1).max().unwrap_or(end);
         let mut rows = feature_rows(store, &ids, first, last, false).await?;
         let mut work = Vec::with_capacity(batch.len());
-        for &(id, _, watermark) in batch {
+        for &(id, trained_at, watermark) in batch {
             let (Some((_, det)), Some((metrics, state))) = (self.models.get(&id), states.get(&id))
             else {
                 continue;
@@ -755,15 +975,26 @@ impl AnomalyJob {
                 .into_iter()
                 .filter(|m| m.ts >= from && m.ts < to)
                 .collect();
-            work.push((id, model, minutes, to));
+            work.push((id, model, minutes, to, trained_at));
         }
         let top_k = cfg.top_k as usize;
+        let backend = self.backend.clone();
         let scored = tokio::task::spawn_blocking(move || {
+            let mut work = work;
+            let results = {
+                let mut hosts: Vec<HostScoring<'_>> = work
+                    .iter_mut()
+                    .map(|(id, model, minutes, _, trained_at)| HostScoring {
+                        model,
+                        minutes,
+                        key: Some(model_key(*id, *trained_at)),
+                    })
+                    .collect();
+                score_hosts(backend.as_ref(), &mut hosts, top_k)
+            };
             work.into_iter()
-                .map(|(id, mut model, minutes, to)| {
-                    let scores = model.score(&minutes, top_k);
-                    (id, model, scores, to)
-                })
+                .zip(results)
+                .map(|((id, model, _, to, _), scores)| (id, model, scores, to))
                 .collect::<Vec<_>>()
         })
         .await?;
@@ -1130,6 +1361,104 @@ mod tests {
             old[0].score
         );
         assert_eq!(model.last_ts, Some(back.ts));
+    }
+
+    /// The job's batched path (one training call, one scoring call per run of minutes
+    /// across hosts) equals training and scoring host by host, bit for bit on the CPU, also
+    /// when one host's minutes have a gap that restarts its stream and another has none.
+    #[test]
+    fn batched_training_and_scoring_equal_host_by_host() {
+        let days = [2, 3, 4];
+        let hosts: Vec<Vec<Minute>> = days
+            .iter()
+            .map(|&d| (0..d * 1440).map(|i| minute(i, 0.0)).collect())
+            .collect();
+        let cpu = CpuBackend::default();
+        let prepared = hosts.iter().map(|m| HostModel::prepare(m, 1440)).collect();
+        let batched = HostModel::train_batch(&cpu, prepared, 0.05);
+        let mut models = Vec::new();
+        for (m, b) in hosts.iter().zip(batched) {
+            let one = HostModel::train(m, 1440, 0.05).unwrap();
+            assert_eq!(b.as_ref().unwrap(), &one);
+            models.push(one);
+        }
+        // New minutes: host 0 pauses for an hour in the middle, host 2 runs hot.
+        let new: Vec<Vec<Minute>> = days
+            .iter()
+            .enumerate()
+            .map(|(h, &d)| {
+                (d * 1440..d * 1440 + 150)
+                    .filter(|i| h != 0 || !(d * 1440 + 40..d * 1440 + 100).contains(i))
+                    .map(|i| {
+                        minute(
+                            i,
+                            if h == 2 && i >= d * 1440 + 60 {
+                                20.0
+                            } else {
+                                0.0
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut one_by_one = models.clone();
+        let expected: Vec<Vec<ScoredMinute>> = one_by_one
+            .iter_mut()
+            .zip(&new)
+            .map(|(m, new)| m.score(new, 3).unwrap())
+            .collect();
+        let mut together = models.clone();
+        let got = {
+            let mut jobs: Vec<HostScoring<'_>> = together
+                .iter_mut()
+                .zip(&new)
+                .enumerate()
+                .map(|(h, (model, minutes))| HostScoring {
+                    model,
+                    minutes,
+                    key: Some(ModelKey {
+                        host: h as u64,
+                        version: 1,
+                    }),
+                })
+                .collect();
+            score_hosts(&cpu, &mut jobs, 3)
+        };
+        for (h, (got, want)) in got.into_iter().zip(&expected).enumerate() {
+            assert_eq!(&got.unwrap(), want, "host {h}");
+        }
+        assert_eq!(together, one_by_one, "streams continue alike");
+        assert_eq!(expected[0].len(), 90, "the pause is not scored");
+        assert!(
+            expected[2].iter().any(|s| s.anomalous),
+            "the hot host alerts"
+        );
+    }
+
+    /// `anomaly.backend = "gpu"` without a usable GPU (here: none by that name, or a build
+    /// without GPU support) refuses to start and says why; `auto` falls back to the CPU.
+    #[test]
+    fn a_gpu_that_is_not_there_is_an_error_and_auto_falls_back() {
+        let cfg = AnomalyConfig {
+            backend: rackwatch_anomaly::BackendChoice::Gpu,
+            adapter: "no adapter has this name".into(),
+            software_adapter: true,
+            ..AnomalyConfig::default()
+        };
+        let err = open_backend(&cfg).unwrap_err().to_string();
+        assert!(err.starts_with("anomaly.backend = \"gpu\": "), "{err}");
+        assert!(
+            err.contains("no adapter has this name") || err.contains("GPU support"),
+            "{err}"
+        );
+        let auto = open_backend(&AnomalyConfig {
+            backend: rackwatch_anomaly::BackendChoice::Auto,
+            ..cfg
+        })
+        .unwrap();
+        assert_eq!(auto.kind(), rackwatch_anomaly::BackendKind::Cpu);
+        assert!(auto.fallback_reason().is_some());
     }
 
     #[test]

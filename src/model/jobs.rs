@@ -2,10 +2,11 @@
 //! admin page and `/metrics` read it. Each server keeps its own board; only the job leader
 //! runs jobs, so the other replicas show them as not run here.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rackwatch_anomaly::SelectedBackend;
 
 /// One job's record on this server.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,6 +31,8 @@ pub struct JobStatus {
 pub struct JobBoard {
     jobs: Mutex<Vec<JobStatus>>,
     leader: std::sync::atomic::AtomicBool,
+    /// The anomaly detector's backend on this server (when the job is enabled).
+    anomaly_backend: Mutex<Option<Arc<SelectedBackend>>>,
 }
 
 impl JobBoard {
@@ -71,6 +74,16 @@ impl JobBoard {
                 j.last_error = Some(e);
             }
         }
+    }
+
+    /// Record the anomaly detector's backend (once, at start).
+    pub fn set_anomaly_backend(&self, backend: Arc<SelectedBackend>) {
+        *self.anomaly_backend.lock().expect("job board") = Some(backend);
+    }
+
+    /// The anomaly detector's backend, when the job is enabled.
+    pub fn anomaly_backend(&self) -> Option<Arc<SelectedBackend>> {
+        self.anomaly_backend.lock().expect("job board").clone()
     }
 
     /// Whether this server holds the job lock now.

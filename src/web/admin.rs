@@ -50,6 +50,28 @@ pub struct AdminPage {
     pub jobs: Vec<JobView>,
     /// Whether this server runs the periodic jobs.
     pub leader: bool,
+    /// The anomaly detector's backend, when the job is enabled.
+    pub anomaly_backend: Option<BackendView>,
+}
+
+/// Which backend the anomaly detector runs on.
+pub struct BackendView {
+    /// `cpu` or `gpu`.
+    pub kind: &'static str,
+    /// The adapter and how it runs (`gpu: NVIDIA H200 (discrete GPU, Vulkan, …)`).
+    pub device: String,
+    /// Why `auto` runs on the CPU; empty when it got what it asked for.
+    pub fallback: String,
+}
+
+fn backend_view(b: &rackwatch_anomaly::SelectedBackend) -> BackendView {
+    use rackwatch_anomaly::Backend;
+    let info = b.info();
+    BackendView {
+        kind: info.kind.as_str(),
+        device: info.to_string(),
+        fallback: b.fallback_reason().unwrap_or_default().to_string(),
+    }
 }
 
 /// A periodic job's last run on this server.
@@ -122,6 +144,7 @@ async fn page_with(
         error,
         jobs: job_views(&st.jobs.snapshot()),
         leader: st.jobs.is_leader(),
+        anomaly_backend: st.jobs.anomaly_backend().as_deref().map(backend_view),
     })
 }
 

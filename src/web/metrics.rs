@@ -86,6 +86,18 @@ pub async fn metrics(
             .unwrap_or_default(),
         agents: agents.unwrap_or_default(),
         channels: channels.unwrap_or_default(),
+        anomaly: st.jobs.anomaly_backend().map(|b| {
+            use rackwatch_anomaly::Backend as _;
+            let info = b.info();
+            AnomalyBackend {
+                backend: info.kind.as_str().to_string(),
+                adapter: info.device.clone(),
+                device_type: info.device_type.clone(),
+                api: info.api.clone().unwrap_or_default(),
+                cpu_fallback_hosts: b.cpu_fallback_hosts(),
+                cpu_scoring_calls: b.cpu_scoring_calls(),
+            }
+        }),
     };
     let mut at_scrape = Registry::default();
     at_scrape.register_collector(Box::new(scraped));
@@ -110,6 +122,19 @@ struct Scraped {
     pools: Vec<super::capacity::AutoscalerView>,
     agents: Vec<(String, serde_json::Value)>,
     channels: Vec<crate::alert::notify::ChannelState>,
+    anomaly: Option<AnomalyBackend>,
+}
+
+/// Which backend the anomaly detector runs on, on which adapter, and the work a GPU left
+/// to the CPU.
+#[derive(Debug)]
+struct AnomalyBackend {
+    backend: String,
+    adapter: String,
+    device_type: String,
+    api: String,
+    cpu_fallback_hosts: u64,
+    cpu_scoring_calls: u64,
 }
 
 /// A gauge family read at scrape time: its descriptor, then one sample per label set.
@@ -181,6 +206,7 @@ impl Collector for Scraped {
         self.encode_jobs(e)?;
         self.encode_pools(e)?;
         self.encode_notifications(e)?;
+        self.encode_anomaly_backend(e)?;
         self.encode_agents(e)
     }
 }
@@ -306,6 +332,38 @@ impl Scraped {
                 let t = c.last_delivered_at?;
                 Some((ch(c), t.timestamp_millis() as f64 / 1e3))
             }),
+        )
+    }
+
+    fn encode_anomaly_backend(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some(b) = &self.anomaly else {
+            return Ok(());
+        };
+        gauges(
+            e,
+            "rackwatch_anomaly_backend_info",
+            "The anomaly detector's backend on this server (cpu or gpu), its adapter and device type; always 1",
+            [(
+                [
+                    ("backend", b.backend.clone()),
+                    ("adapter", b.adapter.clone()),
+                    ("device_type", b.device_type.clone()),
+                    ("api", b.api.clone()),
+                ],
+                1u64,
+            )],
+        )?;
+        counters(
+            e,
+            "rackwatch_anomaly_cpu_fallback_hosts",
+            "Host trainings or scorings the GPU could not take (too large for its buffers, a device fault) that ran on the CPU",
+            [(NoLabels::default(), b.cpu_fallback_hosts)],
+        )?;
+        counters(
+            e,
+            "rackwatch_anomaly_cpu_scoring_calls",
+            "Scoring runs a GPU backend left to the CPU because they were too small to gain from it",
+            [(NoLabels::default(), b.cpu_scoring_calls)],
         )
     }
 

@@ -506,3 +506,198 @@ async fn anomaly_rule_fires_on_a_sustained_fault_not_on_a_glitch_and_mails_the_m
     );
     app.stop().await;
 }
+
+/// Every stored score of every host, in host and time order, and every model's level.
+#[cfg(feature = "gpu")]
+async fn fleet_results(
+    app: &TestApp,
+) -> (
+    Vec<(i64, DateTime<Utc>, f32, f32, bool, Value)>,
+    Vec<(i64, String, Option<f64>)>,
+) {
+    let scores = sqlx::query_as(
+        "SELECT host_id, ts, score, threshold, is_anomalous, top FROM anomaly_scores ORDER BY host_id, ts",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    let models =
+        sqlx::query_as("SELECT host_id, status, threshold FROM anomaly_models ORDER BY host_id")
+            .fetch_all(&app.store.pool)
+            .await
+            .unwrap();
+    (scores, models)
+}
+
+/// The product's job on the GPU backend trains and scores a fleet like the CPU backend. Here
+/// the GPU is lavapipe (Mesa's software Vulkan device: the same WGSL kernels a real GPU
+/// runs, executed on the CPU); the job trains every host in one device batch and scores
+/// each run of minutes in one submit with the models resident. Agreement, as stated in
+/// docs/gpu.md: scores and alert levels within 1e-3 relative (f32 on the device against the
+/// CPU's f64 statistics; measured differences are ~1e-5), the same alert decision wherever
+/// the score is not within that tolerance of its level, and the same explanations (each
+/// metric's share within 0.005; a metric may trade places only with one of a share within
+/// 0.01 of it, a tie at the cut).
+#[cfg(feature = "gpu")]
+#[tokio::test]
+async fn anomaly_job_on_a_gpu_scores_a_fleet_like_the_cpu() {
+    use rackwatch_anomaly::{BackendChoice, SelectOptions, SelectedBackend};
+    use std::collections::HashMap;
+
+    let app = TestApp::spawn().await;
+    let t = seed(&app, "fleet-a", 7 * 1440 + AFTER, true).await;
+    seed(&app, "fleet-b", 3 * 1440 + AFTER, false).await;
+    seed(&app, "fleet-c", 2 * 1440 + AFTER, true).await;
+    seed(&app, "fleet-new", 100, false).await;
+    let settle = Duration::minutes(rackwatch::analytics::anomaly::SETTLE_MINUTES);
+    let run = |mut job: AnomalyJob| {
+        let app = &app;
+        let t = &t;
+        async move {
+            let a = job
+                .run(&app.store, &app.cfg.anomaly, t.e + settle)
+                .await
+                .unwrap();
+            let b = job
+                .run(&app.store, &app.cfg.anomaly, t.at(AFTER) + settle)
+                .await
+                .unwrap();
+            (a, b)
+        }
+    };
+    let on_cpu = run(AnomalyJob::default()).await;
+    let cpu = fleet_results(&app).await;
+    for table in ["anomaly_scores", "anomaly_models"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&app.store.pool)
+            .await
+            .unwrap();
+    }
+    // Every scoring call on the device, however small (the product leaves one-minute runs
+    // to the CPU, where they are faster).
+    let backend = std::sync::Arc::new(
+        SelectedBackend::select(
+            BackendChoice::Gpu,
+            &SelectOptions {
+                allow_software_adapter: true,
+                min_gpu_score_work: Some(0),
+                ..SelectOptions::default()
+            },
+        )
+        .expect("a wgpu adapter (lavapipe: apt-get install mesa-vulkan-drivers)"),
+    );
+    eprintln!(
+        "backend: {}",
+        rackwatch_anomaly::Backend::info(backend.as_ref())
+    );
+    let on_gpu = run(AnomalyJob::new(backend.clone())).await;
+    let gpu = fleet_results(&app).await;
+    assert_eq!(on_cpu, on_gpu, "the same hosts trained, skipped and scored");
+    assert_eq!((on_gpu.0.trained, on_gpu.0.skipped), (3, 1), "{on_gpu:?}");
+    assert_eq!(backend.cpu_fallback_hosts(), 0, "nothing left to the CPU");
+    assert_eq!(backend.cpu_scoring_calls(), 0);
+    let stats = backend.gpu().expect("a GPU backend").stats();
+    assert!(stats.calls >= 2 && stats.model_uploads >= 3, "{stats:?}");
+
+    let close = |c: f64, g: f64| (c - g).abs() <= 1e-3 * c.abs().max(0.1);
+    assert_eq!(cpu.1.len(), gpu.1.len());
+    for (c, g) in cpu.1.iter().zip(&gpu.1) {
+        assert_eq!((c.0, &c.1), (g.0, &g.1));
+        match (c.2, g.2) {
+            (Some(c2), Some(g2)) => assert!(close(c2, g2), "host {} level cpu {c2} gpu {g2}", c.0),
+            (c2, g2) => assert_eq!(c2, g2),
+        }
+    }
+    let (cpu, gpu) = (cpu.0, gpu.0);
+    assert_eq!(cpu.len(), gpu.len());
+    assert!(
+        cpu.len() >= 3 * AFTER as usize - 3,
+        "{} minutes scored",
+        cpu.len()
+    );
+    let mut alerts = 0;
+    for (c, g) in cpu.iter().zip(&gpu) {
+        let at = format!("host {} at {}", c.0, c.1);
+        assert_eq!((c.0, c.1), (g.0, g.1));
+        let (cs, gs, ct, gt) = (c.2 as f64, g.2 as f64, c.3 as f64, g.3 as f64);
+        assert!(close(cs, gs), "{at}: score cpu {cs} gpu {gs}");
+        assert!(close(ct, gt), "{at}: level cpu {ct} gpu {gt}");
+        if !close(cs, ct) {
+            assert_eq!(c.4, g.4, "{at}: alert, score {cs} level {ct}");
+        }
+        alerts += usize::from(c.4);
+        let shares = |top: &Value| -> HashMap<String, (f64, f64, f64)> {
+            top.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let f = |k: &str| e[k].as_f64().unwrap();
+                    (
+                        e["metric"].as_str().unwrap().to_string(),
+                        (f("share"), f("value"), f("typical")),
+                    )
+                })
+                .collect()
+        };
+        let (ct_, gt_) = (shares(&c.5), shares(&g.5));
+        assert_eq!(ct_.len(), gt_.len(), "{at}");
+        let cut = gt_.values().map(|v| v.0).fold(f64::INFINITY, f64::min);
+        for (m, (share, value, typical)) in &ct_ {
+            match gt_.get(m) {
+                Some((gs, gv, gty)) => {
+                    assert!(
+                        (share - gs).abs() <= 0.005,
+                        "{at}: {m} share cpu {share} gpu {gs}"
+                    );
+                    assert!(close(*value, *gv) && close(*typical, *gty), "{at}: {m}");
+                }
+                None => assert!(
+                    (share - cut).abs() <= 0.01,
+                    "{at}: {m} ({share}) not in the GPU's explanation {:?}",
+                    g.5
+                ),
+            }
+        }
+    }
+    assert!(alerts > 0, "the faults alert on both");
+}
+
+/// `/metrics` and the admin page say which backend the detector runs on: the CPU here, with
+/// `anomaly.backend = "auto"` and no hardware GPU (a software adapter is not taken unless
+/// `anomaly.software_adapter` says so).
+#[tokio::test]
+async fn metrics_and_the_admin_page_name_the_detectors_backend() {
+    let db = crate::support::fresh_database().await;
+    let app = TestApp::spawn_full(db, |_| {}).await;
+    assert_eq!(
+        app.cfg.anomaly.backend,
+        rackwatch_anomaly::BackendChoice::Auto
+    );
+    let metrics = app.metrics().await;
+    let info = metrics
+        .lines()
+        .find(|l| l.starts_with("rackwatch_anomaly_backend_info{"))
+        .unwrap_or_else(|| panic!("no backend info:\n{metrics}"));
+    assert!(
+        info.starts_with(
+            "rackwatch_anomaly_backend_info{backend=\"cpu\",adapter=\"cpu\",device_type=\""
+        ) && info.ends_with("} 1"),
+        "{info}"
+    );
+    assert!(
+        metrics.contains("\nrackwatch_anomaly_cpu_fallback_hosts_total 0\n"),
+        "{metrics}"
+    );
+    let cookie = app.login("admin", "pw-for-backend").await;
+    let (status, html) = app.page(&cookie, "/admin").await;
+    assert_eq!(status, 200);
+    let at = html.find("id=\"anomaly-backend\"").expect("backend line");
+    let line = &html[at..at + html[at..].find("</p>").unwrap()];
+    assert!(line.contains("<strong>cpu</strong> on cpu ("), "{line}");
+    // Why auto runs on the CPU.
+    assert!(
+        line.contains("anomaly backend auto: using the CPU"),
+        "{line}"
+    );
+    app.stop().await;
+}

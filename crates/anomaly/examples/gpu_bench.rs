@@ -13,14 +13,26 @@
 //! `cargo build --release -p rackwatch-anomaly --features gpu --example gpu_bench`
 //!
 //! Run: `gpu_bench [--quick] [--hosts N] [--gpus N] [--days N] [--metrics N] [--runs N]
-//! [--catchup N] [--train-batch N] [--train-passes N] [--threads N] [--max-buffer-mb N] [--adapter NAME]
-//! [--cpu-only] [--no-software] [--seed N]`.
+//! [--catchup N] [--train-batch N] [--train-passes N] [--threads N] [--max-buffer-mb N]
+//! [--pipeline-mb N] [--adapter NAME] [--cpu-only] [--no-software] [--profile] [--seed N]`.
+//!
+//! With `--profile`, where the adapter has timestamp queries, each step of a submit is timed on
+//! the device and the training's and scoring's device times per step are printed (the
+//! timestamps cost host time: measure the headline figures without).
+//!
+//! Fairness: both backends run the same code (`Detector::fit_batch`, then
+//! `Detector::score_explained_batch_keyed` with each host's model key) with the same host threads
+//! (`--threads`, default: the machine's), the same fleet and the same batches; each is warmed
+//! up the same way. The CPU backend keeps no device cache, so the key costs it nothing and
+//! gains it nothing.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use rackwatch_anomaly::backend::ModelKey;
 use rackwatch_anomaly::{
-    Backend, CpuBackend, Detector, DetectorConfig, GpuBackend, GpuOptions, GpuStats, Matrix,
-    ScoreInput, ScoredRow, TrainInput,
+    Backend, BackendKind, CpuBackend, Detector, DetectorConfig, GpuBackend, GpuOptions, GpuStats,
+    Matrix, ScoreInput, ScoredRow, SelectedBackend, TrainInput,
 };
 
 /// The product's features (src/analytics/anomaly.rs `FEATURES`), in its order.
@@ -37,9 +49,11 @@ struct Args {
     train_passes: usize,
     threads: usize,
     max_buffer_mb: u64,
+    pipeline_mb: u64,
     adapter: Option<String>,
     cpu_only: bool,
     software: bool,
+    profile: bool,
     baseline_hosts: usize,
     seed: u64,
 }
@@ -48,7 +62,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: gpu_bench [--quick] [--hosts N] [--gpus N per host] [--days N] [--metrics N] \
          [--runs N] [--catchup MINUTES] [--train-batch N] [--train-passes N] [--threads N] [--max-buffer-mb N] \
-         [--adapter NAME] [--cpu-only] [--no-software] [--baseline-hosts N] [--seed N]"
+         [--pipeline-mb N] [--adapter NAME] [--cpu-only] [--no-software] [--profile] [--baseline-hosts N] [--seed N]"
     );
     std::process::exit(2)
 }
@@ -66,9 +80,11 @@ fn parse() -> Args {
         train_passes: 2,
         threads,
         max_buffer_mb: 512,
+        pipeline_mb: 0,
         adapter: None,
         cpu_only: false,
         software: true,
+        profile: false,
         baseline_hosts: 25,
         seed: 1,
     };
@@ -99,11 +115,13 @@ fn parse() -> Args {
             "--train-passes" => a.train_passes = (num("--train-passes") as usize).max(1),
             "--threads" => a.threads = num("--threads") as usize,
             "--max-buffer-mb" => a.max_buffer_mb = num("--max-buffer-mb"),
+            "--pipeline-mb" => a.pipeline_mb = num("--pipeline-mb"),
             "--baseline-hosts" => a.baseline_hosts = num("--baseline-hosts") as usize,
             "--seed" => a.seed = num("--seed"),
             "--adapter" => a.adapter = Some(it.next().unwrap_or_else(|| usage())),
             "--cpu-only" => a.cpu_only = true,
             "--no-software" => a.software = false,
+            "--profile" => a.profile = true,
             "-h" | "--help" => usage(),
             other => {
                 eprintln!("unknown flag {other}");
@@ -289,10 +307,12 @@ fn train(b: &dyn Backend, fleet: &Fleet, batch: usize) -> (f64, Vec<Detector>) {
     )
 }
 
-/// One scoring run: rows `[from, to)` of every host's live minutes. Returns ms and rows.
+/// One scoring run: rows `[from, to)` of every host's live minutes, each model keyed by its
+/// host and `version` (the training it came from). Returns ms and rows.
 fn score_run(
     b: &dyn Backend,
     models: &mut [Detector],
+    version: u64,
     fleet: &Fleet,
     from: usize,
     to: usize,
@@ -303,8 +323,11 @@ fn score_run(
         .zip(&windows)
         .map(|(detector, rows)| ScoreInput { detector, rows })
         .collect();
+    let keys: Vec<ModelKey> = (0..jobs.len() as u64)
+        .map(|host| ModelKey { host, version })
+        .collect();
     let t = Instant::now();
-    let out = Detector::score_explained_batch(b, &mut jobs, 3);
+    let out = Detector::score_explained_batch_keyed(b, &mut jobs, &keys, 3);
     let ms = t.elapsed().as_secs_f64() * 1e3;
     (
         ms,
@@ -313,6 +336,22 @@ fn score_run(
             .map(|(h, r)| r.unwrap_or_else(|e| panic!("scoring host {h}: {e:#}")))
             .collect(),
     )
+}
+
+/// Device time per step between two snapshots, `name ms` joined (empty without timestamps).
+fn steps(x: &GpuStats, y: &GpuStats, per: f64) -> String {
+    y.device_steps
+        .iter()
+        .filter_map(|(l, t)| {
+            let before = x
+                .device_steps
+                .iter()
+                .find(|(k, _)| k == l)
+                .map_or(0.0, |s| s.1);
+            (t - before > 0.0).then(|| format!("{l} {:.3}", (t - before) * 1e3 / per))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn p50(v: &[f64]) -> f64 {
@@ -426,26 +465,72 @@ fn measure(
     let (train_ms_per_host, mut models) = best.expect("at least one pass");
     if let (Some(x), Some(y)) = (before, after) {
         let total = train_ms_per_host * fleet.train.len() as f64;
-        let (fill, wait, read) = (
+        let (fill, wait, read, submit) = (
             (y.fill_s - x.fill_s) * 1e3,
             (y.wait_s - x.wait_s) * 1e3,
             (y.read_s - x.read_s) * 1e3,
+            (y.submit_s - x.submit_s) * 1e3,
         );
         println!(
-            "{name}: training split: device wait {wait:.0} ms, upload fill {fill:.0} ms, result read {read:.0} ms, host-side work {:.0} ms (standardize, solve, calibrate; {} threads); {} submits, {:.0} MB up, {:.0} MB down",
-            total - fill - wait - read,
+            "{name}: training split (host time): device wait {wait:.0} ms, in submit {submit:.0} ms, upload fill {fill:.0} ms, result read {read:.0} ms, other host-side work {:.0} ms ({} threads); {} submits, {:.0} MB up, {:.0} MB down",
+            total - fill - wait - read - submit,
             b.threads(),
             y.submits - x.submits,
             (y.upload_bytes - x.upload_bytes) as f64 / 1e6,
             (y.download_bytes - x.download_bytes) as f64 / 1e6,
         );
+        println!(
+            "{name}: training host-side planning {:.1} ms, encoding {:.1} ms",
+            (y.plan_s - x.plan_s) * 1e3,
+            (y.encode_s - x.encode_s) * 1e3
+        );
+        let dev = steps(&x, &y, 1.0);
+        if !dev.is_empty() {
+            let sum: f64 = y.device_steps.iter().map(|s| s.1).sum::<f64>()
+                - x.device_steps.iter().map(|s| s.1).sum::<f64>();
+            println!(
+                "{name}: training device time per step, ms per pass of {} hosts: {dev} (sum {:.1} ms)",
+                fleet.train.len(),
+                sum * 1e3
+            );
+        }
     }
+    // Version 1: the models of this training (the warm-up's are version 0).
     let mut ms = Vec::with_capacity(a.runs);
     let mut runs = Vec::with_capacity(a.runs);
+    let x = stats();
     for r in 0..a.runs {
-        let (t, rows) = score_run(b, &mut models, fleet, r, r + 1);
+        let (t, rows) = score_run(b, &mut models, 1, fleet, r, r + 1);
         ms.push(t);
         runs.push(rows);
+        if r == 0 {
+            println!("{name}: first scoring run (models not yet resident): {t:.3} ms");
+        }
+    }
+    if let (Some(x), Some(y)) = (x, stats()) {
+        let per = |v: f64| v * 1e3 / a.runs as f64;
+        println!(
+            "{name}: scoring runs: {} models uploaded, {} found resident; {} submits; per run {:.3} MB up, {:.3} MB down, host fill {:.3} ms, device wait {:.3} ms, in submit {:.3} ms, result read {:.3} ms",
+            y.model_uploads - x.model_uploads,
+            y.model_hits - x.model_hits,
+            y.submits - x.submits,
+            (y.upload_bytes - x.upload_bytes) as f64 / 1e6 / a.runs as f64,
+            (y.download_bytes - x.download_bytes) as f64 / 1e6 / a.runs as f64,
+            per(y.fill_s - x.fill_s),
+            per(y.wait_s - x.wait_s),
+            per(y.submit_s - x.submit_s),
+            per(y.read_s - x.read_s),
+        );
+        println!(
+            "{name}: scoring runs, per run: {:.3} ms inside the backend call (planning {:.3} ms, encoding {:.3} ms), the rest in the detector",
+            per(y.score_call_s - x.score_call_s),
+            per(y.plan_s - x.plan_s),
+            per(y.encode_s - x.encode_s),
+        );
+        let dev = steps(&x, &y, a.runs as f64);
+        if !dev.is_empty() {
+            println!("{name}: scoring device time per step, ms per run: {dev}");
+        }
     }
     let alerts: usize = runs
         .iter()
@@ -461,10 +546,15 @@ fn measure(
         ms.iter().cloned().fold(0.0, f64::max),
     );
     let catchup_ms = if a.catchup > 0 {
-        let (t, rows) = score_run(b, &mut models, fleet, a.runs, a.runs + a.catchup);
+        // A warm-up catch-up on copies of the models first (same keys): buffers of that size
+        // exist in a running server; then the measured one.
+        let mut copies = models.clone();
+        let (w, _) = score_run(b, &mut copies, 1, fleet, a.runs, a.runs + a.catchup);
+        drop(copies);
+        let (t, rows) = score_run(b, &mut models, 1, fleet, a.runs, a.runs + a.catchup);
         runs.push(rows);
         println!(
-            "{name}: catch-up run of {} minutes × {} hosts: {t:.1} ms",
+            "{name}: catch-up run of {} minutes × {} hosts: {t:.1} ms (warm-up on copies: {w:.1} ms)",
             a.catchup,
             fleet.train.len()
         );
@@ -479,6 +569,70 @@ fn measure(
         models,
         runs,
     }
+}
+
+/// Scoring runs of several sizes on both backends (the size where the GPU starts to win), then
+/// the product's choice: one-minute runs through [`SelectedBackend`], which routes them by
+/// size. Returns the routed one-minute p50 (ms) and where such a run went.
+fn sweep_and_route(
+    g: &Arc<GpuBackend>,
+    cpu: &CpuBackend,
+    models: &[Detector],
+    fleet: &Fleet,
+    a: &Args,
+) -> (f64, &'static str) {
+    let live = fleet.live.first().map_or(0, |m| m.rows);
+    let mut parts = Vec::new();
+    for minutes in [1usize, 2, 4, 8, 16, 32, 64] {
+        if minutes > live {
+            break;
+        }
+        let mut best = [f64::MAX; 2];
+        for (k, b) in [cpu as &dyn Backend, g.as_ref()].into_iter().enumerate() {
+            for _ in 0..5 {
+                let mut copies = models.to_vec();
+                let (t, _) = score_run(b, &mut copies, 1, fleet, 0, minutes);
+                best[k] = best[k].min(t);
+            }
+        }
+        parts.push(format!(
+            "{minutes} min: cpu {:.3} ms, gpu {:.3} ms",
+            best[0], best[1]
+        ));
+    }
+    println!(
+        "scoring by run size (best of 5, {} hosts): {}",
+        fleet.train.len(),
+        parts.join("; ")
+    );
+    // The product's backend around the same device (the GPU's scoring calls, below its line,
+    // go to the CPU backend with the same threads).
+    let sel = SelectedBackend::with_gpu(Arc::clone(g), a.threads, None);
+    let work = |minutes: usize| -> u64 {
+        let d = a.metrics as u64;
+        fleet.train.len() as u64 * minutes as u64 * d * (3 * d + 1)
+    };
+    let on = |m: usize| match sel.scores_on(work(m)) {
+        BackendKind::Cpu => "cpu",
+        BackendKind::Gpu => "gpu",
+    };
+    let mut copies = models.to_vec();
+    let mut ms = Vec::with_capacity(a.runs);
+    for r in 0..a.runs {
+        let (t, _) = score_run(&sel, &mut copies, 1, fleet, r, r + 1);
+        ms.push(t);
+    }
+    let first_gpu = (1..=live).find(|&m| on(m) == "gpu");
+    println!(
+        "auto: a one-minute run goes to the {} (p50 {:.3} ms over {} runs); runs of {} go to the gpu",
+        on(1),
+        p50(&ms),
+        a.runs,
+        first_gpu.map_or("no size up to the catch-up".to_string(), |m| format!(
+            "{m} minutes and more"
+        ))
+    );
+    (p50(&ms), on(1))
 }
 
 fn main() {
@@ -537,6 +691,8 @@ fn main() {
             adapter_name: a.adapter.clone(),
             max_buffer_bytes: a.max_buffer_mb << 20,
             host_threads: a.threads,
+            pipeline_bytes: a.pipeline_mb << 20,
+            profile: a.profile,
         }) {
             Ok(g) => {
                 let i = g.adapter_info();
@@ -554,7 +710,25 @@ fn main() {
                     buf >> 20,
                     bind >> 20
                 );
-                Some(g)
+                match g.upload_probe(256 << 20) {
+                    Ok((fill, copy)) => println!(
+                        "gpu: upload probe, 256 MiB: host fill {:.1} GB/s ({} threads), copy to the device {:.1} GB/s",
+                        268.435456e-3 / fill.max(1e-9),
+                        a.threads,
+                        268.435456e-3 / copy.max(1e-9)
+                    ),
+                    Err(e) => println!("gpu: upload probe failed: {e}"),
+                }
+                if g.profiling() {
+                    println!("gpu: steps timed on the device (timestamp queries)");
+                }
+                match g.device_training_unavailable() {
+                    None => {
+                        println!("gpu: whole trainings on the device (f64 statistics and solve)")
+                    }
+                    Some(why) => println!("gpu: trainings split between device and host: {why}"),
+                }
+                Some(Arc::new(g))
             }
             Err(e) => {
                 println!("gpu: none ({e})");
@@ -578,14 +752,15 @@ fn main() {
         }
         Some(g) => {
             let software = g.info().software;
+            let gb: &GpuBackend = g;
             // Warm up: the driver compiles the pipelines on first use.
             let t = Instant::now();
             let warm = Fleet {
                 train: fleet.train[..a.hosts.min(4)].to_vec(),
                 live: fleet.live[..a.hosts.min(4)].to_vec(),
             };
-            let (_, mut wm) = train(g, &warm, 4);
-            score_run(g, &mut wm, &warm, 0, 1);
+            let (_, mut wm) = train(gb, &warm, 4);
+            score_run(gb, &mut wm, 0, &warm, 0, 1);
             println!("gpu: warm-up {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
             let before = g.stats();
             let label = if software {
@@ -593,16 +768,17 @@ fn main() {
             } else {
                 "gpu"
             };
-            let f = measure(label, g, &fleet, &a, &|| Some(g.stats()));
+            let f = measure(label, gb, &fleet, &a, &|| Some(g.stats()));
             let st = g.stats();
             println!(
-                "gpu: {} submits, {:.0} MB up, {:.0} MB down, {} buffer allocations; host fill {:.0} ms, device wait {:.0} ms, result read {:.0} ms",
+                "gpu: {} submits, {:.0} MB up, {:.0} MB down, {} buffer allocations; host fill {:.0} ms, device wait {:.0} ms, in submit {:.0} ms, result read {:.0} ms",
                 st.submits - before.submits,
                 (st.upload_bytes - before.upload_bytes) as f64 / 1e6,
                 (st.download_bytes - before.download_bytes) as f64 / 1e6,
                 st.buffer_allocations,
                 (st.fill_s - before.fill_s) * 1e3,
                 (st.wait_s - before.wait_s) * 1e3,
+                (st.submit_s - before.submit_s) * 1e3,
                 (st.read_s - before.read_s) * 1e3,
             );
             let mut ag = Agreement::default();
@@ -623,6 +799,12 @@ fn main() {
                 ag.near_ties,
                 if ok { "OK" } else { "FAILED" }
             );
+            let (auto_p50, auto_on) = if software {
+                (None, None)
+            } else {
+                let (p50, on) = sweep_and_route(g, &cpu, &f.models, &fleet, &a);
+                (Some(p50), Some(on))
+            };
             let st = f.train_ms_per_host.max(1e-9);
             let ss = f.score_p50.max(1e-9);
             if software {
@@ -639,6 +821,9 @@ fn main() {
                     c.score_p50 / ss,
                     c.catchup_ms / f.catchup_ms.max(1e-9)
                 );
+                if let (Some(p50), Some(on)) = (auto_p50, auto_on) {
+                    line += &format!(" auto_score_run_ms_p50={p50:.3} auto_score_backend={on}");
+                }
             }
         }
     }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::parallel::par_map;
 use crate::backend::{
-    energy_from_abs, Backend, BackendError, Calibration, CpuBackend, CrossProducts, LagWeights,
-    ResidualJob, Series, TrainJob,
+    energy_from_abs, Backend, BackendError, CpuBackend, CrossProducts, FitJob, FitOutput,
+    LagWeights, ModelKey, ResidualJob, Series, StreamJob, StreamModel, Streamed,
 };
 use crate::pot::PotThreshold;
 use crate::vae::{windows, Vae, VaeConfig};
@@ -615,7 +615,106 @@ impl Detector {
         out
     }
 
+    /// In-sample training of many hosts: on the device where the backend trains whole models
+    /// ([`Backend::fit_device`]; hosts with the linear joint model alone and in-sample
+    /// scales), else, and for the hosts the device could not take, through the backend's
+    /// kernels and host-side steps.
     fn fit_in_sample_batch(
+        backend: &dyn Backend,
+        inputs: &[(&Matrix, &DetectorConfig)],
+    ) -> Vec<Result<Self>> {
+        let mut out: Vec<Option<Result<Self>>> = (0..inputs.len()).map(|_| None).collect();
+        let device: Vec<usize> = (0..inputs.len())
+            .filter(|&i| {
+                let (m, c) = inputs[i];
+                c.univariate_weight <= 0.0
+                    && c.model == Model::Linear
+                    && c.scale_holdout <= 0.0
+                    && c.lags > 0
+                    && m.cols > 0
+                    && m.rows > c.lags + 1
+            })
+            .collect();
+        if !device.is_empty() {
+            let jobs: Vec<FitJob<'_>> = device.iter().map(|&i| fit_job(inputs[i])).collect();
+            if let Some(fitted) = backend.fit_device(&jobs) {
+                let work: Vec<_> = device.iter().copied().zip(fitted).collect();
+                let done = par_map(backend.threads(), work, |_, (i, r)| match r {
+                    Ok(m) => Some(Ok(Self::from_fit(inputs[i].0, inputs[i].1, m))),
+                    Err(e)
+                        if e.downcast_ref::<BackendError>()
+                            .is_some_and(BackendError::is_capacity) =>
+                    {
+                        None // trained below, the other way
+                    }
+                    Err(e) => Some(Err(e)),
+                });
+                for (&i, r) in device.iter().zip(done) {
+                    out[i] = r;
+                }
+            }
+        }
+        let rest: Vec<usize> = (0..inputs.len()).filter(|&i| out[i].is_none()).collect();
+        if !rest.is_empty() {
+            let sub: Vec<(&Matrix, &DetectorConfig)> = rest.iter().map(|&i| inputs[i]).collect();
+            for (&i, r) in rest
+                .iter()
+                .zip(Self::fit_in_sample_host_batch(backend, &sub))
+            {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every host trained"))
+            .collect()
+    }
+
+    /// A detector from a device training ([`FitOutput`]): the same model and stream state
+    /// [`Detector::fit_in_sample`] leaves, up to the device's rounding.
+    fn from_fit(rows: &Matrix, config: &DetectorConfig, m: FitOutput) -> Self {
+        // `PotThreshold::fit` sorts the finite scores, takes its quantile from ranks ⌊q·(n−1)⌋
+        // and ⌈q·(n−1)⌉ and fits the values above it; scores below the first rank only count.
+        // So that many copies of the lowest upper-tail score stand in for them: the same fit.
+        let lo = m.finite - m.upper.len();
+        let threshold =
+            PotThreshold::fit_upper(lo, &m.upper, config.pot_init_quantile, config.pot_risk);
+        let recent: std::collections::VecDeque<f32> = m
+            .recent
+            .iter()
+            .map(|&s| if s.is_finite() { s } else { f32::MAX })
+            .collect();
+        let mut recent_sorted: Vec<f32> = recent.iter().copied().collect();
+        recent_sorted.sort_by(f32::total_cmp);
+        let adapt = config.adapt_factor > 0.0 && config.adapt_window > 0;
+        Detector {
+            config: config.clone(),
+            dim: rows.cols,
+            mean: m.mean,
+            inv_std: m.inv_std,
+            weights: m.weights,
+            bias: m.bias,
+            inv_resid_scale: m.inv_scale,
+            uni_weights: Vec::new(),
+            uni_bias: Vec::new(),
+            uni_inv_scale: Vec::new(),
+            vae: None,
+            threshold,
+            train_rows: rows.rows,
+            state: StreamState {
+                history: m.history,
+                ema: m.ema,
+                started: true,
+                recent,
+                recent_sorted,
+                recent_count: if adapt { rows.rows as u64 } else { 0 },
+            },
+        }
+    }
+
+    /// The host-side training path of many hosts: standardizing on host threads, the
+    /// backend's kernels ([`Backend::train_kernels`]: cross products, the solves through a
+    /// callback, training residuals), then the calibration on host threads.
+    fn fit_in_sample_host_batch(
         backend: &dyn Backend,
         inputs: &[(&Matrix, &DetectorConfig)],
     ) -> Vec<Result<Self>> {
@@ -650,20 +749,15 @@ impl Detector {
         };
         // Cross products, solves and training residuals of every prepared host, batched.
         let ok: Vec<usize> = (0..inputs.len()).filter(|&i| dets[i].is_some()).collect();
-        let jobs: Vec<TrainJob<'_>> = ok
+        let series: Vec<Series<'_>> = ok
             .iter()
             .map(|&i| {
                 let det = lock(i);
-                TrainJob {
-                    series: Series {
-                        zpad: &zpads[i],
-                        n: inputs[i].0.rows,
-                        d: det.dim,
-                        lags: det.config.lags,
-                    },
-                    resid_floor: det.config.resid_floor,
-                    clip: det.config.clip,
-                    full: det.config.univariate_weight > 0.0,
+                Series {
+                    zpad: &zpads[i],
+                    n: inputs[i].0.rows,
+                    d: det.dim,
+                    lags: det.config.lags,
                 }
             })
             .collect();
@@ -673,20 +767,19 @@ impl Detector {
             det.solve(c, &zpads[i], inputs[i].0.rows)?;
             Ok((det.weights.clone(), det.bias.clone()))
         };
-        let calibrations = backend.train_kernels(&jobs, &solve);
-        drop(jobs);
-        let mut calib_of: Vec<Option<Result<Calibration>>> =
-            (0..inputs.len()).map(|_| None).collect();
-        for (&i, c) in ok.iter().zip(calibrations) {
-            calib_of[i] = Some(c);
+        let residuals = backend.train_kernels(&series, &solve);
+        drop(series);
+        let mut resid_of: Vec<Option<Result<Vec<f32>>>> = (0..inputs.len()).map(|_| None).collect();
+        for (&i, r) in ok.iter().zip(residuals) {
+            resid_of[i] = Some(r);
         }
         let work: Vec<_> = dets
             .into_iter()
             .zip(zpads)
             .zip(errs)
-            .zip(calib_of)
+            .zip(resid_of)
             .collect();
-        par_map(threads, work, |i, (((det, zpad), err), cal)| {
+        par_map(threads, work, |i, (((det, zpad), err), abs)| {
             if let Some(e) = err {
                 return Err(e);
             }
@@ -694,107 +787,10 @@ impl Detector {
                 .expect("prepared")
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner());
-            let n = inputs[i].0.rows;
-            match cal.expect("prepared hosts are calibrated")? {
-                Calibration::Full(abs) => det.finish_training(&zpad, n, &abs),
-                Calibration::Summary {
-                    inv_scale,
-                    row_sums,
-                    tail_abs,
-                } => det.finish_from_summary(&zpad, n, inv_scale, &row_sums, &tail_abs)?,
-            }
+            let abs = abs.expect("prepared hosts have residuals")?;
+            det.finish_training(&zpad, inputs[i].0.rows, &abs);
             Ok(det)
         })
-    }
-
-    /// Training, steps 3 and 4 from a device-side [`Calibration::Summary`]: the residual
-    /// scales as computed there, the calibration scores from the row energy sums, the
-    /// stream's per-metric state from the last rows.
-    fn finish_from_summary(
-        &mut self,
-        zpad: &[f32],
-        n: usize,
-        inv_scale: Vec<f32>,
-        row_sums: &[f32],
-        tail_abs: &[f32],
-    ) -> Result<()> {
-        let d = self.dim;
-        ensure!(
-            inv_scale.len() == d
-                && row_sums.len() == n
-                && tail_abs.len().is_multiple_of(d)
-                && tail_abs.len() / d <= n,
-            "calibration summary of the wrong shape"
-        );
-        ensure!(
-            self.config.univariate_weight <= 0.0,
-            "the univariate blend needs every training residual"
-        );
-        self.inv_resid_scale = inv_scale;
-        let e_tail = energy_from_abs(tail_abs, &self.inv_resid_scale, self.config.clip);
-        let scores = self.stream_sums(zpad, n, row_sums, &e_tail);
-        self.threshold =
-            PotThreshold::fit(&scores, self.config.pot_init_quantile, self.config.pot_risk);
-        Ok(())
-    }
-
-    /// The streaming pass from per-row energy sums: the moving average is linear and the
-    /// same for every metric, so the mean of the per-metric averages is the average of the
-    /// row sums over `dim` (equal to [`Detector::stream`] up to f32 rounding). The per-metric
-    /// averages the stream continues from are rebuilt from the energies of the last rows
-    /// (`e_tail`, starting at row `n − tail`); earlier rows weigh less than f32 resolution.
-    fn stream_sums(
-        &mut self,
-        zpad: &[f32],
-        n: usize,
-        row_sums: &[f32],
-        e_tail: &[f32],
-    ) -> Vec<f32> {
-        let d = self.dim;
-        let alpha = 2.0 / (self.config.ema_span + 1.0);
-        let inv_d = 1.0 / d as f32;
-        let thr = self.threshold.threshold as f32;
-        let (factor, window) = (self.config.adapt_factor, self.config.adapt_window);
-        let adapt = factor > 0.0 && window > 0;
-        let cap = (window as u64).div_ceil(ADAPT_STRIDE).max(1) as usize;
-        let state = &mut self.state;
-        let was_started = state.started;
-        let mut sum: f32 = state.ema.iter().sum();
-        let mut scores = Vec::with_capacity(n);
-        for &r in row_sums {
-            if !state.started {
-                sum = r;
-                state.started = true;
-            } else {
-                sum += alpha * (r - sum);
-            }
-            let s = sum * inv_d;
-            adapt_level(
-                &mut state.recent,
-                &mut state.recent_sorted,
-                &mut state.recent_count,
-                s,
-                thr,
-                factor,
-                cap,
-                adapt,
-            );
-            scores.push(s);
-        }
-        let tail = e_tail.len() / d;
-        let mut rows = e_tail.chunks_exact(d);
-        if tail > 0 && (tail < n || !was_started) {
-            if let Some(first) = rows.next() {
-                state.ema.copy_from_slice(first);
-            }
-        }
-        for row in rows {
-            for (m, v) in state.ema.iter_mut().zip(row) {
-                *m += alpha * (v - *m);
-            }
-        }
-        state.history = zpad[n * d..].to_vec();
-        scores
     }
 
     fn lag_weights(&self) -> LagWeights<'_> {
@@ -1082,58 +1078,130 @@ pub struct ScoreInput<'a> {
     pub rows: &'a Matrix,
 }
 
+/// What scoring one host took: the backend's stream step, the residual path (univariate
+/// blend), the VAE on the host, or nothing (no rows, or a failed check).
+enum Scoring {
+    Stream(std::result::Result<Streamed, BackendError>),
+    Residuals(std::result::Result<Vec<f32>, BackendError>),
+    Vae,
+    Nothing,
+}
+
 impl Detector {
     /// Score many hosts' new rows causally, each continuing its own stream, with alerts and
-    /// the `top_k` contributing metrics of every row: the residuals of all hosts in one
-    /// backend call (one GPU dispatch), the streaming steps spread over
-    /// [`Backend::threads`]. Equal to [`Detector::score_explained`] host by host (bit for
-    /// bit on the CPU backend); one result per host, in order. A host whose scoring fails
-    /// keeps its stream unchanged.
+    /// the `top_k` contributing metrics of every row. One backend call does every host's
+    /// residuals, moving averages, scores and top metrics ([`Backend::score_stream`]: one GPU
+    /// submit); the drift guard's alert levels follow on [`Backend::threads`] host threads.
+    /// Hosts scored with the univariate blend take the residual kernel and blend on the host;
+    /// hosts with a VAE score on the host. Equal to [`Detector::score_explained`] host by host
+    /// (bit for bit on the CPU backend); one result per host, in order. A host whose scoring
+    /// fails keeps its stream unchanged. A GPU uploads every model every run here; pass keys
+    /// with [`Detector::score_explained_batch_keyed`] to keep them resident.
     pub fn score_explained_batch(
         backend: &dyn Backend,
         jobs: &mut [ScoreInput<'_>],
         top_k: usize,
     ) -> Vec<Result<Vec<ScoredRow>>> {
+        Self::score_explained_batch_keyed(backend, jobs, &[], top_k)
+    }
+
+    /// [`Detector::score_explained_batch`] with each host's model key: `keys[i]` names
+    /// `jobs[i]`'s model (its host and version; bump the version whenever the host is
+    /// retrained), so a GPU keeps the models resident between runs and uploads only the new
+    /// rows and the streams' states. `keys` empty: no keys. Keys for another number of hosts
+    /// fail every host.
+    pub fn score_explained_batch_keyed(
+        backend: &dyn Backend,
+        jobs: &mut [ScoreInput<'_>],
+        keys: &[ModelKey],
+        top_k: usize,
+    ) -> Vec<Result<Vec<ScoredRow>>> {
+        if !keys.is_empty() && keys.len() != jobs.len() {
+            return (0..jobs.len())
+                .map(|_| {
+                    Err(anyhow::anyhow!(
+                        "{} model keys for {} hosts",
+                        keys.len(),
+                        jobs.len()
+                    ))
+                })
+                .collect();
+        }
         let threads = backend.threads();
         let padded: Vec<Result<Vec<f32>>> = par_map(threads, jobs.iter().collect(), |_, j| {
             j.detector.check(j.rows)?;
             Ok(j.detector.padded(j.rows))
         });
-        // Detectors with a VAE score on the host (no batched kernel for it).
-        let run: Vec<usize> = (0..jobs.len())
-            .filter(|&i| {
-                padded[i].is_ok() && jobs[i].rows.rows > 0 && jobs[i].detector.vae.is_none()
-            })
+        let live: Vec<usize> = (0..jobs.len())
+            .filter(|&i| padded[i].is_ok() && jobs[i].rows.rows > 0)
             .collect();
-        let resid = {
-            let rjobs: Vec<ResidualJob<'_>> = run
+        // Detectors with a VAE score on the host (no batched kernel for it).
+        let mut how: Vec<Scoring> = (0..jobs.len()).map(|_| Scoring::Nothing).collect();
+        let (vae, live): (Vec<usize>, Vec<usize>) = live
+            .into_iter()
+            .partition(|&i| jobs[i].detector.vae.is_some());
+        for i in vae {
+            how[i] = Scoring::Vae;
+        }
+        let (blend, plain): (Vec<usize>, Vec<usize>) = live
+            .into_iter()
+            .partition(|&i| jobs[i].detector.blends_univariate());
+        let series = |i: usize| Series {
+            zpad: padded[i].as_ref().expect("checked"),
+            n: jobs[i].rows.rows,
+            d: jobs[i].detector.dim,
+            lags: jobs[i].detector.config.lags,
+        };
+        if !plain.is_empty() {
+            let sjobs: Vec<StreamJob<'_>> = plain
+                .iter()
+                .map(|&i| {
+                    let det = &*jobs[i].detector;
+                    StreamJob {
+                        key: keys.get(i).copied(),
+                        model: StreamModel {
+                            weights: det.lag_weights(),
+                            inv_scale: &det.inv_resid_scale,
+                            clip: det.config.clip,
+                            alpha: 2.0 / (det.config.ema_span + 1.0),
+                        },
+                        series: series(i),
+                        ema: &det.state.ema,
+                        started: det.state.started,
+                    }
+                })
+                .collect();
+            for (&i, r) in plain.iter().zip(backend.score_stream(&sjobs, top_k)) {
+                how[i] = Scoring::Stream(r);
+            }
+        }
+        if !blend.is_empty() {
+            let rjobs: Vec<ResidualJob<'_>> = blend
                 .iter()
                 .map(|&i| ResidualJob {
-                    series: Series {
-                        zpad: padded[i].as_ref().expect("filtered"),
-                        n: jobs[i].rows.rows,
-                        d: jobs[i].detector.dim,
-                        lags: jobs[i].detector.config.lags,
-                    },
+                    series: series(i),
                     weights: jobs[i].detector.lag_weights(),
                 })
                 .collect();
-            backend.abs_residuals_batch(&rjobs)
-        };
-        let mut resid_of: Vec<Option<std::result::Result<Vec<f32>, BackendError>>> =
-            (0..jobs.len()).map(|_| None).collect();
-        for (&i, r) in run.iter().zip(resid) {
-            resid_of[i] = Some(r);
+            for (&i, r) in blend.iter().zip(backend.abs_residuals_batch(&rjobs)) {
+                how[i] = Scoring::Residuals(r);
+            }
         }
-        let work: Vec<_> = jobs.iter_mut().zip(padded).zip(resid_of).collect();
-        par_map(threads, work, |_, ((job, zpad), abs)| {
+        let work: Vec<_> = jobs.iter_mut().zip(padded).zip(how).collect();
+        par_map(threads, work, |_, ((job, zpad), how)| {
             let zpad = zpad?;
             let det = &mut *job.detector;
             let n = job.rows.rows;
-            let mut e = match (&det.vae, abs) {
-                (Some(vae), _) if n > 0 => det.vae_energy(vae, &zpad, n),
-                (_, Some(abs)) => energy_from_abs(&abs?, &det.inv_resid_scale, det.config.clip),
-                _ => return Ok(Vec::new()), // no rows
+            let mut e = match how {
+                Scoring::Nothing => return Ok(Vec::new()), // no rows
+                Scoring::Stream(s) => return det.finish_stream(&zpad, n, s?),
+                Scoring::Residuals(abs) => {
+                    energy_from_abs(&abs?, &det.inv_resid_scale, det.config.clip)
+                }
+                Scoring::Vae => {
+                    let vae = det.vae.as_ref().expect("a VAE host");
+                    det.vae_energy(vae, &zpad, n)
+                }
             };
             det.blend_univariate(&zpad, n, &mut e);
             let mut out = Vec::with_capacity(n);
@@ -1147,6 +1215,75 @@ impl Detector {
             });
             Ok(out)
         })
+    }
+
+    /// Whether scoring blends the univariate models' energies in (as `blend_univariate` does).
+    fn blends_univariate(&self) -> bool {
+        self.config.univariate_weight > 0.0 && self.uni_weights.len() == self.config.lags * self.dim
+    }
+
+    /// The end of a scoring run from the backend's stream step: the drift guard's levels and
+    /// the alerts row by row (as [`Detector::stream`] decides them), the stream's new state.
+    fn finish_stream(&mut self, zpad: &[f32], n: usize, s: Streamed) -> Result<Vec<ScoredRow>> {
+        let d = self.dim;
+        ensure!(
+            s.scores.len() == n && s.top.len() == n * s.k && s.ema.len() == d,
+            "scoring results of the wrong shape"
+        );
+        let thr = self.threshold.threshold as f32;
+        let (factor, window) = (self.config.adapt_factor, self.config.adapt_window);
+        let adapt = factor > 0.0 && window > 0;
+        let cap = (window as u64).div_ceil(ADAPT_STRIDE).max(1) as usize;
+        let state = &mut self.state;
+        let mut out = Vec::with_capacity(n);
+        let mut top = s.top.chunks_exact(s.k.max(1));
+        for &score in &s.scores {
+            let level = adapt_level(
+                &mut state.recent,
+                &mut state.recent_sorted,
+                &mut state.recent_count,
+                score,
+                thr,
+                factor,
+                cap,
+                adapt,
+            );
+            out.push(ScoredRow {
+                score,
+                level,
+                alert: score > level,
+                top: if s.k == 0 {
+                    Vec::new()
+                } else {
+                    top.next().map(<[Contribution]>::to_vec).unwrap_or_default()
+                },
+            });
+        }
+        state.ema = s.ema;
+        state.started = true;
+        state.history = zpad[n * d..].to_vec();
+        Ok(out)
+    }
+}
+
+/// The device-training input of one host.
+fn fit_job<'a>((rows, c): (&'a Matrix, &DetectorConfig)) -> FitJob<'a> {
+    let adapt = c.adapt_factor > 0.0 && c.adapt_window > 0;
+    FitJob {
+        rows: &rows.data,
+        n: rows.rows,
+        d: rows.cols,
+        lags: c.lags,
+        std_floor: c.std_floor,
+        ridge: c.ridge,
+        resid_floor: c.resid_floor,
+        clip: c.clip,
+        alpha: 2.0 / (c.ema_span + 1.0),
+        quantile: c.pot_init_quantile,
+        recent: adapt.then(|| {
+            let cap = (c.adapt_window as u64).div_ceil(ADAPT_STRIDE).max(1) as usize;
+            (ADAPT_STRIDE as usize, cap)
+        }),
     }
 }
 
@@ -1162,4 +1299,52 @@ pub fn top_contributions(energy: &[f32], k: usize) -> Vec<Contribution> {
             share: energy[metric] / total,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    /// `from_fit` rebuilds the alert level from the sorted upper tail alone: equal to the fit
+    /// on every score, for any quantile.
+    #[test]
+    fn the_upper_tail_gives_the_full_pot_fit() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for (n, q) in [(10_080, 0.9), (1000, 0.98), (37, 0.5), (5, 0.0), (64, 1.0)] {
+            let scores: Vec<f32> = (0..n).map(|_| next().powi(3) * 4.0).collect();
+            let mut sorted = scores.clone();
+            sorted.sort_by(f32::total_cmp);
+            let config = DetectorConfig {
+                pot_init_quantile: q,
+                univariate_weight: 0.0,
+                ..DetectorConfig::default()
+            };
+            let rows = Matrix::new(n, 1, vec![0.0; n]);
+            let lo = fit_job((&rows, &config)).tail_start(n);
+            let out = FitOutput {
+                mean: vec![0.0],
+                inv_std: vec![1.0],
+                weights: vec![0.0; config.lags],
+                bias: vec![0.0],
+                inv_scale: vec![1.0],
+                ema: vec![0.0],
+                history: vec![0.0; config.lags],
+                recent: vec![],
+                finite: n,
+                upper: sorted[lo..].to_vec(),
+            };
+            let det = Detector::from_fit(&rows, &config, out);
+            assert_eq!(
+                det.threshold,
+                PotThreshold::fit(&scores, q, config.pot_risk),
+                "n {n} q {q}"
+            );
+        }
+    }
 }

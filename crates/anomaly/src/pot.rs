@@ -24,15 +24,6 @@ pub struct PotThreshold {
     pub threshold: f64,
 }
 
-fn quantile_sorted(s: &[f64], q: f64) -> f64 {
-    if s.is_empty() {
-        return 0.0;
-    }
-    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
-}
-
 impl PotThreshold {
     /// Fit on calibration scores (typically the detector's scores on its training data).
     /// `init_quantile` (e.g. 0.98) sets `u`, `risk` (e.g. 1e-3) the target exceedance rate.
@@ -43,9 +34,36 @@ impl PotThreshold {
             .map(|&v| v as f64)
             .collect();
         s.sort_by(|a, b| a.total_cmp(b));
-        let n = s.len();
-        let u = quantile_sorted(&s, init_quantile);
-        let peaks: Vec<f64> = s.iter().filter(|&&v| v > u).map(|v| v - u).collect();
+        Self::fit_sorted(s.len(), |i| s[i], init_quantile, risk)
+    }
+
+    /// [`PotThreshold::fit`] of `below` copies of `upper[0]` followed by `upper` (finite,
+    /// ascending): the sorted calibration scores when only the upper tail is known and the
+    /// `below` scores under it only count. The same fit, bit for bit, without building them.
+    pub fn fit_upper(below: usize, upper: &[f32], init_quantile: f64, risk: f64) -> Self {
+        let first = upper.first().copied().unwrap_or(0.0) as f64;
+        let at = |i: usize| {
+            if i < below {
+                first
+            } else {
+                upper[i - below] as f64
+            }
+        };
+        Self::fit_sorted(below + upper.len(), at, init_quantile, risk)
+    }
+
+    /// The fit on `n` sorted finite scores, `s(i)` the i-th.
+    fn fit_sorted(n: usize, s: impl Fn(usize) -> f64, init_quantile: f64, risk: f64) -> Self {
+        let u = if n == 0 {
+            0.0
+        } else {
+            let pos = init_quantile.clamp(0.0, 1.0) * (n - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            s(lo) + (s(hi) - s(lo)) * (pos - lo as f64)
+        };
+        // The peaks are the scores above u: a suffix of the sorted scores.
+        let first_peak = (0..n).rev().take_while(|&i| s(i) > u).last().unwrap_or(n);
+        let peaks: Vec<f64> = (first_peak..n).map(|i| s(i) - u).collect();
         let np = peaks.len();
         let (mut sigma, mut xi) = (0.0, 0.0);
         if np >= 3 {
@@ -54,7 +72,11 @@ impl PotThreshold {
             sigma = peaks.iter().sum::<f64>() / np as f64;
         }
         let threshold = if np == 0 || n == 0 {
-            s.last().copied().unwrap_or(0.0)
+            if n == 0 {
+                0.0
+            } else {
+                s(n - 1)
+            }
         } else {
             let r = (risk * n as f64 / np as f64).min(1.0);
             if xi.abs() < 1e-6 {

@@ -3,7 +3,7 @@
 mod common;
 mod fleet;
 
-use rackwatch_anomaly::backend::{ResidualJob, Series};
+use rackwatch_anomaly::backend::{ModelKey, ResidualJob, Series};
 use rackwatch_anomaly::{
     Backend, BackendChoice, BackendError, BackendKind, CpuBackend, Detector, DetectorConfig,
     Matrix, ScoreInput, SelectOptions, SelectedBackend, TrainInput,
@@ -41,7 +41,12 @@ fn batched_training_and_scoring_equal_the_per_host_path_bit_for_bit() {
                 rows: &h.windows[w],
             })
             .collect();
-        let got = Detector::score_explained_batch(&cpu, &mut jobs, 3);
+        // Keyed on odd windows: the CPU keeps no device cache, so keys change nothing.
+        let keys: Vec<ModelKey> = (0..jobs.len() as u64)
+            .map(|host| ModelKey { host, version: 1 })
+            .collect();
+        let keys = if w % 2 == 1 { &keys[..] } else { &[][..] };
+        let got = Detector::score_explained_batch_keyed(&cpu, &mut jobs, keys, 3);
         for (i, (g, (det, h))) in got
             .into_iter()
             .zip(single.iter_mut().zip(&fleet))

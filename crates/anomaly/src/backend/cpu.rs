@@ -2,7 +2,10 @@
 //! over threads, or (batched) whole hosts spread over threads.
 
 use super::parallel::par_map;
-use super::{Backend, BackendError, CrossProducts, LagWeights, ResidualJob, Series};
+use super::stream::stream_from_abs;
+use super::{
+    Backend, BackendError, CrossProducts, LagWeights, ResidualJob, Series, StreamJob, Streamed,
+};
 
 /// Lanes per packed weight column block.
 const LANES: usize = 8;
@@ -47,6 +50,46 @@ fn pack(w: &[f32], fx: usize, d: usize) -> (Vec<f32>, usize) {
     (p, blocks)
 }
 
+/// The weights as the kernel reads them: `LANES` weights of feature `f` on the metrics of
+/// block `c` at `c * cs + f * fs`. Packed (`cs = fx · 8`, `fs = 8`), or, when `d` is a multiple
+/// of 8, the row-major weights themselves (`cs = 8`, `fs = d`): the same values in the same
+/// order, so the same results, without repacking every call (a scoring run's minute costs
+/// fewer multiply-adds than the repacking).
+#[derive(Clone, Copy)]
+struct Blocks<'a> {
+    w: &'a [f32],
+    n: usize,
+    cs: usize,
+    fs: usize,
+}
+
+impl<'a> Blocks<'a> {
+    fn packed(p: &'a [f32], blocks: usize, fx: usize) -> Self {
+        Blocks {
+            w: p,
+            n: blocks,
+            cs: fx * LANES,
+            fs: LANES,
+        }
+    }
+
+    /// The row-major weights, when `d` is a multiple of `LANES`.
+    fn direct(w: &'a [f32], d: usize) -> Option<Self> {
+        d.is_multiple_of(LANES).then_some(Blocks {
+            w,
+            n: d / LANES,
+            cs: LANES,
+            fs: d,
+        })
+    }
+
+    #[inline(always)]
+    fn lanes(&self, c: usize, f: usize) -> &'a [f32] {
+        let at = c * self.cs + f * self.fs;
+        &self.w[at..at + LANES]
+    }
+}
+
 /// `a * b + c`, fused where the caller was compiled with FMA (a libm call otherwise).
 #[inline(always)]
 fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -70,8 +113,7 @@ fn energy_rows<const FMA: bool, const RAW: bool>(
     rows: std::ops::Range<usize>,
     d: usize,
     lags: usize,
-    packed: &[f32],
-    blocks: usize,
+    wb: Blocks<'_>,
     bias: &[f32],
     inv_scale: &[f32],
     clip: f32,
@@ -97,10 +139,10 @@ fn energy_rows<const FMA: bool, const RAW: bool>(
     };
     while t + ROWS <= rows.end {
         let xs: [&[f32]; ROWS] = std::array::from_fn(|r| &zpad[(t + r) * d..(t + r) * d + fx]);
-        for c in 0..blocks {
+        for c in 0..wb.n {
             let mut acc = [[0.0f32; LANES]; ROWS];
-            let wb = &packed[c * fx * LANES..(c + 1) * fx * LANES];
-            for (f, w) in wb.chunks_exact(LANES).enumerate() {
+            for f in 0..fx {
+                let w = wb.lanes(c, f);
                 for r in 0..ROWS {
                     let xv = xs[r][f];
                     for k in 0..LANES {
@@ -116,10 +158,10 @@ fn energy_rows<const FMA: bool, const RAW: bool>(
     }
     while t < rows.end {
         let x = &zpad[t * d..t * d + fx];
-        for c in 0..blocks {
+        for c in 0..wb.n {
             let mut acc = [0.0f32; LANES];
-            let wb = &packed[c * fx * LANES..(c + 1) * fx * LANES];
-            for (xv, w) in x.iter().zip(wb.chunks_exact(LANES)) {
+            for (f, xv) in x.iter().enumerate() {
+                let w = wb.lanes(c, f);
                 for k in 0..LANES {
                     acc[k] = madd::<FMA>(*xv, w[k], acc[k]);
                 }
@@ -138,16 +180,13 @@ unsafe fn energy_rows_avx2<const RAW: bool>(
     rows: std::ops::Range<usize>,
     d: usize,
     lags: usize,
-    packed: &[f32],
-    blocks: usize,
+    wb: Blocks<'_>,
     bias: &[f32],
     inv_scale: &[f32],
     clip: f32,
     out: &mut [f32],
 ) {
-    energy_rows::<true, RAW>(
-        zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
-    )
+    energy_rows::<true, RAW>(zpad, rows, d, lags, wb, bias, inv_scale, clip, out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -156,8 +195,7 @@ fn energy_dispatch<const RAW: bool>(
     rows: std::ops::Range<usize>,
     d: usize,
     lags: usize,
-    packed: &[f32],
-    blocks: usize,
+    wb: Blocks<'_>,
     bias: &[f32],
     inv_scale: &[f32],
     clip: f32,
@@ -168,17 +206,11 @@ fn energy_dispatch<const RAW: bool>(
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports the enabled target features (checked just above).
-            unsafe {
-                energy_rows_avx2::<RAW>(
-                    zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
-                )
-            };
+            unsafe { energy_rows_avx2::<RAW>(zpad, rows, d, lags, wb, bias, inv_scale, clip, out) };
             return;
         }
     }
-    energy_rows::<false, RAW>(
-        zpad, rows, d, lags, packed, blocks, bias, inv_scale, clip, out,
-    )
+    energy_rows::<false, RAW>(zpad, rows, d, lags, wb, bias, inv_scale, clip, out)
 }
 
 fn cross_rows(
@@ -236,15 +268,23 @@ fn cross_one(s: &Series<'_>) -> Result<CrossProducts, BackendError> {
 fn abs_one(j: &ResidualJob<'_>) -> Result<Vec<f32>, BackendError> {
     j.check()?;
     let s = j.series;
-    let (packed, blocks) = pack(j.weights.weights, s.lags * s.d, s.d);
+    let fx = s.lags * s.d;
+    let packed;
+    let wb = match Blocks::direct(j.weights.weights, s.d) {
+        Some(wb) => wb,
+        None => {
+            let (p, blocks) = pack(j.weights.weights, fx, s.d);
+            packed = p;
+            Blocks::packed(&packed, blocks, fx)
+        }
+    };
     let mut out = vec![0.0f32; s.n * s.d];
     energy_dispatch::<true>(
         s.zpad,
         0..s.n,
         s.d,
         s.lags,
-        &packed,
-        blocks,
+        wb,
         j.weights.bias,
         &[],
         0.0,
@@ -279,6 +319,21 @@ impl Backend for CpuBackend {
         let work: usize = jobs.iter().map(|j| j.series.n * j.series.d).sum();
         let threads = if work < 1 << 16 { 1 } else { self.threads };
         par_map(threads, jobs.iter().collect(), |_, j| abs_one(j))
+    }
+
+    /// Each host's residuals and stream on one thread, hosts spread over the threads (the
+    /// residuals too: unlike [`Backend::abs_residuals_batch`], whose whole batch runs on one
+    /// thread below 65,536 values).
+    fn score_stream(
+        &self,
+        jobs: &[StreamJob<'_>],
+        top_k: usize,
+    ) -> Vec<Result<Streamed, BackendError>> {
+        par_map(self.threads, jobs.iter().collect(), |_, j| {
+            j.check()?;
+            let abs = abs_one(&j.residual_job())?;
+            Ok(stream_from_abs(j, &abs, top_k))
+        })
     }
 
     fn cross_products(
@@ -324,17 +379,15 @@ impl Backend for CpuBackend {
         anyhow::ensure!(zpad.len() >= (n + lags) * d, "zpad too short");
         anyhow::ensure!(w.weights.len() == lags * d * d && w.bias.len() == d);
         let (packed, blocks) = pack(w.weights, lags * d, d);
+        let wb = Blocks::packed(&packed, blocks, lags * d);
         let mut out = vec![0.0f32; n * d];
         let parts = self.split(n, 2048);
         let chunk = n.div_ceil(parts).max(1);
-        let packed = &packed;
         std::thread::scope(|s| {
             for (p, o) in out.chunks_mut(chunk * d).enumerate() {
                 let r = p * chunk..(p * chunk + o.len() / d.max(1));
                 s.spawn(move || {
-                    energy_dispatch::<false>(
-                        zpad, r, d, lags, packed, blocks, w.bias, inv_scale, clip, o,
-                    )
+                    energy_dispatch::<false>(zpad, r, d, lags, wb, w.bias, inv_scale, clip, o)
                 });
             }
         });

@@ -13,20 +13,30 @@
 //! Every kernel exists per host (`cross_products`, `residual_energy`) and batched across
 //! hosts (`cross_products_batch`, `abs_residuals_batch`): the batched forms are what the
 //! fleet job calls, so that a GPU does one upload, one dispatch per step and one download for
-//! all hosts, and one host's bad or oversized data fails that host alone.
+//! all hosts, and one host's bad or oversized data fails that host alone. Two batched calls
+//! take whole steps of the detector: [`Backend::fit_device`] (a whole training from raw rows,
+//! on a GPU) and [`Backend::score_stream`] (a scoring run, with models kept resident on a
+//! GPU by [`ModelKey`]).
 
 mod cpu;
 mod error;
+mod fit;
 #[cfg(feature = "gpu")]
 mod gpu;
 pub(crate) mod parallel;
 mod select;
+mod stream;
 
 pub use cpu::CpuBackend;
 pub use error::{BackendError, MAX_FEATURES};
+pub use fit::{FitJob, FitOutput, EMA_TAIL, NOT_POSITIVE_DEFINITE};
 #[cfg(feature = "gpu")]
 pub use gpu::{GpuBackend, GpuOptions, GpuStats};
-pub use select::{BackendChoice, BackendInfo, BackendKind, SelectOptions, SelectedBackend};
+pub use select::{
+    score_work, BackendChoice, BackendInfo, BackendKind, SelectOptions, SelectedBackend,
+    MIN_GPU_SCORE_WORK_PER_THREAD,
+};
+pub use stream::{ModelKey, StreamJob, StreamModel, Streamed};
 
 // `train_kernels_default` is defined below and public for other backends' overrides.
 
@@ -138,38 +148,6 @@ impl ResidualJob<'_> {
     }
 }
 
-/// One host's input to [`Backend::train_kernels`].
-#[derive(Clone, Copy, Debug)]
-pub struct TrainJob<'a> {
-    pub series: Series<'a>,
-    /// Floor on a metric's residual scale and the clip of a scaled residual (the detector's
-    /// `resid_floor` and `clip`), for a backend that calibrates on the device.
-    pub resid_floor: f32,
-    pub clip: f32,
-    /// Whether the caller needs every row's residuals (e.g. for the univariate blend), not
-    /// only a [`Calibration::Summary`].
-    pub full: bool,
-}
-
-/// What the detector needs of one host's training residuals to calibrate its alert level.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Calibration {
-    /// Absolute residuals `|z − ŷ|` of every row, `n x d`.
-    Full(Vec<f32>),
-    /// A device-side summary: the residual scales (`1 / max(rms, floor)`, `d`), each row's
-    /// sum of clipped scaled energies `Σ_j min(a·inv_j, clip)²` (`n`), and the absolute
-    /// residuals of the last `tail_abs.len() / d` rows (the stream's final state).
-    Summary {
-        inv_scale: Vec<f32>,
-        row_sums: Vec<f32>,
-        tail_abs: Vec<f32>,
-    },
-}
-
-/// Rows of residuals a [`Calibration::Summary`] keeps: the moving average forgets a row's
-/// weight by (1 − 2/13)²⁵⁶ ≈ 1e-19 after this many, far below f32 resolution.
-pub const CALIBRATION_TAIL: usize = 256;
-
 /// Turns host `i`'s cross products into its joint predictor `(weights, bias)`.
 pub type SolveFn<'s> =
     dyn Fn(usize, CrossProducts) -> anyhow::Result<(Vec<f32>, Vec<f32>)> + Sync + 's;
@@ -246,18 +224,40 @@ pub trait Backend: Send + Sync {
             .collect()
     }
 
-    /// The training kernels of many hosts: their cross products, `solve` (host side, called
-    /// from several threads) for each host's weights, then the residuals the detector
-    /// calibrates on. One result per host, in order; a backend failure is a
-    /// [`BackendError`] inside the error. The default runs [`Backend::cross_products_batch`]
-    /// and [`Backend::abs_residuals_batch`] and returns [`Calibration::Full`]; a GPU keeps the
-    /// series on the device between the two steps and returns a summary.
+    /// The training kernels of many hosts on the host-side path: their cross products,
+    /// `solve` (host side, called from several threads) for each host's weights, then the
+    /// absolute training residuals (`n x d`) the detector calibrates on. One result per host,
+    /// in order; a backend failure is a [`BackendError`] inside the error.
     fn train_kernels(
         &self,
-        jobs: &[TrainJob<'_>],
+        series: &[Series<'_>],
         solve: &SolveFn<'_>,
-    ) -> Vec<anyhow::Result<Calibration>> {
-        train_kernels_default(self, jobs, solve)
+    ) -> Vec<anyhow::Result<Vec<f32>>> {
+        train_kernels_default(self, series, solve)
+    }
+
+    /// Whole trainings of many hosts on the device, from their raw rows: standardizing, cross
+    /// products, the ridge solve, residual scales, calibration scores and their upper tail
+    /// (see [`FitJob`]). `None` when the backend does not train on its own (the CPU): the
+    /// detector then runs [`Backend::train_kernels`] and its host-side steps. One result per
+    /// host, in order; a host the device cannot take gets a capacity [`BackendError`] and
+    /// the caller trains it the other way.
+    fn fit_device(&self, jobs: &[FitJob<'_>]) -> Option<Vec<anyhow::Result<FitOutput>>> {
+        let _ = jobs;
+        None
+    }
+
+    /// The scoring stream of many hosts: residuals of the new rows, per-metric energies and
+    /// moving averages, each row's score and top contributing metrics, and the averages the
+    /// stream continues from. One result per host, in order. The default computes the
+    /// residuals with [`Backend::abs_residuals_batch`] and the rest on host threads; a GPU
+    /// keeps the models resident (by [`ModelKey`]) and runs everything in one submit.
+    fn score_stream(
+        &self,
+        jobs: &[StreamJob<'_>],
+        top_k: usize,
+    ) -> Vec<Result<Streamed, BackendError>> {
+        stream::score_stream_default(self, jobs, top_k)
     }
 
     /// Absolute residuals `|z_t - ŷ_t|` (`n x d` per host, f32) of many hosts; one result
@@ -280,14 +280,13 @@ pub trait Backend: Send + Sync {
 /// [`Backend::train_kernels`] from the two batched kernels.
 pub fn train_kernels_default<B: Backend + ?Sized>(
     backend: &B,
-    jobs: &[TrainJob<'_>],
+    series: &[Series<'_>],
     solve: &SolveFn<'_>,
-) -> Vec<anyhow::Result<Calibration>> {
-    let series: Vec<Series<'_>> = jobs.iter().map(|j| j.series).collect();
-    let cross = backend.cross_products_batch(&series);
+) -> Vec<anyhow::Result<Vec<f32>>> {
+    let cross = backend.cross_products_batch(series);
     let solved: Vec<anyhow::Result<(Vec<f32>, Vec<f32>)>> =
         parallel::par_map(backend.threads(), cross, |i, c| solve(i, c?));
-    let ok: Vec<usize> = (0..jobs.len()).filter(|&i| solved[i].is_ok()).collect();
+    let ok: Vec<usize> = (0..series.len()).filter(|&i| solved[i].is_ok()).collect();
     let rjobs: Vec<ResidualJob<'_>> = ok
         .iter()
         .map(|&i| {
@@ -302,14 +301,13 @@ pub fn train_kernels_default<B: Backend + ?Sized>(
         })
         .collect();
     let mut resid = backend.abs_residuals_batch(&rjobs).into_iter();
-    let mut out: Vec<anyhow::Result<Calibration>> = Vec::with_capacity(jobs.len());
+    let mut out: Vec<anyhow::Result<Vec<f32>>> = Vec::with_capacity(series.len());
     for s in solved {
         out.push(match s {
             Err(e) => Err(e),
             Ok(_) => resid
                 .next()
                 .expect("one result per solved host")
-                .map(Calibration::Full)
                 .map_err(anyhow::Error::from),
         });
     }

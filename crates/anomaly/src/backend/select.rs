@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::parallel::available_threads;
 use super::{
-    train_kernels_default, Backend, BackendError, Calibration, CpuBackend, CrossProducts,
-    LagWeights, ResidualJob, Series, SolveFn, TrainJob,
+    train_kernels_default, Backend, BackendError, CpuBackend, CrossProducts, FitJob, FitOutput,
+    LagWeights, ResidualJob, Series, SolveFn, StreamJob, Streamed,
 };
 
 /// Which backend the configuration asks for.
@@ -130,12 +130,34 @@ pub struct SelectOptions {
     /// Threads for host-side work (default: the machine's parallelism, at most 8 for the
     /// CPU backend as before).
     pub threads: Option<usize>,
+    /// On a GPU, scoring calls of fewer multiply-adds than this run on the CPU backend
+    /// (default: [`MIN_GPU_SCORE_WORK_PER_THREAD`] per CPU thread).
+    pub min_gpu_score_work: Option<u64>,
+}
+
+/// Multiply-adds of a scoring call, per CPU thread, below which a GPU's fixed costs (upload,
+/// submit, fence, read-back: about 0.5 ms on an H200 machine) outweigh its speed, so
+/// [`SelectedBackend`] scores on the CPU. A call's multiply-adds are its new rows times
+/// `d · (lags · d + 1)` (784 a row for the job's 16 metrics): a one-minute run of 1,250 hosts
+/// is 0.98 M, a 180-minute catch-up 176 M. Measured on the H200 machine (16 threads, see
+/// docs/gpu.md): the CPU backend scores about 1.2 M multiply-adds a millisecond per thread;
+/// the two broke even near 20 M at 16 threads, about 1.2 M a thread.
+pub const MIN_GPU_SCORE_WORK_PER_THREAD: u64 = 1 << 20;
+
+/// Multiply-adds of a scoring call (see [`MIN_GPU_SCORE_WORK_PER_THREAD`]).
+pub fn score_work(jobs: &[StreamJob<'_>]) -> u64 {
+    jobs.iter()
+        .map(|j| {
+            let s = j.series;
+            (s.n * s.d * (s.lags * s.d + 1)) as u64
+        })
+        .sum()
 }
 
 enum Inner {
     Cpu,
     #[cfg(feature = "gpu")]
-    Gpu(Box<super::GpuBackend>),
+    Gpu(std::sync::Arc<super::GpuBackend>),
 }
 
 /// The backend the product runs: a GPU or the CPU, chosen once at start-up from a
@@ -148,6 +170,19 @@ pub struct SelectedBackend {
     info: BackendInfo,
     fallback: Option<String>,
     cpu_hosts: AtomicU64,
+    /// Scoring calls below this many multiply-adds run on the CPU (0 on the CPU backend).
+    #[cfg_attr(not(feature = "gpu"), allow(dead_code))]
+    min_score_work: u64,
+    cpu_scoring_calls: AtomicU64,
+}
+
+impl fmt::Debug for SelectedBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelectedBackend")
+            .field("info", &self.info)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SelectedBackend {
@@ -162,6 +197,8 @@ impl SelectedBackend {
             cpu,
             fallback: None,
             cpu_hosts: AtomicU64::new(0),
+            min_score_work: 0,
+            cpu_scoring_calls: AtomicU64::new(0),
         }
     }
 
@@ -189,20 +226,41 @@ impl SelectedBackend {
     #[cfg(feature = "gpu")]
     fn open_gpu(opts: &SelectOptions) -> Result<Self, BackendError> {
         let defaults = super::GpuOptions::default();
+        let threads = opts.threads.unwrap_or_else(available_threads);
         let gpu = super::GpuBackend::with_options(super::GpuOptions {
             allow_software: opts.allow_software_adapter,
             adapter_name: opts.adapter_name.clone(),
             max_buffer_bytes: opts.max_buffer_bytes.unwrap_or(defaults.max_buffer_bytes),
-            host_threads: opts.threads.unwrap_or_else(available_threads),
+            host_threads: threads,
+            pipeline_bytes: defaults.pipeline_bytes,
+            profile: false,
         })?;
-        let threads = opts.threads.unwrap_or_else(available_threads);
-        Ok(SelectedBackend {
-            info: Backend::info(&gpu),
-            inner: Inner::Gpu(Box::new(gpu)),
+        Ok(Self::with_gpu(
+            std::sync::Arc::new(gpu),
+            threads,
+            opts.min_gpu_score_work,
+        ))
+    }
+
+    /// An opened GPU backend, with `threads` CPU threads for the hosts and scoring calls it
+    /// does not take; `min_score_work` as [`SelectOptions::min_gpu_score_work`].
+    #[cfg(feature = "gpu")]
+    pub fn with_gpu(
+        gpu: std::sync::Arc<super::GpuBackend>,
+        threads: usize,
+        min_score_work: Option<u64>,
+    ) -> Self {
+        let threads = threads.max(1);
+        SelectedBackend {
+            info: Backend::info(gpu.as_ref()),
+            inner: Inner::Gpu(gpu),
             cpu: CpuBackend { threads },
             fallback: None,
             cpu_hosts: AtomicU64::new(0),
-        })
+            min_score_work: min_score_work
+                .unwrap_or(MIN_GPU_SCORE_WORK_PER_THREAD * threads as u64),
+            cpu_scoring_calls: AtomicU64::new(0),
+        }
     }
 
     #[cfg(not(feature = "gpu"))]
@@ -225,6 +283,25 @@ impl SelectedBackend {
     /// batched call: a training batch or a scoring run).
     pub fn cpu_fallback_hosts(&self) -> u64 {
         self.cpu_hosts.load(Ordering::Relaxed)
+    }
+
+    /// Where a scoring call of `work` multiply-adds runs ([`score_work`]): on a GPU, calls
+    /// below [`SelectOptions::min_gpu_score_work`] run on the CPU.
+    pub fn scores_on(&self, work: u64) -> BackendKind {
+        #[cfg(not(feature = "gpu"))]
+        let _ = work;
+        match self.inner {
+            Inner::Cpu => BackendKind::Cpu,
+            #[cfg(feature = "gpu")]
+            Inner::Gpu(_) if work < self.min_score_work => BackendKind::Cpu,
+            #[cfg(feature = "gpu")]
+            Inner::Gpu(_) => BackendKind::Gpu,
+        }
+    }
+
+    /// Scoring calls a GPU backend left to the CPU because they were small.
+    pub fn cpu_scoring_calls(&self) -> u64 {
+        self.cpu_scoring_calls.load(Ordering::Relaxed)
     }
 
     /// The GPU backend, when one runs.
@@ -336,10 +413,10 @@ impl Backend for SelectedBackend {
 
     fn train_kernels(
         &self,
-        jobs: &[TrainJob<'_>],
+        series: &[Series<'_>],
         solve: &SolveFn<'_>,
-    ) -> Vec<anyhow::Result<Calibration>> {
-        let mut out = self.primary().train_kernels(jobs, solve);
+    ) -> Vec<anyhow::Result<Vec<f32>>> {
+        let mut out = self.primary().train_kernels(series, solve);
         if matches!(self.inner, Inner::Cpu) {
             return out;
         }
@@ -359,12 +436,32 @@ impl Backend for SelectedBackend {
         }
         self.cpu_hosts
             .fetch_add(redo.len() as u64, Ordering::Relaxed);
-        let again: Vec<TrainJob<'_>> = redo.iter().map(|&i| jobs[i]).collect();
+        let again: Vec<Series<'_>> = redo.iter().map(|&i| series[i]).collect();
         let r = train_kernels_default(&self.cpu, &again, &|k, c| solve(redo[k], c));
         for (&i, r) in redo.iter().zip(r) {
             out[i] = r;
         }
         out
+    }
+
+    /// The GPU's device training; hosts it cannot take come back with a capacity error and
+    /// the detector trains them through [`Backend::train_kernels`] (which falls back here).
+    fn fit_device(&self, jobs: &[FitJob<'_>]) -> Option<Vec<anyhow::Result<FitOutput>>> {
+        self.primary().fit_device(jobs)
+    }
+
+    /// Small calls (a one-minute run) on the CPU, the rest on the primary backend.
+    fn score_stream(
+        &self,
+        jobs: &[StreamJob<'_>],
+        top_k: usize,
+    ) -> Vec<Result<Streamed, BackendError>> {
+        if self.kind() == BackendKind::Gpu && self.scores_on(score_work(jobs)) == BackendKind::Cpu {
+            self.cpu_scoring_calls.fetch_add(1, Ordering::Relaxed);
+            return self.cpu.score_stream(jobs, top_k);
+        }
+        let out = self.primary().score_stream(jobs, top_k);
+        self.with_fallback(jobs, out, |again| self.cpu.score_stream(again, top_k))
     }
 
     fn abs_residuals_batch(&self, jobs: &[ResidualJob<'_>]) -> Vec<Result<Vec<f32>, BackendError>> {

@@ -53,9 +53,10 @@ impl Grow {
     }
 }
 
-/// The persistent buffers.
+/// The persistent buffers. Uploads and read-backs come in pairs: a pipelined training fills
+/// one while the device copies from the other.
 pub(super) struct Buffers {
-    pub(super) upload: Grow,
+    pub(super) upload: [Grow; 2],
     pub(super) z: Grow,
     pub(super) w: Grow,
     pub(super) jobs: Grow,
@@ -65,10 +66,20 @@ pub(super) struct Buffers {
     pub(super) part: Grow,
     pub(super) resid: Grow,
     pub(super) out: Grow,
-    pub(super) readback: Grow,
-    /// Parameter blocks (16 bytes each) of the passes: cross, reduce, residuals, and the
-    /// training calibration's residuals, scales and row sums.
-    pub(super) params: [wgpu::Buffer; 6],
+    pub(super) readback: [Grow; 2],
+    /// Device training and scoring: every work table and parameter block of a step, in one
+    /// buffer bound by ranges; the reduced Gram tiles; the f64 solve scratch; the calibration
+    /// scores and their sort keys.
+    pub(super) tables: Grow,
+    pub(super) red: Grow,
+    pub(super) solve: Grow,
+    pub(super) sk: Grow,
+    /// Parameter blocks (16 bytes each) of the cross, reduce and residual passes.
+    pub(super) params: [wgpu::Buffer; 3],
+    /// Models kept resident for scoring.
+    pub(super) models: super::models::ModelCache,
+    /// Host memory a small upload is gathered in before it is written to the mapped buffer.
+    pub(super) stage: Vec<u8>,
 }
 
 impl Buffers {
@@ -84,7 +95,10 @@ impl Buffers {
             })
         });
         Buffers {
-            upload: Grow::new("upload", U::MAP_WRITE | U::COPY_SRC),
+            upload: [
+                Grow::new("upload", U::MAP_WRITE | U::COPY_SRC),
+                Grow::new("upload", U::MAP_WRITE | U::COPY_SRC),
+            ],
             z: Grow::new("series", storage),
             w: Grow::new("weights", storage),
             jobs: Grow::new("jobs", storage),
@@ -94,8 +108,17 @@ impl Buffers {
             part: Grow::new("partials", U::STORAGE),
             resid: Grow::new("training residuals", U::STORAGE),
             out: Grow::new("results", U::STORAGE | U::COPY_SRC),
-            readback: Grow::new("readback", U::MAP_READ | U::COPY_DST),
+            readback: [
+                Grow::new("readback", U::MAP_READ | U::COPY_DST),
+                Grow::new("readback", U::MAP_READ | U::COPY_DST),
+            ],
+            tables: Grow::new("tables", U::STORAGE | U::UNIFORM | U::COPY_DST),
+            red: Grow::new("reduced cross products", U::STORAGE),
+            solve: Grow::new("solve scratch", U::STORAGE),
+            sk: Grow::new("calibration scores", U::STORAGE),
             params,
+            models: super::models::ModelCache::default(),
+            stage: Vec::new(),
         }
     }
 }
@@ -113,12 +136,33 @@ pub(super) fn u32s(v: usize) -> u32 {
     u32::try_from(v).expect("plan keeps indices in u32")
 }
 
-pub(super) fn binding(buf: &wgpu::Buffer, size: u64) -> wgpu::BindingResource<'_> {
+pub(super) fn binding(buf: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer: buf,
-        offset: 0,
+        offset,
         size: NonZeroU64::new(align(size.max(4), 4)),
     })
+}
+
+/// Regions packed one after another at [`ALIGN`]ed offsets (work tables, parameter blocks):
+/// `put` returns a region's offset.
+#[derive(Default)]
+pub(super) struct Packer {
+    pub(super) bytes: Vec<u8>,
+}
+
+impl Packer {
+    pub(super) fn put(&mut self, data: &[u8]) -> u64 {
+        let at = align(self.bytes.len() as u64, ALIGN);
+        self.bytes.resize(at as usize, 0);
+        self.bytes.extend_from_slice(data);
+        at
+    }
+
+    /// Total bytes, aligned.
+    pub(super) fn len(&self) -> u64 {
+        align(self.bytes.len().max(1) as u64, ALIGN)
+    }
 }
 
 /// Copy `parts` (`(byte offset, floats)`, increasing, disjoint) into `dst`.
@@ -135,7 +179,9 @@ pub(super) fn scatter(threads: usize, dst: &mut [u8], parts: Vec<(u64, &[f32])>)
         rest = tail;
         pos = off + src.len() as u64 * 4;
     }
-    let threads = if total < PARALLEL_COPY_BYTES {
+    // Threads for megabytes, or for thousands of pieces (a fleet's one-minute run reads
+    // each host's few rows from its own allocation).
+    let threads = if total < PARALLEL_COPY_BYTES && tasks.len() < 1024 {
         1
     } else {
         threads

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use super::buffers::Buffers;
 use super::plan::Limits;
 use super::{
-    lock, GpuBackend, GpuOptions, GpuStats, Pipelines, CROSS_WGSL, REDUCE_WGSL, RESID_WGSL,
-    ROWSUM_WGSL, SCALES_WGSL,
+    lock, FitPipelines, GpuBackend, GpuOptions, GpuStats, Pipelines, CALIBRATE_WGSL, CROSS_WGSL,
+    REDUCE_WGSL, RESID_WGSL, SOLVE_WGSL, STANDARDIZE_WGSL, STREAM_WGSL, TRAIN_COMMON_WGSL,
 };
 use crate::backend::{BackendError, BackendInfo, BackendKind};
 
@@ -73,7 +73,7 @@ impl GpuBackend {
                         .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
                     && a.limits().max_compute_invocations_per_workgroup >= 256
                     && a.limits().max_compute_workgroup_size_x >= 256
-                    && a.limits().max_compute_workgroup_storage_size >= 8192
+                    && a.limits().max_compute_workgroup_storage_size >= 16384
             })
             .collect();
         usable.sort_by_key(|a| rank(a.get_info().device_type));
@@ -83,12 +83,12 @@ impl GpuBackend {
                  and libvulkan.so.1 installed?)"
                     .to_string()
             } else {
-                let mut wanted = vec!["a compute-capable adapter"];
+                let mut wanted = vec!["a compute-capable adapter".to_string()];
                 if !opts.allow_software {
-                    wanted.push("not a software one");
+                    wanted.push("not a software one".into());
                 }
-                if opts.adapter_name.is_some() {
-                    wanted.push("with the configured name");
+                if let Some(name) = &opts.adapter_name {
+                    wanted.push(format!("with {name:?} in its name"));
                 }
                 format!("wanted {}; found: {}", wanted.join(", "), seen.join("; "))
             };
@@ -96,10 +96,23 @@ impl GpuBackend {
         };
         let ainfo = adapter.get_info();
         let alimits = adapter.limits();
+        // f64 arithmetic in shaders: device-side training (statistics, solve, quantile) is
+        // written for it; without it training takes the host-side path.
+        let f64_ok = adapter.features().contains(wgpu::Features::SHADER_F64);
+        let mut features = if f64_ok {
+            wgpu::Features::SHADER_F64
+        } else {
+            wgpu::Features::empty()
+        };
+        let stamps =
+            wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        if opts.profile && adapter.features().contains(stamps) {
+            features |= stamps;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(
             &wgpu::DeviceDescriptor {
                 label: Some("rackwatch-anomaly"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: alimits.clone(),
                 memory_hints: wgpu::MemoryHints::Performance,
             },
@@ -120,30 +133,72 @@ impl GpuBackend {
             });
         }
         device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = |src: &str, label: &str| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let module = |src: Cow<'static, str>, label: &str| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(src)),
-            });
+                source: wgpu::ShaderSource::Wgsl(src),
+            })
+        };
+        let pipeline = |m: &wgpu::ShaderModule, entry: &str, label: &str| {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(label),
                 layout: None,
-                module: &module,
-                entry_point: Some("main"),
+                module: m,
+                entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
             })
         };
-        let pipes = Pipelines {
-            cross: pipeline(CROSS_WGSL, "cross_products"),
-            reduce: pipeline(REDUCE_WGSL, "cross_reduce"),
-            resid: pipeline(RESID_WGSL, "residuals"),
-            scales: pipeline(SCALES_WGSL, "scales"),
-            rowsum: pipeline(ROWSUM_WGSL, "rowsum"),
+        let one = |src: &'static str, label: &str| {
+            pipeline(&module(Cow::Borrowed(src), label), "main", label)
+        };
+        let mut pipes = Pipelines {
+            cross: one(CROSS_WGSL, "cross_products"),
+            reduce: one(REDUCE_WGSL, "cross_reduce"),
+            resid: one(RESID_WGSL, "residuals"),
+            stream: one(STREAM_WGSL, "score_stream"),
+            fit: None,
         };
         if let Some(e) = pollster::block_on(device.pop_error_scope()) {
             return Err(BackendError::Device(format!("compiling the kernels: {e}")));
         }
+        let fit_unavailable = if f64_ok {
+            device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let train = |src: &str, label: &str| {
+                module(Cow::Owned(format!("{TRAIN_COMMON_WGSL}\n{src}")), label)
+            };
+            let standardize = train(STANDARDIZE_WGSL, "standardize");
+            // The workgroup-memory solve holds A and B (F · (F + d) f64s): as many as the
+            // device's workgroup memory allows, up to 48 KiB (the job's hosts need 25 KB).
+            let small_solve =
+                (alimits.max_compute_workgroup_storage_size as usize).min(48 << 10) / 8 - 16;
+            let small_solve = if small_solve >= 1024 { small_solve } else { 0 };
+            let solve = module(
+                Cow::Owned(format!(
+                    "const SMALL: u32 = {}u;\n{TRAIN_COMMON_WGSL}\n{SOLVE_WGSL}",
+                    small_solve.max(8)
+                )),
+                "solve",
+            );
+            let fit = FitPipelines {
+                stats: pipeline(&standardize, "stats", "standardize stats"),
+                merge: pipeline(&standardize, "merge", "standardize merge"),
+                apply: pipeline(&standardize, "apply", "standardize apply"),
+                solve: pipeline(&solve, "main", "solve"),
+                solve_small: (small_solve > 0).then(|| pipeline(&solve, "small", "solve small")),
+                small_solve,
+                calibrate: pipeline(&train(CALIBRATE_WGSL, "calibrate"), "main", "calibrate"),
+            };
+            match pollster::block_on(device.pop_error_scope()) {
+                None => {
+                    pipes.fit = Some(fit);
+                    None
+                }
+                Some(e) => Some(format!("the f64 training kernels did not compile: {e}")),
+            }
+        } else {
+            Some("the adapter has no f64 shader arithmetic (SHADER_F64)".to_string())
+        };
         let limits = Limits::new(
             alimits.max_storage_buffer_binding_size as u64,
             alimits.max_buffer_size,
@@ -163,6 +218,7 @@ impl GpuBackend {
             software: ainfo.device_type == wgpu::DeviceType::Cpu,
         };
         let bufs = Mutex::new(Buffers::new(&device));
+        let prof = super::profile::Profiler::new(&device, &queue);
         Ok(GpuBackend {
             device,
             queue,
@@ -171,9 +227,12 @@ impl GpuBackend {
             adapter: ainfo,
             limits,
             threads: opts.host_threads.max(1),
+            pipeline_bytes: opts.pipeline_bytes,
+            fit_unavailable,
             bufs,
             fault,
             stats: Mutex::new(GpuStats::default()),
+            prof,
         })
     }
 
@@ -185,6 +244,18 @@ impl GpuBackend {
     /// Effective per-buffer limits `(largest storage binding, largest buffer)` in bytes.
     pub fn buffer_limits(&self) -> (u64, u64) {
         (self.limits.binding, self.limits.buffer)
+    }
+
+    /// Why whole trainings do not run on this device (`None`: they do). Without f64 shader
+    /// arithmetic the device computes the cross products and residuals and the host the rest.
+    pub fn device_training_unavailable(&self) -> Option<&str> {
+        self.fit_unavailable.as_deref()
+    }
+
+    /// Whether steps are timed on the device ([`GpuOptions::profile`] on an adapter with
+    /// timestamp queries).
+    pub fn profiling(&self) -> bool {
+        self.prof.is_some()
     }
 
     /// Work counters so far.

@@ -2,12 +2,18 @@
 //! Vulkan / Metal / DX12 device, including the software Vulkan device lavapipe.
 //!
 //! Written for a real GPU:
-//! * one context (device, queue, five pipelines) opened once and shared (`context.rs`);
+//! * one context (device, queue, pipelines) opened once and shared (`context.rs`);
 //! * persistent, grow-only buffers reused by every call (`buffers.rs`), so a steady stream of
 //!   batches allocates nothing;
-//! * per (sub-)batch of hosts: one mapped upload of every input (series, weights, work tables,
-//!   parameters), one submit with the kernels of the step, one mapped download of the results
-//!   (`steps.rs`); training keeps the series on the device between its two steps;
+//! * a whole training on the device, one submit per sub-batch of hosts (`fit.rs`): the raw
+//!   rows go up once; standardizing (f64 statistics), cross products, the ridge solve (f64
+//!   Cholesky), residuals, residual scales, calibration scores and their sorted upper tail run
+//!   there; about 9 KB per host come back. Sub-batches are pipelined: the host fills the next
+//!   upload while the device runs the previous one;
+//! * scoring runs with the models resident on the device by [`crate::backend::ModelKey`]
+//!   (`score.rs`, `models.rs`): one upload of the new rows and stream states, one submit, the
+//!   scores and top metrics back;
+//! * the single kernels (cross products, residuals) for the host-side paths (`steps.rs`);
 //! * work-item tables instead of per-host dispatches: hosts of any size share one dispatch,
 //!   2-D so it stays under 65,535 workgroups per dimension;
 //! * batches split to respect the device's buffer and binding limits (capped at
@@ -16,29 +22,36 @@
 //!
 //! Kernels (see the shader comments): tiled cross products (64 × 64 tiles, 16 staged rows in
 //! workgroup memory, 4 × 4 register blocks, f32 partial sums over 256-row chunks), a pairwise
-//! f32 reduction of the chunks, and tiled residuals (64 rows × 16 metrics per workgroup). The
-//! host adds nothing up: it converts the reduced sums to f64 and solves.
+//! f32 reduction of the chunks, tiled residuals (64 rows × 16 metrics per workgroup), and one
+//! workgroup per host for the statistics, the solve, the calibration and the scoring stream.
 
 mod buffers;
 mod context;
+mod fit;
+mod models;
 mod plan;
+mod profile;
+mod score;
 mod steps;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::parallel::available_threads;
 use super::{
-    energy_from_abs, Backend, BackendError, BackendInfo, Calibration, CrossProducts, LagWeights,
-    ResidualJob, Series, SolveFn, TrainJob,
+    energy_from_abs, Backend, BackendError, BackendInfo, CrossProducts, FitJob, FitOutput,
+    LagWeights, ResidualJob, Series, StreamJob, Streamed,
 };
 use buffers::Buffers;
-use plan::{CrossShape, Limits, Need};
+use plan::{CrossShape, Limits};
 
 const CROSS_WGSL: &str = include_str!("shaders/cross_products.wgsl");
 const REDUCE_WGSL: &str = include_str!("shaders/cross_reduce.wgsl");
 const RESID_WGSL: &str = include_str!("shaders/residuals.wgsl");
-const SCALES_WGSL: &str = include_str!("shaders/scales.wgsl");
-const ROWSUM_WGSL: &str = include_str!("shaders/rowsum.wgsl");
+const STREAM_WGSL: &str = include_str!("shaders/score_stream.wgsl");
+const TRAIN_COMMON_WGSL: &str = include_str!("shaders/train_common.wgsl");
+const STANDARDIZE_WGSL: &str = include_str!("shaders/standardize.wgsl");
+const SOLVE_WGSL: &str = include_str!("shaders/solve.wgsl");
+const CALIBRATE_WGSL: &str = include_str!("shaders/calibrate.wgsl");
 
 /// Below this many bytes a copy runs on the calling thread: spawning threads costs ~0.1 ms,
 /// copying 2 MiB about as much. (A scoring run of 1,250 hosts uploads ~4 MB, mostly weights.)
@@ -59,6 +72,15 @@ pub struct GpuOptions {
     /// Threads for host-side copies (and, through [`Backend::threads`], the detector's
     /// host-side work in batched calls).
     pub host_threads: usize,
+    /// Upload bytes per device sub-batch of a training call; 0 = an eighth of the call,
+    /// between 8 and 64 MiB. Sub-batches are pipelined (the host fills the next while the
+    /// device runs the previous one), so a call of several pays one fill and one device
+    /// sub-batch that do not overlap.
+    pub pipeline_bytes: u64,
+    /// Time each step of a submit on the device with timestamp queries (where the adapter
+    /// has them inside encoders), into [`GpuStats::device_steps`]. For benchmarks: it costs
+    /// a mapping per submit.
+    pub profile: bool,
 }
 
 impl Default for GpuOptions {
@@ -68,6 +90,8 @@ impl Default for GpuOptions {
             adapter_name: None,
             max_buffer_bytes: 512 << 20,
             host_threads: available_threads(),
+            pipeline_bytes: 0,
+            profile: false,
         }
     }
 }
@@ -83,18 +107,45 @@ pub struct GpuStats {
     /// Buffer (re)allocations; flat once the batch sizes have been seen.
     pub buffer_allocations: u64,
     /// Seconds spent filling the upload buffer, waiting for the device (submit → results
-    /// mapped), and turning results into host values.
+    /// mapped, or an upload buffer free), and turning results into host values.
     pub fill_s: f64,
     pub wait_s: f64,
     pub read_s: f64,
+    /// Seconds inside `queue.submit` (a driver that runs one submission at a time, such as
+    /// lavapipe, blocks there until the previous one is done).
+    pub submit_s: f64,
+    /// Scoring: models uploaded (new key, new version, changed or keyless) and models found
+    /// resident.
+    pub model_uploads: u64,
+    pub model_hits: u64,
+    /// Seconds planning a call (tables, buffer sizes, model places) and encoding its commands
+    /// (bind groups, passes), and in all inside scoring calls.
+    pub plan_s: f64,
+    pub encode_s: f64,
+    pub score_call_s: f64,
+    /// Device seconds per step (`copy`, a pass's name), with [`GpuOptions::profile`].
+    pub device_steps: Vec<(&'static str, f64)>,
 }
 
 struct Pipelines {
     cross: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     resid: wgpu::ComputePipeline,
-    scales: wgpu::ComputePipeline,
-    rowsum: wgpu::ComputePipeline,
+    stream: wgpu::ComputePipeline,
+    /// Device training (needs f64 shader arithmetic).
+    fit: Option<FitPipelines>,
+}
+
+struct FitPipelines {
+    stats: wgpu::ComputePipeline,
+    merge: wgpu::ComputePipeline,
+    apply: wgpu::ComputePipeline,
+    solve: wgpu::ComputePipeline,
+    /// The solve in workgroup memory, for systems of at most `small_solve` f64s (`None` where
+    /// the device's workgroup memory holds none worth it).
+    solve_small: Option<wgpu::ComputePipeline>,
+    small_solve: usize,
+    calibrate: wgpu::ComputePipeline,
 }
 
 /// wgpu device, queue, pipelines and persistent buffers.
@@ -106,10 +157,14 @@ pub struct GpuBackend {
     adapter: wgpu::AdapterInfo,
     limits: Limits,
     threads: usize,
+    pipeline_bytes: u64,
+    /// Why device training is off (no f64), `None` when on.
+    fit_unavailable: Option<String>,
     bufs: Mutex<Buffers>,
     /// The first uncaptured device error or device loss; every later call fails with it.
     fault: Arc<Mutex<Option<String>>>,
     stats: Mutex<GpuStats>,
+    prof: Option<profile::Profiler>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -199,62 +254,16 @@ impl Backend for GpuBackend {
         self.batched(series.len(), needs, out, series, |b| self.run_cross(b))
     }
 
-    fn train_kernels(
+    fn fit_device(&self, jobs: &[FitJob<'_>]) -> Option<Vec<anyhow::Result<FitOutput>>> {
+        self.fit_batch(jobs)
+    }
+
+    fn score_stream(
         &self,
-        jobs: &[TrainJob<'_>],
-        solve: &SolveFn<'_>,
-    ) -> Vec<anyhow::Result<Calibration>> {
-        let mut out: Vec<Option<anyhow::Result<Calibration>>> =
-            (0..jobs.len()).map(|_| None).collect();
-        // Hosts that need every residual (the univariate blend) take the two-kernel path.
-        let full: Vec<usize> = (0..jobs.len())
-            .filter(|&i| jobs[i].full || jobs[i].series.n == 0)
-            .collect();
-        if !full.is_empty() {
-            let sub: Vec<TrainJob<'_>> = full.iter().map(|&i| jobs[i]).collect();
-            let r = super::train_kernels_default(self, &sub, &|k, c| solve(full[k], c));
-            for (&i, r) in full.iter().zip(r) {
-                out[i] = Some(r);
-            }
-        }
-        let mut needs: Vec<Option<Need>> = vec![None; jobs.len()];
-        for (i, j) in jobs.iter().enumerate() {
-            if out[i].is_some() {
-                continue;
-            }
-            match j.series.check_trainable() {
-                Err(e) => out[i] = Some(Err(e.into())),
-                Ok(()) => needs[i] = Some(plan::train_need(&j.series)),
-            }
-        }
-        let (batches, rejected) = plan::split(&needs, &self.limits);
-        for (i, e) in rejected {
-            out[i] = Some(Err(e.into()));
-        }
-        lock(&self.stats).calls += 1;
-        for b in batches {
-            let refs: Vec<&TrainJob<'_>> = b.iter().map(|&i| &jobs[i]).collect();
-            let r = self
-                .check_fault()
-                .and_then(|_| self.run_train(&refs, &|k, c| solve(b[k], c)));
-            match r {
-                Ok(v) => {
-                    for (&i, x) in b.iter().zip(v) {
-                        out[i] = Some(x);
-                    }
-                }
-                Err(e) => {
-                    for &i in &b {
-                        out[i] = Some(Err(e.clone().into()));
-                    }
-                }
-            }
-        }
-        out.into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| Err(BackendError::Invalid("host not planned".into()).into()))
-            })
-            .collect()
+        jobs: &[StreamJob<'_>],
+        top_k: usize,
+    ) -> Vec<Result<Streamed, BackendError>> {
+        self.stream_batch(jobs, top_k)
     }
 
     fn abs_residuals_batch(&self, jobs: &[ResidualJob<'_>]) -> Vec<Result<Vec<f32>, BackendError>> {

@@ -2,7 +2,7 @@
 //! host batch into sub-batches that respect the device limits. Pure CPU code (tested without
 //! a device).
 
-use crate::backend::{BackendError, ResidualJob, Series, CALIBRATION_TAIL};
+use crate::backend::{BackendError, FitJob, ResidualJob, Series, StreamJob};
 
 /// Edge of a cross-product tile (`cross_products.wgsl`: `T`).
 pub const TILE: usize = 64;
@@ -63,41 +63,71 @@ fn floats4(n: usize) -> u64 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Need {
     pub z: u64,
+    /// Weights (or, in scoring, the resident models: weights, bias, scales).
     pub w: u64,
     pub part: u64,
-    /// Residuals kept on the device (training calibration).
+    /// Residuals kept on the device (training), energies (scoring).
     pub resid: u64,
     pub out: u64,
     pub jobs: u64,
     pub items: u64,
     pub pairs: u64,
+    /// Device training: reduced Gram tiles, the f64 solve scratch, scores and sort keys, and
+    /// every work table and parameter block (one buffer).
+    pub red: u64,
+    pub solve: u64,
+    pub sk: u64,
+    pub tables: u64,
+    /// Bytes this host adds to the upload buffer.
+    pub staged: u64,
     /// Workgroups of the main pass.
     pub groups: u64,
     /// Workgroups of the reduction pass (cross products only).
     pub reduce_groups: u64,
 }
 
+/// Alignment slack the regions of one upload may add (at most 16 regions).
+const UPLOAD_SLACK: u64 = 16 * ALIGN;
+
 impl Need {
-    pub fn add(&mut self, o: &Need) {
-        self.z += o.z;
-        self.w += o.w;
-        self.part += o.part;
-        self.resid += o.resid;
-        self.out += o.out;
-        self.jobs += o.jobs;
-        self.items += o.items;
-        self.pairs += o.pairs;
-        self.groups += o.groups;
-        self.reduce_groups += o.reduce_groups;
+    fn fields(&mut self) -> [&mut u64; 15] {
+        [
+            &mut self.z,
+            &mut self.w,
+            &mut self.part,
+            &mut self.resid,
+            &mut self.out,
+            &mut self.jobs,
+            &mut self.items,
+            &mut self.pairs,
+            &mut self.red,
+            &mut self.solve,
+            &mut self.sk,
+            &mut self.tables,
+            &mut self.staged,
+            &mut self.groups,
+            &mut self.reduce_groups,
+        ]
     }
 
-    /// Bytes of the upload buffer: every input region, aligned, plus three parameter blocks.
+    pub fn add(&mut self, o: &Need) {
+        let mut o = *o;
+        for (a, b) in self.fields().into_iter().zip(o.fields()) {
+            *a += *b;
+        }
+    }
+
+    /// The larger of each field (buffers that serve several sub-batches in turn).
+    pub fn max(&mut self, o: &Need) {
+        let mut o = *o;
+        for (a, b) in self.fields().into_iter().zip(o.fields()) {
+            *a = (*a).max(*b);
+        }
+    }
+
+    /// Bytes of the upload buffer: every input region, plus the regions' alignment.
     pub fn upload(&self) -> u64 {
-        [self.z, self.w, self.jobs, self.items, self.pairs]
-            .iter()
-            .map(|b| align(*b, ALIGN))
-            .sum::<u64>()
-            + 3 * ALIGN
+        self.staged + UPLOAD_SLACK
     }
 
     /// The first limit this need breaks: `(what, bytes, limit)`.
@@ -109,6 +139,10 @@ impl Need {
             ("training residuals", self.resid, lim.binding),
             ("results", self.out, lim.binding),
             ("work-item table", self.items, lim.binding),
+            ("reduced cross products", self.red, lim.binding),
+            ("solve scratch", self.solve, lim.binding),
+            ("calibration scores", self.sk, lim.binding),
+            ("work tables", self.tables + UPLOAD_SLACK, lim.binding),
             ("upload staging", self.upload(), lim.buffer),
             (
                 "workgroups (x 4 KiB)",
@@ -132,13 +166,18 @@ pub struct CrossShape {
 
 impl CrossShape {
     pub fn of(s: &Series<'_>) -> Self {
-        let m = (s.lags + 1) * s.d;
+        Self::new(s.n, s.d, s.lags)
+    }
+
+    /// `n` design rows of `d` metrics with `lags` history rows.
+    pub fn new(n: usize, d: usize, lags: usize) -> Self {
+        let m = (lags + 1) * d;
         let tiles = m.div_ceil(TILE);
         CrossShape {
             m,
             tiles,
             pairs: tiles * (tiles + 1) / 2,
-            chunks: s.n.div_ceil(CHUNK_ROWS).max(1),
+            chunks: n.div_ceil(CHUNK_ROWS).max(1),
         }
     }
 
@@ -154,13 +193,15 @@ impl CrossShape {
 
     pub fn need(&self, s: &Series<'_>) -> Need {
         let items = self.items() as u64;
+        let z = floats4(s.len()) * 4;
         Need {
-            z: floats4(s.len()) * 4,
+            z,
             part: items * ENTRY as u64 * 4,
             out: self.pairs as u64 * ENTRY as u64 * 4,
             jobs: 16,
             items: items * 16,
             pairs: self.pairs as u64 * 16,
+            staged: z + 16 + items * 16 + self.pairs as u64 * 16,
             groups: items,
             reduce_groups: (self.pairs * ENTRY).div_ceil(REDUCE_GROUP) as u64,
             ..Need::default()
@@ -172,52 +213,147 @@ impl CrossShape {
 pub fn residual_need(j: &ResidualJob<'_>) -> Need {
     let s = j.series;
     let groups = (s.n.div_ceil(RES_ROWS) * s.d.div_ceil(RES_METRICS)) as u64;
+    let (z, w) = (floats4(s.len()) * 4, floats4(s.lags * s.d * s.d + s.d) * 4);
     Need {
-        z: floats4(s.len()) * 4,
-        w: floats4(s.lags * s.d * s.d + s.d) * 4,
+        z,
+        w,
         out: floats4(s.n * s.d) * 4,
         jobs: 32,
         items: groups * 16,
+        staged: z + w + 32 + groups * 16,
         groups,
         ..Need::default()
     }
 }
 
-/// Rows per workgroup of the row-sum pass (`rowsum.wgsl`).
-pub const ROWSUM_ROWS: usize = 256;
+/// Elements per workgroup of the standardizing pass (`standardize.wgsl`: 256 threads × 4).
+pub const STD_BLOCK: usize = 1024;
+/// Rows per chunk of the standardizing statistics (`standardize.wgsl`: `SROWS`).
+pub const STATS_ROWS: usize = 256;
+/// Words of a device-training host record (`train_common.wgsl`: `Host`) and its f64 settings.
+pub const HOST_WORDS: usize = 24;
+pub const HOSTF_BYTES: u64 = 16;
+/// Words in front of a host's training summary (status, finite, ring, upper-tail length).
+pub const SUMMARY_HEADER: usize = 4;
 
-/// Floats of one host's calibration summary: scales, row sums, tail rows.
-pub fn summary_len(s: &Series<'_>) -> usize {
-    s.d + s.n + s.n.min(CALIBRATION_TAIL) * s.d
+/// Where the parts of one host's device-training summary start (words from its offset), in
+/// the order of `train_common.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub mean: usize,
+    pub inv_std: usize,
+    pub weights: usize,
+    pub bias: usize,
+    pub inv_scale: usize,
+    pub ema: usize,
+    pub history: usize,
+    pub ring: usize,
+    pub upper: usize,
+    /// Room for the drift guard's scores and the upper tail; total words.
+    pub ring_cap: usize,
+    pub upper_cap: usize,
+    pub words: usize,
 }
 
-/// What one host needs for device-side training ([`crate::backend::Backend::train_kernels`]):
-/// the cross-product step and the calibration step, which share the series. Tables of both
-/// steps are counted together (conservative).
-pub fn train_need(s: &Series<'_>) -> Need {
-    let shape = CrossShape::of(s);
-    let cross = shape.need(s);
-    let resid = residual_need(&ResidualJob {
-        series: *s,
-        weights: crate::backend::LagWeights {
-            weights: &[],
-            bias: &[],
-        },
-    });
-    let rows = s.n.div_ceil(ROWSUM_ROWS) as u64;
+impl Summary {
+    pub fn of(j: &FitJob<'_>) -> Self {
+        let (d, lags) = (j.d, j.lags);
+        let mean = SUMMARY_HEADER;
+        let inv_std = mean + d;
+        let weights = inv_std + d;
+        let bias = weights + lags * d * d;
+        let inv_scale = bias + d;
+        let ema = inv_scale + d;
+        let history = ema + d;
+        let ring = history + lags * d;
+        let ring_cap = j.ring_len();
+        let upper = ring + ring_cap;
+        // The tail is longest when every score is finite (it grows with the finite count).
+        let upper_cap = j.n - j.tail_start(j.n);
+        Summary {
+            mean,
+            inv_std,
+            weights,
+            bias,
+            inv_scale,
+            ema,
+            history,
+            ring,
+            upper,
+            ring_cap,
+            upper_cap,
+            words: upper + upper_cap,
+        }
+    }
+}
+
+/// What one host needs for a whole device training ([`crate::backend::Backend::fit_device`]).
+pub fn fit_need(j: &FitJob<'_>) -> Need {
+    let (n, d, lags) = (j.n, j.d, j.lags);
+    let shape = CrossShape::new(n, d, lags);
+    let items = shape.items() as u64;
+    let f = j.features() as u64;
+    let blocks = (n * d).div_ceil(STD_BLOCK) as u64;
+    let chunks = n.div_ceil(STATS_ROWS) as u64;
+    let rblocks = n.div_ceil(RES_ROWS);
+    let rgroups = (rblocks * d.div_ceil(RES_METRICS)) as u64;
+    let z = floats4((n + lags) * d) * 4;
+    let tables = HOST_WORDS as u64 * 4
+        + HOSTF_BYTES
+        + 16
+        + items * 16
+        + shape.pairs as u64 * 16
+        + blocks * 8
+        + chunks * 8
+        + 32
+        + rgroups * 16;
     Need {
-        z: cross.z,
-        w: floats4(s.lags * s.d * s.d + s.d) * 4,
-        part: cross.part,
+        z,
+        w: floats4(lags * d * d + d) * 4,
+        part: items * ENTRY as u64 * 4,
+        // The residuals, then their sums of squares per 64-row block.
+        resid: (floats4(n * d) + floats4(rblocks * d)) * 4,
+        out: floats4(Summary::of(j).words) * 4,
+        red: shape.pairs as u64 * ENTRY as u64 * 4,
+        // The scratch-buffer solve's A and B, then each chunk's mean and squared deviations.
+        solve: align((f * f + f * d as u64 + 2 * chunks * d as u64) * 8, 16),
+        sk: floats4(n + n.next_power_of_two()) * 4,
+        tables,
+        staged: z + tables,
+        groups: items.max(blocks).max(rgroups).max(chunks).max(1),
+        reduce_groups: (shape.pairs * ENTRY).div_ceil(REDUCE_GROUP) as u64,
+        ..Need::default()
+    }
+}
+
+/// Words of one host's scoring results: each row's score and `k` (metric, share) pairs, then
+/// the `d` moving averages.
+pub fn stream_words(n: usize, d: usize, k: usize) -> usize {
+    n * (1 + 2 * k) + d
+}
+
+/// Floats of a resident model: weights, bias, residual scales.
+pub fn model_len(d: usize, lags: usize) -> usize {
+    lags * d * d + 2 * d
+}
+
+/// What one host needs for a scoring run ([`crate::backend::Backend::score_stream`]); its
+/// model counts in full (whether it is uploaded or already resident).
+pub fn stream_need(j: &StreamJob<'_>, top_k: usize) -> Need {
+    let s = j.series;
+    let groups = (s.n.div_ceil(RES_ROWS) * s.d.div_ceil(RES_METRICS)) as u64;
+    let z = floats4(s.len()) * 4 + floats4(s.d) * 4;
+    let w = floats4(model_len(s.d, s.lags)) * 4;
+    let tables = 32 + groups * 16 + 32;
+    Need {
+        z,
+        w,
         resid: floats4(s.n * s.d) * 4,
-        out: cross.out.max(floats4(summary_len(s)) * 4),
-        jobs: cross.jobs + resid.jobs + 32,
-        items: cross.items + resid.items + rows * 8,
-        // The pairs buffer holds the cross step's pair table, then the calibration's
-        // per-host table (32 bytes).
-        pairs: cross.pairs.max(32),
-        groups: cross.groups.max(resid.groups).max(rows),
-        reduce_groups: cross.reduce_groups,
+        out: floats4(stream_words(s.n, s.d, top_k.min(s.d))) * 4,
+        tables,
+        staged: z + w + tables,
+        groups,
+        ..Need::default()
     }
 }
 
@@ -226,6 +362,16 @@ pub fn train_need(s: &Series<'_>) -> Need {
 pub fn split(
     needs: &[Option<Need>],
     lim: &Limits,
+) -> (Vec<Vec<usize>>, Vec<(usize, BackendError)>) {
+    split_target(needs, lim, u64::MAX)
+}
+
+/// [`split`], also closing a sub-batch once its staged bytes would pass `target` (a pipeline
+/// fills one sub-batch while the device runs the previous one).
+pub fn split_target(
+    needs: &[Option<Need>],
+    lim: &Limits,
+    target: u64,
 ) -> (Vec<Vec<usize>>, Vec<(usize, BackendError)>) {
     let mut batches = Vec::new();
     let mut rejected = Vec::new();
@@ -239,7 +385,7 @@ pub fn split(
         }
         let mut with = sum;
         with.add(need);
-        if !cur.is_empty() && with.exceeds(lim).is_some() {
+        if !cur.is_empty() && (with.exceeds(lim).is_some() || with.staged > target) {
             batches.push(std::mem::take(&mut cur));
             with = *need;
         }

@@ -3,12 +3,10 @@
 use std::time::Instant;
 
 use super::buffers::{binding, floats, scatter, u32s, words, Buffers, Layout};
-use super::plan::{self, align, CrossShape, Need, CHUNK_ROWS, ENTRY, REDUCE_GROUP};
+use super::plan::{self, CrossShape, Need, CHUNK_ROWS, ENTRY, REDUCE_GROUP};
 use super::{lock, GpuBackend, PARALLEL_COPY_BYTES};
 use crate::backend::parallel::par_map;
-use crate::backend::{
-    BackendError, Calibration, CrossProducts, ResidualJob, Series, TrainJob, CALIBRATION_TAIL,
-};
+use crate::backend::{BackendError, CrossProducts, ResidualJob, Series};
 
 impl GpuBackend {
     pub(super) fn check_fault(&self) -> Result<(), BackendError> {
@@ -19,17 +17,66 @@ impl GpuBackend {
     }
 
     fn map(&self, buf: &wgpu::Buffer, size: u64, mode: wgpu::MapMode) -> Result<(), BackendError> {
+        self.map_after(buf, size, mode, None)
+    }
+
+    /// Map `buf` once the submission `after` is done (`None`: once everything submitted is
+    /// done). Waiting for one submission lets the next one run on while the host reads.
+    pub(super) fn map_after(
+        &self,
+        buf: &wgpu::Buffer,
+        size: u64,
+        mode: wgpu::MapMode,
+        after: Option<wgpu::SubmissionIndex>,
+    ) -> Result<(), BackendError> {
         let (tx, rx) = std::sync::mpsc::channel();
         buf.slice(..size).map_async(mode, move |r| {
             let _ = tx.send(r);
         });
-        self.device.poll(wgpu::Maintain::Wait);
-        match rx.recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BackendError::Device(format!("mapping a buffer: {e}"))),
-            Err(_) => Err(BackendError::Device(
-                "the device dropped a buffer mapping".into(),
-            )),
+        match after {
+            None => {
+                self.device.poll(wgpu::Maintain::Wait);
+            }
+            Some(i) => {
+                self.device.poll(wgpu::Maintain::WaitForSubmissionIndex(i));
+            }
+        }
+        self.wait_mapped(rx)
+    }
+
+    /// Map an idle buffer (its last use is done): poll until the mapping lands.
+    pub(super) fn map_idle(
+        &self,
+        buf: &wgpu::Buffer,
+        size: u64,
+        mode: wgpu::MapMode,
+    ) -> Result<(), BackendError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        buf.slice(..size).map_async(mode, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait_mapped(rx)
+    }
+
+    fn wait_mapped(
+        &self,
+        rx: std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+    ) -> Result<(), BackendError> {
+        loop {
+            match rx.try_recv() {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => return Err(BackendError::Device(format!("mapping a buffer: {e}"))),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    return Err(BackendError::Device(
+                        "the device dropped a buffer mapping".into(),
+                    ))
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    self.check_fault()?;
+                    self.device.poll(wgpu::Maintain::Poll);
+                    std::thread::yield_now();
+                }
+            }
         }
     }
 
@@ -42,14 +89,14 @@ impl GpuBackend {
     ) -> Result<(), BackendError> {
         let t = Instant::now();
         let mut st = lock(&self.stats);
-        bufs.upload.ensure(
+        bufs.upload[0].ensure(
             &self.device,
             layout.total,
             self.limits.buffer,
             &mut st.buffer_allocations,
         );
         drop(st);
-        let up = bufs.upload.get();
+        let up = bufs.upload[0].get();
         self.map(up, layout.total, wgpu::MapMode::Write)?;
         {
             let mut view = up.slice(..layout.total).get_mapped_range_mut();
@@ -64,7 +111,10 @@ impl GpuBackend {
 
     /// Run `f` (allocations, upload, encoding, submit) inside validation and out-of-memory
     /// error scopes, so a device error becomes [`BackendError::Device`] instead of a panic.
-    fn scoped<T>(&self, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+    pub(super) fn scoped<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
         self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let r = f();
@@ -87,7 +137,7 @@ impl GpuBackend {
         read: impl FnOnce(&[u8]) -> T,
     ) -> Result<T, BackendError> {
         let t = started;
-        let rb = bufs.readback.get();
+        let rb = bufs.readback[0].get();
         self.map(rb, bytes, wgpu::MapMode::Read)?;
         let waited = t.elapsed().as_secs_f64();
         let t = Instant::now();
@@ -117,7 +167,7 @@ impl GpuBackend {
         bufs.part.ensure(d, need.part, cap, a);
         bufs.resid.ensure(d, need.resid, cap, a);
         bufs.out.ensure(d, out, cap, a);
-        bufs.readback.ensure(d, out, cap, a);
+        bufs.readback[0].ensure(d, out, cap, a);
     }
 
     fn pass(
@@ -127,13 +177,43 @@ impl GpuBackend {
         entries: &[(&wgpu::Buffer, u64)],
         groups: u64,
     ) {
+        let ranges: Vec<(&wgpu::Buffer, u64, u64)> =
+            entries.iter().map(|&(b, size)| (b, 0, size)).collect();
+        self.pass_ranges(enc, pipe, &ranges, groups);
+    }
+
+    /// One compute pass of `groups` workgroups; binding `i` is `entries[i]`: a buffer, an
+    /// offset and a size (bytes).
+    pub(super) fn pass_ranges(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        pipe: &wgpu::ComputePipeline,
+        entries: &[(&wgpu::Buffer, u64, u64)],
+        groups: u64,
+    ) {
+        let bound: Vec<(u32, &wgpu::Buffer, u64, u64)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, &(b, offset, size))| (i as u32, b, offset, size))
+            .collect();
+        self.pass_bound(enc, pipe, &bound, groups);
+    }
+
+    /// One compute pass of `groups` workgroups with the bindings named: `(binding, buffer,
+    /// offset, size)`.
+    pub(super) fn pass_bound(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        pipe: &wgpu::ComputePipeline,
+        entries: &[(u32, &wgpu::Buffer, u64, u64)],
+        groups: u64,
+    ) {
         let layout = pipe.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = entries
             .iter()
-            .enumerate()
-            .map(|(i, (b, size))| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: binding(b, *size),
+            .map(|&(i, b, offset, size)| wgpu::BindGroupEntry {
+                binding: i,
+                resource: binding(b, offset, size),
             })
             .collect();
         let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -166,17 +246,15 @@ impl GpuBackend {
             self.ensure(bufs, &need, need.out);
             Ok(())
         })?;
-        Ok(self.cross_step(bufs, series)?.0)
+        self.cross_step(bufs, series)
     }
 
     /// Upload the series of `series` and compute their cross products (buffers ensured).
-    /// Returns the products and each series' offset (floats) in the series buffer, where it
-    /// stays for a following calibration step.
     fn cross_step(
         &self,
         bufs: &mut Buffers,
         series: &[&Series<'_>],
-    ) -> Result<(Vec<CrossProducts>, Vec<usize>), BackendError> {
+    ) -> Result<Vec<CrossProducts>, BackendError> {
         let shapes: Vec<CrossShape> = series.iter().map(|s| CrossShape::of(s)).collect();
         let mut need = Need::default();
         let (mut zoffs, mut jobs, mut items, mut pairs) = (vec![], vec![], vec![], vec![]);
@@ -239,7 +317,7 @@ impl GpuBackend {
             let mut enc = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            let up = bufs.upload.get();
+            let up = bufs.upload[0].get();
             for (i, (dst, size)) in [
                 (bufs.z.get(), need.z),
                 (bufs.jobs.get(), need.jobs),
@@ -276,7 +354,7 @@ impl GpuBackend {
                 ],
                 reduce_groups,
             );
-            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback.get(), 0, need.out);
+            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback[0].get(), 0, need.out);
             let started = Instant::now();
             self.queue.submit([enc.finish()]);
             Ok(started)
@@ -296,214 +374,7 @@ impl GpuBackend {
                 CrossProducts { xtx, xty }
             })
         })?;
-        Ok((products, zoffs))
-    }
-
-    /// Device-side training of one sub-batch (every job checked, non-empty, summary
-    /// wanted, within limits): cross products; the solves on the host; then, with the
-    /// series still on the device, residuals, residual scales and row energy sums, and only
-    /// those (plus the last rows) read back.
-    pub(super) fn run_train(
-        &self,
-        tjobs: &[&TrainJob<'_>],
-        solve: &(dyn Fn(usize, CrossProducts) -> anyhow::Result<(Vec<f32>, Vec<f32>)> + Sync),
-    ) -> Result<Vec<anyhow::Result<Calibration>>, BackendError> {
-        let series: Vec<&Series<'_>> = tjobs.iter().map(|j| &j.series).collect();
-        let mut need = Need::default();
-        for s in &series {
-            need.add(&plan::train_need(s));
-        }
-        let mut guard = lock(&self.bufs);
-        let bufs = &mut *guard;
-        self.scoped(|| {
-            self.ensure(bufs, &need, need.out);
-            Ok(())
-        })?;
-        let (products, zoffs) = self.cross_step(bufs, &series)?;
-        let solved: Vec<anyhow::Result<(Vec<f32>, Vec<f32>)>> =
-            par_map(self.threads, products, solve);
-        // Calibration tables of the solved hosts.
-        let ok: Vec<usize> = (0..tjobs.len()).filter(|&k| solved[k].is_ok()).collect();
-        let (mut rjobs, mut ritems, mut hosts, mut mitems) = (vec![], vec![], vec![], vec![]);
-        let (mut wdata, mut coffs) = (Vec::new(), Vec::new());
-        let (mut wat, mut rat, mut cat) = (0usize, 0usize, 0usize);
-        let mut cneed = Need::default();
-        for (h, &k) in ok.iter().enumerate() {
-            let (j, s) = (tjobs[k], series[k]);
-            let (w, b) = solved[k].as_ref().expect("filtered");
-            if w.len() != s.lags * s.d * s.d || b.len() != s.d {
-                return Err(BackendError::Invalid(
-                    "solved weights of the wrong shape".into(),
-                ));
-            }
-            rjobs.extend([
-                u32s(zoffs[k]),
-                u32s(s.n),
-                u32s(s.d),
-                u32s(s.lags),
-                u32s(wat),
-                u32s(rat),
-                0,
-                0,
-            ]);
-            for rb in 0..s.n.div_ceil(plan::RES_ROWS) {
-                for mb in 0..s.d.div_ceil(plan::RES_METRICS) {
-                    ritems.extend([u32s(h), u32s(rb), u32s(mb), 0]);
-                }
-            }
-            let tail = s.n.min(CALIBRATION_TAIL);
-            hosts.extend([
-                u32s(rat),
-                u32s(s.n),
-                u32s(s.d),
-                u32s(cat),
-                j.resid_floor.to_bits(),
-                j.clip.to_bits(),
-                u32s(tail),
-                0,
-            ]);
-            for rb in 0..s.n.div_ceil(plan::ROWSUM_ROWS) {
-                mitems.extend([u32s(h), u32s(rb)]);
-            }
-            wdata.push((wat, w.as_slice(), b.as_slice()));
-            coffs.push(cat);
-            let wlen = align((w.len() + b.len()) as u64, 4) as usize;
-            wat += wlen;
-            rat += align((s.n * s.d) as u64, 4) as usize;
-            cat += align(plan::summary_len(s) as u64, 4) as usize;
-            cneed.w += wlen as u64 * 4;
-        }
-        if ok.is_empty() {
-            return Ok(solved
-                .into_iter()
-                .map(|r| r.map(|_| Calibration::Full(Vec::new())))
-                .collect());
-        }
-        let out_bytes = cat as u64 * 4;
-        let n_ritems = (ritems.len() / 4) as u64;
-        let n_hosts = ok.len() as u64;
-        let n_mitems = (mitems.len() / 2) as u64;
-        let (rx, _) = plan::dispatch_dims(n_ritems, &self.limits);
-        let (sx, _) = plan::dispatch_dims(n_hosts, &self.limits);
-        let (mx, _) = plan::dispatch_dims(n_mitems, &self.limits);
-        let (b_rjobs, b_ritems, b_hosts, b_mitems) = (
-            rjobs.len() as u64 * 4,
-            ritems.len() as u64 * 4,
-            hosts.len() as u64 * 4,
-            mitems.len() as u64 * 4,
-        );
-        let params = [
-            words([u32s(n_ritems as usize), rx, 0, 0]),
-            words([u32s(n_hosts as usize), sx, 0, 0]),
-            words([u32s(n_mitems as usize), mx, 0, 0]),
-        ];
-        let layout = Layout::new(&[cneed.w, b_rjobs, b_ritems, b_hosts, b_mitems, 16, 16, 16]);
-        let o = &layout.offsets;
-        let resid_bytes = rat as u64 * 4;
-        let started = self.scoped(|| {
-            self.upload(bufs, &layout, |dst| {
-                let (wdst, tables) = dst.split_at_mut(o[1] as usize);
-                let mut parts = Vec::with_capacity(2 * wdata.len());
-                for (at, w, b) in &wdata {
-                    parts.push((*at as u64 * 4, *w));
-                    parts.push(((at + w.len()) as u64 * 4, *b));
-                }
-                scatter(self.threads, wdst, parts);
-                let base = o[1] as usize;
-                for (i, bytes) in [
-                    bytemuck::cast_slice::<u32, u8>(&rjobs),
-                    bytemuck::cast_slice(&ritems),
-                    bytemuck::cast_slice(&hosts),
-                    bytemuck::cast_slice(&mitems),
-                    &params[0],
-                    &params[1],
-                    &params[2],
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    let at = o[i + 1] as usize - base;
-                    tables[at..at + bytes.len()].copy_from_slice(bytes);
-                }
-            })?;
-            let mut enc = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            let up = bufs.upload.get();
-            for (i, (dst, size)) in [
-                (bufs.w.get(), cneed.w),
-                (bufs.jobs.get(), b_rjobs),
-                (bufs.items.get(), b_ritems),
-                (bufs.pairs.get(), b_hosts),
-                (bufs.items2.get(), b_mitems),
-                (&bufs.params[3], 16),
-                (&bufs.params[4], 16),
-                (&bufs.params[5], 16),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                enc.copy_buffer_to_buffer(up, o[i], dst, 0, size);
-            }
-            self.pass(
-                &mut enc,
-                &self.pipes.resid,
-                &[
-                    (bufs.z.get(), need.z),
-                    (bufs.w.get(), cneed.w),
-                    (bufs.jobs.get(), b_rjobs),
-                    (bufs.items.get(), b_ritems),
-                    (&bufs.params[3], 16),
-                    (bufs.resid.get(), resid_bytes),
-                ],
-                n_ritems,
-            );
-            self.pass(
-                &mut enc,
-                &self.pipes.scales,
-                &[
-                    (bufs.resid.get(), resid_bytes),
-                    (bufs.pairs.get(), b_hosts),
-                    (&bufs.params[4], 16),
-                    (bufs.out.get(), out_bytes),
-                ],
-                n_hosts,
-            );
-            self.pass(
-                &mut enc,
-                &self.pipes.rowsum,
-                &[
-                    (bufs.resid.get(), resid_bytes),
-                    (bufs.pairs.get(), b_hosts),
-                    (bufs.items2.get(), b_mitems),
-                    (&bufs.params[5], 16),
-                    (bufs.out.get(), out_bytes),
-                ],
-                n_mitems,
-            );
-            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback.get(), 0, out_bytes);
-            let started = Instant::now();
-            self.queue.submit([enc.finish()]);
-            Ok(started)
-        })?;
-        let summaries = self.finish(bufs, started, out_bytes, |bytes| {
-            par_map(1, (0..ok.len()).collect(), |_, h| {
-                let s = series[ok[h]];
-                let c = coffs[h];
-                let tail = s.n.min(CALIBRATION_TAIL);
-                Calibration::Summary {
-                    inv_scale: floats(bytes, c, c + s.d),
-                    row_sums: floats(bytes, c + s.d, c + s.d + s.n),
-                    tail_abs: floats(bytes, c + s.d + s.n, c + s.d + s.n + tail * s.d),
-                }
-            })
-        })?;
-        drop(wdata);
-        let mut summaries = summaries.into_iter();
-        Ok(solved
-            .into_iter()
-            .map(|r| r.map(|_| summaries.next().expect("one summary per solved host")))
-            .collect())
+        Ok(products)
     }
 
     /// Absolute residuals of one sub-batch (every job checked, non-empty, within limits).
@@ -585,7 +456,7 @@ impl GpuBackend {
             let mut enc = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-            let up = bufs.upload.get();
+            let up = bufs.upload[0].get();
             for (i, (dst, size)) in [
                 (bufs.z.get(), need.z),
                 (bufs.w.get(), need.w),
@@ -611,7 +482,7 @@ impl GpuBackend {
                 ],
                 n_items,
             );
-            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback.get(), 0, need.out);
+            enc.copy_buffer_to_buffer(bufs.out.get(), 0, bufs.readback[0].get(), 0, need.out);
             let started = Instant::now();
             self.queue.submit([enc.finish()]);
             Ok(started)
@@ -627,6 +498,44 @@ impl GpuBackend {
                 floats(bytes, roffs[k], roffs[k] + s.n * s.d)
             })
         })
+    }
+
+    /// Seconds to fill `bytes` of the upload buffer on the host threads and to copy them to a
+    /// device buffer (submit → done): the two rates a training's floor depends on.
+    pub fn upload_probe(&self, bytes: u64) -> Result<(f64, f64), BackendError> {
+        let bytes = plan::align(bytes.min(self.limits.binding), plan::ALIGN);
+        let src: Vec<f32> = vec![1.0; (bytes / 4) as usize];
+        let parts: Vec<(u64, &[f32])> = src
+            .chunks(1 << 20)
+            .enumerate()
+            .map(|(i, c)| ((i << 22) as u64, c))
+            .collect();
+        let mut guard = lock(&self.bufs);
+        let bufs = &mut *guard;
+        self.scoped(|| {
+            let mut st = lock(&self.stats);
+            let a = &mut st.buffer_allocations;
+            bufs.upload[0].ensure(&self.device, bytes, self.limits.buffer, a);
+            bufs.z.ensure(&self.device, bytes, self.limits.buffer, a);
+            Ok(())
+        })?;
+        let up = bufs.upload[0].get();
+        self.map(up, bytes, wgpu::MapMode::Write)?;
+        let t = Instant::now();
+        {
+            let mut view = up.slice(..bytes).get_mapped_range_mut();
+            scatter(self.threads, &mut view, parts);
+        }
+        let fill = t.elapsed().as_secs_f64();
+        up.unmap();
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.copy_buffer_to_buffer(up, 0, bufs.z.get(), 0, bytes);
+        let t = Instant::now();
+        self.queue.submit([enc.finish()]);
+        self.device.poll(wgpu::Maintain::Wait);
+        Ok((fill, t.elapsed().as_secs_f64()))
     }
 
     /// Run `jobs` (already split to fit) through `run`, spreading a sub-batch failure to

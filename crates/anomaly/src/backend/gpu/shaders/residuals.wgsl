@@ -5,9 +5,15 @@
 // x 16 metrics of one host, staging 16 features of those rows (4 KiB) and the matching 16 x 16
 // weights (1 KiB) in workgroup memory per step; each thread accumulates 4 rows of one metric in
 // f32, in the CPU backend's order (features ascending from 0, then the intercept).
+//
+// In energy mode (`p.energy == 1`, scoring) it writes min(a * inv[j], clip)^2 instead, the CPU's
+// expression, with inv[j] read from wts at `ioff` (a resident model: weights, bias, scales).
+// In training mode (`p.energy == 2`) it writes the residuals and, at out[ioff + block * d + j],
+// each metric's sum of squared residuals over the workgroup's 64 rows (the residual scales'
+// partial sums: the calibration adds n / 64 of them per metric instead of n residuals).
 
-struct Job { zoff: u32, n: u32, d: u32, lags: u32, woff: u32, roff: u32, pad0: u32, pad1: u32 };
-struct Params { count: u32, nx: u32, pad0: u32, pad1: u32 };
+struct Job { zoff: u32, n: u32, d: u32, lags: u32, woff: u32, roff: u32, ioff: u32, clip: f32 };
+struct Params { count: u32, nx: u32, energy: u32, pad1: u32 };
 
 @group(0) @binding(0) var<storage, read> z: array<f32>;
 @group(0) @binding(1) var<storage, read> wts: array<f32>;
@@ -22,6 +28,7 @@ const KF: u32 = 16u;  // features staged per step
 
 var<workgroup> Xs: array<f32, 1024>;  // [row][feature]
 var<workgroup> Ws: array<f32, 256>;   // [feature][metric]
+var<workgroup> Sq: array<f32, 256>;   // [row group][metric] sums of squares (training mode)
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>,
@@ -64,13 +71,33 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>,
         workgroupBarrier();
     }
     let j = j0 + tx;
-    if (j >= job.d) { return; }
-    let bias = wts[job.woff + fx * job.d + j];
-    for (var r = 0u; r < 4u; r = r + 1u) {
-        let t = r0 + ty * 4u + r;
-        if (t < job.n) {
-            let y = z[job.zoff + (t + job.lags) * job.d + j];
-            out[job.roff + t * job.d + j] = abs(y - acc[r] - bias);
+    var sq = 0.0;
+    if (j < job.d) {
+        let bias = wts[job.woff + fx * job.d + j];
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            let t = r0 + ty * 4u + r;
+            if (t < job.n) {
+                let y = z[job.zoff + (t + job.lags) * job.d + j];
+                let a = abs(y - acc[r] - bias);
+                if (p.energy == 1u) {
+                    let s = min(a * wts[job.ioff + j], job.clip);
+                    out[job.roff + t * job.d + j] = s * s;
+                } else {
+                    out[job.roff + t * job.d + j] = a;
+                    sq = fma(a, a, sq);
+                }
+            }
+        }
+    }
+    if (p.energy == 2u) {
+        Sq[li] = sq;
+        workgroupBarrier();
+        if (ty == 0u && j < job.d) {
+            var s = 0.0;
+            for (var r = 0u; r < 16u; r = r + 1u) {
+                s = s + Sq[r * 16u + tx];
+            }
+            out[job.ioff + it.y * job.d + j] = s;
         }
     }
 }
