@@ -86,6 +86,8 @@ pub const TABLES: &[(&str, Placement)] = &[
     ("capacity_recommendations", Placement::Local),
     ("capacity_exhaustion", Placement::Local),
     ("capacity_history", Placement::Local),
+    // Who did what (append-only; read on the admin page).
+    ("audit_log", Placement::Local),
 ];
 
 /// Where `table` lives, if it is listed.

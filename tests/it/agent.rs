@@ -361,11 +361,21 @@ async fn the_readme_agent_install_works_as_written() {
         .replace("/var/lib/rackwatch", &etc);
     let config = dir.path().join("agent.toml");
     std::fs::write(&config, toml).unwrap();
-    std::fs::write(
-        dir.path().join("agent.token"),
-        app.token(&host).await + "\n",
-    )
-    .unwrap();
+    // The README's shell lines that make the directories and the token file, as written.
+    let token = app.token(&host).await;
+    for start in ["mkdir -p /etc/rackwatch", "echo 'THE-PRINTED-TOKEN'"] {
+        let line = block(start, "\n");
+        let line = format!("{start}{line}")
+            .replace("THE-PRINTED-TOKEN", &token)
+            .replace("/etc/rackwatch", &etc)
+            .replace("/var/lib/rackwatch", &etc);
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{line}");
+    }
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_rackwatch"))
         .args(["agent", "--config"])
         .arg(&config)
