@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::support::{csrf_of, free_port};
+use crate::support::free_port;
 
 /// One generated input.
 #[derive(Debug, Clone)]
@@ -620,39 +620,7 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let r = http.get(format!("{base}/login")).send().await.unwrap();
-        let csrf_cookie = r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
-        let csrf = csrf_of(&r.text().await.unwrap());
-        let r = http
-            .post(format!("{base}/login"))
-            .header("cookie", csrf_cookie)
-            .form(&[
-                ("username", "fuzzer"),
-                ("password", "fuzzing password 1"),
-                ("next", "/"),
-                ("csrf", &csrf),
-            ])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 303);
-        let cookie = r
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .find(|c| c.starts_with("rw_session="))
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let cookie = crate::support::form_login(&http, &base, "fuzzer", "fuzzing password 1").await;
         Server {
             base,
             child,

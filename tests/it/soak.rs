@@ -13,7 +13,7 @@ use rackwatch::store::Store;
 use serde_json::json;
 
 use crate::faults::{serve, wait_ready};
-use crate::support::{csrf_of, free_port};
+use crate::support::free_port;
 
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -74,38 +74,7 @@ async fn soak_benchmark() {
         .pool_max_idle_per_host(512)
         .build()
         .unwrap();
-    let r = http.get(format!("{base}/login")).send().await.unwrap();
-    let csrf_cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let csrf = csrf_of(&r.text().await.unwrap());
-    let r = http
-        .post(format!("{base}/login"))
-        .header("cookie", csrf_cookie)
-        .form(&[
-            ("username", "reader"),
-            ("password", "reading password 1"),
-            ("next", "/"),
-            ("csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let cookie = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .find(|c| c.starts_with("rw_session="))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = crate::support::form_login(&http, &base, "reader", "reading password 1").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicUsize::new(0));

@@ -633,6 +633,43 @@ pub fn subject(mail: &str) -> String {
 }
 
 /// The value of the first hidden `csrf` field of a page.
+/// Log in through the form of a server at `base` (CSRF cookie + field, as a browser does)
+/// and return its session cookie (`rw_session=…`); for servers run as processes.
+pub async fn form_login(http: &reqwest::Client, base: &str, user: &str, password: &str) -> String {
+    let r = http.get(format!("{base}/login")).send().await.unwrap();
+    let csrf_cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let csrf = csrf_of(&r.text().await.unwrap());
+    let r = http
+        .post(format!("{base}/login"))
+        .header("cookie", csrf_cookie)
+        .form(&[
+            ("username", user),
+            ("password", password),
+            ("next", "/"),
+            ("csrf", &csrf),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("rw_session="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 pub fn csrf_of(html: &str) -> String {
     let key = "name=\"csrf\" value=\"";
     let i = html.find(key).expect("csrf field") + key.len();
