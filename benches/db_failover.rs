@@ -103,7 +103,14 @@ async fn run() {
         let token = store.create_agent_token(&name, "failover").await.unwrap();
         let spool = Spool::open(&spool_root.join(&name), 256 << 20).unwrap();
         // The agent's defaults: 10 s request timeout, backoff capped at 5 s with jitter.
-        let shipper = Shipper::new(&server, &token, spool, Duration::from_secs(10)).unwrap();
+        let shipper = Shipper::new(
+            &server,
+            &token,
+            spool,
+            Duration::from_secs(10),
+            &Default::default(),
+        )
+        .unwrap();
         let identity = host.info.clone();
         let source = Counting {
             inner: host,

@@ -2,6 +2,8 @@
 //! token auth, validation, idempotent write) into Postgres, next to a raw `COPY` of the
 //! same rows into the same tables, in one run on the same cluster: text-format COPY (the
 //! reference the goal is stated against) and binary-format COPY encoded as ingest does.
+//! The HTTP run is repeated over HTTPS (`server.tls`): `tls_ratio` is GPU rows/s over
+//! TLS ÷ over plain HTTP (goal ≥ 0.9).
 //!
 //! Run with `./scripts/bench ingest`. Sizes can be changed with BENCH_HOSTS,
 //! BENCH_SAMPLES (per GPU per batch), BENCH_ROUNDS and BENCH_CLIENTS.
@@ -82,16 +84,25 @@ async fn run() {
         batches.len()
     );
 
-    // --- HTTP ingest -------------------------------------------------------------
+    // --- HTTP ingest, plain and over TLS ------------------------------------------
+    // Two servers on the same store, one on plain HTTP and one on HTTPS (a certificate
+    // from a throwaway CA, the agent trusting that CA as with agent.tls.ca_file). Runs
+    // alternate, twice each, so a warm-up or a burst of other work does not favour one.
     let mut cfg = Config::default();
     cfg.server.listen = "127.0.0.1:0".into();
     cfg.database.url = Secret::new(url.clone());
-    let cfg = Arc::new(cfg);
+    let pki = tempfile::tempdir().unwrap();
+    let (ca_pem, cert, key) = throwaway_ca(pki.path());
+    let mut tls_cfg = cfg.clone();
+    tls_cfg.server.tls.cert_file = cert.display().to_string();
+    tls_cfg.server.tls.key_file = key.display().to_string();
     let (_stop, stop_rx) = watch::channel(false);
-    let server = rackwatch::app::start_server(cfg.clone(), store.clone(), stop_rx)
+    let server = rackwatch::app::start_server(Arc::new(cfg), store.clone(), stop_rx.clone())
         .await
         .unwrap();
-    let endpoint = format!("http://{}/api/v1/ingest", server.addr);
+    let tls_server = rackwatch::app::start_server(Arc::new(tls_cfg), store.clone(), stop_rx)
+        .await
+        .unwrap();
     let mut tokens = std::collections::HashMap::new();
     for h in &fleet {
         tokens.insert(
@@ -103,60 +114,60 @@ async fn run() {
         );
     }
     // Bodies are encoded before the clock starts: this measures the server, not the client.
-    let bodies: Vec<(String, Vec<u8>)> = batches
-        .iter()
-        .map(|b| {
-            (
-                tokens[&b.host.name].clone(),
-                gzip(&serde_json::to_vec(b).unwrap()),
-            )
-        })
-        .collect();
+    let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+        batches
+            .iter()
+            .map(|b| {
+                (
+                    tokens[&b.host.name].clone(),
+                    gzip(&serde_json::to_vec(b).unwrap()),
+                )
+            })
+            .collect(),
+    );
     let wire: usize = bodies.iter().map(|b| b.1.len()).sum();
-    let client = reqwest::Client::builder()
+    // A connection per batch, as agents make (they ship every ship_interval_secs and drop
+    // idle connections after 4 s): over TLS each batch pays a full handshake.
+    let plain_client = rackwatch::collect::shipper::client(&Default::default())
+        .unwrap()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    // Warm-up: one small request (connection, token cache of the pool).
-    let _ = client
-        .get(format!("http://{}/healthz", server.addr))
-        .send()
-        .await;
-
+    let tls_client = rackwatch::collect::shipper::client(&rackwatch::config::AgentTls {
+        ca_file: ca_pem.display().to_string(),
+        ..Default::default()
+    })
+    .unwrap()
+    .pool_max_idle_per_host(0)
+    .timeout(Duration::from_secs(120))
+    .build()
+    .unwrap();
     let sem = Arc::new(Semaphore::new(clients));
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for (token, body) in bodies.into_iter() {
-        let permit = sem.clone().acquire_owned().await.unwrap();
-        let (client, endpoint) = (client.clone(), endpoint.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = client
-                .post(&endpoint)
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .header("content-encoding", "gzip")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let v: serde_json::Value = r.json().await.unwrap();
-            drop(permit);
-            v["stored"].as_u64().unwrap()
-        }));
+    let (mut plain_s, mut tls_s) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..2 {
+        for (secs, client, base) in [
+            (&mut plain_s, &plain_client, server.url()),
+            (&mut tls_s, &tls_client, tls_server.url()),
+        ] {
+            truncate(&store).await;
+            let s = http_ingest(client, &base, &bodies, &sem).await;
+            assert_eq!(s.1 as usize, gpu_rows + host_rows, "every row stored");
+            *secs = secs.min(s.0);
+        }
     }
-    let mut stored = 0;
-    for t in tasks {
-        stored += t.await.unwrap();
-    }
-    let ingest_s = t0.elapsed().as_secs_f64();
-    assert_eq!(stored as usize, gpu_rows + host_rows, "every row stored");
+    let ingest_s = plain_s;
     let ingest_rps = gpu_rows as f64 / ingest_s;
+    let tls_rps = gpu_rows as f64 / tls_s;
+    let tls_ratio = tls_rps / ingest_rps;
     println!(
-        "http ingest: {clients} concurrent clients, {:.1} MB gzip on the wire, {ingest_s:.2} s → {ingest_rps:.0} GPU rows/s ({:.0} per core on {} cores)",
+        "http ingest: {clients} concurrent clients, a connection per batch, {:.1} MB gzip on the wire, {ingest_s:.2} s → {ingest_rps:.0} GPU rows/s ({:.0} per core on {} cores; best of 2)",
         wire as f64 / 1e6,
         ingest_rps / cores(),
         cores()
+    );
+    println!(
+        "https ingest: the same over TLS (rustls, ring; a handshake per batch), {tls_s:.2} s → {tls_rps:.0} GPU rows/s; TLS / plain = {tls_ratio:.2} (goal ≥ 0.9)"
     );
 
     // --- raw COPY of the same rows ---------------------------------------------------
@@ -220,7 +231,71 @@ async fn run() {
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&root);
-    println!("BENCH ingest rows_per_s={ingest_rps:.0} copy_rows_per_s={copy_rps:.0} ratio_vs_copy={ratio:.2} binary_copy_rows_per_s={bin_rps:.0} ratio_vs_binary_copy={ratio_bin:.2}");
+    println!("BENCH ingest rows_per_s={ingest_rps:.0} copy_rows_per_s={copy_rps:.0} ratio_vs_copy={ratio:.2} binary_copy_rows_per_s={bin_rps:.0} ratio_vs_binary_copy={ratio_bin:.2} tls_rows_per_s={tls_rps:.0} tls_ratio={tls_ratio:.2}");
+}
+
+/// POST every body to `base`'s ingest, as many at once as there are permits; the seconds
+/// it took and the rows stored.
+async fn http_ingest(
+    client: &reqwest::Client,
+    base: &str,
+    bodies: &Arc<Vec<(String, Vec<u8>)>>,
+    sem: &Arc<Semaphore>,
+) -> (f64, u64) {
+    // Warm-up: one small request (connection, token cache of the pool).
+    let _ = client.get(format!("{base}/healthz")).send().await;
+    let endpoint = format!("{base}/api/v1/ingest");
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..bodies.len() {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (client, endpoint, bodies) = (client.clone(), endpoint.clone(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let (token, body) = &bodies[i];
+            let r = client
+                .post(&endpoint)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            drop(permit);
+            v["stored"].as_u64().unwrap()
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        stored += t.await.unwrap();
+    }
+    (t0.elapsed().as_secs_f64(), stored)
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, written to `dir`: the
+/// paths of the CA's certificate, the server's certificate and its key.
+fn throwaway_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+        .unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    paths
 }
 
 /// COPY pre-encoded host and GPU rows (each with its column list), one transaction per

@@ -29,7 +29,17 @@ use crate::web::{self, AppState};
 /// A running HTTP server.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Whether it speaks HTTPS (`server.tls`).
+    pub tls: bool,
     pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Its base URL on the bound address (`http://` or `https://`).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
 }
 
 /// What the HTTP server shares with the background work of the same process: the alert
@@ -61,6 +71,15 @@ pub async fn start_server_with(
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;
     let addr = listener.local_addr()?;
+    let tls = if cfg.server.tls.enabled() {
+        let t = web::tls::load(&cfg.server.tls).map_err(anyhow::Error::msg)?;
+        Some((
+            Arc::new(t),
+            Duration::from_secs(cfg.server.tls.reload_secs),
+        ))
+    } else {
+        None
+    };
     let limits = web::serve::ServeLimits {
         max_connections: cfg.server.max_connections,
         header_read_timeout: Duration::from_secs(cfg.server.header_read_timeout_secs),
@@ -90,11 +109,15 @@ pub async fn start_server_with(
     state.metrics = shared.telemetry;
     let stats = state.connections.clone();
     let app = web::router(state);
-    let task =
-        tokio::spawn(
-            async move { web::serve::serve(listener, app, limits, stats, shutdown).await },
-        );
-    Ok(RunningServer { addr, task })
+    let is_tls = tls.is_some();
+    let task = tokio::spawn(async move {
+        web::serve::serve(listener, app, limits, stats, tls, shutdown).await
+    });
+    Ok(RunningServer {
+        addr,
+        tls: is_tls,
+        task,
+    })
 }
 
 /// The identity of this machine's agent, from config with the hostname as default.
@@ -148,6 +171,7 @@ pub fn shipper(
         token,
         spool,
         Duration::from_secs(cfg.agent.request_timeout_secs),
+        &cfg.agent.tls,
     )
 }
 
@@ -332,6 +356,7 @@ pub async fn start_simulator(
             crate::collect::simulator::QUEUED_POOL
         ),
         token,
+        cfg.agent.tls.clone(),
         shutdown,
     ));
     Ok(tasks)
@@ -339,8 +364,16 @@ pub async fn start_simulator(
 
 /// The simulated fleet's scheduler: reports the training pool's queue once a minute, as
 /// a Slurm or Kubernetes exporter would (docs/capacity.md).
-async fn simulated_scheduler(url: String, token: String, mut shutdown: watch::Receiver<bool>) {
-    let http = reqwest::Client::builder()
+async fn simulated_scheduler(
+    url: String,
+    token: String,
+    tls: crate::config::AgentTls,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Ok(http) = crate::collect::shipper::client(&tls) else {
+        return;
+    };
+    let http = http
         .pool_idle_timeout(crate::collect::shipper::IDLE_CONNECTION)
         .build()
         .unwrap_or_default();

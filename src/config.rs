@@ -116,6 +116,141 @@ pub struct ServerConfig {
     /// stopped reporting disappears from Prometheus instead of repeating its last value),
     /// and counts XID errors over the same window.
     pub fleet_metrics_stale_secs: u64,
+    /// HTTPS (and optional client certificates for agents). Off unless `cert_file` is set.
+    pub tls: ServerTls,
+    /// Sign-on by a trusted authenticating proxy (oauth2-proxy and the like).
+    pub auth_proxy: AuthProxy,
+}
+
+/// TLS in the server. With `cert_file` and `key_file` set the server speaks HTTPS only
+/// (TLS 1.2 and 1.3); the files are re-read when they change, so a renewed certificate
+/// is served without a restart.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTls {
+    /// PEM certificate chain, the server's certificate first. Empty: plain HTTP.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate. Refused when other
+    /// users may read it.
+    pub key_file: String,
+    /// PEM certificates of the CA that issues agent certificates. Set: agents may present
+    /// a certificate whose DNS name (or, without one, subject common name) is their host
+    /// name, and ingest for that host alone without a token. Tokens keep working.
+    pub client_ca_file: String,
+    /// Seconds between checks of the certificate and key files for a change.
+    pub reload_secs: u64,
+}
+
+impl Default for ServerTls {
+    fn default() -> Self {
+        ServerTls {
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: String::new(),
+            reload_secs: 10,
+        }
+    }
+}
+
+impl ServerTls {
+    /// Whether the server speaks TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+}
+
+/// Sign-on by an authenticating proxy in front of the server (Grafana's "auth proxy"):
+/// a request from one of the `trusted` addresses that carries `header` is the user it
+/// names. The same header from any other address is refused.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthProxy {
+    pub enabled: bool,
+    /// Header holding the user name, e.g. `X-Forwarded-User` (oauth2-proxy) or
+    /// `X-WEBAUTH-USER`.
+    pub header: String,
+    /// Header holding the user's groups, separated by commas (`X-Forwarded-Groups`).
+    /// Empty: roles are not taken from the proxy.
+    pub groups_header: String,
+    /// Addresses or CIDR ranges of the proxies, e.g. ["127.0.0.1", "10.0.0.0/24"].
+    pub trusted: Vec<String>,
+    /// Members of any of these groups are admins.
+    pub admin_groups: Vec<String>,
+    /// Members of any of these groups are operators (unless admins).
+    pub operator_groups: Vec<String>,
+    /// Role of a signed-on user in none of the groups above: "viewer", or "none" to
+    /// refuse them.
+    pub default_role: String,
+    /// Create users the proxy names that do not exist yet (with no usable password).
+    /// Off: only existing users may sign on.
+    pub auto_create: bool,
+}
+
+impl Default for AuthProxy {
+    fn default() -> Self {
+        AuthProxy {
+            enabled: false,
+            header: "X-Forwarded-User".into(),
+            groups_header: String::new(),
+            trusted: vec!["127.0.0.1".into(), "::1".into()],
+            admin_groups: Vec::new(),
+            operator_groups: Vec::new(),
+            default_role: "viewer".into(),
+            auto_create: true,
+        }
+    }
+}
+
+/// An address range: an address and the length of its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// "10.0.0.0/24", "::1/128", or a single address.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or a CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 ..= {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -137,6 +272,8 @@ impl Default for ServerConfig {
             metrics_public: false,
             metrics_token: Secret::default(),
             fleet_metrics_stale_secs: 300,
+            tls: ServerTls::default(),
+            auth_proxy: AuthProxy::default(),
         }
     }
 }
@@ -218,6 +355,11 @@ pub struct IngestConfig {
     pub max_future_secs: i64,
     /// Most samples (host + GPU + events) accepted in one batch.
     pub max_samples_per_batch: usize,
+    /// Ingest requests one agent token (or agent certificate) may make per second, on
+    /// average; past it and its burst, 429 with Retry-After. 0: no per-token limit.
+    pub token_rate_per_sec: f64,
+    /// Requests one token may make at once above its rate (a replay after an outage).
+    pub token_burst: u32,
 }
 
 impl Default for IngestConfig {
@@ -225,6 +367,8 @@ impl Default for IngestConfig {
         IngestConfig {
             max_future_secs: 300,
             max_samples_per_batch: 100_000,
+            token_rate_per_sec: 5.0,
+            token_burst: 100,
         }
     }
 }
@@ -255,6 +399,21 @@ pub struct AgentConfig {
     pub kernel_log: String,
     /// Identity of this host as shown in the dashboard.
     pub host: HostIdentity,
+    /// How the agent checks the server's certificate, and its own certificate.
+    pub tls: AgentTls,
+}
+
+/// TLS of the agent's connection to an `https://` server.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentTls {
+    /// PEM file of the CA that signed the server's certificate (a private CA). Set: only
+    /// this CA is trusted. Empty: the Mozilla roots built in and the system's store.
+    pub ca_file: String,
+    /// PEM certificate of this agent, for a server with `server.tls.client_ca_file`.
+    pub cert_file: String,
+    /// Its PEM private key. Refused when other users may read it.
+    pub key_file: String,
 }
 
 impl Default for AgentConfig {
@@ -271,6 +430,7 @@ impl Default for AgentConfig {
             nvml_lib_path: String::new(),
             kernel_log: String::new(),
             host: HostIdentity::default(),
+            tls: AgentTls::default(),
         }
     }
 }
@@ -954,6 +1114,7 @@ impl Config {
                 return Err(format!("{key} must be at least 1"));
             }
         }
+        self.validate_tls()?;
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!(
                 "server.listen = {:?} is not an address like 127.0.0.1:8080",
@@ -1021,6 +1182,62 @@ impl Config {
         Ok(())
     }
 
+    fn validate_tls(&self) -> Result<(), String> {
+        let t = &self.server.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            return Err("server.tls.cert_file and server.tls.key_file go together: set both (HTTPS) or neither (plain HTTP)".into());
+        }
+        if !t.client_ca_file.is_empty() && !t.enabled() {
+            return Err("server.tls.client_ca_file needs server.tls.cert_file and key_file: client certificates are part of TLS".into());
+        }
+        if t.reload_secs == 0 {
+            return Err("server.tls.reload_secs must be at least 1".into());
+        }
+        let a = &self.agent.tls;
+        if a.cert_file.is_empty() != a.key_file.is_empty() {
+            return Err("agent.tls.cert_file and agent.tls.key_file go together".into());
+        }
+        let p = &self.server.auth_proxy;
+        if p.enabled {
+            if p.header.trim().is_empty()
+                || axum::http::HeaderName::from_bytes(p.header.as_bytes()).is_err()
+            {
+                return Err(format!(
+                    "server.auth_proxy.header = {:?} is not a header name",
+                    p.header
+                ));
+            }
+            if !p.groups_header.is_empty()
+                && axum::http::HeaderName::from_bytes(p.groups_header.as_bytes()).is_err()
+            {
+                return Err(format!(
+                    "server.auth_proxy.groups_header = {:?} is not a header name",
+                    p.groups_header
+                ));
+            }
+            if p.trusted.is_empty() {
+                return Err("server.auth_proxy.trusted is empty: name the proxies' addresses (anyone else could send the header)".into());
+            }
+            for c in &p.trusted {
+                Cidr::parse(c).map_err(|e| format!("server.auth_proxy.trusted: {e}"))?;
+            }
+            if !matches!(p.default_role.as_str(), "viewer" | "none") {
+                return Err(format!(
+                    "server.auth_proxy.default_role = {:?}: use viewer or none",
+                    p.default_role
+                ));
+            }
+        }
+        let i = &self.ingest;
+        if !(i.token_rate_per_sec.is_finite() && i.token_rate_per_sec >= 0.0) {
+            return Err("ingest.token_rate_per_sec must be 0 (no limit) or more".into());
+        }
+        if i.token_rate_per_sec > 0.0 && i.token_burst == 0 {
+            return Err("ingest.token_burst must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The agent's spool directory.
     pub fn spool_dir(&self) -> PathBuf {
         if self.agent.spool_dir.is_empty() {
@@ -1036,7 +1253,12 @@ impl Config {
             return self.server.public_url.trim_end_matches('/').to_string();
         }
         let listen = self.server.listen.replace("0.0.0.0", "127.0.0.1");
-        format!("http://{listen}")
+        let scheme = if self.server.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{listen}")
     }
 }
 
@@ -1111,6 +1333,19 @@ fn section_mut<'a>(root: &'a mut toml::Table, keys: &[&str]) -> Option<&'a mut t
 /// without the line end. Refused when others (not the owner or group) may read it, or
 /// when it is empty.
 pub fn read_secret_file(path: &Path, key: &str) -> Result<String, String> {
+    check_private_file(path, key)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{key} = {}: cannot read it: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(format!("{key} = {}: the file is empty", path.display()));
+    }
+    Ok(line.to_string())
+}
+
+/// Refuse a secret's file (named by config key `key` in errors) that is missing, not a
+/// file, or that others (not the owner or group) may access.
+pub fn check_private_file(path: &Path, key: &str) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path)
         .map_err(|e| format!("{key} = {}: cannot read it: {e}", path.display()))?;
@@ -1125,13 +1360,7 @@ pub fn read_secret_file(path: &Path, key: &str) -> Result<String, String> {
             mode & 0o777
         ));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{key} = {}: cannot read it: {e}", path.display()))?;
-    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
-    if line.is_empty() {
-        return Err(format!("{key} = {}: the file is empty", path.display()));
-    }
-    Ok(line.to_string())
+    Ok(())
 }
 
 /// `url` with its password set to `password` (percent-encoded).

@@ -939,7 +939,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let bg = app::start_background(cfg.clone(), db.store.clone(), shutdown.clone())?;
     let server =
         app::start_server_with(cfg.clone(), db.store.clone(), bg.shared.clone(), shutdown).await?;
-    tracing::info!(addr = %server.addr, "serving");
+    tracing::info!(url = %server.url(), "serving");
     let r = server.task.await;
     let _ = bg.jobs.await;
     let _ = bg.alerts.await;
@@ -1034,7 +1034,7 @@ async fn demo(
     let shared = app::Shared::default();
     let server =
         app::start_server_with(cfg.clone(), db.store.clone(), shared.clone(), server_stop).await?;
-    let base = format!("http://{}", server.addr);
+    let base = server.url();
 
     // The simulated agents ship their last `backfill_minutes` before alerting starts, so
     // no host looks silent in between.

@@ -3,7 +3,10 @@
 //! a few seconds, and a server's `Retry-After` is honoured ([`Backoff`]).
 
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -11,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::spool::Spool;
+use crate::config::AgentTls;
 use crate::model::{AgentStats, Batch, IngestResponse};
 
 /// Outcome of one delivery attempt.
@@ -18,7 +22,8 @@ use crate::model::{AgentStats, Batch, IngestResponse};
 pub enum Delivery {
     /// The server stored the batch (some samples may have been rejected; see the answer).
     Delivered(IngestResponse),
-    /// Try again later (network error, 5xx, 429, wrong token); `after` is the server's
+    /// Try again later (network error, a server certificate that fails the check, 5xx,
+    /// 429, wrong token); `after` is the server's
     /// `Retry-After`, when it sent one.
     Retry {
         why: String,
@@ -123,6 +128,66 @@ pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
     )
 }
 
+/// An HTTP client that speaks TLS 1.2 or 1.3 and checks the server as `tls` says: the
+/// Mozilla roots and the system's store, or only the private CA of `tls.ca_file`; with
+/// `tls.cert_file`, it presents this agent's certificate.
+pub fn client(tls: &AgentTls) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .min_tls_version(reqwest::tls::Version::TLS_1_2);
+    if !tls.ca_file.is_empty() {
+        let pem = std::fs::read(&tls.ca_file)
+            .with_context(|| format!("agent.tls.ca_file = {}", tls.ca_file))?;
+        let cas = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("agent.tls.ca_file = {}", tls.ca_file))?;
+        anyhow::ensure!(
+            !cas.is_empty(),
+            "agent.tls.ca_file = {}: no PEM certificate in it",
+            tls.ca_file
+        );
+        for c in cas {
+            b = b.add_root_certificate(c);
+        }
+        // A private CA is the only one trusted: a certificate any public CA would sign
+        // for the server's name is not enough.
+        b = b.tls_built_in_root_certs(false);
+    }
+    if !tls.cert_file.is_empty() {
+        crate::config::check_private_file(Path::new(&tls.key_file), "agent.tls.key_file")
+            .map_err(anyhow::Error::msg)?;
+        let mut pem = std::fs::read(&tls.cert_file)
+            .with_context(|| format!("agent.tls.cert_file = {}", tls.cert_file))?;
+        pem.push(b'\n');
+        pem.extend(
+            std::fs::read(&tls.key_file)
+                .with_context(|| format!("agent.tls.key_file = {}", tls.key_file))?,
+        );
+        let id = reqwest::Identity::from_pem(&pem).with_context(|| {
+            format!(
+                "agent.tls.cert_file = {} with agent.tls.key_file = {}",
+                tls.cert_file, tls.key_file
+            )
+        })?;
+        b = b.identity(id);
+    }
+    Ok(b)
+}
+
+/// An error with its causes, which for TLS say what was wrong with the certificate.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// How long the agent keeps an idle connection to the server.
 pub const IDLE_CONNECTION: Duration = Duration::from_secs(4);
 
@@ -132,8 +197,9 @@ impl Shipper {
         token: &str,
         spool: Spool,
         timeout: Duration,
+        tls: &AgentTls,
     ) -> anyhow::Result<Shipper> {
-        let client = reqwest::Client::builder()
+        let client = client(tls)?
             .timeout(timeout)
             // Drop an idle connection well before the server does (it closes keep-alive
             // connections idle for server.header_read_timeout_secs, 10 s by default):
@@ -191,7 +257,7 @@ impl Shipper {
             Ok(r) => r,
             Err(e) => {
                 return Delivery::Retry {
-                    why: format!("cannot reach {}: {e}", self.url),
+                    why: format!("cannot reach {}: {}", self.url, chain(&e)),
                     after: None,
                 }
             }

@@ -1,7 +1,8 @@
 //! The ingest pipeline: an agent's batch from token to stored rows, in four stages with
 //! no HTTP in them (the handler is `web::ingest`):
 //!
-//! 1. [`authenticate`]: the agent token names the one host it may write for;
+//! 1. [`authenticate`]: the agent token names the one host it may write for (an agent
+//!    certificate verified by the TLS handshake does the same: [`Agent`]);
 //! 2. [`decode`]: undo the content encoding, refusing to inflate past the limit;
 //! 3. [`accept`]: parse and validate every sample on its own (one bad sample never sinks
 //!    the good ones), check the batch against the token's host and the size cap, and write
@@ -10,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::io::Read;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -39,6 +41,115 @@ pub enum IngestError {
     /// The database refused or is unreachable.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Who sends a batch, and so which host it may write.
+#[derive(Debug, Clone)]
+pub enum Agent {
+    /// An agent token: it names one host.
+    Token { host: String },
+    /// A client certificate the TLS handshake verified against `server.tls.client_ca_file`:
+    /// it may write the host its DNS names (or, without any, its common name) name.
+    Certificate(Arc<rustls::pki_types::CertificateDer<'static>>),
+}
+
+impl Agent {
+    /// Refuse a batch for `host` that this agent may not write (403).
+    pub fn may_write(&self, host: &str) -> Result<(), IngestError> {
+        match self {
+            Agent::Token { host: own } if own == host => Ok(()),
+            Agent::Token { host: own } => Err(IngestError::Forbidden(format!(
+                "this token belongs to host {}; the batch names host {}",
+                quoted(own),
+                quoted(host)
+            ))),
+            Agent::Certificate(der) => {
+                let names = certificate_names(der);
+                if names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+                    Ok(())
+                } else {
+                    Err(IngestError::Forbidden(format!(
+                        "this client certificate names {}; the batch names host {}",
+                        if names.is_empty() {
+                            "no host".to_string()
+                        } else {
+                            names.iter().map(|n| quoted(n)).collect::<Vec<_>>().join(", ")
+                        },
+                        quoted(host)
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// The host names a client certificate is for: its DNS subject alternative names
+/// (wildcards excluded: one certificate, named hosts), or, when it has none, its
+/// subject's common name.
+pub fn certificate_names(der: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
+    let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+        return Vec::new();
+    };
+    let dns: Vec<String> = cert
+        .valid_dns_names()
+        .filter(|n| !n.contains('*'))
+        .map(str::to_string)
+        .collect();
+    if !dns.is_empty() {
+        return dns;
+    }
+    common_name(cert.subject()).into_iter().collect()
+}
+
+/// One DER element: tag, content, and what follows it.
+fn der_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 3 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The first common name (OID 2.5.4.3) of a DER subject (the contents of its SEQUENCE).
+fn common_name(subject: &[u8]) -> Option<String> {
+    const SET: u8 = 0x31;
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    const CN: [u8; 3] = [0x55, 0x04, 0x03];
+    let mut rdns = subject;
+    while let Some((tag, set, rest)) = der_element(rdns) {
+        rdns = rest;
+        if tag != SET {
+            continue;
+        }
+        let mut atvs = set;
+        while let Some((tag, atv, rest)) = der_element(atvs) {
+            atvs = rest;
+            let Some((OID, oid, value)) = der_element(atv).filter(|_| tag == SEQUENCE) else {
+                continue;
+            };
+            if oid != CN {
+                continue;
+            }
+            // UTF8String, PrintableString or IA5String.
+            let (vt, v, _) = der_element(value)?;
+            if !matches!(vt, 0x0c | 0x13 | 0x16) {
+                return None;
+            }
+            return String::from_utf8(v.to_vec()).ok();
+        }
+    }
+    None
 }
 
 /// Stage 1: the host an agent token may write for.
@@ -109,7 +220,7 @@ pub struct Checked {
 /// `ingest.max_samples_per_batch`: parsing stops at the first item past it.
 pub fn check(
     cfg: &Config,
-    host: &str,
+    agent: &Agent,
     raw: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Checked, IngestError> {
@@ -123,13 +234,7 @@ pub fn check(
         BatchError::Json(m) | BatchError::Shape(m) => IngestError::BadRequest(m),
         e @ BatchError::TooLarge { .. } => IngestError::TooLarge(e.to_string()),
     })?;
-    if valid.batch.host.name != host {
-        return Err(IngestError::Forbidden(format!(
-            "this token belongs to host {}; the batch names host {}",
-            quoted(host),
-            quoted(&valid.batch.host.name)
-        )));
-    }
+    agent.may_write(&valid.batch.host.name)?;
     Ok(Checked { valid })
 }
 
@@ -172,10 +277,10 @@ pub async fn write(
 pub async fn accept(
     store: &Store,
     cfg: &Config,
-    host: &str,
+    agent: &Agent,
     raw: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Ingested, IngestError> {
-    let checked = check(cfg, host, raw, now)?;
+    let checked = check(cfg, agent, raw, now)?;
     write(store, cfg, checked, now).await
 }

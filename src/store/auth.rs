@@ -204,6 +204,26 @@ impl Store {
         Ok(())
     }
 
+    /// Set a user's role. A change ends the user's sessions; returns whether it changed.
+    pub async fn set_role(&self, id: i64, role: Role) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query("UPDATE users SET role = $2 WHERE id = $1 AND role <> $2")
+            .bind(id)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if changed {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
     /// A user's id, role and password hash (PHC string), for a password check.
     pub async fn password_row(
         &self,

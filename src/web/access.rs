@@ -30,7 +30,7 @@ pub enum Access {
     Public,
     /// A user with at least this role (session cookie, HTTP Basic or proxy sign-on).
     User(Role),
-    /// An agent token; it writes data for its own host only.
+    /// An agent token or agent certificate; it writes data for its own host only.
     AgentToken,
     /// A pool's scheduler token (its own pool only), or an operator.
     PoolTokenOrOperator,
@@ -47,7 +47,7 @@ impl Access {
             Access::User(Role::Viewer) => "viewer",
             Access::User(Role::Operator) => "operator",
             Access::User(Role::Admin) => "admin",
-            Access::AgentToken => "agent token (own host)",
+            Access::AgentToken => "agent token or certificate (own host)",
             Access::PoolTokenOrOperator => "pool token (own pool) or operator",
             Access::ScrapeTokenOrUser => "scrape token or viewer",
         }
@@ -365,15 +365,20 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
             e.into_response()
         }
     };
+    let (mut parts, body) = req.into_parts();
+    // Proxy sign-on first: it refuses the header from untrusted addresses, and its
+    // user's CSRF basis is needed by the check below.
+    if let Err(e) = super::proxy::prepare(&mut parts, &st).await {
+        return refuse(e);
+    }
     if row.method == "POST" {
-        if let Err(e) = cookie_post_ok(req.headers(), row) {
+        if let Err(e) = cookie_post_ok(&parts.headers, row) {
             return refuse(e);
         }
     }
     let Access::User(role) = row.access else {
-        return next.run(req).await;
+        return next.run(Request::from_parts(parts, body)).await;
     };
-    let (mut parts, body) = req.into_parts();
     match auth::resolve(&parts, &st).await {
         Ok(Some(u)) => {
             if let Err(e) = auth::require(&u, role) {
@@ -405,11 +410,14 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
 /// Header that carries the session's CSRF token on JSON API posts made with a cookie.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// A state-changing request made with a session cookie must come from this server's own
+/// A state-changing request made with a session cookie (or signed on by the proxy, whose
+/// credentials ride along the same way) must come from this server's own
 /// pages: no foreign `Origin`, and on the JSON API the session's CSRF token in
 /// [`CSRF_HEADER`] (forms carry it in their `csrf` field, which their handlers check).
 fn cookie_post_ok(headers: &HeaderMap, row: &RouteRule) -> Result<(), ApiError> {
-    if auth::cookie(headers, SESSION_COOKIE).is_none() {
+    if auth::cookie(headers, SESSION_COOKIE).is_none()
+        && !headers.contains_key(super::proxy::CSRF_BASIS_HEADER)
+    {
         return Ok(());
     }
     auth::check_origin(headers)?;
@@ -442,12 +450,12 @@ pub fn csrf_for_cookie(cookie: &str) -> String {
 pub fn table() -> String {
     let w = ROUTES.iter().map(|r| r.path.len()).max().unwrap_or(0);
     let mut out = format!(
-        "{:<6} {:<w$}  {:<34} {}\n",
+        "{:<6} {:<w$}  {:<38} {}\n",
         "METHOD", "PATH", "WHO MAY CALL IT", "WHAT"
     );
     for r in ROUTES {
         out.push_str(&format!(
-            "{:<6} {:<w$}  {:<34} {}\n",
+            "{:<6} {:<w$}  {:<38} {}\n",
             r.method,
             r.path,
             r.access.label(),

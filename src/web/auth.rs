@@ -257,12 +257,19 @@ fn too_many(wait: u64) -> ApiError {
     }
 }
 
-/// The CSRF token of the requester's session: a hash of the session secret (or of the
-/// Basic credentials), so it needs no storage and dies with the session. Forms carry it
+/// The CSRF token of the requester's session: a hash of the session secret (or of a
+/// proxy-signed user's keyed name, or of the Basic credentials), so it needs no storage
+/// and dies with the session. Forms carry it
 /// in a hidden `csrf` field; a cross-site page cannot read it.
 pub fn csrf_token(headers: &HeaderMap) -> String {
     let basis = cookie(headers, SESSION_COOKIE)
         .map(str::to_string)
+        .or_else(|| {
+            headers
+                .get(super::proxy::CSRF_BASIS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|b| format!("proxy:{b}"))
+        })
         .or_else(|| {
             headers
                 .get(header::AUTHORIZATION)
@@ -341,7 +348,7 @@ pub fn require(user: &User, role: Role) -> Result<(), ApiError> {
 /// The in-memory part of login protection: per-address attempt buckets, recently
 /// verified credentials, and the device-cookie key (read once from the database).
 pub struct LoginLimiter {
-    addrs: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    addrs: super::limit::Buckets<IpAddr>,
     /// SHA-256(salt, name, password) → (password hash it was checked against, when).
     verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
     salt: [u8; 32],
@@ -353,7 +360,7 @@ impl Default for LoginLimiter {
         let mut salt = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
         LoginLimiter {
-            addrs: Default::default(),
+            addrs: super::limit::Buckets::new(ADDR_REFILL_PER_SEC, ADDR_BURST),
             verified: Default::default(),
             salt,
             device_key: Default::default(),
@@ -371,24 +378,8 @@ const MAX_ENTRIES: usize = 10_000;
 
 impl LoginLimiter {
     /// Take one attempt from `ip`'s bucket; the wait in seconds when it is empty.
-    fn take(&self, ip: IpAddr) -> Option<u64> {
-        let now = Instant::now();
-        let mut m = self.addrs.lock().expect("limiter lock");
-        if m.len() > MAX_ENTRIES {
-            m.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * ADDR_REFILL_PER_SEC < ADDR_BURST
-            });
-        }
-        let (tokens, at) = m.entry(ip).or_insert((ADDR_BURST, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * ADDR_REFILL_PER_SEC).min(ADDR_BURST);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            None
-        } else {
-            Some(((1.0 - *tokens) / ADDR_REFILL_PER_SEC).ceil() as u64)
-        }
+    pub(crate) fn take(&self, ip: IpAddr) -> Option<u64> {
+        self.addrs.take(ip)
     }
 
     fn key(&self, name: &str, password: &str) -> [u8; 32] {
@@ -457,7 +448,7 @@ impl LoginLimiter {
 }
 
 /// HMAC-SHA-256 (RFC 2104).
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 64];
     if key.len() > 64 {
         k[..32].copy_from_slice(&Sha256::digest(key));

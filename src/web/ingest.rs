@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::error::{ApiError, ErrorBody};
+use super::tls::ClientCertificate;
 use super::AppState;
 use crate::ingest::{self, IngestError};
 use crate::model::telemetry::IngestOutcome;
@@ -48,8 +49,9 @@ impl From<IngestError> for ApiError {
 /// are stored (200). Samples already stored (a replay after an outage) count as
 /// accepted, not stored. The body may be sent with `Content-Encoding: gzip`; it is
 /// limited to `server.max_body_bytes` (and `server.max_decompressed_bytes` inflated).
-/// Retry 503 answers after their Retry-After seconds; 4xx answers mean the batch will not
-/// be accepted as it is.
+/// Retry 503 and 429 answers after their Retry-After seconds; other 4xx answers mean the
+/// batch will not be accepted as it is. Over HTTPS with `server.tls.client_ca_file`, an
+/// agent certificate may stand in for the token: it writes the host it names.
 #[utoipa::path(
     post,
     path = "/api/v1/ingest",
@@ -61,22 +63,24 @@ impl From<IngestError> for ApiError {
         (status = 200, description = "Accepted, stored and rejected counts, and why each rejected item was refused.", body = IngestResponse),
         (status = 400, description = "Not a batch: bad JSON, or a body that could not be read or inflated.", body = ErrorBody),
         (status = 401, description = "No token, or an unknown or revoked one.", body = ErrorBody),
-        (status = 403, description = "The token belongs to another host than the batch names.", body = ErrorBody),
+        (status = 403, description = "The token (or the client certificate) belongs to another host than the batch names.", body = ErrorBody),
         (status = 408, description = "The body stopped arriving (`server.body_timeout_secs`).", body = ErrorBody),
         (status = 413, description = "The body is over `server.max_body_bytes`, inflates past `server.max_decompressed_bytes`, or holds more items than `ingest.max_samples_per_batch`.", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`, or an unknown `Content-Encoding`.", body = ErrorBody),
+        (status = 429, description = "This agent's token (or certificate) is over its rate (`ingest.token_rate_per_sec`, `ingest.token_burst`); retry after Retry-After.", body = ErrorBody),
         (status = 503, description = "The database cannot be reached, or the server is at its ingest concurrency limit; retry after Retry-After.", body = ErrorBody),
     )
 )]
 async fn handle(
     State(st): State<AppState>,
     headers: HeaderMap,
+    cert: Option<axum::Extension<ClientCertificate>>,
     body: Body,
 ) -> Result<Json<IngestResponse>, ApiError> {
     let started = Instant::now();
     let m = &st.metrics.ingest;
     m.requests.inc();
-    let result = run(&st, &headers, body).await;
+    let result = run(&st, &headers, cert.map(|c| c.0), body).await;
     let outcome = match &result {
         Ok(r) => {
             m.samples_accepted.inc_by(r.response.accepted as u64);
@@ -96,8 +100,33 @@ async fn handle(
     result.map(|r| Json(r.response))
 }
 
-async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<ingest::Ingested, ApiError> {
-    let host = ingest::authenticate(&st.store, bearer(headers)).await?;
+async fn run(
+    st: &AppState,
+    headers: &HeaderMap,
+    cert: Option<ClientCertificate>,
+    body: Body,
+) -> Result<ingest::Ingested, ApiError> {
+    // A token when there is one; otherwise the certificate the TLS handshake verified.
+    let (agent, key) = match (bearer(headers), cert) {
+        (None, Some(c)) => {
+            let key = limit_key(b"certificate", &c.0);
+            (ingest::Agent::Certificate(c.0), key)
+        }
+        (token, _) => {
+            let host = ingest::authenticate(&st.store, token).await?;
+            let key = limit_key(b"token", token.unwrap_or("").as_bytes());
+            (ingest::Agent::Token { host }, key)
+        }
+    };
+    if let Some(wait) = st.ingest_limiter.as_ref().and_then(|l| l.take(key)) {
+        return Err(ApiError::TooMany {
+            message: format!(
+                "this agent is over its ingest rate ({} requests/s, ingest.token_rate_per_sec); retry in {wait} s",
+                st.cfg.ingest.token_rate_per_sec
+            ),
+            retry_after: wait,
+        });
+    }
     json_body(headers)?;
     let _slot = tokio::time::timeout(SLOT_WAIT, st.ingest_slots.clone().acquire_owned())
         .await
@@ -138,11 +167,22 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<ingest::I
             &bytes,
             cfg.server.max_decompressed_bytes,
         )?;
-        ingest::check(&cfg, &host, &raw, now)
+        ingest::check(&cfg, &agent, &raw, now)
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("ingest parsing: {e}")))??;
     Ok(ingest::write(&st.store, &st.cfg, checked, now).await?)
+}
+
+/// The key of an agent's rate-limit bucket: a hash of its token or certificate, so the
+/// limiter holds no credential.
+fn limit_key(kind: &[u8], secret: &[u8]) -> [u8; 16] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(kind);
+    h.update([0]);
+    h.update(secret);
+    h.finalize()[..16].try_into().expect("16 bytes")
 }
 
 /// Ingest bodies are JSON; anything else is refused before it is read.

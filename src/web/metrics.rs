@@ -77,6 +77,7 @@ pub async fn metrics(
         db_max: st.cfg.database.max_connections,
         conns_accepted: read(&c.accepted),
         conns_refused: read(&c.refused),
+        tls_failures: read(&c.tls_handshake_failures),
         conns_open: read(&c.open),
         leader: st.jobs.is_leader(),
         jobs: st.jobs.snapshot(),
@@ -116,6 +117,7 @@ struct Scraped {
     db_max: u32,
     conns_accepted: u64,
     conns_refused: u64,
+    tls_failures: u64,
     conns_open: u64,
     leader: bool,
     jobs: Vec<JobStatus>,
@@ -196,6 +198,12 @@ impl Collector for Scraped {
             "rackwatch_http_connections_refused",
             "HTTP connections closed at once because server.max_connections were open",
             [(NoLabels::default(), self.conns_refused)],
+        )?;
+        counters(
+            e,
+            "rackwatch_tls_handshake_failures",
+            "TLS handshakes that failed or timed out (server.tls)",
+            [(NoLabels::default(), self.tls_failures)],
         )?;
         gauges(
             e,

@@ -18,12 +18,15 @@ pub mod heatmap;
 pub mod host;
 pub mod ingest;
 pub mod inventory;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
+pub mod proxy;
 pub mod rack;
 pub mod range;
 pub mod serve;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -58,6 +61,11 @@ pub struct AppState {
     pub password_slots: Arc<tokio::sync::Semaphore>,
     /// The threads that run them.
     pub passwords: Arc<crate::store::auth::PasswordPool>,
+    /// Ingest requests per agent token or certificate (`ingest.token_rate_per_sec`);
+    /// `None` when off.
+    pub ingest_limiter: Option<Arc<limit::Buckets<[u8; 16]>>>,
+    /// Sign-on by an authenticating proxy (`server.auth_proxy`).
+    pub proxy: Arc<proxy::ProxySignOn>,
 }
 
 impl AppState {
@@ -75,6 +83,13 @@ impl AppState {
             passwords: Arc::new(crate::store::auth::PasswordPool::new(
                 cfg.server.password_checks,
             )),
+            proxy: Arc::new(proxy::ProxySignOn::new(&cfg.server.auth_proxy)),
+            ingest_limiter: (cfg.ingest.token_rate_per_sec > 0.0).then(|| {
+                Arc::new(limit::Buckets::new(
+                    cfg.ingest.token_rate_per_sec,
+                    f64::from(cfg.ingest.token_burst),
+                ))
+            }),
             cfg,
         }
     }

@@ -6,7 +6,10 @@
 //!   closes a keep-alive connection idle that long (half-sent headers, slowloris);
 //! * every request (headers to the last body byte and the handler) gets
 //!   `server.request_timeout_secs`, and a body that stops sending for
-//!   `server.body_timeout_secs` is cut (see `router` in `web/mod.rs`).
+//!   `server.body_timeout_secs` is cut (see `router` in `web/mod.rs`);
+//! * with `server.tls`, the TLS handshake must also finish within
+//!   `server.header_read_timeout_secs`, and runs on the connection's own task, so a slow
+//!   or silent client holds one connection slot and nothing else.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,15 +42,20 @@ pub struct ConnStats {
     /// Connections closed at once because `max_connections` were open.
     pub refused: AtomicU64,
     pub open: AtomicU64,
+    /// TLS handshakes that failed or timed out (wrong CA, expired or missing
+    /// certificate, plain HTTP sent to the TLS port).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// Serve `app` on `listener` until `shutdown` turns true, then let open requests finish
-/// (up to `limits.drain`).
+/// (up to `limits.drain`). With `tls`, every connection speaks TLS, and the certificate
+/// files are checked for a change every `reload`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServeLimits,
     stats: Arc<ConnStats>,
+    tls: Option<(Arc<super::tls::Tls>, Duration)>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -58,6 +66,14 @@ pub async fn serve(
         .keep_alive(true)
         // Headers beyond 64 KiB are refused (431), not buffered.
         .max_buf_size(64 * 1024);
+    if let Some((tls, every)) = &tls {
+        tokio::spawn(reload_certificates(
+            tls.certs.clone(),
+            *every,
+            shutdown.clone(),
+        ));
+    }
+    let acceptor = tls.map(|(t, _)| t.acceptor.clone());
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -84,19 +100,40 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = app
-            .clone()
-            .map_request(move |mut req: axum::http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                req
-            });
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-        let conn = graceful.watch(conn);
+        let conn = Conn {
+            app: app.clone(),
+            http: http.clone(),
+            watcher: graceful.watcher(),
+            remote,
+        };
         let stats = stats.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
+        let acceptor = acceptor.clone();
+        let handshake = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, "connection: {e}");
+            match acceptor {
+                None => conn.run(stream, None).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let cert = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| super::tls::ClientCertificate(Arc::new(c.clone())));
+                            conn.run(tls, cert).await
+                        }
+                        Ok(Err(e)) => {
+                            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%remote, "TLS handshake: {e}");
+                        }
+                        Err(_) => {
+                            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                        }
+                    }
+                }
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
@@ -110,6 +147,59 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// One accepted connection, ready to serve HTTP on its stream (plain or TLS).
+struct Conn {
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    remote: SocketAddr,
+}
+
+impl Conn {
+    async fn run<S>(self, stream: S, cert: Option<super::tls::ClientCertificate>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let remote = self.remote;
+        let svc = self
+            .app
+            .map_request(move |mut req: axum::http::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                if let Some(c) = &cert {
+                    req.extensions_mut().insert(c.clone());
+                }
+                req
+            });
+        let conn = self
+            .http
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(%remote, "connection: {e}");
+        }
+    }
+}
+
+/// Check the certificate files every `every` and serve a changed pair to new
+/// connections (a pair that fails to load leaves the old one in service).
+async fn reload_certificates(
+    certs: Arc<super::tls::CertReloader>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
+        }
+        let c = certs.clone();
+        match tokio::task::spawn_blocking(move || c.reload_if_changed()).await {
+            Ok(Ok(true)) => tracing::info!("server.tls: certificate files changed; serving the new certificate"),
+            Ok(Ok(false)) | Err(_) => {}
+            Ok(Err(e)) => tracing::error!("server.tls: the changed certificate files do not load ({e}); still serving the previous certificate"),
+        }
+    }
 }
 
 /// The address a client connected from, as the loop recorded it.

@@ -603,6 +603,8 @@ impl Server {
             .arg(dir.path())
             .env("RACKWATCH_DATABASE__URL", &db)
             .env("RACKWATCH_LOG", "error")
+            // Every ingest input reaches the parser, however fast they come.
+            .env("RACKWATCH_INGEST__TOKEN_RATE_PER_SEC", "0")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()

@@ -42,7 +42,7 @@ async fn serve_with(extra: Router<AppState>, request_timeout_secs: u64) -> Serve
     };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(rackwatch::web::serve::serve(
-        listener, app, limits, stats, rx,
+        listener, app, limits, stats, None, rx,
     ));
     Served { base, stop, task }
 }

@@ -299,12 +299,14 @@ impl TestApp {
         let server = rackwatch::app::start_server_with(cfg.clone(), store.clone(), wakeup, rx)
             .await
             .unwrap();
+        // The tests' own client; the TLS tests check certificates with the agent's.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .danger_accept_invalid_certs(server.tls)
             .build()
             .unwrap();
         TestApp {
-            base: format!("http://{}", server.addr),
+            base: server.url(),
             store,
             cfg,
             db_url,

@@ -1,0 +1,78 @@
+//! Token buckets, one per caller: each holds up to `burst` requests and refills at `rate`
+//! per second. The login form's per-address limit and ingest's per-agent-token limit are
+//! both made of these. In memory, per server process.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Buckets kept at most; past it, full ones (callers at rest) are forgotten first.
+const MAX_ENTRIES: usize = 10_000;
+
+/// Request buckets keyed by caller.
+#[derive(Debug)]
+pub struct Buckets<K> {
+    rate: f64,
+    burst: f64,
+    map: Mutex<HashMap<K, (f64, Instant)>>,
+}
+
+impl<K: Hash + Eq> Buckets<K> {
+    /// Buckets of `burst` requests, refilled at `rate` per second.
+    pub fn new(rate: f64, burst: f64) -> Buckets<K> {
+        Buckets {
+            rate,
+            burst,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take one request from `key`'s bucket: `None` when it had one, otherwise the
+    /// seconds until it will (for `Retry-After`, at least 1).
+    pub fn take(&self, key: K) -> Option<u64> {
+        let now = Instant::now();
+        let (rate, burst) = (self.rate, self.burst);
+        let mut m = self.map.lock().expect("bucket lock");
+        if m.len() > MAX_ENTRIES {
+            m.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let (tokens, at) = m.entry(key).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_lets_its_burst_through_then_its_rate() {
+        let b = Buckets::new(2.0, 3.0);
+        assert_eq!((b.take("a"), b.take("a"), b.take("a")), (None, None, None));
+        // Empty: the next one waits about half a second, told as 1 s.
+        assert_eq!(b.take("a"), Some(1));
+        // Another caller has its own bucket.
+        assert_eq!(b.take("b"), None);
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert_eq!(b.take("a"), None);
+        assert_eq!(b.take("a"), Some(1));
+    }
+
+    #[test]
+    fn a_slow_rate_says_how_long_to_wait() {
+        let b = Buckets::new(0.1, 1.0);
+        assert_eq!(b.take(1), None);
+        let wait = b.take(1).unwrap();
+        assert!((9..=10).contains(&wait), "{wait}");
+    }
+}

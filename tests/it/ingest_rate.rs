@@ -1,0 +1,131 @@
+//! Per-agent-token rate limits on ingest: a token over its rate gets 429 with
+//! Retry-After, its agent spools and comes back later, and other tokens are not slowed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{recent, TestApp};
+
+fn body(host: &str) -> serde_json::Value {
+    let ts = recent(1, 5, 10)[0].to_rfc3339();
+    json!({
+        "host": {"name": host},
+        "host_samples": [{"ts": ts, "cpu_util_pct": 12.5}],
+    })
+}
+
+/// Status, Retry-After and seconds taken of one ingest request.
+async fn post(app: &TestApp, token: &str, host: &str) -> (u16, Option<u64>, f64) {
+    let t0 = Instant::now();
+    let r = app.ingest(token, &body(host)).await;
+    let after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (r.status().as_u16(), after, t0.elapsed().as_secs_f64())
+}
+
+#[tokio::test]
+async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
+    let app = TestApp::spawn_with(|c| {
+        c.ingest.token_rate_per_sec = 2.0;
+        c.ingest.token_burst = 4;
+        // Two slots for everyone: without a per-token limit, eight busy clients of one
+        // token would hold both nearly all the time.
+        c.server.ingest_concurrency = 2;
+    })
+    .await;
+    let noisy = app.token("noisy").await;
+    let quiet = app.token("quiet").await;
+    let run_for = Duration::from_secs(3);
+    let t0 = Instant::now();
+    let mut hammers = Vec::new();
+    for _ in 0..8 {
+        let (http, base, token) = (app.http.clone(), app.base.clone(), noisy.clone());
+        hammers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while t0.elapsed() < run_for {
+                let r = http
+                    .post(format!("{base}/api/v1/ingest"))
+                    .bearer_auth(&token)
+                    .json(&body("noisy"))
+                    .send()
+                    .await
+                    .unwrap();
+                let after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                seen.push((r.status().as_u16(), after));
+            }
+            seen
+        }));
+    }
+    // The quiet agent, under its rate, all the while.
+    let mut quiet_answers = Vec::new();
+    while t0.elapsed() < run_for {
+        quiet_answers.push(post(&app, &quiet, "quiet").await);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let mut noisy_answers = Vec::new();
+    for h in hammers {
+        noisy_answers.extend(h.await.unwrap());
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    assert!(quiet_answers.len() >= 4, "{quiet_answers:?}");
+    for (status, _, secs) in &quiet_answers {
+        assert_eq!(*status, 200, "the quiet token is never refused: {quiet_answers:?}");
+        assert!(*secs < 2.0, "nor kept waiting: {quiet_answers:?}");
+    }
+    let ok = noisy_answers.iter().filter(|a| a.0 == 200).count();
+    let limited: Vec<_> = noisy_answers.iter().filter(|a| a.0 == 429).collect();
+    assert_eq!(
+        ok + limited.len(),
+        noisy_answers.len(),
+        "only 200 and 429: {noisy_answers:?}"
+    );
+    // Its burst and its rate over the run, and no more.
+    let allowed = 4.0 + 2.0 * elapsed;
+    assert!(
+        (ok as f64) <= allowed + 1.0,
+        "{ok} accepted, at most {allowed:.1} allowed"
+    );
+    assert!(ok >= 4, "the burst goes through: {ok}");
+    assert!(limited.len() > 20, "{} refused", limited.len());
+    assert!(
+        limited.iter().all(|a| a.1.is_some_and(|s| s >= 1)),
+        "every 429 says when to come back"
+    );
+    let m = app.metrics().await;
+    assert!(
+        m.lines().any(|l| l.starts_with("rackwatch_ingest_errors_total{reason=\"rate_limited\"}")
+            && !l.ends_with(" 0")),
+        "refusals are counted"
+    );
+
+    // The agent of the noisy token backs off and spools, then delivers.
+    let spool = tempfile::tempdir().unwrap();
+    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &noisy, spool.path()).unwrap();
+    while post(&app, &noisy, "noisy").await.0 != 429 {}
+    let batch: rackwatch::model::Batch = serde_json::from_value(body("noisy")).unwrap();
+    match shipper.send(&batch).await {
+        rackwatch::collect::shipper::Delivery::Retry { after, why } => {
+            assert!(why.starts_with("429"), "{why}");
+            assert!(after.is_some_and(|a| a >= Duration::from_secs(1)), "{after:?}");
+        }
+        other => panic!("expected a retry after 429: {other:?}"),
+    }
+    shipper.ship(batch).await;
+    assert!(shipper.pending(), "a refused batch waits in the spool");
+    let t0 = Instant::now();
+    while shipper.pending() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "the spool drains once the rate allows");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        shipper.drain().await;
+    }
+    assert!(shipper.replayed_total >= 1);
+    app.stop().await;
+}
