@@ -73,10 +73,7 @@ pub async fn start_server_with(
     let addr = listener.local_addr()?;
     let tls = if cfg.server.tls.enabled() {
         let t = web::tls::load(&cfg.server.tls).map_err(anyhow::Error::msg)?;
-        Some((
-            Arc::new(t),
-            Duration::from_secs(cfg.server.tls.reload_secs),
-        ))
+        Some((Arc::new(t), Duration::from_secs(cfg.server.tls.reload_secs)))
     } else {
         None
     };

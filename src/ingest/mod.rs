@@ -73,7 +73,11 @@ impl Agent {
                         if names.is_empty() {
                             "no host".to_string()
                         } else {
-                            names.iter().map(|n| quoted(n)).collect::<Vec<_>>().join(", ")
+                            names
+                                .iter()
+                                .map(|n| quoted(n))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         },
                         quoted(host)
                     )))

@@ -129,7 +129,13 @@ pub async fn prepare(parts: &mut Parts, st: &AppState) -> Result<(), ApiError> {
         // Recorded within the login limiter's per-address budget, so a flood of such
         // requests cannot flood the audit trail.
         if ip.is_some_and(|ip| st.login_limiter.take(ip).is_none()) {
-            refused(st, &name, ip, "the sign-on header came from an untrusted address").await?;
+            refused(
+                st,
+                &name,
+                ip,
+                "the sign-on header came from an untrusted address",
+            )
+            .await?;
         }
         return Err(ApiError::Forbidden(format!(
             "the {} header is accepted from server.auth_proxy.trusted addresses only",

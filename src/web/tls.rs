@@ -93,6 +93,8 @@ pub fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>
 
 /// What tells a changed file: modification time, size and inode (a rename over it).
 type Stamp = Option<(SystemTime, u64, u64)>;
+/// The stamps of the certificate and the key file.
+type Stamps = (Stamp, Stamp);
 
 fn stamp(p: &Path) -> Stamp {
     use std::os::unix::fs::MetadataExt as _;
@@ -107,7 +109,7 @@ pub struct CertReloader {
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
     /// The files' stamps when `current` was loaded, and of the last pair that failed.
-    loaded: Mutex<((Stamp, Stamp), Option<(Stamp, Stamp)>)>,
+    loaded: Mutex<(Stamps, Option<Stamps>)>,
 }
 
 impl std::fmt::Debug for CertReloader {

@@ -74,12 +74,19 @@ async fn a_trusted_proxy_signs_users_on_with_roles_from_their_groups() {
     assert_eq!(get(&app, "/api/v1/audit", "grace", "").await.status(), 403);
     let created = audit(&app, "user.created").await;
     assert_eq!(created.len(), 1, "{created:?}");
-    assert_eq!((created[0].0.as_str(), created[0].1.as_str()), ("proxy", "grace"));
+    assert_eq!(
+        (created[0].0.as_str(), created[0].1.as_str()),
+        ("proxy", "grace")
+    );
     assert_eq!(created[0].3["role"], "viewer");
     let logins = audit(&app, "login").await;
     assert_eq!(logins.len(), 1, "{logins:?}");
     assert_eq!(
-        (logins[0].0.as_str(), logins[0].1.as_str(), logins[0].2.as_str()),
+        (
+            logins[0].0.as_str(),
+            logins[0].1.as_str(),
+            logins[0].2.as_str()
+        ),
         ("grace", "grace", "ok")
     );
     assert_eq!(logins[0].3["method"], "proxy");
@@ -108,7 +115,9 @@ async fn a_trusted_proxy_signs_users_on_with_roles_from_their_groups() {
     // Operators by their group; a user outside every group with default_role = none is
     // refused, and so is an unknown user when auto_create is off.
     assert_eq!(
-        get(&app, "/api/v1/admin/users", "sam", "sre").await.status(),
+        get(&app, "/api/v1/admin/users", "sam", "sre")
+            .await
+            .status(),
         403
     );
     assert_eq!(
@@ -128,7 +137,10 @@ async fn a_trusted_proxy_signs_users_on_with_roles_from_their_groups() {
         .unwrap();
     assert_eq!(get(&app, "/api/v1/fleet", "ola", "").await.status(), 403);
     assert_eq!(get(&app, "/api/v1/fleet", "ola", "sre").await.status(), 200);
-    assert_eq!(get(&app, "/api/v1/fleet", "nobody", "sre").await.status(), 403);
+    assert_eq!(
+        get(&app, "/api/v1/fleet", "nobody", "sre").await.status(),
+        403
+    );
     assert!(app.store.password_row("nobody").await.unwrap().is_none());
     let refused: Vec<_> = audit(&app, "login")
         .await
@@ -165,8 +177,12 @@ async fn the_header_from_an_untrusted_address_is_refused() {
         .filter(|r| r.2 == "refused")
         .collect();
     assert_eq!(refused.len(), 4, "{refused:?}");
-    assert!(refused.iter().all(|r| r.3["method"] == "proxy"
-        && r.3["reason"].as_str().unwrap().contains("untrusted")));
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.3["method"] == "proxy"
+                && r.3["reason"].as_str().unwrap().contains("untrusted"))
+    );
     // Without the header the same client is an ordinary one.
     assert_eq!(app.get(&admin, "/api/v1/fleet").await.status(), 200);
     assert_eq!(
@@ -190,7 +206,9 @@ fn trusted_ranges_match_addresses() {
     // An IPv4 client on a dual-stack socket.
     assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
     assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
-    assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+    assert!(Cidr::parse("0.0.0.0/0")
+        .unwrap()
+        .contains("8.8.8.8".parse().unwrap()));
     assert!(Cidr::parse("10.0.0.0/33").is_err());
     assert!(Cidr::parse("proxy.local").is_err());
 }

@@ -77,7 +77,10 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
     let elapsed = t0.elapsed().as_secs_f64();
     assert!(quiet_answers.len() >= 4, "{quiet_answers:?}");
     for (status, _, secs) in &quiet_answers {
-        assert_eq!(*status, 200, "the quiet token is never refused: {quiet_answers:?}");
+        assert_eq!(
+            *status, 200,
+            "the quiet token is never refused: {quiet_answers:?}"
+        );
         assert!(*secs < 2.0, "nor kept waiting: {quiet_answers:?}");
     }
     let ok = noisy_answers.iter().filter(|a| a.0 == 200).count();
@@ -101,8 +104,10 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
     );
     let m = app.metrics().await;
     assert!(
-        m.lines().any(|l| l.starts_with("rackwatch_ingest_errors_total{reason=\"rate_limited\"}")
-            && !l.ends_with(" 0")),
+        m.lines().any(
+            |l| l.starts_with("rackwatch_ingest_errors_total{reason=\"rate_limited\"}")
+                && !l.ends_with(" 0")
+        ),
         "refusals are counted"
     );
 
@@ -114,7 +119,10 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
     match shipper.send(&batch).await {
         rackwatch::collect::shipper::Delivery::Retry { after, why } => {
             assert!(why.starts_with("429"), "{why}");
-            assert!(after.is_some_and(|a| a >= Duration::from_secs(1)), "{after:?}");
+            assert!(
+                after.is_some_and(|a| a >= Duration::from_secs(1)),
+                "{after:?}"
+            );
         }
         other => panic!("expected a retry after 429: {other:?}"),
     }
@@ -122,7 +130,10 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
     assert!(shipper.pending(), "a refused batch waits in the spool");
     let t0 = Instant::now();
     while shipper.pending() {
-        assert!(t0.elapsed() < Duration::from_secs(15), "the spool drains once the rate allows");
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the spool drains once the rate allows"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         shipper.drain().await;
     }

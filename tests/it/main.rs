@@ -3,8 +3,8 @@
 mod abuse;
 mod agent;
 mod alerts;
-mod auth_proxy;
 mod anomalies;
+mod auth_proxy;
 mod backup;
 mod browser;
 mod capacity;
@@ -21,6 +21,7 @@ mod ingest;
 mod ingest_rate;
 mod layers;
 mod load_balancer;
+mod log_secrets;
 mod managed_pg;
 mod metric_table;
 mod metrics;
