@@ -88,7 +88,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest ingest body after gzip decompression, in bytes.
     pub max_decompressed_bytes: usize,
-    /// Mark session cookies `Secure` (set when the dashboard is served over TLS).
+    /// Mark session cookies `Secure` and send HSTS (set when a proxy serves the dashboard
+    /// over TLS; `server.tls` implies it).
     pub secure_cookies: bool,
     /// How long a login session lasts, in seconds.
     pub session_ttl_secs: i64,
@@ -156,6 +157,14 @@ impl ServerTls {
     /// Whether the server speaks TLS.
     pub fn enabled(&self) -> bool {
         !self.cert_file.is_empty()
+    }
+}
+
+impl ServerConfig {
+    /// Whether browsers reach the server over HTTPS only: `secure_cookies`, or the
+    /// server's own TLS. Cookies are then `Secure` and HSTS is sent.
+    pub fn https_only(&self) -> bool {
+        self.secure_cookies || self.tls.enabled()
     }
 }
 

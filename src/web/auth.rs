@@ -610,7 +610,7 @@ pub struct LoginQuery {
 }
 
 fn cookie_flags(st: &AppState) -> &'static str {
-    if st.cfg.server.secure_cookies {
+    if st.cfg.server.https_only() {
         "; Secure"
     } else {
         ""

@@ -330,7 +330,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
      form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// HSTS for deployments behind TLS (`server.secure_cookies`): browsers keep to HTTPS for a
+/// HSTS for deployments behind TLS (`server.secure_cookies` or `server.tls`): browsers keep to HTTPS for a
 /// year. Never sent on plain HTTP setups, where it would lock browsers out.
 const STRICT_TRANSPORT_SECURITY: &str = "max-age=31536000";
 
@@ -347,7 +347,7 @@ async fn security_headers(
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::REFERRER_POLICY, "same-origin");
-    if st.cfg.server.secure_cookies {
+    if st.cfg.server.https_only() {
         set(
             h,
             header::STRICT_TRANSPORT_SECURITY,

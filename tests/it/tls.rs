@@ -198,6 +198,17 @@ async fn an_agent_ships_over_tls_to_a_server_with_a_private_ca() {
     assert_eq!(shipper.delivered_total, 1);
     assert_eq!(gpu_rows(&app, "tls-a").await, expected);
 
+    // Browsers are told to keep to HTTPS, and cookies are Secure.
+    let r = app
+        .http
+        .get(format!("{}/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("strict-transport-security"));
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
     // The server speaks TLS only: plain HTTP on its port gets no answer, and the failed
     // handshake is counted.
     let plain = app.base.replace("https://", "http://");
