@@ -187,8 +187,8 @@ pub struct AuthProxy {
     pub admin_groups: Vec<String>,
     /// Members of any of these groups are operators (unless admins).
     pub operator_groups: Vec<String>,
-    /// Role of a signed-on user in none of the groups above: "viewer", or "none" to
-    /// refuse them.
+    /// Role of a signed-on user in none of the groups above (without `groups_header`: of
+    /// a user created at sign-on): "viewer", or "none" to refuse them.
     pub default_role: String,
     /// Create users the proxy names that do not exist yet (with no usable password).
     /// Off: only existing users may sign on.

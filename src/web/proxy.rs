@@ -57,7 +57,8 @@ struct Seen {
 /// The role the proxy's groups give a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Want {
-    /// No groups header configured: the user keeps the role it has.
+    /// No groups header configured: the user keeps the role it has (a new one gets
+    /// `default_role`).
     Keep,
     Set(Role),
     /// In none of the groups, and `default_role = "none"`.
@@ -83,11 +84,7 @@ impl ProxySignOn {
 
 fn want(cfg: &AuthProxy, parts: &Parts) -> Want {
     if cfg.groups_header.is_empty() {
-        return if cfg.default_role == "none" {
-            Want::Refuse
-        } else {
-            Want::Keep
-        };
+        return Want::Keep;
     }
     let groups: Vec<&str> = parts
         .headers
@@ -190,6 +187,12 @@ async fn sign_on(
             refused(st, name, ip, "no such user (auto_create is off)").await?;
             return Err(ApiError::Forbidden(format!(
                 "{name} has no Rackwatch user, and server.auth_proxy.auto_create is off"
+            )));
+        }
+        (None, Want::Keep) if cfg.default_role == "none" => {
+            refused(st, name, ip, "no such user, and no role for new users").await?;
+            return Err(ApiError::Forbidden(format!(
+                "{name} has no Rackwatch user, and server.auth_proxy.default_role is none"
             )));
         }
         (None, want) => {

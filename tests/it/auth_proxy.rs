@@ -149,6 +149,40 @@ async fn a_trusted_proxy_signs_users_on_with_roles_from_their_groups() {
         .collect();
     assert_eq!(refused.len(), 2, "{refused:?}");
     app.stop().await;
+
+    // Without a groups header, roles stay as Rackwatch has them; default_role = none
+    // then only keeps unknown users out.
+    let app = proxied("127.0.0.1", |p| {
+        p.groups_header = String::new();
+        p.default_role = "none".into();
+    })
+    .await;
+    app.store
+        .upsert_user("ola", Role::Operator, "a-long-password")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&app, "/api/v1/fleet", "ola", "rackwatch-admins")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&app, "/api/v1/audit", "ola", "rackwatch-admins")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.store.password_row("ola").await.unwrap().unwrap().1,
+        "operator"
+    );
+    assert_eq!(
+        get(&app, "/api/v1/fleet", "newcomer", "").await.status(),
+        403
+    );
+    assert!(app.store.password_row("newcomer").await.unwrap().is_none());
+    app.stop().await;
 }
 
 #[tokio::test]
