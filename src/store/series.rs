@@ -240,23 +240,6 @@ SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.bucket, (SELE
  GROUP BY 1, 2 ORDER BY 1, 2"
 );
 
-/// Throttled stretches of one GPU from raw samples, as (start, end) bucket times.
-const THROTTLE_RAW: &str = "
-SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS ts
-  FROM gpu_samples s
- WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
-   AND s.ts >= $3 AND s.ts < $4 AND s.throttle_reasons & $6 <> 0
- GROUP BY 1 ORDER BY 1";
-
-const GPU_RAW_EXTRA: &str = "
-SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS ts,
-       bit_or(s.throttle_reasons & $6) AS reasons, avg(s.fan_pct)::float8 AS fan_pct,
-       max(s.power_limit_watts)::float8 AS power_limit_watts
-  FROM gpu_samples s
- WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
-   AND s.ts >= $3 AND s.ts < $4
- GROUP BY 1 ORDER BY 1";
-
 /// What only raw GPU samples know, per bucket: the throttle reasons seen (slowdown bits
 /// of [`THROTTLE_MASK`] OR-ed), the mean fan speed and the enforced power limit.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -355,15 +338,22 @@ impl Store {
         to: DateTime<Utc>,
         bucket_secs: i64,
     ) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
-        sqlx::query_scalar(THROTTLE_RAW)
-            .bind(host)
-            .bind(index)
-            .bind(from)
-            .bind(to)
-            .bind(bucket_secs as f64)
-            .bind(THROTTLE_MASK)
-            .fetch_all(self.history())
-            .await
+        sqlx::query_scalar!(
+            r#"
+SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!"
+  FROM gpu_samples s
+ WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
+   AND s.ts >= $3 AND s.ts < $4 AND s.throttle_reasons & $6 <> 0
+ GROUP BY 1 ORDER BY 1"#,
+            host,
+            index,
+            from,
+            to,
+            bucket_secs as f64,
+            THROTTLE_MASK,
+        )
+        .fetch_all(self.history())
+        .await
     }
 
     /// Throttle reasons, fan speed and power limit of one GPU per bucket of `bucket_secs`,
@@ -376,15 +366,25 @@ impl Store {
         to: DateTime<Utc>,
         bucket_secs: i64,
     ) -> Result<Vec<GpuRawExtra>, sqlx::Error> {
-        sqlx::query_as(GPU_RAW_EXTRA)
-            .bind(host)
-            .bind(index)
-            .bind(from)
-            .bind(to)
-            .bind(bucket_secs as f64)
-            .bind(THROTTLE_MASK)
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as!(
+            GpuRawExtra,
+            r#"
+SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
+       bit_or(s.throttle_reasons & $6) AS reasons, avg(s.fan_pct)::float8 AS fan_pct,
+       max(s.power_limit_watts)::float8 AS power_limit_watts
+  FROM gpu_samples s
+ WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
+   AND s.ts >= $3 AND s.ts < $4
+ GROUP BY 1 ORDER BY 1"#,
+            host,
+            index,
+            from,
+            to,
+            bucket_secs as f64,
+            THROTTLE_MASK,
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Hardware events of the hosts named in `[from, to)`, newest first: all of them,
@@ -397,20 +397,35 @@ impl Store {
         to: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<super::queries::EventRow>, sqlx::Error> {
-        sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT h.name AS host_name, NULLIF(e.gpu_index, -1) AS index, e.ts, e.kind, e.code, e.message, e.count
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
               WHERE h.name = ANY($1) AND ($2::int2 IS NULL OR e.gpu_index = $2 OR e.gpu_index = -1)
                 AND e.ts >= $3 AND e.ts < $4
               ORDER BY e.ts DESC LIMIT $5",
+            hosts,
+            index,
+            from,
+            to,
+            limit,
         )
-        .bind(hosts)
-        .bind(index)
-        .bind(from)
-        .bind(to)
-        .bind(limit)
         .fetch_all(self.history())
-        .await
+        .await?;
+        // `meaning` and `action` are not stored.
+        Ok(rows
+            .into_iter()
+            .map(|r| super::queries::EventRow {
+                host_name: r.host_name,
+                index: r.index,
+                ts: r.ts,
+                kind: r.kind,
+                code: r.code,
+                message: r.message,
+                count: r.count,
+                meaning: String::new(),
+                action: String::new(),
+            })
+            .collect())
     }
 
     /// Hardware events per GPU since `since` (of every host, or of the hosts named).
@@ -419,13 +434,14 @@ impl Store {
         since: DateTime<Utc>,
         hosts: Option<&[String]>,
     ) -> Result<Vec<FaultCount>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name AS host_name, e.gpu_index AS index, sum(e.count)::int8 AS events
+        sqlx::query_as!(
+            FaultCount,
+            r#"SELECT h.name AS host_name, e.gpu_index AS index, sum(e.count)::int8 AS "events!"
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
-              WHERE e.ts >= $1 AND ($2::text[] IS NULL OR h.name = ANY($2)) GROUP BY 1, 2",
+              WHERE e.ts >= $1 AND ($2::text[] IS NULL OR h.name = ANY($2)) GROUP BY 1, 2"#,
+            since,
+            hosts,
         )
-        .bind(since)
-        .bind(hosts)
         .fetch_all(&self.pool)
         .await
     }
@@ -434,11 +450,11 @@ impl Store {
     /// each GPU's energy counter minus its value at the first sample of the day, both
     /// kept in `gpu_latest` by ingest (a counter reset does not lose what was counted).
     pub async fn energy_today(&self, now: DateTime<Utc>) -> Result<f64, sqlx::Error> {
-        let j: Option<f64> = sqlx::query_scalar(
+        let j: Option<f64> = sqlx::query_scalar!(
             "SELECT sum(greatest(energy_joules_total - energy_day_start, 0)) FROM gpu_latest
               WHERE rackwatch_utc_day(ts) = rackwatch_utc_day($1)",
+            now,
         )
-        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         Ok(j.unwrap_or(0.0))
@@ -453,17 +469,18 @@ impl Store {
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
-        sqlx::query_as(
-            "SELECT h.name AS host_name, h.site, h.rack, h.pool, h.agent_version, h.last_seen,
-                    g.gpu_index AS index, g.uuid, g.model, g.driver_version, g.memory_total_bytes,
-                    g.last_seen AS gpu_last_seen
+        sqlx::query_as!(
+            InventoryRow,
+            r#"SELECT h.name AS host_name, h.site, h.rack, h.pool, h.agent_version, h.last_seen,
+                    g.gpu_index AS "index?", g.uuid, g.model, g.driver_version, g.memory_total_bytes,
+                    g.last_seen AS "gpu_last_seen?"
                FROM hosts h LEFT JOIN gpus g ON g.host_id = h.id
               WHERE $1 = '%%' OR h.name ILIKE $1 OR h.site ILIKE $1 OR h.rack ILIKE $1 OR h.pool ILIKE $1
                  OR h.agent_version ILIKE $1 OR g.model ILIKE $1 OR g.uuid ILIKE $1 OR g.driver_version ILIKE $1
               ORDER BY h.site, h.rack, h.name, g.gpu_index
-              LIMIT 5000",
+              LIMIT 5000"#,
+            pattern,
         )
-        .bind(pattern)
         .fetch_all(&self.pool)
         .await
     }
