@@ -206,16 +206,17 @@ impl Store {
     /// Set a user's role. A change ends the user's sessions; returns whether it changed.
     pub async fn set_role(&self, id: i64, role: Role) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query("UPDATE users SET role = $2 WHERE id = $1 AND role <> $2")
-            .bind(id)
-            .bind(role.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+        let changed = sqlx::query!(
+            "UPDATE users SET role = $2 WHERE id = $1 AND role <> $2",
+            id,
+            role.as_str()
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
             > 0;
         if changed {
-            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-                .bind(id)
+            sqlx::query!("DELETE FROM sessions WHERE user_id = $1", id)
                 .execute(&mut *tx)
                 .await?;
         }
