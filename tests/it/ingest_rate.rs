@@ -111,16 +111,27 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
         "refusals are counted"
     );
 
-    // The agent of the noisy token backs off and spools, then delivers.
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_over_its_rate_spools_and_comes_back_when_told() {
+    // One request every 4 s: the second comes back with Retry-After 4.
+    let app = TestApp::spawn_with(|c| {
+        c.ingest.token_rate_per_sec = 0.25;
+        c.ingest.token_burst = 1;
+    })
+    .await;
+    let token = app.token("slow").await;
     let spool = tempfile::tempdir().unwrap();
-    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &noisy, spool.path()).unwrap();
-    while post(&app, &noisy, "noisy").await.0 != 429 {}
-    let batch: rackwatch::model::Batch = serde_json::from_value(body("noisy")).unwrap();
+    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &token, spool.path()).unwrap();
+    assert_eq!(post(&app, &token, "slow").await.0, 200);
+    let batch: rackwatch::model::Batch = serde_json::from_value(body("slow")).unwrap();
     match shipper.send(&batch).await {
         rackwatch::collect::shipper::Delivery::Retry { after, why } => {
             assert!(why.starts_with("429"), "{why}");
             assert!(
-                after.is_some_and(|a| a >= Duration::from_secs(1)),
+                after.is_some_and(|a| a >= Duration::from_secs(3)),
                 "{after:?}"
             );
         }
@@ -128,6 +139,8 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
     }
     shipper.ship(batch).await;
     assert!(shipper.pending(), "a refused batch waits in the spool");
+    // Draining at once does nothing: the agent waits as long as it was told.
+    assert!(!shipper.drain().await);
     let t0 = Instant::now();
     while shipper.pending() {
         assert!(
@@ -137,6 +150,11 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         shipper.drain().await;
     }
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "not before Retry-After: {:?}",
+        t0.elapsed()
+    );
     assert!(shipper.replayed_total >= 1);
     app.stop().await;
 }
