@@ -276,17 +276,15 @@ async fn backup(c: &JobContext) -> anyhow::Result<String> {
         c.telemetry.backup_seen(newest.made, newest.bytes);
         let due = newest.made + chrono::Duration::hours(i64::from(cfg.every_hours));
         if due > now {
-            return Ok(format!("next backup due at {}", due.format("%Y-%m-%d %H:%M UTC")));
+            return Ok(format!(
+                "next backup due at {}",
+                due.format("%Y-%m-%d %H:%M UTC")
+            ));
         }
     }
     let out = dir.join(b::archive_name(now));
     let target = out.display().to_string();
-    let done = b::backup(
-        &c.cfg.database.managed_bin_dir,
-        c.store.url.expose(),
-        &out,
-    )
-    .await;
+    let done = b::backup(&c.cfg.database.managed_bin_dir, c.store.url.expose(), &out).await;
     let done = match done {
         Ok(d) => d,
         Err(e) => {
@@ -302,11 +300,13 @@ async fn backup(c: &JobContext) -> anyhow::Result<String> {
     let pruned = b::prune(&dir, cfg.keep as usize)?;
     c.telemetry.backup_seen(now, done.bytes);
     c.store
-        .audit(Entry::ok(SYSTEM, "backup.made", &target).details(serde_json::json!({
-            "bytes": done.bytes,
-            "seconds": done.seconds,
-            "deleted": pruned.len(),
-        })))
+        .audit(
+            Entry::ok(SYSTEM, "backup.made", &target).details(serde_json::json!({
+                "bytes": done.bytes,
+                "seconds": done.seconds,
+                "deleted": pruned.len(),
+            })),
+        )
         .await?;
     Ok(format!(
         "backup {} ({:.1} MB in {:.1} s), {} old archives deleted",

@@ -381,10 +381,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(d) => {
                     db.store
                         .audit(
-                            rackwatch::store::audit::Entry::ok(&cli_actor(), "backup.made", &out.display().to_string())
-                                .details(serde_json::json!({
-                                    "bytes": d.bytes, "seconds": d.seconds
-                                })),
+                            rackwatch::store::audit::Entry::ok(
+                                &cli_actor(),
+                                "backup.made",
+                                &out.display().to_string(),
+                            )
+                            .details(serde_json::json!({
+                                "bytes": d.bytes, "seconds": d.seconds
+                            })),
                         )
                         .await
                 }
@@ -415,10 +419,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(d) => {
                     db.store
                         .audit(
-                            rackwatch::store::audit::Entry::ok(&cli_actor(), "backup.restored", &file.display().to_string())
-                                .details(serde_json::json!({
-                                    "bytes": d.bytes, "seconds": d.seconds, "forced": force
-                                })),
+                            rackwatch::store::audit::Entry::ok(
+                                &cli_actor(),
+                                "backup.restored",
+                                &file.display().to_string(),
+                            )
+                            .details(serde_json::json!({
+                                "bytes": d.bytes, "seconds": d.seconds, "forced": force
+                            })),
                         )
                         .await
                 }

@@ -114,13 +114,17 @@ pub fn decode<'a>(
         "gzip" | "x-gzip" => {
             let mut reserved: Option<tokio::sync::OwnedSemaphorePermit> = None;
             let mut reserve = |mib: usize| -> Result<(), IngestError> {
-                let more = budget.mib.clone().try_acquire_many_owned(mib as u32).map_err(|_| {
-                    IngestError::Busy(
-                        "the server is inflating as many gzip bodies as its memory budget \
+                let more = budget
+                    .mib
+                    .clone()
+                    .try_acquire_many_owned(mib as u32)
+                    .map_err(|_| {
+                        IngestError::Busy(
+                            "the server is inflating as many gzip bodies as its memory budget \
                          allows (server.inflate_budget_bytes); retry shortly"
-                            .into(),
-                    )
-                })?;
+                                .into(),
+                        )
+                    })?;
                 match &mut reserved {
                     Some(r) => r.merge(more),
                     None => reserved = Some(more),
@@ -145,9 +149,9 @@ pub fn decode<'a>(
             let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
             let mut chunk = vec![0u8; 64 * 1024];
             loop {
-                let n = dec.read(&mut chunk).map_err(|e| {
-                    IngestError::BadRequest(format!("body is not valid gzip: {e}"))
-                })?;
+                let n = dec
+                    .read(&mut chunk)
+                    .map_err(|e| IngestError::BadRequest(format!("body is not valid gzip: {e}")))?;
                 if n == 0 {
                     break;
                 }

@@ -306,7 +306,11 @@ mod tests {
         assert_eq!(days, vec![at(1), at(2), at(3), at(4)]);
         let gone = prune(dir.path(), 2).unwrap();
         assert_eq!(gone.len(), 2);
-        let left: Vec<_> = archives(dir.path()).unwrap().iter().map(|a| a.made).collect();
+        let left: Vec<_> = archives(dir.path())
+            .unwrap()
+            .iter()
+            .map(|a| a.made)
+            .collect();
         assert_eq!(left, vec![at(3), at(4)]);
         assert!(dir.path().join("notes.txt").exists());
         assert!(dir.path().join("rackwatch-garbage.dump").exists());

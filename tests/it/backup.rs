@@ -316,14 +316,24 @@ async fn the_server_makes_scheduled_backups_and_keeps_the_newest() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let made = loop {
         let all = archives(dir.path()).unwrap();
-        if let Some(a) = all.last().filter(|a| a.made > now - chrono::Duration::minutes(5)) {
+        if let Some(a) = all
+            .last()
+            .filter(|a| a.made > now - chrono::Duration::minutes(5))
+        {
             break (all.clone(), a.clone());
         }
-        assert!(std::time::Instant::now() < deadline, "no scheduled backup: {all:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled backup: {all:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     };
     let (all, newest) = made;
-    assert_eq!(all.len(), 2, "keep = 2 deletes the 3-day-old archive: {all:?}");
+    assert_eq!(
+        all.len(),
+        2,
+        "keep = 2 deletes the 3-day-old archive: {all:?}"
+    );
     assert!(all[0].made < now - chrono::Duration::days(1));
     assert!(newest.bytes > 1000, "a real archive: {newest:?}");
 
@@ -347,24 +357,22 @@ async fn the_server_makes_scheduled_backups_and_keeps_the_newest() {
     .unwrap();
     assert_eq!(n, 5);
     // The restore is in the restored database's audit trail, by the command line.
-    let restored_rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT actor, target FROM audit_log WHERE action = 'backup.restored'",
-    )
-    .fetch_all(&restored.pool)
-    .await
-    .unwrap();
+    let restored_rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, target FROM audit_log WHERE action = 'backup.restored'")
+            .fetch_all(&restored.pool)
+            .await
+            .unwrap();
     assert_eq!(restored_rows.len(), 1, "{restored_rows:?}");
     assert!(restored_rows[0].0.starts_with("cli:"), "{restored_rows:?}");
     assert_eq!(restored_rows[0].1, file);
     restored.pool.close().await;
 
     // One audit row by the system, naming the archive.
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT actor, target, outcome FROM audit_log WHERE action = 'backup.made'",
-    )
-    .fetch_all(&app.store.pool)
-    .await
-    .unwrap();
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor, target, outcome FROM audit_log WHERE action = 'backup.made'")
+            .fetch_all(&app.store.pool)
+            .await
+            .unwrap();
     assert_eq!(
         rows,
         vec![("system".to_string(), file.clone(), "ok".to_string())]
