@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod page;
 pub mod rack;
 pub mod range;
+pub mod remote_write;
 pub mod serve;
 
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub password_slots: Arc<tokio::sync::Semaphore>,
     /// The threads that run them.
     pub passwords: Arc<crate::store::auth::PasswordPool>,
+    /// Remote write's memory between requests (counters' previous points, XID codes).
+    pub remote_write: Arc<crate::ingest::remote_write::SeriesState>,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
             passwords: Arc::new(crate::store::auth::PasswordPool::new(
                 cfg.server.password_checks,
             )),
+            remote_write: Default::default(),
             cfg,
         }
     }
@@ -266,6 +270,7 @@ pub fn api_router() -> Routes {
         .merge(energy::api_routes())
         .merge(admin::api_routes())
         .merge(ingest::api_routes())
+        .merge(remote_write::api_routes())
         .merge(openapi::api_routes())
 }
 
