@@ -307,7 +307,7 @@ fn convert(m: &Metric, v: f64) -> Result<Value, String> {
         SqlType::Real | SqlType::Double => Ok(Value::F64(Some(v))),
         SqlType::Boolean => Ok(Value::Bool(Some(v != 0.0))),
         SqlType::BigInt | SqlType::Bits => {
-            if v.is_finite() && v >= 0.0 && v < 9.2e18 {
+            if (0.0..9.2e18).contains(&v) {
                 Ok(Value::U64(Some(v.round() as u64)))
             } else {
                 Err(format!("{v} is not a count"))

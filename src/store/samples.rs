@@ -123,16 +123,19 @@ impl Store {
     }
 }
 
+/// A host's name, site, rack, pool and labels.
+type Placement = (
+    String,
+    String,
+    String,
+    String,
+    sqlx::types::Json<BTreeMap<String, String>>,
+);
+
 impl Store {
     /// The placement (site, rack, pool, labels) of the named hosts that exist.
     pub async fn host_placements(&self, names: &[String]) -> Result<Vec<HostInfo>, sqlx::Error> {
-        let rows: Vec<(
-            String,
-            String,
-            String,
-            String,
-            sqlx::types::Json<BTreeMap<String, String>>,
-        )> =
+        let rows: Vec<Placement> =
             sqlx::query_as("SELECT name, site, rack, pool, labels FROM hosts WHERE name = ANY($1)")
                 .bind(names)
                 .fetch_all(&self.pool)
