@@ -144,7 +144,11 @@ pub fn spawn(
                     last.iter_mut().for_each(|l| *l = None);
                 }
             } else if let Some(conn) = leader.as_mut() {
-                if sqlx::query("SELECT 1").execute(&mut *conn).await.is_err() {
+                if sqlx::query_scalar!("SELECT 1 AS alive")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(
                         "lost the leader connection; periodic jobs pause until re-elected"
                     );
@@ -196,11 +200,11 @@ async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) {
 /// the new one: the old leader's connection died with the old primary).
 async fn try_lead(store: &Store) -> Option<PgConnection> {
     let mut conn = store.dedicated_connection().await.ok()?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK)
-        .fetch_one(&mut conn)
-        .await
-        .ok()?;
+    let got: bool =
+        sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "got!""#, LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await
+            .ok()?;
     got.then_some(conn)
 }
 

@@ -664,7 +664,7 @@ impl Store {
     /// Where pool demand has been computed up to.
     pub async fn demand_watermark(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         Ok(
-            sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'pool_demand'")
+            sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'pool_demand'")
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten(),
@@ -672,11 +672,11 @@ impl Store {
     }
 
     async fn set_demand_watermark(&self, t: DateTime<Utc>) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO job_state (name, watermark, updated_at) VALUES ('pool_demand', $1, now())
              ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+            t,
         )
-        .bind(t)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -685,7 +685,7 @@ impl Store {
     /// Where the 1-minute rollups are complete up to.
     pub async fn rollup_watermark(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         Ok(
-            sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
+            sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten(),
@@ -694,9 +694,11 @@ impl Store {
 
     /// GPUs in the inventory seen within a day.
     async fn gpu_count(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM gpus WHERE last_seen > now() - interval '1 day'")
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM gpus WHERE last_seen > now() - interval '1 day'"#
+        )
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Pool demand of the 5-minute slots in `[from, to)` from the 1-minute rollups.
@@ -706,7 +708,7 @@ impl Store {
         to: DateTime<Utc>,
         idle_util_pct: f64,
     ) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
+        Ok(sqlx::query!(
             "WITH installed AS (
                 SELECT h.pool, count(*)::int AS n FROM gpus g JOIN hosts h ON h.id = g.host_id
                  WHERE h.pool <> '' AND g.last_seen > now() - interval '1 day' GROUP BY h.pool),
@@ -732,11 +734,11 @@ impl Store {
              ON CONFLICT (pool, bucket) DO UPDATE SET busy_gpus = EXCLUDED.busy_gpus,
                 util_gpus = EXCLUDED.util_gpus, queued_gpus = EXCLUDED.queued_gpus,
                 installed_gpus = EXCLUDED.installed_gpus",
+            from,
+            to,
+            idle_util_pct as f32,
+            QUEUE_STALE_MINUTES as i32,
         )
-        .bind(from)
-        .bind(to)
-        .bind(idle_util_pct as f32)
-        .bind(QUEUE_STALE_MINUTES as i32)
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -748,22 +750,22 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<BTreeMap<String, Vec<DemandPoint>>, sqlx::Error> {
-        let rows: Vec<(String, DateTime<Utc>, f32, f32, f32, i32)> = sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT pool, bucket, busy_gpus, util_gpus, queued_gpus, installed_gpus FROM pool_demand
               WHERE bucket >= $1 AND bucket < $2 ORDER BY pool, bucket",
+            from,
+            to,
         )
-        .bind(from)
-        .bind(to)
         .fetch_all(&self.pool)
         .await?;
         let mut out: BTreeMap<String, Vec<DemandPoint>> = BTreeMap::new();
-        for (pool, bucket, busy, util, queued, installed) in rows {
-            out.entry(pool).or_default().push(DemandPoint {
-                bucket,
-                busy_gpus: busy,
-                util_gpus: util,
-                queued_gpus: queued,
-                installed_gpus: installed,
+        for r in rows {
+            out.entry(r.pool).or_default().push(DemandPoint {
+                bucket: r.bucket,
+                busy_gpus: r.busy_gpus,
+                util_gpus: r.util_gpus,
+                queued_gpus: r.queued_gpus,
+                installed_gpus: r.installed_gpus,
             });
         }
         Ok(out)
@@ -778,34 +780,36 @@ impl Store {
         to: DateTime<Utc>,
         bucket_secs: i64,
     ) -> Result<Vec<DemandPoint>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT date_bin(make_interval(secs => $4), bucket, $2) AS bucket,
-                    max(busy_gpus) AS busy_gpus, max(util_gpus) AS util_gpus,
-                    max(queued_gpus) AS queued_gpus, max(installed_gpus) AS installed_gpus
+        // Every group holds a row: the aggregates are never null.
+        sqlx::query_as!(
+            DemandPoint,
+            r#"SELECT date_bin(make_interval(secs => $4), bucket, $2) AS "bucket!",
+                    max(busy_gpus) AS "busy_gpus!", max(util_gpus) AS "util_gpus!",
+                    max(queued_gpus) AS "queued_gpus!", max(installed_gpus) AS "installed_gpus!"
                FROM pool_demand WHERE pool = $1 AND bucket >= $2 AND bucket < $3
-              GROUP BY 1 ORDER BY 1",
+              GROUP BY 1 ORDER BY 1"#,
+            pool,
+            from,
+            to,
+            bucket_secs.max(300) as f64,
         )
-        .bind(pool)
-        .bind(from)
-        .bind(to)
-        .bind(bucket_secs.max(300) as f64)
         .fetch_all(&self.pool)
         .await
     }
 
     /// The most common GPUs-per-host of each pool.
     async fn pool_host_sizes(&self) -> Result<HashMap<String, u32>, sqlx::Error> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT DISTINCT ON (pool) pool, n FROM (
+        let rows = sqlx::query!(
+            r#"SELECT DISTINCT ON (pool) pool AS "pool!", n AS "n!" FROM (
                 SELECT h.pool, count(*) AS n FROM gpus g JOIN hosts h ON h.id = g.host_id
                  WHERE h.pool <> '' AND g.last_seen > now() - interval '1 day' GROUP BY h.id, h.pool) x
-              GROUP BY pool, n ORDER BY pool, count(*) DESC, n DESC",
+              GROUP BY pool, n ORDER BY pool, count(*) DESC, n DESC"#,
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(p, n)| (p, n.clamp(1, 64) as u32))
+            .map(|r| (r.pool, r.n.clamp(1, 64) as u32))
             .collect())
     }
 
@@ -818,21 +822,22 @@ impl Store {
         host_size: i32,
         now: DateTime<Utc>,
     ) -> Result<Vec<DrainCandidate>, sqlx::Error> {
-        let rows: Vec<(String, i64, Option<f64>, Option<f64>)> = sqlx::query_as(
-            "SELECT h.name, (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpus,
+        let rows = sqlx::query!(
+            r#"SELECT h.name, (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS "gpus!",
                     sum(e.util_sum) / nullif(sum(e.idle_minutes + e.busy_minutes), 0) AS util,
                     sum(e.idle_j) / 3.6e6 AS idle_kwh
                FROM hosts h LEFT JOIN energy_hourly e ON e.host_id = h.id AND e.gpu_index >= 0 AND e.hour >= $2
               WHERE h.pool = $1
-              GROUP BY h.id, h.name ORDER BY util NULLS FIRST, h.name",
+              GROUP BY h.id, h.name ORDER BY util NULLS FIRST, h.name"#,
+            pool,
+            now - Duration::days(7),
         )
-        .bind(pool)
-        .bind(now - Duration::days(7))
         .fetch_all(&self.pool)
         .await?;
         let mut left = gpus;
         let mut out = Vec::new();
-        for (host, n, util, idle) in rows {
+        for r in rows {
+            let (host, n, util, idle) = (r.name, r.gpus, r.util, r.idle_kwh);
             let n = n as i32;
             if n == 0
                 || n > left
@@ -855,7 +860,7 @@ impl Store {
     }
 
     async fn save_recommendation(&self, r: &PoolRecommendation) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO capacity_recommendations (pool, computed_at, decided_at, installed_gpus, host_size,
                 demand_now, next_hour, week_schedule, lead_start, lead_plan, methods, evidence, exhausted_at,
                 growth_per_day, consolidation, note)
@@ -867,23 +872,23 @@ impl Store {
                 lead_plan = EXCLUDED.lead_plan, methods = EXCLUDED.methods, evidence = EXCLUDED.evidence,
                 exhausted_at = EXCLUDED.exhausted_at, growth_per_day = EXCLUDED.growth_per_day,
                 consolidation = EXCLUDED.consolidation, note = EXCLUDED.note",
+            &r.pool,
+            r.computed_at,
+            r.decided_at,
+            r.installed_gpus,
+            r.host_size,
+            r.demand_now,
+            r.next_hour,
+            &r.week_schedule,
+            r.lead_start,
+            &r.lead_plan,
+            &r.methods as _,
+            &r.evidence as _,
+            r.exhausted_at,
+            r.growth_per_day,
+            &r.consolidation as _,
+            &r.note,
         )
-        .bind(&r.pool)
-        .bind(r.computed_at)
-        .bind(r.decided_at)
-        .bind(r.installed_gpus)
-        .bind(r.host_size)
-        .bind(r.demand_now)
-        .bind(r.next_hour)
-        .bind(&r.week_schedule)
-        .bind(r.lead_start)
-        .bind(&r.lead_plan)
-        .bind(&r.methods)
-        .bind(&r.evidence)
-        .bind(r.exhausted_at)
-        .bind(r.growth_per_day)
-        .bind(&r.consolidation)
-        .bind(&r.note)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -896,13 +901,13 @@ impl Store {
         hour: DateTime<Utc>,
         gpus: i32,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO capacity_history (pool, hour, recommended) VALUES ($1, $2, $3)
              ON CONFLICT (pool, hour) DO UPDATE SET recommended = EXCLUDED.recommended",
+            pool,
+            hour.duration_trunc(Duration::hours(1)).unwrap_or(hour),
+            gpus,
         )
-        .bind(pool)
-        .bind(hour.duration_trunc(Duration::hours(1)).unwrap_or(hour))
-        .bind(gpus)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -915,14 +920,15 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, i32)>, sqlx::Error> {
-        sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT hour, recommended FROM capacity_history WHERE pool = $1 AND hour >= $2 AND hour < $3 ORDER BY hour",
+            pool,
+            from,
+            to,
         )
-        .bind(pool)
-        .bind(from)
-        .bind(to)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.hour, r.recommended)).collect())
     }
 
     /// A pool without a full recommendation keeps its row with the reason (and no plan).
@@ -957,21 +963,21 @@ impl Store {
     }
 
     async fn save_exhaustion(&self, e: &ExhaustionRow) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO capacity_exhaustion (kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (kind, key) DO UPDATE SET computed_at = EXCLUDED.computed_at, capacity = EXCLUDED.capacity,
                 level_now = EXCLUDED.level_now, growth_per_day = EXCLUDED.growth_per_day, unit = EXCLUDED.unit,
                 exhausted_at = EXCLUDED.exhausted_at",
+            &e.kind,
+            &e.key,
+            e.computed_at,
+            e.capacity,
+            e.level_now,
+            e.growth_per_day,
+            &e.unit,
+            e.exhausted_at,
         )
-        .bind(&e.kind)
-        .bind(&e.key)
-        .bind(e.computed_at)
-        .bind(e.capacity)
-        .bind(e.level_now)
-        .bind(e.growth_per_day)
-        .bind(&e.unit)
-        .bind(e.exhausted_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -982,24 +988,28 @@ impl Store {
         &self,
         pool: Option<&str>,
     ) -> Result<Vec<PoolRecommendation>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT pool, computed_at, decided_at, installed_gpus, host_size, demand_now, next_hour, week_schedule,
-                    lead_start, lead_plan, methods, evidence, exhausted_at, growth_per_day, consolidation, note
-               FROM capacity_recommendations WHERE ($1::text IS NULL OR pool = $1) ORDER BY pool",
+        sqlx::query_as!(
+            PoolRecommendation,
+            r#"SELECT pool, computed_at, decided_at, installed_gpus, host_size, demand_now, next_hour, week_schedule,
+                    lead_start, lead_plan, methods AS "methods: Json<Methods>",
+                    evidence AS "evidence: Json<EvidenceView>", exhausted_at, growth_per_day,
+                    consolidation AS "consolidation: Json<Vec<DrainCandidate>>", note
+               FROM capacity_recommendations WHERE ($1::text IS NULL OR pool = $1) ORDER BY pool"#,
+            pool,
         )
-        .bind(pool)
         .fetch_all(&self.pool)
         .await
     }
 
     /// Stored exhaustion dates of a kind (`pool`, `rack`, `disk`), soonest first.
     pub async fn exhaustions(&self, kind: Option<&str>) -> Result<Vec<ExhaustionRow>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as!(
+            ExhaustionRow,
             "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at
                FROM capacity_exhaustion WHERE ($1::text IS NULL OR kind = $1)
               ORDER BY exhausted_at NULLS LAST, kind, key",
+            kind,
         )
-        .bind(kind)
         .fetch_all(&self.pool)
         .await
     }
@@ -1010,14 +1020,16 @@ impl Store {
         &self,
         configured: &BTreeMap<String, f64>,
     ) -> Result<BTreeMap<String, f64>, sqlx::Error> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT DISTINCT site, rack, labels->>'rack_power_kw' FROM hosts
-              WHERE labels ? 'rack_power_kw' AND rack <> ''",
+        // `labels ? 'rack_power_kw'`: the label is there, so never null.
+        let rows = sqlx::query!(
+            r#"SELECT DISTINCT site, rack, labels->>'rack_power_kw' AS "kw!" FROM hosts
+              WHERE labels ? 'rack_power_kw' AND rack <> ''"#,
         )
         .fetch_all(&self.pool)
         .await?;
         let mut out = BTreeMap::new();
-        for (site, rack, kw) in rows {
+        for r in rows {
+            let (site, rack, kw) = (r.site, r.rack, r.kw);
             if let Ok(v) = kw.trim().parse::<f64>() {
                 if v.is_finite() && v > 0.0 {
                     out.insert(format!("{site}/{rack}"), v);
@@ -1034,28 +1046,28 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<HashMap<String, Vec<(DateTime<Utc>, f64)>>, sqlx::Error> {
-        let rows: Vec<(String, DateTime<Utc>, f64)> = sqlx::query_as(
-            "SELECT h.site || '/' || h.rack, e.hour, sum(e.measured_j + e.estimated_j + e.modeled_j) / 3600.0
+        let rows = sqlx::query!(
+            r#"SELECT h.site || '/' || h.rack AS "rack!", e.hour, sum(e.measured_j + e.estimated_j + e.modeled_j) / 3600.0 AS "w!"
                FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
               WHERE e.hour >= $1 AND e.hour < $2 AND h.rack <> ''
-              GROUP BY 1, 2 ORDER BY 1, 2",
+              GROUP BY 1, 2 ORDER BY 1, 2"#,
+            from,
+            to,
         )
-        .bind(from)
-        .bind(to)
         .fetch_all(&self.pool)
         .await?;
         let mut out: HashMap<String, Vec<(DateTime<Utc>, f64)>> = HashMap::new();
-        for (rack, hour, w) in rows {
-            out.entry(rack).or_default().push((hour, w));
+        for r in rows {
+            out.entry(r.rack).or_default().push((r.hour, r.w));
         }
         Ok(out)
     }
 
     async fn disks_computed_today(&self, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM capacity_exhaustion WHERE kind = 'disk' AND computed_at >= $1)",
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM capacity_exhaustion WHERE kind = 'disk' AND computed_at >= $1) AS "exists!""#,
+            now.duration_trunc(Duration::days(1)).unwrap_or(now),
         )
-        .bind(now.duration_trunc(Duration::days(1)).unwrap_or(now))
         .fetch_one(&self.pool)
         .await
     }
@@ -1067,20 +1079,21 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<BTreeMap<String, (f64, Vec<(DateTime<Utc>, f64)>)>, sqlx::Error> {
-        let rows: Vec<(String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
-            "SELECT h.name, date_trunc('day', q.bucket, 'UTC'), max(q.disk_used_bytes)::float8,
-                    max(q.disk_total_bytes)::float8
+        let rows = sqlx::query!(
+            r#"SELECT h.name, date_trunc('day', q.bucket, 'UTC') AS "day!", max(q.disk_used_bytes)::float8 AS "used!",
+                    max(q.disk_total_bytes)::float8 AS "total!"
                FROM host_samples_15m q JOIN hosts h ON h.id = q.host_id
               WHERE q.bucket >= $1 AND q.bucket < $2 AND q.disk_used_bytes IS NOT NULL
                 AND q.disk_total_bytes > 0
-              GROUP BY 1, 2 ORDER BY 1, 2",
+              GROUP BY 1, 2 ORDER BY 1, 2"#,
+            from,
+            to,
         )
-        .bind(from)
-        .bind(to)
         .fetch_all(&self.pool)
         .await?;
         let mut out: BTreeMap<String, (f64, Vec<(DateTime<Utc>, f64)>)> = BTreeMap::new();
-        for (host, day, used, total) in rows {
+        for r in rows {
+            let (host, day, used, total) = (r.name, r.day, r.used, r.total);
             let e = out.entry(host).or_insert((total, Vec::new()));
             e.0 = total;
             e.1.push((day, used));
@@ -1096,14 +1109,14 @@ impl Store {
         pending_gpus: f64,
         source: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO pool_queue (pool, ts, pending_gpus, source) VALUES ($1, $2, $3, $4)
              ON CONFLICT (pool, ts) DO UPDATE SET pending_gpus = EXCLUDED.pending_gpus, source = EXCLUDED.source",
+            pool,
+            ts,
+            pending_gpus,
+            source,
         )
-        .bind(pool)
-        .bind(ts)
-        .bind(pending_gpus)
-        .bind(source)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1111,7 +1124,7 @@ impl Store {
 
     /// Pools with at least one host.
     pub async fn pool_names(&self) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT DISTINCT pool FROM hosts WHERE pool <> '' ORDER BY pool")
+        sqlx::query_scalar!("SELECT DISTINCT pool FROM hosts WHERE pool <> '' ORDER BY pool")
             .fetch_all(&self.pool)
             .await
     }

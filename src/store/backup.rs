@@ -97,11 +97,11 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
 
 /// Tables in the database's `public` schema (a fresh database has none).
 pub async fn table_count(store: &Store) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
-            .fetch_one(&store.pool)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM pg_tables WHERE schemaname = 'public'"#
     )
+    .fetch_one(&store.pool)
+    .await?)
 }
 
 /// Restore the archive `file` into the database at `url`. Refuses a database that has
@@ -165,7 +165,7 @@ pub async fn restore(
 /// The restored schema's migration against this binary's: newer is refused, older is
 /// brought forward.
 async fn check_schema_version(store: &Store) -> anyhow::Result<()> {
-    let restored: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+    let restored: Option<i64> = sqlx::query_scalar!("SELECT max(version) FROM _sqlx_migrations")
         .fetch_one(&store.pool)
         .await
         .context("the archive holds no Rackwatch schema (no _sqlx_migrations table)")?;
@@ -200,10 +200,10 @@ pub struct TableSum {
 /// partitions) with its row count and checksum: two databases with equal lists hold the
 /// same rows.
 pub async fn fingerprint(store: &Store) -> anyhow::Result<Vec<TableSum>> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    let tables: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT c.relname::text AS "relname!" FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-          ORDER BY 1",
+          ORDER BY 1"#,
     )
     .fetch_all(&store.pool)
     .await?;

@@ -349,7 +349,10 @@ async fn security_headers(
 
 /// 200 when the database answers, 503 otherwise.
 async fn healthz(State(st): State<AppState>) -> (StatusCode, &'static str) {
-    match sqlx::query("SELECT 1").execute(&st.store.pool).await {
+    match sqlx::query_scalar!("SELECT 1 AS alive")
+        .fetch_one(&st.store.pool)
+        .await
+    {
         Ok(_) => (StatusCode::OK, "ok\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }
