@@ -510,7 +510,14 @@ mod prom_am {
         at.sort();
         let mut flipped: HashMap<usize, Instant> = HashMap::new();
         let mut mailed: HashMap<usize, Instant> = HashMap::new();
-        let mut seen: std::collections::HashSet<std::path::PathBuf> = Default::default();
+        // Mails of earlier phases are not this one's.
+        let mut seen: std::collections::HashSet<std::path::PathBuf> =
+            std::fs::read_dir(maildir.join("new"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
         let give_up = t0 + interval * 4 + Duration::from_secs(120);
         while mailed.len() < faults {
             let now = Instant::now();
