@@ -5,6 +5,11 @@
 //! The HTTP run is repeated over HTTPS (`server.tls`): `tls_ratio` is GPU rows/s over
 //! TLS ÷ over plain HTTP (goal ≥ 0.9).
 //!
+//! The same GPU and host samples also go through Prometheus remote write
+//! (`POST /api/v1/write`, dcgm-exporter and node_exporter names, snappy protobuf, at most
+//! 2,000 samples per request as Prometheus sends them): `remote_write_ratio` is its GPU
+//! rows per second over HTTP ingest's.
+//!
 //! Run with `./scripts/bench ingest`. Sizes can be changed with BENCH_HOSTS,
 //! BENCH_SAMPLES (per GPU per batch), BENCH_ROUNDS and BENCH_CLIENTS.
 
@@ -225,13 +230,17 @@ async fn run() {
     let ratio = ingest_rps / copy_rps;
     let ratio_bin = ingest_rps / bin_rps;
     println!("ratio http ingest / raw text COPY = {ratio:.2} (goal ≥ 0.75); / raw binary COPY = {ratio_bin:.2}");
+    truncate(&store).await;
+    let rw_rps = remote_write::run(&store, &server.addr, &batches, &sem, gpu_rows).await;
+    let rw_ratio = rw_rps / ingest_rps;
+    println!("ratio remote write / http ingest = {rw_ratio:.2} (GPU rows per second)");
 
     store.pool.close().await;
     tokio::task::spawn_blocking(move || pg.stop().unwrap())
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&root);
-    println!("BENCH ingest rows_per_s={ingest_rps:.0} copy_rows_per_s={copy_rps:.0} ratio_vs_copy={ratio:.2} binary_copy_rows_per_s={bin_rps:.0} ratio_vs_binary_copy={ratio_bin:.2} tls_rows_per_s={tls_rps:.0} tls_ratio={tls_ratio:.2}");
+    println!("BENCH ingest rows_per_s={ingest_rps:.0} copy_rows_per_s={copy_rps:.0} ratio_vs_copy={ratio:.2} binary_copy_rows_per_s={bin_rps:.0} ratio_vs_binary_copy={ratio_bin:.2} tls_rows_per_s={tls_rps:.0} tls_ratio={tls_ratio:.2} remote_write_ratio={rw_ratio:.2}");
 }
 
 /// POST every body to `base`'s ingest, as many at once as there are permits; the seconds
@@ -339,4 +348,208 @@ fn cores() -> f64 {
     std::thread::available_parallelism()
         .map(|n| n.get() as f64)
         .unwrap_or(1.0)
+}
+
+/// The bench's samples as Prometheus remote-writes them.
+mod remote_write {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use prost::Message as _;
+    use rackwatch::ingest::remote_write::proto::{Label, Sample, TimeSeries, WriteRequest};
+    use rackwatch::model::metrics::{dcgm_field, Sample as _, GPU_METRICS};
+    use rackwatch::model::Batch;
+    use rackwatch::store::auth::WriteScope;
+    use rackwatch::store::Store;
+    use tokio::sync::Semaphore;
+
+    /// Prometheus's `queue_config.max_samples_per_send` (2,000 since 2.51).
+    const PER_REQUEST: usize = 2000;
+
+    fn series(labels: Vec<(&str, String)>, samples: Vec<Sample>) -> TimeSeries {
+        TimeSeries {
+            labels: labels
+                .into_iter()
+                .map(|(name, value)| Label {
+                    name: name.into(),
+                    value,
+                })
+                .collect(),
+            samples,
+        }
+    }
+
+    /// A batch as dcgm-exporter's and node_exporter's series: one per GPU metric, and
+    /// load and memory of the host.
+    fn to_series(b: &Batch) -> Vec<TimeSeries> {
+        let mut out = Vec::new();
+        let ms = |t: chrono::DateTime<chrono::Utc>| t.timestamp_millis();
+        for g in &b.gpus {
+            let rows: Vec<_> = b
+                .gpu_samples
+                .iter()
+                .filter(|s| s.index == g.index)
+                .collect();
+            for (i, m) in GPU_METRICS.iter().enumerate() {
+                let Some(f) = dcgm_field(m.name) else {
+                    continue;
+                };
+                let samples: Vec<Sample> = rows
+                    .iter()
+                    .filter_map(|s| {
+                        s.value(i).as_f64().map(|v| Sample {
+                            value: v * f.scale,
+                            timestamp: ms(s.ts),
+                        })
+                    })
+                    .collect();
+                if samples.is_empty() {
+                    continue;
+                }
+                out.push(series(
+                    vec![
+                        ("__name__", f.name.into()),
+                        ("Hostname", b.host.name.clone()),
+                        ("gpu", g.index.to_string()),
+                        ("UUID", g.uuid.clone().unwrap_or_default()),
+                        ("modelName", g.model.clone().unwrap_or_default()),
+                    ],
+                    samples,
+                ));
+            }
+        }
+        let host = |name: &str, f: &dyn Fn(&rackwatch::model::HostSample) -> Option<f64>| {
+            let samples: Vec<Sample> = b
+                .host_samples
+                .iter()
+                .filter_map(|s| {
+                    f(s).map(|v| Sample {
+                        value: v,
+                        timestamp: ms(s.ts),
+                    })
+                })
+                .collect();
+            series(
+                vec![
+                    ("__name__", name.into()),
+                    ("instance", format!("{}:9100", b.host.name)),
+                ],
+                samples,
+            )
+        };
+        out.push(host("node_load1", &|s| s.load1));
+        out.push(host("node_memory_MemTotal_bytes", &|s| {
+            s.mem_total_bytes.map(|v| v as f64)
+        }));
+        out.push(host("node_memory_MemAvailable_bytes", &|s| {
+            Some(s.mem_total_bytes? as f64 - s.mem_used_bytes? as f64)
+        }));
+        out.retain(|s| !s.samples.is_empty());
+        out
+    }
+
+    /// Requests of at most [`PER_REQUEST`] samples, series split where they overflow.
+    fn requests(series: Vec<TimeSeries>) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut req = WriteRequest::default();
+        let mut n = 0;
+        for mut s in series {
+            while !s.samples.is_empty() {
+                let take = (PER_REQUEST - n).min(s.samples.len());
+                let rest = s.samples.split_off(take);
+                n += take;
+                req.timeseries.push(TimeSeries {
+                    labels: s.labels.clone(),
+                    samples: std::mem::replace(&mut s.samples, rest),
+                });
+                if n == PER_REQUEST {
+                    out.push(std::mem::take(&mut req));
+                    n = 0;
+                }
+            }
+        }
+        if n > 0 {
+            out.push(req);
+        }
+        out.into_iter()
+            .map(|r| {
+                snap::raw::Encoder::new()
+                    .compress_vec(&r.encode_to_vec())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Remote-write `batches` with the ingest clients' concurrency; GPU rows per second.
+    pub async fn run(
+        store: &Store,
+        addr: &SocketAddr,
+        batches: &[Batch],
+        sem: &Arc<Semaphore>,
+        gpu_rows: usize,
+    ) -> f64 {
+        let mut hosts: Vec<String> = batches.iter().map(|b| b.host.name.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
+        let token = store
+            .create_write_token(&WriteScope::Hosts(hosts), "bench")
+            .await
+            .unwrap();
+        // Encoded before the clock starts, like the ingest bodies.
+        let bodies: Vec<Vec<u8>> = batches
+            .iter()
+            .flat_map(|b| requests(to_series(b)))
+            .collect();
+        let samples: usize = batches
+            .iter()
+            .map(|b| to_series(b).iter().map(|s| s.samples.len()).sum::<usize>())
+            .sum();
+        let wire: usize = bodies.iter().map(Vec::len).sum();
+        let endpoint = format!("http://{addr}/api/v1/write");
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        let requests = bodies.len();
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for body in bodies {
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            let (client, endpoint, token) = (client.clone(), endpoint.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = client
+                    .post(&endpoint)
+                    .bearer_auth(token)
+                    .header("content-type", "application/x-protobuf")
+                    .header("content-encoding", "snappy")
+                    .header("x-prometheus-remote-write-version", "0.1.0")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 204, "{}", r.text().await.unwrap_or_default());
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            n as usize, gpu_rows,
+            "every GPU row stored through remote write"
+        );
+        let rps = gpu_rows as f64 / secs;
+        println!(
+            "remote write: {requests} requests, {samples} samples, {:.1} MB snappy on the wire, {secs:.2} s → {rps:.0} GPU rows/s ({:.0} samples/s)",
+            wire as f64 / 1e6,
+            samples as f64 / secs
+        );
+        rps
+    }
 }

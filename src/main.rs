@@ -269,18 +269,25 @@ enum UserCmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Mint a token for one host's agent (--host) or for a pool's scheduler to report its
-    /// queue (--pool); the token is the last line printed.
+    /// Mint a token for one host's agent (--host), for a pool's scheduler to report its
+    /// queue (--pool), or for Prometheus remote write scoped to a site (--write-site) or
+    /// to hosts (--write-hosts); the token is the last line printed.
     Create {
         #[arg(
             long,
             value_name = "NAME",
-            required_unless_present = "pool",
-            conflicts_with = "pool"
+            required_unless_present_any = ["pool", "write_site", "write_hosts"],
+            conflicts_with_all = ["pool", "write_site", "write_hosts"]
         )]
         host: Option<String>,
-        #[arg(long, value_name = "POOL")]
+        #[arg(long, value_name = "POOL", conflicts_with_all = ["write_site", "write_hosts"])]
         pool: Option<String>,
+        /// A remote-write token (POST /api/v1/write) for the hosts of this site.
+        #[arg(long, value_name = "SITE", conflicts_with = "write_hosts")]
+        write_site: Option<String>,
+        /// A remote-write token for these hosts (comma-separated).
+        #[arg(long, value_name = "NAME,…", value_delimiter = ',')]
+        write_hosts: Option<Vec<String>>,
         /// A note shown next to the token in listings.
         #[arg(long, default_value = "")]
         note: String,
@@ -750,7 +757,45 @@ async fn audit(
 
 async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
     match t {
-        TokenCmd::Create { host, pool, note } => {
+        TokenCmd::Create {
+            host,
+            pool,
+            write_site,
+            write_hosts,
+            note,
+        } => {
+            use rackwatch::store::auth::WriteScope;
+            let scope = match (write_site, write_hosts) {
+                (Some(site), _) => Some(WriteScope::Site(site)),
+                (None, Some(hosts)) => Some(WriteScope::Hosts(hosts)),
+                (None, None) => None,
+            };
+            if let Some(scope) = scope {
+                let (site, hosts) = match &scope {
+                    WriteScope::Site(s) => (s.clone(), vec!["x".to_string()]),
+                    WriteScope::Hosts(h) => (String::new(), h.clone()),
+                };
+                for name in hosts {
+                    rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
+                        name,
+                        site: site.clone(),
+                        ..Default::default()
+                    })
+                    .map_err(anyhow::Error::msg)?;
+                }
+                let token = db.store.create_write_token(&scope, &note).await?;
+                let target = format!("write:{}", scope.label());
+                audit(
+                    db,
+                    "token.created",
+                    &target,
+                    serde_json::json!({ "note": note }),
+                )
+                .await?;
+                eprintln!("remote-write token for {} (shown once; Prometheus sends it as remote_write.authorization.credentials to POST /api/v1/write):", scope.label());
+                println!("{token}");
+                return Ok(());
+            }
             if let Some(pool) = pool {
                 rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
                     name: "x".into(),

@@ -9,6 +9,8 @@
 //!    the valid part idempotently;
 //! 4. the answer ([`IngestResponse`]) says what was accepted, stored and refused, and why.
 
+pub mod remote_write;
+
 use std::borrow::Cow;
 use std::io::Read;
 use std::sync::Arc;

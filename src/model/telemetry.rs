@@ -122,6 +122,12 @@ pub struct ReasonLabel {
     pub reason: IngestRefusal,
 }
 
+/// Why remote-write series were dropped: `unmapped`, `unplaced`, `out_of_scope`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DropLabel {
+    pub reason: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: IngestOutcome,
@@ -167,11 +173,24 @@ pub struct IngestTelemetry {
     pub duration: Histograms<OutcomeLabel>,
 }
 
+/// Prometheus remote write's own counters (what it accepts, stores and rejects is
+/// counted with ingest's).
+#[derive(Debug, Default)]
+pub struct RemoteWriteTelemetry {
+    pub requests: Counter,
+    pub bytes: Counter,
+    /// Samples the requests carried, mapped or not.
+    pub samples: Counter,
+    pub series_dropped: Family<DropLabel, Counter>,
+    pub errors: Family<ReasonLabel, Counter>,
+}
+
 /// Every instrument of one server, and the registry that exposes them.
 #[derive(Debug)]
 pub struct Telemetry {
     registry: Registry,
     pub ingest: IngestTelemetry,
+    pub remote_write: RemoteWriteTelemetry,
     pub logins_failed: Counter,
     pub page_duration: Histograms<RouteLabel>,
     pub job_duration: Histograms<JobLabel>,
@@ -205,9 +224,21 @@ impl Telemetry {
         for reason in IngestRefusal::ALL {
             drop(ingest.errors.get_or_create(&ReasonLabel { reason }));
         }
+        let remote_write = RemoteWriteTelemetry::default();
+        for reason in IngestRefusal::ALL {
+            drop(remote_write.errors.get_or_create(&ReasonLabel { reason }));
+        }
+        for reason in ["unmapped", "unplaced", "out_of_scope"] {
+            drop(
+                remote_write
+                    .series_dropped
+                    .get_or_create(&DropLabel { reason }),
+            );
+        }
         let t = Telemetry {
             registry: Registry::default(),
             ingest,
+            remote_write,
             logins_failed: Counter::default(),
             page_duration: histograms(|| Histogram::new(PAGE_BUCKETS.iter().copied())),
             job_duration: histograms(|| Histogram::new(JOB_BUCKETS.iter().copied())),
@@ -261,6 +292,32 @@ impl Telemetry {
             "rackwatch_ingest_errors",
             "Ingest requests refused, by reason",
             i.errors.clone(),
+        );
+        let w = &t.remote_write;
+        r.register(
+            "rackwatch_remote_write_requests",
+            "Prometheus remote-write requests received",
+            w.requests.clone(),
+        );
+        r.register(
+            "rackwatch_remote_write_bytes",
+            "Remote-write body bytes received (snappy-compressed)",
+            w.bytes.clone(),
+        );
+        r.register(
+            "rackwatch_remote_write_samples",
+            "Samples received by remote write, mapped or not",
+            w.samples.clone(),
+        );
+        r.register(
+            "rackwatch_remote_write_series_dropped",
+            "Remote-write series dropped, by reason: a metric Rackwatch does not map, no host or GPU label, a host out of the token's scope",
+            w.series_dropped.clone(),
+        );
+        r.register(
+            "rackwatch_remote_write_errors",
+            "Remote-write requests refused, by reason",
+            w.errors.clone(),
         );
         r.register(
             "rackwatch_logins_failed",

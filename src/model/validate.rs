@@ -138,6 +138,32 @@ pub fn parse_batch(body: &[u8], limits: &Limits) -> Result<ValidBatch, BatchErro
     }
 }
 
+/// Validate a batch built in memory (Prometheus remote write maps its series to one):
+/// the same checks, rejections and limits as [`parse_batch`], item by item.
+pub fn validate_batch(batch: Batch, limits: &Limits) -> Result<ValidBatch, BatchError> {
+    validate_host(&batch.host).map_err(BatchError::Shape)?;
+    if batch.gpus.len() + batch.len() > limits.max_items {
+        return Err(BatchError::TooLarge {
+            limit: limits.max_items,
+        });
+    }
+    // Room for every GPU sample up front (the builder sizes by body length).
+    let mut b = Builder::new(limits, batch.gpu_samples.len() * 300);
+    for (i, g) in batch.gpus.into_iter().enumerate() {
+        b.gpu(i, Ok(g));
+    }
+    for (i, s) in batch.host_samples.into_iter().enumerate() {
+        b.host_sample(i, Ok(s));
+    }
+    for (i, s) in batch.gpu_samples.into_iter().enumerate() {
+        b.gpu_sample(i, Ok(s));
+    }
+    for (i, e) in batch.events.into_iter().enumerate() {
+        b.event(i, Ok(e));
+    }
+    Ok(b.finish(batch.host, batch.agent))
+}
+
 /// The item-by-item route: each sample is typed from its own raw JSON text.
 fn parse_sections(text: &str, limits: &Limits) -> Result<ValidBatch, BatchError> {
     if !text.trim_start().starts_with('{') {

@@ -463,20 +463,14 @@ impl Store {
             }
         }
         let host: Option<String> = sqlx::query_scalar!(
-            "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NULL",
+            "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NULL
+                AND write_site IS NULL AND write_hosts IS NULL",
             &hash,
         )
         .fetch_optional(&self.pool)
         .await?;
         if let Some(h) = &host {
-            // Last use is shown to admins; a minute of precision saves a write per batch.
-            sqlx::query!(
-                "UPDATE agent_tokens SET last_used_at = now()
-                  WHERE token_sha256 = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-                &hash,
-            )
-            .execute(&self.pool)
-            .await?;
+            self.touch_token(&hash).await?;
             self.cache
                 .tokens
                 .lock()
@@ -484,6 +478,63 @@ impl Store {
                 .insert(hash, (h.clone(), std::time::Instant::now()));
         }
         Ok(host)
+    }
+
+    /// Mint a Prometheus remote-write token with `scope`; only its hash is stored.
+    pub async fn create_write_token(
+        &self,
+        scope: &WriteScope,
+        note: &str,
+    ) -> Result<String, sqlx::Error> {
+        let token = format!("rww_{}", random_secret());
+        let (site, hosts) = match scope {
+            WriteScope::Site(s) => (Some(s.as_str()), None),
+            WriteScope::Hosts(h) => (None, Some(h.as_slice())),
+        };
+        sqlx::query!(
+            "INSERT INTO agent_tokens (host_name, write_site, write_hosts, token_sha256, note)
+             VALUES ('', $1, $2, $3, $4)",
+            site,
+            hosts,
+            sha256(&token),
+            note,
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// What a live remote-write token may write.
+    pub async fn token_write_scope(&self, token: &str) -> Result<Option<WriteScope>, sqlx::Error> {
+        let hash = sha256(token);
+        let row = sqlx::query!(
+            "SELECT write_site, write_hosts FROM agent_tokens
+              WHERE token_sha256 = $1 AND revoked_at IS NULL
+                AND (write_site IS NOT NULL OR write_hosts IS NOT NULL)",
+            &hash,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let scope = match row.map(|r| (r.write_site, r.write_hosts)) {
+            Some((Some(site), _)) => WriteScope::Site(site),
+            Some((None, Some(hosts))) => WriteScope::Hosts(hosts),
+            _ => return Ok(None),
+        };
+        self.touch_token(&hash).await?;
+        Ok(Some(scope))
+    }
+
+    /// Record a token's use. Last use is shown to admins; a minute of precision saves a
+    /// write per request.
+    async fn touch_token(&self, hash: &[u8]) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "UPDATE agent_tokens SET last_used_at = now()
+              WHERE token_sha256 = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+            hash,
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Revoke every token minted with `note` for these hosts (the demo's own tokens).
@@ -505,7 +556,10 @@ impl Store {
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, sqlx::Error> {
         sqlx::query_as!(
             TokenInfo,
-            r#"SELECT id, CASE WHEN pool IS NULL THEN host_name ELSE 'pool:' || pool END AS "host_name!", note, created_at,
+            r#"SELECT id, CASE WHEN pool IS NOT NULL THEN 'pool:' || pool
+                             WHEN write_site IS NOT NULL THEN 'write:site:' || write_site
+                             WHEN write_hosts IS NOT NULL THEN 'write:hosts:' || array_to_string(write_hosts, ',')
+                             ELSE host_name END AS "host_name!", note, created_at,
                     last_used_at, revoked_at
                FROM agent_tokens ORDER BY 2, id"#,
         )
@@ -527,6 +581,25 @@ impl Store {
         // Clear again: a lookup racing the UPDATE may have cached the token.
         self.cache.tokens.lock().expect("token cache").clear();
         Ok(r)
+    }
+}
+
+/// What a Prometheus remote-write token may write (`POST /api/v1/write`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteScope {
+    /// Any host of this site; new hosts are placed in it, hosts of other sites refused.
+    Site(String),
+    /// These hosts only.
+    Hosts(Vec<String>),
+}
+
+impl WriteScope {
+    /// As `rackwatch token list` shows it.
+    pub fn label(&self) -> String {
+        match self {
+            WriteScope::Site(s) => format!("site {s}"),
+            WriteScope::Hosts(h) => format!("hosts {}", h.join(", ")),
+        }
     }
 }
 

@@ -10,14 +10,16 @@
 //! The text-format encoders are kept: the ingest benchmark's reference peer is a text
 //! `COPY`, and a test checks that both formats store exactly the same values.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration, Utc};
+use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::Store;
 use crate::model::metrics::{Metric, Sample, SqlType, Value, GPU_METRICS, HOST_METRICS};
-use crate::model::{Batch, GpuSample, HostSample};
+use crate::model::{Batch, GpuSample, HostInfo, HostSample};
 
 /// What a write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,24 +63,38 @@ impl Store {
         batch: &Batch,
         now: DateTime<Utc>,
     ) -> Result<WriteOutcome, super::StoreError> {
-        Ok(self.write_batch_tx(batch, now).await?)
+        Ok(self.write_batch_tx(batch, now, Write::Append).await?)
+    }
+
+    /// Store a validated batch whose samples may be parts of rows already stored: a
+    /// sample at a stored `(host, GPU, time)` fills the metrics that row lacks (and
+    /// counts as stored only then), and the latest-sample rows keep what a newer part
+    /// leaves out. Prometheus remote write spreads one scrape's series over several
+    /// requests.
+    pub async fn merge_batch(
+        &self,
+        batch: &Batch,
+        now: DateTime<Utc>,
+    ) -> Result<WriteOutcome, super::StoreError> {
+        Ok(self.write_batch_tx(batch, now, Write::Merge).await?)
     }
 
     async fn write_batch_tx(
         &self,
         batch: &Batch,
         now: DateTime<Utc>,
+        mode: Write,
     ) -> Result<WriteOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let host_id = upsert_host(&mut tx, batch, now).await?;
+        let host_id = upsert_host(&mut tx, batch, now, mode).await?;
         let copied = copy_samples(&mut tx, host_id, batch).await;
         let (mut tx, stored_samples) = match copied {
             Ok(n) => (tx, n),
             Err(e) if is_unique_violation(&e) || is_citus_copy_error(&e) => {
                 tx.rollback().await?;
                 let mut tx = self.pool.begin().await?;
-                upsert_host(&mut tx, batch, now).await?;
-                let n = insert_samples_idempotent(&mut tx, host_id, batch).await?;
+                upsert_host(&mut tx, batch, now, mode).await?;
+                let n = insert_samples_idempotent(&mut tx, host_id, batch, mode).await?;
                 (tx, n)
             }
             Err(e) => return Err(e),
@@ -105,6 +121,49 @@ impl Store {
             host_id,
             stored: stored_samples + stored_events,
         })
+    }
+}
+
+impl Store {
+    /// The placement (site, rack, pool, labels) of the named hosts that exist.
+    pub async fn host_placements(&self, names: &[String]) -> Result<Vec<HostInfo>, sqlx::Error> {
+        Ok(sqlx::query!(
+            r#"SELECT name, site, rack, pool, labels AS "labels: Json<BTreeMap<String, String>>"
+                 FROM hosts WHERE name = ANY($1)"#,
+            names,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| HostInfo {
+            name: r.name,
+            site: r.site,
+            rack: r.rack,
+            pool: r.pool,
+            labels: r.labels.0,
+        })
+        .collect())
+    }
+
+    /// The code of the newest XID event of each GPU of the named hosts:
+    /// `(host, GPU index, code)`.
+    pub async fn latest_xid_codes(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, i16, i64)>, sqlx::Error> {
+        Ok(sqlx::query!(
+            r#"SELECT h.name, e.gpu_index AS "gpu_index!", e.code AS "code!" FROM hosts h
+                 CROSS JOIN LATERAL (SELECT DISTINCT ON (gpu_index) gpu_index, code FROM hardware_events
+                                      WHERE host_id = h.id AND kind = 'xid' AND gpu_index >= 0
+                                      ORDER BY gpu_index, ts DESC) e
+                WHERE h.name = ANY($1)"#,
+            names,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.name, r.gpu_index, r.code))
+        .collect())
     }
 }
 
@@ -148,10 +207,31 @@ fn newest(b: &Batch) -> (Option<&HostSample>, Vec<&GpuSample>) {
     (host, gpus)
 }
 
+/// How a batch's samples meet rows already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// A stored row wins: a replay is stored once.
+    Append,
+    /// A stored row gains the metrics it lacks ([`Store::merge_batch`]).
+    Merge,
+}
+
 /// The host upsert with its latest-sample rows: `$1..$8` the host, `$9` the newest host
 /// sample's time and then its `latest` metrics, then the newest GPU samples as arrays
 /// (index, time, then their `latest` metrics). Built once from the metric table.
-static UPSERT_HOST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+static UPSERT_HOST: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| upsert_host_sql(Write::Append));
+static UPSERT_HOST_MERGE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| upsert_host_sql(Write::Merge));
+
+fn upsert_host_sql(mode: Write) -> String {
+    // Merging: a part of a newer sample keeps the metrics it lacks, and a part of the
+    // same sample fills them.
+    let (set, newer) = match mode {
+        Write::Append => ("{c} = EXCLUDED.{c}", "<"),
+        Write::Merge => ("{c} = COALESCE(EXCLUDED.{c}, {t}.{c})", "<="),
+    };
+    let set_of = |t: &str, c: &str| set.replace("{t}", t).replace("{c}", c);
     let host: Vec<&Metric> = HOST_METRICS.iter().filter(|m| m.latest).collect();
     let gpu: Vec<&Metric> = GPU_METRICS.iter().filter(|m| m.latest).collect();
     let mut n = 9;
@@ -161,10 +241,7 @@ static UPSERT_HOST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     };
     let host_cols: Vec<&str> = host.iter().map(|m| m.name).collect();
     let host_params: Vec<String> = host.iter().map(|_| format!("${}", next())).collect();
-    let host_set: Vec<String> = host_cols
-        .iter()
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect();
+    let host_set: Vec<String> = host_cols.iter().map(|c| set_of("host_latest", c)).collect();
     let (gi, gt) = (next(), next());
     let gpu_cols: Vec<&str> = gpu.iter().map(|m| m.name).collect();
     let gpu_arrays: Vec<String> = gpu
@@ -177,7 +254,7 @@ static UPSERT_HOST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let gpu_set: Vec<String> = gpu_cols
         .iter()
         .filter(|c| **c != "energy_joules_total")
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .map(|c| set_of("gpu_latest", c))
         .collect();
     let (day_col, day_val, day_set) = match energy {
         Some(k) => (
@@ -214,12 +291,12 @@ static UPSERT_HOST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             INSERT INTO host_latest (host_id, ts, {hc})
             SELECT h.id, $9, {hp} FROM h WHERE $9::timestamptz IS NOT NULL
             ON CONFLICT (host_id) DO UPDATE SET ts = EXCLUDED.ts, {hs}
-             WHERE host_latest.ts < EXCLUDED.ts
+             WHERE host_latest.ts {newer} EXCLUDED.ts
          ), gpu_latest_up AS (
             INSERT INTO gpu_latest (host_id, gpu_index, ts, {gc}{day_col})
             SELECT h.id, g.*{day_val} FROM h, UNNEST(${gi}::int2[], ${gt}::timestamptz[], {ga}) AS g(i, t, {al})
             ON CONFLICT (host_id, gpu_index) DO UPDATE SET ts = EXCLUDED.ts, {gs}{day_set}
-             WHERE gpu_latest.ts < EXCLUDED.ts
+             WHERE gpu_latest.ts {newer} EXCLUDED.ts
          )
          SELECT id FROM h",
         hc = host_cols.join(", "),
@@ -230,7 +307,7 @@ static UPSERT_HOST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         al = aliases.join(", "),
         gs = gpu_set.join(", "),
     )
-});
+}
 
 /// The Postgres element type of a metric's array parameter.
 fn pg_array_type(sql: SqlType) -> &'static str {
@@ -288,6 +365,7 @@ async fn upsert_host(
     tx: &mut Transaction<'_, Postgres>,
     b: &Batch,
     now: DateTime<Utc>,
+    mode: Write,
 ) -> Result<i64, sqlx::Error> {
     let labels = sqlx::types::Json(&b.host.labels);
     let (version, stats) = match &b.agent {
@@ -305,7 +383,11 @@ async fn upsert_host(
         .max()
         .map(|t| t.min(now));
     let (h, gpus) = newest(b);
-    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(UPSERT_HOST.as_str()))
+    let sql = match mode {
+        Write::Append => UPSERT_HOST.as_str(),
+        Write::Merge => UPSERT_HOST_MERGE.as_str(),
+    };
+    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(&b.host.name)
         .bind(&b.host.site)
         .bind(&b.host.rack)
@@ -609,6 +691,7 @@ async fn insert_samples_idempotent(
     tx: &mut Transaction<'_, Postgres>,
     host_id: i64,
     b: &Batch,
+    mode: Write,
 ) -> Result<usize, sqlx::Error> {
     let mut n = 0;
     if !b.host_samples.is_empty() {
@@ -621,8 +704,9 @@ async fn insert_samples_idempotent(
         n += count_inserted(
             tx,
             &format!(
-                "INSERT INTO host_samples ({c}) SELECT {c} FROM replay_host_samples ON CONFLICT DO NOTHING",
-                c = host_columns()
+                "INSERT INTO host_samples ({c}) SELECT {c} FROM replay_host_samples {k}",
+                c = host_columns(),
+                k = on_conflict(mode, "host_samples", "host_id, ts", HOST_METRICS),
             ),
         )
         .await?;
@@ -637,13 +721,43 @@ async fn insert_samples_idempotent(
         n += count_inserted(
             tx,
             &format!(
-                "INSERT INTO gpu_samples ({c}) SELECT {c} FROM replay_gpu_samples ON CONFLICT DO NOTHING",
-                c = gpu_columns()
+                "INSERT INTO gpu_samples ({c}) SELECT {c} FROM replay_gpu_samples {k}",
+                c = gpu_columns(),
+                k = on_conflict(mode, "gpu_samples", "host_id, gpu_index, ts", GPU_METRICS),
             ),
         )
         .await?;
     }
     Ok(n)
+}
+
+/// The conflict clause of a replayed or merged insert. Merging fills the stored row's
+/// missing metrics and touches (counts) only rows that gain one, so a merge replayed is
+/// stored once too.
+fn on_conflict(mode: Write, table: &str, key: &str, metrics: &[Metric]) -> String {
+    match mode {
+        Write::Append => "ON CONFLICT DO NOTHING".into(),
+        Write::Merge => {
+            let set: Vec<String> = metrics
+                .iter()
+                .map(|m| format!("{c} = COALESCE({table}.{c}, EXCLUDED.{c})", c = m.name))
+                .collect();
+            let gains: Vec<String> = metrics
+                .iter()
+                .map(|m| {
+                    format!(
+                        "({table}.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)",
+                        c = m.name
+                    )
+                })
+                .collect();
+            format!(
+                "ON CONFLICT ({key}) DO UPDATE SET {} WHERE {}",
+                set.join(", "),
+                gains.join(" OR ")
+            )
+        }
+    }
 }
 
 /// Run `INSERT … SELECT … ON CONFLICT DO NOTHING` and count the rows it stored. The

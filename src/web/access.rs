@@ -32,6 +32,8 @@ pub enum Access {
     User(Role),
     /// An agent token or agent certificate; it writes data for its own host only.
     AgentToken,
+    /// A Prometheus remote-write token; it writes the hosts of its site or list.
+    WriteToken,
     /// A pool's scheduler token (its own pool only), or an operator.
     PoolTokenOrOperator,
     /// The scrape token (`server.metrics_token`), or any user; anyone when
@@ -48,6 +50,7 @@ impl Access {
             Access::User(Role::Operator) => "operator",
             Access::User(Role::Admin) => "admin",
             Access::AgentToken => "agent token or certificate (own host)",
+            Access::WriteToken => "remote-write token (its hosts)",
             Access::PoolTokenOrOperator => "pool token (own pool) or operator",
             Access::ScrapeTokenOrUser => "scrape token or viewer",
         }
@@ -103,7 +106,7 @@ const fn api(
     }
 }
 
-use Access::{AgentToken, PoolTokenOrOperator, Public, ScrapeTokenOrUser, User};
+use Access::{AgentToken, PoolTokenOrOperator, Public, ScrapeTokenOrUser, User, WriteToken};
 use Role::{Admin, Operator, Viewer};
 
 /// Every route of the server, and who may call it.
@@ -243,6 +246,12 @@ pub const ROUTES: &[RouteRule] = &[
         "a scheduler's pending GPUs",
     ),
     api("POST", "/api/v1/ingest", AgentToken, "an agent's batch"),
+    api(
+        "POST",
+        "/api/v1/write",
+        WriteToken,
+        "Prometheus remote write (dcgm-exporter, node_exporter)",
+    ),
     api("GET", "/api/v1/admin/users", User(Admin), "users"),
     api(
         "GET",
@@ -466,7 +475,7 @@ pub fn table() -> String {
 }
 
 /// The kinds of caller the matrix in docs/security.md has a column for.
-pub const CALLERS: [&str; 8] = [
+pub const CALLERS: [&str; 9] = [
     "anonymous",
     "viewer",
     "operator",
@@ -475,6 +484,7 @@ pub const CALLERS: [&str; 8] = [
     "agent token, other host",
     "pool token",
     "scrape token",
+    "remote-write token",
 ];
 
 /// Whether caller `CALLERS[i]` may call a route with `access`.
@@ -491,6 +501,7 @@ fn may(access: Access, i: usize) -> bool {
         Access::AgentToken => i == 4,
         Access::PoolTokenOrOperator => i == 6 || role.is_some_and(|r| r >= Role::Operator),
         Access::ScrapeTokenOrUser => i == 7 || role.is_some(),
+        Access::WriteToken => i == 8,
     }
 }
 

@@ -129,32 +129,8 @@ async fn run(
         });
     }
     json_body(headers)?;
-    let _slot = tokio::time::timeout(SLOT_WAIT, st.ingest_slots.clone().acquire_owned())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            ApiError::Busy("the server is at its ingest concurrency limit; retry shortly".into())
-        })?;
-    let max = st.cfg.server.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
-        let mut chain: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(c) = chain {
-            if c.is::<http_body_util::LengthLimitError>() {
-                return ApiError::TooLarge(format!(
-                    "body is over {max} bytes (server.max_body_bytes); send smaller batches"
-                ));
-            }
-            if c.is::<tower_http::timeout::TimeoutError>() {
-                return ApiError::RequestTimeout(format!(
-                    "the body stopped arriving for {} s (server.body_timeout_secs)",
-                    st.cfg.server.body_timeout_secs
-                ));
-            }
-            chain = c.source();
-        }
-        ApiError::BadRequest(format!("the body could not be read: {e}"))
-    })?;
+    let _slot = slot(st).await?;
+    let bytes = read_body(st, body).await?;
     st.metrics.ingest.bytes.inc_by(bytes.len() as u64);
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -186,6 +162,41 @@ fn limit_key(kind: &[u8], secret: &[u8]) -> [u8; 16] {
     h.update([0]);
     h.update(secret);
     h.finalize()[..16].try_into().expect("16 bytes")
+}
+
+/// Wait for an ingest slot (`server.ingest_concurrency`); 503 after [`SLOT_WAIT`].
+pub(super) async fn slot(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    tokio::time::timeout(SLOT_WAIT, st.ingest_slots.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::Busy("the server is at its ingest concurrency limit; retry shortly".into())
+        })
+}
+
+/// Read a request body up to `server.max_body_bytes`: over it is 413, a body that stops
+/// arriving for `server.body_timeout_secs` is 408.
+pub(super) async fn read_body(st: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let max = st.cfg.server.max_body_bytes;
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let mut chain: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = chain {
+            if c.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge(format!(
+                    "body is over {max} bytes (server.max_body_bytes); send smaller batches"
+                ));
+            }
+            if c.is::<tower_http::timeout::TimeoutError>() {
+                return ApiError::RequestTimeout(format!(
+                    "the body stopped arriving for {} s (server.body_timeout_secs)",
+                    st.cfg.server.body_timeout_secs
+                ));
+            }
+            chain = c.source();
+        }
+        ApiError::BadRequest(format!("the body could not be read: {e}"))
+    })
 }
 
 /// Ingest bodies are JSON; anything else is refused before it is read.

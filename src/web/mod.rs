@@ -25,6 +25,7 @@ pub mod page;
 pub mod proxy;
 pub mod rack;
 pub mod range;
+pub mod remote_write;
 pub mod serve;
 pub mod tls;
 
@@ -68,6 +69,8 @@ pub struct AppState {
     pub ingest_limiter: Option<Arc<limit::Buckets<[u8; 16]>>>,
     /// Sign-on by an authenticating proxy (`server.auth_proxy`).
     pub proxy: Arc<proxy::ProxySignOn>,
+    /// Remote write's memory between requests (counters' previous points, XID codes).
+    pub remote_write: Arc<crate::ingest::remote_write::SeriesState>,
 }
 
 impl AppState {
@@ -93,6 +96,7 @@ impl AppState {
                     f64::from(cfg.ingest.token_burst),
                 ))
             }),
+            remote_write: Default::default(),
             cfg,
         }
     }
@@ -284,6 +288,7 @@ pub fn api_router() -> Routes {
         .merge(energy::api_routes())
         .merge(admin::api_routes())
         .merge(ingest::api_routes())
+        .merge(remote_write::api_routes())
         .merge(openapi::api_routes())
 }
 

@@ -29,6 +29,7 @@ mod nvml;
 mod openapi;
 mod pages;
 mod prometheus;
+mod remote_write;
 mod replication;
 mod rollups;
 mod security;

@@ -493,6 +493,51 @@ async fn real_responses_match_the_openapi_document() {
     }
     covered.insert(("post", "/api/v1/ingest"));
 
+    // Remote write: 204 without a body, and an error as an ErrorBody.
+    let writer = app
+        .store
+        .create_write_token(
+            &rackwatch::store::auth::WriteScope::Hosts(vec!["api-rw".into()]),
+            "api",
+        )
+        .await
+        .unwrap();
+    let series = crate::remote_write::series(
+        &[("__name__", "node_load1"), ("instance", "api-rw:9100")],
+        &[(ts.timestamp_millis(), 0.5)],
+    );
+    for (body, status) in [
+        (crate::remote_write::body(&[series]), 204),
+        (b"not snappy".to_vec(), 400),
+    ] {
+        let r = app
+            .http
+            .post(format!("{}/api/v1/write", app.base))
+            .bearer_auth(&writer)
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let documented = &doc["paths"]["/api/v1/write"]["post"]["responses"][status.to_string()];
+        assert!(documented.is_object(), "{status} is documented");
+        if status == 204 {
+            assert!(documented.get("content").is_none(), "204 has no body");
+            assert!(r.bytes().await.unwrap().is_empty());
+        } else {
+            let body: Value = r.json().await.unwrap();
+            errs.extend(violations(
+                &doc,
+                response_schema(&doc, "post", "/api/v1/write", status),
+                &body,
+                "remote write",
+            ));
+        }
+    }
+    covered.insert(("post", "/api/v1/write"));
+
     assert!(
         errs.is_empty(),
         "responses differ from the OpenAPI document:\n{}",

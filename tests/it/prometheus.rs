@@ -237,14 +237,14 @@ async fn fleet_exposition_names_gpus_as_dcgm_exporter_and_passes_promtool() {
 }
 
 /// A real Prometheus server on loopback with its own TSDB.
-struct Prometheus {
+pub(crate) struct Prometheus {
     port: u16,
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    async fn start(config: &str) -> Prometheus {
+    pub(crate) async fn start(config: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, config).unwrap();
@@ -282,12 +282,12 @@ impl Prometheus {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
     }
 
     /// An instant query's result vector.
-    async fn query(&self, q: &str) -> Vec<Value> {
+    pub(crate) async fn query(&self, q: &str) -> Vec<Value> {
         let r: Value = reqwest::Client::new()
             .get(format!("{}/api/v1/query", self.base()))
             .query(&[("query", q)])

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 
 use rackwatch::store::audit::Filter;
-use rackwatch::store::auth::Role;
+use rackwatch::store::auth::{Role, WriteScope};
 use rackwatch::web::access::{self, Access, RouteRule, ROUTES};
 use serde_json::json;
 
@@ -29,9 +29,11 @@ enum Who {
     PoolToken,
     /// The Prometheus scrape token.
     ScrapeToken,
+    /// A remote-write token of site `fra1`.
+    WriteToken,
 }
 
-const EVERYONE: [Who; 8] = [
+const EVERYONE: [Who; 9] = [
     Who::Anonymous,
     Who::Viewer,
     Who::Operator,
@@ -40,6 +42,7 @@ const EVERYONE: [Who; 8] = [
     Who::OtherHostToken,
     Who::PoolToken,
     Who::ScrapeToken,
+    Who::WriteToken,
 ];
 
 /// How to call a route, and what an allowed caller gets.
@@ -47,6 +50,8 @@ struct Call {
     path: String,
     form: Option<Vec<(&'static str, String)>>,
     json: Option<serde_json::Value>,
+    /// A remote-write body (snappy-compressed protobuf).
+    protobuf: Option<Vec<u8>>,
     /// The status of an allowed call.
     allowed: u16,
 }
@@ -69,12 +74,14 @@ fn call(r: &RouteRule) -> Call {
         path: path.clone(),
         form: None,
         json: None,
+        protobuf: None,
         allowed,
     };
     let form = |fields: Vec<(&'static str, String)>, allowed| Call {
         path: path.clone(),
         form: Some(fields),
         json: None,
+        protobuf: None,
         allowed,
     };
     let ts = recent(1, 1, 5)[0].to_rfc3339();
@@ -121,12 +128,14 @@ fn call(r: &RouteRule) -> Call {
             path,
             form: None,
             json: Some(json!([])),
+            protobuf: None,
             allowed: 200,
         },
         ("POST", "/api/v1/pools/{pool}/demand") => Call {
             path,
             form: None,
             json: Some(json!({"pending_gpus": 3, "source": "matrix"})),
+            protobuf: None,
             allowed: 200,
         },
         ("POST", "/api/v1/ingest") => Call {
@@ -136,7 +145,18 @@ fn call(r: &RouteRule) -> Call {
                 "host": {"name": "host-a", "site": "fra1", "rack": "r1", "pool": "pool-a"},
                 "host_samples": [{"ts": ts, "cpu_util_pct": 12.0}],
             })),
+            protobuf: None,
             allowed: 200,
+        },
+        ("POST", "/api/v1/write") => Call {
+            path,
+            form: None,
+            json: None,
+            protobuf: Some(crate::remote_write::body(&[crate::remote_write::series(
+                &[("__name__", "node_load1"), ("instance", "host-a:9100")],
+                &[(recent(1, 1, 5)[0].timestamp_millis(), 1.5)],
+            )])),
+            allowed: 204,
         },
         (m, p) => panic!("{m} {p} is in the authorization table but the matrix test has no request for it: add one to call()"),
     }
@@ -173,6 +193,10 @@ fn expected(row: &RouteRule, who: Who, allowed: u16) -> u16 {
             (Who::ScrapeToken, _) | (_, Some(_)) => allowed,
             _ => 401,
         },
+        Access::WriteToken => match who {
+            Who::WriteToken => allowed,
+            _ => 401,
+        },
     }
 }
 
@@ -201,6 +225,13 @@ async fn callers(app: &TestApp) -> Callers {
             .unwrap(),
     );
     bearers.insert(Who::ScrapeToken, METRICS_TOKEN.to_string());
+    bearers.insert(
+        Who::WriteToken,
+        app.store
+            .create_write_token(&WriteScope::Site("fra1".into()), "matrix")
+            .await
+            .unwrap(),
+    );
     Callers { cookies, bearers }
 }
 
@@ -234,6 +265,15 @@ async fn send(app: &TestApp, row: &RouteRule, c: &Call, who: Who, cs: &Callers) 
             req = req.header(access::CSRF_HEADER, &csrf);
         }
         req = req.json(j);
+    }
+    if let Some(b) = &c.protobuf {
+        if !csrf.is_empty() {
+            req = req.header(access::CSRF_HEADER, &csrf);
+        }
+        req = req
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .body(b.clone());
     }
     req.send().await.unwrap().status().as_u16()
 }

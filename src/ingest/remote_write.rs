@@ -1,0 +1,1030 @@
+//! Prometheus remote write (protocol 1.0) into the ingest pipeline, without HTTP (the
+//! handler is `web::remote_write`):
+//!
+//! 1. [`decode`]: the snappy block-compressed protobuf `WriteRequest`, refusing to
+//!    inflate past the limit before inflating;
+//! 2. [`map`]: dcgm-exporter series (`DCGM_FI_*`, by the `Hostname` and `gpu` labels) and
+//!    node_exporter series (`node_*`, by `instance` without its port, or `Hostname`)
+//!    become host and GPU samples, GPU inventory and XID events, one [`Batch`] per host.
+//!    Series Rackwatch has no use for are counted and dropped;
+//! 3. [`accept`]: the token's scope decides which hosts may be written, and each host's
+//!    batch goes through the agent's validator and is stored with
+//!    [`Store::merge_batch`]: one scrape's series arrive spread over several requests,
+//!    and a sample already stored gains the metrics it lacked.
+//!
+//! GPU series are gauges and map one to one through the metric table's DCGM names
+//! (`model::metrics::dcgm_field`). node_exporter's counters (CPU seconds, network and
+//! disk bytes) are turned into rates against the previous point of the same series,
+//! kept in [`SeriesState`] between requests. `DCGM_FI_DEV_XID_ERRORS` is dcgm-exporter's
+//! last XID code: a change to a non-zero code is a new XID event with that code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use prost::Message as _;
+
+use super::IngestError;
+use crate::config::Config;
+use crate::model::metrics::{dcgm_field, Metric, Sample, SqlType, Value, GPU_METRICS};
+use crate::model::validate::{validate_batch, BatchError, Limits, MAX_REJECTIONS_LISTED};
+use crate::model::{
+    Batch, GpuInfo, GpuSample, HardwareEvent, HostInfo, HostSample, IngestResponse, Rejection,
+};
+use crate::store::auth::WriteScope;
+use crate::store::Store;
+
+/// The messages of Prometheus's `prompb/remote.proto` and `types.proto` that protocol
+/// 1.0 sends, declared by hand. Fields not listed (metadata, exemplars, native
+/// histograms) are skipped by the decoder.
+pub mod proto {
+    /// One remote-write request.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub timeseries: Vec<TimeSeries>,
+    }
+
+    /// A series: its labels (`__name__` included) and samples.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TimeSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<Label>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<Sample>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    /// A value at a time in milliseconds since the epoch.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(double, tag = "1")]
+        pub value: f64,
+        #[prost(int64, tag = "2")]
+        pub timestamp: i64,
+    }
+}
+
+use proto::{TimeSeries, WriteRequest};
+
+/// Stage 1: undo snappy's block format (refusing a body that says it inflates past `max`
+/// bytes, before inflating it) and decode the `WriteRequest`.
+pub fn decode(
+    encoding: Option<&str>,
+    body: &[u8],
+    max: usize,
+) -> Result<WriteRequest, IngestError> {
+    let enc = encoding.unwrap_or("snappy").trim().to_ascii_lowercase();
+    if enc != "snappy" {
+        return Err(IngestError::UnsupportedEncoding(format!(
+            "Content-Encoding {enc:?} is not supported; remote write 1.0 sends snappy"
+        )));
+    }
+    let len = snap::raw::decompress_len(body)
+        .map_err(|e| IngestError::BadRequest(format!("body is not snappy block format: {e}")))?;
+    if len > max {
+        return Err(IngestError::TooLarge(format!(
+            "body inflates to {len} bytes, past {max} (server.max_decompressed_bytes); lower queue_config.max_samples_per_send"
+        )));
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| IngestError::BadRequest(format!("body is not snappy block format: {e}")))?;
+    WriteRequest::decode(raw.as_slice()).map_err(|e| {
+        IngestError::BadRequest(format!("body is not a remote-write WriteRequest: {e}"))
+    })
+}
+
+/// Why series were dropped (`reason` on `rackwatch_remote_write_series_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dropped {
+    /// A metric Rackwatch does not map.
+    Unmapped,
+    /// A mapped metric without the labels that place it (`Hostname`/`instance`, `gpu`).
+    Unplaced,
+    /// A host the token may not write.
+    OutOfScope,
+}
+
+impl Dropped {
+    pub const ALL: [Dropped; 3] = [Dropped::Unmapped, Dropped::Unplaced, Dropped::OutOfScope];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Unmapped => "unmapped",
+            Dropped::Unplaced => "unplaced",
+            Dropped::OutOfScope => "out_of_scope",
+        }
+    }
+}
+
+/// What [`accept`] did.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Accepted, stored and rejected samples and events, as ingest counts them.
+    pub response: IngestResponse,
+    /// Hardware events stored (they wake the alert evaluator).
+    pub events: usize,
+    /// Samples the request carried.
+    pub samples: usize,
+    /// Series dropped, by reason.
+    pub dropped: HashMap<Dropped, u64>,
+}
+
+/// node_exporter series Rackwatch reads; counters become rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Family {
+    Load1,
+    MemTotal,
+    MemAvailable,
+    /// `node_cpu_seconds_total{mode="idle"}`, per CPU.
+    CpuIdle,
+    NetRx,
+    NetTx,
+    DiskRead,
+    DiskWrite,
+    FsSize,
+    FsAvail,
+}
+
+impl Family {
+    fn counter(self) -> bool {
+        matches!(
+            self,
+            Family::CpuIdle | Family::NetRx | Family::NetTx | Family::DiskRead | Family::DiskWrite
+        )
+    }
+}
+
+/// Filesystems counted in a host's disk space (node_exporter lists every mount).
+const DISK_FS: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs",
+];
+
+/// A node_exporter series' family and what tells its instances apart (CPU, device).
+fn node_family(name: &str, label: impl Fn(&str) -> Option<String>) -> Option<(Family, String)> {
+    let dev = || label("device").unwrap_or_default();
+    let fs = || label("fstype").is_some_and(|t| DISK_FS.contains(&t.as_str()));
+    Some(match name {
+        "node_load1" => (Family::Load1, String::new()),
+        "node_memory_MemTotal_bytes" => (Family::MemTotal, String::new()),
+        "node_memory_MemAvailable_bytes" => (Family::MemAvailable, String::new()),
+        "node_cpu_seconds_total" if label("mode").as_deref() == Some("idle") => {
+            (Family::CpuIdle, label("cpu").unwrap_or_default())
+        }
+        "node_network_receive_bytes_total" if dev() != "lo" => (Family::NetRx, dev()),
+        "node_network_transmit_bytes_total" if dev() != "lo" => (Family::NetTx, dev()),
+        "node_disk_read_bytes_total" => (Family::DiskRead, dev()),
+        "node_disk_written_bytes_total" => (Family::DiskWrite, dev()),
+        "node_filesystem_size_bytes" if fs() => (Family::FsSize, dev()),
+        "node_filesystem_avail_bytes" if fs() => (Family::FsAvail, dev()),
+        _ => return None,
+    })
+}
+
+/// The last point of a node_exporter series, and its rate for counters.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    ts: i64,
+    value: f64,
+    rate: Option<f64>,
+}
+
+/// What the mapper remembers of one host between requests.
+#[derive(Debug, Default)]
+struct HostState {
+    series: HashMap<(Family, String), Point>,
+    /// The last `DCGM_FI_DEV_XID_ERRORS` value of each GPU, once stored.
+    xid: HashMap<u8, f64>,
+    /// Newest sample time seen (ms), for pruning.
+    touched: i64,
+}
+
+/// Points older than this (ms) are left out of a host's sample: a device or CPU that
+/// stopped reporting.
+const FRESH_MS: i64 = 5 * 60 * 1000;
+/// Hosts remembered at most; past it, hosts silent for an hour are forgotten.
+const MAX_HOSTS: usize = 100_000;
+/// node_exporter series remembered per host at most.
+const MAX_SERIES_PER_HOST: usize = 4096;
+
+/// The mapper's memory between requests: node_exporter counters' previous points and
+/// each GPU's last XID code. Held by one server process; a counter seen first by a
+/// server gives its rate from the second point on.
+#[derive(Debug, Default)]
+pub struct SeriesState {
+    hosts: Mutex<HashMap<String, HostState>>,
+}
+
+/// The GPU metric behind each DCGM name, and its factor from the table's unit to DCGM's
+/// (a DCGM value is divided by it).
+static DCGM_NAMES: LazyLock<HashMap<&'static str, (usize, f64)>> = LazyLock::new(|| {
+    GPU_METRICS
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| dcgm_field(m.name).map(|f| (f.name, (i, f.scale))))
+        .collect()
+});
+
+const XID_SERIES: &str = "DCGM_FI_DEV_XID_ERRORS";
+const FB_FREE_SERIES: &str = "DCGM_FI_DEV_FB_FREE";
+const MIB: f64 = 1_048_576.0;
+
+/// One GPU sample being assembled from its series.
+#[derive(Debug, Default)]
+struct GpuParts {
+    sample: GpuSample,
+    fb_free_mib: Option<f64>,
+}
+
+/// One host's part of a request.
+#[derive(Debug, Default)]
+struct HostParts {
+    gpus: BTreeMap<(u8, i64), GpuParts>,
+    inventory: BTreeMap<u8, GpuInfo>,
+    /// Times (ms) of node_exporter samples.
+    node_times: Vec<i64>,
+    /// `DCGM_FI_DEV_XID_ERRORS` points per GPU.
+    xid: BTreeMap<u8, Vec<(i64, f64)>>,
+    /// `site`, `rack`, `pool` labels, for a host seen here first.
+    placement: BTreeMap<&'static str, String>,
+    /// Series of this host (for the out-of-scope count).
+    series: u64,
+}
+
+/// A request mapped: per host, and what was dropped or refused on the way.
+#[derive(Debug, Default)]
+pub struct Mapped {
+    hosts: BTreeMap<String, HostParts>,
+    samples: usize,
+    dropped: HashMap<Dropped, u64>,
+    /// Values a metric cannot hold (a negative count).
+    rejections: Vec<Rejection>,
+    rejected: usize,
+}
+
+fn label<'a>(ts: &'a TimeSeries, name: &str) -> Option<&'a str> {
+    ts.labels
+        .iter()
+        .find(|l| l.name == name)
+        .map(|l| l.value.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// The host a series belongs to: `Hostname` (dcgm-exporter's), else `instance` without
+/// its port.
+fn host_of(ts: &TimeSeries) -> Option<String> {
+    if let Some(h) = label(ts, "Hostname") {
+        return Some(h.to_string());
+    }
+    let inst = label(ts, "instance")?;
+    let host = match inst.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => match inst.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => inst,
+        },
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// Prometheus's staleness marker (a NaN with this payload) ends a series; it carries no
+/// value.
+fn stale(v: f64) -> bool {
+    v.to_bits() == 0x7ff0_0000_0000_0002 || v.is_nan()
+}
+
+/// A DCGM value in the table's unit and type, or why it cannot be held.
+fn convert(m: &Metric, v: f64) -> Result<Value, String> {
+    match m.sql {
+        SqlType::Real | SqlType::Double => Ok(Value::F64(Some(v))),
+        SqlType::Boolean => Ok(Value::Bool(Some(v != 0.0))),
+        SqlType::BigInt | SqlType::Bits => {
+            if (0.0..9.2e18).contains(&v) {
+                Ok(Value::U64(Some(v.round() as u64)))
+            } else {
+                Err(format!("{v} is not a count"))
+            }
+        }
+    }
+}
+
+impl Mapped {
+    fn reject(&mut self, series: &str, reason: String) {
+        self.rejected += 1;
+        if self.rejections.len() < MAX_REJECTIONS_LISTED {
+            self.rejections.push(Rejection {
+                section: "timeseries".into(),
+                index: self.rejected - 1,
+                field: Some(series.to_string()),
+                reason,
+            });
+        }
+    }
+
+    fn drop_series(&mut self, why: Dropped) {
+        *self.dropped.entry(why).or_default() += 1;
+    }
+}
+
+/// Stage 2 (CPU only, no I/O): map a request's series to per-host parts, updating the
+/// node_exporter counters in `state`. Work is bounded by `max_samples`: a request with
+/// more samples is refused before mapping.
+pub fn map(
+    req: WriteRequest,
+    state: &SeriesState,
+    max_samples: usize,
+) -> Result<Mapped, IngestError> {
+    let samples: usize = req.timeseries.iter().map(|t| t.samples.len()).sum();
+    if samples > max_samples {
+        return Err(IngestError::TooLarge(
+            BatchError::TooLarge { limit: max_samples }.to_string(),
+        ));
+    }
+    let mut out = Mapped {
+        samples,
+        ..Default::default()
+    };
+    let mut node: Vec<(String, Family, String, Vec<proto::Sample>)> = Vec::new();
+    for mut ts in req.timeseries {
+        let Some(name) = label(&ts, "__name__").map(str::to_string) else {
+            out.drop_series(Dropped::Unmapped);
+            continue;
+        };
+        let dcgm = name.starts_with("DCGM_FI_");
+        let family = if dcgm {
+            None
+        } else {
+            match node_family(&name, |l| label(&ts, l).map(str::to_string)) {
+                Some(f) => Some(f),
+                None => {
+                    out.drop_series(Dropped::Unmapped);
+                    continue;
+                }
+            }
+        };
+        let metric = DCGM_NAMES.get(name.as_str()).copied();
+        if dcgm && metric.is_none() && name != XID_SERIES && name != FB_FREE_SERIES {
+            out.drop_series(Dropped::Unmapped);
+            continue;
+        }
+        let Some(host) = host_of(&ts) else {
+            out.drop_series(Dropped::Unplaced);
+            continue;
+        };
+        // A GPU series needs its GPU; node_exporter's have none.
+        let gpu = match family {
+            Some(_) => None,
+            None => match label(&ts, "gpu").and_then(|g| g.parse::<u8>().ok()) {
+                Some(g) => Some(g),
+                None => {
+                    out.drop_series(Dropped::Unplaced);
+                    continue;
+                }
+            },
+        };
+        ts.samples.sort_by_key(|s| s.timestamp);
+        let parts = out.hosts.entry(host.clone()).or_default();
+        parts.series += 1;
+        for key in ["site", "rack", "pool"] {
+            if let Some(v) = label(&ts, key) {
+                parts.placement.entry(key).or_insert_with(|| v.to_string());
+            }
+        }
+        let Some(gpu) = gpu else {
+            let (family, sub) = family.expect("a series without a GPU is node_exporter's");
+            parts
+                .node_times
+                .extend(ts.samples.iter().map(|s| s.timestamp));
+            node.push((host, family, sub, ts.samples));
+            continue;
+        };
+        let info = parts.inventory.entry(gpu).or_insert_with(|| GpuInfo {
+            index: gpu,
+            ..Default::default()
+        });
+        if info.uuid.is_none() {
+            info.uuid = label(&ts, "UUID").map(str::to_string);
+        }
+        if info.model.is_none() {
+            info.model = label(&ts, "modelName").map(str::to_string);
+        }
+        if info.driver_version.is_none() {
+            info.driver_version = label(&ts, "DCGM_FI_DRIVER_VERSION").map(str::to_string);
+        }
+        let mut bad = Vec::new();
+        for s in ts.samples.iter().filter(|s| !stale(s.value)) {
+            if name == XID_SERIES {
+                parts
+                    .xid
+                    .entry(gpu)
+                    .or_default()
+                    .push((s.timestamp, s.value));
+                continue;
+            }
+            let g = parts.gpus.entry((gpu, s.timestamp)).or_default();
+            let Some((i, scale)) = metric else {
+                g.fb_free_mib = Some(s.value);
+                continue;
+            };
+            match convert(&GPU_METRICS[i], s.value / scale) {
+                Ok(v) => g.sample.set(i, v),
+                Err(why) => bad.push(why),
+            }
+        }
+        for why in bad {
+            out.reject(&name, why);
+        }
+    }
+    node_rates(state, node);
+    Ok(out)
+}
+
+/// Fold node_exporter points into `state` (rates for counters) and remember the hosts.
+fn node_rates(state: &SeriesState, node: Vec<(String, Family, String, Vec<proto::Sample>)>) {
+    if node.is_empty() {
+        return;
+    }
+    let mut hosts = state.hosts.lock().expect("remote-write state");
+    if hosts.len() > MAX_HOSTS {
+        let newest = hosts.values().map(|h| h.touched).max().unwrap_or(0);
+        hosts.retain(|_, h| h.touched > newest - 3_600_000);
+    }
+    for (host, family, sub, samples) in node {
+        if !hosts.contains_key(&host) && hosts.len() >= MAX_HOSTS {
+            continue;
+        }
+        let h = hosts.entry(host).or_default();
+        if h.series.len() >= MAX_SERIES_PER_HOST && !h.series.contains_key(&(family, sub.clone())) {
+            continue;
+        }
+        for s in samples.iter().filter(|s| !stale(s.value)) {
+            h.touched = h.touched.max(s.timestamp);
+            let p = h.series.entry((family, sub.clone())).or_insert(Point {
+                ts: s.timestamp,
+                value: s.value,
+                rate: None,
+            });
+            if s.timestamp <= p.ts {
+                // The first point, a replay, or a point out of order: nothing new.
+                continue;
+            }
+            if family.counter() {
+                let dv = s.value - p.value;
+                let dt = (s.timestamp - p.ts) as f64 / 1000.0;
+                // A counter that went back was reset: its rate waits for the next point.
+                p.rate = (dv >= 0.0).then(|| dv / dt);
+            }
+            p.ts = s.timestamp;
+            p.value = s.value;
+        }
+    }
+}
+
+/// A host's sample at `ts` (ms) from what `state` holds: gauges' last values, counters'
+/// rates, summed over devices and averaged over CPUs. `None` when nothing is known yet.
+fn host_sample(h: &HostState, ts: i64) -> Option<HostSample> {
+    let fresh = |p: &&Point| ts - p.ts <= FRESH_MS;
+    let values = |f: Family| {
+        h.series
+            .iter()
+            .filter(move |((g, _), _)| *g == f)
+            .map(|(k, p)| (&k.1, p))
+            .filter(move |(_, p)| fresh(p))
+    };
+    let one = |f: Family| values(f).map(|(_, p)| p.value).next();
+    let sum_rates = |f: Family| {
+        let r: Vec<f64> = values(f).filter_map(|(_, p)| p.rate).collect();
+        (!r.is_empty()).then(|| r.iter().sum::<f64>())
+    };
+    let mut s = HostSample {
+        ts: DateTime::from_timestamp_millis(ts)?,
+        load1: one(Family::Load1),
+        ..Default::default()
+    };
+    let total = one(Family::MemTotal);
+    s.mem_total_bytes = total.map(|t| t as u64);
+    if let (Some(t), Some(a)) = (total, one(Family::MemAvailable)) {
+        s.mem_used_bytes = Some((t - a).max(0.0) as u64);
+    }
+    let idle: Vec<f64> = values(Family::CpuIdle)
+        .filter_map(|(_, p)| p.rate)
+        .collect();
+    if !idle.is_empty() {
+        let mean = idle.iter().sum::<f64>() / idle.len() as f64;
+        s.cpu_util_pct = Some((100.0 * (1.0 - mean)).clamp(0.0, 100.0));
+    }
+    s.net_rx_bytes_per_s = sum_rates(Family::NetRx);
+    s.net_tx_bytes_per_s = sum_rates(Family::NetTx);
+    s.disk_read_bytes_per_s = sum_rates(Family::DiskRead);
+    s.disk_write_bytes_per_s = sum_rates(Family::DiskWrite);
+    let sizes: BTreeMap<&String, f64> = values(Family::FsSize).map(|(d, p)| (d, p.value)).collect();
+    if !sizes.is_empty() {
+        s.disk_total_bytes = Some(sizes.values().sum::<f64>() as u64);
+        let used: f64 = values(Family::FsAvail)
+            .filter_map(|(d, p)| sizes.get(d).map(|size| (size - p.value).max(0.0)))
+            .sum();
+        s.disk_used_bytes = Some(used as u64);
+    }
+    let any = HostSample {
+        ts: s.ts,
+        ..Default::default()
+    } != s;
+    any.then_some(s)
+}
+
+/// The token's verdict on a host: its placement to write with, or out of scope.
+fn placed(
+    scope: &WriteScope,
+    name: &str,
+    stored: Option<&HostInfo>,
+    labels: &BTreeMap<&'static str, String>,
+) -> Option<HostInfo> {
+    let from_labels = |site: String| HostInfo {
+        name: name.to_string(),
+        site,
+        rack: labels.get("rack").cloned().unwrap_or_default(),
+        pool: labels.get("pool").cloned().unwrap_or_default(),
+        labels: BTreeMap::new(),
+    };
+    match scope {
+        WriteScope::Site(site) => match stored {
+            Some(h) if h.site == *site => Some(h.clone()),
+            Some(_) => None,
+            None => Some(from_labels(site.clone())),
+        },
+        WriteScope::Hosts(names) if names.iter().any(|n| n == name) => Some(match stored {
+            Some(h) => h.clone(),
+            None => from_labels(labels.get("site").cloned().unwrap_or_default()),
+        }),
+        WriteScope::Hosts(_) => None,
+    }
+}
+
+/// Stage 3: check the mapped hosts against the token's scope, turn XID code changes into
+/// events, and validate and store each host's batch. A host's XID codes are remembered
+/// only once its batch is stored, so a request retried after a failure raises them again
+/// (and the event's key makes the second one a replay).
+pub async fn accept(
+    store: &Store,
+    cfg: &Config,
+    state: &SeriesState,
+    scope: &WriteScope,
+    mut mapped: Mapped,
+    now: DateTime<Utc>,
+) -> Result<Written, IngestError> {
+    let names: Vec<String> = mapped.hosts.keys().cloned().collect();
+    let stored: HashMap<String, HostInfo> = store
+        .host_placements(&names)
+        .await
+        .map_err(crate::store::StoreError::from)?
+        .into_iter()
+        .map(|h| (h.name.clone(), h))
+        .collect();
+    let mut hosts = Vec::new();
+    let mut refused = 0;
+    for (name, parts) in std::mem::take(&mut mapped.hosts) {
+        match placed(scope, &name, stored.get(&name), &parts.placement) {
+            Some(info) => hosts.push((info, parts)),
+            None => {
+                refused += 1;
+                *mapped.dropped.entry(Dropped::OutOfScope).or_default() += parts.series;
+            }
+        }
+    }
+    if hosts.is_empty() && refused > 0 {
+        return Err(IngestError::Forbidden(format!(
+            "this token may write {}; the request names none of those hosts",
+            scope.label()
+        )));
+    }
+    let prior = xid_prior(store, state, &hosts).await?;
+    let limits = Limits {
+        now,
+        max_age: Duration::days(i64::from(cfg.retention.raw_days)),
+        max_future: Duration::seconds(cfg.ingest.max_future_secs),
+        max_items: cfg.ingest.max_samples_per_batch,
+    };
+    let mut w = Written {
+        samples: mapped.samples,
+        dropped: std::mem::take(&mut mapped.dropped),
+        ..Default::default()
+    };
+    w.response.rejected = mapped.rejected;
+    w.response.errors = std::mem::take(&mut mapped.rejections);
+    for (info, parts) in hosts {
+        let (batch, xid_last) = build(state, info, parts, &prior);
+        let name = batch.host.name.clone();
+        let valid = validate_batch(batch, &limits).map_err(|e| match e {
+            BatchError::Json(m) | BatchError::Shape(m) => {
+                IngestError::BadRequest(format!("host {name:?}: {m}"))
+            }
+            e @ BatchError::TooLarge { .. } => IngestError::TooLarge(e.to_string()),
+        })?;
+        let outcome = match store.merge_batch(&valid.batch, now).await {
+            Ok(o) => o,
+            Err(crate::store::StoreError::MissingPartition) => {
+                store
+                    .ensure_partitions(
+                        now,
+                        cfg.retention.raw_days,
+                        cfg.retention.partitions_ahead_days,
+                    )
+                    .await?;
+                store.merge_batch(&valid.batch, now).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !xid_last.is_empty() {
+            let mut all = state.hosts.lock().expect("remote-write state");
+            if all.len() < MAX_HOSTS || all.contains_key(&name) {
+                all.entry(name).or_default().xid.extend(xid_last);
+            }
+        }
+        w.events += valid.batch.events.len();
+        w.response.accepted += valid.batch.len();
+        w.response.stored += outcome.stored;
+        w.response.rejected += valid.rejected;
+        let room = MAX_REJECTIONS_LISTED.saturating_sub(w.response.errors.len());
+        w.response
+            .errors
+            .extend(valid.rejections.into_iter().take(room));
+    }
+    Ok(w)
+}
+
+/// The last XID code of each GPU with XID points in the request: remembered, else the
+/// newest stored XID event's code (a restarted server does not raise a standing code
+/// again), else 0.
+async fn xid_prior(
+    store: &Store,
+    state: &SeriesState,
+    hosts: &[(HostInfo, HostParts)],
+) -> Result<HashMap<(String, u8), f64>, IngestError> {
+    let mut prior = HashMap::new();
+    let mut unknown = Vec::new();
+    {
+        let all = state.hosts.lock().expect("remote-write state");
+        for (info, parts) in hosts {
+            for gpu in parts.xid.keys() {
+                match all.get(&info.name).and_then(|h| h.xid.get(gpu)) {
+                    Some(v) => {
+                        prior.insert((info.name.clone(), *gpu), *v);
+                    }
+                    None => unknown.push(info.name.clone()),
+                }
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        unknown.dedup();
+        for (host, gpu, code) in store
+            .latest_xid_codes(&unknown)
+            .await
+            .map_err(crate::store::StoreError::from)?
+        {
+            if let Ok(gpu) = u8::try_from(gpu) {
+                prior.entry((host, gpu)).or_insert(code as f64);
+            }
+        }
+    }
+    Ok(prior)
+}
+
+/// One host's batch, and the XID codes to remember once it is stored.
+fn build(
+    state: &SeriesState,
+    host: HostInfo,
+    parts: HostParts,
+    prior: &HashMap<(String, u8), f64>,
+) -> (Batch, Vec<(u8, f64)>) {
+    let mut batch = Batch {
+        host,
+        ..Default::default()
+    };
+    for ((index, ts), mut g) in parts.gpus {
+        let Some(t) = DateTime::from_timestamp_millis(ts) else {
+            continue;
+        };
+        g.sample.ts = t;
+        g.sample.index = index;
+        if let (None, Some(used), Some(free)) = (
+            g.sample.mem_total_bytes,
+            g.sample.mem_used_bytes,
+            g.fb_free_mib,
+        ) {
+            g.sample.mem_total_bytes = Some(used + (free.max(0.0) * MIB) as u64);
+        }
+        let info = parts.inventory.get(&index);
+        if let Some(info) = info {
+            let mut info = info.clone();
+            info.memory_total_bytes = info.memory_total_bytes.or(g.sample.mem_total_bytes);
+            info.power_limit_watts = info.power_limit_watts.or(g.sample.power_limit_watts);
+            if let Some(i) = batch.gpus.iter_mut().find(|i| i.index == index) {
+                *i = info;
+            } else {
+                batch.gpus.push(info);
+            }
+        }
+        let empty = GpuSample {
+            ts: t,
+            index,
+            ..Default::default()
+        };
+        if g.sample != empty {
+            batch.gpu_samples.push(g.sample);
+        }
+    }
+    for (index, info) in parts.inventory {
+        if !batch.gpus.iter().any(|i| i.index == index) {
+            batch.gpus.push(info);
+        }
+    }
+    let mut xid_last = Vec::new();
+    for (gpu, points) in parts.xid {
+        let mut last = prior
+            .get(&(batch.host.name.clone(), gpu))
+            .copied()
+            .unwrap_or(0.0);
+        for (ts, v) in points {
+            let Some(t) = DateTime::from_timestamp_millis(ts) else {
+                continue;
+            };
+            if v != last && v > 0.0 && v.fract() == 0.0 && v < 1e9 {
+                batch.events.push(HardwareEvent {
+                    ts: t,
+                    index: Some(gpu),
+                    kind: "xid".into(),
+                    code: Some(v as i64),
+                    message: format!("XID {v} (dcgm-exporter {XID_SERIES})"),
+                    count: None,
+                });
+            }
+            last = v;
+        }
+        xid_last.push((gpu, last));
+    }
+    let mut times = parts.node_times;
+    times.sort_unstable();
+    times.dedup();
+    if !times.is_empty() {
+        let all = state.hosts.lock().expect("remote-write state");
+        if let Some(h) = all.get(&batch.host.name) {
+            batch
+                .host_samples
+                .extend(times.into_iter().filter_map(|t| host_sample(h, t)));
+        }
+    }
+    (batch, xid_last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proto::{Label, Sample as PSample};
+    use super::*;
+
+    fn series(labels: &[(&str, &str)], points: &[(i64, f64)]) -> TimeSeries {
+        TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: points
+                .iter()
+                .map(|(t, v)| PSample {
+                    value: *v,
+                    timestamp: *t,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_request_round_trips_through_snappy_and_protobuf_within_bounds() {
+        let req = WriteRequest {
+            timeseries: vec![series(&[("__name__", "node_load1")], &[(1000, 1.5)])],
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&req.encode_to_vec())
+            .unwrap();
+        assert_eq!(decode(Some("snappy"), &body, 1 << 20).unwrap(), req);
+        assert!(matches!(
+            decode(Some("snappy"), &body, 4),
+            Err(IngestError::TooLarge(_))
+        ));
+        assert!(matches!(
+            decode(Some("gzip"), &body, 1 << 20),
+            Err(IngestError::UnsupportedEncoding(_))
+        ));
+        assert!(matches!(
+            decode(None, b"\xff\xff\xff\xff\x0fnot snappy", 1 << 40),
+            Err(IngestError::BadRequest(_) | IngestError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn dcgm_series_become_gpu_samples_in_the_tables_units() {
+        let gpu = |name: &str, v: f64| {
+            series(
+                &[
+                    ("__name__", name),
+                    ("Hostname", "gpu-1"),
+                    ("gpu", "3"),
+                    ("UUID", "GPU-abc"),
+                    ("modelName", "NVIDIA H100 80GB HBM3"),
+                ],
+                &[(1_700_000_000_000, v)],
+            )
+        };
+        let req = WriteRequest {
+            timeseries: vec![
+                gpu("DCGM_FI_DEV_GPU_UTIL", 97.0),
+                gpu("DCGM_FI_DEV_FB_USED", 1024.0),
+                gpu("DCGM_FI_DEV_FB_FREE", 3072.0),
+                gpu("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 5_000_000.0),
+                gpu("DCGM_FI_DEV_ENC_UTIL", 0.0),
+                series(
+                    &[("__name__", "DCGM_FI_DEV_GPU_TEMP"), ("gpu", "0")],
+                    &[(1, 1.0)],
+                ),
+            ],
+        };
+        let state = SeriesState::default();
+        let mut m = map(req, &state, 100).unwrap();
+        assert_eq!(m.dropped[&Dropped::Unmapped], 1);
+        assert_eq!(m.dropped[&Dropped::Unplaced], 1);
+        let parts = m.hosts.remove("gpu-1").unwrap();
+        let info = HostInfo {
+            name: "gpu-1".into(),
+            ..Default::default()
+        };
+        let (b, _) = build(&state, info, parts, &HashMap::new());
+        assert_eq!(b.gpu_samples.len(), 1);
+        let s = &b.gpu_samples[0];
+        assert_eq!(s.index, 3);
+        assert_eq!(s.util_pct, Some(97.0));
+        assert_eq!(s.mem_used_bytes, Some(1 << 30));
+        assert_eq!(s.mem_total_bytes, Some(4 << 30));
+        assert_eq!(s.energy_joules_total, Some(5000.0));
+        assert_eq!(b.gpus[0].uuid.as_deref(), Some("GPU-abc"));
+        assert_eq!(b.gpus[0].memory_total_bytes, Some(4 << 30));
+    }
+
+    #[test]
+    fn node_counters_become_rates_across_requests() {
+        let state = SeriesState::default();
+        let req = |t: i64, idle0: f64, idle1: f64, rx: f64| WriteRequest {
+            timeseries: vec![
+                series(
+                    &[
+                        ("__name__", "node_cpu_seconds_total"),
+                        ("instance", "n1:9100"),
+                        ("cpu", "0"),
+                        ("mode", "idle"),
+                    ],
+                    &[(t, idle0)],
+                ),
+                series(
+                    &[
+                        ("__name__", "node_cpu_seconds_total"),
+                        ("instance", "n1:9100"),
+                        ("cpu", "1"),
+                        ("mode", "idle"),
+                    ],
+                    &[(t, idle1)],
+                ),
+                series(
+                    &[
+                        ("__name__", "node_cpu_seconds_total"),
+                        ("instance", "n1:9100"),
+                        ("cpu", "1"),
+                        ("mode", "user"),
+                    ],
+                    &[(t, 5.0)],
+                ),
+                series(
+                    &[
+                        ("__name__", "node_network_receive_bytes_total"),
+                        ("instance", "n1:9100"),
+                        ("device", "eth0"),
+                    ],
+                    &[(t, rx)],
+                ),
+                series(
+                    &[
+                        ("__name__", "node_network_receive_bytes_total"),
+                        ("instance", "n1:9100"),
+                        ("device", "lo"),
+                    ],
+                    &[(t, rx * 100.0)],
+                ),
+                series(
+                    &[("__name__", "node_load1"), ("instance", "n1:9100")],
+                    &[(t, 2.5)],
+                ),
+            ],
+        };
+        let info = || HostInfo {
+            name: "n1".into(),
+            ..Default::default()
+        };
+        let mut m = map(req(10_000, 100.0, 100.0, 1e6), &state, 100).unwrap();
+        assert_eq!(m.dropped[&Dropped::Unmapped], 2, "user mode and lo");
+        let (b, _) = build(
+            &state,
+            info(),
+            m.hosts.remove("n1").unwrap(),
+            &HashMap::new(),
+        );
+        assert_eq!(b.host_samples.len(), 1);
+        assert_eq!(b.host_samples[0].load1, Some(2.5));
+        assert_eq!(
+            b.host_samples[0].cpu_util_pct, None,
+            "no rate from one point"
+        );
+        // 10 s later: CPU 0 idle 9 s (10 % busy), CPU 1 idle 5 s (50 %); 2 MB received.
+        let mut m = map(req(20_000, 109.0, 105.0, 3e6), &state, 100).unwrap();
+        let (b, _) = build(
+            &state,
+            info(),
+            m.hosts.remove("n1").unwrap(),
+            &HashMap::new(),
+        );
+        let s = &b.host_samples[0];
+        assert!((s.cpu_util_pct.unwrap() - 30.0).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.net_rx_bytes_per_s, Some(200_000.0));
+        // The same request again (a retry) changes nothing.
+        let mut m = map(req(20_000, 109.0, 105.0, 3e6), &state, 100).unwrap();
+        let (b, _) = build(
+            &state,
+            info(),
+            m.hosts.remove("n1").unwrap(),
+            &HashMap::new(),
+        );
+        assert_eq!(&b.host_samples[0], s);
+    }
+
+    #[test]
+    fn a_new_non_zero_xid_code_is_an_event() {
+        let state = SeriesState::default();
+        let req = WriteRequest {
+            timeseries: vec![series(
+                &[("__name__", XID_SERIES), ("Hostname", "g"), ("gpu", "1")],
+                &[
+                    (1000, 0.0),
+                    (2000, 79.0),
+                    (3000, 79.0),
+                    (4000, 0.0),
+                    (5000, 48.0),
+                ],
+            )],
+        };
+        let mut m = map(req, &state, 100).unwrap();
+        let info = HostInfo {
+            name: "g".into(),
+            ..Default::default()
+        };
+        let (b, last) = build(&state, info, m.hosts.remove("g").unwrap(), &HashMap::new());
+        let codes: Vec<_> = b
+            .events
+            .iter()
+            .map(|e| (e.ts.timestamp_millis(), e.code))
+            .collect();
+        assert_eq!(codes, vec![(2000, Some(79)), (5000, Some(48))]);
+        assert_eq!(last, vec![(1, 48.0)]);
+    }
+
+    #[test]
+    fn too_many_samples_are_refused_before_mapping() {
+        let req = WriteRequest {
+            timeseries: vec![series(&[("__name__", "node_load1")], &[(1, 1.0), (2, 1.0)])],
+        };
+        assert!(matches!(
+            map(req, &SeriesState::default(), 1),
+            Err(IngestError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn instance_ports_are_dropped_from_host_names() {
+        for (inst, host) in [
+            ("n1:9100", "n1"),
+            ("n1", "n1"),
+            ("[::1]:9100", "::1"),
+            ("10.0.0.7:9100", "10.0.0.7"),
+        ] {
+            let ts = series(&[("instance", inst)], &[]);
+            assert_eq!(host_of(&ts).as_deref(), Some(host));
+        }
+    }
+}
