@@ -73,6 +73,16 @@ pub async fn send_due(
     )
     .execute(&store.pool)
     .await?;
+    store
+        .audit(
+            crate::store::audit::Entry::ok(
+                crate::store::audit::SYSTEM,
+                "report.mailed",
+                &format!("energy report {week}"),
+            )
+            .details(serde_json::json!({ "recipients": cfg.energy.report.recipients })),
+        )
+        .await?;
     tracing::info!(%week, recipients = cfg.energy.report.recipients.len(), "weekly energy report mailed");
     Ok(Some(week))
 }

@@ -35,6 +35,25 @@ pub struct Store {
     pub router: Option<std::sync::Arc<failover::Router>>,
     /// The streaming replica that serves history reads (`database.read_url`).
     pub replica: Option<std::sync::Arc<failover::ReadReplica>>,
+    /// The URL it was opened with (for the Postgres tools: scheduled backups).
+    pub url: DbUrl,
+}
+
+/// A database URL, which may hold a password: never printed by `Debug`.
+#[derive(Clone)]
+pub struct DbUrl(std::sync::Arc<str>);
+
+impl DbUrl {
+    /// The URL itself, for a Postgres tool's `--dbname`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbUrl(..)")
+    }
 }
 
 /// What ingest would otherwise ask Postgres on every batch.
@@ -194,6 +213,7 @@ impl Store {
                 cache: Default::default(),
                 router: Some(router),
                 replica: None,
+                url: DbUrl(url.into()),
             });
         }
         let opts: PgConnectOptions = url
@@ -208,6 +228,7 @@ impl Store {
             cache: Default::default(),
             router: None,
             replica: None,
+            url: DbUrl(url.into()),
         })
     }
 
