@@ -14,27 +14,18 @@
 //! target, interleaved; the best of each is reported).
 
 mod common;
-use common::env;
+use common::{env, gzip};
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DurationRound, Utc};
 use rackwatch::collect::simulator::SimulatedHost;
 use rackwatch::config::{Config, Secret};
-use rackwatch::model::Batch;
 use rackwatch::store::citus::{self, LocalCluster, LocalClusterOptions};
 use rackwatch::store::Store;
 use sqlx::Connection;
 use tokio::sync::{watch, Semaphore};
-
-fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
 
 fn main() {
     common::block_on(run());
@@ -232,35 +223,8 @@ async fn run() {
         citus_pms.push((format!("worker{}", i + 1), postmaster_pid(w.data_dir())));
     }
 
-    // Data: `rounds` windows of `samples` 5-second steps for every host, oldest first.
-    let mut fleet = SimulatedHost::fleet(hosts as u32, gpus as u32);
-    let end = Utc::now()
-        .duration_trunc(chrono::Duration::seconds(5))
-        .unwrap()
-        - chrono::Duration::seconds(5);
-    let step = chrono::Duration::seconds(5);
-    let span = step * samples as i32;
-    let mut batches: Vec<Batch> = Vec::new();
-    for r in 0..rounds {
-        let from = end - span * (rounds - r) as i32;
-        for h in &mut fleet {
-            let c = h.history(from, from + span, step);
-            batches.push(Batch {
-                host: h.info.clone(),
-                gpus: c.gpus,
-                host_samples: c.host_samples,
-                gpu_samples: c.gpu_samples,
-                events: vec![],
-                agent: None,
-            });
-        }
-    }
-    let gpu_rows: usize = batches.iter().map(|b| b.gpu_samples.len()).sum();
-    let host_rows: usize = batches.iter().map(|b| b.host_samples.len()).sum();
-    println!(
-        "data: {} batches ({hosts} hosts × {rounds} rounds), each {samples} samples × ({gpus} GPUs + host): {gpu_rows} GPU rows + {host_rows} host rows; {cores} cores",
-        batches.len()
-    );
+    let (fleet, batches, gpu_rows, host_rows) =
+        common::fleet_batches(hosts, gpus, samples, rounds, &format!("; {cores} cores"));
     let bodies: Vec<(String, Vec<u8>)> = batches
         .iter()
         .map(|b| (b.host.name.clone(), gzip(&serde_json::to_vec(b).unwrap())))

@@ -14,28 +14,19 @@
 //! BENCH_SAMPLES (per GPU per batch), BENCH_ROUNDS and BENCH_CLIENTS.
 
 mod common;
-use common::env;
+use common::{env, gzip};
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DurationRound, Utc};
-use rackwatch::collect::simulator::SimulatedHost;
+use chrono::Utc;
 use rackwatch::config::{Config, Secret};
-use rackwatch::model::Batch;
 use rackwatch::store::samples::{
     encode_gpu_rows, encode_gpu_rows_binary, encode_host_rows, encode_host_rows_binary,
     gpu_columns, host_columns,
 };
 use rackwatch::store::Store;
 use tokio::sync::{watch, Semaphore};
-
-fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
 
 async fn truncate(store: &Store) {
     sqlx::query("TRUNCATE host_samples, gpu_samples, hardware_events")
@@ -59,35 +50,8 @@ async fn run() {
     let common::BenchDb { mut pg, store, url } = common::start_db(root.clone(), &[], 16).await;
     store.ensure_partitions(Utc::now(), 7, 3).await.unwrap();
 
-    // Data: `rounds` windows of `samples` 5-second steps for every host, oldest first.
-    let mut fleet = SimulatedHost::fleet(hosts as u32, gpus as u32);
-    let end = Utc::now()
-        .duration_trunc(chrono::Duration::seconds(5))
-        .unwrap()
-        - chrono::Duration::seconds(5);
-    let step = chrono::Duration::seconds(5);
-    let span = step * samples as i32;
-    let mut batches: Vec<Batch> = Vec::new();
-    for r in 0..rounds {
-        let from = end - span * (rounds - r) as i32;
-        for h in &mut fleet {
-            let c = h.history(from, from + span, step);
-            batches.push(Batch {
-                host: h.info.clone(),
-                gpus: c.gpus,
-                host_samples: c.host_samples,
-                gpu_samples: c.gpu_samples,
-                events: vec![],
-                agent: None,
-            });
-        }
-    }
-    let gpu_rows: usize = batches.iter().map(|b| b.gpu_samples.len()).sum();
-    let host_rows: usize = batches.iter().map(|b| b.host_samples.len()).sum();
-    println!(
-        "data: {} batches ({hosts} hosts × {rounds} rounds), each {samples} samples × ({gpus} GPUs + host): {gpu_rows} GPU rows + {host_rows} host rows",
-        batches.len()
-    );
+    let (fleet, batches, gpu_rows, host_rows) =
+        common::fleet_batches(hosts, gpus, samples, rounds, "");
 
     // --- HTTP ingest, plain and over TLS ------------------------------------------
     // Two servers on the same store, one on plain HTTP and one on HTTPS (a certificate

@@ -202,3 +202,59 @@ pub async fn serve(cfg: Arc<rackwatch::config::Config>, store: &Store, clients: 
         stop,
     }
 }
+
+/// Gzip a request body at the fast level, as agents send it.
+pub fn gzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+/// A simulated fleet of `hosts` × `gpus` and its ingest batches: `rounds` windows of
+/// `samples` 5-second steps for every host, oldest first, ending 5 s before now. Prints
+/// the `data:` line with the row counts (and `extra`, when given) and returns
+/// (fleet, batches, GPU rows, host rows).
+pub fn fleet_batches(
+    hosts: usize,
+    gpus: usize,
+    samples: usize,
+    rounds: usize,
+    extra: &str,
+) -> (
+    Vec<rackwatch::collect::simulator::SimulatedHost>,
+    Vec<rackwatch::model::Batch>,
+    usize,
+    usize,
+) {
+    use chrono::DurationRound;
+    let mut fleet = rackwatch::collect::simulator::SimulatedHost::fleet(hosts as u32, gpus as u32);
+    let end = chrono::Utc::now()
+        .duration_trunc(chrono::Duration::seconds(5))
+        .unwrap()
+        - chrono::Duration::seconds(5);
+    let step = chrono::Duration::seconds(5);
+    let span = step * samples as i32;
+    let mut batches = Vec::new();
+    for r in 0..rounds {
+        let from = end - span * (rounds - r) as i32;
+        for h in &mut fleet {
+            let c = h.history(from, from + span, step);
+            batches.push(rackwatch::model::Batch {
+                host: h.info.clone(),
+                gpus: c.gpus,
+                host_samples: c.host_samples,
+                gpu_samples: c.gpu_samples,
+                events: vec![],
+                agent: None,
+            });
+        }
+    }
+    let gpu_rows: usize = batches.iter().map(|b| b.gpu_samples.len()).sum();
+    let host_rows: usize = batches.iter().map(|b| b.host_samples.len()).sum();
+    println!(
+        "data: {} batches ({hosts} hosts × {rounds} rounds), each {samples} samples × ({gpus} GPUs + host): {gpu_rows} GPU rows + {host_rows} host rows{extra}",
+        batches.len()
+    );
+    (fleet, batches, gpu_rows, host_rows)
+}

@@ -208,8 +208,8 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
     }
     for (_, (mut obs, at, rule, h)) in by_rule {
         if !h.per_code {
-            for (o, (host_id, gpu)) in obs.iter_mut().zip(at) {
-                let seen = codes_seen(store, rule, h, &o.labels, host_id, gpu, o.at).await?;
+            let seen = codes_seen(store, rule, h, &obs, &at).await?;
+            for (o, seen) in obs.iter_mut().zip(seen) {
                 if seen.len() > 1 || seen.first().is_some_and(|s| s.2 > 1) {
                     o.description = format!("{}. Latest: {}", codes_text(&seen), o.description);
                 }
@@ -227,43 +227,79 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
     Ok(())
 }
 
-/// Event kinds and codes of a GPU (or host) that a grouped hardware rule matched since
-/// its alert fired (or, for a new alert, in the last `resolve_after_secs`): (kind, code,
-/// occurrences), most frequent first.
+/// For each observation of a grouped hardware rule, the event kinds and codes of its GPU
+/// (or host) that the rule matched since its alert fired (or, for a new alert, in the
+/// last `resolve_after_secs`): (kind, code, occurrences), most frequent first.
+///
+/// Two queries for the whole round, whatever the number of alerts: a burst of XIDs over
+/// a fleet is one round trip, not one per GPU (on Citus each would be a trip to a
+/// worker). The events side is a join of the (host, GPU, window) list with
+/// `hardware_events`, which Citus runs on the workers next to the rows.
 async fn codes_seen(
     store: &Store,
     rule: &Rule,
     h: &HardwareRule,
-    labels: &Labels,
-    host_id: i64,
-    gpu: i16,
-    latest: DateTime<Utc>,
-) -> anyhow::Result<Vec<(String, i64, i64)>> {
-    let fp = crate::alert::fingerprint(&rule.name, labels);
-    let firing_since: Option<DateTime<Utc>> = sqlx::query_scalar!(
-        "SELECT started_at FROM alerts WHERE fingerprint = $1 AND state = 'firing'",
-        &fp,
+    obs: &[Observation],
+    at: &[(i64, i16)],
+) -> anyhow::Result<Vec<Vec<(String, i64, i64)>>> {
+    let fps: Vec<String> = obs
+        .iter()
+        .map(|o| crate::alert::fingerprint(&rule.name, &o.labels))
+        .collect();
+    let firing_since: HashMap<String, DateTime<Utc>> = sqlx::query!(
+        "SELECT fingerprint, started_at FROM alerts WHERE fingerprint = ANY($1) AND state = 'firing'",
+        &fps,
     )
-    .fetch_optional(&store.pool)
-    .await?;
-    let since =
-        firing_since.unwrap_or_else(|| latest - Duration::seconds(h.resolve_after_secs as i64));
+    .fetch_all(&store.pool)
+    .await?
+    .into_iter()
+    .map(|r| (r.fingerprint, r.started_at))
+    .collect();
+    let resolve_after = Duration::seconds(h.resolve_after_secs as i64);
+    let hosts: Vec<i64> = at.iter().map(|a| a.0).collect();
+    let gpus: Vec<i16> = at.iter().map(|a| a.1).collect();
+    let since: Vec<DateTime<Utc>> = obs
+        .iter()
+        .zip(&fps)
+        .map(|(o, fp)| {
+            firing_since
+                .get(fp)
+                .copied()
+                .unwrap_or(o.at - resolve_after)
+        })
+        .collect();
+    let latest: Vec<DateTime<Utc>> = obs.iter().map(|o| o.at).collect();
     let rows = sqlx::query!(
-        r#"SELECT kind, code, sum(count)::int8 AS "n!" FROM hardware_events
-          WHERE host_id = $1 AND gpu_index = $2 AND ts >= $3 AND ts <= $4
-            AND (cardinality($5::text[]) = 0 OR kind = ANY($5))
-            AND (cardinality($6::int8[]) = 0 OR code = ANY($6))
-          GROUP BY kind, code ORDER BY 3 DESC, 1, 2"#,
-        host_id,
-        gpu,
-        since,
-        latest,
+        r#"SELECT w.i AS "i!", e.kind, e.code, sum(e.count)::int8 AS "n!"
+             FROM hardware_events e
+             JOIN unnest($1::int8[], $2::int2[], $3::timestamptz[], $4::timestamptz[])
+                  WITH ORDINALITY AS w(host_id, gpu_index, since, latest, i)
+               ON e.host_id = w.host_id AND e.gpu_index = w.gpu_index
+              AND e.ts >= w.since AND e.ts <= w.latest
+            WHERE e.host_id = ANY($1)
+              AND (cardinality($5::text[]) = 0 OR e.kind = ANY($5))
+              AND (cardinality($6::int8[]) = 0 OR e.code = ANY($6))
+            GROUP BY w.i, e.kind, e.code"#,
+        &hosts,
+        &gpus,
+        &since,
+        &latest,
         &h.events,
         &h.xid_codes,
     )
     .fetch_all(&store.pool)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.kind, r.code, r.n)).collect())
+    let mut seen: Vec<Vec<(String, i64, i64)>> = vec![Vec::new(); obs.len()];
+    for r in rows {
+        if let Some(s) = usize::try_from(r.i - 1).ok().and_then(|i| seen.get_mut(i)) {
+            s.push((r.kind, r.code, r.n));
+        }
+    }
+    for s in &mut seen {
+        // Most frequent first, then by kind and code.
+        s.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, a.1).cmp(&(&b.0, b.1))));
+    }
+    Ok(seen)
 }
 
 /// "XID 31 ×3, XID 13 ×2, thermal_throttle ×1".

@@ -455,8 +455,20 @@ async fn a_server_killed_before_sending_sends_after_restart() {
     let mails = second.smtp.wait_for(1, 15).await;
     assert_eq!(mails.len(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(second.smtp.mails().len(), 1);
-    assert!(mails[0].contains("GPU 2"));
+    // The alert resolves 3 s after its event, and a slow restart can also leave the host
+    // silent long enough to be reported down: only the queued XID alert counts here.
+    let xid_mails: Vec<String> = second
+        .smtp
+        .mails()
+        .into_iter()
+        .filter(|m| subject(m).contains("GPU reported an XID error"))
+        .collect();
+    let fired: usize = xid_mails
+        .iter()
+        .map(|m| m.matches("[FIRING]").count())
+        .sum();
+    assert_eq!(fired, 1, "the queued mail, sent once: {xid_mails:?}");
+    assert!(xid_mails[0].contains("GPU 2"), "{}", xid_mails[0]);
     second.app.stop().await;
 }
 
