@@ -1039,7 +1039,9 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<PoolHistory>, sqlx::Error> {
-        let rows: Vec<(String, Vec<DateTime<Utc>>, Vec<f64>, Vec<i32>)> = sqlx::query_as(
+        // (pool, slot starts, demand per slot, installed per slot)
+        type Row = (String, Vec<DateTime<Utc>>, Vec<f64>, Vec<i32>);
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT pool, array_agg(bucket), array_agg(util_gpus::float8 + queued_gpus::float8),
                     array_agg(installed_gpus)
                FROM (SELECT pool, bucket, util_gpus, queued_gpus, installed_gpus FROM pool_demand
@@ -1124,7 +1126,9 @@ impl Store {
     ) -> Result<HashMap<String, Vec<DrainHost>>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         no_jit(&mut tx).await?;
-        let rows: Vec<(String, String, i64, Option<f64>, Option<f64>)> = sqlx::query_as(
+        // (pool, host, GPUs, utilization, idle kWh)
+        type Row = (String, String, i64, Option<f64>, Option<f64>);
+        let rows: Vec<Row> = sqlx::query_as(
             "WITH hs AS (
                 SELECT h.id, h.name, h.pool, (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpus
                   FROM hosts h WHERE h.pool = ANY($1)),
@@ -1318,39 +1322,30 @@ impl Store {
         dated: bool,
         limit: i64,
     ) -> Result<(Vec<ExhaustionRow>, i64), sqlx::Error> {
-        let rows: Vec<(String, String, DateTime<Utc>, f64, f64, f64, String, Option<DateTime<Utc>>, i64)> =
-            sqlx::query_as(
-                "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at,
-                        count(*) OVER ()
-                   FROM capacity_exhaustion e
-                  WHERE kind = $1 AND (NOT $3 OR exhausted_at IS NOT NULL)
-                    AND ($2::text IS NULL
-                         OR (kind = 'rack' AND left(key, length($2) + 1) = $2 || '/')
-                         OR (kind = 'disk' AND EXISTS (SELECT 1 FROM hosts h WHERE h.name = e.key AND h.site = $2)))
-                  ORDER BY exhausted_at NULLS LAST, key LIMIT $4",
-            )
-            .bind(kind)
-            .bind(site)
-            .bind(dated)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        let total = rows.first().map_or(0, |r| r.8);
-        Ok((
-            rows.into_iter()
-                .map(|r| ExhaustionRow {
-                    kind: r.0,
-                    key: r.1,
-                    computed_at: r.2,
-                    capacity: r.3,
-                    level_now: r.4,
-                    growth_per_day: r.5,
-                    unit: r.6,
-                    exhausted_at: r.7,
-                })
-                .collect(),
-            total,
-        ))
+        #[derive(sqlx::FromRow)]
+        struct Counted {
+            #[sqlx(flatten)]
+            row: ExhaustionRow,
+            total: i64,
+        }
+        let rows: Vec<Counted> = sqlx::query_as(
+            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at,
+                    count(*) OVER () AS total
+               FROM capacity_exhaustion e
+              WHERE kind = $1 AND (NOT $3 OR exhausted_at IS NOT NULL)
+                AND ($2::text IS NULL
+                     OR (kind = 'rack' AND left(key, length($2) + 1) = $2 || '/')
+                     OR (kind = 'disk' AND EXISTS (SELECT 1 FROM hosts h WHERE h.name = e.key AND h.site = $2)))
+              ORDER BY exhausted_at NULLS LAST, key LIMIT $4",
+        )
+        .bind(kind)
+        .bind(site)
+        .bind(dated)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let total = rows.first().map_or(0, |r| r.total);
+        Ok((rows.into_iter().map(|r| r.row).collect(), total))
     }
 
     /// Stored exhaustion dates of a kind (`pool`, `rack`, `disk`), soonest first.
