@@ -57,6 +57,7 @@ pub struct Config {
     pub energy: EnergyConfig,
     pub anomaly: AnomalyConfig,
     pub capacity: CapacityConfig,
+    pub backup: BackupConfig,
 }
 
 impl Default for Config {
@@ -73,6 +74,7 @@ impl Default for Config {
             energy: EnergyConfig::default(),
             anomaly: AnomalyConfig::default(),
             capacity: CapacityConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -88,6 +90,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest ingest body after gzip decompression, in bytes.
     pub max_decompressed_bytes: usize,
+    /// Inflated ingest bodies held at once, across all requests, in bytes. A body that
+    /// would go past it gets 503 with Retry-After. At least `max_decompressed_bytes`.
+    pub inflate_budget_bytes: usize,
     /// Mark session cookies `Secure` (set when the dashboard is served over TLS).
     pub secure_cookies: bool,
     /// How long a login session lasts, in seconds.
@@ -125,6 +130,7 @@ impl Default for ServerConfig {
             public_url: String::new(),
             max_body_bytes: 8 << 20,
             max_decompressed_bytes: 64 << 20,
+            inflate_budget_bytes: 128 << 20,
             secure_cookies: false,
             session_ttl_secs: 12 * 3600,
             session_idle_secs: 3600,
@@ -538,6 +544,49 @@ impl Default for AnomalyConfig {
     }
 }
 
+/// Scheduled backups made by the job leader (`rackwatch backup` on a schedule).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Directory for the archives; empty: no scheduled backups. Relative to `data_dir`
+    /// unless absolute.
+    pub dir: PathBuf,
+    /// A backup is made when the newest archive in `dir` is this many hours old.
+    pub every_hours: u32,
+    /// Archives kept; older ones are deleted after a successful backup.
+    pub keep: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: PathBuf::new(),
+            every_hours: 24,
+            keep: 7,
+        }
+    }
+}
+
+impl BackupConfig {
+    /// Whether the server makes backups.
+    pub fn enabled(&self) -> bool {
+        !self.dir.as_os_str().is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.every_hours == 0 || self.every_hours > 24 * 31 {
+            return Err(format!(
+                "backup.every_hours = {} must be 1 ..= 744",
+                self.every_hours
+            ));
+        }
+        if self.keep == 0 {
+            return Err("backup.keep must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Capacity planning: the hourly capacity job, its recommendations and exhaustion dates.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -907,6 +956,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.capacity.validate()?;
+        self.backup.validate()?;
         if self.agent.interval_secs == 0 {
             return Err("agent.interval_secs must be at least 1".into());
         }
@@ -924,6 +974,12 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return Err("server.max_body_bytes must be at least 1024".into());
+        }
+        if self.server.inflate_budget_bytes < self.server.max_decompressed_bytes {
+            return Err(format!(
+                "server.inflate_budget_bytes ({}) must be at least server.max_decompressed_bytes ({})",
+                self.server.inflate_budget_bytes, self.server.max_decompressed_bytes
+            ));
         }
         for (key, v) in [
             ("server.max_connections", self.server.max_connections as u64),

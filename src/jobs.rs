@@ -106,6 +106,15 @@ pub const JOBS: &[Job] = &[
         run: |c| Box::pin(anomaly(c)),
         quiet: true,
     },
+    // Looks every 10 minutes whether the newest archive is `backup.every_hours` old, so a
+    // restart or a new leader neither skips a backup nor makes an extra one.
+    Job {
+        name: "backup",
+        every: Duration::from_secs(600),
+        enabled: |cfg| cfg.backup.enabled(),
+        run: |c| Box::pin(backup(c)),
+        quiet: true,
+    },
 ];
 
 /// Start the scheduler; it stops when `shutdown` turns true. `leader_flag` tells
@@ -144,7 +153,11 @@ pub fn spawn(
                     last.iter_mut().for_each(|l| *l = None);
                 }
             } else if let Some(conn) = leader.as_mut() {
-                if sqlx::query("SELECT 1").execute(&mut *conn).await.is_err() {
+                if sqlx::query_scalar!("SELECT 1 AS alive")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(
                         "lost the leader connection; periodic jobs pause until re-elected"
                     );
@@ -196,11 +209,11 @@ async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) {
 /// the new one: the old leader's connection died with the old primary).
 async fn try_lead(store: &Store) -> Option<PgConnection> {
     let mut conn = store.dedicated_connection().await.ok()?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK)
-        .fetch_one(&mut conn)
-        .await
-        .ok()?;
+    let got: bool =
+        sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "got!""#, LEADER_LOCK)
+            .fetch_one(&mut conn)
+            .await
+            .ok()?;
     got.then_some(conn)
 }
 
@@ -247,6 +260,60 @@ async fn energy(c: &JobContext) -> anyhow::Result<String> {
     Ok(format!(
         "{} GPU hours accounted ({} redone after late data)",
         r.rows, r.dirty_hours
+    ))
+}
+
+/// A scheduled backup when the newest archive is due, then the oldest beyond `keep`
+/// deleted. The newest archive's time is on `/metrics` either way.
+async fn backup(c: &JobContext) -> anyhow::Result<String> {
+    use crate::store::audit::{Entry, Outcome, SYSTEM};
+    use crate::store::backup as b;
+    let cfg = &c.cfg.backup;
+    let dir = c.cfg.data_dir.join(&cfg.dir);
+    let now = Utc::now();
+    let archives = b::archives(&dir)?;
+    if let Some(newest) = archives.last() {
+        c.telemetry.backup_seen(newest.made, newest.bytes);
+        let due = newest.made + chrono::Duration::hours(i64::from(cfg.every_hours));
+        if due > now {
+            return Ok(format!(
+                "next backup due at {}",
+                due.format("%Y-%m-%d %H:%M UTC")
+            ));
+        }
+    }
+    let out = dir.join(b::archive_name(now));
+    let target = out.display().to_string();
+    let done = b::backup(&c.cfg.database.managed_bin_dir, c.store.url.expose(), &out).await;
+    let done = match done {
+        Ok(d) => d,
+        Err(e) => {
+            let entry = Entry::ok(SYSTEM, "backup.made", &target)
+                .outcome(Outcome::Failed)
+                .details(serde_json::json!({ "error": format!("{e:#}") }));
+            if let Err(ae) = c.store.audit(entry).await {
+                tracing::warn!("audit row for a failed backup: {ae}");
+            }
+            return Err(e.context(format!("scheduled backup to {target}")));
+        }
+    };
+    let pruned = b::prune(&dir, cfg.keep as usize)?;
+    c.telemetry.backup_seen(now, done.bytes);
+    c.store
+        .audit(
+            Entry::ok(SYSTEM, "backup.made", &target).details(serde_json::json!({
+                "bytes": done.bytes,
+                "seconds": done.seconds,
+                "deleted": pruned.len(),
+            })),
+        )
+        .await?;
+    Ok(format!(
+        "backup {} ({:.1} MB in {:.1} s), {} old archives deleted",
+        target,
+        done.bytes as f64 / 1e6,
+        done.seconds,
+        pruned.len()
     ))
 }
 

@@ -377,8 +377,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let done =
                 rackwatch::store::backup::backup(&cfg.database.managed_bin_dir, &db.url, &out)
                     .await;
+            let audited = match &done {
+                Ok(d) => {
+                    db.store
+                        .audit(
+                            rackwatch::store::audit::Entry::ok(
+                                &cli_actor(),
+                                "backup.made",
+                                &out.display().to_string(),
+                            )
+                            .details(serde_json::json!({
+                                "bytes": d.bytes, "seconds": d.seconds
+                            })),
+                        )
+                        .await
+                }
+                Err(_) => Ok(()),
+            };
             db.close().await;
             let done = done?;
+            audited.context("writing the audit row of the backup")?;
             println!(
                 "backup written to {} ({:.1} MB in {:.1} s)",
                 out.display(),
@@ -397,8 +415,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
             )
             .await;
+            let audited = match &done {
+                Ok(d) => {
+                    db.store
+                        .audit(
+                            rackwatch::store::audit::Entry::ok(
+                                &cli_actor(),
+                                "backup.restored",
+                                &file.display().to_string(),
+                            )
+                            .details(serde_json::json!({
+                                "bytes": d.bytes, "seconds": d.seconds, "forced": force
+                            })),
+                        )
+                        .await
+                }
+                Err(_) => Ok(()),
+            };
             db.close().await;
             let done = done?;
+            audited.context("writing the audit row of the restore")?;
             println!(
                 "restored {} ({:.1} MB in {:.1} s)",
                 file.display(),

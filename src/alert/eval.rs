@@ -96,21 +96,20 @@ pub async fn evaluate(
 }
 
 async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
-    let rows: Vec<(i64, String, String, String, String)> =
-        sqlx::query_as("SELECT id, name, site, rack, pool FROM hosts")
-            .fetch_all(&store.pool)
-            .await?;
+    let rows = sqlx::query!("SELECT id, name, site, rack, pool FROM hosts")
+        .fetch_all(&store.pool)
+        .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, name, site, rack, pool)| {
+        .map(|r| {
             let mut l = Labels::new();
-            l.insert("host".into(), name);
-            for (k, v) in [("site", site), ("rack", rack), ("pool", pool)] {
+            l.insert("host".into(), r.name);
+            for (k, v) in [("site", r.site), ("rack", r.rack), ("pool", r.pool)] {
                 if !v.is_empty() {
                     l.insert(k.into(), v);
                 }
             }
-            (id, l)
+            (r.id, l)
         })
         .collect())
 }
@@ -130,21 +129,20 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
         return Ok(());
     }
     let watermark: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'alert_events'")
+        sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'alert_events'")
             .fetch_optional(&store.pool)
             .await?
             .flatten();
     // First run: look back a little, not at all history.
     let since = watermark.unwrap_or(now - Duration::minutes(10));
-    #[allow(clippy::type_complexity)]
-    let events: Vec<(i64, i16, DateTime<Utc>, String, i64, String, i32, DateTime<Utc>)> = sqlx::query_as(
+    let events = sqlx::query!(
         "SELECT host_id, gpu_index, ts, kind, code, message, count, received_at FROM hardware_events
           WHERE received_at > $1 ORDER BY received_at, ts LIMIT 5000",
+        since,
     )
-    .bind(since)
     .fetch_all(&store.pool)
     .await?;
-    let Some(last) = events.last().map(|e| e.7) else {
+    let Some(last) = events.last().map(|e| e.received_at) else {
         return Ok(());
     };
     let labels = host_labels(store).await?;
@@ -152,7 +150,16 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
     #[allow(clippy::type_complexity)]
     let mut by_rule: HashMap<&str, (Vec<Observation>, Vec<(i64, i16)>, &Rule, &HardwareRule)> =
         HashMap::new();
-    for (host_id, gpu, ts, kind, code, message, count, _) in &events {
+    for e in &events {
+        let (host_id, gpu, ts, kind, code, message, count) = (
+            &e.host_id,
+            &e.gpu_index,
+            &e.ts,
+            &e.kind,
+            &e.code,
+            &e.message,
+            &e.count,
+        );
         let Some(base) = labels.get(host_id) else {
             continue;
         };
@@ -210,11 +217,11 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
         }
         apply(store, rules, rule, obs, now).await?;
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO job_state (name, watermark) VALUES ('alert_events', $1)
          ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+        last,
     )
-    .bind(last)
     .execute(&store.pool)
     .await?;
     Ok(())
@@ -233,30 +240,30 @@ async fn codes_seen(
     latest: DateTime<Utc>,
 ) -> anyhow::Result<Vec<(String, i64, i64)>> {
     let fp = crate::alert::fingerprint(&rule.name, labels);
-    let firing_since: Option<DateTime<Utc>> = sqlx::query_scalar(
+    let firing_since: Option<DateTime<Utc>> = sqlx::query_scalar!(
         "SELECT started_at FROM alerts WHERE fingerprint = $1 AND state = 'firing'",
+        &fp,
     )
-    .bind(&fp)
     .fetch_optional(&store.pool)
     .await?;
     let since =
         firing_since.unwrap_or_else(|| latest - Duration::seconds(h.resolve_after_secs as i64));
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT kind, code, sum(count)::int8 FROM hardware_events
+    let rows = sqlx::query!(
+        r#"SELECT kind, code, sum(count)::int8 AS "n!" FROM hardware_events
           WHERE host_id = $1 AND gpu_index = $2 AND ts >= $3 AND ts <= $4
             AND (cardinality($5::text[]) = 0 OR kind = ANY($5))
             AND (cardinality($6::int8[]) = 0 OR code = ANY($6))
-          GROUP BY kind, code ORDER BY 3 DESC, 1, 2",
+          GROUP BY kind, code ORDER BY 3 DESC, 1, 2"#,
+        host_id,
+        gpu,
+        since,
+        latest,
+        &h.events,
+        &h.xid_codes,
     )
-    .bind(host_id)
-    .bind(gpu)
-    .bind(since)
-    .bind(latest)
-    .bind(&h.events)
-    .bind(&h.xid_codes)
     .fetch_all(&store.pool)
     .await?;
-    Ok(rows)
+    Ok(rows.into_iter().map(|r| (r.kind, r.code, r.n)).collect())
 }
 
 /// "XID 31 ×3, XID 13 ×2, thermal_throttle ×1".
@@ -332,16 +339,16 @@ async fn absent_observations(
     a: &AbsentRule,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Observation>> {
-    let rows: Vec<(i64, Option<DateTime<Utc>>)> = sqlx::query_as("SELECT id, last_seen FROM hosts")
+    let rows = sqlx::query!("SELECT id, last_seen FROM hosts")
         .fetch_all(&store.pool)
         .await?;
     let labels = host_labels(store).await?;
     let after = Duration::seconds(a.after_secs as i64);
     Ok(rows
         .into_iter()
-        .filter_map(|(id, last)| {
-            let last = last?;
-            let l = labels.get(&id)?.clone();
+        .filter_map(|r| {
+            let last = r.last_seen?;
+            let l = labels.get(&r.id)?.clone();
             let silent = now - last;
             rule.selects(&l).then(|| Observation {
                 labels: l,
@@ -440,7 +447,6 @@ const ANOMALY_STALE: Duration = Duration::minutes(10);
 /// Missing minutes up to this long do not break a run of high scores (a late batch).
 const ANOMALY_MAX_GAP: Duration = Duration::minutes(3);
 
-#[derive(sqlx::FromRow)]
 struct ScoreRow {
     host_id: i64,
     ts: DateTime<Utc>,
@@ -461,13 +467,14 @@ async fn anomaly_observations(
 ) -> anyhow::Result<Vec<Observation>> {
     let for_ = Duration::seconds(a.for_secs as i64);
     // Newest first per host; `ts <= now` so a past instant can be evaluated.
-    let rows: Vec<ScoreRow> = sqlx::query_as(
-        "SELECT host_id, ts, score, threshold,
-                CASE WHEN ts = max(ts) OVER (PARTITION BY host_id) THEN top END AS top
-           FROM anomaly_scores WHERE ts > $1 AND ts <= $2 ORDER BY host_id, ts DESC",
+    let rows: Vec<ScoreRow> = sqlx::query_as!(
+        ScoreRow,
+        r#"SELECT host_id, ts, score, threshold,
+                CASE WHEN ts = max(ts) OVER (PARTITION BY host_id) THEN top END AS "top: sqlx::types::Json<Vec<Explanation>>"
+           FROM anomaly_scores WHERE ts > $1 AND ts <= $2 ORDER BY host_id, ts DESC"#,
+        now - for_ - ANOMALY_STALE,
+        now,
     )
-    .bind(now - for_ - ANOMALY_STALE)
-    .bind(now)
     .fetch_all(&store.pool)
     .await?;
     let labels = host_labels(store).await?;
@@ -542,10 +549,11 @@ async fn apply(
     obs: Vec<Observation>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let existing: Vec<AlertRow> = sqlx::query_as(
-        "SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels, rule FROM alerts WHERE rule = $1",
+    let existing: Vec<AlertRow> = sqlx::query_as!(
+        AlertRow,
+        r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts WHERE rule = $1"#,
+        &rule.name,
     )
-    .bind(&rule.name)
     .fetch_all(&store.pool)
     .await?;
     let existing: HashMap<String, AlertRow> = existing
@@ -560,15 +568,15 @@ async fn apply(
         let state = cur.map(|a| a.state.as_str()).unwrap_or("none");
         match (state, o.active) {
             ("firing", true) => {
-                sqlx::query(
+                sqlx::query!(
                     "UPDATE alerts SET last_active_at = $2, occurrences = occurrences + $3, value = $4, description = $5, updated_at = now()
                       WHERE fingerprint = $1",
+                    &fp,
+                    now,
+                    if matches!(rule.kind, RuleKind::Hardware(_)) { o.occurrences } else { 0 },
+                    o.value,
+                    &o.description,
                 )
-                .bind(&fp)
-                .bind(now)
-                .bind(if matches!(rule.kind, RuleKind::Hardware(_)) { o.occurrences } else { 0 })
-                .bind(o.value)
-                .bind(&o.description)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -589,10 +597,12 @@ async fn apply(
                 }
             }
             ("pending", false) => {
-                sqlx::query("DELETE FROM alerts WHERE fingerprint = $1 AND state = 'pending'")
-                    .bind(&fp)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query!(
+                    "DELETE FROM alerts WHERE fingerprint = $1 AND state = 'pending'",
+                    &fp
+                )
+                .execute(&mut *tx)
+                .await?;
             }
             (_, true) => {
                 // Rules judged on stored data know how long the condition has held already.
@@ -601,21 +611,21 @@ async fn apply(
                     fire(&mut tx, rules, rule, &fp, &o, since, now, cur).await?;
                 } else {
                     let started = if o.held.is_some() { since } else { now };
-                    sqlx::query(
+                    sqlx::query!(
                         "INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description, started_at, last_active_at)
                          VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9)
                          ON CONFLICT (fingerprint) DO UPDATE SET state = 'pending', started_at = $8, last_active_at = $9,
                             value = $5, description = $7, resolved_at = NULL, updated_at = now()",
+                        &fp,
+                        &rule.name,
+                        &rule.severity,
+                        sqlx::types::Json(&o.labels) as _,
+                        o.value,
+                        summary(rule),
+                        &o.description,
+                        started,
+                        now,
                     )
-                    .bind(&fp)
-                    .bind(&rule.name)
-                    .bind(&rule.severity)
-                    .bind(sqlx::types::Json(&o.labels))
-                    .bind(o.value)
-                    .bind(summary(rule))
-                    .bind(&o.description)
-                    .bind(started)
-                    .bind(now)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -651,37 +661,39 @@ async fn fire(
         Some(p) if p.resolved_at.is_some_and(|r| now - r < Duration::hours(1)) => p.flaps + 1,
         _ => 0,
     };
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description, started_at, fired_at,
                              last_active_at, occurrences, flaps)
          VALUES ($1, $2, $3, $4, 'firing', $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (fingerprint) DO UPDATE SET state = 'firing', severity = $3, labels = $4, value = $5, summary = $6,
             description = $7, started_at = $8, fired_at = $9, last_active_at = $10, occurrences = $11, flaps = $12,
             resolved_at = NULL, acknowledged_by = NULL, acknowledged_at = NULL, updated_at = now()",
+        fp,
+        &rule.name,
+        &rule.severity,
+        sqlx::types::Json(&o.labels) as _,
+        o.value,
+        summary(rule),
+        &o.description,
+        since,
+        now,
+        now,
+        o.occurrences.max(1),
+        flaps,
     )
-    .bind(fp)
-    .bind(&rule.name)
-    .bind(&rule.severity)
-    .bind(sqlx::types::Json(&o.labels))
-    .bind(o.value)
-    .bind(summary(rule))
-    .bind(&o.description)
-    .bind(since)
-    .bind(now)
-    .bind(now)
-    .bind(o.occurrences.max(1))
-    .bind(flaps)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(fp)
-        .bind(&rule.name)
-        .bind(&rule.severity)
-        .bind(sqlx::types::Json(&o.labels))
-        .bind(summary(rule))
-        .bind(since)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        fp,
+        &rule.name,
+        &rule.severity,
+        sqlx::types::Json(&o.labels) as _,
+        summary(rule),
+        since,
+    )
+    .execute(&mut **tx)
+    .await?;
     if flaps >= FLAP_LIMIT {
         tracing::info!(
             alert = fp,
@@ -712,16 +724,18 @@ async fn resolve(
     a: &AlertRow,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now() WHERE fingerprint = $1")
-        .bind(&a.fingerprint)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(
-        "UPDATE incidents SET resolved_at = $2 WHERE fingerprint = $1 AND resolved_at IS NULL",
+    sqlx::query!(
+        "UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now() WHERE fingerprint = $1",
+        &a.fingerprint,
+        now,
     )
-    .bind(&a.fingerprint)
-    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE incidents SET resolved_at = $2 WHERE fingerprint = $1 AND resolved_at IS NULL",
+        &a.fingerprint,
+        now,
+    )
     .execute(&mut **tx)
     .await?;
     if a.flaps >= FLAP_LIMIT {
@@ -750,12 +764,13 @@ async fn resolve_quiet_hardware(
     h: &HardwareRule,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let quiet: Vec<AlertRow> = sqlx::query_as(
-        "SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels, rule FROM alerts
-          WHERE rule = $1 AND state = 'firing' AND last_active_at < $2",
+    let quiet: Vec<AlertRow> = sqlx::query_as!(
+        AlertRow,
+        r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts
+          WHERE rule = $1 AND state = 'firing' AND last_active_at < $2"#,
+        &rule.name,
+        now - Duration::seconds(h.resolve_after_secs as i64),
     )
-    .bind(&rule.name)
-    .bind(now - Duration::seconds(h.resolve_after_secs as i64))
     .fetch_all(&store.pool)
     .await?;
     if quiet.is_empty() {
@@ -776,32 +791,31 @@ async fn repeat_reminders(
     cfg: &Config,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    #[allow(clippy::type_complexity)]
-    let due: Vec<(String, String, String, sqlx::types::Json<Labels>, String, String, Option<f64>, DateTime<Utc>, i32)> = sqlx::query_as(
-        "SELECT fingerprint, rule, severity, labels, summary, description, value, started_at, occurrences FROM alerts
+    let due = sqlx::query!(
+        r#"SELECT fingerprint, rule, severity, labels AS "labels: sqlx::types::Json<Labels>", summary, description, value, started_at, occurrences FROM alerts
           WHERE state = 'firing' AND acknowledged_at IS NULL AND flaps < $2
-            AND last_notified_at IS NOT NULL AND last_notified_at < $1",
+            AND last_notified_at IS NOT NULL AND last_notified_at < $1"#,
+        now - Duration::seconds(cfg.alerting.repeat_interval_secs as i64),
+        FLAP_LIMIT,
     )
-    .bind(now - Duration::seconds(cfg.alerting.repeat_interval_secs as i64))
-    .bind(FLAP_LIMIT)
     .fetch_all(&store.pool)
     .await?;
     if due.is_empty() {
         return Ok(());
     }
     let mut tx = store.pool.begin().await?;
-    for (fp, rule, severity, labels, summary, description, value, started_at, occurrences) in due {
+    for r in due {
         let snap = AlertSnapshot {
-            fingerprint: fp,
-            rule,
-            severity,
-            labels: labels.0,
-            summary,
-            description,
-            value,
-            started_at,
+            fingerprint: r.fingerprint,
+            rule: r.rule,
+            severity: r.severity,
+            labels: r.labels.0,
+            summary: r.summary,
+            description: r.description,
+            value: r.value,
+            started_at: r.started_at,
             resolved_at: None,
-            occurrences,
+            occurrences: r.occurrences,
         };
         enqueue(&mut tx, rules, &snap, "firing", now).await?;
     }
@@ -826,12 +840,18 @@ async fn enqueue(
     }
     if a.labels.contains_key("gpu") {
         if let Some(host) = a.labels.get("host") {
-            let host_down: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM alerts a WHERE a.state = 'firing' AND a.labels->>'host' = $1
-                   AND NOT (a.labels ? 'gpu') AND a.rule IN (SELECT unnest($2::text[])))",
+            let absent: Vec<String> = rules
+                .rules
+                .iter()
+                .filter(|r| matches!(r.kind, RuleKind::Absent(_)))
+                .map(|r| r.name.clone())
+                .collect();
+            let host_down: bool = sqlx::query_scalar!(
+                r#"SELECT EXISTS (SELECT 1 FROM alerts a WHERE a.state = 'firing' AND a.labels->>'host' = $1
+                   AND NOT (a.labels ? 'gpu') AND a.rule IN (SELECT unnest($2::text[]))) AS "down!""#,
+                host,
+                &absent,
             )
-            .bind(host)
-            .bind(rules.rules.iter().filter(|r| matches!(r.kind, RuleKind::Absent(_))).map(|r| r.name.clone()).collect::<Vec<_>>())
             .fetch_one(&mut **tx)
             .await?;
             if host_down {
@@ -856,19 +876,23 @@ async fn enqueue(
     }
     for to in destinations {
         let group_key = format!("{}|{}", a.rule, to.join(","));
-        sqlx::query("INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert) VALUES ($1, $2, $3, $4, $5)")
-            .bind(group_key)
-            .bind(&a.fingerprint)
-            .bind(kind)
-            .bind(&to)
-            .bind(sqlx::types::Json(a))
-            .execute(&mut **tx)
-            .await?;
-    }
-    sqlx::query("UPDATE alerts SET last_notified_at = $2 WHERE fingerprint = $1")
-        .bind(&a.fingerprint)
-        .bind(now)
+        sqlx::query!(
+            "INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert) VALUES ($1, $2, $3, $4, $5)",
+            group_key,
+            &a.fingerprint,
+            kind,
+            &to,
+            sqlx::types::Json(a) as _,
+        )
         .execute(&mut **tx)
         .await?;
+    }
+    sqlx::query!(
+        "UPDATE alerts SET last_notified_at = $2 WHERE fingerprint = $1",
+        &a.fingerprint,
+        now,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

@@ -219,9 +219,9 @@ impl Sender {
             _ => None,
         };
         if smtp.is_none() && !self.warned_unconfigured {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL
-                   AND NOT recipients[1] ~ '^(webhook|slack|pagerduty):'",
+            let waiting: i64 = sqlx::query_scalar!(
+                r#"SELECT count(*) AS "n!" FROM notification_outbox WHERE sent_at IS NULL
+                   AND NOT recipients[1] ~ '^(webhook|slack|pagerduty):'"#,
             )
             .fetch_one(&store.pool)
             .await?;
@@ -231,11 +231,13 @@ impl Sender {
             }
         }
         let mut tx = store.pool.begin().await?;
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, group_key, kind, recipients, alert, created_at, attempts FROM notification_outbox
-              WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT 2000 FOR UPDATE SKIP LOCKED",
+        let rows: Vec<OutboxRow> = sqlx::query_as!(
+            OutboxRow,
+            r#"SELECT id, group_key, kind, recipients, alert AS "alert: sqlx::types::Json<AlertSnapshot>", created_at, attempts
+               FROM notification_outbox
+              WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT 2000 FOR UPDATE SKIP LOCKED"#,
+            now,
         )
-        .bind(now)
         .fetch_all(&mut *tx)
         .await?;
         let mut groups: BTreeMap<(String, Vec<String>), Vec<OutboxRow>> = BTreeMap::new();
@@ -256,9 +258,11 @@ impl Sender {
                 continue; // wait for the rest of the group
             }
             let last_sent: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT max(sent_at) FROM notification_outbox WHERE group_key = $1 AND message_id IS NOT NULL")
-                    .bind(&group_key)
-                    .fetch_one(&mut *tx)
+                sqlx::query_scalar!(
+                    "SELECT max(sent_at) FROM notification_outbox WHERE group_key = $1 AND message_id IS NOT NULL",
+                    &group_key,
+                )
+                .fetch_one(&mut *tx)
                     .await?;
             if last_sent.is_some_and(|t| now - t < self.group_interval) {
                 continue;
@@ -270,10 +274,12 @@ impl Sender {
                 l.insert("rule".into(), r.alert.rule.clone());
                 l.insert("severity".into(), r.alert.severity.clone());
                 if super::silence::silenced(&mut *tx, &l, now).await? {
-                    sqlx::query("UPDATE notification_outbox SET sent_at = $2, last_error = 'silenced before sending' WHERE id = $1")
-                        .bind(r.id)
-                        .bind(now)
-                        .execute(&mut *tx)
+                    sqlx::query!(
+                        "UPDATE notification_outbox SET sent_at = $2, last_error = 'silenced before sending' WHERE id = $1",
+                        r.id,
+                        now,
+                    )
+                    .execute(&mut *tx)
                         .await?;
                 } else {
                     live.push(r);
@@ -327,11 +333,13 @@ impl Sender {
             };
             match result {
                 Ok(()) => {
-                    sqlx::query("UPDATE notification_outbox SET sent_at = $2, message_id = $3, last_error = NULL WHERE id = ANY($1)")
-                        .bind(&ids)
-                        .bind(Utc::now())
-                        .bind(&message_id)
-                        .execute(&mut *tx)
+                    sqlx::query!(
+                        "UPDATE notification_outbox SET sent_at = $2, message_id = $3, last_error = NULL WHERE id = ANY($1)",
+                        &ids,
+                        Utc::now(),
+                        &message_id,
+                    )
+                    .execute(&mut *tx)
                         .await?;
                     sent += 1;
                     tracing::info!(group = %group_key, alerts = ids.len(), "alert notification sent");
@@ -340,12 +348,14 @@ impl Sender {
                     let attempts = live.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
                     let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
                     tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert notification not sent: {e}");
-                    sqlx::query("UPDATE notification_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = ANY($1)")
-                        .bind(&ids)
-                        .bind(attempts)
-                        .bind(now + backoff)
-                        .bind(&e)
-                        .execute(&mut *tx)
+                    sqlx::query!(
+                        "UPDATE notification_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = ANY($1)",
+                        &ids,
+                        attempts,
+                        now + backoff,
+                        &e,
+                    )
+                    .execute(&mut *tx)
                         .await?;
                 }
             }
@@ -482,14 +492,15 @@ pub struct ChannelState {
 
 /// The outbox by destination: what was delivered, what waits, what fails.
 pub async fn channel_states(store: &Store) -> Result<Vec<ChannelState>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT CASE WHEN recipients[1] ~ '^(webhook|slack|pagerduty):' THEN recipients[1] ELSE 'email' END AS channel,
-                count(*) FILTER (WHERE message_id IS NOT NULL) AS delivered,
-                count(*) FILTER (WHERE sent_at IS NULL) AS pending,
-                count(*) FILTER (WHERE sent_at IS NULL AND attempts > 0) AS failing,
+    sqlx::query_as!(
+        ChannelState,
+        r#"SELECT CASE WHEN recipients[1] ~ '^(webhook|slack|pagerduty):' THEN recipients[1] ELSE 'email' END AS "channel!",
+                count(*) FILTER (WHERE message_id IS NOT NULL) AS "delivered!",
+                count(*) FILTER (WHERE sent_at IS NULL) AS "pending!",
+                count(*) FILTER (WHERE sent_at IS NULL AND attempts > 0) AS "failing!",
                 max(sent_at) FILTER (WHERE message_id IS NOT NULL) AS last_delivered_at,
                 (array_agg(last_error ORDER BY id DESC) FILTER (WHERE sent_at IS NULL AND last_error IS NOT NULL))[1] AS last_error
-           FROM notification_outbox GROUP BY 1 ORDER BY 1",
+           FROM notification_outbox GROUP BY 1 ORDER BY 1"#,
     )
     .fetch_all(&store.pool)
     .await

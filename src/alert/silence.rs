@@ -23,11 +23,13 @@ pub async fn silenced<'e, E: sqlx::PgExecutor<'e>>(
     labels: &Labels,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM silences WHERE starts_at <= $2 AND ends_at > $2 AND $1::jsonb @> matchers)")
-        .bind(sqlx::types::Json(labels))
-        .bind(now)
-        .fetch_one(db)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM silences WHERE starts_at <= $2 AND ends_at > $2 AND $1::jsonb @> matchers) AS "silenced!""#,
+        sqlx::types::Json(labels) as _,
+        now,
+    )
+    .fetch_one(db)
+    .await
 }
 
 /// Parse `key=value` matchers.
@@ -65,34 +67,40 @@ impl Store {
         if ends_at <= starts_at {
             anyhow::bail!("a silence must end after it starts");
         }
-        Ok(sqlx::query_scalar("INSERT INTO silences (matchers, starts_at, ends_at, author, comment) VALUES ($1, $2, $3, $4, $5) RETURNING id")
-            .bind(sqlx::types::Json(matchers))
-            .bind(starts_at)
-            .bind(ends_at)
-            .bind(author)
-            .bind(comment)
-            .fetch_one(&self.pool)
+        Ok(sqlx::query_scalar!(
+            "INSERT INTO silences (matchers, starts_at, ends_at, author, comment) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            sqlx::types::Json(matchers) as _,
+            starts_at,
+            ends_at,
+            author,
+            comment,
+        )
+        .fetch_one(&self.pool)
             .await?)
     }
 
     /// Silences not yet over.
     pub async fn active_silences(&self, now: DateTime<Utc>) -> Result<Vec<Silence>, sqlx::Error> {
-        sqlx::query_as("SELECT id, matchers, starts_at, ends_at, author, comment FROM silences WHERE ends_at > $1 ORDER BY starts_at")
-            .bind(now)
-            .fetch_all(&self.pool)
+        sqlx::query_as!(
+            Silence,
+            r#"SELECT id, matchers AS "matchers: sqlx::types::Json<Labels>", starts_at, ends_at, author, comment
+                 FROM silences WHERE ends_at > $1 ORDER BY starts_at"#,
+            now,
+        )
+        .fetch_all(&self.pool)
             .await
     }
 
     /// End a silence now.
     pub async fn expire_silence(&self, id: i64) -> Result<bool, sqlx::Error> {
-        Ok(
-            sqlx::query("UPDATE silences SET ends_at = now() WHERE id = $1 AND ends_at > now()")
-                .bind(id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                == 1,
+        Ok(sqlx::query!(
+            "UPDATE silences SET ends_at = now() WHERE id = $1 AND ends_at > now()",
+            id
         )
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
     }
 }
 

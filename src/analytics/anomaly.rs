@@ -89,7 +89,7 @@ const fn at_gpu(name: &'static str, unit: Unit, step: f64, slot: usize) -> Featu
     }
 }
 
-/// The fixed feature list, in the column order of [`FEATURE_SQL`]'s `vals`. GPU aggregates
+/// The fixed feature list, in the column order of `vals` in [`feature_rows`]'s query. GPU aggregates
 /// are over the GPUs that reported in that minute, each GPU's 1-minute mean first.
 pub const FEATURES: [Feature; 16] = [
     feature("cpu_util_pct", Unit::Percent, 1.0),
@@ -110,47 +110,8 @@ pub const FEATURES: [Feature; 16] = [
     at_gpu("gpu_sm_clock_min_mhz", Unit::Megahertz, 15.0, 4),
 ];
 
-/// GPU index columns of [`FEATURE_SQL`] (util, memory used, power, temperature, clock).
+/// GPU index columns of [`feature_rows`]'s query (util, memory used, power, temperature, clock).
 const GPU_SLOTS: usize = 5;
-
-/// Feature rows per host and minute: `$1` host ids, `[$2, $3)` buckets; `$4` leaves out
-/// minutes already scored anomalous (training). Column i of `vals` is `FEATURES[i]`.
-const FEATURE_SQL: &str = "
-WITH h AS (
-    SELECT host_id, bucket, cpu_util_pct::float8 AS cpu, load1::float8 AS load1,
-           mem_used_bytes::float8 / nullif(mem_total_bytes, 0)::float8 * 100 AS mem,
-           disk_read_bytes_per_s AS dr, disk_write_bytes_per_s AS dw,
-           net_rx_bytes_per_s AS nr, net_tx_bytes_per_s AS nt
-      FROM host_samples_1m
-     WHERE host_id = ANY($1) AND bucket >= $2 AND bucket < $3),
-g AS (
-    SELECT host_id, bucket,
-           avg(util_pct)::float8 AS util_mean, max(util_pct)::float8 AS util_max,
-           avg(mem_util_pct)::float8 AS mem_util_mean, max(mem_used_bytes)::float8 AS mem_used_max,
-           avg(power_watts)::float8 AS power_mean, max(power_watts)::float8 AS power_max,
-           avg(temp_celsius)::float8 AS temp_mean, max(temp_celsius)::float8 AS temp_max,
-           min(sm_clock_mhz)::float8 AS clock_min,
-           (array_agg(gpu_index ORDER BY util_pct DESC NULLS LAST))[1] AS util_gpu,
-           (array_agg(gpu_index ORDER BY mem_used_bytes DESC NULLS LAST))[1] AS mem_gpu,
-           (array_agg(gpu_index ORDER BY power_watts DESC NULLS LAST))[1] AS power_gpu,
-           (array_agg(gpu_index ORDER BY temp_celsius DESC NULLS LAST))[1] AS temp_gpu,
-           (array_agg(gpu_index ORDER BY sm_clock_mhz ASC NULLS LAST))[1] AS clock_gpu
-      FROM gpu_samples_1m
-     WHERE host_id = ANY($1) AND bucket >= $2 AND bucket < $3
-     GROUP BY host_id, bucket),
-r AS (
-    SELECT host_id, bucket,
-           ARRAY[cpu, load1, mem, dr, dw, nr, nt, util_mean, util_max, mem_util_mean, mem_used_max,
-                 power_mean, power_max, temp_mean, temp_max, clock_min] AS vals,
-           ARRAY[util_gpu, mem_gpu, power_gpu, temp_gpu, clock_gpu] AS gpus
-      FROM h FULL JOIN g USING (host_id, bucket))
-SELECT r.host_id, r.bucket, r.vals, r.gpus FROM r
-  -- A join, not a correlated EXISTS: Citus plans no correlated subquery over a CTE. The
-  -- bounds keep what it gathers from the workers to the minutes asked for.
-  LEFT JOIN anomaly_scores s ON $4 AND s.host_id = r.host_id AND s.ts = r.bucket AND s.is_anomalous
-        AND s.host_id = ANY($1) AND s.ts >= $2 AND s.ts < $3
- WHERE s.host_id IS NULL
- ORDER BY r.host_id, r.bucket";
 
 /// A flat training metric counts as varying by this many steps (see [`Feature::step`]):
 /// the detector floors a metric's residual scale at 0.2 of its standard deviation, so a
@@ -602,17 +563,56 @@ async fn feature_rows(
     to: DateTime<Utc>,
     skip_anomalous: bool,
 ) -> Result<HashMap<i64, Vec<Minute>>, sqlx::Error> {
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(i64, DateTime<Utc>, Vec<Option<f64>>, Vec<Option<i16>>)> =
-        sqlx::query_as(FEATURE_SQL)
-            .bind(hosts)
-            .bind(from)
-            .bind(to)
-            .bind(skip_anomalous)
-            .fetch_all(&store.pool)
-            .await?;
+    // `$1` host ids, `[$2, $3)` buckets; `$4` leaves out minutes already scored anomalous
+    // (training). Column i of `vals` is `FEATURES[i]`.
+    let rows = sqlx::query!(
+        r#"
+WITH h AS (
+    SELECT host_id, bucket, cpu_util_pct::float8 AS cpu, load1::float8 AS load1,
+           mem_used_bytes::float8 / nullif(mem_total_bytes, 0)::float8 * 100 AS mem,
+           disk_read_bytes_per_s AS dr, disk_write_bytes_per_s AS dw,
+           net_rx_bytes_per_s AS nr, net_tx_bytes_per_s AS nt
+      FROM host_samples_1m
+     WHERE host_id = ANY($1) AND bucket >= $2 AND bucket < $3),
+g AS (
+    SELECT host_id, bucket,
+           avg(util_pct)::float8 AS util_mean, max(util_pct)::float8 AS util_max,
+           avg(mem_util_pct)::float8 AS mem_util_mean, max(mem_used_bytes)::float8 AS mem_used_max,
+           avg(power_watts)::float8 AS power_mean, max(power_watts)::float8 AS power_max,
+           avg(temp_celsius)::float8 AS temp_mean, max(temp_celsius)::float8 AS temp_max,
+           min(sm_clock_mhz)::float8 AS clock_min,
+           (array_agg(gpu_index ORDER BY util_pct DESC NULLS LAST))[1] AS util_gpu,
+           (array_agg(gpu_index ORDER BY mem_used_bytes DESC NULLS LAST))[1] AS mem_gpu,
+           (array_agg(gpu_index ORDER BY power_watts DESC NULLS LAST))[1] AS power_gpu,
+           (array_agg(gpu_index ORDER BY temp_celsius DESC NULLS LAST))[1] AS temp_gpu,
+           (array_agg(gpu_index ORDER BY sm_clock_mhz ASC NULLS LAST))[1] AS clock_gpu
+      FROM gpu_samples_1m
+     WHERE host_id = ANY($1) AND bucket >= $2 AND bucket < $3
+     GROUP BY host_id, bucket),
+r AS (
+    SELECT host_id, bucket,
+           ARRAY[cpu, load1, mem, dr, dw, nr, nt, util_mean, util_max, mem_util_mean, mem_used_max,
+                 power_mean, power_max, temp_mean, temp_max, clock_min] AS vals,
+           ARRAY[util_gpu, mem_gpu, power_gpu, temp_gpu, clock_gpu] AS gpus
+      FROM h FULL JOIN g USING (host_id, bucket))
+SELECT r.host_id AS "host_id!", r.bucket AS "bucket!", r.vals AS "vals!: Vec<Option<f64>>",
+       r.gpus AS "gpus!: Vec<Option<i16>>" FROM r
+  -- A join, not a correlated EXISTS: Citus plans no correlated subquery over a CTE. The
+  -- bounds keep what it gathers from the workers to the minutes asked for.
+  LEFT JOIN anomaly_scores s ON $4 AND s.host_id = r.host_id AND s.ts = r.bucket AND s.is_anomalous
+        AND s.host_id = ANY($1) AND s.ts >= $2 AND s.ts < $3
+ WHERE s.host_id IS NULL
+ ORDER BY r.host_id, r.bucket"#,
+        hosts,
+        from,
+        to,
+        skip_anomalous,
+    )
+    .fetch_all(&store.pool)
+    .await?;
     let mut out: HashMap<i64, Vec<Minute>> = HashMap::new();
-    for (host, ts, values, gpus) in rows {
+    for r in rows {
+        let (host, ts, values, gpus) = (r.host_id, r.bucket, r.vals, r.gpus);
         debug_assert_eq!(values.len(), FEATURES.len());
         debug_assert_eq!(gpus.len(), GPU_SLOTS);
         // Non-finite values cannot pass ingest validation; be safe anyway.
@@ -724,9 +724,11 @@ impl AnomalyJob {
         let end = now.duration_trunc(Duration::minutes(1))? - Duration::minutes(SETTLE_MINUTES);
         // As Postgres stores it, so the cache of trained detectors recognizes its own.
         let now = now.duration_trunc(Duration::microseconds(1))?;
-        let hosts: Vec<ModelMeta> = sqlx::query_as(
-            "SELECT h.id AS host_id, h.name, m.status, m.trained_at, m.metrics, m.scored_until
-               FROM hosts h LEFT JOIN anomaly_models m ON m.host_id = h.id ORDER BY h.id",
+        let hosts: Vec<ModelMeta> = sqlx::query_as!(
+            ModelMeta,
+            r#"SELECT h.id AS host_id, h.name, m.status AS "status?", m.trained_at AS "trained_at?",
+                      m.metrics AS "metrics?", m.scored_until
+               FROM hosts h LEFT JOIN anomaly_models m ON m.host_id = h.id ORDER BY h.id"#,
         )
         .fetch_all(&store.pool)
         .await?;
@@ -755,13 +757,17 @@ impl AnomalyJob {
         summary.trained += trained;
         summary.skipped += due.len() - trained;
         // Score every host with a model (re-read: training just changed some).
-        let scoring: Vec<(i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT host_id, trained_at, scored_until FROM anomaly_models
-              WHERE status = 'trained' AND scored_until < $1 ORDER BY host_id",
+        // `scored_until < $1` holds for set watermarks only.
+        let scoring: Vec<(i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query!(
+            r#"SELECT host_id, trained_at, scored_until AS "scored_until!" FROM anomaly_models
+              WHERE status = 'trained' AND scored_until < $1 ORDER BY host_id"#,
+            end,
         )
-        .bind(end)
         .fetch_all(&store.pool)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|r| (r.host_id, r.trained_at, r.scored_until))
+        .collect();
         for batch in scoring.chunks(HOST_BATCH) {
             let (n, a) = self.score_batch(store, cfg, batch, end).await?;
             summary.scored_minutes += n;
@@ -833,24 +839,24 @@ impl AnomalyJob {
                 let train_rows = model.detector.train_rows;
                 let names = model.metric_names();
                 let note = format!("trained on {train_rows} minutes of {} metrics", names.len());
-                sqlx::query(
+                sqlx::query!(
                     "INSERT INTO anomaly_models (host_id, status, note, trained_at, train_from, train_to, train_minutes,
                                                 metrics, threshold, params, state, scored_until)
                      VALUES ($1, 'trained', $2, $3, $4, $5, $6, $7, $8, $9, $10, $5)
                      ON CONFLICT (host_id) DO UPDATE SET status = 'trained', note = $2, trained_at = $3,
                         train_from = $4, train_to = $5, train_minutes = $6, metrics = $7, threshold = $8,
                         params = $9, state = $10, scored_until = $5",
+                    h.host_id,
+                    &note,
+                    now,
+                    from,
+                    to,
+                    train_rows as i32,
+                    &names,
+                    threshold,
+                    Json(&model.detector) as _,
+                    Json(model.stored_state()) as _,
                 )
-                .bind(h.host_id)
-                .bind(&note)
-                .bind(now)
-                .bind(from)
-                .bind(to)
-                .bind(train_rows as i32)
-                .bind(&names)
-                .bind(threshold)
-                .bind(Json(&model.detector))
-                .bind(Json(model.stored_state()))
                 .execute(&store.pool)
                 .await?;
                 tracing::info!(
@@ -880,19 +886,19 @@ impl AnomalyJob {
                 } else {
                     tracing::info!(host = %h.name, "anomaly model not trained: {note}");
                 }
-                sqlx::query(
+                sqlx::query!(
                     "INSERT INTO anomaly_models (host_id, status, note, trained_at, train_from, train_to)
                      VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (host_id) DO UPDATE SET status = $2, note = $3, trained_at = $4, train_from = $5,
                         train_to = $6, train_minutes = 0, metrics = '{}', threshold = NULL, params = NULL,
                         state = NULL, scored_until = NULL",
+                    h.host_id,
+                    status,
+                    &note,
+                    now,
+                    from,
+                    to,
                 )
-                .bind(h.host_id)
-                .bind(status)
-                .bind(&note)
-                .bind(now)
-                .bind(from)
-                .bind(to)
                 .execute(&store.pool)
                 .await?;
                 Ok(false)
@@ -916,25 +922,27 @@ impl AnomalyJob {
             .map(|b| b.0)
             .collect();
         if !missing.is_empty() {
-            let params: Vec<(i64, DateTime<Utc>, Json<Detector>)> = sqlx::query_as(
-                "SELECT host_id, trained_at, params FROM anomaly_models WHERE host_id = ANY($1) AND params IS NOT NULL",
+            let params = sqlx::query!(
+                r#"SELECT host_id, trained_at, params AS "params!: Json<Detector>" FROM anomaly_models
+                    WHERE host_id = ANY($1) AND params IS NOT NULL"#,
+                &missing,
             )
-            .bind(&missing)
             .fetch_all(&store.pool)
             .await?;
-            for (id, t, det) in params {
-                self.models.insert(id, (t, det.0));
+            for r in params {
+                self.models.insert(r.host_id, (r.trained_at, r.params.0));
             }
         }
-        let states: Vec<(i64, Vec<String>, Json<StoredState>)> = sqlx::query_as(
-            "SELECT host_id, metrics, state FROM anomaly_models WHERE host_id = ANY($1) AND state IS NOT NULL",
+        let states = sqlx::query!(
+            r#"SELECT host_id, metrics, state AS "state!: Json<StoredState>" FROM anomaly_models
+                WHERE host_id = ANY($1) AND state IS NOT NULL"#,
+            &ids,
         )
-        .bind(&ids)
         .fetch_all(&store.pool)
         .await?;
         let states: HashMap<i64, (Vec<String>, StoredState)> = states
             .into_iter()
-            .map(|(id, m, s)| (id, (m, s.0)))
+            .map(|r| (r.host_id, (r.metrics, r.state.0)))
             .collect();
         // Each host from its watermark, at most MAX_MINUTES_PER_RUN, nothing older than a day.
         let window = |w: DateTime<Utc>| {
@@ -1016,27 +1024,27 @@ impl AnomalyJob {
         }
         let counts = (s.hosts.len(), s.anomalous.iter().filter(|a| **a).count());
         let mut tx = store.pool.begin().await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO anomaly_scores (host_id, ts, score, threshold, is_anomalous, top)
              SELECT * FROM UNNEST($1::int8[], $2::timestamptz[], $3::float4[], $4::float4[], $5::bool[], $6::jsonb[])
              ON CONFLICT (host_id, ts) DO NOTHING",
+            &s.hosts,
+            &s.ts,
+            &s.score,
+            &s.threshold,
+            &s.anomalous,
+            &s.top as _,
         )
-        .bind(&s.hosts)
-        .bind(&s.ts)
-        .bind(&s.score)
-        .bind(&s.threshold)
-        .bind(&s.anomalous)
-        .bind(&s.top)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "UPDATE anomaly_models m SET state = u.state, scored_until = u.until
                FROM UNNEST($1::int8[], $2::jsonb[], $3::timestamptz[]) AS u(host_id, state, until)
               WHERE m.host_id = u.host_id",
+            &u_ids,
+            &u_states as _,
+            &u_until,
         )
-        .bind(&u_ids)
-        .bind(&u_states)
-        .bind(&u_until)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1158,20 +1166,22 @@ impl Store {
         &self,
         f: &ScoreFilter<'_>,
     ) -> Result<Vec<StoredScore>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name AS host, s.ts, s.score, s.threshold, s.is_anomalous AS anomalous, s.top
+        sqlx::query_as!(
+            StoredScore,
+            r#"SELECT h.name AS host, s.ts, s.score, s.threshold, s.is_anomalous AS anomalous,
+                      s.top AS "top: Json<Vec<Explanation>>"
                FROM anomaly_scores s JOIN hosts h ON h.id = s.host_id
               WHERE s.ts >= $1 AND s.ts < $2 AND ($3::text IS NULL OR h.name = $3)
                 AND ($4::float4 IS NULL OR s.score >= $4) AND ($5::bool IS NULL OR s.is_anomalous = $5)
               ORDER BY s.ts DESC, h.name
-              LIMIT $6",
+              LIMIT $6"#,
+            f.from,
+            f.to,
+            f.host,
+            f.min_score,
+            f.anomalous,
+            f.limit,
         )
-        .bind(f.from)
-        .bind(f.to)
-        .bind(f.host)
-        .bind(f.min_score)
-        .bind(f.anomalous)
-        .bind(f.limit)
         .fetch_all(&self.pool)
         .await
     }
@@ -1186,31 +1196,34 @@ impl Store {
         to: DateTime<Utc>,
         bucket_secs: i64,
     ) -> Result<Vec<ScorePoint>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT date_bin(make_interval(secs => $4), s.ts, $2) AS ts,
-                    max(s.score) AS score, max(s.threshold) AS level
+        // Every group holds a row: the aggregates are never null.
+        sqlx::query_as!(
+            ScorePoint,
+            r#"SELECT date_bin(make_interval(secs => $4), s.ts, $2) AS "ts!",
+                    max(s.score) AS "score!", max(s.threshold) AS "level!"
                FROM anomaly_scores s JOIN hosts h ON h.id = s.host_id
               WHERE h.name = $1 AND s.ts >= $2 AND s.ts < $3
-              GROUP BY 1 ORDER BY 1",
+              GROUP BY 1 ORDER BY 1"#,
+            host,
+            from,
+            to,
+            bucket_secs.max(60) as f64,
         )
-        .bind(host)
-        .bind(from)
-        .bind(to)
-        .bind(bucket_secs.max(60) as f64)
         .fetch_all(&self.pool)
         .await
     }
 
     /// Every host's model status (or one host's), by host name.
     pub async fn anomaly_models(&self, host: Option<&str>) -> Result<Vec<ModelInfo>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as!(
+            ModelInfo,
             "SELECT h.name AS host, m.status, m.note, m.trained_at, m.train_from, m.train_to, m.train_minutes,
                     m.metrics, m.threshold, m.scored_until
                FROM anomaly_models m JOIN hosts h ON h.id = m.host_id
               WHERE $1::text IS NULL OR h.name = $1
               ORDER BY h.name",
+            host,
         )
-        .bind(host)
         .fetch_all(&self.pool)
         .await
     }

@@ -954,7 +954,7 @@ impl Store {
     /// Where pool demand has been computed up to.
     pub async fn demand_watermark(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         Ok(
-            sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'pool_demand'")
+            sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'pool_demand'")
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten(),
@@ -962,11 +962,11 @@ impl Store {
     }
 
     async fn set_demand_watermark(&self, t: DateTime<Utc>) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO job_state (name, watermark, updated_at) VALUES ('pool_demand', $1, now())
              ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+            t,
         )
-        .bind(t)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -975,7 +975,7 @@ impl Store {
     /// Where the 1-minute rollups are complete up to.
     pub async fn rollup_watermark(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         Ok(
-            sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
+            sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten(),
@@ -984,9 +984,11 @@ impl Store {
 
     /// GPUs in the inventory seen within a day.
     async fn gpu_count(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM gpus WHERE last_seen > now() - interval '1 day'")
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM gpus WHERE last_seen > now() - interval '1 day'"#
+        )
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Pool demand of the 5-minute slots in `[from, to)` from the 1-minute rollups.
@@ -996,7 +998,7 @@ impl Store {
         to: DateTime<Utc>,
         idle_util_pct: f64,
     ) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
+        Ok(sqlx::query!(
             "WITH installed AS (
                 SELECT h.pool, count(*)::int AS n FROM gpus g JOIN hosts h ON h.id = g.host_id
                  WHERE h.pool <> '' AND g.last_seen > now() - interval '1 day' GROUP BY h.pool),
@@ -1022,11 +1024,11 @@ impl Store {
              ON CONFLICT (pool, bucket) DO UPDATE SET busy_gpus = EXCLUDED.busy_gpus,
                 util_gpus = EXCLUDED.util_gpus, queued_gpus = EXCLUDED.queued_gpus,
                 installed_gpus = EXCLUDED.installed_gpus",
+            from,
+            to,
+            idle_util_pct as f32,
+            QUEUE_STALE_MINUTES as i32,
         )
-        .bind(from)
-        .bind(to)
-        .bind(idle_util_pct as f32)
-        .bind(QUEUE_STALE_MINUTES as i32)
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -1086,34 +1088,36 @@ impl Store {
         to: DateTime<Utc>,
         bucket_secs: i64,
     ) -> Result<Vec<DemandPoint>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT date_bin(make_interval(secs => $4), bucket, $2) AS bucket,
-                    max(busy_gpus) AS busy_gpus, max(util_gpus) AS util_gpus,
-                    max(queued_gpus) AS queued_gpus, max(installed_gpus) AS installed_gpus
+        // Every group holds a row: the aggregates are never null.
+        sqlx::query_as!(
+            DemandPoint,
+            r#"SELECT date_bin(make_interval(secs => $4), bucket, $2) AS "bucket!",
+                    max(busy_gpus) AS "busy_gpus!", max(util_gpus) AS "util_gpus!",
+                    max(queued_gpus) AS "queued_gpus!", max(installed_gpus) AS "installed_gpus!"
                FROM pool_demand WHERE pool = $1 AND bucket >= $2 AND bucket < $3
-              GROUP BY 1 ORDER BY 1",
+              GROUP BY 1 ORDER BY 1"#,
+            pool,
+            from,
+            to,
+            bucket_secs.max(300) as f64,
         )
-        .bind(pool)
-        .bind(from)
-        .bind(to)
-        .bind(bucket_secs.max(300) as f64)
         .fetch_all(&self.pool)
         .await
     }
 
     /// The most common GPUs-per-host of each pool.
     async fn pool_host_sizes(&self) -> Result<HashMap<String, u32>, sqlx::Error> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT DISTINCT ON (pool) pool, n FROM (
+        let rows = sqlx::query!(
+            r#"SELECT DISTINCT ON (pool) pool AS "pool!", n AS "n!" FROM (
                 SELECT h.pool, count(*) AS n FROM gpus g JOIN hosts h ON h.id = g.host_id
                  WHERE h.pool <> '' AND g.last_seen > now() - interval '1 day' GROUP BY h.id, h.pool) x
-              GROUP BY pool, n ORDER BY pool, count(*) DESC, n DESC",
+              GROUP BY pool, n ORDER BY pool, count(*) DESC, n DESC"#,
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(p, n)| (p, n.clamp(1, 64) as u32))
+            .map(|r| (r.pool, r.n.clamp(1, 64) as u32))
             .collect())
     }
 
@@ -1231,14 +1235,15 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, i32)>, sqlx::Error> {
-        sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT hour, recommended FROM capacity_history WHERE pool = $1 AND hour >= $2 AND hour < $3 ORDER BY hour",
+            pool,
+            from,
+            to,
         )
-        .bind(pool)
-        .bind(from)
-        .bind(to)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.hour, r.recommended)).collect())
     }
 
     /// Every pool's recommendation (or one pool's), by pool.
@@ -1350,12 +1355,13 @@ impl Store {
 
     /// Stored exhaustion dates of a kind (`pool`, `rack`, `disk`), soonest first.
     pub async fn exhaustions(&self, kind: Option<&str>) -> Result<Vec<ExhaustionRow>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as!(
+            ExhaustionRow,
             "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at
                FROM capacity_exhaustion WHERE ($1::text IS NULL OR kind = $1)
               ORDER BY exhausted_at NULLS LAST, kind, key",
+            kind,
         )
-        .bind(kind)
         .fetch_all(&self.pool)
         .await
     }
@@ -1366,14 +1372,16 @@ impl Store {
         &self,
         configured: &BTreeMap<String, f64>,
     ) -> Result<BTreeMap<String, f64>, sqlx::Error> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT DISTINCT site, rack, labels->>'rack_power_kw' FROM hosts
-              WHERE labels ? 'rack_power_kw' AND rack <> ''",
+        // `labels ? 'rack_power_kw'`: the label is there, so never null.
+        let rows = sqlx::query!(
+            r#"SELECT DISTINCT site, rack, labels->>'rack_power_kw' AS "kw!" FROM hosts
+              WHERE labels ? 'rack_power_kw' AND rack <> ''"#,
         )
         .fetch_all(&self.pool)
         .await?;
         let mut out = BTreeMap::new();
-        for (site, rack, kw) in rows {
+        for r in rows {
+            let (site, rack, kw) = (r.site, r.rack, r.kw);
             if let Ok(v) = kw.trim().parse::<f64>() {
                 if v.is_finite() && v > 0.0 {
                     out.insert(format!("{site}/{rack}"), v);
@@ -1407,10 +1415,10 @@ impl Store {
     }
 
     async fn disks_computed_today(&self, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM capacity_exhaustion WHERE kind = 'disk' AND computed_at >= $1)",
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM capacity_exhaustion WHERE kind = 'disk' AND computed_at >= $1) AS "exists!""#,
+            now.duration_trunc(Duration::days(1)).unwrap_or(now),
         )
-        .bind(now.duration_trunc(Duration::days(1)).unwrap_or(now))
         .fetch_one(&self.pool)
         .await
     }
@@ -1459,14 +1467,14 @@ impl Store {
         pending_gpus: f64,
         source: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO pool_queue (pool, ts, pending_gpus, source) VALUES ($1, $2, $3, $4)
              ON CONFLICT (pool, ts) DO UPDATE SET pending_gpus = EXCLUDED.pending_gpus, source = EXCLUDED.source",
+            pool,
+            ts,
+            pending_gpus,
+            source,
         )
-        .bind(pool)
-        .bind(ts)
-        .bind(pending_gpus)
-        .bind(source)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1474,7 +1482,7 @@ impl Store {
 
     /// Pools with at least one host.
     pub async fn pool_names(&self) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT DISTINCT pool FROM hosts WHERE pool <> '' ORDER BY pool")
+        sqlx::query_scalar!("SELECT DISTINCT pool FROM hosts WHERE pool <> '' ORDER BY pool")
             .fetch_all(&self.pool)
             .await
     }

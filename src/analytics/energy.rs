@@ -27,45 +27,6 @@ const FIRST_RUN_LOOKBACK_DAYS: i64 = 8;
 /// Hours per statement.
 const CHUNK_HOURS: i64 = 24;
 
-const GPU_HOURS: &str = "
-INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, estimated_j, modeled_j, idle_j,
-    covered_minutes, idle_minutes, busy_minutes, util_sum, power_max_w, counter_resets,
-    power_throttle_s, thermal_throttle_s)
-SELECT host_id, gpu_index, date_trunc('hour', bucket, 'UTC'),
-       COALESCE(sum(energy_joules) FILTER (WHERE energy_samples > 0), 0),
-       COALESCE(sum(power_watts::float8 * 60) FILTER (WHERE COALESCE(energy_samples, 0) = 0), 0),
-       0,
-       COALESCE(sum(CASE WHEN energy_samples > 0 THEN energy_joules ELSE power_watts::float8 * 60 END)
-                FILTER (WHERE util_pct < $3), 0),
-       count(*)::int, (count(*) FILTER (WHERE util_pct < $3))::int, (count(*) FILTER (WHERE util_pct >= $3))::int,
-       COALESCE(sum(util_pct::float8), 0), max(power_watts_max), COALESCE(sum(counter_resets), 0)::int,
-       COALESCE(sum(60.0 * power_throttle_samples / samples), 0),
-       COALESCE(sum(60.0 * thermal_throttle_samples / samples), 0)
-  FROM gpu_samples_1m
- WHERE bucket >= $1 AND bucket < $2 AND ($4::int8[] IS NULL OR host_id = ANY($4))
- GROUP BY 1, 2, 3
-ON CONFLICT (hour, host_id, gpu_index) DO UPDATE SET measured_j = EXCLUDED.measured_j,
-    estimated_j = EXCLUDED.estimated_j, modeled_j = EXCLUDED.modeled_j, idle_j = EXCLUDED.idle_j,
-    covered_minutes = EXCLUDED.covered_minutes, idle_minutes = EXCLUDED.idle_minutes,
-    busy_minutes = EXCLUDED.busy_minutes, util_sum = EXCLUDED.util_sum, power_max_w = EXCLUDED.power_max_w,
-    counter_resets = EXCLUDED.counter_resets, power_throttle_s = EXCLUDED.power_throttle_s,
-    thermal_throttle_s = EXCLUDED.thermal_throttle_s";
-
-/// Host rows: `$3`, `$4`, `$5` are parallel arrays of host id, idle watts, max watts.
-const HOST_HOURS: &str = "
-INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, modeled_j, covered_minutes, util_sum)
-SELECT r.host_id, -1, date_trunc('hour', r.bucket, 'UTC'),
-       COALESCE(sum(r.energy_joules) FILTER (WHERE r.energy_samples > 0), 0),
-       COALESCE(sum(60 * (m.idle_w + (m.max_w - m.idle_w) * r.cpu_util_pct::float8 / 100))
-                FILTER (WHERE COALESCE(r.energy_samples, 0) = 0), 0),
-       count(*)::int, COALESCE(sum(r.cpu_util_pct::float8), 0)
-  FROM host_samples_1m r
-  JOIN unnest($3::int8[], $4::float8[], $5::float8[]) AS m (host_id, idle_w, max_w) ON m.host_id = r.host_id
- WHERE r.bucket >= $1 AND r.bucket < $2
- GROUP BY 1, 2, 3
-ON CONFLICT (hour, host_id, gpu_index) DO UPDATE SET measured_j = EXCLUDED.measured_j,
-    modeled_j = EXCLUDED.modeled_j, covered_minutes = EXCLUDED.covered_minutes, util_sum = EXCLUDED.util_sum";
-
 /// What one accounting run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct AccountingRun {
@@ -100,24 +61,27 @@ pub async fn run(
         run.rows += account_range(store, cfg, from, to, None).await?;
         from = to;
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO job_state (name, watermark, updated_at) VALUES ('energy_hourly', $1, now())
          ON CONFLICT (name) DO UPDATE SET watermark = GREATEST(job_state.watermark, EXCLUDED.watermark),
                                           updated_at = now()",
+        end,
     )
-    .bind(end)
     .execute(&store.pool)
     .await?;
     run.until = Some(end.max(watermark.unwrap_or(end)));
 
     loop {
-        let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+        let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query!(
             "DELETE FROM energy_dirty WHERE (host_id, hour) IN
                 (SELECT host_id, hour FROM energy_dirty ORDER BY hour, host_id LIMIT 500)
              RETURNING host_id, hour",
         )
         .fetch_all(&store.pool)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|r| (r.host_id, r.hour))
+        .collect();
         if dirty.is_empty() {
             break;
         }
@@ -135,12 +99,12 @@ pub async fn run(
 }
 
 async fn set_state(store: &Store, name: &str, t: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO job_state (name, watermark, updated_at) VALUES ($1, $2, now())
          ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+        name,
+        t,
     )
-    .bind(name)
-    .bind(t)
     .execute(&store.pool)
     .await?;
     Ok(())
@@ -159,7 +123,7 @@ pub async fn ensure_accounted(
         .duration_trunc(Duration::hours(1))
         .expect("hour truncation");
     let first: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'energy_hourly_from'")
+        sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'energy_hourly_from'")
             .fetch_optional(&store.pool)
             .await?
             .flatten();
@@ -167,7 +131,7 @@ pub async fn ensure_accounted(
         return Ok(0); // the job has not run yet; its first run covers recent weeks
     };
     // Nothing to account before the oldest day of rollups still kept.
-    let oldest: Option<chrono::NaiveDate> = sqlx::query_scalar(
+    let oldest: Option<chrono::NaiveDate> = sqlx::query_scalar!(
         "SELECT min(to_date(right(c.relname, 8), 'YYYYMMDD')) FROM pg_inherits i
            JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
           WHERE p.relname = 'gpu_samples_1m'",
@@ -201,7 +165,7 @@ pub async fn ensure_accounted(
 /// Where the job has accounted up to.
 pub async fn watermark(store: &Store) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     Ok(
-        sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'energy_hourly'")
+        sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'energy_hourly'")
             .fetch_optional(&store.pool)
             .await?
             .flatten(),
@@ -216,14 +180,15 @@ pub async fn account_range(
     to: DateTime<Utc>,
     hosts: Option<Vec<i64>>,
 ) -> Result<u64, sqlx::Error> {
-    let models: Vec<(i64, Option<String>)> = sqlx::query_as(
-        "SELECT id, labels->>'model' FROM hosts WHERE ($1::int8[] IS NULL OR id = ANY($1))",
+    let models = sqlx::query!(
+        r#"SELECT id, labels->>'model' AS model FROM hosts WHERE ($1::int8[] IS NULL OR id = ANY($1))"#,
+        hosts.as_deref(),
     )
-    .bind(hosts.clone())
     .fetch_all(&store.pool)
     .await?;
     let (mut ids, mut idle, mut max) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, model) in models {
+    for r in models {
+        let (id, model) = (r.id, r.model);
         let m = model
             .and_then(|m| cfg.host_models.get(&m))
             .unwrap_or(&cfg.default_host_model);
@@ -233,31 +198,71 @@ pub async fn account_range(
     }
     let mut tx = store.pool.begin().await?;
     // Recomputed hours replace what was there, including rows of GPUs that are gone.
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM energy_hourly WHERE hour >= $1 AND hour < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))",
+        from,
+        to,
+        hosts.as_deref(),
     )
-    .bind(from)
-    .bind(to)
-    .bind(hosts.clone())
     .execute(&mut *tx)
     .await?;
-    let g = sqlx::query(GPU_HOURS)
-        .bind(from)
-        .bind(to)
-        .bind(cfg.idle_util_pct)
-        .bind(hosts)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let h = sqlx::query(HOST_HOURS)
-        .bind(from)
-        .bind(to)
-        .bind(ids)
-        .bind(idle)
-        .bind(max)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    // GPU rows; `$3` is the idle utilization level.
+    let g = sqlx::query!(
+        "
+INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, estimated_j, modeled_j, idle_j,
+    covered_minutes, idle_minutes, busy_minutes, util_sum, power_max_w, counter_resets,
+    power_throttle_s, thermal_throttle_s)
+SELECT host_id, gpu_index, date_trunc('hour', bucket, 'UTC'),
+       COALESCE(sum(energy_joules) FILTER (WHERE energy_samples > 0), 0),
+       COALESCE(sum(power_watts::float8 * 60) FILTER (WHERE COALESCE(energy_samples, 0) = 0), 0),
+       0,
+       COALESCE(sum(CASE WHEN energy_samples > 0 THEN energy_joules ELSE power_watts::float8 * 60 END)
+                FILTER (WHERE util_pct < $3::float8), 0),
+       count(*)::int, (count(*) FILTER (WHERE util_pct < $3::float8))::int, (count(*) FILTER (WHERE util_pct >= $3::float8))::int,
+       COALESCE(sum(util_pct::float8), 0), max(power_watts_max), COALESCE(sum(counter_resets), 0)::int,
+       COALESCE(sum(60.0 * power_throttle_samples / samples), 0),
+       COALESCE(sum(60.0 * thermal_throttle_samples / samples), 0)
+  FROM gpu_samples_1m
+ WHERE bucket >= $1 AND bucket < $2 AND ($4::int8[] IS NULL OR host_id = ANY($4))
+ GROUP BY 1, 2, 3
+ON CONFLICT (hour, host_id, gpu_index) DO UPDATE SET measured_j = EXCLUDED.measured_j,
+    estimated_j = EXCLUDED.estimated_j, modeled_j = EXCLUDED.modeled_j, idle_j = EXCLUDED.idle_j,
+    covered_minutes = EXCLUDED.covered_minutes, idle_minutes = EXCLUDED.idle_minutes,
+    busy_minutes = EXCLUDED.busy_minutes, util_sum = EXCLUDED.util_sum, power_max_w = EXCLUDED.power_max_w,
+    counter_resets = EXCLUDED.counter_resets, power_throttle_s = EXCLUDED.power_throttle_s,
+    thermal_throttle_s = EXCLUDED.thermal_throttle_s",
+        from,
+        to,
+        cfg.idle_util_pct,
+        hosts.as_deref(),
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    // Host rows: `$3`, `$4`, `$5` are parallel arrays of host id, idle watts, max watts.
+    let h = sqlx::query!(
+        "
+INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, modeled_j, covered_minutes, util_sum)
+SELECT r.host_id, -1, date_trunc('hour', r.bucket, 'UTC'),
+       COALESCE(sum(r.energy_joules) FILTER (WHERE r.energy_samples > 0), 0),
+       COALESCE(sum(60 * (m.idle_w + (m.max_w - m.idle_w) * r.cpu_util_pct::float8 / 100))
+                FILTER (WHERE COALESCE(r.energy_samples, 0) = 0), 0),
+       count(*)::int, COALESCE(sum(r.cpu_util_pct::float8), 0)
+  FROM host_samples_1m r
+  JOIN unnest($3::int8[], $4::float8[], $5::float8[]) AS m (host_id, idle_w, max_w) ON m.host_id = r.host_id
+ WHERE r.bucket >= $1 AND r.bucket < $2
+ GROUP BY 1, 2, 3
+ON CONFLICT (hour, host_id, gpu_index) DO UPDATE SET measured_j = EXCLUDED.measured_j,
+    modeled_j = EXCLUDED.modeled_j, covered_minutes = EXCLUDED.covered_minutes, util_sum = EXCLUDED.util_sum",
+        from,
+        to,
+        &ids,
+        &idle,
+        &max,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
     refresh_rack_power(store, from, to).await?;
     Ok(g + h)

@@ -61,24 +61,26 @@ type Series = (String, String, String, Vec<(DateTime<Utc>, f64)>);
 async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>, sqlx::Error> {
     let start = end - Duration::hours(HISTORY_HOURS);
     // Per GPU and hour first, then per host / pool and hour.
-    let rows: Vec<(String, String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
-        "WITH g AS (
+    let rows = sqlx::query!(
+        r#"WITH g AS (
             SELECT h.name AS host, h.pool, date_trunc('hour', r.bucket) AS hour, r.gpu_index,
                    avg(r.util_pct)::float8 AS util, avg(r.power_watts)::float8 AS power
               FROM gpu_samples_1m r JOIN hosts h ON h.id = r.host_id
              WHERE r.bucket >= $1 AND r.bucket < $2
              GROUP BY 1, 2, 3, 4)
-         SELECT 'host', host, hour, avg(util), sum(power) FROM g GROUP BY host, hour
+         SELECT 'host' AS "scope!", host AS "key!", hour AS "hour!", avg(util) AS "util!", sum(power) AS "power!"
+           FROM g GROUP BY host, hour
          UNION ALL
          SELECT 'pool', pool, hour, avg(util), sum(power) FROM g WHERE pool <> '' GROUP BY pool, hour
-         ORDER BY 1, 2, 3",
+         ORDER BY 1, 2, 3"#,
+        start,
+        end,
     )
-    .bind(start)
-    .bind(end)
     .fetch_all(&store.pool)
     .await?;
     let mut out: Vec<Series> = Vec::new();
-    for (scope, key, hour, util, power) in rows {
+    for r in rows {
+        let (scope, key, hour, util, power) = (r.scope, r.key, r.hour, r.util, r.power);
         for (metric, v) in [("gpu_util_pct", util), ("gpu_power_watts", power)] {
             match out
                 .iter_mut()
@@ -94,22 +96,23 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
             }
         }
     }
-    let disks: Vec<(String, String, DateTime<Utc>, f64)> = sqlx::query_as(
-        "WITH d AS (
+    let disks = sqlx::query!(
+        r#"WITH d AS (
             SELECT h.name AS host, h.pool, date_trunc('hour', r.bucket) AS hour, avg(r.disk_used_bytes)::float8 AS used
               FROM host_samples_1m r JOIN hosts h ON h.id = r.host_id
              WHERE r.bucket >= $1 AND r.bucket < $2 AND r.disk_used_bytes IS NOT NULL
              GROUP BY 1, 2, 3)
-         SELECT 'host', host, hour, used FROM d
+         SELECT 'host' AS "scope!", host AS "key!", hour AS "hour!", used AS "used!" FROM d
          UNION ALL
          SELECT 'pool', pool, hour, sum(used) FROM d WHERE pool <> '' GROUP BY pool, hour
-         ORDER BY 1, 2, 3",
+         ORDER BY 1, 2, 3"#,
+        start,
+        end,
     )
-    .bind(start)
-    .bind(end)
     .fetch_all(&store.pool)
     .await?;
-    for (scope, key, hour, used) in disks {
+    for r in disks {
+        let (scope, key, hour, used) = (r.scope, r.key, r.hour, r.used);
         match out
             .iter_mut()
             .find(|s| s.0 == scope && s.1 == key && s.2 == "disk_used_bytes")
@@ -157,7 +160,7 @@ pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
             rackwatch_forecast::forecast(&grid, Some(first), HORIZON_HOURS)
         })
         .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO forecasts (scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
                                     point, lo80, hi80, lo95, hi95)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
@@ -165,20 +168,20 @@ pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
                 start_at = EXCLUDED.start_at, history_hours = EXCLUDED.history_hours, model = EXCLUDED.model,
                 backtest_mase = EXCLUDED.backtest_mase, point = EXCLUDED.point, lo80 = EXCLUDED.lo80,
                 hi80 = EXCLUDED.hi80, lo95 = EXCLUDED.lo95, hi95 = EXCLUDED.hi95",
+            &scope,
+            &key,
+            &metric,
+            now,
+            end,
+            ((end - first).num_hours()) as i32,
+            &f.model,
+            f.backtest_mase,
+            &f.point,
+            &f.lo80,
+            &f.hi80,
+            &f.lo95,
+            &f.hi95,
         )
-        .bind(&scope)
-        .bind(&key)
-        .bind(&metric)
-        .bind(now)
-        .bind(end)
-        .bind(((end - first).num_hours()) as i32)
-        .bind(&f.model)
-        .bind(f.backtest_mase)
-        .bind(&f.point)
-        .bind(&f.lo80)
-        .bind(&f.hi80)
-        .bind(&f.lo95)
-        .bind(&f.hi95)
         .execute(&store.pool)
         .await?;
         written += 1;
@@ -194,16 +197,17 @@ impl Store {
         key: Option<&str>,
         metric: Option<&str>,
     ) -> Result<Vec<StoredForecast>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as!(
+            StoredForecast,
             "SELECT scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
                     point, lo80, hi80, lo95, hi95
                FROM forecasts
               WHERE ($1::text IS NULL OR scope = $1) AND ($2::text IS NULL OR key = $2) AND ($3::text IS NULL OR metric = $3)
               ORDER BY scope, key, metric",
+            scope,
+            key,
+            metric,
         )
-        .bind(scope)
-        .bind(key)
-        .bind(metric)
         .fetch_all(&self.pool)
         .await
     }

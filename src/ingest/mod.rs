@@ -36,6 +36,9 @@ pub enum IngestError {
     /// A content encoding the server does not speak.
     #[error("{0}")]
     UnsupportedEncoding(String),
+    /// The server is at a limit that clears by itself; retry after a while.
+    #[error("{0}")]
+    Busy(String),
     /// The database refused or is unreachable.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -53,36 +56,126 @@ pub async fn authenticate(store: &Store, token: Option<&str>) -> Result<String, 
         .ok_or_else(|| IngestError::Unauthorized("unknown or revoked agent token".into()))
 }
 
+/// Memory for inflated bodies, shared by all requests: a gzip body of 64 KiB can inflate
+/// to 64 MiB, so eight of them at once would hold half a gigabyte. Inflating reserves its
+/// output here 1 MiB at a time; a body that cannot get more is refused with
+/// [`IngestError::Busy`] (503 with Retry-After), and the reservation is returned when the
+/// decoded body is dropped.
+#[derive(Debug, Clone)]
+pub struct InflateBudget {
+    mib: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl InflateBudget {
+    /// A budget of `bytes`, rounded up to whole MiB, plus 1 MiB so that one body of
+    /// exactly `bytes` fits (the buffer holds one byte more to detect the limit).
+    pub fn new(bytes: usize) -> InflateBudget {
+        InflateBudget {
+            mib: std::sync::Arc::new(tokio::sync::Semaphore::new(bytes.div_ceil(MIB) + 1)),
+        }
+    }
+
+    /// MiB not reserved right now.
+    pub fn available_mib(&self) -> usize {
+        self.mib.available_permits()
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+/// A decoded body, holding its share of the [`InflateBudget`] while it lives.
+#[derive(Debug)]
+pub struct Decoded<'a> {
+    pub bytes: Cow<'a, [u8]>,
+    _reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for Decoded<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// Stage 2: undo `Content-Encoding` (none or gzip), refusing to inflate past `max` bytes
-/// (a small body can expand to gigabytes).
+/// (a small body can expand to gigabytes) or past what `budget` has left.
 pub fn decode<'a>(
     encoding: Option<&str>,
     body: &'a [u8],
     max: usize,
-) -> Result<Cow<'a, [u8]>, IngestError> {
+    budget: &InflateBudget,
+) -> Result<Decoded<'a>, IngestError> {
     let enc = encoding.unwrap_or("identity").trim().to_ascii_lowercase();
     match enc.as_str() {
-        "identity" | "" => Ok(Cow::Borrowed(body)),
+        "identity" | "" => Ok(Decoded {
+            bytes: Cow::Borrowed(body),
+            _reserved: None,
+        }),
         "gzip" | "x-gzip" => {
+            let mut reserved: Option<tokio::sync::OwnedSemaphorePermit> = None;
+            let mut reserve = |mib: usize| -> Result<(), IngestError> {
+                let more = budget
+                    .mib
+                    .clone()
+                    .try_acquire_many_owned(mib as u32)
+                    .map_err(|_| {
+                        IngestError::Busy(
+                            "the server is inflating as many gzip bodies as its memory budget \
+                         allows (server.inflate_budget_bytes); retry shortly"
+                                .into(),
+                        )
+                    })?;
+                match &mut reserved {
+                    Some(r) => r.merge(more),
+                    None => reserved = Some(more),
+                }
+                Ok(())
+            };
             // The gzip trailer's last four bytes give the inflated size (mod 2^32, and a
-            // client can lie): a hint, capped by the limit, so the buffer is not regrown
-            // and copied several times.
+            // client can lie): a hint for the first reservation and the buffer, capped by
+            // the limit, so the buffer is not regrown and copied several times.
             let hint = body
                 .len()
                 .checked_sub(4)
                 .and_then(|i| body[i..].try_into().ok())
                 .map(|b: [u8; 4]| u32::from_le_bytes(b) as usize)
-                .unwrap_or(0);
-            let mut out = Vec::with_capacity(hint.max(body.len() * 4).min(max) + 1);
+                .unwrap_or(0)
+                .max(body.len() * 4)
+                .min(max)
+                + 1;
+            let mut held = hint.div_ceil(MIB);
+            reserve(held)?;
+            let mut out = Vec::with_capacity(hint);
             let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
-            dec.read_to_end(&mut out)
-                .map_err(|e| IngestError::BadRequest(format!("body is not valid gzip: {e}")))?;
-            if out.len() > max {
-                return Err(IngestError::TooLarge(format!(
-                    "body inflates past {max} bytes (server.max_decompressed_bytes); send smaller batches"
-                )));
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                let n = dec
+                    .read(&mut chunk)
+                    .map_err(|e| IngestError::BadRequest(format!("body is not valid gzip: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                if out.len() + n > max {
+                    return Err(IngestError::TooLarge(format!(
+                        "body inflates past {max} bytes (server.max_decompressed_bytes); send smaller batches"
+                    )));
+                }
+                // Grow by doubling, up to the limit, and reserve before growing.
+                if out.len() + n > out.capacity() {
+                    let cap = (out.capacity() * 2).max(out.len() + n).min(max + 1);
+                    let need = cap.div_ceil(MIB);
+                    if need > held {
+                        reserve(need - held)?;
+                        held = need;
+                    }
+                    out.reserve_exact(cap - out.len());
+                }
+                out.extend_from_slice(&chunk[..n]);
             }
-            Ok(Cow::Owned(out))
+            Ok(Decoded {
+                bytes: Cow::Owned(out),
+                _reserved: reserved,
+            })
         }
         other => Err(IngestError::UnsupportedEncoding(format!(
             "Content-Encoding {other:?} is not supported; use gzip or none"
@@ -178,4 +271,51 @@ pub async fn accept(
 ) -> Result<Ingested, IngestError> {
     let checked = check(cfg, host, raw, now)?;
     write(store, cfg, checked, now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn inflating_holds_its_share_of_the_budget_until_dropped() {
+        let budget = InflateBudget::new(8 << 20);
+        assert_eq!(budget.available_mib(), 9);
+        let body = gzip(&vec![b' '; 3 << 20]);
+        let a = decode(Some("gzip"), &body, 8 << 20, &budget).unwrap();
+        assert_eq!(a.len(), 3 << 20);
+        let held = 9 - budget.available_mib();
+        assert!((3..=5).contains(&held), "holds {held} MiB for 3 MiB");
+        let b = decode(Some("gzip"), &body, 8 << 20, &budget).unwrap();
+        // A third body finds the budget spent and is told to come back.
+        let third = decode(Some("gzip"), &body, 8 << 20, &budget);
+        assert!(
+            matches!(&third, Err(IngestError::Busy(m)) if m.contains("inflate_budget_bytes")),
+            "{third:?}"
+        );
+        drop((a, b));
+        assert_eq!(budget.available_mib(), 9);
+        assert!(decode(Some("gzip"), &body, 8 << 20, &budget).is_ok());
+    }
+
+    #[test]
+    fn a_lying_size_trailer_does_not_reserve_or_allocate_past_the_limit() {
+        let budget = InflateBudget::new(4 << 20);
+        let mut body = gzip(&vec![b'x'; 5 << 20]);
+        let n = body.len();
+        body[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = decode(Some("gzip"), &body, 4 << 20, &budget).unwrap_err();
+        assert!(matches!(err, IngestError::TooLarge(_)), "{err:?}");
+        assert_eq!(budget.available_mib(), 5);
+        let plain = decode(None, b"{}", 4 << 20, &budget).unwrap();
+        assert_eq!(&*plain, b"{}");
+        assert_eq!(budget.available_mib(), 5);
+    }
 }

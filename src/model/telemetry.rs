@@ -5,11 +5,12 @@
 //!
 //! Histogram buckets are in seconds and listed in docs/metrics.md; change both.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -175,6 +176,9 @@ pub struct Telemetry {
     pub page_duration: Histograms<RouteLabel>,
     pub job_duration: Histograms<JobLabel>,
     pub smtp_duration: Histograms<MailLabels>,
+    /// The newest scheduled backup: when it was made (0: none seen) and its size.
+    pub backup_time: Gauge<f64, AtomicU64>,
+    pub backup_bytes: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Telemetry {
@@ -208,6 +212,8 @@ impl Telemetry {
             page_duration: histograms(|| Histogram::new(PAGE_BUCKETS.iter().copied())),
             job_duration: histograms(|| Histogram::new(JOB_BUCKETS.iter().copied())),
             smtp_duration: histograms(|| Histogram::new(SMTP_BUCKETS.iter().copied())),
+            backup_time: Gauge::default(),
+            backup_bytes: Gauge::default(),
         };
         let mut r = Registry::default();
         let i = &t.ingest;
@@ -276,6 +282,16 @@ impl Telemetry {
             "Time to hand one mail to the SMTP server, by mail and outcome",
             t.smtp_duration.clone(),
         );
+        r.register(
+            "rackwatch_backup_last_success_timestamp_seconds",
+            "When the newest scheduled backup in backup.dir was made (0: none yet), on the job leader",
+            t.backup_time.clone(),
+        );
+        r.register(
+            "rackwatch_backup_last_size_bytes",
+            "Size of the newest scheduled backup archive",
+            t.backup_bytes.clone(),
+        );
         Telemetry { registry: r, ..t }
     }
 
@@ -304,6 +320,12 @@ impl Telemetry {
         self.job_duration
             .get_or_create(&JobLabel { job })
             .observe(seconds);
+    }
+
+    /// The newest scheduled backup, as found or just made.
+    pub fn backup_seen(&self, made: chrono::DateTime<chrono::Utc>, bytes: u64) {
+        self.backup_time.set(made.timestamp() as f64);
+        self.backup_bytes.set(bytes as i64);
     }
 
     /// Record one mail handed to the SMTP server (or not).

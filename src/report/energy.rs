@@ -155,7 +155,6 @@ impl EnergyReport {
 }
 
 /// One row of `energy_hourly`.
-#[derive(sqlx::FromRow)]
 struct Hourly {
     host_id: i64,
     gpu_index: i16,
@@ -174,7 +173,6 @@ struct Hourly {
     thermal_throttle_s: f64,
 }
 
-#[derive(sqlx::FromRow)]
 struct HostInfo {
     id: i64,
     name: String,
@@ -329,10 +327,11 @@ async fn load_inputs(
     crate::analytics::energy::ensure_accounted(store, cfg, p0, h1).await?;
     let accounted_until = crate::analytics::energy::watermark(store).await?;
 
-    let hosts: Vec<HostInfo> = sqlx::query_as(
+    let hosts: Vec<HostInfo> = sqlx::query_as!(
+        HostInfo,
         "SELECT id, name, site, rack, pool FROM hosts WHERE ($1::text IS NULL OR site = $1) ORDER BY name",
+        site,
     )
-    .bind(site)
     .fetch_all(&store.pool)
     .await?;
     if let (Some(s), true) = (site, hosts.is_empty()) {
@@ -341,12 +340,15 @@ async fn load_inputs(
     let host_ids: Vec<i64> = hosts.iter().map(|h| h.id).collect();
     /// host id, GPU index, UUID, model, power limit
     type GpuRow = (i64, i16, Option<String>, Option<String>, Option<f64>);
-    let gpus: Vec<GpuRow> = sqlx::query_as(
+    let gpus: Vec<GpuRow> = sqlx::query!(
         "SELECT host_id, gpu_index, uuid, model, power_limit_watts FROM gpus WHERE host_id = ANY($1)",
+        &host_ids,
     )
-    .bind(&host_ids)
     .fetch_all(&store.pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.host_id, r.gpu_index, r.uuid, r.model, r.power_limit_watts))
+    .collect();
     let gpu_info = gpus
         .iter()
         .map(|(h, i, u, m, _)| {
@@ -360,28 +362,29 @@ async fn load_inputs(
         .iter()
         .filter_map(|(h, i, _, _, p)| p.map(|p| ((*h, *i), p)))
         .collect();
-    let rows: Vec<Hourly> = sqlx::query_as(
+    let rows: Vec<Hourly> = sqlx::query_as!(
+        Hourly,
         "SELECT host_id, gpu_index, hour, measured_j, estimated_j, modeled_j, idle_j, covered_minutes,
                 idle_minutes, busy_minutes, util_sum, power_max_w, counter_resets, power_throttle_s,
                 thermal_throttle_s
            FROM energy_hourly WHERE hour >= $1 AND hour < $2 AND host_id = ANY($3)",
+        h0,
+        h1,
+        &host_ids,
     )
-    .bind(h0)
-    .bind(h1)
-    .bind(&host_ids)
     .fetch_all(&store.pool)
     .await?;
-    let prev: HashMap<Entity, f64> = sqlx::query_as::<_, (i64, i16, f64)>(
-        "SELECT host_id, gpu_index, sum(measured_j + estimated_j + modeled_j)
-           FROM energy_hourly WHERE hour >= $1 AND hour < $2 AND host_id = ANY($3) GROUP BY 1, 2",
+    let prev: HashMap<Entity, f64> = sqlx::query!(
+        r#"SELECT host_id, gpu_index, sum(measured_j + estimated_j + modeled_j) AS "joules!"
+           FROM energy_hourly WHERE hour >= $1 AND hour < $2 AND host_id = ANY($3) GROUP BY 1, 2"#,
+        p0,
+        p1,
+        &host_ids,
     )
-    .bind(p0)
-    .bind(p1)
-    .bind(&host_ids)
     .fetch_all(&store.pool)
     .await?
     .into_iter()
-    .map(|(h, i, j)| ((h, i), j))
+    .map(|r| ((r.host_id, r.gpu_index), r.joules))
     .collect();
     let site_hours = load_site_hours(store, cfg, &hosts, hours).await?;
     Ok(Inputs {
@@ -422,16 +425,17 @@ async fn load_site_hours(
             )
         })
         .collect();
-    let readings: Vec<(String, DateTime<Utc>, DateTime<Utc>, f64)> = sqlx::query_as(
+    let readings = sqlx::query!(
         "SELECT site, start_ts, end_ts, energy_kwh FROM facility_readings
           WHERE site = ANY($1) AND end_ts > $2 AND start_ts < $3",
+        &sites,
+        h0,
+        h1,
     )
-    .bind(&sites)
-    .bind(h0)
-    .bind(h1)
     .fetch_all(&store.pool)
     .await?;
-    for (s, a, b, kwh) in readings {
+    for r in readings {
+        let (s, a, b, kwh) = (r.site, r.start_ts, r.end_ts, r.energy_kwh);
         let Some(sh) = site_hours.get_mut(&s) else {
             continue;
         };
@@ -447,15 +451,16 @@ async fn load_site_hours(
             h += Duration::hours(1);
         }
     }
-    let carbon: Vec<(String, DateTime<Utc>, f64)> = sqlx::query_as(
+    let carbon = sqlx::query!(
         "SELECT site, hour, g_co2_per_kwh FROM grid_intensity WHERE site = ANY($1) AND hour >= $2 AND hour < $3",
+        &sites,
+        h0,
+        h1,
     )
-    .bind(&sites)
-    .bind(h0)
-    .bind(h1)
     .fetch_all(&store.pool)
     .await?;
-    for (s, h, g) in carbon {
+    for r in carbon {
+        let (s, h, g) = (r.site, r.hour, r.g_co2_per_kwh);
         if let Some(sh) = site_hours.get_mut(&s) {
             sh.carbon.insert(hours.ix(hour_floor(h)), g);
         }

@@ -75,15 +75,15 @@ pub async fn store_readings(
             rejected.push((i, e));
             continue;
         }
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO facility_readings (site, start_ts, end_ts, energy_kwh) VALUES ($1, $2, $3, $4)
              ON CONFLICT (site, start_ts) DO UPDATE SET end_ts = EXCLUDED.end_ts,
                  energy_kwh = EXCLUDED.energy_kwh, received_at = now()",
+            &r.site,
+            r.start,
+            r.end,
+            r.energy_kwh,
         )
-        .bind(&r.site)
-        .bind(r.start)
-        .bind(r.end)
-        .bind(r.energy_kwh)
         .execute(&store.pool)
         .await?;
         stored += 1;
@@ -166,14 +166,14 @@ pub async fn store_carbon(
     rows: &[(DateTime<Utc>, f64)],
 ) -> Result<u64, sqlx::Error> {
     let (hours, values): (Vec<DateTime<Utc>>, Vec<f64>) = rows.iter().copied().unzip();
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "INSERT INTO grid_intensity (site, hour, g_co2_per_kwh)
          SELECT $1, h, g FROM unnest($2::timestamptz[], $3::float8[]) AS t (h, g)
          ON CONFLICT (site, hour) DO UPDATE SET g_co2_per_kwh = EXCLUDED.g_co2_per_kwh",
+        site,
+        &hours,
+        &values,
     )
-    .bind(site)
-    .bind(hours)
-    .bind(values)
     .execute(&store.pool)
     .await?
     .rows_affected())

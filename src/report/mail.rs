@@ -43,11 +43,11 @@ pub async fn send_due(
         return Ok(None);
     }
     let week = this.prev();
-    let sent: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM report_deliveries WHERE kind = $1 AND period = $2)",
+    let sent: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM report_deliveries WHERE kind = $1 AND period = $2) AS "sent!""#,
+        KIND,
+        week.to_string(),
     )
-    .bind(KIND)
-    .bind(week.to_string())
     .fetch_one(&store.pool)
     .await?;
     if sent {
@@ -64,15 +64,25 @@ pub async fn send_due(
         telemetry,
     )
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO report_deliveries (kind, period, recipients) VALUES ($1, $2, $3)
          ON CONFLICT (kind, period) DO NOTHING",
+        KIND,
+        week.to_string(),
+        cfg.energy.report.recipients.join(", "),
     )
-    .bind(KIND)
-    .bind(week.to_string())
-    .bind(cfg.energy.report.recipients.join(", "))
     .execute(&store.pool)
     .await?;
+    store
+        .audit(
+            crate::store::audit::Entry::ok(
+                crate::store::audit::SYSTEM,
+                "report.mailed",
+                &format!("energy report {week}"),
+            )
+            .details(serde_json::json!({ "recipients": cfg.energy.report.recipients })),
+        )
+        .await?;
     tracing::info!(%week, recipients = cfg.energy.report.recipients.len(), "weekly energy report mailed");
     Ok(Some(week))
 }

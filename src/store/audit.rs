@@ -108,16 +108,16 @@ pub struct Filter {
 impl Store {
     /// Record one action.
     pub async fn audit(&self, e: Entry<'_>) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO audit_log (actor, source, action, target, outcome, details) \
              VALUES ($1, $2, $3, $4, $5, $6)",
+            e.actor,
+            e.source,
+            e.action,
+            e.target,
+            e.outcome.as_str(),
+            e.details,
         )
-        .bind(e.actor)
-        .bind(e.source)
-        .bind(e.action)
-        .bind(e.target)
-        .bind(e.outcome.as_str())
-        .bind(sqlx::types::Json(e.details))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -125,30 +125,31 @@ impl Store {
 
     /// The newest rows matching `f`, newest first.
     pub async fn audit_rows(&self, f: &Filter) -> Result<Vec<AuditRow>, sqlx::Error> {
-        sqlx::query_as(
+        sqlx::query_as!(
+            AuditRow,
             "SELECT id, at, actor, source, action, target, outcome, details FROM audit_log \
              WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR action = $2) \
                AND ($3::timestamptz IS NULL OR at >= $3) AND ($4::timestamptz IS NULL OR at < $4) \
              ORDER BY at DESC, id DESC LIMIT $5",
+            f.actor,
+            f.action,
+            f.since,
+            f.until,
+            f.limit.clamp(1, 10_000),
         )
-        .bind(&f.actor)
-        .bind(&f.action)
-        .bind(f.since)
-        .bind(f.until)
-        .bind(f.limit.clamp(1, 10_000))
         .fetch_all(&self.pool)
         .await
     }
 
     /// Retention: delete rows older than `days`.
     pub async fn delete_old_audit(&self, days: u32) -> Result<u64, sqlx::Error> {
-        Ok(
-            sqlx::query("DELETE FROM audit_log WHERE at < now() - make_interval(days => $1)")
-                .bind(days as i32)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
+        Ok(sqlx::query!(
+            "DELETE FROM audit_log WHERE at < now() - make_interval(days => $1)",
+            days as i32
         )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 }
 

@@ -186,18 +186,17 @@ impl Store {
         let pw = password.to_string();
         let hash = tokio::task::spawn_blocking(move || hash_password(&pw)).await?;
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = sqlx::query_scalar!(
             "INSERT INTO users (name, role, password_hash) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash
              RETURNING id",
+            name,
+            role.as_str(),
+            hash,
         )
-        .bind(name)
-        .bind(role.as_str())
-        .bind(hash)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
-            .bind(id)
+        sqlx::query!("DELETE FROM sessions WHERE user_id = $1", id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -209,10 +208,13 @@ impl Store {
         &self,
         name: &str,
     ) -> Result<Option<(i64, String, String)>, sqlx::Error> {
-        sqlx::query_as("SELECT id, role, password_hash FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
+        let row = sqlx::query!(
+            "SELECT id, role, password_hash FROM users WHERE name = $1",
+            name
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.id, r.role, r.password_hash)))
     }
 
     /// Check a user's password; `None` for an unknown user or a wrong password. Runs
@@ -222,11 +224,7 @@ impl Store {
         name: &str,
         password: &str,
     ) -> Result<Option<User>, sqlx::Error> {
-        let row: Option<(i64, String, String)> =
-            sqlx::query_as("SELECT id, role, password_hash FROM users WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = self.password_row(name).await?;
         let pw = password.to_string();
         let Some((id, role, hash)) = row else {
             // Spend the same time as a real check so user names cannot be probed by timing.
@@ -246,12 +244,14 @@ impl Store {
     /// Start a session; returns the cookie secret.
     pub async fn create_session(&self, user_id: i64, ttl: Duration) -> Result<String, sqlx::Error> {
         let secret = random_secret();
-        sqlx::query("INSERT INTO sessions (token_sha256, user_id, expires_at) VALUES ($1, $2, $3)")
-            .bind(sha256(&secret))
-            .bind(user_id)
-            .bind(Utc::now() + ttl)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO sessions (token_sha256, user_id, expires_at) VALUES ($1, $2, $3)",
+            sha256(&secret),
+            user_id,
+            Utc::now() + ttl,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(secret)
     }
 
@@ -263,36 +263,38 @@ impl Store {
         idle: Duration,
     ) -> Result<Option<User>, sqlx::Error> {
         let key = sha256(secret);
-        let row: Option<(i64, String, String, DateTime<Utc>)> = sqlx::query_as(
+        let row = sqlx::query!(
             "SELECT u.id, u.name, u.role, s.last_seen_at FROM sessions s JOIN users u ON u.id = s.user_id
-              WHERE s.token_sha256 = $1 AND s.expires_at > now() AND s.last_seen_at > now() - $2::interval",
+              WHERE s.token_sha256 = $1 AND s.expires_at > now() AND s.last_seen_at > now() - $2::text::interval",
+            &key,
+            format!("{} seconds", idle.num_seconds()),
         )
-        .bind(&key)
-        .bind(format!("{} seconds", idle.num_seconds()))
         .fetch_optional(&self.pool)
         .await?;
-        let Some((id, name, role, seen)) = row else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        if Utc::now() - seen > Duration::seconds(60) {
-            sqlx::query("UPDATE sessions SET last_seen_at = now() WHERE token_sha256 = $1")
-                .bind(&key)
-                .execute(&self.pool)
-                .await?;
+        if Utc::now() - row.last_seen_at > Duration::seconds(60) {
+            sqlx::query!(
+                "UPDATE sessions SET last_seen_at = now() WHERE token_sha256 = $1",
+                &key
+            )
+            .execute(&self.pool)
+            .await?;
         }
         Ok(Some(User {
-            id,
-            name,
-            role: role.parse().unwrap_or(Role::Viewer),
+            id: row.id,
+            name: row.name,
+            role: row.role.parse().unwrap_or(Role::Viewer),
         }))
     }
 
     /// Whether attempts at `keys` are refused now: the longest wait, in seconds.
     pub async fn login_blocked(&self, keys: &[String]) -> Result<Option<u64>, sqlx::Error> {
-        let until: Option<DateTime<Utc>> = sqlx::query_scalar(
+        let until: Option<DateTime<Utc>> = sqlx::query_scalar!(
             "SELECT max(blocked_until) FROM login_throttle WHERE key = ANY($1) AND blocked_until > now()",
+            keys,
         )
-        .bind(keys)
         .fetch_one(&self.pool)
         .await?;
         Ok(until.map(|t| {
@@ -310,25 +312,25 @@ impl Store {
         window: Duration,
         backoff: impl Fn(i32) -> i64,
     ) -> Result<i32, sqlx::Error> {
-        let failures: i32 = sqlx::query_scalar(
+        let failures: i32 = sqlx::query_scalar!(
             "INSERT INTO login_throttle (key, failures, updated_at) VALUES ($1, 1, now())
              ON CONFLICT (key) DO UPDATE SET
-                failures = CASE WHEN login_throttle.updated_at < now() - $2::interval THEN 1
+                failures = CASE WHEN login_throttle.updated_at < now() - $2::text::interval THEN 1
                                 ELSE login_throttle.failures + 1 END,
                 updated_at = now()
              RETURNING failures",
+            key,
+            format!("{} seconds", window.num_seconds()),
         )
-        .bind(key)
-        .bind(format!("{} seconds", window.num_seconds()))
         .fetch_one(&self.pool)
         .await?;
         let secs = backoff(failures);
         if secs > 0 {
-            sqlx::query(
-                "UPDATE login_throttle SET blocked_until = now() + $2::interval WHERE key = $1",
+            sqlx::query!(
+                "UPDATE login_throttle SET blocked_until = now() + $2::text::interval WHERE key = $1",
+                key,
+                format!("{secs} seconds"),
             )
-            .bind(key)
-            .bind(format!("{secs} seconds"))
             .execute(&self.pool)
             .await?;
         }
@@ -337,8 +339,7 @@ impl Store {
 
     /// Forget the failures counted at `key` (a successful login).
     pub async fn login_succeeded(&self, key: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
-            .bind(key)
+        sqlx::query!("DELETE FROM login_throttle WHERE key = $1", key)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -346,11 +347,11 @@ impl Store {
 
     /// Throttle rows past their window (maintenance).
     pub async fn delete_stale_login_throttles(&self, window: Duration) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
-            "DELETE FROM login_throttle WHERE updated_at < now() - $1::interval
+        Ok(sqlx::query!(
+            "DELETE FROM login_throttle WHERE updated_at < now() - $1::text::interval
                AND (blocked_until IS NULL OR blocked_until < now())",
+            format!("{} seconds", window.num_seconds()),
         )
-        .bind(format!("{} seconds", window.num_seconds()))
         .execute(&self.pool)
         .await?
         .rows_affected())
@@ -358,30 +359,31 @@ impl Store {
 
     /// A secret shared by the servers, made on first use (32 random bytes, hex).
     pub async fn server_secret(&self, name: &str) -> Result<String, sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            name,
+            random_secret(),
         )
-        .bind(name)
-        .bind(random_secret())
         .execute(&self.pool)
         .await?;
-        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-            .bind(name)
+        sqlx::query_scalar!("SELECT value FROM server_secrets WHERE name = $1", name)
             .fetch_one(&self.pool)
             .await
     }
 
     pub async fn delete_session(&self, secret: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM sessions WHERE token_sha256 = $1")
-            .bind(sha256(secret))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM sessions WHERE token_sha256 = $1",
+            sha256(secret)
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     pub async fn delete_expired_sessions(&self) -> Result<u64, sqlx::Error> {
         Ok(
-            sqlx::query("DELETE FROM sessions WHERE expires_at <= now()")
+            sqlx::query!("DELETE FROM sessions WHERE expires_at <= now()")
                 .execute(&self.pool)
                 .await?
                 .rows_affected(),
@@ -395,24 +397,26 @@ impl Store {
         note: &str,
     ) -> Result<String, sqlx::Error> {
         let token = format!("rwa_{}", random_secret());
-        sqlx::query("INSERT INTO agent_tokens (host_name, token_sha256, note) VALUES ($1, $2, $3)")
-            .bind(host_name)
-            .bind(sha256(&token))
-            .bind(note)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO agent_tokens (host_name, token_sha256, note) VALUES ($1, $2, $3)",
+            host_name,
+            sha256(&token),
+            note,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(token)
     }
 
     /// Mint a token a scheduler uses to report `pool`'s queue; only its hash is stored.
     pub async fn create_pool_token(&self, pool: &str, note: &str) -> Result<String, sqlx::Error> {
         let token = format!("rwp_{}", random_secret());
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO agent_tokens (host_name, pool, token_sha256, note) VALUES ('', $1, $2, $3)",
+            pool,
+            sha256(&token),
+            note,
         )
-        .bind(pool)
-        .bind(sha256(&token))
-        .bind(note)
         .execute(&self.pool)
         .await?;
         Ok(token)
@@ -420,10 +424,11 @@ impl Store {
 
     /// The pool a live scheduler token is scoped to.
     pub async fn token_pool(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT pool FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NOT NULL",
+        // `pool` is a nullable column the WHERE clause rules out.
+        sqlx::query_scalar!(
+            r#"SELECT pool AS "pool!" FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NOT NULL"#,
+            sha256(token),
         )
-        .bind(sha256(token))
         .fetch_optional(&self.pool)
         .await
     }
@@ -436,19 +441,19 @@ impl Store {
                 return Ok(Some(host.clone()));
             }
         }
-        let host: Option<String> = sqlx::query_scalar(
+        let host: Option<String> = sqlx::query_scalar!(
             "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NULL",
+            &hash,
         )
-        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(h) = &host {
             // Last use is shown to admins; a minute of precision saves a write per batch.
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE agent_tokens SET last_used_at = now()
                   WHERE token_sha256 = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+                &hash,
             )
-            .bind(&hash)
             .execute(&self.pool)
             .await?;
             self.cache
@@ -463,10 +468,10 @@ impl Store {
     /// Revoke every token minted with `note` for these hosts (the demo's own tokens).
     pub async fn revoke_tokens_with_note(&self, note: &str) -> Result<u64, sqlx::Error> {
         self.cache.tokens.lock().expect("token cache").clear();
-        let r = sqlx::query(
+        let r = sqlx::query!(
             "UPDATE agent_tokens SET revoked_at = now() WHERE note = $1 AND revoked_at IS NULL",
+            note,
         )
-        .bind(note)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -477,10 +482,11 @@ impl Store {
 
     /// Agent tokens (without secrets) for the admin page and CLI.
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, CASE WHEN pool IS NULL THEN host_name ELSE 'pool:' || pool END AS host_name, note, created_at,
+        sqlx::query_as!(
+            TokenInfo,
+            r#"SELECT id, CASE WHEN pool IS NULL THEN host_name ELSE 'pool:' || pool END AS "host_name!", note, created_at,
                     last_used_at, revoked_at
-               FROM agent_tokens ORDER BY 2, id",
+               FROM agent_tokens ORDER BY 2, id"#,
         )
         .fetch_all(&self.pool)
         .await
@@ -489,10 +495,10 @@ impl Store {
     /// Revoke a token by id.
     pub async fn revoke_token(&self, id: i64) -> Result<bool, sqlx::Error> {
         self.cache.tokens.lock().expect("token cache").clear();
-        let r = sqlx::query(
+        let r = sqlx::query!(
             "UPDATE agent_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+            id,
         )
-        .bind(id)
         .execute(&self.pool)
         .await?
         .rows_affected()
@@ -516,15 +522,17 @@ pub struct UserInfo {
 impl Store {
     /// Every user, by name.
     pub async fn list_users(&self) -> Result<Vec<UserInfo>, sqlx::Error> {
-        sqlx::query_as("SELECT id, name, role, created_at FROM users ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as!(
+            UserInfo,
+            "SELECT id, name, role, created_at FROM users ORDER BY name"
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Delete a user; their sessions end with them (ON DELETE CASCADE).
     pub async fn delete_user(&self, id: i64) -> Result<bool, sqlx::Error> {
-        Ok(sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(id)
+        Ok(sqlx::query!("DELETE FROM users WHERE id = $1", id)
             .execute(&self.pool)
             .await?
             .rows_affected()

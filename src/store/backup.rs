@@ -95,13 +95,73 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
     Ok(Done { bytes, seconds })
 }
 
+/// A scheduled backup's archive in the backup directory.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    pub path: PathBuf,
+    /// When it was made (from its name).
+    pub made: chrono::DateTime<chrono::Utc>,
+    pub bytes: u64,
+}
+
+const PREFIX: &str = "rackwatch-";
+const SUFFIX: &str = ".dump";
+const STAMP: &str = "%Y%m%dT%H%M%SZ";
+
+/// The file name of a scheduled backup made at `at`: `rackwatch-20261204T170000Z.dump`.
+pub fn archive_name(at: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{PREFIX}{}{SUFFIX}", at.format(STAMP))
+}
+
+/// The scheduled backups in `dir`, oldest first (creating `dir` when it is missing).
+/// Other files are left alone.
+pub fn archives(dir: &Path) -> anyhow::Result<Vec<Archive>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the backup directory {}", dir.display()))?;
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(stamp) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|n| n.strip_suffix(SUFFIX))
+        else {
+            continue;
+        };
+        let Ok(made) = chrono::NaiveDateTime::parse_from_str(stamp, STAMP) else {
+            continue;
+        };
+        found.push(Archive {
+            path: e.path(),
+            made: made.and_utc(),
+            bytes: e.metadata()?.len(),
+        });
+    }
+    found.sort_by_key(|a| a.made);
+    Ok(found)
+}
+
+/// Delete the oldest scheduled backups in `dir` beyond the newest `keep`; returns them.
+pub fn prune(dir: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let all = archives(dir)?;
+    let excess = all.len().saturating_sub(keep);
+    let mut deleted = Vec::new();
+    for a in all.into_iter().take(excess) {
+        std::fs::remove_file(&a.path)
+            .with_context(|| format!("deleting the old backup {}", a.path.display()))?;
+        deleted.push(a.path);
+    }
+    Ok(deleted)
+}
+
 /// Tables in the database's `public` schema (a fresh database has none).
 pub async fn table_count(store: &Store) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
-            .fetch_one(&store.pool)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM pg_tables WHERE schemaname = 'public'"#
     )
+    .fetch_one(&store.pool)
+    .await?)
 }
 
 /// Restore the archive `file` into the database at `url`. Refuses a database that has
@@ -165,7 +225,7 @@ pub async fn restore(
 /// The restored schema's migration against this binary's: newer is refused, older is
 /// brought forward.
 async fn check_schema_version(store: &Store) -> anyhow::Result<()> {
-    let restored: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+    let restored: Option<i64> = sqlx::query_scalar!("SELECT max(version) FROM _sqlx_migrations")
         .fetch_one(&store.pool)
         .await
         .context("the archive holds no Rackwatch schema (no _sqlx_migrations table)")?;
@@ -200,10 +260,10 @@ pub struct TableSum {
 /// partitions) with its row count and checksum: two databases with equal lists hold the
 /// same rows.
 pub async fn fingerprint(store: &Store) -> anyhow::Result<Vec<TableSum>> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    let tables: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT c.relname::text AS "relname!" FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-          ORDER BY 1",
+          ORDER BY 1"#,
     )
     .fetch_all(&store.pool)
     .await?;
@@ -225,4 +285,34 @@ pub async fn fingerprint(store: &Store) -> anyhow::Result<Vec<TableSum>> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn archives_are_found_by_name_oldest_first_and_pruned_to_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |d| Utc.with_ymd_and_hms(2026, 12, d, 3, 0, 0).unwrap();
+        for d in [3, 1, 2, 4] {
+            std::fs::write(dir.path().join(archive_name(at(d))), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"keep me").unwrap();
+        std::fs::write(dir.path().join("rackwatch-garbage.dump"), b"keep me").unwrap();
+        let found = archives(dir.path()).unwrap();
+        let days: Vec<_> = found.iter().map(|a| a.made).collect();
+        assert_eq!(days, vec![at(1), at(2), at(3), at(4)]);
+        let gone = prune(dir.path(), 2).unwrap();
+        assert_eq!(gone.len(), 2);
+        let left: Vec<_> = archives(dir.path())
+            .unwrap()
+            .iter()
+            .map(|a| a.made)
+            .collect();
+        assert_eq!(left, vec![at(3), at(4)]);
+        assert!(dir.path().join("notes.txt").exists());
+        assert!(dir.path().join("rackwatch-garbage.dump").exists());
+    }
 }

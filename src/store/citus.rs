@@ -227,10 +227,11 @@ pub async fn distribute(pool: &PgPool) -> Result<Distribution, CitusError> {
 /// Whether the database behind `pool` has distributed tables (a Citus coordinator that
 /// [`distribute`] has run on).
 pub async fn is_distributed(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    let has_citus: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
-            .fetch_one(pool)
-            .await?;
+    let has_citus: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "exists!""#
+    )
+    .fetch_one(pool)
+    .await?;
     if !has_citus {
         return Ok(false);
     }
@@ -482,10 +483,10 @@ impl Nodes {
             .execute(&mut c)
             .await?;
             for _ in 0..100 {
-                let left: i64 = sqlx::query_scalar(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+                let left: i64 = sqlx::query_scalar!(
+                    r#"SELECT count(pg_terminate_backend(pid)) AS "n!" FROM pg_stat_activity WHERE datname = $1"#,
+                    template,
                 )
-                .bind(template)
                 .fetch_one(&mut c)
                 .await?;
                 if left == 0 {

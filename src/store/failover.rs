@@ -134,9 +134,10 @@ pub fn describe(o: &PgConnectOptions) -> String {
 
 /// Whether a connection's server takes writes.
 async fn is_read_write(c: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    let ro: String = sqlx::query_scalar("SHOW transaction_read_only")
-        .fetch_one(&mut *c)
-        .await?;
+    let ro: String =
+        sqlx::query_scalar!(r#"SELECT current_setting('transaction_read_only') AS "ro!""#)
+            .fetch_one(&mut *c)
+            .await?;
     Ok(ro == "off")
 }
 
@@ -323,19 +324,19 @@ impl ReadReplica {
                 if primary.is_closed() {
                     break;
                 }
-                let _ = sqlx::query(
+                let _ = sqlx::query!(
                     "INSERT INTO job_state (name, watermark, updated_at) VALUES ($1, now(), now())
                      ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = EXCLUDED.updated_at",
+                    HEARTBEAT,
                 )
-                .bind(HEARTBEAT)
                 .execute(&primary)
                 .await;
                 let lag: Option<f64> = tokio::time::timeout(
                     Duration::from_secs(2),
-                    sqlx::query_scalar(
-                        "SELECT EXTRACT(EPOCH FROM clock_timestamp() - watermark)::float8 FROM job_state WHERE name = $1",
+                    sqlx::query_scalar!(
+                        r#"SELECT EXTRACT(EPOCH FROM clock_timestamp() - watermark)::float8 AS "lag!" FROM job_state WHERE name = $1"#,
+                        HEARTBEAT,
                     )
-                    .bind(HEARTBEAT)
                     .fetch_optional(&self.pool),
                 )
                 .await

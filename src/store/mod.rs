@@ -35,6 +35,25 @@ pub struct Store {
     pub router: Option<std::sync::Arc<failover::Router>>,
     /// The streaming replica that serves history reads (`database.read_url`).
     pub replica: Option<std::sync::Arc<failover::ReadReplica>>,
+    /// The URL it was opened with (for the Postgres tools: scheduled backups).
+    pub url: DbUrl,
+}
+
+/// A database URL, which may hold a password: never printed by `Debug`.
+#[derive(Clone)]
+pub struct DbUrl(std::sync::Arc<str>);
+
+impl DbUrl {
+    /// The URL itself, for a Postgres tool's `--dbname`.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbUrl(..)")
+    }
 }
 
 /// What ingest would otherwise ask Postgres on every batch.
@@ -148,11 +167,12 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::
     let mut conn = sqlx::PgConnection::connect_with(&opts)
         .await
         .context("connecting to the maintenance database")?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        name
+    )
+    .fetch_one(&mut conn)
+    .await?;
     if !exists {
         // Identifiers cannot be bound; `name` is ours and quoted.
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -193,6 +213,7 @@ impl Store {
                 cache: Default::default(),
                 router: Some(router),
                 replica: None,
+                url: DbUrl(url.into()),
             });
         }
         let opts: PgConnectOptions = url
@@ -207,6 +228,7 @@ impl Store {
             cache: Default::default(),
             router: None,
             replica: None,
+            url: DbUrl(url.into()),
         })
     }
 
@@ -264,16 +286,13 @@ impl Store {
         let first = (now - chrono::Duration::days(i64::from(raw_days))).date_naive();
         let last = now.date_naive() + chrono::Duration::days(i64::from(ahead));
         let mut conn = self.dedicated_connection().await?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(PARTITION_LOCK)
+        sqlx::query!("SELECT pg_advisory_lock($1)", PARTITION_LOCK)
             .execute(&mut conn)
             .await?;
         let mut day = first;
         while day <= last {
             for parent in PARTITIONED {
-                sqlx::query("SELECT rackwatch_ensure_partition($1, $2)")
-                    .bind(parent)
-                    .bind(day)
+                sqlx::query!("SELECT rackwatch_ensure_partition($1, $2)", parent, day)
                     .execute(&mut conn)
                     .await?;
             }
@@ -293,19 +312,16 @@ impl Store {
         rollup_days: u32,
         score_days: u32,
     ) -> anyhow::Result<Vec<String>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT p.relname::text, c.relname::text FROM pg_inherits i
+        let parents: Vec<String> = PARTITIONED.iter().map(|s| s.to_string()).collect();
+        let rows = sqlx::query!(
+            r#"SELECT p.relname::text AS "parent!", c.relname::text AS "child!" FROM pg_inherits i
                JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
-              WHERE p.relname = ANY($1)",
-        )
-        .bind(
-            PARTITIONED
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
+              WHERE p.relname = ANY($1::text[])"#,
+            &parents,
         )
         .fetch_all(&self.pool)
         .await?;
+        let rows = rows.into_iter().map(|r| (r.parent, r.child));
         let mut dropped = Vec::new();
         for (parent, child) in rows {
             let keep_days = if parent == "anomaly_scores" {

@@ -77,44 +77,40 @@ pub struct EventRow {
 }
 
 /// Hosts with their latest sample, from `host_latest` (kept by ingest). Samples older
-/// than 15 minutes are not shown as current values.
-macro_rules! host_latest_sql {
-    ($where:literal) => {
-        concat!(
-            "SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
-                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpu_count,
-                    s.ts, s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
+/// than 15 minutes are not shown as current values. The checked query of the `WHERE` /
+/// `ORDER BY` tail given, with its arguments.
+macro_rules! host_latest_query {
+    ($rest:tt $(, $arg:expr)*) => {
+        sqlx::query_as!(
+            HostLatest,
+            r#"SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
+                    (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS "gpu_count!",
+                    s.ts AS "ts?", s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
                     s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
                FROM hosts h
-               LEFT JOIN host_latest s ON s.host_id = h.id AND s.ts > now() - interval '15 minutes' ",
-            $where
+               LEFT JOIN host_latest s ON s.host_id = h.id AND s.ts > now() - interval '15 minutes' "#
+                + $rest
+            $(, $arg)*
         )
     };
 }
 
-/// GPU inventory with the latest sample (from `gpu_latest`, kept by ingest).
-macro_rules! gpus_latest_sql {
-    ($rest:literal) => {
-        concat!(
-            "SELECT h.name AS host_name, g.gpu_index AS index, g.uuid, g.model, g.memory_total_bytes, g.power_limit_watts,
-                    s.ts, s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.power_watts, s.temp_celsius, s.sm_clock_mhz
+/// GPU inventory with the latest sample (from `gpu_latest`, kept by ingest), as
+/// [`host_latest_query`].
+macro_rules! gpus_latest_query {
+    ($rest:tt $(, $arg:expr)*) => {
+        sqlx::query_as!(
+            GpuLatest,
+            r#"SELECT h.name AS host_name, g.gpu_index AS index, g.uuid, g.model, g.memory_total_bytes, g.power_limit_watts,
+                    s.ts AS "ts?", s.util_pct, s.mem_util_pct, s.mem_used_bytes, s.power_watts, s.temp_celsius, s.sm_clock_mhz
                FROM gpus g JOIN hosts h ON h.id = g.host_id
                LEFT JOIN gpu_latest s ON s.host_id = g.host_id AND s.gpu_index = g.gpu_index
-                     AND s.ts > now() - interval '15 minutes' ",
-            $rest
+                     AND s.ts > now() - interval '15 minutes' "#
+                + $rest
+            $(, $arg)*
         )
     };
 }
-
-const HOSTS_LATEST: &str = host_latest_sql!("ORDER BY h.site, h.rack, h.name");
-const HOST_LATEST: &str = host_latest_sql!("WHERE h.name = $1");
-const HOSTS_IN_RACK: &str = host_latest_sql!("WHERE h.site = $1 AND h.rack = $2 ORDER BY h.name");
-// Unordered: sorting a fleet's GPUs by three text keys took Postgres longer than the
-// join itself (the keys sit behind variable-width columns); callers order them.
-const GPUS_LATEST: &str = gpus_latest_sql!("");
-const HOST_GPUS_LATEST: &str = gpus_latest_sql!("WHERE h.name = $1 ORDER BY g.gpu_index");
-const HOSTS_GPUS_LATEST: &str =
-    gpus_latest_sql!("WHERE h.name = ANY($1) ORDER BY h.name, g.gpu_index");
 
 /// A pending, firing or recently resolved (24 h) alert whose host is the page's host (or
 /// a host of the rack), GPU-level alerts included.
@@ -153,17 +149,21 @@ pub const MAX_SAMPLE_ROWS: i64 = 200_000;
 impl Store {
     /// Every host with its latest sample, ordered by site, rack, name.
     pub async fn hosts_latest(&self) -> Result<Vec<HostLatest>, sqlx::Error> {
-        sqlx::query_as(HOSTS_LATEST).fetch_all(&self.pool).await
+        host_latest_query!("ORDER BY h.site, h.rack, h.name")
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Every GPU (in no particular order) or the GPUs of one host (by index), with
     /// their latest samples.
     pub async fn gpus_latest(&self, host: Option<&str>) -> Result<Vec<GpuLatest>, sqlx::Error> {
         match host {
-            None => sqlx::query_as(GPUS_LATEST).fetch_all(&self.pool).await,
+            // Unordered: sorting a fleet's GPUs by three text keys took Postgres longer
+            // than the join itself (the keys sit behind variable-width columns); callers
+            // order them.
+            None => gpus_latest_query!("").fetch_all(&self.pool).await,
             Some(h) => {
-                sqlx::query_as(HOST_GPUS_LATEST)
-                    .bind(h)
+                gpus_latest_query!("WHERE h.name = $1 ORDER BY g.gpu_index", h)
                     .fetch_all(&self.pool)
                     .await
             }
@@ -172,16 +172,14 @@ impl Store {
 
     /// The GPUs of the hosts named, with their latest samples, by host name and index.
     pub async fn gpus_latest_of(&self, hosts: &[String]) -> Result<Vec<GpuLatest>, sqlx::Error> {
-        sqlx::query_as(HOSTS_GPUS_LATEST)
-            .bind(hosts)
+        gpus_latest_query!("WHERE h.name = ANY($1) ORDER BY h.name, g.gpu_index", hosts)
             .fetch_all(&self.pool)
             .await
     }
 
     /// One host's inventory row and latest sample.
     pub async fn host_latest(&self, name: &str) -> Result<Option<HostLatest>, sqlx::Error> {
-        sqlx::query_as(HOST_LATEST)
-            .bind(name)
+        host_latest_query!("WHERE h.name = $1", name)
             .fetch_optional(&self.pool)
             .await
     }
@@ -192,27 +190,30 @@ impl Store {
         site: &str,
         rack: &str,
     ) -> Result<Vec<HostLatest>, sqlx::Error> {
-        sqlx::query_as(HOSTS_IN_RACK)
-            .bind(site)
-            .bind(rack)
-            .fetch_all(&self.pool)
-            .await
+        host_latest_query!(
+            "WHERE h.site = $1 AND h.rack = $2 ORDER BY h.name",
+            site,
+            rack
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Firing alerts that still need someone (neither acknowledged nor silenced), and
     /// firing alerts that are acknowledged or silenced.
     pub async fn alerts_firing(&self) -> Result<(i64, i64), sqlx::Error> {
-        sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE NOT handled), count(*) FILTER (WHERE handled)
+        let r = sqlx::query!(
+            r#"SELECT count(*) FILTER (WHERE NOT handled) AS "open!", count(*) FILTER (WHERE handled) AS "handled!"
                FROM (SELECT a.acknowledged_by IS NOT NULL OR EXISTS (
                             SELECT 1 FROM silences s
                              WHERE s.starts_at <= now() AND s.ends_at > now()
                                AND a.labels || jsonb_build_object('rule', a.rule, 'severity', a.severity)
                                    @> s.matchers) AS handled
-                       FROM alerts a WHERE a.state = 'firing') x",
+                       FROM alerts a WHERE a.state = 'firing') x"#
         )
         .fetch_one(&self.pool)
-        .await
+        .await?;
+        Ok((r.open, r.handled))
     }
 
     /// Firing and pending alerts whose host is one of `hosts` (GPU-level alerts
@@ -223,24 +224,26 @@ impl Store {
         hosts: &[String],
         resolved_since: DateTime<Utc>,
     ) -> Result<Vec<AlertTouching>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT a.fingerprint, a.rule, a.severity, a.state, a.labels->>'host' AS host,
+        // `host` is matched against `$1`, so never null.
+        sqlx::query_as!(
+            AlertTouching,
+            r#"SELECT a.fingerprint, a.rule, a.severity, a.state, a.labels->>'host' AS "host!",
                     CASE WHEN a.labels->>'gpu' ~ '^[0-9]{1,4}$' THEN (a.labels->>'gpu')::int2 END AS gpu,
                     a.summary, a.description, a.started_at, a.fired_at, a.resolved_at, a.occurrences,
                     a.acknowledged_by,
                     EXISTS (SELECT 1 FROM silences s WHERE s.starts_at <= now() AND s.ends_at > now()
                               AND (a.labels || jsonb_build_object('rule', a.rule, 'severity', a.severity)) @> s.matchers
-                           ) AS silenced
+                           ) AS "silenced!"
                FROM alerts a
               WHERE a.labels->>'host' = ANY($1)
                 AND (a.state IN ('pending', 'firing') OR a.resolved_at >= $2)
               ORDER BY CASE a.state WHEN 'firing' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,
                        CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
                        COALESCE(a.resolved_at, a.started_at) DESC
-              LIMIT 200",
+              LIMIT 200"#,
+            hosts,
+            resolved_since,
         )
-        .bind(hosts)
-        .bind(resolved_since)
         .fetch_all(&self.pool)
         .await
     }
@@ -302,34 +305,44 @@ impl Store {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<EventRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name AS host_name, NULLIF(e.gpu_index, -1) AS index, e.ts, e.kind, e.code, e.message, e.count
+        let rows = sqlx::query!(
+            r#"SELECT h.name AS host_name, NULLIF(e.gpu_index, -1) AS index, e.ts, e.kind, e.code, e.message, e.count
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
               WHERE ($1::text IS NULL OR h.name = $1) AND e.ts >= $2
-              ORDER BY e.ts DESC LIMIT $3",
+              ORDER BY e.ts DESC LIMIT $3"#,
+            host,
+            since,
+            limit,
         )
-        .bind(host)
-        .bind(since)
-        .bind(limit)
         .fetch_all(self.history())
-        .await
-        .map(|mut rows: Vec<EventRow>| {
-            for r in &mut rows {
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
                 let d = crate::model::xid::describe_event(&r.kind, r.code);
-                r.meaning = d.meaning.to_string();
-                r.action = d.action.to_string();
-            }
-            rows
-        })
+                EventRow {
+                    meaning: d.meaning.to_string(),
+                    action: d.action.to_string(),
+                    host_name: r.host_name,
+                    index: r.index,
+                    ts: r.ts,
+                    kind: r.kind,
+                    code: r.code,
+                    message: r.message,
+                    count: r.count,
+                }
+            })
+            .collect())
     }
 
     /// Agents' spool state, for `/metrics`.
     pub async fn agent_stats(&self) -> Result<Vec<(String, serde_json::Value)>, sqlx::Error> {
-        sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT name, agent_stats FROM hosts WHERE agent_stats <> '{}'::jsonb ORDER BY name",
         )
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.name, r.agent_stats)).collect())
     }
 }
 

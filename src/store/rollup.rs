@@ -274,7 +274,7 @@ impl Store {
             .duration_trunc(Duration::minutes(1))
             .expect("minute truncation");
         let watermark: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
+            sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten();
@@ -296,27 +296,30 @@ impl Store {
         run.quarter_rows += self
             .rollup_quarters(quarter(start), quarter(end), None)
             .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO job_state (name, watermark, updated_at) VALUES ('rollup_1m', $1, now())
              ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+            end,
         )
-        .bind(end)
         .execute(&self.pool)
         .await?;
 
         // Late minutes: recompute per host, in bounded chunks.
         loop {
             // The hours of recomputed minutes need their energy accounted again.
-            let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
-                "WITH d AS (DELETE FROM rollup_dirty WHERE (host_id, bucket) IN
+            let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query!(
+                r#"WITH d AS (DELETE FROM rollup_dirty WHERE (host_id, bucket) IN
                     (SELECT host_id, bucket FROM rollup_dirty ORDER BY host_id, bucket LIMIT 1000)
                     RETURNING host_id, bucket),
                  e AS (INSERT INTO energy_dirty (host_id, hour)
                        SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM d ON CONFLICT DO NOTHING)
-                 SELECT host_id, bucket FROM d",
+                 SELECT host_id AS "host_id!", bucket AS "bucket!" FROM d"#,
             )
             .fetch_all(&self.pool)
-            .await?;
+            .await?
+            .into_iter()
+            .map(|r| (r.host_id, r.bucket))
+            .collect();
             if dirty.is_empty() {
                 break;
             }
@@ -399,10 +402,12 @@ impl Store {
 impl Store {
     /// Whether any 1-minute host rollup is older than `t` (history was written before).
     pub async fn has_rollups_before(&self, t: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM host_samples_1m WHERE bucket < $1)")
-            .bind(t)
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM host_samples_1m WHERE bucket < $1) AS "exists!""#,
+            t
+        )
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// Drop the late-minute marks in `[from, to)`: those minutes were rolled up in bulk.
@@ -411,11 +416,13 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM rollup_dirty WHERE bucket >= $1 AND bucket < $2")
-            .bind(from)
-            .bind(to)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM rollup_dirty WHERE bucket >= $1 AND bucket < $2",
+            from,
+            to
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -425,13 +432,13 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO energy_dirty (host_id, hour)
              SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM host_samples_1m
               WHERE bucket >= $1 AND bucket < $2 ON CONFLICT DO NOTHING",
+            from,
+            to,
         )
-        .bind(from)
-        .bind(to)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -448,10 +455,11 @@ impl Store {
         ] {
             sqlx::query(sums).bind(cutoff).execute(&self.pool).await?;
         }
-        Ok(sqlx::query("DELETE FROM energy_hourly WHERE hour < $1")
-            .bind(cutoff)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query!("DELETE FROM energy_hourly WHERE hour < $1", cutoff)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 }

@@ -612,7 +612,7 @@ async fn insert_samples_idempotent(
 ) -> Result<usize, sqlx::Error> {
     let mut n = 0;
     if !b.host_samples.is_empty() {
-        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS replay_host_samples (LIKE host_samples) ON COMMIT DELETE ROWS")
+        sqlx::query!("CREATE TEMP TABLE IF NOT EXISTS replay_host_samples (LIKE host_samples) ON COMMIT DELETE ROWS")
             .execute(&mut **tx)
             .await?;
         let mut data = Vec::new();
@@ -628,7 +628,7 @@ async fn insert_samples_idempotent(
         .await?;
     }
     if !b.gpu_samples.is_empty() {
-        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS replay_gpu_samples (LIKE gpu_samples) ON COMMIT DELETE ROWS")
+        sqlx::query!("CREATE TEMP TABLE IF NOT EXISTS replay_gpu_samples (LIKE gpu_samples) ON COMMIT DELETE ROWS")
             .execute(&mut **tx)
             .await?;
         let mut data = Vec::new();
@@ -684,20 +684,20 @@ async fn insert_events(
         .map(|e| e.count.unwrap_or(1).min(i32::MAX as u32) as i32)
         .collect();
     // Counted through RETURNING, like the replayed samples (see `count_inserted`).
-    let n: i64 = sqlx::query_scalar(
-        "WITH i AS (
+    let n: i64 = sqlx::query_scalar!(
+        r#"WITH i AS (
             INSERT INTO hardware_events (host_id, gpu_index, ts, kind, code, message, count)
             SELECT $1, * FROM UNNEST($2::int2[], $3::timestamptz[], $4::text[], $5::int8[], $6::text[], $7::int4[])
             ON CONFLICT DO NOTHING RETURNING 1)
-         SELECT count(*) FROM i",
+         SELECT count(*) AS "n!" FROM i"#,
+        host_id,
+        &idx,
+        &ts,
+        &kind,
+        &code,
+        &msg,
+        &count,
     )
-    .bind(host_id)
-    .bind(idx)
-    .bind(ts)
-    .bind(kind)
-    .bind(code)
-    .bind(msg)
-    .bind(count)
     .fetch_one(&mut **tx)
     .await?;
     Ok(n as usize)
@@ -730,13 +730,13 @@ async fn upsert_gpus(
             let mut idx: Vec<i16> = b.gpu_samples.iter().map(|s| i16::from(s.index)).collect();
             idx.sort_unstable();
             idx.dedup();
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO gpus (host_id, gpu_index, last_seen) SELECT $1, i, $3 FROM UNNEST($2::int2[]) i
                  ON CONFLICT (host_id, gpu_index) DO UPDATE SET last_seen = EXCLUDED.last_seen",
+                host_id,
+                &idx,
+                now,
             )
-            .bind(host_id)
-            .bind(idx)
-            .bind(now)
             .execute(&mut **tx)
             .await?;
         }
@@ -752,7 +752,7 @@ async fn upsert_gpus(
         .collect();
     let plim: Vec<Option<f64>> = b.gpus.iter().map(|g| g.power_limit_watts).collect();
     let drv: Vec<Option<String>> = b.gpus.iter().map(|g| g.driver_version.clone()).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO gpus (host_id, gpu_index, uuid, model, memory_total_bytes, power_limit_watts, driver_version, last_seen)
          SELECT $1, * , $8 FROM UNNEST($2::int2[], $3::text[], $4::text[], $5::int8[], $6::float8[], $7::text[])
          ON CONFLICT (host_id, gpu_index) DO UPDATE SET
@@ -761,15 +761,15 @@ async fn upsert_gpus(
             power_limit_watts = COALESCE(EXCLUDED.power_limit_watts, gpus.power_limit_watts),
             driver_version = COALESCE(EXCLUDED.driver_version, gpus.driver_version),
             last_seen = EXCLUDED.last_seen",
+        host_id,
+        &idx,
+        &uuid as _,
+        &model as _,
+        &mem as _,
+        &plim as _,
+        &drv as _,
+        now,
     )
-    .bind(host_id)
-    .bind(idx)
-    .bind(uuid)
-    .bind(model)
-    .bind(mem)
-    .bind(plim)
-    .bind(drv)
-    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -785,12 +785,12 @@ async fn mark_late_minutes(
     if late.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO rollup_dirty (host_id, bucket)
          SELECT DISTINCT $1::int8, date_trunc('minute', t) FROM UNNEST($2::timestamptz[]) t ON CONFLICT DO NOTHING",
+        host_id,
+        &late,
     )
-    .bind(host_id)
-    .bind(late)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -75,188 +75,6 @@ pub const GPU_ROLLUP_CHART: &[&str] = &[
 /// GPU metrics the charts show from raw samples only (null on rollup ranges).
 pub const GPU_RAW_ONLY: &[&str] = &["mem_temp_celsius", "mem_clock_mhz", "fan_pct"];
 
-const HOST_RAW: &str = "
-SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.ts, $2) AS ts,
-       avg(s.cpu_util_pct)::float8 AS cpu_util_pct, avg(s.mem_used_bytes)::float8 AS mem_used_bytes,
-       avg(s.disk_read_bytes_per_s) AS disk_read_bytes_per_s, avg(s.disk_write_bytes_per_s) AS disk_write_bytes_per_s,
-       avg(s.net_rx_bytes_per_s) AS net_rx_bytes_per_s, avg(s.net_tx_bytes_per_s) AS net_tx_bytes_per_s
-  FROM host_samples s JOIN hosts h ON h.id = s.host_id
- WHERE h.name = ANY($1) AND s.ts >= $2 AND s.ts < $3
- GROUP BY 1, 2 ORDER BY 1, 2";
-
-/// The GPUs a GPU query reads: `$2` (one GPU), or every GPU of the host. An index array
-/// rather than a range, so that the primary key (host, GPU, time) is searched once per
-/// GPU for the time range instead of scanning all of the host's rows.
-macro_rules! gpu_indexes {
-    () => {
-        "s.host_id = (SELECT id FROM hosts WHERE name = $1)
-   AND s.gpu_index = ANY(COALESCE($2::int2[], ARRAY(SELECT gpu_index FROM gpus
-                                                   WHERE host_id = (SELECT id FROM hosts WHERE name = $1))))"
-    };
-}
-
-const GPU_RAW: &str = concat!(
-    "
-SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.ts, $3) AS ts,
-       avg(s.util_pct)::float8 AS util_pct, avg(s.mem_util_pct)::float8 AS mem_util_pct,
-       avg(s.mem_used_bytes)::float8 AS mem_used_bytes, avg(s.power_watts)::float8 AS power_watts,
-       max(s.power_watts)::float8 AS power_watts_max, avg(s.temp_celsius)::float8 AS temp_celsius,
-       max(s.temp_celsius)::float8 AS temp_celsius_max, avg(s.mem_temp_celsius)::float8 AS mem_temp_celsius,
-       avg(s.sm_clock_mhz)::float8 AS sm_clock_mhz, avg(s.mem_clock_mhz)::float8 AS mem_clock_mhz,
-       avg(s.fan_pct)::float8 AS fan_pct, bool_or(s.throttle_reasons & $6 <> 0) AS throttled
-  FROM gpu_samples s
- WHERE ", gpu_indexes!(), "
-   AND s.ts >= $3 AND s.ts < $4
- GROUP BY 1, 2 ORDER BY 1, 2"
-);
-
-/// Where each source of a rollup query over `[$from, $to)` ends, and where its points
-/// start. With `$q` (a 15-minute range) the quarter-hours from the first whole one
-/// in the range up to the rollup job's watermark come from 15-minute rollups; then
-/// 1-minute rollups up to the watermark (every minute before it is rolled up); then
-/// raw samples, rolled up to minutes in the query, up to `$to`. The watermark is kept
-/// inside the range and never more than 6 hours before `$to`, so a stalled job cannot
-/// make a page read days of raw samples. Points start at the range's start, or at its
-/// first quarter-hour, so that every 15-minute row falls inside one point.
-macro_rules! rollup_cuts {
-    ($from:literal, $to:literal, $q:literal) => {
-        concat!(
-            "w AS (SELECT (SELECT watermark FROM job_state WHERE name = 'rollup_1m') AS w),
-     c AS (SELECT LEAST(",
-            $to,
-            "::timestamptz, GREATEST(",
-            $from,
-            "::timestamptz, ",
-            $to,
-            "::timestamptz - interval '6 hours',
-                         COALESCE(w.w, '-infinity'))) AS c1,
-                  CASE WHEN ",
-            $q,
-            "::bool THEN rackwatch_quarter(",
-            $from,
-            "::timestamptz - interval '1 microsecond') + interval '15 minutes'
-                       ELSE ",
-            $from,
-            "::timestamptz END AS origin
-             FROM w),
-     cuts AS (SELECT c1, origin,
-                     CASE WHEN ",
-            $q,
-            "::bool THEN GREATEST(origin, LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)))
-                          ELSE ",
-            $from,
-            "::timestamptz END AS c15
-                FROM c, w)"
-        )
-    };
-}
-
-/// The mean of a float8 column of minute rows `s`, named after it: sum over count is
-/// about half the work of `avg(float8)`, which also keeps a sum of squares per group,
-/// and rollup charts aggregate thousands of rows.
-macro_rules! mean {
-    ($col:literal) => {
-        concat!(
-            "sum(s.",
-            $col,
-            ") / nullif(count(s.",
-            $col,
-            "), 0) AS ",
-            $col
-        )
-    };
-}
-
-/// Host rollup rows of table `$t` from `$lo` to `$hi`, as float8.
-macro_rules! host_rollup_rows {
-    ($t:literal, $lo:literal, $hi:literal) => {
-        concat!(
-            "SELECT host_id, bucket, cpu_util_pct::float8, mem_used_bytes::float8, disk_read_bytes_per_s,
-               disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s
-          FROM ", $t, "
-         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
-           AND bucket >= ", $lo, " AND bucket < ", $hi
-        )
-    };
-}
-
-const HOST_ROLLUP: &str = concat!(
-    "
-WITH ", rollup_cuts!("$2", "$3", "$5"), "
-SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.bucket, (SELECT origin FROM cuts)) AS ts,
-       ", mean!("cpu_util_pct"), ", ", mean!("mem_used_bytes"), ",
-       ", mean!("disk_read_bytes_per_s"), ", ", mean!("disk_write_bytes_per_s"), ",
-       ", mean!("net_rx_bytes_per_s"), ", ", mean!("net_tx_bytes_per_s"), "
-  FROM (", host_rollup_rows!("host_samples_15m", "(SELECT origin FROM cuts)", "(SELECT c15 FROM cuts)"), "
-        UNION ALL
-        ", host_rollup_rows!("host_samples_1m", "(SELECT c15 FROM cuts)", "(SELECT c1 FROM cuts)"), "
-        UNION ALL
-        SELECT host_id, date_trunc('minute', ts), avg(cpu_util_pct), avg(mem_used_bytes)::float8,
-               avg(disk_read_bytes_per_s), avg(disk_write_bytes_per_s), avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s)
-          FROM host_samples
-         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
-           AND ts >= (SELECT c1 FROM cuts) AND ts < $3
-         GROUP BY 1, 2) s
-  JOIN hosts h ON h.id = s.host_id
- GROUP BY 1, 2 ORDER BY 1, 2"
-);
-
-/// GPU rollup rows of table `$t` from `$lo` to `$hi`, as float8.
-macro_rules! gpu_rollup_rows {
-    ($t:literal, $lo:literal, $hi:literal) => {
-        concat!(
-            "SELECT s.gpu_index, s.bucket, s.util_pct::float8, s.mem_util_pct::float8, s.mem_used_bytes::float8,
-               s.power_watts::float8, s.power_watts_max::float8, s.temp_celsius::float8,
-               s.temp_celsius_max::float8, s.sm_clock_mhz::float8
-          FROM ", $t, " s
-         WHERE ", gpu_indexes!(), "
-           AND s.bucket >= ", $lo, " AND s.bucket < ", $hi
-        )
-    };
-}
-
-const GPU_ROLLUP: &str = concat!(
-    "
-WITH ", rollup_cuts!("$3", "$4", "$7"), "
-SELECT s.gpu_index AS index, date_bin(make_interval(secs => $5), s.bucket, (SELECT origin FROM cuts)) AS ts,
-       ", mean!("util_pct"), ", ", mean!("mem_util_pct"), ",
-       ", mean!("mem_used_bytes"), ", ", mean!("power_watts"), ",
-       max(s.power_watts_max) AS power_watts_max, ", mean!("temp_celsius"), ",
-       max(s.temp_celsius_max) AS temp_celsius_max, NULL::float8 AS mem_temp_celsius,
-       ", mean!("sm_clock_mhz"), ", NULL::float8 AS mem_clock_mhz,
-       NULL::float8 AS fan_pct, NULL::bool AS throttled
-  FROM (", gpu_rollup_rows!("gpu_samples_15m", "(SELECT origin FROM cuts)", "(SELECT c15 FROM cuts)"), "
-        UNION ALL
-        ", gpu_rollup_rows!("gpu_samples_1m", "(SELECT c15 FROM cuts)", "(SELECT c1 FROM cuts)"), "
-           AND $6::int8 IS NOT NULL
-        UNION ALL
-        SELECT s.gpu_index, date_trunc('minute', s.ts), avg(s.util_pct), avg(s.mem_util_pct),
-               avg(s.mem_used_bytes)::float8, avg(s.power_watts), max(s.power_watts), avg(s.temp_celsius),
-               max(s.temp_celsius), avg(s.sm_clock_mhz)
-          FROM gpu_samples s
-         WHERE ", gpu_indexes!(), "
-           AND s.ts >= (SELECT c1 FROM cuts) AND s.ts < $4
-         GROUP BY 1, 2) s
- GROUP BY 1, 2 ORDER BY 1, 2"
-);
-
-/// Throttled stretches of one GPU from raw samples, as (start, end) bucket times.
-const THROTTLE_RAW: &str = "
-SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS ts
-  FROM gpu_samples s
- WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
-   AND s.ts >= $3 AND s.ts < $4 AND s.throttle_reasons & $6 <> 0
- GROUP BY 1 ORDER BY 1";
-
-const GPU_RAW_EXTRA: &str = "
-SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS ts,
-       bit_or(s.throttle_reasons & $6) AS reasons, avg(s.fan_pct)::float8 AS fan_pct,
-       max(s.power_limit_watts)::float8 AS power_limit_watts
-  FROM gpu_samples s
- WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
-   AND s.ts >= $3 AND s.ts < $4
- GROUP BY 1 ORDER BY 1";
-
 /// What only raw GPU samples know, per bucket: the throttle reasons seen (slowdown bits
 /// of [`THROTTLE_MASK`] OR-ed), the mean fan speed and the enforced power limit.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -292,6 +110,17 @@ pub struct FaultCount {
     pub events: i64,
 }
 
+// Rollup sources of the chart queries (`host_series`, `gpu_series` over rollups): the
+// `cuts` CTE says where each source of a query over `[from, to)` ends, and where its
+// points start. With the 15-minute flag the quarter-hours from the first whole one in the
+// range up to the rollup job's watermark come from 15-minute rollups; then 1-minute
+// rollups up to the watermark (every minute before it is rolled up); then raw samples,
+// rolled up to minutes in the query, up to `to`. The watermark is kept inside the range
+// and never more than 6 hours before `to`, so a stalled job cannot make a page read days
+// of raw samples. Points start at the range's start, or at its first quarter-hour, so that
+// every 15-minute row falls inside one point. Means are sum over count: about half the
+// work of `avg(float8)`, which also keeps a sum of squares per group, and rollup charts
+// aggregate thousands of rows.
 impl Store {
     /// Host metrics of `hosts` in `[from, to)`, one point per `bucket_secs`.
     pub async fn host_series(
@@ -302,20 +131,65 @@ impl Store {
         bucket_secs: i64,
         source: Source,
     ) -> Result<Vec<HostPoint>, sqlx::Error> {
-        let q = sqlx::query_as(if source == Source::Raw {
-            HOST_RAW
-        } else {
-            HOST_ROLLUP
-        })
-        .bind(hosts)
-        .bind(from)
-        .bind(to)
-        .bind(bucket_secs as f64);
-        let q = match source {
-            Source::Raw => q,
-            _ => q.bind(source == Source::Rollup15m),
-        };
-        q.fetch_all(self.history()).await
+        let secs = bucket_secs as f64;
+        match source {
+            Source::Raw => sqlx::query_as!(HostPoint, r#"
+SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.ts, $2) AS "ts!",
+       avg(s.cpu_util_pct)::float8 AS cpu_util_pct, avg(s.mem_used_bytes)::float8 AS mem_used_bytes,
+       avg(s.disk_read_bytes_per_s) AS disk_read_bytes_per_s, avg(s.disk_write_bytes_per_s) AS disk_write_bytes_per_s,
+       avg(s.net_rx_bytes_per_s) AS net_rx_bytes_per_s, avg(s.net_tx_bytes_per_s) AS net_tx_bytes_per_s
+  FROM host_samples s JOIN hosts h ON h.id = s.host_id
+ WHERE h.name = ANY($1) AND s.ts >= $2 AND s.ts < $3
+ GROUP BY 1, 2 ORDER BY 1, 2"#, hosts, from, to, secs)
+                .fetch_all(self.history())
+                .await,
+            // The rollup sources (`$5`: from 15-minute rollups), as described above `impl Store`.
+            _ => sqlx::query_as!(
+                HostPoint,
+                r#"
+WITH w AS (SELECT (SELECT watermark FROM job_state WHERE name = 'rollup_1m') AS w),
+     c AS (SELECT LEAST($3::timestamptz, GREATEST($2::timestamptz, $3::timestamptz - interval '6 hours',
+                         COALESCE(w.w, '-infinity'))) AS c1,
+                  CASE WHEN $5::bool THEN rackwatch_quarter($2::timestamptz - interval '1 microsecond') + interval '15 minutes'
+                       ELSE $2::timestamptz END AS origin
+             FROM w),
+     cuts AS (SELECT c1, origin,
+                     CASE WHEN $5::bool THEN GREATEST(origin, LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)))
+                          ELSE $2::timestamptz END AS c15
+                FROM c, w)
+SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.bucket, (SELECT origin FROM cuts)) AS "ts!",
+       sum(s.cpu_util_pct) / nullif(count(s.cpu_util_pct), 0) AS cpu_util_pct, sum(s.mem_used_bytes) / nullif(count(s.mem_used_bytes), 0) AS mem_used_bytes,
+       sum(s.disk_read_bytes_per_s) / nullif(count(s.disk_read_bytes_per_s), 0) AS disk_read_bytes_per_s, sum(s.disk_write_bytes_per_s) / nullif(count(s.disk_write_bytes_per_s), 0) AS disk_write_bytes_per_s,
+       sum(s.net_rx_bytes_per_s) / nullif(count(s.net_rx_bytes_per_s), 0) AS net_rx_bytes_per_s, sum(s.net_tx_bytes_per_s) / nullif(count(s.net_tx_bytes_per_s), 0) AS net_tx_bytes_per_s
+  FROM (SELECT host_id, bucket, cpu_util_pct::float8, mem_used_bytes::float8, disk_read_bytes_per_s,
+               disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s
+          FROM host_samples_15m
+         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
+           AND bucket >= (SELECT origin FROM cuts) AND bucket < (SELECT c15 FROM cuts)
+        UNION ALL
+        SELECT host_id, bucket, cpu_util_pct::float8, mem_used_bytes::float8, disk_read_bytes_per_s,
+               disk_write_bytes_per_s, net_rx_bytes_per_s, net_tx_bytes_per_s
+          FROM host_samples_1m
+         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
+           AND bucket >= (SELECT c15 FROM cuts) AND bucket < (SELECT c1 FROM cuts)
+        UNION ALL
+        SELECT host_id, date_trunc('minute', ts), avg(cpu_util_pct), avg(mem_used_bytes)::float8,
+               avg(disk_read_bytes_per_s), avg(disk_write_bytes_per_s), avg(net_rx_bytes_per_s), avg(net_tx_bytes_per_s)
+          FROM host_samples
+         WHERE host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
+           AND ts >= (SELECT c1 FROM cuts) AND ts < $3
+         GROUP BY 1, 2) s
+  JOIN hosts h ON h.id = s.host_id
+ GROUP BY 1, 2 ORDER BY 1, 2"#,
+                hosts,
+                from,
+                to,
+                secs,
+                source == Source::Rollup15m,
+            )
+            .fetch_all(self.history())
+            .await,
+        }
     }
 
     /// GPU metrics of one host (one GPU if `index` is set), one point per bucket.
@@ -328,22 +202,97 @@ impl Store {
         bucket_secs: i64,
         source: Source,
     ) -> Result<Vec<GpuPoint>, sqlx::Error> {
-        let q = sqlx::query_as(if source == Source::Raw {
-            GPU_RAW
-        } else {
-            GPU_ROLLUP
-        })
-        .bind(host)
-        .bind(index.map(|i| vec![i]))
-        .bind(from)
-        .bind(to)
-        .bind(bucket_secs as f64)
-        .bind(THROTTLE_MASK);
-        let q = match source {
-            Source::Raw => q,
-            _ => q.bind(source == Source::Rollup15m),
-        };
-        q.fetch_all(self.history()).await
+        let (indexes, secs) = (index.map(|i| vec![i]), bucket_secs as f64);
+        // The GPUs read: `$2` (one GPU), or every GPU of the host. An index array rather
+        // than a range, so that the primary key (host, GPU, time) is searched once per GPU
+        // for the time range instead of scanning all of the host's rows.
+        match source {
+            Source::Raw => sqlx::query_as!(
+                GpuPoint,
+                r#"
+SELECT s.gpu_index AS "index!", date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
+       avg(s.util_pct)::float8 AS util_pct, avg(s.mem_util_pct)::float8 AS mem_util_pct,
+       avg(s.mem_used_bytes)::float8 AS mem_used_bytes, avg(s.power_watts)::float8 AS power_watts,
+       max(s.power_watts)::float8 AS power_watts_max, avg(s.temp_celsius)::float8 AS temp_celsius,
+       max(s.temp_celsius)::float8 AS temp_celsius_max, avg(s.mem_temp_celsius)::float8 AS mem_temp_celsius,
+       avg(s.sm_clock_mhz)::float8 AS sm_clock_mhz, avg(s.mem_clock_mhz)::float8 AS mem_clock_mhz,
+       avg(s.fan_pct)::float8 AS fan_pct, bool_or(s.throttle_reasons & $6 <> 0) AS throttled
+  FROM gpu_samples s
+ WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1)
+   AND s.gpu_index = ANY(COALESCE($2::int2[], ARRAY(SELECT gpu_index FROM gpus
+                                                   WHERE host_id = (SELECT id FROM hosts WHERE name = $1))))
+   AND s.ts >= $3 AND s.ts < $4
+ GROUP BY 1, 2 ORDER BY 1, 2"#,
+                host,
+                indexes.as_deref(),
+                from,
+                to,
+                secs,
+                THROTTLE_MASK,
+            )
+            .fetch_all(self.history())
+            .await,
+            // The rollup sources (`$7`: from 15-minute rollups), as described above `impl Store`.
+            _ => sqlx::query_as!(
+                GpuPoint,
+                r#"
+WITH w AS (SELECT (SELECT watermark FROM job_state WHERE name = 'rollup_1m') AS w),
+     c AS (SELECT LEAST($4::timestamptz, GREATEST($3::timestamptz, $4::timestamptz - interval '6 hours',
+                         COALESCE(w.w, '-infinity'))) AS c1,
+                  CASE WHEN $7::bool THEN rackwatch_quarter($3::timestamptz - interval '1 microsecond') + interval '15 minutes'
+                       ELSE $3::timestamptz END AS origin
+             FROM w),
+     cuts AS (SELECT c1, origin,
+                     CASE WHEN $7::bool THEN GREATEST(origin, LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)))
+                          ELSE $3::timestamptz END AS c15
+                FROM c, w)
+SELECT s.gpu_index AS "index!", date_bin(make_interval(secs => $5), s.bucket, (SELECT origin FROM cuts)) AS "ts!",
+       sum(s.util_pct) / nullif(count(s.util_pct), 0) AS util_pct, sum(s.mem_util_pct) / nullif(count(s.mem_util_pct), 0) AS mem_util_pct,
+       sum(s.mem_used_bytes) / nullif(count(s.mem_used_bytes), 0) AS mem_used_bytes, sum(s.power_watts) / nullif(count(s.power_watts), 0) AS power_watts,
+       max(s.power_watts_max) AS power_watts_max, sum(s.temp_celsius) / nullif(count(s.temp_celsius), 0) AS temp_celsius,
+       max(s.temp_celsius_max) AS temp_celsius_max, NULL::float8 AS mem_temp_celsius,
+       sum(s.sm_clock_mhz) / nullif(count(s.sm_clock_mhz), 0) AS sm_clock_mhz, NULL::float8 AS mem_clock_mhz,
+       NULL::float8 AS fan_pct, NULL::bool AS throttled
+  FROM (SELECT s.gpu_index, s.bucket, s.util_pct::float8, s.mem_util_pct::float8, s.mem_used_bytes::float8,
+               s.power_watts::float8, s.power_watts_max::float8, s.temp_celsius::float8,
+               s.temp_celsius_max::float8, s.sm_clock_mhz::float8
+          FROM gpu_samples_15m s
+         WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1)
+   AND s.gpu_index = ANY(COALESCE($2::int2[], ARRAY(SELECT gpu_index FROM gpus
+                                                   WHERE host_id = (SELECT id FROM hosts WHERE name = $1))))
+           AND s.bucket >= (SELECT origin FROM cuts) AND s.bucket < (SELECT c15 FROM cuts)
+        UNION ALL
+        SELECT s.gpu_index, s.bucket, s.util_pct::float8, s.mem_util_pct::float8, s.mem_used_bytes::float8,
+               s.power_watts::float8, s.power_watts_max::float8, s.temp_celsius::float8,
+               s.temp_celsius_max::float8, s.sm_clock_mhz::float8
+          FROM gpu_samples_1m s
+         WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1)
+   AND s.gpu_index = ANY(COALESCE($2::int2[], ARRAY(SELECT gpu_index FROM gpus
+                                                   WHERE host_id = (SELECT id FROM hosts WHERE name = $1))))
+           AND s.bucket >= (SELECT c15 FROM cuts) AND s.bucket < (SELECT c1 FROM cuts)
+           AND $6::int8 IS NOT NULL
+        UNION ALL
+        SELECT s.gpu_index, date_trunc('minute', s.ts), avg(s.util_pct), avg(s.mem_util_pct),
+               avg(s.mem_used_bytes)::float8, avg(s.power_watts), max(s.power_watts), avg(s.temp_celsius),
+               max(s.temp_celsius), avg(s.sm_clock_mhz)
+          FROM gpu_samples s
+         WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1)
+   AND s.gpu_index = ANY(COALESCE($2::int2[], ARRAY(SELECT gpu_index FROM gpus
+                                                   WHERE host_id = (SELECT id FROM hosts WHERE name = $1))))
+           AND s.ts >= (SELECT c1 FROM cuts) AND s.ts < $4
+         GROUP BY 1, 2) s
+ GROUP BY 1, 2 ORDER BY 1, 2"#,
+                host,
+                indexes.as_deref(),
+                from,
+                to,
+                secs,
+                THROTTLE_MASK,
+                source == Source::Rollup15m,
+            )
+            .fetch_all(self.history())
+            .await,
+        }
     }
 
     /// Buckets of `bucket_secs` in which the GPU was throttled (read from raw samples).
@@ -355,15 +304,22 @@ impl Store {
         to: DateTime<Utc>,
         bucket_secs: i64,
     ) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
-        sqlx::query_scalar(THROTTLE_RAW)
-            .bind(host)
-            .bind(index)
-            .bind(from)
-            .bind(to)
-            .bind(bucket_secs as f64)
-            .bind(THROTTLE_MASK)
-            .fetch_all(self.history())
-            .await
+        sqlx::query_scalar!(
+            r#"
+SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!"
+  FROM gpu_samples s
+ WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
+   AND s.ts >= $3 AND s.ts < $4 AND s.throttle_reasons & $6 <> 0
+ GROUP BY 1 ORDER BY 1"#,
+            host,
+            index,
+            from,
+            to,
+            bucket_secs as f64,
+            THROTTLE_MASK,
+        )
+        .fetch_all(self.history())
+        .await
     }
 
     /// Throttle reasons, fan speed and power limit of one GPU per bucket of `bucket_secs`,
@@ -376,15 +332,25 @@ impl Store {
         to: DateTime<Utc>,
         bucket_secs: i64,
     ) -> Result<Vec<GpuRawExtra>, sqlx::Error> {
-        sqlx::query_as(GPU_RAW_EXTRA)
-            .bind(host)
-            .bind(index)
-            .bind(from)
-            .bind(to)
-            .bind(bucket_secs as f64)
-            .bind(THROTTLE_MASK)
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_as!(
+            GpuRawExtra,
+            r#"
+SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
+       bit_or(s.throttle_reasons & $6) AS reasons, avg(s.fan_pct)::float8 AS fan_pct,
+       max(s.power_limit_watts)::float8 AS power_limit_watts
+  FROM gpu_samples s
+ WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2
+   AND s.ts >= $3 AND s.ts < $4
+ GROUP BY 1 ORDER BY 1"#,
+            host,
+            index,
+            from,
+            to,
+            bucket_secs as f64,
+            THROTTLE_MASK,
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Hardware events of the hosts named in `[from, to)`, newest first: all of them,
@@ -397,20 +363,35 @@ impl Store {
         to: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<super::queries::EventRow>, sqlx::Error> {
-        sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT h.name AS host_name, NULLIF(e.gpu_index, -1) AS index, e.ts, e.kind, e.code, e.message, e.count
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
               WHERE h.name = ANY($1) AND ($2::int2 IS NULL OR e.gpu_index = $2 OR e.gpu_index = -1)
                 AND e.ts >= $3 AND e.ts < $4
               ORDER BY e.ts DESC LIMIT $5",
+            hosts,
+            index,
+            from,
+            to,
+            limit,
         )
-        .bind(hosts)
-        .bind(index)
-        .bind(from)
-        .bind(to)
-        .bind(limit)
         .fetch_all(self.history())
-        .await
+        .await?;
+        // `meaning` and `action` are not stored.
+        Ok(rows
+            .into_iter()
+            .map(|r| super::queries::EventRow {
+                host_name: r.host_name,
+                index: r.index,
+                ts: r.ts,
+                kind: r.kind,
+                code: r.code,
+                message: r.message,
+                count: r.count,
+                meaning: String::new(),
+                action: String::new(),
+            })
+            .collect())
     }
 
     /// Hardware events per GPU since `since` (of every host, or of the hosts named).
@@ -419,13 +400,14 @@ impl Store {
         since: DateTime<Utc>,
         hosts: Option<&[String]>,
     ) -> Result<Vec<FaultCount>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT h.name AS host_name, e.gpu_index AS index, sum(e.count)::int8 AS events
+        sqlx::query_as!(
+            FaultCount,
+            r#"SELECT h.name AS host_name, e.gpu_index AS index, sum(e.count)::int8 AS "events!"
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
-              WHERE e.ts >= $1 AND ($2::text[] IS NULL OR h.name = ANY($2)) GROUP BY 1, 2",
+              WHERE e.ts >= $1 AND ($2::text[] IS NULL OR h.name = ANY($2)) GROUP BY 1, 2"#,
+            since,
+            hosts,
         )
-        .bind(since)
-        .bind(hosts)
         .fetch_all(&self.pool)
         .await
     }
@@ -434,11 +416,11 @@ impl Store {
     /// each GPU's energy counter minus its value at the first sample of the day, both
     /// kept in `gpu_latest` by ingest (a counter reset does not lose what was counted).
     pub async fn energy_today(&self, now: DateTime<Utc>) -> Result<f64, sqlx::Error> {
-        let j: Option<f64> = sqlx::query_scalar(
+        let j: Option<f64> = sqlx::query_scalar!(
             "SELECT sum(greatest(energy_joules_total - energy_day_start, 0)) FROM gpu_latest
               WHERE rackwatch_utc_day(ts) = rackwatch_utc_day($1)",
+            now,
         )
-        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         Ok(j.unwrap_or(0.0))
@@ -453,17 +435,18 @@ impl Store {
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
-        sqlx::query_as(
-            "SELECT h.name AS host_name, h.site, h.rack, h.pool, h.agent_version, h.last_seen,
-                    g.gpu_index AS index, g.uuid, g.model, g.driver_version, g.memory_total_bytes,
-                    g.last_seen AS gpu_last_seen
+        sqlx::query_as!(
+            InventoryRow,
+            r#"SELECT h.name AS host_name, h.site, h.rack, h.pool, h.agent_version, h.last_seen,
+                    g.gpu_index AS "index?", g.uuid, g.model, g.driver_version, g.memory_total_bytes,
+                    g.last_seen AS "gpu_last_seen?"
                FROM hosts h LEFT JOIN gpus g ON g.host_id = h.id
               WHERE $1 = '%%' OR h.name ILIKE $1 OR h.site ILIKE $1 OR h.rack ILIKE $1 OR h.pool ILIKE $1
                  OR h.agent_version ILIKE $1 OR g.model ILIKE $1 OR g.uuid ILIKE $1 OR g.driver_version ILIKE $1
               ORDER BY h.site, h.rack, h.name, g.gpu_index
-              LIMIT 5000",
+              LIMIT 5000"#,
+            pattern,
         )
-        .bind(pattern)
         .fetch_all(&self.pool)
         .await
     }

@@ -188,8 +188,10 @@ pub async fn page(
             comment: s.comment,
         })
         .collect();
-    let history: Vec<IncidentRow> = sqlx::query_as(
-        "SELECT rule, severity, labels, summary, started_at, resolved_at FROM incidents ORDER BY started_at DESC LIMIT 100",
+    let history: Vec<IncidentRow> = sqlx::query_as!(
+        IncidentRow,
+        r#"SELECT rule, severity, labels AS "labels: sqlx::types::Json<Labels>", summary, started_at, resolved_at
+             FROM incidents ORDER BY started_at DESC LIMIT 100"#,
     )
     .fetch_all(&st.store.pool)
     .await?;
@@ -241,12 +243,14 @@ pub async fn acknowledge(
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    let n = sqlx::query("UPDATE alerts SET acknowledged_by = $2, acknowledged_at = now() WHERE fingerprint = $1 AND state = 'firing'")
-        .bind(&f.fingerprint)
-        .bind(&user.name)
-        .execute(&st.store.pool)
-        .await?
-        .rows_affected();
+    let n = sqlx::query!(
+        "UPDATE alerts SET acknowledged_by = $2, acknowledged_at = now() WHERE fingerprint = $1 AND state = 'firing'",
+        &f.fingerprint,
+        &user.name,
+    )
+    .execute(&st.store.pool)
+    .await?
+    .rows_affected();
     if n == 0 {
         return Err(ApiError::NotFound("no firing alert with that fingerprint".into()).into());
     }

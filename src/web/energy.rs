@@ -138,21 +138,27 @@ pub async fn page(
     let bounds: Vec<(DateTime<Utc>, DateTime<Utc>)> =
         weeks.iter().map(|w| (w.start(tz), w.end(tz))).collect();
     // Per week: energy, and on how many days of it anything was measured.
-    let totals: Vec<(i64, f64, f64, f64, i64)> = sqlx::query_as(
-        "SELECT w.i, sum(e.measured_j + e.estimated_j + e.modeled_j),
-                COALESCE(sum(e.measured_j + e.estimated_j + e.modeled_j) FILTER (WHERE e.gpu_index >= 0), 0),
-                sum(e.idle_j),
-                count(DISTINCT floor(extract(epoch FROM e.hour - w.s) / 86400))::int8
+    let starts: Vec<DateTime<Utc>> = bounds.iter().map(|b| b.0).collect();
+    let ends: Vec<DateTime<Utc>> = bounds.iter().map(|b| b.1).collect();
+    // Every group holds a row: the sums are never null.
+    let totals: Vec<(i64, f64, f64, f64, i64)> = sqlx::query!(
+        r#"SELECT w.i AS "i!", sum(e.measured_j + e.estimated_j + e.modeled_j) AS "total!",
+                COALESCE(sum(e.measured_j + e.estimated_j + e.modeled_j) FILTER (WHERE e.gpu_index >= 0), 0) AS "gpu!",
+                sum(e.idle_j) AS "idle!",
+                count(DISTINCT floor(extract(epoch FROM e.hour - w.s) / 86400))::int8 AS "days!"
            FROM unnest($1::timestamptz[], $2::timestamptz[]) WITH ORDINALITY AS w (s, e, i)
            JOIN energy_hourly e ON e.hour >= w.s AND e.hour < w.e
            JOIN hosts h ON h.id = e.host_id AND ($3::text IS NULL OR h.site = $3)
-          GROUP BY w.i",
+          GROUP BY w.i"#,
+        &starts,
+        &ends,
+        site,
     )
-    .bind(bounds.iter().map(|b| b.0).collect::<Vec<_>>())
-    .bind(bounds.iter().map(|b| b.1).collect::<Vec<_>>())
-    .bind(site)
     .fetch_all(&st.store.pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.i, r.total, r.gpu, r.idle, r.days))
+    .collect();
     // Days with data in week i (1 = the running week).
     let days = |i: i64| {
         totals
@@ -198,7 +204,7 @@ pub async fn page(
         })
         .collect();
     let all_sites: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT site FROM hosts WHERE site <> '' ORDER BY 1")
+        sqlx::query_scalar!("SELECT DISTINCT site FROM hosts WHERE site <> '' ORDER BY 1")
             .fetch_all(&st.store.pool)
             .await?;
     let p = EnergyPage {

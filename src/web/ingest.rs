@@ -37,6 +37,7 @@ impl From<IngestError> for ApiError {
             IngestError::BadRequest(m) => ApiError::BadRequest(m),
             IngestError::TooLarge(m) => ApiError::TooLarge(m),
             IngestError::UnsupportedEncoding(m) => ApiError::UnsupportedMedia(m),
+            IngestError::Busy(m) => ApiError::Busy(m),
             IngestError::Store(e) => e.into(),
         }
     }
@@ -131,12 +132,14 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<ingest::I
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let cfg = st.cfg.clone();
+    let budget = st.inflate_budget.clone();
     let now = Utc::now();
     let checked = tokio::task::spawn_blocking(move || {
         let raw = ingest::decode(
             encoding.as_deref(),
             &bytes,
             cfg.server.max_decompressed_bytes,
+            &budget,
         )?;
         ingest::check(&cfg, &host, &raw, now)
     })

@@ -54,6 +54,8 @@ pub struct AppState {
     pub connections: Arc<serve::ConnStats>,
     /// Ingest requests being processed (`server.ingest_concurrency`).
     pub ingest_slots: Arc<tokio::sync::Semaphore>,
+    /// Memory for inflated ingest bodies (`server.inflate_budget_bytes`).
+    pub inflate_budget: crate::ingest::InflateBudget,
     /// Password checks running or waiting (`server.password_checks`).
     pub password_slots: Arc<tokio::sync::Semaphore>,
     /// The threads that run them.
@@ -71,6 +73,7 @@ impl AppState {
             jobs: Default::default(),
             connections: Default::default(),
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(cfg.server.ingest_concurrency)),
+            inflate_budget: crate::ingest::InflateBudget::new(cfg.server.inflate_budget_bytes),
             password_slots: Arc::new(tokio::sync::Semaphore::new(cfg.server.password_checks)),
             passwords: Arc::new(crate::store::auth::PasswordPool::new(
                 cfg.server.password_checks,
@@ -344,7 +347,10 @@ async fn security_headers(
 
 /// 200 when the database answers, 503 otherwise.
 async fn healthz(State(st): State<AppState>) -> (StatusCode, &'static str) {
-    match sqlx::query("SELECT 1").execute(&st.store.pool).await {
+    match sqlx::query_scalar!("SELECT 1 AS alive")
+        .fetch_one(&st.store.pool)
+        .await
+    {
         Ok(_) => (StatusCode::OK, "ok\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }

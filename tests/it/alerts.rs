@@ -38,6 +38,17 @@ severity = "warning"
 summary = "GPU temperature high"
 
 [[rule]]
+name = "host-load-high"
+kind = "threshold"
+metric = "host.load1"
+op = ">"
+value = 64
+resolve_value = 32
+for_secs = 1
+severity = "warning"
+summary = "Host load high"
+
+[[rule]]
 name = "host-down"
 kind = "absent"
 after_secs = 5
@@ -482,6 +493,49 @@ async fn thresholds_wait_for_their_duration_and_resolve_with_hysteresis() {
     assert_eq!(mails.len(), 2);
     assert!(
         subject(&mails[1]).starts_with("[RESOLVED:WARNING]"),
+        "{}",
+        subject(&mails[1])
+    );
+    r.app.stop().await;
+}
+
+/// A host metric's threshold: the evaluator's host-sample query (the GPU one is above).
+#[tokio::test]
+async fn a_host_threshold_fires_for_the_host_and_resolves() {
+    let r = rig().await;
+    let token = r.app.token("busy").await;
+    let load = |l: f64| json!({"host": {"name": "busy", "site": "fra1", "rack": "r12"}, "host_samples": [{"ts": Utc::now(), "load1": l}]});
+    assert_eq!(r.app.ingest(&token, &load(100.0)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.app.ingest(&token, &load(101.0)).await.status(), 200);
+    let mails = r.smtp.wait_for(1, 15).await;
+    assert_eq!(mails.len(), 1);
+    assert!(
+        subject(&mails[0]).starts_with("[FIRING:WARNING] Host load high"),
+        "{}",
+        subject(&mails[0])
+    );
+    assert!(mails[0].contains("fra1 / r12 / busy"), "{}", mails[0]);
+    let (labels, value): (serde_json::Value, f64) = sqlx::query_as(
+        "SELECT labels, value FROM alerts WHERE rule = 'host-load-high' AND state = 'firing'",
+    )
+    .fetch_one(&r.app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        labels,
+        json!({"host": "busy", "site": "fra1", "rack": "r12"})
+    );
+    assert_eq!(value, 101.0);
+    // Between the values: still firing; below the resolve value: resolved.
+    assert_eq!(r.app.ingest(&token, &load(40.0)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(r.smtp.mails().len(), 1);
+    assert_eq!(r.app.ingest(&token, &load(10.0)).await.status(), 200);
+    let mails = r.smtp.wait_for(2, 15).await;
+    assert_eq!(mails.len(), 2);
+    assert!(
+        subject(&mails[1]).starts_with("[RESOLVED:WARNING] Host load high"),
         "{}",
         subject(&mails[1])
     );

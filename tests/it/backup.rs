@@ -285,3 +285,119 @@ async fn backup_benchmark() {
     dst.pool.close().await;
     drop(pg);
 }
+
+/// `[backup]`: the job leader makes an archive when the newest is `every_hours` old,
+/// deletes the oldest beyond `keep`, records it in the audit trail and on `/metrics`.
+#[tokio::test]
+async fn the_server_makes_scheduled_backups_and_keeps_the_newest() {
+    use rackwatch::store::backup::{archive_name, archives};
+    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now();
+    // Two archives from earlier days (not real dumps: only their names and ages matter).
+    for days in [3, 2] {
+        let at = now - chrono::Duration::days(days);
+        std::fs::write(dir.path().join(archive_name(at)), b"older").unwrap();
+    }
+    let path = dir.path().to_path_buf();
+    let app = TestApp::spawn_full(crate::support::fresh_database().await, |c| {
+        c.backup.dir = path;
+        c.backup.every_hours = 24;
+        c.backup.keep = 2;
+    })
+    .await;
+    let token = app.token("sched-bk").await;
+    let body = json!({
+        "host": {"name": "sched-bk"},
+        "host_samples": recent(5, 5, 10).iter().map(|t| json!({"ts": t, "cpu_util_pct": 1.0})).collect::<Vec<_>>(),
+    });
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+
+    // A new leader runs every job at once; the newest archive is 2 days old, so it is due.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let made = loop {
+        let all = archives(dir.path()).unwrap();
+        if let Some(a) = all
+            .last()
+            .filter(|a| a.made > now - chrono::Duration::minutes(5))
+        {
+            break (all.clone(), a.clone());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled backup: {all:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    let (all, newest) = made;
+    assert_eq!(
+        all.len(),
+        2,
+        "keep = 2 deletes the 3-day-old archive: {all:?}"
+    );
+    assert!(all[0].made < now - chrono::Duration::days(1));
+    assert!(newest.bytes > 1000, "a real archive: {newest:?}");
+
+    // It restores into an empty database with the ingested rows.
+    let name = format!("sched_restored_{}", std::process::id());
+    let (head, tail) = app.db_url.split_once('?').unwrap();
+    let (server, _) = head.rsplit_once('/').unwrap();
+    create_database_if_missing(&format!("{server}/postgres?{tail}"), &name)
+        .await
+        .unwrap();
+    let restored_url = format!("{server}/{name}?{tail}");
+    let file = newest.path.to_string_lossy().into_owned();
+    let (ok, out) = blocking(restored_url.clone(), vec!["restore".into(), file.clone()]).await;
+    assert!(ok, "{out}");
+    let restored = Store::connect(&restored_url, 2, 10).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM host_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = 'sched-bk'",
+    )
+    .fetch_one(&restored.pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 5);
+    // The restore is in the restored database's audit trail, by the command line.
+    let restored_rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, target FROM audit_log WHERE action = 'backup.restored'")
+            .fetch_all(&restored.pool)
+            .await
+            .unwrap();
+    assert_eq!(restored_rows.len(), 1, "{restored_rows:?}");
+    assert!(restored_rows[0].0.starts_with("cli:"), "{restored_rows:?}");
+    assert_eq!(restored_rows[0].1, file);
+    restored.pool.close().await;
+
+    // One audit row by the system, naming the archive.
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor, target, outcome FROM audit_log WHERE action = 'backup.made'")
+            .fetch_all(&app.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![("system".to_string(), file.clone(), "ok".to_string())]
+    );
+    // /metrics says when, and how big.
+    let metrics = app.metrics().await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("rackwatch_backup_last_success_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no backup gauge in\n{metrics}"));
+    let at: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((at - newest.made.timestamp() as f64).abs() < 1.0, "{line}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn backup_settings_out_of_range_are_refused_by_name() {
+    for (toml, want) in [
+        ("[backup]\nevery_hours = 0\n", "backup.every_hours"),
+        ("[backup]\nkeep = 0\n", "backup.keep"),
+        ("[backup]\nevery_days = 1\n", "every_days"),
+    ] {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), toml).unwrap();
+        let err = rackwatch::config::Config::load_with_env(Some(f.path()), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains(want), "{toml}: {err}");
+    }
+}
