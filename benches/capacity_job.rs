@@ -186,13 +186,17 @@ async fn run() {
             .unwrap();
         let s = t.elapsed().as_secs_f64();
         println!(
-            "{} run: {s:.2} s — {} demand slots, {} pools recommended ({} skipped), {} racks, {} disks",
+            "{} run: {s:.2} s — {} demand slots, {} pools recommended ({} skipped), {} racks, {} disks; steps: demand {:.2} s, pools {:.2} s, racks {:.2} s, disks {:.2} s",
             if i == 0 { "first (of the day)" } else { "hourly" },
             r.demand_slots,
             r.pools,
             r.skipped,
             r.racks,
-            r.disks
+            r.disks,
+            r.took.demand.as_secs_f64(),
+            r.took.pools.as_secs_f64(),
+            r.took.racks.as_secs_f64(),
+            r.took.disks.as_secs_f64(),
         );
         assert_eq!(r.pools, pools, "every pool gets a recommendation");
         times.push(s);

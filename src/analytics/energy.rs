@@ -264,5 +264,89 @@ ON CONFLICT (hour, host_id, gpu_index) DO UPDATE SET measured_j = EXCLUDED.measu
     .await?
     .rows_affected();
     tx.commit().await?;
+    refresh_rack_power(store, from, to).await?;
     Ok(g + h)
+}
+
+/// Sum the hours in `[from, to)` per rack (`rack_power_hourly`, W) and mark them summed:
+/// the capacity job dates racks' power budgets from 28 days of these 100-odd rows an hour
+/// instead of the 16,000 GPU rows an hour of a 2,000-host fleet. Every hour accounted
+/// is summed again, so a recomputed hour never leaves a stale sum.
+pub async fn refresh_rack_power(
+    store: &Store,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = store.pool.begin().await?;
+    // A plan over weeks of energy rows crosses jit_above_cost; compiling it takes longer
+    // than running it (1.4 s of 4.0 s for 28 days of 16,000 GPUs).
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    // Read, then write: a plain SELECT scans in parallel, an INSERT … SELECT does not
+    // (28 days of a 2,000-host fleet: 10.7 million rows).
+    let sums: Vec<(DateTime<Utc>, String, String, f64)> = sqlx::query_as(
+        "SELECT e.hour, h.site, h.rack, sum(e.measured_j + e.estimated_j + e.modeled_j) / 3600.0
+           FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
+          WHERE e.hour >= $1 AND e.hour < $2 AND h.rack <> ''
+          GROUP BY 1, 2, 3",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM rack_power_hourly WHERE hour >= $1 AND hour < $2")
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+    let mut cols: (Vec<DateTime<Utc>>, Vec<String>, Vec<String>, Vec<f64>) = Default::default();
+    for (hour, site, rack, watts) in sums {
+        cols.0.push(hour);
+        cols.1.push(site);
+        cols.2.push(rack);
+        cols.3.push(watts);
+    }
+    sqlx::query(
+        "INSERT INTO rack_power_hourly (hour, site, rack, watts)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::float8[])",
+    )
+    .bind(&cols.0)
+    .bind(&cols.1)
+    .bind(&cols.2)
+    .bind(&cols.3)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO rack_power_hours (hour)
+         SELECT generate_series($1::timestamptz, $2::timestamptz - interval '1 hour', interval '1 hour')
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Sum per rack the hours in `[from, to)` (whole UTC hours) not summed yet: energy
+/// accounted before rack sums were kept, or imported. One pass over the missing span.
+pub async fn ensure_rack_power(
+    store: &Store,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let missing: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT min(h), max(h) FROM generate_series($1::timestamptz, $2::timestamptz - interval '1 hour',
+                                                   interval '1 hour') h
+          WHERE NOT EXISTS (SELECT 1 FROM rack_power_hours r WHERE r.hour = h)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(&store.pool)
+    .await?;
+    match missing {
+        (Some(first), Some(last)) => {
+            refresh_rack_power(store, first, last + Duration::hours(1)).await
+        }
+        _ => Ok(()),
+    }
 }

@@ -86,6 +86,8 @@ pub const TABLES: &[(&str, Placement)] = &[
     ("capacity_recommendations", Placement::Local),
     ("capacity_exhaustion", Placement::Local),
     ("capacity_history", Placement::Local),
+    ("rack_power_hourly", Placement::Local),
+    ("rack_power_hours", Placement::Local),
     // Who did what (append-only; read on the admin page).
     ("audit_log", Placement::Local),
 ];

@@ -444,11 +444,17 @@ impl Store {
         Ok(())
     }
 
-    /// Energy accounting rows older than `cutoff` (retention).
+    /// Energy accounting rows (and their rack sums) older than `cutoff` (retention).
     pub async fn drop_energy_hours_before(
         &self,
         cutoff: DateTime<Utc>,
     ) -> Result<u64, sqlx::Error> {
+        for sums in [
+            "DELETE FROM rack_power_hourly WHERE hour < $1",
+            "DELETE FROM rack_power_hours WHERE hour < $1",
+        ] {
+            sqlx::query(sums).bind(cutoff).execute(&self.pool).await?;
+        }
         Ok(
             sqlx::query!("DELETE FROM energy_hourly WHERE hour < $1", cutoff)
                 .execute(&self.pool)

@@ -28,7 +28,8 @@ use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{chart, render, render_off, seg, ChartView, Nav};
 use super::AppState;
 use crate::analytics::capacity::{
-    actions, DemandPoint, DrainCandidate, EvidenceView, ExhaustionRow, PoolRecommendation,
+    actions, DemandPoint, DrainCandidate, EvidenceView, ExhaustionRow, PoolDrains,
+    PoolRecommendation, SitePools,
 };
 use crate::model::format::{bytes, num};
 use crate::store::auth::Role;
@@ -82,6 +83,8 @@ pub struct PoolSummary {
     pub decided_at: DateTime<Utc>,
     /// Why a part is missing (short history), for people.
     pub note: String,
+    /// Sites of the pool's hosts, the one with most GPUs first.
+    pub sites: Vec<String>,
 }
 
 fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSummary {
@@ -98,7 +101,10 @@ fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSu
         lead_peak: r.lead_plan.iter().copied().max().unwrap_or(0),
         exhausted_at: r.exhausted_at,
         growth_per_day: r.growth_per_day,
-        actions: if has_plan {
+        // Stored by the job; rows from before it stored them are worded here.
+        actions: if !r.actions.is_empty() {
+            r.actions.clone()
+        } else if has_plan {
             actions(r, lead_days, now)
         } else {
             vec![r.note.clone()]
@@ -108,10 +114,22 @@ fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSu
         consolidation: r.consolidation.0.clone(),
         decided_at: r.decided_at,
         note: r.note.clone(),
+        sites: r.sites.clone(),
     }
 }
 
-/// Everything the capacity page shows.
+/// Which part of the capacity overview: a site, and a page of its pools.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OverviewQuery {
+    /// Only pools with hosts at this site, and its racks and disks (default: all sites).
+    pub site: Option<String>,
+    /// Page of pools, from 1 (24 a page, most urgent first).
+    pub page: Option<u32>,
+}
+
+/// Everything the capacity page shows: one page of pools, most urgent first (orders,
+/// then releases, then no change), with the site's racks, disks and hosts to drain.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CapacityData {
     pub generated_at: DateTime<Utc>,
@@ -119,36 +137,80 @@ pub struct CapacityData {
     pub lead_days: u32,
     /// `capacity.price`: the cost of an unserved GPU-hour in idle GPU-hours.
     pub price: f64,
+    /// The site shown (null: all).
+    pub site: Option<String>,
+    /// Pools in all (site null), then per site, with how many need GPUs or can release some.
+    pub sites: Vec<SitePools>,
+    /// This page, from 1, of `pages`.
+    pub page: u32,
+    pub pages: u32,
+    /// Pools at the site, on all pages.
+    pub total_pools: i64,
     pub pools: Vec<PoolSummary>,
-    /// Racks with a power budget, soonest to run out first.
+    /// Racks with a power budget, soonest to run out first (at most 50 of `racks_total`).
     pub racks: Vec<ExhaustionRow>,
-    /// Hosts whose disks fill within the horizon, soonest first (at most 50).
+    pub racks_total: i64,
+    /// Hosts whose disks fill within the horizon, soonest first (at most 50 of `disks_total`).
     pub disks: Vec<ExhaustionRow>,
+    pub disks_total: i64,
+    /// Hosts that could be drained, per pool (of every page).
+    pub consolidation: Vec<PoolDrains>,
 }
 
-/// Most disks listed.
-const MAX_DISKS: usize = 50;
+/// Pools on a page: 2, 3 or 4 columns of cards.
+pub const POOLS_PER_PAGE: u32 = 24;
+/// Most racks and disks listed.
+const MAX_DATED: i64 = 50;
 
-/// The capacity page's data.
-pub async fn load(st: &AppState) -> Result<CapacityData, ApiError> {
+/// The capacity page's data: a handful of small reads of what the job stored.
+pub async fn load(st: &AppState, q: &OverviewQuery) -> Result<CapacityData, ApiError> {
     let now = Utc::now();
-    let (recs, racks, disks) = tokio::try_join!(
-        st.store.recommendations(None),
-        st.store.exhaustions(Some("rack")),
-        st.store.exhaustions(Some("disk")),
+    let site = q.site.as_deref().filter(|s| !s.is_empty());
+    if q.page == Some(0) {
+        return Err(ApiError::BadRequest("page counts from 1".into()));
+    }
+    let page = q.page.unwrap_or(1);
+    let offset = i64::from(page - 1) * i64::from(POOLS_PER_PAGE);
+    let (sites, recs, (racks, racks_total), (disks, disks_total), consolidation) = tokio::try_join!(
+        st.store.capacity_sites(),
+        st.store
+            .recommendations_page(site, i64::from(POOLS_PER_PAGE), offset),
+        st.store.exhaustions_at("rack", site, false, MAX_DATED),
+        st.store.exhaustions_at("disk", site, true, MAX_DATED),
+        st.store.drains(site),
     )?;
+    let total_pools = sites
+        .iter()
+        .find(|c| c.site.as_deref() == site)
+        .map(|c| c.pools);
+    let Some(total_pools) = total_pools.or(site.is_none().then_some(0)) else {
+        return Err(ApiError::NotFound(format!(
+            "no pool has hosts at site {}",
+            crate::model::validate::quoted(site.unwrap_or_default())
+        )));
+    };
+    let pages = (total_pools.max(1) as u32).div_ceil(POOLS_PER_PAGE);
+    if page > pages {
+        return Err(ApiError::NotFound(format!(
+            "page {page} of {pages}: {total_pools} pools, {POOLS_PER_PAGE} a page"
+        )));
+    }
     let lead = st.cfg.capacity.lead_days;
     Ok(CapacityData {
         generated_at: now,
         lead_days: lead,
         price: st.cfg.capacity.price,
+        site: site.map(str::to_string),
+        sites,
+        page,
+        pages,
+        total_pools,
         pools: recs.iter().map(|r| summary(r, lead, now)).collect(),
         racks,
-        disks: disks
-            .into_iter()
-            .filter(|d| d.exhausted_at.is_some())
-            .take(MAX_DISKS)
-            .collect(),
+        racks_total,
+        disks,
+        disks_total,
+        consolidation,
     })
 }
 
@@ -191,12 +253,25 @@ pub struct DrainView {
 #[template(path = "capacity.html")]
 pub struct CapacityPage {
     pub nav: Nav,
+    /// All sites, then each site: (label, link, current).
+    pub tabs: Vec<(String, String, bool)>,
+    /// "Pools 1–24 of 200 at dc0, most urgent first", with the other pages' links.
+    pub shown: String,
+    pub prev: Option<String>,
+    pub next: Option<String>,
     pub pools: Vec<PoolView>,
     pub racks: Vec<DateView>,
+    /// "50 of 100 racks, soonest first" when not all are listed.
+    pub racks_more: String,
     pub disks: Vec<DateView>,
+    pub disks_more: String,
     pub drains: Vec<DrainView>,
     pub lead_days: u32,
     pub price: String,
+    /// "at dc0" or "".
+    pub at: String,
+    /// This page's JSON twin.
+    pub json: String,
 }
 
 fn date(t: Option<DateTime<Utc>>) -> String {
@@ -250,97 +325,174 @@ fn date_view(e: &ExhaustionRow, link: String) -> DateView {
     }
 }
 
+fn overview_link(site: Option<&str>, page: u32) -> String {
+    let mut q = Vec::new();
+    if let Some(site) = site {
+        q.push(format!("site={}", super::auth::urlencode(site)));
+    }
+    if page > 1 {
+        q.push(format!("page={page}"));
+    }
+    if q.is_empty() {
+        "/capacity".into()
+    } else {
+        format!("/capacity?{}", q.join("&"))
+    }
+}
+
+fn pool_view(p: &PoolSummary) -> PoolView {
+    PoolView {
+        pool: p.pool.clone(),
+        link: format!("/capacity/pools/{}", seg(&p.pool)),
+        installed: format!("{} GPUs", p.installed_gpus),
+        demand_now: num(p.demand_now, 1, "GPUs"),
+        next_hour: format!("{} GPUs", p.next_hour),
+        week: if p.week_peak > 0 {
+            format!("{}–{} GPUs", p.week_low, p.week_peak)
+        } else {
+            "–".into()
+        },
+        lead: if p.lead_peak > 0 {
+            format!(
+                "{} GPUs from {}",
+                p.lead_peak,
+                p.lead_start.format("%Y-%m-%d")
+            )
+        } else {
+            "–".into()
+        },
+        exhausted: date(p.exhausted_at),
+        actions: p.actions.clone(),
+        evidence: evidence_text(&p.evidence),
+        // Without a week's plan the actions already say why.
+        note: if p.week_peak > 0 {
+            p.note.clone()
+        } else {
+            String::new()
+        },
+    }
+}
+
 async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
+    Query(q): Query<OverviewQuery>,
 ) -> Result<Response, PageError> {
-    let d = load(&st).await?;
-    let pools = d
-        .pools
-        .iter()
-        .map(|p| PoolView {
-            pool: p.pool.clone(),
-            link: format!("/capacity/pools/{}", seg(&p.pool)),
-            installed: format!("{} GPUs", p.installed_gpus),
-            demand_now: num(p.demand_now, 1, "GPUs"),
-            next_hour: format!("{} GPUs", p.next_hour),
-            week: if p.week_peak > 0 {
-                format!("{}–{} GPUs", p.week_low, p.week_peak)
-            } else {
-                "–".into()
-            },
-            lead: if p.lead_peak > 0 {
-                format!(
-                    "{} GPUs from {}",
-                    p.lead_peak,
-                    p.lead_start.format("%Y-%m-%d")
+    let d = load(&st, &q).await?;
+    render_off(move || {
+        let site = d.site.as_deref();
+        let tabs = d
+            .sites
+            .iter()
+            .map(|c| {
+                let name = c.site.as_deref().map_or("All sites", |s| {
+                    if s.is_empty() {
+                        "no site"
+                    } else {
+                        s
+                    }
+                });
+                let mut label = format!("{name}: {} pools", c.pools);
+                if c.to_order > 0 {
+                    label.push_str(&format!(", {} to grow", c.to_order));
+                }
+                (
+                    label,
+                    overview_link(c.site.as_deref(), 1),
+                    c.site.as_deref() == site,
                 )
-            } else {
-                "–".into()
-            },
-            exhausted: date(p.exhausted_at),
-            actions: p.actions.clone(),
-            evidence: evidence_text(&p.evidence),
-            // Without a week's plan the actions already say why.
-            note: if p.week_peak > 0 {
-                p.note.clone()
+            })
+            .collect();
+        let at = site.map(|s| format!(" at {s}")).unwrap_or_default();
+        let first = (d.page - 1) * POOLS_PER_PAGE + 1;
+        let shown = if d.total_pools == 0 {
+            String::new()
+        } else {
+            format!(
+                "Pools {first}–{} of {}{at}, most urgent first: orders, then GPUs to release, then no change (page {} of {}).",
+                first as usize + d.pools.len() - 1,
+                d.total_pools,
+                d.page,
+                d.pages
+            )
+        };
+        let more = |shown: usize, total: i64, what: &str| {
+            if (shown as i64) < total {
+                format!("{shown} of {total} {what}, soonest first; all of them in the JSON.")
             } else {
                 String::new()
-            },
-        })
-        .collect();
-    let racks = d
-        .racks
-        .iter()
-        .map(|r| {
-            let (site, rack) = r.key.split_once('/').unwrap_or(("", &r.key));
-            date_view(r, format!("/racks/{}/{}", seg(site), seg(rack)))
-        })
-        .collect();
-    let disks = d
-        .disks
-        .iter()
-        .map(|r| date_view(r, format!("/hosts/{}", seg(&r.key))))
-        .collect();
-    let drains = d
-        .pools
-        .iter()
-        .flat_map(|p| {
-            p.consolidation.iter().map(|c| DrainView {
-                pool: p.pool.clone(),
-                host: c.host.clone(),
-                link: format!("/hosts/{}", seg(&c.host)),
-                gpus: c.gpus,
-                util: format!("{:.1} %", c.util_pct),
-                idle: format!("{:.1} kWh", c.idle_kwh_7d),
+            }
+        };
+        let racks: Vec<DateView> = d
+            .racks
+            .iter()
+            .map(|r| {
+                let (site, rack) = r.key.split_once('/').unwrap_or(("", &r.key));
+                date_view(r, format!("/racks/{}/{}", seg(site), seg(rack)))
             })
+            .collect();
+        let disks: Vec<DateView> = d
+            .disks
+            .iter()
+            .map(|r| date_view(r, format!("/hosts/{}", seg(&r.key))))
+            .collect();
+        let drains = d
+            .consolidation
+            .iter()
+            .flat_map(|p| {
+                p.hosts.iter().map(|c| DrainView {
+                    pool: p.pool.clone(),
+                    host: c.host.clone(),
+                    link: format!("/hosts/{}", seg(&c.host)),
+                    gpus: c.gpus,
+                    util: format!("{:.1} %", c.util_pct),
+                    idle: format!("{:.1} kWh", c.idle_kwh_7d),
+                })
+            })
+            .collect();
+        render(&CapacityPage {
+            nav: Nav::new(&user, csrf, "capacity"),
+            tabs,
+            shown,
+            prev: (d.page > 1).then(|| overview_link(site, d.page - 1)),
+            next: (d.page < d.pages).then(|| overview_link(site, d.page + 1)),
+            pools: d.pools.iter().map(pool_view).collect(),
+            racks_more: more(racks.len(), d.racks_total, "racks"),
+            racks,
+            disks_more: more(disks.len(), d.disks_total, "disks"),
+            disks,
+            drains,
+            lead_days: d.lead_days,
+            price: format!("{}", d.price),
+            at,
+            json: overview_link(site, d.page).replacen("/capacity", "/api/v1/capacity", 1),
         })
-        .collect();
-    Ok(render(&CapacityPage {
-        nav: Nav::new(&user, csrf, "capacity"),
-        pools,
-        racks,
-        disks,
-        drains,
-        lead_days: d.lead_days,
-        price: format!("{}", d.price),
-    }))
+    })
+    .await
 }
 
-/// Capacity: every pool's recommendation with its backtest evidence, when racks' power
-/// budgets and hosts' disks run out, and hosts that could be drained.
+/// Capacity: a page of pools' recommendations (most urgent first) with their backtest
+/// evidence, when racks' power budgets and hosts' disks run out, and hosts that could be
+/// drained; for all sites or one.
 #[utoipa::path(
     get,
     path = "/api/v1/capacity",
     tag = "capacity",
+    params(OverviewQuery),
     responses(
         (status = 200, description = "The capacity page's data.", body = CapacityData),
+        (status = 400, description = "Page 0 (pages count from 1).", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No pool has hosts at the site, or no such page.", body = ErrorBody),
     )
 )]
-async fn json(State(st): State<AppState>, _u: ApiUser) -> Result<Json<CapacityData>, ApiError> {
-    Ok(Json(load(&st).await?))
+async fn json(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    Query(q): Query<OverviewQuery>,
+) -> Result<Json<CapacityData>, ApiError> {
+    Ok(Json(load(&st, &q).await?))
 }
 
 /// One pool: its summary, 4 weeks of demand, the advice over them and the plans ahead.
