@@ -116,7 +116,9 @@ async fn run() {
     let rules = work.join("alerts.toml");
     std::fs::write(
         &rules,
-        "[[rule]]\nname = \"gpu-xid\"\nkind = \"hardware\"\nevents = [\"xid\"]\nseverity = \"critical\"\n\
+        // `per_code`: each fault (a GPU and a code not seen before) is its own alert and
+        // mail, as each is its own alert in the Prometheus rule below.
+        "[[rule]]\nname = \"gpu-xid\"\nkind = \"hardware\"\nevents = [\"xid\"]\nseverity = \"critical\"\nper_code = true\n\
          summary = \"GPU reported an XID error\"\n[[route]]\nto = [\"oncall@example.com\"]\n",
     )
     .unwrap();
