@@ -38,6 +38,22 @@ async fn blocking(db_url: String, args: Vec<String>) -> (bool, String) {
     .unwrap()
 }
 
+/// Every table's rows and checksum but the audit trail's, which records the backup and
+/// the restore themselves.
+async fn data(store: &Store) -> Vec<rackwatch::store::backup::TableSum> {
+    let mut all = fingerprint(store).await.unwrap();
+    all.retain(|t| t.table != "audit_log");
+    all
+}
+
+/// The audit trail's actions, oldest first.
+async fn audit_actions(store: &Store) -> Vec<String> {
+    sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id")
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_answers() {
     let app = TestApp::spawn().await;
@@ -55,9 +71,10 @@ async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_an
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
     let cookie = app.login("backup-admin", "a long enough password").await;
-    let before = fingerprint(&app.store).await.unwrap();
+    let before = data(&app.store).await;
     let rows: i64 = before.iter().map(|t| t.rows).sum();
     assert!(rows > 150, "{before:?}");
+    let audit_actions_before = audit_actions(&app.store).await;
 
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("rackwatch.dump");
@@ -82,8 +99,26 @@ async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_an
     let (ok, out) = blocking(restored_url.clone(), vec!["restore".into(), a.clone()]).await;
     assert!(ok, "{out}");
     let restored = Store::connect(&restored_url, 2, 10).await.unwrap();
-    let after = fingerprint(&restored).await.unwrap();
+    let after = data(&restored).await;
     assert_eq!(before, after, "every table's rows and checksum");
+    // The audit trail: the original's rows, plus the restore itself by the command line
+    // (the original has the backup, made after its snapshot).
+    assert_eq!(
+        audit_actions(&restored).await,
+        [
+            audit_actions_before.clone(),
+            vec!["backup.restored".to_string()]
+        ]
+        .concat()
+    );
+    assert_eq!(
+        audit_actions(&app.store).await,
+        [
+            audit_actions_before.clone(),
+            vec!["backup.made".to_string()]
+        ]
+        .concat()
+    );
 
     // A second restore finds the database in use and says what to do.
     let (ok, out) = blocking(restored_url.clone(), vec!["restore".into(), a.clone()]).await;
@@ -98,7 +133,7 @@ async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_an
     )
     .await;
     assert!(ok, "{out}");
-    assert_eq!(fingerprint(&restored).await.unwrap(), before);
+    assert_eq!(data(&restored).await, before);
 
     // A server on the restored database answers as the original does (the session
     // cookie is in the restored sessions table too).
