@@ -386,18 +386,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await;
             let audited = match &done {
                 Ok(d) => {
-                    db.store
-                        .audit(
-                            rackwatch::store::audit::Entry::ok(
-                                &cli_actor(),
-                                "backup.made",
-                                &out.display().to_string(),
-                            )
-                            .details(serde_json::json!({
-                                "bytes": d.bytes, "seconds": d.seconds
-                            })),
-                        )
-                        .await
+                    let details = serde_json::json!({ "bytes": d.bytes, "seconds": d.seconds });
+                    audit(&db, "backup.made", &out.display().to_string(), details).await
                 }
                 Err(_) => Ok(()),
             };
@@ -424,18 +414,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await;
             let audited = match &done {
                 Ok(d) => {
-                    db.store
-                        .audit(
-                            rackwatch::store::audit::Entry::ok(
-                                &cli_actor(),
-                                "backup.restored",
-                                &file.display().to_string(),
-                            )
-                            .details(serde_json::json!({
-                                "bytes": d.bytes, "seconds": d.seconds, "forced": force
-                            })),
-                        )
-                        .await
+                    let details = serde_json::json!({
+                        "bytes": d.bytes, "seconds": d.seconds, "forced": force
+                    });
+                    audit(&db, "backup.restored", &file.display().to_string(), details).await
                 }
                 Err(_) => Ok(()),
             };
