@@ -360,6 +360,76 @@ async fn run() {
         );
         summary.push((label, p50, p95, ratio));
     }
+    // Response compression on the fleet page (the largest): bytes on the wire and
+    // latency under the same load, per Accept-Encoding. The client does not decompress,
+    // so the body length is what crossed the wire.
+    let mut enc_summary = Vec::new();
+    if only.as_ref().is_none_or(|o| o.iter().any(|p| p == "fleet")) {
+        println!(
+            "fleet page by Accept-Encoding ({clients} clients, {rounds} rounds of {requests})"
+        );
+        println!(
+            "{:<10} {:>9} {:>9} {:>9}",
+            "encoding", "KiB", "p50 ms", "p95 ms"
+        );
+        for enc in ["identity", "gzip", "br"] {
+            let r = client
+                .get(format!("{base}/"))
+                .header("cookie", &cookie)
+                .header("accept-encoding", enc)
+                .send()
+                .await
+                .unwrap();
+            let got = r
+                .headers()
+                .get("content-encoding")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("identity")
+                .to_string();
+            assert_eq!(got, enc, "the fleet page answers in the asked encoding");
+            let size = r.bytes().await.unwrap().len();
+            let mut lat = Vec::new();
+            for _ in 0..rounds {
+                let (c, ck, b2) = (client.clone(), cookie.clone(), base.clone());
+                lat.extend(
+                    load(clients, requests, move |_| {
+                        let (c, ck, b2) = (c.clone(), ck.clone(), b2.clone());
+                        async move {
+                            let r = c
+                                .get(format!("{b2}/"))
+                                .header("cookie", ck)
+                                .header("accept-encoding", enc)
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(r.status(), 200);
+                            r.bytes().await.unwrap();
+                        }
+                    })
+                    .await,
+                );
+            }
+            lat.sort_by(f64::total_cmp);
+            let (p50, p95) = (pct(&lat, 0.5), pct(&lat, 0.95));
+            println!(
+                "{enc:<10} {:>9.1} {p50:>9.1} {p95:>9.1}",
+                size as f64 / 1024.0
+            );
+            enc_summary.push((enc, size as f64 / 1024.0, p95));
+        }
+    }
+    let mut enc_keys = String::new();
+    if let Some(&(_, id_kib, id_p95)) = enc_summary.first() {
+        for &(enc, kib, p95) in &enc_summary[1..] {
+            let _ = write!(
+                enc_keys,
+                " fleet_{enc}_kib={kib:.1} fleet_{enc}_bytes_ratio={:.3} fleet_{enc}_p95_ratio={:.2}",
+                kib / id_kib,
+                p95 / id_p95
+            );
+        }
+        enc_keys.insert_str(0, &format!(" fleet_kib={id_kib:.1}"));
+    }
     let worst = summary.iter().max_by(|a, b| a.2.total_cmp(&b.2)).unwrap();
     let worst_ratio = summary.iter().map(|s| s.3).fold(0.0, f64::max);
     println!(
@@ -367,7 +437,7 @@ async fn run() {
         worst.2, worst.0
     );
     println!(
-        "BENCH dashboard pages={} p50_ms={:.1} p95_ms={:.1} sql_ratio={worst_ratio:.2}",
+        "BENCH dashboard pages={} p50_ms={:.1} p95_ms={:.1} sql_ratio={worst_ratio:.2}{enc_keys}",
         summary.iter().map(|s| s.0).collect::<Vec<_>>().join(","),
         worst.1,
         worst.2

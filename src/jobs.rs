@@ -351,8 +351,14 @@ async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
         Ok(_) => {}
         Err(e) => errors.push(format!("audit retention: {e}")),
     }
-    if let Err(e) = store.delete_expired_sessions().await {
-        errors.push(format!("session cleanup: {e}"));
+    let idle = chrono::Duration::seconds(cfg.server.session_idle_secs.max(0));
+    match store.expire_sessions(idle).await {
+        Ok(n) if n > 0 => done.push(format!("{n} sessions expired")),
+        Ok(_) => {}
+        Err(e) => errors.push(format!("session expiry: {e}")),
+    }
+    if let Err(e) = store.record_ended_silences().await {
+        errors.push(format!("silence ends: {e}"));
     }
     if let Err(e) = store
         .delete_stale_login_throttles(chrono::Duration::hours(1))

@@ -105,6 +105,30 @@ pub struct RuleSource {
     pub rules: Arc<RuleSet>,
 }
 
+/// What a look at the rules file found, for the audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reload {
+    Unchanged,
+    /// New rules are in force.
+    Loaded {
+        sha256: String,
+        rules: usize,
+        routes: usize,
+    },
+    /// The file changed but does not parse; the previous rules stay in force.
+    Refused {
+        sha256: String,
+        error: String,
+    },
+}
+
+fn file_sha256(path: &str) -> String {
+    use sha2::Digest;
+    std::fs::read(path)
+        .map(|b| hex::encode(sha2::Sha256::digest(&b)))
+        .unwrap_or_default()
+}
+
 impl RuleSource {
     pub fn new(path: &str) -> Result<RuleSource, rules::RuleError> {
         let mut s = RuleSource {
@@ -119,18 +143,29 @@ impl RuleSource {
         Ok(s)
     }
 
-    /// Reload if the file changed. Returns true when new rules were loaded.
-    pub fn refresh(&mut self) -> bool {
+    /// The rules in force, as a [`Reload::Loaded`] (the start's audit row); `None`
+    /// without a rules file.
+    pub fn current(&self) -> Option<Reload> {
+        (!self.path.is_empty()).then(|| Reload::Loaded {
+            sha256: file_sha256(&self.path),
+            rules: self.rules.rules.len(),
+            routes: self.rules.routes.len(),
+        })
+    }
+
+    /// Reload if the file changed.
+    pub fn refresh(&mut self) -> Reload {
         if self.path.is_empty() {
-            return false;
+            return Reload::Unchanged;
         }
         let mtime = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
         if mtime == self.loaded_mtime {
-            return false;
+            return Reload::Unchanged;
         }
         self.loaded_mtime = mtime;
+        let sha256 = file_sha256(&self.path);
         match RuleSet::load(std::path::Path::new(&self.path)) {
             Ok(r) => {
                 tracing::info!(
@@ -138,13 +173,42 @@ impl RuleSource {
                     routes = r.routes.len(),
                     "alert rules reloaded"
                 );
+                let (rules, routes) = (r.rules.len(), r.routes.len());
                 self.rules = Arc::new(r);
-                true
+                Reload::Loaded {
+                    sha256,
+                    rules,
+                    routes,
+                }
             }
             Err(e) => {
                 tracing::error!("alert rules not reloaded, keeping the previous ones: {e}");
-                false
+                Reload::Refused {
+                    sha256,
+                    error: e.to_string(),
+                }
             }
+        }
+    }
+
+    /// Record a load or a refusal in the audit trail (actor `system`, target the file).
+    async fn audit(&self, store: &Store, what: &Reload) {
+        use crate::store::audit::{Entry, Outcome, SYSTEM};
+        let entry = match what {
+            Reload::Unchanged => return,
+            Reload::Loaded {
+                sha256,
+                rules,
+                routes,
+            } => Entry::ok(SYSTEM, "rules.loaded", &self.path).details(serde_json::json!({
+                "sha256": sha256, "rules": rules, "routes": routes,
+            })),
+            Reload::Refused { sha256, error } => Entry::ok(SYSTEM, "rules.refused", &self.path)
+                .outcome(Outcome::Refused)
+                .details(serde_json::json!({ "sha256": sha256, "error": error })),
+        };
+        if let Err(e) = store.audit(entry).await {
+            tracing::warn!("audit: {e}");
         }
     }
 }
@@ -160,12 +224,16 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, rules::RuleError> {
     let mut source = RuleSource::new(&cfg.alerting.rules_file)?;
     Ok(tokio::spawn(async move {
+        if let Some(loaded) = source.current() {
+            source.audit(&store, &loaded).await;
+        }
         let mut sender = notify::Sender::new(&cfg, telemetry);
         let eval_every = Duration::from_secs(cfg.alerting.eval_interval_secs);
         let mut last_full = Instant::now() - eval_every;
         loop {
             if leader.load(Ordering::Relaxed) {
-                source.refresh();
+                let reload = source.refresh();
+                source.audit(&store, &reload).await;
                 let rules = source.rules.clone();
                 let full = last_full.elapsed() >= eval_every;
                 if full {

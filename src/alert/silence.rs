@@ -94,7 +94,7 @@ impl Store {
     /// End a silence now.
     pub async fn expire_silence(&self, id: i64) -> Result<bool, sqlx::Error> {
         Ok(sqlx::query!(
-            "UPDATE silences SET ends_at = now() WHERE id = $1 AND ends_at > now()",
+            "UPDATE silences SET ends_at = now(), end_recorded = true WHERE id = $1 AND ends_at > now()",
             id
         )
         .execute(&self.pool)

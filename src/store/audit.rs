@@ -141,6 +141,47 @@ impl Store {
         .await
     }
 
+    /// End the sessions past their absolute timeout or idle for `idle`, recording one
+    /// `session.expired` row per session (actor `system`, target the user). Returns how
+    /// many ended. The deletion and its record are one statement.
+    pub async fn expire_sessions(&self, idle: chrono::Duration) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query!(
+            "WITH gone AS (
+                 DELETE FROM sessions s
+                  WHERE s.expires_at <= now() OR s.last_seen_at <= now() - $1::text::interval
+              RETURNING s.user_id, s.expires_at <= now() AS absolute)
+             INSERT INTO audit_log (actor, action, target, outcome, details)
+             SELECT $2, 'session.expired', u.name, 'ok',
+                    jsonb_build_object('reason', CASE WHEN g.absolute THEN 'absolute timeout' ELSE 'idle timeout' END)
+               FROM gone g JOIN users u ON u.id = g.user_id",
+            format!("{} seconds", idle.num_seconds()),
+            SYSTEM,
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// Record each silence that has ended on its own since the last call, once
+    /// (`silence.expired`, actor `system`). One ended by an operator is recorded by the
+    /// handler that ended it and is not recorded again here.
+    pub async fn record_ended_silences(&self) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query!(
+            "WITH ended AS (
+                 UPDATE silences SET end_recorded = true
+                  WHERE ends_at <= now() AND NOT end_recorded
+              RETURNING id, author, ends_at)
+             INSERT INTO audit_log (actor, action, target, outcome, details)
+             SELECT $1, 'silence.expired', 'silence ' || id, 'ok',
+                    jsonb_build_object('reason', 'ended', 'author', author, 'ends_at', ends_at)
+               FROM ended",
+            SYSTEM,
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Retention: delete rows older than `days`.
     pub async fn delete_old_audit(&self, days: u32) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query!(

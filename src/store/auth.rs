@@ -402,15 +402,6 @@ impl Store {
         Ok(())
     }
 
-    pub async fn delete_expired_sessions(&self) -> Result<u64, sqlx::Error> {
-        Ok(
-            sqlx::query!("DELETE FROM sessions WHERE expires_at <= now()")
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
-    }
-
     /// Mint an agent token for `host_name`; only its hash is stored. Returns the token.
     pub async fn create_agent_token(
         &self,

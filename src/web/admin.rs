@@ -399,6 +399,11 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "silence.created",
     "silence.expired",
     "alert.acknowledged",
+    "rules.loaded",
+    "rules.refused",
+    "report.mailed",
+    "backup.made",
+    "backup.restored",
     "server.started",
 ];
 

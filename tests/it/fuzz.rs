@@ -563,6 +563,9 @@ pub struct Findings {
     pub crashes: usize,
     /// Requests the server answered with a closed connection instead of a status.
     pub dropped: usize,
+    /// Bodies over `server.max_body_bytes`: refused from their `Content-Length` before
+    /// they are read, so the client may see the connection close before the 413.
+    pub refused_unread: usize,
     pub server_errors: usize,
     pub unexplained_rejections: usize,
     pub unavailable: usize,
@@ -570,6 +573,9 @@ pub struct Findings {
     /// (input number, what happened), the first few.
     pub examples: Vec<(u64, String)>,
 }
+
+/// The server's default `server.max_body_bytes`.
+const MAX_BODY_BYTES: usize = 8 << 20;
 
 /// A `rackwatch serve` process for the run.
 pub struct Server {
@@ -673,9 +679,13 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
     );
     let next = Arc::new(AtomicUsize::new(0));
     let found = Arc::new(Mutex::new(Findings::default()));
+    // Idle connections are let go before the server's keep-alive limit
+    // (`server.header_read_timeout_secs`, 10 s), as the agent does: a request sent on a
+    // connection the server is closing at that moment would otherwise be lost in the race.
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let mut tasks = Vec::new();
@@ -713,6 +723,7 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
                         body,
                     } => {
                         let url = format!("{base}{path}");
+                        let oversized = body.len() > MAX_BODY_BYTES;
                         let mut req = if method == "GET" {
                             http.get(&url)
                         } else {
@@ -733,6 +744,7 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
                             // The server refused a connection or closed it early (an
                             // oversized body is answered before it is read): counted, not
                             // a crash unless the process is gone (checked at the end).
+                            Err(_) if oversized => Some((2, String::new())),
                             Err(e) => Some((1, format!("{method} {path}: no answer: {e}"))),
                             Ok(r) => {
                                 let s = r.status().as_u16();
@@ -755,6 +767,10 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
                     match s {
                         0 => f.crashes += 1,
                         1 => f.dropped += 1,
+                        2 => {
+                            f.refused_unread += 1;
+                            continue;
+                        }
                         400..=499 => f.unexplained_rejections += 1,
                         _ => f.server_errors += 1,
                     }
@@ -846,6 +862,10 @@ async fn fuzz_benchmark() {
     for (i, what) in &f.examples {
         println!("finding at input {i}: {what}");
     }
+    println!(
+        "oversized bodies refused before they were read, the connection closed before the client read the 413: {}",
+        f.refused_unread
+    );
     println!(
         "BENCH fuzz inputs={} crashes={} server_errors={} unexplained_rejections={} dropped_connections={} rss_growth_mb={growth:.1}",
         f.inputs, f.crashes, f.server_errors, f.unexplained_rejections, f.dropped

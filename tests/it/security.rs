@@ -864,3 +864,177 @@ fn docs_show_the_current_matrix() {
         access::markdown()
     );
 }
+
+/// Polls until `action` has `n` rows (the rules file is read by the alert task).
+async fn wait_rows(
+    app: &TestApp,
+    action: &str,
+    n: usize,
+) -> Vec<rackwatch::store::audit::AuditRow> {
+    for _ in 0..100 {
+        let r = app
+            .store
+            .audit_rows(&Filter {
+                action: Some(action.into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if r.len() >= n {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("fewer than {n} {action} rows");
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+#[tokio::test]
+async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alerts.toml");
+    let good = "[[rule]]\nname = \"gpu-xid\"\nkind = \"hardware\"\nevents = [\"xid\"]\nseverity = \"critical\"\nsummary = \"XID\"\n";
+    std::fs::write(&path, good).unwrap();
+    let p = path.to_string_lossy().into_owned();
+    let app = TestApp::spawn_full(crate::support::fresh_database().await, |c| {
+        c.alerting.rules_file = p.clone();
+        c.alerting.eval_interval_secs = 1;
+    })
+    .await;
+
+    // The rules in force at the start, with the file's hash.
+    let loaded = wait_rows(&app, "rules.loaded", 1).await;
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].actor, "system");
+    assert_eq!(loaded[0].target, p);
+    assert_eq!(loaded[0].details["sha256"], sha256_hex(good.as_bytes()));
+    assert_eq!(loaded[0].details["rules"], 1);
+
+    // A broken edit is refused (the previous rules stay), with the broken file's hash.
+    let touch = |text: &str, secs: u64| {
+        std::fs::write(&path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(secs))
+            .unwrap();
+    };
+    let broken = "[[rule]]\nname = \"gpu-xid\"\nkind = \"no-such-kind\"\n";
+    touch(broken, 10);
+    let refused = wait_rows(&app, "rules.refused", 1).await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].outcome, "refused");
+    assert_eq!(refused[0].details["sha256"], sha256_hex(broken.as_bytes()));
+    assert!(
+        !refused[0].details["error"].as_str().unwrap().is_empty(),
+        "{}",
+        refused[0].details
+    );
+    // The fix is loaded: a second `rules.loaded`, and no second refusal.
+    let fixed = good.replace("summary = \"XID\"", "summary = \"XID, fixed\"");
+    touch(&fixed, 20);
+    let loaded = wait_rows(&app, "rules.loaded", 2).await;
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded[0].details["sha256"], sha256_hex(fixed.as_bytes()));
+    assert_eq!(rows(&app, "rules.refused").await.len(), 1);
+
+    // Sessions: one idle past the idle timeout, one past its absolute timeout, one live.
+    app.store
+        .upsert_user("eve", Role::Viewer, "eve-password-1")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(app.post_login("eve", "eve-password-1").await.status(), 303);
+    }
+    sqlx::query(
+        "UPDATE sessions SET last_seen_at = now() - interval '2 hours'
+          WHERE token_sha256 = (SELECT token_sha256 FROM sessions ORDER BY created_at LIMIT 1)",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE sessions SET expires_at = now() - interval '1 second'
+          WHERE token_sha256 = (SELECT token_sha256 FROM sessions ORDER BY created_at LIMIT 1 OFFSET 1)",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let ended = app
+        .store
+        .expire_sessions(chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(ended, 2);
+    let expired = app
+        .store
+        .audit_rows(&Filter {
+            action: Some("session.expired".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 2);
+    assert!(expired
+        .iter()
+        .all(|r| r.actor == "system" && r.target == "eve"));
+    let mut reasons: Vec<String> = expired
+        .iter()
+        .map(|r| r.details["reason"].as_str().unwrap().to_string())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["absolute timeout", "idle timeout"]);
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 1);
+    assert_eq!(
+        app.store
+            .expire_sessions(chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Silences: one that ends on its own is recorded once, by `system`; one an operator
+    // ended is not recorded again.
+    let now = chrono::Utc::now();
+    let labels: rackwatch::alert::Labels = [("host".to_string(), "gpu-1".to_string())]
+        .into_iter()
+        .collect();
+    let silence = |comment: &'static str| {
+        app.store.create_silence(
+            &labels,
+            now - chrono::Duration::hours(2),
+            now + chrono::Duration::hours(1),
+            "ada",
+            comment,
+        )
+    };
+    let own = silence("swap").await.unwrap();
+    let by_hand = silence("fan").await.unwrap();
+    assert!(app.store.expire_silence(by_hand).await.unwrap());
+    assert_eq!(app.store.record_ended_silences().await.unwrap(), 0);
+    sqlx::query("UPDATE silences SET ends_at = now() - interval '1 second' WHERE id = $1")
+        .bind(own)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.store.record_ended_silences().await.unwrap(), 1);
+    assert_eq!(app.store.record_ended_silences().await.unwrap(), 0);
+    let ended = rows(&app, "silence.expired").await;
+    assert_eq!(
+        ended,
+        [(
+            "system".to_string(),
+            format!("silence {own}"),
+            "ok".to_string()
+        )]
+    );
+    app.stop().await;
+}

@@ -81,18 +81,23 @@ async fn soak_benchmark() {
     let ingest_ms = Arc::new(Mutex::new(Vec::<f64>::new()));
     let read_ms = Arc::new(Mutex::new(Vec::<f64>::new()));
     let first_errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Hosts that have shipped their first batch: readers start once every host exists,
+    // as a host page is a 404 before its host's first batch.
+    let shipped = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, (name, token)) in tokens.into_iter().enumerate() {
-        let (http, base, stop, errors, lat, firsts) = (
+        let (http, base, stop, errors, lat, firsts, shipped) = (
             http.clone(),
             base.clone(),
             stop.clone(),
             errors.clone(),
             ingest_ms.clone(),
             first_errors.clone(),
+            shipped.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            let mut first = true;
             // Spread the hosts over the interval, as a real fleet is.
             tokio::time::sleep(interval * i as u32 / hosts as u32).await;
             let mut tick = tokio::time::interval(interval);
@@ -108,7 +113,12 @@ async fn soak_benchmark() {
                 let r = http.post(format!("{base}/api/v1/ingest")).bearer_auth(&token).json(&body).send().await;
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 match r {
-                    Ok(r) if r.status() == 200 => lat.lock().unwrap().push(ms),
+                    Ok(r) if r.status() == 200 => {
+                        lat.lock().unwrap().push(ms);
+                        if std::mem::take(&mut first) {
+                            shipped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     Ok(r) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                         let what = format!("ingest {}: {}", r.status(), r.text().await.unwrap_or_default());
@@ -129,7 +139,7 @@ async fn soak_benchmark() {
         }));
     }
     for i in 0..readers {
-        let (http, base, stop, errors, lat, cookie, firsts) = (
+        let (http, base, stop, errors, lat, cookie, firsts, shipped) = (
             http.clone(),
             base.clone(),
             stop.clone(),
@@ -137,8 +147,12 @@ async fn soak_benchmark() {
             read_ms.clone(),
             cookie.clone(),
             first_errors.clone(),
+            shipped.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            while shipped.load(Ordering::Relaxed) < hosts && !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let pages = ["/", "/api/v1/fleet", "/inventory", "/alerts"];
             let mut k = i;
             while !stop.load(Ordering::Relaxed) {
