@@ -67,6 +67,8 @@ pub async fn start_server_with(
     shared: Shared,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningServer> {
+    crate::alloc::tune();
+    crate::alloc::spawn_trimmer(shutdown.clone());
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.server.listen))?;

@@ -7,6 +7,7 @@
 //! `docs/ARCHITECTURE.md` draws the picture and lists the recipes for common changes.
 
 pub mod alert;
+pub mod alloc;
 pub mod analytics;
 pub mod app;
 pub mod collect;

@@ -19,6 +19,7 @@ pub mod host;
 pub mod ingest;
 pub mod inventory;
 pub mod limit;
+pub mod linger;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
@@ -132,6 +133,9 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             security_headers,
         ))
         .layer(compression())
+        // A small body a handler refused without reading is read before the answer, so
+        // the client sees the answer instead of a broken pipe (inside the body timeout).
+        .layer(axum::middleware::from_fn(linger::linger))
         // A body that stalls, or a request that takes too long in all, ends with 408.
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(TimeoutLayer::with_status_code(

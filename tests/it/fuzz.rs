@@ -745,7 +745,15 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
                             // oversized body is answered before it is read): counted, not
                             // a crash unless the process is gone (checked at the end).
                             Err(_) if oversized => Some((2, String::new())),
-                            Err(e) => Some((1, format!("{method} {path}: no answer: {e}"))),
+                            Err(e) => {
+                                let mut why = e.to_string();
+                                let mut src = std::error::Error::source(&e);
+                                while let Some(s) = src {
+                                    why.push_str(&format!(": {s}"));
+                                    src = s.source();
+                                }
+                                Some((1, format!("{method} {path}: no answer: {why}")))
+                            }
                             Ok(r) => {
                                 let s = r.status().as_u16();
                                 let text = r.text().await.unwrap_or_default();
@@ -808,8 +816,8 @@ pub async fn campaign(seed: u64, n: u64, workers: usize) -> (Findings, f64, f64)
     let started = Instant::now();
     let f = run(&mut server, seed, n, workers).await;
     let secs = started.elapsed().as_secs_f64();
-    // Let the allocator hand back what the last requests held.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The server hands freed memory back every `alloc::TRIM_EVERY`; wait one period.
+    tokio::time::sleep(rackwatch::alloc::TRIM_EVERY + Duration::from_secs(2)).await;
     let growth = server.rss_mb() - rss_start;
     (f, growth, secs)
 }
