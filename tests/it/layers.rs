@@ -281,3 +281,39 @@ async fn pages_and_json_are_compressed_when_asked() {
     assert_eq!(r.headers().get(header::CONTENT_ENCODING), None);
     app.stop().await;
 }
+
+/// An ingest body refused before it is read (unknown token) is read and dropped before
+/// the answer, so a client still sending it gets the 401 rather than a broken pipe, and
+/// its connection stays usable for the next request.
+#[tokio::test]
+async fn a_refused_body_gets_its_answer_and_the_connection_lives_on() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = crate::support::TestApp::spawn().await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = vec![b' '; 400_000];
+    let head = format!(
+        "POST /api/v1/ingest HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer rwa_unknown\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..1000]).await.unwrap();
+    // Long enough for the server to have refused the token.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(&body[1000..]).await.unwrap();
+    let next = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(next.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the server answers both requests")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains("token"), "the refusal says why: {text}");
+    let second = text.match_indices("HTTP/1.1 ").map(|(i, _)| i).nth(1);
+    let second = second.unwrap_or_else(|| panic!("a second answer on the same connection: {text}"));
+    assert!(text[second..].starts_with("HTTP/1.1 200"), "{text}");
+    app.stop().await;
+}
