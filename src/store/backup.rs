@@ -202,6 +202,14 @@ pub async fn restore(
         dbname.as_ref(),
     ];
     args.push(file.as_os_str());
+    if tables > 0 && super::citus::is_distributed(&store.pool).await? {
+        bail!(
+            "the target database is distributed with Citus: --force would drop its \
+             distributed tables with the schema and leave Citus' metadata pointing at them; \
+             restore into a new, empty database on the coordinator instead, then run \
+             `rackwatch migrate --citus` there to distribute it"
+        );
+    }
     if tables > 0 {
         // `pg_restore --clean` cannot drop the daily partitions' inherited keys one by
         // one; the schema goes as a whole instead.
