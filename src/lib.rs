@@ -22,7 +22,7 @@ pub mod web;
 /// The stage folders (and wiring files) from the bottom up. A module may import from
 /// the layers below its own, never from its own layer's other stages or from above.
 pub const LAYERS: &[&[&str]] = &[
-    &["model"],
+    &["model", "alloc"],
     &["config"],
     &["collect", "store"],
     &["ingest", "analytics"],
