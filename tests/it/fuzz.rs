@@ -695,6 +695,7 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
             server.token.clone(),
             server.cookie.clone(),
         );
+        let csrf = rackwatch::web::access::csrf_for_cookie(&cookie);
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as u64;
@@ -731,7 +732,14 @@ pub async fn run(server: &mut Server, seed: u64, n: u64, workers: usize) -> Find
                         };
                         match auth {
                             Auth::Agent => req = req.bearer_auth(&token),
-                            Auth::Session => req = req.header("cookie", &cookie),
+                            // With the session's CSRF token, as the pages send it: the
+                            // posts reach their validators (the CSRF refusal itself is
+                            // checked by the authorization matrix).
+                            Auth::Session => {
+                                req = req
+                                    .header("cookie", &cookie)
+                                    .header(rackwatch::web::access::CSRF_HEADER, &csrf)
+                            }
                             Auth::None => {}
                         }
                         if let Some(ct) = content_type {
