@@ -144,31 +144,10 @@ async fn ingest(
     let cpu0: Vec<f64> = t.postmasters.iter().map(|p| tree_cpu(p.1)).collect();
     let self0 = self_cpu();
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for (host, body) in bodies {
-        let permit = sem.clone().acquire_owned().await.unwrap();
-        let (client, endpoint) = (client.clone(), t.endpoint.clone());
-        let (token, body) = (t.tokens[host].clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let r = client
-                .post(&endpoint)
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .header("content-encoding", "gzip")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let v: serde_json::Value = r.json().await.unwrap();
-            drop(permit);
-            v["stored"].as_u64().unwrap()
-        }));
-    }
-    let mut stored = 0;
-    for task in tasks {
-        stored += task.await.unwrap();
-    }
+    let pairs = bodies
+        .iter()
+        .map(|(host, body)| (t.tokens[host].clone(), body.clone()));
+    let stored = common::post_batches(&client, &t.endpoint, pairs, &sem).await;
     let secs = t0.elapsed().as_secs_f64();
     let cpu: Vec<f64> = t
         .postmasters

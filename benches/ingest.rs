@@ -219,31 +219,7 @@ async fn http_ingest(
     let _ = client.get(format!("{base}/healthz")).send().await;
     let endpoint = format!("{base}/api/v1/ingest");
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..bodies.len() {
-        let permit = sem.clone().acquire_owned().await.unwrap();
-        let (client, endpoint, bodies) = (client.clone(), endpoint.clone(), bodies.clone());
-        tasks.push(tokio::spawn(async move {
-            let (token, body) = &bodies[i];
-            let r = client
-                .post(&endpoint)
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .header("content-encoding", "gzip")
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let v: serde_json::Value = r.json().await.unwrap();
-            drop(permit);
-            v["stored"].as_u64().unwrap()
-        }));
-    }
-    let mut stored = 0;
-    for t in tasks {
-        stored += t.await.unwrap();
-    }
+    let stored = common::post_batches(client, &endpoint, bodies.iter().cloned(), sem).await;
     (t0.elapsed().as_secs_f64(), stored)
 }
 

@@ -258,3 +258,38 @@ pub fn fleet_batches(
     );
     (fleet, batches, gpu_rows, host_rows)
 }
+
+/// POST `(token, gzipped JSON batch)` pairs to an ingest endpoint, as many at once as `sem`
+/// has permits; every answer must be 200. Returns the rows the server says it stored.
+pub async fn post_batches(
+    client: &reqwest::Client,
+    endpoint: &str,
+    bodies: impl IntoIterator<Item = (String, Vec<u8>)>,
+    sem: &Arc<tokio::sync::Semaphore>,
+) -> u64 {
+    let mut tasks = Vec::new();
+    for (token, body) in bodies {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (client, endpoint) = (client.clone(), endpoint.to_string());
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(&endpoint)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            drop(permit);
+            v["stored"].as_u64().unwrap()
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        stored += t.await.unwrap();
+    }
+    stored
+}

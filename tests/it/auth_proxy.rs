@@ -2,7 +2,6 @@
 //! addresses only, users are created and their roles follow the proxy's groups, each
 //! sign-on is in the audit trail, and a proxied browser still needs the CSRF token.
 
-use rackwatch::store::audit::Filter;
 use rackwatch::store::auth::Role;
 
 use crate::support::{csrf_of, TestApp};
@@ -51,14 +50,8 @@ async fn logout(app: &TestApp, csrf: &str, origin: Option<&str>) -> u16 {
 
 /// (actor, target, outcome, details) of the rows of `action`, newest first.
 async fn audit(app: &TestApp, action: &str) -> Vec<(String, String, String, serde_json::Value)> {
-    app.store
-        .audit_rows(&Filter {
-            action: Some(action.into()),
-            limit: 100,
-            ..Default::default()
-        })
+    app.audit(action)
         .await
-        .unwrap()
         .into_iter()
         .map(|r| (r.actor, r.target, r.outcome, r.details))
         .collect()

@@ -443,14 +443,8 @@ async fn cookie_posts_need_the_csrf_token_and_this_origin() {
 
 /// The rows of `action`, as (actor, target, outcome).
 async fn rows(app: &TestApp, action: &str) -> Vec<(String, String, String)> {
-    app.store
-        .audit_rows(&Filter {
-            action: Some(action.into()),
-            limit: 100,
-            ..Default::default()
-        })
+    app.audit(action)
         .await
-        .unwrap()
         .into_iter()
         .map(|r| (r.actor, r.target, r.outcome))
         .collect()
@@ -464,15 +458,7 @@ fn one(v: &[(String, String, String)], actor: &str, target: &str, outcome: &str)
 async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
     let app = TestApp::spawn().await;
     // The server's start, with a hash of its configuration and never a secret.
-    let started = app
-        .store
-        .audit_rows(&Filter {
-            action: Some("server.started".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let started = app.audit("server.started").await;
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].actor, "system");
     let details = started[0].details.to_string();
@@ -866,29 +852,6 @@ fn docs_show_the_current_matrix() {
 }
 
 /// Polls until `action` has `n` rows (the rules file is read by the alert task).
-async fn wait_rows(
-    app: &TestApp,
-    action: &str,
-    n: usize,
-) -> Vec<rackwatch::store::audit::AuditRow> {
-    for _ in 0..100 {
-        let r = app
-            .store
-            .audit_rows(&Filter {
-                action: Some(action.into()),
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        if r.len() >= n {
-            return r;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("fewer than {n} {action} rows");
-}
-
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
@@ -908,7 +871,7 @@ async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
     .await;
 
     // The rules in force at the start, with the file's hash.
-    let loaded = wait_rows(&app, "rules.loaded", 1).await;
+    let loaded = app.wait_audit("rules.loaded", 1).await;
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].actor, "system");
     assert_eq!(loaded[0].target, p);
@@ -924,7 +887,7 @@ async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
     };
     let broken = "[[rule]]\nname = \"gpu-xid\"\nkind = \"no-such-kind\"\n";
     touch(broken, 10);
-    let refused = wait_rows(&app, "rules.refused", 1).await;
+    let refused = app.wait_audit("rules.refused", 1).await;
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].outcome, "refused");
     assert_eq!(refused[0].details["sha256"], sha256_hex(broken.as_bytes()));
@@ -936,7 +899,7 @@ async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
     // The fix is loaded: a second `rules.loaded`, and no second refusal.
     let fixed = good.replace("summary = \"XID\"", "summary = \"XID, fixed\"");
     touch(&fixed, 20);
-    let loaded = wait_rows(&app, "rules.loaded", 2).await;
+    let loaded = app.wait_audit("rules.loaded", 2).await;
     assert_eq!(loaded.len(), 2);
     assert_eq!(loaded[0].details["sha256"], sha256_hex(fixed.as_bytes()));
     assert_eq!(rows(&app, "rules.refused").await.len(), 1);
@@ -969,15 +932,7 @@ async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
         .await
         .unwrap();
     assert_eq!(ended, 2);
-    let expired = app
-        .store
-        .audit_rows(&Filter {
-            action: Some("session.expired".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let expired = app.audit("session.expired").await;
     assert_eq!(expired.len(), 2);
     assert!(expired
         .iter()

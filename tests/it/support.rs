@@ -393,6 +393,35 @@ impl TestApp {
         (cookie, csrf_of(&html))
     }
 
+    /// The audit rows of one action, newest first (at most 100).
+    pub async fn audit(&self, action: &str) -> Vec<rackwatch::store::audit::AuditRow> {
+        self.store
+            .audit_rows(&rackwatch::store::audit::Filter {
+                action: Some(action.into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    /// The audit rows of one action once there are at least `n` (written by a background
+    /// job); panics after 10 s.
+    pub async fn wait_audit(
+        &self,
+        action: &str,
+        n: usize,
+    ) -> Vec<rackwatch::store::audit::AuditRow> {
+        for _ in 0..100 {
+            let rows = self.audit(action).await;
+            if rows.len() >= n {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("fewer than {n} {action} audit rows after 10 s");
+    }
+
     /// POST the login form as a browser would (CSRF cookie + field).
     pub async fn post_login(&self, user: &str, password: &str) -> reqwest::Response {
         let (cookie, token) = self.login_csrf().await;
