@@ -251,6 +251,9 @@ struct HostParts {
     inventory: BTreeMap<u8, GpuInfo>,
     /// Times (ms) of node_exporter samples.
     node_times: Vec<i64>,
+    /// node_exporter series (family, sub-key such as the CPU or device, points), folded
+    /// into the series state only once the token's scope admits the host.
+    node: Vec<(Family, String, Vec<proto::Sample>)>,
     /// `DCGM_FI_DEV_XID_ERRORS` points per GPU.
     xid: BTreeMap<u8, Vec<(i64, f64)>>,
     /// `site`, `rack`, `pool` labels, for a host seen here first.
@@ -352,7 +355,6 @@ pub fn map(
         samples,
         ..Default::default()
     };
-    let mut node: Vec<(String, Family, String, Vec<proto::Sample>)> = Vec::new();
     for mut ts in req.timeseries {
         let Some(name) = label(&ts, "__name__").map(str::to_string) else {
             out.drop_series(Dropped::Unmapped);
@@ -403,7 +405,7 @@ pub fn map(
             parts
                 .node_times
                 .extend(ts.samples.iter().map(|s| s.timestamp));
-            node.push((host, family, sub, ts.samples));
+            parts.node.push((family, sub, ts.samples));
             continue;
         };
         let info = parts.inventory.entry(gpu).or_insert_with(|| GpuInfo {
@@ -443,12 +445,13 @@ pub fn map(
             out.reject(&name, why);
         }
     }
-    node_rates(state, node);
     Ok(out)
 }
 
-/// Fold node_exporter points into `state` (rates for counters) and remember the hosts.
-fn node_rates(state: &SeriesState, node: Vec<(String, Family, String, Vec<proto::Sample>)>) {
+/// Fold one host's node_exporter points into `state` (rates for counters) and remember
+/// the host. Called for hosts the token may write only, so a token cannot fill the state
+/// with hosts it names but may not write.
+fn node_rates(state: &SeriesState, host: &str, node: Vec<(Family, String, Vec<proto::Sample>)>) {
     if node.is_empty() {
         return;
     }
@@ -457,11 +460,11 @@ fn node_rates(state: &SeriesState, node: Vec<(String, Family, String, Vec<proto:
         let newest = hosts.values().map(|h| h.touched).max().unwrap_or(0);
         hosts.retain(|_, h| h.touched > newest - 3_600_000);
     }
-    for (host, family, sub, samples) in node {
-        if !hosts.contains_key(&host) && hosts.len() >= MAX_HOSTS {
-            continue;
-        }
-        let h = hosts.entry(host).or_default();
+    if !hosts.contains_key(host) && hosts.len() >= MAX_HOSTS {
+        return;
+    }
+    let h = hosts.entry(host.to_string()).or_default();
+    for (family, sub, samples) in node {
         if h.series.len() >= MAX_SERIES_PER_HOST && !h.series.contains_key(&(family, sub.clone())) {
             continue;
         }
@@ -771,6 +774,7 @@ fn build(
         }
         xid_last.push((gpu, last));
     }
+    node_rates(state, &batch.host.name, parts.node);
     let mut times = parts.node_times;
     times.sort_unstable();
     times.dedup();
@@ -1013,6 +1017,42 @@ mod tests {
             map(req, &SeriesState::default(), 1),
             Err(IngestError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn hosts_are_remembered_only_once_built_not_when_a_request_merely_names_them() {
+        // A token scoped to one host may name any number of others; mapping must not
+        // keep state for them (only hosts in scope reach `build`).
+        let state = SeriesState::default();
+        let req = WriteRequest {
+            timeseries: (0..50)
+                .map(|i| {
+                    series(
+                        &[
+                            ("__name__", "node_load1"),
+                            ("instance", &format!("stranger-{i}:9100")),
+                        ],
+                        &[(1_000, 1.0)],
+                    )
+                })
+                .collect(),
+        };
+        let mut m = map(req, &state, 100).unwrap();
+        assert_eq!(m.hosts.len(), 50);
+        assert!(state.hosts.lock().unwrap().is_empty());
+        let info = HostInfo {
+            name: "stranger-7".into(),
+            ..Default::default()
+        };
+        let (b, _) = build(
+            &state,
+            info,
+            m.hosts.remove("stranger-7").unwrap(),
+            &HashMap::new(),
+        );
+        assert_eq!(b.host_samples[0].load1, Some(1.0));
+        let kept: Vec<String> = state.hosts.lock().unwrap().keys().cloned().collect();
+        assert_eq!(kept, ["stranger-7"]);
     }
 
     #[test]
