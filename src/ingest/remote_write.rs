@@ -337,14 +337,10 @@ impl Mapped {
     }
 }
 
-/// Stage 2 (CPU only, no I/O): map a request's series to per-host parts, updating the
-/// node_exporter counters in `state`. Work is bounded by `max_samples`: a request with
-/// more samples is refused before mapping.
-pub fn map(
-    req: WriteRequest,
-    state: &SeriesState,
-    max_samples: usize,
-) -> Result<Mapped, IngestError> {
+/// Stage 2 (CPU only, no I/O): map a request's series to per-host parts (node_exporter
+/// counters reach the series state in stage 3, for hosts in the token's scope). Work is
+/// bounded by `max_samples`: a request with more samples is refused before mapping.
+pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError> {
     let samples: usize = req.timeseries.iter().map(|t| t.samples.len()).sum();
     if samples > max_samples {
         return Err(IngestError::TooLarge(
@@ -864,7 +860,7 @@ mod tests {
             ],
         };
         let state = SeriesState::default();
-        let mut m = map(req, &state, 100).unwrap();
+        let mut m = map(req, 100).unwrap();
         assert_eq!(m.dropped[&Dropped::Unmapped], 1);
         assert_eq!(m.dropped[&Dropped::Unplaced], 1);
         let parts = m.hosts.remove("gpu-1").unwrap();
@@ -942,7 +938,7 @@ mod tests {
             name: "n1".into(),
             ..Default::default()
         };
-        let mut m = map(req(10_000, 100.0, 100.0, 1e6), &state, 100).unwrap();
+        let mut m = map(req(10_000, 100.0, 100.0, 1e6), 100).unwrap();
         assert_eq!(m.dropped[&Dropped::Unmapped], 2, "user mode and lo");
         let (b, _) = build(
             &state,
@@ -957,7 +953,7 @@ mod tests {
             "no rate from one point"
         );
         // 10 s later: CPU 0 idle 9 s (10 % busy), CPU 1 idle 5 s (50 %); 2 MB received.
-        let mut m = map(req(20_000, 109.0, 105.0, 3e6), &state, 100).unwrap();
+        let mut m = map(req(20_000, 109.0, 105.0, 3e6), 100).unwrap();
         let (b, _) = build(
             &state,
             info(),
@@ -968,7 +964,7 @@ mod tests {
         assert!((s.cpu_util_pct.unwrap() - 30.0).abs() < 1e-9, "{s:?}");
         assert_eq!(s.net_rx_bytes_per_s, Some(200_000.0));
         // The same request again (a retry) changes nothing.
-        let mut m = map(req(20_000, 109.0, 105.0, 3e6), &state, 100).unwrap();
+        let mut m = map(req(20_000, 109.0, 105.0, 3e6), 100).unwrap();
         let (b, _) = build(
             &state,
             info(),
@@ -993,7 +989,7 @@ mod tests {
                 ],
             )],
         };
-        let mut m = map(req, &state, 100).unwrap();
+        let mut m = map(req, 100).unwrap();
         let info = HostInfo {
             name: "g".into(),
             ..Default::default()
@@ -1013,10 +1009,7 @@ mod tests {
         let req = WriteRequest {
             timeseries: vec![series(&[("__name__", "node_load1")], &[(1, 1.0), (2, 1.0)])],
         };
-        assert!(matches!(
-            map(req, &SeriesState::default(), 1),
-            Err(IngestError::TooLarge(_))
-        ));
+        assert!(matches!(map(req, 1), Err(IngestError::TooLarge(_))));
     }
 
     #[test]
@@ -1037,7 +1030,7 @@ mod tests {
                 })
                 .collect(),
         };
-        let mut m = map(req, &state, 100).unwrap();
+        let mut m = map(req, 100).unwrap();
         assert_eq!(m.hosts.len(), 50);
         assert!(state.hosts.lock().unwrap().is_empty());
         let info = HostInfo {

@@ -121,14 +121,13 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Written, 
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let cfg = st.cfg.clone();
-    let state = st.remote_write.clone();
     let mapped = tokio::task::spawn_blocking(move || {
         let req = remote_write::decode(
             encoding.as_deref(),
             &bytes,
             cfg.server.max_decompressed_bytes,
         )?;
-        remote_write::map(req, &state, cfg.ingest.max_samples_per_batch)
+        remote_write::map(req, cfg.ingest.max_samples_per_batch)
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("remote-write decoding: {e}")))??;
