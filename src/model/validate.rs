@@ -757,6 +757,55 @@ mod tests {
         assert!(future.reason.contains("future"), "{}", future.reason);
     }
 
+    #[test]
+    fn a_nul_character_is_refused_where_it_stands_and_never_reaches_the_store() {
+        // Postgres refuses U+0000 in text; every text field of a batch must stop it first:
+        // the host's fields refuse the batch, an item's field that item only.
+        let ok_sample = json!({"ts": "2026-11-23T11:59:00Z", "cpu_util_pct": 5.0});
+        for host in [
+            json!({"name": "gpu\u{0}-1"}),
+            json!({"name": "gpu-1", "site": "a\u{0}"}),
+            json!({"name": "gpu-1", "rack": "\u{0}"}),
+            json!({"name": "gpu-1", "pool": "p\u{0}"}),
+            json!({"name": "gpu-1", "labels": {"team": "x\u{0}"}}),
+            json!({"name": "gpu-1", "labels": {"te\u{0}am": "x"}}),
+        ] {
+            let body = json!({"host": host, "host_samples": [ok_sample]}).to_string();
+            assert!(body.contains("\\u0000"), "{body}");
+            assert!(parse_batch(body.as_bytes(), &limits()).is_err(), "{body}");
+        }
+        let items = [
+            ("gpus", json!({"index": 0, "uuid": "GPU-\u{0}"})),
+            ("gpus", json!({"index": 0, "model": "H100\u{0}"})),
+            ("gpus", json!({"index": 0, "driver_version": "\u{0}"})),
+            (
+                "events",
+                json!({"ts": "2026-11-23T11:59:00Z", "kind": "xid", "code": 79, "message": "fell off\u{0}"}),
+            ),
+            (
+                "events",
+                json!({"ts": "2026-11-23T11:59:00Z", "kind": "x\u{0}id", "code": 79}),
+            ),
+        ];
+        for (section, item) in items {
+            let body =
+                json!({"host": {"name": "gpu-1"}, "host_samples": [ok_sample], section: [item]})
+                    .to_string();
+            let v = parse_batch(body.as_bytes(), &limits()).unwrap();
+            assert_eq!(v.batch.host_samples.len(), 1, "{body}");
+            assert_eq!(v.rejections.len(), 1, "{body}: {:?}", v.rejections);
+            assert!(
+                v.batch.gpus.is_empty() && v.batch.events.is_empty(),
+                "{body}"
+            );
+        }
+        let body = json!({"host": {"name": "gpu-1"}, "host_samples": [ok_sample], "agent": {"version": "1\u{0}"}})
+            .to_string();
+        let v = parse_batch(body.as_bytes(), &limits()).unwrap();
+        assert!(v.batch.agent.is_none());
+        assert_eq!(v.batch.host_samples.len(), 1);
+    }
+
     /// Both routes on one body: the fast one must give the item-by-item answer or none.
     fn both_routes(body: &str) -> Option<ValidBatch> {
         let slow = parse_sections(body, &limits());

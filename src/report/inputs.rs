@@ -31,6 +31,10 @@ impl FacilityReading {
         if self.site.trim().is_empty() || self.site.len() > 128 {
             return Err("site must be 1 to 128 characters".into());
         }
+        // Postgres cannot store U+0000; one such reading must not sink the others.
+        if self.site.chars().any(char::is_control) {
+            return Err("site contains control characters".into());
+        }
         if self.end <= self.start {
             return Err(format!(
                 "end {} is not after start {}",
@@ -217,8 +221,11 @@ mod tests {
         let mut b = r.clone();
         b.energy_kwh = 5e6;
         assert!(b.check(now).unwrap_err().contains("1 GW"));
-        let mut b = r;
+        let mut b = r.clone();
         b.site = " ".into();
         assert!(b.check(now).is_err());
+        let mut b = r;
+        b.site = "fra\u{0}1".into();
+        assert!(b.check(now).unwrap_err().contains("control"));
     }
 }
