@@ -638,12 +638,7 @@ impl Server {
 
     /// Resident memory of the server process, in MB.
     pub fn rss_mb(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
+        rss_mb_of(self.child.id())
     }
 
     /// True while the process runs.
@@ -818,22 +813,54 @@ impl Findings {
 }
 
 /// Run `n` inputs and report; used by the test (a seeded slice) and the benchmark.
-pub async fn campaign(seed: u64, n: u64, workers: usize) -> (Findings, f64, f64) {
+/// Resident memory of process `pid` in MB (0 when it is gone).
+fn rss_mb_of(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A fuzz campaign against a fresh server: the findings, the server's RSS growth (MB)
+/// after the run once freed memory was handed back, the seconds it took, and the RSS
+/// above the start every `every` during the run (a leak climbs to the end; memory the
+/// allocator keeps levels off).
+pub async fn campaign(
+    seed: u64,
+    n: u64,
+    workers: usize,
+    every: Duration,
+) -> (Findings, f64, f64, Vec<(f64, f64)>) {
     let mut server = Server::start().await;
     let rss_start = server.rss_mb();
+    let pid = server.child.id();
     let started = Instant::now();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let curve = tokio::spawn(async move {
+        let mut v = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopped.changed() => return v,
+            }
+            v.push((started.elapsed().as_secs_f64(), rss_mb_of(pid) - rss_start));
+        }
+    });
     let f = run(&mut server, seed, n, workers).await;
     let secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(true);
+    let curve = curve.await.unwrap();
     // The server hands freed memory back every `alloc::TRIM_EVERY`; wait one period.
     tokio::time::sleep(rackwatch::alloc::TRIM_EVERY + Duration::from_secs(2)).await;
     let growth = server.rss_mb() - rss_start;
-    (f, growth, secs)
+    (f, growth, secs, curve)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_thousand_hostile_inputs_find_no_crash_no_server_error_and_no_silent_rejection() {
     // The suite's slice; `./scripts/bench fuzz` runs a million.
-    let (f, growth, secs) = campaign(17, 5_000, 8).await;
+    let (f, growth, secs, _) = campaign(17, 5_000, 8, Duration::from_secs(60)).await;
     eprintln!(
         "{} inputs in {secs:.1} s, statuses {:?}, RSS growth {growth:.1} MB, findings {:#?}",
         f.inputs, f.by_status, f.examples
@@ -868,7 +895,7 @@ async fn fuzz_benchmark() {
     };
     let n = knob("BENCH_FUZZ_INPUTS", 1_000_000);
     let seed = knob("BENCH_FUZZ_SEED", 17);
-    let (f, growth, secs) = campaign(seed, n, 16).await;
+    let (f, growth, secs, curve) = campaign(seed, n, 16, Duration::from_secs(120)).await;
     println!(
         "seed {seed}: {} inputs in {secs:.0} s ({:.0}/s); answers by status {:?}",
         f.inputs,
@@ -878,6 +905,14 @@ async fn fuzz_benchmark() {
     for (i, what) in &f.examples {
         println!("finding at input {i}: {what}");
     }
+    let points: Vec<String> = curve
+        .iter()
+        .map(|(t, mb)| format!("{:.0} min {mb:+.0}", t / 60.0))
+        .collect();
+    println!(
+        "server RSS above its start during the run (MB): {}",
+        points.join(", ")
+    );
     println!(
         "bodies over 1 MiB refused before they were read, the connection closed before the client read the answer: {}",
         f.refused_unread
