@@ -152,13 +152,20 @@ enum Family {
     DiskWrite,
     FsSize,
     FsAvail,
+    /// `node_rapl_package_joules_total`, per CPU package: host energy, as the agent reads it.
+    RaplPackage,
 }
 
 impl Family {
     fn counter(self) -> bool {
         matches!(
             self,
-            Family::CpuIdle | Family::NetRx | Family::NetTx | Family::DiskRead | Family::DiskWrite
+            Family::CpuIdle
+                | Family::NetRx
+                | Family::NetTx
+                | Family::DiskRead
+                | Family::DiskWrite
+                | Family::RaplPackage
         )
     }
 }
@@ -185,6 +192,10 @@ fn node_family(name: &str, label: impl Fn(&str) -> Option<String>) -> Option<(Fa
         "node_disk_written_bytes_total" => (Family::DiskWrite, dev()),
         "node_filesystem_size_bytes" if fs() => (Family::FsSize, dev()),
         "node_filesystem_avail_bytes" if fs() => (Family::FsAvail, dev()),
+        "node_rapl_package_joules_total" => (
+            Family::RaplPackage,
+            label("index").or_else(|| label("path")).unwrap_or_default(),
+        ),
         _ => return None,
     })
 }
@@ -446,10 +457,17 @@ pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError>
 
 /// Fold one host's node_exporter points into `state` (rates for counters) and remember
 /// the host. Called for hosts the token may write only, so a token cannot fill the state
-/// with hosts it names but may not write.
-fn node_rates(state: &SeriesState, host: &str, node: Vec<(Family, String, Vec<proto::Sample>)>) {
+/// with hosts it names but may not write. Returns the RAPL package energy (J) used up to
+/// each point's time since the point before it, summed over packages: a host sample's
+/// `energy_joules`, counted once per interval however the points are split into requests.
+fn node_rates(
+    state: &SeriesState,
+    host: &str,
+    node: Vec<(Family, String, Vec<proto::Sample>)>,
+) -> BTreeMap<i64, f64> {
+    let mut energy = BTreeMap::new();
     if node.is_empty() {
-        return;
+        return energy;
     }
     let mut hosts = state.hosts.lock().expect("remote-write state");
     if hosts.len() > MAX_HOSTS {
@@ -457,7 +475,7 @@ fn node_rates(state: &SeriesState, host: &str, node: Vec<(Family, String, Vec<pr
         hosts.retain(|_, h| h.touched > newest - 3_600_000);
     }
     if !hosts.contains_key(host) && hosts.len() >= MAX_HOSTS {
-        return;
+        return energy;
     }
     let h = hosts.entry(host.to_string()).or_default();
     for (family, sub, samples) in node {
@@ -478,13 +496,18 @@ fn node_rates(state: &SeriesState, host: &str, node: Vec<(Family, String, Vec<pr
             if family.counter() {
                 let dv = s.value - p.value;
                 let dt = (s.timestamp - p.ts) as f64 / 1000.0;
-                // A counter that went back was reset: its rate waits for the next point.
+                // A counter that went back was reset (or, for RAPL, wrapped at a range
+                // node_exporter does not export): its rate and energy wait for the next point.
                 p.rate = (dv >= 0.0).then(|| dv / dt);
+                if family == Family::RaplPackage && dv >= 0.0 {
+                    *energy.entry(s.timestamp).or_insert(0.0) += dv;
+                }
             }
             p.ts = s.timestamp;
             p.value = s.value;
         }
     }
+    energy
 }
 
 /// A host's sample at `ts` (ms) from what `state` holds: gauges' last values, counters'
@@ -770,16 +793,24 @@ fn build(
         }
         xid_last.push((gpu, last));
     }
-    node_rates(state, &batch.host.name, parts.node);
+    let energy = node_rates(state, &batch.host.name, parts.node);
     let mut times = parts.node_times;
     times.sort_unstable();
     times.dedup();
     if !times.is_empty() {
         let all = state.hosts.lock().expect("remote-write state");
         if let Some(h) = all.get(&batch.host.name) {
-            batch
-                .host_samples
-                .extend(times.into_iter().filter_map(|t| host_sample(h, t)));
+            batch.host_samples.extend(times.into_iter().filter_map(|t| {
+                let mut s = host_sample(h, t);
+                if let Some(j) = energy.get(&t) {
+                    s.get_or_insert_with(|| HostSample {
+                        ts: DateTime::from_timestamp_millis(t).unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .energy_joules = Some(*j);
+                }
+                s
+            }));
         }
     }
     (batch, xid_last)
@@ -1010,6 +1041,65 @@ mod tests {
             timeseries: vec![series(&[("__name__", "node_load1")], &[(1, 1.0), (2, 1.0)])],
         };
         assert!(matches!(map(req, 1), Err(IngestError::TooLarge(_))));
+    }
+
+    #[test]
+    fn rapl_package_counters_become_host_energy_once_per_interval() {
+        let state = SeriesState::default();
+        let rapl = |index: &str, points: &[(i64, f64)]| {
+            series(
+                &[
+                    ("__name__", "node_rapl_package_joules_total"),
+                    ("instance", "n1:9100"),
+                    ("index", index),
+                ],
+                points,
+            )
+        };
+        let energy = |req: WriteRequest| -> Vec<(i64, Option<f64>)> {
+            let mut m = map(req, 100).unwrap();
+            let info = HostInfo {
+                name: "n1".into(),
+                ..Default::default()
+            };
+            let (b, _) = build(&state, info, m.hosts.remove("n1").unwrap(), &HashMap::new());
+            b.host_samples
+                .iter()
+                .map(|s| (s.ts.timestamp(), s.energy_joules))
+                .collect()
+        };
+        // Two packages: the first points give no energy (nothing to difference).
+        let first = WriteRequest {
+            timeseries: vec![
+                rapl("0", &[(10_000, 1_000.0)]),
+                rapl("1", &[(10_000, 5_000.0)]),
+            ],
+        };
+        assert!(energy(first).iter().all(|(_, e)| e.is_none()));
+        // 10 s later: +500 J and +300 J.
+        let second = WriteRequest {
+            timeseries: vec![
+                rapl("0", &[(20_000, 1_500.0)]),
+                rapl("1", &[(20_000, 5_300.0)]),
+            ],
+        };
+        assert_eq!(energy(second), [(20, Some(800.0))]);
+        // Package 0 wrapped (its counter went back): only package 1's +250 J is counted.
+        let third = WriteRequest {
+            timeseries: vec![
+                rapl("0", &[(30_000, 20.0)]),
+                rapl("1", &[(30_000, 5_550.0)]),
+            ],
+        };
+        assert_eq!(energy(third), [(30, Some(250.0))]);
+        // Two scrapes in one request: each interval once, not the last one twice.
+        let fourth = WriteRequest {
+            timeseries: vec![
+                rapl("0", &[(40_000, 120.0), (50_000, 170.0)]),
+                rapl("1", &[(40_000, 5_650.0), (50_000, 5_700.0)]),
+            ],
+        };
+        assert_eq!(energy(fourth), [(40, Some(200.0)), (50, Some(100.0))]);
     }
 
     #[test]
