@@ -202,10 +202,14 @@ pub async fn restore(
         dbname.as_ref(),
     ];
     args.push(file.as_os_str());
-    if tables > 0 && super::citus::is_distributed(&store.pool).await? {
+    // Dropping the schema of a database with the Citus extension (distributed, or
+    // restored from a distributed one) fails in Citus' drop hooks or leaves its metadata
+    // pointing at dropped tables.
+    if tables > 0 && super::citus::has_extension(&store.pool).await? {
         bail!(
-            "the target database is distributed with Citus: --force would drop its \
-             distributed tables with the schema and leave Citus' metadata pointing at them; \
+            "the target database has the Citus extension (it is, or was restored from, one \
+             distributed with Citus): --force would drop its tables with the schema under \
+             Citus' metadata; \
              restore into a new, empty database on the coordinator instead, then run \
              `rackwatch migrate --citus` there to distribute it"
         );

@@ -227,18 +227,22 @@ pub async fn distribute(pool: &PgPool) -> Result<Distribution, CitusError> {
 /// Whether the database behind `pool` has distributed tables (a Citus coordinator that
 /// [`distribute`] has run on).
 pub async fn is_distributed(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    let has_citus: bool = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "exists!""#
-    )
-    .fetch_one(pool)
-    .await?;
-    if !has_citus {
+    if !has_extension(pool).await? {
         return Ok(false);
     }
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass)",
     )
     .bind(COLOCATION_ANCHOR)
+    .fetch_one(pool)
+    .await
+}
+
+/// Whether the database has the Citus extension (distributed or about to be).
+pub async fn has_extension(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "exists!""#
+    )
     .fetch_one(pool)
     .await
 }

@@ -62,9 +62,12 @@ pub fn citus_nodes() -> &'static Nodes {
         opts.settings = fast_settings();
         opts.settings
             .push(format!("citus.shard_count={CITUS_TEST_SHARDS}"));
-        // Every database with Citus has a maintenance daemon on every node, and each
-        // test has its own database.
-        opts.settings.push("max_worker_processes=256".into());
+        // Every database with Citus has a maintenance daemon on every node, holding
+        // connections to the other nodes, and each test has its own database: the
+        // suite's ~130 databases need more worker processes and connection slots than a
+        // single cluster's settings give.
+        opts.settings.push("max_worker_processes=512".into());
+        opts.settings.push("max_connections=1000".into());
         let c = LocalCluster::start(&opts)
             .expect("starting the Citus test cluster (is Citus installed? ./scripts/citus build)");
         let nodes = c.nodes();
