@@ -152,11 +152,13 @@ impl Store {
         names: &[String],
     ) -> Result<Vec<(String, i16, i64)>, sqlx::Error> {
         Ok(sqlx::query!(
-            r#"SELECT h.name, e.gpu_index AS "gpu_index!", e.code AS "code!" FROM hosts h
-                 CROSS JOIN LATERAL (SELECT DISTINCT ON (gpu_index) gpu_index, code FROM hardware_events
-                                      WHERE host_id = h.id AND kind = 'xid' AND gpu_index >= 0
-                                      ORDER BY gpu_index, ts DESC) e
-                WHERE h.name = ANY($1)"#,
+            // DISTINCT ON the distribution column, no LATERAL: Citus pushes this down to
+            // the workers (a lateral subquery correlated with the reference table `hosts`
+            // it cannot).
+            r#"SELECT DISTINCT ON (e.host_id, e.gpu_index) h.name, e.gpu_index AS "gpu_index!", e.code AS "code!"
+                 FROM hardware_events e JOIN hosts h ON h.id = e.host_id
+                WHERE h.name = ANY($1) AND e.kind = 'xid' AND e.gpu_index >= 0
+                ORDER BY e.host_id, e.gpu_index, e.ts DESC"#,
             names,
         )
         .fetch_all(&self.pool)
