@@ -831,6 +831,7 @@ pub async fn campaign(
     n: u64,
     workers: usize,
     every: Duration,
+    idle: Duration,
 ) -> (Findings, f64, f64, Vec<(f64, f64)>) {
     let mut server = Server::start().await;
     let rss_start = server.rss_mb();
@@ -854,13 +855,22 @@ pub async fn campaign(
     // The server hands freed memory back every `alloc::TRIM_EVERY`; wait one period.
     tokio::time::sleep(rackwatch::alloc::TRIM_EVERY + Duration::from_secs(2)).await;
     let growth = server.rss_mb() - rss_start;
+    // Optionally keep the idle server a while longer and watch what it hands back (the
+    // database pool retires idle connections, and their buffers, after 10 minutes).
+    let mut curve = curve;
+    let idle_from = Instant::now();
+    while idle_from.elapsed() < idle {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        curve.push((started.elapsed().as_secs_f64(), server.rss_mb() - rss_start));
+    }
     (f, growth, secs, curve)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_thousand_hostile_inputs_find_no_crash_no_server_error_and_no_silent_rejection() {
     // The suite's slice; `./scripts/bench fuzz` runs a million.
-    let (f, growth, secs, _) = campaign(17, 5_000, 8, Duration::from_secs(60)).await;
+    let (f, growth, secs, _) =
+        campaign(17, 5_000, 8, Duration::from_secs(60), Duration::ZERO).await;
     eprintln!(
         "{} inputs in {secs:.1} s, statuses {:?}, RSS growth {growth:.1} MB, findings {:#?}",
         f.inputs, f.by_status, f.examples
@@ -895,7 +905,9 @@ async fn fuzz_benchmark() {
     };
     let n = knob("BENCH_FUZZ_INPUTS", 1_000_000);
     let seed = knob("BENCH_FUZZ_SEED", 17);
-    let (f, growth, secs, curve) = campaign(seed, n, 16, Duration::from_secs(120)).await;
+    // BENCH_FUZZ_IDLE_S: seconds to keep watching the server's RSS after the run.
+    let idle = Duration::from_secs(knob("BENCH_FUZZ_IDLE_S", 0));
+    let (f, growth, secs, curve) = campaign(seed, n, 16, Duration::from_secs(120), idle).await;
     println!(
         "seed {seed}: {} inputs in {secs:.0} s ({:.0}/s); answers by status {:?}",
         f.inputs,
@@ -910,7 +922,7 @@ async fn fuzz_benchmark() {
         .map(|(t, mb)| format!("{:.0} min {mb:+.0}", t / 60.0))
         .collect();
     println!(
-        "server RSS above its start during the run (MB): {}",
+        "server RSS above its start during the run and any idle time after it (MB): {}",
         points.join(", ")
     );
     println!(
