@@ -260,8 +260,6 @@ struct GpuParts {
 struct HostParts {
     gpus: BTreeMap<(u8, i64), GpuParts>,
     inventory: BTreeMap<u8, GpuInfo>,
-    /// Times (ms) of node_exporter samples.
-    node_times: Vec<i64>,
     /// node_exporter series (family, sub-key such as the CPU or device, points), folded
     /// into the series state only once the token's scope admits the host.
     node: Vec<(Family, String, Vec<proto::Sample>)>,
@@ -409,9 +407,6 @@ pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError>
         }
         let Some(gpu) = gpu else {
             let (family, sub) = family.expect("a series without a GPU is node_exporter's");
-            parts
-                .node_times
-                .extend(ts.samples.iter().map(|s| s.timestamp));
             parts.node.push((family, sub, ts.samples));
             continue;
         };
@@ -511,8 +506,9 @@ fn node_rates(
 }
 
 /// A host's sample at `ts` (ms) from what `state` holds: gauges' last values, counters'
-/// rates, summed over devices and averaged over CPUs. `None` when nothing is known yet.
-fn host_sample(h: &HostState, ts: i64) -> Option<HostSample> {
+/// rates, summed over devices and averaged over CPUs, and the RAPL energy of the interval
+/// ending at `ts`. `None` when nothing is known yet.
+fn host_sample(h: &HostState, ts: i64, energy_joules: Option<f64>) -> Option<HostSample> {
     let fresh = |p: &&Point| ts - p.ts <= FRESH_MS;
     let values = |f: Family| {
         h.series
@@ -529,6 +525,7 @@ fn host_sample(h: &HostState, ts: i64) -> Option<HostSample> {
     let mut s = HostSample {
         ts: DateTime::from_timestamp_millis(ts)?,
         load1: one(Family::Load1),
+        energy_joules,
         ..Default::default()
     };
     let total = one(Family::MemTotal);
@@ -793,24 +790,22 @@ fn build(
         }
         xid_last.push((gpu, last));
     }
+    let mut times: Vec<i64> = parts
+        .node
+        .iter()
+        .flat_map(|(_, _, points)| points.iter().map(|p| p.timestamp))
+        .collect();
     let energy = node_rates(state, &batch.host.name, parts.node);
-    let mut times = parts.node_times;
     times.sort_unstable();
     times.dedup();
     if !times.is_empty() {
         let all = state.hosts.lock().expect("remote-write state");
         if let Some(h) = all.get(&batch.host.name) {
-            batch.host_samples.extend(times.into_iter().filter_map(|t| {
-                let mut s = host_sample(h, t);
-                if let Some(j) = energy.get(&t) {
-                    s.get_or_insert_with(|| HostSample {
-                        ts: DateTime::from_timestamp_millis(t).unwrap_or_default(),
-                        ..Default::default()
-                    })
-                    .energy_joules = Some(*j);
-                }
-                s
-            }));
+            batch.host_samples.extend(
+                times
+                    .into_iter()
+                    .filter_map(|t| host_sample(h, t, energy.get(&t).copied())),
+            );
         }
     }
     (batch, xid_last)
