@@ -300,6 +300,7 @@ enum TokenCmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    rackwatch::alloc::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RACKWATCH_LOG")
