@@ -22,6 +22,8 @@ pub fn env(name: &str, default: usize) -> usize {
 
 /// Run the benchmark's `main` future on a multi-threaded runtime.
 pub fn block_on(f: impl Future<Output = ()>) {
+    // The allocator settings of `rackwatch serve`, set as it sets them: before the runtime.
+    rackwatch::alloc::tune();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

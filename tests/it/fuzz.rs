@@ -867,26 +867,26 @@ pub async fn campaign(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn five_thousand_hostile_inputs_find_no_crash_no_server_error_and_no_silent_rejection() {
+async fn twenty_thousand_hostile_inputs_find_no_crash_no_server_error_and_no_silent_rejection() {
     // The suite's slice; `./scripts/bench fuzz` runs a million.
     let (f, growth, secs, _) =
-        campaign(17, 5_000, 8, Duration::from_secs(60), Duration::ZERO).await;
+        campaign(17, 20_000, 8, Duration::from_secs(60), Duration::ZERO).await;
     eprintln!(
         "{} inputs in {secs:.1} s, statuses {:?}, RSS growth {growth:.1} MB, findings {:#?}",
         f.inputs, f.by_status, f.examples
     );
-    assert_eq!(f.inputs, 5_000);
+    assert_eq!(f.inputs, 20_000);
     assert_eq!(f.crashes, 0, "{:#?}", f.examples);
     assert_eq!(f.server_errors, 0, "{:#?}", f.examples);
     assert_eq!(f.unexplained_rejections, 0, "{:#?}", f.examples);
     // The inputs reached the parsers: most ingest bodies were answered 200 or 400-422.
     assert!(
-        f.by_status.get(&200).copied().unwrap_or(0) > 500,
+        f.by_status.get(&200).copied().unwrap_or(0) > 2_000,
         "{:?}",
         f.by_status
     );
     assert!(
-        f.by_status.get(&400).copied().unwrap_or(0) > 250,
+        f.by_status.get(&400).copied().unwrap_or(0) > 1_000,
         "{:?}",
         f.by_status
     );
