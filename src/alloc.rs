@@ -15,9 +15,9 @@
 //!   thread's arena is trimmed by `free` alone, so this threshold bounds what each of
 //!   them keeps;
 //! * at most [`arena_max`] arenas (glibc's own limit is 8 per core): every arena keeps
-//!   up to the trim threshold at its top, and the server's threads are few;
+//!   up to the trim threshold at its top, and the server's threads are few.
 //!
-//! and a trim of the arenas every [`TRIM_EVERY`] hands back the free pages inside them.
+//! A trim of the arenas every [`TRIM_EVERY`] hands back the free pages inside them.
 //!
 //! Other allocators and C libraries are left as they are.
 
@@ -32,7 +32,7 @@ pub const MMAP_THRESHOLD: i32 = 4 << 20;
 /// Free memory an arena keeps at its top before `free` gives it back. Fixing the mapping
 /// threshold also fixes this one, at glibc's 128 KiB, and batch-sized buffers freed at
 /// the top would then be handed back and faulted in again on every request; at 4 MiB a
-/// batch's buffers stay, and each arena keeps at most this much beyond what it uses.
+/// batch's buffers stay, and each arena keeps at most this much free at its top.
 pub const TRIM_THRESHOLD: i32 = 4 << 20;
 
 /// The most arenas: two per core, at least 2.

@@ -280,9 +280,11 @@ async fn a_rule_with_per_code_keeps_one_alert_per_code() {
 
 #[tokio::test]
 async fn fifty_simultaneous_xids_arrive_as_one_mail() {
-    // Seven hosts' batches, sent at once; on a loaded distributed database (the Citus
-    // run) they may take more than the shipped 1 s to be stored, so the group waits 3 s.
-    let r = rig_grouped(SmtpServer::start().await, None, 3).await;
+    // Seven hosts' batches, sent at once; on a loaded machine or a distributed database
+    // (the Citus run) the last may be stored seconds after the first (42 of 50 within
+    // 3 s once, with the suite's fuzzer beside it), so the group waits 10 s: the test is
+    // of grouping, not of ingest speed.
+    let r = rig_grouped(SmtpServer::start().await, None, 10).await;
     let t = Utc::now() - chrono::Duration::seconds(1);
     let mut n = 0;
     // Tokens first, then the seven hosts' batches at once.
@@ -314,9 +316,9 @@ async fn fifty_simultaneous_xids_arrive_as_one_mail() {
     for s in sent {
         assert_eq!(s.await.unwrap(), 200);
     }
-    r.smtp.wait_for(1, 15).await;
+    r.smtp.wait_for(1, 30).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    // (They resolve 3 s later: only the firing mails count here.)
+    // (They resolve later: only the firing mails count here.)
     let mails: Vec<String> = r
         .smtp
         .mails()
