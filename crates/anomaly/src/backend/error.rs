@@ -62,7 +62,7 @@ impl fmt::Display for BackendError {
             BackendError::NoAdapter { reason } => write!(f, "no usable GPU adapter: {reason}"),
             BackendError::GpuNotBuilt => write!(
                 f,
-                "the GPU backend was asked for, but this build has no GPU support (build with the `gpu` feature)"
+                "this build has no GPU support (build with the `gpu` feature)"
             ),
             BackendError::TooLarge { what, bytes, limit } => write!(
                 f,

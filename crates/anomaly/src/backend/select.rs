@@ -216,7 +216,7 @@ impl SelectedBackend {
             Ok(gpu) => Ok(gpu),
             Err(e) if choice == BackendChoice::Auto => {
                 let mut s = Self::cpu(cpu_threads);
-                s.fallback = Some(format!("anomaly backend auto: using the CPU ({e})"));
+                s.fallback = Some(format!("anomaly backend auto: using the CPU; {e}"));
                 Ok(s)
             }
             Err(e) => Err(e),
