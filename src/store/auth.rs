@@ -436,13 +436,18 @@ impl Store {
 
     /// The pool a live scheduler token is scoped to.
     pub async fn token_pool(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
+        let hash = sha256(token);
         // `pool` is a nullable column the WHERE clause rules out.
-        sqlx::query_scalar!(
+        let pool = sqlx::query_scalar!(
             r#"SELECT pool AS "pool!" FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NOT NULL"#,
-            sha256(token),
+            &hash,
         )
         .fetch_optional(&self.pool)
-        .await
+        .await?;
+        if pool.is_some() {
+            self.touch_token(&hash).await?;
+        }
+        Ok(pool)
     }
 
     /// The host name a live agent token is scoped to.

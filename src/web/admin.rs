@@ -42,7 +42,11 @@ pub fn api_routes() -> Routes {
 pub struct AdminPage {
     pub nav: Nav,
     pub users: Vec<UserInfo>,
+    /// Live tokens.
     pub tokens: Vec<TokenView>,
+    /// Revoked tokens, kept for the record (shown folded: every restart of the demo
+    /// rotates its agents' tokens).
+    pub revoked_tokens: Vec<TokenView>,
     /// A token just minted: shown once, never stored in clear.
     pub new_token: Option<(String, String)>,
     pub message: Option<String>,
@@ -56,9 +60,8 @@ pub struct AdminPage {
 
 /// Which backend the anomaly detector runs on.
 pub struct BackendView {
-    /// `cpu` or `gpu`.
-    pub kind: &'static str,
-    /// The adapter and how it runs (`gpu: NVIDIA H200 (discrete GPU, Vulkan, …)`).
+    /// The backend, and for a GPU the adapter and how it runs (`cpu (2 threads)`,
+    /// `gpu: NVIDIA H200 (discrete GPU, Vulkan, …)`).
     pub device: String,
     /// Why `auto` runs on the CPU; empty when it got what it asked for.
     pub fallback: String,
@@ -68,7 +71,6 @@ fn backend_view(b: &rackwatch_anomaly::SelectedBackend) -> BackendView {
     use rackwatch_anomaly::Backend;
     let info = b.info();
     BackendView {
-        kind: info.kind.as_str(),
         device: info.to_string(),
         fallback: b.fallback_reason().unwrap_or_default().to_string(),
     }
@@ -123,7 +125,7 @@ async fn page_with(
     message: Option<String>,
     error: Option<String>,
 ) -> Result<AdminPage, ApiError> {
-    let tokens = st
+    let (tokens, revoked_tokens): (Vec<_>, Vec<_>) = st
         .store
         .list_tokens()
         .await?
@@ -134,11 +136,12 @@ async fn page_with(
             revoked: t.revoked_at.map(|x| x.to_rfc3339()).unwrap_or_default(),
             info: t,
         })
-        .collect();
+        .partition(|t| t.revoked.is_empty());
     Ok(AdminPage {
         nav,
         users: st.store.list_users().await?,
         tokens,
+        revoked_tokens,
         new_token,
         message,
         error,

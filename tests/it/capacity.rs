@@ -307,6 +307,13 @@ async fn demand_is_measured_from_gpu_work_and_the_schedulers_queue() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The admin page shows when the scheduler last reported.
+    let used: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT last_used_at FROM agent_tokens WHERE pool = 'queued'")
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap();
+    assert!(used.is_some(), "the scheduler token's use is recorded");
     app.store
         .run_rollups(Utc::now() - Duration::minutes(1))
         .await

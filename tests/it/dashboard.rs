@@ -298,7 +298,10 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         "revoked token refused"
     );
     let (_, page) = app.page(&admin, "/admin").await;
+    // The revoked token leaves the live table for the folded record of revoked ones.
     assert!(page.contains("revoked <time"));
+    assert!(page.contains("Revoked tokens (1)"), "{page}");
+    assert!(!page.contains(&format!("Revoke token {}\"", list[0].id)));
 
     // Users: create an operator who can then log in; delete them, their session ends.
     let r = app
