@@ -75,7 +75,13 @@ pub async fn evaluate(
     if rules.rules.is_empty() {
         return Ok(());
     }
-    hardware(store, rules, now).await?;
+    hardware(
+        store,
+        rules,
+        late_commit_window(cfg.server.request_timeout_secs),
+        now,
+    )
+    .await?;
     if full {
         for rule in &rules.rules {
             let obs = match &rule.kind {
@@ -118,7 +124,33 @@ async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
 /// host, for host-wide events); recurrences count up on the same alert, whose description
 /// lists every kind and code seen while it fires. A rule with `per_code` splits them into
 /// one alert per kind and XID code.
-async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow::Result<()> {
+/// Hardware events already turned into alerts by this process, by key, with their
+/// `received_at`. An event's `received_at` is the start of the ingest transaction that
+/// stored it, and transactions commit out of that order: an event can become visible
+/// after the watermark has passed its time. Each round therefore also looks back
+/// [`late_commit_window`] before the watermark and skips the events it has seen.
+#[derive(Debug, Default)]
+pub struct SeenEvents {
+    /// Whether this process evaluated before: a new leader starts at the watermark (the
+    /// previous leader's look-back is gone with it).
+    warm: bool,
+    keys: HashMap<EventKey, DateTime<Utc>>,
+}
+
+type EventKey = (i64, i16, DateTime<Utc>, String, i64);
+
+/// How far before the watermark a round looks for events committed late: the longest an
+/// ingest request (and its transaction) may run, plus a margin.
+pub fn late_commit_window(request_timeout_secs: u64) -> Duration {
+    Duration::seconds(request_timeout_secs.max(1) as i64 + 30)
+}
+
+async fn hardware(
+    store: &Store,
+    rules: &RuleSet,
+    late: Duration,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let hw: Vec<(&Rule, &HardwareRule)> = rules
         .of_kind(|k| match k {
             RuleKind::Hardware(h) => Some(h),
@@ -135,16 +167,36 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
             .flatten();
     // First run: look back a little, not at all history.
     let since = watermark.unwrap_or(now - Duration::minutes(10));
-    let events = sqlx::query!(
+    let (from, seen) = {
+        let s = store.cache.alert_events.lock().expect("seen events");
+        (if s.warm { since - late } else { since }, s.keys.len())
+    };
+    let fetched = sqlx::query!(
         "SELECT host_id, gpu_index, ts, kind, code, message, count, received_at FROM hardware_events
-          WHERE received_at > $1 ORDER BY received_at, ts LIMIT 5000",
-        since,
+          WHERE received_at > $1 ORDER BY received_at, ts LIMIT $2",
+        from,
+        5000 + seen as i64,
     )
     .fetch_all(&store.pool)
     .await?;
-    let Some(last) = events.last().map(|e| e.received_at) else {
+    let last = fetched.last().map(|e| e.received_at);
+    let events: Vec<_> = {
+        let mut s = store.cache.alert_events.lock().expect("seen events");
+        s.warm = true;
+        fetched
+            .into_iter()
+            .filter(|e| {
+                !s.keys
+                    .contains_key(&event_key(e.host_id, e.gpu_index, e.ts, &e.kind, e.code))
+            })
+            .collect()
+    };
+    let Some(last) = last.map(|l| l.max(since)) else {
         return Ok(());
     };
+    if events.is_empty() {
+        return Ok(());
+    }
     let labels = host_labels(store).await?;
     // Per rule: observations, and for each the (host, GPU) its events came from.
     #[allow(clippy::type_complexity)]
@@ -224,7 +276,20 @@ async fn hardware(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow:
     )
     .execute(&store.pool)
     .await?;
+    // Remembered once they are alerts; forgotten once no round looks back that far.
+    let mut s = store.cache.alert_events.lock().expect("seen events");
+    for e in &events {
+        s.keys.insert(
+            event_key(e.host_id, e.gpu_index, e.ts, &e.kind, e.code),
+            e.received_at,
+        );
+    }
+    s.keys.retain(|_, at| *at > last - late);
     Ok(())
+}
+
+fn event_key(host: i64, gpu: i16, ts: DateTime<Utc>, kind: &str, code: i64) -> EventKey {
+    (host, gpu, ts, kind.to_string(), code)
 }
 
 /// For each observation of a grouped hardware rule, the event kinds and codes of its GPU

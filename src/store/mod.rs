@@ -64,6 +64,10 @@ pub(crate) struct Cache {
     pub tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (String, std::time::Instant)>>,
     /// Host id → (hash of the GPU inventory last written, when).
     pub inventory: std::sync::Mutex<std::collections::HashMap<i64, (u64, std::time::Instant)>>,
+    /// Hardware events the alert evaluator of this process has turned into alerts
+    /// (`alert::eval`), so that it can look back for late commits without counting one
+    /// twice.
+    pub alert_events: std::sync::Mutex<crate::alert::eval::SeenEvents>,
 }
 
 /// How long a token lookup is trusted.

@@ -279,6 +279,57 @@ async fn a_rule_with_per_code_keeps_one_alert_per_code() {
 }
 
 #[tokio::test]
+async fn a_fault_committed_after_a_later_one_is_still_mailed() {
+    // An event's received_at is its ingest transaction's start, and transactions commit
+    // out of that order: here the first one commits after a later one was alerted on.
+    let r = rig().await;
+    let t = Utc::now() - chrono::Duration::seconds(1);
+    for h in ["slow-commit", "fast-commit"] {
+        let token = r.app.token(h).await;
+        let body = json!({"host": {"name": h}, "host_samples": [{"ts": t, "cpu_util_pct": 1.0}]});
+        assert_eq!(r.app.ingest(&token, &body).await.status(), 200);
+    }
+    let slow: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'slow-commit'")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
+    let mut tx = r.app.store.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO hardware_events (host_id, gpu_index, ts, kind, code, message)
+         VALUES ($1, 0, $2, 'xid', 79, 'the late commit')",
+    )
+    .bind(slow)
+    .bind(t)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let token = r.app.token("fast-commit").await;
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("fast-commit", 1, 48, t))
+            .await
+            .status(),
+        200
+    );
+    let first = r.smtp.wait_for(1, 20).await;
+    assert!(first[0].contains("fast-commit"), "{}", first[0]);
+    // The evaluator's watermark is now past the slow transaction's received_at.
+    tx.commit().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !r.smtp.mails().iter().any(|m| m.contains("the late commit"))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        r.smtp.mails().iter().any(|m| m.contains("the late commit")),
+        "the fault committed late was never mailed"
+    );
+    r.app.stop().await;
+}
+
+#[tokio::test]
 async fn fifty_simultaneous_xids_arrive_as_one_mail() {
     // Seven hosts' batches, sent at once; on a loaded machine or a distributed database
     // (the Citus run) the last may be stored seconds after the first (42 of 50 within
