@@ -124,21 +124,6 @@ async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
 /// host, for host-wide events); recurrences count up on the same alert, whose description
 /// lists every kind and code seen while it fires. A rule with `per_code` splits them into
 /// one alert per kind and XID code.
-/// Hardware events already turned into alerts by this process, by key, with their
-/// `received_at`. An event's `received_at` is the start of the ingest transaction that
-/// stored it, and transactions commit out of that order: an event can become visible
-/// after the watermark has passed its time. Each round therefore also looks back
-/// [`late_commit_window`] before the watermark and skips the events it has seen.
-#[derive(Debug, Default)]
-pub struct SeenEvents {
-    /// Whether this process evaluated before: a new leader starts at the watermark (the
-    /// previous leader's look-back is gone with it).
-    warm: bool,
-    keys: HashMap<EventKey, DateTime<Utc>>,
-}
-
-type EventKey = (i64, i16, DateTime<Utc>, String, i64);
-
 /// How far before the watermark a round looks for events committed late: the longest an
 /// ingest request (and its transaction) may run, plus a margin.
 pub fn late_commit_window(request_timeout_secs: u64) -> Duration {
@@ -288,7 +273,13 @@ async fn hardware(
     Ok(())
 }
 
-fn event_key(host: i64, gpu: i16, ts: DateTime<Utc>, kind: &str, code: i64) -> EventKey {
+fn event_key(
+    host: i64,
+    gpu: i16,
+    ts: DateTime<Utc>,
+    kind: &str,
+    code: i64,
+) -> crate::store::EventKey {
     (host, gpu, ts, kind.to_string(), code)
 }
 
