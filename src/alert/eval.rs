@@ -126,7 +126,7 @@ async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
 /// one alert per kind and XID code.
 /// How far before the watermark a round looks for events committed late: the longest an
 /// ingest request (and its transaction) may run, plus a margin.
-pub fn late_commit_window(request_timeout_secs: u64) -> Duration {
+fn late_commit_window(request_timeout_secs: u64) -> Duration {
     Duration::seconds(request_timeout_secs.max(1) as i64 + 30)
 }
 
@@ -176,12 +176,11 @@ async fn hardware(
             })
             .collect()
     };
-    let Some(last) = last.map(|l| l.max(since)) else {
+    // Nothing new: the watermark stays.
+    let Some(last) = last.filter(|_| !events.is_empty()) else {
         return Ok(());
     };
-    if events.is_empty() {
-        return Ok(());
-    }
+    let last = last.max(since);
     let labels = host_labels(store).await?;
     // Per rule: observations, and for each the (host, GPU) its events came from.
     #[allow(clippy::type_complexity)]

@@ -52,10 +52,22 @@ impl Timeline {
     }
 }
 
+/// The minute the seeded data ends: the current one. Hosts of one test share it, so a minute
+/// boundary passing while one host's week is written cannot shorten another's history.
+fn data_end() -> DateTime<Utc> {
+    Utc::now().duration_trunc(Duration::minutes(1)).unwrap()
+}
+
 /// Register `host` through ingest and give it `minutes` of normal 1-minute rollups (4 GPUs)
-/// up to the current minute; with `faults`, the glitch and the fault after `e`, which is
-/// `AFTER` minutes back.
-async fn seed(app: &TestApp, host: &str, minutes: i64, faults: bool) -> Timeline {
+/// up to `end`; with `faults`, the glitch and the fault after `e`, which is `AFTER` minutes
+/// before `end`.
+async fn seed(
+    app: &TestApp,
+    host: &str,
+    minutes: i64,
+    faults: bool,
+    end: DateTime<Utc>,
+) -> Timeline {
     let token = app.token(host).await;
     let body = json!({"host": {"name": host, "site": "fra1", "rack": "r12", "pool": "train-a"},
                       "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 1.0}]});
@@ -65,7 +77,6 @@ async fn seed(app: &TestApp, host: &str, minutes: i64, faults: bool) -> Timeline
         .fetch_one(&app.store.pool)
         .await
         .unwrap();
-    let end = Utc::now().duration_trunc(Duration::minutes(1)).unwrap();
     let e = end - Duration::minutes(AFTER);
     let start = end - Duration::minutes(minutes);
     app.store
@@ -182,9 +193,10 @@ fn rfc(t: DateTime<Utc>) -> String {
 #[tokio::test]
 async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
     let app = TestApp::spawn().await;
-    let t = seed(&app, "gpu-a", 7 * 1440 + AFTER, true).await;
+    let end = data_end();
+    let t = seed(&app, "gpu-a", 7 * 1440 + AFTER, true, end).await;
     // A host that reports for 100 minutes only: no model, and the API says why.
-    seed(&app, "gpu-new", 100, false).await;
+    seed(&app, "gpu-new", 100, false, end).await;
     let (trained, scored) = train_and_score(&app, &t).await;
     assert_eq!((trained.trained, trained.skipped), (1, 1), "{trained:?}");
     assert_eq!(trained.scored_minutes, 0, "training ends at the watermark");
@@ -430,7 +442,8 @@ async fn anomaly_rule_fires_on_a_sustained_fault_not_on_a_glitch_and_mails_the_m
         c.alerting.smtp.security = "plain".into();
     })
     .await;
-    let t = seed(&app, "gpu-a", 7 * 1440 + AFTER, true).await;
+    let end = data_end();
+    let t = seed(&app, "gpu-a", 7 * 1440 + AFTER, true, end).await;
     train_and_score(&app, &t).await;
     let rules = RuleSet::parse(RULES).unwrap();
     let mut sender = rackwatch::alert::notify::Sender::new(&app.cfg, Default::default());
@@ -545,10 +558,11 @@ async fn anomaly_job_on_a_gpu_scores_a_fleet_like_the_cpu() {
     use std::collections::HashMap;
 
     let app = TestApp::spawn().await;
-    let t = seed(&app, "fleet-a", 7 * 1440 + AFTER, true).await;
-    seed(&app, "fleet-b", 3 * 1440 + AFTER, false).await;
-    seed(&app, "fleet-c", 2 * 1440 + AFTER, true).await;
-    seed(&app, "fleet-new", 100, false).await;
+    let end = data_end();
+    let t = seed(&app, "fleet-a", 7 * 1440 + AFTER, true, end).await;
+    seed(&app, "fleet-b", 3 * 1440 + AFTER, false, end).await;
+    seed(&app, "fleet-c", 2 * 1440 + AFTER, true, end).await;
+    seed(&app, "fleet-new", 100, false, end).await;
     let settle = Duration::minutes(rackwatch::analytics::anomaly::SETTLE_MINUTES);
     let run = |mut job: AnomalyJob| {
         let app = &app;

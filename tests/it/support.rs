@@ -629,10 +629,15 @@ impl SmtpServer {
 
     /// Wait until at least `n` mails arrived (or `secs` passed); returns all mails.
     pub async fn wait_for(&self, n: usize, secs: u64) -> Vec<String> {
+        self.wait_until(|m| m.len() >= n, secs).await
+    }
+
+    /// Wait until the mails so far satisfy `done` (or `secs` passed); returns all mails.
+    pub async fn wait_until(&self, done: impl Fn(&[String]) -> bool, secs: u64) -> Vec<String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             let m = self.mails();
-            if m.len() >= n || std::time::Instant::now() > deadline {
+            if done(&m) || std::time::Instant::now() > deadline {
                 return m;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
