@@ -1,10 +1,10 @@
 //! The evaluator: turns rules and data into alert state changes, and state changes into
 //! outbox notifications, in one transaction each.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
 
 use super::rules::{
@@ -145,37 +145,37 @@ async fn hardware(
     if hw.is_empty() {
         return Ok(());
     }
-    let watermark: Option<DateTime<Utc>> =
-        sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'alert_events'")
-            .fetch_optional(&store.pool)
-            .await?
-            .flatten();
-    // First run: look back a little, not at all history.
+    let state = sqlx::query!(
+        r#"SELECT watermark, seen AS "seen: sqlx::types::Json<Vec<SeenEvent>>"
+             FROM job_state WHERE name = 'alert_events'"#
+    )
+    .fetch_optional(&store.pool)
+    .await?;
+    let (watermark, seen) = state.map_or((None, None), |s| (s.watermark, s.seen.map(|j| j.0)));
+    // First run: look back a little, not at all history. A watermark written without the
+    // seen events (a server before they were kept) is taken as it stands: looking back
+    // from it would alert twice on what that server alerted on.
     let since = watermark.unwrap_or(now - Duration::minutes(10));
-    let (from, seen) = {
-        let s = store.cache.alert_events.lock().expect("seen events");
-        (if s.warm { since - late } else { since }, s.keys.len())
+    let from = if watermark.is_none() || seen.is_some() {
+        since - late
+    } else {
+        since
     };
+    let mut seen = seen.unwrap_or_default();
+    let keys: HashSet<EventKey> = seen.iter().map(SeenEvent::key).collect();
     let fetched = sqlx::query!(
         "SELECT host_id, gpu_index, ts, kind, code, message, count, received_at FROM hardware_events
           WHERE received_at > $1 ORDER BY received_at, ts LIMIT $2",
         from,
-        5000 + seen as i64,
+        5000 + keys.len() as i64,
     )
     .fetch_all(&store.pool)
     .await?;
     let last = fetched.last().map(|e| e.received_at);
-    let events: Vec<_> = {
-        let mut s = store.cache.alert_events.lock().expect("seen events");
-        s.warm = true;
-        fetched
-            .into_iter()
-            .filter(|e| {
-                !s.keys
-                    .contains_key(&event_key(e.host_id, e.gpu_index, e.ts, &e.kind, e.code))
-            })
-            .collect()
-    };
+    let events: Vec<_> = fetched
+        .into_iter()
+        .filter(|e| !keys.contains(&(e.host_id, e.gpu_index, e.ts, e.kind.as_str(), e.code)))
+        .collect();
     // Nothing new: the watermark stays.
     let Some(last) = last.filter(|_| !events.is_empty()) else {
         return Ok(());
@@ -253,33 +253,43 @@ async fn hardware(
         }
         apply(store, rules, rule, obs, now).await?;
     }
+    // Remembered once they are alerts, with the watermark they are behind; forgotten once
+    // no round looks back that far.
+    seen.extend(events.iter().map(|e| {
+        SeenEvent(
+            e.host_id,
+            e.gpu_index,
+            e.ts,
+            e.kind.clone(),
+            e.code,
+            e.received_at,
+        )
+    }));
+    seen.retain(|e| e.5 > last - late);
     sqlx::query!(
-        "INSERT INTO job_state (name, watermark) VALUES ('alert_events', $1)
-         ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+        "INSERT INTO job_state (name, watermark, seen) VALUES ('alert_events', $1, $2)
+         ON CONFLICT (name) DO UPDATE SET watermark = EXCLUDED.watermark, seen = EXCLUDED.seen,
+                                          updated_at = now()",
         last,
+        sqlx::types::Json(&seen) as _,
     )
     .execute(&store.pool)
     .await?;
-    // Remembered once they are alerts; forgotten once no round looks back that far.
-    let mut s = store.cache.alert_events.lock().expect("seen events");
-    for e in &events {
-        s.keys.insert(
-            event_key(e.host_id, e.gpu_index, e.ts, &e.kind, e.code),
-            e.received_at,
-        );
-    }
-    s.keys.retain(|_, at| *at > last - late);
     Ok(())
 }
 
-fn event_key(
-    host: i64,
-    gpu: i16,
-    ts: DateTime<Utc>,
-    kind: &str,
-    code: i64,
-) -> crate::store::EventKey {
-    (host, gpu, ts, kind.to_string(), code)
+/// A hardware event the evaluator has alerted on: host, GPU, time, kind, code, and the
+/// `received_at` it was fetched by. Stored as a JSON array in `job_state.seen`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SeenEvent(i64, i16, DateTime<Utc>, String, i64, DateTime<Utc>);
+
+/// An event's identity: host, GPU, time, kind, code.
+type EventKey<'a> = (i64, i16, DateTime<Utc>, &'a str, i64);
+
+impl SeenEvent {
+    fn key(&self) -> EventKey<'_> {
+        (self.0, self.1, self.2, self.3.as_str(), self.4)
+    }
 }
 
 /// For each observation of a grouped hardware rule, the event kinds and codes of its GPU

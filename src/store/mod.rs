@@ -64,27 +64,7 @@ pub(crate) struct Cache {
     pub tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (String, std::time::Instant)>>,
     /// Host id → (hash of the GPU inventory last written, when).
     pub inventory: std::sync::Mutex<std::collections::HashMap<i64, (u64, std::time::Instant)>>,
-    /// Hardware events the alert evaluator of this process has turned into alerts
-    /// (`alert::eval`), so that it can look back for late commits without counting one
-    /// twice.
-    pub alert_events: std::sync::Mutex<SeenEvents>,
 }
-
-/// Hardware events already turned into alerts by this process, by key, with their
-/// `received_at`. An event's `received_at` is the start of the ingest transaction that
-/// stored it, and transactions commit out of that order: an event can become visible
-/// after the watermark has passed its time. Each round therefore also looks back
-/// `alert::eval::late_commit_window` before the watermark and skips the events it has seen.
-#[derive(Debug, Default)]
-pub struct SeenEvents {
-    /// Whether this process evaluated before: a new leader starts at the watermark (the
-    /// previous leader's look-back is gone with it).
-    pub(crate) warm: bool,
-    pub(crate) keys: std::collections::HashMap<EventKey, chrono::DateTime<chrono::Utc>>,
-}
-
-/// A hardware event's key: host, GPU, time, kind, code.
-pub(crate) type EventKey = (i64, i16, chrono::DateTime<chrono::Utc>, String, i64);
 
 /// How long a token lookup is trusted.
 pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(60);

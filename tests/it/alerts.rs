@@ -280,9 +280,22 @@ async fn a_rule_with_per_code_keeps_one_alert_per_code() {
 
 #[tokio::test]
 async fn a_fault_committed_after_a_later_one_is_still_mailed() {
-    // An event's received_at is its ingest transaction's start, and transactions commit
-    // out of that order: here the first one commits after a later one was alerted on.
-    let r = rig().await;
+    late_commit(false).await;
+}
+
+#[tokio::test]
+async fn a_fault_committed_late_across_a_leader_handover_is_mailed_once() {
+    late_commit(true).await;
+}
+
+/// An event's received_at is its ingest transaction's start, and transactions commit out
+/// of that order: here the first one commits after a later one was alerted on. With
+/// `handover`, the server that alerted on the later fault stops before the late one
+/// commits, and a new one (a new job leader, or the same server restarted) takes over.
+/// Either way the late fault is mailed, and the earlier one is not mailed or counted again.
+async fn late_commit(handover: bool) {
+    let mut r = rig().await;
+    let db_url = r.app.db_url.clone();
     let t = Utc::now() - chrono::Duration::seconds(1);
     let mut tokens = Vec::new();
     for h in ["slow-commit", "fast-commit"] {
@@ -295,7 +308,11 @@ async fn a_fault_committed_after_a_later_one_is_still_mailed() {
         .fetch_one(&r.app.store.pool)
         .await
         .unwrap();
-    let mut tx = r.app.store.pool.begin().await.unwrap();
+    // Its own connection: the first server's pool closes while the transaction is open.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db_url)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
     sqlx::query(
         "INSERT INTO hardware_events (host_id, gpu_index, ts, kind, code, message)
          VALUES ($1, 0, $2, 'xid', 79, 'the late commit')",
@@ -316,11 +333,34 @@ async fn a_fault_committed_after_a_later_one_is_still_mailed() {
     let first = r.smtp.wait_for(1, 20).await;
     assert!(first[0].contains("fast-commit"), "{}", first[0]);
     // The evaluator's watermark is now past the slow transaction's received_at.
+    if handover {
+        let Rig { app, smtp, .. } = r;
+        app.stop().await;
+        r = rig_with(smtp, Some(db_url)).await;
+    }
     tx.commit().await.unwrap();
     let late = |m: &[String]| m.iter().any(|m| m.contains("the late commit"));
     assert!(
         late(&r.smtp.wait_until(late, 20).await),
         "the fault committed late was never mailed"
+    );
+    // A few more rounds: the earlier fault stays mailed once and counted once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mails = r.smtp.mails();
+    let fast: Vec<_> = mails
+        .iter()
+        .filter(|m| subject(m).starts_with("[FIRING") && m.contains("XID 48"))
+        .collect();
+    assert_eq!(fast.len(), 1, "{fast:?}");
+    let counted: Vec<i32> = sqlx::query_scalar(
+        "SELECT occurrences FROM alerts WHERE labels->>'host' = 'fast-commit' AND rule LIKE 'gpu-xid%'",
+    )
+    .fetch_all(&r.app.store.pool)
+    .await
+    .unwrap();
+    assert!(
+        !counted.is_empty() && counted.iter().all(|&n| n == 1),
+        "{counted:?}"
     );
     r.app.stop().await;
 }
