@@ -242,6 +242,7 @@ async fn hardware(
             }
         }
     }
+    let mut staged = Vec::with_capacity(by_rule.len());
     for (_, (mut obs, at, rule, h)) in by_rule {
         if !h.per_code {
             let seen = codes_seen(store, rule, h, &obs, &at).await?;
@@ -251,7 +252,14 @@ async fn hardware(
                 }
             }
         }
-        apply(store, rules, rule, obs, now).await?;
+        staged.push((rule, alerts_of(store, rule).await?, obs));
+    }
+    // The alerts, their notifications, the watermark and the seen events commit together:
+    // a leader killed mid-round leaves the whole round to its successor, which neither
+    // skips an event nor counts one twice.
+    let mut tx = store.pool.begin().await?;
+    for (rule, existing, obs) in staged {
+        apply_in(&mut tx, rules, rule, &existing, obs, now).await?;
     }
     // Remembered once they are alerts, with the watermark they are behind; forgotten once
     // no round looks back that far.
@@ -273,8 +281,9 @@ async fn hardware(
         last,
         sqlx::types::Json(&seen) as _,
     )
-    .execute(&store.pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -642,7 +651,8 @@ pub fn anomaly_description(
     s
 }
 
-/// Move alerts of `rule` through their states given this round's observations.
+/// Move alerts of `rule` through their states given this round's observations, in one
+/// transaction.
 async fn apply(
     store: &Store,
     rules: &RuleSet,
@@ -650,6 +660,15 @@ async fn apply(
     obs: Vec<Observation>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
+    let existing = alerts_of(store, rule).await?;
+    let mut tx = store.pool.begin().await?;
+    apply_in(&mut tx, rules, rule, &existing, obs, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The alerts of `rule` as they stand, by fingerprint.
+async fn alerts_of(store: &Store, rule: &Rule) -> anyhow::Result<HashMap<String, AlertRow>> {
     let existing: Vec<AlertRow> = sqlx::query_as!(
         AlertRow,
         r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts WHERE rule = $1"#,
@@ -657,12 +676,22 @@ async fn apply(
     )
     .fetch_all(&store.pool)
     .await?;
-    let existing: HashMap<String, AlertRow> = existing
+    Ok(existing
         .into_iter()
         .map(|a| (a.fingerprint.clone(), a))
-        .collect();
+        .collect())
+}
+
+/// `apply` inside the caller's transaction, against `existing` (`alerts_of`).
+async fn apply_in(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RuleSet,
+    rule: &Rule,
+    existing: &HashMap<String, AlertRow>,
+    obs: Vec<Observation>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
     let for_ = Duration::seconds(rule.for_secs() as i64);
-    let mut tx = store.pool.begin().await?;
     for o in obs {
         let fp = fingerprint(&rule.name, &o.labels);
         let cur = existing.get(&fp);
@@ -678,11 +707,11 @@ async fn apply(
                     o.value,
                     &o.description,
                 )
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
             ("firing", false) if o.clear => {
-                resolve(&mut tx, rules, rule, cur.expect("firing row"), now).await?;
+                resolve(tx, rules, rule, cur.expect("firing row"), now).await?;
             }
             ("firing", false) => {} // between the thresholds: hysteresis keeps it firing
             ("pending", true) => {
@@ -694,7 +723,7 @@ async fn apply(
                     }
                 };
                 if held >= for_ {
-                    fire(&mut tx, rules, rule, &fp, &o, since, now, cur).await?;
+                    fire(tx, rules, rule, &fp, &o, since, now, cur).await?;
                 }
             }
             ("pending", false) => {
@@ -702,14 +731,14 @@ async fn apply(
                     "DELETE FROM alerts WHERE fingerprint = $1 AND state = 'pending'",
                     &fp
                 )
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
             (_, true) => {
                 // Rules judged on stored data know how long the condition has held already.
                 let (since, held) = o.held.unwrap_or((o.at.min(now), Duration::zero()));
                 if held >= for_ {
-                    fire(&mut tx, rules, rule, &fp, &o, since, now, cur).await?;
+                    fire(tx, rules, rule, &fp, &o, since, now, cur).await?;
                 } else {
                     let started = if o.held.is_some() { since } else { now };
                     sqlx::query!(
@@ -727,14 +756,13 @@ async fn apply(
                         started,
                         now,
                     )
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 }
             }
             (_, false) => {}
         }
     }
-    tx.commit().await?;
     Ok(())
 }
 
