@@ -3,7 +3,8 @@
 //!
 //! - GPU energy is measured from the total-energy counter (the sum of the agent's
 //!   reset-safe per-sample deltas, see `store::rollup`). Minutes of a GPU without a
-//!   counter reading are estimated from sampled power: mean power × 60 s per sampled
+//!   counter delta (no counter, or only a first reading with no predecessor within
+//!   10 minutes) are estimated from sampled power: mean power × 60 s per sampled
 //!   minute. Energy of a gap in sampling is in the first counter delta after it (the
 //!   counter kept counting), so measured GPUs lose nothing to gaps; estimated ones do.
 //! - Host (non-GPU) energy is measured where the host reports RAPL, otherwise modeled:
