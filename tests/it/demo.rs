@@ -77,7 +77,9 @@ async fn the_demo_raises_each_fault_and_nothing_else() {
     let mut seen = Vec::new();
     let mut anomalous = false;
     let mut all_in = false;
-    while start.elapsed() < Duration::from_secs(420) {
+    // About 5 minutes alone on 2 cores (the failing-fan host's model needs its history);
+    // the whole suite running beside it has stretched that past 7.
+    while start.elapsed() < Duration::from_secs(600) {
         seen = firing(&pool).await;
         // Nothing else fires, at any point: not a silent host while the agents catch up,
         // not a healthy GPU.
@@ -109,7 +111,25 @@ async fn the_demo_raises_each_fault_and_nothing_else() {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    assert!(all_in, "after {:?} firing: {seen:?}", start.elapsed());
+    if !all_in {
+        // What the evaluator had to go on: the stored events and its watermark.
+        let events: Vec<(String, i16, String, i64, String, String)> = sqlx::query_as(
+            "SELECT h.name, e.gpu_index, e.kind, e.code, e.ts::text, e.received_at::text
+               FROM hardware_events e JOIN hosts h ON h.id = e.host_id ORDER BY e.received_at",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let state: Vec<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT name, watermark::text, seen::text FROM job_state")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        panic!(
+            "after {:?} firing: {seen:?}\nevents: {events:#?}\njob state: {state:#?}",
+            start.elapsed()
+        );
+    }
     assert!(
         anomalous,
         "the failing-fan host never scored above its level"
