@@ -120,16 +120,16 @@ async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
         .collect())
 }
 
-/// New hardware events since the watermark → firing alerts, one per rule and GPU (or
-/// host, for host-wide events); recurrences count up on the same alert, whose description
-/// lists every kind and code seen while it fires. A rule with `per_code` splits them into
-/// one alert per kind and XID code.
 /// How far before the watermark a round looks for events committed late: the longest an
 /// ingest request (and its transaction) may run, plus a margin.
 fn late_commit_window(request_timeout_secs: u64) -> Duration {
     Duration::seconds(request_timeout_secs.max(1) as i64 + 30)
 }
 
+/// New hardware events since the watermark → firing alerts, one per rule and GPU (or
+/// host, for host-wide events); recurrences count up on the same alert, whose description
+/// lists every kind and code seen while it fires. A rule with `per_code` splits them into
+/// one alert per kind and XID code.
 async fn hardware(
     store: &Store,
     rules: &RuleSet,

@@ -77,8 +77,7 @@ async fn the_demo_raises_each_fault_and_nothing_else() {
     let mut seen = Vec::new();
     let mut anomalous = false;
     let mut all_in = false;
-    // About 5 minutes alone on 2 cores (the failing-fan host's model needs its history);
-    // the whole suite running beside it has stretched that past 7.
+    // About 5 minutes alone on 2 cores (the failing-fan host's model needs its history).
     while start.elapsed() < Duration::from_secs(600) {
         seen = firing(&pool).await;
         // Nothing else fires, at any point: not a silent host while the agents catch up,
