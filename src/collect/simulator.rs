@@ -182,15 +182,15 @@ impl SimulatedHost {
 
     /// One sample of every metric at `t`.
     pub fn sample(&mut self, t: DateTime<Utc>) -> Collected {
-        let dt = self
-            .last
-            .map_or(5.0, |l| (t - l).num_milliseconds() as f64 / 1000.0)
-            .clamp(0.0, 3600.0);
+        // The previous sample's time, exactly: an event happens in this sample when its
+        // moment lies in (previous, t].
+        let prev = self.last.unwrap_or(t - Duration::seconds(5));
+        let crossed = |at: DateTime<Utc>| prev < at && at <= t;
+        let dt = ((t - prev).num_milliseconds() as f64 / 1000.0).clamp(0.0, 3600.0);
         self.last = Some(t);
         let ts = t.timestamp();
         let mut out = Collected::default();
         let mut util_sum = 0.0;
-        let prev_ts = ts - dt.ceil() as i64;
         let lost_at = self
             .lost_gpu
             .filter(|_| self.faults_from > DateTime::<Utc>::MIN_UTC)
@@ -247,8 +247,7 @@ impl SimulatedHost {
             power = power.clamp(60.0, limit);
             if let Some((lost, at)) = lost_at.filter(|(lost, _)| *lost == g) {
                 if t >= at {
-                    let mark = at.timestamp();
-                    if prev_ts < mark {
+                    if crossed(at) {
                         let pci = 0x18 + lost;
                         out.events.push(HardwareEvent {
                             ts: at,
@@ -301,11 +300,11 @@ impl SimulatedHost {
         if let Some(g) = self.xid_gpu {
             // One XID every XID_EVERY_MIN minutes, at second 30 of that minute.
             let minute = (ts / 60) as u32;
-            let mark = i64::from(minute) * 60 + 30;
-            if minute.is_multiple_of(XID_EVERY_MIN) && prev_ts < mark && ts >= mark {
+            let mark = DateTime::from_timestamp(i64::from(minute) * 60 + 30, 0).unwrap_or(t);
+            if minute.is_multiple_of(XID_EVERY_MIN) && crossed(mark) {
                 let (code, msg) = XIDS[(minute / XID_EVERY_MIN) as usize % XIDS.len()];
                 out.events.push(HardwareEvent {
-                    ts: DateTime::from_timestamp(mark, 0).unwrap_or(t),
+                    ts: mark,
                     index: Some(g),
                     kind: "xid".into(),
                     code: Some(code),
@@ -514,5 +513,64 @@ mod tests {
             vec![("xid", Some(79), lost_at), ("gpu_lost", None, lost_at)]
         );
         assert_eq!(c.gpus.len(), 8);
+    }
+
+    /// An agent samples every 5 s at whatever fraction of a second it started on: each
+    /// event happens in exactly one sample, also when a sample falls in the same second
+    /// as the event, just before it, or the ticks jitter.
+    #[test]
+    fn each_event_is_raised_once_whatever_the_sampling_phase() {
+        let onset: DateTime<Utc> = "2026-11-23T12:00:00.700Z".parse().unwrap();
+        let lost_at = onset + LOST_AFTER;
+        let firsts = [
+            lost_at - Duration::milliseconds(400),
+            lost_at - Duration::milliseconds(5_000),
+            lost_at - Duration::milliseconds(1),
+            lost_at,
+        ];
+        // Every 5 s, or 4.4 s and 5.6 s apart in turn.
+        let cadences = [[5_000, 5_000], [4_400, 5_600]];
+        for (first, cadence) in firsts.into_iter().flat_map(|f| cadences.map(|c| (f, c))) {
+            let mut fleet = SimulatedHost::fleet(6, 8);
+            fleet[1].start_faults_at(onset);
+            fleet[4].start_faults_at(onset);
+            let mut lost = Vec::new();
+            let mut xids = Vec::new();
+            // An hour of ticks.
+            let start = first - Duration::minutes(10);
+            let mut t = start;
+            for k in 0..720 {
+                for (h, out) in [(1, &mut lost), (4, &mut xids)] {
+                    out.extend(
+                        fleet[h]
+                            .sample(t)
+                            .events
+                            .into_iter()
+                            .map(|e| (e.kind, e.ts)),
+                    );
+                }
+                t += Duration::milliseconds(cadence[k % 2]);
+            }
+            assert_eq!(
+                lost,
+                vec![
+                    ("xid".to_string(), lost_at),
+                    ("gpu_lost".to_string(), lost_at)
+                ],
+                "first tick at {first}, cadence {cadence:?}"
+            );
+            // Second 30 of every XID_EVERY_MIN-th minute after the first tick.
+            let expected: Vec<_> = (start.timestamp() / 60..=t.timestamp() / 60)
+                .filter(|m| m % i64::from(XID_EVERY_MIN) == 0)
+                .filter_map(|m| DateTime::from_timestamp(m * 60 + 30, 0))
+                .filter(|&mark| start < mark && mark < t)
+                .collect();
+            let marks: Vec<_> = xids.iter().map(|(_, ts)| *ts).collect();
+            assert!(expected.len() >= 8, "{expected:?}");
+            assert_eq!(
+                marks, expected,
+                "first tick at {first}, cadence {cadence:?}"
+            );
+        }
     }
 }
