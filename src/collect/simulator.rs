@@ -298,11 +298,17 @@ impl SimulatedHost {
             out.gpus.push(self.gpu_info(g, limit));
         }
         if let Some(g) = self.xid_gpu {
-            // One XID every XID_EVERY_MIN minutes, at second 30 of that minute.
-            let minute = (ts / 60) as u32;
-            let mark = DateTime::from_timestamp(i64::from(minute) * 60 + 30, 0).unwrap_or(t);
-            if minute.is_multiple_of(XID_EVERY_MIN) && crossed(mark) {
-                let (code, msg) = XIDS[(minute / XID_EVERY_MIN) as usize % XIDS.len()];
+            // One XID every XID_EVERY_MIN minutes, at second 30 of that minute: every such
+            // moment since the previous sample (more than one after a long gap).
+            let first = prev.timestamp().div_euclid(60).max(ts.div_euclid(60) - 60);
+            for minute in first..=ts.div_euclid(60) {
+                let Some(mark) = DateTime::from_timestamp(minute * 60 + 30, 0) else {
+                    continue;
+                };
+                if minute % i64::from(XID_EVERY_MIN) != 0 || !crossed(mark) {
+                    continue;
+                }
+                let (code, msg) = XIDS[(minute / i64::from(XID_EVERY_MIN)) as usize % XIDS.len()];
                 out.events.push(HardwareEvent {
                     ts: mark,
                     index: Some(g),
@@ -528,18 +534,20 @@ mod tests {
             lost_at - Duration::milliseconds(1),
             lost_at,
         ];
-        // Every 5 s, or 4.4 s and 5.6 s apart in turn.
-        let cadences = [[5_000, 5_000], [4_400, 5_600]];
+        // Every 5 s; 4.4 s and 5.6 s apart in turn; 40 s and 5 s (an overloaded agent).
+        let cadences = [[5_000, 5_000], [4_400, 5_600], [40_000, 5_000]];
         for (first, cadence) in firsts.into_iter().flat_map(|f| cadences.map(|c| (f, c))) {
             let mut fleet = SimulatedHost::fleet(6, 8);
             fleet[1].start_faults_at(onset);
             fleet[4].start_faults_at(onset);
             let mut lost = Vec::new();
             let mut xids = Vec::new();
-            // An hour of ticks.
+            // 720 ticks: an hour at 5 s.
             let start = first - Duration::minutes(10);
             let mut t = start;
+            let mut last = start;
             for k in 0..720 {
+                last = t;
                 for (h, out) in [(1, &mut lost), (4, &mut xids)] {
                     out.extend(
                         fleet[h]
@@ -559,11 +567,12 @@ mod tests {
                 ],
                 "first tick at {first}, cadence {cadence:?}"
             );
-            // Second 30 of every XID_EVERY_MIN-th minute after the first tick.
-            let expected: Vec<_> = (start.timestamp() / 60..=t.timestamp() / 60)
+            // Second 30 of every XID_EVERY_MIN-th minute from the first tick (which looks
+            // back 5 s) to the last.
+            let expected: Vec<_> = (start.timestamp() / 60..=last.timestamp() / 60)
                 .filter(|m| m % i64::from(XID_EVERY_MIN) == 0)
                 .filter_map(|m| DateTime::from_timestamp(m * 60 + 30, 0))
-                .filter(|&mark| start < mark && mark < t)
+                .filter(|&mark| start - Duration::seconds(5) < mark && mark <= last)
                 .collect();
             let marks: Vec<_> = xids.iter().map(|(_, ts)| *ts).collect();
             assert!(expected.len() >= 8, "{expected:?}");
