@@ -62,14 +62,17 @@ pub(crate) struct Cache {
     /// Token SHA-256 → (host name, when looked up). Revocation through this process
     /// takes effect at once; through another replica within `TOKEN_TTL`.
     pub tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (String, std::time::Instant)>>,
-    /// Host id → (hash of the GPU inventory last written, when).
-    pub inventory: std::sync::Mutex<std::collections::HashMap<i64, (u64, std::time::Instant)>>,
+    /// Host id → (hash of the GPU inventory last written, the `last_seen` it wrote).
+    pub inventory:
+        std::sync::Mutex<std::collections::HashMap<i64, (u64, chrono::DateTime<chrono::Utc>)>>,
 }
 
 /// How long a token lookup is trusted.
 pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(60);
-/// How long an unchanged GPU inventory is not rewritten (its `last_seen` has this resolution).
-pub(crate) const INVENTORY_TTL: Duration = Duration::from_secs(60);
+/// How long an unchanged GPU inventory is not rewritten (its `last_seen` has this
+/// resolution), in the time of the batches: history written in seconds (the demo's first
+/// start) still moves `last_seen` with each hour it writes.
+pub(crate) const INVENTORY_TTL: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// A connected store plus the managed cluster it may own.
 pub struct Database {

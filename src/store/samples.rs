@@ -107,7 +107,9 @@ impl Store {
             .lock()
             .expect("inventory cache")
             .get(&host_id)
-            .is_some_and(|(h, at)| *h == inventory && at.elapsed() < super::INVENTORY_TTL);
+            .is_some_and(|(h, at)| {
+                *h == inventory && *at <= now && now - *at < super::INVENTORY_TTL
+            });
         if !unchanged {
             upsert_gpus(&mut tx, host_id, batch, now).await?;
         }
@@ -115,7 +117,7 @@ impl Store {
         tx.commit().await?;
         if !unchanged {
             let mut c = self.cache.inventory.lock().expect("inventory cache");
-            c.insert(host_id, (inventory, std::time::Instant::now()));
+            c.insert(host_id, (inventory, now));
         }
         Ok(WriteOutcome {
             host_id,
@@ -848,7 +850,7 @@ async fn upsert_gpus(
             idx.dedup();
             sqlx::query!(
                 "INSERT INTO gpus (host_id, gpu_index, last_seen) SELECT $1, i, $3 FROM UNNEST($2::int2[]) i
-                 ON CONFLICT (host_id, gpu_index) DO UPDATE SET last_seen = EXCLUDED.last_seen",
+                 ON CONFLICT (host_id, gpu_index) DO UPDATE SET last_seen = GREATEST(gpus.last_seen, EXCLUDED.last_seen)",
                 host_id,
                 &idx,
                 now,
@@ -876,7 +878,7 @@ async fn upsert_gpus(
             memory_total_bytes = COALESCE(EXCLUDED.memory_total_bytes, gpus.memory_total_bytes),
             power_limit_watts = COALESCE(EXCLUDED.power_limit_watts, gpus.power_limit_watts),
             driver_version = COALESCE(EXCLUDED.driver_version, gpus.driver_version),
-            last_seen = EXCLUDED.last_seen",
+            last_seen = GREATEST(gpus.last_seen, EXCLUDED.last_seen)",
         host_id,
         &idx,
         &uuid as _,

@@ -124,6 +124,41 @@ async fn a_diurnal_pool_gets_a_night_day_schedule_within_one_host_of_the_answer(
     app.stop().await;
 }
 
+/// The demo's first start writes days of history in seconds, then the capacity job runs:
+/// the GPUs it wrote are installed now (their inventory was last seen with the history's
+/// last batch, an hour ago), not days ago.
+#[tokio::test]
+async fn a_back_filled_fleet_is_installed_at_the_first_capacity_run() {
+    let app = TestApp::spawn_with(|c| {
+        c.simulator.history_days = 2;
+        c.simulator.backfill_minutes = 60;
+    })
+    .await;
+    let mut fleet = rackwatch::collect::simulator::SimulatedHost::fleet(3, 8);
+    let now = Utc::now();
+    let filled = rackwatch::app::backfill_history(&app.cfg, &app.store, &mut fleet, now)
+        .await
+        .unwrap();
+    assert!(filled.samples > 0);
+    let newest: DateTime<Utc> = sqlx::query_scalar("SELECT min(last_seen) FROM gpus")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert!(
+        newest >= now - Duration::minutes(61),
+        "every GPU last seen with the newest history, not {newest}"
+    );
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let recs = app.store.recommendations(None).await.unwrap();
+    assert_eq!(recs.len(), 3, "{recs:?}");
+    for r in &recs {
+        assert_eq!(r.installed_gpus, 8, "{}: one host of 8 GPUs", r.pool);
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_growing_pool_gets_its_exhaustion_date_and_an_order_that_covers_it() {
     let app = TestApp::spawn().await;
