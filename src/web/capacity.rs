@@ -606,6 +606,15 @@ async fn pool_page(
                 })
                 .collect()
         };
+        // Installed GPUs as measured, then held through the coming weeks (a point an hour,
+        // so the line is drawn, not a lone dot at the end).
+        let last = d.demand.last().map_or(d.from, |p| p.bucket);
+        let installed_ahead = std::iter::successors(Some(last + Duration::hours(1)), |t| {
+            Some(*t + Duration::hours(1))
+        })
+        .take_while(|t| *t < d.to)
+        .chain([d.to])
+        .map(|t| (t, f64::from(s.installed_gpus)));
         let mut advised: Vec<(DateTime<Utc>, f64)> =
             d.advised.iter().map(|(t, g)| (*t, f64::from(*g))).collect();
         advised.extend(hourly(s.decided_at, &d.week_schedule));
@@ -620,7 +629,7 @@ async fn pool_page(
                     .demand
                     .iter()
                     .map(|p| (p.bucket, f64::from(p.installed_gpus)))
-                    .chain([(d.to, f64::from(s.installed_gpus))])
+                    .chain(installed_ahead)
                     .collect(),
             },
             Series {
