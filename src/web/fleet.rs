@@ -100,7 +100,13 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
         alerts_firing,
     } = rows(&st.store, now).await?;
     let cells = heat_cells(&hosts, &gpus, &faults, metric);
-    let reporting: Vec<&GpuLatest> = gpus.iter().filter(|g| g.ts.is_some()).collect();
+    // Reporting: a sample within the same minute that makes a host count as reporting (a
+    // GPU that fell off the bus drops out within a minute, not after the 15 minutes its
+    // last values stay on show).
+    let reporting: Vec<&GpuLatest> = gpus
+        .iter()
+        .filter(|g| g.ts.is_some_and(|t| (now - t).num_seconds() <= STALE_SECS))
+        .collect();
     let utils: Vec<f64> = reporting
         .iter()
         .filter_map(|g| g.util_pct.map(f64::from))

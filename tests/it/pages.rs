@@ -117,6 +117,43 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
     app.stop().await;
 }
 
+/// A GPU that falls silent (off the bus) stops counting as reporting within the minute
+/// its host would, while its last values stay on show.
+#[tokio::test]
+async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
+    let app = TestApp::spawn().await;
+    let token = app.token("quiet-gpu-host").await;
+    let now = recent(1, 1, 2)[0];
+    let before = recent(1, 1, 120)[0];
+    let body = json!({
+        "host": {"name": "quiet-gpu-host", "site": "fra1", "rack": "r01"},
+        "gpus": [{"index": 0}, {"index": 1}],
+        "gpu_samples": [
+            {"ts": now, "index": 0, "util_pct": 80.0, "power_watts": 500.0},
+            {"ts": before, "index": 1, "util_pct": 20.0, "power_watts": 300.0},
+        ],
+        "host_samples": [{"ts": now, "cpu_util_pct": 10.0}],
+    });
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let cookie = app
+        .login_as(
+            "viewer",
+            "viewer-pass",
+            rackwatch::store::auth::Role::Viewer,
+        )
+        .await;
+    let fleet = app.json(&cookie, "/api/v1/fleet").await;
+    assert_eq!(
+        (&fleet["hosts_up"], &fleet["gpus_total"], &fleet["gpus_up"]),
+        (&json!(1), &json!(2), &json!(1)),
+        "{fleet}"
+    );
+    // Power and utilization now are the reporting GPU's.
+    assert_eq!(fleet["gpu_power_watts"], 500.0, "{fleet}");
+    assert_eq!(fleet["mean_gpu_util_pct"], 80.0, "{fleet}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn hostile_host_names_are_escaped() {
     let app = TestApp::spawn().await;
