@@ -25,7 +25,7 @@ use super::access::Routes;
 use super::auth::{require, ApiUser, Csrf, MaybeUser, PageUser};
 use super::charts::{Axis, Band, Overlay, Series};
 use super::error::{ApiError, ErrorBody, PageError};
-use super::page::{chart, render, render_off, seg, ChartView, Nav};
+use super::page::{chart, rack_path, render, render_off, seg, ChartView, Nav};
 use super::AppState;
 use crate::analytics::capacity::{
     actions, DemandPoint, DrainCandidate, EvidenceView, ExhaustionRow, PoolDrains,
@@ -429,7 +429,7 @@ async fn page(
             .iter()
             .map(|r| {
                 let (site, rack) = r.key.split_once('/').unwrap_or(("", &r.key));
-                date_view(r, format!("/racks/{}/{}", seg(site), seg(rack)))
+                date_view(r, rack_path(site, rack))
             })
             .collect();
         let disks: Vec<DateView> = d

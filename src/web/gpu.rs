@@ -367,7 +367,7 @@ async fn page(
         let page = GpuPage {
             nav: Nav::new(&user, csrf, ""),
             host_link: format!("/hosts/{}?{query}", seg(&name)),
-            rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
+            rack_link: format!("{}?{query}", rack_path(&d.host.site, &d.host.rack)),
             host: host_row(&d.host, GpuSummary::default(), now),
             gpu: gpu_cell(&d.gpu),
             driver_note: d

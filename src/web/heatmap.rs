@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::charts::{heat_step_css, sequential_gradient, sequential_step, HEAT_STEP_CLASS};
 use super::error::ApiError;
-use super::page::{host_row, seg, watts, GpuSummary, HostRow, HOT_CELSIUS};
+use super::page::{host_row, place_label, rack_path, seg, watts, GpuSummary, HostRow, HOT_CELSIUS};
 use crate::model::format::{bytes, push_fixed};
 use crate::store::queries::{GpuLatest, HostLatest};
 use crate::store::series::FaultCount;
@@ -326,18 +326,20 @@ pub fn cell_view(c: &HeatCell, metric: Metric, query: &str, host_seg: &str) -> C
 pub fn heatmap(cells: &[HeatCell], metric: Metric, query: &str) -> Vec<SiteGroup> {
     let mut sites: Vec<SiteGroup> = Vec::new();
     for c in cells {
-        if sites.last().is_none_or(|s| s.name != c.site) {
+        let site_name = place_label(&c.site, "no site");
+        if sites.last().is_none_or(|s| s.name != site_name) {
             sites.push(SiteGroup {
-                name: c.site.clone(),
+                name: site_name,
                 racks: Vec::new(),
             });
         }
         let site = sites.last_mut().expect("pushed");
-        if site.racks.last().is_none_or(|r| r.name != c.rack) {
+        let rack_name = place_label(&c.rack, "no rack");
+        if site.racks.last().is_none_or(|r| r.name != rack_name) {
             site.racks.push(RackGroup {
                 site: c.site.clone(),
-                name: c.rack.clone(),
-                link: format!("/racks/{}/{}?{query}", seg(&c.site), seg(&c.rack)),
+                name: rack_name,
+                link: format!("{}?{query}", rack_path(&c.site, &c.rack)),
                 hosts: Vec::new(),
             });
         }

@@ -367,7 +367,7 @@ async fn page(
             } else {
                 d.host.agent_version.clone()
             },
-            rack_link: format!("/racks/{}/{}?{query}", seg(&d.host.site), seg(&d.host.rack)),
+            rack_link: format!("{}?{query}", rack_path(&d.host.site, &d.host.rack)),
             host: host_row(&d.host, GpuSummary::default(), now),
             picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
             charts,

@@ -85,9 +85,9 @@ async fn page(
         .map(|r| InventoryView {
             host: r.host_name.clone(),
             host_link: format!("/hosts/{}", seg(&r.host_name)),
-            site: r.site.clone(),
-            rack: r.rack.clone(),
-            pool: r.pool.clone(),
+            site: place_label(&r.site, "no site"),
+            rack: place_label(&r.rack, "no rack"),
+            pool: place_label(&r.pool, "–"),
             agent_version: r.agent_version.clone(),
             last_seen: r.last_seen.map(|t| t.to_rfc3339()).unwrap_or_default(),
             gpu: r.index.map(|i| format!("GPU {i}")).unwrap_or_default(),

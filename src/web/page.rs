@@ -77,6 +77,40 @@ pub fn seg(s: &str) -> String {
     urlencode(s).replace('/', "%2F")
 }
 
+/// The segment that stands for "none" in a rack page's path: a host whose agent sets no
+/// site or rack is listed under `/racks/-/-` (a path segment cannot be empty).
+pub const NO_PLACE_SEG: &str = "-";
+
+/// A rack page's path; a missing site or rack is [`NO_PLACE_SEG`].
+pub fn rack_path(site: &str, rack: &str) -> String {
+    let part = |s: &str| {
+        if s.is_empty() {
+            NO_PLACE_SEG.to_string()
+        } else {
+            seg(s)
+        }
+    };
+    format!("/racks/{}/{}", part(site), part(rack))
+}
+
+/// The site or rack a rack page's path segment names ([`NO_PLACE_SEG`]: none).
+pub fn place_from_seg(s: String) -> String {
+    if s == NO_PLACE_SEG {
+        String::new()
+    } else {
+        s
+    }
+}
+
+/// A site, rack or pool name as shown, with `none` for a host whose agent sets none.
+pub fn place_label(s: &str, none: &str) -> String {
+    if s.is_empty() {
+        none.to_string()
+    } else {
+        s.to_string()
+    }
+}
+
 /// A host as a table row.
 pub struct HostRow {
     pub name: String,
@@ -145,9 +179,9 @@ pub fn host_row(h: &HostLatest, gpus: GpuSummary, now: DateTime<Utc>) -> HostRow
     HostRow {
         name: h.name.clone(),
         link: seg(&h.name),
-        site: h.site.clone(),
-        rack: h.rack.clone(),
-        pool: h.pool.clone(),
+        site: place_label(&h.site, "no site"),
+        rack: place_label(&h.rack, "no rack"),
+        pool: place_label(&h.pool, "–"),
         age: age(h.last_seen, now),
         stale: h
             .last_seen

@@ -161,6 +161,8 @@ pub async fn load(
 #[template(path = "rack.html")]
 pub struct RackPage {
     pub nav: Nav,
+    /// "Rack r01", or "Hosts without a rack" for the hosts whose agent sets none.
+    pub heading: String,
     pub site: String,
     pub rack: String,
     pub picker: Picker,
@@ -185,13 +187,14 @@ async fn page(
     Path((site, rack)): Path<(String, String)>,
     Query(q): Query<RangeParams>,
 ) -> Result<Response, PageError> {
+    let (site, rack) = (place_from_seg(site), place_from_seg(rack));
     let now = Utc::now();
     let r = q.resolve_overview(now, "1h")?;
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = load(&st, &site, &rack, r.clone(), metric).await?;
     render_off(move || {
         let query = r.query();
-        let path = format!("/racks/{}/{}", seg(&site), seg(&rack));
+        let path = rack_path(&site, &rack);
         let page = RackPage {
             nav: Nav::new(&user, csrf, ""),
             picker: picker(path, &r, format!("&metric={}", metric.key())),
@@ -206,8 +209,13 @@ async fn page(
             gpus_reporting: d.gpus.len(),
             events: event_views(&d.events, &query),
             alerts: alert_views(&d.alerts, true, &query),
-            site,
-            rack,
+            heading: if rack.is_empty() {
+                "Hosts without a rack".into()
+            } else {
+                format!("Rack {rack}")
+            },
+            site: place_label(&site, "no site"),
+            rack: place_label(&rack, "no rack"),
         };
         render_sized(&page, heatmap_page_size(d.gpus.len()) + 64 * 1024)
     })
@@ -307,8 +315,8 @@ fn rack_gpu_charts(
     path = "/api/v1/racks/{site}/{rack}",
     tag = "racks",
     params(
-        ("site" = String, Path, description = "Site name."),
-        ("rack" = String, Path, description = "Rack name."),
+        ("site" = String, Path, description = "Site name; `-` for hosts whose agent sets no site."),
+        ("rack" = String, Path, description = "Rack name; `-` for hosts whose agent sets no rack."),
         RangeDoc,
         ("metric" = Option<Metric>, Query, description = "What the heatmap cells are colored by (default util)."),
     ),
@@ -325,6 +333,7 @@ async fn json(
     Path((site, rack)): Path<(String, String)>,
     Query(q): Query<RangeParams>,
 ) -> Result<Json<RackData>, ApiError> {
+    let (site, rack) = (place_from_seg(site), place_from_seg(rack));
     let r = q.resolve_overview(Utc::now(), "1h")?;
     let metric = Metric::parse(q.metric.as_deref())?;
     Ok(Json(load(&st, &site, &rack, r, metric).await?))

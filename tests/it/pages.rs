@@ -154,6 +154,56 @@ async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
     app.stop().await;
 }
 
+/// An agent that sets no site, rack or pool (the demo's local agent, a first install):
+/// every page names the missing placement and the rack link leads to a page that lists
+/// the host, instead of "/ " and a link to `/racks//`.
+#[tokio::test]
+async fn a_host_without_site_rack_or_pool_is_shown_and_linked_as_such() {
+    let app = TestApp::spawn().await;
+    let token = app.token("bare-host").await;
+    let now = recent(1, 1, 2)[0];
+    let body = json!({
+        "host": {"name": "bare-host"},
+        "gpus": [{"index": 0}],
+        "gpu_samples": [{"ts": now, "index": 0, "util_pct": 50.0}],
+        "host_samples": [{"ts": now, "cpu_util_pct": 10.0}],
+    });
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let cookie = app.login("ops", "correct horse").await;
+    let (status, fleet) = app.page(&cookie, "/").await;
+    assert_eq!(status, 200);
+    assert!(fleet.contains("<td>no site / no rack</td>"), "{fleet}");
+    assert!(fleet.contains("<h3>Site no site</h3>"), "{fleet}");
+    assert!(fleet.contains(r#"href="/racks/-/-?"#), "{fleet}");
+    assert!(!fleet.contains("/racks//"), "{fleet}");
+    let (status, host) = app.page(&cookie, "/hosts/bare-host").await;
+    assert_eq!(status, 200);
+    assert!(host.contains("› no site › <a href=\"/racks/-/-?"), "{host}");
+    assert!(host.contains(">no rack</a>"), "{host}");
+    assert!(host.contains("Pool – · agent"), "{host}");
+    let (status, gpu) = app.page(&cookie, "/hosts/bare-host/gpus/0").await;
+    assert_eq!(status, 200);
+    assert!(gpu.contains("› no site › <a href=\"/racks/-/-?"), "{gpu}");
+    let (status, rack) = app.page(&cookie, "/racks/-/-").await;
+    assert_eq!(status, 200, "{rack}");
+    assert!(rack.contains("<h1>Hosts without a rack"), "{rack}");
+    assert!(rack.contains(">bare-host</a>"), "{rack}");
+    let api = app.json(&cookie, "/api/v1/racks/-/-").await;
+    assert_eq!(api["hosts"][0]["name"], "bare-host", "{api}");
+    assert_eq!(
+        (&api["site"], &api["rack"]),
+        (&json!(""), &json!("")),
+        "{api}"
+    );
+    let (status, inventory) = app.page(&cookie, "/inventory").await;
+    assert_eq!(status, 200);
+    assert!(
+        inventory.contains("<td>no site / no rack</td><td>–</td>"),
+        "{inventory}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn hostile_host_names_are_escaped() {
     let app = TestApp::spawn().await;
