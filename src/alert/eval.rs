@@ -64,12 +64,14 @@ struct AlertRow {
 }
 
 /// One evaluation round. `full`: also threshold and absence rules (hardware events are
-/// checked every round).
+/// checked every round). `watching_since`: when this evaluator began watching (it became
+/// the job leader); a host's silence is counted from then at the earliest.
 pub async fn evaluate(
     store: &Store,
     rules: &RuleSet,
     cfg: &Config,
     now: DateTime<Utc>,
+    watching_since: DateTime<Utc>,
     full: bool,
 ) -> anyhow::Result<()> {
     if rules.rules.is_empty() {
@@ -86,7 +88,9 @@ pub async fn evaluate(
         for rule in &rules.rules {
             let obs = match &rule.kind {
                 RuleKind::Threshold(t) => threshold_observations(store, rule, t, now).await?,
-                RuleKind::Absent(a) => absent_observations(store, rule, a, now).await?,
+                RuleKind::Absent(a) => {
+                    absent_observations(store, rule, a, now, watching_since).await?
+                }
                 RuleKind::Anomaly(a) => anomaly_observations(store, rule, a, now).await?,
                 RuleKind::Capacity(c) => capacity_observations(store, cfg, rule, c, now).await?,
                 RuleKind::Hardware(h) => {
@@ -443,11 +447,17 @@ async fn threshold_observations(
         .collect())
 }
 
+/// Hosts silent for longer than the rule's `after_secs`. Silence is counted from when this
+/// evaluator began watching at the earliest: while no server ran, no host could report,
+/// and after a server outage the agents need a few seconds to reconnect and ship what they
+/// spooled; without this every host would fire at the first round after the outage. An
+/// alert that is already firing resolves only on data (its real silence).
 async fn absent_observations(
     store: &Store,
     rule: &Rule,
     a: &AbsentRule,
     now: DateTime<Utc>,
+    watching_since: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Observation>> {
     let rows = sqlx::query!("SELECT id, last_seen FROM hosts")
         .fetch_all(&store.pool)
@@ -460,10 +470,11 @@ async fn absent_observations(
             let last = r.last_seen?;
             let l = labels.get(&r.id)?.clone();
             let silent = now - last;
+            let watched = now - last.max(watching_since);
             rule.selects(&l).then(|| Observation {
                 labels: l,
                 value: Some(silent.num_seconds() as f64),
-                active: silent > after,
+                active: watched > after,
                 clear: silent <= after,
                 at: now,
                 occurrences: 1,

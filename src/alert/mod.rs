@@ -230,8 +230,13 @@ pub fn spawn(
         let mut sender = notify::Sender::new(&cfg, telemetry);
         let eval_every = Duration::from_secs(cfg.alerting.eval_interval_secs);
         let mut last_full = Instant::now() - eval_every;
+        // When this replica became the leader: hosts are judged silent from then at most.
+        let mut watching_since = None;
         loop {
-            if leader.load(Ordering::Relaxed) {
+            if !leader.load(Ordering::Relaxed) {
+                watching_since = None;
+            } else {
+                let since = *watching_since.get_or_insert_with(chrono::Utc::now);
                 let reload = source.refresh();
                 source.audit(&store, &reload).await;
                 let rules = source.rules.clone();
@@ -239,7 +244,8 @@ pub fn spawn(
                 if full {
                     last_full = Instant::now();
                 }
-                if let Err(e) = eval::evaluate(&store, &rules, &cfg, chrono::Utc::now(), full).await
+                if let Err(e) =
+                    eval::evaluate(&store, &rules, &cfg, chrono::Utc::now(), since, full).await
                 {
                     tracing::warn!("alert evaluation: {e:#}");
                 }

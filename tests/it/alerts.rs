@@ -748,6 +748,67 @@ async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
     r.app.stop().await;
 }
 
+/// A server back from an outage longer than `after_secs` does not report every host as
+/// down at its first round: silence counts from when its evaluator began watching, so an
+/// agent that reconnects within `after_secs` (agents retry every 5 s at most) raises
+/// nothing, while a host that stays silent still fires, `after_secs` into the watch.
+#[tokio::test]
+async fn after_a_server_outage_only_the_hosts_that_stay_silent_fire() {
+    let db_url = fresh_database().await;
+    let first = rig_with(SmtpServer::start().await, Some(db_url.clone())).await;
+    let mut tokens = Vec::new();
+    for h in ["back", "gone"] {
+        let token = first.app.token(h).await;
+        let body =
+            json!({"host": {"name": h}, "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}]});
+        assert_eq!(first.app.ingest(&token, &body).await.status(), 200);
+        tokens.push(token);
+    }
+    first.app.stop().await;
+    // The outage: longer than after_secs = 5.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let second = rig_with(SmtpServer::start().await, Some(db_url)).await;
+    // "back" reconnects at once and keeps reporting; "gone" stays silent.
+    let started = std::time::Instant::now();
+    let mut gone_fired = false;
+    while started.elapsed() < Duration::from_secs(15) && !gone_fired {
+        let body = json!({"host": {"name": "back"}, "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}]});
+        assert_eq!(second.app.ingest(&tokens[0], &body).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gone_fired = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM alerts WHERE rule = 'host-down' AND labels->>'host' = 'gone' AND state = 'firing'",
+        )
+        .fetch_one(&second.app.store.pool)
+        .await
+        .unwrap()
+            == 1;
+    }
+    assert!(gone_fired, "the host that stayed silent fires");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "not before after_secs of watching: {:?}",
+        started.elapsed()
+    );
+    let back: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alerts WHERE rule = 'host-down' AND labels->>'host' = 'back'",
+    )
+    .fetch_one(&second.app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        back, 0,
+        "the host that reconnected raised nothing, not even pending"
+    );
+    let mails = second.smtp.wait_for(1, 15).await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(
+        mails[0].contains("gone") && !mails[0].contains("back"),
+        "{}",
+        mails[0]
+    );
+    second.app.stop().await;
+}
+
 #[tokio::test]
 async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     use rackwatch::store::auth::Role;

@@ -447,12 +447,14 @@ async fn anomaly_rule_fires_on_a_sustained_fault_not_on_a_glitch_and_mails_the_m
     train_and_score(&app, &t).await;
     let rules = RuleSet::parse(RULES).unwrap();
     let mut sender = rackwatch::alert::notify::Sender::new(&app.cfg, Default::default());
-    // Evaluate as the evaluator would have, half a minute after each scored minute.
+    // Evaluate as the evaluator would have, half a minute after each scored minute, one
+    // that has been watching since long before.
+    let watching = t.at(0) - Duration::days(1);
     let mut states = Vec::new();
     let mut fired_mail = Vec::new();
     for minute in 0..AFTER {
         let now = t.at(minute) + Duration::seconds(30);
-        rackwatch::alert::eval::evaluate(&app.store, &rules, &app.cfg, now, true)
+        rackwatch::alert::eval::evaluate(&app.store, &rules, &app.cfg, now, watching, true)
             .await
             .unwrap();
         let state = alert_state(&app).await;
