@@ -459,9 +459,12 @@ async fn absent_observations(
     now: DateTime<Utc>,
     watching_since: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Observation>> {
-    let rows = sqlx::query!("SELECT id, last_seen FROM hosts")
-        .fetch_all(&store.pool)
-        .await?;
+    // Judged by arrival (the server's clock), not by the samples' own time: a host whose
+    // clock is behind still reports.
+    let rows =
+        sqlx::query!(r#"SELECT id, COALESCE(last_heard, last_seen) AS last_seen FROM hosts"#)
+            .fetch_all(&store.pool)
+            .await?;
     let labels = host_labels(store).await?;
     let after = Duration::seconds(a.after_secs as i64);
     Ok(rows

@@ -21,8 +21,12 @@ pub struct HostLatest {
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub labels: serde_json::Value,
     pub agent_version: String,
-    /// The host's last batch.
+    /// Time of the host's newest sample (the agent's clock).
     pub last_seen: Option<DateTime<Utc>>,
+    /// When the server last received a sample from the host (the server's clock). Well
+    /// after `last_seen` while the host reports: the agent's clock is behind, or it is
+    /// replaying a backlog.
+    pub last_heard: Option<DateTime<Utc>>,
     pub gpu_count: i64,
     /// Time of the latest sample; null (and the values with it) when older than 15 min.
     pub ts: Option<DateTime<Utc>>,
@@ -83,7 +87,7 @@ macro_rules! host_latest_query {
     ($rest:tt $(, $arg:expr)*) => {
         sqlx::query_as!(
             HostLatest,
-            r#"SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen,
+            r#"SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen, h.last_heard,
                     (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS "gpu_count!",
                     s.ts AS "ts?", s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
                     s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s

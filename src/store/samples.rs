@@ -238,7 +238,7 @@ fn upsert_host_sql(mode: Write) -> String {
     let set_of = |t: &str, c: &str| set.replace("{t}", t).replace("{c}", c);
     let host: Vec<&Metric> = HOST_METRICS.iter().filter(|m| m.latest).collect();
     let gpu: Vec<&Metric> = GPU_METRICS.iter().filter(|m| m.latest).collect();
-    let mut n = 9;
+    let mut n = 10;
     let mut next = || {
         n += 1;
         n
@@ -283,13 +283,14 @@ fn upsert_host_sql(mode: Write) -> String {
     };
     format!(
         "WITH h AS (
-            INSERT INTO hosts (name, site, rack, pool, labels, agent_version, agent_stats, last_seen)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            INSERT INTO hosts (name, site, rack, pool, labels, agent_version, agent_stats, last_seen, last_heard)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10)
             ON CONFLICT (name) DO UPDATE SET
                site = EXCLUDED.site, rack = EXCLUDED.rack, pool = EXCLUDED.pool, labels = EXCLUDED.labels,
                agent_version = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_version ELSE EXCLUDED.agent_version END,
                agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
-               last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen)
+               last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen),
+               last_heard = GREATEST(hosts.last_heard, EXCLUDED.last_heard)
             RETURNING id
          ), host_latest_up AS (
             INSERT INTO host_latest (host_id, ts, {hc})
@@ -400,7 +401,9 @@ async fn upsert_host(
         .bind(version)
         .bind(stats)
         .bind(last_seen)
-        .bind(h.map(|s| s.ts));
+        .bind(h.map(|s| s.ts))
+        // Received now (the server's clock), when the batch carries a sample.
+        .bind(last_seen.map(|_| now));
     for (i, m) in HOST_METRICS.iter().enumerate().filter(|(_, m)| m.latest) {
         let v = h.map_or(Value::F64(None), |s| s.value(i));
         // A missing host sample binds NULLs of the column's type.

@@ -111,6 +111,30 @@ pub fn place_label(s: &str, none: &str) -> String {
     }
 }
 
+/// Samples that arrive this much after their own time make a host "late".
+pub const LATE_SECS: i64 = 30;
+
+/// A note for a host that reports (heard from within [`STALE_SECS`]) with samples older
+/// than [`LATE_SECS`] on arrival.
+fn late_note(
+    last_seen: Option<DateTime<Utc>>,
+    last_heard: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> String {
+    match (last_seen, last_heard) {
+        (Some(seen), Some(heard))
+            if (now - heard).num_seconds() <= STALE_SECS
+                && (heard - seen).num_seconds() > LATE_SECS =>
+        {
+            format!(
+                "its samples arrive {} after their own time: the agent's clock is behind (check its NTP), or it is replaying a backlog",
+                age(Some(seen), heard).trim_end_matches(" ago")
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 /// A host as a table row.
 pub struct HostRow {
     pub name: String,
@@ -120,6 +144,9 @@ pub struct HostRow {
     pub pool: String,
     pub age: String,
     pub stale: bool,
+    /// Said when the host reports but its samples arrive late (its clock is behind, or it
+    /// replays a backlog); empty otherwise.
+    pub late: String,
     pub cpu: String,
     pub load: String,
     pub mem: String,
@@ -186,6 +213,7 @@ pub fn host_row(h: &HostLatest, gpus: GpuSummary, now: DateTime<Utc>) -> HostRow
         stale: h
             .last_seen
             .is_none_or(|t| (now - t).num_seconds() > STALE_SECS),
+        late: late_note(h.last_seen, h.last_heard, now),
         cpu: num(h.cpu_util_pct.map(f64::from), 1, "%"),
         load: num(h.load1.map(f64::from), 2, ""),
         mem,

@@ -721,7 +721,7 @@ async fn a_host_threshold_fires_for_the_host_and_resolves() {
 async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
     let r = rig().await;
     let token = r.app.token("quiet").await;
-    // Last heard of 10 s ago: past after_secs = 5.
+    // One sample, 10 s old on arrival, then silence: down after_secs = 5 after it arrived.
     let ts = recent(1, 1, 10)[0];
     assert_eq!(r.app.ingest(&token, &json!({"host": {"name": "quiet"}, "host_samples": [{"ts": ts, "cpu_util_pct": 1.0}]})).await.status(), 200);
     let mails = r.smtp.wait_for(1, 15).await;
@@ -807,6 +807,52 @@ async fn after_a_server_outage_only_the_hosts_that_stay_silent_fire() {
         mails[0]
     );
     second.app.stop().await;
+}
+
+/// Silence is judged by when samples arrive, not by their own timestamps: a host whose
+/// clock runs 90 s behind (past after_secs = 5) reports every half second and is never
+/// called down; when it stops, it fires.
+#[tokio::test]
+async fn a_host_whose_clock_is_behind_is_not_down_while_it_reports() {
+    let r = rig().await;
+    let token = r.app.token("slow-clock").await;
+    let behind = chrono::Duration::seconds(90);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let body = json!({"host": {"name": "slow-clock"}, "host_samples": [{"ts": Utc::now() - behind, "cpu_util_pct": 1.0}]});
+        assert_eq!(r.app.ingest(&token, &body).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM alerts WHERE rule = 'host-down' AND state = 'firing'",
+        )
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(count().await, 0, "a reporting host is not down");
+    assert!(r.smtp.mails().is_empty(), "{:?}", r.smtp.mails());
+    // Its page says why its last sample looks old.
+    let cookie = r.app.login("ops", "correct horse").await;
+    let (_, page) = r.app.page(&cookie, "/hosts/slow-clock").await;
+    assert!(
+        page.contains(
+            "its samples arrive 90 s after their own time: the agent&#39;s clock is behind"
+        ) || page
+            .contains("its samples arrive 90 s after their own time: the agent's clock is behind"),
+        "{page}"
+    );
+    // Silent from now on: down after after_secs.
+    let mails = r.smtp.wait_for(1, 20).await;
+    assert_eq!(mails.len(), 1);
+    assert!(
+        subject(&mails[0]).contains("Host stopped reporting"),
+        "{}",
+        subject(&mails[0])
+    );
+    assert_eq!(count().await, 1);
+    r.app.stop().await;
 }
 
 #[tokio::test]
