@@ -100,13 +100,9 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
         alerts_firing,
     } = rows(&st.store, now).await?;
     let cells = heat_cells(&hosts, &gpus, &faults, metric);
-    // Reporting: a sample within the same minute that makes a host count as reporting (a
-    // GPU that fell off the bus drops out within a minute, not after the 15 minutes its
-    // last values stay on show).
-    let reporting: Vec<&GpuLatest> = gpus
-        .iter()
-        .filter(|g| g.ts.is_some_and(|t| (now - t).num_seconds() <= STALE_SECS))
-        .collect();
+    // Reporting: heard from within a minute (a GPU that fell off the bus drops out within
+    // a minute, not after the 15 minutes its last values stay on show).
+    let reporting = reporting_gpus(&hosts, &gpus, now);
     let utils: Vec<f64> = reporting
         .iter()
         .filter_map(|g| g.util_pct.map(f64::from))
@@ -115,13 +111,7 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
         generated_at: now,
         metric,
         hosts_total: hosts.len(),
-        hosts_up: hosts
-            .iter()
-            .filter(|h| {
-                h.last_seen
-                    .is_some_and(|t| (now - t).num_seconds() <= STALE_SECS)
-            })
-            .count(),
+        hosts_up: hosts.iter().filter(|h| host_reports(h, now)).count(),
         gpus_total: gpus.len(),
         gpus_up: reporting.len(),
         mean_gpu_util_pct: (!utils.is_empty())

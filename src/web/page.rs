@@ -111,6 +111,41 @@ pub fn place_label(s: &str, none: &str) -> String {
     }
 }
 
+/// A host reports when the server received a sample from it within [`STALE_SECS`], by
+/// the server's clock: a host whose clock is behind reports all the same.
+pub fn host_reports(h: &HostLatest, now: DateTime<Utc>) -> bool {
+    h.last_heard
+        .or(h.last_seen)
+        .is_some_and(|t| (now - t).num_seconds() <= STALE_SECS)
+}
+
+/// A GPU reports when its host does and its newest sample is within [`STALE_SECS`] of the
+/// host's newest sample (both by the agent's clock): a GPU that fell off the bus drops out
+/// within a minute while its host goes on reporting.
+pub fn gpu_reports(g: &GpuLatest, host: Option<&HostLatest>, now: DateTime<Utc>) -> bool {
+    match (g.ts, host) {
+        (Some(t), Some(h)) => {
+            host_reports(h, now)
+                && h.last_seen
+                    .is_some_and(|s| (s - t).num_seconds() <= STALE_SECS)
+        }
+        _ => false,
+    }
+}
+
+/// The GPUs of `gpus` that report (see [`gpu_reports`]).
+pub fn reporting_gpus<'a>(
+    hosts: &[HostLatest],
+    gpus: &'a [GpuLatest],
+    now: DateTime<Utc>,
+) -> Vec<&'a GpuLatest> {
+    let by_name: std::collections::HashMap<&str, &HostLatest> =
+        hosts.iter().map(|h| (h.name.as_str(), h)).collect();
+    gpus.iter()
+        .filter(|g| gpu_reports(g, by_name.get(g.host_name.as_str()).copied(), now))
+        .collect()
+}
+
 /// Samples that arrive this much after their own time make a host "late".
 pub const LATE_SECS: i64 = 30;
 
@@ -210,9 +245,7 @@ pub fn host_row(h: &HostLatest, gpus: GpuSummary, now: DateTime<Utc>) -> HostRow
         rack: place_label(&h.rack, "no rack"),
         pool: place_label(&h.pool, "–"),
         age: age(h.last_seen, now),
-        stale: h
-            .last_seen
-            .is_none_or(|t| (now - t).num_seconds() > STALE_SECS),
+        stale: !host_reports(h, now),
         late: late_note(h.last_seen, h.last_heard, now),
         cpu: num(h.cpu_util_pct.map(f64::from), 1, "%"),
         load: num(h.load1.map(f64::from), 2, ""),

@@ -137,10 +137,8 @@ pub async fn load(
     }
     let cells = heat_cells(&r.hosts, &r.gpus, &r.faults, metric);
     let now = Utc::now();
-    let gpu_power_watts = r
-        .gpus
+    let gpu_power_watts = reporting_gpus(&r.hosts, &r.gpus, now)
         .iter()
-        .filter(|g| g.ts.is_some_and(|t| (now - t).num_seconds() <= STALE_SECS))
         .filter_map(|g| g.power_watts.map(f64::from))
         .fold(0.0, |a, b| a + b);
     Ok(RackData {

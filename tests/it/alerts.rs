@@ -819,7 +819,9 @@ async fn a_host_whose_clock_is_behind_is_not_down_while_it_reports() {
     let behind = chrono::Duration::seconds(90);
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(8) {
-        let body = json!({"host": {"name": "slow-clock"}, "host_samples": [{"ts": Utc::now() - behind, "cpu_util_pct": 1.0}]});
+        let ts = Utc::now() - behind;
+        let body = json!({"host": {"name": "slow-clock"}, "host_samples": [{"ts": ts, "cpu_util_pct": 1.0}],
+                          "gpu_samples": [{"ts": ts, "index": 0, "util_pct": 50.0, "power_watts": 300.0}]});
         assert_eq!(r.app.ingest(&token, &body).await.status(), 200);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -833,8 +835,19 @@ async fn a_host_whose_clock_is_behind_is_not_down_while_it_reports() {
     };
     assert_eq!(count().await, 0, "a reporting host is not down");
     assert!(r.smtp.mails().is_empty(), "{:?}", r.smtp.mails());
-    // Its page says why its last sample looks old.
+    // The fleet counts it and its GPU as reporting, and its page says why its last
+    // sample looks old.
     let cookie = r.app.login("ops", "correct horse").await;
+    let fleet = r.app.json(&cookie, "/api/v1/fleet").await;
+    assert_eq!(
+        (
+            &fleet["hosts_up"],
+            &fleet["gpus_up"],
+            &fleet["gpu_power_watts"]
+        ),
+        (&json!(1), &json!(1), &json!(300.0)),
+        "{fleet}"
+    );
     let (_, page) = r.app.page(&cookie, "/hosts/slow-clock").await;
     assert!(
         page.contains(
