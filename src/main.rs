@@ -98,6 +98,9 @@ enum Cmd {
     /// Manage agent tokens.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Hosts: take a decommissioned or renamed host out of the fleet.
+    #[command(subcommand)]
+    Host(HostCmd),
     /// Alerts: silences, rule checks, a test mail.
     #[command(subcommand)]
     Alerts(AlertsCmd),
@@ -265,6 +268,14 @@ enum UserCmd {
         #[arg(long)]
         password: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum HostCmd {
+    /// Take a host out of the fleet: off the fleet, rack and inventory pages and the
+    /// absent rule, its agent tokens revoked, its history kept. An agent reporting for it
+    /// again (with a new token) brings it back.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -520,6 +531,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             r
         }
+        Cmd::Host(HostCmd::Remove { name }) => {
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let r = remove_host(&db, &name).await;
+            db.close().await;
+            r
+        }
         Cmd::Report(r) => {
             let db = Database::open(&cfg, Role::OneShot).await?;
             let res = report_cmd(&cfg, &db, r).await;
@@ -735,6 +752,16 @@ async fn audit(
     db.store
         .audit(rackwatch::store::audit::Entry::ok(&actor, action, target).details(details))
         .await?;
+    Ok(())
+}
+
+async fn remove_host(db: &Database, name: &str) -> anyhow::Result<()> {
+    let Some(tokens) = db.store.remove_host(name, &cli_actor()).await? else {
+        anyhow::bail!("no host {name:?} in the fleet (never reported, or already taken out)");
+    };
+    let target = format!("host {name} ({tokens} agent tokens revoked)");
+    audit(db, "host.removed", &target, serde_json::json!({})).await?;
+    println!("{target} taken out of the fleet; an agent reporting for it again brings it back");
     Ok(())
 }
 

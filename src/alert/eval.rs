@@ -461,10 +461,12 @@ async fn absent_observations(
 ) -> anyhow::Result<Vec<Observation>> {
     // Judged by arrival (the server's clock), not by the samples' own time: a host whose
     // clock is behind still reports.
-    let rows =
-        sqlx::query!(r#"SELECT id, COALESCE(last_heard, last_seen) AS last_seen FROM hosts"#)
-            .fetch_all(&store.pool)
-            .await?;
+    let rows = sqlx::query!(
+        r#"SELECT id, COALESCE(last_heard, last_seen) AS last_seen,
+                  removed_at IS NOT NULL AS "removed!" FROM hosts"#
+    )
+    .fetch_all(&store.pool)
+    .await?;
     let labels = host_labels(store).await?;
     let after = Duration::seconds(a.after_secs as i64);
     Ok(rows
@@ -477,15 +479,20 @@ async fn absent_observations(
             rule.selects(&l).then(|| Observation {
                 labels: l,
                 value: Some(silent.num_seconds() as f64),
-                active: watched > after,
-                clear: silent <= after,
+                // A host taken out of the fleet is not down: its alert resolves.
+                active: watched > after && !r.removed,
+                clear: silent <= after || r.removed,
                 at: now,
                 occurrences: 1,
-                description: format!(
-                    "no data since {} ({} s)",
-                    last.format("%Y-%m-%d %H:%M:%S UTC"),
-                    silent.num_seconds()
-                ),
+                description: if r.removed {
+                    "taken out of the fleet".into()
+                } else {
+                    format!(
+                        "no data since {} ({} s)",
+                        last.format("%Y-%m-%d %H:%M:%S UTC"),
+                        silent.num_seconds()
+                    )
+                },
                 held: None,
             })
         })

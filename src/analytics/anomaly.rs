@@ -728,7 +728,8 @@ impl AnomalyJob {
             ModelMeta,
             r#"SELECT h.id AS host_id, h.name, m.status AS "status?", m.trained_at AS "trained_at?",
                       m.metrics AS "metrics?", m.scored_until
-               FROM hosts h LEFT JOIN anomaly_models m ON m.host_id = h.id ORDER BY h.id"#,
+               FROM hosts h LEFT JOIN anomaly_models m ON m.host_id = h.id
+              WHERE h.removed_at IS NULL ORDER BY h.id"#,
         )
         .fetch_all(&store.pool)
         .await?;

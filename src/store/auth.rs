@@ -578,6 +578,37 @@ impl Store {
         self.cache.tokens.lock().expect("token cache").clear();
         Ok(r)
     }
+
+    /// Take a host out of the fleet: it leaves the fleet, rack and inventory pages and the
+    /// absent rule (its "stopped reporting" alert resolves), and its agent tokens are
+    /// revoked; its history stays (charts, energy reports). An agent reporting for it again
+    /// (with a new token) brings it back. `None`: no such host in the fleet; else the
+    /// number of tokens revoked.
+    pub async fn remove_host(&self, name: &str, by: &str) -> Result<Option<u64>, sqlx::Error> {
+        self.cache.tokens.lock().expect("token cache").clear();
+        let mut tx = self.pool.begin().await?;
+        let hosts = sqlx::query!(
+            "UPDATE hosts SET removed_at = now(), removed_by = $2 WHERE name = $1 AND removed_at IS NULL",
+            name,
+            by,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if hosts == 0 {
+            return Ok(None);
+        }
+        let tokens = sqlx::query!(
+            "UPDATE agent_tokens SET revoked_at = now() WHERE host_name = $1 AND revoked_at IS NULL",
+            name,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        self.cache.tokens.lock().expect("token cache").clear();
+        Ok(Some(tokens))
+    }
 }
 
 /// What a Prometheus remote-write token may write (`POST /api/v1/write`).

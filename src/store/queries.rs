@@ -27,6 +27,11 @@ pub struct HostLatest {
     /// after `last_seen` while the host reports: the agent's clock is behind, or it is
     /// replaying a backlog.
     pub last_heard: Option<DateTime<Utc>>,
+    /// When an admin took the host out of the fleet (null: in the fleet); it returns when
+    /// an agent reports for it again.
+    pub removed_at: Option<DateTime<Utc>>,
+    /// Who took it out.
+    pub removed_by: Option<String>,
     pub gpu_count: i64,
     /// Time of the latest sample; null (and the values with it) when older than 15 min.
     pub ts: Option<DateTime<Utc>>,
@@ -88,6 +93,7 @@ macro_rules! host_latest_query {
         sqlx::query_as!(
             HostLatest,
             r#"SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen, h.last_heard,
+                    h.removed_at, h.removed_by,
                     (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS "gpu_count!",
                     s.ts AS "ts?", s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
                     s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s
@@ -153,7 +159,7 @@ pub const MAX_SAMPLE_ROWS: i64 = 200_000;
 impl Store {
     /// Every host with its latest sample, ordered by site, rack, name.
     pub async fn hosts_latest(&self) -> Result<Vec<HostLatest>, sqlx::Error> {
-        host_latest_query!("ORDER BY h.site, h.rack, h.name")
+        host_latest_query!("WHERE h.removed_at IS NULL ORDER BY h.site, h.rack, h.name")
             .fetch_all(&self.pool)
             .await
     }
@@ -165,7 +171,11 @@ impl Store {
             // Unordered: sorting a fleet's GPUs by three text keys took Postgres longer
             // than the join itself (the keys sit behind variable-width columns); callers
             // order them.
-            None => gpus_latest_query!("").fetch_all(&self.pool).await,
+            None => {
+                gpus_latest_query!("WHERE h.removed_at IS NULL")
+                    .fetch_all(&self.pool)
+                    .await
+            }
             Some(h) => {
                 gpus_latest_query!("WHERE h.name = $1 ORDER BY g.gpu_index", h)
                     .fetch_all(&self.pool)
@@ -195,7 +205,7 @@ impl Store {
         rack: &str,
     ) -> Result<Vec<HostLatest>, sqlx::Error> {
         host_latest_query!(
-            "WHERE h.site = $1 AND h.rack = $2 ORDER BY h.name",
+            "WHERE h.site = $1 AND h.rack = $2 AND h.removed_at IS NULL ORDER BY h.name",
             site,
             rack
         )

@@ -290,7 +290,8 @@ fn upsert_host_sql(mode: Write) -> String {
                agent_version = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_version ELSE EXCLUDED.agent_version END,
                agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
                last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen),
-               last_heard = GREATEST(hosts.last_heard, EXCLUDED.last_heard)
+               last_heard = GREATEST(hosts.last_heard, EXCLUDED.last_heard),
+               removed_at = NULL, removed_by = NULL
             RETURNING id
          ), host_latest_up AS (
             INSERT INTO host_latest (host_id, ts, {hc})

@@ -441,8 +441,9 @@ SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
                     g.gpu_index AS "index?", g.uuid, g.model, g.driver_version, g.memory_total_bytes,
                     g.last_seen AS "gpu_last_seen?"
                FROM hosts h LEFT JOIN gpus g ON g.host_id = h.id
-              WHERE $1 = '%%' OR h.name ILIKE $1 OR h.site ILIKE $1 OR h.rack ILIKE $1 OR h.pool ILIKE $1
-                 OR h.agent_version ILIKE $1 OR g.model ILIKE $1 OR g.uuid ILIKE $1 OR g.driver_version ILIKE $1
+              WHERE h.removed_at IS NULL
+                AND ($1 = '%%' OR h.name ILIKE $1 OR h.site ILIKE $1 OR h.rack ILIKE $1 OR h.pool ILIKE $1
+                 OR h.agent_version ILIKE $1 OR g.model ILIKE $1 OR g.uuid ILIKE $1 OR g.driver_version ILIKE $1)
               ORDER BY h.site, h.rack, h.name, g.gpu_index
               LIMIT 5000"#,
             pattern,

@@ -149,6 +149,11 @@ pub const ROUTES: &[RouteRule] = &[
     page("/", Viewer, "fleet overview"),
     page("/racks/{site}/{rack}", Viewer, "rack page"),
     page("/hosts/{name}", Viewer, "host page"),
+    form(
+        "/hosts/{name}/remove",
+        Admin,
+        "take a host out of the fleet (revokes its agent tokens)",
+    ),
     page("/hosts/{name}/gpus/{index}", Viewer, "GPU page"),
     page("/inventory", Viewer, "inventory"),
     page("/capacity", Viewer, "capacity overview"),

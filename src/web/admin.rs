@@ -207,10 +207,11 @@ pub async fn create_user(
     Ok(resp)
 }
 
+/// A form that carries nothing but its CSRF token.
 #[derive(Deserialize)]
 pub struct CsrfOnly {
     #[serde(default)]
-    csrf: String,
+    pub csrf: String,
 }
 
 pub async fn delete_user(
@@ -399,6 +400,7 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "user.deleted",
     "token.created",
     "token.revoked",
+    "host.removed",
     "silence.created",
     "silence.expired",
     "alert.acknowledged",

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::auth::urlencode;
-use super::auth::{ApiUser, Csrf, PageUser};
+use super::auth::{require, verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::charts::{sequential_gradient, sparkline, strip_chart, Axis, Overlay, Series, StripRow};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
@@ -21,16 +21,51 @@ use super::AppState;
 use crate::analytics::anomaly::{ModelInfo, ScoreFilter, ScorePoint, StoredScore};
 use crate::analytics::forecast::StoredForecast;
 use crate::model::format::age;
+use crate::store::audit::Entry;
+use crate::store::auth::Role;
 use crate::store::queries::{
     AlertTouching, EventRow, GpuLatest, GpuSampleRow, HostLatest, HostSampleRow,
 };
 use crate::store::series::{GpuPoint, HostPoint};
 use crate::store::Store;
+use axum::response::IntoResponse;
 use serde::Deserialize;
 
 /// `/hosts/{name}`.
 pub fn page_routes() -> Routes {
-    Routes::new().get("/hosts/{name}", page)
+    Routes::new()
+        .get("/hosts/{name}", page)
+        .post("/hosts/{name}/remove", remove)
+}
+
+/// Take a host out of the fleet (admins; [`Store::remove_host`]), from its page.
+async fn remove(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    ClientAddr(ip): ClientAddr,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+    axum::Form(f): axum::Form<super::admin::CsrfOnly>,
+) -> Result<Response, PageError> {
+    require(&user, Role::Admin)?;
+    verify_csrf(&headers, &f.csrf)?;
+    let Some(tokens) = st.store.remove_host(&name, &user.name).await? else {
+        return Err(ApiError::NotFound(format!(
+            "no host {name:?} in the fleet (never reported, or already taken out)"
+        ))
+        .into());
+    };
+    st.store
+        .audit(
+            Entry::ok(
+                &user.name,
+                "host.removed",
+                &format!("host {name} ({tokens} agent tokens revoked)"),
+            )
+            .from(ip),
+        )
+        .await?;
+    Ok(axum::response::Redirect::to(&format!("/hosts/{}", seg(&name))).into_response())
 }
 
 /// The host list, one host's page data and its raw samples.
@@ -182,6 +217,10 @@ pub struct GpuRow {
 pub struct HostPage {
     pub nav: Nav,
     pub host: HostRow,
+    /// Said when an admin took the host out of the fleet; empty otherwise.
+    pub removed: String,
+    /// The form that takes it out (admins, while it is in the fleet); empty otherwise.
+    pub remove_action: String,
     pub rack_link: String,
     pub agent_version: String,
     pub picker: Picker,
@@ -369,6 +408,19 @@ async fn page(
             },
             rack_link: format!("{}?{query}", rack_path(&d.host.site, &d.host.rack)),
             host: host_row(&d.host, GpuSummary::default(), now),
+            removed: match &d.host.removed_at {
+                Some(t) => format!(
+                    "Taken out of the fleet by {} at {}: it is not on the fleet, rack and inventory pages and never alerts as silent. An agent reporting for it again (with a new token) brings it back.",
+                    d.host.removed_by.as_deref().unwrap_or("an admin"),
+                    t.format("%Y-%m-%d %H:%M UTC")
+                ),
+                None => String::new(),
+            },
+            remove_action: if user.role >= Role::Admin && d.host.removed_at.is_none() {
+                format!("/hosts/{}/remove", seg(&name))
+            } else {
+                String::new()
+            },
             picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
             charts,
             gpus,

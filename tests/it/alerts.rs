@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 
-use crate::support::{fresh_database, recent, subject, SmtpServer, TestApp};
+use crate::support::{csrf_of, fresh_database, recent, subject, SmtpServer, TestApp};
 
 const RULES: &str = r#"
 [[rule]]
@@ -865,6 +865,115 @@ async fn a_host_whose_clock_is_behind_is_not_down_while_it_reports() {
         subject(&mails[0])
     );
     assert_eq!(count().await, 1);
+    r.app.stop().await;
+}
+
+/// Post the host page's "take out of the fleet" form for old-box.
+async fn post_remove(app: &TestApp, cookie: &str, page: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{}/hosts/old-box/remove", app.base))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf_of(page))])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A decommissioned host: taken out of the fleet from its page by an admin, its "stopped
+/// reporting" alert resolves (mailed), it leaves the fleet, rack and inventory, its token
+/// is revoked, the audit trail records it; an agent reporting for it with a new token
+/// brings it back.
+#[tokio::test]
+async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it_reports() {
+    use rackwatch::store::auth::Role;
+    let r = rig().await;
+    let app = &r.app;
+    let sample = |h: &str| json!({"host": {"name": h, "site": "fra1", "rack": "r12"}, "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}]});
+    let old_token = app.token("old-box").await;
+    assert_eq!(
+        app.ingest(&old_token, &sample("old-box")).await.status(),
+        200
+    );
+    let keeper = app.token("keeper").await;
+    // "keeper" reports throughout; "old-box" goes silent and fires.
+    let mut mails = Vec::new();
+    for _ in 0..40 {
+        assert_eq!(app.ingest(&keeper, &sample("keeper")).await.status(), 200);
+        mails = r.smtp.mails();
+        if !mails.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(subject(&mails[0]).contains("Host stopped reporting") && mails[0].contains("old-box"));
+    // A viewer sees no button and may not post the form.
+    let viewer = app.login_as("watcher", "watcher-pass", Role::Viewer).await;
+    let (_, page) = app.page(&viewer, "/hosts/old-box").await;
+    assert!(!page.contains("remove-host"), "{page}");
+    let refused = post_remove(app, &viewer, &page).await;
+    assert_eq!(refused.status(), 403);
+    // The admin takes it out from its page.
+    let admin = app.login("admin", "admin-password").await;
+    let (_, page) = app.page(&admin, "/hosts/old-box").await;
+    assert!(page.contains(r#"action="/hosts/old-box/remove""#), "{page}");
+    let done = post_remove(app, &admin, &page).await;
+    assert_eq!(done.status(), 303);
+    let mails = r.smtp.wait_for(2, 15).await;
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    assert!(
+        subject(&mails[1]).starts_with("[RESOLVED:CRITICAL] Host stopped reporting"),
+        "{}",
+        subject(&mails[1])
+    );
+    let fleet = app.json(&admin, "/api/v1/fleet").await;
+    assert_eq!(
+        (&fleet["hosts_total"], &fleet["hosts_up"]),
+        (&json!(1), &json!(1)),
+        "{fleet}"
+    );
+    let (_, rack) = app.page(&admin, "/racks/fra1/r12").await;
+    assert!(
+        rack.contains(">keeper</a>") && !rack.contains(">old-box</a>"),
+        "{rack}"
+    );
+    let (_, inventory) = app.page(&admin, "/inventory").await;
+    assert!(!inventory.contains("old-box"), "{inventory}");
+    let (status, page) = app.page(&admin, "/hosts/old-box").await;
+    assert_eq!(status, 200, "its history stays reachable");
+    assert!(page.contains("Taken out of the fleet by admin"), "{page}");
+    assert!(!page.contains("remove-host"), "{page}");
+    assert_eq!(
+        app.ingest(&old_token, &sample("old-box")).await.status(),
+        401,
+        "its token is revoked"
+    );
+    let audit = app.audit("host.removed").await;
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].target, "host old-box (1 agent tokens revoked)");
+    // Taking it out twice: a clear 404.
+    let again = post_remove(app, &admin, &page).await;
+    assert_eq!(again.status(), 404);
+    assert!(again.text().await.unwrap().contains("already taken out"));
+    // Reinstalled with a new token: back in the fleet, and no alert while it reports.
+    let new_token = app.token("old-box").await;
+    assert_eq!(
+        app.ingest(&new_token, &sample("old-box")).await.status(),
+        200
+    );
+    let fleet = app.json(&admin, "/api/v1/fleet").await;
+    assert_eq!(
+        (&fleet["hosts_total"], &fleet["hosts_up"]),
+        (&json!(2), &json!(2)),
+        "{fleet}"
+    );
+    let (_, page) = app.page(&admin, "/hosts/old-box").await;
+    assert!(
+        !page.contains("Taken out of the fleet") && page.contains("remove-host"),
+        "{page}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.smtp.mails().len(), 2);
     r.app.stop().await;
 }
 

@@ -124,6 +124,14 @@ fn call(r: &RouteRule) -> Call {
             200,
         ),
         ("POST", "/admin/tokens/{id}/revoke") => form(vec![], 404),
+        // Not host-a: the other rows still use its token.
+        ("POST", "/hosts/{name}/remove") => Call {
+            path: "/hosts/no-such-host/remove".into(),
+            form: Some(vec![]),
+            json: None,
+            protobuf: None,
+            allowed: 404,
+        },
         ("POST", "/api/v1/facility/readings") => Call {
             path,
             form: None,
