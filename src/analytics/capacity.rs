@@ -1001,7 +1001,8 @@ impl Store {
         Ok(sqlx::query!(
             "WITH installed AS (
                 SELECT h.pool, count(*)::int AS n FROM gpus g JOIN hosts h ON h.id = g.host_id
-                 WHERE h.pool <> '' AND g.last_seen > now() - interval '1 day' GROUP BY h.pool),
+                 WHERE h.pool <> '' AND h.removed_at IS NULL AND g.last_seen > now() - interval '1 day'
+                 GROUP BY h.pool),
              m AS (
                 SELECT h.pool, r.bucket,
                        count(*) FILTER (WHERE r.util_pct >= $3) AS busy,
@@ -1071,7 +1072,7 @@ impl Store {
             "SELECT pool, array_agg(site ORDER BY n DESC, site) FROM (
                 SELECT h.pool, h.site, count(g.host_id) AS n FROM hosts h
                   LEFT JOIN gpus g ON g.host_id = h.id
-                 WHERE h.pool <> '' GROUP BY h.pool, h.site) x
+                 WHERE h.pool <> '' AND h.removed_at IS NULL GROUP BY h.pool, h.site) x
               GROUP BY pool",
         )
         .fetch_all(&self.pool)
@@ -1110,7 +1111,8 @@ impl Store {
         let rows = sqlx::query!(
             r#"SELECT DISTINCT ON (pool) pool AS "pool!", n AS "n!" FROM (
                 SELECT h.pool, count(*) AS n FROM gpus g JOIN hosts h ON h.id = g.host_id
-                 WHERE h.pool <> '' AND g.last_seen > now() - interval '1 day' GROUP BY h.id, h.pool) x
+                 WHERE h.pool <> '' AND h.removed_at IS NULL AND g.last_seen > now() - interval '1 day'
+                 GROUP BY h.id, h.pool) x
               GROUP BY pool, n ORDER BY pool, count(*) DESC, n DESC"#,
         )
         .fetch_all(&self.pool)
@@ -1135,7 +1137,7 @@ impl Store {
         let rows: Vec<Row> = sqlx::query_as(
             "WITH hs AS (
                 SELECT h.id, h.name, h.pool, (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpus
-                  FROM hosts h WHERE h.pool = ANY($1)),
+                  FROM hosts h WHERE h.pool = ANY($1) AND h.removed_at IS NULL),
              e AS (
                 SELECT e.host_id, sum(e.util_sum) AS util_sum, sum(e.idle_minutes + e.busy_minutes) AS minutes,
                        sum(e.idle_j) AS idle_j

@@ -159,6 +159,64 @@ async fn a_back_filled_fleet_is_installed_at_the_first_capacity_run() {
     app.stop().await;
 }
 
+/// A host taken out of the fleet stops counting as installed at the next capacity run, not
+/// after the day its GPUs stay "recently seen", and is not offered for draining.
+#[tokio::test]
+async fn a_host_taken_out_of_the_fleet_is_not_installed() {
+    let app = TestApp::spawn_with(|c| {
+        c.simulator.history_days = 2;
+        c.simulator.backfill_minutes = 60;
+    })
+    .await;
+    // Six hosts of 8 GPUs, two in each of the three simulated pools.
+    let mut fleet = rackwatch::collect::simulator::SimulatedHost::fleet(6, 8);
+    rackwatch::app::backfill_history(&app.cfg, &app.store, &mut fleet, Utc::now())
+        .await
+        .unwrap();
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let gone = fleet[0].info.name.clone();
+    let pool = fleet[0].info.pool.clone();
+    let r = recommendation(&app, &pool).await;
+    assert_eq!(r.installed_gpus, 16, "{pool}: two hosts of 8");
+    assert_eq!(
+        app.store.remove_host(&gone, "test").await.unwrap(),
+        Some(0),
+        "back-filled, no token"
+    );
+    // The pool's other host reports the minutes since, and they are rolled up.
+    let now = Utc::now();
+    let from = (now - Duration::minutes(70))
+        .duration_trunc(Duration::minutes(5))
+        .unwrap();
+    let to = now.duration_trunc(Duration::minutes(1)).unwrap();
+    let other = &mut fleet[3];
+    assert_eq!(other.info.pool, pool);
+    let c = other.history(from, to, Duration::minutes(1));
+    let batch = rackwatch::model::Batch {
+        host: other.info.clone(),
+        gpus: c.gpus,
+        host_samples: c.host_samples,
+        gpu_samples: c.gpu_samples,
+        events: Vec::new(),
+        agent: None,
+    };
+    app.store.write_batch(&batch, to).await.unwrap();
+    app.store.rollup_range(from, to, None).await.unwrap();
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let r = recommendation(&app, &pool).await;
+    assert_eq!(r.installed_gpus, 8, "{pool} without {gone}");
+    assert!(
+        r.consolidation.0.iter().all(|d| d.host != gone),
+        "{:?}",
+        r.consolidation
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_growing_pool_gets_its_exhaustion_date_and_an_order_that_covers_it() {
     let app = TestApp::spawn().await;
