@@ -759,7 +759,7 @@ async fn remove_host(db: &Database, name: &str) -> anyhow::Result<()> {
     let Some(tokens) = db.store.remove_host(name, &cli_actor()).await? else {
         anyhow::bail!("no host {name:?} in the fleet (never reported, or already taken out)");
     };
-    let target = format!("host {name} ({tokens} agent tokens revoked)");
+    let target = rackwatch::store::Store::removed_host_target(name, tokens);
     audit(db, "host.removed", &target, serde_json::json!({})).await?;
     println!("{target} taken out of the fleet; an agent reporting for it again brings it back");
     Ok(())

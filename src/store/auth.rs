@@ -579,6 +579,12 @@ impl Store {
         Ok(r)
     }
 
+    /// The audit trail's target for a host taken out: `host gpu-17 (1 agent token revoked)`.
+    pub fn removed_host_target(name: &str, tokens: u64) -> String {
+        let s = if tokens == 1 { "" } else { "s" };
+        format!("host {name} ({tokens} agent token{s} revoked)")
+    }
+
     /// Take a host out of the fleet: it leaves the fleet, rack and inventory pages and the
     /// absent rule (its "stopped reporting" alert resolves), and its agent tokens are
     /// revoked; its history stays (charts, energy reports). An agent reporting for it again

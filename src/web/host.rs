@@ -38,6 +38,15 @@ pub fn page_routes() -> Routes {
         .post("/hosts/{name}/remove", remove)
 }
 
+/// The host page's "take out of the fleet" form: the host's name typed as confirmation.
+#[derive(Deserialize)]
+pub struct RemoveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    confirm: String,
+}
+
 /// Take a host out of the fleet (admins; [`Store::remove_host`]), from its page.
 async fn remove(
     State(st): State<AppState>,
@@ -45,10 +54,17 @@ async fn remove(
     ClientAddr(ip): ClientAddr,
     headers: axum::http::HeaderMap,
     Path(name): Path<String>,
-    axum::Form(f): axum::Form<super::admin::CsrfOnly>,
+    axum::Form(f): axum::Form<RemoveForm>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
+    if f.confirm.trim() != name {
+        return Err(ApiError::BadRequest(format!(
+            "confirm: type the host's name ({name:?}) to take it out of the fleet; got {:?}",
+            f.confirm
+        ))
+        .into());
+    }
     let Some(tokens) = st.store.remove_host(&name, &user.name).await? else {
         return Err(ApiError::NotFound(format!(
             "no host {name:?} in the fleet (never reported, or already taken out)"
@@ -60,7 +76,7 @@ async fn remove(
             Entry::ok(
                 &user.name,
                 "host.removed",
-                &format!("host {name} ({tokens} agent tokens revoked)"),
+                &Store::removed_host_target(&name, tokens),
             )
             .from(ip),
         )

@@ -868,12 +868,13 @@ async fn a_host_whose_clock_is_behind_is_not_down_while_it_reports() {
     r.app.stop().await;
 }
 
-/// Post the host page's "take out of the fleet" form for old-box.
-async fn post_remove(app: &TestApp, cookie: &str, page: &str) -> reqwest::Response {
+/// Post the host page's "take out of the fleet" form for old-box, its name typed as
+/// `confirm`.
+async fn post_remove(app: &TestApp, cookie: &str, page: &str, confirm: &str) -> reqwest::Response {
     app.http
         .post(format!("{}/hosts/old-box/remove", app.base))
         .header("cookie", cookie)
-        .form(&[("csrf", csrf_of(page))])
+        .form(&[("csrf", csrf_of(page)), ("confirm", confirm.to_string())])
         .send()
         .await
         .unwrap()
@@ -911,13 +912,21 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     let viewer = app.login_as("watcher", "watcher-pass", Role::Viewer).await;
     let (_, page) = app.page(&viewer, "/hosts/old-box").await;
     assert!(!page.contains("remove-host"), "{page}");
-    let refused = post_remove(app, &viewer, &page).await;
+    let refused = post_remove(app, &viewer, &page, "old-box").await;
     assert_eq!(refused.status(), 403);
     // The admin takes it out from its page.
     let admin = app.login("admin", "admin-password").await;
     let (_, page) = app.page(&admin, "/hosts/old-box").await;
     assert!(page.contains(r#"action="/hosts/old-box/remove""#), "{page}");
-    let done = post_remove(app, &admin, &page).await;
+    // Without its name typed: a clear 400, nothing taken out.
+    let unconfirmed = post_remove(app, &admin, &page, "old-bo").await;
+    assert_eq!(unconfirmed.status(), 400);
+    assert!(unconfirmed
+        .text()
+        .await
+        .unwrap()
+        .contains("type the host&#39;s name"));
+    let done = post_remove(app, &admin, &page, "old-box").await;
     assert_eq!(done.status(), 303);
     let mails = r.smtp.wait_for(2, 15).await;
     assert_eq!(mails.len(), 2, "{mails:?}");
@@ -950,9 +959,9 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     );
     let audit = app.audit("host.removed").await;
     assert_eq!(audit.len(), 1);
-    assert_eq!(audit[0].target, "host old-box (1 agent tokens revoked)");
+    assert_eq!(audit[0].target, "host old-box (1 agent token revoked)");
     // Taking it out twice: a clear 404.
-    let again = post_remove(app, &admin, &page).await;
+    let again = post_remove(app, &admin, &page, "old-box").await;
     assert_eq!(again.status(), 404);
     assert!(again.text().await.unwrap().contains("already taken out"));
     // Reinstalled with a new token: back in the fleet, and no alert while it reports.

@@ -127,7 +127,7 @@ fn call(r: &RouteRule) -> Call {
         // Not host-a: the other rows still use its token.
         ("POST", "/hosts/{name}/remove") => Call {
             path: "/hosts/no-such-host/remove".into(),
-            form: Some(vec![]),
+            form: Some(vec![("confirm", "no-such-host".into())]),
             json: None,
             protobuf: None,
             allowed: 404,
