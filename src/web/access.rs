@@ -198,6 +198,12 @@ pub const ROUTES: &[RouteRule] = &[
     ),
     api("GET", "/api/v1/hosts/{name}", User(Viewer), "one host"),
     api(
+        "DELETE",
+        "/api/v1/hosts/{name}",
+        User(Admin),
+        "take a host out of the fleet (revokes its agent tokens)",
+    ),
+    api(
         "GET",
         "/api/v1/hosts/{name}/samples",
         User(Viewer),

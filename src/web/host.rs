@@ -65,22 +65,7 @@ async fn remove(
         ))
         .into());
     }
-    let Some(tokens) = st.store.remove_host(&name, &user.name).await? else {
-        return Err(ApiError::NotFound(format!(
-            "no host {name:?} in the fleet (never reported, or already taken out)"
-        ))
-        .into());
-    };
-    st.store
-        .audit(
-            Entry::ok(
-                &user.name,
-                "host.removed",
-                &Store::removed_host_target(&name, tokens),
-            )
-            .from(ip),
-        )
-        .await?;
+    remove_host(&st, &user.name, ip, &name).await?;
     Ok(axum::response::Redirect::to(&format!("/hosts/{}", seg(&name))).into_response())
 }
 
@@ -88,7 +73,7 @@ async fn remove(
 pub fn api_routes() -> Routes {
     Routes::new()
         .routes(routes!(list))
-        .routes(routes!(json))
+        .routes(routes!(json, remove_api))
         .routes(routes!(samples))
 }
 
@@ -473,6 +458,70 @@ async fn page(
         render(&page)
     })
     .await
+}
+
+/// What taking a host out of the fleet did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HostRemoved {
+    pub host: String,
+    /// Its agent tokens revoked.
+    pub tokens_revoked: u64,
+}
+
+/// Take a host out of the fleet (a decommissioned, renamed or reinstalled host): it leaves
+/// the fleet, rack and inventory pages, the absent rule (its alert resolves), the anomaly
+/// job and its pool's installed GPUs; its agent tokens are revoked; its history stays. An
+/// agent reporting for it again (with a new token) brings it back. Audited as
+/// `host.removed`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/hosts/{name}",
+    tag = "hosts",
+    params(("name" = String, Path, description = "Host name.")),
+    responses(
+        (status = 200, description = "Taken out.", body = HostRemoved),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Needs the admin role.", body = ErrorBody),
+        (status = 404, description = "No such host in the fleet (or already taken out).", body = ErrorBody),
+    )
+)]
+async fn remove_api(
+    State(st): State<AppState>,
+    ApiUser(user): ApiUser,
+    ClientAddr(ip): ClientAddr,
+    Path(name): Path<String>,
+) -> Result<Json<HostRemoved>, ApiError> {
+    require(&user, Role::Admin)?;
+    let tokens = remove_host(&st, &user.name, ip, &name).await?;
+    Ok(Json(HostRemoved {
+        host: name,
+        tokens_revoked: tokens,
+    }))
+}
+
+/// [`Store::remove_host`] and its audit row; 404 when the host is not in the fleet.
+async fn remove_host(
+    st: &AppState,
+    by: &str,
+    ip: Option<std::net::IpAddr>,
+    name: &str,
+) -> Result<u64, ApiError> {
+    let Some(tokens) = st.store.remove_host(name, by).await? else {
+        return Err(ApiError::NotFound(format!(
+            "no host {name:?} in the fleet (never reported, or already taken out)"
+        )));
+    };
+    st.store
+        .audit(
+            Entry::ok(
+                by,
+                "host.removed",
+                &Store::removed_host_target(name, tokens),
+            )
+            .from(ip),
+        )
+        .await?;
+    Ok(tokens)
 }
 
 /// Every host with its latest sample, by site, rack and name.

@@ -880,6 +880,16 @@ async fn post_remove(app: &TestApp, cookie: &str, page: &str, confirm: &str) -> 
         .unwrap()
 }
 
+/// `DELETE /api/v1/hosts/{name}` with a session cookie.
+async fn delete_host(app: &TestApp, cookie: &str, name: &str) -> reqwest::Response {
+    app.http
+        .delete(format!("{}/api/v1/hosts/{name}", app.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A decommissioned host: taken out of the fleet from its page by an admin, its "stopped
 /// reporting" alert resolves (mailed), it leaves the fleet, rack and inventory, its token
 /// is revoked, the audit trail records it; an agent reporting for it with a new token
@@ -964,6 +974,19 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     let again = post_remove(app, &admin, &page, "old-box").await;
     assert_eq!(again.status(), 404);
     assert!(again.text().await.unwrap().contains("already taken out"));
+    // The API does the same for automation: admins only, JSON errors.
+    let refused = delete_host(app, &viewer, "keeper").await;
+    assert_eq!(refused.status(), 403);
+    let missing = delete_host(app, &admin, "old-box").await;
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already taken out"),
+        "{body}"
+    );
     // Reinstalled with a new token: back in the fleet, and no alert while it reports.
     let new_token = app.token("old-box").await;
     assert_eq!(
@@ -983,6 +1006,16 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(r.smtp.mails().len(), 2);
+    // Taken out again, through the API.
+    let removed = delete_host(app, &admin, "old-box").await;
+    assert_eq!(removed.status(), 200);
+    let body: serde_json::Value = removed.json().await.unwrap();
+    assert_eq!(body, json!({"host": "old-box", "tokens_revoked": 1}));
+    assert_eq!(
+        app.ingest(&new_token, &sample("old-box")).await.status(),
+        401
+    );
+    assert_eq!(app.audit("host.removed").await.len(), 2);
     r.app.stop().await;
 }
 

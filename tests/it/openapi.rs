@@ -538,6 +538,26 @@ async fn real_responses_match_the_openapi_document() {
     }
     covered.insert(("post", "/api/v1/write"));
 
+    // Taking a host out of the fleet, then again (404).
+    for status in [200, 404] {
+        let r = app
+            .http
+            .delete(format!("{}/api/v1/hosts/api-agent", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let body: Value = r.json().await.unwrap();
+        errs.extend(violations(
+            &doc,
+            response_schema(&doc, "delete", "/api/v1/hosts/{name}", status),
+            &body,
+            "host removed",
+        ));
+    }
+    covered.insert(("delete", "/api/v1/hosts/{name}"));
+
     assert!(
         errs.is_empty(),
         "responses differ from the OpenAPI document:\n{}",

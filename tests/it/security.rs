@@ -125,6 +125,13 @@ fn call(r: &RouteRule) -> Call {
         ),
         ("POST", "/admin/tokens/{id}/revoke") => form(vec![], 404),
         // Not host-a: the other rows still use its token.
+        ("DELETE", "/api/v1/hosts/{name}") => Call {
+            path: "/api/v1/hosts/no-such-host".into(),
+            form: None,
+            json: None,
+            protobuf: None,
+            allowed: 404,
+        },
         ("POST", "/hosts/{name}/remove") => Call {
             path: "/hosts/no-such-host/remove".into(),
             form: Some(vec![("confirm", "no-such-host".into())]),
@@ -245,10 +252,10 @@ async fn callers(app: &TestApp) -> Callers {
 
 async fn send(app: &TestApp, row: &RouteRule, c: &Call, who: Who, cs: &Callers) -> u16 {
     let url = format!("{}{}", app.base, c.path);
-    let mut req = if row.method == "GET" {
-        app.http.get(&url)
-    } else {
-        app.http.post(&url)
+    let mut req = match row.method {
+        "GET" => app.http.get(&url),
+        "DELETE" => app.http.delete(&url),
+        _ => app.http.post(&url),
     };
     if let Some(cookie) = cs.cookies.get(&who) {
         req = req.header("cookie", cookie);
