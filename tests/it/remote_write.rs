@@ -530,6 +530,22 @@ remote_write:
     // sample, 400 W per GPU.
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(prom);
+    // A write Prometheus sent before it was stopped may still be committing: wait until
+    // the samples stop changing, so the spans below cover what the report will count.
+    let mut last = -1i64;
+    for _ in 0..50 {
+        let (n, newest): (i64, Option<chrono::DateTime<Utc>>) =
+            sqlx::query_as("SELECT count(*), max(ts) FROM gpu_samples")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let key = n ^ newest.map_or(0, |t| t.timestamp_micros());
+        if key == last {
+            break;
+        }
+        last = key;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let spans: Vec<(f64, f64, f64)> = sqlx::query_as(
         "SELECT max(energy_joules_total) - min(energy_joules_total),
                 extract(epoch FROM max(ts) - min(ts))::float8, count(*)::float8
