@@ -46,6 +46,30 @@ pub struct Shipper {
     pub delivered_total: u64,
 }
 
+/// The server's base URL as an agent is given it (`agent.server`, `--server`): http or
+/// https with a host, e.g. `https://rackwatch.example`. A typo is refused at start instead
+/// of spooling every batch while the agent retries a URL that can never work.
+pub fn check_server_url(server: &str) -> anyhow::Result<()> {
+    let parsed = url::Url::parse(server).map_err(|e| {
+        anyhow::anyhow!(
+            "agent.server = {server:?}: not a URL ({e}); use e.g. https://rackwatch.example"
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        anyhow::bail!(
+            "agent.server = {server:?}: the scheme must be http or https, not {:?}",
+            parsed.scheme()
+        );
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        anyhow::bail!("agent.server = {server:?}: names no host");
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        anyhow::bail!("agent.server = {server:?}: a base URL takes no query or fragment");
+    }
+    Ok(())
+}
+
 /// Longest wait between retries of our own choosing. A fleet that lost its server is
 /// back within this long of the server's return; Prometheus remote-write caps its
 /// backoff at 5 s for the same reason. (It was 60 s: after a 3-minute outage agents
@@ -199,6 +223,7 @@ impl Shipper {
         timeout: Duration,
         tls: &AgentTls,
     ) -> anyhow::Result<Shipper> {
+        check_server_url(server)?;
         let client = client(tls)?
             .timeout(timeout)
             // Drop an idle connection well before the server does (it closes keep-alive
@@ -411,6 +436,29 @@ mod tests {
 
     fn secs(d: Duration) -> f64 {
         d.as_secs_f64()
+    }
+
+    #[test]
+    fn a_server_url_that_cannot_work_is_refused_with_what_is_wrong() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "https://rackwatch.example",
+            "https://rackwatch.example/monitoring/",
+            "http://[::1]:8080",
+        ] {
+            check_server_url(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, says) in [
+            ("htp://127.0.0.1:8080", "the scheme must be http or https"),
+            ("rackwatch.example:8080", "the scheme must be http or https"),
+            ("127.0.0.1:8080", "not a URL"),
+            ("", "not a URL"),
+            ("http://", "not a URL"),
+            ("https://rackwatch.example/?x=1", "no query or fragment"),
+        ] {
+            let e = check_server_url(bad).expect_err(bad).to_string();
+            assert!(e.contains(says) && e.contains("agent.server"), "{bad}: {e}");
+        }
     }
 
     #[test]
