@@ -1128,6 +1128,9 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         self.capacity.validate()?;
         self.backup.validate()?;
+        if !self.server.public_url.is_empty() {
+            check_base_url("server.public_url", &self.server.public_url)?;
+        }
         if self.agent.interval_secs == 0 {
             return Err("agent.interval_secs must be at least 1".into());
         }
@@ -1410,6 +1413,29 @@ pub fn read_secret_file(path: &Path, key: &str) -> Result<String, String> {
     Ok(line.to_string())
 }
 
+/// A base URL setting (`agent.server`, `server.public_url`): http or https with a host, no
+/// query or fragment, e.g. `https://rackwatch.example`.
+pub fn check_base_url(key: &str, value: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(value).map_err(|e| {
+        format!("{key} = {value:?}: not a URL ({e}); use e.g. https://rackwatch.example")
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{key} = {value:?}: the scheme must be http or https, not {:?}",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{key} = {value:?}: names no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "{key} = {value:?}: a base URL takes no query or fragment"
+        ));
+    }
+    Ok(())
+}
+
 /// Refuse a secret's file (named by config key `key` in errors) that is missing, not a
 /// file, or that others (not the owner or group) may access.
 pub fn check_private_file(path: &Path, key: &str) -> Result<(), String> {
@@ -1566,6 +1592,24 @@ mod tests {
         )];
         let err = Config::load_with_env(None, env).unwrap_err().to_string();
         assert!(err.contains("agent.interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_public_url_that_cannot_be_linked_is_refused() {
+        for (v, says) in [
+            ("rackwatch.example", "not a URL"),
+            ("ftp://rackwatch.example", "the scheme must be http or https"),
+        ] {
+            let env = vec![("RACKWATCH_SERVER__PUBLIC_URL".to_string(), v.to_string())];
+            let err = Config::load_with_env(None, env).unwrap_err().to_string();
+            assert!(err.contains("server.public_url") && err.contains(says), "{err}");
+        }
+        let env = vec![(
+            "RACKWATCH_SERVER__PUBLIC_URL".to_string(),
+            "https://rackwatch.example/".to_string(),
+        )];
+        let cfg = Config::load_with_env(None, env).unwrap();
+        assert_eq!(cfg.public_url(), "https://rackwatch.example");
     }
 
     #[test]

@@ -46,28 +46,11 @@ pub struct Shipper {
     pub delivered_total: u64,
 }
 
-/// The server's base URL as an agent is given it (`agent.server`, `--server`): http or
-/// https with a host, e.g. `https://rackwatch.example`. A typo is refused at start instead
-/// of spooling every batch while the agent retries a URL that can never work.
+/// The server's base URL as an agent is given it (`agent.server`, `--server`): a typo is
+/// refused at start instead of spooling every batch while the agent retries a URL that can
+/// never work.
 pub fn check_server_url(server: &str) -> anyhow::Result<()> {
-    let parsed = url::Url::parse(server).map_err(|e| {
-        anyhow::anyhow!(
-            "agent.server = {server:?}: not a URL ({e}); use e.g. https://rackwatch.example"
-        )
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        anyhow::bail!(
-            "agent.server = {server:?}: the scheme must be http or https, not {:?}",
-            parsed.scheme()
-        );
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        anyhow::bail!("agent.server = {server:?}: names no host");
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        anyhow::bail!("agent.server = {server:?}: a base URL takes no query or fragment");
-    }
-    Ok(())
+    crate::config::check_base_url("agent.server", server).map_err(anyhow::Error::msg)
 }
 
 /// Longest wait between retries of our own choosing. A fleet that lost its server is
