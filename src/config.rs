@@ -1598,11 +1598,17 @@ mod tests {
     fn a_public_url_that_cannot_be_linked_is_refused() {
         for (v, says) in [
             ("rackwatch.example", "not a URL"),
-            ("ftp://rackwatch.example", "the scheme must be http or https"),
+            (
+                "ftp://rackwatch.example",
+                "the scheme must be http or https",
+            ),
         ] {
             let env = vec![("RACKWATCH_SERVER__PUBLIC_URL".to_string(), v.to_string())];
             let err = Config::load_with_env(None, env).unwrap_err().to_string();
-            assert!(err.contains("server.public_url") && err.contains(says), "{err}");
+            assert!(
+                err.contains("server.public_url") && err.contains(says),
+                "{err}"
+            );
         }
         let env = vec![(
             "RACKWATCH_SERVER__PUBLIC_URL".to_string(),

@@ -48,6 +48,11 @@ pub fn parse(url: &str) -> Result<Targets, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or("a database URL starts with postgres://")?;
+    if !matches!(scheme, "postgres" | "postgresql") {
+        return Err(format!(
+            "the scheme must be postgres:// or postgresql://, not {scheme}://"
+        ));
+    }
     let (before_query, query) = match rest.split_once('?') {
         Some((b, q)) => (b, Some(q)),
         None => (rest, None),
@@ -372,6 +377,37 @@ impl ReadReplica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_that_is_not_postgres_is_refused_by_its_scheme() {
+        assert!(parse("postgresql://u@db/rw").is_ok());
+        let e = parse("postgress://u@db/rw").err().unwrap();
+        assert!(
+            e.contains("postgres:// or postgresql://, not postgress://"),
+            "{e}"
+        );
+    }
+
+    /// The pool's "timed out" says nothing; the error names what failed, and never the
+    /// password.
+    #[tokio::test]
+    async fn an_unreachable_database_is_named_with_why() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://rw:s3cret@127.0.0.1:{port}/rackwatch");
+        let e = crate::store::Store::connect(&url, 1, 1)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(&format!("127.0.0.1:{port}")), "{e}");
+        assert!(e.contains("\"rackwatch\""), "{e}");
+        assert!(e.to_lowercase().contains("refused"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
 
     #[test]
     fn one_host_is_not_routed() {

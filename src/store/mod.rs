@@ -222,10 +222,25 @@ impl Store {
         let opts: PgConnectOptions = url
             .parse()
             .context("database.url is not a valid Postgres URL")?;
-        let pool = options
-            .connect_with(opts)
-            .await
-            .context("connecting to Postgres")?;
+        let pool = match options.connect_with(opts.clone()).await {
+            Ok(pool) => pool,
+            // The pool retries until its timeout and then says only that; one more
+            // attempt tells what is wrong (refused, unknown host, password, database).
+            Err(sqlx::Error::PoolTimedOut) => {
+                let why = match sqlx::PgConnection::connect_with(&opts).await {
+                    Ok(_) => "it answers now; try again".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                anyhow::bail!(
+                    "connecting to Postgres at {}:{} (database {:?}) for {} s: {why}",
+                    opts.get_host(),
+                    opts.get_port(),
+                    opts.get_database().unwrap_or("default"),
+                    acquire_timeout_secs.max(1)
+                );
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("connecting to Postgres")),
+        };
         Ok(Store {
             pool,
             cache: Default::default(),
