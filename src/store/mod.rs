@@ -190,8 +190,9 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::
 }
 
 impl Store {
-    /// Open a pool. Connections are made lazily, so a server can start while the
-    /// database is still down and answer 503 until it is back.
+    /// Open a pool. A one-host URL connects at once (migrations run next) and, when it
+    /// cannot, says why: the host, port and database with the connection's own error
+    /// (systemd restarts the server until the database is up).
     ///
     /// A URL with several hosts (`postgres://u@db1,db2/rackwatch?target_session_attrs=read-write`)
     /// connects to the usable one and follows the primary across failovers
