@@ -399,6 +399,10 @@ pub fn event_description(kind: &str, code: i64, message: &str) -> String {
     }
 }
 
+/// How many seconds a host's clock is behind the server's (0 … 900): its last batch's
+/// `sent_at` (the agent's clock) against when that batch arrived (`last_heard`).
+const BEHIND: &str = "LEAST(GREATEST(COALESCE(EXTRACT(epoch FROM last_heard - (agent_stats->>'sent_at')::timestamptz), 0), 0), 900)";
+
 async fn threshold_observations(
     store: &Store,
     rule: &Rule,
@@ -409,20 +413,38 @@ async fn threshold_observations(
     let threshold = t.value;
     let resolve = t.resolve_value.unwrap_or(threshold);
     let above = t.op == Op::Above;
+    // Each host's newest sample of the last 2 minutes, by the agent's clock: a host whose
+    // clock is behind (its last batch's `sent_at` against when it arrived, at most 15
+    // minutes counted) gets its window moved back by as much.
+    let window = now - Duration::minutes(2);
+    let max_behind: f64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COALESCE(max({BEHIND}), 0)::float8 FROM hosts WHERE last_heard > $1"
+    )))
+    .bind(window)
+    .fetch_one(&store.pool)
+    .await?;
+    let earliest = window - Duration::milliseconds((max_behind * 1000.0) as i64);
     // `field` is a name from the metric table, never text from the rules file.
-    let sql = if t.metric.gpu {
-        format!(
-            "SELECT DISTINCT ON (host_id, gpu_index) host_id, gpu_index, ts, {field}::float8 FROM gpu_samples
-              WHERE ts > $1 AND {field} IS NOT NULL ORDER BY host_id, gpu_index, ts DESC"
-        )
+    let (table, key) = if t.metric.gpu {
+        ("gpu_samples", "s.gpu_index")
     } else {
-        format!(
-            "SELECT DISTINCT ON (host_id) host_id, -1::int2, ts, {field}::float8 FROM host_samples
-              WHERE ts > $1 AND {field} IS NOT NULL ORDER BY host_id, ts DESC"
-        )
+        ("host_samples", "-1::int2")
     };
+    let distinct = if t.metric.gpu {
+        "s.host_id, s.gpu_index"
+    } else {
+        "s.host_id"
+    };
+    let sql = format!(
+        "WITH h AS (SELECT id, {BEHIND} AS behind FROM hosts WHERE last_heard > $1)
+         SELECT DISTINCT ON ({distinct}) s.host_id, {key}, s.ts, s.{field}::float8
+           FROM {table} s JOIN h ON h.id = s.host_id
+          WHERE s.ts > $2 AND s.ts > $1 - make_interval(secs => h.behind) AND s.{field} IS NOT NULL
+          ORDER BY {distinct}, s.ts DESC"
+    );
     let rows: Vec<(i64, i16, DateTime<Utc>, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(now - Duration::minutes(2))
+        .bind(window)
+        .bind(earliest)
         .fetch_all(&store.pool)
         .await?;
     let labels = host_labels(store).await?;

@@ -236,6 +236,7 @@ impl Shipper {
             replayed_batches_total: self.replayed_total,
             dropped_batches_total: self.spool.dropped_total,
             corrupt_batches_total: self.spool.corrupt_total,
+            sent_at: Some(chrono::Utc::now()),
         }
     }
 

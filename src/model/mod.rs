@@ -98,6 +98,11 @@ pub struct AgentStats {
     pub dropped_batches_total: u64,
     #[serde(default)]
     pub corrupt_batches_total: u64,
+    /// The agent's clock when it sent this batch. Against the server's receive time it
+    /// measures how far the agent's clock is behind: threshold rules widen their window
+    /// by it and the host page names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
 }
 
 fn event_kinds() -> utoipa::openapi::schema::Object {

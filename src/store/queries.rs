@@ -32,6 +32,9 @@ pub struct HostLatest {
     pub removed_at: Option<DateTime<Utc>>,
     /// Who took it out.
     pub removed_by: Option<String>,
+    /// How far the host's clock is behind the server's, s (negative: ahead): its last
+    /// batch's `sent_at` against when it arrived; null for agents that do not send it.
+    pub clock_behind_secs: Option<f64>,
     pub gpu_count: i64,
     /// Time of the latest sample; null (and the values with it) when older than 15 min.
     pub ts: Option<DateTime<Utc>>,
@@ -94,6 +97,8 @@ macro_rules! host_latest_query {
             HostLatest,
             r#"SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen, h.last_heard,
                     h.removed_at, h.removed_by,
+                    EXTRACT(epoch FROM h.last_heard - (h.agent_stats->>'sent_at')::timestamptz)::float8
+                        AS clock_behind_secs,
                     (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS "gpu_count!",
                     s.ts AS "ts?", s.cpu_util_pct, s.load1, s.mem_used_bytes, s.mem_total_bytes, s.disk_read_bytes_per_s,
                     s.disk_write_bytes_per_s, s.net_rx_bytes_per_s, s.net_tx_bytes_per_s

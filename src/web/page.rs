@@ -149,23 +149,39 @@ pub fn reporting_gpus<'a>(
 /// Samples that arrive this much after their own time make a host "late".
 pub const LATE_SECS: i64 = 30;
 
-/// A note for a host that reports (heard from within [`STALE_SECS`]) with samples older
-/// than [`LATE_SECS`] on arrival.
-fn late_note(
-    last_seen: Option<DateTime<Utc>>,
-    last_heard: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> String {
-    match (last_seen, last_heard) {
-        (Some(seen), Some(heard))
-            if (now - heard).num_seconds() <= STALE_SECS
-                && (heard - seen).num_seconds() > LATE_SECS =>
-        {
-            format!(
-                "its samples arrive {} after their own time: the agent's clock is behind (check its NTP), or it is replaying a backlog",
-                age(Some(seen), heard).trim_end_matches(" ago")
-            )
-        }
+/// A note for a host that reports (heard from within [`STALE_SECS`]) whose clock is off
+/// by more than [`LATE_SECS`] (when its agent sends its clock), or whose samples are older
+/// than that on arrival.
+fn late_note(h: &HostLatest, now: DateTime<Utc>) -> String {
+    let span = |secs: f64| {
+        age(
+            Some(now - chrono::Duration::seconds(secs.abs() as i64)),
+            now,
+        )
+        .trim_end_matches(" ago")
+        .to_string()
+    };
+    let (Some(seen), Some(heard)) = (h.last_seen, h.last_heard) else {
+        return String::new();
+    };
+    if (now - heard).num_seconds() > STALE_SECS {
+        return String::new();
+    }
+    let late = (heard - seen).num_seconds();
+    match h.clock_behind_secs {
+        Some(b) if b.abs() > LATE_SECS as f64 => format!(
+            "the agent's clock is {} {} the server's: check its NTP",
+            span(b),
+            if b > 0.0 { "behind" } else { "ahead of" }
+        ),
+        Some(_) if late > LATE_SECS => format!(
+            "it is replaying a backlog: its newest sample was {} old on arrival",
+            span(late as f64)
+        ),
+        None if late > LATE_SECS => format!(
+            "its samples arrive {} after their own time: the agent's clock is behind (check its NTP), or it is replaying a backlog",
+            span(late as f64)
+        ),
         _ => String::new(),
     }
 }
@@ -246,7 +262,7 @@ pub fn host_row(h: &HostLatest, gpus: GpuSummary, now: DateTime<Utc>) -> HostRow
         pool: place_label(&h.pool, "–"),
         age: age(h.last_seen, now),
         stale: !host_reports(h, now),
-        late: late_note(h.last_seen, h.last_heard, now),
+        late: late_note(h, now),
         cpu: num(h.cpu_util_pct.map(f64::from), 1, "%"),
         load: num(h.load1.map(f64::from), 2, ""),
         mem,

@@ -748,6 +748,41 @@ async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
     r.app.stop().await;
 }
 
+/// A host whose clock runs 3 minutes behind (its samples older on arrival than the
+/// threshold rules' 2-minute window) still has its GPU temperature judged: the agent's
+/// `sent_at` against the arrival time says how far behind it is, and the window moves back
+/// by as much. Its page names the clock, not a backlog.
+#[tokio::test]
+async fn a_hot_gpu_on_a_host_whose_clock_is_behind_still_alerts() {
+    let r = rig().await;
+    let token = r.app.token("late-clock").await;
+    let behind = chrono::Duration::minutes(3);
+    let started = std::time::Instant::now();
+    let mut mails = Vec::new();
+    while started.elapsed() < Duration::from_secs(20) && mails.is_empty() {
+        let agent_now = Utc::now() - behind;
+        let body = json!({"host": {"name": "late-clock"},
+                          "agent": {"version": "test", "sent_at": agent_now},
+                          "gpu_samples": [{"ts": agent_now, "index": 0, "temp_celsius": 95.0}]});
+        assert_eq!(r.app.ingest(&token, &body).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        mails = r.smtp.mails();
+    }
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(
+        subject(&mails[0]).starts_with("[FIRING:WARNING] GPU temperature high"),
+        "{}",
+        subject(&mails[0])
+    );
+    let cookie = r.app.login("ops", "correct horse").await;
+    let (_, page) = r.app.page(&cookie, "/hosts/late-clock").await;
+    assert!(
+        page.contains("the agent&#39;s clock is 3 min behind the server&#39;s"),
+        "{page}"
+    );
+    r.app.stop().await;
+}
+
 /// A server back from an outage longer than `after_secs` does not report every host as
 /// down at its first round: silence counts from when its evaluator began watching, so an
 /// agent that reconnects within `after_secs` (agents retry every 5 s at most) raises
