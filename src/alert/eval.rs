@@ -415,38 +415,48 @@ async fn threshold_observations(
     let above = t.op == Op::Above;
     // Each host's newest sample of the last 2 minutes, by the agent's clock: a host whose
     // clock is behind (its last batch's `sent_at` against when it arrived, at most 15
-    // minutes counted) gets its window moved back by as much.
+    // minutes counted) gets its window moved back by as much. Without such a host the
+    // query is the plain 2-minute one.
     let window = now - Duration::minutes(2);
-    let max_behind: f64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT COALESCE(max({BEHIND}), 0)::float8 FROM hosts WHERE last_heard > $1"
+    let behind: HashMap<i64, f64> = sqlx::query_as::<_, (i64, f64)>(sqlx::AssertSqlSafe(format!(
+        "SELECT id, {BEHIND}::float8 FROM hosts WHERE last_heard > $1 AND {BEHIND} > 0"
     )))
     .bind(window)
-    .fetch_one(&store.pool)
-    .await?;
-    let earliest = window - Duration::milliseconds((max_behind * 1000.0) as i64);
-    // `field` is a name from the metric table, never text from the rules file.
-    let (table, key) = if t.metric.gpu {
-        ("gpu_samples", "s.gpu_index")
-    } else {
-        ("host_samples", "-1::int2")
+    .fetch_all(&store.pool)
+    .await?
+    .into_iter()
+    .collect();
+    let since = |host: i64| {
+        window - Duration::milliseconds((behind.get(&host).copied().unwrap_or(0.0) * 1000.0) as i64)
     };
-    let distinct = if t.metric.gpu {
-        "s.host_id, s.gpu_index"
+    let earliest = behind.keys().map(|h| since(*h)).min().unwrap_or(window);
+    let skewed: Vec<i64> = behind.keys().copied().collect();
+    // `field` is a name from the metric table, never text from the rules file.
+    let (table, key, distinct) = if t.metric.gpu {
+        ("gpu_samples", "gpu_index", "host_id, gpu_index")
     } else {
-        "s.host_id"
+        ("host_samples", "-1::int2", "host_id")
+    };
+    let when = if skewed.is_empty() {
+        "ts > $1"
+    } else {
+        "(ts > $1 OR (host_id = ANY($3) AND ts > $2))"
     };
     let sql = format!(
-        "WITH h AS (SELECT id, {BEHIND} AS behind FROM hosts WHERE last_heard > $1)
-         SELECT DISTINCT ON ({distinct}) s.host_id, {key}, s.ts, s.{field}::float8
-           FROM {table} s JOIN h ON h.id = s.host_id
-          WHERE s.ts > $2 AND s.ts > $1 - make_interval(secs => h.behind) AND s.{field} IS NOT NULL
-          ORDER BY {distinct}, s.ts DESC"
+        "SELECT DISTINCT ON ({distinct}) host_id, {key}, ts, {field}::float8 FROM {table}
+          WHERE {when} AND {field} IS NOT NULL ORDER BY {distinct}, ts DESC"
     );
-    let rows: Vec<(i64, i16, DateTime<Utc>, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(window)
-        .bind(earliest)
+    let mut q =
+        sqlx::query_as::<_, (i64, i16, DateTime<Utc>, f64)>(sqlx::AssertSqlSafe(sql)).bind(window);
+    if !skewed.is_empty() {
+        q = q.bind(earliest).bind(&skewed);
+    }
+    let rows: Vec<(i64, i16, DateTime<Utc>, f64)> = q
         .fetch_all(&store.pool)
-        .await?;
+        .await?
+        .into_iter()
+        .filter(|(host, _, ts, _)| *ts > since(*host))
+        .collect();
     let labels = host_labels(store).await?;
     Ok(rows
         .into_iter()
