@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::spool::Spool;
-use crate::config::AgentTls;
+use crate::config::{check_base_url, AgentTls};
 use crate::model::{AgentStats, Batch, IngestResponse};
 
 /// Outcome of one delivery attempt.
@@ -44,13 +44,6 @@ pub struct Shipper {
     backoff: Backoff,
     pub replayed_total: u64,
     pub delivered_total: u64,
-}
-
-/// The server's base URL as an agent is given it (`agent.server`, `--server`): a typo is
-/// refused at start instead of spooling every batch while the agent retries a URL that can
-/// never work.
-pub fn check_server_url(server: &str) -> anyhow::Result<()> {
-    crate::config::check_base_url("agent.server", server).map_err(anyhow::Error::msg)
 }
 
 /// Longest wait between retries of our own choosing. A fleet that lost its server is
@@ -206,7 +199,9 @@ impl Shipper {
         timeout: Duration,
         tls: &AgentTls,
     ) -> anyhow::Result<Shipper> {
-        check_server_url(server)?;
+        // A typo in `agent.server` / `--server` is refused at start instead of spooling every
+        // batch while retrying a URL that can never work.
+        check_base_url("agent.server", server).map_err(anyhow::Error::msg)?;
         let client = client(tls)?
             .timeout(timeout)
             // Drop an idle connection well before the server does (it closes keep-alive
@@ -430,7 +425,7 @@ mod tests {
             "https://rackwatch.example/monitoring/",
             "http://[::1]:8080",
         ] {
-            check_server_url(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            check_base_url("agent.server", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for (bad, says) in [
             ("htp://127.0.0.1:8080", "the scheme must be http or https"),
@@ -440,7 +435,7 @@ mod tests {
             ("http://", "not a URL"),
             ("https://rackwatch.example/?x=1", "no query or fragment"),
         ] {
-            let e = check_server_url(bad).expect_err(bad).to_string();
+            let e = check_base_url("agent.server", bad).expect_err(bad);
             assert!(e.contains(says) && e.contains("agent.server"), "{bad}: {e}");
         }
     }

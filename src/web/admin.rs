@@ -207,11 +207,10 @@ pub async fn create_user(
     Ok(resp)
 }
 
-/// A form that carries nothing but its CSRF token.
 #[derive(Deserialize)]
 pub struct CsrfOnly {
     #[serde(default)]
-    pub csrf: String,
+    csrf: String,
 }
 
 pub async fn delete_user(
