@@ -2,10 +2,10 @@
 //! `rackwatch token`). Admins only; every form carries the session's CSRF token.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Json};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa_axum::routes;
@@ -14,6 +14,7 @@ use super::access::Routes;
 use super::auth::{require, verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
+use super::params::{ApiQuery, PageForm, PageQuery};
 use super::AppState;
 use crate::store::audit::{AuditRow, Entry, Filter};
 use crate::store::auth::{Role, TokenInfo, UserInfo};
@@ -162,6 +163,7 @@ pub async fn page(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewUser {
     #[serde(default)]
     csrf: String,
@@ -176,7 +178,7 @@ pub async fn create_user(
     csrf: Csrf,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-    Form(f): Form<NewUser>,
+    PageForm(f): PageForm<NewUser>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
@@ -208,6 +210,7 @@ pub async fn create_user(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CsrfOnly {
     #[serde(default)]
     csrf: String,
@@ -219,7 +222,7 @@ pub async fn delete_user(
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(f): Form<CsrfOnly>,
+    PageForm(f): PageForm<CsrfOnly>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
@@ -245,6 +248,7 @@ pub async fn delete_user(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewToken {
     #[serde(default)]
     csrf: String,
@@ -259,7 +263,7 @@ pub async fn create_token(
     csrf: Csrf,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-    Form(f): Form<NewToken>,
+    PageForm(f): PageForm<NewToken>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
@@ -295,7 +299,7 @@ pub async fn revoke_token(
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Form(f): Form<CsrfOnly>,
+    PageForm(f): PageForm<CsrfOnly>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
@@ -350,6 +354,7 @@ pub async fn tokens(
 
 /// The audit trail's filter, from the query string (page and API alike).
 #[derive(Deserialize, Default, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// User name, `cli:USER` or `system` (exact; default: everyone).
@@ -441,7 +446,7 @@ pub async fn audit_page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    Query(q): Query<AuditQuery>,
+    PageQuery(q): PageQuery<AuditQuery>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     let (rows, error) = match q.filter() {
@@ -496,7 +501,7 @@ pub async fn audit_page(
 pub async fn audit_api(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditRow>>, ApiError> {
     require(&u, Role::Admin)?;
     Ok(Json(st.store.audit_rows(&q.filter()?).await?))

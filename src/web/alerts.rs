@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Json};
+use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
@@ -13,6 +13,7 @@ use super::access::Routes;
 use super::auth::{verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
+use super::params::PageForm;
 use super::AppState;
 use crate::alert::{location, AlertRow, Labels};
 use crate::store::audit::Entry;
@@ -228,6 +229,7 @@ fn require_operator(user: &User) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AckForm {
     fingerprint: String,
     #[serde(default)]
@@ -239,7 +241,7 @@ pub async fn acknowledge(
     PageUser(user): PageUser,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-    Form(f): Form<AckForm>,
+    PageForm(f): PageForm<AckForm>,
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
@@ -261,6 +263,7 @@ pub async fn acknowledge(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SilenceForm {
     /// `host=gpu-17, rule=gpu-xid`
     matchers: String,
@@ -277,7 +280,7 @@ pub async fn silence(
     PageUser(user): PageUser,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-    Form(f): Form<SilenceForm>,
+    PageForm(f): PageForm<SilenceForm>,
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
@@ -313,6 +316,7 @@ pub async fn silence(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExpireForm {
     id: i64,
     #[serde(default)]
@@ -324,7 +328,7 @@ pub async fn expire(
     PageUser(user): PageUser,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-    Form(f): Form<ExpireForm>,
+    PageForm(f): PageForm<ExpireForm>,
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;

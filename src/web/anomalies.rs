@@ -1,6 +1,6 @@
 //! `GET /api/v1/anomalies`: per-minute anomaly scores with their explanations.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
@@ -9,6 +9,7 @@ use utoipa_axum::routes;
 use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::{ApiError, ErrorBody};
+use super::params::ApiQuery;
 use super::range::parse_rfc3339;
 use super::AppState;
 
@@ -20,6 +21,7 @@ pub fn api_routes() -> Routes {
 /// Which scores to return. Read as text and checked here, so a bad value gets a message
 /// that names it.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AnomalyQuery {
     /// Host name (default: all hosts).
@@ -80,7 +82,7 @@ pub struct Anomalies {
 pub async fn anomalies(
     State(st): State<AppState>,
     _u: ApiUser,
-    Query(q): Query<AnomalyQuery>,
+    ApiQuery(q): ApiQuery<AnomalyQuery>,
 ) -> Result<Json<Anomalies>, ApiError> {
     let bad = |m: String| Err(ApiError::BadRequest(m));
     let to = parse_rfc3339("to", q.to.as_deref(), Utc::now())?;

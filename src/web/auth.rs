@@ -7,11 +7,10 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -19,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::access::Routes;
 use super::error::{ApiError, PageError};
 use super::page::render;
+use super::params::{PageForm, PageQuery};
 use super::AppState;
 use crate::store::audit::{Entry, Outcome};
 use crate::store::auth::{random_secret, Role, User};
@@ -605,6 +605,7 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoginQuery {
     next: Option<String>,
 }
@@ -618,7 +619,10 @@ fn cookie_flags(st: &AppState) -> &'static str {
 }
 
 /// The login form, with a fresh CSRF secret in a cookie and in the form.
-pub async fn login_form(State(st): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
+pub async fn login_form(
+    State(st): State<AppState>,
+    PageQuery(q): PageQuery<LoginQuery>,
+) -> Response {
     let secret = random_secret();
     let mut resp = render(&LoginPage {
         error: None,
@@ -637,6 +641,7 @@ pub async fn login_form(State(st): State<AppState>, Query(q): Query<LoginQuery>)
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoginForm {
     username: String,
     password: String,
@@ -661,7 +666,7 @@ pub async fn login_submit(
     State(st): State<AppState>,
     headers: HeaderMap,
     ext: Extensions,
-    Form(f): Form<LoginForm>,
+    PageForm(f): PageForm<LoginForm>,
 ) -> Result<Response, PageError> {
     let next = safe_next(f.next.as_deref());
     check_origin(&headers)?;
@@ -748,6 +753,7 @@ pub async fn login_submit(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CsrfForm {
     #[serde(default)]
     csrf: String,
@@ -758,7 +764,7 @@ pub async fn logout(
     PageUser(user): PageUser,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-    Form(f): Form<CsrfForm>,
+    PageForm(f): PageForm<CsrfForm>,
 ) -> Result<Response, PageError> {
     verify_csrf(&headers, &f.csrf)?;
     if let Some(secret) = cookie(&headers, SESSION_COOKIE) {

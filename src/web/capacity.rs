@@ -13,7 +13,7 @@
 //! Prometheus gauges and the capacity alert agree.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
@@ -26,6 +26,7 @@ use super::auth::{require, ApiUser, Csrf, MaybeUser, PageUser};
 use super::charts::{Axis, Band, Overlay, Series};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{chart, rack_path, render, render_off, seg, ChartView, Nav};
+use super::params::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::analytics::capacity::{
     actions, DemandPoint, DrainCandidate, EvidenceView, ExhaustionRow, PoolDrains,
@@ -120,6 +121,7 @@ fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSu
 
 /// Which part of the capacity overview: a site, and a page of its pools.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct OverviewQuery {
     /// Only pools with hosts at this site, and its racks and disks (default: all sites).
@@ -377,7 +379,7 @@ async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    Query(q): Query<OverviewQuery>,
+    PageQuery(q): PageQuery<OverviewQuery>,
 ) -> Result<Response, PageError> {
     let d = load(&st, &q).await?;
     render_off(move || {
@@ -490,7 +492,7 @@ async fn page(
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
-    Query(q): Query<OverviewQuery>,
+    ApiQuery(q): ApiQuery<OverviewQuery>,
 ) -> Result<Json<CapacityData>, ApiError> {
     Ok(Json(load(&st, &q).await?))
 }
@@ -767,6 +769,7 @@ pub struct AutoscalerView {
 
 /// Which pools.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PoolQuery {
     /// One pool (default: all).
@@ -789,7 +792,7 @@ pub struct PoolQuery {
 async fn recommendations(
     State(st): State<AppState>,
     _u: ApiUser,
-    Query(q): Query<PoolQuery>,
+    ApiQuery(q): ApiQuery<PoolQuery>,
 ) -> Result<Json<Vec<AutoscalerView>>, ApiError> {
     let recs = st.store.recommendations(q.pool.as_deref()).await?;
     if let (Some(p), true) = (&q.pool, recs.is_empty()) {

@@ -2,7 +2,7 @@
 //! report files, the report as JSON, and facility meter readings sent by site systems.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,6 +14,7 @@ use super::access::Routes;
 use super::auth::{require, urlencode, ApiUser, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
+use super::params::{ApiQuery, PageQuery};
 use super::AppState;
 use crate::report::energy::{self, EnergyReport};
 use crate::report::export::{self, Format, ReportView};
@@ -39,6 +40,7 @@ const PAST_WEEKS: usize = 12;
 
 /// Which report.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
     /// ISO week in `energy.time_zone` (default: last week).
@@ -125,7 +127,7 @@ pub async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    Query(q): Query<ReportQuery>,
+    PageQuery(q): PageQuery<ReportQuery>,
 ) -> Result<Response, PageError> {
     let now = Utc::now();
     let site = q.site();
@@ -255,7 +257,7 @@ pub async fn file(
     State(st): State<AppState>,
     _u: ApiUser,
     Path(file): Path<String>,
-    Query(q): Query<ReportQuery>,
+    PageQuery(q): PageQuery<ReportQuery>,
 ) -> Result<Response, PageError> {
     let (week, ext) = file.rsplit_once('.').ok_or_else(|| {
         ApiError::NotFound(format!(
@@ -327,7 +329,7 @@ pub struct WeeklyReport {
 pub async fn api(
     State(st): State<AppState>,
     _u: ApiUser,
-    Query(q): Query<ReportQuery>,
+    ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<Json<WeeklyReport>, ApiError> {
     let now = Utc::now();
     let week = q.week(&st, now)?;

@@ -1,7 +1,7 @@
 //! Hardware events: `GET /api/v1/events`, and the short labels host and GPU pages give
 //! them (their meaning and recommended action come from the XID table in `model::xid`).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::{ApiError, ErrorBody};
+use super::params::ApiQuery;
 use super::range::parse_rfc3339;
 use super::AppState;
 use crate::store::queries::EventRow;
@@ -36,6 +37,7 @@ pub fn title(kind: &str, code: i64) -> String {
 
 /// Which events to return.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Host name (default: all hosts).
@@ -62,7 +64,7 @@ pub struct EventsQuery {
 pub async fn events(
     State(st): State<AppState>,
     _u: ApiUser,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<EventRow>>, ApiError> {
     let since = parse_rfc3339("since", q.since.as_deref(), Utc::now() - Duration::days(7))?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);

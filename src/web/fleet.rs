@@ -2,7 +2,7 @@
 //! serves the page and its JSON twin.
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
@@ -14,6 +14,7 @@ use super::auth::{ApiUser, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::heatmap::*;
 use super::page::*;
+use super::params::{ApiQuery, PageQuery};
 use super::range::RangeParams;
 use super::AppState;
 use crate::model::format::num;
@@ -158,7 +159,7 @@ async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    Query(q): Query<RangeParams>,
+    PageQuery(q): PageQuery<RangeParams>,
 ) -> Result<Response, PageError> {
     let metric = Metric::parse(q.metric.as_deref())?;
     let (d, recs) = tokio::try_join!(load(&st, metric), async {
@@ -216,7 +217,7 @@ async fn page(
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
-    Query(q): Query<RangeParams>,
+    ApiQuery(q): ApiQuery<RangeParams>,
 ) -> Result<Json<FleetData>, ApiError> {
     let metric = Metric::parse(q.metric.as_deref())?;
     Ok(Json(load(&st, metric).await?))

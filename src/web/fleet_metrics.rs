@@ -23,7 +23,7 @@
 
 use std::fmt::Write as _;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -32,6 +32,7 @@ use sqlx::postgres::PgRow;
 use sqlx::Row;
 
 use super::error::ApiError;
+use super::params::ApiQuery;
 use super::AppState;
 use crate::model::metrics::{
     dcgm_field, prometheus_name, Metric, SqlType, GPU_METRICS, HOST_METRICS,
@@ -56,6 +57,7 @@ impl LabelStyle {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FleetQuery {
     /// `dcgm` (the default) or `snake_case`.
     #[serde(default)]
@@ -66,7 +68,7 @@ pub struct FleetQuery {
 pub async fn fleet_metrics(
     State(st): State<AppState>,
     _r: super::auth::FleetMetricsReader,
-    Query(q): Query<FleetQuery>,
+    ApiQuery(q): ApiQuery<FleetQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let style = match q.labels.as_deref() {
         None | Some("dcgm") => LabelStyle::Dcgm,

@@ -1,6 +1,6 @@
 //! `GET /api/v1/forecasts`: the latest hourly forecasts per pool and host.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use utoipa_axum::routes;
@@ -8,6 +8,7 @@ use utoipa_axum::routes;
 use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::{ApiError, ErrorBody};
+use super::params::ApiQuery;
 use super::AppState;
 use crate::analytics::forecast::StoredForecast;
 
@@ -18,6 +19,7 @@ pub fn api_routes() -> Routes {
 
 /// Which forecasts to return (each filter optional).
 #[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ForecastQuery {
     /// `pool` or `host`.
@@ -49,7 +51,7 @@ pub struct ForecastQuery {
 pub async fn forecasts(
     State(st): State<AppState>,
     _u: ApiUser,
-    Query(q): Query<ForecastQuery>,
+    ApiQuery(q): ApiQuery<ForecastQuery>,
 ) -> Result<Json<Vec<StoredForecast>>, ApiError> {
     if let Some(s) = q.scope.as_deref() {
         if s != "pool" && s != "host" {

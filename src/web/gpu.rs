@@ -2,7 +2,7 @@
 //! hardware events (`/hosts/{name}/gpus/{index}`, `GET /api/v1/hosts/{name}/gpus/{index}`).
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
@@ -14,6 +14,7 @@ use super::auth::{ApiUser, Csrf, PageUser};
 use super::charts::{Axis, Overlay, Series, Shade};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
+use super::params::{ApiQuery, PageQuery};
 use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
 use crate::model::format::bytes;
@@ -247,7 +248,7 @@ async fn page(
     PageUser(user): PageUser,
     csrf: Csrf,
     Path((name, index)): Path<(String, String)>,
-    Query(q): Query<RangeParams>,
+    PageQuery(q): PageQuery<RangeParams>,
 ) -> Result<Response, PageError> {
     let index = gpu_index(&name, &index)?;
     let now = Utc::now();
@@ -378,7 +379,7 @@ async fn page(
             picker: picker(
                 format!("/hosts/{}/gpus/{index}", seg(&name)),
                 &r,
-                String::new(),
+                Vec::new(),
             ),
             charts,
             throttle_note,
@@ -447,7 +448,7 @@ async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
     Path((name, index)): Path<(String, String)>,
-    Query(q): Query<RangeParams>,
+    ApiQuery(q): ApiQuery<RangeParams>,
 ) -> Result<Json<GpuData>, ApiError> {
     let index = gpu_index(&name, &index)?;
     let r = q.resolve(Utc::now(), "1h")?;

@@ -2,7 +2,7 @@
 //! (`/hosts/{name}`, `GET /api/v1/hosts/{name}`), the host list and raw samples.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
@@ -15,6 +15,7 @@ use super::auth::{require, verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::charts::{sequential_gradient, sparkline, strip_chart, Axis, Overlay, Series, StripRow};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
+use super::params::{ApiQuery, PageForm, PageQuery};
 use super::range::parse_rfc3339;
 use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
@@ -40,6 +41,7 @@ pub fn page_routes() -> Routes {
 
 /// The host page's "take out of the fleet" form: the host's name typed as confirmation.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveForm {
     #[serde(default)]
     csrf: String,
@@ -54,7 +56,7 @@ async fn remove(
     ClientAddr(ip): ClientAddr,
     headers: axum::http::HeaderMap,
     Path(name): Path<String>,
-    axum::Form(f): axum::Form<RemoveForm>,
+    PageForm(f): PageForm<RemoveForm>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
@@ -289,7 +291,7 @@ async fn page(
     PageUser(user): PageUser,
     csrf: Csrf,
     Path(name): Path<String>,
-    Query(q): Query<RangeParams>,
+    PageQuery(q): PageQuery<RangeParams>,
 ) -> Result<Response, PageError> {
     let now = Utc::now();
     let r = q.resolve_overview(now, "1h")?;
@@ -422,7 +424,7 @@ async fn page(
             } else {
                 String::new()
             },
-            picker: picker(format!("/hosts/{}", seg(&name)), &r, String::new()),
+            picker: picker(format!("/hosts/{}", seg(&name)), &r, Vec::new()),
             charts,
             gpus,
             events: event_views(&d.events, &query),
@@ -540,6 +542,7 @@ async fn list(State(st): State<AppState>, _u: ApiUser) -> Result<Json<Vec<HostLa
 
 /// The range of a raw-samples request.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RangeQuery {
     /// RFC 3339 (default: `to` − 1 h).
@@ -582,7 +585,7 @@ async fn samples(
     State(st): State<AppState>,
     _u: ApiUser,
     Path(name): Path<String>,
-    Query(q): Query<RangeQuery>,
+    ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> Result<Json<HostSamples>, ApiError> {
     let now = Utc::now();
     let to = parse_rfc3339("to", q.to.as_deref(), now)?;
@@ -626,7 +629,7 @@ async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
     Path(name): Path<String>,
-    Query(q): Query<RangeParams>,
+    ApiQuery(q): ApiQuery<RangeParams>,
 ) -> Result<Json<HostData>, ApiError> {
     let r = q.resolve_overview(Utc::now(), "1h")?;
     Ok(Json(load(&st, &name, r).await?))

@@ -2,7 +2,7 @@
 //! (`/inventory`, `GET /api/v1/inventory`).
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
@@ -12,6 +12,7 @@ use super::access::Routes;
 use super::auth::{ApiUser, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
+use super::params::{ApiQuery, PageQuery};
 use super::range::RangeParams;
 use super::AppState;
 use crate::model::format::bytes;
@@ -74,7 +75,7 @@ async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    Query(q): Query<RangeParams>,
+    PageQuery(q): PageQuery<RangeParams>,
 ) -> Result<Response, PageError> {
     let d = load(&st, q.q.as_deref().unwrap_or("")).await?;
     let mut hosts: Vec<&str> = d.rows.iter().map(|r| r.host_name.as_str()).collect();
@@ -128,7 +129,7 @@ async fn page(
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
-    Query(q): Query<RangeParams>,
+    ApiQuery(q): ApiQuery<RangeParams>,
 ) -> Result<Json<InventoryData>, ApiError> {
     Ok(Json(load(&st, q.q.as_deref().unwrap_or("")).await?))
 }

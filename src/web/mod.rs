@@ -23,6 +23,7 @@ pub mod linger;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
+pub mod params;
 pub mod proxy;
 pub mod rack;
 pub mod range;

@@ -9,8 +9,9 @@ use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 use utoipa_axum::routes;
 
 use super::access::Routes;
@@ -97,8 +98,9 @@ pub fn document() -> &'static OpenApi {
 }
 
 /// Answers any route can give: a panic caught (500) and a database that cannot be
-/// reached or a limit the server keeps (503, with Retry-After). Listed on every operation
-/// so a client knows the body it gets.
+/// reached or a limit the server keeps (503, with Retry-After), and on a route that takes
+/// query parameters, a malformed or unknown one (400). Listed on every operation so a
+/// client knows the body it gets.
 fn common_responses(doc: &mut OpenApi) {
     let error = || {
         ContentBuilder::new()
@@ -106,8 +108,27 @@ fn common_responses(doc: &mut OpenApi) {
             .build()
     };
     for item in doc.paths.paths.values_mut() {
-        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+        for op in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            let takes_query =
+                op.parameters.iter().flatten().any(
+                    |p| matches!(p, RefOr::T(p) if matches!(p.parameter_in, ParameterIn::Query)),
+                );
             let r = &mut op.responses.responses;
+            if takes_query {
+                r.entry("400".into()).or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description(
+                            "A query parameter is malformed or unknown; the error names it \
+                             and the parameters the route takes.",
+                        )
+                        .content("application/json", error())
+                        .build()
+                        .into()
+                });
+            }
             r.entry("500".into()).or_insert_with(|| {
                 ResponseBuilder::new()
                     .description("Internal error; the server logged the cause.")

@@ -278,8 +278,9 @@ pub fn host_row(h: &HostLatest, gpus: GpuSummary, now: DateTime<Utc>) -> HostRow
 pub struct Picker {
     pub path: String,
     pub links: Vec<PresetLink>,
-    /// Extra query (`&metric=temp`) kept by the links.
-    pub keep: String,
+    /// Other parameters of the page (`metric`) that the preset links and the custom
+    /// range form carry along.
+    pub keep: Vec<(&'static str, String)>,
     /// `YYYY-MM-DDTHH:MM` in UTC; the page script shows them in the viewer's zone.
     pub from_value: String,
     pub to_value: String,
@@ -292,7 +293,7 @@ pub struct Picker {
     pub to_iso: String,
 }
 
-pub fn picker(path: String, r: &TimeRange, keep: String) -> Picker {
+pub fn picker(path: String, r: &TimeRange, keep: Vec<(&'static str, String)>) -> Picker {
     Picker {
         path,
         links: preset_links(r),
@@ -305,6 +306,16 @@ pub fn picker(path: String, r: &TimeRange, keep: String) -> Picker {
         query: r.query(),
         from_iso: r.from.to_rfc3339(),
         to_iso: r.to.to_rfc3339(),
+    }
+}
+
+impl Picker {
+    /// The kept parameters as a query suffix (`&metric=temp`), for the preset links.
+    pub fn keep_query(&self) -> String {
+        self.keep
+            .iter()
+            .map(|(k, v)| format!("&{k}={}", urlencode(v)))
+            .collect()
     }
 }
 

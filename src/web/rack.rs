@@ -2,7 +2,7 @@
 //! (`/racks/{site}/{rack}`, `GET /api/v1/racks/{site}/{rack}`).
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
@@ -15,6 +15,7 @@ use super::charts::{strip_chart, Axis, Overlay, Series, StripRow};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::heatmap::*;
 use super::page::*;
+use super::params::{ApiQuery, PageQuery};
 use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
 use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
@@ -183,7 +184,7 @@ async fn page(
     PageUser(user): PageUser,
     csrf: Csrf,
     Path((site, rack)): Path<(String, String)>,
-    Query(q): Query<RangeParams>,
+    PageQuery(q): PageQuery<RangeParams>,
 ) -> Result<Response, PageError> {
     let (site, rack) = (place_from_seg(site), place_from_seg(rack));
     let now = Utc::now();
@@ -195,7 +196,7 @@ async fn page(
         let path = rack_path(&site, &rack);
         let page = RackPage {
             nav: Nav::new(&user, csrf, ""),
-            picker: picker(path, &r, format!("&metric={}", metric.key())),
+            picker: picker(path, &r, vec![("metric", metric.key().to_string())]),
             hosts: host_table_rows(&d.hosts, &d.gpus, now),
             metrics: metric_links(metric, Some(&query)),
             metric_label: metric.label(),
@@ -329,7 +330,7 @@ async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
     Path((site, rack)): Path<(String, String)>,
-    Query(q): Query<RangeParams>,
+    ApiQuery(q): ApiQuery<RangeParams>,
 ) -> Result<Json<RackData>, ApiError> {
     let (site, rack) = (place_from_seg(site), place_from_seg(rack));
     let r = q.resolve_overview(Utc::now(), "1h")?;

@@ -36,6 +36,7 @@ pub const MAX_RANGE_DAYS: i64 = 90;
 
 /// The query parameters of a page with a range.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RangeParams {
     pub range: Option<String>,
     pub from: Option<String>,

@@ -364,6 +364,7 @@ async fn real_responses_match_the_openapi_document() {
         // Real forecasts are checked against the document in forecasts.rs.
         ("/api/v1/forecasts", "/api/v1/forecasts?scope=host", 200),
         ("/api/v1/forecasts", "/api/v1/forecasts?metric=cpu", 400),
+        ("/api/v1/forecasts", "/api/v1/forecasts?host=api-host", 400),
         ("/api/v1/capacity", "/api/v1/capacity", 200),
         (
             "/api/v1/capacity/pools/{pool}",

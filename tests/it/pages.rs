@@ -404,3 +404,73 @@ async fn pages_answer_errors_as_pages_and_the_api_as_json() {
         assert!(v["error"].as_str().unwrap().contains("no"), "{path}: {v}");
     }
 }
+
+/// A malformed or unknown query parameter is refused with the parameter's name and what
+/// the route takes: as JSON on the API, as an error page on pages, never silently ignored
+/// (`?host=` on the forecasts API used to answer with every host's forecasts).
+#[tokio::test]
+async fn unknown_or_malformed_parameters_are_named_not_ignored() {
+    let app = TestApp::spawn().await;
+    seed(&app, "gpu-par").await;
+    let cookie = app.login("admin", "pw-for-params").await;
+    let get = |path: String| {
+        app.http
+            .get(format!("{}{path}", app.base))
+            .header("cookie", &cookie)
+            .send()
+    };
+    for (path, expect) in [
+        (
+            "/api/v1/forecasts?host=gpu-par",
+            "query string: unknown field `host`, expected one of `scope`, `key`, `metric`",
+        ),
+        (
+            "/api/v1/hosts/gpu-par?range=1h&tzo=east",
+            "query string: parameter `tzo`: invalid digit found in string",
+        ),
+        (
+            "/api/v1/events?limit=ten",
+            "query string: parameter `limit`: invalid digit found in string",
+        ),
+        (
+            "/api/v1/hosts/gpu-par/samples?metric=gpu_temp_c",
+            "query string: unknown field `metric`, expected `from` or `to`",
+        ),
+    ] {
+        let r = get(path.to_string()).await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], expect, "{path}");
+    }
+    let r = get("/hosts/gpu-par?rnage=6h".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("<h1>Bad request</h1>") && body.contains("unknown field `rnage`"),
+        "{body}"
+    );
+    // The parameters a page's own links and forms send are all accepted: the rack page's
+    // custom range form carries its heatmap metric along.
+    let r = get("/racks/fra1/r07?range=6h&metric=power".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains(r#"<input type="hidden" name="metric" value="power">"#),
+        "the custom range keeps the metric"
+    );
+    assert!(body.contains("?range=24h&#38;metric=power"), "{body}");
+    let from = (chrono::Utc::now() - chrono::Duration::hours(2)).format("%Y-%m-%dT%H:%M");
+    let to = chrono::Utc::now().format("%Y-%m-%dT%H:%M");
+    let r = get(format!(
+        "/racks/fra1/r07?from={from}&to={to}&tzo=-60&metric=power"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -1,0 +1,125 @@
+//! Query strings and form bodies, read with an error a person can act on: a malformed value
+//! or an unknown parameter is a 400 that names the parameter and says what was expected,
+//! as the API's JSON error ([`ApiQuery`]) or as an HTML page ([`PageQuery`], [`PageForm`]).
+//!
+//! Every query and form struct is `#[serde(deny_unknown_fields)]`: `?host=gpu-17` on an
+//! endpoint that filters by `key` is refused with the list of parameters it takes, instead
+//! of silently answering for the whole fleet.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, PageError};
+
+/// Reads `text` (`a=1&b=x`) into `T`; `what` names it in the error ("query string").
+pub fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(text.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // An unknown parameter's message names it already.
+        if path == "." || path.is_empty() || inner.to_string().contains(&format!("`{path}`")) {
+            ApiError::BadRequest(format!("{what}: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("{what}: parameter `{path}`: {inner}"))
+        }
+    })
+}
+
+/// The query string of an API request; a bad one answers 400 with a JSON error.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parse("query string", parts.uri.query().unwrap_or_default()).map(ApiQuery)
+    }
+}
+
+/// The query string of a page; a bad one answers 400 with an error page.
+pub struct PageQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(PageQuery(parse(
+            "query string",
+            parts.uri.query().unwrap_or_default(),
+        )?))
+    }
+}
+
+/// A page's form post (`application/x-www-form-urlencoded`); a bad one answers with an
+/// error page (400, or 415 for another content type). The body size is bounded by the
+/// router's body limit.
+pub struct PageForm<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for PageForm<T> {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_form(req.headers()) {
+            return Err(ApiError::UnsupportedMedia(
+                "send the form as application/x-www-form-urlencoded".into(),
+            )
+            .into());
+        }
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            PageError(ApiError::BadRequest(format!(
+                "form: the body could not be read: {}",
+                e.body_text()
+            )))
+        })?;
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::BadRequest("form: the body is not UTF-8".into()))?;
+        Ok(PageForm(parse("form", text)?))
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Q {
+        limit: Option<i64>,
+        host: Option<String>,
+    }
+
+    fn err(text: &str) -> String {
+        parse::<Q>("query string", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn names_the_parameter_and_what_it_takes() {
+        let q: Q = parse("query string", "limit=5&host=a%20b").unwrap();
+        assert_eq!((q.limit, q.host.as_deref()), (Some(5), Some("a b")));
+        assert_eq!(
+            err("limit=abc"),
+            "query string: parameter `limit`: invalid digit found in string"
+        );
+        assert_eq!(
+            err("key=gpu-17"),
+            "query string: unknown field `key`, expected `limit` or `host`"
+        );
+        assert!(parse::<Q>("query string", "").is_ok());
+    }
+}
