@@ -268,6 +268,10 @@ enum UserCmd {
         #[arg(long)]
         password: Option<String>,
     },
+    /// List the dashboard's users and their roles.
+    List,
+    /// Delete a user; their sessions end at once. The last admin cannot be deleted.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -496,6 +500,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             r?;
             println!("user {name} ({}) saved", role.as_str());
             Ok(())
+        }
+        Cmd::User(UserCmd::List) => {
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let users = db.store.list_users().await;
+            db.close().await;
+            println!("{:<32} {:<9} created", "name", "role");
+            for u in users? {
+                println!(
+                    "{:<32} {:<9} {}",
+                    u.name,
+                    u.role,
+                    u.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            Ok(())
+        }
+        Cmd::User(UserCmd::Remove { name }) => {
+            use rackwatch::store::auth::UserRemoval;
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let r = async {
+                let outcome = db.store.delete_user_named(&name).await?;
+                if let UserRemoval::Removed { role } = &outcome {
+                    audit(
+                        &db,
+                        "user.deleted",
+                        &name,
+                        serde_json::json!({"role": role}),
+                    )
+                    .await?;
+                }
+                anyhow::Ok(outcome)
+            }
+            .await;
+            db.close().await;
+            match r? {
+                UserRemoval::Removed { role } => {
+                    println!("user {name} ({role}) deleted; their sessions have ended");
+                    Ok(())
+                }
+                UserRemoval::LastAdmin => anyhow::bail!(
+                    "{name} is the only admin: make another user admin first \
+                     (rackwatch user add NAME --role admin)"
+                ),
+                UserRemoval::NoSuchUser => {
+                    anyhow::bail!("no user named {name:?} (rackwatch user list shows them)")
+                }
+            }
         }
         Cmd::Alerts(a) => alerts_cmd(&cfg, a).await,
         Cmd::Forecast(ForecastCmd::Eval { data, tasks, out }) => {
@@ -737,8 +788,25 @@ fn csv_field(s: &str) -> String {
 fn cli_actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(login_of_this_process)
+        .unwrap_or_else(|| "unknown".into());
     format!("cli:{user}")
+}
+
+/// The account name of this process's user from `/etc/passwd` (cron jobs, `sudo -u` and
+/// containers often set no `USER`), or `uid:N` when it has no entry.
+fn login_of_this_process() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    });
+    Some(name.unwrap_or_else(|| format!("uid:{uid}")))
 }
 
 /// Record a command-line change in the audit trail.

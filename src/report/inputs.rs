@@ -57,7 +57,7 @@ impl FacilityReading {
         let hours = (self.end - self.start).num_seconds() as f64 / 3600.0;
         if self.energy_kwh > 1e6 * hours {
             return Err(format!(
-                "energy_kwh {} over {hours:.2} h is more than 1 GW: check the unit (kWh)",
+                "energy_kwh {:.4e} over {hours:.2} h is more than 1 GW: check the unit (kWh)",
                 self.energy_kwh
             ));
         }

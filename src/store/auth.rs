@@ -657,6 +657,28 @@ impl Store {
         .await
     }
 
+    /// Delete a user by name (the command line's `user remove`), unless they are the last
+    /// admin: nobody could then manage users or tokens from the dashboard. Their sessions
+    /// end with them.
+    pub async fn delete_user_named(&self, name: &str) -> Result<UserRemoval, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Locks the admins' rows: two removals at once cannot leave none.
+        let admins = sqlx::query_scalar!("SELECT name FROM users WHERE role = 'admin' FOR UPDATE")
+            .fetch_all(&mut *tx)
+            .await?;
+        if admins.len() == 1 && admins[0] == name {
+            return Ok(UserRemoval::LastAdmin);
+        }
+        let role = sqlx::query_scalar!("DELETE FROM users WHERE name = $1 RETURNING role", name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(match role {
+            Some(role) => UserRemoval::Removed { role },
+            None => UserRemoval::NoSuchUser,
+        })
+    }
+
     /// Delete a user; their sessions end with them (ON DELETE CASCADE).
     pub async fn delete_user(&self, id: i64) -> Result<bool, sqlx::Error> {
         Ok(sqlx::query!("DELETE FROM users WHERE id = $1", id)
@@ -665,6 +687,17 @@ impl Store {
             .rows_affected()
             == 1)
     }
+}
+
+/// What [`Store::delete_user_named`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UserRemoval {
+    Removed {
+        role: String,
+    },
+    /// The user is the only admin; nothing was deleted.
+    LastAdmin,
+    NoSuchUser,
 }
 
 /// An agent token as listed (never the secret).

@@ -127,3 +127,82 @@ fn configuration_and_setup_errors_say_what_to_do() {
     assert!(!out.status.success());
     assert!(err.contains("interval_secs"), "{err}");
 }
+
+/// `user list` and `user remove`: an admin manages users from a shell (no dashboard
+/// needed), the removal ends the user's sessions and is audited under the Unix account
+/// that ran it even where `USER` is unset (cron, containers), and the last admin stays.
+#[tokio::test]
+async fn user_list_and_remove_keep_the_last_admin() {
+    let app = TestApp::spawn().await;
+    let cli = |args: &'static [&'static str]| {
+        let url = app.db_url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+                .args(args)
+                .env("RACKWATCH_DATABASE__URL", &url)
+                .env("RACKWATCH_LOG", "warn")
+                .env_remove("USER")
+                .env_remove("LOGNAME")
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let bob = app.login_as(
+        "bob",
+        "bobs password",
+        rackwatch::store::auth::Role::Operator,
+    );
+    let bob = bob.await;
+    app.store
+        .upsert_user("ada", rackwatch::store::auth::Role::Admin, "adas password")
+        .await
+        .unwrap();
+    let (ok, out, err) = cli(&["user", "list"]).await.unwrap();
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("name") && lines.len() == 3, "{out}");
+    assert!(
+        lines[1].starts_with("ada") && lines[1].contains("admin"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("bob") && lines[2].contains("operator"),
+        "{out}"
+    );
+
+    let (ok, _, err) = cli(&["user", "remove", "ada"]).await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("ada is the only admin"), "{err}");
+    let (ok, _, err) = cli(&["user", "remove", "carl"]).await.unwrap();
+    assert!(!ok);
+    assert!(err.contains("no user named \"carl\""), "{err}");
+
+    assert_eq!(app.get(&bob, "/api/v1/fleet").await.status(), 200);
+    let (ok, out, err) = cli(&["user", "remove", "bob"]).await.unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "user bob (operator) deleted; their sessions have ended"
+    );
+    assert_eq!(app.get(&bob, "/api/v1/fleet").await.status(), 401);
+    assert!(app
+        .store
+        .authenticate("bob", "bobs password")
+        .await
+        .unwrap()
+        .is_none());
+    let me = Command::new("id").arg("-un").output().unwrap();
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_string();
+    let rows = app.audit("user.deleted").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].actor.as_str(), rows[0].target.as_str()),
+        (format!("cli:{me}").as_str(), "bob")
+    );
+    app.stop().await;
+}
