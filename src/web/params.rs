@@ -19,9 +19,13 @@ pub fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, ApiError>
     let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(text.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        // serde says "field"; a URL has parameters.
+        let inner = e
+            .into_inner()
+            .to_string()
+            .replacen("unknown field", "unknown parameter", 1);
         // An unknown parameter's message names it already.
-        if path == "." || path.is_empty() || inner.to_string().contains(&format!("`{path}`")) {
+        if path == "." || path.is_empty() || inner.contains(&format!("`{path}`")) {
             ApiError::BadRequest(format!("{what}: {inner}"))
         } else {
             ApiError::BadRequest(format!("{what}: parameter `{path}`: {inner}"))
@@ -118,7 +122,7 @@ mod tests {
         );
         assert_eq!(
             err("key=gpu-17"),
-            "query string: unknown field `key`, expected `limit` or `host`"
+            "query string: unknown parameter `key`, expected `limit` or `host`"
         );
         assert!(parse::<Q>("query string", "").is_ok());
     }

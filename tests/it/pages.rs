@@ -422,7 +422,7 @@ async fn unknown_or_malformed_parameters_are_named_not_ignored() {
     for (path, expect) in [
         (
             "/api/v1/forecasts?host=gpu-par",
-            "query string: unknown field `host`, expected one of `scope`, `key`, `metric`",
+            "query string: unknown parameter `host`, expected one of `scope`, `key`, `metric`",
         ),
         (
             "/api/v1/hosts/gpu-par?range=1h&tzo=east",
@@ -434,7 +434,7 @@ async fn unknown_or_malformed_parameters_are_named_not_ignored() {
         ),
         (
             "/api/v1/hosts/gpu-par/samples?metric=gpu_temp_c",
-            "query string: unknown field `metric`, expected `from` or `to`",
+            "query string: unknown parameter `metric`, expected `from` or `to`",
         ),
     ] {
         let r = get(path.to_string()).await.unwrap();
@@ -450,7 +450,7 @@ async fn unknown_or_malformed_parameters_are_named_not_ignored() {
         .starts_with("text/html"));
     let body = r.text().await.unwrap();
     assert!(
-        body.contains("<h1>Bad request</h1>") && body.contains("unknown field `rnage`"),
+        body.contains("<h1>Bad request</h1>") && body.contains("unknown parameter `rnage`"),
         "{body}"
     );
     // The parameters a page's own links and forms send are all accepted: the rack page's
