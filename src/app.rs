@@ -303,8 +303,8 @@ pub async fn backfill_history(
     Ok(out)
 }
 
-/// Start the simulated fleet: back-fill the last `backfill_minutes` at the agent interval
-/// through the real ingest path, then run every simulated host as an agent shipping to
+/// Start the simulated fleet: back-fill the last `backfill_minutes` (after what a previous
+/// run stored) at the agent interval through the real ingest path, then run every simulated host as an agent shipping to
 /// `server` with its own token.
 pub async fn start_simulator(
     cfg: &Config,
@@ -320,8 +320,18 @@ pub async fn start_simulator(
         let mut shipper = shipper(cfg, server, &token, &spool_dir)?;
         let now = Utc::now();
         let minutes = i64::from(cfg.simulator.backfill_minutes);
-        if minutes > 0 {
-            let from = now - chrono::Duration::minutes(minutes);
+        // A restarted demo fills only the minutes it was down: samples over the ones
+        // stored before would interleave two runs' counters.
+        let stored_until = store
+            .host_latest(&host.info.name)
+            .await?
+            .and_then(|h| h.last_seen);
+        let from = (now - chrono::Duration::minutes(minutes)).max(
+            stored_until.map_or(chrono::DateTime::<Utc>::MIN_UTC, |t| {
+                t + chrono::Duration::seconds(1)
+            }),
+        );
+        if minutes > 0 && from < now {
             let c = host.history(
                 from,
                 now,

@@ -947,7 +947,7 @@ fn recommend(
     }
     if total.counter_resets > 0 {
         r.notes.push(format!(
-            "{} energy counter resets (driver reloads, GPU resets) were seen and counted from zero.",
+            "{} energy counter steps backwards were seen: a reset (driver reload, GPU reset) counts from zero; a jump no GPU could draw (two senders for one GPU, GPUs renumbered) is estimated from power.",
             total.counter_resets
         ));
     }

@@ -87,7 +87,11 @@ const HOST_CUSTOM: [(&str, &str); 2] = [
 /// GPU minutes' hand-made columns. Energy per sample is the agent's reset-safe delta
 /// (`energy_joules`); for agents that send only the counter, the difference to the GPU's
 /// previous sample (within `COUNTER_LOOKBACK`), where a counter that went backwards
-/// counts from zero (`e`, computed below). Throttle bits: power = software power cap
+/// counts from zero (`e`, computed below). A difference no GPU could draw, more than
+/// [`MAX_GPU_WATTS`] since the previous sample, is no energy but two counters mixed
+/// (two sources reporting one GPU, GPUs renumbered after a reboot, an agent restarted
+/// over its own recent samples): it is left out, and the energy job estimates that
+/// sample's share of the minute from sampled power. Throttle bits: power = software power cap
 /// (0x4) | hardware power brake (0x80); thermal = software (0x20) | hardware (0x40)
 /// thermal slowdown.
 const GPU_CUSTOM: [(&str, &str); 6] = [
@@ -157,16 +161,21 @@ static GPU_ROLLUP: LazyLock<String> = LazyLock::new(|| {
         "SELECT host_id, gpu_index, date_trunc('minute', ts), count(*)::int, {}
   FROM (SELECT *, CASE WHEN energy_joules IS NOT NULL THEN energy_joules
                        WHEN energy_joules_total IS NULL OR prev_total IS NULL THEN NULL
-                       WHEN energy_joules_total >= prev_total THEN energy_joules_total - prev_total
-                       ELSE energy_joules_total END AS e
+                       WHEN energy_joules_total >= prev_total THEN
+                            CASE WHEN energy_joules_total - prev_total <= {max_j_per_s} THEN
+                                 energy_joules_total - prev_total END
+                       WHEN energy_joules_total <= {max_j_per_s} THEN energy_joules_total
+                       END AS e
           FROM s WHERE ts >= $1) m
  GROUP BY 1, 2, 3",
-        aggs.join(", ")
+        aggs.join(", "),
+        max_j_per_s = format!("{MAX_GPU_WATTS} * extract(epoch FROM ts - prev_ts)"),
     );
     format!(
         "WITH s AS (
   SELECT host_id, gpu_index, ts, {},
-         lag(energy_joules_total) OVER (PARTITION BY host_id, gpu_index ORDER BY ts) AS prev_total
+         lag(energy_joules_total) OVER (PARTITION BY host_id, gpu_index ORDER BY ts) AS prev_total,
+         lag(ts) OVER (PARTITION BY host_id, gpu_index ORDER BY ts) AS prev_ts
     FROM gpu_samples
    WHERE ts >= $1 - $4::interval AND ts < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
 )
@@ -180,6 +189,10 @@ static GPU_ROLLUP: LazyLock<String> = LazyLock::new(|| {
         )
     )
 });
+
+/// The most a GPU board draws, as ingest bounds `power_watts`: a counter difference
+/// above it per second since the previous sample is not energy.
+const MAX_GPU_WATTS: f64 = 5_000.0;
 
 /// How far back a counter-only GPU sample looks for its predecessor.
 const COUNTER_LOOKBACK: &str = "10 minutes";

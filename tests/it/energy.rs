@@ -427,6 +427,79 @@ os._exit(0)
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A GPU that reports only its total-energy counter (Prometheus remote write from DCGM,
+/// the simulator, older agents): the server differences it. A difference no GPU could
+/// draw is two counters mixed, not energy: for an hour a second source reports the same
+/// GPU with another counter (samples interleaved), and later the GPU is renumbered (the
+/// counter jumps by 3 GJ). Those samples are estimated from power; a real reset still
+/// counts from zero. Before, the mixed hour alone counted ~1,000 kWh per sample.
+#[tokio::test]
+async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
+    let app = TestApp::spawn_with(configure).await;
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    let week: IsoWeek = "2026-W44".parse().unwrap();
+    let start = week.start(tz);
+    app.store
+        .ensure_partitions(week.end(tz) + Duration::days(1), 10, 1)
+        .await
+        .unwrap();
+    let host = HostInfo {
+        name: "mix".into(),
+        site: "fra1".into(),
+        rack: "r1".into(),
+        pool: "train".into(),
+        ..Default::default()
+    };
+    let sample = |ts, counter| GpuSample {
+        ts,
+        index: 0,
+        util_pct: Some(60.0),
+        power_watts: Some(400.0),
+        energy_joules_total: Some(counter),
+        ..Default::default()
+    };
+    let (mut gs, mut counter) = (Vec::new(), 5.0e9);
+    let mut other = 1.0e9;
+    for m in 0..1440 {
+        let t = start + Duration::minutes(m) + Duration::seconds(30);
+        counter += 400.0 * 60.0;
+        if m == 360 {
+            counter = 400.0 * 30.0; // driver reload 30 s before this sample
+        }
+        if m == 600 {
+            counter += 3.0e9; // renumbered: now another GPU's counter
+        }
+        if (120..180).contains(&m) {
+            other += 400.0 * 60.0;
+            gs.push(sample(t - Duration::seconds(30), other));
+        }
+        gs.push(sample(t, counter));
+    }
+    write(&app.store, &host, Vec::new(), gs).await;
+    app.store
+        .rollup_range(start - Duration::hours(1), start + Duration::days(1), None)
+        .await
+        .unwrap();
+    let now = week.end(tz) + Duration::hours(12);
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
+        .await
+        .unwrap();
+    let fleet = r.total();
+    // 400 W all day, less the 30 s before the reset that no counter saw.
+    let expected = (400.0 * 60.0 * 1440.0 - 400.0 * 30.0) / J_PER_KWH;
+    close(fleet.gpu_energy_kwh, expected, "GPU energy");
+    // The first sample (no predecessor), the mixed hour and the renumbering are estimated
+    // from power; the rest is measured.
+    close(
+        fleet.estimated_energy_kwh,
+        400.0 * 60.0 * (1.0 + 60.0 + 1.0) / J_PER_KWH,
+        "estimated",
+    );
+}
+
 #[tokio::test]
 async fn facility_meter_readings_make_the_pue_measured() {
     let app = TestApp::spawn_with(|c| {
