@@ -433,6 +433,24 @@ pub fn view(report: &EnergyReport) -> ReportView {
 }
 
 /// Stacked daily bars: busy GPU, idle GPU, host, facility overhead (Okabe–Ito colors).
+/// Round ticks (1, 2 or 5 × 10^k apart) for an energy axis up to `max_kwh`, in kWh, and
+/// their labels in kWh, MWh or GWh, whichever keeps them short.
+fn energy_axis(max_kwh: f64) -> (Vec<f64>, Vec<String>) {
+    let (unit, per_unit) = if max_kwh >= 1e7 {
+        ("GWh", 1e6)
+    } else if max_kwh >= 1e4 {
+        ("MWh", 1e3)
+    } else {
+        ("kWh", 1.0)
+    };
+    let (ticks, decimals) = crate::model::format::axis_ticks(max_kwh / per_unit);
+    let labels = ticks
+        .iter()
+        .map(|v| crate::model::format::num(Some(*v), decimals, unit))
+        .collect();
+    (ticks.iter().map(|v| v * per_unit).collect(), labels)
+}
+
 fn day_chart(r: &EnergyReport) -> String {
     const W: f64 = 640.0;
     const H: f64 = 220.0;
@@ -453,12 +471,7 @@ fn day_chart(r: &EnergyReport) -> String {
         .iter()
         .map(|d| parts.iter().map(|p| (p.2)(d).max(0.0)).sum::<f64>())
         .fold(0.0f64, f64::max);
-    // Round ticks (1, 2 or 5 × 10^k kWh apart) and a left margin that holds the widest.
-    let (ticks, decimals) = crate::model::format::axis_ticks(max);
-    let labels: Vec<String> = ticks
-        .iter()
-        .map(|v| crate::model::format::num(Some(*v), decimals, "kWh"))
-        .collect();
+    let (ticks, labels) = energy_axis(max);
     let widest = labels
         .iter()
         .map(|l| crate::model::format::text_px(l, 14.0))
@@ -512,4 +525,23 @@ fn day_chart(r: &EnergyReport) -> String {
     }
     s.push_str("</p>");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::energy_axis;
+
+    #[test]
+    fn energy_axis_labels_stay_short_at_any_fleet_size() {
+        let (ticks, labels) = energy_axis(730.0);
+        assert_eq!(labels.last().unwrap(), "800 kWh");
+        assert_eq!(*ticks.last().unwrap(), 800.0);
+        // 10,000 GPUs for a day: about 170 MWh.
+        let (ticks, labels) = energy_axis(168_000.0);
+        assert_eq!(labels.last().unwrap(), "200 MWh");
+        assert_eq!(*ticks.last().unwrap(), 200_000.0);
+        let (_, labels) = energy_axis(1.3e8);
+        assert_eq!(labels.last().unwrap(), "150 GWh");
+        assert!(labels.iter().all(|l| l.len() <= 9), "{labels:?}");
+    }
 }

@@ -55,12 +55,16 @@ function measure(days) {
     if (cs.textOverflow === 'ellipsis' && el.scrollWidth > el.clientWidth + 1) out.push(`${name(el)} truncates "${el.textContent.trim().slice(0, 40)}"`);
     if ((cs.overflowX === 'hidden' || cs.overflowX === 'clip') && el.scrollWidth > el.clientWidth + 1) out.push(`${name(el)} hides ${el.scrollWidth - el.clientWidth}px of its content`);
   }
-  // A scrollable table must say so (app.js marks it; the CSS draws a line and shadows).
+  // A scrollable table must say so (app.js marks it, or the page's CSS writes a hint;
+  // the CSS draws a line and shadows).
   let scrollers = 0;
   for (const el of document.querySelectorAll('.scroll')) {
     if (el.scrollWidth > el.clientWidth + 1) {
       scrollers++;
-      if (!el.classList.contains('overflowing')) out.push(`${name(el.firstElementChild || el)} scrolls sideways without the visible hint`);
+      // A page without the script (the report file) states it in CSS on narrow screens.
+      const before = getComputedStyle(el, '::before').content;
+      const hinted = el.classList.contains('overflowing') || (before && before !== 'none' && before !== 'normal');
+      if (!hinted) out.push(`${name(el.firstElementChild || el)} scrolls sideways without the visible hint`);
     }
   }
   // Every SVG text inside its SVG's box.

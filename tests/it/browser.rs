@@ -234,6 +234,8 @@ async fn layout_check(app: &TestApp, chromium: &str) {
     pages_say_what_they_show(app).await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let gpu = "/hosts/sim-fra1-r01-n03/gpus/2";
+    // This week's report as the downloadable HTML file (no script, its own style).
+    let week = rackwatch::report::IsoWeek::containing(chrono::Utc::now(), app.cfg.energy.tz());
     let pages = serde_json::json!([
         ["fleet", "/", ""],
         ["alerts", "/alerts", ""],
@@ -242,6 +244,11 @@ async fn layout_check(app: &TestApp, chromium: &str) {
         ["capacity-pool", "/capacity/pools/infer", ""],
         ["energy", "/energy", ""],
         ["energy-definitions", "/docs/energy", ""],
+        [
+            "energy-report-file",
+            format!("/energy/reports/{week}.html"),
+            ""
+        ],
         ["admin", "/admin", ""],
         ["rack", "/racks/fra1/r01", ""],
         ["rack-7d", "/racks/fra1/r01?range=7d", "days"],
@@ -276,7 +283,7 @@ async fn layout_check(app: &TestApp, chromium: &str) {
         out.status.success() && !stdout.contains("PROBLEM"),
         "layout check failed:\n{stdout}\n{stderr}"
     );
-    assert_eq!(stdout.matches("OK layout ").count(), 18 * 2 + 1, "{stdout}");
+    assert_eq!(stdout.matches("OK layout ").count(), 19 * 2 + 1, "{stdout}");
     // Both widths: the alerts table's actions are there (two rows not yet acknowledged
     // get Acknowledge, every unsilenced row gets Silence).
     for w in ["1440", "390"] {
