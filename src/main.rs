@@ -664,6 +664,7 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
             let (good, bad) = inputs::parse_carbon_csv(&text);
             let n = inputs::store_carbon(&db.store, &site, &good).await?;
             println!("{n} hours of carbon intensity stored for site {site}");
+            warn_unknown_site(&db.store, &site).await?;
             if !bad.is_empty() {
                 for (line, why) in &bad {
                     eprintln!("{}:{line}: {why}", file.display());
@@ -684,7 +685,7 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                     .map_err(|e| anyhow::anyhow!("{s:?} is not an RFC 3339 time: {e}"))
             };
             let reading = inputs::FacilityReading {
-                site,
+                site: site.clone(),
                 start: t(&start)?,
                 end: t(&end)?,
                 energy_kwh,
@@ -694,9 +695,24 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                 anyhow::bail!("reading rejected: {why}");
             }
             println!("reading stored");
+            warn_unknown_site(&db.store, &site).await?;
             Ok(())
         }
     }
+}
+
+/// Facility inputs for a site no host reports are kept but used by no report: say so.
+async fn warn_unknown_site(store: &rackwatch::store::Store, site: &str) -> anyhow::Result<()> {
+    if !rackwatch::report::inputs::sites_without_hosts(store, &[site.to_string()])
+        .await?
+        .is_empty()
+    {
+        eprintln!(
+            "warning: no host in the fleet reports site {site:?}: no report uses its inputs \
+             until hosts report it (check the spelling)"
+        );
+    }
+    Ok(())
 }
 
 async fn capacity_plan(

@@ -95,6 +95,26 @@ pub async fn store_readings(
     Ok((stored, rejected))
 }
 
+/// Of `sites`, those no host in the fleet reports (sorted, once each): their readings
+/// and carbon hours are stored, but no report uses them until hosts report the site, so
+/// a typo (`FRA1` for `fra1`) would go unnoticed.
+pub async fn sites_without_hosts(
+    store: &Store,
+    sites: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut sites = sites.to_vec();
+    sites.sort();
+    sites.dedup();
+    sqlx::query_scalar!(
+        r#"SELECT s AS "site!" FROM unnest($1::text[]) AS s
+            WHERE NOT EXISTS (SELECT 1 FROM hosts h WHERE h.site = s AND h.removed_at IS NULL)
+            ORDER BY 1"#,
+        &sites
+    )
+    .fetch_all(&store.pool)
+    .await
+}
+
 /// An hour and its value.
 pub type HourValue = (DateTime<Utc>, f64);
 /// A 1-based line number and what is wrong with the line.

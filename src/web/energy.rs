@@ -357,6 +357,10 @@ pub struct ReadingsStored {
     pub rejected: usize,
     /// Why each rejected reading was refused, by its position in the batch.
     pub errors: Vec<ReadingRejected>,
+    /// Sites of stored readings that no host in the fleet reports: they are kept, but no
+    /// report uses them until hosts report the site (check the spelling: `fra1`, not
+    /// `FRA1`).
+    pub unknown_sites: Vec<String>,
 }
 
 /// A reading that was not stored.
@@ -397,8 +401,16 @@ pub async fn readings(
         ))
     })?;
     let (stored, rejected) = inputs::store_readings(&st.store, &readings, Utc::now()).await?;
+    let kept: Vec<String> = readings
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !rejected.iter().any(|(j, _)| j == i))
+        .map(|(_, r)| r.site.clone())
+        .collect();
+    let unknown_sites = inputs::sites_without_hosts(&st.store, &kept).await?;
     Ok(Json(ReadingsStored {
         stored,
+        unknown_sites,
         rejected: rejected.len(),
         errors: rejected
             .into_iter()

@@ -571,6 +571,23 @@ async fn facility_meter_readings_make_the_pue_measured() {
         .as_str()
         .unwrap()
         .contains("not after"));
+    assert_eq!(resp["unknown_sites"], json!([]), "ams2 has a host");
+    // A reading for a site no host reports (a typo) is kept, and the answer names it.
+    let typo = json!([
+        {"site": "AMS2", "start": h0 - Duration::hours(8), "end": h0 - Duration::hours(7), "energy_kwh": 0.5},
+        {"site": "ams2", "start": h0 - Duration::hours(8), "end": h0 - Duration::hours(7), "energy_kwh": 0.5}
+    ]);
+    let resp: Value = app
+        .post_json(&admin, "/api/v1/facility/readings", &typo)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp["stored"].as_u64(), &resp["unknown_sites"]),
+        (Some(2), &json!(["AMS2"])),
+        "{resp}"
+    );
     // Not JSON of the right shape: a clear 400.
     let r = app
         .post_json(
@@ -810,6 +827,39 @@ async fn report_commands_write_files_and_check_their_inputs() {
         .await
         .unwrap();
     assert_eq!(stored, 2);
+    assert!(
+        !import.2.contains("warning"),
+        "fra1 has hosts: {}",
+        import.2
+    );
+    // A reading for a site no host reports is stored, with a warning naming the site.
+    let url = app.db_url.clone();
+    let typo = tokio::task::spawn_blocking(move || {
+        rackwatch(
+            &url,
+            &[
+                "report",
+                "facility-reading",
+                "--site",
+                "fra-1",
+                "--start",
+                "2026-11-02T01:00:00Z",
+                "--end",
+                "2026-11-02T02:00:00Z",
+                "--energy-kwh",
+                "10",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(typo.0, "{}", typo.2);
+    assert!(
+        typo.2
+            .contains("warning: no host in the fleet reports site \"fra-1\""),
+        "{}",
+        typo.2
+    );
     // The report file is written and readable by pyarrow.
     assert!(report.0, "{}", report.2);
     assert!(report.2.contains("2026-W45: IT "), "{}", report.2);
