@@ -224,6 +224,7 @@ pub struct HostPage {
     pub removed: String,
     /// The form that takes it out (admins, while it is in the fleet); empty otherwise.
     pub remove_action: String,
+    /// Empty for a host taken out of the fleet (no rack page lists it).
     pub rack_link: String,
     pub agent_version: String,
     pub picker: Picker,
@@ -409,7 +410,12 @@ async fn page(
             } else {
                 d.host.agent_version.clone()
             },
-            rack_link: format!("{}?{query}", rack_path(&d.host.site, &d.host.rack)),
+            // A host taken out is on no rack page: its rack may have no host left.
+            rack_link: if d.host.removed_at.is_some() {
+                String::new()
+            } else {
+                format!("{}?{query}", rack_path(&d.host.site, &d.host.rack))
+            },
             host: host_row(&d.host, GpuSummary::default(), now),
             removed: match &d.host.removed_at {
                 Some(t) => format!(

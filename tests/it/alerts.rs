@@ -997,6 +997,10 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     assert_eq!(status, 200, "its history stays reachable");
     assert!(page.contains("Taken out of the fleet by admin"), "{page}");
     assert!(!page.contains("remove-host"), "{page}");
+    assert!(
+        !page.contains("href=\"/racks/"),
+        "no rack page lists it: its rack is not a link"
+    );
     assert_eq!(
         app.ingest(&old_token, &sample("old-box")).await.status(),
         401,
@@ -1036,7 +1040,9 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     );
     let (_, page) = app.page(&admin, "/hosts/old-box").await;
     assert!(
-        !page.contains("Taken out of the fleet") && page.contains("remove-host"),
+        !page.contains("Taken out of the fleet")
+            && page.contains("remove-host")
+            && page.contains("href=\"/racks/"),
         "{page}"
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
