@@ -44,6 +44,8 @@ pub struct Shipper {
     backoff: Backoff,
     pub replayed_total: u64,
     pub delivered_total: u64,
+    /// This process's random id, sent with every batch ([`AgentStats::instance`]).
+    instance: String,
 }
 
 /// Longest wait between retries of our own choosing. A fleet that lost its server is
@@ -220,6 +222,7 @@ impl Shipper {
             backoff: Backoff::new(BASE_BACKOFF, MAX_BACKOFF),
             replayed_total: 0,
             delivered_total: 0,
+            instance: format!("{:016x}", rand::random::<u64>()),
         })
     }
 
@@ -232,6 +235,7 @@ impl Shipper {
             dropped_batches_total: self.spool.dropped_total,
             corrupt_batches_total: self.spool.corrupt_total,
             sent_at: Some(chrono::Utc::now()),
+            instance: Some(self.instance.clone()),
         }
     }
 

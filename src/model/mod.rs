@@ -103,6 +103,11 @@ pub struct AgentStats {
     /// by it and the host page names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<DateTime<Utc>>,
+    /// A random id of the agent process, the same in all its batches: batches of one host
+    /// alternating between two ids are two agents reporting as one host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 64)]
+    pub instance: Option<String>,
 }
 
 fn event_kinds() -> utoipa::openapi::schema::Object {

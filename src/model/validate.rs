@@ -369,10 +369,19 @@ impl<'l> Builder<'l> {
         // The agent's own report: kept when its text is sane, else left out with a reason
         // (the samples are not the agent's fault).
         self.batch.agent = match agent {
-            Some(a) => match check_text("agent.version", &a.version, 0, 64) {
+            Some(a) => match check_text("agent.version", &a.version, 0, 64).and_then(|()| {
+                a.instance
+                    .as_deref()
+                    .map_or(Ok(()), |i| check_text("agent.instance", i, 1, 64))
+            }) {
                 Ok(()) => Some(a),
                 Err(why) => {
-                    self.reject(4, 0, Some("version"), why);
+                    let field = if why.starts_with("agent.instance") {
+                        "instance"
+                    } else {
+                        "version"
+                    };
+                    self.reject(4, 0, Some(field), why);
                     None
                 }
             },

@@ -32,6 +32,9 @@ pub struct HostLatest {
     pub removed_at: Option<DateTime<Utc>>,
     /// Who took it out.
     pub removed_by: Option<String>,
+    /// When two agent processes were last seen reporting as this host (their batches
+    /// alternating): its samples interleave and its energy counts twice until one stops.
+    pub two_agents_at: Option<DateTime<Utc>>,
     /// How far the host's clock is behind the server's, s (negative: ahead): its last
     /// batch's `sent_at` against when it arrived; null for agents that do not send it.
     pub clock_behind_secs: Option<f64>,
@@ -96,7 +99,7 @@ macro_rules! host_latest_query {
         sqlx::query_as!(
             HostLatest,
             r#"SELECT h.name, h.site, h.rack, h.pool, h.labels, h.agent_version, h.last_seen, h.last_heard,
-                    h.removed_at, h.removed_by,
+                    h.removed_at, h.removed_by, h.two_agents_at,
                     EXTRACT(epoch FROM h.last_heard - (h.agent_stats->>'sent_at')::timestamptz)::float8
                         AS clock_behind_secs,
                     (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS "gpu_count!",

@@ -291,7 +291,16 @@ fn upsert_host_sql(mode: Write) -> String {
                agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
                last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen),
                last_heard = GREATEST(hosts.last_heard, EXCLUDED.last_heard),
-               removed_at = NULL, removed_by = NULL
+               removed_at = NULL, removed_by = NULL,
+               -- Two agents as one host: batches going back to the instance they left
+               -- less than 5 minutes before (a restarted agent never goes back).
+               agent_prev_instance = CASE WHEN {switched} THEN hosts.agent_stats->>'instance'
+                  ELSE hosts.agent_prev_instance END,
+               agent_prev_heard = CASE WHEN {switched} THEN now() ELSE hosts.agent_prev_heard END,
+               two_agents_at = CASE WHEN {switched}
+                    AND EXCLUDED.agent_stats->>'instance' = hosts.agent_prev_instance
+                    AND hosts.agent_prev_heard > now() - interval '5 minutes'
+                  THEN now() ELSE hosts.two_agents_at END
             RETURNING id
          ), host_latest_up AS (
             INSERT INTO host_latest (host_id, ts, {hc})
@@ -312,6 +321,9 @@ fn upsert_host_sql(mode: Write) -> String {
         ga = gpu_arrays.join(", "),
         al = aliases.join(", "),
         gs = gpu_set.join(", "),
+        switched = "EXCLUDED.agent_stats->>'instance' IS NOT NULL
+                    AND hosts.agent_stats->>'instance' IS NOT NULL
+                    AND EXCLUDED.agent_stats->>'instance' <> hosts.agent_stats->>'instance'",
     )
 }
 

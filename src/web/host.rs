@@ -226,6 +226,8 @@ pub struct HostPage {
     pub remove_action: String,
     /// Empty for a host taken out of the fleet (no rack page lists it).
     pub rack_link: String,
+    /// Two agents reporting as this host within the last hour, in words (else empty).
+    pub two_agents: String,
     pub agent_version: String,
     pub picker: Picker,
     pub charts: Vec<ChartView>,
@@ -417,6 +419,13 @@ async fn page(
                 format!("{}?{query}", rack_path(&d.host.site, &d.host.rack))
             },
             host: host_row(&d.host, GpuSummary::default(), now),
+            two_agents: match d.host.two_agents_at {
+                Some(t) if now - t < chrono::Duration::hours(1) => format!(
+                    "Two agents report as this host (last seen {}): their samples interleave and its energy counts twice. Stop one, or give each machine its own name and token (agent.host.name; rackwatch token create --host NAME).",
+                    age(Some(t), now)
+                ),
+                _ => String::new(),
+            },
             removed: match &d.host.removed_at {
                 Some(t) => format!(
                     "Taken out of the fleet by {} at {}: it is not on the fleet, rack and inventory pages and never alerts as silent. An agent reporting for it again (with a new token) brings it back.",

@@ -407,3 +407,84 @@ async fn the_readme_agent_install_works_as_written() {
     assert!(dir.path().join("spool").is_dir());
     app.stop().await;
 }
+
+/// Two agent processes reporting as one host (a cloned VM with the same name and token):
+/// their batches alternate, which the host page and the API name. One agent restarted
+/// (a new process, the old one gone) is not two.
+#[tokio::test]
+async fn two_agents_reporting_as_one_host_are_named_a_restart_is_not() {
+    let app = TestApp::spawn().await;
+    let cookie = app.login("ops", "correct horse").await;
+    let batch = |name: &str, at: chrono::DateTime<Utc>| rackwatch::model::Batch {
+        host: rackwatch::model::HostInfo {
+            name: name.into(),
+            ..Default::default()
+        },
+        host_samples: vec![rackwatch::model::HostSample {
+            ts: at,
+            cpu_util_pct: Some(10.0),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let page = |name: &'static str| {
+        let app = &app;
+        let cookie = cookie.clone();
+        async move { app.page(&cookie, &format!("/hosts/{name}")).await.1 }
+    };
+    // A restart: the first process ships, stops; a second one takes over for good.
+    let token = app.token("restarted").await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let t0 = Utc::now() - chrono::Duration::seconds(30);
+    let mut first = rackwatch::app::shipper(&app.cfg, &app.base, &token, dirs[0].path()).unwrap();
+    first.ship(batch("restarted", t0)).await;
+    drop(first);
+    let mut second = rackwatch::app::shipper(&app.cfg, &app.base, &token, dirs[1].path()).unwrap();
+    for k in 1..4 {
+        second
+            .ship(batch("restarted", t0 + chrono::Duration::seconds(5 * k)))
+            .await;
+    }
+    assert!(!page("restarted").await.contains("two-agents"));
+    let host = app.json(&cookie, "/api/v1/hosts/restarted").await;
+    assert!(host["host"]["two_agents_at"].is_null(), "{host}");
+
+    // A clone: two processes with the same name and token, shipping in turn.
+    let token = app.token("cloned").await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut a = rackwatch::app::shipper(&app.cfg, &app.base, &token, dirs[0].path()).unwrap();
+    let mut b = rackwatch::app::shipper(&app.cfg, &app.base, &token, dirs[1].path()).unwrap();
+    a.ship(batch("cloned", t0)).await;
+    b.ship(batch("cloned", t0 + chrono::Duration::seconds(1)))
+        .await;
+    assert!(
+        !page("cloned").await.contains("two-agents"),
+        "one switch could be a restart"
+    );
+    a.ship(batch("cloned", t0 + chrono::Duration::seconds(5)))
+        .await;
+    let html = page("cloned").await;
+    assert!(
+        html.contains(r#"id="two-agents""#) && html.contains("Two agents report as this host"),
+        "{html}"
+    );
+    let host = app.json(&cookie, "/api/v1/hosts/cloned").await;
+    assert!(host["host"]["two_agents_at"].is_string(), "{host}");
+    // A batch whose instance id is not sane text is stored without the agent's report.
+    let r = app
+        .ingest(
+            &token,
+            &serde_json::json!({"host": {"name": "cloned"},
+                "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}],
+                "agent": {"version": "1", "instance": "x".repeat(65)}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body.to_string()
+            .contains("agent.instance is 65 characters long; at most 64 are allowed"),
+        "{body}"
+    );
+    app.stop().await;
+}
