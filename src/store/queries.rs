@@ -357,10 +357,14 @@ impl Store {
             .collect())
     }
 
-    /// Agents' spool state, for `/metrics`.
+    /// Agents' spool state, for `/metrics`, with `two_agents`: 1 while two agent processes
+    /// report as the host (seen in the last 10 minutes), else 0.
     pub async fn agent_stats(&self) -> Result<Vec<(String, serde_json::Value)>, sqlx::Error> {
         let rows = sqlx::query!(
-            "SELECT name, agent_stats FROM hosts WHERE agent_stats <> '{}'::jsonb ORDER BY name",
+            r#"SELECT name, agent_stats || jsonb_build_object('two_agents',
+                      CASE WHEN two_agents_at > now() - interval '10 minutes' THEN 1 ELSE 0 END)
+                      AS "agent_stats!"
+                 FROM hosts WHERE agent_stats <> '{}'::jsonb AND removed_at IS NULL ORDER BY name"#,
         )
         .fetch_all(&self.pool)
         .await?;

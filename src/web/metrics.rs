@@ -384,6 +384,12 @@ impl Scraped {
         };
         gauges(
             e,
+            "rackwatch_agent_two_agents",
+            "1 while two agent processes report as this host (seen in the last 10 minutes): its samples interleave and its energy counts twice",
+            stat("two_agents"),
+        )?;
+        gauges(
+            e,
             "rackwatch_agent_spool_batches",
             "Batches waiting in the agent's disk spool",
             stat("spool_batches"),

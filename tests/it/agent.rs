@@ -470,6 +470,13 @@ async fn two_agents_reporting_as_one_host_are_named_a_restart_is_not() {
     );
     let host = app.json(&cookie, "/api/v1/hosts/cloned").await;
     assert!(host["host"]["two_agents_at"].is_string(), "{host}");
+    let metrics = app.metrics().await;
+    for line in [
+        "rackwatch_agent_two_agents{host=\"cloned\"} 1",
+        "rackwatch_agent_two_agents{host=\"restarted\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
     // A batch whose instance id is not sane text is stored without the agent's report.
     let r = app
         .ingest(
