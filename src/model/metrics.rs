@@ -367,7 +367,7 @@ sample_table! {
         throttle_reasons: u64 = Bits, "", Bounds::Any, Custom, false;
         /// Enforced power limit.
         power_limit_watts: f64 = Real, "W", range(0.0, 5_000.0), No, false;
-        /// Energy used since this GPU's previous sample, from the total-energy counter (`energy_joules_total`), computed by the agent and safe across counter resets (see `collect::nvml::energy_delta`). Sum it for kWh; never difference the counter on the server. At most 5 kW for a day (catches mJ sent as J).
+        /// Energy used since this GPU's previous sample, from the total-energy counter (`energy_joules_total`), computed by the agent and safe across counter resets (see `collect::nvml::energy_delta`). The server counts it where the counter gives no plausible difference to the GPU's previous sample (none within 10 minutes, or a jump no GPU could draw), and the counter's difference elsewhere, so a GPU also reported by another sender counts once. At most 5 kW for a day (catches mJ sent as J).
         energy_joules: f64 = Double, "J", range(0.0, 4.32e8), Custom, false;
         /// PCIe receive throughput. PCIe 6.0 x16 moves about 128 GB/s per direction.
         pcie_rx_bytes_per_s: f64 = Double, "B/s", range(0.0, 1e12), No, false;

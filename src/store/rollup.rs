@@ -84,16 +84,19 @@ const HOST_CUSTOM: [(&str, &str); 2] = [
     ("energy_samples", "count(energy_joules)::int"),
 ];
 
-/// GPU minutes' hand-made columns. Energy per sample is the agent's reset-safe delta
-/// (`energy_joules`); for agents that send only the counter, the difference to the GPU's
-/// previous sample (within `COUNTER_LOOKBACK`), where a counter that went backwards
-/// counts from zero (`e`, computed below). A difference no GPU could draw, more than
-/// [`MAX_GPU_WATTS`] since the previous sample, is no energy but two counters mixed
-/// (two sources reporting one GPU, GPUs renumbered after a reboot, an agent restarted
-/// over its own recent samples): it is left out, and the energy job estimates that
-/// sample's share of the minute from sampled power. Throttle bits: power = software power cap
-/// (0x4) | hardware power brake (0x80); thermal = software (0x20) | hardware (0x40)
-/// thermal slowdown.
+/// GPU minutes' hand-made columns. Energy per sample (`e`, computed below) is the
+/// difference of the total-energy counter to the GPU's previous sample (within
+/// `COUNTER_LOOKBACK`, whichever sender sent it), where a counter that went backwards
+/// counts from zero; else the agent's own reset-safe delta (`energy_joules`), which covers
+/// a longer gap. Differencing across senders counts a GPU reported by both an agent and
+/// Prometheus remote write once (the agent's deltas and the remote counter's differences
+/// would overlap). A difference no GPU could draw, more than [`MAX_GPU_WATTS`] since the
+/// previous sample, is no energy but two counters mixed (two machines reporting as one
+/// host, GPUs renumbered after a reboot, an agent restarted over its own recent samples):
+/// the agent's delta stands instead, or, without one, the energy job estimates that
+/// sample's share of the minute from sampled power.
+/// Throttle bits: power = software power cap (0x4) | hardware power brake (0x80);
+/// thermal = software (0x20) | hardware (0x40) thermal slowdown.
 const GPU_CUSTOM: [(&str, &str); 6] = [
     ("energy_joules", "sum(e)"),
     ("energy_samples", "count(e)::int"),
@@ -159,17 +162,14 @@ static GPU_ROLLUP: LazyLock<String> = LazyLock::new(|| {
     }
     let select = format!(
         "SELECT host_id, gpu_index, date_trunc('minute', ts), count(*)::int, {}
-  FROM (SELECT *, CASE WHEN energy_joules IS NOT NULL THEN energy_joules
-                       WHEN energy_joules_total IS NULL OR prev_total IS NULL THEN NULL
-                       WHEN energy_joules_total >= prev_total THEN
-                            CASE WHEN energy_joules_total - prev_total <= {max_j_per_s} THEN
-                                 energy_joules_total - prev_total END
-                       WHEN energy_joules_total <= {max_j_per_s} THEN energy_joules_total
-                       END AS e
-          FROM s WHERE ts >= $1) m
+  FROM (SELECT *, CASE WHEN d <= {MAX_GPU_WATTS} * extract(epoch FROM ts - prev_ts) THEN d
+                       ELSE energy_joules END AS e
+          FROM (SELECT *, CASE WHEN energy_joules_total >= prev_total
+                               THEN energy_joules_total - prev_total
+                               ELSE energy_joules_total END AS d
+                  FROM s WHERE ts >= $1) c) m
  GROUP BY 1, 2, 3",
         aggs.join(", "),
-        max_j_per_s = format!("{MAX_GPU_WATTS} * extract(epoch FROM ts - prev_ts)"),
     );
     format!(
         "WITH s AS (

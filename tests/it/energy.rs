@@ -500,6 +500,75 @@ async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
     );
 }
 
+/// A GPU reported by its agent (counter and per-sample delta) and by Prometheus remote
+/// write from DCGM (the bare counter) at other instants counts once: each sample's
+/// difference to the previous one, whoever sent it. Summing the agent's deltas and the
+/// remote counter's differences counted the overlapping intervals twice (1.5× here).
+#[tokio::test]
+async fn a_gpu_reported_by_an_agent_and_by_remote_write_counts_once() {
+    let app = TestApp::spawn_with(configure).await;
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    let week: IsoWeek = "2026-W44".parse().unwrap();
+    let start = week.start(tz);
+    app.store
+        .ensure_partitions(week.end(tz) + Duration::days(1), 10, 1)
+        .await
+        .unwrap();
+    let host = HostInfo {
+        name: "both".into(),
+        site: "fra1".into(),
+        ..Default::default()
+    };
+    let counter = |t: DateTime<Utc>| 7.0e9 + 400.0 * (t - start).num_seconds() as f64;
+    let mut gs = Vec::new();
+    for m in 0..1440 {
+        let agent_t = start + Duration::minutes(m) + Duration::seconds(30);
+        gs.push(GpuSample {
+            ts: agent_t,
+            index: 0,
+            util_pct: Some(60.0),
+            power_watts: Some(400.0),
+            energy_joules_total: Some(counter(agent_t)),
+            energy_joules: (m > 0).then_some(400.0 * 60.0),
+            ..Default::default()
+        });
+        if m > 0 {
+            let rw_t = start + Duration::minutes(m);
+            gs.push(GpuSample {
+                ts: rw_t,
+                index: 0,
+                power_watts: Some(400.0),
+                energy_joules_total: Some(counter(rw_t)),
+                ..Default::default()
+            });
+        }
+    }
+    write(&app.store, &host, Vec::new(), gs).await;
+    app.store
+        .rollup_range(start - Duration::hours(1), start + Duration::days(1), None)
+        .await
+        .unwrap();
+    let now = week.end(tz) + Duration::hours(12);
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
+        .await
+        .unwrap();
+    // Measured from 00:00:30 to 23:59:30; the first minute (no predecessor) from power.
+    let fleet = r.total();
+    close(
+        fleet.gpu_energy_kwh,
+        400.0 * 86_400.0 / J_PER_KWH,
+        "GPU energy",
+    );
+    close(
+        fleet.estimated_energy_kwh,
+        400.0 * 60.0 / J_PER_KWH,
+        "estimated",
+    );
+}
+
 #[tokio::test]
 async fn facility_meter_readings_make_the_pue_measured() {
     let app = TestApp::spawn_with(|c| {
