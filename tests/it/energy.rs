@@ -427,6 +427,30 @@ os._exit(0)
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Store one day of GPU samples (the first day of `week`), roll them up, account the
+/// energy and build the week's report.
+async fn one_day_report(
+    app: &TestApp,
+    host: &HostInfo,
+    gs: Vec<GpuSample>,
+    week: IsoWeek,
+    tz: Tz,
+) -> energy::EnergyReport {
+    let start = week.start(tz);
+    write(&app.store, host, Vec::new(), gs).await;
+    app.store
+        .rollup_range(start - Duration::hours(1), start + Duration::days(1), None)
+        .await
+        .unwrap();
+    let now = week.end(tz) + Duration::hours(12);
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    energy::build(&app.store, &app.cfg.energy, week, None, now)
+        .await
+        .unwrap()
+}
+
 /// A GPU that reports only its total-energy counter (Prometheus remote write from DCGM,
 /// the simulator, older agents): the server differences it. A difference no GPU could
 /// draw is two counters mixed, not energy: for an hour a second source reports the same
@@ -475,18 +499,7 @@ async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
         }
         gs.push(sample(t, counter));
     }
-    write(&app.store, &host, Vec::new(), gs).await;
-    app.store
-        .rollup_range(start - Duration::hours(1), start + Duration::days(1), None)
-        .await
-        .unwrap();
-    let now = week.end(tz) + Duration::hours(12);
-    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
-        .await
-        .unwrap();
-    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
-        .await
-        .unwrap();
+    let r = one_day_report(&app, &host, gs, week, tz).await;
     let fleet = r.total();
     // 400 W all day, less the 30 s before the reset that no counter saw.
     let expected = (400.0 * 60.0 * 1440.0 - 400.0 * 30.0) / J_PER_KWH;
@@ -543,18 +556,7 @@ async fn a_gpu_reported_by_an_agent_and_by_remote_write_counts_once() {
             });
         }
     }
-    write(&app.store, &host, Vec::new(), gs).await;
-    app.store
-        .rollup_range(start - Duration::hours(1), start + Duration::days(1), None)
-        .await
-        .unwrap();
-    let now = week.end(tz) + Duration::hours(12);
-    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
-        .await
-        .unwrap();
-    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
-        .await
-        .unwrap();
+    let r = one_day_report(&app, &host, gs, week, tz).await;
     // Measured from 00:00:30 to 23:59:30; the first minute (no predecessor) from power.
     let fleet = r.total();
     close(
