@@ -304,8 +304,8 @@ pub async fn backfill_history(
 }
 
 /// Start the simulated fleet: back-fill the last `backfill_minutes` (after what a previous
-/// run stored) at the agent interval through the real ingest path, then run every simulated host as an agent shipping to
-/// `server` with its own token.
+/// run stored) at the agent interval through the real ingest path, then run every
+/// simulated host as an agent shipping to `server` with its own token.
 pub async fn start_simulator(
     cfg: &Config,
     store: &Store,

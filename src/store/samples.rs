@@ -296,11 +296,13 @@ fn upsert_host_sql(mode: Write) -> String {
                -- less than 5 minutes before (a restarted agent never goes back).
                agent_prev_instance = CASE WHEN {switched} THEN hosts.agent_stats->>'instance'
                   ELSE hosts.agent_prev_instance END,
-               agent_prev_heard = CASE WHEN {switched} THEN now() ELSE hosts.agent_prev_heard END,
+               -- Times are the batch's arrival ($10): Citus refuses now() and other
+               -- non-immutable functions (timestamptz - interval) here.
+               agent_prev_heard = CASE WHEN {switched} THEN {arrived} ELSE hosts.agent_prev_heard END,
                two_agents_at = CASE WHEN {switched}
                     AND EXCLUDED.agent_stats->>'instance' = hosts.agent_prev_instance
-                    AND hosts.agent_prev_heard > now() - interval '5 minutes'
-                  THEN now() ELSE hosts.two_agents_at END
+                    AND {arrived} - hosts.agent_prev_heard < interval '5 minutes'
+                  THEN {arrived} ELSE hosts.two_agents_at END
             RETURNING id
          ), host_latest_up AS (
             INSERT INTO host_latest (host_id, ts, {hc})
@@ -321,6 +323,7 @@ fn upsert_host_sql(mode: Write) -> String {
         ga = gpu_arrays.join(", "),
         al = aliases.join(", "),
         gs = gpu_set.join(", "),
+        arrived = "COALESCE(EXCLUDED.last_heard, hosts.last_heard)",
         switched = "EXCLUDED.agent_stats->>'instance' IS NOT NULL
                     AND hosts.agent_stats->>'instance' IS NOT NULL
                     AND EXCLUDED.agent_stats->>'instance' <> hosts.agent_stats->>'instance'",
