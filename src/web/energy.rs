@@ -401,10 +401,11 @@ pub async fn readings(
         ))
     })?;
     let (stored, rejected) = inputs::store_readings(&st.store, &readings, Utc::now()).await?;
+    let refused: std::collections::HashSet<usize> = rejected.iter().map(|(i, _)| *i).collect();
     let kept: Vec<String> = readings
         .iter()
         .enumerate()
-        .filter(|(i, _)| !rejected.iter().any(|(j, _)| j == i))
+        .filter(|(i, _)| !refused.contains(i))
         .map(|(_, r)| r.site.clone())
         .collect();
     let unknown_sites = inputs::sites_without_hosts(&st.store, &kept).await?;
