@@ -280,6 +280,9 @@ enum HostCmd {
     /// absent rule, its agent tokens revoked, its history kept. An agent reporting for it
     /// again (with a new token) brings it back.
     Remove { name: String },
+    /// List the hosts in the fleet: place, pool, GPUs, when each was last heard from, and
+    /// what needs a look (not reporting, clock behind, two agents).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -582,6 +585,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             r
         }
+        Cmd::Host(HostCmd::List) => {
+            let db = Database::open(&cfg, Role::OneShot).await?;
+            let hosts = db.store.hosts_latest().await;
+            db.close().await;
+            print!("{}", host_table(&hosts?, chrono::Utc::now()));
+            Ok(())
+        }
         Cmd::Host(HostCmd::Remove { name }) => {
             let db = Database::open(&cfg, Role::OneShot).await?;
             let r = remove_host(&db, &name).await;
@@ -699,6 +709,51 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
             Ok(())
         }
     }
+}
+
+/// `rackwatch host list`: one line per host, with what needs a look.
+fn host_table(
+    hosts: &[rackwatch::store::queries::HostLatest],
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    use rackwatch::model::format::age;
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out = format!(
+        "{:<32} {:<20} {:<16} {:>4}  {:<12} note\n",
+        "host", "site/rack", "pool", "gpus", "last heard"
+    );
+    for h in hosts {
+        let mut notes = Vec::new();
+        if h.last_heard
+            .is_none_or(|t| now - t > chrono::Duration::minutes(1))
+        {
+            notes.push("not reporting".to_string());
+        }
+        if let Some(s) = h.clock_behind_secs.filter(|s| *s > 30.0) {
+            notes.push(format!("clock {s:.0} s behind"));
+        }
+        if h.two_agents_at
+            .is_some_and(|t| now - t < chrono::Duration::hours(1))
+        {
+            notes.push("two agents report as this host".into());
+        }
+        out.push_str(&format!(
+            "{:<32} {:<20} {:<16} {:>4}  {:<12} {}\n",
+            h.name,
+            format!("{}/{}", dash(&h.site), dash(&h.rack)),
+            dash(&h.pool),
+            h.gpu_count,
+            age(h.last_heard, now),
+            notes.join("; ")
+        ));
+    }
+    out
 }
 
 /// Facility inputs for a site no host reports are kept but used by no report: say so.

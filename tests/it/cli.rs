@@ -206,3 +206,47 @@ async fn user_list_and_remove_keep_the_last_admin() {
     );
     app.stop().await;
 }
+
+/// `host list`: the fleet from a shell, with what needs a look; hosts taken out are not in
+/// it.
+#[tokio::test]
+async fn host_list_shows_the_fleet_and_what_needs_a_look() {
+    let app = TestApp::spawn().await;
+    for (name, site) in [("gpu-a", "fra1"), ("gpu-b", ""), ("gpu-old", "fra1")] {
+        let token = app.token(name).await;
+        let body = json!({"host": {"name": name, "site": site, "rack": "r1", "pool": "train"},
+            "gpus": [{"index": 0}],
+            "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 2.0}]});
+        assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    }
+    sqlx::query("UPDATE hosts SET last_heard = now() - interval '10 minutes' WHERE name = 'gpu-b'")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE hosts SET removed_at = now() WHERE name = 'gpu-old'")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    let url = app.db_url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || rackwatch(&url, &["host", "list"], ""))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two hosts:\n{out}");
+    assert!(
+        lines[0].starts_with("host") && lines[0].ends_with("note"),
+        "{out}"
+    );
+    let row = |name: &str| lines.iter().find(|l| l.starts_with(name)).copied().unwrap();
+    let a: Vec<&str> = row("gpu-a").split_whitespace().collect();
+    assert_eq!(&a[..4], ["gpu-a", "fra1/r1", "train", "1"], "{out}");
+    assert!(!row("gpu-a").contains("not reporting"), "{out}");
+    assert!(row("gpu-b").contains("-/r1"), "{out}");
+    assert!(
+        row("gpu-b").contains("10 min ago") && row("gpu-b").ends_with("not reporting"),
+        "{out}"
+    );
+    app.stop().await;
+}
