@@ -717,30 +717,22 @@ fn host_table(
     now: chrono::DateTime<chrono::Utc>,
 ) -> String {
     use rackwatch::model::format::age;
-    let dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_string()
-        } else {
-            s.to_string()
-        }
-    };
+    use rackwatch::web::page;
+    let dash = |s: &str| page::place_label(s, "-");
     let mut out = format!(
         "{:<32} {:<20} {:<16} {:>4}  {:<12} note\n",
         "host", "site/rack", "pool", "gpus", "last heard"
     );
     for h in hosts {
         let mut notes = Vec::new();
-        if h.last_heard
-            .is_none_or(|t| now - t > chrono::Duration::minutes(1))
-        {
+        if !page::host_reports(h, now) {
             notes.push("not reporting".to_string());
         }
-        if let Some(s) = h.clock_behind_secs.filter(|s| *s > 30.0) {
-            notes.push(format!("clock {s:.0} s behind"));
+        let late = page::late_note(h, now);
+        if !late.is_empty() {
+            notes.push(late);
         }
-        if h.two_agents_at
-            .is_some_and(|t| now - t < chrono::Duration::hours(1))
-        {
+        if page::two_agents_seen(h, now).is_some() {
             notes.push("two agents report as this host".into());
         }
         out.push_str(&format!(

@@ -419,12 +419,12 @@ async fn page(
                 format!("{}?{query}", rack_path(&d.host.site, &d.host.rack))
             },
             host: host_row(&d.host, GpuSummary::default(), now),
-            two_agents: match d.host.two_agents_at {
-                Some(t) if now - t < chrono::Duration::hours(1) => format!(
+            two_agents: match two_agents_seen(&d.host, now) {
+                Some(t) => format!(
                     "Two agents report as this host (last seen {}): their samples interleave and its energy counts twice. Stop one, or give each machine its own name and token (agent.host.name; rackwatch token create --host NAME).",
                     age(Some(t), now)
                 ),
-                _ => String::new(),
+                None => String::new(),
             },
             removed: match &d.host.removed_at {
                 Some(t) => format!(

@@ -146,13 +146,20 @@ pub fn reporting_gpus<'a>(
         .collect()
 }
 
+/// When two agents were last seen reporting as `h`, if within the hour the host page and
+/// `rackwatch host list` name it for.
+pub fn two_agents_seen(h: &HostLatest, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    h.two_agents_at
+        .filter(|t| now - *t < chrono::Duration::hours(1))
+}
+
 /// Samples that arrive this much after their own time make a host "late".
 pub const LATE_SECS: i64 = 30;
 
 /// A note for a host that reports (heard from within [`STALE_SECS`]) whose clock is off
 /// by more than [`LATE_SECS`] (when its agent sends its clock), or whose samples are older
 /// than that on arrival.
-fn late_note(h: &HostLatest, now: DateTime<Utc>) -> String {
+pub fn late_note(h: &HostLatest, now: DateTime<Utc>) -> String {
     let span = |secs: f64| {
         age(
             Some(now - chrono::Duration::seconds(secs.abs() as i64)),

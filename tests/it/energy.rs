@@ -427,17 +427,35 @@ os._exit(0)
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Store one day of GPU samples (the first day of `week`), roll them up, account the
-/// energy and build the week's report.
+/// An app for a one-day energy test: the configured sites, and partitions for 2026-W44
+/// (Europe/Berlin), whose first day the test fills.
+async fn one_day_app() -> (TestApp, IsoWeek, Tz) {
+    let app = TestApp::spawn_with(configure).await;
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    let week: IsoWeek = "2026-W44".parse().unwrap();
+    app.store
+        .ensure_partitions(week.end(tz) + Duration::days(1), 10, 1)
+        .await
+        .unwrap();
+    (app, week, tz)
+}
+
+/// Store one day of GPU samples of host `name` in fra1 (the first day of `week`), roll them
+/// up, account the energy and build the week's report.
 async fn one_day_report(
     app: &TestApp,
-    host: &HostInfo,
+    name: &str,
     gs: Vec<GpuSample>,
     week: IsoWeek,
     tz: Tz,
 ) -> energy::EnergyReport {
     let start = week.start(tz);
-    write(&app.store, host, Vec::new(), gs).await;
+    let host = HostInfo {
+        name: name.into(),
+        site: "fra1".into(),
+        ..Default::default()
+    };
+    write(&app.store, &host, Vec::new(), gs).await;
     app.store
         .rollup_range(start - Duration::hours(1), start + Duration::days(1), None)
         .await
@@ -459,21 +477,8 @@ async fn one_day_report(
 /// counts from zero. Before, the mixed hour alone counted ~1,000 kWh per sample.
 #[tokio::test]
 async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
-    let app = TestApp::spawn_with(configure).await;
-    let tz: Tz = "Europe/Berlin".parse().unwrap();
-    let week: IsoWeek = "2026-W44".parse().unwrap();
+    let (app, week, tz) = one_day_app().await;
     let start = week.start(tz);
-    app.store
-        .ensure_partitions(week.end(tz) + Duration::days(1), 10, 1)
-        .await
-        .unwrap();
-    let host = HostInfo {
-        name: "mix".into(),
-        site: "fra1".into(),
-        rack: "r1".into(),
-        pool: "train".into(),
-        ..Default::default()
-    };
     let sample = |ts, counter| GpuSample {
         ts,
         index: 0,
@@ -499,7 +504,7 @@ async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
         }
         gs.push(sample(t, counter));
     }
-    let r = one_day_report(&app, &host, gs, week, tz).await;
+    let r = one_day_report(&app, "mix", gs, week, tz).await;
     let fleet = r.total();
     // 400 W all day, less the 30 s before the reset that no counter saw.
     let expected = (400.0 * 60.0 * 1440.0 - 400.0 * 30.0) / J_PER_KWH;
@@ -519,19 +524,8 @@ async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
 /// remote counter's differences counted the overlapping intervals twice (1.5× here).
 #[tokio::test]
 async fn a_gpu_reported_by_an_agent_and_by_remote_write_counts_once() {
-    let app = TestApp::spawn_with(configure).await;
-    let tz: Tz = "Europe/Berlin".parse().unwrap();
-    let week: IsoWeek = "2026-W44".parse().unwrap();
+    let (app, week, tz) = one_day_app().await;
     let start = week.start(tz);
-    app.store
-        .ensure_partitions(week.end(tz) + Duration::days(1), 10, 1)
-        .await
-        .unwrap();
-    let host = HostInfo {
-        name: "both".into(),
-        site: "fra1".into(),
-        ..Default::default()
-    };
     let counter = |t: DateTime<Utc>| 7.0e9 + 400.0 * (t - start).num_seconds() as f64;
     let mut gs = Vec::new();
     for m in 0..1440 {
@@ -556,7 +550,7 @@ async fn a_gpu_reported_by_an_agent_and_by_remote_write_counts_once() {
             });
         }
     }
-    let r = one_day_report(&app, &host, gs, week, tz).await;
+    let r = one_day_report(&app, "both", gs, week, tz).await;
     // Measured from 00:00:30 to 23:59:30; the first minute (no predecessor) from power.
     let fleet = r.total();
     close(
