@@ -276,18 +276,23 @@ pub struct CapacityPage {
     pub json: String,
 }
 
+/// When a capacity runs out: a date, "already" once it has passed (the trend is above the
+/// capacity now), or "not within the horizon".
 fn date(t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_else(|| "not within the horizon".into())
+    match t {
+        Some(t) if t <= Utc::now() => "already".into(),
+        Some(t) => t.format("%Y-%m-%d").to_string(),
+        None => "not within the horizon".into(),
+    }
 }
 
 fn evidence_text(e: &EvidenceView) -> String {
     let mut parts = Vec::new();
     if e.next_hour.hours > 0.0 {
         parts.push(format!(
-            "over the last {:.0} days the next-hour advice cost {:.3} (slack {:.0} %, {:.1} GPU-h unserved) against {:.3} for the {}",
-            e.next_hour.hours / 24.0,
+            "next-hour advice {:.3} over {:.0} days (slack {:.0} %, {:.1} GPU-h unserved) against {:.3} for the {}",
             e.next_hour.cost,
+            e.next_hour.hours / 24.0,
             e.next_hour.slack_pct,
             e.next_hour.unserved_gpu_hours,
             e.next_hour.baseline_cost,
@@ -296,19 +301,17 @@ fn evidence_text(e: &EvidenceView) -> String {
     }
     if e.week.hours > 0.0 {
         parts.push(format!(
-            "the week plan {:.3} against {:.3} for {}",
+            "week plan {:.3} against {:.3} for {}",
             e.week.cost, e.week.baseline_cost, e.week.baseline
         ));
     }
-    match parts.len() {
-        0 => String::new(),
-        _ => {
-            let mut s = parts.join("; ");
-            s.replace_range(..1, &s[..1].to_uppercase());
-            s.push('.');
-            s
-        }
+    if parts.is_empty() {
+        return String::new();
     }
+    format!(
+        "Replayed on this pool's past (cost per GPU of typical demand, lower is better): {}.",
+        parts.join("; ")
+    )
 }
 
 fn date_view(e: &ExhaustionRow, link: String) -> DateView {
@@ -501,6 +504,7 @@ async fn json(
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolData {
     pub summary: PoolSummary,
+    /// Start of the chart: 4 weeks back, or the day the pool's demand starts if later.
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     /// Demand per point (the highest 5-minute demand in it).
@@ -543,6 +547,15 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         st.store
             .forecasts(Some("pool"), Some(pool), Some("gpu_util_pct")),
     )?;
+    // A pool younger than the window starts its chart on the day its demand does (at
+    // least a day back), so a new fleet's chart is not three weeks of nothing.
+    let from = demand.first().map_or(from, |p| {
+        let day = p
+            .bucket
+            .duration_trunc(Duration::days(1))
+            .unwrap_or(p.bucket);
+        day.clamp(from, now - Duration::days(1))
+    });
     let installed = f64::from(rec.installed_gpus);
     let forecast = forecasts
         .first()

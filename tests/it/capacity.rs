@@ -322,6 +322,16 @@ async fn gauges_and_the_api_agree_with_the_page() {
     })
     .await;
     demand_history(&app, "train", 20, |d, _| 10.0 * 1.02f64.powf(d)).await;
+    // A pool whose demand is already above its installed GPUs.
+    hosts(&app, "full", "ams2", "r8", 1, 8).await;
+    demand_history(&app, "full", 8, |_, _| 12.0).await;
+    // ... and only 9 days old: its chart starts on the day its demand does.
+    sqlx::query(
+        "DELETE FROM pool_demand WHERE pool = 'full' AND bucket < now() - interval '9 days'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
     capacity::run(&app.store, &app.cfg, Utc::now())
         .await
         .unwrap();
@@ -330,7 +340,27 @@ async fn gauges_and_the_api_agree_with_the_page() {
     let metrics = app.metrics().await;
     let (_, page) = app.page(&cookie, "/capacity").await;
     let pools = api.as_array().unwrap();
-    assert_eq!(pools.len(), 2);
+    assert_eq!(pools.len(), 3);
+    // When each pool runs out, as the page says it: a date, or "already" once it has passed.
+    let overview = app.json(&cookie, "/api/v1/capacity").await;
+    let runs_out = |pool: &str| {
+        let p = overview["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pool"] == pool)
+            .unwrap_or_else(|| panic!("{pool} not in {overview}"));
+        let at = p["exhausted_at"]
+            .as_str()
+            .map(|d| d.parse::<DateTime<Utc>>().unwrap());
+        match at {
+            Some(t) if t <= Utc::now() => "already".to_string(),
+            Some(t) => t.format("%Y-%m-%d").to_string(),
+            None => "not within the horizon".to_string(),
+        }
+    };
+    assert_eq!(runs_out("full"), "already");
+    assert_ne!(runs_out("train"), "already");
     for p in pools {
         let pool = p["pool"].as_str().unwrap();
         let (h1, d7, inst) = (
@@ -359,6 +389,10 @@ async fn gauges_and_the_api_agree_with_the_page() {
         assert!(card.contains(&format!("<dd>{h1} GPUs</dd>")), "{card}");
         assert!(card.contains(&format!("{d7} GPUs</dd>")), "{card}");
         assert!(card.contains(&format!("<dd>{inst} GPUs</dd>")), "{card}");
+        assert!(
+            card.contains(&format!("<dt>Runs out</dt><dd>{}</dd>", runs_out(pool))),
+            "{card}"
+        );
         // The pool's page draws its chart with the forecast-free plan lines.
         let (status, html) = app.page(&cookie, &format!("/capacity/pools/{pool}")).await;
         assert_eq!(status, 200);
@@ -367,6 +401,15 @@ async fn gauges_and_the_api_agree_with_the_page() {
             .json(&cookie, &format!("/api/v1/capacity/pools/{pool}"))
             .await;
         assert_eq!(j["summary"]["next_hour"].as_i64(), Some(h1));
+        let from: DateTime<Utc> = j["from"].as_str().unwrap().parse().unwrap();
+        let first: DateTime<Utc> = j["demand"][0]["bucket"].as_str().unwrap().parse().unwrap();
+        let days_back = (Utc::now() - from).num_hours() as f64 / 24.0;
+        if pool == "full" {
+            assert_eq!(from, first.duration_trunc(Duration::days(1)).unwrap());
+            assert!((9.0..10.0).contains(&days_back), "{from}");
+        } else {
+            assert!((days_back - 28.0).abs() < 0.01, "{from}");
+        }
     }
     app.stop().await;
 }
