@@ -233,13 +233,16 @@ async fn forecasts(c: &JobContext) -> anyhow::Result<String> {
 async fn anomaly(c: &JobContext) -> anyhow::Result<String> {
     let mut job = c.anomaly.lock().await;
     let r = job.run(&c.store, &c.cfg.anomaly, Utc::now()).await?;
-    if r.trained + r.skipped > 0 || r.anomalous_minutes > 0 {
-        tracing::info!(?r, "anomaly job");
-    }
-    Ok(format!(
+    let summary = format!(
         "{} minutes scored ({} anomalous), {} models trained, {} hosts without a model",
         r.scored_minutes, r.anomalous_minutes, r.trained, r.skipped
-    ))
+    );
+    // The job runs every minute and logs at debug; a run that trained or found something
+    // is worth a line at info.
+    if r.trained + r.skipped > 0 || r.anomalous_minutes > 0 {
+        tracing::info!(job = "anomaly", "{summary}");
+    }
+    Ok(summary)
 }
 
 async fn capacity(c: &JobContext) -> anyhow::Result<String> {

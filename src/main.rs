@@ -98,7 +98,7 @@ enum Cmd {
     /// Manage agent tokens.
     #[command(subcommand)]
     Token(TokenCmd),
-    /// Hosts: take a decommissioned or renamed host out of the fleet.
+    /// Hosts: list the fleet and what needs a look; take a decommissioned or renamed host out.
     #[command(subcommand)]
     Host(HostCmd),
     /// Alerts: silences, rule checks, a test mail.
