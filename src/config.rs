@@ -1063,12 +1063,14 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let mut root = toml::Table::new();
+        let mut file_text = None;
         let origin = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                     path: p.to_owned(),
                     source,
                 })?;
+                file_text = Some(text.clone());
                 root = text
                     .parse::<toml::Table>()
                     .map_err(|e| ConfigError::Parse {
@@ -1116,9 +1118,20 @@ impl Config {
             tree.set(&keys, &var, &value)
                 .map_err(|message| ConfigError::Env { var, message })?;
         }
-        let cfg = Config::deserialize(tree).map_err(|e: toml::de::Error| ConfigError::Invalid {
-            origin: origin.clone(),
-            message: e.to_string(),
+        let cfg = Config::deserialize(tree).map_err(|e: toml::de::Error| {
+            // A mistake in the file is reported from the file's own text, which knows the
+            // line and column (the merged tree does not). The file read alone fails on the
+            // same mistake, unless it came from the environment or a secret's file (or the
+            // file names a secret's file, a key only the merge understands).
+            let message = file_text
+                .as_deref()
+                .and_then(|t| toml::from_str::<Config>(t).err())
+                .filter(|fe| fe.message() == e.message())
+                .map_or_else(|| e.to_string(), |fe| fe.to_string());
+            ConfigError::Invalid {
+                origin: origin.clone(),
+                message,
+            }
         })?;
         cfg.validate()
             .map_err(|message| ConfigError::Invalid { origin, message })?;
@@ -1582,6 +1595,45 @@ mod tests {
             .to_string();
         assert!(err.contains("interval_sec"), "{err}");
         assert!(err.contains("c.toml"), "{err}");
+        // Where: the line and column of the mistake in the file.
+        assert!(err.contains("line 2, column 1"), "{err}");
+        // A wrong type in a file that the environment also overrides is still placed in
+        // the file; a mistake only the environment makes names its variable.
+        std::fs::write(&p, "[capacity]\nlead_days = -3\n").unwrap();
+        let env = vec![(
+            "RACKWATCH_AGENT__INTERVAL_SECS".to_string(),
+            "2".to_string(),
+        )];
+        let err = Config::load_with_env(Some(&p), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2, column 13"), "{err}");
+        std::fs::write(&p, "[capacity]\nlead_days = 3\n").unwrap();
+        let env = vec![(
+            "RACKWATCH_AGENT__INTERVAL_SECS".to_string(),
+            "x".to_string(),
+        )];
+        let err = Config::load_with_env(Some(&p), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RACKWATCH_AGENT__INTERVAL_SECS"), "{err}");
+        // A file that keeps a secret in a file of its own is placed too.
+        let secret = dir.path().join("smtp-password");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "[alerting.smtp]\npassword_file = {:?}\nport = \"smtp\"\n",
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let err = Config::load_with_env(Some(&p), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"smtp\""), "{err}");
     }
 
     #[test]
