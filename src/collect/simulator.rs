@@ -116,6 +116,15 @@ impl SimulatedHost {
                 let mut labels = std::collections::BTreeMap::new();
                 labels.insert("simulated".to_string(), "true".to_string());
                 let g = gpus.min(64) as u8;
+                // Each rack's power budget: its GPUs' power limits (700 W) + 10 %, so the
+                // capacity page has racks to date.
+                let in_rack = (0..hosts)
+                    .filter(|j| j / 4 == i / 4 && j % 2 == i % 2)
+                    .count() as f64;
+                labels.insert(
+                    "rack_power_kw".to_string(),
+                    format!("{:.1}", in_rack * f64::from(g) * 0.7 * 1.1),
+                );
                 SimulatedHost {
                     info: HostInfo {
                         name,
@@ -456,6 +465,31 @@ mod tests {
         // One XID every 7 minutes on the faulty GPU: 8 or 9 in an hour.
         assert!((8..=9).contains(&xids), "{xids} XIDs");
         assert!(hot > 100, "{hot} hot samples from the failing fan");
+    }
+
+    #[test]
+    fn each_rack_has_a_power_budget_over_its_gpus_limits() {
+        // 5 hosts: fra1/r01 holds hosts 1 and 3, ams2/r01 hosts 2 and 4, fra1/r02 host 5.
+        let fleet = SimulatedHost::fleet(5, 8);
+        let budgets: Vec<(String, &str)> = fleet
+            .iter()
+            .map(|h| {
+                (
+                    format!("{}/{}", h.info.site, h.info.rack),
+                    h.info.labels["rack_power_kw"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            budgets,
+            [
+                ("fra1/r01".to_string(), "12.3"),
+                ("ams2/r01".to_string(), "12.3"),
+                ("fra1/r01".to_string(), "12.3"),
+                ("ams2/r01".to_string(), "12.3"),
+                ("fra1/r02".to_string(), "6.2"),
+            ]
+        );
     }
 
     #[test]
