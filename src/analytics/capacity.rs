@@ -1368,6 +1368,23 @@ impl Store {
         .await
     }
 
+    /// The stored exhaustion of one pool, rack ("site/rack") or disk (host), if dated.
+    pub async fn exhaustion(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<ExhaustionRow>, sqlx::Error> {
+        sqlx::query_as!(
+            ExhaustionRow,
+            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at
+               FROM capacity_exhaustion WHERE kind = $1 AND key = $2",
+            kind,
+            key,
+        )
+        .fetch_optional(&self.pool)
+        .await
+    }
+
     /// Power budgets per "site/rack" in W: the configured ones, then host labels
     /// `rack_power_kw` (the configuration wins).
     async fn rack_budgets(

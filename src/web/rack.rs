@@ -46,6 +46,10 @@ pub struct RackData {
     pub alerts: Vec<AlertTouching>,
     /// Power the rack's GPUs draw now (latest sample of each).
     pub gpu_power_watts: f64,
+    /// The rack's power budget as the capacity job last dated it: budget (`capacity`, W),
+    /// the trend's power now and when it reaches the budget. Null without a budget
+    /// (`[capacity.racks]` or the host label `rack_power_kw`) or before the job ran.
+    pub power_budget: Option<crate::analytics::capacity::ExhaustionRow>,
     /// Each host's GPU series, for the page's power and temperature charts.
     #[serde(skip)]
     pub gpu_series: Vec<(String, Vec<GpuPoint>)>,
@@ -130,7 +134,11 @@ pub async fn load(
     range: TimeRange,
     metric: Metric,
 ) -> Result<RackData, ApiError> {
-    let r = rows(&st.store, site, rack, &range, Utc::now()).await?;
+    let budget_key = format!("{site}/{rack}");
+    let (r, power_budget) = tokio::try_join!(
+        rows(&st.store, site, rack, &range, Utc::now()),
+        st.store.exhaustion("rack", &budget_key),
+    )?;
     if r.hosts.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no host in rack {rack:?} of site {site:?}"
@@ -144,6 +152,7 @@ pub async fn load(
         .fold(0.0, |a, b| a + b);
     Ok(RackData {
         gpu_power_watts,
+        power_budget,
         gpu_series: r.gpu_series,
         site: site.to_string(),
         rack: rack.to_string(),
@@ -174,6 +183,8 @@ pub struct RackPage {
     /// Rack GPU power over time, and per host GPU power and temperature.
     pub gpu_charts: Vec<ChartView>,
     pub gpu_power: String,
+    /// "12.3 kW" and "rack trend 10.6 kW now, reaches it 2027-01-10".
+    pub power_budget: Option<(String, String)>,
     pub gpus_reporting: usize,
     pub events: Vec<EventView>,
     pub alerts: Vec<AlertTouchView>,
@@ -205,6 +216,17 @@ async fn page(
             charts: host_charts(&d.host_series, &r, true),
             gpu_charts: rack_gpu_charts(&d.gpu_series, &r, &query),
             gpu_power: watts(d.gpu_power_watts),
+            power_budget: d.power_budget.as_ref().map(|b| {
+                let runs_out = match b.exhausted_at {
+                    Some(t) if t <= now => "over it already".to_string(),
+                    Some(t) => format!("reaches it {}", t.format("%Y-%m-%d")),
+                    None => "stays below it within the horizon".to_string(),
+                };
+                (
+                    watts(b.capacity),
+                    format!("rack trend {} now, {runs_out}", watts(b.level_now)),
+                )
+            }),
             gpus_reporting: d.gpus.len(),
             events: event_views(&d.events, &query),
             alerts: alert_views(&d.alerts, true, &query),

@@ -305,6 +305,24 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
         "rack row"
     );
     assert!(html.contains(&got.format("%Y-%m-%d").to_string()));
+    // So does the rack's own page, and its JSON twin.
+    let (status, html) = app.page(&cookie, "/racks/fra1/r3").await;
+    assert_eq!(status, 200);
+    let kpi = &html[html.find("id=\"kpi-rack-budget\"").expect("budget figure")..];
+    let kpi = &kpi[..kpi.find("</div>").unwrap()];
+    assert!(kpi.contains(">6.0 kW</a>"), "{kpi}");
+    assert!(
+        kpi.contains(&format!("reaches it {}", got.format("%Y-%m-%d"))),
+        "{kpi}"
+    );
+    let j = app.json(&cookie, "/api/v1/racks/fra1/r3").await;
+    assert_eq!(j["power_budget"]["capacity"].as_f64(), Some(6000.0), "{j}");
+    assert_eq!(
+        j["power_budget"]["exhausted_at"]
+            .as_str()
+            .map(|d| d.parse::<DateTime<Utc>>().unwrap()),
+        Some(got)
+    );
     app.stop().await;
 }
 
