@@ -81,22 +81,24 @@ pub const JOBS: &[Job] = &[
         run: |c| Box::pin(forecasts(c)),
         quiet: false,
     },
-    // After the forecasts: recommendations, exhaustion dates, consolidation.
-    Job {
-        name: "capacity",
-        every: Duration::from_secs(3600),
-        enabled: |cfg| cfg.capacity.enabled,
-        run: |c| Box::pin(capacity(c)),
-        quiet: false,
-    },
     // Energy accounting redoes the last hour each run, so running more often than hourly
-    // keeps the energy page fresh; it also mails the weekly report when due.
+    // keeps the energy page fresh; it also mails the weekly report when due. Before the
+    // capacity job, whose rack budgets are dated from its hourly rack power.
     Job {
         name: "energy",
         every: Duration::from_secs(300),
         enabled: always,
         run: |c| Box::pin(energy(c)),
         quiet: true,
+    },
+    // After the forecasts and the energy accounting: recommendations, exhaustion dates,
+    // consolidation.
+    Job {
+        name: "capacity",
+        every: Duration::from_secs(3600),
+        enabled: |cfg| cfg.capacity.enabled,
+        run: |c| Box::pin(capacity(c)),
+        quiet: false,
     },
     // After the rollups of the same tick, so the minutes it scores are rolled up.
     Job {
@@ -226,6 +228,11 @@ async fn rollups(c: &JobContext) -> anyhow::Result<String> {
 }
 
 async fn forecasts(c: &JobContext) -> anyhow::Result<String> {
+    // Pools' demand is forecast from the capacity job's demand slots: bring them up to
+    // the rollups first (the capacity job, after this one, finds them current).
+    if c.cfg.capacity.enabled {
+        crate::analytics::capacity::update_demand(&c.store, &c.cfg, Utc::now()).await?;
+    }
     let n = crate::analytics::forecast::run(&c.store, Utc::now()).await?;
     Ok(format!("{n} forecasts"))
 }

@@ -1,7 +1,8 @@
 //! The hourly forecast job: per pool and per host, GPU utilization (mean over GPUs),
-//! GPU power (sum over GPUs) and filesystem space used (sum over hosts) for the next 7 days, from hourly means of the 1-minute
-//! rollups over the last 28 days, with 80 % / 95 % intervals and the chosen model's
-//! backtest error (rackwatch-forecast).
+//! GPU power (sum over GPUs) and filesystem space used (sum over hosts), and per pool its
+//! demand (GPU work plus the scheduler's queue, as the capacity job measures it), for the
+//! next 7 days, from hourly means over the last 28 days, with 80 % / 95 % intervals and the
+//! chosen model's backtest error (rackwatch-forecast).
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::Serialize;
@@ -16,7 +17,12 @@ pub const HORIZON_HOURS: usize = 168;
 pub const MIN_HOURS: usize = 24;
 
 /// The metrics forecast.
-pub const METRICS: [&str; 3] = ["gpu_util_pct", "gpu_power_watts", "disk_used_bytes"];
+pub const METRICS: [&str; 4] = [
+    "gpu_util_pct",
+    "gpu_power_watts",
+    "disk_used_bytes",
+    "demand_gpus",
+];
 
 /// An hourly forecast of one metric of a pool or host, from `start_at` for
 /// `point.length` hours, with 80 % and 95 % intervals.
@@ -123,6 +129,31 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
                 key,
                 "disk_used_bytes".to_string(),
                 vec![(hour, used)],
+            )),
+        }
+    }
+    // Pools' demand in GPUs: the 5-minute slots the capacity job keeps, hourly means.
+    let demand = sqlx::query!(
+        r#"SELECT pool AS "key!", date_trunc('hour', bucket) AS "hour!",
+                  avg(util_gpus + queued_gpus)::float8 AS "gpus!"
+             FROM pool_demand WHERE bucket >= $1 AND bucket < $2
+            GROUP BY 1, 2 ORDER BY 1, 2"#,
+        start,
+        end,
+    )
+    .fetch_all(&store.pool)
+    .await?;
+    for r in demand {
+        match out
+            .iter_mut()
+            .find(|s| s.0 == "pool" && s.1 == r.key && s.2 == "demand_gpus")
+        {
+            Some(s) => s.3.push((r.hour, r.gpus)),
+            None => out.push((
+                "pool".to_string(),
+                r.key,
+                "demand_gpus".to_string(),
+                vec![(r.hour, r.gpus)],
             )),
         }
     }

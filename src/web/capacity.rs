@@ -511,7 +511,8 @@ pub struct PoolData {
     pub demand: Vec<DemandPoint>,
     /// The next-hour advice given for each past hour.
     pub advised: Vec<(DateTime<Utc>, i32)>,
-    /// GPU-equivalents of work the forecast engine expects, with 80 / 95 % intervals:
+    /// The pool's demand (work + queue, hourly mean) the forecast engine expects, GPUs,
+    /// with 80 / 95 % intervals:
     /// (hour, point, lo80, hi80, lo95, hi95).
     pub forecast: Vec<(DateTime<Utc>, f64, f64, f64, f64, f64)>,
     /// The schedule for the week from `summary.decided_at` and the plan from
@@ -545,7 +546,7 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         st.store.pool_demand_series(pool, from, now, bucket),
         st.store.capacity_history(pool, from, now),
         st.store
-            .forecasts(Some("pool"), Some(pool), Some("gpu_util_pct")),
+            .forecasts(Some("pool"), Some(pool), Some("demand_gpus")),
     )?;
     // A pool younger than the window starts its chart on the day its demand does (at
     // least a day back), so a new fleet's chart is not three weeks of nothing.
@@ -556,13 +557,12 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
             .unwrap_or(p.bucket);
         day.clamp(from, now - Duration::days(1))
     });
-    let installed = f64::from(rec.installed_gpus);
     let forecast = forecasts
         .first()
         .map(|f| {
             (0..f.point.len())
                 .map(|i| {
-                    let g = |v: &[f64]| v.get(i).copied().unwrap_or(0.0) * installed / 100.0;
+                    let g = |v: &[f64]| v.get(i).copied().unwrap_or(0.0);
                     (
                         f.start_at + Duration::hours(i as i64),
                         g(&f.point),
@@ -656,7 +656,7 @@ async fn pool_page(
                 points: hourly(s.lead_start, &d.lead_plan),
             },
             Series {
-                label: "forecast of work".into(),
+                label: "forecast of demand (hourly mean)".into(),
                 points: d.forecast.iter().map(|f| (f.0, f.1)).collect(),
             },
         ];

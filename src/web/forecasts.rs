@@ -27,7 +27,7 @@ pub struct ForecastQuery {
     scope: Option<String>,
     /// Pool or host name.
     key: Option<String>,
-    /// `gpu_util_pct`, `gpu_power_watts` or `disk_used_bytes`.
+    /// `gpu_util_pct`, `gpu_power_watts`, `disk_used_bytes` or (pools) `demand_gpus`.
     #[param(example = "gpu_util_pct")]
     metric: Option<String>,
 }

@@ -447,6 +447,7 @@ pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartVi
         "gpu_util_pct" => ("GPU utilization", Axis::Percent),
         "gpu_power_watts" => ("GPU power", Axis::Unit("W")),
         "disk_used_bytes" => ("Disk used", Axis::Bytes),
+        "demand_gpus" => ("Demand (work + queue)", Axis::Unit("GPUs")),
         other => (other, Axis::Unit("")),
     };
     let at = |i: usize| f.start_at + chrono::Duration::hours(i as i64);

@@ -353,7 +353,33 @@ async fn gauges_and_the_api_agree_with_the_page() {
     capacity::run(&app.store, &app.cfg, Utc::now())
         .await
         .unwrap();
+    // The forecast job forecasts each pool's demand from the capacity job's slots.
+    rackwatch::analytics::forecast::run(&app.store, Utc::now())
+        .await
+        .unwrap();
     let cookie = app.login("admin", "pw-capacity").await;
+    let demand_forecast = |pool: &str| {
+        let (app, cookie) = (&app, &cookie);
+        let pool = pool.to_string();
+        async move {
+            let f = app
+                .json(
+                    cookie,
+                    &format!("/api/v1/forecasts?scope=pool&key={pool}&metric=demand_gpus"),
+                )
+                .await;
+            serde_json::from_value::<Vec<f64>>(f[0]["point"].clone())
+                .unwrap_or_else(|e| panic!("{pool}: {e}: {f}"))
+        }
+    };
+    // A steady 12 GPUs stays 12; the diurnal 10 / 30 keeps its nights and days.
+    let full = demand_forecast("full").await;
+    assert!(full.iter().all(|v| (v - 12.0).abs() < 0.5), "{full:?}");
+    let infer = demand_forecast("infer").await;
+    let (lo, hi) = infer
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    assert!(lo < 13.0 && hi > 27.0, "{infer:?}");
     let api = app.json(&cookie, "/api/v1/capacity/recommendations").await;
     let metrics = app.metrics().await;
     let (_, page) = app.page(&cookie, "/capacity").await;
@@ -415,6 +441,7 @@ async fn gauges_and_the_api_agree_with_the_page() {
         let (status, html) = app.page(&cookie, &format!("/capacity/pools/{pool}")).await;
         assert_eq!(status, 200);
         assert!(html.contains("<svg class=\"chart\"") && html.contains("installed"));
+        assert!(html.contains("forecast of demand"), "{pool}");
         let j = app
             .json(&cookie, &format!("/api/v1/capacity/pools/{pool}"))
             .await;
