@@ -358,8 +358,8 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
     rackwatch::analytics::capacity::run(&app.store, &app.cfg, chrono::Utc::now())
         .await
         .unwrap();
-    // The forecast job's pool forecast (its own test is in forecasts.rs): 168 hours of
-    // 60 ± 10 / 20 % utilization.
+    // The forecast job's forecast of the pool's demand (its own test is in capacity.rs):
+    // 168 hours of 28 ± 4 / 8 GPUs.
     let hour =
         chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::Duration::hours(1))
             .unwrap();
@@ -367,14 +367,14 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
     sqlx::query(
         "INSERT INTO forecasts (scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
                                 point, lo80, hi80, lo95, hi95)
-         VALUES ('pool', 'infer', 'gpu_util_pct', now(), $1, 672, 'seasonal', 0.5, $2, $3, $4, $5, $6)",
+         VALUES ('pool', 'infer', 'demand_gpus', now(), $1, 672, 'seasonal', 0.5, $2, $3, $4, $5, $6)",
     )
     .bind(hour)
-    .bind(v(60.0))
-    .bind(v(50.0))
-    .bind(v(70.0))
-    .bind(v(40.0))
-    .bind(v(80.0))
+    .bind(v(28.0))
+    .bind(v(24.0))
+    .bind(v(32.0))
+    .bind(v(20.0))
+    .bind(v(36.0))
     .execute(&app.store.pool)
     .await
     .unwrap();
