@@ -589,13 +589,12 @@ async fn capacity_observations(
                 at: e.computed_at,
                 occurrences: 1,
                 description: format!(
-                    "rack {}: {:.1} kW of a {:.1} kW budget, growing {:+.2} %/day; the budget runs out on {}",
+                    "rack {}: {:.1} kW of a {:.1} kW budget, growing {:+.2} %/day; the budget {}",
                     e.key,
                     e.level_now / 1000.0,
                     e.capacity / 1000.0,
                     e.growth_per_day * 100.0,
-                    e.exhausted_at
-                        .map_or("(not within the horizon)".to_string(), |d| d.format("%Y-%m-%d").to_string())
+                    crate::analytics::capacity::budget_outlook(e.exhausted_at, now)
                 ),
                 held: None,
             });

@@ -626,6 +626,17 @@ fn grid_slots(
     g
 }
 
+/// How a budget (a rack's power, a pool's GPUs) fares, for a sentence "the budget …": it
+/// runs out on a date, is exceeded already (the date has passed: the trend is over it
+/// now), or does not run out within the horizon.
+pub fn budget_outlook(exhausted_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+    match exhausted_at {
+        Some(d) if d <= now => "is exceeded already".to_string(),
+        Some(d) => format!("runs out on {}", d.format("%Y-%m-%d")),
+        None => "does not run out within the horizon".to_string(),
+    }
+}
+
 /// Step 3a: when each rack with a power budget outgrows it (hourly mean power of its
 /// GPUs and hosts, from the energy accounting's rack sums). Returns the racks looked at.
 async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<usize> {
@@ -1510,6 +1521,15 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_whose_date_has_passed_is_exceeded_already() {
+        let now: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        let out = |d: Option<&str>| budget_outlook(d.map(|d| d.parse().unwrap()), now);
+        assert_eq!(out(Some("2027-01-10T03:00:00Z")), "runs out on 2027-01-10");
+        assert_eq!(out(Some("2026-12-07T11:00:00Z")), "is exceeded already");
+        assert_eq!(out(None), "does not run out within the horizon");
+    }
 
     fn rec(
         schedule: Vec<i32>,

@@ -107,13 +107,13 @@ pub async fn capacity_lines(
         ));
     }
     for e in store.exhaustions(Some("rack")).await? {
-        if let Some(d) = e.exhausted_at {
+        if e.exhausted_at.is_some() {
             out.push(format!(
-                "Rack {}: {:.1} of {:.1} kW, the budget runs out on {}",
+                "Rack {}: {:.1} of {:.1} kW, the budget {}",
                 e.key,
                 e.level_now / 1000.0,
                 e.capacity / 1000.0,
-                d.format("%Y-%m-%d")
+                crate::analytics::capacity::budget_outlook(e.exhausted_at, now)
             ));
         }
     }

@@ -183,7 +183,7 @@ pub struct RackPage {
     /// Rack GPU power over time, and per host GPU power and temperature.
     pub gpu_charts: Vec<ChartView>,
     pub gpu_power: String,
-    /// "12.3 kW" and "rack trend 10.6 kW now, reaches it 2027-01-10".
+    /// "12.3 kW" and "rack trend 10.6 kW now; the budget runs out on 2027-01-10".
     pub power_budget: Option<(String, String)>,
     pub gpus_reporting: usize,
     pub events: Vec<EventView>,
@@ -217,14 +217,13 @@ async fn page(
             gpu_charts: rack_gpu_charts(&d.gpu_series, &r, &query),
             gpu_power: watts(d.gpu_power_watts),
             power_budget: d.power_budget.as_ref().map(|b| {
-                let runs_out = match b.exhausted_at {
-                    Some(t) if t <= now => "over it already".to_string(),
-                    Some(t) => format!("reaches it {}", t.format("%Y-%m-%d")),
-                    None => "stays below it within the horizon".to_string(),
-                };
                 (
                     watts(b.capacity),
-                    format!("rack trend {} now, {runs_out}", watts(b.level_now)),
+                    format!(
+                        "rack trend {} now; the budget {}",
+                        watts(b.level_now),
+                        crate::analytics::capacity::budget_outlook(b.exhausted_at, now)
+                    ),
                 )
             }),
             gpus_reporting: d.gpus.len(),

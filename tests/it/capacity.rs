@@ -312,7 +312,10 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
     let kpi = &kpi[..kpi.find("</div>").unwrap()];
     assert!(kpi.contains(">6.0 kW</a>"), "{kpi}");
     assert!(
-        kpi.contains(&format!("reaches it {}", got.format("%Y-%m-%d"))),
+        kpi.contains(&format!(
+            "the budget runs out on {}",
+            got.format("%Y-%m-%d")
+        )),
         "{kpi}"
     );
     let j = app.json(&cookie, "/api/v1/racks/fra1/r3").await;
