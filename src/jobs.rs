@@ -229,9 +229,14 @@ async fn rollups(c: &JobContext) -> anyhow::Result<String> {
 
 async fn forecasts(c: &JobContext) -> anyhow::Result<String> {
     // Pools' demand is forecast from the capacity job's demand slots: bring them up to
-    // the rollups first (the capacity job, after this one, finds them current).
+    // the rollups first (the capacity job, after this one, finds them current). If that
+    // fails, the other series are still forecast and the capacity job tries again.
     if c.cfg.capacity.enabled {
-        crate::analytics::capacity::update_demand(&c.store, &c.cfg, Utc::now()).await?;
+        if let Err(e) =
+            crate::analytics::capacity::update_demand(&c.store, &c.cfg, Utc::now()).await
+        {
+            tracing::warn!("pool demand not brought up to date before the forecasts: {e:#}");
+        }
     }
     let n = crate::analytics::forecast::run(&c.store, Utc::now()).await?;
     Ok(format!("{n} forecasts"))
