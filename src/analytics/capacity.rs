@@ -1,4 +1,5 @@
-//! The capacity job: hourly on the job leader, after the forecasts.
+//! The capacity job: hourly on the job leader, after the forecasts and the energy
+//! accounting (whose hourly rack power dates the racks' budgets).
 //!
 //! 1. **Demand per pool**, every 5 minutes, from the 1-minute GPU rollups: GPU-equivalents
 //!    of work (the sum of utilization / 100), GPUs busy (above `energy.idle_util_pct`),
