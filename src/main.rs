@@ -127,7 +127,8 @@ enum Cmd {
 #[derive(Subcommand)]
 enum CapacityCmd {
     /// Every pool's latest recommendation (the capacity job's), for people or scripts
-    /// that resize partitions or order hardware.
+    /// that resize partitions or order hardware; the table ends with the racks' power
+    /// budgets and when each runs out.
     Plan {
         /// table, csv (one row per pool and hour of the week's schedule and the plan
         /// ahead) or json.
@@ -773,6 +774,9 @@ async fn capacity_plan(
     if let (Some(p), true) = (pool, recs.is_empty()) {
         anyhow::bail!("no recommendation for pool {p:?}: no such pool, or the capacity job has not run since it appeared");
     }
+    if recs.is_empty() {
+        eprintln!("no pool has a recommendation yet: the capacity job runs hourly on the server's job leader, for hosts with a pool");
+    }
     let now = chrono::Utc::now();
     let lead = cfg.capacity.lead_days;
     match format {
@@ -800,6 +804,26 @@ async fn capacity_plan(
                     lead_peak,
                     act
                 );
+            }
+            // Racks with a power budget, for the planner who buys hardware: whether the
+            // racks the new hosts go into have the power.
+            let racks = if pool.is_none() {
+                db.store.exhaustions(Some("rack")).await?
+            } else {
+                Vec::new()
+            };
+            if !racks.is_empty() {
+                println!();
+                println!("{:<20} {:>10} {:>10}  power", "rack", "now kW", "budget kW");
+                for e in &racks {
+                    println!(
+                        "{:<20} {:>10.1} {:>10.1}  the budget {}",
+                        e.key,
+                        e.level_now / 1000.0,
+                        e.capacity / 1000.0,
+                        rackwatch::analytics::capacity::budget_outlook(e.exhausted_at, now)
+                    );
+                }
             }
         }
         "csv" => {

@@ -320,6 +320,22 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
     );
     let j = app.json(&cookie, "/api/v1/racks/fra1/r3").await;
     assert_eq!(j["power_budget"]["capacity"].as_f64(), Some(6000.0), "{j}");
+    // And the planner's table on the command line.
+    let url = app.db_url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || crate::cli::rackwatch(&url, &["capacity", "plan"], ""))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("fra1/r3 "))
+        .unwrap_or_else(|| panic!("no rack line in\n{out}"));
+    assert!(
+        line.contains("6.0  the budget runs out on")
+            && line.ends_with(&got.format("%Y-%m-%d").to_string()),
+        "{line}"
+    );
     assert_eq!(
         j["power_budget"]["exhausted_at"]
             .as_str()
@@ -449,6 +465,41 @@ async fn gauges_and_the_api_agree_with_the_page() {
             .json(&cookie, &format!("/api/v1/capacity/pools/{pool}"))
             .await;
         assert_eq!(j["summary"]["next_hour"].as_i64(), Some(h1));
+        // The command line's plan: the same figures in its table, every hour in its CSV.
+        let (url, p) = (app.db_url.clone(), pool.to_string());
+        let (table, csv, json_out) = tokio::task::spawn_blocking(move || {
+            let run = |format: &str| {
+                let (ok, out, err) = crate::cli::rackwatch(
+                    &url,
+                    &["capacity", "plan", "--pool", &p, "--format", format],
+                    "",
+                );
+                assert!(ok, "{err}");
+                out
+            };
+            (run("table"), run("csv"), run("json"))
+        })
+        .await
+        .unwrap();
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .unwrap_or_else(|| panic!("{table}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            (row[0], row[1], row[3]),
+            (pool, inst.to_string().as_str(), h1.to_string().as_str()),
+            "{table}"
+        );
+        let week = csv.lines().filter(|l| l.contains(",week,")).count();
+        assert_eq!(week, 168, "{csv}");
+        assert!(csv
+            .lines()
+            .filter(|l| l.contains(",week,"))
+            .all(|l| l.starts_with(&format!("{pool},week,")) && l.ends_with(&format!(",{inst}"))));
+        let parsed: Value = serde_json::from_str(&json_out).unwrap();
+        assert_eq!(parsed[0]["recommendation"]["next_hour"].as_i64(), Some(h1));
         let from: DateTime<Utc> = j["from"].as_str().unwrap().parse().unwrap();
         let first: DateTime<Utc> = j["demand"][0]["bucket"].as_str().unwrap().parse().unwrap();
         let days_back = (Utc::now() - from).num_hours() as f64 / 24.0;

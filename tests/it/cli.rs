@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::support::{recent, TestApp};
 
-fn rackwatch(db_url: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+pub(crate) fn rackwatch(db_url: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
         .args(args)
         .env("RACKWATCH_DATABASE__URL", db_url)
