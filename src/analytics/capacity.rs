@@ -627,6 +627,12 @@ fn grid_slots(
     g
 }
 
+/// A rack's key in `[capacity.racks]`, in `capacity_exhaustion` and in the rack power
+/// sums: "site/rack".
+pub fn rack_key(site: &str, rack: &str) -> String {
+    format!("{site}/{rack}")
+}
+
 /// How a budget (a rack's power, a pool's GPUs) fares, for a sentence "the budget …": it
 /// runs out on a date, is exceeded already (the date has passed: the trend is over it
 /// now), or does not run out within the horizon.
@@ -1415,7 +1421,7 @@ impl Store {
             let (site, rack, kw) = (r.site, r.rack, r.kw);
             if let Ok(v) = kw.trim().parse::<f64>() {
                 if v.is_finite() && v > 0.0 {
-                    out.insert(format!("{site}/{rack}"), v);
+                    out.insert(rack_key(&site, &rack), v);
                 }
             }
         }

@@ -64,6 +64,33 @@ fn metrics() -> utoipa::openapi::schema::Object {
 /// (scope, key, metric, hourly points).
 type Series = (String, String, String, Vec<(DateTime<Utc>, f64)>);
 
+/// The series being gathered, in first-seen order, found by (scope, key, metric) in a map
+/// (a fleet has thousands of series and a row for each of their hours).
+#[derive(Default)]
+struct Gather {
+    series: Vec<Series>,
+    index: std::collections::HashMap<(String, String, &'static str), usize>,
+}
+
+impl Gather {
+    fn push(&mut self, scope: &str, key: &str, metric: &'static str, hour: DateTime<Utc>, v: f64) {
+        let series = &mut self.series;
+        let i = *self
+            .index
+            .entry((scope.to_string(), key.to_string(), metric))
+            .or_insert_with(|| {
+                series.push((
+                    scope.to_string(),
+                    key.to_string(),
+                    metric.to_string(),
+                    Vec::new(),
+                ));
+                series.len() - 1
+            });
+        series[i].3.push((hour, v));
+    }
+}
+
 async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>, sqlx::Error> {
     let start = end - Duration::hours(HISTORY_HOURS);
     // Per GPU and hour first, then per host / pool and hour.
@@ -84,23 +111,10 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
     )
     .fetch_all(&store.pool)
     .await?;
-    let mut out: Vec<Series> = Vec::new();
+    let mut out = Gather::default();
     for r in rows {
-        let (scope, key, hour, util, power) = (r.scope, r.key, r.hour, r.util, r.power);
-        for (metric, v) in [("gpu_util_pct", util), ("gpu_power_watts", power)] {
-            match out
-                .iter_mut()
-                .find(|s| s.0 == scope && s.1 == key && s.2 == metric)
-            {
-                Some(s) => s.3.push((hour, v)),
-                None => out.push((
-                    scope.clone(),
-                    key.clone(),
-                    metric.to_string(),
-                    vec![(hour, v)],
-                )),
-            }
-        }
+        out.push(&r.scope, &r.key, "gpu_util_pct", r.hour, r.util);
+        out.push(&r.scope, &r.key, "gpu_power_watts", r.hour, r.power);
     }
     let disks = sqlx::query!(
         r#"WITH d AS (
@@ -118,19 +132,7 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
     .fetch_all(&store.pool)
     .await?;
     for r in disks {
-        let (scope, key, hour, used) = (r.scope, r.key, r.hour, r.used);
-        match out
-            .iter_mut()
-            .find(|s| s.0 == scope && s.1 == key && s.2 == "disk_used_bytes")
-        {
-            Some(s) => s.3.push((hour, used)),
-            None => out.push((
-                scope,
-                key,
-                "disk_used_bytes".to_string(),
-                vec![(hour, used)],
-            )),
-        }
+        out.push(&r.scope, &r.key, "disk_used_bytes", r.hour, r.used);
     }
     // Pools' demand in GPUs: the 5-minute slots the capacity job keeps, hourly means.
     let demand = sqlx::query!(
@@ -144,20 +146,9 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
     .fetch_all(&store.pool)
     .await?;
     for r in demand {
-        match out
-            .iter_mut()
-            .find(|s| s.0 == "pool" && s.1 == r.key && s.2 == "demand_gpus")
-        {
-            Some(s) => s.3.push((r.hour, r.gpus)),
-            None => out.push((
-                "pool".to_string(),
-                r.key,
-                "demand_gpus".to_string(),
-                vec![(r.hour, r.gpus)],
-            )),
-        }
+        out.push("pool", &r.key, "demand_gpus", r.hour, r.gpus);
     }
-    Ok(out)
+    Ok(out.series)
 }
 
 /// Regular hourly grid from the first hour seen to `end`, gaps as None.

@@ -134,7 +134,7 @@ pub async fn load(
     range: TimeRange,
     metric: Metric,
 ) -> Result<RackData, ApiError> {
-    let budget_key = format!("{site}/{rack}");
+    let budget_key = crate::analytics::capacity::rack_key(site, rack);
     let (r, power_budget) = tokio::try_join!(
         rows(&st.store, site, rack, &range, Utc::now()),
         st.store.exhaustion("rack", &budget_key),
