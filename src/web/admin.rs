@@ -14,7 +14,7 @@ use super::access::Routes;
 use super::auth::{require, verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
-use super::params::{ApiQuery, PageForm, PageQuery};
+use super::params::{ApiQuery, NoParams, PageForm, PageQuery};
 use super::AppState;
 use crate::store::audit::{AuditRow, Entry, Filter};
 use crate::store::auth::{Role, TokenInfo, UserInfo};
@@ -156,6 +156,7 @@ pub async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
+    _q: PageQuery<NoParams>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     let p = page_with(&st, Nav::new(&user, csrf, "admin"), None, None, None).await?;
@@ -321,6 +322,7 @@ pub async fn revoke_token(
     tag = "admin",
     responses(
         (status = 200, description = "Every user, by name.", body = Vec<UserInfo>),
+        (status = 400, description = "A query parameter: this endpoint takes none.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Not an admin.", body = ErrorBody),
     )
@@ -328,6 +330,7 @@ pub async fn revoke_token(
 pub async fn users(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,
+    _q: ApiQuery<NoParams>,
 ) -> Result<Json<Vec<UserInfo>>, ApiError> {
     require(&u, Role::Admin)?;
     Ok(Json(st.store.list_users().await?))
@@ -340,6 +343,7 @@ pub async fn users(
     tag = "admin",
     responses(
         (status = 200, description = "Every token, revoked ones included.", body = Vec<TokenInfo>),
+        (status = 400, description = "A query parameter: this endpoint takes none.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Not an admin.", body = ErrorBody),
     )
@@ -347,6 +351,7 @@ pub async fn users(
 pub async fn tokens(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,
+    _q: ApiQuery<NoParams>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     require(&u, Role::Admin)?;
     Ok(Json(st.store.list_tokens().await?))
@@ -388,7 +393,7 @@ impl AuditQuery {
             action: text(&self.action),
             since: time("since", &self.since)?,
             until: time("until", &self.until)?,
-            limit: self.limit.unwrap_or(500),
+            limit: super::params::limit(self.limit, 500, 10_000)?,
         })
     }
 }

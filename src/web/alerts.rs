@@ -13,7 +13,7 @@ use super::access::Routes;
 use super::auth::{verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
-use super::params::PageForm;
+use super::params::{ApiQuery, NoParams, PageForm, PageQuery};
 use super::AppState;
 use crate::alert::{location, AlertRow, Labels};
 use crate::store::audit::Entry;
@@ -143,6 +143,7 @@ pub async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
+    _q: PageQuery<NoParams>,
 ) -> Result<Response, PageError> {
     let cur = current(&st).await?;
     let view = |(a, silenced): &(AlertRow, bool)| AlertView {
@@ -348,12 +349,14 @@ pub async fn expire(
     tag = "alerts",
     responses(
         (status = 200, description = "The alerts.", body = Vec<AlertEntry>),
+        (status = 400, description = "A query parameter: this endpoint takes none.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
     )
 )]
 pub async fn api(
     State(st): State<AppState>,
     _u: ApiUser,
+    _q: ApiQuery<NoParams>,
 ) -> Result<Json<Vec<AlertEntry>>, ApiError> {
     let cur = current(&st).await?;
     Ok(Json(

@@ -26,7 +26,7 @@ use super::auth::{require, ApiUser, Csrf, MaybeUser, PageUser};
 use super::charts::{Axis, Band, Overlay, Series};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{chart, rack_path, render, render_off, seg, ChartView, Nav};
-use super::params::{ApiQuery, PageQuery};
+use super::params::{ApiQuery, NoParams, PageQuery};
 use super::AppState;
 use crate::analytics::capacity::{
     actions, DemandPoint, DrainCandidate, EvidenceView, ExhaustionRow, PoolDrains,
@@ -603,6 +603,7 @@ async fn pool_page(
     PageUser(user): PageUser,
     csrf: Csrf,
     Path(pool): Path<String>,
+    _q: PageQuery<NoParams>,
 ) -> Result<Response, PageError> {
     let d = load_pool(&st, &pool).await?;
     render_off(move || {
@@ -752,6 +753,7 @@ async fn pool_page(
     params(("pool" = String, Path, description = "Pool name.")),
     responses(
         (status = 200, description = "The pool page's data.", body = PoolData),
+        (status = 400, description = "A query parameter: this endpoint takes none.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 404, description = "No such pool, or the capacity job has not run since it appeared.", body = ErrorBody),
     )
@@ -760,6 +762,7 @@ async fn pool_json(
     State(st): State<AppState>,
     _u: ApiUser,
     Path(pool): Path<String>,
+    _q: ApiQuery<NoParams>,
 ) -> Result<Json<PoolData>, ApiError> {
     Ok(Json(load_pool(&st, &pool).await?))
 }

@@ -14,7 +14,7 @@ use super::access::Routes;
 use super::auth::{require, urlencode, ApiUser, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{render, Nav};
-use super::params::{ApiQuery, PageQuery};
+use super::params::{ApiQuery, NoParams, PageQuery};
 use super::AppState;
 use crate::report::energy::{self, EnergyReport};
 use crate::report::export::{self, Format, ReportView};
@@ -245,7 +245,11 @@ pub struct DocPage {
 }
 
 /// `/docs/energy`: the definitions behind the energy report, as text.
-pub async fn definitions(PageUser(user): PageUser, csrf: Csrf) -> Response {
+pub async fn definitions(
+    PageUser(user): PageUser,
+    csrf: Csrf,
+    _q: PageQuery<NoParams>,
+) -> Response {
     render(&DocPage {
         nav: Nav::new(&user, csrf, "energy"),
         title: "Energy report: definitions",

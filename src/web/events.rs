@@ -67,7 +67,7 @@ pub async fn events(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<EventRow>>, ApiError> {
     let since = parse_rfc3339("since", q.since.as_deref(), Utc::now() - Duration::days(7))?;
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let limit = super::params::limit(q.limit, 1000, 10_000)?;
     Ok(Json(
         st.store.events(q.host.as_deref(), since, limit).await?,
     ))

@@ -15,7 +15,7 @@ use super::auth::{require, verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::charts::{sequential_gradient, sparkline, strip_chart, Axis, Overlay, Series, StripRow};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
-use super::params::{ApiQuery, PageForm, PageQuery};
+use super::params::{ApiQuery, NoParams, PageForm, PageQuery};
 use super::range::parse_rfc3339;
 use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
@@ -548,10 +548,15 @@ async fn remove_host(
     tag = "hosts",
     responses(
         (status = 200, description = "The hosts.", body = Vec<HostLatest>),
+        (status = 400, description = "A query parameter: this endpoint takes none.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
     )
 )]
-async fn list(State(st): State<AppState>, _u: ApiUser) -> Result<Json<Vec<HostLatest>>, ApiError> {
+async fn list(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    _q: ApiQuery<NoParams>,
+) -> Result<Json<Vec<HostLatest>>, ApiError> {
     Ok(Json(st.store.hosts_latest().await?))
 }
 

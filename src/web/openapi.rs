@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 
 use super::access::Routes;
 use super::error::ErrorBody;
+use super::params::{ApiQuery, NoParams};
 
 /// `GET /api/v1/openapi.json`.
 pub fn api_routes() -> Routes {
@@ -160,9 +161,12 @@ static JSON: LazyLock<String> =
     path = "/api/v1/openapi.json",
     tag = "meta",
     security(()),
-    responses((status = 200, description = "This document.", body = Object))
+    responses(
+        (status = 200, description = "This document.", body = Object),
+        (status = 400, description = "A query parameter: this endpoint takes none.", body = ErrorBody),
+    )
 )]
-pub async fn openapi() -> impl IntoResponse {
+pub async fn openapi(_q: ApiQuery<NoParams>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], JSON.as_str())
 }
 

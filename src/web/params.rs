@@ -4,7 +4,8 @@
 //!
 //! Every query and form struct is `#[serde(deny_unknown_fields)]`: `?host=gpu-17` on an
 //! endpoint that filters by `key` is refused with the list of parameters it takes, instead
-//! of silently answering for the whole fleet.
+//! of silently answering for the whole fleet. An endpoint that takes no parameters reads
+//! [`NoParams`], so `?state=firing` there is refused too.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -23,7 +24,8 @@ pub fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, ApiError>
         let inner = e
             .into_inner()
             .to_string()
-            .replacen("unknown field", "unknown parameter", 1);
+            .replacen("unknown field", "unknown parameter", 1)
+            .replacen(", there are no fields", ": this takes no parameters", 1);
         // An unknown parameter's message names it already.
         if path == "." || path.is_empty() || inner.contains(&format!("`{path}`")) {
             ApiError::BadRequest(format!("{what}: {inner}"))
@@ -31,6 +33,24 @@ pub fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, ApiError>
             ApiError::BadRequest(format!("{what}: parameter `{path}`: {inner}"))
         }
     })
+}
+
+/// The query string of an endpoint that takes no parameters. Any parameter is refused:
+/// `/api/v1/alerts?state=firing` must not answer every alert as if it had filtered them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// A `limit` parameter: at least 1 (0 or less is an error that says the range), values
+/// above `max` are capped, `default` when absent.
+pub fn limit(value: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(n) if n < 1 => Err(ApiError::BadRequest(format!(
+            "`limit` = {n}: use 1 to {max} (larger values are capped)"
+        ))),
+        Some(n) => Ok(n.min(max)),
+    }
 }
 
 /// The query string of an API request; a bad one answers 400 with a JSON error.
@@ -125,5 +145,32 @@ mod tests {
             "query string: unknown parameter `key`, expected `limit` or `host`"
         );
         assert!(parse::<Q>("query string", "").is_ok());
+    }
+
+    #[test]
+    fn an_endpoint_without_parameters_refuses_any() {
+        assert!(parse::<NoParams>("query string", "").is_ok());
+        assert_eq!(
+            parse::<NoParams>("query string", "state=firing")
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("query string: unknown parameter `state`: this takes no parameters")
+        );
+    }
+
+    #[test]
+    fn a_limit_below_one_is_refused_and_a_large_one_capped() {
+        assert_eq!(limit(None, 1000, 10_000).ok(), Some(1000));
+        assert_eq!(limit(Some(5), 1000, 10_000).ok(), Some(5));
+        assert_eq!(limit(Some(99_999_999), 1000, 10_000).ok(), Some(10_000));
+        assert_eq!(
+            limit(Some(0), 1000, 10_000)
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("`limit` = 0: use 1 to 10000 (larger values are capped)")
+        );
+        assert!(limit(Some(-1), 1000, 10_000).is_err());
     }
 }

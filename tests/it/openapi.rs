@@ -421,6 +421,43 @@ async fn real_responses_match_the_openapi_document() {
         }
     }
 
+    // Every GET endpoint refuses a parameter it does not take (a filter it would ignore,
+    // answering for everything), with a 400 that names it and matches the document.
+    let mut refused = BTreeSet::new();
+    for (template, url, status) in calls {
+        if status != 200 || !refused.insert(template) {
+            continue;
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let bad = format!("{url}{sep}bogus=1");
+        let r = app.get(&cookie, &bad).await;
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unknown parameter `bogus`")),
+            "{bad}: {body}"
+        );
+        errs.extend(violations(
+            &doc,
+            response_schema(&doc, "get", template, 400),
+            &body,
+            &bad,
+        ));
+    }
+    let gets = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|item| item.get("get").is_some())
+        .count();
+    assert_eq!(
+        refused.len(),
+        gets,
+        "every GET endpoint is checked: {refused:?}"
+    );
+
     // The writes: facility meter readings (one good, one bad), a scheduler's queue
     // report, and an agent's batch.
     let t0 = chrono::Utc::now() - chrono::Duration::hours(2);

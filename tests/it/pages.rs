@@ -421,6 +421,14 @@ async fn unknown_or_malformed_parameters_are_named_not_ignored() {
     };
     for (path, expect) in [
         (
+            "/api/v1/events?limit=0",
+            "`limit` = 0: use 1 to 10000 (larger values are capped)",
+        ),
+        (
+            "/api/v1/audit?limit=-5",
+            "`limit` = -5: use 1 to 10000 (larger values are capped)",
+        ),
+        (
             "/api/v1/forecasts?host=gpu-par",
             "query string: unknown parameter `host`, expected one of `scope`, `key`, `metric`",
         ),
@@ -453,6 +461,23 @@ async fn unknown_or_malformed_parameters_are_named_not_ignored() {
         body.contains("<h1>Bad request</h1>") && body.contains("unknown parameter `rnage`"),
         "{body}"
     );
+    // A page that takes no parameters says so instead of ignoring a filter.
+    for path in [
+        "/alerts?state=firing",
+        "/docs/energy?week=2026-W47",
+        "/admin?tab=users",
+    ] {
+        let r = get(path.to_string()).await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body = r.text().await.unwrap();
+        let name = &path[path.find('?').unwrap() + 1..path.find('=').unwrap()];
+        assert!(
+            body.contains(&format!(
+                "unknown parameter `{name}`: this takes no parameters"
+            )),
+            "{path}: {body}"
+        );
+    }
     // The parameters a page's own links and forms send are all accepted: the rack page's
     // custom range form carries its heatmap metric along.
     let r = get("/racks/fra1/r07?range=6h&metric=power".into())
