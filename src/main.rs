@@ -978,6 +978,13 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 .await?;
                 eprintln!("scheduler token for pool {pool} (shown once; send it as Authorization: Bearer to POST /api/v1/pools/{pool}/demand):");
                 println!("{token}");
+                let pools = db.store.pool_names().await?;
+                if !pools.contains(&pool) {
+                    eprintln!(
+                        "note: no host belongs to pool {pool:?} yet: its reports are refused (404) until an agent reports a host in it (pools now: {})",
+                        if pools.is_empty() { "none".to_string() } else { pools.join(", ") }
+                    );
+                }
                 return Ok(());
             }
             let host = host.unwrap_or_default();

@@ -86,6 +86,22 @@ async fn token_create_and_user_add_work_against_the_database() {
     assert!(!ok);
     assert!(err.contains("unknown role \"wizard\""), "{err}");
 
+    // A scheduler token may be minted before the pool's first host reports; the command
+    // says that its reports are refused until then.
+    let url = app.db_url.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        rackwatch(&url, &["token", "create", "--pool", "night-queue"], "")
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.trim().starts_with("rwp_"), "{out}");
+    assert!(
+        err.contains("no host belongs to pool \"night-queue\" yet")
+            && err.contains("pools now: none"),
+        "{err}"
+    );
+
     let url = app.db_url.clone();
     let (ok, out, _) = tokio::task::spawn_blocking(move || rackwatch(&url, &["token", "list"], ""))
         .await
