@@ -323,9 +323,13 @@ async fn load_inputs(
 ) -> anyhow::Result<Inputs> {
     let tz = cfg.tz();
     let Hours { h0, h1 } = hours;
-    let (p0, p1) = (hour_floor(week.prev().start(tz)), h0);
+    let p0 = hour_floor(week.prev().start(tz));
     crate::analytics::energy::ensure_accounted(store, cfg, p0, h1).await?;
     let accounted_until = crate::analytics::energy::watermark(store).await?;
+    // Last week's energy over the same hours as this week's: all of it for a complete
+    // week, its first N hours while this week has N hours accounted (a running week's
+    // three days are not compared with a whole week).
+    let p1 = (p0 + (horizon(accounted_until, hours) - h0)).min(h0);
 
     let hosts: Vec<HostInfo> = sqlx::query_as!(
         HostInfo,
@@ -589,6 +593,14 @@ fn accumulate(
     }
 }
 
+/// The end of the week's accounted hours: the week's end, or the accounting's watermark
+/// while the week runs.
+fn horizon(accounted_until: Option<DateTime<Utc>>, hours: Hours) -> DateTime<Utc> {
+    accounted_until
+        .map_or(hours.h1, |t| t.min(hours.h1))
+        .max(hours.h0)
+}
+
 /// Each entity's expected minutes (for coverage: the whole week so far, or since its
 /// first hour when it is new this week), last week's energy and its site's currency.
 fn complete_entities(
@@ -598,11 +610,7 @@ fn complete_entities(
     first_hour: &HashMap<Entity, i64>,
     hours: Hours,
 ) {
-    let horizon = inp
-        .accounted_until
-        .map_or(hours.h1, |t| t.min(hours.h1))
-        .max(hours.h0);
-    let total_minutes = (horizon - hours.h0).num_minutes() as f64;
+    let total_minutes = (horizon(inp.accounted_until, hours) - hours.h0).num_minutes() as f64;
     for (e, j) in &inp.prev {
         if host_by_id.contains_key(&e.0) && !ent.contains_key(e) {
             ent.insert(*e, Acc::default());

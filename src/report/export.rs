@@ -390,7 +390,14 @@ pub fn view(report: &EnergyReport) -> ReportView {
             "Week over week".into(),
             t.wow_change_pct
                 .map_or("—".into(), |v| format!("{v:+.1} %")),
-            format!("last week {}", fmt_kwh(t.prev_week_it_energy_kwh)),
+            if report.partial() {
+                format!(
+                    "same hours last week {}",
+                    fmt_kwh(t.prev_week_it_energy_kwh)
+                )
+            } else {
+                format!("last week {}", fmt_kwh(t.prev_week_it_energy_kwh))
+            },
         ),
         (
             "Coverage".into(),

@@ -518,6 +518,88 @@ async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
     );
 }
 
+/// A running week is compared with the same hours of last week: on Tuesday, this week's
+/// Monday against last week's Monday, not against all of last week (which read −50 %
+/// here, with last Friday's day in it).
+#[tokio::test]
+async fn a_running_week_is_compared_with_the_same_hours_of_last_week() {
+    let (app, week, tz) = one_day_app().await;
+    let start = week.start(tz);
+    app.store
+        .ensure_partitions(week.end(tz) + Duration::days(1), 16, 1)
+        .await
+        .unwrap();
+    let host = HostInfo {
+        name: "wow".into(),
+        site: "fra1".into(),
+        ..Default::default()
+    };
+    // 300 W all day on last Monday, last Friday and this Monday.
+    let mut gs = Vec::new();
+    for day in [start - Duration::days(7), start - Duration::days(3), start] {
+        for m in 0..1440 {
+            gs.push(GpuSample {
+                ts: day + Duration::minutes(m) + Duration::seconds(30),
+                index: 0,
+                util_pct: Some(50.0),
+                power_watts: Some(300.0),
+                ..Default::default()
+            });
+        }
+    }
+    write(&app.store, &host, Vec::new(), gs).await;
+    app.store
+        .rollup_range(
+            start - Duration::days(8),
+            start + Duration::days(1) + Duration::hours(1),
+            None,
+        )
+        .await
+        .unwrap();
+    // Tuesday 02:00: this week's first 26 hours are accounted.
+    let now = start + Duration::hours(26);
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
+        .await
+        .unwrap();
+    assert!(r.partial(), "{:?}", r.accounted_until);
+    let fleet = r.total();
+    let day_kwh = 300.0 * 86_400.0 / J_PER_KWH;
+    close(fleet.gpu_energy_kwh, day_kwh, "this week's Monday");
+    close(
+        fleet.prev_week_it_energy_kwh,
+        day_kwh,
+        "last week's same hours (Monday)",
+    );
+    assert!(
+        fleet.wow_change_pct.is_some_and(|v| v.abs() < 1.0),
+        "{:?}",
+        fleet.wow_change_pct
+    );
+    let html = export::to_html(&r).unwrap();
+    assert!(
+        html.contains("same hours last week"),
+        "the figure says what it compares"
+    );
+
+    // Once the week is complete, all of last week is the comparison.
+    let now = week.end(tz) + Duration::hours(1);
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
+        .await
+        .unwrap();
+    assert!(!r.partial());
+    close(
+        r.total().prev_week_it_energy_kwh,
+        2.0 * day_kwh,
+        "all of last week",
+    );
+}
+
 /// A GPU reported by its agent (counter and per-sample delta) and by Prometheus remote
 /// write from DCGM (the bare counter) at other instants counts once: each sample's
 /// difference to the previous one, whoever sent it. Summing the agent's deltas and the
