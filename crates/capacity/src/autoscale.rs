@@ -320,7 +320,9 @@ pub(crate) fn decide(g: &Grid, bv: &BaseValues, s: &Settings) -> (u32, String, V
 }
 
 /// What the chosen ensemble, recalibrated once a week on the week before, would have cost
-/// over the last `evidence_days`, next to the 24-hour moving-window max.
+/// over the last `evidence_days`, next to the 24-hour moving-window max. The earliest
+/// block starts once a day of history is there to calibrate it, so a pool with a few days
+/// of history gets its evidence over the days after its first two.
 pub(crate) fn evidence(
     g: &Grid,
     bv: &BaseValues,
@@ -335,7 +337,10 @@ pub(crate) fn evidence(
     let mut base = CostAcc::new(g.sph);
     let mut block_end = t;
     while block_end > t.saturating_sub(span) && block_end > MIN_LOOKBACK + MIN_WINDOW_HOURS {
-        let block_start = block_end.saturating_sub(168).max(t.saturating_sub(span));
+        let block_start = block_end
+            .saturating_sub(168)
+            .max(t.saturating_sub(span))
+            .max(MIN_LOOKBACK + MIN_WINDOW_HOURS);
         let lo = block_start.saturating_sub(window).max(MIN_LOOKBACK);
         if block_start >= lo + MIN_WINDOW_HOURS {
             // recalibrate the chosen members on the week before the block

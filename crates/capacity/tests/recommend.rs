@@ -472,9 +472,20 @@ fn evidence_reports_real_backtests() {
     let now = t0() + Duration::days(15);
     let r = recommend(&v, Step::FIVE_MINUTES, t0(), now, &Settings::default()).unwrap();
     let a = &r.evidence.autoscale;
-    // 15 days of history: the replay covers the last week (the week before it calibrates)
-    assert_eq!(a.ours.hours, 168.0);
+    // 15 days of history: the replay covers the last 14 days after the first two (the
+    // last week calibrated on the week before it, the week before on its first day)
+    assert_eq!(a.ours.hours, 13.0 * 24.0);
     assert_eq!((a.ours.cost, a.baseline_cost.cost), (0.0, 0.0));
+    // 6 days (a new install): evidence over the 4 days after the first two
+    let short = next_hour(
+        &v[..6 * 288],
+        Step::FIVE_MINUTES,
+        t0(),
+        t0() + Duration::days(6),
+        &Settings::default(),
+    )
+    .unwrap();
+    assert_eq!(short.evidence.ours.hours, 4.0 * 24.0);
     // plan: 13 + 0.2 x 13 = 15.6 -> 16 held for 13 demanded = 3 idle GPU-h per hour, cost
     // 3/13 per hour
     assert!((r.evidence.plan.ours.cost - 3.0 / 13.0).abs() < 1e-9);
