@@ -146,6 +146,7 @@ pub struct PoolRecommendation {
     pub evidence: Json<EvidenceView>,
     /// When the demand trend reaches the installed GPUs (within `capacity.horizon_days`).
     pub exhausted_at: Option<DateTime<Utc>>,
+    /// The demand trend's growth per day, as a fraction of its level (0.02: 2 %/day).
     pub growth_per_day: Option<f64>,
     pub consolidation: Json<Vec<DrainCandidate>>,
     /// Why a part is missing (short history), for people.
@@ -170,7 +171,7 @@ pub struct ExhaustionRow {
     pub capacity: f64,
     /// What is used now, in `unit`.
     pub level_now: f64,
-    /// The fitted trend, `unit` per day.
+    /// The fitted trend's growth per day, as a fraction of the level (0.02: 2 %/day).
     pub growth_per_day: f64,
     pub unit: String,
     /// When the trend reaches the capacity (null: not within the horizon).
@@ -446,7 +447,7 @@ async fn recommend_pools(
             }
         };
         let (exhausted_at, growth) = match &d.ex {
-            Ok(x) => (x.date, Some(x.growth_per_day)),
+            Ok(x) => (x.date, Some(x.relative_growth_per_day)),
             Err(_) => (None, None),
         };
         if let Ok(x) = &d.ex {
@@ -456,7 +457,7 @@ async fn recommend_pools(
                 computed_at: now,
                 capacity: f64::from(installed),
                 level_now: x.level_now,
-                growth_per_day: x.growth_per_day,
+                growth_per_day: x.relative_growth_per_day,
                 unit: "GPUs".into(),
                 exhausted_at: x.date,
             });
@@ -689,7 +690,7 @@ async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::
             computed_at: now,
             capacity: kw * 1000.0,
             level_now: x.level_now,
-            growth_per_day: x.growth_per_day,
+            growth_per_day: x.relative_growth_per_day,
             unit: "W".into(),
             exhausted_at: x.date,
         })
@@ -730,7 +731,7 @@ async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Resul
             computed_at: now,
             capacity: total,
             level_now: x.level_now,
-            growth_per_day: x.growth_per_day,
+            growth_per_day: x.relative_growth_per_day,
             unit: "B".into(),
             exhausted_at: x.date,
         })

@@ -71,7 +71,7 @@ pub struct PoolSummary {
     pub lead_peak: i32,
     /// When the demand trend reaches the installed GPUs (null: not within the horizon).
     pub exhausted_at: Option<DateTime<Utc>>,
-    /// The demand trend, GPUs per day.
+    /// The demand trend's growth per day, as a fraction of its level (0.02: 2 %/day).
     pub growth_per_day: Option<f64>,
     /// What to do, in words, most urgent first.
     pub actions: Vec<String>,

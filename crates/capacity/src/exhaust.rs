@@ -18,6 +18,11 @@ pub struct Exhaustion {
     /// fitted growth of the daily peak: relative per day for `Trend::Exponential`, GPUs per
     /// day for `Trend::Linear`
     pub growth_per_day: f64,
+    /// the growth as a fraction of the level per day, whichever trend was fitted: equal to
+    /// `growth_per_day` for `Trend::Exponential`; for `Trend::Linear`, GPUs per day over the
+    /// mean of the fitted daily peaks (0 when every peak was 0). What to show as "%/day"
+    /// and to compare across pools.
+    pub relative_growth_per_day: f64,
     /// which trend was fitted
     pub trend: Trend,
     /// first time the trend reaches the capacity within the horizon; `None` if it does not
@@ -90,6 +95,7 @@ pub fn exhaustion(
         });
     }
     let positive = pts.iter().all(|p| p.1 > 0.0);
+    let mean_peak = pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64;
     let (trend, level_now, growth) = if positive {
         let logs: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1.ln())).collect();
         let (b, a) = theil_sen(&logs, 4).unwrap_or((0.0, logs[logs.len() - 1].1));
@@ -102,6 +108,11 @@ pub fn exhaustion(
         capacity,
         level_now,
         growth_per_day: growth,
+        relative_growth_per_day: match trend {
+            Trend::Exponential => growth,
+            Trend::Linear if mean_peak > 0.0 => growth / mean_peak,
+            Trend::Linear => 0.0,
+        },
         trend,
         date: None,
         days_fitted: pts.len(),

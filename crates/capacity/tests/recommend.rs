@@ -179,6 +179,59 @@ fn regular_pool_gets_a_weekly_plan_within_one_host_of_its_demand() {
     assert_eq!((d.capacities[12], d.capacities[160]), (48, 56));
 }
 
+/// A pool with a day without demand gets the linear trend; its relative growth is GPUs
+/// per day over its typical peak, not GPUs per day read as a fraction (+100 %/day for one
+/// GPU a day).
+#[test]
+fn a_linear_trend_reports_its_growth_relative_to_the_level() {
+    // daily peaks 20, 21, 22, … GPUs (one GPU a day), and day 3 without any demand
+    let v: Vec<Option<f64>> = (0..14 * 288)
+        .map(|i| {
+            let day = i / 288;
+            Some(if day == 3 { 0.0 } else { 20.0 + day as f64 })
+        })
+        .collect();
+    let ex = exhaustion(
+        &v,
+        Step::FIVE_MINUTES,
+        t0(),
+        t0() + Duration::days(14),
+        100.0,
+        90,
+        &Settings::default(),
+    )
+    .unwrap();
+    assert_eq!(ex.trend, Trend::Linear);
+    assert!(
+        (ex.growth_per_day - 1.0).abs() < 0.05,
+        "{}",
+        ex.growth_per_day
+    );
+    // the mean of the 14 daily peaks: (sum of 20..=33 − 23) / 14 = 24.9
+    let mean = ((20..=33).sum::<i32>() - 23) as f64 / 14.0;
+    assert!(
+        (ex.relative_growth_per_day - ex.growth_per_day / mean).abs() < 1e-9,
+        "{}",
+        ex.relative_growth_per_day
+    );
+    // the exponential trend's relative growth is its own
+    let g: Vec<Option<f64>> = (0..14 * 288)
+        .map(|i| Some(20.0 * 1.01f64.powf(i as f64 / 288.0)))
+        .collect();
+    let ex = exhaustion(
+        &g,
+        Step::FIVE_MINUTES,
+        t0(),
+        t0() + Duration::days(14),
+        100.0,
+        90,
+        &Settings::default(),
+    )
+    .unwrap();
+    assert_eq!(ex.trend, Trend::Exponential);
+    assert_eq!(ex.relative_growth_per_day, ex.growth_per_day);
+}
+
 /// Daily peak grows 2 % a day with a ±5 % daily wiggle; capacity 100 GPUs.
 #[test]
 fn growing_pool_exhaustion_date_is_within_a_day() {
