@@ -1430,6 +1430,29 @@ impl Store {
         Ok(out)
     }
 
+    /// One rack's mean power per hour in `[from, to)`, W (GPUs and hosts), oldest first.
+    pub async fn rack_power_series(
+        &self,
+        site: &str,
+        rack: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, f64)>, sqlx::Error> {
+        Ok(sqlx::query!(
+            "SELECT hour, watts FROM rack_power_hourly
+              WHERE site = $1 AND rack = $2 AND hour >= $3 AND hour < $4 ORDER BY hour",
+            site,
+            rack,
+            from,
+            to,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.hour, r.watts))
+        .collect())
+    }
+
     /// Mean power per "site/rack" and hour in `[from, to)`, W (GPUs and hosts), from the
     /// energy accounting's rack sums.
     async fn rack_power_hourly(

@@ -427,6 +427,19 @@ pub fn chart(
     axis: Axis,
     ov: &Overlay,
 ) -> ChartView {
+    chart_between(title, series, r.from, r.to, axis, r.gap_secs(), ov)
+}
+
+/// [`chart`] over any span, with points up to `gap_secs` apart drawn as connected.
+pub fn chart_between(
+    title: &str,
+    series: Vec<Series>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    axis: Axis,
+    gap_secs: i64,
+    ov: &Overlay,
+) -> ChartView {
     let legend = series
         .iter()
         .enumerate()
@@ -434,7 +447,7 @@ pub fn chart(
         .collect();
     ChartView {
         title: title.to_string(),
-        svg: line_chart_with(title, &series, r.from, r.to, axis, r.gap_secs(), ov),
+        svg: line_chart_with(title, &series, from, to, axis, gap_secs, ov),
         legend,
     }
 }

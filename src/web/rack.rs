@@ -5,7 +5,7 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::Serialize;
 use utoipa_axum::routes;
 
@@ -50,9 +50,20 @@ pub struct RackData {
     /// the trend's power now and when it reaches the budget. Null without a budget
     /// (`[capacity.racks]` or the host label `rack_power_kw`) or before the job ran.
     pub power_budget: Option<crate::analytics::capacity::ExhaustionRow>,
+    /// The rack's power (GPUs and hosts, mean of each hour, W) over the capacity job's
+    /// history, from the energy accounting: what its budget is dated from. Empty without
+    /// a budget.
+    pub power_hourly: Vec<RackPowerPoint>,
     /// Each host's GPU series, for the page's power and temperature charts.
     #[serde(skip)]
     pub gpu_series: Vec<(String, Vec<GpuPoint>)>,
+}
+
+/// A rack's mean power in one hour.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RackPowerPoint {
+    pub hour: DateTime<Utc>,
+    pub watts: f64,
 }
 
 /// What the rack page reads from the database: its hosts, then the rest concurrently.
@@ -135,17 +146,31 @@ pub async fn load(
     metric: Metric,
 ) -> Result<RackData, ApiError> {
     let budget_key = crate::analytics::capacity::rack_key(site, rack);
+    let now = Utc::now();
     let (r, power_budget) = tokio::try_join!(
-        rows(&st.store, site, rack, &range, Utc::now()),
+        rows(&st.store, site, rack, &range, now),
         st.store.exhaustion("rack", &budget_key),
     )?;
+    let power_hourly = match &power_budget {
+        Some(_) => {
+            // The complete hours the capacity job dates the budget from.
+            let end = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
+            let from = end - Duration::days(i64::from(st.cfg.capacity.history_days));
+            st.store
+                .rack_power_series(site, rack, from, end)
+                .await?
+                .into_iter()
+                .map(|(hour, watts)| RackPowerPoint { hour, watts })
+                .collect()
+        }
+        None => Vec::new(),
+    };
     if r.hosts.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no host in rack {rack:?} of site {site:?}"
         )));
     }
     let cells = heat_cells(&r.hosts, &r.gpus, &r.faults, metric);
-    let now = Utc::now();
     let gpu_power_watts = reporting_gpus(&r.hosts, &r.gpus, now)
         .iter()
         .filter_map(|g| g.power_watts.map(f64::from))
@@ -153,6 +178,7 @@ pub async fn load(
     Ok(RackData {
         gpu_power_watts,
         power_budget,
+        power_hourly,
         gpu_series: r.gpu_series,
         site: site.to_string(),
         rack: rack.to_string(),
@@ -185,6 +211,9 @@ pub struct RackPage {
     pub gpu_power: String,
     /// "12.3 kW" and "rack trend 10.6 kW now; the budget runs out on 2027-01-10".
     pub power_budget: Option<(String, String)>,
+    /// The rack's hourly power over the weeks its budget is dated from, the budget and
+    /// the trend ahead.
+    pub budget_chart: Option<ChartView>,
     pub gpus_reporting: usize,
     pub events: Vec<EventView>,
     pub alerts: Vec<AlertTouchView>,
@@ -226,6 +255,10 @@ async fn page(
                     ),
                 )
             }),
+            budget_chart: d
+                .power_budget
+                .as_ref()
+                .map(|b| budget_chart(b, &d.power_hourly, now)),
             gpus_reporting: d.gpus.len(),
             events: event_views(&d.events, &query),
             alerts: alert_views(&d.alerts, true, &query),
@@ -240,6 +273,62 @@ async fn page(
         render_sized(&page, heatmap_page_size(d.gpus.len()) + 64 * 1024)
     })
     .await
+}
+
+/// The rack's power and its budget: the hourly mean power (GPUs and hosts) since the data
+/// starts (at most the capacity job's history), the budget as a line, and the trend of the
+/// daily peak from now until a few days past the date it reaches the budget (at least a
+/// week, at most four weeks ahead), with that date marked.
+fn budget_chart(
+    b: &crate::analytics::capacity::ExhaustionRow,
+    hourly: &[RackPowerPoint],
+    now: DateTime<Utc>,
+) -> ChartView {
+    let from = hourly
+        .first()
+        .map_or(now - Duration::days(1), |p| p.hour)
+        .min(now - Duration::days(1));
+    let ahead = b
+        .exhausted_at
+        .filter(|d| *d > now)
+        .map_or(Duration::days(7), |d| d - now + Duration::days(3))
+        .clamp(Duration::days(7), Duration::days(28));
+    let to = now + ahead;
+    let trend: Vec<(DateTime<Utc>, f64)> = (0..=ahead.num_hours())
+        .map(|h| {
+            let days = h as f64 / 24.0;
+            let kw = b.level_now * (1.0 + b.growth_per_day).powf(days) / 1000.0;
+            (now + Duration::hours(h), kw)
+        })
+        .collect();
+    let series = vec![
+        Series {
+            label: "rack power (GPUs and hosts, hourly mean)".into(),
+            points: hourly.iter().map(|p| (p.hour, p.watts / 1000.0)).collect(),
+        },
+        Series {
+            label: "trend of the daily peak".into(),
+            points: trend,
+        },
+    ];
+    let mut marks = vec![(now, "now".to_string())];
+    if let Some(d) = b.exhausted_at.filter(|d| *d > now && *d <= to) {
+        marks.push((d, format!("budget runs out {}", d.format("%Y-%m-%d"))));
+    }
+    let ov = Overlay {
+        refs: vec![(b.capacity / 1000.0, format!("budget {}", watts(b.capacity)))],
+        marks,
+        ..Overlay::default()
+    };
+    chart_between(
+        "Rack power and its budget",
+        series,
+        from,
+        to,
+        Axis::Unit("kW"),
+        3 * 3600,
+        &ov,
+    )
 }
 
 /// The rack's GPU power summed over time (kW), and each host's GPU power (sum) and

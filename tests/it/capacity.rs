@@ -318,8 +318,22 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
         )),
         "{kpi}"
     );
+    // Its chart: the hourly power it is dated from, the budget line, the trend and the date.
+    let chart = &html[html.find("id=\"rack-budget\"").expect("budget chart")..];
+    let chart = &chart[..chart.find("</section>").unwrap()];
+    for want in [
+        "<title>rack power (GPUs and hosts, hourly mean)</title>",
+        "<title>trend of the daily peak</title>",
+        "budget 6.0 kW",
+        &format!("<title>budget runs out {}</title>", got.format("%Y-%m-%d")),
+    ] {
+        assert!(chart.contains(want), "{want} in {chart}");
+    }
     let j = app.json(&cookie, "/api/v1/racks/fra1/r3").await;
     assert_eq!(j["power_budget"]["capacity"].as_f64(), Some(6000.0), "{j}");
+    let hourly = j["power_hourly"].as_array().expect("power_hourly");
+    assert_eq!(hourly.len(), 28 * 24, "the 28 days it is dated from");
+    assert!((hourly[0]["watts"].as_f64().unwrap() - 4000.0).abs() < 1.0);
     // And the planner's table on the command line.
     let url = app.db_url.clone();
     let (ok, out, err) =
