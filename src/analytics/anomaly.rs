@@ -196,6 +196,23 @@ pub struct Explanation {
     /// For max/min over GPUs: the GPU index it was taken at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<i16>,
+    /// When `value` was seen, where that is an earlier minute. While the score is over its
+    /// level, `value` is the one farthest from typical since it went over: the score is a
+    /// moving average, and as it decays after a fault the metric is back to typical (a
+    /// GPU's 90 °C at 20:42 is shown, not its 73 °C now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// The value of one feature that stood farthest from typical since the host's score went
+/// over its level (outside such an episode, the current minute's; distance −1): the
+/// distance, the value, the GPU it was taken at and its minute.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    dev: f32,
+    value: f32,
+    gpu: Option<i16>,
+    ts: Option<DateTime<Utc>>,
 }
 
 /// An anomaly feature's value with its unit.
@@ -218,8 +235,11 @@ pub fn anomaly_explanation(top: &[Explanation]) -> String {
         .map(|e| {
             let unit = feature_named(&e.metric).map(|f| f.unit);
             let gpu = e.gpu.map(|g| format!(" on GPU {g}")).unwrap_or_default();
+            let at =
+                e.at.map(|t| format!(" at {}", t.format("%H:%M UTC")))
+                    .unwrap_or_default();
             format!(
-                "{} {}{gpu} (typical {}, {:.0} % of the score)",
+                "{} {}{gpu}{at} (typical {}, {:.0} % of the score)",
                 e.metric,
                 feature_value(unit, e.value),
                 feature_value(unit, e.typical),
@@ -249,6 +269,8 @@ pub struct HostModel {
     pub features: Vec<usize>,
     pub last: Vec<f32>,
     pub last_ts: Option<DateTime<Utc>>,
+    /// Per feature, the value the explanations show (see [`Explanation::at`]).
+    pub held: Vec<Held>,
 }
 
 /// What is stored in `anomaly_models.state` after every run.
@@ -258,6 +280,8 @@ struct StoredState {
     last: Vec<f32>,
     #[serde(default)]
     last_ts: Option<DateTime<Utc>>,
+    #[serde(default)]
+    held: Vec<Held>,
 }
 
 /// Why a host got no model.
@@ -367,6 +391,7 @@ impl HostModel {
                     .map_err(|e| Skip::Failed(format!("{e:#}")))?;
                 Ok(HostModel {
                     detector,
+                    held: vec![Held::default(); p.features.len()],
                     features: p.features,
                     last: p.last,
                     last_ts: p.last_ts,
@@ -400,30 +425,57 @@ impl HostModel {
     }
 
     /// Scored minutes of the detector's rows for `used` (the values it saw: `seen`).
-    fn scored(&self, rows: Vec<ScoredRow>, used: &[&Minute], seen: &[f32]) -> Vec<ScoredMinute> {
+    fn scored(
+        &mut self,
+        rows: Vec<ScoredRow>,
+        used: &[&Minute],
+        seen: &[f32],
+    ) -> Vec<ScoredMinute> {
         let d = self.features.len();
+        if self.held.len() != d {
+            self.held = vec![Held::default(); d];
+        }
         rows.into_iter()
             .zip(used)
             .enumerate()
-            .map(|(i, (r, m))| ScoredMinute {
-                ts: m.ts,
-                score: r.score,
-                threshold: r.level,
-                anomalous: r.alert,
-                top: r
-                    .top
-                    .iter()
-                    .map(|c| {
-                        let f = &FEATURES[self.features[c.metric]];
-                        Explanation {
-                            metric: f.name.to_string(),
-                            share: (c.share * 1000.0).round() / 1000.0,
-                            value: round3(f.value_of(seen[i * d + c.metric])),
-                            typical: round3(f.value_of(self.detector.mean[c.metric])),
+            .map(|(i, (r, m))| {
+                for (k, h) in self.held.iter_mut().enumerate() {
+                    let f = &FEATURES[self.features[k]];
+                    let v = seen[i * d + k];
+                    let dev = (v - self.detector.mean[k]).abs();
+                    // Outside an episode the current minute is shown (and any minute of
+                    // the next episode replaces it).
+                    if !r.alert || dev >= h.dev {
+                        *h = Held {
+                            dev: if r.alert { dev } else { -1.0 },
+                            value: v,
                             gpu: f.gpu_slot.and_then(|s| m.gpus.get(s).copied().flatten()),
-                        }
-                    })
-                    .collect(),
+                            ts: Some(m.ts),
+                        };
+                    }
+                }
+                ScoredMinute {
+                    ts: m.ts,
+                    score: r.score,
+                    threshold: r.level,
+                    anomalous: r.alert,
+                    top: r
+                        .top
+                        .iter()
+                        .map(|c| {
+                            let f = &FEATURES[self.features[c.metric]];
+                            let h = &self.held[c.metric];
+                            Explanation {
+                                metric: f.name.to_string(),
+                                share: (c.share * 1000.0).round() / 1000.0,
+                                value: round3(f.value_of(h.value)),
+                                typical: round3(f.value_of(self.detector.mean[c.metric])),
+                                gpu: h.gpu,
+                                at: h.ts.filter(|t| *t != m.ts),
+                            }
+                        })
+                        .collect(),
+                }
             })
             .collect()
     }
@@ -433,6 +485,7 @@ impl HostModel {
             stream: self.detector.state.clone(),
             last: self.last.clone(),
             last_ts: self.last_ts,
+            held: self.held.clone(),
         }
     }
 }
@@ -487,6 +540,7 @@ pub fn score_hosts(
             if model.last_ts.is_some_and(|t| segment[0].ts - t > gap) {
                 model.detector.state.history.clear();
                 model.detector.state.started = false;
+                model.held.fill(Held::default());
             }
             let (matrix, used) = inputs(&model.features, &mut model.last, segment);
             model.last_ts = segment.last().map(|m| m.ts);
@@ -971,11 +1025,17 @@ impl AnomalyJob {
             };
             let mut detector = det.clone();
             detector.state = state.stream.clone();
+            let held = if state.held.len() == features.len() {
+                state.held.clone()
+            } else {
+                vec![Held::default(); features.len()]
+            };
             let model = HostModel {
                 detector,
                 features,
                 last: state.last.clone(),
                 last_ts: state.last_ts,
+                held,
             };
             let (from, to) = window(watermark);
             let minutes: Vec<Minute> = rows
@@ -1316,6 +1376,21 @@ mod tests {
             assert!(s.top[0].value > s.top[0].typical + 15.0, "{:?}", s.top[0]);
             assert!(s.top.iter().any(|e| e.metric == "gpu_power_max_watts"));
         }
+        // After the fault the smoothed score decays for a few minutes while the temperature
+        // is back to typical: those minutes still show GPU 2's heat, and when it was seen.
+        let after: Vec<&ScoredMinute> = whole[90..].iter().take_while(|s| s.anomalous).collect();
+        assert!(!after.is_empty(), "the score decays over minutes");
+        for s in &after {
+            let temp = s
+                .top
+                .iter()
+                .find(|e| e.metric == "gpu_temp_max_celsius")
+                .expect("the temperature still explains the score");
+            assert_eq!(temp.gpu, Some(2), "{temp:?}");
+            assert!(temp.value > temp.typical + 15.0, "{temp:?}");
+            let at = temp.at.expect("an earlier minute");
+            assert!(at < s.ts && at >= test[60].ts, "{at} for {}", s.ts);
+        }
         // Minute by minute through a JSON round trip of the stored state = one pass.
         let mut b = model.clone();
         let mut pieces = Vec::new();
@@ -1325,11 +1400,14 @@ mod tests {
             b.detector.state = back.stream;
             b.last = back.last;
             b.last_ts = back.last_ts;
+            b.held = back.held;
             pieces.extend(b.score(m, 3).unwrap());
         }
         for (x, y) in whole.iter().zip(&pieces) {
             assert!((x.score - y.score).abs() <= 1e-4 * x.score.max(1.0));
             assert_eq!(x.anomalous, y.anomalous);
+            let (xt, yt) = (&x.top[0], &y.top[0]);
+            assert_eq!((xt.value, xt.gpu, xt.at), (yt.value, yt.gpu, yt.at));
         }
     }
 
@@ -1483,6 +1561,7 @@ mod tests {
             value,
             typical,
             gpu,
+            at: None,
         };
         assert_eq!(
             anomaly_explanation(&[
@@ -1491,6 +1570,14 @@ mod tests {
             ]),
             "gpu_temp_max_celsius 91 °C on GPU 3 (typical 66 °C, 48 % of the score), \
              net_rx_bytes_per_s 2.5 MB/s (typical 125.0 MB/s, 48 % of the score)"
+        );
+        let earlier = Explanation {
+            at: DateTime::from_timestamp(1_800_000_000, 0),
+            ..e("gpu_temp_max_celsius", 91.2, 66.0, Some(3))
+        };
+        assert_eq!(
+            anomaly_explanation(&[earlier]),
+            "gpu_temp_max_celsius 91 °C on GPU 3 at 08:00 UTC (typical 66 °C, 48 % of the score)"
         );
     }
 
