@@ -541,7 +541,7 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
     let to = now + Duration::days(i64::from(st.cfg.capacity.lead_days) + 7);
     let from = now - Duration::days(PAST_DAYS);
     // About one point per pixel column over the past part of the chart.
-    let bucket = (PAST_DAYS * 86_400 / super::charts::PLOT_PX as i64).max(300);
+    let bucket = (PAST_DAYS * 86_400 / super::charts::Size::WIDE.plot_px() as i64).max(300);
     let (demand, advised, forecasts) = tokio::try_join!(
         st.store.pool_demand_series(pool, from, now, bucket),
         st.store.capacity_history(pool, from, now),
@@ -594,6 +594,8 @@ pub struct PoolPage {
     pub pool: String,
     pub summary: PoolView,
     pub chart: ChartView,
+    /// The same chart drawn for a desktop page's width.
+    pub wide_svg: String,
     pub methods: String,
     pub evidence: Vec<(String, String, String, String)>,
 }
@@ -678,13 +680,19 @@ async fn pool_page(
             ..Overlay::default()
         };
         let range = super::range::TimeRange::fixed(d.from, d.to, 3600);
-        let chart = chart(
-            &format!("Pool {}: GPUs", s.pool),
-            series,
-            &range,
+        let title = format!("Pool {}: GPUs", s.pool);
+        // Drawn twice: across a desktop page, and at the usual size for narrower screens.
+        let wide_svg = super::charts::line_chart_sized(
+            &title,
+            &series,
+            range.from,
+            range.to,
             Axis::Unit("GPUs"),
+            range.gap_secs(),
             &ov,
+            super::charts::Size::WIDE,
         );
+        let chart = chart(&title, series, &range, Axis::Unit("GPUs"), &ov);
         let ev = |name: &str, b: &crate::analytics::capacity::BacktestView| {
             if b.hours == 0.0 {
                 return (
@@ -725,6 +733,7 @@ async fn pool_page(
                 note: s.note.clone(),
             },
             chart,
+            wide_svg,
             methods: format!(
                 "next hour: {}; week: {}; plan ahead: {}",
                 s.methods.next_hour, s.methods.week, s.methods.lead

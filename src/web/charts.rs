@@ -160,7 +160,54 @@ pub fn line_chart_with(
     gap_secs: i64,
     overlay: &Overlay,
 ) -> String {
-    let ph = H - MT - MB;
+    line_chart_sized(
+        title,
+        series,
+        from,
+        to,
+        axis,
+        gap_secs,
+        overlay,
+        Size::NORMAL,
+    )
+}
+
+/// The drawing size of a line chart, in the SVG's units (it is scaled to its box).
+#[derive(Clone, Copy)]
+pub struct Size {
+    pub w: f64,
+    pub h: f64,
+}
+
+impl Size {
+    /// The size of every dashboard chart: two side by side on a desktop, one on a phone.
+    pub const NORMAL: Size = Size { w: W, h: H };
+    /// A chart as wide as a desktop page (drawn next to a normal one for phones).
+    pub const WIDE: Size = Size {
+        w: 2.0 * W,
+        h: 1.4 * H,
+    };
+
+    /// Pixels of the plotting area at the usual left margin: one bucket per column.
+    pub fn plot_px(self) -> usize {
+        (self.w - ML - MR) as usize
+    }
+}
+
+/// [`line_chart_with`] at another size; the time axis gets a label every 160 units.
+#[allow(clippy::too_many_arguments)]
+pub fn line_chart_sized(
+    title: &str,
+    series: &[Series],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    axis: Axis,
+    gap_secs: i64,
+    overlay: &Overlay,
+    size: Size,
+) -> String {
+    let Size { w, h } = size;
+    let ph = h - MT - MB;
     let span = (to - from).num_milliseconds().max(1) as f64;
     let data_max = series
         .iter()
@@ -187,11 +234,11 @@ pub fn line_chart_with(
     let ymax = ticks.last().map_or(1.0, |t| t.0).max(1e-12);
     let labels: Vec<String> = ticks.iter().map(|t| t.1.clone()).collect();
     let ml = left_margin(&labels);
-    let pw = W - ml - MR;
+    let pw = w - ml - MR;
     let mut svg = String::with_capacity(4096);
     let _ = write!(
         svg,
-        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
+        r#"<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
         escape(title)
     );
     let _ = write!(svg, "<title>{}</title>", escape(title));
@@ -233,7 +280,7 @@ pub fn line_chart_with(
         let _ = write!(
             svg,
             r#"<line class="grid" x1="{ml}" x2="{}" y1="{:.1}" y2="{:.1}"/><text class="nodata" x="{:.1}" y="{:.1}" text-anchor="middle">no data in this range</text>"#,
-            W - MR,
+            w - MR,
             MT + ph,
             MT + ph,
             ml + pw / 2.0,
@@ -245,7 +292,7 @@ pub fn line_chart_with(
         let _ = write!(
             svg,
             r#"<line class="grid" x1="{ml}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text class="ylab" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
-            W - MR,
+            w - MR,
             ml - 6.0,
             // The top label stays inside the chart at the larger (phone) size too.
             (y + 4.0).max(FONT + 1.0),
@@ -253,18 +300,20 @@ pub fn line_chart_with(
         );
     }
     let (fmt, kind) = time_format(span);
-    for i in 0..=4 {
-        let t = from + chrono::Duration::milliseconds((span * f64::from(i) / 4.0) as i64);
-        let x = ml + pw * f64::from(i) / 4.0;
+    let steps = ((w / 160.0).round() as i32).max(2);
+    for i in 0..=steps {
+        let t =
+            from + chrono::Duration::milliseconds((span * f64::from(i) / f64::from(steps)) as i64);
+        let x = ml + pw * f64::from(i) / f64::from(steps);
         let anchor = match i {
             0 => "start",
-            4 => "end",
+            i if i == steps => "end",
             _ => "middle",
         };
         let _ = write!(
             svg,
             r#"<text class="xlab" x="{x:.1}" y="{}" text-anchor="{anchor}"><tspan data-utc="{}" data-fmt="{kind}">{} UTC</tspan></text>"#,
-            H - 6.0,
+            h - 6.0,
             t.to_rfc3339(),
             t.format(fmt)
         );
@@ -274,8 +323,8 @@ pub fn line_chart_with(
         let _ = write!(
             svg,
             r#"<g class="ref"><line x1="{ml}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text x="{}" y="{:.1}" text-anchor="end">{}</text><title>{}</title></g>"#,
-            W - MR,
-            W - MR - 2.0,
+            w - MR,
+            w - MR - 2.0,
             (y - 3.0).max(MT + 9.0),
             escape(label),
             escape(label)

@@ -113,10 +113,11 @@ try {
   await page.screenshot({ path: out + '/capacity-1280.png', fullPage: true });
   await page.click('section.pool h3 a');
   await page.waitForSelector('#evidence');
-  const capCharts = await page.locator('svg.chart').count();
-  const bands = await page.locator('svg.chart path.band').count();
+  const capCharts = await page.locator('svg.chart:visible').count();
+  const bands = await page.locator('svg.chart:visible path.band').count();
+  const wide = await page.locator('#pool-chart .wide-only svg.chart').isVisible();
   const evidence = await page.locator('#evidence tbody tr').count();
-  console.log(`OK capacity-pool path=${new URL(page.url()).pathname} charts=${capCharts} bands=${bands} evidence=${evidence}`);
+  console.log(`OK capacity-pool path=${new URL(page.url()).pathname} charts=${capCharts} bands=${bands} wide=${wide} evidence=${evidence}`);
   await page.screenshot({ path: out + '/capacity-pool-1280.png', fullPage: true });
   await page.setViewportSize({ width: 390, height: 844 });
   const poolOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);

@@ -465,7 +465,7 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
     );
     let pool = line(&stdout, "OK capacity-pool");
     assert!(
-        pool.starts_with("OK capacity-pool path=/capacity/pools/infer charts=1 bands=2 "),
+        pool.starts_with("OK capacity-pool path=/capacity/pools/infer charts=1 bands=2 wide=true "),
         "{pool}"
     );
     assert_eq!(
