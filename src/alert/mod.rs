@@ -27,7 +27,8 @@ use rules::RuleSet;
 /// Labels of an alert: site, rack, pool, host, gpu (as present), plus rule and severity.
 pub type Labels = BTreeMap<String, String>;
 
-/// Where an alert is, for people: `fra1 / r12 / gpu-17 / GPU 3`.
+/// Where an alert is, for people: `fra1 / r12 / gpu-17 / GPU 3`, or `pool train-a` for an
+/// alert about a pool (a capacity alert).
 pub fn location(labels: &Labels) -> String {
     let mut parts: Vec<String> = ["site", "rack", "host"]
         .iter()
@@ -35,6 +36,11 @@ pub fn location(labels: &Labels) -> String {
         .collect();
     if let Some(g) = labels.get("gpu") {
         parts.push(format!("GPU {g}"));
+    }
+    if parts.is_empty() {
+        if let Some(p) = labels.get("pool") {
+            parts.push(format!("pool {p}"));
+        }
     }
     parts.join(" / ")
 }

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::access::Routes;
 use super::auth::{verify_csrf, ApiUser, ClientAddr, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
-use super::page::{render, Nav};
+use super::page::{rack_path, render, seg, Nav};
 use super::params::{ApiQuery, NoParams, PageForm, PageQuery};
 use super::AppState;
 use crate::alert::{location, AlertRow, Labels};
@@ -76,7 +76,8 @@ pub struct AlertView {
     pub state: String,
     pub summary: String,
     pub location: String,
-    pub host: String,
+    /// The page of its place ([`place_link`]).
+    pub link: String,
     pub description: String,
     pub since: String,
     pub occurrences: i32,
@@ -85,6 +86,26 @@ pub struct AlertView {
     pub acked: String,
     /// Matchers of a silence for exactly this alert (`rule=…, host=…, gpu=…`).
     pub silence_matchers: String,
+}
+
+/// The page of an alert's place: its GPU, its host, its rack or its pool (none without).
+pub fn place_link(labels: &Labels) -> String {
+    let get = |k: &str| labels.get(k).filter(|v| !v.is_empty());
+    match (
+        get("host"),
+        get("gpu"),
+        get("site"),
+        get("rack"),
+        get("pool"),
+    ) {
+        (Some(h), Some(g), ..) if g.parse::<u16>().is_ok() => {
+            format!("/hosts/{}/gpus/{g}", seg(h))
+        }
+        (Some(h), ..) => format!("/hosts/{}", seg(h)),
+        (None, _, Some(s), Some(r), _) => rack_path(s, r),
+        (None, _, _, _, Some(p)) => format!("/capacity/pools/{}", seg(p)),
+        _ => String::new(),
+    }
 }
 
 /// Matchers that silence this alert and its like on the same GPU or host: the rule and
@@ -152,7 +173,7 @@ pub async fn page(
         state: a.state.clone(),
         summary: a.summary.clone(),
         location: location(&a.labels.0),
-        host: a.labels.0.get("host").cloned().unwrap_or_default(),
+        link: place_link(&a.labels.0),
         description: a.description.clone(),
         since: ts(a.started_at),
         occurrences: a.occurrences,
@@ -364,4 +385,35 @@ pub async fn api(
             .map(|(alert, silenced)| AlertEntry { alert, silenced })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alerts_place_links_its_gpu_host_rack_or_pool() {
+        let labels = |kv: &[(&str, &str)]| -> Labels {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let gpu = labels(&[
+            ("site", "fra1"),
+            ("rack", "r2"),
+            ("host", "gpu 7"),
+            ("gpu", "3"),
+        ]);
+        assert_eq!(place_link(&gpu), "/hosts/gpu%207/gpus/3");
+        assert_eq!(location(&gpu), "fra1 / r2 / gpu 7 / GPU 3");
+        let host = labels(&[("host", "gpu-7"), ("pool", "train")]);
+        assert_eq!(place_link(&host), "/hosts/gpu-7");
+        assert_eq!(location(&host), "gpu-7");
+        let rack = labels(&[("site", "fra1"), ("rack", "r2")]);
+        assert_eq!(place_link(&rack), rack_path("fra1", "r2"));
+        let pool = labels(&[("pool", "train-a")]);
+        assert_eq!(place_link(&pool), "/capacity/pools/train-a");
+        assert_eq!(location(&pool), "pool train-a");
+        assert_eq!(place_link(&labels(&[("rule", "x")])), "");
+    }
 }

@@ -747,6 +747,18 @@ async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes
         mails[0].contains("pool train") && mails[0].contains("add "),
         "the plan is in the mail"
     );
+    // The mail says where (the pool), and the alerts page links the pool's page.
+    assert!(
+        subject(&mails[0]).ends_with(" pool train") && mails[0].contains("Where:   pool train"),
+        "{}",
+        mails[0]
+    );
+    let cookie = app.login("admin", "pw-capacity-rule").await;
+    let (_, html) = app.page(&cookie, "/alerts").await;
+    assert!(
+        html.contains(r#"<a href="/capacity/pools/train">pool train</a>"#),
+        "{html}"
+    );
     // More rounds of evaluation do not mail again.
     tokio::time::sleep(StdDuration::from_secs(3)).await;
     assert_eq!(smtp.mails().len(), 1);
