@@ -46,6 +46,11 @@ async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
     .execute(&app.store.pool)
     .await
     .unwrap();
+    // The job reads the quarter-hours the rollup job makes from those minutes.
+    app.store
+        .rollup_quarters(end - Duration::days(21), end, None)
+        .await
+        .unwrap();
     let n = rackwatch::analytics::forecast::run(&app.store, now)
         .await
         .unwrap();
