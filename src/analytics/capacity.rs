@@ -342,39 +342,6 @@ fn decide(
     }
 }
 
-/// Run `work` on every item on all cores (blocking threads), results in the items' order.
-async fn on_all_cores<T, R, F>(items: Vec<T>, work: F) -> anyhow::Result<Vec<R>>
-where
-    T: Send + 'static,
-    R: Send + 'static,
-    F: Fn(T) -> R + Send + Sync + 'static,
-{
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, items.len().max(1));
-    let work = std::sync::Arc::new(work);
-    let mut chunks: Vec<Vec<(usize, T)>> = (0..workers).map(|_| Vec::new()).collect();
-    for (i, item) in items.into_iter().enumerate() {
-        chunks[i % workers].push((i, item));
-    }
-    let mut set = tokio::task::JoinSet::new();
-    for chunk in chunks {
-        let work = work.clone();
-        set.spawn_blocking(move || {
-            chunk
-                .into_iter()
-                .map(|(i, item)| (i, work(item)))
-                .collect::<Vec<_>>()
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(done) = set.join_next().await {
-        out.extend(done?);
-    }
-    out.sort_by_key(|(i, _)| *i);
-    Ok(out.into_iter().map(|(_, r)| r).collect())
-}
-
 /// Step 2: a recommendation per pool. Returns (pools recommended, pools skipped).
 ///
 /// Set-based: one read of every pool's demand, the recommender on all cores, one read of
@@ -403,7 +370,8 @@ async fn recommend_pools(
         })
         .collect();
     let horizon = cfg.capacity.horizon_days;
-    let decided = on_all_cores(inputs, move |(h, s)| decide(h, start, end, &s, horizon)).await?;
+    let decided =
+        super::on_all_cores(inputs, move |(h, s)| decide(h, start, end, &s, horizon)).await?;
 
     let lead_days = cfg.capacity.lead_days;
     let mut recs = Vec::new();
@@ -674,7 +642,7 @@ async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::
         .collect();
     let s = settings(cfg, 1);
     let horizon = cfg.capacity.horizon_days;
-    let dated = on_all_cores(racks, move |(rack, kw, series)| {
+    let dated = super::on_all_cores(racks, move |(rack, kw, series)| {
         let ex = cap::exhaustion(
             &series,
             cap::Step::HOUR,
@@ -712,7 +680,7 @@ async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Resul
     let hosts: Vec<_> = store.disk_daily(start, end).await?.into_iter().collect();
     let s = settings(cfg, 1);
     let horizon = cfg.capacity.horizon_days;
-    let dated = on_all_cores(hosts, move |(host, (total, points))| {
+    let dated = super::on_all_cores(hosts, move |(host, (total, points))| {
         let days = (end - start).num_days() as usize;
         // The daily peak stands for every hour of its day.
         let mut series = vec![None; days * 24];

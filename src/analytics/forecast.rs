@@ -169,45 +169,58 @@ fn to_grid(
     (first, grid)
 }
 
+/// Series forecast together on all cores before they are written: bounds what the job
+/// holds (a fleet has thousands of series).
+const CHUNK: usize = 256;
+
 /// Forecast everything and store it. Returns how many forecasts were written.
 pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let end = now.duration_trunc(Duration::hours(1))?;
-    let series = hourly_series(store, end).await?;
+    let series: Vec<_> = hourly_series(store, end)
+        .await?
+        .into_iter()
+        .filter_map(|(scope, key, metric, points)| {
+            let (first, grid) = to_grid(&points, end);
+            (grid.iter().filter(|v| v.is_some()).count() >= MIN_HOURS)
+                .then_some((scope, key, metric, first, grid))
+        })
+        .collect();
     let mut written = 0;
-    for (scope, key, metric, points) in series {
-        let (first, grid) = to_grid(&points, end);
-        if grid.iter().filter(|v| v.is_some()).count() < MIN_HOURS {
-            continue;
-        }
-        let f = tokio::task::spawn_blocking(move || {
-            rackwatch_forecast::forecast(&grid, Some(first), HORIZON_HOURS)
+    let mut rest = series.into_iter().peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<_> = rest.by_ref().take(CHUNK).collect();
+        let done = super::on_all_cores(chunk, |(scope, key, metric, first, grid)| {
+            let f = rackwatch_forecast::forecast(&grid, Some(first), HORIZON_HOURS);
+            (scope, key, metric, first, f)
         })
         .await?;
-        sqlx::query!(
-            "INSERT INTO forecasts (scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
-                                    point, lo80, hi80, lo95, hi95)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (scope, key, metric) DO UPDATE SET generated_at = EXCLUDED.generated_at,
-                start_at = EXCLUDED.start_at, history_hours = EXCLUDED.history_hours, model = EXCLUDED.model,
-                backtest_mase = EXCLUDED.backtest_mase, point = EXCLUDED.point, lo80 = EXCLUDED.lo80,
-                hi80 = EXCLUDED.hi80, lo95 = EXCLUDED.lo95, hi95 = EXCLUDED.hi95",
-            &scope,
-            &key,
-            &metric,
-            now,
-            end,
-            ((end - first).num_hours()) as i32,
-            &f.model,
-            f.backtest_mase,
-            &f.point,
-            &f.lo80,
-            &f.hi80,
-            &f.lo95,
-            &f.hi95,
-        )
-        .execute(&store.pool)
-        .await?;
-        written += 1;
+        for (scope, key, metric, first, f) in done {
+            sqlx::query!(
+                "INSERT INTO forecasts (scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
+                                        point, lo80, hi80, lo95, hi95)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT (scope, key, metric) DO UPDATE SET generated_at = EXCLUDED.generated_at,
+                    start_at = EXCLUDED.start_at, history_hours = EXCLUDED.history_hours, model = EXCLUDED.model,
+                    backtest_mase = EXCLUDED.backtest_mase, point = EXCLUDED.point, lo80 = EXCLUDED.lo80,
+                    hi80 = EXCLUDED.hi80, lo95 = EXCLUDED.lo95, hi95 = EXCLUDED.hi95",
+                &scope,
+                &key,
+                &metric,
+                now,
+                end,
+                ((end - first).num_hours()) as i32,
+                &f.model,
+                f.backtest_mase,
+                &f.point,
+                &f.lo80,
+                &f.hi80,
+                &f.lo95,
+                &f.hi95,
+            )
+            .execute(&store.pool)
+            .await?;
+            written += 1;
+        }
     }
     Ok(written)
 }

@@ -6,3 +6,36 @@ pub mod anomaly;
 pub mod capacity;
 pub mod energy;
 pub mod forecast;
+
+/// Run `work` on every item on all cores (blocking threads), results in the items' order.
+pub(crate) async fn on_all_cores<T, R, F>(items: Vec<T>, work: F) -> anyhow::Result<Vec<R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> R + Send + Sync + 'static,
+{
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, items.len().max(1));
+    let work = std::sync::Arc::new(work);
+    let mut chunks: Vec<Vec<(usize, T)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        chunks[i % workers].push((i, item));
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in chunks {
+        let work = work.clone();
+        set.spawn_blocking(move || {
+            chunk
+                .into_iter()
+                .map(|(i, item)| (i, work(item)))
+                .collect::<Vec<_>>()
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = set.join_next().await {
+        out.extend(done?);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
+}
