@@ -358,8 +358,11 @@ async fn recommend_pools(
         store.pool_host_sizes(),
         store.pool_sites(),
     )?;
+    // A pool is the pools of the fleet's hosts: one whose hosts were all taken out of the
+    // fleet (or renamed to another pool) is dropped with its rows, whatever demand it had.
     let inputs: Vec<(PoolHistory, cap::Settings)> = histories
         .into_iter()
+        .filter(|h| sites.contains_key(&h.pool))
         .map(|h| {
             let host_size = if cfg.capacity.host_size > 0 {
                 cfg.capacity.host_size
@@ -1177,6 +1180,17 @@ impl Store {
         .bind(Json(recs))
         .execute(&mut *tx)
         .await?;
+        // Pools no longer recommended (no host of the fleet is in them) leave the pages, the
+        // API, the gauges and the capacity rule.
+        let kept: Vec<&str> = recs.iter().map(|r| r.pool.as_str()).collect();
+        sqlx::query("DELETE FROM capacity_recommendations WHERE NOT (pool = ANY($1))")
+            .bind(&kept)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM capacity_exhaustion WHERE kind = 'pool' AND NOT (key = ANY($1))")
+            .bind(&kept)
+            .execute(&mut *tx)
+            .await?;
         // The next-hour capacity recommended for each hour, for the pool page's chart.
         let (pools, hours, gpus): (Vec<&str>, Vec<DateTime<Utc>>, Vec<i32>) = recs
             .iter()

@@ -214,6 +214,32 @@ async fn a_host_taken_out_of_the_fleet_is_not_installed() {
         "{:?}",
         r.consolidation
     );
+    // Its last host goes too: the pool leaves the recommendations (pages, API, gauges) at
+    // the next run, though its demand history stays.
+    app.store
+        .remove_host(&other.info.name.clone(), "test")
+        .await
+        .unwrap();
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let left: Vec<String> = app
+        .store
+        .recommendations(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.pool)
+        .collect();
+    assert!(!left.contains(&pool), "{pool} is gone: {left:?}");
+    assert_eq!(left.len(), 2, "the other two pools stay: {left:?}");
+    assert!(app
+        .store
+        .exhaustions(Some("pool"))
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.key != pool));
     app.stop().await;
 }
 
