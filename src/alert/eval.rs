@@ -600,6 +600,26 @@ async fn capacity_observations(
             });
         }
     }
+    // A pool that left the fleet (no host in it) or a rack no longer dated (its budget
+    // removed) is observed no more: its alert resolves instead of firing on forever.
+    let seen: HashSet<String> = out
+        .iter()
+        .map(|o| fingerprint(&rule.name, &o.labels))
+        .collect();
+    for (fp, a) in alerts_of(store, rule).await? {
+        if a.state != "resolved" && !seen.contains(&fp) {
+            out.push(Observation {
+                labels: a.labels.0,
+                value: None,
+                active: false,
+                clear: true,
+                at: now,
+                occurrences: 1,
+                description: "no longer in the capacity plan (no host in the pool, or no budget for the rack)".into(),
+                held: None,
+            });
+        }
+    }
     Ok(out)
 }
 

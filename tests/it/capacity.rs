@@ -744,8 +744,8 @@ summary = "Capacity runs short"
 to = ["planners@example.com"]
 "#;
 
-#[tokio::test]
-async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes() {
+/// A server with the capacity rule loaded, mailing through a real SMTP server at once.
+async fn rule_app() -> (SmtpServer, TestApp, tempfile::TempDir) {
     let smtp = SmtpServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("alerts.toml");
@@ -757,6 +757,48 @@ async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes
         c.anomaly.enabled = false;
     })
     .await;
+    (smtp, app, dir)
+}
+
+/// The capacity job runs again and the alert it fired is mailed as resolved.
+async fn resolves_at_the_next_run(app: &TestApp, smtp: &SmtpServer) {
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let mails = smtp.wait_for(2, 20).await;
+    assert_eq!(mails.len(), 2);
+    assert!(
+        subject(&mails[1]).to_lowercase().contains("resolved"),
+        "{}",
+        subject(&mails[1])
+    );
+}
+
+/// A firing capacity alert resolves when its pool leaves the fleet (every host taken out):
+/// the pool is in the plan no more, so nothing would ever clear it otherwise.
+#[tokio::test]
+async fn a_capacity_alert_resolves_when_its_pool_leaves_the_fleet() {
+    let (smtp, app, _rules) = rule_app().await;
+    hosts(&app, "old", "fra1", "r2", 2, 4).await;
+    demand_history(&app, "old", 8, |d, _| 4.0 * 1.02f64.powf(d)).await;
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap();
+    let mails = smtp.wait_for(1, 20).await;
+    assert!(subject(&mails[0]).contains("Capacity runs short"));
+    for i in 0..2 {
+        app.store
+            .remove_host(&format!("old-{i}"), "test")
+            .await
+            .unwrap();
+    }
+    resolves_at_the_next_run(&app, &smtp).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes() {
+    let (smtp, app, _rules) = rule_app().await;
     hosts(&app, "train", "fra1", "r2", 5, 4).await;
     demand_history(&app, "train", 20, |d, _| 10.0 * 1.02f64.powf(d)).await;
     capacity::run(&app.store, &app.cfg, Utc::now())
@@ -794,15 +836,6 @@ async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes
         .execute(&app.store.pool)
         .await
         .unwrap();
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
-    let mails = smtp.wait_for(2, 20).await;
-    assert_eq!(mails.len(), 2);
-    assert!(
-        subject(&mails[1]).to_lowercase().contains("resolved"),
-        "{}",
-        subject(&mails[1])
-    );
+    resolves_at_the_next_run(&app, &smtp).await;
     app.stop().await;
 }
