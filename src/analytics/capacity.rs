@@ -620,6 +620,10 @@ pub fn budget_outlook(exhausted_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -
 /// GPUs and hosts, from the energy accounting's rack sums). Returns the racks looked at.
 async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let budgets = store.rack_budgets(&cfg.capacity.racks).await?;
+    // A rack whose budget was removed (configuration, host label) is dated no more, nor
+    // are the disks of hosts taken out of the fleet.
+    let with_budget: Vec<String> = budgets.iter().map(|(rack, _)| rack.clone()).collect();
+    store.forget_stale_exhaustions(&with_budget).await?;
     if budgets.is_empty() {
         return Ok(0);
     }
@@ -1223,6 +1227,23 @@ impl Store {
         .await?;
         save_exhaustions_in(&mut tx, exhaustions).await?;
         tx.commit().await
+    }
+
+    /// Drop the dated racks that are not in `with_budget`, and the dated disks of hosts
+    /// taken out of the fleet.
+    async fn forget_stale_exhaustions(&self, with_budget: &[String]) -> Result<(), sqlx::Error> {
+        let hosts: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM hosts WHERE removed_at IS NULL")
+                .fetch_all(&self.pool)
+                .await?;
+        for (kind, keep) in [("rack", with_budget), ("disk", hosts.as_slice())] {
+            sqlx::query("DELETE FROM capacity_exhaustion WHERE kind = $1 AND NOT (key = ANY($2))")
+                .bind(kind)
+                .bind(keep)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn save_exhaustions(&self, rows: &[ExhaustionRow]) -> Result<(), sqlx::Error> {

@@ -382,6 +382,24 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
             .map(|d| d.parse::<DateTime<Utc>>().unwrap()),
         Some(got)
     );
+    // The budget is taken out of the configuration: the rack is dated no more. Nor is the
+    // disk of a host that is not in the fleet.
+    sqlx::query(
+        "INSERT INTO capacity_exhaustion (kind, key, computed_at, capacity, level_now, growth_per_day, unit)
+         VALUES ('disk', 'gone-host', now(), 1e12, 5e11, 0.01, 'B')",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let mut cfg = (*app.cfg).clone();
+    cfg.capacity.racks.clear();
+    capacity::run(&app.store, &cfg, Utc::now()).await.unwrap();
+    let left = app.store.exhaustions(None).await.unwrap();
+    assert!(
+        left.iter()
+            .all(|e| e.kind != "rack" && e.key != "gone-host"),
+        "{left:?}"
+    );
     app.stop().await;
 }
 
