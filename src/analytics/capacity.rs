@@ -622,7 +622,7 @@ async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::
     let budgets = store.rack_budgets(&cfg.capacity.racks).await?;
     // A rack whose budget was removed (configuration, host label) is dated no more, nor
     // are the disks of hosts taken out of the fleet.
-    let with_budget: Vec<String> = budgets.iter().map(|(rack, _)| rack.clone()).collect();
+    let with_budget: Vec<String> = budgets.keys().cloned().collect();
     store.forget_stale_exhaustions(&with_budget).await?;
     if budgets.is_empty() {
         return Ok(0);
