@@ -75,7 +75,7 @@ const MR: f64 = 8.0;
 const MT: f64 = 8.0;
 const MB: f64 = 22.0; // bottom margin (time labels)
 /// Width of the plotting area in pixels: one bucket of a series per column.
-pub const PLOT_PX: usize = (W - ML - MR) as usize;
+pub const PLOT_PX: usize = Size::NORMAL.plot_px();
 
 /// The left margin that holds the widest y label: 64 (most charts, so that charts stacked
 /// on a page line up in time), wider in steps of 8 when a label needs it.
@@ -189,7 +189,7 @@ impl Size {
     };
 
     /// Pixels of the plotting area at the usual left margin: one bucket per column.
-    pub fn plot_px(self) -> usize {
+    pub const fn plot_px(self) -> usize {
         (self.w - ML - MR) as usize
     }
 }

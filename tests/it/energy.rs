@@ -460,7 +460,15 @@ async fn one_day_report(
         .rollup_range(start - Duration::hours(1), start + Duration::days(1), None)
         .await
         .unwrap();
-    let now = week.end(tz) + Duration::hours(12);
+    account_and_build(app, week, week.end(tz) + Duration::hours(12)).await
+}
+
+/// Account the energy up to `now` and build `week`'s report as of then.
+async fn account_and_build(
+    app: &TestApp,
+    week: IsoWeek,
+    now: DateTime<Utc>,
+) -> energy::EnergyReport {
     rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
         .await
         .unwrap();
@@ -557,13 +565,7 @@ async fn a_running_week_is_compared_with_the_same_hours_of_last_week() {
         .await
         .unwrap();
     // Tuesday 02:00: this week's first 26 hours are accounted.
-    let now = start + Duration::hours(26);
-    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
-        .await
-        .unwrap();
-    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
-        .await
-        .unwrap();
+    let r = account_and_build(&app, week, start + Duration::hours(26)).await;
     assert!(r.partial(), "{:?}", r.accounted_until);
     let fleet = r.total();
     let day_kwh = 300.0 * 86_400.0 / J_PER_KWH;
@@ -585,13 +587,7 @@ async fn a_running_week_is_compared_with_the_same_hours_of_last_week() {
     );
 
     // Once the week is complete, all of last week is the comparison.
-    let now = week.end(tz) + Duration::hours(1);
-    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
-        .await
-        .unwrap();
-    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
-        .await
-        .unwrap();
+    let r = account_and_build(&app, week, week.end(tz) + Duration::hours(1)).await;
     assert!(!r.partial());
     close(
         r.total().prev_week_it_energy_kwh,
