@@ -176,10 +176,62 @@ pub struct ExhaustionRow {
     pub unit: String,
     /// When the trend reaches the capacity (null: not within the horizon).
     pub exhausted_at: Option<DateTime<Utc>>,
+    /// The trend's shape: `exponential` (a constant fraction of the level per day) or
+    /// `linear` (a constant amount per day, fitted when some day had no use at all).
+    #[schema(schema_with = trend_shapes)]
+    pub trend: String,
+    /// The trend's growth per day at `computed_at`, in `unit` (GPUs, W or bytes per day).
+    pub growth_unit_per_day: f64,
 }
 
 fn exhaustion_kinds() -> utoipa::openapi::schema::Object {
     crate::model::schema::one_of(&["pool", "rack", "disk"])
+}
+
+fn trend_shapes() -> utoipa::openapi::schema::Object {
+    crate::model::schema::one_of(&["exponential", "linear"])
+}
+
+impl ExhaustionRow {
+    /// The row of a fitted exhaustion `x` of `key` (`kind` pool, rack or disk), computed at
+    /// `now`. The trend was fitted up to the end of the data (`x.now`, at most a day
+    /// earlier); the row holds its level and slope at `now`, so [`ExhaustionRow::level_at`]
+    /// is the fitted trend.
+    fn fitted(
+        kind: &str,
+        key: String,
+        now: DateTime<Utc>,
+        unit: &str,
+        x: &cap::Exhaustion,
+    ) -> Self {
+        let level = x.level_at(now);
+        let (trend, slope) = match x.trend {
+            cap::Trend::Exponential => ("exponential", level * x.growth_per_day.ln_1p()),
+            cap::Trend::Linear => ("linear", x.growth_per_day),
+        };
+        ExhaustionRow {
+            kind: kind.into(),
+            key,
+            computed_at: now,
+            capacity: x.capacity,
+            level_now: level,
+            growth_per_day: x.relative_growth_per_day,
+            unit: unit.into(),
+            exhausted_at: x.date,
+            trend: trend.into(),
+            growth_unit_per_day: slope,
+        }
+    }
+
+    /// The trend's level at `at`, in `unit`: what the rack page draws ahead.
+    pub fn level_at(&self, at: DateTime<Utc>) -> f64 {
+        let days = (at - self.computed_at).num_seconds() as f64 / 86_400.0;
+        if self.trend == "linear" {
+            (self.level_now + self.growth_unit_per_day * days).max(0.0)
+        } else {
+            self.level_now * (1.0 + self.growth_per_day).powf(days)
+        }
+    }
 }
 
 /// How many pools a site has, and how many of them need GPUs or can release some.
@@ -422,16 +474,13 @@ async fn recommend_pools(
             Err(_) => (None, None),
         };
         if let Ok(x) = &d.ex {
-            exhaustions.push(ExhaustionRow {
-                kind: "pool".into(),
-                key: d.pool.clone(),
-                computed_at: now,
-                capacity: f64::from(installed),
-                level_now: x.level_now,
-                growth_per_day: x.relative_growth_per_day,
-                unit: "GPUs".into(),
-                exhausted_at: x.date,
-            });
+            exhaustions.push(ExhaustionRow::fitted(
+                "pool",
+                d.pool.clone(),
+                now,
+                "GPUs",
+                x,
+            ));
         }
         let peak = week.capacities.iter().copied().max().unwrap_or(0);
         if installed > 0 && f64::from(peak) < cfg.capacity.consolidate_below * f64::from(installed)
@@ -659,16 +708,8 @@ async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::
             horizon,
             &s,
         );
-        ex.ok().map(|x| ExhaustionRow {
-            kind: "rack".into(),
-            key: rack,
-            computed_at: now,
-            capacity: kw * 1000.0,
-            level_now: x.level_now,
-            growth_per_day: x.relative_growth_per_day,
-            unit: "W".into(),
-            exhausted_at: x.date,
-        })
+        ex.ok()
+            .map(|x| ExhaustionRow::fitted("rack", rack, now, "W", &x))
     })
     .await?;
     let rows: Vec<ExhaustionRow> = dated.into_iter().flatten().collect();
@@ -700,16 +741,8 @@ async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Resul
             }
         }
         let ex = cap::exhaustion(&series, cap::Step::HOUR, start, end, total, horizon, &s);
-        ex.ok().map(|x| ExhaustionRow {
-            kind: "disk".into(),
-            key: host,
-            computed_at: now,
-            capacity: total,
-            level_now: x.level_now,
-            growth_per_day: x.relative_growth_per_day,
-            unit: "B".into(),
-            exhausted_at: x.date,
-        })
+        ex.ok()
+            .map(|x| ExhaustionRow::fitted("disk", host, now, "B", &x))
     })
     .await?;
     let rows: Vec<ExhaustionRow> = dated.into_iter().flatten().collect();
@@ -931,12 +964,15 @@ async fn save_exhaustions_in(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO capacity_exhaustion (kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at)
+        "INSERT INTO capacity_exhaustion (kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at,
+                                          trend, growth_unit_per_day)
          SELECT * FROM jsonb_to_recordset($1) AS r (kind text, key text, computed_at timestamptz,
-            capacity float8, level_now float8, growth_per_day float8, unit text, exhausted_at timestamptz)
+            capacity float8, level_now float8, growth_per_day float8, unit text, exhausted_at timestamptz,
+            trend text, growth_unit_per_day float8)
          ON CONFLICT (kind, key) DO UPDATE SET computed_at = EXCLUDED.computed_at, capacity = EXCLUDED.capacity,
             level_now = EXCLUDED.level_now, growth_per_day = EXCLUDED.growth_per_day, unit = EXCLUDED.unit,
-            exhausted_at = EXCLUDED.exhausted_at",
+            exhausted_at = EXCLUDED.exhausted_at, trend = EXCLUDED.trend,
+            growth_unit_per_day = EXCLUDED.growth_unit_per_day",
     )
     .bind(Json(rows))
     .execute(&mut **tx)
@@ -1358,7 +1394,8 @@ impl Store {
             total: i64,
         }
         let rows: Vec<Counted> = sqlx::query_as(
-            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at,
+            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at, trend,
+                    growth_unit_per_day,
                     count(*) OVER () AS total
                FROM capacity_exhaustion e
               WHERE kind = $1 AND (NOT $3 OR exhausted_at IS NOT NULL)
@@ -1381,7 +1418,8 @@ impl Store {
     pub async fn exhaustions(&self, kind: Option<&str>) -> Result<Vec<ExhaustionRow>, sqlx::Error> {
         sqlx::query_as!(
             ExhaustionRow,
-            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at
+            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at, trend,
+                    growth_unit_per_day
                FROM capacity_exhaustion WHERE ($1::text IS NULL OR kind = $1)
               ORDER BY exhausted_at NULLS LAST, kind, key",
             kind,
@@ -1398,7 +1436,8 @@ impl Store {
     ) -> Result<Option<ExhaustionRow>, sqlx::Error> {
         sqlx::query_as!(
             ExhaustionRow,
-            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at
+            "SELECT kind, key, computed_at, capacity, level_now, growth_per_day, unit, exhausted_at, trend,
+                    growth_unit_per_day
                FROM capacity_exhaustion WHERE kind = $1 AND key = $2",
             kind,
             key,
@@ -1544,17 +1583,61 @@ impl Store {
         Ok(())
     }
 
-    /// Pools with at least one host.
+    /// Pools with at least one host in the fleet (hosts taken out of it do not count, as in
+    /// the capacity job).
     pub async fn pool_names(&self) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar!("SELECT DISTINCT pool FROM hosts WHERE pool <> '' ORDER BY pool")
-            .fetch_all(&self.pool)
-            .await
+        sqlx::query_scalar!(
+            "SELECT DISTINCT pool FROM hosts WHERE pool <> '' AND removed_at IS NULL ORDER BY pool"
+        )
+        .fetch_all(&self.pool)
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_exhaustion_draws_the_fitted_trend_of_either_shape() {
+        let end: DateTime<Utc> = "2026-12-07T00:00:00Z".parse().unwrap();
+        let now = end + Duration::minutes(40);
+        for (trend, growth, want) in [
+            (cap::Trend::Exponential, 0.02, "exponential"),
+            (cap::Trend::Linear, 150.0, "linear"),
+            (cap::Trend::Linear, -150.0, "linear"),
+        ] {
+            let x = cap::Exhaustion {
+                capacity: 12_000.0,
+                level_now: 9_000.0,
+                growth_per_day: growth,
+                relative_growth_per_day: match trend {
+                    cap::Trend::Exponential => growth,
+                    cap::Trend::Linear => growth / 9_000.0,
+                },
+                trend,
+                date: None,
+                days_fitted: 14,
+                now: end,
+                host_size: 1,
+            };
+            let row = ExhaustionRow::fitted("rack", "fra1/r1".into(), now, "W", &x);
+            assert_eq!(row.trend, want);
+            for days in [0.0, 0.5, 3.0, 20.0, 90.0] {
+                let at = now + Duration::seconds((days * 86_400.0) as i64);
+                let (got, fit) = (row.level_at(at), x.level_at(at));
+                assert!(
+                    (got - fit).abs() < 1e-6 * fit.max(1.0),
+                    "{trend:?} {days}: {got} vs {fit}"
+                );
+            }
+            let slope = (row.level_at(now + Duration::seconds(60)) - row.level_now) * 1440.0;
+            assert!(
+                (slope - row.growth_unit_per_day).abs() < 1e-3 * growth.abs().max(1.0) * 9.0,
+                "{slope}"
+            );
+        }
+    }
 
     #[test]
     fn a_budget_whose_date_has_passed_is_exceeded_already() {

@@ -296,9 +296,8 @@ fn budget_chart(
     let to = now + ahead;
     let trend: Vec<(DateTime<Utc>, f64)> = (0..=ahead.num_hours())
         .map(|h| {
-            let days = h as f64 / 24.0;
-            let kw = b.level_now * (1.0 + b.growth_per_day).powf(days) / 1000.0;
-            (now + Duration::hours(h), kw)
+            let at = now + Duration::hours(h);
+            (at, b.level_at(at) / 1000.0)
         })
         .collect();
     let series = vec![

@@ -725,6 +725,19 @@ async fn bad_capacity_input_gets_a_clear_error() {
     );
     let (_, html) = app.page(&cookie, "/capacity").await;
     assert!(html.contains("no plan ahead yet"), "the page says why");
+    // A pool whose hosts were all taken out of the fleet takes no more reports: the capacity
+    // job no longer plans it.
+    let r = post(url("p1"), &token, json!({"pending_gpus": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "p1 has a host");
+    app.store.remove_host("p1-0", "test").await.unwrap();
+    let r = post(url("p1"), &token, json!({"pending_gpus": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "no host belongs to pool \"p1\"");
     app.stop().await;
 }
 
