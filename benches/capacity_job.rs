@@ -14,13 +14,12 @@
 //! Run with `./scripts/bench capacity-job`.
 
 mod common;
-use common::{env, load, pct};
+use common::{env, exec, load, pct};
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DurationRound, Utc};
-use rackwatch::model::{Batch, GpuInfo, HostInfo};
 
 const GPUS: u8 = 8;
 const DAYS: i64 = 28;
@@ -28,16 +27,6 @@ const RACK_HOSTS: usize = 20;
 
 fn main() {
     common::block_on(run());
-}
-
-async fn exec(store: &rackwatch::store::Store, what: &str, sql: &str) {
-    let t = Instant::now();
-    let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&store.pool)
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
-        .rows_affected();
-    println!("  {what}: {n} rows ({:.1} s)", t.elapsed().as_secs_f64());
 }
 
 async fn run() {
@@ -62,32 +51,7 @@ async fn run() {
     println!(
         "loading {hosts} hosts × {GPUS} GPUs in {pools} pools and {racks} racks, {DAYS} days:"
     );
-    // Inventory through the real write path.
-    for i in 0..hosts {
-        let b = Batch {
-            host: HostInfo {
-                name: format!("node-{i:05}"),
-                site: format!("dc{}", i / (hosts / 2).max(1)),
-                rack: format!("r{:03}", i / RACK_HOSTS),
-                pool: format!("pool-{:03}", i % pools),
-                ..Default::default()
-            },
-            gpus: (0..GPUS)
-                .map(|g| GpuInfo {
-                    index: g,
-                    uuid: Some(format!("GPU-{i:05}-{g}")),
-                    model: Some("NVIDIA H100 80GB HBM3".into()),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
-        store.write_batch(&b, now).await.unwrap();
-    }
-    println!(
-        "  inventory: {hosts} hosts ({:.1} s)",
-        t_load.elapsed().as_secs_f64()
-    );
+    common::fleet_inventory(&store, hosts, pools, GPUS, RACK_HOSTS, now).await;
     let end = now.duration_trunc(chrono::Duration::minutes(5)).unwrap();
     let hour = now.duration_trunc(chrono::Duration::hours(1)).unwrap();
     let start = end - chrono::Duration::days(DAYS);
@@ -150,22 +114,8 @@ async fn run() {
         ),
     )
     .await;
-    // Quarter-hour host rollups with disk use, growing on one host in ten.
-    exec(
-        &store,
-        "host 15-minute rollups with disks",
-        &format!(
-            "INSERT INTO host_samples_15m (host_id, bucket, samples, cpu_util_pct, disk_used_bytes, disk_total_bytes)
-             SELECT h.id, q, 180, 40,
-                    (200e9 + CASE WHEN h.id % 10 = 0 THEN 20e9 * extract(epoch FROM q - TIMESTAMPTZ '{s}') / 86400 ELSE 1e9 * random() END)::bigint,
-                    2000000000000
-               FROM hosts h, generate_series(TIMESTAMPTZ '{s}', TIMESTAMPTZ '{e}' - interval '15 minutes', interval '15 minutes') q"
-        ),
-    )
-    .await;
-    for sql in ["VACUUM ANALYZE", "CHECKPOINT"] {
-        sqlx::query(sql).execute(&store.pool).await.unwrap();
-    }
+    common::host_quarters_with_disks(&store, start, end).await;
+    common::settle(&store).await;
     println!("loaded in {:.0} s", t_load.elapsed().as_secs_f64());
 
     // --- the job ---------------------------------------------------------------------

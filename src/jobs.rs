@@ -238,8 +238,8 @@ async fn forecasts(c: &JobContext) -> anyhow::Result<String> {
             tracing::warn!("pool demand not brought up to date before the forecasts: {e:#}");
         }
     }
-    let n = crate::analytics::forecast::run(&c.store, Utc::now()).await?;
-    Ok(format!("{n} forecasts"))
+    let run = crate::analytics::forecast::run(&c.store, Utc::now()).await?;
+    Ok(run.to_string())
 }
 
 async fn anomaly(c: &JobContext) -> anyhow::Result<String> {

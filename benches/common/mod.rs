@@ -295,3 +295,86 @@ pub async fn post_batches(
     }
     stored
 }
+
+/// Run one SQL statement of a bulk load and print what it did and how long it took.
+pub async fn exec(store: &Store, what: &str, sql: &str) {
+    let t = Instant::now();
+    let n = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&store.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .rows_affected();
+    println!("  {what}: {n} rows ({:.1} s)", t.elapsed().as_secs_f64());
+}
+
+/// A fleet's inventory through the real write path: `hosts` hosts `node-00000…` of `gpus`
+/// H100s each, in two sites (`dc0`, `dc1`), racks of `rack_hosts` (`r000…`) and `pools`
+/// pools (`pool-000…`, host i in pool i mod `pools`).
+pub async fn fleet_inventory(
+    store: &Store,
+    hosts: usize,
+    pools: usize,
+    gpus: u8,
+    rack_hosts: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let t = Instant::now();
+    for i in 0..hosts {
+        let b = rackwatch::model::Batch {
+            host: rackwatch::model::HostInfo {
+                name: format!("node-{i:05}"),
+                site: format!("dc{}", i / (hosts / 2).max(1)),
+                rack: format!("r{:03}", i / rack_hosts),
+                pool: format!("pool-{:03}", i % pools),
+                ..Default::default()
+            },
+            gpus: (0..gpus)
+                .map(|g| rackwatch::model::GpuInfo {
+                    index: g,
+                    uuid: Some(format!("GPU-{i:05}-{g}")),
+                    model: Some("NVIDIA H100 80GB HBM3".into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        store.write_batch(&b, now).await.unwrap();
+    }
+    println!(
+        "  inventory: {hosts} hosts ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Quarter-hour host rollups in `[from, to)` with disk use (200 GB of 2 TB), growing by
+/// 20 GB a day on one host in ten.
+pub async fn host_quarters_with_disks(
+    store: &Store,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) {
+    let (s, e) = (from.to_rfc3339(), to.to_rfc3339());
+    exec(
+        store,
+        "host 15-minute rollups with disks",
+        &format!(
+            "INSERT INTO host_samples_15m (host_id, bucket, samples, cpu_util_pct, disk_used_bytes, disk_total_bytes)
+             SELECT h.id, q, 180, 40,
+                    (200e9 + CASE WHEN h.id % 10 = 0 THEN 20e9 * extract(epoch FROM q - TIMESTAMPTZ '{s}') / 86400 ELSE 1e9 * random() END)::bigint,
+                    2000000000000
+               FROM hosts h, generate_series(TIMESTAMPTZ '{s}', TIMESTAMPTZ '{e}' - interval '15 minutes', interval '15 minutes') q"
+        ),
+    )
+    .await;
+}
+
+/// After a bulk load: fresh planner statistics and a checkpoint, so the timed part neither
+/// plans on empty tables nor pays for the load's writes.
+pub async fn settle(store: &Store) {
+    for sql in ["VACUUM ANALYZE", "CHECKPOINT"] {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&store.pool)
+            .await
+            .unwrap();
+    }
+}

@@ -93,44 +93,64 @@ impl Gather {
 
 async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>, sqlx::Error> {
     let start = end - Duration::hours(HISTORY_HOURS);
-    // Per GPU and hour first, then per host / pool and hour; from the quarter-hour rollups
-    // (a fleet's 28 days of 16,000 GPUs are 43 million of them, 645 million minutes).
+    let mut tx = store.pool.begin().await?;
+    // A plan over weeks of rollups crosses jit_above_cost; compiling it costs more than it
+    // saves.
+    sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+    // Per GPU and hour, then per host and hour, on integer keys; names and pools are joined
+    // to the hosts' hours only. From the quarter-hour rollups (a fleet's 28 days of 16,000
+    // GPUs are 43 million of them, 645 million minutes). A pool's utilization is the mean
+    // over its GPUs' hours, its power their sum.
     let rows = sqlx::query!(
         r#"WITH g AS (
-            SELECT h.name AS host, h.pool, date_trunc('hour', r.bucket) AS hour, r.gpu_index,
+            SELECT r.host_id, date_bin('1 hour', r.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
                    avg(r.util_pct)::float8 AS util, avg(r.power_watts)::float8 AS power
-              FROM gpu_samples_15m r JOIN hosts h ON h.id = r.host_id
+              FROM gpu_samples_15m r
              WHERE r.bucket >= $1 AND r.bucket < $2
-             GROUP BY 1, 2, 3, 4)
-         SELECT 'host' AS "scope!", host AS "key!", hour AS "hour!", avg(util) AS "util!", sum(power) AS "power!"
-           FROM g GROUP BY host, hour
+             GROUP BY r.host_id, r.gpu_index, 2),
+         hh AS (
+            SELECT host_id, hour, avg(util) AS util, sum(power) AS power, count(util) AS n
+              FROM g GROUP BY host_id, hour)
+         SELECT 'host' AS "scope!", h.name AS "key!", hh.hour AS "hour!", hh.util AS "util?", hh.power AS "power?"
+           FROM hh JOIN hosts h ON h.id = hh.host_id
          UNION ALL
-         SELECT 'pool', pool, hour, avg(util), sum(power) FROM g WHERE pool <> '' GROUP BY pool, hour
+         SELECT 'pool', h.pool, hh.hour, sum(hh.util * hh.n) / sum(hh.n), sum(hh.power)
+           FROM hh JOIN hosts h ON h.id = hh.host_id
+          WHERE h.pool <> '' GROUP BY h.pool, hh.hour
          ORDER BY 1, 2, 3"#,
         start,
         end,
     )
-    .fetch_all(&store.pool)
+    .fetch_all(&mut *tx)
     .await?;
     let mut out = Gather::default();
+    // A GPU may report power without utilization, or the other way round.
     for r in rows {
-        out.push(&r.scope, &r.key, "gpu_util_pct", r.hour, r.util);
-        out.push(&r.scope, &r.key, "gpu_power_watts", r.hour, r.power);
+        if let Some(util) = r.util {
+            out.push(&r.scope, &r.key, "gpu_util_pct", r.hour, util);
+        }
+        if let Some(power) = r.power {
+            out.push(&r.scope, &r.key, "gpu_power_watts", r.hour, power);
+        }
     }
     let disks = sqlx::query!(
         r#"WITH d AS (
-            SELECT h.name AS host, h.pool, date_trunc('hour', r.bucket) AS hour, avg(r.disk_used_bytes)::float8 AS used
-              FROM host_samples_15m r JOIN hosts h ON h.id = r.host_id
+            SELECT r.host_id, date_bin('1 hour', r.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
+                   avg(r.disk_used_bytes)::float8 AS used
+              FROM host_samples_15m r
              WHERE r.bucket >= $1 AND r.bucket < $2 AND r.disk_used_bytes IS NOT NULL
-             GROUP BY 1, 2, 3)
-         SELECT 'host' AS "scope!", host AS "key!", hour AS "hour!", used AS "used!" FROM d
+             GROUP BY 1, 2)
+         SELECT 'host' AS "scope!", h.name AS "key!", d.hour AS "hour!", d.used AS "used!"
+           FROM d JOIN hosts h ON h.id = d.host_id
          UNION ALL
-         SELECT 'pool', pool, hour, sum(used) FROM d WHERE pool <> '' GROUP BY pool, hour
+         SELECT 'pool', h.pool, d.hour, sum(d.used)
+           FROM d JOIN hosts h ON h.id = d.host_id
+          WHERE h.pool <> '' GROUP BY h.pool, d.hour
          ORDER BY 1, 2, 3"#,
         start,
         end,
     )
-    .fetch_all(&store.pool)
+    .fetch_all(&mut *tx)
     .await?;
     for r in disks {
         out.push(&r.scope, &r.key, "disk_used_bytes", r.hour, r.used);
@@ -144,8 +164,9 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
         start,
         end,
     )
-    .fetch_all(&store.pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     for r in demand {
         out.push("pool", &r.key, "demand_gpus", r.hour, r.gpus);
     }
@@ -173,11 +194,40 @@ fn to_grid(
 /// holds (a fleet has thousands of series).
 const CHUNK: usize = 256;
 
-/// Forecast everything and store it. Returns how many forecasts were written.
-pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
+/// What a run of the job did, and where its time went.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// Forecasts written.
+    pub written: usize,
+    /// Reading the hourly series from the rollups.
+    pub read: std::time::Duration,
+    /// Fitting and forecasting (on all cores).
+    pub fit: std::time::Duration,
+    /// Storing the forecasts.
+    pub write: std::time::Duration,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} forecasts (read {:.2} s, fit {:.2} s, write {:.2} s)",
+            self.written,
+            self.read.as_secs_f64(),
+            self.fit.as_secs_f64(),
+            self.write.as_secs_f64()
+        )
+    }
+}
+
+/// Forecast everything and store it.
+pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Run> {
     let end = now.duration_trunc(Duration::hours(1))?;
-    let series: Vec<_> = hourly_series(store, end)
-        .await?
+    let mut took = Run::default();
+    let t = std::time::Instant::now();
+    let series = hourly_series(store, end).await?;
+    took.read = t.elapsed();
+    let series: Vec<_> = series
         .into_iter()
         .filter_map(|(scope, key, metric, points)| {
             let (first, grid) = to_grid(&points, end);
@@ -185,15 +235,17 @@ pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
                 .then_some((scope, key, metric, first, grid))
         })
         .collect();
-    let mut written = 0;
     let mut rest = series.into_iter().peekable();
     while rest.peek().is_some() {
         let chunk: Vec<_> = rest.by_ref().take(CHUNK).collect();
+        let t = std::time::Instant::now();
         let done = super::on_all_cores(chunk, |(scope, key, metric, first, grid)| {
             let f = rackwatch_forecast::forecast(&grid, Some(first), HORIZON_HOURS);
             (scope, key, metric, first, f)
         })
         .await?;
+        took.fit += t.elapsed();
+        let t = std::time::Instant::now();
         for (scope, key, metric, first, f) in done {
             sqlx::query!(
                 "INSERT INTO forecasts (scope, key, metric, generated_at, start_at, history_hours, model, backtest_mase,
@@ -219,10 +271,11 @@ pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
             )
             .execute(&store.pool)
             .await?;
-            written += 1;
+            took.written += 1;
         }
+        took.write += t.elapsed();
     }
-    Ok(written)
+    Ok(took)
 }
 
 impl Store {

@@ -51,10 +51,13 @@ async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
         .rollup_quarters(end - Duration::days(21), end, None)
         .await
         .unwrap();
-    let n = rackwatch::analytics::forecast::run(&app.store, now)
+    let run = rackwatch::analytics::forecast::run(&app.store, now)
         .await
         .unwrap();
-    assert_eq!(n, 6, "host and pool × utilization, power and disk");
+    assert_eq!(
+        run.written, 6,
+        "host and pool × utilization, power and disk"
+    );
 
     let cookie = app.login("planner", "planner-pass").await;
     let r = app
@@ -176,5 +179,55 @@ async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
         .await
         .unwrap();
     assert_eq!(host["forecasts"].as_array().unwrap().len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gpus_without_power_readings_still_get_their_utilization_forecast() {
+    let app = TestApp::spawn().await;
+    let token = app.token("np1").await;
+    let body = json!({"host": {"name": "np1", "pool": "nopower"}, "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 1.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'np1'")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let end = now.duration_trunc(Duration::hours(1)).unwrap();
+    app.store.ensure_partitions(now, 4, 3).await.unwrap();
+    // Two days of two GPUs whose driver reports utilization but no power.
+    sqlx::query(
+        "INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct)
+         SELECT $1, g, b, 12, 50 + 40 * sin(2 * pi() * extract(hour FROM b) / 24)
+           FROM generate_series($2::timestamptz, $3::timestamptz - interval '1 minute', interval '1 minute') b,
+                generate_series(0, 1) g",
+    )
+    .bind(host_id)
+    .bind(end - Duration::days(2))
+    .bind(end)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    app.store
+        .rollup_quarters(end - Duration::days(2), end, None)
+        .await
+        .unwrap();
+    let run = rackwatch::analytics::forecast::run(&app.store, now)
+        .await
+        .expect("a GPU without power readings does not stop the job");
+    let stored: Vec<(String, String, String, i32)> =
+        sqlx::query_as("SELECT scope, key, metric, history_hours FROM forecasts ORDER BY 1, 2, 3")
+            .fetch_all(&app.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        vec![
+            ("host".into(), "np1".into(), "gpu_util_pct".into(), 48),
+            ("pool".into(), "nopower".into(), "gpu_util_pct".into(), 48),
+        ],
+        "utilization only: there is no power to forecast"
+    );
+    assert_eq!(run.written, 2);
     app.stop().await;
 }

@@ -343,6 +343,7 @@ async fn demo_history_is_rolled_up_and_feeds_the_analytics_at_once() {
         rackwatch::analytics::forecast::run(&app.store, now)
             .await
             .unwrap()
+            .written
             > 0
     );
     rackwatch::analytics::energy::run(&app.store, &cfg.energy, now)
