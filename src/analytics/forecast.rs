@@ -1,8 +1,9 @@
 //! The hourly forecast job: per pool and per host, GPU utilization (mean over GPUs),
 //! GPU power (sum over GPUs) and filesystem space used (sum over hosts), and per pool its
 //! demand (GPU work plus the scheduler's queue, as the capacity job measures it), for the
-//! next 7 days, from hourly means of the quarter-hour rollups over the last 28 days, with
-//! 80 % / 95 % intervals and the chosen model's backtest error (rackwatch-forecast).
+//! next 7 days, from hourly means of the quarter-hour rollups over the last 28 days (per
+//! host and hour in `forecast_hourly`, which the rollup job keeps), with 80 % / 95 %
+//! intervals and the chosen model's backtest error (rackwatch-forecast).
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::Serialize;
@@ -93,30 +94,22 @@ impl Gather {
 
 async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>, sqlx::Error> {
     let start = end - Duration::hours(HISTORY_HOURS);
+    ensure_hours(store, start, end).await?;
     let mut tx = store.pool.begin().await?;
-    // A plan over weeks of rollups crosses jit_above_cost; compiling it costs more than it
-    // saves.
     sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
-    // Per GPU and hour, then per host and hour, on integer keys; names and pools are joined
-    // to the hosts' hours only. From the quarter-hour rollups (a fleet's 28 days of 16,000
-    // GPUs are 43 million of them, 645 million minutes). A pool's utilization is the mean
-    // over its GPUs' hours, its power their sum.
+    // Per host and hour, as the rollup job keeps them (`forecast_hourly`); a host's
+    // utilization is the mean over its GPUs, a pool's the mean over all of its GPUs; power
+    // and disk are sums. A GPU may report power without utilization, or the other way round.
     let rows = sqlx::query!(
-        r#"WITH g AS (
-            SELECT r.host_id, date_bin('1 hour', r.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
-                   avg(r.util_pct)::float8 AS util, avg(r.power_watts)::float8 AS power
-              FROM gpu_samples_15m r
-             WHERE r.bucket >= $1 AND r.bucket < $2
-             GROUP BY r.host_id, r.gpu_index, 2),
-         hh AS (
-            SELECT host_id, hour, avg(util) AS util, sum(power) AS power, count(util) AS n
-              FROM g GROUP BY host_id, hour)
-         SELECT 'host' AS "scope!", h.name AS "key!", hh.hour AS "hour!", hh.util AS "util?", hh.power AS "power?"
-           FROM hh JOIN hosts h ON h.id = hh.host_id
+        r#"SELECT 'host' AS "scope!", h.name AS "key!", f.hour AS "hour!",
+                  f.util_sum / NULLIF(f.util_gpus, 0) AS "util?", f.power_sum AS "power?", f.disk_used AS "disk?"
+             FROM forecast_hourly f JOIN hosts h ON h.id = f.host_id
+            WHERE f.hour >= $1 AND f.hour < $2
          UNION ALL
-         SELECT 'pool', h.pool, hh.hour, sum(hh.util * hh.n) / sum(hh.n), sum(hh.power)
-           FROM hh JOIN hosts h ON h.id = hh.host_id
-          WHERE h.pool <> '' GROUP BY h.pool, hh.hour
+         SELECT 'pool', h.pool, f.hour, sum(f.util_sum) / NULLIF(sum(f.util_gpus), 0), sum(f.power_sum), sum(f.disk_used)
+           FROM forecast_hourly f JOIN hosts h ON h.id = f.host_id
+          WHERE f.hour >= $1 AND f.hour < $2 AND h.pool <> ''
+          GROUP BY h.pool, f.hour
          ORDER BY 1, 2, 3"#,
         start,
         end,
@@ -124,36 +117,16 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
     .fetch_all(&mut *tx)
     .await?;
     let mut out = Gather::default();
-    // A GPU may report power without utilization, or the other way round.
     for r in rows {
-        if let Some(util) = r.util {
-            out.push(&r.scope, &r.key, "gpu_util_pct", r.hour, util);
+        for (metric, v) in [
+            ("gpu_util_pct", r.util),
+            ("gpu_power_watts", r.power),
+            ("disk_used_bytes", r.disk),
+        ] {
+            if let Some(v) = v {
+                out.push(&r.scope, &r.key, metric, r.hour, v);
+            }
         }
-        if let Some(power) = r.power {
-            out.push(&r.scope, &r.key, "gpu_power_watts", r.hour, power);
-        }
-    }
-    let disks = sqlx::query!(
-        r#"WITH d AS (
-            SELECT r.host_id, date_bin('1 hour', r.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
-                   avg(r.disk_used_bytes)::float8 AS used
-              FROM host_samples_15m r
-             WHERE r.bucket >= $1 AND r.bucket < $2 AND r.disk_used_bytes IS NOT NULL
-             GROUP BY 1, 2)
-         SELECT 'host' AS "scope!", h.name AS "key!", d.hour AS "hour!", d.used AS "used!"
-           FROM d JOIN hosts h ON h.id = d.host_id
-         UNION ALL
-         SELECT 'pool', h.pool, d.hour, sum(d.used)
-           FROM d JOIN hosts h ON h.id = d.host_id
-          WHERE h.pool <> '' GROUP BY h.pool, d.hour
-         ORDER BY 1, 2, 3"#,
-        start,
-        end,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    for r in disks {
-        out.push(&r.scope, &r.key, "disk_used_bytes", r.hour, r.used);
     }
     // Pools' demand in GPUs: the 5-minute slots the capacity job keeps, hourly means.
     let demand = sqlx::query!(
@@ -171,6 +144,37 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
         out.push("pool", &r.key, "demand_gpus", r.hour, r.gpus);
     }
     Ok(out.series)
+}
+
+/// Sum the hours in `[from, to)` that `forecast_hourly` has not summed for every host yet
+/// (history rolled up before it was kept, or imported), in one pass over the missing span,
+/// and forget the hours before `from`.
+async fn ensure_hours(
+    store: &Store,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let missing = sqlx::query!(
+        r#"SELECT min(h) AS first, max(h) AS last
+             FROM generate_series($1::timestamptz, $2::timestamptz - interval '1 hour', interval '1 hour') h
+            WHERE NOT EXISTS (SELECT 1 FROM forecast_hours f WHERE f.hour = h)"#,
+        from,
+        to,
+    )
+    .fetch_one(&store.pool)
+    .await?;
+    if let (Some(first), Some(last)) = (missing.first, missing.last) {
+        store
+            .refresh_forecast_hours(first, last + Duration::hours(1), None)
+            .await?;
+    }
+    sqlx::query!("DELETE FROM forecast_hourly WHERE hour < $1", from)
+        .execute(&store.pool)
+        .await?;
+    sqlx::query!("DELETE FROM forecast_hours WHERE hour < $1", from)
+        .execute(&store.pool)
+        .await?;
+    Ok(())
 }
 
 /// Regular hourly grid from the first hour seen to `end`, gaps as None.

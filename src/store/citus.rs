@@ -58,6 +58,7 @@ pub const TABLES: &[(&str, Placement)] = &[
     ("anomaly_scores", Placement::Distributed),
     ("anomaly_models", Placement::Distributed),
     ("energy_hourly", Placement::Distributed),
+    ("forecast_hourly", Placement::Distributed),
     // Inventory: joined with every table above by host_id.
     ("hosts", Placement::Reference),
     ("gpus", Placement::Reference),
@@ -88,6 +89,7 @@ pub const TABLES: &[(&str, Placement)] = &[
     ("capacity_history", Placement::Local),
     ("rack_power_hourly", Placement::Local),
     ("rack_power_hours", Placement::Local),
+    ("forecast_hours", Placement::Local),
     // Who did what (append-only; read on the admin page).
     ("audit_log", Placement::Local),
 ];

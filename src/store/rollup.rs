@@ -382,7 +382,82 @@ impl Store {
             }
             q = next;
         }
+        self.refresh_forecast_hours(from, to, hosts).await?;
         Ok(n)
+    }
+
+    /// Sum again the hours that hold `[from, to)` (of `hosts`, or all) into
+    /// `forecast_hourly`, from the quarter-hours: per host and hour, how many GPUs have a
+    /// utilization and a power mean and the sums of those means, and the mean disk space
+    /// used. Hours summed for every host are marked in `forecast_hours`. A day per
+    /// statement.
+    pub async fn refresh_forecast_hours(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        hosts: Option<Vec<i64>>,
+    ) -> Result<(), sqlx::Error> {
+        if from >= to {
+            return Ok(());
+        }
+        let hour = |t: DateTime<Utc>| t.duration_trunc(Duration::hours(1)).expect("hour");
+        let end = if hour(to) < to {
+            hour(to) + Duration::hours(1)
+        } else {
+            hour(to)
+        };
+        let mut h = hour(from);
+        while h < end {
+            let next = (h + Duration::days(1)).min(end);
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+            sqlx::query!(
+                r#"INSERT INTO forecast_hourly (hour, host_id, util_gpus, util_sum, power_gpus, power_sum)
+                   SELECT hour, host_id, count(util)::int, sum(util), count(power)::int, sum(power)
+                     FROM (SELECT host_id, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour,
+                                  avg(util_pct)::float8 AS util, avg(power_watts)::float8 AS power
+                             FROM gpu_samples_15m
+                            WHERE bucket >= $1 AND bucket < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
+                            GROUP BY host_id, gpu_index, 2) g
+                    GROUP BY hour, host_id
+                   ON CONFLICT (hour, host_id) DO UPDATE SET util_gpus = EXCLUDED.util_gpus,
+                      util_sum = EXCLUDED.util_sum, power_gpus = EXCLUDED.power_gpus, power_sum = EXCLUDED.power_sum"#,
+                h,
+                next,
+                hosts.as_deref(),
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                r#"INSERT INTO forecast_hourly (hour, host_id, disk_used)
+                   SELECT date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), host_id,
+                          avg(disk_used_bytes)::float8
+                     FROM host_samples_15m
+                    WHERE bucket >= $1 AND bucket < $2 AND ($3::int8[] IS NULL OR host_id = ANY($3))
+                      AND disk_used_bytes IS NOT NULL
+                    GROUP BY 1, 2
+                   ON CONFLICT (hour, host_id) DO UPDATE SET disk_used = EXCLUDED.disk_used"#,
+                h,
+                next,
+                hosts.as_deref(),
+            )
+            .execute(&mut *tx)
+            .await?;
+            if hosts.is_none() {
+                sqlx::query!(
+                    "INSERT INTO forecast_hours (hour)
+                     SELECT generate_series($1::timestamptz, $2::timestamptz - interval '1 hour', interval '1 hour')
+                     ON CONFLICT DO NOTHING",
+                    h,
+                    next,
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            h = next;
+        }
+        Ok(())
     }
 
     /// Roll up the minutes in `[from, to)` (of `hosts`, or all); returns host and GPU

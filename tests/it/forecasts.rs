@@ -231,3 +231,73 @@ async fn gpus_without_power_readings_still_get_their_utilization_forecast() {
     assert_eq!(run.written, 2);
     app.stop().await;
 }
+
+/// Per host and hour for the forecast job: (utilization GPUs, their sum, power GPUs, their
+/// sum) at `hour`.
+async fn hourly_sums(app: &TestApp, hour: chrono::DateTime<Utc>) -> (i32, f64, i32, f64) {
+    sqlx::query_as(
+        "SELECT util_gpus, util_sum, power_gpus, power_sum FROM forecast_hourly f
+           JOIN hosts h ON h.id = f.host_id WHERE h.name = 'lt' AND f.hour = $1",
+    )
+    .bind(hour)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn hourly_sums_follow_the_rollups_late_minutes_and_older_history() {
+    let app = TestApp::spawn().await;
+    let token = app.token("lt").await;
+    let now = Utc::now();
+    app.store.ensure_partitions(now, 2, 1).await.unwrap();
+    // An hour and a half of minutes: GPU 0 at 50 % and 300 W, GPU 1 at 70 % without power.
+    let a = now.duration_trunc(Duration::hours(1)).unwrap() - Duration::hours(2);
+    let minutes: Vec<_> = (0..90).map(|m| a + Duration::minutes(m)).collect();
+    let body = json!({"host": {"name": "lt", "pool": "late"},
+        "gpu_samples": minutes.iter().flat_map(|t| [
+            json!({"ts": t, "index": 0, "util_pct": 50.0, "power_watts": 300.0}),
+            json!({"ts": t, "index": 1, "util_pct": 70.0})]).collect::<Vec<_>>()});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    app.store.run_rollups(now).await.unwrap();
+    let b = a + Duration::hours(1);
+    assert_eq!(hourly_sums(&app, a).await, (2, 120.0, 1, 300.0));
+    assert_eq!(
+        hourly_sums(&app, b).await,
+        (2, 120.0, 1, 300.0),
+        "half an hour"
+    );
+    // A spool replay brings a second sample of GPU 0 for a minute of the first hour: its
+    // minute now averages 75 %, its quarter (14 × 50 + 75) / 15, its hour a quarter of that
+    // plus three quarters of 50.
+    let late = json!({"host": {"name": "lt"}, "gpu_samples": [
+        {"ts": a + Duration::minutes(5) + Duration::seconds(30), "index": 0, "util_pct": 100.0, "power_watts": 300.0}]});
+    assert_eq!(app.ingest(&token, &late).await.status(), 200);
+    let run = app
+        .store
+        .run_rollups(now + Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(run.dirty_buckets, 1);
+    let want = ((14.0 * 50.0 + 75.0) / 15.0 + 3.0 * 50.0) / 4.0 + 70.0;
+    let (_, util, _, power) = hourly_sums(&app, a).await;
+    assert!((util - want).abs() < 1e-3, "{util} vs {want}");
+    assert!((power - 300.0).abs() < 1e-3);
+    // History rolled up before these sums were kept: the forecast job sums it at its run.
+    sqlx::raw_sql("DELETE FROM forecast_hourly; DELETE FROM forecast_hours")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    rackwatch::analytics::forecast::run(&app.store, now)
+        .await
+        .unwrap();
+    let (n, util, _, _) = hourly_sums(&app, a).await;
+    assert_eq!(n, 2);
+    assert!((util - want).abs() < 1e-3, "{util} vs {want}");
+    let hours: i64 = sqlx::query_scalar("SELECT count(*) FROM forecast_hours")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(hours, 28 * 24, "every hour the job reads is summed once");
+    app.stop().await;
+}
