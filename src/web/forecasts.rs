@@ -46,6 +46,7 @@ pub struct ForecastQuery {
         (status = 200, description = "The forecasts.", body = Vec<StoredForecast>),
         (status = 400, description = "Unknown scope or metric.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "`key` names no pool or host (of `scope`); one without a forecast yet gets an empty list.", body = ErrorBody),
     )
 )]
 pub async fn forecasts(
@@ -68,9 +69,22 @@ pub async fn forecasts(
             )));
         }
     }
-    Ok(Json(
-        st.store
-            .forecasts(q.scope.as_deref(), q.key.as_deref(), q.metric.as_deref())
-            .await?,
-    ))
+    let found = st
+        .store
+        .forecasts(q.scope.as_deref(), q.key.as_deref(), q.metric.as_deref())
+        .await?;
+    // No forecast yet is an empty list; a key that names nothing is a 404, as elsewhere.
+    if let Some(key) = q.key.as_deref().filter(|_| found.is_empty()) {
+        let scope = q.scope.as_deref();
+        let host = scope != Some("pool") && st.store.host_latest(key).await?.is_some();
+        let pool = scope != Some("host") && st.store.pool_names().await?.iter().any(|p| p == key);
+        if !host && !pool {
+            return Err(ApiError::NotFound(format!(
+                "no {} named {}",
+                scope.unwrap_or("pool or host"),
+                crate::model::validate::quoted(key)
+            )));
+        }
+    }
+    Ok(Json(found))
 }

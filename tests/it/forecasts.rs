@@ -136,6 +136,28 @@ async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // A key that names nothing is a 404; a host without forecasts yet an empty list.
+    for (query, status, error) in [
+        ("key=nope", 404, "no pool or host named \"nope\""),
+        ("scope=host&key=train", 404, "no host named \"train\""),
+        ("scope=pool&key=f1", 404, "no pool named \"f1\""),
+        ("key=f1&metric=demand_gpus", 200, ""),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}/api/v1/forecasts?{query}", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{query}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        if status == 404 {
+            assert_eq!(body["error"], error, "{query}");
+        } else {
+            assert_eq!(body, json!([]), "{query}");
+        }
+    }
     let all: serde_json::Value = app
         .http
         .get(format!("{}/api/v1/forecasts", app.base))
