@@ -97,17 +97,18 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
     ensure_hours(store, start, end).await?;
     let mut tx = store.pool.begin().await?;
     sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
-    // Per host and hour, as the rollup job keeps them (`forecast_hourly`); a host's
+    // Per host and hour, as the rollup job keeps them (`forecast_hourly`), for the hosts in
+    // the fleet (a pool's series are those of its hosts now); a host's
     // utilization is the mean over its GPUs, a pool's the mean over all of its GPUs; power
     // and disk are sums. A GPU may report power without utilization, or the other way round.
     let rows = sqlx::query!(
         r#"SELECT 'host' AS "scope!", h.name AS "key!", f.hour AS "hour!",
                   f.util_sum / NULLIF(f.util_gpus, 0) AS "util?", f.power_sum AS "power?", f.disk_used AS "disk?"
-             FROM forecast_hourly f JOIN hosts h ON h.id = f.host_id
+             FROM forecast_hourly f JOIN hosts h ON h.id = f.host_id AND h.removed_at IS NULL
             WHERE f.hour >= $1 AND f.hour < $2
          UNION ALL
          SELECT 'pool', h.pool, f.hour, sum(f.util_sum) / NULLIF(sum(f.util_gpus), 0), sum(f.power_sum), sum(f.disk_used)
-           FROM forecast_hourly f JOIN hosts h ON h.id = f.host_id
+           FROM forecast_hourly f JOIN hosts h ON h.id = f.host_id AND h.removed_at IS NULL
           WHERE f.hour >= $1 AND f.hour < $2 AND h.pool <> ''
           GROUP BY h.pool, f.hour
          ORDER BY 1, 2, 3"#,
@@ -128,11 +129,13 @@ async fn hourly_series(store: &Store, end: DateTime<Utc>) -> Result<Vec<Series>,
             }
         }
     }
-    // Pools' demand in GPUs: the 5-minute slots the capacity job keeps, hourly means.
+    // Pools' demand in GPUs: the 5-minute slots the capacity job keeps, hourly means, for
+    // the pools that still have hosts (as the capacity job plans them).
     let demand = sqlx::query!(
         r#"SELECT pool AS "key!", date_trunc('hour', bucket) AS "hour!",
                   avg(util_gpus + queued_gpus)::float8 AS "gpus!"
              FROM pool_demand WHERE bucket >= $1 AND bucket < $2
+              AND pool IN (SELECT pool FROM hosts WHERE removed_at IS NULL)
             GROUP BY 1, 2 ORDER BY 1, 2"#,
         start,
         end,
@@ -279,6 +282,11 @@ pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Run> {
         }
         took.write += t.elapsed();
     }
+    // Series that no longer qualify (a host taken out of the fleet, or silent for the
+    // whole window; a pool left without hosts) keep no forecast from an earlier run.
+    sqlx::query!("DELETE FROM forecasts WHERE generated_at < $1", now)
+        .execute(&store.pool)
+        .await?;
     Ok(took)
 }
 

@@ -201,6 +201,18 @@ async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
         .await
         .unwrap();
     assert_eq!(host["forecasts"].as_array().unwrap().len(), 3);
+    // A host taken out of the fleet is forecast no more, and its pool (it was the pool's
+    // only host) neither: their forecasts go at the next run.
+    app.store.remove_host("f1", "test").await.unwrap();
+    let run = rackwatch::analytics::forecast::run(&app.store, now + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(run.written, 0);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM forecasts")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
     app.stop().await;
 }
 
