@@ -340,7 +340,9 @@ impl Default for DatabaseConfig {
 pub struct RetentionConfig {
     /// Days of raw samples kept (daily partitions older than this are dropped).
     pub raw_days: u32,
-    /// Days of 1-minute rollups (and of the 15-minute rollups made from them) kept.
+    /// Days of 1-minute rollups (and of the 15-minute rollups made from them) kept; pool
+    /// demand, scheduler queue reports and past capacity advice are kept as long (or
+    /// `capacity.history_days`, if longer).
     pub rollup_1m_days: u32,
     /// Daily partitions created ahead of today.
     pub partitions_ahead_days: u32,

@@ -361,6 +361,15 @@ async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
     if let Err(e) = store.drop_energy_hours_before(cutoff).await {
         errors.push(format!("energy retention: {e}"));
     }
+    // Pool demand is measured from the 1-minute rollups and kept as long as they are, or as
+    // long as the capacity job looks back if that is longer.
+    let days = r.rollup_1m_days.max(cfg.capacity.history_days);
+    let cutoff = now - chrono::Duration::days(i64::from(days));
+    match store.drop_capacity_history_before(cutoff).await {
+        Ok(n) if n > 0 => done.push(format!("{n} capacity rows past retention deleted")),
+        Ok(_) => {}
+        Err(e) => errors.push(format!("capacity retention: {e}")),
+    }
     match store.delete_old_audit(r.audit_days).await {
         Ok(n) if n > 0 => done.push(format!("{n} audit rows past retention deleted")),
         Ok(_) => {}

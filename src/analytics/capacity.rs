@@ -1583,6 +1583,28 @@ impl Store {
         Ok(())
     }
 
+    /// Pool demand slots, scheduler queue reports and past next-hour advice from before
+    /// `cutoff` (retention); returns the rows deleted.
+    pub async fn drop_capacity_history_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut n = 0;
+        n += sqlx::query!("DELETE FROM pool_demand WHERE bucket < $1", cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        n += sqlx::query!("DELETE FROM pool_queue WHERE ts < $1", cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        n += sqlx::query!("DELETE FROM capacity_history WHERE hour < $1", cutoff)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+
     /// Pools with at least one host in the fleet (hosts taken out of it do not count, as in
     /// the capacity job).
     pub async fn pool_names(&self) -> Result<Vec<String>, sqlx::Error> {

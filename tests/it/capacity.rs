@@ -873,3 +873,45 @@ async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes
     resolves_at_the_next_run(&app, &smtp).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn capacity_history_past_retention_is_deleted() {
+    let app = TestApp::spawn().await;
+    let now = Utc::now().duration_trunc(Duration::hours(1)).unwrap();
+    for days in [100, 10] {
+        let t = now - Duration::days(days);
+        sqlx::query(
+            "INSERT INTO pool_demand (pool, bucket, busy_gpus, util_gpus, queued_gpus, installed_gpus)
+             VALUES ('p', $1, 1, 1, 0, 2)",
+        )
+        .bind(t)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+        app.store.record_queue("p", t, 3.0, "slurm").await.unwrap();
+        sqlx::query("INSERT INTO capacity_history (pool, hour, recommended) VALUES ('p', $1, 2)")
+            .bind(t)
+            .execute(&app.store.pool)
+            .await
+            .unwrap();
+    }
+    let deleted = app
+        .store
+        .drop_capacity_history_before(now - Duration::days(90))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3, "the 100-day-old row of each table");
+    for (table, column) in [
+        ("pool_demand", "bucket"),
+        ("pool_queue", "ts"),
+        ("capacity_history", "hour"),
+    ] {
+        let left: Vec<DateTime<Utc>> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {column} FROM {table}")))
+                .fetch_all(&app.store.pool)
+                .await
+                .unwrap();
+        assert_eq!(left, vec![now - Duration::days(10)], "{table}");
+    }
+    app.stop().await;
+}
