@@ -400,13 +400,8 @@ impl Store {
         if from >= to {
             return Ok(());
         }
-        let hour = |t: DateTime<Utc>| t.duration_trunc(Duration::hours(1)).expect("hour");
-        let end = if hour(to) < to {
-            hour(to) + Duration::hours(1)
-        } else {
-            hour(to)
-        };
-        let mut h = hour(from);
+        let end = to.duration_round_up(Duration::hours(1)).expect("hour");
+        let mut h = from.duration_trunc(Duration::hours(1)).expect("hour");
         while h < end {
             let next = (h + Duration::days(1)).min(end);
             let mut tx = self.pool.begin().await?;

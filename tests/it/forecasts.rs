@@ -5,16 +5,22 @@ use serde_json::json;
 
 use crate::support::{recent, TestApp};
 
+/// A host of `pool` that has reported once (through ingest); its id.
+async fn host_in_pool(app: &TestApp, name: &str, pool: &str) -> i64 {
+    let token = app.token(name).await;
+    let body = json!({"host": {"name": name, "pool": pool}, "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 1.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1")
+        .bind(name)
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
     let app = TestApp::spawn().await;
-    let token = app.token("f1").await;
-    let body = json!({"host": {"name": "f1", "pool": "train"}, "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 1.0}]});
-    assert_eq!(app.ingest(&token, &body).await.status(), 200);
-    let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'f1'")
-        .fetch_one(&app.store.pool)
-        .await
-        .unwrap();
+    let host_id = host_in_pool(&app, "f1", "train").await;
     let now = Utc::now();
     let end = now.duration_trunc(Duration::hours(1)).unwrap();
     // Rollups are kept longer than raw samples: make their partitions for three weeks.
@@ -219,13 +225,7 @@ async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
 #[tokio::test]
 async fn gpus_without_power_readings_still_get_their_utilization_forecast() {
     let app = TestApp::spawn().await;
-    let token = app.token("np1").await;
-    let body = json!({"host": {"name": "np1", "pool": "nopower"}, "host_samples": [{"ts": recent(1, 1, 1)[0], "cpu_util_pct": 1.0}]});
-    assert_eq!(app.ingest(&token, &body).await.status(), 200);
-    let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'np1'")
-        .fetch_one(&app.store.pool)
-        .await
-        .unwrap();
+    let host_id = host_in_pool(&app, "np1", "nopower").await;
     let now = Utc::now();
     let end = now.duration_trunc(Duration::hours(1)).unwrap();
     app.store.ensure_partitions(now, 4, 3).await.unwrap();
