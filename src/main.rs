@@ -243,7 +243,7 @@ enum AlertsCmd {
         /// Label matcher, repeatable: host=gpu-17, rack=r12, rule=gpu-xid, gpu=3 …
         #[arg(long = "match", value_name = "LABEL=VALUE", required = true)]
         matchers: Vec<String>,
-        /// How long: 30m, 2h, 1d.
+        /// How long: 30m, 2h, 1d (at most 90d).
         #[arg(long, default_value = "2h")]
         duration: String,
         #[arg(long, default_value = "")]
@@ -962,12 +962,7 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             if let Some(pool) = pool {
-                rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
-                    name: "x".into(),
-                    pool: pool.clone(),
-                    ..Default::default()
-                })
-                .map_err(anyhow::Error::msg)?;
+                rackwatch::model::validate::pool_name(&pool).map_err(anyhow::Error::msg)?;
                 let token = db.store.create_pool_token(&pool, &note).await?;
                 audit(
                     db,
@@ -988,11 +983,7 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             let host = host.unwrap_or_default();
-            rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
-                name: host.clone(),
-                ..Default::default()
-            })
-            .map_err(anyhow::Error::msg)?;
+            rackwatch::model::validate::host_name(&host).map_err(anyhow::Error::msg)?;
             let token = db.store.create_agent_token(&host, &note).await?;
             audit(
                 db,
@@ -1043,21 +1034,19 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `30s`, `15m`, `2h`, `1d`.
-fn parse_duration(s: &str) -> anyhow::Result<chrono::Duration> {
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.trim().len()),
-    );
-    let n: i64 = num.parse().map_err(|_| {
+/// `30s`, `15m`, `2h`, `1d`, in hours.
+fn parse_duration_hours(s: &str) -> anyhow::Result<f64> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    // Digits only, so any length parses (a huge one is refused by its range).
+    let n: f64 = num.parse().map_err(|_| {
         anyhow::anyhow!("duration {s:?}: use a number and a unit, like 30m, 2h or 1d")
     })?;
     Ok(match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" | "" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
+        "s" => n / 3600.0,
+        "m" => n / 60.0,
+        "h" | "" => n,
+        "d" => n * 24.0,
         _ => anyhow::bail!("duration {s:?}: unit must be s, m, h or d"),
     })
 }
@@ -1124,7 +1113,9 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
         } => {
             let m =
                 rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
-            let until = now + parse_duration(&duration)?;
+            let until =
+                rackwatch::alert::silence::silence_end(now, parse_duration_hours(&duration)?)
+                    .map_err(|e| anyhow::anyhow!("--duration {duration}: {e}"))?;
             let id = db
                 .store
                 .create_silence(&m, now, until, &author, &comment)

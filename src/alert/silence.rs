@@ -32,13 +32,16 @@ pub async fn silenced<'e, E: sqlx::PgExecutor<'e>>(
     .await
 }
 
-/// Parse `key=value` matchers.
+/// Parse `key=value` matchers. A silence mutes an alert when every matcher equals the
+/// alert's label, so a label given twice or an empty value could never match: both are
+/// refused rather than stored as a silence that mutes nothing.
 pub fn parse_matchers(items: &[String]) -> Result<Labels, String> {
     let mut m = Labels::new();
     for it in items {
         let (k, v) = it
             .split_once('=')
             .ok_or_else(|| format!("matcher {it:?} must look like host=gpu-17"))?;
+        let (k, v) = (k.trim(), v.trim());
         if ![
             "site", "rack", "pool", "host", "gpu", "rule", "severity", "event", "xid",
         ]
@@ -46,12 +49,39 @@ pub fn parse_matchers(items: &[String]) -> Result<Labels, String> {
         {
             return Err(format!("matcher {it:?}: unknown label {k:?}"));
         }
-        m.insert(k.to_string(), v.to_string());
+        if v.is_empty() {
+            return Err(format!("matcher {it:?} has no value, like {k}=gpu-17"));
+        }
+        if v.chars().any(char::is_control) || v.len() > 256 {
+            return Err(format!(
+                "matcher {k}: the value must be at most 256 printable characters"
+            ));
+        }
+        if let Some(first) = m.insert(k.to_string(), v.to_string()) {
+            return Err(format!(
+                "matcher label {k} is given twice ({k}={first}, {k}={v}); a silence mutes alerts that match all of its matchers, so make one silence for each"
+            ));
+        }
     }
     if m.is_empty() {
         return Err("a silence needs at least one matcher (it would mute everything)".into());
     }
     Ok(m)
+}
+
+/// The longest silence: a fault muted for longer is better fixed or its rule changed.
+pub const MAX_SILENCE_HOURS: i64 = 24 * 90;
+
+/// When a silence of `hours` made at `now` ends: more than nothing and at most
+/// [`MAX_SILENCE_HOURS`].
+pub fn silence_end(now: DateTime<Utc>, hours: f64) -> Result<DateTime<Utc>, String> {
+    if !(hours > 0.0 && hours <= MAX_SILENCE_HOURS as f64) {
+        return Err(format!(
+            "a silence lasts more than 0 and at most {MAX_SILENCE_HOURS} hours ({} days)",
+            MAX_SILENCE_HOURS / 24
+        ));
+    }
+    Ok(now + chrono::Duration::seconds((hours * 3600.0).round() as i64))
 }
 
 impl Store {
@@ -119,5 +149,37 @@ mod tests {
         assert!(parse_matchers(&["colour=red".into()])
             .unwrap_err()
             .contains("unknown label"));
+        assert!(parse_matchers(&["host=".into()])
+            .unwrap_err()
+            .contains("has no value"));
+        assert!(parse_matchers(&["host=a".into(), "host=b".into()])
+            .unwrap_err()
+            .contains("given twice"));
+        assert!(parse_matchers(&["host=a\nb".into()])
+            .unwrap_err()
+            .contains("printable"));
+        let spaced = parse_matchers(&[" host = gpu-17 ".into()]).unwrap();
+        assert_eq!(spaced.get("host").unwrap(), "gpu-17");
+    }
+
+    #[test]
+    fn a_silence_lasts_more_than_nothing_and_at_most_ninety_days() {
+        let now = Utc::now();
+        assert_eq!(
+            silence_end(now, 2.0).unwrap(),
+            now + chrono::Duration::hours(2)
+        );
+        assert_eq!(
+            silence_end(now, 2160.0).unwrap(),
+            now + chrono::Duration::days(90)
+        );
+        for bad in [0.0, -1.0, 2160.01, f64::NAN, f64::INFINITY, 1e300] {
+            assert!(
+                silence_end(now, bad)
+                    .unwrap_err()
+                    .contains("at most 2160 hours"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -543,8 +543,18 @@ fn typed<T: DeserializeOwned>(v: &RawValue) -> Item<T> {
 
 /// Host names, placement and labels: printable, bounded. HTML in them is allowed and
 /// escaped where shown; control characters are not.
+/// A host name as agents report it and tokens are bound to it.
+pub fn host_name(name: &str) -> Result<(), String> {
+    check_text("host.name", name, 1, 253)
+}
+
+/// A pool name a scheduler token is scoped to (a pool with no name is no pool).
+pub fn pool_name(pool: &str) -> Result<(), String> {
+    check_text("host.pool", pool, 1, 64)
+}
+
 pub fn validate_host(h: &HostInfo) -> Result<(), String> {
-    check_text("host.name", &h.name, 1, 253)?;
+    host_name(&h.name)?;
     check_text("host.site", &h.site, 0, 64)?;
     check_text("host.rack", &h.rack, 0, 64)?;
     check_text("host.pool", &h.pool, 0, 64)?;

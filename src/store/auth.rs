@@ -555,7 +555,10 @@ impl Store {
             r#"SELECT id, CASE WHEN pool IS NOT NULL THEN 'pool:' || pool
                              WHEN write_site IS NOT NULL THEN 'write:site:' || write_site
                              WHEN write_hosts IS NOT NULL THEN 'write:hosts:' || array_to_string(write_hosts, ',')
-                             ELSE host_name END AS "host_name!", note, created_at,
+                             ELSE host_name END AS "host_name!",
+                    CASE WHEN pool IS NOT NULL THEN 'scheduler'
+                         WHEN write_site IS NOT NULL OR write_hosts IS NOT NULL THEN 'remote_write'
+                         ELSE 'agent' END AS "kind!", note, created_at,
                     last_used_at, revoked_at
                FROM agent_tokens ORDER BY 2, id"#,
         )
@@ -704,7 +707,12 @@ pub enum UserRemoval {
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: i64,
-    /// The host an agent token is bound to, or `pool:NAME` for a pool's scheduler token.
+    /// What the token may do: `agent` (ingest for one host), `scheduler` (report one
+    /// pool's queue) or `remote_write` (Prometheus remote write for a site or hosts).
+    #[schema(example = "agent")]
+    pub kind: String,
+    /// What the token is bound to: the host of an agent token, `pool:NAME` for a
+    /// scheduler token, `write:site:SITE` or `write:hosts:A,B` for a remote-write token.
     pub host_name: String,
     pub note: String,
     pub created_at: DateTime<Utc>,

@@ -364,6 +364,26 @@ fn check(method: &str, path: &str) {
     }
 }
 
+/// The router answers a known path with another method with an empty 405 (it adds
+/// `Allow` on the way out); give it the body every other error has, JSON under `/api/`,
+/// else a page, naming the methods the path takes.
+fn method_not_allowed(method: &Method, path: &str, api: bool) -> Response {
+    let takes: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| r.path == path)
+        .map(|r| r.method)
+        .collect();
+    let e = ApiError::MethodNotAllowed(format!(
+        "method {method} is not allowed here; this path takes {}",
+        takes.join(", ")
+    ));
+    if api {
+        e.into_response()
+    } else {
+        PageError(e).into_response()
+    }
+}
+
 /// A user [`enforce`] has already resolved, for the handler's extractor.
 #[derive(Clone)]
 pub struct Resolved(pub crate::store::auth::User);
@@ -376,7 +396,15 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
         .map(|p| p.as_str().to_string());
     let Some(row) = path.and_then(|p| rule(req.method().as_str(), p.as_str())) else {
         // Only 404 and 405 answers get here (a registered route always has a row).
-        return next.run(req).await;
+        let (method, api) = (req.method().clone(), req.uri().path().starts_with("/api/"));
+        let matched = req.extensions().get::<MatchedPath>().cloned();
+        let resp = next.run(req).await;
+        return match matched {
+            Some(p) if resp.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED => {
+                method_not_allowed(&method, p.as_str(), api)
+            }
+            _ => resp,
+        };
     };
     let refuse = |e: ApiError| -> Response {
         if row.login_redirect {

@@ -269,12 +269,11 @@ pub async fn create_token(
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     let host = f.host.trim();
-    if host.is_empty() || host.len() > 253 {
-        return Err(ApiError::BadRequest(
-            "a token is scoped to one host: give its name (1–253 characters)".into(),
-        )
-        .into());
-    }
+    crate::model::validate::host_name(host).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "a token is scoped to one host: give its name ({e})"
+        ))
+    })?;
     let token = st.store.create_agent_token(host, f.note.trim()).await?;
     st.store
         .audit(

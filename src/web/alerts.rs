@@ -5,7 +5,7 @@ use askama::Template;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::routes;
 
@@ -313,13 +313,8 @@ pub async fn silence(
         .filter(|s| !s.is_empty())
         .collect();
     let m = crate::alert::silence::parse_matchers(&items).map_err(ApiError::BadRequest)?;
-    if !(f.hours > 0.0 && f.hours <= 24.0 * 90.0) {
-        return Err(
-            ApiError::BadRequest("hours must be between 0 and 2160 (90 days)".into()).into(),
-        );
-    }
     let now = Utc::now();
-    let end = now + Duration::seconds((f.hours * 3600.0) as i64);
+    let end = crate::alert::silence::silence_end(now, f.hours).map_err(ApiError::BadRequest)?;
     let id = st
         .store
         .create_silence(&m, now, end, &user.name, &f.comment)
@@ -354,11 +349,12 @@ pub async fn expire(
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    if st.store.expire_silence(f.id).await? {
-        st.store
-            .audit(Entry::ok(&user.name, "silence.expired", &format!("silence {}", f.id)).from(ip))
-            .await?;
+    if !st.store.expire_silence(f.id).await? {
+        return Err(ApiError::NotFound(format!("no active silence with id {}", f.id)).into());
     }
+    st.store
+        .audit(Entry::ok(&user.name, "silence.expired", &format!("silence {}", f.id)).from(ip))
+        .await?;
     Ok(Redirect::to("/alerts").into_response())
 }
 
@@ -367,6 +363,7 @@ pub async fn expire(
 #[utoipa::path(
     get,
     path = "/api/v1/alerts",
+    operation_id = "alerts",
     tag = "alerts",
     responses(
         (status = 200, description = "The alerts.", body = Vec<AlertEntry>),

@@ -127,6 +127,7 @@ pub struct OverviewQuery {
     /// Only pools with hosts at this site, and its racks and disks (default: all sites).
     pub site: Option<String>,
     /// Page of pools, from 1 (24 a page, most urgent first).
+    #[param(minimum = 1)]
     pub page: Option<u32>,
 }
 
@@ -483,6 +484,7 @@ async fn page(
 #[utoipa::path(
     get,
     path = "/api/v1/capacity",
+    operation_id = "capacity",
     tag = "capacity",
     params(OverviewQuery),
     responses(
@@ -884,6 +886,8 @@ pub struct DemandRecorded {
         (status = 401, description = "No token or credentials.", body = ErrorBody),
         (status = 403, description = "A token of another pool, or a user below operator.", body = ErrorBody),
         (status = 404, description = "No host belongs to the pool.", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
     )
 )]
 async fn demand(
@@ -891,7 +895,7 @@ async fn demand(
     headers: HeaderMap,
     Path(pool): Path<String>,
     MaybeUser(user): MaybeUser,
-    body: Result<Json<DemandReport>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<DemandRecorded>, ApiError> {
     let token_pool = match super::ingest::bearer(&headers) {
         Some(t) => st.store.token_pool(t).await?,
@@ -912,12 +916,14 @@ async fn demand(
                 .into(),
         )),
     }
-    let Json(r) = body.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "expected {{\"pending_gpus\": N, \"ts\": RFC 3339 (optional), \"source\": \"…\" (optional)}}: {}",
-            e.body_text()
-        ))
-    })?;
+    let r: DemandReport = super::body::json(
+        &st,
+        &headers,
+        body,
+        super::body::Shape::Object,
+        r#"{"pending_gpus": N, "ts": RFC 3339 (optional), "source": "…" (optional)}"#,
+    )
+    .await?;
     if !st.store.pool_names().await?.contains(&pool) {
         return Err(ApiError::NotFound(format!(
             "no host belongs to pool {}",

@@ -321,6 +321,7 @@ pub struct WeeklyReport {
 #[utoipa::path(
     get,
     path = "/api/v1/energy/weekly",
+    operation_id = "energy_weekly",
     tag = "energy",
     params(ReportQuery),
     responses(
@@ -378,8 +379,8 @@ pub struct ReadingRejected {
 /// an interval.
 ///
 /// Hours they cover use the metered energy, so the site's PUE is measured. A reading for
-/// the same site and start replaces the earlier one; invalid readings are reported by
-/// index while the valid ones are stored.
+/// the same site and start replaces the earlier one; invalid readings (a field of the
+/// wrong type included) are reported by index while the valid ones are stored.
 #[utoipa::path(
     post,
     path = "/api/v1/facility/readings",
@@ -387,31 +388,63 @@ pub struct ReadingRejected {
     request_body = Vec<FacilityReading>,
     responses(
         (status = 200, description = "Stored and rejected counts.", body = ReadingsStored),
-        (status = 400, description = "Not a JSON array of readings.", body = ErrorBody),
+        (status = 400, description = "Not a JSON array (a reading that does not decode is rejected by index, with the field, and the others are stored).", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Needs the operator role.", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
     )
 )]
 pub async fn readings(
     State(st): State<AppState>,
     ApiUser(user): ApiUser,
-    body: Result<Json<Vec<FacilityReading>>, axum::extract::rejection::JsonRejection>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Json<ReadingsStored>, ApiError> {
     require(&user, Role::Operator)?;
-    let Json(readings) = body.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "expected a JSON array of {{site, start, end, energy_kwh}}: {}",
-            e.body_text()
-        ))
-    })?;
-    let (stored, rejected) = inputs::store_readings(&st.store, &readings, Utc::now()).await?;
-    let refused: std::collections::HashSet<usize> = rejected.iter().map(|(i, _)| *i).collect();
+    let items: Vec<serde_json::Value> = super::body::json(
+        &st,
+        &headers,
+        body,
+        super::body::Shape::Array,
+        "a JSON array of {site, start, end, energy_kwh}",
+    )
+    .await?;
+    // A reading that does not decode is rejected at its index like one that fails its
+    // checks; it does not sink the others.
+    let mut rejected = Vec::new();
+    let mut readings = Vec::with_capacity(items.len());
+    let mut index = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match serde_path_to_error::deserialize::<_, FacilityReading>(item) {
+            Ok(r) => {
+                index.push(i);
+                readings.push(r);
+            }
+            Err(e) => {
+                let path = e.path().to_string();
+                let why = e.into_inner();
+                rejected.push((
+                    i,
+                    if path == "." {
+                        why.to_string()
+                    } else {
+                        format!("{path}: {why}")
+                    },
+                ));
+            }
+        }
+    }
+    let (stored, refused) = inputs::store_readings(&st.store, &readings, Utc::now()).await?;
+    let refused_at: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
     let kept: Vec<String> = readings
         .iter()
         .enumerate()
-        .filter(|(i, _)| !refused.contains(i))
+        .filter(|(i, _)| !refused_at.contains(i))
         .map(|(_, r)| r.site.clone())
         .collect();
+    rejected.extend(refused.into_iter().map(|(i, why)| (index[i], why)));
+    rejected.sort_by_key(|(i, _)| *i);
     let unknown_sites = inputs::sites_without_hosts(&st.store, &kept).await?;
     Ok(Json(ReadingsStored {
         stored,

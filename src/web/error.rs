@@ -23,6 +23,9 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("{0}")]
     UnsupportedMedia(String),
+    /// The path exists, the method does not (the answer keeps the router's `Allow`).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The database cannot be reached: the client should retry later.
     #[error("database unavailable")]
     Unavailable,
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

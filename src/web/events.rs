@@ -40,7 +40,7 @@ pub fn title(kind: &str, code: i64) -> String {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Host name (default: all hosts).
+    /// Host name (default or empty: all hosts; an unknown host is a 404).
     host: Option<String>,
     /// RFC 3339 (default 7 days ago).
     #[param(example = "2026-11-16T00:00:00Z")]
@@ -59,6 +59,7 @@ pub struct EventsQuery {
         (status = 200, description = "The events.", body = Vec<EventRow>),
         (status = 400, description = "A bad time or limit.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 404, description = "No such host.", body = ErrorBody),
     )
 )]
 pub async fn events(
@@ -68,7 +69,13 @@ pub async fn events(
 ) -> Result<Json<Vec<EventRow>>, ApiError> {
     let since = parse_rfc3339("since", q.since.as_deref(), Utc::now() - Duration::days(7))?;
     let limit = super::params::limit(q.limit, 1000, 10_000)?;
-    Ok(Json(
-        st.store.events(q.host.as_deref(), since, limit).await?,
-    ))
+    // As on the anomalies endpoint: an empty `host` is every host, an unknown one a 404
+    // (not an empty list, which would read as a host without events).
+    let host = q.host.as_deref().filter(|h| !h.is_empty());
+    if let Some(h) = host {
+        if st.store.host_latest(h).await?.is_none() {
+            return Err(ApiError::NotFound(format!("no host named {h:?}")));
+        }
+    }
+    Ok(Json(st.store.events(host, since, limit).await?))
 }

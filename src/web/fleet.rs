@@ -15,7 +15,6 @@ use super::error::{ApiError, ErrorBody, PageError};
 use super::heatmap::*;
 use super::page::*;
 use super::params::{ApiQuery, PageQuery};
-use super::range::RangeParams;
 use super::AppState;
 use crate::model::format::num;
 use crate::store::queries::{GpuLatest, HostLatest};
@@ -155,11 +154,18 @@ pub struct FleetPage {
     pub pools_total: usize,
 }
 
+/// The fleet page's query: what the heatmap cells are coloured by.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetParams {
+    metric: Option<String>,
+}
+
 async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    PageQuery(q): PageQuery<RangeParams>,
+    PageQuery(q): PageQuery<FleetParams>,
 ) -> Result<Response, PageError> {
     let metric = Metric::parse(q.metric.as_deref())?;
     let (d, recs) = tokio::try_join!(load(&st, metric), async {
@@ -206,10 +212,11 @@ async fn page(
 #[utoipa::path(
     get,
     path = "/api/v1/fleet",
+    operation_id = "fleet",
     tag = "fleet",
     params(("metric" = Option<Metric>, Query, description = "What the heatmap cells are colored by (default util).")),
     responses(
-        (status = 200, body = FleetData),
+        (status = 200, description = "The fleet's KPIs and one heatmap cell per GPU.", body = FleetData),
         (status = 400, description = "Unknown metric.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
     )
@@ -217,7 +224,7 @@ async fn page(
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
-    ApiQuery(q): ApiQuery<RangeParams>,
+    ApiQuery(q): ApiQuery<FleetParams>,
 ) -> Result<Json<FleetData>, ApiError> {
     let metric = Metric::parse(q.metric.as_deref())?;
     Ok(Json(load(&st, metric).await?))

@@ -44,7 +44,7 @@ pub struct ForecastQuery {
     params(ForecastQuery),
     responses(
         (status = 200, description = "The forecasts.", body = Vec<StoredForecast>),
-        (status = 400, description = "Unknown scope or metric.", body = ErrorBody),
+        (status = 400, description = "Unknown scope or metric, or `demand_gpus` with `scope=host` (it is forecast for pools only).", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 404, description = "`key` names no pool or host (of `scope`); one without a forecast yet gets an empty list.", body = ErrorBody),
     )
@@ -68,6 +68,11 @@ pub async fn forecasts(
                 crate::analytics::forecast::METRICS.join(", ")
             )));
         }
+    }
+    if q.scope.as_deref() == Some("host") && q.metric.as_deref() == Some("demand_gpus") {
+        return Err(ApiError::BadRequest(
+            "metric \"demand_gpus\" is forecast for pools only (scope=pool)".into(),
+        ));
     }
     let found = st
         .store

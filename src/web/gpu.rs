@@ -431,6 +431,7 @@ fn temperature_rules(path: &str) -> Vec<(f64, String)> {
 #[utoipa::path(
     get,
     path = "/api/v1/hosts/{name}/gpus/{index}",
+    operation_id = "gpu",
     tag = "hosts",
     params(
         ("name" = String, Path, description = "Host name."),
@@ -439,9 +440,9 @@ fn temperature_rules(path: &str) -> Vec<(f64, String)> {
     ),
     responses(
         (status = 200, description = "The GPU page's data.", body = GpuData),
-        (status = 400, description = "A bad range or GPU index.", body = ErrorBody),
+        (status = 400, description = "A bad range.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
-        (status = 404, description = "No such host or GPU.", body = ErrorBody),
+        (status = 404, description = "No such host or GPU (an index that is not a whole number from 0 names no GPU).", body = ErrorBody),
     )
 )]
 async fn json(

@@ -636,6 +636,7 @@ async fn samples(
 #[utoipa::path(
     get,
     path = "/api/v1/hosts/{name}",
+    operation_id = "host",
     tag = "hosts",
     params(("name" = String, Path, description = "Host name."), RangeDoc),
     responses(

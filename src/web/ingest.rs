@@ -56,6 +56,7 @@ impl From<IngestError> for ApiError {
 #[utoipa::path(
     post,
     path = "/api/v1/ingest",
+    operation_id = "ingest",
     tag = "ingest",
     request_body = Batch,
     params(("Content-Encoding" = Option<String>, Header, description = "`gzip` for a compressed body; none for plain JSON.")),
@@ -128,9 +129,9 @@ async fn run(
             retry_after: wait,
         });
     }
-    json_body(headers)?;
+    super::body::require_json(headers)?;
     let _slot = slot(st).await?;
-    let bytes = read_body(st, body).await?;
+    let bytes = super::body::read(st, body).await?;
     st.metrics.ingest.bytes.inc_by(bytes.len() as u64);
     let encoding = headers
         .get(header::CONTENT_ENCODING)
@@ -173,47 +174,6 @@ pub(super) async fn slot(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePer
         .ok_or_else(|| {
             ApiError::Busy("the server is at its ingest concurrency limit; retry shortly".into())
         })
-}
-
-/// Read a request body up to `server.max_body_bytes`: over it is 413, a body that stops
-/// arriving for `server.body_timeout_secs` is 408.
-pub(super) async fn read_body(st: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
-    let max = st.cfg.server.max_body_bytes;
-    axum::body::to_bytes(body, max).await.map_err(|e| {
-        let mut chain: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(c) = chain {
-            if c.is::<http_body_util::LengthLimitError>() {
-                return ApiError::TooLarge(format!(
-                    "body is over {max} bytes (server.max_body_bytes); send smaller batches"
-                ));
-            }
-            if c.is::<tower_http::timeout::TimeoutError>() {
-                return ApiError::RequestTimeout(format!(
-                    "the body stopped arriving for {} s (server.body_timeout_secs)",
-                    st.cfg.server.body_timeout_secs
-                ));
-            }
-            chain = c.source();
-        }
-        ApiError::BadRequest(format!("the body could not be read: {e}"))
-    })
-}
-
-/// Ingest bodies are JSON; anything else is refused before it is read.
-fn json_body(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMedia(format!(
-            "Content-Type must be application/json, not {}",
-            crate::model::validate::quoted(ct)
-        )))
-    }
 }
 
 /// The bearer token of a request.

@@ -13,7 +13,6 @@ use super::auth::{ApiUser, Csrf, PageUser};
 use super::error::{ApiError, ErrorBody, PageError};
 use super::page::*;
 use super::params::{ApiQuery, PageQuery};
-use super::range::RangeParams;
 use super::AppState;
 use crate::model::format::bytes;
 use crate::store::series::InventoryRow;
@@ -71,11 +70,18 @@ pub struct InventoryPage {
     pub gpus: usize,
 }
 
+/// The inventory's query: the search text.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryParams {
+    q: Option<String>,
+}
+
 async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
-    PageQuery(q): PageQuery<RangeParams>,
+    PageQuery(q): PageQuery<InventoryParams>,
 ) -> Result<Response, PageError> {
     let d = load(&st, q.q.as_deref().unwrap_or("")).await?;
     let mut hosts: Vec<&str> = d.rows.iter().map(|r| r.host_name.as_str()).collect();
@@ -119,6 +125,7 @@ async fn page(
 #[utoipa::path(
     get,
     path = "/api/v1/inventory",
+    operation_id = "inventory",
     tag = "inventory",
     params(("q" = Option<String>, Query, description = "Case-insensitive substring of host, site, rack, pool, model, UUID, driver or agent version.", example = "h100")),
     responses(
@@ -129,7 +136,7 @@ async fn page(
 async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
-    ApiQuery(q): ApiQuery<RangeParams>,
+    ApiQuery(q): ApiQuery<InventoryParams>,
 ) -> Result<Json<InventoryData>, ApiError> {
     Ok(Json(load(&st, q.q.as_deref().unwrap_or("")).await?))
 }

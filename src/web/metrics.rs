@@ -29,6 +29,7 @@ pub fn refusal(e: &ApiError) -> IngestRefusal {
     match e {
         ApiError::BadRequest(_)
         | ApiError::UnsupportedMedia(_)
+        | ApiError::MethodNotAllowed(_)
         | ApiError::NotFound(_)
         | ApiError::RequestTimeout(_) => IngestRefusal::BadRequest,
         ApiError::Unauthorized(_) => IngestRefusal::Unauthorized,

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod alerts;
 pub mod anomalies;
 pub mod auth;
+pub mod body;
 pub mod capacity;
 pub mod charts;
 pub mod energy;

@@ -74,6 +74,19 @@ impl utoipa::Modify for SecuritySchemes {
             ),
         );
         c.add_security_scheme(
+            "remote_write_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A remote-write token (`rackwatch token create --write-site SITE` or \
+                         `--write-hosts A,B`), bound to the hosts it may write for; \
+                         Prometheus sends it as `remote_write.authorization.credentials`.",
+                    ))
+                    .build(),
+            ),
+        );
+        c.add_security_scheme(
             "scheduler_token",
             SecurityScheme::Http(
                 HttpBuilder::new()

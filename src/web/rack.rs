@@ -219,16 +219,38 @@ pub struct RackPage {
     pub alerts: Vec<AlertTouchView>,
 }
 
+/// The rack page's query: a range and the heatmap's metric.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RackParams {
+    range: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    tzo: Option<i32>,
+    metric: Option<String>,
+}
+
+impl RackParams {
+    fn range(&self) -> RangeParams {
+        RangeParams {
+            range: self.range.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            tzo: self.tzo,
+        }
+    }
+}
+
 async fn page(
     State(st): State<AppState>,
     PageUser(user): PageUser,
     csrf: Csrf,
     Path((site, rack)): Path<(String, String)>,
-    PageQuery(q): PageQuery<RangeParams>,
+    PageQuery(q): PageQuery<RackParams>,
 ) -> Result<Response, PageError> {
     let (site, rack) = (place_from_seg(site), place_from_seg(rack));
     let now = Utc::now();
-    let r = q.resolve_overview(now, "1h")?;
+    let r = q.range().resolve_overview(now, "1h")?;
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = load(&st, &site, &rack, r.clone(), metric).await?;
     render_off(move || {
@@ -421,6 +443,7 @@ fn rack_gpu_charts(
 #[utoipa::path(
     get,
     path = "/api/v1/racks/{site}/{rack}",
+    operation_id = "rack",
     tag = "racks",
     params(
         ("site" = String, Path, description = "Site name; `-` for hosts whose agent sets no site."),
@@ -439,10 +462,10 @@ async fn json(
     State(st): State<AppState>,
     _u: ApiUser,
     Path((site, rack)): Path<(String, String)>,
-    ApiQuery(q): ApiQuery<RangeParams>,
+    ApiQuery(q): ApiQuery<RackParams>,
 ) -> Result<Json<RackData>, ApiError> {
     let (site, rack) = (place_from_seg(site), place_from_seg(rack));
-    let r = q.resolve_overview(Utc::now(), "1h")?;
+    let r = q.range().resolve_overview(Utc::now(), "1h")?;
     let metric = Metric::parse(q.metric.as_deref())?;
     Ok(Json(load(&st, &site, &rack, r, metric).await?))
 }

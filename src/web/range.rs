@@ -34,7 +34,8 @@ pub const QUARTER_SECS: i64 = 900;
 /// Longest custom range: the 1-minute rollups are kept 90 days.
 pub const MAX_RANGE_DAYS: i64 = 90;
 
-/// The query parameters of a page with a range.
+/// The query parameters of a page with a range (host, GPU; the rack page adds its
+/// heatmap's `metric`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RangeParams {
@@ -43,10 +44,6 @@ pub struct RangeParams {
     pub to: Option<String>,
     /// The browser's `getTimezoneOffset()` in minutes, for `datetime-local` inputs.
     pub tzo: Option<i32>,
-    /// Fleet heatmap metric.
-    pub metric: Option<String>,
-    /// Inventory search.
-    pub q: Option<String>,
 }
 
 /// The range parameters of the host, GPU and rack endpoints as the API document lists

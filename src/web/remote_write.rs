@@ -12,8 +12,9 @@ use chrono::Utc;
 use utoipa_axum::routes;
 
 use super::access::Routes;
+use super::body;
 use super::error::{ApiError, ErrorBody};
-use super::ingest::{bearer, read_body, slot};
+use super::ingest::{bearer, slot};
 use super::AppState;
 use crate::ingest::remote_write::{self, Dropped, Written};
 use crate::model::telemetry::{DropLabel, ReasonLabel};
@@ -34,10 +35,11 @@ pub fn api_routes() -> Routes {
 #[utoipa::path(
     post,
     path = "/api/v1/write",
+    operation_id = "remote_write",
     tag = "ingest",
     request_body(content = Vec<u8>, content_type = "application/x-protobuf", description = "A snappy-compressed `prometheus.WriteRequest`."),
     params(("Content-Encoding" = Option<String>, Header, description = "`snappy` (remote write 1.0 always sends it).")),
-    security(("agent_token" = [])),
+    security(("remote_write_token" = [])),
     responses(
         (status = 204, description = "Stored (samples that failed validation are counted on /metrics and logged)."),
         (status = 400, description = "Not a snappy-compressed WriteRequest.", body = ErrorBody),
@@ -114,7 +116,7 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Written, 
         .ok_or_else(|| ApiError::Unauthorized("unknown or revoked remote-write token".into()))?;
     protobuf_body(headers)?;
     let _slot = slot(st).await?;
-    let bytes = read_body(st, body).await?;
+    let bytes = body::read(st, body).await?;
     st.metrics.remote_write.bytes.inc_by(bytes.len() as u64);
     let encoding = headers
         .get(header::CONTENT_ENCODING)

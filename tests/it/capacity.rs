@@ -652,6 +652,59 @@ async fn bad_capacity_input_gets_a_clear_error() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("pending_gpus"));
+    // The report's fields written as an array would decode field by field; it is not
+    // the documented body and is refused, as are other top-level kinds.
+    for body in [json!([3, null, "slurm"]), json!(3), json!(null)] {
+        let r = post(url("p1"), &token, body.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        let e = e["error"].as_str().unwrap();
+        assert!(
+            e.starts_with("expected {\"pending_gpus\": N") && e.contains("the body is"),
+            "{e}"
+        );
+    }
+    let r = post(url("p1"), &token, json!({"pending_gpus": "3"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("pending_gpus: invalid type: string"));
+    // The body cap is the server's (`server.max_body_bytes`), answered 413, not a
+    // framework default answered 400; under the cap a long body is read and judged.
+    let max = rackwatch::config::Config::default().server.max_body_bytes;
+    let padded = |n: usize| format!("{{\"pending_gpus\": 1, \"source\": \"{}\"}}", "x".repeat(n));
+    let send = |body: String| {
+        app.http
+            .post(url("p1"))
+            .bearer_auth(token.clone())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = send(padded(max)).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("server.max_body_bytes"));
+    let r = send(padded(3 << 20)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("at most 64 printable characters"));
+    let r = app
+        .http
+        .post(url("p1"))
+        .bearer_auth(token.clone())
+        .header("content-type", "text/plain")
+        .body(r#"{"pending_gpus": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
     let r = post(url("other"), &token, json!({"pending_gpus": 1}))
         .await
         .unwrap();

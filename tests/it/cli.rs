@@ -108,6 +108,87 @@ async fn token_create_and_user_add_work_against_the_database() {
         .unwrap();
     assert!(ok);
     assert!(out.contains("cli-host") && !out.contains(&token), "{out}");
+
+    // Bad input is an error that says what is wrong, never a panic (exit 101) and never a
+    // token or silence that can do nothing.
+    for (args, want) in [
+        (
+            vec!["token", "create", "--pool", ""],
+            "host.pool must not be empty",
+        ),
+        (
+            vec!["token", "create", "--host", "a\nb"],
+            "host.name contains control characters",
+        ),
+        (
+            vec![
+                "alerts",
+                "silence",
+                "--match",
+                "host=x",
+                "--duration",
+                "100000000d",
+            ],
+            "--duration 100000000d: a silence lasts more than 0 and at most 2160 hours (90 days)",
+        ),
+        (
+            vec![
+                "alerts",
+                "silence",
+                "--match",
+                "host=x",
+                "--duration",
+                "9999999999999999999999h",
+            ],
+            "at most 2160 hours",
+        ),
+        (
+            vec!["alerts", "silence", "--match", "host=x", "--duration", "0m"],
+            "more than 0",
+        ),
+        (
+            vec![
+                "alerts", "silence", "--match", "host=a", "--match", "host=b",
+            ],
+            "matcher label host is given twice",
+        ),
+        (
+            vec!["alerts", "silence", "--match", "host="],
+            "has no value",
+        ),
+    ] {
+        let url = app.db_url.clone();
+        let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (ok, _, err) = tokio::task::spawn_blocking(move || {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            rackwatch(&url, &argv, "")
+        })
+        .await
+        .unwrap();
+        assert!(
+            !ok && err.contains(want) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    // The longest silence is accepted.
+    let url = app.db_url.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        rackwatch(
+            &url,
+            &[
+                "alerts",
+                "silence",
+                "--match",
+                "host=x",
+                "--duration",
+                "90d",
+            ],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.starts_with("silence "), "{err}");
     app.stop().await;
 }
 

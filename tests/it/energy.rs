@@ -699,7 +699,9 @@ async fn facility_meter_readings_make_the_pue_measured() {
     let readings = json!([
         {"site": "ams2", "start": h0, "end": h0 + Duration::hours(2), "energy_kwh": 1.56},
         {"site": "ams2", "start": h0, "end": h0 - Duration::hours(1), "energy_kwh": 1.0},
-        {"site": "ams2", "start": h0 - Duration::hours(5), "end": h0 - Duration::hours(4), "energy_kwh": -3.0}
+        {"site": "ams2", "start": h0 - Duration::hours(5), "end": h0 - Duration::hours(4), "energy_kwh": -3.0},
+        {"site": "ams2", "start": h0 - Duration::hours(6), "end": h0 - Duration::hours(5), "energy_kwh": "1.2"},
+        {"site": "ams2", "start": h0 - Duration::hours(6)}
     ]);
     let resp: Value = app
         .post_json(&admin, "/api/v1/facility/readings", &readings)
@@ -707,13 +709,27 @@ async fn facility_meter_readings_make_the_pue_measured() {
         .json()
         .await
         .unwrap();
+    // A reading that does not decode is rejected at its index like one that fails its
+    // checks; the good one is stored either way.
     assert_eq!(resp["stored"], 1, "{resp}");
-    assert_eq!(resp["rejected"], 2);
-    assert_eq!(resp["errors"][0]["index"], 1);
-    assert!(resp["errors"][0]["reason"]
-        .as_str()
+    assert_eq!(resp["rejected"], 4);
+    let errors: Vec<(u64, &str)> = resp["errors"]
+        .as_array()
         .unwrap()
-        .contains("not after"));
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "{resp}"
+    );
+    assert!(errors[0].1.contains("not after"), "{resp}");
+    assert!(
+        errors[2].1.starts_with("energy_kwh: invalid type: string"),
+        "{resp}"
+    );
+    assert!(errors[3].1.contains("missing field `end`"), "{resp}");
     assert_eq!(resp["unknown_sites"], json!([]), "ams2 has a host");
     // A reading for a site no host reports (a typo) is kept, and the answer names it.
     let typo = json!([

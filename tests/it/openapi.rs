@@ -173,6 +173,52 @@ fn the_document_is_generated_with_every_api_path() {
     }
 }
 
+/// What OpenAPI 3.1 requires of operations beyond the schemas, and code generators rely
+/// on: every operation has a unique `operationId`, every response a `description`, and
+/// every security requirement names a scheme the document defines.
+#[test]
+fn operations_have_unique_ids_described_responses_and_defined_security() {
+    let doc = document();
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    let mut ids = std::collections::BTreeMap::<String, String>::new();
+    let mut problems = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(responses) = op.get("responses").and_then(Value::as_object) else {
+                continue;
+            };
+            let at = format!("{} {path}", method.to_uppercase());
+            match op["operationId"].as_str() {
+                None => problems.push(format!("{at}: no operationId")),
+                Some(id) => {
+                    if let Some(other) = ids.insert(id.to_string(), at.clone()) {
+                        problems.push(format!("{at}: operationId {id:?} is also {other}"));
+                    }
+                }
+            }
+            for (code, r) in responses {
+                if !r["description"].is_string() {
+                    problems.push(format!("{at}: response {code} has no description"));
+                }
+            }
+            for req in op["security"].as_array().into_iter().flatten() {
+                for name in req.as_object().unwrap().keys() {
+                    if !schemes.contains_key(name) {
+                        problems.push(format!("{at}: security scheme {name:?} is not defined"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(ids.len() > 20, "{} operations", ids.len());
+    assert!(problems.is_empty(), "{problems:#?}");
+    // Remote write takes its own kind of token, not an agent's.
+    assert_eq!(
+        doc["paths"]["/api/v1/write"]["post"]["security"],
+        json!([{"remote_write_token": []}])
+    );
+}
+
 /// Every `/api/` route the server registers is in the document. API handlers are
 /// registered with `routes!(handler)`, which takes the path from the handler's
 /// `#[utoipa::path]`, so they are documented by construction; a route added with a plain

@@ -444,12 +444,72 @@ async fn unknown_or_malformed_parameters_are_named_not_ignored() {
             "/api/v1/hosts/gpu-par/samples?metric=gpu_temp_c",
             "query string: unknown parameter `metric`, expected `from` or `to`",
         ),
+        // Each page's endpoint takes its own parameters, not every page's.
+        (
+            "/api/v1/inventory?range=6h",
+            "query string: unknown parameter `range`, expected `q`",
+        ),
+        (
+            "/api/v1/fleet?q=h100",
+            "query string: unknown parameter `q`, expected `metric`",
+        ),
+        (
+            "/api/v1/hosts/gpu-par?metric=power",
+            "query string: unknown parameter `metric`, expected one of `range`, `from`, `to`, `tzo`",
+        ),
+        (
+            "/api/v1/hosts/gpu-par/gpus/0?q=x",
+            "query string: unknown parameter `q`, expected one of `range`, `from`, `to`, `tzo`",
+        ),
+        (
+            "/api/v1/forecasts?scope=host&metric=demand_gpus",
+            "metric \"demand_gpus\" is forecast for pools only (scope=pool)",
+        ),
     ] {
         let r = get(path.to_string()).await.unwrap();
         assert_eq!(r.status(), 400, "{path}");
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["error"], expect, "{path}");
     }
+    // A host filter names a host, as on the anomalies endpoint: an unknown one is a 404,
+    // an empty one is every host.
+    let r = get("/api/v1/events?host=no-such-host".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "no host named \"no-such-host\"");
+    for path in ["/api/v1/events?host=", "/api/v1/events?host=gpu-par"] {
+        assert_eq!(get(path.into()).await.unwrap().status(), 200, "{path}");
+    }
+    // Another method on a known path: 405 with the error body every error has, and Allow.
+    let r = app
+        .http
+        .put(format!("{}/api/v1/capacity", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET,HEAD");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["error"],
+        "method PUT is not allowed here; this path takes GET"
+    );
+    let r = app
+        .http
+        .delete(format!("{}/alerts", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("method DELETE is not allowed here; this path takes GET"));
     let r = get("/hosts/gpu-par?rnage=6h".into()).await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.headers()["content-type"]

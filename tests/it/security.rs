@@ -109,7 +109,7 @@ fn call(r: &RouteRule) -> Call {
             ],
             303,
         ),
-        ("POST", "/silences/expire") => form(vec![("id", "999999".into())], 303),
+        ("POST", "/silences/expire") => form(vec![("id", "999999".into())], 404),
         ("POST", "/admin/users") => form(
             vec![
                 ("name", "matrix-made".into()),
@@ -598,7 +598,23 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
         "gpu-9",
         "ok"
     ));
-    let id = app.store.list_tokens().await.unwrap()[0].id;
+    let listed = app.store.list_tokens().await.unwrap();
+    assert_eq!(
+        (listed[0].kind.as_str(), listed[0].host_name.as_str()),
+        ("agent", "gpu-9")
+    );
+    let id = listed[0].id;
+    // The form checks a host name as the command line and ingest do.
+    let r = post("/admin/tokens", vec![("host", "gpu-9\nx".into())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("host.name contains control characters"));
+    assert_eq!(app.store.list_tokens().await.unwrap().len(), 1);
     let r = app
         .http
         .post(format!("{}/admin/tokens/{id}/revoke", app.base))

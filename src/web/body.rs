@@ -1,0 +1,160 @@
+//! Request bodies: read after the caller is authorized, capped at `server.max_body_bytes`
+//! (413), and for JSON routes checked for their content type (415), their top-level shape
+//! and their fields (400, naming the field).
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::model::validate::quoted;
+
+/// Read a request body up to `server.max_body_bytes`: over it is 413, a body that stops
+/// arriving for `server.body_timeout_secs` is 408.
+pub async fn read(st: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let max = st.cfg.server.max_body_bytes;
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        let mut chain: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = chain {
+            if c.is::<http_body_util::LengthLimitError>() {
+                return ApiError::TooLarge(format!(
+                    "body is over {max} bytes (server.max_body_bytes); send smaller batches"
+                ));
+            }
+            if c.is::<tower_http::timeout::TimeoutError>() {
+                return ApiError::RequestTimeout(format!(
+                    "the body stopped arriving for {} s (server.body_timeout_secs)",
+                    st.cfg.server.body_timeout_secs
+                ));
+            }
+            chain = c.source();
+        }
+        ApiError::BadRequest(format!("the body could not be read: {e}"))
+    })
+}
+
+/// JSON bodies only; anything else is refused before the body is read.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMedia(format!(
+            "Content-Type must be application/json, not {}",
+            quoted(ct)
+        )))
+    }
+}
+
+/// The JSON value a route takes at the top of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Object,
+    Array,
+}
+
+/// A JSON body of `shape` decoded into `T`. `expected` describes the body in the error
+/// (`{"pending_gpus": N, …}`); a field that does not decode is named by its path
+/// (`[3].energy_kwh`). Serde alone would also take a struct written as an array of its
+/// fields, which the API documents nowhere, so the shape is checked first.
+pub async fn json<T: DeserializeOwned>(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    shape: Shape,
+    expected: &str,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let bytes = read(st, body).await?;
+    decode(&bytes, shape, expected)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], shape: Shape, expected: &str) -> Result<T, ApiError> {
+    let bad = |why: String| ApiError::BadRequest(format!("expected {expected}: {why}"));
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let kind = match &value {
+        serde_json::Value::Object(_) => Shape::Object,
+        serde_json::Value::Array(_) => Shape::Array,
+        _ => return Err(bad(format!("the body is {}", json_kind(&value)))),
+    };
+    if kind != shape {
+        return Err(bad(format!("the body is {}", json_kind(&value))));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            bad(e.into_inner().to_string())
+        } else {
+            bad(format!("{path}: {}", e.into_inner()))
+        }
+    })
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Report {
+        n: f64,
+        #[serde(default)]
+        source: String,
+    }
+
+    #[test]
+    fn a_body_gets_its_shape_then_its_fields_checked_and_the_error_names_the_field() {
+        let ok: Report = decode(br#"{"n": 3}"#, Shape::Object, "{n}").unwrap();
+        assert_eq!(
+            ok,
+            Report {
+                n: 3.0,
+                source: String::new()
+            }
+        );
+        let list: Vec<Report> = decode(br#"[{"n": 1}]"#, Shape::Array, "[{n}]").unwrap();
+        assert_eq!(list.len(), 1);
+
+        let err = |b: &[u8], shape| decode::<Report>(b, shape, "{n}").unwrap_err().to_string();
+        // Serde would read this array as the struct's fields in order.
+        assert_eq!(
+            err(br#"[3, "slurm"]"#, Shape::Object),
+            "expected {n}: the body is an array"
+        );
+        assert_eq!(
+            err(b"null", Shape::Object),
+            "expected {n}: the body is null"
+        );
+        assert!(err(b"{", Shape::Object).starts_with("expected {n}: not JSON ("));
+        assert_eq!(
+            err(br#"{"n": "3"}"#, Shape::Object),
+            "expected {n}: n: invalid type: string \"3\", expected f64"
+        );
+        assert!(err(br#"{"n": 3, "x": 1}"#, Shape::Object).contains("unknown field `x`"));
+        assert!(err(br#"{}"#, Shape::Object).ends_with("missing field `n`"));
+        let e = decode::<Vec<Report>>(br#"[{"n": 1}, {"n": true}]"#, Shape::Array, "[{n}]")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "expected [{n}]: [1].n: invalid type: boolean `true`, expected f64"
+        );
+    }
+}
