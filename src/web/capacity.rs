@@ -230,6 +230,9 @@ pub struct PoolView {
     pub actions: Vec<String>,
     pub evidence: String,
     pub note: String,
+    /// On a site's tab, for a pool with hosts at other sites too: that its figures are
+    /// the whole pool's.
+    pub spans: String,
 }
 
 /// A dated resource row (rack power, disk).
@@ -273,6 +276,8 @@ pub struct CapacityPage {
     pub price: String,
     /// "at dc0" or "".
     pub at: String,
+    /// " with hosts at SITE" on a site's tab.
+    pub pools_at: String,
     /// This page's JSON twin.
     pub json: String,
 }
@@ -346,8 +351,20 @@ fn overview_link(site: Option<&str>, page: u32) -> String {
     }
 }
 
-fn pool_view(p: &PoolSummary) -> PoolView {
+fn pool_view(p: &PoolSummary, site: Option<&str>) -> PoolView {
+    let spans = match site {
+        Some(_) if p.sites.len() > 1 => format!(
+            "The whole pool's figures: its hosts are at {}.",
+            p.sites
+                .iter()
+                .map(|s| if s.is_empty() { "no site" } else { s.as_str() })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => String::new(),
+    };
     PoolView {
+        spans,
         pool: p.pool.clone(),
         link: format!("/capacity/pools/{}", seg(&p.pool)),
         installed: format!("{} GPUs", p.installed_gpus),
@@ -411,12 +428,16 @@ async fn page(
             })
             .collect();
         let at = site.map(|s| format!(" at {s}")).unwrap_or_default();
+        // A pool may span sites: a site's tab lists the pools with hosts there.
+        let pools_at = site
+            .map(|s| format!(" with hosts at {s}"))
+            .unwrap_or_default();
         let first = (d.page - 1) * POOLS_PER_PAGE + 1;
         let shown = if d.total_pools == 0 {
             String::new()
         } else {
             format!(
-                "Pools {first}–{} of {}{at}, most urgent first: orders, then GPUs to release, then no change (page {} of {}).",
+                "Pools {first}–{} of {}{pools_at}, most urgent first: orders, then GPUs to release, then no change (page {} of {}).",
                 first as usize + d.pools.len() - 1,
                 d.total_pools,
                 d.page,
@@ -463,7 +484,7 @@ async fn page(
             shown,
             prev: (d.page > 1).then(|| overview_link(site, d.page - 1)),
             next: (d.page < d.pages).then(|| overview_link(site, d.page + 1)),
-            pools: d.pools.iter().map(pool_view).collect(),
+            pools: d.pools.iter().map(|p| pool_view(p, site)).collect(),
             racks_more: more(racks.len(), d.racks_total, "racks"),
             racks,
             disks_more: more(disks.len(), d.disks_total, "disks"),
@@ -472,6 +493,7 @@ async fn page(
             lead_days: d.lead_days,
             price: format!("{}", d.price),
             at,
+            pools_at,
             json: overview_link(site, d.page).replacen("/capacity", "/api/v1/capacity", 1),
         })
     })
@@ -733,6 +755,7 @@ async fn pool_page(
                 actions: s.actions.clone(),
                 evidence: evidence_text(&s.evidence),
                 note: s.note.clone(),
+                spans: String::new(),
             },
             chart,
             wide_svg,

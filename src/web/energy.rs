@@ -175,12 +175,19 @@ pub async fn page(
         None if days(2) > 0 && days(2) >= days(1) => weeks[1],
         None => weeks[0],
     };
-    let shown_days = weeks
-        .iter()
-        .position(|w| *w == week)
-        .map_or(7, |i| days(i as i64 + 1));
     let running = week == weeks[0];
     let report = build(&st, week, site, now).await?;
+    // A week older than the listed ones counts its days from its own report.
+    let shown_days = weeks.iter().position(|w| *w == week).map_or_else(
+        || {
+            report
+                .days
+                .iter()
+                .filter(|d| d.gpu_busy_kwh + d.gpu_idle_kwh + d.host_kwh > 0.0)
+                .count() as i64
+        },
+        |i| days(i as i64 + 1),
+    );
     let kwh = |j: f64| format!("{:.1} kWh", j / 3.6e6);
     let lines = weeks
         .iter()
@@ -232,19 +239,56 @@ pub async fn page(
     Ok(render(&p))
 }
 
-/// `GET /energy/reports/2026-W47.csv?site=S` (also `.parquet`, `.html`).
 /// docs/energy.md, compiled in: what every figure of the report means.
 const ENERGY_DOC: &str = include_str!("../../docs/energy.md");
+
+/// The definitions as HTML, rendered once.
+static ENERGY_HTML: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| doc_html(ENERGY_DOC));
+
+/// Markdown of the repository's docs as a page's HTML: tables and code blocks as such;
+/// links to other files of `docs/` (which the server does not serve) keep their text only,
+/// and raw HTML is shown as text.
+fn doc_html(markdown: &str) -> String {
+    use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+    let mut kept = Vec::new();
+    let events = Parser::new_ext(markdown, Options::ENABLE_TABLES).filter_map(|e| match e {
+        Event::Start(Tag::Link { ref dest_url, .. }) => {
+            let keep = dest_url.starts_with("https://") || dest_url.starts_with('/');
+            kept.push(keep);
+            keep.then_some(e)
+        }
+        Event::End(TagEnd::Link) => kept.pop().unwrap_or(false).then_some(e),
+        Event::Html(h) | Event::InlineHtml(h) => Some(Event::Text(h)),
+        e => Some(e),
+    });
+    // Tables and code blocks (diagrams) scroll sideways in their own box on a phone.
+    let events = events.flat_map(|e| {
+        let (before, after) = match &e {
+            Event::Start(Tag::Table(_) | Tag::CodeBlock(_)) => {
+                (Some(Event::Html(r#"<div class="scroll">"#.into())), None)
+            }
+            Event::End(TagEnd::Table | TagEnd::CodeBlock) => {
+                (None, Some(Event::Html("</div>".into())))
+            }
+            _ => (None, None),
+        };
+        before.into_iter().chain(std::iter::once(e)).chain(after)
+    });
+    let mut html = String::with_capacity(markdown.len() * 3 / 2);
+    pulldown_cmark::html::push_html(&mut html, events);
+    html
+}
 
 #[derive(Template)]
 #[template(path = "doc.html")]
 pub struct DocPage {
     pub nav: Nav,
     pub title: &'static str,
-    pub text: &'static str,
+    /// Rendered from the project's own Markdown (trusted, compiled in).
+    pub html: &'static str,
 }
 
-/// `/docs/energy`: the definitions behind the energy report, as text.
+/// `/docs/energy`: the definitions behind the energy report.
 pub async fn definitions(
     PageUser(user): PageUser,
     csrf: Csrf,
@@ -253,10 +297,11 @@ pub async fn definitions(
     render(&DocPage {
         nav: Nav::new(&user, csrf, "energy"),
         title: "Energy report: definitions",
-        text: ENERGY_DOC,
+        html: ENERGY_HTML.as_str(),
     })
 }
 
+/// `GET /energy/reports/2026-W47.csv?site=S` (also `.parquet`, `.html`).
 pub async fn file(
     State(st): State<AppState>,
     _u: ApiUser,
@@ -455,4 +500,36 @@ pub async fn readings(
             .map(|(index, reason)| ReadingRejected { index, reason })
             .collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definitions_render_as_html_without_dead_links_or_raw_html() {
+        let h = doc_html("# T\n\nSee [B](BENCHMARKS.md) and [R](https://example.org).\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```\nx -> y\n```\n\n<script>x</script>\n");
+        assert!(h.contains("<h1>T</h1>"), "{h}");
+        assert!(
+            h.contains("See B and <a href=\"https://example.org\">R</a>"),
+            "{h}"
+        );
+        assert!(
+            h.contains("<div class=\"scroll\"><table>") && h.contains("<td>2</td>"),
+            "{h}"
+        );
+        assert!(
+            h.contains("<div class=\"scroll\">\n<pre><code>x -&gt; y\n</code></pre>\n</div>"),
+            "{h}"
+        );
+        assert!(
+            h.contains("&lt;script&gt;") && !h.contains("<script>"),
+            "{h}"
+        );
+        let doc = ENERGY_HTML.as_str();
+        assert!(
+            doc.starts_with("<h1>") && !doc.contains("BENCHMARKS.md\""),
+            "{doc}"
+        );
+    }
 }

@@ -178,10 +178,9 @@ async fn page(
             .iter()
             .filter(|r| crate::analytics::capacity::short_within(r, lead, now))
             .count();
-        let pools_spare = recs
-            .iter()
-            .filter(|r| !r.consolidation.0.is_empty())
-            .count();
+        // As the capacity page sorts them: pools whose first action releases GPUs (at
+        // night, or hosts to drain for good).
+        let pools_spare = recs.iter().filter(|r| r.urgency == 1).count();
         let rows = host_table_rows(&d.hosts, &d.gpus, now);
         let page = FleetPage {
             nav: Nav::new(&user, csrf, "fleet"),

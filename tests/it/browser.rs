@@ -209,8 +209,25 @@ async fn pages_say_what_they_show(app: &TestApp) {
         "empty weeks without downloads"
     );
     assert!(energy.contains(r#"<a href="/docs/energy">docs/energy.md</a>"#));
+    assert!(
+        energy.contains("Energy per day"),
+        "a week with data shows its report"
+    );
+    // A finished week without data says so once, without a report of zeros.
+    let (st, empty) = app.page(&cookie, "/energy?week=2026-W01").await;
+    assert_eq!(st, 200);
+    assert!(
+        empty.contains(" · no data</p>")
+            && empty.contains("Nothing was measured in this week")
+            && !empty.contains("Energy per day")
+            && !empty.contains("partial week"),
+        "an empty week"
+    );
     let (st, doc) = app.page(&cookie, "/docs/energy").await;
-    assert!(st == 200 && doc.contains("<pre class=\"doc\">"), "{st}");
+    assert!(
+        st == 200 && doc.contains("<article class=\"doc\"><h1>") && !doc.contains("\n# "),
+        "{st}: the definitions are rendered, not Markdown text"
+    );
     // Browser routes answer errors as pages, the API as JSON.
     let (st, bad) = app.page(&cookie, "/hosts/sim-fra1-r01-n03/gpus/abc").await;
     assert!(
