@@ -34,6 +34,9 @@ pub const QUARTER_SECS: i64 = 900;
 /// Longest custom range: the 1-minute rollups are kept 90 days.
 pub const MAX_RANGE_DAYS: i64 = 90;
 
+/// The largest `tzo`: 16 hours (time zones run from UTC−12 to UTC+14).
+const MAX_TZO: i32 = 16 * 60;
+
 /// The query parameters of a page with a range (host, GPU; the rack page adds its
 /// heatmap's `metric`).
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +66,7 @@ pub struct RangeDoc {
     to: Option<String>,
     /// Minutes UTC − local, for YYYY-MM-DDTHH:MM times (a browser's
     /// `getTimezoneOffset()`).
+    #[param(minimum = -960, maximum = 960)]
     tzo: Option<i32>,
 }
 
@@ -127,7 +131,12 @@ impl RangeParams {
     ) -> Result<TimeRange, ApiError> {
         let from = self.from.as_deref().filter(|s| !s.is_empty());
         let to = self.to.as_deref().filter(|s| !s.is_empty());
-        let tzo = self.tzo.unwrap_or(0).clamp(-16 * 60, 16 * 60);
+        let tzo = self.tzo.unwrap_or(0);
+        if tzo.abs() > MAX_TZO {
+            return Err(ApiError::BadRequest(format!(
+                "`tzo` = {tzo}: minutes of UTC − local time (a browser's getTimezoneOffset()), from −{MAX_TZO} to {MAX_TZO}"
+            )));
+        }
         let (from, to, key) = if let Some(f) = from {
             let from = parse_time("from", f, tzo)?;
             let to = match to {
@@ -353,5 +362,16 @@ mod tests {
         }
         .resolve(now, "1h");
         assert!(backwards.is_err());
+        // An offset no time zone has is named, not clamped into a puzzling range error.
+        let far = RangeParams {
+            from: Some("2026-11-23T10:00".into()),
+            tzo: Some(100_000),
+            ..Default::default()
+        }
+        .resolve(now, "1h");
+        assert!(
+            matches!(&far, Err(ApiError::BadRequest(m)) if m.starts_with("`tzo` = 100000: minutes of UTC")),
+            "{far:?}"
+        );
     }
 }
