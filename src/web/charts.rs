@@ -136,6 +136,68 @@ pub fn line_chart(
     line_chart_with(title, series, from, to, axis, gap_secs, &Overlay::default())
 }
 
+/// Where the time axis is labelled, as (time, fraction of the span, text anchor). Ranges
+/// labelled with dates only (four days or more) get ticks at UTC midnights a whole
+/// number of days apart (1, 2, 3, 7, 14 or 28: at most `steps` + 1 of them), so the dates
+/// step evenly; shorter ranges, whose labels show the time of day, get `steps` + 1 evenly
+/// spaced ones from edge to edge. `w` and `x0`, `pw` (the plotting area) keep a date's
+/// label inside the chart.
+fn time_ticks(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    steps: i32,
+    (w, x0, pw): (f64, f64, f64),
+) -> Vec<(DateTime<Utc>, f64, &'static str)> {
+    let span = (to - from).num_milliseconds().max(1) as f64;
+    if time_format(span).1 != "date" {
+        return (0..=steps)
+            .map(|i| {
+                let f = f64::from(i) / f64::from(steps);
+                let t = from + chrono::Duration::milliseconds((span * f) as i64);
+                let anchor = match i {
+                    0 => "start",
+                    i if i == steps => "end",
+                    _ => "middle",
+                };
+                (t, f, anchor)
+            })
+            .collect();
+    }
+    let day = 86_400_000.0;
+    let every = [1, 2, 3, 7, 14, 28]
+        .into_iter()
+        .find(|d| span / (f64::from(*d) * day) <= f64::from(steps))
+        .unwrap_or(28);
+    let midnight = from
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map_or(from, |m| m.and_utc());
+    let first = if midnight < from {
+        midnight + chrono::Duration::days(1)
+    } else {
+        midnight
+    };
+    // A date label ("Nov 23 UTC") is about 10 characters wide at the axis font.
+    let half = text_px("Nov 23 UTC", FONT) / 2.0;
+    std::iter::successors(Some(first), |t| {
+        Some(*t + chrono::Duration::days(every.into()))
+    })
+    .take_while(|t| *t <= to)
+    .map(|t| {
+        let f = (t - from).num_milliseconds() as f64 / span;
+        let x = x0 + pw * f;
+        let anchor = if x + half > w {
+            "end"
+        } else if x - half < 0.0 {
+            "start"
+        } else {
+            "middle"
+        };
+        (t, f, anchor)
+    })
+    .collect()
+}
+
 /// Time-axis labels: dates over two days or more (with the time of day up to four
 /// days), the time of day on shorter ranges.
 fn time_format(span_ms: f64) -> (&'static str, &'static str) {
@@ -301,15 +363,8 @@ pub fn line_chart_sized(
     }
     let (fmt, kind) = time_format(span);
     let steps = ((w / 160.0).round() as i32).max(2);
-    for i in 0..=steps {
-        let t =
-            from + chrono::Duration::milliseconds((span * f64::from(i) / f64::from(steps)) as i64);
-        let x = ml + pw * f64::from(i) / f64::from(steps);
-        let anchor = match i {
-            0 => "start",
-            i if i == steps => "end",
-            _ => "middle",
-        };
+    for (t, f, anchor) in time_ticks(from, to, steps, (w, ml, pw)) {
+        let x = ml + pw * f;
         let _ = write!(
             svg,
             r#"<text class="xlab" x="{x:.1}" y="{}" text-anchor="{anchor}"><tspan data-utc="{}" data-fmt="{kind}">{} UTC</tspan></text>"#,
@@ -486,14 +541,8 @@ pub fn strip_chart(
         );
     }
     let (fmt, kind) = time_format(span);
-    for i in 0..=4 {
-        let t = from + chrono::Duration::milliseconds((span * f64::from(i) / 4.0) as i64);
-        let x = ml + pw * f64::from(i) / 4.0;
-        let anchor = match i {
-            0 => "start",
-            4 => "end",
-            _ => "middle",
-        };
+    for (t, f, anchor) in time_ticks(from, to, 4, (W, ml, pw)) {
+        let x = ml + pw * f;
         let _ = write!(
             svg,
             r#"<text class="xlab" x="{x:.1}" y="{:.1}" text-anchor="{anchor}"><tspan data-utc="{}" data-fmt="{kind}">{} UTC</tspan></text>"#,
@@ -669,6 +718,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn date_labels_step_through_whole_days() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let geometry = (W, ML, W - ML - MR);
+        // Seven days from 06:00: every other UTC midnight, evenly spaced, inside the chart.
+        let ticks = time_ticks(
+            t("2026-11-23T06:00:00Z"),
+            t("2026-11-30T06:00:00Z"),
+            4,
+            geometry,
+        );
+        let days: Vec<String> = ticks
+            .iter()
+            .map(|x| x.0.format("%m-%d %H:%M").to_string())
+            .collect();
+        assert_eq!(
+            days,
+            ["11-24 00:00", "11-26 00:00", "11-28 00:00", "11-30 00:00"]
+        );
+        let gaps: Vec<f64> = ticks.windows(2).map(|p| p[1].1 - p[0].1).collect();
+        assert!(gaps.iter().all(|g| (g - gaps[0]).abs() < 1e-9), "{gaps:?}");
+        assert!(ticks.iter().all(|x| (0.0..=1.0).contains(&x.1)));
+        // The last one sits near the right edge: its label ends there instead of past it.
+        assert_eq!(ticks.last().unwrap().2, "end");
+        // Four weeks on a wide chart: weekly.
+        let wide = time_ticks(
+            t("2026-11-01T00:00:00Z"),
+            t("2026-11-29T00:00:00Z"),
+            8,
+            (2.0 * W, ML, 2.0 * W - ML - MR),
+        );
+        let days: Vec<u32> = wide.iter().map(|x| chrono::Datelike::day(&x.0)).collect();
+        assert_eq!(days, [1, 8, 15, 22, 29]);
+        assert_eq!(wide[0].2, "middle");
+        // Six hours keep their evenly spaced times of day, edge to edge.
+        let short = time_ticks(
+            t("2026-11-23T00:00:00Z"),
+            t("2026-11-23T06:00:00Z"),
+            4,
+            geometry,
+        );
+        assert_eq!(short.len(), 5);
+        assert_eq!((short[0].2, short[4].2, short[2].1), ("start", "end", 0.5));
+    }
+
+    #[test]
     fn downsampling_averages_per_column_and_titles_are_escaped() {
         let from: DateTime<Utc> = "2026-11-23T11:00:00Z".parse().unwrap();
         let to = from + chrono::Duration::hours(1);
@@ -813,8 +907,9 @@ mod tests {
         );
         // One point alone (joined to nothing) is a dot, not an invisible move.
         assert!(svg.contains("<circle "), "{svg}");
-        // Seven days: dates on the time axis.
-        assert!(svg.contains(r#"data-fmt="date""#) && svg.contains("Nov 23 UTC"));
+        // Seven days from 11:00: dates on the time axis, at midnights.
+        assert!(svg.contains(r#"data-fmt="date""#) && svg.contains("Nov 24 UTC"));
+        assert!(svg.contains(r#"data-utc="2026-11-24T00:00:00+00:00""#), "{svg}");
         // No data: no made-up axis ("1 B/s, 1 B/s, 0 B/s"), a note instead.
         let empty = line_chart("t", &[], from, to, Axis::Rate, 60);
         assert!(empty.contains("no data in this range") && !empty.contains("B/s"));
