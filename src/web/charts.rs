@@ -909,7 +909,10 @@ mod tests {
         assert!(svg.contains("<circle "), "{svg}");
         // Seven days from 11:00: dates on the time axis, at midnights.
         assert!(svg.contains(r#"data-fmt="date""#) && svg.contains("Nov 24 UTC"));
-        assert!(svg.contains(r#"data-utc="2026-11-24T00:00:00+00:00""#), "{svg}");
+        assert!(
+            svg.contains(r#"data-utc="2026-11-24T00:00:00+00:00""#),
+            "{svg}"
+        );
         // No data: no made-up axis ("1 B/s, 1 B/s, 0 B/s"), a note instead.
         let empty = line_chart("t", &[], from, to, Axis::Rate, 60);
         assert!(empty.contains("no data in this range") && !empty.contains("B/s"));

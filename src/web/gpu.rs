@@ -300,10 +300,11 @@ async fn page(
             ),
             chart(
                 "Power",
-                vec![
+                with_max(
                     one("mean", |p| p.power_watts),
                     one("max", |p| p.power_watts_max),
-                ],
+                    vec![],
+                ),
                 &r,
                 Axis::Unit("W"),
                 &Overlay {
@@ -317,11 +318,11 @@ async fn page(
             ),
             chart(
                 "Temperature",
-                vec![
+                with_max(
                     one("GPU", |p| p.temp_celsius),
                     one("GPU max", |p| p.temp_celsius_max),
-                    one("memory", |p| p.mem_temp_celsius),
-                ],
+                    vec![one("memory", |p| p.mem_temp_celsius)],
+                ),
                 &r,
                 Axis::Unit("°C"),
                 &Overlay {
@@ -388,6 +389,24 @@ async fn page(
         render(&page)
     })
     .await
+}
+
+/// A mean's series, its bucket maxima, then `rest`. At raw resolution a bucket holds one
+/// sample and its maximum is its mean: the max line would only hide the mean's, so it
+/// is left out.
+fn with_max(mean: Series, max: Series, rest: Vec<Series>) -> Vec<Series> {
+    let same = mean.points.len() == max.points.len()
+        && mean
+            .points
+            .iter()
+            .zip(&max.points)
+            .all(|(a, b)| a.0 == b.0 && (a.1 - b.1).abs() <= 1e-9 * a.1.abs().max(1.0));
+    let mut out = vec![mean];
+    if !same {
+        out.push(max);
+    }
+    out.extend(rest);
+    out
 }
 
 /// A GPU index from the URL: a small whole number, else a 404 that says so (as a page
@@ -459,6 +478,32 @@ async fn json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_max_line_equal_to_its_mean_is_left_out() {
+        let t0: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        let s = |label: &str, v: &[f64]| Series {
+            label: label.into(),
+            points: v
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (t0 + Duration::seconds(5 * i as i64), *v))
+                .collect(),
+        };
+        let raw = with_max(
+            s("mean", &[300.0, 310.0]),
+            s("max", &[300.0, 310.0]),
+            vec![],
+        );
+        assert_eq!(raw.len(), 1);
+        let rolled = with_max(
+            s("mean", &[300.0, 310.0]),
+            s("max", &[320.0, 310.0]),
+            vec![s("memory", &[60.0, 61.0])],
+        );
+        let labels: Vec<&str> = rolled.iter().map(|x| x.label.as_str()).collect();
+        assert_eq!(labels, ["mean", "max", "memory"]);
+    }
 
     #[test]
     fn throttle_spans_run_until_a_sample_shows_the_reason_cleared() {
