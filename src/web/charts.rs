@@ -138,7 +138,7 @@ pub fn line_chart(
 
 /// Where the time axis is labelled, as (time, fraction of the span, text anchor). Ranges
 /// labelled with dates only (four days or more) get ticks at UTC midnights a whole
-/// number of days apart (1, 2, 3, 7, 14 or 28: at most `steps` + 1 of them), so the dates
+/// number of days apart (1, 2, 3, 7, 14 or 28: about `steps` + 1 of them), so the dates
 /// step evenly; shorter ranges, whose labels show the time of day, get `steps` + 1 evenly
 /// spaced ones from edge to edge. `w` and `x0`, `pw` (the plotting area) keep a date's
 /// label inside the chart.
@@ -166,7 +166,7 @@ fn time_ticks(
     let day = 86_400_000.0;
     let every = [1, 2, 3, 7, 14, 28]
         .into_iter()
-        .find(|d| span / (f64::from(*d) * day) <= f64::from(steps))
+        .find(|d| span / (f64::from(*d) * day) <= f64::from(steps + 1))
         .unwrap_or(28);
     let midnight = from
         .date_naive()
@@ -239,15 +239,36 @@ pub fn line_chart_with(
 pub struct Size {
     pub w: f64,
     pub h: f64,
+    /// The SVG's classes (`chart`; `chart phone` for the phone twin).
+    pub class: &'static str,
+    /// Units of width per drawn point: 1 (a point per pixel column at the normal size),
+    /// 2 on the phone twin, whose 328 units are about 300 CSS pixels.
+    pub per_point: f64,
 }
 
 impl Size {
     /// The size of every dashboard chart: two side by side on a desktop, one on a phone.
-    pub const NORMAL: Size = Size { w: W, h: H };
+    pub const NORMAL: Size = Size {
+        w: W,
+        h: H,
+        class: "chart",
+        per_point: 1.0,
+    };
+    /// A dashboard chart's twin for phones, drawn next to it and shown instead of it below
+    /// 700 px: on a phone the normal chart shrinks to about 0.55 × its units (axis labels
+    /// about 7 px), this one to about 0.9 × (about 12 px), and it is taller for its width.
+    pub const PHONE: Size = Size {
+        w: 400.0,
+        h: 240.0,
+        class: "chart phone",
+        per_point: 2.0,
+    };
     /// A chart as wide as a desktop page (drawn next to a normal one for phones).
     pub const WIDE: Size = Size {
         w: 2.0 * W,
         h: 1.4 * H,
+        class: "chart",
+        per_point: 1.0,
     };
 
     /// Pixels of the plotting area at the usual left margin: one bucket per column.
@@ -268,7 +289,12 @@ pub fn line_chart_sized(
     overlay: &Overlay,
     size: Size,
 ) -> String {
-    let Size { w, h } = size;
+    let Size {
+        w,
+        h,
+        class,
+        per_point,
+    } = size;
     let ph = h - MT - MB;
     let span = (to - from).num_milliseconds().max(1) as f64;
     let data_max = series
@@ -300,7 +326,7 @@ pub fn line_chart_sized(
     let mut svg = String::with_capacity(4096);
     let _ = write!(
         svg,
-        r#"<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
+        r#"<svg class="{class}" viewBox="0 0 {w} {h}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
         escape(title)
     );
     let _ = write!(svg, "<title>{}</title>", escape(title));
@@ -328,13 +354,26 @@ pub fn line_chart_sized(
             escape(&b.label)
         );
     }
+    // Spans of one kind that touch at this drawing size are one rectangle: a week of
+    // raw throttle periods would otherwise be hundreds, most narrower than a point.
+    let mut merged: Vec<(&Shade, f64, f64)> = Vec::new();
     for s in &overlay.shaded {
-        let (x1, x2) = (x_of(s.from), x_of(s.to));
+        let (x1, x2) = (x_of(s.from), x_of(s.to).max(x_of(s.from) + 1.0));
+        match merged.last_mut() {
+            Some((m, _, end))
+                if m.class == s.class && m.label == s.label && x1 <= *end + per_point =>
+            {
+                *end = end.max(x2);
+            }
+            _ => merged.push((s, x1, x2)),
+        }
+    }
+    for (s, x1, x2) in merged {
         let _ = write!(
             svg,
             r#"<rect class="{}" x="{x1:.1}" y="{MT}" width="{:.1}" height="{ph}"><title>{}</title></rect>"#,
             s.class,
-            (x2 - x1).max(1.0),
+            x2 - x1,
             escape(&s.label)
         );
     }
@@ -362,7 +401,7 @@ pub fn line_chart_sized(
         );
     }
     let (fmt, kind) = time_format(span);
-    let steps = ((w / 160.0).round() as i32).max(2);
+    let steps = ((w / 160.0).floor() as i32).max(2);
     for (t, f, anchor) in time_ticks(from, to, steps, (w, ml, pw)) {
         let x = ml + pw * f;
         let _ = write!(
@@ -387,14 +426,14 @@ pub fn line_chart_sized(
     }
     for (si, s) in series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
-        let cols = downsample(&s.points, from, span, pw as usize);
+        let cols = downsample(&s.points, from, span, (pw / per_point) as usize);
         let mut path = String::new();
         // A point joined to neither neighbour would be an invisible "M x,y": draw a dot.
         let mut dots: Vec<(f64, f64)> = Vec::new();
         let mut prev: Option<DateTime<Utc>> = None;
         let mut alone: Option<(f64, f64)> = None;
         for (col, t, v) in cols {
-            let x = ml + col as f64 + 0.5;
+            let x = ml + (col as f64 + 0.5) * per_point;
             let y = y_of(v);
             let connect = prev.is_some_and(|pt| (t - pt).num_seconds() <= gap_secs);
             if connect {
@@ -425,11 +464,31 @@ pub fn line_chart_sized(
             );
         }
     }
-    for (t, label) in &overlay.marks {
-        let x = x_of(*t);
+    // Marks closer than their own width (8 units) at this size are one mark that says how
+    // many it stands for: an XID storm would otherwise draw dozens of lines on one spot,
+    // each with its meaning.
+    let mut marks: Vec<(f64, &str, usize)> = Vec::new();
+    let mut sorted: Vec<(f64, &str)> = overlay
+        .marks
+        .iter()
+        .map(|(t, l)| (x_of(*t), l.as_str()))
+        .collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (x, label) in sorted {
+        match marks.last_mut() {
+            Some((x0, _, n)) if x - *x0 < 8.0 => *n += 1,
+            _ => marks.push((x, label, 1)),
+        }
+    }
+    for (x, label, n) in marks {
+        let more = if n > 1 {
+            format!(" (and {} more here)", n - 1)
+        } else {
+            String::new()
+        };
         let _ = write!(
             svg,
-            r#"<g class="event"><line x1="{x:.1}" x2="{x:.1}" y1="{MT}" y2="{:.1}"/><path d="M{:.1},{:.1} l4,6 h-8 z"/><title>{}</title></g>"#,
+            r#"<g class="event"><line x1="{x:.1}" x2="{x:.1}" y1="{MT}" y2="{:.1}"/><path d="M{:.1},{:.1} l4,6 h-8 z"/><title>{}{more}</title></g>"#,
             MT + ph,
             x,
             MT + ph,
@@ -718,6 +777,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn throttle_spans_that_touch_at_the_drawn_size_are_one_rectangle() {
+        let from: DateTime<Utc> = "2026-11-23T00:00:00Z".parse().unwrap();
+        let to = from + chrono::Duration::days(7);
+        let span = |m: i64, class| Shade {
+            from: from + chrono::Duration::minutes(m),
+            to: from + chrono::Duration::minutes(m + 1),
+            class,
+            label: format!("throttled: {class}"),
+        };
+        // 300 one-minute thermal periods a minute apart (5 units of 568 for 10 hours), then
+        // one power-cap period a day later.
+        let mut shaded: Vec<Shade> = (0..300).map(|i| span(2 * i, "throttle thermal")).collect();
+        shaded.push(span(2 * 1440, "throttle power"));
+        let ov = Overlay {
+            shaded,
+            ..Overlay::default()
+        };
+        let pts = vec![(from, 1.0), (to, 2.0)];
+        let s = [Series {
+            label: "x".into(),
+            points: pts,
+        }];
+        for size in [Size::NORMAL, Size::PHONE] {
+            let svg = line_chart_sized("t", &s, from, to, Axis::Percent, 86_400, &ov, size);
+            assert_eq!(
+                svg.matches(r#"<rect class="throttle thermal""#).count(),
+                1,
+                "{svg}"
+            );
+            assert_eq!(svg.matches(r#"<rect class="throttle power""#).count(), 1);
+        }
+        // Marks: three events within minutes of each other on a week are one mark that
+        // says so; a day later, another.
+        let ov = Overlay {
+            marks: vec![
+                (from + chrono::Duration::minutes(600), "XID 79".into()),
+                (from + chrono::Duration::minutes(602), "XID 13".into()),
+                (from + chrono::Duration::minutes(605), "XID 13".into()),
+                (from + chrono::Duration::minutes(2040), "XID 48".into()),
+            ],
+            ..ov
+        };
+        let svg = line_chart_sized("t", &s, from, to, Axis::Percent, 86_400, &ov, Size::NORMAL);
+        assert_eq!(svg.matches(r#"<g class="event">"#).count(), 2, "{svg}");
+        assert!(
+            svg.contains("<title>XID 79 (and 2 more here)</title>"),
+            "{svg}"
+        );
+        assert!(svg.contains("<title>XID 48</title>"), "{svg}");
+        // A range of 59 minutes draws each of its 30 periods apart.
+        let hour = line_chart_sized(
+            "t",
+            &s,
+            from,
+            from + chrono::Duration::minutes(59),
+            Axis::Percent,
+            60,
+            &ov,
+            Size::NORMAL,
+        );
+        assert_eq!(
+            hour.matches(r#"<rect class="throttle thermal""#).count(),
+            30
+        );
+    }
+
+    #[test]
     fn date_labels_step_through_whole_days() {
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let geometry = (W, ML, W - ML - MR);
@@ -751,6 +877,15 @@ mod tests {
         let days: Vec<u32> = wide.iter().map(|x| chrono::Datelike::day(&x.0)).collect();
         assert_eq!(days, [1, 8, 15, 22, 29]);
         assert_eq!(wide[0].2, "middle");
+        // A week on a phone's chart (2 steps): every third day, not one lone label.
+        let phone = time_ticks(
+            t("2026-11-29T03:00:00Z"),
+            t("2026-12-06T03:00:00Z"),
+            2,
+            geometry,
+        );
+        let days: Vec<u32> = phone.iter().map(|x| chrono::Datelike::day(&x.0)).collect();
+        assert_eq!(days, [30, 3, 6]);
         // Six hours keep their evenly spaced times of day, edge to edge.
         let short = time_ticks(
             t("2026-11-23T00:00:00Z"),

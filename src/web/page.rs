@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::auth::{urlencode, Csrf};
-use super::charts::{line_chart_with, Axis, Band, Overlay, Series, PALETTE};
+use super::charts::{line_chart_sized, Axis, Band, Overlay, Series, Size, PALETTE};
 use super::error::ApiError;
 use super::events::title;
 use super::range::{preset_links, PresetLink, TimeRange};
@@ -445,9 +445,12 @@ pub fn chart_between(
         .enumerate()
         .map(|(i, s)| (s.label.clone(), PALETTE[i % PALETTE.len()]))
         .collect();
+    // The chart, and its phone twin right after it (the stylesheet shows one of them).
+    let [normal, phone] = [Size::NORMAL, Size::PHONE]
+        .map(|size| line_chart_sized(title, &series, from, to, axis, gap_secs, ov, size));
     ChartView {
         title: title.to_string(),
-        svg: line_chart_with(title, &series, from, to, axis, gap_secs, ov),
+        svg: normal + &phone,
         legend,
     }
 }

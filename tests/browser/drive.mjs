@@ -65,9 +65,9 @@ try {
   await fault.click();
   await page.waitForSelector('#events');
   const xid = await page.locator('#events tbody tr').first().textContent();
-  const charts = await page.locator('svg.chart').count();
-  const marks = await page.locator('svg.chart g.event').count();
-  const shaded = await page.locator('svg.chart rect.throttle').count();
+  const charts = await page.locator('svg.chart:visible').count();
+  const marks = await page.locator('svg.chart:visible g.event').count();
+  const shaded = await page.locator('svg.chart:visible rect.throttle').count();
   console.log(`OK gpu path=${new URL(page.url()).pathname} charts=${charts} marks=${marks} shaded=${shaded} label=${JSON.stringify(label)}`);
   console.log('OK event ' + JSON.stringify(xid.replace(/\s+/g, ' ').trim()));
   // Times are shown in the viewer's zone (Asia/Tokyo, UTC+9).

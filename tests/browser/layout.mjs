@@ -91,6 +91,8 @@ function measure(days) {
   // Charts over two days or more say which day.
   let dated = 0, charts = 0;
   for (const svg of document.querySelectorAll('svg.chart')) {
+    // A chart and its phone twin: the one the stylesheet shows at this width.
+    if (svg.getBoundingClientRect().width === 0) continue;
     charts++;
     const labs = [...svg.querySelectorAll('text.xlab tspan')];
     if (labs.some((t) => t.dataset.fmt === 'date' || t.dataset.fmt === 'datetime') && labs.some((t) => /[A-Za-z]{3}/.test(t.textContent))) dated++;

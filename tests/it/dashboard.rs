@@ -82,6 +82,12 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     // small multiples.
     assert_eq!(rack.matches("<svg class=\"chart\"").count(), 5);
     assert_eq!(rack.matches("<svg class=\"chart strip\"").count(), 2);
+    // Each line chart is followed by its phone twin (400 × 240), which phones show instead.
+    assert_eq!(
+        rack.matches("</svg><svg class=\"chart phone\" viewBox=\"0 0 400 240\"")
+            .count(),
+        5
+    );
     assert!(
         rack.contains(r#"<b id="kpi-rack-power">1.4 kW</b>"#),
         "{rack}"
@@ -127,8 +133,8 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     );
     // The H100's 700 W limit on the power chart.
     assert!(gpu.contains(">power limit 700 W<"), "{gpu}");
-    // The XID mark on every chart, with its meaning.
-    assert_eq!(gpu.matches("<g class=\"event\">").count(), 6);
+    // The XID mark on every chart (and on its phone twin), with its meaning.
+    assert_eq!(gpu.matches("<g class=\"event\">").count(), 2 * 6);
     assert!(gpu.contains("XID 79: GPU has fallen off the bus"));
     assert!(
         gpu.contains("restart the node: drain it and reboot"),
