@@ -427,6 +427,10 @@ pub fn line_chart_sized(
     for (si, s) in series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
         let cols = downsample(&s.points, from, span, (pw / per_point) as usize);
+        // Each drawn point is the last time of its column: the points of continuous data
+        // in neighbouring columns are up to two columns' time apart, beyond the data's
+        // own spacing.
+        let gap_ms = gap_secs as f64 * 1000.0 + 2.0 * per_point * span / pw;
         let mut path = String::new();
         // A point joined to neither neighbour would be an invisible "M x,y": draw a dot.
         let mut dots: Vec<(f64, f64)> = Vec::new();
@@ -435,7 +439,7 @@ pub fn line_chart_sized(
         for (col, t, v) in cols {
             let x = ml + (col as f64 + 0.5) * per_point;
             let y = y_of(v);
-            let connect = prev.is_some_and(|pt| (t - pt).num_seconds() <= gap_secs);
+            let connect = prev.is_some_and(|pt| (t - pt).num_milliseconds() as f64 <= gap_ms);
             if connect {
                 alone = None;
             } else if let Some(d) = alone.replace((x, y)) {
@@ -799,6 +803,31 @@ mod tests {
             label: "x".into(),
             points: pts,
         }];
+        // Continuous quarter-hour data over the week is one line at both sizes (the phone
+        // twin's columns hold 2 units' worth of time each), with no lone dots.
+        let quarters = Series {
+            label: "q".into(),
+            points: (0..7 * 96)
+                .map(|i| (from + chrono::Duration::minutes(15 * i), 50.0))
+                .collect(),
+        };
+        for size in [Size::NORMAL, Size::PHONE] {
+            let svg = line_chart_sized(
+                "t",
+                std::slice::from_ref(&quarters),
+                from,
+                to,
+                Axis::Percent,
+                900,
+                &Overlay::default(),
+                size,
+            );
+            assert!(
+                !svg.contains("<circle")
+                    && svg.matches(" M").count() + svg.matches("\"M").count() == 1,
+                "{svg}"
+            );
+        }
         for size in [Size::NORMAL, Size::PHONE] {
             let svg = line_chart_sized("t", &s, from, to, Axis::Percent, 86_400, &ov, size);
             assert_eq!(
