@@ -86,14 +86,18 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], shape: Shape, expected: &str) -> Re
     if kind != shape {
         return Err(bad(format!("the body is {}", json_kind(&value))));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            bad(e.into_inner().to_string())
-        } else {
-            bad(format!("{path}: {}", e.into_inner()))
-        }
-    })
+    serde_path_to_error::deserialize(value).map_err(|e| bad(field_error(e)))
+}
+
+/// A decoding error with the path of the field it is about (`[3].energy_kwh: invalid
+/// type …`), or without one when it is about the whole value.
+pub fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    if path == "." {
+        e.into_inner().to_string()
+    } else {
+        format!("{path}: {}", e.into_inner())
+    }
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {

@@ -466,18 +466,7 @@ pub async fn readings(
                 index.push(i);
                 readings.push(r);
             }
-            Err(e) => {
-                let path = e.path().to_string();
-                let why = e.into_inner();
-                rejected.push((
-                    i,
-                    if path == "." {
-                        why.to_string()
-                    } else {
-                        format!("{path}: {why}")
-                    },
-                ));
-            }
+            Err(e) => rejected.push((i, super::body::field_error(e))),
         }
     }
     let (stored, refused) = inputs::store_readings(&st.store, &readings, Utc::now()).await?;
