@@ -352,6 +352,13 @@ pub struct RetentionConfig {
     pub anomaly_scores_days: u32,
     /// Days of audit trail kept (logins, user, token and silence changes).
     pub audit_days: u32,
+    /// Days of hardware events (XID, ECC, thermal and power events) kept: a GPU's fault
+    /// history, e.g. for a return to the vendor.
+    pub events_days: u32,
+    /// Days of alert history kept: resolved alerts and incidents, ended silences and
+    /// delivered notifications. Firing alerts, open incidents, active silences and mail
+    /// not yet delivered are kept whatever their age.
+    pub alert_history_days: u32,
 }
 
 impl Default for RetentionConfig {
@@ -363,6 +370,8 @@ impl Default for RetentionConfig {
             energy_hourly_days: 800,
             anomaly_scores_days: 30,
             audit_days: 730,
+            events_days: 400,
+            alert_history_days: 400,
         }
     }
 }
@@ -1158,8 +1167,19 @@ impl Config {
         if self.database.distributed && self.database.url.is_empty() {
             return Err("database.distributed = true needs database.url: the managed Postgres is a single node; point database.url at a Citus coordinator (scripts/citus starts one)".into());
         }
-        if self.retention.raw_days == 0 {
-            return Err("retention.raw_days must be at least 1".into());
+        let r = &self.retention;
+        for (key, days) in [
+            ("raw_days", r.raw_days),
+            ("rollup_1m_days", r.rollup_1m_days),
+            ("energy_hourly_days", r.energy_hourly_days),
+            ("anomaly_scores_days", r.anomaly_scores_days),
+            ("audit_days", r.audit_days),
+            ("events_days", r.events_days),
+            ("alert_history_days", r.alert_history_days),
+        ] {
+            if days == 0 {
+                return Err(format!("retention.{key} must be at least 1"));
+            }
         }
         if self.server.max_body_bytes < 1024 {
             return Err("server.max_body_bytes must be at least 1024".into());
@@ -1249,9 +1269,6 @@ impl Config {
                 "anomaly.pot_risk = {} must be above 0 and below 0.5",
                 a.pot_risk
             ));
-        }
-        if self.retention.anomaly_scores_days == 0 {
-            return Err("retention.anomaly_scores_days must be at least 1".into());
         }
         if self.simulator.gpus_per_host > 64 {
             return Err("simulator.gpus_per_host must be at most 64".into());
@@ -1712,6 +1729,12 @@ mod tests {
             cfg.retention.anomaly_scores_days,
             d.retention.anomaly_scores_days
         );
+        assert_eq!(cfg.retention.audit_days, d.retention.audit_days);
+        assert_eq!(cfg.retention.events_days, d.retention.events_days);
+        assert_eq!(
+            cfg.retention.alert_history_days,
+            d.retention.alert_history_days
+        );
     }
 
     #[test]
@@ -1735,6 +1758,18 @@ mod tests {
                 .contains("host_models.x")
         );
         assert!(bad("[energy.report]\nrecipients = [\"not an address\"]\n").contains("recipients"));
+        for key in [
+            "energy_hourly_days",
+            "events_days",
+            "alert_history_days",
+            "audit_days",
+        ] {
+            let e = bad(&format!("[retention]\n{key} = 0\n"));
+            assert!(
+                e.contains(&format!("retention.{key} must be at least 1")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -370,6 +370,18 @@ async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
         Ok(_) => {}
         Err(e) => errors.push(format!("capacity retention: {e}")),
     }
+    let days = |d: u32| now - chrono::Duration::days(i64::from(d));
+    match store
+        .delete_history(days(r.events_days), days(r.alert_history_days))
+        .await
+    {
+        Ok(d) if d.total() > 0 => {
+            tracing::info!(deleted = ?d, "retention deleted history");
+            done.push(format!("{} history rows past retention deleted", d.total()));
+        }
+        Ok(_) => {}
+        Err(e) => errors.push(format!("history retention: {e}")),
+    }
     match store.delete_old_audit(r.audit_days).await {
         Ok(n) if n > 0 => done.push(format!("{n} audit rows past retention deleted")),
         Ok(_) => {}

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backup;
 pub mod citus;
 pub mod failover;
+pub mod history;
 pub mod managed;
 pub mod queries;
 pub mod rollup;

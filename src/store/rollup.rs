@@ -527,7 +527,8 @@ impl Store {
         Ok(())
     }
 
-    /// Energy accounting rows (and their rack sums) older than `cutoff` (retention).
+    /// Energy accounting rows (and their rack sums, facility meter readings and grid
+    /// intensities) older than `cutoff` (retention).
     pub async fn drop_energy_hours_before(
         &self,
         cutoff: DateTime<Utc>,
@@ -535,6 +536,8 @@ impl Store {
         for sums in [
             "DELETE FROM rack_power_hourly WHERE hour < $1",
             "DELETE FROM rack_power_hours WHERE hour < $1",
+            "DELETE FROM facility_readings WHERE end_ts < $1",
+            "DELETE FROM grid_intensity WHERE hour < $1",
         ] {
             sqlx::query(sums).bind(cutoff).execute(&self.pool).await?;
         }

@@ -412,3 +412,130 @@ async fn the_job_leader_reports_each_jobs_runs_on_metrics_and_the_admin_page() {
     assert!(!jobs.contains("not yet</td>"), "every job ran");
     app.stop().await;
 }
+
+/// The hourly maintenance job deletes history past `retention.events_days`,
+/// `alert_history_days` and `energy_hourly_days`, and keeps what still matters at any age:
+/// an open incident, a silence whose end is not yet in the audit trail.
+#[tokio::test]
+async fn history_past_retention_is_deleted_and_what_still_matters_is_kept() {
+    let db = crate::support::fresh_database().await;
+    let store = rackwatch::store::Store::connect(&db, 2, 10).await.unwrap();
+    let p = &store.pool;
+    let day = |d: i64| Utc::now() - Duration::days(d);
+    let exec = |sql: &'static str, at: DateTime<Utc>, tag: &'static str| async move {
+        sqlx::query(sql)
+            .bind(at)
+            .bind(tag)
+            .execute(p)
+            .await
+            .unwrap();
+    };
+    // Events 30 and 500 days old (retention 400).
+    let event =
+        "INSERT INTO hardware_events (host_id, gpu_index, ts, kind, code, message, received_at)
+                 VALUES (424242, 0, $1, 'xid', 79, $2, $1)";
+    exec(event, day(500), "old").await;
+    exec(event, day(30), "recent").await;
+    let alert = "INSERT INTO alerts (fingerprint, rule, severity, labels, state, started_at,
+                     fired_at, resolved_at, last_active_at)
+                 VALUES ($2, 'gpu-xid', 'critical', '{}', 'resolved', $1, $1, $1, $1)";
+    exec(alert, day(500), "old").await;
+    exec(alert, day(30), "recent").await;
+    let incident = "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at, resolved_at)
+                    VALUES ($2, 'gpu-xid', 'critical', '{}', $2, $1, $1)";
+    exec(incident, day(500), "old").await;
+    exec(incident, day(30), "recent").await;
+    sqlx::query(
+        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at)
+         VALUES ('open', 'gpu-xid', 'critical', '{}', 'open', $1)",
+    )
+    .bind(day(500))
+    .execute(p)
+    .await
+    .unwrap();
+    let silence =
+        "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, end_recorded)
+                   VALUES ('{\"host\": \"h\"}', $1 - interval '1 day', $1, 'ops', $2, true)";
+    exec(silence, day(500), "old").await;
+    exec(silence, day(30), "recent").await;
+    sqlx::query(
+        "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, end_recorded)
+         VALUES ('{\"host\": \"h\"}', $1 - interval '1 day', $1, 'ops', 'unrecorded', false)",
+    )
+    .bind(day(500))
+    .execute(p)
+    .await
+    .unwrap();
+    let mail = "INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert,
+                    created_at, sent_at) VALUES ($2, $2, 'firing', '{ops@example.com}', '{}', $1, $1)";
+    exec(mail, day(500), "old").await;
+    exec(mail, day(30), "recent").await;
+    // Facility readings and grid intensity 900 and 30 days old (energy retention 800).
+    let reading = "INSERT INTO facility_readings (site, start_ts, end_ts, energy_kwh)
+                   VALUES ($2, $1 - interval '1 hour', $1, 10)";
+    exec(reading, day(900), "old").await;
+    exec(reading, day(30), "recent").await;
+    let grid = "INSERT INTO grid_intensity (site, hour, g_co2_per_kwh)
+                VALUES ($2, date_trunc('hour', $1), 300)";
+    exec(grid, day(900), "old").await;
+    exec(grid, day(30), "recent").await;
+    store.pool.close().await;
+
+    let app = TestApp::spawn_full(db, |c| {
+        c.anomaly.enabled = false;
+        c.capacity.enabled = false;
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let m = app.metrics().await;
+        if m.contains("rackwatch_job_last_success_timestamp_seconds{job=\"maintenance\"}") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "maintenance did not run:\n{m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let p = &app.store.pool;
+    let left = |sql: &'static str| async move {
+        let v: Vec<String> = sqlx::query_scalar(sql).fetch_all(p).await.unwrap();
+        v
+    };
+    assert_eq!(
+        left("SELECT message FROM hardware_events WHERE host_id = 424242").await,
+        ["recent"]
+    );
+    assert_eq!(
+        left("SELECT fingerprint FROM alerts ORDER BY 1").await,
+        ["recent"]
+    );
+    assert_eq!(
+        left("SELECT fingerprint FROM incidents ORDER BY 1").await,
+        ["open", "recent"]
+    );
+    // The unrecorded silence stays until its end is in the audit trail (this run records
+    // it; the next run past retention deletes it).
+    assert_eq!(
+        left("SELECT comment FROM silences ORDER BY 1").await,
+        ["recent", "unrecorded"]
+    );
+    assert_eq!(
+        left("SELECT action FROM audit_log WHERE action = 'silence.expired'").await,
+        ["silence.expired"]
+    );
+    assert_eq!(
+        left("SELECT group_key FROM notification_outbox ORDER BY 1").await,
+        ["recent"]
+    );
+    assert_eq!(
+        left("SELECT site FROM facility_readings ORDER BY 1").await,
+        ["recent"]
+    );
+    assert_eq!(
+        left("SELECT site FROM grid_intensity ORDER BY 1").await,
+        ["recent"]
+    );
+    app.stop().await;
+}
