@@ -1113,6 +1113,8 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
         } => {
             let m =
                 rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
+            rackwatch::alert::silence::check_comment(&comment)
+                .map_err(|e| anyhow::anyhow!("--comment: {e}"))?;
             let until =
                 rackwatch::alert::silence::silence_end(now, parse_duration_hours(&duration)?)
                     .map_err(|e| anyhow::anyhow!("--duration {duration}: {e}"))?;
@@ -1155,7 +1157,7 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             }
         }
         AlertsCmd::Expire { id } => {
-            if !db.store.expire_silence(id).await? {
+            if db.store.expire_silence(id).await?.is_none() {
                 anyhow::bail!("no active silence with id {id}");
             }
             audit(

@@ -7,9 +7,11 @@ use super::Labels;
 use crate::store::Store;
 
 /// A silence as stored.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Silence {
     pub id: i64,
+    /// Label matchers, all of which an alert's labels must equal to be muted.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub matchers: sqlx::types::Json<Labels>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
@@ -41,32 +43,67 @@ pub fn parse_matchers(items: &[String]) -> Result<Labels, String> {
         let (k, v) = it
             .split_once('=')
             .ok_or_else(|| format!("matcher {it:?} must look like host=gpu-17"))?;
-        let (k, v) = (k.trim(), v.trim());
-        if ![
-            "site", "rack", "pool", "host", "gpu", "rule", "severity", "event", "xid",
-        ]
-        .contains(&k)
-        {
-            return Err(format!("matcher {it:?}: unknown label {k:?}"));
-        }
-        if v.is_empty() {
-            return Err(format!("matcher {it:?} has no value, like {k}=gpu-17"));
-        }
-        if v.chars().any(char::is_control) || v.len() > 256 {
-            return Err(format!(
-                "matcher {k}: the value must be at most 256 printable characters"
-            ));
-        }
-        if let Some(first) = m.insert(k.to_string(), v.to_string()) {
-            return Err(format!(
-                "matcher label {k} is given twice ({k}={first}, {k}={v}); a silence mutes alerts that match all of its matchers, so make one silence for each"
-            ));
-        }
+        add_matcher(&mut m, k.trim(), v.trim()).map_err(|e| format!("matcher {it:?}: {e}"))?;
     }
+    check_matchers(&m)?;
+    Ok(m)
+}
+
+/// The labels a silence may match on.
+pub const MATCHER_LABELS: [&str; 9] = [
+    "site", "rack", "pool", "host", "gpu", "rule", "severity", "event", "xid",
+];
+
+/// Add one matcher `k=v`: a known label, given once, with a value of at most 256
+/// printable characters.
+pub fn add_matcher(m: &mut Labels, k: &str, v: &str) -> Result<(), String> {
+    if !MATCHER_LABELS.contains(&k) {
+        return Err(format!(
+            "unknown label {k:?} (one of {})",
+            MATCHER_LABELS.join(", ")
+        ));
+    }
+    if v.is_empty() {
+        return Err(format!("{k} has no value, like {k}=gpu-17"));
+    }
+    if v.chars().any(char::is_control) || v.chars().count() > 256 {
+        return Err(format!(
+            "{k}: the value must be at most 256 printable characters"
+        ));
+    }
+    if let Some(first) = m.insert(k.to_string(), v.to_string()) {
+        return Err(format!(
+            "label {k} is given twice ({k}={first}, {k}={v}); a silence mutes alerts that match all of its matchers, so make one silence for each"
+        ));
+    }
+    Ok(())
+}
+
+/// A silence needs at least one matcher.
+pub fn check_matchers(m: &Labels) -> Result<(), String> {
     if m.is_empty() {
         return Err("a silence needs at least one matcher (it would mute everything)".into());
     }
-    Ok(m)
+    Ok(())
+}
+
+/// The longest comment a silence keeps.
+pub const MAX_COMMENT_CHARS: usize = 1000;
+
+/// A silence's comment: at most [`MAX_COMMENT_CHARS`] characters, no control characters
+/// other than line breaks and tabs.
+pub fn check_comment(c: &str) -> Result<(), String> {
+    if c.chars().count() > MAX_COMMENT_CHARS {
+        return Err(format!(
+            "the comment is over {MAX_COMMENT_CHARS} characters"
+        ));
+    }
+    if c.chars()
+        .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t'))
+    {
+        return Err("the comment holds a control character".into());
+    }
+    Ok(())
 }
 
 /// The longest silence: a fault muted for longer is better fixed or its rule changed.
@@ -121,16 +158,16 @@ impl Store {
             .await
     }
 
-    /// End a silence now.
-    pub async fn expire_silence(&self, id: i64) -> Result<bool, sqlx::Error> {
-        Ok(sqlx::query!(
-            "UPDATE silences SET ends_at = now(), end_recorded = true WHERE id = $1 AND ends_at > now()",
+    /// End a silence now; the silence as ended, or `None` when no active one has `id`.
+    pub async fn expire_silence(&self, id: i64) -> Result<Option<Silence>, sqlx::Error> {
+        sqlx::query_as!(
+            Silence,
+            r#"UPDATE silences SET ends_at = now(), end_recorded = true WHERE id = $1 AND ends_at > now()
+               RETURNING id, matchers AS "matchers: sqlx::types::Json<Labels>", starts_at, ends_at, author, comment"#,
             id
         )
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
+        .fetch_optional(&self.pool)
+        .await
     }
 }
 
@@ -158,6 +195,12 @@ mod tests {
         assert!(parse_matchers(&["host=a\nb".into()])
             .unwrap_err()
             .contains("printable"));
+        assert!(check_comment(&"x".repeat(1000)).is_ok());
+        assert!(check_comment("two\nlines").is_ok());
+        assert!(check_comment(&"x".repeat(1001))
+            .unwrap_err()
+            .contains("over 1000"));
+        assert!(check_comment("bell\u{7}").unwrap_err().contains("control"));
         let spaced = parse_matchers(&[" host = gpu-17 ".into()]).unwrap();
         assert_eq!(spaced.get("host").unwrap(), "gpu-17");
     }

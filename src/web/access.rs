@@ -223,6 +223,25 @@ pub const ROUTES: &[RouteRule] = &[
         User(Viewer),
         "pending and firing alerts",
     ),
+    api(
+        "POST",
+        "/api/v1/alerts/{fingerprint}/ack",
+        User(Operator),
+        "acknowledge a firing alert",
+    ),
+    api("GET", "/api/v1/silences", User(Viewer), "active silences"),
+    api(
+        "POST",
+        "/api/v1/silences",
+        User(Operator),
+        "create a silence",
+    ),
+    api(
+        "DELETE",
+        "/api/v1/silences/{id}",
+        User(Operator),
+        "end a silence now",
+    ),
     api("GET", "/api/v1/anomalies", User(Viewer), "anomaly scores"),
     api("GET", "/api/v1/forecasts", User(Viewer), "forecasts"),
     api("GET", "/api/v1/capacity", User(Viewer), "capacity overview"),
@@ -419,7 +438,7 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
     if let Err(e) = super::proxy::prepare(&mut parts, &st).await {
         return refuse(e);
     }
-    if row.method == "POST" {
+    if row.method != "GET" {
         if let Err(e) = cookie_post_ok(&parts.headers, row) {
             return refuse(e);
         }
@@ -455,7 +474,8 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// Header that carries the session's CSRF token on JSON API posts made with a cookie.
+/// Header that carries the session's CSRF token on JSON API posts and deletes made with a
+/// cookie.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// A state-changing request made with a session cookie (or signed on by the proxy, whose

@@ -2,7 +2,8 @@
 //! operators acknowledge and silence from here.
 
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -15,6 +16,7 @@ use super::error::{ApiError, ErrorBody, PageError};
 use super::page::{rack_path, render, seg, Nav};
 use super::params::{ApiQuery, NoParams, PageForm, PageQuery};
 use super::AppState;
+use crate::alert::silence::Silence;
 use crate::alert::{location, AlertRow, Labels};
 use crate::store::audit::Entry;
 use crate::store::auth::{Role, User};
@@ -29,9 +31,13 @@ pub fn page_routes() -> Routes {
         .post("/silences/expire", expire)
 }
 
-/// `GET /api/v1/alerts`.
+/// `GET /api/v1/alerts`, acknowledging an alert, and silences.
 pub fn api_routes() -> Routes {
-    Routes::new().routes(routes!(api))
+    Routes::new()
+        .routes(routes!(api))
+        .routes(routes!(ack_api))
+        .routes(routes!(silences_api, create_silence_api))
+        .routes(routes!(expire_api))
 }
 
 /// A pending or firing alert, with whether a silence mutes it.
@@ -267,21 +273,43 @@ pub async fn acknowledge(
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    let n = sqlx::query!(
-        "UPDATE alerts SET acknowledged_by = $2, acknowledged_at = now() WHERE fingerprint = $1 AND state = 'firing'",
-        &f.fingerprint,
+    ack(&st, &user, ip, &f.fingerprint).await?;
+    Ok(Redirect::to("/alerts").into_response())
+}
+
+/// An acknowledged alert.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Acknowledged {
+    pub fingerprint: String,
+    pub acknowledged_by: String,
+    pub acknowledged_at: DateTime<Utc>,
+}
+
+/// Acknowledge a firing alert and record it in the audit trail; 404 unless one with
+/// `fingerprint` is firing.
+async fn ack(
+    st: &AppState,
+    user: &User,
+    ip: Option<std::net::IpAddr>,
+    fingerprint: &str,
+) -> Result<Acknowledged, ApiError> {
+    let at = sqlx::query_scalar!(
+        r#"UPDATE alerts SET acknowledged_by = $2, acknowledged_at = now()
+            WHERE fingerprint = $1 AND state = 'firing' RETURNING acknowledged_at AS "at!""#,
+        fingerprint,
         &user.name,
     )
-    .execute(&st.store.pool)
+    .fetch_optional(&st.store.pool)
     .await?
-    .rows_affected();
-    if n == 0 {
-        return Err(ApiError::NotFound("no firing alert with that fingerprint".into()).into());
-    }
+    .ok_or_else(|| ApiError::NotFound("no firing alert with that fingerprint".into()))?;
     st.store
-        .audit(Entry::ok(&user.name, "alert.acknowledged", &f.fingerprint).from(ip))
+        .audit(Entry::ok(&user.name, "alert.acknowledged", fingerprint).from(ip))
         .await?;
-    Ok(Redirect::to("/alerts").into_response())
+    Ok(Acknowledged {
+        fingerprint: fingerprint.to_string(),
+        acknowledged_by: user.name.clone(),
+        acknowledged_at: at,
+    })
 }
 
 #[derive(Deserialize)]
@@ -313,23 +341,46 @@ pub async fn silence(
         .filter(|s| !s.is_empty())
         .collect();
     let m = crate::alert::silence::parse_matchers(&items).map_err(ApiError::BadRequest)?;
+    create_silence(&st, &user, ip, m, f.hours, &f.comment).await?;
+    Ok(Redirect::to("/alerts").into_response())
+}
+
+/// Store a silence of `hours` from now and record it in the audit trail.
+async fn create_silence(
+    st: &AppState,
+    user: &User,
+    ip: Option<std::net::IpAddr>,
+    m: Labels,
+    hours: f64,
+    comment: &str,
+) -> Result<Silence, ApiError> {
+    use crate::alert::silence::{check_comment, silence_end};
+    check_comment(comment).map_err(ApiError::BadRequest)?;
     let now = Utc::now();
-    let end = crate::alert::silence::silence_end(now, f.hours).map_err(ApiError::BadRequest)?;
+    let end = silence_end(now, hours).map_err(ApiError::BadRequest)?;
     let id = st
         .store
-        .create_silence(&m, now, end, &user.name, &f.comment)
+        .create_silence(&m, now, end, &user.name, comment)
         .await
         .map_err(ApiError::Internal)?;
+    let text: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
     st.store
         .audit(
             Entry::ok(&user.name, "silence.created", &format!("silence {id}"))
                 .from(ip)
                 .details(serde_json::json!({
-                    "matchers": f.matchers, "until": end.to_rfc3339(), "comment": f.comment
+                    "matchers": text.join(", "), "until": end.to_rfc3339(), "comment": comment
                 })),
         )
         .await?;
-    Ok(Redirect::to("/alerts").into_response())
+    Ok(Silence {
+        id,
+        matchers: sqlx::types::Json(m),
+        starts_at: now,
+        ends_at: end,
+        author: user.name.clone(),
+        comment: comment.to_string(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -349,13 +400,26 @@ pub async fn expire(
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    if !st.store.expire_silence(f.id).await? {
-        return Err(ApiError::NotFound(format!("no active silence with id {}", f.id)).into());
-    }
-    st.store
-        .audit(Entry::ok(&user.name, "silence.expired", &format!("silence {}", f.id)).from(ip))
-        .await?;
+    end_silence(&st, &user, ip, f.id).await?;
     Ok(Redirect::to("/alerts").into_response())
+}
+
+/// End an active silence now and record it in the audit trail; 404 when none has `id`.
+async fn end_silence(
+    st: &AppState,
+    user: &User,
+    ip: Option<std::net::IpAddr>,
+    id: i64,
+) -> Result<Silence, ApiError> {
+    let s = st
+        .store
+        .expire_silence(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no active silence with id {id}")))?;
+    st.store
+        .audit(Entry::ok(&user.name, "silence.expired", &format!("silence {id}")).from(ip))
+        .await?;
+    Ok(s)
 }
 
 /// Pending and firing alerts (the alerts page), most severe first, each with whether a
@@ -382,6 +446,143 @@ pub async fn api(
             .map(|(alert, silenced)| AlertEntry { alert, silenced })
             .collect(),
     ))
+}
+
+/// Acknowledge a firing alert (operator or admin): it stays firing, and the alerts page
+/// and API show who took it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alerts/{fingerprint}/ack",
+    operation_id = "acknowledge_alert",
+    tag = "alerts",
+    params(("fingerprint" = String, Path, description = "The alert's fingerprint (`GET /api/v1/alerts`).")),
+    responses(
+        (status = 200, description = "Acknowledged.", body = Acknowledged),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Needs the operator role.", body = ErrorBody),
+        (status = 404, description = "No firing alert has that fingerprint.", body = ErrorBody),
+    )
+)]
+pub async fn ack_api(
+    State(st): State<AppState>,
+    ApiUser(user): ApiUser,
+    ClientAddr(ip): ClientAddr,
+    Path(fingerprint): Path<String>,
+) -> Result<Json<Acknowledged>, ApiError> {
+    require_operator(&user)?;
+    Ok(Json(ack(&st, &user, ip, &fingerprint).await?))
+}
+
+/// Active silences, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/silences",
+    operation_id = "silences",
+    tag = "alerts",
+    responses(
+        (status = 200, description = "The silences not yet over.", body = Vec<Silence>),
+        (status = 400, description = "A query parameter: this endpoint takes none.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+    )
+)]
+pub async fn silences_api(
+    State(st): State<AppState>,
+    _u: ApiUser,
+    _q: ApiQuery<NoParams>,
+) -> Result<Json<Vec<Silence>>, ApiError> {
+    Ok(Json(st.store.active_silences(Utc::now()).await?))
+}
+
+/// A new silence, as asked for.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSilence {
+    /// Labels an alert must all equal to be muted: site, rack, pool, host, gpu, rule,
+    /// severity, event, xid.
+    #[schema(example = json!({"host": "gpu-17", "rule": "gpu-xid"}))]
+    pub matchers: std::collections::BTreeMap<String, String>,
+    /// How long it lasts from now, more than 0 and at most 2,160 hours (90 days).
+    pub hours: f64,
+    /// Why (at most 1,000 characters).
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// Mute the notifications of matching alerts from now for `hours` (operator or admin).
+/// Alerts keep firing and show as silenced.
+#[utoipa::path(
+    post,
+    path = "/api/v1/silences",
+    operation_id = "create_silence",
+    tag = "alerts",
+    request_body = NewSilence,
+    responses(
+        (status = 201, description = "The silence.", body = Silence),
+        (status = 400, description = "A bad matcher, duration or comment, named.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Needs the operator role.", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+    )
+)]
+pub async fn create_silence_api(
+    State(st): State<AppState>,
+    ApiUser(user): ApiUser,
+    ClientAddr(ip): ClientAddr,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Silence>), ApiError> {
+    require_operator(&user)?;
+    let new: NewSilence = super::body::json(
+        &st,
+        &headers,
+        body,
+        super::body::Shape::Object,
+        r#"{"matchers": {"host": "gpu-17"}, "hours": 2, "comment": "…"}"#,
+    )
+    .await?;
+    let mut m = Labels::new();
+    for (k, v) in &new.matchers {
+        crate::alert::silence::add_matcher(&mut m, k, v)
+            .map_err(|e| ApiError::BadRequest(format!("matchers.{k}: {e}")))?;
+    }
+    crate::alert::silence::check_matchers(&m)
+        .map_err(|e| ApiError::BadRequest(format!("matchers: {e}")))?;
+    // The same checks create_silence makes, answered with the field's name.
+    crate::alert::silence::check_comment(&new.comment)
+        .map_err(|e| ApiError::BadRequest(format!("comment: {e}")))?;
+    crate::alert::silence::silence_end(Utc::now(), new.hours)
+        .map_err(|e| ApiError::BadRequest(format!("hours: {e}")))?;
+    let s = create_silence(&st, &user, ip, m, new.hours, &new.comment).await?;
+    Ok((StatusCode::CREATED, Json(s)))
+}
+
+/// End a silence now (operator or admin).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/silences/{id}",
+    operation_id = "expire_silence",
+    tag = "alerts",
+    params(("id" = i64, Path, description = "The silence's id.")),
+    responses(
+        (status = 200, description = "The silence, ended.", body = Silence),
+        (status = 400, description = "The id is not a number.", body = ErrorBody),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Needs the operator role.", body = ErrorBody),
+        (status = 404, description = "No active silence has that id.", body = ErrorBody),
+    )
+)]
+pub async fn expire_api(
+    State(st): State<AppState>,
+    ApiUser(user): ApiUser,
+    ClientAddr(ip): ClientAddr,
+    Path(id): Path<String>,
+) -> Result<Json<Silence>, ApiError> {
+    require_operator(&user)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("silence id {id:?} is not a number")))?;
+    Ok(Json(end_silence(&st, &user, ip, id).await?))
 }
 
 #[cfg(test)]

@@ -920,6 +920,10 @@ async fn delete_host(app: &TestApp, cookie: &str, name: &str) -> reqwest::Respon
     app.http
         .delete(format!("{}/api/v1/hosts/{name}", app.base))
         .header("cookie", cookie)
+        .header(
+            rackwatch::web::access::CSRF_HEADER,
+            rackwatch::web::access::csrf_for_cookie(cookie),
+        )
         .send()
         .await
         .unwrap()
@@ -1060,40 +1064,41 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     r.app.stop().await;
 }
 
+/// An XID 79 on `host`'s GPU `gpu`, fired and kept firing for the rest of the test, as a
+/// fault that keeps recurring would (the test rules resolve hardware alerts after 3 quiet
+/// seconds). Returns the alert's fingerprint.
+async fn keep_firing_xid(app: &TestApp, host: &str, gpu: u8) -> String {
+    let token = app.token(host).await;
+    assert_eq!(
+        app.ingest(&token, &xid(host, gpu, 79, Utc::now()))
+            .await
+            .status(),
+        200
+    );
+    for _ in 0..50 {
+        let fp: Option<String> =
+            sqlx::query_scalar("SELECT fingerprint FROM alerts WHERE state = 'firing'")
+                .fetch_optional(&app.store.pool)
+                .await
+                .unwrap();
+        if let Some(fp) = fp {
+            sqlx::query("UPDATE alerts SET last_active_at = now() + interval '1 hour'")
+                .execute(&app.store.pool)
+                .await
+                .unwrap();
+            return fp;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the XID alert on {host} did not fire");
+}
+
 #[tokio::test]
 async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     use rackwatch::store::auth::Role;
     let r = rig_with(SmtpServer::stopped(crate::support::free_port()), None).await;
     let app = &r.app;
-    let token = app.token("pg-host").await;
-    assert_eq!(
-        app.ingest(&token, &xid("pg-host", 5, 79, Utc::now()))
-            .await
-            .status(),
-        200
-    );
-    let mut fired = false;
-    for _ in 0..50 {
-        fired = sqlx::query_scalar("SELECT count(*) > 0 FROM alerts WHERE state = 'firing'")
-            .fetch_one(&app.store.pool)
-            .await
-            .unwrap();
-        if fired {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(fired);
-    // Keep it firing for the rest of the test, as a fault that keeps recurring would
-    // (the test rules resolve hardware alerts after 3 quiet seconds).
-    sqlx::query("UPDATE alerts SET last_active_at = now() + interval '1 hour'")
-        .execute(&app.store.pool)
-        .await
-        .unwrap();
-    let fp: String = sqlx::query_scalar("SELECT fingerprint FROM alerts")
-        .fetch_one(&app.store.pool)
-        .await
-        .unwrap();
+    let fp = keep_firing_xid(app, "pg-host", 5).await;
     let get = |cookie: String| {
         let c = app
             .http
@@ -1191,6 +1196,188 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
             && html.contains("silenced")
             && html.contains("acknowledged by oper"),
         "{html}"
+    );
+    r.app.stop().await;
+}
+
+/// Scripts acknowledge and silence through the JSON API with HTTP Basic, with the same
+/// checks, roles and audit rows as the page's forms.
+#[tokio::test]
+async fn operators_acknowledge_and_silence_through_the_json_api() {
+    use rackwatch::store::auth::Role;
+    let r = rig_with(SmtpServer::stopped(crate::support::free_port()), None).await;
+    let app = &r.app;
+    let fp = keep_firing_xid(app, "api-host", 2).await;
+    app.login_as("viewer2", "viewer-pass", Role::Viewer).await;
+    app.login_as("oper2", "operator-pass", Role::Operator).await;
+    let call = |method: reqwest::Method, path: String, user: &'static str| {
+        let pass = if user == "oper2" {
+            "operator-pass"
+        } else {
+            "viewer-pass"
+        };
+        app.http
+            .request(method, format!("{}{path}", app.base))
+            .basic_auth(user, Some(pass))
+    };
+    let send = |rb: reqwest::RequestBuilder| async move {
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    };
+    use reqwest::Method;
+    let ack = format!("/api/v1/alerts/{fp}/ack");
+
+    // Viewers read, and may not act.
+    let (s, b) = send(call(Method::POST, ack.clone(), "viewer2")).await;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = send(call(Method::GET, "/api/v1/silences".into(), "viewer2")).await;
+    assert_eq!((s, b), (200, serde_json::json!([])));
+
+    // Acknowledge: unknown fingerprint 404, then the firing alert.
+    let (s, b) = send(call(
+        Method::POST,
+        "/api/v1/alerts/nope/ack".into(),
+        "oper2",
+    ))
+    .await;
+    assert_eq!(s, 404);
+    assert!(
+        b["error"].as_str().unwrap().contains("no firing alert"),
+        "{b}"
+    );
+    let (s, b) = send(call(Method::POST, ack.clone(), "oper2")).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["fingerprint"], fp.as_str());
+    assert_eq!(b["acknowledged_by"], "oper2");
+
+    // Bad silences are refused with the field named.
+    let silence = |body: serde_json::Value| {
+        call(Method::POST, "/api/v1/silences".into(), "oper2").json(&body)
+    };
+    for (body, says) in [
+        (
+            serde_json::json!({"matchers": {"colour": "red"}, "hours": 2}),
+            "matchers.colour: unknown label",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": ""}, "hours": 2}),
+            "matchers.host: host has no value",
+        ),
+        (
+            serde_json::json!({"matchers": {}, "hours": 2}),
+            "matchers: a silence needs at least one matcher",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": "api-host"}, "hours": 0}),
+            "hours: a silence lasts more than 0",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": "api-host"}, "hours": 3000}),
+            "at most 2160 hours",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": "api-host"}, "hours": 2, "comment": "x".repeat(1001)}),
+            "comment: the comment is over 1000 characters",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": "api-host"}, "hours": 2, "until": "tomorrow"}),
+            "unknown field `until`",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": 7}, "hours": 2}),
+            "matchers.host: invalid type",
+        ),
+        (
+            serde_json::json!([{"host": "api-host"}, 2]),
+            "the body is an array",
+        ),
+    ] {
+        let (s, b) = send(silence(body.clone())).await;
+        assert_eq!(s, 400, "{body}: {b}");
+        let e = b["error"].as_str().unwrap();
+        assert!(e.contains(says), "{body}: {e}");
+    }
+    let (s, _) = send(
+        call(Method::POST, "/api/v1/silences".into(), "oper2")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("matchers=host%3Dapi-host&hours=2"),
+    )
+    .await;
+    assert_eq!(s, 415);
+    let (s, _) = send(
+        call(Method::POST, "/api/v1/silences".into(), "viewer2")
+            .json(&serde_json::json!({"matchers": {"host": "api-host"}, "hours": 2})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM silences")
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap(),
+        0,
+        "nothing refused was stored"
+    );
+
+    // A silence for the host mutes the alert.
+    let (s, made) = send(silence(serde_json::json!({
+        "matchers": {"host": "api-host", "rule": "gpu-xid"}, "hours": 2, "comment": "reseating"
+    })))
+    .await;
+    assert_eq!(s, 201, "{made}");
+    let id = made["id"].as_i64().unwrap();
+    assert_eq!(made["matchers"]["host"], "api-host");
+    assert_eq!(made["author"], "oper2");
+    let ends: chrono::DateTime<Utc> = made["ends_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (ends - Utc::now() - chrono::Duration::hours(2))
+            .num_seconds()
+            .abs()
+            < 60
+    );
+    let (_, alerts) = send(call(Method::GET, "/api/v1/alerts".into(), "viewer2")).await;
+    assert_eq!(alerts[0]["silenced"], true, "{alerts}");
+    assert_eq!(alerts[0]["acknowledged_by"], "oper2", "{alerts}");
+    let (_, list) = send(call(Method::GET, "/api/v1/silences".into(), "viewer2")).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id);
+
+    // End it: a bad id 400, an unknown one 404, then the silence, then 404.
+    let end = |id: String| call(Method::DELETE, format!("/api/v1/silences/{id}"), "oper2");
+    assert_eq!(send(end("abc".into())).await.0, 400);
+    assert_eq!(send(end("999999".into())).await.0, 404);
+    assert_eq!(
+        send(call(
+            Method::DELETE,
+            format!("/api/v1/silences/{id}"),
+            "viewer2"
+        ))
+        .await
+        .0,
+        403
+    );
+    let (s, ended) = send(end(id.to_string())).await;
+    assert_eq!(s, 200, "{ended}");
+    let ended_at: chrono::DateTime<Utc> = ended["ends_at"].as_str().unwrap().parse().unwrap();
+    assert!(ended_at <= Utc::now());
+    assert_eq!(send(end(id.to_string())).await.0, 404);
+    let (_, list) = send(call(Method::GET, "/api/v1/silences".into(), "viewer2")).await;
+    assert_eq!(list, serde_json::json!([]));
+    let (_, alerts) = send(call(Method::GET, "/api/v1/alerts".into(), "viewer2")).await;
+    assert_eq!(alerts[0]["silenced"], false, "{alerts}");
+
+    // One audit row per action, by the operator.
+    let actions: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE actor = 'oper2' AND action NOT LIKE 'login%' ORDER BY id",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        actions,
+        ["alert.acknowledged", "silence.created", "silence.expired"]
     );
     r.app.stop().await;
 }

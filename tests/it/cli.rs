@@ -150,7 +150,7 @@ async fn token_create_and_user_add_work_against_the_database() {
             vec![
                 "alerts", "silence", "--match", "host=a", "--match", "host=b",
             ],
-            "matcher label host is given twice",
+            "label host is given twice",
         ),
         (
             vec!["alerts", "silence", "--match", "host="],

@@ -390,6 +390,7 @@ async fn real_responses_match_the_openapi_document() {
         ("/api/v1/inventory", "/api/v1/inventory?q=h100", 200),
         ("/api/v1/events", "/api/v1/events", 200),
         ("/api/v1/alerts", "/api/v1/alerts", 200),
+        ("/api/v1/silences", "/api/v1/silences", 200),
         ("/api/v1/admin/users", "/api/v1/admin/users", 200),
         ("/api/v1/admin/tokens", "/api/v1/admin/tokens", 200),
         ("/api/v1/audit", "/api/v1/audit?action=login&limit=5", 200),
@@ -623,11 +624,13 @@ async fn real_responses_match_the_openapi_document() {
     covered.insert(("post", "/api/v1/write"));
 
     // Taking a host out of the fleet, then again (404).
+    let csrf = rackwatch::web::access::csrf_for_cookie(&cookie);
     for status in [200, 404] {
         let r = app
             .http
             .delete(format!("{}/api/v1/hosts/api-agent", app.base))
             .header("cookie", &cookie)
+            .header(rackwatch::web::access::CSRF_HEADER, &csrf)
             .send()
             .await
             .unwrap();
@@ -641,6 +644,109 @@ async fn real_responses_match_the_openapi_document() {
         ));
     }
     covered.insert(("delete", "/api/v1/hosts/{name}"));
+
+    // Acknowledging the firing alert, then an unknown one; a silence made, refused and
+    // ended, then ended again (404).
+    let alerts = app.json(&cookie, "/api/v1/alerts").await;
+    let firing = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["state"] == "firing")
+        .expect("a firing alert");
+    let fp = firing["fingerprint"].as_str().unwrap().to_string();
+    let write = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut req = app
+            .http
+            .request(method, format!("{}{path}", app.base))
+            .header("cookie", &cookie)
+            .header(rackwatch::web::access::CSRF_HEADER, &csrf);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let ack = "/api/v1/alerts/{fingerprint}/ack";
+    let (post, delete) = (reqwest::Method::POST, reqwest::Method::DELETE);
+    let bodyless = |id: i64| {
+        [
+            (post.clone(), ack, format!("/api/v1/alerts/{fp}/ack"), 200),
+            (
+                post.clone(),
+                ack,
+                "/api/v1/alerts/nope/ack".to_string(),
+                404,
+            ),
+            (
+                delete.clone(),
+                "/api/v1/silences/{id}",
+                format!("/api/v1/silences/{id}"),
+                200,
+            ),
+            (
+                delete.clone(),
+                "/api/v1/silences/{id}",
+                format!("/api/v1/silences/{id}"),
+                404,
+            ),
+            (
+                delete.clone(),
+                "/api/v1/silences/{id}",
+                "/api/v1/silences/x".to_string(),
+                400,
+            ),
+        ]
+    };
+    let mut id = 0;
+    for (body, status) in [
+        (
+            json!({"matchers": {"host": "api-host"}, "hours": 1, "comment": "doc"}),
+            201,
+        ),
+        (json!({"matchers": {"colour": "red"}, "hours": 1}), 400),
+    ] {
+        let (got, answer) = write(
+            reqwest::Method::POST,
+            "/api/v1/silences".into(),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(got, status, "{body}: {answer}");
+        if status == 201 {
+            id = answer["id"].as_i64().unwrap();
+        }
+        errs.extend(violations(
+            &doc,
+            response_schema(&doc, "post", "/api/v1/silences", status),
+            &answer,
+            "new silence",
+        ));
+    }
+    covered.insert(("post", "/api/v1/silences"));
+    let listed = app.json(&cookie, "/api/v1/silences").await;
+    assert_eq!(listed[0]["id"], id, "{listed}");
+    errs.extend(violations(
+        &doc,
+        response_schema(&doc, "get", "/api/v1/silences", 200),
+        &listed,
+        "silences",
+    ));
+    for (method, template, path, status) in bodyless(id) {
+        let m = method.as_str().to_lowercase();
+        let (got, body) = write(method, path.clone(), None).await;
+        assert_eq!(got, status, "{path}: {body}");
+        errs.extend(violations(
+            &doc,
+            response_schema(&doc, &m, template, status),
+            &body,
+            &path,
+        ));
+        covered.insert((if m == "post" { "post" } else { "delete" }, template));
+    }
 
     assert!(
         errs.is_empty(),
