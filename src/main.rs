@@ -243,7 +243,11 @@ enum AlertsCmd {
         /// Label matcher, repeatable: host=gpu-17, rack=r12, rule=gpu-xid, gpu=3 …
         #[arg(long = "match", value_name = "LABEL=VALUE", required = true)]
         matchers: Vec<String>,
-        /// How long: 30m, 2h, 1d (at most 90d).
+        /// When it starts, for a maintenance window ahead (RFC 3339, at most 90 days
+        /// ahead): 2026-12-06T22:00:00Z. Now when left out.
+        #[arg(long, value_name = "TIME")]
+        start: Option<String>,
+        /// How long from its start: 30m, 2h, 1d (at most 90d).
         #[arg(long, default_value = "2h")]
         duration: String,
         #[arg(long, default_value = "")]
@@ -1107,6 +1111,7 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
         }
         AlertsCmd::Silence {
             matchers,
+            start,
             duration,
             comment,
             author,
@@ -1115,25 +1120,38 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
                 rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
             rackwatch::alert::silence::check_comment(&comment)
                 .map_err(|e| anyhow::anyhow!("--comment: {e}"))?;
+            let asked = match &start {
+                Some(t) => Some(
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map_err(|e| {
+                            anyhow::anyhow!("--start {t}: {e} (like 2026-12-06T22:00:00Z)")
+                        })?
+                        .with_timezone(&chrono::Utc),
+                ),
+                None => None,
+            };
+            let from = rackwatch::alert::silence::silence_start(now, asked)
+                .map_err(|e| anyhow::anyhow!("--start: {e}"))?;
             let until =
-                rackwatch::alert::silence::silence_end(now, parse_duration_hours(&duration)?)
+                rackwatch::alert::silence::silence_end(from, parse_duration_hours(&duration)?)
                     .map_err(|e| anyhow::anyhow!("--duration {duration}: {e}"))?;
             let id = db
                 .store
-                .create_silence(&m, now, until, &author, &comment)
+                .create_silence(&m, from, until, &author, &comment)
                 .await?;
             audit(
                 db,
                 "silence.created",
                 &format!("silence {id}"),
                 serde_json::json!({
-                    "matchers": matchers.join(", "), "until": until.to_rfc3339(),
-                    "comment": comment, "author": author,
+                    "matchers": matchers.join(", "), "from": from.to_rfc3339(),
+                    "until": until.to_rfc3339(), "comment": comment, "author": author,
                 }),
             )
             .await?;
             println!(
-                "silence {id} until {}",
+                "silence {id} from {} until {}",
+                from.format("%Y-%m-%d %H:%M:%S UTC"),
                 until.format("%Y-%m-%d %H:%M:%S UTC")
             );
         }

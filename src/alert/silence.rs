@@ -121,6 +121,25 @@ pub fn silence_end(now: DateTime<Utc>, hours: f64) -> Result<DateTime<Utc>, Stri
     Ok(now + chrono::Duration::seconds((hours * 3600.0).round() as i64))
 }
 
+/// How far ahead a silence may be scheduled (a maintenance window).
+pub const MAX_SCHEDULE_DAYS: i64 = 90;
+
+/// When a silence asked for at `now` starts: `start` for a maintenance window ahead (at
+/// most [`MAX_SCHEDULE_DAYS`]), now when none is given or `start` has passed.
+pub fn silence_start(
+    now: DateTime<Utc>,
+    start: Option<DateTime<Utc>>,
+) -> Result<DateTime<Utc>, String> {
+    match start {
+        Some(t) if t > now + chrono::Duration::days(MAX_SCHEDULE_DAYS) => Err(format!(
+            "{} is more than {MAX_SCHEDULE_DAYS} days ahead",
+            t.to_rfc3339()
+        )),
+        Some(t) if t > now => Ok(t),
+        _ => Ok(now),
+    }
+}
+
 impl Store {
     /// Create a silence; returns its id.
     pub async fn create_silence(
@@ -146,7 +165,7 @@ impl Store {
             .await?)
     }
 
-    /// Silences not yet over.
+    /// Silences not yet over (those scheduled ahead included), by start.
     pub async fn active_silences(&self, now: DateTime<Utc>) -> Result<Vec<Silence>, sqlx::Error> {
         sqlx::query_as!(
             Silence,
@@ -158,11 +177,15 @@ impl Store {
             .await
     }
 
-    /// End a silence now; the silence as ended, or `None` when no active one has `id`.
+    /// End a silence now; the silence as ended, or `None` when no active or scheduled one
+    /// has `id`. A window scheduled ahead and ended before it starts is kept as one that
+    /// ended the moment it began (it muted nothing).
     pub async fn expire_silence(&self, id: i64) -> Result<Option<Silence>, sqlx::Error> {
         sqlx::query_as!(
             Silence,
-            r#"UPDATE silences SET ends_at = now(), end_recorded = true WHERE id = $1 AND ends_at > now()
+            r#"UPDATE silences SET starts_at = LEAST(starts_at, now() - interval '1 millisecond'),
+                      ends_at = now(), end_recorded = true
+                WHERE id = $1 AND ends_at > now()
                RETURNING id, matchers AS "matchers: sqlx::types::Json<Labels>", starts_at, ends_at, author, comment"#,
             id
         )
@@ -203,6 +226,20 @@ mod tests {
         assert!(check_comment("bell\u{7}").unwrap_err().contains("control"));
         let spaced = parse_matchers(&[" host = gpu-17 ".into()]).unwrap();
         assert_eq!(spaced.get("host").unwrap(), "gpu-17");
+    }
+
+    #[test]
+    fn a_silence_starts_now_or_at_most_ninety_days_ahead() {
+        let now = Utc::now();
+        assert_eq!(silence_start(now, None).unwrap(), now);
+        let past = now - chrono::Duration::hours(1);
+        assert_eq!(silence_start(now, Some(past)).unwrap(), now);
+        let tonight = now + chrono::Duration::hours(9);
+        assert_eq!(silence_start(now, Some(tonight)).unwrap(), tonight);
+        let far = now + chrono::Duration::days(91);
+        assert!(silence_start(now, Some(far))
+            .unwrap_err()
+            .contains("more than 90 days ahead"));
     }
 
     #[test]

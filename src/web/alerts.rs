@@ -136,6 +136,8 @@ pub fn silence_matchers(rule: &str, labels: &Labels) -> String {
 pub struct SilenceView {
     pub id: i64,
     pub matchers: String,
+    /// Its start when it is scheduled ahead; empty when it holds now.
+    pub from: String,
     pub until: String,
     pub author: String,
     pub comment: String,
@@ -198,13 +200,19 @@ pub async fn page(
         .filter(|(a, _)| a.state == "pending")
         .map(view)
         .collect();
+    let now = Utc::now();
     let silences = st
         .store
-        .active_silences(Utc::now())
+        .active_silences(now)
         .await?
         .into_iter()
         .map(|s| SilenceView {
             id: s.id,
+            from: if s.starts_at > now {
+                ts(s.starts_at)
+            } else {
+                String::new()
+            },
             matchers: s
                 .matchers
                 .0
@@ -341,22 +349,23 @@ pub async fn silence(
         .filter(|s| !s.is_empty())
         .collect();
     let m = crate::alert::silence::parse_matchers(&items).map_err(ApiError::BadRequest)?;
-    create_silence(&st, &user, ip, m, f.hours, &f.comment).await?;
+    create_silence(&st, &user, ip, m, (None, f.hours), &f.comment).await?;
     Ok(Redirect::to("/alerts").into_response())
 }
 
-/// Store a silence of `hours` from now and record it in the audit trail.
+/// Store a silence of `hours` from `start` (now when `None` or past) and record it in the
+/// audit trail.
 async fn create_silence(
     st: &AppState,
     user: &User,
     ip: Option<std::net::IpAddr>,
     m: Labels,
-    hours: f64,
+    (start, hours): (Option<DateTime<Utc>>, f64),
     comment: &str,
 ) -> Result<Silence, ApiError> {
-    use crate::alert::silence::{check_comment, silence_end};
+    use crate::alert::silence::{check_comment, silence_end, silence_start};
     check_comment(comment).map_err(ApiError::BadRequest)?;
-    let now = Utc::now();
+    let now = silence_start(Utc::now(), start).map_err(ApiError::BadRequest)?;
     let end = silence_end(now, hours).map_err(ApiError::BadRequest)?;
     let id = st
         .store
@@ -369,7 +378,8 @@ async fn create_silence(
             Entry::ok(&user.name, "silence.created", &format!("silence {id}"))
                 .from(ip)
                 .details(serde_json::json!({
-                    "matchers": text.join(", "), "until": end.to_rfc3339(), "comment": comment
+                    "matchers": text.join(", "), "from": now.to_rfc3339(),
+                    "until": end.to_rfc3339(), "comment": comment
                 })),
         )
         .await?;
@@ -473,14 +483,14 @@ pub async fn ack_api(
     Ok(Json(ack(&st, &user, ip, &fingerprint).await?))
 }
 
-/// Active silences, oldest first.
+/// Silences not yet over, scheduled ones included, by start.
 #[utoipa::path(
     get,
     path = "/api/v1/silences",
     operation_id = "silences",
     tag = "alerts",
     responses(
-        (status = 200, description = "The silences not yet over.", body = Vec<Silence>),
+        (status = 200, description = "The silences not yet over (a future `starts_at` is a scheduled one).", body = Vec<Silence>),
         (status = 400, description = "A query parameter: this endpoint takes none.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
     )
@@ -501,15 +511,20 @@ pub struct NewSilence {
     /// severity, event, xid.
     #[schema(example = json!({"host": "gpu-17", "rule": "gpu-xid"}))]
     pub matchers: std::collections::BTreeMap<String, String>,
-    /// How long it lasts from now, more than 0 and at most 2,160 hours (90 days).
+    /// When it starts, for a maintenance window ahead (at most 90 days); now when left
+    /// out or past.
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
+    /// How long it lasts from its start, more than 0 and at most 2,160 hours (90 days).
     pub hours: f64,
     /// Why (at most 1,000 characters).
     #[serde(default)]
     pub comment: String,
 }
 
-/// Mute the notifications of matching alerts from now for `hours` (operator or admin).
-/// Alerts keep firing and show as silenced.
+/// Mute the notifications of matching alerts for `hours`, from now or from `starts_at`
+/// (a maintenance window ahead; operator or admin). Alerts keep firing and show as
+/// silenced while it holds.
 #[utoipa::path(
     post,
     path = "/api/v1/silences",
@@ -518,7 +533,7 @@ pub struct NewSilence {
     request_body = NewSilence,
     responses(
         (status = 201, description = "The silence.", body = Silence),
-        (status = 400, description = "A bad matcher, duration or comment, named.", body = ErrorBody),
+        (status = 400, description = "A bad matcher, start, duration or comment, named.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Needs the operator role.", body = ErrorBody),
         (status = 413, description = "The body is over `server.max_body_bytes`.", body = ErrorBody),
@@ -551,9 +566,12 @@ pub async fn create_silence_api(
     // The same checks create_silence makes, answered with the field's name.
     crate::alert::silence::check_comment(&new.comment)
         .map_err(|e| ApiError::BadRequest(format!("comment: {e}")))?;
+    crate::alert::silence::silence_start(Utc::now(), new.starts_at)
+        .map_err(|e| ApiError::BadRequest(format!("starts_at: {e}")))?;
     crate::alert::silence::silence_end(Utc::now(), new.hours)
         .map_err(|e| ApiError::BadRequest(format!("hours: {e}")))?;
-    let s = create_silence(&st, &user, ip, m, new.hours, &new.comment).await?;
+    let window = (new.starts_at, new.hours);
+    let s = create_silence(&st, &user, ip, m, window, &new.comment).await?;
     Ok((StatusCode::CREATED, Json(s)))
 }
 

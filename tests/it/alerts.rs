@@ -1208,7 +1208,7 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     let r = rig_with(SmtpServer::stopped(crate::support::free_port()), None).await;
     let app = &r.app;
     let fp = keep_firing_xid(app, "api-host", 2).await;
-    app.login_as("viewer2", "viewer-pass", Role::Viewer).await;
+    let viewer = app.login_as("viewer2", "viewer-pass", Role::Viewer).await;
     app.login_as("oper2", "operator-pass", Role::Operator).await;
     let call = |method: reqwest::Method, path: String, user: &'static str| {
         let pass = if user == "oper2" {
@@ -1344,8 +1344,32 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"], id);
 
-    // End it: a bad id 400, an unknown one 404, then the silence, then 404.
     let end = |id: String| call(Method::DELETE, format!("/api/v1/silences/{id}"), "oper2");
+    // A maintenance window ahead is listed but does not mute yet; one too far ahead is
+    // refused.
+    let tomorrow = Utc::now() + chrono::Duration::days(1);
+    let (s, window) = send(silence(serde_json::json!({
+        "matchers": {"host": "api-host"}, "starts_at": tomorrow, "hours": 4
+    })))
+    .await;
+    assert_eq!(s, 201, "{window}");
+    let starts: chrono::DateTime<Utc> = window["starts_at"].as_str().unwrap().parse().unwrap();
+    assert!((starts - tomorrow).num_seconds().abs() <= 1, "{window}");
+    let (s, b) = send(silence(serde_json::json!({
+        "matchers": {"host": "api-host"}, "starts_at": Utc::now() + chrono::Duration::days(91), "hours": 4
+    })))
+    .await;
+    assert_eq!(s, 400);
+    assert!(b["error"].as_str().unwrap().contains("starts_at: "), "{b}");
+    let (_, list) = send(call(Method::GET, "/api/v1/silences".into(), "viewer2")).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let (_, page) = app.page(&viewer, "/alerts").await;
+    assert!(
+        page.contains("<span class=\"badge\">scheduled</span>"),
+        "{page}"
+    );
+
+    // End it: a bad id 400, an unknown one 404, then the silence, then 404.
     assert_eq!(send(end("abc".into())).await.0, 400);
     assert_eq!(send(end("999999".into())).await.0, 404);
     assert_eq!(
@@ -1363,10 +1387,13 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     let ended_at: chrono::DateTime<Utc> = ended["ends_at"].as_str().unwrap().parse().unwrap();
     assert!(ended_at <= Utc::now());
     assert_eq!(send(end(id.to_string())).await.0, 404);
+    // Left: the window ahead, which does not mute the alert now.
     let (_, list) = send(call(Method::GET, "/api/v1/silences".into(), "viewer2")).await;
-    assert_eq!(list, serde_json::json!([]));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], window["id"]);
     let (_, alerts) = send(call(Method::GET, "/api/v1/alerts".into(), "viewer2")).await;
     assert_eq!(alerts[0]["silenced"], false, "{alerts}");
+    assert_eq!(send(end(window["id"].to_string())).await.0, 200);
 
     // One audit row per action, by the operator.
     let actions: Vec<String> = sqlx::query_scalar(
@@ -1377,7 +1404,13 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     .unwrap();
     assert_eq!(
         actions,
-        ["alert.acknowledged", "silence.created", "silence.expired"]
+        [
+            "alert.acknowledged",
+            "silence.created",
+            "silence.created",
+            "silence.expired",
+            "silence.expired"
+        ]
     );
     r.app.stop().await;
 }

@@ -156,6 +156,23 @@ async fn token_create_and_user_add_work_against_the_database() {
             vec!["alerts", "silence", "--match", "host="],
             "has no value",
         ),
+        (
+            vec![
+                "alerts", "silence", "--match", "host=x", "--start", "tonight",
+            ],
+            "--start tonight: ",
+        ),
+        (
+            vec![
+                "alerts",
+                "silence",
+                "--match",
+                "host=x",
+                "--start",
+                "2099-01-01T00:00:00Z",
+            ],
+            "--start: 2099-01-01T00:00:00+00:00 is more than 90 days ahead",
+        ),
     ] {
         let url = app.db_url.clone();
         let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -170,25 +187,42 @@ async fn token_create_and_user_add_work_against_the_database() {
             "{args:?}: {err}"
         );
     }
-    // The longest silence is accepted.
-    let url = app.db_url.clone();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        rackwatch(
-            &url,
-            &[
-                "alerts",
-                "silence",
-                "--match",
-                "host=x",
-                "--duration",
-                "90d",
-            ],
-            "",
+    // The longest silence is accepted, and so is a maintenance window tomorrow.
+    let start = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    for args in [
+        vec!["--match", "host=x", "--duration", "90d"],
+        vec!["--match", "host=y", "--start", &start, "--duration", "3h"],
+    ] {
+        let url = app.db_url.clone();
+        let argv: Vec<String> = ["alerts", "silence"]
+            .iter()
+            .chain(args.iter())
+            .map(|a| a.to_string())
+            .collect();
+        let (ok, out, err) = tokio::task::spawn_blocking(move || {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            rackwatch(&url, &argv, "")
+        })
+        .await
+        .unwrap();
+        assert!(ok && out.starts_with("silence "), "{args:?}: {err}");
+    }
+    let (from, until): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT starts_at, ends_at FROM silences WHERE matchers = '{\"host\": \"y\"}'",
         )
-    })
-    .await
-    .unwrap();
-    assert!(ok && out.starts_with("silence "), "{err}");
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert!(
+        (from - chrono::Utc::now() - chrono::Duration::days(1))
+            .num_seconds()
+            .abs()
+            < 60
+    );
+    assert_eq!(until - from, chrono::Duration::hours(3));
     app.stop().await;
 }
 
