@@ -329,6 +329,12 @@ pub struct SilenceForm {
     hours: f64,
     #[serde(default)]
     comment: String,
+    /// A start ahead (`datetime-local` in the viewer's zone); empty: now.
+    #[serde(default)]
+    start: String,
+    /// UTC − local time in minutes, filled in by the page's script.
+    #[serde(default)]
+    tzo: i32,
     #[serde(default)]
     csrf: String,
 }
@@ -349,7 +355,11 @@ pub async fn silence(
         .filter(|s| !s.is_empty())
         .collect();
     let m = crate::alert::silence::parse_matchers(&items).map_err(ApiError::BadRequest)?;
-    create_silence(&st, &user, ip, m, (None, f.hours), &f.comment).await?;
+    let start = match f.start.trim() {
+        "" => None,
+        t => Some(super::range::parse_time("start", t, f.tzo)?),
+    };
+    create_silence(&st, &user, ip, m, (start, f.hours), &f.comment).await?;
     Ok(Redirect::to("/alerts").into_response())
 }
 

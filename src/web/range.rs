@@ -93,7 +93,20 @@ fn range_keys() -> utoipa::openapi::schema::Object {
     crate::model::schema::one_of(&keys)
 }
 
-fn parse_time(field: &str, s: &str, tzo: i32) -> Result<DateTime<Utc>, ApiError> {
+/// `tzo` within the world's time zones.
+fn check_tzo(tzo: i32) -> Result<(), ApiError> {
+    if tzo.abs() > MAX_TZO {
+        return Err(ApiError::BadRequest(format!(
+            "`tzo` = {tzo}: minutes of UTC − local time (a browser's getTimezoneOffset()), from −{MAX_TZO} to {MAX_TZO}"
+        )));
+    }
+    Ok(())
+}
+
+/// A time from a query or form field: RFC 3339, or a `datetime-local` value in the viewer's
+/// zone (`tzo` = UTC − local in minutes, as `getTimezoneOffset()` gives it).
+pub fn parse_time(field: &str, s: &str, tzo: i32) -> Result<DateTime<Utc>, ApiError> {
+    check_tzo(tzo)?;
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -132,11 +145,7 @@ impl RangeParams {
         let from = self.from.as_deref().filter(|s| !s.is_empty());
         let to = self.to.as_deref().filter(|s| !s.is_empty());
         let tzo = self.tzo.unwrap_or(0);
-        if tzo.abs() > MAX_TZO {
-            return Err(ApiError::BadRequest(format!(
-                "`tzo` = {tzo}: minutes of UTC − local time (a browser's getTimezoneOffset()), from −{MAX_TZO} to {MAX_TZO}"
-            )));
-        }
+        check_tzo(tzo)?;
         let (from, to, key) = if let Some(f) = from {
             let from = parse_time("from", f, tzo)?;
             let to = match to {

@@ -1164,6 +1164,32 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
         ("csrf", csrf.clone()),
     ];
     assert_eq!(post("/silences", &op, bad).await.unwrap().status(), 400);
+    // A maintenance window tomorrow at 22:00 on a viewer's clock one hour east of UTC
+    // (getTimezoneOffset() = -60): 21:00 UTC.
+    let day = (Utc::now() + chrono::Duration::days(1)).date_naive();
+    let window = vec![
+        ("matchers", "host=other-host".to_string()),
+        ("start", format!("{day}T22:00")),
+        ("tzo", "-60".to_string()),
+        ("hours", "4".to_string()),
+        ("csrf", csrf.clone()),
+    ];
+    assert_eq!(post("/silences", &op, window).await.unwrap().status(), 303);
+    let (starts, ends): (chrono::DateTime<Utc>, chrono::DateTime<Utc>) = sqlx::query_as(
+        "SELECT starts_at, ends_at FROM silences WHERE matchers = '{\"host\": \"other-host\"}'",
+    )
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(starts, day.and_hms_opt(21, 0, 0).unwrap().and_utc());
+    assert_eq!(ends - starts, chrono::Duration::hours(4));
+    let garbled = vec![
+        ("matchers", "host=other-host".to_string()),
+        ("start", "tomorrow".to_string()),
+        ("hours", "4".to_string()),
+        ("csrf", csrf.clone()),
+    ];
+    assert_eq!(post("/silences", &op, garbled).await.unwrap().status(), 400);
     let api: serde_json::Value = app
         .http
         .get(format!("{}/api/v1/alerts", app.base))
