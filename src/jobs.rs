@@ -246,8 +246,11 @@ async fn anomaly(c: &JobContext) -> anyhow::Result<String> {
     let mut job = c.anomaly.lock().await;
     let r = job.run(&c.store, &c.cfg.anomaly, Utc::now()).await?;
     let summary = format!(
-        "{} minutes scored ({} anomalous), {} models trained, {} hosts without a model",
-        r.scored_minutes, r.anomalous_minutes, r.trained, r.skipped
+        "{} scored ({} anomalous), {} trained, {} without a model",
+        count(r.scored_minutes, "minute"),
+        r.anomalous_minutes,
+        count(r.trained, "model"),
+        count(r.skipped, "host")
     );
     // The job runs every minute and logs at debug; a run that trained or found something
     // is worth a line at info.
@@ -260,9 +263,22 @@ async fn anomaly(c: &JobContext) -> anyhow::Result<String> {
 async fn capacity(c: &JobContext) -> anyhow::Result<String> {
     let r = crate::analytics::capacity::run(&c.store, &c.cfg, Utc::now()).await?;
     Ok(format!(
-        "{} pools recommended ({} without a plan yet), {} racks and {} disks dated, {} demand slots",
-        r.pools, r.skipped, r.racks, r.disks, r.demand_slots
+        "{} recommended ({} without a plan yet), {} and {} dated, {}",
+        count(r.pools, "pool"),
+        r.skipped,
+        count(r.racks, "rack"),
+        count(r.disks, "disk"),
+        count(r.demand_slots, "demand slot")
     ))
+}
+
+/// `1 host`, `2 hosts`: a count with its noun.
+fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// Energy accounting, then the weekly report mail when it is due. Both run; either
