@@ -404,7 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo(cfg, admin_password, !no_local_agent).await
         }
         Cmd::Backup { out } => {
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let done =
                 rackwatch::store::backup::backup(&cfg.database.managed_bin_dir, &db.url, &out)
                     .await;
@@ -494,7 +494,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     line.trim_end_matches(['\r', '\n']).to_string()
                 }
             };
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let r = async {
                 let before = db.store.password_row(&name).await?.map(|r| r.1);
                 db.store.upsert_user(&name, role, &password).await?;
@@ -510,7 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::User(UserCmd::List) => {
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let users = db.store.list_users().await;
             db.close().await;
             println!("{:<32} {:<9} created", "name", "role");
@@ -526,7 +526,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::User(UserCmd::Remove { name }) => {
             use rackwatch::store::auth::UserRemoval;
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let r = async {
                 let outcome = db.store.delete_user_named(&name).await?;
                 if let UserRemoval::Removed { role } = &outcome {
@@ -579,32 +579,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Capacity(CapacityCmd::Plan { format, pool }) => {
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let r = capacity_plan(&cfg, &db, &format, pool.as_deref()).await;
             db.close().await;
             r
         }
         Cmd::Token(t) => {
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let r = token_cmd(&db, t).await;
             db.close().await;
             r
         }
         Cmd::Host(HostCmd::List) => {
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let hosts = db.store.hosts_latest().await;
             db.close().await;
             print!("{}", host_table(&hosts?, chrono::Utc::now()));
             Ok(())
         }
         Cmd::Host(HostCmd::Remove { name }) => {
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let r = remove_host(&db, &name).await;
             db.close().await;
             r
         }
         Cmd::Report(r) => {
-            let db = Database::open(&cfg, Role::OneShot).await?;
+            let db = Database::open(&cfg, Role::Existing).await?;
             let res = report_cmd(&cfg, &db, r).await;
             db.close().await;
             res
@@ -1084,7 +1084,7 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         other => {
-            let db = Database::open(cfg, Role::OneShot).await?;
+            let db = Database::open(cfg, Role::Existing).await?;
             let r = alerts_db_cmd(&db, other).await;
             db.close().await;
             r

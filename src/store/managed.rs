@@ -444,6 +444,27 @@ fn lookup_user(name: &str) -> Result<RunAs, ManagedError> {
 /// The unprivileged user must be able to reach the cluster directory. When a parent
 /// (e.g. `/root`) is closed to others, keep the cluster under `/var/lib/rackwatch`
 /// instead, named after the configured path so the next start finds it again.
+/// Where [`ManagedPostgres::start`] keeps the cluster of `abs` when a parent of it is
+/// closed to the unprivileged Postgres user.
+fn alt_root(abs: &Path) -> PathBuf {
+    PathBuf::from("/var/lib/rackwatch").join(format!(
+        "pg-{:016x}",
+        fnv1a(abs.as_os_str().as_encoded_bytes())
+    ))
+}
+
+/// Whether a cluster was made under `root` (or where `start` keeps it for `root`), i.e.
+/// whether `start` would adopt one rather than run `initdb`.
+pub fn cluster_exists(root: &Path) -> bool {
+    let abs = match std::env::current_dir() {
+        Ok(cwd) if !root.is_absolute() => cwd.join(root),
+        _ => root.to_path_buf(),
+    };
+    [abs.clone(), alt_root(&abs)]
+        .iter()
+        .any(|r| r.join("data").join("PG_VERSION").is_file())
+}
+
 fn reachable_root(root: &Path) -> Result<PathBuf, ManagedError> {
     let abs = if root.is_absolute() {
         root.to_path_buf()
@@ -464,10 +485,7 @@ fn reachable_root(root: &Path) -> Result<PathBuf, ManagedError> {
     if ok {
         return Ok(abs);
     }
-    let alt = PathBuf::from("/var/lib/rackwatch").join(format!(
-        "pg-{:016x}",
-        fnv1a(abs.as_os_str().as_encoded_bytes())
-    ));
+    let alt = alt_root(&abs);
     tracing::info!(
         wanted = %abs.display(), using = %alt.display(),
         "a parent of the data dir is closed to the unprivileged Postgres user; keeping the cluster elsewhere"

@@ -87,7 +87,12 @@ pub struct Database {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Owner,
+    /// A one-shot command that may make the managed cluster (`migrate`, `restore`).
     OneShot,
+    /// A one-shot command on an existing database: without `database.url`, a managed
+    /// cluster must already be under `data_dir` (a mistyped `--data-dir` is an error, not
+    /// a new empty database that answers "no hosts").
+    Existing,
 }
 
 impl Database {
@@ -116,6 +121,14 @@ impl Database {
     /// as it is: empty, or to be replaced).
     pub async fn open_bare(cfg: &Config, role: Role) -> anyhow::Result<Database> {
         let (url, managed) = if cfg.database.url.is_empty() {
+            let root = cfg.data_dir.join("postgres");
+            if role == Role::Existing && !managed::cluster_exists(&root) {
+                anyhow::bail!(
+                    "no Rackwatch database under {}: start the server there first (`rackwatch serve` or `rackwatch demo`), \
+                     pass the --data-dir it uses (data_dir in its config), or set database.url (RACKWATCH_DATABASE__URL)",
+                    root.display()
+                );
+            }
             let opts = ManagedOptions {
                 root: cfg.data_dir.join("postgres"),
                 bin_dir: cfg.database.managed_bin_dir.clone(),

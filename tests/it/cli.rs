@@ -228,6 +228,26 @@ async fn token_create_and_user_add_work_against_the_database() {
 
 #[test]
 fn configuration_and_setup_errors_say_what_to_do() {
+    // A command that reads the database does not make an empty one where none is (a
+    // mistyped --data-dir would otherwise answer "no hosts").
+    let nowhere = tempfile::tempdir().unwrap();
+    let dir = nowhere.path().join("typo");
+    for cmd in [
+        &["host", "list"][..],
+        &["capacity", "plan"],
+        &["alerts", "silences"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend(["--data-dir", dir.to_str().unwrap()]);
+        let (ok, out, err) = rackwatch("", &args, "");
+        assert!(!ok, "{args:?}: {out}");
+        assert!(
+            err.contains(&format!("no Rackwatch database under {}/postgres", dir.display()))
+                && err.contains("--data-dir"),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.exists(), "{args:?} made {}", dir.display());
+    }
     let (ok, _, err) = rackwatch(
         "",
         &["--config", "/nonexistent/rackwatch.toml", "migrate"],
