@@ -242,8 +242,10 @@ fn configuration_and_setup_errors_say_what_to_do() {
         let (ok, out, err) = rackwatch("", &args, "");
         assert!(!ok, "{args:?}: {out}");
         assert!(
-            err.contains(&format!("no Rackwatch database under {}/postgres", dir.display()))
-                && err.contains("--data-dir"),
+            err.contains(&format!(
+                "no Rackwatch database under {}/postgres",
+                dir.display()
+            )) && err.contains("--data-dir"),
             "{args:?}: {err}"
         );
         assert!(!dir.exists(), "{args:?} made {}", dir.display());
