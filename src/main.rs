@@ -1138,7 +1138,8 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             let id = db
                 .store
                 .create_silence(&m, from, until, &author, &comment)
-                .await?;
+                .await?
+                .id;
             audit(
                 db,
                 "silence.created",
@@ -1175,17 +1176,16 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             }
         }
         AlertsCmd::Expire { id } => {
-            if db.store.expire_silence(id).await?.is_none() {
-                anyhow::bail!("no active silence with id {id}");
-            }
-            audit(
-                db,
-                "silence.expired",
-                &format!("silence {id}"),
-                serde_json::json!({}),
-            )
-            .await?;
-            println!("silence {id} ended");
+            let Some((_, cancelled)) = db.store.expire_silence(id).await? else {
+                anyhow::bail!("no active or scheduled silence with id {id}");
+            };
+            let (action, done) = if cancelled {
+                ("silence.cancelled", "cancelled (it had not started)")
+            } else {
+                ("silence.expired", "ended")
+            };
+            audit(db, action, &format!("silence {id}"), serde_json::json!({})).await?;
+            println!("silence {id} {done}");
         }
         AlertsCmd::TestEmail { .. }
         | AlertsCmd::TestNotify { .. }

@@ -71,6 +71,27 @@ pub fn add_matcher(m: &mut Labels, k: &str, v: &str) -> Result<(), String> {
             "{k}: the value must be at most 256 printable characters"
         ));
     }
+    if v.trim() != v {
+        return Err(format!(
+            "{k}: {v:?} has spaces around it, which no label has"
+        ));
+    }
+    // Labels with a closed set of values: a silence that names another could never match.
+    match k {
+        "gpu" if v.parse::<u16>().is_err() => {
+            return Err(format!("gpu: {v:?} is not a GPU index (0, 1, …)"))
+        }
+        "xid" if v.parse::<u32>().is_err() => {
+            return Err(format!("xid: {v:?} is not an XID code (79, 94, …)"))
+        }
+        "severity" if !crate::alert::rules::SEVERITIES.contains(&v) => {
+            return Err(format!(
+                "severity: {v:?} is not one of {}",
+                crate::alert::rules::SEVERITIES.join(", ")
+            ))
+        }
+        _ => {}
+    }
     if let Some(first) = m.insert(k.to_string(), v.to_string()) {
         return Err(format!(
             "label {k} is given twice ({k}={first}, {k}={v}); a silence mutes alerts that match all of its matchers, so make one silence for each"
@@ -112,9 +133,10 @@ pub const MAX_SILENCE_HOURS: i64 = 24 * 90;
 /// When a silence of `hours` made at `now` ends: more than nothing and at most
 /// [`MAX_SILENCE_HOURS`].
 pub fn silence_end(now: DateTime<Utc>, hours: f64) -> Result<DateTime<Utc>, String> {
-    if !(hours > 0.0 && hours <= MAX_SILENCE_HOURS as f64) {
+    // At least one second once rounded to whole seconds.
+    if !(hours * 3600.0 >= 0.5 && hours <= MAX_SILENCE_HOURS as f64) {
         return Err(format!(
-            "a silence lasts more than 0 and at most {MAX_SILENCE_HOURS} hours ({} days)",
+            "a silence lasts at least 1 second and at most {MAX_SILENCE_HOURS} hours ({} days)",
             MAX_SILENCE_HOURS / 24
         ));
     }
@@ -141,7 +163,7 @@ pub fn silence_start(
 }
 
 impl Store {
-    /// Create a silence; returns its id.
+    /// Create a silence; returns it as stored.
     pub async fn create_silence(
         &self,
         matchers: &Labels,
@@ -149,12 +171,14 @@ impl Store {
         ends_at: DateTime<Utc>,
         author: &str,
         comment: &str,
-    ) -> anyhow::Result<i64> {
+    ) -> anyhow::Result<Silence> {
         if ends_at <= starts_at {
             anyhow::bail!("a silence must end after it starts");
         }
-        Ok(sqlx::query_scalar!(
-            "INSERT INTO silences (matchers, starts_at, ends_at, author, comment) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        Ok(sqlx::query_as!(
+            Silence,
+            r#"INSERT INTO silences (matchers, starts_at, ends_at, author, comment) VALUES ($1, $2, $3, $4, $5)
+               RETURNING id, matchers AS "matchers: sqlx::types::Json<Labels>", starts_at, ends_at, author, comment"#,
             sqlx::types::Json(matchers) as _,
             starts_at,
             ends_at,
@@ -162,7 +186,7 @@ impl Store {
             comment,
         )
         .fetch_one(&self.pool)
-            .await?)
+        .await?)
     }
 
     /// Silences not yet over (those scheduled ahead included), by start.
@@ -177,20 +201,31 @@ impl Store {
             .await
     }
 
-    /// End a silence now; the silence as ended, or `None` when no active or scheduled one
-    /// has `id`. A window scheduled ahead and ended before it starts is kept as one that
-    /// ended the moment it began (it muted nothing).
-    pub async fn expire_silence(&self, id: i64) -> Result<Option<Silence>, sqlx::Error> {
-        sqlx::query_as!(
+    /// End a silence now: the silence as ended, or `None` when no active or scheduled one
+    /// has `id`. A window scheduled ahead that has not started is cancelled (deleted; it
+    /// muted nothing) and comes back as it was planned, with `true`.
+    pub async fn expire_silence(&self, id: i64) -> Result<Option<(Silence, bool)>, sqlx::Error> {
+        let cancelled = sqlx::query_as!(
             Silence,
-            r#"UPDATE silences SET starts_at = LEAST(starts_at, now() - interval '1 millisecond'),
-                      ends_at = now(), end_recorded = true
+            r#"DELETE FROM silences WHERE id = $1 AND starts_at > now()
+               RETURNING id, matchers AS "matchers: sqlx::types::Json<Labels>", starts_at, ends_at, author, comment"#,
+            id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(s) = cancelled {
+            return Ok(Some((s, true)));
+        }
+        Ok(sqlx::query_as!(
+            Silence,
+            r#"UPDATE silences SET ends_at = now(), end_recorded = true
                 WHERE id = $1 AND ends_at > now()
                RETURNING id, matchers AS "matchers: sqlx::types::Json<Labels>", starts_at, ends_at, author, comment"#,
             id
         )
         .fetch_optional(&self.pool)
-        .await
+        .await?
+        .map(|s| (s, false)))
     }
 }
 
@@ -218,6 +253,23 @@ mod tests {
         assert!(parse_matchers(&["host=a\nb".into()])
             .unwrap_err()
             .contains("printable"));
+        for (bad, says) in [
+            ("gpu=abc", "not a GPU index"),
+            ("xid=x79", "not an XID code"),
+            ("severity=banana", "not one of critical, warning, info"),
+        ] {
+            assert!(
+                parse_matchers(&[bad.into()]).unwrap_err().contains(says),
+                "{bad}"
+            );
+        }
+        let mut m = Labels::new();
+        assert!(add_matcher(&mut m, "host", " gpu-17 ")
+            .unwrap_err()
+            .contains("spaces around"));
+        assert!(
+            parse_matchers(&["gpu=3".into(), "xid=79".into(), "severity=critical".into()]).is_ok()
+        );
         assert!(check_comment(&"x".repeat(1000)).is_ok());
         assert!(check_comment("two\nlines").is_ok());
         assert!(check_comment(&"x".repeat(1001))
@@ -253,7 +305,20 @@ mod tests {
             silence_end(now, 2160.0).unwrap(),
             now + chrono::Duration::days(90)
         );
-        for bad in [0.0, -1.0, 2160.01, f64::NAN, f64::INFINITY, 1e300] {
+        assert_eq!(
+            silence_end(now, 1.0 / 3600.0).unwrap(),
+            now + chrono::Duration::seconds(1)
+        );
+        for bad in [
+            0.0,
+            -1.0,
+            1e-6,
+            5e-324,
+            2160.01,
+            f64::NAN,
+            f64::INFINITY,
+            1e300,
+        ] {
             assert!(
                 silence_end(now, bad)
                     .unwrap_err()

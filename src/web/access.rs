@@ -497,7 +497,7 @@ fn cookie_post_ok(headers: &HeaderMap, row: &RouteRule) -> Result<(), ApiError> 
         let expected = auth::csrf_token(headers);
         if sent.is_empty() || !auth::same(sent, &expected) {
             return Err(ApiError::Forbidden(format!(
-                "a JSON post made with a session cookie needs the session's CSRF token in the {CSRF_HEADER} header (or send HTTP Basic or a token instead of the cookie)"
+                "a JSON API post or delete made with a session cookie needs the session's CSRF token in the {CSRF_HEADER} header (or send HTTP Basic or a token instead of the cookie)"
             )));
         }
     }

@@ -303,13 +303,31 @@ async fn ack(
 ) -> Result<Acknowledged, ApiError> {
     let at = sqlx::query_scalar!(
         r#"UPDATE alerts SET acknowledged_by = $2, acknowledged_at = now()
-            WHERE fingerprint = $1 AND state = 'firing' RETURNING acknowledged_at AS "at!""#,
+            WHERE fingerprint = $1 AND state = 'firing' AND acknowledged_by IS NULL
+        RETURNING acknowledged_at AS "at!""#,
         fingerprint,
         &user.name,
     )
     .fetch_optional(&st.store.pool)
-    .await?
-    .ok_or_else(|| ApiError::NotFound("no firing alert with that fingerprint".into()))?;
+    .await?;
+    let Some(at) = at else {
+        // Already taken, or not firing: say which.
+        let taken = sqlx::query!(
+            r#"SELECT acknowledged_by AS "by!", acknowledged_at AS "at!" FROM alerts
+                WHERE fingerprint = $1 AND state = 'firing' AND acknowledged_by IS NOT NULL"#,
+            fingerprint
+        )
+        .fetch_optional(&st.store.pool)
+        .await?;
+        return Err(match taken {
+            Some(t) => ApiError::Conflict(format!(
+                "already acknowledged by {} at {}",
+                t.by,
+                t.at.to_rfc3339()
+            )),
+            None => ApiError::NotFound("no firing alert with that fingerprint".into()),
+        });
+    };
     st.store
         .audit(Entry::ok(&user.name, "alert.acknowledged", fingerprint).from(ip))
         .await?;
@@ -377,7 +395,7 @@ async fn create_silence(
     check_comment(comment).map_err(ApiError::BadRequest)?;
     let now = silence_start(Utc::now(), start).map_err(ApiError::BadRequest)?;
     let end = silence_end(now, hours).map_err(ApiError::BadRequest)?;
-    let id = st
+    let s = st
         .store
         .create_silence(&m, now, end, &user.name, comment)
         .await
@@ -385,22 +403,15 @@ async fn create_silence(
     let text: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
     st.store
         .audit(
-            Entry::ok(&user.name, "silence.created", &format!("silence {id}"))
+            Entry::ok(&user.name, "silence.created", &format!("silence {}", s.id))
                 .from(ip)
                 .details(serde_json::json!({
-                    "matchers": text.join(", "), "from": now.to_rfc3339(),
-                    "until": end.to_rfc3339(), "comment": comment
+                    "matchers": text.join(", "), "from": s.starts_at.to_rfc3339(),
+                    "until": s.ends_at.to_rfc3339(), "comment": comment
                 })),
         )
         .await?;
-    Ok(Silence {
-        id,
-        matchers: sqlx::types::Json(m),
-        starts_at: now,
-        ends_at: end,
-        author: user.name.clone(),
-        comment: comment.to_string(),
-    })
+    Ok(s)
 }
 
 #[derive(Deserialize)]
@@ -424,20 +435,24 @@ pub async fn expire(
     Ok(Redirect::to("/alerts").into_response())
 }
 
-/// End an active silence now and record it in the audit trail; 404 when none has `id`.
+/// End an active silence now, or cancel one scheduled ahead, and record it in the audit
+/// trail (`silence.expired`, `silence.cancelled`); 404 when none has `id`.
 async fn end_silence(
     st: &AppState,
     user: &User,
     ip: Option<std::net::IpAddr>,
     id: i64,
 ) -> Result<Silence, ApiError> {
-    let s = st
-        .store
-        .expire_silence(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no active silence with id {id}")))?;
+    let (s, cancelled) = st.store.expire_silence(id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("no active or scheduled silence with id {id}"))
+    })?;
+    let action = if cancelled {
+        "silence.cancelled"
+    } else {
+        "silence.expired"
+    };
     st.store
-        .audit(Entry::ok(&user.name, "silence.expired", &format!("silence {id}")).from(ip))
+        .audit(Entry::ok(&user.name, action, &format!("silence {id}")).from(ip))
         .await?;
     Ok(s)
 }
@@ -481,6 +496,7 @@ pub async fn api(
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Needs the operator role.", body = ErrorBody),
         (status = 404, description = "No firing alert has that fingerprint.", body = ErrorBody),
+        (status = 409, description = "Someone already acknowledged it (named in the error).", body = ErrorBody),
     )
 )]
 pub async fn ack_api(
@@ -488,6 +504,7 @@ pub async fn ack_api(
     ApiUser(user): ApiUser,
     ClientAddr(ip): ClientAddr,
     Path(fingerprint): Path<String>,
+    _q: ApiQuery<NoParams>,
 ) -> Result<Json<Acknowledged>, ApiError> {
     require_operator(&user)?;
     Ok(Json(ack(&st, &user, ip, &fingerprint).await?))
@@ -520,6 +537,7 @@ pub struct NewSilence {
     /// Labels an alert must all equal to be muted: site, rack, pool, host, gpu, rule,
     /// severity, event, xid.
     #[schema(example = json!({"host": "gpu-17", "rule": "gpu-xid"}))]
+    #[serde(deserialize_with = "unique_labels")]
     pub matchers: std::collections::BTreeMap<String, String>,
     /// When it starts, for a maintenance window ahead (at most 90 days); now when left
     /// out or past.
@@ -530,6 +548,36 @@ pub struct NewSilence {
     /// Why (at most 1,000 characters).
     #[serde(default)]
     pub comment: String,
+}
+
+/// An object of label → value strings in which no label comes twice (a silence matches
+/// all of its matchers, so `host=a, host=b` would match nothing).
+fn unique_labels<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    struct Labels;
+    impl<'de> serde::de::Visitor<'de> for Labels {
+        type Value = std::collections::BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of label: value strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut m = std::collections::BTreeMap::new();
+            while let Some((k, v)) = a.next_entry::<String, String>()? {
+                if m.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!(
+                        "label {k} is given twice; a silence mutes alerts that match all of its matchers, so make one silence for each"
+                    )));
+                }
+                m.insert(k, v);
+            }
+            Ok(m)
+        }
+    }
+    d.deserialize_map(Labels)
 }
 
 /// Mute the notifications of matching alerts for `hours`, from now or from `starts_at`
@@ -554,6 +602,7 @@ pub async fn create_silence_api(
     State(st): State<AppState>,
     ApiUser(user): ApiUser,
     ClientAddr(ip): ClientAddr,
+    _q: ApiQuery<NoParams>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Silence>), ApiError> {
@@ -585,7 +634,8 @@ pub async fn create_silence_api(
     Ok((StatusCode::CREATED, Json(s)))
 }
 
-/// End a silence now (operator or admin).
+/// End a silence now, or cancel one scheduled ahead (operator or admin). An ended silence
+/// comes back with its new end; a cancelled one as it was planned.
 #[utoipa::path(
     delete,
     path = "/api/v1/silences/{id}",
@@ -593,11 +643,11 @@ pub async fn create_silence_api(
     tag = "alerts",
     params(("id" = i64, Path, description = "The silence's id.")),
     responses(
-        (status = 200, description = "The silence, ended.", body = Silence),
+        (status = 200, description = "The silence, ended or cancelled.", body = Silence),
         (status = 400, description = "The id is not a number.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Needs the operator role.", body = ErrorBody),
-        (status = 404, description = "No active silence has that id.", body = ErrorBody),
+        (status = 404, description = "No active or scheduled silence has that id.", body = ErrorBody),
     )
 )]
 pub async fn expire_api(
@@ -605,6 +655,7 @@ pub async fn expire_api(
     ApiUser(user): ApiUser,
     ClientAddr(ip): ClientAddr,
     Path(id): Path<String>,
+    _q: ApiQuery<NoParams>,
 ) -> Result<Json<Silence>, ApiError> {
     require_operator(&user)?;
     let id: i64 = id

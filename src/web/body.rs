@@ -86,17 +86,26 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], shape: Shape, expected: &str) -> Re
     if kind != shape {
         return Err(bad(format!("the body is {}", json_kind(&value))));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| bad(field_error(e)))
+    // Decoded from the text, not from the parsed value: a field given twice is refused
+    // ("duplicate field"), where the parsed value would keep the last one silently.
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| bad(field_error(e)))
 }
 
 /// A decoding error with the path of the field it is about (`[3].energy_kwh: invalid
 /// type …`), or without one when it is about the whole value.
 pub fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
     let path = e.path().to_string();
+    let inner = e.into_inner();
+    // The path says where; the text position serde adds when decoding from text would
+    // only repeat it.
+    let text = inner.to_string();
+    let at = format!(" at line {} column {}", inner.line(), inner.column());
+    let why = text.strip_suffix(&at).unwrap_or(&text);
     if path == "." {
-        e.into_inner().to_string()
+        why.to_string()
     } else {
-        format!("{path}: {}", e.into_inner())
+        format!("{path}: {why}")
     }
 }
 
@@ -153,6 +162,10 @@ mod tests {
         );
         assert!(err(br#"{"n": 3, "x": 1}"#, Shape::Object).contains("unknown field `x`"));
         assert!(err(br#"{}"#, Shape::Object).ends_with("missing field `n`"));
+        assert_eq!(
+            err(br#"{"n": 1, "n": 2}"#, Shape::Object),
+            "expected {n}: duplicate field `n`"
+        );
         let e = decode::<Vec<Report>>(br#"[{"n": 1}, {"n": true}]"#, Shape::Array, "[{n}]")
             .unwrap_err()
             .to_string();

@@ -918,6 +918,7 @@ async fn demand(
     headers: HeaderMap,
     Path(pool): Path<String>,
     MaybeUser(user): MaybeUser,
+    _q: super::params::ApiQuery<super::params::NoParams>,
     body: axum::body::Body,
 ) -> Result<Json<DemandRecorded>, ApiError> {
     let token_pool = match super::ingest::bearer(&headers) {

@@ -443,6 +443,7 @@ pub struct ReadingRejected {
 pub async fn readings(
     State(st): State<AppState>,
     ApiUser(user): ApiUser,
+    _q: super::params::ApiQuery<super::params::NoParams>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Json<ReadingsStored>, ApiError> {

@@ -507,6 +507,7 @@ async fn remove_api(
     ApiUser(user): ApiUser,
     ClientAddr(ip): ClientAddr,
     Path(name): Path<String>,
+    _q: ApiQuery<NoParams>,
 ) -> Result<Json<HostRemoved>, ApiError> {
     require(&user, Role::Admin)?;
     let tokens = remove_host(&st, &user.name, ip, &name).await?;

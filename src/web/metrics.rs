@@ -31,6 +31,7 @@ pub fn refusal(e: &ApiError) -> IngestRefusal {
         | ApiError::UnsupportedMedia(_)
         | ApiError::MethodNotAllowed(_)
         | ApiError::NotFound(_)
+        | ApiError::Conflict(_)
         | ApiError::RequestTimeout(_) => IngestRefusal::BadRequest,
         ApiError::Unauthorized(_) => IngestRefusal::Unauthorized,
         ApiError::Forbidden(_) => IngestRefusal::Forbidden,

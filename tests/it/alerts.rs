@@ -1236,11 +1236,12 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     let fp = keep_firing_xid(app, "api-host", 2).await;
     let viewer = app.login_as("viewer2", "viewer-pass", Role::Viewer).await;
     app.login_as("oper2", "operator-pass", Role::Operator).await;
+    app.login_as("admin-api", "admin-pass", Role::Admin).await;
     let call = |method: reqwest::Method, path: String, user: &'static str| {
-        let pass = if user == "oper2" {
-            "operator-pass"
-        } else {
-            "viewer-pass"
+        let pass = match user {
+            "oper2" => "operator-pass",
+            "admin-api" => "admin-pass",
+            _ => "viewer-pass",
         };
         app.http
             .request(method, format!("{}{path}", app.base))
@@ -1273,10 +1274,22 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
         b["error"].as_str().unwrap().contains("no firing alert"),
         "{b}"
     );
+    let (s, b) = send(call(Method::POST, format!("{ack}?x=1"), "oper2")).await;
+    assert_eq!(s, 400, "a parameter it does not take: {b}");
     let (s, b) = send(call(Method::POST, ack.clone(), "oper2")).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["fingerprint"], fp.as_str());
     assert_eq!(b["acknowledged_by"], "oper2");
+    // A second acknowledgement keeps the first and says who has it.
+    let (s, b) = send(call(Method::POST, ack.clone(), "admin-api")).await;
+    assert_eq!(s, 409, "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("already acknowledged by oper2"),
+        "{b}"
+    );
 
     // Bad silences are refused with the field named.
     let silence = |body: serde_json::Value| {
@@ -1297,7 +1310,19 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
         ),
         (
             serde_json::json!({"matchers": {"host": "api-host"}, "hours": 0}),
-            "hours: a silence lasts more than 0",
+            "hours: a silence lasts at least 1 second",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": "api-host"}, "hours": 0.0001}),
+            "hours: a silence lasts at least 1 second",
+        ),
+        (
+            serde_json::json!({"matchers": {"gpu": "abc"}, "hours": 2}),
+            "matchers.gpu: gpu: \"abc\" is not a GPU index",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": " api-host "}, "hours": 2}),
+            "has spaces around it",
         ),
         (
             serde_json::json!({"matchers": {"host": "api-host"}, "hours": 3000}),
@@ -1324,6 +1349,24 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
         assert_eq!(s, 400, "{body}: {b}");
         let e = b["error"].as_str().unwrap();
         assert!(e.contains(says), "{body}: {e}");
+    }
+    // Fields given twice are refused, not read as the last one.
+    for body in [
+        r#"{"matchers": {"host": "a", "host": "b"}, "hours": 1}"#,
+        r#"{"matchers": {"host": "a"}, "hours": 1, "hours": 2}"#,
+    ] {
+        let (s, b) = send(
+            call(Method::POST, "/api/v1/silences".into(), "oper2")
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
+        assert_eq!(s, 400, "{body}: {b}");
+        let e = b["error"].as_str().unwrap();
+        assert!(
+            e.contains("given twice") || e.contains("duplicate field `hours`"),
+            "{e}"
+        );
     }
     let (s, _) = send(
         call(Method::POST, "/api/v1/silences".into(), "oper2")
@@ -1419,7 +1462,10 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     assert_eq!(list[0]["id"], window["id"]);
     let (_, alerts) = send(call(Method::GET, "/api/v1/alerts".into(), "viewer2")).await;
     assert_eq!(alerts[0]["silenced"], false, "{alerts}");
-    assert_eq!(send(end(window["id"].to_string())).await.0, 200);
+    let (s, cancelled) = send(end(window["id"].to_string())).await;
+    assert_eq!(s, 200, "{cancelled}");
+    assert_eq!(cancelled["starts_at"], window["starts_at"], "as planned");
+    assert_eq!(send(end(window["id"].to_string())).await.0, 404);
 
     // One audit row per action, by the operator.
     let actions: Vec<String> = sqlx::query_scalar(
@@ -1435,7 +1481,7 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
             "silence.created",
             "silence.created",
             "silence.expired",
-            "silence.expired"
+            "silence.cancelled"
         ]
     );
     r.app.stop().await;

@@ -129,7 +129,7 @@ async fn token_create_and_user_add_work_against_the_database() {
                 "--duration",
                 "100000000d",
             ],
-            "--duration 100000000d: a silence lasts more than 0 and at most 2160 hours (90 days)",
+            "--duration 100000000d: a silence lasts at least 1 second and at most 2160 hours (90 days)",
         ),
         (
             vec![
@@ -144,7 +144,7 @@ async fn token_create_and_user_add_work_against_the_database() {
         ),
         (
             vec!["alerts", "silence", "--match", "host=x", "--duration", "0m"],
-            "more than 0",
+            "at least 1 second",
         ),
         (
             vec![

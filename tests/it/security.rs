@@ -1015,8 +1015,8 @@ async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
             comment,
         )
     };
-    let own = silence("swap").await.unwrap();
-    let by_hand = silence("fan").await.unwrap();
+    let own = silence("swap").await.unwrap().id;
+    let by_hand = silence("fan").await.unwrap().id;
     assert!(app.store.expire_silence(by_hand).await.unwrap().is_some());
     assert_eq!(app.store.record_ended_silences().await.unwrap(), 0);
     sqlx::query("UPDATE silences SET ends_at = now() - interval '1 second' WHERE id = $1")
