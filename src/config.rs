@@ -1181,6 +1181,12 @@ impl Config {
                 return Err(format!("retention.{key} must be at least 1"));
             }
         }
+        if r.rollup_1m_days < r.raw_days {
+            return Err(format!(
+                "retention.rollup_1m_days = {} must be at least retention.raw_days = {}: the rollups are the longer history",
+                r.rollup_1m_days, r.raw_days
+            ));
+        }
         if self.server.max_body_bytes < 1024 {
             return Err("server.max_body_bytes must be at least 1024".into());
         }
@@ -1758,6 +1764,8 @@ mod tests {
                 .contains("host_models.x")
         );
         assert!(bad("[energy.report]\nrecipients = [\"not an address\"]\n").contains("recipients"));
+        assert!(bad("[retention]\nraw_days = 100\nrollup_1m_days = 10\n")
+            .contains("retention.rollup_1m_days = 10 must be at least retention.raw_days = 100"));
         for key in [
             "energy_hourly_days",
             "events_days",

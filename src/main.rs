@@ -1041,8 +1041,12 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
 /// `30s`, `15m`, `2h`, `1d`, in hours.
 fn parse_duration_hours(s: &str) -> anyhow::Result<f64> {
     let t = s.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    // Digits only, so any length parses (a huge one is refused by its range).
+    // Whole or decimal numbers: 90m, 1.5h.
+    let (num, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    // Digits and a point only, so any length parses (a huge one is refused by its range).
     let n: f64 = num.parse().map_err(|_| {
         anyhow::anyhow!("duration {s:?}: use a number and a unit, like 30m, 2h or 1d")
     })?;

@@ -302,8 +302,16 @@ fn families(out: &mut String, rows: &[Subject], metrics: &[&Metric], gpu: bool) 
     for (k, m) in metrics.iter().enumerate() {
         let (name, scale, help) = match (gpu, dcgm_field(m.name)) {
             (true, Some(f)) => (f.name.to_string(), f.scale, f.help.to_string()),
-            (true, None) => (prometheus_name("gpu", m.name), 1.0, m.doc.to_string()),
-            (false, _) => (prometheus_name("host", m.name), 1.0, m.doc.to_string()),
+            (true, None) => (
+                prometheus_name("gpu", m.name),
+                1.0,
+                m.doc.trim().to_string(),
+            ),
+            (false, _) => (
+                prometheus_name("host", m.name),
+                1.0,
+                m.doc.trim().to_string(),
+            ),
         };
         let help = if m.unit.is_empty() || dcgm_field(m.name).is_some() {
             help

@@ -187,12 +187,14 @@ async fn token_create_and_user_add_work_against_the_database() {
             "{args:?}: {err}"
         );
     }
-    // The longest silence is accepted, and so is a maintenance window tomorrow.
+    // The longest silence is accepted, and so are a decimal duration and a maintenance
+    // window tomorrow.
     let start = (chrono::Utc::now() + chrono::Duration::days(1))
         .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
     for args in [
         vec!["--match", "host=x", "--duration", "90d"],
+        vec!["--match", "host=z", "--duration", "1.5h"],
         vec!["--match", "host=y", "--start", &start, "--duration", "3h"],
     ] {
         let url = app.db_url.clone();

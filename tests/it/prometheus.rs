@@ -158,6 +158,14 @@ async fn fleet_exposition_names_gpus_as_dcgm_exporter_and_passes_promtool() {
         .unwrap()
         .starts_with("text/plain; version=0.0.4"));
     let text = r.text().await.unwrap();
+    for help in text.lines().filter(|l| l.starts_with("# HELP ")) {
+        let mut parts = help.splitn(4, ' ');
+        let text = parts.nth(3).unwrap_or("");
+        assert!(
+            !text.is_empty() && text.trim() == text,
+            "HELP text without stray spaces: {help:?}"
+        );
+    }
 
     // dcgm-exporter's names, units and labels, plus place and job.
     let temp = family(&text, "DCGM_FI_DEV_GPU_TEMP");

@@ -90,12 +90,37 @@ struct Task {
     h: usize,
 }
 
+/// A task time: `2026-01-08T00:00:00` (UTC), with a space for the `T`, or RFC 3339 with
+/// its offset (`2026-01-08T00:00:00Z`).
 fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
         .map(|t| t.and_utc())
+        .or_else(|| {
+            DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        })
+}
+
+const TS_FORMAT: &str = "like 2026-01-08T00:00:00 (UTC) or 2026-01-08T00:00:00Z";
+
+/// A series id names a file under `5min/`: a plain name, never a path.
+fn check_series_id(sid: &str) -> std::result::Result<(), String> {
+    let plain = !sid.is_empty()
+        && !sid.starts_with('.')
+        && sid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | ':'));
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "series_id {sid:?} must be a plain name (letters, digits, - _ . + :), not a path"
+        ))
+    }
 }
 
 fn fmt_ts(t: DateTime<Utc>) -> String {
@@ -125,10 +150,12 @@ fn columns(header: &str, need: &[&str], path: &Path) -> Result<Vec<usize>> {
 fn read_tasks(path: &Path) -> Result<Vec<Task>> {
     let f =
         File::open(path).with_context(|| format!("{}: cannot open tasks file", path.display()))?;
+    let read = || format!("{}: cannot read tasks file", path.display());
     let mut lines = BufReader::new(f).lines();
     let header = lines
         .next()
-        .ok_or_else(|| anyhow!("{}: empty tasks file", path.display()))??;
+        .ok_or_else(|| anyhow!("{}: empty tasks file", path.display()))?
+        .with_context(read)?;
     let c = columns(
         &header,
         &["series_id", "track", "decision_ts", "start_ts", "h"],
@@ -136,23 +163,28 @@ fn read_tasks(path: &Path) -> Result<Vec<Task>> {
     )?;
     let mut out = Vec::new();
     for (i, line) in lines.enumerate() {
-        let line = line?;
+        let line = line.with_context(read)?;
         if line.trim().is_empty() {
             continue;
         }
         let f: Vec<&str> = line.split(',').collect();
         let at = |k: usize| f.get(c[k]).map(|s| s.trim()).unwrap_or("");
         let lno = i + 2;
-        let decision = parse_ts(at(2))
-            .ok_or_else(|| anyhow!("{}:{lno}: bad decision_ts {:?}", path.display(), at(2)))?;
-        let start = parse_ts(at(3))
-            .ok_or_else(|| anyhow!("{}:{lno}: bad start_ts {:?}", path.display(), at(3)))?;
+        let ts = |k: usize, name: &str| {
+            parse_ts(at(k)).ok_or_else(|| {
+                anyhow!(
+                    "{}:{lno}: bad {name} {:?} ({TS_FORMAT})",
+                    path.display(),
+                    at(k)
+                )
+            })
+        };
+        let decision = ts(2, "decision_ts")?;
+        let start = ts(3, "start_ts")?;
         let h: usize = at(4)
             .parse()
             .map_err(|_| anyhow!("{}:{lno}: bad H {:?}", path.display(), at(4)))?;
-        if at(0).is_empty() {
-            bail!("{}:{lno}: empty series_id", path.display());
-        }
+        check_series_id(at(0)).map_err(|e| anyhow!("{}:{lno}: {e}", path.display()))?;
         out.push(Task {
             series_id: at(0).to_string(),
             track: at(1).to_string(),
@@ -320,7 +352,14 @@ pub fn eval_with(
     for t in &tasks {
         by_series.entry(t.series_id.as_str()).or_default().push(t);
     }
-    let file = File::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    // Written beside `out` and renamed over it once complete: a failed run leaves no
+    // half-written predictions behind.
+    let partial = Partial(out.with_file_name(format!(
+        ".{}.partial",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("predictions")
+    )));
+    let file = File::create(&partial.0)
+        .with_context(|| format!("{}: cannot create", partial.0.display()))?;
     let mut w = BufWriter::new(file);
     w.write_all(b"series_id,track,decision_ts,ts,capacity\n")?;
     let mut sum = EvalSummary {
@@ -397,6 +436,8 @@ pub fn eval_with(
         }
     }
     w.flush()?;
+    drop(w);
+    std::fs::rename(&partial.0, out).with_context(|| format!("{}: cannot write", out.display()))?;
     sum.total_ms = times.iter().sum();
     sum.median_ms = median(&mut times.clone());
     if !times.is_empty() {
@@ -407,6 +448,15 @@ pub fn eval_with(
         sum.median_ms_by_track.insert(k, median(&mut v));
     }
     Ok(sum)
+}
+
+/// A file being written; removed unless renamed into place.
+struct Partial(std::path::PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The scorer's metrics of one (series, track).
@@ -522,4 +572,87 @@ pub fn score_predictions(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+
+    /// A data dir with one series `s1`: 3 days of 5-minute demand.
+    fn data() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("5min")).unwrap();
+        let f = File::create(dir.path().join("5min/s1.csv.gz")).unwrap();
+        let mut gz = GzEncoder::new(f, flate2::Compression::fast());
+        writeln!(gz, "timestamp,demand").unwrap();
+        let t0 = parse_ts("2026-01-01T00:00:00").unwrap();
+        for i in 0..3 * 288 {
+            let t = t0 + chrono::Duration::minutes(5 * i);
+            writeln!(gz, "{},{}", fmt_ts(t), 8 + (i % 12) / 4).unwrap();
+        }
+        gz.finish().unwrap();
+        dir
+    }
+
+    fn tasks(dir: &Path, rows: &str) -> std::path::PathBuf {
+        let p = dir.join("tasks.csv");
+        std::fs::write(
+            &p,
+            format!("series_id,track,decision_ts,start_ts,H\n{rows}"),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn task_times_take_rfc3339_and_a_failed_run_leaves_no_predictions() {
+        let d = data();
+        let out = d.path().join("preds.csv");
+        let ok = tasks(
+            d.path(),
+            "s1,autoscale,2026-01-03T12:00:00Z,2026-01-03T12:00:00,1\n",
+        );
+        let sum = eval(d.path(), &ok, &out).unwrap();
+        assert_eq!((sum.tasks, sum.rows), (1, 1));
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            text.starts_with("series_id,track,decision_ts,ts,capacity\ns1,autoscale,"),
+            "{text}"
+        );
+        std::fs::remove_file(&out).unwrap();
+
+        let bad = tasks(
+            d.path(),
+            "s1,autoscale,2026-01-03T12:00:00,2026-01-03T12:00:00,1\n../s1,autoscale,2026-01-03T13:00:00,2026-01-03T13:00:00,1\n",
+        );
+        let e = format!("{:#}", eval(d.path(), &bad, &out).unwrap_err());
+        assert!(
+            e.contains(":3: series_id \"../s1\" must be a plain name"),
+            "{e}"
+        );
+        let garbled = tasks(d.path(), "s1,autoscale,noon,2026-01-03T12:00:00,1\n");
+        let e = format!("{:#}", eval(d.path(), &garbled, &out).unwrap_err());
+        assert!(
+            e.contains("bad decision_ts \"noon\" (like 2026-01-08T00:00:00"),
+            "{e}"
+        );
+        // A task that fails after others were answered: no file, complete or partial.
+        let late = tasks(
+            d.path(),
+            "s1,autoscale,2026-01-03T12:00:00,2026-01-03T12:00:00,1\ns1,autoscale,2026-01-03T12:30:00,2026-01-03T13:00:00,1\n",
+        );
+        assert!(eval(d.path(), &late, &out).is_err());
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("preds"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let e = format!("{:#}", eval(d.path(), d.path(), &out).unwrap_err());
+        assert!(
+            e.contains(&d.path().display().to_string()),
+            "a directory as tasks: {e}"
+        );
+    }
 }
