@@ -971,6 +971,12 @@ fn recommend(
             total.modeled_energy_kwh
         ));
     }
+    if !r.partial() && total.coverage_pct.is_none() && total.it_energy_kwh == 0.0 {
+        r.notes.push(
+            "No data in this week: nothing was accounted (no host reported then, or its samples are past retention)."
+                .into(),
+        );
+    }
     if r.partial() {
         r.notes.push(match r.accounted_until {
             Some(t) if t > r.start => format!(

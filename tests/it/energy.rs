@@ -379,6 +379,22 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         it,
         "API site line",
     );
+    // A week before any data says so, rather than reading as a week of zero energy.
+    let empty: Value = app
+        .get(&cookie, "/api/v1/energy/weekly?week=2026-W30")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        empty["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("No data in this week")),
+        "{empty}"
+    );
+    assert!(!api["notes"].to_string().contains("No data in this week"));
     for (url, status) in [
         ("/api/v1/energy/weekly?week=2026-43", 400),
         ("/api/v1/energy/weekly?week=2026-W43&site=nowhere", 404),
