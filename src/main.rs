@@ -580,7 +580,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Capacity(CapacityCmd::Plan { format, pool }) => {
             let db = Database::open(&cfg, Role::Existing).await?;
-            let r = capacity_plan(&cfg, &db, &format, pool.as_deref()).await;
+            let r = capacity_plan(&db, &format, pool.as_deref()).await;
             db.close().await;
             r
         }
@@ -767,13 +767,7 @@ async fn warn_unknown_site(store: &rackwatch::store::Store, site: &str) -> anyho
     Ok(())
 }
 
-async fn capacity_plan(
-    cfg: &Config,
-    db: &Database,
-    format: &str,
-    pool: Option<&str>,
-) -> anyhow::Result<()> {
-    use rackwatch::analytics::capacity::actions;
+async fn capacity_plan(db: &Database, format: &str, pool: Option<&str>) -> anyhow::Result<()> {
     let recs = db.store.recommendations(pool).await?;
     if let (Some(p), true) = (pool, recs.is_empty()) {
         anyhow::bail!("no recommendation for pool {p:?}: no such pool, or the capacity job has not run since it appeared");
@@ -782,7 +776,6 @@ async fn capacity_plan(
         eprintln!("no pool has a recommendation yet: the capacity job runs hourly on the server's job leader, for hosts with a pool");
     }
     let now = chrono::Utc::now();
-    let lead = cfg.capacity.lead_days;
     match format {
         "table" => {
             println!(
@@ -793,11 +786,7 @@ async fn capacity_plan(
                 let peak = r.week_schedule.iter().max().copied().unwrap_or(0);
                 let low = r.week_schedule.iter().min().copied().unwrap_or(0);
                 let lead_peak = r.lead_plan.iter().max().copied().unwrap_or(0);
-                let act = if r.week_schedule.is_empty() {
-                    r.note.clone()
-                } else {
-                    actions(r, lead, now).join("; ")
-                };
+                let act = r.actions_now(now).join("; ");
                 println!(
                     "{:<20} {:>9} {:>8} {:>9} {:>11} {:>11}  {}",
                     r.pool,
@@ -855,7 +844,7 @@ async fn capacity_plan(
                 .map(|r| {
                     serde_json::json!({
                         "recommendation": r,
-                        "actions": if r.week_schedule.is_empty() { vec![r.note.clone()] } else { actions(r, lead, now) },
+                        "actions": r.actions_now(now),
                     })
                 })
                 .collect();

@@ -125,6 +125,26 @@ pub struct DrainCandidate {
     pub idle_kwh_7d: f64,
 }
 
+impl PoolRecommendation {
+    /// Whole days between the decision and the lead-time plan (the server's
+    /// `capacity.lead_days`, shortened to fit a short history).
+    pub fn lead_days(&self) -> u32 {
+        ((self.lead_start - self.decided_at).num_hours().max(0) / 24) as u32
+    }
+
+    /// What to do, in words: the actions the capacity job stored, or for a
+    /// recommendation stored without them, worked out now.
+    pub fn actions_now(&self, now: DateTime<Utc>) -> Vec<String> {
+        if !self.actions.is_empty() {
+            self.actions.clone()
+        } else if self.week_schedule.is_empty() {
+            vec![self.note.clone()]
+        } else {
+            actions(self, self.lead_days(), now)
+        }
+    }
+}
+
 /// A pool's stored recommendation.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct PoolRecommendation {
@@ -835,12 +855,21 @@ pub fn plan_actions(
         } else {
             "demand reaches the installed GPUs before then".to_string()
         };
+        // Short already: as soon as possible, and the lead-time plan's start is the latest
+        // date, not a date to wait for.
+        let when = if short_now {
+            format!(
+                "as soon as possible, by {} at the latest",
+                r.lead_start.format("%Y-%m-%d")
+            )
+        } else {
+            format!("by {}", r.lead_start.format("%Y-%m-%d"))
+        };
         out.push((
             Urgency::Order,
             format!(
-                "add {} by {} ({why}; the plan for the week from then needs {} GPUs, {} installed)",
+                "add {} {when} ({why}; the plan for the week from then needs {} GPUs, {} installed)",
                 gpus_hosts(lead_peak - r.installed_gpus),
-                r.lead_start.format("%Y-%m-%d"),
                 lead_peak,
                 r.installed_gpus
             ),
@@ -1710,6 +1739,14 @@ mod tests {
             actions(&r, 7, t)[0],
             "add 1 host (8 GPUs) by 2026-12-14 (demand grows 2.0 %/day; the plan for the week from then needs 40 GPUs, 32 installed)"
         );
+        // Demand already at the installed GPUs: now, the lead date the latest.
+        r.growth_per_day = Some(0.0);
+        r.exhausted_at = Some(t - Duration::hours(1));
+        assert_eq!(
+            actions(&r, 7, t)[0],
+            "add 1 host (8 GPUs) as soon as possible, by 2026-12-14 at the latest (demand (work + queue) already reaches the 32 installed GPUs at its peak; the plan for the week from then needs 40 GPUs, 32 installed)"
+        );
+        r.exhausted_at = None;
         // The same plan for a flat pool is only its safety margin: no order.
         r.growth_per_day = Some(0.0);
         assert!(

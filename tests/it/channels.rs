@@ -321,7 +321,12 @@ async fn webhook_slack_and_pagerduty_get_one_delivery_per_group_and_the_resolve(
     let cookie = app.login("admin", "admin-password-1").await;
     let (code, html) = app.page(&cookie, "/alerts").await;
     assert_eq!(code, 200);
-    assert!(html.contains("<td>webhook:am</td><td>4</td>"), "{html}");
+    assert!(
+        html.contains(
+            r#"<td data-label="Channel">webhook:am</td><td data-label="Delivered">4</td>"#
+        ),
+        "{html}"
+    );
 
     // `rackwatch alerts test-notify`: one request; an unknown channel is named.
     rackwatch::alert::notify::send_test_channel(&app.cfg, "ops")
