@@ -543,7 +543,8 @@ pub struct NewSilence {
     /// out or past.
     #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
-    /// How long it lasts from its start, more than 0 and at most 2,160 hours (90 days).
+    /// How long it lasts from its start: at least 1 second (1/3600) and at most 2,160 hours
+    /// (90 days).
     pub hours: f64,
     /// Why (at most 1,000 characters).
     #[serde(default)]
