@@ -1091,16 +1091,38 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
         AlertsCmd::List => {
             let rows = db.store.current_alerts().await?;
             for a in &rows {
+                // Who handles it, as the alerts page says: acknowledged, silenced.
+                let mut labels = a.labels.0.clone();
+                labels.insert("rule".into(), a.rule.clone());
+                labels.insert("severity".into(), a.severity.clone());
+                let silenced =
+                    rackwatch::alert::silence::silenced(&db.store.pool, &labels, now).await?;
+                let mut handled = Vec::new();
+                if let Some(by) = &a.acknowledged_by {
+                    handled.push(format!("acknowledged by {by}"));
+                }
+                if silenced {
+                    handled.push("silenced".to_string());
+                }
                 println!(
-                    "{:<8} {:<9} since {}  {}  [{}]",
+                    "{:<8} {:<9} since {}  {}  [{}]{}",
                     a.state,
                     a.severity,
                     a.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     a.summary,
-                    a.fingerprint
+                    a.fingerprint,
+                    if handled.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", handled.join(", "))
+                    }
                 );
             }
-            println!("{} alerts", rows.len());
+            println!(
+                "{} alert{}",
+                rows.len(),
+                if rows.len() == 1 { "" } else { "s" }
+            );
         }
         AlertsCmd::Silence {
             matchers,

@@ -1409,6 +1409,18 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     let (_, alerts) = send(call(Method::GET, "/api/v1/alerts".into(), "viewer2")).await;
     assert_eq!(alerts[0]["silenced"], true, "{alerts}");
     assert_eq!(alerts[0]["acknowledged_by"], "oper2", "{alerts}");
+    // The command line says the same.
+    let url = app.db_url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || crate::cli::rackwatch(&url, &["alerts", "list"], ""))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("[{fp}]  (acknowledged by oper2, silenced)"))
+            && out.ends_with("1 alert\n"),
+        "{out}"
+    );
     let (_, list) = send(call(Method::GET, "/api/v1/silences".into(), "viewer2")).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"], id);
