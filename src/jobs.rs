@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::analytics::anomaly::AnomalyJob;
 use crate::config::Config;
+use crate::model::format::count;
 use crate::model::jobs::JobBoard;
 use crate::model::telemetry::Telemetry;
 use crate::store::Store;
@@ -270,15 +271,6 @@ async fn capacity(c: &JobContext) -> anyhow::Result<String> {
         count(r.disks, "disk"),
         count(r.demand_slots, "demand slot")
     ))
-}
-
-/// `1 host`, `2 hosts`: a count with its noun.
-fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
-    if n == N::from(1) {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 /// Energy accounting, then the weekly report mail when it is due. Both run; either

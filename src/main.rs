@@ -1089,19 +1089,14 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     match a {
         AlertsCmd::List => {
-            let rows = db.store.current_alerts().await?;
-            for a in &rows {
+            let rows = db.store.current_alerts_silenced(now).await?;
+            for (a, silenced) in &rows {
                 // Who handles it, as the alerts page says: acknowledged, silenced.
-                let mut labels = a.labels.0.clone();
-                labels.insert("rule".into(), a.rule.clone());
-                labels.insert("severity".into(), a.severity.clone());
-                let silenced =
-                    rackwatch::alert::silence::silenced(&db.store.pool, &labels, now).await?;
                 let mut handled = Vec::new();
                 if let Some(by) = &a.acknowledged_by {
                     handled.push(format!("acknowledged by {by}"));
                 }
-                if silenced {
+                if *silenced {
                     handled.push("silenced".to_string());
                 }
                 println!(
@@ -1118,11 +1113,7 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
                     }
                 );
             }
-            println!(
-                "{} alert{}",
-                rows.len(),
-                if rows.len() == 1 { "" } else { "s" }
-            );
+            println!("{}", rackwatch::model::format::count(rows.len(), "alert"));
         }
         AlertsCmd::Silence {
             matchers,

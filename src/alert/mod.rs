@@ -101,6 +101,24 @@ impl Store {
         .fetch_all(&self.pool)
         .await
     }
+
+    /// [`Store::current_alerts`], each with whether an active silence mutes it (matched on
+    /// its labels, its rule and its severity).
+    pub async fn current_alerts_silenced(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(AlertRow, bool)>, sqlx::Error> {
+        let rows = self.current_alerts().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for a in rows {
+            let mut l = a.labels.0.clone();
+            l.insert("rule".into(), a.rule.clone());
+            l.insert("severity".into(), a.severity.clone());
+            let silenced = silence::silenced(&self.pool, &l, now).await?;
+            out.push((a, silenced));
+        }
+        Ok(out)
+    }
 }
 
 /// Rules from `alerting.rules_file`, re-read when the file changes. A broken file is

@@ -5,6 +5,15 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
+/// `1 host`, `2 hosts`: a count with its noun.
+pub fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Append `v` with `decimals` digits after the point, exactly as `format!("{v:.N}")`
 /// would. Pages print thousands of numbers (chart coordinates, heatmap labels), and the
 /// standard exact formatting often falls back to a slow bignum algorithm; away from a

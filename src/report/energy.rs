@@ -25,6 +25,7 @@ use chrono_tz::Tz;
 
 use super::IsoWeek;
 use crate::config::{parse_weekday, EnergyConfig, SiteEnergy};
+use crate::model::format::count;
 use crate::store::Store;
 
 const J_PER_KWH: f64 = 3.6e6;
@@ -825,15 +826,6 @@ fn row_of(
     }
 }
 
-/// "1 GPU", "3 GPUs".
-fn gpus(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
 /// Idle share above which a GPU is a consolidation candidate.
 const IDLE_SHARE: f64 = 0.5;
 /// Power-cap candidates: low mean utilization, yet peaks near the power limit.
@@ -901,7 +893,7 @@ fn recommend(
         let n = caps.len();
         caps.truncate(10);
         r.actions.push(Action {
-            title: format!("Lower the power cap of {}", gpus(n, "lightly used GPU")),
+            title: format!("Lower the power cap of {}", count(n, "lightly used GPU")),
             detail: format!(
                 "These GPUs averaged under {CAP_UTIL_PCT:.0}% utilization yet drew close to their power limit: {}{}. A cap at about {:.0}% of the limit trims their peaks; compare job throughput before and after.",
                 caps.join("; "),
@@ -925,7 +917,7 @@ fn recommend(
         .collect();
     if !hot.is_empty() {
         r.actions.push(Action {
-            title: format!("Check cooling of {} throttled by heat", gpus(hot.len(), "GPU")),
+            title: format!("Check cooling of {} throttled by heat", count(hot.len(), "GPU")),
             detail: format!(
                 "Thermal slowdown for an hour or more this week: {}. Heat throttling wastes energy per unit of work; check fans, airflow and inlet temperature.",
                 hot.join(", ")

@@ -61,20 +61,6 @@ pub struct IncidentRow {
     pub resolved_at: Option<DateTime<Utc>>,
 }
 
-async fn current(st: &AppState) -> Result<Vec<(AlertRow, bool)>, ApiError> {
-    let rows = st.store.current_alerts().await?;
-    let now = Utc::now();
-    let mut out = Vec::with_capacity(rows.len());
-    for a in rows {
-        let mut l = a.labels.0.clone();
-        l.insert("rule".into(), a.rule.clone());
-        l.insert("severity".into(), a.severity.clone());
-        let silenced = crate::alert::silence::silenced(&st.store.pool, &l, now).await?;
-        out.push((a, silenced));
-    }
-    Ok(out)
-}
-
 /// An alert row for the template.
 pub struct AlertView {
     pub fingerprint: String,
@@ -174,7 +160,7 @@ pub async fn page(
     csrf: Csrf,
     _q: PageQuery<NoParams>,
 ) -> Result<Response, PageError> {
-    let cur = current(&st).await?;
+    let cur = st.store.current_alerts_silenced(Utc::now()).await?;
     let view = |(a, silenced): &(AlertRow, bool)| AlertView {
         fingerprint: a.fingerprint.clone(),
         severity: a.severity.clone(),
@@ -392,9 +378,11 @@ async fn create_silence(
     comment: &str,
 ) -> Result<Silence, ApiError> {
     use crate::alert::silence::{check_comment, silence_end, silence_start};
-    check_comment(comment).map_err(ApiError::BadRequest)?;
-    let now = silence_start(Utc::now(), start).map_err(ApiError::BadRequest)?;
-    let end = silence_end(now, hours).map_err(ApiError::BadRequest)?;
+    // Each error names its field as the API spells it.
+    let bad = |field: &'static str| move |e: String| ApiError::BadRequest(format!("{field}: {e}"));
+    check_comment(comment).map_err(bad("comment"))?;
+    let now = silence_start(Utc::now(), start).map_err(bad("starts_at"))?;
+    let end = silence_end(now, hours).map_err(bad("hours"))?;
     let s = st
         .store
         .create_silence(&m, now, end, &user.name, comment)
@@ -475,7 +463,7 @@ pub async fn api(
     _u: ApiUser,
     _q: ApiQuery<NoParams>,
 ) -> Result<Json<Vec<AlertEntry>>, ApiError> {
-    let cur = current(&st).await?;
+    let cur = st.store.current_alerts_silenced(Utc::now()).await?;
     Ok(Json(
         cur.into_iter()
             .map(|(alert, silenced)| AlertEntry { alert, silenced })
@@ -623,13 +611,6 @@ pub async fn create_silence_api(
     }
     crate::alert::silence::check_matchers(&m)
         .map_err(|e| ApiError::BadRequest(format!("matchers: {e}")))?;
-    // The same checks create_silence makes, answered with the field's name.
-    crate::alert::silence::check_comment(&new.comment)
-        .map_err(|e| ApiError::BadRequest(format!("comment: {e}")))?;
-    crate::alert::silence::silence_start(Utc::now(), new.starts_at)
-        .map_err(|e| ApiError::BadRequest(format!("starts_at: {e}")))?;
-    crate::alert::silence::silence_end(Utc::now(), new.hours)
-        .map_err(|e| ApiError::BadRequest(format!("hours: {e}")))?;
     let window = (new.starts_at, new.hours);
     let s = create_silence(&st, &user, ip, m, window, &new.comment).await?;
     Ok((StatusCode::CREATED, Json(s)))
