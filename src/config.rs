@@ -1048,10 +1048,10 @@ impl EnergyConfig {
 /// What went wrong reading the configuration, and where.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: PathBuf, message: String },
@@ -1077,9 +1077,9 @@ impl Config {
         let mut file_text = None;
         let origin = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
                     path: p.to_owned(),
-                    source,
+                    error,
                 })?;
                 file_text = Some(text.clone());
                 root = text
@@ -1741,6 +1741,33 @@ mod tests {
             cfg.retention.alert_history_days,
             d.retention.alert_history_days
         );
+    }
+
+    #[test]
+    fn shipped_default_toml_names_every_secret_file_key() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let text = std::fs::read_to_string(p).unwrap();
+        for key in SECRET_FILE_KEYS.iter().chain(&["database.password"]) {
+            let last = key.rsplit('.').next().unwrap();
+            assert!(text.contains(&format!("{last}_file = ")), "{key}_file");
+        }
+    }
+
+    #[test]
+    fn packaged_configs_load_and_name_the_state_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/etc");
+        let server = Config::load_with_env(Some(&dir.join("rackwatch.toml")), Vec::new()).unwrap();
+        // Commands run by hand with --config find the database the unit's server runs.
+        assert_eq!(server.data_dir, Path::new("/var/lib/rackwatch"));
+        let unit = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd/rackwatch.service"),
+        )
+        .unwrap();
+        assert!(
+            unit.contains("--data-dir /var/lib/rackwatch serve"),
+            "{unit}"
+        );
+        Config::load_with_env(Some(&dir.join("agent.toml")), Vec::new()).unwrap();
     }
 
     #[test]

@@ -45,7 +45,7 @@ enum Cmd {
     Serve {
         /// Address to listen on (overrides server.listen).
         #[arg(long, value_name = "ADDR")]
-        listen: Option<String>,
+        listen: Option<std::net::SocketAddr>,
     },
     /// Run the collector agent on this host.
     Agent {
@@ -61,7 +61,7 @@ enum Cmd {
     Demo {
         /// Address to listen on (default 127.0.0.1:8080).
         #[arg(long, value_name = "ADDR")]
-        listen: Option<String>,
+        listen: Option<std::net::SocketAddr>,
         /// Password of the `admin` user; a random one is printed when omitted.
         #[arg(long, value_name = "PW")]
         admin_password: Option<String>,
@@ -295,18 +295,16 @@ enum TokenCmd {
     /// Mint a token for one host's agent (--host), for a pool's scheduler to report its
     /// queue (--pool), or for Prometheus remote write scoped to a site (--write-site) or
     /// to hosts (--write-hosts); the token is the last line printed.
+    #[command(group(clap::ArgGroup::new("scope").required(true).args(["host", "pool", "write_site", "write_hosts"])))]
     Create {
-        #[arg(
-            long,
-            value_name = "NAME",
-            required_unless_present_any = ["pool", "write_site", "write_hosts"],
-            conflicts_with_all = ["pool", "write_site", "write_hosts"]
-        )]
+        /// An agent token for this host.
+        #[arg(long, value_name = "NAME")]
         host: Option<String>,
-        #[arg(long, value_name = "POOL", conflicts_with_all = ["write_site", "write_hosts"])]
+        /// A scheduler token that may only report this pool's queue.
+        #[arg(long, value_name = "POOL")]
         pool: Option<String>,
         /// A remote-write token (POST /api/v1/write) for the hosts of this site.
-        #[arg(long, value_name = "SITE", conflicts_with = "write_hosts")]
+        #[arg(long, value_name = "SITE")]
         write_site: Option<String>,
         /// A remote-write token for these hosts (comma-separated).
         #[arg(long, value_name = "NAME,…", value_delimiter = ',')]
@@ -323,6 +321,19 @@ enum TokenCmd {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.cmd,
+        Cmd::Serve { .. } | Cmd::Agent { .. } | Cmd::Demo { .. }
+    ) {
+        // A command whose output goes into `head` ends quietly when the reader closes the
+        // pipe, as Unix tools do (Rust ignores SIGPIPE, and printing to a closed pipe
+        // panics). The long-running commands keep ignoring it: they treat a closed socket
+        // as an error and go on.
+        // SAFETY: no other thread runs yet; SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     rackwatch::alloc::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -380,7 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Routes { .. } => Ok(()),
         Cmd::Serve { listen } => {
             if let Some(l) = listen {
-                cfg.server.listen = l;
+                cfg.server.listen = l.to_string();
             }
             serve(cfg).await
         }
@@ -399,7 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             no_local_agent,
         } => {
             if let Some(l) = listen {
-                cfg.server.listen = l;
+                cfg.server.listen = l.to_string();
             }
             demo(cfg, admin_password, !no_local_agent).await
         }
@@ -580,7 +591,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Capacity(CapacityCmd::Plan { format, pool }) => {
             let db = Database::open(&cfg, Role::Existing).await?;
-            let r = capacity_plan(&db, &format, pool.as_deref()).await;
+            let horizon = cfg.capacity.horizon_days;
+            let r = capacity_plan(&db, &format, pool.as_deref(), horizon).await;
             db.close().await;
             r
         }
@@ -650,14 +662,23 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                     .with_context(|| format!("writing {}", out.display()))?;
             }
             let t = report.total();
+            if report.no_data() {
+                eprintln!(
+                    "warning: no data in {week}: no host reported in that week, or its energy \
+                     accounting is past retention.energy_hourly_days"
+                );
+            }
             eprintln!(
-                "{week}: IT {:.1} kWh, facility {:.1} kWh, {:.1} kg CO2e{}, idle GPU {:.1} kWh; {} lines{}",
+                "{week}: IT {:.1} kWh, facility {:.1} kWh, {:.1} kg CO2e{}, idle GPU {:.1} kWh; {}{}",
                 t.it_energy_kwh,
                 t.facility_energy_kwh,
                 t.carbon_kg,
-                t.cost.map(|c| format!(", {c:.2} {}", t.currency)).unwrap_or_default(),
+                t.cost
+                    .filter(|_| !t.currency.is_empty())
+                    .map(|c| format!(", {c:.2} {}", t.currency))
+                    .unwrap_or_default(),
                 t.idle_gpu_energy_kwh,
-                report.rows.len(),
+                rackwatch::model::format::count(report.rows.len(), "line"),
                 if report.partial() { " (partial week)" } else { "" }
             );
             if send_mail {
@@ -767,7 +788,12 @@ async fn warn_unknown_site(store: &rackwatch::store::Store, site: &str) -> anyho
     Ok(())
 }
 
-async fn capacity_plan(db: &Database, format: &str, pool: Option<&str>) -> anyhow::Result<()> {
+async fn capacity_plan(
+    db: &Database,
+    format: &str,
+    pool: Option<&str>,
+    horizon_days: u32,
+) -> anyhow::Result<()> {
     let recs = db.store.recommendations(pool).await?;
     if let (Some(p), true) = (pool, recs.is_empty()) {
         anyhow::bail!("no recommendation for pool {p:?}: no such pool, or the capacity job has not run since it appeared");
@@ -814,7 +840,11 @@ async fn capacity_plan(db: &Database, format: &str, pool: Option<&str>) -> anyho
                         e.key,
                         e.level_now / 1000.0,
                         e.capacity / 1000.0,
-                        rackwatch::analytics::capacity::budget_outlook(e.exhausted_at, now)
+                        rackwatch::analytics::capacity::budget_outlook(
+                            e.exhausted_at,
+                            now,
+                            horizon_days
+                        )
                     );
                 }
             }

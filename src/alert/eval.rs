@@ -594,7 +594,11 @@ async fn capacity_observations(
                     e.level_now / 1000.0,
                     e.capacity / 1000.0,
                     e.growth_per_day * 100.0,
-                    crate::analytics::capacity::budget_outlook(e.exhausted_at, now)
+                    crate::analytics::capacity::budget_outlook(
+                        e.exhausted_at,
+                        now,
+                        cfg.capacity.horizon_days
+                    )
                 ),
                 held: None,
             });

@@ -676,12 +676,16 @@ pub fn rack_key(site: &str, rack: &str) -> String {
 
 /// How a budget (a rack's power, a pool's GPUs) fares, for a sentence "the budget …": it
 /// runs out on a date, is exceeded already (the date has passed: the trend is over it
-/// now), or does not run out within the horizon.
-pub fn budget_outlook(exhausted_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+/// now), or does not run out within the horizon (`capacity.horizon_days`).
+pub fn budget_outlook(
+    exhausted_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    horizon_days: u32,
+) -> String {
     match exhausted_at {
         Some(d) if d <= now => "is exceeded already".to_string(),
         Some(d) => format!("runs out on {}", d.format("%Y-%m-%d")),
-        None => "does not run out within the horizon".to_string(),
+        None => format!("does not run out within {horizon_days} days"),
     }
 }
 
@@ -1693,10 +1697,10 @@ mod tests {
     #[test]
     fn a_budget_whose_date_has_passed_is_exceeded_already() {
         let now: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
-        let out = |d: Option<&str>| budget_outlook(d.map(|d| d.parse().unwrap()), now);
+        let out = |d: Option<&str>| budget_outlook(d.map(|d| d.parse().unwrap()), now, 90);
         assert_eq!(out(Some("2027-01-10T03:00:00Z")), "runs out on 2027-01-10");
         assert_eq!(out(Some("2026-12-07T11:00:00Z")), "is exceeded already");
-        assert_eq!(out(None), "does not run out within the horizon");
+        assert_eq!(out(None), "does not run out within 90 days");
     }
 
     fn rec(

@@ -149,6 +149,13 @@ impl EnergyReport {
         v
     }
 
+    /// True when the whole week is accounted and nothing was in it: no host reported then,
+    /// or its samples are past retention.
+    pub fn no_data(&self) -> bool {
+        let t = self.total();
+        !self.partial() && t.coverage_pct.is_none() && t.it_energy_kwh == 0.0
+    }
+
     /// True when the week is not fully accounted yet.
     pub fn partial(&self) -> bool {
         self.accounted_until.is_none_or(|t| t < self.end)
@@ -963,7 +970,7 @@ fn recommend(
             total.modeled_energy_kwh
         ));
     }
-    if !r.partial() && total.coverage_pct.is_none() && total.it_energy_kwh == 0.0 {
+    if r.no_data() {
         r.notes.push(
             "No data in this week: nothing was accounted (no host reported then, or its samples are past retention)."
                 .into(),

@@ -113,7 +113,11 @@ pub async fn capacity_lines(
                 e.key,
                 e.level_now / 1000.0,
                 e.capacity / 1000.0,
-                crate::analytics::capacity::budget_outlook(e.exhausted_at, now)
+                crate::analytics::capacity::budget_outlook(
+                    e.exhausted_at,
+                    now,
+                    cfg.capacity.horizon_days
+                )
             ));
         }
     }

@@ -107,18 +107,14 @@ pub enum CitusError {
          Citus must be installed on the coordinator and every worker and loaded with \
          shared_preload_libraries = 'citus' (scripts/citus builds and starts a local cluster)"
     )]
-    NoExtension(#[source] sqlx::Error),
+    NoExtension(sqlx::Error),
     #[error(
         "the Citus coordinator has no active worker nodes: add them with \
          SELECT citus_add_node('worker-host', 5432) on the coordinator, then start again"
     )]
     NoWorkers,
-    #[error("distributing {table}: {source}")]
-    Table {
-        table: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error("distributing {table}: {error}")]
+    Table { table: String, error: sqlx::Error },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -206,9 +202,9 @@ pub async fn distribute(pool: &PgPool) -> Result<Distribution, CitusError> {
             .bind(COLOCATION_ANCHOR)
             .execute(&mut *conn)
             .await
-            .map_err(|source| CitusError::Table {
+            .map_err(|error| CitusError::Table {
                 table: table.to_string(),
-                source,
+                error,
             })?;
         out.converted.push(table.to_string());
     }

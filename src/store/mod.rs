@@ -408,14 +408,14 @@ pub enum StoreError {
     /// The database cannot be reached right now (connection lost, shutting down, pool
     /// exhausted): answer 503 and let the client retry.
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
     /// A row's time falls outside every partition of its table (SQLSTATE 23514 without a
     /// constraint name: the sample tables have no CHECK constraints of their own).
     #[error("no partition holds the row's time")]
     MissingPartition,
     /// Any other database error: a bug or a broken database, never the client's fault.
     #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
+    Database(sqlx::Error),
 }
 
 impl From<sqlx::Error> for StoreError {

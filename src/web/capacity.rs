@@ -273,6 +273,8 @@ pub struct CapacityPage {
     pub disks_more: String,
     pub drains: Vec<DrainView>,
     pub lead_days: u32,
+    /// How far ahead exhaustion is dated (`capacity.horizon_days`).
+    pub horizon_days: u32,
     pub price: String,
     /// "at dc0" or "".
     pub at: String,
@@ -283,12 +285,21 @@ pub struct CapacityPage {
 }
 
 /// When a capacity runs out: a date, "already" once it has passed (the trend is above the
-/// capacity now), or "not within the horizon".
-fn date(t: Option<DateTime<Utc>>) -> String {
+/// capacity now), or "not within N days" (`capacity.horizon_days`).
+fn date(t: Option<DateTime<Utc>>, horizon_days: u32) -> String {
     match t {
         Some(t) if t <= Utc::now() => "already".into(),
         Some(t) => t.format("%Y-%m-%d").to_string(),
-        None => "not within the horizon".into(),
+        None => format!("not within {horizon_days} days"),
+    }
+}
+
+/// A week's range of capacities: "24–64 GPUs", or "32 GPUs" when it is flat.
+fn gpu_range(low: i32, peak: i32) -> String {
+    if low == peak {
+        format!("{peak} GPUs")
+    } else {
+        format!("{low}–{peak} GPUs")
     }
 }
 
@@ -320,7 +331,7 @@ fn evidence_text(e: &EvidenceView) -> String {
     )
 }
 
-fn date_view(e: &ExhaustionRow, link: String) -> DateView {
+fn date_view(e: &ExhaustionRow, link: String, horizon_days: u32) -> DateView {
     let fmt = |v: f64| match e.unit.as_str() {
         "W" => format!("{:.1} kW", v / 1000.0),
         "B" => bytes(Some(v)),
@@ -332,7 +343,7 @@ fn date_view(e: &ExhaustionRow, link: String) -> DateView {
         now: fmt(e.level_now),
         capacity: fmt(e.capacity),
         growth: format!("{:+.2} %/day", e.growth_per_day * 100.0),
-        date: date(e.exhausted_at),
+        date: date(e.exhausted_at, horizon_days),
     }
 }
 
@@ -351,7 +362,7 @@ fn overview_link(site: Option<&str>, page: u32) -> String {
     }
 }
 
-fn pool_view(p: &PoolSummary, site: Option<&str>) -> PoolView {
+fn pool_view(p: &PoolSummary, site: Option<&str>, horizon_days: u32) -> PoolView {
     let spans = match site {
         Some(_) if p.sites.len() > 1 => format!(
             "The whole pool's figures: its hosts are at {}.",
@@ -371,7 +382,7 @@ fn pool_view(p: &PoolSummary, site: Option<&str>) -> PoolView {
         demand_now: num(p.demand_now, 1, "GPUs"),
         next_hour: format!("{} GPUs", p.next_hour),
         week: if p.week_peak > 0 {
-            format!("{}–{} GPUs", p.week_low, p.week_peak)
+            gpu_range(p.week_low, p.week_peak)
         } else {
             "–".into()
         },
@@ -384,7 +395,7 @@ fn pool_view(p: &PoolSummary, site: Option<&str>) -> PoolView {
         } else {
             "–".into()
         },
-        exhausted: date(p.exhausted_at),
+        exhausted: date(p.exhausted_at, horizon_days),
         actions: p.actions.clone(),
         evidence: evidence_text(&p.evidence),
         // Without a week's plan the actions already say why.
@@ -403,6 +414,7 @@ async fn page(
     PageQuery(q): PageQuery<OverviewQuery>,
 ) -> Result<Response, PageError> {
     let d = load(&st, &q).await?;
+    let horizon = st.cfg.capacity.horizon_days;
     render_off(move || {
         let site = d.site.as_deref();
         let tabs = d
@@ -456,13 +468,13 @@ async fn page(
             .iter()
             .map(|r| {
                 let (site, rack) = r.key.split_once('/').unwrap_or(("", &r.key));
-                date_view(r, rack_path(site, rack))
+                date_view(r, rack_path(site, rack), horizon)
             })
             .collect();
         let disks: Vec<DateView> = d
             .disks
             .iter()
-            .map(|r| date_view(r, format!("/hosts/{}", seg(&r.key))))
+            .map(|r| date_view(r, format!("/hosts/{}", seg(&r.key)), horizon))
             .collect();
         let drains = d
             .consolidation
@@ -484,13 +496,14 @@ async fn page(
             shown,
             prev: (d.page > 1).then(|| overview_link(site, d.page - 1)),
             next: (d.page < d.pages).then(|| overview_link(site, d.page + 1)),
-            pools: d.pools.iter().map(|p| pool_view(p, site)).collect(),
+            pools: d.pools.iter().map(|p| pool_view(p, site, horizon)).collect(),
             racks_more: more(racks.len(), d.racks_total, "racks"),
             racks,
             disks_more: more(disks.len(), d.disks_total, "disks"),
             disks,
             drains,
             lead_days: d.lead_days,
+            horizon_days: horizon,
             price: format!("{}", d.price),
             at,
             pools_at,
@@ -745,13 +758,13 @@ async fn pool_page(
                 installed: format!("{} GPUs ({} per host)", s.installed_gpus, s.host_size),
                 demand_now: num(s.demand_now, 1, "GPUs"),
                 next_hour: format!("{} GPUs", s.next_hour),
-                week: format!("{}–{} GPUs", s.week_low, s.week_peak),
+                week: gpu_range(s.week_low, s.week_peak),
                 lead: format!(
                     "{} GPUs from {}",
                     s.lead_peak,
                     s.lead_start.format("%Y-%m-%d")
                 ),
-                exhausted: date(s.exhausted_at),
+                exhausted: date(s.exhausted_at, st.cfg.capacity.horizon_days),
                 actions: s.actions.clone(),
                 evidence: evidence_text(&s.evidence),
                 note: s.note.clone(),

@@ -273,7 +273,11 @@ async fn page(
                     format!(
                         "rack trend {} now; the budget {}",
                         watts(b.level_now),
-                        crate::analytics::capacity::budget_outlook(b.exhausted_at, now)
+                        crate::analytics::capacity::budget_outlook(
+                            b.exhausted_at,
+                            now,
+                            st.cfg.capacity.horizon_days
+                        )
                     ),
                 )
             }),

@@ -477,7 +477,7 @@ async fn gauges_and_the_api_agree_with_the_page() {
         match at {
             Some(t) if t <= Utc::now() => "already".to_string(),
             Some(t) => t.format("%Y-%m-%d").to_string(),
-            None => "not within the horizon".to_string(),
+            None => "not within 90 days".to_string(),
         }
     };
     assert_eq!(runs_out("full"), "already");

@@ -259,6 +259,53 @@ fn configuration_and_setup_errors_say_what_to_do() {
     );
     assert!(!ok);
     assert!(err.contains("/nonexistent/rackwatch.toml"), "{err}");
+    // The reason once, not once per layer of the error.
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+
+    // A bad --listen is refused before the demo sets up a database and its history.
+    let (ok, _, err) = rackwatch(
+        "",
+        &[
+            "demo",
+            "--listen",
+            "notanaddr",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--listen") && err.contains("notanaddr"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "the demo made {}", dir.display());
+
+    // A token needs a scope, and the error names every kind.
+    let (ok, _, err) = rackwatch("", &["token", "create"], "");
+    assert!(!ok);
+    for flag in ["--host", "--pool", "--write-site", "--write-hosts"] {
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+
+    // Output piped into a reader that has gone (`… | head -1`) ends the command quietly,
+    // as Unix tools do, instead of a panic and a backtrace.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .arg("routes")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success()
+            || std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))

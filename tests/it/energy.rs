@@ -1035,6 +1035,25 @@ async fn report_commands_write_files_and_check_their_inputs() {
         "{}",
         typo.2
     );
+    // A past week without data is written, and the summary says it has none (not a
+    // complete week of zeros, no cost without a currency).
+    let url = app.db_url.clone();
+    let empty = tokio::task::spawn_blocking(move || {
+        rackwatch(
+            &url,
+            &["report", "energy", "--week", "2026-W40", "--out", "-"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(empty.0, "{}", empty.2);
+    assert!(
+        empty.2.contains("warning: no data in 2026-W40")
+            && empty.2.contains("idle GPU 0.0 kWh; 1 line\n")
+            && !empty.2.contains(" , "),
+        "{}",
+        empty.2
+    );
     // The report file is written and readable by pyarrow.
     assert!(report.0, "{}", report.2);
     assert!(report.2.contains("2026-W45: IT "), "{}", report.2);

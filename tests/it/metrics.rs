@@ -124,6 +124,17 @@ async fn metrics_pass_promtool_with_counters_and_histograms_after_real_traffic()
 
     // Counters are counters, the two agent counters included (gauges before).
     let types = types(&text);
+    // docs/metrics.md lists every family the server exposes.
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let undocumented: Vec<_> = types
+        .keys()
+        .filter(|f| !doc.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/metrics.md: {undocumented:?}"
+    );
     for (family, kind) in &types {
         if family.ends_with("_total") {
             assert_eq!(*kind, "counter", "{family}");
