@@ -216,7 +216,7 @@ async fn run() {
     let _ = probe.await;
     let mut shippers: Vec<Shipper> = Vec::new();
     for a in agents {
-        shippers.push(a.await.unwrap());
+        shippers.push(a.await.unwrap().unwrap());
     }
     let drain_from = Instant::now();
     loop {

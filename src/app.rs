@@ -156,22 +156,28 @@ pub fn shipper(
     token: &str,
     spool_dir: &Path,
 ) -> anyhow::Result<Shipper> {
-    let spool = Spool::open(spool_dir, cfg.agent.spool_max_bytes)
-        .with_context(|| format!("opening spool {}", spool_dir.display()))?;
-    if !spool.is_empty() {
-        tracing::info!(
-            batches = spool.len(),
-            bytes = spool.bytes(),
-            "replaying spooled batches"
-        );
-    }
-    Shipper::new(
+    let spool = Spool::open(spool_dir, cfg.agent.spool_max_bytes).with_context(|| {
+        format!(
+            "agent.spool_dir: cannot keep batches in {}",
+            spool_dir.display()
+        )
+    })?;
+    let waiting = (spool.len(), spool.bytes());
+    let shipper = Shipper::new(
         server,
         token,
         spool,
         Duration::from_secs(cfg.agent.request_timeout_secs),
         &cfg.agent.tls,
-    )
+    )?;
+    if waiting.0 > 0 {
+        tracing::info!(
+            batches = waiting.0,
+            bytes = waiting.1,
+            "replaying spooled batches"
+        );
+    }
+    Ok(shipper)
 }
 
 /// The sources of a real agent on this machine: the OS, and NVML when present.
@@ -312,7 +318,7 @@ pub async fn start_simulator(
     server: &str,
     fleet: Vec<SimulatedHost>,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Vec<JoinHandle<Shipper>>> {
+) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<Shipper>>>> {
     let mut tasks = Vec::new();
     for mut host in fleet {
         let token = store.create_agent_token(&host.info.name, "demo").await?;

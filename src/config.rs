@@ -1155,11 +1155,21 @@ impl Config {
         if !self.server.public_url.is_empty() {
             check_base_url("server.public_url", &self.server.public_url)?;
         }
-        if self.agent.interval_secs == 0 {
-            return Err("agent.interval_secs must be at least 1".into());
+        let a = &self.agent;
+        for (key, v, max) in [
+            ("agent.interval_secs", a.interval_secs, 3600),
+            ("agent.ship_interval_secs", a.ship_interval_secs, 3600),
+            ("agent.request_timeout_secs", a.request_timeout_secs, 600),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(format!("{key} = {v}: must be from 1 to {max} seconds"));
+            }
         }
-        if self.agent.ship_interval_secs == 0 {
-            return Err("agent.ship_interval_secs must be at least 1".into());
+        if a.spool_max_bytes < 1 << 20 {
+            return Err(format!(
+                "agent.spool_max_bytes = {}: must be at least 1 MiB (1048576), or the spool cannot keep an outage's batches",
+                a.spool_max_bytes
+            ));
         }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be at least 1".into());
@@ -1669,6 +1679,27 @@ mod tests {
         )];
         let err = Config::load_with_env(None, env).unwrap_err().to_string();
         assert!(err.contains("agent.interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn agent_settings_that_would_stop_it_shipping_are_refused() {
+        // Each of these starts an agent that collects nothing for years, can never finish
+        // a request, overflows an Instant, or keeps no batch through an outage.
+        for (var, v, says) in [
+            (
+                "INTERVAL_SECS",
+                "9223372036854775807",
+                "from 1 to 3600 seconds",
+            ),
+            ("SHIP_INTERVAL_SECS", "86400", "from 1 to 3600 seconds"),
+            ("REQUEST_TIMEOUT_SECS", "0", "from 1 to 600 seconds"),
+            ("SPOOL_MAX_BYTES", "0", "at least 1 MiB"),
+        ] {
+            let env = vec![(format!("RACKWATCH_AGENT__{var}"), v.to_string())];
+            let err = Config::load_with_env(None, env).unwrap_err().to_string();
+            let key = format!("agent.{} = {v}", var.to_lowercase());
+            assert!(err.contains(&key) && err.contains(says), "{err}");
+        }
     }
 
     #[test]

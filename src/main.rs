@@ -1262,9 +1262,9 @@ async fn run_agent(cfg: Config) -> anyhow::Result<()> {
     }
     let sources = app::local_sources(&cfg)?;
     let spool = std::path::absolute(cfg.spool_dir()).unwrap_or_else(|_| cfg.spool_dir());
-    tracing::info!(spool = %spool.display(), "undelivered batches wait in the spool");
     let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &spool)?;
-    let shipper = agent::run(identity, sources, shipper, app::timing(&cfg), shutdown).await;
+    tracing::info!(spool = %spool.display(), "undelivered batches wait in the spool");
+    let shipper = agent::run(identity, sources, shipper, app::timing(&cfg), shutdown).await?;
     if shipper.pending() {
         tracing::info!(
             batches = shipper.spool.len(),
@@ -1377,7 +1377,9 @@ async fn demo(
         }
     }
     for a in agents {
-        let _ = a.await;
+        if let Ok(Err(e)) = a.await {
+            tracing::error!("an agent stopped: {e:#}");
+        }
     }
     let _ = server_stop_tx.send(true);
     let _ = server.task.await;

@@ -19,14 +19,17 @@ pub struct Timing {
 }
 
 /// Run an agent until `shutdown` turns true; then flush what was collected (deliver
-/// or spool) and return the shipper.
+/// or spool) and return the shipper. On shutdown the collector stops at once, and a
+/// request in flight gets [`SHUTDOWN_GRACE`](super::shipper::SHUTDOWN_GRACE) to finish before its batch is spooled.
+/// A collector that panics is an error (the caller exits non-zero, so a supervisor
+/// restarts the agent); what it had handed over is delivered or spooled first.
 pub async fn run(
     identity: HostInfo,
     mut sources: Vec<Box<dyn Source>>,
     mut shipper: Shipper,
     timing: Timing,
-    mut shutdown: watch::Receiver<bool>,
-) -> Shipper {
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Shipper> {
     let (tx, mut rx) = mpsc::channel::<Batch>(64);
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let names: Vec<&str> = sources.iter().map(|s| s.name()).collect();
@@ -35,12 +38,16 @@ pub async fn run(
         .name(format!("collect-{}", identity.name))
         .spawn(move || collect_loop(identity, &mut sources, timing, &tx, &stop_rx))
         .expect("spawning the collector thread");
-
-    let mut stopping = *shutdown.borrow();
-    if stopping {
+    // The collector stops sampling the moment shutdown is asked for, even while the
+    // loop below waits on the server.
+    let mut stop_signal = shutdown.clone();
+    let stopper = tokio::spawn(async move {
+        let _ = stop_signal.wait_for(|s| *s).await;
         let _ = stop_tx.send(());
-    }
+    });
+    shipper.stop_on(shutdown.clone());
     loop {
+        let stopping = *shutdown.borrow();
         tokio::select! {
             b = rx.recv() => match b {
                 Some(b) => shipper.ship(b).await,
@@ -49,16 +56,24 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(500)), if shipper.pending() && !stopping => {
                 shipper.drain().await;
             }
-            r = shutdown.changed(), if !stopping => {
-                if r.is_err() || *shutdown.borrow() {
-                    stopping = true;
-                    let _ = stop_tx.send(());
-                }
-            }
         }
     }
-    let _ = tokio::task::spawn_blocking(move || collector.join()).await;
-    shipper
+    stopper.abort();
+    match tokio::task::spawn_blocking(move || collector.join()).await {
+        Ok(Ok(())) => Ok(shipper),
+        Ok(Err(panic)) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            anyhow::bail!(
+                "the collector stopped with a panic ({why}); what it collected before is delivered or in the spool ({} batches)",
+                shipper.spool.len()
+            )
+        }
+        Err(e) => anyhow::bail!("waiting for the collector: {e}"),
+    }
 }
 
 fn collect_loop(
@@ -85,7 +100,16 @@ fn collect_loop(
             .unwrap_or_else(|_| Utc::now());
         let mut c = Collected::default();
         for s in sources.iter_mut() {
-            s.collect(now, &mut c);
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                s.collect(now, &mut c);
+            }));
+            if let Err(panic) = round {
+                // Hand over what earlier rounds collected, then end as the panic did.
+                if !pending.is_empty() {
+                    let _ = tx.blocking_send(pending);
+                }
+                std::panic::resume_unwind(panic);
+            }
         }
         let urgent = !c.events.is_empty();
         pending.host_samples.extend(c.host_samples);

@@ -13,6 +13,8 @@ use flate2::Compression;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use tokio::sync::watch;
+
 use super::spool::Spool;
 use crate::config::{check_base_url, AgentTls};
 use crate::model::{AgentStats, Batch, IngestResponse};
@@ -46,6 +48,74 @@ pub struct Shipper {
     pub delivered_total: u64,
     /// This process's random id, sent with every batch ([`AgentStats::instance`]).
     instance: String,
+    /// Turns true when the agent shuts down: a request in flight then gets
+    /// [`SHUTDOWN_GRACE`] before its batch is spooled.
+    stop: Option<watch::Receiver<bool>>,
+    /// Failed deliveries, refusals and spool write errors: logged when an episode starts,
+    /// then at most every [`LOG_EVERY`] while it lasts.
+    retry_log: Episode,
+    refusal_log: Episode,
+    spool_log: Episode,
+}
+
+/// How long a request in flight when the agent shuts down may still take: its batch is
+/// spooled after that, so a stop takes seconds even with a server that hangs.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// While a failure goes on, it is logged again at most this often (with a count).
+pub const LOG_EVERY: Duration = Duration::from_secs(300);
+
+/// A repeated condition (the server unreachable, batches refused, the spool failing),
+/// logged once when it starts, then at most every [`LOG_EVERY`] with how often it
+/// happened in between, instead of once per attempt.
+#[derive(Debug, Default)]
+struct Episode {
+    since: Option<Instant>,
+    logged_at: Option<Instant>,
+    /// Occurrences not logged yet.
+    unlogged: u64,
+    total: u64,
+}
+
+impl Episode {
+    /// Count one occurrence; returns `Some(occurrences since the last log line)` when this
+    /// one should be logged.
+    fn occur(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        self.since.get_or_insert(now);
+        self.total += 1;
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_some_and(|t| now.duration_since(t) < LOG_EVERY)
+        {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+
+    /// End the episode; returns how long it lasted and how many occurrences it had, if
+    /// one was going on.
+    fn end(&mut self) -> Option<(Duration, u64)> {
+        let since = self.since.take()?;
+        let total = std::mem::take(&mut self.total);
+        self.logged_at = None;
+        self.unlogged = 0;
+        Some((since.elapsed(), total))
+    }
+}
+
+/// What the server said, for a log line: the first line, at most 300 characters (an
+/// HTML error page from a proxy or a wrong path is not copied into the log whole).
+fn brief(text: &str) -> String {
+    let text = text.trim();
+    let first = text.lines().next().unwrap_or("");
+    let mut out: String = first.chars().take(300).collect();
+    if out.len() < text.len() {
+        out.push_str(" …");
+    }
+    out
 }
 
 /// Longest wait between retries of our own choosing. A fleet that lost its server is
@@ -223,7 +293,16 @@ impl Shipper {
             replayed_total: 0,
             delivered_total: 0,
             instance: format!("{:016x}", rand::random::<u64>()),
+            stop: None,
+            retry_log: Episode::default(),
+            refusal_log: Episode::default(),
+            spool_log: Episode::default(),
         })
+    }
+
+    /// Cut requests short when `stop` turns true (see [`SHUTDOWN_GRACE`]).
+    pub fn stop_on(&mut self, stop: watch::Receiver<bool>) {
+        self.stop = Some(stop);
     }
 
     fn stats(&self) -> AgentStats {
@@ -252,31 +331,57 @@ impl Shipper {
             Ok(b) => b,
             Err(e) => return Delivery::Refused(format!("cannot compress batch: {e}")),
         };
-        let resp = self
-            .client
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("content-type", "application/json")
-            .header("content-encoding", "gzip")
-            .body(body)
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                return Delivery::Retry {
-                    why: format!("cannot reach {}: {}", self.url, chain(&e)),
-                    after: None,
+        let exchange = async {
+            let resp = self
+                .client
+                .post(&self.url)
+                .bearer_auth(&self.token)
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(body)
+                .send()
+                .await?;
+            let status = resp.status();
+            let after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+            let text = resp.text().await.unwrap_or_default();
+            Ok::<_, reqwest::Error>((status, after, text))
+        };
+        let answer = match self.stop.clone() {
+            None => exchange.await,
+            Some(mut stop) => {
+                let stopped = async {
+                    let _ = stop.wait_for(|s| *s).await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                };
+                tokio::select! {
+                    a = exchange => a,
+                    () = stopped => {
+                        return Delivery::Retry {
+                            why: format!(
+                                "shutting down: the server did not answer within {} s",
+                                SHUTDOWN_GRACE.as_secs()
+                            ),
+                            after: None,
+                        };
+                    }
                 }
             }
         };
-        let status = resp.status();
-        let after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
-        let text = resp.text().await.unwrap_or_default();
+        let (status, after, text) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let mut why = format!("cannot reach {}: {}", self.url, chain(&e));
+                if why.contains("InvalidContentType") && self.url.starts_with("https:") {
+                    why.push_str(" (the server does not speak TLS there: use http:// in agent.server, or enable server.tls)");
+                }
+                return Delivery::Retry { why, after: None };
+            }
+        };
+        let text = brief(&text);
         let retry = |why: String| Delivery::Retry { why, after };
         match status.as_u16() {
             200..=299 => match serde_json::from_str::<IngestResponse>(&text) {
@@ -292,6 +397,9 @@ impl Shipper {
             401 => retry(format!(
                 "{status}: {text} (check agent.token; batches are kept in the spool)"
             )),
+            404 => retry(format!(
+                "{status}: {text} (agent.server must be the server's base URL, without a path; batches are kept in the spool)"
+            )),
             _ => retry(format!("{status}: {text}")),
         }
     }
@@ -300,20 +408,47 @@ impl Shipper {
         self.failures += 1;
         let wait = self.backoff.next(retry_after);
         self.retry_at = Some(Instant::now() + wait);
-        tracing::warn!(
-            retry_in_s = wait.as_secs_f64(),
-            spooled = self.spool.len(),
-            "shipping failed: {why}"
-        );
+        match self.retry_log.occur() {
+            Some(1) => tracing::warn!(
+                retry_in_s = wait.as_secs_f64(),
+                spooled = self.spool.len(),
+                "shipping failed: {why} (retrying; logged again every {} s while it fails)",
+                LOG_EVERY.as_secs()
+            ),
+            Some(n) => tracing::warn!(
+                spooled = self.spool.len(),
+                "shipping still failing ({n} attempts since the last report): {why}"
+            ),
+            None => {}
+        }
     }
 
     fn note_success(&mut self) {
-        if self.failures > 0 {
-            tracing::info!("server reachable again");
+        if let Some((lasted, attempts)) = self.retry_log.end() {
+            tracing::info!(
+                failed_attempts = attempts,
+                spooled = self.spool.len(),
+                "server reachable again after {:.0} s",
+                lasted.as_secs_f64()
+            );
         }
         self.failures = 0;
         self.retry_at = None;
         self.backoff.reset();
+    }
+
+    /// A batch the server will never take, moved to `rejected/`.
+    fn note_refusal(&mut self, why: &str, kept: &str) {
+        match self.refusal_log.occur() {
+            Some(1) => tracing::error!(
+                "server refused a batch ({why}); kept in {kept} (further refusals are logged every {} s)",
+                LOG_EVERY.as_secs()
+            ),
+            Some(n) => tracing::error!(
+                "server refused {n} batches since the last report ({why}); the latest kept in {kept}"
+            ),
+            None => {}
+        }
     }
 
     fn backing_off(&self) -> bool {
@@ -343,6 +478,7 @@ impl Shipper {
             Delivery::Delivered(r) => {
                 Self::report(&r);
                 self.delivered_total += 1;
+                self.refusal_log.end();
                 self.note_success();
             }
             Delivery::Retry { why, after } => {
@@ -354,21 +490,39 @@ impl Shipper {
                 match self.spool.push(&batch) {
                     Ok(seq) => {
                         let to = self.spool.quarantine(seq);
-                        tracing::error!("server refused a batch ({why}); kept in {to}");
+                        self.note_refusal(&why, &to);
                     }
-                    Err(e) => {
-                        tracing::error!("server refused a batch ({why}); cannot keep it: {e}")
-                    }
+                    Err(e) => self.note_refusal(&why, &format!("nowhere ({e})")),
                 }
             }
         }
     }
 
     fn spool_batch(&mut self, batch: &Batch) {
-        if let Err(e) = self.spool.push(batch) {
-            // A read-only or full disk: count the batch as dropped, keep collecting.
-            self.spool.dropped_total += 1;
-            tracing::error!("cannot write to the spool: {e}; this batch is dropped (counted in dropped_batches_total)");
+        match self.spool.push(batch) {
+            Ok(_) => {
+                if let Some((lasted, n)) = self.spool_log.end() {
+                    tracing::info!(
+                        dropped = n,
+                        "the spool takes batches again after {:.0} s",
+                        lasted.as_secs_f64()
+                    );
+                }
+            }
+            Err(e) => {
+                // A read-only or full disk: count the batch as dropped, keep collecting.
+                self.spool.dropped_total += 1;
+                match self.spool_log.occur() {
+                    Some(1) => tracing::error!(
+                        "cannot write to the spool: {e}; this batch is dropped (counted in dropped_batches_total; logged again every {} s while it fails)",
+                        LOG_EVERY.as_secs()
+                    ),
+                    Some(n) => tracing::error!(
+                        "cannot write to the spool: {e}; {n} batches dropped since the last report"
+                    ),
+                    None => {}
+                }
+            }
         }
     }
 
@@ -392,6 +546,7 @@ impl Shipper {
                     self.spool.remove(seq);
                     self.replayed_total += 1;
                     self.delivered_total += 1;
+                    self.refusal_log.end();
                     self.note_success();
                 }
                 Delivery::Retry { why, after } => {
@@ -400,7 +555,7 @@ impl Shipper {
                 }
                 Delivery::Refused(why) => {
                     let to = self.spool.quarantine(seq);
-                    tracing::error!("server refused a spooled batch ({why}); moved to {to}");
+                    self.note_refusal(&why, &to);
                 }
             }
         }
@@ -462,6 +617,30 @@ mod tests {
             "{at_cap} of {} at the cap",
             tail.len()
         );
+    }
+
+    #[test]
+    fn a_failure_that_goes_on_is_logged_when_it_starts_then_every_few_minutes() {
+        let mut e = Episode::default();
+        assert_eq!(e.occur(), Some(1));
+        for _ in 0..50 {
+            assert_eq!(e.occur(), None);
+        }
+        // Five minutes on, the next occurrence is logged with those in between.
+        e.logged_at = Some(Instant::now() - LOG_EVERY);
+        assert_eq!(e.occur(), Some(51));
+        let (_, total) = e.end().unwrap();
+        assert_eq!(total, 52);
+        assert!(e.end().is_none());
+        assert_eq!(e.occur(), Some(1), "a new episode is logged at once");
+    }
+
+    #[test]
+    fn a_server_page_is_cut_to_its_first_line() {
+        let page = format!("<!doctype html>\n<html>{}</html>", "x".repeat(5000));
+        assert_eq!(brief(&page), "<!doctype html> …");
+        assert_eq!(brief(&"y".repeat(400)).chars().count(), 302);
+        assert_eq!(brief(" {\"error\":\"bad\"} "), "{\"error\":\"bad\"}");
     }
 
     #[test]

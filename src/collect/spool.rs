@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use crate::model::Batch;
 
+/// Batches kept in `rejected/` for inspection; older ones are deleted.
+pub const KEEP_REJECTED: usize = 100;
+
 /// A bounded on-disk queue of batches.
 #[derive(Debug)]
 pub struct Spool {
@@ -37,9 +40,17 @@ pub struct CorruptEntry {
 }
 
 impl Spool {
-    /// Open (or create) a spool directory and index what is already there.
+    /// Open (or create) a spool directory, check that batches can be written there (an
+    /// outage is the wrong time to find out), and index what is already there.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Spool> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(std::io::Error::other("it is a file, not a directory"));
+        }
         fs::create_dir_all(dir)?;
+        let probe = dir.join("write-check.tmp");
+        fs::write(&probe, b"")
+            .and_then(|()| fs::remove_file(&probe))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write in it: {e}")))?;
         let mut files = Vec::new();
         for e in fs::read_dir(dir)? {
             let e = e?;
@@ -153,7 +164,8 @@ impl Spool {
     }
 
     /// Move a batch the server refuses for good into `rejected/` for an operator to
-    /// inspect. Returns where it went.
+    /// inspect; `rejected/` keeps the newest [`KEEP_REJECTED`] (an agent whose token names
+    /// another host would otherwise fill the disk). Returns where it went.
     pub fn quarantine(&mut self, seq: u64) -> String {
         let rej = self.dir.join("rejected");
         let _ = fs::create_dir_all(&rej);
@@ -162,6 +174,16 @@ impl Spool {
         if let Some(pos) = self.files.iter().position(|f| f.0 == seq) {
             let (_, size) = self.files.remove(pos).expect("position is valid");
             self.bytes -= size;
+        }
+        if let Ok(entries) = fs::read_dir(&rej) {
+            // Sequence-numbered names sort oldest first.
+            let mut names: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            if names.len() > KEEP_REJECTED {
+                names.sort();
+                for old in &names[..names.len() - KEEP_REJECTED] {
+                    let _ = fs::remove_file(old);
+                }
+            }
         }
         to.display().to_string()
     }
@@ -208,6 +230,39 @@ mod tests {
         let (_, b) = s.oldest().unwrap().unwrap();
         assert_eq!(b, batch(2));
         assert!(!dir.path().join("00000000000000000099.json.tmp").exists());
+    }
+
+    #[test]
+    fn rejected_batches_keep_the_newest_hundred() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..(KEEP_REJECTED as i64 + 20) {
+            let seq = s.push(&batch(i)).unwrap();
+            s.quarantine(seq);
+        }
+        let mut kept: Vec<_> = fs::read_dir(dir.path().join("rejected"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        kept.sort();
+        assert_eq!(kept.len(), KEEP_REJECTED);
+        assert_eq!(kept[0], "00000000000000000021.json");
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_spool_that_cannot_be_written_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("afile");
+        fs::write(&file, b"x").unwrap();
+        let err = Spool::open(&file, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("a file, not a directory"), "{err}");
+        // A directory where no file can be written (the root user ignores modes, so the
+        // write check's own name is taken by a directory here).
+        let blocked = dir.path().join("blocked");
+        fs::create_dir_all(blocked.join("write-check.tmp")).unwrap();
+        let err = Spool::open(&blocked, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("cannot write in it"), "{err}");
     }
 
     #[test]

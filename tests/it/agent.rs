@@ -96,7 +96,7 @@ async fn agent_spools_while_the_server_is_down_and_delivers_everything_once() {
     .await;
     tokio::time::sleep(Duration::from_millis(4000)).await;
     stop.send(true).unwrap();
-    let shipper = agent.await.unwrap();
+    let shipper = agent.await.unwrap().unwrap();
     assert!(
         !shipper.pending(),
         "spool should be drained, {} batches left",
@@ -132,6 +132,139 @@ async fn agent_spools_while_the_server_is_down_and_delivers_everything_once() {
         "{stats}"
     );
     app.stop().await;
+}
+
+/// A stop (SIGTERM) while the server accepts connections and never answers: sampling
+/// ends at once, the request in flight gets its short grace, and every sample taken is
+/// in the spool for the next start, none twice.
+#[tokio::test]
+async fn an_agent_stops_in_seconds_while_the_server_hangs_and_spools_what_it_took() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let spool_dir = tempfile::tempdir().unwrap();
+    let mut cfg = crate::support::test_config("postgres://unused@localhost/none");
+    cfg.agent.request_timeout_secs = 60;
+    let shipper = rackwatch::app::shipper(
+        &cfg,
+        &format!("http://127.0.0.1:{port}"),
+        "rwa_token",
+        spool_dir.path(),
+    )
+    .unwrap();
+    let mut host = SimulatedHost::fleet(1, 1).pop().unwrap();
+    host.info.name = "hang-test".into();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let source = Recording {
+        inner: host,
+        seen: seen.clone(),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let identity = source.inner.info.clone();
+    let agent = tokio::spawn(agent::run(
+        identity,
+        vec![Box::new(source)],
+        shipper,
+        Timing {
+            interval: Duration::from_millis(100),
+            ship_interval: Duration::from_millis(300),
+        },
+        stop_rx,
+    ));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let stopped_at = Utc::now();
+    let t0 = std::time::Instant::now();
+    stop.send(true).unwrap();
+    let shipper = tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .expect("the agent stopped")
+        .unwrap()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took < rackwatch::collect::shipper::SHUTDOWN_GRACE + Duration::from_millis(1500),
+        "stopping took {took:?}"
+    );
+    let produced = seen.lock().unwrap().clone();
+    assert!(produced.len() >= 5, "{produced:?}");
+    let last = *produced.last().unwrap();
+    assert!(
+        last <= stopped_at + chrono::Duration::milliseconds(150),
+        "sampled at {last} after the stop at {stopped_at}"
+    );
+    // Every sample taken waits in the spool, once.
+    let mut spooled = Vec::new();
+    let mut spool = shipper.spool;
+    while let Some(Ok((seq, batch))) = spool.oldest() {
+        spooled.extend(batch.host_samples.iter().map(|s| s.ts));
+        spool.remove(seq);
+    }
+    assert_eq!(spooled, produced);
+}
+
+/// A source that fails on its third round, as a bug in a collector would.
+struct Panicking(u32);
+
+impl Source for Panicking {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+    fn collect(&mut self, now: DateTime<Utc>, out: &mut Collected) {
+        self.0 += 1;
+        assert!(self.0 < 3, "collector bug on round {}", self.0);
+        out.host_samples.push(rackwatch::model::HostSample {
+            ts: now,
+            ..Default::default()
+        });
+    }
+}
+
+/// A collector that panics ends the agent with an error (the binary exits non-zero and
+/// systemd restarts it), after what it collected is spooled.
+#[tokio::test]
+async fn a_collector_panic_ends_the_agent_with_an_error() {
+    let spool_dir = tempfile::tempdir().unwrap();
+    let cfg = crate::support::test_config("postgres://unused@localhost/none");
+    // Nothing listens on port 9 here: every batch goes to the spool.
+    let shipper =
+        rackwatch::app::shipper(&cfg, "http://127.0.0.1:9", "rwa_token", spool_dir.path()).unwrap();
+    let identity = rackwatch::model::HostInfo {
+        name: "panic-test".into(),
+        ..Default::default()
+    };
+    let (_stop, stop_rx) = watch::channel(false);
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        agent::run(
+            identity,
+            vec![Box::new(Panicking(0))],
+            shipper,
+            Timing {
+                interval: Duration::from_millis(50),
+                ship_interval: Duration::from_millis(60),
+            },
+            stop_rx,
+        ),
+    )
+    .await
+    .expect("the agent ended")
+    .err()
+    .expect("the panic is an error")
+    .to_string();
+    assert!(
+        err.contains("panic") && err.contains("collector bug on round 3"),
+        "{err}"
+    );
+    let spool = rackwatch::collect::spool::Spool::open(spool_dir.path(), 1 << 20).unwrap();
+    assert!(
+        !spool.is_empty(),
+        "the samples before the panic are spooled"
+    );
 }
 
 #[tokio::test]

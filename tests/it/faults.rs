@@ -67,7 +67,7 @@ impl Source for Counted {
 struct Agent {
     host: String,
     rounds: Arc<Mutex<Vec<DateTime<Utc>>>>,
-    task: JoinHandle<Shipper>,
+    task: JoinHandle<anyhow::Result<Shipper>>,
 }
 
 /// A fleet of counted agents shipping to one server.
@@ -160,7 +160,7 @@ impl Fleet {
         // is generated.
         let mut shippers = Vec::new();
         for a in &mut self.agents {
-            shippers.push((&mut a.task).await.unwrap());
+            shippers.push((&mut a.task).await.unwrap().unwrap());
         }
         let keys = self.keys();
         let deadline = Instant::now() + limit;

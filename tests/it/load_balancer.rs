@@ -213,6 +213,7 @@ async fn agents_keep_shipping_through_haproxy_while_a_server_is_killed() {
     let shipper = tokio::time::timeout(Duration::from_secs(30), agent)
         .await
         .expect("the agent drained its spool")
+        .unwrap()
         .unwrap();
     assert!(
         !shipper.pending(),

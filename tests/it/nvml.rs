@@ -217,7 +217,7 @@ async fn the_agent_reports_every_nvml_field_and_fault_through_the_server() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.send(true).unwrap();
-    let shipper = agent.await.unwrap();
+    let shipper = agent.await.unwrap().unwrap();
     assert!(!shipper.pending());
 
     // ---- every field, with the scenario's values --------------------------------
