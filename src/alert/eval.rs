@@ -961,7 +961,10 @@ async fn resolve(
     enqueue(tx, rules, &snap, "resolved", now).await
 }
 
-/// Hardware alerts resolve after a quiet period without recurrences.
+/// Hardware alerts resolve after a quiet period without recurrences, once their GPU
+/// has reported since its last event: a GPU that fell off the bus (or stopped reporting
+/// after its fault) is quiet because it is gone, not because it recovered, so its alert
+/// fires until it reports again or its host is taken out of the fleet.
 async fn resolve_quiet_hardware(
     store: &Store,
     rules: &RuleSet,
@@ -969,15 +972,66 @@ async fn resolve_quiet_hardware(
     h: &HardwareRule,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let quiet: Vec<AlertRow> = sqlx::query_as!(
-        AlertRow,
-        r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts
+    let quiet: Vec<(AlertRow, DateTime<Utc>)> = sqlx::query!(
+        r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule, last_active_at FROM alerts
           WHERE rule = $1 AND state = 'firing' AND last_active_at < $2"#,
         &rule.name,
         now - Duration::seconds(h.resolve_after_secs as i64),
     )
     .fetch_all(&store.pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| {
+        let row = AlertRow {
+            fingerprint: r.fingerprint,
+            state: r.state,
+            started_at: r.started_at,
+            resolved_at: r.resolved_at,
+            occurrences: r.occurrences,
+            flaps: r.flaps,
+            labels: r.labels,
+            rule: r.rule,
+        };
+        (row, r.last_active_at)
+    })
+    .collect();
+    if quiet.is_empty() {
+        return Ok(());
+    }
+    // The newest sample of each GPU named by these alerts, on hosts still in the fleet.
+    let hosts: Vec<String> = quiet
+        .iter()
+        .filter(|(a, _)| a.labels.0.contains_key("gpu"))
+        .filter_map(|(a, _)| a.labels.0.get("host").cloned())
+        .collect();
+    let mut reported: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
+    if !hosts.is_empty() {
+        for r in sqlx::query!(
+            r#"SELECT h.name, l.gpu_index, l.ts FROM gpu_latest l JOIN hosts h ON h.id = l.host_id
+                WHERE h.name = ANY($1) AND h.removed_at IS NULL"#,
+            &hosts,
+        )
+        .fetch_all(&store.pool)
+        .await?
+        {
+            reported.insert((r.name, r.gpu_index.to_string()), r.ts);
+        }
+    }
+    let quiet: Vec<AlertRow> = quiet
+        .into_iter()
+        .filter(|(a, last_active)| {
+            let gpu = a
+                .labels
+                .0
+                .get("host")
+                .cloned()
+                .zip(a.labels.0.get("gpu").cloned());
+            // Silent since its last event: still firing.
+            !gpu.and_then(|k| reported.get(&k))
+                .is_some_and(|ts| ts < last_active)
+        })
+        .map(|(a, _)| a)
+        .collect();
     if quiet.is_empty() {
         return Ok(());
     }

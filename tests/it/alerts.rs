@@ -184,6 +184,69 @@ async fn a_fault_mails_once_and_resolved_mails_when_it_ends() {
     r.app.stop().await;
 }
 
+/// A GPU that fell off the bus is quiet because it is gone: its alert keeps firing past
+/// `resolve_after_secs` while the GPU reports nothing, and resolves once it reports again.
+#[tokio::test]
+async fn a_lost_gpu_fires_until_it_reports_again() {
+    let r = rig().await;
+    let token = r.app.token("gpu-31").await;
+    let t0 = Utc::now() - chrono::Duration::seconds(2);
+    let sample = |ts: chrono::DateTime<Utc>| {
+        json!({"host": {"name": "gpu-31", "site": "fra1", "rack": "r12"},
+               "gpus": [{"index": 4, "uuid": "GPU-31-4", "model": "NVIDIA H100 80GB HBM3"}],
+               "host_samples": [{"ts": ts, "cpu_util_pct": 10.0}],
+               "gpu_samples": [{"ts": ts, "index": 4, "util_pct": 50.0}]})
+    };
+    assert_eq!(r.app.ingest(&token, &sample(t0)).await.status(), 200);
+    let lost = json!({"host": {"name": "gpu-31", "site": "fra1", "rack": "r12"},
+        "events": [{"ts": t0 + chrono::Duration::seconds(1), "index": 4, "kind": "gpu_lost", "code": 79,
+                    "message": "GPU has fallen off the bus"}]});
+    assert_eq!(r.app.ingest(&token, &lost).await.status(), 200);
+    assert_eq!(r.smtp.wait_for(1, 15).await.len(), 1);
+    // Three times resolve_after_secs without a sample from the GPU (its host goes on
+    // reporting): still firing.
+    for _ in 0..9 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let host_only = json!({"host": {"name": "gpu-31", "site": "fra1", "rack": "r12"},
+            "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 10.0}]});
+        assert_eq!(r.app.ingest(&token, &host_only).await.status(), 200);
+    }
+    let xid_mails = || {
+        r.smtp
+            .mails()
+            .iter()
+            .filter(|m| subject(m).contains("XID"))
+            .count()
+    };
+    assert_eq!(xid_mails(), 1, "resolved while the GPU is still gone");
+    let state: String = sqlx::query_scalar("SELECT state FROM alerts WHERE rule = 'gpu-xid'")
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "firing");
+    // The GPU is back: the alert resolves.
+    assert_eq!(
+        r.app.ingest(&token, &sample(Utc::now())).await.status(),
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while xid_mails() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no resolved mail");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mails = r.smtp.mails();
+    let resolved: Vec<_> = mails
+        .iter()
+        .filter(|m| subject(m).contains("XID"))
+        .collect();
+    assert!(
+        subject(resolved[1]).starts_with("[RESOLVED:CRITICAL]"),
+        "{}",
+        subject(resolved[1])
+    );
+    r.app.stop().await;
+}
+
 #[tokio::test]
 async fn a_gpu_with_several_xid_codes_is_one_alert_that_lists_them() {
     let r = rig().await;
