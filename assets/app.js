@@ -25,14 +25,36 @@ window.addEventListener('resize', markOverflow);
 function pad(n) { return (n < 10 ? '0' : '') + n; }
 document.querySelectorAll('input[data-utc]').forEach(function (el) {
   var d = new Date(el.getAttribute('data-utc') + ':00Z');
-  if (!isNaN(d)) { el.value = d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + 'T' + pad(d.getHours()) + ':' + pad(d.getMinutes()); }
+  if (!isNaN(d)) { el.value = el.defaultValue = d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + 'T' + pad(d.getHours()) + ':' + pad(d.getMinutes()); }
 });
 document.querySelectorAll('input[name=tzo]').forEach(function (el) { el.value = String(new Date().getTimezoneOffset()); });
+// True while the viewer works in a form: a field has the focus or differs from what the
+// page was served with. A reload then would throw the typing away.
+function editing() {
+  var a = document.activeElement;
+  if (a && /^(INPUT|TEXTAREA|SELECT)$/.test(a.tagName) && a.type !== 'hidden') return true;
+  var fields = document.querySelectorAll('input, textarea, select');
+  for (var i = 0; i < fields.length; i++) {
+    var f = fields[i];
+    if (f.type === 'hidden') continue;
+    if (f.type === 'checkbox' || f.type === 'radio') { if (f.checked !== f.defaultChecked) return true; continue; }
+    if (f.tagName === 'SELECT') {
+      for (var j = 0; j < f.options.length; j++) if (f.options[j].selected !== f.options[j].defaultSelected) return true;
+      continue;
+    }
+    if (f.value !== f.defaultValue) return true;
+  }
+  return false;
+}
 (function () {
   var r = document.body.getAttribute('data-refresh');
   if (!r) return;
-  // Reload only while the tab is visible; a hidden tab catches up when shown again.
+  // Reload only while the tab is visible and nobody is typing; a hidden tab or a form
+  // being filled in catches up at the next tick after that.
   var due = false;
-  setInterval(function () { if (document.visibilityState === 'visible') location.reload(); else due = true; }, Number(r) * 1000);
-  document.addEventListener('visibilitychange', function () { if (due && document.visibilityState === 'visible') location.reload(); });
+  function tick() {
+    if (document.visibilityState === 'visible' && !editing()) location.reload(); else due = true;
+  }
+  setInterval(tick, Number(r) * 1000);
+  document.addEventListener('visibilitychange', function () { if (due && document.visibilityState === 'visible' && !editing()) location.reload(); });
 })();

@@ -173,6 +173,27 @@ try {
   const afterSilence = await unhandled();
   const handledNote = (await page.locator('#kpi-alerts-handled').textContent()).trim();
   console.log(`OK alerts-actions open-rows=${openBefore}->${openAfter} fleet-unhandled=${before}->${afterAck}->${afterSilence} ack-badges=${ackBadges} silenced-badges=${silencedBadges} handled-opacity=${handledOpacity} note=${JSON.stringify(handledNote)}`);
+
+  // The page's 30 s refresh waits while someone types in a form, and runs once they
+  // leave it as served (a fake clock runs the minutes).
+  where = 'refresh-keeps-typing';
+  const typing = await page.context().newPage();
+  await typing.clock.install();
+  await typing.goto(base + '/alerts');
+  const field = typing.locator('form[action="/silences"] input[name=matchers]:not([type=hidden])');
+  await field.fill('host=half-typed');
+  await typing.locator('h1').click();
+  await typing.evaluate(() => { window.servedOnce = true; });
+  await typing.clock.runFor(95000);
+  const kept = await field.inputValue();
+  const sameDocument = await typing.evaluate(() => window.servedOnce === true);
+  if (kept !== 'host=half-typed' || !sameDocument) problem(where, `typing lost to a refresh: field ${JSON.stringify(kept)}, same document ${sameDocument}`);
+  await field.fill('');
+  await typing.locator('h1').click();
+  await Promise.all([typing.waitForEvent('load'), typing.clock.runFor(35000)]);
+  if (await typing.evaluate(() => window.servedOnce === true)) problem(where, 'no refresh once the form is as served');
+  await typing.close();
+  console.log(`OK refresh-keeps-typing kept=${JSON.stringify(kept)}`);
 } catch (e) {
   failed++;
   console.error(String(e && e.stack || e));

@@ -329,6 +329,8 @@ async fn layout_check(app: &TestApp, chromium: &str) {
         ) && acts.contains(r#"note="+ 3 acknowledged or silenced""#),
         "{acts}"
     );
+    // The refresh waited for the typing and ran once the form was as served.
+    line(&stdout, "OK refresh-keeps-typing kept=\"host=half-typed\"");
 }
 
 fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
