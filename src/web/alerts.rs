@@ -148,6 +148,29 @@ pub struct AlertsPage {
     pub history: Vec<IncidentView>,
     /// Delivery state of each notification channel (email, webhooks, Slack, PagerDuty).
     pub channels: Vec<crate::alert::notify::ChannelState>,
+    /// The new-silence form: empty, or as sent with what was wrong.
+    pub form: SilenceFormView,
+}
+
+/// The new-silence form's fields, and the error of the last try (shown at the form).
+pub struct SilenceFormView {
+    pub error: Option<String>,
+    pub matchers: String,
+    pub start: String,
+    pub hours: String,
+    pub comment: String,
+}
+
+impl Default for SilenceFormView {
+    fn default() -> Self {
+        SilenceFormView {
+            error: None,
+            matchers: String::new(),
+            start: String::new(),
+            hours: "2".into(),
+            comment: String::new(),
+        }
+    }
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -160,6 +183,15 @@ pub async fn page(
     csrf: Csrf,
     _q: PageQuery<NoParams>,
 ) -> Result<Response, PageError> {
+    Ok(render(&alerts_page(&st, &user, csrf, SilenceFormView::default()).await?))
+}
+
+async fn alerts_page(
+    st: &AppState,
+    user: &User,
+    csrf: Csrf,
+    form: SilenceFormView,
+) -> Result<AlertsPage, ApiError> {
     let cur = st.store.current_alerts_silenced(Utc::now()).await?;
     let view = |(a, silenced): &(AlertRow, bool)| AlertView {
         fingerprint: a.fingerprint.clone(),
@@ -229,15 +261,16 @@ pub async fn page(
         })
         .collect();
     let channels = crate::alert::notify::channel_states(&st.store).await?;
-    Ok(render(&AlertsPage {
+    Ok(AlertsPage {
         channels,
         can_act: user.role >= Role::Operator,
-        nav: Nav::new(&user, csrf, "alerts"),
+        nav: Nav::new(user, csrf, "alerts"),
         firing,
         pending,
         silences,
         history,
-    }))
+        form,
+    })
 }
 
 fn require_operator(user: &User) -> Result<(), ApiError> {
@@ -348,23 +381,42 @@ pub async fn silence(
     PageUser(user): PageUser,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
+    csrf: Csrf,
     PageForm(f): PageForm<SilenceForm>,
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    let items: Vec<String> = f
-        .matchers
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let m = crate::alert::silence::parse_matchers(&items).map_err(ApiError::BadRequest)?;
-    let start = match f.start.trim() {
-        "" => None,
-        t => Some(super::range::parse_time("start", t, f.tzo)?),
-    };
-    create_silence(&st, &user, ip, m, (start, f.hours), &f.comment).await?;
-    Ok(Redirect::to("/alerts").into_response())
+    let made = async {
+        let items: Vec<String> = f
+            .matchers
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let m = crate::alert::silence::parse_matchers(&items).map_err(ApiError::BadRequest)?;
+        let start = match f.start.trim() {
+            "" => None,
+            t => Some(super::range::parse_time("start", t, f.tzo)?),
+        };
+        create_silence(&st, &user, ip, m, (start, f.hours), &f.comment).await
+    }
+    .await;
+    match made {
+        Ok(_) => Ok(Redirect::to("/alerts").into_response()),
+        // What was wrong goes next to the form, with what was typed.
+        Err(ApiError::BadRequest(why)) => {
+            let form = SilenceFormView {
+                error: Some(why),
+                matchers: f.matchers,
+                start: f.start,
+                hours: f.hours.to_string(),
+                comment: f.comment,
+            };
+            let page = alerts_page(&st, &user, csrf, form).await?;
+            Ok((StatusCode::BAD_REQUEST, render(&page)).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Store a silence of `hours` from `start` (now when `None` or past) and record it in the

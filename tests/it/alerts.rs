@@ -1224,9 +1224,22 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     let bad = vec![
         ("matchers", "colour=red".to_string()),
         ("hours", "2".to_string()),
+        ("comment", "typed & kept".to_string()),
         ("csrf", csrf.clone()),
     ];
-    assert_eq!(post("/silences", &op, bad).await.unwrap().status(), 400);
+    let refused = post("/silences", &op, bad).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    // The alerts page again, with what was wrong at the form and what was typed in it.
+    let html = refused.text().await.unwrap();
+    let at_form = &html[html.find("id=\"new-silence\"").expect("the form") ..];
+    assert!(
+        at_form.contains("<p class=\"error\" role=\"alert\" id=\"silence-error\">")
+            && at_form.contains("colour")
+            && at_form.contains("value=\"colour=red\"")
+            && at_form.contains("value=\"typed &#38; kept\""),
+        "{at_form}"
+    );
+    assert!(html.contains("<h1>Alerts</h1>") || html.contains("Alerts</h1>"), "{html}");
     // A maintenance window tomorrow at 22:00 on a viewer's clock one hour east of UTC
     // (getTimezoneOffset() = -60): 21:00 UTC.
     let day = (Utc::now() + chrono::Duration::days(1)).date_naive();
