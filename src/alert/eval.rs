@@ -972,65 +972,53 @@ async fn resolve_quiet_hardware(
     h: &HardwareRule,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let quiet: Vec<(AlertRow, DateTime<Utc>)> = sqlx::query!(
-        r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule, last_active_at FROM alerts
+    let quiet: Vec<AlertRow> = sqlx::query_as!(
+        AlertRow,
+        r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts
           WHERE rule = $1 AND state = 'firing' AND last_active_at < $2"#,
         &rule.name,
         now - Duration::seconds(h.resolve_after_secs as i64),
     )
     .fetch_all(&store.pool)
-    .await?
-    .into_iter()
-    .map(|r| {
-        let row = AlertRow {
-            fingerprint: r.fingerprint,
-            state: r.state,
-            started_at: r.started_at,
-            resolved_at: r.resolved_at,
-            occurrences: r.occurrences,
-            flaps: r.flaps,
-            labels: r.labels,
-            rule: r.rule,
-        };
-        (row, r.last_active_at)
-    })
-    .collect();
+    .await?;
     if quiet.is_empty() {
         return Ok(());
     }
-    // The newest sample of each GPU named by these alerts, on hosts still in the fleet.
-    let hosts: Vec<String> = quiet
-        .iter()
-        .filter(|(a, _)| a.labels.0.contains_key("gpu"))
-        .filter_map(|(a, _)| a.labels.0.get("host").cloned())
-        .collect();
-    let mut reported: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
+    // Per GPU named by these alerts (hosts still in the fleet): its newest sample and its
+    // newest event of this rule's kinds, both by the agent's clock.
+    let gpu_of = |a: &AlertRow| {
+        let l = &a.labels.0;
+        l.get("host").cloned().zip(l.get("gpu").cloned())
+    };
+    let hosts: Vec<String> = quiet.iter().filter_map(gpu_of).map(|(h, _)| h).collect();
+    let mut silent: HashSet<(String, String)> = HashSet::new();
     if !hosts.is_empty() {
+        let oldest = quiet.iter().map(|a| a.started_at).min().unwrap_or(now) - Duration::hours(1);
         for r in sqlx::query!(
-            r#"SELECT h.name, l.gpu_index, l.ts FROM gpu_latest l JOIN hosts h ON h.id = l.host_id
+            r#"SELECT h.name, l.gpu_index, l.ts AS sample_ts, e.event_ts AS "event_ts!"
+                 FROM hosts h
+                 JOIN gpu_latest l ON l.host_id = h.id
+                 JOIN (SELECT host_id, gpu_index, max(ts) AS event_ts FROM hardware_events
+                        WHERE ts >= $3 AND host_id IN (SELECT id FROM hosts WHERE name = ANY($1))
+                          AND (cardinality($2::text[]) = 0 OR kind = ANY($2))
+                        GROUP BY host_id, gpu_index) e
+                   ON e.host_id = l.host_id AND e.gpu_index = l.gpu_index
                 WHERE h.name = ANY($1) AND h.removed_at IS NULL"#,
             &hosts,
+            &h.events,
+            oldest,
         )
         .fetch_all(&store.pool)
         .await?
         {
-            reported.insert((r.name, r.gpu_index.to_string()), r.ts);
+            if r.sample_ts < r.event_ts {
+                silent.insert((r.name, r.gpu_index.to_string()));
+            }
         }
     }
     let quiet: Vec<AlertRow> = quiet
         .into_iter()
-        .filter(|(a, last_active)| {
-            let gpu = a
-                .labels
-                .0
-                .get("host")
-                .cloned()
-                .zip(a.labels.0.get("gpu").cloned());
-            // Silent since its last event: still firing.
-            !gpu.and_then(|k| reported.get(&k))
-                .is_some_and(|ts| ts < last_active)
-        })
-        .map(|(a, _)| a)
+        .filter(|a| !gpu_of(a).is_some_and(|k| silent.contains(&k)))
         .collect();
     if quiet.is_empty() {
         return Ok(());
