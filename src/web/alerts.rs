@@ -183,7 +183,9 @@ pub async fn page(
     csrf: Csrf,
     _q: PageQuery<NoParams>,
 ) -> Result<Response, PageError> {
-    Ok(render(&alerts_page(&st, &user, csrf, SilenceFormView::default()).await?))
+    Ok(render(
+        &alerts_page(&st, &user, csrf, SilenceFormView::default()).await?,
+    ))
 }
 
 async fn alerts_page(

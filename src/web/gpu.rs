@@ -252,7 +252,7 @@ async fn page(
 ) -> Result<Response, PageError> {
     let index = gpu_index(&name, &index)?;
     let now = Utc::now();
-    let r = q.resolve(now, "1h")?;
+    let (r, problem) = q.resolve_page(now, "1h", false)?;
     let d = load(&st, &name, index, r.clone()).await?;
     let temp_refs = temperature_rules(&st.cfg.alerting.rules_file);
     render_off(move || {
@@ -381,7 +381,8 @@ async fn page(
                 format!("/hosts/{}/gpus/{index}", seg(&name)),
                 &r,
                 Vec::new(),
-            ),
+            )
+            .with_problem(problem),
             charts,
             throttle_note,
             events: event_views(&d.events, &query),

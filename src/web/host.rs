@@ -297,7 +297,7 @@ async fn page(
     PageQuery(q): PageQuery<RangeParams>,
 ) -> Result<Response, PageError> {
     let now = Utc::now();
-    let r = q.resolve_overview(now, "1h")?;
+    let (r, problem) = q.resolve_page(now, "1h", true)?;
     let d = load(&st, &name, r.clone()).await?;
     render_off(move || {
         let query = r.query();
@@ -439,7 +439,7 @@ async fn page(
             } else {
                 String::new()
             },
-            picker: picker(format!("/hosts/{}", seg(&name)), &r, Vec::new()),
+            picker: picker(format!("/hosts/{}", seg(&name)), &r, Vec::new()).with_problem(problem),
             charts,
             gpus,
             events: event_views(&d.events, &query),

@@ -298,6 +298,8 @@ pub struct Picker {
     /// RFC 3339 ends, shown in the viewer's zone by the page script.
     pub from_iso: String,
     pub to_iso: String,
+    /// A custom range that could not be shown, and why (the page shows the default).
+    pub error: Option<String>,
 }
 
 pub fn picker(path: String, r: &TimeRange, keep: Vec<(&'static str, String)>) -> Picker {
@@ -313,10 +315,28 @@ pub fn picker(path: String, r: &TimeRange, keep: Vec<(&'static str, String)>) ->
         query: r.query(),
         from_iso: r.from.to_rfc3339(),
         to_iso: r.to.to_rfc3339(),
+        error: None,
     }
 }
 
 impl Picker {
+    /// Show a custom range that could not be shown: its times as typed in the form, and
+    /// why, next to it.
+    pub fn with_problem(mut self, problem: Option<super::range::RangeProblem>) -> Picker {
+        if let Some(p) = problem {
+            let typed =
+                |t: Option<DateTime<Utc>>| t.map(|t| t.format("%Y-%m-%dT%H:%M").to_string());
+            self.from_value = typed(p.from).unwrap_or(self.from_value);
+            self.to_value = typed(p.to).unwrap_or(self.to_value);
+            let mut why = p.why;
+            if let Some(c) = why.get(..1) {
+                why.replace_range(..1, &c.to_uppercase());
+            }
+            self.error = Some(format!("{why}; showing {} instead.", self.label));
+        }
+        self
+    }
+
     /// The kept parameters as a query suffix (`&metric=temp`), for the preset links.
     pub fn keep_query(&self) -> String {
         self.keep
@@ -440,6 +460,16 @@ pub fn chart_between(
     gap_secs: i64,
     ov: &Overlay,
 ) -> ChartView {
+    // A series with nothing in this range (one kept only in raw samples, on a rollup
+    // range) is left out, legend included, unless the chart has nothing at all.
+    let series: Vec<Series> = if series.iter().any(|s| !s.points.is_empty()) {
+        series
+            .into_iter()
+            .filter(|s| !s.points.is_empty())
+            .collect()
+    } else {
+        series
+    };
     let legend = series
         .iter()
         .enumerate()

@@ -250,7 +250,7 @@ async fn page(
 ) -> Result<Response, PageError> {
     let (site, rack) = (place_from_seg(site), place_from_seg(rack));
     let now = Utc::now();
-    let r = q.range().resolve_overview(now, "1h")?;
+    let (r, problem) = q.range().resolve_page(now, "1h", true)?;
     let metric = Metric::parse(q.metric.as_deref())?;
     let d = load(&st, &site, &rack, r.clone(), metric).await?;
     render_off(move || {
@@ -258,7 +258,8 @@ async fn page(
         let path = rack_path(&site, &rack);
         let page = RackPage {
             nav: Nav::new(&user, csrf, ""),
-            picker: picker(path, &r, vec![("metric", metric.key().to_string())]),
+            picker: picker(path, &r, vec![("metric", metric.key().to_string())])
+                .with_problem(problem),
             hosts: host_table_rows(&d.hosts, &d.gpus, now),
             metrics: metric_links(metric, Some(&query)),
             metric_label: metric.label(),

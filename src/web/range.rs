@@ -70,6 +70,14 @@ pub struct RangeDoc {
     tzo: Option<i32>,
 }
 
+/// A custom range a page could not show: why, and the times as typed (UTC).
+#[derive(Debug, Clone)]
+pub struct RangeProblem {
+    pub why: String,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
 /// A resolved range.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TimeRange {
@@ -136,6 +144,45 @@ impl RangeParams {
         self.resolve_with(now, default_key, OVERVIEW_RAW_MAX_SECS)
     }
 
+    /// The range for a page (`overview`: host and rack pages). A custom from/to that
+    /// cannot be shown (the end before the start, a span over the limit) gives the
+    /// default preset and what was wrong, for the picker to show next to the times as
+    /// they were typed, instead of an error page; other bad parameters are errors.
+    pub fn resolve_page(
+        &self,
+        now: DateTime<Utc>,
+        default_key: &str,
+        overview: bool,
+    ) -> Result<(TimeRange, Option<RangeProblem>), ApiError> {
+        let raw_max = if overview {
+            OVERVIEW_RAW_MAX_SECS
+        } else {
+            RAW_MAX_SECS
+        };
+        let custom = self.from.as_deref().is_some_and(|s| !s.is_empty());
+        match self.resolve_with(now, default_key, raw_max) {
+            Ok(r) => Ok((r, None)),
+            Err(ApiError::BadRequest(why)) if custom => {
+                let tzo = self.tzo.unwrap_or(0);
+                let typed = |v: &Option<String>| {
+                    v.as_deref()
+                        .filter(|s| !s.is_empty())
+                        .and_then(|s| parse_time("", s, tzo).ok())
+                };
+                let fallback = RangeParams::default().resolve_with(now, default_key, raw_max)?;
+                Ok((
+                    fallback,
+                    Some(RangeProblem {
+                        why,
+                        from: typed(&self.from),
+                        to: typed(&self.to),
+                    }),
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn resolve_with(
         &self,
         now: DateTime<Utc>,
@@ -153,7 +200,9 @@ impl RangeParams {
                 None => now,
             };
             if from >= to {
-                return Err(ApiError::BadRequest("`from` must be before `to`".into()));
+                return Err(ApiError::BadRequest(
+                    "the range's start (`from`) must be before its end (`to`)".into(),
+                ));
             }
             if to - from > Duration::days(MAX_RANGE_DAYS) {
                 return Err(ApiError::BadRequest(format!(

@@ -1231,7 +1231,7 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     assert_eq!(refused.status(), 400);
     // The alerts page again, with what was wrong at the form and what was typed in it.
     let html = refused.text().await.unwrap();
-    let at_form = &html[html.find("id=\"new-silence\"").expect("the form") ..];
+    let at_form = &html[html.find("id=\"new-silence\"").expect("the form")..];
     assert!(
         at_form.contains("<p class=\"error\" role=\"alert\" id=\"silence-error\">")
             && at_form.contains("colour")
@@ -1239,7 +1239,10 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
             && at_form.contains("value=\"typed &#38; kept\""),
         "{at_form}"
     );
-    assert!(html.contains("<h1>Alerts</h1>") || html.contains("Alerts</h1>"), "{html}");
+    assert!(
+        html.contains("<h1>Alerts</h1>") || html.contains("Alerts</h1>"),
+        "{html}"
+    );
     // A maintenance window tomorrow at 22:00 on a viewer's clock one hour east of UTC
     // (getTimezoneOffset() = -60): 21:00 UTC.
     let day = (Utc::now() + chrono::Duration::days(1)).date_naive();

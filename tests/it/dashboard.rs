@@ -187,6 +187,36 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert!(custom.contains("raw samples, 5 s per point"));
     let (st, _) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=2w").await;
     assert_eq!(st, 400);
+    // A custom range typed the wrong way round, or too long, on the host, GPU and rack
+    // pages: the page with the last hour, the times as typed and why, at the picker.
+    let two_years = (chrono::Utc::now() - chrono::Duration::days(730))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    for (path, from, to, why) in [
+        (
+            "/hosts/gpu-node-7",
+            &to,
+            &from,
+            "start (`from`) must be before its end",
+        ),
+        ("/hosts/gpu-node-7/gpus/1", &to, &from, "must be before"),
+        ("/racks/fra1/r07", &two_years, &to, "anges up to 90 days"),
+    ] {
+        let (st, html) = app
+            .page(&cookie, &format!("{path}?from={from}&to={to}&tzo=0"))
+            .await;
+        assert_eq!(st, 200, "{path}");
+        let error = html
+            .split("id=\"range-error\">")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{path}: no range error\n{html}"));
+        assert!(
+            error.contains(why) && error.contains("showing last 1 h instead"),
+            "{path}: {error}"
+        );
+        assert!(html.contains(&format!("value=\"{from}\"")), "{path}");
+        assert!(html.contains(&format!("value=\"{to}\"")), "{path}");
+    }
     app.stop().await;
 }
 
@@ -203,12 +233,12 @@ async fn inventory_search_finds_gpus_by_uuid_model_and_driver() {
     assert!(all.contains("550.54.15") && all.contains("80.0 GiB"));
     let (_, one) = app.page(&cookie, "/inventory?q=GPU-gpu-node-8-1").await;
     assert!(
-        one.contains("1 hosts, 1 GPUs matching “GPU-gpu-node-8-1”"),
+        one.contains("1 host, 1 GPU matching “GPU-gpu-node-8-1”"),
         "{one}"
     );
     assert!(one.contains(r#"<a href="/hosts/gpu-node-8/gpus/1">GPU 1</a>"#));
     let (_, rack) = app.page(&cookie, "/inventory?q=R08").await;
-    assert!(rack.contains("1 hosts, 2 GPUs"));
+    assert!(rack.contains("1 host, 2 GPUs"));
     // LIKE wildcards are searched for literally.
     let (_, none) = app.page(&cookie, "/inventory?q=%25").await;
     assert!(none.contains("0 hosts, 0 GPUs"));
