@@ -28,6 +28,10 @@ document.querySelectorAll('input[data-utc]').forEach(function (el) {
   if (!isNaN(d)) { el.value = el.defaultValue = d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + 'T' + pad(d.getHours()) + ':' + pad(d.getMinutes()); }
 });
 document.querySelectorAll('input[name=tzo]').forEach(function (el) { el.value = String(new Date().getTimezoneOffset()); });
+// Destructive forms ask first (data-confirm); without the script they post at once.
+document.querySelectorAll('form[data-confirm]').forEach(function (f) {
+  f.addEventListener('submit', function (e) { if (!window.confirm(f.getAttribute('data-confirm'))) e.preventDefault(); });
+});
 // True while the viewer works in a form: a field has the focus or differs from what the
 // page was served with. A reload then would throw the typing away.
 function editing() {

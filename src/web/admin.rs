@@ -50,13 +50,26 @@ pub struct AdminPage {
     pub revoked_tokens: Vec<TokenView>,
     /// A token just minted: shown once, never stored in clear.
     pub new_token: Option<(String, String)>,
-    pub message: Option<String>,
-    pub error: Option<String>,
+    /// The forms after a submit: what happened next to each, and what was typed.
+    pub forms: AdminForms,
     pub jobs: Vec<JobView>,
     /// Whether this server runs the periodic jobs.
     pub leader: bool,
     /// The anomaly detector's backend, when the job is enabled.
     pub anomaly_backend: Option<BackendView>,
+}
+
+/// What the admin page's forms show after a submit: the outcome next to the form that
+/// was sent, and what was typed in it (never a password).
+#[derive(Default)]
+pub struct AdminForms {
+    pub user_message: Option<String>,
+    pub user_error: Option<String>,
+    pub user_name: String,
+    pub user_role: String,
+    pub token_error: Option<String>,
+    pub token_host: String,
+    pub token_note: String,
 }
 
 /// Which backend the anomaly detector runs on.
@@ -123,8 +136,7 @@ async fn page_with(
     st: &AppState,
     nav: Nav,
     new_token: Option<(String, String)>,
-    message: Option<String>,
-    error: Option<String>,
+    forms: AdminForms,
 ) -> Result<AdminPage, ApiError> {
     let (tokens, revoked_tokens): (Vec<_>, Vec<_>) = st
         .store
@@ -144,8 +156,7 @@ async fn page_with(
         tokens,
         revoked_tokens,
         new_token,
-        message,
-        error,
+        forms,
         jobs: job_views(&st.jobs.snapshot()),
         leader: st.jobs.is_leader(),
         anomaly_backend: st.jobs.anomaly_backend().as_deref().map(backend_view),
@@ -159,7 +170,13 @@ pub async fn page(
     _q: PageQuery<NoParams>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
-    let p = page_with(&st, Nav::new(&user, csrf, "admin"), None, None, None).await?;
+    let p = page_with(
+        &st,
+        Nav::new(&user, csrf, "admin"),
+        None,
+        AdminForms::default(),
+    )
+    .await?;
     Ok(render(&p))
 }
 
@@ -185,6 +202,7 @@ pub async fn create_user(
     verify_csrf(&headers, &f.csrf)?;
     let nav = Nav::new(&user, csrf, "admin");
     let before = st.store.password_row(&f.name).await?.map(|r| r.1);
+    let existed = before.is_some();
     let outcome = match f.role.parse::<Role>() {
         Err(e) => Err(e),
         Ok(role) => match st.store.upsert_user(&f.name, role, &f.password).await {
@@ -197,15 +215,30 @@ pub async fn create_user(
             Err(e) => Err(format!("{e:#}")),
         },
     };
-    let (msg, err, status) = match outcome {
-        Ok(()) => (
-            Some(format!("User {} saved as {}.", f.name, f.role)),
-            None,
-            StatusCode::OK,
-        ),
-        Err(e) => (None, Some(e), StatusCode::UNPROCESSABLE_ENTITY),
+    let mut forms = AdminForms {
+        user_name: f.name.clone(),
+        user_role: f.role.clone(),
+        ..Default::default()
     };
-    let mut resp = render(&page_with(&st, nav, None, msg, err).await?);
+    let status = match outcome {
+        Ok(()) => {
+            forms.user_message = Some(if existed {
+                format!(
+                    "User {} updated: role {}, new password (their sessions go on).",
+                    f.name, f.role
+                )
+            } else {
+                format!("User {} created as {}.", f.name, f.role)
+            });
+            forms.user_name.clear();
+            StatusCode::OK
+        }
+        Err(e) => {
+            forms.user_error = Some(e);
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+    };
+    let mut resp = render(&page_with(&st, nav, None, forms).await?);
     *resp.status_mut() = status;
     Ok(resp)
 }
@@ -269,11 +302,19 @@ pub async fn create_token(
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     let host = f.host.trim();
-    crate::model::validate::host_name(host).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "a token is scoped to one host: give its name ({e})"
-        ))
-    })?;
+    if let Err(e) = crate::model::validate::host_name(host) {
+        // Said next to the form, with what was typed.
+        let forms = AdminForms {
+            token_error: Some(format!(
+                "a token is scoped to one host: give its name ({e})"
+            )),
+            token_host: f.host.clone(),
+            token_note: f.note.clone(),
+            ..Default::default()
+        };
+        let p = page_with(&st, Nav::new(&user, csrf, "admin"), None, forms).await?;
+        return Ok((StatusCode::BAD_REQUEST, render(&p)).into_response());
+    }
     let token = st.store.create_agent_token(host, f.note.trim()).await?;
     st.store
         .audit(
@@ -283,7 +324,13 @@ pub async fn create_token(
         )
         .await?;
     let nav = Nav::new(&user, csrf, "admin");
-    let p = page_with(&st, nav, Some((host.to_string(), token)), None, None).await?;
+    let p = page_with(
+        &st,
+        nav,
+        Some((host.to_string(), token)),
+        AdminForms::default(),
+    )
+    .await?;
     let mut resp = render(&p);
     // The page holds a secret: keep it out of caches.
     resp.headers_mut().insert(

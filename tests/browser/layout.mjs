@@ -194,6 +194,19 @@ try {
   if (await typing.evaluate(() => window.servedOnce === true)) problem(where, 'no refresh once the form is as served');
   await typing.close();
   console.log(`OK refresh-keeps-typing kept=${JSON.stringify(kept)}`);
+
+  // Revoking a token asks first; dismissed, nothing is posted.
+  where = 'confirm-revoke';
+  await page.goto(base + '/admin');
+  const revokes = page.locator('form[data-confirm] button', { hasText: 'Revoke' });
+  const before2 = await revokes.count();
+  let asked = '';
+  page.once('dialog', async (d) => { asked = d.message(); await d.dismiss(); });
+  if (before2 > 0) await revokes.first().click();
+  await page.waitForTimeout(300);
+  const after2 = await page.locator('form[data-confirm] button', { hasText: 'Revoke' }).count();
+  if (!asked.startsWith('Revoke token') || after2 !== before2) problem(where, `revoke asked ${JSON.stringify(asked)}, ${before2} -> ${after2} live tokens`);
+  console.log(`OK confirm-revoke asked=${JSON.stringify(asked)} tokens=${before2}->${after2}`);
 } catch (e) {
   failed++;
   console.error(String(e && e.stack || e));

@@ -331,6 +331,8 @@ async fn layout_check(app: &TestApp, chromium: &str) {
     );
     // The refresh waited for the typing and ran once the form was as served.
     line(&stdout, "OK refresh-keeps-typing kept=\"host=half-typed\"");
+    // Revoke asks before it posts.
+    line(&stdout, "OK confirm-revoke asked=\"Revoke token");
 }
 
 fn line<'a>(out: &'a str, prefix: &str) -> &'a str {

@@ -358,7 +358,7 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         .text()
         .await
         .unwrap()
-        .contains("User olga saved as operator."));
+        .contains(r#"<p role="status" id="user-saved">User olga created as operator.</p>"#));
     let r = app
         .http
         .post(format!("{}/admin/users", app.base))
@@ -373,7 +373,57 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
-    assert!(r.text().await.unwrap().contains("at least 8 characters"));
+    // Said at the form, with the name and role kept (never the password).
+    let html = r.text().await.unwrap();
+    let at_form = &html[html.find("id=\"user-form\"").expect("the user form")..];
+    assert!(
+        at_form.contains("value=\"short\"")
+            && at_form.contains("<option selected>viewer</option>")
+            && at_form.contains(r#"<input name="password" type="password" required minlength="8" autocomplete="new-password" autofocus>"#)
+            && at_form.contains("id=\"user-error\">")
+            && at_form.contains("at least 8 characters"),
+        "{at_form}"
+    );
+    // A host name a token cannot have: the admin page again, the reason at the form.
+    let r = app
+        .http
+        .post(format!("{}/admin/tokens", app.base))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("host", "   "),
+            ("note", "rack 7"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let html = r.text().await.unwrap();
+    let at_form = &html[html.find("id=\"token-form\"").expect("the token form")..];
+    assert!(
+        at_form.contains("value=\"rack 7\"")
+            && at_form.contains("id=\"token-error\">a token is scoped to one host"),
+        "{at_form}"
+    );
+    // The same name again updates the user, and says so.
+    let r = app
+        .http
+        .post(format!("{}/admin/users", app.base))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("name", "olga"),
+            ("role", "operator"),
+            ("password", "operator-pw"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("User olga updated: role operator, new password"));
     let r = app.post_login("olga", "operator-pw").await;
     assert_eq!(r.status(), 303);
     let olga = r
