@@ -415,10 +415,10 @@ pub struct AuditQuery {
     /// default: every action).
     #[serde(default)]
     action: String,
-    /// RFC 3339.
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC.
     #[serde(default)]
     since: String,
-    /// RFC 3339.
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC.
     #[serde(default)]
     until: String,
     /// Most rows (default 500, at most 10,000).
@@ -431,14 +431,24 @@ impl AuditQuery {
             if v.trim().is_empty() {
                 return Ok(None);
             }
-            super::range::parse_rfc3339(key, Some(v.trim()), Utc::now()).map(Some)
+            super::range::parse_time(key, v.trim(), 0).map(Some)
         };
         let text = |v: &str| (!v.trim().is_empty()).then(|| v.trim().to_string());
+        let (since, until) = (time("since", &self.since)?, time("until", &self.until)?);
+        if let (Some(s), Some(u)) = (since, until) {
+            if u < s {
+                return Err(ApiError::BadRequest(format!(
+                    "`until` ({}) is before `since` ({}): nothing can match",
+                    u.to_rfc3339(),
+                    s.to_rfc3339()
+                )));
+            }
+        }
         Ok(Filter {
             actor: text(&self.actor),
             action: text(&self.action),
-            since: time("since", &self.since)?,
-            until: time("until", &self.until)?,
+            since,
+            until,
             limit: super::params::limit(self.limit, 500, 10_000)?,
         })
     }
