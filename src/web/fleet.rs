@@ -99,7 +99,7 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
         faults,
         alerts_firing,
     } = rows(&st.store, now).await?;
-    let cells = heat_cells(&hosts, &gpus, &faults, metric);
+    let cells = heat_cells(&hosts, &gpus, &faults, metric, now);
     // Reporting: heard from within a minute (a GPU that fell off the bus drops out within
     // a minute, not after the 15 minutes its last values stay on show).
     let reporting = reporting_gpus(&hosts, &gpus, now);

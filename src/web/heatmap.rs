@@ -106,6 +106,10 @@ pub struct HeatCell {
     pub mem_used_bytes: Option<i64>,
     pub memory_total_bytes: Option<i64>,
     pub health: Health,
+    /// Whether the GPU reports now (its newest sample within a minute of its host's;
+    /// see the fleet's "GPUs reporting"). A GPU that does not shows no value, only its
+    /// faults or "no data".
+    pub reporting: bool,
     /// Hardware events of this GPU in the last 24 h.
     pub faults_24h: i64,
     /// Position on the chosen metric's scale, 0–1 (null when unknown).
@@ -138,6 +142,7 @@ pub fn heat_cells(
     gpus: &[GpuLatest],
     faults: &[FaultCount],
     metric: Metric,
+    now: DateTime<Utc>,
 ) -> Vec<HeatCell> {
     let mut events: HashMap<(&str, i16), i64> = HashMap::new();
     for f in faults {
@@ -167,10 +172,13 @@ pub fn heat_cells(
         let h = &hosts[hi];
         // Host-wide events (index -1) count against every GPU of the host.
         let n = count(name, g.index) + count(name, -1);
-        let health = if g.ts.is_none() {
-            Health::Stale
-        } else if n > 0 {
+        let reporting = super::page::gpu_reports(g, Some(h), now);
+        // A GPU that fell off the bus keeps its fault mark; one that is merely silent
+        // reads "no data", not its last values.
+        let health = if n > 0 {
             Health::Fault
+        } else if !reporting {
+            Health::Stale
         } else if g.temp_celsius.is_some_and(|t| t >= HOT_CELSIUS) {
             Health::Hot
         } else {
@@ -190,8 +198,9 @@ pub fn heat_cells(
             mem_used_bytes: g.mem_used_bytes,
             memory_total_bytes: g.memory_total_bytes,
             health,
+            reporting,
             faults_24h: n,
-            scale: scale(metric, g),
+            scale: if reporting { scale(metric, g) } else { None },
         });
     }
     cells
@@ -311,7 +320,14 @@ pub fn cell_view(c: &HeatCell, metric: Metric, query: &str, host_seg: &str) -> C
         bytes(c.mem_used_bytes.map(|v| v as f64))
     );
     if c.faults_24h > 0 {
-        let _ = write!(label, ", {} hardware events in 24 h", c.faults_24h);
+        let _ = write!(
+            label,
+            ", {} in 24 h",
+            crate::model::format::count(c.faults_24h, "hardware event")
+        );
+    }
+    if !c.reporting && c.health != Health::Stale {
+        label.push_str(", not reporting (last values)");
     }
     CellView {
         href: format!("/hosts/{host_seg}/gpus/{}?{query}", c.index),

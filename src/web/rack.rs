@@ -170,7 +170,7 @@ pub async fn load(
             "no host in rack {rack:?} of site {site:?}"
         )));
     }
-    let cells = heat_cells(&r.hosts, &r.gpus, &r.faults, metric);
+    let cells = heat_cells(&r.hosts, &r.gpus, &r.faults, metric, now);
     let gpu_power_watts = reporting_gpus(&r.hosts, &r.gpus, now)
         .iter()
         .filter_map(|g| g.power_watts.map(f64::from))

@@ -51,7 +51,7 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
         2,
         "91 °C GPUs of nodes 8 and 9"
     );
-    assert!(html.contains("gpu-node-7 GPU 1: 97 % util, 91 °C, 350 W, memory 60.0 GiB; fault, 1 hardware events in 24 h"));
+    assert!(html.contains("gpu-node-7 GPU 1: 97 % util, 91 °C, 350 W, memory 60.0 GiB; fault, 1 hardware event in 24 h"));
     assert!(html.contains(r#"<b id="kpi-faulty">1</b>"#));
     assert!(html.contains(r#"href="/racks/fra1/r07?range=1h""#));
     // Utilization 97 % is step 31 of 0–32 (near the light end of viridis); the page

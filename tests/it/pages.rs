@@ -118,7 +118,7 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
 }
 
 /// A GPU that falls silent (off the bus) stops counting as reporting within the minute
-/// its host would, while its last values stay on show.
+/// its host would, and the heatmap shows it as "no data", not its last values as live.
 #[tokio::test]
 async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
     let app = TestApp::spawn().await;
@@ -151,6 +151,39 @@ async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
     // Power and utilization now are the reporting GPU's.
     assert_eq!(fleet["gpu_power_watts"], 500.0, "{fleet}");
     assert_eq!(fleet["mean_gpu_util_pct"], 80.0, "{fleet}");
+    let cells = fleet["gpus"].as_array().unwrap();
+    let cell = |i: i64| cells.iter().find(|c| c["index"] == i).unwrap();
+    assert_eq!(
+        (&cell(0)["reporting"], &cell(0)["health"]),
+        (&json!(true), &json!("ok"))
+    );
+    assert_eq!(
+        (&cell(1)["reporting"], &cell(1)["health"], &cell(1)["scale"]),
+        (&json!(false), &json!("stale"), &json!(null)),
+        "{fleet}"
+    );
+    let (_, html) = app.page(&cookie, "/").await;
+    assert!(
+        html.contains(r#"class="cell stale h-stale" href="/hosts/quiet-gpu-host/gpus/1"#),
+        "{html}"
+    );
+    // Fallen off the bus: the fault mark stays on the silent GPU, which says it is not
+    // reporting.
+    let lost = json!({"host": {"name": "quiet-gpu-host", "site": "fra1", "rack": "r01"},
+        "events": [{"ts": now, "index": 1, "kind": "gpu_lost", "code": 79, "message": "GPU has fallen off the bus"}]});
+    assert_eq!(app.ingest(&token, &lost).await.status(), 200);
+    let fleet = app.json(&cookie, "/api/v1/fleet").await;
+    let cells = fleet["gpus"].as_array().unwrap();
+    let gpu1 = cells.iter().find(|c| c["index"] == 1).unwrap();
+    assert_eq!(
+        (&gpu1["health"], &gpu1["reporting"]),
+        (&json!("fault"), &json!(false))
+    );
+    let (_, html) = app.page(&cookie, "/").await;
+    assert!(
+        html.contains("1 hardware event in 24 h, not reporting (last values)"),
+        "{html}"
+    );
     app.stop().await;
 }
 

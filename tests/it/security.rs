@@ -765,12 +765,18 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
     // The form's own format (UTC) is read; an end before the start is said, not an
     // empty list.
     let (status, html) = app
-        .page(&admin, "/admin/audit?action=silence.created&since=2000-01-01T00:00")
+        .page(
+            &admin,
+            "/admin/audit?action=silence.created&since=2000-01-01T00:00",
+        )
         .await;
     assert_eq!(status, 200);
     assert!(html.contains("host=gpu-9"), "{html}");
     let (status, html) = app
-        .page(&admin, "/admin/audit?since=2026-12-06T10:00&until=2026-12-06T09:00")
+        .page(
+            &admin,
+            "/admin/audit?since=2026-12-06T10:00&until=2026-12-06T09:00",
+        )
         .await;
     assert_eq!(status, 400);
     assert!(html.contains("is before `since`"), "{html}");
