@@ -160,6 +160,7 @@ pub const ROUTES: &[RouteRule] = &[
     page("/capacity/pools/{pool}", Viewer, "pool page"),
     page("/alerts", Viewer, "alerts, silences and history"),
     form("/alerts/ack", Operator, "acknowledge a firing alert"),
+    form("/alerts/unack", Operator, "take back an acknowledgement"),
     form("/silences", Operator, "create a silence"),
     form("/silences/expire", Operator, "expire a silence"),
     page("/energy", Viewer, "energy report"),
@@ -228,6 +229,12 @@ pub const ROUTES: &[RouteRule] = &[
         "/api/v1/alerts/{fingerprint}/ack",
         User(Operator),
         "acknowledge a firing alert",
+    ),
+    api(
+        "DELETE",
+        "/api/v1/alerts/{fingerprint}/ack",
+        User(Operator),
+        "take back an acknowledgement",
     ),
     api("GET", "/api/v1/silences", User(Viewer), "active silences"),
     api(

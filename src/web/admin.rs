@@ -469,6 +469,7 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "silence.created",
     "silence.expired",
     "alert.acknowledged",
+    "alert.unacknowledged",
     "rules.loaded",
     "rules.refused",
     "report.mailed",

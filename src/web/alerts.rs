@@ -27,6 +27,7 @@ pub fn page_routes() -> Routes {
     Routes::new()
         .get("/alerts", page)
         .post("/alerts/ack", acknowledge)
+        .post("/alerts/unack", unacknowledge)
         .post("/silences", silence)
         .post("/silences/expire", expire)
 }
@@ -35,7 +36,7 @@ pub fn page_routes() -> Routes {
 pub fn api_routes() -> Routes {
     Routes::new()
         .routes(routes!(api))
-        .routes(routes!(ack_api))
+        .routes(routes!(ack_api, unack_api))
         .routes(routes!(silences_api, create_silence_api))
         .routes(routes!(expire_api))
 }
@@ -306,6 +307,53 @@ pub async fn acknowledge(
     Ok(Redirect::to("/alerts").into_response())
 }
 
+/// Take back an acknowledgement (made by mistake, or the person is off shift): the alert
+/// is unhandled again and its reminders resume.
+pub async fn unacknowledge(
+    State(st): State<AppState>,
+    PageUser(user): PageUser,
+    ClientAddr(ip): ClientAddr,
+    headers: HeaderMap,
+    PageForm(f): PageForm<AckForm>,
+) -> Result<Response, PageError> {
+    require_operator(&user)?;
+    verify_csrf(&headers, &f.csrf)?;
+    unack(&st, &user, ip, &f.fingerprint).await?;
+    Ok(Redirect::to("/alerts").into_response())
+}
+
+/// Clear a firing alert's acknowledgement and record it (with who had it) in the audit
+/// trail; 404 unless one with `fingerprint` is firing and acknowledged.
+async fn unack(
+    st: &AppState,
+    user: &User,
+    ip: Option<std::net::IpAddr>,
+    fingerprint: &str,
+) -> Result<(), ApiError> {
+    let was = sqlx::query_scalar!(
+        r#"UPDATE alerts a SET acknowledged_by = NULL, acknowledged_at = NULL
+             FROM (SELECT fingerprint, acknowledged_by FROM alerts
+                    WHERE fingerprint = $1 AND state = 'firing' AND acknowledged_by IS NOT NULL
+                    FOR UPDATE) old
+            WHERE a.fingerprint = old.fingerprint
+        RETURNING old.acknowledged_by AS "was!""#,
+        fingerprint,
+    )
+    .fetch_optional(&st.store.pool)
+    .await?
+    .ok_or_else(|| {
+        ApiError::NotFound("no firing, acknowledged alert with that fingerprint".into())
+    })?;
+    st.store
+        .audit(
+            Entry::ok(&user.name, "alert.unacknowledged", fingerprint)
+                .from(ip)
+                .details(serde_json::json!({ "was_acknowledged_by": was })),
+        )
+        .await?;
+    Ok(())
+}
+
 /// An acknowledged alert.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Acknowledged {
@@ -550,6 +598,33 @@ pub async fn ack_api(
 ) -> Result<Json<Acknowledged>, ApiError> {
     require_operator(&user)?;
     Ok(Json(ack(&st, &user, ip, &fingerprint).await?))
+}
+
+/// Take back the acknowledgement of a firing alert: it counts as unhandled again and its
+/// reminders resume.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/alerts/{fingerprint}/ack",
+    operation_id = "unacknowledge_alert",
+    tag = "alerts",
+    params(("fingerprint" = String, Path, description = "The alert's fingerprint (`GET /api/v1/alerts`).")),
+    responses(
+        (status = 204, description = "The acknowledgement is gone."),
+        (status = 401, description = "Not logged in.", body = ErrorBody),
+        (status = 403, description = "Needs the operator role.", body = ErrorBody),
+        (status = 404, description = "No firing, acknowledged alert has that fingerprint.", body = ErrorBody),
+    )
+)]
+pub async fn unack_api(
+    State(st): State<AppState>,
+    ApiUser(user): ApiUser,
+    ClientAddr(ip): ClientAddr,
+    Path(fingerprint): Path<String>,
+    _q: ApiQuery<NoParams>,
+) -> Result<StatusCode, ApiError> {
+    require_operator(&user)?;
+    unack(&st, &user, ip, &fingerprint).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Silences not yet over, scheduled ones included, by start.

@@ -1214,6 +1214,33 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
         .await
         .unwrap();
     assert_eq!(by.as_deref(), Some("oper"));
+    // Taken back from the page (acknowledged by mistake), then acknowledged again.
+    let html = get(op.clone()).await;
+    assert!(
+        html.contains(r#"<form method="post" action="/alerts/unack">"#),
+        "{html}"
+    );
+    let back = post(
+        "/alerts/unack",
+        &op,
+        vec![("fingerprint", fp.clone()), ("csrf", csrf.clone())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(back.status(), 303);
+    let by: Option<String> = sqlx::query_scalar("SELECT acknowledged_by FROM alerts")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(by, None);
+    let again = post(
+        "/alerts/ack",
+        &op,
+        vec![("fingerprint", fp.clone()), ("csrf", csrf.clone())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 303);
     let form = vec![
         ("matchers", "host=pg-host, rule=gpu-xid".to_string()),
         ("hours", "2".to_string()),
@@ -1369,6 +1396,27 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
             .contains("already acknowledged by oper2"),
         "{b}"
     );
+    // Taken back (a viewer may not), it can be acknowledged anew; taking back what is
+    // not acknowledged is a 404.
+    let (s, _) = send(call(Method::DELETE, ack.clone(), "viewer2")).await;
+    assert_eq!(s, 403);
+    let (s, b) = send(call(Method::DELETE, ack.clone(), "admin-api")).await;
+    assert_eq!(s, 204, "{b}");
+    let (s, b) = send(call(Method::DELETE, ack.clone(), "admin-api")).await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = send(call(Method::POST, ack.clone(), "oper2")).await;
+    assert_eq!(
+        (s, &b["acknowledged_by"]),
+        (200, &serde_json::json!("oper2")),
+        "{b}"
+    );
+    let was: serde_json::Value = sqlx::query_scalar(
+        "SELECT details FROM audit_log WHERE action = 'alert.unacknowledged' AND actor = 'admin-api'",
+    )
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(was["was_acknowledged_by"], "oper2");
 
     // Bad silences are refused with the field named.
     let silence = |body: serde_json::Value| {
@@ -1568,6 +1616,7 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     assert_eq!(
         actions,
         [
+            "alert.acknowledged",
             "alert.acknowledged",
             "silence.created",
             "silence.created",

@@ -101,7 +101,9 @@ fn call(r: &RouteRule) -> Call {
             403,
         ),
         ("POST", "/logout") => form(vec![], 303),
-        ("POST", "/alerts/ack") => form(vec![("fingerprint", "no-such-alert".into())], 404),
+        ("POST", "/alerts/ack") | ("POST", "/alerts/unack") => {
+            form(vec![("fingerprint", "no-such-alert".into())], 404)
+        }
         ("POST", "/silences") => form(
             vec![
                 ("matchers", "host=host-a".into()),
@@ -140,9 +142,9 @@ fn call(r: &RouteRule) -> Call {
             protobuf: None,
             allowed: 404,
         },
-        ("POST", "/api/v1/alerts/{fingerprint}/ack") | ("DELETE", "/api/v1/silences/{id}") => {
-            page(404)
-        }
+        ("POST", "/api/v1/alerts/{fingerprint}/ack")
+        | ("DELETE", "/api/v1/alerts/{fingerprint}/ack")
+        | ("DELETE", "/api/v1/silences/{id}") => page(404),
         ("POST", "/api/v1/silences") => Call {
             path,
             form: None,
