@@ -237,6 +237,9 @@ pub struct GpuPage {
     pub rack_link: String,
     pub gpu: GpuCell,
     pub driver_note: String,
+    /// When the GPU does not report now (see the fleet's "GPUs reporting"): its newest
+    /// sample's time (RFC 3339), which the figures above are from; empty when it reports.
+    pub silent_since: String,
     pub picker: Picker,
     pub charts: Vec<ChartView>,
     pub throttle_note: String,
@@ -372,6 +375,11 @@ async fn page(
             rack_link: format!("{}?{query}", rack_path(&d.host.site, &d.host.rack)),
             host: host_row(&d.host, GpuSummary::default(), now),
             gpu: gpu_cell(&d.gpu),
+            silent_since: if super::page::gpu_reports(&d.gpu, Some(&d.host), now) {
+                String::new()
+            } else {
+                d.gpu.ts.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+            },
             driver_note: d
                 .gpu
                 .memory_total_bytes

@@ -167,6 +167,14 @@ async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
         html.contains(r#"class="cell stale h-stale" href="/hosts/quiet-gpu-host/gpus/1"#),
         "{html}"
     );
+    // Its page says its figures are from its last sample; the reporting GPU's does not.
+    let (_, silent) = app.page(&cookie, "/hosts/quiet-gpu-host/gpus/1").await;
+    assert!(
+        silent.contains(r#"<p class="stale" role="status" id="gpu-silent">Not reporting: the figures below are its last sample's, from <time"#),
+        "{silent}"
+    );
+    let (_, live) = app.page(&cookie, "/hosts/quiet-gpu-host/gpus/0").await;
+    assert!(!live.contains("gpu-silent"));
     // Fallen off the bus: the fault mark stays on the silent GPU, which says it is not
     // reporting.
     let lost = json!({"host": {"name": "quiet-gpu-host", "site": "fra1", "rack": "r01"},
