@@ -481,7 +481,8 @@ fn day_chart(r: &EnergyReport) -> String {
     let (ticks, labels) = energy_axis(max);
     let widest = labels
         .iter()
-        .map(|l| crate::model::format::text_px(l, 14.0))
+        // Room for the labels at the phone size of the stylesheet (15 units).
+        .map(|l| crate::model::format::text_px(l, 15.0))
         .fold(0.0f64, f64::max);
     #[allow(non_snake_case)]
     let L = (widest + 10.0).max(56.0).ceil();

@@ -412,15 +412,22 @@ pub fn line_chart_sized(
             t.format(fmt)
         );
     }
+    // Reference lines under the data; their labels go on top of everything (event marks
+    // included), on a halo of the card's colour, so nothing drawn later crosses them.
+    let mut ref_labels = String::new();
     for (v, label) in &overlay.refs {
         let y = y_of(*v);
         let _ = write!(
             svg,
-            r#"<g class="ref"><line x1="{ml}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><text x="{}" y="{:.1}" text-anchor="end">{}</text><title>{}</title></g>"#,
+            r#"<g class="ref"><line x1="{ml}" x2="{}" y1="{y:.1}" y2="{y:.1}"/><title>{}</title></g>"#,
             w - MR,
+            escape(label)
+        );
+        let _ = write!(
+            ref_labels,
+            r#"<g class="ref"><text x="{}" y="{:.1}" text-anchor="end">{}</text></g>"#,
             w - MR - 2.0,
             (y - 3.0).max(MT + 9.0),
-            escape(label),
             escape(label)
         );
     }
@@ -499,6 +506,7 @@ pub fn line_chart_sized(
             escape(label)
         );
     }
+    svg.push_str(&ref_labels);
     svg.push_str("</svg>");
     svg
 }
@@ -513,16 +521,42 @@ pub struct StripRow {
 /// Small multiples in one picture: one row per GPU (or host), time across, each column
 /// colored on the viridis scale from `lo` to `hi`. Eight GPUs read at a glance where
 /// eight lines in one chart tangle.
+///
+/// Drawn twice, as the line charts are: at the dashboard's width, and a phone twin 400
+/// units wide (labels about 10 px on a phone instead of about 6) that the stylesheet
+/// shows instead of it on narrow screens.
 pub fn strip_chart(
     title: &str,
     rows: &[StripRow],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    lo: f64,
-    hi: f64,
+    (lo, hi): (f64, f64),
     unit: &str,
 ) -> String {
-    const COLS: usize = 144;
+    let normal = strip_chart_sized(title, rows, from, to, (lo, hi), unit, (W, "chart strip"));
+    let phone = strip_chart_sized(
+        title,
+        rows,
+        from,
+        to,
+        (lo, hi),
+        unit,
+        (Size::PHONE.w, "chart strip phone"),
+    );
+    normal + &phone
+}
+
+fn strip_chart_sized(
+    title: &str,
+    rows: &[StripRow],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    (lo, hi): (f64, f64),
+    unit: &str,
+    (w, class): (f64, &str),
+) -> String {
+    // Columns of about 4 units at the dashboard's width (144), fewer on the phone twin.
+    let cols_n = ((w / W) * 144.0).round().max(24.0) as usize;
     const RH: f64 = 16.0;
     let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
     let ml = labels
@@ -531,14 +565,14 @@ pub fn strip_chart(
         .fold(0.0f64, f64::max)
         .max(30.0)
         + 10.0;
-    let pw = W - ml - MR;
+    let pw = w - ml - MR;
     let h = MT + RH * rows.len() as f64 + MB;
     let span = (to - from).num_milliseconds().max(1) as f64;
-    let cw = pw / COLS as f64;
+    let cw = pw / cols_n as f64;
     let mut svg = String::with_capacity(8192);
     let _ = write!(
         svg,
-        r#"<svg class="chart strip" viewBox="0 0 {W} {h}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><title>{}</title>"#,
+        r#"<svg class="{class}" viewBox="0 0 {w} {h}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><title>{}</title>"#,
         escape(title),
         escape(title)
     );
@@ -554,7 +588,7 @@ pub fn strip_chart(
         let mut g = String::new();
         let (mut sum, mut peak) = (0.0, f64::MIN);
         let mut n = 0usize;
-        let cols = downsample(&r.points, from, span, COLS);
+        let cols = downsample(&r.points, from, span, cols_n);
         // Points sparser than the columns (1-minute rollups over an hour) fill the columns
         // up to the next point, unless the next point is more than twice the usual step
         // away (a gap in the data stays empty).
@@ -604,7 +638,8 @@ pub fn strip_chart(
         );
     }
     let (fmt, kind) = time_format(span);
-    for (t, f, anchor) in time_ticks(from, to, 4, (W, ml, pw)) {
+    let ticks = if w < W { 3 } else { 4 };
+    for (t, f, anchor) in time_ticks(from, to, ticks, (w, ml, pw)) {
         let x = ml + pw * f;
         let _ = write!(
             svg,

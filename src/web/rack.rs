@@ -425,7 +425,7 @@ fn rack_gpu_charts(
         ),
         ChartView {
             title: format!("GPU power per host (0–{ptop:.0} W)"),
-            svg: strip_chart("GPU power per host", &power, r.from, r.to, 0.0, ptop, "W"),
+            svg: strip_chart("GPU power per host", &power, r.from, r.to, (0.0, ptop), "W"),
             legend: Vec::new(),
         },
         ChartView {
@@ -435,8 +435,7 @@ fn rack_gpu_charts(
                 &temp,
                 r.from,
                 r.to,
-                20.0,
-                ttop,
+                (20.0, ttop),
                 "°C",
             ),
             legend: Vec::new(),

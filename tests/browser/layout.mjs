@@ -80,6 +80,11 @@ function measure(days) {
       if (b.x < vb.x - 0.5 || b.y < vb.y - 0.5 || b.x + b.width > vb.x + vb.width + 0.5 || b.y + b.height > vb.y + vb.height + 0.5) {
         out.push(`chart label "${t.textContent}" is outside its chart (x ${b.x.toFixed(1)}–${(b.x + b.width).toFixed(1)} of 0–${vb.width}, y ${b.y.toFixed(1)}–${(b.y + b.height).toFixed(1)} of 0–${vb.height})`);
       }
+      // Shown labels are readable: drawn at least 8 px tall on the screen.
+      const r = t.getBoundingClientRect();
+      if (svg.classList.contains('chart') && r.height > 0 && r.height < 8 && t.textContent.trim()) {
+        out.push(`chart label "${t.textContent}" is ${r.height.toFixed(1)} px tall on screen`);
+      }
     }
   }
   // Every action button of the alerts table on screen horizontally, with its label.

@@ -69,7 +69,7 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
         "{t}"
     );
     assert!(t.contains(".heat .q32{background:#fde725;color:#000}"));
-    assert!(t.contains("Temperature: 30 °C"));
+    assert!(t.contains(r#"Temperature: <span class="nw">30 °C <span class="scale""#));
     let (st, _) = app.page(&cookie, "/?metric=fanciness").await;
     assert_eq!(st, 400);
 
