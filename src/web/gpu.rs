@@ -390,7 +390,8 @@ async fn page(
                 &r,
                 Vec::new(),
             )
-            .with_problem(problem),
+            .with_problem(problem)
+            .empty_if(d.series.is_empty()),
             charts,
             throttle_note,
             events: event_views(&d.events, &query),

@@ -438,7 +438,9 @@ async fn page(
             } else {
                 String::new()
             },
-            picker: picker(format!("/hosts/{}", seg(&name)), &r, Vec::new()).with_problem(problem),
+            picker: picker(format!("/hosts/{}", seg(&name)), &r, Vec::new())
+                .with_problem(problem)
+                .empty_if(d.host_series.is_empty() && d.gpu_series.is_empty()),
             charts,
             gpus,
             events: event_views(&d.events, &query),

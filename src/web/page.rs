@@ -300,6 +300,9 @@ pub struct Picker {
     pub to_iso: String,
     /// A custom range that could not be shown, and why (the page shows the default).
     pub error: Option<String>,
+    /// Said under the picker when the range holds no samples (a range in the future, or
+    /// before the host reported).
+    pub empty: bool,
 }
 
 pub fn picker(path: String, r: &TimeRange, keep: Vec<(&'static str, String)>) -> Picker {
@@ -316,10 +319,17 @@ pub fn picker(path: String, r: &TimeRange, keep: Vec<(&'static str, String)>) ->
         from_iso: r.from.to_rfc3339(),
         to_iso: r.to.to_rfc3339(),
         error: None,
+        empty: false,
     }
 }
 
 impl Picker {
+    /// Say that the range holds no samples.
+    pub fn empty_if(mut self, empty: bool) -> Picker {
+        self.empty = empty;
+        self
+    }
+
     /// Show a custom range that could not be shown: its times as typed in the form, and
     /// why, next to it.
     pub fn with_problem(mut self, problem: Option<super::range::RangeProblem>) -> Picker {

@@ -216,6 +216,31 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
         );
         assert!(html.contains(&format!("value=\"{from}\"")), "{path}");
         assert!(html.contains(&format!("value=\"{to}\"")), "{path}");
+        assert!(
+            !html.contains("id=\"range-empty\""),
+            "{path}: the last hour has samples"
+        );
+    }
+    // A range with no samples (tomorrow) says so instead of drawing empty charts.
+    let day = |d: i64| {
+        (chrono::Utc::now() + chrono::Duration::days(d))
+            .format("%Y-%m-%dT%H:%M")
+            .to_string()
+    };
+    for path in ["/hosts/gpu-node-7", "/hosts/gpu-node-7/gpus/1"] {
+        let (st, html) = app
+            .page(
+                &cookie,
+                &format!("{path}?from={}&to={}&tzo=0", day(1), day(2)),
+            )
+            .await;
+        assert_eq!(st, 200);
+        assert!(
+            html.contains(
+                r#"<p class="stale" role="status" id="range-empty">No samples in this range.</p>"#
+            ),
+            "{path}"
+        );
     }
     app.stop().await;
 }
