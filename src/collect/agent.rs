@@ -20,9 +20,10 @@ pub struct Timing {
 
 /// Run an agent until `shutdown` turns true; then flush what was collected (deliver
 /// or spool) and return the shipper. On shutdown the collector stops at once, and a
-/// request in flight gets [`SHUTDOWN_GRACE`](super::shipper::SHUTDOWN_GRACE) to finish before its batch is spooled.
-/// A collector that panics is an error (the caller exits non-zero, so a supervisor
-/// restarts the agent); what it had handed over is delivered or spooled first.
+/// request in flight gets [`SHUTDOWN_GRACE`](super::shipper::SHUTDOWN_GRACE) to finish
+/// before its batch is spooled. A collector that panics is an error (the caller exits
+/// non-zero, so a supervisor restarts the agent); what it had handed over is delivered
+/// or spooled first.
 pub async fn run(
     identity: HostInfo,
     mut sources: Vec<Box<dyn Source>>,

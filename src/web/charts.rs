@@ -555,8 +555,9 @@ fn strip_chart_sized(
     unit: &str,
     (w, class): (f64, &str),
 ) -> String {
-    // Columns of about 4 units at the dashboard's width (144), fewer on the phone twin.
-    let cols_n = ((w / W) * 144.0).round().max(24.0) as usize;
+    // 144 columns at the dashboard's width; 48 on the phone twin (about 7 px each on a
+    // phone), which keeps the twin at a third of the drawing's rectangles.
+    let cols_n = if w < W { 48 } else { 144 };
     const RH: f64 = 16.0;
     let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
     let ml = labels
