@@ -101,11 +101,11 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
     } = rows(&st.store, now).await?;
     let cells = heat_cells(&hosts, &gpus, &faults, metric, now);
     // Reporting: heard from within a minute (a GPU that fell off the bus drops out within
-    // a minute, not after the 15 minutes its last values stay on show).
-    let reporting = reporting_gpus(&hosts, &gpus, now);
+    // a minute), as each cell says.
+    let reporting: Vec<&HeatCell> = cells.iter().filter(|c| c.reporting).collect();
     let utils: Vec<f64> = reporting
         .iter()
-        .filter_map(|g| g.util_pct.map(f64::from))
+        .filter_map(|c| c.util_pct.map(f64::from))
         .collect();
     Ok(FleetData {
         generated_at: now,
@@ -118,7 +118,7 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
             .then(|| utils.iter().sum::<f64>() / utils.len() as f64),
         gpu_power_watts: reporting
             .iter()
-            .filter_map(|g| g.power_watts.map(f64::from))
+            .filter_map(|c| c.power_watts.map(f64::from))
             .fold(0.0, |a, b| a + b),
         gpu_energy_today_kwh: energy_today_j / 3.6e6,
         gpus_faulty: cells.iter().filter(|c| c.health == Health::Fault).count(),

@@ -133,19 +133,6 @@ pub fn gpu_reports(g: &GpuLatest, host: Option<&HostLatest>, now: DateTime<Utc>)
     }
 }
 
-/// The GPUs of `gpus` that report (see [`gpu_reports`]).
-pub fn reporting_gpus<'a>(
-    hosts: &[HostLatest],
-    gpus: &'a [GpuLatest],
-    now: DateTime<Utc>,
-) -> Vec<&'a GpuLatest> {
-    let by_name: std::collections::HashMap<&str, &HostLatest> =
-        hosts.iter().map(|h| (h.name.as_str(), h)).collect();
-    gpus.iter()
-        .filter(|g| gpu_reports(g, by_name.get(g.host_name.as_str()).copied(), now))
-        .collect()
-}
-
 /// When two agents were last seen reporting as `h`, if within the hour the host page and
 /// `rackwatch host list` name it for.
 pub fn two_agents_seen(h: &HostLatest, now: DateTime<Utc>) -> Option<DateTime<Utc>> {

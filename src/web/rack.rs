@@ -171,9 +171,10 @@ pub async fn load(
         )));
     }
     let cells = heat_cells(&r.hosts, &r.gpus, &r.faults, metric, now);
-    let gpu_power_watts = reporting_gpus(&r.hosts, &r.gpus, now)
+    let gpu_power_watts = cells
         .iter()
-        .filter_map(|g| g.power_watts.map(f64::from))
+        .filter(|c| c.reporting)
+        .filter_map(|c| c.power_watts.map(f64::from))
         .fold(0.0, |a, b| a + b);
     Ok(RackData {
         gpu_power_watts,
