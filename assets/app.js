@@ -5,7 +5,7 @@ document.querySelectorAll('time[datetime]').forEach(function (el) {
   var d = new Date(el.getAttribute('datetime'));
   if (!isNaN(d)) { el.title = el.getAttribute('datetime'); el.textContent = d.toLocaleString(); }
 });
-document.querySelectorAll('tspan[data-utc]').forEach(function (el) {
+document.querySelectorAll('[data-utc][data-fmt]').forEach(function (el) {
   var d = new Date(el.getAttribute('data-utc'));
   if (isNaN(d)) return;
   var f = el.getAttribute('data-fmt');

@@ -522,9 +522,10 @@ pub struct StripRow {
 /// colored on the viridis scale from `lo` to `hi`. Eight GPUs read at a glance where
 /// eight lines in one chart tangle.
 ///
-/// Drawn twice, as the line charts are: at the dashboard's width, and a phone twin 400
-/// units wide (labels about 10 px on a phone instead of about 6) that the stylesheet
-/// shows instead of it on narrow screens.
+/// Drawn once for every screen: the labels, links and time axis are HTML at the
+/// stylesheet's sizes, and each row's colors are a small SVG of `STRIP_COLS` columns that
+/// stretches to the row's width. Neighbouring columns of the same color step (of the
+/// heatmap's 33) are one rectangle, so a GPU busy all hour is one.
 pub fn strip_chart(
     title: &str,
     rows: &[StripRow],
@@ -533,63 +534,15 @@ pub fn strip_chart(
     (lo, hi): (f64, f64),
     unit: &str,
 ) -> String {
-    let normal = strip_chart_sized(title, rows, from, to, (lo, hi), unit, (W, "chart strip"));
-    let phone = strip_chart_sized(
-        title,
-        rows,
-        from,
-        to,
-        (lo, hi),
-        unit,
-        (Size::PHONE.w, "chart strip phone"),
-    );
-    normal + &phone
-}
-
-fn strip_chart_sized(
-    title: &str,
-    rows: &[StripRow],
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    (lo, hi): (f64, f64),
-    unit: &str,
-    (w, class): (f64, &str),
-) -> String {
-    // 144 columns at the dashboard's width; 48 on the phone twin (about 7 px each on a
-    // phone), which keeps the twin at a third of the drawing's rectangles.
-    let cols_n = if w < W { 48 } else { 144 };
-    const RH: f64 = 16.0;
-    let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
-    let ml = labels
-        .iter()
-        .map(|l| text_px(l, FONT))
-        .fold(0.0f64, f64::max)
-        .max(30.0)
-        + 10.0;
-    let pw = w - ml - MR;
-    let h = MT + RH * rows.len() as f64 + MB;
     let span = (to - from).num_milliseconds().max(1) as f64;
-    let cw = pw / cols_n as f64;
-    let mut svg = String::with_capacity(8192);
+    let mut html = String::with_capacity(1024 + rows.len() * 1024);
     let _ = write!(
-        svg,
-        r#"<svg class="{class}" viewBox="0 0 {w} {h}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><title>{}</title>"#,
-        escape(title),
+        html,
+        r#"<figure class="strip" role="group" aria-label="{}">"#,
         escape(title)
     );
-    for (i, r) in rows.iter().enumerate() {
-        let y = MT + RH * i as f64;
-        let _ = write!(
-            svg,
-            r#"<text class="ylab" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            ml - 6.0,
-            y + RH / 2.0 + 4.0,
-            escape(&r.label)
-        );
-        let mut g = String::new();
-        let (mut sum, mut peak) = (0.0, f64::MIN);
-        let mut n = 0usize;
-        let cols = downsample(&r.points, from, span, cols_n);
+    for r in rows {
+        let cols = downsample(&r.points, from, span, STRIP_COLS);
         // Points sparser than the columns (1-minute rollups over an hour) fill the columns
         // up to the next point, unless the next point is more than twice the usual step
         // away (a gap in the data stays empty).
@@ -599,59 +552,97 @@ fn strip_chart_sized(
             .collect();
         steps.sort_unstable();
         let usual = steps.get(steps.len() / 2).copied().unwrap_or(0);
-        for (k, &(col, t, v)) in cols.iter().enumerate() {
-            let (bg, _) = sequential_color((v - lo) / (hi - lo).max(1e-9));
-            let width_cols = match cols.get(k + 1) {
-                Some(&(next, nt, _)) if (nt - t).num_milliseconds() <= 2 * usual => next - col,
-                _ => 1,
-            };
+        let mut cells = String::new();
+        // The run being drawn: first column, column after it, color step.
+        let mut run: Option<(usize, usize, usize)> = None;
+        let flush = |cells: &mut String, (a, b, step): (usize, usize, usize)| {
             let _ = write!(
-                g,
-                r#"<rect x="{:.1}" y="{y:.1}" width="{:.2}" height="{:.1}" fill="{bg}"/>"#,
-                ml + col as f64 * cw,
-                cw * width_cols as f64 + 0.3,
-                RH - 2.0
+                cells,
+                r#"<rect x="{a}" width="{}" height="1" fill="{}"/>"#,
+                b - a,
+                step_color(step)
             );
+        };
+        let (mut sum, mut peak) = (0.0, f64::MIN);
+        for (k, &(col, t, v)) in cols.iter().enumerate() {
+            let step = sequential_step((v - lo) / (hi - lo).max(1e-9));
+            let end = match cols.get(k + 1) {
+                Some(&(next, nt, _)) if (nt - t).num_milliseconds() <= 2 * usual => next,
+                _ => col + 1,
+            };
+            run = match run {
+                Some((a, b, s)) if s == step && b == col => Some((a, end, s)),
+                other => {
+                    if let Some(done) = other {
+                        flush(&mut cells, done);
+                    }
+                    Some((col, end, step))
+                }
+            };
             sum += v;
-            n += 1;
             peak = peak.max(v);
         }
-        let what = if n == 0 {
+        if let Some(done) = run {
+            flush(&mut cells, done);
+        }
+        let what = if cols.is_empty() {
             "no data".to_string()
         } else {
             format!(
                 "mean {}, highest {}",
-                num(Some(sum / n as f64), 0, unit),
+                num(Some(sum / cols.len() as f64), 0, unit),
                 num(Some(peak), 0, unit)
             )
         };
-        let (open, close) = if r.href.is_empty() {
-            (String::new(), "")
+        let (tag, href) = if r.href.is_empty() {
+            ("div", String::new())
         } else {
-            (format!(r#"<a href="{}">"#, escape(&r.href)), "</a>")
+            ("a", format!(r#" href="{}""#, escape(&r.href)))
         };
         let _ = write!(
-            svg,
-            r#"{open}<g class="row"><title>{}: {}</title><rect class="rowbg" x="{ml:.1}" y="{y:.1}" width="{pw:.1}" height="{:.1}"/>{g}</g>{close}"#,
+            html,
+            r#"<{tag} class="srow"{href} title="{}: {}"><span>{}</span><svg viewBox="0 0 {STRIP_COLS} 1" preserveAspectRatio="none" shape-rendering="crispEdges" aria-hidden="true">{cells}</svg></{tag}>"#,
             escape(&r.label),
             escape(&what),
-            RH - 2.0
+            escape(&r.label)
         );
     }
+    // Five labels; phones show every other one. Anchors keep a date inside the row as
+    // it is on a phone (about 300 px).
     let (fmt, kind) = time_format(span);
-    let ticks = if w < W { 3 } else { 4 };
-    for (t, f, anchor) in time_ticks(from, to, ticks, (w, ml, pw)) {
-        let x = ml + pw * f;
+    html.push_str(r#"<div class="saxis">"#);
+    for (i, (t, f, anchor)) in time_ticks(from, to, 4, (300.0, 0.0, 300.0))
+        .into_iter()
+        .enumerate()
+    {
+        let place = match anchor {
+            "end" => format!("right:{:.1}%", (1.0 - f) * 100.0),
+            _ => format!("left:{:.1}%", f * 100.0),
+        };
+        let odd = if i % 2 == 1 { " odd" } else { "" };
         let _ = write!(
-            svg,
-            r#"<text class="xlab" x="{x:.1}" y="{:.1}" text-anchor="{anchor}"><tspan data-utc="{}" data-fmt="{kind}">{} UTC</tspan></text>"#,
-            h - 6.0,
+            html,
+            r#"<span class="{anchor}{odd}" style="{place}" data-utc="{}" data-fmt="{kind}">{} UTC</span>"#,
             t.to_rfc3339(),
             t.format(fmt)
         );
     }
-    svg.push_str("</svg>");
-    svg
+    html.push_str("</div></figure>");
+    html
+}
+
+/// Columns of a strip chart's row: 10 minutes each over a day, 25 s over an hour.
+const STRIP_COLS: usize = 144;
+
+/// The fill of a sequential color step (see `sequential_step`).
+fn step_color(step: usize) -> &'static str {
+    static COLORS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let colors = COLORS.get_or_init(|| {
+        (0..HEAT_STEPS)
+            .map(|i| sequential_color(i as f64 / (HEAT_STEPS - 1) as f64).0)
+            .collect()
+    });
+    &colors[step.min(HEAT_STEPS - 1)]
 }
 
 /// A small line of one series (GPU table), no axes; values scaled to `ymax`.
@@ -815,6 +806,63 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strip_rows_merge_equal_colors_keep_gaps_and_link() {
+        let from: DateTime<Utc> = "2026-11-23T00:00:00Z".parse().unwrap();
+        let to = from + chrono::Duration::hours(1);
+        let at = |s: i64| from + chrono::Duration::seconds(s);
+        // Busy all hour, one sample every 10 s: one rectangle across the row.
+        let busy: Vec<_> = (0..360).map(|i| (at(i * 10), 100.0)).collect();
+        // Idle for the first half, nothing for 20 minutes, then half busy.
+        let mut gappy: Vec<_> = (0..180).map(|i| (at(i * 10), 0.0)).collect();
+        gappy.extend((300..360).map(|i| (at(i * 10), 50.0)));
+        let rows = [
+            StripRow {
+                label: "GPU 0".into(),
+                href: "/hosts/a/gpus/0".into(),
+                points: busy,
+            },
+            StripRow {
+                label: "GPU 1".into(),
+                href: String::new(),
+                points: gappy,
+            },
+            StripRow {
+                label: "GPU <2>".into(),
+                href: String::new(),
+                points: Vec::new(),
+            },
+        ];
+        let html = strip_chart("GPU utilization", &rows, from, to, (0.0, 100.0), "%");
+        let row = |i: usize| html.split("class=\"srow\"").nth(i + 1).unwrap();
+        assert!(
+            row(0)
+                .starts_with(r#" href="/hosts/a/gpus/0" title="GPU 0: mean 100 %, highest 100 %""#),
+            "{}",
+            row(0)
+        );
+        assert_eq!(row(0).matches("<rect").count(), 1);
+        assert!(row(0).contains(&format!(
+            r#"<rect x="0" width="{STRIP_COLS}" height="1" fill="{}"/>"#,
+            step_color(HEAT_STEPS - 1)
+        )));
+        // Two runs, the idle half and the last 10 minutes, with the gap between them empty.
+        assert_eq!(row(1).matches("<rect").count(), 2, "{}", row(1));
+        assert!(row(1).contains(&format!(
+            r#"<rect x="0" width="72" height="1" fill="{}"/>"#,
+            step_color(0)
+        )));
+        assert!(row(1).contains(r#"<rect x="120" width="24""#), "{}", row(1));
+        assert!(html.contains(
+            r#"<div class="srow" title="GPU &lt;2&gt;: no data"><span>GPU &lt;2&gt;</span>"#
+        ));
+        // Five time labels from edge to edge, every other one marked for phones to drop.
+        assert_eq!(html.matches("data-fmt=\"time\"").count(), 5);
+        assert_eq!(html.matches(" odd\"").count(), 2);
+        assert!(html.contains(r#"<span class="start" style="left:0.0%" data-utc="2026-11-23T00:00:00+00:00" data-fmt="time">00:00 UTC</span>"#));
+        assert!(html.contains(r#"<span class="end" style="right:0.0%""#));
+    }
 
     #[test]
     fn throttle_spans_that_touch_at_the_drawn_size_are_one_rectangle() {

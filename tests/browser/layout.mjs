@@ -87,6 +87,20 @@ function measure(days) {
       }
     }
   }
+  // Strip charts' time labels (HTML): inside their chart and apart from each other.
+  for (const fig of document.querySelectorAll('figure.strip')) {
+    const box = fig.getBoundingClientRect();
+    if (box.width === 0) continue;
+    let prev = null;
+    for (const s of fig.querySelectorAll('.saxis span')) {
+      const r = s.getBoundingClientRect();
+      if (r.width === 0) continue;
+      texts++;
+      if (r.left < box.left - 0.5 || r.right > box.right + 0.5) out.push(`strip label "${s.textContent}" is outside its chart (x ${Math.round(r.left)}–${Math.round(r.right)} of ${Math.round(box.left)}–${Math.round(box.right)})`);
+      if (prev && r.left < prev.right + 4) out.push(`strip labels "${prev.text}" and "${s.textContent}" touch`);
+      prev = { right: r.right, text: s.textContent };
+    }
+  }
   // Every action button of the alerts table on screen horizontally, with its label.
   const actions = [];
   for (const b of document.querySelectorAll('#firing button')) {
@@ -102,6 +116,12 @@ function measure(days) {
     if (svg.getBoundingClientRect().width === 0) continue;
     charts++;
     const labs = [...svg.querySelectorAll('text.xlab tspan')];
+    if (labs.some((t) => t.dataset.fmt === 'date' || t.dataset.fmt === 'datetime') && labs.some((t) => /[A-Za-z]{3}/.test(t.textContent))) dated++;
+  }
+  for (const fig of document.querySelectorAll('figure.strip')) {
+    if (fig.getBoundingClientRect().width === 0) continue;
+    charts++;
+    const labs = [...fig.querySelectorAll('.saxis span')].filter((s) => s.getBoundingClientRect().width > 0);
     if (labs.some((t) => t.dataset.fmt === 'date' || t.dataset.fmt === 'datetime') && labs.some((t) => /[A-Za-z]{3}/.test(t.textContent))) dated++;
   }
   if (days && dated < charts) out.push(`${charts - dated} of ${charts} charts over days show no dates`);

@@ -179,7 +179,7 @@ async fn pages_say_what_they_show(app: &TestApp) {
     }
     // A host: its 8 GPUs as small multiples, not 8 lines in one chart.
     let (_, host) = app.page(&cookie, "/hosts/sim-fra1-r01-n03").await;
-    assert_eq!(host.matches(r#"<svg class="chart strip""#).count(), 4);
+    assert_eq!(host.matches(r#"<figure class="strip""#).count(), 4);
     assert!(!host.contains("<h3>GPU utilization</h3>"));
     // A host without GPUs says so, and its idle network has no made-up axis.
     let (_, login) = app.page(&cookie, "/hosts/login-01").await;

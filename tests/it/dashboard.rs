@@ -81,7 +81,7 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     // Four host charts and the rack's GPU power; per-host GPU power and temperature as
     // small multiples.
     assert_eq!(rack.matches("<svg class=\"chart\"").count(), 5);
-    assert_eq!(rack.matches("<svg class=\"chart strip\"").count(), 2);
+    assert_eq!(rack.matches("<figure class=\"strip\"").count(), 2);
     // Each line chart is followed by its phone twin (400 × 240), which phones show instead.
     assert_eq!(
         rack.matches("</svg><svg class=\"chart phone\" viewBox=\"0 0 400 240\"")

@@ -80,7 +80,7 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
         "4 host charts"
     );
     assert_eq!(
-        html.matches("<svg class=\"chart strip\"").count(),
+        html.matches("<figure class=\"strip\"").count(),
         4,
         "GPU utilization, power, temperature and memory, one row per GPU"
     );
