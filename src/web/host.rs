@@ -324,6 +324,7 @@ async fn page(
                 unit,
             ),
             legend: Vec::new(),
+            note: String::new(),
         };
         let mut strips = Vec::new();
         if !indexes.is_empty() {

@@ -348,6 +348,8 @@ pub struct ChartView {
     pub title: String,
     pub svg: String,
     pub legend: Vec<(String, &'static str)>,
+    /// A line under the chart (how a forecast was made); empty for most charts.
+    pub note: String,
 }
 
 /// A hardware event row.
@@ -479,12 +481,13 @@ pub fn chart_between(
         title: title.to_string(),
         svg: normal + &phone,
         legend,
+        note: String::new(),
     }
 }
 
 /// A stored forecast as a chart: the hourly point forecast over its horizon, the 80 % and
-/// 95 % intervals as bands, and a mark at now. The title names the model and how well it
-/// did on its backtest (MASE below 1 beats repeating last week).
+/// 95 % intervals as bands, and a mark at now. The note under it says in words how the
+/// forecast was made and how well the method did on its backtest.
 pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartView {
     let (what, axis) = match f.metric.as_str() {
         "gpu_util_pct" => ("GPU utilization", Axis::Percent),
@@ -513,15 +516,7 @@ pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartVi
         marks: vec![(f.generated_at, "forecast made".into())],
         ..Overlay::default()
     };
-    let mase = f
-        .backtest_mase
-        .map(|m| format!(", backtest MASE {m:.2}"))
-        .unwrap_or_default();
-    let title = format!(
-        "{what}, next {} days ({}{mase})",
-        f.point.len() / 24,
-        f.model
-    );
+    let title = format!("{what}, next {} days", f.point.len() / 24);
     let series = vec![Series {
         label: "forecast".into(),
         points: f
@@ -540,7 +535,55 @@ pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartVi
     );
     view.legend
         .push(("80 % / 95 % intervals".into(), "#9ca3af"));
+    view.note = forecast_note(&f.model, f.backtest_mase);
     view
+}
+
+/// How a forecast was made, in words, from the engine's model name
+/// (`"h1-24:snaive24 h25-168:level"`, `"ridge-log"`), and its backtest error as a multiple
+/// of repeating last week's hours (MASE).
+pub fn forecast_note(model: &str, mase: Option<f64>) -> String {
+    fn method(name: &str) -> String {
+        let one = |n: &str| match n {
+            "snaive24" => "the same hour yesterday".to_string(),
+            "snaive168" => "the same hour last week".to_string(),
+            "level" => "the level of the last 3 hours".to_string(),
+            "ridge" => "a regression on the recent hours".to_string(),
+            "ridge-log" => "a regression on the recent hours (log scale)".to_string(),
+            other => other.to_string(),
+        };
+        match name.split_once('+') {
+            Some((a, b)) => format!("the mean of {} and {}", one(a), one(b)),
+            None => one(name),
+        }
+    }
+    // Blocks of hours ahead, each with its method.
+    let blocks: Vec<(&str, &str)> = model
+        .split_whitespace()
+        .map(|b| match b.split_once(':') {
+            Some((hours, m)) => (hours, m),
+            None => ("", b),
+        })
+        .collect();
+    let how = match blocks.as_slice() {
+        [(_, m)] => format!("Made from {}.", method(m)),
+        [(_, a), (_, b)] if a == b => format!("Made from {}.", method(a)),
+        [("h1-24", a), (_, b)] => format!(
+            "The next day from {}; the days after from {}.",
+            method(a),
+            method(b)
+        ),
+        _ => format!("Model: {model}."),
+    };
+    match mase {
+        Some(m) if m.is_finite() => {
+            let rough = if m < 1.0 { "" } else { " Read it as rough." };
+            format!(
+                "{how} On its backtest it erred {m:.2}× as much as repeating last week's hours would have.{rough}"
+            )
+        }
+        _ => how,
+    }
 }
 
 pub type HostField = fn(&HostPoint) -> Option<f64>;
@@ -669,3 +712,33 @@ pub fn explained(e: EventRow) -> ExplainedEvent {
 
 /// Alerts resolved this recently still show on host and rack pages.
 pub const RESOLVED_RECENT_HOURS: i64 = 24;
+
+#[cfg(test)]
+mod tests {
+    use super::forecast_note;
+
+    #[test]
+    fn forecast_notes_say_the_method_in_words() {
+        assert_eq!(
+            forecast_note("h1-24:snaive24 h25-168:level", Some(0.07)),
+            "The next day from the same hour yesterday; the days after from the level of the \
+             last 3 hours. On its backtest it erred 0.07× as much as repeating last week's \
+             hours would have."
+        );
+        assert_eq!(
+            forecast_note("h1-24:snaive24 h25-168:snaive24", Some(1.3)),
+            "Made from the same hour yesterday. On its backtest it erred 1.30× as much as \
+             repeating last week's hours would have. Read it as rough."
+        );
+        assert_eq!(
+            forecast_note("h1-24:level+ridge h25-168:level", None),
+            "The next day from the mean of the level of the last 3 hours and a regression on \
+             the recent hours; the days after from the level of the last 3 hours."
+        );
+        assert_eq!(
+            forecast_note("ridge-log", None),
+            "Made from a regression on the recent hours (log scale)."
+        );
+        assert_eq!(forecast_note("a b c", Some(f64::NAN)), "Model: a b c.");
+    }
+}

@@ -428,6 +428,7 @@ fn rack_gpu_charts(
             title: format!("GPU power per host (0–{ptop:.0} W)"),
             svg: strip_chart("GPU power per host", &power, r.from, r.to, (0.0, ptop), "W"),
             legend: Vec::new(),
+            note: String::new(),
         },
         ChartView {
             title: format!("Hottest GPU per host (20–{ttop:.0} °C)"),
@@ -440,6 +441,7 @@ fn rack_gpu_charts(
                 "°C",
             ),
             legend: Vec::new(),
+            note: String::new(),
         },
     ]
 }

@@ -196,6 +196,17 @@ async fn hourly_job_forecasts_pools_and_hosts_from_rollups() {
         assert!(section.contains(what), "host page forecast lacks {what}");
     }
     assert!(section.contains("95 % interval"), "no interval band drawn");
+    // Each says in words how it was made and how its method did on its backtest, without
+    // the engine's model names.
+    assert_eq!(
+        section.matches(r#"<p class="small muted note">"#).count(),
+        3
+    );
+    assert!(section.contains("erred"), "{section}");
+    assert!(
+        !section.contains("snaive") && !section.contains("h1-24"),
+        "{section}"
+    );
     let host: serde_json::Value = app
         .http
         .get(format!("{}/api/v1/hosts/f1", app.base))
