@@ -102,6 +102,8 @@ pub struct Filter {
     pub action: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// Only rows older than this row (by time, then id): the next page after it.
+    pub before: Option<i64>,
     pub limit: i64,
 }
 
@@ -123,19 +125,22 @@ impl Store {
         Ok(())
     }
 
-    /// The newest rows matching `f`, newest first.
+    /// The newest rows matching `f`, newest first. A `before` row that retention has
+    /// deleted matches nothing: every older row went with it.
     pub async fn audit_rows(&self, f: &Filter) -> Result<Vec<AuditRow>, sqlx::Error> {
         sqlx::query_as!(
             AuditRow,
             "SELECT id, at, actor, source, action, target, outcome, details FROM audit_log \
              WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR action = $2) \
                AND ($3::timestamptz IS NULL OR at >= $3) AND ($4::timestamptz IS NULL OR at < $4) \
+               AND ($6::bigint IS NULL OR (at, id) < (SELECT at, id FROM audit_log WHERE id = $6)) \
              ORDER BY at DESC, id DESC LIMIT $5",
             f.actor,
             f.action,
             f.since,
             f.until,
             f.limit.clamp(1, 10_000),
+            f.before,
         )
         .fetch_all(&self.pool)
         .await

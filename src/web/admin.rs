@@ -421,12 +421,14 @@ pub struct AuditQuery {
     /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC.
     #[serde(default)]
     until: String,
-    /// Most rows (default 500, at most 10,000).
+    /// Most rows (default 500 on the API, 200 a page on the page; at most 10,000).
     limit: Option<i64>,
+    /// The next page: rows older than the row with this id (the last `id` of a page).
+    before: Option<i64>,
 }
 
 impl AuditQuery {
-    fn filter(&self) -> Result<Filter, ApiError> {
+    fn filter(&self, default_limit: i64) -> Result<Filter, ApiError> {
         let time = |key: &str, v: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
             if v.trim().is_empty() {
                 return Ok(None);
@@ -449,7 +451,8 @@ impl AuditQuery {
             action: text(&self.action),
             since,
             until,
-            limit: super::params::limit(self.limit, 500, 10_000)?,
+            before: self.before,
+            limit: super::params::limit(self.limit, default_limit, 10_000)?,
         })
     }
 }
@@ -501,7 +504,14 @@ pub struct AuditPage {
     pub actions: &'static [&'static str],
     pub keep_days: u32,
     pub error: Option<String>,
+    /// The next page's address, when this one is full.
+    pub older: Option<String>,
+    /// On a later page, the first page's address (the newest rows, same filter).
+    pub newest: Option<String>,
 }
+
+/// Rows on a page of the audit trail.
+const AUDIT_PAGE_ROWS: i64 = 200;
 
 /// `GET /admin/audit`: the audit trail, filtered by actor, action and time.
 pub async fn audit_page(
@@ -511,9 +521,35 @@ pub async fn audit_page(
     PageQuery(q): PageQuery<AuditQuery>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
-    let (rows, error) = match q.filter() {
-        Ok(f) => (st.store.audit_rows(&f).await?, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+    let (rows, error, limit) = match q.filter(AUDIT_PAGE_ROWS) {
+        Ok(f) => (st.store.audit_rows(&f).await?, None, f.limit),
+        Err(e) => (Vec::new(), Some(e.to_string()), AUDIT_PAGE_ROWS),
+    };
+    // The filter as a query string, for the links between pages.
+    let mut base = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("actor", &q.actor),
+        ("action", &q.action),
+        ("since", &q.since),
+        ("until", &q.until),
+    ] {
+        if !v.trim().is_empty() {
+            base.append_pair(k, v);
+        }
+    }
+    if let Some(n) = q.limit {
+        base.append_pair("limit", &n.to_string());
+    }
+    let base = base.finish();
+    let newest = format!("/admin/audit?{base}");
+    // A full page has a next one, maybe: rows older than its last, with the same filter.
+    let older = match rows.last() {
+        Some(last) if rows.len() as i64 >= limit => Some(format!(
+            "{newest}{}before={}",
+            if base.is_empty() { "" } else { "&" },
+            last.id
+        )),
+        _ => None,
     };
     let rows = rows
         .into_iter()
@@ -542,6 +578,8 @@ pub async fn audit_page(
         actions: AUDIT_ACTIONS,
         keep_days: st.cfg.retention.audit_days,
         error,
+        older,
+        newest: q.before.is_some().then_some(newest),
     });
     *resp.status_mut() = status;
     Ok(resp)
@@ -566,5 +604,5 @@ pub async fn audit_api(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditRow>>, ApiError> {
     require(&u, Role::Admin)?;
-    Ok(Json(st.store.audit_rows(&q.filter()?).await?))
+    Ok(Json(st.store.audit_rows(&q.filter(500)?).await?))
 }
