@@ -819,7 +819,11 @@ async fn capacity_plan(
                     r.installed_gpus,
                     r.demand_now.map_or("-".into(), |d| format!("{d:.1}")),
                     r.next_hour,
-                    format!("{low}-{peak}"),
+                    if low == peak {
+                        peak.to_string()
+                    } else {
+                        format!("{low}-{peak}")
+                    },
                     lead_peak,
                     act
                 );

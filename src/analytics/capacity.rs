@@ -68,7 +68,9 @@ pub struct BacktestView {
     pub shortage_pct: f64,
     pub unserved_gpu_hours: f64,
     pub idle_gpu_hours: f64,
-    /// Hours the backtest covered.
+    /// Hours scored. The next hour's backtest scores each hour once; the plans', replayed
+    /// from daily starts over the passed hours of their weeks, add up each plan's hours
+    /// (they overlap).
     pub hours: f64,
     pub baseline: String,
     pub baseline_cost: f64,
@@ -937,16 +939,24 @@ pub fn plan_actions(
 }
 
 /// The longest run of clock hours (UTC) at the schedule's daily low: (first hour, hour
-/// after the last, GPUs), when the low is below the peak.
+/// after the last, GPUs), when the low is below the peak. The schedule's hours start at
+/// `from`, which need not be on the hour: a clock hour counts what every slot overlapping
+/// it asks for, so releasing over the whole window never goes below the schedule.
 pub fn low_window(schedule: &[i32], from: DateTime<Utc>) -> Option<(u32, u32, i32)> {
     if schedule.len() < 24 {
         return None;
     }
-    // Per clock hour, the most the schedule asks for in the week.
+    let on_the_hour = from.minute() == 0 && from.second() == 0 && from.nanosecond() == 0;
+    // Per clock hour, the most the schedule asks for in the week: the slot starting in
+    // it, and the one starting in the hour before, which runs into it.
     let mut by_hour = [0i32; 24];
     for (i, v) in schedule.iter().enumerate() {
         let h = ((from + Duration::hours(i as i64)).hour()) as usize;
         by_hour[h] = by_hour[h].max(*v);
+        if !on_the_hour {
+            let next = (h + 1) % 24;
+            by_hour[next] = by_hour[next].max(*v);
+        }
     }
     let low = *by_hour.iter().min()?;
     let high = *by_hour.iter().max()?;
@@ -1769,6 +1779,20 @@ mod tests {
             "release 16 GPUs nights 22:00–07:00 UTC (the schedule needs 24 then, 40 at the daily peak, 40 installed)"
         );
         assert_eq!(low_window(&r.week_schedule, t), Some((22, 7, 24)));
+        // A schedule decided at 00:45: its night slots run 22:45–07:45, so the whole clock
+        // hours at the low are 23:00–07:00 (the slot to 22:45 still needs 40).
+        let off = t + Duration::minutes(45);
+        let day_off: Vec<i32> = (0..168)
+            .map(|i| {
+                let h = (off + Duration::hours(i)).hour();
+                if (7..22).contains(&h) {
+                    40
+                } else {
+                    24
+                }
+            })
+            .collect();
+        assert_eq!(low_window(&day_off, off), Some((23, 7, 24)));
         // Enough and no pattern: no change.
         let r = rec(vec![10; 168], vec![10; 168], 10, 1);
         assert!(

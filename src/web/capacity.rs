@@ -58,7 +58,7 @@ pub struct PoolSummary {
     pub installed_gpus: i32,
     /// GPUs per host: recommendations are whole hosts.
     pub host_size: i32,
-    /// Demand (work + queue) in the last 5 minutes, GPUs.
+    /// Demand (work + queue) over the 5 minutes before `decided_at`, GPUs.
     pub demand_now: Option<f64>,
     /// GPUs to hold for the next hour.
     pub next_hour: i32,
@@ -342,7 +342,11 @@ fn date_view(e: &ExhaustionRow, link: String, horizon_days: u32) -> DateView {
         link,
         now: fmt(e.level_now),
         capacity: fmt(e.capacity),
-        growth: format!("{:+.2} %/day", e.growth_per_day * 100.0),
+        // "-0.00 %/day" reads as a sign that means nothing: flat is flat.
+        growth: match e.growth_per_day * 100.0 {
+            g if g.abs() < 0.005 => "flat".to_string(),
+            g => format!("{g:+.2} %/day"),
+        },
         date: date(e.exhausted_at, horizon_days),
     }
 }
@@ -431,6 +435,9 @@ async fn page(
                 let mut label = format!("{name}: {} pools", c.pools);
                 if c.to_order > 0 {
                     label.push_str(&format!(", {} to grow", c.to_order));
+                }
+                if c.to_release > 0 {
+                    label.push_str(&format!(", {} to release", c.to_release));
                 }
                 (
                     label,
@@ -739,12 +746,22 @@ async fn pool_page(
                     String::new(),
                 );
             }
+            // The next hour is replayed hour by hour; the plans from daily starts, each
+            // over the hours of its week that have passed, so their hours overlap.
+            let over = if name == "next hour" {
+                format!("over {:.0} h", b.hours)
+            } else {
+                format!(
+                    "over {:.0} planned hours (daily replays, overlapping)",
+                    b.hours
+                )
+            };
             (
                 name.to_string(),
                 b.method.clone(),
                 format!(
-                    "{:.3} over {:.0} h (slack {:.0} %, short {:.1} %, {:.1} GPU-h unserved)",
-                    b.cost, b.hours, b.slack_pct, b.shortage_pct, b.unserved_gpu_hours
+                    "{:.3} {over} (slack {:.0} %, short {:.1} %, {:.1} GPU-h unserved)",
+                    b.cost, b.slack_pct, b.shortage_pct, b.unserved_gpu_hours
                 ),
                 format!("{:.3} ({})", b.baseline_cost, b.baseline),
             )
@@ -819,7 +836,7 @@ async fn pool_json(
 pub struct AutoscalerView {
     pub pool: String,
     pub installed_gpus: i32,
-    /// Demand (work + queue) in the last 5 minutes, GPUs.
+    /// Demand (work + queue) over the 5 minutes before `decided_at`, GPUs.
     pub demand_gpus: Option<f64>,
     /// GPUs for the next hour.
     pub recommended_1h: i32,

@@ -448,7 +448,9 @@ pub async fn readings(
     body: axum::body::Body,
 ) -> Result<Json<ReadingsStored>, ApiError> {
     require(&user, Role::Operator)?;
-    let items: Vec<serde_json::Value> = super::body::json(
+    // Each reading kept as its text: decoded from a parsed value, a field given twice
+    // would keep its last value silently (`"site"` twice stored the reading for the second).
+    let items: Vec<Box<serde_json::value::RawValue>> = super::body::json(
         &st,
         &headers,
         body,
@@ -462,7 +464,8 @@ pub async fn readings(
     let mut readings = Vec::with_capacity(items.len());
     let mut index = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        match serde_path_to_error::deserialize::<_, FacilityReading>(item) {
+        let mut de = serde_json::Deserializer::from_str(item.get());
+        match serde_path_to_error::deserialize::<_, FacilityReading>(&mut de) {
             Ok(r) => {
                 index.push(i);
                 readings.push(r);

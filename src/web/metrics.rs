@@ -271,7 +271,7 @@ impl Scraped {
         gauges(
             e,
             "rackwatch_pool_demand_gpus",
-            "A pool's demand in its last 5 minutes: GPU-equivalents of work plus GPUs queued",
+            "A pool's demand over the 5 minutes before the capacity job's last (hourly) run: GPU-equivalents of work plus GPUs queued",
             self.pools
                 .iter()
                 .filter_map(|v| Some((pool(v), v.demand_gpus?))),

@@ -763,6 +763,42 @@ async fn facility_meter_readings_make_the_pue_measured() {
         (Some(2), &json!(["AMS2"])),
         "{resp}"
     );
+    // A field given twice rejects its reading, by index, instead of storing it for the
+    // last value; the other reading is stored.
+    let twice = format!(
+        r#"[{{"site":"lab9","start":"{a}","end":"{b}","energy_kwh":1,"site":"fra1"}},
+            {{"site":"lab9","start":"{a}","end":"{b}","energy_kwh":0.5}}]"#,
+        a = (h0 - Duration::hours(9)).to_rfc3339(),
+        b = (h0 - Duration::hours(8)).to_rfc3339()
+    );
+    let resp: Value = app
+        .http
+        .post(format!("{}/api/v1/facility/readings", app.base))
+        .header("cookie", &admin)
+        .header(
+            rackwatch::web::access::CSRF_HEADER,
+            rackwatch::web::access::csrf_for_cookie(&admin),
+        )
+        .header("content-type", "application/json")
+        .body(twice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["stored"], 1, "{resp}");
+    assert_eq!(resp["errors"][0]["index"], 0, "{resp}");
+    assert_eq!(
+        resp["errors"][0]["reason"], "duplicate field `site`",
+        "{resp}"
+    );
+    let fra1: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM facility_readings WHERE site = 'fra1'")
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(fra1, 0);
     // Not JSON of the right shape: a clear 400.
     let r = app
         .post_json(
