@@ -130,6 +130,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         // Innermost: a panicking handler becomes a 500 and the connection lives on.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn(panic_as_page))
+        .layer(axum::middleware::from_fn(plain_errors))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             security_headers,
@@ -220,6 +221,66 @@ async fn timed_out(
             .into_response();
     }
     res
+}
+
+/// The framework's own refusals (a path segment that is not UTF-8 or not a number, a
+/// query it cannot split) answer in plain text; the API promises its JSON error body and
+/// people get the error page. The text is kept: it says what was wrong.
+async fn plain_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    let api = path.starts_with("/api/");
+    let page = !api
+        && !["/metrics", "/healthz", "/assets/", "/favicon.ico"]
+            .iter()
+            .any(|p| path.starts_with(p));
+    let res = next.run(req).await;
+    let plain = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !(api || page) || !plain || !res.status().is_client_error() {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let text = if text.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("bad request")
+            .to_string()
+    } else {
+        text
+    };
+    let e = match parts.status {
+        StatusCode::NOT_FOUND => error::ApiError::NotFound(text),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => error::ApiError::UnsupportedMedia(text),
+        StatusCode::PAYLOAD_TOO_LARGE => error::ApiError::TooLarge(text),
+        StatusCode::UNAUTHORIZED => error::ApiError::Unauthorized(text),
+        StatusCode::FORBIDDEN => error::ApiError::Forbidden(text),
+        StatusCode::METHOD_NOT_ALLOWED => error::ApiError::MethodNotAllowed(text),
+        StatusCode::CONFLICT => error::ApiError::Conflict(text),
+        _ => error::ApiError::BadRequest(text),
+    };
+    let mut out = if api {
+        e.into_response()
+    } else {
+        error::error_page(e)
+    };
+    // The status as the framework chose it (a 422 stays 422), and its Allow header.
+    *out.status_mut() = parts.status;
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// Marks the answer to a request whose handler panicked.

@@ -125,7 +125,8 @@ pub fn parse_time(field: &str, s: &str, tzo: i32) -> Result<DateTime<Utc>, ApiEr
         }
     }
     Err(ApiError::BadRequest(format!(
-        "`{field}` = {s:?} is not a time: use RFC 3339 (2026-11-23T12:00:00Z) or 2026-11-23T12:00"
+        "`{field}` = {} is not a time: use RFC 3339 (2026-11-23T12:00:00Z) or 2026-11-23T12:00",
+        crate::model::validate::quoted(s)
     )))
 }
 
@@ -159,7 +160,9 @@ impl RangeParams {
         } else {
             RAW_MAX_SECS
         };
-        let custom = self.from.as_deref().is_some_and(|s| !s.is_empty());
+        let custom = [&self.from, &self.to]
+            .iter()
+            .any(|v| v.as_deref().is_some_and(|s| !s.is_empty()));
         match self.resolve_with(now, default_key, raw_max) {
             Ok(r) => Ok((r, None)),
             Err(ApiError::BadRequest(why)) if custom => {
@@ -193,6 +196,20 @@ impl RangeParams {
         let to = self.to.as_deref().filter(|s| !s.is_empty());
         let tzo = self.tzo.unwrap_or(0);
         check_tzo(tzo)?;
+        // A parameter that would be ignored is an error: the range shown would not be the
+        // one asked for.
+        if from.is_none() {
+            if let Some(t) = to {
+                return Err(ApiError::BadRequest(format!(
+                    "`to` = {} needs `from`: a range by times has a start (`from` alone ends now), and a preset (`range`) always ends now",
+                    crate::model::validate::quoted(t)
+                )));
+            }
+        } else if self.range.as_deref().is_some_and(|r| !r.is_empty()) {
+            return Err(ApiError::BadRequest(
+                "give either `range` (a preset that ends now) or `from`/`to`, not both".into(),
+            ));
+        }
         let (from, to, key) = if let Some(f) = from {
             let from = parse_time("from", f, tzo)?;
             let to = match to {
@@ -215,7 +232,8 @@ impl RangeParams {
             let Some((k, secs, _)) = PRESETS.iter().find(|p| p.0 == key) else {
                 let known: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
                 return Err(ApiError::BadRequest(format!(
-                    "unknown range {key:?}; use one of {}, or from/to",
+                    "unknown range {}; use one of {}, or from/to",
+                    crate::model::validate::quoted(key),
                     known.join(", ")
                 )));
             };
@@ -430,6 +448,45 @@ mod tests {
         assert!(
             matches!(&far, Err(ApiError::BadRequest(m)) if m.starts_with("`tzo` = 100000: minutes of UTC")),
             "{far:?}"
+        );
+        // A parameter that would be ignored is refused: `to` alone, `range` with `from`.
+        let to_alone = RangeParams {
+            to: Some("garbage".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h");
+        assert!(
+            matches!(&to_alone, Err(ApiError::BadRequest(m)) if m.starts_with("`to` = \"garbage\" needs `from`")),
+            "{to_alone:?}"
+        );
+        let both = RangeParams {
+            range: Some("6h".into()),
+            from: Some("2026-11-23T10:00:00Z".into()),
+            ..Default::default()
+        }
+        .resolve(now, "1h");
+        assert!(
+            matches!(&both, Err(ApiError::BadRequest(m)) if m.contains("not both")),
+            "{both:?}"
+        );
+        // On a page, `to` alone shows the default range with the reason at the picker.
+        let (r, problem) = RangeParams {
+            to: Some("2026-11-23T11:00".into()),
+            ..Default::default()
+        }
+        .resolve_page(now, "1h", true)
+        .unwrap();
+        assert_eq!(r.key, "1h");
+        assert!(problem.unwrap().why.contains("needs `from`"));
+        // A long bad value is cut in the error, not echoed whole.
+        let long = RangeParams {
+            range: Some("x".repeat(60_000)),
+            ..Default::default()
+        }
+        .resolve(now, "1h");
+        assert!(
+            matches!(&long, Err(ApiError::BadRequest(m)) if m.len() < 300),
+            "{long:?}"
         );
     }
 }

@@ -562,6 +562,36 @@ async fn unknown_or_malformed_parameters_are_named_not_ignored() {
         body.contains("<h1>Bad request</h1>") && body.contains("unknown parameter `rnage`"),
         "{body}"
     );
+    // The framework's own refusals (a path segment that is not UTF-8) keep their reason, as JSON for the API and as the error page for people.
+    for (path, reason) in [
+        ("/api/v1/hosts/%FF%FE", "Invalid UTF-8 in `name`"),
+        ("/api/v1/capacity/pools/%FF", "Invalid UTF-8 in `pool`"),
+    ] {
+        let r = get(path.into()).await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains(reason), "{path}: {v}");
+    }
+    let r = get("/hosts/%FF".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("<h1>Bad request</h1>") && body.contains("Invalid UTF-8 in `name`"),
+        "{body}"
+    );
+    // A time range parameter that would be ignored is refused, naming it.
+    let r = get("/api/v1/hosts/gpu-par?to=garbage".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("`to` = \"garbage\" needs `from`"),
+        "{v}"
+    );
     // A page that takes no parameters says so instead of ignoring a filter.
     for path in [
         "/alerts?state=firing",
