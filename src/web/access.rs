@@ -471,11 +471,7 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
             };
             return Redirect::to(&format!("/login?next={}", auth::urlencode(next))).into_response();
         }
-        Ok(None) => {
-            return refuse(ApiError::Unauthorized(
-                "log in (session cookie) or send HTTP Basic credentials of a Rackwatch user".into(),
-            ))
-        }
+        Ok(None) => return refuse(auth::unauthorized(&parts.headers)),
         Err(e) => return refuse(e),
     }
     next.run(Request::from_parts(parts, body)).await

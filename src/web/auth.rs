@@ -61,11 +61,7 @@ pub(crate) async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>
             return Ok(Some(u));
         }
     }
-    let basic = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
+    let basic = super::ingest::auth_param(&parts.headers, "Basic")
         .and_then(|b| {
             base64::engine::general_purpose::STANDARD
                 .decode(b.trim())
@@ -497,17 +493,32 @@ impl FromRequestParts<AppState> for MaybeUser {
     }
 }
 
+/// The 401 for a request that names no user, saying what it sent that did not work: a
+/// wrong password and a session that ended each get their reason (without saying which
+/// of name and password was wrong).
+pub fn unauthorized(headers: &axum::http::HeaderMap) -> ApiError {
+    let why = if super::ingest::auth_param(headers, "Basic").is_some() {
+        "the HTTP Basic user name or password is wrong (or the user was deleted)"
+    } else if super::ingest::bearer(headers).is_some() {
+        "a bearer token does not log in a user here: tokens are for agents, schedulers and Prometheus; send HTTP Basic credentials of a Rackwatch user or log in"
+    } else if cookie(headers, SESSION_COOKIE).is_some() {
+        "the session has ended (logged out, idle too long or expired); log in again"
+    } else {
+        "log in (session cookie) or send HTTP Basic credentials of a Rackwatch user"
+    };
+    ApiError::Unauthorized(why.into())
+}
+
 /// A user of the JSON API (session or HTTP Basic).
 pub struct ApiUser(pub User);
 
 impl FromRequestParts<AppState> for ApiUser {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
-        resolve(parts, st).await?.map(ApiUser).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "log in (session cookie) or send HTTP Basic credentials of a Rackwatch user".into(),
-            )
-        })
+        resolve(parts, st)
+            .await?
+            .map(ApiUser)
+            .ok_or_else(|| unauthorized(&parts.headers))
     }
 }
 

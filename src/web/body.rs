@@ -101,12 +101,28 @@ pub fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
     // only repeat it.
     let text = inner.to_string();
     let at = format!(" at line {} column {}", inner.line(), inner.column());
-    let why = text.strip_suffix(&at).unwrap_or(&text);
+    let why = plain_types(text.strip_suffix(&at).unwrap_or(&text));
     if path == "." {
         why.to_string()
     } else {
         format!("{path}: {why}")
     }
+}
+
+/// Serde names the Rust type it wanted ("expected f64"); a client wrote JSON.
+fn plain_types(why: &str) -> String {
+    let Some((head, wanted)) = why.rsplit_once(", expected ") else {
+        return why.to_string();
+    };
+    let plain = match wanted {
+        "f32" | "f64" => "a number",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
+        "bool" => "true or false",
+        "a string" | "a borrowed string" => "a string",
+        _ => return why.to_string(),
+    };
+    format!("{head}, expected {plain}")
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -158,7 +174,7 @@ mod tests {
         assert!(err(b"{", Shape::Object).starts_with("expected {n}: not JSON ("));
         assert_eq!(
             err(br#"{"n": "3"}"#, Shape::Object),
-            "expected {n}: n: invalid type: string \"3\", expected f64"
+            "expected {n}: n: invalid type: string \"3\", expected a number"
         );
         assert!(err(br#"{"n": 3, "x": 1}"#, Shape::Object).contains("unknown field `x`"));
         assert!(err(br#"{}"#, Shape::Object).ends_with("missing field `n`"));
@@ -171,7 +187,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "expected [{n}]: [1].n: invalid type: boolean `true`, expected f64"
+            "expected [{n}]: [1].n: invalid type: boolean `true`, expected a number"
         );
     }
 }

@@ -965,6 +965,12 @@ async fn demand(
             )))
         }
         (None, Some(u)) => require(u, Role::Operator)?,
+        (None, None) if super::ingest::bearer(&headers).is_some() => {
+            return Err(ApiError::Unauthorized(
+                "unknown or revoked pool token: mint one with `rackwatch token create --pool POOL`"
+                    .into(),
+            ))
+        }
         (None, None) => return Err(ApiError::Unauthorized(
             "send the pool's scheduler token (Authorization: Bearer) or an operator's credentials"
                 .into(),

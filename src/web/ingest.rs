@@ -176,13 +176,41 @@ pub(super) async fn slot(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePer
         })
 }
 
-/// The bearer token of a request.
+/// The bearer token of a request (the scheme's name in any case, as HTTP has it).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    auth_param(headers, "Bearer")
+}
+
+/// The credentials of `Authorization: <scheme> <credentials>`, the scheme matched
+/// without regard to case (RFC 9110 §11.1).
+pub fn auth_param<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (s, rest) = v.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme)
+        .then(|| rest.trim())
         .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheme_of_authorization_is_matched_in_any_case() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::AUTHORIZATION, v.parse().unwrap());
+            m
+        };
+        assert_eq!(bearer(&h("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&h("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&h("BEARER abc")), Some("abc"));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&h("Bearer ")), None);
+        assert_eq!(bearer(&h("Bearerabc")), None);
+        assert_eq!(
+            auth_param(&h("basic dXNlcjpwdw=="), "Basic"),
+            Some("dXNlcjpwdw==")
+        );
+    }
 }

@@ -672,7 +672,29 @@ async fn bad_capacity_input_gets_a_clear_error() {
         .text()
         .await
         .unwrap()
-        .contains("pending_gpus: invalid type: string"));
+        .contains("pending_gpus: invalid type: string \\\"3\\\", expected a number"));
+    // A revoked token says so, not that none was sent.
+    let old = app
+        .store
+        .create_pool_token("p1", "to revoke")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.store
+            .revoke_tokens_with_note("to revoke")
+            .await
+            .unwrap(),
+        1
+    );
+    let r = post(url("p1"), &old, json!({"pending_gpus": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("unknown or revoked pool token"));
     // The body cap is the server's (`server.max_body_bytes`), answered 413, not a
     // framework default answered 400; under the cap a long body is read and judged.
     let max = rackwatch::config::Config::default().server.max_body_bytes;

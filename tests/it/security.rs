@@ -529,6 +529,36 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // The answer says the credentials were wrong, not that none were sent.
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["error"],
+        "the HTTP Basic user name or password is wrong (or the user was deleted)"
+    );
+    // A session that ended, and a token where a user is needed, say so too.
+    for (header, value, says) in [
+        (
+            "cookie",
+            "rw_session=no-such-session",
+            "the session has ended",
+        ),
+        (
+            "authorization",
+            "bearer some-token",
+            "a bearer token does not log in a user here",
+        ),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}/api/v1/fleet", app.base))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().starts_with(says), "{v}");
+    }
     let logins = rows(&app, "login").await;
     assert_eq!(logins.len(), 3);
     assert_eq!(logins[0], ("ada".into(), "ada".into(), "refused".into()));
