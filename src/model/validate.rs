@@ -537,8 +537,69 @@ mod fast {
 
 type Check = Result<(), (Option<&'static str>, String)>;
 
+/// An item decoded on its own, its error naming the field it is about (`ts`, `util_pct`)
+/// and saying what JSON was wanted, without serde's line and column within the item.
 fn typed<T: DeserializeOwned>(v: &RawValue) -> Item<T> {
-    serde_json::from_str(v.get()).map_err(|e| (None, e.to_string()))
+    let mut de = serde_json::Deserializer::from_str(v.get());
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let why = json_reason(&e.into_inner());
+        match item_field(&path) {
+            Some(f) => (Some(f), why),
+            None if path == "." => (None, why),
+            None => (None, format!("{path}: {why}")),
+        }
+    })
+}
+
+/// The fields of batch items, as `&'static str` for rejections.
+fn item_field(path: &str) -> Option<&'static str> {
+    const OTHER: [&str; 12] = [
+        "ts",
+        "index",
+        "uuid",
+        "model",
+        "memory_total_bytes",
+        "power_limit_watts",
+        "driver_version",
+        "kind",
+        "code",
+        "message",
+        "count",
+        "throttle_reasons",
+    ];
+    metrics::HOST_METRICS
+        .iter()
+        .chain(metrics::GPU_METRICS.iter())
+        .map(|m| m.name)
+        .chain(OTHER)
+        .find(|f| *f == path)
+}
+
+/// A JSON decoding error in words a client can act on: serde's text without its position,
+/// and the JSON wanted instead of the Rust type ("expected a number", not "expected f64").
+pub fn json_reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    let why = text.strip_suffix(&at).unwrap_or(&text);
+    let Some((head, wanted)) = why.rsplit_once(", expected ") else {
+        return match why {
+            // chrono's words for a time it cannot read.
+            "input contains invalid characters" | "premature end of input" | "trailing input" => {
+                format!("{why}: a time is RFC 3339 with its offset, like 2026-12-06T11:51:43Z")
+            }
+            _ => why.to_string(),
+        };
+    };
+    let plain = match wanted {
+        "f32" | "f64" => "a number",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
+        "bool" => "true or false",
+        "a borrowed string" => "a string",
+        _ => return why.to_string(),
+    };
+    format!("{head}, expected {plain}")
 }
 
 /// Host names, placement and labels: printable, bounded. HTML in them is allowed and
@@ -617,17 +678,40 @@ fn check_ts(ts: DateTime<Utc>, l: &Limits) -> Check {
     Ok(())
 }
 
+/// A value and its unit for an error: short (1e308, not 309 digits), no stray space
+/// when the metric has no unit.
+fn amount(x: f64, unit: &str) -> String {
+    let n = if x != 0.0 && !(1e-6..1e15).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    };
+    if unit.is_empty() {
+        n
+    } else {
+        format!("{n} {unit}")
+    }
+}
+
 fn range(field: &'static str, v: Option<f64>, lo: f64, hi: f64, unit: &str) -> Check {
     match v {
         None => Ok(()),
         Some(x) if !x.is_finite() => Err((Some(field), format!("{x} is not a finite number"))),
         Some(x) if x < lo => Err((
             Some(field),
-            format!("{x} {unit} is below the minimum {lo} {unit}"),
+            format!(
+                "{} is below the minimum {}",
+                amount(x, unit),
+                amount(lo, unit)
+            ),
         )),
         Some(x) if x > hi => Err((
             Some(field),
-            format!("{x} {unit} is above the maximum {hi} {unit}"),
+            format!(
+                "{} is above the maximum {}",
+                amount(x, unit),
+                amount(hi, unit)
+            ),
         )),
         Some(_) => Ok(()),
     }
@@ -761,11 +845,12 @@ mod tests {
         assert!(reasons.contains(&("host_samples", 1, Some("cpu_util_pct".into()))));
         assert!(reasons.contains(&("host_samples", 2, Some("ts".into()))));
         assert!(reasons.contains(&("host_samples", 3, Some("ts".into()))));
-        assert!(reasons.contains(&("host_samples", 4, None)));
+        // A field that does not decode is named, as one that fails its check is.
+        assert!(reasons.contains(&("host_samples", 4, Some("ts".into()))));
         assert!(reasons.contains(&("host_samples", 5, Some("ts".into()))));
         assert!(reasons.contains(&("host_samples", 6, Some("mem_used_bytes".into()))));
         assert!(reasons.contains(&("gpu_samples", 0, Some("power_watts".into()))));
-        assert!(reasons.contains(&("gpu_samples", 2, None)));
+        assert!(reasons.contains(&("gpu_samples", 2, Some("index".into()))));
         assert!(reasons.contains(&("events", 0, Some("kind".into()))));
         assert_eq!(v.rejections.len(), 9);
         let future = v
@@ -905,10 +990,35 @@ mod tests {
         }
         let v = parse_batch(slow_ones[0].as_bytes(), &limits()).unwrap();
         assert_eq!(v.rejections.len(), 1);
+        assert_eq!(v.rejections[0].field.as_deref(), Some("ts"));
         assert!(
-            v.rejections[0].reason.contains("line 1"),
+            v.rejections[0].reason.contains("RFC 3339")
+                && !v.rejections[0].reason.contains("line 1"),
             "{:?}",
             v.rejections
+        );
+        // Wrong types say the JSON wanted; a value out of bounds is short and says its unit
+        // (or none).
+        let v = parse_batch(slow_ones[1].as_bytes(), &limits()).unwrap();
+        assert_eq!(v.rejections[0].field.as_deref(), Some("load1"));
+        assert!(
+            v.rejections[0].reason.ends_with("expected a number"),
+            "{:?}",
+            v.rejections
+        );
+        let v = parse_batch(
+            br#"{"host": {"name": "a"}, "host_samples": [{"ts": "2026-11-23T11:59:00Z", "load1": -1},
+                {"ts": "2026-11-23T11:59:05Z", "cpu_util_pct": 1e308}]}"#,
+            &limits(),
+        )
+        .unwrap();
+        let reasons: Vec<&str> = v.rejections.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "-1 is below the minimum 0",
+                "1e308 % is above the maximum 100 %"
+            ]
         );
         // An agent block that does not parse is ignored, as before.
         let v = parse_batch(slow_ones[9].as_bytes(), &limits()).unwrap();

@@ -70,8 +70,25 @@ pub async fn json<T: DeserializeOwned>(
     expected: &str,
 ) -> Result<T, ApiError> {
     require_json(headers)?;
+    identity_only(headers)?;
     let bytes = read(st, body).await?;
     decode(&bytes, shape, expected)
+}
+
+/// These bodies are small and taken as sent: a compressed one would otherwise be judged
+/// "not JSON" (agents' batches, which are large, take gzip at `/api/v1/ingest`).
+fn identity_only(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim())
+    {
+        None => Ok(()),
+        Some(e) if e.is_empty() || e.eq_ignore_ascii_case("identity") => Ok(()),
+        Some(e) => Err(ApiError::UnsupportedMedia(format!(
+            "Content-Encoding {} is not taken here: send the body uncompressed",
+            quoted(e)
+        ))),
+    }
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], shape: Shape, expected: &str) -> Result<T, ApiError> {
@@ -96,33 +113,14 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], shape: Shape, expected: &str) -> Re
 /// type …`), or without one when it is about the whole value.
 pub fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
     let path = e.path().to_string();
-    let inner = e.into_inner();
     // The path says where; the text position serde adds when decoding from text would
     // only repeat it.
-    let text = inner.to_string();
-    let at = format!(" at line {} column {}", inner.line(), inner.column());
-    let why = plain_types(text.strip_suffix(&at).unwrap_or(&text));
+    let why = crate::model::validate::json_reason(&e.into_inner());
     if path == "." {
-        why.to_string()
+        why
     } else {
         format!("{path}: {why}")
     }
-}
-
-/// Serde names the Rust type it wanted ("expected f64"); a client wrote JSON.
-fn plain_types(why: &str) -> String {
-    let Some((head, wanted)) = why.rsplit_once(", expected ") else {
-        return why.to_string();
-    };
-    let plain = match wanted {
-        "f32" | "f64" => "a number",
-        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
-        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
-        "bool" => "true or false",
-        "a string" | "a borrowed string" => "a string",
-        _ => return why.to_string(),
-    };
-    format!("{head}, expected {plain}")
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -146,6 +144,23 @@ mod tests {
         n: f64,
         #[serde(default)]
         source: String,
+    }
+
+    #[test]
+    fn compressed_small_bodies_are_refused_by_their_encoding() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_ENCODING, v.parse().unwrap());
+            m
+        };
+        assert!(identity_only(&HeaderMap::new()).is_ok());
+        assert!(identity_only(&h("identity")).is_ok());
+        let e = identity_only(&h("gzip")).unwrap_err();
+        assert!(matches!(&e, ApiError::UnsupportedMedia(_)));
+        assert_eq!(
+            e.to_string(),
+            "Content-Encoding \"gzip\" is not taken here: send the body uncompressed"
+        );
     }
 
     #[test]
