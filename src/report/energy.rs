@@ -264,7 +264,21 @@ struct SiteHours {
     it_j: HashMap<i64, f64>,
     /// PUE for hours without meter readings.
     fallback_pue: f64,
+    /// Metered hours left out: their PUE, which no facility has.
+    implausible: Vec<f64>,
+    /// Metered hours with a plausible PUE.
+    metered_hours: usize,
 }
+
+/// The PUEs a facility can have: its energy includes the IT energy (≥ 1), and even a
+/// poorly cooled room spends less than four times the IT energy again on overhead. A
+/// metered hour outside is a wrong reading (a meter reset, a period off by hours, kWh
+/// sent as MWh) and is left out, with a note.
+const PLAUSIBLE_PUE: std::ops::RangeInclusive<f64> = 1.0..=5.0;
+
+/// Metered hours a week needs before their PUE stands for the site's other hours: a day.
+/// From fewer, one odd hour would set the whole week's facility energy.
+const METERED_HOURS_FOR_FALLBACK: usize = 24;
 
 impl SiteHours {
     fn pue(&self, h: i64) -> (f64, bool) {
@@ -381,7 +395,9 @@ async fn load_inputs(
                 thermal_throttle_s
            FROM energy_hourly WHERE hour >= $1 AND hour < $2 AND host_id = ANY($3)",
         h0,
-        h1,
+        // The hours accounted, which the coverage expects and the notes name: not the
+        // running hour the fleet page's energy reads ahead of the watermark.
+        horizon(accounted_until, hours),
         &host_ids,
     )
     .fetch_all(&store.pool)
@@ -433,6 +449,8 @@ async fn load_site_hours(
                     carbon: HashMap::new(),
                     it_j: HashMap::new(),
                     fallback_pue: cfg.site(s).pue,
+                    implausible: Vec::new(),
+                    metered_hours: 0,
                 },
             )
         })
@@ -503,13 +521,23 @@ fn metered_pue(
     }
     for sh in site_hours.values_mut() {
         let (mut m, mut it) = (0.0, 0.0);
+        let mut wrong = Vec::new();
         for (h, mj) in &sh.meter_j {
             if let Some(i) = sh.it_j.get(h).filter(|i| **i > 0.0) {
-                m += mj;
-                it += i;
+                if PLAUSIBLE_PUE.contains(&(mj / i)) {
+                    m += mj;
+                    it += i;
+                    sh.metered_hours += 1;
+                } else {
+                    wrong.push((*h, mj / i));
+                }
             }
         }
-        if it > 0.0 {
+        for (h, pue) in wrong {
+            sh.meter_j.remove(&h);
+            sh.implausible.push(pue);
+        }
+        if it > 0.0 && sh.metered_hours >= METERED_HOURS_FOR_FALLBACK {
             sh.fallback_pue = m / it;
         }
     }
@@ -763,7 +791,43 @@ pub async fn build(
         notes: Vec::new(),
     };
     recommend(&mut report, &power_max, &inp.power_limit, &inp.hosts);
+    report.notes.extend(meter_notes(&inp.site_hours));
     Ok(report)
+}
+
+/// What the report did with each site's facility readings, where that is not plain.
+fn meter_notes(site_hours: &HashMap<String, SiteHours>) -> Vec<String> {
+    let mut sites: Vec<(&String, &SiteHours)> = site_hours.iter().collect();
+    sites.sort_by_key(|(s, _)| s.as_str());
+    let mut notes = Vec::new();
+    for (site, sh) in sites {
+        let name = if site.is_empty() { "(no site)" } else { site };
+        if !sh.implausible.is_empty() {
+            let (lo, hi) = sh
+                .implausible
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(*p), b.max(*p)));
+            let range = if (hi - lo).abs() < 0.005 {
+                format!("{lo:.2}")
+            } else {
+                format!("{lo:.2} to {hi:.2}")
+            };
+            notes.push(format!(
+                "Site {name}: facility readings of {} left out: they give a PUE of {range}, and a facility draws 1 to 5 times its IT energy. Those hours use the PUE {:.2}. Check the meter and the readings' start and end.",
+                crate::model::format::count(sh.implausible.len(), "hour"),
+                sh.fallback_pue
+            ));
+        }
+        let unmetered = sh.it_j.len().saturating_sub(sh.metered_hours);
+        if sh.metered_hours > 0 && sh.metered_hours < METERED_HOURS_FOR_FALLBACK && unmetered > 0 {
+            notes.push(format!(
+                "Site {name}: facility readings cover {} of this week; its other hours use the configured PUE {:.2} (a measured PUE stands for the other hours once readings cover {METERED_HOURS_FOR_FALLBACK} h).",
+                crate::model::format::count(sh.metered_hours, "hour"),
+                sh.fallback_pue
+            ));
+        }
+    }
+    notes
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -933,12 +997,13 @@ fn recommend(
     }
     // Notes on how far to trust the figures.
     if let Some(c) = total.coverage_pct {
-        if c < 99.5 {
-            let low: Vec<String> = r
-                .level("host")
-                .filter(|h| h.coverage_pct.is_some_and(|c| c < 95.0))
-                .map(|h| h.host.clone())
-                .collect();
+        let low: Vec<String> = r
+            .level("host")
+            .filter(|h| h.coverage_pct.is_some_and(|c| c < 95.0))
+            .map(|h| h.host.clone())
+            .collect();
+        // A host under 95 % is named even when the fleet's figure rounds to complete.
+        if c < 99.5 || !low.is_empty() {
             r.notes.push(format!(
                 "Coverage {c:.1}% of expected samples.{}",
                 if low.is_empty() {
@@ -985,5 +1050,40 @@ fn recommend(
             ),
             _ => "No accounted hours in this week yet.".into(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(metered: usize, it_hours: i64, implausible: Vec<f64>) -> SiteHours {
+        SiteHours {
+            cfg: SiteEnergy::default(),
+            meter_j: HashMap::new(),
+            carbon: HashMap::new(),
+            it_j: (0..it_hours).map(|h| (h, 1.0)).collect(),
+            fallback_pue: 1.4,
+            implausible,
+            metered_hours: metered,
+        }
+    }
+
+    #[test]
+    fn meter_notes_say_what_was_left_out_and_when_the_configured_pue_stands() {
+        let sites = HashMap::from([
+            ("fra1".to_string(), site(0, 168, vec![0.046])),
+            ("ams2".to_string(), site(3, 100, Vec::new())),
+            ("par1".to_string(), site(30, 100, vec![7.5, 0.2])),
+            ("lon1".to_string(), site(100, 100, Vec::new())),
+        ]);
+        assert_eq!(
+            meter_notes(&sites),
+            [
+                "Site ams2: facility readings cover 3 hours of this week; its other hours use the configured PUE 1.40 (a measured PUE stands for the other hours once readings cover 24 h).",
+                "Site fra1: facility readings of 1 hour left out: they give a PUE of 0.05, and a facility draws 1 to 5 times its IT energy. Those hours use the PUE 1.40. Check the meter and the readings' start and end.",
+                "Site par1: facility readings of 2 hours left out: they give a PUE of 0.20 to 7.50, and a facility draws 1 to 5 times its IT energy. Those hours use the PUE 1.40. Check the meter and the readings' start and end.",
+            ]
+        );
     }
 }

@@ -840,6 +840,38 @@ async fn facility_meter_readings_make_the_pue_measured() {
     );
     close(site.pue.unwrap(), 1.3, "measured PUE");
     assert_eq!(site.pue_source, "measured");
+    assert!(
+        r.notes.iter().all(|n| !n.contains("facility readings")),
+        "{:?}",
+        r.notes
+    );
+
+    // A reading no facility could give (less than its IT energy: kWh sent for MWh, a
+    // period off by hours) replaces the good one: its hours are left out, with a note,
+    // and the configured PUE stands for them instead of 0.1 for the whole site.
+    let wrong =
+        json!([{"site": "ams2", "start": h0, "end": h0 + Duration::hours(2), "energy_kwh": 0.12}]);
+    let resp: Value = app
+        .post_json(&admin, "/api/v1/facility/readings", &wrong)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["stored"], 1, "{resp}");
+    let r = energy::build(&app.store, &app.cfg.energy, week, Some("ams2"), now)
+        .await
+        .unwrap();
+    let site = r.total();
+    close(site.pue.unwrap(), 1.6, "the configured PUE");
+    close(site.facility_energy_kwh, 1.92, "IT × the configured PUE");
+    assert_eq!(site.pue_source, "configured");
+    assert!(
+        r.notes.iter().any(|n| n.starts_with(
+            "Site ams2: facility readings of 2 hours left out: they give a PUE of 0.10"
+        )),
+        "{:?}",
+        r.notes
+    );
     app.stop().await;
 }
 

@@ -577,12 +577,12 @@ remote_write:
         )
         .await
         .unwrap();
-    rackwatch::analytics::energy::account_range(
+    // The accounting job as it will run two hours on: the samples' hours are settled and
+    // accounted, and the report (which reads accounted hours only) has them.
+    rackwatch::analytics::energy::run(
         &app.store,
         &app.cfg.energy,
-        hour(from),
-        hour(to) + chrono::Duration::hours(1),
-        None,
+        hour(to) + chrono::Duration::hours(2),
     )
     .await
     .unwrap();
