@@ -636,6 +636,16 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
             mail: send_mail,
         } => {
             let format = export::Format::for_output(format.as_deref(), &out)?;
+            // A missing directory is said before the week is built, and in words.
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    anyhow::bail!(
+                        "--out {}: the directory {} does not exist",
+                        out.display(),
+                        dir.display()
+                    );
+                }
+            }
             let week: IsoWeek = match week {
                 Some(w) => w.parse().map_err(anyhow::Error::msg)?,
                 None => IsoWeek::containing(now, cfg.energy.tz()).prev(),

@@ -42,7 +42,7 @@ impl Format {
 impl FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Format, String> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "csv" => Ok(Format::Csv),
             "parquet" => Ok(Format::Parquet),
             "html" => Ok(Format::Html),

@@ -69,9 +69,13 @@ async fn build(
     site: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<EnergyReport, ApiError> {
-    if week > IsoWeek::containing(now, st.cfg.energy.tz()) {
+    let tz = st.cfg.energy.tz();
+    let latest = IsoWeek::containing(now, tz);
+    if week > latest {
         return Err(ApiError::BadRequest(format!(
-            "week {week} has not started yet"
+            "week {week} has not started yet (it starts {} in {}); the latest week is {latest}",
+            week.start(tz).with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+            st.cfg.energy.time_zone
         )));
     }
     energy::build(&st.store, &st.cfg.energy, week, site, now)

@@ -1188,6 +1188,39 @@ async fn report_commands_write_files_and_check_their_inputs() {
         "{}",
         unknown.2
     );
+    // The format in capitals is the format; a directory that does not exist is named.
+    let (url, upper) = (app.db_url.clone(), dir.path().join("W45-upper.csv"));
+    let missing = dir.path().join("no-such-dir").join("w45.csv");
+    let (upper_s, missing_s) = (
+        upper.to_string_lossy().into_owned(),
+        missing.to_string_lossy().into_owned(),
+    );
+    let (caps, nodir) = tokio::task::spawn_blocking(move || {
+        (
+            rackwatch(
+                &url,
+                &[
+                    "report", "energy", "--week", "2026-W45", "--format", "CSV", "--out", &upper_s,
+                ],
+            ),
+            rackwatch(
+                &url,
+                &[
+                    "report", "energy", "--week", "2026-W45", "--out", &missing_s,
+                ],
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(caps.0, "{}", caps.2);
+    assert!(std::fs::read_to_string(&upper).unwrap().contains(','));
+    assert!(!nodir.0);
+    assert!(
+        nodir.2.contains("no-such-dir does not exist"),
+        "{}",
+        nodir.2
+    );
     // Logs to a pipe carry no terminal colour codes.
     let logged = std::process::Command::new(env!("CARGO_BIN_EXE_rackwatch"))
         .args(["report", "energy", "--week", "2026-W45", "--out"])
