@@ -26,6 +26,18 @@ pub fn parse<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, ApiError>
             .to_string()
             .replacen("unknown field", "unknown parameter", 1)
             .replacen(", there are no fields", ": this takes no parameters", 1);
+        // The standard library's words for a number it could not read.
+        let inner = match inner.as_str() {
+            "invalid digit found in string" => "not a whole number".to_string(),
+            "cannot parse integer from empty string" | "cannot parse float from empty string" => {
+                "empty: give a value or leave the parameter out".to_string()
+            }
+            "number too large to fit in target type" => "too large".to_string(),
+            "number too small to fit in target type" => "too small".to_string(),
+            "invalid float literal" => "not a number".to_string(),
+            "provided string was not `true` or `false`" => "must be true or false".to_string(),
+            _ => inner,
+        };
         // An unknown parameter's message names it already.
         if path == "." || path.is_empty() || inner.contains(&format!("`{path}`")) {
             ApiError::BadRequest(format!("{what}: {inner}"))
@@ -138,7 +150,19 @@ mod tests {
         assert_eq!((q.limit, q.host.as_deref()), (Some(5), Some("a b")));
         assert_eq!(
             err("limit=abc"),
-            "query string: parameter `limit`: invalid digit found in string"
+            "query string: parameter `limit`: not a whole number"
+        );
+        assert_eq!(
+            err("limit=1.5"),
+            "query string: parameter `limit`: not a whole number"
+        );
+        assert_eq!(
+            err("limit="),
+            "query string: parameter `limit`: empty: give a value or leave the parameter out"
+        );
+        assert_eq!(
+            err("limit=99999999999999999999"),
+            "query string: parameter `limit`: too large"
         );
         assert_eq!(
             err("key=gpu-17"),

@@ -475,11 +475,11 @@ async fn unknown_or_malformed_parameters_are_named_not_ignored() {
         ),
         (
             "/api/v1/hosts/gpu-par?range=1h&tzo=east",
-            "query string: parameter `tzo`: invalid digit found in string",
+            "query string: parameter `tzo`: not a whole number",
         ),
         (
             "/api/v1/events?limit=ten",
-            "query string: parameter `limit`: invalid digit found in string",
+            "query string: parameter `limit`: not a whole number",
         ),
         (
             "/api/v1/hosts/gpu-par/samples?metric=gpu_temp_c",
