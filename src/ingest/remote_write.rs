@@ -599,6 +599,30 @@ pub async fn accept(
     mut mapped: Mapped,
     now: DateTime<Utc>,
 ) -> Result<Written, IngestError> {
+    // A host name that cannot be stored (a control character from its label) is
+    // rejected alone, before it reaches the database; the other hosts are kept.
+    let unfit: Vec<(String, String)> = mapped
+        .hosts
+        .keys()
+        .filter_map(|n| crate::model::validate::host_name(n).err().map(|e| (n.clone(), e)))
+        .collect();
+    for (name, why) in unfit {
+        let parts = mapped.hosts.remove(&name).expect("listed host");
+        let reason = format!(
+            "host {}: {why} ({} not stored)",
+            crate::model::validate::quoted(&name),
+            crate::model::format::count(parts.series, "series")
+        );
+        mapped.rejected += parts.series as usize;
+        if mapped.rejections.len() < MAX_REJECTIONS_LISTED {
+            mapped.rejections.push(crate::model::Rejection {
+                section: "timeseries".into(),
+                index: mapped.rejected - 1,
+                field: Some("Hostname/instance".into()),
+                reason,
+            });
+        }
+    }
     let names: Vec<String> = mapped.hosts.keys().cloned().collect();
     let stored: HashMap<String, HostInfo> = store
         .host_placements(&names)
@@ -641,12 +665,31 @@ pub async fn accept(
     for (info, parts) in hosts {
         let (batch, xid_last) = build(state, info, parts, &prior);
         let name = batch.host.name.clone();
-        let valid = validate_batch(batch, &limits).map_err(|e| match e {
-            BatchError::Json(m) | BatchError::Shape(m) => {
-                IngestError::BadRequest(format!("host {name:?}: {m}"))
+        let n = batch.len();
+        // A host that cannot be stored (a name with a control character, from an
+        // `instance` label) is rejected alone: the other hosts' series are kept.
+        let valid = match validate_batch(batch, &limits) {
+            Ok(v) => v,
+            Err(e @ BatchError::TooLarge { .. }) => {
+                return Err(IngestError::TooLarge(e.to_string()))
             }
-            e @ BatchError::TooLarge { .. } => IngestError::TooLarge(e.to_string()),
-        })?;
+            Err(BatchError::Json(m) | BatchError::Shape(m)) => {
+                w.response.rejected += n;
+                if w.response.errors.len() < MAX_REJECTIONS_LISTED {
+                    w.response.errors.push(crate::model::Rejection {
+                        section: "host".into(),
+                        index: 0,
+                        field: Some("instance".into()),
+                        reason: format!(
+                            "host {}: {m} ({} not stored)",
+                            crate::model::validate::quoted(&name),
+                            crate::model::format::count(n, "sample")
+                        ),
+                    });
+                }
+                continue;
+            }
+        };
         let outcome = match store.merge_batch(&valid.batch, now).await {
             Ok(o) => o,
             Err(crate::store::StoreError::MissingPartition) => {

@@ -250,6 +250,28 @@ async fn remote_write_answers_as_prometheus_retries_and_merges_split_scrapes() {
         2.0
     );
 
+    // A host whose name cannot be stored (a control character in its label) is rejected
+    // alone; the other host's series in the same request are kept.
+    let mixed = body(&[
+        dcgm("DCGM_FI_DEV_GPU_UTIL", "bad\u{0}host", "0", t + 3000, 5.0),
+        dcgm("DCGM_FI_DEV_GPU_UTIL", "gpu-w1", "0", t + 3000, 55.0),
+    ]);
+    let rejected_before = counter(&app.metrics().await, "rackwatch_samples_rejected_total ");
+    let r = write(&app, &site, mixed).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM gpu_samples s JOIN hosts h ON h.id = s.host_id
+          WHERE h.name = 'gpu-w1' AND s.util_pct = 55",
+    )
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 1);
+    assert_eq!(
+        counter(&app.metrics().await, "rackwatch_samples_rejected_total "),
+        rejected_before + 1.0
+    );
+
     // 5xx: retried. With the database out of reach, the answer is 503 and says when.
     app.store.pool.close().await;
     let r = write(&app, &site, ok).await;
