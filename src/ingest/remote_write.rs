@@ -604,7 +604,11 @@ pub async fn accept(
     let unfit: Vec<(String, String)> = mapped
         .hosts
         .keys()
-        .filter_map(|n| crate::model::validate::host_name(n).err().map(|e| (n.clone(), e)))
+        .filter_map(|n| {
+            crate::model::validate::host_name(n)
+                .err()
+                .map(|e| (n.clone(), e))
+        })
         .collect();
     for (name, why) in unfit {
         let parts = mapped.hosts.remove(&name).expect("listed host");

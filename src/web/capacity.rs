@@ -752,7 +752,7 @@ async fn pool_page(
                 format!("over {:.0} h", b.hours)
             } else {
                 format!(
-                    "over {:.0} planned hours (daily replays, overlapping)",
+                    "over {:.0} planned hours of overlapping daily replays",
                     b.hours
                 )
             };
