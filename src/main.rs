@@ -156,7 +156,8 @@ enum CapacityCmd {
 enum ReportCmd {
     /// Write the energy-efficiency report of one ISO week (accounts new hours first).
     Energy {
-        /// ISO week in energy.time_zone, e.g. 2026-W47. Default: last week.
+        /// ISO week in energy.time_zone, e.g. 2026-W47. Default: last week, or the running week
+        /// when it already holds as many days of data (a new install), as on the dashboard.
         #[arg(long, value_name = "YYYY-Www")]
         week: Option<String>,
         /// Only this site.
@@ -646,22 +647,30 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                     );
                 }
             }
-            let week: IsoWeek = match week {
-                Some(w) => w.parse().map_err(anyhow::Error::msg)?,
-                None => IsoWeek::containing(now, cfg.energy.tz()).prev(),
-            };
-            let starts = week.start(cfg.energy.tz());
-            if starts > now {
-                anyhow::bail!(
-                    "week {week} has not started yet (it starts {} in {}); the latest week is {}",
-                    starts
-                        .with_timezone(&cfg.energy.tz())
-                        .format("%Y-%m-%d %H:%M"),
-                    cfg.energy.time_zone,
-                    IsoWeek::containing(now, cfg.energy.tz())
-                );
+            let named: Option<IsoWeek> = week
+                .map(|w| w.parse())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            if let Some(week) = named {
+                let starts = week.start(cfg.energy.tz());
+                if starts > now {
+                    anyhow::bail!(
+                        "week {week} has not started yet (it starts {} in {}); the latest week is {}",
+                        starts
+                            .with_timezone(&cfg.energy.tz())
+                            .format("%Y-%m-%d %H:%M"),
+                        cfg.energy.time_zone,
+                        IsoWeek::containing(now, cfg.energy.tz())
+                    );
+                }
             }
             rackwatch::analytics::energy::run(&db.store, &cfg.energy, now).await?;
+            // Unnamed, the week the dashboard shows: last week, or the running one on a
+            // new install.
+            let week = match named {
+                Some(w) => w,
+                None => energy::default_week(&db.store, &cfg.energy, site.as_deref(), now).await?,
+            };
             let report = energy::build(&db.store, &cfg.energy, week, site.as_deref(), now).await?;
             let bytes = export::render(&report, format)?;
             if out.as_os_str() == "-" {

@@ -750,6 +750,50 @@ fn roll_up(
     out
 }
 
+/// The week a report shows when none is named: last week, the complete one, unless the
+/// running week already holds as many days of data (a new install whose history starts
+/// late last week, where last week would be nearly empty). The dashboard, the API and the
+/// command line agree on it.
+pub async fn default_week(
+    store: &Store,
+    cfg: &EnergyConfig,
+    site: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<IsoWeek, sqlx::Error> {
+    let tz = cfg.tz();
+    let running = IsoWeek::containing(now, tz);
+    let last = running.prev();
+    // Days with energy accounted in each of the two weeks.
+    let days = |w: IsoWeek| {
+        let (from, to) = (w.start(tz), w.end(tz));
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(DISTINCT floor(extract(epoch FROM e.hour - $1) / 86400))::int8
+                   FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
+                  WHERE e.hour >= $1 AND e.hour < $2 AND ($3::text IS NULL OR h.site = $3)
+                    AND e.measured_j + e.estimated_j + e.modeled_j > 0",
+            )
+            .bind(from)
+            .bind(to)
+            .bind(site)
+            .fetch_one(&store.pool)
+            .await
+        }
+    };
+    let (last_days, running_days) = (days(last).await?, days(running).await?);
+    Ok(choose_week(last, last_days, running, running_days))
+}
+
+/// See [`default_week`]: last week when it has data and at least as many days as the
+/// running week.
+pub fn choose_week(last: IsoWeek, last_days: i64, running: IsoWeek, running_days: i64) -> IsoWeek {
+    if last_days > 0 && last_days >= running_days {
+        last
+    } else {
+        running
+    }
+}
+
 pub async fn build(
     store: &Store,
     cfg: &EnergyConfig,
@@ -1067,6 +1111,17 @@ mod tests {
             implausible,
             metered_hours: metered,
         }
+    }
+
+    #[test]
+    fn the_default_week_is_last_week_unless_the_running_week_holds_more() {
+        let running: IsoWeek = "2026-W49".parse().unwrap();
+        let last = running.prev();
+        assert_eq!(choose_week(last, 7, running, 6), last);
+        assert_eq!(choose_week(last, 3, running, 3), last);
+        // A new install: last week's last day only, or nothing at all.
+        assert_eq!(choose_week(last, 1, running, 5), running);
+        assert_eq!(choose_week(last, 0, running, 0), running);
     }
 
     #[test]

@@ -43,7 +43,8 @@ const PAST_WEEKS: usize = 12;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
-    /// ISO week in `energy.time_zone` (default: last week).
+    /// ISO week in `energy.time_zone` (default: last week, or the running week when it
+    /// already holds as many days of data, as on the dashboard).
     #[param(example = "2026-W47")]
     week: Option<String>,
     /// Only this site.
@@ -51,10 +52,10 @@ pub struct ReportQuery {
 }
 
 impl ReportQuery {
-    fn week(&self, st: &AppState, now: DateTime<Utc>) -> Result<IsoWeek, ApiError> {
+    async fn week(&self, st: &AppState, now: DateTime<Utc>) -> Result<IsoWeek, ApiError> {
         match self.week.as_deref().filter(|w| !w.is_empty()) {
             Some(w) => w.parse().map_err(ApiError::BadRequest),
-            None => Ok(IsoWeek::containing(now, st.cfg.energy.tz()).prev()),
+            None => Ok(energy::default_week(&st.store, &st.cfg.energy, self.site(), now).await?),
         }
     }
 
@@ -172,12 +173,12 @@ pub async fn page(
             .find(|t| t.0 == i && t.1 > 0.0)
             .map_or(0, |t| t.4)
     };
-    // Last week by default, unless the running week already holds more days of data (a new
-    // install whose history starts late last week).
+    // Last week by default, unless the running week already holds as many days of data (a
+    // new install whose history starts late last week): `energy::default_week`'s rule, on
+    // the counts this page has already.
     let week = match q.week.as_deref().filter(|w| !w.is_empty()) {
-        Some(_) => q.week(&st, now)?,
-        None if days(2) > 0 && days(2) >= days(1) => weeks[1],
-        None => weeks[0],
+        Some(_) => q.week(&st, now).await?,
+        None => energy::choose_week(weeks[1], days(2), weeks[0], days(1)),
     };
     let running = week == weeks[0];
     let report = build(&st, week, site, now).await?;
@@ -386,7 +387,7 @@ pub async fn api(
     ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<Json<WeeklyReport>, ApiError> {
     let now = Utc::now();
-    let week = q.week(&st, now)?;
+    let week = q.week(&st, now).await?;
     let r = build(&st, week, q.site(), now).await?;
     Ok(Json(WeeklyReport {
         week: r.week.to_string(),
