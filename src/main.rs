@@ -264,12 +264,13 @@ enum AlertsCmd {
 
 #[derive(Subcommand)]
 enum UserCmd {
-    /// Create a user or reset their password and role.
+    /// Create a user or reset their password (and role, with --role).
     Add {
         name: String,
-        /// viewer, operator or admin.
-        #[arg(long, default_value = "viewer")]
-        role: String,
+        /// viewer, operator or admin. A new user is a viewer without it; an existing user
+        /// keeps their role. The only admin cannot be made anything else.
+        #[arg(long)]
+        role: Option<String>,
         /// Password; read from stdin when omitted.
         #[arg(long)]
         password: Option<String>,
@@ -494,30 +495,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             role,
             password,
         }) => {
-            let role: UserRole = role.parse().map_err(anyhow::Error::msg)?;
+            let asked: Option<UserRole> = role
+                .map(|r| r.parse())
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let password = match password {
                 Some(p) => p,
                 None => {
                     let mut line = String::new();
-                    std::io::stdin()
+                    let n = std::io::stdin()
                         .lock()
                         .read_line(&mut line)
                         .context("reading the password from stdin")?;
+                    if n == 0 {
+                        anyhow::bail!(
+                            "no password: pass --password, or write it on stdin (one line)"
+                        );
+                    }
                     line.trim_end_matches(['\r', '\n']).to_string()
                 }
             };
             let db = Database::open(&cfg, Role::Existing).await?;
             let r = async {
                 let before = db.store.password_row(&name).await?.map(|r| r.1);
+                // Resetting a password keeps the role unless --role says otherwise.
+                let role = match (asked, before.as_deref()) {
+                    (Some(r), _) => r,
+                    (None, Some(old)) => old.parse().map_err(anyhow::Error::msg)?,
+                    (None, None) => UserRole::Viewer,
+                };
                 db.store.upsert_user(&name, role, &password).await?;
                 db.store
                     .audit_user_saved(&cli_actor(), None, &name, before, role)
                     .await?;
-                anyhow::Ok(())
+                anyhow::Ok(role)
             }
             .await;
             db.close().await;
-            r?;
+            let role = r?;
             println!("user {name} ({}) saved", role.as_str());
             Ok(())
         }

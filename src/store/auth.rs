@@ -183,9 +183,24 @@ impl Store {
         if password.chars().count() < 8 {
             anyhow::bail!("password must be at least 8 characters");
         }
+        if password.trim().chars().count() < 8 {
+            anyhow::bail!("password must be at least 8 characters besides spaces");
+        }
         let pw = password.to_string();
         let hash = tokio::task::spawn_blocking(move || hash_password(&pw)).await?;
         let mut tx = self.pool.begin().await?;
+        // The only admin stays an admin: a fleet with no admin cannot add users or mint
+        // tokens from the dashboard. Locked, so two demotions at once cannot both pass.
+        if role != Role::Admin {
+            let admins: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM users WHERE role = 'admin' ORDER BY name FOR UPDATE",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            if admins.len() == 1 && admins[0] == name {
+                anyhow::bail!("{name} is the only admin: make another user admin first");
+            }
+        }
         let id: i64 = sqlx::query_scalar!(
             "INSERT INTO users (name, role, password_hash) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash

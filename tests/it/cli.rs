@@ -64,6 +64,73 @@ async fn token_create_and_user_add_work_against_the_database() {
         .unwrap()
         .unwrap();
     assert_eq!(user.role, rackwatch::store::auth::Role::Operator);
+    // Resetting bob's password keeps his role; the only admin cannot be demoted; an empty
+    // stdin and a password of spaces say what is wrong.
+    let url = app.db_url.clone();
+    let (reset, demote, empty, spaces) = tokio::task::spawn_blocking(move || {
+        (
+            rackwatch(&url, &["user", "add", "bob"], "bobs new password\n"),
+            {
+                rackwatch(
+                    &url,
+                    &[
+                        "user",
+                        "add",
+                        "root",
+                        "--role",
+                        "admin",
+                        "--password",
+                        "root password",
+                    ],
+                    "",
+                );
+                rackwatch(
+                    &url,
+                    &[
+                        "user",
+                        "add",
+                        "root",
+                        "--role",
+                        "viewer",
+                        "--password",
+                        "root password",
+                    ],
+                    "",
+                )
+            },
+            rackwatch(&url, &["user", "add", "dan"], ""),
+            rackwatch(
+                &url,
+                &["user", "add", "dan", "--password", "          "],
+                "",
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        reset.0 && reset.1.contains("user bob (operator) saved"),
+        "{reset:?}"
+    );
+    let user = app
+        .store
+        .authenticate("bob", "bobs new password")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.role, rackwatch::store::auth::Role::Operator);
+    assert!(
+        !demote.0 && demote.2.contains("root is the only admin"),
+        "{demote:?}"
+    );
+    assert!(
+        !empty.0 && empty.2.contains("no password: pass --password"),
+        "{empty:?}"
+    );
+    assert!(
+        !spaces.0 && spaces.2.contains("besides spaces"),
+        "{spaces:?}"
+    );
 
     let url = app.db_url.clone();
     let (ok, _, err) = tokio::task::spawn_blocking(move || {
