@@ -1015,7 +1015,12 @@ impl EnergyConfig {
                     .map(|(k, v)| (format!("host_models.{k}"), v)),
             );
         for (name, m) in models {
-            if m.idle_watts < 0.0 || m.max_watts < m.idle_watts || m.max_watts > 100_000.0 {
+            // NaN compares false everywhere: refuse it by name, not by a comparison.
+            if !(m.idle_watts.is_finite() && m.max_watts.is_finite())
+                || m.idle_watts < 0.0
+                || m.max_watts < m.idle_watts
+                || m.max_watts > 100_000.0
+            {
                 return Err(format!(
                     "energy.{name}: need 0 <= idle_watts ({}) <= max_watts ({}) <= 100000",
                     m.idle_watts, m.max_watts
@@ -1253,6 +1258,55 @@ impl Config {
         }
         if self.alerting.eval_interval_secs == 0 {
             return Err("alerting.eval_interval_secs must be at least 1".into());
+        }
+        // Durations that become time arithmetic: zero would mail every cycle, and a value
+        // past a few years overflows the date it is added to.
+        const YEAR: u64 = 365 * 86_400;
+        let al = &self.alerting;
+        for (key, v, min, max) in [
+            ("alerting.group_wait_secs", al.group_wait_secs, 0, 3600),
+            (
+                "alerting.group_interval_secs",
+                al.group_interval_secs,
+                0,
+                86_400,
+            ),
+            (
+                "alerting.repeat_interval_secs",
+                al.repeat_interval_secs,
+                60,
+                YEAR,
+            ),
+        ] {
+            if !(min..=max).contains(&v) {
+                return Err(format!("{key} = {v}: must be from {min} to {max} seconds"));
+            }
+        }
+        if !(0..=86_400).contains(&self.ingest.max_future_secs) {
+            return Err(format!(
+                "ingest.max_future_secs = {}: must be from 0 to 86400 seconds (the clock skew tolerated)",
+                self.ingest.max_future_secs
+            ));
+        }
+        if self.ingest.max_samples_per_batch == 0 {
+            return Err("ingest.max_samples_per_batch must be at least 1".into());
+        }
+        if !(60..=366 * 86_400).contains(&self.server.session_ttl_secs) {
+            return Err(format!(
+                "server.session_ttl_secs = {}: must be from 60 seconds to 366 days",
+                self.server.session_ttl_secs
+            ));
+        }
+        if !al.smtp.host.is_empty() {
+            if al.smtp.port == 0 {
+                return Err("alerting.smtp.port must be from 1 to 65535".into());
+            }
+            if al.smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(format!(
+                    "alerting.smtp.from = {:?} is not an email address (alerts@example.com, or \"Rackwatch <alerts@example.com>\")",
+                    al.smtp.from
+                ));
+            }
         }
         for (name, c) in &self.alerting.channels {
             c.validate(name)?;
@@ -1700,6 +1754,78 @@ mod tests {
             let key = format!("agent.{} = {v}", var.to_lowercase());
             assert!(err.contains(&key) && err.contains(says), "{err}");
         }
+    }
+
+    #[test]
+    fn server_settings_that_break_alerting_ingest_or_logins_are_refused() {
+        // Each of these was accepted: a reminder every cycle, an interval that panics the
+        // alert sender, every sample "in the future", every batch refused, every login
+        // expired at once, mail that can never be sent, an idle power of NaN.
+        for (var, v, says) in [
+            (
+                "ALERTING__GROUP_INTERVAL_SECS",
+                "9999999999999999",
+                "alerting.group_interval_secs = 9999999999999999: must be from 0 to 86400 seconds",
+            ),
+            (
+                "ALERTING__REPEAT_INTERVAL_SECS",
+                "0",
+                "alerting.repeat_interval_secs = 0: must be from 60",
+            ),
+            (
+                "ALERTING__GROUP_WAIT_SECS",
+                "99999999",
+                "alerting.group_wait_secs",
+            ),
+            (
+                "INGEST__MAX_FUTURE_SECS",
+                "-10",
+                "ingest.max_future_secs = -10",
+            ),
+            (
+                "INGEST__MAX_SAMPLES_PER_BATCH",
+                "0",
+                "ingest.max_samples_per_batch must be at least 1",
+            ),
+            (
+                "SERVER__SESSION_TTL_SECS",
+                "-5",
+                "server.session_ttl_secs = -5",
+            ),
+            (
+                "ENERGY__DEFAULT_HOST_MODEL__IDLE_WATTS",
+                "nan",
+                "energy.default_host_model",
+            ),
+        ] {
+            let env = vec![(format!("RACKWATCH_{var}"), v.to_string())];
+            let err = Config::load_with_env(None, env).unwrap_err().to_string();
+            assert!(err.contains(says), "{var}: {err}");
+        }
+        let smtp = |k: &str, v: &str| {
+            vec![
+                (
+                    "RACKWATCH_ALERTING__SMTP__HOST".to_string(),
+                    "mail.example".to_string(),
+                ),
+                (format!("RACKWATCH_ALERTING__SMTP__{k}"), v.to_string()),
+            ]
+        };
+        let err = Config::load_with_env(None, smtp("FROM", "not an address"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("alerting.smtp.from = \"not an address\" is not an email address"),
+            "{err}"
+        );
+        let err = Config::load_with_env(None, smtp("PORT", "0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("alerting.smtp.port must be from 1 to 65535"),
+            "{err}"
+        );
+        assert!(Config::load_with_env(None, smtp("PORT", "587")).is_ok());
     }
 
     #[test]

@@ -1132,7 +1132,8 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AlertsCmd::CheckRules { file } => {
-            let set = rackwatch::alert::rules::RuleSet::load(&file)?;
+            let set =
+                rackwatch::alert::rules::RuleSet::load_checked(&file, &cfg.alerting.channels)?;
             for r in &set.rules {
                 println!(
                     "rule {:<24} {:<9} severity={}",

@@ -127,6 +127,8 @@ pub struct RuleSource {
     path: String,
     loaded_mtime: Option<SystemTime>,
     pub rules: Arc<RuleSet>,
+    /// `alerting.channels`, which the routes' channels must name.
+    channels: std::collections::BTreeMap<String, crate::config::ChannelConfig>,
 }
 
 /// What a look at the rules file found, for the audit trail.
@@ -154,14 +156,18 @@ fn file_sha256(path: &str) -> String {
 }
 
 impl RuleSource {
-    pub fn new(path: &str) -> Result<RuleSource, rules::RuleError> {
+    pub fn new(
+        path: &str,
+        channels: &std::collections::BTreeMap<String, crate::config::ChannelConfig>,
+    ) -> Result<RuleSource, rules::RuleError> {
         let mut s = RuleSource {
             path: path.to_string(),
             loaded_mtime: None,
             rules: Arc::new(RuleSet::default()),
+            channels: channels.clone(),
         };
         if !path.is_empty() {
-            s.rules = Arc::new(RuleSet::load(std::path::Path::new(path))?);
+            s.rules = Arc::new(RuleSet::load_checked(std::path::Path::new(path), channels)?);
             s.loaded_mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         }
         Ok(s)
@@ -190,7 +196,7 @@ impl RuleSource {
         }
         self.loaded_mtime = mtime;
         let sha256 = file_sha256(&self.path);
-        match RuleSet::load(std::path::Path::new(&self.path)) {
+        match RuleSet::load_checked(std::path::Path::new(&self.path), &self.channels) {
             Ok(r) => {
                 tracing::info!(
                     rules = r.rules.len(),
@@ -246,7 +252,7 @@ pub fn spawn(
     telemetry: Arc<crate::model::telemetry::Telemetry>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, rules::RuleError> {
-    let mut source = RuleSource::new(&cfg.alerting.rules_file)?;
+    let mut source = RuleSource::new(&cfg.alerting.rules_file, &cfg.alerting.channels)?;
     Ok(tokio::spawn(async move {
         if let Some(loaded) = source.current() {
             source.audit(&store, &loaded).await;

@@ -532,6 +532,23 @@ impl RuleSet {
         }
         for (i, route) in raw.route.iter().enumerate() {
             let number = i + 1;
+            // A route whose `match` no alert can meet (a typo in a label, a severity or a
+            // rule name) would pass its alerts on to a later route, or to nobody.
+            let mut seen = crate::alert::Labels::new();
+            for (k, v) in &route.matchers {
+                crate::alert::silence::add_matcher(&mut seen, k, v).map_err(|e| {
+                    RuleError::Route {
+                        number,
+                        message: format!("match: {e}"),
+                    }
+                })?;
+                if k == "rule" && !names.contains(v) {
+                    return Err(RuleError::Route {
+                        number,
+                        message: format!("match: rule {v:?} is not a rule of this file"),
+                    });
+                }
+            }
             if route.to.is_empty() {
                 return Err(RuleError::Route {
                     number,
@@ -568,6 +585,54 @@ impl RuleSet {
         })
     }
 
+    /// Every channel a route names must be one of `alerting.channels`, of the kind the
+    /// route says: otherwise its alerts wait in the outbox for a channel that never comes.
+    pub fn check_channels(
+        &self,
+        channels: &BTreeMap<String, crate::config::ChannelConfig>,
+    ) -> Result<(), RuleError> {
+        for (i, route) in self.routes.iter().enumerate() {
+            for addr in &route.to {
+                let Some((kind, name)) = channel_of(addr) else {
+                    continue;
+                };
+                let message = match channels.get(name) {
+                    None if channels.is_empty() => format!(
+                        "{addr:?}: no channels are configured; add [alerting.channels.{name}] with kind = \"{kind}\""
+                    ),
+                    None => format!(
+                        "{addr:?}: no channel {name:?} in alerting.channels (configured: {})",
+                        channels.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    Some(c) if c.kind != kind => format!(
+                        "{addr:?}: alerting.channels.{name} is a {} channel; name it {}:{name}",
+                        c.kind, c.kind
+                    ),
+                    Some(_) => continue,
+                };
+                return Err(RuleError::Route {
+                    number: i + 1,
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Read a rules file and check its channels against `alerting.channels`.
+    pub fn load_checked(
+        path: &Path,
+        channels: &BTreeMap<String, crate::config::ChannelConfig>,
+    ) -> Result<RuleSet, RuleError> {
+        let set = Self::load(path)?;
+        set.check_channels(channels)
+            .map_err(|e| RuleError::InFile {
+                path: path.display().to_string(),
+                error: Box::new(e),
+            })?;
+        Ok(set)
+    }
+
     /// Recipients for an alert with these labels.
     pub fn recipients(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
         self.routes
@@ -594,6 +659,47 @@ mod tests {
 
     fn parse(text: &str) -> Result<RuleSet, String> {
         RuleSet::parse(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn routes_that_no_alert_can_meet_or_that_name_missing_channels_are_refused() {
+        let rule = "[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.temp_celsius\"\nop = \">\"\nvalue = 85.0\n";
+        let route = |m: &str, to: &str| {
+            parse(&format!(
+                "{rule}[[route]]\nmatch = {{ {m} }}\nto = [{to}]\n"
+            ))
+        };
+        assert!(route("severity = \"warning\"", "\"a@example.com\"").is_ok());
+        let e = route("severty = \"critical\"", "\"a@example.com\"").unwrap_err();
+        assert!(
+            e.starts_with("route #1: match: unknown label \"severty\""),
+            "{e}"
+        );
+        let e = route("severity = \"crit\"", "\"a@example.com\"").unwrap_err();
+        assert!(e.contains("severity: \"crit\" is not one of"), "{e}");
+        let e = route("rule = \"no-such-rule\"", "\"a@example.com\"").unwrap_err();
+        assert_eq!(
+            e,
+            "route #1: match: rule \"no-such-rule\" is not a rule of this file"
+        );
+
+        let set = route("rule = \"hot\"", "\"slack:opz\", \"webhook:am\"").unwrap();
+        let channel = |kind: &str| crate::config::ChannelConfig {
+            kind: kind.into(),
+            ..toml::from_str(&format!("kind = \"{kind}\"")).unwrap()
+        };
+        let mut channels = BTreeMap::new();
+        let e = set.check_channels(&channels).unwrap_err().to_string();
+        assert!(e.contains("no channels are configured"), "{e}");
+        channels.insert("ops".to_string(), channel("slack"));
+        channels.insert("am".to_string(), channel("webhook"));
+        let e = set.check_channels(&channels).unwrap_err().to_string();
+        assert_eq!(e, "route #1: \"slack:opz\": no channel \"opz\" in alerting.channels (configured: am, ops)");
+        channels.insert("opz".to_string(), channel("pagerduty"));
+        let e = set.check_channels(&channels).unwrap_err().to_string();
+        assert_eq!(e, "route #1: \"slack:opz\": alerting.channels.opz is a pagerduty channel; name it pagerduty:opz");
+        channels.insert("opz".to_string(), channel("slack"));
+        assert!(set.check_channels(&channels).is_ok());
     }
 
     #[test]
