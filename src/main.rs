@@ -190,7 +190,8 @@ enum ReportCmd {
         /// RFC 3339 end of the interval.
         #[arg(long)]
         end: String,
-        #[arg(long)]
+        /// The energy drawn over the interval, kWh (a negative value is refused by name).
+        #[arg(long, allow_negative_numbers = true)]
         energy_kwh: f64,
     },
 }
@@ -249,7 +250,7 @@ enum AlertsCmd {
         #[arg(long, value_name = "TIME")]
         start: Option<String>,
         /// How long from its start: 30m, 2h, 1d (at most 90d).
-        #[arg(long, default_value = "2h")]
+        #[arg(long, default_value = "2h", allow_hyphen_values = true)]
         duration: String,
         #[arg(long, default_value = "")]
         comment: String,
@@ -749,15 +750,19 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
             end,
             energy_kwh,
         } => {
-            let t = |s: &str| {
+            let t = |arg: &str, s: &str| {
                 chrono::DateTime::parse_from_rfc3339(s)
                     .map(|t| t.with_timezone(&chrono::Utc))
-                    .map_err(|e| anyhow::anyhow!("{s:?} is not an RFC 3339 time: {e}"))
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{arg} {s:?} is not an RFC 3339 time ({e}), like 2026-11-16T00:00:00Z"
+                        )
+                    })
             };
             let reading = inputs::FacilityReading {
                 site: site.clone(),
-                start: t(&start)?,
-                end: t(&end)?,
+                start: t("--start", &start)?,
+                end: t("--end", &end)?,
                 energy_kwh,
             };
             let (_, bad) = inputs::store_readings(&db.store, &[reading], now).await?;
@@ -1110,8 +1115,12 @@ fn parse_duration_hours(s: &str) -> anyhow::Result<f64> {
     Ok(match unit {
         "s" => n / 3600.0,
         "m" => n / 60.0,
-        "h" | "" => n,
+        "h" => n,
         "d" => n * 24.0,
+        "" => anyhow::bail!("duration {s:?}: give its unit, like {n}m, {n}h or {n}d"),
+        u if u.chars().any(|c| c.is_ascii_digit()) => {
+            anyhow::bail!("duration {s:?}: use one number and one unit (90m rather than 1h30m)")
+        }
         _ => anyhow::bail!("duration {s:?}: unit must be s, m, h or d"),
     })
 }

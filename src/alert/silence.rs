@@ -158,9 +158,17 @@ pub fn silence_start(
             t.to_rfc3339()
         )),
         Some(t) if t > now => Ok(t),
+        // A browser or host whose clock is a little behind asks for "now" in the past.
+        Some(t) if t < now - chrono::Duration::minutes(PAST_START_SLACK_MINUTES) => Err(format!(
+            "{} is in the past; a silence starts now (leave the start out) or later",
+            t.to_rfc3339()
+        )),
         _ => Ok(now),
     }
 }
+
+/// How far in the past a silence's start may be and still mean "now" (clock skew).
+pub const PAST_START_SLACK_MINUTES: i64 = 5;
 
 impl Store {
     /// Create a silence; returns it as stored.
@@ -284,8 +292,14 @@ mod tests {
     fn a_silence_starts_now_or_at_most_ninety_days_ahead() {
         let now = Utc::now();
         assert_eq!(silence_start(now, None).unwrap(), now);
+        // A start a little behind (a clock that runs late) is now; one an hour ago is a
+        // mistake, not a silence that ends an hour early.
+        let late_clock = now - chrono::Duration::minutes(2);
+        assert_eq!(silence_start(now, Some(late_clock)).unwrap(), now);
         let past = now - chrono::Duration::hours(1);
-        assert_eq!(silence_start(now, Some(past)).unwrap(), now);
+        assert!(silence_start(now, Some(past))
+            .unwrap_err()
+            .contains("is in the past"));
         let tonight = now + chrono::Duration::hours(9);
         assert_eq!(silence_start(now, Some(tonight)).unwrap(), tonight);
         let far = now + chrono::Duration::days(91);

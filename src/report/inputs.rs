@@ -151,6 +151,8 @@ pub fn parse_carbon_csv(text: &str) -> (Vec<HourValue>, Vec<LineError>) {
         ));
         return (good, bad);
     };
+    // Each hour once: the first line that gave it, for the error of a repeat.
+    let mut seen: std::collections::HashMap<DateTime<Utc>, usize> = Default::default();
     for (i, line) in lines {
         let n = i + 1;
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
@@ -170,6 +172,14 @@ pub fn parse_carbon_csv(text: &str) -> (Vec<HourValue>, Vec<LineError>) {
         };
         if hour.duration_trunc(Duration::hours(1)).ok() != Some(hour) {
             bad.push((n, format!("hour {h:?} is not the start of an hour")));
+            continue;
+        }
+        if let Some(first) = seen.insert(hour, n) {
+            seen.insert(hour, first);
+            bad.push((
+                n,
+                format!("hour {h:?} is given again (first on line {first})"),
+            ));
             continue;
         }
         match g.parse::<f64>() {
@@ -220,6 +230,19 @@ mod tests {
         assert!(bad[1].1.contains("start of an hour"), "{bad:?}");
         let (_, bad) = parse_carbon_csv("time,value\n");
         assert!(bad[0].1.contains("hour"), "{bad:?}");
+        // An hour given twice (here once in another offset) is a bad line, not a database
+        // error that sinks the file.
+        let (good, bad) = parse_carbon_csv(
+            "hour,g_co2_per_kwh\n2026-11-16T00:00:00Z,320\n2026-11-16T01:00:00+01:00,310\n",
+        );
+        assert_eq!(good.len(), 1);
+        assert_eq!(
+            bad,
+            vec![(
+                3,
+                "hour \"2026-11-16T01:00:00+01:00\" is given again (first on line 2)".to_string()
+            )]
+        );
     }
 
     #[test]

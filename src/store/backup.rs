@@ -72,12 +72,25 @@ async fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
 /// archive is written next to `out` and renamed into place, so `out` is either the
 /// previous archive or the complete new one.
 pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done> {
+    // Said before the dump, which takes a while: a directory, or a place that is missing.
+    if out.is_dir() {
+        anyhow::bail!(
+            "{} is a directory: name the archive file, like {}",
+            out.display(),
+            out.join(archive_name(chrono::Utc::now())).display()
+        );
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            anyhow::bail!("the directory {} does not exist", dir.display());
+        }
+    }
     let pg_dump = pg_tool(bin_dir, "pg_dump")?;
     let tmp = out.with_extension("partial");
     let started = Instant::now();
     let dbname = format!("--dbname={url}");
     let file = tmp.as_os_str();
-    run(
+    let dumped = run(
         &pg_dump,
         &[
             "--format=custom".as_ref(),
@@ -87,10 +100,17 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
             dbname.as_ref(),
         ],
     )
-    .await?;
+    .await;
+    if dumped.is_err() {
+        // A half-written archive is no backup; leave nothing that looks like one.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    dumped?;
     let seconds = started.elapsed().as_secs_f64();
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("moving the archive to {}", out.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("moving the archive to {}", out.display()));
+    }
     let bytes = std::fs::metadata(out)?.len();
     Ok(Done { bytes, seconds })
 }

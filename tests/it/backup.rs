@@ -87,6 +87,15 @@ async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_an
     assert!(ok, "{out}");
     assert!(out.contains("backup written to"), "{out}");
     assert!(std::fs::metadata(&archive).unwrap().len() > 1000);
+    // A directory for --out is refused before the dump, and leaves no partial archive.
+    let d = dir.path().to_string_lossy().into_owned();
+    let (ok, out) = blocking(app.db_url.clone(), vec!["backup".into(), "--out".into(), d]).await;
+    assert!(!ok);
+    assert!(
+        out.contains("is a directory: name the archive file"),
+        "{out}"
+    );
+    assert!(!dir.path().with_extension("partial").exists());
 
     // An empty database in the same cluster.
     let name = format!("restored_{}", std::process::id());

@@ -214,6 +214,20 @@ async fn token_create_and_user_add_work_against_the_database() {
             "at least 1 second",
         ),
         (
+            vec!["alerts", "silence", "--match", "host=x", "--duration", "5"],
+            "duration \"5\": give its unit, like 5m, 5h or 5d",
+        ),
+        (
+            vec!["alerts", "silence", "--match", "host=x", "--duration", "1h30m"],
+            "use one number and one unit (90m rather than 1h30m)",
+        ),
+        (
+            vec![
+                "alerts", "silence", "--match", "host=x", "--start", "2020-01-01T00:00:00Z",
+            ],
+            "--start: 2020-01-01T00:00:00+00:00 is in the past",
+        ),
+        (
             vec![
                 "alerts", "silence", "--match", "host=a", "--match", "host=b",
             ],
