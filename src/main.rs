@@ -1282,6 +1282,15 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
+    // The rules file is read again by the alerting task; a bad one is said here, before
+    // the database starts (a managed cluster's initdb takes a while).
+    if !cfg.alerting.rules_file.is_empty() {
+        rackwatch::alert::rules::RuleSet::load_checked(
+            std::path::Path::new(&cfg.alerting.rules_file),
+            &cfg.alerting.channels,
+        )
+        .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
+    }
     let db = Database::open(&cfg, Role::Owner).await?;
     let cfg = Arc::new(cfg);
     let bg = app::start_background(cfg.clone(), db.store.clone(), shutdown.clone())?;
