@@ -434,3 +434,20 @@ async fn the_agent_reports_every_nvml_field_and_fault_through_the_server() {
     );
     app.stop().await;
 }
+
+/// A configured NVML library that is not there stops the agent at start, naming the key:
+/// with a typo in the path, a GPU host would otherwise report no GPUs and say so only at
+/// info level.
+#[test]
+fn a_configured_nvml_library_that_is_missing_is_refused_at_start() {
+    let mut cfg = rackwatch::config::Config::default();
+    cfg.agent.nvml_lib_path = "/nonexistent/libnvidia-ml.so".into();
+    let err = match rackwatch::app::local_sources(&cfg) {
+        Ok(_) => panic!("a missing NVML library was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with("agent.nvml_lib_path = \"/nonexistent/libnvidia-ml.so\": no such file"),
+        "{err}"
+    );
+}
