@@ -1152,6 +1152,13 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
                 );
             }
             println!("{} rules, {} routes: OK", set.rules.len(), set.routes.len());
+            if set.routes.is_empty() && !set.rules.is_empty() {
+                eprintln!(
+                    "warning: no [[route]]: alerts show on the dashboard and the API, and are sent to nobody"
+                );
+            } else if set.rules.is_empty() {
+                eprintln!("warning: no [[rule]]: nothing will alert");
+            }
             Ok(())
         }
         other => {

@@ -380,6 +380,15 @@ impl Rule {
                 }
             }
         }
+        // Durations are whole seconds or days, 0 or more: said with the field's name, which
+        // serde's "invalid value: integer `-60`, expected u64" leaves out.
+        for (k, v) in &t {
+            if let Some(i) = v.as_integer().filter(|i| *i < 0) {
+                if k.ends_with("_secs") || k.ends_with("_days") {
+                    return Err(field(k, format!("{i}: must be 0 or more")));
+                }
+            }
+        }
         let kind: RuleKind = toml::Value::Table(t).try_into().map_err(whole)?;
         kind.check(&c.matchers).map_err(|(f, m)| field(f, m))?;
         Ok(Rule {
@@ -700,6 +709,15 @@ mod tests {
         assert_eq!(e, "route #1: \"slack:opz\": alerting.channels.opz is a pagerduty channel; name it pagerduty:opz");
         channels.insert("opz".to_string(), channel("slack"));
         assert!(set.check_channels(&channels).is_ok());
+    }
+
+    #[test]
+    fn a_field_that_does_not_decode_is_named() {
+        let e = anomaly_rule("for_secs = -60\n").unwrap_err();
+        assert!(
+            e == "rule \"odd\", field `for_secs`: -60: must be 0 or more",
+            "{e}"
+        );
     }
 
     #[test]
