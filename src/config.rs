@@ -1129,6 +1129,11 @@ impl Config {
             origin: origin.clone(),
             message,
         })?;
+        // Which variable set which key, to name it when the key is unknown.
+        let set_by: Vec<(String, String)> = overrides
+            .iter()
+            .map(|(var, keys, _)| (var.clone(), keys.last().cloned().unwrap_or_default()))
+            .collect();
         let mut tree = env::Node::from_file(root);
         for (var, keys, value) in overrides {
             tree.set(&keys, &var, &value)
@@ -1144,6 +1149,14 @@ impl Config {
                 .and_then(|t| toml::from_str::<Config>(t).err())
                 .filter(|fe| fe.message() == e.message())
                 .map_or_else(|| e.to_string(), |fe| fe.to_string());
+            // An unknown key that came from the environment: say which variable.
+            let message = match set_by
+                .iter()
+                .find(|(_, k)| e.message().starts_with(&format!("unknown field `{k}`")))
+            {
+                Some((var, _)) => format!("{var}: {message}"),
+                None => message,
+            };
             ConfigError::Invalid {
                 origin: origin.clone(),
                 message,
@@ -1754,6 +1767,19 @@ mod tests {
             let key = format!("agent.{} = {v}", var.to_lowercase());
             assert!(err.contains(&key) && err.contains(says), "{err}");
         }
+    }
+
+    #[test]
+    fn an_unknown_key_from_the_environment_names_its_variable() {
+        let env = vec![(
+            "RACKWATCH_SERVER__LISTN".to_string(),
+            "0.0.0.0:80".to_string(),
+        )];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(
+            err.contains("RACKWATCH_SERVER__LISTN: unknown field `listn`"),
+            "{err}"
+        );
     }
 
     #[test]
