@@ -316,8 +316,12 @@ enum TokenCmd {
         #[arg(long, default_value = "")]
         note: String,
     },
-    /// List tokens (never their secrets).
-    List,
+    /// List the live tokens (never their secrets); --all adds the revoked ones.
+    List {
+        /// Revoked tokens too.
+        #[arg(long)]
+        all: bool,
+    },
     /// Revoke a token by id.
     Revoke { id: i64 },
 }
@@ -1061,26 +1065,60 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
             eprintln!("agent token for host {host} (shown once; store it in the agent's config as agent.token):");
             println!("{token}");
         }
-        TokenCmd::List => {
-            println!(
-                "{:>5}  {:<30} {:<10} {:<25} {:<25} revoked",
-                "id", "host", "note", "created", "last used"
+        TokenCmd::List { all } => {
+            let tokens: Vec<_> = db
+                .store
+                .list_tokens()
+                .await?
+                .into_iter()
+                .filter(|t| all || t.revoked_at.is_none())
+                .collect();
+            // Columns as wide as their longest value, so a long note keeps them aligned.
+            let w = |f: &dyn Fn(&rackwatch::store::auth::TokenInfo) -> usize, min: usize| {
+                tokens.iter().map(f).max().unwrap_or(0).max(min)
+            };
+            let (kw, hw, nw) = (
+                w(&|t| t.kind.chars().count(), 4),
+                w(&|t| t.host_name.chars().count(), 8),
+                w(&|t| t.note.chars().count(), 4),
             );
-            for t in db.store.list_tokens().await? {
-                let fmt = |d: Option<chrono::DateTime<chrono::Utc>>| {
-                    d.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-                        .unwrap_or("-".into())
-                };
-                println!(
-                    "{:>5}  {:<30} {:<10} {:<25} {:<25} {}",
+            let fmt = |d: Option<chrono::DateTime<chrono::Utc>>| {
+                d.map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or("-".into())
+            };
+            print!(
+                "{:>5}  {:<kw$}  {:<hw$}  {:<nw$}  {:<20}  {:<20}",
+                "id", "kind", "bound to", "note", "created", "last used"
+            );
+            println!("{}", if all { "  revoked" } else { "" });
+            for t in &tokens {
+                print!(
+                    "{:>5}  {:<kw$}  {:<hw$}  {:<nw$}  {:<20}  {:<20}",
                     t.id,
+                    t.kind,
                     t.host_name,
                     t.note,
                     fmt(Some(t.created_at)),
-                    fmt(t.last_used_at),
-                    fmt(t.revoked_at)
+                    fmt(t.last_used_at)
+                );
+                println!(
+                    "{}",
+                    if all {
+                        format!("  {}", fmt(t.revoked_at))
+                    } else {
+                        String::new()
+                    }
                 );
             }
+            println!(
+                "{}{}",
+                rackwatch::model::format::count(tokens.len(), "token"),
+                if all {
+                    ""
+                } else {
+                    " (live; --all adds the revoked)"
+                }
+            );
         }
         TokenCmd::Revoke { id } => {
             if db.store.revoke_token(id).await? {

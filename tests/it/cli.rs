@@ -175,6 +175,41 @@ async fn token_create_and_user_add_work_against_the_database() {
         .unwrap();
     assert!(ok);
     assert!(out.contains("cli-host") && !out.contains(&token), "{out}");
+    // Each token says its kind: the scheduler token reads as one, not as a host.
+    assert!(
+        out.lines()
+            .any(|l| l.contains("scheduler") && l.contains("pool:night-queue")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("agent") && l.contains("cli-host")),
+        "{out}"
+    );
+    // Revoked tokens are left out unless --all asks for them.
+    let id: i64 = out
+        .lines()
+        .find(|l| l.contains("cli-host"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(app.store.revoke_token(id).await.unwrap());
+    let url = app.db_url.clone();
+    let (live, all) = tokio::task::spawn_blocking(move || {
+        (
+            rackwatch(&url, &["token", "list"], ""),
+            rackwatch(&url, &["token", "list", "--all"], ""),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!live.1.contains("cli-host"), "{}", live.1);
+    assert!(
+        all.1.contains("cli-host") && all.1.contains("revoked"),
+        "{}",
+        all.1
+    );
 
     // Bad input is an error that says what is wrong, never a panic (exit 101) and never a
     // token or silence that can do nothing.
