@@ -203,7 +203,7 @@ enum ForecastCmd {
         /// Directory with `hourly/<series>.csv`.
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
-        /// Task file (series, track, cutoff, horizon).
+        /// Task file, CSV with the columns series_id, track, cutoff and H (hours ahead).
         #[arg(long, value_name = "FILE")]
         tasks: PathBuf,
         /// Predictions CSV to write.
@@ -657,6 +657,11 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
             mail: send_mail,
         } => {
             let format = export::Format::for_output(format.as_deref(), &out)?;
+            if send_mail && cfg.energy.report.recipients.is_empty() {
+                anyhow::bail!(
+                    "--mail: energy.report.recipients is empty, nobody to mail (nothing was written)"
+                );
+            }
             // A missing directory is said before the week is built, and in words.
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
                 if !dir.is_dir() {
@@ -721,9 +726,6 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                 if report.partial() { " (partial week)" } else { "" }
             );
             if send_mail {
-                if cfg.energy.report.recipients.is_empty() {
-                    anyhow::bail!("energy.report.recipients is empty: nobody to mail");
-                }
                 let capacity = mail::capacity_lines(&db.store, cfg, now).await?;
                 // A one-off send: nothing scrapes this process's metrics.
                 let telemetry = rackwatch::model::telemetry::Telemetry::new();
@@ -1286,23 +1288,36 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             );
         }
         AlertsCmd::Silences => {
-            for s in db.store.active_silences(now).await? {
+            let silences = db.store.active_silences(now).await?;
+            println!(
+                "{:>4}  {:<20}  {:<20}  matchers, author, comment",
+                "id", "from", "until"
+            );
+            for s in &silences {
                 let m: Vec<String> = s
                     .matchers
                     .0
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
+                let comment = if s.comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s.comment)
+                };
                 println!(
-                    "{:>4}  {} → {}  {}  by {}: {}",
+                    "{:>4}  {:<20}  {:<20}  {}  by {}{comment}",
                     s.id,
-                    s.starts_at.format("%Y-%m-%d %H:%M UTC"),
-                    s.ends_at.format("%Y-%m-%d %H:%M UTC"),
+                    s.starts_at.format("%Y-%m-%d %H:%M:%S"),
+                    s.ends_at.format("%Y-%m-%d %H:%M:%S"),
                     m.join(","),
                     s.author,
-                    s.comment
                 );
             }
+            println!(
+                "{} (times in UTC)",
+                rackwatch::model::format::count(silences.len(), "active or scheduled silence")
+            );
         }
         AlertsCmd::Expire { id } => {
             let Some((_, cancelled)) = db.store.expire_silence(id).await? else {

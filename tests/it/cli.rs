@@ -341,6 +341,22 @@ async fn token_create_and_user_add_work_against_the_database() {
             < 60
     );
     assert_eq!(until - from, chrono::Duration::hours(3));
+    // The list has a header and a count, and a silence without a comment ends at its author.
+    let url = app.db_url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || rackwatch(&url, &["alerts", "silences"], ""))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().next().unwrap().contains("from")
+            && out.contains("3 active or scheduled silences"),
+        "{out}"
+    );
+    // (The author is $USER where the environment has it.)
+    let line = out.lines().find(|l| l.contains("host=y")).unwrap();
+    let author = line.rsplit(" by ").next().unwrap();
+    assert!(!author.trim().is_empty() && !author.contains(':'), "{out}");
     app.stop().await;
 }
 
