@@ -91,7 +91,8 @@ pub fn read_nab_values(path: &Path) -> Result<Vec<f32>> {
 pub fn write_scores(path: &Path, score: &[f32], alert: &[bool]) -> Result<()> {
     use std::fmt::Write as _;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("making the output directory {}", dir.display()))?;
     }
     let mut s = String::with_capacity(score.len() * 14 + 16);
     s.push_str("score,alert\n");
