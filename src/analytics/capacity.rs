@@ -893,8 +893,18 @@ pub fn plan_actions(
         if let Some((from, to, level)) = low_window(&r.week_schedule, r.decided_at) {
             let spare = r.installed_gpus - level;
             if spare >= hs {
+                // The plan ahead may need more in those hours (growth): the release holds
+                // until it starts, and the advice says so.
+                let ahead = need_in_window(&r.lead_plan, r.lead_start, from, to);
+                let until = match ahead {
+                    Some(n) if n > level => format!(
+                        "; from {} the plan ahead needs {n} then",
+                        r.lead_start.format("%Y-%m-%d")
+                    ),
+                    _ => String::new(),
+                };
                 out.push((Urgency::Release, format!(
-                    "release {} nights {:02}:00–{:02}:00 UTC (the schedule needs {} then, {} at the daily peak, {} installed)",
+                    "release {} nights {:02}:00–{:02}:00 UTC (the schedule needs {} then, {} at the daily peak, {} installed{until})",
                     gpus_hosts(spare),
                     from,
                     to,
@@ -978,6 +988,29 @@ pub fn low_window(schedule: &[i32], from: DateTime<Utc>) -> Option<(u32, u32, i3
         }
     }
     (best.1 > 0).then(|| (best.0 as u32, ((best.0 + best.1) % 24) as u32, low))
+}
+
+/// The most an hourly schedule starting at `start` asks for in the clock hours `from`..`to`
+/// (UTC, wrapping past midnight), counting every slot that overlaps them; `None` when no
+/// slot does.
+pub fn need_in_window(schedule: &[i32], start: DateTime<Utc>, from: u32, to: u32) -> Option<i32> {
+    let in_window = |h: u32| {
+        if from <= to {
+            (from..to).contains(&h)
+        } else {
+            h >= from || h < to
+        }
+    };
+    let on_the_hour = start.minute() == 0 && start.second() == 0 && start.nanosecond() == 0;
+    schedule
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            let h = (start + Duration::hours(*i as i64)).hour();
+            in_window(h) || (!on_the_hour && in_window((h + 1) % 24))
+        })
+        .map(|(_, v)| *v)
+        .max()
 }
 
 /// Everything the capacity page shows for one pool.
@@ -1772,13 +1805,23 @@ mod tests {
         let day: Vec<i32> = (0..168)
             .map(|i| if (7..22).contains(&(i % 24)) { 40 } else { 24 })
             .collect();
-        let r = rec(day.clone(), day, 40, 1);
+        let r = rec(day.clone(), day.clone(), 40, 1);
         let a = actions(&r, 7, t);
         assert_eq!(
             a[0],
             "release 16 GPUs nights 22:00–07:00 UTC (the schedule needs 24 then, 40 at the daily peak, 40 installed)"
         );
         assert_eq!(low_window(&r.week_schedule, t), Some((22, 7, 24)));
+        // A pool that grows: the plan ahead needs 32 at night. The release holds until then,
+        // and the advice says so.
+        let grown: Vec<i32> = day.iter().map(|g| if *g == 24 { 32 } else { 40 }).collect();
+        let r = rec(day.clone(), grown, 40, 1);
+        assert_eq!(
+            actions(&r, 7, t)[0],
+            "release 16 GPUs nights 22:00–07:00 UTC (the schedule needs 24 then, 40 at the daily peak, 40 installed; from 2026-12-14 the plan ahead needs 32 then)"
+        );
+        assert_eq!(need_in_window(&r.lead_plan, r.lead_start, 22, 7), Some(32));
+        assert_eq!(need_in_window(&r.lead_plan, r.lead_start, 8, 9), Some(40));
         // A schedule decided at 00:45: its night slots run 22:45–07:45, so the whole clock
         // hours at the low are 23:00–07:00 (the slot to 22:45 still needs 40).
         let off = t + Duration::minutes(45);
