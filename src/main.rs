@@ -254,8 +254,10 @@ enum AlertsCmd {
         duration: String,
         #[arg(long, default_value = "")]
         comment: String,
-        #[arg(long, env = "USER", default_value = "cli")]
-        author: String,
+        /// Who set it; by default the account running the command, as the audit trail
+        /// names it (cli:USER).
+        #[arg(long)]
+        author: Option<String>,
     },
     /// Active and future silences.
     Silences,
@@ -1247,6 +1249,7 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             comment,
             author,
         } => {
+            let author = author.unwrap_or_else(cli_actor);
             let m =
                 rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
             rackwatch::alert::silence::check_comment(&comment)
