@@ -186,19 +186,22 @@ pub fn local_sources(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Source>>> {
     // NVML first: it tells the kernel-log source which GPU sits at which PCI address.
     let ledger = crate::collect::kernel_log::XidLedger::shared();
     let lib = &cfg.agent.nvml_lib_path;
-    // A configured library that is not there is a typo: a GPU host would report no GPUs.
-    if !lib.is_empty() && !std::path::Path::new(lib).exists() {
-        anyhow::bail!(
-            "agent.nvml_lib_path = {lib:?}: no such file; give the path of libnvidia-ml.so, or leave it empty for the system's"
-        );
-    }
-    match NvmlSource::open_with(lib, ledger.clone()) {
-        Some(n) => sources.push(Box::new(n)),
-        None if !lib.is_empty() => tracing::warn!(
-            path = %lib,
-            "agent.nvml_lib_path is set but NVML did not start (see above); this agent reports no GPUs"
-        ),
-        None => {}
+    // `off`: no GPUs read on purpose. A configured library that is not there is a typo:
+    // a GPU host would report no GPUs.
+    if lib != "off" {
+        if !lib.is_empty() && !std::path::Path::new(lib).exists() {
+            anyhow::bail!(
+                "agent.nvml_lib_path = {lib:?}: no such file; give the path of libnvidia-ml.so, leave it empty for the system's, or write off"
+            );
+        }
+        match NvmlSource::open_with(lib, ledger.clone()) {
+            Some(n) => sources.push(Box::new(n)),
+            None if !lib.is_empty() => tracing::warn!(
+                path = %lib,
+                "agent.nvml_lib_path is set but NVML did not start (see above); this agent reports no GPUs"
+            ),
+            None => {}
+        }
     }
     if let Some(k) =
         crate::collect::kernel_log::KernelLogSource::open(&cfg.agent.kernel_log, ledger)

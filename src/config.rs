@@ -420,7 +420,8 @@ pub struct AgentConfig {
     pub spool_max_bytes: u64,
     /// HTTP timeout of one shipment, in seconds.
     pub request_timeout_secs: u64,
-    /// Path of libnvidia-ml.so. Empty: the system default (`libnvidia-ml.so.1`).
+    /// Path of libnvidia-ml.so. Empty: the system default (`libnvidia-ml.so.1`); `off`:
+    /// no GPUs are read.
     pub nvml_lib_path: String,
     /// Kernel log read for XIDs NVML does not report: empty = `/dev/kmsg`, `off`, or
     /// the path of a text file the kernel log is written to (tailed from its end).

@@ -767,10 +767,7 @@ async fn agent_killed(kills: usize, seed: u64) -> AgentKills {
             .env("RACKWATCH_AGENT__SHIP_INTERVAL_SECS", "1")
             .env("RACKWATCH_AGENT__SPOOL_DIR", &spool)
             .env("RACKWATCH_AGENT__KERNEL_LOG", "off")
-            .env(
-                "RACKWATCH_AGENT__NVML_LIB_PATH",
-                dir.path().join("no-nvml.so"),
-            )
+            .env("RACKWATCH_AGENT__NVML_LIB_PATH", "off")
             .env("RACKWATCH_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(log)

@@ -450,4 +450,7 @@ fn a_configured_nvml_library_that_is_missing_is_refused_at_start() {
         err.starts_with("agent.nvml_lib_path = \"/nonexistent/libnvidia-ml.so\": no such file"),
         "{err}"
     );
+    // `off` reads no GPUs on purpose, and starts.
+    cfg.agent.nvml_lib_path = "off".into();
+    assert!(rackwatch::app::local_sources(&cfg).is_ok());
 }
