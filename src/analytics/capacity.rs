@@ -956,18 +956,8 @@ pub fn low_window(schedule: &[i32], from: DateTime<Utc>) -> Option<(u32, u32, i3
     if schedule.len() < 24 {
         return None;
     }
-    let on_the_hour = from.minute() == 0 && from.second() == 0 && from.nanosecond() == 0;
-    // Per clock hour, the most the schedule asks for in the week: the slot starting in
-    // it, and the one starting in the hour before, which runs into it.
-    let mut by_hour = [0i32; 24];
-    for (i, v) in schedule.iter().enumerate() {
-        let h = ((from + Duration::hours(i as i64)).hour()) as usize;
-        by_hour[h] = by_hour[h].max(*v);
-        if !on_the_hour {
-            let next = (h + 1) % 24;
-            by_hour[next] = by_hour[next].max(*v);
-        }
-    }
+    // A week of slots covers every clock hour.
+    let by_hour = need_by_hour(schedule, from).map(|n| n.unwrap_or(0));
     let low = *by_hour.iter().min()?;
     let high = *by_hour.iter().max()?;
     if low >= high {
@@ -990,9 +980,25 @@ pub fn low_window(schedule: &[i32], from: DateTime<Utc>) -> Option<(u32, u32, i3
     (best.1 > 0).then(|| (best.0 as u32, ((best.0 + best.1) % 24) as u32, low))
 }
 
+/// Per clock hour (UTC), the most an hourly schedule starting at `start` asks for in it:
+/// the slots starting in the hour, and, when `start` is not on the hour, the ones starting
+/// in the hour before, which run into it. `None` for an hour no slot touches.
+fn need_by_hour(schedule: &[i32], start: DateTime<Utc>) -> [Option<i32>; 24] {
+    let on_the_hour = start.minute() == 0 && start.second() == 0 && start.nanosecond() == 0;
+    let mut by_hour = [None; 24];
+    let mut raise = |h: usize, v: i32| by_hour[h] = Some(by_hour[h].map_or(v, |n: i32| n.max(v)));
+    for (i, v) in schedule.iter().enumerate() {
+        let h = (start + Duration::hours(i as i64)).hour() as usize;
+        raise(h, *v);
+        if !on_the_hour {
+            raise((h + 1) % 24, *v);
+        }
+    }
+    by_hour
+}
+
 /// The most an hourly schedule starting at `start` asks for in the clock hours `from`..`to`
-/// (UTC, wrapping past midnight), counting every slot that overlaps them; `None` when no
-/// slot does.
+/// (UTC, wrapping past midnight); `None` when no slot overlaps them.
 pub fn need_in_window(schedule: &[i32], start: DateTime<Utc>, from: u32, to: u32) -> Option<i32> {
     let in_window = |h: u32| {
         if from <= to {
@@ -1001,15 +1007,11 @@ pub fn need_in_window(schedule: &[i32], start: DateTime<Utc>, from: u32, to: u32
             h >= from || h < to
         }
     };
-    let on_the_hour = start.minute() == 0 && start.second() == 0 && start.nanosecond() == 0;
-    schedule
-        .iter()
+    need_by_hour(schedule, start)
+        .into_iter()
         .enumerate()
-        .filter(|(i, _)| {
-            let h = (start + Duration::hours(*i as i64)).hour();
-            in_window(h) || (!on_the_hour && in_window((h + 1) % 24))
-        })
-        .map(|(_, v)| *v)
+        .filter(|(h, _)| in_window(*h as u32))
+        .filter_map(|(_, n)| n)
         .max()
 }
 

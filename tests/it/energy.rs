@@ -772,18 +772,8 @@ async fn facility_meter_readings_make_the_pue_measured() {
         b = (h0 - Duration::hours(8)).to_rfc3339()
     );
     let resp: Value = app
-        .http
-        .post(format!("{}/api/v1/facility/readings", app.base))
-        .header("cookie", &admin)
-        .header(
-            rackwatch::web::access::CSRF_HEADER,
-            rackwatch::web::access::csrf_for_cookie(&admin),
-        )
-        .header("content-type", "application/json")
-        .body(twice)
-        .send()
+        .post_json_text(&admin, "/api/v1/facility/readings", twice)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

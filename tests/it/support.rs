@@ -459,6 +459,17 @@ impl TestApp {
         path: &str,
         body: &serde_json::Value,
     ) -> reqwest::Response {
+        self.post_json_text(cookie, path, body.to_string()).await
+    }
+
+    /// POST a JSON body as written (a field given twice, which a `Value` cannot hold) with
+    /// a session cookie and its CSRF header.
+    pub async fn post_json_text(
+        &self,
+        cookie: &str,
+        path: &str,
+        body: String,
+    ) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.base))
             .header("cookie", cookie)
@@ -466,7 +477,8 @@ impl TestApp {
                 rackwatch::web::access::CSRF_HEADER,
                 rackwatch::web::access::csrf_for_cookie(cookie),
             )
-            .json(body)
+            .header("content-type", "application/json")
+            .body(body)
             .send()
             .await
             .unwrap()
