@@ -670,8 +670,9 @@ pub async fn accept(
         let (batch, xid_last) = build(state, info, parts, &prior);
         let name = batch.host.name.clone();
         let n = batch.len();
-        // A host that cannot be stored (a name with a control character, from an
-        // `instance` label) is rejected alone: the other hosts' series are kept.
+        // A host whose placement cannot be stored (a site, rack, pool or label value from
+        // its labels that is too long or holds a control character; names were checked
+        // above) is rejected alone: the other hosts' series are kept.
         let valid = match validate_batch(batch, &limits) {
             Ok(v) => v,
             Err(e @ BatchError::TooLarge { .. }) => {
@@ -683,7 +684,7 @@ pub async fn accept(
                     w.response.errors.push(crate::model::Rejection {
                         section: "host".into(),
                         index: 0,
-                        field: Some("instance".into()),
+                        field: None,
                         reason: format!(
                             "host {}: {m} ({} not stored)",
                             crate::model::validate::quoted(&name),
