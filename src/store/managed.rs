@@ -234,7 +234,13 @@ impl ManagedPostgres {
             }
         }
         if pg.status_running() {
-            tracing::info!(data = %pg.data.display(), "managed Postgres already running; adopting it");
+            // A command that shares the server's cluster (the CLI) says nothing on every call;
+            // a process that takes the cluster over says so.
+            if opts.own_adopted {
+                tracing::info!(data = %pg.data.display(), "managed Postgres already running; adopting it");
+            } else {
+                tracing::debug!(data = %pg.data.display(), "managed Postgres already running; using it");
+            }
             pg.owned = opts.own_adopted;
         } else {
             let mut server_opts = format!(
