@@ -426,15 +426,23 @@ SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
         Ok(j.unwrap_or(0.0))
     }
 
-    /// Hosts and their GPUs, filtered by a case-insensitive substring of host name, site,
-    /// rack, pool, GPU model, UUID, driver or agent version.
+    /// Hosts and their GPUs, filtered by [`InventoryQuery`]: every word a case-insensitive
+    /// substring of host name, site, rack, pool, GPU model, UUID, driver or agent version,
+    /// and "GPU N" the GPU index.
     pub async fn inventory(&self, q: &str) -> Result<Vec<InventoryRow>, sqlx::Error> {
-        let pattern = format!(
-            "%{}%",
-            q.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
+        let q = InventoryQuery::parse(q);
+        let patterns: Vec<String> = q
+            .words
+            .iter()
+            .map(|w| {
+                format!(
+                    "%{}%",
+                    w.replace('\\', "\\\\")
+                        .replace('%', "\\%")
+                        .replace('_', "\\_")
+                )
+            })
+            .collect();
         sqlx::query_as!(
             InventoryRow,
             r#"SELECT h.name AS host_name, h.site, h.rack, h.pool, h.agent_version, h.last_seen,
@@ -442,13 +450,87 @@ SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
                     g.last_seen AS "gpu_last_seen?"
                FROM hosts h LEFT JOIN gpus g ON g.host_id = h.id
               WHERE h.removed_at IS NULL
-                AND ($1 = '%%' OR h.name ILIKE $1 OR h.site ILIKE $1 OR h.rack ILIKE $1 OR h.pool ILIKE $1
-                 OR h.agent_version ILIKE $1 OR g.model ILIKE $1 OR g.uuid ILIKE $1 OR g.driver_version ILIKE $1)
+                AND ($2::int IS NULL OR g.gpu_index = $2)
+                AND NOT EXISTS (
+                    SELECT 1 FROM unnest($1::text[]) AS w(p)
+                     WHERE NOT coalesce(h.name ILIKE p OR h.site ILIKE p OR h.rack ILIKE p OR h.pool ILIKE p
+                        OR h.agent_version ILIKE p OR g.model ILIKE p OR g.uuid ILIKE p
+                        OR g.driver_version ILIKE p, false))
               ORDER BY h.site, h.rack, h.name, g.gpu_index
               LIMIT 5000"#,
-            pattern,
+            &patterns,
+            q.gpu_index,
         )
         .fetch_all(&self.pool)
         .await
+    }
+}
+
+/// An inventory search as typed: words that must all match, and "GPU 5" (or "gpu5") for a
+/// GPU index, as the page labels GPUs.
+#[derive(Debug, Default, PartialEq)]
+pub struct InventoryQuery {
+    pub words: Vec<String>,
+    pub gpu_index: Option<i32>,
+}
+
+impl InventoryQuery {
+    pub fn parse(q: &str) -> InventoryQuery {
+        let mut out = InventoryQuery::default();
+        let mut words = q.split_whitespace().peekable();
+        let index = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<i32>().ok())
+                .flatten()
+        };
+        while let Some(w) = words.next() {
+            let lower = w.to_ascii_lowercase();
+            if out.gpu_index.is_none() {
+                if lower == "gpu" {
+                    if let Some(i) = words.peek().and_then(|n| index(n)) {
+                        out.gpu_index = Some(i);
+                        words.next();
+                        continue;
+                    }
+                } else if let Some(i) = lower.strip_prefix("gpu").and_then(index) {
+                    out.gpu_index = Some(i);
+                    continue;
+                }
+            }
+            out.words.push(w.to_string());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod inventory_query_tests {
+    use super::InventoryQuery;
+
+    #[test]
+    fn words_must_all_match_and_gpu_n_names_an_index() {
+        let q = |s: &str| InventoryQuery::parse(s);
+        assert_eq!(
+            q("  fra1   H100 "),
+            InventoryQuery {
+                words: vec!["fra1".into(), "H100".into()],
+                gpu_index: None
+            }
+        );
+        assert_eq!(q("GPU 5").gpu_index, Some(5));
+        assert!(q("GPU 5").words.is_empty());
+        assert_eq!(
+            q("node-3 gpu7"),
+            InventoryQuery {
+                words: vec!["node-3".into()],
+                gpu_index: Some(7)
+            }
+        );
+        // A UUID or a host named gpu-… is a word; "gpu" alone too.
+        assert_eq!(q("GPU-1a2b").gpu_index, None);
+        assert_eq!(q("gpu-5").words, vec!["gpu-5"]);
+        assert_eq!(q("gpu h100").words, vec!["gpu", "h100"]);
+        assert_eq!(q("gpu 99999999999").gpu_index, None);
+        assert_eq!(q("").words.len(), 0);
     }
 }

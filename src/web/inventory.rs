@@ -127,7 +127,7 @@ async fn page(
     path = "/api/v1/inventory",
     operation_id = "inventory",
     tag = "inventory",
-    params(("q" = Option<String>, Query, description = "Case-insensitive substring of host, site, rack, pool, model, UUID, driver or agent version.", example = "h100")),
+    params(("q" = Option<String>, Query, description = "Words that must all match (each a case-insensitive substring of host, site, rack, pool, model, UUID, driver or agent version); `GPU 3` selects a GPU index.", example = "h100")),
     responses(
         (status = 200, description = "The matching rows.", body = InventoryData),
         (status = 401, description = "Not logged in.", body = ErrorBody),

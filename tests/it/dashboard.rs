@@ -264,6 +264,13 @@ async fn inventory_search_finds_gpus_by_uuid_model_and_driver() {
     assert!(one.contains(r#"<a href="/hosts/gpu-node-8/gpus/1">GPU 1</a>"#));
     let (_, rack) = app.page(&cookie, "/inventory?q=R08").await;
     assert!(rack.contains("1 host, 2 GPUs"));
+    // Words must all match, and "GPU N" is the index, as the page labels GPUs.
+    let (_, r07_gpu1) = app.page(&cookie, "/inventory?q=r07+H100+GPU+1").await;
+    assert!(r07_gpu1.contains("2 hosts, 2 GPUs"), "{r07_gpu1}");
+    assert!(r07_gpu1.contains(r#"<a href="/hosts/gpu-node-8/gpus/1">GPU 1</a>"#));
+    assert!(!r07_gpu1.contains(r#"<a href="/hosts/gpu-node-8/gpus/0">"#));
+    let (_, no_match) = app.page(&cookie, "/inventory?q=r07+r08").await;
+    assert!(no_match.contains("0 hosts, 0 GPUs"), "{no_match}");
     // LIKE wildcards are searched for literally.
     let (_, none) = app.page(&cookie, "/inventory?q=%25").await;
     assert!(none.contains("0 hosts, 0 GPUs"));
