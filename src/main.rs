@@ -239,7 +239,11 @@ enum AlertsCmd {
     /// Validate a rules file and print what it contains.
     CheckRules { file: PathBuf },
     /// Current alerts (pending and firing).
-    List,
+    List {
+        /// table, or json: the objects `GET /api/v1/alerts` answers.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Mute notifications of matching alerts for a while (maintenance).
     Silence {
         /// Label matcher, repeatable: host=gpu-17, rack=r12, rule=gpu-xid, gpu=3 …
@@ -849,6 +853,16 @@ async fn capacity_plan(
         eprintln!("no pool has a recommendation yet: the capacity job runs hourly on the server's job leader, for hosts with a pool");
     }
     let now = chrono::Utc::now();
+    // Racks with a power budget, for the planner who buys hardware: whether the racks the
+    // new hosts go into have the power.
+    let racks = if pool.is_none() {
+        db.store.exhaustions(Some("rack")).await?
+    } else {
+        Vec::new()
+    };
+    let outlook = |e: &rackwatch::analytics::capacity::ExhaustionRow| {
+        rackwatch::analytics::capacity::budget_outlook(e.exhausted_at, now, horizon_days)
+    };
     match format {
         "table" => {
             println!(
@@ -875,13 +889,6 @@ async fn capacity_plan(
                     act
                 );
             }
-            // Racks with a power budget, for the planner who buys hardware: whether the
-            // racks the new hosts go into have the power.
-            let racks = if pool.is_none() {
-                db.store.exhaustions(Some("rack")).await?
-            } else {
-                Vec::new()
-            };
             if !racks.is_empty() {
                 println!();
                 println!("{:<20} {:>10} {:>10}  power", "rack", "now kW", "budget kW");
@@ -891,11 +898,7 @@ async fn capacity_plan(
                         e.key,
                         e.level_now / 1000.0,
                         e.capacity / 1000.0,
-                        rackwatch::analytics::capacity::budget_outlook(
-                            e.exhausted_at,
-                            now,
-                            horizon_days
-                        )
+                        outlook(e)
                     );
                 }
             }
@@ -920,7 +923,7 @@ async fn capacity_plan(
             }
         }
         "json" => {
-            let v: Vec<serde_json::Value> = recs
+            let pools: Vec<serde_json::Value> = recs
                 .iter()
                 .map(|r| {
                     serde_json::json!({
@@ -929,6 +932,21 @@ async fn capacity_plan(
                     })
                 })
                 .collect();
+            let racks: Vec<serde_json::Value> = racks
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "rack": e.key,
+                        "power_now_kw": e.level_now / 1000.0,
+                        "budget_kw": e.capacity / 1000.0,
+                        "exhausted_at": e.exhausted_at,
+                        "growth_per_day": e.growth_per_day,
+                        "computed_at": e.computed_at,
+                        "outlook": format!("the budget {}", outlook(e)),
+                    })
+                })
+                .collect();
+            let v = serde_json::json!({"pools": pools, "racks": racks});
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         other => anyhow::bail!("--format {other:?}: use table, csv or json"),
@@ -1215,8 +1233,20 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
 async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     match a {
-        AlertsCmd::List => {
+        AlertsCmd::List { format } => {
+            let format = format.to_ascii_lowercase();
+            if !matches!(format.as_str(), "table" | "json") {
+                anyhow::bail!("--format {format:?}: use table or json");
+            }
             let rows = db.store.current_alerts_silenced(now).await?;
+            if format == "json" {
+                let entries: Vec<_> = rows
+                    .into_iter()
+                    .map(|(alert, silenced)| rackwatch::web::alerts::AlertEntry { alert, silenced })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(());
+            }
             for (a, silenced) in &rows {
                 // Who handles it, as the alerts page says: acknowledged, silenced.
                 let mut handled = Vec::new();

@@ -1538,16 +1538,33 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     assert_eq!(alerts[0]["acknowledged_by"], "oper2", "{alerts}");
     // The command line says the same.
     let url = app.db_url.clone();
-    let (ok, out, err) =
-        tokio::task::spawn_blocking(move || crate::cli::rackwatch(&url, &["alerts", "list"], ""))
-            .await
-            .unwrap();
+    let ((ok, out, err), (json_ok, json_out, _)) = tokio::task::spawn_blocking(move || {
+        (
+            crate::cli::rackwatch(&url, &["alerts", "list"], ""),
+            crate::cli::rackwatch(&url, &["alerts", "list", "--format", "JSON"], ""),
+        )
+    })
+    .await
+    .unwrap();
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!("[{fp}]  (acknowledged by oper2, silenced)"))
             && out.ends_with("1 alert\n"),
         "{out}"
     );
+    // Its JSON is the API's.
+    assert!(json_ok, "{json_out}");
+    let cli_alerts: serde_json::Value = serde_json::from_str(&json_out).unwrap();
+    for key in [
+        "fingerprint",
+        "silenced",
+        "acknowledged_by",
+        "summary",
+        "started_at",
+    ] {
+        assert_eq!(cli_alerts[0][key], alerts[0][key], "{key}: {cli_alerts}");
+    }
+    assert_eq!(cli_alerts.as_array().map(Vec::len), Some(1), "{cli_alerts}");
     let (_, list) = send(call(Method::GET, "/api/v1/silences".into(), "viewer2")).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["id"], id);

@@ -362,11 +362,29 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
     assert!((hourly[0]["watts"].as_f64().unwrap() - 4000.0).abs() < 1.0);
     // And the planner's table on the command line.
     let url = app.db_url.clone();
-    let (ok, out, err) =
-        tokio::task::spawn_blocking(move || crate::cli::rackwatch(&url, &["capacity", "plan"], ""))
-            .await
-            .unwrap();
+    let ((ok, out, err), (json_ok, json_out, _)) = tokio::task::spawn_blocking(move || {
+        (
+            crate::cli::rackwatch(&url, &["capacity", "plan"], ""),
+            crate::cli::rackwatch(&url, &["capacity", "plan", "--format", "json"], ""),
+        )
+    })
+    .await
+    .unwrap();
     assert!(ok, "{err}");
+    // Its JSON twin carries the racks too, in kW as the table prints them.
+    assert!(json_ok, "{json_out}");
+    let parsed: Value = serde_json::from_str(&json_out).unwrap();
+    let rack = parsed["racks"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["rack"] == "fra1/r3"))
+        .unwrap_or_else(|| panic!("no rack in {parsed}"));
+    assert_eq!(rack["budget_kw"].as_f64(), Some(6.0), "{rack}");
+    assert_eq!(
+        rack["exhausted_at"]
+            .as_str()
+            .map(|d| d.parse::<DateTime<Utc>>().unwrap()),
+        Some(got)
+    );
     let line = out
         .lines()
         .find(|l| l.starts_with("fra1/r3 "))
@@ -557,7 +575,10 @@ async fn gauges_and_the_api_agree_with_the_page() {
             .filter(|l| l.contains(",week,"))
             .all(|l| l.starts_with(&format!("{pool},week,")) && l.ends_with(&format!(",{inst}"))));
         let parsed: Value = serde_json::from_str(&json_out).unwrap();
-        assert_eq!(parsed[0]["recommendation"]["next_hour"].as_i64(), Some(h1));
+        assert_eq!(
+            parsed["pools"][0]["recommendation"]["next_hour"].as_i64(),
+            Some(h1)
+        );
         let from: DateTime<Utc> = j["from"].as_str().unwrap().parse().unwrap();
         let first: DateTime<Utc> = j["demand"][0]["bucket"].as_str().unwrap().parse().unwrap();
         let days_back = (Utc::now() - from).num_hours() as f64 / 24.0;
