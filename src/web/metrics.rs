@@ -141,6 +141,12 @@ struct AnomalyBackend {
     cpu_scoring_calls: u64,
 }
 
+/// A HELP text ending in one full stop, as the registry writes those of the families
+/// registered with it.
+fn sentence(help: &str) -> String {
+    format!("{}.", help.trim_end_matches('.'))
+}
+
 /// A gauge family read at scrape time: its descriptor, then one sample per label set.
 fn gauges<L: EncodeLabelSet, N: EncodeGaugeValue>(
     enc: &mut DescriptorEncoder,
@@ -148,7 +154,7 @@ fn gauges<L: EncodeLabelSet, N: EncodeGaugeValue>(
     help: &str,
     samples: impl IntoIterator<Item = (L, N)>,
 ) -> std::fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let mut m = enc.encode_descriptor(name, &sentence(help), None, MetricType::Gauge)?;
     for (labels, v) in samples {
         ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
     }
@@ -162,7 +168,7 @@ fn counters<L: EncodeLabelSet, N: EncodeCounterValue>(
     help: &str,
     samples: impl IntoIterator<Item = (L, N)>,
 ) -> std::fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    let mut m = enc.encode_descriptor(name, &sentence(help), None, MetricType::Counter)?;
     for (labels, v) in samples {
         ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
     }

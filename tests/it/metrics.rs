@@ -122,6 +122,15 @@ async fn metrics_pass_promtool_with_counters_and_histograms_after_real_traffic()
     let (ok, said) = promtool(&text);
     assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
 
+    // Every HELP text is a sentence with one full stop, whichever part of the server
+    // writes its family.
+    let unfinished: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("# HELP "))
+        .filter(|l| !l.ends_with('.') || l.ends_with(".."))
+        .collect();
+    assert!(unfinished.is_empty(), "{unfinished:#?}");
+
     // Counters are counters, the two agent counters included (gauges before).
     let types = types(&text);
     // docs/metrics.md lists every family the server exposes.
