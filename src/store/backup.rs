@@ -199,6 +199,11 @@ pub async fn restore(
     if !file.is_file() {
         bail!("{} is not a file", file.display());
     }
+    // Read the archive's table of contents first: a file that is not an archive is
+    // refused before anything else is said or touched.
+    run(&pg_restore, &["--list".as_ref(), file.as_os_str()])
+        .await
+        .with_context(|| format!("{} is not a readable backup archive", file.display()))?;
     let tables = table_count(store).await?;
     if tables > 0 && !force {
         bail!(
@@ -206,11 +211,6 @@ pub async fn restore(
              database, or pass --force to replace its contents with the archive's"
         );
     }
-    // Read the archive's table of contents first: a file that is not an archive is
-    // refused before anything in the database is touched.
-    run(&pg_restore, &["--list".as_ref(), file.as_os_str()])
-        .await
-        .with_context(|| format!("{} is not a readable backup archive", file.display()))?;
     let bytes = std::fs::metadata(file)?.len();
     let started = Instant::now();
     let dbname = format!("--dbname={url}");

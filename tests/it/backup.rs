@@ -173,20 +173,23 @@ async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_an
     copy.stop().await;
     restored.pool.close().await;
 
-    // A file that is not an archive is refused with pg_restore's reason.
+    // A file that is not an archive is refused with pg_restore's reason, with or without
+    // --force, before the database's contents are weighed.
     let junk = dir.path().join("junk.dump");
     std::fs::write(&junk, b"not an archive").unwrap();
-    let (ok, out) = blocking(
-        restored_url,
-        vec![
-            "restore".into(),
-            "--force".into(),
-            junk.to_string_lossy().into_owned(),
-        ],
-    )
-    .await;
-    assert!(!ok);
-    assert!(out.contains("pg_restore"), "{out}");
+    for force in [true, false] {
+        let mut args = vec!["restore".to_string()];
+        if force {
+            args.push("--force".into());
+        }
+        args.push(junk.to_string_lossy().into_owned());
+        let (ok, out) = blocking(restored_url.clone(), args).await;
+        assert!(!ok);
+        assert!(
+            out.contains("is not a readable backup archive") && out.contains("pg_restore"),
+            "{out}"
+        );
+    }
     app.stop().await;
 }
 
