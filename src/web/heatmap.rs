@@ -413,21 +413,19 @@ pub fn metric_links(m: Metric, range_query: Option<&str>) -> Vec<MetricLink> {
 
 /// The fleet host table's summary of one host's GPUs.
 pub fn gpu_summary(cells: &[&HeatCell]) -> GpuSummary {
-    let utils: Vec<f64> = cells
-        .iter()
-        .filter_map(|c| c.util_pct.map(f64::from))
-        .collect();
+    // A GPU that does not report now (fell off the bus, its host silent) has only its last
+    // values: they count in no figure, as in the fleet's totals, and it is named.
+    let live = || cells.iter().filter(|c| c.reporting);
+    let silent = cells.len() - live().count();
+    let utils: Vec<f64> = live().filter_map(|c| c.util_pct.map(f64::from)).collect();
     let max_util = utils.iter().copied().reduce(f64::max);
-    let max_temp = cells
-        .iter()
+    let max_temp = live()
         .filter_map(|c| c.temp_celsius.map(f64::from))
         .reduce(f64::max);
-    let powers: Vec<f64> = cells
-        .iter()
+    let powers: Vec<f64> = live()
         .filter_map(|c| c.power_watts.map(f64::from))
         .collect();
-    let hot = cells
-        .iter()
+    let hot = live()
         .filter(|c| c.temp_celsius.is_some_and(|t| t >= HOT_CELSIUS))
         .count();
     let faulty = cells.iter().filter(|c| c.health == Health::Fault).count();
@@ -458,6 +456,9 @@ pub fn gpu_summary(cells: &[&HeatCell]) -> GpuSummary {
     }
     if faulty > 0 {
         let _ = write!(text, " · ✖ {faulty} with hardware events");
+    }
+    if silent > 0 && silent < cells.len() {
+        let _ = write!(text, " · {silent} not reporting");
     }
     GpuSummary { text, hot: hot > 0 }
 }

@@ -213,6 +213,9 @@ pub struct GpuRow {
     pub cell: GpuCell,
     pub link: String,
     pub spark: String,
+    /// When the GPU does not report now: its newest sample's time (RFC 3339, "-" for
+    /// none), which its last values are from; empty when it reports.
+    pub silent_since: String,
 }
 
 #[derive(Template)]
@@ -401,6 +404,11 @@ async fn page(
                     &format!("GPU {} utilization, {}", g.index, r.label()),
                 ),
                 cell: gpu_cell(g),
+                silent_since: if super::page::gpu_reports(g, Some(&d.host), now) {
+                    String::new()
+                } else {
+                    g.ts.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+                },
             })
             .collect();
         let page = HostPage {

@@ -175,6 +175,28 @@ async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
     );
     let (_, live) = app.page(&cookie, "/hosts/quiet-gpu-host/gpus/0").await;
     assert!(!live.contains("gpu-silent"));
+    // The host page's GPU table says so in its row instead of showing its last values as
+    // now, and the fleet's host row counts only the reporting GPU.
+    let (_, host) = app.page(&cookie, "/hosts/quiet-gpu-host").await;
+    let table = &host[host.find(r#"<table id="gpus">"#).expect("GPU table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let row = |i: usize| {
+        let at = table
+            .find(&format!(">GPU {i}</a>"))
+            .unwrap_or_else(|| panic!("GPU {i} in {table}"));
+        &table[at..at + table[at..].find("</tr>").unwrap()]
+    };
+    assert!(
+        row(1).contains(r#"<td colspan="5" class="stale silent-gpu">Not reporting since <time"#)
+            && !row(1).contains("300 W"),
+        "{}",
+        row(1)
+    );
+    assert!(row(0).contains("500 W") && !row(0).contains("Not reporting"));
+    assert!(
+        html.contains("2 GPUs · util 80 % (max 80 %) · 500 W · 1 not reporting"),
+        "{html}"
+    );
     // Fallen off the bus: the fault mark stays on the silent GPU, which says it is not
     // reporting.
     let lost = json!({"host": {"name": "quiet-gpu-host", "site": "fra1", "rack": "r01"},
