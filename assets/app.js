@@ -1,9 +1,10 @@
 // Rackwatch dashboard: the only script of the pages (served as /assets/app.js, so the
 // Content-Security-Policy can forbid inline scripts). Pages work without it.
-// Show UTC timestamps in the viewer's time zone; refresh while the tab is visible.
+// Show UTC timestamps in the viewer's time zone, named (pages say UTC without the
+// script); refresh while the tab is visible.
 document.querySelectorAll('time[datetime]').forEach(function (el) {
   var d = new Date(el.getAttribute('datetime'));
-  if (!isNaN(d)) { el.title = el.getAttribute('datetime'); el.textContent = d.toLocaleString(); }
+  if (!isNaN(d)) { el.title = el.getAttribute('datetime'); el.textContent = d.toLocaleString([], {timeZoneName: 'short'}); }
 });
 document.querySelectorAll('[data-utc][data-fmt]').forEach(function (el) {
   var d = new Date(el.getAttribute('data-utc'));

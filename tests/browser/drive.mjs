@@ -70,10 +70,10 @@ try {
   const shaded = await page.locator('svg.chart:visible rect.throttle').count();
   console.log(`OK gpu path=${new URL(page.url()).pathname} charts=${charts} marks=${marks} shaded=${shaded} label=${JSON.stringify(label)}`);
   console.log('OK event ' + JSON.stringify(xid.replace(/\s+/g, ' ').trim()));
-  // Times are shown in the viewer's zone (Asia/Tokyo, UTC+9).
+  // Times are shown in the viewer's zone (Asia/Tokyo, UTC+9), with its name.
   const shown = await page.locator('#events time').first().textContent();
   const iso = await page.locator('#events time').first().getAttribute('datetime');
-  const expected = new Date(iso).toLocaleString('en-US', { timeZone: 'Asia/Tokyo' });
+  const expected = new Date(iso).toLocaleString('en-US', { timeZone: 'Asia/Tokyo', timeZoneName: 'short' });
   console.log('OK localtime ' + JSON.stringify({ iso, shown, tokyo: expected }));
   await page.screenshot({ path: out + '/gpu-1280.png', fullPage: true });
 

@@ -459,6 +459,10 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         serde_json::from_str(line(&stdout, "OK localtime ").trim_start_matches("OK localtime "))
             .unwrap();
     assert_eq!(lt["shown"], lt["tokyo"], "{lt}");
+    assert!(
+        lt["shown"].as_str().is_some_and(|s| s.ends_with("GMT+9")),
+        "the zone is named: {lt}"
+    );
     let range = line(&stdout, "OK range");
     assert!(
         range.starts_with("OK range url=?range=6h current=\"6 h\""),
