@@ -314,12 +314,23 @@ impl TimeRange {
             Source::Rollup1m => "1-minute rollups",
             Source::Rollup15m => "15-minute rollups",
         };
-        format!("{src}, {} s per point", self.bucket_secs)
+        format!("{src}, {} per point", step(self.bucket_secs))
     }
 
     /// Whether the view moves with the clock (auto-refresh makes sense).
     pub fn is_live(&self) -> bool {
         self.key != "custom"
+    }
+}
+
+/// A chart step in the largest whole unit: `39 s`, `75 min`, `2 h`.
+fn step(secs: i64) -> String {
+    if secs >= 7200 && secs % 3600 == 0 {
+        format!("{} h", secs / 3600)
+    } else if secs >= 120 && secs % 60 == 0 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
     }
 }
 
@@ -362,6 +373,16 @@ pub fn parse_rfc3339(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chart_steps_read_in_their_largest_whole_unit() {
+        assert_eq!(step(39), "39 s");
+        assert_eq!(step(60), "60 s");
+        assert_eq!(step(900), "15 min");
+        assert_eq!(step(4500), "75 min");
+        assert_eq!(step(7200), "2 h");
+        assert_eq!(step(5400), "90 min");
+    }
+
     use super::*;
 
     #[test]

@@ -152,7 +152,7 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert!(gpu.contains(r#"href="/hosts/gpu-node-7/gpus/1?range=1h" aria-current="true""#));
     assert!(gpu.contains("data-refresh=\"30\""), "live ranges refresh");
     let (_, week) = app.page(&cookie, "/hosts/gpu-node-7/gpus/1?range=7d").await;
-    assert!(week.contains("Showing last 7 d · 15-minute rollups, 900 s per point"));
+    assert!(week.contains("Showing last 7 d · 15-minute rollups, 15 min per point"));
     // Throttling by reason and the fan speed come from raw samples up to 7 days.
     assert!(
         week.contains("Clocks throttled by thermal (1 period)."),
