@@ -75,12 +75,15 @@ pub const GPU_ROLLUP_CHART: &[&str] = &[
 /// GPU metrics the charts show from raw samples only (null on rollup ranges).
 pub const GPU_RAW_ONLY: &[&str] = &["mem_temp_celsius", "mem_clock_mhz", "fan_pct"];
 
-/// What only raw GPU samples know, per bucket: the throttle reasons seen (slowdown bits
-/// of [`THROTTLE_MASK`] OR-ed), the mean fan speed and the enforced power limit.
+/// What only raw GPU samples know, per bucket: the throttle reasons that held for at
+/// least half of its samples (slowdown bits of [`THROTTLE_MASK`]; a brief cap in a long
+/// bucket does not shade all of it), the mean fan speed and the enforced power limit.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct GpuRawExtra {
     pub ts: DateTime<Utc>,
     pub reasons: Option<i64>,
+    /// The slowdown bits any of its samples had.
+    pub seen: Option<i64>,
     pub fan_pct: Option<f64>,
     pub power_limit_watts: Option<f64>,
 }
@@ -336,7 +339,16 @@ SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!"
             GpuRawExtra,
             r#"
 SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
-       bit_or(s.throttle_reasons & $6) AS reasons, avg(s.fan_pct)::float8 AS fan_pct,
+       -- Each slowdown bit (0x4, 0x8, 0x20, 0x40, 0x80) that held for half the samples.
+       CASE WHEN count(s.throttle_reasons) > 0 THEN $6::int8 & (
+            CASE WHEN 2 * count(*) FILTER (WHERE s.throttle_reasons & 4 <> 0) >= count(s.throttle_reasons) THEN 4 ELSE 0 END
+          | CASE WHEN 2 * count(*) FILTER (WHERE s.throttle_reasons & 8 <> 0) >= count(s.throttle_reasons) THEN 8 ELSE 0 END
+          | CASE WHEN 2 * count(*) FILTER (WHERE s.throttle_reasons & 32 <> 0) >= count(s.throttle_reasons) THEN 32 ELSE 0 END
+          | CASE WHEN 2 * count(*) FILTER (WHERE s.throttle_reasons & 64 <> 0) >= count(s.throttle_reasons) THEN 64 ELSE 0 END
+          | CASE WHEN 2 * count(*) FILTER (WHERE s.throttle_reasons & 128 <> 0) >= count(s.throttle_reasons) THEN 128 ELSE 0 END)::int8
+       END AS reasons,
+       bit_or(s.throttle_reasons & $6) AS seen,
+       avg(s.fan_pct)::float8 AS fan_pct,
        max(s.power_limit_watts)::float8 AS power_limit_watts
   FROM gpu_samples s
  WHERE s.host_id = (SELECT id FROM hosts WHERE name = $1) AND s.gpu_index = $2

@@ -67,8 +67,12 @@ pub struct GpuData {
     pub gpu: GpuLatest,
     pub range: TimeRange,
     pub series: Vec<GpuPoint>,
-    /// Periods in which clocks were throttled (null past 24 h: too long to tell).
+    /// Periods in which clocks were throttled for at least half of a chart point's
+    /// samples (null past 7 days: read from raw samples).
     pub throttled: Option<Vec<Span>>,
+    /// The slowdown bits any sample in the range had (0 past 7 days).
+    #[serde(skip)]
+    pub extras_seen: u64,
     pub events: Vec<ExplainedEvent>,
     /// The enforced power limit (the inventory's, else the highest sampled in the range).
     pub power_limit_watts: Option<f64>,
@@ -217,12 +221,19 @@ pub async fn load(
             .filter_map(|e| e.power_limit_watts)
             .reduce(f64::max)
     });
+    let extras_seen = r
+        .extras
+        .iter()
+        .flatten()
+        .filter_map(|e| e.seen)
+        .fold(0, |a, b| a | b as u64);
     Ok(GpuData {
         host,
         gpu,
         range,
         series,
         throttled,
+        extras_seen,
         events: r.events.into_iter().map(explained).collect(),
         power_limit_watts: power_limit,
     })
@@ -243,6 +254,8 @@ pub struct GpuPage {
     pub picker: Picker,
     pub charts: Vec<ChartView>,
     pub throttle_note: String,
+    /// Throttle shading is drawn (ranges up to 7 days): its key is shown.
+    pub shading: bool,
     pub events: Vec<EventView>,
 }
 
@@ -353,8 +366,29 @@ async fn page(
                 &ov,
             ));
         }
+        // Kinds that slowed the clocks only for moments (under half of a point's samples):
+        // not shaded, but said.
+        let brief: Vec<&str> = THROTTLE_KINDS
+            .iter()
+            .filter(|k| {
+                let seen = d.extras_seen & k.0 != 0;
+                seen && !d.throttled.iter().flatten().any(|s| s.reason == k.1)
+            })
+            .map(|k| k.1)
+            .collect();
+        let brief_note = if brief.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " Brief {} (under half of a point's samples) not shaded.",
+                brief.join(", ")
+            )
+        };
         let throttle_note = match &d.throttled {
-            Some(s) if s.is_empty() => "No clock throttling in this range.".to_string(),
+            Some(s) if s.is_empty() && brief.is_empty() => {
+                "No clock throttling in this range.".to_string()
+            }
+            Some(s) if s.is_empty() => format!("No sustained clock throttling in this range.{brief_note}"),
             Some(s) => {
                 let count = |k: &str| s.iter().filter(|x| x.reason == k).count();
                 let parts: Vec<String> = THROTTLE_KINDS
@@ -365,9 +399,9 @@ async fn page(
                         format!("{} ({n} period{})", k.1, if n == 1 { "" } else { "s" })
                     })
                     .collect();
-                format!("Clocks throttled by {}.", parts.join(", "))
+                format!("Clocks throttled by {}.{brief_note}", parts.join(", "))
             }
-            None => "Throttle shading, fan speed and the power limit are shown for ranges up to 7 days (they are read from raw samples).".to_string(),
+            None => "Throttle shading and fan speed are shown for ranges up to 7 days (they are read from raw samples).".to_string(),
         };
         let page = GpuPage {
             nav: Nav::new(&user, csrf, ""),
@@ -393,6 +427,7 @@ async fn page(
             .with_problem(problem)
             .empty_if(d.series.is_empty()),
             charts,
+            shading: d.throttled.is_some(),
             throttle_note,
             events: event_views(&d.events, &query),
         };
@@ -521,6 +556,7 @@ mod tests {
         let b = |s: i64, r: Option<i64>| GpuRawExtra {
             ts: t0 + Duration::seconds(s),
             reasons: r,
+            seen: r,
             fan_pct: None,
             power_limit_watts: None,
         };

@@ -245,6 +245,43 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     app.stop().await;
 }
 
+/// A GPU capped for one sample in ten (never the first or the last five, so no chart
+/// point at the data's edges holds a cap alone) is shaded where a chart point holds one sample,
+/// not across a 24-hour chart whose points each hold a brief cap; the note names it.
+#[tokio::test]
+async fn brief_throttling_shades_only_points_it_holds_for_half_of() {
+    let app = TestApp::spawn().await;
+    let token = app.token("capped").await;
+    let ts = recent(720, 5, 5);
+    let body = json!({
+        "host": {"name": "capped", "site": "fra1", "rack": "r01"},
+        "gpus": [{"index": 0}],
+        "gpu_samples": ts.iter().enumerate().map(|(i, t)| json!({"ts": t, "index": 0, "util_pct": 90.0,
+            "power_watts": 690.0, "throttle_reasons": if i % 10 == 5 { 0x4 } else { 0 }})).collect::<Vec<_>>(),
+    });
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let cookie = app.login("ops", "correct horse").await;
+    let api = app
+        .json(&cookie, "/api/v1/hosts/capped/gpus/0?range=24h")
+        .await;
+    assert_eq!(api["throttled"], json!([]), "{}", api["throttled"]);
+    let (_, day) = app.page(&cookie, "/hosts/capped/gpus/0?range=24h").await;
+    assert!(
+        day.contains("No sustained clock throttling in this range. Brief power cap (under half of a point&#39;s samples) not shaded."),
+        "{day}"
+    );
+    // An hour's points hold one sample each: every capped sample is its own period.
+    let api = app
+        .json(&cookie, "/api/v1/hosts/capped/gpus/0?range=1h")
+        .await;
+    let spans = api["throttled"].as_array().expect("spans");
+    assert!(
+        (60..=73).contains(&spans.len()) && spans.iter().all(|s| s["reason"] == "power cap"),
+        "{spans:?}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn inventory_search_finds_gpus_by_uuid_model_and_driver() {
     let app = TestApp::spawn().await;
