@@ -1256,6 +1256,9 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
                 if *silenced {
                     handled.push("silenced".to_string());
                 }
+                if a.flaps >= rackwatch::alert::eval::FLAP_LIMIT {
+                    handled.push("flapping, not mailed".to_string());
+                }
                 println!(
                     "{:<8} {:<9} since {}  {}  [{}]{}",
                     a.state,

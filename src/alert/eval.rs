@@ -16,8 +16,12 @@ use crate::config::Config;
 use crate::store::Store;
 
 /// Re-firing this many times within an hour marks an alert flapping: its state is kept
-/// current but no more mails go out until it settles.
-const FLAP_LIMIT: i32 = 3;
+/// current but no more mails go out until it settles, i.e. fires for [`SETTLE`] without
+/// resolving (then it is mailed as firing, and reminded of as any other).
+pub const FLAP_LIMIT: i32 = 3;
+
+/// How long a flapping alert fires steadily before it counts as settled.
+const SETTLE: Duration = Duration::hours(1);
 
 /// What a rule observed for one series this round.
 #[derive(Debug, Clone)]
@@ -56,7 +60,6 @@ struct AlertRow {
     fingerprint: String,
     state: String,
     started_at: DateTime<Utc>,
-    resolved_at: Option<DateTime<Utc>>,
     occurrences: i32,
     flaps: i32,
     labels: sqlx::types::Json<Labels>,
@@ -100,6 +103,7 @@ pub async fn evaluate(
             };
             apply(store, rules, rule, obs, now).await?;
         }
+        settle_flapping(store, rules, now).await?;
         repeat_reminders(store, rules, cfg, now).await?;
     }
     Ok(())
@@ -747,7 +751,7 @@ async fn apply(
 async fn alerts_of(store: &Store, rule: &Rule) -> anyhow::Result<HashMap<String, AlertRow>> {
     let existing: Vec<AlertRow> = sqlx::query_as!(
         AlertRow,
-        r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts WHERE rule = $1"#,
+        r#"SELECT fingerprint, state, started_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts WHERE rule = $1"#,
         &rule.name,
     )
     .fetch_all(&store.pool)
@@ -861,10 +865,17 @@ async fn fire(
     now: DateTime<Utc>,
     prev: Option<&AlertRow>,
 ) -> anyhow::Result<()> {
-    // Flapping: it resolved within the last hour and fires again.
+    // Flapping: the firings that started within the last hour before this one (each a
+    // re-fire when this one fires too).
     let flaps = match prev {
-        Some(p) if p.resolved_at.is_some_and(|r| now - r < Duration::hours(1)) => p.flaps + 1,
-        _ => 0,
+        Some(_) => sqlx::query_scalar!(
+            r#"SELECT count(*)::int4 AS "n!" FROM incidents WHERE fingerprint = $1 AND started_at >= $2"#,
+            fp,
+            now - Duration::hours(1),
+        )
+        .fetch_one(&mut **tx)
+        .await?,
+        None => 0,
     };
     sqlx::query!(
         "INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description, started_at, fired_at,
@@ -974,7 +985,7 @@ async fn resolve_quiet_hardware(
 ) -> anyhow::Result<()> {
     let quiet: Vec<AlertRow> = sqlx::query_as!(
         AlertRow,
-        r#"SELECT fingerprint, state, started_at, resolved_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts
+        r#"SELECT fingerprint, state, started_at, occurrences, flaps, labels AS "labels: sqlx::types::Json<Labels>", rule FROM alerts
           WHERE rule = $1 AND state = 'firing' AND last_active_at < $2"#,
         &rule.name,
         now - Duration::seconds(h.resolve_after_secs as i64),
@@ -1026,6 +1037,40 @@ async fn resolve_quiet_hardware(
     let mut tx = store.pool.begin().await?;
     for a in &quiet {
         resolve(&mut tx, rules, rule, a, now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Flapping alerts that have fired for [`SETTLE`] without resolving: mailed now as
+/// firing (their re-fires were not), and flapping no more.
+async fn settle_flapping(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let mut tx = store.pool.begin().await?;
+    let settled = sqlx::query!(
+        r#"UPDATE alerts SET flaps = 0, updated_at = now()
+            WHERE state = 'firing' AND flaps >= $2 AND fired_at <= $1
+        RETURNING fingerprint, rule, severity, labels AS "labels: sqlx::types::Json<Labels>", summary, description,
+                  value, started_at, occurrences"#,
+        now - SETTLE,
+        FLAP_LIMIT,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in settled {
+        tracing::info!(alert = %r.fingerprint, "flapping alert has fired steadily for an hour; mailing it");
+        let snap = AlertSnapshot {
+            fingerprint: r.fingerprint,
+            rule: r.rule,
+            severity: r.severity,
+            labels: r.labels.0,
+            summary: r.summary,
+            description: r.description,
+            value: r.value,
+            started_at: r.started_at,
+            resolved_at: None,
+            occurrences: r.occurrences,
+        };
+        enqueue(&mut tx, rules, &snap, "firing", now).await?;
     }
     tx.commit().await?;
     Ok(())

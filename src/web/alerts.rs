@@ -206,7 +206,7 @@ async fn alerts_page(
         description: a.description.clone(),
         since: ts(a.started_at),
         occurrences: a.occurrences,
-        flapping: a.flaps >= 3,
+        flapping: a.flaps >= crate::alert::eval::FLAP_LIMIT,
         silenced: *silenced,
         acked: a.acknowledged_by.clone().unwrap_or_default(),
         silence_matchers: silence_matchers(&a.rule, &a.labels.0),

@@ -1643,3 +1643,116 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     );
     r.app.stop().await;
 }
+
+/// Flapping is three re-fires within an hour, not three re-fires each within an hour of
+/// the last resolve; a flapping alert is not mailed when it re-fires, and is mailed once
+/// it has fired steadily for an hour.
+#[tokio::test]
+async fn an_alert_flaps_on_three_refires_within_an_hour_and_is_mailed_once_it_settles() {
+    use rackwatch::alert::{eval::evaluate, rules::RuleSet};
+    let app = TestApp::spawn().await;
+    // The GPU rule alone: evaluated at instants ahead of the wall clock, the host would
+    // look silent to an absence rule, and that inhibits its GPUs' mail.
+    let rules = RuleSet::parse(
+        r#"
+[[rule]]
+name = "gpu-hot"
+kind = "threshold"
+metric = "gpu.temp_celsius"
+op = ">"
+value = 85
+resolve_value = 80
+for_secs = 2
+severity = "warning"
+
+[[route]]
+to = ["ops@example.com"]
+"#,
+    )
+    .unwrap();
+    let token = app.token("flappy").await;
+    let t0 = Utc::now();
+    let at = |s: i64| t0 + chrono::Duration::seconds(s);
+    let temp = |s: i64, c: f64| json!({"host": {"name": "flappy"}, "gpu_samples": [{"ts": at(s), "index": 0, "temp_celsius": c}]});
+    let eval = |s: i64| {
+        let (store, cfg, rules) = (&app.store, &app.cfg, &rules);
+        async move {
+            evaluate(
+                store,
+                rules,
+                cfg,
+                at(s),
+                t0 - chrono::Duration::hours(1),
+                true,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mailed = || async {
+        sqlx::query_scalar::<_, String>("SELECT kind FROM notification_outbox ORDER BY id")
+            .fetch_all(&app.store.pool)
+            .await
+            .unwrap()
+    };
+    let flaps = || async {
+        sqlx::query_scalar::<_, i32>("SELECT flaps FROM alerts WHERE rule = 'gpu-hot'")
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap()
+    };
+    // Hot for its 2 s: fires and is mailed.
+    assert_eq!(app.ingest(&token, &temp(0, 90.0)).await.status(), 200);
+    eval(1).await;
+    eval(4).await;
+    assert_eq!(mailed().await, ["firing"]);
+    // It fired twice more in the last hour (40 and 20 minutes ago): resolving is mailed,
+    // but the third re-fire makes it flapping, and that firing is not mailed.
+    sqlx::query(
+        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at, resolved_at)
+         SELECT fingerprint, rule, severity, labels, summary, $1 - m * interval '1 minute', $1 - (m - 5) * interval '1 minute'
+           FROM alerts, unnest(ARRAY[40, 20]) m WHERE rule = 'gpu-hot'",
+    )
+    .bind(t0)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(app.ingest(&token, &temp(5, 79.0)).await.status(), 200);
+    eval(6).await;
+    assert_eq!(mailed().await, ["firing", "resolved"]);
+    assert_eq!(app.ingest(&token, &temp(7, 90.0)).await.status(), 200);
+    eval(8).await;
+    eval(11).await;
+    assert_eq!(flaps().await, 3);
+    assert_eq!(mailed().await, ["firing", "resolved"]);
+    // Firing steadily for an hour since: settled, mailed, flapping no more.
+    sqlx::query(
+        "UPDATE alerts SET fired_at = fired_at - interval '61 minutes' WHERE rule = 'gpu-hot'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    eval(12).await;
+    assert_eq!(mailed().await, ["firing", "resolved", "firing"]);
+    assert_eq!(flaps().await, 0);
+    eval(13).await;
+    assert_eq!(mailed().await.len(), 3, "settling is mailed once");
+    // Firings more than an hour back do not count: three over the last two hours (as a
+    // restarted fleet gives) re-fire without flapping, and are mailed.
+    sqlx::query("UPDATE incidents SET started_at = started_at - interval '2 hours', resolved_at = coalesce(resolved_at, $1) - interval '2 hours'")
+        .bind(t0)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.ingest(&token, &temp(14, 79.0)).await.status(), 200);
+    eval(15).await;
+    assert_eq!(app.ingest(&token, &temp(16, 90.0)).await.status(), 200);
+    eval(17).await;
+    eval(20).await;
+    assert_eq!(flaps().await, 0);
+    assert_eq!(
+        mailed().await,
+        ["firing", "resolved", "firing", "resolved", "firing"]
+    );
+    app.stop().await;
+}
