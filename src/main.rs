@@ -1223,14 +1223,14 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
         }
         other => {
             let db = Database::open(cfg, Role::Existing).await?;
-            let r = alerts_db_cmd(&db, other).await;
+            let r = alerts_db_cmd(&db, cfg, other).await;
             db.close().await;
             r
         }
     }
 }
 
-async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
+async fn alerts_db_cmd(db: &Database, cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     match a {
         AlertsCmd::List { format } => {
@@ -1285,6 +1285,8 @@ async fn alerts_db_cmd(db: &Database, a: AlertsCmd) -> anyhow::Result<()> {
             let author = author.unwrap_or_else(cli_actor);
             let m =
                 rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
+            rackwatch::alert::silence::check_rule(&m, &cfg.alerting.rules_file)
+                .map_err(|e| anyhow::anyhow!("--match {e}"))?;
             rackwatch::alert::silence::check_comment(&comment)
                 .map_err(|e| anyhow::anyhow!("--comment: {e}"))?;
             let asked = match &start {

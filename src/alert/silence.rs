@@ -90,7 +90,22 @@ pub fn add_matcher(m: &mut Labels, k: &str, v: &str) -> Result<(), String> {
                 crate::alert::rules::SEVERITIES.join(", ")
             ))
         }
+        "event" if !crate::model::EVENT_KINDS.contains(&v) => {
+            return Err(format!(
+                "event: {v:?} is not one of {}",
+                crate::model::EVENT_KINDS.join(", ")
+            ))
+        }
         _ => {}
+    }
+    // `host=a host=b`: a separator left out, not a host named "a host=b".
+    if let Some(second) = v.split_whitespace().skip(1).find(|w| {
+        w.split_once('=')
+            .is_some_and(|(l, _)| MATCHER_LABELS.contains(&l))
+    }) {
+        return Err(format!(
+            "{k}: {v:?} holds a second matcher ({second}); give each matcher on its own"
+        ));
     }
     if let Some(first) = m.insert(k.to_string(), v.to_string()) {
         return Err(format!(
@@ -98,6 +113,28 @@ pub fn add_matcher(m: &mut Labels, k: &str, v: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A `rule` matcher must name a rule of the rules file in force (`alerting.rules_file`):
+/// a misspelt one would mute nothing. Without a readable rules file nothing is checked.
+pub fn check_rule(m: &Labels, rules_file: &str) -> Result<(), String> {
+    let Some(rule) = m.get("rule") else {
+        return Ok(());
+    };
+    if rules_file.is_empty() {
+        return Ok(());
+    }
+    let Ok(set) = crate::alert::rules::RuleSet::load(std::path::Path::new(rules_file)) else {
+        return Ok(());
+    };
+    if set.rules.iter().any(|r| &r.name == rule) {
+        return Ok(());
+    }
+    let names: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+    Err(format!(
+        "rule: {rule:?} is not a rule of {rules_file} ({})",
+        names.join(", ")
+    ))
 }
 
 /// A silence needs at least one matcher.
@@ -265,6 +302,11 @@ mod tests {
             ("gpu=abc", "not a GPU index"),
             ("xid=x79", "not an XID code"),
             ("severity=banana", "not one of critical, warning, info"),
+            ("event=bogus", "event: \"bogus\" is not one of xid"),
+            (
+                "host=rwtest-c host=rwtest-d",
+                "holds a second matcher (host=rwtest-d); give each matcher on its own",
+            ),
         ] {
             assert!(
                 parse_matchers(&[bad.into()]).unwrap_err().contains(says),
@@ -286,6 +328,30 @@ mod tests {
         assert!(check_comment("bell\u{7}").unwrap_err().contains("control"));
         let spaced = parse_matchers(&[" host = gpu-17 ".into()]).unwrap();
         assert_eq!(spaced.get("host").unwrap(), "gpu-17");
+        // A host name with spaces (and '=' after something that is no label) is a name.
+        let odd = parse_matchers(&["host=rack 3 node=7".into(), "event=gpu_lost".into()]).unwrap();
+        assert_eq!(odd.get("host").unwrap(), "rack 3 node=7");
+    }
+
+    #[test]
+    fn a_rule_matcher_names_a_rule_of_the_rules_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("alerts.toml");
+        std::fs::write(
+            &file,
+            "[[rule]]\nname = \"gpu-xid\"\nkind = \"hardware\"\nevents = [\"xid\"]\nseverity = \"critical\"\n",
+        )
+        .unwrap();
+        let path = file.to_string_lossy();
+        let m = |r: &str| parse_matchers(&[format!("rule={r}")]).unwrap();
+        assert!(check_rule(&m("gpu-xid"), &path).is_ok());
+        let e = check_rule(&m("gpu-xdi"), &path).unwrap_err();
+        assert!(
+            e.contains("\"gpu-xdi\" is not a rule of") && e.ends_with("(gpu-xid)"),
+            "{e}"
+        );
+        // No rules file: nothing to check against.
+        assert!(check_rule(&m("anything"), "").is_ok());
     }
 
     #[test]

@@ -469,7 +469,7 @@ pub async fn silence(
     }
 }
 
-/// Store a silence of `hours` from `start` (now when `None` or past) and record it in the
+/// Store a silence of `hours` from `start` (now when `None`; a past one is refused) and record it in the
 /// audit trail.
 async fn create_silence(
     st: &AppState,
@@ -482,6 +482,7 @@ async fn create_silence(
     use crate::alert::silence::{check_comment, silence_end, silence_start};
     // Each error names its field as the API spells it.
     let bad = |field: &'static str| move |e: String| ApiError::BadRequest(format!("{field}: {e}"));
+    crate::alert::silence::check_rule(&m, &st.cfg.alerting.rules_file).map_err(bad("matchers"))?;
     check_comment(comment).map_err(bad("comment"))?;
     let now = silence_start(Utc::now(), start).map_err(bad("starts_at"))?;
     let end = silence_end(now, hours).map_err(bad("hours"))?;
@@ -657,7 +658,7 @@ pub struct NewSilence {
     #[serde(deserialize_with = "unique_labels")]
     pub matchers: std::collections::BTreeMap<String, String>,
     /// When it starts, for a maintenance window ahead (at most 90 days); now when left
-    /// out or past.
+    /// out. A time more than 5 minutes past is refused.
     #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
     /// How long it lasts from its start: at least 1 second (1/3600) and at most 2,160 hours
