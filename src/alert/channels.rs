@@ -32,10 +32,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 fn host_link(a: &AlertSnapshot, public_url: &str) -> String {
-    match a.labels.get("host") {
-        Some(h) => format!("{public_url}/hosts/{}", super::notify::urlpath(h)),
-        None => format!("{public_url}/alerts"),
-    }
+    super::notify::alert_link(&a.labels, public_url)
 }
 
 /// Labels (or annotations) every alert of the group shares.

@@ -395,12 +395,20 @@ fn codes_text(seen: &[(String, i64, i64)]) -> String {
         .join(", ")
 }
 
-/// What an event means, for the mail.
+/// What an event says, what it means and what to do, for the mail and the alerts page.
 pub fn event_description(kind: &str, code: i64, message: &str) -> String {
-    match kind {
-        "xid" => format!("XID {code}: {message}"),
-        _ => message.to_string(),
-    }
+    let d = crate::model::xid::describe_event(kind, code);
+    let said = match kind {
+        "xid" => format!("XID {code}: {}", message.trim_end_matches('.')),
+        _ => message.trim_end_matches('.').to_string(),
+    };
+    // The meaning unless the message already says it.
+    let meaning = if message.to_lowercase().contains(&d.meaning.to_lowercase()) {
+        String::new()
+    } else {
+        format!(" Meaning: {}.", d.meaning)
+    };
+    format!("{said}.{meaning} Action: {}.", d.action)
 }
 
 /// How many seconds a host's clock is behind the server's (0 … 900): its last batch's
@@ -476,7 +484,7 @@ async fn threshold_observations(
                 clear: if above { v <= resolve } else { v >= resolve },
                 at: ts,
                 occurrences: 1,
-                description: format!("{} = {v:.1} ({} {threshold})", t.metric, t.op.as_str()),
+                description: t.metric.describe(v, t.op, threshold),
                 held: None,
             })
         })

@@ -104,11 +104,7 @@ pub fn compose(
                 .unwrap_or_default(),
             description: a.description.clone(),
             occurrences: a.occurrences,
-            link: a
-                .labels
-                .get("host")
-                .map(|h| format!("{public_url}/hosts/{}", urlpath(h)))
-                .unwrap_or_else(|| format!("{public_url}/")),
+            link: alert_link(&a.labels, public_url),
         })
         .collect();
     let firing = items.iter().filter(|i| i.status == "FIRING").count();
@@ -504,4 +500,22 @@ pub async fn channel_states(store: &Store) -> Result<Vec<ChannelState>, sqlx::Er
     )
     .fetch_all(&store.pool)
     .await
+}
+
+/// The dashboard page an alert is about: its GPU, its host, the pool's capacity page, the
+/// rack, else the alerts page.
+pub fn alert_link(labels: &crate::alert::Labels, public_url: &str) -> String {
+    let get = |k: &str| labels.get(k).map(String::as_str);
+    match (get("host"), get("gpu"), get("pool"), get("rack")) {
+        (Some(h), Some(g), _, _) => {
+            format!("{public_url}/hosts/{}/gpus/{}", urlpath(h), urlpath(g))
+        }
+        (Some(h), None, _, _) => format!("{public_url}/hosts/{}", urlpath(h)),
+        (None, _, Some(p), _) => format!("{public_url}/capacity/pools/{}", urlpath(p)),
+        (None, _, None, Some(r)) => format!(
+            "{public_url}{}",
+            crate::web::page::rack_path(get("site").unwrap_or(""), r)
+        ),
+        _ => format!("{public_url}/alerts"),
+    }
 }

@@ -244,6 +244,42 @@ impl MetricRef {
     }
 }
 
+impl MetricRef {
+    /// `v` in the metric's unit as people read it: `92.0 °C`, `61.0 GiB`, `1.2 GB/s`.
+    pub fn reading(&self, v: f64) -> String {
+        use crate::model::format::{bytes, num, rate};
+        match self.metric.unit {
+            "B" => bytes(Some(v)),
+            "B/s" => rate(Some(v)),
+            unit => num(Some(v), 1, unit),
+        }
+    }
+
+    /// What the metric is, from its documentation's first sentence: `GPU core
+    /// temperature`.
+    pub fn title(&self) -> &'static str {
+        let doc = self.metric.doc.trim();
+        doc.split_once(". ")
+            .map_or(doc, |(first, _)| first)
+            .trim_end_matches('.')
+    }
+
+    /// An observation in words: `GPU core temperature 92.0 °C, above 87.0 °C
+    /// (gpu.temp_celsius)`.
+    pub fn describe(&self, v: f64, op: Op, threshold: f64) -> String {
+        format!(
+            "{} {}, {} {} ({self})",
+            self.title(),
+            self.reading(v),
+            match op {
+                Op::Above => "above",
+                Op::Below => "below",
+            },
+            self.reading(threshold),
+        )
+    }
+}
+
 impl std::fmt::Display for MetricRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -668,6 +704,20 @@ mod tests {
 
     fn parse(text: &str) -> Result<RuleSet, String> {
         RuleSet::parse(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn threshold_observations_read_in_words_and_units() {
+        let m = |s: &str| MetricRef::parse(s).unwrap();
+        assert_eq!(
+            m("gpu.temp_celsius").describe(92.0, Op::Above, 87.0),
+            "GPU core temperature 92.0 °C, above 87.0 °C (gpu.temp_celsius)"
+        );
+        assert_eq!(
+            m("gpu.mem_used_bytes").describe(65_498_251_264.0, Op::Above, 64e9),
+            "Frame buffer memory in use 61.0 GiB, above 59.6 GiB (gpu.mem_used_bytes)"
+        );
+        assert_eq!(m("gpu.power_watts").title(), "Board power draw");
     }
 
     #[test]

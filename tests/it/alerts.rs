@@ -294,6 +294,14 @@ async fn a_gpu_with_several_xid_codes_is_one_alert_that_lists_them() {
         "{description}"
     );
     assert!(alerts[1].2.starts_with("XID 79: "), "{}", alerts[1].2);
+    // What to do comes with it.
+    assert!(
+        alerts[1]
+            .2
+            .ends_with("Action: restart the node: drain it and reboot; RMA the GPU if it repeats."),
+        "{}",
+        alerts[1].2
+    );
     r.app.stop().await;
 }
 

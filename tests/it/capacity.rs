@@ -916,6 +916,8 @@ async fn a_capacity_alert_resolves_when_its_pool_leaves_the_fleet() {
         .unwrap();
     let mails = smtp.wait_for(1, 20).await;
     assert!(subject(&mails[0]).contains("Capacity runs short"));
+    // It links the pool's capacity page.
+    assert!(mails[0].contains("/capacity/pools/old"), "{}", mails[0]);
     for i in 0..2 {
         app.store
             .remove_host(&format!("old-{i}"), "test")

@@ -206,7 +206,14 @@ async fn webhook_slack_and_pagerduty_get_one_delivery_per_group_and_the_resolve(
             .as_str()
             .unwrap()
             .contains("79"));
-        assert_eq!(x["generatorURL"], "https://rackwatch.example/hosts/gpu-17");
+        // The GPU's own page.
+        assert_eq!(
+            x["generatorURL"],
+            format!(
+                "https://rackwatch.example/hosts/gpu-17/gpus/{}",
+                x["labels"]["gpu"].as_str().unwrap()
+            )
+        );
         assert!(x["fingerprint"].as_str().unwrap().len() > 8);
         chrono::DateTime::parse_from_rfc3339(x["startsAt"].as_str().unwrap()).unwrap();
     }
@@ -241,7 +248,8 @@ async fn webhook_slack_and_pagerduty_get_one_delivery_per_group_and_the_resolve(
         .iter()
         .any(|t| t.contains("fra1 / r12 / gpu-17 / GPU 3")));
     assert!(sections.iter().all(|t| t.contains("*FIRING*")
-        && t.contains("<https://rackwatch.example/hosts/gpu-17|Open in Rackwatch>")));
+        && t.contains("<https://rackwatch.example/hosts/gpu-17/gpus/")
+        && t.contains("|Open in Rackwatch>")));
 
     let pd = rec.wait("/pd", 2, 10).await;
     assert_eq!(pd.len(), 2, "one trigger per alert: {pd:?}");
@@ -265,10 +273,10 @@ async fn webhook_slack_and_pagerduty_get_one_delivery_per_group_and_the_resolve(
             .starts_with("GPU reported an XID error — fra1 / r12 / gpu-17 / GPU "));
         assert!(p["component"].as_str().unwrap().starts_with("GPU "));
         chrono::DateTime::parse_from_rfc3339(p["timestamp"].as_str().unwrap()).unwrap();
-        assert_eq!(
-            e["links"][0]["href"],
-            "https://rackwatch.example/hosts/gpu-17"
-        );
+        assert!(e["links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://rackwatch.example/hosts/gpu-17/gpus/"));
     }
 
     // Resolved: the alerts end 12 s after the last event (after the retries above, so
