@@ -246,22 +246,38 @@ impl Store {
         hosts: &[String],
         resolved_since: DateTime<Utc>,
     ) -> Result<Vec<AlertTouching>, sqlx::Error> {
-        // `host` is matched against `$1`, so never null.
+        // `host` is matched against `$1`, so never null. An alert's earlier firings that
+        // resolved since `resolved_since` come from its incidents: the alert's own row
+        // holds only its latest.
         sqlx::query_as!(
             AlertTouching,
-            r#"SELECT a.fingerprint, a.rule, a.severity, a.state, a.labels->>'host' AS "host!",
+            r#"SELECT t.fingerprint AS "fingerprint!", t.rule AS "rule!", t.severity AS "severity!",
+                    t.state AS "state!", t.host AS "host!", t.gpu, t.summary AS "summary!",
+                    t.description AS "description!", t.started_at AS "started_at!", t.fired_at,
+                    t.resolved_at, t.occurrences AS "occurrences!", t.acknowledged_by,
+                    t.silenced AS "silenced!"
+               FROM (
+             SELECT a.fingerprint, a.rule, a.severity, a.state, a.labels->>'host' AS host,
                     CASE WHEN a.labels->>'gpu' ~ '^[0-9]{1,4}$' THEN (a.labels->>'gpu')::int2 END AS gpu,
                     a.summary, a.description, a.started_at, a.fired_at, a.resolved_at, a.occurrences,
                     a.acknowledged_by,
                     EXISTS (SELECT 1 FROM silences s WHERE s.starts_at <= now() AND s.ends_at > now()
                               AND (a.labels || jsonb_build_object('rule', a.rule, 'severity', a.severity)) @> s.matchers
-                           ) AS "silenced!"
+                           ) AS silenced
                FROM alerts a
               WHERE a.labels->>'host' = ANY($1)
                 AND (a.state IN ('pending', 'firing') OR a.resolved_at >= $2)
-              ORDER BY CASE a.state WHEN 'firing' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,
-                       CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
-                       COALESCE(a.resolved_at, a.started_at) DESC
+             UNION ALL
+             SELECT i.fingerprint, i.rule, i.severity, 'resolved', i.labels->>'host',
+                    CASE WHEN i.labels->>'gpu' ~ '^[0-9]{1,4}$' THEN (i.labels->>'gpu')::int2 END,
+                    i.summary, '', i.started_at, NULL::timestamptz, i.resolved_at, 0, NULL::text, false
+               FROM incidents i JOIN alerts a USING (fingerprint)
+              WHERE i.labels->>'host' = ANY($1) AND i.resolved_at >= $2
+                AND NOT (a.state = 'resolved' AND a.resolved_at = i.resolved_at)
+             ) t
+              ORDER BY CASE t.state WHEN 'firing' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END,
+                       CASE t.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
+                       COALESCE(t.resolved_at, t.started_at) DESC
               LIMIT 200"#,
             hosts,
             resolved_since,

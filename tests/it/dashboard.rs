@@ -803,6 +803,26 @@ async fn alerts_touching_a_host_show_on_its_host_and_rack_pages_only() {
         !s.contains(xid),
         "gpu-node-7's alert on gpu-node-8's page: {s}"
     );
+    // The XID alert's earlier firings: the one resolved 2 hours ago shows as resolved
+    // beside the firing one, the one resolved 30 hours ago does not.
+    sqlx::query(
+        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at, resolved_at)
+         SELECT fingerprint, rule, severity, labels, summary, now() - h * interval '1 hour', now() - (h - 1) * interval '1 hour'
+           FROM alerts, unnest(ARRAY[3, 31]) h WHERE rule = 'gpu-xid'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let api = app.json(&cookie, "/api/v1/hosts/gpu-node-7").await;
+    let states: Vec<&str> = api["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| a["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["firing", "resolved"], "{}", api["alerts"]);
+    let (_, html) = app.page(&cookie, "/hosts/gpu-node-7?range=6h").await;
+    assert_eq!(alerts_section(&html).matches(xid).count(), 2);
     // A host in another rack: none.
     let (_, html) = app.page(&cookie, "/hosts/gpu-node-9").await;
     let s = alerts_section(&html);
@@ -821,18 +841,24 @@ async fn alerts_touching_a_host_show_on_its_host_and_rack_pages_only() {
     // The JSON API carries the same list.
     let v = app.json(&cookie, "/api/v1/hosts/gpu-node-7").await;
     let alerts = v["alerts"].as_array().unwrap();
-    assert_eq!(alerts.len(), 1, "{v}");
+    assert_eq!(
+        alerts.len(),
+        2,
+        "the firing one and its earlier firing: {v}"
+    );
     assert_eq!(
         (&alerts[0]["rule"], &alerts[0]["state"], &alerts[0]["gpu"]),
         (&json!("gpu-xid"), &json!("firing"), &json!(1))
     );
     // Resolved long ago: no longer "recent".
-    sqlx::query(
-        "UPDATE alerts SET resolved_at = now() - interval '2 days' WHERE state = 'resolved'",
-    )
-    .execute(&app.store.pool)
-    .await
-    .unwrap();
+    for table in ["alerts", "incidents"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET resolved_at = now() - interval '2 days' WHERE resolved_at IS NOT NULL"
+        )))
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    }
     let (_, html) = app.page(&cookie, "/hosts/gpu-node-8").await;
     assert!(!alerts_section(&html).contains(throttle));
     app.stop().await;
