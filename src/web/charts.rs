@@ -588,10 +588,12 @@ pub fn strip_chart(
         let what = if cols.is_empty() {
             "no data".to_string()
         } else {
+            // Kilowatts with a decimal (a 700 W GPU is 0.7 kW); the rest are whole.
+            let d = usize::from(unit == "kW");
             format!(
                 "mean {}, highest {}",
-                num(Some(sum / cols.len() as f64), 0, unit),
-                num(Some(peak), 0, unit)
+                num(Some(sum / cols.len() as f64), d, unit),
+                num(Some(peak), d, unit)
             )
         };
         let (tag, href) = if r.href.is_empty() {

@@ -388,12 +388,13 @@ fn rack_gpu_charts(
             })
             .collect()
     };
-    let power = per_host(|p| p.power_watts, true);
+    // Hosts draw kilowatts: per-host power in kW, as the rack's total and its KPI.
+    let power = per_host(|p| p.power_watts.map(|w| w / 1000.0), true);
     let temp = per_host(|p| p.temp_celsius, false);
     let mut total: BTreeMap<DateTime<Utc>, f64> = BTreeMap::new();
     for row in &power {
         for (t, v) in &row.points {
-            *total.entry(*t).or_insert(0.0) += v / 1000.0;
+            *total.entry(*t).or_insert(0.0) += v;
         }
     }
     let peak = |rows: &[StripRow]| {
@@ -410,7 +411,7 @@ fn rack_gpu_charts(
             .unwrap_or(v)
     };
     let (ptop, ttop) = (
-        round_up(peak(&power).max(1.0)),
+        round_up(peak(&power).max(0.1)),
         peak(&temp).max(90.0).ceil(),
     );
     vec![
@@ -425,8 +426,15 @@ fn rack_gpu_charts(
             &Overlay::default(),
         ),
         ChartView {
-            title: format!("GPU power per host (0–{ptop:.0} W)"),
-            svg: strip_chart("GPU power per host", &power, r.from, r.to, (0.0, ptop), "W"),
+            title: format!("GPU power per host (0–{} kW)", trim_float(ptop)),
+            svg: strip_chart(
+                "GPU power per host",
+                &power,
+                r.from,
+                r.to,
+                (0.0, ptop),
+                "kW",
+            ),
             legend: Vec::new(),
             note: String::new(),
         },
@@ -475,4 +483,10 @@ async fn json(
     let r = q.range().resolve_overview(Utc::now(), "1h")?;
     let metric = Metric::parse(q.metric.as_deref())?;
     Ok(Json(load(&st, &site, &rack, r, metric).await?))
+}
+
+/// A round number as written: `6`, `0.5`, `2.5`.
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

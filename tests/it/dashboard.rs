@@ -82,6 +82,9 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     // small multiples.
     assert_eq!(rack.matches("<svg class=\"chart\"").count(), 5);
     assert_eq!(rack.matches("<figure class=\"strip\"").count(), 2);
+    // Per-host power in kW, as the rack's total: two GPUs at 350 W are 0.7 kW.
+    assert!(rack.contains("GPU power per host (0–0.8 kW)"), "{rack}");
+    assert!(rack.contains("mean 0.7 kW, highest 0.7 kW"), "{rack}");
     // Each line chart is followed by its phone twin (400 × 240), which phones show instead.
     assert_eq!(
         rack.matches("</svg><svg class=\"chart phone\" viewBox=\"0 0 400 240\"")
