@@ -276,12 +276,25 @@ pub struct ReportHtml<'a> {
     pub v: ReportView,
 }
 
+/// Energy in kWh everywhere in the report (a bill's unit; one unit to compare lines and
+/// tiles by): `85.3 kWh`, from 1,000 on whole and grouped, `10,412 kWh`.
 fn fmt_kwh(v: f64) -> String {
-    if v.abs() >= 10_000.0 {
-        format!("{:.1} MWh", v / 1000.0)
-    } else {
-        format!("{v:.1} kWh")
+    if v.abs() < 1000.0 {
+        return format!("{v:.1} kWh");
     }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 5);
+    if v < 0.0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out.push_str(" kWh");
+    out
 }
 
 fn fmt_money(v: Option<f64>, cur: &str) -> String {
@@ -548,7 +561,16 @@ fn day_chart(r: &EnergyReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{digits12, energy_axis};
+    use super::{digits12, energy_axis, fmt_kwh};
+
+    #[test]
+    fn energy_reads_in_kwh_grouped_from_a_thousand() {
+        assert_eq!(fmt_kwh(85.34), "85.3 kWh");
+        assert_eq!(fmt_kwh(7396.4), "7,396 kWh");
+        assert_eq!(fmt_kwh(10_412.5), "10,412 kWh");
+        assert_eq!(fmt_kwh(1_176_000.0), "1,176,000 kWh");
+        assert_eq!(fmt_kwh(-2500.0), "-2,500 kWh");
+    }
 
     #[test]
     fn report_figures_keep_twelve_digits_without_the_last_bits() {
