@@ -264,6 +264,21 @@ async fn a_host_without_site_rack_or_pool_is_shown_and_linked_as_such() {
         inventory.contains("<td>no site / no rack</td><td>–</td>"),
         "{inventory}"
     );
+    // A rack whose hosts report no GPUs says so instead of an empty heatmap and 0 W.
+    let token = app.token("cpu-only").await;
+    let body = json!({"host": {"name": "cpu-only", "site": "fra1", "rack": "r9"},
+        "host_samples": [{"ts": now, "cpu_util_pct": 10.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let (status, rack) = app.page(&cookie, "/racks/fra1/r9").await;
+    assert_eq!(status, 200, "{rack}");
+    assert!(
+        rack.contains(r#"<p class="muted" id="no-gpus">No host in this rack reports GPUs.</p>"#),
+        "{rack}"
+    );
+    assert!(
+        !rack.contains("kpi-rack-power") && !rack.contains("class=\"heat"),
+        "{rack}"
+    );
     app.stop().await;
 }
 
