@@ -833,7 +833,7 @@ async fn apply_in(
                         "INSERT INTO alerts (fingerprint, rule, severity, labels, state, value, summary, description, started_at, last_active_at)
                          VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9)
                          ON CONFLICT (fingerprint) DO UPDATE SET state = 'pending', started_at = $8, last_active_at = $9,
-                            value = $5, description = $7, resolved_at = NULL, updated_at = now()",
+                            value = $5, description = $7, resolved_at = NULL, fired_at = NULL, updated_at = now()",
                         &fp,
                         &rule.name,
                         &rule.severity,

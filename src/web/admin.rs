@@ -111,7 +111,10 @@ fn job_views(jobs: &[crate::model::jobs::JobStatus]) -> Vec<JobView> {
                 s if s % 60 == 0 => format!("{} min", s / 60),
                 s => format!("{s} s"),
             },
-            last_success: j.last_success.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            last_success: j
+                .last_success
+                .map(super::page::time_attr)
+                .unwrap_or_default(),
             duration: j
                 .last_duration
                 .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
@@ -144,9 +147,12 @@ async fn page_with(
         .await?
         .into_iter()
         .map(|t| TokenView {
-            created: t.created_at.to_rfc3339(),
-            last_used: t.last_used_at.map(|x| x.to_rfc3339()).unwrap_or_default(),
-            revoked: t.revoked_at.map(|x| x.to_rfc3339()).unwrap_or_default(),
+            created: super::page::time_attr(t.created_at),
+            last_used: t
+                .last_used_at
+                .map(super::page::time_attr)
+                .unwrap_or_default(),
+            revoked: t.revoked_at.map(super::page::time_attr).unwrap_or_default(),
             info: t,
         })
         .partition(|t| t.revoked.is_empty());
@@ -554,7 +560,7 @@ pub async fn audit_page(
     let rows = rows
         .into_iter()
         .map(|r| AuditView {
-            at: r.at.to_rfc3339(),
+            at: super::page::time_attr(r.at),
             actor: r.actor,
             source: r.source.unwrap_or_default(),
             action: r.action,

@@ -175,7 +175,7 @@ impl Default for SilenceFormView {
 }
 
 fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339()
+    super::page::time_attr(t)
 }
 
 pub async fn page(
@@ -392,9 +392,9 @@ async fn ack(
             Some(t) => ApiError::Conflict(format!(
                 "already acknowledged by {} at {}",
                 t.by,
-                t.at.to_rfc3339()
+                t.at.format("%Y-%m-%d %H:%M:%S UTC")
             )),
-            None => ApiError::NotFound("no firing alert with that fingerprint".into()),
+            None => ApiError::NotFound(format!("no firing alert with fingerprint {fingerprint:?}")),
         });
     };
     st.store

@@ -412,7 +412,7 @@ async fn page(
             silent_since: if super::page::gpu_reports(&d.gpu, Some(&d.host), now) {
                 String::new()
             } else {
-                d.gpu.ts.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+                d.gpu.ts.map(super::page::time_attr).unwrap_or_else(|| "-".into())
             },
             driver_note: d
                 .gpu

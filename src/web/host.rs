@@ -407,7 +407,7 @@ async fn page(
                 silent_since: if super::page::gpu_reports(g, Some(&d.host), now) {
                     String::new()
                 } else {
-                    g.ts.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
+                    g.ts.map(super::page::time_attr).unwrap_or_else(|| "-".into())
                 },
             })
             .collect();
@@ -463,7 +463,7 @@ async fn page(
                 .anomalies
                 .iter()
                 .map(|a| AnomalyView {
-                    ts: a.ts.to_rfc3339(),
+                    ts: super::page::time_attr(a.ts),
                     score: format!("{:.1}", a.score),
                     level: format!("{:.1}", a.threshold),
                     detail: crate::analytics::anomaly::anomaly_explanation(&a.top),

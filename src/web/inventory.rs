@@ -96,7 +96,7 @@ async fn page(
             rack: place_label(&r.rack, "no rack"),
             pool: place_label(&r.pool, "–"),
             agent_version: r.agent_version.clone(),
-            last_seen: r.last_seen.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            last_seen: r.last_seen.map(super::page::time_attr).unwrap_or_default(),
             gpu: r.index.map(|i| format!("GPU {i}")).unwrap_or_default(),
             gpu_link: r
                 .index

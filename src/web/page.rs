@@ -19,6 +19,12 @@ use crate::store::queries::{AlertTouching, EventRow, GpuLatest, HostLatest};
 use crate::store::series::{GpuPoint, HostPoint};
 
 /// Render a template into a response (500 with a log line if it fails).
+/// A time for a page's `<time datetime>`: to the second, in UTC (`2026-12-06T06:02:34Z`).
+/// The script shows it in the viewer's zone; without the script it reads as it is.
+pub fn time_attr(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 pub fn render<T: Template>(t: &T) -> Response {
     render_sized(t, T::SIZE_HINT)
 }
@@ -368,7 +374,7 @@ pub fn event_views(events: &[ExplainedEvent], query: &str) -> Vec<EventView> {
     events
         .iter()
         .map(|e| EventView {
-            ts: e.ts.to_rfc3339(),
+            ts: time_attr(e.ts),
             gpu: e
                 .index
                 .map(|i| format!("GPU {i}"))
@@ -431,8 +437,8 @@ pub fn alert_views(alerts: &[AlertTouching], with_host: bool, query: &str) -> Ve
                     Some(i) => format!("/hosts/{}/gpus/{i}?{query}", seg(&a.host)),
                     None => format!("/hosts/{}?{query}", seg(&a.host)),
                 },
-                since: a.started_at.to_rfc3339(),
-                resolved: a.resolved_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                since: time_attr(a.started_at),
+                resolved: a.resolved_at.map(time_attr).unwrap_or_default(),
                 note: note.join(", "),
             }
         })

@@ -1401,7 +1401,20 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
         b["error"]
             .as_str()
             .unwrap()
-            .contains("already acknowledged by oper2"),
+            .contains("already acknowledged by oper2 at 20"),
+        "{b}"
+    );
+    assert!(b["error"].as_str().unwrap().ends_with(" UTC"), "{b}");
+    // One that is not firing is named.
+    let (s, b) = send(call(
+        Method::POST,
+        "/api/v1/alerts/no-such-alert/ack".into(),
+        "oper2",
+    ))
+    .await;
+    assert_eq!(s, 404, "{b}");
+    assert_eq!(
+        b["error"], "no firing alert with fingerprint \"no-such-alert\"",
         "{b}"
     );
     // Taken back (a viewer may not), it can be acknowledged anew; taking back what is
