@@ -229,6 +229,11 @@ async fn hardware(
                 // observation, which describes the latest event.
                 if let Some(o) = entry.0.iter_mut().find(|o| o.labels == l) {
                     o.occurrences += *count;
+                    // It started with the earliest of the round's events (a batch shipped
+                    // after an outage holds minutes of them), and counts them all.
+                    if let Some((first, _)) = &mut o.held {
+                        *first = (*first).min(*ts);
+                    }
                     if *ts >= o.at {
                         o.at = *ts;
                         o.value = Some(*code as f64);
@@ -243,7 +248,7 @@ async fn hardware(
                         at: *ts,
                         occurrences: *count,
                         description: event_description(kind, *code, message),
-                        held: None,
+                        held: Some((*ts, Duration::zero())),
                     });
                     entry.1.push((*host_id, *gpu));
                 }
@@ -344,10 +349,11 @@ async fn codes_seen(
         .iter()
         .zip(&fps)
         .map(|(o, fp)| {
-            firing_since
-                .get(fp)
-                .copied()
-                .unwrap_or(o.at - resolve_after)
+            firing_since.get(fp).copied().unwrap_or_else(|| {
+                o.held.map_or(o.at - resolve_after, |(first, _)| {
+                    first.min(o.at - resolve_after)
+                })
+            })
         })
         .collect();
     let latest: Vec<DateTime<Utc>> = obs.iter().map(|o| o.at).collect();

@@ -305,6 +305,48 @@ async fn a_gpu_with_several_xid_codes_is_one_alert_that_lists_them() {
     r.app.stop().await;
 }
 
+/// Events shipped in one batch after an outage: the alert starts at the first of them,
+/// and its text counts all that its occurrences count.
+#[tokio::test]
+async fn a_batch_of_events_starts_its_alert_at_the_first_and_counts_them_all() {
+    let r = rig().await;
+    let token = r.app.token("gpu-22").await;
+    let first = Utc::now() - chrono::Duration::minutes(10);
+    let events: Vec<serde_json::Value> = (0..9)
+        .map(|i| {
+            let code = [13, 31, 94][i as usize % 3];
+            json!({"ts": first + chrono::Duration::minutes(i), "index": 1, "kind": "xid",
+                   "code": code, "message": "NVRM: Xid (PCI:0000:3b:00)"})
+        })
+        .collect();
+    let body = json!({"host": {"name": "gpu-22", "site": "fra1", "rack": "r12"},
+        "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 10.0}], "events": events});
+    assert_eq!(r.app.ingest(&token, &body).await.status(), 200);
+    let mut row: Option<(chrono::DateTime<Utc>, i32, String)> = None;
+    for _ in 0..50 {
+        row = sqlx::query_as(
+            "SELECT started_at, occurrences, description FROM alerts WHERE rule = 'gpu-xid' AND state = 'firing'",
+        )
+        .fetch_optional(&r.app.store.pool)
+        .await
+        .unwrap();
+        if row.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (started, occurrences, description) = row.expect("a firing alert");
+    assert!(
+        (started - first).num_milliseconds().abs() < 1000,
+        "{started} vs {first}"
+    );
+    assert_eq!(occurrences, 9);
+    for code in ["XID 13 ×3", "XID 31 ×3", "XID 94 ×3"] {
+        assert!(description.contains(code), "{code} in {description}");
+    }
+    r.app.stop().await;
+}
+
 #[tokio::test]
 async fn a_rule_with_per_code_keeps_one_alert_per_code() {
     let r = rig().await;
