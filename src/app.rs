@@ -352,6 +352,15 @@ pub async fn start_simulator(
                 t + chrono::Duration::seconds(1)
             }),
         );
+        // The GPUs' energy counters run on from the last run's.
+        let counters: Vec<(i16, f64)> = sqlx::query_as(
+            "SELECT g.gpu_index, g.energy_joules_total FROM gpu_latest g JOIN hosts h ON h.id = g.host_id
+              WHERE h.name = $1 AND g.energy_joules_total IS NOT NULL",
+        )
+        .bind(&host.info.name)
+        .fetch_all(&store.pool)
+        .await?;
+        host.resume_energy(&counters);
         if minutes > 0 && from < now {
             let c = host.history(
                 from,

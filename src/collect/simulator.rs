@@ -152,6 +152,22 @@ impl SimulatedHost {
             .collect()
     }
 
+    /// Run each GPU's energy counter on from `counters` (GPU index, joules): a restarted
+    /// demo's GPUs read on from what the last run stored instead of from their first
+    /// value, as a real GPU's counter does across an agent restart.
+    pub fn resume_energy(&mut self, counters: &[(i16, f64)]) {
+        for (i, j) in counters {
+            if let Some(e) = usize::try_from(*i)
+                .ok()
+                .and_then(|i| self.energy_j.get_mut(i))
+            {
+                if j.is_finite() && *j > *e {
+                    *e = *j;
+                }
+            }
+        }
+    }
+
     /// Start the failing fan at `t` and drop the lost GPU off the bus [`LOST_AFTER`]
     /// later (before `t` both GPUs are healthy).
     pub fn start_faults_at(&mut self, t: DateTime<Utc>) {
@@ -465,6 +481,31 @@ mod tests {
         // One XID every 7 minutes on the faulty GPU: 8 or 9 in an hour.
         assert!((8..=9).contains(&xids), "{xids} XIDs");
         assert!(hot > 100, "{hot} hot samples from the failing fan");
+    }
+
+    #[test]
+    fn a_restarted_hosts_energy_counters_run_on_from_the_stored_ones() {
+        let t0: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+        let mut fleet = SimulatedHost::fleet(1, 2);
+        let fresh = fleet[0].history(t0, t0 + Duration::seconds(10), Duration::seconds(5));
+        let first = fresh.gpu_samples[0].energy_joules_total.unwrap();
+        let mut fleet = SimulatedHost::fleet(1, 2);
+        // GPU 0 was stored further on; GPU 1's stored value is behind (kept as it is).
+        fleet[0].resume_energy(&[(0, first + 5e8), (1, 1.0), (7, 9e9)]);
+        let c = fleet[0].history(t0, t0 + Duration::seconds(10), Duration::seconds(5));
+        let at = |g: u8| {
+            c.gpu_samples
+                .iter()
+                .find(|s| s.index == g)
+                .and_then(|s| s.energy_joules_total)
+                .unwrap()
+        };
+        assert!(
+            at(0) >= first + 5e8 && at(0) < first + 5e8 + 1e5,
+            "{}",
+            at(0)
+        );
+        assert!(at(1) > 1e9, "{}", at(1));
     }
 
     #[test]
