@@ -1285,7 +1285,13 @@ async fn alerts_db_cmd(db: &Database, cfg: &Config, a: AlertsCmd) -> anyhow::Res
             let author = author.unwrap_or_else(cli_actor);
             let m =
                 rackwatch::alert::silence::parse_matchers(&matchers).map_err(anyhow::Error::msg)?;
-            rackwatch::alert::silence::check_rule(&m, &cfg.alerting.rules_file)
+            let rules_file = rules_file_or_example(cfg);
+            if m.contains_key("rule") && rules_file.is_empty() {
+                eprintln!(
+                    "warning: no alerting.rules_file (pass the server's --config): the rule name is not checked"
+                );
+            }
+            rackwatch::alert::silence::check_rule(&m, &rules_file)
                 .map_err(|e| anyhow::anyhow!("--match {e}"))?;
             rackwatch::alert::silence::check_comment(&comment)
                 .map_err(|e| anyhow::anyhow!("--comment: {e}"))?;
@@ -1437,6 +1443,16 @@ fn random_password() -> String {
         .collect()
 }
 
+/// `alerting.rules_file`, else the shipped example rules when run from the repository
+/// (what the demo loads).
+fn rules_file_or_example(cfg: &Config) -> String {
+    if cfg.alerting.rules_file.is_empty() && std::path::Path::new("config/alerts.toml").is_file() {
+        "config/alerts.toml".into()
+    } else {
+        cfg.alerting.rules_file.clone()
+    }
+}
+
 async fn demo(
     cfg: Config,
     admin_password: Option<String>,
@@ -1446,9 +1462,7 @@ async fn demo(
     let mut cfg = cfg;
     // The demo shows alerting with the shipped example rules (mails wait in the outbox
     // until alerting.smtp is configured).
-    if cfg.alerting.rules_file.is_empty() && std::path::Path::new("config/alerts.toml").is_file() {
-        cfg.alerting.rules_file = "config/alerts.toml".into();
-    }
+    cfg.alerting.rules_file = rules_file_or_example(&cfg);
     // The simulated history is shorter than the week-ahead plan needs: plan as far ahead
     // as the history reaches.
     if cfg.simulator.history_days > 1 && cfg.capacity.lead_days >= cfg.simulator.history_days {

@@ -482,7 +482,9 @@ async fn create_silence(
     use crate::alert::silence::{check_comment, silence_end, silence_start};
     // Each error names its field as the API spells it.
     let bad = |field: &'static str| move |e: String| ApiError::BadRequest(format!("{field}: {e}"));
-    crate::alert::silence::check_rule(&m, &st.cfg.alerting.rules_file).map_err(bad("matchers"))?;
+    // Named as the API spells the field: `matchers.rule`.
+    crate::alert::silence::check_rule(&m, &st.cfg.alerting.rules_file)
+        .map_err(|e| ApiError::BadRequest(format!("matchers.{e}")))?;
     check_comment(comment).map_err(bad("comment"))?;
     let now = silence_start(Utc::now(), start).map_err(bad("starts_at"))?;
     let end = silence_end(now, hours).map_err(bad("hours"))?;
@@ -736,8 +738,11 @@ pub async fn create_silence_api(
     .await?;
     let mut m = Labels::new();
     for (k, v) in &new.matchers {
-        crate::alert::silence::add_matcher(&mut m, k, v)
-            .map_err(|e| ApiError::BadRequest(format!("matchers.{k}: {e}")))?;
+        crate::alert::silence::add_matcher(&mut m, k, v).map_err(|e| {
+            // `matchers.gpu: …`, whether or not the reason starts with the label.
+            let why = e.strip_prefix(&format!("{k}: ")).unwrap_or(&e);
+            ApiError::BadRequest(format!("matchers.{k}: {why}"))
+        })?;
     }
     crate::alert::silence::check_matchers(&m)
         .map_err(|e| ApiError::BadRequest(format!("matchers: {e}")))?;

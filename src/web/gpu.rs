@@ -70,9 +70,10 @@ pub struct GpuData {
     /// Periods in which clocks were throttled for at least half of a chart point's
     /// samples (null past 7 days: read from raw samples).
     pub throttled: Option<Vec<Span>>,
-    /// The slowdown bits any sample in the range had (0 past 7 days).
+    /// Per throttle kind, the chart points where it slowed the clocks for under half of
+    /// their samples (not shaded); none past 7 days.
     #[serde(skip)]
-    pub extras_seen: u64,
+    pub brief: Vec<(&'static str, usize)>,
     pub events: Vec<ExplainedEvent>,
     /// The enforced power limit (the inventory's, else the highest sampled in the range).
     pub power_limit_watts: Option<f64>,
@@ -221,19 +222,29 @@ pub async fn load(
             .filter_map(|e| e.power_limit_watts)
             .reduce(f64::max)
     });
-    let extras_seen = r
-        .extras
+    let brief = THROTTLE_KINDS
         .iter()
-        .flatten()
-        .filter_map(|e| e.seen)
-        .fold(0, |a, b| a | b as u64);
+        .map(|(bits, reason, _)| {
+            let n = r
+                .extras
+                .iter()
+                .flatten()
+                .filter(|e| {
+                    e.seen.is_some_and(|b| b as u64 & bits != 0)
+                        && e.reasons.is_none_or(|b| b as u64 & bits == 0)
+                })
+                .count();
+            (*reason, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
     Ok(GpuData {
         host,
         gpu,
         range,
         series,
         throttled,
-        extras_seen,
+        brief,
         events: r.events.into_iter().map(explained).collect(),
         power_limit_watts: power_limit,
     })
@@ -366,24 +377,26 @@ async fn page(
                 &ov,
             ));
         }
-        // Kinds that slowed the clocks only for moments (under half of a point's samples):
-        // not shaded, but said.
-        let brief: Vec<&str> = THROTTLE_KINDS
-            .iter()
-            .filter(|k| {
-                let seen = d.extras_seen & k.0 != 0;
-                seen && !d.throttled.iter().flatten().any(|s| s.reason == k.1)
-            })
-            .map(|k| k.1)
-            .collect();
-        let brief_note = if brief.is_empty() {
+        // Throttling that held for under half of a point's samples: not shaded, but said.
+        let brief_note = if d.brief.is_empty() {
             String::new()
         } else {
+            let parts: Vec<String> = d
+                .brief
+                .iter()
+                .map(|(reason, n)| {
+                    format!(
+                        "{reason} in {}",
+                        crate::model::format::count(*n, "point")
+                    )
+                })
+                .collect();
             format!(
-                " Brief {} (under half of a point's samples) not shaded.",
-                brief.join(", ")
+                " Brief {} (under half of each point's samples), not shaded.",
+                parts.join(", ")
             )
         };
+        let brief = &d.brief;
         let throttle_note = match &d.throttled {
             Some(s) if s.is_empty() && brief.is_empty() => {
                 "No clock throttling in this range.".to_string()

@@ -1508,7 +1508,19 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
         ),
         (
             serde_json::json!({"matchers": {"gpu": "abc"}, "hours": 2}),
-            "matchers.gpu: gpu: \"abc\" is not a GPU index",
+            "matchers.gpu: \"abc\" is not a GPU index",
+        ),
+        (
+            serde_json::json!({"matchers": {"event": "bogus"}, "hours": 2}),
+            "matchers.event: \"bogus\" is not one of xid",
+        ),
+        (
+            serde_json::json!({"matchers": {"host": "a host=b"}, "hours": 2}),
+            "matchers.host: \"a host=b\" holds a second matcher (host=b)",
+        ),
+        (
+            serde_json::json!({"matchers": {"rule": "no-such-rule"}, "hours": 2}),
+            "matchers.rule: \"no-such-rule\" is not a rule of",
         ),
         (
             serde_json::json!({"matchers": {"host": " api-host "}, "hours": 2}),

@@ -269,9 +269,12 @@ async fn brief_throttling_shades_only_points_it_holds_for_half_of() {
         .await;
     assert_eq!(api["throttled"], json!([]), "{}", api["throttled"]);
     let (_, day) = app.page(&cookie, "/hosts/capped/gpus/0?range=24h").await;
+    let note = &day[day.find("id=\"throttle-note\">").expect("note")..];
+    let note = &note[..note.find("</p>").unwrap()];
     assert!(
-        day.contains("No sustained clock throttling in this range. Brief power cap (under half of a point&#39;s samples) not shaded."),
-        "{day}"
+        note.contains("No sustained clock throttling in this range. Brief power cap in ")
+            && note.contains(" points (under half of each point&#39;s samples), not shaded."),
+        "{note}"
     );
     // An hour's points hold one sample each: every capped sample is its own period.
     let api = app
