@@ -512,9 +512,11 @@ pub fn alert_link(labels: &crate::alert::Labels, public_url: &str) -> String {
         }
         (Some(h), None, _, _) => format!("{public_url}/hosts/{}", urlpath(h)),
         (None, _, Some(p), _) => format!("{public_url}/capacity/pools/{}", urlpath(p)),
+        // A rack with a power budget (configured by site and rack, neither empty).
         (None, _, None, Some(r)) => format!(
-            "{public_url}{}",
-            crate::web::page::rack_path(get("site").unwrap_or(""), r)
+            "{public_url}/racks/{}/{}",
+            urlpath(get("site").unwrap_or("-")),
+            urlpath(r)
         ),
         _ => format!("{public_url}/alerts"),
     }

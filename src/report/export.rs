@@ -280,25 +280,35 @@ pub struct ReportHtml<'a> {
 /// tiles by): `85.3 kWh`, from 1,000 on whole and grouped, `10,412 kWh`.
 fn fmt_kwh(v: f64) -> String {
     if v.abs() < 1000.0 {
-        return format!("{v:.1} kWh");
+        format!("{v:.1} kWh")
+    } else {
+        format!("{} kWh", grouped(v, 0))
     }
-    let digits = format!("{:.0}", v.abs());
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 5);
-    if v < 0.0 {
+}
+
+/// `v` with `decimals` and its thousands grouped: `1,564.97`.
+fn grouped(v: f64, decimals: usize) -> String {
+    let text = format!("{:.*}", decimals, v.abs());
+    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let mut out = String::with_capacity(text.len() + whole.len() / 3 + 1);
+    if v < 0.0 && text.bytes().any(|b| (b'1'..=b'9').contains(&b)) {
         out.push('-');
     }
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
             out.push(',');
         }
         out.push(c);
     }
-    out.push_str(" kWh");
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
     out
 }
 
 fn fmt_money(v: Option<f64>, cur: &str) -> String {
-    v.map_or("—".into(), |v| format!("{v:.2} {cur}"))
+    v.map_or("—".into(), |v| format!("{} {cur}", grouped(v, 2)))
 }
 
 fn fmt_opt(v: Option<f64>, unit: &str, digits: usize) -> String {
@@ -331,7 +341,7 @@ fn line(r: &ReportRow) -> LineView {
         it_kwh: fmt_kwh(r.it_energy_kwh),
         facility_kwh: fmt_kwh(r.facility_energy_kwh),
         cost: fmt_money(r.cost, &r.currency),
-        carbon: format!("{:.1} kg", r.carbon_kg),
+        carbon: format!("{} kg", grouped(r.carbon_kg, 1)),
         idle_kwh: fmt_kwh(r.idle_gpu_energy_kwh),
         idle_cost: fmt_money(r.idle_gpu_cost, &r.currency),
         util: fmt_opt(r.gpu_util_mean_pct, " %", 0),
@@ -384,24 +394,24 @@ pub fn view(report: &EnergyReport) -> ReportView {
         ("Cost".into(), fmt_money(t.cost, &t.currency), String::new()),
         (
             "Carbon".into(),
-            format!("{:.1} kg CO2e", t.carbon_kg),
+            format!("{} kg CO2e", grouped(t.carbon_kg, 1)),
             format!("CUE {}", fmt_opt(t.cue_kg_per_kwh, " kg/kWh", 3)),
         ),
         (
             "Idle GPU energy".into(),
             fmt_kwh(t.idle_gpu_energy_kwh),
             format!(
-                "{} · {:.1} kg CO2e",
+                "{} · {} kg CO2e",
                 fmt_money(t.idle_gpu_cost, &t.currency),
-                t.idle_gpu_carbon_kg
+                grouped(t.idle_gpu_carbon_kg, 1)
             ),
         ),
         (
             "Energy per busy GPU-hour".into(),
             fmt_opt(t.energy_per_busy_gpu_hour_kwh, " kWh", 3),
             format!(
-                "{:.0} busy GPU-hours, mean utilization {}",
-                t.busy_gpu_hours,
+                "{} busy GPU-hours, mean utilization {}",
+                grouped(t.busy_gpu_hours, 0),
                 fmt_opt(t.gpu_util_mean_pct, " %", 0)
             ),
         ),
@@ -561,7 +571,7 @@ fn day_chart(r: &EnergyReport) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{digits12, energy_axis, fmt_kwh};
+    use super::{digits12, energy_axis, fmt_kwh, grouped};
 
     #[test]
     fn energy_reads_in_kwh_grouped_from_a_thousand() {
@@ -570,6 +580,10 @@ mod tests {
         assert_eq!(fmt_kwh(10_412.5), "10,412 kWh");
         assert_eq!(fmt_kwh(1_176_000.0), "1,176,000 kWh");
         assert_eq!(fmt_kwh(-2500.0), "-2,500 kWh");
+        assert_eq!(grouped(1564.971, 2), "1,564.97");
+        assert_eq!(grouped(4173.25, 1), "4,173.2");
+        assert_eq!(grouped(999.0, 0), "999");
+        assert_eq!(grouped(-0.001, 1), "0.0");
     }
 
     #[test]
