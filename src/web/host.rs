@@ -241,6 +241,8 @@ pub struct HostPage {
     pub gpus: Vec<GpuRow>,
     pub events: Vec<EventView>,
     pub alerts: Vec<AlertTouchView>,
+    /// Resolved alerts left out of `alerts` (the Alerts page has them).
+    pub alerts_hidden: usize,
     /// The host's anomaly model in a sentence.
     pub anomaly_note: String,
     pub anomalies: Vec<AnomalyView>,
@@ -411,7 +413,10 @@ async fn page(
                 },
             })
             .collect();
+        let (alerts, alerts_hidden) = alert_views(&d.alerts, false, &query);
         let page = HostPage {
+            alerts,
+            alerts_hidden,
             nav: Nav::new(&user, csrf, ""),
             strips,
             strip_scale: sequential_gradient(),
@@ -453,7 +458,7 @@ async fn page(
             charts,
             gpus,
             events: event_views(&d.events, &query),
-            alerts: alert_views(&d.alerts, false, &query),
+
             anomaly_note: anomaly_note(
                 &d.anomaly_models,
                 d.anomaly_series.last().map(|p| p.level),

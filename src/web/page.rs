@@ -406,9 +406,23 @@ pub struct AlertTouchView {
     pub note: String,
 }
 
-pub fn alert_views(alerts: &[AlertTouching], with_host: bool, query: &str) -> Vec<AlertTouchView> {
-    alerts
+/// Resolved alerts a host or rack page lists before it points to the Alerts page: a GPU
+/// that failed again and again would push the page's GPUs out of sight.
+pub const RESOLVED_SHOWN: usize = 4;
+
+/// The alerts section's rows (pending and firing ones, and the first [`RESOLVED_SHOWN`]
+/// resolved ones, most severe and newest first) and how many resolved ones were left out.
+pub fn alert_views(
+    alerts: &[AlertTouching],
+    with_host: bool,
+    query: &str,
+) -> (Vec<AlertTouchView>, usize) {
+    let resolved = alerts.iter().filter(|a| a.state == "resolved").count();
+    let hidden = resolved.saturating_sub(RESOLVED_SHOWN);
+    // Resolved ones come last, newest first (`alerts_touching`).
+    let rows = alerts
         .iter()
+        .take(alerts.len() - hidden)
         .map(|a| {
             let what = a
                 .gpu
@@ -442,7 +456,8 @@ pub fn alert_views(alerts: &[AlertTouching], with_host: bool, query: &str) -> Ve
                 note: note.join(", "),
             }
         })
-        .collect()
+        .collect();
+    (rows, hidden)
 }
 
 pub fn chart(

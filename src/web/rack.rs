@@ -218,6 +218,8 @@ pub struct RackPage {
     pub gpus_reporting: usize,
     pub events: Vec<EventView>,
     pub alerts: Vec<AlertTouchView>,
+    /// Resolved alerts left out of `alerts` (the Alerts page has them).
+    pub alerts_hidden: usize,
 }
 
 /// The rack page's query: a range and the heatmap's metric.
@@ -257,7 +259,10 @@ async fn page(
     render_off(move || {
         let query = r.query();
         let path = rack_path(&site, &rack);
+        let (alerts, alerts_hidden) = alert_views(&d.alerts, true, &query);
         let page = RackPage {
+            alerts,
+            alerts_hidden,
             nav: Nav::new(&user, csrf, ""),
             picker: picker(path, &r, vec![("metric", metric.key().to_string())])
                 .with_problem(problem),
@@ -289,7 +294,7 @@ async fn page(
                 .map(|b| budget_chart(b, &d.power_hourly, now)),
             gpus_reporting: d.gpus.len(),
             events: event_views(&d.events, &query),
-            alerts: alert_views(&d.alerts, true, &query),
+
             heading: if rack.is_empty() {
                 "Hosts without a rack".into()
             } else {

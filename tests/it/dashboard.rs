@@ -829,6 +829,29 @@ async fn alerts_touching_a_host_show_on_its_host_and_rack_pages_only() {
     assert_eq!(states, ["firing", "resolved"], "{}", api["alerts"]);
     let (_, html) = app.page(&cookie, "/hosts/gpu-node-7?range=6h").await;
     assert_eq!(alerts_section(&html).matches(xid).count(), 2);
+    // A GPU that failed again and again: the page lists 4 resolved firings and points to
+    // the Alerts page for the rest; the API has them all.
+    sqlx::query(
+        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at, resolved_at)
+         SELECT fingerprint, rule, severity, labels, summary, now() - h * interval '1 hour', now() - (h - 1) * interval '1 hour'
+           FROM alerts, unnest(ARRAY[5, 7, 9, 11, 13]) h WHERE rule = 'gpu-xid'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let (_, html) = app.page(&cookie, "/hosts/gpu-node-7?range=24h").await;
+    let s = alerts_section(&html);
+    assert_eq!(s.matches(xid).count(), 1 + 4, "{s}");
+    assert!(
+        s.contains("2 more resolved in the last 24 h: see the history on the Alerts page."),
+        "{s}"
+    );
+    let api = app.json(&cookie, "/api/v1/hosts/gpu-node-7").await;
+    assert_eq!(api["alerts"].as_array().map(Vec::len), Some(7));
+    sqlx::query("DELETE FROM incidents WHERE started_at < now() - interval '4 hours'")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
     // A host in another rack: none.
     let (_, html) = app.page(&cookie, "/hosts/gpu-node-9").await;
     let s = alerts_section(&html);
