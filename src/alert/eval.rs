@@ -914,13 +914,15 @@ async fn fire(
     .execute(&mut **tx)
     .await?;
     sqlx::query!(
-        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at, description)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         fp,
         &rule.name,
         &rule.severity,
         sqlx::types::Json(&o.labels) as _,
         summary(rule),
         since,
+        &o.description,
     )
     .execute(&mut **tx)
     .await?;

@@ -270,7 +270,7 @@ impl Store {
              UNION ALL
              SELECT i.fingerprint, i.rule, i.severity, 'resolved', i.labels->>'host',
                     CASE WHEN i.labels->>'gpu' ~ '^[0-9]{1,4}$' THEN (i.labels->>'gpu')::int2 END,
-                    i.summary, '', i.started_at, NULL::timestamptz, i.resolved_at, 0, NULL::text, false
+                    i.summary, i.description, i.started_at, NULL::timestamptz, i.resolved_at, 0, NULL::text, false
                FROM incidents i JOIN alerts a USING (fingerprint)
               WHERE i.labels->>'host' = ANY($1) AND i.resolved_at >= $2
                 AND NOT (a.state = 'resolved' AND a.resolved_at = i.resolved_at)

@@ -812,8 +812,9 @@ async fn alerts_touching_a_host_show_on_its_host_and_rack_pages_only() {
     // The XID alert's earlier firings: the one resolved 2 hours ago shows as resolved
     // beside the firing one, the one resolved 30 hours ago does not.
     sqlx::query(
-        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at, resolved_at)
-         SELECT fingerprint, rule, severity, labels, summary, now() - h * interval '1 hour', now() - (h - 1) * interval '1 hour'
+        "INSERT INTO incidents (fingerprint, rule, severity, labels, summary, started_at, resolved_at, description)
+         SELECT fingerprint, rule, severity, labels, summary, now() - h * interval '1 hour', now() - (h - 1) * interval '1 hour',
+                'XID 79 then'
            FROM alerts, unnest(ARRAY[3, 31]) h WHERE rule = 'gpu-xid'",
     )
     .execute(&app.store.pool)
@@ -827,6 +828,15 @@ async fn alerts_touching_a_host_show_on_its_host_and_rack_pages_only() {
         .map(|a| a["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["firing", "resolved"], "{}", api["alerts"]);
+    // The earlier firing says what it said then; the firing one's incident keeps its text.
+    assert_eq!(api["alerts"][1]["description"], "XID 79 then");
+    let open: String = sqlx::query_scalar(
+        "SELECT description FROM incidents WHERE rule = 'gpu-xid' AND resolved_at IS NULL",
+    )
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert!(open.starts_with("XID 79: "), "{open}");
     let (_, html) = app.page(&cookie, "/hosts/gpu-node-7?range=6h").await;
     assert_eq!(alerts_section(&html).matches(xid).count(), 2);
     // A GPU that failed again and again: the page lists 4 resolved firings and points to
