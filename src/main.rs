@@ -278,7 +278,8 @@ enum UserCmd {
         /// keeps their role. The only admin cannot be made anything else.
         #[arg(long)]
         role: Option<String>,
-        /// Password; read from stdin when omitted.
+        /// Password; when omitted, asked for twice without echo on a terminal, else read as
+        /// one line from stdin.
         #[arg(long)]
         password: Option<String>,
     },
@@ -512,6 +513,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             let password = match password {
                 Some(p) => p,
+                None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    let first = read_hidden(&format!("Password for {name}: "))?;
+                    let again = read_hidden("The same again: ")?;
+                    if first != again {
+                        anyhow::bail!("the two passwords differ; nothing was saved");
+                    }
+                    first
+                }
                 None => {
                     let mut line = String::new();
                     let n = std::io::stdin()
@@ -961,6 +970,34 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// Ask on the terminal for a line that is not echoed (a password).
+fn read_hidden(prompt: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    // SAFETY: termios is plain data; tcgetattr fills it for fd 0 (a terminal, checked by
+    // the caller), and the same settings are put back below.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    let have = unsafe { libc::tcgetattr(0, &mut saved) } == 0;
+    if have {
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        quiet.c_lflag |= libc::ECHONL;
+        // SAFETY: fd 0 with settings derived from its own.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line);
+    if have {
+        // SAFETY: the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+    }
+    if read.context("reading the password")? == 0 {
+        anyhow::bail!("no password given");
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
 /// Who runs a command-line change, for the audit trail: `cli:` and the Unix user.

@@ -587,3 +587,77 @@ async fn host_list_shows_the_fleet_and_what_needs_a_look() {
     );
     app.stop().await;
 }
+
+/// `user add` on a terminal asks twice and echoes nothing; two different answers save
+/// nothing. Run under a real pseudo-terminal (Python's `pty`).
+#[tokio::test]
+async fn user_add_on_a_terminal_asks_twice_without_echo() {
+    let app = TestApp::spawn().await;
+    const DRIVE: &str = r#"
+import os, pty, select, sys, time
+first, second = sys.argv[2], sys.argv[3]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], ["rackwatch", "user", "add", "tina"])
+out = b""
+def read(seconds):
+    global out
+    end = time.time() + seconds
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                return
+def wait_for(text):
+    end = time.time() + 30
+    while text not in out and time.time() < end:
+        read(0.2)
+wait_for(b"Password for tina: ")
+os.write(fd, (first + "\n").encode())
+wait_for(b"The same again: ")
+os.write(fd, (second + "\n").encode())
+read(15)
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.WEXITSTATUS(status))
+"#;
+    let drive = |first: &'static str, second: &'static str| {
+        let url = app.db_url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("python3")
+                .args(["-c", DRIVE, env!("CARGO_BIN_EXE_rackwatch"), first, second])
+                .env("RACKWATCH_DATABASE__URL", url)
+                .env("RACKWATCH_LOG", "warn")
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+    };
+    let (ok, screen) = drive("tty secret 1", "something else").await.unwrap();
+    assert!(
+        !ok && screen.contains("the two passwords differ; nothing was saved"),
+        "{screen}"
+    );
+    assert!(app.store.password_row("tina").await.unwrap().is_none());
+    let (ok, screen) = drive("tty secret 1", "tty secret 1").await.unwrap();
+    assert!(
+        ok && screen.contains("user tina (viewer) saved"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("tty secret"),
+        "the password was echoed: {screen}"
+    );
+    assert!(app
+        .store
+        .authenticate("tina", "tty secret 1")
+        .await
+        .unwrap()
+        .is_some());
+    app.stop().await;
+}
