@@ -1058,11 +1058,42 @@ async fn resolve_quiet_hardware(
     Ok(())
 }
 
+/// A firing alert as a notification reads it.
+struct FiringRow {
+    fingerprint: String,
+    rule: String,
+    severity: String,
+    labels: sqlx::types::Json<Labels>,
+    summary: String,
+    description: String,
+    value: Option<f64>,
+    started_at: DateTime<Utc>,
+    occurrences: i32,
+}
+
+impl FiringRow {
+    fn snapshot(self) -> AlertSnapshot {
+        AlertSnapshot {
+            fingerprint: self.fingerprint,
+            rule: self.rule,
+            severity: self.severity,
+            labels: self.labels.0,
+            summary: self.summary,
+            description: self.description,
+            value: self.value,
+            started_at: self.started_at,
+            resolved_at: None,
+            occurrences: self.occurrences,
+        }
+    }
+}
+
 /// Flapping alerts that have fired for [`SETTLE`] without resolving: mailed now as
 /// firing (their re-fires were not), and flapping no more.
 async fn settle_flapping(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow::Result<()> {
     let mut tx = store.pool.begin().await?;
-    let settled = sqlx::query!(
+    let settled = sqlx::query_as!(
+        FiringRow,
         r#"UPDATE alerts SET flaps = 0, updated_at = now()
             WHERE state = 'firing' AND flaps >= $2 AND fired_at <= $1
         RETURNING fingerprint, rule, severity, labels AS "labels: sqlx::types::Json<Labels>", summary, description,
@@ -1074,19 +1105,7 @@ async fn settle_flapping(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> 
     .await?;
     for r in settled {
         tracing::info!(alert = %r.fingerprint, "flapping alert has fired steadily for an hour; mailing it");
-        let snap = AlertSnapshot {
-            fingerprint: r.fingerprint,
-            rule: r.rule,
-            severity: r.severity,
-            labels: r.labels.0,
-            summary: r.summary,
-            description: r.description,
-            value: r.value,
-            started_at: r.started_at,
-            resolved_at: None,
-            occurrences: r.occurrences,
-        };
-        enqueue(&mut tx, rules, &snap, "firing", now).await?;
+        enqueue(&mut tx, rules, &r.snapshot(), "firing", now).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -1099,7 +1118,8 @@ async fn repeat_reminders(
     cfg: &Config,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let due = sqlx::query!(
+    let due = sqlx::query_as!(
+        FiringRow,
         r#"SELECT fingerprint, rule, severity, labels AS "labels: sqlx::types::Json<Labels>", summary, description, value, started_at, occurrences FROM alerts
           WHERE state = 'firing' AND acknowledged_at IS NULL AND flaps < $2
             AND last_notified_at IS NOT NULL AND last_notified_at < $1"#,
@@ -1113,19 +1133,7 @@ async fn repeat_reminders(
     }
     let mut tx = store.pool.begin().await?;
     for r in due {
-        let snap = AlertSnapshot {
-            fingerprint: r.fingerprint,
-            rule: r.rule,
-            severity: r.severity,
-            labels: r.labels.0,
-            summary: r.summary,
-            description: r.description,
-            value: r.value,
-            started_at: r.started_at,
-            resolved_at: None,
-            occurrences: r.occurrences,
-        };
-        enqueue(&mut tx, rules, &snap, "firing", now).await?;
+        enqueue(&mut tx, rules, &r.snapshot(), "firing", now).await?;
     }
     tx.commit().await?;
     Ok(())
