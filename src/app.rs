@@ -386,9 +386,20 @@ pub async fn start_simulator(
             shutdown.clone(),
         )));
     }
-    let token = store
-        .create_pool_token(crate::collect::simulator::QUEUED_POOL, "demo")
-        .await?;
+    // The scheduler's queue over the minutes the demo was down, as its exporter would
+    // catch up after an outage: without it those slots read as a pool with no queue.
+    let pool = crate::collect::simulator::QUEUED_POOL;
+    let now = Utc::now();
+    let earliest = now - chrono::Duration::minutes(i64::from(cfg.simulator.backfill_minutes));
+    if let Some(last) = store.last_queue_report(pool).await? {
+        let mut q = (last + chrono::Duration::minutes(5)).max(earliest);
+        while q < now {
+            let queued = crate::collect::simulator::simulated_queue(q);
+            store.record_queue(pool, q, queued, "simulator").await?;
+            q += chrono::Duration::minutes(5);
+        }
+    }
+    let token = store.create_pool_token(pool, "demo").await?;
     tokio::spawn(simulated_scheduler(
         format!(
             "{server}/api/v1/pools/{}/demand",

@@ -900,7 +900,10 @@ async fn capacity_plan(
             }
             if !racks.is_empty() {
                 println!();
-                println!("{:<20} {:>10} {:>10}  power", "rack", "now kW", "budget kW");
+                println!(
+                    "{:<20} {:>10} {:>10}  power",
+                    "rack", "peak kW", "budget kW"
+                );
                 for e in &racks {
                     println!(
                         "{:<20} {:>10.1} {:>10.1}  the budget {}",
@@ -946,7 +949,7 @@ async fn capacity_plan(
                 .map(|e| {
                     serde_json::json!({
                         "rack": e.key,
-                        "power_now_kw": e.level_now / 1000.0,
+                        "daily_peak_kw": e.level_now / 1000.0,
                         "budget_kw": e.capacity / 1000.0,
                         "exhausted_at": e.exhausted_at,
                         "growth_per_day": e.growth_per_day,

@@ -191,7 +191,8 @@ pub struct ExhaustionRow {
     pub computed_at: DateTime<Utc>,
     /// What there is, in `unit`.
     pub capacity: f64,
-    /// What is used now, in `unit`.
+    /// The fitted trend's level at `computed_at`, in `unit`: a daily peak (a pool's
+    /// daily 95 % demand, a rack's peak power, a disk's most space used).
     pub level_now: f64,
     /// The fitted trend's growth per day, as a fraction of the level (0.02: 2 %/day).
     pub growth_per_day: f64,
@@ -851,8 +852,14 @@ pub fn plan_actions(
     let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
     let short_now = r.exhausted_at.is_some_and(|d| d <= now);
     if growing && lead_peak > r.installed_gpus {
+        let week_low = r.week_schedule.iter().copied().min().unwrap_or(0);
         let why = if growth >= GROWING_PER_DAY {
             format!("demand grows {:.1} %/day", growth * 100.0)
+        } else if short_now && week_low > r.installed_gpus {
+            format!(
+                "this week's schedule needs more than the {} installed GPUs every hour, {week_low} at its lowest",
+                r.installed_gpus
+            )
         } else if short_now {
             format!(
                 "demand (work + queue) already reaches the {} installed GPUs at its peak",
@@ -1189,7 +1196,7 @@ impl Store {
     }
 
     /// One pool's demand in `[from, to)`, one point per `bucket_secs` (the highest
-    /// demand of the slots in it).
+    /// demand of the slots in it), starting on whole multiples of it since 1970-01-01 UTC.
     pub async fn pool_demand_series(
         &self,
         pool: &str,
@@ -1200,7 +1207,7 @@ impl Store {
         // Every group holds a row: the aggregates are never null.
         sqlx::query_as!(
             DemandPoint,
-            r#"SELECT date_bin(make_interval(secs => $4), bucket, $2) AS "bucket!",
+            r#"SELECT date_bin(make_interval(secs => $4), bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS "bucket!",
                     max(busy_gpus) AS "busy_gpus!", max(util_gpus) AS "util_gpus!",
                     max(queued_gpus) AS "queued_gpus!", max(installed_gpus) AS "installed_gpus!"
                FROM pool_demand WHERE pool = $1 AND bucket >= $2 AND bucket < $3
@@ -1640,14 +1647,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Record a scheduler's report of a pool's pending GPU requests.
+    /// Record a scheduler's report of a pool's pending GPU requests. A late report (a
+    /// scheduler's exporter catching up after an outage) also rewrites the queue of the
+    /// demand slots it covers that the capacity job has already written, so it counts
+    /// from the next run instead of being dropped. Returns those slots.
     pub async fn record_queue(
         &self,
         pool: &str,
         ts: DateTime<Utc>,
         pending_gpus: f64,
         source: &str,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query!(
             "INSERT INTO pool_queue (pool, ts, pending_gpus, source) VALUES ($1, $2, $3, $4)
              ON CONFLICT (pool, ts) DO UPDATE SET pending_gpus = EXCLUDED.pending_gpus, source = EXCLUDED.source",
@@ -1656,9 +1667,36 @@ impl Store {
             pending_gpus,
             source,
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        // A slot reads the latest report in [its start - stale, its end): this one counts
+        // for the slots starting in (ts - 5 min, ts + stale].
+        let slots = sqlx::query!(
+            "UPDATE pool_demand d SET queued_gpus = coalesce((SELECT q.pending_gpus FROM pool_queue q
+                      WHERE q.pool = d.pool AND q.ts < d.bucket + interval '5 minutes'
+                        AND q.ts >= d.bucket - make_interval(mins => $3)
+                      ORDER BY q.ts DESC LIMIT 1), 0)::real
+              WHERE d.pool = $1 AND d.bucket > $2::timestamptz - interval '5 minutes'
+                AND d.bucket <= $2::timestamptz + make_interval(mins => $3)",
+            pool,
+            ts,
+            QUEUE_STALE_MINUTES as i32,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(slots)
+    }
+
+    /// When a pool's scheduler last reported its queue.
+    pub async fn last_queue_report(
+        &self,
+        pool: &str,
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        sqlx::query_scalar!("SELECT max(ts) FROM pool_queue WHERE pool = $1", pool)
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Pool demand slots, scheduler queue reports and past next-hour advice from before
@@ -1794,6 +1832,13 @@ mod tests {
         assert_eq!(
             actions(&r, 7, t)[0],
             "add 1 host (8 GPUs) as soon as possible, by 2026-12-14 at the latest (demand (work + queue) already reaches the 32 installed GPUs at its peak; the plan for the week from then needs 40 GPUs, 32 installed)"
+        );
+        // Short every hour of this week already: the advice says so.
+        let mut short = rec(vec![36; 168], vec![40; 168], 32, 8);
+        short.exhausted_at = Some(t - Duration::hours(1));
+        assert_eq!(
+            actions(&short, 7, t)[0],
+            "add 1 host (8 GPUs) as soon as possible, by 2026-12-14 at the latest (this week's schedule needs more than the 32 installed GPUs every hour, 36 at its lowest; the plan for the week from then needs 40 GPUs, 32 installed)"
         );
         r.exhausted_at = None;
         // The same plan for a flat pool is only its safety margin: no order.

@@ -60,10 +60,11 @@ pub struct PoolSummary {
     pub host_size: i32,
     /// Demand (work + queue) over the 5 minutes before `decided_at`, GPUs.
     pub demand_now: Option<f64>,
-    /// GPUs to hold for the next hour.
+    /// GPUs to hold for the next hour (the autoscaling advice, revised every hour).
     pub next_hour: i32,
-    /// The highest and lowest hour of the week's plan, GPUs.
+    /// The highest hour of the week's plan, GPUs.
     pub week_peak: i32,
+    /// The lowest hour of the week's plan, GPUs.
     pub week_low: i32,
     /// Start of the week planned ahead (now + `capacity.lead_days`).
     pub lead_start: DateTime<Utc>,
@@ -551,7 +552,8 @@ pub struct PoolData {
     /// Start of the chart: 4 weeks back, or the day the pool's demand starts if later.
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    /// Demand per point (the highest 5-minute demand in it).
+    /// Demand per point (the highest 5-minute demand in it); points start on whole
+    /// multiples of their width since 1970-01-01 UTC.
     pub demand: Vec<DemandPoint>,
     /// The next-hour advice given for each past hour.
     pub advised: Vec<(DateTime<Utc>, i32)>,
@@ -559,9 +561,9 @@ pub struct PoolData {
     /// with 80 / 95 % intervals:
     /// (hour, point, lo80, hi80, lo95, hi95).
     pub forecast: Vec<(DateTime<Utc>, f64, f64, f64, f64, f64)>,
-    /// The schedule for the week from `summary.decided_at` and the plan from
-    /// `summary.lead_start`, one value per hour.
+    /// The schedule for the week from `summary.decided_at`, one value per hour, GPUs.
     pub week_schedule: Vec<i32>,
+    /// The plan for the week from `summary.lead_start`, one value per hour, GPUs.
     pub lead_plan: Vec<i32>,
 }
 
@@ -583,9 +585,15 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
             ))
         })?;
     let to = now + Duration::days(i64::from(st.cfg.capacity.lead_days) + 7);
+    // About one point per pixel column over the past part of the chart, in whole
+    // 5-minute slots, and points start on multiples of their width: a point's start does
+    // not depend on when it was asked for.
+    let bucket =
+        (PAST_DAYS * 86_400 / super::charts::Size::WIDE.plot_px() as i64 / 300).max(1) * 300;
     let from = now - Duration::days(PAST_DAYS);
-    // About one point per pixel column over the past part of the chart.
-    let bucket = (PAST_DAYS * 86_400 / super::charts::Size::WIDE.plot_px() as i64).max(300);
+    let from = from
+        .duration_trunc(Duration::seconds(bucket))
+        .unwrap_or(from);
     let (demand, advised, forecasts) = tokio::try_join!(
         st.store.pool_demand_series(pool, from, now, bucket),
         st.store.capacity_history(pool, from, now),
@@ -682,7 +690,7 @@ async fn pool_page(
         advised.extend(hourly(s.decided_at, &d.week_schedule));
         let series = vec![
             Series {
-                label: "demand (work + queue)".into(),
+                label: "demand (work + queue, highest 5 min per point)".into(),
                 points: d.demand.iter().map(|p| (p.bucket, p.demand())).collect(),
             },
             Series {
@@ -838,11 +846,14 @@ pub struct AutoscalerView {
     pub installed_gpus: i32,
     /// Demand (work + queue) over the 5 minutes before `decided_at`, GPUs.
     pub demand_gpus: Option<f64>,
-    /// GPUs for the next hour.
+    /// GPUs for the next hour: the autoscaling advice, made from the last hours' demand
+    /// and revised every hour. Scale on this one.
     pub recommended_1h: i32,
     /// The peak of the week's schedule.
     pub recommended_7d: i32,
-    /// GPUs for each of the next 168 hours, from `decided_at`.
+    /// GPUs for each of the next 168 hours, from `decided_at`: the weekly plan, made
+    /// once for the whole week with the margin a week ahead needs, so `schedule[0]` can
+    /// differ from `recommended_1h` (either way). For reservations and partition sizes.
     pub schedule: Vec<i32>,
     pub decided_at: DateTime<Utc>,
 }
@@ -905,7 +916,9 @@ pub struct DemandReport {
     /// GPUs requested by jobs or pods waiting to run.
     #[schema(minimum = 0, maximum = 10_000_000)]
     pub pending_gpus: f64,
-    /// When the queue was read (default: now).
+    /// When the queue was read (default: now): from a day behind the server's clock to
+    /// 5 minutes ahead. A late report (an exporter catching up after an outage) counts
+    /// for the 5-minute demand slots it covers from the capacity job's next run.
     #[serde(default)]
     pub ts: Option<DateTime<Utc>>,
     /// Who reports (`slurm`, `kubernetes`, …).
@@ -937,7 +950,7 @@ pub struct DemandRecorded {
         (status = 200, description = "Recorded.", body = DemandRecorded),
         (status = 400, description = "Not the expected body, `pending_gpus` out of 0–10,000,000, a `ts` off the server's clock, or a bad `source`.", body = ErrorBody),
         (status = 401, description = "No token or credentials.", body = ErrorBody),
-        (status = 403, description = "A token of another pool, or a user below operator.", body = ErrorBody),
+        (status = 403, description = "A token of another pool, an agent token, or a user below operator.", body = ErrorBody),
         (status = 404, description = "No host belongs to the pool.", body = ErrorBody),
         (status = 413, description = "The body is over `server.max_body_bytes`.", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
@@ -965,16 +978,27 @@ async fn demand(
             )))
         }
         (None, Some(u)) => require(u, Role::Operator)?,
-        (None, None) if super::ingest::bearer(&headers).is_some() => {
-            return Err(ApiError::Unauthorized(
-                "unknown or revoked pool token: mint one with `rackwatch token create --pool POOL`"
+        (None, None) => match super::ingest::bearer(&headers) {
+            Some(t) if st.store.token_host(t).await?.is_some() => {
+                return Err(ApiError::Forbidden(
+                    "this is an agent token, which sends samples; a scheduler reports a pool's queue with a pool token: mint one with `rackwatch token create --pool POOL`"
+                        .into(),
+                ))
+            }
+            Some(_) => {
+                return Err(ApiError::Unauthorized(
+                    "unknown or revoked pool token: mint one with `rackwatch token create --pool POOL`"
+                        .into(),
+                ))
+            }
+            None if super::ingest::auth_param(&headers, "Basic").is_some() => {
+                return Err(super::auth::unauthorized(&headers))
+            }
+            None => return Err(ApiError::Unauthorized(
+                "send the pool's scheduler token (Authorization: Bearer) or an operator's credentials"
                     .into(),
-            ))
-        }
-        (None, None) => return Err(ApiError::Unauthorized(
-            "send the pool's scheduler token (Authorization: Bearer) or an operator's credentials"
-                .into(),
-        )),
+            )),
+        },
     }
     let r: DemandReport = super::body::json(
         &st,
@@ -993,9 +1017,15 @@ async fn demand(
     if !(r.pending_gpus.is_finite() && (0.0..=1e7).contains(&r.pending_gpus)) {
         return Err(ApiError::BadRequest(format!(
             "pending_gpus = {} must be a number from 0 to 10,000,000",
-            r.pending_gpus
+            if r.pending_gpus.abs() >= 1e9 {
+                format!("{:e}", r.pending_gpus)
+            } else {
+                r.pending_gpus.to_string()
+            }
         )));
     }
+    // -0 is stored and echoed as 0.
+    let pending_gpus = r.pending_gpus + 0.0;
     let now = Utc::now();
     let ts = r.ts.unwrap_or(now);
     if ts > now + Duration::minutes(5) || ts < now - Duration::days(1) {
@@ -1010,11 +1040,11 @@ async fn demand(
         ));
     }
     st.store
-        .record_queue(&pool, ts, r.pending_gpus, &r.source)
+        .record_queue(&pool, ts, pending_gpus, &r.source)
         .await?;
     Ok(Json(DemandRecorded {
         pool,
         ts,
-        pending_gpus: r.pending_gpus,
+        pending_gpus,
     }))
 }

@@ -647,7 +647,37 @@ async fn demand_is_measured_from_gpu_work_and_the_schedulers_queue() {
     .unwrap();
     assert_eq!((busy, queued, installed), (3.0, 6.0, 4));
     assert!((util - 2.02).abs() < 1e-3, "{util}");
+    // A late report for a slot the job has written (an exporter catching up) rewrites its
+    // queue; the slots after its 15 minutes of validity keep theirs.
+    let late = |ts: DateTime<Utc>, n: f64| {
+        app.http
+            .post(format!("{}/api/v1/pools/queued/demand", app.base))
+            .bearer_auth(&sched)
+            .json(&json!({"pending_gpus": n, "ts": ts}))
+            .send()
+    };
+    let r = late(minute + Duration::minutes(3), 10.0).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let queued = |at: DateTime<Utc>| {
+        sqlx::query_scalar::<_, f32>(
+            "SELECT queued_gpus FROM pool_demand WHERE pool = 'queued' AND bucket = $1",
+        )
+        .bind(at)
+        .fetch_one(&app.store.pool)
+    };
+    assert_eq!(queued(minute).await.unwrap(), 10.0);
+    // A report older than the slot's latest one changes nothing.
+    let r = late(minute + Duration::minutes(1), 1.0).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(queued(minute).await.unwrap(), 10.0);
     app.stop().await;
+}
+
+/// The answer has this status and its body says this.
+async fn answer_says(r: reqwest::Response, status: u16, needle: &str) {
+    assert_eq!(r.status(), status);
+    let body = r.text().await.unwrap();
+    assert!(body.contains(needle), "{status} {needle:?}: {body}");
 }
 
 #[tokio::test]
@@ -688,12 +718,12 @@ async fn bad_capacity_input_gets_a_clear_error() {
     let r = post(url("p1"), &token, json!({"pending_gpus": "3"}))
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r
-        .text()
-        .await
-        .unwrap()
-        .contains("pending_gpus: invalid type: string \\\"3\\\", expected a number"));
+    answer_says(
+        r,
+        400,
+        "pending_gpus: invalid type: string \\\"3\\\", expected a number",
+    )
+    .await;
     // A revoked token says so, not that none was sent.
     let old = app
         .store
@@ -710,12 +740,7 @@ async fn bad_capacity_input_gets_a_clear_error() {
     let r = post(url("p1"), &old, json!({"pending_gpus": 1}))
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
-    assert!(r
-        .text()
-        .await
-        .unwrap()
-        .contains("unknown or revoked pool token"));
+    answer_says(r, 401, "unknown or revoked pool token").await;
     // The body cap is the server's (`server.max_body_bytes`), answered 413, not a
     // framework default answered 400; under the cap a long body is read and judged.
     let max = rackwatch::config::Config::default().server.max_body_bytes;
@@ -756,6 +781,33 @@ async fn bad_capacity_input_gets_a_clear_error() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // An agent token is the wrong kind of token, and the answer says so.
+    let agent = app.token("p1-0").await;
+    let r = post(url("p1"), &agent, json!({"pending_gpus": 1}))
+        .await
+        .unwrap();
+    answer_says(r, 403, "this is an agent token").await;
+    // A wrong password says that, not which token to send.
+    let r = app
+        .http
+        .post(url("p1"))
+        .basic_auth("admin", Some("wrong"))
+        .json(&json!({"pending_gpus": 1}))
+        .send()
+        .await
+        .unwrap();
+    answer_says(r, 401, "user name or password is wrong").await;
+    // -0 is 0; an absurd number is printed short.
+    let r = post(url("p1"), &token, json!({"pending_gpus": -0.0}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["pending_gpus"].to_string(), "0.0");
+    let r = post(url("p1"), &token, json!({"pending_gpus": 1e308}))
+        .await
+        .unwrap();
+    answer_says(r, 400, "pending_gpus = 1e308 must be").await;
     // An operator may report for any pool, but only for pools that exist.
     let cookie = app
         .login_as("op", "op-password", rackwatch::store::auth::Role::Operator)
