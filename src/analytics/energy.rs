@@ -70,13 +70,17 @@ pub async fn run(
     )
     .execute(&store.pool)
     .await?;
-    run.until = Some(end.max(watermark.unwrap_or(end)));
+    let until = end.max(watermark.unwrap_or(end));
+    run.until = Some(until);
 
+    // Late samples of hours not yet settled wait for them: an hour is accounted whole,
+    // once, so a week's total never counts part of an hour the report leaves out.
     loop {
         let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query!(
             "DELETE FROM energy_dirty WHERE (host_id, hour) IN
-                (SELECT host_id, hour FROM energy_dirty ORDER BY hour, host_id LIMIT 500)
+                (SELECT host_id, hour FROM energy_dirty WHERE hour < $1 ORDER BY hour, host_id LIMIT 500)
              RETURNING host_id, hour",
+            until,
         )
         .fetch_all(&store.pool)
         .await?

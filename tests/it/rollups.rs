@@ -346,9 +346,34 @@ async fn demo_history_is_rolled_up_and_feeds_the_analytics_at_once() {
             .written
             > 0
     );
+    // Hours whose samples arrived late are accounted once they settle, not before: an
+    // accounting run 30 minutes before the history ends leaves its last hours alone.
+    let early = to - Duration::minutes(30);
+    let settled = rackwatch::analytics::energy::run(&app.store, &cfg.energy, early)
+        .await
+        .unwrap()
+        .until
+        .unwrap();
+    let at_or_after = |table: &str| {
+        let pool = app.store.pool.clone();
+        let sql = format!("SELECT count(*) FROM {table} WHERE hour >= $1");
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .bind(settled)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(at_or_after("energy_hourly").await, 0, "unsettled hours");
+    assert!(at_or_after("energy_dirty").await > 0, "they wait");
     rackwatch::analytics::energy::run(&app.store, &cfg.energy, now)
         .await
         .unwrap();
+    assert!(
+        at_or_after("energy_hourly").await > 0,
+        "accounted once settled"
+    );
     assert!(
         count("SELECT count(*) FROM energy_hourly WHERE measured_j > 0 AND hour < now() - interval '1 day'").await
             > 0
