@@ -109,7 +109,7 @@ pub struct ServerConfig {
     pub body_timeout_secs: u64,
     /// A whole request (body and handler) must finish within this many seconds (408).
     pub request_timeout_secs: u64,
-    /// Ingest requests processed at once; more wait up to `request_timeout_secs`, then
+    /// Ingest requests processed at once; more wait up to 5 s, then
     /// get 503 with Retry-After. Bounds the memory that bodies and their parsing hold.
     pub ingest_concurrency: usize,
     /// Password checks (argon2id, 19 MiB each) run at once. More are answered 503 at once.

@@ -39,6 +39,8 @@ pub enum Delivery {
 pub struct Shipper {
     client: reqwest::Client,
     url: String,
+    /// One shipment's HTTP timeout (`agent.request_timeout_secs`).
+    timeout: Duration,
     token: String,
     pub spool: Spool,
     failures: u32,
@@ -285,6 +287,7 @@ impl Shipper {
         Ok(Shipper {
             client,
             url: format!("{}/api/v1/ingest", server.trim_end_matches('/')),
+            timeout,
             token: token.to_string(),
             spool,
             failures: 0,
@@ -373,8 +376,19 @@ impl Shipper {
         };
         let (status, after, text) = match answer {
             Ok(a) => a,
+            Err(e) if e.is_timeout() => {
+                return Delivery::Retry {
+                    why: format!(
+                        "no answer from {} within {} s (agent.request_timeout_secs): the server is overloaded or the network drops packets",
+                        self.url,
+                        self.timeout.as_secs_f64()
+                    ),
+                    after: None,
+                };
+            }
             Err(e) => {
-                let mut why = format!("cannot reach {}: {}", self.url, chain(&e));
+                // The URL is said once, not again inside reqwest's message.
+                let mut why = format!("cannot reach {}: {}", self.url, chain(&e.without_url()));
                 if why.contains("InvalidContentType") && self.url.starts_with("https:") {
                     why.push_str(" (the server does not speak TLS there: use http:// in agent.server, or enable server.tls)");
                 }
@@ -410,7 +424,7 @@ impl Shipper {
         self.retry_at = Some(Instant::now() + wait);
         match self.retry_log.occur() {
             Some(1) => tracing::warn!(
-                retry_in_s = wait.as_secs_f64(),
+                retry_in_s = (wait.as_secs_f64() * 10.0).round() / 10.0,
                 spooled = self.spool.len(),
                 "shipping failed: {why} (retrying; logged again every {} s while it fails)",
                 LOG_EVERY.as_secs()

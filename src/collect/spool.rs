@@ -28,7 +28,13 @@ pub struct Spool {
     pub corrupt_total: u64,
     /// Dropping for want of room since the last delivery: logged once per episode.
     overflowing: bool,
+    /// The spool's `lock` file, held locked while the spool is open: a second agent
+    /// started on the same directory would replay this one's batches as its own.
+    _lock: fs::File,
 }
+
+/// The file in a spool directory that its agent holds locked.
+pub const LOCK_FILE: &str = "lock";
 
 /// A spooled batch that cannot be read back (e.g. a damaged file).
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +53,26 @@ impl Spool {
             return Err(std::io::Error::other("it is a file, not a directory"));
         }
         fs::create_dir_all(dir)?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    "another agent is using it (it holds the spool's lock file): each agent needs a spool directory of its own (agent.spool_dir)",
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot lock its lock file: {e}"),
+                ))
+            }
+        }
         let probe = dir.join("write-check.tmp");
         fs::write(&probe, b"")
             .and_then(|()| fs::remove_file(&probe))
@@ -79,6 +105,7 @@ impl Spool {
             dropped_total: 0,
             corrupt_total: 0,
             overflowing: false,
+            _lock: lock,
         })
     }
 
@@ -248,6 +275,24 @@ mod tests {
         assert_eq!(kept.len(), KEEP_REJECTED);
         assert_eq!(kept[0], "00000000000000000021.json");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_spool_in_use_by_another_agent_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Spool::open(dir.path(), 1 << 20).unwrap();
+        first.push(&batch(0)).unwrap();
+        let err = Spool::open(dir.path(), 1 << 20).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy);
+        assert!(
+            err.to_string().contains("another agent is using it"),
+            "{err}"
+        );
+        // Its batch is untouched, and the next agent on the directory finds it.
+        assert_eq!(first.len(), 1);
+        drop(first);
+        let second = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(second.len(), 1);
     }
 
     #[test]

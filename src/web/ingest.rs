@@ -27,8 +27,10 @@ pub fn api_routes() -> Routes {
     Routes::new().routes(routes!(handle))
 }
 
-/// How long a request waits for an ingest slot before it is answered 503.
-const SLOT_WAIT: Duration = Duration::from_secs(10);
+/// How long a request waits for an ingest slot before it is answered 503: half the
+/// agent's default request timeout (10 s), so an agent hears "busy, retry after" rather
+/// than timing out.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {

@@ -158,3 +158,47 @@ async fn an_agent_over_its_rate_spools_and_comes_back_when_told() {
     assert!(shipper.replayed_total >= 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_waiting_for_a_busy_server_hears_busy_before_its_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(|c| c.server.ingest_concurrency = 1).await;
+    let token = app.token("busy").await;
+    // An agent holds the only ingest slot: its body arrives slowly.
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /api/v1/ingest HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"host\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another agent, with the default request timeout (10 s), is told the server is busy
+    // and when to come back, instead of timing out as if the server were unreachable.
+    assert_eq!(app.cfg.agent.request_timeout_secs, 10);
+    let spool = tempfile::tempdir().unwrap();
+    let shipper = rackwatch::app::shipper(&app.cfg, &app.base, &token, spool.path()).unwrap();
+    let batch: rackwatch::model::Batch = serde_json::from_value(body("busy")).unwrap();
+    let t0 = Instant::now();
+    match shipper.send(&batch).await {
+        rackwatch::collect::shipper::Delivery::Retry { why, after } => {
+            assert!(
+                why.starts_with("503") && why.contains("ingest concurrency limit"),
+                "{why}"
+            );
+            assert!(after.is_some(), "503 says when to retry");
+        }
+        other => panic!("expected a retry after 503: {other:?}"),
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+    drop(slow);
+    app.stop().await;
+}
