@@ -1191,7 +1191,9 @@ pub struct ModelInfo {
     /// The metrics the model reads.
     #[schema(schema_with = feature_list)]
     pub metrics: Vec<String>,
-    /// The model's peaks-over-threshold alert level.
+    /// The model's peaks-over-threshold alert level from training: the floor of the
+    /// level each minute is held to. That level (each score's `threshold`) follows the
+    /// host's recent scores and is often higher.
     pub threshold: Option<f64>,
     /// Minutes before this are scored.
     pub scored_until: Option<DateTime<Utc>>,
@@ -1274,14 +1276,15 @@ impl Store {
         .await
     }
 
-    /// Every host's model status (or one host's), by host name.
+    /// The models of the hosts in the fleet (or of one host, even one taken out of it), by
+    /// host name.
     pub async fn anomaly_models(&self, host: Option<&str>) -> Result<Vec<ModelInfo>, sqlx::Error> {
         sqlx::query_as!(
             ModelInfo,
             "SELECT h.name AS host, m.status, m.note, m.trained_at, m.train_from, m.train_to, m.train_minutes,
                     m.metrics, m.threshold, m.scored_until
                FROM anomaly_models m JOIN hosts h ON h.id = m.host_id
-              WHERE $1::text IS NULL OR h.name = $1
+              WHERE ($1::text IS NULL AND h.removed_at IS NULL) OR h.name = $1
               ORDER BY h.name",
             host,
         )

@@ -24,7 +24,8 @@ pub fn api_routes() -> Routes {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AnomalyQuery {
-    /// Host name (default: all hosts).
+    /// Host name (default or empty: the hosts in the fleet, not those taken out of it;
+    /// an unknown host is a 404).
     host: Option<String>,
     /// RFC 3339 (default `to` − 24 h); minutes at or after it.
     #[param(example = "2026-11-22T12:00:00Z")]

@@ -352,7 +352,9 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
         "{section}"
     );
     assert_eq!(
-        section.matches("<tr><td><time").count(),
+        section
+            .matches("<tr><td data-label=\"Minute\"><time")
+            .count(),
         30,
         "capped at 30 rows"
     );
@@ -400,6 +402,20 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
     }
     let (code, body) = get(&app, &cookie, "?host=nope").await;
     assert_eq!(code, 404, "{body}");
+    // A host taken out of the fleet leaves the list of models; asked for by name, its
+    // model is still there.
+    app.store.remove_host("gpu-new", "test").await.unwrap();
+    let (_, body) = get(&app, &cookie, &format!("?{range}")).await;
+    let hosts: Vec<&str> = body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["gpu-a"]);
+    let (code, body) = get(&app, &cookie, &format!("?{range}&host=gpu-new")).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["models"][0]["host"], "gpu-new");
     let r = app
         .http
         .get(format!("{}/api/v1/anomalies", app.base))
