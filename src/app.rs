@@ -79,11 +79,7 @@ pub async fn start_server_with(
     } else {
         None
     };
-    let limits = web::serve::ServeLimits {
-        max_connections: cfg.server.max_connections,
-        header_read_timeout: Duration::from_secs(cfg.server.header_read_timeout_secs),
-        drain: Duration::from_secs(10),
-    };
+    let limits = web::serve::ServeLimits::from_config(&cfg.server);
     // The audit trail notes each start with a hash of the configuration. Secrets are
     // redacted in its Debug form, so the hash changes when settings change but cannot be
     // used to test guesses of a password.

@@ -102,6 +102,15 @@ pub struct ServerConfig {
     pub session_idle_secs: i64,
     /// Most connections open at once; one more is closed on accept.
     pub max_connections: usize,
+    /// Most connections open at once from one client address (an IPv6 client's /64); one
+    /// more is closed on accept, so one client cannot take every connection.
+    pub max_connections_per_client: usize,
+    /// Addresses or CIDR ranges without the per-client cap: a reverse proxy or load
+    /// balancer in front of the server, whose connections carry many clients.
+    pub per_client_exempt: Vec<String>,
+    /// A response the client does not read for this many seconds closes the connection
+    /// (the answer is not held in memory for a client that stopped reading).
+    pub write_timeout_secs: u64,
     /// Request headers must arrive within this many seconds (also the keep-alive idle
     /// timeout).
     pub header_read_timeout_secs: u64,
@@ -281,6 +290,9 @@ impl Default for ServerConfig {
             session_ttl_secs: 12 * 3600,
             session_idle_secs: 3600,
             max_connections: 1024,
+            max_connections_per_client: 64,
+            per_client_exempt: Vec::new(),
+            write_timeout_secs: 30,
             header_read_timeout_secs: 10,
             body_timeout_secs: 10,
             request_timeout_secs: 60,
@@ -1225,8 +1237,16 @@ impl Config {
                 self.server.inflate_budget_bytes, self.server.max_decompressed_bytes
             ));
         }
+        for c in &self.server.per_client_exempt {
+            Cidr::parse(c).map_err(|e| format!("server.per_client_exempt: {e}"))?;
+        }
         for (key, v) in [
             ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.max_connections_per_client",
+                self.server.max_connections_per_client as u64,
+            ),
+            ("server.write_timeout_secs", self.server.write_timeout_secs),
             (
                 "server.header_read_timeout_secs",
                 self.server.header_read_timeout_secs,

@@ -1,6 +1,6 @@
 //! Request bodies: read after the caller is authorized, capped at `server.max_body_bytes`
 //! (413), and for JSON routes checked for their content type (415), their top-level shape
-//! and their fields (400, naming the field).
+//! and their fields (400, naming the field). And large answers, sent a few at a time.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
@@ -131,6 +131,80 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Large JSON answers (a host's raw samples) built at once: at most this many, each held
+/// from building until its last byte is sent (or the client stops reading and
+/// `server.write_timeout_secs` closes the connection).
+pub const BULK_ANSWERS: usize = 2;
+/// How long a large answer waits for its turn before it is 503.
+const BULK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A turn to build and send a large answer; 503 with Retry-After when none comes free in
+/// [`BULK_WAIT`].
+pub async fn bulk_turn(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    tokio::time::timeout(BULK_WAIT, st.bulk_answers.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::Busy(format!(
+                "{BULK_ANSWERS} large answers are being sent; retry shortly"
+            ))
+        })
+}
+
+/// `value` as a JSON answer that keeps `turn` until its last byte is handed to the
+/// connection. It goes out in 64 KiB pieces, and the connection takes the next one only
+/// when it has sent the last (its write buffer is 64 KiB), so the turn is held while the
+/// answer is in memory.
+pub fn json_with_turn<T: serde::Serialize>(
+    value: &T,
+    turn: tokio::sync::OwnedSemaphorePermit,
+) -> Result<axum::response::Response, ApiError> {
+    let bytes = axum::body::Bytes::from(
+        serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.into()))?,
+    );
+    let mut resp = axum::response::Response::new(Body::new(Pieces {
+        rest: bytes,
+        _turn: turn,
+    }));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// A response body sent in pieces that holds a permit until it is dropped.
+struct Pieces {
+    rest: axum::body::Bytes,
+    _turn: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Pieces {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.rest.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.rest.len().min(64 * 1024);
+        let piece = self.rest.split_to(n);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 

@@ -615,6 +615,7 @@ pub struct HostSamples {
         (status = 400, description = "A bad time, `from` not before `to`, or more than 24 h.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 404, description = "No such host.", body = ErrorBody),
+        (status = 503, description = "Other large answers are being sent; retry after Retry-After.", body = ErrorBody),
     )
 )]
 async fn samples(
@@ -622,7 +623,7 @@ async fn samples(
     _u: ApiUser,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<RangeQuery>,
-) -> Result<Json<HostSamples>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let now = Utc::now();
     let to = parse_rfc3339("to", q.to.as_deref(), now)?;
     let from = parse_rfc3339("from", q.from.as_deref(), to - Duration::hours(1))?;
@@ -637,14 +638,19 @@ async fn samples(
     if st.store.host_latest(&name).await?.is_none() {
         return Err(ApiError::NotFound(format!("no host named {name:?}")));
     }
+    // A day of an 8-GPU host is about 55 MB of JSON: a few at a time.
+    let turn = super::body::bulk_turn(&st).await?;
     let (host_samples, gpu_samples) = st.store.host_samples(&name, from, to).await?;
-    Ok(Json(HostSamples {
-        host: name,
-        from,
-        to,
-        host_samples,
-        gpu_samples,
-    }))
+    super::body::json_with_turn(
+        &HostSamples {
+            host: name,
+            from,
+            to,
+            host_samples,
+            gpu_samples,
+        },
+        turn,
+    )
 }
 
 /// Host page: latest values, series over the range, GPUs, hardware events, alerts,

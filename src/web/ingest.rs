@@ -132,6 +132,15 @@ async fn run(
         });
     }
     super::body::require_json(headers)?;
+    let _upload = st
+        .uploads
+        .take(key, AGENT_UPLOADS)
+        .ok_or_else(|| ApiError::TooMany {
+            message: format!(
+                "this agent already has {AGENT_UPLOADS} uploads in flight; send the next when one is answered"
+            ),
+            retry_after: 1,
+        })?;
     let _slot = slot(st).await?;
     let bytes = super::body::read(st, body).await?;
     st.metrics.ingest.bytes.inc_by(bytes.len() as u64);
@@ -158,7 +167,7 @@ async fn run(
 
 /// The key of an agent's rate-limit bucket: a hash of its token or certificate, so the
 /// limiter holds no credential.
-fn limit_key(kind: &[u8], secret: &[u8]) -> [u8; 16] {
+pub(super) fn limit_key(kind: &[u8], secret: &[u8]) -> [u8; 16] {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(kind);
@@ -166,6 +175,11 @@ fn limit_key(kind: &[u8], secret: &[u8]) -> [u8; 16] {
     h.update(secret);
     h.finalize()[..16].try_into().expect("16 bytes")
 }
+
+/// Uploads one agent may have in flight: it sends one batch at a time (and a retry may
+/// overlap one the server is still finishing). Ingest slots are shared by every agent:
+/// without this cap, one agent sending slow bodies could hold them all.
+const AGENT_UPLOADS: usize = 2;
 
 /// Wait for an ingest slot (`server.ingest_concurrency`); 503 after [`SLOT_WAIT`].
 pub(super) async fn slot(st: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {

@@ -1,10 +1,12 @@
 //! Token buckets, one per caller: each holds up to `burst` requests and refills at `rate`
 //! per second. The login form's per-address limit and ingest's per-agent-token limit are
-//! both made of these. In memory, per server process.
+//! both made of these. And counts of what each caller holds open ([`InFlight`]): the
+//! server loop's connections per client address, ingest's uploads per agent token. In
+//! memory, per server process.
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Buckets kept at most; past it, full ones (callers at rest) are forgotten first.
@@ -74,5 +76,84 @@ mod tests {
         assert_eq!(b.take(1), None);
         let wait = b.take(1).unwrap();
         assert!((9..=10).contains(&wait), "{wait}");
+    }
+}
+
+/// What each caller holds open at once (connections, uploads), up to a cap per caller.
+#[derive(Debug)]
+pub struct InFlight<K: Hash + Eq + Clone> {
+    map: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: Hash + Eq + Clone> Default for InFlight<K> {
+    fn default() -> Self {
+        InFlight {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One thing `key` holds open; given back when dropped.
+#[derive(Debug)]
+pub struct Held<K: Hash + Eq + Clone> {
+    table: Arc<InFlight<K>>,
+    key: K,
+}
+
+impl<K: Hash + Eq + Clone> InFlight<K> {
+    /// Count one more for `key`, unless it already holds `max`.
+    pub fn take(self: &Arc<Self>, key: K, max: usize) -> Option<Held<K>> {
+        let mut m = self.map.lock().expect("in-flight table");
+        let n = m.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            table: self.clone(),
+            key,
+        })
+    }
+
+    /// What `key` holds now.
+    pub fn held(&self, key: &K) -> usize {
+        self.map
+            .lock()
+            .expect("in-flight table")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl<K: Hash + Eq + Clone> Drop for Held<K> {
+    fn drop(&mut self) {
+        let mut m = self.table.map.lock().expect("in-flight table");
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_holds_up_to_its_cap_and_gets_it_back_on_drop() {
+        let t: Arc<InFlight<u8>> = Arc::default();
+        let a = t.take(1, 2).unwrap();
+        let b = t.take(1, 2).unwrap();
+        assert!(t.take(1, 2).is_none(), "a third is refused");
+        assert!(t.take(2, 2).is_some(), "another caller is not");
+        drop(a);
+        assert_eq!(t.held(&1), 1);
+        let _c = t.take(1, 2).unwrap();
+        drop(b);
+        assert_eq!(t.held(&1), 1);
+        assert_eq!(t.held(&2), 0, "forgotten when nothing is held");
     }
 }

@@ -79,6 +79,7 @@ pub async fn metrics(
         db_max: st.cfg.database.max_connections,
         conns_accepted: read(&c.accepted),
         conns_refused: read(&c.refused),
+        conns_refused_per_client: read(&c.refused_per_client),
         tls_failures: read(&c.tls_handshake_failures),
         conns_open: read(&c.open),
         leader: st.jobs.is_leader(),
@@ -119,6 +120,7 @@ struct Scraped {
     db_max: u32,
     conns_accepted: u64,
     conns_refused: u64,
+    conns_refused_per_client: u64,
     tls_failures: u64,
     conns_open: u64,
     leader: bool,
@@ -206,6 +208,12 @@ impl Collector for Scraped {
             "rackwatch_http_connections_refused",
             "HTTP connections closed at once because server.max_connections were open",
             [(NoLabels::default(), self.conns_refused)],
+        )?;
+        counters(
+            e,
+            "rackwatch_http_connections_refused_per_client",
+            "HTTP connections closed at once because their client address had server.max_connections_per_client open",
+            [(NoLabels::default(), self.conns_refused_per_client)],
         )?;
         counters(
             e,

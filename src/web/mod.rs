@@ -70,6 +70,11 @@ pub struct AppState {
     /// Ingest requests per agent token or certificate (`ingest.token_rate_per_sec`);
     /// `None` when off.
     pub ingest_limiter: Option<Arc<limit::Buckets<[u8; 16]>>>,
+    /// Ingest and remote-write uploads in flight per token or certificate, so one caller
+    /// cannot hold every ingest slot.
+    pub uploads: Arc<limit::InFlight<[u8; 16]>>,
+    /// Large answers being built or sent ([`body::BULK_ANSWERS`]).
+    pub bulk_answers: Arc<tokio::sync::Semaphore>,
     /// Sign-on by an authenticating proxy (`server.auth_proxy`).
     pub proxy: Arc<proxy::ProxySignOn>,
     /// Remote write's memory between requests (counters' previous points, XID codes).
@@ -100,6 +105,8 @@ impl AppState {
                 ))
             }),
             remote_write: Default::default(),
+            uploads: Default::default(),
+            bulk_answers: Arc::new(tokio::sync::Semaphore::new(body::BULK_ANSWERS)),
             cfg,
         }
     }

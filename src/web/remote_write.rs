@@ -102,6 +102,10 @@ async fn handle(
     result.map(|_| StatusCode::NO_CONTENT)
 }
 
+/// Writes one remote-write token may have in flight: Prometheus's shards share them, and
+/// the other half of the default ingest slots stays free for agents.
+const REMOTE_WRITE_UPLOADS: usize = 4;
+
 async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Written, ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::Unauthorized(
@@ -115,6 +119,19 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Written, 
         .map_err(StoreError::from)?
         .ok_or_else(|| ApiError::Unauthorized("unknown or revoked remote-write token".into()))?;
     protobuf_body(headers)?;
+    // Prometheus sends from several shards at once. Past the cap it is answered 503,
+    // which it retries (a 429 it may drop).
+    let _upload = st
+        .uploads
+        .take(
+            super::ingest::limit_key(b"remote-write", token.as_bytes()),
+            REMOTE_WRITE_UPLOADS,
+        )
+        .ok_or_else(|| {
+            ApiError::Busy(format!(
+                "this token already has {REMOTE_WRITE_UPLOADS} writes in flight (half the ingest slots); retry shortly"
+            ))
+        })?;
     let _slot = slot(st).await?;
     let bytes = body::read(st, body).await?;
     st.metrics.remote_write.bytes.inc_by(bytes.len() as u64);

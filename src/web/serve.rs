@@ -1,7 +1,12 @@
 //! The HTTP server loop: accept, bound, serve, and stop gracefully.
 //!
 //! What an anonymous client can hold is bounded here, before any handler runs:
-//! * at most `server.max_connections` connections at once; one more is closed on accept;
+//! * at most `server.max_connections` connections at once, and at most
+//!   `server.max_connections_per_client` from one client address (an IPv6 client's /64);
+//!   one more is closed on accept, so one client cannot take the others' connections;
+//! * a response the client stops reading for `server.write_timeout_secs` closes its
+//!   connection, so a client that asks for a large answer and never reads it does not
+//!   hold it in memory;
 //! * request headers must arrive within `server.header_read_timeout_secs`, which also
 //!   closes a keep-alive connection idle that long (half-sent headers, slowloris);
 //! * every request (headers to the last body byte and the handler) gets
@@ -11,9 +16,12 @@
 //!   `server.header_read_timeout_secs`, and runs on the connection's own task, so a slow
 //!   or silent client holds one connection slot and nothing else.
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -27,12 +35,137 @@ use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
 /// Connection limits of one server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeLimits {
     pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 client's /64).
+    pub max_per_client: usize,
+    /// Addresses without the per-client cap (a reverse proxy or load balancer, whose
+    /// connections carry many clients).
+    pub per_client_exempt: Vec<crate::config::Cidr>,
     pub header_read_timeout: Duration,
+    /// A response the client does not read for this long closes the connection.
+    pub write_timeout: Duration,
     /// How long open requests may finish after shutdown began.
     pub drain: Duration,
+}
+
+impl ServeLimits {
+    /// The limits `server.*` sets.
+    pub fn from_config(s: &crate::config::ServerConfig) -> ServeLimits {
+        ServeLimits {
+            max_connections: s.max_connections,
+            max_per_client: s.max_connections_per_client,
+            per_client_exempt: s
+                .per_client_exempt
+                .iter()
+                .filter_map(|c| crate::config::Cidr::parse(c).ok())
+                .collect(),
+            header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
+            write_timeout: Duration::from_secs(s.write_timeout_secs),
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The address a client's connections are counted under: an IPv4 address, or the /64
+/// of an IPv6 one (one host has a whole /64 to pick addresses from).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// A connection's stream whose writes fail with `TimedOut` once one has waited `limit`
+/// for the client to read (the socket's send buffer full all that time).
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After a write or flush returned `r`: progress clears the deadline, waiting starts
+    /// or checks it.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let limit = self.limit;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing of the response for {} s (server.write_timeout_secs)",
+                    limit.as_secs()
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Counters the loop keeps, for `/metrics`.
@@ -41,6 +174,8 @@ pub struct ConnStats {
     pub accepted: AtomicU64,
     /// Connections closed at once because `max_connections` were open.
     pub refused: AtomicU64,
+    /// Connections closed at once because their client had `max_per_client` open.
+    pub refused_per_client: AtomicU64,
     pub open: AtomicU64,
     /// TLS handshakes that failed or timed out (wrong CA, expired or missing
     /// certificate, plain HTTP sent to the TLS port).
@@ -59,6 +194,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client: Arc<super::limit::InFlight<IpAddr>> = Arc::default();
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -94,12 +230,29 @@ pub async fn serve(
             }
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let client = if limits
+            .per_client_exempt
+            .iter()
+            .any(|c| c.contains(remote.ip()))
+        {
+            None
+        } else {
+            match per_client.take(client_key(remote.ip()), limits.max_per_client) {
+                Some(c) => Some(c),
+                None => {
+                    stats.refused_per_client.fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let stream = WriteDeadline::new(stream, limits.write_timeout);
         let conn = Conn {
             app: app.clone(),
             http: http.clone(),
@@ -137,6 +290,7 @@ pub async fn serve(
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
+            drop(client);
         });
     }
     drop(listener);

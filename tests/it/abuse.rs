@@ -11,6 +11,10 @@ use tokio::net::TcpStream;
 
 use crate::support::{recent, TestApp};
 
+/// Tests that measure this process's peak memory run one at a time with tests that use
+/// much of it (all tests share the process).
+static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Peak resident memory of this process (the server runs in it), in MiB.
 fn peak_rss_mib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -51,6 +55,7 @@ async fn read_until_closed(s: &mut TcpStream, secs: u64) -> Option<String> {
 /// no throttle — 48 clients left 9.1 GB retained, 200 guesses went through unthrottled.
 #[tokio::test]
 async fn basic_auth_floods_run_few_password_checks_and_are_throttled() {
+    let _alone = MEMORY.lock().await;
     let app = TestApp::spawn_with(|c| c.server.password_checks = 2).await;
     let before = peak_rss_mib();
     let tasks: Vec<_> = (0..48)
@@ -108,6 +113,7 @@ async fn basic_auth_floods_run_few_password_checks_and_are_throttled() {
 /// rejection before the sample cap was checked (21 s, 6.45 GB peak), then 413.
 #[tokio::test]
 async fn an_item_bomb_is_refused_at_the_item_limit_without_building_rejections() {
+    let _alone = MEMORY.lock().await;
     let app = TestApp::spawn_with(|c| c.ingest.max_samples_per_batch = 1000).await;
     let token = app.token("bomb").await;
     let mut raw = Vec::with_capacity(7_000_000);
@@ -236,16 +242,7 @@ async fn slow_and_idle_connections_are_closed_and_counted() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     // A body that stops arriving, from a client with a valid token.
     let token = app.token("slow").await;
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(
-        format!(
-            "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"host\":"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut s = crate::support::stalled_upload(&app, &token).await;
     let out = read_until_closed(&mut s, 5)
         .await
         .expect("stalled body cut off");
@@ -326,6 +323,9 @@ async fn login_redirects_only_to_this_site() {
         ("/\t/evil.example/", "/"),
         ("/\n/x", "/"),
         ("//evil.example/", "/"),
+        // Dot segments that normalize to a protocol-relative path.
+        ("/.//evil.example/", "/"),
+        ("/x/..//evil.example", "/"),
         ("/\\evil.example", "/"),
         ("https://evil.example/", "/"),
         ("/%2F%2Fevil.example", "/%2F%2Fevil.example"),
@@ -348,6 +348,35 @@ async fn login_redirects_only_to_this_site() {
         assert_eq!(r.status(), 303, "{next:?}");
         assert_eq!(r.headers()["location"], want, "{next:?}");
     }
+    // A login form too large to be one is 413, like any other body over its cap.
+    let (cookie, csrf) = app.login_csrf().await;
+    let r = app
+        .http
+        .post(format!("{}/login", app.base))
+        .header("cookie", cookie)
+        .form(&[
+            ("username", "ann"),
+            ("password", &"x".repeat(3 << 20)),
+            ("csrf", csrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // A Basic user name no user can have is a wrong name, not a server error.
+    let r = app
+        .http
+        .get(format!("{}/api/v1/hosts", app.base))
+        .basic_auth("u".repeat(10_000), Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("user name or password is wrong"));
     app.stop().await;
 }
 
@@ -546,5 +575,140 @@ async fn metrics_need_credentials_ingest_needs_json_and_errors_quote_briefly() {
     assert_eq!(r.status(), 400);
     let text = r.text().await.unwrap();
     assert!(text.len() < 600, "{} bytes: {text}", text.len());
+    app.stop().await;
+}
+
+/// A raw connection to the server from the loopback address `from` (127.0.0.x).
+async fn connect_from(app: &TestApp, from: &str, recv_buffer: Option<u32>) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(n) = recv_buffer {
+        sock.set_recv_buffer_size(n).unwrap();
+    }
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let addr = app.base.trim_start_matches("http://").parse().unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// Before: 1,100 idle connections from one address (reopened as the server closed them)
+/// took all 1,024 connection slots, and every other client was refused for as long as
+/// it went on.
+#[tokio::test]
+async fn one_client_cannot_take_the_other_clients_connections() {
+    let app = TestApp::spawn_with(|c| {
+        c.server.max_connections_per_client = 4;
+        c.server.per_client_exempt = vec!["127.0.0.3".into()];
+    })
+    .await;
+    let healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Four half-sent requests from 127.0.0.1: a fifth connection from there is closed
+    // unanswered.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect_from(&app, "127.0.0.1", None).await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = connect_from(&app, "127.0.0.1", None).await;
+    let _ = fifth.write_all(healthz).await;
+    assert_eq!(read_until_closed(&mut fifth, 2).await.as_deref(), Some(""));
+    // Another client is served.
+    let mut other = connect_from(&app, "127.0.0.2", None).await;
+    other.write_all(healthz).await.unwrap();
+    let out = read_until_closed(&mut other, 5).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // An exempt address (a reverse proxy) may hold more.
+    let mut proxied = Vec::new();
+    for _ in 0..5 {
+        let mut c = connect_from(&app, "127.0.0.3", None).await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        proxied.push(c);
+    }
+    let mut sixth = connect_from(&app, "127.0.0.3", None).await;
+    sixth.write_all(healthz).await.unwrap();
+    let out = read_until_closed(&mut sixth, 5).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Closed connections count no more, and the refusal is counted.
+    drop(held);
+    drop(proxied);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = app.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l == "rackwatch_http_connections_refused_per_client_total 1"),
+        "{m}"
+    );
+    app.stop().await;
+}
+
+/// Before: 16 connections that asked for a day of a host's raw samples (55 MB each) and
+/// then read nothing held 1.4 GB for as long as they stayed open.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_large_answer_is_closed_and_frees_its_turn() {
+    let _alone = MEMORY.lock().await;
+    let app = TestApp::spawn_with(|c| c.server.write_timeout_secs = 2).await;
+    let token = app.token("big").await;
+    let samples: Vec<_> = recent(40_000, 1, 60)
+        .into_iter()
+        .map(|ts| json!({"ts": ts, "cpu_util_pct": 12.5, "mem_used_bytes": 1_000_000}))
+        .collect();
+    let r = app
+        .ingest(
+            &token,
+            &json!({"host": {"name": "big"}, "host_samples": samples}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let cookie = app
+        .login_as(
+            "reader",
+            "reader-password",
+            rackwatch::store::auth::Role::Viewer,
+        )
+        .await;
+    let from = (chrono::Utc::now() - chrono::Duration::hours(23))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let path = format!("/api/v1/hosts/big/samples?from={from}");
+    // Two clients ask and read nothing: they hold both turns to send a large answer.
+    let mut stalled = Vec::new();
+    for _ in 0..rackwatch::web::body::BULK_ANSWERS {
+        let mut c = connect_from(&app, "127.0.0.1", Some(4096)).await;
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A third is served once the write timeout has closed them, not refused.
+    let t0 = std::time::Instant::now();
+    let r = app.get(&cookie, &path).await;
+    assert_eq!(r.status(), 200);
+    let full = r.bytes().await.unwrap().len();
+    // Larger than what the sockets' buffers hold (4 MiB sent, 4 KiB received).
+    assert!(full > 6 << 20, "{full} bytes");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "it waited for a turn: {waited:?}"
+    );
+    // The stalled connections were closed with most of their answer unsent.
+    for mut c in stalled {
+        let got = read_until_closed(&mut c, 5)
+            .await
+            .expect("closed by the server");
+        assert!(
+            got.starts_with("HTTP/1.1 200"),
+            "{}",
+            &got[..got.len().min(100)]
+        );
+        assert!(got.len() < full, "{} of {full} bytes", got.len());
+    }
     app.stop().await;
 }

@@ -161,21 +161,10 @@ async fn an_agent_over_its_rate_spools_and_comes_back_when_told() {
 
 #[tokio::test]
 async fn an_agent_waiting_for_a_busy_server_hears_busy_before_its_timeout() {
-    use tokio::io::AsyncWriteExt;
     let app = TestApp::spawn_with(|c| c.server.ingest_concurrency = 1).await;
     let token = app.token("busy").await;
     // An agent holds the only ingest slot: its body arrives slowly.
-    let addr = app.base.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(
-        format!(
-            "POST /api/v1/ingest HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"host\":"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let slow = crate::support::stalled_upload(&app, &token).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Another agent, with the default request timeout (10 s), is told the server is busy
     // and when to come back, instead of timing out as if the server were unreachable.
@@ -200,5 +189,31 @@ async fn an_agent_waiting_for_a_busy_server_hears_busy_before_its_timeout() {
         "{waited:?}"
     );
     drop(slow);
+    app.stop().await;
+}
+
+/// Before: eight slow uploads with one agent's token held every ingest slot, and every
+/// other agent was answered 503 for as long as it went on.
+#[tokio::test]
+async fn one_agent_cannot_hold_the_ingest_slots_the_others_need() {
+    let app = TestApp::spawn().await;
+    let noisy = app.token("noisy").await;
+    let quiet = app.token("quiet").await;
+    // Two slow uploads of one agent are in flight; its third is refused at once.
+    let _held = (
+        crate::support::stalled_upload(&app, &noisy).await,
+        crate::support::stalled_upload(&app, &noisy).await,
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, after, secs) = post(&app, &noisy, "noisy").await;
+    assert_eq!((status, after), (429, Some(1)));
+    assert!(secs < 1.0, "{secs}");
+    let r = app.ingest(&noisy, &body("noisy")).await;
+    let text = r.text().await.unwrap();
+    assert!(text.contains("already has 2 uploads in flight"), "{text}");
+    // Another agent is not kept waiting.
+    let (status, _, secs) = post(&app, &quiet, "quiet").await;
+    assert_eq!(status, 200);
+    assert!(secs < 1.0, "{secs}");
     app.stop().await;
 }

@@ -39,6 +39,7 @@ async fn serve_with(extra: Router<AppState>, request_timeout_secs: u64) -> Serve
         max_connections: 64,
         header_read_timeout: Duration::from_secs(5),
         drain: Duration::from_secs(1),
+        ..rackwatch::web::serve::ServeLimits::from_config(&Default::default())
     };
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(rackwatch::web::serve::serve(

@@ -523,6 +523,24 @@ impl TestApp {
 }
 
 /// Timestamps a few seconds apart ending `secs_ago` seconds before now (whole ms).
+/// An ingest upload with `token` whose body stops after its first bytes: it holds what
+/// an upload holds (an ingest slot, the agent's count of uploads) until it is cut.
+pub async fn stalled_upload(app: &TestApp, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"host\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
 pub fn recent(n: usize, step_secs: i64, secs_ago: i64) -> Vec<DateTime<Utc>> {
     let end = Utc::now() - chrono::Duration::seconds(secs_ago);
     let end = DateTime::from_timestamp_millis(end.timestamp_millis()).unwrap();
