@@ -966,8 +966,10 @@ async fn capacity_plan(
     Ok(())
 }
 
-/// A CSV field, quoted when it holds a comma, quote or line break.
+/// A CSV field, quoted when it holds a comma, quote or line break, and kept from reading
+/// as a spreadsheet formula.
 fn csv_field(s: &str) -> String {
+    let s = rackwatch::model::format::spreadsheet_text(s);
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

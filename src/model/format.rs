@@ -195,9 +195,31 @@ pub fn text_px(s: &str, font_px: f64) -> f64 {
         * font_px
 }
 
+/// A text cell for a CSV file that people open in a spreadsheet: one that starts like a
+/// formula (`=`, `+`, `-`, `@`, tab or carriage return) gets a leading `'`, which
+/// spreadsheets show as text instead of evaluating (names come from agents, and a host
+/// named `=HYPERLINK(…)` must not run in a planner's spreadsheet).
+pub fn spreadsheet_text(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tick_tests {
     use super::*;
+
+    #[test]
+    fn spreadsheet_text_keeps_formulas_from_running() {
+        assert_eq!(spreadsheet_text("=2+3"), "'=2+3");
+        assert_eq!(spreadsheet_text("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(spreadsheet_text("-1+2"), "'-1+2");
+        assert_eq!(spreadsheet_text("\t=1"), "'\t=1");
+        assert_eq!(spreadsheet_text("gpu-17"), "gpu-17");
+        assert_eq!(spreadsheet_text(""), "");
+    }
 
     #[test]
     fn ticks_are_round_and_reach_the_maximum() {

@@ -133,9 +133,15 @@ pub fn file_name(report: &EnergyReport, format: Format) -> String {
 
 /// The report as one table: every line of every level.
 pub fn dataframe(report: &EnergyReport) -> anyhow::Result<DataFrame> {
+    dataframe_with(report, str::to_string)
+}
+
+/// [`dataframe`] with the names (site, rack, pool, host, GPU uuid and model) written by
+/// `text`.
+fn dataframe_with(report: &EnergyReport, text: fn(&str) -> String) -> anyhow::Result<DataFrame> {
     let rows = &report.rows;
     let n = rows.len();
-    let s = |f: fn(&ReportRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let s = |f: fn(&ReportRow) -> &str| rows.iter().map(|r| text(f(r))).collect::<Vec<String>>();
     // Twelve significant digits are past every meter's precision; the arithmetic's last-bit
     // noise (a PUE of 1.3999999999999995) is not written.
     let f = |f: fn(&ReportRow) -> f64| rows.iter().map(|r| digits12(f(r))).collect::<Vec<f64>>();
@@ -156,16 +162,16 @@ pub fn dataframe(report: &EnergyReport) -> anyhow::Result<DataFrame> {
             "level".into(),
             rows.iter().map(|r| r.level).collect::<Vec<_>>(),
         ),
-        Column::new("site".into(), s(|r| r.site.clone())),
-        Column::new("rack".into(), s(|r| r.rack.clone())),
-        Column::new("pool".into(), s(|r| r.pool.clone())),
-        Column::new("host".into(), s(|r| r.host.clone())),
+        Column::new("site".into(), s(|r| &r.site)),
+        Column::new("rack".into(), s(|r| &r.rack)),
+        Column::new("pool".into(), s(|r| &r.pool)),
+        Column::new("host".into(), s(|r| &r.host)),
         Column::new(
             "gpu_index".into(),
             rows.iter().map(|r| r.gpu_index).collect::<Vec<_>>(),
         ),
-        Column::new("gpu_uuid".into(), s(|r| r.gpu_uuid.clone())),
-        Column::new("gpu_model".into(), s(|r| r.gpu_model.clone())),
+        Column::new("gpu_uuid".into(), s(|r| &r.gpu_uuid)),
+        Column::new("gpu_model".into(), s(|r| &r.gpu_model)),
         Column::new(
             "gpus".into(),
             rows.iter().map(|r| r.gpus).collect::<Vec<_>>(),
@@ -185,7 +191,7 @@ pub fn dataframe(report: &EnergyReport) -> anyhow::Result<DataFrame> {
         Column::new("carbon_kg".into(), f(|r| r.carbon_kg)),
         Column::new("cue_kg_per_kwh".into(), o(|r| r.cue_kg_per_kwh)),
         Column::new("cost".into(), o(|r| r.cost)),
-        Column::new("currency".into(), s(|r| r.currency.clone())),
+        Column::new("currency".into(), s(|r| &r.currency)),
         Column::new("idle_gpu_energy_kwh".into(), f(|r| r.idle_gpu_energy_kwh)),
         Column::new("idle_gpu_cost".into(), o(|r| r.idle_gpu_cost)),
         Column::new("idle_gpu_carbon_kg".into(), f(|r| r.idle_gpu_carbon_kg)),
@@ -223,8 +229,10 @@ fn digits12(x: f64) -> f64 {
     format!("{x:.11e}").parse().unwrap_or(x)
 }
 
+/// The CSV file: its names are written as spreadsheet text
+/// ([`crate::model::format::spreadsheet_text`]).
 pub fn to_csv(report: &EnergyReport) -> anyhow::Result<Vec<u8>> {
-    let mut df = dataframe(report)?;
+    let mut df = dataframe_with(report, crate::model::format::spreadsheet_text)?;
     let mut buf = Vec::new();
     CsvWriter::new(&mut buf)
         .include_header(true)

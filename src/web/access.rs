@@ -485,10 +485,16 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// credentials ride along the same way) must come from this server's own
 /// pages: no foreign `Origin`, and on the JSON API the session's CSRF token in
 /// [`CSRF_HEADER`] (forms carry it in their `csrf` field, which their handlers check).
+/// One made with HTTP Basic credentials must not come from another site either: a
+/// browser that was given the password once sends it with any site's form post. Scripts
+/// and Prometheus send no `Origin`.
 fn cookie_post_ok(headers: &HeaderMap, row: &RouteRule) -> Result<(), ApiError> {
     if auth::cookie(headers, SESSION_COOKIE).is_none()
         && !headers.contains_key(super::proxy::CSRF_BASIS_HEADER)
     {
+        if super::ingest::auth_param(headers, "Basic").is_some() {
+            auth::check_origin(headers)?;
+        }
         return Ok(());
     }
     auth::check_origin(headers)?;

@@ -143,6 +143,12 @@ pub async fn check_password(
     if let Some(wait) = ip.and_then(|ip| limiter.take(ip)) {
         return Err(too_many(wait));
     }
+    // No user can have a name that is not a user name (e.g. 10,000 characters): a wrong
+    // name or password, with nothing to look up or throttle by name.
+    if crate::store::auth::check_user_name(name).is_err() {
+        st.metrics.logins_failed.inc();
+        return Ok(None);
+    }
     let lower = name.to_lowercase();
     let trusted_device = match device {
         Some(d) => limiter.device_ok(&st.store, &lower, d).await?,
@@ -604,7 +610,9 @@ fn safe_next(next: Option<&str>) -> String {
     }
     let base = url::Url::parse("http://rackwatch.invalid/").expect("static URL");
     match base.join(n) {
-        Ok(u) if u.origin() == base.origin() => {
+        // `/.//evil.example` normalizes to `//evil.example`, which a browser reads as
+        // another host.
+        Ok(u) if u.origin() == base.origin() && !u.path().starts_with("//") => {
             let mut out = u.path().to_string();
             if let Some(q) = u.query() {
                 out.push('?');

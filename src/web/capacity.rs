@@ -949,8 +949,8 @@ pub struct DemandRecorded {
     responses(
         (status = 200, description = "Recorded.", body = DemandRecorded),
         (status = 400, description = "Not the expected body, `pending_gpus` out of 0–10,000,000, a `ts` off the server's clock, or a bad `source`.", body = ErrorBody),
-        (status = 401, description = "No token or credentials.", body = ErrorBody),
-        (status = 403, description = "A token of another pool, an agent token, or a user below operator.", body = ErrorBody),
+        (status = 401, description = "No token or credentials, or a token that is not a pool token (the message says which).", body = ErrorBody),
+        (status = 403, description = "A token of another pool, or a user below operator.", body = ErrorBody),
         (status = 404, description = "No host belongs to the pool.", body = ErrorBody),
         (status = 413, description = "The body is over `server.max_body_bytes`.", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
@@ -980,7 +980,7 @@ async fn demand(
         (None, Some(u)) => require(u, Role::Operator)?,
         (None, None) => match super::ingest::bearer(&headers) {
             Some(t) if st.store.token_host(t).await?.is_some() => {
-                return Err(ApiError::Forbidden(
+                return Err(ApiError::Unauthorized(
                     "this is an agent token, which sends samples; a scheduler reports a pool's queue with a pool token: mint one with `rackwatch token create --pool POOL`"
                         .into(),
                 ))

@@ -106,10 +106,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for PageForm<T> {
             .into());
         }
         let body = Bytes::from_request(req, state).await.map_err(|e| {
-            PageError(ApiError::BadRequest(format!(
-                "form: the body could not be read: {}",
-                e.body_text()
-            )))
+            let why = format!("form: the body could not be read: {}", e.body_text());
+            PageError(if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(why)
+            } else {
+                ApiError::BadRequest(why)
+            })
         })?;
         let text = std::str::from_utf8(&body)
             .map_err(|_| ApiError::BadRequest("form: the body is not UTF-8".into()))?;

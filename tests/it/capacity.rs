@@ -786,7 +786,7 @@ async fn bad_capacity_input_gets_a_clear_error() {
     let r = post(url("p1"), &agent, json!({"pending_gpus": 1}))
         .await
         .unwrap();
-    answer_says(r, 403, "this is an agent token").await;
+    answer_says(r, 401, "this is an agent token").await;
     // A wrong password says that, not which token to send.
     let r = app
         .http

@@ -459,15 +459,36 @@ async fn cookie_posts_need_the_csrf_token_and_this_origin() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // HTTP Basic is not a cookie: scripts need no CSRF token.
-    let r = app
-        .http
-        .post(format!("{}/api/v1/facility/readings", app.base))
-        .basic_auth("ada", Some("correct-horse"))
-        .json(&json!([]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let basic = |origin: Option<&str>| {
+        let mut req = app
+            .http
+            .post(format!("{}/api/v1/facility/readings", app.base))
+            .basic_auth("ada", Some("correct-horse"))
+            .json(&json!([]));
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send()
+    };
+    assert_eq!(basic(None).await.unwrap().status(), 200);
+    // But a browser that was given the password sends it with another site's form post
+    // too: a foreign Origin is refused whatever the credentials.
+    for origin in ["https://evil.example", "null"] {
+        let r = basic(Some(origin)).await.unwrap();
+        assert_eq!(r.status(), 403, "{origin}");
+        assert!(r
+            .text()
+            .await
+            .unwrap()
+            .contains("cross-origin form post refused"));
+    }
+    assert_eq!(
+        basic(Some(&format!("http://{host}")))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     app.stop().await;
 }
 
