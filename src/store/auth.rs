@@ -381,7 +381,47 @@ impl Store {
         Ok(())
     }
 
-    /// Throttle rows past their window (maintenance).
+    /// How long a client address a user logged in from stays known.
+    pub const KNOWN_ADDRESS_DAYS: i64 = 30;
+
+    /// Whether `user` (lower case) logged in from `address` within
+    /// [`Store::KNOWN_ADDRESS_DAYS`].
+    pub async fn login_address_known(
+        &self,
+        user: &str,
+        address: std::net::IpAddr,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM login_known_addresses
+                WHERE user_name = $1 AND address = $2
+                  AND last_login_at > now() - make_interval(days => $3)) AS "known!""#,
+            user,
+            address.to_string(),
+            Self::KNOWN_ADDRESS_DAYS as i32,
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Remember that `user` (lower case) logged in from `address`.
+    pub async fn remember_login_address(
+        &self,
+        user: &str,
+        address: std::net::IpAddr,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "INSERT INTO login_known_addresses (user_name, address) VALUES ($1, $2)
+             ON CONFLICT (user_name, address) DO UPDATE SET last_login_at = now()",
+            user,
+            address.to_string(),
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Throttle rows past their window, and login addresses not used for
+    /// [`Store::KNOWN_ADDRESS_DAYS`] (maintenance).
     pub async fn delete_stale_login_throttles(&self, window: Duration) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query!(
             "DELETE FROM login_throttle WHERE updated_at < now() - $1::text::interval
@@ -390,7 +430,14 @@ impl Store {
         )
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected()
+            + sqlx::query!(
+                "DELETE FROM login_known_addresses WHERE last_login_at < now() - make_interval(days => $1)",
+                Self::KNOWN_ADDRESS_DAYS as i32,
+            )
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     /// A secret shared by the servers, made on first use (32 random bytes, hex).

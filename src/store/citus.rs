@@ -68,6 +68,7 @@ pub const TABLES: &[(&str, Placement)] = &[
     ("sessions", Placement::Local),
     ("agent_tokens", Placement::Local),
     ("login_throttle", Placement::Local),
+    ("login_known_addresses", Placement::Local),
     ("server_secrets", Placement::Local),
     ("alerts", Placement::Local),
     ("incidents", Placement::Local),

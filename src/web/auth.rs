@@ -94,7 +94,8 @@ pub(crate) async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>
 const PAIR_FREE_FAILURES: i32 = 5;
 /// Failed attempts at one user name from anywhere before each next one waits (1 s,
 /// doubling every two failures to 30 s). A browser that has logged in as that user
-/// before (its device cookie) skips this wait, so a distributed guesser cannot lock the
+/// before (its device cookie), and an address that has (in the last 30 days: a script's
+/// or Prometheus's HTTP Basic), skip this wait, so a distributed guesser cannot lock the
 /// owner out.
 const USER_FREE_FAILURES: i32 = 10;
 /// Failures older than this are forgotten.
@@ -154,12 +155,23 @@ pub async fn check_password(
         Some(d) => limiter.device_ok(&st.store, &lower, d).await?,
         None => false,
     };
+    // An address the user logged in from before is not slowed by what others try
+    // against the name from elsewhere (only by its own failures).
+    let known_address = match (trusted_device, ip) {
+        (false, Some(ip)) => st.store.login_address_known(&lower, ip).await?,
+        _ => false,
+    };
     // A browser the user logged in from before is counted on its own: what others try
     // against the name, or from its address, does not slow it down.
     let keys = if trusted_device {
         vec![format!(
             "device:{lower}|{}",
             hex::encode(&Sha256::digest(device.unwrap_or("").as_bytes())[..16])
+        )]
+    } else if known_address {
+        vec![format!(
+            "pair:{lower}|{}",
+            ip.map(|i| i.to_string()).unwrap_or_default()
         )]
     } else {
         vec![
@@ -199,6 +211,9 @@ pub async fn check_password(
     match (ok, row) {
         (true, Some((id, role, phc))) => {
             st.store.login_succeeded(&pair_key).await?;
+            if let Some(ip) = ip {
+                st.store.remember_login_address(&lower, ip).await?;
+            }
             limiter.remember(name, password, &phc);
             Ok(Some(user(id, name, &role)))
         }

@@ -712,3 +712,60 @@ async fn a_client_that_stops_reading_a_large_answer_is_closed_and_frees_its_turn
     }
     app.stop().await;
 }
+
+/// Before: guesses at one user from many addresses locked the user's HTTP Basic clients
+/// (scripts, Prometheus) out with 429, even with the right password.
+#[tokio::test]
+async fn guesses_from_many_addresses_do_not_lock_out_a_known_basic_client() {
+    let app = TestApp::spawn().await;
+    app.store
+        .upsert_user("ops", rackwatch::store::auth::Role::Viewer, "ops-password")
+        .await
+        .unwrap();
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let url = format!("{}/api/v1/hosts", app.base);
+    let call = |client: reqwest::Client, pw: &'static str| {
+        let url = url.clone();
+        async move {
+            client
+                .get(url)
+                .basic_auth("ops", Some(pw))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // The script logs in once from its address.
+    assert_eq!(call(from(2), "ops-password").await, 200);
+    // Three guesses each from five other addresses: the user's back-off starts.
+    for last in 10..15 {
+        for _ in 0..3 {
+            call(from(last), "guess").await;
+        }
+    }
+    // (A verified password is remembered for a few minutes: a new one makes every
+    // request below a real password check.)
+    app.store
+        .upsert_user(
+            "ops",
+            rackwatch::store::auth::Role::Viewer,
+            "ops-password-2",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        call(from(3), "ops-password-2").await,
+        429,
+        "an address new to the user waits"
+    );
+    // The script's address is known: it gets in.
+    assert_eq!(call(from(2), "ops-password-2").await, 200);
+    app.stop().await;
+}
