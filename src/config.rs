@@ -400,6 +400,14 @@ pub struct IngestConfig {
     pub token_rate_per_sec: f64,
     /// Requests one token may make at once above its rate (a replay after an outage).
     pub token_burst: u32,
+    /// Samples one agent token (or certificate) may store per second, on average; past
+    /// it and its burst, the batch is 429 with Retry-After and stays in the agent's
+    /// spool. An 8-GPU host sends about 2 a second. 0: no limit.
+    pub token_samples_per_sec: f64,
+    /// Samples one token may store at once above that rate: the replay of a long outage
+    /// (a million is three days of an 8-GPU host at 5 s). At least
+    /// `max_samples_per_batch`.
+    pub token_samples_burst: u32,
 }
 
 impl Default for IngestConfig {
@@ -409,6 +417,8 @@ impl Default for IngestConfig {
             max_samples_per_batch: 100_000,
             token_rate_per_sec: 5.0,
             token_burst: 100,
+            token_samples_per_sec: 200.0,
+            token_samples_burst: 1_000_000,
         }
     }
 }
@@ -1437,6 +1447,17 @@ impl Config {
         let i = &self.ingest;
         if !(i.token_rate_per_sec.is_finite() && i.token_rate_per_sec >= 0.0) {
             return Err("ingest.token_rate_per_sec must be 0 (no limit) or more".into());
+        }
+        if !(i.token_samples_per_sec.is_finite() && i.token_samples_per_sec >= 0.0) {
+            return Err("ingest.token_samples_per_sec must be 0 (no limit) or more".into());
+        }
+        if i.token_samples_per_sec > 0.0
+            && (i.token_samples_burst as usize) < i.max_samples_per_batch
+        {
+            return Err(format!(
+                "ingest.token_samples_burst ({}) must be at least ingest.max_samples_per_batch ({}): a full batch could never be stored",
+                i.token_samples_burst, i.max_samples_per_batch
+            ));
         }
         if i.token_rate_per_sec > 0.0 && i.token_burst == 0 {
             return Err("ingest.token_burst must be at least 1".into());

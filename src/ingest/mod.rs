@@ -337,6 +337,13 @@ pub fn check(
     Ok(Checked { valid })
 }
 
+impl Checked {
+    /// Valid items (samples and events) the batch would store.
+    pub fn items(&self) -> usize {
+        self.valid.batch.len()
+    }
+}
+
 /// Stage 3b: store a checked batch's valid part, idempotently.
 pub async fn write(
     store: &Store,

@@ -162,6 +162,19 @@ async fn run(
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("ingest parsing: {e}")))??;
+    if let Some(wait) = st
+        .ingest_volume
+        .as_ref()
+        .and_then(|v| v.take_n(key, checked.items() as f64))
+    {
+        return Err(ApiError::TooMany {
+            message: format!(
+                "this agent is over its sample volume ({} samples/s after a burst of {}, ingest.token_samples_per_sec); nothing of this batch was stored; retry in {wait} s",
+                st.cfg.ingest.token_samples_per_sec, st.cfg.ingest.token_samples_burst
+            ),
+            retry_after: wait,
+        });
+    }
     Ok(ingest::write(&st.store, &st.cfg, checked, now).await?)
 }
 

@@ -33,6 +33,12 @@ impl<K: Hash + Eq> Buckets<K> {
     /// Take one request from `key`'s bucket: `None` when it had one, otherwise the
     /// seconds until it will (for `Retry-After`, at least 1).
     pub fn take(&self, key: K) -> Option<u64> {
+        self.take_n(key, 1.0)
+    }
+
+    /// Take `n` (samples, say) from `key`'s bucket, all or none: `None` when it had
+    /// them, otherwise the seconds until it will (at least 1).
+    pub fn take_n(&self, key: K, n: f64) -> Option<u64> {
         let now = Instant::now();
         let (rate, burst) = (self.rate, self.burst);
         let mut m = self.map.lock().expect("bucket lock");
@@ -44,11 +50,11 @@ impl<K: Hash + Eq> Buckets<K> {
         let (tokens, at) = m.entry(key).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if *tokens >= n {
+            *tokens -= n;
             None
         } else {
-            Some(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+            Some(((n - *tokens) / rate).ceil().max(1.0) as u64)
         }
     }
 }
@@ -68,6 +74,15 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(600));
         assert_eq!(b.take("a"), None);
         assert_eq!(b.take("a"), Some(1));
+    }
+
+    #[test]
+    fn a_batch_takes_its_samples_all_or_none() {
+        let b = Buckets::new(100.0, 1000.0);
+        assert_eq!(b.take_n("a", 800.0), None);
+        // 200 left: 500 more wait for 300 to refill (3 s), and take nothing meanwhile.
+        assert_eq!(b.take_n("a", 500.0), Some(3));
+        assert_eq!(b.take_n("a", 150.0), None);
     }
 
     #[test]

@@ -217,3 +217,63 @@ async fn one_agent_cannot_hold_the_ingest_slots_the_others_need() {
     assert!(secs < 1.0, "{secs}");
     app.stop().await;
 }
+
+/// Before: one agent token stored 100,000 samples per request at 5 requests a second,
+/// enough to fill 51 GB of free disk in about 15 minutes.
+#[tokio::test]
+async fn a_token_over_its_sample_volume_gets_429_and_stores_nothing_of_that_batch() {
+    let app = TestApp::spawn_with(|c| {
+        c.ingest.token_samples_per_sec = 100.0;
+        c.ingest.token_samples_burst = 1000;
+        c.ingest.max_samples_per_batch = 1000;
+    })
+    .await;
+    let big = app.token("big").await;
+    let other = app.token("other").await;
+    let batch = |host: &str, n: usize, secs_ago: i64| {
+        let samples: Vec<_> = recent(n, 1, secs_ago)
+            .into_iter()
+            .map(|ts| json!({"ts": ts, "cpu_util_pct": 1.0}))
+            .collect();
+        json!({"host": {"name": host}, "host_samples": samples})
+    };
+    let stored = |host: &'static str| {
+        let pool = app.store.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM host_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = $1",
+            )
+            .bind(host)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        app.ingest(&big, &batch("big", 800, 2000)).await.status(),
+        200
+    );
+    // 200 samples left in its bucket: 500 more wait for 300 to refill (3 s at 100/s).
+    let r = app.ingest(&big, &batch("big", 500, 1000)).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "3");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("ingest.token_samples_per_sec"), "{text}");
+    assert_eq!(stored("big").await, 800, "nothing of the refused batch");
+    // Another agent is not held back.
+    assert_eq!(
+        app.ingest(&other, &batch("other", 800, 2000))
+            .await
+            .status(),
+        200
+    );
+    // A burst smaller than a batch could never store a full one: refused at start.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[ingest]\ntoken_samples_burst = 10\n").unwrap();
+    let e = rackwatch::config::Config::load(Some(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ingest.token_samples_burst"), "{e}");
+    app.stop().await;
+}
