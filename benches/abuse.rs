@@ -229,7 +229,7 @@ fn attacks() -> Vec<Attack> {
         },
         Attack {
             name: "slow-bodies",
-            expect: &[408, 503],
+            expect: &[408, 429, 503],
             closes_expected: false,
             run: |r| Box::pin(slow_bodies(r)),
         },
@@ -238,6 +238,12 @@ fn attacks() -> Vec<Attack> {
             expect: &[408],
             closes_expected: true,
             run: |r| Box::pin(slowloris(r)),
+        },
+        Attack {
+            name: "idle-flood",
+            expect: &[],
+            closes_expected: true,
+            run: |r| Box::pin(idle_flood(r)),
         },
         Attack {
             name: "bad-agent",
@@ -478,12 +484,13 @@ async fn item_bomb(r: Run) {
 }
 
 /// 3a. 100 anonymous connections, each posting an 8 MiB body to ingest with a wrong
-///     (random) token, as fast as the server lets them, over raw TCP. Before: the body
+///     (random) token, as fast as the server lets them, over raw TCP, from two addresses
+///     (one address may hold `server.max_connections_per_client`, 64). Before: the body
 ///     was read before the token was looked at, so anyone could make the server hold
 ///     8 MiB per connection. Now: 401 right after the headers.
 async fn anon_bodies(r: Run) {
     let tasks: Vec<_> = (0..100)
-        .map(|_| {
+        .map(|i| {
             let r = r.clone();
             tokio::spawn(async move {
                 let chunk = Trickle {
@@ -500,7 +507,7 @@ async fn anon_bodies(r: Run) {
                     );
                     let t0 = Instant::now();
                     let o = raw_exchange(
-                        r.src(0),
+                        r.src(i % 2),
                         r.s.server,
                         head.as_bytes(),
                         &chunk,
@@ -517,15 +524,17 @@ async fn anon_bodies(r: Run) {
 
 /// 3b. 100 token-holding slow bodies: each declares 8 MiB and trickles it in so that it
 ///     reaches 8 MiB − 16 KiB at the attack's deadline, then stops sending and holds the
-///     connection. Now: `server.ingest_concurrency` (8) bodies are read, the rest wait for
-///     a slot and get 503 with Retry-After; a body that stops arriving gets 408 after
-///     `server.body_timeout_secs`. Memory stays bounded by the slots.
+///     connection, all with one agent's token, from two addresses. Now: the token has 2
+///     uploads in flight and the rest get 429 at once (before that cap, all 8
+///     `server.ingest_concurrency` slots were this agent's and other agents got 503); a
+///     body that stops arriving gets 408 after `server.body_timeout_secs`. Memory stays
+///     bounded by the slots.
 async fn slow_bodies(r: Run) {
     let piece = 16 * 1024;
     let pieces = MAX_BODY / piece - 1;
     let left = r.until.saturating_duration_since(Instant::now());
     let tasks: Vec<_> = (0..100)
-        .map(|_| {
+        .map(|i| {
             let r = r.clone();
             tokio::spawn(async move {
                 let trickle = Trickle {
@@ -540,7 +549,7 @@ async fn slow_bodies(r: Run) {
                 );
                 let t0 = Instant::now();
                 let o = raw_exchange(
-                    r.src(0),
+                    r.src(i % 2),
                     r.s.server,
                     head.as_bytes(),
                     &trickle,
@@ -595,6 +604,47 @@ async fn slowloris(r: Run) {
         pct(&ms, 0.5) / 1e3,
         ms.last().copied().unwrap_or(0.0) / 1e3
     ));
+}
+
+/// 3d. Idle flood: 1,100 connections from one address that send nothing, each opened
+///     again as soon as the server closes it. Before: they held all 1,024 connection
+///     slots (an idle connection is closed after `server.header_read_timeout_secs`, and
+///     was opened again at once), and every other client, the prober included, was
+///     refused. Now: the address holds `server.max_connections_per_client` (64), every
+///     other connection is closed at once, and other clients are served.
+async fn idle_flood(r: Run) {
+    let nothing = Trickle {
+        piece: Vec::new(),
+        every: Duration::ZERO,
+        count: 0,
+    };
+    let tasks: Vec<_> = (0..1100)
+        .map(|_| {
+            let r = r.clone();
+            let nothing = Trickle {
+                piece: Vec::new(),
+                ..nothing
+            };
+            tokio::spawn(async move {
+                while r.live() {
+                    let t0 = Instant::now();
+                    // Held ones are followed past the deadline until the server closes
+                    // them (header_read_timeout_secs).
+                    let left = r.until.saturating_duration_since(Instant::now());
+                    let o = raw_exchange(
+                        r.src(0),
+                        r.s.server,
+                        b"",
+                        &nothing,
+                        left + Duration::from_secs(15),
+                    )
+                    .await;
+                    r.t.add(o, t0);
+                }
+            })
+        })
+        .collect();
+    join(tasks).await;
 }
 
 /// 4. Bad agent sections from a valid agent: a NUL in `agent.version` (was a 500, and the
