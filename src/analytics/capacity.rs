@@ -1195,8 +1195,8 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
-    /// One pool's demand in `[from, to)`, one point per `bucket_secs` (the highest
-    /// demand of the slots in it), starting on whole multiples of it since 1970-01-01 UTC.
+    /// One pool's demand in `[from, to)`, one point per `bucket_secs` (the slot of highest
+    /// demand in it), starting on whole multiples of it since 1970-01-01 UTC.
     pub async fn pool_demand_series(
         &self,
         pool: &str,
@@ -1204,14 +1204,16 @@ impl Store {
         to: DateTime<Utc>,
         bucket_secs: i64,
     ) -> Result<Vec<DemandPoint>, sqlx::Error> {
-        // Every group holds a row: the aggregates are never null.
+        // The slot of highest demand (work + queue) in each point, all its figures from
+        // that one slot.
         sqlx::query_as!(
             DemandPoint,
-            r#"SELECT date_bin(make_interval(secs => $4), bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS "bucket!",
-                    max(busy_gpus) AS "busy_gpus!", max(util_gpus) AS "util_gpus!",
-                    max(queued_gpus) AS "queued_gpus!", max(installed_gpus) AS "installed_gpus!"
+            r#"SELECT DISTINCT ON (1)
+                    date_bin(make_interval(secs => $4), bucket, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS "bucket!",
+                    busy_gpus AS "busy_gpus!", util_gpus AS "util_gpus!",
+                    queued_gpus AS "queued_gpus!", installed_gpus AS "installed_gpus!"
                FROM pool_demand WHERE pool = $1 AND bucket >= $2 AND bucket < $3
-              GROUP BY 1 ORDER BY 1"#,
+              ORDER BY 1, util_gpus + queued_gpus DESC, bucket"#,
             pool,
             from,
             to,

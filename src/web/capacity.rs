@@ -1017,10 +1017,10 @@ async fn demand(
     if !(r.pending_gpus.is_finite() && (0.0..=1e7).contains(&r.pending_gpus)) {
         return Err(ApiError::BadRequest(format!(
             "pending_gpus = {} must be a number from 0 to 10,000,000",
-            if r.pending_gpus.abs() >= 1e9 {
-                format!("{:e}", r.pending_gpus)
-            } else {
-                r.pending_gpus.to_string()
+            // Short either way: 1e308 and -1e-300 are not written out in full.
+            match r.pending_gpus.to_string() {
+                s if s.len() > 24 => format!("{:e}", r.pending_gpus),
+                s => s,
             }
         )));
     }

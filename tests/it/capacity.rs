@@ -808,6 +808,10 @@ async fn bad_capacity_input_gets_a_clear_error() {
         .await
         .unwrap();
     answer_says(r, 400, "pending_gpus = 1e308 must be").await;
+    let r = post(url("p1"), &token, json!({"pending_gpus": -1e-300}))
+        .await
+        .unwrap();
+    answer_says(r, 400, "pending_gpus = -1e-300 must be").await;
     // An operator may report for any pool, but only for pools that exist.
     let cookie = app
         .login_as("op", "op-password", rackwatch::store::auth::Role::Operator)
@@ -1063,5 +1067,36 @@ async fn capacity_history_past_retention_is_deleted() {
                 .unwrap();
         assert_eq!(left, vec![now - Duration::days(10)], "{table}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_chart_point_is_its_busiest_slot_not_a_mix_of_slots() {
+    let app = TestApp::spawn().await;
+    let t = Utc::now().duration_trunc(Duration::hours(1)).unwrap() - Duration::hours(2);
+    // One 30-minute point: the most work in one slot, the longest queue in another, the
+    // highest demand (31) in the second; the maxima of each (41) were never one slot's.
+    for (min, util, queued) in [(0, 30.0f32, 0.0f32), (5, 20.0, 11.0), (10, 25.0, 0.0)] {
+        sqlx::query(
+            "INSERT INTO pool_demand (pool, bucket, busy_gpus, util_gpus, queued_gpus, installed_gpus)
+             VALUES ('p', $1, $2, $2, $3, 32)",
+        )
+        .bind(t + Duration::minutes(min))
+        .bind(util)
+        .bind(queued)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    }
+    let points = app
+        .store
+        .pool_demand_series("p", t - Duration::hours(1), t + Duration::hours(1), 1800)
+        .await
+        .unwrap();
+    assert_eq!(points.len(), 1);
+    let p = &points[0];
+    assert_eq!(p.bucket, t);
+    assert_eq!((p.util_gpus, p.queued_gpus), (20.0, 11.0), "{p:?}");
+    assert_eq!(p.demand(), 31.0);
     app.stop().await;
 }
