@@ -253,13 +253,14 @@ fn attacks() -> Vec<Attack> {
         },
         Attack {
             name: "label-keys",
-            expect: &[400],
+            // Past the token's rate (`ingest.token_rate_per_sec`), 429 with Retry-After.
+            expect: &[400, 429],
             closes_expected: false,
             run: |r| Box::pin(label_keys(r)),
         },
         Attack {
             name: "content-types",
-            expect: &[401, 415],
+            expect: &[401, 415, 429],
             closes_expected: false,
             run: |r| Box::pin(content_types(r)),
         },
@@ -564,13 +565,15 @@ async fn slow_bodies(r: Run) {
 }
 
 /// 3c. Slowloris: 500 connections each sending a request's headers one short line a
-///     second, never finishing them; a connection the server closes is opened again until
-///     the deadline, and the last ones are followed until the server closes them. Before:
-///     half-sent headers stayed open 45 s and more, and nothing bounded the connections.
-///     Now: closed after `server.header_read_timeout_secs` (10 s).
+///     second, never finishing them, from 10 addresses (50 each, under
+///     `server.max_connections_per_client`; one address's flood is `idle-flood`); a
+///     connection the server closes is opened again until the deadline, and the last ones
+///     are followed until the server closes them. Before: half-sent headers stayed open
+///     45 s and more, and nothing bounded the connections. Now: closed after
+///     `server.header_read_timeout_secs` (10 s).
 async fn slowloris(r: Run) {
     let tasks: Vec<_> = (0..500)
-        .map(|_| {
+        .map(|i| {
             let r = r.clone();
             tokio::spawn(async move {
                 let trickle = Trickle {
@@ -584,7 +587,7 @@ async fn slowloris(r: Run) {
                 while r.live() {
                     let t0 = Instant::now();
                     let o = raw_exchange(
-                        r.src(0),
+                        r.src(i % 10),
                         r.s.server,
                         b"GET /healthz HTTP/1.1\r\nHost: bench\r\n",
                         &trickle,
@@ -649,7 +652,10 @@ async fn idle_flood(r: Run) {
 
 /// 4. Bad agent sections from a valid agent: a NUL in `agent.version` (was a 500, and the
 ///    agent retried that batch forever) and a 7 MB `agent.version` (was stored and shown),
-///    4 senders. Now: 200 with the sample stored and the section rejected with a reason.
+///    4 senders, each a request a second: 4 a second in all, under the token's rate
+///    (`ingest.token_rate_per_sec`, 5; past it a 7 MB body would be answered 429 unread and
+///    its connection closed). Now: 200 with the sample stored and the section rejected
+///    with a reason.
 async fn bad_agent(r: Run) {
     let tasks: Vec<_> = (0..4)
         .map(|i| {
@@ -662,6 +668,7 @@ async fn bad_agent(r: Run) {
                     let body = r.s.bad_agent[k % 2].clone();
                     k += 1;
                     let t0 = Instant::now();
+                    let next = t0 + Duration::from_secs(1);
                     let res = http
                         .post(&url)
                         .bearer_auth(&r.s.token)
@@ -675,6 +682,7 @@ async fn bad_agent(r: Run) {
                         _ => a.outcome(),
                     };
                     r.t.add(o, t0);
+                    tokio::time::sleep_until(next.into()).await;
                 }
             })
         })
