@@ -408,6 +408,13 @@ pub struct IngestConfig {
     /// (a million is three days of an 8-GPU host at 5 s). At least
     /// `max_samples_per_batch`.
     pub token_samples_burst: u32,
+    /// Samples one remote-write token may send per second, on average (a Prometheus
+    /// forwarding dcgm-exporter for 10,000 GPUs sends about 7,000). Past it and its burst,
+    /// 503 with Retry-After, which Prometheus retries from its write-ahead log. 0: no limit.
+    pub remote_write_samples_per_sec: f64,
+    /// Samples one remote-write token may send at once above that rate (Prometheus catching
+    /// up after an outage). At least `max_samples_per_batch`.
+    pub remote_write_samples_burst: u32,
 }
 
 impl Default for IngestConfig {
@@ -419,6 +426,8 @@ impl Default for IngestConfig {
             token_burst: 100,
             token_samples_per_sec: 200.0,
             token_samples_burst: 1_000_000,
+            remote_write_samples_per_sec: 20_000.0,
+            remote_write_samples_burst: 36_000_000,
         }
     }
 }
@@ -1448,19 +1457,32 @@ impl Config {
         if !(i.token_rate_per_sec.is_finite() && i.token_rate_per_sec >= 0.0) {
             return Err("ingest.token_rate_per_sec must be 0 (no limit) or more".into());
         }
-        if !(i.token_samples_per_sec.is_finite() && i.token_samples_per_sec >= 0.0) {
-            return Err("ingest.token_samples_per_sec must be 0 (no limit) or more".into());
-        }
-        if i.token_samples_per_sec > 0.0
-            && (i.token_samples_burst as usize) < i.max_samples_per_batch
-        {
-            return Err(format!(
-                "ingest.token_samples_burst ({}) must be at least ingest.max_samples_per_batch ({}): a full batch could never be stored",
-                i.token_samples_burst, i.max_samples_per_batch
-            ));
-        }
         if i.token_rate_per_sec > 0.0 && i.token_burst == 0 {
             return Err("ingest.token_burst must be at least 1".into());
+        }
+        for (name, rate, burst) in [
+            (
+                "token_samples",
+                i.token_samples_per_sec,
+                i.token_samples_burst,
+            ),
+            (
+                "remote_write_samples",
+                i.remote_write_samples_per_sec,
+                i.remote_write_samples_burst,
+            ),
+        ] {
+            if !(rate.is_finite() && rate >= 0.0) {
+                return Err(format!(
+                    "ingest.{name}_per_sec must be 0 (no limit) or more"
+                ));
+            }
+            if rate > 0.0 && (burst as usize) < i.max_samples_per_batch {
+                return Err(format!(
+                    "ingest.{name}_burst ({burst}) must be at least ingest.max_samples_per_batch ({}): a full batch could never be stored",
+                    i.max_samples_per_batch
+                ));
+            }
         }
         Ok(())
     }

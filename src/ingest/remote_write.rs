@@ -329,6 +329,11 @@ fn convert(m: &Metric, v: f64) -> Result<Value, String> {
 }
 
 impl Mapped {
+    /// Samples in the request, kept or not.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
     fn reject(&mut self, series: &str, reason: String) {
         self.rejected += 1;
         if self.rejections.len() < MAX_REJECTIONS_LISTED {

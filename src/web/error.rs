@@ -36,6 +36,10 @@ pub enum ApiError {
     /// checks): the client should retry later.
     #[error("{0}")]
     Busy(String),
+    /// As [`ApiError::Busy`], with the wait the server knows: a remote-write token over
+    /// its sample volume (Prometheus retries a 503, and drops a 429 unless told not to).
+    #[error("{message}")]
+    BusyFor { message: String, retry_after: u64 },
     /// The client is over a rate limit: retry after this many seconds.
     #[error("{message}")]
     TooMany { message: String, retry_after: u64 },
@@ -66,7 +70,9 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Busy(_) | ApiError::BusyFor { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -132,7 +138,7 @@ impl IntoResponse for ApiError {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
-            ApiError::TooMany { retry_after, .. } => {
+            ApiError::TooMany { retry_after, .. } | ApiError::BusyFor { retry_after, .. } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
@@ -204,7 +210,7 @@ pub fn error_page(e: ApiError) -> Response {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
-        ApiError::TooMany { retry_after, .. } => {
+        ApiError::TooMany { retry_after, .. } | ApiError::BusyFor { retry_after, .. } => {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }

@@ -38,7 +38,7 @@ pub fn refusal(e: &ApiError) -> IngestRefusal {
         ApiError::TooLarge(_) => IngestRefusal::TooLarge,
         ApiError::Unavailable => IngestRefusal::DbUnavailable,
         ApiError::Busy(_) => IngestRefusal::Busy,
-        ApiError::TooMany { .. } => IngestRefusal::RateLimited,
+        ApiError::TooMany { .. } | ApiError::BusyFor { .. } => IngestRefusal::RateLimited,
         ApiError::Internal(_) => IngestRefusal::Internal,
     }
 }

@@ -73,6 +73,9 @@ pub struct AppState {
     /// Samples stored per agent token or certificate (`ingest.token_samples_per_sec`);
     /// `None` when off.
     pub ingest_volume: Option<Arc<limit::Buckets<[u8; 16]>>>,
+    /// Samples sent per remote-write token (`ingest.remote_write_samples_per_sec`);
+    /// `None` when off.
+    pub remote_write_volume: Option<Arc<limit::Buckets<[u8; 16]>>>,
     /// Ingest and remote-write uploads in flight per token or certificate, so one caller
     /// cannot hold every ingest slot.
     pub uploads: Arc<limit::InFlight<[u8; 16]>>,
@@ -111,6 +114,12 @@ impl AppState {
                 Arc::new(limit::Buckets::new(
                     cfg.ingest.token_samples_per_sec,
                     f64::from(cfg.ingest.token_samples_burst),
+                ))
+            }),
+            remote_write_volume: (cfg.ingest.remote_write_samples_per_sec > 0.0).then(|| {
+                Arc::new(limit::Buckets::new(
+                    cfg.ingest.remote_write_samples_per_sec,
+                    f64::from(cfg.ingest.remote_write_samples_burst),
                 ))
             }),
             remote_write: Default::default(),

@@ -48,7 +48,7 @@ pub fn api_routes() -> Routes {
         (status = 408, description = "The body stopped arriving (`server.body_timeout_secs`).", body = ErrorBody),
         (status = 413, description = "The body is over `server.max_body_bytes`, inflates past `server.max_decompressed_bytes`, or holds more samples than `ingest.max_samples_per_batch`.", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/x-protobuf` (remote write 1.0), or not snappy.", body = ErrorBody),
-        (status = 503, description = "The database cannot be reached, or the server is at its ingest concurrency limit; Prometheus retries.", body = ErrorBody),
+        (status = 503, description = "The database cannot be reached, the server is at its ingest concurrency limit, or the token has 4 writes in flight or is over its sample volume (`ingest.remote_write_samples_per_sec`; nothing of the request is stored). With `Retry-After`; Prometheus retries.", body = ErrorBody),
     )
 )]
 async fn handle(
@@ -121,12 +121,10 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Written, 
     protobuf_body(headers)?;
     // Prometheus sends from several shards at once. Past the cap it is answered 503,
     // which it retries (a 429 it may drop).
+    let key = super::ingest::limit_key(b"remote-write", token.as_bytes());
     let _upload = st
         .uploads
-        .take(
-            super::ingest::limit_key(b"remote-write", token.as_bytes()),
-            REMOTE_WRITE_UPLOADS,
-        )
+        .take(key, REMOTE_WRITE_UPLOADS)
         .ok_or_else(|| {
             ApiError::Busy(format!(
                 "this token already has {REMOTE_WRITE_UPLOADS} writes in flight (half the ingest slots); retry shortly"
@@ -150,6 +148,21 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Written, 
     })
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("remote-write decoding: {e}")))??;
+    // Every sample sent counts, kept or not: the work was done either way.
+    if let Some(wait) = st
+        .remote_write_volume
+        .as_ref()
+        .and_then(|v| v.take_n(key, mapped.samples() as f64))
+    {
+        return Err(ApiError::BusyFor {
+            message: format!(
+                "this remote-write token is over its sample volume ({} samples/s after a burst of {}, ingest.remote_write_samples_per_sec); nothing of this request was stored; retry in {wait} s",
+                st.cfg.ingest.remote_write_samples_per_sec,
+                st.cfg.ingest.remote_write_samples_burst
+            ),
+            retry_after: wait,
+        });
+    }
     let now = Utc::now();
     Ok(remote_write::accept(&st.store, &st.cfg, &st.remote_write, &scope, mapped, now).await?)
 }

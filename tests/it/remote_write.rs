@@ -635,3 +635,84 @@ remote_write:
     assert!(total.measured_energy_kwh > 0.0);
     app.stop().await;
 }
+
+/// Before: a remote-write token had no volume limit; a leaked one could send a full
+/// batch per request as fast as the ingest slots allowed.
+#[tokio::test]
+async fn a_remote_write_token_over_its_sample_volume_gets_503_and_stores_nothing_of_that_request() {
+    let app = TestApp::spawn_with(|c| {
+        c.ingest.remote_write_samples_per_sec = 100.0;
+        c.ingest.remote_write_samples_burst = 1000;
+        c.ingest.max_samples_per_batch = 1000;
+    })
+    .await;
+    let busy = app
+        .store
+        .create_write_token(&WriteScope::Site("fra1".into()), "busy")
+        .await
+        .unwrap();
+    let other = app
+        .store
+        .create_write_token(&WriteScope::Site("ams2".into()), "other")
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp_millis();
+    let points = |n: usize, from_s: i64| -> Vec<(i64, f64)> {
+        (0..n as i64)
+            .map(|i| (now - (from_s + i) * 1000, 50.0))
+            .collect()
+    };
+    let util = |host: &str, pts: &[(i64, f64)]| {
+        let mut s = dcgm("DCGM_FI_DEV_GPU_UTIL", host, "0", 0, 0.0);
+        s.samples = pts
+            .iter()
+            .map(|(t, v)| Sample {
+                timestamp: *t,
+                value: *v,
+            })
+            .collect();
+        body(&[s])
+    };
+    let stored = |host: &'static str| {
+        let pool = app.store.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM gpu_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = $1",
+            )
+            .bind(host)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let r = write(&app, &busy, util("rw-busy", &points(800, 2000))).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    // 200 samples left: 500 more wait for 300 to refill (3 s at 100/s). 503, which
+    // Prometheus retries (it drops a 429 unless `retry_on_http_429` is set).
+    let r = write(&app, &busy, util("rw-busy", &points(500, 1000))).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "3");
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("ingest.remote_write_samples_per_sec"),
+        "{text}"
+    );
+    assert_eq!(
+        stored("rw-busy").await,
+        800,
+        "nothing of the refused request"
+    );
+    // Another token is not held back.
+    let r = write(&app, &other, util("rw-other", &points(800, 2000))).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    assert_eq!(stored("rw-other").await, 800);
+    // A burst smaller than a batch could never be written: refused at start.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[ingest]\nremote_write_samples_burst = 10\n").unwrap();
+    let e = rackwatch::config::Config::load(Some(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ingest.remote_write_samples_burst (10)"), "{e}");
+    app.stop().await;
+}
