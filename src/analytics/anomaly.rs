@@ -1174,6 +1174,26 @@ pub struct StoredScore {
     pub top: Json<Vec<Explanation>>,
 }
 
+/// Anomalous minutes of one host that follow each other (gaps of at most
+/// [`EPISODE_GAP_MINUTES`]), as the host page lists them.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = AnomalyEpisode)]
+pub struct Episode {
+    /// The first and last anomalous minute.
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// Anomalous minutes in it.
+    pub minutes: i64,
+    /// The highest score, the level it was held to, and what explained it.
+    pub score: f32,
+    pub threshold: f32,
+    #[schema(value_type = Vec<Explanation>)]
+    pub top: Json<Vec<Explanation>>,
+}
+
+/// Anomalous minutes this far apart or closer are one episode.
+pub const EPISODE_GAP_MINUTES: i32 = 5;
+
 /// A host's model (or why it has none), as the API returns it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[schema(as = AnomalyModel)]
@@ -1244,6 +1264,41 @@ impl Store {
             f.min_score,
             f.anomalous,
             f.limit,
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// One host's anomalous minutes in `[from, to)` as episodes ([`Episode`]), newest
+    /// first, at most `limit`.
+    pub async fn anomaly_episodes(
+        &self,
+        host: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Episode>, sqlx::Error> {
+        // Gaps and islands: a minute further than the gap from the one before starts an
+        // episode; the running count of starts numbers them.
+        sqlx::query_as!(
+            Episode,
+            r#"WITH a AS (
+                 SELECT s.ts, s.score, s.threshold, s.top,
+                        CASE WHEN s.ts - lag(s.ts) OVER (ORDER BY s.ts) <= make_interval(mins => $4)
+                             THEN 0 ELSE 1 END AS starts
+                   FROM anomaly_scores s JOIN hosts h ON h.id = s.host_id
+                  WHERE h.name = $1 AND s.is_anomalous AND s.ts >= $2 AND s.ts < $3
+               ), g AS (SELECT *, sum(starts) OVER (ORDER BY ts) AS episode FROM a)
+               SELECT min(ts) AS "start!", max(ts) AS "end!", count(*) AS "minutes!",
+                      (array_agg(score ORDER BY score DESC, ts DESC))[1] AS "score!",
+                      (array_agg(threshold ORDER BY score DESC, ts DESC))[1] AS "threshold!",
+                      (array_agg(top ORDER BY score DESC, ts DESC))[1] AS "top!: Json<Vec<Explanation>>"
+                 FROM g GROUP BY episode ORDER BY min(ts) DESC LIMIT $5"#,
+            host,
+            from,
+            to,
+            EPISODE_GAP_MINUTES,
+            limit,
         )
         .fetch_all(&self.pool)
         .await

@@ -19,7 +19,7 @@ use super::params::{ApiQuery, NoParams, PageForm, PageQuery};
 use super::range::parse_rfc3339;
 use super::range::{RangeDoc, RangeParams, TimeRange};
 use super::AppState;
-use crate::analytics::anomaly::{ModelInfo, ScoreFilter, ScorePoint, StoredScore};
+use crate::analytics::anomaly::{Episode, ModelInfo, ScoreFilter, ScorePoint, StoredScore};
 use crate::analytics::forecast::StoredForecast;
 use crate::model::format::age;
 use crate::store::audit::Entry;
@@ -94,6 +94,9 @@ pub struct HostData {
     /// Anomalous minutes in the range, newest first (at most 30, `HOST_PAGE_ANOMALIES`;
     /// `GET /api/v1/anomalies` has them all).
     pub anomalies: Vec<StoredScore>,
+    /// The same minutes as episodes, newest first (at most 30): minutes at most 5 apart
+    /// are one episode.
+    pub anomaly_episodes: Vec<Episode>,
     /// The host's anomaly model, or why it has none (empty before the job saw the host).
     pub anomaly_models: Vec<ModelInfo>,
     /// Anomaly score and level over the range, one point per pixel column (at most one
@@ -104,7 +107,7 @@ pub struct HostData {
     pub forecasts: Vec<StoredForecast>,
 }
 
-/// Anomalous minutes listed on a host page; the API has them all.
+/// Anomalous minutes (and episodes) listed on a host page; the API has them all.
 pub const HOST_PAGE_ANOMALIES: i64 = 30;
 
 /// What the host page reads from the database, queried concurrently.
@@ -116,6 +119,7 @@ pub struct HostRows {
     pub events: Vec<EventRow>,
     pub alerts: Vec<AlertTouching>,
     pub anomalies: Vec<StoredScore>,
+    pub anomaly_episodes: Vec<Episode>,
     pub anomaly_models: Vec<ModelInfo>,
     pub anomaly_series: Vec<ScorePoint>,
     pub forecasts: Vec<StoredForecast>,
@@ -145,6 +149,7 @@ pub async fn rows(
         events,
         alerts,
         anomalies,
+        anomaly_episodes,
         anomaly_models,
         anomaly_series,
         forecasts,
@@ -169,6 +174,7 @@ pub async fn rows(
         store.events_between(&names, None, range.from, range.to, 200),
         store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
         store.anomaly_scores(&filter),
+        store.anomaly_episodes(name, range.from, range.to, HOST_PAGE_ANOMALIES),
         store.anomaly_models(Some(name)),
         store.anomaly_score_series(name, range.from, range.to, range.bucket_secs),
         store.forecasts(Some("host"), Some(name), None),
@@ -181,6 +187,7 @@ pub async fn rows(
         events,
         alerts,
         anomalies,
+        anomaly_episodes,
         anomaly_models,
         anomaly_series,
         forecasts,
@@ -202,6 +209,7 @@ pub async fn load(st: &AppState, name: &str, range: TimeRange) -> Result<HostDat
         events: r.events.into_iter().map(explained).collect(),
         alerts: r.alerts,
         anomalies: r.anomalies,
+        anomaly_episodes: r.anomaly_episodes,
         anomaly_models: r.anomaly_models,
         anomaly_series: r.anomaly_series,
         forecasts: r.forecasts,
@@ -249,13 +257,17 @@ pub struct HostPage {
     /// The API query with every anomalous minute of the range.
     pub anomalies_link: String,
     pub anomalies_max: i64,
+    pub episode_gap: i32,
     /// Forecasts of the next 7 days.
     pub forecasts: Vec<ChartView>,
 }
 
 /// An anomalous minute on the host page.
 pub struct AnomalyView {
-    pub ts: String,
+    /// First and last anomalous minute (no end for a single minute).
+    pub start: String,
+    pub end: Option<String>,
+    pub minutes: String,
     pub score: String,
     pub level: String,
     pub detail: String,
@@ -465,10 +477,12 @@ async fn page(
                 now,
             ),
             anomalies: d
-                .anomalies
+                .anomaly_episodes
                 .iter()
                 .map(|a| AnomalyView {
-                    ts: super::page::time_attr(a.ts),
+                    start: super::page::time_attr(a.start),
+                    end: (a.end > a.start).then(|| super::page::time_attr(a.end)),
+                    minutes: crate::model::format::count(a.minutes, "anomalous minute"),
                     score: format!("{:.1}", a.score),
                     level: format!("{:.1}", a.threshold),
                     detail: crate::analytics::anomaly::anomaly_explanation(&a.top),
@@ -481,6 +495,7 @@ async fn page(
                 urlencode(&r.to.to_rfc3339())
             ),
             anomalies_max: HOST_PAGE_ANOMALIES,
+            episode_gap: crate::analytics::anomaly::EPISODE_GAP_MINUTES,
             forecasts: d
                 .forecasts
                 .iter()

@@ -351,12 +351,53 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
         section.contains("trained") && section.contains("10080 minutes of 16 metrics"),
         "{section}"
     );
-    assert_eq!(
-        section
-            .matches("<tr><td data-label=\"Minute\"><time")
-            .count(),
-        30,
-        "capped at 30 rows"
+    // One row per episode: anomalous minutes at most 5 apart, newest first, each with its
+    // length (the fault's 27+ minutes are one row, not 27).
+    let mut episodes: Vec<(i64, i64, usize)> = Vec::new();
+    for x in s.iter().filter(|x| x.anomalous) {
+        match episodes.last_mut() {
+            Some((_, last, n)) if x.minute - *last <= 5 => {
+                *last = x.minute;
+                *n += 1;
+            }
+            _ => episodes.push((x.minute, x.minute, 1)),
+        }
+    }
+    assert!(episodes.len() < 10, "{episodes:?}");
+    let rows: Vec<&str> = section
+        .split("<tr><td data-label=\"When\">")
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), episodes.len(), "{episodes:?}\n{section}");
+    for (row, (first, last, n)) in rows.iter().zip(episodes.iter().rev()) {
+        assert!(
+            row.starts_with(&format!(
+                "<time datetime=\"{}",
+                t.at(*first).format("%Y-%m-%dT%H:%M")
+            )),
+            "{row}"
+        );
+        if last > first {
+            assert!(
+                row.contains(&format!(
+                    " – <time datetime=\"{}",
+                    t.at(*last).format("%Y-%m-%dT%H:%M")
+                )),
+                "{row}"
+            );
+        }
+        let length = if *n == 1 {
+            "1 anomalous minute".to_string()
+        } else {
+            format!("{n} anomalous minutes")
+        };
+        assert!(row.contains(&length), "{length}: {row}");
+    }
+    assert!(
+        episodes
+            .iter()
+            .any(|(a, b, _)| *a <= FAULT.start + 3 && *b >= FAULT.end - 1),
+        "the fault is one episode: {episodes:?}"
     );
     assert!(
         section.contains("gpu_temp_max_celsius") && section.contains("on GPU 2"),
