@@ -341,16 +341,19 @@ impl Store {
         &self,
         host: Option<&str>,
         since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
         limit: i64,
     ) -> Result<Vec<EventRow>, sqlx::Error> {
         let rows = sqlx::query!(
             r#"SELECT h.name AS host_name, NULLIF(e.gpu_index, -1) AS index, e.ts, e.kind, e.code, e.message, e.count
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
               WHERE ($1::text IS NULL OR h.name = $1) AND e.ts >= $2
-              ORDER BY e.ts DESC LIMIT $3"#,
+                AND ($4::timestamptz IS NULL OR e.ts <= $4)
+              ORDER BY e.ts DESC, h.name, e.gpu_index, e.kind, e.code LIMIT $3"#,
             host,
             since,
             limit,
+            until,
         )
         .fetch_all(self.history())
         .await?;

@@ -27,10 +27,11 @@ pub struct AnomalyQuery {
     /// Host name (default or empty: the hosts in the fleet, not those taken out of it;
     /// an unknown host is a 404).
     host: Option<String>,
-    /// RFC 3339 (default `to` − 24 h); minutes at or after it.
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default `to` − 24 h); minutes at or after it.
     #[param(example = "2026-11-22T12:00:00Z")]
     from: Option<String>,
-    /// RFC 3339 (default now); minutes before it; at most 31 days after `from`.
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default now); minutes before it; at most 31
+    /// days after `from`.
     to: Option<String>,
     /// Only scores at or above this.
     #[param(value_type = Option<f32>, minimum = 0)]

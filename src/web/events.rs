@@ -42,14 +42,20 @@ pub fn title(kind: &str, code: i64) -> String {
 pub struct EventsQuery {
     /// Host name (default or empty: all hosts; an unknown host is a 404).
     host: Option<String>,
-    /// RFC 3339 (default 7 days ago).
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default 7 days ago).
     #[param(example = "2026-11-16T00:00:00Z")]
     since: Option<String>,
-    /// Most events returned, 1–10000 (default 1000; larger values are capped).
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default: now): events at or before it. To page back through more than
+    /// `limit` events, pass the oldest `ts` of a full answer; the events of that instant
+    /// come again (skip those you have).
+    #[param(example = "2026-11-17T00:00:00Z")]
+    until: Option<String>,
+    /// Most events returned, 1–10000 (default 1000; larger values are capped). An answer
+    /// of exactly `limit` events may have more before its oldest (see `until`).
     limit: Option<i64>,
 }
 
-/// Hardware events, newest first.
+/// Hardware events, newest first (then by host, GPU, kind and code).
 #[utoipa::path(
     get,
     path = "/api/v1/events",
@@ -68,6 +74,19 @@ pub async fn events(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<Vec<EventRow>>, ApiError> {
     let since = parse_rfc3339("since", q.since.as_deref(), Utc::now() - Duration::days(7))?;
+    let until = q
+        .until
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(|u| parse_rfc3339("until", Some(u), since))
+        .transpose()?;
+    if let Some(u) = until.filter(|u| *u < since) {
+        return Err(ApiError::BadRequest(format!(
+            "`until` ({}) is before `since` ({}): nothing can match",
+            u.to_rfc3339(),
+            since.to_rfc3339()
+        )));
+    }
     let limit = super::params::limit(q.limit, 1000, 10_000)?;
     // As on the anomalies endpoint: an empty `host` is every host, an unknown one a 404
     // (not an empty list, which would read as a host without events).
@@ -77,5 +96,5 @@ pub async fn events(
             return Err(ApiError::NotFound(format!("no host named {h:?}")));
         }
     }
-    Ok(Json(st.store.events(host, since, limit).await?))
+    Ok(Json(st.store.events(host, since, until, limit).await?))
 }

@@ -596,10 +596,10 @@ async fn list(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RangeQuery {
-    /// RFC 3339 (default: `to` − 1 h).
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default: `to` − 1 h).
     #[param(example = "2026-11-23T11:00:00Z")]
     from: Option<String>,
-    /// RFC 3339 (default: now); at most 24 h after `from`.
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default: now); at most 24 h after `from`.
     #[param(example = "2026-11-23T12:00:00Z")]
     to: Option<String>,
 }

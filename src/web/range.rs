@@ -124,8 +124,14 @@ pub fn parse_time(field: &str, s: &str, tzo: i32) -> Result<DateTime<Utc>, ApiEr
             return Ok(n.and_utc() + Duration::minutes(i64::from(tzo)));
         }
     }
+    // A `+` of an offset arrives as a space when the URL does not encode it.
+    let plus = if s.contains(' ') {
+        " (a `+` in a URL must be written %2B, or it reads as a space)"
+    } else {
+        ""
+    };
     Err(ApiError::BadRequest(format!(
-        "`{field}` = {} is not a time: use RFC 3339 (2026-11-23T12:00:00Z) or 2026-11-23T12:00",
+        "`{field}` = {} is not a time: use RFC 3339 (2026-11-23T12:00:00Z) or 2026-11-23T12:00{plus}",
         crate::model::validate::quoted(s)
     )))
 }
@@ -353,7 +359,8 @@ pub fn preset_links(current: &TimeRange) -> Vec<PresetLink> {
         .collect()
 }
 
-/// An optional RFC 3339 query parameter, `default` when absent or empty.
+/// An optional time query parameter (RFC 3339, or YYYY-MM-DDTHH:MM in UTC), `default`
+/// when absent or empty.
 pub fn parse_rfc3339(
     field: &str,
     v: Option<&str>,
@@ -361,13 +368,8 @@ pub fn parse_rfc3339(
 ) -> Result<DateTime<Utc>, ApiError> {
     match v {
         None | Some("") => Ok(default),
-        Some(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "`{field}` = {s:?} is not an RFC 3339 time (like 2026-11-23T12:00:00Z): {e}"
-                ))
-            }),
+        // As the pages and the audit log take them: RFC 3339, or 2026-11-23T12:00 in UTC.
+        Some(s) => parse_time(field, s, 0),
     }
 }
 

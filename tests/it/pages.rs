@@ -395,6 +395,90 @@ async fn json_api_with_basic_auth() {
     app.stop().await;
 }
 
+/// Before: the events API returned the newest `limit` events and no way to reach older
+/// ones; an XID storm hid everything before it.
+#[tokio::test]
+async fn events_page_back_with_until_and_take_the_page_time_format() {
+    let app = TestApp::spawn().await;
+    app.store
+        .upsert_user(
+            "script",
+            rackwatch::store::auth::Role::Viewer,
+            "s3cret-pass",
+        )
+        .await
+        .unwrap();
+    let token = app.token("ev-host").await;
+    let ts = recent(6, 60, 600);
+    // Six instants; the fourth has two events (GPUs 0 and 1).
+    let mut events: Vec<_> = ts
+        .iter()
+        .map(|t| json!({"ts": t, "index": 0, "kind": "xid", "code": 13, "message": "x"}))
+        .collect();
+    events.push(json!({"ts": ts[3], "index": 1, "kind": "xid", "code": 13, "message": "x"}));
+    let body = json!({"host": {"name": "ev-host"}, "events": events});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let get = |q: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .get(format!("{}/api/v1/events?{q}", app.base))
+                .basic_auth("script", Some("s3cret-pass"))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // Page back 3 at a time, each from the oldest `ts` of the page before; the events at
+    // that instant come again and are skipped by their key.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut until = String::new();
+    for _ in 0..5 {
+        let (status, page) = get(format!("limit=3&until={}", until.replace('+', "%2B"))).await;
+        assert_eq!(status, 200, "{page}");
+        let page = page.as_array().unwrap().clone();
+        let before = seen.len();
+        for e in &page {
+            seen.insert((
+                e["ts"].as_str().unwrap().to_string(),
+                e["index"].as_i64().unwrap(),
+            ));
+        }
+        if page.len() < 3 || seen.len() == before {
+            break;
+        }
+        until = page.last().unwrap()["ts"].as_str().unwrap().to_string();
+    }
+    assert_eq!(seen.len(), 7, "every event reached: {seen:?}");
+    // The page's time format is taken here too (UTC); `until` before `since` is named.
+    let minute = ts[5].format("%Y-%m-%dT%H:%M").to_string();
+    let (status, page) = get(format!(
+        "until={minute}&since={}",
+        ts[0].format("%Y-%m-%dT%H:%M")
+    ))
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page.as_array().unwrap().len(), 6, "{page}");
+    let (status, e) = get(format!(
+        "since={minute}&until={}",
+        ts[0].format("%Y-%m-%dT%H:%M")
+    ))
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        e["error"].as_str().unwrap().contains("is before `since`"),
+        "{e}"
+    );
+    // An unencoded `+` of an offset reads as a space: the error says so.
+    let (status, e) = get("until=2026-11-23T12:00:00+01:00".into()).await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("%2B"), "{e}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn every_response_carries_the_security_headers_and_the_script_is_external() {
     let app = TestApp::spawn().await;
