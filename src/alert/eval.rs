@@ -77,6 +77,9 @@ pub async fn evaluate(
     watching_since: DateTime<Utc>,
     full: bool,
 ) -> anyhow::Result<()> {
+    if full {
+        resolve_orphans(store, rules, now).await?;
+    }
     if rules.rules.is_empty() {
         return Ok(());
     }
@@ -89,7 +92,7 @@ pub async fn evaluate(
     .await?;
     if full {
         for rule in &rules.rules {
-            let obs = match &rule.kind {
+            let mut obs = match &rule.kind {
                 RuleKind::Threshold(t) => threshold_observations(store, rule, t, now).await?,
                 RuleKind::Absent(a) => {
                     absent_observations(store, rule, a, now, watching_since).await?
@@ -101,6 +104,12 @@ pub async fn evaluate(
                     continue;
                 }
             };
+            if matches!(
+                rule.kind,
+                RuleKind::Threshold(_) | RuleKind::Absent(_) | RuleKind::Anomaly(_)
+            ) {
+                relabeled(store, rule, &mut obs, now).await?;
+            }
             apply(store, rules, rule, obs, now).await?;
         }
         settle_flapping(store, rules, now).await?;
@@ -126,6 +135,109 @@ async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
             (r.id, l)
         })
         .collect())
+}
+
+/// Alerts of a rule no longer in the rules file: nothing judges them again, so a firing
+/// one resolves (and says so, as any resolved alert) and a pending one is dropped.
+async fn resolve_orphans(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let names: Vec<String> = rules.rules.iter().map(|r| r.name.clone()).collect();
+    let mut tx = store.pool.begin().await?;
+    sqlx::query!(
+        "DELETE FROM alerts WHERE state = 'pending' AND NOT (rule = ANY($1))",
+        &names
+    )
+    .execute(&mut *tx)
+    .await?;
+    let gone = sqlx::query_as!(
+        FiringRow,
+        r#"UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now()
+            WHERE state = 'firing' AND NOT (rule = ANY($1))
+        RETURNING fingerprint, rule, severity, labels AS "labels: sqlx::types::Json<Labels>",
+                  summary, 'its rule was removed from the rules file' AS "description!", value,
+                  started_at, occurrences"#,
+        &names,
+        now,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for a in gone {
+        sqlx::query!(
+            "UPDATE incidents SET resolved_at = $2 WHERE fingerprint = $1 AND resolved_at IS NULL",
+            &a.fingerprint,
+            now,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(alert = %a.fingerprint, "resolved: its rule was removed from the rules file");
+        let mut snap = a.snapshot();
+        snap.resolved_at = Some(now);
+        enqueue(&mut tx, rules, &snap, "resolved", now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Alerts of a per-host rule filed under labels its host no longer has (its site, rack or
+/// pool changed) or that the rule no longer selects: no round observes them again, so they
+/// resolve here; the host is judged under its labels of now. Without this, a host that
+/// went silent, came back with a pool and was taken out left its first alert firing.
+async fn relabeled(
+    store: &Store,
+    rule: &Rule,
+    out: &mut Vec<Observation>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let seen: HashSet<String> = out
+        .iter()
+        .map(|o| fingerprint(&rule.name, &o.labels))
+        .collect();
+    let mut open = alerts_of(store, rule).await?;
+    open.retain(|fp, a| a.state != "resolved" && !seen.contains(fp));
+    if open.is_empty() {
+        return Ok(());
+    }
+    let current: HashMap<String, Labels> = host_labels(store)
+        .await?
+        .into_values()
+        .filter_map(|l| Some((l.get("host")?.clone(), l)))
+        .collect();
+    for (_, a) in open {
+        let Some(host) = a.labels.0.get("host") else {
+            continue;
+        };
+        let mut was = a.labels.0.clone();
+        was.remove("gpu");
+        let description = match current.get(host) {
+            Some(l) if *l != was => {
+                let now_labels: Vec<String> = l
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "host")
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!(
+                    "the host's labels changed (now {}); it is judged under them",
+                    if now_labels.is_empty() {
+                        "none".to_string()
+                    } else {
+                        now_labels.join(", ")
+                    }
+                )
+            }
+            Some(l) if !rule.selects(l) => "the rule no longer selects the host".to_string(),
+            _ => continue,
+        };
+        out.push(Observation {
+            labels: a.labels.0,
+            value: None,
+            active: false,
+            clear: true,
+            at: now,
+            occurrences: 1,
+            description,
+            held: None,
+        });
+    }
+    Ok(())
 }
 
 /// How far before the watermark a round looks for events committed late: the longest an

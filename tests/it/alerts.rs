@@ -1831,3 +1831,59 @@ to = ["ops@example.com"]
     );
     app.stop().await;
 }
+
+/// Before: a host that went silent, then reported with a site and a pool, left its first
+/// "stopped reporting" alert (filed under its name alone) firing for good, counted as
+/// firing on the fleet page and mailed again every 4 hours.
+#[tokio::test]
+async fn an_alert_under_old_labels_or_of_a_removed_rule_resolves_instead_of_firing_for_good() {
+    let r = rig().await;
+    let app = &r.app;
+    let bare = json!({"host": {"name": "moved-box"}, "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}]});
+    let token = app.token("moved-box").await;
+    assert_eq!(app.ingest(&token, &bare).await.status(), 200);
+    let mails = r.smtp.wait_for(1, 30).await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(subject(&mails[0]).contains("Host stopped reporting"));
+    let labelled = json!({"host": {"name": "moved-box", "site": "fra1", "pool": "train-a"},
+                          "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}]});
+    assert_eq!(app.ingest(&token, &labelled).await.status(), 200);
+    let mails = r.smtp.wait_for(2, 15).await;
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    assert!(
+        subject(&mails[1]).starts_with("[RESOLVED:CRITICAL] Host stopped reporting"),
+        "{}",
+        subject(&mails[1])
+    );
+    let open: Vec<(String, String)> =
+        sqlx::query_as("SELECT fingerprint, state FROM alerts WHERE state <> 'resolved'")
+            .fetch_all(&app.store.pool)
+            .await
+            .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+    // Silent again, it fires under its new labels; then the rule is removed from the rules
+    // file (reloaded while running): its alert resolves, it does not fire on for good.
+    let mails = r.smtp.wait_for(3, 30).await;
+    assert_eq!(mails.len(), 3, "{mails:?}");
+    assert!(subject(&mails[2]).starts_with("[FIRING:CRITICAL] Host stopped reporting"));
+    let without = RULES.replace(
+        "[[rule]]\nname = \"host-down\"\nkind = \"absent\"\nafter_secs = 5\nseverity = \"critical\"\nsummary = \"Host stopped reporting\"\n",
+        "",
+    );
+    assert_ne!(without, RULES);
+    std::fs::write(r._rules.path().join("alerts.toml"), without).unwrap();
+    let mails = r.smtp.wait_for(4, 30).await;
+    assert_eq!(mails.len(), 4, "{mails:?}");
+    assert!(
+        subject(&mails[3]).starts_with("[RESOLVED:CRITICAL] Host stopped reporting"),
+        "{}",
+        subject(&mails[3])
+    );
+    let open: Vec<(String, String)> =
+        sqlx::query_as("SELECT fingerprint, state FROM alerts WHERE state <> 'resolved'")
+            .fetch_all(&app.store.pool)
+            .await
+            .unwrap();
+    assert!(open.is_empty(), "{open:?}");
+    r.app.stop().await;
+}
