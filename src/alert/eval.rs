@@ -40,6 +40,22 @@ struct Observation {
     held: Option<(DateTime<Utc>, Duration)>,
 }
 
+impl Observation {
+    /// An alert no round observes any more (its pool, rack or labels are gone): it resolves.
+    fn gone(labels: Labels, now: DateTime<Utc>, description: String) -> Observation {
+        Observation {
+            labels,
+            value: None,
+            active: false,
+            clear: true,
+            at: now,
+            occurrences: 1,
+            description,
+            held: None,
+        }
+    }
+}
+
 /// The snapshot of an alert that travels in a notification.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AlertSnapshot {
@@ -226,16 +242,7 @@ async fn relabeled(
             Some(l) if !rule.selects(l) => "the rule no longer selects the host".to_string(),
             _ => continue,
         };
-        out.push(Observation {
-            labels: a.labels.0,
-            value: None,
-            active: false,
-            clear: true,
-            at: now,
-            occurrences: 1,
-            description,
-            held: None,
-        });
+        out.push(Observation::gone(a.labels.0, now, description));
     }
     Ok(())
 }
@@ -742,16 +749,12 @@ async fn capacity_observations(
         .collect();
     for (fp, a) in alerts_of(store, rule).await? {
         if a.state != "resolved" && !seen.contains(&fp) {
-            out.push(Observation {
-                labels: a.labels.0,
-                value: None,
-                active: false,
-                clear: true,
-                at: now,
-                occurrences: 1,
-                description: "no longer in the capacity plan (no host in the pool, or no budget for the rack)".into(),
-                held: None,
-            });
+            out.push(Observation::gone(
+                a.labels.0,
+                now,
+                "no longer in the capacity plan (no host in the pool, or no budget for the rack)"
+                    .into(),
+            ));
         }
     }
     Ok(out)
