@@ -231,8 +231,13 @@ impl Sender {
             OutboxRow,
             r#"SELECT id, group_key, kind, recipients, alert AS "alert: sqlx::types::Json<AlertSnapshot>", created_at, attempts
                FROM notification_outbox
-              WHERE sent_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT 2000 FOR UPDATE SKIP LOCKED"#,
+              WHERE sent_at IS NULL AND next_attempt_at <= $1
+                AND ($2 OR recipients[1] ~ '^(webhook|slack|pagerduty):')
+              ORDER BY id LIMIT 2000 FOR UPDATE SKIP LOCKED"#,
             now,
+            // Without SMTP, mail waits: it is not read, so however much of it waits, the
+            // channels' messages behind it still go out.
+            smtp.is_some(),
         )
         .fetch_all(&mut *tx)
         .await?;

@@ -149,6 +149,8 @@ pub struct AlertsPage {
     pub history: Vec<IncidentView>,
     /// Delivery state of each notification channel (email, webhooks, Slack, PagerDuty).
     pub channels: Vec<crate::alert::notify::ChannelState>,
+    /// No SMTP server is configured: alert mail waits in the outbox.
+    pub mail_unsent: bool,
     /// The new-silence form: empty, or as sent with what was wrong.
     pub form: SilenceFormView,
 }
@@ -266,6 +268,7 @@ async fn alerts_page(
     let channels = crate::alert::notify::channel_states(&st.store).await?;
     Ok(AlertsPage {
         channels,
+        mail_unsent: st.cfg.alerting.smtp.host.trim().is_empty(),
         can_act: user.role >= Role::Operator,
         nav: Nav::new(user, csrf, "alerts"),
         firing,

@@ -402,3 +402,60 @@ async fn a_channel_that_keeps_failing_keeps_its_notifications_and_says_why() {
     assert!(err.contains("503"), "{err}");
     app.stop().await;
 }
+
+/// Before: without SMTP, waiting mail stayed due and the sender read the oldest 2,000 due
+/// notifications; past 2,000 waiting mails, webhook, Slack and PagerDuty messages behind
+/// them never went out.
+#[tokio::test]
+async fn waiting_mail_without_smtp_does_not_hold_back_the_channels() {
+    let (base, rec) = receiver(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let chans = channels(&base);
+    let app = TestApp::spawn_full(fresh_database().await, |c| {
+        c.alerting.rules_file = rules.to_string_lossy().into_owned();
+        c.alerting.eval_interval_secs = 1;
+        c.alerting.group_wait_secs = 1;
+        c.alerting.group_interval_secs = 0;
+        c.alerting.channels = chans;
+    })
+    .await;
+    // 2,100 mails waiting since yesterday (no SMTP server configured).
+    sqlx::query(
+        "INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert, created_at, next_attempt_at)
+         SELECT 'old|ops@example.com', 'old|n=' || i, 'firing', ARRAY['ops@example.com'],
+                jsonb_build_object('fingerprint', 'old|n=' || i, 'rule', 'old', 'severity', 'warning',
+                  'labels', jsonb_build_object('n', i::text), 'summary', 's', 'description', '', 'value', NULL,
+                  'started_at', '2026-01-01T00:00:00Z', 'resolved_at', NULL, 'occurrences', 1),
+                now() - interval '1 day', now() - interval '1 day'
+           FROM generate_series(1, 2100) i",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let token = app.token("gpu-17").await;
+    let t0 = Utc::now() - chrono::Duration::seconds(1);
+    let body = json!({"host": {"name": "gpu-17"}, "host_samples": [{"ts": t0, "cpu_util_pct": 10.0}],
+        "events": [{"ts": t0, "index": 3, "kind": "xid", "code": 79, "message": "GPU has fallen off the bus."}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let am = rec.wait("/am", 1, 30).await;
+    assert_eq!(am.len(), 1, "the webhook got its message");
+    assert_eq!(am[0]["status"], "firing");
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL AND group_key LIKE 'old|%'",
+    )
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(waiting, 2100, "mail waits for SMTP, nothing dropped");
+    // The alerts page says why mail waits.
+    let cookie = app.login("admin", "pw-for-channels").await;
+    let (_, html) = app.page(&cookie, "/alerts").await;
+    assert!(
+        html.contains("id=\"mail-unsent\"")
+            && html.contains("alerting.smtp.host</code> is not set"),
+        "{html}"
+    );
+    app.stop().await;
+}
