@@ -1084,11 +1084,12 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 }
                 let token = db.store.create_write_token(&scope, &note).await?;
                 let target = format!("write:{}", scope.label());
+                let id = db.store.token_id(&token).await?;
                 audit(
                     db,
                     "token.created",
                     &target,
-                    serde_json::json!({ "note": note }),
+                    serde_json::json!({ "note": note, "token_id": id }),
                 )
                 .await?;
                 eprintln!("remote-write token for {} (shown once; Prometheus sends it as remote_write.authorization.credentials to POST /api/v1/write):", scope.label());
@@ -1098,11 +1099,12 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
             if let Some(pool) = pool {
                 rackwatch::model::validate::pool_name(&pool).map_err(anyhow::Error::msg)?;
                 let token = db.store.create_pool_token(&pool, &note).await?;
+                let id = db.store.token_id(&token).await?;
                 audit(
                     db,
                     "token.created",
                     &format!("pool:{pool}"),
-                    serde_json::json!({ "note": note }),
+                    serde_json::json!({ "note": note, "token_id": id }),
                 )
                 .await?;
                 eprintln!("scheduler token for pool {pool} (shown once; send it as Authorization: Bearer to POST /api/v1/pools/{pool}/demand):");
@@ -1119,11 +1121,12 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
             let host = host.unwrap_or_default();
             rackwatch::model::validate::host_name(&host).map_err(anyhow::Error::msg)?;
             let token = db.store.create_agent_token(&host, &note).await?;
+            let id = db.store.token_id(&token).await?;
             audit(
                 db,
                 "token.created",
                 &host,
-                serde_json::json!({ "note": note }),
+                serde_json::json!({ "note": note, "token_id": id }),
             )
             .await?;
             eprintln!("agent token for host {host} (shown once; store it in the agent's config as agent.token):");

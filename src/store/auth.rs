@@ -186,9 +186,24 @@ impl Store {
         if password.trim().chars().count() < 8 {
             anyhow::bail!("password must be at least 8 characters besides spaces");
         }
+        if name.eq_ignore_ascii_case(super::audit::SYSTEM) {
+            anyhow::bail!(
+                "user name {name:?} is reserved for the server's own actions in the audit trail"
+            );
+        }
         let pw = password.to_string();
         let hash = tokio::task::spawn_blocking(move || hash_password(&pw)).await?;
         let mut tx = self.pool.begin().await?;
+        // "ADMIN" beside "admin" would read as one person in the audit trail.
+        let twin: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM users WHERE lower(name) = lower($1) AND name <> $1 LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(t) = twin {
+            anyhow::bail!("a user named {t:?} exists: names may not differ only in case");
+        }
         // The only admin stays an admin: a fleet with no admin cannot add users or mint
         // tokens from the dashboard. Locked, so two demotions at once cannot both pass.
         if role != Role::Admin {
@@ -536,6 +551,17 @@ impl Store {
                 .insert(hash, (h.clone(), std::time::Instant::now()));
         }
         Ok(host)
+    }
+
+    /// The id of a token just minted (the audit trail names it, as `token list` and
+    /// `token revoke` do).
+    pub async fn token_id(&self, token: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar!(
+            "SELECT id FROM agent_tokens WHERE token_sha256 = $1",
+            sha256(token)
+        )
+        .fetch_optional(&self.pool)
+        .await
     }
 
     /// Mint a Prometheus remote-write token with `scope`; only its hash is stored.

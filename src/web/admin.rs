@@ -230,7 +230,7 @@ pub async fn create_user(
         Ok(()) => {
             forms.user_message = Some(if existed {
                 format!(
-                    "User {} updated: role {}, new password (their sessions go on).",
+                    "User {} updated: role {}, new password; their sessions ended (they log in again).",
                     f.name, f.role
                 )
             } else {
@@ -308,12 +308,13 @@ pub async fn create_token(
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     let host = f.host.trim();
-    if let Err(e) = crate::model::validate::host_name(host) {
+    let checked = crate::model::validate::host_name(host)
+        .map_err(|e| format!("a token is scoped to one host: give its name ({e})"))
+        .and_then(|()| token_note(&f.note));
+    if let Err(e) = checked {
         // Said next to the form, with what was typed.
         let forms = AdminForms {
-            token_error: Some(format!(
-                "a token is scoped to one host: give its name ({e})"
-            )),
+            token_error: Some(e),
             token_host: f.host.clone(),
             token_note: f.note.clone(),
             ..Default::default()
@@ -322,11 +323,12 @@ pub async fn create_token(
         return Ok((StatusCode::BAD_REQUEST, render(&p)).into_response());
     }
     let token = st.store.create_agent_token(host, f.note.trim()).await?;
+    let id = st.store.token_id(&token).await?;
     st.store
         .audit(
             Entry::ok(&user.name, "token.created", host)
                 .from(ip)
-                .details(serde_json::json!({ "note": f.note.trim() })),
+                .details(serde_json::json!({ "note": f.note.trim(), "token_id": id })),
         )
         .await?;
     let nav = Nav::new(&user, csrf, "admin");
@@ -564,9 +566,9 @@ pub async fn audit_page(
             actor: r.actor,
             source: r.source.unwrap_or_default(),
             action: r.action,
-            target: r.target,
+            target: shortened(&r.target, 300),
             outcome: r.outcome,
-            details: r.details.to_string(),
+            details: shortened(&r.details.to_string(), 2000),
         })
         .collect();
     let status = if error.is_some() {
@@ -611,4 +613,32 @@ pub async fn audit_api(
 ) -> Result<Json<Vec<AuditRow>>, ApiError> {
     require(&u, Role::Admin)?;
     Ok(Json(st.store.audit_rows(&q.filter(500)?).await?))
+}
+
+/// `s` cut to its first `max` characters, saying how long it was (the API has it whole).
+fn shortened(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!(
+            "{}… ({} characters; the API has all)",
+            &s[..i],
+            s.chars().count()
+        ),
+        None => s.to_string(),
+    }
+}
+
+/// Characters a token's note may have (the form's `maxlength`; `token list` prints it).
+const TOKEN_NOTE_MAX: usize = 200;
+
+fn token_note(note: &str) -> Result<(), String> {
+    let n = note.trim().chars().count();
+    if n > TOKEN_NOTE_MAX {
+        return Err(format!(
+            "the note has {n} characters; at most {TOKEN_NOTE_MAX}"
+        ));
+    }
+    if note.chars().any(char::is_control) {
+        return Err("the note holds a control character".into());
+    }
+    Ok(())
 }

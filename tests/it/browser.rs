@@ -248,6 +248,19 @@ async fn layout_check(app: &TestApp, chromium: &str) {
         .upsert_user("ada", rackwatch::store::auth::Role::Admin, "day-shift")
         .await
         .unwrap();
+    // An audit row with long client-chosen text (a token's note, a long host name) must
+    // wrap, not widen the audit table.
+    app.store
+        .audit(
+            rackwatch::store::audit::Entry::ok(
+                "ada",
+                "token.created",
+                &format!("rack-7-{}", "node-".repeat(45)),
+            )
+            .details(serde_json::json!({"note": "n".repeat(200), "token_id": 1})),
+        )
+        .await
+        .unwrap();
     pages_say_what_they_show(app).await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let gpu = "/hosts/sim-fra1-r01-n03/gpus/2";
@@ -267,6 +280,7 @@ async fn layout_check(app: &TestApp, chromium: &str) {
             ""
         ],
         ["admin", "/admin", ""],
+        ["admin-audit", "/admin/audit", ""],
         ["rack", "/racks/fra1/r01", ""],
         ["rack-7d", "/racks/fra1/r01?range=7d", "days"],
         ["host", "/hosts/sim-fra1-r01-n03", ""],
@@ -300,7 +314,7 @@ async fn layout_check(app: &TestApp, chromium: &str) {
         out.status.success() && !stdout.contains("PROBLEM"),
         "layout check failed:\n{stdout}\n{stderr}"
     );
-    assert_eq!(stdout.matches("OK layout ").count(), 19 * 2 + 1, "{stdout}");
+    assert_eq!(stdout.matches("OK layout ").count(), 20 * 2 + 1, "{stdout}");
     // Both widths: the alerts table's actions are there (two rows not yet acknowledged
     // get Acknowledge, every unsilenced row gets Silence).
     for w in ["1440", "390"] {

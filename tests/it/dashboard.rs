@@ -480,6 +480,55 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
             && at_form.contains("id=\"token-error\">a token is scoped to one host"),
         "{at_form}"
     );
+    // A note past the form's 200 characters is refused by the server too.
+    let long = "n".repeat(201);
+    let r = app
+        .http
+        .post(format!("{}/admin/tokens", app.base))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("host", "node-b"),
+            ("note", long.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("the note has 201 characters; at most 200"));
+    // The audit trail names the token an admin minted by its id (as `token list` does).
+    let created = app.audit("token.created").await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0].details["token_id"], list[0].id, "{created:?}");
+    // "system" is the server's own name in the audit trail, and "BOSS" would read as "boss".
+    for (name, why) in [
+        ("System", "is reserved for the server&#39;s own actions"),
+        (
+            "BOSS",
+            "a user named &#34;boss&#34; exists: names may not differ only in case",
+        ),
+    ] {
+        let r = app
+            .http
+            .post(format!("{}/admin/users", app.base))
+            .header("cookie", &admin)
+            .form(&[
+                ("csrf", token.as_str()),
+                ("name", name),
+                ("role", "viewer"),
+                ("password", "long-enough-pw"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{name}");
+        let html = r.text().await.unwrap();
+        assert!(html.contains(why), "{name}: {html}");
+    }
     // The same name again updates the user, and says so.
     let r = app
         .http
