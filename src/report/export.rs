@@ -124,8 +124,10 @@ pub fn file_name(report: &EnergyReport, format: Format) -> String {
             format!("-{s}")
         })
         .unwrap_or_default();
+    // A running week's file is named so: a weekly import does not take it for the week.
+    let partial = if report.partial() { "-partial" } else { "" };
     format!(
-        "rackwatch-energy-{}{site}.{}",
+        "rackwatch-energy-{}{site}{partial}.{}",
         report.week,
         format.extension()
     )
@@ -154,10 +156,16 @@ fn dataframe_with(report: &EnergyReport, text: fn(&str) -> String) -> anyhow::Re
     let tz = report.time_zone.parse().unwrap_or(chrono_tz::UTC);
     let start = report.start.with_timezone(&tz).to_rfc3339();
     let end = report.end.with_timezone(&tz).to_rfc3339();
+    // Hours are accounted up to here: `period_end` for a complete week, earlier for a
+    // running one (empty before the energy job's first run).
+    let until = report
+        .accounted_until
+        .map(|t| t.min(report.end).with_timezone(&tz).to_rfc3339());
     let columns = vec![
         Column::new("week".into(), vec![week.as_str(); n]),
         Column::new("period_start".into(), vec![start.as_str(); n]),
         Column::new("period_end".into(), vec![end.as_str(); n]),
+        Column::new("accounted_until".into(), vec![until.as_deref(); n]),
         Column::new(
             "level".into(),
             rows.iter().map(|r| r.level).collect::<Vec<_>>(),

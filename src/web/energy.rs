@@ -320,6 +320,13 @@ pub async fn file(
     })?;
     let format: Format = ext.parse().map_err(ApiError::NotFound)?;
     let week: IsoWeek = week.parse().map_err(ApiError::BadRequest)?;
+    if let Some(other) = q.week.as_deref().filter(|w| *w != week.to_string()) {
+        return Err(ApiError::BadRequest(format!(
+            "the file name names the week ({week}); leave out `week` (it says {})",
+            crate::model::validate::quoted(other)
+        ))
+        .into());
+    }
     let now = Utc::now();
     let report = build(&st, week, q.site(), now).await?;
     let body = export::render(&report, format).map_err(ApiError::Internal)?;

@@ -356,6 +356,12 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         .find("Top pools by idle GPU waste")
         .expect("idle pools table")..];
     assert!(idle_pools[..idle_pools.find("</table>").unwrap()].contains("<td>train</td>"));
+    // The file name names the week: another in the query is an error, not ignored.
+    let resp = app
+        .get(&cookie, "/energy/reports/2026-W43.csv?week=2026-W42")
+        .await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("leave out `week`"));
     let resp = app.get(&cookie, "/energy/reports/2026-W43.csv").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-disposition"]
@@ -364,7 +370,7 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         .contains("rackwatch-energy-2026-W43.csv"));
     let body = resp.text().await.unwrap();
     assert!(
-        body.starts_with("week,period_start,period_end,level,"),
+        body.starts_with("week,period_start,period_end,accounted_until,level,"),
         "{body}"
     );
     // Figures carry twelve significant digits at most, not the arithmetic's last bits.
@@ -611,10 +617,34 @@ async fn a_running_week_is_compared_with_the_same_hours_of_last_week() {
         html.contains("same hours last week"),
         "the figure says what it compares"
     );
+    // The files say so too: named partial, and each row says how far hours are accounted.
+    let until = r.accounted_until.expect("accounted").with_timezone(&tz);
+    assert!(until < week.end(tz) && until > start, "{until}");
+    let until = until.to_rfc3339();
+    for f in [
+        export::Format::Csv,
+        export::Format::Parquet,
+        export::Format::Html,
+    ] {
+        let name = export::file_name(&r, f);
+        assert!(
+            name.ends_with(&format!("-partial.{}", f.extension())),
+            "{name}"
+        );
+    }
+    let csv = String::from_utf8(export::to_csv(&r).unwrap()).unwrap();
+    let second = csv.lines().nth(1).unwrap();
+    assert_eq!(second.split(',').nth(3), Some(until.as_str()), "{second}");
 
     // Once the week is complete, all of last week is the comparison.
     let r = account_and_build(&app, week, week.end(tz) + Duration::hours(1)).await;
     assert!(!r.partial());
+    let name = export::file_name(&r, export::Format::Csv);
+    assert!(!name.contains("partial"), "{name}");
+    let csv = String::from_utf8(export::to_csv(&r).unwrap()).unwrap();
+    let second = csv.lines().nth(1).unwrap();
+    let end = week.end(tz).with_timezone(&tz).to_rfc3339();
+    assert_eq!(second.split(',').nth(3), Some(end.as_str()), "{second}");
     close(
         r.total().prev_week_it_energy_kwh,
         2.0 * day_kwh,
