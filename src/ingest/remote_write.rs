@@ -370,6 +370,23 @@ pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError>
             out.drop_series(Dropped::Unmapped);
             continue;
         };
+        // Prometheus never sends a label twice; which value would count is unknowable.
+        if let Some(dup) = ts
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(i, l)| ts.labels[..*i].iter().any(|o| o.name == l.name))
+            .map(|(_, l)| l.name.clone())
+        {
+            out.reject(
+                &name,
+                format!(
+                    "label {} appears twice; series not stored",
+                    crate::model::validate::quoted(&dup)
+                ),
+            );
+            continue;
+        }
         let dcgm = name.starts_with("DCGM_FI_");
         let family = if dcgm {
             None
@@ -957,6 +974,41 @@ mod tests {
         assert_eq!(s.energy_joules_total, Some(5000.0));
         assert_eq!(b.gpus[0].uuid.as_deref(), Some("GPU-abc"));
         assert_eq!(b.gpus[0].memory_total_bytes, Some(4 << 30));
+    }
+
+    #[test]
+    fn a_series_with_a_label_twice_is_rejected_alone() {
+        let req = WriteRequest {
+            timeseries: vec![
+                series(
+                    &[
+                        ("__name__", "DCGM_FI_DEV_GPU_UTIL"),
+                        ("Hostname", "gpu-1"),
+                        ("gpu", "0"),
+                        ("gpu", "1"),
+                    ],
+                    &[(1_700_000_000_000, 50.0)],
+                ),
+                series(
+                    &[
+                        ("__name__", "DCGM_FI_DEV_GPU_UTIL"),
+                        ("Hostname", "gpu-1"),
+                        ("gpu", "2"),
+                    ],
+                    &[(1_700_000_000_000, 60.0)],
+                ),
+            ],
+        };
+        let m = map(req, 100).unwrap();
+        assert_eq!(m.rejected, 1);
+        assert!(
+            m.rejections[0]
+                .reason
+                .contains("label \"gpu\" appears twice"),
+            "{:?}",
+            m.rejections
+        );
+        assert_eq!(m.hosts["gpu-1"].series, 1, "the other series is kept");
     }
 
     #[test]

@@ -26,6 +26,13 @@ pub fn api_routes() -> Routes {
 
 /// Samples scraped by Prometheus (dcgm-exporter, node_exporter), remote-written.
 ///
+/// The request body of remote write as the OpenAPI document describes it: bytes, not
+/// a list of numbers.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct SnappyProtobuf(Vec<u8>);
+
 /// The body is a snappy-compressed protobuf `WriteRequest` (remote write 1.0), limited to
 /// `server.max_body_bytes` and `server.max_decompressed_bytes` inflated. dcgm-exporter
 /// series are read by their `Hostname` and `gpu` labels, node_exporter series by
@@ -37,7 +44,7 @@ pub fn api_routes() -> Routes {
     path = "/api/v1/write",
     operation_id = "remote_write",
     tag = "ingest",
-    request_body(content = Vec<u8>, content_type = "application/x-protobuf", description = "A snappy-compressed `prometheus.WriteRequest`."),
+    request_body(content = SnappyProtobuf, content_type = "application/x-protobuf", description = "A snappy-compressed `prometheus.WriteRequest`."),
     params(("Content-Encoding" = Option<String>, Header, description = "`snappy` (remote write 1.0 always sends it).")),
     security(("remote_write_token" = [])),
     responses(

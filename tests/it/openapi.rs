@@ -217,6 +217,18 @@ fn operations_have_unique_ids_described_responses_and_defined_security() {
         doc["paths"]["/api/v1/write"]["post"]["security"],
         json!([{"remote_write_token": []}])
     );
+    // Its body is bytes (a client generator must not expect a list of numbers).
+    let body = &doc["paths"]["/api/v1/write"]["post"]["requestBody"]["content"]
+        ["application/x-protobuf"]["schema"];
+    let body = match body["$ref"].as_str() {
+        Some(r) => &doc["components"]["schemas"][r.rsplit('/').next().unwrap()],
+        None => body,
+    };
+    assert_eq!(
+        (&body["type"], &body["format"]),
+        (&json!("string"), &json!("binary")),
+        "{body}"
+    );
 }
 
 /// Every `/api/` route the server registers is in the document. API handlers are
