@@ -55,6 +55,21 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// Characters of an error message sent back: a message that quotes what the client sent
+/// (a 60,000-character host name in a path) does not send it all back.
+const MESSAGE_MAX: usize = 2000;
+
+fn capped(message: String) -> String {
+    match message.char_indices().nth(MESSAGE_MAX) {
+        Some((i, _)) => format!(
+            "{}… ({} characters in all)",
+            &message[..i],
+            message.chars().count()
+        ),
+        None => message,
+    }
+}
+
 /// Seconds a client is asked to wait when the database is down.
 pub const RETRY_AFTER_SECS: u32 = 5;
 
@@ -129,7 +144,7 @@ impl IntoResponse for ApiError {
         let mut resp = (
             status,
             Json(ErrorBody {
-                error: self.to_string(),
+                error: capped(self.to_string()),
             }),
         )
             .into_response();
@@ -197,7 +212,7 @@ pub fn error_page(e: ApiError) -> Response {
         ApiError::Unavailable => {
             "The database cannot be reached right now; try again in a few seconds.".to_string()
         }
-        other => other.to_string(),
+        other => capped(other.to_string()),
     };
     let page = ErrorPage {
         title,
@@ -217,4 +232,26 @@ pub fn error_page(e: ApiError) -> Response {
         _ => {}
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_and_says_how_long_it_was() {
+        let long = format!("no host named {:?}", "h".repeat(65_000));
+        let cut = capped(long.clone());
+        assert_eq!(
+            cut.chars().count(),
+            MESSAGE_MAX + " (65016 characters in all)".len() + 1
+        );
+        assert!(
+            cut.ends_with("… (65016 characters in all)"),
+            "{}",
+            &cut[1990..]
+        );
+        assert!(long.starts_with(cut.split('…').next().unwrap()));
+        assert_eq!(capped("short".into()), "short");
+    }
 }

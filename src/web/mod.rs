@@ -385,14 +385,29 @@ pub fn api_router() -> Routes {
 }
 
 /// 404 for a path no route knows: JSON for API clients, a page for people.
-async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+async fn not_found(
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let e = error::ApiError::NotFound(format!("no such page or endpoint: {}", uri.path()));
-    if uri.path().starts_with("/api/") {
+    if wants_json(uri.path(), &headers) {
         e.into_response()
     } else {
         error::PageError(e).into_response()
     }
+}
+
+/// An unknown path is answered as JSON when it looks like the API's (`/api`, `//api/…`,
+/// `/API/…`) or the client asks for JSON and not HTML; else as a page.
+fn wants_json(path: &str, headers: &axum::http::HeaderMap) -> bool {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    first.eq_ignore_ascii_case("api")
+        || (accept.contains("application/json") && !accept.contains("text/html"))
 }
 
 /// The pages' one script, compiled into the binary.

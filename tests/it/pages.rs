@@ -559,7 +559,14 @@ async fn pages_answer_errors_as_pages_and_the_api_as_json() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("<h1>Bad request</h1>"));
-    for path in ["/api/v1/hosts/no-such-host", "/api/v1/no-such-endpoint"] {
+    // API-looking paths (`/api`, `//api/…`, `/API/…`) answer JSON too.
+    for path in [
+        "/api/v1/hosts/no-such-host",
+        "/api/v1/no-such-endpoint",
+        "/api",
+        "//api/v1/hosts",
+        "/API/V1/HOSTS",
+    ] {
         let r = get(path).await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
         let v: serde_json::Value = r.json().await.unwrap();
