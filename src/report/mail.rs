@@ -28,6 +28,43 @@ pub fn due_at(cfg: &Config, week: IsoWeek) -> DateTime<Utc> {
     super::local_midnight(day, cfg.energy.tz()) + Duration::hours(i64::from(r.send_hour))
 }
 
+/// Whether and when the weekly report is mailed, in words (the energy page's line).
+pub async fn status(store: &Store, cfg: &Config) -> anyhow::Result<String> {
+    let r = &cfg.energy.report;
+    let when = format!(
+        "each {} at {:02}:00 ({})",
+        parse_weekday(&r.send_weekday).map_or_else(|| r.send_weekday.clone(), |d| format!("{d:?}")),
+        r.send_hour,
+        cfg.energy.time_zone
+    );
+    if r.recipients.is_empty() {
+        return Ok(format!(
+            "The weekly report is not mailed: set energy.report.recipients to mail it {when}."
+        ));
+    }
+    if cfg.alerting.smtp.host.is_empty() {
+        return Ok(
+            "The weekly report is not mailed: energy.report.recipients is set, but alerting.smtp.host is not."
+                .to_string(),
+        );
+    }
+    let last = sqlx::query!(
+        "SELECT period, sent_at FROM report_deliveries WHERE kind = $1 ORDER BY sent_at DESC LIMIT 1",
+        KIND,
+    )
+    .fetch_optional(&store.pool)
+    .await?;
+    let to = crate::model::format::count(r.recipients.len(), "recipient");
+    Ok(match last {
+        Some(l) => format!(
+            "The weekly report is mailed to {to} {when}; last: {} at {}.",
+            l.period,
+            l.sent_at.format("%Y-%m-%d %H:%M UTC")
+        ),
+        None => format!("The weekly report is mailed to {to} {when}; none mailed yet."),
+    })
+}
+
 /// Send last week's report if it is due and not sent yet. Returns the week sent.
 pub async fn send_due(
     store: &Store,
@@ -35,7 +72,14 @@ pub async fn send_due(
     now: DateTime<Utc>,
     telemetry: &Telemetry,
 ) -> anyhow::Result<Option<IsoWeek>> {
-    if cfg.energy.report.recipients.is_empty() || cfg.alerting.smtp.host.is_empty() {
+    if cfg.energy.report.recipients.is_empty() {
+        return Ok(None);
+    }
+    if cfg.alerting.smtp.host.is_empty() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("energy.report.recipients is set but alerting.smtp.host is not: the weekly energy report is not mailed");
+        });
         return Ok(None);
     }
     let this = IsoWeek::containing(now, cfg.energy.tz());

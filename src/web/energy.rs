@@ -125,6 +125,8 @@ pub struct EnergyPage<'a> {
     /// Days of the shown week with data (of 7), and whether the week is still running.
     pub data_days: i64,
     pub running: bool,
+    /// Whether and when the weekly report is mailed.
+    pub mail_status: String,
 }
 
 /// `GET /energy?week=2026-W47&site=S`
@@ -235,6 +237,9 @@ pub async fn page(
             .collect(),
         data_days: shown_days,
         running,
+        mail_status: crate::report::mail::status(&st.store, &st.cfg)
+            .await
+            .map_err(ApiError::Internal)?,
         links: (
             file_link(week, site, Format::Csv),
             file_link(week, site, Format::Parquet),

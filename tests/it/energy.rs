@@ -949,6 +949,25 @@ async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
         .await
         .unwrap();
     assert_eq!(again, None);
+    // The energy page says where and when the report goes, and the last one sent.
+    let status = rackwatch::report::mail::status(&app.store, &app.cfg)
+        .await
+        .unwrap();
+    assert!(
+        status.starts_with("The weekly report is mailed to 1 recipient each Mon at 06:00 (Europe/Berlin); last: 2026-W47 at "),
+        "{status}"
+    );
+    let mut unsent = (*app.cfg).clone();
+    unsent.alerting.smtp.host.clear();
+    let status = rackwatch::report::mail::status(&app.store, &unsent)
+        .await
+        .unwrap();
+    assert!(status.contains("alerting.smtp.host is not"), "{status}");
+    unsent.energy.report.recipients.clear();
+    let status = rackwatch::report::mail::status(&app.store, &unsent)
+        .await
+        .unwrap();
+    assert!(status.contains("set energy.report.recipients"), "{status}");
     // The one SMTP send was timed.
     let mut text = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut text, telemetry.registry()).unwrap();
