@@ -153,6 +153,9 @@ pub struct AlertsPage {
     pub mail_unsent: bool,
     /// The new-silence form: empty, or as sent with what was wrong.
     pub form: SilenceFormView,
+    /// Why an action on an alert did nothing (it resolved, or someone else took it while
+    /// the page was open).
+    pub notice: Option<String>,
 }
 
 /// The new-silence form's fields, and the error of the last try (shown at the form).
@@ -276,6 +279,7 @@ async fn alerts_page(
         silences,
         history,
         form,
+        notice: None,
     })
 }
 
@@ -300,14 +304,37 @@ pub struct AckForm {
 pub async fn acknowledge(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    csrf: Csrf,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     PageForm(f): PageForm<AckForm>,
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    ack(&st, &user, ip, &f.fingerprint).await?;
-    Ok(Redirect::to("/alerts").into_response())
+    let done = ack(&st, &user, ip, &f.fingerprint).await.map(|_| ());
+    back_to_alerts(&st, &user, csrf, done).await
+}
+
+/// After an action on an alert: back to the list; when the alert changed meanwhile (it
+/// resolved, or someone acknowledged it first), the list as it is now with the reason
+/// above it, instead of a bare error page.
+async fn back_to_alerts(
+    st: &AppState,
+    user: &User,
+    csrf: Csrf,
+    done: Result<(), ApiError>,
+) -> Result<Response, PageError> {
+    match done {
+        Ok(()) => Ok(Redirect::to("/alerts").into_response()),
+        Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => {
+            let mut page = alerts_page(st, user, csrf, SilenceFormView::default()).await?;
+            page.notice = Some(format!("{e}; the list below is as it is now."));
+            let mut resp = render(&page);
+            *resp.status_mut() = e.status();
+            Ok(resp)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Take back an acknowledgement (made by mistake, or the person is off shift): the alert
@@ -315,14 +342,15 @@ pub async fn acknowledge(
 pub async fn unacknowledge(
     State(st): State<AppState>,
     PageUser(user): PageUser,
+    csrf: Csrf,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     PageForm(f): PageForm<AckForm>,
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    unack(&st, &user, ip, &f.fingerprint).await?;
-    Ok(Redirect::to("/alerts").into_response())
+    let done = unack(&st, &user, ip, &f.fingerprint).await;
+    back_to_alerts(&st, &user, csrf, done).await
 }
 
 /// Clear a firing alert's acknowledgement and record it (with who had it) in the audit

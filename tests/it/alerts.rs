@@ -1291,6 +1291,22 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     .await
     .unwrap();
     assert_eq!(again.status(), 303);
+    // Acknowledged meanwhile (another tab, another person): the list again, with why.
+    let twice = post(
+        "/alerts/ack",
+        &op,
+        vec![("fingerprint", fp.clone()), ("csrf", csrf.clone())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(twice.status(), 409);
+    let html = twice.text().await.unwrap();
+    assert!(
+        html.contains("id=\"alerts-notice\">already acknowledged by ")
+            && html.contains("the list below is as it is now")
+            && html.contains("<h2>Firing (1)</h2>"),
+        "{html}"
+    );
     let form = vec![
         ("matchers", "host=pg-host, rule=gpu-xid".to_string()),
         ("hours", "2".to_string()),
