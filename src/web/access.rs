@@ -415,6 +415,25 @@ fn method_not_allowed(method: &Method, path: &str, api: bool) -> Response {
 pub struct Resolved(pub crate::store::auth::User);
 
 /// Check the route's row before its handler runs (see the module comment).
+/// A logged-in user tried to change something their role does not allow: recorded, as the
+/// changes that succeed are (a viewer probing admin forms shows up in the audit trail).
+async fn audit_refusal(
+    st: &AppState,
+    parts: &axum::http::request::Parts,
+    u: &crate::store::auth::User,
+    needs: Role,
+) {
+    use crate::store::audit::{Entry, Outcome};
+    let target = format!("{} {}", parts.method, parts.uri.path());
+    let entry = Entry::ok(&u.name, "access.refused", &target)
+        .from(super::serve::remote(&parts.extensions).map(|a| a.ip()))
+        .outcome(Outcome::Refused)
+        .details(serde_json::json!({ "needs": needs.as_str(), "role": u.role.as_str() }));
+    if let Err(e) = st.store.audit(entry).await {
+        tracing::warn!("audit row of a refused request not written: {e}");
+    }
+}
+
 pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let path = req
         .extensions()
@@ -456,6 +475,9 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
     match auth::resolve(&parts, &st).await {
         Ok(Some(u)) => {
             if let Err(e) = auth::require(&u, role) {
+                if row.method != "GET" {
+                    audit_refusal(&st, &parts, &u, role).await;
+                }
                 return refuse(e);
             }
             parts.extensions.insert(Resolved(u));

@@ -468,6 +468,7 @@ impl AuditQuery {
 /// The actions the server records, for the filter's suggestions.
 pub const AUDIT_ACTIONS: &[&str] = &[
     "login",
+    "access.refused",
     "logout",
     "session.expired",
     "user.created",

@@ -345,6 +345,18 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // The refused change is in the audit trail, as a change that succeeds is.
+    let refused = app.audit("access.refused").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        (
+            refused[0].actor.as_str(),
+            refused[0].target.as_str(),
+            refused[0].outcome.as_str()
+        ),
+        ("val", "POST /admin/tokens", "refused")
+    );
+    assert_eq!(refused[0].details["needs"], "admin");
 
     let (st, page) = app.page(&admin, "/admin").await;
     assert_eq!(st, 200);
