@@ -1263,6 +1263,13 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
                 );
             } else if set.rules.is_empty() {
                 eprintln!("warning: no [[rule]]: nothing will alert");
+            } else {
+                for r in set.unroutable() {
+                    eprintln!(
+                        "warning: rule {:?} (severity={}) matches no [[route]]: its alerts are sent to nobody; add a route without `match` as a default",
+                        r.name, r.severity
+                    );
+                }
             }
             Ok(())
         }

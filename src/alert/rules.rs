@@ -687,6 +687,24 @@ impl RuleSet {
             .unwrap_or_default()
     }
 
+    /// Rules no route can ever take: every route matches another `rule` or `severity`
+    /// than the rule's, or a label value its own `match` rules out. Their alerts show on
+    /// the dashboard and are sent to nobody (`alerts check-rules` warns).
+    pub fn unroutable(&self) -> Vec<&Rule> {
+        self.rules
+            .iter()
+            .filter(|rule| {
+                !self.routes.iter().any(|route| {
+                    route.matchers.iter().all(|(k, v)| match k.as_str() {
+                        "rule" => *v == rule.name,
+                        "severity" => *v == rule.severity,
+                        other => rule.matchers.get(other).is_none_or(|own| own == v),
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// The rules of one kind, with their kind's fields.
     pub fn of_kind<'a, T: 'a>(
         &'a self,
@@ -704,6 +722,44 @@ mod tests {
 
     fn parse(text: &str) -> Result<RuleSet, String> {
         RuleSet::parse(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_rule_no_route_can_take_is_named() {
+        let rules = r#"
+[[rule]]
+name = "down"
+kind = "absent"
+after_secs = 60
+severity = "critical"
+
+[[rule]]
+name = "hot-a"
+kind = "threshold"
+metric = "gpu.temp_celsius"
+op = ">"
+value = 85
+severity = "warning"
+match = { pool = "a" }
+
+[[rule]]
+name = "hot-b"
+kind = "threshold"
+metric = "gpu.temp_celsius"
+op = ">"
+value = 85
+severity = "warning"
+match = { pool = "b" }
+
+[[route]]
+match = { severity = "warning", pool = "b" }
+to = ["b@example.com"]
+"#;
+        let set = parse(rules).unwrap();
+        let names: Vec<&str> = set.unroutable().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["down", "hot-a"]);
+        let with_default = format!("{rules}\n[[route]]\nto = [\"ops@example.com\"]\n");
+        assert!(parse(&with_default).unwrap().unroutable().is_empty());
     }
 
     #[test]
