@@ -261,6 +261,15 @@ async fn layout_check(app: &TestApp, chromium: &str) {
         )
         .await
         .unwrap();
+    // A guess at a long user name (logins record what was typed, up to 64 characters).
+    let typed = "x".repeat(64);
+    app.store
+        .audit(
+            rackwatch::store::audit::Entry::ok(&typed, "login", &typed)
+                .outcome(rackwatch::store::audit::Outcome::Refused),
+        )
+        .await
+        .unwrap();
     pages_say_what_they_show(app).await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let gpu = "/hosts/sim-fra1-r01-n03/gpus/2";
