@@ -1720,6 +1720,32 @@ mod tests {
         assert_eq!(cfg.anomaly.pot_risk, 0.01);
         assert_eq!(cfg.energy.default_site.pue, 2.0);
         assert!(cfg.server.secure_cookies);
+        // Lists: items separated by commas, or a TOML array.
+        let cfg = env(&[
+            (
+                "RACKWATCH_ENERGY__REPORT__RECIPIENTS",
+                "energy@example.com, ops@example.com",
+            ),
+            (
+                "RACKWATCH_SERVER__PER_CLIENT_EXEMPT",
+                r#"["10.0.0.5", "10.1.0.0/24"]"#,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.energy.report.recipients,
+            ["energy@example.com", "ops@example.com"]
+        );
+        assert_eq!(cfg.server.per_client_exempt, ["10.0.0.5", "10.1.0.0/24"]);
+        let err = env(&[("RACKWATCH_SERVER__PER_CLIENT_EXEMPT", "[\"10.0.0.5\"")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "RACKWATCH_SERVER__PER_CLIENT_EXEMPT (server.per_client_exempt): not a TOML array"
+            ),
+            "{err}"
+        );
         // Text where a number belongs names the variable.
         let err = env(&[("RACKWATCH_ALERTING__SMTP__PORT", "smtp")])
             .unwrap_err()

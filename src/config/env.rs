@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::value::{MapDeserializer, StringDeserializer};
+use serde::de::value::{MapDeserializer, SeqDeserializer, StringDeserializer};
 use serde::de::{Error as _, IntoDeserializer, Unexpected, Visitor};
 use serde::Deserializer;
 
@@ -161,8 +161,39 @@ impl<'de> Deserializer<'de> for Node {
         deserialize_f64 => f64, visit_f64;
     }
 
+    /// A list: a TOML array (`["a@example.com", "b@example.com"]`), or items separated
+    /// by commas, each read as the list's element type (`a@example.com, b@example.com`).
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self {
+            Node::Env { var, text } if text.trim_start().starts_with('[') => {
+                let table: toml::Table =
+                    toml::from_str(&format!("v = {}", text.trim())).map_err(|e| {
+                        Error::custom(format!(
+                            "{var} ({}): not a TOML array: {}",
+                            key_of(&var),
+                            e.message()
+                        ))
+                    })?;
+                table["v"].clone().deserialize_seq(visitor)
+            }
+            Node::Env { var, text } => {
+                let items: Vec<Node> = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Node::Env {
+                        var: var.clone(),
+                        text: t.to_string(),
+                    })
+                    .collect();
+                visitor.visit_seq(SeqDeserializer::new(items.into_iter()))
+            }
+            Node::File(v) => v.deserialize_seq(visitor),
+            t @ Node::Table(_) => t.deserialize_any(visitor),
+        }
+    }
+
     as_is! {
-        deserialize_seq;
         deserialize_map;
         deserialize_bytes;
         deserialize_byte_buf;
