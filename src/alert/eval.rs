@@ -134,10 +134,15 @@ pub async fn evaluate(
     Ok(())
 }
 
-async fn host_labels(store: &Store) -> anyhow::Result<HashMap<i64, Labels>> {
-    let rows = sqlx::query!("SELECT id, name, site, rack, pool FROM hosts")
-        .fetch_all(&store.pool)
-        .await?;
+/// Each host's labels by id; with `removed`, also of hosts taken out of the fleet (which
+/// threshold and anomaly rules no longer judge: their alerts resolve in [`relabeled`]).
+async fn host_labels(store: &Store, removed: bool) -> anyhow::Result<HashMap<i64, Labels>> {
+    let rows = sqlx::query!(
+        "SELECT id, name, site, rack, pool FROM hosts WHERE $1 OR removed_at IS NULL",
+        removed
+    )
+    .fetch_all(&store.pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -212,11 +217,17 @@ async fn relabeled(
     if open.is_empty() {
         return Ok(());
     }
-    let current: HashMap<String, Labels> = host_labels(store)
+    let current: HashMap<String, Labels> = host_labels(store, true)
         .await?
         .into_values()
         .filter_map(|l| Some((l.get("host")?.clone(), l)))
         .collect();
+    let removed: HashSet<String> =
+        sqlx::query_scalar!("SELECT name FROM hosts WHERE removed_at IS NOT NULL")
+            .fetch_all(&store.pool)
+            .await?
+            .into_iter()
+            .collect();
     for (_, a) in open {
         let Some(host) = a.labels.0.get("host") else {
             continue;
@@ -224,6 +235,8 @@ async fn relabeled(
         let mut was = a.labels.0.clone();
         was.remove("gpu");
         let description = match current.get(host) {
+            // Its GPUs' and its own alerts end with it (its absence alert resolves above).
+            Some(_) if removed.contains(host) => "the host was taken out of the fleet".to_string(),
             Some(l) if *l != was => {
                 let now_labels: Vec<String> = l
                     .iter()
@@ -308,7 +321,7 @@ async fn hardware(
         return Ok(());
     };
     let last = last.max(since);
-    let labels = host_labels(store).await?;
+    let labels = host_labels(store, true).await?;
     // Per rule: observations, and for each the (host, GPU) its events came from.
     #[allow(clippy::type_complexity)]
     let mut by_rule: HashMap<&str, (Vec<Observation>, Vec<(i64, i16)>, &Rule, &HardwareRule)> =
@@ -594,7 +607,7 @@ async fn threshold_observations(
         .into_iter()
         .filter(|(host, _, ts, _)| *ts > since(*host))
         .collect();
-    let labels = host_labels(store).await?;
+    let labels = host_labels(store, false).await?;
     Ok(rows
         .into_iter()
         .filter_map(|(host, gpu, ts, v)| {
@@ -636,7 +649,7 @@ async fn absent_observations(
     )
     .fetch_all(&store.pool)
     .await?;
-    let labels = host_labels(store).await?;
+    let labels = host_labels(store, true).await?;
     let after = Duration::seconds(a.after_secs as i64);
     Ok(rows
         .into_iter()
@@ -796,7 +809,7 @@ async fn anomaly_observations(
     )
     .fetch_all(&store.pool)
     .await?;
-    let labels = host_labels(store).await?;
+    let labels = host_labels(store, false).await?;
     let level = |threshold: f32| a.level(threshold);
     let mut out = Vec::new();
     for host_rows in rows.chunk_by(|a, b| a.host_id == b.host_id) {
@@ -920,7 +933,9 @@ async fn apply_in(
                 .await?;
             }
             ("firing", false) if o.clear => {
-                resolve(tx, rules, rule, cur.expect("firing row"), now).await?;
+                // An alert no round observes any more says why it resolved.
+                let why = o.value.is_none().then_some(o.description.as_str());
+                resolve(tx, rules, rule, cur.expect("firing row"), now, why).await?;
             }
             ("firing", false) => {} // between the thresholds: hysteresis keeps it firing
             ("pending", true) => {
@@ -1064,17 +1079,23 @@ async fn fire(
     enqueue(tx, rules, &snap, "firing", now).await
 }
 
+/// Resolve `a`; `why`, when given, replaces its description and goes into the resolved
+/// notification (an alert resolved because its host or rule went away says so).
 async fn resolve(
     tx: &mut Transaction<'_, Postgres>,
     rules: &RuleSet,
     rule: &Rule,
     a: &AlertRow,
     now: DateTime<Utc>,
+    why: Option<&str>,
 ) -> anyhow::Result<()> {
     sqlx::query!(
-        "UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now() WHERE fingerprint = $1",
+        "UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now(),
+                description = COALESCE($3, description)
+          WHERE fingerprint = $1",
         &a.fingerprint,
         now,
+        why,
     )
     .execute(&mut **tx)
     .await?;
@@ -1094,7 +1115,7 @@ async fn resolve(
         severity: rule.severity.clone(),
         labels: a.labels.0.clone(),
         summary: summary(rule),
-        description: String::new(),
+        description: why.unwrap_or_default().to_string(),
         value: None,
         started_at: a.started_at,
         resolved_at: Some(now),
@@ -1167,7 +1188,7 @@ async fn resolve_quiet_hardware(
     }
     let mut tx = store.pool.begin().await?;
     for a in &quiet {
-        resolve(&mut tx, rules, rule, a, now).await?;
+        resolve(&mut tx, rules, rule, a, now, None).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -1903,3 +1903,49 @@ async fn an_alert_under_old_labels_or_of_a_removed_rule_resolves_instead_of_firi
     assert!(open.is_empty(), "{open:?}");
     r.app.stop().await;
 }
+
+/// Before: a host taken out of the fleet resolved its "stopped reporting" alert, but its
+/// GPUs' threshold alerts fired on (nothing observes a host that no longer reports).
+#[tokio::test]
+async fn a_host_taken_out_resolves_its_gpu_alerts_too() {
+    let r = rig().await;
+    let app = &r.app;
+    let token = app.token("hot-box").await;
+    let state = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT state, description FROM alerts WHERE rule = 'gpu-hot'",
+        )
+        .fetch_optional(&app.store.pool)
+        .await
+        .unwrap()
+    };
+    let mut fired = false;
+    for _ in 0..40 {
+        let hot = json!({"host": {"name": "hot-box", "site": "fra1"},
+                         "gpu_samples": [{"ts": Utc::now(), "index": 0, "temp_celsius": 95.0}]});
+        assert_eq!(app.ingest(&token, &hot).await.status(), 200);
+        if state().await.is_some_and(|(s, _)| s == "firing") {
+            fired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(fired, "{:?}", state().await);
+    app.store.remove_host("hot-box", "admin").await.unwrap();
+    let mut last = None;
+    for _ in 0..40 {
+        last = state().await;
+        if last.as_ref().is_some_and(|(s, _)| s == "resolved") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        last,
+        Some((
+            "resolved".to_string(),
+            "the host was taken out of the fleet".to_string()
+        ))
+    );
+    r.app.stop().await;
+}
