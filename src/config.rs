@@ -1396,6 +1396,13 @@ impl Config {
         if self.simulator.gpus_per_host > 64 {
             return Err("simulator.gpus_per_host must be at most 64".into());
         }
+        self.energy.validate()?;
+        Ok(())
+    }
+
+    /// What `demo` needs on top of [`Config::validate`]: the simulated history fits in the
+    /// raw retention (`serve` does not read the simulator's keys).
+    pub fn validate_demo(&self) -> Result<(), String> {
         if self.simulator.history_days >= self.retention.raw_days {
             return Err(format!(
                 "simulator.history_days = {} must be below retention.raw_days = {} (older \
@@ -1403,7 +1410,6 @@ impl Config {
                 self.simulator.history_days, self.retention.raw_days
             ));
         }
-        self.energy.validate()?;
         Ok(())
     }
 
@@ -1688,6 +1694,22 @@ mod tests {
         assert_eq!(cfg.agent.interval_secs, 2);
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/rw"));
         assert_eq!(format!("{:?}", cfg.database.url), "\"[redacted]\"");
+    }
+
+    #[test]
+    fn a_short_raw_retention_is_for_serve_and_refused_only_by_the_demo() {
+        let cfg = Config::load_with_env(
+            None,
+            vec![("RACKWATCH_RETENTION__RAW_DAYS".to_string(), "3".to_string())],
+        )
+        .unwrap();
+        assert_eq!(cfg.retention.raw_days, 3);
+        let e = cfg.validate_demo().unwrap_err();
+        assert!(
+            e.contains("simulator.history_days = 6 must be below retention.raw_days = 3"),
+            "{e}"
+        );
+        assert!(Config::default().validate_demo().is_ok());
     }
 
     #[test]

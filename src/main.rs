@@ -1510,6 +1510,7 @@ async fn demo(
     admin_password: Option<String>,
     local_agent: bool,
 ) -> anyhow::Result<()> {
+    cfg.validate_demo().map_err(anyhow::Error::msg)?;
     let shutdown = shutdown_signal();
     let mut cfg = cfg;
     // The demo shows alerting with the shipped example rules (mails wait in the outbox

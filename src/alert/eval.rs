@@ -93,11 +93,13 @@ pub async fn evaluate(
     watching_since: DateTime<Utc>,
     full: bool,
 ) -> anyhow::Result<()> {
-    if full {
-        resolve_orphans(store, rules, now).await?;
-    }
+    // Without rules (no rules file, or one being rewritten) nothing is judged, and the
+    // open alerts stay as they are: a server started without the file resolves nothing.
     if rules.rules.is_empty() {
         return Ok(());
+    }
+    if full {
+        resolve_orphans(store, rules, now).await?;
     }
     hardware(
         store,

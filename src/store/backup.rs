@@ -89,6 +89,9 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
     let tmp = out.with_extension("partial");
     let started = Instant::now();
     let dbname = format!("--dbname={url}");
+    // Readable by this user only: the archive holds password and token hashes and the
+    // server's secrets. Created before pg_dump opens it, which keeps the mode.
+    private_file(&tmp)?;
     let file = tmp.as_os_str();
     let dumped = run(
         &pg_dump,
@@ -113,6 +116,20 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
     }
     let bytes = std::fs::metadata(out)?.len();
     Ok(Done { bytes, seconds })
+}
+
+/// Create (or empty) `path` with mode 0600.
+fn private_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))
 }
 
 /// A scheduled backup's archive in the backup directory.

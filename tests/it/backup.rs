@@ -87,6 +87,12 @@ async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_an
     assert!(ok, "{out}");
     assert!(out.contains("backup written to"), "{out}");
     assert!(std::fs::metadata(&archive).unwrap().len() > 1000);
+    // It holds password and token hashes: readable by its owner only.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // A directory for --out is refused before the dump, and leaves no partial archive.
     let d = dir.path().to_string_lossy().into_owned();
     let (ok, out) = blocking(app.db_url.clone(), vec!["backup".into(), "--out".into(), d]).await;
