@@ -221,6 +221,25 @@ pub async fn restore(
     run(&pg_restore, &["--list".as_ref(), file.as_os_str()])
         .await
         .with_context(|| format!("{} is not a readable backup archive", file.display()))?;
+    // The archive's schema version, read from it before anything is touched: an archive
+    // of a newer Rackwatch (or of no Rackwatch) is refused here, not after a restore.
+    let theirs = archive_schema_version(&pg_restore, file).await?;
+    let ours = sqlx::migrate!("./migrations")
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    match theirs {
+        None => bail!(
+            "{} holds no Rackwatch schema (no _sqlx_migrations rows); nothing was touched",
+            file.display()
+        ),
+        Some(v) if v > ours => bail!(
+            "the archive's schema is at migration {v}, newer than this Rackwatch's {ours}; \
+             restore it with that version or newer (nothing was touched)"
+        ),
+        Some(_) => {}
+    }
     let tables = table_count(store).await?;
     if tables > 0 && !force {
         bail!(
@@ -252,6 +271,17 @@ pub async fn restore(
         );
     }
     if tables > 0 {
+        // The whole archive is read before the target is emptied: a truncated or damaged
+        // archive lists fine and fails only partway through its data.
+        let dev_null: &std::ffi::OsStr = "--file=/dev/null".as_ref();
+        run(&pg_restore, &[dev_null, file.as_os_str()])
+            .await
+            .with_context(|| {
+                format!(
+                    "{} cannot be read to its end (truncated or damaged); the target was not touched",
+                    file.display()
+                )
+            })?;
         // `pg_restore --clean` cannot drop the daily partitions' inherited keys one by
         // one; the schema goes as a whole instead.
         tracing::warn!(
@@ -269,6 +299,33 @@ pub async fn restore(
     let seconds = started.elapsed().as_secs_f64();
     check_schema_version(store).await?;
     Ok(Done { bytes, seconds })
+}
+
+/// The newest migration recorded in an archive (its `_sqlx_migrations` rows, read as the
+/// text of their COPY block); `None` when it holds none.
+async fn archive_schema_version(pg_restore: &Path, file: &Path) -> anyhow::Result<Option<i64>> {
+    let out = tokio::process::Command::new(pg_restore)
+        .args(["--data-only", "--table=_sqlx_migrations", "--file=-"])
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running {}", pg_restore.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} is not a readable backup archive: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .skip_while(|l| !l.starts_with("COPY ") || !l.contains("_sqlx_migrations"))
+        .skip(1)
+        .take_while(|l| *l != "\\.")
+        .filter_map(|l| l.split('\t').next()?.parse::<i64>().ok())
+        .max())
 }
 
 /// The restored schema's migration against this binary's: newer is refused, older is

@@ -196,6 +196,62 @@ async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_an
             "{out}"
         );
     }
+    // A truncated archive lists fine; with --force it is read to its end before the target
+    // is emptied, so the target keeps its contents.
+    let cut = dir.path().join("cut.dump");
+    let bytes = std::fs::read(&archive).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 200]).unwrap();
+    let (ok, out) = blocking(
+        restored_url.clone(),
+        vec![
+            "restore".into(),
+            "--force".into(),
+            cut.to_string_lossy().into_owned(),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        out.contains("cannot be read to its end")
+            || out.contains("is not a readable backup archive"),
+        "{out}"
+    );
+    let target = Store::connect(&restored_url, 2, 10).await.unwrap();
+    assert_eq!(data(&target).await, before, "the target was not touched");
+    // An archive of a newer Rackwatch is refused before anything is touched.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99999, 'from a newer release', true, '\\x00', 0)",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let newer = dir.path().join("newer.dump");
+    // (pg_dump as `backup` runs it: this binary would not open a database a newer one
+    // migrated.)
+    let made = rackwatch::store::backup::backup("", &app.db_url, &newer).await;
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 99999")
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    made.unwrap();
+    let (ok, out) = blocking(
+        restored_url.clone(),
+        vec![
+            "restore".into(),
+            "--force".into(),
+            newer.to_string_lossy().into_owned(),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        out.contains("the archive's schema is at migration 99999, newer than")
+            && out.contains("nothing was touched"),
+        "{out}"
+    );
+    assert_eq!(data(&target).await, before, "the target was not touched");
+    target.pool.close().await;
     app.stop().await;
 }
 
