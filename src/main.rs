@@ -1448,6 +1448,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
     }
     let db = Database::open(&cfg, Role::Owner).await?;
+    db.watch_managed();
     let cfg = Arc::new(cfg);
     let bg = app::start_background(cfg.clone(), db.store.clone(), shutdown.clone())?;
     let server =
@@ -1526,6 +1527,7 @@ async fn demo(
         );
     }
     let db = Database::open(&cfg, Role::Owner).await?;
+    db.watch_managed();
     let password = admin_password.unwrap_or_else(random_password);
     db.store
         .upsert_user("admin", UserRole::Admin, &password)

@@ -94,6 +94,10 @@ pub struct ManagedPostgres {
     log: PathBuf,
     run_as: Option<RunAs>,
     running: bool,
+    /// The server options `pg_ctl start` gets (socket, port, settings).
+    server_opts: String,
+    /// Set when the owner stops the cluster: its watchers stop starting it again.
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Whether `stop`/drop shuts the cluster down. False for a cluster adopted by a
     /// one-shot command (e.g. `token create` next to a running `demo`).
     owned: bool,
@@ -199,6 +203,8 @@ impl ManagedPostgres {
             log,
             run_as,
             running: false,
+            server_opts: String::new(),
+            stopping: Default::default(),
             owned: true,
         };
 
@@ -233,6 +239,15 @@ impl ManagedPostgres {
                 )?,
             }
         }
+        pg.server_opts = format!(
+            "-k {} -c listen_addresses='' -p {} -c unix_socket_permissions=0700",
+            pg.socket_dir.display(),
+            pg.port
+        );
+        for s in &opts.settings {
+            pg.server_opts.push_str(" -c ");
+            pg.server_opts.push_str(s);
+        }
         if pg.status_running() {
             // A command that shares the server's cluster (the CLI) says nothing on every call;
             // a process that takes the cluster over says so.
@@ -243,35 +258,7 @@ impl ManagedPostgres {
             }
             pg.owned = opts.own_adopted;
         } else {
-            let mut server_opts = format!(
-                "-k {} -c listen_addresses='' -p {} -c unix_socket_permissions=0700",
-                pg.socket_dir.display(),
-                pg.port
-            );
-            for s in &opts.settings {
-                server_opts.push_str(" -c ");
-                server_opts.push_str(s);
-            }
-            let (data, log) = (
-                pg.data.to_string_lossy().into_owned(),
-                pg.log.to_string_lossy().into_owned(),
-            );
-            pg.run(
-                "pg_ctl start",
-                &[
-                    "-D",
-                    &data,
-                    "-l",
-                    &log,
-                    "-w",
-                    "-t",
-                    "60",
-                    "-o",
-                    &server_opts,
-                    "start",
-                ],
-            )
-            .map_err(|e| match e {
+            pg.pg_ctl_start().map_err(|e| match e {
                 ManagedError::Step {
                     step,
                     status,
@@ -295,6 +282,60 @@ impl ManagedPostgres {
         }
         pg.running = true;
         Ok(pg)
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), ManagedError> {
+        let (data, log) = (
+            self.data.to_string_lossy().into_owned(),
+            self.log.to_string_lossy().into_owned(),
+        );
+        self.run(
+            "pg_ctl start",
+            &[
+                "-D",
+                &data,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &self.server_opts,
+                "start",
+            ],
+        )
+    }
+
+    /// A handle on the same cluster for a watchdog: it checks and starts the cluster, and
+    /// never stops it (only the owner does).
+    pub fn watcher(&self) -> ManagedPostgres {
+        ManagedPostgres {
+            bin_dir: self.bin_dir.clone(),
+            data: self.data.clone(),
+            socket_dir: self.socket_dir.clone(),
+            port: self.port,
+            log: self.log.clone(),
+            run_as: self.run_as,
+            running: false,
+            server_opts: self.server_opts.clone(),
+            stopping: self.stopping.clone(),
+            owned: false,
+        }
+    }
+
+    /// Start the cluster again if its server stopped (killed, crashed, stopped by hand);
+    /// whether it had to.
+    pub fn ensure_running(&self) -> Result<bool, ManagedError> {
+        use std::sync::atomic::Ordering;
+        if self.stopping.load(Ordering::SeqCst) || self.status_running() {
+            return Ok(false);
+        }
+        // The owner may have begun stopping it while the status was read.
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.pg_ctl_start()?;
+        Ok(true)
     }
 
     /// URL of the cluster's `postgres` maintenance database.
@@ -344,6 +385,8 @@ impl ManagedPostgres {
         if !self.running || !self.owned {
             return Ok(());
         }
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let data = self.data.to_string_lossy().into_owned();
         self.run(
             "pg_ctl stop",
@@ -370,6 +413,8 @@ impl ManagedPostgres {
 
     /// Stop without waiting for clients (used when the process exits abruptly).
     pub fn stop_immediate(&mut self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if self.running {
             let data = self.data.to_string_lossy().into_owned();
             let _ = self.run(

@@ -164,6 +164,46 @@ impl Database {
         })
     }
 
+    /// For a long-running owner of a managed cluster: check every 10 s that its Postgres
+    /// runs and start it again if it stopped (killed, crashed, stopped by hand); the
+    /// server reconnects on its own. If it cannot be started for a minute, the process
+    /// exits with an error so a supervisor (systemd) restarts it and shows the failure.
+    pub fn watch_managed(&self) {
+        let Some(pg) = self.managed.as_ref().filter(|pg| pg.owns()) else {
+            return;
+        };
+        let pg = std::sync::Arc::new(pg.watcher());
+        tokio::spawn(async move {
+            let mut failures = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let check = pg.clone();
+                let data = pg.data_dir().display().to_string();
+                match tokio::task::spawn_blocking(move || check.ensure_running()).await {
+                    Ok(Ok(false)) => failures = 0,
+                    Ok(Ok(true)) => {
+                        failures = 0;
+                        tracing::error!(data, "managed Postgres had stopped; started it again (its log: postgres.log beside the data directory)");
+                    }
+                    Ok(Err(e)) => {
+                        failures += 1;
+                        tracing::error!(
+                            data,
+                            "managed Postgres is not running and does not start: {e}"
+                        );
+                        if failures >= 6 {
+                            tracing::error!("exiting: the database has been down for a minute");
+                            std::process::exit(1);
+                        }
+                    }
+                    Err(e) => tracing::warn!("managed Postgres check: {e}"),
+                }
+            }
+        });
+    }
+
     /// Close the pool and stop the managed cluster (if we own it).
     pub async fn close(self) {
         self.store.pool.close().await;

@@ -95,9 +95,42 @@ async fn start_stop_restart_keeps_data_and_one_shot_commands_leave_it_running() 
         .unwrap();
     assert_eq!(v, 42);
     c.close().await.unwrap();
+
+    // Its Postgres killed under it (crash, OOM killer, stopped by hand): the server's
+    // watchdog starts it again; once the owner stops it, the watchdog leaves it stopped.
+    let url = pg.admin_url();
+    let watcher = pg.watcher();
+    let root2 = root.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut killer = ManagedPostgres::start(&opts(root2, false)).unwrap();
+        killer.stop_immediate();
+    })
+    .await
+    .unwrap();
+    assert!(!is_up(&url).await, "killed");
+    let (watcher, restarted) = tokio::task::spawn_blocking(move || {
+        let r = watcher.ensure_running().unwrap();
+        (watcher, r)
+    })
+    .await
+    .unwrap();
+    assert!(restarted);
+    assert!(is_up(&url).await, "started again");
+    let (watcher, again) = tokio::task::spawn_blocking(move || {
+        let r = watcher.ensure_running().unwrap();
+        (watcher, r)
+    })
+    .await
+    .unwrap();
+    assert!(!again, "running: nothing to do");
     tokio::task::spawn_blocking(move || pg.stop().unwrap())
         .await
         .unwrap();
+    let after_stop = tokio::task::spawn_blocking(move || watcher.ensure_running().unwrap())
+        .await
+        .unwrap();
+    assert!(!after_stop, "the owner stopped it: not started again");
+    assert!(!is_up(&url).await);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
