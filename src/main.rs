@@ -1064,6 +1064,8 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
             note,
         } => {
             use rackwatch::store::auth::WriteScope;
+            rackwatch::model::validate::token_note(&note)
+                .map_err(|e| anyhow::anyhow!("--note: {e}"))?;
             let scope = match (write_site, write_hosts) {
                 (Some(site), _) => Some(WriteScope::Site(site)),
                 (None, Some(hosts)) => Some(WriteScope::Hosts(hosts)),

@@ -605,6 +605,23 @@ pub fn json_reason(e: &serde_json::Error) -> String {
 /// Host names, placement and labels: printable, bounded. HTML in them is allowed and
 /// escaped where shown; control characters are not.
 /// A host name as agents report it and tokens are bound to it.
+/// Characters a token's note may have (the admin form's `maxlength`).
+pub const TOKEN_NOTE_MAX: usize = 200;
+
+/// A token's note: at most [`TOKEN_NOTE_MAX`] characters, no control characters.
+pub fn token_note(note: &str) -> Result<(), String> {
+    let n = note.trim().chars().count();
+    if n > TOKEN_NOTE_MAX {
+        return Err(format!(
+            "the note has {n} characters; at most {TOKEN_NOTE_MAX}"
+        ));
+    }
+    if note.chars().any(char::is_control) {
+        return Err("the note holds a control character".into());
+    }
+    Ok(())
+}
+
 pub fn host_name(name: &str) -> Result<(), String> {
     check_text("host.name", name, 1, 253)
 }

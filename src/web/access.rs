@@ -424,6 +424,10 @@ async fn audit_refusal(
     needs: Role,
 ) {
     use crate::store::audit::{Entry, Outcome};
+    let key = super::ingest::limit_key(b"refused", u.name.as_bytes());
+    if st.refusal_audit.take_n(key, 1.0).is_some() {
+        return;
+    }
     let target = format!("{} {}", parts.method, parts.uri.path());
     let entry = Entry::ok(&u.name, "access.refused", &target)
         .from(super::serve::remote(&parts.extensions).map(|a| a.ip()))

@@ -310,7 +310,7 @@ pub async fn create_token(
     let host = f.host.trim();
     let checked = crate::model::validate::host_name(host)
         .map_err(|e| format!("a token is scoped to one host: give its name ({e})"))
-        .and_then(|()| token_note(&f.note));
+        .and_then(|()| crate::model::validate::token_note(&f.note));
     if let Err(e) = checked {
         // Said next to the form, with what was typed.
         let forms = AdminForms {
@@ -626,20 +626,4 @@ fn shortened(s: &str, max: usize) -> String {
         ),
         None => s.to_string(),
     }
-}
-
-/// Characters a token's note may have (the form's `maxlength`; `token list` prints it).
-const TOKEN_NOTE_MAX: usize = 200;
-
-fn token_note(note: &str) -> Result<(), String> {
-    let n = note.trim().chars().count();
-    if n > TOKEN_NOTE_MAX {
-        return Err(format!(
-            "the note has {n} characters; at most {TOKEN_NOTE_MAX}"
-        ));
-    }
-    if note.chars().any(char::is_control) {
-        return Err("the note holds a control character".into());
-    }
-    Ok(())
 }

@@ -324,8 +324,11 @@ pub async fn file(
         ))
     })?;
     let format: Format = ext.parse().map_err(ApiError::NotFound)?;
+    // The name a running week's file is given (`…-partial`) reaches the same file.
+    let week = week.strip_suffix("-partial").unwrap_or(week);
     let week: IsoWeek = week.parse().map_err(ApiError::BadRequest)?;
-    if let Some(other) = q.week.as_deref().filter(|w| *w != week.to_string()) {
+    let other = q.week.as_deref().filter(|w| !w.is_empty());
+    if let Some(other) = other.filter(|w| w.parse::<IsoWeek>().ok() != Some(week)) {
         return Err(ApiError::BadRequest(format!(
             "the file name names the week ({week}); leave out `week` (it says {})",
             crate::model::validate::quoted(other)

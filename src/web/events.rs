@@ -45,9 +45,11 @@ pub struct EventsQuery {
     /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default 7 days ago).
     #[param(example = "2026-11-16T00:00:00Z")]
     since: Option<String>,
-    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default: now): events at or before it. To page back through more than
-    /// `limit` events, pass the oldest `ts` of a full answer; the events of that instant
-    /// come again (skip those you have).
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default: now): events at or before it. To
+    /// page back through more than `limit` events, pass the oldest `ts` of a full answer;
+    /// the events of that instant come again (skip those you have), so `limit` must be
+    /// larger than the events of one instant (an XID storm's GPUs). With `until` more
+    /// than 7 days back, give `since` too.
     #[param(example = "2026-11-17T00:00:00Z")]
     until: Option<String>,
     /// Most events returned, 1–10000 (default 1000; larger values are capped). An answer

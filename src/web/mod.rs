@@ -83,6 +83,9 @@ pub struct AppState {
     pub bulk_answers: Arc<tokio::sync::Semaphore>,
     /// Sign-on by an authenticating proxy (`server.auth_proxy`).
     pub proxy: Arc<proxy::ProxySignOn>,
+    /// `access.refused` audit rows per user: a burst of 20, then one per 10 s, so a
+    /// viewer's script cannot flood the audit trail.
+    pub refusal_audit: Arc<limit::Buckets<[u8; 16]>>,
     /// Remote write's memory between requests (counters' previous points, XID codes).
     pub remote_write: Arc<crate::ingest::remote_write::SeriesState>,
 }
@@ -122,6 +125,7 @@ impl AppState {
                     f64::from(cfg.ingest.remote_write_samples_burst),
                 ))
             }),
+            refusal_audit: Arc::new(limit::Buckets::new(0.1, 20.0)),
             remote_write: Default::default(),
             uploads: Default::default(),
             bulk_answers: Arc::new(tokio::sync::Semaphore::new(body::BULK_ANSWERS)),

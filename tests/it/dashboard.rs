@@ -357,6 +357,20 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         ("val", "POST /admin/tokens", "refused")
     );
     assert_eq!(refused[0].details["needs"], "admin");
+    // A script retrying it does not flood the trail: 20 rows, then one per 10 s.
+    for _ in 0..30 {
+        let r = app
+            .http
+            .post(format!("{}/admin/tokens", app.base))
+            .header("cookie", &viewer)
+            .form(&[("csrf", vtoken.as_str()), ("host", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let n = app.audit("access.refused").await.len();
+    assert!((20..=21).contains(&n), "{n} rows");
 
     let (st, page) = app.page(&admin, "/admin").await;
     assert_eq!(st, 200);

@@ -362,6 +362,13 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         .await;
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("leave out `week`"));
+    // The same week in any spelling is fine, and so is a running week's `-partial` name.
+    for path in [
+        "/energy/reports/2026-W43.csv?week=2026-w43",
+        "/energy/reports/2026-W43-partial.csv",
+    ] {
+        assert_eq!(app.get(&cookie, path).await.status(), 200, "{path}");
+    }
     let resp = app.get(&cookie, "/energy/reports/2026-W43.csv").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-disposition"]
