@@ -173,7 +173,8 @@ async fn resolve_orphans(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> 
     .await?;
     let gone = sqlx::query_as!(
         FiringRow,
-        r#"UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now()
+        r#"UPDATE alerts SET state = 'resolved', resolved_at = $2, updated_at = now(),
+                  description = 'its rule was removed from the rules file'
             WHERE state = 'firing' AND NOT (rule = ANY($1))
         RETURNING fingerprint, rule, severity, labels AS "labels: sqlx::types::Json<Labels>",
                   summary, 'its rule was removed from the rules file' AS "description!", value,
@@ -201,9 +202,9 @@ async fn resolve_orphans(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> 
 }
 
 /// Alerts of a per-host rule filed under labels its host no longer has (its site, rack or
-/// pool changed) or that the rule no longer selects: no round observes them again, so they
-/// resolve here; the host is judged under its labels of now. Without this, a host that
-/// went silent, came back with a pool and was taken out left its first alert firing.
+/// pool changed), of a host taken out of the fleet, or that the rule no longer selects: no
+/// round observes them again, so they resolve here; the host is judged under its labels of
+/// now.
 async fn relabeled(
     store: &Store,
     rule: &Rule,
