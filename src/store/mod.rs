@@ -337,11 +337,20 @@ impl Store {
 
     /// Apply the numbered migrations in `migrations/`.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations")
-            .run(&self.pool)
-            .await
-            .context("running database migrations")?;
-        Ok(())
+        let migrator = sqlx::migrate!("./migrations");
+        match migrator.run(&self.pool).await {
+            Ok(()) => Ok(()),
+            // A database a newer Rackwatch migrated: said in words, with what to do.
+            Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+                let ours = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+                anyhow::bail!(
+                    "this database was migrated by a newer Rackwatch (its schema has migration {v}; \
+                     this binary knows up to {ours}): run that version or newer, or restore a \
+                     backup made before the upgrade into an empty database"
+                )
+            }
+            Err(e) => Err(e).context("running database migrations"),
+        }
     }
 
     /// Create the daily partitions from the oldest accepted day to `ahead` days ahead.

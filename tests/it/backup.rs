@@ -227,8 +227,24 @@ async fn a_backup_restores_into_an_empty_database_with_every_row_and_the_same_an
     .await
     .unwrap();
     let newer = dir.path().join("newer.dump");
-    // (pg_dump as `backup` runs it: this binary would not open a database a newer one
-    // migrated.)
+    // This binary does not open a database a newer one migrated, and says so.
+    let (ok, out) = blocking(
+        app.db_url.clone(),
+        vec![
+            "backup".into(),
+            "--out".into(),
+            newer.to_string_lossy().into_owned(),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        out.contains(
+            "this database was migrated by a newer Rackwatch (its schema has migration 99999"
+        ),
+        "{out}"
+    );
+    // (pg_dump as `backup` runs it.)
     let made = rackwatch::store::backup::backup("", &app.db_url, &newer).await;
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 99999")
         .execute(&app.store.pool)
