@@ -184,6 +184,12 @@ impl Collector for Scraped {
         let e = &mut enc;
         gauges(
             e,
+            "rackwatch_build_info",
+            "This server's Rackwatch version; always 1 (servers of two versions on one database are not supported)",
+            [([("version", env!("CARGO_PKG_VERSION"))], 1u64)],
+        )?;
+        gauges(
+            e,
             "rackwatch_db_pool_connections",
             "Database pool connections by state",
             [

@@ -121,6 +121,14 @@ async fn metrics_pass_promtool_with_counters_and_histograms_after_real_traffic()
 
     let (ok, said) = promtool(&text);
     assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    // The version, for spotting two versions on one database.
+    assert!(
+        text.contains(&format!(
+            "rackwatch_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
 
     // Every HELP text is a sentence with one full stop, whichever part of the server
     // writes its family.
