@@ -1142,14 +1142,19 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 .into_iter()
                 .filter(|t| all || t.revoked_at.is_none())
                 .collect();
-            // Columns as wide as their longest value, so a long note keeps them aligned.
+            // Notes longer than 60 characters are cut (notes made before the 200-character
+            // limit can be thousands); the columns are as wide as their longest value.
+            let note = |n: &str| match n.char_indices().nth(60) {
+                Some((i, _)) => format!("{}…", &n[..i]),
+                None => n.to_string(),
+            };
             let w = |f: &dyn Fn(&rackwatch::store::auth::TokenInfo) -> usize, min: usize| {
                 tokens.iter().map(f).max().unwrap_or(0).max(min)
             };
             let (kw, hw, nw) = (
                 w(&|t| t.kind.chars().count(), 4),
                 w(&|t| t.host_name.chars().count(), 8),
-                w(&|t| t.note.chars().count(), 4),
+                w(&|t| note(&t.note).chars().count(), 4),
             );
             let fmt = |d: Option<chrono::DateTime<chrono::Utc>>| {
                 d.map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
@@ -1166,7 +1171,7 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                     t.id,
                     t.kind,
                     t.host_name,
-                    t.note,
+                    note(&t.note),
                     fmt(Some(t.created_at)),
                     fmt(t.last_used_at)
                 );
