@@ -830,12 +830,16 @@ async fn agent_killed(kills: usize, seed: u64) -> AgentKills {
     lives.push((start, micros(Utc::now())));
     child.wait().unwrap();
 
+    // Read on a connection of its own: the server's pool had requests cut off by the kills
+    // (once, a pooled connection answered out of step: "expected ParseComplete, got
+    // ReadyForQuery"), and what is checked here is what the database holds.
+    let mut check = app.store.dedicated_connection().await.unwrap();
     let stored: Vec<i64> = sqlx::query_scalar(
         "SELECT (extract(epoch FROM s.ts) * 1000000)::int8
            FROM host_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = $1 ORDER BY 1",
     )
     .bind(host)
-    .fetch_all(&app.store.pool)
+    .fetch_all(&mut check)
     .await
     .unwrap();
     app.stop().await;
