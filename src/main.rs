@@ -1144,8 +1144,8 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 .collect();
             // Notes longer than 60 characters are cut (notes made before the 200-character
             // limit can be thousands); the columns are as wide as their longest value.
-            let note = |n: &str| match n.char_indices().nth(60) {
-                Some((i, _)) => format!("{}…", &n[..i]),
+            let note = |n: &str| match rackwatch::model::format::longer_than(n, 60) {
+                Some(head) => format!("{head}…"),
                 None => n.to_string(),
             };
             let w = |f: &dyn Fn(&rackwatch::store::auth::TokenInfo) -> usize, min: usize| {

@@ -122,13 +122,14 @@ pub async fn evaluate(
                     continue;
                 }
             };
+            let existing = alerts_of(store, rule).await?;
             if matches!(
                 rule.kind,
                 RuleKind::Threshold(_) | RuleKind::Absent(_) | RuleKind::Anomaly(_)
             ) {
-                relabeled(store, rule, &mut obs, now).await?;
+                relabeled(store, rule, &existing, &mut obs, now).await?;
             }
-            apply(store, rules, rule, obs, now).await?;
+            apply(store, rules, rule, &existing, obs, now).await?;
         }
         settle_flapping(store, rules, now).await?;
         repeat_reminders(store, rules, cfg, now).await?;
@@ -208,6 +209,7 @@ async fn resolve_orphans(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> 
 async fn relabeled(
     store: &Store,
     rule: &Rule,
+    existing: &HashMap<String, AlertRow>,
     out: &mut Vec<Observation>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
@@ -215,8 +217,11 @@ async fn relabeled(
         .iter()
         .map(|o| fingerprint(&rule.name, &o.labels))
         .collect();
-    let mut open = alerts_of(store, rule).await?;
-    open.retain(|fp, a| a.state != "resolved" && !seen.contains(fp));
+    let open: Vec<&AlertRow> = existing
+        .iter()
+        .filter(|(fp, a)| a.state != "resolved" && !seen.contains(*fp))
+        .map(|(_, a)| a)
+        .collect();
     if open.is_empty() {
         return Ok(());
     }
@@ -231,7 +236,7 @@ async fn relabeled(
             .await?
             .into_iter()
             .collect();
-    for (_, a) in open {
+    for a in open {
         let Some(host) = a.labels.0.get("host") else {
             continue;
         };
@@ -258,7 +263,7 @@ async fn relabeled(
             Some(l) if !rule.selects(l) => "the rule no longer selects the host".to_string(),
             _ => continue,
         };
-        out.push(Observation::gone(a.labels.0, now, description));
+        out.push(Observation::gone(a.labels.0.clone(), now, description));
     }
     Ok(())
 }
@@ -876,18 +881,18 @@ pub fn anomaly_description(
     s
 }
 
-/// Move alerts of `rule` through their states given this round's observations, in one
-/// transaction.
+/// Move alerts of `rule` (as `existing`, from [`alerts_of`]) through their states given this
+/// round's observations, in one transaction.
 async fn apply(
     store: &Store,
     rules: &RuleSet,
     rule: &Rule,
+    existing: &HashMap<String, AlertRow>,
     obs: Vec<Observation>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let existing = alerts_of(store, rule).await?;
     let mut tx = store.pool.begin().await?;
-    apply_in(&mut tx, rules, rule, &existing, obs, now).await?;
+    apply_in(&mut tx, rules, rule, existing, obs, now).await?;
     tx.commit().await?;
     Ok(())
 }

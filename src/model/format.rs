@@ -195,6 +195,11 @@ pub fn text_px(s: &str, font_px: f64) -> f64 {
         * font_px
 }
 
+/// The first `max` characters of `s`, when it has more (`None` when it fits).
+pub fn longer_than(s: &str, max: usize) -> Option<&str> {
+    s.char_indices().nth(max).map(|(i, _)| &s[..i])
+}
+
 /// A text cell for a CSV file that people open in a spreadsheet: one that starts like a
 /// formula (`=`, `+`, `-`, `@`, tab or carriage return) gets a leading `'`, which
 /// spreadsheets show as text instead of evaluating (names come from agents, and a host

@@ -618,10 +618,9 @@ pub async fn audit_api(
 
 /// `s` cut to its first `max` characters, saying how long it was (the API has it whole).
 fn shortened(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!(
-            "{}… ({} characters; the API has all)",
-            &s[..i],
+    match crate::model::format::longer_than(s, max) {
+        Some(head) => format!(
+            "{head}… ({} characters; the API has all)",
             s.chars().count()
         ),
         None => s.to_string(),

@@ -60,12 +60,8 @@ pub struct ErrorBody {
 const MESSAGE_MAX: usize = 2000;
 
 fn capped(message: String) -> String {
-    match message.char_indices().nth(MESSAGE_MAX) {
-        Some((i, _)) => format!(
-            "{}… ({} characters in all)",
-            &message[..i],
-            message.chars().count()
-        ),
+    match crate::model::format::longer_than(&message, MESSAGE_MAX) {
+        Some(head) => format!("{head}… ({} characters in all)", message.chars().count()),
         None => message,
     }
 }
