@@ -10,7 +10,7 @@
 //! 3. [`accept`]: the token's scope decides which hosts may be written, and each host's
 //!    batch goes through the agent's validator and is stored with
 //!    [`Store::merge_batch`]: one scrape's series arrive spread over several requests,
-//!    and a sample already stored gains the metrics it lacked.
+//!    and a sample already stored takes the later part's metrics and keeps the rest.
 //!
 //! GPU series are gauges and map one to one through the metric table's DCGM names
 //! (`model::metrics::dcgm_field`). node_exporter's counters (CPU seconds, network and
@@ -111,16 +111,29 @@ pub enum Dropped {
     Unplaced,
     /// A host the token may not write.
     OutOfScope,
+    /// Rackwatch's own `/metrics/fleet` series (label [`OWN_EXPORT_LABEL`]) sent back: they
+    /// are what Rackwatch stored, and its XID count is no XID code.
+    Own,
 }
 
+/// The label every `/metrics/fleet` series carries (value `rackwatch`), so that a
+/// Prometheus that scrapes the fleet and remote-writes `DCGM_FI_*` does not feed them back.
+pub const OWN_EXPORT_LABEL: &str = "exporter";
+
 impl Dropped {
-    pub const ALL: [Dropped; 3] = [Dropped::Unmapped, Dropped::Unplaced, Dropped::OutOfScope];
+    pub const ALL: [Dropped; 4] = [
+        Dropped::Unmapped,
+        Dropped::Unplaced,
+        Dropped::OutOfScope,
+        Dropped::Own,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Dropped::Unmapped => "unmapped",
             Dropped::Unplaced => "unplaced",
             Dropped::OutOfScope => "out_of_scope",
+            Dropped::Own => "own",
         }
     }
 }
@@ -200,12 +213,14 @@ fn node_family(name: &str, label: impl Fn(&str) -> Option<String>) -> Option<(Fa
     })
 }
 
-/// The last point of a node_exporter series, and its rate for counters.
+/// The newest point of a node_exporter series; for counters also its rate and its
+/// increase since the point before (`None` for a first point or a reset).
 #[derive(Debug, Clone, Copy)]
 struct Point {
     ts: i64,
     value: f64,
     rate: Option<f64>,
+    gain: Option<f64>,
 }
 
 /// What the mapper remembers of one host between requests.
@@ -218,9 +233,6 @@ struct HostState {
     touched: i64,
 }
 
-/// Points older than this (ms) are left out of a host's sample: a device or CPU that
-/// stopped reporting.
-const FRESH_MS: i64 = 5 * 60 * 1000;
 /// Hosts remembered at most; past it, hosts silent for an hour are forgotten.
 const MAX_HOSTS: usize = 100_000;
 /// node_exporter series remembered per host at most.
@@ -387,6 +399,10 @@ pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError>
             );
             continue;
         }
+        if label(&ts, OWN_EXPORT_LABEL) == Some("rackwatch") {
+            out.drop_series(Dropped::Own);
+            continue;
+        }
         let dcgm = name.starts_with("DCGM_FI_");
         let family = if dcgm {
             None
@@ -472,82 +488,128 @@ pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError>
     Ok(out)
 }
 
-/// Fold one host's node_exporter points into `state` (rates for counters) and remember
-/// the host. Called for hosts the token may write only, so a token cannot fill the state
-/// with hosts it names but may not write. Returns the RAPL package energy (J) used up to
-/// each point's time since the point before it, summed over packages: a host sample's
-/// `energy_joules`, counted once per interval however the points are split into requests.
-fn node_rates(
+/// Fold one host's node_exporter points into `state` in time order (rates and increases
+/// for counters) and return the host samples of the request: one per scrape time that
+/// brought a point, each made of the series whose newest point is at that time, so every
+/// sample holds the values of its own time. A scrape split over several requests gives
+/// each request the part known so far; the later part's sample holds the earlier one's
+/// series too, and the merge keeps the fuller one. The newest scrape sent again (a retry
+/// after a failed store) gives the same sample again; an older point, one out of order and
+/// a staleness marker give none. Points outside `window` (ms: older than the raw retention
+/// or past the clock-skew allowance) move nothing; each such time comes back as an empty
+/// sample, for the validator to refuse with its reason. Called for hosts the token may
+/// write only, so a token cannot fill the state with hosts it names but may not write.
+fn node_samples(
     state: &SeriesState,
     host: &str,
     node: Vec<(Family, String, Vec<proto::Sample>)>,
-) -> BTreeMap<i64, f64> {
-    let mut energy = BTreeMap::new();
+    window: &std::ops::RangeInclusive<i64>,
+) -> Vec<HostSample> {
+    let mut out = Vec::new();
     if node.is_empty() {
-        return energy;
+        return out;
     }
+    let mut points: Vec<(i64, usize, f64)> = Vec::new();
+    let mut keys = Vec::with_capacity(node.len());
+    for (k, (family, sub, samples)) in node.into_iter().enumerate() {
+        keys.push((family, sub));
+        points.extend(
+            samples
+                .iter()
+                .filter(|p| !stale(p.value))
+                .map(|p| (p.timestamp, k, p.value)),
+        );
+    }
+    points.sort_by_key(|p| p.0);
     let mut hosts = state.hosts.lock().expect("remote-write state");
     if hosts.len() > MAX_HOSTS {
         let newest = hosts.values().map(|h| h.touched).max().unwrap_or(0);
         hosts.retain(|_, h| h.touched > newest - 3_600_000);
     }
     if !hosts.contains_key(host) && hosts.len() >= MAX_HOSTS {
-        return energy;
+        return out;
     }
     let h = hosts.entry(host.to_string()).or_default();
-    for (family, sub, samples) in node {
-        if h.series.len() >= MAX_SERIES_PER_HOST && !h.series.contains_key(&(family, sub.clone())) {
+    for group in points.chunk_by(|a, b| a.0 == b.0) {
+        let ts = group[0].0;
+        let Some(at) = DateTime::from_timestamp_millis(ts) else {
+            continue;
+        };
+        if !window.contains(&ts) {
+            out.push(HostSample {
+                ts: at,
+                ..Default::default()
+            });
             continue;
         }
-        for s in samples.iter().filter(|s| !stale(s.value)) {
-            h.touched = h.touched.max(s.timestamp);
-            let p = h.series.entry((family, sub.clone())).or_insert(Point {
-                ts: s.timestamp,
-                value: s.value,
-                rate: None,
-            });
-            if s.timestamp <= p.ts {
-                // The first point, a replay, or a point out of order: nothing new.
+        let mut present = false;
+        for &(_, k, value) in group {
+            let key = &keys[k];
+            if h.series.len() >= MAX_SERIES_PER_HOST && !h.series.contains_key(key) {
                 continue;
             }
-            if family.counter() {
-                let dv = s.value - p.value;
-                let dt = (s.timestamp - p.ts) as f64 / 1000.0;
+            h.touched = h.touched.max(ts);
+            let Some(p) = h.series.get_mut(key) else {
+                h.series.insert(
+                    key.clone(),
+                    Point {
+                        ts,
+                        value,
+                        rate: None,
+                        gain: None,
+                    },
+                );
+                present = true;
+                continue;
+            };
+            if ts < p.ts {
+                // Older than what is known (out of order, or an older request sent again).
+                continue;
+            }
+            present = true;
+            if ts == p.ts {
+                // The newest point again: nothing new, but its sample is made again.
+                continue;
+            }
+            if key.0.counter() {
+                let dv = value - p.value;
+                let dt = (ts - p.ts) as f64 / 1000.0;
                 // A counter that went back was reset (or, for RAPL, wrapped at a range
                 // node_exporter does not export): its rate and energy wait for the next point.
                 p.rate = (dv >= 0.0).then(|| dv / dt);
-                if family == Family::RaplPackage && dv >= 0.0 {
-                    *energy.entry(s.timestamp).or_insert(0.0) += dv;
-                }
+                p.gain = (dv >= 0.0).then_some(dv);
             }
-            p.ts = s.timestamp;
-            p.value = s.value;
+            p.ts = ts;
+            p.value = value;
+        }
+        if present {
+            out.extend(host_sample(h, at));
         }
     }
-    energy
+    out
 }
 
-/// A host's sample at `ts` (ms) from what `state` holds: gauges' last values, counters'
-/// rates, summed over devices and averaged over CPUs, and the RAPL energy of the interval
-/// ending at `ts`. `None` when nothing is known yet.
-fn host_sample(h: &HostState, ts: i64, energy_joules: Option<f64>) -> Option<HostSample> {
-    let fresh = |p: &&Point| ts - p.ts <= FRESH_MS;
+/// A host's sample at `at` from the series whose newest point is at that time: gauges'
+/// values, counters' rates (summed over devices, averaged over CPUs), and the RAPL
+/// packages' energy used since their points before (J). `None` when none of them gives
+/// a value (only first points of counters).
+fn host_sample(h: &HostState, at: DateTime<Utc>) -> Option<HostSample> {
+    let ts = at.timestamp_millis();
     let values = |f: Family| {
         h.series
             .iter()
-            .filter(move |((g, _), _)| *g == f)
+            .filter(move |((g, _), p)| *g == f && p.ts == ts)
             .map(|(k, p)| (&k.1, p))
-            .filter(move |(_, p)| fresh(p))
     };
     let one = |f: Family| values(f).map(|(_, p)| p.value).next();
-    let sum_rates = |f: Family| {
-        let r: Vec<f64> = values(f).filter_map(|(_, p)| p.rate).collect();
-        (!r.is_empty()).then(|| r.iter().sum::<f64>())
-    };
+    let sum = |r: Vec<f64>| (!r.is_empty()).then(|| r.iter().sum::<f64>());
+    let sum_rates = |f: Family| sum(values(f).filter_map(|(_, p)| p.rate).collect());
     let mut s = HostSample {
-        ts: DateTime::from_timestamp_millis(ts)?,
+        ts: at,
         load1: one(Family::Load1),
-        energy_joules,
+        energy_joules: sum(values(Family::RaplPackage)
+            .filter_map(|(_, p)| p.gain)
+            .collect()),
         ..Default::default()
     };
     let total = one(Family::MemTotal);
@@ -681,6 +743,9 @@ pub async fn accept(
         max_future: Duration::seconds(cfg.ingest.max_future_secs),
         max_items: cfg.ingest.max_samples_per_batch,
     };
+    // The validator's time limits, in ms: points outside them move no state.
+    let window =
+        (now - limits.max_age).timestamp_millis()..=(now + limits.max_future).timestamp_millis();
     let mut w = Written {
         samples: mapped.samples,
         dropped: std::mem::take(&mut mapped.dropped),
@@ -689,7 +754,7 @@ pub async fn accept(
     w.response.rejected = mapped.rejected;
     w.response.errors = std::mem::take(&mut mapped.rejections);
     for (info, parts) in hosts {
-        let (batch, xid_last) = build(state, info, parts, &prior);
+        let (batch, xid_last) = build(state, info, parts, &prior, &window);
         let name = batch.host.name.clone();
         let n = batch.len();
         // A host whose placement cannot be stored (a site, rack, pool or label value from
@@ -787,12 +852,14 @@ async fn xid_prior(
     Ok(prior)
 }
 
-/// One host's batch, and the XID codes to remember once it is stored.
+/// One host's batch, and the XID codes to remember once it is stored. Points outside
+/// `window` (ms, the validator's time limits) move no state: the validator refuses them.
 fn build(
     state: &SeriesState,
     host: HostInfo,
     parts: HostParts,
     prior: &HashMap<(String, u8), f64>,
+    window: &std::ops::RangeInclusive<i64>,
 ) -> (Batch, Vec<(u8, f64)>) {
     let mut batch = Batch {
         host,
@@ -846,6 +913,7 @@ fn build(
             let Some(t) = DateTime::from_timestamp_millis(ts) else {
                 continue;
             };
+            let inside = window.contains(&ts);
             if v != last && v > 0.0 && v.fract() == 0.0 && v < 1e9 {
                 batch.events.push(HardwareEvent {
                     ts: t,
@@ -856,28 +924,13 @@ fn build(
                     count: None,
                 });
             }
-            last = v;
+            if inside {
+                last = v;
+            }
         }
         xid_last.push((gpu, last));
     }
-    let mut times: Vec<i64> = parts
-        .node
-        .iter()
-        .flat_map(|(_, _, points)| points.iter().map(|p| p.timestamp))
-        .collect();
-    let energy = node_rates(state, &batch.host.name, parts.node);
-    times.sort_unstable();
-    times.dedup();
-    if !times.is_empty() {
-        let all = state.hosts.lock().expect("remote-write state");
-        if let Some(h) = all.get(&batch.host.name) {
-            batch.host_samples.extend(
-                times
-                    .into_iter()
-                    .filter_map(|t| host_sample(h, t, energy.get(&t).copied())),
-            );
-        }
-    }
+    batch.host_samples = node_samples(state, &batch.host.name, parts.node, window);
     (batch, xid_last)
 }
 
@@ -885,6 +938,49 @@ fn build(
 mod tests {
     use super::proto::{Label, Sample as PSample};
     use super::*;
+
+    /// Every time: the tests' points are at 1970 times.
+    const ALL: std::ops::RangeInclusive<i64> = i64::MIN..=i64::MAX;
+
+    /// Host n1's samples from one request.
+    fn n1(
+        state: &SeriesState,
+        req: WriteRequest,
+        window: &std::ops::RangeInclusive<i64>,
+    ) -> Vec<HostSample> {
+        let mut m = map(req, 1000).unwrap();
+        let info = HostInfo {
+            name: "n1".into(),
+            ..Default::default()
+        };
+        build(
+            state,
+            info,
+            m.hosts.remove("n1").unwrap(),
+            &HashMap::new(),
+            window,
+        )
+        .0
+        .host_samples
+    }
+
+    /// A RAPL package counter of host n1.
+    fn rapl(index: &str, points: &[(i64, f64)]) -> TimeSeries {
+        series(
+            &[
+                ("__name__", "node_rapl_package_joules_total"),
+                ("instance", "n1:9100"),
+                ("index", index),
+            ],
+            points,
+        )
+    }
+
+    fn energy_of(v: Vec<HostSample>) -> Vec<(i64, Option<f64>)> {
+        v.iter()
+            .map(|s| (s.ts.timestamp(), s.energy_joules))
+            .collect()
+    }
 
     fn series(labels: &[(&str, &str)], points: &[(i64, f64)]) -> TimeSeries {
         TimeSeries {
@@ -964,7 +1060,7 @@ mod tests {
             name: "gpu-1".into(),
             ..Default::default()
         };
-        let (b, _) = build(&state, info, parts, &HashMap::new());
+        let (b, _) = build(&state, info, parts, &HashMap::new(), &ALL);
         assert_eq!(b.gpu_samples.len(), 1);
         let s = &b.gpu_samples[0];
         assert_eq!(s.index, 3);
@@ -1076,6 +1172,7 @@ mod tests {
             info(),
             m.hosts.remove("n1").unwrap(),
             &HashMap::new(),
+            &ALL,
         );
         assert_eq!(b.host_samples.len(), 1);
         assert_eq!(b.host_samples[0].load1, Some(2.5));
@@ -1090,6 +1187,7 @@ mod tests {
             info(),
             m.hosts.remove("n1").unwrap(),
             &HashMap::new(),
+            &ALL,
         );
         let s = &b.host_samples[0];
         assert!((s.cpu_util_pct.unwrap() - 30.0).abs() < 1e-9, "{s:?}");
@@ -1101,6 +1199,7 @@ mod tests {
             info(),
             m.hosts.remove("n1").unwrap(),
             &HashMap::new(),
+            &ALL,
         );
         assert_eq!(&b.host_samples[0], s);
     }
@@ -1125,7 +1224,13 @@ mod tests {
             name: "g".into(),
             ..Default::default()
         };
-        let (b, last) = build(&state, info, m.hosts.remove("g").unwrap(), &HashMap::new());
+        let (b, last) = build(
+            &state,
+            info,
+            m.hosts.remove("g").unwrap(),
+            &HashMap::new(),
+            &ALL,
+        );
         let codes: Vec<_> = b
             .events
             .iter()
@@ -1146,28 +1251,7 @@ mod tests {
     #[test]
     fn rapl_package_counters_become_host_energy_once_per_interval() {
         let state = SeriesState::default();
-        let rapl = |index: &str, points: &[(i64, f64)]| {
-            series(
-                &[
-                    ("__name__", "node_rapl_package_joules_total"),
-                    ("instance", "n1:9100"),
-                    ("index", index),
-                ],
-                points,
-            )
-        };
-        let energy = |req: WriteRequest| -> Vec<(i64, Option<f64>)> {
-            let mut m = map(req, 100).unwrap();
-            let info = HostInfo {
-                name: "n1".into(),
-                ..Default::default()
-            };
-            let (b, _) = build(&state, info, m.hosts.remove("n1").unwrap(), &HashMap::new());
-            b.host_samples
-                .iter()
-                .map(|s| (s.ts.timestamp(), s.energy_joules))
-                .collect()
-        };
+        let energy = |req: WriteRequest| energy_of(n1(&state, req, &ALL));
         // Two packages: the first points give no energy (nothing to difference).
         let first = WriteRequest {
             timeseries: vec![
@@ -1203,6 +1287,126 @@ mod tests {
     }
 
     #[test]
+    fn every_sample_holds_the_values_of_its_own_time() {
+        let state = SeriesState::default();
+        let node = |name: &str, extra: &[(&str, &str)], points: &[(i64, f64)]| {
+            let mut labels = vec![("__name__", name), ("instance", "n1:9100")];
+            labels.extend_from_slice(extra);
+            series(&labels, points)
+        };
+        let send = |window: &std::ops::RangeInclusive<i64>, timeseries: Vec<TimeSeries>| {
+            n1(&state, WriteRequest { timeseries }, window)
+        };
+        let load = |v: &[HostSample]| -> Vec<(i64, Option<f64>)> {
+            v.iter().map(|s| (s.ts.timestamp(), s.load1)).collect()
+        };
+        let idle = |cpu: &'static str, points: &[(i64, f64)]| {
+            node(
+                "node_cpu_seconds_total",
+                &[("cpu", cpu), ("mode", "idle")],
+                points,
+            )
+        };
+        // Three scrapes in one request (a backlog sent after an outage): each its own load,
+        // and the first CPU point has no rate.
+        let v = send(
+            &ALL,
+            vec![
+                node(
+                    "node_load1",
+                    &[],
+                    &[(10_000, 1.0), (25_000, 2.0), (40_000, 3.0)],
+                ),
+                idle("0", &[(10_000, 100.0), (40_000, 115.0)]),
+            ],
+        );
+        assert_eq!(
+            load(&v),
+            [(10, Some(1.0)), (25, Some(2.0)), (40, Some(3.0))]
+        );
+        assert_eq!(v[0].cpu_util_pct, None);
+        assert_eq!(v[1].cpu_util_pct, None, "no CPU point at 25 s");
+        assert!(
+            (v[2].cpu_util_pct.unwrap() - 50.0).abs() < 1e-9,
+            "{:?}",
+            v[2]
+        );
+
+        // One scrape (55 s) split over two requests: the first holds no value of the
+        // scrape before; the second holds both CPUs and the memory of this scrape.
+        let a = send(
+            &ALL,
+            vec![
+                node("node_load1", &[], &[(55_000, 4.0)]),
+                idle("0", &[(55_000, 130.0)]),
+                node("node_memory_MemTotal_bytes", &[], &[(40_000, 1000.0)]),
+            ],
+        );
+        // A late part of the 40 s scrape fills the 40 s sample, not the 55 s one.
+        assert_eq!(
+            a.iter()
+                .map(|s| (s.ts.timestamp(), s.mem_total_bytes))
+                .collect::<Vec<_>>(),
+            [(40, Some(1000)), (55, None)]
+        );
+        assert_eq!(a[1].load1, Some(4.0));
+        assert!((a[1].cpu_util_pct.unwrap() - 0.0).abs() < 1e-9);
+        let b = send(
+            &ALL,
+            vec![
+                idle("1", &[(40_000, 0.0), (55_000, 7.5)]),
+                node("node_memory_MemTotal_bytes", &[], &[(55_000, 1000.0)]),
+                node("node_memory_MemAvailable_bytes", &[], &[(55_000, 400.0)]),
+            ],
+        );
+        let b55 = b.iter().find(|s| s.ts.timestamp() == 55).unwrap();
+        assert_eq!(b55.load1, Some(4.0), "the first part's gauge, same scrape");
+        assert_eq!(
+            (b55.mem_total_bytes, b55.mem_used_bytes),
+            (Some(1000), Some(600))
+        );
+        assert!((b55.cpu_util_pct.unwrap() - 25.0).abs() < 1e-9, "{b55:?}");
+
+        // A point past the clock-skew allowance moves nothing: it comes back empty for
+        // the validator to refuse, and the later points count from the 55 s scrape.
+        let window = i64::MIN..=100_000;
+        let v = send(&window, vec![node("node_load1", &[], &[(3_655_000, 9.0)])]);
+        assert_eq!(load(&v), [(3655, None)]);
+        let v = send(
+            &window,
+            vec![node("node_load1", &[], &[(70_000, 2.0), (85_000, 3.0)])],
+        );
+        assert_eq!(load(&v), [(70, Some(2.0)), (85, Some(3.0))]);
+
+        // A staleness marker and a point older than the newest give no sample.
+        let marker = f64::from_bits(0x7ff0_0000_0000_0002);
+        let v = send(
+            &ALL,
+            vec![
+                node("node_load1", &[], &[(100_000, marker)]),
+                idle("0", &[(20_000, 105.0)]),
+            ],
+        );
+        assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn rapl_packages_split_over_requests_count_once_each() {
+        let state = SeriesState::default();
+        let send = |index: &str, points: &[(i64, f64)]| {
+            let req = WriteRequest {
+                timeseries: vec![rapl(index, points)],
+            };
+            energy_of(n1(&state, req, &ALL))
+        };
+        send("0", &[(10_000, 1_000.0)]);
+        send("1", &[(10_000, 2_000.0)]);
+        assert_eq!(send("0", &[(20_000, 1_100.0)]), [(20, Some(100.0))]);
+        // The second part of the same scrape: both packages' energy, for the merge to keep.
+        assert_eq!(send("1", &[(20_000, 2_200.0)]), [(20, Some(300.0))]);
+    }
+
+    #[test]
     fn hosts_are_remembered_only_once_built_not_when_a_request_merely_names_them() {
         // A token scoped to one host may name any number of others; mapping must not
         // keep state for them (only hosts in scope reach `build`).
@@ -1232,6 +1436,7 @@ mod tests {
             info,
             m.hosts.remove("stranger-7").unwrap(),
             &HashMap::new(),
+            &ALL,
         );
         assert_eq!(b.host_samples[0].load1, Some(1.0));
         let kept: Vec<String> = state.hosts.lock().unwrap().keys().cloned().collect();

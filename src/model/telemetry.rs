@@ -122,7 +122,7 @@ pub struct ReasonLabel {
     pub reason: IngestRefusal,
 }
 
-/// Why remote-write series were dropped: `unmapped`, `unplaced`, `out_of_scope`.
+/// Why remote-write series were dropped: `unmapped`, `unplaced`, `out_of_scope`, `own`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DropLabel {
     pub reason: &'static str,
@@ -142,7 +142,8 @@ pub struct RouteLabel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct JobLabel {
-    pub job: &'static str,
+    /// Not `job`: Prometheus sets that label on every scraped series itself.
+    pub job_name: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -228,7 +229,7 @@ impl Telemetry {
         for reason in IngestRefusal::ALL {
             drop(remote_write.errors.get_or_create(&ReasonLabel { reason }));
         }
-        for reason in ["unmapped", "unplaced", "out_of_scope"] {
+        for reason in ["unmapped", "unplaced", "out_of_scope", "own"] {
             drop(
                 remote_write
                     .series_dropped
@@ -375,7 +376,7 @@ impl Telemetry {
     /// Record one periodic job's run.
     pub fn job_ran(&self, job: &'static str, seconds: f64) {
         self.job_duration
-            .get_or_create(&JobLabel { job })
+            .get_or_create(&JobLabel { job_name: job })
             .observe(seconds);
     }
 
@@ -444,10 +445,12 @@ mod tests {
         assert!(text.contains(&format!("{name}_bucket{{outcome=\"ok\",le=\"0.005\"}} 1\n")));
         assert!(text.contains(&format!("{name}_bucket{{outcome=\"ok\",le=\"+Inf\"}} 1\n")));
         assert!(text.contains(&format!("{name}_count{{outcome=\"ok\"}} 1\n")));
-        assert!(text
-            .contains("rackwatch_job_run_duration_seconds_bucket{job=\"rollups\",le=\"1\"} 0\n"));
-        assert!(text
-            .contains("rackwatch_job_run_duration_seconds_bucket{job=\"rollups\",le=\"5\"} 1\n"));
+        assert!(text.contains(
+            "rackwatch_job_run_duration_seconds_bucket{job_name=\"rollups\",le=\"1\"} 0\n"
+        ));
+        assert!(text.contains(
+            "rackwatch_job_run_duration_seconds_bucket{job_name=\"rollups\",le=\"5\"} 1\n"
+        ));
         assert!(text.contains(
             "rackwatch_smtp_send_duration_seconds_count{mail=\"alert\",outcome=\"sent\"} 1\n"
         ));

@@ -67,10 +67,10 @@ impl Store {
     }
 
     /// Store a validated batch whose samples may be parts of rows already stored: a
-    /// sample at a stored `(host, GPU, time)` fills the metrics that row lacks (and
-    /// counts as stored only then), and the latest-sample rows keep what a newer part
-    /// leaves out. Prometheus remote write spreads one scrape's series over several
-    /// requests.
+    /// sample at a stored `(host, GPU, time)` sets the metrics it holds and keeps the
+    /// ones it lacks (and counts as stored only when the row changes), and the
+    /// latest-sample rows keep what a newer part leaves out. Prometheus remote write
+    /// spreads one scrape's series over several requests.
     pub async fn merge_batch(
         &self,
         batch: &Batch,
@@ -216,7 +216,8 @@ fn newest(b: &Batch) -> (Option<&HostSample>, Vec<&GpuSample>) {
 enum Write {
     /// A stored row wins: a replay is stored once.
     Append,
-    /// A stored row gains the metrics it lacks ([`Store::merge_batch`]).
+    /// A stored row takes the metrics the new one holds and keeps the rest
+    /// ([`Store::merge_batch`]).
     Merge,
 }
 
@@ -754,22 +755,24 @@ async fn insert_samples_idempotent(
     Ok(n)
 }
 
-/// The conflict clause of a replayed or merged insert. Merging fills the stored row's
-/// missing metrics and touches (counts) only rows that gain one, so a merge replayed is
-/// stored once too.
+/// The conflict clause of a replayed or merged insert. Merging takes the metrics the new
+/// part holds and keeps the stored ones it lacks: a later part of a scrape split over
+/// requests holds the earlier part's series too, so its sums over CPUs, devices and RAPL
+/// packages are the fuller ones. Only rows that change are touched (counted), so a merge
+/// replayed is stored once too.
 fn on_conflict(mode: Write, table: &str, key: &str, metrics: &[Metric]) -> String {
     match mode {
         Write::Append => "ON CONFLICT DO NOTHING".into(),
         Write::Merge => {
             let set: Vec<String> = metrics
                 .iter()
-                .map(|m| format!("{c} = COALESCE({table}.{c}, EXCLUDED.{c})", c = m.name))
+                .map(|m| format!("{c} = COALESCE(EXCLUDED.{c}, {table}.{c})", c = m.name))
                 .collect();
             let gains: Vec<String> = metrics
                 .iter()
                 .map(|m| {
                     format!(
-                        "({table}.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)",
+                        "(EXCLUDED.{c} IS NOT NULL AND EXCLUDED.{c} IS DISTINCT FROM {table}.{c})",
                         c = m.name
                     )
                 })

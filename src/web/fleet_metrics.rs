@@ -18,7 +18,9 @@
 //!
 //! Labels: `gpu`, `UUID`, `device`, `modelName`, `Hostname`, `DCGM_FI_DRIVER_VERSION`
 //! as dcgm-exporter sets them, plus `site`, `rack`, `pool`, and `hpc_job` where the host
-//! carries a `hpc_job` (or `job`) label. `?labels=snake_case` renames the three
+//! carries a `hpc_job` (or `job`) label, and `exporter="rackwatch"` on every series:
+//! remote write drops series with it, so a Prometheus that scrapes this endpoint and
+//! remote-writes `DCGM_FI_*` to Rackwatch does not feed them back. `?labels=snake_case` renames the three
 //! camel-case ones (`uuid`, `model_name`, `hostname`) for setups whose linters insist.
 
 use std::fmt::Write as _;
@@ -34,6 +36,7 @@ use sqlx::Row;
 use super::error::ApiError;
 use super::params::ApiQuery;
 use super::AppState;
+use crate::ingest::remote_write::OWN_EXPORT_LABEL;
 use crate::model::metrics::{
     dcgm_field, prometheus_name, Metric, SqlType, GPU_METRICS, HOST_METRICS,
 };
@@ -217,7 +220,8 @@ fn push_label(out: &mut String, first: &mut bool, name: &str, value: &str) {
     out.push('"');
 }
 
-/// site, rack, pool and job, where set.
+/// site, rack, pool and job, where set, and `exporter="rackwatch"`, by which remote
+/// write knows these series if a Prometheus sends them back.
 fn place_labels(out: &mut String, first: &mut bool, row: &PgRow) -> Result<(), sqlx::Error> {
     for (name, col) in [("site", 1), ("rack", 2), ("pool", 3), ("hpc_job", 4)] {
         let v: &str = row.try_get(col)?;
@@ -225,6 +229,7 @@ fn place_labels(out: &mut String, first: &mut bool, row: &PgRow) -> Result<(), s
             push_label(out, first, name, v);
         }
     }
+    push_label(out, first, OWN_EXPORT_LABEL, "rackwatch");
     Ok(())
 }
 

@@ -250,7 +250,8 @@ impl Scraped {
             "1 when this server holds the job lock and runs the periodic jobs",
             [(NoLabels::default(), u64::from(self.leader))],
         )?;
-        let job = |j: &JobStatus| [("job", j.name)];
+        // `job_name`, not `job`: Prometheus sets `job` on every scraped series itself.
+        let job = |j: &JobStatus| [("job_name", j.name)];
         gauges(
             e,
             "rackwatch_job_last_success_timestamp_seconds",
@@ -275,10 +276,10 @@ impl Scraped {
             self.jobs.iter().flat_map(|j| {
                 [
                     (
-                        [("job", j.name), ("outcome", "success")],
+                        [("job_name", j.name), ("outcome", "success")],
                         j.runs - j.failures,
                     ),
-                    ([("job", j.name), ("outcome", "error")], j.failures),
+                    ([("job_name", j.name), ("outcome", "error")], j.failures),
                 ]
             }),
         )

@@ -108,7 +108,7 @@ async fn metrics_pass_promtool_with_counters_and_histograms_after_real_traffic()
         let ran = |job: &str| {
             value(
                 &text,
-                &format!("rackwatch_job_run_duration_seconds_count{{job=\"{job}\"}}"),
+                &format!("rackwatch_job_run_duration_seconds_count{{job_name=\"{job}\"}}"),
             )
             .is_some()
         };
@@ -214,7 +214,10 @@ async fn metrics_pass_promtool_with_counters_and_histograms_after_real_traffic()
             "rackwatch_page_render_duration_seconds{route=\"/hosts/{name}/gpus/{index}\"",
             1.0,
         ),
-        ("rackwatch_job_run_duration_seconds{job=\"rollups\"", 1.0),
+        (
+            "rackwatch_job_run_duration_seconds{job_name=\"rollups\"",
+            1.0,
+        ),
         (
             "rackwatch_smtp_send_duration_seconds{mail=\"alert\",outcome=\"sent\"",
             1.0,

@@ -175,7 +175,7 @@ async fn fleet_exposition_names_gpus_as_dcgm_exporter_and_passes_promtool() {
         "two fresh hosts × 2 GPUs, gpu-old left out: {temp:?}"
     );
     let a1 = "gpu=\"1\",UUID=\"GPU-gpu-a-1\",device=\"nvidia1\",modelName=\"NVIDIA H100 80GB HBM3\",\
-              Hostname=\"gpu-a\",DCGM_FI_DRIVER_VERSION=\"550.54.15\",site=\"fra1\",rack=\"r1\",pool=\"train\",hpc_job=\"4711\"";
+              Hostname=\"gpu-a\",DCGM_FI_DRIVER_VERSION=\"550.54.15\",site=\"fra1\",rack=\"r1\",pool=\"train\",hpc_job=\"4711\",exporter=\"rackwatch\"";
     assert_eq!(temp[a1].0, 62.5, "{temp:?}");
     assert!(!text.contains("gpu-old"), "stale samples are left out");
     let (_, ts) = temp[a1];
@@ -185,7 +185,7 @@ async fn fleet_exposition_names_gpus_as_dcgm_exporter_and_passes_promtool() {
         "sample timestamp sent: {age} ms old"
     );
     let b0 = "gpu=\"0\",UUID=\"GPU-gpu-b-0\",device=\"nvidia0\",modelName=\"NVIDIA H100 80GB HBM3\",\
-              Hostname=\"gpu-b\",DCGM_FI_DRIVER_VERSION=\"550.54.15\",site=\"fra1\",rack=\"r2\",pool=\"train\"";
+              Hostname=\"gpu-b\",DCGM_FI_DRIVER_VERSION=\"550.54.15\",site=\"fra1\",rack=\"r2\",pool=\"train\",exporter=\"rackwatch\"";
     assert_eq!(family(&text, "DCGM_FI_DEV_POWER_USAGE")[b0].0, 602.3);
     assert_eq!(family(&text, "DCGM_FI_DEV_GPU_UTIL")[b0].0, 80.5);
     assert_eq!(family(&text, "DCGM_FI_DEV_SM_CLOCK")[b0].0, 1970.0);
@@ -213,7 +213,7 @@ async fn fleet_exposition_names_gpus_as_dcgm_exporter_and_passes_promtool() {
     // Host series, units in their names.
     let cpu = family(&text, "rackwatch_host_cpu_util_percent");
     assert_eq!(
-        cpu["Hostname=\"gpu-a\",site=\"fra1\",rack=\"r1\",pool=\"train\",hpc_job=\"4711\""].0,
+        cpu["Hostname=\"gpu-a\",site=\"fra1\",rack=\"r1\",pool=\"train\",hpc_job=\"4711\",exporter=\"rackwatch\""].0,
         37.5
     );
     assert_eq!(family(&text, "rackwatch_host_mem_total_bytes").len(), 2);

@@ -61,6 +61,14 @@ async fn write(app: &TestApp, token: &str, body: Vec<u8>) -> reqwest::Response {
         .unwrap()
 }
 
+/// A remote-write token for site fra1.
+async fn fra1_token(app: &TestApp) -> String {
+    app.store
+        .create_write_token(&WriteScope::Site("fra1".into()), "test")
+        .await
+        .unwrap()
+}
+
 fn dcgm(name: &str, host: &str, gpu: &str, t: i64, v: f64) -> TimeSeries {
     series(
         &[
@@ -86,11 +94,7 @@ fn counter(text: &str, line: &str) -> f64 {
 #[tokio::test]
 async fn remote_write_answers_as_prometheus_retries_and_merges_split_scrapes() {
     let app = TestApp::spawn().await;
-    let site = app
-        .store
-        .create_write_token(&WriteScope::Site("fra1".into()), "test")
-        .await
-        .unwrap();
+    let site = fra1_token(&app).await;
     let t = Utc::now().timestamp_millis() - 2_000;
 
     // One scrape's series in two requests: the second fills the row the first began.
@@ -277,6 +281,121 @@ async fn remote_write_answers_as_prometheus_retries_and_merges_split_scrapes() {
     let r = write(&app, &site, ok).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn node_exporter_scrapes_split_over_requests_store_each_time_s_own_values() {
+    let app = TestApp::spawn().await;
+    let site = fra1_token(&app).await;
+    let node = |name: &str, extra: &[(&str, &str)], points: &[(i64, f64)]| {
+        let mut labels = vec![("__name__", name), ("instance", "node-sp:9100")];
+        labels.extend_from_slice(extra);
+        series(&labels, points)
+    };
+    let idle = |cpu: &str, t: i64, v: f64| {
+        node(
+            "node_cpu_seconds_total",
+            &[("cpu", cpu), ("mode", "idle")],
+            &[(t, v)],
+        )
+    };
+    let rapl = |pkg: &str, t: i64, v: f64| {
+        node(
+            "node_rapl_package_joules_total",
+            &[("index", pkg)],
+            &[(t, v)],
+        )
+    };
+    let mem = |t: i64, avail: f64| {
+        [
+            node("node_memory_MemTotal_bytes", &[], &[(t, 1e9)]),
+            node("node_memory_MemAvailable_bytes", &[], &[(t, avail)]),
+        ]
+    };
+    let t0 = (Utc::now().timestamp_millis() - 60_000) / 1000 * 1000;
+    let t1 = t0 + 15_000;
+    let mut whole = vec![
+        node("node_load1", &[], &[(t0, 1.0)]),
+        idle("0", t0, 100.0),
+        idle("1", t0, 100.0),
+        rapl("0", t0, 1_000.0),
+        rapl("1", t0, 2_000.0),
+    ];
+    whole.extend(mem(t0, 5e8));
+    // The next scrape in two requests, as Prometheus splits a scrape's series.
+    let part_a = vec![
+        node("node_load1", &[], &[(t1, 2.0)]),
+        idle("0", t1, 115.0),
+        rapl("0", t1, 1_100.0),
+    ];
+    let mut part_b = vec![idle("1", t1, 107.5), rapl("1", t1, 2_200.0)];
+    part_b.extend(mem(t1, 4e8));
+    for b in [&whole, &part_a, &part_b] {
+        let r = write(&app, &site, body(b)).await;
+        assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    }
+    // A point an hour ahead is refused and moves nothing; the next scrape is itself.
+    let rejected = counter(&app.metrics().await, "rackwatch_samples_rejected_total ");
+    let ahead = Utc::now().timestamp_millis() + 3_600_000;
+    let r = write(
+        &app,
+        &site,
+        body(&[node("node_load1", &[], &[(ahead, 9.0)])]),
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        counter(&app.metrics().await, "rackwatch_samples_rejected_total "),
+        rejected + 1.0
+    );
+    let t2 = t1 + 15_000;
+    let r = write(&app, &site, body(&[node("node_load1", &[], &[(t2, 3.0)])])).await;
+    assert_eq!(r.status(), 204);
+    // Rackwatch's own /metrics/fleet series sent back are dropped: no XID event from a count.
+    let own = series(
+        &[
+            ("__name__", "DCGM_FI_DEV_XID_ERRORS"),
+            ("Hostname", "node-sp"),
+            ("gpu", "0"),
+            ("exporter", "rackwatch"),
+        ],
+        &[(t2, 2.0)],
+    );
+    assert_eq!(write(&app, &site, body(&[own])).await.status(), 204);
+    let text = app.metrics().await;
+    assert_eq!(
+        counter(
+            &text,
+            "rackwatch_remote_write_series_dropped_total{reason=\"own\"} "
+        ),
+        1.0
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM hardware_events")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+
+    type Row = (i64, Option<f32>, Option<f32>, Option<f64>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT (extract(epoch FROM s.ts) * 1000)::int8, s.load1, s.cpu_util_pct,
+                s.energy_joules::float8, s.mem_used_bytes
+           FROM host_samples s JOIN hosts h ON h.id = s.host_id
+          WHERE h.name = 'node-sp' ORDER BY s.ts",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (t0, Some(1.0), None, None, Some(500_000_000)),
+            // Both CPUs (0 % and 50 % busy), both packages (+100 J, +200 J).
+            (t1, Some(2.0), Some(25.0), Some(300.0), Some(600_000_000)),
+            (t2, Some(3.0), None, None, None),
+        ]
+    );
     app.stop().await;
 }
 

@@ -395,7 +395,7 @@ async fn the_job_leader_reports_each_jobs_runs_on_metrics_and_the_admin_page() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let metrics = loop {
         let m = app.metrics().await;
-        if m.contains("rackwatch_job_last_success_timestamp_seconds{job=\"energy\"}") {
+        if m.contains("rackwatch_job_last_success_timestamp_seconds{job_name=\"energy\"}") {
             break m;
         }
         assert!(std::time::Instant::now() < deadline, "no job ran:\n{m}");
@@ -407,19 +407,21 @@ async fn the_job_leader_reports_each_jobs_runs_on_metrics_and_the_admin_page() {
             .lines()
             .find(|l| {
                 l.starts_with(&format!(
-                    "rackwatch_job_last_success_timestamp_seconds{{job=\"{job}\"}}"
+                    "rackwatch_job_last_success_timestamp_seconds{{job_name=\"{job}\"}}"
                 ))
             })
             .unwrap_or_else(|| panic!("{job} missing:\n{metrics}"));
         let t: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((Utc::now().timestamp() as f64 - t).abs() < 60.0, "{line}");
         assert!(
-            metrics.contains(&format!("rackwatch_job_duration_seconds{{job=\"{job}\"}}")),
+            metrics.contains(&format!(
+                "rackwatch_job_duration_seconds{{job_name=\"{job}\"}}"
+            )),
             "{job}"
         );
         assert!(
             metrics.contains(&format!(
-                "rackwatch_job_runs_total{{job=\"{job}\",outcome=\"error\"}} 0"
+                "rackwatch_job_runs_total{{job_name=\"{job}\",outcome=\"error\"}} 0"
             )),
             "{job}"
         );
@@ -514,7 +516,7 @@ async fn history_past_retention_is_deleted_and_what_still_matters_is_kept() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let m = app.metrics().await;
-        if m.contains("rackwatch_job_last_success_timestamp_seconds{job=\"maintenance\"}") {
+        if m.contains("rackwatch_job_last_success_timestamp_seconds{job_name=\"maintenance\"}") {
             break;
         }
         assert!(
