@@ -211,6 +211,25 @@ fn newest(b: &Batch) -> (Option<&HostSample>, Vec<&GpuSample>) {
     (host, gpus)
 }
 
+/// For each of `newest`'s GPUs, its energy counter at the batch's first sample on the
+/// newest sample's UTC day: where that day's count starts when the batch brings a new
+/// day. A batch can span midnight (an agent replaying an outage, the demo's back-fill):
+/// the newest sample's counter would leave the day's earlier energy out.
+fn day_first_energy(b: &Batch, newest: &[&GpuSample]) -> Vec<Option<f64>> {
+    let day = |t: DateTime<Utc>| t.date_naive();
+    newest
+        .iter()
+        .map(|n| {
+            b.gpu_samples
+                .iter()
+                .filter(|s| s.index == n.index && day(s.ts) == day(n.ts))
+                .filter_map(|s| Some((s.ts, s.energy_joules_total?)))
+                .min_by_key(|(t, _)| *t)
+                .map(|(_, e)| e)
+        })
+        .collect()
+}
+
 /// How a batch's samples meet rows already stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Write {
@@ -223,7 +242,8 @@ enum Write {
 
 /// The host upsert with its latest-sample rows: `$1..$8` the host, `$9` the newest host
 /// sample's time and then its `latest` metrics, then the newest GPU samples as arrays
-/// (index, time, then their `latest` metrics). Built once from the metric table.
+/// (index, time, their `latest` metrics, and the energy counter where the day's count
+/// starts). Built once from the metric table.
 static UPSERT_HOST: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| upsert_host_sql(Write::Append));
 static UPSERT_HOST_MERGE: std::sync::LazyLock<String> =
@@ -253,6 +273,8 @@ fn upsert_host_sql(mode: Write) -> String {
         .iter()
         .map(|m| format!("${}::{}[]", next(), pg_array_type(m.sql)))
         .collect();
+    // Each GPU's energy counter at the batch's first sample of the newest sample's day.
+    let gdf = next();
     let aliases: Vec<String> = (0..gpu.len()).map(|k| format!("c{k}")).collect();
     // The energy counter also starts the day's count (energy_day_start), below.
     let energy = gpu_cols.iter().position(|c| *c == "energy_joules_total");
@@ -264,18 +286,19 @@ fn upsert_host_sql(mode: Write) -> String {
     let (day_col, day_val, day_set) = match energy {
         Some(k) => (
             ", energy_day_start",
-            format!(", g.c{k}"),
+            format!(", COALESCE(g.df, g.c{k})"),
             ",
-               -- A new UTC day starts counting at its first sample; within a day a
-               -- counter that went backwards (driver reload) keeps what was counted.
+               -- A new UTC day starts counting at its first sample (in the batch, which
+               -- may span midnight); within a day a counter that went backwards (driver
+               -- reload) keeps what was counted.
                energy_joules_total = CASE WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts)
                   THEN EXCLUDED.energy_joules_total
                   ELSE COALESCE(EXCLUDED.energy_joules_total, gpu_latest.energy_joules_total) END,
                energy_day_start = CASE
-                  WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN EXCLUDED.energy_joules_total
+                  WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN EXCLUDED.energy_day_start
                   WHEN EXCLUDED.energy_joules_total IS NULL THEN gpu_latest.energy_day_start
                   WHEN gpu_latest.energy_day_start IS NULL OR gpu_latest.energy_joules_total IS NULL
-                       THEN EXCLUDED.energy_joules_total
+                       THEN EXCLUDED.energy_day_start
                   WHEN EXCLUDED.energy_joules_total < gpu_latest.energy_joules_total
                        THEN EXCLUDED.energy_joules_total - (gpu_latest.energy_joules_total - gpu_latest.energy_day_start)
                   ELSE gpu_latest.energy_day_start END",
@@ -312,7 +335,7 @@ fn upsert_host_sql(mode: Write) -> String {
              WHERE host_latest.ts {newer} EXCLUDED.ts
          ), gpu_latest_up AS (
             INSERT INTO gpu_latest (host_id, gpu_index, ts, {gc}{day_col})
-            SELECT h.id, g.*{day_val} FROM h, UNNEST(${gi}::int2[], ${gt}::timestamptz[], {ga}) AS g(i, t, {al})
+            SELECT h.id, g.i, g.t, {gal}{day_val} FROM h, UNNEST(${gi}::int2[], ${gt}::timestamptz[], {ga}, ${gdf}::float8[]) AS g(i, t, {al}, df)
             ON CONFLICT (host_id, gpu_index) DO UPDATE SET ts = EXCLUDED.ts, {gs}{day_set}
              WHERE gpu_latest.ts {newer} EXCLUDED.ts
          )
@@ -323,6 +346,7 @@ fn upsert_host_sql(mode: Write) -> String {
         gc = gpu_cols.join(", "),
         ga = gpu_arrays.join(", "),
         al = aliases.join(", "),
+        gal = aliases.iter().map(|a| format!("g.{a}")).collect::<Vec<_>>().join(", "),
         gs = gpu_set.join(", "),
         arrived = "COALESCE(EXCLUDED.last_heard, hosts.last_heard)",
         switched = "EXCLUDED.agent_stats->>'instance' IS NOT NULL
@@ -437,6 +461,7 @@ async fn upsert_host(
     for (i, m) in GPU_METRICS.iter().enumerate().filter(|(_, m)| m.latest) {
         q = bind_array(q, m, i, &gpus);
     }
+    q = q.bind(day_first_energy(b, &gpus));
     q.fetch_one(&mut **tx).await
 }
 

@@ -1121,9 +1121,20 @@ async fn energy_since_midnight_survives_late_samples_and_counter_resets() {
     assert_eq!(kwh().await, 1.0);
     assert_eq!(app.ingest(&token, &send(t[3], 1.8e6)).await.status(), 200);
     assert_eq!(kwh().await, 1.5);
+    // One batch across midnight (an agent replaying an outage): today counts from its
+    // first sample of the day, not from its newest.
+    let e2 = app.token("e2").await;
+    let gpu = |ts: DateTime<Utc>, joules: f64| json!({"ts": ts, "index": 0, "util_pct": 50.0, "energy_joules_total": joules});
+    let across = json!({"host": {"name": "e2"}, "gpu_samples": [
+        gpu(midnight - chrono::Duration::seconds(10), 5.0e6),
+        gpu(midnight + chrono::Duration::seconds(5), 5.1e6),
+        gpu(t[3], 5.1e6 + 3.6e6),
+    ]});
+    assert_eq!(app.ingest(&e2, &across).await.status(), 200);
+    assert_eq!(kwh().await, 2.5);
     // The fleet page shows it.
     let cookie = app.login("ops", "correct horse").await;
     let (_, html) = app.page(&cookie, "/").await;
-    assert!(html.contains("<b>1.5 kWh</b>"), "{html}");
+    assert!(html.contains("<b>2.5 kWh</b>"), "{html}");
     app.stop().await;
 }
