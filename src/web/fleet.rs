@@ -121,7 +121,7 @@ pub async fn load(st: &AppState, metric: Metric) -> Result<FleetData, ApiError> 
             .filter_map(|c| c.power_watts.map(f64::from))
             .fold(0.0, |a, b| a + b),
         gpu_energy_today_kwh: energy_today_j / 3.6e6,
-        gpus_faulty: cells.iter().filter(|c| c.health == Health::Fault).count(),
+        gpus_faulty: cells.iter().filter(|c| c.faults_24h > 0).count(),
         alerts_firing: alerts_firing.0,
         alerts_handled: alerts_firing.1,
         hosts,

@@ -79,8 +79,10 @@ impl Metric {
     }
 }
 
-/// A GPU's health as the heatmap shows it: a hardware fault in the last 24 h, hot, no
-/// sample for minutes (stale), or ok.
+/// A GPU's health as the heatmap shows it, the most urgent first: lost (a hardware event
+/// in the last 24 h and no sample now: fallen off the bus), hot now (a thermal event
+/// explains it, it does not hide it), a hardware event in the last 24 h, no sample for
+/// minutes (stale), or ok.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
@@ -88,6 +90,7 @@ pub enum Health {
     Hot,
     Fault,
     Stale,
+    Lost,
 }
 
 /// One GPU on the fleet heatmap.
@@ -173,14 +176,18 @@ pub fn heat_cells(
         // Host-wide events (index -1) count against every GPU of the host.
         let n = count(name, g.index) + count(name, -1);
         let reporting = super::page::gpu_reports(g, Some(h), now);
-        // A GPU that fell off the bus keeps its fault mark; one that is merely silent
-        // reads "no data", not its last values.
-        let health = if n > 0 {
-            Health::Fault
-        } else if !reporting {
-            Health::Stale
+        // A GPU that fell off the bus is lost, not one more fault; one that is merely
+        // silent reads "no data", not its last values.
+        let health = if !reporting {
+            if n > 0 {
+                Health::Lost
+            } else {
+                Health::Stale
+            }
         } else if g.temp_celsius.is_some_and(|t| t >= HOT_CELSIUS) {
             Health::Hot
+        } else if n > 0 {
+            Health::Fault
         } else {
             Health::Ok
         };
@@ -282,6 +289,7 @@ pub fn health_style(h: Health) -> (&'static str, &'static str, &'static str) {
         Health::Hot => ("h-hot", "▲", "hot"),
         Health::Fault => ("h-fault", "✖", "fault"),
         Health::Stale => ("h-stale", "?", "no data"),
+        Health::Lost => ("h-lost", "⊘", "lost"),
     }
 }
 
@@ -294,9 +302,12 @@ pub fn cell_view(c: &HeatCell, metric: Metric, query: &str, host_seg: &str) -> C
     };
     let class = match c.health {
         Health::Ok => "cell",
+        // Hot now and a hardware event in 24 h: both marks (the thermal event explains it).
+        Health::Hot if c.faults_24h > 0 => "cell hot fault",
         Health::Hot => "cell hot",
         Health::Fault => "cell fault",
         Health::Stale => "cell stale",
+        Health::Lost => "cell fault stale",
     };
     // `gpu-7 GPU 1: 97 % util, 91 °C, 350 W, memory 60.0 GiB; hot`, written in place:
     // the fleet page has a thousand of these.
@@ -333,7 +344,11 @@ pub fn cell_view(c: &HeatCell, metric: Metric, query: &str, host_seg: &str) -> C
         href: format!("/hosts/{host_seg}/gpus/{}?{query}", c.index),
         tone,
         class,
-        text: format!("{}{glyph}", c.index),
+        text: if c.health == Health::Hot && c.faults_24h > 0 {
+            format!("{}{glyph}✖", c.index)
+        } else {
+            format!("{}{glyph}", c.index)
+        },
         label,
     }
 }
@@ -428,7 +443,7 @@ pub fn gpu_summary(cells: &[&HeatCell]) -> GpuSummary {
     let hot = live()
         .filter(|c| c.temp_celsius.is_some_and(|t| t >= HOT_CELSIUS))
         .count();
-    let faulty = cells.iter().filter(|c| c.health == Health::Fault).count();
+    let faulty = cells.iter().filter(|c| c.faults_24h > 0).count();
     let mut text = String::with_capacity(64);
     let _ = write!(
         text,

@@ -44,14 +44,20 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     let (st, html) = app.page(&cookie, "/").await;
     assert_eq!(st, 200);
     assert_eq!(html.matches("<a class=\"cell").count(), 6, "{html}");
-    assert!(html.contains(r#"<a class="cell fault q31" href="/hosts/gpu-node-7/gpus/1?range=1h""#));
-    assert_eq!(html.matches("class=\"cell fault ").count(), 1);
+    // Hot now and with a hardware event: both marks, hot first (it is now).
+    assert!(
+        html.contains(r#"<a class="cell hot fault q31" href="/hosts/gpu-node-7/gpus/1?range=1h""#)
+    );
+    assert_eq!(html.matches("class=\"cell hot fault ").count(), 1);
+    assert!(html.contains(">1▲✖</a>"), "{html}");
     assert_eq!(
         html.matches("class=\"cell hot ").count(),
-        2,
-        "91 °C GPUs of nodes 8 and 9"
+        3,
+        "91 °C GPUs of nodes 7, 8 and 9"
     );
-    assert!(html.contains("gpu-node-7 GPU 1: 97 % util, 91 °C, 350 W, memory 60.0 GiB; fault, 1 hardware event in 24 h"));
+    assert!(html.contains(
+        "gpu-node-7 GPU 1: 97 % util, 91 °C, 350 W, memory 60.0 GiB; hot, 1 hardware event in 24 h"
+    ));
     assert!(html.contains(r#"<b id="kpi-faulty">1</b>"#));
     assert!(html.contains(r#"href="/racks/fra1/r07?range=1h""#));
     // Utilization 97 % is step 31 of 0–32 (near the light end of viridis); the page
@@ -59,7 +65,7 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     assert_eq!(html.matches(" q31\" href=").count(), 6, "colored cells");
     assert_eq!(
         html.matches("{background:#").count(),
-        33 + 4,
+        33 + 5,
         "step and health rules"
     );
     // Colored by temperature, 91 °C is the top of the 30–90 °C scale.

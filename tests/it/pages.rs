@@ -197,8 +197,8 @@ async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
         html.contains("2 GPUs · util 80 % (max 80 %) · 500 W · 1 not reporting"),
         "{html}"
     );
-    // Fallen off the bus: the fault mark stays on the silent GPU, which says it is not
-    // reporting.
+    // Fallen off the bus: the silent GPU with a hardware event is lost, and says it is
+    // not reporting.
     let lost = json!({"host": {"name": "quiet-gpu-host", "site": "fra1", "rack": "r01"},
         "events": [{"ts": now, "index": 1, "kind": "gpu_lost", "code": 79, "message": "GPU has fallen off the bus"}]});
     assert_eq!(app.ingest(&token, &lost).await.status(), 200);
@@ -207,11 +207,12 @@ async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
     let gpu1 = cells.iter().find(|c| c["index"] == 1).unwrap();
     assert_eq!(
         (&gpu1["health"], &gpu1["reporting"]),
-        (&json!("fault"), &json!(false))
+        (&json!("lost"), &json!(false))
     );
     let (_, html) = app.page(&cookie, "/").await;
     assert!(
-        html.contains("1 hardware event in 24 h, not reporting (last values)"),
+        html.contains(r#"class="cell fault stale h-lost" href="/hosts/quiet-gpu-host/gpus/1"#)
+            && html.contains("; lost, 1 hardware event in 24 h, not reporting (last values)"),
         "{html}"
     );
     app.stop().await;
