@@ -440,7 +440,9 @@ pub fn view(report: &EnergyReport) -> ReportView {
             "Week over week".into(),
             t.wow_change_pct
                 .map_or("—".into(), |v| format!("{v:+.1} %")),
-            if report.partial() {
+            if t.wow_change_pct.is_none() && t.prev_week_it_energy_kwh <= 0.0 {
+                "no data for last week".into()
+            } else if report.partial() {
                 format!(
                     "same hours last week {}",
                     fmt_kwh(t.prev_week_it_energy_kwh)

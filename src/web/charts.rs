@@ -186,9 +186,11 @@ fn time_ticks(
     .map(|t| {
         let f = (t - from).num_milliseconds() as f64 / span;
         let x = x0 + pw * f;
+        // A label centred near the plot's left edge would run under the value axis's
+        // bottom label ("0 %"): it starts at its tick instead.
         let anchor = if x + half > w {
             "end"
-        } else if x - half < 0.0 {
+        } else if x - half < x0 {
             "start"
         } else {
             "middle"
@@ -991,7 +993,10 @@ mod tests {
         );
         let days: Vec<u32> = wide.iter().map(|x| chrono::Datelike::day(&x.0)).collect();
         assert_eq!(days, [1, 8, 15, 22, 29]);
-        assert_eq!(wide[0].2, "middle");
+        // The first sits at the plot's left edge: it starts there, clear of the value
+        // axis's labels; the others are centred on their ticks.
+        assert_eq!(wide[0].2, "start");
+        assert_eq!(wide[1].2, "middle");
         // A week on a phone's chart (2 steps): every third day, not one lone label.
         let phone = time_ticks(
             t("2026-11-29T03:00:00Z"),

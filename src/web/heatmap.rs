@@ -353,8 +353,15 @@ pub fn cell_view(c: &HeatCell, metric: Metric, query: &str, host_seg: &str) -> C
     }
 }
 
-/// Group cells by site, rack and host (cells arrive ordered that way).
+/// Group cells by site, rack and host (cells arrive ordered that way). GPU links carry
+/// `query`; rack links also carry the metric when it is not the default, so the rack's
+/// heatmap keeps the coloring it was reached by.
 pub fn heatmap(cells: &[HeatCell], metric: Metric, query: &str) -> Vec<SiteGroup> {
+    let rack_query = if metric == Metric::Util {
+        query.to_string()
+    } else {
+        format!("{query}&metric={}", metric.key())
+    };
     let mut sites: Vec<SiteGroup> = Vec::new();
     for c in cells {
         let site_name = place_label(&c.site, "no site");
@@ -370,7 +377,7 @@ pub fn heatmap(cells: &[HeatCell], metric: Metric, query: &str) -> Vec<SiteGroup
             site.racks.push(RackGroup {
                 site: c.site.clone(),
                 name: rack_name,
-                link: format!("{}?{query}", rack_path(&c.site, &c.rack)),
+                link: format!("{}?{rack_query}", rack_path(&c.site, &c.rack)),
                 hosts: Vec::new(),
             });
         }

@@ -75,6 +75,11 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
         "{t}"
     );
     assert!(t.contains(".heat .q32{background:#fde725;color:#000}"));
+    // The rack keeps the coloring it was reached by.
+    assert!(
+        t.contains(r#"href="/racks/fra1/r08?range=1h&#38;metric=temp""#),
+        "{t}"
+    );
     assert!(t.contains(r#"Temperature: <span class="nw">30 °C <span class="scale""#));
     let (st, _) = app.page(&cookie, "/?metric=fanciness").await;
     assert_eq!(st, 400);
