@@ -145,6 +145,15 @@ pub fn agent_token(cfg: &Config) -> anyhow::Result<String> {
     anyhow::bail!("no agent token: set agent.token (RACKWATCH_AGENT__TOKEN), agent.token_file, or pass --token; mint one with `rackwatch token create --host NAME`")
 }
 
+/// Where the agent's token came from, for messages that ask to check it.
+pub fn agent_token_source(cfg: &Config) -> String {
+    if cfg.agent.token.is_empty() && !cfg.agent.token_file.is_empty() {
+        format!("the token in agent.token_file = {}", cfg.agent.token_file)
+    } else {
+        "agent.token (or --token)".to_string()
+    }
+}
+
 /// Build a shipper with its spool.
 pub fn shipper(
     cfg: &Config,
@@ -201,6 +210,7 @@ pub fn local_sources(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Source>>> {
     }
     if let Some(k) =
         crate::collect::kernel_log::KernelLogSource::open(&cfg.agent.kernel_log, ledger)
+            .map_err(anyhow::Error::msg)?
     {
         sources.push(Box::new(k));
     }

@@ -1593,7 +1593,12 @@ pub fn read_secret_file(path: &Path, key: &str) -> Result<String, String> {
         .map_err(|e| format!("{key} = {}: cannot read it: {e}", path.display()))?;
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if line.is_empty() {
-        return Err(format!("{key} = {}: the file is empty", path.display()));
+        let why = if text.trim().is_empty() {
+            "the file is empty"
+        } else {
+            "the first line is blank (the secret must be on the first line)"
+        };
+        return Err(format!("{key} = {}: {why}", path.display()));
     }
     Ok(line.to_string())
 }
@@ -2100,6 +2105,24 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_secret_file_says_whether_it_is_empty_or_its_first_line_blank() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let read = |p: &Path| read_secret_file(p, "agent.token_file");
+        assert_eq!(read(&write("ok", "rw_abc\r\n")).unwrap(), "rw_abc");
+        let e = read(&write("empty", "\n\n")).unwrap_err();
+        assert!(e.ends_with(": the file is empty"), "{e}");
+        let e = read(&write("late", "\n\nrw_abc\n")).unwrap_err();
+        assert!(e.contains("the first line is blank"), "{e}");
     }
 
     #[test]

@@ -1131,7 +1131,7 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 serde_json::json!({ "note": note, "token_id": id }),
             )
             .await?;
-            eprintln!("agent token for host {host} (shown once; store it in the agent's config as agent.token):");
+            eprintln!("agent token for host {host} (shown once; put it in a file only the agent can read and name the file in agent.token_file, or set agent.token):");
             println!("{token}");
         }
         TokenCmd::List { all } => {
@@ -1474,7 +1474,7 @@ async fn run_agent(cfg: Config) -> anyhow::Result<()> {
     let token = app::agent_token(&cfg)?;
     let identity = app::local_identity(&cfg);
     rackwatch::model::validate::validate_host(&identity)
-        .map_err(|e| anyhow::anyhow!("agent.host: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("agent.{e}"))?;
     if cfg.agent.host.name.is_empty() {
         tracing::warn!(
             host = %identity.name,
@@ -1483,7 +1483,8 @@ async fn run_agent(cfg: Config) -> anyhow::Result<()> {
     }
     let sources = app::local_sources(&cfg)?;
     let spool = std::path::absolute(cfg.spool_dir()).unwrap_or_else(|_| cfg.spool_dir());
-    let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &spool)?;
+    let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &spool)?
+        .with_token_source(app::agent_token_source(&cfg));
     tracing::info!(spool = %spool.display(), "undelivered batches wait in the spool");
     let shipper = agent::run(identity, sources, shipper, app::timing(&cfg), shutdown).await?;
     if shipper.pending() {

@@ -321,12 +321,18 @@ fn monotonic_usec() -> u64 {
 
 impl KernelLogSource {
     /// Open `spec`: empty = `/dev/kmsg`, `off` = none, anything else a text file.
-    /// `None` (logged once) when the log cannot be read.
-    pub fn open(spec: &str, ledger: Arc<Mutex<XidLedger>>) -> Option<KernelLogSource> {
+    /// `Ok(None)` when it is off, or when `/dev/kmsg` cannot be read (logged once: the
+    /// default on a machine without root). A file named in the config that cannot be
+    /// read is an error, as a configured NVML library that does not load is: a typo
+    /// there would leave the agent without kernel-log XIDs unnoticed.
+    pub fn open(
+        spec: &str,
+        ledger: Arc<Mutex<XidLedger>>,
+    ) -> Result<Option<KernelLogSource>, String> {
         let now_usec = monotonic_usec();
         let boot = Utc::now() - chrono::Duration::microseconds(now_usec as i64);
         let reader = match spec {
-            "off" => return None,
+            "off" => return Ok(None),
             "" | "/dev/kmsg" => {
                 use std::os::unix::fs::OpenOptionsExt;
                 match std::fs::OpenOptions::new()
@@ -340,7 +346,7 @@ impl KernelLogSource {
                             "cannot read /dev/kmsg ({e}); XIDs come from NVML only \
                              (set agent.kernel_log to a kernel log file, or run as root)"
                         );
-                        return None;
+                        return Ok(None);
                     }
                 }
             }
@@ -354,21 +360,22 @@ impl KernelLogSource {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("cannot read kernel log {path}: {e}; XIDs come from NVML only");
-                    return None;
+                    return Err(format!(
+                        "agent.kernel_log = {path}: cannot read it: {e} (name a readable kernel log file, leave it empty for /dev/kmsg, or set off)"
+                    ));
                 }
             },
         };
         // Records from the last minutes before the start are read too: an XID around
         // an agent restart is not lost (the server stores a replay once).
         let since_usec = now_usec.saturating_sub(10 * 60 * 1_000_000);
-        Some(KernelLogSource {
+        Ok(Some(KernelLogSource {
             reader,
             ledger,
             boot,
             since_usec,
             failed: false,
-        })
+        }))
     }
 
     /// New complete lines since the last call.
@@ -612,6 +619,19 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_kernel_log_that_cannot_be_read_stops_the_start() {
+        let ledger = XidLedger::shared();
+        let e = KernelLogSource::open("/nonexistent/kern.log", ledger.clone())
+            .err()
+            .unwrap();
+        assert!(
+            e.starts_with("agent.kernel_log = /nonexistent/kern.log: cannot read it:"),
+            "{e}"
+        );
+        assert!(KernelLogSource::open("off", ledger).unwrap().is_none());
+    }
+
+    #[test]
     fn a_text_log_is_tailed_from_its_end() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
@@ -622,7 +642,9 @@ mod tests {
         )
         .unwrap();
         let ledger = XidLedger::shared();
-        let mut src = KernelLogSource::open(path.to_str().unwrap(), ledger).unwrap();
+        let mut src = KernelLogSource::open(path.to_str().unwrap(), ledger)
+            .unwrap()
+            .unwrap();
         let mut c = Collected::default();
         src.collect(Utc::now(), &mut c);
         assert!(c.events.is_empty());

@@ -42,6 +42,8 @@ pub struct Shipper {
     /// One shipment's HTTP timeout (`agent.request_timeout_secs`).
     timeout: Duration,
     token: String,
+    /// Where the token came from, named when the server refuses it.
+    token_source: String,
     pub spool: Spool,
     failures: u32,
     retry_at: Option<Instant>,
@@ -289,6 +291,7 @@ impl Shipper {
             url: format!("{}/api/v1/ingest", server.trim_end_matches('/')),
             timeout,
             token: token.to_string(),
+            token_source: "agent.token".to_string(),
             spool,
             failures: 0,
             retry_at: None,
@@ -301,6 +304,13 @@ impl Shipper {
             refusal_log: Episode::default(),
             spool_log: Episode::default(),
         })
+    }
+
+    /// Name where the token came from (`agent.token_file = PATH`) in the message of a
+    /// refused token.
+    pub fn with_token_source(mut self, source: String) -> Shipper {
+        self.token_source = source;
+        self
     }
 
     /// Cut requests short when `stop` turns true (see [`SHUTDOWN_GRACE`]).
@@ -409,10 +419,12 @@ impl Shipper {
                 "{status}: {text} (set agent.host.name to the token's host, or create a token for this host)"
             )),
             401 => retry(format!(
-                "{status}: {text} (check agent.token; batches are kept in the spool)"
+                "{status}: {text} (check {}: revoked, mistyped, or from another server; batches are kept in the spool)",
+                self.token_source
             )),
             404 => retry(format!(
-                "{status}: {text} (agent.server must be the server's base URL, without a path; batches are kept in the spool)"
+                "{status}: {text} ({} has no Rackwatch ingest: agent.server must be a Rackwatch server's base URL, without a path; batches are kept in the spool)",
+                self.url
             )),
             _ => retry(format!("{status}: {text}")),
         }

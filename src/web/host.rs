@@ -240,6 +240,8 @@ pub struct HostPage {
     /// Two agents reporting as this host within the last hour, in words (else empty).
     pub two_agents: String,
     pub agent_version: String,
+    /// The agent's labels (`agent.host.labels`), `key=value` in key order.
+    pub labels: Vec<String>,
     pub picker: Picker,
     pub charts: Vec<ChartView>,
     /// GPU metrics as small multiples (one row per GPU).
@@ -432,6 +434,19 @@ async fn page(
             nav: Nav::new(&user, csrf, ""),
             strips,
             strip_scale: sequential_gradient(),
+            labels: d
+                .host
+                .labels
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| match v.as_str() {
+                            Some(v) => format!("{k}={v}"),
+                            None => format!("{k}={v}"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             agent_version: if d.host.agent_version.is_empty() {
                 "unknown".into()
             } else {

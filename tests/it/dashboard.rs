@@ -115,9 +115,17 @@ async fn heatmap_leads_to_the_faulty_gpu_in_three_clicks() {
     );
     assert_eq!(app.page(&cookie, "/racks/fra1/r99").await.0, 404);
 
-    // 3. Host page: GPU table with sparklines linking to GPU pages.
+    // 3. Host page: GPU table with sparklines linking to GPU pages, and the agent's labels.
+    let token = app.token("gpu-node-7").await;
+    let labelled = json!({"host": {"name": "gpu-node-7", "site": "fra1", "rack": "r07",
+        "pool": "train-a", "labels": {"team": "ml", "env": "prod"}}});
+    assert_eq!(app.ingest(&token, &labelled).await.status(), 200);
     let (st, host) = app.page(&cookie, "/hosts/gpu-node-7?range=6h").await;
     assert_eq!(st, 200);
+    assert!(
+        host.contains(r#"<span id="labels">labels <code class="label">env=prod</code> <code class="label">team=ml</code></span>"#),
+        "{host}"
+    );
     assert_eq!(host.matches("<svg class=\"spark\"").count(), 2);
     assert!(host.contains(r#"<a href="/hosts/gpu-node-7/gpus/1?range=6h">GPU 1</a>"#));
     // Host pages read 1-minute rollups from 1 h on; without a rollup job (none runs

@@ -170,7 +170,9 @@ async fn the_agent_reports_every_nvml_field_and_fault_through_the_server() {
     std::fs::write(&kern, "").unwrap();
     let ledger = XidLedger::shared();
     let nvml = NvmlSource::open_with(so.to_str().unwrap(), ledger.clone()).expect("NVML double");
-    let klog = KernelLogSource::open(kern.to_str().unwrap(), ledger).expect("kernel log");
+    let klog = KernelLogSource::open(kern.to_str().unwrap(), ledger)
+        .unwrap()
+        .expect("kernel log");
     // The kernel log holds the same XID 13 burst NVML reports (de-duplicated), an XID
     // 79 NVML cannot see, on GPU 1, and a GSP timeout on GPU 0; plus noise.
     std::fs::write(
