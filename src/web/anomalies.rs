@@ -39,7 +39,7 @@ pub struct AnomalyQuery {
     /// true: only minutes above their alert level; false: only the others.
     #[param(value_type = Option<bool>)]
     anomalous: Option<String>,
-    /// Most scores returned, 1–10000 (default 1000).
+    /// Most scores returned, 1–10000 (default 1000; larger values are capped).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
     limit: Option<String>,
 }
@@ -110,17 +110,19 @@ pub async fn anomalies(
         Some("false") => Some(false),
         Some(s) => return bad(format!("`anomalous` = {s:?}: use true or false")),
     };
+    // As on the other list endpoints: below 1 is refused, above the most is capped.
     let limit = match q.limit.as_deref() {
-        None | Some("") => 1000,
+        None | Some("") => None,
         Some(s) => match s.parse::<i64>() {
-            Ok(v) if (1..=MAX_ANOMALY_ROWS).contains(&v) => v,
-            _ => {
+            Ok(v) => Some(v),
+            Err(_) => {
                 return bad(format!(
-                    "`limit` = {s:?} is not a whole number from 1 to {MAX_ANOMALY_ROWS}"
+                    "`limit` = {s:?} is not a whole number (use 1 to {MAX_ANOMALY_ROWS}; larger values are capped)"
                 ))
             }
         },
     };
+    let limit = super::params::limit(limit, 1000, MAX_ANOMALY_ROWS)?;
     let host = q.host.as_deref().filter(|h| !h.is_empty());
     if let Some(h) = host {
         if st.store.host_latest(h).await?.is_none() {
