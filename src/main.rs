@@ -1389,6 +1389,14 @@ async fn alerts_db_cmd(db: &Database, cfg: &Config, a: AlertsCmd) -> anyhow::Res
                 from.format("%Y-%m-%d %H:%M:%S UTC"),
                 until.format("%Y-%m-%d %H:%M:%S UTC")
             );
+            // Kept (a host being installed may be silenced ahead), but a typo mutes nothing.
+            if let Some(host) = m.get("host") {
+                if db.store.host_latest(host).await?.is_none() {
+                    eprintln!(
+                        "note: no host named {host:?} reports to this server: the silence mutes it once it does (a misspelt name mutes nothing)"
+                    );
+                }
+            }
         }
         AlertsCmd::Silences => {
             let silences = db.store.active_silences(now).await?;

@@ -483,7 +483,19 @@ pub async fn silence(
     }
     .await;
     match made {
-        Ok(_) => Ok(Redirect::to("/alerts").into_response()),
+        // Kept (a host being installed may be silenced ahead), but a misspelt name mutes
+        // nothing: the list says so above it.
+        Ok(s) => match s.matchers.get("host") {
+            Some(h) if st.store.host_latest(h).await?.is_none() => {
+                let mut page = alerts_page(&st, &user, csrf, SilenceFormView::default()).await?;
+                page.notice = Some(format!(
+                    "Silence {} created. No host named {h:?} reports to this server: it mutes that host once it does (a misspelt name mutes nothing).",
+                    s.id
+                ));
+                Ok(render(&page))
+            }
+            _ => Ok(Redirect::to("/alerts").into_response()),
+        },
         // What was wrong goes next to the form, with what was typed.
         Err(ApiError::BadRequest(why)) => {
             let form = SilenceFormView {

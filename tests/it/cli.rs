@@ -326,6 +326,11 @@ async fn token_create_and_user_add_work_against_the_database() {
         .await
         .unwrap();
         assert!(ok && out.starts_with("silence "), "{args:?}: {err}");
+        // No host x, y or z reports: kept, with a note against a misspelt name.
+        assert!(
+            err.contains("note: no host named") && err.contains("reports to this server"),
+            "{args:?}: {err}"
+        );
     }
     let (from, until): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
         sqlx::query_as(
