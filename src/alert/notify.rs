@@ -153,6 +153,8 @@ pub struct Sender {
     from: Option<Mailbox>,
     group_wait: Duration,
     group_interval: Duration,
+    /// Notifications unsent for longer are dropped ([`Sender::max_wait`]).
+    max_wait: Duration,
     public_url: String,
     warned_unconfigured: bool,
     telemetry: Arc<Telemetry>,
@@ -196,6 +198,7 @@ impl Sender {
             from,
             group_wait: Duration::seconds(cfg.alerting.group_wait_secs as i64),
             group_interval: Duration::seconds(cfg.alerting.group_interval_secs as i64),
+            max_wait: Sender::max_wait(cfg.alerting.repeat_interval_secs),
             public_url: cfg.public_url(),
             warned_unconfigured: false,
             telemetry,
@@ -207,9 +210,37 @@ impl Sender {
         }
     }
 
+    /// How long a notification may wait unsent (no SMTP configured, a channel failing):
+    /// a day, or two repeat intervals if longer. By then a still-firing alert has been
+    /// queued again (every repeat interval), so what is dropped is stale: a "firing" or
+    /// "resolved" notice days late would only bury the current ones once sending works.
+    pub fn max_wait(repeat_interval_secs: u64) -> Duration {
+        Duration::hours(24).max(Duration::seconds(2 * repeat_interval_secs as i64))
+    }
+
     /// Send every due group: mails over SMTP, channel groups over HTTP. Returns the
-    /// number of deliveries (a mail or a channel request) that succeeded.
+    /// number of deliveries (a mail or a channel request) that succeeded. Notifications
+    /// that waited longer than [`Sender::max_wait`] are dropped first, with the reason
+    /// kept on their outbox row.
     pub async fn send_due(&mut self, store: &Store, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let hours = self.max_wait.num_hours();
+        let why = format!("expired: not sent within {hours} h");
+        let expired = sqlx::query!(
+            "UPDATE notification_outbox SET sent_at = $1, last_error = $2
+              WHERE sent_at IS NULL AND created_at < $3",
+            now,
+            &why,
+            now - self.max_wait,
+        )
+        .execute(&store.pool)
+        .await?
+        .rows_affected();
+        if expired > 0 {
+            tracing::warn!(
+                expired,
+                "alert notifications waited more than {hours} h unsent and were dropped (firing alerts are queued again every repeat interval)"
+            );
+        }
         let smtp = match (self.transport.clone(), self.from.clone()) {
             (Some(t), Some(f)) => Some((t, f)),
             _ => None,

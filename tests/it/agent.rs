@@ -470,9 +470,10 @@ async fn a_batch_for_another_host_goes_to_rejected_and_does_not_block_the_spool(
     app.stop().await;
 }
 
-/// The README's agent install, copied as written: the `agent.toml` block and the token
-/// file, with the server's URL and the paths under a temporary directory. The machine's
-/// hostname is not the token's host.
+/// The README's agent install, copied as written: the `agent.toml` block, the token
+/// file's lines and the foreground command, with the server's URL and the paths under a
+/// temporary directory (as this user: no `rackwatch` user here). The machine's hostname
+/// is not the token's host.
 #[tokio::test]
 async fn the_readme_agent_install_works_as_written() {
     let app = TestApp::spawn().await;
@@ -487,21 +488,26 @@ async fn the_readme_agent_install_works_as_written() {
     let host = block("rackwatch token create --host ", " ");
     assert_ne!(host, rackwatch::collect::system::SystemSource::host_name());
     let dir = tempfile::tempdir().unwrap();
-    let etc = dir.path().to_string_lossy().into_owned();
-    let toml = toml
-        .replace("https://rackwatch.example", &app.base)
-        .replace("/etc/rackwatch", &etc)
-        .replace("/var/lib/rackwatch", &etc);
-    let config = dir.path().join("agent.toml");
-    std::fs::write(&config, toml).unwrap();
-    // The README's shell lines that make the directories and the token file, as written.
-    let token = app.token(&host).await;
-    for start in ["mkdir -p /etc/rackwatch", "echo 'THE-PRINTED-TOKEN'"] {
-        let line = block(start, "\n");
-        let line = format!("{start}{line}")
-            .replace("THE-PRINTED-TOKEN", &token)
+    let etc = dir.path().join("etc").to_string_lossy().into_owned();
+    let state = dir.path().join("state").to_string_lossy().into_owned();
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let local = |s: &str| {
+        s.replace("https://rackwatch.example", &app.base)
+            .replace("/var/lib/rackwatch-agent", &state)
             .replace("/etc/rackwatch", &etc)
-            .replace("/var/lib/rackwatch", &etc);
+    };
+    let config = dir.path().join("etc/agent.toml");
+    std::fs::write(&config, local(&toml)).unwrap();
+    // The README's token lines as written (the group `rackwatch` aside: no such user here).
+    let token = app.token(&host).await;
+    let echo = "echo 'THE-PRINTED-TOKEN'";
+    let chmod = "chmod 0640 ";
+    for line in [
+        format!("{echo}{}", block(echo, "\n")),
+        format!("{chmod}{}", block(chmod, "\n")),
+    ] {
+        let line = local(&line).replace("THE-PRINTED-TOKEN", &token);
         let ok = std::process::Command::new("sh")
             .args(["-c", &line])
             .status()
@@ -509,9 +515,11 @@ async fn the_readme_agent_install_works_as_written() {
             .success();
         assert!(ok, "{line}");
     }
+    // The foreground command, as the rackwatch user would run it.
+    let run = "runuser -u rackwatch -- rackwatch ";
+    let args = local(&block(run, "\n"));
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_rackwatch"))
-        .args(["agent", "--config"])
-        .arg(&config)
+        .args(args.split_whitespace())
         .current_dir(dir.path())
         .env("RACKWATCH_LOG", "warn")
         .env("RACKWATCH_AGENT__INTERVAL_SECS", "1")
@@ -535,9 +543,10 @@ async fn the_readme_agent_install_works_as_written() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let _ = agent.wait();
     assert!(n > 0, "no samples from {host}");
-    // The spool is where the config says, not under the working directory.
+    // The spool is under the data directory the command names (the unit's
+    // StateDirectory), not under the working directory.
     assert!(!dir.path().join("rackwatch-data").exists());
-    assert!(dir.path().join("spool").is_dir());
+    assert!(dir.path().join("state/spool").is_dir());
     app.stop().await;
 }
 

@@ -421,19 +421,24 @@ async fn waiting_mail_without_smtp_does_not_hold_back_the_channels() {
         c.alerting.channels = chans;
     })
     .await;
-    // 2,100 mails waiting since yesterday (no SMTP server configured).
-    sqlx::query(
-        "INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert, created_at, next_attempt_at)
-         SELECT 'old|ops@example.com', 'old|n=' || i, 'firing', ARRAY['ops@example.com'],
-                jsonb_build_object('fingerprint', 'old|n=' || i, 'rule', 'old', 'severity', 'warning',
-                  'labels', jsonb_build_object('n', i::text), 'summary', 's', 'description', '', 'value', NULL,
-                  'started_at', '2026-01-01T00:00:00Z', 'resolved_at', NULL, 'occurrences', 1),
-                now() - interval '1 day', now() - interval '1 day'
-           FROM generate_series(1, 2100) i",
-    )
-    .execute(&app.store.pool)
-    .await
-    .unwrap();
+    // 2,100 mails waiting for 12 hours (no SMTP server configured), and 50 for two days.
+    for (group, n, age) in [("old", 2100, "12 hours"), ("stale", 50, "2 days")] {
+        sqlx::query(
+            "INSERT INTO notification_outbox (group_key, fingerprint, kind, recipients, alert, created_at, next_attempt_at)
+             SELECT $1::text || '|ops@example.com', $1::text || '|n=' || i, 'firing', ARRAY['ops@example.com'],
+                    jsonb_build_object('fingerprint', $1::text || '|n=' || i, 'rule', $1::text, 'severity', 'warning',
+                      'labels', jsonb_build_object('n', i::text), 'summary', 's', 'description', '', 'value', NULL,
+                      'started_at', '2026-01-01T00:00:00Z', 'resolved_at', NULL, 'occurrences', 1),
+                    now() - $3::interval, now() - $3::interval
+               FROM generate_series(1, $2) i",
+        )
+        .bind(group)
+        .bind(n)
+        .bind(age)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    }
     let token = app.token("gpu-17").await;
     let t0 = Utc::now() - chrono::Duration::seconds(1);
     let body = json!({"host": {"name": "gpu-17"}, "host_samples": [{"ts": t0, "cpu_util_pct": 10.0}],
@@ -449,6 +454,26 @@ async fn waiting_mail_without_smtp_does_not_hold_back_the_channels() {
     .await
     .unwrap();
     assert_eq!(waiting, 2100, "mail waits for SMTP, nothing dropped");
+    // Past a day unsent, a notification is stale: dropped, the reason on its row.
+    let expired: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT DISTINCT last_error FROM notification_outbox
+          WHERE group_key LIKE 'stale|%' AND sent_at IS NOT NULL AND message_id IS NULL",
+    )
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        expired,
+        [(Some("expired: not sent within 24 h".to_string()),)],
+        "all 50 expired"
+    );
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notification_outbox WHERE group_key LIKE 'stale|%' AND sent_at IS NULL",
+    )
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, 0);
     // The alerts page says why mail waits.
     let cookie = app.login("admin", "pw-for-channels").await;
     let (_, html) = app.page(&cookie, "/alerts").await;

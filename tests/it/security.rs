@@ -708,7 +708,8 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
     )
     .await
     .unwrap();
-    assert_eq!(r.status(), 303);
+    // gpu-9 does not report here: the list comes back with a notice instead of a redirect.
+    assert_eq!(r.status(), 200);
     let sil = app.store.active_silences(chrono::Utc::now()).await.unwrap()[0].id;
     assert!(one(
         &rows(&app, "silence.created").await,
