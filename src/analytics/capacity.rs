@@ -487,6 +487,15 @@ async fn recommend_pools(
         let mut note = String::new();
         let lead = match d.lead {
             Ok(l) => Some(l),
+            Err(cap::CapacityError::LeadLongerThanHistory {
+                lead_hours,
+                history_hours,
+            }) => {
+                note = format!(
+                    "no plan ahead yet: it looks {lead_hours} h ahead (capacity.lead_days) and needs as much demand history; this pool has {history_hours} h"
+                );
+                None
+            }
             Err(e) => {
                 note = format!("no plan ahead yet: {e}");
                 None
@@ -782,8 +791,9 @@ async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Resul
 pub const GROWING_PER_DAY: f64 = 0.005;
 
 /// Whether a pool runs short within `lead`: it grows (see [`actions`]) and the plan from
-/// its lead start needs more than is installed, or its demand trend reaches the installed
-/// GPUs by then. The capacity alert fires on this.
+/// its lead start needs more than is installed, its demand trend reaches the installed
+/// GPUs by then, or this week's schedule needs more than is installed every hour. The
+/// capacity alert fires on this.
 pub fn short_within(r: &PoolRecommendation, lead: Duration, now: DateTime<Utc>) -> bool {
     if r.week_schedule.is_empty() {
         return false;
@@ -793,7 +803,9 @@ pub fn short_within(r: &PoolRecommendation, lead: Duration, now: DateTime<Utc>) 
     let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
     let plan_short =
         growth >= GROWING_PER_DAY && lead_peak > r.installed_gpus && r.lead_start <= now + lead;
-    trend_hits || plan_short
+    // Short in every hour of this week already (see [`plan_actions`]).
+    let week_short = r.week_schedule.iter().all(|g| *g > r.installed_gpus);
+    trend_hits || plan_short || week_short
 }
 
 /// What a planner should do about a pool, in words, most urgent first.
@@ -896,6 +908,20 @@ pub fn plan_actions(
         )));
     }
     let week_peak = r.week_schedule.iter().copied().max().unwrap_or(0);
+    // This week's schedule above what is installed in every hour is short whatever the
+    // trend or the plan ahead (a young pool has no plan ahead; a queue can jump). Above it
+    // only at the peaks is the plan's safety margin, which alone makes no order.
+    let week_low = r.week_schedule.iter().copied().min().unwrap_or(0);
+    if week_low > r.installed_gpus && !out.iter().any(|(u, _)| *u == Urgency::Order) {
+        out.push((
+            Urgency::Order,
+            format!(
+                "add {} as soon as possible: this week's schedule needs more than the {} installed GPUs every hour ({week_low} at its lowest, {week_peak} at its peak)",
+                gpus_hosts(week_peak - r.installed_gpus),
+                r.installed_gpus
+            ),
+        ));
+    }
     if r.installed_gpus > 0 {
         if let Some((from, to, level)) = low_window(&r.week_schedule, r.decided_at) {
             let spare = r.installed_gpus - level;
@@ -941,14 +967,16 @@ pub fn plan_actions(
         }
     }
     if out.is_empty() {
+        let ahead = if r.lead_plan.is_empty() {
+            "no plan ahead yet".to_string()
+        } else {
+            format!("{lead_peak} from {}", r.lead_start.format("%Y-%m-%d"))
+        };
         out.push((
             Urgency::NoChange,
             format!(
-                "no change: {} installed GPUs cover the plan (peak {} this week, {} from {})",
+                "no change: {} installed GPUs cover the plan (peak {week_peak} this week, {ahead})",
                 r.installed_gpus,
-                week_peak,
-                lead_peak,
-                r.lead_start.format("%Y-%m-%d")
             ),
         ));
     }
@@ -1891,6 +1919,19 @@ mod tests {
             actions(&r, 7, t)[0].starts_with("no change"),
             "{:?}",
             actions(&r, 7, t)
+        );
+        // A young pool (no plan ahead yet) whose queue jumped: this week's schedule above
+        // what is installed is an order, not "no change".
+        let young = rec(vec![100; 168], Vec::new(), 8, 1);
+        assert_eq!(
+            actions(&young, 7, t)[0],
+            "add 92 GPUs as soon as possible: this week's schedule needs more than the 8 installed GPUs every hour (100 at its lowest, 100 at its peak)"
+        );
+        assert!(short_within(&young, Duration::days(7), t));
+        let calm = rec(vec![6; 168], Vec::new(), 8, 1);
+        assert_eq!(
+            actions(&calm, 7, t),
+            ["no change: 8 installed GPUs cover the plan (peak 6 this week, no plan ahead yet)"]
         );
     }
 

@@ -433,7 +433,10 @@ async fn page(
                         s
                     }
                 });
-                let mut label = format!("{name}: {} pools", c.pools);
+                let mut label = format!(
+                    "{name}: {}",
+                    crate::model::format::count(c.pools, "pool")
+                );
                 if c.to_order > 0 {
                     label.push_str(&format!(", {} to grow", c.to_order));
                 }
@@ -797,10 +800,21 @@ async fn pool_page(
             },
             chart,
             wide_svg,
-            methods: format!(
-                "next hour: {}; week: {}; plan ahead: {}",
-                s.methods.next_hour, s.methods.week, s.methods.lead
-            ),
+            methods: {
+                let or_none = |m: &str| {
+                    if m.is_empty() {
+                        "none yet".to_string()
+                    } else {
+                        m.to_string()
+                    }
+                };
+                format!(
+                    "next hour: {}; week: {}; plan ahead: {}",
+                    or_none(&s.methods.next_hour),
+                    or_none(&s.methods.week),
+                    or_none(&s.methods.lead)
+                )
+            },
             evidence: if s.evidence.next_hour.method.is_empty() {
                 Vec::new()
             } else {
