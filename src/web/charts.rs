@@ -112,6 +112,9 @@ pub struct Overlay {
     pub bands: Vec<Band>,
     /// Horizontal reference lines (an alert threshold): value and label.
     pub refs: Vec<(f64, String)>,
+    /// Series (by index) drawn by their highest value in each pixel column instead of
+    /// the mean: a peak that sizes capacity stays as high on a phone as on a desktop.
+    pub peaks: Vec<usize>,
 }
 
 /// A band between two lines on the same times, e.g. a forecast's 80 % interval.
@@ -435,7 +438,13 @@ pub fn line_chart_sized(
     }
     for (si, s) in series.iter().enumerate() {
         let color = PALETTE[si % PALETTE.len()];
-        let cols = downsample(&s.points, from, span, (pw / per_point) as usize);
+        let cols = downsample(
+            &s.points,
+            from,
+            span,
+            (pw / per_point) as usize,
+            overlay.peaks.contains(&si),
+        );
         // Each drawn point is the last time of its column: the points of continuous data
         // in neighbouring columns are up to two columns' time apart, beyond the data's
         // own spacing.
@@ -544,7 +553,7 @@ pub fn strip_chart(
         escape(title)
     );
     for r in rows {
-        let cols = downsample(&r.points, from, span, STRIP_COLS);
+        let cols = downsample(&r.points, from, span, STRIP_COLS, false);
         // Points sparser than the columns (1-minute rollups over an hour) fill the columns
         // up to the next point, unless the next point is more than twice the usual step
         // away (a gap in the data stays empty).
@@ -660,7 +669,7 @@ pub fn sparkline(
     const SW: f64 = 120.0;
     const SH: f64 = 24.0;
     let span = (to - from).num_milliseconds().max(1) as f64;
-    let cols = downsample(points, from, span, SW as usize);
+    let cols = downsample(points, from, span, SW as usize, false);
     let mut path = String::new();
     for (i, (c, _, v)) in cols.iter().enumerate() {
         let y = SH - 1.0 - (v / ymax.max(1e-9)).clamp(0.0, 1.0) * (SH - 2.0);
@@ -754,12 +763,14 @@ pub fn sequential_gradient() -> String {
     format!("linear-gradient(to right, {})", stops.join(", "))
 }
 
-/// Mean of the points falling in each pixel column: (column, last time, mean value).
+/// Mean (or with `peak`, the highest) of the points falling in each pixel column:
+/// (column, last time, value).
 fn downsample(
     points: &[(DateTime<Utc>, f64)],
     from: DateTime<Utc>,
     span_ms: f64,
     width: usize,
+    peak: bool,
 ) -> Vec<(usize, DateTime<Utc>, f64)> {
     let mut out: Vec<(usize, DateTime<Utc>, f64, u32)> = Vec::new();
     for &(t, v) in points {
@@ -774,8 +785,12 @@ fn downsample(
         match out.last_mut() {
             Some(last) if last.0 == col => {
                 last.1 = t;
-                last.2 += v;
-                last.3 += 1;
+                if peak {
+                    last.2 = last.2.max(v);
+                } else {
+                    last.2 += v;
+                    last.3 += 1;
+                }
             }
             _ => out.push((col, t, v, 1)),
         }
@@ -1029,10 +1044,15 @@ mod tests {
                 )
             })
             .collect();
-        let cols = downsample(&pts, from, 3_600_000.0, 568);
+        let cols = downsample(&pts, from, 3_600_000.0, 568, false);
         assert!(cols.len() <= 568);
         // Two samples per column on average: the mean of 0 and 100 shows up.
         assert!(cols.iter().any(|c| (c.2 - 50.0).abs() < 1e-9));
+        // Drawn by peaks, a column holding a 100 shows 100, never a mean.
+        let peaks = downsample(&pts, from, 3_600_000.0, 568, true);
+        assert_eq!(peaks.len(), cols.len());
+        assert!(peaks.iter().all(|c| c.2 == 0.0 || c.2 == 100.0));
+        assert!(peaks.iter().filter(|c| c.2 == 100.0).count() > cols.len() / 2);
         let svg = line_chart(
             "<b>cpu</b>",
             &[Series {
