@@ -792,8 +792,8 @@ pub const GROWING_PER_DAY: f64 = 0.005;
 
 /// Whether a pool runs short within `lead`: it grows (see [`actions`]) and the plan from
 /// its lead start needs more than is installed, its demand trend reaches the installed
-/// GPUs by then, or this week's schedule needs more than is installed every hour. The
-/// capacity alert fires on this.
+/// GPUs by then, or work queues now and this week's schedule needs more than is
+/// installed every hour. The capacity alert fires on this.
 pub fn short_within(r: &PoolRecommendation, lead: Duration, now: DateTime<Utc>) -> bool {
     if r.week_schedule.is_empty() {
         return false;
@@ -803,9 +803,18 @@ pub fn short_within(r: &PoolRecommendation, lead: Duration, now: DateTime<Utc>) 
     let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
     let plan_short =
         growth >= GROWING_PER_DAY && lead_peak > r.installed_gpus && r.lead_start <= now + lead;
-    // Short in every hour of this week already (see [`plan_actions`]).
-    let week_short = r.week_schedule.iter().all(|g| *g > r.installed_gpus);
-    trend_hits || plan_short || week_short
+    trend_hits || plan_short || short_every_hour(r)
+}
+
+/// Work queues now and this week's schedule needs more than is installed in every hour:
+/// short whatever the trend or the plan ahead (a young pool has no plan ahead; a queue
+/// can jump). A schedule above the installed GPUs without a queue, or only at the peaks,
+/// is the plan's safety margin, which alone makes no order.
+fn short_every_hour(r: &PoolRecommendation) -> bool {
+    let installed = r.installed_gpus;
+    r.demand_now.is_some_and(|d| d > f64::from(installed))
+        && !r.week_schedule.is_empty()
+        && r.week_schedule.iter().all(|g| *g > installed)
 }
 
 /// What a planner should do about a pool, in words, most urgent first.
@@ -908,11 +917,8 @@ pub fn plan_actions(
         )));
     }
     let week_peak = r.week_schedule.iter().copied().max().unwrap_or(0);
-    // This week's schedule above what is installed in every hour is short whatever the
-    // trend or the plan ahead (a young pool has no plan ahead; a queue can jump). Above it
-    // only at the peaks is the plan's safety margin, which alone makes no order.
     let week_low = r.week_schedule.iter().copied().min().unwrap_or(0);
-    if week_low > r.installed_gpus && !out.iter().any(|(u, _)| *u == Urgency::Order) {
+    if short_every_hour(r) && !out.iter().any(|(u, _)| *u == Urgency::Order) {
         out.push((
             Urgency::Order,
             format!(
@@ -1922,7 +1928,11 @@ mod tests {
         );
         // A young pool (no plan ahead yet) whose queue jumped: this week's schedule above
         // what is installed is an order, not "no change".
-        let young = rec(vec![100; 168], Vec::new(), 8, 1);
+        let mut young = rec(vec![100; 168], Vec::new(), 8, 1);
+        // Without a queue, a schedule above the installed GPUs is only its margin.
+        assert!(actions(&young, 7, t)[0].starts_with("no change"));
+        assert!(!short_within(&young, Duration::days(7), t));
+        young.demand_now = Some(100.0);
         assert_eq!(
             actions(&young, 7, t)[0],
             "add 92 GPUs as soon as possible: this week's schedule needs more than the 8 installed GPUs every hour (100 at its lowest, 100 at its peak)"
