@@ -721,7 +721,8 @@ async fn facility_meter_readings_make_the_pue_measured() {
     let token = app.token("m1").await;
     let tz = app.cfg.energy.tz();
     let now = Utc::now();
-    // Two whole hours of the current week, or of last week early on a Monday.
+    // Two whole hours of one week: of the current week, or of last week early on a
+    // Monday (an hour earlier when the two would straddle the week's start).
     let h0 = (now - Duration::hours(3))
         .with_minute(0)
         .unwrap()
@@ -729,6 +730,12 @@ async fn facility_meter_readings_make_the_pue_measured() {
         .unwrap()
         .with_nanosecond(0)
         .unwrap();
+    let last = h0 + Duration::hours(2) - Duration::seconds(1);
+    let h0 = if IsoWeek::containing(last, tz) == IsoWeek::containing(h0, tz) {
+        h0
+    } else {
+        h0 - Duration::hours(1)
+    };
     let week = IsoWeek::containing(h0, tz);
     let samples: Vec<Value> = (0..120)
         .map(|m| {
