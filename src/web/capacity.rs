@@ -732,9 +732,10 @@ async fn pool_page(
                 },
             ],
             marks: vec![(Utc::now(), "now".into())],
-            // Demand, installed and the capacities at their highest per pixel column, as
-            // the legend says: a phone's chart shows the same peaks as a desktop's.
-            peaks: vec![0, 1, 2, 3],
+            // Demand (and installed) at their highest per pixel column, as the legend
+            // says: a phone's chart shows the same peaks as a desktop's. The schedules keep
+            // the column mean, so their night lows still show on a phone.
+            peaks: vec![0, 1],
             ..Overlay::default()
         };
         let range = super::range::TimeRange::fixed(d.from, d.to, 3600);
