@@ -744,8 +744,7 @@ pub async fn accept(
         max_items: cfg.ingest.max_samples_per_batch,
     };
     // The validator's time limits, in ms: points outside them move no state.
-    let window =
-        (now - limits.max_age).timestamp_millis()..=(now + limits.max_future).timestamp_millis();
+    let window = limits.window_ms();
     let mut w = Written {
         samples: mapped.samples,
         dropped: std::mem::take(&mut mapped.dropped),

@@ -26,6 +26,15 @@ pub struct Limits {
     pub max_items: usize,
 }
 
+impl Limits {
+    /// The sample times accepted, in ms since the epoch: what [`check_ts`] lets through.
+    /// Remote write moves its counter state only for points inside it.
+    pub fn window_ms(&self) -> std::ops::RangeInclusive<i64> {
+        (self.now - self.max_age).timestamp_millis()
+            ..=(self.now + self.max_future).timestamp_millis()
+    }
+}
+
 /// Rejections listed in detail in an answer; the rest are only counted.
 pub const MAX_REJECTIONS_LISTED: usize = 1000;
 
