@@ -879,22 +879,21 @@ async fn capacity_plan(
                 "pool", "installed", "demand", "next hour", "week", "plan ahead"
             );
             for r in &recs {
-                let peak = r.week_schedule.iter().max().copied().unwrap_or(0);
-                let low = r.week_schedule.iter().min().copied().unwrap_or(0);
-                let lead_peak = r.lead_plan.iter().max().copied().unwrap_or(0);
+                let dash = |g: Option<i32>| g.map_or("-".into(), |g| g.to_string());
+                let week = match (r.week_schedule.iter().min(), r.week_schedule.iter().max()) {
+                    (Some(low), Some(peak)) if low == peak => peak.to_string(),
+                    (Some(low), Some(peak)) => format!("{low}-{peak}"),
+                    _ => "-".into(),
+                };
                 let act = r.actions_now(now).join("; ");
                 println!(
                     "{:<20} {:>9} {:>8} {:>9} {:>11} {:>11}  {}",
                     r.pool,
                     r.installed_gpus,
                     r.demand_now.map_or("-".into(), |d| format!("{d:.1}")),
-                    r.next_hour,
-                    if low == peak {
-                        peak.to_string()
-                    } else {
-                        format!("{low}-{peak}")
-                    },
-                    lead_peak,
+                    dash(r.next_hour),
+                    week,
+                    dash(r.lead_plan.iter().max().copied()),
                     act
                 );
             }

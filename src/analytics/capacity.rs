@@ -158,8 +158,9 @@ pub struct PoolRecommendation {
     pub host_size: i32,
     /// Demand (work + queue) in the last slot, GPUs.
     pub demand_now: Option<f64>,
-    pub next_hour: i32,
-    /// GPUs for each of the 168 hours from `decided_at`.
+    /// GPUs for the next hour (null: no recommendation yet, `note` says why).
+    pub next_hour: Option<i32>,
+    /// GPUs for each of the 168 hours from `decided_at` (empty: no plan yet).
     pub week_schedule: Vec<i32>,
     pub lead_start: DateTime<Utc>,
     /// GPUs for each of the 168 hours from `lead_start`.
@@ -472,11 +473,14 @@ async fn recommend_pools(
                 skipped += 1;
                 tracing::debug!(pool = d.pool, "no recommendation: {why}");
                 recs.push(partial_recommendation(
-                    &d.pool,
+                    Young {
+                        pool: &d.pool,
+                        installed: d.installed,
+                        host_size: d.host_size,
+                        demand_now: d.demand_now,
+                    },
                     now,
                     end,
-                    d.installed,
-                    d.host_size,
                     &why,
                     pool_sites,
                 ));
@@ -541,7 +545,7 @@ async fn recommend_pools(
             installed_gpus: installed,
             host_size: d.host_size as i32,
             demand_now: d.demand_now,
-            next_hour: next.capacities.first().copied().unwrap_or(0) as i32,
+            next_hour: Some(next.capacities.first().copied().unwrap_or(0) as i32),
             week_schedule: week.capacities.iter().map(|v| *v as i32).collect(),
             lead_start,
             lead_plan,
@@ -592,24 +596,31 @@ async fn recommend_pools(
     Ok((done, skipped))
 }
 
-/// A pool without a full recommendation keeps its row with the reason (and no plan).
-fn partial_recommendation(
-    pool: &str,
-    now: DateTime<Utc>,
-    decided_at: DateTime<Utc>,
+/// What is known of a pool the recommender could not yet decide for.
+struct Young<'a> {
+    pool: &'a str,
     installed: i32,
     host_size: u32,
+    demand_now: Option<f64>,
+}
+
+/// A pool without a full recommendation keeps its row with its installed GPUs, its demand
+/// and the reason, and no recommendation: every surface shows the same absence.
+fn partial_recommendation(
+    d: Young<'_>,
+    now: DateTime<Utc>,
+    decided_at: DateTime<Utc>,
     why: &str,
     sites: Vec<String>,
 ) -> PoolRecommendation {
     PoolRecommendation {
-        pool: pool.into(),
+        pool: d.pool.into(),
         computed_at: now,
         decided_at,
-        installed_gpus: installed,
-        host_size: host_size as i32,
-        demand_now: None,
-        next_hour: installed,
+        installed_gpus: d.installed,
+        host_size: d.host_size as i32,
+        demand_now: d.demand_now,
+        next_hour: None,
         week_schedule: Vec::new(),
         lead_start: decided_at,
         lead_plan: Vec::new(),
@@ -1356,12 +1367,12 @@ impl Store {
         let (pools, hours, gpus): (Vec<&str>, Vec<DateTime<Utc>>, Vec<i32>) = recs
             .iter()
             .filter(|r| !r.week_schedule.is_empty())
-            .map(|r| {
+            .filter_map(|r| {
                 let hour = r
                     .decided_at
                     .duration_trunc(Duration::hours(1))
                     .unwrap_or(r.decided_at);
-                (r.pool.as_str(), hour, r.next_hour)
+                Some((r.pool.as_str(), hour, r.next_hour?))
             })
             .fold(
                 (Vec::new(), Vec::new(), Vec::new()),
@@ -1836,7 +1847,7 @@ mod tests {
             installed_gpus: installed,
             host_size,
             demand_now: Some(1.0),
-            next_hour: 1,
+            next_hour: Some(1),
             week_schedule: schedule,
             lead_start: t + Duration::days(7),
             lead_plan: lead,

@@ -60,16 +60,17 @@ pub struct PoolSummary {
     pub host_size: i32,
     /// Demand (work + queue) over the 5 minutes before `decided_at`, GPUs.
     pub demand_now: Option<f64>,
-    /// GPUs to hold for the next hour (the autoscaling advice, revised every hour).
-    pub next_hour: i32,
-    /// The highest hour of the week's plan, GPUs.
-    pub week_peak: i32,
-    /// The lowest hour of the week's plan, GPUs.
-    pub week_low: i32,
+    /// GPUs to hold for the next hour (the autoscaling advice, revised every hour; null
+    /// until the pool has an hour of demand, `note` says why).
+    pub next_hour: Option<i32>,
+    /// The highest hour of the week's plan, GPUs (null: no plan yet).
+    pub week_peak: Option<i32>,
+    /// The lowest hour of the week's plan, GPUs (null: no plan yet).
+    pub week_low: Option<i32>,
     /// Start of the week planned ahead (now + `capacity.lead_days`).
     pub lead_start: DateTime<Utc>,
-    /// The highest hour of that week, GPUs.
-    pub lead_peak: i32,
+    /// The highest hour of that week, GPUs (null: no plan ahead yet, `note` says why).
+    pub lead_peak: Option<i32>,
     /// When the demand trend reaches the installed GPUs (null: not within the horizon).
     pub exhausted_at: Option<DateTime<Utc>>,
     /// The demand trend's growth per day, as a fraction of its level (0.02: 2 %/day).
@@ -97,10 +98,10 @@ fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSu
         host_size: r.host_size,
         demand_now: r.demand_now,
         next_hour: r.next_hour,
-        week_peak: r.week_schedule.iter().copied().max().unwrap_or(0),
-        week_low: r.week_schedule.iter().copied().min().unwrap_or(0),
+        week_peak: r.week_schedule.iter().copied().max(),
+        week_low: r.week_schedule.iter().copied().min(),
         lead_start: r.lead_start,
-        lead_peak: r.lead_plan.iter().copied().max().unwrap_or(0),
+        lead_peak: r.lead_plan.iter().copied().max(),
         exhausted_at: r.exhausted_at,
         growth_per_day: r.growth_per_day,
         // Stored by the job; rows from before it stored them are worded here.
@@ -304,6 +305,27 @@ fn gpu_range(low: i32, peak: i32) -> String {
     }
 }
 
+/// "N GPUs", or a dash where there is no recommendation yet.
+fn gpus_or_dash(g: Option<i32>) -> String {
+    g.map_or_else(|| "–".into(), |g| format!("{g} GPUs"))
+}
+
+/// The week's plan as "low–peak GPUs", or a dash without a plan.
+fn week_range(p: &PoolSummary) -> String {
+    match (p.week_low, p.week_peak) {
+        (Some(low), Some(peak)) => gpu_range(low, peak),
+        _ => "–".into(),
+    }
+}
+
+/// The plan ahead as "N GPUs from date", or a dash without one.
+fn lead_text(p: &PoolSummary) -> String {
+    p.lead_peak.map_or_else(
+        || "–".into(),
+        |g| format!("{g} GPUs from {}", p.lead_start.format("%Y-%m-%d")),
+    )
+}
+
 fn evidence_text(e: &EvidenceView) -> String {
     let mut parts = Vec::new();
     if e.next_hour.hours > 0.0 {
@@ -385,26 +407,14 @@ fn pool_view(p: &PoolSummary, site: Option<&str>, horizon_days: u32) -> PoolView
         link: format!("/capacity/pools/{}", seg(&p.pool)),
         installed: format!("{} GPUs", p.installed_gpus),
         demand_now: num(p.demand_now, 1, "GPUs"),
-        next_hour: format!("{} GPUs", p.next_hour),
-        week: if p.week_peak > 0 {
-            gpu_range(p.week_low, p.week_peak)
-        } else {
-            "–".into()
-        },
-        lead: if p.lead_peak > 0 {
-            format!(
-                "{} GPUs from {}",
-                p.lead_peak,
-                p.lead_start.format("%Y-%m-%d")
-            )
-        } else {
-            "–".into()
-        },
+        next_hour: gpus_or_dash(p.next_hour),
+        week: week_range(p),
+        lead: lead_text(p),
         exhausted: date(p.exhausted_at, horizon_days),
         actions: p.actions.clone(),
         evidence: evidence_text(&p.evidence),
         // Without a week's plan the actions already say why.
-        note: if p.week_peak > 0 {
+        note: if p.week_peak.is_some() {
             p.note.clone()
         } else {
             String::new()
@@ -789,13 +799,9 @@ async fn pool_page(
                 link: String::new(),
                 installed: format!("{} GPUs ({} per host)", s.installed_gpus, s.host_size),
                 demand_now: num(s.demand_now, 1, "GPUs"),
-                next_hour: format!("{} GPUs", s.next_hour),
-                week: gpu_range(s.week_low, s.week_peak),
-                lead: format!(
-                    "{} GPUs from {}",
-                    s.lead_peak,
-                    s.lead_start.format("%Y-%m-%d")
-                ),
+                next_hour: gpus_or_dash(s.next_hour),
+                week: week_range(&s),
+                lead: lead_text(&s),
                 exhausted: date(s.exhausted_at, st.cfg.capacity.horizon_days),
                 actions: s.actions.clone(),
                 evidence: evidence_text(&s.evidence),
@@ -865,15 +871,18 @@ pub struct AutoscalerView {
     /// Demand (work + queue) over the 5 minutes before `decided_at`, GPUs.
     pub demand_gpus: Option<f64>,
     /// GPUs for the next hour: the autoscaling advice, made from the last hours' demand
-    /// and revised every hour. Scale on this one.
-    pub recommended_1h: i32,
-    /// The peak of the week's schedule.
-    pub recommended_7d: i32,
+    /// and revised every hour. Scale on this one. Null until the pool has an hour of
+    /// demand (`note` says why); the gauges then leave the pool's series out.
+    pub recommended_1h: Option<i32>,
+    /// The peak of the week's schedule (null: no plan yet).
+    pub recommended_7d: Option<i32>,
     /// GPUs for each of the next 168 hours, from `decided_at`: the weekly plan, made
     /// once for the whole week with the margin a week ahead needs, so `schedule[0]` can
     /// differ from `recommended_1h` (either way). For reservations and partition sizes.
     pub schedule: Vec<i32>,
     pub decided_at: DateTime<Utc>,
+    /// Why a part is missing (a young pool: no recommendation or no plan ahead yet).
+    pub note: String,
 }
 
 /// Which pools.
@@ -920,9 +929,10 @@ pub fn autoscaler_view(r: &PoolRecommendation) -> AutoscalerView {
         installed_gpus: r.installed_gpus,
         demand_gpus: r.demand_now,
         recommended_1h: r.next_hour,
-        recommended_7d: r.week_schedule.iter().copied().max().unwrap_or(r.next_hour),
+        recommended_7d: r.week_schedule.iter().copied().max(),
         schedule: r.week_schedule.clone(),
         decided_at: r.decided_at,
+        note: r.note.clone(),
     }
 }
 

@@ -302,16 +302,14 @@ impl Scraped {
             "rackwatch_pool_recommended_gpus",
             "GPUs the capacity job recommends: for the next hour (1h) and the week's peak (7d)",
             self.pools.iter().flat_map(|v| {
-                [
-                    (
-                        [("pool", v.pool.clone()), ("horizon", "1h".into())],
-                        i64::from(v.recommended_1h),
-                    ),
-                    (
-                        [("pool", v.pool.clone()), ("horizon", "7d".into())],
-                        i64::from(v.recommended_7d),
-                    ),
-                ]
+                [("1h", v.recommended_1h), ("7d", v.recommended_7d)]
+                    .into_iter()
+                    .filter_map(|(horizon, g)| {
+                        Some((
+                            [("pool", v.pool.clone()), ("horizon", horizon.into())],
+                            i64::from(g?),
+                        ))
+                    })
             }),
         )?;
         gauges(

@@ -445,6 +445,18 @@ async fn gauges_and_the_api_agree_with_the_page() {
     .execute(&app.store.pool)
     .await
     .unwrap();
+    // A pool half an hour old: no recommendation yet, the same absence on every surface.
+    hosts(&app, "young", "ams2", "r7", 1, 8).await;
+    sqlx::query(
+        "INSERT INTO pool_demand (pool, bucket, busy_gpus, util_gpus, queued_gpus, installed_gpus)
+         SELECT 'young', b, 3, 3, 0, 8
+           FROM generate_series(date_trunc('hour', now()) + interval '5 minutes' * floor(extract(minute FROM now()) / 5)
+                - interval '30 minutes', date_trunc('hour', now()) + interval '5 minutes' * floor(extract(minute FROM now()) / 5)
+                - interval '5 minutes', interval '5 minutes') b",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
     capacity::run(&app.store, &app.cfg, Utc::now())
         .await
         .unwrap();
@@ -479,7 +491,7 @@ async fn gauges_and_the_api_agree_with_the_page() {
     let metrics = app.metrics().await;
     let (_, page) = app.page(&cookie, "/capacity").await;
     let pools = api.as_array().unwrap();
-    assert_eq!(pools.len(), 3);
+    assert_eq!(pools.len(), 4);
     // When each pool runs out, as the page says it: a date, or "already" once it has passed.
     let overview = app.json(&cookie, "/api/v1/capacity").await;
     let runs_out = |pool: &str| {
@@ -502,6 +514,10 @@ async fn gauges_and_the_api_agree_with_the_page() {
     assert_ne!(runs_out("train"), "already");
     for p in pools {
         let pool = p["pool"].as_str().unwrap();
+        if pool == "young" {
+            young_pool_has_no_recommendation_anywhere(&app, &cookie, p, &metrics, &page).await;
+            continue;
+        }
         let (h1, d7, inst) = (
             p["recommended_1h"].as_i64().unwrap(),
             p["recommended_7d"].as_i64().unwrap(),
@@ -593,6 +609,60 @@ async fn gauges_and_the_api_agree_with_the_page() {
         }
     }
     app.stop().await;
+}
+
+/// A pool with half an hour of demand: its installed GPUs and demand everywhere, and no
+/// recommendation anywhere (no gauge, null in both JSON views, dashes on the pages and in
+/// the command line's table), with the same reason.
+async fn young_pool_has_no_recommendation_anywhere(
+    app: &TestApp,
+    cookie: &str,
+    p: &Value,
+    metrics: &str,
+    page: &str,
+) {
+    let why = "no plan yet: only 30 min of demand history";
+    assert!(p["recommended_1h"].is_null() && p["recommended_7d"].is_null(), "{p}");
+    assert_eq!(p["schedule"], json!([]));
+    assert_eq!(p["installed_gpus"], 8);
+    assert_eq!(p["demand_gpus"].as_f64(), Some(3.0));
+    assert!(p["note"].as_str().unwrap().starts_with(why), "{p}");
+    assert!(
+        !metrics.contains("rackwatch_pool_recommended_gpus{pool=\"young\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rackwatch_pool_installed_gpus{pool=\"young\"} 8"));
+    assert!(metrics.contains("rackwatch_pool_demand_gpus{pool=\"young\"} 3"));
+    let card = &page[page.find("id=\"pool-young\"").unwrap()..];
+    let card = &card[..card.find("</section>").unwrap()];
+    assert!(card.contains("<dt>Next hour</dt><dd>–</dd>"), "{card}");
+    assert!(card.contains(why), "{card}");
+    let j = app.json(cookie, "/api/v1/capacity/pools/young").await;
+    for k in ["next_hour", "week_peak", "week_low", "lead_peak"] {
+        assert!(j["summary"][k].is_null(), "{k}: {j}");
+    }
+    let (status, html) = app.page(cookie, "/capacity/pools/young").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<dt>Next hour</dt><dd>–</dd>"), "{html}");
+    let one = app
+        .json(cookie, "/api/v1/capacity/recommendations?pool=young")
+        .await;
+    assert!(one[0]["recommended_1h"].is_null(), "{one}");
+    let url = app.db_url.clone();
+    let table = tokio::task::spawn_blocking(move || {
+        let (ok, out, err) = crate::cli::rackwatch(
+            &url,
+            &["capacity", "plan", "--pool", "young", "--format", "table"],
+            "",
+        );
+        assert!(ok, "{err}");
+        out
+    })
+    .await
+    .unwrap();
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..6], ["young", "8", "3.0", "-", "-", "-"], "{table}");
+    assert!(table.contains(why), "{table}");
 }
 
 #[tokio::test]

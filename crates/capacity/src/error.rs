@@ -31,6 +31,15 @@ pub enum CapacityError {
         /// the decision time
         now: DateTime<Utc>,
     },
+    /// The history before the decision time is shorter than one whole hour, the unit every
+    /// recommendation is made in.
+    #[error("only {minutes} min of demand history before {now}: a recommendation needs one whole hour")]
+    ShortHistory {
+        /// minutes of history before the decision time
+        minutes: u32,
+        /// the decision time
+        now: DateTime<Utc>,
+    },
     /// Every sample before the decision time is a gap.
     #[error("history has no observed value: all {slots} samples before {now} are gaps")]
     NoObservations {

@@ -51,7 +51,10 @@ impl Grid {
         }
         let hours = (n_use / sph).min(MAX_HOURS);
         if hours == 0 {
-            return Err(CapacityError::EmptyHistory { now });
+            return Err(CapacityError::ShortHistory {
+                minutes: n_use as u32 * minutes,
+                now,
+            });
         }
         let first = n_use - hours * sph;
         let mut x = Vec::with_capacity(hours * sph);

@@ -360,6 +360,17 @@ fn bad_input_gives_clear_errors() {
         next_hour(&[], Step::FIVE_MINUTES, t0(), now, &ok).unwrap_err(),
         CapacityError::EmptyHistory { now }
     );
+    // 40 minutes of history: less than the hour every recommendation is made in
+    let young = t0() + Duration::minutes(40);
+    let e = next_hour(&v[..8], Step::FIVE_MINUTES, t0(), young, &ok).unwrap_err();
+    assert_eq!(
+        e,
+        CapacityError::ShortHistory {
+            minutes: 40,
+            now: young
+        }
+    );
+    assert!(e.to_string().starts_with("only 40 min of demand history"), "{e}");
     assert!(matches!(
         next_hour(&vec![None; 500], Step::FIVE_MINUTES, t0(), now, &ok).unwrap_err(),
         CapacityError::NoObservations { .. }
