@@ -342,18 +342,31 @@ impl Store {
         host: Option<&str>,
         since: DateTime<Utc>,
         until: Option<DateTime<Utc>>,
+        after: Option<(DateTime<Utc>, &str, i16, &str, i64)>,
         limit: i64,
     ) -> Result<Vec<EventRow>, sqlx::Error> {
+        let (a_ts, a_host, a_gpu, a_kind, a_code) = match after {
+            Some((t, h, g, k, c)) => (Some(t), Some(h), Some(g), Some(k), Some(c)),
+            None => (None, None, None, None, None),
+        };
+        // `after`: the events past that key in the answer's order (keyset paging).
         let rows = sqlx::query!(
             r#"SELECT h.name AS host_name, NULLIF(e.gpu_index, -1) AS index, e.ts, e.kind, e.code, e.message, e.count
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
               WHERE ($1::text IS NULL OR h.name = $1) AND e.ts >= $2
                 AND ($4::timestamptz IS NULL OR e.ts <= $4)
+                AND ($5::timestamptz IS NULL OR e.ts < $5
+                     OR (e.ts = $5 AND (h.name, e.gpu_index, e.kind, e.code) > ($6::text, $7::int2, $8::text, $9::int8)))
               ORDER BY e.ts DESC, h.name, e.gpu_index, e.kind, e.code LIMIT $3"#,
             host,
             since,
             limit,
             until,
+            a_ts,
+            a_host,
+            a_gpu,
+            a_kind,
+            a_code,
         )
         .fetch_all(self.history())
         .await?;

@@ -2,8 +2,11 @@
 //! them (their meaning and recommended action come from the XID table in `model::xid`).
 
 use axum::extract::State;
+use axum::http::{header, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{Duration, Utc};
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use utoipa_axum::routes;
 
@@ -45,16 +48,68 @@ pub struct EventsQuery {
     /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default 7 days ago).
     #[param(example = "2026-11-16T00:00:00Z")]
     since: Option<String>,
-    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default: now): events at or before it. To
-    /// page back through more than `limit` events, pass the oldest `ts` of a full answer;
-    /// the events of that instant come again (skip those you have), so `limit` must be
-    /// larger than the events of one instant (an XID storm's GPUs). With `until` more
-    /// than 7 days back, give `since` too.
+    /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default: now): events at or before it. With
+    /// `until` more than 7 days back, give `since` too.
     #[param(example = "2026-11-17T00:00:00Z")]
     until: Option<String>,
-    /// Most events returned, 1–10000 (default 1000; larger values are capped). An answer
-    /// of exactly `limit` events may have more before its oldest (see `until`).
+    /// Most events returned, 1–10000 (default 1000; larger values are capped). A full
+    /// answer has a `Link: <…>; rel="next"` header to the events after its last one.
     limit: Option<i64>,
+    /// Where the answer before stopped: the cursor in its `Link` header (follow that link
+    /// as it is). Every event comes once, however many share an instant.
+    after: Option<String>,
+}
+
+/// Where a page of events stopped: the key of its last event, in the answer's order.
+#[derive(Debug, PartialEq, serde::Serialize, Deserialize)]
+struct Cursor {
+    ts: DateTime<Utc>,
+    host: String,
+    gpu: i16,
+    kind: String,
+    code: i64,
+}
+
+impl Cursor {
+    fn of(e: &EventRow) -> Cursor {
+        Cursor {
+            ts: e.ts,
+            host: e.host_name.clone(),
+            gpu: e.index.unwrap_or(-1),
+            kind: e.kind.clone(),
+            code: e.code,
+        }
+    }
+
+    /// URL-safe text: base64 of the key's JSON.
+    fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a cursor serializes");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn decode(text: &str) -> Result<Cursor, ApiError> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "`after` is not a cursor of this API: follow the `Link: <…>; rel=\"next\"` header of the answer before, as it is".into(),
+                )
+            })
+    }
+}
+
+/// The link to the page after `last`: the request's own query, with `after` set.
+fn next_link(query: &str, last: &EventRow) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k != "after" {
+            q.append_pair(&k, &v);
+        }
+    }
+    q.append_pair("after", &Cursor::of(last).encode());
+    format!("</api/v1/events?{}>; rel=\"next\"", q.finish())
 }
 
 /// Hardware events, newest first (then by host, GPU, kind and code).
@@ -64,7 +119,9 @@ pub struct EventsQuery {
     tag = "events",
     params(EventsQuery),
     responses(
-        (status = 200, description = "The events.", body = Vec<EventRow>),
+        (status = 200, description = "The events.", body = Vec<EventRow>, headers(
+            ("Link" = String, description = "On a full answer (`limit` events): `</api/v1/events?…&after=…>; rel=\"next\"`, the next page.")
+        )),
         (status = 400, description = "A bad time or limit.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 404, description = "No such host.", body = ErrorBody),
@@ -73,8 +130,9 @@ pub struct EventsQuery {
 pub async fn events(
     State(st): State<AppState>,
     _u: ApiUser,
+    uri: Uri,
     ApiQuery(q): ApiQuery<EventsQuery>,
-) -> Result<Json<Vec<EventRow>>, ApiError> {
+) -> Result<Response, ApiError> {
     let since = parse_rfc3339("since", q.since.as_deref(), Utc::now() - Duration::days(7))?;
     let until = q
         .until
@@ -98,5 +156,26 @@ pub async fn events(
             return Err(ApiError::NotFound(format!("no host named {h:?}")));
         }
     }
-    Ok(Json(st.store.events(host, since, until, limit).await?))
+    let after = q.after.as_deref().map(Cursor::decode).transpose()?;
+    let rows = st
+        .store
+        .events(
+            host,
+            since,
+            until,
+            after.as_ref().map(|c| (c.ts, c.host.as_str(), c.gpu, c.kind.as_str(), c.code)),
+            limit,
+        )
+        .await?;
+    let link = match rows.last() {
+        Some(last) if rows.len() as i64 == limit => {
+            Some(next_link(uri.query().unwrap_or_default(), last))
+        }
+        _ => None,
+    };
+    let mut res = Json(rows).into_response();
+    if let Some(l) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        res.headers_mut().insert(header::LINK, l);
+    }
+    Ok(res)
 }

@@ -396,8 +396,9 @@ async fn json_api_with_basic_auth() {
     app.stop().await;
 }
 
-/// Before: the events API returned the newest `limit` events and no way to reach older
-/// ones; an XID storm hid everything before it.
+/// A full page of events links to the next one (`Link: <…>; rel="next"`), and following
+/// the links reaches every event once, even where more events share an instant than a
+/// page holds (an XID storm's GPUs).
 #[tokio::test]
 async fn events_page_back_with_until_and_take_the_page_time_format() {
     let app = TestApp::spawn().await;
@@ -411,49 +412,76 @@ async fn events_page_back_with_until_and_take_the_page_time_format() {
         .unwrap();
     let token = app.token("ev-host").await;
     let ts = recent(6, 60, 600);
-    // Six instants; the fourth has two events (GPUs 0 and 1).
+    // Six instants; the fourth has five events (GPUs 0 to 4): more than a page of 3.
     let mut events: Vec<_> = ts
         .iter()
         .map(|t| json!({"ts": t, "index": 0, "kind": "xid", "code": 13, "message": "x"}))
         .collect();
-    events.push(json!({"ts": ts[3], "index": 1, "kind": "xid", "code": 13, "message": "x"}));
+    for g in 1..5 {
+        events.push(json!({"ts": ts[3], "index": g, "kind": "xid", "code": 13, "message": "x"}));
+    }
     let body = json!({"host": {"name": "ev-host"}, "events": events});
     assert_eq!(app.ingest(&token, &body).await.status(), 200);
-    let get = |q: String| {
+    let fetch = |path: String| {
         let app = &app;
         async move {
             let r = app
                 .http
-                .get(format!("{}/api/v1/events?{q}", app.base))
+                .get(format!("{}{path}", app.base))
                 .basic_auth("script", Some("s3cret-pass"))
                 .send()
                 .await
                 .unwrap();
             let status = r.status().as_u16();
-            (status, r.json::<serde_json::Value>().await.unwrap())
+            let link = r
+                .headers()
+                .get("link")
+                .map(|l| l.to_str().unwrap().to_string());
+            (status, link, r.json::<serde_json::Value>().await.unwrap())
         }
     };
-    // Page back 3 at a time, each from the oldest `ts` of the page before; the events at
-    // that instant come again and are skipped by their key.
-    let mut seen = std::collections::BTreeSet::new();
-    let mut until = String::new();
-    for _ in 0..5 {
-        let (status, page) = get(format!("limit=3&until={}", until.replace('+', "%2B"))).await;
+    let get = |q: String| {
+        let fetch = &fetch;
+        async move {
+            let (status, _, page) = fetch(format!("/api/v1/events?{q}")).await;
+            (status, page)
+        }
+    };
+    let mut seen = Vec::new();
+    let mut next = Some("/api/v1/events?host=ev-host&limit=3".to_string());
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let (status, link, page) = fetch(path).await;
         assert_eq!(status, 200, "{page}");
         let page = page.as_array().unwrap().clone();
-        let before = seen.len();
+        pages += 1;
+        assert!(pages <= 5, "the links end");
         for e in &page {
-            seen.insert((
+            seen.push((
                 e["ts"].as_str().unwrap().to_string(),
                 e["index"].as_i64().unwrap(),
             ));
         }
-        if page.len() < 3 || seen.len() == before {
-            break;
-        }
-        until = page.last().unwrap()["ts"].as_str().unwrap().to_string();
+        // Only a full page links on; its link keeps the request's other parameters.
+        assert_eq!(link.is_some(), page.len() == 3, "{link:?}");
+        next = link.map(|l| {
+            assert!(l.ends_with(">; rel=\"next\"") && l.contains("host=ev-host&limit=3&after="), "{l}");
+            l[1..l.find('>').unwrap()].to_string()
+        });
     }
-    assert_eq!(seen.len(), 7, "every event reached: {seen:?}");
+    assert_eq!(pages, 4, "10 events, 3 a page: the fourth page has one");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (10, 10), "each event once: {seen:?}");
+    // Newest first, then by GPU within an instant.
+    let mut ordered = seen.clone();
+    ordered.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    assert_eq!(seen, ordered);
+    // A cursor that is not one is named, not ignored.
+    let (status, page) = get("after=not-a-cursor".into()).await;
+    assert_eq!(status, 400);
+    assert!(page["error"].as_str().unwrap().contains("`after`"), "{page}");
     // The page's time format is taken here too (UTC); `until` before `since` is named.
     let minute = ts[5].format("%Y-%m-%dT%H:%M").to_string();
     let (status, page) = get(format!(
@@ -462,7 +490,7 @@ async fn events_page_back_with_until_and_take_the_page_time_format() {
     ))
     .await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page.as_array().unwrap().len(), 6, "{page}");
+    assert_eq!(page.as_array().unwrap().len(), 9, "{page}");
     let (status, e) = get(format!(
         "since={minute}&until={}",
         ts[0].format("%Y-%m-%dT%H:%M")
