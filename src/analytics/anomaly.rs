@@ -1240,6 +1240,8 @@ pub struct ScoreFilter<'a> {
     pub to: DateTime<Utc>,
     pub min_score: Option<f32>,
     pub anomalous: Option<bool>,
+    /// Only scores after this (minute, host) in the answer's order: the next page.
+    pub after: Option<(DateTime<Utc>, &'a str)>,
     pub limit: i64,
 }
 
@@ -1256,6 +1258,7 @@ impl Store {
                FROM anomaly_scores s JOIN hosts h ON h.id = s.host_id
               WHERE s.ts >= $1 AND s.ts < $2 AND ($3::text IS NULL OR h.name = $3)
                 AND ($4::float4 IS NULL OR s.score >= $4) AND ($5::bool IS NULL OR s.is_anomalous = $5)
+                AND ($7::timestamptz IS NULL OR s.ts < $7 OR (s.ts = $7 AND h.name > $8::text))
               ORDER BY s.ts DESC, h.name
               LIMIT $6"#,
             f.from,
@@ -1264,6 +1267,8 @@ impl Store {
             f.min_score,
             f.anomalous,
             f.limit,
+            f.after.map(|a| a.0),
+            f.after.map(|a| a.1),
         )
         .fetch_all(&self.pool)
         .await

@@ -1,6 +1,8 @@
 //! `GET /api/v1/anomalies`: per-minute anomaly scores with their explanations.
 
 use axum::extract::State;
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
@@ -42,6 +44,16 @@ pub struct AnomalyQuery {
     /// Most scores returned, 1–10000 (default 1000; larger values are capped).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
     limit: Option<String>,
+    /// Where the answer before stopped: the cursor of its `next` link (follow that link as
+    /// it is).
+    after: Option<String>,
+}
+
+/// Where a page of scores stopped: its last (minute, host).
+#[derive(serde::Serialize, Deserialize)]
+struct Cursor {
+    ts: DateTime<Utc>,
+    host: String,
 }
 
 /// Longest range of anomaly scores served in one request.
@@ -55,8 +67,11 @@ const MAX_ANOMALY_ROWS: i64 = 10_000;
 pub struct Anomalies {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    /// More scores matched than `limit`; narrow the range or raise `limit`.
+    /// More scores matched than `limit`: `next` has them.
     truncated: bool,
+    /// The next page (this request with `after` set), when `truncated`; also sent as
+    /// `Link: <…>; rel="next"`.
+    next: Option<String>,
     /// Newest first.
     scores: Vec<crate::analytics::anomaly::StoredScore>,
     /// The models of the hosts asked about, so a host without scores says why.
@@ -84,8 +99,9 @@ pub struct Anomalies {
 pub async fn anomalies(
     State(st): State<AppState>,
     _u: ApiUser,
+    uri: Uri,
     ApiQuery(q): ApiQuery<AnomalyQuery>,
-) -> Result<Json<Anomalies>, ApiError> {
+) -> Result<Response, ApiError> {
     let bad = |m: String| Err(ApiError::BadRequest(m));
     let to = parse_rfc3339("to", q.to.as_deref(), Utc::now())?;
     let from = parse_rfc3339("from", q.from.as_deref(), to - Duration::hours(24))?;
@@ -123,6 +139,7 @@ pub async fn anomalies(
         },
     };
     let limit = super::params::limit(limit, 1000, MAX_ANOMALY_ROWS)?;
+    let after: Option<Cursor> = q.after.as_deref().map(super::params::cursor).transpose()?;
     let host = q.host.as_deref().filter(|h| !h.is_empty());
     if let Some(h) = host {
         if st.store.host_latest(h).await?.is_none() {
@@ -137,16 +154,32 @@ pub async fn anomalies(
             to,
             min_score,
             anomalous,
+            after: after.as_ref().map(|c| (c.ts, c.host.as_str())),
             limit: limit + 1,
         })
         .await?;
     let truncated = scores.len() as i64 > limit;
     scores.truncate(limit as usize);
-    Ok(Json(Anomalies {
+    let next = match scores.last() {
+        Some(last) if truncated => Some(super::params::next_page(
+            &uri,
+            &Cursor {
+                ts: last.ts,
+                host: last.host.clone(),
+            },
+        )),
+        _ => None,
+    };
+    let body = Json(Anomalies {
         from,
         to,
         truncated,
+        next: next.clone(),
         scores,
         models: st.store.anomaly_models(host).await?,
-    }))
+    });
+    Ok(super::params::with_next(
+        body.into_response(),
+        next.as_deref(),
+    ))
 }

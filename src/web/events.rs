@@ -2,10 +2,9 @@
 //! them (their meaning and recommended action come from the XID table in `model::xid`).
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Uri};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use utoipa_axum::routes;
@@ -80,36 +79,6 @@ impl Cursor {
             code: e.code,
         }
     }
-
-    /// URL-safe text: base64 of the key's JSON.
-    fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).expect("a cursor serializes");
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-    }
-
-    fn decode(text: &str) -> Result<Cursor, ApiError> {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| {
-                ApiError::BadRequest(
-                    "`after` is not a cursor of this API: follow the `Link: <…>; rel=\"next\"` header of the answer before, as it is".into(),
-                )
-            })
-    }
-}
-
-/// The link to the page after `last`: the request's own query, with `after` set.
-fn next_link(query: &str, last: &EventRow) -> String {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if k != "after" {
-            q.append_pair(&k, &v);
-        }
-    }
-    q.append_pair("after", &Cursor::of(last).encode());
-    format!("</api/v1/events?{}>; rel=\"next\"", q.finish())
 }
 
 /// Hardware events, newest first (then by host, GPU, kind and code).
@@ -156,26 +125,27 @@ pub async fn events(
             return Err(ApiError::NotFound(format!("no host named {h:?}")));
         }
     }
-    let after = q.after.as_deref().map(Cursor::decode).transpose()?;
+    let after: Option<Cursor> = q.after.as_deref().map(super::params::cursor).transpose()?;
     let rows = st
         .store
         .events(
             host,
             since,
             until,
-            after.as_ref().map(|c| (c.ts, c.host.as_str(), c.gpu, c.kind.as_str(), c.code)),
+            after
+                .as_ref()
+                .map(|c| (c.ts, c.host.as_str(), c.gpu, c.kind.as_str(), c.code)),
             limit,
         )
         .await?;
-    let link = match rows.last() {
+    let next = match rows.last() {
         Some(last) if rows.len() as i64 == limit => {
-            Some(next_link(uri.query().unwrap_or_default(), last))
+            Some(super::params::next_page(&uri, &Cursor::of(last)))
         }
         _ => None,
     };
-    let mut res = Json(rows).into_response();
-    if let Some(l) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
-        res.headers_mut().insert(header::LINK, l);
-    }
-    Ok(res)
+    Ok(super::params::with_next(
+        Json(rows).into_response(),
+        next.as_deref(),
+    ))
 }

@@ -139,6 +139,7 @@ pub async fn rows(
         to: range.to,
         min_score: None,
         anomalous: Some(true),
+        after: None,
         limit: HOST_PAGE_ANOMALIES,
     };
     let (

@@ -328,6 +328,62 @@ async fn job_scores_a_hot_gpu_high_explains_it_and_the_api_serves_it() {
         .all(|x| x["anomalous"] == false));
     // Both hosts' models are listed when no host is named.
     assert_eq!(body["models"].as_array().unwrap().len(), 2);
+    // Paging: a second host scored at the same minutes as gpu-a (ties in the answer's
+    // order); following `next` reaches every anomalous minute of both once, newest first.
+    sqlx::query(
+        "INSERT INTO anomaly_scores (host_id, ts, score, threshold, is_anomalous, top)
+         SELECT (SELECT id FROM hosts WHERE name = 'gpu-new'), ts, score, threshold, is_anomalous, top
+           FROM anomaly_scores WHERE host_id = (SELECT id FROM hosts WHERE name = 'gpu-a') AND is_anomalous",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let want = 2 * s.iter().filter(|x| x.anomalous).count();
+    assert!(want > 14, "{want}");
+    let mut seen = Vec::new();
+    let mut next = Some(format!("/api/v1/anomalies?{range}&anomalous=true&limit=7"));
+    while let Some(path) = next.take() {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let link = r
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_string());
+        let body: Value = r.json().await.unwrap();
+        assert!(seen.len() <= want, "the links end");
+        for x in body["scores"].as_array().unwrap() {
+            seen.push((
+                x["ts"].as_str().unwrap().to_string(),
+                x["host"].as_str().unwrap().to_string(),
+            ));
+        }
+        next = body["next"].as_str().map(String::from);
+        assert_eq!(next.is_some(), body["truncated"] == true, "{body}");
+        assert_eq!(link, next.as_ref().map(|n| format!("<{n}>; rel=\"next\"")));
+    }
+    let mut ordered = seen.clone();
+    ordered.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    ordered.dedup();
+    assert_eq!(seen, ordered, "newest first, each once");
+    assert_eq!(seen.len(), want);
+    let (code, body) = get(&app, &cookie, "?after=xyz").await;
+    assert_eq!(code, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("`after`"),
+        "{body}"
+    );
+    sqlx::query(
+        "DELETE FROM anomaly_scores WHERE host_id = (SELECT id FROM hosts WHERE name = 'gpu-new')",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
     let r = app
         .http
         .get(format!("{}/api/v1/anomalies?host=gpu-new", app.base))

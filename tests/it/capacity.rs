@@ -622,7 +622,10 @@ async fn young_pool_has_no_recommendation_anywhere(
     page: &str,
 ) {
     let why = "no plan yet: only 30 min of demand history";
-    assert!(p["recommended_1h"].is_null() && p["recommended_7d"].is_null(), "{p}");
+    assert!(
+        p["recommended_1h"].is_null() && p["recommended_7d"].is_null(),
+        "{p}"
+    );
     assert_eq!(p["schedule"], json!([]));
     assert_eq!(p["installed_gpus"], 8);
     assert_eq!(p["demand_gpus"].as_f64(), Some(3.0));

@@ -465,7 +465,10 @@ async fn events_page_back_with_until_and_take_the_page_time_format() {
         // Only a full page links on; its link keeps the request's other parameters.
         assert_eq!(link.is_some(), page.len() == 3, "{link:?}");
         next = link.map(|l| {
-            assert!(l.ends_with(">; rel=\"next\"") && l.contains("host=ev-host&limit=3&after="), "{l}");
+            assert!(
+                l.ends_with(">; rel=\"next\"") && l.contains("host=ev-host&limit=3&after="),
+                "{l}"
+            );
             l[1..l.find('>').unwrap()].to_string()
         });
     }
@@ -473,7 +476,11 @@ async fn events_page_back_with_until_and_take_the_page_time_format() {
     let mut unique = seen.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!((seen.len(), unique.len()), (10, 10), "each event once: {seen:?}");
+    assert_eq!(
+        (seen.len(), unique.len()),
+        (10, 10),
+        "each event once: {seen:?}"
+    );
     // Newest first, then by GPU within an instant.
     let mut ordered = seen.clone();
     ordered.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -481,7 +488,10 @@ async fn events_page_back_with_until_and_take_the_page_time_format() {
     // A cursor that is not one is named, not ignored.
     let (status, page) = get("after=not-a-cursor".into()).await;
     assert_eq!(status, 400);
-    assert!(page["error"].as_str().unwrap().contains("`after`"), "{page}");
+    assert!(
+        page["error"].as_str().unwrap().contains("`after`"),
+        "{page}"
+    );
     // The page's time format is taken here too (UTC); `until` before `since` is named.
     let minute = ts[5].format("%Y-%m-%dT%H:%M").to_string();
     let (status, page) = get(format!(

@@ -33,7 +33,9 @@ pub enum CapacityError {
     },
     /// The history before the decision time is shorter than one whole hour, the unit every
     /// recommendation is made in.
-    #[error("only {minutes} min of demand history before {now}: a recommendation needs one whole hour")]
+    #[error(
+        "only {minutes} min of demand history before {now}: a recommendation needs one whole hour"
+    )]
     ShortHistory {
         /// minutes of history before the decision time
         minutes: u32,

@@ -370,7 +370,10 @@ fn bad_input_gives_clear_errors() {
             now: young
         }
     );
-    assert!(e.to_string().starts_with("only 40 min of demand history"), "{e}");
+    assert!(
+        e.to_string().starts_with("only 40 min of demand history"),
+        "{e}"
+    );
     assert!(matches!(
         next_hour(&vec![None; 500], Step::FIVE_MINUTES, t0(), now, &ok).unwrap_err(),
         CapacityError::NoObservations { .. }
