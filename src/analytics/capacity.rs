@@ -127,6 +127,21 @@ pub struct DrainCandidate {
     pub idle_kwh_7d: f64,
 }
 
+/// A host of a pool, as the pool's page lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PoolHost {
+    pub host: String,
+    pub site: String,
+    pub rack: String,
+    pub gpus: i64,
+    /// Mean GPU utilization over the last 7 days, % (null: no energy accounting yet).
+    pub util_pct: Option<f64>,
+    /// Energy its GPUs used while idle over the last 7 days, kWh (null: none accounted).
+    pub idle_kwh_7d: Option<f64>,
+    /// When its agent last reported.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
 impl PoolRecommendation {
     /// Whole days between the decision and the lead-time plan (the server's
     /// `capacity.lead_days`, shortened to fit a short history).
@@ -1292,13 +1307,39 @@ impl Store {
         pools: &[String],
         now: DateTime<Utc>,
     ) -> Result<HashMap<String, Vec<DrainHost>>, sqlx::Error> {
+        let mut out: HashMap<String, Vec<DrainHost>> = HashMap::new();
+        for (pool, h) in self.pool_hosts(pools, now).await? {
+            out.entry(pool)
+                .or_default()
+                .push((h.host, h.gpus, h.util_pct, h.idle_kwh_7d));
+        }
+        Ok(out)
+    }
+
+    /// The hosts in the fleet of each of `pools` with their GPUs, mean GPU utilization
+    /// and idle GPU energy over the 7 days before `now`: (pool, host), least busy first
+    /// (hosts without accounting first), then by name.
+    pub async fn pool_hosts(
+        &self,
+        pools: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, PoolHost)>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         no_jit(&mut tx).await?;
-        // (pool, host, GPUs, utilization, idle kWh)
-        type Row = (String, String, i64, Option<f64>, Option<f64>);
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            Option<f64>,
+            Option<f64>,
+            Option<DateTime<Utc>>,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "WITH hs AS (
-                SELECT h.id, h.name, h.pool, (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpus
+                SELECT h.id, h.name, h.pool, h.site, h.rack, h.last_seen,
+                       (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpus
                   FROM hosts h WHERE h.pool = ANY($1) AND h.removed_at IS NULL),
              e AS (
                 SELECT e.host_id, sum(e.util_sum) AS util_sum, sum(e.idle_minutes + e.busy_minutes) AS minutes,
@@ -1306,8 +1347,8 @@ impl Store {
                   FROM energy_hourly e
                  WHERE e.hour >= $2 AND e.gpu_index >= 0 AND e.host_id IN (SELECT id FROM hs)
                  GROUP BY e.host_id)
-             SELECT hs.pool, hs.name, hs.gpus, e.util_sum / nullif(e.minutes, 0) AS util,
-                    e.idle_j / 3.6e6 AS idle_kwh
+             SELECT hs.pool, hs.name, hs.site, hs.rack, hs.gpus, e.util_sum / nullif(e.minutes, 0) AS util,
+                    e.idle_j / 3.6e6 AS idle_kwh, hs.last_seen
                FROM hs LEFT JOIN e ON e.host_id = hs.id
               ORDER BY hs.pool, util NULLS FIRST, hs.name",
         )
@@ -1316,11 +1357,23 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut out: HashMap<String, Vec<DrainHost>> = HashMap::new();
-        for (pool, host, gpus, util, idle) in rows {
-            out.entry(pool).or_default().push((host, gpus, util, idle));
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .map(|(pool, host, site, rack, gpus, util, idle, last_seen)| {
+                (
+                    pool,
+                    PoolHost {
+                        host,
+                        site,
+                        rack,
+                        gpus,
+                        util_pct: util.map(|u| (u * 10.0).round() / 10.0),
+                        idle_kwh_7d: idle.map(|k| (k * 10.0).round() / 10.0),
+                        last_seen,
+                    },
+                )
+            })
+            .collect())
     }
 
     /// Store every pool's recommendation, the pools' exhaustion dates and the next-hour

@@ -578,6 +578,8 @@ pub struct PoolData {
     pub week_schedule: Vec<i32>,
     /// The plan for the week from `summary.lead_start`, one value per hour, GPUs.
     pub lead_plan: Vec<i32>,
+    /// The pool's hosts in the fleet, least busy over the last 7 days first.
+    pub hosts: Vec<crate::analytics::capacity::PoolHost>,
 }
 
 /// Days of past shown on a pool's page.
@@ -607,11 +609,13 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
     let from = from
         .duration_trunc(Duration::seconds(bucket))
         .unwrap_or(from);
-    let (demand, advised, forecasts) = tokio::try_join!(
+    let pools = [pool.to_string()];
+    let (demand, advised, forecasts, hosts) = tokio::try_join!(
         st.store.pool_demand_series(pool, from, now, bucket),
         st.store.capacity_history(pool, from, now),
         st.store
             .forecasts(Some("pool"), Some(pool), Some("demand_gpus")),
+        st.store.pool_hosts(&pools, now),
     )?;
     // A pool younger than the window starts its chart on the day its demand does (at
     // least a day back), so a new fleet's chart is not three weeks of nothing.
@@ -649,6 +653,7 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         forecast,
         week_schedule: rec.week_schedule.clone(),
         lead_plan: rec.lead_plan.clone(),
+        hosts: hosts.into_iter().map(|(_, h)| h).collect(),
     })
 }
 
@@ -663,6 +668,20 @@ pub struct PoolPage {
     pub wide_svg: String,
     pub methods: String,
     pub evidence: Vec<(String, String, String, String)>,
+    pub hosts: Vec<PoolHostView>,
+}
+
+/// A row of a pool page's host table.
+pub struct PoolHostView {
+    pub host: String,
+    pub link: String,
+    pub place: String,
+    pub gpus: i64,
+    pub util: String,
+    pub idle: String,
+    pub seen: String,
+    /// The capacity job lists it as a host to drain.
+    pub drain: bool,
 }
 
 async fn pool_page(
@@ -834,6 +853,24 @@ async fn pool_page(
                     ev("plan ahead", &s.evidence.lead),
                 ]
             },
+            hosts: d
+                .hosts
+                .iter()
+                .map(|h| PoolHostView {
+                    host: h.host.clone(),
+                    link: format!("/hosts/{}", seg(&h.host)),
+                    place: match (h.site.as_str(), h.rack.as_str()) {
+                        ("", "") => "–".into(),
+                        (site, "") => site.into(),
+                        (site, rack) => format!("{site} / {rack}"),
+                    },
+                    gpus: h.gpus,
+                    util: num(h.util_pct, 1, "%"),
+                    idle: num(h.idle_kwh_7d, 1, "kWh"),
+                    seen: crate::model::format::age(h.last_seen, Utc::now()),
+                    drain: s.consolidation.iter().any(|c| c.host == h.host),
+                })
+                .collect(),
         };
         render(&page)
     })

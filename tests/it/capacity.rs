@@ -209,6 +209,13 @@ async fn a_host_taken_out_of_the_fleet_is_not_installed() {
         .unwrap();
     let r = recommendation(&app, &pool).await;
     assert_eq!(r.installed_gpus, 8, "{pool} without {gone}");
+    let listed = app
+        .store
+        .pool_hosts(&[pool.clone()], Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].1.host, other.info.name);
     assert!(
         r.consolidation.0.iter().all(|d| d.host != gone),
         "{:?}",
@@ -557,6 +564,18 @@ async fn gauges_and_the_api_agree_with_the_page() {
             .json(&cookie, &format!("/api/v1/capacity/pools/{pool}"))
             .await;
         assert_eq!(j["summary"]["next_hour"].as_i64(), Some(h1));
+        // The pool's hosts, each linked from its page, add up to its installed GPUs.
+        let listed = j["hosts"].as_array().unwrap();
+        let gpus: i64 = listed.iter().map(|h| h["gpus"].as_i64().unwrap()).sum();
+        assert_eq!(gpus, inst, "{pool}: {listed:?}");
+        for h in listed {
+            let name = h["host"].as_str().unwrap();
+            assert!(name.starts_with(&format!("{pool}-")), "{name}");
+            assert!(
+                html.contains(&format!("<a href=\"/hosts/{name}\">{name}</a>")),
+                "{name}"
+            );
+        }
         // The command line's plan: the same figures in its table, every hour in its CSV.
         let (url, p) = (app.db_url.clone(), pool.to_string());
         let (table, csv, json_out) = tokio::task::spawn_blocking(move || {
