@@ -669,6 +669,8 @@ pub struct PoolPage {
     pub methods: String,
     pub evidence: Vec<(String, String, String, String)>,
     pub hosts: Vec<PoolHostView>,
+    /// How many of them are marked to drain.
+    pub drains: usize,
 }
 
 /// A row of a pool page's host table.
@@ -853,6 +855,11 @@ async fn pool_page(
                     ev("plan ahead", &s.evidence.lead),
                 ]
             },
+            drains: d
+                .hosts
+                .iter()
+                .filter(|h| s.consolidation.iter().any(|c| c.host == h.host))
+                .count(),
             hosts: d
                 .hosts
                 .iter()
