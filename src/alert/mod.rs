@@ -253,11 +253,12 @@ pub fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, rules::RuleError> {
     let mut source = RuleSource::new(&cfg.alerting.rules_file, &cfg.alerting.channels)?;
+    telemetry.rules_reloaded(true);
     Ok(tokio::spawn(async move {
         if let Some(loaded) = source.current() {
             source.audit(&store, &loaded).await;
         }
-        let mut sender = notify::Sender::new(&cfg, telemetry);
+        let mut sender = notify::Sender::new(&cfg, telemetry.clone());
         let eval_every = Duration::from_secs(cfg.alerting.eval_interval_secs);
         let mut last_full = Instant::now() - eval_every;
         // When this replica became the leader: hosts are judged silent from then at most.
@@ -268,6 +269,11 @@ pub fn spawn(
             } else {
                 let since = *watching_since.get_or_insert_with(chrono::Utc::now);
                 let reload = source.refresh();
+                match reload {
+                    Reload::Unchanged => {}
+                    Reload::Loaded { .. } => telemetry.rules_reloaded(true),
+                    Reload::Refused { .. } => telemetry.rules_reloaded(false),
+                }
                 source.audit(&store, &reload).await;
                 let rules = source.rules.clone();
                 let full = last_full.elapsed() >= eval_every;

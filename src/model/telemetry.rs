@@ -199,6 +199,11 @@ pub struct Telemetry {
     /// The newest scheduled backup: when it was made (0: none seen) and its size.
     pub backup_time: Gauge<f64, AtomicU64>,
     pub backup_bytes: Gauge<i64, AtomicI64>,
+    /// 1 while the alert rules in force are the rules file on disk, 0 once a change to it
+    /// was refused (the previous rules stay in force).
+    pub rules_reload_ok: Gauge<i64, AtomicI64>,
+    /// When the rules file was last loaded (Unix time).
+    pub rules_reload_time: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Telemetry {
@@ -246,6 +251,8 @@ impl Telemetry {
             smtp_duration: histograms(|| Histogram::new(SMTP_BUCKETS.iter().copied())),
             backup_time: Gauge::default(),
             backup_bytes: Gauge::default(),
+            rules_reload_ok: Gauge::default(),
+            rules_reload_time: Gauge::default(),
         };
         let mut r = Registry::default();
         let i = &t.ingest;
@@ -350,7 +357,26 @@ impl Telemetry {
             "Size of the newest scheduled backup archive",
             t.backup_bytes.clone(),
         );
+        r.register(
+            "rackwatch_alert_rules_last_reload_successful",
+            "1 while the alert rules in force are the rules file on disk; 0 once a change to it was refused (the previous rules stay in force), on the job leader",
+            t.rules_reload_ok.clone(),
+        );
+        r.register(
+            "rackwatch_alert_rules_last_reload_success_timestamp_seconds",
+            "When the alert rules file was last loaded (at start, or a change the job leader took)",
+            t.rules_reload_time.clone(),
+        );
         Telemetry { registry: r, ..t }
+    }
+
+    /// The alert rules file was loaded (true) or a change to it refused (false).
+    pub fn rules_reloaded(&self, ok: bool) {
+        self.rules_reload_ok.set(i64::from(ok));
+        if ok {
+            self.rules_reload_time
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
     }
 
     /// The registered instruments, for the exposition.

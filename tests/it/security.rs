@@ -1054,6 +1054,25 @@ async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
     assert_eq!(loaded[0].target, p);
     assert_eq!(loaded[0].details["sha256"], sha256_hex(good.as_bytes()));
     assert_eq!(loaded[0].details["rules"], 1);
+    let reload_gauges = |m: &str| {
+        let v = |name: &str| -> f64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} not in\n{m}"))
+                .parse()
+                .unwrap()
+        };
+        (
+            v("rackwatch_alert_rules_last_reload_successful"),
+            v("rackwatch_alert_rules_last_reload_success_timestamp_seconds"),
+        )
+    };
+    let (ok, at_start) = reload_gauges(&app.metrics().await);
+    assert_eq!(ok, 1.0);
+    assert!(
+        (chrono::Utc::now().timestamp() as f64 - at_start).abs() < 120.0,
+        "{at_start}"
+    );
 
     // A broken edit is refused (the previous rules stay), with the broken file's hash.
     let touch = |text: &str, secs: u64| {
@@ -1073,6 +1092,8 @@ async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
         "{}",
         refused[0].details
     );
+    // ... and the gauge an operator alerts on says so; the last good load keeps its time.
+    assert_eq!(reload_gauges(&app.metrics().await), (0.0, at_start));
     // The fix is loaded: a second `rules.loaded`, and no second refusal.
     let fixed = good.replace("summary = \"XID\"", "summary = \"XID, fixed\"");
     touch(&fixed, 20);
@@ -1080,6 +1101,8 @@ async fn rules_files_expired_sessions_and_ended_silences_leave_audit_rows() {
     assert_eq!(loaded.len(), 2);
     assert_eq!(loaded[0].details["sha256"], sha256_hex(fixed.as_bytes()));
     assert_eq!(rows(&app, "rules.refused").await.len(), 1);
+    let (ok, at_fix) = reload_gauges(&app.metrics().await);
+    assert!(ok == 1.0 && at_fix >= at_start, "{ok} {at_fix}");
 
     // Sessions: one idle past the idle timeout, one past its absolute timeout, one live.
     app.store
