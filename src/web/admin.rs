@@ -240,6 +240,7 @@ pub async fn create_user(
             StatusCode::OK
         }
         Err(e) => {
+            audit_admin_refusal(&st, &user.name, ip, "user.saved", &f.name, &e).await;
             forms.user_error = Some(e);
             StatusCode::UNPROCESSABLE_ENTITY
         }
@@ -247,6 +248,27 @@ pub async fn create_user(
     let mut resp = render(&page_with(&st, nav, None, forms).await?);
     *resp.status_mut() = status;
     Ok(resp)
+}
+
+/// An admin's change the server refused (deleting yourself, a password too weak, a token
+/// for a bad host name), in the audit trail as `admin.refused`: what was tried, on what,
+/// and why. A failed write of the row is logged, not answered: the refusal stands.
+async fn audit_admin_refusal(
+    st: &AppState,
+    actor: &str,
+    ip: Option<std::net::IpAddr>,
+    attempt: &str,
+    target: &str,
+    error: &str,
+) {
+    let target: String = target.chars().take(200).collect();
+    let entry = Entry::ok(actor, "admin.refused", &target)
+        .from(ip)
+        .outcome(crate::store::audit::Outcome::Refused)
+        .details(serde_json::json!({ "attempt": attempt, "error": error }));
+    if let Err(e) = st.store.audit(entry).await {
+        tracing::warn!("audit row of a refused admin change not written: {e}");
+    }
 }
 
 #[derive(Deserialize)]
@@ -267,9 +289,9 @@ pub async fn delete_user(
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
     if id == user.id {
-        return Err(
-            ApiError::BadRequest("you cannot delete yourself; ask another admin".into()).into(),
-        );
+        let why = "you cannot delete yourself; ask another admin";
+        audit_admin_refusal(&st, &user.name, ip, "user.deleted", &user.name, why).await;
+        return Err(ApiError::BadRequest(why.into()).into());
     }
     let name = st
         .store
@@ -312,6 +334,7 @@ pub async fn create_token(
         .map_err(|e| format!("a token is scoped to one host: give its name ({e})"))
         .and_then(|()| crate::model::validate::token_note(&f.note));
     if let Err(e) = checked {
+        audit_admin_refusal(&st, &user.name, ip, "token.created", host, &e).await;
         // Said next to the form, with what was typed.
         let forms = AdminForms {
             token_error: Some(e),
@@ -482,6 +505,7 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "silence.expired",
     "alert.acknowledged",
     "alert.unacknowledged",
+    "admin.refused",
     "rules.loaded",
     "rules.refused",
     "report.mailed",

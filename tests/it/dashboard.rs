@@ -568,6 +568,64 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         let html = r.text().await.unwrap();
         assert!(html.contains(why), "{name}: {html}");
     }
+    // Each refused change is in the audit trail: who tried what on what, and why.
+    let mut refused: Vec<(String, String, String, String)> = app
+        .audit("admin.refused")
+        .await
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.actor, "boss");
+            (
+                r.details["attempt"].as_str().unwrap().to_string(),
+                r.target,
+                r.outcome,
+                r.details["error"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    refused.sort();
+    let summary: Vec<(&str, &str, &str)> = refused
+        .iter()
+        .map(|(a, t, o, _)| (a.as_str(), t.as_str(), o.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("token.created", "", "refused"),
+            ("token.created", "node-b", "refused"),
+            ("user.saved", "BOSS", "refused"),
+            ("user.saved", "System", "refused"),
+            ("user.saved", "short", "refused"),
+        ]
+    );
+    assert!(
+        refused[4].3.contains("at least 8 characters"),
+        "{refused:?}"
+    );
+    // Deleting yourself is refused, and recorded the same way.
+    let me = app
+        .store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|u| u.name == "boss")
+        .unwrap();
+    let r = app
+        .http
+        .post(format!("{}/admin/users/{}/delete", app.base, me.id))
+        .header("cookie", &admin)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let rows = app.audit("admin.refused").await;
+    assert_eq!(rows.len(), 6);
+    assert_eq!(
+        (rows[0].details["attempt"].as_str(), rows[0].target.as_str()),
+        (Some("user.deleted"), "boss")
+    );
     // The same name again updates the user, and says so.
     let r = app
         .http
