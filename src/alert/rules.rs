@@ -534,6 +534,30 @@ impl RuleKind {
         Ok(())
     }
 
+    /// The labels this kind's alerts can carry (besides `rule` and `severity`), as the
+    /// alternative sets its alerts come in: a route whose `match` names a label outside
+    /// every set never takes them.
+    pub fn label_sets(&self) -> Vec<&'static [&'static str]> {
+        const HOST: &[&str] = &["host", "site", "rack", "pool"];
+        const GPU: &[&str] = &["host", "site", "rack", "pool", "gpu"];
+        match self {
+            RuleKind::Threshold(t) if t.metric.gpu => vec![GPU],
+            RuleKind::Threshold(_) | RuleKind::Absent(_) | RuleKind::Anomaly(_) => vec![HOST],
+            // GPU events carry `gpu`, host-wide ones (a lost GPU's host, kernel log) not.
+            RuleKind::Hardware(_) => vec![GPU],
+            RuleKind::Capacity(c) => {
+                let mut v: Vec<&'static [&'static str]> = Vec::new();
+                if c.pools {
+                    v.push(&["pool"]);
+                }
+                if c.racks {
+                    v.push(&["site", "rack"]);
+                }
+                v
+            }
+        }
+    }
+
     /// The kind's name as the file spells it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -688,18 +712,26 @@ impl RuleSet {
     }
 
     /// Rules no route can ever take: every route matches another `rule` or `severity`
-    /// than the rule's, or a label value its own `match` rules out. Their alerts show on
-    /// the dashboard and are sent to nobody (`alerts check-rules` warns).
+    /// than the rule's, a label value its own `match` rules out, or a label its kind's
+    /// alerts never carry (`host` for a capacity rule's pools). Their alerts show on the
+    /// dashboard and are sent to nobody (`alerts check-rules` warns).
     pub fn unroutable(&self) -> Vec<&Rule> {
         self.rules
             .iter()
             .filter(|rule| {
+                let sets = rule.kind.label_sets();
                 !self.routes.iter().any(|route| {
-                    route.matchers.iter().all(|(k, v)| match k.as_str() {
+                    let values_fit = route.matchers.iter().all(|(k, v)| match k.as_str() {
                         "rule" => *v == rule.name,
                         "severity" => *v == rule.severity,
                         other => rule.matchers.get(other).is_none_or(|own| own == v),
-                    })
+                    });
+                    let carried = sets.iter().any(|set| {
+                        route.matchers.keys().all(|k| {
+                            matches!(k.as_str(), "rule" | "severity") || set.contains(&k.as_str())
+                        })
+                    });
+                    values_fit && carried
                 })
             })
             .collect()
@@ -758,6 +790,53 @@ to = ["b@example.com"]
         let set = parse(rules).unwrap();
         let names: Vec<&str> = set.unroutable().iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["down", "hot-a"]);
+        // Routes by host take no capacity alert (per pool or rack), and routes by GPU no
+        // alert of a host-level rule; a route by site takes a capacity rule's racks.
+        let rules = r#"
+[[rule]]
+name = "short"
+kind = "capacity"
+racks = false
+severity = "warning"
+
+[[rule]]
+name = "short-racks"
+kind = "capacity"
+severity = "warning"
+
+[[rule]]
+name = "down"
+kind = "absent"
+after_secs = 60
+severity = "critical"
+
+[[rule]]
+name = "hot"
+kind = "threshold"
+metric = "gpu.temp_celsius"
+op = ">"
+value = 85
+severity = "critical"
+
+[[route]]
+match = { host = "node-1" }
+to = ["node-1@example.com"]
+
+[[route]]
+match = { severity = "critical", gpu = "0" }
+to = ["gpu0@example.com"]
+
+[[route]]
+match = { site = "fra1" }
+to = ["fra1@example.com"]
+"#;
+        let set = parse(rules).unwrap();
+        let names: Vec<&str> = set.unroutable().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["short"]);
+        let no_site = rules.replace("match = { site = \"fra1\" }", "match = { gpu = \"1\" }");
+        let set = parse(&no_site).unwrap();
+        let names: Vec<&str> = set.unroutable().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["short", "short-racks"]);
         let with_default = format!("{rules}\n[[route]]\nto = [\"ops@example.com\"]\n");
         assert!(parse(&with_default).unwrap().unroutable().is_empty());
     }
