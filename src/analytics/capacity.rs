@@ -1830,6 +1830,26 @@ impl Store {
         .fetch_all(&self.pool)
         .await
     }
+
+    /// GPUs of a pool's hosts in the fleet; None when no host of the fleet is in it.
+    pub async fn pool_gpus(&self, pool: &str) -> Result<Option<i64>, sqlx::Error> {
+        let (hosts, gpus) = sqlx::query_as::<_, (i64, i64)>(
+            "SELECT count(*), coalesce((SELECT count(*) FROM gpus g JOIN hosts h ON h.id = g.host_id
+                                         WHERE h.pool = $1 AND h.removed_at IS NULL), 0)
+               FROM hosts WHERE pool = $1 AND removed_at IS NULL",
+        )
+        .bind(pool)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((hosts > 0).then_some(gpus))
+    }
+}
+
+/// The largest queue a pool's scheduler may report: 100 × its installed GPUs, at least
+/// 1,000. More is a unit mistake (jobs × GPUs counted twice, bytes for GPUs) that would
+/// set the pool's demand, and with it the recommendations, for days.
+pub fn queue_bound(installed_gpus: i64) -> f64 {
+    (100 * installed_gpus).max(1000) as f64
 }
 
 #[cfg(test)]

@@ -985,7 +985,8 @@ pub fn autoscaler_view(r: &PoolRecommendation) -> AutoscalerView {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"pending_gpus": 12, "source": "slurm"}))]
 pub struct DemandReport {
-    /// GPUs requested by jobs or pods waiting to run.
+    /// GPUs requested by jobs or pods waiting to run; at most 100 × the pool's installed
+    /// GPUs (at least 1,000 is always taken).
     #[schema(minimum = 0, maximum = 10_000_000)]
     pub pending_gpus: f64,
     /// When the queue was read (default: now): from a day behind the server's clock to
@@ -1020,7 +1021,7 @@ pub struct DemandRecorded {
     security(("scheduler_token" = []), ("basic" = []), ("session" = [])),
     responses(
         (status = 200, description = "Recorded.", body = DemandRecorded),
-        (status = 400, description = "Not the expected body, `pending_gpus` out of 0–10,000,000, a `ts` off the server's clock, or a bad `source`.", body = ErrorBody),
+        (status = 400, description = "Not the expected body, `pending_gpus` out of 0–10,000,000 or above 100 × the pool's installed GPUs (at least 1,000), a `ts` off the server's clock, or a `source` over 64 characters or with control characters.", body = ErrorBody),
         (status = 401, description = "No token or credentials, or a token that is not a pool token (the message says which).", body = ErrorBody),
         (status = 403, description = "A token of another pool, or a user below operator.", body = ErrorBody),
         (status = 404, description = "No host belongs to the pool.", body = ErrorBody),
@@ -1080,12 +1081,12 @@ async fn demand(
         r#"{"pending_gpus": N, "ts": RFC 3339 (optional), "source": "…" (optional)}"#,
     )
     .await?;
-    if !st.store.pool_names().await?.contains(&pool) {
+    let Some(installed) = st.store.pool_gpus(&pool).await? else {
         return Err(ApiError::NotFound(format!(
             "no host belongs to pool {}",
             crate::model::validate::quoted(&pool)
         )));
-    }
+    };
     if !(r.pending_gpus.is_finite() && (0.0..=1e7).contains(&r.pending_gpus)) {
         return Err(ApiError::BadRequest(format!(
             "pending_gpus = {} must be a number from 0 to 10,000,000",
@@ -1094,6 +1095,14 @@ async fn demand(
                 s if s.len() > 24 => format!("{:e}", r.pending_gpus),
                 s => s,
             }
+        )));
+    }
+    let bound = crate::analytics::capacity::queue_bound(installed);
+    if r.pending_gpus > bound {
+        return Err(ApiError::BadRequest(format!(
+            "pending_gpus = {} is more than {bound} (100 × the pool's {installed} installed GPUs, at least 1,000): \
+             report GPUs requested by waiting work, not jobs, pods or bytes",
+            r.pending_gpus
         )));
     }
     // -0 is stored and echoed as 0.

@@ -904,6 +904,20 @@ async fn bad_capacity_input_gets_a_clear_error() {
         .await
         .unwrap();
     answer_says(r, 400, "pending_gpus = -1e-300 must be").await;
+    // A queue far beyond the pool (2 GPUs) is a unit mistake: refused, saying the bound.
+    let r = post(url("p1"), &token, json!({"pending_gpus": 1000}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a 1,000-GPU backlog is always taken");
+    let r = post(url("p1"), &token, json!({"pending_gpus": 10_000_000}))
+        .await
+        .unwrap();
+    answer_says(
+        r,
+        400,
+        "pending_gpus = 10000000 is more than 1000 (100 × the pool's 2 installed GPUs, at least 1,000)",
+    )
+    .await;
     // An operator may report for any pool, but only for pools that exist.
     let cookie = app
         .login_as("op", "op-password", rackwatch::store::auth::Role::Operator)
