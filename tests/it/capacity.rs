@@ -282,6 +282,51 @@ async fn a_growing_pool_gets_its_exhaustion_date_and_an_order_that_covers_it() {
     app.stop().await;
 }
 
+/// A rack's hourly power is its GPUs' mean draw over the minutes they reported: an hour
+/// a host reported half of is not half its draw, and the counter energy of an outage that
+/// lands in the first minute after it is not a spike.
+#[tokio::test]
+async fn a_racks_hourly_power_is_the_mean_over_the_minutes_its_gpus_reported() {
+    let app = TestApp::spawn().await;
+    hosts(&app, "pp", "fra1", "r4", 3, 1).await;
+    let hour = Utc::now().duration_trunc(Duration::hours(1)).unwrap() - Duration::hours(3);
+    // (host, covered minutes, joules, highest minute's watts): all 400 W while reporting;
+    // pp-1 reported the last 30 minutes; pp-2 came back for the last 10 minutes with the
+    // 50 minutes of its outage in its first counter delta.
+    for (host, minutes, joules, max_w) in [
+        ("pp-0", 60, 400.0 * 3600.0, 420.0),
+        ("pp-1", 30, 400.0 * 1800.0, 420.0),
+        ("pp-2", 10, 400.0 * 3600.0, 450.0),
+    ] {
+        sqlx::query(
+            "INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, covered_minutes, power_max_w)
+             SELECT id, 0, $2, $3, $4, $5 FROM hosts WHERE name = $1",
+        )
+        .bind(host)
+        .bind(hour)
+        .bind(joules)
+        .bind(minutes)
+        .bind(max_w)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    }
+    rackwatch::analytics::energy::refresh_rack_power(&app.store, hour, hour + Duration::hours(1))
+        .await
+        .unwrap();
+    let watts: f64 = sqlx::query_scalar(
+        "SELECT watts FROM rack_power_hourly WHERE site = 'fra1' AND rack = 'r4' AND hour = $1",
+    )
+    .bind(hour)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    // 400 + 400 + 450 (pp-2's mean, 2,400 W, held to its highest minute), not
+    // (1.44 + 0.72 + 1.44) MJ / 3,600 s = 1,000 W.
+    assert!((watts - 1250.0).abs() < 1e-6, "{watts}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
     let app = TestApp::spawn_with(|c| {
