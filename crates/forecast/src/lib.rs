@@ -31,7 +31,7 @@ pub use model::{Candidate, Config};
 /// A forecast for the `horizon` hours after the last value of a series.
 ///
 /// All vectors have `horizon` entries; entry `i` is the hour `last + i + 1`. Values are in
-/// the series' own unit and never negative. `lo80 <= hi80`, `lo95 <= lo80`, `hi80 <= hi95`.
+/// the series' own unit and never negative. `lo95 <= lo80 <= point <= hi80 <= hi95`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Forecast {
     /// point forecast (MSE-trained models predict the conditional mean of their target
@@ -383,8 +383,11 @@ fn full(
         let inf = cfg.interval_inflation * (1.0 + cfg.interval_growth * (h - 1) as f64 / 168.0);
         let back = |q: f64| Space::Log.inverse(gp + inf * q, scale).max(0.0);
         f.point[h - 1] = p;
-        f.lo80[h - 1] = back(conformal_quantile(r, 0.10));
-        f.hi80[h - 1] = back(conformal_quantile(r, 0.90));
+        // The intervals hold the point: a model biased on its backtest (a level on a
+        // filling disk: every residual positive) widens them to its point instead of
+        // drawing bands that exclude it.
+        f.lo80[h - 1] = back(conformal_quantile(r, 0.10)).min(p);
+        f.hi80[h - 1] = back(conformal_quantile(r, 0.90)).max(p);
         f.lo95[h - 1] = back(conformal_quantile(r, 0.025)).min(f.lo80[h - 1]);
         f.hi95[h - 1] = back(conformal_quantile(r, 0.975)).max(f.hi80[h - 1]);
     }

@@ -51,8 +51,32 @@ fn check_shape(f: &Forecast, h: usize) {
         assert!(v.iter().all(|x| x.is_finite() && *x >= 0.0), "{f:?}");
     }
     for i in 0..h {
-        assert!(f.lo95[i] <= f.lo80[i] && f.lo80[i] <= f.hi80[i] && f.hi80[i] <= f.hi95[i]);
+        assert!(
+            f.lo95[i] <= f.lo80[i]
+                && f.lo80[i] <= f.point[i]
+                && f.point[i] <= f.hi80[i]
+                && f.hi80[i] <= f.hi95[i],
+            "hour {i}: {} {} {} {} {} ({})",
+            f.lo95[i],
+            f.lo80[i],
+            f.point[i],
+            f.hi80[i],
+            f.hi95[i],
+            f.model
+        );
     }
+}
+
+/// A disk that fills in steps (a flat day, then a day's logs written in a burst) keeps
+/// its point inside its own bands, whichever model wins the backtest.
+#[test]
+fn a_filling_disk_keeps_its_point_inside_its_bands() {
+    let n = 28 * 24;
+    let y: Vec<Option<f64>> = (0..n)
+        .map(|t| Some(1.0e12 + 2.0e9 * (t / 24) as f64 + if t % 24 >= 22 { 1.0e9 } else { 0.0 }))
+        .collect();
+    let f = forecast(&y, None, 168);
+    check_shape(&f, 168);
 }
 
 #[test]
