@@ -228,6 +228,9 @@ struct Builder<'l> {
     seen_gpu: HashSet<u8>,
     seen_ts: HashSet<u128>,
     seen_gpu_ts: HashSet<u128>,
+    /// Events by what the store keys them on: GPU (-1: host-wide), time to the
+    /// microsecond, kind and code.
+    seen_events: HashSet<(i16, i64, String, i64)>,
     /// Body length: room for this many samples is made at the first one, not grown
     /// step by step.
     body_len: usize,
@@ -277,6 +280,7 @@ impl<'l> Builder<'l> {
             seen_gpu: HashSet::new(),
             seen_ts: HashSet::new(),
             seen_gpu_ts: HashSet::new(),
+            seen_events: HashSet::new(),
             body_len,
             items: 0,
             rejected_total: 0,
@@ -367,6 +371,29 @@ impl<'l> Builder<'l> {
             return false;
         }
         match e.and_then(|e| check_event(&e, self.limits).map(|_| e)) {
+            // Stored once per GPU, time, kind and code: a second one would be dropped by
+            // the store without a word, whatever its message or count.
+            Ok(e)
+                if !self.seen_events.insert((
+                    e.index.map_or(-1, i16::from),
+                    e.ts.timestamp_micros(),
+                    e.kind.clone(),
+                    e.code.unwrap_or(0),
+                )) =>
+            {
+                self.reject(
+                    3,
+                    i,
+                    Some("ts"),
+                    format!(
+                        "duplicate of an earlier {} event{}{} at {}: send one event per GPU, kind, code and time, with `count` for recurrences",
+                        e.kind,
+                        e.code.map_or(String::new(), |c| format!(" (code {c})")),
+                        e.index.map_or(String::new(), |g| format!(" of GPU {g}")),
+                        e.ts.to_rfc3339()
+                    ),
+                )
+            }
             Ok(e) => self.batch.events.push(e),
             Err((field, reason)) => self.reject(3, i, field, reason),
         }
@@ -885,6 +912,45 @@ mod tests {
             .find(|r| r.index == 2 && r.section == "host_samples")
             .unwrap();
         assert!(future.reason.contains("future"), "{}", future.reason);
+    }
+
+    #[test]
+    fn an_event_the_store_would_merge_into_an_earlier_one_is_refused_with_a_reason() {
+        let body = json!({
+            "host": {"name": "gpu-1"},
+            "events": [
+                {"ts": "2026-11-23T11:59:00Z", "index": 1, "kind": "xid", "code": 79, "message": "A"},
+                {"ts": "2026-11-23T11:59:00Z", "index": 1, "kind": "xid", "code": 79, "message": "B"},
+                {"ts": "2026-11-23T11:59:00Z", "index": 2, "kind": "xid", "code": 79, "message": "A"},
+                {"ts": "2026-11-23T11:59:00Z", "index": 1, "kind": "xid", "code": 48},
+                {"ts": "2026-11-23T11:59:00Z", "kind": "gpu_lost"},
+                {"ts": "2026-11-23T11:59:00Z", "kind": "gpu_lost", "message": "again"}
+            ]
+        });
+        let v = parse_batch(body.to_string().as_bytes(), &limits()).unwrap();
+        let kept: Vec<_> = v.batch.events.iter().map(|e| (e.index, e.code)).collect();
+        assert_eq!(
+            kept,
+            [
+                (Some(1), Some(79)),
+                (Some(2), Some(79)),
+                (Some(1), Some(48)),
+                (None, None)
+            ]
+        );
+        let refused: Vec<_> = v
+            .rejections
+            .iter()
+            .map(|r| (r.section.as_str(), r.index))
+            .collect();
+        assert_eq!(refused, [("events", 1), ("events", 5)]);
+        assert!(
+            v.rejections[0].reason.starts_with(
+                "duplicate of an earlier xid event (code 79) of GPU 1 at 2026-11-23T11:59:00+00:00"
+            ),
+            "{}",
+            v.rejections[0].reason
+        );
     }
 
     #[test]

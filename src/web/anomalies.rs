@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::{ApiError, ErrorBody};
-use super::params::ApiQuery;
+use super::params::{rfc3339, ApiQuery};
 use super::range::parse_rfc3339;
 use super::AppState;
 
@@ -42,7 +42,7 @@ pub struct AnomalyQuery {
     #[param(value_type = Option<bool>)]
     anomalous: Option<String>,
     /// Most scores returned, 1–10000 (default 1000; larger values are capped).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
     /// Where the answer before stopped: the cursor of its `next` link (follow that link as
     /// it is).
@@ -90,7 +90,9 @@ pub struct Anomalies {
     tag = "anomalies",
     params(AnomalyQuery),
     responses(
-        (status = 200, description = "Scores and models.", body = Anomalies),
+        (status = 200, description = "Scores and models.", body = Anomalies, headers(
+            ("Link" = String, description = "On a truncated answer: `<next>; rel=\"next\"`, the same link as `next`.")
+        )),
         (status = 400, description = "A bad parameter, named in the message.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 404, description = "No such host.", body = ErrorBody),
@@ -167,6 +169,7 @@ pub async fn anomalies(
                 ts: last.ts,
                 host: last.host.clone(),
             },
+            &[("from", rfc3339(from)), ("to", rfc3339(to))],
         )),
         _ => None,
     };

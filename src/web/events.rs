@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::access::Routes;
 use super::auth::ApiUser;
 use super::error::{ApiError, ErrorBody};
-use super::params::ApiQuery;
+use super::params::{rfc3339, ApiQuery};
 use super::range::parse_rfc3339;
 use super::AppState;
 use crate::store::queries::EventRow;
@@ -102,7 +102,8 @@ pub async fn events(
     uri: Uri,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    let since = parse_rfc3339("since", q.since.as_deref(), Utc::now() - Duration::days(7))?;
+    let asked_at = Utc::now();
+    let since = parse_rfc3339("since", q.since.as_deref(), asked_at - Duration::days(7))?;
     let until = q
         .until
         .as_deref()
@@ -139,9 +140,14 @@ pub async fn events(
         )
         .await?;
     let next = match rows.last() {
-        Some(last) if rows.len() as i64 == limit => {
-            Some(super::params::next_page(&uri, &Cursor::of(last)))
-        }
+        Some(last) if rows.len() as i64 == limit => Some(super::params::next_page(
+            &uri,
+            &Cursor::of(last),
+            &[
+                ("since", rfc3339(since)),
+                ("until", rfc3339(until.unwrap_or(asked_at))),
+            ],
+        )),
         _ => None,
     };
     Ok(super::params::with_next(

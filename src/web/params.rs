@@ -224,17 +224,31 @@ pub fn cursor<T: DeserializeOwned>(text: &str) -> Result<T, ApiError> {
 }
 
 /// The request's own path and query with `after` set to the cursor of `last`: the next
-/// page of a list answer. (The API routes are not nested, so a handler's `Uri` is the
-/// whole path.)
-pub fn next_page<T: serde::Serialize>(uri: &axum::http::Uri, last: &T) -> String {
+/// page of a list answer. `pinned` are parameters set to the values this answer resolved
+/// (a default window "the last 24 h" as its two times), so the pages that follow read the
+/// same window however long the client takes. (The API routes are not nested, so a
+/// handler's `Uri` is the whole path.)
+pub fn next_page<T: serde::Serialize>(
+    uri: &axum::http::Uri,
+    last: &T,
+    pinned: &[(&str, String)],
+) -> String {
     let mut q = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
-        if k != "after" {
+        if k != "after" && !pinned.iter().any(|(p, _)| *p == k) {
             q.append_pair(&k, &v);
         }
     }
+    for (k, v) in pinned {
+        q.append_pair(k, v);
+    }
     q.append_pair("after", &cursor_text(last));
     format!("{}?{}", uri.path(), q.finish())
+}
+
+/// A time as a next-page link pins it: RFC 3339 in UTC, to the nanosecond it was read.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// Adds `Link: <next>; rel="next"` to an answer that has a next page.
