@@ -85,7 +85,9 @@ impl FromStr for IsoWeek {
         let year: i32 = y.parse().map_err(|_| bad())?;
         let week: u32 = w.parse().map_err(|_| bad())?;
         if !(1970..=9999).contains(&year) {
-            return Err(bad());
+            return Err(format!(
+                "week {s:?}: the year {year} is outside 1970–9999"
+            ));
         }
         if NaiveDate::from_isoywd_opt(year, week, chrono::Weekday::Mon).is_none() {
             return Err(format!("{year} has no ISO week {week}"));
@@ -114,6 +116,10 @@ mod tests {
         assert!("last week".parse::<IsoWeek>().is_err());
         // 2026 has 53 ISO weeks.
         assert!("2026-W53".parse::<IsoWeek>().is_ok());
+        assert_eq!(
+            "1900-W01".parse::<IsoWeek>().unwrap_err(),
+            "week \"1900-W01\": the year 1900 is outside 1970–9999"
+        );
     }
 
     #[test]

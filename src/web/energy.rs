@@ -367,7 +367,7 @@ pub struct WeeklyReport {
     pub site: Option<String>,
     /// The week is not over, or not accounted to its end yet.
     pub partial: bool,
-    /// Hours are accounted up to here.
+    /// The week's hours are accounted up to here: `end` once the week is complete.
     pub accounted_until: Option<DateTime<Utc>>,
     /// GPU minutes below this utilization count as idle.
     pub idle_util_pct: f64,
@@ -411,7 +411,8 @@ pub async fn api(
         start: r.start,
         end: r.end,
         site: r.site,
-        accounted_until: r.accounted_until,
+        // This week's: its end once it is accounted through (as the CSV and Parquet say).
+        accounted_until: r.accounted_until.map(|t| t.min(r.end)),
         idle_util_pct: r.idle_util_pct,
         rows: r.rows,
         days: r.days,
