@@ -85,9 +85,7 @@ impl FromStr for IsoWeek {
         let year: i32 = y.parse().map_err(|_| bad())?;
         let week: u32 = w.parse().map_err(|_| bad())?;
         if !(1970..=9999).contains(&year) {
-            return Err(format!(
-                "week {s:?}: the year {year} is outside 1970–9999"
-            ));
+            return Err(format!("week {s:?}: the year {year} is outside 1970–9999"));
         }
         if NaiveDate::from_isoywd_opt(year, week, chrono::Weekday::Mon).is_none() {
             return Err(format!("{year} has no ISO week {week}"));

@@ -71,6 +71,8 @@ pub struct PoolSummary {
     pub lead_start: DateTime<Utc>,
     /// The highest hour of that week, GPUs (null: no plan ahead yet, `note` says why).
     pub lead_peak: Option<i32>,
+    /// The lowest hour of that week, GPUs (null: no plan ahead yet).
+    pub lead_low: Option<i32>,
     /// When the demand trend reaches the installed GPUs (null: not within the horizon).
     pub exhausted_at: Option<DateTime<Utc>>,
     /// The demand trend's growth per day, as a fraction of its level (0.02: 2 %/day).
@@ -102,6 +104,7 @@ fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSu
         week_low: r.week_schedule.iter().copied().min(),
         lead_start: r.lead_start,
         lead_peak: r.lead_plan.iter().copied().max(),
+        lead_low: r.lead_plan.iter().copied().min(),
         exhausted_at: r.exhausted_at,
         growth_per_day: r.growth_per_day,
         // Stored by the job; rows from before it stored them are worded here.
@@ -197,7 +200,8 @@ pub async fn load(st: &AppState, q: &OverviewQuery) -> Result<CapacityData, ApiE
     let pages = (total_pools.max(1) as u32).div_ceil(POOLS_PER_PAGE);
     if page > pages {
         return Err(ApiError::NotFound(format!(
-            "page {page} of {pages}: {total_pools} pools, {POOLS_PER_PAGE} a page"
+            "no page {page}: {total_pools} pools make {pages} page{} of {POOLS_PER_PAGE}",
+            if pages == 1 { "" } else { "s" }
         )));
     }
     let lead = st.cfg.capacity.lead_days;
@@ -322,19 +326,32 @@ fn week_range(p: &PoolSummary) -> String {
 fn lead_text(p: &PoolSummary) -> String {
     p.lead_peak.map_or_else(
         || "–".into(),
-        |g| format!("{g} GPUs from {}", p.lead_start.format("%Y-%m-%d")),
+        |peak| {
+            let range = gpu_range(p.lead_low.unwrap_or(peak), peak);
+            format!("{range}, week from {}", p.lead_start.format("%Y-%m-%d"))
+        },
     )
+}
+
+/// GPU-hours for people: two decimals below 1, so a shortage of 0.2 % is not "0.0 GPU-h".
+fn gpu_hours(h: f64) -> String {
+    if h > 0.0 && h < 1.0 {
+        format!("{h:.2}")
+    } else {
+        format!("{h:.1}")
+    }
 }
 
 fn evidence_text(e: &EvidenceView) -> String {
     let mut parts = Vec::new();
     if e.next_hour.hours > 0.0 {
         parts.push(format!(
-            "next-hour advice {:.3} over {:.0} days (slack {:.0} %, {:.1} GPU-h unserved) against {:.3} for the {}",
+            "next-hour advice {:.3} over {:.0} days (slack {:.0} %, short {:.1} %, {} GPU-h unserved) against {:.3} for the {}",
             e.next_hour.cost,
             e.next_hour.hours / 24.0,
             e.next_hour.slack_pct,
-            e.next_hour.unserved_gpu_hours,
+            e.next_hour.shortage_pct,
+            gpu_hours(e.next_hour.unserved_gpu_hours),
             e.next_hour.baseline_cost,
             e.next_hour.baseline
         ));
@@ -343,6 +360,12 @@ fn evidence_text(e: &EvidenceView) -> String {
         parts.push(format!(
             "week plan {:.3} against {:.3} for {}",
             e.week.cost, e.week.baseline_cost, e.week.baseline
+        ));
+    }
+    if e.lead.hours > 0.0 {
+        parts.push(format!(
+            "plan ahead {:.3} against {:.3} for {}",
+            e.lead.cost, e.lead.baseline_cost, e.lead.baseline
         ));
     }
     if parts.is_empty() {
@@ -806,8 +829,11 @@ async fn pool_page(
                 name.to_string(),
                 b.method.clone(),
                 format!(
-                    "{:.3} {over} (slack {:.0} %, short {:.1} %, {:.1} GPU-h unserved)",
-                    b.cost, b.slack_pct, b.shortage_pct, b.unserved_gpu_hours
+                    "{:.3} {over} (slack {:.0} %, short {:.1} %, {} GPU-h unserved)",
+                    b.cost,
+                    b.slack_pct,
+                    b.shortage_pct,
+                    gpu_hours(b.unserved_gpu_hours)
                 ),
                 format!("{:.3} ({})", b.baseline_cost, b.baseline),
             )
@@ -920,9 +946,10 @@ pub struct AutoscalerView {
     pub recommended_1h: Option<i32>,
     /// The peak of the week's schedule (null: no plan yet).
     pub recommended_7d: Option<i32>,
-    /// GPUs for each of the next 168 hours, from `decided_at`: the weekly plan, made
-    /// once for the whole week with the margin a week ahead needs, so `schedule[0]` can
-    /// differ from `recommended_1h` (either way). For reservations and partition sizes.
+    /// GPUs for each of the next 168 hours, from `decided_at`: the weekly plan, from the
+    /// last weeks' demand with one margin for the whole week (planned again every hour),
+    /// so `schedule[0]` can differ from `recommended_1h` (either way). For reservations
+    /// and partition sizes.
     pub schedule: Vec<i32>,
     pub decided_at: DateTime<Utc>,
     /// Why a part is missing (a young pool: no recommendation or no plan ahead yet).

@@ -399,7 +399,11 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
     assert_eq!(api["rows"][0]["level"], "site");
     // A finished week is accounted to its end, as its CSV says (not to the job's last hour).
     assert_eq!(api["partial"], false);
-    assert_eq!(api["accounted_until"], api["end"], "{}", api["accounted_until"]);
+    assert_eq!(
+        api["accounted_until"], api["end"],
+        "{}",
+        api["accounted_until"]
+    );
     close(
         api["rows"][0]["it_energy_kwh"].as_f64().unwrap(),
         it,
