@@ -1831,6 +1831,28 @@ impl Store {
         .await
     }
 
+    /// The most one host of `pool` drew in an hour over the 7 days before `now`, W: the
+    /// sum of its GPUs' (and host rows') mean power over the minutes they reported, as the
+    /// racks' hourly power is summed. None before any is accounted.
+    pub async fn pool_host_peak_watts(
+        &self,
+        pool: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<f64>, sqlx::Error> {
+        sqlx::query_scalar(concat!(
+            "SELECT max(w) FROM (SELECT e.host_id, e.hour, sum(",
+            hour_mean_watts!(),
+            ") AS w
+               FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
+              WHERE h.pool = $1 AND h.removed_at IS NULL AND e.hour >= $2
+              GROUP BY 1, 2) x",
+        ))
+        .bind(pool)
+        .bind(now - Duration::days(7))
+        .fetch_one(&self.pool)
+        .await
+    }
+
     /// GPUs of a pool's hosts in the fleet; None when no host of the fleet is in it.
     pub async fn pool_gpus(&self, pool: &str) -> Result<Option<i64>, sqlx::Error> {
         let (hosts, gpus) = sqlx::query_as::<_, (i64, i64)>(
@@ -1842,6 +1864,65 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok((hosts > 0).then_some(gpus))
+    }
+}
+
+/// A rack with a power budget, and how many more hosts of a pool its budget takes.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RackRoom {
+    /// "site/rack".
+    pub rack: String,
+    pub budget_kw: f64,
+    /// The trend of its daily peak, now.
+    pub peak_kw: f64,
+    /// Budget − peak (negative: over budget already).
+    pub headroom_kw: f64,
+    /// More hosts of the pool the headroom takes at the pool's host peak (null: the
+    /// pool's hosts have no power accounted yet).
+    pub hosts: Option<i64>,
+}
+
+/// Where more hosts of a pool could go: the most one of its hosts drew, and the racks with
+/// a power budget at its sites, most room first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct HostPower {
+    /// The most one host of the pool drew in an hour over the last 7 days (each GPU's mean
+    /// over the minutes it reported), kW; null before the energy accounting has any.
+    pub host_peak_kw: Option<f64>,
+    pub racks: Vec<RackRoom>,
+}
+
+/// The racks with a dated power budget at `sites`, with the hosts of `host_peak_w` each
+/// takes, most room first.
+pub fn rack_room(racks: &[ExhaustionRow], sites: &[String], host_peak_w: Option<f64>) -> HostPower {
+    let mut out: Vec<RackRoom> = racks
+        .iter()
+        .filter(|e| e.kind == "rack")
+        .filter(|e| {
+            let site = e.key.split_once('/').map_or("", |(s, _)| s);
+            sites.iter().any(|s| s == site)
+        })
+        .map(|e| {
+            let headroom = e.capacity - e.level_now;
+            RackRoom {
+                rack: e.key.clone(),
+                budget_kw: e.capacity / 1000.0,
+                peak_kw: e.level_now / 1000.0,
+                headroom_kw: headroom / 1000.0,
+                hosts: host_peak_w
+                    .filter(|w| *w > 0.0)
+                    .map(|w| (headroom / w).floor().max(0.0) as i64),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.headroom_kw
+            .total_cmp(&a.headroom_kw)
+            .then(a.rack.cmp(&b.rack))
+    });
+    HostPower {
+        host_peak_kw: host_peak_w.map(|w| w / 1000.0),
+        racks: out,
     }
 }
 

@@ -289,19 +289,15 @@ pub async fn refresh_rack_power(
     // Read, then write: a plain SELECT scans in parallel, an INSERT … SELECT does not
     // (28 days of a 2,000-host fleet: 10.7 million rows).
     // Each GPU's mean power over the minutes it reported: an hour a host reported half of
-    // (an outage, the agent's first hour) is not half its draw. The first minute after a
-    // gap carries the gap's counter energy, so the mean is held to the hour's highest
-    // minute. A row without covered minutes (imported energy) is spread over the hour.
-    let sums: Vec<(DateTime<Utc>, String, String, f64)> = sqlx::query_as(
-        "SELECT e.hour, h.site, h.rack,
-                sum(CASE WHEN e.covered_minutes > 0
-                         THEN least((e.measured_j + e.estimated_j + e.modeled_j) / (60.0 * e.covered_minutes),
-                                    coalesce(e.power_max_w, 'Infinity'))
-                         ELSE (e.measured_j + e.estimated_j + e.modeled_j) / 3600.0 END)
+    // (an outage, the agent's first hour) is not half its draw.
+    let sums: Vec<(DateTime<Utc>, String, String, f64)> = sqlx::query_as(concat!(
+        "SELECT e.hour, h.site, h.rack, sum(",
+        hour_mean_watts!(),
+        ")
            FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
           WHERE e.hour >= $1 AND e.hour < $2 AND h.rack <> ''
           GROUP BY 1, 2, 3",
-    )
+    ))
     .bind(from)
     .bind(to)
     .fetch_all(&mut *tx)

@@ -2,6 +2,19 @@
 //! accounting, and those into capacity recommendations. The models live in workspace
 //! crates.
 
+/// SQL: an `energy_hourly` row (alias `e`) as mean power, W: its energy over the minutes
+/// it reported, held to the hour's highest minute (the first minute after a gap carries
+/// the gap's counter energy); a row without covered minutes (imported) over the hour.
+/// Racks' hourly power and a pool's host peak are summed from it.
+macro_rules! hour_mean_watts {
+    () => {
+        "CASE WHEN e.covered_minutes > 0
+              THEN least((e.measured_j + e.estimated_j + e.modeled_j) / (60.0 * e.covered_minutes),
+                         coalesce(e.power_max_w, 'Infinity'))
+              ELSE (e.measured_j + e.estimated_j + e.modeled_j) / 3600.0 END"
+    };
+}
+
 pub mod anomaly;
 pub mod capacity;
 pub mod energy;

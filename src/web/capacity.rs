@@ -309,6 +309,27 @@ fn gpu_range(low: i32, peak: i32) -> String {
     }
 }
 
+/// What the power table of a pool page says about room for more of its hosts.
+fn power_note(p: &crate::analytics::capacity::HostPower, sites: &[String]) -> String {
+    let at = if sites.is_empty() {
+        "its sites".to_string()
+    } else {
+        sites.join(", ")
+    };
+    match (p.host_peak_kw, p.racks.is_empty()) {
+        (_, true) => format!(
+            "No rack at {at} has a power budget: set [capacity.racks] (\"site/rack\" = kW) or the host label rack_power_kw to see where more hosts fit."
+        ),
+        (None, false) => "This pool's hosts have no power accounted yet: the racks' headroom is below, the hosts each takes once a host's draw is known.".into(),
+        (Some(kw), false) => {
+            let total: i64 = p.racks.iter().filter_map(|r| r.hosts).sum();
+            format!(
+                "A host of this pool draws up to {kw:.1} kW (its busiest hour over 7 days). The racks with a power budget at {at} take {total} more in all, at their daily peak now."
+            )
+        }
+    }
+}
+
 /// "N GPUs", or a dash where there is no recommendation yet.
 fn gpus_or_dash(g: Option<i32>) -> String {
     g.map_or_else(|| "–".into(), |g| format!("{g} GPUs"))
@@ -603,6 +624,8 @@ pub struct PoolData {
     pub lead_plan: Vec<i32>,
     /// The pool's hosts in the fleet, least busy over the last 7 days first.
     pub hosts: Vec<crate::analytics::capacity::PoolHost>,
+    /// Where more of its hosts could go: racks with a power budget at its sites.
+    pub power: crate::analytics::capacity::HostPower,
 }
 
 /// Days of past shown on a pool's page.
@@ -633,12 +656,14 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         .duration_trunc(Duration::seconds(bucket))
         .unwrap_or(from);
     let pools = [pool.to_string()];
-    let (demand, advised, forecasts, hosts) = tokio::try_join!(
+    let (demand, advised, forecasts, hosts, host_peak, racks) = tokio::try_join!(
         st.store.pool_demand_series(pool, from, now, bucket),
         st.store.capacity_history(pool, from, now),
         st.store
             .forecasts(Some("pool"), Some(pool), Some("demand_gpus")),
         st.store.pool_hosts(&pools, now),
+        st.store.pool_host_peak_watts(pool, now),
+        st.store.exhaustions(Some("rack")),
     )?;
     // A pool younger than the window starts its chart on the day its demand does (at
     // least a day back), so a new fleet's chart is not three weeks of nothing.
@@ -677,6 +702,7 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         week_schedule: rec.week_schedule.clone(),
         lead_plan: rec.lead_plan.clone(),
         hosts: hosts.into_iter().map(|(_, h)| h).collect(),
+        power: crate::analytics::capacity::rack_room(&racks, &rec.sites, host_peak),
     })
 }
 
@@ -694,6 +720,19 @@ pub struct PoolPage {
     pub hosts: Vec<PoolHostView>,
     /// How many of them are marked to drain.
     pub drains: usize,
+    /// "A host of this pool draws up to 5.2 kW …", and the racks' rows.
+    pub power_note: String,
+    pub power_racks: Vec<RoomView>,
+}
+
+/// A rack's row of a pool page's power table.
+pub struct RoomView {
+    pub rack: String,
+    pub link: String,
+    pub budget: String,
+    pub peak: String,
+    pub headroom: String,
+    pub hosts: String,
 }
 
 /// A row of a pool page's host table.
@@ -881,6 +920,23 @@ async fn pool_page(
                     ev("plan ahead", &s.evidence.lead),
                 ]
             },
+            power_note: power_note(&d.power, &s.sites),
+            power_racks: d
+                .power
+                .racks
+                .iter()
+                .map(|r| {
+                    let (site, rack) = r.rack.split_once('/').unwrap_or(("", &r.rack));
+                    RoomView {
+                        rack: r.rack.clone(),
+                        link: super::page::rack_path(site, rack),
+                        budget: format!("{:.1} kW", r.budget_kw),
+                        peak: format!("{:.1} kW", r.peak_kw),
+                        headroom: format!("{:.1} kW", r.headroom_kw),
+                        hosts: r.hosts.map_or("–".into(), |n| n.to_string()),
+                    }
+                })
+                .collect(),
             drains: d
                 .hosts
                 .iter()

@@ -334,6 +334,7 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
     })
     .await;
     hosts(&app, "rackpool", "fra1", "r3", 1, 1).await;
+    demand_history(&app, "rackpool", 1, |_, _| 1.0).await;
     let host_id: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'rackpool-0'")
         .fetch_one(&app.store.pool)
         .await
@@ -412,6 +413,26 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
     let hourly = j["power_hourly"].as_array().expect("power_hourly");
     assert_eq!(hourly.len(), 28 * 24, "the 28 days it is dated from");
     assert!((hourly[0]["watts"].as_f64().unwrap() - 4000.0).abs() < 1.0);
+    // The pool's page says where more of its hosts could go: a host draws up to its last
+    // hour (4 kW × 1.01^27.96 = 5.28 kW), more than the rack's headroom.
+    let pj = app
+        .json(&cookie, "/api/v1/capacity/pools/rackpool")
+        .await;
+    let power = &pj["power"];
+    let peak = power["host_peak_kw"].as_f64().unwrap_or_else(|| panic!("{pj}"));
+    assert!((peak - 4.0 * 1.01f64.powf(27.0 + 23.0 / 24.0)).abs() < 0.01, "{power}");
+    let room = &power["racks"][0];
+    assert_eq!(room["rack"], "fra1/r3");
+    assert_eq!(room["budget_kw"].as_f64(), Some(6.0));
+    let headroom = room["headroom_kw"].as_f64().unwrap();
+    assert!(headroom > 0.0 && headroom < peak, "{room}");
+    assert_eq!(room["hosts"], 0, "{room}");
+    let (_, html) = app.page(&cookie, "/capacity/pools/rackpool").await;
+    assert!(
+        html.contains(&format!("A host of this pool draws up to {peak:.1} kW"))
+            && html.contains("take 0 more in all"),
+        "{html}"
+    );
     // And the planner's table on the command line.
     let url = app.db_url.clone();
     let ((ok, out, err), (json_ok, json_out, _)) = tokio::task::spawn_blocking(move || {
