@@ -1002,7 +1002,10 @@ pub fn plan_actions(
         let ahead = if r.lead_plan.is_empty() {
             "no plan ahead yet".to_string()
         } else {
-            format!("{lead_peak} from {}", r.lead_start.format("%Y-%m-%d"))
+            format!(
+                "{lead_peak} at the peak of the week from {}",
+                r.lead_start.format("%Y-%m-%d")
+            )
         };
         out.push((
             Urgency::NoChange,
