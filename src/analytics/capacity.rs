@@ -331,14 +331,15 @@ pub async fn run(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Res
     };
     out.took.demand = t.elapsed();
     let t = std::time::Instant::now();
+    // Racks first: an order of hosts says whether the racks have the power for them.
+    out.racks = rack_power(store, cfg, now).await?;
+    out.took.racks = t.elapsed();
+    let t = std::time::Instant::now();
     let end = store.demand_watermark().await?.unwrap_or(now).min(now);
     let (pools, skipped) = recommend_pools(store, cfg, end, now).await?;
     out.pools = pools;
     out.skipped = skipped;
     out.took.pools = t.elapsed();
-    let t = std::time::Instant::now();
-    out.racks = rack_power(store, cfg, now).await?;
-    out.took.racks = t.elapsed();
     let t = std::time::Instant::now();
     out.disks = disks(store, cfg, now).await?;
     out.took.disks = t.elapsed();
@@ -605,6 +606,24 @@ async fn recommend_pools(
         };
         r.urgency = urgency as i16;
         r.actions = said;
+    }
+    // An order of hosts says whether the racks with a power budget have room for them.
+    let ordering: Vec<String> = recs
+        .iter()
+        .filter(|r| r.urgency == Urgency::Order as i16 && r.host_size > 1)
+        .map(|r| r.pool.clone())
+        .collect();
+    if !ordering.is_empty() {
+        let racks = store.exhaustions(Some("rack")).await?;
+        if !racks.is_empty() {
+            let peaks = store.pool_host_peaks(&ordering, now).await?;
+            for r in recs.iter_mut().filter(|r| ordering.contains(&r.pool)) {
+                let room = rack_room(&racks, &r.sites, peaks.get(&r.pool).copied());
+                if let Some(line) = room_line(&room, &r.sites) {
+                    r.actions.insert(1.min(r.actions.len()), line);
+                }
+            }
+        }
     }
     let done = recs.len() - skipped;
     store.save_recommendations(&recs, &exhaustions).await?;
@@ -1842,18 +1861,31 @@ impl Store {
         pool: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<f64>, sqlx::Error> {
-        sqlx::query_scalar(concat!(
-            "SELECT max(w) FROM (SELECT e.host_id, e.hour, sum(",
+        Ok(self
+            .pool_host_peaks(&[pool.to_string()], now)
+            .await?
+            .remove(pool))
+    }
+
+    /// [`Store::pool_host_peak_watts`] of each of `pools` that has any.
+    pub async fn pool_host_peaks(
+        &self,
+        pools: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, f64>, sqlx::Error> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(concat!(
+            "SELECT pool, max(w) FROM (SELECT h.pool, e.host_id, e.hour, sum(",
             hour_mean_watts!(),
             ") AS w
                FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
-              WHERE h.pool = $1 AND h.removed_at IS NULL AND e.hour >= $2
-              GROUP BY 1, 2) x",
+              WHERE h.pool = ANY($1) AND h.removed_at IS NULL AND e.hour >= $2
+              GROUP BY 1, 2, 3) x GROUP BY pool",
         ))
-        .bind(pool)
+        .bind(pools)
         .bind(now - Duration::days(7))
-        .fetch_one(&self.pool)
-        .await
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// GPUs of a pool's hosts in the fleet; None when no host of the fleet is in it.
@@ -1914,7 +1946,8 @@ pub fn rack_room(racks: &[ExhaustionRow], sites: &[String], host_peak_w: Option<
                 headroom_kw: headroom / 1000.0,
                 hosts: host_peak_w
                     .filter(|w| *w > 0.0)
-                    .map(|w| (headroom / w).floor().max(0.0) as i64),
+                    // (a trend fitted through logs lands a hair off an exact fit)
+                    .map(|w| (headroom / w + 1e-6).floor().max(0.0) as i64),
             }
         })
         .collect();
@@ -1927,6 +1960,38 @@ pub fn rack_room(racks: &[ExhaustionRow], sites: &[String], host_peak_w: Option<
         host_peak_kw: host_peak_w.map(|w| w / 1000.0),
         racks: out,
     }
+}
+
+/// What an order of hosts adds about power: how many more of the pool's hosts the racks
+/// with a budget at its sites take (None: no budgeted rack there, or no host power yet).
+pub fn room_line(room: &HostPower, sites: &[String]) -> Option<String> {
+    let kw = room.host_peak_kw?;
+    let best = room.racks.first()?;
+    let at = sites.join(", ");
+    let total: i64 = room.racks.iter().filter_map(|r| r.hosts).sum();
+    Some(if total == 0 {
+        format!(
+            "power: no rack with a budget at {at} has room for another of these hosts (one draws up to {kw:.1} kW; the most headroom is {:.1} kW, in {}): plan rack power with the order",
+            best.headroom_kw, best.rack
+        )
+    } else {
+        let list: Vec<String> = room
+            .racks
+            .iter()
+            .filter(|r| r.hosts.unwrap_or(0) > 0)
+            .take(3)
+            .map(|r| format!("{} {}", r.rack, r.hosts.unwrap_or(0)))
+            .collect();
+        format!(
+            "power: the racks with a budget at {at} take {total} more of these hosts at {kw:.1} kW each ({}{})",
+            list.join(", "),
+            if room.racks.iter().filter(|r| r.hosts.unwrap_or(0) > 0).count() > 3 {
+                ", …"
+            } else {
+                ""
+            }
+        )
+    })
 }
 
 /// The largest queue a pool's scheduler may report: 100 × its installed GPUs, at least

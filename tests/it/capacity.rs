@@ -252,8 +252,23 @@ async fn a_host_taken_out_of_the_fleet_is_not_installed() {
 
 #[tokio::test]
 async fn a_growing_pool_gets_its_exhaustion_date_and_an_order_that_covers_it() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(|c| {
+        c.capacity.racks.insert("fra1/r2".into(), 10.0);
+    })
+    .await;
     hosts(&app, "train", "fra1", "r2", 5, 4).await;
+    // Each host draws 1 kW, steadily, for the 28 days: the rack's 10 kW budget has room
+    // for five more.
+    sqlx::query(
+        "INSERT INTO energy_hourly (host_id, gpu_index, hour, measured_j, covered_minutes, power_max_w)
+         SELECT h.id, 0, t, 3.6e6, 60, 1000
+           FROM hosts h, generate_series(date_trunc('hour', now()) - interval '28 days',
+                                         date_trunc('hour', now()) - interval '1 hour', interval '1 hour') t
+          WHERE h.pool = 'train'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
     // 10 GPUs growing 2 %/day for 28 days (17.4 now) on 20 installed: 20 is reached
     // ln 2 / ln 1.02 = 35.0 days after the start, 7 days from now.
     let start = demand_history(&app, "train", 20, |d, _| 10.0 * 1.02f64.powf(d)).await;
@@ -279,6 +294,13 @@ async fn a_growing_pool_gets_its_exhaustion_date_and_an_order_that_covers_it() {
         "{add}"
     );
     assert!(add.contains("host"), "whole hosts of 4: {add}");
+    // The order says where the hosts fit: the stored actions, as pages, the CLI and the
+    // capacity alert's mail show them.
+    assert!(r.actions[0].starts_with("add "), "{:?}", r.actions);
+    assert_eq!(
+        r.actions[1],
+        "power: the racks with a budget at fra1 take 5 more of these hosts at 1.0 kW each (fra1/r2 5)"
+    );
     app.stop().await;
 }
 
@@ -415,12 +437,15 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
     assert!((hourly[0]["watts"].as_f64().unwrap() - 4000.0).abs() < 1.0);
     // The pool's page says where more of its hosts could go: a host draws up to its last
     // hour (4 kW × 1.01^27.96 = 5.28 kW), more than the rack's headroom.
-    let pj = app
-        .json(&cookie, "/api/v1/capacity/pools/rackpool")
-        .await;
+    let pj = app.json(&cookie, "/api/v1/capacity/pools/rackpool").await;
     let power = &pj["power"];
-    let peak = power["host_peak_kw"].as_f64().unwrap_or_else(|| panic!("{pj}"));
-    assert!((peak - 4.0 * 1.01f64.powf(27.0 + 23.0 / 24.0)).abs() < 0.01, "{power}");
+    let peak = power["host_peak_kw"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{pj}"));
+    assert!(
+        (peak - 4.0 * 1.01f64.powf(27.0 + 23.0 / 24.0)).abs() < 0.01,
+        "{power}"
+    );
     let room = &power["racks"][0];
     assert_eq!(room["rack"], "fra1/r3");
     assert_eq!(room["budget_kw"].as_f64(), Some(6.0));
