@@ -65,6 +65,9 @@ pub struct IncidentRow {
 /// An alert row for the template.
 pub struct AlertView {
     pub fingerprint: String,
+    /// The row's id (`alert-` and a hash of the fingerprint): where the page returns to
+    /// after an action on it.
+    pub anchor: String,
     pub severity: String,
     pub state: String,
     pub summary: String,
@@ -203,6 +206,7 @@ async fn alerts_page(
     let cur = st.store.current_alerts_silenced(Utc::now()).await?;
     let view = |(a, silenced): &(AlertRow, bool)| AlertView {
         fingerprint: a.fingerprint.clone(),
+        anchor: anchor(&a.fingerprint),
         severity: a.severity.clone(),
         state: a.state.clone(),
         summary: a.summary.clone(),
@@ -312,20 +316,30 @@ pub async fn acknowledge(
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
     let done = ack(&st, &user, ip, &f.fingerprint).await.map(|_| ());
-    back_to_alerts(&st, &user, csrf, done).await
+    back_to_alerts(&st, &user, csrf, &f.fingerprint, done).await
 }
 
-/// After an action on an alert: back to the list; when the alert changed meanwhile (it
-/// resolved, or someone acknowledged it first), the list as it is now with the reason
-/// above it, instead of a bare error page.
+/// An alert row's id on the page: `alert-` and 16 hex digits of its fingerprint's hash
+/// (a fingerprint holds label values: any characters).
+fn anchor(fingerprint: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(fingerprint.as_bytes());
+    format!("alert-{}", hex::encode(&h[..8]))
+}
+
+/// After an action on an alert: back to the list at its row (focus and the reader's place
+/// stay with the alert acted on); when the alert changed meanwhile (it resolved, or
+/// someone acknowledged it first), the list as it is now with the reason above it,
+/// instead of a bare error page.
 async fn back_to_alerts(
     st: &AppState,
     user: &User,
     csrf: Csrf,
+    fingerprint: &str,
     done: Result<(), ApiError>,
 ) -> Result<Response, PageError> {
     match done {
-        Ok(()) => Ok(Redirect::to("/alerts").into_response()),
+        Ok(()) => Ok(Redirect::to(&format!("/alerts#{}", anchor(fingerprint))).into_response()),
         Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => {
             let mut page = alerts_page(st, user, csrf, SilenceFormView::default()).await?;
             page.notice = Some(format!("{e}; the list below is as it is now."));
@@ -350,7 +364,7 @@ pub async fn unacknowledge(
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
     let done = unack(&st, &user, ip, &f.fingerprint).await;
-    back_to_alerts(&st, &user, csrf, done).await
+    back_to_alerts(&st, &user, csrf, &f.fingerprint, done).await
 }
 
 /// Clear a firing alert's acknowledgement and record it (with who had it) in the audit
