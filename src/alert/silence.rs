@@ -66,7 +66,7 @@ pub fn add_matcher(m: &mut Labels, k: &str, v: &str) -> Result<(), String> {
     if v.is_empty() {
         return Err(format!("{k} has no value, like {k}=gpu-17"));
     }
-    if v.chars().any(char::is_control) || v.chars().count() > 256 {
+    if v.chars().any(crate::model::validate::hidden_char) || v.chars().count() > 256 {
         return Err(format!(
             "{k}: the value must be at most 256 printable characters"
         ));
@@ -157,9 +157,9 @@ pub fn check_comment(c: &str) -> Result<(), String> {
         ));
     }
     if c.chars()
-        .any(|ch| ch.is_control() && !matches!(ch, '\n' | '\r' | '\t'))
+        .any(|ch| crate::model::validate::hidden_char(ch) && !matches!(ch, '\n' | '\r' | '\t'))
     {
-        return Err("the comment holds a control character".into());
+        return Err("the comment holds a control or text-direction character".into());
     }
     Ok(())
 }

@@ -652,8 +652,8 @@ pub fn token_note(note: &str) -> Result<(), String> {
             "the note has {n} characters; at most {TOKEN_NOTE_MAX}"
         ));
     }
-    if note.chars().any(char::is_control) {
-        return Err("the note holds a control character".into());
+    if note.chars().any(hidden_char) {
+        return Err("the note holds a control or text-direction character".into());
     }
     Ok(())
 }
@@ -697,6 +697,15 @@ pub fn validate_host(h: &HostInfo) -> Result<(), String> {
     Ok(())
 }
 
+/// A character text from outside may not hold: a control character, or one that turns
+/// the direction of the text after it (U+202A–U+202E, U+2066–U+2069, the marks U+200E,
+/// U+200F and U+061C): shown on a page, such a character in a message would turn the
+/// product's own words beside it around.
+pub fn hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
 fn check_text(what: &str, s: &str, min: usize, max: usize) -> Result<(), String> {
     let n = s.chars().count();
     if n < min {
@@ -707,8 +716,15 @@ fn check_text(what: &str, s: &str, min: usize, max: usize) -> Result<(), String>
             "{what} is {n} characters long; at most {max} are allowed"
         ));
     }
-    if s.chars().any(char::is_control) {
-        return Err(format!("{what} contains control characters"));
+    if let Some(c) = s.chars().find(|c| hidden_char(*c)) {
+        return Err(if c.is_control() {
+            format!("{what} contains control characters")
+        } else {
+            format!(
+                "{what} contains the text-direction character U+{:04X}, which would turn the text after it around on pages",
+                u32::from(c)
+            )
+        });
     }
     Ok(())
 }
@@ -950,6 +966,37 @@ mod tests {
             ),
             "{}",
             v.rejections[0].reason
+        );
+    }
+
+    #[test]
+    fn a_text_direction_character_is_refused_where_it_stands() {
+        let body = json!({
+            "host": {"name": "gpu-1"},
+            "events": [
+                {"ts": "2026-11-23T11:59:00Z", "index": 1, "kind": "xid", "code": 79, "message": "fallen off the bus"},
+                {"ts": "2026-11-23T11:59:01Z", "index": 1, "kind": "xid", "code": 79, "message": "\u{202E}sub eht ffo"}
+            ]
+        });
+        let v = parse_batch(body.to_string().as_bytes(), &limits()).unwrap();
+        assert_eq!(v.batch.events.len(), 1);
+        assert_eq!(v.rejections.len(), 1);
+        let r = &v.rejections[0];
+        assert_eq!(
+            (r.section.as_str(), r.index, r.field.as_deref()),
+            ("events", 1, Some("message"))
+        );
+        assert!(
+            r.reason.contains("text-direction character U+202E"),
+            "{}",
+            r.reason
+        );
+        for c in ['\u{2066}', '\u{200F}', '\u{061C}'] {
+            assert!(hidden_char(c), "{c:?}");
+        }
+        assert!(
+            !hidden_char('é') && !hidden_char('\u{05D0}'),
+            "letters of any script are text"
         );
     }
 

@@ -32,8 +32,8 @@ impl FacilityReading {
             return Err("site must be 1 to 128 characters".into());
         }
         // Postgres cannot store U+0000; one such reading must not sink the others.
-        if self.site.chars().any(char::is_control) {
-            return Err("site contains control characters".into());
+        if self.site.chars().any(crate::model::validate::hidden_char) {
+            return Err("site contains control or text-direction characters".into());
         }
         if self.end <= self.start {
             return Err(format!(

@@ -1198,7 +1198,7 @@ async fn demand(
             ts.to_rfc3339()
         )));
     }
-    if r.source.chars().count() > 64 || r.source.chars().any(char::is_control) {
+    if r.source.chars().count() > 64 || r.source.chars().any(crate::model::validate::hidden_char) {
         return Err(ApiError::BadRequest(
             "source must be at most 64 printable characters".into(),
         ));

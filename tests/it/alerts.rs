@@ -1266,7 +1266,9 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     assert_eq!(by.as_deref(), Some("oper"));
     // Back to the alert's own row, which the page can move focus to.
     let to = ok.headers()["location"].to_str().unwrap().to_string();
-    let row = to.strip_prefix("/alerts#").expect("the alerts page at a row");
+    let row = to
+        .strip_prefix("/alerts#")
+        .expect("the alerts page at a row");
     assert!(row.starts_with("alert-") && row.len() == 22, "{to}");
     // Taken back from the page (acknowledged by mistake), then acknowledged again.
     let html = get(op.clone()).await;
