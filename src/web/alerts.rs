@@ -206,7 +206,7 @@ async fn alerts_page(
     let cur = st.store.current_alerts_silenced(Utc::now()).await?;
     let view = |(a, silenced): &(AlertRow, bool)| AlertView {
         fingerprint: a.fingerprint.clone(),
-        anchor: anchor(&a.fingerprint),
+        anchor: super::page::alert_anchor(&a.fingerprint),
         severity: a.severity.clone(),
         state: a.state.clone(),
         summary: a.summary.clone(),
@@ -319,14 +319,6 @@ pub async fn acknowledge(
     back_to_alerts(&st, &user, csrf, &f.fingerprint, done).await
 }
 
-/// An alert row's id on the page: `alert-` and 16 hex digits of its fingerprint's hash
-/// (a fingerprint holds label values: any characters).
-fn anchor(fingerprint: &str) -> String {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(fingerprint.as_bytes());
-    format!("alert-{}", hex::encode(&h[..8]))
-}
-
 /// After an action on an alert: back to the list at its row (focus and the reader's place
 /// stay with the alert acted on); when the alert changed meanwhile (it resolved, or
 /// someone acknowledged it first), the list as it is now with the reason above it,
@@ -339,7 +331,11 @@ async fn back_to_alerts(
     done: Result<(), ApiError>,
 ) -> Result<Response, PageError> {
     match done {
-        Ok(()) => Ok(Redirect::to(&format!("/alerts#{}", anchor(fingerprint))).into_response()),
+        Ok(()) => Ok(Redirect::to(&format!(
+            "/alerts#{}",
+            super::page::alert_anchor(fingerprint)
+        ))
+        .into_response()),
         Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => {
             let mut page = alerts_page(st, user, csrf, SilenceFormView::default()).await?;
             page.notice = Some(format!("{e}; the list below is as it is now."));

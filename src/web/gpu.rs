@@ -77,6 +77,9 @@ pub struct GpuData {
     pub events: Vec<ExplainedEvent>,
     /// The enforced power limit (the inventory's, else the highest sampled in the range).
     pub power_limit_watts: Option<f64>,
+    /// Firing, pending and recently resolved (24 h) alerts of this GPU and of its host as
+    /// a whole.
+    pub alerts: Vec<crate::store::queries::AlertTouching>,
 }
 
 /// Spans per throttle reason from per-bucket reason bits: a span runs while the reason is
@@ -145,6 +148,7 @@ pub struct GpuRows {
     /// `THROTTLE_MAX_SECS`.
     pub extras: Option<Vec<GpuRawExtra>>,
     pub events: Vec<EventRow>,
+    pub alerts: Vec<crate::store::queries::AlertTouching>,
 }
 
 /// The GPU page's queries (the dashboard benchmark times exactly these).
@@ -166,7 +170,9 @@ pub async fn rows(
         }
     };
     let names = [name.to_string()];
-    let (host, gpus, series, extras, events) = tokio::try_join!(
+    let resolved_since =
+        chrono::Utc::now() - chrono::Duration::hours(super::page::RESOLVED_RECENT_HOURS);
+    let (host, gpus, series, extras, events, alerts) = tokio::try_join!(
         store.host_latest(name),
         store.gpus_latest(Some(name)),
         store.gpu_series(
@@ -179,6 +185,7 @@ pub async fn rows(
         ),
         throttle,
         store.events_between(&names, Some(index), range.from, range.to, 200),
+        store.alerts_touching(&names, resolved_since),
     )?;
     Ok(GpuRows {
         host,
@@ -186,6 +193,10 @@ pub async fn rows(
         series,
         extras,
         events,
+        alerts: alerts
+            .into_iter()
+            .filter(|a| a.gpu.is_none_or(|g| g == index))
+            .collect(),
     })
 }
 
@@ -247,6 +258,7 @@ pub async fn load(
         brief,
         events: r.events.into_iter().map(explained).collect(),
         power_limit_watts: power_limit,
+        alerts: r.alerts,
     })
 }
 
@@ -268,6 +280,8 @@ pub struct GpuPage {
     /// Throttle shading is drawn (ranges up to 7 days): its key is shown.
     pub shading: bool,
     pub events: Vec<EventView>,
+    pub alerts: Vec<super::page::AlertTouchView>,
+    pub alerts_hidden: usize,
 }
 
 async fn page(
@@ -284,6 +298,7 @@ async fn page(
     let temp_refs = temperature_rules(&st.cfg.alerting.rules_file);
     render_off(move || {
         let query = r.query();
+        let (alerts, alerts_hidden) = super::page::alert_views(&d.alerts, false, &query);
         let ov = Overlay {
             shaded: d
                 .throttled
@@ -443,6 +458,8 @@ async fn page(
             shading: d.throttled.is_some(),
             throttle_note,
             events: event_views(&d.events, &query),
+            alerts,
+            alerts_hidden,
         };
         render(&page)
     })

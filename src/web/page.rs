@@ -394,6 +394,8 @@ pub fn event_views(events: &[ExplainedEvent], query: &str) -> Vec<EventView> {
 
 /// An alert touching the page's host (or a host of the rack), for the alerts section.
 pub struct AlertTouchView {
+    /// The Alerts page at the alert's row while it fires, else the page.
+    pub link: String,
     pub state: String,
     pub severity: String,
     pub summary: String,
@@ -404,6 +406,14 @@ pub struct AlertTouchView {
     pub since: String,
     pub resolved: String,
     pub note: String,
+}
+
+/// A firing alert's row id on the Alerts page: `alert-` and 16 hex digits of its
+/// fingerprint's hash (a fingerprint holds label values: any characters).
+pub fn alert_anchor(fingerprint: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(fingerprint.as_bytes());
+    format!("alert-{}", hex::encode(&h[..8]))
 }
 
 /// Resolved alerts a host or rack page lists before it points to the Alerts page: a GPU
@@ -438,6 +448,11 @@ pub fn alert_views(
                 note.push(format!("{} occurrences", a.occurrences));
             }
             AlertTouchView {
+                link: if a.state == "firing" {
+                    format!("/alerts#{}", alert_anchor(&a.fingerprint))
+                } else {
+                    "/alerts".into()
+                },
                 state: a.state.clone(),
                 severity: a.severity.clone(),
                 summary: a.summary.clone(),

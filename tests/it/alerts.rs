@@ -1270,6 +1270,37 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
         .strip_prefix("/alerts#")
         .expect("the alerts page at a row");
     assert!(row.starts_with("alert-") && row.len() == 22, "{to}");
+    // The GPU's own page lists the alert, linked to that row; another GPU's page does not.
+    let token = app.token("pg-host").await;
+    let ts = Utc::now();
+    let gpus: Vec<_> = [0, 5]
+        .iter()
+        .map(|g| json!({"index": g, "uuid": format!("GPU-pg-{g}")}))
+        .collect();
+    let samples: Vec<_> = [0, 5]
+        .iter()
+        .map(|g| json!({"ts": ts, "index": g, "util_pct": 50.0}))
+        .collect();
+    let inventory = json!({"host": {"name": "pg-host", "site": "fra1", "rack": "r12"},
+        "gpus": gpus, "gpu_samples": samples});
+    assert_eq!(app.ingest(&token, &inventory).await.status(), 200);
+    let gpu_page = |i: u8| {
+        let c = app
+            .http
+            .get(format!("{}/hosts/pg-host/gpus/{i}", app.base))
+            .header("cookie", viewer.clone());
+        async move { c.send().await.unwrap().text().await.unwrap() }
+    };
+    let html5 = gpu_page(5).await;
+    let alerts5 = &html5[html5.find("id=\"alerts\"").expect("an alerts section")..];
+    assert!(
+        alerts5.contains(&format!(
+            "<a href=\"/alerts#{row}\">GPU reported an XID error</a>"
+        )),
+        "{alerts5}"
+    );
+    let html0 = gpu_page(0).await;
+    assert!(!html0.contains("GPU reported an XID error"), "{html0}");
     // Taken back from the page (acknowledged by mistake), then acknowledged again.
     let html = get(op.clone()).await;
     assert!(
