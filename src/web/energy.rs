@@ -125,6 +125,9 @@ pub struct EnergyPage<'a> {
     /// Days of the shown week with data (of 7), and whether the week is still running.
     pub data_days: i64,
     pub running: bool,
+    /// For a running week: the complete hours are accounted up to here ("04:00 UTC");
+    /// the figures lag by up to an hour and five minutes.
+    pub accounted: String,
     /// Whether and when the weekly report is mailed.
     pub mail_status: String,
 }
@@ -237,6 +240,10 @@ pub async fn page(
             .collect(),
         data_days: shown_days,
         running,
+        accounted: report
+            .accounted_until
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default(),
         mail_status: crate::report::mail::status(&st.store, &st.cfg)
             .await
             .map_err(ApiError::Internal)?,
