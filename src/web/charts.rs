@@ -339,16 +339,20 @@ pub fn line_chart_sized(
         |t: DateTime<Utc>| ml + ((t - from).num_milliseconds() as f64 / span).clamp(0.0, 1.0) * pw;
     let y_of = |v: f64| MT + ph - (v / ymax).clamp(0.0, 1.0) * ph;
     for b in &overlay.bands {
-        if b.points.is_empty() {
+        // On the lines' columns: each column's lowest low and highest high at its centre,
+        // so a line drawn through the same column (its mean or peak) stays inside its band.
+        let cols = band_columns(&b.points, from, span, (pw / per_point) as usize);
+        if cols.is_empty() {
             continue;
         }
+        let x_col = |c: usize| ml + (c as f64 + 0.5) * per_point;
         let mut d = String::new();
-        for (i, (t, _, hi)) in b.points.iter().enumerate() {
+        for (i, (c, _, hi)) in cols.iter().enumerate() {
             d.push(if i == 0 { 'M' } else { 'L' });
-            let _ = write!(d, "{:.1},{:.1} ", x_of(*t), y_of(*hi));
+            let _ = write!(d, "{:.1},{:.1} ", x_col(*c), y_of(*hi));
         }
-        for (t, lo, _) in b.points.iter().rev() {
-            let _ = write!(d, "L{:.1},{:.1} ", x_of(*t), y_of(*lo));
+        for (c, lo, _) in cols.iter().rev() {
+            let _ = write!(d, "L{:.1},{:.1} ", x_col(*c), y_of(*lo));
         }
         let _ = write!(
             svg,
@@ -765,6 +769,35 @@ pub fn sequential_gradient() -> String {
 
 /// Mean (or with `peak`, the highest) of the points falling in each pixel column:
 /// (column, last time, value).
+/// A band's points on `width` columns as [`downsample`] puts a line's: per column, the
+/// lowest low and the highest high.
+fn band_columns(
+    points: &[(DateTime<Utc>, f64, f64)],
+    from: DateTime<Utc>,
+    span_ms: f64,
+    width: usize,
+) -> Vec<(usize, f64, f64)> {
+    let mut out: Vec<(usize, f64, f64)> = Vec::new();
+    for &(t, lo, hi) in points {
+        if !(lo.is_finite() && hi.is_finite()) {
+            continue;
+        }
+        let frac = (t - from).num_milliseconds() as f64 / span_ms;
+        if !(0.0..=1.0).contains(&frac) {
+            continue;
+        }
+        let col = ((frac * width as f64) as usize).min(width.saturating_sub(1));
+        match out.last_mut() {
+            Some(last) if last.0 == col => {
+                last.1 = last.1.min(lo);
+                last.2 = last.2.max(hi);
+            }
+            _ => out.push((col, lo, hi)),
+        }
+    }
+    out
+}
+
 fn downsample(
     points: &[(DateTime<Utc>, f64)],
     from: DateTime<Utc>,
@@ -1088,6 +1121,71 @@ mod tests {
         assert_eq!(css.matches("background:").count(), HEAT_STEPS);
     }
 
+    /// A forecast line inside its band at every time stays inside it as drawn: both on
+    /// the same columns, however many points share one.
+    #[test]
+    fn a_line_inside_its_band_is_drawn_inside_it() {
+        let from: DateTime<Utc> = "2026-11-23T00:00:00Z".parse().unwrap();
+        let to = from + chrono::Duration::days(7);
+        // 5-minute points, a day's wave: about 3.5 points per column of the phone chart.
+        let pts: Vec<(DateTime<Utc>, f64)> = (0..2016)
+            .map(|i| {
+                let t = from + chrono::Duration::minutes(5 * i);
+                (
+                    t,
+                    20.0 + 10.0 * (i as f64 / 288.0 * std::f64::consts::TAU).sin(),
+                )
+            })
+            .collect();
+        let ov = Overlay {
+            bands: vec![Band {
+                label: "80 %".into(),
+                points: pts.iter().map(|(t, v)| (*t, v - 0.5, v + 0.5)).collect(),
+                opacity: 0.2,
+            }],
+            ..Overlay::default()
+        };
+        let series = [Series {
+            label: "forecast".into(),
+            points: pts.clone(),
+        }];
+        for size in [Size::WIDE, Size::PHONE] {
+            let svg = line_chart_sized("t", &series, from, to, Axis::Unit(""), 300, &ov, size);
+            let path = |class: &str| -> Vec<(f64, f64)> {
+                let at = svg
+                    .find(class)
+                    .unwrap_or_else(|| panic!("{class} in {svg}"));
+                let d = &svg[at + 5..];
+                let d = &d[d.find(" d=\"").unwrap() + 4..];
+                let d = &d[..d.find('"').unwrap()];
+                d.split(['M', 'L', 'Z'])
+                    .filter_map(|p| {
+                        let (x, y) = p.trim().split_once(',')?;
+                        Some((x.parse().ok()?, y.parse().ok()?))
+                    })
+                    .collect()
+            };
+            let band = path("<path class=\"band\"");
+            let line = path("<path d=\"");
+            let half = band.len() / 2;
+            let (hi, lo) = (&band[..half], &band[half..]);
+            for (x, y) in &line {
+                let i = hi
+                    .iter()
+                    .position(|p| p.0 == *x)
+                    .unwrap_or_else(|| panic!("{x} not a band column"));
+                let j = lo.iter().position(|p| p.0 == *x).unwrap();
+                // SVG y grows downwards: the high edge is above (smaller y) the line.
+                assert!(
+                    hi[i].1 <= *y && *y <= lo[j].1,
+                    "x {x}: {} {y} {}",
+                    hi[i].1,
+                    lo[j].1
+                );
+            }
+        }
+    }
+
     #[test]
     fn bands_are_filled_between_their_lines_and_long_ranges_show_dates() {
         let from: DateTime<Utc> = "2026-11-23T00:00:00Z".parse().unwrap();
@@ -1102,10 +1200,10 @@ mod tests {
         };
         let svg = line_chart_with("t", &[], from, to, Axis::Unit(""), 3600, &ov);
         // The band sets the scale (0 to 40 in steps of 10) and is one closed path: the high
-        // line out, the low line back.
+        // line out, the low line back, on the centres of the lines' columns.
         assert!(
             svg.contains(
-                r#"<path class="band" d="M64.0,45.5 L632.0,8.0 L632.0,83.0 L64.0,120.5 Z""#
+                r#"<path class="band" d="M64.5,45.5 L631.5,8.0 L631.5,83.0 L64.5,120.5 Z""#
             ),
             "{svg}"
         );
