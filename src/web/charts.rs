@@ -769,6 +769,15 @@ pub fn sequential_gradient() -> String {
 
 /// Mean (or with `peak`, the highest) of the points falling in each pixel column:
 /// (column, last time, value).
+/// The column of `width` that time `t` falls in, on a chart from `from` over `span_ms`;
+/// None outside the chart.
+fn column(t: DateTime<Utc>, from: DateTime<Utc>, span_ms: f64, width: usize) -> Option<usize> {
+    let frac = (t - from).num_milliseconds() as f64 / span_ms;
+    (0.0..=1.0)
+        .contains(&frac)
+        .then(|| ((frac * width as f64) as usize).min(width.saturating_sub(1)))
+}
+
 /// A band's points on `width` columns as [`downsample`] puts a line's: per column, the
 /// lowest low and the highest high.
 fn band_columns(
@@ -782,11 +791,9 @@ fn band_columns(
         if !(lo.is_finite() && hi.is_finite()) {
             continue;
         }
-        let frac = (t - from).num_milliseconds() as f64 / span_ms;
-        if !(0.0..=1.0).contains(&frac) {
+        let Some(col) = column(t, from, span_ms, width) else {
             continue;
-        }
-        let col = ((frac * width as f64) as usize).min(width.saturating_sub(1));
+        };
         match out.last_mut() {
             Some(last) if last.0 == col => {
                 last.1 = last.1.min(lo);
@@ -810,11 +817,9 @@ fn downsample(
         if !v.is_finite() {
             continue;
         }
-        let frac = (t - from).num_milliseconds() as f64 / span_ms;
-        if !(0.0..=1.0).contains(&frac) {
+        let Some(col) = column(t, from, span_ms, width) else {
             continue;
-        }
-        let col = ((frac * width as f64) as usize).min(width.saturating_sub(1));
+        };
         match out.last_mut() {
             Some(last) if last.0 == col => {
                 last.1 = t;
