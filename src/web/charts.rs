@@ -152,17 +152,46 @@ fn time_ticks(
     (w, x0, pw): (f64, f64, f64),
 ) -> Vec<(DateTime<Utc>, f64, &'static str)> {
     let span = (to - from).num_milliseconds().max(1) as f64;
-    if time_format(span).1 != "date" {
-        return (0..=steps)
-            .map(|i| {
-                let f = f64::from(i) / f64::from(steps);
-                let t = from + chrono::Duration::milliseconds((span * f) as i64);
-                let anchor = match i {
-                    0 => "start",
-                    i if i == steps => "end",
-                    _ => "middle",
-                };
-                (t, f, anchor)
+    let (_, kind) = time_format(span);
+    // A label's half width at the axis font, to keep labels near an edge inside the chart.
+    let half = text_px(
+        if kind == "time" {
+            "00:00 UTC"
+        } else {
+            "Nov 23 00:00 UTC"
+        },
+        FONT,
+    ) / 2.0;
+    let anchor_at = |f: f64| {
+        let x = x0 + pw * f;
+        // A label centred near the plot's left edge would run under the value axis's
+        // bottom label ("0 %"): it starts at its tick instead.
+        if x + half > w {
+            "end"
+        } else if x - half < x0 {
+            "start"
+        } else {
+            "middle"
+        }
+    };
+    if kind != "date" {
+        // Round times of day (UTC): every 1, 2, 5, 10, 15 or 30 minutes or 1, 2, 3, 6 or
+        // 12 hours, as many as fit, so 15 minutes read 04:50, 04:55, … and a day 06:00,
+        // 12:00, … instead of times a range happened to start at.
+        let every_ms: i64 = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440]
+            .into_iter()
+            .map(|m| m * 60_000)
+            .find(|e| span / *e as f64 <= f64::from(steps + 1))
+            .unwrap_or(86_400_000);
+        let t0 = from.timestamp_millis();
+        let first =
+            t0.div_euclid(every_ms) * every_ms + if t0 % every_ms == 0 { 0 } else { every_ms };
+        return std::iter::successors(Some(first), |t| Some(t + every_ms))
+            .take_while(|t| *t <= to.timestamp_millis())
+            .filter_map(DateTime::<Utc>::from_timestamp_millis)
+            .map(|t| {
+                let f = (t - from).num_milliseconds() as f64 / span;
+                (t, f, anchor_at(f))
             })
             .collect();
     }
@@ -189,8 +218,6 @@ fn time_ticks(
     .map(|t| {
         let f = (t - from).num_milliseconds() as f64 / span;
         let x = x0 + pw * f;
-        // A label centred near the plot's left edge would run under the value axis's
-        // bottom label ("0 %"): it starts at its tick instead.
         let anchor = if x + half > w {
             "end"
         } else if x - half < x0 {
@@ -1059,15 +1086,46 @@ mod tests {
         );
         let days: Vec<u32> = phone.iter().map(|x| chrono::Datelike::day(&x.0)).collect();
         assert_eq!(days, [30, 3, 6]);
-        // Six hours keep their evenly spaced times of day, edge to edge.
+        // Six hours: every two hours on the hour, edge to edge.
         let short = time_ticks(
             t("2026-11-23T00:00:00Z"),
             t("2026-11-23T06:00:00Z"),
             4,
             geometry,
         );
-        assert_eq!(short.len(), 5);
-        assert_eq!((short[0].2, short[4].2, short[2].1), ("start", "end", 0.5));
+        let hours: Vec<String> = short
+            .iter()
+            .map(|x| x.0.format("%H:%M").to_string())
+            .collect();
+        assert_eq!(hours, ["00:00", "02:00", "04:00", "06:00"]);
+        assert_eq!(
+            (short[0].2, short[3].2, short[1].2),
+            ("start", "end", "middle")
+        );
+        // A day from 04:15: every six hours on round hours, no time twice.
+        let day = time_ticks(
+            t("2026-11-23T04:15:00Z"),
+            t("2026-11-24T04:15:00Z"),
+            4,
+            geometry,
+        );
+        let hours: Vec<String> = day
+            .iter()
+            .map(|x| x.0.format("%H:%M").to_string())
+            .collect();
+        assert_eq!(hours, ["06:00", "12:00", "18:00", "00:00"]);
+        // Fifteen minutes from 04:49:22: every five minutes on the minute.
+        let quarter = time_ticks(
+            t("2026-11-23T04:49:22Z"),
+            t("2026-11-23T05:04:22Z"),
+            4,
+            geometry,
+        );
+        let minutes: Vec<String> = quarter
+            .iter()
+            .map(|x| x.0.format("%H:%M:%S").to_string())
+            .collect();
+        assert_eq!(minutes, ["04:50:00", "04:55:00", "05:00:00"]);
     }
 
     #[test]
