@@ -128,6 +128,8 @@ pub struct SilenceView {
     pub matchers: String,
     /// Its start when it is scheduled ahead; empty when it holds now.
     pub from: String,
+    /// When it started holding, for one that holds now.
+    pub started: String,
     pub until: String,
     pub author: String,
     pub comment: String,
@@ -243,6 +245,7 @@ async fn alerts_page(
             } else {
                 String::new()
             },
+            started: ts(s.starts_at),
             matchers: s
                 .matchers
                 .0
