@@ -118,7 +118,8 @@ fn user_backoff(failures: i32) -> i64 {
 }
 
 /// Check a user's password, for a form login or HTTP Basic, behind every guard:
-/// * a recently verified (name, password) pair is answered from memory, with no argon2;
+/// * a (name, password) pair recently verified from the same client address is answered
+///   from memory, with no argon2;
 /// * each client address gets a bucket of attempts (30, refilled at one per 2 s);
 /// * per (name, address) and per name, failures make the next attempt wait (see
 ///   [`PAIR_FREE_FAILURES`], [`USER_FREE_FAILURES`]); `device` is the browser's device
@@ -137,7 +138,7 @@ pub async fn check_password(
     let limiter = &st.login_limiter;
     let row = st.store.password_row(name).await?;
     if let Some((id, role, phc)) = &row {
-        if limiter.is_verified(name, password, phc) {
+        if limiter.is_verified(name, password, phc, ip) {
             return Ok(Some(user(*id, name, role)));
         }
     }
@@ -214,7 +215,7 @@ pub async fn check_password(
             if let Some(ip) = ip {
                 st.store.remember_login_address(&lower, ip).await?;
             }
-            limiter.remember(name, password, &phc);
+            limiter.remember(name, password, &phc, ip);
             Ok(Some(user(id, name, &role)))
         }
         _ => {
@@ -399,25 +400,31 @@ impl LoginLimiter {
         self.addrs.take(ip)
     }
 
-    fn key(&self, name: &str, password: &str) -> [u8; 32] {
+    /// A verified pair is remembered for the client address it was verified from: the
+    /// same script or Prometheus skips argon2 on its next requests, while the right
+    /// password guessed from another address meets the back-off like any other guess.
+    fn key(&self, name: &str, password: &str, ip: Option<IpAddr>) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.salt);
         h.update(name.as_bytes());
         h.update([0]);
         h.update(password.as_bytes());
+        h.update([0]);
+        h.update(ip.map(|i| i.to_string()).unwrap_or_default().as_bytes());
         h.finalize().into()
     }
 
-    /// Whether this pair was verified against this very password hash recently.
-    fn is_verified(&self, name: &str, password: &str, phc: &str) -> bool {
-        let k = self.key(name, password);
+    /// Whether this pair was verified from this address against this very password hash
+    /// recently.
+    fn is_verified(&self, name: &str, password: &str, phc: &str, ip: Option<IpAddr>) -> bool {
+        let k = self.key(name, password, ip);
         let m = self.verified.lock().expect("limiter lock");
         m.get(&k)
             .is_some_and(|(h, at)| h == phc && at.elapsed() < VERIFIED_TTL)
     }
 
-    fn remember(&self, name: &str, password: &str, phc: &str) {
-        let k = self.key(name, password);
+    fn remember(&self, name: &str, password: &str, phc: &str, ip: Option<IpAddr>) {
+        let k = self.key(name, password, ip);
         let mut m = self.verified.lock().expect("limiter lock");
         if m.len() >= MAX_ENTRIES {
             m.retain(|_, (_, at)| at.elapsed() < VERIFIED_TTL);

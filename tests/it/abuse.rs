@@ -767,5 +767,22 @@ async fn guesses_from_many_addresses_do_not_lock_out_a_known_basic_client() {
     );
     // The script's address is known: it gets in.
     assert_eq!(call(from(2), "ops-password-2").await, 200);
+    // Before: the script's verified password was remembered for any address, so during
+    // the back-off the right guess from a new address got in at once (and the wrong ones
+    // were refused without a password check: a guesser could tell at full speed). Now the
+    // memory is per address: the guesser's right guess waits like its wrong ones.
+    for _ in 0..3 {
+        call(from(20), "guess").await;
+    }
+    assert_eq!(
+        call(from(20), "ops-password-2").await,
+        429,
+        "the right password from the guessing address waits too"
+    );
+    assert_eq!(
+        call(from(2), "ops-password-2").await,
+        200,
+        "the script is not slowed"
+    );
     app.stop().await;
 }
