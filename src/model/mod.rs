@@ -31,9 +31,48 @@ pub struct HostInfo {
     pub rack: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pool: String,
-    /// Free-form labels, shown on the host page and matched by alert rules.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Free-form labels, shown on the host page and matched by alert rules (at most
+    /// [`MAX_HOST_LABELS`]).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "bounded_labels"
+    )]
     pub labels: BTreeMap<String, String>,
+}
+
+/// Labels a host may carry.
+pub const MAX_HOST_LABELS: usize = 32;
+
+/// A host's labels, refused at the first entry past [`MAX_HOST_LABELS`]: the map is never
+/// built larger than that, whatever the body holds (millions of entries would take the
+/// server's memory before the count could be checked).
+fn bounded_labels<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an object of at most {MAX_HOST_LABELS} string labels")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = m.next_entry::<String, String>()? {
+                if out.len() == MAX_HOST_LABELS {
+                    return Err(serde::de::Error::custom(format!(
+                        "host.labels has more than {MAX_HOST_LABELS} entries; at most {MAX_HOST_LABELS} are allowed"
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Bounded)
 }
 
 /// One GPU of the host's inventory.

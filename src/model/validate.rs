@@ -672,10 +672,11 @@ pub fn validate_host(h: &HostInfo) -> Result<(), String> {
     check_text("host.site", &h.site, 0, 64)?;
     check_text("host.rack", &h.rack, 0, 64)?;
     check_text("host.pool", &h.pool, 0, 64)?;
-    if h.labels.len() > 32 {
+    if h.labels.len() > super::MAX_HOST_LABELS {
         return Err(format!(
-            "host.labels has {} entries; at most 32 are allowed",
-            h.labels.len()
+            "host.labels has {} entries; at most {} are allowed",
+            h.labels.len(),
+            super::MAX_HOST_LABELS
         ));
     }
     for (k, v) in &h.labels {
@@ -967,6 +968,25 @@ mod tests {
             "{}",
             v.rejections[0].reason
         );
+    }
+
+    #[test]
+    fn host_labels_past_the_limit_are_refused_before_they_are_all_read() {
+        let labels: serde_json::Map<String, serde_json::Value> =
+            (0..40).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let body = json!({"host": {"name": "gpu-1", "labels": labels}});
+        let e = parse_batch(body.to_string().as_bytes(), &limits())
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string().contains("host.labels has more than 32 entries"),
+            "{e}"
+        );
+        let labels: serde_json::Map<String, serde_json::Value> =
+            (0..32).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let body = json!({"host": {"name": "gpu-1", "labels": labels}});
+        let v = parse_batch(body.to_string().as_bytes(), &limits()).unwrap();
+        assert_eq!(v.batch.host.labels.len(), 32);
     }
 
     #[test]
