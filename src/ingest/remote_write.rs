@@ -97,9 +97,105 @@ pub fn decode(
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| IngestError::BadRequest(format!("body is not snappy block format: {e}")))?;
+    census(&raw).map_err(IngestError::BadRequest)?;
     WriteRequest::decode(raw.as_slice()).map_err(|e| {
         IngestError::BadRequest(format!("body is not a remote-write WriteRequest: {e}"))
     })
+}
+
+/// Labels one series may carry (dcgm-exporter's carry about 12, node_exporter's fewer).
+pub const MAX_LABELS_PER_SERIES: usize = 128;
+/// Series, labels and samples one request may carry: ten times what Prometheus sends
+/// with `max_samples_per_send` at 10,000 (its default is 2,000).
+pub const MAX_SERIES: usize = 100_000;
+pub const MAX_LABELS: usize = 500_000;
+pub const MAX_SAMPLES: usize = 1_000_000;
+
+/// Counts a `WriteRequest`'s series, labels and samples on the wire, before decoding
+/// allocates anything for them: a 66 MB body of empty labels would decode into 1.7 GB of
+/// label structs. Returns what is wrong, or (series, labels, samples).
+fn census(raw: &[u8]) -> Result<(usize, usize, usize), String> {
+    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    // Each (field number, wire type) of a message, with the bytes of length-delimited ones.
+    fn fields(
+        b: &[u8],
+        mut each: impl FnMut(u64, Option<&[u8]>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let bad = || "body is not a remote-write WriteRequest: bad protobuf framing".to_string();
+        let mut i = 0;
+        while i < b.len() {
+            let key = varint(b, &mut i).ok_or_else(bad)?;
+            match key & 7 {
+                0 => {
+                    varint(b, &mut i).ok_or_else(bad)?;
+                    each(key >> 3, None)?;
+                }
+                1 => {
+                    i = i.checked_add(8).filter(|e| *e <= b.len()).ok_or_else(bad)?;
+                    each(key >> 3, None)?;
+                }
+                5 => {
+                    i = i.checked_add(4).filter(|e| *e <= b.len()).ok_or_else(bad)?;
+                    each(key >> 3, None)?;
+                }
+                2 => {
+                    let n =
+                        usize::try_from(varint(b, &mut i).ok_or_else(bad)?).map_err(|_| bad())?;
+                    let end = i.checked_add(n).filter(|e| *e <= b.len()).ok_or_else(bad)?;
+                    each(key >> 3, Some(&b[i..end]))?;
+                    i = end;
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(())
+    }
+    let (mut series, mut labels, mut samples) = (0usize, 0usize, 0usize);
+    fields(raw, |field, body| {
+        let (1, Some(ts)) = (field, body) else {
+            return Ok(());
+        };
+        series += 1;
+        if series > MAX_SERIES {
+            return Err(format!(
+                "more than {MAX_SERIES} series in one request; lower queue_config.max_samples_per_send"
+            ));
+        }
+        let mut own = 0usize;
+        fields(ts, |f, _| {
+            match f {
+                1 => {
+                    own += 1;
+                    labels += 1;
+                }
+                2 => samples += 1,
+                _ => {}
+            }
+            if own > MAX_LABELS_PER_SERIES {
+                return Err(format!(
+                    "series {series} has more than {MAX_LABELS_PER_SERIES} labels"
+                ));
+            }
+            if labels > MAX_LABELS || samples > MAX_SAMPLES {
+                return Err(format!(
+                    "more than {MAX_LABELS} labels or {MAX_SAMPLES} samples in one request; lower queue_config.max_samples_per_send"
+                ));
+            }
+            Ok(())
+        })
+    })?;
+    Ok((series, labels, samples))
 }
 
 /// Why series were dropped (`reason` on `rackwatch_remote_write_series_dropped_total`).
@@ -1009,6 +1105,10 @@ mod tests {
             .compress_vec(&req.encode_to_vec())
             .unwrap();
         assert_eq!(decode(Some("snappy"), &body, 1 << 20).unwrap(), req);
+        assert_eq!(
+            census(&req.encode_to_vec()).unwrap().0,
+            req.timeseries.len()
+        );
         assert!(matches!(
             decode(Some("snappy"), &body, 4),
             Err(IngestError::TooLarge(_))
@@ -1021,6 +1121,42 @@ mod tests {
             decode(None, b"\xff\xff\xff\xff\x0fnot snappy", 1 << 40),
             Err(IngestError::BadRequest(_) | IngestError::TooLarge(_))
         ));
+    }
+
+    /// A series of millions of empty labels (`0a 00` repeated) is refused on the wire,
+    /// before decoding would allocate a label struct for each.
+    #[test]
+    fn a_label_bomb_is_refused_before_it_is_decoded() {
+        fn series(labels: usize) -> Vec<u8> {
+            let inner: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], labels)
+                .flatten()
+                .collect();
+            let mut out = vec![0x0a];
+            let mut n = inner.len();
+            while n >= 0x80 {
+                out.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+            out.extend(inner);
+            out
+        }
+        let bomb = series(1_000_000);
+        let body = snap::raw::Encoder::new().compress_vec(&bomb).unwrap();
+        match decode(Some("snappy"), &body, 64 << 20) {
+            Err(IngestError::BadRequest(m)) => {
+                assert!(m.contains("series 1 has more than 128 labels"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Many small series: the total is capped too.
+        let many: Vec<u8> = std::iter::repeat_n(series(10), 60_000).flatten().collect();
+        let e = census(&many).unwrap_err();
+        assert!(e.contains("more than 500000 labels"), "{e}");
+        // A series at the limit decodes.
+        assert_eq!(census(&series(128)).unwrap(), (1, 128, 0));
+        // Framing that runs past the body is named, not decoded.
+        assert!(census(&[0x0a, 0x05, 0x0a]).unwrap_err().contains("framing"));
     }
 
     #[test]

@@ -979,7 +979,8 @@ mod tests {
             .err()
             .expect("refused");
         assert!(
-            e.to_string().contains("host.labels has more than 32 entries"),
+            e.to_string()
+                .contains("host.labels has more than 32 entries"),
             "{e}"
         );
         let labels: serde_json::Map<String, serde_json::Value> =
