@@ -433,7 +433,8 @@ pub async fn api(
 pub struct ReadingsStored {
     pub stored: usize,
     pub rejected: usize,
-    /// Why each rejected reading was refused, by its position in the batch.
+    /// Why each rejected reading was refused, by its position in the batch (the first
+    /// 1,000; `rejected` counts them all).
     pub errors: Vec<ReadingRejected>,
     /// Sites of stored readings that no host in the fleet reports: they are kept, but no
     /// report uses them until hosts report the site (check the spelling: `fra1`, not
@@ -478,7 +479,7 @@ pub async fn readings(
     require(&user, Role::Operator)?;
     // Each reading kept as its text: decoded from a parsed value, a field given twice
     // would keep its last value silently (`"site"` twice stored the reading for the second).
-    let items: Vec<Box<serde_json::value::RawValue>> = super::body::json(
+    let Readings(items) = super::body::json(
         &st,
         &headers,
         body,
@@ -518,9 +519,45 @@ pub async fn readings(
         rejected: rejected.len(),
         errors: rejected
             .into_iter()
+            .take(crate::model::validate::MAX_REJECTIONS_LISTED)
             .map(|(index, reason)| ReadingRejected { index, reason })
             .collect(),
     }))
+}
+
+/// Readings one request may carry: a year of 15-minute readings of ten sites.
+pub const MAX_READINGS: usize = 400_000;
+
+/// A batch of readings, each kept as its text, refused at the first past [`MAX_READINGS`]
+/// while it is read.
+struct Readings(Vec<Box<serde_json::value::RawValue>>);
+
+impl<'de> Deserialize<'de> for Readings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Seq;
+        impl<'de> serde::de::Visitor<'de> for Seq {
+            type Value = Readings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a JSON array of at most {MAX_READINGS} readings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Readings, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = a.next_element::<Box<serde_json::value::RawValue>>()? {
+                    if out.len() == MAX_READINGS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_READINGS} readings in one request; send them in parts"
+                        )));
+                    }
+                    out.push(item);
+                }
+                Ok(Readings(out))
+            }
+        }
+        d.deserialize_seq(Seq)
+    }
 }
 
 #[cfg(test)]

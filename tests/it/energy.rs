@@ -850,6 +850,30 @@ async fn facility_meter_readings_make_the_pue_measured() {
             .await
             .unwrap();
     assert_eq!(fra1, 0);
+    // Many bad readings: all counted, the first 1,000 explained (the answer stays small).
+    let zeros = format!("[{}]", vec!["0"; 5000].join(","));
+    let resp: Value = app
+        .post_json_text(&admin, "/api/v1/facility/readings", zeros)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["rejected"], 5000);
+    assert_eq!(resp["errors"].as_array().unwrap().len(), 1000);
+    // Past the most readings one request takes: refused while it is read.
+    let many = format!(
+        "[{}]",
+        vec!["0"; rackwatch::web::energy::MAX_READINGS + 1].join(",")
+    );
+    let r = app
+        .post_json_text(&admin, "/api/v1/facility/readings", many)
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("readings in one request; send them in parts"));
     // Not JSON of the right shape: a clear 400.
     let r = app
         .post_json(
