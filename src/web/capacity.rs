@@ -1104,6 +1104,7 @@ pub struct DemandRecorded {
     security(("scheduler_token" = []), ("basic" = []), ("session" = [])),
     responses(
         (status = 200, description = "Recorded.", body = DemandRecorded),
+        (status = 429, description = "The pool's reports are over their rate: a burst of 60, then one a second; retry after Retry-After.", body = ErrorBody),
         (status = 400, description = "Not the expected body, `pending_gpus` out of 0–10,000,000 or above 100 × the pool's installed GPUs (at least 1,000), a `ts` off the server's clock, or a `source` over 64 characters or with control characters.", body = ErrorBody),
         (status = 401, description = "No token or credentials, or a token that is not a pool token (the message says which).", body = ErrorBody),
         (status = 403, description = "A token of another pool, or a user below operator.", body = ErrorBody),
@@ -1164,6 +1165,18 @@ async fn demand(
         r#"{"pending_gpus": N, "ts": RFC 3339 (optional), "source": "…" (optional)}"#,
     )
     .await?;
+    if let Some(wait) = st
+        .queue_reports
+        .take(super::ingest::limit_key(b"queue", pool.as_bytes()))
+    {
+        return Err(ApiError::TooMany {
+            message: format!(
+                "pool {} is over its queue reports (a burst of 60, then one a second); retry in {wait} s",
+                crate::model::validate::quoted(&pool)
+            ),
+            retry_after: wait,
+        });
+    }
     let Some(installed) = st.store.pool_gpus(&pool).await? else {
         return Err(ApiError::NotFound(format!(
             "no host belongs to pool {}",

@@ -88,6 +88,9 @@ pub struct AppState {
     pub refusal_audit: Arc<limit::Buckets<[u8; 16]>>,
     /// Remote write's memory between requests (counters' previous points, XID codes).
     pub remote_write: Arc<crate::ingest::remote_write::SeriesState>,
+    /// Scheduler queue reports per pool: a burst of 60 (an hour of minutely reports
+    /// caught up after an outage), then one a second.
+    pub queue_reports: Arc<limit::Buckets<[u8; 16]>>,
 }
 
 impl AppState {
@@ -126,6 +129,7 @@ impl AppState {
                 ))
             }),
             refusal_audit: Arc::new(limit::Buckets::new(0.1, 20.0)),
+            queue_reports: Arc::new(limit::Buckets::new(1.0, 60.0)),
             remote_write: Default::default(),
             uploads: Default::default(),
             bulk_answers: Arc::new(tokio::sync::Semaphore::new(body::BULK_ANSWERS)),

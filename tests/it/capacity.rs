@@ -1095,6 +1095,40 @@ async fn bad_capacity_input_gets_a_clear_error() {
     app.stop().await;
 }
 
+/// A pool's queue reports are rate-limited like an agent's batches: an hour of minutely
+/// reports at once, then one a second (each report is a row kept for 90 days).
+#[tokio::test]
+async fn queue_reports_beyond_their_rate_are_refused_with_retry_after() {
+    let app = TestApp::spawn().await;
+    hosts(&app, "rq", "fra1", "r1", 1, 2).await;
+    let token = app.store.create_pool_token("rq", "").await.unwrap();
+    let url = format!("{}/api/v1/pools/rq/demand", app.base);
+    let mut statuses = Vec::new();
+    let mut retry = None;
+    for _ in 0..65 {
+        let r = app
+            .http
+            .post(&url)
+            .bearer_auth(&token)
+            .json(&json!({"pending_gpus": 1}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+        }
+        statuses.push(r.status().as_u16());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!((60..=62).contains(&ok), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429));
+    assert!(retry.is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1)));
+    app.stop().await;
+}
+
 async fn demand_history_short(app: &TestApp, pool: &str) {
     let end = Utc::now().duration_trunc(Duration::minutes(5)).unwrap();
     sqlx::query(
