@@ -51,6 +51,7 @@ pub struct AnomalyQuery {
 
 /// Where a page of scores stopped: its last (minute, host).
 #[derive(serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Cursor {
     ts: DateTime<Utc>,
     host: String,
@@ -169,7 +170,11 @@ pub async fn anomalies(
                 ts: last.ts,
                 host: last.host.clone(),
             },
-            &[("from", rfc3339(from)), ("to", rfc3339(to))],
+            &[
+                ("from", rfc3339(from)),
+                ("to", rfc3339(to)),
+                ("limit", limit.to_string()),
+            ],
         )),
         _ => None,
     };

@@ -249,9 +249,16 @@ async fn audit_login(
     if !reason.is_empty() {
         details["reason"] = reason.into();
     }
+    // A refused attempt was made by someone who did not prove to be the user: its actor
+    // is nobody's name (an anonymous client cannot write rows that read as `admin`'s).
+    let actor = if matches!(outcome, Outcome::Ok) {
+        name.as_str()
+    } else {
+        ANONYMOUS
+    };
     st.store
         .audit(
-            Entry::ok(&name, "login", &name)
+            Entry::ok(actor, "login", &name)
                 .from(ip)
                 .outcome(outcome)
                 .details(details),
@@ -259,6 +266,9 @@ async fn audit_login(
         .await?;
     Ok(())
 }
+
+/// The actor of a refused login in the audit trail: no user can have this name.
+pub const ANONYMOUS: &str = "(anonymous)";
 
 fn user(id: i64, name: &str, role: &str) -> User {
     User {

@@ -61,6 +61,7 @@ pub struct EventsQuery {
 
 /// Where a page of events stopped: the key of its last event, in the answer's order.
 #[derive(Debug, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Cursor {
     ts: DateTime<Utc>,
     host: String,
@@ -146,6 +147,7 @@ pub async fn events(
             &[
                 ("since", rfc3339(since)),
                 ("until", rfc3339(until.unwrap_or(asked_at))),
+                ("limit", limit.to_string()),
             ],
         )),
         _ => None,

@@ -469,9 +469,9 @@ async fn events_page_back_with_until_and_take_the_page_time_format() {
             // the pages after it read the same window however late they are asked.
             assert!(
                 l.ends_with(">; rel=\"next\"")
-                    && l.contains("host=ev-host&limit=3&since=")
+                    && l.contains("host=ev-host&since=")
                     && l.contains("&until=")
-                    && l.contains("&after="),
+                    && l.contains("&limit=3&after="),
                 "{l}"
             );
             l[1..l.find('>').unwrap()].to_string()
@@ -496,6 +496,22 @@ async fn events_page_back_with_until_and_take_the_page_time_format() {
     assert!(
         page["error"].as_str().unwrap().contains("`after`"),
         "{page}"
+    );
+    // Nor is a cursor of another endpoint.
+    let (_, first, _) = fetch("/api/v1/events?host=ev-host&limit=3".into()).await;
+    let first = first.unwrap();
+    let cursor = &first[first.find("after=").unwrap() + 6..first.find('>').unwrap()];
+    let r = app
+        .http
+        .get(format!("{}/api/v1/anomalies?after={cursor}", app.base))
+        .basic_auth("script", Some("s3cret-pass"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "an events cursor on the anomalies endpoint"
     );
     // The page's time format is taken here too (UTC); `until` before `since` is named.
     let minute = ts[5].format("%Y-%m-%dT%H:%M").to_string();

@@ -526,7 +526,7 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
         .unwrap();
     assert_eq!(app.post_login("ada", "wrong-horse").await.status(), 401);
     let logins = rows(&app, "login").await;
-    assert!(one(&logins, "ada", "ada", "refused"), "{logins:?}");
+    assert!(one(&logins, "(anonymous)", "ada", "refused"), "{logins:?}");
     let admin = app.login_as("ada", "correct-horse", Role::Admin).await;
     let logins = rows(&app, "login").await;
     assert_eq!(logins.len(), 2);
@@ -582,7 +582,10 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
     }
     let logins = rows(&app, "login").await;
     assert_eq!(logins.len(), 3);
-    assert_eq!(logins[0], ("ada".into(), "ada".into(), "refused".into()));
+    assert_eq!(
+        logins[0],
+        ("(anonymous)".into(), "ada".into(), "refused".into())
+    );
 
     let csrf = access::csrf_for_cookie(&admin);
     let post = |path: &'static str, mut f: Vec<(&'static str, String)>| {
