@@ -975,9 +975,9 @@ mod tests {
         let labels: serde_json::Map<String, serde_json::Value> =
             (0..40).map(|i| (format!("k{i}"), json!("v"))).collect();
         let body = json!({"host": {"name": "gpu-1", "labels": labels}});
-        let e = parse_batch(body.to_string().as_bytes(), &limits())
-            .err()
-            .expect("refused");
+        let Err(e) = parse_batch(body.to_string().as_bytes(), &limits()) else {
+            panic!("40 labels refused");
+        };
         assert!(
             e.to_string()
                 .contains("host.labels has more than 32 entries"),

@@ -130,6 +130,69 @@ fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
+/// A page cursor: the key of the last item of an answer, as URL-safe text (base64 of its
+/// JSON). Clients pass it back as it is, in the `after` parameter of the next-page link.
+pub fn cursor_text<T: serde::Serialize>(key: &T) -> String {
+    use base64::Engine as _;
+    let json = serde_json::to_vec(key).expect("a cursor key serializes");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// Reads the `after` cursor of a next-page link.
+pub fn cursor<T: DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "`after` is not a cursor of this endpoint: follow the next-page link of the answer before (its `Link: <…>; rel=\"next\"` header), as it is".into(),
+            )
+        })
+}
+
+/// The request's own path and query with `after` set to the cursor of `last`: the next
+/// page of a list answer. `pinned` are parameters set to the values this answer resolved
+/// (a default window "the last 24 h" as its two times), so the pages that follow read the
+/// same window however long the client takes. (The API routes are not nested, so a
+/// handler's `Uri` is the whole path.)
+pub fn next_page<T: serde::Serialize>(
+    uri: &axum::http::Uri,
+    last: &T,
+    pinned: &[(&str, String)],
+) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        if k != "after" && !pinned.iter().any(|(p, _)| *p == k) {
+            q.append_pair(&k, &v);
+        }
+    }
+    for (k, v) in pinned {
+        q.append_pair(k, v);
+    }
+    q.append_pair("after", &cursor_text(last));
+    format!("{}?{}", uri.path(), q.finish())
+}
+
+/// A time as a next-page link pins it: RFC 3339 in UTC, to the nanosecond it was read.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// Adds `Link: <next>; rel="next"` to an answer that has a next page.
+pub fn with_next(
+    mut res: axum::response::Response,
+    next: Option<&str>,
+) -> axum::response::Response {
+    if let Some(v) =
+        next.and_then(|n| axum::http::HeaderValue::from_str(&format!("<{n}>; rel=\"next\"")).ok())
+    {
+        res.headers_mut().insert(axum::http::header::LINK, v);
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,67 +262,4 @@ mod tests {
         );
         assert!(limit(Some(-1), 1000, 10_000).is_err());
     }
-}
-
-/// A page cursor: the key of the last item of an answer, as URL-safe text (base64 of its
-/// JSON). Clients pass it back as it is, in the `after` parameter of the next-page link.
-pub fn cursor_text<T: serde::Serialize>(key: &T) -> String {
-    use base64::Engine as _;
-    let json = serde_json::to_vec(key).expect("a cursor key serializes");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-}
-
-/// Reads the `after` cursor of a next-page link.
-pub fn cursor<T: DeserializeOwned>(text: &str) -> Result<T, ApiError> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            ApiError::BadRequest(
-                "`after` is not a cursor of this endpoint: follow the next-page link of the answer before (its `Link: <…>; rel=\"next\"` header), as it is".into(),
-            )
-        })
-}
-
-/// The request's own path and query with `after` set to the cursor of `last`: the next
-/// page of a list answer. `pinned` are parameters set to the values this answer resolved
-/// (a default window "the last 24 h" as its two times), so the pages that follow read the
-/// same window however long the client takes. (The API routes are not nested, so a
-/// handler's `Uri` is the whole path.)
-pub fn next_page<T: serde::Serialize>(
-    uri: &axum::http::Uri,
-    last: &T,
-    pinned: &[(&str, String)],
-) -> String {
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
-        if k != "after" && !pinned.iter().any(|(p, _)| *p == k) {
-            q.append_pair(&k, &v);
-        }
-    }
-    for (k, v) in pinned {
-        q.append_pair(k, v);
-    }
-    q.append_pair("after", &cursor_text(last));
-    format!("{}?{}", uri.path(), q.finish())
-}
-
-/// A time as a next-page link pins it: RFC 3339 in UTC, to the nanosecond it was read.
-pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
-
-/// Adds `Link: <next>; rel="next"` to an answer that has a next page.
-pub fn with_next(
-    mut res: axum::response::Response,
-    next: Option<&str>,
-) -> axum::response::Response {
-    if let Some(v) =
-        next.and_then(|n| axum::http::HeaderValue::from_str(&format!("<{n}>; rel=\"next\"")).ok())
-    {
-        res.headers_mut().insert(axum::http::header::LINK, v);
-    }
-    res
 }

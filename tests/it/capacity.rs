@@ -211,7 +211,7 @@ async fn a_host_taken_out_of_the_fleet_is_not_installed() {
     assert_eq!(r.installed_gpus, 8, "{pool} without {gone}");
     let listed = app
         .store
-        .pool_hosts(&[pool.clone()], Utc::now())
+        .pool_hosts(std::slice::from_ref(&pool), Utc::now())
         .await
         .unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
