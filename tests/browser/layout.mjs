@@ -185,7 +185,12 @@ try {
   const open = page.locator('#firing tr.alert:not(.handled)');
   const openBefore = await open.count();
   await open.first().locator('button', { hasText: 'Acknowledge' }).click();
-  await page.waitForURL(/\/alerts$/);
+  // Back at the acknowledged alert's own row, not the top of the page.
+  await page.waitForURL(/\/alerts#alert-[0-9a-f]{16}$/);
+  const targetRows = await page.locator('#firing tr.alert:target').count();
+  if (targetRows !== 1) problem(where, `after Acknowledge ${targetRows} rows are the page's target, expected the acknowledged one`);
+  const targetAcked = targetRows === 1 && (await page.locator('#firing tr.alert:target .badge', { hasText: 'acknowledged by' }).count()) === 1;
+  if (!targetAcked) problem(where, 'the row returned to after Acknowledge does not say it is acknowledged');
   const ackBadges = await page.locator('#firing .badge', { hasText: 'acknowledged by' }).count();
   const afterAck = await unhandled();
   await page.goto(base + '/alerts');
