@@ -1873,6 +1873,9 @@ impl Store {
         pools: &[String],
         now: DateTime<Utc>,
     ) -> Result<HashMap<String, f64>, sqlx::Error> {
+        // Days of GPU-hours: compiling the plan would take longer than running it.
+        let mut tx = self.pool.begin().await?;
+        no_jit(&mut tx).await?;
         let rows: Vec<(String, f64)> = sqlx::query_as(concat!(
             "SELECT pool, max(w) FROM (SELECT h.pool, e.host_id, e.hour, sum(",
             hour_mean_watts!(),
@@ -1883,8 +1886,9 @@ impl Store {
         ))
         .bind(pools)
         .bind(now - Duration::days(7))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows.into_iter().collect())
     }
 
