@@ -877,6 +877,24 @@ async fn pool_page(
                 format!("{:.3} ({})", b.baseline_cost, b.baseline),
             )
         };
+        let hosts: Vec<PoolHostView> = d
+            .hosts
+            .iter()
+            .map(|h| PoolHostView {
+                host: h.host.clone(),
+                link: format!("/hosts/{}", seg(&h.host)),
+                place: match (h.site.as_str(), h.rack.as_str()) {
+                    ("", "") => "–".into(),
+                    (site, "") => site.into(),
+                    (site, rack) => format!("{site} / {rack}"),
+                },
+                gpus: h.gpus,
+                util: num(h.util_pct, 1, "%"),
+                idle: num(h.idle_kwh_7d, 1, "kWh"),
+                seen: crate::model::format::age(h.last_seen, Utc::now()),
+                drain: s.consolidation.iter().any(|c| c.host == h.host),
+            })
+            .collect();
         let page = PoolPage {
             nav: Nav::new(&user, csrf, "capacity"),
             pool: s.pool.clone(),
@@ -937,29 +955,8 @@ async fn pool_page(
                     }
                 })
                 .collect(),
-            drains: d
-                .hosts
-                .iter()
-                .filter(|h| s.consolidation.iter().any(|c| c.host == h.host))
-                .count(),
-            hosts: d
-                .hosts
-                .iter()
-                .map(|h| PoolHostView {
-                    host: h.host.clone(),
-                    link: format!("/hosts/{}", seg(&h.host)),
-                    place: match (h.site.as_str(), h.rack.as_str()) {
-                        ("", "") => "–".into(),
-                        (site, "") => site.into(),
-                        (site, rack) => format!("{site} / {rack}"),
-                    },
-                    gpus: h.gpus,
-                    util: num(h.util_pct, 1, "%"),
-                    idle: num(h.idle_kwh_7d, 1, "kWh"),
-                    seen: crate::model::format::age(h.last_seen, Utc::now()),
-                    drain: s.consolidation.iter().any(|c| c.host == h.host),
-                })
-                .collect(),
+            drains: hosts.iter().filter(|h| h.drain).count(),
+            hosts,
         };
         render(&page)
     })
