@@ -138,6 +138,9 @@ pub struct PoolHost {
     pub util_pct: Option<f64>,
     /// Energy its GPUs used while idle over the last 7 days, kWh (null: none accounted).
     pub idle_kwh_7d: Option<f64>,
+    /// The most it drew in an hour over the last 7 days, kW, GPUs and the rest of it
+    /// (null: none accounted): what a rack must have room for per host of the pool.
+    pub peak_kw_7d: Option<f64>,
     /// When its agent last reported.
     pub last_seen: Option<DateTime<Utc>>,
 }
@@ -331,6 +334,11 @@ pub async fn run(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Res
     };
     out.took.demand = t.elapsed();
     let t = std::time::Instant::now();
+    // Hours the energy job summed before it kept host and rack sums (or energy imported):
+    // once.
+    let end = now.duration_trunc(Duration::hours(1))?;
+    let start = end - Duration::days(i64::from(cfg.capacity.history_days));
+    super::energy::ensure_power_sums(store, start, end).await?;
     // Racks first: an order of hosts says whether the racks have the power for them.
     out.racks = rack_power(store, cfg, now).await?;
     out.took.racks = t.elapsed();
@@ -616,7 +624,13 @@ async fn recommend_pools(
     if !ordering.is_empty() {
         let racks = store.exhaustions(Some("rack")).await?;
         if !racks.is_empty() {
-            let peaks = store.pool_host_peaks(&ordering, now).await?;
+            let mut peaks: HashMap<String, f64> = HashMap::new();
+            for (pool, h) in store.pool_hosts(&ordering, now).await? {
+                if let Some(kw) = h.peak_kw_7d {
+                    let p = peaks.entry(pool).or_insert(kw * 1000.0);
+                    *p = p.max(kw * 1000.0);
+                }
+            }
             for r in recs.iter_mut().filter(|r| ordering.contains(&r.pool)) {
                 let room = rack_room(&racks, &r.sites, peaks.get(&r.pool).copied());
                 if let Some(line) = room_line(&room, &r.sites) {
@@ -627,6 +641,7 @@ async fn recommend_pools(
     }
     let done = recs.len() - skipped;
     store.save_recommendations(&recs, &exhaustions).await?;
+
     Ok((done, skipped))
 }
 
@@ -759,8 +774,6 @@ async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::
     }
     let end = now.duration_trunc(Duration::hours(1))?;
     let start = end - Duration::days(i64::from(cfg.capacity.history_days));
-    // Hours the energy job summed before it kept rack sums (or energy imported): once.
-    super::energy::ensure_rack_power(store, start, end).await?;
     let mut power = store.rack_power_hourly(start, end).await?;
     let hours = (end - start).num_hours() as usize;
     let racks: Vec<(String, f64, Vec<Option<f64>>)> = budgets
@@ -1338,16 +1351,15 @@ impl Store {
         Ok(out)
     }
 
-    /// The hosts in the fleet of each of `pools` with their GPUs, mean GPU utilization
-    /// and idle GPU energy over the 7 days before `now`: (pool, host), least busy first
-    /// (hosts without accounting first), then by name.
+    /// The hosts in the fleet of each of `pools` with their GPUs, mean GPU utilization,
+    /// idle GPU energy and peak hourly power over the 7 days before `now` (from the energy
+    /// accounting's host sums): (pool, host), least busy first (hosts without accounting
+    /// first), then by name.
     pub async fn pool_hosts(
         &self,
         pools: &[String],
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, PoolHost)>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        no_jit(&mut tx).await?;
         type Row = (
             String,
             String,
@@ -1356,45 +1368,47 @@ impl Store {
             i64,
             Option<f64>,
             Option<f64>,
+            Option<f64>,
             Option<DateTime<Utc>>,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "WITH hs AS (
                 SELECT h.id, h.name, h.pool, h.site, h.rack, h.last_seen,
                        (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpus
-                  FROM hosts h WHERE h.pool = ANY($1) AND h.removed_at IS NULL),
-             e AS (
-                SELECT e.host_id, sum(e.util_sum) AS util_sum, sum(e.idle_minutes + e.busy_minutes) AS minutes,
-                       sum(e.idle_j) AS idle_j
-                  FROM energy_hourly e
-                 WHERE e.hour >= $2 AND e.gpu_index >= 0 AND e.host_id IN (SELECT id FROM hs)
-                 GROUP BY e.host_id)
-             SELECT hs.pool, hs.name, hs.site, hs.rack, hs.gpus, e.util_sum / nullif(e.minutes, 0) AS util,
-                    e.idle_j / 3.6e6 AS idle_kwh, hs.last_seen
-               FROM hs LEFT JOIN e ON e.host_id = hs.id
+                  FROM hosts h WHERE h.pool = ANY($1) AND h.removed_at IS NULL)
+             SELECT hs.pool, hs.name, hs.site, hs.rack, hs.gpus, p.util_sum / nullif(p.minutes, 0) AS util,
+                    p.idle_j / 3.6e6 AS idle_kwh, p.peak_w / 1e3 AS peak_kw, hs.last_seen
+               FROM hs LEFT JOIN LATERAL (
+                    -- Each host's own week of rows, by the (host_id, hour) key.
+                    SELECT sum(p.gpu_util_sum) AS util_sum, sum(p.gpu_minutes) AS minutes,
+                           sum(p.gpu_idle_j) AS idle_j, max(p.watts) AS peak_w
+                      FROM host_power_hourly p
+                     WHERE p.host_id = hs.id AND p.hour >= $2) p ON true
               ORDER BY hs.pool, util NULLS FIRST, hs.name",
         )
         .bind(pools)
         .bind(now - Duration::days(7))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(rows
             .into_iter()
-            .map(|(pool, host, site, rack, gpus, util, idle, last_seen)| {
-                (
-                    pool,
-                    PoolHost {
-                        host,
-                        site,
-                        rack,
-                        gpus,
-                        util_pct: util.map(|u| (u * 10.0).round() / 10.0),
-                        idle_kwh_7d: idle.map(|k| (k * 10.0).round() / 10.0),
-                        last_seen,
-                    },
-                )
-            })
+            .map(
+                |(pool, host, site, rack, gpus, util, idle, peak, last_seen)| {
+                    (
+                        pool,
+                        PoolHost {
+                            host,
+                            site,
+                            rack,
+                            gpus,
+                            util_pct: util.map(|u| (u * 10.0).round() / 10.0),
+                            idle_kwh_7d: idle.map(|k| (k * 10.0).round() / 10.0),
+                            peak_kw_7d: peak.map(|k| (k * 1000.0).round() / 1000.0),
+                            last_seen,
+                        },
+                    )
+                },
+            )
             .collect())
     }
 
@@ -1851,45 +1865,6 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await
-    }
-
-    /// The most one host of `pool` drew in an hour over the 7 days before `now`, W: the
-    /// sum of its GPUs' (and host rows') mean power over the minutes they reported, as the
-    /// racks' hourly power is summed. None before any is accounted.
-    pub async fn pool_host_peak_watts(
-        &self,
-        pool: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<f64>, sqlx::Error> {
-        Ok(self
-            .pool_host_peaks(&[pool.to_string()], now)
-            .await?
-            .remove(pool))
-    }
-
-    /// [`Store::pool_host_peak_watts`] of each of `pools` that has any.
-    pub async fn pool_host_peaks(
-        &self,
-        pools: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<HashMap<String, f64>, sqlx::Error> {
-        // Days of GPU-hours: compiling the plan would take longer than running it.
-        let mut tx = self.pool.begin().await?;
-        no_jit(&mut tx).await?;
-        let rows: Vec<(String, f64)> = sqlx::query_as(concat!(
-            "SELECT pool, max(w) FROM (SELECT h.pool, e.host_id, e.hour, sum(",
-            hour_mean_watts!(),
-            ") AS w
-               FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
-              WHERE h.pool = ANY($1) AND h.removed_at IS NULL AND e.hour >= $2
-              GROUP BY 1, 2, 3) x GROUP BY pool",
-        ))
-        .bind(pools)
-        .bind(now - Duration::days(7))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(rows.into_iter().collect())
     }
 
     /// GPUs of a pool's hosts in the fleet; None when no host of the fleet is in it.

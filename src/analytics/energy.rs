@@ -16,6 +16,8 @@
 //! Hours are UTC hours. The job redoes the last hour on every run and any hour whose
 //! rollups were recomputed after late samples (`energy_dirty`).
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
 use crate::config::EnergyConfig;
@@ -269,15 +271,16 @@ ON CONFLICT (hour, host_id, gpu_index) DO UPDATE SET measured_j = EXCLUDED.measu
     .await?
     .rows_affected();
     tx.commit().await?;
-    refresh_rack_power(store, from, to).await?;
+    refresh_power_sums(store, from, to).await?;
     Ok(g + h)
 }
 
-/// Sum the hours in `[from, to)` per rack (`rack_power_hourly`, W) and mark them summed:
-/// the capacity job dates racks' power budgets from 28 days of these 100-odd rows an hour
-/// instead of the 16,000 GPU rows an hour of a 2,000-host fleet. Every hour accounted
-/// is summed again, so a recomputed hour never leaves a stale sum.
-pub async fn refresh_rack_power(
+/// Sum the hours in `[from, to)` per host (`host_power_hourly`) and per rack
+/// (`rack_power_hourly`, W), and mark them summed. The capacity job dates racks' power
+/// budgets from 28 days of these 100-odd rack rows an hour, and a pool's page reads its
+/// hosts' 168 rows a week, instead of the 16,000 GPU rows an hour of a 2,000-host fleet.
+/// Every hour accounted is summed again, so a recomputed hour never leaves a stale sum.
+pub async fn refresh_power_sums(
     store: &Store,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -290,38 +293,91 @@ pub async fn refresh_rack_power(
     // (28 days of a 2,000-host fleet: 10.7 million rows).
     // Each GPU's mean power over the minutes it reported: an hour a host reported half of
     // (an outage, the agent's first hour) is not half its draw.
-    let sums: Vec<(DateTime<Utc>, String, String, f64)> = sqlx::query_as(concat!(
-        "SELECT e.hour, h.site, h.rack, sum(",
+    type HostHour = (
+        i64,
+        DateTime<Utc>,
+        f64,
+        Option<f64>,
+        Option<i64>,
+        Option<f64>,
+    );
+    let sums: Vec<HostHour> = sqlx::query_as(concat!(
+        "SELECT e.host_id, e.hour, sum(",
         hour_mean_watts!(),
-        ")
-           FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
-          WHERE e.hour >= $1 AND e.hour < $2 AND h.rack <> ''
-          GROUP BY 1, 2, 3",
+        "),
+                sum(e.util_sum) FILTER (WHERE e.gpu_index >= 0),
+                sum(e.idle_minutes + e.busy_minutes) FILTER (WHERE e.gpu_index >= 0)::int8,
+                sum(e.idle_j) FILTER (WHERE e.gpu_index >= 0)
+           FROM energy_hourly e
+          WHERE e.hour >= $1 AND e.hour < $2
+          GROUP BY 1, 2",
     ))
     .bind(from)
     .bind(to)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM rack_power_hourly WHERE hour >= $1 AND hour < $2")
-        .bind(from)
-        .bind(to)
-        .execute(&mut *tx)
-        .await?;
-    let mut cols: (Vec<DateTime<Utc>>, Vec<String>, Vec<String>, Vec<f64>) = Default::default();
-    for (hour, site, rack, watts) in sums {
+    let racks: HashMap<i64, (String, String)> = sqlx::query_as::<_, (i64, String, String)>(
+        "SELECT id, site, rack FROM hosts WHERE rack <> ''",
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(id, site, rack)| (id, (site, rack)))
+    .collect();
+    for sql in [
+        "DELETE FROM host_power_hourly WHERE hour >= $1 AND hour < $2",
+        "DELETE FROM rack_power_hourly WHERE hour >= $1 AND hour < $2",
+    ] {
+        sqlx::query(sql)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut per_rack: BTreeMap<(DateTime<Utc>, &str, &str), f64> = BTreeMap::new();
+    let mut cols: HostColumns = Default::default();
+    // In hour order, as the energy job writes them: the hour index ranges stay narrow.
+    let mut sums = sums;
+    sums.sort_unstable_by_key(|s| (s.1, s.0));
+    for (host, hour, watts, util, minutes, idle) in sums {
+        if let Some((site, rack)) = racks.get(&host) {
+            *per_rack.entry((hour, site, rack)).or_default() += watts;
+        }
         cols.0.push(hour);
-        cols.1.push(site);
-        cols.2.push(rack);
-        cols.3.push(watts);
+        cols.1.push(host);
+        cols.2.push(watts);
+        cols.3.push(util);
+        cols.4.push(minutes);
+        cols.5.push(idle);
     }
     sqlx::query(
-        "INSERT INTO rack_power_hourly (hour, site, rack, watts)
-         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::float8[])",
+        "INSERT INTO host_power_hourly (hour, host_id, watts, gpu_util_sum, gpu_minutes, gpu_idle_j)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::int8[], $3::float8[], $4::float8[], $5::int8[], $6::float8[])",
     )
     .bind(&cols.0)
     .bind(&cols.1)
     .bind(&cols.2)
     .bind(&cols.3)
+    .bind(&cols.4)
+    .bind(&cols.5)
+    .execute(&mut *tx)
+    .await?;
+    let (mut hours, mut sites, mut rack_names, mut watts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((hour, site, rack), w) in per_rack {
+        hours.push(hour);
+        sites.push(site);
+        rack_names.push(rack);
+        watts.push(w);
+    }
+    sqlx::query(
+        "INSERT INTO rack_power_hourly (hour, site, rack, watts)
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::float8[])",
+    )
+    .bind(&hours)
+    .bind(&sites)
+    .bind(&rack_names)
+    .bind(&watts)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -336,9 +392,20 @@ pub async fn refresh_rack_power(
     tx.commit().await
 }
 
-/// Sum per rack the hours in `[from, to)` (whole UTC hours) not summed yet: energy
-/// accounted before rack sums were kept, or imported. One pass over the missing span.
-pub async fn ensure_rack_power(
+/// Columns of `host_power_hourly` rows, for one insert.
+type HostColumns = (
+    Vec<DateTime<Utc>>,
+    Vec<i64>,
+    Vec<f64>,
+    Vec<Option<f64>>,
+    Vec<Option<i64>>,
+    Vec<Option<f64>>,
+);
+
+/// Sum per host and rack the hours in `[from, to)` (whole UTC hours) not summed yet: energy
+/// accounted before these sums were kept, or imported. From the first missing hour to the
+/// last, a day at a time.
+pub async fn ensure_power_sums(
     store: &Store,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -352,10 +419,16 @@ pub async fn ensure_rack_power(
     .bind(to)
     .fetch_one(&store.pool)
     .await?;
-    match missing {
-        (Some(first), Some(last)) => {
-            refresh_rack_power(store, first, last + Duration::hours(1)).await
+    if let (Some(first), Some(last)) = missing {
+        // A day at a time: each day's sums are kept as soon as they are made, and a fleet's
+        // 28 days are not held in memory at once.
+        let end = last + Duration::hours(1);
+        let mut t = first;
+        while t < end {
+            let next = (t + Duration::hours(CHUNK_HOURS)).min(end);
+            refresh_power_sums(store, t, next).await?;
+            t = next;
         }
-        _ => Ok(()),
     }
+    Ok(())
 }

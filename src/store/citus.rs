@@ -89,6 +89,7 @@ pub const TABLES: &[(&str, Placement)] = &[
     ("capacity_exhaustion", Placement::Local),
     ("capacity_history", Placement::Local),
     ("rack_power_hourly", Placement::Local),
+    ("host_power_hourly", Placement::Local),
     ("rack_power_hours", Placement::Local),
     ("forecast_hours", Placement::Local),
     // Who did what (append-only; read on the admin page).

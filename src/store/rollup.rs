@@ -527,7 +527,7 @@ impl Store {
         Ok(())
     }
 
-    /// Energy accounting rows (and their rack sums, facility meter readings and grid
+    /// Energy accounting rows (and their host and rack sums, facility meter readings and grid
     /// intensities) older than `cutoff` (retention).
     pub async fn drop_energy_hours_before(
         &self,
@@ -535,6 +535,7 @@ impl Store {
     ) -> Result<u64, sqlx::Error> {
         for sums in [
             "DELETE FROM rack_power_hourly WHERE hour < $1",
+            "DELETE FROM host_power_hourly WHERE hour < $1",
             "DELETE FROM rack_power_hours WHERE hour < $1",
             "DELETE FROM facility_readings WHERE end_ts < $1",
             "DELETE FROM grid_intensity WHERE hour < $1",

@@ -656,13 +656,12 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         .duration_trunc(Duration::seconds(bucket))
         .unwrap_or(from);
     let pools = [pool.to_string()];
-    let (demand, advised, forecasts, hosts, host_peak, racks) = tokio::try_join!(
+    let (demand, advised, forecasts, hosts, racks) = tokio::try_join!(
         st.store.pool_demand_series(pool, from, now, bucket),
         st.store.capacity_history(pool, from, now),
         st.store
             .forecasts(Some("pool"), Some(pool), Some("demand_gpus")),
         st.store.pool_hosts(&pools, now),
-        st.store.pool_host_peak_watts(pool, now),
         st.store.exhaustions(Some("rack")),
     )?;
     // A pool younger than the window starts its chart on the day its demand does (at
@@ -701,8 +700,16 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         forecast,
         week_schedule: rec.week_schedule.clone(),
         lead_plan: rec.lead_plan.clone(),
+        power: crate::analytics::capacity::rack_room(
+            &racks,
+            &rec.sites,
+            hosts
+                .iter()
+                .filter_map(|(_, h)| h.peak_kw_7d)
+                .reduce(f64::max)
+                .map(|kw| kw * 1000.0),
+        ),
         hosts: hosts.into_iter().map(|(_, h)| h).collect(),
-        power: crate::analytics::capacity::rack_room(&racks, &rec.sites, host_peak),
     })
 }
 
@@ -743,6 +750,7 @@ pub struct PoolHostView {
     pub gpus: i64,
     pub util: String,
     pub idle: String,
+    pub peak: String,
     pub seen: String,
     /// The capacity job lists it as a host to drain.
     pub drain: bool,
@@ -891,6 +899,7 @@ async fn pool_page(
                 gpus: h.gpus,
                 util: num(h.util_pct, 1, "%"),
                 idle: num(h.idle_kwh_7d, 1, "kWh"),
+                peak: num(h.peak_kw_7d, 1, "kW"),
                 seen: crate::model::format::age(h.last_seen, Utc::now()),
                 drain: s.consolidation.iter().any(|c| c.host == h.host),
             })

@@ -304,6 +304,13 @@ async fn a_growing_pool_gets_its_exhaustion_date_and_an_order_that_covers_it() {
     app.stop().await;
 }
 
+/// The energy job's host and rack sums of `hour`.
+async fn sum_hour(app: &TestApp, hour: DateTime<Utc>) {
+    rackwatch::analytics::energy::refresh_power_sums(&app.store, hour, hour + Duration::hours(1))
+        .await
+        .unwrap();
+}
+
 /// A rack's hourly power is its GPUs' mean draw over the minutes they reported: an hour
 /// a host reported half of is not half its draw, and the counter energy of an outage that
 /// lands in the first minute after it is not a spike.
@@ -333,9 +340,7 @@ async fn a_racks_hourly_power_is_the_mean_over_the_minutes_its_gpus_reported() {
         .await
         .unwrap();
     }
-    rackwatch::analytics::energy::refresh_rack_power(&app.store, hour, hour + Duration::hours(1))
-        .await
-        .unwrap();
+    sum_hour(&app, hour).await;
     let watts: f64 = sqlx::query_scalar(
         "SELECT watts FROM rack_power_hourly WHERE site = 'fra1' AND rack = 'r4' AND hour = $1",
     )
@@ -346,6 +351,55 @@ async fn a_racks_hourly_power_is_the_mean_over_the_minutes_its_gpus_reported() {
     // 400 + 400 + 450 (pp-2's mean, 2,400 W, held to its highest minute), not
     // (1.44 + 0.72 + 1.44) MJ / 3,600 s = 1,000 W.
     assert!((watts - 1250.0).abs() < 1e-6, "{watts}");
+    // The same per host, as the pool's page and the job's power line read it. These GPU
+    // rows count no idle or busy minute: no utilization, and no idle energy.
+    let mut listed = app
+        .store
+        .pool_hosts(&["pp".to_string()], Utc::now())
+        .await
+        .unwrap();
+    listed.sort_by(|a, b| a.1.host.cmp(&b.1.host));
+    let peaks: Vec<(&str, Option<f64>)> = listed
+        .iter()
+        .map(|(_, h)| (h.host.as_str(), h.peak_kw_7d))
+        .collect();
+    assert_eq!(
+        peaks,
+        [
+            ("pp-0", Some(0.4)),
+            ("pp-1", Some(0.4)),
+            ("pp-2", Some(0.45))
+        ]
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|(_, h)| h.idle_kwh_7d == Some(0.0) && h.util_pct.is_none()),
+        "{listed:?}"
+    );
+    // Recomputing the hour replaces its sums: one row per host, none left stale.
+    sqlx::query("UPDATE energy_hourly SET measured_j = measured_j / 2 WHERE hour = $1")
+        .bind(hour)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    sum_hour(&app, hour).await;
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT h.name, p.watts FROM host_power_hourly p JOIN hosts h ON h.id = p.host_id
+          WHERE p.hour = $1 ORDER BY 1",
+    )
+    .bind(hour)
+    .fetch_all(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("pp-0".to_string(), 200.0),
+            ("pp-1".to_string(), 200.0),
+            ("pp-2".to_string(), 450.0)
+        ]
+    );
     app.stop().await;
 }
 
