@@ -604,11 +604,35 @@ async fn recommend_pools(
             r.consolidation = Json(pick_drains(rows, spare, r.host_size));
         }
     }
+    // A release at night names the hosts least busy in those hours.
+    let nights: Vec<(String, NightRelease)> = recs
+        .iter()
+        .filter_map(|r| Some((r.pool.clone(), night_release(r)?)))
+        .collect();
+    let mut night_hosts = if nights.is_empty() {
+        HashMap::new()
+    } else {
+        let pools: Vec<String> = nights.iter().map(|(p, _)| p.clone()).collect();
+        let mut hours = store.pool_host_hours(&pools, now).await?;
+        nights
+            .into_iter()
+            .map(|(pool, n)| {
+                let rows = hours.remove(&pool).unwrap_or_default();
+                let hs = recs
+                    .iter()
+                    .find(|r| r.pool == pool)
+                    .map_or(1, |r| r.host_size);
+                let names = least_busy_in(rows, n.from, n.to, n.spare, hs);
+                (pool, names)
+            })
+            .collect()
+    };
     for r in &mut recs {
         let (urgency, said) = if r.week_schedule.is_empty() {
             (Urgency::NoPlan, vec![r.note.clone()])
         } else {
-            let a = plan_actions(r, lead_days, now);
+            let names = night_hosts.remove(&r.pool).unwrap_or_default();
+            let a = plan_actions(r, lead_days, now, &names);
             let u = a.iter().map(|(u, _)| *u).min().unwrap_or(Urgency::NoChange);
             (u, a.into_iter().map(|(_, t)| t).collect())
         };
@@ -884,7 +908,7 @@ fn short_every_hour(r: &PoolRecommendation) -> bool {
 /// * GPUs to release all week (with the hosts to drain) when the whole week's plan stays
 ///   well below what is installed.
 pub fn actions(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> Vec<String> {
-    plan_actions(r, lead_days, now)
+    plan_actions(r, lead_days, now, &[])
         .into_iter()
         .map(|(_, a)| a)
         .collect()
@@ -903,11 +927,13 @@ pub enum Urgency {
     NoPlan = 3,
 }
 
-/// [`actions`], each with its urgency.
+/// [`actions`], each with its urgency; a release at night names `night_hosts` (the hosts
+/// least busy in those hours, when known).
 pub fn plan_actions(
     r: &PoolRecommendation,
     lead_days: u32,
     now: DateTime<Utc>,
+    night_hosts: &[String],
 ) -> Vec<(Urgency, String)> {
     let mut out = Vec::new();
     let hs = r.host_size.max(1);
@@ -987,29 +1013,38 @@ pub fn plan_actions(
         ));
     }
     if r.installed_gpus > 0 {
-        if let Some((from, to, level)) = low_window(&r.week_schedule, r.decided_at) {
-            let spare = r.installed_gpus - level;
-            if spare >= hs {
-                // The plan ahead may need more in those hours (growth): the release holds
-                // until it starts, and the advice says so.
-                let ahead = need_in_window(&r.lead_plan, r.lead_start, from, to);
-                let until = match ahead {
-                    Some(n) if n > level => format!(
-                        "; from {} the plan ahead needs {n} then",
-                        r.lead_start.format("%Y-%m-%d")
-                    ),
-                    _ => String::new(),
-                };
-                out.push((Urgency::Release, format!(
-                    "release {} nights {:02}:00–{:02}:00 UTC (the schedule needs {} then, {} at the daily peak, {} installed{until})",
-                    gpus_hosts(spare),
-                    from,
-                    to,
-                    level,
-                    week_peak,
-                    r.installed_gpus
-                )));
+        if let Some(NightRelease {
+            from,
+            to,
+            level,
+            spare,
+        }) = night_release(r)
+        {
+            // The plan ahead may need more in those hours (growth): the release holds
+            // until it starts, and the advice says so.
+            let ahead = need_in_window(&r.lead_plan, r.lead_start, from, to);
+            let mut until = match ahead {
+                Some(n) if n > level => format!(
+                    "; from {} the plan ahead needs {n} then",
+                    r.lead_start.format("%Y-%m-%d")
+                ),
+                _ => String::new(),
+            };
+            if !night_hosts.is_empty() {
+                until += &format!(
+                    "; least busy then over the last 7 days: {}",
+                    night_hosts.join(", ")
+                );
             }
+            out.push((Urgency::Release, format!(
+                "release {} nights {:02}:00–{:02}:00 UTC (the schedule needs {} then, {} at the daily peak, {} installed{until})",
+                gpus_hosts(spare),
+                from,
+                to,
+                level,
+                week_peak,
+                r.installed_gpus
+            )));
         }
         let spare = r.installed_gpus - week_peak;
         if spare >= hs && !r.consolidation.0.is_empty() {
@@ -1080,6 +1115,73 @@ pub fn low_window(schedule: &[i32], from: DateTime<Utc>) -> Option<(u32, u32, i3
         }
     }
     (best.1 > 0).then(|| (best.0 as u32, ((best.0 + best.1) % 24) as u32, low))
+}
+
+/// GPUs a pool's week schedule leaves idle every day in its low hours.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NightRelease {
+    /// The low hours, UTC clock hours `[from, to)` (wrapping past midnight).
+    pub from: u32,
+    pub to: u32,
+    /// What the schedule needs then, GPUs.
+    pub level: i32,
+    /// Installed − level: at least a host.
+    pub spare: i32,
+}
+
+/// The pool's release at night, if its schedule's daily low leaves at least a host idle.
+pub fn night_release(r: &PoolRecommendation) -> Option<NightRelease> {
+    if r.installed_gpus <= 0 {
+        return None;
+    }
+    let (from, to, level) = low_window(&r.week_schedule, r.decided_at)?;
+    let spare = r.installed_gpus - level;
+    (spare >= r.host_size.max(1)).then_some(NightRelease {
+        from,
+        to,
+        level,
+        spare,
+    })
+}
+
+/// A pool's host with its GPUs' utilization per UTC clock hour over recent days: (host,
+/// GPUs, Σ per-minute utilization per hour of day, minutes with samples per hour of day).
+pub type HostHours = (String, i64, [f64; 24], [i64; 24]);
+
+/// A row of [`Store::pool_host_hours`]' query: (pool, host, GPUs, clock hour, Σ
+/// utilization, minutes); no hour for a host without sums.
+type HostHourRow = (String, String, i64, Option<i32>, Option<f64>, Option<i64>);
+
+/// Up to `gpus` GPUs' worth of whole hosts (of `host_size`), least busy in the clock
+/// hours `[from, to)` first (hosts without samples then first), by name.
+fn least_busy_in(
+    rows: Vec<HostHours>,
+    from: u32,
+    to: u32,
+    gpus: i32,
+    host_size: i32,
+) -> Vec<String> {
+    let hours: Vec<usize> = (0..24)
+        .map(|i| ((from + i) % 24) as usize)
+        .take_while(|h| from == to || *h != to as usize)
+        .collect();
+    let mut rows: Vec<DrainHost> = rows
+        .into_iter()
+        .map(|(host, n, util, minutes)| {
+            let m: i64 = hours.iter().map(|h| minutes[*h]).sum();
+            let u: f64 = hours.iter().map(|h| util[*h]).sum();
+            (host, n, (m > 0).then(|| u / m as f64), None)
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        a.2.partial_cmp(&b.2)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    pick_drains(rows, gpus, host_size)
+        .into_iter()
+        .map(|d| d.host)
+        .collect()
 }
 
 /// Per clock hour (UTC), the most an hourly schedule starting at `start` asks for in it:
@@ -1410,6 +1512,42 @@ impl Store {
                 },
             )
             .collect())
+    }
+
+    /// The hosts in the fleet of each of `pools` with their GPUs' utilization per UTC
+    /// clock hour over the 7 days before `now`, from the energy accounting's host sums.
+    pub async fn pool_host_hours(
+        &self,
+        pools: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, Vec<HostHours>>, sqlx::Error> {
+        let rows: Vec<HostHourRow> = sqlx::query_as(
+            "SELECT h.pool, h.name, (SELECT count(*) FROM gpus g WHERE g.host_id = h.id),
+                    extract(hour FROM p.hour AT TIME ZONE 'UTC')::int4,
+                    sum(p.gpu_util_sum), sum(p.gpu_minutes)::int8
+               FROM hosts h LEFT JOIN host_power_hourly p ON p.host_id = h.id AND p.hour >= $2
+              WHERE h.pool = ANY($1) AND h.removed_at IS NULL
+              GROUP BY h.id, 4",
+        )
+        .bind(pools)
+        .bind(now - Duration::days(7))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_host: BTreeMap<(String, String), HostHours> = BTreeMap::new();
+        for (pool, host, gpus, hour, util, minutes) in rows {
+            let e = by_host
+                .entry((pool, host.clone()))
+                .or_insert_with(|| (host, gpus, [0.0; 24], [0; 24]));
+            if let Some(h) = hour {
+                e.2[h as usize] += util.unwrap_or(0.0);
+                e.3[h as usize] += minutes.unwrap_or(0);
+            }
+        }
+        let mut out: HashMap<String, Vec<HostHours>> = HashMap::new();
+        for ((pool, _), h) in by_host {
+            out.entry(pool).or_default().push(h);
+        }
+        Ok(out)
     }
 
     /// Store every pool's recommendation, the pools' exhaustion dates and the next-hour

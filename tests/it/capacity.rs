@@ -65,6 +65,13 @@ pub(crate) async fn demand_history(
     start
 }
 
+/// One run of the capacity job, now.
+async fn job(app: &TestApp) -> capacity::CapacityRun {
+    capacity::run(&app.store, &app.cfg, Utc::now())
+        .await
+        .unwrap()
+}
+
 async fn recommendation(app: &TestApp, pool: &str) -> capacity::PoolRecommendation {
     app.store
         .recommendations(Some(pool))
@@ -88,9 +95,7 @@ async fn a_diurnal_pool_gets_a_night_day_schedule_within_one_host_of_the_answer(
         }
     })
     .await;
-    let run = capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    let run = job(&app).await;
     assert_eq!(run.pools, 1, "{run:?}");
     let r = recommendation(&app, "infer").await;
     assert_eq!((r.installed_gpus, r.host_size), (40, 8));
@@ -121,6 +126,42 @@ async fn a_diurnal_pool_gets_a_night_day_schedule_within_one_host_of_the_answer(
             .any(|a| a.starts_with("release") && a.contains("nights")),
         "{a:?}"
     );
+    // The stored release names the hosts least busy at night, from the energy job's host
+    // sums of the last 7 days: infer-3 and infer-1 are, though infer-0 is the least busy
+    // over whole days (1 % by day, 70 % at night).
+    for (host, day, night) in [
+        ("infer-0", 1.0, 70.0),
+        ("infer-1", 80.0, 10.0),
+        ("infer-2", 80.0, 50.0),
+        ("infer-3", 80.0, 5.0),
+        ("infer-4", 80.0, 60.0),
+    ] {
+        sqlx::query(
+            "INSERT INTO host_power_hourly (hour, host_id, watts, gpu_util_sum, gpu_minutes, gpu_idle_j)
+             SELECT t, h.id, 3000, 480 * CASE WHEN extract(hour FROM t AT TIME ZONE 'UTC') BETWEEN 7 AND 21
+                                              THEN $2::float8 ELSE $3::float8 END, 480, 0
+               FROM hosts h, generate_series(date_trunc('hour', now()) - interval '7 days',
+                                             date_trunc('hour', now()) - interval '1 hour', interval '1 hour') t
+              WHERE h.name = $1",
+        )
+        .bind(host)
+        .bind(day)
+        .bind(night)
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    }
+    job(&app).await;
+    let r = recommendation(&app, "infer").await;
+    let release = r
+        .actions
+        .iter()
+        .find(|a| a.starts_with("release") && a.contains("nights"))
+        .unwrap_or_else(|| panic!("{:?}", r.actions));
+    assert!(
+        release.contains("; least busy then over the last 7 days: infer-3, infer-1"),
+        "{release}"
+    );
     app.stop().await;
 }
 
@@ -148,9 +189,7 @@ async fn a_back_filled_fleet_is_installed_at_the_first_capacity_run() {
         newest >= now - Duration::minutes(61),
         "every GPU last seen with the newest history, not {newest}"
     );
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     let recs = app.store.recommendations(None).await.unwrap();
     assert_eq!(recs.len(), 3, "{recs:?}");
     for r in &recs {
@@ -173,9 +212,7 @@ async fn a_host_taken_out_of_the_fleet_is_not_installed() {
     rackwatch::app::backfill_history(&app.cfg, &app.store, &mut fleet, Utc::now())
         .await
         .unwrap();
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     let gone = fleet[0].info.name.clone();
     let pool = fleet[0].info.pool.clone();
     let r = recommendation(&app, &pool).await;
@@ -204,9 +241,7 @@ async fn a_host_taken_out_of_the_fleet_is_not_installed() {
     };
     app.store.write_batch(&batch, to).await.unwrap();
     app.store.rollup_range(from, to, None).await.unwrap();
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     let r = recommendation(&app, &pool).await;
     assert_eq!(r.installed_gpus, 8, "{pool} without {gone}");
     let listed = app
@@ -227,9 +262,7 @@ async fn a_host_taken_out_of_the_fleet_is_not_installed() {
         .remove_host(&other.info.name.clone(), "test")
         .await
         .unwrap();
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     let left: Vec<String> = app
         .store
         .recommendations(None)
@@ -272,9 +305,7 @@ async fn a_growing_pool_gets_its_exhaustion_date_and_an_order_that_covers_it() {
     // 10 GPUs growing 2 %/day for 28 days (17.4 now) on 20 installed: 20 is reached
     // ln 2 / ln 1.02 = 35.0 days after the start, 7 days from now.
     let start = demand_history(&app, "train", 20, |d, _| 10.0 * 1.02f64.powf(d)).await;
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     let r = recommendation(&app, "train").await;
     let expected = start + Duration::seconds((2f64.ln() / 1.02f64.ln() * 86_400.0) as i64);
     let got = r.exhausted_at.expect("an exhaustion date");
@@ -433,9 +464,7 @@ async fn a_racks_power_forecast_crosses_its_budget_on_the_expected_date() {
     .execute(&app.store.pool)
     .await
     .unwrap();
-    let run = capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    let run = job(&app).await;
     assert_eq!(run.racks, 1, "{run:?}");
     let rack = app
         .store
@@ -609,9 +638,7 @@ async fn gauges_and_the_api_agree_with_the_page() {
     .execute(&app.store.pool)
     .await
     .unwrap();
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     // The forecast job forecasts each pool's demand from the capacity job's slots.
     rackwatch::analytics::forecast::run(&app.store, Utc::now())
         .await
@@ -1118,9 +1145,7 @@ async fn bad_capacity_input_gets_a_clear_error() {
     // A pool with a day of history gets its next hour and week, and says why the plan a
     // lead time ahead has to wait (the lead is longer than its history).
     demand_history_short(&app, "p1").await;
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     let r = recommendation(&app, "p1").await;
     assert_eq!(r.week_schedule.len(), 168);
     assert!(r.lead_plan.is_empty());
@@ -1235,9 +1260,7 @@ async fn rule_app() -> (SmtpServer, TestApp, tempfile::TempDir) {
 
 /// The capacity job runs again and the alert it fired is mailed as resolved.
 async fn resolves_at_the_next_run(app: &TestApp, smtp: &SmtpServer) {
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(app).await;
     let mails = smtp.wait_for(2, 20).await;
     assert_eq!(mails.len(), 2);
     assert!(
@@ -1254,9 +1277,7 @@ async fn a_capacity_alert_resolves_when_its_pool_leaves_the_fleet() {
     let (smtp, app, _rules) = rule_app().await;
     hosts(&app, "old", "fra1", "r2", 2, 4).await;
     demand_history(&app, "old", 8, |d, _| 4.0 * 1.02f64.powf(d)).await;
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     let mails = smtp.wait_for(1, 20).await;
     assert!(subject(&mails[0]).contains("Capacity runs short"));
     // It links the pool's capacity page.
@@ -1276,9 +1297,7 @@ async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes
     let (smtp, app, _rules) = rule_app().await;
     hosts(&app, "train", "fra1", "r2", 5, 4).await;
     demand_history(&app, "train", 20, |d, _| 10.0 * 1.02f64.powf(d)).await;
-    capacity::run(&app.store, &app.cfg, Utc::now())
-        .await
-        .unwrap();
+    job(&app).await;
     let mails = smtp.wait_for(1, 20).await;
     assert_eq!(mails.len(), 1);
     assert!(
