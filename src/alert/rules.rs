@@ -45,6 +45,12 @@ pub fn channel_of(target: &str) -> Option<(&str, &str)> {
     matches!(kind, "webhook" | "slack" | "pagerduty").then_some((kind, name))
 }
 
+/// The highest XID code a hardware rule may name (NVIDIA's run to a few hundred).
+pub const MAX_XID: i64 = 999;
+
+/// The longest `for_secs`, `after_secs` or `resolve_after_secs`: a week.
+pub const MAX_HOLD_SECS: u64 = 7 * 86_400;
+
 /// The whole rules file.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
@@ -440,8 +446,22 @@ impl Rule {
 impl RuleKind {
     /// The checks serde cannot express, as (field, message).
     fn check(&self, matchers: &BTreeMap<String, String>) -> Result<(), (&'static str, String)> {
+        // A wait longer than a week is a typo (milliseconds for seconds), not a rule.
+        let held = |field: &'static str, secs: u64| {
+            if secs > MAX_HOLD_SECS {
+                Err((
+                    field,
+                    format!(
+                        "{secs} s is over a week ({MAX_HOLD_SECS} s at most); the value is in seconds"
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
         match self {
             RuleKind::Threshold(t) => {
+                held("for_secs", t.for_secs)?;
                 if !t.value.is_finite() {
                     return Err(("value", format!("{} is not a number", t.value)));
                 }
@@ -473,14 +493,22 @@ impl RuleKind {
                         ));
                     }
                 }
+                if let Some(c) = h.xid_codes.iter().find(|c| !(1..=MAX_XID).contains(*c)) {
+                    return Err((
+                        "xid_codes",
+                        format!("{c} is not an XID code (1 ..= {MAX_XID}: 79, 94, …)"),
+                    ));
+                }
                 if h.resolve_after_secs == 0 {
                     return Err(("resolve_after_secs", "must be at least 1".into()));
                 }
+                held("resolve_after_secs", h.resolve_after_secs)?;
             }
             RuleKind::Absent(a) => {
                 if a.after_secs < 5 {
                     return Err(("after_secs", "must be at least 5".into()));
                 }
+                held("after_secs", a.after_secs)?;
             }
             RuleKind::Capacity(c) => {
                 if !(1..=365).contains(&c.lead_days) {
@@ -500,6 +528,7 @@ impl RuleKind {
                 }
             }
             RuleKind::Anomaly(a) => {
+                held("for_secs", a.for_secs)?;
                 if a.for_secs < 60 {
                     return Err((
                         "for_secs",
@@ -543,7 +572,11 @@ impl RuleKind {
         match self {
             RuleKind::Threshold(t) if t.metric.gpu => vec![GPU],
             RuleKind::Threshold(_) | RuleKind::Absent(_) | RuleKind::Anomaly(_) => vec![HOST],
-            // GPU events carry `gpu`, host-wide ones (a lost GPU's host, kernel log) not.
+            // GPU events carry `gpu`, host-wide ones (a lost GPU's host, kernel log) not;
+            // one alert per code carries the event kind and the XID code.
+            RuleKind::Hardware(h) if h.per_code => {
+                vec![&["host", "site", "rack", "pool", "gpu", "event", "xid"]]
+            }
             RuleKind::Hardware(_) => vec![GPU],
             RuleKind::Capacity(c) => {
                 let mut v: Vec<&'static [&'static str]> = Vec::new();
@@ -599,7 +632,8 @@ impl RuleSet {
             }
             rules.push(r);
         }
-        for (i, route) in raw.route.iter().enumerate() {
+        let mut routes = raw.route;
+        for (i, route) in routes.iter_mut().enumerate() {
             let number = i + 1;
             // A route whose `match` no alert can meet (a typo in a label, a severity or a
             // rule name) would pass its alerts on to a later route, or to nobody.
@@ -618,6 +652,8 @@ impl RuleSet {
                     });
                 }
             }
+            // Values as alerts spell them (gpu = "02" is GPU 2).
+            route.matchers = seen.into_iter().collect();
             if route.to.is_empty() {
                 return Err(RuleError::Route {
                     number,
@@ -648,10 +684,35 @@ impl RuleSet {
                 }
             }
         }
-        Ok(RuleSet {
-            rules,
-            routes: raw.route,
-        })
+        // The first route that fits takes the alert: a route whose `match` holds all of an
+        // earlier one's would never be used.
+        for (j, route) in routes.iter().enumerate() {
+            if let Some(i) = routes[..j].iter().position(|earlier| {
+                earlier
+                    .matchers
+                    .iter()
+                    .all(|(k, v)| route.matchers.get(k) == Some(v))
+            }) {
+                return Err(RuleError::Route {
+                    number: j + 1,
+                    message: format!(
+                        "never used: route {} comes first and takes every alert it would ({}); put the narrower route first",
+                        i + 1,
+                        if routes[i].matchers.is_empty() {
+                            "it matches everything".to_string()
+                        } else {
+                            routes[i]
+                                .matchers
+                                .iter()
+                                .map(|(k, v)| format!("{k} = {v:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+        Ok(RuleSet { rules, routes })
     }
 
     /// Every channel a route names must be one of `alerting.channels`, of the kind the
@@ -894,6 +955,57 @@ to = ["fra1@example.com"]
         assert_eq!(e, "route #1: \"slack:opz\": alerting.channels.opz is a pagerduty channel; name it pagerduty:opz");
         channels.insert("opz".to_string(), channel("slack"));
         assert!(set.check_channels(&channels).is_ok());
+    }
+
+    #[test]
+    fn a_route_an_earlier_one_always_takes_first_is_refused() {
+        let rule = "[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.temp_celsius\"\nop = \">\"\nvalue = 85.0\n";
+        let routes = |a: &str, b: &str| {
+            parse(&format!(
+                "{rule}[[route]]\nmatch = {{ {a} }}\nto = [\"a@example.com\"]\n[[route]]\nmatch = {{ {b} }}\nto = [\"b@example.com\"]\n"
+            ))
+        };
+        // Narrower first: both are used.
+        assert!(routes(
+            "severity = \"warning\", pool = \"train\"",
+            "severity = \"warning\""
+        )
+        .is_ok());
+        let e = routes(
+            "severity = \"warning\"",
+            "severity = \"warning\", pool = \"train\"",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "route #2: never used: route 1 comes first and takes every alert it would (severity = \"warning\"); put the narrower route first"
+        );
+        let e = routes("", "pool = \"train\"").unwrap_err();
+        assert!(e.contains("(it matches everything)"), "{e}");
+        // GPU indexes as alerts spell them.
+        let set = routes("gpu = \"02\"", "pool = \"train\"").unwrap();
+        assert_eq!(set.routes[0].matchers["gpu"], "2");
+    }
+
+    #[test]
+    fn xid_codes_and_waits_out_of_range_are_refused() {
+        let hw = |extra: &str| {
+            parse(&format!(
+                "[[rule]]\nname = \"x\"\nkind = \"hardware\"\nseverity = \"critical\"\n{extra}"
+            ))
+        };
+        assert!(hw("xid_codes = [79, 94]\n").is_ok());
+        let e = hw("xid_codes = [79, -5]\n").unwrap_err();
+        assert!(e.contains("`xid_codes`: -5 is not an XID code"), "{e}");
+        let e = hw("xid_codes = [99999999]\n").unwrap_err();
+        assert!(e.contains("`xid_codes`"), "{e}");
+        let e = hw("resolve_after_secs = 999999999999\n").unwrap_err();
+        assert!(
+            e.contains("`resolve_after_secs`: 999999999999 s is over a week"),
+            "{e}"
+        );
+        let th = parse("[[rule]]\nname = \"t\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.temp_celsius\"\nop = \">\"\nvalue = 85.0\nfor_secs = 999999999999\n").unwrap_err();
+        assert!(th.contains("`for_secs`"), "{th}");
     }
 
     #[test]

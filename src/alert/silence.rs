@@ -107,7 +107,12 @@ pub fn add_matcher(m: &mut Labels, k: &str, v: &str) -> Result<(), String> {
             "{k}: {v:?} holds a second matcher ({second}); give each matcher on its own"
         ));
     }
-    if let Some(first) = m.insert(k.to_string(), v.to_string()) {
+    // Indexes and codes as alerts spell them: gpu=02 is GPU 2.
+    let v = match k {
+        "gpu" | "xid" => v.parse::<u32>().map_or(v.to_string(), |n| n.to_string()),
+        _ => v.to_string(),
+    };
+    if let Some(first) = m.insert(k.to_string(), v.clone()) {
         return Err(format!(
             "label {k} is given twice ({k}={first}, {k}={v}); a silence mutes alerts that match all of its matchers, so make one silence for each"
         ));
@@ -115,26 +120,87 @@ pub fn add_matcher(m: &mut Labels, k: &str, v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A `rule` matcher must name a rule of the rules file in force (`alerting.rules_file`):
-/// a misspelt one would mute nothing. Without a readable rules file nothing is checked.
+/// A silence must be able to mute an alert of the rules file in force
+/// (`alerting.rules_file`): a `rule` matcher names one of its rules, `severity` one that
+/// rule's (or some rule's) severity, and every label it matches is one that such a rule's
+/// alerts carry: `xid` and `event` come only with a hardware rule's `per_code = true`, a
+/// capacity rule's alerts carry no `host`. A silence that could mute nothing is refused.
+/// Without a readable rules file nothing is checked.
 pub fn check_rule(m: &Labels, rules_file: &str) -> Result<(), String> {
-    let Some(rule) = m.get("rule") else {
-        return Ok(());
-    };
     if rules_file.is_empty() {
         return Ok(());
     }
     let Ok(set) = crate::alert::rules::RuleSet::load(std::path::Path::new(rules_file)) else {
         return Ok(());
     };
-    if set.rules.iter().any(|r| &r.name == rule) {
+    let named = m.get("rule");
+    if let Some(rule) = named {
+        if !set.rules.iter().any(|r| &r.name == rule) {
+            let names: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+            return Err(format!(
+                "rule: {rule:?} is not a rule of {rules_file} ({})",
+                names.join(", ")
+            ));
+        }
+    }
+    let candidates: Vec<&crate::alert::rules::Rule> = set
+        .rules
+        .iter()
+        .filter(|r| named.is_none_or(|n| *n == r.name))
+        .collect();
+    if let Some(sev) = m.get("severity") {
+        if !candidates.iter().any(|r| &r.severity == sev) {
+            return Err(match named {
+                Some(n) => format!(
+                    "severity: rule {n} raises {} alerts, not {sev}",
+                    candidates[0].severity
+                ),
+                None => format!("severity: no rule of {rules_file} raises {sev} alerts"),
+            });
+        }
+    }
+    let candidates: Vec<_> = candidates
+        .into_iter()
+        .filter(|r| m.get("severity").is_none_or(|s| *s == r.severity))
+        .collect();
+    let labels: Vec<&str> = m
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !matches!(*k, "rule" | "severity"))
+        .collect();
+    let carries = |r: &&crate::alert::rules::Rule, ls: &[&str]| {
+        r.kind
+            .label_sets()
+            .iter()
+            .any(|set| ls.iter().all(|l| set.contains(l)))
+    };
+    if candidates.iter().any(|r| carries(r, &labels)) {
         return Ok(());
     }
-    let names: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
-    Err(format!(
-        "rule: {rule:?} is not a rule of {rules_file} ({})",
-        names.join(", ")
-    ))
+    // Name a label no candidate's alerts carry, or else the combination.
+    let hint = |l: &str| {
+        match l {
+        "xid" | "event" => " (hardware rules give their alerts event and xid labels only with per_code = true; match the rule instead, like rule=gpu-xid)",
+        "host" | "gpu" => " (capacity alerts are per pool or rack)",
+        _ => "",
+    }
+    };
+    let none = |l: &&&str| !candidates.iter().any(|r| carries(r, &[**l]));
+    Err(match (labels.iter().find(none), named) {
+        (Some(l), Some(n)) => format!("{l}: the alerts of rule {n} carry no {l} label{}", hint(l)),
+        (Some(l), None) => format!(
+            "{l}: no rule of {rules_file} gives its alerts a {l} label{}",
+            hint(l)
+        ),
+        (None, Some(n)) => format!(
+            "{}: the alerts of rule {n} never carry all of these labels",
+            labels.join(", ")
+        ),
+        (None, None) => format!(
+            "{}: no rule of {rules_file} gives its alerts all of these labels",
+            labels.join(", ")
+        ),
+    })
 }
 
 /// A silence needs at least one matcher.
@@ -352,6 +418,61 @@ mod tests {
         );
         // No rules file: nothing to check against.
         assert!(check_rule(&m("anything"), "").is_ok());
+    }
+
+    #[test]
+    fn a_silence_that_could_mute_no_alert_of_the_rules_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("alerts.toml");
+        let rules = |per_code: bool| {
+            std::fs::write(
+                &file,
+                format!(
+                    "[[rule]]\nname = \"gpu-xid\"\nkind = \"hardware\"\nevents = [\"xid\"]\nseverity = \"critical\"\nper_code = {per_code}\n\
+                     [[rule]]\nname = \"capacity-short\"\nkind = \"capacity\"\nseverity = \"warning\"\n"
+                ),
+            )
+            .unwrap();
+        };
+        let path = file.to_string_lossy();
+        let m = |items: &[&str]| {
+            parse_matchers(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        rules(false);
+        // One alert per GPU: its labels hold no XID code.
+        let e = check_rule(&m(&["xid=79"]), &path).unwrap_err();
+        assert!(
+            e.starts_with("xid: no rule of") && e.contains("per_code = true"),
+            "{e}"
+        );
+        assert!(check_rule(&m(&["rule=gpu-xid", "host=gpu-7"]), &path).is_ok());
+        let e = check_rule(&m(&["rule=capacity-short", "host=gpu-7"]), &path).unwrap_err();
+        assert!(
+            e.starts_with("host: the alerts of rule capacity-short carry no host label"),
+            "{e}"
+        );
+        let e = check_rule(&m(&["rule=gpu-xid", "severity=warning"]), &path).unwrap_err();
+        assert_eq!(
+            e,
+            "severity: rule gpu-xid raises critical alerts, not warning"
+        );
+        let e = check_rule(&m(&["severity=info"]), &path).unwrap_err();
+        assert!(e.ends_with("raises info alerts"), "{e}");
+        // host and pool together: each rule's alerts carry both.
+        assert!(check_rule(&m(&["host=gpu-7", "pool=train"]), &path).is_ok());
+        // A host's pool with a capacity severity: only the hardware rule carries host, and
+        // it is critical.
+        let e = check_rule(&m(&["host=gpu-7", "severity=warning"]), &path).unwrap_err();
+        assert!(e.starts_with("host: no rule of"), "{e}");
+        rules(true);
+        assert!(check_rule(&m(&["xid=79"]), &path).is_ok());
+        assert!(check_rule(&m(&["event=xid", "host=gpu-7"]), &path).is_ok());
+    }
+
+    #[test]
+    fn gpu_and_xid_matchers_are_spelled_as_alerts_spell_them() {
+        let m = parse_matchers(&["gpu=02".into(), "xid=079".into()]).unwrap();
+        assert_eq!((m["gpu"].as_str(), m["xid"].as_str()), ("2", "79"));
     }
 
     #[test]

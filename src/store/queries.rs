@@ -149,7 +149,8 @@ pub struct AlertTouching {
     pub resolved_at: Option<DateTime<Utc>>,
     pub occurrences: i32,
     pub acknowledged_by: Option<String>,
-    /// An active silence mutes its notifications.
+    /// An active silence mutes its notifications (pending and firing alerts; a resolved
+    /// one is never marked, whatever silences match it now).
     pub silenced: bool,
 }
 
@@ -261,7 +262,8 @@ impl Store {
                     CASE WHEN a.labels->>'gpu' ~ '^[0-9]{1,4}$' THEN (a.labels->>'gpu')::int2 END AS gpu,
                     a.summary, a.description, a.started_at, a.fired_at, a.resolved_at, a.occurrences,
                     a.acknowledged_by,
-                    EXISTS (SELECT 1 FROM silences s WHERE s.starts_at <= now() AND s.ends_at > now()
+                    a.state IN ('pending', 'firing')
+                    AND EXISTS (SELECT 1 FROM silences s WHERE s.starts_at <= now() AND s.ends_at > now()
                               AND (a.labels || jsonb_build_object('rule', a.rule, 'severity', a.severity)) @> s.matchers
                            ) AS silenced
                FROM alerts a

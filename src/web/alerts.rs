@@ -576,12 +576,26 @@ pub async fn expire(
     PageUser(user): PageUser,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
+    csrf: Csrf,
     PageForm(f): PageForm<ExpireForm>,
 ) -> Result<Response, PageError> {
     require_operator(&user)?;
     verify_csrf(&headers, &f.csrf)?;
-    end_silence(&st, &user, ip, f.id).await?;
-    Ok(Redirect::to("/alerts").into_response())
+    match end_silence(&st, &user, ip, f.id).await {
+        Ok(_) => Ok(Redirect::to("/alerts").into_response()),
+        // Ended meanwhile (its end came, or another operator ended it): the list as it is.
+        Err(ApiError::NotFound(_)) => {
+            let mut page = alerts_page(&st, &user, csrf, SilenceFormView::default()).await?;
+            page.notice = Some(format!(
+                "Silence {} has already ended or been cancelled; the list below is as it is now.",
+                f.id
+            ));
+            let mut resp = render(&page);
+            *resp.status_mut() = StatusCode::NOT_FOUND;
+            Ok(resp)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// End an active silence now, or cancel one scheduled ahead, and record it in the audit
