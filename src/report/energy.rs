@@ -73,7 +73,8 @@ pub struct ReportRow {
     pub thermal_throttled_hours: f64,
     pub coverage_pct: Option<f64>,
     pub counter_resets: i64,
-    pub prev_week_it_energy_kwh: f64,
+    /// Null when last week (its same hours, while a week runs) accounted no energy.
+    pub prev_week_it_energy_kwh: Option<f64>,
     pub wow_change_pct: Option<f64>,
 }
 
@@ -908,7 +909,7 @@ fn row_of(
         estimated_energy_kwh: kwh(a.estimated_j),
         modeled_energy_kwh: kwh(a.modeled_j),
         facility_energy_kwh: facility,
-        pue: (it > 0.0).then(|| facility / it),
+        pue: (it > 0.0).then(|| digits12(facility / it)),
         pue_source: if a.metered_hours == 0 {
             "configured"
         } else if a.metered_hours == a.hours {
@@ -917,7 +918,7 @@ fn row_of(
             "partly measured"
         },
         carbon_kg: a.carbon_g / 1000.0,
-        cue_kg_per_kwh: (it > 0.0).then(|| a.carbon_g / 1000.0 / it),
+        cue_kg_per_kwh: (it > 0.0).then(|| digits12(a.carbon_g / 1000.0 / it)),
         cost: one_currency.then_some(a.cost),
         currency: if one_currency {
             a.currencies.first().cloned().unwrap_or_default()
@@ -935,9 +936,24 @@ fn row_of(
         thermal_throttled_hours: a.thermal_throttle_s / 3600.0,
         coverage_pct: (a.expected > 0.0).then(|| (100.0 * a.covered / a.expected).min(100.0)),
         counter_resets: a.resets,
-        prev_week_it_energy_kwh: kwh(a.prev_it_j),
+        prev_week_it_energy_kwh: (a.prev_it_j > 0.0).then(|| kwh(a.prev_it_j)),
         wow_change_pct: (a.prev_it_j > 0.0)
             .then(|| 100.0 * (it - kwh(a.prev_it_j)) / kwh(a.prev_it_j)),
+    }
+}
+
+/// `x` rounded to twelve significant digits: a ratio of sums reads 1.4, not
+/// 1.4000000000000001.
+pub(crate) fn digits12(x: f64) -> f64 {
+    format!("{x:.11e}").parse().unwrap_or(x)
+}
+
+/// kWh for a note: one decimal, or three below 0.1 (so 0.008 does not read as 0.0).
+fn small_kwh(x: f64) -> String {
+    if x < 0.1 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.1}")
     }
 }
 
@@ -1069,14 +1085,39 @@ fn recommend(
     }
     if total.estimated_energy_kwh > 0.0 {
         r.notes.push(format!(
-            "{:.1} kWh are estimated from sampled power for GPUs without an energy counter.",
-            total.estimated_energy_kwh
+            "{} kWh of GPU energy are estimated from sampled power: minutes with no energy counter delta (GPUs without a counter, a counter's first reading, the first reading after a gap or a reset).",
+            small_kwh(total.estimated_energy_kwh)
         ));
     }
     if total.modeled_energy_kwh > 0.0 {
         r.notes.push(format!(
             "{:.1} kWh of host (non-GPU) energy are modeled from CPU utilization; hosts that expose RAPL are measured.",
             total.modeled_energy_kwh
+        ));
+    }
+    // Days of the week (up to the accounted hours) without any energy: the totals cover
+    // the other days only.
+    let started = r
+        .accounted_until
+        .map_or(0, |t| {
+            ((t - r.start).num_hours().max(0) as f64 / 24.0).ceil() as usize
+        })
+        .min(r.days.len());
+    let empty: Vec<&str> = r.days[..started]
+        .iter()
+        .filter(|d| d.gpu_busy_kwh + d.gpu_idle_kwh + d.host_kwh <= 0.0)
+        .map(|d| d.date.as_str())
+        .collect();
+    if !empty.is_empty() && empty.len() < started {
+        r.notes.push(format!(
+            "No energy was accounted on {} (no host reported then): the totals cover {} of the week's {} days.",
+            empty.join(", "),
+            started - empty.len(),
+            if started == r.days.len() {
+                "7".to_string()
+            } else {
+                format!("{started} accounted")
+            }
         ));
     }
     if r.no_data() {

@@ -11,7 +11,7 @@ use askama::Template;
 use polars::prelude::{Column, DataFrame};
 use polars_io::prelude::{CsvWriter, ParquetWriter, SerWriter};
 
-use super::energy::{EnergyReport, ReportRow};
+use super::energy::{digits12, EnergyReport, ReportRow};
 
 /// File formats of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,16 +225,11 @@ fn dataframe_with(report: &EnergyReport, text: fn(&str) -> String) -> anyhow::Re
         ),
         Column::new(
             "prev_week_it_energy_kwh".into(),
-            f(|r| r.prev_week_it_energy_kwh),
+            o(|r| r.prev_week_it_energy_kwh),
         ),
         Column::new("wow_change_pct".into(), o(|r| r.wow_change_pct)),
     ];
     Ok(DataFrame::new(n, columns)?)
-}
-
-/// `x` rounded to twelve significant digits.
-fn digits12(x: f64) -> f64 {
-    format!("{x:.11e}").parse().unwrap_or(x)
 }
 
 /// The CSV file: its names are written as spreadsheet text
@@ -440,15 +435,12 @@ pub fn view(report: &EnergyReport) -> ReportView {
             "Week over week".into(),
             t.wow_change_pct
                 .map_or("—".into(), |v| format!("{v:+.1} %")),
-            if t.wow_change_pct.is_none() && t.prev_week_it_energy_kwh <= 0.0 {
-                "no data for last week".into()
-            } else if report.partial() {
-                format!(
-                    "same hours last week {}",
-                    fmt_kwh(t.prev_week_it_energy_kwh)
-                )
-            } else {
-                format!("last week {}", fmt_kwh(t.prev_week_it_energy_kwh))
+            match t.prev_week_it_energy_kwh {
+                None => "no data for last week".into(),
+                Some(prev) if report.partial() => {
+                    format!("same hours last week {}", fmt_kwh(prev))
+                }
+                Some(prev) => format!("last week {}", fmt_kwh(prev)),
             },
         ),
         (

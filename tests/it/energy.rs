@@ -241,6 +241,21 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         kwh(exp.gpu1_j),
         "estimated (GPU 1 power)",
     );
+    assert!(
+        r.notes.iter().any(|n| n.ends_with(
+            "kWh of GPU energy are estimated from sampled power: minutes with no energy counter delta (GPUs without a counter, a counter's first reading, the first reading after a gap or a reset)."
+        )),
+        "{:?}",
+        r.notes
+    );
+    // Every day of the week has data: no day is named as missing.
+    assert!(
+        r.notes
+            .iter()
+            .all(|n| !n.starts_with("No energy was accounted on")),
+        "{:?}",
+        r.notes
+    );
     close(fleet.modeled_energy_kwh, kwh(exp.host_j), "modeled (host)");
     close(fleet.it_energy_kwh, it, "IT energy");
     close(
@@ -283,7 +298,7 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
     );
     // Last week holds only the sample at Sunday 23:30 local: 1 MJ.
     close(
-        fleet.prev_week_it_energy_kwh,
+        fleet.prev_week_it_energy_kwh.expect("last week's energy"),
         kwh(1_000_000.0),
         "last week's energy",
     );
@@ -560,6 +575,9 @@ async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
     }
     let r = one_day_report(&app, "mix", gs, week, tz).await;
     let fleet = r.total();
+    // Nothing the week before: no figure, not 0 kWh.
+    assert_eq!(fleet.prev_week_it_energy_kwh, None);
+    assert_eq!(fleet.wow_change_pct, None);
     // 400 W all day, less the 30 s before the reset that no counter saw.
     let expected = (400.0 * 60.0 * 1440.0 - 400.0 * 30.0) / J_PER_KWH;
     close(fleet.gpu_energy_kwh, expected, "GPU energy");
@@ -617,7 +635,7 @@ async fn a_running_week_is_compared_with_the_same_hours_of_last_week() {
     let day_kwh = 300.0 * 86_400.0 / J_PER_KWH;
     close(fleet.gpu_energy_kwh, day_kwh, "this week's Monday");
     close(
-        fleet.prev_week_it_energy_kwh,
+        fleet.prev_week_it_energy_kwh.expect("last week's energy"),
         day_kwh,
         "last week's same hours (Monday)",
     );
@@ -650,9 +668,35 @@ async fn a_running_week_is_compared_with_the_same_hours_of_last_week() {
     let second = csv.lines().nth(1).unwrap();
     assert_eq!(second.split(',').nth(3), Some(until.as_str()), "{second}");
 
+    // Tuesday's first two hours had no host reporting: the notes say which days the
+    // totals leave out.
+    let day = |d: i64| {
+        (start + Duration::days(d))
+            .with_timezone(&tz)
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    assert!(
+        r.notes.contains(&format!(
+            "No energy was accounted on {} (no host reported then): the totals cover 1 of the week's 2 accounted days.",
+            day(1)
+        )),
+        "{:?}",
+        r.notes
+    );
+
     // Once the week is complete, all of last week is the comparison.
     let r = account_and_build(&app, week, week.end(tz) + Duration::hours(1)).await;
     assert!(!r.partial());
+    let empty: Vec<String> = (1..7).map(day).collect();
+    assert!(
+        r.notes.contains(&format!(
+            "No energy was accounted on {} (no host reported then): the totals cover 1 of the week's 7 days.",
+            empty.join(", ")
+        )),
+        "{:?}",
+        r.notes
+    );
     let name = export::file_name(&r, export::Format::Csv);
     assert!(!name.contains("partial"), "{name}");
     let csv = String::from_utf8(export::to_csv(&r).unwrap()).unwrap();
@@ -660,7 +704,9 @@ async fn a_running_week_is_compared_with_the_same_hours_of_last_week() {
     let end = week.end(tz).with_timezone(&tz).to_rfc3339();
     assert_eq!(second.split(',').nth(3), Some(end.as_str()), "{second}");
     close(
-        r.total().prev_week_it_energy_kwh,
+        r.total()
+            .prev_week_it_energy_kwh
+            .expect("last week's energy"),
         2.0 * day_kwh,
         "all of last week",
     );
