@@ -1252,6 +1252,17 @@ async fn alerts_cmd(cfg: &Config, a: AlertsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AlertsCmd::CheckRules { file } => {
+            // What `serve` reads at start besides the keys: the rules file the config names
+            // (when it is another file) and the HTTPS certificate and key.
+            let named = std::path::Path::new(&cfg.alerting.rules_file);
+            if !cfg.alerting.rules_file.is_empty() && named != file.as_path() {
+                rackwatch::alert::rules::RuleSet::load_checked(named, &cfg.alerting.channels)
+                    .map_err(|e| anyhow::anyhow!("alerting.rules_file: {e}"))?;
+            }
+            if cfg.server.tls.enabled() {
+                rackwatch::web::tls::load(&cfg.server.tls)
+                    .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+            }
             let set =
                 rackwatch::alert::rules::RuleSet::load_checked(&file, &cfg.alerting.channels)?;
             for r in &set.rules {

@@ -221,7 +221,9 @@ async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result
         req = req.bearer_auth(c.bearer_token.expose());
     }
     let r = req.send().await.map_err(|e| {
-        // reqwest's message names the URL, which may be a secret (Slack).
+        // reqwest's message names the URL, whose path may be a secret (Slack): the error
+        // names the scheme, host and port, and the innermost cause (refused, no such
+        // name, certificate…).
         let what = if e.is_timeout() {
             "timed out"
         } else if e.is_connect() {
@@ -229,7 +231,17 @@ async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result
         } else {
             "request failed"
         };
-        format!("{what}: {}", e.without_url())
+        let origin = reqwest::Url::parse(&c.endpoint())
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        let mut cause = None;
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause = Some(s.to_string());
+            source = s.source();
+        }
+        let cause = cause.unwrap_or_else(|| e.without_url().to_string());
+        format!("{what} ({origin}): {cause}")
     })?;
     let status = r.status();
     if status.is_success() {

@@ -480,8 +480,21 @@ pub async fn send_test(cfg: &Config, to: &str) -> anyhow::Result<()> {
 /// `alerting.channels` (PagerDuty: trigger, then resolve). Returns the channel's kind.
 pub async fn send_test_channel(cfg: &Config, name: &str) -> anyhow::Result<String> {
     let Some(c) = cfg.alerting.channels.get(name) else {
-        let known: Vec<&String> = cfg.alerting.channels.keys().collect();
-        anyhow::bail!("no channel {name:?} in alerting.channels (configured: {known:?})");
+        // Routes name channels as kind:name; this command takes the name.
+        if let Some((kind, bare)) = super::rules::channel_of(name) {
+            if cfg.alerting.channels.contains_key(bare) {
+                anyhow::bail!("{name:?} is how routes name it; give the channel's name: {bare} (a {kind} channel)");
+            }
+        }
+        let known: Vec<&str> = cfg.alerting.channels.keys().map(String::as_str).collect();
+        anyhow::bail!(
+            "no channel {name:?} in alerting.channels (configured: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
     };
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

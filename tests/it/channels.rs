@@ -351,6 +351,29 @@ async fn webhook_slack_and_pagerduty_get_one_delivery_per_group_and_the_resolve(
         .unwrap_err()
         .to_string();
     assert!(e.contains("no channel \"nope\""), "{e}");
+    // Routes' spelling of a channel gets the name to give.
+    let e = rackwatch::alert::notify::send_test_channel(&app.cfg, "slack:ops")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("give the channel's name: ops"), "{e}");
+    // A receiver that is not there: where it was tried and why it failed (the path, which
+    // may hold a secret, is left out).
+    let mut cfg = (*app.cfg).clone();
+    cfg.alerting.channels.insert(
+        "down".into(),
+        toml::from_str("kind = \"webhook\"\nurl = \"http://127.0.0.1:9/secret-path\"").unwrap(),
+    );
+    let e = rackwatch::alert::notify::send_test_channel(&cfg, "down")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("connection failed (http://127.0.0.1:9): ")
+            && e.to_lowercase().contains("refused")
+            && !e.contains("secret-path"),
+        "{e}"
+    );
     app.stop().await;
 }
 

@@ -460,6 +460,32 @@ fn configuration_and_setup_errors_say_what_to_do() {
         "{err}"
     );
 
+    // `alerts check-rules --config` reads what `serve` reads at start: the rules file the
+    // configuration names and the HTTPS certificate and key.
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/config/alerts.toml");
+    for (toml, key, file) in [
+        (
+            "[alerting]\nrules_file = \"/nonexistent/rules.toml\"\n",
+            "alerting.rules_file",
+            "/nonexistent/rules.toml",
+        ),
+        (
+            "[server.tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+            "server.tls",
+            "/nonexistent/cert.pem",
+        ),
+    ] {
+        let conf = dir.path().join("check.toml");
+        std::fs::write(&conf, toml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+            .args(["--config", conf.to_str().unwrap(), "alerts", "check-rules", rules])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: {err}");
+        assert!(err.contains(key) && err.contains(file), "{err}");
+    }
+
     let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
         .args(["agent"])
         .env("RACKWATCH_AGENT__INTERVAL_SECS", "soon")
