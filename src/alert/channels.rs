@@ -231,7 +231,7 @@ async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result
         } else {
             "request failed"
         };
-        let origin = reqwest::Url::parse(&c.endpoint())
+        let origin = reqwest::Url::parse(c.endpoint())
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_default();
         let mut cause = None;
