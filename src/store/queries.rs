@@ -154,6 +154,15 @@ pub struct AlertTouching {
     pub silenced: bool,
 }
 
+/// Alerts of one severity in one state: how many, and how many are handled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertCount {
+    pub severity: String,
+    pub state: String,
+    pub total: i64,
+    pub handled: i64,
+}
+
 fn event_kinds() -> utoipa::openapi::schema::Object {
     crate::model::schema::one_of(crate::model::EVENT_KINDS)
 }
@@ -225,18 +234,33 @@ impl Store {
     /// Firing alerts that still need someone (neither acknowledged nor silenced), and
     /// firing alerts that are acknowledged or silenced.
     pub async fn alerts_firing(&self) -> Result<(i64, i64), sqlx::Error> {
-        let r = sqlx::query!(
-            r#"SELECT count(*) FILTER (WHERE NOT handled) AS "open!", count(*) FILTER (WHERE handled) AS "handled!"
-               FROM (SELECT a.acknowledged_by IS NOT NULL OR EXISTS (
+        let firing = self
+            .alert_counts()
+            .await?
+            .into_iter()
+            .filter(|c| c.state == "firing");
+        Ok(firing.fold((0, 0), |(open, handled), c| {
+            (open + c.total - c.handled, handled + c.handled)
+        }))
+    }
+
+    /// Pending and firing alerts by severity and state, and of those the ones handled
+    /// (acknowledged, or muted by an active silence).
+    pub async fn alert_counts(&self) -> Result<Vec<AlertCount>, sqlx::Error> {
+        sqlx::query_as!(
+            AlertCount,
+            r#"SELECT severity AS "severity!", state AS "state!", count(*) AS "total!",
+                      count(*) FILTER (WHERE handled) AS "handled!"
+               FROM (SELECT a.severity, a.state, a.acknowledged_by IS NOT NULL OR EXISTS (
                             SELECT 1 FROM silences s
                              WHERE s.starts_at <= now() AND s.ends_at > now()
                                AND a.labels || jsonb_build_object('rule', a.rule, 'severity', a.severity)
                                    @> s.matchers) AS handled
-                       FROM alerts a WHERE a.state = 'firing') x"#
+                       FROM alerts a WHERE a.state IN ('pending', 'firing')) x
+              GROUP BY 1, 2"#
         )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((r.open, r.handled))
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Firing and pending alerts whose host is one of `hosts` (GPU-level alerts

@@ -64,10 +64,11 @@ pub async fn metrics(
     State(st): State<AppState>,
     _r: super::auth::MetricsReader,
 ) -> Result<Response, ApiError> {
-    let (recs, agents, channels) = tokio::join!(
+    let (recs, agents, channels, alerts) = tokio::join!(
         st.store.recommendations(None),
         st.store.agent_stats(),
-        crate::alert::notify::channel_states(&st.store)
+        crate::alert::notify::channel_states(&st.store),
+        st.store.alert_counts()
     );
     let pool = &st.store.pool;
     let idle = pool.num_idle() as u32;
@@ -90,6 +91,7 @@ pub async fn metrics(
             .unwrap_or_default(),
         agents: agents.unwrap_or_default(),
         channels: channels.unwrap_or_default(),
+        alerts: alerts.ok(),
         anomaly: st.jobs.anomaly_backend().map(|b| {
             use rackwatch_anomaly::Backend as _;
             let info = b.info();
@@ -128,6 +130,8 @@ struct Scraped {
     pools: Vec<super::capacity::AutoscalerView>,
     agents: Vec<(String, serde_json::Value)>,
     channels: Vec<crate::alert::notify::ChannelState>,
+    /// None when the count failed: the series are left out of this scrape.
+    alerts: Option<Vec<crate::store::queries::AlertCount>>,
     anomaly: Option<AnomalyBackend>,
 }
 
@@ -236,6 +240,7 @@ impl Collector for Scraped {
         self.encode_jobs(e)?;
         self.encode_pools(e)?;
         self.encode_notifications(e)?;
+        self.encode_alerts(e)?;
         self.encode_anomaly_backend(e)?;
         self.encode_agents(e)
     }
@@ -360,6 +365,39 @@ impl Scraped {
             self.channels.iter().filter_map(|c| {
                 let t = c.last_delivered_at?;
                 Some((ch(c), t.timestamp_millis() as f64 / 1e3))
+            }),
+        )
+    }
+
+    /// Pending and firing alerts by severity, every severity and state always present (a
+    /// rule on them reads 0, not an absent series), and the firing ones nobody handles.
+    fn encode_alerts(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some(counts) = &self.alerts else {
+            return Ok(());
+        };
+        let find = |sev: &str, state: &str| {
+            counts
+                .iter()
+                .find(|c| c.severity == sev && c.state == state)
+                .map_or((0, 0), |c| (c.total.max(0) as u64, c.handled.max(0) as u64))
+        };
+        let sevs = crate::alert::rules::SEVERITIES;
+        gauges(
+            e,
+            "rackwatch_alerts",
+            "Alerts pending or firing now, by severity and state",
+            sevs.iter().flat_map(|sev| {
+                ["pending", "firing"]
+                    .map(|state| ([("severity", *sev), ("state", state)], find(sev, state).0))
+            }),
+        )?;
+        gauges(
+            e,
+            "rackwatch_alerts_unhandled",
+            "Firing alerts nobody has acknowledged or silenced, by severity (the dashboard's \"Alerts firing, unhandled\")",
+            sevs.iter().map(|sev| {
+                let (total, handled) = find(sev, "firing");
+                ([("severity", *sev)], total.saturating_sub(handled))
             }),
         )
     }

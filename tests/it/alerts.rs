@@ -1496,8 +1496,23 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     );
     let (s, b) = send(call(Method::POST, format!("{ack}?x=1"), "oper2")).await;
     assert_eq!(s, 400, "a parameter it does not take: {b}");
+    // Prometheus can alert on a critical alert nobody is on.
+    let m = app.metrics().await;
+    for line in [
+        "rackwatch_alerts{severity=\"critical\",state=\"firing\"} 1\n",
+        "rackwatch_alerts{severity=\"warning\",state=\"pending\"} 0\n",
+        "rackwatch_alerts_unhandled{severity=\"critical\"} 1\n",
+    ] {
+        assert!(m.contains(line), "{line} in {m}");
+    }
     let (s, b) = send(call(Method::POST, ack.clone(), "oper2")).await;
     assert_eq!(s, 200, "{b}");
+    let m = app.metrics().await;
+    assert!(
+        m.contains("rackwatch_alerts{severity=\"critical\",state=\"firing\"} 1\n")
+            && m.contains("rackwatch_alerts_unhandled{severity=\"critical\"} 0\n"),
+        "{m}"
+    );
     assert_eq!(b["fingerprint"], fp.as_str());
     assert_eq!(b["acknowledged_by"], "oper2");
     // A second acknowledgement keeps the first and says who has it.
