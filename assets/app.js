@@ -28,7 +28,17 @@ document.querySelectorAll('input[data-utc]').forEach(function (el) {
   var d = new Date(el.getAttribute('data-utc') + ':00Z');
   if (!isNaN(d)) { el.value = el.defaultValue = d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + 'T' + pad(d.getHours()) + ':' + pad(d.getMinutes()); }
 });
-document.querySelectorAll('input[name=tzo]').forEach(function (el) { el.value = String(new Date().getTimezoneOffset()); });
+// The offset is the one at the time entered (a window across a daylight-saving change
+// keeps its clock time), or now's when none is.
+document.querySelectorAll('input[name=tzo]').forEach(function (el) {
+  var set = function () {
+    var t = el.form ? Array.prototype.find.call(el.form.querySelectorAll('input[type=datetime-local]'), function (i) { return i.value; }) : null;
+    var d = t ? new Date(t.value) : new Date();
+    el.value = String((isNaN(d) ? new Date() : d).getTimezoneOffset());
+  };
+  set();
+  if (el.form) { el.form.addEventListener('submit', set); }
+});
 // Destructive forms ask first (data-confirm); without the script they post at once.
 document.querySelectorAll('form[data-confirm]').forEach(function (f) {
   f.addEventListener('submit', function (e) { if (!window.confirm(f.getAttribute('data-confirm'))) e.preventDefault(); });

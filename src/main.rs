@@ -95,7 +95,7 @@ enum Cmd {
     /// Manage dashboard users.
     #[command(subcommand)]
     User(UserCmd),
-    /// Manage agent tokens.
+    /// Manage tokens: agents', a pool scheduler's (its queue) and remote write's.
     #[command(subcommand)]
     Token(TokenCmd),
     /// Hosts: list the fleet and what needs a look; take a decommissioned or renamed host out.
@@ -176,12 +176,15 @@ enum ReportCmd {
     /// Import hourly grid carbon intensity of a site from a CSV file with the columns
     /// `hour` (RFC 3339 start of the hour) and `g_co2_per_kwh`.
     ImportCarbon {
+        /// The site whose grid the intensities are for.
         #[arg(long, value_name = "SITE")]
         site: String,
+        /// The CSV file.
         file: PathBuf,
     },
     /// Record a facility meter reading: energy the site drew over an interval.
     FacilityReading {
+        /// The site whose meter it is.
         #[arg(long, value_name = "SITE")]
         site: String,
         /// RFC 3339 start of the interval.
@@ -232,12 +235,21 @@ enum AnomalyCmd {
 #[derive(Subcommand)]
 enum AlertsCmd {
     /// Send one test mail through the configured SMTP server.
-    TestEmail { to: String },
+    TestEmail {
+        /// The address to send it to.
+        to: String,
+    },
     /// Send one test notification to a channel of `alerting.channels` (webhook, Slack
     /// or PagerDuty; PagerDuty gets a trigger and its resolve).
-    TestNotify { channel: String },
+    TestNotify {
+        /// A channel's name in alerting.channels (am, not webhook:am).
+        channel: String,
+    },
     /// Validate a rules file and print what it contains.
-    CheckRules { file: PathBuf },
+    CheckRules {
+        /// The rules file (TOML, like config/alerts.toml).
+        file: PathBuf,
+    },
     /// Current alerts (pending and firing).
     List {
         /// table, or json: the objects `GET /api/v1/alerts` answers.
@@ -256,6 +268,7 @@ enum AlertsCmd {
         /// How long from its start: 30m, 2h, 1d (at most 90d).
         #[arg(long, default_value = "2h", allow_hyphen_values = true)]
         duration: String,
+        /// Why: shown on the alerts page, in `alerts silences` and in the audit trail.
         #[arg(long, default_value = "")]
         comment: String,
         /// Who set it; by default the account running the command, as the audit trail
@@ -265,14 +278,18 @@ enum AlertsCmd {
     },
     /// Active and future silences.
     Silences,
-    /// End a silence now.
-    Expire { id: i64 },
+    /// End a silence now (or cancel one scheduled ahead).
+    Expire {
+        /// The silence's id, as `alerts silences` lists it.
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]
 enum UserCmd {
     /// Create a user or reset their password (and role, with --role).
     Add {
+        /// The user's login name.
         name: String,
         /// viewer, operator or admin. A new user is a viewer without it; an existing user
         /// keeps their role. The only admin cannot be made anything else.
@@ -286,7 +303,10 @@ enum UserCmd {
     /// List the dashboard's users and their roles.
     List,
     /// Delete a user; their sessions end at once. The last admin cannot be deleted.
-    Remove { name: String },
+    Remove {
+        /// The user's login name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -294,7 +314,10 @@ enum HostCmd {
     /// Take a host out of the fleet: off the fleet, rack and inventory pages and the
     /// absent rule, its agent tokens revoked, its history kept. An agent reporting for it
     /// again (with a new token) brings it back.
-    Remove { name: String },
+    Remove {
+        /// The host's name, as `host list` shows it.
+        name: String,
+    },
     /// List the hosts in the fleet: place, pool, GPUs, when each was last heard from, and
     /// what needs a look (not reporting, clock behind, two agents).
     List,
@@ -330,7 +353,10 @@ enum TokenCmd {
         all: bool,
     },
     /// Revoke a token by id.
-    Revoke { id: i64 },
+    Revoke {
+        /// The token's id, as `token list` shows it.
+        id: i64,
+    },
 }
 
 fn main() -> std::process::ExitCode {

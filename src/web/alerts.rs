@@ -456,8 +456,8 @@ async fn ack(
 pub struct SilenceForm {
     /// `host=gpu-17, rule=gpu-xid`
     matchers: String,
-    /// Hours.
-    hours: f64,
+    /// Hours (text: a typo comes back next to the form with what was typed).
+    hours: String,
     #[serde(default)]
     comment: String,
     /// A start ahead (`datetime-local` in the viewer's zone); empty: now.
@@ -492,7 +492,10 @@ pub async fn silence(
             "" => None,
             t => Some(super::range::parse_time("start", t, f.tzo)?),
         };
-        create_silence(&st, &user, ip, m, (start, f.hours), &f.comment).await
+        let hours: f64 = f.hours.trim().parse().map_err(|_| {
+            ApiError::BadRequest(format!("hours: {:?} is not a number of hours", f.hours))
+        })?;
+        create_silence(&st, &user, ip, m, (start, hours), &f.comment).await
     }
     .await;
     match made {
@@ -512,10 +515,10 @@ pub async fn silence(
         // What was wrong goes next to the form, with what was typed.
         Err(ApiError::BadRequest(why)) => {
             let form = SilenceFormView {
-                error: Some(why),
+                error: Some(form_words(&why)),
                 matchers: f.matchers,
                 start: f.start,
-                hours: f.hours.to_string(),
+                hours: f.hours,
                 comment: f.comment,
             };
             let page = alerts_page(&st, &user, csrf, form).await?;
@@ -523,6 +526,23 @@ pub async fn silence(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// An error of [`create_silence`] (which names fields as the API spells them) in the
+/// words of the page's form: `Starts: …`, `Matchers: rule: …`.
+fn form_words(why: &str) -> String {
+    for (api, label) in [
+        ("starts_at: ", "Starts: "),
+        ("start: ", "Starts: "),
+        ("hours: ", "Hours: "),
+        ("comment: ", "Comment: "),
+        ("matchers.", "Matchers: "),
+    ] {
+        if let Some(rest) = why.strip_prefix(api) {
+            return format!("{label}{rest}");
+        }
+    }
+    why.to_string()
 }
 
 /// Store a silence of `hours` from `start` (now when `None`; a past one is refused) and record it in the

@@ -1377,6 +1377,27 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
         html.contains("<h1>Alerts</h1>") || html.contains("Alerts</h1>"),
         "{html}"
     );
+    // Hours that are not a number, and a start in the past: said in the form's words,
+    // next to what was typed.
+    for (hours, start, said) in [
+        ("two", "", "Hours: &#34;two&#34; is not a number of hours"),
+        ("2", "2020-01-01T00:00", "Starts: 2020-01-01T00:00:00+00:00 is in the past"),
+    ] {
+        let bad = vec![
+            ("matchers", "host=pg-host".to_string()),
+            ("hours", hours.to_string()),
+            ("start", start.to_string()),
+            ("csrf", csrf.clone()),
+        ];
+        let refused = post("/silences", &op, bad).await.unwrap();
+        assert_eq!(refused.status(), 400);
+        let html = refused.text().await.unwrap();
+        let at_form = &html[html.find("id=\"new-silence\"").expect("the form")..];
+        assert!(
+            at_form.contains(said) && at_form.contains(&format!("value=\"{hours}\"")),
+            "{at_form}"
+        );
+    }
     // A maintenance window tomorrow at 22:00 on a viewer's clock one hour east of UTC
     // (getTimezoneOffset() = -60): 21:00 UTC.
     let day = (Utc::now() + chrono::Duration::days(1)).date_naive();
