@@ -723,6 +723,12 @@ fn roll_up(
             .and_then(|id| inp.gpu_info.get(&(id, *gi as i16)))
             .cloned()
             .unwrap_or_default();
+        // A site's report holds that site's share of each pool: its rows say so, so that
+        // two sites' files combined read as two rows, not one pool twice.
+        let s = match (*lvl, site) {
+            (3, Some(only)) => only,
+            _ => s.as_str(),
+        };
         out.push(row_of(
             names[*lvl as usize],
             s,

@@ -412,6 +412,10 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         .await
         .unwrap();
     assert_eq!(api["rows"][0]["level"], "site");
+    // Every row of a site's report is of that site, its pools' shares too.
+    let rows = api["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["level"] == "pool"), "{api}");
+    assert!(rows.iter().all(|r| r["site"] == "fra1"), "{api}");
     // A finished week is accounted to its end, as its CSV says (not to the job's last hour).
     assert_eq!(api["partial"], false);
     assert_eq!(
