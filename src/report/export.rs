@@ -289,7 +289,7 @@ pub struct ReportHtml<'a> {
 
 /// Energy in kWh everywhere in the report (a bill's unit; one unit to compare lines and
 /// tiles by): `85.3 kWh`, from 1,000 on whole and grouped, `10,412 kWh`.
-fn fmt_kwh(v: f64) -> String {
+pub fn fmt_kwh(v: f64) -> String {
     if v.abs() < 1000.0 {
         format!("{v:.1} kWh")
     } else {

@@ -198,7 +198,7 @@ pub async fn page(
         },
         |i| days(i as i64 + 1),
     );
-    let kwh = |j: f64| format!("{:.1} kWh", j / 3.6e6);
+    let kwh = |j: f64| crate::report::export::fmt_kwh(j / 3.6e6);
     let lines = weeks
         .iter()
         .enumerate()
