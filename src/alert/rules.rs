@@ -335,6 +335,31 @@ struct Common {
 }
 
 impl Rule {
+    /// Whether an alert of this rule can meet every one of `matchers` (labels, and `rule`
+    /// and `severity`), as a route or a silence matches: the rule's name and severity, a
+    /// label value its own `match` allows, and labels its kind's alerts carry.
+    pub fn may_match(&self, matchers: &BTreeMap<String, String>) -> bool {
+        let values_fit = matchers.iter().all(|(k, v)| match k.as_str() {
+            "rule" => *v == self.name,
+            "severity" => *v == self.severity,
+            other => self.matchers.get(other).is_none_or(|own| own == v),
+        });
+        let labels: Vec<&str> = matchers
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !matches!(*k, "rule" | "severity"))
+            .collect();
+        values_fit && self.carries(&labels)
+    }
+
+    /// Whether some alert of this rule carries all of `labels`.
+    pub fn carries(&self, labels: &[&str]) -> bool {
+        self.kind
+            .label_sets()
+            .iter()
+            .any(|set| labels.iter().all(|l| set.contains(l)))
+    }
+
     /// Whether the rule's selectors accept these labels.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         self.matchers.iter().all(|(k, v)| labels.get(k) == Some(v))
@@ -780,20 +805,10 @@ impl RuleSet {
         self.rules
             .iter()
             .filter(|rule| {
-                let sets = rule.kind.label_sets();
-                !self.routes.iter().any(|route| {
-                    let values_fit = route.matchers.iter().all(|(k, v)| match k.as_str() {
-                        "rule" => *v == rule.name,
-                        "severity" => *v == rule.severity,
-                        other => rule.matchers.get(other).is_none_or(|own| own == v),
-                    });
-                    let carried = sets.iter().any(|set| {
-                        route.matchers.keys().all(|k| {
-                            matches!(k.as_str(), "rule" | "severity") || set.contains(&k.as_str())
-                        })
-                    });
-                    values_fit && carried
-                })
+                !self
+                    .routes
+                    .iter()
+                    .any(|route| rule.may_match(&route.matchers))
             })
             .collect()
     }

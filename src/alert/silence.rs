@@ -143,6 +143,10 @@ pub fn check_rule(m: &Labels, rules_file: &str) -> Result<(), String> {
             ));
         }
     }
+    if set.rules.iter().any(|r| r.may_match(m)) {
+        return Ok(());
+    }
+    // Why not: a severity, a label or the combination no (such) rule has.
     let candidates: Vec<&crate::alert::rules::Rule> = set
         .rules
         .iter()
@@ -168,16 +172,6 @@ pub fn check_rule(m: &Labels, rules_file: &str) -> Result<(), String> {
         .map(String::as_str)
         .filter(|k| !matches!(*k, "rule" | "severity"))
         .collect();
-    let carries = |r: &&crate::alert::rules::Rule, ls: &[&str]| {
-        r.kind
-            .label_sets()
-            .iter()
-            .any(|set| ls.iter().all(|l| set.contains(l)))
-    };
-    if candidates.iter().any(|r| carries(r, &labels)) {
-        return Ok(());
-    }
-    // Name a label no candidate's alerts carry, or else the combination.
     let hint = |l: &str| {
         match l {
         "xid" | "event" => " (hardware rules give their alerts event and xid labels only with per_code = true; match the rule instead, like rule=gpu-xid)",
@@ -185,19 +179,19 @@ pub fn check_rule(m: &Labels, rules_file: &str) -> Result<(), String> {
         _ => "",
     }
     };
-    let none = |l: &&&str| !candidates.iter().any(|r| carries(r, &[**l]));
-    Err(match (labels.iter().find(none), named) {
+    let carried_by_none = |l: &&&str| !candidates.iter().any(|r| r.carries(&[**l]));
+    Err(match (labels.iter().find(carried_by_none), named) {
         (Some(l), Some(n)) => format!("{l}: the alerts of rule {n} carry no {l} label{}", hint(l)),
         (Some(l), None) => format!(
             "{l}: no rule of {rules_file} gives its alerts a {l} label{}",
             hint(l)
         ),
         (None, Some(n)) => format!(
-            "{}: the alerts of rule {n} never carry all of these labels",
+            "{}: the alerts of rule {n} never carry all of these labels with these values",
             labels.join(", ")
         ),
         (None, None) => format!(
-            "{}: no rule of {rules_file} gives its alerts all of these labels",
+            "{}: no rule of {rules_file} raises alerts with all of these labels and values",
             labels.join(", ")
         ),
     })

@@ -605,23 +605,19 @@ async fn recommend_pools(
         }
     }
     // A release at night names the hosts least busy in those hours.
-    let nights: Vec<(String, NightRelease)> = recs
+    let nights: Vec<(String, NightRelease, i32)> = recs
         .iter()
-        .filter_map(|r| Some((r.pool.clone(), night_release(r)?)))
+        .filter_map(|r| Some((r.pool.clone(), night_release(r)?, r.host_size)))
         .collect();
     let mut night_hosts = if nights.is_empty() {
         HashMap::new()
     } else {
-        let pools: Vec<String> = nights.iter().map(|(p, _)| p.clone()).collect();
+        let pools: Vec<String> = nights.iter().map(|(p, ..)| p.clone()).collect();
         let mut hours = store.pool_host_hours(&pools, now).await?;
         nights
             .into_iter()
-            .map(|(pool, n)| {
+            .map(|(pool, n, hs)| {
                 let rows = hours.remove(&pool).unwrap_or_default();
-                let hs = recs
-                    .iter()
-                    .find(|r| r.pool == pool)
-                    .map_or(1, |r| r.host_size);
                 let names = least_busy_in(rows, n.from, n.to, n.spare, hs);
                 (pool, names)
             })
@@ -648,15 +644,13 @@ async fn recommend_pools(
     if !ordering.is_empty() {
         let racks = store.exhaustions(Some("rack")).await?;
         if !racks.is_empty() {
-            let mut peaks: HashMap<String, f64> = HashMap::new();
+            let mut hosts: HashMap<String, Vec<PoolHost>> = HashMap::new();
             for (pool, h) in store.pool_hosts(&ordering, now).await? {
-                if let Some(kw) = h.peak_kw_7d {
-                    let p = peaks.entry(pool).or_insert(kw * 1000.0);
-                    *p = p.max(kw * 1000.0);
-                }
+                hosts.entry(pool).or_default().push(h);
             }
             for r in recs.iter_mut().filter(|r| ordering.contains(&r.pool)) {
-                let room = rack_room(&racks, &r.sites, peaks.get(&r.pool).copied());
+                let peak = host_peak_w(hosts.get(&r.pool).into_iter().flatten());
+                let room = rack_room(&racks, &r.sites, peak);
                 if let Some(line) = room_line(&room, &r.sites) {
                     r.actions.insert(1.min(r.actions.len()), line);
                 }
@@ -665,7 +659,6 @@ async fn recommend_pools(
     }
     let done = recs.len() - skipped;
     store.save_recommendations(&recs, &exhaustions).await?;
-
     Ok((done, skipped))
 }
 
@@ -2079,6 +2072,16 @@ pub fn rack_room(racks: &[ExhaustionRow], sites: &[String], host_peak_w: Option<
     }
 }
 
+/// The most one of these hosts drew in an hour over their 7 days, W (None: none
+/// accounted): the host peak a rack's headroom is set against.
+pub fn host_peak_w<'a>(hosts: impl IntoIterator<Item = &'a PoolHost>) -> Option<f64> {
+    hosts
+        .into_iter()
+        .filter_map(|h| h.peak_kw_7d)
+        .reduce(f64::max)
+        .map(|kw| kw * 1000.0)
+}
+
 /// What an order of hosts adds about power: how many more of the pool's hosts the racks
 /// with a budget at its sites take (None: no budgeted rack there, or no host power yet).
 pub fn room_line(room: &HostPower, sites: &[String]) -> Option<String> {
@@ -2092,21 +2095,19 @@ pub fn room_line(room: &HostPower, sites: &[String]) -> Option<String> {
             best.headroom_kw, best.rack
         )
     } else {
-        let list: Vec<String> = room
+        let fitting: Vec<String> = room
             .racks
             .iter()
-            .filter(|r| r.hosts.unwrap_or(0) > 0)
-            .take(3)
-            .map(|r| format!("{} {}", r.rack, r.hosts.unwrap_or(0)))
+            .filter_map(|r| {
+                r.hosts
+                    .filter(|n| *n > 0)
+                    .map(|n| format!("{} {n}", r.rack))
+            })
             .collect();
         format!(
             "power: the racks with a budget at {at} take {total} more of these hosts at {kw:.1} kW each ({}{})",
-            list.join(", "),
-            if room.racks.iter().filter(|r| r.hosts.unwrap_or(0) > 0).count() > 3 {
-                ", …"
-            } else {
-                ""
-            }
+            fitting[..fitting.len().min(3)].join(", "),
+            if fitting.len() > 3 { ", …" } else { "" }
         )
     })
 }

@@ -301,7 +301,7 @@ pub async fn refresh_power_sums(
         Option<i64>,
         Option<f64>,
     );
-    let sums: Vec<HostHour> = sqlx::query_as(concat!(
+    let mut sums: Vec<HostHour> = sqlx::query_as(concat!(
         "SELECT e.host_id, e.hour, sum(",
         hour_mean_watts!(),
         "),
@@ -337,7 +337,6 @@ pub async fn refresh_power_sums(
     let mut per_rack: BTreeMap<(DateTime<Utc>, &str, &str), f64> = BTreeMap::new();
     let mut cols: HostColumns = Default::default();
     // In hour order, as the energy job writes them: the hour index ranges stay narrow.
-    let mut sums = sums;
     sums.sort_unstable_by_key(|s| (s.1, s.0));
     for (host, hour, watts, util, minutes, idle) in sums {
         if let Some((site, rack)) = racks.get(&host) {

@@ -703,11 +703,7 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         power: crate::analytics::capacity::rack_room(
             &racks,
             &rec.sites,
-            hosts
-                .iter()
-                .filter_map(|(_, h)| h.peak_kw_7d)
-                .reduce(f64::max)
-                .map(|kw| kw * 1000.0),
+            crate::analytics::capacity::host_peak_w(hosts.iter().map(|(_, h)| h)),
         ),
         hosts: hosts.into_iter().map(|(_, h)| h).collect(),
     })
