@@ -18,7 +18,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::Store;
-use crate::model::metrics::{Metric, Sample, SqlType, Value, GPU_METRICS, HOST_METRICS};
+use crate::model::metrics::{Bounds, Metric, Sample, SqlType, Value, GPU_METRICS, HOST_METRICS};
 use crate::model::{Batch, GpuSample, HostInfo, HostSample};
 
 /// What a write did.
@@ -211,11 +211,12 @@ fn newest(b: &Batch) -> (Option<&HostSample>, Vec<&GpuSample>) {
     (host, gpus)
 }
 
-/// For each of `newest`'s GPUs, its energy counter at the batch's first sample on the
-/// newest sample's UTC day: where that day's count starts when the batch brings a new
-/// day. A batch can span midnight (an agent replaying an outage, the demo's back-fill):
-/// the newest sample's counter would leave the day's earlier energy out.
-fn day_first_energy(b: &Batch, newest: &[&GpuSample]) -> Vec<Option<f64>> {
+/// For each of `newest`'s GPUs, its energy counter and time at the batch's first sample
+/// on the newest sample's UTC day: where that day's count starts when the batch brings a
+/// new day, or an earlier start than the stored one when it brings the day's earlier
+/// samples late. A batch can span midnight (an agent replaying an outage, the demo's
+/// back-fill): the newest sample's counter would leave the day's earlier energy out.
+fn day_first_energy(b: &Batch, newest: &[&GpuSample]) -> (Vec<Option<f64>>, Vec<Option<DateTime<Utc>>>) {
     let day = |t: DateTime<Utc>| t.date_naive();
     newest
         .iter()
@@ -225,9 +226,23 @@ fn day_first_energy(b: &Batch, newest: &[&GpuSample]) -> Vec<Option<f64>> {
                 .filter(|s| s.index == n.index && day(s.ts) == day(n.ts))
                 .filter_map(|s| Some((s.ts, s.energy_joules_total?)))
                 .min_by_key(|(t, _)| *t)
-                .map(|(_, e)| e)
+                .map_or((None, None), |(t, e)| (Some(e), Some(t)))
         })
-        .collect()
+        .unzip()
+}
+
+/// The most a GPU can draw, W (the metric table's bound on `power_watts`): a late sample
+/// moves the day's start back only if the energy between it and the stored start fits
+/// under it, so a counter reset in between is not read as energy.
+fn max_gpu_watts() -> f64 {
+    GPU_METRICS
+        .iter()
+        .find(|m| m.name == "power_watts")
+        .and_then(|m| match m.bounds {
+            Bounds::Range { hi, .. } => Some(hi),
+            _ => None,
+        })
+        .expect("power_watts has a range in the metric table")
 }
 
 /// How a batch's samples meet rows already stored.
@@ -252,11 +267,11 @@ static UPSERT_HOST_MERGE: std::sync::LazyLock<String> =
 fn upsert_host_sql(mode: Write) -> String {
     // Merging: a part of a newer sample keeps the metrics it lacks, and a part of the
     // same sample fills them.
-    let (set, newer) = match mode {
-        Write::Append => ("{c} = EXCLUDED.{c}", "<"),
-        Write::Merge => ("{c} = COALESCE(EXCLUDED.{c}, {t}.{c})", "<="),
+    let (value, newer) = match mode {
+        Write::Append => ("EXCLUDED.{c}", "<"),
+        Write::Merge => ("COALESCE(EXCLUDED.{c}, {t}.{c})", "<="),
     };
-    let set_of = |t: &str, c: &str| set.replace("{t}", t).replace("{c}", c);
+    let value_of = |t: &str, c: &str| value.replace("{t}", t).replace("{c}", c);
     let host: Vec<&Metric> = HOST_METRICS.iter().filter(|m| m.latest).collect();
     let gpu: Vec<&Metric> = GPU_METRICS.iter().filter(|m| m.latest).collect();
     let mut n = 10;
@@ -266,44 +281,87 @@ fn upsert_host_sql(mode: Write) -> String {
     };
     let host_cols: Vec<&str> = host.iter().map(|m| m.name).collect();
     let host_params: Vec<String> = host.iter().map(|_| format!("${}", next())).collect();
-    let host_set: Vec<String> = host_cols.iter().map(|c| set_of("host_latest", c)).collect();
+    let host_set: Vec<String> = host_cols
+        .iter()
+        .map(|c| format!("{c} = {}", value_of("host_latest", c)))
+        .collect();
     let (gi, gt) = (next(), next());
     let gpu_cols: Vec<&str> = gpu.iter().map(|m| m.name).collect();
     let gpu_arrays: Vec<String> = gpu
         .iter()
         .map(|m| format!("${}::{}[]", next(), pg_array_type(m.sql)))
         .collect();
-    // Each GPU's energy counter at the batch's first sample of the newest sample's day.
-    let gdf = next();
+    // Each GPU's energy counter, and its time, at the batch's first sample of the newest
+    // sample's day.
+    let (gdf, gdt) = (next(), next());
     let aliases: Vec<String> = (0..gpu.len()).map(|k| format!("c{k}")).collect();
     // The energy counter also starts the day's count (energy_day_start), below.
     let energy = gpu_cols.iter().position(|c| *c == "energy_joules_total");
+    // A GPU row takes a batch newer than it; an older one (a spool replayed after live
+    // samples, a back-fill) can only move back where its day's energy count starts.
+    let newer_gpu = format!("gpu_latest.ts {newer} EXCLUDED.ts");
     let gpu_set: Vec<String> = gpu_cols
         .iter()
         .filter(|c| **c != "energy_joules_total")
-        .map(|c| set_of("gpu_latest", c))
+        .map(|c| {
+            format!(
+                "{c} = CASE WHEN {newer_gpu} THEN {v} ELSE gpu_latest.{c} END",
+                v = value_of("gpu_latest", c)
+            )
+        })
         .collect();
-    let (day_col, day_val, day_set) = match energy {
+    // The day's start moves back to a sample of the same day from before it when the
+    // energy between the two fits under the most a GPU draws; otherwise a counter reset
+    // lies between them. `start` and `at` are the batch's first counter of the day and
+    // its time.
+    let earlier = |start: &str, at: &str| {
+        format!(
+            "rackwatch_utc_day({at}) = rackwatch_utc_day(gpu_latest.ts)
+                       AND {at} < gpu_latest.energy_day_ts AND {start} <= gpu_latest.energy_day_start
+                       AND gpu_latest.energy_day_start - {start}
+                           <= extract(epoch FROM gpu_latest.energy_day_ts - {at}) * {w}",
+            w = max_gpu_watts()
+        )
+    };
+    let moves_back = earlier("EXCLUDED.energy_day_start", "EXCLUDED.energy_day_ts");
+    // Where a stored GPU's day starts: its counter (k = 0), then its time (k = 1).
+    let day_case = |k: usize| {
+        let same = ["gpu_latest.energy_day_start", "gpu_latest.energy_day_ts"][k];
+        let new = ["EXCLUDED.energy_day_start", "EXCLUDED.energy_day_ts"][k];
+        let reset = [
+            "EXCLUDED.energy_joules_total - (gpu_latest.energy_joules_total - gpu_latest.energy_day_start)",
+            "gpu_latest.energy_day_ts",
+        ][k];
+        format!(
+            "CASE WHEN {newer_gpu} AND rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN {new}
+                  WHEN {newer_gpu} AND EXCLUDED.energy_joules_total IS NULL THEN {same}
+                  WHEN {newer_gpu} AND (gpu_latest.energy_day_start IS NULL OR gpu_latest.energy_joules_total IS NULL)
+                       THEN {new}
+                  WHEN {newer_gpu} AND EXCLUDED.energy_joules_total < gpu_latest.energy_joules_total THEN {reset}
+                  WHEN {moves_back} THEN {new}
+                  ELSE {same} END"
+        )
+    };
+    let (day_col, day_val, day_set, gpu_where) = match energy {
         Some(k) => (
-            ", energy_day_start",
-            format!(", COALESCE(g.df, g.c{k})"),
-            ",
+            ", energy_day_start, energy_day_ts",
+            format!(", COALESCE(g.df, g.c{k}), CASE WHEN g.df IS NULL THEN g.t ELSE g.dt END"),
+            format!(
+                ",
                -- A new UTC day starts counting at its first sample (in the batch, which
                -- may span midnight); within a day a counter that went backwards (driver
                -- reload) keeps what was counted.
-               energy_joules_total = CASE WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts)
-                  THEN EXCLUDED.energy_joules_total
+               energy_joules_total = CASE WHEN NOT ({newer_gpu}) THEN gpu_latest.energy_joules_total
+                  WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN EXCLUDED.energy_joules_total
                   ELSE COALESCE(EXCLUDED.energy_joules_total, gpu_latest.energy_joules_total) END,
-               energy_day_start = CASE
-                  WHEN rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN EXCLUDED.energy_day_start
-                  WHEN EXCLUDED.energy_joules_total IS NULL THEN gpu_latest.energy_day_start
-                  WHEN gpu_latest.energy_day_start IS NULL OR gpu_latest.energy_joules_total IS NULL
-                       THEN EXCLUDED.energy_day_start
-                  WHEN EXCLUDED.energy_joules_total < gpu_latest.energy_joules_total
-                       THEN EXCLUDED.energy_joules_total - (gpu_latest.energy_joules_total - gpu_latest.energy_day_start)
-                  ELSE gpu_latest.energy_day_start END",
+               energy_day_start = {start},
+               energy_day_ts = {start_ts}",
+                start = day_case(0),
+                start_ts = day_case(1),
+            ),
+            format!("{newer_gpu} OR ({moves_back})"),
         ),
-        None => ("", String::new(), ""),
+        None => ("", String::new(), String::new(), newer_gpu.clone()),
     };
     format!(
         "WITH h AS (
@@ -335,9 +393,9 @@ fn upsert_host_sql(mode: Write) -> String {
              WHERE host_latest.ts {newer} EXCLUDED.ts
          ), gpu_latest_up AS (
             INSERT INTO gpu_latest (host_id, gpu_index, ts, {gc}{day_col})
-            SELECT h.id, g.i, g.t, {gal}{day_val} FROM h, UNNEST(${gi}::int2[], ${gt}::timestamptz[], {ga}, ${gdf}::float8[]) AS g(i, t, {al}, df)
-            ON CONFLICT (host_id, gpu_index) DO UPDATE SET ts = EXCLUDED.ts, {gs}{day_set}
-             WHERE gpu_latest.ts {newer} EXCLUDED.ts
+            SELECT h.id, g.i, g.t, {gal}{day_val} FROM h, UNNEST(${gi}::int2[], ${gt}::timestamptz[], {ga}, ${gdf}::float8[], ${gdt}::timestamptz[]) AS g(i, t, {al}, df, dt)
+            ON CONFLICT (host_id, gpu_index) DO UPDATE SET ts = GREATEST(gpu_latest.ts, EXCLUDED.ts), {gs}{day_set}
+             WHERE {gpu_where}
          )
          SELECT id FROM h",
         hc = host_cols.join(", "),
@@ -461,7 +519,8 @@ async fn upsert_host(
     for (i, m) in GPU_METRICS.iter().enumerate().filter(|(_, m)| m.latest) {
         q = bind_array(q, m, i, &gpus);
     }
-    q = q.bind(day_first_energy(b, &gpus));
+    let (day_energy, day_ts) = day_first_energy(b, &gpus);
+    q = q.bind(day_energy).bind(day_ts);
     q.fetch_one(&mut **tx).await
 }
 

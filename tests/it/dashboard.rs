@@ -1209,9 +1209,37 @@ async fn energy_since_midnight_survives_late_samples_and_counter_resets() {
     ]});
     assert_eq!(app.ingest(&e2, &across).await.status(), 200);
     assert_eq!(kwh().await, 2.5);
+    // Samples of today that arrive after later ones (a spool replayed after live samples,
+    // a back-fill) move today's start back to them, when the energy between fits what a
+    // GPU can draw (the late 2.0e6 J above, 7 MJ in 20 s, did not).
+    let e3 = app.token("e3").await;
+    let batch = |s: Vec<(DateTime<Utc>, f64)>| json!({"host": {"name": "e3"}, "gpu_samples":
+        s.into_iter().map(|(t, j)| gpu(t, j)).collect::<Vec<_>>()});
+    let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    let send3 = |s| {
+        let body = batch(s);
+        let (app, e3) = (&app, &e3);
+        async move {
+            let r = app.ingest(e3, &body).await;
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    send3(vec![(t[2], 7.0e6), (t[3], 7.36e6)]).await;
+    assert!(near(kwh().await, 2.6));
+    // 180 kJ a minute before: 3 kW.
+    let a = t[2] - chrono::Duration::seconds(60);
+    send3(vec![(a, 6.82e6)]).await;
+    assert!(near(kwh().await, 2.65), "{}", kwh().await);
+    // Yesterday's late sample starts nothing today.
+    send3(vec![(midnight - chrono::Duration::seconds(5), 1.0e6)]).await;
+    assert!(near(kwh().await, 2.65));
+    // A batch reaching both before today's start and past the stored sample.
+    let newest = Utc::now() - chrono::Duration::seconds(10);
+    send3(vec![(a - chrono::Duration::seconds(30), 6.73e6), (newest, 7.45e6)]).await;
+    assert!(near(kwh().await, 2.7), "{}", kwh().await);
     // The fleet page shows it.
     let cookie = app.login("ops", "correct horse").await;
     let (_, html) = app.page(&cookie, "/").await;
-    assert!(html.contains("<b>2.5 kWh</b>"), "{html}");
+    assert!(html.contains("<b>2.7 kWh</b>"), "{html}");
     app.stop().await;
 }
