@@ -1220,15 +1220,15 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
             );
         }
         TokenCmd::Revoke { id } => {
-            if db.store.revoke_token(id).await? {
+            if let Some(t) = db.store.revoke_token(id).await? {
                 audit(
                     db,
                     "token.revoked",
                     &format!("token {id}"),
-                    serde_json::json!({}),
+                    rackwatch::store::Store::revoked_details(&t),
                 )
                 .await?;
-                println!("token {id} revoked");
+                println!("token {id} ({}, {}) revoked", t.kind, t.host_name);
             } else {
                 anyhow::bail!("no active token with id {id}");
             }

@@ -638,9 +638,6 @@ pub fn json_reason(e: &serde_json::Error) -> String {
     format!("{head}, expected {plain}")
 }
 
-/// Host names, placement and labels: printable, bounded. HTML in them is allowed and
-/// escaped where shown; control characters are not.
-/// A host name as agents report it and tokens are bound to it.
 /// Characters a token's note may have (the admin form's `maxlength`).
 pub const TOKEN_NOTE_MAX: usize = 200;
 
@@ -658,8 +655,22 @@ pub fn token_note(note: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A host name as agents report it and tokens are bound to it: printable, bounded, no
+/// spaces, and not one of the scopes the token list shows for other kinds of token
+/// (`pool:…`, `write:…`). Other characters, HTML included, are allowed and escaped where
+/// shown.
 pub fn host_name(name: &str) -> Result<(), String> {
-    check_text("host.name", name, 1, 253)
+    check_text("host.name", name, 1, 253)?;
+    if name.chars().any(char::is_whitespace) {
+        return Err(format!("host.name {} holds a space", quoted(name)));
+    }
+    if let Some(p) = ["pool:", "write:"].iter().find(|p| name.starts_with(**p)) {
+        return Err(format!(
+            "host.name {} starts with {p}, which names other kinds of token",
+            quoted(name)
+        ));
+    }
+    Ok(())
 }
 
 /// A pool name a scheduler token is scoped to (a pool with no name is no pool).
@@ -881,6 +892,24 @@ mod tests {
             max_future: Duration::seconds(300),
             max_items: 100_000,
         }
+    }
+
+    #[test]
+    fn host_names_are_printable_without_spaces_or_other_tokens_scopes() {
+        for ok in ["gpu-17", "node-01.fra1.example.net", "ünï-host", "<b>x</b>", "a_b"] {
+            assert_eq!(host_name(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "must not be empty"),
+            ("host with space", "holds a space"),
+            ("tab\there", "control characters"),
+            ("pool:train-a", "starts with pool:"),
+            ("write:site:fra1", "starts with write:"),
+        ] {
+            let e = host_name(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(host_name(&"h".repeat(254)).is_err());
     }
 
     #[test]

@@ -224,16 +224,29 @@ impl Store {
             Some(old) => {
                 self.audit(Entry::ok(actor, "user.password_reset", name).from(source))
                     .await?;
-                if old != role {
-                    self.audit(
-                        Entry::ok(actor, "user.role_changed", name)
-                            .from(source)
-                            .details(serde_json::json!({ "from": old, "to": role })),
-                    )
-                    .await?;
-                }
-                Ok(())
+                self.audit_role_changed(actor, source, name, &old, role)
+                    .await
             }
         }
+    }
+
+    /// `user.role_changed`, when `old` is not `role`.
+    pub async fn audit_role_changed(
+        &self,
+        actor: &str,
+        source: Option<std::net::IpAddr>,
+        name: &str,
+        old: &str,
+        role: &str,
+    ) -> Result<(), sqlx::Error> {
+        if old == role {
+            return Ok(());
+        }
+        self.audit(
+            Entry::ok(actor, "user.role_changed", name)
+                .from(source)
+                .details(serde_json::json!({ "from": old, "to": role })),
+        )
+        .await
     }
 }

@@ -170,9 +170,29 @@ pub fn check_user_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "user name {name:?} must be 1–64 characters of letters, digits, _ . - @"
+            "user name {name:?} must be 1–64 characters of ASCII letters, digits, _ . - @"
         ))
     }
+}
+
+/// The only admin stays an admin: a fleet with no admin cannot add users or mint tokens
+/// from the dashboard. Locked, so two demotions at once cannot both pass.
+async fn keep_an_admin(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+    role: Role,
+) -> anyhow::Result<()> {
+    if role == Role::Admin {
+        return Ok(());
+    }
+    let admins: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM users WHERE role = 'admin' ORDER BY name FOR UPDATE")
+            .fetch_all(&mut **tx)
+            .await?;
+    if admins.len() == 1 && admins[0] == name {
+        anyhow::bail!("{name} is the only admin: make another user admin first");
+    }
+    Ok(())
 }
 
 impl Store {
@@ -204,18 +224,7 @@ impl Store {
         if let Some(t) = twin {
             anyhow::bail!("a user named {t:?} exists: names may not differ only in case");
         }
-        // The only admin stays an admin: a fleet with no admin cannot add users or mint
-        // tokens from the dashboard. Locked, so two demotions at once cannot both pass.
-        if role != Role::Admin {
-            let admins: Vec<String> = sqlx::query_scalar(
-                "SELECT name FROM users WHERE role = 'admin' ORDER BY name FOR UPDATE",
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            if admins.len() == 1 && admins[0] == name {
-                anyhow::bail!("{name} is the only admin: make another user admin first");
-            }
-        }
+        keep_an_admin(&mut tx, name, role).await?;
         let id: i64 = sqlx::query_scalar!(
             "INSERT INTO users (name, role, password_hash) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash
@@ -231,6 +240,32 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Change an existing user's role and keep their password (the admin form without a
+    /// password). A change ends their sessions. `None`: no user of that name; else the
+    /// role they had.
+    pub async fn change_role(&self, name: &str, role: Role) -> anyhow::Result<Option<String>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(old) = sqlx::query_scalar!("SELECT role FROM users WHERE name = $1 FOR UPDATE", name)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if old != role.as_str() {
+            keep_an_admin(&mut tx, name, role).await?;
+            sqlx::query!(
+                "WITH u AS (UPDATE users SET role = $2 WHERE name = $1 RETURNING id)
+                 DELETE FROM sessions WHERE user_id IN (SELECT id FROM u)",
+                name,
+                role.as_str()
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(old))
     }
 
     /// Set a user's role. A change ends the user's sessions; returns whether it changed.
@@ -654,8 +689,9 @@ impl Store {
         .await
     }
 
-    /// Revoke a token by id.
-    pub async fn revoke_token(&self, id: i64) -> Result<bool, sqlx::Error> {
+    /// Revoke a token by id; `None` when no live token has it, else the token as listed
+    /// (its kind and scope, for the audit trail).
+    pub async fn revoke_token(&self, id: i64) -> Result<Option<TokenInfo>, sqlx::Error> {
         self.cache.tokens.lock().expect("token cache").clear();
         let r = sqlx::query!(
             "UPDATE agent_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
@@ -667,7 +703,15 @@ impl Store {
             == 1;
         // Clear again: a lookup racing the UPDATE may have cached the token.
         self.cache.tokens.lock().expect("token cache").clear();
-        Ok(r)
+        if !r {
+            return Ok(None);
+        }
+        Ok(self.list_tokens().await?.into_iter().find(|t| t.id == id))
+    }
+
+    /// The details of a `token.revoked` audit row: the token's kind and scope.
+    pub fn revoked_details(t: &TokenInfo) -> serde_json::Value {
+        serde_json::json!({ "kind": t.kind, "scope": t.host_name })
     }
 
     /// The audit trail's target for a host taken out: `host gpu-17 (1 agent token revoked)`.

@@ -98,8 +98,16 @@ pub enum Role {
 impl Database {
     /// Connect to `database.url`, or start the managed cluster when it is empty; then
     /// run migrations and create partitions.
+    ///
+    /// A command on an existing database ([`Role::Existing`]) changes no schema: run with
+    /// a newer binary than the server's, it would migrate the schema under that server.
+    /// It checks that the schema is the one it knows instead.
     pub async fn open(cfg: &Config, role: Role) -> anyhow::Result<Database> {
         let db = Self::open_bare(cfg, role).await?;
+        if role == Role::Existing {
+            db.store.check_schema().await?;
+            return Ok(db);
+        }
         db.store.migrate().await?;
         if cfg.database.distributed {
             let d = citus::distribute(&db.store.pool).await?;
@@ -350,6 +358,42 @@ impl Store {
                 )
             }
             Err(e) => Err(e).context("running database migrations"),
+        }
+    }
+
+    /// Whether the schema is the one this binary's migrations make, said in words with
+    /// what to do when it is not.
+    pub async fn check_schema(&self) -> anyhow::Result<()> {
+        let ours = sqlx::migrate!("./migrations")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let table = sqlx::query_scalar!("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS \"found!\"")
+            .fetch_one(&self.pool)
+            .await?;
+        let theirs = if table {
+            sqlx::query_scalar!("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?
+        } else {
+            None
+        };
+        match theirs {
+            None => anyhow::bail!(
+                "this database has no Rackwatch schema yet: start the server on it first \
+                 (`rackwatch serve`, which migrates it), or run `rackwatch migrate`"
+            ),
+            Some(v) if v < ours => anyhow::bail!(
+                "this database's schema is at migration {v} and this rackwatch needs {ours}: \
+                 upgrade the server first (it migrates the schema when it starts), or run \
+                 `rackwatch migrate`; this command does not change the schema under a running server"
+            ),
+            Some(v) if v > ours => anyhow::bail!(
+                "this database was migrated by a newer Rackwatch (its schema has migration {v}; \
+                 this binary knows up to {ours}): run that version or newer"
+            ),
+            Some(_) => Ok(()),
         }
     }
 

@@ -473,6 +473,21 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
             return refuse(e);
         }
     }
+    // A user without a pool token is held to the operator role here, so that a refusal
+    // is in the audit trail as any other; the handler answers the token cases.
+    if row.access == Access::PoolTokenOrOperator && super::ingest::bearer(&parts.headers).is_none() {
+        match auth::resolve(&parts, &st).await {
+            Ok(Some(u)) => {
+                if let Err(e) = auth::require(&u, Role::Operator) {
+                    audit_refusal(&st, &parts, &u, Role::Operator).await;
+                    return refuse(e);
+                }
+                parts.extensions.insert(Resolved(u));
+            }
+            Ok(None) => {}
+            Err(e) => return refuse(e),
+        }
+    }
     let Access::User(role) = row.access else {
         return next.run(Request::from_parts(parts, body)).await;
     };

@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -63,6 +63,8 @@ pub struct AdminPage {
 /// was sent, and what was typed in it (never a password).
 #[derive(Default)]
 pub struct AdminForms {
+    /// What a deletion or revocation did, at the top of the page.
+    pub notice: Option<String>,
     pub user_message: Option<String>,
     pub user_error: Option<String>,
     pub user_name: String,
@@ -211,12 +213,29 @@ pub async fn create_user(
     let existed = before.is_some();
     let outcome = match f.role.parse::<Role>() {
         Err(e) => Err(e),
+        // An existing user without a password: their role changes, their password stays.
+        Ok(role) if existed && f.password.is_empty() => {
+            match st.store.change_role(&f.name, role).await {
+                Ok(Some(old)) => {
+                    st.store
+                        .audit_role_changed(&user.name, ip, &f.name, &old, role.as_str())
+                        .await?;
+                    Ok(Some(old))
+                }
+                Ok(None) => Err(format!("no user named {:?} any more", f.name)),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }
+        Ok(_) if f.password.is_empty() => Err(format!(
+            "{:?} is a new user: give a password of at least 8 characters",
+            f.name
+        )),
         Ok(role) => match st.store.upsert_user(&f.name, role, &f.password).await {
             Ok(()) => {
                 st.store
                     .audit_user_saved(&user.name, ip, &f.name, before, role)
                     .await?;
-                Ok(())
+                Ok(None)
             }
             Err(e) => Err(format!("{e:#}")),
         },
@@ -227,7 +246,22 @@ pub async fn create_user(
         ..Default::default()
     };
     let status = match outcome {
-        Ok(()) => {
+        Ok(Some(old)) => {
+            forms.user_message = Some(if old == f.role {
+                format!(
+                    "User {} already is {old}; nothing changed (give a password to reset theirs).",
+                    f.name
+                )
+            } else {
+                format!(
+                    "User {} is now {} (was {old}); password unchanged; their sessions ended (they log in again).",
+                    f.name, f.role
+                )
+            });
+            forms.user_name.clear();
+            StatusCode::OK
+        }
+        Ok(None) => {
             forms.user_message = Some(if existed {
                 format!(
                     "User {} updated: role {}, new password; their sessions ended (they log in again).",
@@ -283,11 +317,13 @@ pub async fn delete_user(
     PageUser(user): PageUser,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    csrf: Csrf,
+    Path(id): Path<String>,
     PageForm(f): PageForm<CsrfOnly>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
+    let id = path_id("user", &id)?;
     if id == user.id {
         let why = "you cannot delete yourself; ask another admin";
         audit_admin_refusal(&st, &user.name, ip, "user.deleted", &user.name, why).await;
@@ -306,7 +342,17 @@ pub async fn delete_user(
     st.store
         .audit(Entry::ok(&user.name, "user.deleted", &name).from(ip))
         .await?;
-    Ok(Redirect::to("/admin").into_response())
+    let forms = AdminForms {
+        notice: Some(format!("User {name} deleted; their sessions ended.")),
+        ..Default::default()
+    };
+    Ok(render(&page_with(&st, Nav::new(&user, csrf, "admin"), None, forms).await?))
+}
+
+/// A numeric id from the path, or a clear 400 (`/admin/users/abc/delete`).
+fn path_id(what: &str, id: &str) -> Result<i64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{what} id {id:?} is not a number: the path takes the id the admin page lists")))
 }
 
 #[derive(Deserialize)]
@@ -376,20 +422,33 @@ pub async fn revoke_token(
     PageUser(user): PageUser,
     ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    csrf: Csrf,
+    Path(id): Path<String>,
     PageForm(f): PageForm<CsrfOnly>,
 ) -> Result<Response, PageError> {
     require(&user, Role::Admin)?;
     verify_csrf(&headers, &f.csrf)?;
-    if !st.store.revoke_token(id).await? {
+    let id = path_id("token", &id)?;
+    let Some(t) = st.store.revoke_token(id).await? else {
         return Err(
             ApiError::NotFound(format!("no live token with id {id} (already revoked?)")).into(),
         );
-    }
+    };
     st.store
-        .audit(Entry::ok(&user.name, "token.revoked", &format!("token {id}")).from(ip))
+        .audit(
+            Entry::ok(&user.name, "token.revoked", &format!("token {id}"))
+                .from(ip)
+                .details(crate::store::Store::revoked_details(&t)),
+        )
         .await?;
-    Ok(Redirect::to("/admin").into_response())
+    let forms = AdminForms {
+        notice: Some(format!(
+            "Token {id} ({}, {}) revoked: whatever sends with it is refused from now on (on other server replicas within a minute).",
+            t.kind, t.host_name
+        )),
+        ..Default::default()
+    };
+    Ok(render(&page_with(&st, Nav::new(&user, csrf, "admin"), None, forms).await?))
 }
 
 /// Users (admins only).

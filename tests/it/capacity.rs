@@ -1113,6 +1113,12 @@ async fn bad_capacity_input_gets_a_clear_error() {
         )
         .await;
     assert_eq!(r.status(), 403);
+    // Refused as any change the role does not allow: in the audit trail.
+    let refused = app.wait_audit("access.refused", 1).await;
+    assert_eq!(
+        (refused[0].actor.as_str(), refused[0].target.as_str()),
+        ("v", "POST /api/v1/pools/p1/demand")
+    );
     // Unknown pools on the page and the API.
     let (status, html) = app.page(&cookie, "/capacity/pools/nope").await;
     assert_eq!(status, 404);

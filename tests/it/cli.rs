@@ -194,7 +194,7 @@ async fn token_create_and_user_add_work_against_the_database() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(app.store.revoke_token(id).await.unwrap());
+    assert!(app.store.revoke_token(id).await.unwrap().is_some());
     let url = app.db_url.clone();
     let (live, all) = tokio::task::spawn_blocking(move || {
         (
@@ -366,6 +366,60 @@ async fn token_create_and_user_add_work_against_the_database() {
         "{out}"
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn commands_on_an_existing_database_never_change_its_schema() {
+    use sqlx::Connection;
+    // A schema one migration behind this binary: a server not yet upgraded, and an admin
+    // running the new binary's commands against its database.
+    let url = crate::support::fresh_database().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let ours: i64 = sqlx::query_scalar(
+        "DELETE FROM _sqlx_migrations WHERE version = (SELECT max(version) FROM _sqlx_migrations) RETURNING version",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let theirs: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    for cmd in [
+        &["user", "list"][..],
+        &["host", "list"],
+        &["capacity", "plan"],
+        &["token", "create", "--host", "h1"],
+    ] {
+        let u = url.clone();
+        let (ok, out, err) = tokio::task::spawn_blocking(move || rackwatch(&u, cmd, ""))
+            .await
+            .unwrap();
+        assert!(!ok, "{cmd:?}: {out}");
+        assert!(
+            err.contains(&format!(
+                "schema is at migration {theirs} and this rackwatch needs {ours}"
+            )) && err.contains("rackwatch migrate"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let after: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(after, theirs, "a command migrated the schema");
+    // No schema at all: the same words name what makes one.
+    sqlx::query("DROP TABLE _sqlx_migrations")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let u = url.clone();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || rackwatch(&u, &["user", "list"], ""))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(err.contains("no Rackwatch schema yet"), "{err}");
+    conn.close().await.unwrap();
 }
 
 #[test]

@@ -441,7 +441,20 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 303);
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains(&format!(
+            "id=\"admin-notice\">Token {} (agent, node-a) revoked",
+            list[0].id
+        )),
+        "{html}"
+    );
+    let revoked = app.audit("token.revoked").await;
+    assert_eq!(
+        (&revoked[0].details["kind"], &revoked[0].details["scope"]),
+        (&json!("agent"), &json!("node-a"))
+    );
     assert_eq!(
         app.ingest(secret, &batch).await.status(),
         401,
@@ -493,7 +506,7 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
     assert!(
         at_form.contains("value=\"short\"")
             && at_form.contains("<option selected>viewer</option>")
-            && at_form.contains(r#"<input name="password" type="password" required minlength="8" autocomplete="new-password" autofocus>"#)
+            && at_form.contains(r#"<input name="password" type="password" minlength="8" autocomplete="new-password" aria-describedby="user-password-hint" autofocus>"#)
             && at_form.contains("id=\"user-error\">")
             && at_form.contains("at least 8 characters"),
         "{at_form}"
@@ -647,18 +660,64 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         .contains("User olga updated: role operator, new password"));
     let r = app.post_login("olga", "operator-pw").await;
     assert_eq!(r.status(), 303);
-    let olga = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap())
-        .find(|c| c.starts_with("rw_session="))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let olga = crate::support::session_cookie(&r);
     assert_eq!(app.page(&olga, "/").await.0, 200);
+    // Without a password, an existing user's role changes and their password stays; a
+    // new user needs one.
+    let post = |path: &'static str, form: Vec<(&'static str, &'static str)>| {
+        let (app, admin, token) = (&app, &admin, &token);
+        async move {
+            let mut form: Vec<(&str, &str)> = form;
+            form.push(("csrf", token.as_str()));
+            let r = app
+                .http
+                .post(format!("{}{path}", app.base))
+                .header("cookie", admin)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let save = |name: &'static str, role: &'static str| {
+        post(
+            "/admin/users",
+            vec![("name", name), ("role", role), ("password", "")],
+        )
+    };
+    let (status, html) = save("olga", "viewer").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("User olga is now viewer (was operator); password unchanged"),
+        "{html}"
+    );
+    assert_eq!(app.page(&olga, "/").await.0, 303, "a role change ends sessions");
+    let changed = app.audit("user.role_changed").await;
+    assert_eq!(
+        (&changed[0].details["from"], &changed[0].details["to"]),
+        (&json!("operator"), &json!("viewer"))
+    );
+    assert_eq!(app.audit("user.password_reset").await.len(), 1);
+    assert!(save("olga", "viewer")
+        .await
+        .1
+        .contains("User olga already is viewer; nothing changed"));
+    let (status, html) = save("nadia", "viewer").await;
+    assert_eq!(status, 422);
+    assert!(html.contains("is a new user: give a password"), "{html}");
+    let r = app.post_login("olga", "operator-pw").await;
+    assert_eq!(r.status(), 303, "olga's password stayed");
+    let olga = crate::support::session_cookie(&r);
+    assert_eq!(app.page(&olga, "/").await.0, 200);
+    // A path id that is no number says so.
+    let (status, html) = post("/admin/users/abc/delete", vec![]).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("user id &#34;abc&#34; is not a number"), "{html}");
+    // Another kind of token's scope is no host name.
+    let (status, html) = post("/admin/tokens", vec![("host", "pool:train-a")]).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("starts with pool:"), "{html}");
     let users: serde_json::Value = app
         .http
         .get(format!("{}/api/v1/admin/users", app.base))
@@ -684,7 +743,7 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
             .iter()
             .find(|u| u["name"] == "olga")
             .unwrap()["role"],
-        "operator"
+        "viewer"
     );
     let r = app
         .http
@@ -694,7 +753,12 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 303);
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("id=\"admin-notice\">User olga deleted; their sessions ended."));
     assert_eq!(
         app.page(&olga, "/").await.0,
         303,
@@ -804,20 +868,14 @@ impl TestApp {
             .unwrap();
         let r = self.post_login(user, "bob-password").await;
         assert_eq!(r.status(), 303);
-        r.headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .find(|c| c.starts_with("rw_session="))
-            .unwrap()
-            .to_string()
+        crate::support::session_set_cookie(&r)
     }
 }
 
 #[tokio::test]
 async fn hostile_names_are_escaped_on_every_page() {
     let app = TestApp::spawn().await;
-    let evil = "<script>alert('x')</script>\"><img src=x onerror=alert(1)>";
+    let evil = "<script>alert('x')</script>\"><img/src=x/onerror=alert(1)>";
     let site = "<b>s</b>";
     let rack = "r\"><svg onload=alert(2)>";
     let token = app.token(evil).await;

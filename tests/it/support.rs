@@ -365,16 +365,9 @@ impl TestApp {
         self.store.upsert_user(user, role, password).await.unwrap();
         let r = self.post_login(user, password).await;
         assert_eq!(r.status(), 303, "login should redirect");
-        let set = r
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .find(|c| c.starts_with("rw_session="))
-            .unwrap()
-            .to_string();
+        let set = session_set_cookie(&r);
         assert!(set.contains("HttpOnly"), "{set}");
-        set.split(';').next().unwrap().to_string()
+        session_cookie(&r)
     }
 
     /// The login form's CSRF cookie (`name=value`) and hidden-field token.
@@ -539,6 +532,22 @@ pub async fn stalled_upload(app: &TestApp, token: &str) -> tokio::net::TcpStream
     .await
     .unwrap();
     s
+}
+
+/// The session's `Set-Cookie` of a login answer, with its attributes.
+pub fn session_set_cookie(r: &reqwest::Response) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("rw_session="))
+        .expect("a session cookie")
+        .to_string()
+}
+
+/// The session cookie (`rw_session=…`) a login answer sets, as a `Cookie` header.
+pub fn session_cookie(r: &reqwest::Response) -> String {
+    session_set_cookie(r).split(';').next().unwrap().to_string()
 }
 
 pub fn recent(n: usize, step_secs: i64, secs_ago: i64) -> Vec<DateTime<Utc>> {
