@@ -2,9 +2,17 @@
 // Content-Security-Policy can forbid inline scripts). Pages work without it.
 // Show UTC timestamps in the viewer's time zone, named (pages say UTC without the
 // script); refresh while the tab is visible.
+// One format on every page, as the server writes dates: 2026-12-07 09:15:02 GMT+9.
+var stampParts = new Intl.DateTimeFormat('en-US', {year: 'numeric', month: '2-digit', day: '2-digit',
+  hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23', timeZoneName: 'short'});
+function stamp(d) {
+  var p = {};
+  stampParts.formatToParts(d).forEach(function (x) { p[x.type] = x.value; });
+  return p.year + '-' + p.month + '-' + p.day + ' ' + p.hour + ':' + p.minute + ':' + p.second + ' ' + p.timeZoneName;
+}
 document.querySelectorAll('time[datetime]').forEach(function (el) {
   var d = new Date(el.getAttribute('datetime'));
-  if (!isNaN(d)) { el.title = el.getAttribute('datetime'); el.textContent = d.toLocaleString([], {timeZoneName: 'short'}); }
+  if (!isNaN(d)) { el.title = el.getAttribute('datetime'); el.textContent = stamp(d); }
 });
 document.querySelectorAll('[data-utc][data-fmt]').forEach(function (el) {
   var d = new Date(el.getAttribute('data-utc'));

@@ -502,21 +502,43 @@ fn energy_axis(max_kwh: f64) -> (Vec<f64>, Vec<String>) {
     (ticks.iter().map(|v| v * per_unit).collect(), labels)
 }
 
+/// The stacked days, drawn twice as the dashboard's charts are: at the desktop width
+/// and as the phone twin (`svg.chart.phone`, shown instead below the stylesheets'
+/// phone width), each at about one unit a pixel so its labels read at the stylesheet's
+/// size.
 fn day_chart(r: &EnergyReport) -> String {
-    const W: f64 = 640.0;
+    let mut s = day_svg(r, 760.0, "chart");
+    s.push_str(&day_svg(r, 360.0, "chart phone"));
+    s.push_str("<p class=\"legend\">");
+    for (name, color, _) in &DAY_PARTS {
+        let _ = write!(
+            s,
+            r#"<span><i style="background:{color}"></i>{name}</span> "#
+        );
+    }
+    s.push_str("</p>");
+    s
+}
+
+type DayPart = (
+    &'static str,
+    &'static str,
+    fn(&super::energy::DayTotals) -> f64,
+);
+
+/// The stacks of a day's bar, bottom up: name, colour, kWh.
+const DAY_PARTS: [DayPart; 4] = [
+    ("GPU busy", "#0072B2", |d| d.gpu_busy_kwh),
+    ("GPU idle", "#D55E00", |d| d.gpu_idle_kwh),
+    ("Hosts", "#009E73", |d| d.host_kwh),
+    ("Facility overhead", "#999999", |d| d.overhead_kwh),
+];
+
+#[allow(non_snake_case)]
+fn day_svg(r: &EnergyReport, W: f64, class: &str) -> String {
     const H: f64 = 220.0;
     const B: f64 = 28.0;
-    type Part = (
-        &'static str,
-        &'static str,
-        fn(&super::energy::DayTotals) -> f64,
-    );
-    let parts: [Part; 4] = [
-        ("GPU busy", "#0072B2", |d| d.gpu_busy_kwh),
-        ("GPU idle", "#D55E00", |d| d.gpu_idle_kwh),
-        ("Hosts", "#009E73", |d| d.host_kwh),
-        ("Facility overhead", "#999999", |d| d.overhead_kwh),
-    ];
+    let parts = &DAY_PARTS;
     let max = r
         .days
         .iter()
@@ -532,7 +554,7 @@ fn day_chart(r: &EnergyReport) -> String {
     let L = (widest + 10.0).max(56.0).ceil();
     let max = ticks.last().copied().unwrap_or(1.0).max(1e-9);
     let mut s = format!(
-        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="Energy per day, stacked: GPU busy, GPU idle, hosts, facility overhead"><title>Energy per day</title>"#
+        r#"<svg class="{class}" viewBox="0 0 {W} {H}" role="img" aria-label="Energy per day, stacked: GPU busy, GPU idle, hosts, facility overhead"><title>Energy per day</title>"#
     );
     let plot_h = H - B - 10.0;
     for (v, label) in ticks.iter().zip(&labels) {
@@ -549,7 +571,7 @@ fn day_chart(r: &EnergyReport) -> String {
     for (i, d) in r.days.iter().enumerate() {
         let x = L + bw * i as f64 + bw * 0.15;
         let mut y = 10.0 + plot_h;
-        for (name, color, get) in &parts {
+        for (name, color, get) in parts {
             let v = get(d).max(0.0);
             let h = plot_h * v / max;
             y -= h;
@@ -560,22 +582,22 @@ fn day_chart(r: &EnergyReport) -> String {
                 d.date
             );
         }
+        // A phone's bar is too narrow for the date: the weekday names it (the bar's
+        // tooltip has the date).
+        let weekday = chrono::NaiveDate::parse_from_str(&d.date, "%Y-%m-%d")
+            .map(|day| day.format("%a").to_string());
+        let label = match weekday {
+            Ok(w) if W < 500.0 => w,
+            _ => d.date.get(5..).unwrap_or(&d.date).to_string(),
+        };
         let _ = write!(
             s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
             x + bw * 0.35,
             H - 10.0,
-            d.date.get(5..).unwrap_or(&d.date)
         );
     }
-    s.push_str("</svg><p class=\"legend\">");
-    for (name, color, _) in &parts {
-        let _ = write!(
-            s,
-            r#"<span><i style="background:{color}"></i>{name}</span> "#
-        );
-    }
-    s.push_str("</p>");
+    s.push_str("</svg>");
     s
 }
 

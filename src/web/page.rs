@@ -218,7 +218,7 @@ pub struct GpuCell {
     pub power: String,
     pub temp: String,
     pub clock: String,
-    /// Hot or throttling-prone (≥ 85 °C): outlined in the fleet table.
+    /// Hot or throttling-prone (≥ 85 °C): marked in the host's GPU table.
     pub hot: bool,
 }
 

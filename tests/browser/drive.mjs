@@ -73,7 +73,11 @@ try {
   // Times are shown in the viewer's zone (Asia/Tokyo, UTC+9), with its name.
   const shown = await page.locator('#events time').first().textContent();
   const iso = await page.locator('#events time').first().getAttribute('datetime');
-  const expected = new Date(iso).toLocaleString('en-US', { timeZone: 'Asia/Tokyo', timeZoneName: 'short' });
+  const p = {};
+  new Intl.DateTimeFormat('en-US', { timeZone: 'Asia/Tokyo', year: 'numeric', month: '2-digit', day: '2-digit',
+    hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23', timeZoneName: 'short' })
+    .formatToParts(new Date(iso)).forEach((x) => { p[x.type] = x.value; });
+  const expected = `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${p.timeZoneName}`;
   console.log('OK localtime ' + JSON.stringify({ iso, shown, tokyo: expected }));
   await page.screenshot({ path: out + '/gpu-1280.png', fullPage: true });
 

@@ -1370,11 +1370,11 @@ async fn report_commands_write_files_and_check_their_inputs() {
         .args(["report", "energy", "--week", "2026-W45", "--out"])
         .arg(&csv_out)
         .env("RACKWATCH_DATABASE__URL", &app.db_url)
-        .env("RACKWATCH_LOG", "info")
+        .env("RACKWATCH_LOG", "debug")
         .output()
         .unwrap();
     let logged = String::from_utf8_lossy(&logged.stderr);
-    assert!(logged.contains("INFO"), "{logged}");
+    assert!(logged.contains("DEBUG"), "{logged}");
     assert!(
         !logged.contains('\u{1b}'),
         "escape codes in piped logs: {logged:?}"
