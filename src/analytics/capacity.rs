@@ -1998,6 +1998,21 @@ impl Store {
         .await
     }
 
+    /// Pools with hosts in the fleet (seen in the last day) that the capacity job has not
+    /// yet recommended for, with their GPUs: a pool whose first hosts just reported. The
+    /// gauges show its installed GPUs at once, so an autoscaler's fallback to them holds
+    /// until the job's next run.
+    pub async fn pools_not_yet_recommended(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT h.pool, count(g.gpu_index) FROM hosts h LEFT JOIN gpus g ON g.host_id = h.id
+              WHERE h.pool <> '' AND h.removed_at IS NULL AND h.last_seen > now() - interval '1 day'
+                AND NOT EXISTS (SELECT 1 FROM capacity_recommendations r WHERE r.pool = h.pool)
+              GROUP BY h.pool ORDER BY h.pool",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// GPUs of a pool's hosts in the fleet; None when no host of the fleet is in it.
     pub async fn pool_gpus(&self, pool: &str) -> Result<Option<i64>, sqlx::Error> {
         let (hosts, gpus) = sqlx::query_as::<_, (i64, i64)>(

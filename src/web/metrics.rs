@@ -64,8 +64,9 @@ pub async fn metrics(
     State(st): State<AppState>,
     _r: super::auth::MetricsReader,
 ) -> Result<Response, ApiError> {
-    let (recs, agents, channels, alerts) = tokio::join!(
+    let (recs, new_pools, agents, channels, alerts) = tokio::join!(
         st.store.recommendations(None),
+        st.store.pools_not_yet_recommended(),
         st.store.agent_stats(),
         crate::alert::notify::channel_states(&st.store),
         st.store.alert_counts()
@@ -89,6 +90,7 @@ pub async fn metrics(
         pools: recs
             .map(|r| r.iter().map(super::capacity::autoscaler_view).collect())
             .unwrap_or_default(),
+        new_pools: new_pools.unwrap_or_default(),
         agents: agents.unwrap_or_default(),
         channels: channels.unwrap_or_default(),
         alerts: alerts.ok(),
@@ -128,6 +130,8 @@ struct Scraped {
     leader: bool,
     jobs: Vec<JobStatus>,
     pools: Vec<super::capacity::AutoscalerView>,
+    /// Pools the capacity job has not seen yet, with their GPUs: installed gauge only.
+    new_pools: Vec<(String, i64)>,
     agents: Vec<(String, serde_json::Value)>,
     channels: Vec<crate::alert::notify::ChannelState>,
     /// None when the count failed: the series are left out of this scrape.
@@ -323,7 +327,12 @@ impl Scraped {
             "GPUs installed in a pool (seen in the last day)",
             self.pools
                 .iter()
-                .map(|v| (pool(v), i64::from(v.installed_gpus))),
+                .map(|v| (pool(v), i64::from(v.installed_gpus)))
+                .chain(
+                    self.new_pools
+                        .iter()
+                        .map(|(p, gpus)| ([("pool", p.clone())], *gpus)),
+                ),
         )
     }
 

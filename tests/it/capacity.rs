@@ -799,6 +799,20 @@ async fn gauges_and_the_api_agree_with_the_page() {
             assert!((days_back - 28.0).abs() < 0.01, "{from}");
         }
     }
+    // A pool whose first host reports after the capacity job's run: its installed GPUs
+    // are a gauge at once (an autoscaler's fallback), its recommendations wait for the job.
+    let token = app.token("fresh-01").await;
+    let body = json!({"host": {"name": "fresh-01", "pool": "fresh"},
+        "gpus": [{"index": 0, "uuid": "GPU-f0"}, {"index": 1, "uuid": "GPU-f1"}],
+        "gpu_samples": [{"ts": recent(1, 1, 2)[0], "index": 0, "util_pct": 40.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("rackwatch_pool_installed_gpus{pool=\"fresh\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("rackwatch_pool_recommended_gpus{pool=\"fresh\""));
+    assert!(!metrics.contains("rackwatch_pool_demand_gpus{pool=\"fresh\""));
     app.stop().await;
 }
 
