@@ -159,6 +159,10 @@ fn verify_reusing(pw: &str, phc: &str, memory: &mut Vec<argon2::Block>) -> bool 
             == 0
 }
 
+/// The longest password a user may set: longer than any passphrase, and bounded so a
+/// password never costs more than a login form's worth of hashing.
+pub const MAX_PASSWORD_CHARS: usize = 1024;
+
 /// A syntactically acceptable user name.
 pub fn check_user_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -205,6 +209,13 @@ impl Store {
         }
         if password.trim().chars().count() < 8 {
             anyhow::bail!("password must be at least 8 characters besides spaces");
+        }
+        let n = password.chars().count();
+        if n > MAX_PASSWORD_CHARS {
+            anyhow::bail!("the password has {n} characters; at most {MAX_PASSWORD_CHARS}");
+        }
+        if password.trim().eq_ignore_ascii_case(name) {
+            anyhow::bail!("the password must not be the user name");
         }
         if name.eq_ignore_ascii_case(super::audit::SYSTEM) {
             anyhow::bail!(

@@ -498,7 +498,7 @@ pub async fn tokens(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// User name, `cli:USER` or `system` (exact; default: everyone).
+    /// User name (in any case), `cli:USER` or `system` (default: everyone).
     #[serde(default)]
     actor: String,
     /// E.g. `login`, `user.role_changed`, `token.created`, `silence.created` (exact;
@@ -518,7 +518,42 @@ pub struct AuditQuery {
 }
 
 impl AuditQuery {
+    /// `path` with this filter, from the row before `before` (None: the newest rows).
+    fn link(&self, path: &str, before: Option<i64>) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("actor", &self.actor),
+            ("action", &self.action),
+            ("since", &self.since),
+            ("until", &self.until),
+        ] {
+            if !v.trim().is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        if let Some(n) = self.limit {
+            q.append_pair("limit", &n.to_string());
+        }
+        if let Some(id) = before {
+            q.append_pair("before", &id.to_string());
+        }
+        format!("{path}?{}", q.finish())
+    }
+
+    /// A full page has a next one, maybe: rows older than its last, with the same filter.
+    fn older(&self, path: &str, rows: &[AuditRow], limit: i64) -> Option<String> {
+        match rows.last() {
+            Some(last) if rows.len() as i64 >= limit => Some(self.link(path, Some(last.id))),
+            _ => None,
+        }
+    }
+
     fn filter(&self, default_limit: i64) -> Result<Filter, ApiError> {
+        if let Some(b) = self.before.filter(|b| *b < 1) {
+            return Err(ApiError::BadRequest(format!(
+                "`before` is {b}: it takes a row's id (a positive number), the last `id` of the page before"
+            )));
+        }
         let time = |key: &str, v: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
             if v.trim().is_empty() {
                 return Ok(None);
@@ -562,6 +597,7 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "host.removed",
     "silence.created",
     "silence.expired",
+    "silence.cancelled",
     "alert.acknowledged",
     "alert.unacknowledged",
     "admin.refused",
@@ -617,32 +653,8 @@ pub async fn audit_page(
         Ok(f) => (st.store.audit_rows(&f).await?, None, f.limit),
         Err(e) => (Vec::new(), Some(e.to_string()), AUDIT_PAGE_ROWS),
     };
-    // The filter as a query string, for the links between pages.
-    let mut base = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in [
-        ("actor", &q.actor),
-        ("action", &q.action),
-        ("since", &q.since),
-        ("until", &q.until),
-    ] {
-        if !v.trim().is_empty() {
-            base.append_pair(k, v);
-        }
-    }
-    if let Some(n) = q.limit {
-        base.append_pair("limit", &n.to_string());
-    }
-    let base = base.finish();
-    let newest = format!("/admin/audit?{base}");
-    // A full page has a next one, maybe: rows older than its last, with the same filter.
-    let older = match rows.last() {
-        Some(last) if rows.len() as i64 >= limit => Some(format!(
-            "{newest}{}before={}",
-            if base.is_empty() { "" } else { "&" },
-            last.id
-        )),
-        _ => None,
-    };
+    let newest = q.link("/admin/audit", None);
+    let older = q.older("/admin/audit", &rows, limit);
     let rows = rows
         .into_iter()
         .map(|r| AuditView {
@@ -652,7 +664,11 @@ pub async fn audit_page(
             action: r.action,
             target: shortened(&r.target, 300),
             outcome: r.outcome,
-            details: shortened(&r.details.to_string(), 2000),
+            // No details (`{}`) show as none.
+            details: match &r.details {
+                serde_json::Value::Object(m) if m.is_empty() => String::new(),
+                d => shortened(&d.to_string(), 2000),
+            },
         })
         .collect();
     let status = if error.is_some() {
@@ -684,7 +700,9 @@ pub async fn audit_page(
     tag = "admin",
     params(AuditQuery),
     responses(
-        (status = 200, description = "Matching rows, newest first.", body = Vec<AuditRow>),
+        (status = 200, description = "Matching rows, newest first.", body = Vec<AuditRow>, headers(
+            ("Link" = String, description = "On a full answer (`limit` rows): `</api/v1/audit?…&before=…>; rel=\"next\"`, the older rows.")
+        )),
         (status = 400, description = "A bad parameter (e.g. a time that is not RFC 3339).", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Not an admin.", body = ErrorBody),
@@ -694,9 +712,15 @@ pub async fn audit_api(
     State(st): State<AppState>,
     ApiUser(u): ApiUser,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<Vec<AuditRow>>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&u, Role::Admin)?;
-    Ok(Json(st.store.audit_rows(&q.filter(500)?).await?))
+    let f = q.filter(500)?;
+    let rows = st.store.audit_rows(&f).await?;
+    let next = q.older("/api/v1/audit", &rows, f.limit);
+    Ok(super::params::with_next(
+        Json(rows).into_response(),
+        next.as_deref(),
+    ))
 }
 
 /// `s` cut to its first `max` characters, saying how long it was (the API has it whole).

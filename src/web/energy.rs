@@ -461,7 +461,8 @@ pub struct ReadingRejected {
     tag = "energy",
     request_body = Vec<FacilityReading>,
     responses(
-        (status = 200, description = "Stored and rejected counts.", body = ReadingsStored),
+        (status = 200, description = "Stored and rejected counts (some stored).", body = ReadingsStored),
+        (status = 422, description = "Every reading was rejected: the same body, nothing stored (a script's `curl -f` notices).", body = ReadingsStored),
         (status = 400, description = "Not a JSON array (a reading that does not decode is rejected by index, with the field, and the others are stored).", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Needs the operator role.", body = ErrorBody),
@@ -475,7 +476,8 @@ pub async fn readings(
     _q: super::params::ApiQuery<super::params::NoParams>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> Result<Json<ReadingsStored>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     require(&user, Role::Operator)?;
     // Each reading kept as its text: decoded from a parsed value, a field given twice
     // would keep its last value silently (`"site"` twice stored the reading for the second).
@@ -513,7 +515,12 @@ pub async fn readings(
     rejected.extend(refused.into_iter().map(|(i, why)| (index[i], why)));
     rejected.sort_by_key(|(i, _)| *i);
     let unknown_sites = inputs::sites_without_hosts(&st.store, &kept).await?;
-    Ok(Json(ReadingsStored {
+    let status = if stored == 0 && !rejected.is_empty() {
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        axum::http::StatusCode::OK
+    };
+    let body = ReadingsStored {
         stored,
         unknown_sites,
         rejected: rejected.len(),
@@ -522,7 +529,8 @@ pub async fn readings(
             .take(crate::model::validate::MAX_REJECTIONS_LISTED)
             .map(|(index, reason)| ReadingRejected { index, reason })
             .collect(),
-    }))
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 /// Readings one request may carry: a year of 15-minute readings of ten sites.

@@ -664,11 +664,11 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
     assert_eq!(app.page(&olga, "/").await.0, 200);
     // Without a password, an existing user's role changes and their password stays; a
     // new user needs one.
-    let post = |path: &'static str, form: Vec<(&'static str, &'static str)>| {
+    let post = |path: &'static str, form: Vec<(&'static str, String)>| {
         let (app, admin, token) = (&app, &admin, &token);
         async move {
-            let mut form: Vec<(&str, &str)> = form;
-            form.push(("csrf", token.as_str()));
+            let mut form = form;
+            form.push(("csrf", token.clone()));
             let r = app
                 .http
                 .post(format!("{}{path}", app.base))
@@ -683,7 +683,11 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
     let save = |name: &'static str, role: &'static str| {
         post(
             "/admin/users",
-            vec![("name", name), ("role", role), ("password", "")],
+            vec![
+                ("name", name.into()),
+                ("role", role.into()),
+                ("password", String::new()),
+            ],
         )
     };
     let (status, html) = save("olga", "viewer").await;
@@ -706,6 +710,20 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
     let (status, html) = save("nadia", "viewer").await;
     assert_eq!(status, 422);
     assert!(html.contains("is a new user: give a password"), "{html}");
+    let long = "p".repeat(1025);
+    for (password, why) in [
+        ("Patricia", "must not be the user name"),
+        (long.as_str(), "1025 characters; at most 1024"),
+    ] {
+        let form = vec![
+            ("name", "patricia".into()),
+            ("role", "viewer".into()),
+            ("password", password.into()),
+        ];
+        let (status, html) = post("/admin/users", form).await;
+        assert_eq!(status, 422);
+        assert!(html.contains(why), "{why}");
+    }
     let r = app.post_login("olga", "operator-pw").await;
     assert_eq!(r.status(), 303, "olga's password stayed");
     let olga = crate::support::session_cookie(&r);
@@ -715,7 +733,7 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
     assert_eq!(status, 400);
     assert!(html.contains("user id &#34;abc&#34; is not a number"), "{html}");
     // Another kind of token's scope is no host name.
-    let (status, html) = post("/admin/tokens", vec![("host", "pool:train-a")]).await;
+    let (status, html) = post("/admin/tokens", vec![("host", "pool:train-a".into())]).await;
     assert_eq!(status, 400);
     assert!(html.contains("starts with pool:"), "{html}");
     let users: serde_json::Value = app

@@ -901,14 +901,14 @@ async fn facility_meter_readings_make_the_pue_measured() {
             .unwrap();
     assert_eq!(fra1, 0);
     // Many bad readings: all counted, the first 1,000 explained (the answer stays small).
+    // Nothing stored: 422, so that a script's `curl -f` notices.
     let zeros = format!("[{}]", vec!["0"; 5000].join(","));
-    let resp: Value = app
+    let r = app
         .post_json_text(&admin, "/api/v1/facility/readings", zeros)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(resp["rejected"], 5000);
+        .await;
+    assert_eq!(r.status(), 422);
+    let resp: Value = r.json().await.unwrap();
+    assert_eq!((resp["stored"].as_u64(), resp["rejected"].as_u64()), (Some(0), Some(5000)));
     assert_eq!(resp["errors"].as_array().unwrap().len(), 1000);
     // Past the most readings one request takes: refused while it is read.
     let many = format!(

@@ -797,7 +797,7 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
     let r = app
         .http
         .get(format!(
-            "{}/api/v1/audit?actor=ada&action=token.created",
+            "{}/api/v1/audit?actor=ADA&action=token.created",
             app.base
         ))
         .header("cookie", &admin)
@@ -837,39 +837,46 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
         .await;
     assert_eq!(status, 400);
     assert!(html.contains("is before `since`"), "{html}");
-    // Paging: the API's `before` and the page's "Older rows" link walk the whole trail,
-    // each row once, newest first, with the filter kept.
-    let api = |q: String| {
+    // Paging: the API's next-page links (`before`) and the page's "Older rows" link walk
+    // the whole trail, each row once, newest first, with the filter kept.
+    let api = |path: String| {
         let (http, url, admin) = (
             app.http.clone(),
-            format!("{}/api/v1/audit?{q}", app.base),
+            format!("{}{path}", app.base),
             admin.clone(),
         );
         async move {
             let r = http.get(url).header("cookie", admin).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.json::<Vec<serde_json::Value>>().await.unwrap()
+            let status = r.status().as_u16();
+            let next = r.headers().get("link").map(|l| {
+                let l = l.to_str().unwrap();
+                assert!(l.ends_with(">; rel=\"next\""), "{l}");
+                l[1..l.find('>').unwrap()].to_string()
+            });
+            (status, next, r.json::<serde_json::Value>().await.unwrap())
         }
     };
-    let all: Vec<i64> = api(String::new())
-        .await
-        .iter()
-        .map(|r| r["id"].as_i64().unwrap())
-        .collect();
-    assert!(all.len() >= 5, "{all:?}");
-    let mut walked: Vec<i64> = Vec::new();
-    loop {
-        let q = match walked.last() {
-            Some(id) => format!("limit=2&before={id}"),
-            None => "limit=2".to_string(),
-        };
-        let page = api(q).await;
-        if page.is_empty() {
-            break;
-        }
-        walked.extend(page.iter().map(|r| r["id"].as_i64().unwrap()));
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (_, last, everything) = api("/api/v1/audit".into()).await;
+    let all = ids(&everything);
+    assert!(all.len() >= 5 && last.is_none(), "{all:?} {last:?}");
+    let (mut walked, mut next) = (Vec::new(), Some("/api/v1/audit?limit=2".to_string()));
+    while let Some(path) = next.take() {
+        let (status, link, page) = api(path).await;
+        assert_eq!(status, 200);
+        walked.extend(ids(&page));
+        next = link;
     }
     assert_eq!(walked, all);
+    let (status, _, e) = api("/api/v1/audit?before=-5".into()).await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("`before` is -5"), "{e}");
     let (mut url, mut shown, mut pages) = (Some("/admin/audit?limit=2".to_string()), 0, 0);
     while let Some(u) = url.take() {
         let (status, html) = app.page(&admin, &u).await;
