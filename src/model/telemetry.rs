@@ -227,6 +227,12 @@ impl Telemetry {
             errors: Family::default(),
             duration: histograms(|| Histogram::new(INGEST_BUCKETS.iter().copied())),
         };
+        // Every outcome's series from the start: a query by outcome reads 0, not nothing.
+        for outcome in std::iter::once(IngestOutcome::Ok)
+            .chain(IngestRefusal::ALL.into_iter().map(IngestOutcome::Refused))
+        {
+            drop(ingest.duration.get_or_create(&OutcomeLabel { outcome }));
+        }
         for reason in IngestRefusal::ALL {
             drop(ingest.errors.get_or_create(&ReasonLabel { reason }));
         }
@@ -450,6 +456,12 @@ mod tests {
         assert!(text.contains("rackwatch_ingest_errors_total{reason=\"unauthorized\"} 1\n"));
         // Every reason is there before it first happens.
         assert!(text.contains("rackwatch_ingest_errors_total{reason=\"rate_limited\"} 0\n"));
+        // And every outcome's latency.
+        assert!(
+            text.contains("rackwatch_ingest_request_duration_seconds_count{outcome=\"rate_limited\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("rackwatch_ingest_request_duration_seconds_count{outcome=\"ok\"} 0\n"));
         assert!(!text.contains("_total_total"), "{text}");
     }
 

@@ -427,9 +427,9 @@ pub fn view(report: &EnergyReport) -> ReportView {
             ),
         ),
         (
-            "Throttled".into(),
-            format!("{:.1} h power", t.power_throttled_hours),
-            format!("{:.1} h heat", t.thermal_throttled_hours),
+            "GPU-hours clocked down".into(),
+            format!("{} by power", grouped(t.power_throttled_hours, 1)),
+            format!("{} by heat", grouped(t.thermal_throttled_hours, 1)),
         ),
         (
             "Week over week".into(),

@@ -1056,7 +1056,9 @@ pub fn autoscaler_view(r: &PoolRecommendation) -> AutoscalerView {
     AutoscalerView {
         pool: r.pool.clone(),
         installed_gpus: r.installed_gpus,
-        demand_gpus: r.demand_now,
+        // Measured as single-precision sums: three decimals are all it holds, without
+        // the digits of the widening (14.905, not 14.904500961303711).
+        demand_gpus: r.demand_now.map(|v| (v * 1000.0).round() / 1000.0),
         recommended_1h: r.next_hour,
         recommended_7d: r.week_schedule.iter().copied().max(),
         schedule: r.week_schedule.clone(),

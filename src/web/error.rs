@@ -202,6 +202,12 @@ pub fn error_page(e: ApiError) -> Response {
         StatusCode::UNAUTHORIZED => "Log in needed",
         StatusCode::SERVICE_UNAVAILABLE => "Try again shortly",
         StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
+        StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported content type",
+        StatusCode::PAYLOAD_TOO_LARGE => "Too large",
+        StatusCode::REQUEST_TIMEOUT => "Request timed out",
+        StatusCode::CONFLICT => "Conflict",
+        StatusCode::UNPROCESSABLE_ENTITY => "Not accepted",
         _ => "Something went wrong",
     };
     let message = match &e {

@@ -457,7 +457,7 @@ async fn page(
             charts,
             shading: d.throttled.is_some(),
             throttle_note,
-            events: event_views(&d.events, &query),
+            events: event_views(&d.events, &query, false),
             alerts,
             alerts_hidden,
         };

@@ -485,7 +485,7 @@ async fn page(
                 .empty_if(d.host_series.is_empty() && d.gpu_series.is_empty()),
             charts,
             gpus,
-            events: event_views(&d.events, &query),
+            events: event_views(&d.events, &query, false),
 
             anomaly_note: anomaly_note(
                 &d.anomaly_models,

@@ -370,15 +370,19 @@ pub struct EventView {
     pub action: String,
 }
 
-pub fn event_views(events: &[ExplainedEvent], query: &str) -> Vec<EventView> {
+/// Events as rows; `with_host` names each one's host too (a rack's events, of several
+/// hosts).
+pub fn event_views(events: &[ExplainedEvent], query: &str, with_host: bool) -> Vec<EventView> {
     events
         .iter()
         .map(|e| EventView {
             ts: time_attr(e.ts),
-            gpu: e
-                .index
-                .map(|i| format!("GPU {i}"))
-                .unwrap_or_else(|| "host".into()),
+            gpu: match (with_host, e.index) {
+                (false, Some(i)) => format!("GPU {i}"),
+                (false, None) => "host".into(),
+                (true, Some(i)) => format!("{} / GPU {i}", e.host_name),
+                (true, None) => e.host_name.clone(),
+            },
             gpu_link: e
                 .index
                 .map(|i| format!("/hosts/{}/gpus/{i}?{query}", seg(&e.host_name)))

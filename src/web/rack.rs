@@ -293,7 +293,7 @@ async fn page(
                 .as_ref()
                 .map(|b| budget_chart(b, &d.power_hourly, now)),
             gpus_reporting: d.gpus.len(),
-            events: event_views(&d.events, &query),
+            events: event_views(&d.events, &query, true),
 
             heading: if rack.is_empty() {
                 "Hosts without a rack".into()

@@ -710,6 +710,7 @@ async fn gauges_and_the_api_agree_with_the_page() {
             assert!(metrics.contains(&line), "{line} not in\n{metrics}");
         }
         let demand = p["demand_gpus"].as_f64().unwrap();
+        assert_eq!((demand * 1000.0).round() / 1000.0, demand, "three decimals");
         let series = format!("rackwatch_pool_demand_gpus{{pool=\"{pool}\"}} ");
         let exposed: f64 = metrics
             .lines()
@@ -723,8 +724,11 @@ async fn gauges_and_the_api_agree_with_the_page() {
         assert!(card.contains(&format!("<dd>{h1} GPUs</dd>")), "{card}");
         assert!(card.contains(&format!("{d7} GPUs</dd>")), "{card}");
         assert!(card.contains(&format!("<dd>{inst} GPUs</dd>")), "{card}");
+        let out = runs_out(pool);
+        // Already run out: in the colour of a fault.
+        let class = if out == "already" { " class=\"error\"" } else { "" };
         assert!(
-            card.contains(&format!("<dt>Runs out</dt><dd>{}</dd>", runs_out(pool))),
+            card.contains(&format!("<dt>Runs out</dt><dd{class}>{out}</dd>")),
             "{card}"
         );
         // The pool's page draws its chart with the forecast-free plan lines.
