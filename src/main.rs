@@ -455,7 +455,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo(cfg, admin_password, !no_local_agent).await
         }
         Cmd::Backup { out } => {
-            let db = Database::open(&cfg, Role::Existing).await?;
+            // As the database is, whatever its schema: a backup is what one makes before
+            // an upgrade, with either binary.
+            let db = Database::open_bare(&cfg, Role::Existing).await?;
+            db.store.check_schema(true).await?;
             let done =
                 rackwatch::store::backup::backup(&cfg.database.managed_bin_dir, &db.url, &out)
                     .await;

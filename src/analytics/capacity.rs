@@ -2004,7 +2004,8 @@ impl Store {
     /// until the job's next run.
     pub async fn pools_not_yet_recommended(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         sqlx::query_as::<_, (String, i64)>(
-            "SELECT h.pool, count(g.gpu_index) FROM hosts h LEFT JOIN gpus g ON g.host_id = h.id
+            "SELECT h.pool, count(g.gpu_index) FROM hosts h
+                    LEFT JOIN gpus g ON g.host_id = h.id AND g.last_seen > now() - interval '1 day'
               WHERE h.pool <> '' AND h.removed_at IS NULL AND h.last_seen > now() - interval '1 day'
                 AND NOT EXISTS (SELECT 1 FROM capacity_recommendations r WHERE r.pool = h.pool)
               GROUP BY h.pool ORDER BY h.pool",

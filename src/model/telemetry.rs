@@ -458,10 +458,14 @@ mod tests {
         assert!(text.contains("rackwatch_ingest_errors_total{reason=\"rate_limited\"} 0\n"));
         // And every outcome's latency.
         assert!(
-            text.contains("rackwatch_ingest_request_duration_seconds_count{outcome=\"rate_limited\"} 0\n"),
+            text.contains(
+                "rackwatch_ingest_request_duration_seconds_count{outcome=\"rate_limited\"} 0\n"
+            ),
             "{text}"
         );
-        assert!(text.contains("rackwatch_ingest_request_duration_seconds_count{outcome=\"ok\"} 0\n"));
+        assert!(
+            text.contains("rackwatch_ingest_request_duration_seconds_count{outcome=\"ok\"} 0\n")
+        );
         assert!(!text.contains("_total_total"), "{text}");
     }
 

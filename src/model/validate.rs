@@ -896,7 +896,13 @@ mod tests {
 
     #[test]
     fn host_names_are_printable_without_spaces_or_other_tokens_scopes() {
-        for ok in ["gpu-17", "node-01.fra1.example.net", "ünï-host", "<b>x</b>", "a_b"] {
+        for ok in [
+            "gpu-17",
+            "node-01.fra1.example.net",
+            "ünï-host",
+            "<b>x</b>",
+            "a_b",
+        ] {
             assert_eq!(host_name(ok), Ok(()), "{ok}");
         }
         for (bad, why) in [

@@ -131,7 +131,7 @@ impl Store {
         sqlx::query_as!(
             AuditRow,
             "SELECT id, at, actor, source, action, target, outcome, details FROM audit_log \
-             WHERE ($1::text IS NULL OR actor = COALESCE((SELECT name FROM users WHERE lower(name) = lower($1)), $1)) \
+             WHERE ($1::text IS NULL OR actor = COALESCE((SELECT name FROM users WHERE lower(name) = lower($1) ORDER BY name = $1 DESC LIMIT 1), $1)) \
                AND ($2::text IS NULL OR action = $2) \
                AND ($3::timestamptz IS NULL OR at >= $3) AND ($4::timestamptz IS NULL OR at < $4) \
                AND ($6::bigint IS NULL OR (at, id) < (SELECT at, id FROM audit_log WHERE id = $6)) \

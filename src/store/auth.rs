@@ -258,14 +258,17 @@ impl Store {
     /// role they had.
     pub async fn change_role(&self, name: &str, role: Role) -> anyhow::Result<Option<String>> {
         let mut tx = self.pool.begin().await?;
-        let Some(old) = sqlx::query_scalar!("SELECT role FROM users WHERE name = $1 FOR UPDATE", name)
-            .fetch_optional(&mut *tx)
-            .await?
+        // The admins' rows first, then the user's, as every change of roles locks them:
+        // two demotions at once wait for each other instead of deadlocking.
+        keep_an_admin(&mut tx, name, role).await?;
+        let Some(old) =
+            sqlx::query_scalar!("SELECT role FROM users WHERE name = $1 FOR UPDATE", name)
+                .fetch_optional(&mut *tx)
+                .await?
         else {
             return Ok(None);
         };
         if old != role.as_str() {
-            keep_an_admin(&mut tx, name, role).await?;
             sqlx::query!(
                 "WITH u AS (UPDATE users SET role = $2 WHERE name = $1 RETURNING id)
                  DELETE FROM sessions WHERE user_id IN (SELECT id FROM u)",

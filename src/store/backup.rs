@@ -335,11 +335,7 @@ async fn check_schema_version(store: &Store) -> anyhow::Result<()> {
         .fetch_one(&store.pool)
         .await
         .context("the archive holds no Rackwatch schema (no _sqlx_migrations table)")?;
-    let ours = sqlx::migrate!("./migrations")
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0);
+    let ours = super::latest_migration();
     match restored {
         Some(v) if v > ours => bail!(
             "the archive's schema is at migration {v}, newer than this Rackwatch's {ours}; \

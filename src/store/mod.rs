@@ -105,7 +105,7 @@ impl Database {
     pub async fn open(cfg: &Config, role: Role) -> anyhow::Result<Database> {
         let db = Self::open_bare(cfg, role).await?;
         if role == Role::Existing {
-            db.store.check_schema().await?;
+            db.store.check_schema(false).await?;
             return Ok(db);
         }
         db.store.migrate().await?;
@@ -350,7 +350,7 @@ impl Store {
             Ok(()) => Ok(()),
             // A database a newer Rackwatch migrated: said in words, with what to do.
             Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
-                let ours = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+                let ours = latest_migration();
                 anyhow::bail!(
                     "this database was migrated by a newer Rackwatch (its schema has migration {v}; \
                      this binary knows up to {ours}): run that version or newer, or restore a \
@@ -363,15 +363,14 @@ impl Store {
 
     /// Whether the schema is the one this binary's migrations make, said in words with
     /// what to do when it is not.
-    pub async fn check_schema(&self) -> anyhow::Result<()> {
-        let ours = sqlx::migrate!("./migrations")
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0);
-        let table = sqlx::query_scalar!("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS \"found!\"")
-            .fetch_one(&self.pool)
-            .await?;
+    /// `older_ok`: a schema this binary's migrations would bring up to date is fine too
+    /// (a backup made before an upgrade).
+    pub async fn check_schema(&self, older_ok: bool) -> anyhow::Result<()> {
+        let ours = latest_migration();
+        let table =
+            sqlx::query_scalar!("SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS \"found!\"")
+                .fetch_one(&self.pool)
+                .await?;
         let theirs = if table {
             sqlx::query_scalar!("SELECT max(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&self.pool)
@@ -379,6 +378,9 @@ impl Store {
         } else {
             None
         };
+        if older_ok && theirs.is_none_or(|v| v <= ours) {
+            return Ok(());
+        }
         match theirs {
             None => anyhow::bail!(
                 "this database has no Rackwatch schema yet: start the server on it first \
@@ -547,4 +549,13 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// The newest migration this binary has.
+pub fn latest_migration() -> i64 {
+    sqlx::migrate!("./migrations")
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
 }

@@ -216,7 +216,10 @@ fn newest(b: &Batch) -> (Option<&HostSample>, Vec<&GpuSample>) {
 /// new day, or an earlier start than the stored one when it brings the day's earlier
 /// samples late. A batch can span midnight (an agent replaying an outage, the demo's
 /// back-fill): the newest sample's counter would leave the day's earlier energy out.
-fn day_first_energy(b: &Batch, newest: &[&GpuSample]) -> (Vec<Option<f64>>, Vec<Option<DateTime<Utc>>>) {
+fn day_first_energy(
+    b: &Batch,
+    newest: &[&GpuSample],
+) -> (Vec<Option<f64>>, Vec<Option<DateTime<Utc>>>) {
     let day = |t: DateTime<Utc>| t.date_naive();
     newest
         .iter()
@@ -328,9 +331,11 @@ fn upsert_host_sql(mode: Write) -> String {
     let day_case = |k: usize| {
         let same = ["gpu_latest.energy_day_start", "gpu_latest.energy_day_ts"][k];
         let new = ["EXCLUDED.energy_day_start", "EXCLUDED.energy_day_ts"][k];
+        // After a counter reset the start is computed, no sample's counter: no later
+        // sample can move it back (its time is forgotten).
         let reset = [
             "EXCLUDED.energy_joules_total - (gpu_latest.energy_joules_total - gpu_latest.energy_day_start)",
-            "gpu_latest.energy_day_ts",
+            "NULL",
         ][k];
         format!(
             "CASE WHEN {newer_gpu} AND rackwatch_utc_day(gpu_latest.ts) <> rackwatch_utc_day(EXCLUDED.ts) THEN {new}

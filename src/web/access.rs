@@ -475,7 +475,8 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
     }
     // A user without a pool token is held to the operator role here, so that a refusal
     // is in the audit trail as any other; the handler answers the token cases.
-    if row.access == Access::PoolTokenOrOperator && super::ingest::bearer(&parts.headers).is_none() {
+    if row.access == Access::PoolTokenOrOperator && super::ingest::bearer(&parts.headers).is_none()
+    {
         match auth::resolve(&parts, &st).await {
             Ok(Some(u)) => {
                 if let Err(e) = auth::require(&u, Role::Operator) {
@@ -483,6 +484,11 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
                     return refuse(e);
                 }
                 parts.extensions.insert(Resolved(u));
+            }
+            // Basic credentials that did not check out: refused here, once (the
+            // handler would check them again).
+            Ok(None) if super::ingest::auth_param(&parts.headers, "Basic").is_some() => {
+                return refuse(auth::unauthorized(&parts.headers))
             }
             Ok(None) => {}
             Err(e) => return refuse(e),

@@ -346,13 +346,18 @@ pub async fn delete_user(
         notice: Some(format!("User {name} deleted; their sessions ended.")),
         ..Default::default()
     };
-    Ok(render(&page_with(&st, Nav::new(&user, csrf, "admin"), None, forms).await?))
+    Ok(render(
+        &page_with(&st, Nav::new(&user, csrf, "admin"), None, forms).await?,
+    ))
 }
 
 /// A numeric id from the path, or a clear 400 (`/admin/users/abc/delete`).
 fn path_id(what: &str, id: &str) -> Result<i64, ApiError> {
-    id.parse()
-        .map_err(|_| ApiError::BadRequest(format!("{what} id {id:?} is not a number: the path takes the id the admin page lists")))
+    id.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "{what} id {id:?} is not a number: the path takes the id the admin page lists"
+        ))
+    })
 }
 
 #[derive(Deserialize)]
@@ -448,7 +453,9 @@ pub async fn revoke_token(
         )),
         ..Default::default()
     };
-    Ok(render(&page_with(&st, Nav::new(&user, csrf, "admin"), None, forms).await?))
+    Ok(render(
+        &page_with(&st, Nav::new(&user, csrf, "admin"), None, forms).await?,
+    ))
 }
 
 /// Users (admins only).

@@ -726,7 +726,11 @@ async fn gauges_and_the_api_agree_with_the_page() {
         assert!(card.contains(&format!("<dd>{inst} GPUs</dd>")), "{card}");
         let out = runs_out(pool);
         // Already run out: in the colour of a fault.
-        let class = if out == "already" { " class=\"error\"" } else { "" };
+        let class = if out == "already" {
+            " class=\"error\""
+        } else {
+            ""
+        };
         assert!(
             card.contains(&format!("<dt>Runs out</dt><dd{class}>{out}</dd>")),
             "{card}"
@@ -1137,6 +1141,20 @@ async fn bad_capacity_input_gets_a_clear_error() {
         (refused[0].actor.as_str(), refused[0].target.as_str()),
         ("v", "POST /api/v1/pools/p1/demand")
     );
+    // A wrong password is checked once: one refused login in the trail.
+    let logins = app.audit("login").await.len();
+    let r = app
+        .http
+        .post(format!("{}/api/v1/pools/p1/demand", app.base))
+        .basic_auth("op", Some("not-the-password"))
+        .json(&json!({"pending_gpus": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let after = app.audit("login").await;
+    assert_eq!(after.len(), logins + 1, "{after:?}");
+    assert_eq!(after[0].outcome, "refused");
     // Unknown pools on the page and the API.
     let (status, html) = app.page(&cookie, "/capacity/pools/nope").await;
     assert_eq!(status, 404);

@@ -403,6 +403,15 @@ async fn commands_on_an_existing_database_never_change_its_schema() {
             "{cmd:?}: {err}"
         );
     }
+    // A backup is what one makes before an upgrade: the older schema is backed up as is.
+    let dump = tempfile::tempdir().unwrap();
+    let out = dump.path().join("before-upgrade.dump");
+    let (u, o) = (url.clone(), out.to_string_lossy().into_owned());
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || rackwatch(&u, &["backup", "--out", &o], ""))
+            .await
+            .unwrap();
+    assert!(ok && out.exists(), "{err}");
     let after: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
         .fetch_one(&mut conn)
         .await

@@ -696,7 +696,11 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         html.contains("User olga is now viewer (was operator); password unchanged"),
         "{html}"
     );
-    assert_eq!(app.page(&olga, "/").await.0, 303, "a role change ends sessions");
+    assert_eq!(
+        app.page(&olga, "/").await.0,
+        303,
+        "a role change ends sessions"
+    );
     let changed = app.audit("user.role_changed").await;
     assert_eq!(
         (&changed[0].details["from"], &changed[0].details["to"]),
@@ -731,7 +735,10 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
     // A path id that is no number says so.
     let (status, html) = post("/admin/users/abc/delete", vec![]).await;
     assert_eq!(status, 400);
-    assert!(html.contains("user id &#34;abc&#34; is not a number"), "{html}");
+    assert!(
+        html.contains("user id &#34;abc&#34; is not a number"),
+        "{html}"
+    );
     // Another kind of token's scope is no host name.
     let (status, html) = post("/admin/tokens", vec![("host", "pool:train-a".into())]).await;
     assert_eq!(status, 400);
@@ -1289,8 +1296,10 @@ async fn energy_since_midnight_survives_late_samples_and_counter_resets() {
     // a back-fill) move today's start back to them, when the energy between fits what a
     // GPU can draw (the late 2.0e6 J above, 7 MJ in 20 s, did not).
     let e3 = app.token("e3").await;
-    let batch = |s: Vec<(DateTime<Utc>, f64)>| json!({"host": {"name": "e3"}, "gpu_samples":
-        s.into_iter().map(|(t, j)| gpu(t, j)).collect::<Vec<_>>()});
+    let batch = |s: Vec<(DateTime<Utc>, f64)>| {
+        json!({"host": {"name": "e3"}, "gpu_samples":
+        s.into_iter().map(|(t, j)| gpu(t, j)).collect::<Vec<_>>()})
+    };
     let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
     let send3 = |s| {
         let body = batch(s);
@@ -1311,7 +1320,11 @@ async fn energy_since_midnight_survives_late_samples_and_counter_resets() {
     assert!(near(kwh().await, 2.65));
     // A batch reaching both before today's start and past the stored sample.
     let newest = Utc::now() - chrono::Duration::seconds(10);
-    send3(vec![(a - chrono::Duration::seconds(30), 6.73e6), (newest, 7.45e6)]).await;
+    send3(vec![
+        (a - chrono::Duration::seconds(30), 6.73e6),
+        (newest, 7.45e6),
+    ])
+    .await;
     assert!(near(kwh().await, 2.7), "{}", kwh().await);
     // The fleet page shows it.
     let cookie = app.login("ops", "correct horse").await;

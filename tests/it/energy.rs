@@ -908,7 +908,10 @@ async fn facility_meter_readings_make_the_pue_measured() {
         .await;
     assert_eq!(r.status(), 422);
     let resp: Value = r.json().await.unwrap();
-    assert_eq!((resp["stored"].as_u64(), resp["rejected"].as_u64()), (Some(0), Some(5000)));
+    assert_eq!(
+        (resp["stored"].as_u64(), resp["rejected"].as_u64()),
+        (Some(0), Some(5000))
+    );
     assert_eq!(resp["errors"].as_array().unwrap().len(), 1000);
     // Past the most readings one request takes: refused while it is read.
     let many = format!(

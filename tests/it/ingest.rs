@@ -145,7 +145,12 @@ async fn tokens_are_scoped_to_their_host() {
     assert_eq!(r.status(), 401);
     // A revoked token stops working.
     let tokens = app.store.list_tokens().await.unwrap();
-    assert!(app.store.revoke_token(tokens[0].id).await.unwrap().is_some());
+    assert!(app
+        .store
+        .revoke_token(tokens[0].id)
+        .await
+        .unwrap()
+        .is_some());
     let body_a = json!({"host": {"name": "host-a"}});
     assert_eq!(app.ingest(&token, &body_a).await.status(), 401);
     assert_eq!(count(&app, "SELECT count(*) FROM host_samples").await, 0);

@@ -876,7 +876,10 @@ async fn each_action_leaves_one_audit_row_with_its_actor_and_target() {
     assert_eq!(walked, all);
     let (status, _, e) = api("/api/v1/audit?before=-5".into()).await;
     assert_eq!(status, 400);
-    assert!(e["error"].as_str().unwrap().contains("`before` is -5"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("`before` is -5"),
+        "{e}"
+    );
     let (mut url, mut shown, mut pages) = (Some("/admin/audit?limit=2".to_string()), 0, 0);
     while let Some(u) = url.take() {
         let (status, html) = app.page(&admin, &u).await;
