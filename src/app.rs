@@ -134,6 +134,12 @@ pub fn local_identity(cfg: &Config) -> HostInfo {
 /// The agent token from config (`agent.token` or `agent.token_file`).
 pub fn agent_token(cfg: &Config) -> anyhow::Result<String> {
     if !cfg.agent.token.is_empty() {
+        if !cfg.agent.token_file.is_empty() {
+            tracing::warn!(
+                token_file = cfg.agent.token_file,
+                "agent.token and agent.token_file are both set: agent.token is used, the file is not read"
+            );
+        }
         return Ok(cfg.agent.token.expose().to_string());
     }
     if !cfg.agent.token_file.is_empty() {

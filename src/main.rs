@@ -1073,12 +1073,22 @@ async fn audit(
 }
 
 async fn remove_host(db: &Database, name: &str) -> anyhow::Result<()> {
+    let heard = db.store.host_last_heard(name).await?;
     let Some(tokens) = db.store.remove_host(name, &cli_actor()).await? else {
         anyhow::bail!("no host {name:?} in the fleet (never reported, or already taken out)");
     };
     let target = rackwatch::store::Store::removed_host_target(name, tokens);
     audit(db, "host.removed", &target, serde_json::json!({})).await?;
     println!("{target} taken out of the fleet; an agent reporting for it again brings it back");
+    // Servers trust a token they looked up for up to a minute: an agent still running
+    // brings the host back within that minute, and then it stops reporting (an alert).
+    let ago = heard.map(|t| (chrono::Utc::now() - t).num_seconds());
+    if let Some(s) = ago.filter(|s| *s < 120) {
+        eprintln!(
+            "warning: {name} reported {s} s ago: its agent is still running; stop it, or the \
+             servers (which trust its token for up to a minute more) take the host back in"
+        );
+    }
     Ok(())
 }
 

@@ -195,6 +195,14 @@ impl NvmlSource {
                     nvml,
                 })
             }
+            // The kernel driver present without its library is a broken install, not a
+            // machine without GPUs: said loudly, since the host would look CPU-only.
+            Err(e) if std::path::Path::new("/proc/driver/nvidia").exists() => {
+                tracing::error!(
+                    "the NVIDIA kernel driver is loaded but NVML cannot be used ({e}): this host's GPUs are not monitored; install the driver's libnvidia-ml.so.1 (same version as the kernel module)"
+                );
+                None
+            }
             Err(e) => {
                 tracing::info!("no NVML on this machine ({e}); GPU metrics are skipped");
                 None

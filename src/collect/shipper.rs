@@ -278,6 +278,13 @@ impl Shipper {
         // A typo in `agent.server` / `--server` is refused at start instead of spooling every
         // batch while retrying a URL that can never work.
         check_base_url("agent.server", server).map_err(anyhow::Error::msg)?;
+        // A path is a reverse proxy's prefix; the API's own path is the usual slip.
+        if let Some(i) = server.find("/api/") {
+            anyhow::bail!(
+                "agent.server = {server:?}: give the server's base URL ({}), without the API's path; the agent adds /api/v1/ingest",
+                &server[..i]
+            );
+        }
         let client = client(tls)?
             .timeout(timeout)
             // Drop an idle connection well before the server does (it closes keep-alive
@@ -450,6 +457,10 @@ impl Shipper {
     }
 
     fn note_success(&mut self) {
+        // Once, so an installer sees that the host reports (the log is quiet after).
+        if self.delivered_total == 1 {
+            tracing::info!(url = self.url, "first batch delivered: this host reports");
+        }
         if let Some((lasted, attempts)) = self.retry_log.end() {
             tracing::info!(
                 failed_attempts = attempts,

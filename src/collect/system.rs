@@ -55,13 +55,18 @@ impl Source for SystemSource {
     }
 
     fn collect(&mut self, now: DateTime<Utc>, out: &mut Collected) {
-        let elapsed = self.last.elapsed().as_secs_f64().max(1e-3);
+        let since = self.last.elapsed();
+        let elapsed = since.as_secs_f64().max(1e-3);
         self.last = Instant::now();
         self.sys.refresh_cpu_usage();
         self.sys.refresh_memory();
+        // CPU use is the difference of two readings at least this far apart; closer (the
+        // first sample, taken as the agent starts) it would be the mean since boot.
+        let cpu = (since >= sysinfo::MINIMUM_CPU_UPDATE_INTERVAL)
+            .then(|| f64::from(self.sys.global_cpu_usage()).clamp(0.0, 100.0));
         let mut s = HostSample {
             ts: now,
-            cpu_util_pct: Some(f64::from(self.sys.global_cpu_usage()).clamp(0.0, 100.0)),
+            cpu_util_pct: cpu,
             load1: System::load_average().ok().map(|l| l.one),
             mem_used_bytes: Some(self.sys.used_memory()),
             mem_total_bytes: Some(self.sys.total_memory()),
@@ -200,6 +205,16 @@ fn read_u64(p: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_use_waits_for_two_readings_far_enough_apart() {
+        // Taken at once, as the agent starts: the mean since boot, not now; left out.
+        let mut src = SystemSource::new().unwrap();
+        let mut out = Collected::default();
+        src.collect(Utc::now(), &mut out);
+        assert_eq!(out.host_samples[0].cpu_util_pct, None);
+        assert!(out.host_samples[0].mem_used_bytes.is_some());
+    }
 
     #[test]
     fn reads_this_machine() {

@@ -728,6 +728,16 @@ impl Store {
         serde_json::json!({ "kind": t.kind, "scope": t.host_name })
     }
 
+    /// When a batch for the host last arrived (None: no such host, or none yet).
+    pub async fn host_last_heard(&self, name: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(
+            sqlx::query_scalar!("SELECT last_heard FROM hosts WHERE name = $1", name)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
     /// The audit trail's target for a host taken out: `host gpu-17 (1 agent token revoked)`.
     pub fn removed_host_target(name: &str, tokens: u64) -> String {
         let s = if tokens == 1 { "" } else { "s" };

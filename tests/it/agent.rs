@@ -224,6 +224,24 @@ impl Source for Panicking {
     }
 }
 
+/// The ingest URL itself given as `agent.server` (the usual slip) is refused at start,
+/// with the base URL to give instead; a reverse proxy's prefix is a base URL.
+#[test]
+fn the_api_path_in_the_server_url_is_refused_at_start() {
+    let spool_dir = tempfile::tempdir().unwrap();
+    let cfg = crate::support::test_config("postgres://unused@localhost/none");
+    let shipper = |url: &str| rackwatch::app::shipper(&cfg, url, "rwa_token", spool_dir.path());
+    let e = shipper("http://127.0.0.1:9/api/v1/ingest")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("give the server's base URL (http://127.0.0.1:9), without the API's path"),
+        "{e}"
+    );
+    assert!(shipper("http://127.0.0.1:9/rackwatch/").is_ok());
+}
+
 /// A collector that panics ends the agent with an error (the binary exits non-zero and
 /// systemd restarts it), after what it collected is spooled.
 #[tokio::test]

@@ -369,6 +369,26 @@ async fn token_create_and_user_add_work_against_the_database() {
 }
 
 #[tokio::test]
+async fn host_remove_warns_when_the_agent_still_reports() {
+    let app = TestApp::spawn().await;
+    let token = app.token("busy-1").await;
+    let batch = json!({"host": {"name": "busy-1"}, "host_samples": [{"ts": recent(1, 1, 2)[0], "cpu_util_pct": 3.0}]});
+    assert_eq!(app.ingest(&token, &batch).await.status(), 200);
+    let url = app.db_url.clone();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || rackwatch(&url, &["host", "remove", "busy-1"], ""))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("taken out of the fleet"), "{out}");
+    assert!(
+        err.contains("warning: busy-1 reported") && err.contains("its agent is still running"),
+        "{err}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn commands_on_an_existing_database_never_change_its_schema() {
     use sqlx::Connection;
     // A schema one migration behind this binary: a server not yet upgraded, and an admin
