@@ -333,6 +333,11 @@ async fn inventory_search_finds_gpus_by_uuid_model_and_driver() {
     assert!(!r07_gpu1.contains(r#"<a href="/hosts/gpu-node-8/gpus/0">"#));
     let (_, no_match) = app.page(&cookie, "/inventory?q=r07+r08").await;
     assert!(no_match.contains("0 hosts, 0 GPUs"), "{no_match}");
+    // Said in words, without an empty table.
+    assert!(
+        no_match.contains("id=\"inv-none\">Nothing matches") && !no_match.contains("<table"),
+        "{no_match}"
+    );
     // LIKE wildcards are searched for literally.
     let (_, none) = app.page(&cookie, "/inventory?q=%25").await;
     assert!(none.contains("0 hosts, 0 GPUs"));
