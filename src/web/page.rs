@@ -573,8 +573,9 @@ pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartVi
         axis,
         &ov,
     );
+    // The bands' blue (the palette's first colour at 30 %) over white, as drawn.
     view.legend
-        .push(("80 % / 95 % intervals".into(), "#9ca3af"));
+        .push(("80 % / 95 % intervals".into(), "#b3d5e8"));
     view.note = forecast_note(&f.model, f.backtest_mase);
     view
 }
