@@ -664,11 +664,29 @@ pub fn host_name(name: &str) -> Result<(), String> {
     if name.chars().any(char::is_whitespace) {
         return Err(format!("host.name {} holds a space", quoted(name)));
     }
-    if let Some(p) = ["pool:", "write:"].iter().find(|p| name.starts_with(**p)) {
+    // Invisible characters would let a name pass for another (`\u{200B}pool:a100`).
+    if let Some(c) = name.chars().find(|c| {
+        matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    }) {
+        return Err(format!(
+            "host.name {} holds the invisible character U+{:04X}",
+            quoted(name),
+            u32::from(c)
+        ));
+    }
+    let lower = name.to_lowercase();
+    if let Some(p) = ["pool:", "write:", "pool：", "write："]
+        .iter()
+        .find(|p| lower.starts_with(**p))
+    {
         return Err(format!(
             "host.name {} starts with {p}, which names other kinds of token",
             quoted(name)
         ));
+    }
+    // A path segment of its own: /hosts/.. would be the fleet page.
+    if name == "." || name == ".." {
+        return Err(format!("host.name {} is a path segment, not a name", quoted(name)));
     }
     Ok(())
 }
@@ -911,6 +929,13 @@ mod tests {
             ("tab\there", "control characters"),
             ("pool:train-a", "starts with pool:"),
             ("write:site:fra1", "starts with write:"),
+            ("Pool:a100", "starts with pool:"),
+            ("pool：a100", "starts with pool："),
+            ("\u{200B}pool:a100", "invisible character U+200B"),
+            ("ps-\u{2060}", "invisible character U+2060"),
+            ("\u{FEFF}write:site1", "invisible character U+FEFF"),
+            ("..", "a path segment"),
+            (".", "a path segment"),
         ] {
             let e = host_name(bad).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");
