@@ -1410,10 +1410,7 @@ async fn run() {
     let token = store.create_agent_token(HOST, "abuse bench").await.unwrap();
     let bad_agent_token = store.create_agent_token(HOST, "abuse bench").await.unwrap();
     let pool_token = store.create_pool_token(POOL, "abuse bench").await.unwrap();
-    let nested = Bytes::from(format!(
-        "[{}[0]]",
-        "[0],".repeat((MAX_BODY - 8) / 4 - 1)
-    ));
+    let nested = Bytes::from(format!("[{}[0]]", "[0],".repeat((MAX_BODY - 8) / 4 - 1)));
     assert!(nested.len() <= MAX_BODY);
     let ((bomb, inflated), bad_agent) =
         tokio::task::spawn_blocking(|| (make_bomb(), make_bad_agent()))

@@ -686,7 +686,10 @@ pub fn host_name(name: &str) -> Result<(), String> {
     }
     // A path segment of its own: /hosts/.. would be the fleet page.
     if name == "." || name == ".." {
-        return Err(format!("host.name {} is a path segment, not a name", quoted(name)));
+        return Err(format!(
+            "host.name {} is a path segment, not a name",
+            quoted(name)
+        ));
     }
     Ok(())
 }

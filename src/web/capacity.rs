@@ -363,30 +363,47 @@ fn gpu_hours(h: f64) -> String {
     }
 }
 
+/// Said after a baseline's cost that beat the recommender's on this pool's past: the
+/// evidence does not back the method there, and the reader should know.
+fn baseline_won(cost: f64, baseline_cost: f64) -> &'static str {
+    if baseline_cost < cost {
+        ", which did better here"
+    } else {
+        ""
+    }
+}
+
 fn evidence_text(e: &EvidenceView) -> String {
     let mut parts = Vec::new();
     if e.next_hour.hours > 0.0 {
         parts.push(format!(
-            "next-hour advice {:.3} over {:.0} days (slack {:.0} %, short {:.1} %, {} GPU-h unserved) against {:.3} for the {}",
+            "next-hour advice {:.3} over {:.0} days (slack {:.0} %, short {:.1} %, {} GPU-h unserved) against {:.3} for the {}{}",
             e.next_hour.cost,
             e.next_hour.hours / 24.0,
             e.next_hour.slack_pct,
             e.next_hour.shortage_pct,
             gpu_hours(e.next_hour.unserved_gpu_hours),
             e.next_hour.baseline_cost,
-            e.next_hour.baseline
+            e.next_hour.baseline,
+            baseline_won(e.next_hour.cost, e.next_hour.baseline_cost)
         ));
     }
     if e.week.hours > 0.0 {
         parts.push(format!(
-            "week plan {:.3} against {:.3} for {}",
-            e.week.cost, e.week.baseline_cost, e.week.baseline
+            "week plan {:.3} against {:.3} for {}{}",
+            e.week.cost,
+            e.week.baseline_cost,
+            e.week.baseline,
+            baseline_won(e.week.cost, e.week.baseline_cost)
         ));
     }
     if e.lead.hours > 0.0 {
         parts.push(format!(
-            "plan ahead {:.3} against {:.3} for {}",
-            e.lead.cost, e.lead.baseline_cost, e.lead.baseline
+            "plan ahead {:.3} against {:.3} for {}{}",
+            e.lead.cost,
+            e.lead.baseline_cost,
+            e.lead.baseline,
+            baseline_won(e.lead.cost, e.lead.baseline_cost)
         ));
     }
     if parts.is_empty() {
@@ -878,7 +895,12 @@ async fn pool_page(
                     b.shortage_pct,
                     gpu_hours(b.unserved_gpu_hours)
                 ),
-                format!("{:.3} ({})", b.baseline_cost, b.baseline),
+                format!(
+                    "{:.3} ({}{})",
+                    b.baseline_cost,
+                    b.baseline,
+                    baseline_won(b.cost, b.baseline_cost)
+                ),
             )
         };
         let hosts: Vec<PoolHostView> = d
@@ -1228,4 +1250,35 @@ async fn demand(
         ts,
         pending_gpus,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::capacity::BacktestView;
+
+    #[test]
+    fn evidence_says_when_the_baseline_did_better() {
+        let b = |cost: f64, baseline_cost: f64| BacktestView {
+            method: "quantile".into(),
+            cost,
+            hours: 240.0,
+            baseline: "VPA-style p95".into(),
+            baseline_cost,
+            ..Default::default()
+        };
+        let e = EvidenceView {
+            next_hour: b(0.130, 0.189),
+            week: b(0.330, 0.330),
+            lead: b(0.469, 0.468),
+        };
+        let text = evidence_text(&e);
+        assert!(
+            text.contains(
+                "plan ahead 0.469 against 0.468 for VPA-style p95, which did better here"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("did better").count(), 1, "{text}");
+    }
 }
