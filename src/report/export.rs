@@ -537,7 +537,11 @@ const DAY_PARTS: [DayPart; 4] = [
 #[allow(non_snake_case)]
 fn day_svg(r: &EnergyReport, W: f64, class: &str) -> String {
     const H: f64 = 220.0;
-    const B: f64 = 28.0;
+    // A phone's bar is too narrow for a date on one line: its weekday, and the day of the
+    // month under it.
+    let phone = W < 500.0;
+    #[allow(non_snake_case)]
+    let B: f64 = if phone { 44.0 } else { 28.0 };
     let parts = &DAY_PARTS;
     let max = r
         .days
@@ -582,20 +586,29 @@ fn day_svg(r: &EnergyReport, W: f64, class: &str) -> String {
                 d.date
             );
         }
-        // A phone's bar is too narrow for the date: the weekday names it (the bar's
-        // tooltip has the date).
-        let weekday = chrono::NaiveDate::parse_from_str(&d.date, "%Y-%m-%d")
-            .map(|day| day.format("%a").to_string());
-        let label = match weekday {
-            Ok(w) if W < 500.0 => w,
-            _ => d.date.get(5..).unwrap_or(&d.date).to_string(),
+        let cx = x + bw * 0.35;
+        let day = chrono::NaiveDate::parse_from_str(&d.date, "%Y-%m-%d").ok();
+        let md = d.date.get(5..).unwrap_or(&d.date);
+        let _ = match day {
+            Some(day) if phone => write!(
+                s,
+                r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{}<tspan x="{cx:.1}" dy="16">{}</tspan></text>"#,
+                H - 26.0,
+                day.format("%a"),
+                day.format("%-d")
+            ),
+            Some(day) => write!(
+                s,
+                r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{} {md}</text>"#,
+                H - 10.0,
+                day.format("%a")
+            ),
+            None => write!(
+                s,
+                r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{md}</text>"#,
+                H - 10.0
+            ),
         };
-        let _ = write!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
-            x + bw * 0.35,
-            H - 10.0,
-        );
     }
     s.push_str("</svg>");
     s

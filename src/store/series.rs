@@ -424,13 +424,15 @@ SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
         .await
     }
 
-    /// GPU energy since 00:00 UTC in joules, summed over the GPUs that reported today:
-    /// each GPU's energy counter minus its value at the first sample of the day, both
-    /// kept in `gpu_latest` by ingest (a counter reset does not lose what was counted).
+    /// GPU energy since 00:00 UTC in joules, summed over the fleet's GPUs that reported
+    /// today (hosts taken out are not the fleet's, as in its host and GPU counts): each
+    /// GPU's energy counter minus its value at the first sample of the day, both kept in
+    /// `gpu_latest` by ingest (a counter reset does not lose what was counted).
     pub async fn energy_today(&self, now: DateTime<Utc>) -> Result<f64, sqlx::Error> {
         let j: Option<f64> = sqlx::query_scalar!(
-            "SELECT sum(greatest(energy_joules_total - energy_day_start, 0)) FROM gpu_latest
-              WHERE rackwatch_utc_day(ts) = rackwatch_utc_day($1)",
+            "SELECT sum(greatest(l.energy_joules_total - l.energy_day_start, 0))
+               FROM gpu_latest l JOIN hosts h ON h.id = l.host_id
+              WHERE h.removed_at IS NULL AND rackwatch_utc_day(l.ts) = rackwatch_utc_day($1)",
             now,
         )
         .fetch_one(&self.pool)

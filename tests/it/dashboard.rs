@@ -1335,5 +1335,8 @@ async fn energy_since_midnight_survives_late_samples_and_counter_resets() {
     let cookie = app.login("ops", "correct horse").await;
     let (_, html) = app.page(&cookie, "/").await;
     assert!(html.contains("<b>2.7 kWh</b>"), "{html}");
+    // A host taken out is no longer the fleet's: its GPUs' energy leaves the figure.
+    app.store.remove_host("e3", "test").await.unwrap();
+    assert!(near(kwh().await, 2.5), "{}", kwh().await);
     app.stop().await;
 }
