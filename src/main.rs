@@ -1080,13 +1080,13 @@ async fn remove_host(db: &Database, name: &str) -> anyhow::Result<()> {
     let target = rackwatch::store::Store::removed_host_target(name, tokens);
     audit(db, "host.removed", &target, serde_json::json!({})).await?;
     println!("{target} taken out of the fleet; an agent reporting for it again brings it back");
-    // Servers trust a token they looked up for up to a minute: an agent still running
-    // brings the host back within that minute, and then it stops reporting (an alert).
+    // Its token is revoked, but a server that looked it up in the last minute still
+    // stores its batches (without bringing the host back) until it looks again.
     let ago = heard.map(|t| (chrono::Utc::now() - t).num_seconds());
     if let Some(s) = ago.filter(|s| *s < 120) {
         eprintln!(
-            "warning: {name} reported {s} s ago: its agent is still running; stop it, or the \
-             servers (which trust its token for up to a minute more) take the host back in"
+            "warning: {name} reported {s} s ago: its agent is still running; stop it (its \
+             token is revoked: its batches are refused within a minute and the host stays out)"
         );
     }
     Ok(())

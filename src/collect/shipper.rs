@@ -412,16 +412,24 @@ impl Shipper {
                 return Delivery::Retry { why, after: None };
             }
         };
+        // The whole answer is read (a batch with rejected samples lists each one); only
+        // log lines get the brief form.
+        if status.is_success() {
+            if let Ok(r) = serde_json::from_str::<IngestResponse>(&text) {
+                return Delivery::Delivered(r);
+            }
+        }
         let text = brief(&text);
         let retry = |why: String| Delivery::Retry { why, after };
         match status.as_u16() {
-            200..=299 => match serde_json::from_str::<IngestResponse>(&text) {
-                Ok(r) => Delivery::Delivered(r),
-                Err(e) => retry(format!("unexpected answer from server ({e}): {text}")),
-            },
+            200..=299 => retry(format!(
+                "unexpected answer from {} (not a Rackwatch ingest answer): {text}",
+                self.url
+            )),
             400 | 413 | 415 | 422 => Delivery::Refused(format!("{status}: {text}")),
             // The token belongs to another host: this batch will never be accepted, so it
-            // must not block the ones behind it (a fixed config ships them).
+            // must not block the ones behind it; it is set aside in rejected/ (a fixed
+            // config ships the batches collected after the fix).
             403 => Delivery::Refused(format!(
                 "{status}: {text} (set agent.host.name to the token's host, or create a token for this host)"
             )),
@@ -572,9 +580,13 @@ impl Shipper {
             };
             let (seq, batch) = match entry {
                 Ok(x) => x,
-                Err(corrupt) => {
-                    tracing::error!("{corrupt}");
+                Err(e @ super::spool::SpoolError::Corrupt(_)) => {
+                    tracing::error!("{e}");
                     continue;
+                }
+                Err(e @ super::spool::SpoolError::Unreadable { .. }) => {
+                    self.note_failure(&e.to_string(), None);
+                    return false;
                 }
             };
             match self.send(&batch).await {

@@ -28,6 +28,8 @@ pub struct Spool {
     pub corrupt_total: u64,
     /// Dropping for want of room since the last delivery: logged once per episode.
     overflowing: bool,
+    /// The head file that could not be read, and how many times in a row.
+    read_failures: Option<(u64, u32)>,
     /// The spool's `lock` file, held locked while the spool is open: a second agent
     /// started on the same directory would replay this one's batches as its own.
     _lock: fs::File,
@@ -43,6 +45,29 @@ pub struct CorruptEntry {
     pub path: String,
     pub reason: String,
     pub quarantine: String,
+}
+
+/// Why the oldest spooled batch cannot be sent now.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// Not a batch: set aside in `rejected/`.
+    #[error(transparent)]
+    Corrupt(CorruptEntry),
+    /// Not readable right now; it stays at the head and is tried again.
+    #[error("spool file {path} cannot be read ({reason}; attempt {tries} of {READ_TRIES}): trying again later")]
+    Unreadable {
+        path: String,
+        reason: String,
+        tries: u32,
+    },
+}
+
+/// Reads of the oldest spool file that may fail in a row before it is set aside.
+pub const READ_TRIES: u32 = 5;
+
+/// The sequence number in a spool file's name (`00000000000000000042.json`).
+fn seq_of(name: &str) -> Option<u64> {
+    name.strip_suffix(".json")?.parse().ok()
 }
 
 impl Spool {
@@ -86,16 +111,21 @@ impl Spool {
                 let _ = fs::remove_file(e.path());
                 continue;
             }
-            if let Some(seq) = name
-                .strip_suffix(".json")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            if let Some(seq) = seq_of(&name) {
                 files.push((seq, e.metadata()?.len()));
             }
         }
         files.sort_unstable();
         let bytes = files.iter().map(|f| f.1).sum();
-        let next_seq = files.last().map_or(1, |f| f.0 + 1);
+        // Numbers go on from the highest in use, rejected batches included: a batch set
+        // aside there keeps its name, and the newest are the ones kept.
+        let rejected = fs::read_dir(dir.join("rejected"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| seq_of(&e.file_name().to_string_lossy()))
+            .max();
+        let next_seq = files.last().map(|f| f.0).max(rejected).map_or(1, |s| s + 1);
         Ok(Spool {
             dir: dir.to_owned(),
             max_bytes,
@@ -105,6 +135,7 @@ impl Spool {
             dropped_total: 0,
             corrupt_total: 0,
             overflowing: false,
+            read_failures: None,
             _lock: lock,
         })
     }
@@ -157,24 +188,50 @@ impl Spool {
         Ok(seq)
     }
 
-    /// The oldest batch, without removing it. A damaged file is moved to
-    /// `rejected/` and reported; the next call returns the batch after it.
-    pub fn oldest(&mut self) -> Option<Result<(u64, Batch), CorruptEntry>> {
+    /// The oldest batch, without removing it. A damaged file (not a batch) is moved to
+    /// `rejected/` and reported; the next call returns the batch after it. A file that
+    /// cannot be read (too many open files, an I/O error) stays where it is: the caller
+    /// tries again later, and after [`READ_TRIES`] failures in a row it is set aside too,
+    /// so one bad sector does not hold up every batch behind it.
+    pub fn oldest(&mut self) -> Option<Result<(u64, Batch), SpoolError>> {
         let &(seq, _) = self.files.front()?;
         let path = self.path(seq);
-        let parsed = fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|d| serde_json::from_slice::<Batch>(&d).map_err(|e| e.to_string()));
+        let parsed = match fs::read(&path) {
+            Ok(d) => serde_json::from_slice::<Batch>(&d).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Deleted by hand: nothing to send.
+                if let Some((_, size)) = self.files.pop_front() {
+                    self.bytes -= size;
+                }
+                return self.oldest();
+            }
+            Err(e) => {
+                let tries = match self.read_failures {
+                    Some((s, n)) if s == seq => n + 1,
+                    _ => 1,
+                };
+                self.read_failures = Some((seq, tries));
+                if tries < READ_TRIES {
+                    return Some(Err(SpoolError::Unreadable {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                        tries,
+                    }));
+                }
+                Err(format!("{e}, {tries} times in a row"))
+            }
+        };
+        self.read_failures = None;
         match parsed {
             Ok(b) => Some(Ok((seq, b))),
             Err(reason) => {
                 self.corrupt_total += 1;
                 let q = self.quarantine(seq);
-                Some(Err(CorruptEntry {
+                Some(Err(SpoolError::Corrupt(CorruptEntry {
                     path: path.display().to_string(),
                     reason,
                     quarantine: q,
-                }))
+                })))
             }
         }
     }
@@ -275,6 +332,69 @@ mod tests {
         assert_eq!(kept.len(), KEEP_REJECTED);
         assert_eq!(kept[0], "00000000000000000021.json");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn numbers_go_on_after_the_rejected_batches_when_the_spool_was_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..3 {
+            let seq = s.push(&batch(i)).unwrap();
+            s.quarantine(seq);
+        }
+        drop(s);
+        // Reopened empty: a new refusal must not overwrite rejected/…01.json.
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert!(s.is_empty());
+        let seq = s.push(&batch(9)).unwrap();
+        assert_eq!(seq, 4);
+        s.quarantine(seq);
+        let first: Batch = serde_json::from_slice(
+            &fs::read(dir.path().join("rejected/00000000000000000001.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(first, batch(0));
+        assert_eq!(
+            fs::read_dir(dir.path().join("rejected")).unwrap().count(),
+            4
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_stays_until_it_failed_several_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        s.push(&batch(0)).unwrap();
+        s.push(&batch(1)).unwrap();
+        // A directory where the file was: reading it fails with an I/O error (not a
+        // parse error), as a transient EMFILE or EIO would.
+        fs::remove_file(s.path(1)).unwrap();
+        fs::create_dir(s.path(1)).unwrap();
+        for tries in 1..READ_TRIES {
+            match s.oldest().unwrap() {
+                Err(SpoolError::Unreadable { tries: t, .. }) => assert_eq!(t, tries),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(s.len(), 2, "it stays at the head");
+        }
+        // Readable again before the last try: sent as usual.
+        fs::remove_dir(s.path(1)).unwrap();
+        fs::write(s.path(1), serde_json::to_vec(&batch(0)).unwrap()).unwrap();
+        assert_eq!(s.oldest().unwrap().unwrap().1, batch(0));
+        // Failing READ_TRIES times in a row: set aside, and the next batch comes.
+        fs::remove_file(s.path(1)).unwrap();
+        fs::create_dir(s.path(1)).unwrap();
+        for _ in 1..READ_TRIES {
+            assert!(matches!(
+                s.oldest(),
+                Some(Err(SpoolError::Unreadable { .. }))
+            ));
+        }
+        assert!(matches!(s.oldest(), Some(Err(SpoolError::Corrupt(_)))));
+        assert_eq!(s.oldest().unwrap().unwrap().1, batch(1));
+        // A file deleted by hand is skipped.
+        fs::remove_file(s.path(2)).unwrap();
+        assert!(s.oldest().is_none());
     }
 
     #[test]

@@ -51,8 +51,9 @@ pub enum IngestError {
 /// Who sends a batch, and so which host it may write.
 #[derive(Debug, Clone)]
 pub enum Agent {
-    /// An agent token: it names one host.
-    Token { host: String },
+    /// An agent token: it names one host, and was issued at `issued` (a token issued
+    /// before its host was taken out does not bring it back).
+    Token { host: String, issued: DateTime<Utc> },
     /// A client certificate the TLS handshake verified against `server.tls.client_ca_file`:
     /// it may write the host its DNS names (or, without any, its common name) name.
     Certificate(Arc<rustls::pki_types::CertificateDer<'static>>),
@@ -62,8 +63,8 @@ impl Agent {
     /// Refuse a batch for `host` that this agent may not write (403).
     pub fn may_write(&self, host: &str) -> Result<(), IngestError> {
         match self {
-            Agent::Token { host: own } if own == host => Ok(()),
-            Agent::Token { host: own } => Err(IngestError::Forbidden(format!(
+            Agent::Token { host: own, .. } if own == host => Ok(()),
+            Agent::Token { host: own, .. } => Err(IngestError::Forbidden(format!(
                 "this token belongs to host {}; the batch names host {}",
                 quoted(own),
                 quoted(host)
@@ -162,7 +163,7 @@ fn common_name(subject: &[u8]) -> Option<String> {
 }
 
 /// Stage 1: the host an agent token may write for.
-pub async fn authenticate(store: &Store, token: Option<&str>) -> Result<String, IngestError> {
+pub async fn authenticate(store: &Store, token: Option<&str>) -> Result<Agent, IngestError> {
     let token = token.ok_or_else(|| {
         IngestError::Unauthorized("missing `Authorization: Bearer <agent token>` header".into())
     })?;
@@ -170,6 +171,10 @@ pub async fn authenticate(store: &Store, token: Option<&str>) -> Result<String, 
         .token_host(token)
         .await
         .map_err(StoreError::from)?
+        .map(|h| Agent::Token {
+            host: h.name,
+            issued: h.issued,
+        })
         .ok_or_else(|| IngestError::Unauthorized("unknown or revoked agent token".into()))
 }
 
@@ -312,6 +317,8 @@ pub struct Ingested {
 #[derive(Debug)]
 pub struct Checked {
     valid: ValidBatch,
+    /// When the sender's agent token was issued (none for a certificate).
+    token_issued: Option<DateTime<Utc>>,
 }
 
 /// Stage 3a (CPU only, no I/O; run it off the async workers): parse and validate a
@@ -334,7 +341,14 @@ pub fn check(
         e @ BatchError::TooLarge { .. } => IngestError::TooLarge(e.to_string()),
     })?;
     agent.may_write(&valid.batch.host.name)?;
-    Ok(Checked { valid })
+    let token_issued = match agent {
+        Agent::Token { issued, .. } => Some(*issued),
+        Agent::Certificate(_) => None,
+    };
+    Ok(Checked {
+        valid,
+        token_issued,
+    })
 }
 
 impl Checked {
@@ -353,7 +367,8 @@ pub async fn write(
 ) -> Result<Ingested, IngestError> {
     let valid = checked.valid;
     let accepted = valid.batch.len();
-    let outcome = match store.write_batch(&valid.batch, now).await {
+    let issued = checked.token_issued;
+    let outcome = match store.write_agent_batch(&valid.batch, now, issued).await {
         Ok(o) => o,
         Err(StoreError::MissingPartition) => {
             // A clock jump past the partitions made ahead: create them and retry once.
@@ -364,7 +379,7 @@ pub async fn write(
                     cfg.retention.partitions_ahead_days,
                 )
                 .await?;
-            store.write_batch(&valid.batch, now).await?
+            store.write_agent_batch(&valid.batch, now, issued).await?
         }
         Err(e) => return Err(e.into()),
     };

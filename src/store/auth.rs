@@ -576,17 +576,19 @@ impl Store {
         Ok(pool)
     }
 
-    /// The host name a live agent token is scoped to.
-    pub async fn token_host(&self, token: &str) -> Result<Option<String>, sqlx::Error> {
+    /// The host a live agent token is scoped to, and when the token was issued.
+    pub async fn token_host(&self, token: &str) -> Result<Option<TokenHost>, sqlx::Error> {
         let hash = sha256(token);
         if let Some((host, at)) = self.cache.tokens.lock().expect("token cache").get(&hash) {
             if at.elapsed() < super::TOKEN_TTL {
                 return Ok(Some(host.clone()));
             }
         }
-        let host: Option<String> = sqlx::query_scalar!(
-            "SELECT host_name FROM agent_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NULL
-                AND write_site IS NULL AND write_hosts IS NULL",
+        let host = sqlx::query_as!(
+            TokenHost,
+            r#"SELECT host_name AS "name", created_at AS "issued" FROM agent_tokens
+                WHERE token_sha256 = $1 AND revoked_at IS NULL AND pool IS NULL
+                AND write_site IS NULL AND write_hosts IS NULL"#,
             &hash,
         )
         .fetch_optional(&self.pool)
@@ -747,8 +749,10 @@ impl Store {
     /// Take a host out of the fleet: it leaves the fleet, rack and inventory pages and the
     /// absent rule (its "stopped reporting" alert resolves), and its agent tokens are
     /// revoked; its history stays (charts, energy reports). An agent reporting for it again
-    /// (with a new token) brings it back. `None`: no such host in the fleet; else the
-    /// number of tokens revoked.
+    /// with a token issued afterwards (or a client certificate) brings it back; a revoked
+    /// token that another server still trusts (for up to a minute) writes history but
+    /// leaves the host out. `None`: no such host in the fleet; else the number of tokens
+    /// revoked.
     pub async fn remove_host(&self, name: &str, by: &str) -> Result<Option<u64>, sqlx::Error> {
         self.cache.tokens.lock().expect("token cache").clear();
         let mut tx = self.pool.begin().await?;
@@ -774,6 +778,17 @@ impl Store {
         self.cache.tokens.lock().expect("token cache").clear();
         Ok(Some(tokens))
     }
+}
+
+/// The host an agent token writes, and when the token was issued: a token issued before
+/// its host was taken out of the fleet cannot bring it back (a server may still trust it
+/// for up to a minute after the revocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHost {
+    /// The host's name.
+    pub name: String,
+    /// When the token was minted.
+    pub issued: DateTime<Utc>,
 }
 
 /// What a Prometheus remote-write token may write (`POST /api/v1/write`).

@@ -60,9 +60,11 @@ impl std::fmt::Debug for DbUrl {
 /// What ingest would otherwise ask Postgres on every batch.
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
-    /// Token SHA-256 → (host name, when looked up). Revocation through this process
-    /// takes effect at once; through another replica within `TOKEN_TTL`.
-    pub tokens: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (String, std::time::Instant)>>,
+    /// Token SHA-256 → (the token's host and when it was issued, when looked up).
+    /// Revocation through this process takes effect at once; through another replica
+    /// within `TOKEN_TTL`.
+    pub tokens:
+        std::sync::Mutex<std::collections::HashMap<Vec<u8>, (auth::TokenHost, std::time::Instant)>>,
     /// Host id → (hash of the GPU inventory last written, the `last_seen` it wrote).
     pub inventory:
         std::sync::Mutex<std::collections::HashMap<i64, (u64, chrono::DateTime<chrono::Utc>)>>,

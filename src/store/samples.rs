@@ -63,7 +63,22 @@ impl Store {
         batch: &Batch,
         now: DateTime<Utc>,
     ) -> Result<WriteOutcome, super::StoreError> {
-        Ok(self.write_batch_tx(batch, now, Write::Append).await?)
+        Ok(self.write_batch_tx(batch, now, Write::Append, None).await?)
+    }
+
+    /// [`Store::write_batch`] for an agent whose token was issued at `token_issued`: a
+    /// host taken out of the fleet after that stays out (its revoked token may still be
+    /// trusted by another server for a minute), though the samples are stored. A host
+    /// taken out before it, or a batch without a token (a client certificate), comes back.
+    pub async fn write_agent_batch(
+        &self,
+        batch: &Batch,
+        now: DateTime<Utc>,
+        token_issued: Option<DateTime<Utc>>,
+    ) -> Result<WriteOutcome, super::StoreError> {
+        Ok(self
+            .write_batch_tx(batch, now, Write::Append, token_issued)
+            .await?)
     }
 
     /// Store a validated batch whose samples may be parts of rows already stored: a
@@ -76,7 +91,7 @@ impl Store {
         batch: &Batch,
         now: DateTime<Utc>,
     ) -> Result<WriteOutcome, super::StoreError> {
-        Ok(self.write_batch_tx(batch, now, Write::Merge).await?)
+        Ok(self.write_batch_tx(batch, now, Write::Merge, None).await?)
     }
 
     async fn write_batch_tx(
@@ -84,18 +99,20 @@ impl Store {
         batch: &Batch,
         now: DateTime<Utc>,
         mode: Write,
+        issued: Option<DateTime<Utc>>,
     ) -> Result<WriteOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let host_id = upsert_host(&mut tx, batch, now, mode).await?;
+        let host_id = upsert_host(&mut tx, batch, now, mode, issued).await?;
         let copied = copy_samples(&mut tx, host_id, batch).await;
-        let (mut tx, stored_samples) = match copied {
-            Ok(n) => (tx, n),
+        let (mut tx, host_id, stored_samples) = match copied {
+            Ok(n) => (tx, host_id, n),
             Err(e) if is_unique_violation(&e) || is_citus_copy_error(&e) => {
                 tx.rollback().await?;
                 let mut tx = self.pool.begin().await?;
-                upsert_host(&mut tx, batch, now, mode).await?;
+                // The id from the rolled-back transaction is gone if it created the host.
+                let host_id = upsert_host(&mut tx, batch, now, mode, issued).await?;
                 let n = insert_samples_idempotent(&mut tx, host_id, batch, mode).await?;
-                (tx, n)
+                (tx, host_id, n)
             }
             Err(e) => return Err(e),
         };
@@ -297,6 +314,8 @@ fn upsert_host_sql(mode: Write) -> String {
     // Each GPU's energy counter, and its time, at the batch's first sample of the newest
     // sample's day.
     let (gdf, gdt) = (next(), next());
+    // When the sender's token was issued: a host taken out after it stays out.
+    let issued = next();
     let aliases: Vec<String> = (0..gpu.len()).map(|k| format!("c{k}")).collect();
     // The energy counter also starts the day's count (energy_day_start), below.
     let energy = gpu_cols.iter().position(|c| *c == "energy_joules_total");
@@ -378,7 +397,8 @@ fn upsert_host_sql(mode: Write) -> String {
                agent_stats = CASE WHEN EXCLUDED.agent_version = '' THEN hosts.agent_stats ELSE EXCLUDED.agent_stats END,
                last_seen = GREATEST(hosts.last_seen, EXCLUDED.last_seen),
                last_heard = GREATEST(hosts.last_heard, EXCLUDED.last_heard),
-               removed_at = NULL, removed_by = NULL,
+               removed_at = CASE WHEN hosts.removed_at > ${issued}::timestamptz THEN hosts.removed_at END,
+               removed_by = CASE WHEN hosts.removed_at > ${issued}::timestamptz THEN hosts.removed_by END,
                -- Two agents as one host: batches going back to the instance they left
                -- less than 5 minutes before (a restarted agent never goes back).
                agent_prev_instance = CASE WHEN {switched} THEN hosts.agent_stats->>'instance'
@@ -475,6 +495,7 @@ async fn upsert_host(
     b: &Batch,
     now: DateTime<Utc>,
     mode: Write,
+    issued: Option<DateTime<Utc>>,
 ) -> Result<i64, sqlx::Error> {
     let labels = sqlx::types::Json(&b.host.labels);
     let (version, stats) = match &b.agent {
@@ -525,7 +546,7 @@ async fn upsert_host(
         q = bind_array(q, m, i, &gpus);
     }
     let (day_energy, day_ts) = day_first_energy(b, &gpus);
-    q = q.bind(day_energy).bind(day_ts);
+    q = q.bind(day_energy).bind(day_ts).bind(issued);
     q.fetch_one(&mut **tx).await
 }
 

@@ -117,9 +117,9 @@ async fn run(
             (ingest::Agent::Certificate(c.0), key)
         }
         (token, _) => {
-            let host = ingest::authenticate(&st.store, token).await?;
+            let agent = ingest::authenticate(&st.store, token).await?;
             let key = limit_key(b"token", token.unwrap_or("").as_bytes());
-            (ingest::Agent::Token { host }, key)
+            (agent, key)
         }
     };
     if let Some(wait) = st.ingest_limiter.as_ref().and_then(|l| l.take(key)) {

@@ -344,6 +344,42 @@ async fn a_refused_batch_is_kept_for_inspection_not_retried_forever() {
     app.stop().await;
 }
 
+/// A batch whose answer lists many rejected samples (an answer longer than a log line)
+/// is delivered, not sent again and again.
+#[tokio::test]
+async fn a_batch_with_many_rejected_samples_is_delivered_once() {
+    let app = TestApp::spawn().await;
+    let token = app.token("hot").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &token, dir.path()).unwrap();
+    let now = Utc::now();
+    let sample = |s: i64, cpu: f64| rackwatch::model::HostSample {
+        ts: now - chrono::Duration::seconds(s),
+        cpu_util_pct: Some(cpu),
+        ..Default::default()
+    };
+    let batch = rackwatch::model::Batch {
+        host: rackwatch::model::HostInfo {
+            name: "hot".into(),
+            ..Default::default()
+        },
+        // One good sample and eight out of range.
+        host_samples: std::iter::once(sample(0, 12.0))
+            .chain((1..=8).map(|s| sample(s, -4.0)))
+            .collect(),
+        ..Default::default()
+    };
+    shipper.ship(batch).await;
+    assert!(!shipper.pending(), "delivered, not spooled for a retry");
+    assert_eq!(shipper.delivered_total, 1);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM host_samples")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    app.stop().await;
+}
+
 /// A server that answers the first `busy` requests 503 with `Retry-After: 2`, then 200;
 /// it records when each request arrived.
 async fn busy_server(busy: usize) -> (u16, Arc<Mutex<Vec<std::time::Instant>>>) {

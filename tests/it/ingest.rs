@@ -568,3 +568,50 @@ async fn a_batch_reaching_every_column_round_trips_exactly_and_its_replay_is_sto
     assert_eq!(m, Some(0.0));
     app.stop().await;
 }
+
+/// A host taken out through one server while its agent still runs: another server that
+/// looked the agent's token up in the last minute still stores its batches, but the host
+/// stays out of the fleet; only a token issued after the removal brings it back.
+#[tokio::test]
+async fn a_revoked_token_another_server_still_trusts_does_not_bring_a_removed_host_back() {
+    let a = TestApp::spawn().await;
+    let b = TestApp::spawn_on(a.db_url.clone(), |_| {}).await;
+    let sample = || json!({"host": {"name": "old-box", "site": "fra1", "rack": "r1"}, "host_samples": [{"ts": chrono::Utc::now(), "cpu_util_pct": 3.0}]});
+    let in_fleet = |app: &TestApp| {
+        let store = app.store.clone();
+        async move {
+            store
+                .hosts_latest()
+                .await
+                .unwrap()
+                .iter()
+                .any(|h| h.name == "old-box")
+        }
+    };
+    let token = a.token("old-box").await;
+    // Server b looks the token up (and trusts it for a minute).
+    assert_eq!(b.ingest(&token, &sample()).await.status(), 200);
+    assert_eq!(
+        a.store.remove_host("old-box", "admin").await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        a.ingest(&token, &sample()).await.status(),
+        401,
+        "revoked on a"
+    );
+    let stale = b.ingest(&token, &sample()).await;
+    assert_eq!(stale.status(), 200, "b still trusts the token it looked up");
+    assert!(!in_fleet(&a).await, "the host stays out");
+    assert_eq!(
+        count(&a, "SELECT count(*) FROM host_samples").await,
+        2,
+        "its samples are stored"
+    );
+    // Reinstalled with a new token: back in the fleet.
+    let new_token = a.token("old-box").await;
+    assert_eq!(b.ingest(&new_token, &sample()).await.status(), 200);
+    assert!(in_fleet(&a).await);
+    b.stop().await;
+    a.stop().await;
+}
