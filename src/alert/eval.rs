@@ -236,6 +236,26 @@ async fn relabeled(
             .await?
             .into_iter()
             .collect();
+    // A threshold alert whose host still reports, but not the alert's metric (a GPU pulled
+    // for repair, a sensor gone), for NOT_REPORTED: nothing would resolve it otherwise.
+    let unreported: HashSet<String> = match &rule.kind {
+        RuleKind::Threshold(_) => {
+            let fps: Vec<String> = open.iter().map(|a| a.fingerprint.clone()).collect();
+            sqlx::query_scalar!(
+                "SELECT a.fingerprint FROM alerts a JOIN hosts h ON h.name = a.labels->>'host'
+                  WHERE a.fingerprint = ANY($1) AND a.state = 'firing' AND a.last_active_at < $2
+                    AND h.last_heard > $3",
+                &fps,
+                now - NOT_REPORTED,
+                now - Duration::minutes(2),
+            )
+            .fetch_all(&store.pool)
+            .await?
+            .into_iter()
+            .collect()
+        }
+        _ => HashSet::new(),
+    };
     for a in open {
         let Some(host) = a.labels.0.get("host") else {
             continue;
@@ -261,12 +281,31 @@ async fn relabeled(
                 )
             }
             Some(l) if !rule.selects(l) => "the rule no longer selects the host".to_string(),
+            _ if unreported.contains(&a.fingerprint) => {
+                let what = match (&rule.kind, a.labels.0.get("gpu")) {
+                    (RuleKind::Threshold(t), Some(g)) => {
+                        format!("GPU {g} no longer reports {}", t.metric)
+                    }
+                    (RuleKind::Threshold(t), None) => {
+                        format!("the host no longer reports {}", t.metric)
+                    }
+                    _ => "no longer reported".to_string(),
+                };
+                format!(
+                    "{what} ({} min without a value while the host reports)",
+                    NOT_REPORTED.num_minutes()
+                )
+            }
             _ => continue,
         };
         out.push(Observation::gone(a.labels.0.clone(), now, description));
     }
     Ok(())
 }
+
+/// How long a firing threshold alert waits for its metric from a host that reports
+/// without it before it resolves.
+const NOT_REPORTED: Duration = Duration::minutes(10);
 
 /// How far before the watermark a round looks for events committed late: the longest an
 /// ingest request (and its transaction) may run, plus a margin.
@@ -892,7 +931,21 @@ async fn apply(
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let mut tx = store.pool.begin().await?;
+    let seen: Vec<String> = obs
+        .iter()
+        .map(|o| fingerprint(&rule.name, &o.labels))
+        .collect();
     apply_in(&mut tx, rules, rule, existing, obs, now).await?;
+    // A pending alert this round did not observe (its host or GPU stopped reporting the
+    // metric) starts over: `for` counts a condition seen throughout, and one sample over
+    // the line hours later must not fire it at once.
+    sqlx::query!(
+        "DELETE FROM alerts WHERE rule = $1 AND state = 'pending' AND NOT (fingerprint = ANY($2))",
+        &rule.name,
+        &seen,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -929,13 +982,15 @@ async fn apply_in(
         match (state, o.active) {
             ("firing", true) => {
                 sqlx::query!(
-                    "UPDATE alerts SET last_active_at = $2, occurrences = occurrences + $3, value = $4, description = $5, updated_at = now()
+                    "UPDATE alerts SET last_active_at = $2, occurrences = occurrences + $3, value = $4, description = $5,
+                            severity = $6, updated_at = now()
                       WHERE fingerprint = $1",
                     &fp,
                     now,
                     if matches!(rule.kind, RuleKind::Hardware(_)) { o.occurrences } else { 0 },
                     o.value,
                     &o.description,
+                    &rule.severity,
                 )
                 .execute(&mut **tx)
                 .await?;
@@ -1255,18 +1310,21 @@ async fn settle_flapping(store: &Store, rules: &RuleSet, now: DateTime<Utc>) -> 
     Ok(())
 }
 
-/// Still firing, not acknowledged, last mailed longer than `repeat_interval` ago.
+/// Still firing and not acknowledged: reminders for alerts last mailed longer than
+/// `repeat_interval` ago, and the first notice of alerts that fired while muted (a
+/// silence, or their host down) once nothing mutes them any more.
 async fn repeat_reminders(
     store: &Store,
     rules: &RuleSet,
     cfg: &Config,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
+    // `last_notified_at` before `fired_at`: not announced since it last fired.
     let due = sqlx::query_as!(
         FiringRow,
         r#"SELECT fingerprint, rule, severity, labels AS "labels: sqlx::types::Json<Labels>", summary, description, value, started_at, occurrences FROM alerts
           WHERE state = 'firing' AND acknowledged_at IS NULL AND flaps < $2
-            AND last_notified_at IS NOT NULL AND last_notified_at < $1"#,
+            AND (last_notified_at IS NULL OR last_notified_at < fired_at OR last_notified_at < $1)"#,
         now - Duration::seconds(cfg.alerting.repeat_interval_secs as i64),
         FLAP_LIMIT,
     )
@@ -1277,26 +1335,37 @@ async fn repeat_reminders(
     }
     let mut tx = store.pool.begin().await?;
     for r in due {
-        enqueue(&mut tx, rules, &r.snapshot(), "firing", now).await?;
+        let a = r.snapshot();
+        // Checked quietly: a muted alert is looked at again every round.
+        if muted(&mut tx, rules, &a, now).await?.is_some()
+            || rules.recipients(&routing_of(&a)).is_empty()
+        {
+            continue;
+        }
+        deliver(&mut tx, rules, &a, "firing", now).await?;
     }
     tx.commit().await?;
     Ok(())
 }
 
-/// Queue a notification unless silenced or inhibited (a down host mutes its GPUs).
-async fn enqueue(
-    tx: &mut Transaction<'_, Postgres>,
-    rules: &RuleSet,
-    a: &AlertSnapshot,
-    kind: &str,
-    now: DateTime<Utc>,
-) -> anyhow::Result<()> {
+/// The labels routes and silences match: the alert's, its rule and its severity.
+fn routing_of(a: &AlertSnapshot) -> BTreeMap<String, String> {
     let mut routing: BTreeMap<String, String> = a.labels.clone();
     routing.insert("rule".into(), a.rule.clone());
     routing.insert("severity".into(), a.severity.clone());
-    if super::silence::silenced(&mut **tx, &routing, now).await? {
-        tracing::info!(alert = %a.fingerprint, kind, "silenced; no notification");
-        return Ok(());
+    routing
+}
+
+/// Why `a` is not to be mailed now: a silence matches it, or (a GPU's alert) its host
+/// has stopped reporting.
+async fn muted(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RuleSet,
+    a: &AlertSnapshot,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<&'static str>> {
+    if super::silence::silenced(&mut **tx, &routing_of(a), now).await? {
+        return Ok(Some("silenced"));
     }
     if a.labels.contains_key("gpu") {
         if let Some(host) = a.labels.get("host") {
@@ -1315,11 +1384,50 @@ async fn enqueue(
             .fetch_one(&mut **tx)
             .await?;
             if host_down {
-                tracing::info!(alert = %a.fingerprint, "inhibited: its host is down");
-                return Ok(());
+                return Ok(Some("inhibited: its host is down"));
             }
         }
     }
+    Ok(None)
+}
+
+/// Queue a notification unless muted ([`muted`]). A resolve of an alert that was mailed
+/// since it fired is always sent: whoever got the first notice (a pager's incident
+/// among them) hears that it ended, even from under a silence set meanwhile.
+async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RuleSet,
+    a: &AlertSnapshot,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let announced = kind == "resolved"
+        && sqlx::query_scalar!(
+            r#"SELECT last_notified_at >= fired_at AS "announced!" FROM alerts
+                WHERE fingerprint = $1 AND last_notified_at IS NOT NULL AND fired_at IS NOT NULL"#,
+            &a.fingerprint,
+        )
+        .fetch_optional(&mut **tx)
+        .await?
+        .unwrap_or(false);
+    if !announced {
+        if let Some(why) = muted(tx, rules, a, now).await? {
+            tracing::info!(alert = %a.fingerprint, kind, "{why}; no notification");
+            return Ok(());
+        }
+    }
+    deliver(tx, rules, a, kind, now).await
+}
+
+/// Queue a notification for each route that matches `a`, and note when.
+async fn deliver(
+    tx: &mut Transaction<'_, Postgres>,
+    rules: &RuleSet,
+    a: &AlertSnapshot,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let routing = routing_of(a);
     let to = rules.recipients(&routing);
     if to.is_empty() {
         tracing::warn!(alert = %a.fingerprint, "no route matches; add a [[route]] without `match` as a default");

@@ -257,8 +257,11 @@ impl Sender {
                 self.warned_unconfigured = true;
             }
         }
-        let mut tx = store.pool.begin().await?;
-        let rows: Vec<OutboxRow> = sqlx::query_as!(
+        // One transaction per group sent: a crash after a send repeats at most that one.
+        let mut sent = 0;
+        'round: loop {
+            let mut tx = store.pool.begin().await?;
+            let rows: Vec<OutboxRow> = sqlx::query_as!(
             OutboxRow,
             r#"SELECT id, group_key, kind, recipients, alert AS "alert: sqlx::types::Json<AlertSnapshot>", created_at, attempts
                FROM notification_outbox
@@ -272,100 +275,107 @@ impl Sender {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut groups: BTreeMap<(String, Vec<String>), Vec<OutboxRow>> = BTreeMap::new();
-        for r in rows {
-            groups
-                .entry((r.group_key.clone(), r.recipients.clone()))
-                .or_default()
-                .push(r);
-        }
-        let mut sent = 0;
-        for ((group_key, recipients), rows) in groups {
-            let oldest = rows
-                .iter()
-                .map(|r| r.created_at)
-                .min()
-                .expect("non-empty group");
-            if now - oldest < self.group_wait {
-                continue; // wait for the rest of the group
+            let mut groups: BTreeMap<(String, Vec<String>), Vec<OutboxRow>> = BTreeMap::new();
+            for r in rows {
+                groups
+                    .entry((r.group_key.clone(), r.recipients.clone()))
+                    .or_default()
+                    .push(r);
             }
-            let last_sent: Option<DateTime<Utc>> =
+            for ((group_key, recipients), rows) in groups {
+                let oldest = rows
+                    .iter()
+                    .map(|r| r.created_at)
+                    .min()
+                    .expect("non-empty group");
+                if now - oldest < self.group_wait {
+                    continue; // wait for the rest of the group
+                }
+                let last_sent: Option<DateTime<Utc>> =
                 sqlx::query_scalar!(
                     "SELECT max(sent_at) FROM notification_outbox WHERE group_key = $1 AND message_id IS NOT NULL",
                     &group_key,
                 )
                 .fetch_one(&mut *tx)
                     .await?;
-            if last_sent.is_some_and(|t| now - t < self.group_interval) {
-                continue;
-            }
-            // A silence created after queueing still applies.
-            let mut live = Vec::new();
-            for r in rows {
-                let mut l = r.alert.labels.clone();
-                l.insert("rule".into(), r.alert.rule.clone());
-                l.insert("severity".into(), r.alert.severity.clone());
-                if super::silence::silenced(&mut *tx, &l, now).await? {
-                    sqlx::query!(
+                if last_sent.is_some_and(|t| now - t < self.group_interval) {
+                    continue;
+                }
+                // A silence created after queueing still applies, except to a resolve: one is
+                // queued under a silence only for an alert whose firing was mailed, and whoever
+                // got that hears that it ended.
+                let mut live = Vec::new();
+                for r in rows {
+                    let mut l = r.alert.labels.clone();
+                    l.insert("rule".into(), r.alert.rule.clone());
+                    l.insert("severity".into(), r.alert.severity.clone());
+                    if r.kind != "resolved" && super::silence::silenced(&mut *tx, &l, now).await? {
+                        sqlx::query!(
                         "UPDATE notification_outbox SET sent_at = $2, last_error = 'silenced before sending' WHERE id = $1",
                         r.id,
                         now,
                     )
                     .execute(&mut *tx)
                         .await?;
-                } else {
-                    live.push(r);
-                }
-            }
-            if live.is_empty() {
-                continue;
-            }
-            let ids: Vec<i64> = live.iter().map(|r| r.id).collect();
-            let snaps: Vec<(String, AlertSnapshot)> = live
-                .iter()
-                .map(|r| (r.kind.clone(), r.alert.0.clone()))
-                .collect();
-            let message_id = format!(
-                "<rackwatch-outbox-{}-{}@rackwatch>",
-                ids[0],
-                ids[ids.len() - 1]
-            );
-            let channel = recipients.first().and_then(|t| super::rules::channel_of(t));
-            let result = match (channel, &smtp) {
-                (Some((kind, name)), _) => match self.channels.get(name) {
-                    Some(c) if c.kind == kind => {
-                        super::channels::deliver(
-                            &self.http,
-                            name,
-                            c,
-                            &group_key,
-                            &snaps,
-                            &self.public_url,
-                        )
-                        .await
+                    } else {
+                        live.push(r);
                     }
-                    Some(c) => Err(format!(
+                }
+                if live.is_empty() {
+                    continue;
+                }
+                let ids: Vec<i64> = live.iter().map(|r| r.id).collect();
+                let snaps: Vec<(String, AlertSnapshot)> = live
+                    .iter()
+                    .map(|r| (r.kind.clone(), r.alert.0.clone()))
+                    .collect();
+                let message_id = format!(
+                    "<rackwatch-outbox-{}-{}@rackwatch>",
+                    ids[0],
+                    ids[ids.len() - 1]
+                );
+                let channel = recipients.first().and_then(|t| super::rules::channel_of(t));
+                let result = match (channel, &smtp) {
+                    (Some((kind, name)), _) => match self.channels.get(name) {
+                        Some(c) if c.kind == kind => {
+                            super::channels::deliver(
+                                &self.http,
+                                name,
+                                c,
+                                &group_key,
+                                &snaps,
+                                &self.public_url,
+                            )
+                            .await
+                        }
+                        Some(c) => Err(format!(
                         "route names {kind}:{name}, but alerting.channels.{name} is a {} channel",
                         c.kind
                     )),
-                    None => Err(format!(
+                        None => Err(format!(
                         "no channel {name:?} in alerting.channels (the route names {kind}:{name})"
                     )),
-                },
-                (None, Some((transport, from))) => {
-                    match build_message(from, &recipients, &snaps, &self.public_url, &message_id) {
-                        Ok(m) => deliver(transport, m, MailKind::Alert, &self.telemetry)
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e),
+                    },
+                    (None, Some((transport, from))) => {
+                        match build_message(
+                            from,
+                            &recipients,
+                            &snaps,
+                            &self.public_url,
+                            &message_id,
+                        ) {
+                            Ok(m) => deliver(transport, m, MailKind::Alert, &self.telemetry)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e),
+                        }
                     }
-                }
-                // Mail waits in the outbox until SMTP is configured (warned above).
-                (None, None) => continue,
-            };
-            match result {
-                Ok(()) => {
-                    sqlx::query!(
+                    // Mail waits in the outbox until SMTP is configured (warned above).
+                    (None, None) => continue,
+                };
+                match result {
+                    Ok(()) => {
+                        sqlx::query!(
                         "UPDATE notification_outbox SET sent_at = $2, message_id = $3, last_error = NULL WHERE id = ANY($1)",
                         &ids,
                         Utc::now(),
@@ -373,14 +383,14 @@ impl Sender {
                     )
                     .execute(&mut *tx)
                         .await?;
-                    sent += 1;
-                    tracing::info!(group = %group_key, alerts = ids.len(), "alert notification sent");
-                }
-                Err(e) => {
-                    let attempts = live.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
-                    let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
-                    tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert notification not sent: {e}");
-                    sqlx::query!(
+                        sent += 1;
+                        tracing::info!(group = %group_key, alerts = ids.len(), "alert notification sent");
+                    }
+                    Err(e) => {
+                        let attempts = live.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
+                        let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
+                        tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert notification not sent: {e}");
+                        sqlx::query!(
                         "UPDATE notification_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = ANY($1)",
                         &ids,
                         attempts,
@@ -389,11 +399,15 @@ impl Sender {
                     )
                     .execute(&mut *tx)
                         .await?;
+                    }
                 }
+                // Sent or put off: this group is no longer due; look again for the next one.
+                tx.commit().await?;
+                continue 'round;
             }
+            tx.commit().await?;
+            return Ok(sent);
         }
-        tx.commit().await?;
-        Ok(sent)
     }
 }
 

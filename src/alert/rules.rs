@@ -458,10 +458,44 @@ impl Rule {
         }
         let kind: RuleKind = toml::Value::Table(t).try_into().map_err(whole)?;
         kind.check(&c.matchers).map_err(|(f, m)| field(f, m))?;
+        // A selector no alert of the kind can meet would make a rule that never fires.
+        for (k, v) in &c.matchers {
+            if matches!(k.as_str(), "rule" | "severity") {
+                return Err(field(
+                    "match",
+                    format!("{k:?} is not a label of the hosts and GPUs a rule judges (routes and silences match it)"),
+                ));
+            }
+            let sets = kind.label_sets();
+            if !sets.iter().any(|set| set.contains(&k.as_str())) {
+                let mut carried: Vec<&str> = sets.iter().flat_map(|s| s.iter().copied()).collect();
+                carried.sort_unstable();
+                carried.dedup();
+                return Err(field(
+                    "match",
+                    format!(
+                        "{} alerts carry no {k:?} label (they carry {})",
+                        kind.name(),
+                        carried.join(", ")
+                    ),
+                ));
+            }
+            if k == "gpu" && v.parse::<u32>().is_err() {
+                return Err(field(
+                    "match",
+                    format!("gpu = {v:?}: a GPU's index as a number (0, 1, …)"),
+                ));
+            }
+        }
+        // GPU indexes as alerts spell them ("02" → "2"), as routes have them.
+        let mut matchers = c.matchers;
+        if let Some(g) = matchers.get_mut("gpu") {
+            *g = g.parse::<u32>().expect("checked above").to_string();
+        }
         Ok(Rule {
             name: c.name,
             severity: c.severity,
-            matchers: c.matchers,
+            matchers,
             summary: c.summary,
             kind,
         })
@@ -1000,6 +1034,30 @@ to = ["fra1@example.com"]
         // GPU indexes as alerts spell them.
         let set = routes("gpu = \"02\"", "pool = \"train\"").unwrap();
         assert_eq!(set.routes[0].matchers["gpu"], "2");
+    }
+
+    #[test]
+    fn a_rule_selector_no_alert_of_its_kind_carries_is_refused() {
+        let rule = |kind: &str, m: &str| {
+            parse(&format!(
+                "[[rule]]\nname = \"r\"\nseverity = \"warning\"\nmatch = {{ {m} }}\n{kind}"
+            ))
+        };
+        let host_load = "kind = \"threshold\"\nmetric = \"host.load1\"\nop = \">\"\nvalue = 64.0\n";
+        let gpu_temp =
+            "kind = \"threshold\"\nmetric = \"gpu.temp_celsius\"\nop = \">\"\nvalue = 85.0\n";
+        let e = rule(host_load, "gpu = \"1\"").unwrap_err();
+        assert_eq!(
+            e,
+            "rule \"r\", field `match`: threshold alerts carry no \"gpu\" label (they carry host, pool, rack, site)"
+        );
+        let e = rule(gpu_temp, "severity = \"warning\"").unwrap_err();
+        assert!(e.contains("routes and silences match it"), "{e}");
+        let e = rule(gpu_temp, "gpu = \"first\"").unwrap_err();
+        assert!(e.contains("a GPU's index as a number"), "{e}");
+        let set = rule(gpu_temp, "gpu = \"02\", pool = \"train\"").unwrap();
+        assert_eq!(set.rules[0].matchers["gpu"], "2");
+        assert!(rule(host_load, "pool = \"train\"").is_ok());
     }
 
     #[test]

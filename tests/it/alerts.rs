@@ -836,7 +836,7 @@ async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
     let token = r.app.token("quiet").await;
     // One sample, 10 s old on arrival, then silence: down after_secs = 5 after it arrived.
     let ts = recent(1, 1, 10)[0];
-    assert_eq!(r.app.ingest(&token, &json!({"host": {"name": "quiet"}, "host_samples": [{"ts": ts, "cpu_util_pct": 1.0}]})).await.status(), 200);
+    assert_eq!(r.app.ingest(&token, &json!({"host": {"name": "quiet"}, "host_samples": [{"ts": ts, "cpu_util_pct": 1.0}], "gpu_samples": [{"ts": ts, "index": 0, "temp_celsius": 40.0}]})).await.status(), 200);
     let mails = r.smtp.wait_for(1, 15).await;
     assert_eq!(mails.len(), 1);
     assert!(
@@ -858,6 +858,121 @@ async fn a_down_host_fires_once_and_mutes_its_gpu_alerts() {
         .await
         .unwrap();
     assert_eq!(firing, 2);
+    // Back: the host's alert resolves, and the GPU alert (still firing: a lost GPU does not
+    // come back by itself) is mailed now that nothing mutes it.
+    let back = || json!({"host": {"name": "quiet"}, "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}]});
+    for _ in 0..40 {
+        assert_eq!(r.app.ingest(&token, &back()).await.status(), 200);
+        if r.smtp.mails().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mails = r.smtp.mails();
+    assert_eq!(mails.len(), 3, "{mails:?}");
+    let subjects: Vec<String> = mails[1..].iter().map(|m| subject(m)).collect();
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.starts_with("[RESOLVED:CRITICAL] Host stopped reporting")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.starts_with("[FIRING:CRITICAL] GPU reported an XID error")),
+        "{subjects:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let gpu_mails = r
+        .smtp
+        .mails()
+        .iter()
+        .filter(|m| subject(m).starts_with("[FIRING:CRITICAL] GPU reported"))
+        .count();
+    assert_eq!(gpu_mails, 1, "announced once");
+    r.app.stop().await;
+}
+
+/// An alert that fires under a silence is mailed when the silence ends while it still
+/// fires; an alert already mailed still mails its resolve when a silence set meanwhile
+/// covers it (whoever was paged hears that it ended).
+#[tokio::test]
+async fn a_silence_that_ends_lets_a_firing_alert_mail_and_never_hides_a_resolve() {
+    let r = rig().await;
+    let store = &r.app.store;
+    let now = Utc::now();
+    let silence = |host: &str| {
+        let mut m = rackwatch::alert::Labels::new();
+        m.insert("host".into(), host.into());
+        async move {
+            store
+                .create_silence(
+                    &m,
+                    Utc::now() - chrono::Duration::minutes(1),
+                    Utc::now() + chrono::Duration::hours(1),
+                    "ops",
+                    "maintenance",
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let report = |host: &str, ts: chrono::DateTime<Utc>| json!({"host": {"name": host}, "host_samples": [{"ts": ts, "cpu_util_pct": 1.0}]});
+    let firing = |host: &'static str| async move {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM alerts WHERE labels->>'host' = $1 AND state = 'firing')",
+        )
+        .bind(host)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+    };
+    // maint-2 is silenced, then stops reporting: its alert fires without a mail.
+    let quiet = silence("maint-2").await;
+    let t2 = r.app.token("maint-2").await;
+    let old = now - chrono::Duration::seconds(10);
+    assert_eq!(
+        r.app.ingest(&t2, &report("maint-2", old)).await.status(),
+        200
+    );
+    for _ in 0..60 {
+        if firing("maint-2").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(firing("maint-2").await);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(r.smtp.mails().is_empty(), "silenced");
+    // The silence ends early: the alert, still firing, is mailed.
+    store.expire_silence(quiet.id).await.unwrap().unwrap();
+    let mails = r.smtp.wait_for(1, 20).await;
+    assert_eq!(mails.len(), 1);
+    assert!(
+        subject(&mails[0]).starts_with("[FIRING:CRITICAL] Host stopped reporting")
+            && mails[0].contains("maint-2"),
+        "{}",
+        subject(&mails[0])
+    );
+    // Mailed, then silenced, then resolved: the resolve is mailed all the same.
+    silence("maint-2").await;
+    assert_eq!(
+        r.app
+            .ingest(&t2, &report("maint-2", Utc::now()))
+            .await
+            .status(),
+        200
+    );
+    let mails = r.smtp.wait_for(2, 20).await;
+    assert_eq!(mails.len(), 2);
+    assert!(
+        subject(&mails[1]).starts_with("[RESOLVED:CRITICAL] Host stopped reporting"),
+        "{}",
+        subject(&mails[1])
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.smtp.mails().len(), 2);
     r.app.stop().await;
 }
 
@@ -1933,6 +2048,83 @@ to = ["ops@example.com"]
     assert_eq!(
         mailed().await,
         ["firing", "resolved", "firing", "resolved", "firing"]
+    );
+    app.stop().await;
+}
+
+/// A hot GPU pulled for repair while its host keeps reporting: its alert resolves after
+/// 10 minutes without a value, saying why; the other hot GPU of the host keeps firing.
+#[tokio::test]
+async fn a_threshold_alert_resolves_when_its_gpu_stops_reporting_while_the_host_reports() {
+    use rackwatch::alert::{eval::evaluate, rules::RuleSet};
+    let app = TestApp::spawn().await;
+    let rules = RuleSet::parse(
+        r#"
+[[rule]]
+name = "gpu-hot"
+kind = "threshold"
+metric = "gpu.temp_celsius"
+op = ">"
+value = 85
+severity = "warning"
+
+[[route]]
+to = ["ops@example.com"]
+"#,
+    )
+    .unwrap();
+    let token = app.token("rma").await;
+    let t0 = Utc::now();
+    let eval = |at: chrono::DateTime<Utc>| {
+        let (store, cfg, rules) = (&app.store, &app.cfg, &rules);
+        async move {
+            evaluate(store, rules, cfg, at, t0 - chrono::Duration::hours(1), true)
+                .await
+                .unwrap()
+        }
+    };
+    let hot = |ts: chrono::DateTime<Utc>, gpus: &[u8]| {
+        let g: Vec<_> = gpus
+            .iter()
+            .map(|i| json!({"ts": ts, "index": i, "temp_celsius": 95.0}))
+            .collect();
+        json!({"host": {"name": "rma"}, "host_samples": [{"ts": ts, "cpu_util_pct": 5.0}], "gpu_samples": g})
+    };
+    let alerts = || async {
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT labels->>'gpu', state, description FROM alerts WHERE rule = 'gpu-hot' ORDER BY 1",
+        )
+        .fetch_all(&app.store.pool)
+        .await
+        .unwrap()
+    };
+    let early = t0 - chrono::Duration::seconds(100);
+    assert_eq!(app.ingest(&token, &hot(early, &[0, 1])).await.status(), 200);
+    eval(t0).await;
+    let a = alerts().await;
+    assert_eq!(
+        (a.len(), a[0].1.as_str(), a[1].1.as_str()),
+        (2, "firing", "firing")
+    );
+    // GPU 1 is pulled: the host reports GPU 0 only. Within 10 minutes nothing changes.
+    assert_eq!(app.ingest(&token, &hot(t0, &[0])).await.status(), 200);
+    let later = t0 + chrono::Duration::seconds(30);
+    eval(later).await;
+    assert!(alerts().await.iter().all(|a| a.1 == "firing"));
+    // Ten minutes on (the alert last seen 11 minutes ago): GPU 1's alert resolves.
+    sqlx::query(
+        "UPDATE alerts SET last_active_at = last_active_at - interval '11 minutes' WHERE labels->>'gpu' = '1'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    eval(later).await;
+    let a = alerts().await;
+    assert_eq!(a[0].1, "firing", "{a:?}");
+    assert_eq!(a[1].1, "resolved", "{a:?}");
+    assert_eq!(
+        a[1].2,
+        "GPU 1 no longer reports gpu.temp_celsius (10 min without a value while the host reports)"
     );
     app.stop().await;
 }
