@@ -1017,6 +1017,8 @@ async fn pool_json(
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AutoscalerView {
     pub pool: String,
+    /// The sites the pool's hosts are at.
+    pub sites: Vec<String>,
     pub installed_gpus: i32,
     /// Demand (work + queue) over the 5 minutes before `decided_at`, GPUs.
     pub demand_gpus: Option<f64>,
@@ -1043,6 +1045,8 @@ pub struct AutoscalerView {
 pub struct PoolQuery {
     /// One pool (default: all).
     pool: Option<String>,
+    /// The pools with hosts at this site (default: every site).
+    site: Option<String>,
 }
 
 /// What autoscalers read: per pool, the GPUs to hold next hour, the week's peak and the
@@ -1054,8 +1058,9 @@ pub struct PoolQuery {
     params(PoolQuery),
     responses(
         (status = 200, description = "The recommendations.", body = Vec<AutoscalerView>),
+        (status = 400, description = "An unknown query parameter.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
-        (status = 404, description = "No recommendation for the pool asked for.", body = ErrorBody),
+        (status = 404, description = "No recommendation for the pool asked for, or no pool with hosts at the site.", body = ErrorBody),
     )
 )]
 async fn recommendations(
@@ -1063,12 +1068,22 @@ async fn recommendations(
     _u: ApiUser,
     ApiQuery(q): ApiQuery<PoolQuery>,
 ) -> Result<Json<Vec<AutoscalerView>>, ApiError> {
-    let recs = st.store.recommendations(q.pool.as_deref()).await?;
-    if let (Some(p), true) = (&q.pool, recs.is_empty()) {
-        return Err(ApiError::NotFound(format!(
-            "no recommendation for pool {}",
-            crate::model::validate::quoted(p)
-        )));
+    let mut recs = st.store.recommendations(q.pool.as_deref()).await?;
+    if let Some(site) = &q.site {
+        recs.retain(|r| r.sites.iter().any(|s| s == site));
+    }
+    if recs.is_empty() && (q.pool.is_some() || q.site.is_some()) {
+        let quoted = crate::model::validate::quoted;
+        return Err(ApiError::NotFound(match (&q.pool, &q.site) {
+            (Some(p), Some(s)) => format!(
+                "no recommendation for pool {} at site {}",
+                quoted(p),
+                quoted(s)
+            ),
+            (Some(p), None) => format!("no recommendation for pool {}", quoted(p)),
+            (None, Some(s)) => format!("no pool has hosts at site {}", quoted(s)),
+            (None, None) => unreachable!("checked above"),
+        }));
     }
     Ok(Json(recs.iter().map(autoscaler_view).collect()))
 }
@@ -1077,6 +1092,7 @@ async fn recommendations(
 pub fn autoscaler_view(r: &PoolRecommendation) -> AutoscalerView {
     AutoscalerView {
         pool: r.pool.clone(),
+        sites: r.sites.clone(),
         installed_gpus: r.installed_gpus,
         // Measured as single-precision sums: three decimals are all it holds, without
         // the digits of the widening (14.905, not 14.904500961303711).

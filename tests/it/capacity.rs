@@ -671,6 +671,22 @@ async fn gauges_and_the_api_agree_with_the_page() {
     let (_, page) = app.page(&cookie, "/capacity").await;
     let pools = api.as_array().unwrap();
     assert_eq!(pools.len(), 4);
+    // One site's pools: each names it among its sites.
+    let site = pools[0]["sites"][0].as_str().unwrap();
+    let at_site = app
+        .json(
+            &cookie,
+            &format!("/api/v1/capacity/recommendations?site={site}"),
+        )
+        .await;
+    let at_site = at_site.as_array().unwrap();
+    assert!(!at_site.is_empty());
+    assert!(
+        at_site
+            .iter()
+            .all(|p| p["sites"].as_array().unwrap().iter().any(|s| s == site)),
+        "{at_site:?}"
+    );
     // When each pool runs out, as the page says it: a date, or "already" once it has passed.
     let overview = app.json(&cookie, "/api/v1/capacity").await;
     let runs_out = |pool: &str| {
@@ -1163,6 +1179,15 @@ async fn bad_capacity_input_gets_a_clear_error() {
         .get(&cookie, "/api/v1/capacity/recommendations?pool=nope")
         .await;
     assert_eq!(r.status(), 404);
+    let r = app
+        .get(&cookie, "/api/v1/capacity/recommendations?site=nowhere")
+        .await;
+    assert_eq!(r.status(), 404);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("no pool has hosts at site"));
     // Configuration: budgets and lead times that cannot be right are refused at start.
     for (toml, want) in [
         (
