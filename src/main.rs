@@ -1540,8 +1540,22 @@ async fn run_agent(cfg: Config) -> anyhow::Result<()> {
     }
     let sources = app::local_sources(&cfg)?;
     let spool = std::path::absolute(cfg.spool_dir()).unwrap_or_else(|_| cfg.spool_dir());
-    let shipper = app::shipper(&cfg, &cfg.agent.server, &token, &spool)?
+    let mut shipper = app::shipper(&cfg, &cfg.agent.server, &token, &spool)?
         .with_token_source(app::agent_token_source(&cfg));
+    // Batches refused last time for naming another host than the token's go again, under
+    // the name configured now (refused again, they wait for the next start).
+    match shipper.spool.requeue_wrong_host(&identity) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            batches = n,
+            host = %identity.name,
+            "sending again the batches refused for naming another host than the token's"
+        ),
+        Err(e) => tracing::warn!(
+            "cannot send again the batches in {}: {e}",
+            rackwatch::collect::spool::WRONG_HOST
+        ),
+    }
     tracing::info!(spool = %spool.display(), "undelivered batches wait in the spool");
     let shipper = agent::run(identity, sources, shipper, app::timing(&cfg), shutdown).await?;
     if shipper.pending() {

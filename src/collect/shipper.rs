@@ -33,6 +33,9 @@ pub enum Delivery {
     },
     /// The server refuses this batch for good (400, 413, 415, 422).
     Refused(String),
+    /// The server refuses this batch because it names another host than the token's
+    /// (403): set aside until the agent starts again (with the name or token fixed).
+    WrongHost(String),
 }
 
 /// Ships batches to one server with one agent token.
@@ -427,11 +430,11 @@ impl Shipper {
                 self.url
             )),
             400 | 413 | 415 | 422 => Delivery::Refused(format!("{status}: {text}")),
-            // The token belongs to another host: this batch will never be accepted, so it
-            // must not block the ones behind it; it is set aside in rejected/ (a fixed
-            // config ships the batches collected after the fix).
-            403 => Delivery::Refused(format!(
-                "{status}: {text} (set agent.host.name to the token's host, or create a token for this host)"
+            // The token belongs to another host: this batch is not accepted as it is, so it
+            // must not block the ones behind it; it waits in rejected/wrong-host/ and is
+            // sent again, under the configured name, when the agent next starts.
+            403 => Delivery::WrongHost(format!(
+                "{status}: {text} (set agent.host.name to the token's host, or create a token for this host, and restart the agent: the refused batches are sent again then)"
             )),
             401 => retry(format!(
                 "{status}: {text} (check {}: revoked, mistyped, or from another server; batches are kept in the spool)",
@@ -519,7 +522,9 @@ impl Shipper {
             self.drain().await;
             return;
         }
-        match self.send(&batch).await {
+        let delivery = self.send(&batch).await;
+        let wrong_host = matches!(delivery, Delivery::WrongHost(_));
+        match delivery {
             Delivery::Delivered(r) => {
                 Self::report(&r);
                 self.delivered_total += 1;
@@ -530,11 +535,15 @@ impl Shipper {
                 self.spool_batch(&batch);
                 self.note_failure(&why, after);
             }
-            Delivery::Refused(why) => {
-                // Keep it for inspection rather than dropping it.
+            Delivery::Refused(why) | Delivery::WrongHost(why) => {
+                // Keep it for inspection (or the next start) rather than dropping it.
                 match self.spool.push(&batch) {
                     Ok(seq) => {
-                        let to = self.spool.quarantine(seq);
+                        let to = if wrong_host {
+                            self.spool.set_aside_wrong_host(seq)
+                        } else {
+                            self.spool.quarantine(seq)
+                        };
                         self.note_refusal(&why, &to);
                     }
                     Err(e) => self.note_refusal(&why, &format!("nowhere ({e})")),
@@ -604,6 +613,10 @@ impl Shipper {
                 }
                 Delivery::Refused(why) => {
                     let to = self.spool.quarantine(seq);
+                    self.note_refusal(&why, &to);
+                }
+                Delivery::WrongHost(why) => {
+                    let to = self.spool.set_aside_wrong_host(seq);
                     self.note_refusal(&why, &to);
                 }
             }

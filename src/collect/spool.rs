@@ -13,6 +13,14 @@ use crate::model::Batch;
 /// Batches kept in `rejected/` for inspection; older ones are deleted.
 pub const KEEP_REJECTED: usize = 100;
 
+/// Where batches refused for naming another host than the token's wait (under the spool
+/// directory): the agent's next start sends them again under its configured host.
+pub const WRONG_HOST: &str = "rejected/wrong-host";
+
+/// Batches kept in [`WRONG_HOST`]: a day of them at the default 10 s ship interval
+/// (about 80 MB); older ones are deleted.
+pub const KEEP_WRONG_HOST: usize = 8_640;
+
 /// A bounded on-disk queue of batches.
 #[derive(Debug)]
 pub struct Spool {
@@ -119,8 +127,9 @@ impl Spool {
         let bytes = files.iter().map(|f| f.1).sum();
         // Numbers go on from the highest in use, rejected batches included: a batch set
         // aside there keeps its name, and the newest are the ones kept.
-        let rejected = fs::read_dir(dir.join("rejected"))
-            .into_iter()
+        let rejected = [dir.join("rejected"), dir.join(WRONG_HOST)]
+            .iter()
+            .filter_map(|d| fs::read_dir(d).ok())
             .flatten()
             .filter_map(|e| e.ok())
             .filter_map(|e| seq_of(&e.file_name().to_string_lossy()))
@@ -247,11 +256,56 @@ impl Spool {
         }
     }
 
+    /// Set aside a batch the server refused because it names another host than the
+    /// token's (403): it waits in [`WRONG_HOST`] (the newest [`KEEP_WRONG_HOST`]) for
+    /// [`Spool::requeue_wrong_host`] at the next start, when the name or the token has
+    /// been fixed. Returns where it went.
+    pub fn set_aside_wrong_host(&mut self, seq: u64) -> String {
+        self.move_out(seq, WRONG_HOST, KEEP_WRONG_HOST)
+    }
+
+    /// Put the batches set aside by [`Spool::set_aside_wrong_host`] back at the end of
+    /// the queue under `host` (this agent's configuration now: the samples are this
+    /// machine's whatever name they were refused under). Returns how many; a file that is
+    /// not a batch stays where it is.
+    pub fn requeue_wrong_host(&mut self, host: &crate::model::HostInfo) -> std::io::Result<usize> {
+        let dir = self.dir.join(WRONG_HOST);
+        let mut names: Vec<(u64, PathBuf)> = match fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| Some((seq_of(&e.file_name().to_string_lossy())?, e.path())))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        names.sort();
+        let mut n = 0;
+        for (_, path) in names {
+            let Ok(mut batch) = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|d| serde_json::from_slice::<Batch>(&d).map_err(|e| e.to_string()))
+            else {
+                continue;
+            };
+            batch.host = host.clone();
+            self.push(&batch)?;
+            fs::remove_file(&path)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Move a batch the server refuses for good into `rejected/` for an operator to
     /// inspect; `rejected/` keeps the newest [`KEEP_REJECTED`] (an agent whose token names
     /// another host would otherwise fill the disk). Returns where it went.
     pub fn quarantine(&mut self, seq: u64) -> String {
-        let rej = self.dir.join("rejected");
+        self.move_out(seq, "rejected", KEEP_REJECTED)
+    }
+
+    /// Move the spooled batch `seq` into the directory `sub` (under the spool), which
+    /// keeps the newest `keep`.
+    fn move_out(&mut self, seq: u64, sub: &str, keep: usize) -> String {
+        let rej = self.dir.join(sub);
         let _ = fs::create_dir_all(&rej);
         let to = rej.join(format!("{seq:020}.json"));
         let _ = fs::rename(self.path(seq), &to);
@@ -261,10 +315,14 @@ impl Spool {
         }
         if let Ok(entries) = fs::read_dir(&rej) {
             // Sequence-numbered names sort oldest first.
-            let mut names: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-            if names.len() > KEEP_REJECTED {
+            let mut names: Vec<_> = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| seq_of(&e.file_name().to_string_lossy()).is_some())
+                .map(|e| e.path())
+                .collect();
+            if names.len() > keep {
                 names.sort();
-                for old in &names[..names.len() - KEEP_REJECTED] {
+                for old in &names[..names.len() - keep] {
                     let _ = fs::remove_file(old);
                 }
             }

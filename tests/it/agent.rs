@@ -505,22 +505,31 @@ async fn a_batch_for_another_host_goes_to_rejected_and_does_not_block_the_spool(
         !shipper.pending(),
         "a refused batch must not wait at the spool's head"
     );
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("rejected"))
-            .unwrap()
-            .count(),
-        2
-    );
+    let wrong_host = dir.path().join(rackwatch::collect::spool::WRONG_HOST);
+    assert_eq!(std::fs::read_dir(&wrong_host).unwrap().count(), 2);
     // With the host name fixed, the next batch is delivered at once.
     shipper.ship(batch("gpu-17")).await;
     assert!(!shipper.pending());
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM host_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = 'gpu-17'",
-    )
-    .fetch_one(&app.store.pool)
-    .await
-    .unwrap();
-    assert_eq!(n, 1);
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM host_samples s JOIN hosts h ON h.id = s.host_id WHERE h.name = 'gpu-17'",
+        )
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(stored().await, 1);
+    // The agent's next start sends the refused batches again, under the fixed name.
+    drop(shipper);
+    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &token, dir.path()).unwrap();
+    let fixed = rackwatch::model::HostInfo {
+        name: "gpu-17".into(),
+        ..Default::default()
+    };
+    assert_eq!(shipper.spool.requeue_wrong_host(&fixed).unwrap(), 2);
+    assert!(shipper.drain().await);
+    assert_eq!(std::fs::read_dir(&wrong_host).unwrap().count(), 0);
+    assert_eq!(stored().await, 3);
     app.stop().await;
 }
 

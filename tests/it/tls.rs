@@ -299,7 +299,7 @@ async fn an_agent_certificate_writes_its_own_host_only() {
         other => panic!("host A's certificate should write host A: {other:?}"),
     }
     match shipper.send(&batch("host-b")).await {
-        Delivery::Refused(why) => {
+        Delivery::WrongHost(why) => {
             assert!(why.starts_with("403"), "{why}");
             assert!(why.contains("host-a") && why.contains("host-b"), "{why}");
         }
