@@ -254,11 +254,34 @@ pub fn spawn(
 ) -> Result<JoinHandle<()>, rules::RuleError> {
     let mut source = RuleSource::new(&cfg.alerting.rules_file, &cfg.alerting.channels)?;
     telemetry.rules_reloaded(true);
+    // The sender runs apart from the evaluator: a mail server that hangs (each attempt
+    // waits out its timeout) must not hold up evaluation, nor the channels' deliveries
+    // behind the evaluation round.
+    let queued = Arc::new(Notify::new());
+    let sender_task = tokio::spawn({
+        let (store, cfg, leader, queued) =
+            (store.clone(), cfg.clone(), leader.clone(), queued.clone());
+        let mut sender = notify::Sender::new(&cfg, telemetry.clone());
+        let mut shutdown = shutdown.clone();
+        async move {
+            loop {
+                if leader.load(Ordering::Relaxed) {
+                    if let Err(e) = sender.send_due(&store, chrono::Utc::now()).await {
+                        tracing::warn!("alert notifications: {e:#}");
+                    }
+                }
+                tokio::select! {
+                    _ = queued.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
+                }
+            }
+        }
+    });
     Ok(tokio::spawn(async move {
         if let Some(loaded) = source.current() {
             source.audit(&store, &loaded).await;
         }
-        let mut sender = notify::Sender::new(&cfg, telemetry.clone());
         let eval_every = Duration::from_secs(cfg.alerting.eval_interval_secs);
         let mut last_full = Instant::now() - eval_every;
         // When this replica became the leader: hosts are judged silent from then at most.
@@ -285,9 +308,7 @@ pub fn spawn(
                 {
                     tracing::warn!("alert evaluation: {e:#}");
                 }
-                if let Err(e) = sender.send_due(&store, chrono::Utc::now()).await {
-                    tracing::warn!("alert notifications: {e:#}");
-                }
+                queued.notify_one();
             }
             tokio::select! {
                 _ = wakeup.notified() => {}
@@ -295,5 +316,6 @@ pub fn spawn(
                 r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
             }
         }
+        let _ = sender_task.await;
     }))
 }
