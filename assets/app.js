@@ -72,12 +72,45 @@ function editing() {
 (function () {
   var r = document.body.getAttribute('data-refresh');
   if (!r) return;
-  // Reload only while the tab is visible and nobody is typing; a hidden tab or a form
-  // being filled in catches up at the next tick after that.
+  // The page says that it updates itself, with a switch to pause (remembered).
+  var key = 'rackwatch.refresh.paused';
+  var paused = false;
+  try { paused = localStorage.getItem(key) === '1'; } catch (e) { /* storage off: not remembered */ }
+  var note = document.createElement('p');
+  note.className = 'refresh-note';
+  var text = document.createElement('span');
+  var button = document.createElement('button');
+  button.type = 'button';
+  button.className = 'secondary';
+  function show() {
+    text.textContent = paused ? 'Updates paused' : 'Updates every ' + r + ' s';
+    button.textContent = paused ? 'Resume' : 'Pause';
+    button.setAttribute('aria-pressed', paused ? 'true' : 'false');
+  }
+  button.addEventListener('click', function () {
+    paused = !paused;
+    try { localStorage.setItem(key, paused ? '1' : '0'); } catch (e) { /* not remembered */ }
+    show();
+  });
+  show();
+  note.appendChild(text);
+  note.appendChild(button);
+  var main = document.querySelector('main');
+  if (main) main.insertBefore(note, main.firstChild);
+  // Reload only while the tab is visible, nobody is typing and no keyboard focus is on
+  // the page (a reload would move it back to the top; a mouse click's focus does not
+  // count, so an unattended page keeps updating); what is held back catches up at the
+  // next tick after that.
+  function busy() {
+    var a = document.activeElement;
+    var keyboard = false;
+    try { keyboard = !!a && a !== document.body && a !== button && a.matches(':focus-visible'); } catch (e) { /* old browser */ }
+    return editing() || keyboard;
+  }
   var due = false;
   function tick() {
-    if (document.visibilityState === 'visible' && !editing()) location.reload(); else due = true;
+    if (!paused && document.visibilityState === 'visible' && !busy()) location.reload(); else due = true;
   }
   setInterval(tick, Number(r) * 1000);
-  document.addEventListener('visibilitychange', function () { if (due && document.visibilityState === 'visible' && !editing()) location.reload(); });
+  document.addEventListener('visibilitychange', function () { if (due && !paused && document.visibilityState === 'visible' && !busy()) location.reload(); });
 })();

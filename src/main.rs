@@ -300,6 +300,14 @@ enum UserCmd {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Change an existing user's role; their password stays. The only admin cannot be
+    /// made anything else.
+    Role {
+        /// The user's login name.
+        name: String,
+        /// viewer, operator or admin.
+        role: String,
+    },
     /// List the dashboard's users and their roles.
     List,
     /// Delete a user; their sessions end at once. The last admin cannot be deleted.
@@ -481,6 +489,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Restore { file, force } => {
+            // Checked before a database is reached (or a managed one set up for it).
+            if !file.is_file() {
+                anyhow::bail!("{} is not a file", file.display());
+            }
             let db = Database::open_bare(&cfg, Role::OneShot).await?;
             let done = rackwatch::store::backup::restore(
                 &cfg.database.managed_bin_dir,
@@ -585,6 +597,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("user {name} ({}) saved", role.as_str());
             Ok(())
         }
+        Cmd::User(UserCmd::Role { name, role }) => {
+            let role: UserRole = role.parse().map_err(anyhow::Error::msg)?;
+            let db = Database::open(&cfg, Role::Existing).await?;
+            let r = async {
+                let old = db.store.change_role(&name, role).await?;
+                if let Some(old) = &old {
+                    db.store
+                        .audit_role_changed(&cli_actor(), None, &name, old, role.as_str())
+                        .await?;
+                }
+                anyhow::Ok(old)
+            }
+            .await;
+            db.close().await;
+            match r? {
+                Some(old) if old == role.as_str() => {
+                    println!("user {name} is {old} already; nothing changed")
+                }
+                Some(old) => println!("user {name} now {} (was {old}); password unchanged, their sessions have ended", role.as_str()),
+                None => anyhow::bail!("no user named {name:?} (rackwatch user list shows them; rackwatch user add creates one)"),
+            }
+            Ok(())
+        }
         Cmd::User(UserCmd::List) => {
             let db = Database::open(&cfg, Role::Existing).await?;
             let users = db.store.list_users().await;
@@ -657,7 +692,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Capacity(CapacityCmd::Plan { format, pool }) => {
             let db = Database::open(&cfg, Role::Existing).await?;
             let horizon = cfg.capacity.horizon_days;
-            let r = capacity_plan(&db, &format, pool.as_deref(), horizon).await;
+            let r =
+                capacity_plan(&db, &format.to_ascii_lowercase(), pool.as_deref(), horizon).await;
             db.close().await;
             r
         }
@@ -784,13 +820,20 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                 .with_context(|| format!("reading {}", file.display()))?;
             let (good, bad) = inputs::parse_carbon_csv(&text);
             let n = inputs::store_carbon(&db.store, &site, &good).await?;
-            println!("{n} hours of carbon intensity stored for site {site}");
+            println!(
+                "{} of carbon intensity stored for site {site}",
+                rackwatch::model::format::count(n as usize, "hour")
+            );
             warn_unknown_site(&db.store, &site).await?;
             if !bad.is_empty() {
                 for (line, why) in &bad {
                     eprintln!("{}:{line}: {why}", file.display());
                 }
-                anyhow::bail!("{} lines of {} were rejected", bad.len(), file.display());
+                anyhow::bail!(
+                    "{} of {} rejected",
+                    rackwatch::model::format::count(bad.len(), "line"),
+                    file.display()
+                );
             }
             Ok(())
         }
@@ -1110,17 +1153,30 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 (None, None) => None,
             };
             if let Some(scope) = scope {
-                let (site, hosts) = match &scope {
-                    WriteScope::Site(s) => (s.clone(), vec!["x".to_string()]),
-                    WriteScope::Hosts(h) => (String::new(), h.clone()),
+                let (site, hosts, flag) = match &scope {
+                    WriteScope::Site(s) => (s.clone(), vec!["x".to_string()], "--write-site"),
+                    WriteScope::Hosts(h) => (String::new(), h.clone(), "--write-hosts"),
                 };
-                for name in hosts {
+                if hosts.is_empty() {
+                    anyhow::bail!("--write-hosts: name at least one host (A,B,…)");
+                }
+                for (i, name) in hosts.into_iter().enumerate() {
                     rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
                         name,
                         site: site.clone(),
                         ..Default::default()
                     })
-                    .map_err(anyhow::Error::msg)?;
+                    .map_err(|e| match flag {
+                        "--write-hosts" => anyhow::anyhow!(
+                            "--write-hosts: host {} of the list: {}",
+                            i + 1,
+                            e.to_string().trim_start_matches("host.name ")
+                        ),
+                        _ => anyhow::anyhow!(
+                            "--write-site: {}",
+                            e.to_string().trim_start_matches("host.site ")
+                        ),
+                    })?;
                 }
                 let token = db.store.create_write_token(&scope, &note).await?;
                 let target = format!("write:{}", scope.label());
@@ -1444,6 +1500,22 @@ async fn alerts_db_cmd(db: &Database, cfg: &Config, a: AlertsCmd) -> anyhow::Res
                     eprintln!(
                         "note: no host named {host:?} reports to this server: the silence mutes it once it does (a misspelt name mutes nothing)"
                     );
+                }
+            }
+            // The same for a site, rack or pool no host of the fleet carries.
+            for label in ["site", "rack", "pool"] {
+                if let Some(v) = m.get(label) {
+                    let known: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT EXISTS (SELECT 1 FROM hosts WHERE removed_at IS NULL AND {label} = $1)"
+                    )))
+                    .bind(v)
+                    .fetch_one(&db.store.pool)
+                    .await?;
+                    if !known {
+                        eprintln!(
+                            "note: no host of the fleet is in {label} {v:?}: the silence mutes it once one is (a misspelt name mutes nothing)"
+                        );
+                    }
                 }
             }
         }

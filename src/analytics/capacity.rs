@@ -2103,11 +2103,16 @@ pub fn host_peak_w<'a>(hosts: impl IntoIterator<Item = &'a PoolHost>) -> Option<
 pub fn room_line(room: &HostPower, sites: &[String]) -> Option<String> {
     let kw = room.host_peak_kw?;
     let best = room.racks.first()?;
-    let at = sites.join(", ");
+    // "fra1", "ams2 and fra1", "ams2, fra1 and lon3": never a list that reads as a clause.
+    let at = match sites {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    };
     let total: i64 = room.racks.iter().filter_map(|r| r.hosts).sum();
     Some(if total == 0 {
         format!(
-            "power: no rack with a budget at {at} has room for another of these hosts (one draws up to {kw:.1} kW; the most headroom is {:.1} kW, in {}): plan rack power with the order",
+            "power: none of the racks with a budget at {at} has room for another of these hosts (one draws up to {kw:.1} kW; the most headroom is {:.1} kW, in {}): plan rack power with the order",
             best.headroom_kw, best.rack
         )
     } else {
@@ -2138,6 +2143,27 @@ pub fn queue_bound(installed_gpus: i64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_power_line_lists_sites_so_that_none_reads_as_having_room() {
+        let room = HostPower {
+            host_peak_kw: Some(5.8),
+            racks: vec![RackRoom {
+                rack: "fra1/r03".into(),
+                budget_kw: 40.0,
+                peak_kw: 35.9,
+                headroom_kw: 4.1,
+                hosts: Some(0),
+            }],
+        };
+        let sites = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            room_line(&room, &sites(&["ams2", "fra1"])).unwrap(),
+            "power: none of the racks with a budget at ams2 and fra1 has room for another of these hosts (one draws up to 5.8 kW; the most headroom is 4.1 kW, in fra1/r03): plan rack power with the order"
+        );
+        let three = room_line(&room, &sites(&["ams2", "fra1", "lon3"])).unwrap();
+        assert!(three.contains("at ams2, fra1 and lon3 has"), "{three}");
+    }
 
     #[test]
     fn a_stored_exhaustion_draws_the_fitted_trend_of_either_shape() {

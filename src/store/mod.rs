@@ -26,6 +26,17 @@ use managed::{ManagedOptions, ManagedPostgres};
 /// Name of the database inside the managed cluster.
 pub const MANAGED_DB: &str = "rackwatch";
 
+/// Why a connection failed, once: the server's own message for an error it returned
+/// (without the driver's "at line N", a line of Postgres's source), the driver's
+/// otherwise (its error's source repeats it, so the chain is not printed).
+fn connect_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::Protocol(m) => format!("{m} (is a Postgres server listening there?)"),
+        other => other.to_string(),
+    }
+}
+
 /// The database handle every stage shares.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -294,7 +305,7 @@ impl Store {
             Err(sqlx::Error::PoolTimedOut) => {
                 let why = match sqlx::PgConnection::connect_with(&opts).await {
                     Ok(_) => "it answers now; try again".to_string(),
-                    Err(e) => e.to_string(),
+                    Err(e) => connect_error(&e),
                 };
                 anyhow::bail!(
                     "connecting to Postgres at {}:{} (database {:?}) for {} s: {why}",
@@ -304,7 +315,13 @@ impl Store {
                     acquire_timeout_secs.max(1)
                 );
             }
-            Err(e) => return Err(anyhow::Error::new(e).context("connecting to Postgres")),
+            Err(e) => anyhow::bail!(
+                "connecting to Postgres at {}:{} (database {:?}): {}",
+                opts.get_host(),
+                opts.get_port(),
+                opts.get_database().unwrap_or("default"),
+                connect_error(&e)
+            ),
         };
         Ok(Store {
             pool,

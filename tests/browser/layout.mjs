@@ -225,6 +225,29 @@ try {
   await typing.close();
   console.log(`OK refresh-keeps-typing kept=${JSON.stringify(kept)}`);
 
+  // Keyboard focus holds the refresh too (a reload would send it back to the top), and
+  // the page's switch pauses and resumes it.
+  where = 'refresh-keeps-keyboard-focus';
+  const kb = await page.context().newPage();
+  await kb.clock.install();
+  await kb.goto(base + '/alerts');
+  const noteText = async () => (await kb.locator('.refresh-note').textContent()).trim();
+  const served = await noteText();
+  if (!served.startsWith('Updates every 30 s')) problem(where, `refresh note ${JSON.stringify(served)}`);
+  await kb.locator('#firing button').first().focus();
+  await kb.keyboard.press('Tab');
+  await kb.evaluate(() => { window.servedOnce = true; });
+  await kb.clock.runFor(95000);
+  if (!(await kb.evaluate(() => window.servedOnce === true))) problem(where, 'a refresh took the keyboard focus away');
+  await kb.locator('.refresh-note button').click();
+  const pausedText = await noteText();
+  await kb.clock.runFor(95000);
+  if (!pausedText.startsWith('Updates paused') || !(await kb.evaluate(() => window.servedOnce === true))) problem(where, `paused: ${JSON.stringify(pausedText)}, reloaded ${!(await kb.evaluate(() => window.servedOnce === true))}`);
+  await kb.locator('.refresh-note button').click();
+  await Promise.all([kb.waitForEvent('load'), kb.clock.runFor(35000)]);
+  await kb.close();
+  console.log(`OK refresh-keeps-keyboard-focus note=${JSON.stringify(served)} paused=${JSON.stringify(pausedText)}`);
+
   // Revoking a token asks first; dismissed, nothing is posted.
   where = 'confirm-revoke';
   await page.goto(base + '/admin');

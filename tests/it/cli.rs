@@ -123,6 +123,39 @@ async fn token_create_and_user_add_work_against_the_database() {
         !demote.0 && demote.2.contains("root is the only admin"),
         "{demote:?}"
     );
+    // A role alone changes with `user role`: the password stays.
+    let url = app.db_url.clone();
+    let (role, again, nobody, bad) = tokio::task::spawn_blocking(move || {
+        (
+            rackwatch(&url, &["user", "role", "bob", "viewer"], ""),
+            rackwatch(&url, &["user", "role", "bob", "viewer"], ""),
+            rackwatch(&url, &["user", "role", "nobody", "viewer"], ""),
+            rackwatch(&url, &["user", "role", "bob", "superuser"], ""),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        role.0
+            && role
+                .1
+                .contains("user bob now viewer (was operator); password unchanged"),
+        "{role:?}"
+    );
+    assert!(again.0 && again.1.contains("viewer already"), "{again:?}");
+    assert!(
+        !nobody.0 && nobody.2.contains("no user named \"nobody\""),
+        "{nobody:?}"
+    );
+    assert!(!bad.0 && bad.2.contains("superuser"), "{bad:?}");
+    let user = app
+        .store
+        .authenticate("bob", "bobs new password")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.role, rackwatch::store::auth::Role::Viewer);
+    assert_eq!(app.audit("user.role_changed").await.len(), 1);
     assert!(
         !empty.0 && empty.2.contains("no password: pass --password"),
         "{empty:?}"
