@@ -1454,6 +1454,10 @@ async fn alerts_db_cmd(db: &Database, cfg: &Config, a: AlertsCmd) -> anyhow::Res
                 eprintln!(
                     "warning: no alerting.rules_file (pass the server's --config): the rule name is not checked"
                 );
+            } else if m.contains_key("rule") && cfg.alerting.rules_file.is_empty() {
+                eprintln!(
+                    "note: the rule name is checked against {rules_file} (the demo's rules); pass the server's --config for its own"
+                );
             }
             rackwatch::alert::silence::check_rule(&m, &rules_file)
                 .map_err(|e| anyhow::anyhow!("--match {e}"))?;
