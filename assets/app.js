@@ -109,7 +109,9 @@ function editing() {
   }
   var due = false;
   function tick() {
-    if (!paused && document.visibilityState === 'visible' && !busy()) location.reload(); else due = true;
+    if (!paused && document.visibilityState === 'visible' && !busy()) { location.reload(); return; }
+    due = true;
+    if (!paused && busy()) text.textContent = 'Updates held while you work on the page';
   }
   setInterval(tick, Number(r) * 1000);
   document.addEventListener('visibilitychange', function () { if (due && !paused && document.visibilityState === 'visible' && !busy()) location.reload(); });

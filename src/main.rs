@@ -1122,7 +1122,9 @@ async fn remove_host(db: &Database, name: &str) -> anyhow::Result<()> {
     };
     let target = rackwatch::store::Store::removed_host_target(name, tokens);
     audit(db, "host.removed", &target, serde_json::json!({})).await?;
-    println!("{target} taken out of the fleet; an agent reporting for it again brings it back");
+    println!(
+        "{target} taken out of the fleet; an agent reporting for it with a new token (or a client certificate) brings it back"
+    );
     // Its token is revoked, but a server that looked it up in the last minute still
     // stores its batches (without bringing the host back) until it looks again.
     let ago = heard.map(|t| (chrono::Utc::now() - t).num_seconds());

@@ -391,8 +391,11 @@ async fn hardware(
             at_gpu.insert("gpu".into(), gpu.to_string());
         }
         for (rule, h) in &hw {
-            let kind_ok = h.events.is_empty() || h.events.iter().any(|k| k == kind);
-            let code_ok = h.xid_codes.is_empty() || h.xid_codes.contains(code);
+            let kinds = h.kinds();
+            let kind_ok = kinds.is_empty() || kinds.iter().any(|k| k == kind);
+            let code_ok = kind != "xid"
+                || ((h.xid_codes.is_empty() || h.xid_codes.contains(code))
+                    && !h.except_xid_codes.contains(code));
             let mut l = at_gpu.clone();
             if h.per_code {
                 l.insert("event".into(), kind.clone());
@@ -440,7 +443,12 @@ async fn hardware(
             let seen = codes_seen(store, rule, h, &obs, &at).await?;
             for (o, seen) in obs.iter_mut().zip(seen) {
                 if seen.len() > 1 || seen.first().is_some_and(|s| s.2 > 1) {
-                    o.description = format!("{}. Latest: {}", codes_text(&seen), o.description);
+                    o.description = format!(
+                        "{}.{} Latest: {}",
+                        codes_text(&seen),
+                        most_serious(&seen),
+                        o.description
+                    );
                 }
             }
         }
@@ -545,14 +553,15 @@ async fn codes_seen(
               AND e.ts >= w.since AND e.ts <= w.latest
             WHERE e.host_id = ANY($1)
               AND (cardinality($5::text[]) = 0 OR e.kind = ANY($5))
-              AND (cardinality($6::int8[]) = 0 OR e.code = ANY($6))
+              AND (e.kind <> 'xid' OR ((cardinality($6::int8[]) = 0 OR e.code = ANY($6)) AND NOT e.code = ANY($7)))
             GROUP BY w.i, e.kind, e.code"#,
         &hosts,
         &gpus,
         &since,
         &latest,
-        &h.events,
+        &h.kinds(),
         &h.xid_codes,
+        &h.except_xid_codes,
     )
     .fetch_all(&store.pool)
     .await?;
@@ -563,8 +572,15 @@ async fn codes_seen(
         }
     }
     for s in &mut seen {
-        // Most frequent first, then by kind and code.
-        s.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, a.1).cmp(&(&b.0, b.1))));
+        // The most serious for the hardware first (an uncorrectable memory error before
+        // the application faults around it), then the most frequent, then by kind and code.
+        let urgency = |k: &str, c: i64| crate::model::xid::describe_event(k, c).action.urgency();
+        s.sort_by(|a, b| {
+            urgency(&b.0, b.1)
+                .cmp(&urgency(&a.0, a.1))
+                .then(b.2.cmp(&a.2))
+                .then_with(|| (&a.0, a.1).cmp(&(&b.0, b.1)))
+        });
     }
     Ok(seen)
 }
@@ -578,6 +594,32 @@ fn codes_text(seen: &[(String, i64, i64)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// " Most serious: XID 94 (meaning): action." when one of the codes seen asks more of the
+/// hardware than all the others (empty otherwise): the latest event may be an
+/// application fault that followed it.
+fn most_serious(seen: &[(String, i64, i64)]) -> String {
+    let d = |(k, c, _): &(String, i64, i64)| crate::model::xid::describe_event(k, *c);
+    let Some(top) = seen.first() else {
+        return String::new();
+    };
+    let first = d(top);
+    if seen.len() < 2
+        || seen[1..]
+            .iter()
+            .any(|s| d(s).action.urgency() >= first.action.urgency())
+    {
+        return String::new();
+    }
+    let name = match top.0.as_str() {
+        "xid" => format!("XID {}", top.1),
+        k => k.to_string(),
+    };
+    format!(
+        " Most serious: {name} ({}): {}.",
+        first.meaning, first.action
+    )
 }
 
 /// What an event says, what it means and what to do, for the mail and the alerts page.
@@ -1000,7 +1042,17 @@ async fn apply_in(
                 let why = o.value.is_none().then_some(o.description.as_str());
                 resolve(tx, rules, rule, cur.expect("firing row"), now, why).await?;
             }
-            ("firing", false) => {} // between the thresholds: hysteresis keeps it firing
+            ("firing", false) => {
+                // Between the thresholds: hysteresis keeps it firing (under its rule's
+                // severity of now).
+                sqlx::query!(
+                    "UPDATE alerts SET severity = $2 WHERE fingerprint = $1 AND severity <> $2",
+                    &fp,
+                    &rule.severity,
+                )
+                .execute(&mut **tx)
+                .await?;
+            }
             ("pending", true) => {
                 let (since, held) = match o.held {
                     Some(h) => h,
@@ -1011,6 +1063,19 @@ async fn apply_in(
                 };
                 if held >= for_ {
                     fire(tx, rules, rule, &fp, &o, since, now, cur).await?;
+                } else {
+                    // Pending: its value and detail follow the condition (a score still
+                    // rising reads as it is now, not as when it first crossed).
+                    sqlx::query!(
+                        "UPDATE alerts SET value = $2, description = $3, last_active_at = $4, updated_at = now()
+                          WHERE fingerprint = $1 AND state = 'pending'",
+                        &fp,
+                        o.value,
+                        &o.description,
+                        now,
+                    )
+                    .execute(&mut **tx)
+                    .await?;
                 }
             }
             ("pending", false) => {
@@ -1231,7 +1296,7 @@ async fn resolve_quiet_hardware(
                    ON e.host_id = l.host_id AND e.gpu_index = l.gpu_index
                 WHERE h.name = ANY($1) AND h.removed_at IS NULL"#,
             &hosts,
-            &h.events,
+            &h.kinds(),
             oldest,
         )
         .fetch_all(&store.pool)

@@ -309,7 +309,18 @@ impl Sender {
                     let mut l = r.alert.labels.clone();
                     l.insert("rule".into(), r.alert.rule.clone());
                     l.insert("severity".into(), r.alert.severity.clone());
-                    if r.kind != "resolved" && super::silence::silenced(&mut *tx, &l, now).await? {
+                    // (A resolve whose firing notice was never sent, say one dropped as
+                    // silenced while the mail server was down, keeps to the silence.)
+                    let firing_sent = r.kind == "resolved"
+                    && sqlx::query_scalar!(
+                        r#"SELECT EXISTS (SELECT 1 FROM notification_outbox WHERE fingerprint = $1
+                              AND kind = 'firing' AND message_id IS NOT NULL AND id < $2) AS "sent!""#,
+                        &r.alert.fingerprint,
+                        r.id,
+                    )
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if !firing_sent && super::silence::silenced(&mut *tx, &l, now).await? {
                         sqlx::query!(
                         "UPDATE notification_outbox SET sent_at = $2, last_error = 'silenced before sending' WHERE id = $1",
                         r.id,

@@ -117,15 +117,31 @@ pub struct HardwareRule {
     /// gpu_lost…). Empty: all kinds.
     #[serde(default)]
     pub events: Vec<String>,
-    /// Only these XID codes (empty: all).
+    /// Only these XID codes (empty: all); events of other kinds are not filtered.
     #[serde(default)]
     pub xid_codes: Vec<i64>,
+    /// Not these XID codes: those another rule takes (XID 79 goes with `gpu_lost`).
+    #[serde(default)]
+    pub except_xid_codes: Vec<i64>,
     #[serde(default = "default_quiet")]
     pub resolve_after_secs: u64,
     /// One alert per event kind and XID code instead of one per GPU (default false: a
     /// GPU with repeated faults is one alert whose description lists the codes).
     #[serde(default)]
     pub per_code: bool,
+}
+
+impl HardwareRule {
+    /// The event kinds the rule takes (empty: all): its `events`, or only XIDs when it
+    /// names XID codes and no kinds (`xid_codes = [48]` alone is about XID 48, not about
+    /// every other kind of event too).
+    pub fn kinds(&self) -> Vec<String> {
+        if self.events.is_empty() && !self.xid_codes.is_empty() {
+            vec!["xid".to_string()]
+        } else {
+            self.events.clone()
+        }
+    }
 }
 
 /// A host that sent nothing for `after_secs`.
@@ -552,10 +568,23 @@ impl RuleKind {
                         ));
                     }
                 }
-                if let Some(c) = h.xid_codes.iter().find(|c| !(1..=MAX_XID).contains(*c)) {
+                for (field, codes) in [
+                    ("xid_codes", &h.xid_codes),
+                    ("except_xid_codes", &h.except_xid_codes),
+                ] {
+                    if let Some(c) = codes.iter().find(|c| !(1..=MAX_XID).contains(*c)) {
+                        return Err((
+                            field,
+                            format!("{c} is not an XID code (1 ..= {MAX_XID}: 79, 94, …)"),
+                        ));
+                    }
+                }
+                if let Some(c) = h.except_xid_codes.iter().find(|c| h.xid_codes.contains(c)) {
                     return Err((
-                        "xid_codes",
-                        format!("{c} is not an XID code (1 ..= {MAX_XID}: 79, 94, …)"),
+                        "except_xid_codes",
+                        format!(
+                            "XID {c} is in xid_codes too: the rule would both take and leave it"
+                        ),
                     ));
                 }
                 if h.resolve_after_secs == 0 {
@@ -1072,6 +1101,25 @@ to = ["fra1@example.com"]
         assert!(e.contains("`xid_codes`: -5 is not an XID code"), "{e}");
         let e = hw("xid_codes = [99999999]\n").unwrap_err();
         assert!(e.contains("`xid_codes`"), "{e}");
+        assert!(hw("except_xid_codes = [79]\n").is_ok());
+        // XID codes alone take XIDs only; with kinds named, the codes filter the XIDs.
+        let kinds = |extra: &str| match &hw(extra).unwrap().rules[0].kind {
+            RuleKind::Hardware(h) => h.kinds(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kinds("xid_codes = [48]\n"), ["xid"]);
+        assert!(kinds("").is_empty());
+        assert_eq!(
+            kinds("events = [\"gpu_lost\", \"xid\"]\nxid_codes = [79]\n"),
+            ["gpu_lost", "xid"]
+        );
+        let e = hw("except_xid_codes = [0]\n").unwrap_err();
+        assert!(
+            e.contains("`except_xid_codes`: 0 is not an XID code"),
+            "{e}"
+        );
+        let e = hw("xid_codes = [79]\nexcept_xid_codes = [79]\n").unwrap_err();
+        assert!(e.contains("both take and leave it"), "{e}");
         let e = hw("resolve_after_secs = 999999999999\n").unwrap_err();
         assert!(
             e.contains("`resolve_after_secs`: 999999999999 s is over a week"),

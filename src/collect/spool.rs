@@ -266,8 +266,9 @@ impl Spool {
 
     /// Put the batches set aside by [`Spool::set_aside_wrong_host`] back at the end of
     /// the queue under `host` (this agent's configuration now: the samples are this
-    /// machine's whatever name they were refused under). Returns how many; a file that is
-    /// not a batch stays where it is.
+    /// machine's whatever name they were refused under), oldest first and as many as the
+    /// spool has room for (the rest wait for the next start, so none pushes out a batch
+    /// already waiting). Returns how many; a file that is not a batch stays where it is.
     pub fn requeue_wrong_host(&mut self, host: &crate::model::HostInfo) -> std::io::Result<usize> {
         let dir = self.dir.join(WRONG_HOST);
         let mut names: Vec<(u64, PathBuf)> = match fs::read_dir(&dir) {
@@ -288,6 +289,12 @@ impl Spool {
                 continue;
             };
             batch.host = host.clone();
+            let size = serde_json::to_vec(&batch)
+                .map_err(std::io::Error::other)?
+                .len() as u64;
+            if self.bytes + size > self.max_bytes {
+                break;
+            }
             self.push(&batch)?;
             fs::remove_file(&path)?;
             n += 1;

@@ -18,6 +18,10 @@ pub enum Action {
     Ignore,
     /// An application fault: restart the job, check the application if it repeats.
     RestartApp,
+    /// A memory fault contained to the job that hit it (XID 94): restart that job, reset
+    /// the GPU when convenient so the row remap takes effect. NVIDIA's bucket is
+    /// RESTART_APP, but the memory is at fault, not the application.
+    RestartAppResetLater,
     /// Drain the GPU and reset it (`nvidia-smi -r`).
     ResetGpu,
     /// Drain the node and restart it (bare-metal reboot).
@@ -35,12 +39,26 @@ impl Action {
     pub fn bucket(self) -> &'static str {
         match self {
             Action::Ignore => "IGNORE",
-            Action::RestartApp => "RESTART_APP",
+            Action::RestartApp | Action::RestartAppResetLater => "RESTART_APP",
             Action::ResetGpu => "RESET_GPU",
             Action::RestartNode => "RESTART_BM",
             Action::CheckMechanicals => "CHECK_MECHANICALS",
             Action::ContactSupport => "CONTACT_SUPPORT",
             Action::LookUp => "UNKNOWN",
+        }
+    }
+
+    /// How much the hardware is in question, for ordering a GPU's events most serious
+    /// first: a node to restart or a part to replace, then a GPU to reset, then a job to
+    /// restart, then nothing to do.
+    pub fn urgency(self) -> u8 {
+        match self {
+            Action::RestartNode | Action::ContactSupport | Action::CheckMechanicals => 5,
+            Action::ResetGpu => 4,
+            Action::RestartAppResetLater => 3,
+            Action::LookUp => 2,
+            Action::RestartApp => 1,
+            Action::Ignore => 0,
         }
     }
 }
@@ -51,6 +69,9 @@ impl fmt::Display for Action {
             Action::Ignore => "ignore (informational; watch the rate)",
             Action::RestartApp => {
                 "check the application: restart the job; debug the application if it repeats"
+            }
+            Action::RestartAppResetLater => {
+                "restart the job that hit it (the GPU's memory is at fault, not the application; other jobs carry on); reset the GPU when convenient so the row remap takes effect; if it repeats, check nvidia-smi -q -d ROW_REMAPPER and RMA the GPU"
             }
             Action::ResetGpu => "reset the GPU: drain it, then nvidia-smi -r (or reboot)",
             Action::RestartNode => {
@@ -137,7 +158,7 @@ pub const XIDS: &[Xid] = &[
     x(
         94,
         "Contained ECC error (uncorrectable, contained to the application that used the memory)",
-        RestartApp,
+        RestartAppResetLater,
     ),
     x(
         95,
@@ -250,6 +271,15 @@ mod tests {
         assert_eq!(lookup(13).unwrap().action, Action::RestartApp);
         assert_eq!(lookup(45).unwrap().action, Action::Ignore);
         assert_eq!(lookup(119).unwrap().action, Action::ResetGpu);
+        // A contained ECC error is NVIDIA's RESTART_APP, but it is the memory's fault.
+        let x94 = lookup(94).unwrap().action;
+        assert_eq!(x94.bucket(), "RESTART_APP");
+        assert!(
+            x94.to_string().contains("memory is at fault")
+                && x94.to_string().contains("reset the GPU")
+        );
+        assert!(x94.urgency() > Action::RestartApp.urgency());
+        assert!(Action::ResetGpu.urgency() > x94.urgency());
         assert_eq!(describe_event("xid", 9999).action, Action::LookUp);
         assert!(describe_event("xid", 9999).meaning.contains("9999"));
         for k in crate::model::EVENT_KINDS.iter().filter(|k| **k != "xid") {

@@ -495,7 +495,7 @@ fn gpu_index(host: &str, s: &str) -> Result<i16, ApiError> {
 }
 
 /// Reference lines for the temperature chart: the alert rules that watch a GPU's
-/// temperature from above (`gpu-hot alert > 87 °C`). NVML's slowdown temperature is not
+/// temperature from above (`gpu-hot alert > 85 °C`). NVML's slowdown temperature is not
 /// reported by the agent, so the alert threshold is the line an operator can act on.
 fn temperature_rules(path: &str) -> Vec<(f64, String)> {
     if path.is_empty() {

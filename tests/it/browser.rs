@@ -72,7 +72,7 @@ async fn seed_realistic(app: &TestApp) {
             "warning",
             serde_json::json!({"site": "fra1", "rack": "r01", "host": "sim-fra1-r01-n03", "gpu": "2"}),
             "GPU temperature high",
-            "gpu.temp_celsius 91.0 > 87 for 60 s".to_string(),
+            "gpu.temp_celsius 91.0 > 85 for 60 s".to_string(),
             "firing",
             None,
         ),
@@ -152,7 +152,7 @@ async fn pages_say_what_they_show(app: &TestApp) {
     assert_eq!(st, 200);
     assert!(gpu.contains("<h3>Fan speed</h3>"), "fan chart on 7 days");
     assert!(
-        gpu.contains(">gpu-hot alert &gt; 87 °C<"),
+        gpu.contains(">gpu-hot alert &gt; 85 °C<"),
         "temperature rule line"
     );
     assert!(gpu.contains("power limit "), "power limit line");
