@@ -79,13 +79,13 @@ function editing() {
   var note = document.createElement('p');
   note.className = 'refresh-note';
   var text = document.createElement('span');
+  text.setAttribute('role', 'status');
   var button = document.createElement('button');
   button.type = 'button';
   button.className = 'secondary';
   function show() {
     text.textContent = paused ? 'Updates paused' : 'Updates every ' + r + ' s';
     button.textContent = paused ? 'Resume' : 'Pause';
-    button.setAttribute('aria-pressed', paused ? 'true' : 'false');
   }
   button.addEventListener('click', function () {
     paused = !paused;
@@ -104,7 +104,8 @@ function editing() {
   function busy() {
     var a = document.activeElement;
     var keyboard = false;
-    try { keyboard = !!a && a !== document.body && a !== button && a.matches(':focus-visible'); } catch (e) { /* old browser */ }
+    // Only a control counts: the row an action returns to is focused by the page itself.
+    try { keyboard = !!a && a.matches('a[href], button, input, select, textarea, summary') && a.matches(':focus-visible'); } catch (e) { /* old browser */ }
     return editing() || keyboard;
   }
   var due = false;

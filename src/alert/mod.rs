@@ -89,14 +89,16 @@ pub struct AlertRow {
 }
 
 impl Store {
-    /// Pending and firing alerts, most severe first, then oldest first.
+    /// Pending and firing alerts, most severe first, then those of hosts and GPUs before
+    /// the planning ones (a pool's or a rack's capacity), then oldest first.
     pub async fn current_alerts(&self) -> Result<Vec<AlertRow>, sqlx::Error> {
         sqlx::query_as!(
             AlertRow,
             r#"SELECT fingerprint, rule, severity, state, labels AS "labels: sqlx::types::Json<Labels>", summary,
                     description, value, started_at, fired_at, occurrences, flaps, acknowledged_by, acknowledged_at
                FROM alerts WHERE state IN ('pending', 'firing')
-              ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, started_at"#,
+              ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
+                       NOT (labels ? 'host'), started_at"#,
         )
         .fetch_all(&self.pool)
         .await

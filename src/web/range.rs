@@ -261,6 +261,17 @@ impl RangeParams {
             Source::Rollup1m => (per_px + 59) / 60 * 60,
             Source::Rollup15m => per_px / QUARTER_SECS * QUARTER_SECS,
         };
+        // Rollup points start on whole multiples of their width (a point stamped 11:47:00
+        // holds the minutes from 11:47:00): the start moves back to one, by less than a
+        // point.
+        let from = match source {
+            Source::Raw => from,
+            Source::Rollup1m | Source::Rollup15m => {
+                let off = from.timestamp().rem_euclid(bucket_secs);
+                from - Duration::seconds(off)
+                    - Duration::nanoseconds(i64::from(from.timestamp_subsec_nanos()))
+            }
+        };
         Ok(TimeRange {
             from,
             to,
@@ -420,6 +431,14 @@ mod tests {
         .resolve(now, "1h")
         .unwrap();
         assert_eq!((r.source, r.bucket_secs), (Source::Rollup1m, 180));
+        // Rollup points start on whole multiples of their width, whatever the clock says.
+        let odd = now + Duration::milliseconds(59_028);
+        let r = p.resolve_overview(odd, "1h").unwrap();
+        assert_eq!(
+            r.from,
+            "2026-11-23T11:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(r.to, odd);
         // Host and rack pages read rollups from 1 h on, one point per minute.
         let r = p.resolve_overview(now, "1h").unwrap();
         assert_eq!((r.source, r.bucket_secs), (Source::Rollup1m, 60));

@@ -1,4 +1,4 @@
-// The layout check: every page of the dashboard at a desktop (1440 × 900) and a phone
+// The layout check: every page of the dashboard at a desktop (1440 × 900), a tablet (768 × 1024) and a phone
 // (390 × 844) width, on a realistic fleet, in headless Chromium. Started by
 // tests/it/browser.rs with: node layout.mjs BASE_URL USER PASSWORD OUT_DIR PAGES_JSON
 // PAGES_JSON is a list of [name, path, flags]; flags: "days" (a chart over two days or
@@ -150,7 +150,8 @@ try {
   await page.click('button[type=submit]');
   await page.waitForSelector('#heatmap');
 
-  for (const [width, height] of [[1440, 900], [390, 844]]) {
+  // And a tablet between them, where wide tables have pushed pages sideways before.
+  for (const [width, height] of [[1440, 900], [768, 1024], [390, 844]]) {
     await page.setViewportSize({ width, height });
     for (const [name, path, flags] of pages) {
       where = `${name}@${width}`;

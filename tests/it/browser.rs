@@ -326,10 +326,10 @@ async fn layout_check(app: &TestApp, chromium: &str) {
         out.status.success() && !stdout.contains("PROBLEM"),
         "layout check failed:\n{stdout}\n{stderr}"
     );
-    assert_eq!(stdout.matches("OK layout ").count(), 20 * 2 + 1, "{stdout}");
-    // Both widths: the alerts table's actions are there (two rows not yet acknowledged
+    assert_eq!(stdout.matches("OK layout ").count(), 20 * 3 + 1, "{stdout}");
+    // Every width: the alerts table's actions are there (two rows not yet acknowledged
     // get Acknowledge, every unsilenced row gets Silence).
-    for w in ["1440", "390"] {
+    for w in ["1440", "768", "390"] {
         let l = line(&stdout, &format!("OK layout alerts@{w} "));
         let actions = l.split(" actions=").nth(1).unwrap_or_default();
         assert_eq!(
