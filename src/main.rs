@@ -1155,30 +1155,26 @@ async fn token_cmd(db: &Database, t: TokenCmd) -> anyhow::Result<()> {
                 (None, None) => None,
             };
             if let Some(scope) = scope {
-                let (site, hosts, flag) = match &scope {
-                    WriteScope::Site(s) => (s.clone(), vec!["x".to_string()], "--write-site"),
-                    WriteScope::Hosts(h) => (String::new(), h.clone(), "--write-hosts"),
-                };
-                if hosts.is_empty() {
-                    anyhow::bail!("--write-hosts: name at least one host (A,B,…)");
-                }
-                for (i, name) in hosts.into_iter().enumerate() {
-                    rackwatch::model::validate::validate_host(&rackwatch::model::HostInfo {
-                        name,
-                        site: site.clone(),
-                        ..Default::default()
-                    })
-                    .map_err(|e| match flag {
-                        "--write-hosts" => anyhow::anyhow!(
-                            "--write-hosts: host {} of the list: {}",
-                            i + 1,
-                            e.to_string().trim_start_matches("host.name ")
-                        ),
-                        _ => anyhow::anyhow!(
-                            "--write-site: {}",
-                            e.to_string().trim_start_matches("host.site ")
-                        ),
-                    })?;
+                use rackwatch::model::validate;
+                match &scope {
+                    WriteScope::Site(site) => {
+                        validate::validate_host(&rackwatch::model::HostInfo {
+                            name: "x".into(),
+                            site: site.clone(),
+                            ..Default::default()
+                        })
+                        .map_err(|e| anyhow::anyhow!("--write-site: {e}"))?
+                    }
+                    WriteScope::Hosts(hosts) if hosts.is_empty() => {
+                        anyhow::bail!("--write-hosts: name at least one host (A,B,…)")
+                    }
+                    WriteScope::Hosts(hosts) => {
+                        for (i, name) in hosts.iter().enumerate() {
+                            validate::host_name(name).map_err(|e| {
+                                anyhow::anyhow!("--write-hosts: host {} of the list: {e}", i + 1)
+                            })?;
+                        }
+                    }
                 }
                 let token = db.store.create_write_token(&scope, &note).await?;
                 let target = format!("write:{}", scope.label());

@@ -168,7 +168,11 @@ impl Spool {
     /// Append a batch durably and return its sequence number. Drops the oldest
     /// batches when over the size limit.
     pub fn push(&mut self, batch: &Batch) -> std::io::Result<u64> {
-        let data = serde_json::to_vec(batch).map_err(std::io::Error::other)?;
+        self.push_json(serde_json::to_vec(batch).map_err(std::io::Error::other)?)
+    }
+
+    /// [`Spool::push`] of a batch already encoded.
+    fn push_json(&mut self, data: Vec<u8>) -> std::io::Result<u64> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let path = self.path(seq);
@@ -289,13 +293,11 @@ impl Spool {
                 continue;
             };
             batch.host = host.clone();
-            let size = serde_json::to_vec(&batch)
-                .map_err(std::io::Error::other)?
-                .len() as u64;
-            if self.bytes + size > self.max_bytes {
+            let data = serde_json::to_vec(&batch).map_err(std::io::Error::other)?;
+            if self.bytes + data.len() as u64 > self.max_bytes {
                 break;
             }
-            self.push(&batch)?;
+            self.push_json(data)?;
             fs::remove_file(&path)?;
             n += 1;
         }

@@ -1072,18 +1072,21 @@ async fn recommendations(
     if let Some(site) = &q.site {
         recs.retain(|r| r.sites.iter().any(|s| s == site));
     }
-    if recs.is_empty() && (q.pool.is_some() || q.site.is_some()) {
-        let quoted = crate::model::validate::quoted;
-        return Err(ApiError::NotFound(match (&q.pool, &q.site) {
-            (Some(p), Some(s)) => format!(
-                "no recommendation for pool {} at site {}",
-                quoted(p),
-                quoted(s)
-            ),
-            (Some(p), None) => format!("no recommendation for pool {}", quoted(p)),
-            (None, Some(s)) => format!("no pool has hosts at site {}", quoted(s)),
-            (None, None) => unreachable!("checked above"),
-        }));
+    let quoted = crate::model::validate::quoted;
+    let missing = match (&q.pool, &q.site) {
+        _ if !recs.is_empty() => None,
+        (Some(p), Some(s)) => Some(format!(
+            "no recommendation for pool {} at site {}",
+            quoted(p),
+            quoted(s)
+        )),
+        (Some(p), None) => Some(format!("no recommendation for pool {}", quoted(p))),
+        (None, Some(s)) => Some(format!("no pool has hosts at site {}", quoted(s))),
+        // No filter: an empty fleet is an empty list.
+        (None, None) => None,
+    };
+    if let Some(m) = missing {
+        return Err(ApiError::NotFound(m));
     }
     Ok(Json(recs.iter().map(autoscaler_view).collect()))
 }
