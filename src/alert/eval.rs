@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
 
 use super::rules::{
-    AbsentRule, AnomalyRule, CapacityRule, HardwareRule, Op, Rule, RuleKind, RuleSet, ThresholdRule,
+    AbsentRule, AnomalyRule, CapacityRule, HardwareRule, Rule, RuleKind, RuleSet, ThresholdRule,
 };
 use super::{fingerprint, Labels};
 use crate::analytics::anomaly::Explanation;
@@ -651,7 +651,6 @@ async fn threshold_observations(
     let field = t.metric.metric.name;
     let threshold = t.value;
     let resolve = t.resolve_value.unwrap_or(threshold);
-    let above = t.op == Op::Above;
     // Each host's newest sample of the last 2 minutes, by the agent's clock: a host whose
     // clock is behind (its last batch's `sent_at` against when it arrived, at most 15
     // minutes counted) gets its window moved back by as much. Without such a host the
@@ -707,8 +706,8 @@ async fn threshold_observations(
             rule.selects(&l).then(|| Observation {
                 labels: l,
                 value: Some(v),
-                active: if above { v > threshold } else { v < threshold },
-                clear: if above { v <= resolve } else { v >= resolve },
+                active: t.op.holds(v, threshold),
+                clear: t.op.clears(v, resolve),
                 at: ts,
                 occurrences: 1,
                 description: t.metric.describe(v, t.op, threshold),

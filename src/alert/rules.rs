@@ -91,8 +91,8 @@ pub enum RuleKind {
     Capacity(CapacityRule),
 }
 
-/// A sample field above (`op = ">"`) or below (`"<"`) `value` for `for_secs`; resolves
-/// only past `resolve_value` (hysteresis).
+/// A sample field above (`op = ">"`), at or above (`">="`), below (`"<"`) or at or below
+/// (`"<="`) `value` for `for_secs`; resolves only past `resolve_value` (hysteresis).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdRule {
@@ -208,20 +208,59 @@ impl AnomalyRule {
     }
 }
 
-/// `>` or `<`.
+/// `>`, `>=`, `<` or `<=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Op {
     #[serde(rename = ">")]
     Above,
+    #[serde(rename = ">=")]
+    AtLeast,
     #[serde(rename = "<")]
     Below,
+    #[serde(rename = "<=")]
+    AtMost,
 }
 
 impl Op {
+    pub const ALL: [Op; 4] = [Op::Above, Op::AtLeast, Op::Below, Op::AtMost];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Above => ">",
+            Op::AtLeast => ">=",
             Op::Below => "<",
+            Op::AtMost => "<=",
+        }
+    }
+
+    /// High values are the bad ones (`>` and `>=`).
+    pub fn upward(self) -> bool {
+        matches!(self, Op::Above | Op::AtLeast)
+    }
+
+    /// `v` meets the condition against `threshold`.
+    pub fn holds(self, v: f64, threshold: f64) -> bool {
+        match self {
+            Op::Above => v > threshold,
+            Op::AtLeast => v >= threshold,
+            Op::Below => v < threshold,
+            Op::AtMost => v <= threshold,
+        }
+    }
+
+    /// `v` is past `resolve` on the safe side: the alert may end. The complement of
+    /// [`Op::holds`] at `resolve`, so with no `resolve_value` a reading either fires or
+    /// clears.
+    pub fn clears(self, v: f64, resolve: f64) -> bool {
+        !self.holds(v, resolve)
+    }
+
+    fn words(self) -> &'static str {
+        match self {
+            Op::Above => "above",
+            Op::AtLeast => "at or above",
+            Op::Below => "below",
+            Op::AtMost => "at or below",
         }
     }
 }
@@ -293,10 +332,7 @@ impl MetricRef {
             "{} {}, {} {} ({self})",
             self.title(),
             self.reading(v),
-            match op {
-                Op::Above => "above",
-                Op::Below => "below",
-            },
+            op.words(),
             self.reading(threshold),
         )
     }
@@ -458,8 +494,11 @@ impl Rule {
                 MetricRef::parse(m).map_err(|e| field("metric", e))?;
             }
             if let Some(op) = t.get("op").and_then(|o| o.as_str()) {
-                if op != ">" && op != "<" {
-                    return Err(field("op", format!("{op:?}: use \">\" or \"<\"")));
+                if !Op::ALL.iter().any(|o| o.as_str() == op) {
+                    return Err(field(
+                        "op",
+                        format!("{op:?}: use \">\", \">=\", \"<\" or \"<=\""),
+                    ));
                 }
             }
         }
@@ -541,9 +580,10 @@ impl RuleKind {
                     return Err(("value", format!("{} is not a number", t.value)));
                 }
                 if let Some(rv) = t.resolve_value {
-                    let wrong = match t.op {
-                        Op::Above => rv > t.value,
-                        Op::Below => rv < t.value,
+                    let wrong = if t.op.upward() {
+                        rv > t.value
+                    } else {
+                        rv < t.value
                     };
                     if wrong || !rv.is_finite() {
                         return Err((
@@ -995,6 +1035,43 @@ to = ["fra1@example.com"]
     }
 
     #[test]
+    fn inclusive_operators_fire_at_the_value_and_clear_past_the_resolve_value() {
+        let hot = "[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.temp_celsius\"\n";
+        let rule =
+            |op: &str, resolve: &str| parse(&format!("{hot}op = \"{op}\"\nvalue = 85\n{resolve}"));
+        let set = rule(">=", "resolve_value = 80\n").unwrap();
+        let RuleKind::Threshold(t) = &set.rules[0].kind else {
+            panic!("threshold")
+        };
+        assert_eq!(t.op, Op::AtLeast);
+        // 85 °C fires under ">=" and not under ">"; it clears only below 80.
+        assert!(t.op.holds(85.0, 85.0) && !Op::Above.holds(85.0, 85.0));
+        assert!(!t.op.clears(80.0, 80.0) && t.op.clears(79.9, 80.0));
+        assert!(Op::AtMost.holds(10.0, 10.0) && Op::AtMost.clears(10.1, 10.0));
+        assert!(Op::Below.clears(10.0, 10.0));
+        for op in Op::ALL {
+            // Without a resolve value a reading either fires or clears, at the value too.
+            for v in [84.9, 85.0, 85.1] {
+                assert_ne!(op.holds(v, 85.0), op.clears(v, 85.0), "{op:?} at {v}");
+            }
+        }
+        assert_eq!(
+            MetricRef::parse("gpu.temp_celsius")
+                .unwrap()
+                .describe(85.0, Op::AtLeast, 85.0),
+            "GPU core temperature 85.0 °C, at or above 85.0 °C (gpu.temp_celsius)"
+        );
+        // Hysteresis on the wrong side and unknown operators are refused by name.
+        let e = rule("<=", "resolve_value = 80\n").unwrap_err().to_string();
+        assert!(
+            e.contains("resolve_value") && e.contains("safe side"),
+            "{e}"
+        );
+        let e = rule("=>", "").unwrap_err().to_string();
+        assert!(e.contains("op") && e.contains("\">=\""), "{e}");
+    }
+
+    #[test]
     fn routes_that_no_alert_can_meet_or_that_name_missing_channels_are_refused() {
         let rule = "[[rule]]\nname = \"hot\"\nkind = \"threshold\"\nseverity = \"warning\"\nmetric = \"gpu.temp_celsius\"\nop = \">\"\nvalue = 85.0\n";
         let route = |m: &str, to: &str| {
@@ -1253,7 +1330,7 @@ to = ["fra1@example.com"]
         assert!(e.contains("`value`"), "{e}");
         let e = rule(
             "threshold",
-            "metric = \"gpu.util_pct\"\nop = \">=\"\nvalue = 1\n",
+            "metric = \"gpu.util_pct\"\nop = \"==\"\nvalue = 1\n",
         )
         .unwrap_err();
         assert!(e.contains("field `op`"), "{e}");

@@ -510,10 +510,13 @@ fn temperature_rules(path: &str) -> Vec<(f64, String)> {
             crate::alert::rules::RuleKind::Threshold(t)
                 if t.metric.gpu
                     && t.metric.metric.name == "temp_celsius"
-                    && t.op == crate::alert::rules::Op::Above
+                    && t.op.upward()
                     && r.matchers.is_empty() =>
             {
-                Some((t.value, format!("{} alert > {:.0} °C", r.name, t.value)))
+                Some((
+                    t.value,
+                    format!("{} alert {} {:.0} °C", r.name, t.op.as_str(), t.value),
+                ))
             }
             _ => None,
         })

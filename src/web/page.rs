@@ -232,7 +232,7 @@ pub fn gpu_cell(g: &GpuLatest) -> GpuCell {
         power: num(g.power_watts.map(f64::from), 0, "W"),
         temp: num(g.temp_celsius.map(f64::from), 0, "°C"),
         clock: num(g.sm_clock_mhz.map(f64::from), 0, "MHz"),
-        hot: g.temp_celsius.is_some_and(|t| t >= 85.0),
+        hot: g.temp_celsius.is_some_and(|t| t >= HOT_CELSIUS),
     }
 }
 
