@@ -51,6 +51,29 @@ document.querySelectorAll('input[name=tzo]').forEach(function (el) {
 document.querySelectorAll('form[data-confirm]').forEach(function (f) {
   f.addEventListener('submit', function (e) { if (!window.confirm(f.getAttribute('data-confirm'))) e.preventDefault(); });
 });
+// An action that leaves the page (Acknowledge, Silence) says what it did once the page is
+// back: the message is kept for the next page of this tab, and shown in a status line
+// filled after load, so that screen readers announce it. When the server answered with its
+// own notice (the action did nothing), that notice stands alone.
+var announceKey = 'rackwatch.announce';
+document.querySelectorAll('form[data-announce]').forEach(function (f) {
+  f.addEventListener('submit', function (e) {
+    if (e.defaultPrevented) return;
+    try { sessionStorage.setItem(announceKey, f.getAttribute('data-announce')); } catch (x) { /* storage off */ }
+  });
+});
+(function () {
+  var said = null;
+  try { said = sessionStorage.getItem(announceKey); sessionStorage.removeItem(announceKey); } catch (x) { return; }
+  var main = document.querySelector('main');
+  if (!said || !main || document.querySelector('main [role=status].card, main [role=alert]')) return;
+  var p = document.createElement('p');
+  p.className = 'card';
+  p.id = 'announce';
+  p.setAttribute('role', 'status');
+  main.insertBefore(p, main.firstChild);
+  setTimeout(function () { p.textContent = said; }, 100);
+})();
 // True while the viewer works in a form: a field has the focus or differs from what the
 // page was served with. A reload then would throw the typing away.
 function editing() {

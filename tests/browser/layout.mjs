@@ -192,18 +192,29 @@ try {
   if (targetRows !== 1) problem(where, `after Acknowledge ${targetRows} rows are the page's target, expected the acknowledged one`);
   const targetAcked = targetRows === 1 && (await page.locator('#firing tr.alert:target .badge', { hasText: 'acknowledged by' }).count()) === 1;
   if (!targetAcked) problem(where, 'the row returned to after Acknowledge does not say it is acknowledged');
+  // The page says what was done, in a status line a screen reader announces, once.
+  const announced = async (what) => {
+    const line = page.locator('main #announce[role=status]');
+    try { await line.waitFor({ timeout: 2000 }); await page.waitForFunction(() => document.querySelector('#announce').textContent !== ''); } catch (e) { /* reported below */ }
+    const text = (await line.count()) === 1 ? (await line.textContent()).trim() : '';
+    if (!text.startsWith(what)) problem(where, `after the action the status line reads ${JSON.stringify(text)}, expected ${JSON.stringify(what + ' …')}`);
+    return text;
+  };
+  const ackSaid = await announced('Acknowledged: ');
   const ackBadges = await page.locator('#firing .badge', { hasText: 'acknowledged by' }).count();
   const afterAck = await unhandled();
+  if ((await page.locator('#announce').count()) !== 0) problem(where, 'the status line of an action shows again on the next page');
   await page.goto(base + '/alerts');
   await page.locator('#firing tr.alert:not(.handled)').first().locator('button', { hasText: 'Silence' }).click();
   await page.waitForURL(/\/alerts$/);
+  const silenceSaid = await announced('Silenced for 2 hours: ');
   const silencedBadges = await page.locator('#firing .badge', { hasText: 'silenced' }).count();
   const openAfter = await page.locator('#firing tr.alert:not(.handled)').count();
   const handledOpacity = await page.locator('#firing tr.handled td').first().evaluate((el) => getComputedStyle(el).opacity);
   await page.screenshot({ path: `${out}/layout-alerts-acted-390.png`, fullPage: true });
   const afterSilence = await unhandled();
   const handledNote = (await page.locator('#kpi-alerts-handled').textContent()).trim();
-  console.log(`OK alerts-actions open-rows=${openBefore}->${openAfter} fleet-unhandled=${before}->${afterAck}->${afterSilence} ack-badges=${ackBadges} silenced-badges=${silencedBadges} handled-opacity=${handledOpacity} note=${JSON.stringify(handledNote)}`);
+  console.log(`OK alerts-actions open-rows=${openBefore}->${openAfter} fleet-unhandled=${before}->${afterAck}->${afterSilence} ack-badges=${ackBadges} silenced-badges=${silencedBadges} handled-opacity=${handledOpacity} note=${JSON.stringify(handledNote)} said=${JSON.stringify([ackSaid, silenceSaid])}`);
 
   // The page's 30 s refresh waits while someone types in a form, and runs once they
   // leave it as served (a fake clock runs the minutes).
