@@ -400,7 +400,8 @@ pub struct IngestConfig {
     pub token_rate_per_sec: f64,
     /// Requests one token may make at once above its rate (a replay after an outage).
     pub token_burst: u32,
-    /// Samples one agent token (or certificate) may store per second, on average; past
+    /// Samples one agent token (or certificate) may send per second, on average (every
+    /// item of a batch counts, rejected ones too); past
     /// it and its burst, the batch is 429 with Retry-After and stays in the agent's
     /// spool. An 8-GPU host sends about 2 a second. 0: no limit.
     pub token_samples_per_sec: f64,

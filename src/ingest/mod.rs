@@ -201,6 +201,27 @@ impl InflateBudget {
     pub fn available_mib(&self) -> usize {
         self.mib.available_permits()
     }
+
+    /// Reserves `mib` MiB, returned when the permit is dropped; [`IngestError::Busy`] when
+    /// the budget has not that much left.
+    pub fn reserve_mib(
+        &self,
+        mib: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, IngestError> {
+        let mib = u32::try_from(mib).unwrap_or(u32::MAX);
+        self.mib.clone().try_acquire_many_owned(mib).map_err(|_| {
+            IngestError::Busy(
+                "the server is inflating as many bodies as its memory budget allows \
+                 (server.inflate_budget_bytes); retry shortly"
+                    .into(),
+            )
+        })
+    }
+
+    /// Reserves room for `bytes`, rounded up to whole MiB.
+    pub fn reserve(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, IngestError> {
+        self.reserve_mib(bytes.div_ceil(MIB))
+    }
 }
 
 const MIB: usize = 1 << 20;
@@ -236,17 +257,7 @@ pub fn decode<'a>(
         "gzip" | "x-gzip" => {
             let mut reserved: Option<tokio::sync::OwnedSemaphorePermit> = None;
             let mut reserve = |mib: usize| -> Result<(), IngestError> {
-                let more = budget
-                    .mib
-                    .clone()
-                    .try_acquire_many_owned(mib as u32)
-                    .map_err(|_| {
-                        IngestError::Busy(
-                            "the server is inflating as many gzip bodies as its memory budget \
-                         allows (server.inflate_budget_bytes); retry shortly"
-                                .into(),
-                        )
-                    })?;
+                let more = budget.reserve_mib(mib)?;
                 match &mut reserved {
                     Some(r) => r.merge(more),
                     None => reserved = Some(more),
@@ -352,9 +363,10 @@ pub fn check(
 }
 
 impl Checked {
-    /// Valid items (samples and events) the batch would store.
+    /// Items the batch sent (samples, events and GPUs; valid or not): what the volume
+    /// limit charges, since checking a rejected item is work too.
     pub fn items(&self) -> usize {
-        self.valid.batch.len()
+        self.valid.batch.len() + self.valid.batch.gpus.len() + self.valid.rejected
     }
 }
 

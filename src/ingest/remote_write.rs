@@ -75,12 +75,16 @@ pub mod proto {
 use proto::{TimeSeries, WriteRequest};
 
 /// Stage 1: undo snappy's block format (refusing a body that says it inflates past `max`
-/// bytes, before inflating it) and decode the `WriteRequest`.
+/// bytes, before inflating it) and decode the `WriteRequest`. The inflated size is
+/// reserved from `budget` before inflating, as gzip bodies are, and the reservation comes
+/// back with the request: whoever holds it until the request is mapped keeps the memory of
+/// all bodies in flight within `server.inflate_budget_bytes`.
 pub fn decode(
     encoding: Option<&str>,
     body: &[u8],
     max: usize,
-) -> Result<WriteRequest, IngestError> {
+    budget: &super::InflateBudget,
+) -> Result<(WriteRequest, tokio::sync::OwnedSemaphorePermit), IngestError> {
     let enc = encoding.unwrap_or("snappy").trim().to_ascii_lowercase();
     if enc != "snappy" {
         return Err(IngestError::UnsupportedEncoding(format!(
@@ -94,13 +98,15 @@ pub fn decode(
             "body inflates to {len} bytes, past {max} (server.max_decompressed_bytes); lower queue_config.max_samples_per_send"
         )));
     }
+    let reserved = budget.reserve(len)?;
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| IngestError::BadRequest(format!("body is not snappy block format: {e}")))?;
     census(&raw).map_err(IngestError::BadRequest)?;
-    WriteRequest::decode(raw.as_slice()).map_err(|e| {
+    let req = WriteRequest::decode(raw.as_slice()).map_err(|e| {
         IngestError::BadRequest(format!("body is not a remote-write WriteRequest: {e}"))
-    })
+    })?;
+    Ok((req, reserved))
 }
 
 /// Labels one series may carry (dcgm-exporter's carry about 12, node_exporter's fewer).
@@ -1104,21 +1110,34 @@ mod tests {
         let body = snap::raw::Encoder::new()
             .compress_vec(&req.encode_to_vec())
             .unwrap();
-        assert_eq!(decode(Some("snappy"), &body, 1 << 20).unwrap(), req);
+        let budget = crate::ingest::InflateBudget::new(2 << 20);
+        let before = budget.available_mib();
+        let (got, reserved) = decode(Some("snappy"), &body, 1 << 20, &budget).unwrap();
+        assert_eq!(got, req);
+        // The inflated body holds its share of the budget until the request is mapped.
+        assert_eq!(budget.available_mib(), before - 1);
+        drop(reserved);
+        assert_eq!(budget.available_mib(), before);
+        let _all = budget.reserve_mib(before).unwrap();
+        assert!(matches!(
+            decode(Some("snappy"), &body, 1 << 20, &budget),
+            Err(IngestError::Busy(_))
+        ));
+        let budget = crate::ingest::InflateBudget::new(1 << 40);
         assert_eq!(
             census(&req.encode_to_vec()).unwrap().0,
             req.timeseries.len()
         );
         assert!(matches!(
-            decode(Some("snappy"), &body, 4),
+            decode(Some("snappy"), &body, 4, &budget),
             Err(IngestError::TooLarge(_))
         ));
         assert!(matches!(
-            decode(Some("gzip"), &body, 1 << 20),
+            decode(Some("gzip"), &body, 1 << 20, &budget),
             Err(IngestError::UnsupportedEncoding(_))
         ));
         assert!(matches!(
-            decode(None, b"\xff\xff\xff\xff\x0fnot snappy", 1 << 40),
+            decode(None, b"\xff\xff\xff\xff\x0fnot snappy", 1 << 40, &budget),
             Err(IngestError::BadRequest(_) | IngestError::TooLarge(_))
         ));
     }
@@ -1143,7 +1162,8 @@ mod tests {
         }
         let bomb = series(1_000_000);
         let body = snap::raw::Encoder::new().compress_vec(&bomb).unwrap();
-        match decode(Some("snappy"), &body, 64 << 20) {
+        let budget = crate::ingest::InflateBudget::new(128 << 20);
+        match decode(Some("snappy"), &body, 64 << 20, &budget) {
             Err(IngestError::BadRequest(m)) => {
                 assert!(m.contains("series 1 has more than 128 labels"), "{m}")
             }

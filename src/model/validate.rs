@@ -240,11 +240,22 @@ struct Builder<'l> {
     rejected_total: usize,
 }
 
-/// A sample's identity as one number (one hash write instead of four).
+/// A sample's identity as one number (one hash write instead of four): GPU and time to
+/// the microsecond, as the store keeps it (a leap second's fraction stays in its second).
+/// Two samples a few nanoseconds apart are one row there, so they are one here too.
 fn sample_key(index: u8, ts: DateTime<Utc>) -> u128 {
     (u128::from(index) << 96)
         | (u128::from(ts.timestamp() as u64) << 32)
-        | u128::from(ts.timestamp_subsec_nanos())
+        | u128::from(ts.timestamp_subsec_micros().min(999_999))
+}
+
+/// Times are kept to the microsecond: said when two samples differ only below it.
+fn same_micro(ts: DateTime<Utc>) -> &'static str {
+    if ts.timestamp_subsec_nanos() % 1000 != 0 || ts.timestamp_subsec_nanos() >= 1_000_000_000 {
+        " (times are kept to the microsecond)"
+    } else {
+        ""
+    }
 }
 
 /// Expected samples in a body of `len` bytes (a GPU sample is about 300 bytes of JSON),
@@ -332,7 +343,11 @@ impl<'l> Builder<'l> {
                 1,
                 i,
                 Some("ts"),
-                format!("duplicate of an earlier sample at {}", s.ts.to_rfc3339()),
+                format!(
+                    "duplicate of an earlier sample at {}{}",
+                    s.ts.to_rfc3339(),
+                    same_micro(s.ts)
+                ),
             ),
             Ok(s) => self.batch.host_samples.push(s),
             Err((field, reason)) => self.reject(1, i, field, reason),
@@ -355,9 +370,10 @@ impl<'l> Builder<'l> {
                 i,
                 Some("ts"),
                 format!(
-                    "duplicate of an earlier sample of GPU {} at {}",
+                    "duplicate of an earlier sample of GPU {} at {}{}",
                     s.index,
-                    s.ts.to_rfc3339()
+                    s.ts.to_rfc3339(),
+                    same_micro(s.ts)
                 ),
             ),
             Ok(s) => self.batch.gpu_samples.push(s),
@@ -1031,6 +1047,46 @@ mod tests {
             "{}",
             v.rejections[0].reason
         );
+    }
+
+    #[test]
+    fn samples_the_store_would_keep_as_one_row_are_refused_with_a_reason() {
+        // The store keeps times to the microsecond: 100 ns apart is one row there.
+        let body = json!({
+            "host": {"name": "gpu-1"},
+            "host_samples": [
+                {"ts": "2026-11-23T12:00:00.0000001Z", "cpu_util_pct": 1.0},
+                {"ts": "2026-11-23T12:00:00.0000002Z", "cpu_util_pct": 2.0},
+                {"ts": "2026-11-23T12:00:00.000001Z", "cpu_util_pct": 3.0}
+            ],
+            "gpu_samples": [
+                {"ts": "2026-11-23T12:00:00.0000001Z", "index": 0, "util_pct": 10.0},
+                {"ts": "2026-11-23T12:00:00.0000009Z", "index": 0, "util_pct": 90.0},
+                {"ts": "2026-11-23T12:00:00.0000009Z", "index": 1, "util_pct": 90.0}
+            ]
+        });
+        let v = parse_batch(body.to_string().as_bytes(), &limits()).unwrap();
+        assert_eq!(v.batch.host_samples.len(), 2);
+        assert_eq!(v.batch.gpu_samples.len(), 2);
+        let refused: Vec<_> = v
+            .rejections
+            .iter()
+            .map(|r| (r.section.as_str(), r.index, r.field.as_deref()))
+            .collect();
+        assert_eq!(
+            refused,
+            [
+                ("host_samples", 1, Some("ts")),
+                ("gpu_samples", 1, Some("ts"))
+            ]
+        );
+        for r in &v.rejections {
+            assert!(
+                r.reason.ends_with("(times are kept to the microsecond)"),
+                "{}",
+                r.reason
+            );
+        }
     }
 
     #[test]

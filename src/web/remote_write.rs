@@ -145,11 +145,14 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Written, 
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let cfg = st.cfg.clone();
+    let budget = st.inflate_budget.clone();
     let mapped = tokio::task::spawn_blocking(move || {
-        let req = remote_write::decode(
+        // The inflated body's share of the budget is held until it is mapped.
+        let (req, _reserved) = remote_write::decode(
             encoding.as_deref(),
             &bytes,
             cfg.server.max_decompressed_bytes,
+            &budget,
         )?;
         remote_write::map(req, cfg.ingest.max_samples_per_batch)
     })

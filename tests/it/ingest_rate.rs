@@ -267,6 +267,26 @@ async fn a_token_over_its_sample_volume_gets_429_and_stores_nothing_of_that_batc
             .status(),
         200
     );
+    // Rejected samples count too: checking them is work. 150 of them (a CPU at 500 %)
+    // leave 50 in the bucket, so 100 valid ones then wait.
+    let bad: Vec<_> = recent(150, 1, 500)
+        .into_iter()
+        .map(|ts| json!({"ts": ts, "cpu_util_pct": 500.0}))
+        .collect();
+    let r = app
+        .ingest(
+            &other,
+            &json!({"host": {"name": "other"}, "host_samples": bad}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["rejected"],
+        150
+    );
+    let r = app.ingest(&other, &batch("other", 100, 100)).await;
+    assert_eq!(r.status(), 429, "rejected samples were not charged");
+    assert_eq!(stored("other").await, 800);
     // A burst smaller than a batch could never store a full one: refused at start.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
