@@ -152,7 +152,7 @@ async fn pages_say_what_they_show(app: &TestApp) {
     assert_eq!(st, 200);
     assert!(gpu.contains("<h3>Fan speed</h3>"), "fan chart on 7 days");
     assert!(
-        gpu.contains(">gpu-hot alert &gt; 85 °C<"),
+        gpu.contains(">gpu-hot alert &gt;= 85 °C<"),
         "temperature rule line"
     );
     assert!(gpu.contains("power limit "), "power limit line");
