@@ -542,10 +542,17 @@ async fn recommend_pools(
                 x,
             ));
         }
+        // What stays installed: this week's peak, and the plan ahead's (a pool that grows
+        // into its GPUs next week has none to drain this week).
         let peak = week.capacities.iter().copied().max().unwrap_or(0);
-        if installed > 0 && f64::from(peak) < cfg.capacity.consolidate_below * f64::from(installed)
+        let lead_peak = lead
+            .as_ref()
+            .and_then(|l| l.capacities.iter().copied().max())
+            .unwrap_or(0);
+        let keep = peak.max(lead_peak) as i32;
+        if installed > 0 && f64::from(keep) < cfg.capacity.consolidate_below * f64::from(installed)
         {
-            to_drain.push((recs.len(), (installed - peak as i32).max(0)));
+            to_drain.push((recs.len(), (installed - keep).max(0)));
         }
         let lead_hours = i64::from(cfg.capacity.lead_days) * 24;
         let (lead_start, lead_plan, lead_method, lead_evidence) = match &lead {
@@ -706,12 +713,20 @@ fn partial_recommendation(
 /// fraction of 100, idle GPU energy over 7 days in kWh), least busy first.
 type DrainHost = (String, i64, Option<f64>, Option<f64>);
 
-/// Up to `gpus` GPUs' worth of the least busy hosts (whole hosts of `host_size`).
+/// Up to `gpus` GPUs' worth of the least busy hosts (whole hosts of `host_size`). A host
+/// whose use is unknown (new, or without a week of accounting) is not named: it may be
+/// the busiest of all. One host always stays: a pool with no demand for a week is one to
+/// look at, not one to take apart by a rule.
 fn pick_drains(rows: Vec<DrainHost>, gpus: i32, host_size: i32) -> Vec<DrainCandidate> {
     let mut left = gpus;
     let mut out = Vec::new();
+    let keep_one = rows.len().saturating_sub(1);
     for (host, n, util, idle) in rows {
         let n = n as i32;
+        if out.len() >= keep_one {
+            break;
+        }
+        let Some(util) = util else { continue };
         if n == 0
             || n > left
             || (host_size > 1 && n < host_size && out.is_empty() && left < host_size)
@@ -722,7 +737,7 @@ fn pick_drains(rows: Vec<DrainHost>, gpus: i32, host_size: i32) -> Vec<DrainCand
         out.push(DrainCandidate {
             host,
             gpus: i64::from(n),
-            util_pct: (util.unwrap_or(0.0) * 10.0).round() / 10.0,
+            util_pct: (util * 10.0).round() / 10.0,
             idle_kwh_7d: (idle.unwrap_or(0.0) * 10.0).round() / 10.0,
         });
         if left <= 0 {
@@ -824,7 +839,7 @@ async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::
     })
     .await?;
     let rows: Vec<ExhaustionRow> = dated.into_iter().flatten().collect();
-    store.save_exhaustions(&rows).await?;
+    store.save_exhaustions("rack", &rows).await?;
     Ok(rows.len())
 }
 
@@ -857,7 +872,7 @@ async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Resul
     })
     .await?;
     let rows: Vec<ExhaustionRow> = dated.into_iter().flatten().collect();
-    store.save_exhaustions(&rows).await?;
+    store.save_exhaustions("disk", &rows).await?;
     Ok(rows.len())
 }
 
@@ -985,6 +1000,14 @@ pub fn plan_actions(
                 r.installed_gpus
             ),
         ));
+    } else if let (true, Some(_), false) = (growing, r.exhausted_at, growth > 0.0) {
+        // At the installed GPUs on the daily peaks' trend, but not growing, and the plan
+        // ahead fits: nothing to order yet.
+        out.push((Urgency::NoChange, format!(
+            "no order yet: demand's daily peaks are at the {} installed GPUs but not growing ({:.1} %/day), and the plan ahead needs {lead_peak}",
+            r.installed_gpus,
+            growth * 100.0,
+        )));
     } else if let (true, Some(d)) = (growing, r.exhausted_at) {
         out.push((Urgency::Order, format!(
             "demand grows {:.1} %/day and reaches the {} installed GPUs on {}: order more before then",
@@ -1039,12 +1062,20 @@ pub fn plan_actions(
                 r.installed_gpus
             )));
         }
-        let spare = r.installed_gpus - week_peak;
-        if spare >= hs && !r.consolidation.0.is_empty() {
+        // All week: what neither this week nor the plan ahead needs, and never beside an
+        // order. The hosts named are whole ones, so the figure is theirs.
+        let ordering = out.iter().any(|(u, _)| *u == Urgency::Order);
+        let spare: i32 = r.consolidation.0.iter().map(|d| d.gpus as i32).sum();
+        if spare >= hs && !ordering && !r.consolidation.0.is_empty() {
+            let ahead = if lead_peak > week_peak {
+                format!(" ({lead_peak} in the plan ahead)")
+            } else {
+                String::new()
+            };
             out.push((
                 Urgency::Release,
                 format!(
-                    "release {} all week: the recommended peak is {} of {} installed (drain {})",
+                    "release {} all week: the recommended peak is {}{ahead} of {} installed (drain {})",
                     gpus_hosts(spare),
                     week_peak,
                     r.installed_gpus,
@@ -1230,11 +1261,20 @@ async fn no_jit(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sq
     Ok(())
 }
 
-/// Upsert exhaustion rows, all in one statement.
+/// Upsert exhaustion rows of `kind`, all in one statement, and drop the rows of that kind
+/// this run did not date (a rack without power data, a pool whose trend could not be
+/// fitted): a date from an earlier run is not shown, nor alerted on, as if it were new.
 async fn save_exhaustions_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    kind: &str,
     rows: &[ExhaustionRow],
 ) -> Result<(), sqlx::Error> {
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    sqlx::query("DELETE FROM capacity_exhaustion WHERE kind = $1 AND NOT (key = ANY($2))")
+        .bind(kind)
+        .bind(&keys)
+        .execute(&mut **tx)
+        .await?;
     if rows.is_empty() {
         return Ok(());
     }
@@ -1469,7 +1509,9 @@ impl Store {
         let rows: Vec<Row> = sqlx::query_as(
             "WITH hs AS (
                 SELECT h.id, h.name, h.pool, h.site, h.rack, h.last_seen,
-                       (SELECT count(*) FROM gpus g WHERE g.host_id = h.id) AS gpus
+                       -- Installed GPUs are those seen in the last day, as the pool's count.
+                       (SELECT count(*) FROM gpus g
+                         WHERE g.host_id = h.id AND g.last_seen > $3) AS gpus
                   FROM hosts h WHERE h.pool = ANY($1) AND h.removed_at IS NULL)
              SELECT hs.pool, hs.name, hs.site, hs.rack, hs.gpus, p.util_sum / nullif(p.minutes, 0) AS util,
                     p.idle_j / 3.6e6 AS idle_kwh, p.peak_w / 1e3 AS peak_kw, hs.last_seen
@@ -1483,6 +1525,7 @@ impl Store {
         )
         .bind(pools)
         .bind(now - Duration::days(7))
+        .bind(now - Duration::days(1))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -1579,10 +1622,6 @@ impl Store {
             .bind(&kept)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM capacity_exhaustion WHERE kind = 'pool' AND NOT (key = ANY($1))")
-            .bind(&kept)
-            .execute(&mut *tx)
-            .await?;
         // The next-hour capacity recommended for each hour, for the pool page's chart.
         let (pools, hours, gpus): (Vec<&str>, Vec<DateTime<Utc>>, Vec<i32>) = recs
             .iter()
@@ -1613,7 +1652,7 @@ impl Store {
         .bind(&gpus)
         .execute(&mut *tx)
         .await?;
-        save_exhaustions_in(&mut tx, exhaustions).await?;
+        save_exhaustions_in(&mut tx, "pool", exhaustions).await?;
         tx.commit().await
     }
 
@@ -1634,9 +1673,13 @@ impl Store {
         Ok(())
     }
 
-    async fn save_exhaustions(&self, rows: &[ExhaustionRow]) -> Result<(), sqlx::Error> {
+    async fn save_exhaustions(
+        &self,
+        kind: &str,
+        rows: &[ExhaustionRow],
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        save_exhaustions_in(&mut tx, rows).await?;
+        save_exhaustions_in(&mut tx, kind, rows).await?;
         tx.commit().await
     }
 
@@ -1811,12 +1854,26 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut out = BTreeMap::new();
+        let mut out: BTreeMap<String, f64> = BTreeMap::new();
         for r in rows {
             let (site, rack, kw) = (r.site, r.rack, r.kw);
             if let Ok(v) = kw.trim().parse::<f64>() {
                 if v.is_finite() && v > 0.0 {
-                    out.insert(rack_key(&site, &rack), v);
+                    // Hosts of one rack that disagree: the smaller budget holds (the safe
+                    // side), whatever order the rows come in.
+                    let key = rack_key(&site, &rack);
+                    match out.get(&key) {
+                        Some(&was) if was != v => {
+                            tracing::warn!(
+                                rack = %key,
+                                "hosts of the rack disagree on the label rack_power_kw ({was} and {v}): the smaller holds; set it once in [capacity.racks]"
+                            );
+                            out.insert(key, was.min(v));
+                        }
+                        _ => {
+                            out.insert(key, v);
+                        }
+                    }
                 }
             }
         }
@@ -2335,6 +2392,54 @@ mod tests {
         assert_eq!(
             actions(&calm, 7, t),
             ["no change: 8 installed GPUs cover the plan (peak 6 this week, no plan ahead yet)"]
+        );
+    }
+
+    #[test]
+    fn a_release_all_week_leaves_the_plan_ahead_its_gpus_and_never_sits_beside_an_order() {
+        let t: DateTime<Utc> = "2026-12-07T00:00:00Z".parse().unwrap();
+        let host = |name: &str, util: Option<f64>| (name.to_string(), 8, util, Some(1.0));
+        // 64 installed in hosts of 8; this week peaks at 40, the plan ahead at 56: one host
+        // (8 GPUs) is spare, not three. A host without a week of accounting is not named
+        // (its load is unknown), and the hosts named are whole ones.
+        let rows = vec![
+            host("new", None),
+            host("a", Some(1.0)),
+            host("b", Some(2.0)),
+            host("c", Some(3.0)),
+        ];
+        let drains = pick_drains(rows, 64 - 56, 8);
+        assert_eq!(
+            drains.iter().map(|d| d.host.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(drains[0].util_pct, 1.0);
+        let mut r = rec(vec![40; 168], vec![56; 168], 64, 8);
+        r.consolidation = Json(drains);
+        assert_eq!(
+            actions(&r, 7, t),
+            ["release 1 host (8 GPUs) all week: the recommended peak is 40 (56 in the plan ahead) of 64 installed (drain a)"]
+        );
+        // A pool that must grow gets its order and no release beside it.
+        r.lead_plan = vec![72; 168];
+        r.growth_per_day = Some(0.01);
+        r.exhausted_at = Some(t + Duration::days(5));
+        let a = actions(&r, 7, t);
+        assert!(
+            a[0].starts_with("add 1 host (8 GPUs) by 2026-12-14"),
+            "{a:?}"
+        );
+        assert!(!a.iter().any(|x| x.contains("all week")), "{a:?}");
+        // A pool idle all week keeps one host.
+        let rows = vec![host("a", Some(0.0)), host("b", Some(0.0))];
+        assert_eq!(pick_drains(rows, 16, 8).len(), 1);
+        // At the installed GPUs but falling: no order, and the words say why.
+        let mut flat = rec(vec![30; 168], vec![30; 168], 32, 8);
+        flat.growth_per_day = Some(-0.0025);
+        flat.exhausted_at = Some(t);
+        assert_eq!(
+            actions(&flat, 7, t)[0],
+            "no order yet: demand's daily peaks are at the 32 installed GPUs but not growing (-0.2 %/day), and the plan ahead needs 30"
         );
     }
 

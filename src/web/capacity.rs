@@ -286,8 +286,30 @@ pub struct CapacityPage {
     pub at: String,
     /// " with hosts at SITE" on a site's tab.
     pub pools_at: String,
+    /// The newest decision time of the pools listed (RFC 3339), empty without pools.
+    pub decided: String,
+    /// Said when that is over two hours old: the figures are not of now.
+    pub stale: String,
     /// This page's JSON twin.
     pub json: String,
+}
+
+/// The newest decision time of `pools` and, when it is more than two hours before `now`,
+/// what that means: the job is hourly, so demand older than that says the rollups or the
+/// job are behind.
+fn freshness(pools: &[PoolSummary], now: DateTime<Utc>) -> (String, String) {
+    let Some(t) = pools.iter().map(|p| p.decided_at).max() else {
+        return (String::new(), String::new());
+    };
+    let hours = (now - t).num_minutes() as f64 / 60.0;
+    let stale = if hours > 2.0 {
+        format!(
+            " — {hours:.0} h ago: the demand rollups or the capacity job are behind (Admin, Periodic jobs), so these figures are not of now"
+        )
+    } else {
+        String::new()
+    };
+    (super::page::time_attr(t), stale)
 }
 
 /// When a capacity runs out: a date, "already" once it has passed (the trend is above the
@@ -572,7 +594,10 @@ async fn page(
                 })
             })
             .collect();
+        let (decided, stale) = freshness(&d.pools, Utc::now());
         render(&CapacityPage {
+            decided,
+            stale,
             nav: Nav::new(&user, csrf, "capacity"),
             tabs,
             shown,

@@ -323,6 +323,14 @@ impl Scraped {
         )?;
         gauges(
             e,
+            "rackwatch_pool_recommendation_timestamp_seconds",
+            "End of the demand the pool's recommendation was made from (Unix seconds): an autoscaler should hold its size when this is more than two hours old",
+            self.pools
+                .iter()
+                .map(|v| (pool(v), v.decided_at.timestamp())),
+        )?;
+        gauges(
+            e,
             "rackwatch_pool_installed_gpus",
             "GPUs installed in a pool (seen in the last day)",
             self.pools

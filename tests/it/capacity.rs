@@ -707,6 +707,23 @@ async fn gauges_and_the_api_agree_with_the_page() {
     };
     assert_eq!(runs_out("full"), "already");
     assert_ne!(runs_out("train"), "already");
+    // The page says from when its figures are, and that they are of now.
+    let newest = pools
+        .iter()
+        .map(|p| {
+            p["decided_at"]
+                .as_str()
+                .unwrap()
+                .parse::<DateTime<Utc>>()
+                .unwrap()
+        })
+        .max()
+        .unwrap();
+    let decided = format!(
+        "<p class=\"muted\" id=\"decided\">Planned from demand up to <time datetime=\"{}\">",
+        newest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    assert!(page.contains(&decided), "{decided} not in the page");
     for p in pools {
         let pool = p["pool"].as_str().unwrap();
         if pool == "young" {
@@ -725,6 +742,13 @@ async fn gauges_and_the_api_agree_with_the_page() {
         ] {
             assert!(metrics.contains(&line), "{line} not in\n{metrics}");
         }
+        // How old the recommendation is: the gauge and the page say the decision time.
+        let decided: DateTime<Utc> = p["decided_at"].as_str().unwrap().parse().unwrap();
+        let stamp = format!(
+            "rackwatch_pool_recommendation_timestamp_seconds{{pool=\"{pool}\"}} {}",
+            decided.timestamp()
+        );
+        assert!(metrics.contains(&stamp), "{stamp} not in\n{metrics}");
         let demand = p["demand_gpus"].as_f64().unwrap();
         assert_eq!((demand * 1000.0).round() / 1000.0, demand, "three decimals");
         let series = format!("rackwatch_pool_demand_gpus{{pool=\"{pool}\"}} ");

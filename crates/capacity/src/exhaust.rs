@@ -119,7 +119,10 @@ pub fn exhaustion(
         now: g.end,
         host_size: settings.host_size,
     };
-    let days = if level_now >= capacity {
+    let days = if capacity <= 0.0 && level_now <= 0.0 {
+        // No GPUs and no demand: nothing runs out.
+        None
+    } else if level_now >= capacity {
         Some(0.0)
     } else if growth <= 0.0 {
         None
