@@ -1208,7 +1208,9 @@ impl Config {
         }
         let a = &self.agent;
         for (key, v, max) in [
-            ("agent.interval_secs", a.interval_secs, 3600),
+            // A sample each minute at least: rollups, energy accounting (each sampled
+            // minute counts whole) and alert windows are minute by minute.
+            ("agent.interval_secs", a.interval_secs, 60),
             ("agent.ship_interval_secs", a.ship_interval_secs, 3600),
             ("agent.request_timeout_secs", a.request_timeout_secs, 600),
         ] {
@@ -1864,6 +1866,16 @@ mod tests {
         )];
         let err = Config::load_with_env(None, env).unwrap_err().to_string();
         assert!(err.contains("agent.interval_secs"), "{err}");
+        // Over a minute, minutes go unsampled: the energy of each would be lost.
+        let env = vec![(
+            "RACKWATCH_AGENT__INTERVAL_SECS".to_string(),
+            "120".to_string(),
+        )];
+        let err = Config::load_with_env(None, env).unwrap_err().to_string();
+        assert!(
+            err.contains("agent.interval_secs = 120: must be from 1 to 60 seconds"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1874,7 +1886,7 @@ mod tests {
             (
                 "INTERVAL_SECS",
                 "9223372036854775807",
-                "from 1 to 3600 seconds",
+                "from 1 to 60 seconds",
             ),
             ("SHIP_INTERVAL_SECS", "86400", "from 1 to 3600 seconds"),
             ("REQUEST_TIMEOUT_SECS", "0", "from 1 to 600 seconds"),

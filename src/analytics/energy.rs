@@ -13,8 +13,9 @@
 //! - A GPU minute whose mean utilization is below `energy.idle_util_pct` is idle: its
 //!   energy counts as idle energy.
 //!
-//! Hours are UTC hours. The job redoes the last hour on every run and any hour whose
-//! rollups were recomputed after late samples (`energy_dirty`).
+//! Hours are UTC hours, accounted once the rollups have finished them. The job redoes the
+//! last hour on every run and any hour whose rollups were recomputed after late samples
+//! (`energy_dirty`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -46,9 +47,23 @@ pub async fn run(
     cfg: &EnergyConfig,
     now: DateTime<Utc>,
 ) -> Result<AccountingRun, sqlx::Error> {
-    let end = (now - Duration::minutes(SETTLE))
+    let mut end = (now - Duration::minutes(SETTLE))
         .duration_trunc(Duration::hours(1))
         .expect("hour truncation");
+    // Only hours the 1-minute rollups have finished: after the rollup job fell behind (it
+    // failed for a while, or the server was stopped and `report energy` runs), an hour
+    // accounted from missing rollups would keep its gap for good.
+    let rolled: Option<DateTime<Utc>> =
+        sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
+            .fetch_optional(&store.pool)
+            .await?
+            .flatten();
+    if let Some(r) = rolled {
+        end = end.min(
+            r.duration_trunc(Duration::hours(1))
+                .expect("hour truncation"),
+        );
+    }
     let watermark = watermark(store).await?;
     let start = match watermark {
         Some(w) => (w - Duration::hours(1)).min(end),

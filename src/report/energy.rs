@@ -188,6 +188,8 @@ struct HostInfo {
     site: String,
     rack: String,
     pool: String,
+    /// Taken out of the fleet: not expected to report after this.
+    removed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Default, Clone)]
@@ -269,7 +271,12 @@ struct SiteHours {
     implausible: Vec<f64>,
     /// Metered hours with a plausible PUE.
     metered_hours: usize,
+    /// Hours the readings cover only in part (or more than once): left out of the
+    /// metered ones.
+    partly_metered: usize,
 }
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// The PUEs a facility can have: its energy includes the IT energy (≥ 1), and even a
 /// poorly cooled room spends less than four times the IT energy again on overhead. A
@@ -356,7 +363,7 @@ async fn load_inputs(
 
     let hosts: Vec<HostInfo> = sqlx::query_as!(
         HostInfo,
-        "SELECT id, name, site, rack, pool FROM hosts WHERE ($1::text IS NULL OR site = $1) ORDER BY name",
+        "SELECT id, name, site, rack, pool, removed_at FROM hosts WHERE ($1::text IS NULL OR site = $1) ORDER BY name",
         site,
     )
     .fetch_all(&store.pool)
@@ -452,19 +459,26 @@ async fn load_site_hours(
                     fallback_pue: cfg.site(s).pue,
                     implausible: Vec::new(),
                     metered_hours: 0,
+                    partly_metered: 0,
                 },
             )
         })
         .collect();
     let readings = sqlx::query!(
         "SELECT site, start_ts, end_ts, energy_kwh FROM facility_readings
-          WHERE site = ANY($1) AND end_ts > $2 AND start_ts < $3",
+          WHERE site = ANY($1) AND end_ts > $2 AND start_ts < $3 AND start_ts > $4",
         &sites,
         h0,
         h1,
+        // A reading covers at most 31 days: the site's older ones need not be read.
+        h0 - Duration::days(super::inputs::MAX_READING_DAYS),
     )
     .fetch_all(&store.pool)
     .await?;
+    // How much of each hour the readings cover, ms: only an hour covered whole, and once,
+    // is metered (a reading for 10:00–10:45 alone would give the hour a PUE a quarter
+    // low, two overlapping ones one twice as high, both still "plausible").
+    let mut covered: HashMap<(String, i64), i64> = HashMap::new();
     for r in readings {
         let (s, a, b, kwh) = (r.site, r.start_ts, r.end_ts, r.energy_kwh);
         let Some(sh) = site_hours.get_mut(&s) else {
@@ -476,10 +490,19 @@ async fn load_site_hours(
             let lo = a.max(h);
             let hi = b.min(h + Duration::hours(1));
             if hi > lo {
-                *sh.meter_j.entry(hours.ix(h)).or_default() +=
-                    kwh * J_PER_KWH * (hi - lo).num_milliseconds() as f64 / dur;
+                let ms = (hi - lo).num_milliseconds();
+                *sh.meter_j.entry(hours.ix(h)).or_default() += kwh * J_PER_KWH * ms as f64 / dur;
+                *covered.entry((s.clone(), hours.ix(h))).or_default() += ms;
             }
             h += Duration::hours(1);
+        }
+    }
+    for ((s, h), ms) in covered {
+        if ms != HOUR_MS {
+            if let Some(sh) = site_hours.get_mut(&s) {
+                sh.meter_j.remove(&h);
+                sh.partly_metered += 1;
+            }
         }
     }
     let carbon = sqlx::query!(
@@ -657,14 +680,19 @@ fn complete_entities(
         }
     }
     for (e, a) in ent.iter_mut() {
+        let host = host_by_id[&e.0];
+        // A host taken out of the fleet mid-week is expected until then only.
+        let until = host.removed_at.map_or(total_minutes, |r| {
+            ((r - hours.h0).num_minutes() as f64).clamp(0.0, total_minutes)
+        });
         a.expected = if inp.prev.contains_key(e) {
-            total_minutes
+            until
         } else {
             let f = first_hour.get(e).copied().unwrap_or(0);
-            (total_minutes - 60.0 * f as f64).max(a.covered)
-        };
+            (until - 60.0 * f as f64).max(0.0)
+        }
+        .max(a.covered);
         a.gpus = u32::from(e.1 >= 0);
-        let host = host_by_id[&e.0];
         a.currencies = vec![inp.site_hours[&host.site].cfg.currency.clone()];
     }
 }
@@ -869,6 +897,13 @@ fn meter_notes(site_hours: &HashMap<String, SiteHours>) -> Vec<String> {
                 sh.fallback_pue
             ));
         }
+        if sh.partly_metered > 0 {
+            notes.push(format!(
+                "Site {name}: facility readings cover {} only in part or more than once; those hours use the PUE {:.2}. Readings should tile the time: each hour whole, once.",
+                crate::model::format::count(sh.partly_metered, "hour"),
+                sh.fallback_pue
+            ));
+        }
         let unmetered = sh.it_j.len().saturating_sub(sh.metered_hours);
         if sh.metered_hours > 0 && sh.metered_hours < METERED_HOURS_FOR_FALLBACK && unmetered > 0 {
             notes.push(format!(
@@ -977,12 +1012,10 @@ fn recommend(
     hosts: &[HostInfo],
 ) {
     let total = r.total().clone();
-    let money = |v: Option<f64>| match v {
-        Some(c) => format!("{c:.2} {}", total.currency),
-        None => "cost in several currencies".into(),
-    };
-    // Consolidation, per pool.
-    let mut by_pool: BTreeMap<String, (u32, u32, f64, f64)> = BTreeMap::new();
+    // Consolidation, per pool; the idle cost per currency (a pool may span sites that
+    // pay in different ones).
+    type PoolIdle = (u32, u32, f64, BTreeMap<String, f64>);
+    let mut by_pool: BTreeMap<String, PoolIdle> = BTreeMap::new();
     for g in r.level("gpu") {
         let e = by_pool.entry(g.pool.clone()).or_default();
         e.1 += 1;
@@ -990,18 +1023,22 @@ fn recommend(
         if covered > 0.0 && g.idle_gpu_hours / covered >= IDLE_SHARE {
             e.0 += 1;
             e.2 += g.idle_gpu_energy_kwh;
-            e.3 += g.idle_gpu_cost.unwrap_or(0.0);
+            *e.3.entry(g.currency.clone()).or_default() += g.idle_gpu_cost.unwrap_or(0.0);
         }
     }
     for (pool, (idle, n, kwh, cost)) in &by_pool {
         if *idle > 0 {
             let pool = if pool.is_empty() { "(no pool)" } else { pool };
+            let money = cost
+                .iter()
+                .map(|(currency, c)| format!("{c:.2} {currency}"))
+                .collect::<Vec<_>>()
+                .join(" + ");
             r.actions.push(Action {
                 title: format!("Consolidate idle GPUs in pool {pool}"),
                 detail: format!(
-                    "{idle} of {n} GPUs were idle (below {}% utilization) more than half of the time they reported, using {kwh:.1} kWh while idle ({}). Pack work onto fewer GPUs and release or power down the rest.",
+                    "{idle} of {n} GPUs were idle (below {}% utilization) more than half of the time they reported, using {kwh:.1} kWh while idle ({money}). Pack work onto fewer GPUs and release or power down the rest.",
                     r.idle_util_pct,
-                    money(Some(*cost)),
                 ),
             });
         }
@@ -1157,6 +1194,7 @@ mod tests {
             fallback_pue: 1.4,
             implausible,
             metered_hours: metered,
+            partly_metered: 0,
         }
     }
 

@@ -23,7 +23,7 @@ pub struct FacilityReading {
 }
 
 /// Longest interval one reading may cover.
-const MAX_READING_DAYS: i64 = 31;
+pub(crate) const MAX_READING_DAYS: i64 = 31;
 
 impl FacilityReading {
     /// Why this reading cannot be stored, if it cannot.
@@ -77,6 +77,31 @@ pub async fn store_readings(
     for (i, r) in readings.iter().enumerate() {
         if let Err(e) = r.check(now) {
             rejected.push((i, e));
+            continue;
+        }
+        // A reading that overlaps another of the site (not the one it replaces) would
+        // count the overlap twice.
+        let overlap = sqlx::query!(
+            "SELECT start_ts, end_ts FROM facility_readings
+              WHERE site = $1 AND start_ts <> $2 AND start_ts < $3 AND end_ts > $2
+                AND start_ts > $2 - interval '31 days'
+              ORDER BY start_ts LIMIT 1",
+            &r.site,
+            r.start,
+            r.end,
+        )
+        .fetch_optional(&store.pool)
+        .await?;
+        if let Some(o) = overlap {
+            rejected.push((
+                i,
+                format!(
+                    "overlaps the stored reading of site {} from {} to {}: readings must not overlap; to correct that one, send it again with its start",
+                    r.site,
+                    o.start_ts.to_rfc3339(),
+                    o.end_ts.to_rfc3339()
+                ),
+            ));
             continue;
         }
         sqlx::query!(

@@ -319,7 +319,8 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
     assert!(
         r.actions
             .iter()
-            .any(|a| a.title.contains("Consolidate idle GPUs in pool train")),
+            .any(|a| a.title.contains("Consolidate idle GPUs in pool train")
+                && a.detail.contains(" EUR). Pack work")),
         "{:?}",
         r.actions
     );
@@ -1000,11 +1001,59 @@ async fn facility_meter_readings_make_the_pue_measured() {
         "{:?}",
         r.notes
     );
+
+    // A reading that overlaps a stored one (not the one it replaces) is refused: the
+    // overlap would count twice.
+    let overlapping = json!([
+        {"site": "ams2", "start": h0 + Duration::minutes(30), "end": h0 + Duration::minutes(90), "energy_kwh": 0.7}
+    ]);
+    let resp: Value = app
+        .post_json(&admin, "/api/v1/facility/readings", &overlapping)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["stored"], 0, "{resp}");
+    let reason = resp["errors"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("overlaps the stored reading of site ams2 from "),
+        "{reason}"
+    );
+    // A reading that covers the second hour only in part: that hour is not metered (its
+    // PUE would be a quarter low), and the note says so; the first hour is.
+    let part = json!([
+        {"site": "ams2", "start": h0, "end": h0 + Duration::minutes(105), "energy_kwh": 1.365}
+    ]);
+    let resp: Value = app
+        .post_json(&admin, "/api/v1/facility/readings", &part)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["stored"], 1, "{resp}");
+    let r = energy::build(&app.store, &app.cfg.energy, week, Some("ams2"), now)
+        .await
+        .unwrap();
+    let site = r.total();
+    assert_eq!(site.pue_source, "partly measured");
+    // Hour 1 metered: 1.365 × 60/105 = 0.78 kWh; hour 2: 0.6 kWh IT × 1.6.
+    close(
+        site.facility_energy_kwh,
+        0.78 + 0.96,
+        "one metered hour, one configured",
+    );
+    assert!(
+        r.notes.iter().any(|n| n.starts_with(
+            "Site ams2: facility readings cover 1 hour only in part or more than once"
+        )),
+        "{:?}",
+        r.notes
+    );
     app.stop().await;
 }
 
-#[tokio::test]
-async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
+/// A server that mails the weekly report to a real SMTP server on Mondays at `hour`.
+async fn mailing_app(hour: u32) -> (SmtpServer, TestApp) {
     let smtp = SmtpServer::start().await;
     let port = smtp.port;
     let app = TestApp::spawn_with(move |c| {
@@ -1014,9 +1063,49 @@ async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
         c.alerting.smtp.security = "plain".into();
         c.energy.report.recipients = vec!["energy@example.com".into()];
         c.energy.report.send_weekday = "mon".into();
-        c.energy.report.send_hour = 6;
+        c.energy.report.send_hour = hour;
     })
     .await;
+    (smtp, app)
+}
+
+/// Mailed at midnight, the week's last hour is not accounted yet: the mail waits for it
+/// instead of going out partial, once and for good.
+#[tokio::test]
+async fn a_weekly_mail_due_before_its_last_hour_is_accounted_waits_for_it() {
+    let (smtp, app) = mailing_app(0).await;
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    let week: IsoWeek = "2026-W47".parse().unwrap();
+    load_week(&app, week, tz).await;
+    let telemetry = rackwatch::model::telemetry::Telemetry::new();
+    // Monday 00:02 local: due, but the hour before midnight settles only at 00:05.
+    let due = week.end(tz) + Duration::minutes(2);
+    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, due, &telemetry)
+        .await
+        .unwrap();
+    assert_eq!(sent, None, "a partial week is not mailed");
+    let sent = rackwatch::report::mail::send_due(
+        &app.store,
+        &app.cfg,
+        due + Duration::hours(1),
+        &telemetry,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent, Some(week));
+    let mails = smtp.wait_for(1, 10).await;
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].contains("rackwatch-energy-2026-W47"),
+        "attachments named"
+    );
+    assert!(!mails[0].contains("-partial"), "the whole week is attached");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
+    let (smtp, app) = mailing_app(6).await;
     let tz: Tz = "Europe/Berlin".parse().unwrap();
     let week: IsoWeek = "2026-W47".parse().unwrap();
     let exp = load_week(&app, week, tz).await;
