@@ -155,17 +155,8 @@ pub fn spawn(
                     // mid-period.
                     last.iter_mut().for_each(|l| *l = None);
                 }
-            } else if let Some(conn) = leader.as_mut() {
-                if sqlx::query_scalar!("SELECT 1 AS alive")
-                    .fetch_one(&mut *conn)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        "lost the leader connection; periodic jobs pause until re-elected"
-                    );
-                    leader = None;
-                }
+            } else {
+                still_leads(&mut leader).await;
             }
             leader_flag.store(leader.is_some(), Ordering::Relaxed);
             board.set_leader(leader.is_some());
@@ -173,6 +164,13 @@ pub fn spawn(
                 for (job, last) in JOBS.iter().zip(last.iter_mut()) {
                     if !(job.enabled)(&ctx.cfg) || last.is_some_and(|t| t.elapsed() < job.every) {
                         continue;
+                    }
+                    // Checked before each job, not only each tick: a long job (a backup,
+                    // the forecasts) may outlast the lock, and another server then leads.
+                    if !still_leads(&mut leader).await {
+                        leader_flag.store(false, Ordering::Relaxed);
+                        board.set_leader(false);
+                        break;
                     }
                     run_one(job, &ctx, &board).await;
                     *last = Some(Instant::now());
@@ -206,6 +204,35 @@ async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) {
         Err(e) => tracing::warn!(job = job.name, "job failed: {e:#}"),
     }
     board.record(job.name, start, took, result.map_err(|e| format!("{e:#}")));
+}
+
+/// Whether the lock's connection still answers, within 5 s, from a primary: a connection
+/// that died (its lock with it) or hangs on a primary cut off by a failover, where
+/// another server may lead already, ends this server's leadership at once.
+async fn still_leads(leader: &mut Option<PgConnection>) -> bool {
+    let Some(conn) = leader.as_mut() else {
+        return false;
+    };
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()").fetch_one(&mut *conn),
+    )
+    .await;
+    match answer {
+        Ok(Ok(true)) => true,
+        Ok(Ok(false)) => {
+            tracing::warn!(
+                "the leader's database is a standby now; periodic jobs pause until re-elected"
+            );
+            *leader = None;
+            false
+        }
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!("lost the leader connection; periodic jobs pause until re-elected");
+            *leader = None;
+            false
+        }
+    }
 }
 
 /// The lock is held on a connection of its own to the current primary (after a failover,

@@ -268,7 +268,7 @@ pub fn spawn(
         async move {
             loop {
                 if leader.load(Ordering::Relaxed) {
-                    if let Err(e) = sender.send_due(&store, chrono::Utc::now()).await {
+                    if let Err(e) = sender.send_due(&store, store.clock().await).await {
                         tracing::warn!("alert notifications: {e:#}");
                     }
                 }
@@ -288,6 +288,7 @@ pub fn spawn(
         let mut last_full = Instant::now() - eval_every;
         // When this replica became the leader: hosts are judged silent from then at most.
         let mut watching_since = None;
+        let mut round = RoundLock::default();
         loop {
             if !leader.load(Ordering::Relaxed) {
                 watching_since = None;
@@ -305,10 +306,24 @@ pub fn spawn(
                 if full {
                     last_full = Instant::now();
                 }
-                if let Err(e) =
-                    eval::evaluate(&store, &rules, &cfg, chrono::Utc::now(), since, full).await
-                {
-                    tracing::warn!("alert evaluation: {e:#}");
+                // One round at a time across servers: a second leader for a moment (the
+                // lock's connection died mid-job, a failover) waits for the first one's
+                // round to commit and then reads what it did, instead of firing and
+                // mailing the same alerts again.
+                match round.begin(&store).await {
+                    Ok(true) => {
+                        if let Err(e) =
+                            eval::evaluate(&store, &rules, &cfg, store.clock().await, since, full)
+                                .await
+                        {
+                            tracing::warn!("alert evaluation: {e:#}");
+                        }
+                        round.end().await;
+                    }
+                    Ok(false) => {
+                        tracing::debug!("another server is evaluating alerts; this round skipped")
+                    }
+                    Err(e) => tracing::warn!("alert evaluation: {e:#}"),
                 }
                 queued.notify_one();
             }
@@ -320,4 +335,61 @@ pub fn spawn(
         }
         let _ = sender_task.await;
     }))
+}
+
+/// The advisory lock key one evaluation round holds ("rwevalrn").
+pub const EVAL_ROUND_LOCK: i64 = 0x7277_6576_616c_726e;
+
+/// Holds [`EVAL_ROUND_LOCK`] for the length of a round, on a connection of its own (taken
+/// once and kept; a broken one is replaced at the next round).
+#[derive(Default)]
+struct RoundLock {
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl RoundLock {
+    /// Take the lock: false when another server's round holds it.
+    async fn begin(&mut self, store: &Store) -> anyhow::Result<bool> {
+        if self.conn.is_none() {
+            self.conn = Some(store.dedicated_connection().await?);
+        }
+        let conn = self.conn.as_mut().expect("just set");
+        let got = tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                .bind(EVAL_ROUND_LOCK)
+                .fetch_one(&mut *conn),
+        )
+        .await;
+        match got {
+            Ok(Ok(got)) => Ok(got),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(anyhow::anyhow!("taking the evaluation lock: {e}"))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(anyhow::anyhow!(
+                    "taking the evaluation lock: no answer in 5 s"
+                ))
+            }
+        }
+    }
+
+    /// Let the lock go; a connection that fails to is dropped, which lets it go too.
+    async fn end(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let done = tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(EVAL_ROUND_LOCK)
+                .execute(&mut *conn),
+        )
+        .await;
+        if !matches!(done, Ok(Ok(_))) {
+            self.conn = None;
+        }
+    }
 }

@@ -357,6 +357,17 @@ impl Store {
         }
     }
 
+    /// The database's clock: what the leader's alert rounds and mail sender go by, since
+    /// the outbox's times and a silence's early end are stamped by it (a server whose
+    /// clock is 30 s behind would otherwise hold every mail 30 s). The server's own clock
+    /// when the database does not answer.
+    pub async fn clock(&self) -> DateTime<Utc> {
+        sqlx::query_scalar::<_, DateTime<Utc>>("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|_| Utc::now())
+    }
+
     /// A connection outside the pool to the current primary (the job leader's lock).
     pub async fn dedicated_connection(&self) -> Result<sqlx::PgConnection, sqlx::Error> {
         sqlx::PgConnection::connect_with(&self.pool.connect_options()).await

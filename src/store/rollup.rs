@@ -337,25 +337,55 @@ impl Store {
                 break;
             }
             run.dirty_buckets += dirty.len() as u64;
-            let mut quarters: Vec<(i64, DateTime<Utc>)> = Vec::new();
-            for (host, bucket) in dirty {
-                let (h, g) = self
-                    .rollup_range(bucket, bucket + Duration::minutes(1), Some(vec![host]))
-                    .await?;
-                run.host_rows += h;
-                run.gpu_rows += g;
-                quarters.push((host, quarter(bucket)));
-            }
-            // Their quarter-hours, if complete (the others are rolled up when they are).
-            quarters.sort_unstable();
-            quarters.dedup();
-            for (host, q) in quarters.into_iter().filter(|(_, q)| *q + QUARTER <= end) {
-                run.quarter_rows += self
-                    .rollup_quarters(q, q + QUARTER, Some(vec![host]))
-                    .await?;
+            if let Err(e) = self.redo_minutes(&dirty, end, &mut run).await {
+                // Marked again, so that the next run redoes them: the marks were taken
+                // (and committed) before the work, which failed.
+                self.mark_dirty(&dirty).await?;
+                return Err(e);
             }
         }
         Ok(run)
+    }
+
+    /// Roll up the late minutes `dirty` again, then their quarter-hours that are complete
+    /// by `end` (the others are rolled up when they are).
+    async fn redo_minutes(
+        &self,
+        dirty: &[(i64, DateTime<Utc>)],
+        end: DateTime<Utc>,
+        run: &mut RollupRun,
+    ) -> Result<(), sqlx::Error> {
+        let mut quarters: Vec<(i64, DateTime<Utc>)> = Vec::new();
+        for &(host, bucket) in dirty {
+            let (h, g) = self
+                .rollup_range(bucket, bucket + Duration::minutes(1), Some(vec![host]))
+                .await?;
+            run.host_rows += h;
+            run.gpu_rows += g;
+            quarters.push((host, quarter(bucket)));
+        }
+        quarters.sort_unstable();
+        quarters.dedup();
+        for (host, q) in quarters.into_iter().filter(|(_, q)| *q + QUARTER <= end) {
+            run.quarter_rows += self
+                .rollup_quarters(q, q + QUARTER, Some(vec![host]))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Mark minutes of hosts for the next run to roll up again.
+    async fn mark_dirty(&self, dirty: &[(i64, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
+        let (hosts, buckets): (Vec<i64>, Vec<DateTime<Utc>>) = dirty.iter().copied().unzip();
+        sqlx::query(
+            "INSERT INTO rollup_dirty (host_id, bucket) SELECT * FROM unnest($1::int8[], $2::timestamptz[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&hosts)
+        .bind(&buckets)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Roll up the 1-minute rows of the quarter-hours in `[from, to)` (quarter-aligned)

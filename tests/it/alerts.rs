@@ -592,6 +592,49 @@ async fn fifty_simultaneous_xids_arrive_as_one_mail() {
     r.app.stop().await;
 }
 
+/// Alert rounds take turns across servers: while another server's round holds the
+/// evaluation lock (two leaders for a moment), this one fires nothing; once it is let go,
+/// the fault fires at once, and once.
+#[tokio::test]
+async fn an_alert_round_waits_while_another_server_evaluates() {
+    let r = rig().await;
+    let mut other = r.app.store.dedicated_connection().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(rackwatch::alert::EVAL_ROUND_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let token = r.app.token("node-1").await;
+    let xid = json!({"host": {"name": "node-1"}, "events": [
+        {"ts": Utc::now(), "index": 0, "kind": "xid", "code": 48, "message": "DBE (double bit error) ECC error"}
+    ]});
+    assert_eq!(r.app.ingest(&token, &xid).await.status(), 200);
+    let alerts = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM alerts")
+            .fetch_one(&r.app.store.pool)
+            .await
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        alerts().await,
+        0,
+        "evaluated while another round held the lock"
+    );
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(rackwatch::alert::EVAL_ROUND_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    while alerts().await == 0 && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(alerts().await, 1);
+    assert_eq!(r.smtp.wait_for(1, 10).await.len(), 1);
+    r.app.stop().await;
+}
+
 #[tokio::test]
 async fn a_silence_suppresses_matching_alerts_only() {
     let r = rig().await;
@@ -1427,7 +1470,9 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
         "{html}"
     );
     assert!(
-        html.contains(r#"<form method="post" action="/alerts/unack">"#),
+        html.contains(
+            r#"<form method="post" action="/alerts/unack" data-announce="Acknowledgement taken back: GPU reported an XID error, "#
+        ),
         "{html}"
     );
     let back = post(
