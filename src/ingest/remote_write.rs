@@ -448,12 +448,13 @@ impl Mapped {
         self.samples
     }
 
-    fn reject(&mut self, series: &str, reason: String) {
+    /// A rejection of the request's series at `position` (its index in `timeseries`).
+    fn reject(&mut self, position: usize, series: &str, reason: String) {
         self.rejected += 1;
         if self.rejections.len() < MAX_REJECTIONS_LISTED {
             self.rejections.push(Rejection {
                 section: "timeseries".into(),
-                index: self.rejected - 1,
+                index: position,
                 field: Some(series.to_string()),
                 reason,
             });
@@ -479,7 +480,7 @@ pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError>
         samples,
         ..Default::default()
     };
-    for mut ts in req.timeseries {
+    for (position, mut ts) in req.timeseries.into_iter().enumerate() {
         let Some(name) = label(&ts, "__name__").map(str::to_string) else {
             out.drop_series(Dropped::Unmapped);
             continue;
@@ -493,6 +494,7 @@ pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError>
             .map(|(_, l)| l.name.clone())
         {
             out.reject(
+                position,
                 &name,
                 format!(
                     "label {} appears twice; series not stored",
@@ -584,7 +586,7 @@ pub fn map(req: WriteRequest, max_samples: usize) -> Result<Mapped, IngestError>
             }
         }
         for why in bad {
-            out.reject(&name, why);
+            out.reject(position, &name, why);
         }
     }
     Ok(out)
@@ -854,6 +856,10 @@ pub async fn accept(
     };
     w.response.rejected = mapped.rejected;
     w.response.errors = std::mem::take(&mut mapped.rejections);
+    // Every host is built and checked before the first is written: a request past the
+    // size limit is refused whole (Prometheus drops a 4xx), never after some of its
+    // hosts were stored.
+    let mut checked = Vec::with_capacity(hosts.len());
     for (info, parts) in hosts {
         let (batch, xid_last) = build(state, info, parts, &prior, &window);
         let name = batch.host.name.clone();
@@ -883,6 +889,9 @@ pub async fn accept(
                 continue;
             }
         };
+        checked.push((name, valid, xid_last));
+    }
+    for (name, valid, xid_last) in checked {
         let outcome = match store.merge_batch(&valid.batch, now).await {
             Ok(o) => o,
             Err(crate::store::StoreError::MissingPartition) => {

@@ -84,12 +84,31 @@ async fn handle(
                 }
             }
             if let Some(first) = r.response.errors.first() {
-                tracing::debug!(
-                    rejected = r.response.rejected,
-                    "remote write: samples rejected, the first: {} {}",
-                    first.field.as_deref().unwrap_or(""),
-                    first.reason
-                );
+                // Prometheus reads no answer body of a 204: the log says what was refused
+                // (with the counter rackwatch_samples_rejected_total), once a minute.
+                static LAST_WARNED: std::sync::atomic::AtomicI64 =
+                    std::sync::atomic::AtomicI64::new(0);
+                let now = chrono::Utc::now().timestamp();
+                let last = LAST_WARNED.load(std::sync::atomic::Ordering::Relaxed);
+                if now - last >= 60
+                    && LAST_WARNED
+                        .compare_exchange(
+                            last,
+                            now,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        rejected = r.response.rejected,
+                        "remote write: samples rejected (logged once a minute), the first: {} #{} {}: {}",
+                        first.section,
+                        first.index,
+                        first.field.as_deref().unwrap_or(""),
+                        first.reason
+                    );
+                }
             }
             if r.events > 0 {
                 m.events_received.inc_by(r.events as u64);

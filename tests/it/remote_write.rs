@@ -718,8 +718,13 @@ remote_write:
         )
         .await
         .unwrap();
-    // The accounting job as it will run two hours on: the samples' hours are settled and
-    // accounted, and the report (which reads accounted hours only) has them.
+    // The rollup and accounting jobs as they will run two hours on: the samples' hours are
+    // rolled up, settled and accounted, and the report (which reads accounted hours only)
+    // has them.
+    app.store
+        .run_rollups(hour(to) + chrono::Duration::hours(2))
+        .await
+        .unwrap();
     rackwatch::analytics::energy::run(
         &app.store,
         &app.cfg.energy,
@@ -752,6 +757,41 @@ remote_write:
         "report {got_j} J, counters and estimated minutes {expected_j} J ({estimated} J estimated)"
     );
     assert!(total.measured_energy_kwh > 0.0);
+    app.stop().await;
+}
+
+/// A request with one host past the batch size is refused whole (413, which Prometheus
+/// drops), not after the hosts before it were stored.
+#[tokio::test]
+async fn a_request_with_a_host_past_the_batch_size_stores_none_of_its_hosts() {
+    let app = TestApp::spawn_with(|c| c.ingest.max_samples_per_batch = 100).await;
+    let token = app
+        .store
+        .create_write_token(&WriteScope::Site("fra1".into()), "sized")
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp_millis();
+    let util = |host: &str, n: i64| {
+        let mut s = dcgm("DCGM_FI_DEV_GPU_UTIL", host, "0", 0, 0.0);
+        s.samples = (0..n)
+            .map(|i| Sample {
+                timestamp: now - (n - i) * 1000,
+                value: 50.0,
+            })
+            .collect();
+        s
+    };
+    // "rw-a" comes first (hosts are taken in name order); "rw-b" has 100 samples and its
+    // GPU: 101 items.
+    let r = write(&app, &token, body(&[util("rw-a", 5), util("rw-b", 100)])).await;
+    assert_eq!(r.status(), 413, "{}", r.text().await.unwrap());
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "nothing of the refused request");
+    let r = write(&app, &token, body(&[util("rw-a", 5), util("rw-b", 90)])).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
     app.stop().await;
 }
 
