@@ -831,12 +831,7 @@ async fn facility_meter_readings_make_the_pue_measured() {
         {"site": "ams2", "start": h0 - Duration::hours(6), "end": h0 - Duration::hours(5), "energy_kwh": "1.2"},
         {"site": "ams2", "start": h0 - Duration::hours(6)}
     ]);
-    let resp: Value = app
-        .post_json(&admin, "/api/v1/facility/readings", &readings)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let resp = send_readings(&app, &admin, &readings).await;
     // A reading that does not decode is rejected at its index like one that fails its
     // checks; the good one is stored either way.
     assert_eq!(resp["stored"], 1, "{resp}");
@@ -864,12 +859,7 @@ async fn facility_meter_readings_make_the_pue_measured() {
         {"site": "AMS2", "start": h0 - Duration::hours(8), "end": h0 - Duration::hours(7), "energy_kwh": 0.5},
         {"site": "ams2", "start": h0 - Duration::hours(8), "end": h0 - Duration::hours(7), "energy_kwh": 0.5}
     ]);
-    let resp: Value = app
-        .post_json(&admin, "/api/v1/facility/readings", &typo)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let resp = send_readings(&app, &admin, &typo).await;
     assert_eq!(
         (resp["stored"].as_u64(), &resp["unknown_sites"]),
         (Some(2), &json!(["AMS2"])),
@@ -980,12 +970,7 @@ async fn facility_meter_readings_make_the_pue_measured() {
     // and the configured PUE stands for them instead of 0.1 for the whole site.
     let wrong =
         json!([{"site": "ams2", "start": h0, "end": h0 + Duration::hours(2), "energy_kwh": 0.12}]);
-    let resp: Value = app
-        .post_json(&admin, "/api/v1/facility/readings", &wrong)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let resp = send_readings(&app, &admin, &wrong).await;
     assert_eq!(resp["stored"], 1, "{resp}");
     let r = energy::build(&app.store, &app.cfg.energy, week, Some("ams2"), now)
         .await
@@ -1007,12 +992,7 @@ async fn facility_meter_readings_make_the_pue_measured() {
     let overlapping = json!([
         {"site": "ams2", "start": h0 + Duration::minutes(30), "end": h0 + Duration::minutes(90), "energy_kwh": 0.7}
     ]);
-    let resp: Value = app
-        .post_json(&admin, "/api/v1/facility/readings", &overlapping)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let resp = send_readings(&app, &admin, &overlapping).await;
     assert_eq!(resp["stored"], 0, "{resp}");
     let reason = resp["errors"][0]["reason"].as_str().unwrap();
     assert!(
@@ -1024,12 +1004,7 @@ async fn facility_meter_readings_make_the_pue_measured() {
     let part = json!([
         {"site": "ams2", "start": h0, "end": h0 + Duration::minutes(105), "energy_kwh": 1.365}
     ]);
-    let resp: Value = app
-        .post_json(&admin, "/api/v1/facility/readings", &part)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let resp = send_readings(&app, &admin, &part).await;
     assert_eq!(resp["stored"], 1, "{resp}");
     let r = energy::build(&app.store, &app.cfg.energy, week, Some("ams2"), now)
         .await
@@ -1050,6 +1025,15 @@ async fn facility_meter_readings_make_the_pue_measured() {
         r.notes
     );
     app.stop().await;
+}
+
+/// Post facility meter readings as `cookie`'s user; the answer's JSON.
+async fn send_readings(app: &TestApp, cookie: &str, readings: &Value) -> Value {
+    app.post_json(cookie, "/api/v1/facility/readings", readings)
+        .await
+        .json()
+        .await
+        .unwrap()
 }
 
 /// A server that mails the weekly report to a real SMTP server on Mondays at `hour`.
