@@ -425,7 +425,13 @@ fn decide(
     Decided {
         installed: h.installed,
         host_size: s.host_size,
-        demand_now: h.demand.last().copied(),
+        // Demand now is the last slot's, if that is recent: a pool whose hosts stopped
+        // reporting has no demand of now, not the one of the day they stopped.
+        demand_now: h
+            .buckets
+            .last()
+            .filter(|b| **b >= end - Duration::minutes(15))
+            .and(h.demand.last().copied()),
         next: cap::next_hour(&series, step, first, end, s),
         week: cap::plan(&series, step, first, end, 0, 168, s),
         lead: cap::plan(&series, step, first, end, s.lead_hours, 168, s),

@@ -107,6 +107,23 @@ pub async fn send_due(
         return Ok(None);
     }
     let capacity = capacity_lines(store, cfg, now).await?;
+    // The delivery is recorded in a transaction held open while the mail is sent: a second
+    // server sending the same week at once (two leaders for a moment) waits on the row,
+    // then finds it and sends nothing; a send that fails rolls the record back.
+    let mut tx = store.pool.begin().await?;
+    let claimed = sqlx::query!(
+        "INSERT INTO report_deliveries (kind, period, recipients) VALUES ($1, $2, $3)
+         ON CONFLICT (kind, period) DO NOTHING",
+        KIND,
+        week.to_string(),
+        cfg.energy.report.recipients.join(", "),
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        return Ok(None);
+    }
     send(
         cfg,
         &report,
@@ -115,15 +132,7 @@ pub async fn send_due(
         telemetry,
     )
     .await?;
-    sqlx::query!(
-        "INSERT INTO report_deliveries (kind, period, recipients) VALUES ($1, $2, $3)
-         ON CONFLICT (kind, period) DO NOTHING",
-        KIND,
-        week.to_string(),
-        cfg.energy.report.recipients.join(", "),
-    )
-    .execute(&store.pool)
-    .await?;
+    tx.commit().await?;
     store
         .audit(
             crate::store::audit::Entry::ok(
