@@ -165,6 +165,10 @@ pub fn spawn(
                     if !(job.enabled)(&ctx.cfg) || last.is_some_and(|t| t.elapsed() < job.every) {
                         continue;
                     }
+                    // A stop waits for the job running, not for the rest of the tick's.
+                    if *shutdown.borrow() {
+                        break;
+                    }
                     // Checked before each job, not only each tick: a long job (a backup,
                     // the forecasts) may outlast the lock, and another server then leads.
                     if !still_leads(&mut leader).await {

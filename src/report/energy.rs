@@ -635,7 +635,10 @@ fn accumulate(
         a.covered += f64::from(r.covered_minutes);
         a.hours += 1;
         a.metered_hours += u32::from(metered);
-        let day = (local.date_naive() - week.monday()).num_days();
+        // The day of the hour's middle: in a zone half an hour off UTC's hours (India) the
+        // week's first UTC hour starts at 23:30 on Sunday, and its energy is Monday's.
+        let mid = (r.hour + Duration::minutes(30)).with_timezone(&tz);
+        let day = (mid.date_naive() - week.monday()).num_days();
         if let Some(d) = usize::try_from(day).ok().and_then(|d| days.get_mut(d)) {
             if r.gpu_index >= 0 {
                 d.gpu_idle_kwh += r.idle_j / J_PER_KWH;

@@ -529,6 +529,44 @@ async fn one_day_report(
     account_and_build(app, week, week.end(tz) + Duration::hours(12)).await
 }
 
+/// In a zone half an hour off UTC's hours (India), the week's first UTC hour starts at
+/// 23:30 on Sunday: its energy is Monday's in the daily figures, which add up to the week.
+#[tokio::test]
+async fn daily_figures_add_up_in_a_half_hour_time_zone() {
+    let app = TestApp::spawn_with(|c| {
+        configure(c);
+        c.energy.time_zone = "Asia/Kolkata".into();
+    })
+    .await;
+    let tz: Tz = "Asia/Kolkata".parse().unwrap();
+    let week: IsoWeek = "2026-W47".parse().unwrap();
+    let first_utc_hour = week.start(tz) - Duration::minutes(30);
+    app.store
+        .ensure_partitions(week.end(tz) + Duration::days(1), 10, 1)
+        .await
+        .unwrap();
+    let gs: Vec<GpuSample> = (0..120)
+        .map(|m| GpuSample {
+            ts: first_utc_hour + Duration::minutes(m) + Duration::seconds(30),
+            index: 0,
+            util_pct: Some(50.0),
+            power_watts: Some(300.0),
+            ..Default::default()
+        })
+        .collect();
+    let r = one_day_report(&app, "in-1", gs, week, tz).await;
+    let total = r.total();
+    assert!(total.facility_energy_kwh > 0.0);
+    let days: f64 = r
+        .days
+        .iter()
+        .map(|d| d.gpu_busy_kwh + d.gpu_idle_kwh + d.host_kwh + d.overhead_kwh)
+        .sum();
+    close(days, total.facility_energy_kwh, "days add up to the week");
+    assert!(r.days[0].gpu_busy_kwh > 0.0, "{:?}", r.days[0]);
+    app.stop().await;
+}
+
 /// Account the energy up to `now` and build `week`'s report as of then.
 async fn account_and_build(
     app: &TestApp,
