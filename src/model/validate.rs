@@ -717,9 +717,20 @@ pub fn pool_name(pool: &str) -> Result<(), String> {
 
 pub fn validate_host(h: &HostInfo) -> Result<(), String> {
     host_name(&h.name)?;
-    check_text("host.site", &h.site, 0, 64)?;
-    check_text("host.rack", &h.rack, 0, 64)?;
-    check_text("host.pool", &h.pool, 0, 64)?;
+    for (what, v) in [
+        ("host.site", &h.site),
+        ("host.rack", &h.rack),
+        ("host.pool", &h.pool),
+    ] {
+        check_text(what, v, 0, 64)?;
+        // In page paths "-" stands for "none", and "." and ".." would be read as paths.
+        if matches!(v.as_str(), "-" | "." | "..") {
+            return Err(format!(
+                "{what} {} is reserved (pages use \"-\" for none); leave it empty or name it",
+                quoted(v)
+            ));
+        }
+    }
     if h.labels.len() > super::MAX_HOST_LABELS {
         return Err(format!(
             "host.labels has {} entries; at most {} are allowed",
@@ -1047,6 +1058,32 @@ mod tests {
             "{}",
             v.rejections[0].reason
         );
+    }
+
+    #[test]
+    fn placements_that_pages_read_as_paths_or_as_none_are_refused() {
+        for (field, v) in [("site", "-"), ("rack", "."), ("pool", "..")] {
+            let mut h = HostInfo {
+                name: "gpu-1".into(),
+                ..Default::default()
+            };
+            match field {
+                "site" => h.site = v.into(),
+                "rack" => h.rack = v.into(),
+                _ => h.pool = v.into(),
+            }
+            let e = validate_host(&h).unwrap_err();
+            assert!(
+                e.starts_with(&format!("host.{field} \"{v}\" is reserved")),
+                "{e}"
+            );
+        }
+        let ok = HostInfo {
+            name: "gpu-1".into(),
+            rack: "r-1".into(),
+            ..Default::default()
+        };
+        assert!(validate_host(&ok).is_ok());
     }
 
     #[test]

@@ -471,7 +471,7 @@ SELECT date_bin(make_interval(secs => $5), s.ts, $3) AS "ts!",
                         OR h.agent_version ILIKE p OR g.model ILIKE p OR g.uuid ILIKE p
                         OR g.driver_version ILIKE p, false))
               ORDER BY h.site, h.rack, h.name, g.gpu_index
-              LIMIT 5000"#,
+              LIMIT 5001"#,
             &patterns,
             q.gpu_index,
         )

@@ -694,6 +694,7 @@ pub fn sparkline(
     points: &[(DateTime<Utc>, f64)],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    gap_secs: i64,
     ymax: f64,
     label: &str,
 ) -> String {
@@ -701,10 +702,16 @@ pub fn sparkline(
     const SH: f64 = 24.0;
     let span = (to - from).num_milliseconds().max(1) as f64;
     let cols = downsample(points, from, span, SW as usize, false);
+    // As on the full charts: points further apart than the data's gap (plus two columns)
+    // are not joined, so an outage shows as a break.
+    let gap_ms = gap_secs as f64 * 1000.0 + 2.0 * span / SW;
     let mut path = String::new();
-    for (i, (c, _, v)) in cols.iter().enumerate() {
+    let mut prev: Option<DateTime<Utc>> = None;
+    for (c, t, v) in &cols {
         let y = SH - 1.0 - (v / ymax.max(1e-9)).clamp(0.0, 1.0) * (SH - 2.0);
-        path.push(if i == 0 { 'M' } else { 'L' });
+        let connect = prev.is_some_and(|pt| (*t - pt).num_milliseconds() as f64 <= gap_ms);
+        prev = Some(*t);
+        path.push(if connect { 'L' } else { 'M' });
         push_fixed(&mut path, *c as f64, 0);
         path.push(',');
         push_fixed(&mut path, y, 1);
@@ -890,6 +897,30 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
+
+    #[test]
+    fn a_sparkline_breaks_at_an_outage() {
+        let from: DateTime<Utc> = "2026-11-23T00:00:00Z".parse().unwrap();
+        let to = from + Duration::hours(1);
+        // Every 5 s, except for 40 minutes in the middle.
+        let pts: Vec<(DateTime<Utc>, f64)> = (0..720)
+            .map(|i| (from + Duration::seconds(5 * i), 50.0))
+            .filter(|(t, _)| {
+                *t < from + Duration::minutes(10) || *t >= from + Duration::minutes(50)
+            })
+            .collect();
+        let svg = sparkline(&pts, from, to, 15, 100.0, "GPU 0");
+        let d = &svg[svg.find(" d=\"").unwrap()..];
+        assert_eq!(d.matches('M').count(), 2, "{svg}");
+        // Without the outage: one line.
+        let all: Vec<_> = (0..720)
+            .map(|i| (from + Duration::seconds(5 * i), 50.0))
+            .collect();
+        let svg = sparkline(&all, from, to, 15, 100.0, "GPU 0");
+        let d = &svg[svg.find(" d=\"").unwrap()..];
+        assert_eq!(d.matches('M').count(), 1, "{svg}");
+    }
 
     #[test]
     fn strip_rows_merge_equal_colors_keep_gaps_and_link() {

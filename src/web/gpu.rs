@@ -75,6 +75,10 @@ pub struct GpuData {
     #[serde(skip)]
     pub brief: Vec<(&'static str, usize)>,
     pub events: Vec<ExplainedEvent>,
+    /// More hardware events than listed are in the range: the newest 200 are listed, and
+    /// `GET /api/v1/events` has them all.
+    pub events_truncated: bool,
+
     /// The enforced power limit (the inventory's, else the highest sampled in the range).
     pub power_limit_watts: Option<f64>,
     /// Firing, pending and recently resolved (24 h) alerts of this GPU and of its host as
@@ -184,7 +188,13 @@ pub async fn rows(
             range.source,
         ),
         throttle,
-        store.events_between(&names, Some(index), range.from, range.to, 200),
+        store.events_between(
+            &names,
+            Some(index),
+            range.from,
+            range.to,
+            EVENTS_SHOWN as i64 + 1
+        ),
         store.alerts_touching(&names, resolved_since),
     )?;
     Ok(GpuRows {
@@ -249,6 +259,7 @@ pub async fn load(
         })
         .filter(|(_, n)| *n > 0)
         .collect();
+    let (events, events_truncated) = newest_events(r.events);
     Ok(GpuData {
         host,
         gpu,
@@ -256,7 +267,8 @@ pub async fn load(
         series,
         throttled,
         brief,
-        events: r.events.into_iter().map(explained).collect(),
+        events: events.into_iter().map(explained).collect(),
+        events_truncated,
         power_limit_watts: power_limit,
         alerts: r.alerts,
     })
@@ -280,6 +292,9 @@ pub struct GpuPage {
     /// Throttle shading is drawn (ranges up to 7 days): its key is shown.
     pub shading: bool,
     pub events: Vec<EventView>,
+    /// The events API's link to all of them, when the list is cut (a host's or GPU's).
+    pub events_all: String,
+    pub events_truncated: bool,
     pub alerts: Vec<super::page::AlertTouchView>,
     pub alerts_hidden: usize,
 }
@@ -458,6 +473,12 @@ async fn page(
             shading: d.throttled.is_some(),
             throttle_note,
             events: event_views(&d.events, &query, false),
+            events_all: if d.events_truncated {
+                all_events_link(&name, r.from, r.to)
+            } else {
+                String::new()
+            },
+            events_truncated: d.events_truncated,
             alerts,
             alerts_hidden,
         };

@@ -89,6 +89,9 @@ pub struct HostData {
     pub host_series: Vec<HostPoint>,
     pub gpu_series: Vec<GpuPoint>,
     pub events: Vec<ExplainedEvent>,
+    /// More hardware events than listed are in the range: the newest 200 are listed, and
+    /// `GET /api/v1/events` has them all.
+    pub events_truncated: bool,
     /// Firing, pending and recently resolved alerts of the host and its GPUs.
     pub alerts: Vec<AlertTouching>,
     /// Anomalous minutes in the range, newest first (at most 30, `HOST_PAGE_ANOMALIES`;
@@ -172,7 +175,7 @@ pub async fn rows(
             range.bucket_secs,
             range.source,
         ),
-        store.events_between(&names, None, range.from, range.to, 200),
+        store.events_between(&names, None, range.from, range.to, EVENTS_SHOWN as i64 + 1),
         store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
         store.anomaly_scores(&filter),
         store.anomaly_episodes(name, range.from, range.to, HOST_PAGE_ANOMALIES),
@@ -201,13 +204,15 @@ pub async fn load(st: &AppState, name: &str, range: TimeRange) -> Result<HostDat
     let host = r
         .host
         .ok_or_else(|| ApiError::NotFound(format!("no host named {name:?}")))?;
+    let (events, events_truncated) = newest_events(r.events);
     Ok(HostData {
         host,
         range,
         gpus: r.gpus,
         host_series: r.host_series,
         gpu_series: r.gpu_series,
-        events: r.events.into_iter().map(explained).collect(),
+        events: events.into_iter().map(explained).collect(),
+        events_truncated,
         alerts: r.alerts,
         anomalies: r.anomalies,
         anomaly_episodes: r.anomaly_episodes,
@@ -251,6 +256,9 @@ pub struct HostPage {
     pub strip_scale: String,
     pub gpus: Vec<GpuRow>,
     pub events: Vec<EventView>,
+    /// The events API's link to all of them, when the list is cut (a host's or GPU's).
+    pub events_all: String,
+    pub events_truncated: bool,
     pub alerts: Vec<AlertTouchView>,
     /// Resolved alerts left out of `alerts` (the Alerts page has them).
     pub alerts_hidden: usize,
@@ -417,6 +425,7 @@ async fn page(
                     &gpu_points(&d.gpu_series, g.index, |p| p.util_pct),
                     r.from,
                     r.to,
+                    r.gap_secs(),
                     100.0,
                     &format!("GPU {} utilization, {}", g.index, r.label()),
                 ),
@@ -486,6 +495,12 @@ async fn page(
             charts,
             gpus,
             events: event_views(&d.events, &query, false),
+            events_all: if d.events_truncated {
+                all_events_link(&name, r.from, r.to)
+            } else {
+                String::new()
+            },
+            events_truncated: d.events_truncated,
 
             anomaly_note: anomaly_note(
                 &d.anomaly_models,

@@ -32,14 +32,24 @@ pub fn api_routes() -> Routes {
 pub struct InventoryData {
     /// The filter it was asked for.
     pub q: String,
+    /// The first [`INVENTORY_ROWS`] rows matching it, by site, rack, host and GPU.
     pub rows: Vec<InventoryRow>,
+    /// More rows match than are listed: narrow the search (a site, a model, a pool).
+    pub truncated: bool,
 }
+
+/// Rows one inventory answer lists.
+pub const INVENTORY_ROWS: usize = 5000;
 
 /// The inventory, filtered by `q`.
 pub async fn load(st: &AppState, q: &str) -> Result<InventoryData, ApiError> {
+    let mut rows = st.store.inventory(q.trim()).await?;
+    let truncated = rows.len() > INVENTORY_ROWS;
+    rows.truncate(INVENTORY_ROWS);
     Ok(InventoryData {
         q: q.to_string(),
-        rows: st.store.inventory(q.trim()).await?,
+        rows,
+        truncated,
     })
 }
 
@@ -68,6 +78,7 @@ pub struct InventoryPage {
     pub rows: Vec<InventoryView>,
     pub hosts: usize,
     pub gpus: usize,
+    pub truncated: bool,
 }
 
 /// The inventory's query: the search text.
@@ -117,6 +128,7 @@ async fn page(
         hosts: hosts.len(),
         gpus: d.rows.iter().filter(|r| r.index.is_some()).count(),
         rows,
+        truncated: d.truncated,
     };
     Ok(render(&page))
 }

@@ -424,6 +424,30 @@ pub fn alert_anchor(fingerprint: &str) -> String {
 /// that failed again and again would push the page's GPUs out of sight.
 pub const RESOLVED_SHOWN: usize = 4;
 
+/// Hardware events a host, GPU or rack page lists: the newest of its range. One more is
+/// fetched, to say when there are more.
+pub const EVENTS_SHOWN: usize = 200;
+
+/// The newest [`EVENTS_SHOWN`] of `rows` (newest first), and whether there were more.
+pub fn newest_events(
+    mut rows: Vec<crate::store::queries::EventRow>,
+) -> (Vec<crate::store::queries::EventRow>, bool) {
+    let more = rows.len() > EVENTS_SHOWN;
+    rows.truncate(EVENTS_SHOWN);
+    (rows, more)
+}
+
+/// Where all of a host's events of `[from, to)` are: the events API, for the note under a
+/// cut list.
+pub fn all_events_link(host: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+    format!(
+        "/api/v1/events?host={}&since={}&until={}",
+        seg(host),
+        time_attr(from),
+        time_attr(to - chrono::Duration::seconds(1))
+    )
+}
+
 /// The alerts section's rows (pending and firing ones, and the first [`RESOLVED_SHOWN`]
 /// resolved ones, most severe and newest first) and how many resolved ones were left out.
 pub fn alert_views(

@@ -42,6 +42,9 @@ pub struct RackData {
     pub gpus: Vec<HeatCell>,
     pub host_series: Vec<HostPoint>,
     pub events: Vec<ExplainedEvent>,
+    /// More hardware events than listed are in the range: the newest 200 are listed, and
+    /// `GET /api/v1/events` has them all.
+    pub events_truncated: bool,
     /// Firing, pending and recently resolved alerts of the rack's hosts and their GPUs.
     pub alerts: Vec<AlertTouching>,
     /// Power the rack's GPUs draw now (latest sample of each).
@@ -108,7 +111,7 @@ pub async fn rows(
             range.bucket_secs,
             range.source
         ),
-        store.events_between(&names, None, range.from, range.to, 200),
+        store.events_between(&names, None, range.from, range.to, EVENTS_SHOWN as i64 + 1),
         store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
     )?;
     // Each host's GPUs (a rack holds a handful of hosts).
@@ -176,6 +179,7 @@ pub async fn load(
         .filter(|c| c.reporting)
         .filter_map(|c| c.power_watts.map(f64::from))
         .fold(0.0, |a, b| a + b);
+    let (events, events_truncated) = newest_events(r.events);
     Ok(RackData {
         gpu_power_watts,
         power_budget,
@@ -187,7 +191,8 @@ pub async fn load(
         hosts: r.hosts,
         gpus: cells,
         host_series: r.host_series,
-        events: r.events.into_iter().map(explained).collect(),
+        events: events.into_iter().map(explained).collect(),
+        events_truncated,
         alerts: r.alerts,
     })
 }
@@ -215,8 +220,13 @@ pub struct RackPage {
     /// The rack's hourly power over the weeks its budget is dated from, the budget and
     /// the trend ahead.
     pub budget_chart: Option<ChartView>,
+    /// GPUs of the rack's hosts, and those reporting now (as the fleet page counts).
+    pub gpus_total: usize,
     pub gpus_reporting: usize,
     pub events: Vec<EventView>,
+    /// The events API's link to all of them, when the list is cut (a host's or GPU's).
+    pub events_all: String,
+    pub events_truncated: bool,
     pub alerts: Vec<AlertTouchView>,
     /// Resolved alerts left out of `alerts` (the Alerts page has them).
     pub alerts_hidden: usize,
@@ -292,8 +302,11 @@ async fn page(
                 .power_budget
                 .as_ref()
                 .map(|b| budget_chart(b, &d.power_hourly, now)),
-            gpus_reporting: d.gpus.len(),
+            gpus_total: d.gpus.len(),
+            gpus_reporting: d.gpus.iter().filter(|c| c.reporting).count(),
             events: event_views(&d.events, &query, true),
+            events_all: String::new(),
+            events_truncated: d.events_truncated,
 
             heading: if rack.is_empty() {
                 "Hosts without a rack".into()
@@ -396,10 +409,26 @@ fn rack_gpu_charts(
     // Hosts draw kilowatts: per-host power in kW, as the rack's total and its KPI.
     let power = per_host(|p| p.power_watts.map(|w| w / 1000.0), true);
     let temp = per_host(|p| p.temp_celsius, false);
+    // The rack's total at each time any host has a point: a host without one in that
+    // bucket (agents sample every few seconds, not in step) counts with its last value
+    // of the two buckets before, so the total does not dip by a host's share.
+    let carry = Duration::seconds(i64::from(r.bucket_secs).max(30) * 2);
+    let times: std::collections::BTreeSet<DateTime<Utc>> = power
+        .iter()
+        .flat_map(|row| row.points.iter().map(|p| p.0))
+        .collect();
     let mut total: BTreeMap<DateTime<Utc>, f64> = BTreeMap::new();
     for row in &power {
-        for (t, v) in &row.points {
-            *total.entry(*t).or_insert(0.0) += v;
+        let mut pts = row.points.iter().peekable();
+        let mut last: Option<(DateTime<Utc>, f64)> = None;
+        for t in &times {
+            while let Some(p) = pts.next_if(|p| p.0 <= *t) {
+                last = Some(*p);
+            }
+            if let Some((at, v)) = last.filter(|(at, _)| *t - *at <= carry) {
+                let _ = at;
+                *total.entry(*t).or_insert(0.0) += v;
+            }
         }
     }
     let peak = |rows: &[StripRow]| {

@@ -2,7 +2,7 @@
 //! `from`/`to`, so a copied link reproduces the view. Also decides whether charts read
 //! raw samples or rollups, and how wide one bucket (one pixel column) is.
 
-use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::urlencode;
@@ -115,13 +115,24 @@ fn check_tzo(tzo: i32) -> Result<(), ApiError> {
 /// zone (`tzo` = UTC − local in minutes, as `getTimezoneOffset()` gives it).
 pub fn parse_time(field: &str, s: &str, tzo: i32) -> Result<DateTime<Utc>, ApiError> {
     check_tzo(tzo)?;
+    // Years a fleet's data can have: far ones would overflow the arithmetic on ranges.
+    let sane = |t: Option<DateTime<Utc>>| match t {
+        Some(t) if (1970..=9999).contains(&t.year()) => Ok(t),
+        _ => Err(ApiError::BadRequest(format!(
+            "`{field}` = {} is outside the years 1970 to 9999",
+            crate::model::validate::quoted(s)
+        ))),
+    };
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
+        return sane(Some(t.with_timezone(&Utc)));
     }
     for f in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"] {
         if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
             // datetime-local is the viewer's wall clock; tzo = UTC − local in minutes.
-            return Ok(n.and_utc() + Duration::minutes(i64::from(tzo)));
+            return sane(
+                n.and_utc()
+                    .checked_add_signed(Duration::minutes(i64::from(tzo))),
+            );
         }
     }
     // A `+` of an offset arrives as a space when the URL does not encode it.
@@ -397,6 +408,24 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn times_at_the_ends_of_the_calendar_are_a_bad_request_not_a_panic() {
+        for (s, tzo) in [
+            ("+262142-12-31T23:59", 960),
+            ("-262143-01-01T00:00", -960),
+            ("9999-12-31T23:59", 960),
+            ("1969-12-31T23:59:59Z", 0),
+        ] {
+            match parse_time("from", s, tzo) {
+                Err(ApiError::BadRequest(m)) => {
+                    assert!(m.contains("outside the years 1970 to 9999"), "{m}")
+                }
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        assert!(parse_time("from", "2026-11-23T12:00", -60).is_ok());
+    }
 
     #[test]
     fn presets_custom_ranges_and_resolution() {

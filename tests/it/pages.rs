@@ -197,6 +197,12 @@ async fn a_silent_gpu_stops_counting_as_reporting_within_a_minute() {
         html.contains("2 GPUs · util 80 % (max 80 %) · 500 W · 1 not reporting"),
         "{html}"
     );
+    // The rack counts its reporting GPUs as the fleet does.
+    let (_, rack) = app.page(&cookie, "/racks/fra1/r01").await;
+    assert!(
+        rack.contains(r#"<b id="kpi-rack-gpus">1 / 2</b>"#),
+        "{rack}"
+    );
     // Fallen off the bus: the silent GPU with a hardware event is lost, and says it is
     // not reporting.
     let lost = json!({"host": {"name": "quiet-gpu-host", "site": "fra1", "rack": "r01"},
@@ -399,6 +405,65 @@ async fn json_api_with_basic_auth() {
 /// A full page of events links to the next one (`Link: <…>; rel="next"`), and following
 /// the links reaches every event once, even where more events share an instant than a
 /// page holds (an XID storm's GPUs).
+/// A host with more hardware events in the range than a page lists: the newest 200 are
+/// listed, and the page and its JSON say there are more, with the API's link to all.
+#[tokio::test]
+async fn a_page_whose_events_are_cut_says_so_and_links_to_all_of_them() {
+    let app = TestApp::spawn().await;
+    let token = app.token("noisy").await;
+    let events: Vec<_> = recent(205, 1, 600)
+        .into_iter()
+        .map(|t| json!({"ts": t, "index": 0, "kind": "xid", "code": 13, "message": "x"}))
+        .collect();
+    let body = json!({"host": {"name": "noisy"}, "gpus": [{"index": 0}], "events": events});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let cookie = app.login("erin", "erin-pass").await;
+    let api = app.json(&cookie, "/api/v1/hosts/noisy?range=1h").await;
+    assert_eq!(api["events"].as_array().unwrap().len(), 200);
+    assert_eq!(api["events_truncated"], true);
+    let (_, html) = app.page(&cookie, "/hosts/noisy?range=1h").await;
+    let note = &html[html.find(r#"id="events-more""#).expect("the cut is said")..];
+    assert!(note.starts_with(r#"id="events-more">The newest 200 of this range; all of them in <a href="/api/v1/events?host=noisy&#38;since="#), "{note}");
+    let href = note[note.find("href=\"").unwrap() + 6..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&#38;", "&");
+    let all = app.json(&cookie, &href).await;
+    assert_eq!(all.as_array().unwrap().len(), 205, "{href}");
+    let (_, gpu) = app.page(&cookie, "/hosts/noisy/gpus/0?range=1h").await;
+    assert!(gpu.contains(r#"<b id="kpi-events">200+</b>"#), "{gpu}");
+    // Fewer than that: no note.
+    let (_, quiet) = app.page(&cookie, "/hosts/noisy?range=5m").await;
+    assert!(!quiet.contains("events-more"));
+    app.stop().await;
+}
+
+/// An inventory larger than one answer lists says so, on the page and in the JSON.
+#[tokio::test]
+async fn an_inventory_past_its_row_limit_says_it_lists_the_first_rows() {
+    let app = TestApp::spawn().await;
+    sqlx::query(
+        "INSERT INTO hosts (name, site, last_seen)
+         SELECT 'inv-' || lpad(i::text, 5, '0'), 'fra1', now() FROM generate_series(1, 5001) i",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let cookie = app.login("erin", "erin-pass").await;
+    let api = app.json(&cookie, "/api/v1/inventory").await;
+    assert_eq!(api["rows"].as_array().unwrap().len(), 5000);
+    assert_eq!(api["truncated"], true);
+    let (_, html) = app.page(&cookie, "/inventory").await;
+    assert!(
+        html.contains("5000 hosts, 0 GPUs: the first 5000 rows of more; narrow the search"),
+        "the cut is said"
+    );
+    let api = app.json(&cookie, "/api/v1/inventory?q=inv-00001").await;
+    assert_eq!(api["truncated"], false);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn events_page_back_with_until_and_take_the_page_time_format() {
     let app = TestApp::spawn().await;
