@@ -326,7 +326,24 @@ async fn backup(c: &JobContext) -> anyhow::Result<String> {
     let dir = c.cfg.data_dir.join(&cfg.dir);
     let now = Utc::now();
     let archives = b::archives(&dir)?;
-    if let Some(newest) = archives.last() {
+    for a in archives.iter().filter(|a| !a.valid) {
+        tracing::warn!(file = %a.path.display(), "not a backup archive (empty or cut short, as a crash while it was written leaves it): it counts as no backup and is not pruned; delete it once looked at");
+    }
+    // The newest good archive; one stamped in the future (made while the clock was ahead)
+    // would put the next backup off until then, so it does not count.
+    let newest = archives
+        .iter()
+        .rev()
+        .filter(|a| a.valid)
+        .find(|a| a.made <= now + chrono::Duration::hours(1));
+    if let Some(future) = archives
+        .iter()
+        .rev()
+        .find(|a| a.valid && a.made > now + chrono::Duration::hours(1))
+    {
+        tracing::warn!(file = %future.path.display(), "a backup archive is stamped in the future (the clock was ahead when it was made): backups go by the others");
+    }
+    if let Some(newest) = newest {
         c.telemetry.backup_seen(newest.made, newest.bytes);
         let due = newest.made + chrono::Duration::hours(i64::from(cfg.every_hours));
         if due > now {

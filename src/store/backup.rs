@@ -51,7 +51,21 @@ pub fn pg_tool(bin_dir: &str, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 async fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
-    let out = tokio::process::Command::new(tool)
+    run_with(tool, args, None).await
+}
+
+/// `tool` with `args`, and the database password (if any) in `PGPASSWORD`: on the
+/// command line, any local user would read it in the process list for the whole dump.
+async fn run_with(
+    tool: &Path,
+    args: &[&std::ffi::OsStr],
+    password: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut cmd = tokio::process::Command::new(tool);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let out = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
@@ -68,9 +82,60 @@ async fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `url` without its password, and the password: the tools get it from `PGPASSWORD`.
+fn without_password(url: &str) -> (String, Option<String>) {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let pw = u.password().map(unpercent);
+            let _ = u.set_password(None);
+            (u.to_string(), pw)
+        }
+        _ => (url.to_string(), None),
+    }
+}
+
+/// `%XX` escapes of a URL part decoded (a password with `@` or `/` is written escaped).
+fn unpercent(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The first bytes of every custom-format archive.
+const ARCHIVE_MAGIC: &[u8] = b"PGDMP";
+
+/// Whether `path` starts like a custom-format archive (a cheap check: an empty or cut
+/// file from a crash does not).
+fn looks_like_archive(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 5];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == ARCHIVE_MAGIC)
+}
+
 /// Write a consistent custom-format archive of the database at `url` to `out`. The
-/// archive is written next to `out` and renamed into place, so `out` is either the
-/// previous archive or the complete new one.
+/// archive is written next to `out`, flushed to disk, its table of contents read back, and
+/// then renamed into place (the directory flushed too), so `out` is either the previous
+/// archive or the complete new one, also after a power cut.
 pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done> {
     // Said before the dump, which takes a while: a directory, or a place that is missing.
     if out.is_dir() {
@@ -88,12 +153,13 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
     let pg_dump = pg_tool(bin_dir, "pg_dump")?;
     let tmp = out.with_extension("partial");
     let started = Instant::now();
+    let (url, password) = without_password(url);
     let dbname = format!("--dbname={url}");
     // Readable by this user only: the archive holds password and token hashes and the
     // server's secrets. Created before pg_dump opens it, which keeps the mode.
     private_file(&tmp)?;
     let file = tmp.as_os_str();
-    let dumped = run(
+    let dumped = run_with(
         &pg_dump,
         &[
             "--format=custom".as_ref(),
@@ -102,8 +168,20 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
             file,
             dbname.as_ref(),
         ],
+        password.as_deref(),
     )
     .await;
+    // On disk before it takes the name (and the old archives are pruned), and readable.
+    let dumped = match dumped {
+        Ok(()) => sync_file(&tmp),
+        Err(e) => Err(e),
+    };
+    let dumped = match dumped {
+        Ok(()) => run(&pg_tool(bin_dir, "pg_restore")?, &["--list".as_ref(), file])
+            .await
+            .context("reading the new archive back"),
+        Err(e) => Err(e),
+    };
     if dumped.is_err() {
         // A half-written archive is no backup; leave nothing that looks like one.
         let _ = std::fs::remove_file(&tmp);
@@ -114,8 +192,18 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("moving the archive to {}", out.display()));
     }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        sync_file(dir)?;
+    }
     let bytes = std::fs::metadata(out)?.len();
     Ok(Done { bytes, seconds })
+}
+
+/// Flush a file's (or a directory's) contents to disk.
+fn sync_file(path: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("flushing {} to disk", path.display()))
 }
 
 /// Create (or empty) `path` with mode 0600.
@@ -139,6 +227,9 @@ pub struct Archive {
     /// When it was made (from its name).
     pub made: chrono::DateTime<chrono::Utc>,
     pub bytes: u64,
+    /// It starts like an archive: an empty or cut file (a crash while it was written)
+    /// does not, and counts as no backup.
+    pub valid: bool,
 }
 
 const PREFIX: &str = "rackwatch-";
@@ -173,15 +264,18 @@ pub fn archives(dir: &Path) -> anyhow::Result<Vec<Archive>> {
             path: e.path(),
             made: made.and_utc(),
             bytes: e.metadata()?.len(),
+            valid: looks_like_archive(&e.path()),
         });
     }
     found.sort_by_key(|a| a.made);
     Ok(found)
 }
 
-/// Delete the oldest scheduled backups in `dir` beyond the newest `keep`; returns them.
+/// Delete the oldest scheduled backups in `dir` beyond the newest `keep` that look like
+/// archives; returns them. A file that does not look like one is neither counted nor
+/// deleted (it is for a person to look at): it never pushes a good archive out.
 pub fn prune(dir: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
-    let all = archives(dir)?;
+    let all: Vec<Archive> = archives(dir)?.into_iter().filter(|a| a.valid).collect();
     let excess = all.len().saturating_sub(keep);
     let mut deleted = Vec::new();
     for a in all.into_iter().take(excess) {
@@ -249,6 +343,7 @@ pub async fn restore(
     }
     let bytes = std::fs::metadata(file)?.len();
     let started = Instant::now();
+    let (url, password) = without_password(url);
     let dbname = format!("--dbname={url}");
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "--no-owner".as_ref(),
@@ -268,6 +363,20 @@ pub async fn restore(
              Citus' metadata; \
              restore into a new, empty database on the coordinator instead, then run \
              `rackwatch migrate --citus` there to distribute it"
+        );
+    }
+    // A server running on the database (one of them holds the job lock) would go on
+    // writing into it, and cache hosts and tokens the restore replaces: the lock is taken
+    // here, and held until the restore is done.
+    let mut guard = store.dedicated_connection().await?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(crate::jobs::LEADER_LOCK)
+        .fetch_one(&mut guard)
+        .await?;
+    if tables > 0 && !free {
+        bail!(
+            "a Rackwatch server is running on this database (it holds the job lock): stop \
+             every server that uses it, then restore; nothing was touched"
         );
     }
     if tables > 0 {
@@ -293,9 +402,10 @@ pub async fn restore(
             .await
             .context("emptying the target database")?;
     }
-    run(&pg_restore, &args)
+    run_with(&pg_restore, &args, password.as_deref())
         .await
         .with_context(|| format!("restoring {}", file.display()))?;
+    drop(guard);
     let seconds = started.elapsed().as_secs_f64();
     check_schema_version(store).await?;
     Ok(Done { bytes, seconds })
@@ -399,7 +509,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let at = |d| Utc.with_ymd_and_hms(2026, 12, d, 3, 0, 0).unwrap();
         for d in [3, 1, 2, 4] {
-            std::fs::write(dir.path().join(archive_name(at(d))), b"x").unwrap();
+            std::fs::write(dir.path().join(archive_name(at(d))), b"PGDMP x").unwrap();
         }
         std::fs::write(dir.path().join("notes.txt"), b"keep me").unwrap();
         std::fs::write(dir.path().join("rackwatch-garbage.dump"), b"keep me").unwrap();
@@ -416,5 +526,27 @@ mod tests {
         assert_eq!(left, vec![at(3), at(4)]);
         assert!(dir.path().join("notes.txt").exists());
         assert!(dir.path().join("rackwatch-garbage.dump").exists());
+        // A newer file cut short by a crash is no archive: it neither counts toward `keep`
+        // nor is deleted, so the good ones stay.
+        std::fs::write(dir.path().join(archive_name(at(5))), b"").unwrap();
+        assert!(prune(dir.path(), 2).unwrap().is_empty());
+        let found = archives(dir.path()).unwrap();
+        assert_eq!(
+            found.iter().map(|a| (a.made, a.valid)).collect::<Vec<_>>(),
+            vec![(at(3), true), (at(4), true), (at(5), false)]
+        );
+    }
+
+    #[test]
+    fn the_password_goes_to_the_environment_not_the_command_line() {
+        let (url, pw) =
+            without_password("postgres://rw:p%40ss%2Fw@db.example:5432/rackwatch?sslmode=require");
+        assert_eq!(
+            url,
+            "postgres://rw@db.example:5432/rackwatch?sslmode=require"
+        );
+        assert_eq!(pw.as_deref(), Some("p@ss/w"));
+        let socket = "postgres://postgres@localhost/rackwatch?host=/run/pg";
+        assert_eq!(without_password(socket), (socket.to_string(), None));
     }
 }

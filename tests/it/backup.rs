@@ -424,11 +424,17 @@ async fn the_server_makes_scheduled_backups_and_keeps_the_newest() {
     use rackwatch::store::backup::{archive_name, archives};
     let dir = tempfile::tempdir().unwrap();
     let now = chrono::Utc::now();
-    // Two archives from earlier days (not real dumps: only their names and ages matter).
+    // Two archives from earlier days (not real dumps: only their names, ages and first
+    // bytes matter), and a newer file a crash cut short: no backup, so one is due, and it
+    // neither counts toward `keep` nor is deleted.
     for days in [3, 2] {
         let at = now - chrono::Duration::days(days);
-        std::fs::write(dir.path().join(archive_name(at)), b"older").unwrap();
+        std::fs::write(dir.path().join(archive_name(at)), b"PGDMP older").unwrap();
     }
+    let cut = dir
+        .path()
+        .join(archive_name(now - chrono::Duration::hours(1)));
+    std::fs::write(&cut, b"").unwrap();
     let path = dir.path().to_path_buf();
     let app = TestApp::spawn_full(crate::support::fresh_database().await, |c| {
         c.backup.dir = path;
@@ -446,7 +452,11 @@ async fn the_server_makes_scheduled_backups_and_keeps_the_newest() {
     // A new leader runs every job at once; the newest archive is 2 days old, so it is due.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let made = loop {
-        let all = archives(dir.path()).unwrap();
+        let all: Vec<_> = archives(dir.path())
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.valid)
+            .collect();
         if let Some(a) = all
             .last()
             .filter(|a| a.made > now - chrono::Duration::minutes(5))
@@ -467,6 +477,7 @@ async fn the_server_makes_scheduled_backups_and_keeps_the_newest() {
     );
     assert!(all[0].made < now - chrono::Duration::days(1));
     assert!(newest.bytes > 1000, "a real archive: {newest:?}");
+    assert!(cut.exists(), "the cut file is left for a person to look at");
 
     // It restores into an empty database with the ingested rows.
     let name = format!("sched_restored_{}", std::process::id());
@@ -498,6 +509,17 @@ async fn the_server_makes_scheduled_backups_and_keeps_the_newest() {
     assert_eq!(restored_rows[0].1, file);
     restored.pool.close().await;
 
+    // Restoring over the database a server runs on is refused, and touches nothing.
+    let (ok, out) = blocking(
+        app.db_url.clone(),
+        vec!["restore".into(), "--force".into(), file.clone()],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("a Rackwatch server is running on this database"),
+        "{out}"
+    );
     // One audit row by the system, naming the archive.
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT actor, target, outcome FROM audit_log WHERE action = 'backup.made'")
