@@ -289,12 +289,25 @@ pub fn collapse(occ: Vec<XidOccurrence>, origin: XidOrigin) -> Vec<HardwareEvent
 enum Reader {
     /// `/dev/kmsg`, non-blocking: one record per read.
     Kmsg(File),
-    /// A text file, tailed from where it ended when the agent started.
+    /// A text file, tailed from where it ended when the agent started; followed to the
+    /// new file of its name when it is rotated (renamed and created anew).
     Text {
+        path: std::path::PathBuf,
         file: File,
         pos: u64,
         partial: String,
     },
+}
+
+/// The file now at `path`, when it is another one than `file` (the log was rotated).
+fn rotated(path: &std::path::Path, file: &File) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::metadata(path).ok()?;
+    let open = file.metadata().ok()?;
+    if (now.dev(), now.ino()) == (open.dev(), open.ino()) {
+        return None;
+    }
+    File::open(path).ok()
 }
 
 /// The kernel log as a source of XID events.
@@ -354,6 +367,7 @@ impl KernelLogSource {
                 Ok(mut f) => {
                     let pos = f.seek(SeekFrom::End(0)).unwrap_or(0);
                     Reader::Text {
+                        path: path.into(),
                         file: f,
                         pos,
                         partial: String::new(),
@@ -409,22 +423,39 @@ impl KernelLogSource {
                     }
                 }
             }
-            Reader::Text { file, pos, partial } => {
-                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                if len < *pos {
-                    // Truncated or rotated in place: start over.
-                    *pos = 0;
-                    partial.clear();
-                }
-                if file.seek(SeekFrom::Start(*pos)).is_ok() {
-                    let mut bytes = Vec::new();
-                    if let Ok(n) = file.take(16 << 20).read_to_end(&mut bytes) {
-                        *pos += n as u64;
-                        partial.push_str(&String::from_utf8_lossy(&bytes));
-                        while let Some(nl) = partial.find('\n') {
-                            lines.push(partial[..nl].to_string());
-                            partial.drain(..=nl);
+            Reader::Text {
+                path,
+                file,
+                pos,
+                partial,
+            } => {
+                // The rest of the file, then, if the name now holds another file (rotated:
+                // renamed, and a new one created), that one from its start.
+                for _ in 0..2 {
+                    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    if len < *pos {
+                        // Truncated in place: start over.
+                        *pos = 0;
+                        partial.clear();
+                    }
+                    if file.seek(SeekFrom::Start(*pos)).is_ok() {
+                        let mut bytes = Vec::new();
+                        if let Ok(n) = file.take(16 << 20).read_to_end(&mut bytes) {
+                            *pos += n as u64;
+                            partial.push_str(&String::from_utf8_lossy(&bytes));
+                            while let Some(nl) = partial.find('\n') {
+                                lines.push(partial[..nl].to_string());
+                                partial.drain(..=nl);
+                            }
                         }
+                    }
+                    match rotated(path, file) {
+                        Some(new) => {
+                            *file = new;
+                            *pos = 0;
+                            partial.clear();
+                        }
+                        None => break,
                     }
                 }
             }
@@ -660,5 +691,30 @@ mod tests {
         src.collect(Utc::now(), &mut c);
         assert_eq!(c.events.len(), 2);
         assert_eq!(c.events[1].code, Some(120));
+        // Rotated as logrotate and rsyslog do: a last line into the old file, which is
+        // renamed, and a new file of the name. Both lines are read, and the new file
+        // from then on.
+        writeln!(
+            f,
+            "[2.0] NVRM: Xid (PCI:0000:3b:00): 48, pid=1, name=x, DBE"
+        )
+        .unwrap();
+        drop(f);
+        std::fs::rename(&path, dir.path().join("kern.log.1")).unwrap();
+        std::fs::write(
+            &path,
+            "[3.0] NVRM: Xid (PCI:0000:3b:00): 31, pid=2, name=y, MMU Fault\n",
+        )
+        .unwrap();
+        src.collect(Utc::now(), &mut c);
+        let codes: Vec<_> = c.events.iter().map(|e| e.code).collect();
+        assert_eq!(codes[2..], [Some(48), Some(31)]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(f, "[4.0] NVRM: Xid (PCI:0000:3b:00): 13, pid=3, name=z, SM").unwrap();
+        src.collect(Utc::now(), &mut c);
+        assert_eq!(c.events.last().unwrap().code, Some(13));
     }
 }

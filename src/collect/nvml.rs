@@ -67,6 +67,10 @@ const FIELDS: &[(&str, u32)] = &[
     ("remapped_failure", fid::NVML_FI_DEV_REMAPPED_FAILURE),
 ];
 
+/// Thermal slowdown that starts again within this many minutes of the last event raised
+/// for it is the same episode (a GPU at its temperature target flaps the bit).
+const THERMAL_EPISODE_MINUTES: i64 = 10;
+
 /// What the source remembers of one GPU between rounds.
 #[derive(Debug, Default)]
 struct GpuState {
@@ -75,6 +79,9 @@ struct GpuState {
     energy_mj: Option<u64>,
     ecc_dbe: Option<u64>,
     throttle: Option<u64>,
+    /// When the last thermal slowdown event was raised: slowdown that flaps at the
+    /// temperature target is one episode, not an event a round.
+    thermal_event_at: Option<DateTime<Utc>>,
     remap_failure: bool,
     remap_pending: bool,
     lost: bool,
@@ -574,7 +581,11 @@ impl GpuState {
         if let Some(bits) = r.throttle_bits {
             let before = self.throttle.unwrap_or(0);
             let names = throttle::decode(bits).join(", ");
-            if bits & throttle::THERMAL != 0 && before & throttle::THERMAL == 0 {
+            let quiet = self
+                .thermal_event_at
+                .is_none_or(|t| now - t >= chrono::Duration::minutes(THERMAL_EPISODE_MINUTES));
+            if bits & throttle::THERMAL != 0 && before & throttle::THERMAL == 0 && quiet {
+                self.thermal_event_at = Some(now);
                 out.events.push(ev(
                     "thermal_throttle",
                     Some((bits & throttle::THERMAL) as i64),
@@ -746,5 +757,35 @@ mod tests {
         assert_eq!(energy_delta(Some(8_000), 8_000), Some(0.0));
         // Driver reload: the counter restarted from zero and is at 1.5 J now.
         assert_eq!(energy_delta(Some(9_000_000), 1_500), Some(1.5));
+    }
+
+    #[test]
+    fn thermal_slowdown_flapping_at_the_target_is_one_event_per_episode() {
+        use super::{throttle, Collected, GpuState, Reading};
+        let t0: chrono::DateTime<chrono::Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        let mut g = GpuState::default();
+        let mut out = Collected::default();
+        // The software thermal bit on and off every round for 5 minutes, then again
+        // 20 minutes later.
+        for (i, minute) in (0..60)
+            .map(|i| (i, i as i64 * 5 / 60))
+            .chain((0..4).map(|i| (i, 25 + i as i64)))
+        {
+            let r = Reading {
+                throttle_bits: Some(if i % 2 == 0 {
+                    throttle::SW_THERMAL_SLOWDOWN
+                } else {
+                    0
+                }),
+                ..Default::default()
+            };
+            g.events_from(&r, t0 + chrono::Duration::minutes(minute), 0, &mut out);
+        }
+        let thermal = out
+            .events
+            .iter()
+            .filter(|e| e.kind == "thermal_throttle")
+            .count();
+        assert_eq!(thermal, 2, "one per episode");
     }
 }

@@ -104,10 +104,23 @@ impl Source for SystemSource {
         }
         if let Some(nets) = &mut self.nets {
             nets.refresh(true);
-            // Loopback traffic (including the agent's own shipping) is not host throughput.
+            // Physical interfaces only (those with a device in sysfs): a packet crosses a
+            // bridge, a veth and a bond as well as the NIC, and would count on each.
+            // Where none is physical (the agent in a container's network namespace), all
+            // but loopback (the agent's own shipping is not host throughput).
+            let names: Vec<String> = nets
+                .iter()
+                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .collect();
+            let counted = counted_interfaces(&names, |n| {
+                std::path::Path::new("/sys/class/net")
+                    .join(n)
+                    .join("device")
+                    .exists()
+            });
             let (mut rx, mut tx) = (0u64, 0u64);
             for (name, n) in nets.iter() {
-                if name != "lo" {
+                if counted.contains(&name.to_string_lossy().as_ref()) {
                     rx += n.received();
                     tx += n.transmitted();
                 }
@@ -253,5 +266,45 @@ mod tests {
         mk("intel-rapl:0:0", 9_000_000, 10_000_000);
         assert_eq!(rapl.read(), Some(3.0));
         assert_eq!(Rapl::discover(&dir.path().join("missing")).read(), None);
+    }
+}
+
+/// The interfaces whose traffic is the host's: the physical ones, or, when none is, all
+/// but loopback.
+fn counted_interfaces<'a>(names: &'a [String], physical: impl Fn(&str) -> bool) -> Vec<&'a str> {
+    let phys: Vec<&str> = names
+        .iter()
+        .map(|n| n.as_str())
+        .filter(|n| physical(n))
+        .collect();
+    if phys.is_empty() {
+        names
+            .iter()
+            .map(|n| n.as_str())
+            .filter(|n| *n != "lo")
+            .collect()
+    } else {
+        phys
+    }
+}
+
+#[cfg(test)]
+mod interface_tests {
+    use super::counted_interfaces;
+
+    #[test]
+    fn traffic_is_counted_once_on_the_physical_interfaces() {
+        let names: Vec<String> = ["lo", "eno1", "eno2", "bond0", "docker0", "veth12ab", "cni0"]
+            .map(String::from)
+            .to_vec();
+        let refs = names;
+        // A bonded host with containers: the bond's members, not the bond, the bridge
+        // or the veths.
+        let counted = counted_interfaces(&refs, |n| n.starts_with("eno"));
+        assert_eq!(counted, ["eno1", "eno2"]);
+        // In a container's namespace nothing is physical: all but loopback.
+        let inside: Vec<String> = ["lo", "eth0"].map(String::from).to_vec();
+        let refs = inside;
+        assert_eq!(counted_interfaces(&refs, |_| false), ["eth0"]);
     }
 }
