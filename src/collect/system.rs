@@ -109,8 +109,8 @@ impl Source for SystemSource {
             // Where none is physical (the agent in a container's network namespace), all
             // but loopback (the agent's own shipping is not host throughput).
             let names: Vec<String> = nets
-                .iter()
-                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .keys()
+                .map(|name| name.to_string_lossy().into_owned())
                 .collect();
             let counted = counted_interfaces(&names, |n| {
                 std::path::Path::new("/sys/class/net")
@@ -271,7 +271,7 @@ mod tests {
 
 /// The interfaces whose traffic is the host's: the physical ones, or, when none is, all
 /// but loopback.
-fn counted_interfaces<'a>(names: &'a [String], physical: impl Fn(&str) -> bool) -> Vec<&'a str> {
+fn counted_interfaces(names: &[String], physical: impl Fn(&str) -> bool) -> Vec<&str> {
     let phys: Vec<&str> = names
         .iter()
         .map(|n| n.as_str())

@@ -251,7 +251,9 @@ fn sample_key(index: u8, ts: DateTime<Utc>) -> u128 {
 
 /// Times are kept to the microsecond: said when two samples differ only below it.
 fn same_micro(ts: DateTime<Utc>) -> &'static str {
-    if ts.timestamp_subsec_nanos() % 1000 != 0 || ts.timestamp_subsec_nanos() >= 1_000_000_000 {
+    if !ts.timestamp_subsec_nanos().is_multiple_of(1000)
+        || ts.timestamp_subsec_nanos() >= 1_000_000_000
+    {
         " (times are kept to the microsecond)"
     } else {
         ""

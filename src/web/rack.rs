@@ -412,7 +412,7 @@ fn rack_gpu_charts(
     // The rack's total at each time any host has a point: a host without one in that
     // bucket (agents sample every few seconds, not in step) counts with its last value
     // of the two buckets before, so the total does not dip by a host's share.
-    let carry = Duration::seconds(i64::from(r.bucket_secs).max(30) * 2);
+    let carry = Duration::seconds(r.bucket_secs.max(30) * 2);
     let times: std::collections::BTreeSet<DateTime<Utc>> = power
         .iter()
         .flat_map(|row| row.points.iter().map(|p| p.0))
@@ -425,8 +425,7 @@ fn rack_gpu_charts(
             while let Some(p) = pts.next_if(|p| p.0 <= *t) {
                 last = Some(*p);
             }
-            if let Some((at, v)) = last.filter(|(at, _)| *t - *at <= carry) {
-                let _ = at;
+            if let Some((_, v)) = last.filter(|(at, _)| *t - *at <= carry) {
                 *total.entry(*t).or_insert(0.0) += v;
             }
         }
