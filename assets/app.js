@@ -55,24 +55,33 @@ document.querySelectorAll('form[data-confirm]').forEach(function (f) {
 // back: the message is kept for the next page of this tab, and shown in a status line
 // filled after load, so that screen readers announce it. When the server answered with its
 // own notice (the action did nothing), that notice stands alone.
+// Only on the page the action returns to (not, say, a login page after an expired
+// session), and in view wherever the page scrolled to (the row acted on): fixed at the
+// bottom of the window for 10 s; the status line stays for screen readers.
 var announceKey = 'rackwatch.announce';
 document.querySelectorAll('form[data-announce]').forEach(function (f) {
   f.addEventListener('submit', function (e) {
     if (e.defaultPrevented) return;
-    try { sessionStorage.setItem(announceKey, f.getAttribute('data-announce')); } catch (x) { /* storage off */ }
+    var text = f.getAttribute('data-announce');
+    var field = f.getAttribute('data-announce-field');
+    var v = field && f.elements[field] ? f.elements[field].value.trim() : '';
+    if (v) text = text.replace(/\.$/, '') + ': ' + v + '.';
+    try { sessionStorage.setItem(announceKey, JSON.stringify({text: text, path: location.pathname})); } catch (x) { /* storage off */ }
   });
 });
 (function () {
   var said = null;
-  try { said = sessionStorage.getItem(announceKey); sessionStorage.removeItem(announceKey); } catch (x) { return; }
+  try { said = JSON.parse(sessionStorage.getItem(announceKey) || 'null'); sessionStorage.removeItem(announceKey); } catch (x) { return; }
   var main = document.querySelector('main');
-  if (!said || !main || document.querySelector('main [role=status].card, main [role=alert]')) return;
+  if (!said || !said.text || said.path !== location.pathname || !main) return;
+  if (document.querySelector('main [role=status].card, main [role=alert]')) return;
   var p = document.createElement('p');
-  p.className = 'card';
+  p.className = 'card toast';
   p.id = 'announce';
   p.setAttribute('role', 'status');
   main.insertBefore(p, main.firstChild);
-  setTimeout(function () { p.textContent = said; }, 100);
+  setTimeout(function () { p.textContent = said.text; }, 100);
+  setTimeout(function () { p.classList.remove('toast'); p.classList.add('sr-only'); }, 10000);
 })();
 // True while the viewer works in a form: a field has the focus or differs from what the
 // page was served with. A reload then would throw the typing away.

@@ -987,20 +987,18 @@ pub fn plan_actions(
         } else {
             "demand reaches the installed GPUs before then".to_string()
         };
-        // Short already: as soon as possible, and the lead-time plan's start is the latest
-        // date, not a date to wait for.
-        let when = if short_now {
-            format!(
-                "as soon as possible, by {} at the latest",
-                r.lead_start.format("%Y-%m-%d")
-            )
+        // Short already: now, with no date to wait for (a date days off beside "runs out:
+        // already" reads as a contradiction); the plan ahead says how many.
+        let lead = r.lead_start.format("%Y-%m-%d");
+        let (when, from) = if short_now {
+            ("now".to_string(), format!("from {lead}"))
         } else {
-            format!("by {}", r.lead_start.format("%Y-%m-%d"))
+            (format!("by {lead}"), "from then".to_string())
         };
         out.push((
             Urgency::Order,
             format!(
-                "add {} {when} ({why}; the plan for the week from then needs {} GPUs, {} installed)",
+                "add {} {when} ({why}; the plan for the week {from} needs {} GPUs, {} installed)",
                 gpus_hosts(lead_peak - r.installed_gpus),
                 lead_peak,
                 r.installed_gpus
@@ -2323,14 +2321,14 @@ mod tests {
         r.exhausted_at = Some(t - Duration::hours(1));
         assert_eq!(
             actions(&r, 7, t)[0],
-            "add 1 host (8 GPUs) as soon as possible, by 2026-12-14 at the latest (demand (work + queue) already reaches the 32 installed GPUs at its peak; the plan for the week from then needs 40 GPUs, 32 installed)"
+            "add 1 host (8 GPUs) now (demand (work + queue) already reaches the 32 installed GPUs at its peak; the plan for the week from 2026-12-14 needs 40 GPUs, 32 installed)"
         );
         // Short every hour of this week already: the advice says so.
         let mut short = rec(vec![36; 168], vec![40; 168], 32, 8);
         short.exhausted_at = Some(t - Duration::hours(1));
         assert_eq!(
             actions(&short, 7, t)[0],
-            "add 1 host (8 GPUs) as soon as possible, by 2026-12-14 at the latest (this week's schedule needs more than the 32 installed GPUs every hour, 36 at its lowest; the plan for the week from then needs 40 GPUs, 32 installed)"
+            "add 1 host (8 GPUs) now (this week's schedule needs more than the 32 installed GPUs every hour, 36 at its lowest; the plan for the week from 2026-12-14 needs 40 GPUs, 32 installed)"
         );
         r.exhausted_at = None;
         // The same plan for a flat pool is only its safety margin: no order.

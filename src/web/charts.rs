@@ -707,18 +707,35 @@ pub fn sparkline(
     let gap_ms = gap_secs as f64 * 1000.0 + 2.0 * span / SW;
     let mut path = String::new();
     let mut prev: Option<DateTime<Utc>> = None;
+    // A point joined to neither neighbour would be an invisible "M x,y": a dot instead.
+    let mut dots = String::new();
+    let mut alone: Option<(f64, f64)> = None;
+    let dot = |out: &mut String, (x, y): (f64, f64)| {
+        out.push_str(&format!(
+            r#"<circle cx="{x:.0}" cy="{y:.1}" r="1.5" fill="{}"/>"#,
+            PALETTE[0]
+        ));
+    };
     for (c, t, v) in &cols {
         let y = SH - 1.0 - (v / ymax.max(1e-9)).clamp(0.0, 1.0) * (SH - 2.0);
         let connect = prev.is_some_and(|pt| (*t - pt).num_milliseconds() as f64 <= gap_ms);
         prev = Some(*t);
+        if connect {
+            alone = None;
+        } else if let Some(d) = alone.replace((*c as f64, y)) {
+            dot(&mut dots, d);
+        }
         path.push(if connect { 'L' } else { 'M' });
         push_fixed(&mut path, *c as f64, 0);
         path.push(',');
         push_fixed(&mut path, y, 1);
         path.push(' ');
     }
+    if let Some(d) = alone {
+        dot(&mut dots, d);
+    }
     format!(
-        r#"<svg class="spark" viewBox="0 0 {SW} {SH}" width="{SW}" height="{SH}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><path d="{}" fill="none" stroke="{}" stroke-width="1.5"/></svg>"#,
+        r#"<svg class="spark" viewBox="0 0 {SW} {SH}" width="{SW}" height="{SH}" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg"><path d="{}" fill="none" stroke="{}" stroke-width="1.5"/>{dots}</svg>"#,
         escape(label),
         path.trim_end(),
         PALETTE[0]
@@ -920,6 +937,11 @@ mod tests {
         let svg = sparkline(&all, from, to, 15, 100.0, "GPU 0");
         let d = &svg[svg.find(" d=\"").unwrap()..];
         assert_eq!(d.matches('M').count(), 1, "{svg}");
+        assert!(!svg.contains("<circle"), "{svg}");
+        // One sample between outages is a dot, not an invisible move.
+        let one = [(from + Duration::minutes(30), 40.0)];
+        let svg = sparkline(&one, from, to, 15, 100.0, "GPU 0");
+        assert_eq!(svg.matches("<circle").count(), 1, "{svg}");
     }
 
     #[test]

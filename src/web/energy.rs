@@ -79,7 +79,11 @@ async fn build(
             st.cfg.energy.time_zone
         )));
     }
-    energy::build(&st.store, &st.cfg.energy, week, site, now)
+    let key = (week, site.map(str::to_string));
+    if let Some(r) = st.energy_reports.get(&key) {
+        return Ok(r);
+    }
+    let r = energy::build(&st.store, &st.cfg.energy, week, site, now)
         .await
         .map_err(|e| match e.downcast::<sqlx::Error>() {
             Ok(e) => ApiError::from(e),
@@ -87,7 +91,47 @@ async fn build(
                 ApiError::NotFound(e.to_string())
             }
             Err(e) => ApiError::Internal(e),
-        })
+        })?;
+    if week < latest && !r.partial() {
+        st.energy_reports.put(key, &r);
+    }
+    Ok(r)
+}
+
+/// Reports of complete weeks (the page, its downloads and the API ask for the same week
+/// again and again; a fleet's week takes seconds to build), each kept for
+/// [`ReportCache::FRESH`]: hours re-accounted after late data show within that.
+#[derive(Default)]
+pub struct ReportCache {
+    reports: std::sync::Mutex<
+        std::collections::HashMap<(IsoWeek, Option<String>), (std::time::Instant, EnergyReport)>,
+    >,
+}
+
+impl ReportCache {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(600);
+    /// Weeks and sites kept at most.
+    const MAX: usize = 32;
+
+    fn get(&self, key: &(IsoWeek, Option<String>)) -> Option<EnergyReport> {
+        let map = self.reports.lock().expect("report cache");
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < Self::FRESH)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Forget them all: facility readings arrived, which change past weeks.
+    pub fn clear(&self) {
+        self.reports.lock().expect("report cache").clear();
+    }
+
+    fn put(&self, key: (IsoWeek, Option<String>), r: &EnergyReport) {
+        let mut map = self.reports.lock().expect("report cache");
+        map.retain(|_, (at, _)| at.elapsed() < Self::FRESH);
+        if map.len() < Self::MAX {
+            map.insert(key, (std::time::Instant::now(), r.clone()));
+        }
+    }
 }
 
 fn file_link(week: IsoWeek, site: Option<&str>, f: Format) -> String {
@@ -505,6 +549,9 @@ pub async fn readings(
         }
     }
     let (stored, refused) = inputs::store_readings(&st.store, &readings, Utc::now()).await?;
+    if stored > 0 {
+        st.energy_reports.clear();
+    }
     let refused_at: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
     let kept: Vec<String> = readings
         .iter()

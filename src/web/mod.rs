@@ -91,6 +91,8 @@ pub struct AppState {
     /// Scheduler queue reports per pool: a burst of 60 (an hour of minutely reports
     /// caught up after an outage), then one a second.
     pub queue_reports: Arc<limit::Buckets<[u8; 16]>>,
+    /// Weekly energy reports of complete weeks, built in the last minutes.
+    pub energy_reports: Arc<energy::ReportCache>,
 }
 
 impl AppState {
@@ -110,6 +112,7 @@ impl AppState {
                 cfg.server.password_checks,
             )),
             proxy: Arc::new(proxy::ProxySignOn::new(&cfg.server.auth_proxy)),
+            energy_reports: Default::default(),
             ingest_limiter: (cfg.ingest.token_rate_per_sec > 0.0).then(|| {
                 Arc::new(limit::Buckets::new(
                     cfg.ingest.token_rate_per_sec,

@@ -198,6 +198,9 @@ try {
     try { await line.waitFor({ timeout: 2000 }); await page.waitForFunction(() => document.querySelector('#announce').textContent !== ''); } catch (e) { /* reported below */ }
     const text = (await line.count()) === 1 ? (await line.textContent()).trim() : '';
     if (!text.startsWith(what)) problem(where, `after the action the status line reads ${JSON.stringify(text)}, expected ${JSON.stringify(what + ' …')}`);
+    // In view, wherever the page scrolled to (the row acted on).
+    const inView = text !== '' && await line.evaluate((el) => { const r = el.getBoundingClientRect(); return r.top >= 0 && r.bottom <= innerHeight && r.height > 0; });
+    if (text !== '' && !inView) problem(where, `the status line ${JSON.stringify(text)} is outside the window`);
     return text;
   };
   const ackSaid = await announced('Acknowledged: ');
