@@ -320,9 +320,9 @@ sample_table! {
         disk_read_bytes_per_s: f64 = Double, "B/s", Bounds::Bytes, Mean, true;
         /// Disk writes, all local disks.
         disk_write_bytes_per_s: f64 = Double, "B/s", Bounds::Bytes, Mean, true;
-        /// Network receive, all interfaces but loopback.
+        /// Network receive, physical interfaces (all but loopback where none is).
         net_rx_bytes_per_s: f64 = Double, "B/s", Bounds::Bytes, Mean, true;
-        /// Network transmit, all interfaces but loopback.
+        /// Network transmit, physical interfaces (all but loopback where none is).
         net_tx_bytes_per_s: f64 = Double, "B/s", Bounds::Bytes, Mean, true;
         /// Filesystem space used, summed over local disks (each device once).
         disk_used_bytes: u64 = BigInt, "B", Bounds::Bytes, Mean, false;

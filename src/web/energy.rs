@@ -103,17 +103,19 @@ async fn build(
 /// [`ReportCache::FRESH`]: hours re-accounted after late data show within that.
 #[derive(Default)]
 pub struct ReportCache {
-    reports: std::sync::Mutex<
-        std::collections::HashMap<(IsoWeek, Option<String>), (std::time::Instant, EnergyReport)>,
-    >,
+    reports:
+        std::sync::Mutex<std::collections::HashMap<ReportKey, (std::time::Instant, EnergyReport)>>,
 }
+
+/// A week, and its site (`None`: the fleet).
+type ReportKey = (IsoWeek, Option<String>);
 
 impl ReportCache {
     const FRESH: std::time::Duration = std::time::Duration::from_secs(600);
     /// Weeks and sites kept at most.
     const MAX: usize = 32;
 
-    fn get(&self, key: &(IsoWeek, Option<String>)) -> Option<EnergyReport> {
+    fn get(&self, key: &ReportKey) -> Option<EnergyReport> {
         let map = self.reports.lock().expect("report cache");
         map.get(key)
             .filter(|(at, _)| at.elapsed() < Self::FRESH)
@@ -125,7 +127,7 @@ impl ReportCache {
         self.reports.lock().expect("report cache").clear();
     }
 
-    fn put(&self, key: (IsoWeek, Option<String>), r: &EnergyReport) {
+    fn put(&self, key: ReportKey, r: &EnergyReport) {
         let mut map = self.reports.lock().expect("report cache");
         map.retain(|_, (at, _)| at.elapsed() < Self::FRESH);
         if map.len() < Self::MAX {
