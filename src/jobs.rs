@@ -26,8 +26,7 @@ use crate::model::jobs::JobBoard;
 use crate::model::telemetry::Telemetry;
 use crate::store::Store;
 
-/// Advisory lock key of the job leader ("rackwatch" in ASCII, truncated to 63 bits).
-pub const LEADER_LOCK: i64 = 0x7261_636b_7761_7463;
+pub use crate::store::LEADER_LOCK;
 /// How often the scheduler wakes up.
 const TICK: Duration = Duration::from_secs(5);
 

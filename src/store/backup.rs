@@ -370,7 +370,7 @@ pub async fn restore(
     // here, and held until the restore is done.
     let mut guard = store.dedicated_connection().await?;
     let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(crate::jobs::LEADER_LOCK)
+        .bind(super::LEADER_LOCK)
         .fetch_one(&mut guard)
         .await?;
     if tables > 0 && !free {

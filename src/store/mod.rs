@@ -510,6 +510,10 @@ impl Store {
     }
 }
 
+/// Advisory lock key of the job leader ("rackwatch" in ASCII, truncated to 63 bits): the
+/// jobs take it to lead, a restore to know that no server runs.
+pub const LEADER_LOCK: i64 = 0x7261_636b_7761_7463;
+
 /// The advisory lock key under which partitions are created ("rwpart").
 pub const PARTITION_LOCK: i64 = 0x7277_7061_7274;
 
