@@ -392,24 +392,65 @@ pub async fn restore(
                 )
             })?;
         // `pg_restore --clean` cannot drop the daily partitions' inherited keys one by
-        // one; the schema goes as a whole instead.
+        // one; the schema is replaced as a whole instead. It is set aside, not dropped,
+        // until the restore has succeeded: a restore that fails partway (the disk fills)
+        // puts it back, and the database is as it was.
+        let left: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(ASIDE)
+                .fetch_one(&store.pool)
+                .await?;
+        if left {
+            bail!(
+                "the schema {ASIDE} is left from an interrupted restore and holds the data \
+                 from before it: rename it back to public (ALTER SCHEMA), or drop it once it is \
+                 not needed, then restore again; nothing was touched"
+            );
+        }
         tracing::warn!(
             tables,
-            "--force: dropping everything in the public schema first"
+            "--force: the public schema is set aside as {ASIDE} and replaced by the archive's"
         );
-        sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER SCHEMA public RENAME TO {ASIDE}; CREATE SCHEMA public;"
+        )))
+        .execute(&store.pool)
+        .await
+        .context("setting the target's schema aside")?;
+    }
+    let restored = run_with(&pg_restore, &args, password.as_deref()).await;
+    if tables > 0 {
+        let sql = if restored.is_ok() {
+            format!("DROP SCHEMA {ASIDE} CASCADE;")
+        } else {
+            format!("DROP SCHEMA public CASCADE; ALTER SCHEMA {ASIDE} RENAME TO public;")
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&store.pool)
             .await
-            .context("emptying the target database")?;
+            .with_context(|| {
+                format!("finishing the restore (the old data is in the schema {ASIDE})")
+            })?;
     }
-    run_with(&pg_restore, &args, password.as_deref())
-        .await
-        .with_context(|| format!("restoring {}", file.display()))?;
+    restored.with_context(|| {
+        format!(
+            "restoring {}{}",
+            file.display(),
+            if tables > 0 {
+                "; the database is as it was"
+            } else {
+                ""
+            }
+        )
+    })?;
     drop(guard);
     let seconds = started.elapsed().as_secs_f64();
     check_schema_version(store).await?;
     Ok(Done { bytes, seconds })
 }
+
+/// Where `restore --force` keeps the target's schema until the restore has succeeded.
+const ASIDE: &str = "rackwatch_before_restore";
 
 /// The newest migration recorded in an archive (its `_sqlx_migrations` rows, read as the
 /// text of their COPY block); `None` when it holds none.

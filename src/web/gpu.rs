@@ -281,6 +281,8 @@ pub struct GpuPage {
     pub host: HostRow,
     pub host_link: String,
     pub rack_link: String,
+    /// Said when the host was taken out of the fleet.
+    pub removed: String,
     pub gpu: GpuCell,
     pub driver_note: String,
     /// When the GPU does not report now (see the fleet's "GPUs reporting"): its newest
@@ -449,7 +451,8 @@ async fn page(
         let page = GpuPage {
             nav: Nav::new(&user, csrf, ""),
             host_link: format!("/hosts/{}?{query}", seg(&name)),
-            rack_link: format!("{}?{query}", rack_path(&d.host.site, &d.host.rack)),
+            rack_link: rack_link_of(&d.host, &query),
+            removed: removed_note(&d.host),
             host: host_row(&d.host, GpuSummary::default(), now),
             gpu: gpu_cell(&d.gpu),
             silent_since: if super::page::gpu_reports(&d.gpu, Some(&d.host), now) {

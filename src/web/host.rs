@@ -462,12 +462,7 @@ async fn page(
             } else {
                 d.host.agent_version.clone()
             },
-            // A host taken out is on no rack page: its rack may have no host left.
-            rack_link: if d.host.removed_at.is_some() {
-                String::new()
-            } else {
-                format!("{}?{query}", rack_path(&d.host.site, &d.host.rack))
-            },
+            rack_link: rack_link_of(&d.host, &query),
             host: host_row(&d.host, GpuSummary::default(), now),
             two_agents: match two_agents_seen(&d.host, now) {
                 Some(t) => format!(
@@ -476,14 +471,7 @@ async fn page(
                 ),
                 None => String::new(),
             },
-            removed: match &d.host.removed_at {
-                Some(t) => format!(
-                    "Taken out of the fleet by {} at {}: it is not on the fleet, rack and inventory pages and never alerts as silent. An agent reporting for it again (with a new token) brings it back.",
-                    d.host.removed_by.as_deref().unwrap_or("an admin"),
-                    t.format("%Y-%m-%d %H:%M UTC")
-                ),
-                None => String::new(),
-            },
+            removed: removed_note(&d.host),
             remove_action: if user.role >= Role::Admin && d.host.removed_at.is_none() {
                 format!("/hosts/{}/remove", seg(&name))
             } else {

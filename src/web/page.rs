@@ -424,6 +424,28 @@ pub fn alert_anchor(fingerprint: &str) -> String {
 /// that failed again and again would push the page's GPUs out of sight.
 pub const RESOLVED_SHOWN: usize = 4;
 
+/// The link to a host's rack page; none for a host taken out of the fleet (it is on no
+/// rack page, and its rack may have no host left).
+pub fn rack_link_of(h: &HostLatest, query: &str) -> String {
+    if h.removed_at.is_some() {
+        String::new()
+    } else {
+        format!("{}?{query}", rack_path(&h.site, &h.rack))
+    }
+}
+
+/// What the host and GPU pages say of a host taken out of the fleet; empty for others.
+pub fn removed_note(h: &HostLatest) -> String {
+    match &h.removed_at {
+        Some(t) => format!(
+            "Taken out of the fleet by {} at {}: it is not on the fleet, rack and inventory pages and never alerts as silent. An agent reporting for it again (with a new token) brings it back.",
+            h.removed_by.as_deref().unwrap_or("an admin"),
+            t.format("%Y-%m-%d %H:%M UTC")
+        ),
+        None => String::new(),
+    }
+}
+
 /// Hardware events a host, GPU or rack page lists: the newest of its range. One more is
 /// fetched, to say when there are more.
 pub const EVENTS_SHOWN: usize = 200;

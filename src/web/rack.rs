@@ -114,20 +114,28 @@ pub async fn rows(
         store.events_between(&names, None, range.from, range.to, EVENTS_SHOWN as i64 + 1),
         store.alerts_touching(&names, now - Duration::hours(RESOLVED_RECENT_HOURS)),
     )?;
-    // Each host's GPUs (a rack holds a handful of hosts).
+    // Each host's GPUs, four hosts' queries at a time (a rack holds a handful of hosts;
+    // "hosts without a rack" may hold many, and the pool serves other pages too).
     let mut gpu_series = Vec::with_capacity(names.len());
-    for n in &names {
-        let s = store
-            .gpu_series(
-                n,
-                None,
-                range.from,
-                range.to,
-                range.bucket_secs,
-                range.source,
-            )
-            .await?;
-        gpu_series.push((n.clone(), s));
+    for chunk in names.chunks(4) {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, n) in chunk.iter().enumerate() {
+            let (store, n, r) = (store.clone(), n.clone(), range.clone());
+            set.spawn(async move {
+                let s = store
+                    .gpu_series(&n, None, r.from, r.to, r.bucket_secs, r.source)
+                    .await;
+                (i, n, s)
+            });
+        }
+        let mut done = Vec::with_capacity(chunk.len());
+        while let Some(r) = set.join_next().await {
+            let (i, n, s) =
+                r.map_err(|e| sqlx::Error::Protocol(format!("GPU series of a rack: {e}")))?;
+            done.push((i, n, s?));
+        }
+        done.sort_by_key(|d| d.0);
+        gpu_series.extend(done.into_iter().map(|(_, n, s)| (n, s)));
     }
     Ok(RackRows {
         hosts,

@@ -1213,7 +1213,10 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     use rackwatch::store::auth::Role;
     let r = rig().await;
     let app = &r.app;
-    let sample = |h: &str| json!({"host": {"name": h, "site": "fra1", "rack": "r12"}, "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}]});
+    let sample = |h: &str| {
+        json!({"host": {"name": h, "site": "fra1", "rack": "r12"}, "gpus": [{"index": 0}],
+        "host_samples": [{"ts": Utc::now(), "cpu_util_pct": 1.0}], "gpu_samples": [{"ts": Utc::now(), "index": 0, "util_pct": 1.0}]})
+    };
     let old_token = app.token("old-box").await;
     assert_eq!(
         app.ingest(&old_token, &sample("old-box")).await.status(),
@@ -1279,6 +1282,14 @@ async fn an_admin_takes_a_silent_host_out_of_the_fleet_and_it_comes_back_when_it
     assert!(
         !page.contains("href=\"/racks/"),
         "no rack page lists it: its rack is not a link"
+    );
+    // Its GPU's page says so too.
+    let (status, gpu) = app.page(&admin, "/hosts/old-box/gpus/0").await;
+    assert_eq!(status, 200);
+    assert!(
+        gpu.contains("id=\"removed\">Taken out of the fleet by admin")
+            && !gpu.contains("href=\"/racks/"),
+        "{gpu}"
     );
     assert_eq!(
         app.ingest(&old_token, &sample("old-box")).await.status(),
