@@ -209,10 +209,28 @@ impl ManagedPostgres {
         };
 
         if !pg.data.join("PG_VERSION").is_file() {
-            // A half-finished initdb leaves a data dir without PG_VERSION: start over.
+            // A half-finished initdb leaves a data dir without PG_VERSION: start over. An
+            // empty one goes; one with files is moved aside, not deleted (it may be a base
+            // backup an operator is unpacking).
             if pg.data.exists() {
-                std::fs::remove_dir_all(&pg.data)
-                    .map_err(io("cannot remove incomplete", &pg.data))?;
+                let empty = std::fs::read_dir(&pg.data)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if empty {
+                    std::fs::remove_dir(&pg.data).map_err(io("cannot remove empty", &pg.data))?;
+                } else {
+                    let aside = pg.data.with_extension(format!(
+                        "incomplete-{}",
+                        chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+                    ));
+                    tracing::warn!(
+                        from = %pg.data.display(),
+                        to = %aside.display(),
+                        "the managed database directory has no PG_VERSION (an initdb that did not finish?): moved aside, and a new one is made"
+                    );
+                    std::fs::rename(&pg.data, &aside)
+                        .map_err(io("cannot move aside the incomplete", &pg.data))?;
+                }
             }
             let data = pg.data.to_string_lossy().into_owned();
             match &opts.standby_of {

@@ -481,6 +481,8 @@ impl Store {
         .await?;
         let rows = rows.into_iter().map(|r| (r.parent, r.child));
         let mut dropped = Vec::new();
+        // Parents whose lock could not be had this run: their other partitions wait too.
+        let mut busy: std::collections::HashSet<String> = Default::default();
         for (parent, child) in rows {
             let keep_days = if parent == "anomaly_scores" {
                 score_days
@@ -497,13 +499,30 @@ impl Store {
             else {
                 continue;
             };
-            if day < cutoff {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+            if day < cutoff && !busy.contains(&parent) {
+                // Dropping a partition locks its parent: behind a long reader (a backup's
+                // dump holds a share lock for its whole run) every insert and chart would
+                // queue behind the drop. It waits 5 s at most, and the next run retries.
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SET LOCAL lock_timeout = '5s'")
+                    .execute(&mut *tx)
+                    .await?;
+                let r = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP TABLE IF EXISTS \"{child}\""
                 )))
-                .execute(&self.pool)
-                .await?;
-                dropped.push(child);
+                .execute(&mut *tx)
+                .await;
+                match r {
+                    Ok(_) => {
+                        tx.commit().await?;
+                        dropped.push(child);
+                    }
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                        tracing::info!(partition = %child, "retention: the table is in use (a backup?); dropped at the next run");
+                        busy.insert(parent);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(dropped)

@@ -28,6 +28,10 @@ async fn start_stop_restart_keeps_data_and_one_shot_commands_leave_it_running() 
     let data_dir = cluster_root("managed");
     let _ = std::fs::remove_dir_all(&data_dir);
     let root = data_dir.join("postgres");
+    // A data directory without PG_VERSION that holds files (an unfinished initdb, or a
+    // base backup being unpacked) is moved aside, not deleted.
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::write(root.join("data").join("base.tar"), b"unpacking").unwrap();
     let o = opts(root.clone(), true);
     let mut pg = tokio::task::spawn_blocking({
         let o = o.clone();
@@ -37,6 +41,13 @@ async fn start_stop_restart_keeps_data_and_one_shot_commands_leave_it_running() 
     .unwrap()
     .unwrap();
     let url = pg.admin_url();
+    let aside: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("data.incomplete-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(aside[0].join("base.tar").is_file());
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("CREATE TABLE kept (v int)")
         .execute(&mut c)
