@@ -653,18 +653,28 @@ impl NvmlSource {
         out: &mut Collected,
     ) {
         let nvml = &self.nvml;
+        // An error other than "lost" (Unknown, Timeout: a driver hiccup) skips the GPU
+        // this round, but it is still there: the GPU last at this index counts as seen,
+        // so no loss is raised for a round without an answer.
+        let hiccup = |me: &Self, seen: &mut HashSet<String>| {
+            if let Some(u) = me.uuid_at.get(&i) {
+                seen.insert(u.clone());
+            }
+        };
         let dev = match nvml.device_by_index(i) {
             Ok(d) => d,
             Err(NvmlError::GpuLost) => return self.lost_at(i, now, seen, out),
             Err(e) => {
                 tracing::debug!(gpu = i, "NVML device handle: {e}");
-                return;
+                return hiccup(self, seen);
             }
         };
         let mut lost = false;
         let Some(uuid) = ask(&mut self.unsupported, &mut lost, i, "uuid", || dev.uuid()) else {
             if lost {
                 self.lost_at(i, now, seen, out);
+            } else {
+                hiccup(self, seen);
             }
             return;
         };

@@ -27,7 +27,9 @@
 //! repeats). A value missing from the merged step makes its function answer
 //! `NVML_ERROR_NOT_SUPPORTED`, as does a function (or `field:ID`) listed in
 //! `unsupported`. From `lost_at_step` on, every call on the device answers
-//! `NVML_ERROR_GPU_IS_LOST`. `device_count` (per step, last repeats) overrides the
+//! `NVML_ERROR_GPU_IS_LOST`; at the steps in `unknown_steps` every call answers
+//! `NVML_ERROR_UNKNOWN` (a driver hiccup the GPU recovers from). `device_count` (per step,
+//! last repeats) overrides the
 //! number of devices reported. XIDs are queued, at their step, on every event set the
 //! device registered `nvmlEventTypeXidCriticalError` with.
 //!
@@ -131,6 +133,7 @@ struct Dev {
     pci_bus_id: String,
     unsupported: Vec<String>,
     lost_at_step: Option<u64>,
+    unknown_steps: Vec<u64>,
     /// Merged (carried-forward) state of every step.
     steps: Vec<Map<String, Value>>,
 }
@@ -220,6 +223,10 @@ fn load(path: &str) -> Result<State, String> {
                 })
                 .unwrap_or_default(),
             lost_at_step: d["lost_at_step"].as_u64(),
+            unknown_steps: d["unknown_steps"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                .unwrap_or_default(),
             steps,
         });
     }
@@ -258,6 +265,9 @@ impl State {
         let d = &self.devices[i];
         if d.lost_at_step.is_some_and(|s| step >= s) {
             return Err(GPU_IS_LOST);
+        }
+        if d.unknown_steps.contains(&step) {
+            return Err(UNKNOWN);
         }
         if d.unsupported.iter().any(|u| u == f) {
             return Err(NOT_SUPPORTED);
