@@ -5,7 +5,8 @@
 //! `…?host=/run/a,/run/b&port=5432,5433&…` for unix sockets), as `pg_auto_failover`'s
 //! `pg_autoctl show uri` prints it. sqlx connects to one host only, so [`Router`] picks
 //! the host to use (the first that accepts a connection and, with `read-write`, is not
-//! read-only), points the pool at it, and watches it through one connection of its own:
+//! read-only; several hosts without `target_session_attrs` are read-write too, since a
+//! standby never takes writes, and `any` must be said), points the pool at it, and watches it through one connection of its own:
 //! when that host stops answering or turns read-only (a failover demoted it), it finds
 //! the new primary, points the pool there and retires the connections made before.
 //! Writes that fail in between answer 503, and agents replay them from their spool.
@@ -67,7 +68,7 @@ pub fn parse(url: &str) -> Result<Targets, String> {
     };
     // The query without target_session_attrs (sqlx does not know it), and any
     // comma-separated host= / port= lists (unix sockets) taken out of it.
-    let mut read_write = false;
+    let mut read_write: Option<bool> = None;
     let mut q_hosts: Vec<String> = Vec::new();
     let mut q_ports: Vec<String> = Vec::new();
     let mut kept: Vec<&str> = Vec::new();
@@ -75,8 +76,8 @@ pub fn parse(url: &str) -> Result<Targets, String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "target_session_attrs" => match v {
-                "read-write" | "primary" => read_write = true,
-                "any" => {}
+                "read-write" | "primary" => read_write = Some(true),
+                "any" => read_write = Some(false),
                 other => {
                     return Err(format!(
                         "target_session_attrs={other} is not supported (read-write, primary or any)"
@@ -126,6 +127,10 @@ pub fn parse(url: &str) -> Result<Targets, String> {
     if hosts.is_empty() {
         return Err("no host in the database URL".into());
     }
+    // Several hosts without target_session_attrs: read-write all the same. Rackwatch
+    // writes, so a standby is never the host to use; taken as "any", a primary's brief
+    // blip would move the server to a standby for good, where every write fails.
+    let read_write = read_write.unwrap_or(hosts.len() > 1);
     Ok(Targets { hosts, read_write })
 }
 
@@ -442,5 +447,18 @@ mod tests {
         );
         assert!(parse("postgres://a,b/x?target_session_attrs=standby").is_err());
         assert!(parse("postgres://x/y?host=/a,/b&port=1,2,3").is_err());
+    }
+
+    #[test]
+    fn several_hosts_without_session_attrs_want_the_primary() {
+        // A standby is never usable for a server that writes: without the attribute, a
+        // primary's blip would park the server on a standby for good.
+        assert!(parse("postgres://u@db1,db2/rw").unwrap().read_write);
+        assert!(
+            !parse("postgres://u@db1,db2/rw?target_session_attrs=any")
+                .unwrap()
+                .read_write
+        );
+        assert!(!parse("postgres://u@db1/rw").unwrap().read_write);
     }
 }
