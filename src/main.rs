@@ -1681,6 +1681,24 @@ async fn demo(
     }
     let db = Database::open(&cfg, Role::Owner).await?;
     db.watch_managed();
+    // On a database of its own (managed) the demo may do as it likes; on one named by
+    // database.url it refuses a real fleet's: it would add simulated hosts among the real
+    // ones and reset the admin password.
+    if !cfg.database.url.is_empty() {
+        let local = app::local_identity(&cfg).name;
+        let real: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM hosts WHERE NOT (labels ? 'simulated') AND name <> $1 ORDER BY name LIMIT 3",
+        )
+        .bind(&local)
+        .fetch_all(&db.store.pool)
+        .await?;
+        if !real.is_empty() {
+            anyhow::bail!(
+                "database.url names a database with real hosts ({}…): the demo would add simulated hosts among them and reset the admin password; run it on a database of its own (leave database.url empty for the managed one)",
+                real.join(", ")
+            );
+        }
+    }
     let password = admin_password.unwrap_or_else(random_password);
     db.store
         .upsert_user("admin", UserRole::Admin, &password)

@@ -142,3 +142,44 @@ async fn the_demo_raises_each_fault_and_nothing_else() {
         .unwrap();
     assert_eq!(never, 0);
 }
+
+/// On a database named by `database.url` that holds a real fleet, the demo refuses to
+/// start: it would add simulated hosts among the real ones and reset the admin password.
+#[tokio::test]
+async fn the_demo_refuses_a_database_with_a_real_fleet() {
+    let db_url = fresh_database().await;
+    let pool = PgPool::connect(&db_url).await.unwrap();
+    // A server's migrations, then one real host.
+    crate::support::TestApp::spawn_on(db_url.clone(), |_| {})
+        .await
+        .stop()
+        .await;
+    sqlx::query("INSERT INTO hosts (name) VALUES ('gpu-prod-1')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+            .args(["demo", "--no-local-agent", "--admin-password", "demo-pw-1"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RACKWATCH_DATABASE__URL", &db_url)
+            .env("RACKWATCH_DATA_DIR", data.path())
+            .env("RACKWATCH_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("database.url names a database with real hosts (gpu-prod-1…)"),
+        "{err}"
+    );
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE name = 'admin'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 0, "no admin was made or reset");
+}
