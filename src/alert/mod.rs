@@ -293,7 +293,11 @@ pub fn spawn(
             if !leader.load(Ordering::Relaxed) {
                 watching_since = None;
             } else {
-                let since = *watching_since.get_or_insert_with(chrono::Utc::now);
+                let since = match watching_since {
+                    Some(t) => t,
+                    // The database's clock, as the rounds go by.
+                    None => *watching_since.insert(store.clock().await),
+                };
                 let reload = source.refresh();
                 match reload {
                     Reload::Unchanged => {}
@@ -307,9 +311,9 @@ pub fn spawn(
                     last_full = Instant::now();
                 }
                 // One round at a time across servers: a second leader for a moment (the
-                // lock's connection died mid-job, a failover) waits for the first one's
-                // round to commit and then reads what it did, instead of firing and
-                // mailing the same alerts again.
+                // lock's connection died mid-job, a failover) skips its round while the
+                // first one's runs, and the next one reads what it committed, instead of
+                // firing and mailing the same alerts again.
                 match round.begin(&store).await {
                     Ok(true) => {
                         if let Err(e) =
@@ -348,8 +352,16 @@ struct RoundLock {
 }
 
 impl RoundLock {
-    /// Take the lock: false when another server's round holds it.
+    /// Take the lock: false when another server's round holds it. A connection that died
+    /// while idle (an idle timeout, a failover) is replaced once, at once.
     async fn begin(&mut self, store: &Store) -> anyhow::Result<bool> {
+        match self.try_begin(store).await {
+            Err(_) if self.conn.is_none() => self.try_begin(store).await,
+            r => r,
+        }
+    }
+
+    async fn try_begin(&mut self, store: &Store) -> anyhow::Result<bool> {
         if self.conn.is_none() {
             self.conn = Some(store.dedicated_connection().await?);
         }

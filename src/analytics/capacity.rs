@@ -726,7 +726,12 @@ type DrainHost = (String, i64, Option<f64>, Option<f64>);
 fn pick_drains(rows: Vec<DrainHost>, gpus: i32, host_size: i32) -> Vec<DrainCandidate> {
     let mut left = gpus;
     let mut out = Vec::new();
-    let keep_one = rows.len().saturating_sub(1);
+    // Hosts that could stay: with GPUs seen lately, and of known use.
+    let keep_one = rows
+        .iter()
+        .filter(|(_, n, util, _)| *n > 0 && util.is_some())
+        .count()
+        .saturating_sub(1);
     for (host, n, util, idle) in rows {
         let n = n as i32;
         if out.len() >= keep_one {
@@ -2437,6 +2442,13 @@ mod tests {
         // A pool idle all week keeps one host.
         let rows = vec![host("a", Some(0.0)), host("b", Some(0.0))];
         assert_eq!(pick_drains(rows, 16, 8).len(), 1);
+        // A host with no GPU seen lately, or of unknown use, is not the one that stays.
+        let rows = vec![
+            ("dead".to_string(), 0, None, None),
+            host("new", None),
+            host("a", Some(0.0)),
+        ];
+        assert!(pick_drains(rows, 16, 8).is_empty());
         // At the installed GPUs but falling: no order, and the words say why.
         let mut flat = rec(vec![30; 168], vec![30; 168], 32, 8);
         flat.growth_per_day = Some(-0.0025);

@@ -438,9 +438,14 @@ impl KernelLogSource {
                         *pos = 0;
                         partial.clear();
                     }
+                    // At most 16 MiB a round; the old file is left for the new one only
+                    // once it is read to its end.
+                    const CAP: u64 = 16 << 20;
+                    let mut at_end = false;
                     if file.seek(SeekFrom::Start(*pos)).is_ok() {
                         let mut bytes = Vec::new();
-                        if let Ok(n) = file.take(16 << 20).read_to_end(&mut bytes) {
+                        if let Ok(n) = file.take(CAP).read_to_end(&mut bytes) {
+                            at_end = (n as u64) < CAP;
                             *pos += n as u64;
                             partial.push_str(&String::from_utf8_lossy(&bytes));
                             while let Some(nl) = partial.find('\n') {
@@ -448,6 +453,9 @@ impl KernelLogSource {
                                 partial.drain(..=nl);
                             }
                         }
+                    }
+                    if !at_end {
+                        break;
                     }
                     match rotated(path, file) {
                         Some(new) => {

@@ -80,7 +80,13 @@ pub async fn store_readings(
             continue;
         }
         // A reading that overlaps another of the site (not the one it replaces) would
-        // count the overlap twice.
+        // count the overlap twice. Checked and stored under a lock per site, so two
+        // uploads at once cannot both pass the check.
+        let mut tx = store.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('facility_readings:' || $1))")
+            .bind(&r.site)
+            .execute(&mut *tx)
+            .await?;
         let overlap = sqlx::query!(
             "SELECT start_ts, end_ts FROM facility_readings
               WHERE site = $1 AND start_ts <> $2 AND start_ts < $3 AND end_ts > $2
@@ -90,7 +96,7 @@ pub async fn store_readings(
             r.start,
             r.end,
         )
-        .fetch_optional(&store.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(o) = overlap {
             rejected.push((
@@ -113,8 +119,9 @@ pub async fn store_readings(
             r.end,
             r.energy_kwh,
         )
-        .execute(&store.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         stored += 1;
     }
     Ok((stored, rejected))

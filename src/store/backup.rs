@@ -151,6 +151,8 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
         }
     }
     let pg_dump = pg_tool(bin_dir, "pg_dump")?;
+    // Found before the dump: the new archive is read back with it.
+    let pg_restore = pg_tool(bin_dir, "pg_restore")?;
     let tmp = out.with_extension("partial");
     let started = Instant::now();
     let (url, password) = without_password(url);
@@ -177,7 +179,7 @@ pub async fn backup(bin_dir: &str, url: &str, out: &Path) -> anyhow::Result<Done
         Err(e) => Err(e),
     };
     let dumped = match dumped {
-        Ok(()) => run(&pg_tool(bin_dir, "pg_restore")?, &["--list".as_ref(), file])
+        Ok(()) => run(&pg_restore, &["--list".as_ref(), file])
             .await
             .context("reading the new archive back"),
         Err(e) => Err(e),

@@ -340,7 +340,12 @@ impl Store {
             if let Err(e) = self.redo_minutes(&dirty, end, &mut run).await {
                 // Marked again, so that the next run redoes them: the marks were taken
                 // (and committed) before the work, which failed.
-                self.mark_dirty(&dirty).await?;
+                if let Err(m) = self.mark_dirty(&dirty).await {
+                    tracing::error!(
+                        minutes = dirty.len(),
+                        "late minutes could not be rolled up again ({e}) nor marked for the next run ({m}); their rollups keep the earlier samples only"
+                    );
+                }
                 return Err(e);
             }
         }

@@ -466,7 +466,7 @@ pub fn all_events_link(host: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> St
         "/api/v1/events?host={}&since={}&until={}",
         seg(host),
         time_attr(from),
-        time_attr(to - chrono::Duration::seconds(1))
+        time_attr(to)
     )
 }
 
