@@ -330,16 +330,13 @@ async fn backup(c: &JobContext) -> anyhow::Result<String> {
     }
     // The newest good archive; one stamped in the future (made while the clock was ahead)
     // would put the next backup off until then, so it does not count.
-    let newest = archives
+    let ahead = now + chrono::Duration::hours(1);
+    let (future, past): (Vec<&b::Archive>, Vec<&b::Archive>) = archives
         .iter()
-        .rev()
         .filter(|a| a.valid)
-        .find(|a| a.made <= now + chrono::Duration::hours(1));
-    if let Some(future) = archives
-        .iter()
-        .rev()
-        .find(|a| a.valid && a.made > now + chrono::Duration::hours(1))
-    {
+        .partition(|a| a.made > ahead);
+    let newest = past.last();
+    if let Some(future) = future.last() {
         tracing::warn!(file = %future.path.display(), "a backup archive is stamped in the future (the clock was ahead when it was made): backups go by the others");
     }
     if let Some(newest) = newest {

@@ -808,11 +808,9 @@ pub fn budget_outlook(
 /// GPUs and hosts, from the energy accounting's rack sums). Returns the racks looked at.
 async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let budgets = store.rack_budgets(&cfg.capacity.racks).await?;
-    // A rack whose budget was removed (configuration, host label) is dated no more, nor
-    // are the disks of hosts taken out of the fleet.
-    let with_budget: Vec<String> = budgets.keys().cloned().collect();
-    store.forget_stale_exhaustions(&with_budget).await?;
     if budgets.is_empty() {
+        // No rack is dated: those of budgets since removed go too.
+        store.save_exhaustions("rack", &[]).await?;
         return Ok(0);
     }
     let end = now.duration_trunc(Duration::hours(1))?;
@@ -857,6 +855,7 @@ async fn rack_power(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::
 /// Step 3b: when each host's disks fill, from the daily peak of space used (recomputed
 /// once a day). Returns the hosts looked at.
 async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    store.forget_removed_disks().await?;
     if store.disks_computed_today(now).await? {
         return Ok(0);
     }
@@ -1665,20 +1664,15 @@ impl Store {
         tx.commit().await
     }
 
-    /// Drop the dated racks that are not in `with_budget`, and the dated disks of hosts
-    /// taken out of the fleet.
-    async fn forget_stale_exhaustions(&self, with_budget: &[String]) -> Result<(), sqlx::Error> {
-        let hosts: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM hosts WHERE removed_at IS NULL")
-                .fetch_all(&self.pool)
-                .await?;
-        for (kind, keep) in [("rack", with_budget), ("disk", hosts.as_slice())] {
-            sqlx::query("DELETE FROM capacity_exhaustion WHERE kind = $1 AND NOT (key = ANY($2))")
-                .bind(kind)
-                .bind(keep)
-                .execute(&self.pool)
-                .await?;
-        }
+    /// Drop the dated disks of hosts taken out of the fleet (the disks are dated once a
+    /// day; a host taken out meanwhile leaves at once).
+    async fn forget_removed_disks(&self) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM capacity_exhaustion WHERE kind = 'disk'
+                AND NOT (key = ANY(ARRAY(SELECT name FROM hosts WHERE removed_at IS NULL)))",
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -1871,17 +1865,13 @@ impl Store {
                     // Hosts of one rack that disagree: the smaller budget holds (the safe
                     // side), whatever order the rows come in.
                     let key = rack_key(&site, &rack);
-                    match out.get(&key) {
-                        Some(&was) if was != v => {
-                            tracing::warn!(
-                                rack = %key,
-                                "hosts of the rack disagree on the label rack_power_kw ({was} and {v}): the smaller holds; set it once in [capacity.racks]"
-                            );
-                            out.insert(key, was.min(v));
-                        }
-                        _ => {
-                            out.insert(key, v);
-                        }
+                    let was = *out.entry(key.clone()).or_insert(v);
+                    if was != v {
+                        tracing::warn!(
+                            rack = %key,
+                            "hosts of the rack disagree on the label rack_power_kw ({was} and {v}): the smaller holds; set it once in [capacity.racks]"
+                        );
+                        out.insert(key, was.min(v));
                     }
                 }
             }

@@ -86,37 +86,16 @@ async fn run_with(
 fn without_password(url: &str) -> (String, Option<String>) {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
-            let pw = u.password().map(unpercent);
+            let pw = u.password().map(|p| {
+                percent_encoding::percent_decode_str(p)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
             let _ = u.set_password(None);
             (u.to_string(), pw)
         }
         _ => (url.to_string(), None),
     }
-}
-
-/// `%XX` escapes of a URL part decoded (a password with `@` or `/` is written escaped).
-fn unpercent(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The first bytes of every custom-format archive.

@@ -86,20 +86,11 @@ async fn handle(
             if let Some(first) = r.response.errors.first() {
                 // Prometheus reads no answer body of a 204: the log says what was refused
                 // (with the counter rackwatch_samples_rejected_total), once a minute.
-                static LAST_WARNED: std::sync::atomic::AtomicI64 =
-                    std::sync::atomic::AtomicI64::new(0);
+                use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+                static LAST_WARNED: AtomicI64 = AtomicI64::new(0);
                 let now = chrono::Utc::now().timestamp();
-                let last = LAST_WARNED.load(std::sync::atomic::Ordering::Relaxed);
-                if now - last >= 60
-                    && LAST_WARNED
-                        .compare_exchange(
-                            last,
-                            now,
-                            std::sync::atomic::Ordering::Relaxed,
-                            std::sync::atomic::Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
+                if now - LAST_WARNED.load(Relaxed) >= 60 {
+                    LAST_WARNED.store(now, Relaxed);
                     tracing::warn!(
                         rejected = r.response.rejected,
                         "remote write: samples rejected (logged once a minute), the first: {} #{} {}: {}",

@@ -183,6 +183,14 @@ async fn load_week(app: &TestApp, week: IsoWeek, tz: Tz) -> Expected {
     exp
 }
 
+/// The report's daily figures summed: its facility energy, when they add up.
+fn days_kwh(r: &energy::EnergyReport) -> f64 {
+    r.days
+        .iter()
+        .map(|d| d.gpu_busy_kwh + d.gpu_idle_kwh + d.host_kwh + d.overhead_kwh)
+        .sum()
+}
+
 fn close(a: f64, b: f64, what: &str) {
     assert!(
         (a - b).abs() <= 1e-9 * b.abs().max(1.0),
@@ -325,11 +333,7 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         r.actions
     );
     // Daily figures add up to the week (IT + overhead = facility).
-    let days: f64 = r
-        .days
-        .iter()
-        .map(|d| d.gpu_busy_kwh + d.gpu_idle_kwh + d.host_kwh + d.overhead_kwh)
-        .sum();
+    let days = days_kwh(&r);
     close(days, it * 1.5, "days add up to facility energy");
 
     // CSV and Parquet, read back by pandas and pyarrow.
@@ -557,11 +561,7 @@ async fn daily_figures_add_up_in_a_half_hour_time_zone() {
     let r = one_day_report(&app, "in-1", gs, week, tz).await;
     let total = r.total();
     assert!(total.facility_energy_kwh > 0.0);
-    let days: f64 = r
-        .days
-        .iter()
-        .map(|d| d.gpu_busy_kwh + d.gpu_idle_kwh + d.host_kwh + d.overhead_kwh)
-        .sum();
+    let days = days_kwh(&r);
     close(days, total.facility_energy_kwh, "days add up to the week");
     assert!(r.days[0].gpu_busy_kwh > 0.0, "{:?}", r.days[0]);
     app.stop().await;
