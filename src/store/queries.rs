@@ -362,10 +362,12 @@ impl Store {
         Ok((hs, gs))
     }
 
-    /// Hardware events, newest first, optionally of one host.
+    /// Hardware events, newest first, optionally of one host, and of one of its GPUs (with
+    /// the host-wide ones).
     pub async fn events(
         &self,
         host: Option<&str>,
+        gpu: Option<i16>,
         since: DateTime<Utc>,
         until: Option<DateTime<Utc>>,
         after: Option<(DateTime<Utc>, &str, i16, &str, i64)>,
@@ -381,6 +383,7 @@ impl Store {
                FROM hardware_events e JOIN hosts h ON h.id = e.host_id
               WHERE ($1::text IS NULL OR h.name = $1) AND e.ts >= $2
                 AND ($4::timestamptz IS NULL OR e.ts <= $4)
+                AND ($10::int2 IS NULL OR e.gpu_index = $10 OR e.gpu_index = -1)
                 AND ($5::timestamptz IS NULL OR e.ts < $5
                      OR (e.ts = $5 AND (h.name, e.gpu_index, e.kind, e.code) > ($6::text, $7::int2, $8::text, $9::int8)))
               ORDER BY e.ts DESC, h.name, e.gpu_index, e.kind, e.code LIMIT $3"#,
@@ -393,6 +396,7 @@ impl Store {
             a_gpu,
             a_kind,
             a_code,
+            gpu,
         )
         .fetch_all(self.history())
         .await?;

@@ -44,6 +44,9 @@ pub fn title(kind: &str, code: i64) -> String {
 pub struct EventsQuery {
     /// Host name (default or empty: all hosts; an unknown host is a 404).
     host: Option<String>,
+    /// A GPU of `host` by index, 0–255 (needs `host`): that GPU's events and the host's
+    /// own (GPU-less) ones, as the GPU's page lists them.
+    gpu: Option<i16>,
     /// RFC 3339, or YYYY-MM-DDTHH:MM in UTC (default 7 days ago).
     #[param(example = "2026-11-16T00:00:00Z")]
     since: Option<String>,
@@ -92,7 +95,7 @@ impl Cursor {
         (status = 200, description = "The events.", body = Vec<EventRow>, headers(
             ("Link" = String, description = "On a full answer (`limit` events): `</api/v1/events?…&after=…>; rel=\"next\"`, the next page.")
         )),
-        (status = 400, description = "A bad time or limit.", body = ErrorBody),
+        (status = 400, description = "A bad time, limit or GPU index, or `gpu` without `host`.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 404, description = "No such host.", body = ErrorBody),
     )
@@ -127,11 +130,26 @@ pub async fn events(
             return Err(ApiError::NotFound(format!("no host named {h:?}")));
         }
     }
+    let gpu = match (q.gpu, host) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ApiError::BadRequest(
+                "`gpu` needs `host`: a GPU index names a GPU only on its host".into(),
+            ))
+        }
+        (Some(g), Some(_)) if !(0..=255).contains(&g) => {
+            return Err(ApiError::BadRequest(format!(
+                "`gpu` is a GPU index, 0–255 (got {g})"
+            )))
+        }
+        (Some(g), Some(_)) => Some(g),
+    };
     let after: Option<Cursor> = q.after.as_deref().map(super::params::cursor).transpose()?;
     let rows = st
         .store
         .events(
             host,
+            gpu,
             since,
             until,
             after

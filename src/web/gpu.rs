@@ -477,7 +477,7 @@ async fn page(
             throttle_note,
             events: event_views(&d.events, &query, false),
             events_all: if d.events_truncated {
-                all_events_link(&name, r.from, r.to)
+                all_events_link(&name, Some(index), r.from, r.to)
             } else {
                 String::new()
             },

@@ -484,7 +484,7 @@ async fn page(
             gpus,
             events: event_views(&d.events, &query, false),
             events_all: if d.events_truncated {
-                all_events_link(&name, r.from, r.to)
+                all_events_link(&name, None, r.from, r.to)
             } else {
                 String::new()
             },

@@ -459,12 +459,18 @@ pub fn newest_events(
     (rows, more)
 }
 
-/// Where all of a host's events of `[from, to)` are: the events API, for the note under a
-/// cut list.
-pub fn all_events_link(host: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
+/// Where all of a host's events of `[from, to)` are (with `gpu`, those its GPU page lists):
+/// the events API, for the note under a cut list.
+pub fn all_events_link(
+    host: &str,
+    gpu: Option<i16>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> String {
     format!(
-        "/api/v1/events?host={}&since={}&until={}",
+        "/api/v1/events?host={}{}&since={}&until={}",
         seg(host),
+        gpu.map(|g| format!("&gpu={g}")).unwrap_or_default(),
         time_attr(from),
         time_attr(to)
     )

@@ -402,20 +402,26 @@ async fn json_api_with_basic_auth() {
     app.stop().await;
 }
 
-/// A full page of events links to the next one (`Link: <…>; rel="next"`), and following
-/// the links reaches every event once, even where more events share an instant than a
-/// page holds (an XID storm's GPUs).
 /// A host with more hardware events in the range than a page lists: the newest 200 are
-/// listed, and the page and its JSON say there are more, with the API's link to all.
+/// listed, and the page and its JSON say there are more, with the API's link to all of
+/// them (on a GPU's page, all of that GPU's and the host-wide ones).
 #[tokio::test]
 async fn a_page_whose_events_are_cut_says_so_and_links_to_all_of_them() {
     let app = TestApp::spawn().await;
     let token = app.token("noisy").await;
-    let events: Vec<_> = recent(205, 1, 600)
+    let mut events: Vec<_> = recent(205, 1, 600)
         .into_iter()
         .map(|t| json!({"ts": t, "index": 0, "kind": "xid", "code": 13, "message": "x"}))
         .collect();
-    let body = json!({"host": {"name": "noisy"}, "gpus": [{"index": 0}], "events": events});
+    let others = recent(3, 1, 120);
+    events.extend(
+        others
+            .iter()
+            .map(|t| json!({"ts": t, "index": 1, "kind": "xid", "code": 48, "message": "dbe"})),
+    );
+    events.push(json!({"ts": others[0], "kind": "gpu_lost", "message": "host-wide"}));
+    let body =
+        json!({"host": {"name": "noisy"}, "gpus": [{"index": 0}, {"index": 1}], "events": events});
     assert_eq!(app.ingest(&token, &body).await.status(), 200);
     let cookie = app.login("erin", "erin-pass").await;
     let api = app.json(&cookie, "/api/v1/hosts/noisy?range=1h").await;
@@ -430,9 +436,30 @@ async fn a_page_whose_events_are_cut_says_so_and_links_to_all_of_them() {
         .unwrap()
         .replace("&#38;", "&");
     let all = app.json(&cookie, &href).await;
-    assert_eq!(all.as_array().unwrap().len(), 205, "{href}");
+    assert_eq!(all.as_array().unwrap().len(), 209, "{href}");
     let (_, gpu) = app.page(&cookie, "/hosts/noisy/gpus/0?range=1h").await;
     assert!(gpu.contains(r#"<b id="kpi-events">200+</b>"#), "{gpu}");
+    let note = &gpu[gpu.find(r#"id="events-more""#).expect("the cut is said")..];
+    let href = note[note.find("href=\"").unwrap() + 6..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&#38;", "&");
+    assert!(href.contains("&gpu=0&"), "{href}");
+    let of_gpu = app.json(&cookie, &href).await;
+    let of_gpu = of_gpu.as_array().unwrap();
+    assert_eq!(of_gpu.len(), 206, "GPU 0's and the host-wide one: {href}");
+    assert!(of_gpu.iter().all(|e| e["index"] != 1), "{of_gpu:?}");
+    // `gpu` names a GPU only on its host.
+    let r = app
+        .http
+        .get(format!("{}/api/v1/events?gpu=0", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("`gpu` needs `host`"));
     // Fewer than that: no note.
     let (_, quiet) = app.page(&cookie, "/hosts/noisy?range=5m").await;
     assert!(!quiet.contains("events-more"));
