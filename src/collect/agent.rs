@@ -4,7 +4,7 @@
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use chrono::{DurationRound, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use tokio::sync::{mpsc, watch};
 
 use super::shipper::Shipper;
@@ -26,7 +26,7 @@ pub struct Timing {
 /// or spooled first.
 pub async fn run(
     identity: HostInfo,
-    mut sources: Vec<Box<dyn Source>>,
+    sources: Vec<Box<dyn Source>>,
     mut shipper: Shipper,
     timing: Timing,
     shutdown: watch::Receiver<bool>,
@@ -37,7 +37,7 @@ pub async fn run(
     tracing::info!(host = %identity.name, sources = ?names, interval_s = timing.interval.as_secs_f64(), "agent started");
     let collector = std::thread::Builder::new()
         .name(format!("collect-{}", identity.name))
-        .spawn(move || collect_loop(identity, &mut sources, timing, &tx, &stop_rx))
+        .spawn(move || collect_loop(identity, sources, timing, &tx, &stop_rx))
         .expect("spawning the collector thread");
     // The collector stops sampling the moment shutdown is asked for, even while the
     // loop below waits on the server.
@@ -77,9 +77,111 @@ pub async fn run(
     }
 }
 
+/// A source on its own thread: the collector asks it for a round and waits for its
+/// answer only until the round's deadline, so one source that hangs (an NVML call stuck
+/// in the driver, `statvfs` on a dead NFS mount) stalls itself, not the others.
+struct Worker {
+    name: &'static str,
+    ask: Option<std_mpsc::Sender<DateTime<Utc>>>,
+    answers: std_mpsc::Receiver<std::thread::Result<Collected>>,
+    /// When the round it is working on was asked for (None: idle).
+    busy_since: Option<Instant>,
+    /// Whether it has missed a round's deadline and not answered since (logged once).
+    stalled: bool,
+}
+
+impl Worker {
+    fn spawn(host: &str, mut source: Box<dyn Source>) -> Worker {
+        let name = source.name();
+        let (ask, asked) = std_mpsc::channel::<DateTime<Utc>>();
+        let (answer, answers) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("{name}-{host}"))
+            .spawn(move || {
+                for now in asked {
+                    let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut c = Collected::default();
+                        source.collect(now, &mut c);
+                        c
+                    }));
+                    let panicked = round.is_err();
+                    if answer.send(round).is_err() || panicked {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning a source thread");
+        Worker {
+            name,
+            ask: Some(ask),
+            answers,
+            busy_since: None,
+            stalled: false,
+        }
+    }
+
+    /// Ask for a round stamped `now`, unless the last one is still running.
+    fn ask(&mut self, now: DateTime<Utc>) {
+        if self.busy_since.is_some() {
+            return;
+        }
+        if let Some(ask) = &self.ask {
+            if ask.send(now).is_ok() {
+                self.busy_since = Some(Instant::now());
+            } else {
+                self.ask = None;
+            }
+        }
+    }
+
+    /// Its answer, if it comes before `deadline`. A panic in the source is handed back
+    /// to be resumed; a source past the deadline is logged once and asked again only
+    /// once it has answered (its late round is kept: its samples carry their own times).
+    fn answer(&mut self, deadline: Instant) -> Option<std::thread::Result<Collected>> {
+        let since = self.busy_since?;
+        match self
+            .answers
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(round) => {
+                if self.stalled {
+                    tracing::info!(
+                        source = self.name,
+                        took_s = since.elapsed().as_secs_f64(),
+                        "source answers again; its late round is kept"
+                    );
+                    self.stalled = false;
+                }
+                self.busy_since = None;
+                Some(round)
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                if !self.stalled {
+                    tracing::warn!(
+                        source = self.name,
+                        waited_s = since.elapsed().as_secs_f64(),
+                        "source has not answered its round; the others go on without it until it does"
+                    );
+                    self.stalled = true;
+                }
+                None
+            }
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                tracing::error!(
+                    source = self.name,
+                    "source thread ended; it is no longer collected"
+                );
+                self.busy_since = None;
+                self.ask = None;
+                None
+            }
+        }
+    }
+}
+
 fn collect_loop(
     identity: HostInfo,
-    sources: &mut [Box<dyn Source>],
+    sources: Vec<Box<dyn Source>>,
     timing: Timing,
     tx: &mpsc::Sender<Batch>,
     stop: &std_mpsc::Receiver<()>,
@@ -88,6 +190,10 @@ fn collect_loop(
         host: identity.clone(),
         ..Default::default()
     };
+    let mut workers: Vec<Worker> = sources
+        .into_iter()
+        .map(|s| Worker::spawn(&identity.name, s))
+        .collect();
     let mut pending = fresh();
     let mut next_tick = Instant::now();
     let mut next_ship = Instant::now() + timing.ship_interval;
@@ -99,25 +205,32 @@ fn collect_loop(
         let now = Utc::now()
             .duration_trunc(chrono::Duration::milliseconds(1))
             .unwrap_or_else(|_| Utc::now());
-        let mut c = Collected::default();
-        for s in sources.iter_mut() {
-            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                s.collect(now, &mut c);
-            }));
-            if let Err(panic) = round {
-                // Hand over what earlier rounds collected, then end as the panic did.
-                if !pending.is_empty() {
-                    let _ = tx.blocking_send(pending);
-                }
-                std::panic::resume_unwind(panic);
-            }
+        // A round waits for its sources at most one interval.
+        let deadline = Instant::now() + timing.interval;
+        for w in workers.iter_mut() {
+            w.ask(now);
         }
-        let urgent = !c.events.is_empty();
-        pending.host_samples.extend(c.host_samples);
-        pending.gpu_samples.extend(c.gpu_samples);
-        pending.events.extend(c.events);
-        if !c.gpus.is_empty() {
-            pending.gpus = c.gpus;
+        let mut urgent = false;
+        for w in workers.iter_mut() {
+            match w.answer(deadline) {
+                Some(Ok(c)) => {
+                    urgent |= !c.events.is_empty();
+                    pending.host_samples.extend(c.host_samples);
+                    pending.gpu_samples.extend(c.gpu_samples);
+                    pending.events.extend(c.events);
+                    if !c.gpus.is_empty() {
+                        pending.gpus = c.gpus;
+                    }
+                }
+                Some(Err(panic)) => {
+                    // Hand over what earlier rounds collected, then end as the panic did.
+                    if !pending.is_empty() {
+                        let _ = tx.blocking_send(pending);
+                    }
+                    std::panic::resume_unwind(panic);
+                }
+                None => {}
+            }
         }
         next_tick += timing.interval;
         if next_tick < Instant::now() {
@@ -134,7 +247,155 @@ fn collect_loop(
             next_ship = Instant::now() + timing.ship_interval;
         }
     }
+    // Stopping: rounds already answered are kept; a source still stuck is left behind
+    // (its thread ends with the process).
+    for w in workers.iter_mut() {
+        if let Some(Ok(c)) = w.answer(Instant::now()) {
+            pending.host_samples.extend(c.host_samples);
+            pending.gpu_samples.extend(c.gpu_samples);
+            pending.events.extend(c.events);
+        }
+    }
     if !pending.is_empty() {
         let _ = tx.blocking_send(pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GpuSample, HostSample};
+    use std::sync::{Arc, Mutex};
+
+    /// A host sample every round.
+    struct Ticker;
+    impl Source for Ticker {
+        fn name(&self) -> &'static str {
+            "ticker"
+        }
+        fn collect(&mut self, now: DateTime<Utc>, out: &mut Collected) {
+            out.host_samples.push(HostSample {
+                ts: now,
+                ..Default::default()
+            });
+        }
+    }
+
+    /// A GPU sample every round; its second round hangs until the test lets it go (a
+    /// driver call stuck in the kernel).
+    struct Stuck {
+        rounds: u32,
+        release: Arc<Mutex<Option<std_mpsc::Receiver<()>>>>,
+    }
+    impl Source for Stuck {
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+        fn collect(&mut self, now: DateTime<Utc>, out: &mut Collected) {
+            self.rounds += 1;
+            if self.rounds == 2 {
+                if let Some(r) = self.release.lock().unwrap().take() {
+                    let _ = r.recv();
+                }
+            }
+            out.gpu_samples.push(GpuSample {
+                ts: now,
+                ..Default::default()
+            });
+        }
+    }
+
+    #[test]
+    fn a_hung_source_stalls_itself_not_the_others_and_its_late_round_is_kept() {
+        let (release_tx, release_rx) = std_mpsc::channel();
+        let sources: Vec<Box<dyn Source>> = vec![
+            Box::new(Stuck {
+                rounds: 0,
+                release: Arc::new(Mutex::new(Some(release_rx))),
+            }),
+            Box::new(Ticker),
+        ];
+        let (tx, mut rx) = mpsc::channel::<Batch>(1024);
+        let (stop_tx, stop_rx) = std_mpsc::channel();
+        let timing = Timing {
+            interval: Duration::from_millis(50),
+            ship_interval: Duration::from_millis(50),
+        };
+        let collector = std::thread::spawn(move || {
+            collect_loop(HostInfo::default(), sources, timing, &tx, &stop_rx)
+        });
+        let drain = |rx: &mut mpsc::Receiver<Batch>| {
+            let mut b = Batch::default();
+            while let Ok(x) = rx.try_recv() {
+                b.host_samples.extend(x.host_samples);
+                b.gpu_samples.extend(x.gpu_samples);
+            }
+            b
+        };
+        // A second of the stuck source hanging: the ticker goes on about once per
+        // interval, the stuck source answered its first round only.
+        std::thread::sleep(Duration::from_millis(1000));
+        let during = drain(&mut rx);
+        assert!(
+            during.host_samples.len() >= 10,
+            "{} ticker rounds in a second",
+            during.host_samples.len()
+        );
+        assert_eq!(during.gpu_samples.len(), 1);
+        // Let it go: its hung round arrives, stamped when it was asked for, and rounds
+        // resume.
+        release_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        stop_tx.send(()).unwrap();
+        collector.join().unwrap();
+        let after = drain(&mut rx);
+        assert!(after.gpu_samples.len() >= 3, "{}", after.gpu_samples.len());
+        let hung_round = after.gpu_samples[0].ts;
+        assert!(
+            hung_round < during.host_samples[3].ts,
+            "the late round keeps its own time: {hung_round} vs {}",
+            during.host_samples[3].ts
+        );
+        // Every sample is stamped with a distinct round (no round asked twice).
+        let mut ts: Vec<_> = after.gpu_samples.iter().map(|s| s.ts).collect();
+        ts.dedup();
+        assert_eq!(ts.len(), after.gpu_samples.len());
+    }
+
+    /// A panic in a source ends the collector as a panic, after handing over what it had.
+    #[test]
+    fn a_panicking_source_ends_the_collector_after_handing_over() {
+        struct Bad(u32);
+        impl Source for Bad {
+            fn name(&self) -> &'static str {
+                "bad"
+            }
+            fn collect(&mut self, now: DateTime<Utc>, out: &mut Collected) {
+                self.0 += 1;
+                assert!(self.0 < 3, "source broke");
+                out.host_samples.push(HostSample {
+                    ts: now,
+                    ..Default::default()
+                });
+            }
+        }
+        let (tx, mut rx) = mpsc::channel::<Batch>(64);
+        let (_stop_tx, stop_rx) = std_mpsc::channel();
+        let timing = Timing {
+            interval: Duration::from_millis(20),
+            ship_interval: Duration::from_secs(60),
+        };
+        let r = std::thread::spawn(move || {
+            collect_loop(
+                HostInfo::default(),
+                vec![Box::new(Bad(0))],
+                timing,
+                &tx,
+                &stop_rx,
+            )
+        })
+        .join();
+        assert!(r.is_err(), "the panic reaches the collector");
+        assert_eq!(rx.try_recv().unwrap().host_samples.len(), 2);
     }
 }
