@@ -120,24 +120,31 @@ impl Worker {
         }
     }
 
-    /// Ask for a round stamped `now`, unless the last one is still running.
-    fn ask(&mut self, now: DateTime<Utc>) {
+    /// Ask for a round stamped `now`, unless the last one is still running; whether it
+    /// was asked.
+    fn ask(&mut self, now: DateTime<Utc>) -> bool {
         if self.busy_since.is_some() {
-            return;
+            return false;
         }
-        if let Some(ask) = &self.ask {
-            if ask.send(now).is_ok() {
-                self.busy_since = Some(Instant::now());
-            } else {
-                self.ask = None;
-            }
+        let Some(ask) = &self.ask else { return false };
+        if ask.send(now).is_ok() {
+            self.busy_since = Some(Instant::now());
+            true
+        } else {
+            self.ask = None;
+            false
         }
     }
 
     /// Its answer, if it comes before `deadline`. A panic in the source is handed back
-    /// to be resumed; a source past the deadline is logged once and asked again only
-    /// once it has answered (its late round is kept: its samples carry their own times).
-    fn answer(&mut self, deadline: Instant) -> Option<std::thread::Result<Collected>> {
+    /// to be resumed. A source is asked again only once it has answered (its late round
+    /// is kept: its samples carry their own times); one busy for `stall` or longer is
+    /// logged, once.
+    fn answer(
+        &mut self,
+        deadline: Instant,
+        stall: Duration,
+    ) -> Option<std::thread::Result<Collected>> {
         let since = self.busy_since?;
         match self
             .answers
@@ -156,7 +163,7 @@ impl Worker {
                 Some(round)
             }
             Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                if !self.stalled {
+                if !self.stalled && since.elapsed() >= stall {
                     tracing::warn!(
                         source = self.name,
                         waited_s = since.elapsed().as_secs_f64(),
@@ -205,14 +212,19 @@ fn collect_loop(
         let now = Utc::now()
             .duration_trunc(chrono::Duration::milliseconds(1))
             .unwrap_or_else(|_| Utc::now());
-        // A round waits for its sources at most one interval.
+        // Sources are asked one after another, in their order (the kernel log names GPUs
+        // by what NVML found before it), and a round waits for them at most one interval
+        // in all. A source still on an earlier round is only looked at.
         let deadline = Instant::now() + timing.interval;
-        for w in workers.iter_mut() {
-            w.ask(now);
-        }
         let mut urgent = false;
         for w in workers.iter_mut() {
-            match w.answer(deadline) {
+            // One asked after a hung one used the round up still gets a quarter interval.
+            let wait_until = if w.ask(now) {
+                deadline.max(Instant::now() + timing.interval / 4)
+            } else {
+                Instant::now()
+            };
+            match w.answer(wait_until, timing.interval) {
                 Some(Ok(c)) => {
                     urgent |= !c.events.is_empty();
                     pending.host_samples.extend(c.host_samples);
@@ -247,10 +259,13 @@ fn collect_loop(
             next_ship = Instant::now() + timing.ship_interval;
         }
     }
-    // Stopping: rounds already answered are kept; a source still stuck is left behind
-    // (its thread ends with the process).
+    // Stopping: a round still running gets up to one interval (2 s at most) to finish
+    // and is kept; a source stuck longer is left behind (its thread ends with the
+    // process).
+    let deadline = Instant::now() + timing.interval.min(Duration::from_secs(2));
     for w in workers.iter_mut() {
-        if let Some(Ok(c)) = w.answer(Instant::now()) {
+        let until = if w.stalled { Instant::now() } else { deadline };
+        if let Some(Ok(c)) = w.answer(until, timing.interval) {
             pending.host_samples.extend(c.host_samples);
             pending.gpu_samples.extend(c.gpu_samples);
             pending.events.extend(c.events);
