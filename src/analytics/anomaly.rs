@@ -141,6 +141,9 @@ pub const SETTLE_MINUTES: i64 = 2;
 const MAX_CATCHUP_MINUTES: i64 = 24 * 60;
 /// Most minutes scored per host in one run (catching up after a pause takes a few runs).
 const MAX_MINUTES_PER_RUN: i64 = 180;
+/// How long a host's watermark waits at its newest rolled-up minute for minutes its agent
+/// delivers late.
+const HOLD_MINUTES: i64 = 60;
 /// Hosts scored per query and transaction.
 const HOST_BATCH: usize = 500;
 /// After this long without data a host's stream restarts (see [`HostModel::score`]).
@@ -697,6 +700,7 @@ struct ModelMeta {
     name: String,
     status: Option<String>,
     trained_at: Option<DateTime<Utc>>,
+    retried_at: Option<DateTime<Utc>>,
     metrics: Option<Vec<String>>,
     scored_until: Option<DateTime<Utc>>,
 }
@@ -775,13 +779,21 @@ impl AnomalyJob {
         cfg: &AnomalyConfig,
         now: DateTime<Utc>,
     ) -> anyhow::Result<RunSummary> {
-        let end = now.duration_trunc(Duration::minutes(1))? - Duration::minutes(SETTLE_MINUTES);
+        // Minutes are scored once settled and rolled up: a minute the rollups have not
+        // reached yet (their run failed, or lags) waits for them.
+        let rolled_up: Option<DateTime<Utc>> =
+            sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
+                .fetch_optional(&store.pool)
+                .await?
+                .flatten();
+        let settled = now.duration_trunc(Duration::minutes(1))? - Duration::minutes(SETTLE_MINUTES);
+        let end = rolled_up.map_or(settled, |w| w.min(settled));
         // As Postgres stores it, so the cache of trained detectors recognizes its own.
         let now = now.duration_trunc(Duration::microseconds(1))?;
         let hosts: Vec<ModelMeta> = sqlx::query_as!(
             ModelMeta,
             r#"SELECT h.id AS host_id, h.name, m.status AS "status?", m.trained_at AS "trained_at?",
-                      m.metrics AS "metrics?", m.scored_until
+                      m.retried_at, m.metrics AS "metrics?", m.scored_until
                FROM hosts h LEFT JOIN anomaly_models m ON m.host_id = h.id
               WHERE h.removed_at IS NULL ORDER BY h.id"#,
         )
@@ -793,7 +805,9 @@ impl AnomalyJob {
             .iter()
             .filter(|h| match (h.status.as_deref(), h.trained_at) {
                 (Some("trained"), Some(t)) => {
-                    now - t >= retrain
+                    (now - t >= retrain
+                        && h.retried_at
+                            .is_none_or(|r| now - r >= Duration::minutes(RETRY_MINUTES)))
                         || h.metrics
                             .as_deref()
                             .unwrap_or_default()
@@ -806,7 +820,7 @@ impl AnomalyJob {
             .collect();
         // Hosts never tried first, then the oldest attempts: hosts still short of history
         // cannot starve the retraining of the others.
-        due.sort_by_key(|h| h.trained_at);
+        due.sort_by_key(|h| h.retried_at.or(h.trained_at));
         due.truncate(cfg.max_trains_per_run as usize);
         let trained = self.train_hosts(store, cfg, &due, end, now).await?;
         summary.trained += trained;
@@ -823,8 +837,8 @@ impl AnomalyJob {
         .into_iter()
         .map(|r| (r.host_id, r.trained_at, r.scored_until))
         .collect();
-        for batch in scoring.chunks(HOST_BATCH) {
-            let (n, a) = self.score_batch(store, cfg, batch, end).await?;
+        for batch in score_batches(scoring, end) {
+            let (n, a) = self.score_batch(store, cfg, &batch, end).await?;
             summary.scored_minutes += n;
             summary.anomalous_minutes += a;
         }
@@ -852,13 +866,24 @@ impl AnomalyJob {
                 .filter(|_| h.status.as_deref() == Some("trained"))
                 .map_or(end, |w| w.min(end));
             let from = to - Duration::days(i64::from(cfg.train_days));
-            let mut rows = feature_rows(store, &[h.host_id], from, to, true).await?;
-            let minutes = rows.remove(&h.host_id).unwrap_or_default();
-            // Only the training matrix is kept: a week of minutes is ~0.6 MB as inputs.
-            prepared.push(
-                tokio::task::spawn_blocking(move || HostModel::prepare(&minutes, min_minutes))
-                    .await?,
-            );
+            // A host whose rows cannot be read (a statement timeout on a huge host) fails
+            // its own training only; the others train and every host is scored.
+            match feature_rows(store, &[h.host_id], from, to, true).await {
+                Ok(mut rows) => {
+                    let minutes = rows.remove(&h.host_id).unwrap_or_default();
+                    // Only the training matrix is kept: a week of minutes is ~0.6 MB as
+                    // inputs.
+                    prepared.push(
+                        tokio::task::spawn_blocking(move || {
+                            HostModel::prepare(&minutes, min_minutes)
+                        })
+                        .await?,
+                    );
+                }
+                Err(e) => prepared.push(Err(Skip::Failed(format!(
+                    "reading its training minutes: {e}"
+                )))),
+            }
             windows.push((from, to));
         }
         let (backend, risk) = (self.backend.clone(), cfg.pot_risk);
@@ -900,7 +925,7 @@ impl AnomalyJob {
                      VALUES ($1, 'trained', $2, $3, $4, $5, $6, $7, $8, $9, $10, $5)
                      ON CONFLICT (host_id) DO UPDATE SET status = 'trained', note = $2, trained_at = $3,
                         train_from = $4, train_to = $5, train_minutes = $6, metrics = $7, threshold = $8,
-                        params = $9, state = $10, scored_until = $5",
+                        params = $9, state = $10, scored_until = $5, retried_at = NULL",
                     h.host_id,
                     &note,
                     now,
@@ -935,6 +960,31 @@ impl AnomalyJob {
                     ),
                     Skip::Failed(e) => ("failed", format!("training failed: {e}")),
                 };
+                // A host with a working model keeps it, and is scored with it, until a
+                // retraining succeeds (a backend error, a host down most of the week),
+                // for a training window past its retraining time at most.
+                let keep_until = h.trained_at.map(|t| {
+                    t + Duration::hours(i64::from(cfg.retrain_hours))
+                        + Duration::days(i64::from(cfg.train_days))
+                });
+                if h.status.as_deref() == Some("trained") && keep_until.is_some_and(|k| now < k) {
+                    let trained_at = h.trained_at.unwrap_or(now);
+                    let note = format!(
+                        "retraining failed at {}: {note}; the model trained {} is kept and retried hourly",
+                        now.format("%Y-%m-%d %H:%M UTC"),
+                        trained_at.format("%Y-%m-%d %H:%M UTC"),
+                    );
+                    tracing::warn!(host = %h.name, "anomaly model not retrained: {note}");
+                    sqlx::query!(
+                        "UPDATE anomaly_models SET note = $2, retried_at = $3 WHERE host_id = $1 AND status = 'trained'",
+                        h.host_id,
+                        &note,
+                        now,
+                    )
+                    .execute(&store.pool)
+                    .await?;
+                    return Ok(false);
+                }
                 self.models.remove(&h.host_id);
                 if status == "failed" {
                     tracing::warn!(host = %h.name, "anomaly model not trained: {note}");
@@ -946,7 +996,7 @@ impl AnomalyJob {
                      VALUES ($1, $2, $3, $4, $5, $6)
                      ON CONFLICT (host_id) DO UPDATE SET status = $2, note = $3, trained_at = $4, train_from = $5,
                         train_to = $6, train_minutes = 0, metrics = '{}', threshold = NULL, params = NULL,
-                        state = NULL, scored_until = NULL",
+                        state = NULL, scored_until = NULL, retried_at = NULL",
                     h.host_id,
                     status,
                     &note,
@@ -999,14 +1049,7 @@ impl AnomalyJob {
             .into_iter()
             .map(|r| (r.host_id, (r.metrics, r.state.0)))
             .collect();
-        // Each host from its watermark, at most MAX_MINUTES_PER_RUN, nothing older than a day.
-        let window = |w: DateTime<Utc>| {
-            let from = w.max(end - Duration::minutes(MAX_CATCHUP_MINUTES));
-            (
-                from,
-                (from + Duration::minutes(MAX_MINUTES_PER_RUN)).min(end),
-            )
-        };
+        let window = |w: DateTime<Utc>| score_window(w, end);
         let first = batch.iter().map(|b| window(b.2).0).min().unwrap_or(end);
         let last = batch.iter().map(|b| window(b.2).1).max().unwrap_or(end);
         let mut rows = feature_rows(store, &ids, first, last, false).await?;
@@ -1044,7 +1087,8 @@ impl AnomalyJob {
                 .into_iter()
                 .filter(|m| m.ts >= from && m.ts < to)
                 .collect();
-            work.push((id, model, minutes, to, trained_at));
+            let until = scored_until(from, to, minutes.last().map(|m| m.ts), end);
+            work.push((id, model, minutes, until, trained_at));
         }
         let top_k = cfg.top_k as usize;
         let backend = self.backend.clone();
@@ -1111,6 +1155,56 @@ impl AnomalyJob {
         tx.commit().await?;
         Ok(counts)
     }
+}
+
+/// The minutes `[from, to)` a host with watermark `w` scores in a run up to `end`: from
+/// its watermark, at most [`MAX_MINUTES_PER_RUN`], nothing older than
+/// [`MAX_CATCHUP_MINUTES`].
+fn score_window(w: DateTime<Utc>, end: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let from = w.max(end - Duration::minutes(MAX_CATCHUP_MINUTES));
+    (
+        from,
+        (from + Duration::minutes(MAX_MINUTES_PER_RUN)).min(end),
+    )
+}
+
+/// A host's watermark after scoring `[from, to)`, whose newest minute with rollups was
+/// `newest`: just past that minute, so minutes its agent delivers late (from its spool,
+/// after an outage) are still scored in order when they come; but no further back than
+/// [`HOLD_MINUTES`] before `end`, so a host that went quiet does not hold its window open.
+fn scored_until(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    newest: Option<DateTime<Utc>>,
+    end: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let held = newest.map_or(from, |t| t + Duration::minutes(1));
+    held.max(end - Duration::minutes(HOLD_MINUTES))
+        .clamp(from, to)
+}
+
+/// Scoring batches of hosts `(id, trained_at, scored_until)`: at most [`HOST_BATCH`]
+/// hosts whose windows start within [`MAX_MINUTES_PER_RUN`] of each other, so one host
+/// catching up does not make a batch of current ones read its day of rollups.
+fn score_batches(
+    mut hosts: Vec<(i64, DateTime<Utc>, DateTime<Utc>)>,
+    end: DateTime<Utc>,
+) -> Vec<Vec<(i64, DateTime<Utc>, DateTime<Utc>)>> {
+    let start = |w: DateTime<Utc>| score_window(w, end).0;
+    hosts.sort_by_key(|h| (start(h.2), h.0));
+    let mut out: Vec<Vec<(i64, DateTime<Utc>, DateTime<Utc>)>> = Vec::new();
+    for h in hosts {
+        match out.last_mut() {
+            Some(b)
+                if b.len() < HOST_BATCH
+                    && start(h.2) - start(b[0].2) <= Duration::minutes(MAX_MINUTES_PER_RUN) =>
+            {
+                b.push(h)
+            }
+            _ => out.push(vec![h]),
+        }
+    }
+    out
 }
 
 /// Scores as columns, for one `UNNEST` insert.
@@ -1647,4 +1741,35 @@ mod tests {
     fn gap_ts() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
+
+    #[test]
+    fn hosts_catching_up_are_batched_apart_from_current_ones() {
+        let end = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let m = |k: i64| end - Duration::minutes(k);
+        let t = end - Duration::days(1);
+        let hosts = vec![(1, t, m(1)), (2, t, m(1000)), (3, t, m(2)), (4, t, m(5000))];
+        let batches: Vec<Vec<i64>> = score_batches(hosts, end)
+            .iter()
+            .map(|b| b.iter().map(|h| h.0).collect())
+            .collect();
+        // Host 4 is past the catch-up limit (a day back) and host 2 within it: each reads
+        // its own window; the two current hosts share one.
+        assert_eq!(batches, vec![vec![4], vec![2], vec![3, 1]]);
+    }
+
+    #[test]
+    fn a_watermark_waits_for_late_minutes_an_hour_at_most() {
+        let end = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let m = |k: i64| end - Duration::minutes(k);
+        // A live host: to the end of its window.
+        assert_eq!(scored_until(m(3), end, Some(m(1)), end), end);
+        // Quiet for 20 minutes: held just past its newest minute.
+        assert_eq!(scored_until(m(30), end, Some(m(21)), end), m(20));
+        // Quiet for two hours: not held further back than an hour.
+        assert_eq!(scored_until(m(180), end, Some(m(121)), end), m(HOLD_MINUTES));
+        assert_eq!(scored_until(m(180), end, None, end), m(HOLD_MINUTES));
+        // Catching up (window ends before the hold): through its window.
+        assert_eq!(scored_until(m(1000), m(820), None, end), m(820));
+    }
+
 }

@@ -833,3 +833,134 @@ async fn metrics_and_the_admin_page_name_the_detectors_backend() {
     );
     app.stop().await;
 }
+
+async fn set_rollup_watermark(app: &TestApp, w: DateTime<Utc>) {
+    sqlx::query(
+        "INSERT INTO job_state (name, watermark, updated_at) VALUES ('rollup_1m', $1, now())
+         ON CONFLICT (name) DO UPDATE SET watermark = $1",
+    )
+    .bind(w)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+}
+
+/// Scored minutes of the timeline, in order.
+async fn scored_minutes(app: &TestApp, t: &Timeline) -> Vec<i64> {
+    scores(app, t).await.iter().map(|s| s.minute).collect()
+}
+
+/// Minutes are scored only once rolled up, a host's minutes delivered late are scored when
+/// they come, and a retraining that fails keeps the model that works.
+#[tokio::test]
+async fn scoring_waits_for_rollups_and_late_minutes_and_a_failed_retrain_keeps_the_model() {
+    let app = TestApp::spawn().await;
+    let end = data_end();
+    let t = seed(&app, "gpu-late", 7 * 1440 + AFTER, false, end).await;
+    let mut job = AnomalyJob::default();
+    let settle = Duration::minutes(rackwatch::analytics::anomaly::SETTLE_MINUTES);
+    let cfg = &app.cfg.anomaly;
+    job.run(&app.store, cfg, t.e + settle).await.unwrap();
+
+    // The rollups have reached minute 30 only (their job failed since): scoring stops there.
+    set_rollup_watermark(&app, t.at(30)).await;
+    job.run(&app.store, cfg, t.at(AFTER) + settle)
+        .await
+        .unwrap();
+    assert_eq!(scored_minutes(&app, &t).await, (0..30).collect::<Vec<_>>());
+
+    // The rollups catch up, but the host's last 50 minutes are still in its agent's spool
+    // (kept aside in temporary tables of one connection).
+    let held = ["host_samples_1m", "gpu_samples_1m"];
+    let mut conn = app.store.pool.acquire().await.unwrap();
+    for table in held {
+        for sql in [
+            format!("CREATE TEMP TABLE late_{table} AS SELECT * FROM {table} WHERE host_id = $1 AND bucket >= $2"),
+            format!("DELETE FROM {table} WHERE host_id = $1 AND bucket >= $2"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(t.host_id)
+                .bind(t.at(100))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+    set_rollup_watermark(&app, Utc::now()).await;
+    job.run(&app.store, cfg, t.at(AFTER) + settle)
+        .await
+        .unwrap();
+    assert_eq!(scored_minutes(&app, &t).await, (0..100).collect::<Vec<_>>());
+    // They arrive (30 minutes late): scored, in order, each once.
+    for table in held {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} SELECT * FROM late_{table}"
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+    drop(conn);
+    job.run(&app.store, cfg, t.at(AFTER) + settle)
+        .await
+        .unwrap();
+    assert_eq!(
+        scored_minutes(&app, &t).await,
+        (0..AFTER).collect::<Vec<_>>()
+    );
+
+    // Retraining is due, and the week before has been pruned: it fails, the model stays
+    // and keeps scoring, and it is not retried within the hour.
+    sqlx::query(
+        "UPDATE anomaly_models SET trained_at = trained_at - make_interval(hours => $2) WHERE host_id = $1",
+    )
+    .bind(t.host_id)
+    .bind(cfg.retrain_hours as i32)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    for table in ["host_samples_1m", "gpu_samples_1m"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE host_id = $1 AND bucket < $2"
+        )))
+        .bind(t.host_id)
+        .bind(t.at(0))
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    }
+    let later = end + Duration::minutes(10);
+    for sql in [HOST_ROLLUPS, GPU_ROLLUPS] {
+        sqlx::query(sql)
+            .bind(t.host_id)
+            .bind(end)
+            .bind(later)
+            .execute(&app.store.pool)
+            .await
+            .unwrap();
+    }
+    set_rollup_watermark(&app, later + settle).await;
+    let run = job.run(&app.store, cfg, later + settle).await.unwrap();
+    assert_eq!(run.trained, 0);
+    let (status, note, retried): (String, String, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT status, note, retried_at FROM anomaly_models WHERE host_id = $1")
+            .bind(t.host_id)
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "trained");
+    assert!(note.starts_with("retraining failed at "), "{note}");
+    assert!(note.contains("is kept and retried hourly"), "{note}");
+    assert!(retried.is_some());
+    assert_eq!(
+        scored_minutes(&app, &t).await,
+        (0..AFTER + 10).collect::<Vec<_>>(),
+        "the kept model scores the new minutes"
+    );
+    let again = job
+        .run(&app.store, cfg, later + settle + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(again.skipped, 0, "not retried within the hour");
+    app.stop().await;
+}
