@@ -828,8 +828,10 @@ impl AnomalyJob {
         // Score every host with a model (re-read: training just changed some).
         // `scored_until < $1` holds for set watermarks only.
         let scoring: Vec<(i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query!(
-            r#"SELECT host_id, trained_at, scored_until AS "scored_until!" FROM anomaly_models
-              WHERE status = 'trained' AND scored_until < $1 ORDER BY host_id"#,
+            r#"SELECT m.host_id, m.trained_at, m.scored_until AS "scored_until!"
+               FROM anomaly_models m JOIN hosts h ON h.id = m.host_id
+              WHERE m.status = 'trained' AND m.scored_until < $1 AND h.removed_at IS NULL
+              ORDER BY m.host_id"#,
             end,
         )
         .fetch_all(&store.pool)
@@ -1350,7 +1352,8 @@ impl Store {
             r#"SELECT h.name AS host, s.ts, s.score, s.threshold, s.is_anomalous AS anomalous,
                       s.top AS "top: Json<Vec<Explanation>>"
                FROM anomaly_scores s JOIN hosts h ON h.id = s.host_id
-              WHERE s.ts >= $1 AND s.ts < $2 AND ($3::text IS NULL OR h.name = $3)
+              WHERE s.ts >= $1 AND s.ts < $2
+                AND (($3::text IS NULL AND h.removed_at IS NULL) OR h.name = $3)
                 AND ($4::float4 IS NULL OR s.score >= $4) AND ($5::bool IS NULL OR s.is_anomalous = $5)
                 AND ($7::timestamptz IS NULL OR s.ts < $7 OR (s.ts = $7 AND h.name > $8::text))
               ORDER BY s.ts DESC, h.name
@@ -1766,10 +1769,12 @@ mod tests {
         // Quiet for 20 minutes: held just past its newest minute.
         assert_eq!(scored_until(m(30), end, Some(m(21)), end), m(20));
         // Quiet for two hours: not held further back than an hour.
-        assert_eq!(scored_until(m(180), end, Some(m(121)), end), m(HOLD_MINUTES));
+        assert_eq!(
+            scored_until(m(180), end, Some(m(121)), end),
+            m(HOLD_MINUTES)
+        );
         assert_eq!(scored_until(m(180), end, None, end), m(HOLD_MINUTES));
         // Catching up (window ends before the hold): through its window.
         assert_eq!(scored_until(m(1000), m(820), None, end), m(820));
     }
-
 }

@@ -42,7 +42,7 @@ pub struct StoredForecast {
     pub history_hours: i32,
     /// The model chosen by backtest, or the fallback for short or flat history.
     pub model: String,
-    /// Mean absolute scaled error on the last days, against repeating last week (below 1
+    /// Mean absolute scaled error on the last days, against repeating the day before (below 1
     /// is better).
     pub backtest_mase: Option<f64>,
     /// The forecast, one value per hour, in the metric's unit.

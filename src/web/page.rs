@@ -634,7 +634,7 @@ pub fn forecast_chart(f: &crate::analytics::forecast::StoredForecast) -> ChartVi
 
 /// How a forecast was made, in words, from the engine's model name
 /// (`"h1-24:snaive24 h25-168:level"`, `"ridge-log"`), and its backtest error as a multiple
-/// of repeating last week's hours (MASE).
+/// of repeating the day before's hours (MASE).
 pub fn forecast_note(model: &str, mase: Option<f64>) -> String {
     fn method(name: &str) -> String {
         let one = |n: &str| match n {
@@ -672,7 +672,7 @@ pub fn forecast_note(model: &str, mase: Option<f64>) -> String {
         Some(m) if m.is_finite() => {
             let rough = if m < 1.0 { "" } else { " Read it as rough." };
             format!(
-                "{how} On its backtest it erred {m:.2}× as much as repeating last week's hours would have.{rough}"
+                "{how} On its backtest it erred {m:.2}× as much as repeating the day before's hours would have.{rough}"
             )
         }
         _ => how,
@@ -815,13 +815,13 @@ mod tests {
         assert_eq!(
             forecast_note("h1-24:snaive24 h25-168:level", Some(0.07)),
             "The next day from the same hour yesterday; the days after from the level of the \
-             last 3 hours. On its backtest it erred 0.07× as much as repeating last week's \
+             last 3 hours. On its backtest it erred 0.07× as much as repeating the day before's \
              hours would have."
         );
         assert_eq!(
             forecast_note("h1-24:snaive24 h25-168:snaive24", Some(1.3)),
             "Made from the same hour yesterday. On its backtest it erred 1.30× as much as \
-             repeating last week's hours would have. Read it as rough."
+             repeating the day before's hours would have. Read it as rough."
         );
         assert_eq!(
             forecast_note("h1-24:level+ridge h25-168:level", None),

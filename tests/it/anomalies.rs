@@ -962,5 +962,38 @@ async fn scoring_waits_for_rollups_and_late_minutes_and_a_failed_retrain_keeps_t
         .await
         .unwrap();
     assert_eq!(again.skipped, 0, "not retried within the hour");
+
+    // Taken out of the fleet: no longer scored, and the fleet-wide list leaves it out
+    // (asked by name, its scores are still there).
+    app.store.remove_host("gpu-late", "test").await.unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM anomaly_scores WHERE host_id = $1")
+            .bind(t.host_id)
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap()
+    };
+    let before = count().await;
+    for sql in [HOST_ROLLUPS, GPU_ROLLUPS] {
+        sqlx::query(sql)
+            .bind(t.host_id)
+            .bind(later)
+            .bind(later + Duration::minutes(10))
+            .execute(&app.store.pool)
+            .await
+            .unwrap();
+    }
+    set_rollup_watermark(&app, later + Duration::minutes(12)).await;
+    job.run(&app.store, cfg, later + Duration::minutes(12))
+        .await
+        .unwrap();
+    assert_eq!(count().await, before);
+    let cookie = app.login("vic", "vic-pass-1").await;
+    let range = format!("?from={}&to={}", rfc(t.at(0)), rfc(later));
+    let (status, all) = get(&app, &cookie, &range).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["scores"].as_array().map(Vec::len), Some(0), "{all}");
+    let (_, one) = get(&app, &cookie, &format!("{range}&host=gpu-late")).await;
+    assert!(!one["scores"].as_array().unwrap().is_empty(), "{one}");
     app.stop().await;
 }
