@@ -30,6 +30,8 @@ impl Outcome {
 
 /// The actor of things the server does on its own.
 pub const SYSTEM: &str = "system";
+/// The actor of users created or changed by proxy sign-on.
+pub const PROXY: &str = "proxy";
 
 /// One action to record.
 #[derive(Debug, Clone)]

@@ -217,7 +217,10 @@ impl Store {
         if password.trim().eq_ignore_ascii_case(name) {
             anyhow::bail!("the password must not be the user name");
         }
-        if name.eq_ignore_ascii_case(super::audit::SYSTEM) {
+        if [super::audit::SYSTEM, super::audit::PROXY]
+            .iter()
+            .any(|r| name.eq_ignore_ascii_case(r))
+        {
             anyhow::bail!(
                 "user name {name:?} is reserved for the server's own actions in the audit trail"
             );
@@ -831,8 +834,8 @@ impl Store {
         .await
     }
 
-    /// Delete a user by name (the command line's `user remove`), unless they are the last
-    /// admin: nobody could then manage users or tokens from the dashboard. Their sessions
+    /// Delete a user by name (the command line's `user remove`, the admin page), unless
+    /// they are the last admin: nobody could then manage users or tokens from the dashboard. Their sessions
     /// end with them.
     pub async fn delete_user_named(&self, name: &str) -> Result<UserRemoval, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
@@ -851,15 +854,6 @@ impl Store {
             Some(role) => UserRemoval::Removed { role },
             None => UserRemoval::NoSuchUser,
         })
-    }
-
-    /// Delete a user; their sessions end with them (ON DELETE CASCADE).
-    pub async fn delete_user(&self, id: i64) -> Result<bool, sqlx::Error> {
-        Ok(sqlx::query!("DELETE FROM users WHERE id = $1", id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            == 1)
     }
 }
 

@@ -17,6 +17,7 @@ use super::page::{render, Nav};
 use super::params::{ApiQuery, NoParams, PageForm, PageQuery};
 use super::AppState;
 use crate::store::audit::{AuditRow, Entry, Filter};
+use crate::store::auth::UserRemoval;
 use crate::store::auth::{Role, TokenInfo, UserInfo};
 
 /// The admin page and its forms (users, agent tokens).
@@ -336,9 +337,20 @@ pub async fn delete_user(
         .into_iter()
         .find(|u| u.id == id)
         .map(|u| u.name);
-    let (Some(name), true) = (name, st.store.delete_user(id).await?) else {
-        return Err(ApiError::NotFound(format!("no user with id {id}")).into());
+    let not_found = || PageError::from(ApiError::NotFound(format!("no user with id {id}")));
+    let Some(name) = name else {
+        return Err(not_found());
     };
+    // Under the admins' lock: two admins deleting each other at once leave one.
+    match st.store.delete_user_named(&name).await? {
+        UserRemoval::Removed { .. } => {}
+        UserRemoval::NoSuchUser => return Err(not_found()),
+        UserRemoval::LastAdmin => {
+            let why = format!("{name} is the only admin left: make another user admin first");
+            audit_admin_refusal(&st, &user.name, ip, "user.deleted", &name, &why).await;
+            return Err(ApiError::BadRequest(why).into());
+        }
+    }
     st.store
         .audit(Entry::ok(&user.name, "user.deleted", &name).from(ip))
         .await?;

@@ -207,7 +207,7 @@ async fn sign_on(
                 .await
                 .map_err(ApiError::Internal)?;
             st.store
-                .audit_user_saved("proxy", ip, name, None, role)
+                .audit_user_saved(crate::store::audit::PROXY, ip, name, None, role)
                 .await?;
             let (id, _, _) = st.store.password_row(name).await?.ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!("user {name} vanished after creation"))
@@ -227,7 +227,7 @@ async fn sign_on(
             if role != old && st.store.set_role(id, role).await? {
                 st.store
                     .audit(
-                        Entry::ok("proxy", "user.role_changed", name)
+                        Entry::ok(crate::store::audit::PROXY, "user.role_changed", name)
                             .from(ip)
                             .details(serde_json::json!({
                                 "from": old.as_str(),

@@ -561,9 +561,11 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
     let created = app.audit("token.created").await;
     assert_eq!(created.len(), 1, "{created:?}");
     assert_eq!(created[0].details["token_id"], list[0].id, "{created:?}");
-    // "system" is the server's own name in the audit trail, and "BOSS" would read as "boss".
+    // "system" and "proxy" are the server's own names in the audit trail, and "BOSS" would
+    // read as "boss".
     for (name, why) in [
         ("System", "is reserved for the server&#39;s own actions"),
+        ("Proxy", "is reserved for the server&#39;s own actions"),
         (
             "BOSS",
             "a user named &#34;boss&#34; exists: names may not differ only in case",
@@ -612,12 +614,13 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
             ("token.created", "", "refused"),
             ("token.created", "node-b", "refused"),
             ("user.saved", "BOSS", "refused"),
+            ("user.saved", "Proxy", "refused"),
             ("user.saved", "System", "refused"),
             ("user.saved", "short", "refused"),
         ]
     );
     assert!(
-        refused[4].3.contains("at least 8 characters"),
+        refused[5].3.contains("at least 8 characters"),
         "{refused:?}"
     );
     // Deleting yourself is refused, and recorded the same way.
@@ -639,7 +642,7 @@ async fn admin_manages_tokens_and_users_viewers_cannot() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let rows = app.audit("admin.refused").await;
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     assert_eq!(
         (rows[0].details["attempt"].as_str(), rows[0].target.as_str()),
         (Some("user.deleted"), "boss")
@@ -1338,5 +1341,54 @@ async fn energy_since_midnight_survives_late_samples_and_counter_resets() {
     // A host taken out is no longer the fleet's: its GPUs' energy leaves the figure.
     app.store.remove_host("e3", "test").await.unwrap();
     assert!(near(kwh().await, 2.5), "{}", kwh().await);
+    app.stop().await;
+}
+
+/// Two admins deleting each other at the same moment: one deletion happens, the other is
+/// refused as the last admin's, so the fleet keeps an admin.
+#[tokio::test]
+async fn two_admins_deleting_each_other_at_once_leave_one() {
+    let app = TestApp::spawn().await;
+    let ann = app.login("ann", "ann-pass-1").await;
+    let ben = app.login("ben", "ben-pass-1").await;
+    let id_of = |users: &[rackwatch::store::auth::UserInfo], name: &str| {
+        users.iter().find(|u| u.name == name).unwrap().id
+    };
+    let users = app.store.list_users().await.unwrap();
+    let (ann_id, ben_id) = (id_of(&users, "ann"), id_of(&users, "ben"));
+    let ann_token = csrf_of(&app.page(&ann, "/admin").await.1);
+    let ben_token = csrf_of(&app.page(&ben, "/admin").await.1);
+    let delete = |cookie: String, token: String, target: i64| {
+        let app = &app;
+        async move {
+            app.http
+                .post(format!("{}/admin/users/{target}/delete", app.base))
+                .header("cookie", &cookie)
+                .form(&[("csrf", token.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let (a, b) = tokio::join!(
+        delete(ann, ann_token, ben_id),
+        delete(ben, ben_token, ann_id)
+    );
+    // One is deleted; the other's request is refused as the last admin's (400), or, when
+    // the deletion came first, finds its session gone (303 to the login page).
+    let mut codes = [a, b];
+    codes.sort();
+    assert!(codes == [200, 400] || codes == [200, 303], "{codes:?}");
+    let admins: Vec<_> = app
+        .store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.role == "admin")
+        .collect();
+    assert_eq!(admins.len(), 1, "{admins:?}");
     app.stop().await;
 }
