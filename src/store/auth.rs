@@ -392,59 +392,87 @@ impl Store {
         }))
     }
 
-    /// Whether attempts at `keys` are refused now: the longest wait, in seconds.
-    pub async fn login_blocked(&self, keys: &[String]) -> Result<Option<u64>, sqlx::Error> {
-        let until: Option<DateTime<Utc>> = sqlx::query_scalar!(
-            "SELECT max(blocked_until) FROM login_throttle WHERE key = ANY($1) AND blocked_until > now()",
-            keys,
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(until.map(|t| {
-            ((t - Utc::now()).num_milliseconds().max(0) as u64)
-                .div_ceil(1000)
-                .max(1)
-        }))
-    }
-
-    /// Count a failed attempt at `key` (failures older than `window` are forgotten) and
-    /// block it for `backoff(failures)` seconds. Returns the failures now counted.
-    pub async fn login_failed(
+    /// Count an attempt at each of `keys` as failed before its password is checked
+    /// (failures older than `window` are forgotten), and block each key for
+    /// `backoff(failures)` seconds; unless one of them is blocked now, when nothing is
+    /// counted and the answer is the wait, in seconds. Counting first means attempts sent
+    /// at once are throttled as if sent one after another: each sees the ones before it,
+    /// on every server, as the row lock orders them.
+    pub async fn login_reserve(
         &self,
-        key: &str,
+        keys: &[(&str, fn(i32) -> i64)],
         window: Duration,
-        backoff: impl Fn(i32) -> i64,
-    ) -> Result<i32, sqlx::Error> {
-        let failures: i32 = sqlx::query_scalar!(
-            "INSERT INTO login_throttle (key, failures, updated_at) VALUES ($1, 1, now())
-             ON CONFLICT (key) DO UPDATE SET
-                failures = CASE WHEN login_throttle.updated_at < now() - $2::text::interval THEN 1
-                                ELSE login_throttle.failures + 1 END,
-                updated_at = now()
-             RETURNING failures",
-            key,
-            format!("{} seconds", window.num_seconds()),
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let secs = backoff(failures);
-        if secs > 0 {
-            sqlx::query!(
-                "UPDATE login_throttle SET blocked_until = now() + $2::text::interval WHERE key = $1",
+    ) -> Result<Result<(), u64>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for (key, backoff) in keys {
+            let failures: Option<i32> = sqlx::query_scalar!(
+                "INSERT INTO login_throttle (key, failures, updated_at) VALUES ($1, 1, now())
+                 ON CONFLICT (key) DO UPDATE SET
+                    failures = CASE WHEN login_throttle.updated_at < now() - $2::text::interval THEN 1
+                                    ELSE login_throttle.failures + 1 END,
+                    updated_at = now()
+                  WHERE login_throttle.blocked_until IS NULL OR login_throttle.blocked_until <= now()
+                 RETURNING failures",
                 key,
-                format!("{secs} seconds"),
+                format!("{} seconds", window.num_seconds()),
             )
-            .execute(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+            let Some(failures) = failures else {
+                let until: Option<DateTime<Utc>> = sqlx::query_scalar!(
+                    "SELECT blocked_until FROM login_throttle WHERE key = $1",
+                    key
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+                tx.rollback().await?;
+                let wait = until.map_or(1, |t| {
+                    ((t - Utc::now()).num_milliseconds().max(0) as u64)
+                        .div_ceil(1000)
+                        .max(1)
+                });
+                return Ok(Err(wait));
+            };
+            let secs = backoff(failures);
+            if secs > 0 {
+                sqlx::query!(
+                    "UPDATE login_throttle SET blocked_until = now() + $2::text::interval WHERE key = $1",
+                    key,
+                    format!("{secs} seconds"),
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
         }
-        Ok(failures)
+        tx.commit().await?;
+        Ok(Ok(()))
     }
 
-    /// Forget the failures counted at `key` (a successful login).
-    pub async fn login_succeeded(&self, key: &str) -> Result<(), sqlx::Error> {
-        sqlx::query!("DELETE FROM login_throttle WHERE key = $1", key)
-            .execute(&self.pool)
-            .await?;
+    /// Take back attempts [`Store::login_reserve`] counted that were not failures: the
+    /// password was right (`cleared`, the key whose failures a success forgets, is
+    /// deleted), or it was never checked. A block already set stays.
+    pub async fn login_release(
+        &self,
+        keys: &[&str],
+        cleared: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        if let Some(key) = cleared {
+            sqlx::query!("DELETE FROM login_throttle WHERE key = $1", key)
+                .execute(&self.pool)
+                .await?;
+        }
+        let rest: Vec<String> = keys
+            .iter()
+            .filter(|k| Some(**k) != cleared)
+            .map(|k| k.to_string())
+            .collect();
+        sqlx::query!(
+            "UPDATE login_throttle SET failures = greatest(failures - 1, 0) WHERE key = ANY($1)",
+            &rest,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -72,16 +72,15 @@ pub(crate) async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>
         if let Some((name, pw)) = pair.split_once(':') {
             let ip = super::serve::remote(&parts.extensions).map(|a| a.ip());
             let r = check_password(st, name, pw, ip, None).await;
-            if let Ok(None) = r {
-                audit_login(
-                    st,
-                    name,
-                    ip,
-                    Outcome::Refused,
-                    "basic",
-                    "wrong user name or password",
-                )
-                .await?;
+            // Refusals are recorded as the form's are: a wrong password, and an attempt
+            // throttled or turned away while the password checks are all busy.
+            let refused = match &r {
+                Ok(None) => Some("wrong user name or password".to_string()),
+                Err(e @ (ApiError::TooMany { .. } | ApiError::Busy(_))) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(reason) = refused {
+                audit_login(st, name, ip, Outcome::Refused, "basic", &reason).await?;
             }
             return r;
         }
@@ -184,16 +183,29 @@ pub async fn check_password(
         ]
     };
     let pair_key = keys[0].clone();
-    if let Some(wait) = st.store.login_blocked(&keys).await? {
+    let window = chrono::Duration::minutes(THROTTLE_WINDOW_MINUTES);
+    // Each key with its own back-off: the first is per browser or per (name, address),
+    // the second (if any) per name.
+    let throttled: Vec<(&str, fn(i32) -> i64)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let backoff: fn(i32) -> i64 = if i == 0 { pair_backoff } else { user_backoff };
+            (k.as_str(), backoff)
+        })
+        .collect();
+    if let Err(wait) = st.store.login_reserve(&throttled, window).await? {
         st.metrics.logins_failed.inc();
         return Err(too_many(wait));
     }
+    let key_names: Vec<&str> = keys.iter().map(String::as_str).collect();
     let Ok(Ok(_slot)) = tokio::time::timeout(
         Duration::from_secs(2),
         st.password_slots.clone().acquire_owned(),
     )
     .await
     else {
+        st.store.login_release(&key_names, None).await?;
         return Err(ApiError::Busy(
             "too many password checks at once; retry in a few seconds".into(),
         ));
@@ -211,7 +223,7 @@ pub async fn check_password(
     };
     match (ok, row) {
         (true, Some((id, role, phc))) => {
-            st.store.login_succeeded(&pair_key).await?;
+            st.store.login_release(&key_names, Some(&pair_key)).await?;
             if let Some(ip) = ip {
                 st.store.remember_login_address(&lower, ip).await?;
             }
@@ -219,16 +231,8 @@ pub async fn check_password(
             Ok(Some(user(id, name, &role)))
         }
         _ => {
+            // Counted already, by the reservation.
             st.metrics.logins_failed.inc();
-            let window = chrono::Duration::minutes(THROTTLE_WINDOW_MINUTES);
-            st.store
-                .login_failed(&pair_key, window, pair_backoff)
-                .await?;
-            if let Some(user_key) = keys.get(1) {
-                st.store
-                    .login_failed(user_key, window, user_backoff)
-                    .await?;
-            }
             Ok(None)
         }
     }

@@ -109,6 +109,61 @@ async fn basic_auth_floods_run_few_password_checks_and_are_throttled() {
     app.stop().await;
 }
 
+/// Before: guesses sent at once all passed the back-off check before the first failure
+/// was counted (25 wrong passwords at once: 25 checked). Now an attempt is counted before
+/// its check, so a burst is throttled as if sent one by one.
+#[tokio::test]
+async fn guesses_sent_at_once_are_throttled_as_if_sent_one_by_one() {
+    let app = TestApp::spawn().await;
+    app.store
+        .upsert_user(
+            "target",
+            rackwatch::store::auth::Role::Viewer,
+            "right-pass-1",
+        )
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (http, url) = (app.http.clone(), format!("{}/api/v1/hosts", app.base));
+            tokio::spawn(async move {
+                http.get(url)
+                    .header("authorization", basic("target", &format!("guess-{i}")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    // Five free failures per (name, address), then each waits 1 s, 2 s, …: a burst that
+    // takes over a second may get one more.
+    assert!((5..=6).contains(&checked), "{statuses:?}");
+    assert_eq!(checked + statuses.iter().filter(|s| **s == 429).count(), 20);
+    // Each refusal is in the audit trail, the throttled ones with their reason.
+    let rows = app.audit("login").await;
+    assert_eq!(rows.len(), 20, "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r.outcome == "refused" && r.details["method"] == "basic"));
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.details["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("too many failed logins"))
+            .count(),
+        20 - checked
+    );
+    app.stop().await;
+}
+
 /// Before: a 64 KiB gzip body of empty samples inflated to 22 M items, each became a
 /// rejection before the sample cap was checked (21 s, 6.45 GB peak), then 413.
 #[tokio::test]
