@@ -108,6 +108,11 @@ pub struct ServerConfig {
     /// Addresses or CIDR ranges without the per-client cap: a reverse proxy or load
     /// balancer in front of the server, whose connections carry many clients.
     pub per_client_exempt: Vec<String>,
+    /// Addresses or CIDR ranges of reverse proxies whose `X-Forwarded-For` names the
+    /// client: login throttles, known addresses and audit rows then go by the client's
+    /// address (the last one in the header that is not itself such a proxy). Empty: the
+    /// header is ignored, as anyone can send it.
+    pub trusted_proxies: Vec<String>,
     /// A response the client does not read for this many seconds closes the connection
     /// (the answer is not held in memory for a client that stopped reading).
     pub write_timeout_secs: u64,
@@ -292,6 +297,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_connections_per_client: 64,
             per_client_exempt: Vec::new(),
+            trusted_proxies: Vec::new(),
             write_timeout_secs: 30,
             header_read_timeout_secs: 10,
             body_timeout_secs: 10,
@@ -1261,6 +1267,9 @@ impl Config {
         }
         for c in &self.server.per_client_exempt {
             Cidr::parse(c).map_err(|e| format!("server.per_client_exempt: {e}"))?;
+        }
+        for c in &self.server.trusted_proxies {
+            Cidr::parse(c).map_err(|e| format!("server.trusted_proxies: {e}"))?;
         }
         for (key, v) in [
             ("server.max_connections", self.server.max_connections as u64),

@@ -430,7 +430,7 @@ async fn audit_refusal(
     }
     let target = format!("{} {}", parts.method, parts.uri.path());
     let entry = Entry::ok(&u.name, "access.refused", &target)
-        .from(super::serve::remote(&parts.extensions).map(|a| a.ip()))
+        .from(super::serve::client(&parts.extensions))
         .outcome(Outcome::Refused)
         .details(serde_json::json!({ "needs": needs.as_str(), "role": u.role.as_str() }));
     if let Err(e) = st.store.audit(entry).await {

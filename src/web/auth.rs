@@ -70,7 +70,7 @@ pub(crate) async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>
         .and_then(|b| String::from_utf8(b).ok());
     if let Some(pair) = basic {
         if let Some((name, pw)) = pair.split_once(':') {
-            let ip = super::serve::remote(&parts.extensions).map(|a| a.ip());
+            let ip = super::serve::client(&parts.extensions);
             let r = check_password(st, name, pw, ip, None).await;
             // Refusals are recorded as the form's are: a wrong password, and an attempt
             // throttled or turned away while the password checks are all busy.
@@ -734,7 +734,7 @@ pub async fn login_submit(
             "This login form expired (CSRF check). Reload the page and log in again.".into(),
         ));
     }
-    let ip = super::serve::remote(&ext).map(|a| a.ip());
+    let ip = super::serve::client(&ext);
     let device = cookie(&headers, DEVICE_COOKIE);
     let user = match check_password(&st, &f.username, &f.password, ip, device).await {
         Ok(Some(u)) => u,
@@ -850,8 +850,6 @@ pub struct ClientAddr(pub Option<IpAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            super::serve::remote(&parts.extensions).map(|a| a.ip()),
-        ))
+        Ok(ClientAddr(super::serve::client(&parts.extensions)))
     }
 }

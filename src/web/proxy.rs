@@ -139,6 +139,8 @@ pub async fn prepare(parts: &mut Parts, st: &AppState) -> Result<(), ApiError> {
             cfg.header
         )));
     }
+    // The person's address (the proxy is the connection's): what audit rows record.
+    let ip = super::serve::client(&parts.extensions);
     let user = sign_on(st, parts, &name, ip).await?;
     let basis = csrf_basis(st, &user.name).await?;
     if let Ok(v) = HeaderValue::from_str(&basis) {

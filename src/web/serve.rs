@@ -43,6 +43,8 @@ pub struct ServeLimits {
     /// Addresses without the per-client cap (a reverse proxy or load balancer, whose
     /// connections carry many clients).
     pub per_client_exempt: Vec<crate::config::Cidr>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client ([`client`]).
+    pub trusted_proxies: Arc<Vec<crate::config::Cidr>>,
     pub header_read_timeout: Duration,
     /// A response the client does not read for this long closes the connection.
     pub write_timeout: Duration,
@@ -61,6 +63,12 @@ impl ServeLimits {
                 .iter()
                 .filter_map(|c| crate::config::Cidr::parse(c).ok())
                 .collect(),
+            trusted_proxies: Arc::new(
+                s.trusted_proxies
+                    .iter()
+                    .filter_map(|c| crate::config::Cidr::parse(c).ok())
+                    .collect(),
+            ),
             header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
             write_timeout: Duration::from_secs(s.write_timeout_secs),
             drain: Duration::from_secs(10),
@@ -258,6 +266,7 @@ pub async fn serve(
             http: http.clone(),
             watcher: graceful.watcher(),
             remote,
+            trusted_proxies: limits.trusted_proxies.clone(),
         };
         let stats = stats.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
@@ -309,6 +318,7 @@ struct Conn {
     http: hyper::server::conn::http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
     remote: SocketAddr,
+    trusted_proxies: Arc<Vec<crate::config::Cidr>>,
 }
 
 impl Conn {
@@ -317,10 +327,14 @@ impl Conn {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let remote = self.remote;
+        let proxies = self.trusted_proxies;
         let svc = self
             .app
             .map_request(move |mut req: axum::http::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(remote));
+                if let Some(ip) = forwarded_client(remote.ip(), req.headers(), &proxies) {
+                    req.extensions_mut().insert(ForwardedClient(ip));
+                }
                 if let Some(c) = &cert {
                     req.extensions_mut().insert(c.clone());
                 }
@@ -356,7 +370,104 @@ async fn reload_certificates(
     }
 }
 
-/// The address a client connected from, as the loop recorded it.
+/// The address a client connected from, as the loop recorded it: for a request through a
+/// reverse proxy, the proxy's. Trust decisions about the connection itself (proxy
+/// sign-on's `trusted`) use this; everything about the person uses [`client`].
 pub fn remote(ext: &axum::http::Extensions) -> Option<SocketAddr> {
     ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
+}
+
+/// The client a request came from through one of `server.trusted_proxies`.
+#[derive(Debug, Clone, Copy)]
+struct ForwardedClient(IpAddr);
+
+/// The client's address: the one a trusted proxy's `X-Forwarded-For` names, else the
+/// connection's.
+pub fn client(ext: &axum::http::Extensions) -> Option<IpAddr> {
+    ext.get::<ForwardedClient>()
+        .map(|c| c.0)
+        .or_else(|| remote(ext).map(|a| a.ip()))
+}
+
+/// The client named by `X-Forwarded-For` on a connection from a trusted proxy: the last
+/// address that is not itself a trusted proxy (each proxy appends the address it was
+/// connected from; what the client sent comes first and is not believed). `None` for a
+/// connection from elsewhere, or without a usable header.
+fn forwarded_client(
+    peer: IpAddr,
+    headers: &axum::http::HeaderMap,
+    proxies: &[crate::config::Cidr],
+) -> Option<IpAddr> {
+    let trusted = |ip: IpAddr| proxies.iter().any(|c| c.contains(ip));
+    if !trusted(peer) {
+        return None;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        for a in v.to_str().ok()?.split(',') {
+            let a = a.trim();
+            // "[v6]:port" and "v4:port" as some proxies write them.
+            let ip = a
+                .parse::<IpAddr>()
+                .or_else(|_| a.parse::<SocketAddr>().map(|s| s.ip()))
+                .ok()?;
+            hops.push(ip);
+        }
+    }
+    hops.iter().rev().copied().find(|ip| !trusted(*ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cidr;
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client_and_only_its_own_hop_counts() {
+        let proxies = vec![
+            Cidr::parse("10.0.0.5").unwrap(),
+            Cidr::parse("10.1.0.0/16").unwrap(),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = |v: &[&str]| {
+            let mut h = axum::http::HeaderMap::new();
+            for x in v {
+                h.append("x-forwarded-for", x.parse().unwrap());
+            }
+            h
+        };
+        // From the proxy: the address it appended.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.5"), &xff(&["203.0.113.7"]), &proxies),
+            Some(ip("203.0.113.7"))
+        );
+        // What the client wrote itself comes first and is not believed; a second proxy
+        // in the chain is skipped; ports and several header lines are read.
+        assert_eq!(
+            forwarded_client(
+                ip("10.0.0.5"),
+                &xff(&["1.2.3.4, 203.0.113.7:5123", "10.1.2.3"]),
+                &proxies
+            ),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            forwarded_client(ip("10.0.0.5"), &xff(&["[2001:db8::1]:443"]), &proxies),
+            Some(ip("2001:db8::1"))
+        );
+        // From anyone else, or without a usable header: the connection's address.
+        assert_eq!(
+            forwarded_client(ip("198.51.100.1"), &xff(&["203.0.113.7"]), &proxies),
+            None
+        );
+        assert_eq!(forwarded_client(ip("10.0.0.5"), &xff(&[]), &proxies), None);
+        assert_eq!(
+            forwarded_client(ip("10.0.0.5"), &xff(&["not-an-address"]), &proxies),
+            None
+        );
+        assert_eq!(
+            forwarded_client(ip("10.0.0.5"), &xff(&["203.0.113.7"]), &[]),
+            None
+        );
+    }
 }

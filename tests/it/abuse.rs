@@ -435,6 +435,52 @@ async fn login_redirects_only_to_this_site() {
     app.stop().await;
 }
 
+/// Behind a reverse proxy every client connects from the proxy's address: one guesser
+/// emptied that address's login bucket for everyone. With the proxy in
+/// `server.trusted_proxies`, each client is counted, remembered and audited by the address
+/// the proxy forwards; from anyone else the header is ignored.
+#[tokio::test]
+async fn behind_a_trusted_proxy_clients_are_told_apart_by_forwarded_for() {
+    let app = TestApp::spawn_with(|c| c.server.trusted_proxies = vec!["127.0.0.1".into()]).await;
+    app.store
+        .upsert_user("ann", rackwatch::store::auth::Role::Viewer, "ann-password")
+        .await
+        .unwrap();
+    let get = |who: &'static str, pw: &'static str| {
+        let app = &app;
+        async move {
+            app.http
+                .get(format!("{}/api/v1/hosts", app.base))
+                .header("x-forwarded-for", who)
+                .basic_auth("ann", Some(pw))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // A guesser at 203.0.113.66 (one a client claimed first is not believed) spends its
+    // own bucket and its own back-off.
+    let mut refused = 0;
+    for _ in 0..40 {
+        if get("10.9.9.9, 203.0.113.66", "guess").await == 429 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 30, "{refused} of 40 guesses throttled");
+    // Ann, through the same proxy from her own address, gets in.
+    assert_eq!(get("198.51.100.7", "ann-password").await, 200);
+    let rows = app.audit("login").await;
+    assert!(
+        rows.iter()
+            .filter(|r| r.outcome == "refused")
+            .all(|r| r.source.as_deref() == Some("203.0.113.66")),
+        "{rows:?}"
+    );
+    app.stop().await;
+}
+
 impl TestApp {
     /// A form login carrying `extra` cookies; returns the response.
     async fn login_with(&self, user: &str, pw: &str, extra: &str) -> reqwest::Response {
