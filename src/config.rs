@@ -1146,7 +1146,10 @@ impl Config {
             let Some(rest) = var.strip_prefix("RACKWATCH_") else {
                 continue;
             };
-            if rest.is_empty() || rest.starts_with("TEST_") || rest == "LOG" {
+            // Not configuration: the test suite's own, the log filter, and the package
+            // check's switch (`RACKWATCH_DEB_INSTALL=0 ./scripts/test`).
+            if rest.is_empty() || rest.starts_with("TEST_") || matches!(rest, "LOG" | "DEB_INSTALL")
+            {
                 continue;
             }
             env_used = true;
@@ -1249,6 +1252,12 @@ impl Config {
             if days == 0 {
                 return Err(format!("retention.{key} must be at least 1"));
             }
+            // Past a century is a typo, and dates that far back do not exist.
+            if days > 36_500 {
+                return Err(format!(
+                    "retention.{key} = {days} days is over 100 years: a typo?"
+                ));
+            }
         }
         if r.rollup_1m_days < r.raw_days {
             return Err(format!(
@@ -1258,6 +1267,14 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return Err("server.max_body_bytes must be at least 1024".into());
+        }
+        // A compressed body inflates to more than it is: a cap under the body limit would
+        // refuse agents' gzip batches for good (the agent drops a 413).
+        if self.server.max_decompressed_bytes < self.server.max_body_bytes {
+            return Err(format!(
+                "server.max_decompressed_bytes ({}) must be at least server.max_body_bytes ({}): it is in bytes",
+                self.server.max_decompressed_bytes, self.server.max_body_bytes
+            ));
         }
         if self.server.inflate_budget_bytes < self.server.max_decompressed_bytes {
             return Err(format!(
@@ -1303,6 +1320,25 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(format!("{key} must be at least 1"));
+            }
+        }
+        // Seconds that become time arithmetic: past ten years they overflow a date.
+        for (key, v) in [
+            (
+                "server.session_ttl_secs",
+                self.server.session_ttl_secs.max(0) as u64,
+            ),
+            (
+                "server.session_idle_secs",
+                self.server.session_idle_secs.max(0) as u64,
+            ),
+            (
+                "server.fleet_metrics_stale_secs",
+                self.server.fleet_metrics_stale_secs,
+            ),
+        ] {
+            if v > 10 * 365 * 86_400 {
+                return Err(format!("{key} = {v} is over ten years: a typo?"));
             }
         }
         self.validate_tls()?;
@@ -1386,11 +1422,11 @@ impl Config {
         if a.retrain_hours == 0 {
             return Err("anomaly.retrain_hours must be at least 1".into());
         }
-        if a.min_train_minutes < 60 || a.min_train_minutes > a.train_days * 1440 {
+        let train_minutes = u64::from(a.train_days) * 1440;
+        if a.min_train_minutes < 60 || u64::from(a.min_train_minutes) > train_minutes {
             return Err(format!(
-                "anomaly.min_train_minutes = {} must be between 60 and train_days × 1440 ({})",
+                "anomaly.min_train_minutes = {} must be between 60 and train_days × 1440 ({train_minutes})",
                 a.min_train_minutes,
-                a.train_days * 1440
             ));
         }
         if a.max_trains_per_run == 0 {
@@ -1693,6 +1729,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_env_override_reaches_a_map_key_the_file_spells_in_capitals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rackwatch.toml");
+        std::fs::write(&path, "[energy.sites.FRA1]\npue = 1.2\n").unwrap();
+        let env = vec![(
+            "RACKWATCH_ENERGY__SITES__FRA1__PUE".to_string(),
+            "1.1".to_string(),
+        )];
+        let cfg = Config::load_with_env(Some(&path), env).unwrap();
+        assert_eq!(cfg.energy.sites["FRA1"].pue, 1.1);
+        assert!(!cfg.energy.sites.contains_key("fra1"));
+    }
+
+    #[test]
     fn env_overrides_nested_keys() {
         let env = vec![
             (
@@ -1961,6 +2011,22 @@ mod tests {
                 "ENERGY__DEFAULT_HOST_MODEL__IDLE_WATTS",
                 "nan",
                 "energy.default_host_model",
+            ),
+            // 64 thinking in MiB: every gzip batch refused for good.
+            (
+                "SERVER__MAX_DECOMPRESSED_BYTES",
+                "64",
+                "server.max_decompressed_bytes (64) must be at least server.max_body_bytes",
+            ),
+            (
+                "SERVER__SESSION_IDLE_SECS",
+                "9000000000000000",
+                "server.session_idle_secs = 9000000000000000 is over ten years",
+            ),
+            (
+                "RETENTION__AUDIT_DAYS",
+                "3000000",
+                "retention.audit_days = 3000000 days is over 100 years",
             ),
         ] {
             let env = vec![(format!("RACKWATCH_{var}"), v.to_string())];

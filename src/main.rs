@@ -384,10 +384,7 @@ fn main() -> std::process::ExitCode {
     }
     rackwatch::alloc::tune();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RACKWATCH_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
+        .with_env_filter(log_filter(std::env::var("RACKWATCH_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -423,6 +420,44 @@ fn shutdown_signal() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
+}
+
+/// The log filter `RACKWATCH_LOG` asks for (default `info,sqlx=warn`). `warning` is read
+/// as `warn`; a filter that does not parse, and a bare word that is not a level (it would
+/// be read as a module name, hiding everything else), are said on stderr.
+fn log_filter(env: Option<&str>) -> tracing_subscriber::EnvFilter {
+    const DEFAULT: &str = "info,sqlx=warn";
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let Some(raw) = env.map(str::trim).filter(|s| !s.is_empty()) else {
+        return DEFAULT.into();
+    };
+    let directives: Vec<String> = raw
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            match d.rsplit_once('=') {
+                Some((t, l)) if l.eq_ignore_ascii_case("warning") => format!("{t}=warn"),
+                None if d.eq_ignore_ascii_case("warning") => "warn".into(),
+                _ => d.to_string(),
+            }
+        })
+        .collect();
+    for d in &directives {
+        let bare = !d.contains('=') && !d.contains('[');
+        if bare && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            eprintln!(
+                "RACKWATCH_LOG: {d:?} is read as a module name (all its logs, nothing else's); a level is one of {}",
+                LEVELS.join(", ")
+            );
+        }
+    }
+    match tracing_subscriber::EnvFilter::try_new(directives.join(",")) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("RACKWATCH_LOG={raw:?} is not a log filter ({e}); logging at {DEFAULT}");
+            DEFAULT.into()
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -38,7 +38,7 @@ impl Node {
                 unreachable!("only tables are descended into")
             };
             let entry = t
-                .entry(k.clone())
+                .entry(same_key(t, k))
                 .or_insert_with(|| Node::Table(BTreeMap::new()));
             // A section the file set: open it up so one key of it can be replaced.
             if let Node::File(toml::Value::Table(_)) = entry {
@@ -58,13 +58,27 @@ impl Node {
             unreachable!("only tables are descended into")
         };
         t.insert(
-            last.clone(),
+            same_key(t, last),
             Node::Env {
                 var: var.to_string(),
                 text: text.to_string(),
             },
         );
         Ok(())
+    }
+}
+
+/// The key of `t` a variable's (lower-cased) `key` names: the file's own spelling of it
+/// where the file has it in another case (`[energy.sites.FRA1]` from
+/// `RACKWATCH_ENERGY__SITES__FRA1__PUE`), else `key`.
+fn same_key(t: &BTreeMap<String, Node>, key: &str) -> String {
+    if t.contains_key(key) {
+        return key.to_string();
+    }
+    let mut found = t.keys().filter(|k| k.eq_ignore_ascii_case(key));
+    match (found.next(), found.next()) {
+        (Some(k), None) => k.clone(),
+        _ => key.to_string(),
     }
 }
 

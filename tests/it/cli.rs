@@ -602,6 +602,28 @@ fn configuration_and_setup_errors_say_what_to_do() {
         assert!(err.contains(key) && err.contains(file), "{err}");
     }
 
+    // A log filter that cannot be what was meant is said, not obeyed in silence
+    // (`warning` used to read as a module name, turning every log off).
+    for (filter, said) in [
+        ("=bad", "is not a log filter"),
+        ("rackwatchx", "is read as a module name"),
+        ("warning", ""),
+        ("sqlx=warning,info", ""),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+            .args(["alerts", "check-rules", rules])
+            .env("RACKWATCH_LOG", filter)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{filter}: {err}");
+        if said.is_empty() {
+            assert!(!err.contains("RACKWATCH_LOG"), "{filter}: {err}");
+        } else {
+            assert!(err.contains(said), "{filter}: {err}");
+        }
+    }
+
     let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
         .args(["agent"])
         .env("RACKWATCH_AGENT__INTERVAL_SECS", "soon")
