@@ -1142,6 +1142,7 @@ impl Config {
         // field when the configuration is deserialized.
         let mut overrides = Vec::new();
         let mut env_used = false;
+        let mut env_secrets: std::collections::HashSet<String> = Default::default();
         for (var, value) in env {
             let Some(rest) = var.strip_prefix("RACKWATCH_") else {
                 continue;
@@ -1156,6 +1157,23 @@ impl Config {
             let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
             let key = keys.join(".");
             if key.ends_with("_file") || SECRET_FILE_KEYS.contains(&key.as_str()) {
+                // The environment comes after the file: a secret it sets replaces the
+                // file's way of giving it (`url` replaces the file's `url_file`, and the
+                // other way round); both from the environment stay a conflict.
+                let twin = match key.strip_suffix("_file") {
+                    Some(base) if SECRET_FILE_KEYS.contains(&base) => Some(base.to_string()),
+                    Some(_) => None,
+                    None => Some(format!("{key}_file")),
+                };
+                if let Some(twin) = twin.filter(|t| !env_secrets.contains(t)) {
+                    let parts: Vec<&str> = twin.split('.').collect();
+                    if let Some((last, parents)) = parts.split_last() {
+                        if let Some(section) = section_mut(&mut root, parents) {
+                            section.remove(*last);
+                        }
+                    }
+                }
+                env_secrets.insert(key.clone());
                 set_path(&mut root, &keys, toml::Value::String(value))
                     .map_err(|message| ConfigError::Env { var, message })?;
             } else {
@@ -1727,6 +1745,62 @@ fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_replaces_a_secret_the_file_gives_the_other_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("url");
+        std::fs::write(&secret, "postgres://file:pw@db.example/rw\n").unwrap();
+        let path = dir.path().join("rackwatch.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[database]\nurl_file = {:?}\n",
+                secret.display().to_string()
+            ),
+        )
+        .unwrap();
+        let var = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let cfg = Config::load_with_env(
+            Some(&path),
+            var("RACKWATCH_DATABASE__URL", "postgres://env:pw@db.example/rw"),
+        )
+        .unwrap();
+        assert_eq!(cfg.database.url.expose(), "postgres://env:pw@db.example/rw");
+        // And a file's password by the environment's file.
+        std::fs::write(
+            &path,
+            "[alerting.smtp]\nhost = \"mail.example\"\npassword = \"in-file\"\n",
+        )
+        .unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-env-file\n").unwrap();
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let cfg = Config::load_with_env(
+            Some(&path),
+            var(
+                "RACKWATCH_ALERTING__SMTP__PASSWORD_FILE",
+                pw.to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+        assert_eq!(cfg.alerting.smtp.password.expose(), "from-env-file");
+        // Both from the environment: still one too many.
+        let both = vec![
+            (
+                "RACKWATCH_ALERTING__SMTP__PASSWORD".to_string(),
+                "x".to_string(),
+            ),
+            (
+                "RACKWATCH_ALERTING__SMTP__PASSWORD_FILE".to_string(),
+                pw.to_str().unwrap().to_string(),
+            ),
+        ];
+        let err = Config::load_with_env(Some(&path), both)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("are both set"), "{err}");
+    }
 
     #[test]
     fn an_env_override_reaches_a_map_key_the_file_spells_in_capitals() {
