@@ -205,6 +205,14 @@ pub fn eval_with(data_dir: &Path, tasks: &Path, out: &Path, cfg: &Config) -> Res
         let h: usize = get(i_h)?
             .parse()
             .with_context(|| format!("{}:{}: bad H", tasks.display(), i + 2))?;
+        // A horizon is at least an hour, and at most a year of hours.
+        if !(1..=MAX_HORIZON_HOURS).contains(&h) {
+            bail!(
+                "{}:{}: H = {h} hours; a horizon is 1 to {MAX_HORIZON_HOURS}",
+                tasks.display(),
+                i + 2
+            );
+        }
         if !by_series.contains_key(&sid) {
             order.push(sid.clone());
         }
@@ -230,7 +238,16 @@ pub fn eval_with(data_dir: &Path, tasks: &Path, out: &Path, cfg: &Config) -> Res
         }
     }
 
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    // Written beside `out` and renamed over it once complete: a run that fails (a series
+    // missing) leaves the previous predictions as they were, not half of new ones.
+    let partial = Partial(out.with_file_name(format!(
+        ".{}.partial",
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("predictions")
+    )));
+    let file = std::fs::File::create(&partial.0)
+        .with_context(|| format!("creating {}", partial.0.display()))?;
     let mut w = BufWriter::new(file);
     writeln!(
         w,
@@ -293,10 +310,24 @@ pub fn eval_with(data_dir: &Path, tasks: &Path, out: &Path, cfg: &Config) -> Res
         }
     }
     w.flush()?;
+    drop(w);
+    std::fs::rename(&partial.0, out).with_context(|| format!("writing {}", out.display()))?;
     if bt_n > 0 {
         sum.mean_backtest_mase = Some(bt_sum / bt_n as f64);
     }
     Ok(sum)
+}
+
+/// The longest horizon a task may ask for, in hours (a year).
+const MAX_HORIZON_HOURS: usize = 366 * 24;
+
+/// A file being written; removed unless renamed into place.
+struct Partial(std::path::PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Formats a value for the CSV: fixed notation, never NaN or inf.
