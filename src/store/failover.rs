@@ -257,6 +257,33 @@ impl Router {
 
 /// The first usable host, starting after `after` (so a failed current host is tried
 /// last) and wrapping around.
+/// What each host of `targets` answers now, for an error when none will do:
+/// `db1:5432: connection refused; db2:5432: read-only (a standby)`.
+pub async fn diagnose(targets: &Targets) -> String {
+    let mut out = Vec::with_capacity(targets.hosts.len());
+    for h in &targets.hosts {
+        let why = match tokio::time::timeout(PROBE_TIMEOUT, h.connect()).await {
+            Err(_) => format!("no answer in {} s", PROBE_TIMEOUT.as_secs()),
+            Ok(Err(e)) => super::connect_error(&e),
+            Ok(Ok(mut c)) => {
+                let rw = is_read_write(&mut c).await.unwrap_or(false);
+                let _ = c.close().await;
+                match (targets.read_write, rw) {
+                    (true, false) => "read-only (a standby); a primary is needed".to_string(),
+                    _ => "answers now".to_string(),
+                }
+            }
+        };
+        out.push(format!("{}:{}: {why}", h.get_host(), h.get_port()));
+    }
+    out.join("; ")
+}
+
+/// Whether a host of `targets` will do now.
+pub async fn any_usable(targets: &Targets) -> bool {
+    find(targets, None).await.is_some()
+}
+
 async fn find(targets: &Targets, after: Option<usize>) -> Option<usize> {
     let n = targets.hosts.len();
     let start = after.map_or(0, |a| a + 1);

@@ -282,6 +282,25 @@ impl Store {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(acquire_timeout_secs.max(1)));
         if targets.routed() {
+            // As with one host: wait up to the acquire timeout for a usable host, then
+            // say what each one answered.
+            let secs = acquire_timeout_secs.max(1);
+            let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+            while !failover::any_usable(&targets).await {
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "connecting to Postgres ({} hosts in database.url{}) for {secs} s: {}",
+                        targets.hosts.len(),
+                        if targets.read_write {
+                            ", a primary wanted"
+                        } else {
+                            ""
+                        },
+                        failover::diagnose(&targets).await
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             let router = failover::Router::start(targets).await;
             let pool = router
                 .pool_options(options)

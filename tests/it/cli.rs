@@ -602,6 +602,24 @@ fn configuration_and_setup_errors_say_what_to_do() {
         assert!(err.contains(key) && err.contains(file), "{err}");
     }
 
+    // A URL with several hosts, none of them up: each host says what it answered.
+    let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+        .args(["host", "list"])
+        .env(
+            "RACKWATCH_DATABASE__URL",
+            "postgres://rw:pw@127.0.0.1:1,127.0.0.1:2/rackwatch",
+        )
+        .env("RACKWATCH_DATABASE__ACQUIRE_TIMEOUT_SECS", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("127.0.0.1:1: ") && err.contains("127.0.0.1:2: ") && err.contains("refused"),
+        "{err}"
+    );
+    assert!(!err.contains("pw@"), "{err}");
+
     // A log filter that cannot be what was meant is said, not obeyed in silence
     // (`warning` used to read as a module name, turning every log off).
     for (filter, said) in [
