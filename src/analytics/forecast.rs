@@ -16,6 +16,8 @@ pub const HISTORY_HOURS: i64 = 28 * 24;
 pub const HORIZON_HOURS: usize = 168;
 /// Series with fewer hours than this are not forecast (the engine needs a day).
 pub const MIN_HOURS: usize = 24;
+/// A series with no data in its last this many hours is not forecast.
+pub const MAX_SILENT_HOURS: usize = 24;
 
 /// The metrics forecast.
 pub const METRICS: [&str; 4] = [
@@ -238,8 +240,13 @@ pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Run> {
         .into_iter()
         .filter_map(|(scope, key, metric, points)| {
             let (first, grid) = to_grid(&points, end);
-            (grid.iter().filter(|v| v.is_some()).count() >= MIN_HOURS)
-                .then_some((scope, key, metric, first, grid))
+            // A series silent for the last day (a host down, a pool whose demand is no
+            // longer measured) gets no forecast: the engine would fill the silence from
+            // the week before and it would read as a forecast of now.
+            let recent = grid.len().saturating_sub(MAX_SILENT_HOURS);
+            (grid.iter().filter(|v| v.is_some()).count() >= MIN_HOURS
+                && grid[recent..].iter().any(Option::is_some))
+            .then_some((scope, key, metric, first, grid))
         })
         .collect();
     let mut rest = series.into_iter().peekable();
@@ -283,7 +290,7 @@ pub async fn run(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Run> {
         took.write += t.elapsed();
     }
     // Series that no longer qualify (a host taken out of the fleet, or silent for the
-    // whole window; a pool left without hosts) keep no forecast from an earlier run.
+    // last day; a pool left without hosts) keep no forecast from an earlier run.
     sqlx::query!("DELETE FROM forecasts WHERE generated_at < $1", now)
         .execute(&store.pool)
         .await?;

@@ -253,6 +253,20 @@ async fn gpus_without_power_readings_still_get_their_utilization_forecast() {
     .execute(&app.store.pool)
     .await
     .unwrap();
+    // A second host of the pool, silent for the last 30 hours: no forecast of its own
+    // (the week before would stand in for its silence).
+    let quiet = host_in_pool(&app, "np2", "nopower").await;
+    sqlx::query(
+        "INSERT INTO gpu_samples_1m (host_id, gpu_index, bucket, samples, util_pct)
+         SELECT $1, 0, b, 12, 30
+           FROM generate_series($2::timestamptz, $3::timestamptz - interval '1 minute', interval '1 minute') b",
+    )
+    .bind(quiet)
+    .bind(end - Duration::days(2))
+    .bind(end - Duration::hours(30))
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
     app.store
         .rollup_quarters(end - Duration::days(2), end, None)
         .await
