@@ -1437,6 +1437,14 @@ impl Config {
                 a.train_days, self.retention.rollup_1m_days
             ));
         }
+        // Training leaves out the minutes scored anomalous: scores kept for less than the
+        // training window would let old faults back in as normal.
+        if a.train_days > self.retention.anomaly_scores_days {
+            return Err(format!(
+                "anomaly.train_days = {} must not exceed retention.anomaly_scores_days ({}): training leaves out the minutes scored anomalous, and needs their scores",
+                a.train_days, self.retention.anomaly_scores_days
+            ));
+        }
         if a.retrain_hours == 0 {
             return Err("anomaly.retrain_hours must be at least 1".into());
         }
@@ -2101,6 +2109,11 @@ mod tests {
                 "RETENTION__AUDIT_DAYS",
                 "3000000",
                 "retention.audit_days = 3000000 days is over 100 years",
+            ),
+            (
+                "RETENTION__ANOMALY_SCORES_DAYS",
+                "3",
+                "anomaly.train_days = 7 must not exceed retention.anomaly_scores_days (3)",
             ),
         ] {
             let env = vec![(format!("RACKWATCH_{var}"), v.to_string())];

@@ -175,8 +175,8 @@ pub fn spawn(
                         board.set_leader(false);
                         break;
                     }
-                    run_one(job, &ctx, &board).await;
-                    *last = Some(Instant::now());
+                    let ok = run_one(job, &ctx, &board).await;
+                    *last = Some(counted_from(ok, job.every, Instant::now()));
                 }
             }
             tokio::select! {
@@ -192,8 +192,23 @@ pub fn spawn(
     })
 }
 
-/// Run a job once, log and record the outcome.
-async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) {
+/// The soonest a failed job with a longer period runs again.
+const FAILED_RETRY: Duration = Duration::from_secs(300);
+
+/// When a job that ended at `now` counts as last run, for its next run one `every` after:
+/// `now` when it succeeded. A failed one (the database away for a moment) runs again
+/// after a twelfth of its period, 5 minutes at least: an hourly job in 5 minutes, a daily
+/// one in 2 hours, not a whole period later.
+fn counted_from(ok: bool, every: Duration, now: Instant) -> Instant {
+    let retry = (every / 12).max(FAILED_RETRY);
+    if ok || every <= retry {
+        return now;
+    }
+    now.checked_sub(every - retry).unwrap_or(now)
+}
+
+/// Run a job once, log and record the outcome; whether it succeeded.
+async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) -> bool {
     let start = Utc::now();
     let t = Instant::now();
     let result = (job.run)(ctx).await;
@@ -206,7 +221,9 @@ async fn run_one(job: &Job, ctx: &JobContext, board: &JobBoard) {
         Ok(summary) => tracing::info!(job = job.name, ms = took.as_millis() as u64, "{summary}"),
         Err(e) => tracing::warn!(job = job.name, "job failed: {e:#}"),
     }
+    let ok = result.is_ok();
     board.record(job.name, start, took, result.map_err(|e| format!("{e:#}")));
+    ok
 }
 
 /// Whether the lock's connection still answers, within 5 s, from a primary: a connection
@@ -458,5 +475,24 @@ async fn maintenance(c: &JobContext) -> anyhow::Result<String> {
         Ok(done.join(", "))
     } else {
         anyhow::bail!("{}", errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_job_runs_again_after_a_twelfth_of_its_period() {
+        let now = Instant::now() + Duration::from_secs(86_400);
+        let due = |ok, every: u64| {
+            let from = counted_from(ok, Duration::from_secs(every), now);
+            (from + Duration::from_secs(every)) - now
+        };
+        assert_eq!(due(true, 3600), Duration::from_secs(3600));
+        assert_eq!(due(false, 3600), Duration::from_secs(300));
+        assert_eq!(due(false, 86_400), Duration::from_secs(7200));
+        // A job every minute runs again in a minute either way.
+        assert_eq!(due(false, 60), Duration::from_secs(60));
     }
 }
