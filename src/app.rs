@@ -218,7 +218,9 @@ pub fn local_sources(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Source>>> {
         crate::collect::kernel_log::KernelLogSource::open(&cfg.agent.kernel_log, ledger)
             .map_err(anyhow::Error::msg)?
     {
-        sources.push(Box::new(k));
+        sources.push(Box::new(
+            k.keep_boot_time(&cfg.spool_dir().join("kmsg-boot")),
+        ));
     }
     Ok(sources)
 }

@@ -321,6 +321,31 @@ pub struct KernelLogSource {
     failed: bool,
 }
 
+/// The boot time kept in `path` for boot `id` when it is within 2 s of `computed` (now
+/// less the time since boot); else `computed`, kept there for the next start. Past 2 s
+/// the clock was stepped (NTP after a start with a wrong clock): the new time is right.
+fn stable_boot(path: &std::path::Path, id: &str, computed: DateTime<Utc>) -> DateTime<Utc> {
+    let kept = std::fs::read_to_string(path).ok().and_then(|text| {
+        let (kept_id, t) = text.trim().split_once(' ')?;
+        let t = DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc);
+        (kept_id == id && (t - computed).abs() <= chrono::Duration::seconds(2)).then_some(t)
+    });
+    if let Some(t) = kept {
+        return t;
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let text = format!(
+        "{id} {}\n",
+        computed.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    );
+    if let Err(e) = std::fs::write(path, text) {
+        tracing::debug!(path = %path.display(), "keeping the boot time: {e}");
+    }
+    computed
+}
+
 /// µs since boot (CLOCK_MONOTONIC, the kmsg clock).
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
@@ -390,6 +415,18 @@ impl KernelLogSource {
             since_usec,
             failed: false,
         }))
+    }
+
+    /// Keep the boot time kmsg timestamps are converted with in `path`, per boot (the
+    /// kernel's `boot_id`): a restarted agent then gives the XIDs it reads again (the
+    /// last 10 minutes) the times it gave them before, and the server stores them once.
+    /// Computed again each start, the boot time moves by microseconds, and each replayed
+    /// XID was stored a second time.
+    pub fn keep_boot_time(mut self, path: &std::path::Path) -> Self {
+        if let Ok(id) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+            self.boot = stable_boot(path, id.trim(), self.boot);
+        }
+        self
     }
 
     /// New complete lines since the last call.
@@ -724,5 +761,28 @@ mod tests {
         writeln!(f, "[4.0] NVRM: Xid (PCI:0000:3b:00): 13, pid=3, name=z, SM").unwrap();
         src.collect(Utc::now(), &mut c);
         assert_eq!(c.events.last().unwrap().code, Some(13));
+    }
+
+    #[test]
+    fn the_boot_time_is_kept_per_boot_unless_the_clock_was_stepped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("kmsg-boot");
+        let t0 = DateTime::from_timestamp(1_800_000_000, 123_456_000).unwrap();
+        let ms = chrono::Duration::milliseconds;
+        assert_eq!(stable_boot(&path, "boot-a", t0), t0);
+        // Restarted: computed a little differently, the kept time stands.
+        assert_eq!(stable_boot(&path, "boot-a", t0 + ms(3)), t0);
+        assert_eq!(stable_boot(&path, "boot-a", t0 - ms(1500)), t0);
+        // The clock was stepped: the new time, kept from then on.
+        assert_eq!(
+            stable_boot(&path, "boot-a", t0 + ms(60_000)),
+            t0 + ms(60_000)
+        );
+        assert_eq!(
+            stable_boot(&path, "boot-a", t0 + ms(60_001)),
+            t0 + ms(60_000)
+        );
+        // Another boot.
+        assert_eq!(stable_boot(&path, "boot-b", t0 + ms(5)), t0 + ms(5));
     }
 }
