@@ -90,9 +90,13 @@ struct GpuState {
 /// An NVML event set's raw handle, kept across rounds (the wrapper's `EventSet`
 /// borrows the `Nvml`, which this struct owns).
 struct RawSet(*mut c_void);
-// SAFETY: an NVML event set handle may be used from any thread; only the collector
-// thread touches it.
+
+// SAFETY: an NVML event set handle may be used from any thread; only the thread that
+// collects NVML touches it.
 unsafe impl Send for RawSet {}
+
+/// `NVML_ERROR_UNKNOWN`.
+const NVML_ERROR_UNKNOWN: u32 = 999;
 
 /// NVML as a source.
 pub struct NvmlSource {
@@ -253,8 +257,7 @@ impl NvmlSource {
         }
     }
 
-    /// Register a device for XID events (`events` is `self.events`; on failure the
-    /// wrapper frees the set and it is dropped).
+    /// Register a device for XID events (`events` is `self.events`).
     fn register(nvml: &Nvml, events: &mut Option<RawSet>, dev: &Device, uuid: &str) {
         let Some(raw) = events.as_ref().map(|r| r.0) else {
             return;
@@ -266,17 +269,34 @@ impl NvmlSource {
                 return;
             }
         }
-        // SAFETY: the raw handle is live (see Drop); ownership stays with `events`.
-        let set = unsafe { EventSet::new(raw.cast(), nvml) };
-        match dev.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
-            Ok(set) => {
-                // SAFETY: keep the (same) handle; freed once in Drop.
-                std::mem::forget(set);
+        // Called on NVML itself: the wrapper frees the set on any error, which would end
+        // XID events for every GPU where one GPU cannot register (a GPU in a bad state,
+        // an unsupported MIG mode). One refusal leaves the set, and the others, as they
+        // are; only NVML_ERROR_UNKNOWN leaves the set undefined (NVML's documentation), and
+        // it is then dropped.
+        // SAFETY: the device handle is live while `nvml` is; the set's raw handle is live
+        // (see Drop) and ownership stays with `events`.
+        let ret = unsafe {
+            nvml.lib().nvmlDeviceRegisterEvents(
+                dev.handle(),
+                EventTypes::CRITICAL_XID_ERROR.bits(),
+                raw.cast(),
+            )
+        };
+        match ret {
+            0 => {}
+            NVML_ERROR_UNKNOWN => {
+                if let Some(set) = events.take() {
+                    // SAFETY: the handle is live and freed here once (`events` is None now).
+                    drop(unsafe { EventSet::new(set.0.cast(), nvml) });
+                }
+                tracing::warn!(uuid, "registering for NVML XID events failed (unknown error); XIDs come from the kernel log only");
             }
-            Err(e) => {
-                *events = None;
-                tracing::warn!("registering for NVML XID events failed ({e:?}); XIDs come from the kernel log only");
-            }
+            code => tracing::warn!(
+                uuid,
+                code,
+                "registering this GPU for NVML XID events failed; its XIDs come from the kernel log only"
+            ),
         }
     }
 

@@ -142,6 +142,9 @@ fn scenario() -> serde_json::Value {
                 "pci_bus_id": "00000000:3D:00.0",
                 // A driver hiccup: one round where every call fails. No GPU is lost.
                 "unknown_steps": [1],
+                // It cannot register for XID events: the other GPUs' still come (the
+                // wrapper's own call freed the shared event set on any refusal).
+                "unsupported": ["nvmlDeviceRegisterEvents"],
                 "steps": [{
                     "util_gpu": 99, "util_mem": 99, "mem_total": 85_899_345_920u64, "mem_used": 0,
                     "power_mw": 200_000, "power_limit_mw": 700_000, "energy_mj": 7_000_000,
