@@ -499,6 +499,23 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let rows = rows.into_iter().map(|r| (r.parent, r.child));
+        // Raw samples are kept until their minutes are rolled up, whatever their age: a
+        // rollup job that stalled past `raw_days`, or late minutes still marked, would
+        // otherwise lose those minutes for good.
+        let rolled_up: Option<DateTime<Utc>> =
+            sqlx::query_scalar!("SELECT watermark FROM job_state WHERE name = 'rollup_1m'")
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        let first_marked: Option<DateTime<Utc>> =
+            sqlx::query_scalar!("SELECT min(bucket) FROM rollup_dirty")
+                .fetch_one(&self.pool)
+                .await?;
+        let rolled_up_by = rolled_up
+            .into_iter()
+            .chain(first_marked)
+            .min()
+            .map(|t| t.date_naive());
         let mut dropped = Vec::new();
         // Parents whose lock could not be had this run: their other partitions wait too.
         let mut busy: std::collections::HashSet<String> = Default::default();
@@ -518,6 +535,15 @@ impl Store {
             else {
                 continue;
             };
+            let raw = matches!(parent.as_str(), "host_samples" | "gpu_samples");
+            if day < cutoff && raw && rolled_up_by.is_none_or(|r| day >= r) {
+                tracing::warn!(
+                    partition = %child,
+                    rolled_up_to = ?rolled_up_by,
+                    "retention: raw samples past raw_days kept: the rollups have not finished their day"
+                );
+                continue;
+            }
             if day < cutoff && !busy.contains(&parent) {
                 // Dropping a partition locks its parent: behind a long reader (a backup's
                 // dump holds a share lock for its whole run) every insert and chart would

@@ -11,6 +11,8 @@ use crate::model::metrics::{Metric, Rollup, SqlType, GPU_METRICS, HOST_METRICS};
 /// Recent minutes recomputed on every run, to absorb samples that arrive a little late
 /// (batching delays the newest samples by up to one ship interval).
 const REDO_MINUTES: i64 = 5;
+/// A late-minute mark claimed this long ago by a run that never finished is taken again.
+const CLAIM_EXPIRES: Duration = Duration::minutes(15);
 /// A first run (empty watermark) starts this far back.
 const FIRST_RUN_LOOKBACK_HOURS: i64 = 24;
 
@@ -291,8 +293,10 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?
                 .flatten();
+        // From the recent minutes before the watermark; or, where `end` is behind the
+        // watermark (a leader whose clock is behind the last one's), before `end`.
         let start = match watermark {
-            Some(w) => (w - Duration::minutes(REDO_MINUTES)).min(end),
+            Some(w) => w.min(end) - Duration::minutes(REDO_MINUTES),
             None => end - Duration::hours(FIRST_RUN_LOOKBACK_HOURS),
         };
         let mut run = RollupRun::default();
@@ -317,16 +321,23 @@ impl Store {
         .execute(&self.pool)
         .await?;
 
-        // Late minutes: recompute per host, in bounded chunks.
+        // Late minutes: recompute per host, in bounded chunks. A chunk's marks are
+        // claimed, redone, then deleted with their hours marked for the energy job; a
+        // run that dies between leaves them claimed, to be taken again after
+        // CLAIM_EXPIRES.
         loop {
-            // The hours of recomputed minutes need their energy accounted again.
+            let claim = Utc::now()
+                .duration_trunc(Duration::microseconds(1))
+                .unwrap_or(end);
             let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query!(
-                r#"WITH d AS (DELETE FROM rollup_dirty WHERE (host_id, bucket) IN
-                    (SELECT host_id, bucket FROM rollup_dirty ORDER BY host_id, bucket LIMIT 1000)
-                    RETURNING host_id, bucket),
-                 e AS (INSERT INTO energy_dirty (host_id, hour)
-                       SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM d ON CONFLICT DO NOTHING)
-                 SELECT host_id AS "host_id!", bucket AS "bucket!" FROM d"#,
+                r#"WITH c AS (SELECT host_id, bucket FROM rollup_dirty
+                               WHERE claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $2)
+                               ORDER BY host_id, bucket LIMIT 1000 FOR UPDATE SKIP LOCKED)
+                   UPDATE rollup_dirty d SET claimed_at = $1 FROM c
+                    WHERE d.host_id = c.host_id AND d.bucket = c.bucket
+                   RETURNING d.host_id AS "host_id!", d.bucket AS "bucket!""#,
+                claim,
+                CLAIM_EXPIRES.num_seconds() as f64,
             )
             .fetch_all(&self.pool)
             .await?
@@ -338,16 +349,33 @@ impl Store {
             }
             run.dirty_buckets += dirty.len() as u64;
             if let Err(e) = self.redo_minutes(&dirty, end, &mut run).await {
-                // Marked again, so that the next run redoes them: the marks were taken
-                // (and committed) before the work, which failed.
-                if let Err(m) = self.mark_dirty(&dirty).await {
-                    tracing::error!(
+                // Given back for the next run (or, if that fails too, taken again once
+                // the claim expires).
+                if let Err(m) = sqlx::query!(
+                    "UPDATE rollup_dirty SET claimed_at = NULL WHERE claimed_at = $1",
+                    claim
+                )
+                .execute(&self.pool)
+                .await
+                {
+                    tracing::warn!(
                         minutes = dirty.len(),
-                        "late minutes could not be rolled up again ({e}) nor marked for the next run ({m}); their rollups keep the earlier samples only"
+                        "late minutes could not be rolled up again ({e}) nor given back ({m}); they are taken again in {} minutes",
+                        CLAIM_EXPIRES.num_minutes()
                     );
                 }
                 return Err(e);
             }
+            // Done: the marks go (those set again meanwhile lost their claim and stay),
+            // and the hours of the redone minutes need their energy accounted again.
+            sqlx::query!(
+                r#"WITH d AS (DELETE FROM rollup_dirty WHERE claimed_at = $1 RETURNING host_id, bucket)
+                   INSERT INTO energy_dirty (host_id, hour)
+                   SELECT DISTINCT host_id, date_trunc('hour', bucket, 'UTC') FROM d ON CONFLICT DO NOTHING"#,
+                claim,
+            )
+            .execute(&self.pool)
+            .await?;
         }
         Ok(run)
     }
@@ -376,20 +404,6 @@ impl Store {
                 .rollup_quarters(q, q + QUARTER, Some(vec![host]))
                 .await?;
         }
-        Ok(())
-    }
-
-    /// Mark minutes of hosts for the next run to roll up again.
-    async fn mark_dirty(&self, dirty: &[(i64, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
-        let (hosts, buckets): (Vec<i64>, Vec<DateTime<Utc>>) = dirty.iter().copied().unzip();
-        sqlx::query(
-            "INSERT INTO rollup_dirty (host_id, bucket) SELECT * FROM unnest($1::int8[], $2::timestamptz[])
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&hosts)
-        .bind(&buckets)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 

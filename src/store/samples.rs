@@ -53,8 +53,10 @@ fn columns(key: &str, table: &[Metric]) -> String {
 }
 
 /// Samples older than this relative to now were probably replayed from a spool after
-/// the rollup job passed their minute: mark those minutes for recomputation.
-const ROLLUP_LATE_AFTER: i64 = 240;
+/// the rollup job passed their minute: mark those minutes for recomputation. Well inside
+/// the rollup job's redo of its last 5 minutes, with room for the minute's truncation and
+/// for clocks a minute or two apart.
+const ROLLUP_LATE_AFTER: i64 = 120;
 
 impl Store {
     /// Store a validated batch for the host it names.
@@ -1037,7 +1039,8 @@ async fn mark_late_minutes(
     }
     sqlx::query!(
         "INSERT INTO rollup_dirty (host_id, bucket)
-         SELECT DISTINCT $1::int8, date_trunc('minute', t) FROM UNNEST($2::timestamptz[]) t ON CONFLICT DO NOTHING",
+         SELECT DISTINCT $1::int8, date_trunc('minute', t) FROM UNNEST($2::timestamptz[]) t
+         ON CONFLICT (host_id, bucket) DO UPDATE SET claimed_at = NULL WHERE rollup_dirty.claimed_at IS NOT NULL",
         host_id,
         &late,
     )
