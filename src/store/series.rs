@@ -116,7 +116,9 @@ pub struct FaultCount {
 // Rollup sources of the chart queries (`host_series`, `gpu_series` over rollups): the
 // `cuts` CTE says where each source of a query over `[from, to)` ends, and where its
 // points start. With the 15-minute flag the quarter-hours from the first whole one in the
-// range up to the rollup job's watermark come from 15-minute rollups; then 1-minute
+// range up to the rollup job's watermark come from 15-minute rollups, ending at a point's
+// start (a point of 15-minute rows and minutes would weigh each of its minutes 15 times
+// less than a quarter-hour); then 1-minute
 // rollups up to the watermark (every minute before it is rolled up); then raw samples,
 // rolled up to minutes in the query, up to `to`. The watermark is kept inside the range
 // and never more than 6 hours before `to`, so a stalled job cannot make a page read days
@@ -151,13 +153,14 @@ SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.ts, $2) AS "ts
                 HostPoint,
                 r#"
 WITH w AS (SELECT (SELECT watermark FROM job_state WHERE name = 'rollup_1m') AS w),
-     c AS (SELECT LEAST($3::timestamptz, GREATEST($2::timestamptz, $3::timestamptz - interval '6 hours',
+     c AS (SELECT LEAST($3::timestamptz, GREATEST($2::timestamptz, date_trunc('minute', $3::timestamptz - interval '6 hours'),
                          COALESCE(w.w, '-infinity'))) AS c1,
                   CASE WHEN $5::bool THEN rackwatch_quarter($2::timestamptz - interval '1 microsecond') + interval '15 minutes'
                        ELSE $2::timestamptz END AS origin
              FROM w),
      cuts AS (SELECT c1, origin,
-                     CASE WHEN $5::bool THEN GREATEST(origin, LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)))
+                     CASE WHEN $5::bool THEN GREATEST(origin, date_bin(make_interval(secs => $4),
+                                  LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)), origin))
                           ELSE $2::timestamptz END AS c15
                 FROM c, w)
 SELECT h.name AS host_name, date_bin(make_interval(secs => $4), s.bucket, (SELECT origin FROM cuts)) AS "ts!",
@@ -240,13 +243,14 @@ SELECT s.gpu_index AS "index!", date_bin(make_interval(secs => $5), s.ts, $3) AS
                 GpuPoint,
                 r#"
 WITH w AS (SELECT (SELECT watermark FROM job_state WHERE name = 'rollup_1m') AS w),
-     c AS (SELECT LEAST($4::timestamptz, GREATEST($3::timestamptz, $4::timestamptz - interval '6 hours',
+     c AS (SELECT LEAST($4::timestamptz, GREATEST($3::timestamptz, date_trunc('minute', $4::timestamptz - interval '6 hours'),
                          COALESCE(w.w, '-infinity'))) AS c1,
                   CASE WHEN $7::bool THEN rackwatch_quarter($3::timestamptz - interval '1 microsecond') + interval '15 minutes'
                        ELSE $3::timestamptz END AS origin
              FROM w),
      cuts AS (SELECT c1, origin,
-                     CASE WHEN $7::bool THEN GREATEST(origin, LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)))
+                     CASE WHEN $7::bool THEN GREATEST(origin, date_bin(make_interval(secs => $5),
+                                  LEAST(c1, COALESCE(rackwatch_quarter(w.w), origin)), origin))
                           ELSE $3::timestamptz END AS c15
                 FROM c, w)
 SELECT s.gpu_index AS "index!", date_bin(make_interval(secs => $5), s.bucket, (SELECT origin FROM cuts)) AS "ts!",

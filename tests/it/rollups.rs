@@ -653,3 +653,58 @@ async fn history_past_retention_is_deleted_and_what_still_matters_is_kept() {
     );
     app.stop().await;
 }
+
+/// A chart point that would hold quarter-hours and minutes is read from minutes only: a
+/// quarter-hour row weighed as one minute tilted the newest point towards its last
+/// minutes.
+#[tokio::test]
+async fn the_newest_chart_point_weighs_every_minute_once() {
+    use rackwatch::store::series::Source;
+    let app = TestApp::spawn().await;
+    let token = app.token("w").await;
+    let body = json!({"host": {"name": "w"}, "host_samples": [{"ts": Utc::now() - Duration::hours(3), "cpu_util_pct": 1.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let host: i64 = sqlx::query_scalar("SELECT id FROM hosts WHERE name = 'w'")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    let end = Utc::now().duration_trunc(Duration::hours(1)).unwrap() + Duration::minutes(40);
+    let from = end - Duration::minutes(100);
+    // Minutes at 10 % CPU, then the last 30 at 40 %.
+    sqlx::query(
+        "INSERT INTO host_samples_1m (host_id, bucket, samples, cpu_util_pct)
+         SELECT $1, b, 6, CASE WHEN b >= $3::timestamptz - interval '30 minutes' THEN 40 ELSE 10 END
+           FROM generate_series($2::timestamptz, $3::timestamptz - interval '1 minute', interval '1 minute') b
+         ON CONFLICT (host_id, bucket) DO UPDATE SET cpu_util_pct = EXCLUDED.cpu_util_pct",
+    )
+    .bind(host)
+    .bind(from - Duration::hours(1))
+    .bind(end)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    app.store
+        .rollup_quarters(from - Duration::hours(1), end, None)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO job_state (name, watermark, updated_at) VALUES ('rollup_1m', $1, now())
+         ON CONFLICT (name) DO UPDATE SET watermark = $1",
+    )
+    .bind(end)
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let points = app
+        .store
+        .host_series(&["w".to_string()], from, end, 3600, Source::Rollup15m)
+        .await
+        .unwrap();
+    // Points start at the first quarter-hour (`from` is one); the second covers the last
+    // 40 minutes: 10 at 10 % and 30 at 40 %.
+    let last = points.last().unwrap();
+    assert_eq!(last.ts, from + Duration::minutes(60));
+    let cpu = last.cpu_util_pct.unwrap();
+    assert!((cpu - 32.5).abs() < 1e-6, "{cpu}");
+    app.stop().await;
+}
