@@ -2110,6 +2110,12 @@ mod tests {
                 "3000000",
                 "retention.audit_days = 3000000 days is over 100 years",
             ),
+            // A typed value says what it wants, in words (not serde's "expected u64").
+            (
+                "AGENT__INTERVAL_SECS",
+                "-5",
+                "RACKWATCH_AGENT__INTERVAL_SECS (agent.interval_secs) = \"-5\": a whole number, 0 or more is expected",
+            ),
             (
                 "RETENTION__ANOMALY_SCORES_DAYS",
                 "3",

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::de::value::{MapDeserializer, SeqDeserializer, StringDeserializer};
-use serde::de::{Error as _, IntoDeserializer, Unexpected, Visitor};
+use serde::de::{Error as _, IntoDeserializer, Visitor};
 use serde::Deserializer;
 
 type Error = toml::de::Error;
@@ -119,15 +119,15 @@ impl<'de> IntoDeserializer<'de, Error> for Node {
 
 /// A field asking for a number or a flag parses the variable's text as one.
 macro_rules! parse_as {
-    ($($method:ident => $ty:ty, $visit:ident;)*) => {$(
+    ($($method:ident => $ty:ty, $visit:ident, $what:expr;)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
             match self {
                 Node::Env { var, text } => match text.trim().parse::<$ty>() {
                     Ok(x) => visitor.$visit(x),
                     Err(_) => Err(Error::custom(format!(
-                        "{var} ({}): {}",
+                        "{var} ({}) = {text:?}: {} is expected",
                         key_of(&var),
-                        Error::invalid_value(Unexpected::Str(&text), &visitor)
+                        $what
                     ))),
                 },
                 Node::File(v) => v.$method(visitor),
@@ -162,17 +162,17 @@ impl<'de> Deserializer<'de> for Node {
     }
 
     parse_as! {
-        deserialize_bool => bool, visit_bool;
-        deserialize_i8 => i8, visit_i8;
-        deserialize_i16 => i16, visit_i16;
-        deserialize_i32 => i32, visit_i32;
-        deserialize_i64 => i64, visit_i64;
-        deserialize_u8 => u8, visit_u8;
-        deserialize_u16 => u16, visit_u16;
-        deserialize_u32 => u32, visit_u32;
-        deserialize_u64 => u64, visit_u64;
-        deserialize_f32 => f32, visit_f32;
-        deserialize_f64 => f64, visit_f64;
+        deserialize_bool => bool, visit_bool, "true or false";
+        deserialize_i8 => i8, visit_i8, format!("a whole number from {} to {}", i8::MIN, i8::MAX);
+        deserialize_i16 => i16, visit_i16, format!("a whole number from {} to {}", i16::MIN, i16::MAX);
+        deserialize_i32 => i32, visit_i32, "a whole number";
+        deserialize_i64 => i64, visit_i64, "a whole number";
+        deserialize_u8 => u8, visit_u8, "a whole number from 0 to 255";
+        deserialize_u16 => u16, visit_u16, "a whole number from 0 to 65535";
+        deserialize_u32 => u32, visit_u32, "a whole number, 0 or more";
+        deserialize_u64 => u64, visit_u64, "a whole number, 0 or more";
+        deserialize_f32 => f32, visit_f32, "a number";
+        deserialize_f64 => f64, visit_f64, "a number";
     }
 
     /// A list: a TOML array (`["a@example.com", "b@example.com"]`), or items separated

@@ -92,13 +92,19 @@ pub struct PoolSummary {
     pub sites: Vec<String>,
 }
 
+/// Demand in GPUs as every answer gives it: to 3 decimals (a sum of utilizations, whose
+/// float noise means nothing).
+fn demand3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
 fn summary(r: &PoolRecommendation, lead_days: u32, now: DateTime<Utc>) -> PoolSummary {
     let has_plan = !r.week_schedule.is_empty();
     PoolSummary {
         pool: r.pool.clone(),
         installed_gpus: r.installed_gpus,
         host_size: r.host_size,
-        demand_now: r.demand_now,
+        demand_now: r.demand_now.map(demand3),
         next_hour: r.next_hour,
         week_peak: r.week_schedule.iter().copied().max(),
         week_low: r.week_schedule.iter().copied().min(),
@@ -1124,7 +1130,7 @@ pub fn autoscaler_view(r: &PoolRecommendation) -> AutoscalerView {
         installed_gpus: r.installed_gpus,
         // Measured as single-precision sums: three decimals are all it holds, without
         // the digits of the widening (14.905, not 14.904500961303711).
-        demand_gpus: r.demand_now.map(|v| (v * 1000.0).round() / 1000.0),
+        demand_gpus: r.demand_now.map(demand3),
         recommended_1h: r.next_hour,
         recommended_7d: r.week_schedule.iter().copied().max(),
         schedule: r.week_schedule.clone(),
@@ -1275,10 +1281,18 @@ async fn demand(
     let pending_gpus = r.pending_gpus + 0.0;
     let now = Utc::now();
     let ts = r.ts.unwrap_or(now);
-    if ts > now + Duration::minutes(5) || ts < now - Duration::days(1) {
+    if ts > now + Duration::minutes(5) {
         return Err(ApiError::BadRequest(format!(
-            "ts {} is more than 5 minutes ahead or a day behind the server's clock",
-            ts.to_rfc3339()
+            "ts {} is more than 5 minutes ahead of the server's clock ({}): is the sender's clock right?",
+            ts.to_rfc3339(),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )));
+    }
+    if ts < now - Duration::days(1) {
+        return Err(ApiError::BadRequest(format!(
+            "ts {} is more than a day old (the server's clock reads {}): report the queue as it is now",
+            ts.to_rfc3339(),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )));
     }
     if r.source.chars().count() > 64 || r.source.chars().any(crate::model::validate::hidden_char) {
