@@ -1532,28 +1532,8 @@ async fn alerts_db_cmd(db: &Database, cfg: &Config, a: AlertsCmd) -> anyhow::Res
                 until.format("%Y-%m-%d %H:%M:%S UTC")
             );
             // Kept (a host being installed may be silenced ahead), but a typo mutes nothing.
-            if let Some(host) = m.get("host") {
-                if db.store.host_latest(host).await?.is_none() {
-                    eprintln!(
-                        "note: no host named {host:?} reports to this server: the silence mutes it once it does (a misspelt name mutes nothing)"
-                    );
-                }
-            }
-            // The same for a site, rack or pool no host of the fleet carries.
-            for label in ["site", "rack", "pool"] {
-                if let Some(v) = m.get(label) {
-                    let known: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT EXISTS (SELECT 1 FROM hosts WHERE removed_at IS NULL AND {label} = $1)"
-                    )))
-                    .bind(v)
-                    .fetch_one(&db.store.pool)
-                    .await?;
-                    if !known {
-                        eprintln!(
-                            "note: no host of the fleet is in {label} {v:?}: the silence mutes it once one is (a misspelt name mutes nothing)"
-                        );
-                    }
-                }
+            for note in rackwatch::alert::silence::unknown_targets(&db.store, &m).await? {
+                eprintln!("note: {note}");
             }
         }
         AlertsCmd::Silences => {

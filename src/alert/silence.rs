@@ -19,6 +19,36 @@ pub struct Silence {
     pub comment: String,
 }
 
+/// What a new silence's matchers name that no host of the fleet carries (kept: a host
+/// being installed may be silenced ahead, but a misspelt name mutes nothing), one note
+/// each, for the API's answer, the page and the command line.
+pub async fn unknown_targets(store: &Store, m: &Labels) -> Result<Vec<String>, sqlx::Error> {
+    let mut notes = Vec::new();
+    if let Some(host) = m.get("host") {
+        if store.host_latest(host).await?.is_none() {
+            notes.push(format!(
+                "no host named {host:?} reports to this server: the silence mutes it once it does (a misspelt name mutes nothing)"
+            ));
+        }
+    }
+    for label in ["site", "rack", "pool"] {
+        if let Some(v) = m.get(label) {
+            let known: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT EXISTS (SELECT 1 FROM hosts WHERE removed_at IS NULL AND {label} = $1)"
+            )))
+            .bind(v)
+            .fetch_one(&store.pool)
+            .await?;
+            if !known {
+                notes.push(format!(
+                    "no host of the fleet is in {label} {v:?}: the silence mutes it once one is (a misspelt name mutes nothing)"
+                ));
+            }
+        }
+    }
+    Ok(notes)
+}
+
 /// Whether an active silence matches these labels (all of a silence's matchers equal).
 pub async fn silenced<'e, E: sqlx::PgExecutor<'e>>(
     db: E,

@@ -501,17 +501,19 @@ pub async fn silence(
     match made {
         // Kept (a host being installed may be silenced ahead), but a misspelt name mutes
         // nothing: the list says so above it.
-        Ok(s) => match s.matchers.get("host") {
-            Some(h) if st.store.host_latest(h).await?.is_none() => {
-                let mut page = alerts_page(&st, &user, csrf, SilenceFormView::default()).await?;
-                page.notice = Some(format!(
-                    "Silence {} created. No host named {h:?} reports to this server: it mutes that host once it does (a misspelt name mutes nothing).",
-                    s.id
-                ));
-                Ok(render(&page))
+        Ok(s) => {
+            let notes = crate::alert::silence::unknown_targets(&st.store, &s.matchers).await?;
+            if notes.is_empty() {
+                return Ok(Redirect::to("/alerts").into_response());
             }
-            _ => Ok(Redirect::to("/alerts").into_response()),
-        },
+            let mut page = alerts_page(&st, &user, csrf, SilenceFormView::default()).await?;
+            page.notice = Some(format!(
+                "Silence {} created. Note: {}.",
+                s.id,
+                notes.join("; ")
+            ));
+            Ok(render(&page))
+        }
         // What was wrong goes next to the form, with what was typed.
         Err(ApiError::BadRequest(why)) => {
             let form = SilenceFormView {
@@ -801,7 +803,7 @@ fn unique_labels<'de, D: serde::Deserializer<'de>>(
     tag = "alerts",
     request_body = NewSilence,
     responses(
-        (status = 201, description = "The silence.", body = Silence),
+        (status = 201, description = "The silence, with notes on names no host carries.", body = CreatedSilence),
         (status = 400, description = "A bad matcher, start, duration or comment, named.", body = ErrorBody),
         (status = 401, description = "Not logged in.", body = ErrorBody),
         (status = 403, description = "Needs the operator role.", body = ErrorBody),
@@ -816,7 +818,7 @@ pub async fn create_silence_api(
     _q: ApiQuery<NoParams>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<(StatusCode, Json<Silence>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedSilence>), ApiError> {
     require_operator(&user)?;
     let new: NewSilence = super::body::json(
         &st,
@@ -837,8 +839,19 @@ pub async fn create_silence_api(
     crate::alert::silence::check_matchers(&m)
         .map_err(|e| ApiError::BadRequest(format!("matchers: {e}")))?;
     let window = (new.starts_at, new.hours);
-    let s = create_silence(&st, &user, ip, m, window, &new.comment).await?;
-    Ok((StatusCode::CREATED, Json(s)))
+    let silence = create_silence(&st, &user, ip, m, window, &new.comment).await?;
+    let notes = crate::alert::silence::unknown_targets(&st.store, &silence.matchers).await?;
+    Ok((StatusCode::CREATED, Json(CreatedSilence { silence, notes })))
+}
+
+/// A new silence, with what its matchers name that no host of the fleet carries.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedSilence {
+    #[serde(flatten)]
+    pub silence: Silence,
+    /// One note per matcher no host carries now (a host, site, rack or pool name): the
+    /// silence is kept, and mutes nothing until one does. Empty when every name is known.
+    pub notes: Vec<String>,
 }
 
 /// End a silence now, or cancel one scheduled ahead (operator or admin). An ended silence

@@ -1593,7 +1593,7 @@ async fn alerts_page_lists_and_operators_acknowledge_and_silence() {
     assert_eq!(ahead.status(), 200);
     let html = ahead.text().await.unwrap();
     assert!(
-        html.contains("No host named &#34;other-host&#34; reports to this server"),
+        html.contains("created. Note: no host named &#34;other-host&#34; reports to this server"),
         "{html}"
     );
     let (starts, ends): (chrono::DateTime<Utc>, chrono::DateTime<Utc>) = sqlx::query_as(
@@ -1881,6 +1881,7 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
     let id = made["id"].as_i64().unwrap();
     assert_eq!(made["matchers"]["host"], "api-host");
     assert_eq!(made["author"], "oper2");
+    assert_eq!(made["notes"], serde_json::json!([]), "every name is known");
     let ends: chrono::DateTime<Utc> = made["ends_at"].as_str().unwrap().parse().unwrap();
     assert!(
         (ends - Utc::now() - chrono::Duration::hours(2))
@@ -1996,6 +1997,33 @@ async fn operators_acknowledge_and_silence_through_the_json_api() {
             "silence.cancelled"
         ]
     );
+    // A name no host carries is kept, with a note, as the page and the command line say.
+    let (s, typo) = send(silence(serde_json::json!({
+        "matchers": {"host": "api-hots", "pool": "nowhere"}, "hours": 1
+    })))
+    .await;
+    assert_eq!(s, 201, "{typo}");
+    let notes = typo["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 2, "{typo}");
+    assert!(
+        notes[0]
+            .as_str()
+            .unwrap()
+            .starts_with("no host named \"api-hots\""),
+        "{typo}"
+    );
+    assert!(
+        notes[1].as_str().unwrap().contains("pool \"nowhere\""),
+        "{typo}"
+    );
+    let typo_id = typo["id"].as_i64().unwrap();
+    let (s, _) = send(call(
+        Method::DELETE,
+        format!("/api/v1/silences/{typo_id}"),
+        "oper2",
+    ))
+    .await;
+    assert_eq!(s, 200);
     r.app.stop().await;
 }
 
