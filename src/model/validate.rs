@@ -186,8 +186,17 @@ fn parse_sections(text: &str, limits: &Limits) -> Result<ValidBatch, BatchError>
     let host_v = raw
         .host
         .ok_or_else(|| BatchError::Shape("missing field `host`".into()))?;
-    let host: HostInfo = serde_json::from_str(host_v.get())
-        .map_err(|e| BatchError::Shape(format!("field `host`: {e}")))?;
+    // The error names the field inside `host` (`host.site`, `host.labels.team`).
+    let mut de = serde_json::Deserializer::from_str(host_v.get());
+    let host: HostInfo = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let why = json_reason(&e.into_inner());
+        BatchError::Shape(if path == "." {
+            format!("field `host`: {why}")
+        } else {
+            format!("field `host.{path}`: {why}")
+        })
+    })?;
     validate_host(&host).map_err(BatchError::Shape)?;
 
     let agent = raw.agent.and_then(|a| serde_json::from_str(a.get()).ok());
@@ -1125,6 +1134,24 @@ mod tests {
                 "{}",
                 r.reason
             );
+        }
+    }
+
+    #[test]
+    fn a_bad_host_field_is_named_by_its_path() {
+        for (host, says) in [
+            (json!({"name": "gpu-1", "site": 5}), "field `host.site`: "),
+            (
+                json!({"name": "gpu-1", "labels": {"team": 1}}),
+                "field `host.labels.team`: ",
+            ),
+            (json!({}), "field `host`: missing field `name`"),
+        ] {
+            let body = json!({ "host": host });
+            let Err(e) = parse_batch(body.to_string().as_bytes(), &limits()) else {
+                panic!("{host} accepted");
+            };
+            assert!(e.to_string().contains(says), "{host}: {e}");
         }
     }
 
