@@ -380,6 +380,28 @@ pub async fn write(
     let valid = checked.valid;
     let accepted = valid.batch.len();
     let issued = checked.token_issued;
+    // A batch whose every item was refused adds no host to the fleet (a token being tried
+    // out with bad samples would leave a host that never reported); a known host's is
+    // stored as any other, as a sign of life.
+    if accepted == 0
+        && valid.rejected > 0
+        && valid.batch.gpus.is_empty()
+        && store
+            .host_latest(&valid.batch.host.name)
+            .await
+            .map_err(StoreError::from)?
+            .is_none()
+    {
+        return Ok(Ingested {
+            events: 0,
+            response: IngestResponse {
+                accepted: 0,
+                stored: 0,
+                rejected: valid.rejected,
+                errors: valid.rejections,
+            },
+        });
+    }
     let outcome = match store.write_agent_batch(&valid.batch, now, issued).await {
         Ok(o) => o,
         Err(StoreError::MissingPartition) => {

@@ -615,3 +615,37 @@ async fn a_revoked_token_another_server_still_trusts_does_not_bring_a_removed_ho
     b.stop().await;
     a.stop().await;
 }
+
+/// A batch whose every item is refused adds no host: a token tried out with bad samples
+/// would leave a host in the fleet that never reported.
+#[tokio::test]
+async fn a_batch_with_every_item_refused_adds_no_host() {
+    let app = TestApp::spawn().await;
+    let token = app.token("ghost").await;
+    let ts = recent(1, 1, 1)[0];
+    let body = json!({"host": {"name": "ghost"}, "gpus": [{"index": "a"}],
+                      "host_samples": [{"ts": ts, "cpu_util_pct": 500.0}]});
+    let r = app.ingest(&token, &body).await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(0), Some(2)),
+        "{v}"
+    );
+    let hosts: i64 = sqlx::query_scalar("SELECT count(*) FROM hosts WHERE name = 'ghost'")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(hosts, 0);
+    // One good sample: the host is there.
+    let good =
+        json!({"host": {"name": "ghost"}, "host_samples": [{"ts": ts, "cpu_util_pct": 5.0}]});
+    assert_eq!(app.ingest(&token, &good).await.status(), 200);
+    let hosts: i64 = sqlx::query_scalar("SELECT count(*) FROM hosts WHERE name = 'ghost'")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(hosts, 1);
+    app.stop().await;
+}
