@@ -1185,16 +1185,16 @@ fn scored_until(
         .clamp(from, to)
 }
 
-/// Scoring batches of hosts `(id, trained_at, scored_until)`: at most [`HOST_BATCH`]
-/// hosts whose windows start within [`MAX_MINUTES_PER_RUN`] of each other, so one host
-/// catching up does not make a batch of current ones read its day of rollups.
-fn score_batches(
-    mut hosts: Vec<(i64, DateTime<Utc>, DateTime<Utc>)>,
-    end: DateTime<Utc>,
-) -> Vec<Vec<(i64, DateTime<Utc>, DateTime<Utc>)>> {
+/// A host to score: `(id, trained_at, scored_until)`.
+type Scoring = (i64, DateTime<Utc>, DateTime<Utc>);
+
+/// Scoring batches of hosts: at most [`HOST_BATCH`] hosts whose windows start within
+/// [`MAX_MINUTES_PER_RUN`] of each other, so one host catching up does not make a batch
+/// of current ones read its day of rollups.
+fn score_batches(mut hosts: Vec<Scoring>, end: DateTime<Utc>) -> Vec<Vec<Scoring>> {
     let start = |w: DateTime<Utc>| score_window(w, end).0;
     hosts.sort_by_key(|h| (start(h.2), h.0));
-    let mut out: Vec<Vec<(i64, DateTime<Utc>, DateTime<Utc>)>> = Vec::new();
+    let mut out: Vec<Vec<Scoring>> = Vec::new();
     for h in hosts {
         match out.last_mut() {
             Some(b)

@@ -199,6 +199,9 @@ async fn keep_an_admin(
     Ok(())
 }
 
+/// Seconds a throttle key is blocked after its n-th counted failure.
+pub type Backoff = fn(i32) -> i64;
+
 impl Store {
     /// Create a user, or set the password and role of an existing one. A changed password
     /// or role ends the user's sessions (a reset locks out whoever held the old one).
@@ -400,7 +403,7 @@ impl Store {
     /// on every server, as the row lock orders them.
     pub async fn login_reserve(
         &self,
-        keys: &[(&str, fn(i32) -> i64)],
+        keys: &[(&str, Backoff)],
         window: Duration,
     ) -> Result<Result<(), u64>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;

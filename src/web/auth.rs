@@ -186,11 +186,12 @@ pub async fn check_password(
     let window = chrono::Duration::minutes(THROTTLE_WINDOW_MINUTES);
     // Each key with its own back-off: the first is per browser or per (name, address),
     // the second (if any) per name.
-    let throttled: Vec<(&str, fn(i32) -> i64)> = keys
+    let throttled: Vec<(&str, crate::store::auth::Backoff)> = keys
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let backoff: fn(i32) -> i64 = if i == 0 { pair_backoff } else { user_backoff };
+            let backoff: crate::store::auth::Backoff =
+                if i == 0 { pair_backoff } else { user_backoff };
             (k.as_str(), backoff)
         })
         .collect();
