@@ -152,7 +152,10 @@ pub async fn check_password(
     }
     let lower = name.to_lowercase();
     let trusted_device = match device {
-        Some(d) => limiter.device_ok(&st.store, &lower, d).await?,
+        Some(d) => match &row {
+            Some((_, _, phc)) => limiter.device_ok(&st.store, &lower, phc, d).await?,
+            None => false,
+        },
         None => false,
     };
     // An address the user logged in from before is not slowed by what others try
@@ -461,17 +464,20 @@ impl LoginLimiter {
         Ok(k.as_slice())
     }
 
-    /// The device cookie value for a user (lower-case name).
+    /// The device cookie value for a user (lower-case name) with password hash `phc`: a
+    /// new password (a reset after a leak, a departed colleague's account) ends the trust
+    /// of every browser that logged in with the old one.
     async fn device_cookie(
         &self,
         store: &crate::store::Store,
         user: &str,
+        phc: &str,
     ) -> Result<String, ApiError> {
         let key = self.key_bytes(store).await?;
         Ok(format!(
             "{}.{}",
             urlencode(user),
-            hex::encode(hmac_sha256(key, user.as_bytes()))
+            hex::encode(hmac_sha256(key, format!("{user}\n{phc}").as_bytes()))
         ))
     }
 
@@ -479,9 +485,10 @@ impl LoginLimiter {
         &self,
         store: &crate::store::Store,
         user: &str,
+        phc: &str,
         cookie: &str,
     ) -> Result<bool, ApiError> {
-        let want = self.device_cookie(store, user).await?;
+        let want = self.device_cookie(store, user, phc).await?;
         Ok(same(&want, cookie))
     }
 }
@@ -793,10 +800,16 @@ pub async fn login_submit(
     let session =
         format!("{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={ttl}{secure}");
     let clear = format!("{LOGIN_CSRF_COOKIE}=; Path=/login; HttpOnly; SameSite=Strict; Max-Age=0");
+    let phc = st
+        .store
+        .password_row(&user.name)
+        .await?
+        .map(|(_, _, phc)| phc)
+        .unwrap_or_default();
     let device = format!(
         "{DEVICE_COOKIE}={}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=31536000{secure}",
         st.login_limiter
-            .device_cookie(&st.store, &user.name.to_lowercase())
+            .device_cookie(&st.store, &user.name.to_lowercase(), &phc)
             .await?
     );
     let mut resp = Redirect::to(&next).into_response();

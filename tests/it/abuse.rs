@@ -548,6 +548,18 @@ async fn guessing_slows_the_guesser_and_never_locks_the_owner_out() {
             .status(),
         303
     );
+    // Her password is reset (it leaked): a browser that logged in with the old one is no
+    // longer trusted, and waits like anyone at that address.
+    app.store
+        .upsert_user("ann", Role::Viewer, "ann-new-password")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.login_with("ann", "ann-new-password", &device)
+            .await
+            .status(),
+        429
+    );
     // Guesses spread over many names from one address do not lock its other users out.
     for i in 0..22 {
         app.login_with(&format!("user{i}"), "guess", "").await;
