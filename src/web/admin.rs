@@ -241,6 +241,8 @@ pub async fn create_user(
             Err(e) => Err(format!("{e:#}")),
         },
     };
+    // A proxy-signed user's remembered role goes with any change made here.
+    st.proxy.forget(&f.name);
     let mut forms = AdminForms {
         user_name: f.name.clone(),
         user_role: f.role.clone(),
@@ -343,7 +345,8 @@ pub async fn delete_user(
     };
     // Under the admins' lock: two admins deleting each other at once leave one.
     match st.store.delete_user_named(&name).await? {
-        UserRemoval::Removed { .. } => {}
+        // What proxy sign-on remembers of the user goes too.
+        UserRemoval::Removed { .. } => st.proxy.forget(&name),
         UserRemoval::NoSuchUser => return Err(not_found()),
         UserRemoval::LastAdmin => {
             let why = format!("{name} is the only admin left: make another user admin first");

@@ -77,6 +77,13 @@ impl ProxySignOn {
         }
     }
 
+    /// Forget what this process remembers of `name`'s sign-on: an admin changed or
+    /// deleted the user here, and the next request reads the user again (other servers
+    /// read it within [`SYNC_EVERY`]).
+    pub fn forget(&self, name: &str) {
+        self.seen.lock().expect("proxy lock").remove(name);
+    }
+
     fn trusts(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.trusted.iter().any(|c| c.contains(ip)))
     }

@@ -239,3 +239,39 @@ fn trusted_ranges_match_addresses() {
     assert!(Cidr::parse("10.0.0.0/33").is_err());
     assert!(Cidr::parse("proxy.local").is_err());
 }
+
+/// Without a groups header a proxy-signed user keeps the role the admin gives: a change on
+/// the admin page holds from the next request (it was remembered for up to a minute).
+#[tokio::test]
+async fn a_role_changed_on_the_admin_page_holds_from_the_next_proxied_request() {
+    let app = proxied("127.0.0.1", |p| p.groups_header = String::new()).await;
+    app.store
+        .upsert_user("hana", Role::Admin, "hana-password-1")
+        .await
+        .unwrap();
+    // Signed on as the admin she is: the admin page opens.
+    assert_eq!(get(&app, "/admin", "hana", "").await.status(), 200);
+    // Another admin makes her a viewer.
+    let admin = app.login("root", "a-long-password").await;
+    let (_, page) = app.page(&admin, "/admin").await;
+    let r = app
+        .http
+        .post(format!("{}/admin/users", app.base))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", csrf_of(&page).as_str()),
+            ("name", "hana"),
+            ("role", "viewer"),
+            ("password", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get(&app, "/admin", "hana", "").await.status(),
+        403,
+        "the viewer role holds at once"
+    );
+    app.stop().await;
+}
