@@ -976,22 +976,29 @@ async fn upsert_gpus(
     b: &Batch,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    // GPUs seen only through samples (none listed, or one the list left out) still belong
+    // in the inventory: their samples are stored, and their pages must open.
+    let listed: std::collections::HashSet<u8> = b.gpus.iter().map(|g| g.index).collect();
+    let mut unlisted: Vec<i16> = b
+        .gpu_samples
+        .iter()
+        .filter(|s| !listed.contains(&s.index))
+        .map(|s| i16::from(s.index))
+        .collect();
+    unlisted.sort_unstable();
+    unlisted.dedup();
+    if !unlisted.is_empty() {
+        sqlx::query!(
+            "INSERT INTO gpus (host_id, gpu_index, last_seen) SELECT $1, i, $3 FROM UNNEST($2::int2[]) i
+             ON CONFLICT (host_id, gpu_index) DO UPDATE SET last_seen = GREATEST(gpus.last_seen, EXCLUDED.last_seen)",
+            host_id,
+            &unlisted,
+            now,
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
     if b.gpus.is_empty() {
-        if !b.gpu_samples.is_empty() {
-            // GPUs seen only through samples still belong in the inventory.
-            let mut idx: Vec<i16> = b.gpu_samples.iter().map(|s| i16::from(s.index)).collect();
-            idx.sort_unstable();
-            idx.dedup();
-            sqlx::query!(
-                "INSERT INTO gpus (host_id, gpu_index, last_seen) SELECT $1, i, $3 FROM UNNEST($2::int2[]) i
-                 ON CONFLICT (host_id, gpu_index) DO UPDATE SET last_seen = GREATEST(gpus.last_seen, EXCLUDED.last_seen)",
-                host_id,
-                &idx,
-                now,
-            )
-            .execute(&mut **tx)
-            .await?;
-        }
         return Ok(());
     }
     let idx: Vec<i16> = b.gpus.iter().map(|g| i16::from(g.index)).collect();

@@ -649,3 +649,26 @@ async fn a_batch_with_every_item_refused_adds_no_host() {
     assert_eq!(hosts, 1);
     app.stop().await;
 }
+
+/// A GPU's samples arrive in a batch whose GPU list leaves it out: it joins the host's
+/// inventory, so its page and API open (its samples were stored, and its page was a 404).
+#[tokio::test]
+async fn a_gpu_seen_only_in_samples_joins_the_inventory() {
+    let app = TestApp::spawn().await;
+    let token = app.token("partial").await;
+    let ts = recent(1, 1, 1)[0];
+    let body = json!({"host": {"name": "partial"}, "gpus": [{"index": 0, "model": "NVIDIA H100"}],
+                      "gpu_samples": [{"ts": ts, "index": 0, "util_pct": 10.0},
+                                      {"ts": ts, "index": 3, "util_pct": 30.0}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let cookie = app.login("ops", "ops-pass-12").await;
+    let three = app
+        .json(&cookie, "/api/v1/hosts/partial/gpus/3?range=1h")
+        .await;
+    assert_eq!(three["index"], 3, "{three}");
+    let zero = app
+        .json(&cookie, "/api/v1/hosts/partial/gpus/0?range=1h")
+        .await;
+    assert_eq!(zero["model"], "NVIDIA H100", "{zero}");
+    app.stop().await;
+}
