@@ -665,10 +665,11 @@ async fn a_gpu_seen_only_in_samples_joins_the_inventory() {
     let three = app
         .json(&cookie, "/api/v1/hosts/partial/gpus/3?range=1h")
         .await;
-    assert_eq!(three["index"], 3, "{three}");
+    assert_eq!(three["gpu"]["index"], 3, "{three}");
+    assert_eq!(three["gpu"]["util_pct"], 30.0, "{three}");
     let zero = app
         .json(&cookie, "/api/v1/hosts/partial/gpus/0?range=1h")
         .await;
-    assert_eq!(zero["model"], "NVIDIA H100", "{zero}");
+    assert_eq!(zero["gpu"]["model"], "NVIDIA H100", "{zero}");
     app.stop().await;
 }
