@@ -346,6 +346,7 @@ impl Sender {
                     ids[ids.len() - 1]
                 );
                 let channel = recipients.first().and_then(|t| super::rules::channel_of(t));
+                let mut delivered: Option<(String, u64)> = None;
                 let result = match (channel, &smtp) {
                     (Some((kind, name)), _) => match self.channels.get(name) {
                         Some(c) if c.kind == kind => {
@@ -395,6 +396,13 @@ impl Sender {
                     .execute(&mut *tx)
                         .await?;
                         sent += 1;
+                        delivered = Some((
+                            match channel {
+                                Some(_) => recipients[0].clone(),
+                                None => "email".to_string(),
+                            },
+                            ids.len() as u64,
+                        ));
                         tracing::info!(group = %group_key, alerts = ids.len(), "alert notification sent");
                     }
                     Err(e) => {
@@ -414,6 +422,12 @@ impl Sender {
                 }
                 // Sent or put off: this group is no longer due; look again for the next one.
                 tx.commit().await?;
+                if let Some((channel, n)) = delivered {
+                    self.telemetry
+                        .notifications_delivered
+                        .get_or_create(&crate::model::telemetry::ChannelLabel { channel })
+                        .inc_by(n);
+                }
                 continue 'round;
             }
             tx.commit().await?;

@@ -146,6 +146,13 @@ pub struct JobLabel {
     pub job_name: &'static str,
 }
 
+/// An alert notification's destination: `email`, `webhook:NAME`, `slack:NAME`,
+/// `pagerduty:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct MailLabels {
     pub mail: MailKind,
@@ -196,6 +203,8 @@ pub struct Telemetry {
     pub page_duration: Histograms<RouteLabel>,
     pub job_duration: Histograms<JobLabel>,
     pub smtp_duration: Histograms<MailLabels>,
+    /// Alert notifications (outbox rows) this server delivered since it started.
+    pub notifications_delivered: Family<ChannelLabel, Counter>,
     /// The newest scheduled backup: when it was made (0: none seen) and its size.
     pub backup_time: Gauge<f64, AtomicU64>,
     pub backup_bytes: Gauge<i64, AtomicI64>,
@@ -255,6 +264,7 @@ impl Telemetry {
             page_duration: histograms(|| Histogram::new(PAGE_BUCKETS.iter().copied())),
             job_duration: histograms(|| Histogram::new(JOB_BUCKETS.iter().copied())),
             smtp_duration: histograms(|| Histogram::new(SMTP_BUCKETS.iter().copied())),
+            notifications_delivered: Family::default(),
             backup_time: Gauge::default(),
             backup_bytes: Gauge::default(),
             rules_reload_ok: Gauge::default(),
@@ -352,6 +362,11 @@ impl Telemetry {
             "rackwatch_smtp_send_duration_seconds",
             "Time to hand one mail to the SMTP server, by mail and outcome",
             t.smtp_duration.clone(),
+        );
+        r.register(
+            "rackwatch_notifications_delivered",
+            "Alert notifications delivered by this server since it started, by channel (sum over servers for the fleet's)",
+            t.notifications_delivered.clone(),
         );
         r.register(
             "rackwatch_backup_last_success_timestamp_seconds",

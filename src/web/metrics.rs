@@ -349,15 +349,9 @@ impl Scraped {
     /// Alert notifications by destination (`email`, `webhook:NAME`, `slack:NAME`,
     /// `pagerduty:NAME`), from the outbox.
     fn encode_notifications(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        // (Delivered ones are counted by the server that delivers them, in its telemetry:
+        // the outbox forgets rows past retention, and a count of rows would go down.)
         let ch = |c: &crate::alert::notify::ChannelState| [("channel", c.channel.clone())];
-        counters(
-            e,
-            "rackwatch_notifications_delivered",
-            "Alert notifications delivered, by channel",
-            self.channels
-                .iter()
-                .map(|c| (ch(c), c.delivered.max(0) as u64)),
-        )?;
         gauges(
             e,
             "rackwatch_notifications_pending",
