@@ -420,13 +420,16 @@ impl Store {
     }
 
     /// Agents' spool state, for `/metrics`, with `two_agents`: 1 while two agent processes
-    /// report as the host (seen in the last 10 minutes), else 0.
+    /// report as the host (seen in the last 10 minutes), else 0. Hosts not heard from in
+    /// an hour are left out: what they last said of their spool is no longer so, and an
+    /// alert on it should clear (the host-down alert says they are silent).
     pub async fn agent_stats(&self) -> Result<Vec<(String, serde_json::Value)>, sqlx::Error> {
         let rows = sqlx::query!(
             r#"SELECT name, agent_stats || jsonb_build_object('two_agents',
                       CASE WHEN two_agents_at > now() - interval '10 minutes' THEN 1 ELSE 0 END)
                       AS "agent_stats!"
-                 FROM hosts WHERE agent_stats <> '{}'::jsonb AND removed_at IS NULL ORDER BY name"#,
+                 FROM hosts WHERE agent_stats <> '{}'::jsonb AND removed_at IS NULL
+                  AND last_heard > now() - interval '1 hour' ORDER BY name"#,
         )
         .fetch_all(&self.pool)
         .await?;

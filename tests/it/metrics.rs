@@ -191,6 +191,18 @@ async fn metrics_pass_promtool_with_counters_and_histograms_after_real_traffic()
         5.0
     );
     assert_eq!(v("rackwatch_agent_spool_bytes{host=\"gpu-17\"}"), 4096.0);
+    // Not heard from in an hour: its agent's series go (what it last said is no longer so).
+    sqlx::query(
+        "UPDATE hosts SET last_heard = now() - interval '61 minutes' WHERE name = 'gpu-17'",
+    )
+    .execute(&app.store.pool)
+    .await
+    .unwrap();
+    let later = app.metrics().await;
+    assert!(
+        !later.contains("rackwatch_agent_spool_bytes{host=\"gpu-17\"}"),
+        "{later}"
+    );
     assert!(v("rackwatch_http_connections_accepted_total") >= 1.0);
     assert!(v("rackwatch_http_connections_open") >= 1.0);
     assert_eq!(v("rackwatch_job_leader"), 1.0);
