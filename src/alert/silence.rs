@@ -25,7 +25,14 @@ pub struct Silence {
 pub async fn unknown_targets(store: &Store, m: &Labels) -> Result<Vec<String>, sqlx::Error> {
     let mut notes = Vec::new();
     if let Some(host) = m.get("host") {
-        if store.host_latest(host).await?.is_none() {
+        // A host taken out of the fleet reports nothing either.
+        let known: bool = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM hosts WHERE name = $1 AND removed_at IS NULL) AS "known!""#,
+            host
+        )
+        .fetch_one(&store.pool)
+        .await?;
+        if !known {
             notes.push(format!(
                 "no host named {host:?} reports to this server: the silence mutes it once it does (a misspelt name mutes nothing)"
             ));

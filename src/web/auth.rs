@@ -76,7 +76,9 @@ pub(crate) async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>
             // throttled or turned away while the password checks are all busy.
             let refused = match &r {
                 Ok(None) => Some("wrong user name or password".to_string()),
-                Err(e @ (ApiError::TooMany { .. } | ApiError::Busy(_))) => Some(e.to_string()),
+                Err(e @ (ApiError::TooMany { .. } | ApiError::Busy(_))) => {
+                    refusal_to_record(st, e, ip)
+                }
                 _ => None,
             };
             if let Some(reason) = refused {
@@ -86,6 +88,21 @@ pub(crate) async fn resolve(parts: &Parts, st: &AppState) -> Result<Option<User>
         }
     }
     Ok(None)
+}
+
+/// How a refusal by the per-address bucket begins.
+const ADDRESS_LIMITED: &str = "too many login attempts from this address";
+
+/// The reason to record for a throttled or turned-away login, if it is recorded: every
+/// one, except the per-address bucket's, recorded once a minute per address (a flood from
+/// one address would otherwise write a row per request).
+fn refusal_to_record(st: &AppState, e: &ApiError, ip: Option<IpAddr>) -> Option<String> {
+    let why = e.to_string();
+    if !why.starts_with(ADDRESS_LIMITED) {
+        return Some(why);
+    }
+    ip.filter(|ip| st.login_limiter.refusal_due(*ip))
+        .map(|_| format!("{why} (more from this address within a minute are not recorded)"))
 }
 
 /// Failed attempts at one user name from one address before each next one waits (1 s,
@@ -142,7 +159,10 @@ pub async fn check_password(
         }
     }
     if let Some(wait) = ip.and_then(|ip| limiter.take(ip)) {
-        return Err(too_many(wait));
+        return Err(ApiError::TooMany {
+            message: format!("{ADDRESS_LIMITED}; try again in {wait} s"),
+            retry_after: wait,
+        });
     }
     // No user can have a name that is not a user name (e.g. 10,000 characters): a wrong
     // name or password, with nothing to look up or throttle by name.
@@ -385,6 +405,8 @@ pub fn require(user: &User, role: Role) -> Result<(), ApiError> {
 /// verified credentials, and the device-cookie key (read once from the database).
 pub struct LoginLimiter {
     addrs: super::limit::Buckets<IpAddr>,
+    /// When each address's last bucket refusal was recorded.
+    recorded: Mutex<HashMap<IpAddr, Instant>>,
     /// SHA-256(salt, name, password) → (password hash it was checked against, when).
     verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
     salt: [u8; 32],
@@ -397,6 +419,7 @@ impl Default for LoginLimiter {
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut salt);
         LoginLimiter {
             addrs: super::limit::Buckets::new(ADDR_REFILL_PER_SEC, ADDR_BURST),
+            recorded: Default::default(),
             verified: Default::default(),
             salt,
             device_key: Default::default(),
@@ -416,6 +439,24 @@ impl LoginLimiter {
     /// Take one attempt from `ip`'s bucket; the wait in seconds when it is empty.
     pub(crate) fn take(&self, ip: IpAddr) -> Option<u64> {
         self.addrs.take(ip)
+    }
+
+    /// Whether a bucket refusal of `ip` is to be recorded: the first in a minute.
+    fn refusal_due(&self, ip: IpAddr) -> bool {
+        let mut m = self.recorded.lock().expect("limiter lock");
+        if m.len() >= MAX_ENTRIES {
+            m.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+            if m.len() >= MAX_ENTRIES {
+                m.clear();
+            }
+        }
+        match m.get(&ip) {
+            Some(at) if at.elapsed() < Duration::from_secs(60) => false,
+            _ => {
+                m.insert(ip, Instant::now());
+                true
+            }
+        }
     }
 
     /// A verified pair is remembered for the client address it was verified from: the
@@ -764,15 +805,9 @@ pub async fn login_submit(
             ));
         }
         Err(e @ (ApiError::TooMany { .. } | ApiError::Busy(_))) => {
-            audit_login(
-                &st,
-                &f.username,
-                ip,
-                Outcome::Refused,
-                "form",
-                &e.to_string(),
-            )
-            .await?;
+            if let Some(reason) = refusal_to_record(&st, &e, ip) {
+                audit_login(&st, &f.username, ip, Outcome::Refused, "form", &reason).await?;
+            }
             let status = e.status();
             let wait = match &e {
                 ApiError::TooMany { retry_after, .. } => *retry_after,

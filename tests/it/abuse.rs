@@ -435,6 +435,40 @@ async fn login_redirects_only_to_this_site() {
     app.stop().await;
 }
 
+/// Before: every refused attempt wrote an audit row, so a flood from one address wrote
+/// rows as fast as it sent requests. Attempts past the address's bucket are recorded
+/// once a minute; every attempt checked is still recorded.
+#[tokio::test]
+async fn a_login_flood_from_one_address_writes_few_audit_rows() {
+    let app = TestApp::spawn().await;
+    let mut statuses = Vec::new();
+    for i in 0..45 {
+        let r = app
+            .http
+            .get(format!("{}/api/v1/hosts", app.base))
+            .header("authorization", basic(&format!("flood{i}"), "x"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 10, "{statuses:?}");
+    let rows = app.audit("login").await;
+    let bucket = rows
+        .iter()
+        .filter(|r| {
+            r.details["reason"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("too many login attempts from this address")
+        })
+        .count();
+    assert_eq!(bucket, 1, "{rows:?}");
+    assert_eq!(rows.len(), 45 - limited + 1, "{rows:?}");
+    app.stop().await;
+}
+
 /// Behind a reverse proxy every client connects from the proxy's address: one guesser
 /// emptied that address's login bucket for everyone. With the proxy in
 /// `server.trusted_proxies`, each client is counted, remembered and audited by the address
