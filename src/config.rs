@@ -1811,6 +1811,17 @@ mod tests {
     }
 
     #[test]
+    fn a_table_can_be_given_as_an_inline_toml_table() {
+        let env = vec![(
+            "RACKWATCH_AGENT__HOST__LABELS".to_string(),
+            r#"{ team = "ml", tier = "gold" }"#.to_string(),
+        )];
+        let cfg = Config::load_with_env(None, env).unwrap();
+        assert_eq!(cfg.agent.host.labels["team"], "ml");
+        assert_eq!(cfg.agent.host.labels.len(), 2);
+    }
+
+    #[test]
     fn an_env_override_reaches_a_map_key_the_file_spells_in_capitals() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rackwatch.toml");
@@ -2110,11 +2121,21 @@ mod tests {
                 "3000000",
                 "retention.audit_days = 3000000 days is over 100 years",
             ),
+            (
+                "SERVER",
+                "1",
+                "RACKWATCH_SERVER (server) names a section, not a value: set one of its keys (RACKWATCH_SERVER__KEY)",
+            ),
+            (
+                "SERVER__PASSWORD_CHECKS",
+                "99999999999999999999",
+                "RACKWATCH_SERVER__PASSWORD_CHECKS (server.password_checks) = \"99999999999999999999\" is out of range",
+            ),
             // A typed value says what it wants, in words (not serde's "expected u64").
             (
                 "AGENT__INTERVAL_SECS",
                 "-5",
-                "RACKWATCH_AGENT__INTERVAL_SECS (agent.interval_secs) = \"-5\": a whole number, 0 or more is expected",
+                "RACKWATCH_AGENT__INTERVAL_SECS (agent.interval_secs) = \"-5\" is out of range: a whole number, 0 or more is expected",
             ),
             (
                 "RETENTION__ANOMALY_SCORES_DAYS",

@@ -433,6 +433,7 @@ fn log_filter(env: Option<&str>) -> tracing_subscriber::EnvFilter {
     };
     let directives: Vec<String> = raw
         .split(',')
+        .filter(|d| !d.trim().is_empty())
         .map(|d| {
             let d = d.trim();
             match d.rsplit_once('=') {

@@ -82,6 +82,14 @@ fn same_key(t: &BTreeMap<String, Node>, key: &str) -> String {
     }
 }
 
+/// A variable naming a section (or a table) where a value was given.
+fn section_named(var: &str) -> Error {
+    Error::custom(format!(
+        "{var} ({}) names a section, not a value: set one of its keys ({var}__KEY)",
+        key_of(var)
+    ))
+}
+
 /// The configuration key a variable sets: `RACKWATCH_AGENT__INTERVAL_SECS` →
 /// `agent.interval_secs`.
 fn key_of(var: &str) -> String {
@@ -124,6 +132,12 @@ macro_rules! parse_as {
             match self {
                 Node::Env { var, text } => match text.trim().parse::<$ty>() {
                     Ok(x) => visitor.$visit(x),
+                    // A whole number too large (or negative) for the setting.
+                    Err(_) if text.trim().parse::<i128>().is_ok() => Err(Error::custom(format!(
+                        "{var} ({}) = {text:?} is out of range: {} is expected",
+                        key_of(&var),
+                        $what
+                    ))),
                     Err(_) => Err(Error::custom(format!(
                         "{var} ({}) = {text:?}: {} is expected",
                         key_of(&var),
@@ -207,8 +221,28 @@ impl<'de> Deserializer<'de> for Node {
         }
     }
 
+    /// A table: the file's, the section the variables build, or one variable's inline
+    /// TOML table (`{ team = "ml" }`).
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self {
+            Node::File(v) => v.deserialize_map(visitor),
+            Node::Env { var, text } if text.trim_start().starts_with('{') => {
+                let table: toml::Table =
+                    toml::from_str(&format!("v = {}", text.trim())).map_err(|e| {
+                        Error::custom(format!(
+                            "{var} ({}): not a TOML inline table: {}",
+                            key_of(&var),
+                            e.message()
+                        ))
+                    })?;
+                table["v"].clone().deserialize_map(visitor)
+            }
+            Node::Env { var, .. } => Err(section_named(&var)),
+            other => other.deserialize_any(visitor),
+        }
+    }
+
     as_is! {
-        deserialize_map;
         deserialize_bytes;
         deserialize_byte_buf;
         deserialize_unit;
@@ -288,6 +322,7 @@ impl<'de> Deserializer<'de> for Node {
     ) -> Result<V::Value, Error> {
         match self {
             Node::File(v) => v.deserialize_struct(name, fields, visitor),
+            Node::Env { var, .. } => Err(section_named(&var)),
             other => other.deserialize_any(visitor),
         }
     }

@@ -726,7 +726,7 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         .map(|f| {
             (0..f.point.len())
                 .map(|i| {
-                    let g = |v: &[f64]| v.get(i).copied().unwrap_or(0.0);
+                    let g = |v: &[f64]| demand3(v.get(i).copied().unwrap_or(0.0));
                     (
                         f.start_at + Duration::hours(i as i64),
                         g(&f.point),
@@ -739,6 +739,17 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
                 .collect()
         })
         .unwrap_or_default();
+    // To 3 decimals, as every capacity answer gives demand.
+    let r3 = |v: f32| ((f64::from(v) * 1000.0).round() / 1000.0) as f32;
+    let demand = demand
+        .into_iter()
+        .map(|p| crate::analytics::capacity::DemandPoint {
+            busy_gpus: r3(p.busy_gpus),
+            util_gpus: r3(p.util_gpus),
+            queued_gpus: r3(p.queued_gpus),
+            ..p
+        })
+        .collect();
     Ok(PoolData {
         summary: summary(&rec, st.cfg.capacity.lead_days, now),
         from,
