@@ -82,6 +82,20 @@ fn same_key(t: &BTreeMap<String, Node>, key: &str) -> String {
     }
 }
 
+/// A variable's text read as one TOML value (an array, an inline table).
+fn inline_toml(var: &str, text: &str, what: &str) -> Result<toml::Value, Error> {
+    let mut table: toml::Table = toml::from_str(&format!("v = {}", text.trim())).map_err(|e| {
+        Error::custom(format!(
+            "{var} ({}): not a TOML {what}: {}",
+            key_of(var),
+            e.message()
+        ))
+    })?;
+    Ok(table
+        .remove("v")
+        .unwrap_or(toml::Value::Table(Default::default())))
+}
+
 /// A variable naming a section (or a table) where a value was given.
 fn section_named(var: &str) -> Error {
     Error::custom(format!(
@@ -194,15 +208,7 @@ impl<'de> Deserializer<'de> for Node {
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         match self {
             Node::Env { var, text } if text.trim_start().starts_with('[') => {
-                let table: toml::Table =
-                    toml::from_str(&format!("v = {}", text.trim())).map_err(|e| {
-                        Error::custom(format!(
-                            "{var} ({}): not a TOML array: {}",
-                            key_of(&var),
-                            e.message()
-                        ))
-                    })?;
-                table["v"].clone().deserialize_seq(visitor)
+                inline_toml(&var, &text, "array")?.deserialize_seq(visitor)
             }
             Node::Env { var, text } => {
                 let items: Vec<Node> = text
@@ -227,15 +233,7 @@ impl<'de> Deserializer<'de> for Node {
         match self {
             Node::File(v) => v.deserialize_map(visitor),
             Node::Env { var, text } if text.trim_start().starts_with('{') => {
-                let table: toml::Table =
-                    toml::from_str(&format!("v = {}", text.trim())).map_err(|e| {
-                        Error::custom(format!(
-                            "{var} ({}): not a TOML inline table: {}",
-                            key_of(&var),
-                            e.message()
-                        ))
-                    })?;
-                table["v"].clone().deserialize_map(visitor)
+                inline_toml(&var, &text, "inline table")?.deserialize_map(visitor)
             }
             Node::Env { var, .. } => Err(section_named(&var)),
             other => other.deserialize_any(visitor),
