@@ -35,6 +35,9 @@ pub enum ManagedError {
     },
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// A path that is not safe to use as it is.
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 /// How to run the managed cluster.
@@ -185,7 +188,35 @@ impl ManagedPostgres {
                 fnv1a(root.as_os_str().as_encoded_bytes())
             ));
         }
-        std::fs::create_dir_all(&socket_dir).map_err(io("cannot create", &socket_dir))?;
+        // The short path is in /tmp, where anyone may have made it first: a symlink there
+        // would have the chmod and chown below (as root) follow it, and a directory of
+        // another user would hold Postgres' socket. Only a directory of ours is used.
+        match std::fs::symlink_metadata(&socket_dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(ManagedError::Unsafe(format!(
+                    "{} is not a directory (a symlink or a file): remove it",
+                    socket_dir.display()
+                )))
+            }
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                let ours = m.uid() == me || run_as.as_ref().is_some_and(|u| m.uid() == u.uid);
+                if !ours {
+                    return Err(ManagedError::Unsafe(format!(
+                        "{} belongs to another user (uid {}): remove it",
+                        socket_dir.display(),
+                        m.uid()
+                    )));
+                }
+            }
+            Err(_) => {
+                std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+                    .create(&socket_dir)
+                    .map_err(io("cannot create", &socket_dir))?
+            }
+        }
         std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io("cannot set permissions on", &socket_dir))?;
         if let Some(u) = run_as {

@@ -206,3 +206,39 @@ async fn ingest_survives_a_database_restart() {
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The socket directory is used only when it is a directory of ours: a symlink there (in
+/// /tmp, where a long data directory's socket goes, anyone may make one first) would have
+/// the server's chmod and chown follow it.
+#[tokio::test]
+async fn a_symlink_where_the_socket_directory_goes_is_refused() {
+    let data_dir = cluster_root("symlinked");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let root = data_dir.join("postgres");
+    std::fs::create_dir_all(&root).unwrap();
+    let elsewhere = data_dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::set_permissions(
+        &elsewhere,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&elsewhere, root.join("run")).unwrap();
+    let o = opts(root.clone(), true);
+    let r = tokio::task::spawn_blocking(move || ManagedPostgres::start(&o))
+        .await
+        .unwrap();
+    let Err(e) = r else {
+        panic!("started on a symlinked socket directory")
+    };
+    assert!(
+        e.to_string()
+            .contains("is not a directory (a symlink or a file): remove it"),
+        "{e}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&elsewhere).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o755, "the symlink's target is untouched");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
