@@ -18,6 +18,8 @@ use crate::model::telemetry::{MailKind, Telemetry};
 use crate::store::Store;
 
 const KIND: &str = "energy_weekly";
+/// How many weeks back a week no server mailed is still mailed.
+const MISSED_WEEKS: usize = 4;
 
 /// When the report of the week before `week` is due: `week`'s configured weekday and
 /// hour, local time.
@@ -65,7 +67,9 @@ pub async fn status(store: &Store, cfg: &Config) -> anyhow::Result<String> {
     })
 }
 
-/// Send last week's report if it is due and not sent yet. Returns the week sent.
+/// Send last week's report if it is due and not sent yet, or first a week no server
+/// mailed (down through its send window), up to [`MISSED_WEEKS`] back. Returns the week
+/// sent.
 pub async fn send_due(
     store: &Store,
     cfg: &Config,
@@ -86,7 +90,25 @@ pub async fn send_due(
     if now < due_at(cfg, this) {
         return Ok(None);
     }
-    let week = this.prev();
+    let last = this.prev();
+    // A week no server mailed (all down through its send window) goes first, the oldest
+    // of them first, one a run, as far back as MISSED_WEEKS; then last week.
+    let mailed: Vec<String> =
+        sqlx::query_scalar!("SELECT period FROM report_deliveries WHERE kind = $1", KIND)
+            .fetch_all(&store.pool)
+            .await?;
+    let newest_mailed = mailed
+        .iter()
+        .filter_map(|p| p.parse::<IsoWeek>().ok())
+        .max();
+    let mut week = last;
+    if let Some(m) = newest_mailed.filter(|m| *m < last.prev()) {
+        let mut oldest = last;
+        for _ in 0..MISSED_WEEKS {
+            oldest = oldest.prev();
+        }
+        week = m.next().max(oldest);
+    }
     let sent: bool = sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM report_deliveries WHERE kind = $1 AND period = $2) AS "sent!""#,
         KIND,
@@ -102,7 +124,7 @@ pub async fn send_due(
     // A week whose last hours are not accounted yet (mailed just after midnight, a time
     // zone half an hour off UTC's hours, rollups behind) waits for them: the mail goes
     // once, so it should be whole. After a day it goes as it is, marked partial.
-    if report.partial() && now < due_at(cfg, this) + Duration::days(1) {
+    if week == last && report.partial() && now < due_at(cfg, this) + Duration::days(1) {
         tracing::info!(%week, accounted_until = ?report.accounted_until, "weekly energy report waits for its last hours to be accounted");
         return Ok(None);
     }

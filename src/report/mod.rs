@@ -44,6 +44,16 @@ impl IsoWeek {
         }
     }
 
+    /// The next week.
+    pub fn next(&self) -> IsoWeek {
+        let d = self.monday() + Duration::days(7);
+        let w = d.iso_week();
+        IsoWeek {
+            year: w.year(),
+            week: w.week(),
+        }
+    }
+
     /// First instant of the week in `tz` (Monday 00:00 local), as UTC.
     pub fn start(&self, tz: Tz) -> DateTime<Utc> {
         local_midnight(self.monday(), tz)

@@ -1244,6 +1244,31 @@ os._exit(0)  # no teardown: see read_back
         assert!(f["rows"].as_u64().unwrap() >= 7, "{f}");
     }
     assert_eq!(files["rackwatch-energy-2026-W47.html"]["html"], true);
+
+    // No server ran from before W48's send to after W49's: back on Tuesday of W50, the
+    // missed W48 goes first, then W49, one a run; then nothing more.
+    let back = tz
+        .with_ymd_and_hms(2026, 12, 8, 9, 0, 0)
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut caught_up = Vec::new();
+    for k in 0..3 {
+        let at = back + Duration::minutes(k);
+        caught_up.push(
+            rackwatch::report::mail::send_due(&app.store, &app.cfg, at, &telemetry)
+                .await
+                .unwrap()
+                .map(|w| w.to_string()),
+        );
+    }
+    assert_eq!(
+        caught_up,
+        [
+            Some("2026-W48".to_string()),
+            Some("2026-W49".to_string()),
+            None
+        ]
+    );
     app.stop().await;
 }
 
