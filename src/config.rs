@@ -1439,7 +1439,7 @@ impl Config {
         }
         // Training leaves out the minutes scored anomalous: scores kept for less than the
         // training window would let old faults back in as normal.
-        if a.train_days > self.retention.anomaly_scores_days {
+        if a.enabled && a.train_days > self.retention.anomaly_scores_days {
             return Err(format!(
                 "anomaly.train_days = {} must not exceed retention.anomaly_scores_days ({}): training leaves out the minutes scored anomalous, and needs their scores",
                 a.train_days, self.retention.anomaly_scores_days

@@ -805,14 +805,16 @@ impl AnomalyJob {
             .iter()
             .filter(|h| match (h.status.as_deref(), h.trained_at) {
                 (Some("trained"), Some(t)) => {
-                    (now - t >= retrain
-                        && h.retried_at
-                            .is_none_or(|r| now - r >= Duration::minutes(RETRY_MINUTES)))
-                        || h.metrics
-                            .as_deref()
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|m| feature_named(m).is_none())
+                    // A retraining that failed (the model kept) is tried again hourly,
+                    // whatever made it due.
+                    h.retried_at
+                        .is_none_or(|r| now - r >= Duration::minutes(RETRY_MINUTES))
+                        && (now - t >= retrain
+                            || h.metrics
+                                .as_deref()
+                                .unwrap_or_default()
+                                .iter()
+                                .any(|m| feature_named(m).is_none()))
                 }
                 (Some(_), Some(t)) => now - t >= Duration::minutes(RETRY_MINUTES),
                 _ => true,

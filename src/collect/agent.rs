@@ -88,6 +88,7 @@ struct Worker {
     busy_since: Option<Instant>,
     /// Whether it has missed a round's deadline and not answered since (logged once).
     stalled: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -95,7 +96,7 @@ impl Worker {
         let name = source.name();
         let (ask, asked) = std_mpsc::channel::<DateTime<Utc>>();
         let (answer, answers) = std_mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("{name}-{host}"))
             .spawn(move || {
                 for now in asked {
@@ -117,6 +118,7 @@ impl Worker {
             answers,
             busy_since: None,
             stalled: false,
+            thread: Some(thread),
         }
     }
 
@@ -260,8 +262,8 @@ fn collect_loop(
         }
     }
     // Stopping: a round still running gets up to one interval (2 s at most) to finish
-    // and is kept; a source stuck longer is left behind (its thread ends with the
-    // process).
+    // and is kept; then the idle sources end on their threads (NVML shuts down there),
+    // and a source stuck longer is left behind (its thread ends with the process).
     let deadline = Instant::now() + timing.interval.min(Duration::from_secs(2));
     for w in workers.iter_mut() {
         let until = if w.stalled { Instant::now() } else { deadline };
@@ -269,6 +271,12 @@ fn collect_loop(
             pending.host_samples.extend(c.host_samples);
             pending.gpu_samples.extend(c.gpu_samples);
             pending.events.extend(c.events);
+        }
+        w.ask = None;
+    }
+    for w in workers.iter_mut().filter(|w| w.busy_since.is_none()) {
+        if let Some(t) = w.thread.take() {
+            let _ = t.join();
         }
     }
     if !pending.is_empty() {

@@ -454,10 +454,11 @@ impl Store {
 
     /// Take back attempts [`Store::login_reserve`] counted that were not failures: the
     /// password was right (`cleared`, the key whose failures a success forgets, is
-    /// deleted), or it was never checked. A block already set stays.
+    /// deleted), or it was never checked. A key whose failures no longer call for a wait
+    /// is unblocked: right passwords sent at once must not leave a block behind them.
     pub async fn login_release(
         &self,
-        keys: &[&str],
+        keys: &[(&str, Backoff)],
         cleared: Option<&str>,
     ) -> Result<(), sqlx::Error> {
         if let Some(key) = cleared {
@@ -465,17 +466,23 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
         }
-        let rest: Vec<String> = keys
-            .iter()
-            .filter(|k| Some(**k) != cleared)
-            .map(|k| k.to_string())
-            .collect();
-        sqlx::query!(
-            "UPDATE login_throttle SET failures = greatest(failures - 1, 0) WHERE key = ANY($1)",
-            &rest,
-        )
-        .execute(&self.pool)
-        .await?;
+        for (key, backoff) in keys.iter().filter(|(k, _)| Some(*k) != cleared) {
+            let left: Option<i32> = sqlx::query_scalar!(
+                "UPDATE login_throttle SET failures = greatest(failures - 1, 0) WHERE key = $1
+                 RETURNING failures",
+                key,
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            if left.is_some_and(|f| backoff(f) == 0) {
+                sqlx::query!(
+                    "UPDATE login_throttle SET blocked_until = NULL WHERE key = $1",
+                    key
+                )
+                .execute(&self.pool)
+                .await?;
+            }
+        }
         Ok(())
     }
 

@@ -326,27 +326,23 @@ impl Store {
         // run that dies between leaves them claimed, to be taken again after
         // CLAIM_EXPIRES.
         loop {
-            let claim = Utc::now()
-                .duration_trunc(Duration::microseconds(1))
-                .unwrap_or(end);
-            let dirty: Vec<(i64, DateTime<Utc>)> = sqlx::query!(
+            // Claimed at the database's time, which the expiry is judged by.
+            let rows = sqlx::query!(
                 r#"WITH c AS (SELECT host_id, bucket FROM rollup_dirty
-                               WHERE claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $2)
+                               WHERE claimed_at IS NULL OR claimed_at < now() - make_interval(secs => $1)
                                ORDER BY host_id, bucket LIMIT 1000 FOR UPDATE SKIP LOCKED)
-                   UPDATE rollup_dirty d SET claimed_at = $1 FROM c
+                   UPDATE rollup_dirty d SET claimed_at = now() FROM c
                     WHERE d.host_id = c.host_id AND d.bucket = c.bucket
-                   RETURNING d.host_id AS "host_id!", d.bucket AS "bucket!""#,
-                claim,
+                   RETURNING d.host_id AS "host_id!", d.bucket AS "bucket!", d.claimed_at AS "claimed_at!""#,
                 CLAIM_EXPIRES.num_seconds() as f64,
             )
             .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| (r.host_id, r.bucket))
-            .collect();
-            if dirty.is_empty() {
+            .await?;
+            let Some(claim) = rows.first().map(|r| r.claimed_at) else {
                 break;
-            }
+            };
+            let dirty: Vec<(i64, DateTime<Utc>)> =
+                rows.into_iter().map(|r| (r.host_id, r.bucket)).collect();
             run.dirty_buckets += dirty.len() as u64;
             if let Err(e) = self.redo_minutes(&dirty, end, &mut run).await {
                 // Given back for the next run (or, if that fails too, taken again once

@@ -961,12 +961,17 @@ fn inventory_hash(b: &Batch) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(&b.gpus).unwrap_or_default().hash(&mut h);
-    if b.gpus.is_empty() {
-        let mut idx: Vec<u8> = b.gpu_samples.iter().map(|s| s.index).collect();
-        idx.sort_unstable();
-        idx.dedup();
-        idx.hash(&mut h);
-    }
+    // With the GPUs sampled but not listed (all of them, with no list): a GPU that
+    // starts reporting outside the list is a change.
+    let mut idx: Vec<u8> = b
+        .gpu_samples
+        .iter()
+        .map(|s| s.index)
+        .filter(|i| !b.gpus.iter().any(|g| g.index == *i))
+        .collect();
+    idx.sort_unstable();
+    idx.dedup();
+    idx.hash(&mut h);
     h.finish()
 }
 

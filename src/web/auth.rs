@@ -222,14 +222,13 @@ pub async fn check_password(
         st.metrics.logins_failed.inc();
         return Err(too_many(wait));
     }
-    let key_names: Vec<&str> = keys.iter().map(String::as_str).collect();
     let Ok(Ok(_slot)) = tokio::time::timeout(
         Duration::from_secs(2),
         st.password_slots.clone().acquire_owned(),
     )
     .await
     else {
-        st.store.login_release(&key_names, None).await?;
+        st.store.login_release(&throttled, None).await?;
         return Err(ApiError::Busy(
             "too many password checks at once; retry in a few seconds".into(),
         ));
@@ -247,7 +246,7 @@ pub async fn check_password(
     };
     match (ok, row) {
         (true, Some((id, role, phc))) => {
-            st.store.login_release(&key_names, Some(&pair_key)).await?;
+            st.store.login_release(&throttled, Some(&pair_key)).await?;
             if let Some(ip) = ip {
                 st.store.remember_login_address(&lower, ip).await?;
             }

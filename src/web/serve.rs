@@ -402,19 +402,34 @@ fn forwarded_client(
     if !trusted(peer) {
         return None;
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
-        for a in v.to_str().ok()?.split(',') {
-            let a = a.trim();
-            // "[v6]:port" and "v4:port" as some proxies write them.
-            let ip = a
-                .parse::<IpAddr>()
-                .or_else(|_| a.parse::<SocketAddr>().map(|s| s.ip()))
-                .ok()?;
-            hops.push(ip);
+    // The hops in order, every header line's; read from the right, and only as far as the
+    // first that is not a trusted proxy: what the client wrote before it is never read, so
+    // a client cannot spoil the header to be taken for the proxy.
+    let lines: Vec<std::borrow::Cow<'_, str>> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect();
+    let hops: Vec<&str> = lines
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    for hop in hops.iter().rev() {
+        // "[v6]:port" and "v4:port" as some proxies write them.
+        let ip = hop
+            .parse::<IpAddr>()
+            .or_else(|_| hop.parse::<SocketAddr>().map(|s| s.ip()));
+        match ip {
+            Ok(ip) if trusted(ip) => continue,
+            Ok(ip) => return Some(ip),
+            // A hop a trusted proxy wrote that is no address: an unknown client, never
+            // the proxy (whose address may be known to every user).
+            Err(_) => return Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         }
     }
-    hops.iter().rev().copied().find(|ip| !trusted(*ip))
+    None
 }
 
 #[cfg(test)]
@@ -461,9 +476,19 @@ mod tests {
             None
         );
         assert_eq!(forwarded_client(ip("10.0.0.5"), &xff(&[]), &proxies), None);
+        // A client's garbage before the hop the proxy appended is never read; garbage
+        // where the proxy's hop should be is an unknown client, never the proxy.
+        assert_eq!(
+            forwarded_client(
+                ip("10.0.0.5"),
+                &xff(&["not-an-address, 203.0.113.7"]),
+                &proxies
+            ),
+            Some(ip("203.0.113.7"))
+        );
         assert_eq!(
             forwarded_client(ip("10.0.0.5"), &xff(&["not-an-address"]), &proxies),
-            None
+            Some(ip("0.0.0.0"))
         );
         assert_eq!(
             forwarded_client(ip("10.0.0.5"), &xff(&["203.0.113.7"]), &[]),

@@ -435,6 +435,54 @@ async fn login_redirects_only_to_this_site() {
     app.stop().await;
 }
 
+/// Right passwords sent at once from many new addresses are each counted before their
+/// check: past ten, the name's back-off would block. Taken back as they succeed, they
+/// leave no block: the next login from yet another address gets in at once.
+#[tokio::test]
+async fn right_passwords_sent_at_once_leave_no_block_behind() {
+    let app = TestApp::spawn().await;
+    app.store
+        .upsert_user(
+            "svc",
+            rackwatch::store::auth::Role::Viewer,
+            "svc-password-1",
+        )
+        .await
+        .unwrap();
+    let from = |last: u8| {
+        let http = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap();
+        let url = format!("{}/api/v1/hosts", app.base);
+        async move {
+            http.get(url)
+                .header("authorization", basic("svc", "svc-password-1"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let tasks: Vec<_> = (20..34).map(|i| tokio::spawn(from(i))).collect();
+    let mut burst = Vec::new();
+    for t in tasks {
+        burst.push(t.await.unwrap());
+    }
+    assert!(burst.iter().all(|s| [200, 429].contains(s)), "{burst:?}");
+    assert!(
+        burst.iter().filter(|s| **s == 200).count() >= 10,
+        "{burst:?}"
+    );
+    assert_eq!(
+        from(40).await,
+        200,
+        "no block left by the burst ({burst:?})"
+    );
+    app.stop().await;
+}
+
 /// Before: every refused attempt wrote an audit row, so a flood from one address wrote
 /// rows as fast as it sent requests. Attempts past the address's bucket are recorded
 /// once a minute; every attempt checked is still recorded.
