@@ -247,9 +247,12 @@ fn collect_loop(
             }
         }
         next_tick += timing.interval;
-        if next_tick < Instant::now() {
-            // Fell behind (suspended, overloaded): skip missed ticks rather than burst.
-            next_tick = Instant::now() + timing.interval;
+        let now = Instant::now();
+        if next_tick + timing.interval < now {
+            // Fell behind by whole ticks (suspended, overloaded): skip them rather than
+            // burst. A round that only ran long (a source that just stalled took its
+            // interval) is followed by the next one at once, so the others lose no sample.
+            next_tick = now + timing.interval;
         }
         if urgent || Instant::now() >= next_ship {
             if tx
