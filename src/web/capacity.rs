@@ -740,7 +740,7 @@ async fn load_pool(st: &AppState, pool: &str) -> Result<PoolData, ApiError> {
         })
         .unwrap_or_default();
     // To 3 decimals, as every capacity answer gives demand.
-    let r3 = |v: f32| ((f64::from(v) * 1000.0).round() / 1000.0) as f32;
+    let r3 = |v: f32| demand3(f64::from(v)) as f32;
     let demand = demand
         .into_iter()
         .map(|p| crate::analytics::capacity::DemandPoint {

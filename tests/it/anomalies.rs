@@ -834,17 +834,6 @@ async fn metrics_and_the_admin_page_name_the_detectors_backend() {
     app.stop().await;
 }
 
-async fn set_rollup_watermark(app: &TestApp, w: DateTime<Utc>) {
-    sqlx::query(
-        "INSERT INTO job_state (name, watermark, updated_at) VALUES ('rollup_1m', $1, now())
-         ON CONFLICT (name) DO UPDATE SET watermark = $1",
-    )
-    .bind(w)
-    .execute(&app.store.pool)
-    .await
-    .unwrap();
-}
-
 /// Scored minutes of the timeline, in order.
 async fn scored_minutes(app: &TestApp, t: &Timeline) -> Vec<i64> {
     scores(app, t).await.iter().map(|s| s.minute).collect()
@@ -863,7 +852,7 @@ async fn scoring_waits_for_rollups_and_late_minutes_and_a_failed_retrain_keeps_t
     job.run(&app.store, cfg, t.e + settle).await.unwrap();
 
     // The rollups have reached minute 30 only (their job failed since): scoring stops there.
-    set_rollup_watermark(&app, t.at(30)).await;
+    app.set_rollup_watermark(t.at(30)).await;
     job.run(&app.store, cfg, t.at(AFTER) + settle)
         .await
         .unwrap();
@@ -886,7 +875,7 @@ async fn scoring_waits_for_rollups_and_late_minutes_and_a_failed_retrain_keeps_t
                 .unwrap();
         }
     }
-    set_rollup_watermark(&app, Utc::now()).await;
+    app.set_rollup_watermark(Utc::now()).await;
     job.run(&app.store, cfg, t.at(AFTER) + settle)
         .await
         .unwrap();
@@ -939,7 +928,7 @@ async fn scoring_waits_for_rollups_and_late_minutes_and_a_failed_retrain_keeps_t
             .await
             .unwrap();
     }
-    set_rollup_watermark(&app, later + settle).await;
+    app.set_rollup_watermark(later + settle).await;
     let run = job.run(&app.store, cfg, later + settle).await.unwrap();
     assert_eq!(run.trained, 0);
     let (status, note, retried): (String, String, Option<DateTime<Utc>>) =
@@ -983,7 +972,8 @@ async fn scoring_waits_for_rollups_and_late_minutes_and_a_failed_retrain_keeps_t
             .await
             .unwrap();
     }
-    set_rollup_watermark(&app, later + Duration::minutes(12)).await;
+    app.set_rollup_watermark(later + Duration::minutes(12))
+        .await;
     job.run(&app.store, cfg, later + Duration::minutes(12))
         .await
         .unwrap();

@@ -134,29 +134,16 @@ async fn partitions_are_made_ahead_and_dropped_past_retention() {
     // Ten days later: partitions older than raw_days (7) go, rollups (90 days) stay.
     let later = now + Duration::days(10);
     app.store.ensure_partitions(later, 7, 3).await.unwrap();
-    let rolled_up_to = |t: DateTime<Utc>| {
-        let pool = app.store.pool.clone();
-        async move {
-            sqlx::query(
-                "INSERT INTO job_state (name, watermark, updated_at) VALUES ('rollup_1m', $1, now())
-                 ON CONFLICT (name) DO UPDATE SET watermark = $1",
-            )
-            .bind(t)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-    };
     // The rollups stalled today: today's raw samples stay, past raw_days as they are,
     // until their minutes are rolled up.
-    rolled_up_to(now).await;
+    app.set_rollup_watermark(now).await;
     app.store
         .drop_expired_partitions(later, 7, 90, 30)
         .await
         .unwrap();
     let today = format!("host_samples_{}", now.format("%Y%m%d"));
     assert!(parts(&app).await.contains(&today), "{today} dropped");
-    rolled_up_to(later).await;
+    app.set_rollup_watermark(later).await;
     // While a long reader holds the table (a backup's dump), the drop waits 5 s at most
     // and leaves it for the next run, instead of queueing every insert behind it.
     let mut reader = app.store.pool.begin().await.unwrap();
@@ -687,14 +674,7 @@ async fn the_newest_chart_point_weighs_every_minute_once() {
         .rollup_quarters(from - Duration::hours(1), end, None)
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO job_state (name, watermark, updated_at) VALUES ('rollup_1m', $1, now())
-         ON CONFLICT (name) DO UPDATE SET watermark = $1",
-    )
-    .bind(end)
-    .execute(&app.store.pool)
-    .await
-    .unwrap();
+    app.set_rollup_watermark(end).await;
     let points = app
         .store
         .host_series(&["w".to_string()], from, end, 3600, Source::Rollup15m)

@@ -389,6 +389,18 @@ impl TestApp {
         (cookie, csrf_of(&html))
     }
 
+    /// Set the rollup job's watermark: every minute before `w` counts as rolled up.
+    pub async fn set_rollup_watermark(&self, w: chrono::DateTime<chrono::Utc>) {
+        sqlx::query(
+            "INSERT INTO job_state (name, watermark, updated_at) VALUES ('rollup_1m', $1, now())
+             ON CONFLICT (name) DO UPDATE SET watermark = $1",
+        )
+        .bind(w)
+        .execute(&self.store.pool)
+        .await
+        .unwrap();
+    }
+
     /// The audit rows of one action, newest first (at most 100).
     pub async fn audit(&self, action: &str) -> Vec<rackwatch::store::audit::AuditRow> {
         self.store
