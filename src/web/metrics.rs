@@ -64,9 +64,22 @@ pub async fn metrics(
     State(st): State<AppState>,
     _r: super::auth::MetricsReader,
 ) -> Result<Response, ApiError> {
-    let (recs, new_pools, agents, channels, alerts) = tokio::join!(
-        st.store.recommendations(None),
-        st.store.pools_not_yet_recommended(),
+    // Pools not yet recommended are read before the recommendations, and a pool in both
+    // is listed once: a capacity job committing between the two reads would otherwise
+    // give its first pool two series, or none, in this scrape.
+    let pools = async {
+        let new_pools = st.store.pools_not_yet_recommended().await;
+        let recs = st.store.recommendations(None).await;
+        let new_pools = new_pools.map(|mut n| {
+            if let Ok(r) = &recs {
+                n.retain(|(pool, _)| !r.iter().any(|rec| rec.pool == *pool));
+            }
+            n
+        });
+        (recs, new_pools)
+    };
+    let ((recs, new_pools), agents, channels, alerts) = tokio::join!(
+        pools,
         st.store.agent_stats(),
         crate::alert::notify::channel_states(&st.store),
         st.store.alert_counts()
