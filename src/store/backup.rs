@@ -83,19 +83,60 @@ async fn run_with(
 }
 
 /// `url` without its password, and the password: the tools get it from `PGPASSWORD`.
+/// Read by hand, not by a URL parser: a multi-host URL (`db1:5432,db2:5432`) is no URL to
+/// one, and must not keep its password for the process list. A `password=` parameter
+/// (which libpq reads too) is taken out as well, and wins, as it does in libpq.
 fn without_password(url: &str) -> (String, Option<String>) {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let pw = u.password().map(|p| {
-                percent_encoding::percent_decode_str(p)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            });
-            let _ = u.set_password(None);
-            (u.to_string(), pw)
+    let decode = |p: &str| {
+        percent_encoding::percent_decode_str(p)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return (url.to_string(), None);
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let mut password = None;
+    let mut out = url[..scheme_end].to_string();
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.split_once(':') {
+                Some((user, pw)) => {
+                    password = Some(decode(pw));
+                    out.push_str(user);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
         }
-        _ => (url.to_string(), None),
+        None => out.push_str(authority),
     }
+    let rest = &url[authority_end..];
+    match rest.split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|kv| match kv.strip_prefix("password=") {
+                    Some(pw) => {
+                        password = Some(decode(pw));
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            if !kept.is_empty() {
+                out.push('?');
+                out.push_str(&kept.join("&"));
+            }
+        }
+        None => out.push_str(rest),
+    }
+    (out, password)
 }
 
 /// The first bytes of every custom-format archive.
@@ -570,5 +611,31 @@ mod tests {
         assert_eq!(pw.as_deref(), Some("p@ss/w"));
         let socket = "postgres://postgres@localhost/rackwatch?host=/run/pg";
         assert_eq!(without_password(socket), (socket.to_string(), None));
+        // Multi-host (pg_auto_failover's form), which no URL parser reads.
+        assert_eq!(
+            without_password(
+                "postgresql://rw:s3cret@db1:5432,db2:5432/rackwatch?target_session_attrs=read-write"
+            ),
+            (
+                "postgresql://rw@db1:5432,db2:5432/rackwatch?target_session_attrs=read-write"
+                    .to_string(),
+                Some("s3cret".to_string())
+            )
+        );
+        // As a parameter, alone or among others.
+        assert_eq!(
+            without_password("postgres://rw@db/rackwatch?password=a%26b"),
+            (
+                "postgres://rw@db/rackwatch".to_string(),
+                Some("a&b".to_string())
+            )
+        );
+        assert_eq!(
+            without_password("postgres://rw@db/rw?sslmode=require&password=x&connect_timeout=5"),
+            (
+                "postgres://rw@db/rw?sslmode=require&connect_timeout=5".to_string(),
+                Some("x".to_string())
+            )
+        );
     }
 }

@@ -142,12 +142,22 @@ pub fn describe(o: &PgConnectOptions) -> String {
     }
 }
 
-/// Whether a connection's server takes writes.
+/// Whether a connection's server takes writes. A host that stops answering without
+/// closing the connection (power loss, a dropped network path) is an error after
+/// [`PROBE_TIMEOUT`], not a wait for the kernel to give up on the socket (minutes).
 async fn is_read_write(c: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    let ro: String =
+    let ro: String = tokio::time::timeout(
+        PROBE_TIMEOUT,
         sqlx::query_scalar!(r#"SELECT current_setting('transaction_read_only') AS "ro!""#)
-            .fetch_one(&mut *c)
-            .await?;
+            .fetch_one(&mut *c),
+    )
+    .await
+    .map_err(|_| {
+        sqlx::Error::Protocol(format!(
+            "the database host did not answer in {} s",
+            PROBE_TIMEOUT.as_secs()
+        ))
+    })??;
     Ok(ro == "off")
 }
 
@@ -255,8 +265,6 @@ impl Router {
     }
 }
 
-/// The first usable host, starting after `after` (so a failed current host is tried
-/// last) and wrapping around.
 /// What each host of `targets` answers now, for an error when none will do:
 /// `db1:5432: connection refused; db2:5432: read-only (a standby)`.
 pub async fn diagnose(targets: &Targets) -> String {
@@ -267,14 +275,14 @@ pub async fn diagnose(targets: &Targets) -> String {
             Ok(Err(e)) => super::connect_error(&e),
             Ok(Ok(mut c)) => {
                 let rw = is_read_write(&mut c).await.unwrap_or(false);
-                let _ = c.close().await;
+                let _ = tokio::time::timeout(PROBE_TIMEOUT, c.close()).await;
                 match (targets.read_write, rw) {
                     (true, false) => "read-only (a standby); a primary is needed".to_string(),
                     _ => "answers now".to_string(),
                 }
             }
         };
-        out.push(format!("{}:{}: {why}", h.get_host(), h.get_port()));
+        out.push(format!("{}: {why}", describe(h)));
     }
     out.join("; ")
 }
@@ -284,6 +292,8 @@ pub async fn any_usable(targets: &Targets) -> bool {
     find(targets, None).await.is_some()
 }
 
+/// The first usable host, starting after `after` (so a failed current host is tried
+/// last) and wrapping around.
 async fn find(targets: &Targets, after: Option<usize>) -> Option<usize> {
     let n = targets.hosts.len();
     let start = after.map_or(0, |a| a + 1);
@@ -294,7 +304,7 @@ async fn find(targets: &Targets, after: Option<usize>) -> Option<usize> {
             continue;
         };
         let usable = !targets.read_write || is_read_write(&mut c).await.unwrap_or(false);
-        let _ = c.close().await;
+        let _ = tokio::time::timeout(PROBE_TIMEOUT, c.close()).await;
         if usable {
             return Some(i);
         }
