@@ -783,12 +783,32 @@ async fn capacity_observations(
     let mut out = Vec::new();
     if c.pools {
         for r in store.recommendations(None).await? {
-            if r.week_schedule.is_empty() {
-                continue;
-            }
             let mut l = Labels::new();
             l.insert("pool".into(), r.pool.clone());
-            if !rule.selects(&l) {
+            // A pool may span sites: `site` selects the pools with hosts there; a pool
+            // has no rack, so `rack` selects racks only.
+            let selected = rule.matchers.iter().all(|(k, v)| match k.as_str() {
+                "pool" => r.pool == *v,
+                "site" => r.sites.contains(v),
+                _ => false,
+            });
+            if !selected {
+                continue;
+            }
+            // No plan this run (too little history, or a gap the recommender could not
+            // read): an alert of the pool is held as it is, not resolved as if the pool
+            // had left the fleet.
+            if r.week_schedule.is_empty() {
+                out.push(Observation {
+                    labels: l,
+                    value: None,
+                    active: false,
+                    clear: false,
+                    at: r.computed_at,
+                    occurrences: 1,
+                    description: format!("pool {}: {}", r.pool, r.note),
+                    held: None,
+                });
                 continue;
             }
             let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
@@ -800,11 +820,7 @@ async fn capacity_observations(
                 clear: !active,
                 at: r.computed_at,
                 occurrences: 1,
-                description: format!(
-                    "pool {}: {}",
-                    r.pool,
-                    crate::analytics::capacity::actions(&r, cfg.capacity.lead_days, now).join("; ")
-                ),
+                description: format!("pool {}: {}", r.pool, r.actions_now(now).join("; ")),
                 held: None,
             });
         }

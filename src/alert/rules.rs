@@ -651,7 +651,7 @@ impl RuleKind {
                 if matchers.contains_key("gpu") || matchers.contains_key("host") {
                     return Err((
                         "match",
-                        "capacity alerts are per pool or rack; match site, rack or pool".into(),
+                        "capacity alerts are per pool or rack; match site (pools with hosts there, and its racks), rack (racks only) or pool".into(),
                     ));
                 }
             }

@@ -478,6 +478,54 @@ async fn recommend_pools(
             (h, settings(cfg, host_size))
         })
         .collect();
+    // A pool none of whose hosts reported for a while keeps the plan it had, with its
+    // `decided_at` (the end of its demand) ageing, as an autoscaler's hold rule reads it:
+    // planning again from old demand would read as a plan of now.
+    let (inputs, silent): (Vec<_>, Vec<_>) = inputs
+        .into_iter()
+        .partition(|(h, _)| h.buckets.last().is_some_and(|b| *b > end - STALE_DEMAND));
+    let mut kept = Vec::new();
+    if !silent.is_empty() {
+        let mut stored: HashMap<String, PoolRecommendation> = store
+            .recommendations(None)
+            .await?
+            .into_iter()
+            .map(|r| (r.pool.clone(), r))
+            .collect();
+        for (h, _) in silent {
+            let silence = match h.buckets.last() {
+                Some(b) => format!(
+                    "no demand since {}: no host of the pool has reported since",
+                    (*b + Duration::minutes(5)).format("%Y-%m-%d %H:%M UTC")
+                ),
+                None => "no demand in the history window".to_string(),
+            };
+            let why =
+                format!("{silence}, so this is the plan made then (hold, do not scale on it)");
+            match stored.remove(&h.pool) {
+                Some(mut r) if !r.week_schedule.is_empty() => {
+                    r.demand_now = None;
+                    if r.actions.first() != Some(&why) {
+                        r.actions.retain(|a| !a.starts_with("no demand "));
+                        r.actions.insert(0, why);
+                    }
+                    kept.push(r);
+                }
+                _ => kept.push(partial_recommendation(
+                    Young {
+                        pool: &h.pool,
+                        installed: h.installed,
+                        host_size: sizes.get(&h.pool).copied().unwrap_or(1),
+                        demand_now: None,
+                    },
+                    now,
+                    h.buckets.last().map_or(end, |b| *b + Duration::minutes(5)),
+                    &silence,
+                    sites.get(&h.pool).cloned().unwrap_or_default(),
+                )),
+            }
+        }
+    }
     let horizon = cfg.capacity.horizon_days;
     let decided =
         super::on_all_cores(inputs, move |(h, s)| decide(h, start, end, &s, horizon)).await?;
@@ -670,6 +718,8 @@ async fn recommend_pools(
             }
         }
     }
+    skipped += kept.len();
+    recs.extend(kept);
     let done = recs.len() - skipped;
     store.save_recommendations(&recs, &exhaustions).await?;
     Ok((done, skipped))
@@ -886,23 +936,34 @@ async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Resul
     Ok(rows.len())
 }
 
+/// A pool whose newest demand is older than this (before the demand's end) is not
+/// planned again: its hosts stopped reporting. Autoscalers are told to hold on a
+/// recommendation more than two hours old.
+const STALE_DEMAND: Duration = Duration::hours(2);
+
 /// Demand growth below this is treated as flat: the plans' safety margins alone never
 /// make an order.
 pub const GROWING_PER_DAY: f64 = 0.005;
 
-/// Whether a pool runs short within `lead`: it grows (see [`actions`]) and the plan from
-/// its lead start needs more than is installed, its demand trend reaches the installed
-/// GPUs by then, or work queues now and this week's schedule needs more than is
-/// installed every hour. The capacity alert fires on this.
+/// Whether a pool runs short within `lead`, as [`actions`] orders: it grows (or its
+/// trend reaches the installed GPUs within twice `lead`) and the plan from its lead start
+/// needs more than is installed; its growing demand trend reaches the installed GPUs
+/// within `lead`; or work queues now and this week's schedule needs more than is
+/// installed every hour. A pool at its installed GPUs that is not growing, with a plan
+/// ahead that fits, is not short (the actions say "no order yet"). The capacity alert
+/// fires on this; with the rule's lead equal to `capacity.lead_days` it fires exactly
+/// when the actions order within that lead.
 pub fn short_within(r: &PoolRecommendation, lead: Duration, now: DateTime<Utc>) -> bool {
     if r.week_schedule.is_empty() {
         return false;
     }
     let growth = r.growth_per_day.unwrap_or(0.0);
-    let trend_hits = r.exhausted_at.is_some_and(|d| d <= now + lead);
+    let soon = r.exhausted_at.is_some_and(|d| d <= now + lead * 2);
+    let trend_hits = growth > 0.0 && r.exhausted_at.is_some_and(|d| d <= now + lead);
     let lead_peak = r.lead_plan.iter().copied().max().unwrap_or(0);
-    let plan_short =
-        growth >= GROWING_PER_DAY && lead_peak > r.installed_gpus && r.lead_start <= now + lead;
+    let plan_short = (growth >= GROWING_PER_DAY || soon)
+        && lead_peak > r.installed_gpus
+        && r.lead_start <= now + lead;
     trend_hits || plan_short || short_every_hour(r)
 }
 
@@ -915,6 +976,17 @@ fn short_every_hour(r: &PoolRecommendation) -> bool {
     r.demand_now.is_some_and(|d| d > f64::from(installed))
         && !r.week_schedule.is_empty()
         && r.week_schedule.iter().all(|g| *g > installed)
+}
+
+/// A daily growth rate in percent: one decimal, or two below 0.1 % (0.03 %/day is not
+/// "0.0").
+fn percent(per_day: f64) -> String {
+    let p = per_day * 100.0;
+    if p.abs() < 0.1 && p != 0.0 {
+        format!("{p:.2}")
+    } else {
+        format!("{p:.1}")
+    }
 }
 
 /// What a planner should do about a pool, in words, most urgent first.
@@ -967,6 +1039,20 @@ pub fn plan_actions(
             format!("{g} GPU{}", if g == 1 { "" } else { "s" })
         }
     };
+    // A release counts whole hosts down: releasing a partial host's worth would take the
+    // pool below what the schedule needs.
+    let release_hosts = |g: i32| {
+        if hs > 1 {
+            let h = g / hs;
+            format!(
+                "{h} host{} ({} GPUs)",
+                if h == 1 { "" } else { "s" },
+                h * hs
+            )
+        } else {
+            format!("{g} GPU{}", if g == 1 { "" } else { "s" })
+        }
+    };
     let growth = r.growth_per_day.unwrap_or(0.0);
     let soon = r
         .exhausted_at
@@ -1010,18 +1096,38 @@ pub fn plan_actions(
         ));
     } else if let (true, Some(_), false) = (growing, r.exhausted_at, growth > 0.0) {
         // At the installed GPUs on the daily peaks' trend, but not growing, and the plan
-        // ahead fits: nothing to order yet.
-        out.push((Urgency::NoChange, format!(
-            "no order yet: demand's daily peaks are at the {} installed GPUs but not growing ({:.1} %/day), and the plan ahead needs {lead_peak}",
-            r.installed_gpus,
-            growth * 100.0,
-        )));
+        // ahead fits: nothing to order yet (unless work queues every hour, below).
+        if !short_every_hour(r) {
+            let ahead = if r.lead_plan.is_empty() {
+                "there is no plan ahead yet (less history than the lead time)".to_string()
+            } else {
+                format!("the plan ahead needs {lead_peak}")
+            };
+            out.push((Urgency::NoChange, format!(
+                "no order yet: demand's daily peaks are at the {} installed GPUs but not growing ({} %/day), and {ahead}",
+                r.installed_gpus,
+                percent(growth),
+            )));
+        }
     } else if let (true, Some(d)) = (growing, r.exhausted_at) {
+        // Growing slowly, and the plan ahead still fits: the trend's date is the deadline.
+        let reach = if d <= now {
+            "already reach".to_string()
+        } else {
+            format!("reach them on {}", d.format("%Y-%m-%d"))
+        };
+        let ahead = if r.lead_plan.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the plan for the week from {} needs {lead_peak}",
+                r.lead_start.format("%Y-%m-%d")
+            )
+        };
         out.push((Urgency::Order, format!(
-            "demand grows {:.1} %/day and reaches the {} installed GPUs on {}: order more before then",
-            growth * 100.0,
+            "order more before the trend runs out: demand grows {} %/day and its daily peaks {reach} ({} GPUs installed{ahead})",
+            percent(growth),
             r.installed_gpus,
-            d.format("%Y-%m-%d")
         )));
     }
     let week_peak = r.week_schedule.iter().copied().max().unwrap_or(0);
@@ -1062,7 +1168,7 @@ pub fn plan_actions(
             }
             out.push((Urgency::Release, format!(
                 "release {} nights {:02}:00–{:02}:00 UTC (the schedule needs {} then, {} at the daily peak, {} installed{until})",
-                gpus_hosts(spare),
+                release_hosts(spare),
                 from,
                 to,
                 level,
@@ -1080,11 +1186,16 @@ pub fn plan_actions(
             } else {
                 String::new()
             };
+            let n = r.consolidation.0.len();
+            let what = if hs > 1 {
+                format!("{n} host{} ({spare} GPUs)", if n == 1 { "" } else { "s" })
+            } else {
+                format!("{spare} GPU{}", if spare == 1 { "" } else { "s" })
+            };
             out.push((
                 Urgency::Release,
                 format!(
-                    "release {} all week: the recommended peak is {}{ahead} of {} installed (drain {})",
-                    gpus_hosts(spare),
+                    "release {what} all week: the recommended peak is {}{ahead} of {} installed (drain {})",
                     week_peak,
                     r.installed_gpus,
                     r.consolidation
@@ -2446,6 +2557,51 @@ mod tests {
         assert_eq!(
             actions(&flat, 7, t)[0],
             "no order yet: demand's daily peaks are at the 32 installed GPUs but not growing (-0.2 %/day), and the plan ahead needs 30"
+        );
+        // The alert agrees with the words: not short.
+        assert!(!short_within(&flat, Duration::days(7), t));
+        // A young pool has no plan ahead to quote.
+        flat.lead_plan = Vec::new();
+        assert!(actions(&flat, 7, t)[0]
+            .ends_with("and there is no plan ahead yet (less history than the lead time)"));
+        // Growing slowly past its trend's date, the plan ahead still fitting: an order, with
+        // no date already gone, and the alert fires on it.
+        let mut slow = rec(vec![30; 168], vec![31; 168], 32, 8);
+        slow.growth_per_day = Some(0.0003);
+        slow.exhausted_at = Some(t - Duration::days(1));
+        assert_eq!(
+            actions(&slow, 7, t)[0],
+            "order more before the trend runs out: demand grows 0.03 %/day and its daily peaks already reach (32 GPUs installed; the plan for the week from 2026-12-14 needs 31)"
+        );
+        assert!(short_within(&slow, Duration::days(7), t));
+        // Queued work every hour: an order, and no "no order yet" beside it.
+        let mut queued = rec(vec![40; 168], vec![30; 168], 32, 8);
+        queued.growth_per_day = Some(-0.001);
+        queued.exhausted_at = Some(t);
+        queued.demand_now = Some(40.0);
+        let a = actions(&queued, 7, t);
+        assert!(
+            a[0].starts_with("add 1 host (8 GPUs) as soon as possible"),
+            "{a:?}"
+        );
+        assert!(!a.iter().any(|x| x.starts_with("no order yet")), "{a:?}");
+        assert!(short_within(&queued, Duration::days(7), t));
+    }
+
+    #[test]
+    fn a_night_release_counts_whole_hosts_down() {
+        let t: DateTime<Utc> = "2026-12-07T00:00:00Z".parse().unwrap();
+        // 31 installed in hosts of 8 (a GPU dropped off), 8 needed at night: 23 spare is
+        // two whole hosts, not three (which would leave 7 for 8).
+        let week: Vec<i32> = (0..168)
+            .map(|h| if (h % 24) < 8 { 8 } else { 30 })
+            .collect();
+        let r = rec(week, Vec::new(), 31, 8);
+        let a = actions(&r, 7, t);
+        assert!(
+            a.iter()
+                .any(|x| x.starts_with("release 2 hosts (16 GPUs) nights")),
+            "{a:?}"
         );
     }
 

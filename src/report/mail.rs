@@ -178,11 +178,9 @@ pub async fn capacity_lines(
 ) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for r in store.recommendations(None).await? {
-        let what = if r.week_schedule.is_empty() {
-            r.note.clone()
-        } else {
-            crate::analytics::capacity::actions(&r, cfg.capacity.lead_days, now).join("; ")
-        };
+        // What the capacity job said, as on the page (with the racks' room and the hosts
+        // to drain).
+        let what = r.actions_now(now).join("; ");
         out.push(format!(
             "Pool {} ({} GPUs): {what}",
             r.pool, r.installed_gpus

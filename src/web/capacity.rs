@@ -821,8 +821,9 @@ async fn pool_page(
     let d = load_pool(&st, &pool).await?;
     render_off(move || {
         let s = &d.summary;
+        // `v[i]` covers the hour from `start` + i hours, as in the API and the CSV plan:
+        // `start` is the end of the demand, not a clock hour.
         let hourly = |start: DateTime<Utc>, v: &[i32]| -> Vec<(DateTime<Utc>, f64)> {
-            let start = start.duration_trunc(Duration::hours(1)).unwrap_or(start);
             v.iter()
                 .enumerate()
                 .flat_map(|(i, g)| {

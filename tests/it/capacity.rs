@@ -169,6 +169,47 @@ async fn a_diurnal_pool_gets_a_night_day_schedule_within_one_host_of_the_answer(
 /// the GPUs it wrote are installed now (their inventory was last seen with the history's
 /// last batch, an hour ago), not days ago.
 #[tokio::test]
+async fn a_pool_whose_hosts_stopped_reporting_keeps_its_plan_ageing_and_says_so() {
+    let app = TestApp::spawn().await;
+    hosts(&app, "quiet", "fra1", "r1", 2, 8).await;
+    let end = demand_history(&app, "quiet", 16, |_, h| if h < 12 { 6.0 } else { 12.0 }).await
+        + Duration::days(28);
+    job(&app).await;
+    let before = recommendation(&app, "quiet").await;
+    assert_eq!(before.decided_at, end);
+    assert!(!before.week_schedule.is_empty() && before.demand_now.is_some());
+    // Three hours on, with no demand from the pool since: the plan is not made again from
+    // old demand (its decision time would read as now).
+    let later = Utc::now() + Duration::hours(3);
+    app.set_rollup_watermark(later).await;
+    capacity::run(&app.store, &app.cfg, later).await.unwrap();
+    let after = recommendation(&app, "quiet").await;
+    assert_eq!(after.decided_at, before.decided_at);
+    assert_eq!(after.week_schedule, before.week_schedule);
+    assert_eq!(after.next_hour, before.next_hour);
+    assert_eq!(after.demand_now, None);
+    let said = format!(
+        "no demand since {}: no host of the pool has reported since, so this is the plan made then (hold, do not scale on it)",
+        end.format("%Y-%m-%d %H:%M UTC")
+    );
+    assert_eq!(after.actions[0], said, "{:?}", after.actions);
+    // Said once, however many runs go by.
+    capacity::run(&app.store, &app.cfg, later + Duration::hours(1))
+        .await
+        .unwrap();
+    let again = recommendation(&app, "quiet").await;
+    assert_eq!(again.actions.iter().filter(|a| **a == said).count(), 1);
+    assert_eq!(again.decided_at, before.decided_at);
+    // The autoscalers' gauge carries the age.
+    let metrics = app.metrics().await;
+    let line = format!(
+        "rackwatch_pool_recommendation_timestamp_seconds{{pool=\"quiet\"}} {}",
+        end.timestamp()
+    );
+    assert!(metrics.contains(&line), "{line} not in /metrics");
+}
+
+#[tokio::test]
 async fn a_back_filled_fleet_is_installed_at_the_first_capacity_run() {
     let app = TestApp::spawn_with(|c| {
         c.simulator.history_days = 2;
@@ -1335,10 +1376,14 @@ to = ["planners@example.com"]
 
 /// A server with the capacity rule loaded, mailing through a real SMTP server at once.
 async fn rule_app() -> (SmtpServer, TestApp, tempfile::TempDir) {
+    rule_app_with(RULES).await
+}
+
+async fn rule_app_with(rules_toml: &str) -> (SmtpServer, TestApp, tempfile::TempDir) {
     let smtp = SmtpServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("alerts.toml");
-    std::fs::write(&rules, RULES).unwrap();
+    std::fs::write(&rules, rules_toml).unwrap();
     let app = TestApp::spawn_full(fresh_database().await, |c| {
         smtp.alert_through(c, &rules);
         c.alerting.group_wait_secs = 1;
@@ -1422,6 +1467,32 @@ async fn the_capacity_rule_fires_once_with_the_plan_and_resolves_when_it_changes
         .await
         .unwrap();
     resolves_at_the_next_run(&app, &smtp).await;
+    app.stop().await;
+}
+
+/// A rule matching a site watches the pools with hosts there (a pool may span sites),
+/// not only that site's racks.
+#[tokio::test]
+async fn a_site_matched_capacity_rule_watches_the_pools_with_hosts_there() {
+    let (smtp, app, _rules) = rule_app_with(&RULES.replace(
+        "lead_days = 10",
+        "lead_days = 10\nmatch = { site = \"fra1\" }",
+    ))
+    .await;
+    hosts(&app, "here", "fra1", "r2", 2, 4).await;
+    hosts(&app, "there", "ams2", "r1", 2, 4).await;
+    for pool in ["here", "there"] {
+        demand_history(&app, pool, 8, |d, _| 4.0 * 1.02f64.powf(d)).await;
+    }
+    job(&app).await;
+    let mails = smtp.wait_for(1, 20).await;
+    assert!(
+        subject(&mails[0]).ends_with(" pool here"),
+        "{}",
+        subject(&mails[0])
+    );
+    tokio::time::sleep(StdDuration::from_secs(3)).await;
+    assert_eq!(smtp.mails().len(), 1, "the pool at ams2 is not this rule's");
     app.stop().await;
 }
 
