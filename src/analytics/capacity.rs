@@ -1027,9 +1027,11 @@ pub fn plan_actions(
 ) -> Vec<(Urgency, String)> {
     let mut out = Vec::new();
     let hs = r.host_size.max(1);
-    let gpus_hosts = |g: i32| {
+    // GPUs in whole hosts: an order counts hosts up, a release down (releasing a partial
+    // host's worth would take the pool below what the schedule needs).
+    let in_hosts = |g: i32, up: bool| {
         if hs > 1 {
-            let h = (g + hs - 1) / hs;
+            let h = if up { (g + hs - 1) / hs } else { g / hs };
             format!(
                 "{h} host{} ({} GPUs)",
                 if h == 1 { "" } else { "s" },
@@ -1039,20 +1041,8 @@ pub fn plan_actions(
             format!("{g} GPU{}", if g == 1 { "" } else { "s" })
         }
     };
-    // A release counts whole hosts down: releasing a partial host's worth would take the
-    // pool below what the schedule needs.
-    let release_hosts = |g: i32| {
-        if hs > 1 {
-            let h = g / hs;
-            format!(
-                "{h} host{} ({} GPUs)",
-                if h == 1 { "" } else { "s" },
-                h * hs
-            )
-        } else {
-            format!("{g} GPU{}", if g == 1 { "" } else { "s" })
-        }
-    };
+    let gpus_hosts = |g: i32| in_hosts(g, true);
+    let release_hosts = |g: i32| in_hosts(g, false);
     let growth = r.growth_per_day.unwrap_or(0.0);
     let soon = r
         .exhausted_at
