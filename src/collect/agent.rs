@@ -49,12 +49,20 @@ pub async fn run(
     shipper.stop_on(shutdown.clone());
     loop {
         let stopping = *shutdown.borrow();
+        // New batches first; a spool being replayed goes on at once between them (a
+        // replay runs in slices), and is retried every 500 ms while it has to wait.
+        let replay_in = if shipper.replay_now() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(500)
+        };
         tokio::select! {
+            biased;
             b = rx.recv() => match b {
                 Some(b) => shipper.ship(b).await,
                 None => break,
             },
-            _ = tokio::time::sleep(Duration::from_millis(500)), if shipper.pending() && !stopping => {
+            _ = tokio::time::sleep(replay_in), if shipper.pending() && !stopping => {
                 shipper.drain().await;
             }
         }

@@ -19,6 +19,9 @@ use super::spool::Spool;
 use crate::config::{check_base_url, AgentTls};
 use crate::model::{AgentStats, Batch, IngestResponse};
 
+/// How long one replay of the spool runs before new batches get their turn.
+const REPLAY_SLICE: Duration = Duration::from_secs(1);
+
 /// Outcome of one delivery attempt.
 #[derive(Debug)]
 pub enum Delivery {
@@ -580,10 +583,13 @@ impl Shipper {
         }
     }
 
-    /// Replay spooled batches oldest-first until one fails. Returns true when the spool
-    /// is empty afterwards.
+    /// Replay spooled batches oldest-first until one fails, for up to [`REPLAY_SLICE`]:
+    /// new batches wait in memory (and the collector on them once 64 wait) while this
+    /// runs, so a long spool is replayed in slices between them. Returns true when the
+    /// spool is empty afterwards.
     pub async fn drain(&mut self) -> bool {
-        while !self.backing_off() {
+        let started = Instant::now();
+        while !self.backing_off() && started.elapsed() < REPLAY_SLICE {
             let Some(entry) = self.spool.oldest() else {
                 return true;
             };
@@ -627,6 +633,11 @@ impl Shipper {
     /// Whether anything waits in the spool.
     pub fn pending(&self) -> bool {
         !self.spool.is_empty()
+    }
+
+    /// Whether spooled batches could be replayed now (nothing to wait out).
+    pub fn replay_now(&self) -> bool {
+        self.pending() && !self.backing_off()
     }
 }
 

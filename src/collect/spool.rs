@@ -177,12 +177,33 @@ impl Spool {
         self.next_seq += 1;
         let path = self.path(seq);
         let tmp = path.with_extension("json.tmp");
-        {
-            let mut f = fs::File::create(&tmp)?;
+        let write = |tmp: &Path| -> std::io::Result<()> {
+            let mut f = fs::File::create(tmp)?;
             f.write_all(&data)?;
             f.sync_all()?;
+            fs::rename(tmp, &path)
+        };
+        // A full disk: the oldest batches make room for the newest, as past `max_bytes`
+        // (up to three, then the batch is given up). A partial file never stays behind.
+        let mut room_made = 0;
+        loop {
+            match write(&tmp) {
+                Ok(()) => break,
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    let full = e.kind() == std::io::ErrorKind::StorageFull;
+                    if !full || room_made == 3 || self.files.is_empty() {
+                        return Err(e);
+                    }
+                    let (old, size) = self.files.pop_front().expect("non-empty");
+                    let _ = fs::remove_file(self.path(old));
+                    self.bytes -= size;
+                    self.dropped_total += 1;
+                    room_made += 1;
+                    tracing::warn!(spool = %self.dir.display(), "the disk is full: the oldest spooled batch was dropped to keep the newest (counted in dropped_batches_total)");
+                }
+            }
         }
-        fs::rename(&tmp, &path)?;
         if let Ok(d) = fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
@@ -381,6 +402,26 @@ mod tests {
         let (_, b) = s.oldest().unwrap().unwrap();
         assert_eq!(b, batch(2));
         assert!(!dir.path().join("00000000000000000099.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_partial_file_and_the_spool_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        s.push(&batch(0)).unwrap();
+        // The next batch's name is taken by a directory: its rename fails.
+        fs::create_dir(s.path(s.next_seq)).unwrap();
+        assert!(s.push(&batch(1)).is_err());
+        assert_eq!(s.len(), 1);
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // The one after is written as usual.
+        s.push(&batch(2)).unwrap();
+        assert_eq!(s.len(), 2);
     }
 
     #[test]

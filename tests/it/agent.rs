@@ -383,6 +383,11 @@ async fn a_batch_with_many_rejected_samples_is_delivered_once() {
 /// A server that answers the first `busy` requests 503 with `Retry-After: 2`, then 200;
 /// it records when each request arrived.
 async fn busy_server(busy: usize) -> (u16, Arc<Mutex<Vec<std::time::Instant>>>) {
+    slow_server(busy, Duration::ZERO).await
+}
+
+/// [`busy_server`] whose every answer takes `delay`.
+async fn slow_server(busy: usize, delay: Duration) -> (u16, Arc<Mutex<Vec<std::time::Instant>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -428,11 +433,63 @@ async fn busy_server(busy: usize) -> (u16, Arc<Mutex<Vec<std::time::Instant>>>) 
                     let body = r#"{"accepted":1,"stored":1,"rejected":0,"errors":[]}"#;
                     format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
                 };
+                tokio::time::sleep(delay).await;
                 let _ = s.write_all(resp.as_bytes()).await;
             });
         }
     });
     (port, seen)
+}
+
+/// A long spool is replayed in slices of about a second, so the batches collected
+/// meanwhile are taken (and spooled) between them instead of piling up in memory.
+#[tokio::test]
+async fn a_long_spool_is_replayed_in_slices() {
+    let (port, seen) = slow_server(0, Duration::from_millis(250)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::support::test_config("postgres://unused@localhost/none");
+    let mut shipper = rackwatch::app::shipper(
+        &cfg,
+        &format!("http://127.0.0.1:{port}"),
+        "rwa_token",
+        dir.path(),
+    )
+    .unwrap();
+    for s in 0..12 {
+        shipper
+            .spool
+            .push(&rackwatch::model::Batch {
+                host: rackwatch::model::HostInfo {
+                    name: "slow".into(),
+                    ..Default::default()
+                },
+                host_samples: vec![rackwatch::model::HostSample {
+                    ts: Utc::now() - chrono::Duration::seconds(s),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    assert!(
+        !shipper.drain().await,
+        "one slice does not replay 12 × 250 ms"
+    );
+    let first = seen.lock().unwrap().len();
+    assert!(
+        (2..=6).contains(&first),
+        "{first} batches in the first slice"
+    );
+    assert!(
+        shipper.replay_now(),
+        "the rest is replayed next, without a wait"
+    );
+    let t0 = std::time::Instant::now();
+    while shipper.pending() && t0.elapsed() < Duration::from_secs(20) {
+        shipper.drain().await;
+    }
+    assert!(!shipper.pending());
+    assert_eq!(seen.lock().unwrap().len(), 12);
 }
 
 #[tokio::test]
