@@ -441,35 +441,36 @@ async fn slow_server(busy: usize, delay: Duration) -> (u16, Arc<Mutex<Vec<std::t
     (port, seen)
 }
 
+/// A shipper to a fake server on this machine, spooling in `dir`.
+fn shipper_to(port: u16, dir: &std::path::Path) -> rackwatch::collect::shipper::Shipper {
+    let cfg = crate::support::test_config("postgres://unused@localhost/none");
+    rackwatch::app::shipper(&cfg, &format!("http://127.0.0.1:{port}"), "rwa_token", dir).unwrap()
+}
+
+/// A batch of one host sample of `host`, `secs_ago` seconds ago.
+fn one_sample(host: &str, secs_ago: i64) -> rackwatch::model::Batch {
+    rackwatch::model::Batch {
+        host: rackwatch::model::HostInfo {
+            name: host.into(),
+            ..Default::default()
+        },
+        host_samples: vec![rackwatch::model::HostSample {
+            ts: Utc::now() - chrono::Duration::seconds(secs_ago),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// A long spool is replayed in slices of about a second, so the batches collected
 /// meanwhile are taken (and spooled) between them instead of piling up in memory.
 #[tokio::test]
 async fn a_long_spool_is_replayed_in_slices() {
     let (port, seen) = slow_server(0, Duration::from_millis(250)).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = crate::support::test_config("postgres://unused@localhost/none");
-    let mut shipper = rackwatch::app::shipper(
-        &cfg,
-        &format!("http://127.0.0.1:{port}"),
-        "rwa_token",
-        dir.path(),
-    )
-    .unwrap();
+    let mut shipper = shipper_to(port, dir.path());
     for s in 0..12 {
-        shipper
-            .spool
-            .push(&rackwatch::model::Batch {
-                host: rackwatch::model::HostInfo {
-                    name: "slow".into(),
-                    ..Default::default()
-                },
-                host_samples: vec![rackwatch::model::HostSample {
-                    ts: Utc::now() - chrono::Duration::seconds(s),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .unwrap();
+        shipper.spool.push(&one_sample("slow", s)).unwrap();
     }
     assert!(
         !shipper.drain().await,
@@ -496,25 +497,8 @@ async fn a_long_spool_is_replayed_in_slices() {
 async fn the_shipper_waits_as_long_as_a_busy_server_asks_and_then_delivers() {
     let (port, seen) = busy_server(2).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = crate::support::test_config("postgres://unused@localhost/none");
-    let mut shipper = rackwatch::app::shipper(
-        &cfg,
-        &format!("http://127.0.0.1:{port}"),
-        "rwa_token",
-        dir.path(),
-    )
-    .unwrap();
-    let batch = |s: i64| rackwatch::model::Batch {
-        host: rackwatch::model::HostInfo {
-            name: "busy".into(),
-            ..Default::default()
-        },
-        host_samples: vec![rackwatch::model::HostSample {
-            ts: Utc::now() - chrono::Duration::seconds(s),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let mut shipper = shipper_to(port, dir.path());
+    let batch = |s: i64| one_sample("busy", s);
     let start = std::time::Instant::now();
     shipper.ship(batch(2)).await;
     assert!(shipper.pending(), "a 503 keeps the batch in the spool");
