@@ -497,15 +497,16 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
     let Access::User(role) = row.access else {
         return next.run(Request::from_parts(parts, body)).await;
     };
-    match auth::resolve(&parts, &st).await {
+    let user = match auth::resolve(&parts, &st).await {
         Ok(Some(u)) => {
             if let Err(e) = auth::require(&u, role) {
                 if row.method != "GET" {
                     audit_refusal(&st, &parts, &u, role).await;
                 }
-                return refuse(e);
+                return super::error::with_nav(refuse(e), &u, &parts.headers);
             }
-            parts.extensions.insert(Resolved(u));
+            parts.extensions.insert(Resolved(u.clone()));
+            u
         }
         Ok(None) if row.login_redirect => {
             let next = match parts.method {
@@ -520,8 +521,11 @@ pub async fn enforce(State(st): State<AppState>, req: Request, next: Next) -> Re
         }
         Ok(None) => return refuse(auth::unauthorized(&parts.headers)),
         Err(e) => return refuse(e),
-    }
-    next.run(Request::from_parts(parts, body)).await
+    };
+    // A page's error (no such host, a bad parameter) keeps the signed-in header.
+    let headers = parts.headers.clone();
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    super::error::with_nav(resp, &user, &headers)
 }
 
 /// Header that carries the session's CSRF token on JSON API posts and deletes made with a

@@ -181,6 +181,48 @@ impl<E: Into<ApiError>> From<E> for PageError {
 struct ErrorPage<'a> {
     title: &'a str,
     message: &'a str,
+    /// The signed-in header, when the user is known: an error page keeps Admin and Log
+    /// out.
+    nav: Option<super::page::Nav>,
+}
+
+/// What an error page showed, kept on its response so that a layer that knows the user
+/// can show it again with the signed-in header ([`with_nav`]).
+#[derive(Debug, Clone)]
+pub struct ErrorShown {
+    title: &'static str,
+    message: String,
+}
+
+/// An error page (a response of [`error_page`]) again, with `user`'s header; any other
+/// response as it is.
+pub fn with_nav(
+    resp: Response,
+    user: &crate::store::auth::User,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let Some(shown) = resp.extensions().get::<ErrorShown>().cloned() else {
+        return resp;
+    };
+    let nav = super::page::Nav::new(
+        user,
+        super::auth::Csrf(super::auth::csrf_token(headers)),
+        "",
+    );
+    let page = ErrorPage {
+        title: shown.title,
+        message: &shown.message,
+        nav: Some(nav),
+    };
+    let mut again = super::page::render(&page);
+    *again.status_mut() = resp.status();
+    for name in [header::RETRY_AFTER, header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(v) = resp.headers().get(&name) {
+            again.headers_mut().insert(name, v.clone());
+        }
+    }
+    again.extensions_mut().insert(shown);
+    again
 }
 
 impl IntoResponse for PageError {
@@ -219,9 +261,11 @@ pub fn error_page(e: ApiError) -> Response {
     let page = ErrorPage {
         title,
         message: &message,
+        nav: None,
     };
     let mut resp = super::page::render(&page);
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(ErrorShown { title, message });
     match e {
         ApiError::Unavailable | ApiError::Busy(_) => {
             resp.headers_mut()

@@ -397,15 +397,25 @@ pub fn api_router() -> Routes {
 
 /// 404 for a path no route knows: JSON for API clients, a page for people.
 async fn not_found(
+    State(st): State<AppState>,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let e = error::ApiError::NotFound(format!("no such page or endpoint: {}", uri.path()));
     if wants_json(uri.path(), &headers) {
-        e.into_response()
-    } else {
-        error::PageError(e).into_response()
+        return e.into_response();
+    }
+    let page = error::PageError(e).into_response();
+    // A signed-in browser keeps its header (a session only: no password is checked for
+    // a page that does not exist).
+    let idle = chrono::Duration::seconds(st.cfg.server.session_idle_secs);
+    match auth::cookie(&headers, auth::SESSION_COOKIE) {
+        Some(secret) => match st.store.session_user(secret, idle).await {
+            Ok(Some(u)) => error::with_nav(page, &u, &headers),
+            _ => page,
+        },
+        None => page,
     }
 }
 

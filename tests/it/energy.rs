@@ -370,6 +370,11 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
     let (status, html) = app.page(&cookie, "/energy?week=2026-W43").await;
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("Energy report 2026-W43"), "{html}");
+    // The week never breaks at its hyphen on a phone.
+    assert!(
+        html.contains(r#"<h1>Energy report <span class="nw">2026-W43</span></h1>"#),
+        "{html}"
+    );
     assert!(html.contains("/energy/reports/2026-W43.parquet"));
     assert!(html.contains("Consolidate idle GPUs"));
     let idle_pools = &html[html

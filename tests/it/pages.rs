@@ -86,14 +86,27 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
     );
     assert!(html.contains("GPU-2222"));
     assert!(html.contains("GPU has fallen off the bus"));
-    let missing = app
+    // An error page keeps the signed-in header (Admin, the user, Log out), whether a
+    // page found nothing or no page has the path.
+    for path in ["/hosts/nope", "/no-such-page"] {
+        let (status, html) = app.page(&cookie, path).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(
+            html.contains(r#"<a href="/admin""#)
+                && html.contains("Log out")
+                && html.contains(r#"name="csrf""#),
+            "{path}: {html}"
+        );
+    }
+    // Without a session it is the plain header.
+    let r = app
         .http
-        .get(format!("{}/hosts/nope", app.base))
-        .header("cookie", &cookie)
+        .get(format!("{}/no-such-page", app.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(missing.status(), 404);
+    assert_eq!(r.status(), 404);
+    assert!(!r.text().await.unwrap().contains("Log out"));
 
     // Logging out ends the session.
     let token = crate::support::csrf_of(&html);
