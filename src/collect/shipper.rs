@@ -66,6 +66,10 @@ pub struct Shipper {
     retry_log: Episode,
     refusal_log: Episode,
     spool_log: Episode,
+    /// Batches delivered with samples the server rejected, and those samples since the
+    /// last log line.
+    rejected_log: Episode,
+    rejected_samples: u64,
 }
 
 /// How long a request in flight when the agent shuts down may still take: its batch is
@@ -316,6 +320,8 @@ impl Shipper {
             retry_log: Episode::default(),
             refusal_log: Episode::default(),
             spool_log: Episode::default(),
+            rejected_log: Episode::default(),
+            rejected_samples: 0,
         })
     }
 
@@ -506,11 +512,30 @@ impl Shipper {
         self.retry_at.is_some_and(|t| Instant::now() < t)
     }
 
-    fn report(resp: &IngestResponse) {
-        if resp.rejected > 0 {
+    /// Log what the server rejected of a delivered batch: the first batch's reasons (up
+    /// to five), then at most every [`LOG_EVERY`] how many samples since and the latest
+    /// reason. A clock minutes fast has every sample rejected, every batch.
+    fn report(&mut self, resp: &IngestResponse) {
+        if resp.rejected == 0 {
+            return;
+        }
+        self.rejected_samples += resp.rejected as u64;
+        let Some(batches) = self.rejected_log.occur() else {
+            return;
+        };
+        let samples = std::mem::take(&mut self.rejected_samples);
+        if batches == 1 {
             for r in resp.errors.iter().take(5) {
                 tracing::warn!(section = %r.section, index = r.index, field = r.field.as_deref().unwrap_or("-"), "sample rejected: {}", r.reason);
             }
+        } else if let Some(r) = resp.errors.first() {
+            tracing::warn!(
+                batches,
+                samples,
+                "samples rejected by the server since the last report (logged every {} s); the latest: {}",
+                LOG_EVERY.as_secs(),
+                r.reason
+            );
         }
     }
 
@@ -529,7 +554,7 @@ impl Shipper {
         let wrong_host = matches!(delivery, Delivery::WrongHost(_));
         match delivery {
             Delivery::Delivered(r) => {
-                Self::report(&r);
+                self.report(&r);
                 self.delivered_total += 1;
                 self.refusal_log.end();
                 self.note_success();
@@ -606,7 +631,7 @@ impl Shipper {
             };
             match self.send(&batch).await {
                 Delivery::Delivered(r) => {
-                    Self::report(&r);
+                    self.report(&r);
                     self.spool.remove(seq);
                     self.replayed_total += 1;
                     self.delivered_total += 1;
