@@ -34,8 +34,10 @@ pub enum Delivery {
         why: String,
         after: Option<Duration>,
     },
-    /// The server refuses this batch for good (400, 413, 415, 422).
+    /// The server refuses this batch for good (400, 415, 422).
     Refused(String),
+    /// The batch is over the server's size limit (413): sent again as two halves.
+    TooLarge(String),
     /// The server refuses this batch because it names another host than the token's
     /// (403): set aside until the agent starts again (with the name or token fixed).
     WrongHost(String),
@@ -438,7 +440,8 @@ impl Shipper {
                 "unexpected answer from {} (not a Rackwatch ingest answer): {text}",
                 self.url
             )),
-            400 | 413 | 415 | 422 => Delivery::Refused(format!("{status}: {text}")),
+            400 | 415 | 422 => Delivery::Refused(format!("{status}: {text}")),
+            413 => Delivery::TooLarge(format!("{status}: {text}")),
             // The token belongs to another host: this batch is not accepted as it is, so it
             // must not block the ones behind it; it waits in rejected/wrong-host/ and is
             // sent again, under the configured name, when the agent next starts.
@@ -550,7 +553,20 @@ impl Shipper {
             self.drain().await;
             return;
         }
-        let delivery = self.send(&batch).await;
+        let mut delivery = self.send(&batch).await;
+        if let Delivery::TooLarge(why) = delivery {
+            // Both halves wait in the spool and go out behind nothing.
+            match batch.halves() {
+                Some((a, b)) => {
+                    tracing::warn!("a batch of {} samples is over the server's size limit ({why}); sending it as two halves", batch.len());
+                    self.spool_batch(&a);
+                    self.spool_batch(&b);
+                    self.drain().await;
+                    return;
+                }
+                None => delivery = Delivery::Refused(why),
+            }
+        }
         let wrong_host = matches!(delivery, Delivery::WrongHost(_));
         match delivery {
             Delivery::Delivered(r) => {
@@ -563,7 +579,7 @@ impl Shipper {
                 self.spool_batch(&batch);
                 self.note_failure(&why, after);
             }
-            Delivery::Refused(why) | Delivery::WrongHost(why) => {
+            Delivery::Refused(why) | Delivery::WrongHost(why) | Delivery::TooLarge(why) => {
                 // Keep it for inspection (or the next start) rather than dropping it.
                 match self.spool.push(&batch) {
                     Ok(seq) => {
@@ -642,6 +658,23 @@ impl Shipper {
                     self.note_failure(&why, after);
                     return false;
                 }
+                Delivery::TooLarge(why) => match batch.halves() {
+                    Some((a, b)) => {
+                        tracing::warn!("a spooled batch of {} samples is over the server's size limit ({why}); sending it as two halves", batch.len());
+                        // Written before the whole one goes: a crash between sends some
+                        // samples twice, which the server stores once.
+                        if self.spool.push(&a).is_ok() && self.spool.push(&b).is_ok() {
+                            self.spool.remove(seq);
+                        } else {
+                            let to = self.spool.quarantine(seq);
+                            self.note_refusal(&why, &to);
+                        }
+                    }
+                    None => {
+                        let to = self.spool.quarantine(seq);
+                        self.note_refusal(&why, &to);
+                    }
+                },
                 Delivery::Refused(why) => {
                     let to = self.spool.quarantine(seq);
                     self.note_refusal(&why, &to);

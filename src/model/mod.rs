@@ -187,6 +187,47 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.host_samples.len() + self.gpu_samples.len() + self.events.len()
     }
+
+    /// The batch as two of about half its samples and events each (host samples first,
+    /// then GPU samples, then events), both with its inventory; None for fewer than two.
+    /// A batch the server finds too large is sent this way.
+    pub fn halves(&self) -> Option<(Batch, Batch)> {
+        let n = self.len();
+        if n < 2 {
+            return None;
+        }
+        let mut left = n / 2;
+        let mut cut = |len: usize| {
+            let k = left.min(len);
+            left -= k;
+            k
+        };
+        let (h, g, e) = (
+            cut(self.host_samples.len()),
+            cut(self.gpu_samples.len()),
+            cut(self.events.len()),
+        );
+        let part = |h: &[HostSample], g: &[GpuSample], e: &[HardwareEvent]| Batch {
+            host: self.host.clone(),
+            gpus: self.gpus.clone(),
+            host_samples: h.to_vec(),
+            gpu_samples: g.to_vec(),
+            events: e.to_vec(),
+            agent: None,
+        };
+        Some((
+            part(
+                &self.host_samples[..h],
+                &self.gpu_samples[..g],
+                &self.events[..e],
+            ),
+            part(
+                &self.host_samples[h..],
+                &self.gpu_samples[g..],
+                &self.events[e..],
+            ),
+        ))
+    }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -521,6 +521,50 @@ async fn the_shipper_waits_as_long_as_a_busy_server_asks_and_then_delivers() {
     }
 }
 
+/// A batch over the server's size limit (413) is sent as halves, as many times as it
+/// takes, and every sample is stored.
+#[tokio::test]
+async fn a_batch_over_the_size_limit_is_sent_in_halves() {
+    let app = TestApp::spawn_full(fresh_database().await, |c| {
+        c.server.max_body_bytes = 16 << 10;
+        c.server.max_decompressed_bytes = 64 << 10;
+    })
+    .await;
+    let token = app.token("wide").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut shipper = rackwatch::app::shipper(&app.cfg, &app.base, &token, dir.path()).unwrap();
+    let start = Utc::now() - chrono::Duration::minutes(30);
+    let gpu_samples: Vec<rackwatch::model::GpuSample> = (0..3000)
+        .map(|i| rackwatch::model::GpuSample {
+            ts: start + chrono::Duration::milliseconds(i64::from(i / 8) * 1000),
+            index: (i % 8) as u8,
+            util_pct: Some(f64::from(i % 100)),
+            ..Default::default()
+        })
+        .collect();
+    let mut batch = one_sample("wide", 0);
+    batch.gpu_samples = gpu_samples;
+    shipper.ship(batch).await;
+    let t0 = std::time::Instant::now();
+    while shipper.pending() && t0.elapsed() < Duration::from_secs(30) {
+        shipper.drain().await;
+    }
+    assert!(!shipper.pending());
+    assert!(
+        std::fs::read_dir(dir.path().join("rejected"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "nothing set aside"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 3000);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_batch_for_another_host_goes_to_rejected_and_does_not_block_the_spool() {
     let app = TestApp::spawn().await;
