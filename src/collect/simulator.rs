@@ -78,6 +78,19 @@ fn hash(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
+/// Days between purges of a simulated host's scratch disk.
+const PURGE_DAYS: i64 = 120;
+
+/// Bytes used on a simulated host's scratch disk at `ts` (seconds): 12 TB after each
+/// purge, growing at the host's own rate (75–140 GB a day) until its next one; never
+/// above 29 TB of the 30.
+fn scratch_used(seed: u64, ts: i64) -> u64 {
+    let period = 86_400 * PURGE_DAYS;
+    let since_purge = (ts + (seed % period as u64) as i64).rem_euclid(period);
+    let per_day = 75e9 + (seed >> 8) as f64 % 65.0 * 1e9;
+    (12e12 + since_purge as f64 / 86_400.0 * per_day).min(29e12) as u64
+}
+
 /// Uniform noise in [-1, 1), deterministic in (seed, stream, t).
 fn noise(seed: u64, stream: u64, t: i64) -> f64 {
     let h = hash(
@@ -362,11 +375,10 @@ impl SimulatedHost {
             disk_write_bytes_per_s: Some((gpu_mean * 0.8e6 * (1.0 - 0.5 * n)).max(0.0)),
             net_rx_bytes_per_s: Some((gpu_mean * 2.5e7 * (1.0 + 0.3 * n)).max(0.0)),
             net_tx_bytes_per_s: Some((gpu_mean * 1.2e7 * (1.0 - 0.3 * n)).max(0.0)),
-            // 30 TB of scratch filling by ~1 GB per hour of busy GPUs, from 40 %.
-            disk_used_bytes: Some(
-                (12e12 + (ts.rem_euclid(86_400 * 90)) as f64 / 3600.0 * gpu_mean / 100.0 * 1e9)
-                    as u64,
-            ),
+            // 30 TB of scratch, filling steadily from 12 TB at 75–140 GB a day (per host)
+            // until a purge every 120 days, on each host's own date: usage only grows
+            // between purges, and the disk forecasts see real trends.
+            disk_used_bytes: Some(scratch_used(self.seed, ts)),
             disk_total_bytes: Some(30_000_000_000_000),
             // Every other host exposes RAPL: two 350 W CPU packages.
             energy_joules: self
@@ -428,6 +440,31 @@ mod tests {
     use super::*;
     use crate::model::validate::{parse_batch, Limits};
     use crate::model::Batch;
+
+    #[test]
+    fn scratch_disks_only_fill_between_purges_on_each_hosts_own_date() {
+        let start = 1_796_000_000;
+        let mut purge_days = Vec::new();
+        for seed in [hash(1), hash(2), hash(3)] {
+            let mut drops = 0;
+            let mut prev = scratch_used(seed, start);
+            for h in 1..=(24 * 240) {
+                let now = scratch_used(seed, start + h * 3600);
+                assert!((12_000_000_000_000..=29_000_000_000_000).contains(&now));
+                if now < prev {
+                    drops += 1;
+                    purge_days.push(h / 24 % PURGE_DAYS);
+                } else {
+                    // 75–140 GB a day is 3–6 GB an hour.
+                    assert!(now - prev <= 6_000_000_000, "{}", now - prev);
+                }
+                prev = now;
+            }
+            assert_eq!(drops, 2, "a purge every 120 days");
+        }
+        purge_days.dedup();
+        assert!(purge_days.len() > 1, "hosts purge on different days");
+    }
 
     #[test]
     fn simulated_fleet_passes_ingest_validation_and_has_its_scenarios() {
