@@ -361,11 +361,16 @@ pub async fn start_simulator(
             .host_latest(&host.info.name)
             .await?
             .and_then(|h| h.last_seen);
-        let from = (now - chrono::Duration::minutes(minutes)).max(
-            stored_until.map_or(chrono::DateTime::<Utc>::MIN_UTC, |t| {
+        // Right after the deep history (written up to `minutes` before the start, and
+        // taking a while), from its end: no hole between the two.
+        let window = now - chrono::Duration::minutes(minutes);
+        let from = match stored_until {
+            Some(t) if t >= window - chrono::Duration::minutes(10) => {
                 t + chrono::Duration::seconds(1)
-            }),
-        );
+            }
+            Some(t) => window.max(t + chrono::Duration::seconds(1)),
+            None => window,
+        };
         // The GPUs' energy counters run on from the last run's.
         let counters: Vec<(i16, f64)> = sqlx::query_as(
             "SELECT g.gpu_index, g.energy_joules_total FROM gpu_latest g JOIN hosts h ON h.id = g.host_id

@@ -1730,7 +1730,17 @@ async fn demo(
         h.start_faults_at(faults_at);
     }
     let t0 = std::time::Instant::now();
-    let filled = app::backfill_history(&cfg, &db.store, &mut fleet, chrono::Utc::now()).await?;
+    // Ctrl-C while the history is written stops the demo there (and its Postgres), not
+    // after it.
+    let mut stop = shutdown.clone();
+    let filled = tokio::select! {
+        r = app::backfill_history(&cfg, &db.store, &mut fleet, chrono::Utc::now()) => r?,
+        _ = stop.wait_for(|s| *s) => {
+            println!("Stopped while writing the simulated history (the hosts written so far keep theirs).");
+            db.close().await;
+            return Ok(());
+        }
+    };
     if filled.samples > 0 {
         tracing::info!(
             samples = filled.samples,
