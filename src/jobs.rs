@@ -175,7 +175,37 @@ pub fn spawn(
                         board.set_leader(false);
                         break;
                     }
-                    let ok = run_one(job, &ctx, &board).await;
+                    // While it runs, the lock is checked every LEAD_CHECK: a job whose
+                    // server lost the lock stops (its open transaction rolls back), so
+                    // two servers never run the same job for long.
+                    let started = (Utc::now(), Instant::now());
+                    let run = run_one(job, &ctx, &board);
+                    tokio::pin!(run);
+                    let ok = loop {
+                        tokio::select! {
+                            ok = &mut run => break Some(ok),
+                            _ = tokio::time::sleep(LEAD_CHECK) => {
+                                if !still_leads(&mut leader).await {
+                                    break None;
+                                }
+                            }
+                        }
+                    };
+                    let Some(ok) = ok else {
+                        tracing::warn!(
+                            job = job.name,
+                            "job stopped: this server no longer holds the leader lock"
+                        );
+                        board.record(
+                            job.name,
+                            started.0,
+                            started.1.elapsed(),
+                            Err("stopped: this server lost the leader lock while it ran".into()),
+                        );
+                        leader_flag.store(false, Ordering::Relaxed);
+                        board.set_leader(false);
+                        break;
+                    };
                     *last = Some(counted_from(ok, job.every, Instant::now()));
                 }
             }
@@ -191,6 +221,9 @@ pub fn spawn(
         }
     })
 }
+
+/// How often the leader lock is checked while a job runs.
+const LEAD_CHECK: Duration = Duration::from_secs(10);
 
 /// The soonest a failed job with a longer period runs again.
 const FAILED_RETRY: Duration = Duration::from_secs(300);

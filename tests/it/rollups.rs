@@ -514,6 +514,58 @@ async fn the_job_leader_reports_each_jobs_runs_on_metrics_and_the_admin_page() {
     app.stop().await;
 }
 
+/// A job whose server loses the leader lock while it runs (the lock's connection cut:
+/// a firewall's idle timeout, a terminated backend, a partition) is stopped within the
+/// lock check, so it never runs on beside the next leader's.
+#[tokio::test]
+async fn a_job_stops_when_its_server_loses_the_leader_lock_while_it_runs() {
+    use sqlx::Connection as _;
+    let db = crate::support::fresh_database().await;
+    // The maintenance job, first at the first tick, waits on this lock until released.
+    let mut holder = sqlx::PgConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE rack_power_hourly IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let app = TestApp::spawn_full(db, |c| c.anomaly.enabled = false).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let m = app.metrics().await;
+        if m.contains("rackwatch_job_leader 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader:\n{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND objsubid = 1
+            AND (classid::bigint << 32 | objid::bigint) = $1
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(rackwatch::store::LEADER_LOCK)
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(cut, 1, "the leader lock's connection");
+    let stopped = "rackwatch_job_runs_total{job_name=\"maintenance\",outcome=\"error\"} 1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    loop {
+        let m = app.metrics().await;
+        if m.contains(stopped) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job ran on:\n{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let cookie = app.login("admin", "pw-for-jobs").await;
+    let (_, html) = app.page(&cookie, "/admin").await;
+    assert!(html.contains("lost the leader lock while it ran"), "{html}");
+    app.stop().await;
+}
+
 /// The hourly maintenance job deletes history past `retention.events_days`,
 /// `alert_history_days` and `energy_hourly_days`, and keeps what still matters at any age:
 /// an open incident, a silence whose end is not yet in the audit trail.
