@@ -401,6 +401,29 @@ pub async fn restore(
              every server that uses it, then restore; nothing was touched"
         );
     }
+    // Servers that do not lead are connected too, and would go on storing what agents
+    // send (and answering 200) into tables the restore replaces: their connections carry
+    // Rackwatch's application name. This command's own pool is idle now.
+    if tables > 0 {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(super::APP_NAME)
+        .fetch_one(&mut guard)
+        .await?;
+        // The pool's connections, and a multi-host URL's watcher.
+        let ours = i64::from(store.pool.size()) + i64::from(store.router.is_some());
+        if others > ours {
+            bail!(
+                "{} connections of other Rackwatch servers or commands are open on this database \
+                 (pg_stat_activity, application_name = '{}'): stop every server that uses it, \
+                 then restore; nothing was touched",
+                others - ours,
+                super::APP_NAME
+            );
+        }
+    }
     if tables > 0 {
         // The whole archive is read before the target is emptied: a truncated or damaged
         // archive lists fine and fails only partway through its data.

@@ -122,7 +122,11 @@ pub fn parse(url: &str) -> Result<Targets, String> {
     }
     let hosts = urls
         .iter()
-        .map(|u| u.parse::<PgConnectOptions>().map_err(|e| e.to_string()))
+        .map(|u| {
+            u.parse::<PgConnectOptions>()
+                .map(super::named)
+                .map_err(|e| e.to_string())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if hosts.is_empty() {
         return Err("no host in the database URL".into());

@@ -239,6 +239,20 @@ impl Database {
     }
 }
 
+/// The `application_name` of Rackwatch's connections, unless the URL sets one: a
+/// restore finds the servers still connected by it, and `pg_stat_activity` shows whose
+/// they are.
+pub const APP_NAME: &str = "rackwatch";
+
+/// `opts` with [`APP_NAME`] unless it names an application already.
+pub(crate) fn named(opts: PgConnectOptions) -> PgConnectOptions {
+    if opts.get_application_name().is_some() {
+        opts
+    } else {
+        opts.application_name(APP_NAME)
+    }
+}
+
 /// `CREATE DATABASE` unless it exists (connects to the maintenance database).
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> anyhow::Result<()> {
     let opts: PgConnectOptions = admin_url.parse()?;
@@ -314,9 +328,10 @@ impl Store {
                 url: DbUrl(url.into()),
             });
         }
-        let opts: PgConnectOptions = url
-            .parse()
-            .context("database.url is not a valid Postgres URL")?;
+        let opts: PgConnectOptions = named(
+            url.parse()
+                .context("database.url is not a valid Postgres URL")?,
+        );
         let pool = match options.connect_with(opts.clone()).await {
             Ok(pool) => pool,
             // The pool retries until its timeout and then says only that; one more
