@@ -549,7 +549,16 @@ pub fn score_predictions(
                             fmt_ts(ts)
                         )
                     })?;
-                let b = ((ts - s.start).num_minutes() / 5) as usize;
+                let minutes = (ts - s.start).num_minutes();
+                if minutes < 0 || minutes % 5 != 0 {
+                    bail!(
+                        "task hour {} of {sid} is {} (the series starts {} and has a slot every 5 minutes)",
+                        fmt_ts(ts),
+                        if minutes < 0 { "before its demand data" } else { "not on a 5-minute slot" },
+                        fmt_ts(s.start)
+                    );
+                }
+                let b = (minutes / 5) as usize;
                 if b + 12 > s.values.len() {
                     bail!("demand data for {sid} does not cover {}", fmt_ts(ts));
                 }
@@ -654,5 +663,29 @@ mod tests {
             e.contains(&d.path().display().to_string()),
             "a directory as tasks: {e}"
         );
+    }
+
+    #[test]
+    fn scoring_a_task_outside_its_series_is_an_error_not_a_panic() {
+        let d = data();
+        let preds = d.path().join("p.csv");
+        for (start, said) in [
+            ("2025-12-31T23:00:00", "before its demand data"),
+            ("2026-01-02T12:02:00", "not on a 5-minute slot"),
+        ] {
+            let t = tasks(d.path(), &format!("s1,autoscale,{start},{start},1\n"));
+            std::fs::write(
+                &preds,
+                format!(
+                    "series_id,track,decision_ts,ts,capacity\ns1,autoscale,{start},{start},8\n"
+                ),
+            )
+            .unwrap();
+            let e = format!(
+                "{:#}",
+                score_predictions(d.path(), &t, &preds, 20.0).unwrap_err()
+            );
+            assert!(e.contains(said), "{e}");
+        }
     }
 }
