@@ -1736,7 +1736,10 @@ async fn demo(
     let filled = tokio::select! {
         r = app::backfill_history(&cfg, &db.store, &mut fleet, chrono::Utc::now()) => r?,
         _ = stop.wait_for(|s| *s) => {
-            println!("Stopped while writing the simulated history (the hosts written so far keep theirs).");
+            println!(
+                "Stopped while writing the simulated history. It is not completed at the next start: for the whole history, start again with a new --data-dir (or delete {}).",
+                cfg.data_dir.display()
+            );
             db.close().await;
             return Ok(());
         }

@@ -796,9 +796,10 @@ async fn capacity_observations(
                 continue;
             }
             // No plan this run (too little history, or a gap the recommender could not
-            // read): an alert of the pool is held as it is, not resolved as if the pool
-            // had left the fleet.
-            if r.week_schedule.is_empty() {
+            // read), or a plan from demand hours old (no host of the pool reports): an
+            // alert of the pool is held as it is, not resolved as if the pool had left
+            // the fleet, nor fired on old figures.
+            if r.week_schedule.is_empty() || crate::analytics::capacity::stale(&r, now) {
                 out.push(Observation {
                     labels: l,
                     value: None,
@@ -806,7 +807,7 @@ async fn capacity_observations(
                     clear: false,
                     at: r.computed_at,
                     occurrences: 1,
-                    description: format!("pool {}: {}", r.pool, r.note),
+                    description: format!("pool {}: {}", r.pool, r.actions_now(now).join("; ")),
                     held: None,
                 });
                 continue;

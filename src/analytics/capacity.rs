@@ -502,9 +502,20 @@ async fn recommend_pools(
             };
             let why =
                 format!("{silence}, so this is the plan made then (hold, do not scale on it)");
+            let host_size = if cfg.capacity.host_size > 0 {
+                cfg.capacity.host_size
+            } else {
+                sizes.get(&h.pool).copied().unwrap_or(1)
+            };
+            let pool_sites = sites.get(&h.pool).cloned().unwrap_or_default();
             match stored.remove(&h.pool) {
                 Some(mut r) if !r.week_schedule.is_empty() => {
+                    // What is known now; the trend's date is not (its row goes with
+                    // this run's exhaustion dates).
                     r.demand_now = None;
+                    r.exhausted_at = None;
+                    r.installed_gpus = h.installed;
+                    r.sites = pool_sites;
                     if r.actions.first() != Some(&why) {
                         r.actions.retain(|a| !a.starts_with("no demand "));
                         r.actions.insert(0, why);
@@ -515,13 +526,13 @@ async fn recommend_pools(
                     Young {
                         pool: &h.pool,
                         installed: h.installed,
-                        host_size: sizes.get(&h.pool).copied().unwrap_or(1),
+                        host_size,
                         demand_now: None,
                     },
                     now,
                     h.buckets.last().map_or(end, |b| *b + Duration::minutes(5)),
                     &silence,
-                    sites.get(&h.pool).cloned().unwrap_or_default(),
+                    pool_sites,
                 )),
             }
         }
@@ -679,7 +690,8 @@ async fn recommend_pools(
             .into_iter()
             .map(|(pool, n, hs)| {
                 let rows = hours.remove(&pool).unwrap_or_default();
-                let names = least_busy_in(rows, n.from, n.to, n.spare, hs);
+                // The whole hosts the action counts, not the spare GPUs.
+                let names = least_busy_in(rows, n.from, n.to, n.spare / hs.max(1) * hs.max(1), hs);
                 (pool, names)
             })
             .collect()
@@ -941,6 +953,13 @@ async fn disks(store: &Store, cfg: &Config, now: DateTime<Utc>) -> anyhow::Resul
 /// recommendation more than two hours old.
 const STALE_DEMAND: Duration = Duration::hours(2);
 
+/// Whether a recommendation is older than [`STALE_DEMAND`]: its pool's hosts stopped
+/// reporting, or the rollups or the job are behind. An autoscaler holds on it, and the
+/// capacity alert neither fires nor resolves on it.
+pub fn stale(r: &PoolRecommendation, now: DateTime<Utc>) -> bool {
+    r.decided_at < now - STALE_DEMAND
+}
+
 /// Demand growth below this is treated as flat: the plans' safety margins alone never
 /// make an order.
 pub const GROWING_PER_DAY: f64 = 0.005;
@@ -951,8 +970,9 @@ pub const GROWING_PER_DAY: f64 = 0.005;
 /// within `lead`; or work queues now and this week's schedule needs more than is
 /// installed every hour. A pool at its installed GPUs that is not growing, with a plan
 /// ahead that fits, is not short (the actions say "no order yet"). The capacity alert
-/// fires on this; with the rule's lead equal to `capacity.lead_days` it fires exactly
-/// when the actions order within that lead.
+/// fires on this; with the rule's lead equal to `capacity.lead_days` it fires when the
+/// actions order and what they order for falls within that lead (an order for a trend
+/// date further out is advice, not yet an alert).
 pub fn short_within(r: &PoolRecommendation, lead: Duration, now: DateTime<Utc>) -> bool {
     if r.week_schedule.is_empty() {
         return false;

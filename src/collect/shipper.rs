@@ -531,13 +531,13 @@ impl Shipper {
             for r in resp.errors.iter().take(5) {
                 tracing::warn!(section = %r.section, index = r.index, field = r.field.as_deref().unwrap_or("-"), "sample rejected: {}", r.reason);
             }
-        } else if let Some(r) = resp.errors.first() {
+        } else {
+            let latest = resp.errors.first().map_or("-", |r| r.reason.as_str());
             tracing::warn!(
                 batches,
                 samples,
-                "samples rejected by the server since the last report (logged every {} s); the latest: {}",
+                "samples rejected by the server since the last report (logged every {} s); the latest: {latest}",
                 LOG_EVERY.as_secs(),
-                r.reason
             );
         }
     }

@@ -191,7 +191,10 @@ impl Spool {
                 Ok(()) => break,
                 Err(e) => {
                     let _ = fs::remove_file(&tmp);
-                    let full = e.kind() == std::io::ErrorKind::StorageFull;
+                    let full = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    );
                     if !full || room_made == 3 || self.files.is_empty() {
                         return Err(e);
                     }

@@ -62,6 +62,9 @@ async fn run_with(
     password: Option<&str>,
 ) -> anyhow::Result<()> {
     let mut cmd = tokio::process::Command::new(tool);
+    // A backup job stopped (its server lost the leader lock, or is stopping) ends its
+    // pg_dump too, instead of leaving it writing beside the next one.
+    cmd.kill_on_drop(true);
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
@@ -404,16 +407,21 @@ pub async fn restore(
     // Servers that do not lead are connected too, and would go on storing what agents
     // send (and answering 200) into tables the restore replaces: their connections carry
     // Rackwatch's application name. This command's own pool is idle now.
+    // Connections idle for a minute are left out: a pooler such as pgbouncer keeps its
+    // server connections (with the name) open after the servers are gone, and a server
+    // storing what agents send is never idle that long.
     if tables > 0 {
+        // The pool's connections (read first: one closing meanwhile is not counted as
+        // another's), and a multi-host URL's watcher.
+        let ours = i64::from(store.pool.size()) + i64::from(store.router.is_some());
         let others: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()",
+              WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()
+                AND (state IS DISTINCT FROM 'idle' OR state_change > now() - interval '1 minute')",
         )
         .bind(super::APP_NAME)
         .fetch_one(&mut guard)
         .await?;
-        // The pool's connections, and a multi-host URL's watcher.
-        let ours = i64::from(store.pool.size()) + i64::from(store.router.is_some());
         if others > ours {
             bail!(
                 "{} connections of other Rackwatch servers or commands are open on this database \

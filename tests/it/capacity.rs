@@ -165,9 +165,7 @@ async fn a_diurnal_pool_gets_a_night_day_schedule_within_one_host_of_the_answer(
     app.stop().await;
 }
 
-/// The demo's first start writes days of history in seconds, then the capacity job runs:
-/// the GPUs it wrote are installed now (their inventory was last seen with the history's
-/// last batch, an hour ago), not days ago.
+/// A pool none of whose hosts reports keeps its last plan, ageing, and says since when.
 #[tokio::test]
 async fn a_pool_whose_hosts_stopped_reporting_keeps_its_plan_ageing_and_says_so() {
     let app = TestApp::spawn().await;
@@ -209,6 +207,9 @@ async fn a_pool_whose_hosts_stopped_reporting_keeps_its_plan_ageing_and_says_so(
     assert!(metrics.contains(&line), "{line} not in /metrics");
 }
 
+/// The demo's first start writes days of history in seconds, then the capacity job runs:
+/// the GPUs it wrote are installed now (their inventory was last seen with the history's
+/// last batch, an hour ago), not days ago.
 #[tokio::test]
 async fn a_back_filled_fleet_is_installed_at_the_first_capacity_run() {
     let app = TestApp::spawn_with(|c| {
