@@ -402,7 +402,11 @@ async fn not_found(
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let e = error::ApiError::NotFound(format!("no such page or endpoint: {}", uri.path()));
+    let e = error::ApiError::NotFound(format!(
+        "no such page or endpoint: {}{}",
+        uri.path(),
+        where_instead(uri.path())
+    ));
     if wants_json(uri.path(), &headers) {
         return e.into_response();
     }
@@ -416,6 +420,21 @@ async fn not_found(
             _ => page,
         },
         None => page,
+    }
+}
+
+/// Where a list someone looks for by its obvious address is: hosts, racks, pools,
+/// events, anomalies and forecasts have no list page of their own.
+fn where_instead(path: &str) -> &'static str {
+    match path.trim_end_matches('/') {
+        "/hosts" | "/racks" | "/sites" | "/gpus" => {
+            " (hosts, racks and sites are on the fleet page, /, and in the inventory, /inventory)"
+        }
+        "/pools" | "/capacity/pools" => " (pools are on the capacity page, /capacity)",
+        "/events" | "/anomalies" | "/forecasts" => {
+            " (a host's events, anomalies and forecasts are on its page; the fleet's in the API, /api/v1/events, /api/v1/anomalies and /api/v1/forecasts)"
+        }
+        _ => "",
     }
 }
 

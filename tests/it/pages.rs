@@ -98,6 +98,13 @@ async fn login_then_fleet_and_host_pages_show_the_data() {
             "{path}: {html}"
         );
     }
+    // An obvious address with no list page of its own says where the list is.
+    let (status, html) = app.page(&cookie, "/pools").await;
+    assert_eq!(status, 404);
+    assert!(
+        html.contains("pools are on the capacity page, /capacity"),
+        "{html}"
+    );
     // Without a session it is the plain header.
     let r = app
         .http
