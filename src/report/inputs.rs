@@ -67,6 +67,11 @@ impl FacilityReading {
 
 /// Store the valid readings (a reading for the same site and start replaces the old
 /// one); returns how many were stored and, for the others, their position and reason.
+///
+/// A site's readings are checked and stored under a lock per site, so two uploads at
+/// once cannot both pass the overlap check; up to [`READINGS_PER_COMMIT`] of them in one
+/// transaction (a commit per reading made a year of quarter-hours outlast the request
+/// timeout).
 pub async fn store_readings(
     store: &Store,
     readings: &[FacilityReading],
@@ -74,58 +79,72 @@ pub async fn store_readings(
 ) -> Result<(usize, Vec<(usize, String)>), sqlx::Error> {
     let mut rejected = Vec::new();
     let mut stored = 0;
+    let mut valid: Vec<(usize, &FacilityReading)> = Vec::new();
     for (i, r) in readings.iter().enumerate() {
-        if let Err(e) = r.check(now) {
-            rejected.push((i, e));
-            continue;
+        match r.check(now) {
+            Ok(()) => valid.push((i, r)),
+            Err(e) => rejected.push((i, e)),
         }
-        // A reading that overlaps another of the site (not the one it replaces) would
-        // count the overlap twice. Checked and stored under a lock per site, so two
-        // uploads at once cannot both pass the check.
-        let mut tx = store.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('facility_readings:' || $1))")
-            .bind(&r.site)
-            .execute(&mut *tx)
-            .await?;
-        let overlap = sqlx::query!(
-            "SELECT start_ts, end_ts FROM facility_readings
-              WHERE site = $1 AND start_ts <> $2 AND start_ts < $3 AND end_ts > $2
-                AND start_ts > $2 - interval '31 days'
-              ORDER BY start_ts LIMIT 1",
-            &r.site,
-            r.start,
-            r.end,
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(o) = overlap {
-            rejected.push((
-                i,
-                format!(
-                    "overlaps the stored reading of site {} from {} to {}: readings must not overlap; to correct that one, send it again with its start",
-                    r.site,
-                    o.start_ts.to_rfc3339(),
-                    o.end_ts.to_rfc3339()
-                ),
-            ));
-            continue;
-        }
-        sqlx::query!(
-            "INSERT INTO facility_readings (site, start_ts, end_ts, energy_kwh) VALUES ($1, $2, $3, $4)
+    }
+    // Each site's readings in the order sent.
+    valid.sort_by(|a, b| a.1.site.cmp(&b.1.site).then(a.0.cmp(&b.0)));
+    for chunk in valid.chunk_by(|a, b| a.1.site == b.1.site) {
+        for part in chunk.chunks(READINGS_PER_COMMIT) {
+            let site = &part[0].1.site;
+            let mut tx = store.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('facility_readings:' || $1))")
+                .bind(site)
+                .execute(&mut *tx)
+                .await?;
+            for &(i, r) in part {
+                // A reading that overlaps another of the site (not the one it replaces,
+                // and the ones stored before it in this transaction included) would
+                // count the overlap twice.
+                let overlap = sqlx::query!(
+                    "SELECT start_ts, end_ts FROM facility_readings
+                      WHERE site = $1 AND start_ts <> $2 AND start_ts < $3 AND end_ts > $2
+                        AND start_ts > $2 - interval '31 days'
+                      ORDER BY start_ts LIMIT 1",
+                    &r.site,
+                    r.start,
+                    r.end,
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(o) = overlap {
+                    rejected.push((
+                        i,
+                        format!(
+                            "overlaps the stored reading of site {} from {} to {}: readings must not overlap; to correct that one, send it again with its start",
+                            r.site,
+                            o.start_ts.to_rfc3339(),
+                            o.end_ts.to_rfc3339()
+                        ),
+                    ));
+                    continue;
+                }
+                sqlx::query!(
+                    "INSERT INTO facility_readings (site, start_ts, end_ts, energy_kwh) VALUES ($1, $2, $3, $4)
              ON CONFLICT (site, start_ts) DO UPDATE SET end_ts = EXCLUDED.end_ts,
                  energy_kwh = EXCLUDED.energy_kwh, received_at = now()",
-            &r.site,
-            r.start,
-            r.end,
-            r.energy_kwh,
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        stored += 1;
+                    &r.site,
+                    r.start,
+                    r.end,
+                    r.energy_kwh,
+                )
+                .execute(&mut *tx)
+                .await?;
+                stored += 1;
+            }
+            tx.commit().await?;
+        }
     }
+    rejected.sort_by_key(|(i, _)| *i);
     Ok((stored, rejected))
 }
+
+/// Readings stored in one transaction, at most.
+const READINGS_PER_COMMIT: usize = 1000;
 
 /// Of `sites`, those no host in the fleet reports (sorted, once each): their readings
 /// and carbon hours are stored, but no report uses them until hosts report the site, so

@@ -1042,6 +1042,28 @@ async fn facility_meter_readings_make_the_pue_measured() {
         reason.starts_with("overlaps the stored reading of site ams2 from "),
         "{reason}"
     );
+    // Within one upload too, and the errors come in the order sent.
+    let within = json!([
+        {"site": "zz9", "start": h0, "end": h0 + Duration::hours(1), "energy_kwh": 1.0},
+        {"site": "zz9", "start": h0, "end": h0, "energy_kwh": 1.0},
+        {"site": "zz9", "start": h0 + Duration::minutes(30), "end": h0 + Duration::minutes(90), "energy_kwh": 1.0}
+    ]);
+    let resp = send_readings(&app, &admin, &within).await;
+    assert_eq!(resp["stored"], 1, "{resp}");
+    let at: Vec<u64> = resp["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(at, [1, 2], "{resp}");
+    assert!(
+        resp["errors"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("overlaps the stored reading of site zz9 from "),
+        "{resp}"
+    );
     // A reading that covers the second hour only in part: that hour is not metered (its
     // PUE would be a quarter low), and the note says so; the first hour is.
     let part = json!([
