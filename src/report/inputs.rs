@@ -175,6 +175,16 @@ pub type LineError = (usize, String);
 /// hour) and `g_co2_per_kwh`, then one line per hour. Returns the good rows and the bad
 /// lines (1-based line number, reason).
 pub fn parse_carbon_csv(text: &str) -> (Vec<HourValue>, Vec<LineError>) {
+    // A spreadsheet's "CSV UTF-8" starts with a byte-order mark, and may quote fields.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let field = |f: &str| {
+        let f = f.trim();
+        f.strip_prefix('"')
+            .and_then(|x| x.strip_suffix('"'))
+            .unwrap_or(f)
+            .trim()
+            .to_string()
+    };
     let mut good = Vec::new();
     let mut bad = Vec::new();
     let mut lines = text
@@ -190,7 +200,7 @@ pub fn parse_carbon_csv(text: &str) -> (Vec<HourValue>, Vec<LineError>) {
     };
     let cols: Vec<String> = header
         .split(',')
-        .map(|c| c.trim().to_ascii_lowercase())
+        .map(|c| field(c).to_ascii_lowercase())
         .collect();
     let (Some(hi), Some(gi)) = (
         cols.iter().position(|c| c == "hour"),
@@ -206,7 +216,8 @@ pub fn parse_carbon_csv(text: &str) -> (Vec<HourValue>, Vec<LineError>) {
     let mut seen: std::collections::HashMap<DateTime<Utc>, usize> = Default::default();
     for (i, line) in lines {
         let n = i + 1;
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let f: Vec<String> = line.split(',').map(field).collect();
+        let f: Vec<&str> = f.iter().map(String::as_str).collect();
         let (Some(h), Some(g)) = (f.get(hi), f.get(gi)) else {
             bad.push((
                 n,
@@ -234,6 +245,14 @@ pub fn parse_carbon_csv(text: &str) -> (Vec<HourValue>, Vec<LineError>) {
             continue;
         }
         match g.parse::<f64>() {
+            // No grid is below 1 g CO2e/kWh but one that is exactly 0 (a contract):
+            // 0.4 is kg/kWh, which would make carbon 1,000 times too low.
+            Ok(v) if v > 0.0 && v < 1.0 => bad.push((
+                n,
+                format!(
+                    "g_co2_per_kwh {g:?} is below 1: the unit is grams per kWh (0.4 kg/kWh is 400)"
+                ),
+            )),
             Ok(v) if v.is_finite() && (0.0..=5000.0).contains(&v) => good.push((hour, v)),
             _ => bad.push((
                 n,
@@ -294,6 +313,18 @@ mod tests {
                 "hour \"2026-11-16T01:00:00+01:00\" is given again (first on line 2)".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn carbon_csv_takes_a_spreadsheets_bom_and_quotes_and_refuses_kg() {
+        let (good, bad) = parse_carbon_csv(
+            "\u{feff}\"hour\",\"g_co2_per_kwh\"\n\"2026-11-16T00:00:00Z\",\"320\"\n2026-11-16T01:00:00Z,0.4\n2026-11-16T02:00:00Z,0\n",
+        );
+        assert_eq!(good.len(), 2, "{bad:?}");
+        assert_eq!(good[0].1, 320.0);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, 3);
+        assert!(bad[0].1.contains("grams per kWh"), "{bad:?}");
     }
 
     #[test]
