@@ -1164,10 +1164,18 @@ pub fn plan_actions(
             // until it starts, and the advice says so.
             let ahead = need_in_window(&r.lead_plan, r.lead_start, from, to);
             let mut until = match ahead {
-                Some(n) if n > level => format!(
-                    "; from {} the plan ahead needs {n} then",
-                    r.lead_start.format("%Y-%m-%d")
-                ),
+                Some(n) if n > level => {
+                    let then = r.installed_gpus - n;
+                    let left = if then >= hs {
+                        format!("release {} then", release_hosts(then))
+                    } else {
+                        "none to release then".to_string()
+                    };
+                    format!(
+                        "; from {} the plan ahead needs {n} then: {left}",
+                        r.lead_start.format("%Y-%m-%d")
+                    )
+                }
                 _ => String::new(),
             };
             if !night_hosts.is_empty() {
@@ -2471,7 +2479,7 @@ mod tests {
         let r = rec(day.clone(), grown, 40, 1);
         assert_eq!(
             actions(&r, 7, t)[0],
-            "release 16 GPUs nights 22:00–07:00 UTC (the schedule needs 24 then, 40 at the daily peak, 40 installed; from 2026-12-14 the plan ahead needs 32 then)"
+            "release 16 GPUs nights 22:00–07:00 UTC (the schedule needs 24 then, 40 at the daily peak, 40 installed; from 2026-12-14 the plan ahead needs 32 then: release 8 GPUs then)"
         );
         assert_eq!(need_in_window(&r.lead_plan, r.lead_start, 22, 7), Some(32));
         assert_eq!(need_in_window(&r.lead_plan, r.lead_start, 8, 9), Some(40));
