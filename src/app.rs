@@ -148,7 +148,12 @@ pub fn agent_token(cfg: &Config) -> anyhow::Result<String> {
                 .map_err(anyhow::Error::msg)?;
         return Ok(t.trim().to_string());
     }
-    anyhow::bail!("no agent token: set agent.token (RACKWATCH_AGENT__TOKEN), agent.token_file, or pass --token; mint one with `rackwatch token create --host NAME`")
+    // A client certificate is the agent's credential instead (the server maps its name to
+    // the host).
+    if !cfg.agent.tls.cert_file.is_empty() {
+        return Ok(String::new());
+    }
+    anyhow::bail!("no agent token: set agent.token (RACKWATCH_AGENT__TOKEN), agent.token_file, or pass --token (or a client certificate, agent.tls.cert_file); mint one with `rackwatch token create --host NAME`")
 }
 
 /// Where the agent's token came from, for messages that ask to check it.

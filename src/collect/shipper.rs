@@ -366,10 +366,12 @@ impl Shipper {
             Err(e) => return Delivery::Refused(format!("cannot compress batch: {e}")),
         };
         let exchange = async {
-            let resp = self
-                .client
-                .post(&self.url)
-                .bearer_auth(&self.token)
+            let mut req = self.client.post(&self.url);
+            // Without a token the client certificate is the credential.
+            if !self.token.is_empty() {
+                req = req.bearer_auth(&self.token);
+            }
+            let resp = req
                 .header("content-type", "application/json")
                 .header("content-encoding", "gzip")
                 .body(body)
