@@ -133,18 +133,34 @@ pub fn compose(
     (subject, what, items)
 }
 
-/// Hand `msg` to the SMTP server, timed on `/metrics`
-/// (`rackwatch_smtp_send_duration_seconds`).
+/// Hand `msg` to the SMTP server within `limit` in all, timed on `/metrics`
+/// (`rackwatch_smtp_send_duration_seconds`). The transport's own timeout covers the
+/// connection only: a server that accepts it and then goes silent (in the TLS handshake,
+/// the greeting or a command) would hold the sender, and every channel behind it, for
+/// good.
 pub async fn deliver(
     t: &AsyncSmtpTransport<Tokio1Executor>,
     msg: Message,
     mail: MailKind,
     telemetry: &Telemetry,
-) -> Result<(), lettre::transport::smtp::Error> {
+    limit: StdDuration,
+) -> Result<(), String> {
     let started = Instant::now();
-    let sent = t.send(msg).await.map(|_| ());
+    let sent = match tokio::time::timeout(limit, t.send(msg)).await {
+        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the SMTP server did not finish the exchange in {} s",
+            limit.as_secs()
+        )),
+    };
     telemetry.mail_sent(mail, sent.is_ok(), started.elapsed().as_secs_f64());
     sent
+}
+
+/// The most one mail's whole SMTP exchange may take: six times the per-step timeout
+/// (`alerting.smtp.timeout_secs`), for a connection, TLS, the commands and the data.
+pub fn exchange_limit(smtp: &SmtpConfig) -> StdDuration {
+    StdDuration::from_secs(smtp.timeout_secs.max(1) * 6)
 }
 
 /// Delivers the outbox.
@@ -160,6 +176,8 @@ pub struct Sender {
     telemetry: Arc<Telemetry>,
     channels: std::collections::BTreeMap<String, crate::config::ChannelConfig>,
     http: reqwest::Client,
+    /// One mail's whole SMTP exchange at most ([`exchange_limit`]).
+    smtp_limit: StdDuration,
 }
 
 #[derive(sqlx::FromRow)]
@@ -201,6 +219,7 @@ impl Sender {
             max_wait: Sender::max_wait(cfg.alerting.repeat_interval_secs),
             public_url: cfg.public_url(),
             warned_unconfigured: false,
+            smtp_limit: exchange_limit(smtp),
             telemetry,
             channels: cfg.alerting.channels.clone(),
             http: reqwest::Client::builder()
@@ -376,9 +395,16 @@ impl Sender {
                             &self.public_url,
                             &message_id,
                         ) {
-                            Ok(m) => deliver(transport, m, MailKind::Alert, &self.telemetry)
+                            Ok(m) => {
+                                deliver(
+                                    transport,
+                                    m,
+                                    MailKind::Alert,
+                                    &self.telemetry,
+                                    self.smtp_limit,
+                                )
                                 .await
-                                .map_err(|e| e.to_string()),
+                            }
                             Err(e) => Err(e),
                         }
                     }

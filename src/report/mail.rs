@@ -219,11 +219,15 @@ pub async fn send(
     }
     let msg = message(cfg, report, to, capacity)?;
     let t = transport(smtp).map_err(anyhow::Error::msg)?;
-    deliver(&t, msg, MailKind::Report, telemetry)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security)
-        })?;
+    deliver(
+        &t,
+        msg,
+        MailKind::Report,
+        telemetry,
+        crate::alert::notify::exchange_limit(smtp),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security))?;
     Ok(())
 }
 

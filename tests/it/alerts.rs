@@ -75,6 +75,16 @@ async fn rig_with(smtp: SmtpServer, db_url: Option<String>) -> Rig {
 
 /// A rig whose alert groups wait `group_wait_secs` for more alerts before mailing.
 async fn rig_grouped(smtp: SmtpServer, db_url: Option<String>, group_wait_secs: u64) -> Rig {
+    rig_tweaked(smtp, db_url, group_wait_secs, |_| {}).await
+}
+
+/// [`rig_grouped`] with more configuration.
+async fn rig_tweaked(
+    smtp: SmtpServer,
+    db_url: Option<String>,
+    group_wait_secs: u64,
+    tweak: impl FnOnce(&mut rackwatch::config::Config),
+) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("alerts.toml");
     std::fs::write(&rules, RULES).unwrap();
@@ -92,6 +102,7 @@ async fn rig_grouped(smtp: SmtpServer, db_url: Option<String>, group_wait_secs: 
         c.alerting.smtp.port = port;
         c.alerting.smtp.security = "plain".into();
         c.server.public_url = "https://rackwatch.example".into();
+        tweak(c);
     })
     .await;
     Rig {
@@ -732,6 +743,51 @@ async fn mail_survives_an_smtp_outage_and_is_delivered_once() {
     let subjects: Vec<String> = r.smtp.mails().iter().map(|m| subject(m)).collect();
     let firing = subjects.iter().filter(|s| s.starts_with("[FIRING")).count();
     assert_eq!(firing, 1, "delivered exactly once: {subjects:?}");
+    r.app.stop().await;
+}
+
+/// An SMTP server that takes the connection and then says nothing holds a send for the
+/// exchange's limit (six times `alerting.smtp.timeout_secs`), not for good: the attempt
+/// fails, is recorded, and the sender goes on.
+#[tokio::test]
+async fn a_silent_smtp_server_fails_the_send_within_its_limit() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s); // never a greeting
+        }
+    });
+    let r = rig_tweaked(SmtpServer::stopped(port), None, 1, |c| {
+        c.alerting.smtp.timeout_secs = 1;
+    })
+    .await;
+    let token = r.app.token("h").await;
+    let sent = std::time::Instant::now();
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("h", 1, 79, Utc::now()))
+            .await
+            .status(),
+        200
+    );
+    let mut err = None;
+    while sent.elapsed() < Duration::from_secs(25) {
+        err = sqlx::query_scalar::<_, Option<String>>(
+            "SELECT last_error FROM notification_outbox WHERE last_error IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(&r.app.store.pool)
+        .await
+        .unwrap()
+        .flatten();
+        if err.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let err = err.expect("the send never failed: it hangs on the silent server");
+    assert!(err.contains("did not finish the exchange in 6 s"), "{err}");
     r.app.stop().await;
 }
 
