@@ -286,6 +286,13 @@ impl Sender {
                FROM notification_outbox
               WHERE sent_at IS NULL AND next_attempt_at <= $1
                 AND ($2 OR recipients[1] ~ '^(webhook|slack|pagerduty):')
+                -- An alert's notices go out in order: a resolve queued while its firing
+                -- notice waits out a retry waits with it (a receiver that got the resolve
+                -- first would open an incident nothing closes).
+                AND NOT EXISTS (SELECT 1 FROM notification_outbox o
+                                 WHERE o.sent_at IS NULL AND o.fingerprint = notification_outbox.fingerprint
+                                   AND o.recipients = notification_outbox.recipients
+                                   AND o.id < notification_outbox.id AND o.next_attempt_at > $1)
               ORDER BY id LIMIT 2000 FOR UPDATE SKIP LOCKED"#,
             now,
             // Without SMTP, mail waits: it is not read, so however much of it waits, the

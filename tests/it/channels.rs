@@ -377,6 +377,40 @@ async fn webhook_slack_and_pagerduty_get_one_delivery_per_group_and_the_resolve(
     app.stop().await;
 }
 
+/// A resolve queued while its firing notice waits out a retry waits with it: PagerDuty
+/// hears the trigger first (a resolve first would leave an incident nothing closes).
+#[tokio::test]
+async fn a_resolve_never_overtakes_its_firing_notice_held_by_retries() {
+    // The trigger is retried at about 1, 3 and 7 s and waits until about 15 s; the alert
+    // resolves 12 s after its event.
+    let (base, rec) = receiver(&[("/pd", 3)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let chans = channels(&base);
+    let app = TestApp::spawn_full(fresh_database().await, |c| {
+        c.alerting.rules_file = rules.to_string_lossy().into_owned();
+        c.alerting.eval_interval_secs = 1;
+        c.alerting.group_wait_secs = 1;
+        c.alerting.group_interval_secs = 0;
+        c.alerting.channels = chans;
+    })
+    .await;
+    let token = app.token("gpu-18").await;
+    let t0 = Utc::now() - chrono::Duration::seconds(1);
+    let body = json!({"host": {"name": "gpu-18"},
+        "host_samples": [{"ts": t0, "cpu_util_pct": 10.0}],
+        "events": [{"ts": t0, "index": 1, "kind": "xid", "code": 79, "message": "GPU has fallen off the bus."}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let pd = rec.wait("/pd", 2, 45).await;
+    let actions: Vec<&str> = pd
+        .iter()
+        .map(|e| e["event_action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["trigger", "resolve"], "{pd:?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_channel_that_keeps_failing_keeps_its_notifications_and_says_why() {
     let (base, rec) = receiver(&[("/am", 1000)]).await;
