@@ -377,17 +377,12 @@ async fn webhook_slack_and_pagerduty_get_one_delivery_per_group_and_the_resolve(
     app.stop().await;
 }
 
-/// A resolve queued while its firing notice waits out a retry waits with it: PagerDuty
-/// hears the trigger first (a resolve first would leave an incident nothing closes).
-#[tokio::test]
-async fn a_resolve_never_overtakes_its_firing_notice_held_by_retries() {
-    // The trigger is retried at about 1, 3 and 7 s and waits until about 15 s; the alert
-    // resolves 12 s after its event.
-    let (base, rec) = receiver(&[("/pd", 3)]).await;
+/// A server with [`RULES`] and [`channels`] at `base`, evaluating every second.
+async fn channel_app(base: &str) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("alerts.toml");
     std::fs::write(&rules, RULES).unwrap();
-    let chans = channels(&base);
+    let chans = channels(base);
     let app = TestApp::spawn_full(fresh_database().await, |c| {
         c.alerting.rules_file = rules.to_string_lossy().into_owned();
         c.alerting.eval_interval_secs = 1;
@@ -396,6 +391,17 @@ async fn a_resolve_never_overtakes_its_firing_notice_held_by_retries() {
         c.alerting.channels = chans;
     })
     .await;
+    (app, dir)
+}
+
+/// A resolve queued while its firing notice waits out a retry waits with it: PagerDuty
+/// hears the trigger first (a resolve first would leave an incident nothing closes).
+#[tokio::test]
+async fn a_resolve_never_overtakes_its_firing_notice_held_by_retries() {
+    // The trigger is retried at about 1, 3 and 7 s and waits until about 15 s; the alert
+    // resolves 12 s after its event.
+    let (base, rec) = receiver(&[("/pd", 3)]).await;
+    let (app, _rules) = channel_app(&base).await;
     let token = app.token("gpu-18").await;
     let t0 = Utc::now() - chrono::Duration::seconds(1);
     let body = json!({"host": {"name": "gpu-18"},
@@ -466,18 +472,7 @@ async fn a_channel_that_keeps_failing_keeps_its_notifications_and_says_why() {
 #[tokio::test]
 async fn waiting_mail_without_smtp_does_not_hold_back_the_channels() {
     let (base, rec) = receiver(&[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("alerts.toml");
-    std::fs::write(&rules, RULES).unwrap();
-    let chans = channels(&base);
-    let app = TestApp::spawn_full(fresh_database().await, |c| {
-        c.alerting.rules_file = rules.to_string_lossy().into_owned();
-        c.alerting.eval_interval_secs = 1;
-        c.alerting.group_wait_secs = 1;
-        c.alerting.group_interval_secs = 0;
-        c.alerting.channels = chans;
-    })
-    .await;
+    let (app, _rules) = channel_app(&base).await;
     // 2,100 mails waiting for 12 hours (no SMTP server configured), and 50 for two days.
     for (group, n, age) in [("old", 2100, "12 hours"), ("stale", 50, "2 days")] {
         sqlx::query(
