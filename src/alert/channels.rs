@@ -134,7 +134,10 @@ pub fn slack_payload(rows: &[(String, AlertSnapshot)], public_url: &str) -> Valu
             text.push_str(&format!("   *Resolved:* {}", i.resolved));
         }
         if !i.description.is_empty() {
-            text.push_str(&format!("\n{}", slack_escape(&i.description)));
+            text.push_str(&format!(
+                "\n{}",
+                slack_cut(&i.description, SLACK_DESCRIPTION)
+            ));
         }
         text.push_str(&format!("\n<{}|Open in Rackwatch>", i.link));
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
@@ -146,6 +149,28 @@ pub fn slack_payload(rows: &[(String, AlertSnapshot)], public_url: &str) -> Valu
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn",
         "text": format!("Rackwatch · <{public_url}/alerts|all alerts>")}]}));
     json!({"text": subject, "blocks": blocks})
+}
+
+/// Characters of an alert's description in its Slack section: Slack refuses a section
+/// over 3,000 (and with it the whole message), and a kernel message may be 2,048 long
+/// before the codes, meaning and action are added.
+const SLACK_DESCRIPTION: usize = 2000;
+
+/// `text` escaped for Slack in at most `max` characters, cut before an escape (never in
+/// one) and marked with "…" when cut.
+fn slack_cut(text: &str, max: usize) -> String {
+    let full = slack_escape(text);
+    if full.chars().count() <= max {
+        return full;
+    }
+    let mut keep = max - 1;
+    loop {
+        let part = slack_escape(&text.chars().take(keep).collect::<String>());
+        if part.chars().count() < max {
+            return part + "…";
+        }
+        keep = keep * 3 / 4;
+    }
 }
 
 /// PagerDuty's severities: critical, error, warning, info.
@@ -297,5 +322,29 @@ pub fn test_alert() -> AlertSnapshot {
         started_at: Utc::now(),
         resolved_at: None,
         occurrences: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_description_is_cut_for_slack_never_inside_an_escape() {
+        let long = "a&b ".repeat(1000);
+        let cut = slack_cut(&long, SLACK_DESCRIPTION);
+        assert!(
+            cut.chars().count() <= SLACK_DESCRIPTION,
+            "{}",
+            cut.chars().count()
+        );
+        assert!(cut.ends_with('…'));
+        let body = cut.trim_end_matches('…');
+        assert!(
+            body.ends_with("&amp;b") || body.ends_with(' ') || body.ends_with('a'),
+            "{}",
+            &body[body.len() - 12..]
+        );
+        assert_eq!(slack_cut("x < y", 100), "x &lt; y");
     }
 }
