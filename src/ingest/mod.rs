@@ -70,8 +70,10 @@ impl Agent {
                 quoted(host)
             ))),
             Agent::Certificate(der) => {
+                // Exactly, as a token's host: host names are case-sensitive, and a
+                // certificate for gpu-07 must not write (or create) GPU-07.
                 let names = certificate_names(der);
-                if names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+                if names.iter().any(|n| n == host) {
                     Ok(())
                 } else {
                     Err(IngestError::Forbidden(format!(
@@ -94,19 +96,19 @@ impl Agent {
 }
 
 /// The host names a client certificate is for: its DNS subject alternative names
-/// (wildcards excluded: one certificate, named hosts), or, when it has none, its
-/// subject's common name.
+/// (wildcards excluded: one certificate, named hosts), or, when it has no DNS name at
+/// all, its subject's common name. A certificate with only wildcard names names no host.
 pub fn certificate_names(der: &rustls::pki_types::CertificateDer<'_>) -> Vec<String> {
     let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
         return Vec::new();
     };
-    let dns: Vec<String> = cert
-        .valid_dns_names()
-        .filter(|n| !n.contains('*'))
-        .map(str::to_string)
-        .collect();
-    if !dns.is_empty() {
-        return dns;
+    let all: Vec<&str> = cert.valid_dns_names().collect();
+    if !all.is_empty() {
+        return all
+            .into_iter()
+            .filter(|n| !n.contains('*'))
+            .map(str::to_string)
+            .collect();
     }
     common_name(cert.subject()).into_iter().collect()
 }

@@ -306,6 +306,11 @@ async fn an_agent_certificate_writes_its_own_host_only() {
         other => panic!("host A's certificate must not write host B: {other:?}"),
     }
     assert_eq!(gpu_rows(&app, "host-b").await, 0);
+    // Names are matched exactly: host-a's certificate does not write HOST-A.
+    assert!(
+        matches!(shipper.send(&batch("HOST-A")).await, Delivery::WrongHost(_)),
+        "a certificate writes its own host only, case included"
+    );
 
     // A certificate with no DNS name is matched by its common name.
     let cn_only = {
