@@ -625,6 +625,10 @@ impl Store {
                 return Ok(Some(host.clone()));
             }
         }
+        let emptied = self
+            .cache
+            .tokens_emptied
+            .load(std::sync::atomic::Ordering::SeqCst);
         let host = sqlx::query_as!(
             TokenHost,
             r#"SELECT host_name AS "name", created_at AS "issued" FROM agent_tokens
@@ -636,13 +640,29 @@ impl Store {
         .await?;
         if let Some(h) = &host {
             self.touch_token(&hash).await?;
-            self.cache
-                .tokens
-                .lock()
-                .expect("token cache")
-                .insert(hash, (h.clone(), std::time::Instant::now()));
+            let mut tokens = self.cache.tokens.lock().expect("token cache");
+            // Not when a revocation emptied the cache meanwhile: the answer read before
+            // it may be the revoked token's.
+            if self
+                .cache
+                .tokens_emptied
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == emptied
+            {
+                tokens.insert(hash, (h.clone(), std::time::Instant::now()));
+            }
         }
         Ok(host)
+    }
+
+    /// Empty the token cache (a token revoked, a host removed): lookups in flight do not
+    /// fill it again with what they read before.
+    pub(crate) fn forget_tokens(&self) {
+        let mut tokens = self.cache.tokens.lock().expect("token cache");
+        tokens.clear();
+        self.cache
+            .tokens_emptied
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The id of a token just minted (the audit trail names it, as `token list` and
@@ -715,7 +735,7 @@ impl Store {
 
     /// Revoke every token minted with `note` for these hosts (the demo's own tokens).
     pub async fn revoke_tokens_with_note(&self, note: &str) -> Result<u64, sqlx::Error> {
-        self.cache.tokens.lock().expect("token cache").clear();
+        self.forget_tokens();
         let r = sqlx::query!(
             "UPDATE agent_tokens SET revoked_at = now() WHERE note = $1 AND revoked_at IS NULL",
             note,
@@ -724,7 +744,7 @@ impl Store {
         .await?
         .rows_affected();
         // Clear again: a lookup racing the UPDATE may have cached the token.
-        self.cache.tokens.lock().expect("token cache").clear();
+        self.forget_tokens();
         Ok(r)
     }
 
@@ -749,7 +769,7 @@ impl Store {
     /// Revoke a token by id; `None` when no live token has it, else the token as listed
     /// (its kind and scope, for the audit trail).
     pub async fn revoke_token(&self, id: i64) -> Result<Option<TokenInfo>, sqlx::Error> {
-        self.cache.tokens.lock().expect("token cache").clear();
+        self.forget_tokens();
         let r = sqlx::query!(
             "UPDATE agent_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
             id,
@@ -759,7 +779,7 @@ impl Store {
         .rows_affected()
             == 1;
         // Clear again: a lookup racing the UPDATE may have cached the token.
-        self.cache.tokens.lock().expect("token cache").clear();
+        self.forget_tokens();
         if !r {
             return Ok(None);
         }
@@ -795,7 +815,7 @@ impl Store {
     /// leaves the host out. `None`: no such host in the fleet; else the number of tokens
     /// revoked.
     pub async fn remove_host(&self, name: &str, by: &str) -> Result<Option<u64>, sqlx::Error> {
-        self.cache.tokens.lock().expect("token cache").clear();
+        self.forget_tokens();
         let mut tx = self.pool.begin().await?;
         let hosts = sqlx::query!(
             "UPDATE hosts SET removed_at = now(), removed_by = $2 WHERE name = $1 AND removed_at IS NULL",
@@ -816,7 +836,7 @@ impl Store {
         .await?
         .rows_affected();
         tx.commit().await?;
-        self.cache.tokens.lock().expect("token cache").clear();
+        self.forget_tokens();
         Ok(Some(tokens))
     }
 }

@@ -76,6 +76,9 @@ pub(crate) struct Cache {
     /// within `TOKEN_TTL`.
     pub tokens:
         std::sync::Mutex<std::collections::HashMap<Vec<u8>, (auth::TokenHost, std::time::Instant)>>,
+    /// Counts the times `tokens` was emptied (a revocation): a lookup that read the
+    /// database before one and finishes after it does not put its answer back.
+    pub tokens_emptied: std::sync::atomic::AtomicU64,
     /// Host id → (hash of the GPU inventory last written, the `last_seen` it wrote).
     pub inventory:
         std::sync::Mutex<std::collections::HashMap<i64, (u64, chrono::DateTime<chrono::Utc>)>>,
