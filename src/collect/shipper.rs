@@ -46,6 +46,11 @@ pub enum Delivery {
 /// Ships batches to one server with one agent token.
 pub struct Shipper {
     client: reqwest::Client,
+    /// The TLS files the client was built from, read again when they change (a renewed
+    /// certificate), at most every [`TLS_CHECK_EVERY`].
+    tls: AgentTls,
+    tls_stamp: TlsStamp,
+    tls_checked: Instant,
     url: String,
     /// One shipment's HTTP timeout (`agent.request_timeout_secs`).
     timeout: Duration,
@@ -279,6 +284,36 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// How long the agent keeps an idle connection to the server.
 pub const IDLE_CONNECTION: Duration = Duration::from_secs(4);
 
+/// The agent's HTTP client for `tls`, each request limited to `timeout`.
+fn http_client(tls: &AgentTls, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(client(tls)?
+        .timeout(timeout)
+        // Drop an idle connection well before the server does (it closes keep-alive
+        // connections idle for server.header_read_timeout_secs, 10 s by default):
+        // reusing one the server is closing fails the request.
+        .pool_idle_timeout(IDLE_CONNECTION)
+        .user_agent(concat!("rackwatch-agent/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// How often the agent looks at its TLS files for a renewal.
+const TLS_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// Modification time and size of each of the agent's TLS files (a renewal changes them).
+type TlsStamp = Vec<Option<(std::time::SystemTime, u64)>>;
+
+fn tls_stamp(tls: &AgentTls) -> TlsStamp {
+    [&tls.ca_file, &tls.cert_file, &tls.key_file]
+        .iter()
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
 impl Shipper {
     pub fn new(
         server: &str,
@@ -297,16 +332,12 @@ impl Shipper {
                 &server[..i]
             );
         }
-        let client = client(tls)?
-            .timeout(timeout)
-            // Drop an idle connection well before the server does (it closes keep-alive
-            // connections idle for server.header_read_timeout_secs, 10 s by default):
-            // reusing one the server is closing fails the request.
-            .pool_idle_timeout(IDLE_CONNECTION)
-            .user_agent(concat!("rackwatch-agent/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = http_client(tls, timeout)?;
         Ok(Shipper {
             client,
+            tls: tls.clone(),
+            tls_stamp: tls_stamp(tls),
+            tls_checked: Instant::now(),
             url: format!("{}/api/v1/ingest", server.trim_end_matches('/')),
             timeout,
             token: token.to_string(),
@@ -325,6 +356,35 @@ impl Shipper {
             rejected_log: Episode::default(),
             rejected_samples: 0,
         })
+    }
+
+    /// Build the client again when the TLS files changed since it was built: a renewed
+    /// agent certificate (or CA) is presented from the next request. A renewal that does
+    /// not load (a key and certificate that do not match, a key others may read) keeps
+    /// the client as it was and says why.
+    pub fn reload_tls(&mut self) {
+        self.tls_checked = Instant::now();
+        let stamp = tls_stamp(&self.tls);
+        if stamp == self.tls_stamp {
+            return;
+        }
+        self.tls_stamp = stamp;
+        match http_client(&self.tls, self.timeout) {
+            Ok(c) => {
+                self.client = c;
+                tracing::info!("agent TLS files changed: using them from the next request");
+            }
+            Err(e) => tracing::error!(
+                "agent TLS files changed but cannot be used ({e:#}); the ones read before stay in use"
+            ),
+        }
+    }
+
+    /// [`Shipper::reload_tls`] when it is due.
+    fn reload_tls_when_due(&mut self) {
+        if self.tls_checked.elapsed() >= TLS_CHECK_EVERY {
+            self.reload_tls();
+        }
     }
 
     /// Name where the token came from (`agent.token_file = PATH`) in the message of a
@@ -550,6 +610,7 @@ impl Shipper {
         if batch.is_empty() && batch.gpus.is_empty() {
             return;
         }
+        self.reload_tls_when_due();
         if !self.spool.is_empty() || self.backing_off() {
             self.spool_batch(&batch);
             self.drain().await;
@@ -631,6 +692,7 @@ impl Shipper {
     /// runs, so a long spool is replayed in slices between them. Returns true when the
     /// spool is empty afterwards.
     pub async fn drain(&mut self) -> bool {
+        self.reload_tls_when_due();
         let started = Instant::now();
         while !self.backing_off() && started.elapsed() < REPLAY_SLICE {
             let Some(entry) = self.spool.oldest() else {

@@ -311,6 +311,15 @@ async fn an_agent_certificate_writes_its_own_host_only() {
         matches!(shipper.send(&batch("HOST-A")).await, Delivery::WrongHost(_)),
         "a certificate writes its own host only, case included"
     );
+    // A certificate renewed on disk (here for another host, to tell them apart) is
+    // presented once the agent looks at its files again, without a restart.
+    let mut shipper = shipper;
+    with_certificate(tls.clone(), dir.path(), "a", &agents.client("host-d"));
+    shipper.reload_tls();
+    match shipper.send(&batch("host-d")).await {
+        Delivery::Delivered(r) => assert!(r.stored > 0, "{r:?}"),
+        other => panic!("the renewed certificate should be used: {other:?}"),
+    }
 
     // A certificate with no DNS name is matched by its common name.
     let cn_only = {
