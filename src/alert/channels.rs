@@ -282,7 +282,23 @@ async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result
     Err(format!("answered {status}: {text}"))
 }
 
-/// Deliver one group to channel `name`.
+/// A group delivered in part: its first `sent` rows reached the channel, then `error`.
+#[derive(Debug)]
+pub struct PartlySent {
+    pub sent: usize,
+    pub error: String,
+}
+
+impl std::fmt::Display for PartlySent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+/// Deliver one group to channel `name`. A webhook or Slack message carries the whole
+/// group or nothing; PagerDuty takes one event per row, so a failure partway says how
+/// many went (a retry sends the rest, not the ones already taken: past PagerDuty's rate
+/// limit a large group would otherwise send its first events again and again).
 pub async fn deliver(
     http: &reqwest::Client,
     name: &str,
@@ -290,20 +306,28 @@ pub async fn deliver(
     group_key: &str,
     rows: &[(String, AlertSnapshot)],
     public_url: &str,
-) -> Result<(), String> {
+) -> Result<(), PartlySent> {
+    let none = |error: String| PartlySent { sent: 0, error };
     match c.kind.as_str() {
         "webhook" => {
             let body = alertmanager_payload(name, group_key, rows, public_url);
-            post(http, c, &body).await
+            post(http, c, &body).await.map_err(none)
         }
-        "slack" => post(http, c, &slack_payload(rows, public_url)).await,
+        "slack" => post(http, c, &slack_payload(rows, public_url))
+            .await
+            .map_err(none),
         "pagerduty" => {
-            for ev in pagerduty_events(c.routing_key.expose(), rows, public_url) {
-                post(http, c, &ev).await?;
+            for (sent, ev) in pagerduty_events(c.routing_key.expose(), rows, public_url)
+                .iter()
+                .enumerate()
+            {
+                post(http, c, ev)
+                    .await
+                    .map_err(|error| PartlySent { sent, error })?;
             }
             Ok(())
         }
-        other => Err(format!("unknown channel kind {other:?}")),
+        other => Err(none(format!("unknown channel kind {other:?}"))),
     }
 }
 

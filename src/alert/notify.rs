@@ -386,13 +386,19 @@ impl Sender {
                             )
                             .await
                         }
-                        Some(c) => Err(format!(
+                        Some(c) => Err(super::channels::PartlySent {
+                            sent: 0,
+                            error: format!(
                         "route names {kind}:{name}, but alerting.channels.{name} is a {} channel",
                         c.kind
-                    )),
-                        None => Err(format!(
+                    ),
+                        }),
+                        None => Err(super::channels::PartlySent {
+                            sent: 0,
+                            error: format!(
                         "no channel {name:?} in alerting.channels (the route names {kind}:{name})"
-                    )),
+                    ),
+                        }),
                     },
                     (None, Some((transport, from))) => {
                         match build_message(
@@ -402,17 +408,16 @@ impl Sender {
                             &self.public_url,
                             &message_id,
                         ) {
-                            Ok(m) => {
-                                deliver(
-                                    transport,
-                                    m,
-                                    MailKind::Alert,
-                                    &self.telemetry,
-                                    self.smtp_limit,
-                                )
-                                .await
-                            }
-                            Err(e) => Err(e),
+                            Ok(m) => deliver(
+                                transport,
+                                m,
+                                MailKind::Alert,
+                                &self.telemetry,
+                                self.smtp_limit,
+                            )
+                            .await
+                            .map_err(|error| super::channels::PartlySent { sent: 0, error }),
+                            Err(error) => Err(super::channels::PartlySent { sent: 0, error }),
                         }
                     }
                     // Mail waits in the outbox until SMTP is configured (warned above).
@@ -438,13 +443,31 @@ impl Sender {
                         ));
                         tracing::info!(group = %group_key, alerts = ids.len(), "alert notification sent");
                     }
-                    Err(e) => {
+                    Err(super::channels::PartlySent {
+                        sent: done,
+                        error: e,
+                    }) => {
+                        // The rows the channel took before the failure are sent; the rest
+                        // wait for the retry.
+                        let (took, ids) = ids.split_at(done.min(ids.len()));
+                        let live = &live[took.len()..];
+                        if !took.is_empty() {
+                            sqlx::query!(
+                                "UPDATE notification_outbox SET sent_at = $2, message_id = $3, last_error = NULL WHERE id = ANY($1)",
+                                took,
+                                Utc::now(),
+                                &message_id,
+                            )
+                            .execute(&mut *tx)
+                            .await?;
+                            delivered = Some((recipients[0].clone(), took.len() as u64));
+                        }
                         let attempts = live.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
                         let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
                         tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert notification not sent: {e}");
                         sqlx::query!(
                         "UPDATE notification_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = ANY($1)",
-                        &ids,
+                        ids,
                         attempts,
                         now + backoff,
                         &e,

@@ -28,6 +28,8 @@ struct Recorder {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Path → requests still to fail with 503.
     fail: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// Path → the numbers (from 1) of its requests that fail with 503.
+    fail_nth: Arc<Mutex<BTreeMap<String, Vec<usize>>>>,
 }
 
 async fn record(
@@ -37,6 +39,14 @@ async fn record(
     body: String,
 ) -> (StatusCode, String) {
     let path = uri.path().to_string();
+    let nth = r
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.path == path)
+        .count()
+        + 1;
     let ok = {
         let mut f = r.fail.lock().unwrap();
         match f.get_mut(&path) {
@@ -46,7 +56,12 @@ async fn record(
             }
             _ => true,
         }
-    };
+    } && !r
+        .fail_nth
+        .lock()
+        .unwrap()
+        .get(&path)
+        .is_some_and(|v| v.contains(&nth));
     r.seen.lock().unwrap().push(Seen {
         path: path.clone(),
         auth: headers
@@ -392,6 +407,35 @@ async fn channel_app(base: &str) -> (TestApp, tempfile::TempDir) {
     })
     .await;
     (app, dir)
+}
+
+/// PagerDuty takes a group one event at a time: after a failure partway, the retry
+/// sends the events not yet taken, not the whole group again.
+#[tokio::test]
+async fn a_pagerduty_group_that_fails_partway_sends_only_the_rest_again() {
+    let (base, rec) = receiver(&[]).await;
+    rec.fail_nth.lock().unwrap().insert("/pd".into(), vec![2]);
+    let (app, _rules) = channel_app(&base).await;
+    let token = app.token("gpu-19").await;
+    let t0 = Utc::now() - chrono::Duration::seconds(1);
+    let events: Vec<Value> = (0..3)
+        .map(|g| json!({"ts": t0, "index": g, "kind": "xid", "code": 79, "message": "GPU has fallen off the bus."}))
+        .collect();
+    let body = json!({"host": {"name": "gpu-19"},
+        "host_samples": [{"ts": t0, "cpu_util_pct": 10.0}], "events": events});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let pd = rec.wait("/pd", 3, 20).await;
+    let mut keys: Vec<&str> = pd
+        .iter()
+        .filter(|e| e["event_action"] == "trigger")
+        .map(|e| e["dedup_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 3, "{pd:?}");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "each trigger taken once: {pd:?}");
+    assert_eq!(rec.all("/pd").len(), 4, "three taken, one refused");
+    app.stop().await;
 }
 
 /// A resolve queued while its firing notice waits out a retry waits with it: PagerDuty
