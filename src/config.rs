@@ -1502,19 +1502,6 @@ impl Config {
         if a.cert_file.is_empty() != a.key_file.is_empty() {
             return Err("agent.tls.cert_file and agent.tls.key_file go together".into());
         }
-        if (!a.ca_file.is_empty() || !a.cert_file.is_empty())
-            && self
-                .agent
-                .server
-                .trim()
-                .to_ascii_lowercase()
-                .starts_with("http://")
-        {
-            return Err(format!(
-                "agent.tls is set but agent.server = {:?} is plain HTTP: the server would not be verified and the token would travel in the clear; use https://",
-                self.agent.server
-            ));
-        }
         let p = &self.server.auth_proxy;
         if p.enabled {
             if p.header.trim().is_empty()

@@ -133,7 +133,9 @@ pub fn compose(
     (subject, what, items)
 }
 
-/// Hand `msg` to the SMTP server within `limit` in all, timed on `/metrics`
+/// Hand `msg` to the SMTP server within `limit` in all, on a connection of its own (no
+/// pool: an exchange cut off by the limit must not leave its connection to the next
+/// mail), timed on `/metrics`
 /// (`rackwatch_smtp_send_duration_seconds`). The transport's own timeout covers the
 /// connection only: a server that accepts it and then goes silent (in the TLS handshake,
 /// the greeting or a command) would hold the sender, and every channel behind it, for
@@ -448,7 +450,8 @@ impl Sender {
                         error: e,
                     }) => {
                         // The rows the channel took before the failure are sent; the rest
-                        // wait for the retry.
+                        // wait for the retry, and, as any notice of a group sent to
+                        // lately, for `group_interval_secs`.
                         let (took, ids) = ids.split_at(done.min(ids.len()));
                         let live = &live[took.len()..];
                         if !took.is_empty() {

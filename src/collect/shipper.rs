@@ -332,6 +332,16 @@ impl Shipper {
                 &server[..i]
             );
         }
+        // Checked here, where the server the agent talks to is known (`--server`, or the
+        // demo's own): over plain HTTP the TLS settings do nothing.
+        if (!tls.ca_file.is_empty() || !tls.cert_file.is_empty())
+            && server.trim().to_ascii_lowercase().starts_with("http://")
+        {
+            tracing::warn!(
+                server,
+                "agent.tls is set but the server is plain HTTP: the server is not verified, no certificate is sent, and the token travels in the clear; use https://"
+            );
+        }
         let client = http_client(tls, timeout)?;
         Ok(Shipper {
             client,
