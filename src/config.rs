@@ -1700,6 +1700,17 @@ pub fn check_base_url(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What tells a changed file (a renewed certificate or key): modification time, size
+/// and inode (a rename over it); None when it cannot be read.
+pub type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+/// The [`FileStamp`] of `p`.
+pub fn file_stamp(p: &Path) -> FileStamp {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
 /// Refuse a secret's file (named by config key `key` in errors) that is missing, not a
 /// file, or that others (not the owner or group) may access.
 pub fn check_private_file(path: &Path, key: &str) -> Result<(), String> {

@@ -492,7 +492,7 @@ async fn recommend_pools(
             .into_iter()
             .map(|r| (r.pool.clone(), r))
             .collect();
-        for (h, _) in silent {
+        for (h, settings) in silent {
             let silence = match h.buckets.last() {
                 Some(b) => format!(
                     "no demand since {}: no host of the pool has reported since",
@@ -502,11 +502,6 @@ async fn recommend_pools(
             };
             let why =
                 format!("{silence}, so this is the plan made then (hold, do not scale on it)");
-            let host_size = if cfg.capacity.host_size > 0 {
-                cfg.capacity.host_size
-            } else {
-                sizes.get(&h.pool).copied().unwrap_or(1)
-            };
             let pool_sites = sites.get(&h.pool).cloned().unwrap_or_default();
             match stored.remove(&h.pool) {
                 Some(mut r) if !r.week_schedule.is_empty() => {
@@ -526,7 +521,7 @@ async fn recommend_pools(
                     Young {
                         pool: &h.pool,
                         installed: h.installed,
-                        host_size,
+                        host_size: settings.host_size,
                         demand_now: None,
                     },
                     now,
@@ -690,8 +685,7 @@ async fn recommend_pools(
             .into_iter()
             .map(|(pool, n, hs)| {
                 let rows = hours.remove(&pool).unwrap_or_default();
-                // The whole hosts the action counts, not the spare GPUs.
-                let names = least_busy_in(rows, n.from, n.to, n.spare / hs.max(1) * hs.max(1), hs);
+                let names = least_busy_in(rows, n.from, n.to, n.spare, hs);
                 (pool, names)
             })
             .collect()
@@ -1286,7 +1280,7 @@ pub struct NightRelease {
     pub to: u32,
     /// What the schedule needs then, GPUs.
     pub level: i32,
-    /// Installed − level: at least a host.
+    /// Installed − level in whole hosts (counted down): at least a host.
     pub spare: i32,
 }
 
@@ -1296,8 +1290,9 @@ pub fn night_release(r: &PoolRecommendation) -> Option<NightRelease> {
         return None;
     }
     let (from, to, level) = low_window(&r.week_schedule, r.decided_at)?;
-    let spare = r.installed_gpus - level;
-    (spare >= r.host_size.max(1)).then_some(NightRelease {
+    let hs = r.host_size.max(1);
+    let spare = (r.installed_gpus - level) / hs * hs;
+    (spare >= hs).then_some(NightRelease {
         from,
         to,
         level,

@@ -299,18 +299,14 @@ fn http_client(tls: &AgentTls, timeout: Duration) -> anyhow::Result<reqwest::Cli
 /// How often the agent looks at its TLS files for a renewal.
 const TLS_CHECK_EVERY: Duration = Duration::from_secs(60);
 
-/// Modification time and size of each of the agent's TLS files (a renewal changes them).
-type TlsStamp = Vec<Option<(std::time::SystemTime, u64)>>;
+/// The stamps of the agent's TLS files (a renewal changes them).
+type TlsStamp = Vec<crate::config::FileStamp>;
 
 fn tls_stamp(tls: &AgentTls) -> TlsStamp {
     [&tls.ca_file, &tls.cert_file, &tls.key_file]
         .iter()
         .filter(|f| !f.is_empty())
-        .map(|f| {
-            std::fs::metadata(f)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())))
-        })
+        .map(|f| crate::config::file_stamp(Path::new(f.as_str())))
         .collect()
 }
 

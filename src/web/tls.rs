@@ -14,7 +14,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -22,7 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{check_private_file, ServerTls};
+use crate::config::{check_private_file, file_stamp as stamp, FileStamp as Stamp, ServerTls};
 
 /// The certificate a client presented and the handshake verified (request extension).
 #[derive(Clone, Debug)]
@@ -91,16 +90,8 @@ pub fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-/// What tells a changed file: modification time, size and inode (a rename over it).
-type Stamp = Option<(SystemTime, u64, u64)>;
 /// The stamps of the certificate and the key file.
 type Stamps = (Stamp, Stamp);
-
-fn stamp(p: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
-}
 
 /// The server's certificate, re-read when its files change.
 pub struct CertReloader {

@@ -394,9 +394,14 @@ async fn webhook_slack_and_pagerduty_get_one_delivery_per_group_and_the_resolve(
 
 /// A server with [`RULES`] and [`channels`] at `base`, evaluating every second.
 async fn channel_app(base: &str) -> (TestApp, tempfile::TempDir) {
+    channel_app_with(base, RULES).await
+}
+
+/// [`channel_app`] with these rules.
+async fn channel_app_with(base: &str, rules_toml: &str) -> (TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("alerts.toml");
-    std::fs::write(&rules, RULES).unwrap();
+    std::fs::write(&rules, rules_toml).unwrap();
     let chans = channels(base);
     let app = TestApp::spawn_full(fresh_database().await, |c| {
         c.alerting.rules_file = rules.to_string_lossy().into_owned();
@@ -464,21 +469,10 @@ async fn a_resolve_never_overtakes_its_firing_notice_held_by_retries() {
 #[tokio::test]
 async fn a_channel_that_keeps_failing_keeps_its_notifications_and_says_why() {
     let (base, rec) = receiver(&[("/am", 1000)]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("alerts.toml");
-    std::fs::write(
-        &rules,
-        RULES.replace("\"slack:ops\", \"pagerduty:pd\"", "\"ops@example.com\""),
+    let (app, _rules) = channel_app_with(
+        &base,
+        &RULES.replace("\"slack:ops\", \"pagerduty:pd\"", "\"ops@example.com\""),
     )
-    .unwrap();
-    let chans = channels(&base);
-    let app = TestApp::spawn_full(fresh_database().await, |c| {
-        c.alerting.rules_file = rules.to_string_lossy().into_owned();
-        c.alerting.eval_interval_secs = 1;
-        c.alerting.group_wait_secs = 1;
-        c.alerting.group_interval_secs = 0;
-        c.alerting.channels = chans;
-    })
     .await;
     let token = app.token("gpu-9").await;
     let t0 = Utc::now() - chrono::Duration::seconds(1);
