@@ -846,8 +846,11 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                 // A one-off send: nothing scrapes this process's metrics.
                 let telemetry = rackwatch::model::telemetry::Telemetry::new();
                 let to = &cfg.energy.report.recipients;
-                mail::send(cfg, &report, to, &capacity, &telemetry).await?;
-                eprintln!("mailed to {}", cfg.energy.report.recipients.join(", "));
+                let sent = mail::send(cfg, &report, to, &capacity, &telemetry).await?;
+                eprintln!("mailed to {}", sent.to.join(", "));
+                if !sent.missed.is_empty() {
+                    anyhow::bail!("not delivered to {}", sent.missed.join("; "));
+                }
             }
             Ok(())
         }

@@ -133,30 +133,120 @@ pub fn compose(
     (subject, what, items)
 }
 
-/// Hand `msg` to the SMTP server within `limit` in all, on a connection of its own (no
-/// pool: an exchange cut off by the limit must not leave its connection to the next
-/// mail), timed on `/metrics`
-/// (`rackwatch_smtp_send_duration_seconds`). The transport's own timeout covers the
-/// connection only: a server that accepts it and then goes silent (in the TLS handshake,
-/// the greeting or a command) would hold the sender, and every channel behind it, for
-/// good.
-pub async fn deliver(
+/// Why one recipient has not got a mail.
+#[derive(Debug, Clone)]
+pub struct Undelivered {
+    /// The address is refused for good: sending to it again cannot help (see
+    /// [`deliver_each`]).
+    pub for_good: bool,
+    pub error: String,
+}
+
+/// Hand the formatted mail `bytes` to the SMTP server once per recipient, each in an
+/// envelope of its own: an address the server refuses (550 no such user) fails only
+/// itself, not the rest of the list, as one envelope for all would. Returns one result
+/// per address of `to`, in order.
+///
+/// Each exchange has `limit` in all, on a connection of its own (no pool: an exchange
+/// cut off by the limit must not leave its connection to the next mail), and is timed
+/// on `/metrics` (`rackwatch_smtp_send_duration_seconds`). The transport's own timeout
+/// covers the connection only: a server that accepts it and then goes silent (in the
+/// TLS handshake, the greeting or a command) would hold the sender, and every channel
+/// behind it, for good. A failure before the server answered anything (no connection,
+/// TLS, the limit) is the server's, not the address's: the addresses after it are
+/// failed with it, not tried one by one.
+///
+/// An address is refused for good when it is none, or when the server refused it with a
+/// 5xx reply and either took the mail for another address of `to` or named the address
+/// itself as the trouble (an enhanced status code 5.1.x, "bad destination mailbox", other
+/// than the sender's 5.1.7 and 5.1.8). A 5xx for every address with no such code may be
+/// the server refusing the sender or the login, which configuration fixes: that is
+/// retried, as 4xx replies are.
+pub async fn deliver_each(
     t: &AsyncSmtpTransport<Tokio1Executor>,
-    msg: Message,
+    from: &Mailbox,
+    to: &[String],
+    bytes: &[u8],
     mail: MailKind,
     telemetry: &Telemetry,
     limit: StdDuration,
-) -> Result<(), String> {
-    let started = Instant::now();
-    let sent = match tokio::time::timeout(limit, t.send(msg)).await {
-        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "the SMTP server did not finish the exchange in {} s",
-            limit.as_secs()
-        )),
-    };
-    telemetry.mail_sent(mail, sent.is_ok(), started.elapsed().as_secs_f64());
-    sent
+) -> Vec<Result<(), Undelivered>> {
+    let mut out = Vec::with_capacity(to.len());
+    let mut server_down: Option<String> = None;
+    let mut refused_5xx = Vec::new();
+    for r in to {
+        if let Some(e) = &server_down {
+            out.push(Err(Undelivered {
+                for_good: false,
+                error: e.clone(),
+            }));
+            continue;
+        }
+        let envelope = r
+            .parse::<Mailbox>()
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                lettre::address::Envelope::new(Some(from.email.clone()), vec![m.email])
+                    .map_err(|e| e.to_string())
+            });
+        let envelope = match envelope {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(Err(Undelivered {
+                    for_good: true,
+                    error: format!("{r:?} is not an email address: {e}"),
+                }));
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let sent = match tokio::time::timeout(limit, t.send_raw(&envelope, bytes)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                let error = e.to_string();
+                if e.status().is_none() {
+                    server_down = Some(error.clone());
+                }
+                if e.is_permanent() {
+                    // Settled below, once it is known whether another address went.
+                    refused_5xx.push(out.len());
+                }
+                Err(Undelivered {
+                    for_good: false,
+                    error,
+                })
+            }
+            Err(_) => {
+                let error = format!(
+                    "the SMTP server did not finish the exchange in {} s",
+                    limit.as_secs()
+                );
+                server_down = Some(error.clone());
+                Err(Undelivered {
+                    for_good: false,
+                    error,
+                })
+            }
+        };
+        telemetry.mail_sent(mail, sent.is_ok(), started.elapsed().as_secs_f64());
+        out.push(sent);
+    }
+    let someone_got_it = out.iter().any(Result::is_ok);
+    for i in refused_5xx {
+        if let Err(u) = &mut out[i] {
+            u.for_good = someone_got_it || names_the_address(&u.error);
+        }
+    }
+    out
+}
+
+/// Whether an SMTP reply carries an enhanced status code (RFC 3463) that puts the
+/// trouble on the recipient's address: 5.1.x, except 5.1.7 and 5.1.8 (the sender's).
+fn names_the_address(reply: &str) -> bool {
+    reply
+        .split(|c: char| c.is_whitespace() || c == ':' || c == '(' || c == ')')
+        .filter_map(|w| w.strip_prefix("5.1."))
+        .any(|d| d.parse::<u16>().is_ok_and(|d| d != 7 && d != 8))
 }
 
 /// The most one mail's whole SMTP exchange may take: six times the per-step timeout
@@ -182,6 +272,13 @@ pub struct Sender {
     smtp_limit: StdDuration,
 }
 
+/// What [`Sender::mail_group`] delivered: mails that reached someone, and outbox rows
+/// that reached their first recipient.
+struct Mailed {
+    mails: usize,
+    rows: u64,
+}
+
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
     id: i64,
@@ -191,6 +288,9 @@ struct OutboxRow {
     alert: sqlx::types::Json<AlertSnapshot>,
     created_at: DateTime<Utc>,
     attempts: i32,
+    delivered_to: Vec<String>,
+    /// Address → the server's reply that refused it for good.
+    refused: sqlx::types::Json<BTreeMap<String, String>>,
 }
 
 impl Sender {
@@ -284,7 +384,8 @@ impl Sender {
             let mut tx = store.pool.begin().await?;
             let rows: Vec<OutboxRow> = sqlx::query_as!(
             OutboxRow,
-            r#"SELECT id, group_key, kind, recipients, alert AS "alert: sqlx::types::Json<AlertSnapshot>", created_at, attempts
+            r#"SELECT id, group_key, kind, recipients, alert AS "alert: sqlx::types::Json<AlertSnapshot>", created_at, attempts,
+                    delivered_to, refused AS "refused: sqlx::types::Json<BTreeMap<String, String>>"
                FROM notification_outbox
               WHERE sent_at IS NULL AND next_attempt_at <= $1
                 AND ($2 OR recipients[1] ~ '^(webhook|slack|pagerduty):')
@@ -363,6 +464,36 @@ impl Sender {
                 if live.is_empty() {
                     continue;
                 }
+                let Some((kind, name)) =
+                    recipients.first().and_then(|t| super::rules::channel_of(t))
+                else {
+                    // Mail waits in the outbox until SMTP is configured (warned above).
+                    let Some((transport, from)) = &smtp else {
+                        continue;
+                    };
+                    let done = self
+                        .mail_group(
+                            &mut tx,
+                            transport,
+                            from,
+                            &group_key,
+                            &recipients,
+                            &live,
+                            now,
+                        )
+                        .await?;
+                    tx.commit().await?;
+                    sent += done.mails;
+                    if done.rows > 0 {
+                        self.telemetry
+                            .notifications_delivered
+                            .get_or_create(&crate::model::telemetry::ChannelLabel {
+                                channel: "email".into(),
+                            })
+                            .inc_by(done.rows);
+                    }
+                    continue 'round;
+                };
                 let ids: Vec<i64> = live.iter().map(|r| r.id).collect();
                 let snaps: Vec<(String, AlertSnapshot)> = live
                     .iter()
@@ -373,57 +504,32 @@ impl Sender {
                     ids[0],
                     ids[ids.len() - 1]
                 );
-                let channel = recipients.first().and_then(|t| super::rules::channel_of(t));
                 let mut delivered: Option<(String, u64)> = None;
-                let result = match (channel, &smtp) {
-                    (Some((kind, name)), _) => match self.channels.get(name) {
-                        Some(c) if c.kind == kind => {
-                            super::channels::deliver(
-                                &self.http,
-                                name,
-                                c,
-                                &group_key,
-                                &snaps,
-                                &self.public_url,
-                            )
-                            .await
-                        }
-                        Some(c) => Err(super::channels::PartlySent {
-                            sent: 0,
-                            error: format!(
-                        "route names {kind}:{name}, but alerting.channels.{name} is a {} channel",
-                        c.kind
-                    ),
-                        }),
-                        None => Err(super::channels::PartlySent {
-                            sent: 0,
-                            error: format!(
-                        "no channel {name:?} in alerting.channels (the route names {kind}:{name})"
-                    ),
-                        }),
-                    },
-                    (None, Some((transport, from))) => {
-                        match build_message(
-                            from,
-                            &recipients,
+                let result = match self.channels.get(name) {
+                    Some(c) if c.kind == kind => {
+                        super::channels::deliver(
+                            &self.http,
+                            name,
+                            c,
+                            &group_key,
                             &snaps,
                             &self.public_url,
-                            &message_id,
-                        ) {
-                            Ok(m) => deliver(
-                                transport,
-                                m,
-                                MailKind::Alert,
-                                &self.telemetry,
-                                self.smtp_limit,
-                            )
-                            .await
-                            .map_err(|error| super::channels::PartlySent { sent: 0, error }),
-                            Err(error) => Err(super::channels::PartlySent { sent: 0, error }),
-                        }
+                        )
+                        .await
                     }
-                    // Mail waits in the outbox until SMTP is configured (warned above).
-                    (None, None) => continue,
+                    Some(c) => Err(super::channels::PartlySent {
+                        sent: 0,
+                        error: format!(
+                            "route names {kind}:{name}, but alerting.channels.{name} is a {} channel",
+                            c.kind
+                        ),
+                    }),
+                    None => Err(super::channels::PartlySent {
+                        sent: 0,
+                        error: format!(
+                            "no channel {name:?} in alerting.channels (the route names {kind}:{name})"
+                        ),
+                    }),
                 };
                 match result {
                     Ok(()) => {
@@ -436,13 +542,7 @@ impl Sender {
                     .execute(&mut *tx)
                         .await?;
                         sent += 1;
-                        delivered = Some((
-                            match channel {
-                                Some(_) => recipients[0].clone(),
-                                None => "email".to_string(),
-                            },
-                            ids.len() as u64,
-                        ));
+                        delivered = Some((recipients[0].clone(), ids.len() as u64));
                         tracing::info!(group = %group_key, alerts = ids.len(), "alert notification sent");
                     }
                     Err(super::channels::PartlySent {
@@ -492,6 +592,165 @@ impl Sender {
             tx.commit().await?;
             return Ok(sent);
         }
+    }
+
+    /// Mail one due group of the outbox: each recipient gets the group's notices it has
+    /// not got yet, in an envelope of its own ([`deliver_each`]), and each row records
+    /// who has it. A row is sent once every recipient has it or refused it for good;
+    /// until then it waits for a retry, for the others only.
+    #[allow(clippy::too_many_arguments)]
+    async fn mail_group(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        transport: &AsyncSmtpTransport<Tokio1Executor>,
+        from: &Mailbox,
+        group_key: &str,
+        recipients: &[String],
+        live: &[OutboxRow],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Mailed> {
+        // Who waits for which rows: everyone for all of them, but after a partial
+        // delivery only those not reached yet, for the rows they lack.
+        let mut waiting: BTreeMap<Vec<usize>, Vec<String>> = BTreeMap::new();
+        for r in recipients {
+            let rows: Vec<usize> = (0..live.len())
+                .filter(|&i| !live[i].delivered_to.contains(r) && !live[i].refused.contains_key(r))
+                .collect();
+            if !rows.is_empty() {
+                waiting.entry(rows).or_default().push(r.clone());
+            }
+        }
+        let mut delivered: Vec<Vec<String>> = live.iter().map(|r| r.delivered_to.clone()).collect();
+        let mut refused: Vec<BTreeMap<String, String>> =
+            live.iter().map(|r| r.refused.0.clone()).collect();
+        let mut message_ids: Vec<Option<String>> = vec![None; live.len()];
+        let mut failure: Option<String> = None;
+        let mut mails = 0;
+        for (rows, who) in &waiting {
+            let snaps: Vec<(String, AlertSnapshot)> = rows
+                .iter()
+                .map(|&i| (live[i].kind.clone(), live[i].alert.0.clone()))
+                .collect();
+            let message_id = format!(
+                "<rackwatch-outbox-{}-{}@rackwatch>",
+                live[rows[0]].id,
+                live[rows[rows.len() - 1]].id
+            );
+            // The To: header names the whole route, as one mail to all would.
+            let bytes = match build_message(from, recipients, &snaps, &self.public_url, &message_id)
+            {
+                Ok(m) => m.formatted(),
+                Err(e) => {
+                    failure = Some(e);
+                    continue;
+                }
+            };
+            let results = deliver_each(
+                transport,
+                from,
+                who,
+                &bytes,
+                MailKind::Alert,
+                &self.telemetry,
+                self.smtp_limit,
+            )
+            .await;
+            let mut reached = false;
+            for (r, res) in who.iter().zip(results) {
+                match res {
+                    Ok(()) => {
+                        reached = true;
+                        for &i in rows {
+                            delivered[i].push(r.clone());
+                            message_ids[i].get_or_insert_with(|| message_id.clone());
+                        }
+                    }
+                    Err(u) if u.for_good => {
+                        tracing::warn!(group = %group_key, "alert mail refused for good by the mail server for {r}: {}", u.error);
+                        for &i in rows {
+                            refused[i].insert(r.clone(), u.error.clone());
+                        }
+                    }
+                    Err(u) => failure = Some(format!("{r}: {}", u.error)),
+                }
+            }
+            if reached {
+                mails += 1;
+            }
+        }
+        // Rows in the same state are updated together.
+        type State = (bool, Vec<String>, BTreeMap<String, String>, Option<String>);
+        let mut states: BTreeMap<State, Vec<i64>> = BTreeMap::new();
+        let mut attempts = 0;
+        let mut rows_reached = 0;
+        for (i, row) in live.iter().enumerate() {
+            let done = recipients
+                .iter()
+                .all(|r| delivered[i].contains(r) || refused[i].contains_key(r));
+            if !done {
+                attempts = attempts.max(row.attempts + 1);
+            }
+            if row.delivered_to.is_empty() && !delivered[i].is_empty() {
+                rows_reached += 1;
+            }
+            states
+                .entry((
+                    done,
+                    std::mem::take(&mut delivered[i]),
+                    std::mem::take(&mut refused[i]),
+                    message_ids[i].take(),
+                ))
+                .or_default()
+                .push(row.id);
+        }
+        let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
+        for ((done, delivered_to, refused, message_id), ids) in states {
+            // Why the row waits, then who will never get it and why.
+            let error: Vec<String> = (!done)
+                .then(|| failure.clone())
+                .flatten()
+                .into_iter()
+                .chain(
+                    refused
+                        .iter()
+                        .map(|(r, why)| format!("{r} refused for good: {why}")),
+                )
+                .collect();
+            let error = (!error.is_empty()).then(|| error.join("; "));
+            sqlx::query!(
+                "UPDATE notification_outbox
+                    SET delivered_to = $2, refused = $3, message_id = COALESCE(message_id, $4),
+                        sent_at = CASE WHEN $5::bool THEN $6::timestamptz END,
+                        attempts = CASE WHEN $5 THEN attempts ELSE $7::int END,
+                        next_attempt_at = CASE WHEN $5 THEN next_attempt_at ELSE $8::timestamptz END,
+                        last_error = $9::text
+                  WHERE id = ANY($1)",
+                &ids,
+                &delivered_to,
+                sqlx::types::Json(&refused) as _,
+                message_id,
+                done,
+                Utc::now(),
+                attempts,
+                now + backoff,
+                error,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        match &failure {
+            Some(e) => {
+                tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert mail not sent: {e}")
+            }
+            None if mails > 0 => {
+                tracing::info!(group = %group_key, alerts = live.len(), "alert notification sent")
+            }
+            None => {}
+        }
+        Ok(Mailed {
+            mails,
+            rows: rows_reached,
+        })
     }
 }
 
@@ -631,6 +890,10 @@ pub struct ChannelState {
     pub last_delivered_at: Option<DateTime<Utc>>,
     /// The newest error of a waiting notification.
     pub last_error: Option<String>,
+    /// Mails sent in the last day that some recipient's server refused for good (the
+    /// other recipients got them), and the newest refusal.
+    pub refused: i64,
+    pub last_refusal: Option<String>,
 }
 
 /// The outbox by destination: what was delivered, what waits, what fails.
@@ -642,7 +905,9 @@ pub async fn channel_states(store: &Store) -> Result<Vec<ChannelState>, sqlx::Er
                 count(*) FILTER (WHERE sent_at IS NULL) AS "pending!",
                 count(*) FILTER (WHERE sent_at IS NULL AND attempts > 0) AS "failing!",
                 max(sent_at) FILTER (WHERE message_id IS NOT NULL) AS last_delivered_at,
-                (array_agg(last_error ORDER BY id DESC) FILTER (WHERE sent_at IS NULL AND last_error IS NOT NULL))[1] AS last_error
+                (array_agg(last_error ORDER BY id DESC) FILTER (WHERE sent_at IS NULL AND last_error IS NOT NULL))[1] AS last_error,
+                count(*) FILTER (WHERE refused <> '{}' AND sent_at > now() - interval '1 day') AS "refused!",
+                (array_agg(last_error ORDER BY id DESC) FILTER (WHERE refused <> '{}' AND sent_at > now() - interval '1 day'))[1] AS last_refusal
            FROM notification_outbox GROUP BY 1 ORDER BY 1"#,
     )
     .fetch_all(&store.pool)
@@ -666,5 +931,32 @@ pub fn alert_link(labels: &crate::alert::Labels, public_url: &str) -> String {
             urlpath(r)
         ),
         _ => format!("{public_url}/alerts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_the_address;
+
+    #[test]
+    fn an_enhanced_code_names_the_recipient_not_the_sender() {
+        // Postfix, Exchange and Gmail phrasings of an unknown mailbox.
+        for reply in [
+            "permanent error (550): 5.1.1 <x@example.com>: Recipient address rejected: User unknown",
+            "permanent error (550): 5.1.10 RESOLVER.ADR.RecipientNotFound; not found",
+            "permanent error (550): 5.1.1 The email account that you tried to reach does not exist.",
+        ] {
+            assert!(names_the_address(reply), "{reply}");
+        }
+        for reply in [
+            // The sender's address, authentication, policy, or no code at all.
+            "permanent error (553): 5.1.7 <alerts@bad>: Sender address rejected",
+            "permanent error (553): 5.1.8 Bad sender's system address",
+            "permanent error (535): 5.7.8 Username and Password not accepted",
+            "permanent error (550): Requested action not taken: mailbox unavailable",
+            "permanent error (554): 5.7.1 Relay access denied",
+        ] {
+            assert!(!names_the_address(reply), "{reply}");
+        }
     }
 }

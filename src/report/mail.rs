@@ -12,7 +12,7 @@ use lettre::Message;
 use super::energy::EnergyReport;
 use super::export::{self, Format};
 use super::IsoWeek;
-use crate::alert::notify::{deliver, transport};
+use crate::alert::notify::{deliver_each, transport};
 use crate::config::{parse_weekday, Config};
 use crate::model::telemetry::{MailKind, Telemetry};
 use crate::store::Store;
@@ -146,7 +146,7 @@ pub async fn send_due(
     if claimed == 0 {
         return Ok(None);
     }
-    send(
+    let sent = send(
         cfg,
         &report,
         &cfg.energy.report.recipients,
@@ -154,6 +154,19 @@ pub async fn send_due(
         telemetry,
     )
     .await?;
+    // A week goes once: who did not get it (an address the server refused, a failure
+    // partway) is named in the log and the audit entry, not sent to again.
+    if !sent.missed.is_empty() {
+        tracing::warn!(%week, "weekly energy report not delivered to {}", sent.missed.join("; "));
+        sqlx::query!(
+            "UPDATE report_deliveries SET recipients = $3 WHERE kind = $1 AND period = $2",
+            KIND,
+            week.to_string(),
+            sent.to.join(", "),
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     store
         .audit(
@@ -162,10 +175,10 @@ pub async fn send_due(
                 "report.mailed",
                 &format!("energy report {week}"),
             )
-            .details(serde_json::json!({ "recipients": cfg.energy.report.recipients })),
+            .details(serde_json::json!({ "recipients": sent.to, "not_delivered": sent.missed })),
         )
         .await?;
-    tracing::info!(%week, recipients = cfg.energy.report.recipients.len(), "weekly energy report mailed");
+    tracing::info!(%week, recipients = sent.to.len(), "weekly energy report mailed");
     Ok(Some(week))
 }
 
@@ -204,31 +217,63 @@ pub async fn capacity_lines(
     Ok(out)
 }
 
+/// To whom [`send`] delivered the report, and who did not get it and why.
+pub struct Sent {
+    pub to: Vec<String>,
+    pub missed: Vec<String>,
+}
+
 /// Mail `report` (and the capacity lines) to `to` through the configured SMTP server,
-/// timing the send on `telemetry`.
+/// each address in an envelope of its own, timing the sends on `telemetry`. An address
+/// the server refuses leaves the others their mail; it is an error only when nobody
+/// got it.
 pub async fn send(
     cfg: &Config,
     report: &EnergyReport,
     to: &[String],
     capacity: &[String],
     telemetry: &Telemetry,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Sent> {
     let smtp = &cfg.alerting.smtp;
     if smtp.host.is_empty() {
         anyhow::bail!("alerting.smtp.host is not set: the report cannot be mailed");
     }
     let msg = message(cfg, report, to, capacity)?;
+    let from: Mailbox = smtp
+        .from
+        .parse()
+        .map_err(|e| anyhow::anyhow!("alerting.smtp.from {:?}: {e}", smtp.from))?;
     let t = transport(smtp).map_err(anyhow::Error::msg)?;
-    deliver(
+    let results = deliver_each(
         &t,
-        msg,
+        &from,
+        to,
+        &msg.formatted(),
         MailKind::Report,
         telemetry,
         crate::alert::notify::exchange_limit(smtp),
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("SMTP {}:{} ({}): {e}", smtp.host, smtp.port, smtp.security))?;
-    Ok(())
+    .await;
+    let mut sent = Sent {
+        to: Vec::new(),
+        missed: Vec::new(),
+    };
+    for (r, res) in to.iter().zip(results) {
+        match res {
+            Ok(()) => sent.to.push(r.clone()),
+            Err(u) => sent.missed.push(format!("{r}: {}", u.error)),
+        }
+    }
+    if sent.to.is_empty() {
+        anyhow::bail!(
+            "SMTP {}:{} ({}): {}",
+            smtp.host,
+            smtp.port,
+            smtp.security,
+            sent.missed.join("; ")
+        );
+    }
+    Ok(sent)
 }
 
 /// The mail: text and HTML summary with the capacity section, the three files attached.

@@ -384,6 +384,14 @@ impl Scraped {
         )?;
         gauges(
             e,
+            "rackwatch_notifications_refused_recent",
+            "Notifications sent in the last 24 h that a recipient's mail server refused for good (the other recipients got them)",
+            self.channels
+                .iter()
+                .map(|c| (ch(c), c.refused.max(0) as u64)),
+        )?;
+        gauges(
+            e,
             "rackwatch_notifications_last_delivered_timestamp_seconds",
             "When a channel last delivered a notification (Unix time)",
             self.channels.iter().filter_map(|c| {

@@ -791,6 +791,144 @@ async fn a_silent_smtp_server_fails_the_send_within_its_limit() {
     r.app.stop().await;
 }
 
+/// Each address of a route gets the mail in an envelope of its own: one the mail server
+/// refuses for good (550 5.1.1) is recorded and not tried again, one refused for now (a
+/// 451 greylisting) gets it on the retry, and the address that took it at once does not
+/// get it twice. An address refused with a bare 550, and nobody else on its route to
+/// show the server works, is retried: the cause may be the sender or the login.
+#[tokio::test]
+async fn a_refused_recipient_does_not_hold_back_the_rest_of_the_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("refusing.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+name = "gpu-xid"
+kind = "hardware"
+events = ["xid"]
+severity = "critical"
+summary = "GPU reported an XID error"
+
+[[rule]]
+name = "host-load-high"
+kind = "threshold"
+metric = "host.load1"
+op = ">"
+value = 64
+for_secs = 0
+severity = "warning"
+summary = "Host load high"
+
+[[route]]
+match = { severity = "critical" }
+to = ["nobody@example.com", "busy@example.com", "oncall@example.com"]
+
+[[route]]
+to = ["gone@example.com"]
+"#,
+    )
+    .unwrap();
+    let path = rules.to_string_lossy().into_owned();
+    let r = rig_tweaked(SmtpServer::start().await, None, 0, |c| {
+        c.alerting.rules_file = path;
+    })
+    .await;
+    let token = r.app.token("h").await;
+    let now = Utc::now();
+    let mut body = xid("h", 1, 79, now);
+    body["host_samples"][0]["load1"] = json!(99.0);
+    assert_eq!(r.app.ingest(&token, &body).await.status(), 200);
+    let to = |m: &str, who: &str| m.contains(&format!("X-RcptTo: {who}"));
+    let mails = r
+        .smtp
+        .wait_until(
+            |m| m.iter().any(|m| to(m, "busy@")) && m.iter().any(|m| to(m, "oncall@")),
+            30,
+        )
+        .await;
+    let count = |who: &str| mails.iter().filter(|m| to(m, who)).count();
+    assert_eq!(count("oncall@"), 1, "{mails:?}");
+    assert_eq!(
+        count("busy@"),
+        1,
+        "the greylisted address gets it on the retry"
+    );
+    assert_eq!(count("nobody@") + count("gone@"), 0);
+    let m = mails.iter().find(|m| to(m, "oncall@")).unwrap();
+    assert!(subject(m).starts_with("[FIRING:CRITICAL]"), "{m}");
+    assert!(
+        m.contains("To: nobody@example.com, busy@example.com, oncall@example.com"),
+        "the header names the whole route: {m}"
+    );
+    // The XID's row is sent (recorded just after the mail arrived), with who has it and
+    // who refused it.
+    type Row = (
+        Vec<String>,
+        Vec<String>,
+        Option<String>,
+        bool,
+        Option<String>,
+    );
+    let mut row: Row = Default::default();
+    for _ in 0..50 {
+        row = sqlx::query_as::<_, Row>(
+            "SELECT delivered_to, ARRAY(SELECT jsonb_object_keys(refused)), last_error,
+                    sent_at IS NOT NULL, message_id
+               FROM notification_outbox WHERE recipients[1] = 'nobody@example.com'",
+        )
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap();
+        if row.3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(row.0, ["oncall@example.com", "busy@example.com"]);
+    assert_eq!(row.1, ["nobody@example.com"]);
+    let err = row.2.unwrap_or_default();
+    assert!(
+        err.contains("nobody@example.com refused for good") && err.contains("5.1.1"),
+        "{err}"
+    );
+    assert!(row.3, "sent once everyone has it or refused it");
+    assert!(row.4.is_some());
+    // The bare 550, alone on its route, is retried, not dropped.
+    let mut gone = (0, false, true);
+    for _ in 0..100 {
+        gone = sqlx::query_as::<_, (i32, bool, bool)>(
+            "SELECT attempts, sent_at IS NOT NULL, refused = '{}' FROM notification_outbox
+              WHERE recipients = ARRAY['gone@example.com']",
+        )
+        .fetch_optional(&r.app.store.pool)
+        .await
+        .unwrap()
+        .unwrap_or((0, false, true));
+        if gone.0 >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone.0 >= 2, "tried again: {gone:?}");
+    assert!(!gone.1 && gone.2, "neither sent nor refused: {gone:?}");
+    // The alerts page shows the refusal beside the delivery.
+    let cookie = r.app.login("ops", "correct horse").await;
+    let (status, page) = r.app.page(&cookie, "/alerts").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("nobody@example.com refused for good"),
+        "{page}"
+    );
+    assert_eq!(count("oncall@"), 1);
+    assert_eq!(
+        r.smtp.mails().iter().filter(|m| to(m, "oncall@")).count(),
+        1,
+        "not sent twice"
+    );
+    r.app.stop().await;
+}
+
 #[tokio::test]
 async fn a_server_killed_before_sending_sends_after_restart() {
     let db_url = fresh_database().await;

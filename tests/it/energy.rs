@@ -1101,8 +1101,10 @@ async fn send_readings(app: &TestApp, cookie: &str, readings: &Value) -> Value {
         .unwrap()
 }
 
-/// A server that mails the weekly report to a real SMTP server on Mondays at `hour`.
-async fn mailing_app(hour: u32) -> (SmtpServer, TestApp) {
+/// A server that mails the weekly report to `to` through a real SMTP server on Mondays at
+/// `hour`.
+async fn mailing_app(hour: u32, to: &[&str]) -> (SmtpServer, TestApp) {
+    let to: Vec<String> = to.iter().map(|t| t.to_string()).collect();
     let smtp = SmtpServer::start().await;
     let port = smtp.port;
     let app = TestApp::spawn_with(move |c| {
@@ -1110,7 +1112,7 @@ async fn mailing_app(hour: u32) -> (SmtpServer, TestApp) {
         c.alerting.smtp.host = "127.0.0.1".into();
         c.alerting.smtp.port = port;
         c.alerting.smtp.security = "plain".into();
-        c.energy.report.recipients = vec!["energy@example.com".into()];
+        c.energy.report.recipients = to;
         c.energy.report.send_weekday = "mon".into();
         c.energy.report.send_hour = hour;
     })
@@ -1119,10 +1121,11 @@ async fn mailing_app(hour: u32) -> (SmtpServer, TestApp) {
 }
 
 /// Mailed at midnight, the week's last hour is not accounted yet: the mail waits for it
-/// instead of going out partial, once and for good.
+/// instead of going out partial, once and for good. An address the mail server refuses
+/// (550 5.1.1) does not keep it from the other.
 #[tokio::test]
 async fn a_weekly_mail_due_before_its_last_hour_is_accounted_waits_for_it() {
-    let (smtp, app) = mailing_app(0).await;
+    let (smtp, app) = mailing_app(0, &["nobody@example.com", "energy@example.com"]).await;
     let tz: Tz = "Europe/Berlin".parse().unwrap();
     let week: IsoWeek = "2026-W47".parse().unwrap();
     load_week(&app, week, tz).await;
@@ -1149,12 +1152,33 @@ async fn a_weekly_mail_due_before_its_last_hour_is_accounted_waits_for_it() {
         "attachments named"
     );
     assert!(!mails[0].contains("-partial"), "the whole week is attached");
+    assert!(
+        mails[0].contains("X-RcptTo: energy@example.com"),
+        "{}",
+        mails[0]
+    );
+    // Recorded as mailed to the address that got it; the refusal is in the audit log.
+    let to: String = sqlx::query_scalar("SELECT recipients FROM report_deliveries")
+        .fetch_one(&app.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(to, "energy@example.com");
+    let details: serde_json::Value =
+        sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'report.mailed'")
+            .fetch_one(&app.store.pool)
+            .await
+            .unwrap();
+    let missed = details["not_delivered"].to_string();
+    assert!(
+        missed.contains("nobody@example.com: permanent error (550)"),
+        "{missed}"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn weekly_mail_arrives_once_with_csv_parquet_and_html_attached() {
-    let (smtp, app) = mailing_app(6).await;
+    let (smtp, app) = mailing_app(6, &["energy@example.com"]).await;
     let tz: Tz = "Europe/Berlin".parse().unwrap();
     let week: IsoWeek = "2026-W47".parse().unwrap();
     let exp = load_week(&app, week, tz).await;

@@ -571,7 +571,9 @@ pub fn recent(n: usize, step_secs: i64, secs_ago: i64) -> Vec<DateTime<Utc>> {
         .collect()
 }
 
-/// A real SMTP server (Python aiosmtpd) on loopback, storing mail in a Maildir.
+/// A real SMTP server (Python aiosmtpd) on loopback, storing mail in a Maildir. Some
+/// addresses are refused as real servers refuse them (`tests/smtp/refusing.py`):
+/// `nobody@` for good (550 5.1.1), `gone@` with a bare 550, `busy@` the first time (451).
 pub struct SmtpServer {
     pub port: u16,
     pub maildir: std::path::PathBuf,
@@ -626,9 +628,13 @@ impl SmtpServer {
                 "-l",
                 &format!("127.0.0.1:{}", self.port),
                 "-c",
-                "aiosmtpd.handlers.Mailbox",
+                "refusing.Refusing",
             ])
             .arg(&self.maildir)
+            .env(
+                "PYTHONPATH",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp"),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
