@@ -7,8 +7,8 @@
 //! same-hour-last-week lags, 7-day and 3-week same-hour profiles, daily and weekly Fourier
 //! terms. One pooled model per horizon block (steps 1-24 and 25-H), on the raw scale and on
 //! a log scale. Each series gets its own choice per block among seasonal-naive 24 h,
-//! seasonal-naive 168 h, the flat current level and the two linear models (or the mean of
-//! the best two), by a recency-weighted rolling-origin backtest over the last days before
+//! seasonal-naive 168 h, the flat current level, the level with the week's trend of the
+//! daily mean and the two linear models (or the mean of the best two), by a recency-weighted rolling-origin backtest over the last days before
 //! the forecast origin. 80 % and 95 % intervals are split-conformal quantiles of the chosen
 //! method's backtest residuals around each horizon step (log scale, so they are asymmetric
 //! and never negative).
@@ -192,10 +192,11 @@ fn short_history(y: &[f64], observed: &[bool], horizon: usize) -> Forecast {
     f
 }
 
-const CANDIDATES: [Candidate; 5] = [
+const CANDIDATES: [Candidate; 6] = [
     Candidate::SNaive24,
     Candidate::SNaive168,
     Candidate::Level,
+    Candidate::Drift,
     Candidate::Linear(Space::Raw),
     Candidate::Linear(Space::Log),
 ];
@@ -241,8 +242,11 @@ fn full(
             .collect();
         for (bi, a) in avail.iter_mut().enumerate() {
             for (ci, c) in CANDIDATES.iter().enumerate() {
-                if let Candidate::Linear(sp) = c {
-                    a[ci] = lin[bi][*sp as usize].is_some();
+                match c {
+                    Candidate::Linear(sp) => a[ci] = lin[bi][*sp as usize].is_some(),
+                    // A week before the earliest origin.
+                    Candidate::Drift => a[ci] = bt_end >= 167,
+                    _ => {}
                 }
             }
         }

@@ -54,6 +54,10 @@ pub enum Candidate {
     SNaive24,
     /// value 168 h earlier
     SNaive168,
+    /// median of the last 3 hours, plus the week's trend of the daily mean: the mean of
+    /// the last 24 hours less that of the 24 hours six days before, over those 144 hours,
+    /// per hour ahead (a filling disk, a growing service). Needs 168 hours of history.
+    Drift,
     /// median of the last 3 hours, held flat (a spike-robust last value)
     Level,
     /// MSE-trained direct linear model (linfa OLS with a ridge penalty) in a target space
@@ -65,6 +69,7 @@ impl Candidate {
         match self {
             Candidate::SNaive24 => "snaive24",
             Candidate::SNaive168 => "snaive168",
+            Candidate::Drift => "drift",
             Candidate::Level => "level",
             Candidate::Linear(Space::Raw) => "ridge",
             Candidate::Linear(Space::Log) => "ridge-log",
@@ -240,6 +245,16 @@ pub fn level(y: &[f64], c: usize) -> f64 {
     v[1]
 }
 
+/// The hourly slope of the daily mean over the week before `c` (see [`Candidate::Drift`]);
+/// `None` with less than 168 hours of history.
+pub fn drift(y: &[f64], c: usize) -> Option<f64> {
+    if c < 167 {
+        return None;
+    }
+    let day = |end: usize| y[end - 23..=end].iter().sum::<f64>() / 24.0;
+    Some((day(c) - day(c - 144)) / 144.0)
+}
+
 /// Prediction of one candidate, `None` if it cannot predict there.
 pub fn predict_candidate(
     cand: Candidate,
@@ -254,6 +269,7 @@ pub fn predict_candidate(
         Candidate::SNaive24 => Some(snaive(y, 24, c, h)),
         Candidate::SNaive168 => Some(snaive(y, 168, c, h)),
         Candidate::Level => Some(level(y, c)),
+        Candidate::Drift => drift(y, c).map(|slope| level(y, c) + slope * h as f64),
         Candidate::Linear(sp) => lin[sp as usize].as_ref()?.predict(fr, c, h, buf),
     }
     .map(|v| v.max(0.0))
