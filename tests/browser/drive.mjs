@@ -92,7 +92,7 @@ try {
   await page.click('.picker form button');
   await page.waitForURL(/from=/);
   const after = await page.locator('.picker + p').textContent();
-  console.log(`OK custom from-local=${fromVal} tzo=${tzo} note=${JSON.stringify(after)}`);
+  console.log(`OK custom from-local=${fromVal} tzo=${tzo} url=${new URL(page.url()).search} note=${JSON.stringify(after)}`);
 
   // Dark theme and a phone.
   await page.emulateMedia({ colorScheme: 'dark' });

@@ -73,28 +73,49 @@ async fn agent_spools_while_the_server_is_down_and_delivers_everything_once() {
         stop_rx,
     ));
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let spooled = std::fs::read_dir(spool_dir.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "json")
-        })
-        .count();
+    let spooled = || {
+        std::fs::read_dir(spool_dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count()
+    };
+    let down = std::time::Instant::now();
+    while spooled() < 3 && down.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        spooled >= 3,
-        "expected batches in the spool while the server is down, found {spooled}"
+        spooled() >= 3,
+        "expected batches in the spool while the server is down, found {}",
+        spooled()
     );
 
-    // The server comes up on that port.
+    // The server comes up on that port; the agent replays its spool (its retry waits up
+    // to 5 s) and reports that it did with a later batch.
     let app = TestApp::spawn_on(db_url.clone(), |c| {
         c.server.listen = format!("127.0.0.1:{port}")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let up = std::time::Instant::now();
+    loop {
+        let replayed: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT agent_stats FROM hosts WHERE name = 'spool-test'")
+                .fetch_optional(&app.store.pool)
+                .await
+                .unwrap();
+        let replayed = replayed
+            .and_then(|s| s["replayed_batches_total"].as_u64())
+            .unwrap_or(0);
+        if (spooled() == 0 && replayed >= 2) || up.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stop.send(true).unwrap();
     let shipper = agent.await.unwrap().unwrap();
     assert!(

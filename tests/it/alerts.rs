@@ -497,9 +497,14 @@ async fn a_round_that_cannot_record_its_watermark_leaves_nothing_behind() {
     // count is left over from them; once it can be written, the fault is alerted once.
     let r = rig().await;
     sqlx::raw_sql(
-        "CREATE FUNCTION fail_alert_watermark() RETURNS trigger LANGUAGE plpgsql AS $$
+        "CREATE SEQUENCE watermark_refusals;
+         CREATE FUNCTION fail_alert_watermark() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-           IF NEW.name = 'alert_events' THEN RAISE EXCEPTION 'watermark write refused'; END IF;
+           -- Counted by a sequence, which the failed round's rollback does not undo.
+           IF NEW.name = 'alert_events' THEN
+             PERFORM nextval('watermark_refusals');
+             RAISE EXCEPTION 'watermark write refused';
+           END IF;
            RETURN NEW;
          END $$;
          CREATE TRIGGER fail_alert_watermark BEFORE INSERT OR UPDATE ON job_state
@@ -516,7 +521,23 @@ async fn a_round_that_cannot_record_its_watermark_leaves_nothing_behind() {
         .await
         .status();
     assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Wait for rounds that saw the XID and failed at the watermark.
+    let refused = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM watermark_refusals",
+        )
+        .fetch_one(&r.app.store.pool)
+        .await
+        .unwrap()
+    };
+    let watching = std::time::Instant::now();
+    while refused().await < 3 && watching.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        refused().await >= 3,
+        "the rounds never reached the watermark"
+    );
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM alerts WHERE rule LIKE 'gpu-%'")
         .fetch_one(&r.app.store.pool)
         .await
@@ -995,18 +1016,33 @@ async fn thresholds_wait_for_their_duration_and_resolve_with_hysteresis() {
     let token = r.app.token("warm").await;
     let temp = |c: f64| json!({"host": {"name": "warm"}, "gpu_samples": [{"ts": Utc::now(), "index": 0, "temp_celsius": c}]});
     assert_eq!(r.app.ingest(&token, &temp(90.0)).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let state: String = sqlx::query_scalar("SELECT state FROM alerts WHERE rule = 'gpu-hot'")
-        .fetch_one(&r.app.store.pool)
-        .await
-        .unwrap();
-    assert_eq!(state, "pending");
-    assert!(r.smtp.mails().is_empty());
+    let hot = std::time::Instant::now();
+    // The first evaluation (every second) files the alert as pending, unmailed.
+    let mut state = None;
+    while state.is_none() && hot.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = sqlx::query_scalar::<_, String>("SELECT state FROM alerts WHERE rule = 'gpu-hot'")
+            .fetch_optional(&r.app.store.pool)
+            .await
+            .unwrap();
+    }
+    if hot.elapsed() < Duration::from_millis(1900) {
+        assert_eq!(state.as_deref(), Some("pending"));
+        assert!(r.smtp.mails().is_empty());
+    }
     // Still hot after for_secs → firing, mailed to the warning route.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3000).saturating_sub(hot.elapsed())).await;
     assert_eq!(r.app.ingest(&token, &temp(91.0)).await.status(), 200);
     let mails = r.smtp.wait_for(1, 15).await;
     assert_eq!(mails.len(), 1);
+    // However slow the machine, it was pending for for_secs before it fired.
+    let pending_secs: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM fired_at - started_at)::float8 FROM alerts WHERE rule = 'gpu-hot'",
+    )
+    .fetch_one(&r.app.store.pool)
+    .await
+    .unwrap();
+    assert!(pending_secs >= 2.0, "fired after {pending_secs} s pending");
     assert!(
         subject(&mails[0]).starts_with("[FIRING:WARNING] GPU temperature high"),
         "{}",

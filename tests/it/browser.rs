@@ -500,8 +500,23 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
         custom.contains("tzo=-540"),
         "Tokyo is 540 min ahead of UTC: {custom}"
     );
+    // The custom range (the form's 6 hours, in the viewer's zone) is the page's range now.
     assert!(
-        custom.contains("raw samples, 39 s per point") || custom.contains("s per point"),
+        custom.contains("url=?from=") && custom.contains("&to=") && !custom.contains("range=6h"),
+        "{custom}"
+    );
+    // The page now shows the range asked for, in the viewer's zone (Tokyo).
+    let from_local = custom
+        .split(" from-local=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_default()
+        .replace('T', " ");
+    assert!(from_local.starts_with("20"), "{custom}");
+    assert!(
+        custom.contains(&format!("note=\"Showing {from_local}:00 GMT+9 – "))
+            && custom.contains("raw samples, ")
+            && custom.contains(" s per point"),
         "{custom}"
     );
     assert_eq!(
@@ -518,6 +533,15 @@ async fn operator_finds_the_faulty_gpu_in_chromium() {
     assert!(
         pool.starts_with("OK capacity-pool path=/capacity/pools/infer charts=1 bands=2 wide=true "),
         "{pool}"
+    );
+    let evidence: usize = pool
+        .rsplit("evidence=")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        evidence > 0,
+        "the pool's backtest evidence is shown: {pool}"
     );
     assert_eq!(
         line(&stdout, "OK capacity-phone"),

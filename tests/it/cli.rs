@@ -545,15 +545,16 @@ fn configuration_and_setup_errors_say_what_to_do() {
     }
 
     // Output piped into a reader that has gone (`… | head -1`) ends the command quietly,
-    // as Unix tools do, instead of a panic and a backtrace.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
+    // as Unix tools do, instead of a panic and a backtrace. The reading end is closed
+    // before the command starts, so its first write meets the broken pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_rackwatch"))
         .arg("routes")
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert!(

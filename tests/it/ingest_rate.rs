@@ -39,14 +39,17 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
     .await;
     let noisy = app.token("noisy").await;
     let quiet = app.token("quiet").await;
-    let run_for = Duration::from_secs(3);
+    // The noisy token hammers for as long as the quiet one takes for its five batches,
+    // however slow the machine.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let t0 = Instant::now();
     let mut hammers = Vec::new();
     for _ in 0..8 {
         let (http, base, token) = (app.http.clone(), app.base.clone(), noisy.clone());
+        let done = done.clone();
         hammers.push(tokio::spawn(async move {
             let mut seen = Vec::new();
-            while t0.elapsed() < run_for {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = http
                     .post(format!("{base}/api/v1/ingest"))
                     .bearer_auth(&token)
@@ -66,16 +69,16 @@ async fn a_token_over_its_rate_gets_429_and_cannot_starve_another() {
     }
     // The quiet agent, under its rate, all the while.
     let mut quiet_answers = Vec::new();
-    while t0.elapsed() < run_for {
+    for _ in 0..5 {
         quiet_answers.push(post(&app, &quiet, "quiet").await);
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut noisy_answers = Vec::new();
     for h in hammers {
         noisy_answers.extend(h.await.unwrap());
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    assert!(quiet_answers.len() >= 4, "{quiet_answers:?}");
     for (status, _, secs) in &quiet_answers {
         assert_eq!(
             *status, 200,

@@ -116,7 +116,14 @@ fn serde_round_trip_keeps_model_and_stream() {
 fn rejects_wrong_width() {
     let mut det = trained();
     let mut rng = Rng::new(1);
-    assert!(det.score(&synthetic(10, D + 1, 0, &mut rng)).is_err());
+    let err = det
+        .score(&synthetic(10, D + 1, 0, &mut rng))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&(D + 1).to_string()) && err.contains(&D.to_string()),
+        "{err}"
+    );
 }
 
 #[test]
