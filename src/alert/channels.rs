@@ -4,7 +4,8 @@
 //! Events API v2 (trigger and resolve, `dedup_key` = the alert's fingerprint).
 //!
 //! A delivery succeeds on a 2xx answer; anything else (a refused connection, a timeout,
-//! any other status) leaves the group in the outbox to be retried with backoff.
+//! any other status) leaves the group in the outbox to be retried with backoff, and no
+//! sooner than a 429's or 503's `Retry-After` asks (up to an hour).
 
 use std::time::Duration as StdDuration;
 
@@ -236,8 +237,39 @@ pub fn pagerduty_events(
         .collect()
 }
 
+/// A request the channel did not take: why, and how long it asked to be left alone
+/// (`Retry-After` on a 429 or 503: Slack's and PagerDuty's rate limits say so).
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: String,
+    pub retry_after: Option<StdDuration>,
+}
+
+impl From<String> for Refusal {
+    fn from(error: String) -> Refusal {
+        Refusal {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// A `Retry-After` header: seconds, or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<StdDuration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(StdDuration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+    Some((at - Utc::now()).to_std().unwrap_or_default())
+}
+
 /// POST one JSON body; Ok on 2xx.
-async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result<(), String> {
+async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result<(), Refusal> {
     let mut req = http
         .post(c.endpoint())
         .timeout(StdDuration::from_secs(c.timeout_secs))
@@ -266,12 +298,16 @@ async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result
             source = s.source();
         }
         let cause = cause.unwrap_or_else(|| e.without_url().to_string());
-        format!("{what} ({origin}): {cause}")
+        Refusal::from(format!("{what} ({origin}): {cause}"))
     })?;
     let status = r.status();
     if status.is_success() {
         return Ok(());
     }
+    let wait = match status.as_u16() {
+        429 | 503 => retry_after(r.headers()),
+        _ => None,
+    };
     let text: String = r
         .text()
         .await
@@ -279,14 +315,33 @@ async fn post(http: &reqwest::Client, c: &ChannelConfig, body: &Value) -> Result
         .chars()
         .take(300)
         .collect();
-    Err(format!("answered {status}: {text}"))
+    Err(Refusal {
+        error: match wait {
+            Some(w) => format!("answered {status} (Retry-After {} s): {text}", w.as_secs()),
+            None => format!("answered {status}: {text}"),
+        },
+        retry_after: wait,
+    })
 }
 
-/// A group delivered in part: its first `sent` rows reached the channel, then `error`.
+/// A group delivered in part: its first `sent` rows reached the channel, then `error`
+/// (and the channel's `Retry-After`, if it gave one).
 #[derive(Debug)]
 pub struct PartlySent {
     pub sent: usize,
     pub error: String,
+    pub retry_after: Option<StdDuration>,
+}
+
+impl PartlySent {
+    /// Nothing sent, for `error`.
+    pub fn none(error: String) -> PartlySent {
+        PartlySent {
+            sent: 0,
+            error,
+            retry_after: None,
+        }
+    }
 }
 
 impl std::fmt::Display for PartlySent {
@@ -307,27 +362,31 @@ pub async fn deliver(
     rows: &[(String, AlertSnapshot)],
     public_url: &str,
 ) -> Result<(), PartlySent> {
-    let none = |error: String| PartlySent { sent: 0, error };
+    let partly = |sent: usize| {
+        move |r: Refusal| PartlySent {
+            sent,
+            error: r.error,
+            retry_after: r.retry_after,
+        }
+    };
     match c.kind.as_str() {
         "webhook" => {
             let body = alertmanager_payload(name, group_key, rows, public_url);
-            post(http, c, &body).await.map_err(none)
+            post(http, c, &body).await.map_err(partly(0))
         }
         "slack" => post(http, c, &slack_payload(rows, public_url))
             .await
-            .map_err(none),
+            .map_err(partly(0)),
         "pagerduty" => {
             for (sent, ev) in pagerduty_events(c.routing_key.expose(), rows, public_url)
                 .iter()
                 .enumerate()
             {
-                post(http, c, ev)
-                    .await
-                    .map_err(|error| PartlySent { sent, error })?;
+                post(http, c, ev).await.map_err(partly(sent))?;
             }
             Ok(())
         }
-        other => Err(none(format!("unknown channel kind {other:?}"))),
+        other => Err(PartlySent::none(format!("unknown channel kind {other:?}"))),
     }
 }
 
@@ -352,6 +411,24 @@ pub fn test_alert() -> AlertSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", "120".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(StdDuration::from_secs(120)));
+        let at = (Utc::now() + chrono::Duration::seconds(90))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        h.insert("retry-after", at.parse().unwrap());
+        let w = retry_after(&h).unwrap().as_secs();
+        assert!((85..=90).contains(&w), "{w}");
+        h.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(StdDuration::ZERO), "a date gone by");
+        h.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
 
     #[test]
     fn a_long_description_is_cut_for_slack_never_inside_an_escape() {

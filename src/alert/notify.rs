@@ -517,19 +517,13 @@ impl Sender {
                         )
                         .await
                     }
-                    Some(c) => Err(super::channels::PartlySent {
-                        sent: 0,
-                        error: format!(
-                            "route names {kind}:{name}, but alerting.channels.{name} is a {} channel",
-                            c.kind
-                        ),
-                    }),
-                    None => Err(super::channels::PartlySent {
-                        sent: 0,
-                        error: format!(
-                            "no channel {name:?} in alerting.channels (the route names {kind}:{name})"
-                        ),
-                    }),
+                    Some(c) => Err(super::channels::PartlySent::none(format!(
+                        "route names {kind}:{name}, but alerting.channels.{name} is a {} channel",
+                        c.kind
+                    ))),
+                    None => Err(super::channels::PartlySent::none(format!(
+                        "no channel {name:?} in alerting.channels (the route names {kind}:{name})"
+                    ))),
                 };
                 match result {
                     Ok(()) => {
@@ -548,6 +542,7 @@ impl Sender {
                     Err(super::channels::PartlySent {
                         sent: done,
                         error: e,
+                        retry_after,
                     }) => {
                         // The rows the channel took before the failure are sent; the rest
                         // wait for the retry, and, as any notice of a group sent to
@@ -566,7 +561,13 @@ impl Sender {
                             delivered = Some((recipients[0].clone(), took.len() as u64));
                         }
                         let attempts = live.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
-                        let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
+                        // No sooner than the channel's Retry-After (a rate limit), up
+                        // to an hour.
+                        let asked = retry_after
+                            .map(|w| Duration::seconds(w.as_secs().min(3600) as i64))
+                            .unwrap_or_default();
+                        let backoff =
+                            Duration::seconds((1i64 << attempts.min(8)).min(300)).max(asked);
                         tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert notification not sent: {e}");
                         sqlx::query!(
                         "UPDATE notification_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = ANY($1)",

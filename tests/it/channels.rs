@@ -21,6 +21,7 @@ struct Seen {
     auth: Option<String>,
     body: Value,
     ok: bool,
+    at: std::time::Instant,
 }
 
 #[derive(Clone, Default)]
@@ -30,6 +31,8 @@ struct Recorder {
     fail: Arc<Mutex<BTreeMap<String, usize>>>,
     /// Path → the numbers (from 1) of its requests that fail with 503.
     fail_nth: Arc<Mutex<BTreeMap<String, Vec<usize>>>>,
+    /// Path → requests still to refuse with 429 and `Retry-After: 5`.
+    throttle: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 async fn record(
@@ -37,7 +40,7 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: String,
-) -> (StatusCode, String) {
+) -> (StatusCode, HeaderMap, String) {
     let path = uri.path().to_string();
     let nth = r
         .seen
@@ -62,7 +65,19 @@ async fn record(
         .unwrap()
         .get(&path)
         .is_some_and(|v| v.contains(&nth));
+    let throttled = ok && {
+        let mut t = r.throttle.lock().unwrap();
+        match t.get_mut(&path) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    };
+    let ok = ok && !throttled;
     r.seen.lock().unwrap().push(Seen {
+        at: std::time::Instant::now(),
         path: path.clone(),
         auth: headers
             .get("authorization")
@@ -70,16 +85,22 @@ async fn record(
         body: serde_json::from_str(&body).unwrap_or(Value::Null),
         ok,
     });
+    let mut h = HeaderMap::new();
+    if throttled {
+        h.insert("retry-after", "5".parse().unwrap());
+        return (StatusCode::TOO_MANY_REQUESTS, h, "slow down".into());
+    }
     if !ok {
-        return (StatusCode::SERVICE_UNAVAILABLE, "try later".into());
+        return (StatusCode::SERVICE_UNAVAILABLE, h, "try later".into());
     }
     if path == "/pd" {
         (
             StatusCode::ACCEPTED,
+            h,
             r#"{"status":"success","message":"Event processed"}"#.into(),
         )
     } else {
-        (StatusCode::OK, "ok".into())
+        (StatusCode::OK, h, "ok".into())
     }
 }
 
@@ -440,6 +461,32 @@ async fn a_pagerduty_group_that_fails_partway_sends_only_the_rest_again() {
     keys.dedup();
     assert_eq!(keys.len(), 3, "each trigger taken once: {pd:?}");
     assert_eq!(rec.all("/pd").len(), 4, "three taken, one refused");
+    app.stop().await;
+}
+
+/// A channel's rate limit (429 with `Retry-After: 5`) is waited out: the retry comes no
+/// sooner than asked, where the backoff alone would retry after 2 s.
+#[tokio::test]
+async fn a_rate_limited_channel_is_retried_no_sooner_than_it_asks() {
+    let (base, rec) = receiver(&[]).await;
+    rec.throttle.lock().unwrap().insert("/am".into(), 1);
+    let (app, _rules) = channel_app(&base).await;
+    let token = app.token("gpu-21").await;
+    let t0 = Utc::now() - chrono::Duration::seconds(1);
+    let body = json!({"host": {"name": "gpu-21"},
+        "host_samples": [{"ts": t0, "cpu_util_pct": 10.0}],
+        "events": [{"ts": t0, "index": 0, "kind": "xid", "code": 79, "message": "GPU has fallen off the bus."}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let am = rec.wait("/am", 1, 30).await;
+    assert_eq!(am.len(), 1, "delivered after the wait");
+    let tries = rec.all("/am");
+    assert_eq!(tries.len(), 2, "one refusal, one delivery: {tries:?}");
+    assert!(!tries[0].ok && tries[1].ok);
+    let waited = tries[1].at - tries[0].at;
+    assert!(
+        waited >= Duration::from_millis(4500),
+        "retried after {waited:?}"
+    );
     app.stop().await;
 }
 
