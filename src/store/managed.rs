@@ -163,15 +163,25 @@ impl ManagedPostgres {
     /// the same directory (e.g. left behind by a killed process). Blocking.
     pub fn start(opts: &ManagedOptions) -> Result<ManagedPostgres, ManagedError> {
         let bin_dir = Self::locate_binaries(&opts.bin_dir)?;
-        let run_as = if unsafe { libc::geteuid() } == 0 {
-            Some(lookup_user(&opts.user)?)
+        let root_user = unsafe { libc::geteuid() } == 0;
+        // Run as root on a cluster that exists where it was asked for (the packaged
+        // server's, kept by the `rackwatch` user under a directory closed to others), the
+        // command works on that cluster as its owner, instead of keeping a new, empty one
+        // elsewhere.
+        let existing = if root_user {
+            cluster_owner(&opts.root)
         } else {
             None
         };
-        let root = if run_as.is_some() {
-            reachable_root(&opts.root)?
-        } else {
-            opts.root.clone()
+        let run_as = match (&existing, root_user) {
+            (Some((_, owner)), _) => Some(*owner),
+            (None, true) => Some(lookup_user(&opts.user)?),
+            (None, false) => None,
+        };
+        let root = match (existing, run_as) {
+            (Some((abs, _)), _) => abs,
+            (None, Some(_)) => reachable_root(&opts.root)?,
+            (None, None) => opts.root.clone(),
         };
         let io = |what: &str, p: &Path| {
             let what = format!("{what} {}", p.display());
@@ -563,6 +573,29 @@ pub fn cluster_exists(root: &Path) -> bool {
     [abs.clone(), alt_root(&abs)]
         .iter()
         .any(|r| r.join("data").join("PG_VERSION").is_file())
+}
+
+/// The absolute path and the owner of a cluster initialized at `root` (its `data`
+/// directory holds `PG_VERSION`), unless root owns it.
+fn cluster_owner(root: &Path) -> Option<(PathBuf, RunAs)> {
+    use std::os::unix::fs::MetadataExt;
+    let abs = if root.is_absolute() {
+        root.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(root)
+    };
+    let data = abs.join("data");
+    if !data.join("PG_VERSION").is_file() {
+        return None;
+    }
+    let meta = std::fs::metadata(&data).ok()?;
+    (meta.uid() != 0).then_some((
+        abs,
+        RunAs {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        },
+    ))
 }
 
 fn reachable_root(root: &Path) -> Result<PathBuf, ManagedError> {

@@ -242,3 +242,69 @@ async fn a_symlink_where_the_socket_directory_goes_is_refused() {
     assert_eq!(mode & 0o777, 0o755, "the symlink's target is untouched");
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// Run as root on a cluster that already exists where it is asked for, under a directory
+/// closed to others (the packaged server's, owned by the `rackwatch` user under
+/// `/var/lib/rackwatch`, mode 0750): `rackwatch token create` and the like work on that
+/// cluster as its owner. They used to start a new, empty cluster elsewhere as the
+/// configured user (and open `/var/lib/rackwatch` to others doing so).
+#[tokio::test]
+async fn root_works_on_an_existing_cluster_as_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root starts the cluster as another user");
+        return;
+    }
+    let parent = cluster_root("closed-parent");
+    let _ = std::fs::remove_dir_all(&parent);
+    std::fs::create_dir_all(&parent).unwrap();
+    let root = parent.join("postgres");
+    let first = opts(root.clone(), true);
+    let url = tokio::task::spawn_blocking(move || {
+        let mut pg = ManagedPostgres::start(&first).unwrap();
+        let url = pg.admin_url();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query("CREATE TABLE kept AS SELECT 7 AS v")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        });
+        pg.stop().unwrap();
+        url
+    })
+    .await
+    .unwrap();
+    // The parent closes to others, as the package's state directory is; the cluster's
+    // owner (postgres here) is its group.
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let postgres_gid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(root.join("data")).unwrap().gid()
+    };
+    std::os::unix::fs::chown(&parent, None, Some(postgres_gid)).unwrap();
+    // The configured user does not even exist: the cluster's owner is used.
+    let mut again = opts(root.clone(), true);
+    again.user = "rackwatch-no-such-user".into();
+    let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&again))
+        .await
+        .unwrap()
+        .expect("started the existing cluster as its owner");
+    assert_eq!(pg.admin_url(), url, "the same cluster, not one elsewhere");
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    let v: i32 = sqlx::query_scalar("SELECT v FROM kept")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+    c.close().await.unwrap();
+    tokio::task::spawn_blocking(move || pg.stop().unwrap())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&parent);
+}
