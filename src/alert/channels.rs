@@ -424,7 +424,10 @@ mod tests {
         h.insert("retry-after", at.parse().unwrap());
         let w = retry_after(&h).unwrap().as_secs();
         assert!((85..=90).contains(&w), "{w}");
-        h.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), Some(StdDuration::ZERO), "a date gone by");
         h.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(retry_after(&h), None);
