@@ -357,9 +357,15 @@ async fn load_inputs(
     crate::analytics::energy::ensure_accounted(store, cfg, p0, h1).await?;
     let accounted_until = crate::analytics::energy::watermark(store).await?;
     // Last week's energy over the same hours as this week's: all of it for a complete
-    // week, its first N hours while this week has N hours accounted (a running week's
-    // three days are not compared with a whole week).
-    let p1 = (p0 + (horizon(accounted_until, hours) - h0)).min(h0);
+    // week (whatever its length: after a daylight-saving change one week has 167 hours and
+    // the other 168 or 169), its first N hours while this week has N hours accounted (a
+    // running week's three days are not compared with a whole week).
+    let until = horizon(accounted_until, hours);
+    let p1 = if until >= h1 {
+        h0
+    } else {
+        (p0 + (until - h0)).min(h0)
+    };
 
     let hosts: Vec<HostInfo> = sqlx::query_as!(
         HostInfo,

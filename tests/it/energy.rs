@@ -638,6 +638,35 @@ async fn a_counter_mixed_with_another_is_not_counted_as_energy() {
     );
 }
 
+/// A 167-hour week (daylight saving time starts) is compared with all of last week's 168
+/// hours, its last hour included, not with its first 167.
+#[tokio::test]
+async fn a_short_dst_week_is_compared_with_all_of_last_week() {
+    let app = TestApp::spawn_with(configure).await;
+    let tz: Tz = "Europe/Berlin".parse().unwrap();
+    // 2026-W13: the clocks go forward on Sunday 29 March.
+    let week: IsoWeek = "2026-W13".parse().unwrap();
+    load_week(&app, week, tz).await;
+    let now = week.end(tz) + Duration::hours(12);
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
+        .await
+        .unwrap();
+    assert_eq!((r.end - r.start).num_hours(), 167);
+    assert!(!r.partial());
+    // Last week holds only the sample in its last hour (Sunday 23:30 local): 1 MJ.
+    close(
+        r.total()
+            .prev_week_it_energy_kwh
+            .expect("last week's energy"),
+        1_000_000.0 / J_PER_KWH,
+        "last week's energy, its last hour included",
+    );
+    app.stop().await;
+}
+
 /// A running week is compared with the same hours of last week: on Tuesday, this week's
 /// Monday against last week's Monday, not against all of last week (which read −50 %
 /// here, with last Friday's day in it).
