@@ -315,6 +315,13 @@ fn hour_floor(t: DateTime<Utc>) -> DateTime<Utc> {
         .expect("hour truncation")
 }
 
+/// The accounting hours of `week` in `tz`, `[start, end)`: accounting hours are UTC hours,
+/// so in zones with a half-hour offset the week's edges fall on the whole hour before.
+/// The report, the energy page's week list and the default week all count these.
+pub fn week_hours(week: IsoWeek, tz: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+    (hour_floor(week.start(tz)), hour_floor(week.end(tz)))
+}
+
 /// What the report reads from the database for one week.
 struct Inputs {
     hosts: Vec<HostInfo>,
@@ -809,7 +816,7 @@ pub async fn default_week(
     let last = running.prev();
     // Days with energy accounted in each of the two weeks.
     let days = |w: IsoWeek| {
-        let (from, to) = (w.start(tz), w.end(tz));
+        let (from, to) = week_hours(w, tz);
         async move {
             sqlx::query_scalar::<_, i64>(
                 "SELECT count(DISTINCT floor(extract(epoch FROM e.hour - $1) / 86400))::int8
@@ -848,12 +855,8 @@ pub async fn build(
     let tz = cfg.tz();
     let start = week.start(tz);
     let end = week.end(tz);
-    // Accounting hours are UTC hours; weeks in zones with a half-hour offset are shifted
-    // to whole hours.
-    let hours = Hours {
-        h0: hour_floor(start),
-        h1: hour_floor(end),
-    };
+    let (h0, h1) = week_hours(week, tz);
+    let hours = Hours { h0, h1 };
     let mut inp = load_inputs(store, cfg, week, site, hours).await?;
     let host_by_id: HashMap<i64, &HostInfo> = inp.hosts.iter().map(|h| (h.id, h)).collect();
     let first_hour = metered_pue(&inp.rows, &host_by_id, &mut inp.site_hours, hours);

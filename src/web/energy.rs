@@ -194,7 +194,7 @@ pub async fn page(
         weeks.push(w);
     }
     let bounds: Vec<(DateTime<Utc>, DateTime<Utc>)> =
-        weeks.iter().map(|w| (w.start(tz), w.end(tz))).collect();
+        weeks.iter().map(|w| energy::week_hours(*w, tz)).collect();
     // Per week: energy, and on how many days of it anything was measured.
     let starts: Vec<DateTime<Utc>> = bounds.iter().map(|b| b.0).collect();
     let ends: Vec<DateTime<Utc>> = bounds.iter().map(|b| b.1).collect();

@@ -667,6 +667,41 @@ async fn a_short_dst_week_is_compared_with_all_of_last_week() {
     app.stop().await;
 }
 
+/// In a zone half an hour off UTC's hours (India), the energy page's list of weeks counts
+/// the same whole UTC hours as the report: it used to start half an hour later and drop
+/// the week's first accounting hour.
+#[tokio::test]
+async fn the_week_list_and_the_report_agree_in_a_half_hour_zone() {
+    let app = TestApp::spawn_with(|c| {
+        configure(c);
+        c.energy.time_zone = "Asia/Kolkata".into();
+    })
+    .await;
+    let tz: Tz = "Asia/Kolkata".parse().unwrap();
+    let now = Utc::now();
+    let week = IsoWeek::containing(now, tz).prev();
+    load_week(&app, week, tz).await;
+    rackwatch::analytics::energy::run(&app.store, &app.cfg.energy, now)
+        .await
+        .unwrap();
+    let r = energy::build(&app.store, &app.cfg.energy, week, None, now)
+        .await
+        .unwrap();
+    let want = rackwatch::report::export::fmt_kwh(r.total().it_energy_kwh);
+    let cookie = app.login("ops", "correct horse").await;
+    let (status, page) = app.page(&cookie, &format!("/energy?week={week}")).await;
+    assert_eq!(status, 200);
+    let row = page
+        .split("<tr")
+        .find(|r| r.contains(&format!(">{week}</a>")) && r.contains(" / 7</td>"))
+        .unwrap_or_else(|| panic!("no row for {week}: {page}"));
+    assert!(
+        row.contains(&format!(r#"<td class="num">{want}</td>"#)),
+        "the list says otherwise than the report ({want}): {row}"
+    );
+    app.stop().await;
+}
+
 /// A running week is compared with the same hours of last week: on Tuesday, this week's
 /// Monday against last week's Monday, not against all of last week (which read −50 %
 /// here, with last Friday's day in it).
