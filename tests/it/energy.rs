@@ -538,16 +538,21 @@ async fn one_day_report(
     account_and_build(app, week, week.end(tz) + Duration::hours(12)).await
 }
 
+/// A server configured as [`configure`] does, its energy weeks in `zone`.
+async fn app_in(zone: &'static str) -> (TestApp, Tz) {
+    let app = TestApp::spawn_with(move |c| {
+        configure(c);
+        c.energy.time_zone = zone.into();
+    })
+    .await;
+    (app, zone.parse().unwrap())
+}
+
 /// In a zone half an hour off UTC's hours (India), the week's first UTC hour starts at
 /// 23:30 on Sunday: its energy is Monday's in the daily figures, which add up to the week.
 #[tokio::test]
 async fn daily_figures_add_up_in_a_half_hour_time_zone() {
-    let app = TestApp::spawn_with(|c| {
-        configure(c);
-        c.energy.time_zone = "Asia/Kolkata".into();
-    })
-    .await;
-    let tz: Tz = "Asia/Kolkata".parse().unwrap();
+    let (app, tz) = app_in("Asia/Kolkata").await;
     let week: IsoWeek = "2026-W47".parse().unwrap();
     let first_utc_hour = week.start(tz) - Duration::minutes(30);
     app.store
@@ -672,12 +677,7 @@ async fn a_short_dst_week_is_compared_with_all_of_last_week() {
 /// the week's first accounting hour.
 #[tokio::test]
 async fn the_week_list_and_the_report_agree_in_a_half_hour_zone() {
-    let app = TestApp::spawn_with(|c| {
-        configure(c);
-        c.energy.time_zone = "Asia/Kolkata".into();
-    })
-    .await;
-    let tz: Tz = "Asia/Kolkata".parse().unwrap();
+    let (app, tz) = app_in("Asia/Kolkata").await;
     let now = Utc::now();
     let week = IsoWeek::containing(now, tz).prev();
     load_week(&app, week, tz).await;
