@@ -163,25 +163,21 @@ impl ManagedPostgres {
     /// the same directory (e.g. left behind by a killed process). Blocking.
     pub fn start(opts: &ManagedOptions) -> Result<ManagedPostgres, ManagedError> {
         let bin_dir = Self::locate_binaries(&opts.bin_dir)?;
-        let root_user = unsafe { libc::geteuid() } == 0;
-        // Run as root on a cluster that exists where it was asked for (the packaged
-        // server's, kept by the `rackwatch` user under a directory closed to others), the
-        // command works on that cluster as its owner, instead of keeping a new, empty one
-        // elsewhere.
-        let existing = if root_user {
-            cluster_owner(&opts.root)
+        let run_as = if unsafe { libc::geteuid() } == 0 {
+            Some(lookup_user(&opts.user)?)
         } else {
             None
         };
-        let run_as = match (&existing, root_user) {
-            (Some((_, owner)), _) => Some(*owner),
-            (None, true) => Some(lookup_user(&opts.user)?),
-            (None, false) => None,
-        };
-        let root = match (existing, run_as) {
-            (Some((abs, _)), _) => abs,
-            (None, Some(_)) => reachable_root(&opts.root)?,
-            (None, None) => opts.root.clone(),
+        let root = match run_as {
+            // Run as root on a cluster of the configured user that exists where it was
+            // asked for (the packaged server's, kept by `rackwatch` under a directory
+            // closed to others), the command works on that cluster, instead of keeping a
+            // new, empty one elsewhere.
+            Some(u) => match own_cluster(&opts.root, u) {
+                Some(abs) => abs,
+                None => reachable_root(&opts.root)?,
+            },
+            None => opts.root.clone(),
         };
         let io = |what: &str, p: &Path| {
             let what = format!("{what} {}", p.display());
@@ -575,9 +571,12 @@ pub fn cluster_exists(root: &Path) -> bool {
         .any(|r| r.join("data").join("PG_VERSION").is_file())
 }
 
-/// The absolute path and the owner of a cluster initialized at `root` (its `data`
-/// directory holds `PG_VERSION`), unless root owns it.
-fn cluster_owner(root: &Path) -> Option<(PathBuf, RunAs)> {
+/// The absolute path of a cluster initialized at `root` (its `data` directory holds
+/// `PG_VERSION`) that belongs to `user`, where nobody else could have put it or could swap
+/// it: neither `root` nor `data` is a symlink, and every directory above `root` belongs to
+/// root or `user` and is writable by neither its group nor others (or is root's and
+/// sticky).
+fn own_cluster(root: &Path, user: RunAs) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let abs = if root.is_absolute() {
         root.to_path_buf()
@@ -585,17 +584,28 @@ fn cluster_owner(root: &Path) -> Option<(PathBuf, RunAs)> {
         std::env::current_dir().ok()?.join(root)
     };
     let data = abs.join("data");
+    for p in [&abs, &data] {
+        let m = std::fs::symlink_metadata(p).ok()?;
+        if !m.is_dir() || m.uid() != user.uid {
+            return None;
+        }
+    }
     if !data.join("PG_VERSION").is_file() {
         return None;
     }
-    let meta = std::fs::metadata(&data).ok()?;
-    (meta.uid() != 0).then_some((
-        abs,
-        RunAs {
-            uid: meta.uid(),
-            gid: meta.gid(),
-        },
-    ))
+    abs.ancestors()
+        .skip(1)
+        .all(|a| {
+            // (A sticky directory of root's, such as /tmp, is fine: nobody else can
+            // rename or remove what is in it.)
+            std::fs::symlink_metadata(a).is_ok_and(|m| {
+                let sticky = m.mode() & 0o1000 != 0 && m.uid() == 0;
+                m.is_dir()
+                    && (m.uid() == 0 || m.uid() == user.uid)
+                    && (m.mode() & 0o022 == 0 || sticky)
+            })
+        })
+        .then_some(abs)
 }
 
 fn reachable_root(root: &Path) -> Result<PathBuf, ManagedError> {

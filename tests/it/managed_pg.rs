@@ -243,11 +243,12 @@ async fn a_symlink_where_the_socket_directory_goes_is_refused() {
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
-/// Run as root on a cluster that already exists where it is asked for, under a directory
-/// closed to others (the packaged server's, owned by the `rackwatch` user under
-/// `/var/lib/rackwatch`, mode 0750): `rackwatch token create` and the like work on that
-/// cluster as its owner. They used to start a new, empty cluster elsewhere as the
-/// configured user (and open `/var/lib/rackwatch` to others doing so).
+/// Run as root on a cluster of the configured user that already exists where it is asked
+/// for, under a directory closed to others (the packaged server's, owned by the
+/// `rackwatch` user under `/var/lib/rackwatch`, mode 0750, with `managed_user =
+/// "rackwatch"`): `rackwatch token create` and the like work on that cluster. They used to
+/// start a new, empty cluster elsewhere (and open `/var/lib/rackwatch` to others doing
+/// so). A cluster of another user is not taken over.
 #[tokio::test]
 async fn root_works_on_an_existing_cluster_as_its_owner() {
     use std::os::unix::fs::PermissionsExt;
@@ -288,13 +289,26 @@ async fn root_works_on_an_existing_cluster_as_its_owner() {
         std::fs::metadata(root.join("data")).unwrap().gid()
     };
     std::os::unix::fs::chown(&parent, None, Some(postgres_gid)).unwrap();
-    // The configured user does not even exist: the cluster's owner is used.
-    let mut again = opts(root.clone(), true);
-    again.user = "rackwatch-no-such-user".into();
+    // Configured for another user, the cluster is not that user's to run.
+    let mut other = opts(root.clone(), true);
+    other.user = "rackwatch-no-such-user".into();
+    let refused = tokio::task::spawn_blocking(move || ManagedPostgres::start(&other))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(rackwatch::store::managed::ManagedError::NoUser(_))
+        ),
+        "{:?}",
+        refused.err()
+    );
+    // Configured for its owner, it is adopted where it is.
+    let again = opts(root.clone(), true);
     let mut pg = tokio::task::spawn_blocking(move || ManagedPostgres::start(&again))
         .await
         .unwrap()
-        .expect("started the existing cluster as its owner");
+        .expect("started the existing cluster of the configured user");
     assert_eq!(pg.admin_url(), url, "the same cluster, not one elsewhere");
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     let v: i32 = sqlx::query_scalar("SELECT v FROM kept")
