@@ -153,29 +153,29 @@ pub struct Undelivered {
 /// covers the connection only: a server that accepts it and then goes silent (in the
 /// TLS handshake, the greeting or a command) would hold the sender, and every channel
 /// behind it, for good. A failure before the server answered anything (no connection,
-/// TLS, the limit) is the server's, not the address's: the addresses after it are
-/// failed with it, not tried one by one.
+/// TLS, the limit) is the server's, not the address's: it is kept in `server_down`, and
+/// the addresses after it, in this call and in later calls given the same
+/// `server_down`, are failed with it, not tried one by one.
 ///
-/// An address is refused for good when it is none, or when the server refused it with a
-/// 5xx reply and either took the mail for another address of `to` or named the address
-/// itself as the trouble (an enhanced status code 5.1.x, "bad destination mailbox", other
-/// than the sender's 5.1.7 and 5.1.8). A 5xx for every address with no such code may be
-/// the server refusing the sender or the login, which configuration fixes: that is
-/// retried, as 4xx replies are.
+/// An address is refused for good ([`refused_for_good`]) when it is none, or when the
+/// server refused it with a 5xx reply that names the address as the trouble (an enhanced
+/// status code 5.1.x, "bad destination mailbox", other than 5.1.0 and the sender's 5.1.7
+/// and 5.1.8), or with a 5xx without an enhanced code while it took the mail for another
+/// address of `to`. Any other refusal may be the server's (a quota, a policy, the sender
+/// or the login, which configuration fixes) and is retried, as 4xx replies are.
 pub async fn deliver_each(
     t: &AsyncSmtpTransport<Tokio1Executor>,
     from: &Mailbox,
     to: &[String],
     bytes: &[u8],
-    mail: MailKind,
-    telemetry: &Telemetry,
+    (mail, telemetry): (MailKind, &Telemetry),
     limit: StdDuration,
+    server_down: &mut Option<String>,
 ) -> Vec<Result<(), Undelivered>> {
     let mut out = Vec::with_capacity(to.len());
-    let mut server_down: Option<String> = None;
     let mut refused_5xx = Vec::new();
     for r in to {
-        if let Some(e) = &server_down {
+        if let Some(e) = server_down.as_ref() {
             out.push(Err(Undelivered {
                 for_good: false,
                 error: e.clone(),
@@ -205,7 +205,7 @@ pub async fn deliver_each(
             Ok(Err(e)) => {
                 let error = e.to_string();
                 if e.status().is_none() {
-                    server_down = Some(error.clone());
+                    *server_down = Some(error.clone());
                 }
                 if e.is_permanent() {
                     // Settled below, once it is known whether another address went.
@@ -221,7 +221,7 @@ pub async fn deliver_each(
                     "the SMTP server did not finish the exchange in {} s",
                     limit.as_secs()
                 );
-                server_down = Some(error.clone());
+                *server_down = Some(error.clone());
                 Err(Undelivered {
                     for_good: false,
                     error,
@@ -234,19 +234,39 @@ pub async fn deliver_each(
     let someone_got_it = out.iter().any(Result::is_ok);
     for i in refused_5xx {
         if let Err(u) = &mut out[i] {
-            u.for_good = someone_got_it || names_the_address(&u.error);
+            u.for_good = refused_for_good(&u.error, someone_got_it);
         }
     }
     out
 }
 
-/// Whether an SMTP reply carries an enhanced status code (RFC 3463) that puts the
-/// trouble on the recipient's address: 5.1.x, except 5.1.7 and 5.1.8 (the sender's).
-fn names_the_address(reply: &str) -> bool {
+/// Whether a 5xx reply refuses its address for good: its enhanced status code (RFC 3463)
+/// puts the trouble on the recipient's address (5.1.x, except 5.1.0, "other address
+/// status", which servers also give a sender they refuse, and the sender's 5.1.7 and
+/// 5.1.8); without an enhanced code, when the same server took the mail for another
+/// address (`someone_got_it`). Any other enhanced code (a quota, a policy, the message)
+/// is not about the address.
+fn refused_for_good(reply: &str, someone_got_it: bool) -> bool {
+    match enhanced_code(reply) {
+        Some((5, 1, detail)) => !matches!(detail, 0 | 7 | 8),
+        Some(_) => false,
+        None => someone_got_it,
+    }
+}
+
+/// The first enhanced status code (`class.subject.detail`, RFC 3463) in an SMTP reply.
+fn enhanced_code(reply: &str) -> Option<(u8, u16, u16)> {
     reply
-        .split(|c: char| c.is_whitespace() || c == ':' || c == '(' || c == ')')
-        .filter_map(|w| w.strip_prefix("5.1."))
-        .any(|d| d.parse::<u16>().is_ok_and(|d| d != 7 && d != 8))
+        .split(|c: char| c.is_whitespace() || matches!(c, ':' | '(' | ')' | ';' | ','))
+        .find_map(|w| {
+            let mut p = w.split('.');
+            let code = (
+                p.next()?.parse::<u8>().ok()?,
+                p.next()?.parse::<u16>().ok()?,
+                p.next()?.parse::<u16>().ok()?,
+            );
+            (p.next().is_none() && matches!(code.0, 2 | 4 | 5)).then_some(code)
+        })
 }
 
 /// The most one mail's whole SMTP exchange may take: six times the per-step timeout
@@ -422,13 +442,21 @@ impl Sender {
                 }
                 let last_sent: Option<DateTime<Utc>> =
                 sqlx::query_scalar!(
-                    "SELECT max(sent_at) FROM notification_outbox WHERE group_key = $1 AND message_id IS NOT NULL",
+                    // A mail that reached part of its route counts from then.
+                    "SELECT max(COALESCE(delivered_at, sent_at)) FROM notification_outbox WHERE group_key = $1 AND message_id IS NOT NULL",
                     &group_key,
                 )
                 .fetch_one(&mut *tx)
                     .await?;
+                // Within the group's interval only mail already taken by part of its route
+                // goes, to the addresses that deferred it: that is not a new notice of the
+                // group. New notices wait.
+                let mut rows = rows;
                 if last_sent.is_some_and(|t| now - t < self.group_interval) {
-                    continue;
+                    rows.retain(|r| !r.delivered_to.is_empty());
+                    if rows.is_empty() {
+                        continue;
+                    }
                 }
                 // A silence created after queueing still applies, except to a resolve: one is
                 // queued under a silence only for an alert whose firing was mailed, and whoever
@@ -626,6 +654,8 @@ impl Sender {
             live.iter().map(|r| r.refused.0.clone()).collect();
         let mut message_ids: Vec<Option<String>> = vec![None; live.len()];
         let mut failure: Option<String> = None;
+        // A server that does not answer fails every address after it, in every mail.
+        let mut server_down: Option<String> = None;
         let mut mails = 0;
         for (rows, who) in &waiting {
             let snaps: Vec<(String, AlertSnapshot)> = rows
@@ -651,9 +681,9 @@ impl Sender {
                 from,
                 who,
                 &bytes,
-                MailKind::Alert,
-                &self.telemetry,
+                (MailKind::Alert, &self.telemetry),
                 self.smtp_limit,
+                &mut server_down,
             )
             .await;
             let mut reached = false;
@@ -680,7 +710,14 @@ impl Sender {
             }
         }
         // Rows in the same state are updated together.
-        type State = (bool, Vec<String>, BTreeMap<String, String>, Option<String>);
+        // (sent, who has it, who refused it, its Message-ID, reached someone now)
+        type State = (
+            bool,
+            Vec<String>,
+            BTreeMap<String, String>,
+            Option<String>,
+            bool,
+        );
         let mut states: BTreeMap<State, Vec<i64>> = BTreeMap::new();
         let mut attempts = 0;
         let mut rows_reached = 0;
@@ -694,18 +731,21 @@ impl Sender {
             if row.delivered_to.is_empty() && !delivered[i].is_empty() {
                 rows_reached += 1;
             }
+            let reached_now = delivered[i].len() > row.delivered_to.len();
             states
                 .entry((
                     done,
                     std::mem::take(&mut delivered[i]),
                     std::mem::take(&mut refused[i]),
                     message_ids[i].take(),
+                    reached_now,
                 ))
                 .or_default()
                 .push(row.id);
         }
         let backoff = Duration::seconds((1i64 << attempts.min(8)).min(300));
-        for ((done, delivered_to, refused, message_id), ids) in states {
+        let sent_at = Utc::now();
+        for ((done, delivered_to, refused, message_id, reached_now), ids) in states {
             // Why the row waits, then who will never get it and why.
             let error: Vec<String> = (!done)
                 .then(|| failure.clone())
@@ -724,17 +764,19 @@ impl Sender {
                         sent_at = CASE WHEN $5::bool THEN $6::timestamptz END,
                         attempts = CASE WHEN $5 THEN attempts ELSE $7::int END,
                         next_attempt_at = CASE WHEN $5 THEN next_attempt_at ELSE $8::timestamptz END,
-                        last_error = $9::text
+                        last_error = $9::text,
+                        delivered_at = CASE WHEN $10::bool THEN $6 ELSE delivered_at END
                   WHERE id = ANY($1)",
                 &ids,
                 &delivered_to,
                 sqlx::types::Json(&refused) as _,
                 message_id,
                 done,
-                Utc::now(),
+                sent_at,
                 attempts,
                 now + backoff,
                 error,
+                reached_now,
             )
             .execute(&mut *tx)
             .await?;
@@ -908,7 +950,8 @@ pub async fn channel_states(store: &Store) -> Result<Vec<ChannelState>, sqlx::Er
                 max(sent_at) FILTER (WHERE message_id IS NOT NULL) AS last_delivered_at,
                 (array_agg(last_error ORDER BY id DESC) FILTER (WHERE sent_at IS NULL AND last_error IS NOT NULL))[1] AS last_error,
                 count(*) FILTER (WHERE refused <> '{}' AND sent_at > now() - interval '1 day') AS "refused!",
-                (array_agg(last_error ORDER BY id DESC) FILTER (WHERE refused <> '{}' AND sent_at > now() - interval '1 day'))[1] AS last_refusal
+                (array_agg(last_error ORDER BY id DESC) FILTER (WHERE refused <> '{}' AND sent_at > now() - interval '1 day'
+                    AND last_error LIKE '%refused for good%'))[1] AS last_refusal
            FROM notification_outbox GROUP BY 1 ORDER BY 1"#,
     )
     .fetch_all(&store.pool)
@@ -937,27 +980,40 @@ pub fn alert_link(labels: &crate::alert::Labels, public_url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::names_the_address;
+    use super::refused_for_good;
 
     #[test]
-    fn an_enhanced_code_names_the_recipient_not_the_sender() {
-        // Postfix, Exchange and Gmail phrasings of an unknown mailbox.
+    fn a_refusal_is_for_good_when_it_names_the_recipient() {
+        // Postfix, Exchange and Gmail phrasings of an unknown mailbox: for good, even when
+        // nobody else on the route got the mail.
         for reply in [
             "permanent error (550): 5.1.1 <x@example.com>: Recipient address rejected: User unknown",
             "permanent error (550): 5.1.10 RESOLVER.ADR.RecipientNotFound; not found",
             "permanent error (550): 5.1.1 The email account that you tried to reach does not exist.",
         ] {
-            assert!(names_the_address(reply), "{reply}");
+            assert!(refused_for_good(reply, false), "{reply}");
         }
+        // The sender, the login, a policy or a quota: retried, even when someone else on the
+        // route got the mail (a quota reached partway through the list).
         for reply in [
-            // The sender's address, authentication, policy, or no code at all.
+            "permanent error (550): 5.1.0 <alerts@x>: Sender address rejected: not owned by user",
             "permanent error (553): 5.1.7 <alerts@bad>: Sender address rejected",
             "permanent error (553): 5.1.8 Bad sender's system address",
             "permanent error (535): 5.7.8 Username and Password not accepted",
-            "permanent error (550): Requested action not taken: mailbox unavailable",
             "permanent error (554): 5.7.1 Relay access denied",
+            "permanent error (550): 5.4.5 Daily sending quota exceeded",
         ] {
-            assert!(!names_the_address(reply), "{reply}");
+            assert!(!refused_for_good(reply, false), "{reply}");
+            assert!(!refused_for_good(reply, true), "{reply}");
         }
+        // No enhanced code: for good only when the server took the mail for another address.
+        let bare = "permanent error (550): Requested action not taken: mailbox unavailable";
+        assert!(!refused_for_good(bare, false));
+        assert!(refused_for_good(bare, true));
+        // An address or a version in the text is not a status code.
+        assert!(!refused_for_good(
+            "permanent error (550): host 10.0.0.1 said no (Postfix 3.7.1.2)",
+            false
+        ));
     }
 }

@@ -86,6 +86,9 @@ pub async fn send_due(
         });
         return Ok(None);
     }
+    if let Some(week) = resend_pending(store, cfg, now, telemetry).await? {
+        return Ok(Some(week));
+    }
     let this = IsoWeek::containing(now, cfg.energy.tz());
     if now < due_at(cfg, this) {
         return Ok(None);
@@ -154,15 +157,17 @@ pub async fn send_due(
         telemetry,
     )
     .await?;
-    // A week goes once: who did not get it (an address the server refused, a failure
-    // partway) is named in the log and the audit entry, not sent to again.
+    // Who did not get it is named in the log and the audit entry. An address refused for
+    // good is not sent to again; one deferred (a 4xx, a server that stopped answering
+    // partway) waits in `pending` for [`resend_pending`].
     if !sent.missed.is_empty() {
         tracing::warn!(%week, "weekly energy report not delivered to {}", sent.missed.join("; "));
         sqlx::query!(
-            "UPDATE report_deliveries SET recipients = $3 WHERE kind = $1 AND period = $2",
+            "UPDATE report_deliveries SET recipients = $3, pending = $4 WHERE kind = $1 AND period = $2",
             KIND,
             week.to_string(),
             sent.to.join(", "),
+            &sent.pending,
         )
         .execute(&mut *tx)
         .await?;
@@ -179,6 +184,89 @@ pub async fn send_due(
         )
         .await?;
     tracing::info!(%week, recipients = sent.to.len(), "weekly energy report mailed");
+    Ok(Some(week))
+}
+
+/// How long the addresses a week's mail was deferred for are tried again.
+const PENDING_FOR: Duration = Duration::days(1);
+
+/// A week mailed to some of its addresses while others were deferred goes to those again,
+/// each energy run (every 5 minutes), for [`PENDING_FOR`] after it was first sent; then
+/// they are given up, in the log and the audit log. Returns the week sent again.
+async fn resend_pending(
+    store: &Store,
+    cfg: &Config,
+    now: DateTime<Utc>,
+    telemetry: &Telemetry,
+) -> anyhow::Result<Option<IsoWeek>> {
+    // The row stays locked while the mail is sent: another server finds nothing to do.
+    let mut tx = store.pool.begin().await?;
+    let Some(row) = sqlx::query!(
+        "SELECT period, pending, sent_at FROM report_deliveries
+          WHERE kind = $1 AND pending <> '{}' ORDER BY sent_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        KIND,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let target = format!("energy report {}", row.period);
+    if now - row.sent_at > PENDING_FOR {
+        sqlx::query!(
+            "UPDATE report_deliveries SET pending = '{}' WHERE kind = $1 AND period = $2",
+            KIND,
+            row.period,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::warn!(week = %row.period, "weekly energy report given up for {} after a day of deferrals", row.pending.join(", "));
+        store
+            .audit(
+                crate::store::audit::Entry::ok(
+                    crate::store::audit::SYSTEM,
+                    "report.mailed",
+                    &target,
+                )
+                .outcome(crate::store::audit::Outcome::Failed)
+                .details(serde_json::json!({ "given_up": row.pending })),
+            )
+            .await?;
+        return Ok(None);
+    }
+    let week: IsoWeek = row
+        .period
+        .parse()
+        .map_err(|e| anyhow::anyhow!("report_deliveries period {:?}: {e}", row.period))?;
+    let report = super::energy::build(store, &cfg.energy, week, None, now).await?;
+    let capacity = capacity_lines(store, cfg, now).await?;
+    let sent = match send(cfg, &report, &row.pending, &capacity, telemetry).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Still deferred: next run.
+            tracing::warn!(%week, "weekly energy report still not delivered to {}: {e:#}", row.pending.join(", "));
+            return Ok(None);
+        }
+    };
+    sqlx::query!(
+        "UPDATE report_deliveries SET recipients = recipients || ', ' || $3, pending = $4
+          WHERE kind = $1 AND period = $2",
+        KIND,
+        row.period,
+        sent.to.join(", "),
+        &sent.pending,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    store
+        .audit(
+            crate::store::audit::Entry::ok(crate::store::audit::SYSTEM, "report.mailed", &target)
+                .details(serde_json::json!({ "recipients": sent.to, "not_delivered": sent.missed, "again": true })),
+        )
+        .await?;
+    tracing::info!(%week, recipients = sent.to.len(), "weekly energy report mailed to the addresses deferred before");
     Ok(Some(week))
 }
 
@@ -217,10 +305,12 @@ pub async fn capacity_lines(
     Ok(out)
 }
 
-/// To whom [`send`] delivered the report, and who did not get it and why.
+/// To whom [`send`] delivered the report, who did not get it and why, and which of those
+/// were deferred (not refused for good): worth another try.
 pub struct Sent {
     pub to: Vec<String>,
     pub missed: Vec<String>,
+    pub pending: Vec<String>,
 }
 
 /// Mail `report` (and the capacity lines) to `to` through the configured SMTP server,
@@ -249,19 +339,25 @@ pub async fn send(
         &from,
         to,
         &msg.formatted(),
-        MailKind::Report,
-        telemetry,
+        (MailKind::Report, telemetry),
         crate::alert::notify::exchange_limit(smtp),
+        &mut None,
     )
     .await;
     let mut sent = Sent {
         to: Vec::new(),
         missed: Vec::new(),
+        pending: Vec::new(),
     };
     for (r, res) in to.iter().zip(results) {
         match res {
             Ok(()) => sent.to.push(r.clone()),
-            Err(u) => sent.missed.push(format!("{r}: {}", u.error)),
+            Err(u) => {
+                sent.missed.push(format!("{r}: {}", u.error));
+                if !u.for_good {
+                    sent.pending.push(r.clone());
+                }
+            }
         }
     }
     if sent.to.is_empty() {

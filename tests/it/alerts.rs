@@ -876,6 +876,13 @@ to = ["gone@example.com"]
         "the greylisted address gets it on the retry"
     );
     assert_eq!(count("nobody@") + count("gone@"), 0);
+    let asked = |who: &str| {
+        r.smtp
+            .rcpt_asked()
+            .iter()
+            .filter(|a| a.as_str() == who)
+            .count()
+    };
     let m = mails.iter().find(|m| to(m, "oncall@")).unwrap();
     assert!(subject(m).starts_with("[FIRING:CRITICAL]"), "{m}");
     assert!(
@@ -947,6 +954,75 @@ to = ["gone@example.com"]
         1,
         "not sent twice"
     );
+    // Asked for once each, by the first attempt and (busy@) the retry: the refused address
+    // is not tried again, the one that took the mail is not sent it again.
+    assert_eq!(asked("nobody@example.com"), 1, "{:?}", r.smtp.rcpt_asked());
+    assert_eq!(asked("oncall@example.com"), 1, "{:?}", r.smtp.rcpt_asked());
+    assert_eq!(asked("busy@example.com"), 2, "{:?}", r.smtp.rcpt_asked());
+    assert!(asked("gone@example.com") >= 2, "{:?}", r.smtp.rcpt_asked());
+    r.app.stop().await;
+}
+
+/// A mail one address keeps deferring (452, a mailbox over its quota) still counts as
+/// sent for its group: the group's next notice waits `group_interval_secs` from it. The
+/// retries to the deferred address do not wait for it.
+#[tokio::test]
+async fn a_mail_deferred_for_one_address_keeps_its_group_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("slow.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[rule]]
+name = "gpu-xid"
+kind = "hardware"
+events = ["xid"]
+severity = "critical"
+summary = "GPU reported an XID error"
+
+[[route]]
+to = ["slow@example.com", "oncall@example.com"]
+"#,
+    )
+    .unwrap();
+    let path = rules.to_string_lossy().into_owned();
+    let r = rig_tweaked(SmtpServer::start().await, None, 0, |c| {
+        c.alerting.rules_file = path;
+        c.alerting.group_interval_secs = 8;
+    })
+    .await;
+    let token = r.app.token("h").await;
+    let oncall = |m: &[String]| m.iter().filter(|m| m.contains("X-RcptTo: oncall@")).count();
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("h", 1, 79, Utc::now()))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(oncall(&r.smtp.wait_until(|m| oncall(m) >= 1, 15).await), 1);
+    let first = std::time::Instant::now();
+    assert_eq!(
+        r.app
+            .ingest(&token, &xid("h", 2, 79, Utc::now()))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(oncall(&r.smtp.wait_until(|m| oncall(m) >= 2, 30).await), 2);
+    let waited = first.elapsed();
+    assert!(
+        waited >= Duration::from_secs(7),
+        "the second notice came {waited:?} after the first"
+    );
+    // Meanwhile the deferring address was tried again (after 2 s and 4 s of backoff).
+    let slow = r
+        .smtp
+        .rcpt_asked()
+        .iter()
+        .filter(|a| a.as_str() == "slow@example.com")
+        .count();
+    assert!(slow >= 3, "{:?}", r.smtp.rcpt_asked());
     r.app.stop().await;
 }
 

@@ -1189,7 +1189,15 @@ async fn mailing_app(hour: u32, to: &[&str]) -> (SmtpServer, TestApp) {
 /// (550 5.1.1) does not keep it from the other.
 #[tokio::test]
 async fn a_weekly_mail_due_before_its_last_hour_is_accounted_waits_for_it() {
-    let (smtp, app) = mailing_app(0, &["nobody@example.com", "energy@example.com"]).await;
+    let (smtp, app) = mailing_app(
+        0,
+        &[
+            "nobody@example.com",
+            "busy@example.com",
+            "energy@example.com",
+        ],
+    )
+    .await;
     let tz: Tz = "Europe/Berlin".parse().unwrap();
     let week: IsoWeek = "2026-W47".parse().unwrap();
     load_week(&app, week, tz).await;
@@ -1221,12 +1229,23 @@ async fn a_weekly_mail_due_before_its_last_hour_is_accounted_waits_for_it() {
         "{}",
         mails[0]
     );
-    // Recorded as mailed to the address that got it; the refusal is in the audit log.
-    let to: String = sqlx::query_scalar("SELECT recipients FROM report_deliveries")
+    // Recorded as mailed to the address that got it, the greylisted one (451) pending;
+    // the refusal (550 5.1.1) is in the audit log, and that address is done with.
+    let delivery = || async {
+        sqlx::query_as::<_, (String, Vec<String>)>(
+            "SELECT recipients, pending FROM report_deliveries",
+        )
         .fetch_one(&app.store.pool)
         .await
-        .unwrap();
-    assert_eq!(to, "energy@example.com");
+        .unwrap()
+    };
+    assert_eq!(
+        delivery().await,
+        (
+            "energy@example.com".to_string(),
+            vec!["busy@example.com".to_string()]
+        )
+    );
     let details: serde_json::Value =
         sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'report.mailed'")
             .fetch_one(&app.store.pool)
@@ -1237,6 +1256,59 @@ async fn a_weekly_mail_due_before_its_last_hour_is_accounted_waits_for_it() {
         missed.contains("nobody@example.com: permanent error (550)"),
         "{missed}"
     );
+    // The next energy run sends the week to the deferred address only.
+    let again = due + Duration::hours(1) + Duration::minutes(5);
+    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, again, &telemetry)
+        .await
+        .unwrap();
+    assert_eq!(sent, Some(week));
+    let mails = smtp.wait_for(2, 10).await;
+    assert_eq!(mails.len(), 2);
+    assert!(
+        mails[1].contains("X-RcptTo: busy@example.com"),
+        "{}",
+        mails[1]
+    );
+    assert_eq!(
+        delivery().await,
+        ("energy@example.com, busy@example.com".to_string(), vec![])
+    );
+    let sent = rackwatch::report::mail::send_due(
+        &app.store,
+        &app.cfg,
+        again + Duration::minutes(5),
+        &telemetry,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent, None, "nothing left to send");
+    assert_eq!(smtp.mails().len(), 2);
+    let nobody = smtp
+        .rcpt_asked()
+        .iter()
+        .filter(|a| a.as_str() == "nobody@example.com")
+        .count();
+    assert_eq!(nobody, 1, "the refused address is not tried again");
+    // A deferral that lasts a day is given up, and said so.
+    let later = again + Duration::minutes(10);
+    sqlx::query("UPDATE report_deliveries SET pending = '{late@example.com}', sent_at = $1")
+        .bind(later - Duration::hours(25))
+        .execute(&app.store.pool)
+        .await
+        .unwrap();
+    let sent = rackwatch::report::mail::send_due(&app.store, &app.cfg, later, &telemetry)
+        .await
+        .unwrap();
+    assert_eq!(sent, None);
+    assert_eq!(delivery().await.1, Vec::<String>::new());
+    let gave_up: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'report.mailed' AND outcome = 'failed'
+            AND details->'given_up' ? 'late@example.com'",
+    )
+    .fetch_one(&app.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(gave_up, 1);
     app.stop().await;
 }
 

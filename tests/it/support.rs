@@ -684,6 +684,16 @@ impl SmtpServer {
             .collect()
     }
 
+    /// Every recipient asked for in an RCPT command so far, accepted or refused.
+    pub fn rcpt_asked(&self) -> Vec<String> {
+        let log = self.maildir.with_file_name("rcpt.log");
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Wait until at least `n` mails arrived (or `secs` passed); returns all mails.
     pub async fn wait_for(&self, n: usize, secs: u64) -> Vec<String> {
         self.wait_until(|m| m.len() >= n, secs).await
