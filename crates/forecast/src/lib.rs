@@ -244,8 +244,8 @@ fn full(
             for (ci, c) in CANDIDATES.iter().enumerate() {
                 match c {
                     Candidate::Linear(sp) => a[ci] = lin[bi][*sp as usize].is_some(),
-                    // A week before the earliest origin.
-                    Candidate::Drift => a[ci] = bt_end >= 167,
+                    // Eight days before the earliest origin.
+                    Candidate::Drift => a[ci] = bt_end + 1 >= model::DRIFT_HISTORY,
                     _ => {}
                 }
             }
