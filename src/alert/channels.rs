@@ -5,7 +5,7 @@
 //!
 //! A delivery succeeds on a 2xx answer; anything else (a refused connection, a timeout,
 //! any other status) leaves the group in the outbox to be retried with backoff, and no
-//! sooner than a 429's or 503's `Retry-After` asks (up to an hour).
+//! sooner than a 429's or 503's `Retry-After` asks (up to 5 minutes, the longest backoff).
 
 use std::time::Duration as StdDuration;
 

@@ -590,9 +590,10 @@ impl Sender {
                         }
                         let attempts = live.iter().map(|r| r.attempts).max().unwrap_or(0) + 1;
                         // No sooner than the channel's Retry-After (a rate limit), up
-                        // to an hour.
+                        // to the longest backoff, 5 minutes: a page held back longer
+                        // than that on a receiver's word is worse than a refused retry.
                         let asked = retry_after
-                            .map(|w| Duration::seconds(w.as_secs().min(3600) as i64))
+                            .map(|w| Duration::seconds(w.as_secs().min(300) as i64))
                             .unwrap_or_default();
                         let backoff =
                             Duration::seconds((1i64 << attempts.min(8)).min(300)).max(asked);

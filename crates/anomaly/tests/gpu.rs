@@ -77,11 +77,24 @@ fn gpu_matches_cpu() {
     let test = synthetic(1000, d, n, &mut rng);
     let mut dc = Detector::fit_with(&cpu, &train, DetectorConfig::default()).unwrap();
     let mut dg = Detector::fit_with(&gpu, &train, DetectorConfig::default()).unwrap();
-    // The module's detector tolerance.
-    close(&dc.weights, &dg.weights, 1e-3);
+    // The module's detector tolerances: weights 1e-3 absolute, scores 1e-3 relative and
+    // 1e-4 absolute near zero.
+    let weights: f32 = dc
+        .weights
+        .iter()
+        .zip(&dg.weights)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(weights <= 1e-3, "weights differ by {weights:.2e}");
     let sc = dc.score_with(&cpu, &test).unwrap();
     let sg = dg.score_with(&gpu, &test).unwrap();
-    close(&sc, &sg, 1e-3);
+    for (i, (x, y)) in sc.iter().zip(&sg).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-3 * x.abs() + 1e-4,
+            "score {i}: cpu {x} gpu {y}"
+        );
+    }
+    println!("weights within {weights:.2e}; scores within 1e-3 relative + 1e-4");
 }
 
 /// Largest normalized cross-product error of one host (see the module doc).
