@@ -847,6 +847,9 @@ async fn report_cmd(cfg: &Config, db: &Database, r: ReportCmd) -> anyhow::Result
                 let telemetry = rackwatch::model::telemetry::Telemetry::new();
                 let to = &cfg.energy.report.recipients;
                 let sent = mail::send(cfg, &report, to, &capacity, &telemetry).await?;
+                if let Some(e) = sent.nobody(cfg) {
+                    return Err(e);
+                }
                 eprintln!("mailed to {}", sent.to.join(", "));
                 if !sent.missed.is_empty() {
                     anyhow::bail!("not delivered to {}", sent.missed.join("; "));

@@ -159,8 +159,8 @@ pub struct Undelivered {
 ///
 /// An address is refused for good ([`refused_for_good`]) when it is none, or when the
 /// server refused it with a 5xx reply that names the address as the trouble (an enhanced
-/// status code 5.1.x, "bad destination mailbox", other than 5.1.0 and the sender's 5.1.7
-/// and 5.1.8), or with a 5xx without an enhanced code while it took the mail for another
+/// status code 5.1.1 to 5.1.6 or 5.1.10, a bad destination mailbox or system), or with a
+/// 5xx without an enhanced code while it took the mail for another
 /// address of `to`. Any other refusal may be the server's (a quota, a policy, the sender
 /// or the login, which configuration fixes) and is retried, as 4xx replies are.
 pub async fn deliver_each(
@@ -241,14 +241,16 @@ pub async fn deliver_each(
 }
 
 /// Whether a 5xx reply refuses its address for good: its enhanced status code (RFC 3463)
-/// puts the trouble on the recipient's address (5.1.x, except 5.1.0, "other address
-/// status", which servers also give a sender they refuse, and the sender's 5.1.7 and
-/// 5.1.8); without an enhanced code, when the same server took the mail for another
-/// address (`someone_got_it`). Any other enhanced code (a quota, a policy, the message)
-/// is not about the address.
+/// puts the trouble on the recipient's address: 5.1.1 to 5.1.6 and 5.1.10 (bad mailbox,
+/// bad system, bad syntax, ambiguous, moved, null MX). Not 5.1.0 ("other address
+/// status", which servers also give a sender they refuse), the sender's 5.1.7 and 5.1.8,
+/// nor codes servers make up (Exchange's 5.1.90: the sender's daily limit). Without an
+/// enhanced code, when the same server took the mail for another address
+/// (`someone_got_it`). Any other enhanced code (a quota, a policy, the message) is not
+/// about the address.
 fn refused_for_good(reply: &str, someone_got_it: bool) -> bool {
     match enhanced_code(reply) {
-        Some((5, 1, detail)) => !matches!(detail, 0 | 7 | 8),
+        Some((5, 1, detail)) => matches!(detail, 1..=6 | 10),
         Some(_) => false,
         None => someone_got_it,
     }
@@ -1003,6 +1005,7 @@ mod tests {
             "permanent error (535): 5.7.8 Username and Password not accepted",
             "permanent error (554): 5.7.1 Relay access denied",
             "permanent error (550): 5.4.5 Daily sending quota exceeded",
+            "permanent error (550): 5.1.90 Your message can't be sent because you've reached your daily limit",
         ] {
             assert!(!refused_for_good(reply, false), "{reply}");
             assert!(!refused_for_good(reply, true), "{reply}");

@@ -137,11 +137,12 @@ pub async fn send_due(
     // then finds it and sends nothing; a send that fails rolls the record back.
     let mut tx = store.pool.begin().await?;
     let claimed = sqlx::query!(
-        "INSERT INTO report_deliveries (kind, period, recipients) VALUES ($1, $2, $3)
+        "INSERT INTO report_deliveries (kind, period, recipients, sent_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (kind, period) DO NOTHING",
         KIND,
         week.to_string(),
         cfg.energy.report.recipients.join(", "),
+        now,
     )
     .execute(&mut *tx)
     .await?
@@ -157,6 +158,10 @@ pub async fn send_due(
         telemetry,
     )
     .await?;
+    if let Some(e) = sent.nobody(cfg) {
+        // Rolls the claim back: the week goes again at the next run.
+        return Err(e);
+    }
     // Who did not get it is named in the log and the audit entry. An address refused for
     // good is not sent to again; one deferred (a 4xx, a server that stopped answering
     // partway) waits in `pending` for [`resend_pending`].
@@ -192,36 +197,66 @@ const PENDING_FOR: Duration = Duration::days(1);
 
 /// A week mailed to some of its addresses while others were deferred goes to those again,
 /// each energy run (every 5 minutes), for [`PENDING_FOR`] after it was first sent; then
-/// they are given up, in the log and the audit log. Returns the week sent again.
+/// they are given up, in the log and the audit log. Every week with addresses waiting is
+/// tried; one that fails does not keep the others, or the week due now, from going.
+/// Returns the newest week sent again.
 async fn resend_pending(
     store: &Store,
     cfg: &Config,
     now: DateTime<Utc>,
     telemetry: &Telemetry,
 ) -> anyhow::Result<Option<IsoWeek>> {
+    let waiting: Vec<String> = sqlx::query_scalar!(
+        "SELECT period FROM report_deliveries WHERE kind = $1 AND pending <> '{}' ORDER BY sent_at",
+        KIND,
+    )
+    .fetch_all(&store.pool)
+    .await?;
+    let mut resent = None;
+    for period in waiting {
+        match resend_week(store, cfg, now, telemetry, &period).await {
+            Ok(Some(w)) => resent = Some(w),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(week = %period, "weekly energy report not sent again: {e:#}")
+            }
+        }
+    }
+    Ok(resent)
+}
+
+/// [`resend_pending`] for one week.
+async fn resend_week(
+    store: &Store,
+    cfg: &Config,
+    now: DateTime<Utc>,
+    telemetry: &Telemetry,
+    period: &str,
+) -> anyhow::Result<Option<IsoWeek>> {
     // The row stays locked while the mail is sent: another server finds nothing to do.
     let mut tx = store.pool.begin().await?;
     let Some(row) = sqlx::query!(
-        "SELECT period, pending, sent_at FROM report_deliveries
-          WHERE kind = $1 AND pending <> '{}' ORDER BY sent_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        "SELECT pending, sent_at FROM report_deliveries
+          WHERE kind = $1 AND period = $2 AND pending <> '{}' FOR UPDATE SKIP LOCKED",
         KIND,
+        period,
     )
     .fetch_optional(&mut *tx)
     .await?
     else {
         return Ok(None);
     };
-    let target = format!("energy report {}", row.period);
+    let target = format!("energy report {period}");
     if now - row.sent_at > PENDING_FOR {
         sqlx::query!(
             "UPDATE report_deliveries SET pending = '{}' WHERE kind = $1 AND period = $2",
             KIND,
-            row.period,
+            period,
         )
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        tracing::warn!(week = %row.period, "weekly energy report given up for {} after a day of deferrals", row.pending.join(", "));
+        tracing::warn!(week = %period, "weekly energy report given up for {} after a day of deferrals", row.pending.join(", "));
         store
             .audit(
                 crate::store::audit::Entry::ok(
@@ -235,31 +270,30 @@ async fn resend_pending(
             .await?;
         return Ok(None);
     }
-    let week: IsoWeek = row
-        .period
+    let week: IsoWeek = period
         .parse()
-        .map_err(|e| anyhow::anyhow!("report_deliveries period {:?}: {e}", row.period))?;
+        .map_err(|e| anyhow::anyhow!("report_deliveries period {period:?}: {e}"))?;
     let report = super::energy::build(store, &cfg.energy, week, None, now).await?;
     let capacity = capacity_lines(store, cfg, now).await?;
-    let sent = match send(cfg, &report, &row.pending, &capacity, telemetry).await {
-        Ok(s) => s,
-        Err(e) => {
-            // Still deferred: next run.
-            tracing::warn!(%week, "weekly energy report still not delivered to {}: {e:#}", row.pending.join(", "));
-            return Ok(None);
-        }
-    };
+    let sent = send(cfg, &report, &row.pending, &capacity, telemetry).await?;
+    // Those refused for good by now leave the list; those deferred again stay.
     sqlx::query!(
-        "UPDATE report_deliveries SET recipients = recipients || ', ' || $3, pending = $4
+        "UPDATE report_deliveries
+            SET recipients = CASE WHEN $3 = '' THEN recipients ELSE recipients || ', ' || $3 END,
+                pending = $4
           WHERE kind = $1 AND period = $2",
         KIND,
-        row.period,
+        period,
         sent.to.join(", "),
         &sent.pending,
     )
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    if sent.to.is_empty() {
+        tracing::warn!(%week, "weekly energy report still not delivered to {}", sent.missed.join("; "));
+        return Ok(None);
+    }
     store
         .audit(
             crate::store::audit::Entry::ok(crate::store::audit::SYSTEM, "report.mailed", &target)
@@ -315,7 +349,7 @@ pub struct Sent {
 
 /// Mail `report` (and the capacity lines) to `to` through the configured SMTP server,
 /// each address in an envelope of its own, timing the sends on `telemetry`. An address
-/// the server refuses leaves the others their mail; it is an error only when nobody
+/// the server refuses leaves the others their mail; [`Sent::nobody`] says when nobody
 /// got it.
 pub async fn send(
     cfg: &Config,
@@ -360,16 +394,23 @@ pub async fn send(
             }
         }
     }
-    if sent.to.is_empty() {
-        anyhow::bail!(
-            "SMTP {}:{} ({}): {}",
-            smtp.host,
-            smtp.port,
-            smtp.security,
-            sent.missed.join("; ")
-        );
-    }
     Ok(sent)
+}
+
+impl Sent {
+    /// Nobody got the mail: why, naming the SMTP server.
+    pub fn nobody(&self, cfg: &Config) -> Option<anyhow::Error> {
+        let smtp = &cfg.alerting.smtp;
+        self.to.is_empty().then(|| {
+            anyhow::anyhow!(
+                "SMTP {}:{} ({}): {}",
+                smtp.host,
+                smtp.port,
+                smtp.security,
+                self.missed.join("; ")
+            )
+        })
+    }
 }
 
 /// The mail: text and HTML summary with the capacity section, the three files attached.

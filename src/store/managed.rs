@@ -168,16 +168,15 @@ impl ManagedPostgres {
         } else {
             None
         };
-        let root = match run_as {
-            // Run as root on a cluster of the configured user that exists where it was
-            // asked for (the packaged server's, kept by `rackwatch` under a directory
-            // closed to others), the command works on that cluster, instead of keeping a
-            // new, empty one elsewhere.
-            Some(u) => match own_cluster(&opts.root, u) {
-                Some(abs) => abs,
-                None => reachable_root(&opts.root)?,
-            },
-            None => opts.root.clone(),
+        // Run as root on a cluster of the configured user that exists where it was asked
+        // for (the packaged server's, kept by `rackwatch` under a directory closed to
+        // others), the command works on that cluster, instead of keeping a new, empty one
+        // elsewhere. Nothing of it is chowned: it is that user's already.
+        let adopted = run_as.and_then(|u| own_cluster(&opts.root, u));
+        let root = match (&adopted, run_as) {
+            (Some(abs), _) => abs.clone(),
+            (None, Some(_)) => reachable_root(&opts.root)?,
+            (None, None) => opts.root.clone(),
         };
         let io = |what: &str, p: &Path| {
             let what = format!("{what} {}", p.display());
@@ -223,14 +222,28 @@ impl ManagedPostgres {
                     .map_err(io("cannot create", &socket_dir))?
             }
         }
-        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))
+        // Through a handle opened without following a symlink: one swapped in since the
+        // check above (by whoever may write beside it) is refused, not followed by root.
+        let socket_handle = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+                .open(&socket_dir)
+                .map_err(io("cannot open", &socket_dir))?
+        };
+        socket_handle
+            .set_permissions(std::fs::Permissions::from_mode(0o700))
             .map_err(io("cannot set permissions on", &socket_dir))?;
         if let Some(u) = run_as {
-            std::os::unix::fs::chown(&root, Some(u.uid), Some(u.gid))
-                .map_err(io("cannot chown", &root))?;
-            std::os::unix::fs::chown(&socket_dir, Some(u.uid), Some(u.gid))
+            if adopted.is_none() {
+                std::os::unix::fs::chown(&root, Some(u.uid), Some(u.gid))
+                    .map_err(io("cannot chown", &root))?;
+            }
+            std::os::unix::fs::fchown(&socket_handle, Some(u.uid), Some(u.gid))
                 .map_err(io("cannot chown", &socket_dir))?;
         }
+        drop(socket_handle);
         let log = root.join("postgres.log");
         let mut pg = ManagedPostgres {
             bin_dir,
