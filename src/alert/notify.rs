@@ -292,6 +292,9 @@ pub struct Sender {
     http: reqwest::Client,
     /// One mail's whole SMTP exchange at most ([`exchange_limit`]).
     smtp_limit: StdDuration,
+    /// Channels (as routes name them) that asked to be left alone (`Retry-After`), until
+    /// when: every group bound for one waits, not only the one that was told.
+    held: BTreeMap<String, DateTime<Utc>>,
 }
 
 /// What [`Sender::mail_group`] delivered: mails that reached someone, and outbox rows
@@ -344,6 +347,7 @@ impl Sender {
             public_url: cfg.public_url(),
             warned_unconfigured: false,
             smtp_limit: exchange_limit(smtp),
+            held: BTreeMap::new(),
             telemetry,
             channels: cfg.alerting.channels.clone(),
             http: reqwest::Client::builder()
@@ -534,6 +538,9 @@ impl Sender {
                     ids[0],
                     ids[ids.len() - 1]
                 );
+                if self.held.get(&recipients[0]).is_some_and(|t| *t > now) {
+                    continue; // the channel asked for time (Retry-After)
+                }
                 let mut delivered: Option<(String, u64)> = None;
                 let result = match self.channels.get(name) {
                     Some(c) if c.kind == kind => {
@@ -599,6 +606,9 @@ impl Sender {
                             .unwrap_or_default();
                         let backoff =
                             Duration::seconds((1i64 << attempts.min(8)).min(300)).max(asked);
+                        if retry_after.is_some() {
+                            self.held.insert(recipients[0].clone(), now + asked);
+                        }
                         tracing::warn!(group = %group_key, attempts, retry_in_s = backoff.num_seconds(), "alert notification not sent: {e}");
                         sqlx::query!(
                         "UPDATE notification_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = ANY($1)",

@@ -490,6 +490,56 @@ async fn a_rate_limited_channel_is_retried_no_sooner_than_it_asks() {
     app.stop().await;
 }
 
+/// A channel's `Retry-After` holds every group bound for it, not only the one it answered:
+/// two alerts of different rules (two groups) due at once, the second is not sent into
+/// the same rate limit.
+#[tokio::test]
+async fn a_rate_limit_holds_every_group_bound_for_the_channel() {
+    let (base, rec) = receiver(&[]).await;
+    rec.throttle.lock().unwrap().insert("/am".into(), 1);
+    let (app, _rules) = channel_app_with(
+        &base,
+        r#"
+[[rule]]
+name = "gpu-xid"
+kind = "hardware"
+events = ["xid"]
+severity = "critical"
+summary = "GPU reported an XID error"
+
+[[rule]]
+name = "gpu-lost"
+kind = "hardware"
+events = ["gpu_lost"]
+severity = "critical"
+summary = "GPU lost"
+
+[[route]]
+to = ["webhook:am"]
+"#,
+    )
+    .await;
+    let token = app.token("gpu-22").await;
+    let t0 = Utc::now() - chrono::Duration::seconds(1);
+    let body = json!({"host": {"name": "gpu-22"},
+        "host_samples": [{"ts": t0, "cpu_util_pct": 10.0}],
+        "events": [{"ts": t0, "index": 0, "kind": "xid", "code": 79, "message": "GPU has fallen off the bus."},
+                   {"ts": t0, "index": 1, "kind": "gpu_lost", "message": "GPU lost"}]});
+    assert_eq!(app.ingest(&token, &body).await.status(), 200);
+    let am = rec.wait("/am", 2, 30).await;
+    assert_eq!(am.len(), 2, "both groups delivered");
+    let tries = rec.all("/am");
+    assert!(!tries[0].ok, "{tries:?}");
+    for t in &tries[1..] {
+        let after = t.at - tries[0].at;
+        assert!(
+            after >= Duration::from_millis(4500),
+            "a request {after:?} after the 429: {tries:?}"
+        );
+    }
+    app.stop().await;
+}
+
 /// A resolve queued while its firing notice waits out a retry waits with it: PagerDuty
 /// hears the trigger first (a resolve first would leave an incident nothing closes).
 #[tokio::test]
