@@ -390,6 +390,15 @@ pub async fn file(
     }
     let now = Utc::now();
     let report = build(&st, week, q.site(), now).await?;
+    // A table of zeros would read as a week that used no energy; the printable report
+    // carries the note instead.
+    if report.no_data() && format != Format::Html {
+        return Err(ApiError::NotFound(format!(
+            "no data in {week}{}: nothing was accounted (no host reported then, or its samples are past retention); /energy lists the weeks with data",
+            q.site().map(|s| format!(" for site {s}")).unwrap_or_default()
+        ))
+        .into());
+    }
     let body = export::render(&report, format).map_err(ApiError::Internal)?;
     let name = export::file_name(&report, format);
     let disposition = if format == Format::Html {

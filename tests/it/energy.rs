@@ -459,6 +459,10 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         ("/api/v1/energy/weekly?week=2026-W43&site=nowhere", 404),
         ("/api/v1/energy/weekly?week=2099-W01", 400),
         ("/energy/reports/2026-W43.xlsx", 404),
+        // An empty week's table is not a table of zeros; its printable report says why.
+        ("/energy/reports/2026-W30.csv", 404),
+        ("/energy/reports/2026-W30.parquet", 404),
+        ("/energy/reports/2026-W30.html", 200),
     ] {
         let r = app.get(&cookie, url).await;
         assert_eq!(r.status().as_u16(), status, "{url}");
