@@ -819,7 +819,7 @@ pub async fn default_week(
         let (from, to) = week_hours(w, tz);
         async move {
             sqlx::query_scalar::<_, i64>(
-                "SELECT count(DISTINCT floor(extract(epoch FROM e.hour - $1) / 86400))::int8
+                "SELECT count(DISTINCT LEAST(6, floor(extract(epoch FROM e.hour - $1) / 86400)))::int8
                    FROM energy_hourly e JOIN hosts h ON h.id = e.host_id
                   WHERE e.hour >= $1 AND e.hour < $2 AND ($3::text IS NULL OR h.site = $3)
                     AND e.measured_j + e.estimated_j + e.modeled_j > 0",

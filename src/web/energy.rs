@@ -203,7 +203,8 @@ pub async fn page(
         r#"SELECT w.i AS "i!", sum(e.measured_j + e.estimated_j + e.modeled_j) AS "total!",
                 COALESCE(sum(e.measured_j + e.estimated_j + e.modeled_j) FILTER (WHERE e.gpu_index >= 0), 0) AS "gpu!",
                 sum(e.idle_j) AS "idle!",
-                count(DISTINCT floor(extract(epoch FROM e.hour - w.s) / 86400))::int8 AS "days!"
+                -- (a 169-hour week's last hour is its Sunday's)
+                count(DISTINCT LEAST(6, floor(extract(epoch FROM e.hour - w.s) / 86400)))::int8 AS "days!"
            FROM unnest($1::timestamptz[], $2::timestamptz[]) WITH ORDINALITY AS w (s, e, i)
            JOIN energy_hourly e ON e.hour >= w.s AND e.hour < w.e
            JOIN hosts h ON h.id = e.host_id AND ($3::text IS NULL OR h.site = $3)

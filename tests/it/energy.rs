@@ -376,6 +376,12 @@ async fn weekly_report_is_exact_across_reset_gap_missing_counter_and_dst() {
         "{html}"
     );
     assert!(html.contains("/energy/reports/2026-W43.parquet"));
+    // Its 169 hours are seven days, not eight.
+    let row = html
+        .split("<tr")
+        .find(|r| r.contains(">2026-W43</a>"))
+        .expect("the week in the list");
+    assert!(row.contains(r#"<td class="num">7 / 7</td>"#), "{row}");
     assert!(html.contains("Consolidate idle GPUs"));
     let idle_pools = &html[html
         .find("Top pools by idle GPU waste")
