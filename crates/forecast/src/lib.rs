@@ -244,7 +244,7 @@ fn full(
             for (ci, c) in CANDIDATES.iter().enumerate() {
                 match c {
                     Candidate::Linear(sp) => a[ci] = lin[bi][*sp as usize].is_some(),
-                    // Eight days before the earliest origin.
+                    // Two days before the earliest origin.
                     Candidate::Drift => a[ci] = bt_end + 1 >= model::DRIFT_HISTORY,
                     _ => {}
                 }

@@ -54,10 +54,10 @@ pub enum Candidate {
     SNaive24,
     /// value 168 h earlier
     SNaive168,
-    /// median of the last 3 hours, plus the week's trend of the daily mean: the mean of
-    /// the last 24 hours less that of the same weekday's 24 hours a week before, over
-    /// those 168 hours, per hour ahead (a filling disk, a growing service). Needs 192
-    /// hours of history.
+    /// median of the last 3 hours, plus the trend of the daily mean: the mean of the last
+    /// 24 hours less that of the same weekday's 24 hours a week before, over those 168
+    /// hours, per hour ahead (a filling disk, a growing service); with less than 192 hours
+    /// of history, less that of the 24 hours before, over 24. Needs 48 hours.
     Drift,
     /// median of the last 3 hours, held flat (a spike-robust last value)
     Level,
@@ -246,19 +246,23 @@ pub fn level(y: &[f64], c: usize) -> f64 {
     v[1]
 }
 
-/// The hourly slope of the daily mean over the week before `c` (see [`Candidate::Drift`]):
-/// the same weekday a week apart, so a weekly pattern reads as no trend. `None` with less
-/// than 192 hours of history.
+/// The hourly slope of the daily mean before `c` (see [`Candidate::Drift`]): the same
+/// weekday a week apart, so a weekly pattern reads as no trend, once there are 192 hours;
+/// day over day before that (a new install's filling disk). `None` with less than 48
+/// hours of history.
 pub fn drift(y: &[f64], c: usize) -> Option<f64> {
-    if c < DRIFT_HISTORY - 1 {
-        return None;
-    }
     let day = |end: usize| y[end - 23..=end].iter().sum::<f64>() / 24.0;
-    Some((day(c) - day(c - 168)) / 168.0)
+    if c + 1 >= 192 {
+        Some((day(c) - day(c - 168)) / 168.0)
+    } else if c + 1 >= DRIFT_HISTORY {
+        Some((day(c) - day(c - 24)) / 24.0)
+    } else {
+        None
+    }
 }
 
 /// Hours of history [`drift`] needs.
-pub const DRIFT_HISTORY: usize = 192;
+pub const DRIFT_HISTORY: usize = 48;
 
 /// Prediction of one candidate, `None` if it cannot predict there.
 pub fn predict_candidate(

@@ -67,6 +67,27 @@ fn check_shape(f: &Forecast, h: usize) {
     }
 }
 
+/// A new install's disk (five days of history) filling 3 GB a day with a daily cycle on
+/// top is forecast to keep filling, not flat.
+#[test]
+fn a_young_filling_disk_keeps_filling() {
+    let n = 5 * 24;
+    let y: Vec<Option<f64>> = (0..n)
+        .map(|t| {
+            let daily = 2.0e8 * (std::f64::consts::TAU * t as f64 / 24.0).sin();
+            Some(5.0e11 + 3.0e9 * t as f64 / 24.0 + daily)
+        })
+        .collect();
+    let f = forecast(&y, None, 168);
+    check_shape(&f, 168);
+    let grown = f.point[167] - y[n - 1].unwrap();
+    assert!(
+        (10.5e9..=42.0e9).contains(&grown),
+        "grew {grown:.3e} in a week (21 GB expected), model {}",
+        f.model
+    );
+}
+
 /// A disk that fills in steps (a flat day, then a day's logs written in a burst) keeps
 /// its point inside its own bands, whichever model wins the backtest.
 #[test]
