@@ -641,6 +641,7 @@ pub fn forecast_note(model: &str, mase: Option<f64>) -> String {
             "snaive24" => "the same hour yesterday".to_string(),
             "snaive168" => "the same hour last week".to_string(),
             "level" => "the level of the last 3 hours".to_string(),
+            "drift" => "the level of the last 3 hours and the trend of the daily mean".to_string(),
             "ridge" => "a regression on the recent hours".to_string(),
             "ridge-log" => "a regression on the recent hours (log scale)".to_string(),
             other => other.to_string(),
@@ -831,6 +832,10 @@ mod tests {
         assert_eq!(
             forecast_note("ridge-log", None),
             "Made from a regression on the recent hours (log scale)."
+        );
+        assert_eq!(
+            forecast_note("drift", None),
+            "Made from the level of the last 3 hours and the trend of the daily mean."
         );
         assert_eq!(forecast_note("a b c", Some(f64::NAN)), "Model: a b c.");
     }
