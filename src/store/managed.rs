@@ -575,10 +575,7 @@ fn alt_root(abs: &Path) -> PathBuf {
 /// Whether a cluster was made under `root` (or where `start` keeps it for `root`), i.e.
 /// whether `start` would adopt one rather than run `initdb`.
 pub fn cluster_exists(root: &Path) -> bool {
-    let abs = match std::env::current_dir() {
-        Ok(cwd) if !root.is_absolute() => cwd.join(root),
-        _ => root.to_path_buf(),
-    };
+    let abs = absolute(root).unwrap_or_else(|_| root.to_path_buf());
     [abs.clone(), alt_root(&abs)]
         .iter()
         .any(|r| r.join("data").join("PG_VERSION").is_file())
@@ -591,11 +588,7 @@ pub fn cluster_exists(root: &Path) -> bool {
 /// sticky).
 fn own_cluster(root: &Path, user: RunAs) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let abs = if root.is_absolute() {
-        root.to_path_buf()
-    } else {
-        std::env::current_dir().ok()?.join(root)
-    };
+    let abs = absolute(root).ok()?;
     let data = abs.join("data");
     for p in [&abs, &data] {
         let m = std::fs::symlink_metadata(p).ok()?;
@@ -621,14 +614,17 @@ fn own_cluster(root: &Path, user: RunAs) -> Option<PathBuf> {
         .then_some(abs)
 }
 
-fn reachable_root(root: &Path) -> Result<PathBuf, ManagedError> {
-    let abs = if root.is_absolute() {
+/// `root`, relative to the current directory when it is not absolute.
+fn absolute(root: &Path) -> std::io::Result<PathBuf> {
+    Ok(if root.is_absolute() {
         root.to_path_buf()
     } else {
-        std::env::current_dir()
-            .map_err(|e| ManagedError::Io("cannot read current dir".into(), e))?
-            .join(root)
-    };
+        std::env::current_dir()?.join(root)
+    })
+}
+
+fn reachable_root(root: &Path) -> Result<PathBuf, ManagedError> {
+    let abs = absolute(root).map_err(|e| ManagedError::Io("cannot read current dir".into(), e))?;
     let mut ok = true;
     for anc in abs.ancestors().skip(1) {
         if let Ok(meta) = std::fs::metadata(anc) {
